@@ -1,0 +1,59 @@
+# sparkfeed: two commands do everything on a fresh Debian-like machine (root, Python 3.11, Java 17).
+#   make demo   set up, build the jar, run the demo job (Spark writes a dataset; inspect it)
+#   make test   set up, build the jar, JVM tests (gradle test), then pytest over tests/
+# Each step leaves a stamp, so a second run skips what is done.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+JAR := python/sparkfeed/jars/sparkfeed.jar
+JVM_SOURCES := build.gradle settings.gradle $(shell find jvm/src/main -type f 2>/dev/null)
+DEMO_DIR ?= build/demo
+PYTEST_ARGS ?=
+
+.PHONY: all setup tools venv jar demo test test-jvm test-py bench clean
+
+all: demo
+
+setup: tools venv
+
+# OS tools: Gradle and JUnit 4 from the distribution's packages, only when missing.
+tools: $(VENV)/.tools
+$(VENV)/.tools:
+	@if ! command -v gradle >/dev/null || [ ! -f /usr/share/java/junit4.jar ]; then \
+	  echo ">> installing gradle and junit4 with apt"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q gradle junit4; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+# Python: a venv with the package (editable) and its dependencies; torch pinned to the CPU wheel.
+venv: $(VENV)/.installed
+$(VENV)/.installed: python/pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e 'python[spark,dali,test]'
+	@touch $@
+
+# The Spark data-source jar, compiled against the installed pyspark's jars and bundled in the package.
+jar: $(JAR)
+$(JAR): $(JVM_SOURCES) $(VENV)/.installed $(VENV)/.tools
+	gradle -q --offline -PsparkJars="$$($(PY) -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')" jar
+	mkdir -p $(dir $(JAR)) && cp build/libs/sparkfeed.jar $(JAR)
+
+demo: setup jar
+	$(PY) examples/demo_dataset.py --output $(DEMO_DIR)/images --samples 2000
+
+test-jvm: setup jar
+	gradle -q --offline -PsparkJars="$$($(PY) -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')" test
+
+test-py: setup jar
+	$(PY) -m pytest -q -ra tests $(PYTEST_ARGS)
+
+test: test-jvm test-py
+
+clean:
+	rm -rf build .gradle $(JAR) $(VENV)

@@ -1,0 +1,101 @@
+package io.sparkfeed;
+
+import java.io.IOException;
+import java.util.ArrayList;
+import java.util.List;
+
+import io.sparkfeed.manifest.ManifestWriter;
+import org.apache.hadoop.conf.Configuration;
+import org.apache.hadoop.fs.ChecksumFileSystem;
+import org.apache.hadoop.fs.FileStatus;
+import org.apache.hadoop.fs.FileSystem;
+import org.apache.hadoop.fs.Path;
+
+/**
+ * The dataset root on any Hadoop file system, and the few file operations the writer and reader
+ * share. On the local file system it uses the raw file system, so no {@code .crc} side files
+ * appear next to the shards.
+ */
+public final class DatasetDir {
+    public static final String TEMPORARY = "_temporary";
+
+    public final FileSystem fs;
+    public final Path root;
+
+    private DatasetDir(FileSystem fs, Path root) {
+        this.fs = fs;
+        this.root = root;
+    }
+
+    public static DatasetDir of(String path, Configuration conf) throws IOException {
+        Path p = new Path(path);
+        FileSystem fs = p.getFileSystem(conf);
+        Path root = fs.makeQualified(p);
+        if (fs instanceof ChecksumFileSystem) {
+            fs = ((ChecksumFileSystem) fs).getRawFileSystem();
+        }
+        return new DatasetDir(fs, root);
+    }
+
+    public Path child(String name) {
+        return new Path(root, name);
+    }
+
+    /**
+     * True when the path holds a dataset or anything else: a manifest, a file, or a directory
+     * with entries other than hidden ones ({@code _x}, {@code .x}, e.g. an empty _temporary).
+     */
+    public boolean exists() throws IOException {
+        if (!fs.exists(root)) {
+            return false;
+        }
+        if (fs.exists(child(ManifestWriter.MANIFEST)) || fs.getFileStatus(root).isFile()) {
+            return true;
+        }
+        for (FileStatus s : fs.listStatus(root)) {
+            String name = s.getPath().getName();
+            if (!name.startsWith("_") && !name.startsWith(".")) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /** Files directly under the root whose names start with prefix and end with one suffix. */
+    public List<Path> list(String prefix, String... suffixes) throws IOException {
+        List<Path> out = new ArrayList<>();
+        if (!fs.exists(root)) {
+            return out;
+        }
+        for (FileStatus s : fs.listStatus(root)) {
+            String name = s.getPath().getName();
+            if (!s.isFile() || !name.startsWith(prefix)) continue;
+            for (String suffix : suffixes) {
+                if (name.endsWith(suffix)) {
+                    out.add(s.getPath());
+                    break;
+                }
+            }
+        }
+        return out;
+    }
+
+    /** Moves src to dst, replacing dst (a retried task rewrites the same shard names). */
+    public void moveReplacing(Path src, Path dst) throws IOException {
+        if (fs.exists(dst)) {
+            fs.delete(dst, false);
+        }
+        if (!fs.rename(src, dst)) {
+            throw new IOException("cannot move " + src + " to " + dst);
+        }
+    }
+
+    /** Deletes the job's temporary directory, and _temporary itself once empty. */
+    public void deleteTemporary(String jobId) throws IOException {
+        Path temporary = child(TEMPORARY);
+        fs.delete(new Path(temporary, jobId), true);
+        if (fs.exists(temporary) && fs.listStatus(temporary).length == 0) {
+            fs.delete(temporary, false);
+        }
+    }
+}

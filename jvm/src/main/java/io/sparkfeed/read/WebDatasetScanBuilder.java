@@ -1,0 +1,25 @@
+package io.sparkfeed.read;
+
+import java.util.List;
+
+import org.apache.hadoop.conf.Configuration;
+import org.apache.spark.sql.connector.read.Scan;
+import org.apache.spark.sql.connector.read.ScanBuilder;
+
+/** Builds the scan of a webdataset dataset (no pushdown: Spark filters the rows it reads). */
+public final class WebDatasetScanBuilder implements ScanBuilder {
+    private final List<ReadColumn> columns;
+    private final List<String> shards;
+    private final Configuration conf;
+
+    public WebDatasetScanBuilder(List<ReadColumn> columns, List<String> shards, Configuration conf) {
+        this.columns = columns;
+        this.shards = shards;
+        this.conf = conf;
+    }
+
+    @Override
+    public Scan build() {
+        return new WebDatasetScan(columns, shards, conf);
+    }
+}

@@ -1,0 +1,120 @@
+package io.sparkfeed.write;
+
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.util.ArrayList;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Set;
+
+import io.sparkfeed.DatasetDir;
+import io.sparkfeed.WebDatasetOptions;
+import io.sparkfeed.WebDatasetSource;
+import io.sparkfeed.manifest.ManifestWriter;
+import io.sparkfeed.manifest.ShardInfo;
+import org.apache.hadoop.conf.Configuration;
+import org.apache.hadoop.fs.Path;
+import org.apache.spark.sql.connector.write.BatchWrite;
+import org.apache.spark.sql.connector.write.DataWriterFactory;
+import org.apache.spark.sql.connector.write.PhysicalWriteInfo;
+import org.apache.spark.sql.connector.write.WriterCommitMessage;
+
+/**
+ * The driver side of a webdataset write.
+ *
+ * <ol>
+ *   <li>Before the tasks run ({@link #createBatchWriterFactory}): with overwrite, the old manifest
+ *       is deleted first, then the old dataset directory; otherwise the path must not hold a
+ *       dataset.</li>
+ *   <li>Tasks write and commit their shards (see {@link WebDatasetDataWriter}); Spark's commit
+ *       coordinator lets one attempt per partition commit.</li>
+ *   <li>{@link #commit} receives the messages of the committed attempts only, deletes any shard
+ *       file they do not name (left by an attempt that died while committing) and the temporary
+ *       directory, and writes {@code _sparkfeed.json} last, atomically.</li>
+ *   <li>{@link #abort} deletes the temporary directory and every shard: the path held no dataset
+ *       before the job, so a failed job leaves no manifest and no visible shard.</li>
+ * </ol>
+ */
+public final class WebDatasetBatchWrite implements BatchWrite {
+    private final WebDatasetOptions options;
+    private final SampleLayout layout;
+    private final Configuration conf;
+    private final String jobId;
+    private final boolean truncate;
+
+    WebDatasetBatchWrite(WebDatasetOptions options, SampleLayout layout, Configuration conf,
+                         String jobId, boolean truncate) {
+        this.options = options;
+        this.layout = layout;
+        this.conf = conf;
+        this.jobId = jobId;
+        this.truncate = truncate;
+    }
+
+    private DatasetDir dir() {
+        try {
+            return DatasetDir.of(options.path, conf);
+        } catch (IOException e) {
+            throw new UncheckedIOException("cannot open dataset path " + options.path, e);
+        }
+    }
+
+    @Override
+    public DataWriterFactory createBatchWriterFactory(PhysicalWriteInfo info) {
+        DatasetDir dir = dir();
+        try {
+            if (truncate) {
+                dir.fs.delete(dir.child(ManifestWriter.MANIFEST), false);
+                dir.fs.delete(dir.root, true);
+            } else if (dir.exists()) {
+                throw WebDatasetWriteBuilder.existsError(dir.root.toString());
+            }
+            dir.fs.mkdirs(dir.root);
+        } catch (IOException e) {
+            throw new UncheckedIOException("cannot prepare " + dir.root + " for writing", e);
+        }
+        return new WebDatasetWriterFactory(options, layout, conf, jobId, System.currentTimeMillis());
+    }
+
+    @Override
+    public void commit(WriterCommitMessage[] messages) {
+        DatasetDir dir = dir();
+        List<ShardInfo> shards = new ArrayList<>();
+        Set<String> committed = new HashSet<>();
+        for (WriterCommitMessage m : messages) {
+            if (m == null) continue;
+            for (ShardInfo s : ((ShardCommitMessage) m).shards()) {
+                shards.add(s);
+                committed.add(s.path());
+                committed.add(s.index());
+            }
+        }
+        try {
+            for (Path stray : dir.list("part-", ".tar", ".tar.idx")) {
+                if (!committed.contains(stray.getName())) {
+                    dir.fs.delete(stray, false);
+                }
+            }
+            dir.deleteTemporary(jobId);
+            byte[] json = ManifestWriter.toJson(ManifestWriter.manifest(layout.manifestSchema(),
+                shards, WebDatasetSource.version(), WebDatasetSource.sparkVersion()));
+            ManifestWriter.writeAtomically(dir.fs, dir.root, json);
+        } catch (IOException e) {
+            throw new UncheckedIOException("cannot commit the webdataset write to " + dir.root, e);
+        }
+    }
+
+    @Override
+    public void abort(WriterCommitMessage[] messages) {
+        DatasetDir dir = dir();
+        try {
+            dir.deleteTemporary(jobId);
+            for (Path shard : dir.list("part-", ".tar", ".tar.idx")) {
+                dir.fs.delete(shard, false);
+            }
+            dir.fs.delete(dir.child(ManifestWriter.MANIFEST_TMP), false);
+        } catch (IOException e) {
+            throw new UncheckedIOException("cannot clean up the failed write to " + dir.root, e);
+        }
+    }
+}

@@ -1,0 +1,186 @@
+package io.sparkfeed.write;
+
+import java.io.BufferedOutputStream;
+import java.io.IOException;
+import java.io.OutputStream;
+import java.io.UncheckedIOException;
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+
+import io.sparkfeed.DatasetDir;
+import io.sparkfeed.WebDatasetOptions;
+import io.sparkfeed.manifest.ArrowTypes;
+import io.sparkfeed.manifest.ColumnStats;
+import io.sparkfeed.manifest.ShardInfo;
+import org.apache.hadoop.conf.Configuration;
+import org.apache.hadoop.fs.Path;
+import org.apache.spark.sql.catalyst.InternalRow;
+import org.apache.spark.sql.connector.write.DataWriter;
+import org.apache.spark.sql.connector.write.WriterCommitMessage;
+
+/**
+ * Writes the rows of one task into tar shards of at most {@code samplesPerShard} samples and
+ * about {@code maxShardBytes} bytes, each with its DALI index.
+ *
+ * <p>Commit protocol, task side: shards are written under
+ * {@code _temporary/<jobId>/task-<taskId>/} with their final names
+ * {@code part-<partition>-<shard>.tar} (+ {@code .idx}), which depend on the partition only, never
+ * on the attempt. {@link #commit} moves them into the dataset root (replacing what an earlier
+ * attempt of the same partition may have left); {@link #abort} deletes the task directory. The
+ * driver writes the manifest after all tasks committed.
+ */
+public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
+    private static final int BUFFER_BYTES = 1 << 20;
+
+    private final WebDatasetOptions options;
+    private final SampleLayout layout;
+    private final DatasetDir dir;
+    private final Path taskDir;
+    private final int partitionId;
+    private final long mtimeMillis;
+    private final SampleEncoder encoder;
+    private final KeyPolicy keys;
+    private final String keyColumn;
+    private final int keyOrdinal;
+    private final List<ShardInfo> shards = new ArrayList<>();
+    private final StringBuilder generated = new StringBuilder();
+
+    private TarShardWriter tar;
+    private ColumnStats[] stats;
+    private String shardName;
+    private String previousKey;
+    private long rowIndex;
+
+    WebDatasetDataWriter(WebDatasetOptions options, SampleLayout layout, Configuration conf,
+                         String jobId, int partitionId, long taskId, long mtimeMillis) {
+        this.options = options;
+        this.layout = layout;
+        this.partitionId = partitionId;
+        this.mtimeMillis = mtimeMillis;
+        try {
+            this.dir = DatasetDir.of(options.path, conf);
+        } catch (IOException e) {
+            throw new UncheckedIOException("cannot open dataset path " + options.path, e);
+        }
+        this.taskDir = new Path(new Path(dir.child(DatasetDir.TEMPORARY), jobId), "task-" + taskId);
+        this.encoder = new SampleEncoder(layout);
+        this.keys = new KeyPolicy(options.sanitizeKeys);
+        this.keyColumn = layout.keyColumn();
+        this.keyOrdinal = layout.keyOrdinal();
+    }
+
+    @Override
+    public void write(InternalRow row) throws IOException {
+        String key = keyOrdinal >= 0
+            ? keys.apply(row.isNullAt(keyOrdinal) ? null : row.getUTF8String(keyOrdinal).toString(),
+                         keyColumn)
+            : generatedKey(rowIndex);
+        if (key.equals(previousKey)) {
+            throw new IllegalArgumentException("duplicate sample key \"" + key + "\" in column \""
+                + keyColumn + "\" (partition " + partitionId + ", row " + rowIndex
+                + "): consecutive samples with one key would merge into one sample");
+        }
+        if (tar == null) {
+            openShard();
+        }
+        encoder.write(row, key, tar);
+        for (ColumnStats s : stats) {
+            s.update(row);
+        }
+        previousKey = key;
+        rowIndex++;
+        if (tar.samples() >= options.samplesPerShard || tar.bytes() >= options.maxShardBytes) {
+            closeShard();
+        }
+    }
+
+    /** p&lt;partition, 5 digits&gt;_&lt;row in partition, 9 digits&gt;: stable across attempts. */
+    private String generatedKey(long row) {
+        generated.setLength(0);
+        generated.append('p');
+        pad(generated, partitionId, 5);
+        generated.append('_');
+        pad(generated, row, 9);
+        return generated.toString();
+    }
+
+    private static void pad(StringBuilder out, long value, int width) {
+        String digits = Long.toString(value);
+        for (int i = digits.length(); i < width; i++) out.append('0');
+        out.append(digits);
+    }
+
+    static String shardName(int partitionId, int shardIndex) {
+        return String.format(Locale.ROOT, "part-%05d-%04d.tar", partitionId, shardIndex);
+    }
+
+    private void openShard() throws IOException {
+        shardName = shardName(partitionId, shards.size());
+        OutputStream out = new BufferedOutputStream(
+            dir.fs.create(new Path(taskDir, shardName), true, BUFFER_BYTES), BUFFER_BYTES);
+        tar = new TarShardWriter(out, mtimeMillis);
+        List<ColumnStats> list = new ArrayList<>();
+        for (SampleLayout.Member m : layout.members()) {
+            ColumnStats s = ArrowTypes.hasStats(m.type) ? ColumnStats.forColumn(m.type, m.ordinal) : null;
+            if (s != null) list.add(s);
+        }
+        stats = list.toArray(new ColumnStats[0]);
+    }
+
+    private void closeShard() throws IOException {
+        tar.finish();
+        String index = shardName + ".idx";
+        try (OutputStream out = dir.fs.create(new Path(taskDir, index), true)) {
+            out.write(tar.indexText().getBytes(StandardCharsets.UTF_8));
+        }
+        Map<String, Map<String, Object>> summary = new LinkedHashMap<>();
+        int k = 0;
+        for (SampleLayout.Member m : layout.members()) {
+            if (ArrowTypes.hasStats(m.type)) {
+                summary.put(m.column, stats[k++].summary());
+            }
+        }
+        shards.add(new ShardInfo(shardName, tar.samples(), tar.bytes(),
+            new ArrayList<>(tar.extensions()), summary, index));
+        tar = null;
+    }
+
+    @Override
+    public WriterCommitMessage commit() throws IOException {
+        if (tar != null) {
+            closeShard();
+        }
+        for (ShardInfo shard : shards) {
+            dir.moveReplacing(new Path(taskDir, shard.path()), dir.child(shard.path()));
+            dir.moveReplacing(new Path(taskDir, shard.index()), dir.child(shard.index()));
+        }
+        dir.fs.delete(taskDir, true);
+        return new ShardCommitMessage(partitionId, shards);
+    }
+
+    @Override
+    public void abort() throws IOException {
+        closeQuietly();
+        dir.fs.delete(taskDir, true);
+    }
+
+    @Override
+    public void close() {
+        closeQuietly();
+    }
+
+    private void closeQuietly() {
+        if (tar != null) {
+            try {
+                tar.close();
+            } catch (IOException ignored) {
+                // the shard is being discarded
+            }
+            tar = null;
+        }
+    }
+}

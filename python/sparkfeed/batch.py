@@ -1,0 +1,154 @@
+"""Arrow record batches -> fixed-size batches -> dicts of tensors, column-wise, no per-row Python.
+
+Numbers become tensors (zero-copy where Arrow's buffer allows), fixed-size lists 2-D tensors,
+strings lists of `str`, binary columns a `BinaryColumn` (two tensors) that moves between processes
+without one Python object per sample and becomes a list of `bytes` only at the user's door.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+
+@dataclass(frozen=True)
+class BinaryColumn:
+    """A batch of variable-length byte strings: `data[offsets[i]:offsets[i+1]]` is sample i."""
+
+    data: torch.Tensor     # uint8, 1-D
+    offsets: torch.Tensor  # int64, len = samples + 1
+
+    def __len__(self) -> int:
+        return self.offsets.numel() - 1
+
+    def item_view(self, i: int) -> torch.Tensor:
+        """Sample i as a uint8 tensor view (no copy)."""
+        return self.data[int(self.offsets[i]):int(self.offsets[i + 1])]
+
+    def to_list(self) -> list[bytes]:
+        """The samples as `bytes` objects (what users see for undecoded binary columns)."""
+        raw = self.data.numpy().tobytes()
+        bounds = self.offsets.tolist()
+        return [raw[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
+
+    def select(self, rows) -> "BinaryColumn":
+        """The samples at `rows` (an index list or tensor), in that order."""
+        rows = torch.as_tensor(rows, dtype=torch.int64)
+        starts, ends = self.offsets[rows], self.offsets[rows + 1]
+        lengths = ends - starts
+        offsets = torch.zeros(rows.numel() + 1, dtype=torch.int64)
+        torch.cumsum(lengths, 0, out=offsets[1:])
+        pieces = [self.data[int(s):int(e)] for s, e in zip(starts.tolist(), ends.tolist())]
+        data = torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.uint8)
+        return BinaryColumn(data, offsets)
+
+
+# ---------------------------------------------------------------- Arrow -> tensors
+
+def _binary_column(arr: pa.Array) -> BinaryColumn:
+    """A binary Arrow array as a BinaryColumn: one copy of the data buffer, no per-row objects."""
+    if arr.null_count:
+        arr = pc.fill_null(arr, b"")
+    if pa.types.is_large_binary(arr.type):
+        off_dtype = np.int64
+    else:
+        off_dtype = np.int32
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=off_dtype, count=len(arr) + 1, offset=arr.offset * np.dtype(off_dtype).itemsize)
+    start, end = int(offsets[0]), int(offsets[-1])
+    data = np.frombuffer(bufs[2], dtype=np.uint8, count=end - start, offset=start) if end > start \
+        else np.empty(0, dtype=np.uint8)
+    return BinaryColumn(torch.from_numpy(data.copy()), torch.from_numpy((offsets - start).astype(np.int64)))
+
+
+def _numeric(arr: pa.Array, name: str) -> torch.Tensor:
+    if arr.null_count and not pa.types.is_floating(arr.type):
+        raise ValueError(f"column {name!r} has null values in this batch and type {arr.type}, which "
+                         "a tensor cannot hold; filter them out (filter=pc.field(name).is_valid()) "
+                         "or fill them when writing")
+    if pa.types.is_boolean(arr.type):
+        return torch.from_numpy(arr.to_numpy(zero_copy_only=False).astype(np.bool_))
+    if pa.types.is_date(arr.type) or pa.types.is_timestamp(arr.type):
+        arr = arr.cast(pa.int64()) if pa.types.is_timestamp(arr.type) or pa.types.is_date64(arr.type) \
+            else arr.cast(pa.int32())
+    return torch.from_numpy(np.array(arr.to_numpy(zero_copy_only=False)))
+
+
+def _list(arr: pa.Array, name: str) -> torch.Tensor:
+    """A list column of equal lengths as a 2-D tensor."""
+    if arr.null_count:
+        raise ValueError(f"column {name!r} has null lists in this batch; a tensor cannot hold them")
+    if pa.types.is_fixed_size_list(arr.type):
+        width = arr.type.list_size
+    else:
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+        width = int(lengths[0]) if len(lengths) else 0
+        if len(lengths) and (lengths != width).any():
+            raise ValueError(f"column {name!r} holds lists of different lengths "
+                             f"({int(lengths.min())}..{int(lengths.max())}); only equal-length lists "
+                             "become 2-D tensors")
+    values = _numeric(pc.list_flatten(arr), name)
+    return values.reshape(len(arr), width)
+
+
+def column_to_value(arr: pa.Array, name: str):
+    """One Arrow column of a batch -> tensor, 2-D tensor, list of str, or BinaryColumn."""
+    t = arr.type
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return _binary_column(arr)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return arr.to_pylist()
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _list(arr, name)
+    return _numeric(arr, name)
+
+
+def table_to_batch(table: pa.Table) -> dict:
+    """A whole Arrow table -> dict of column name -> value, column-wise."""
+    out = {}
+    for name in table.column_names:
+        col = table.column(name)
+        arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+        out[name] = column_to_value(arr, name)
+    return out
+
+
+def batch_len(batch: dict) -> int:
+    """Number of samples in a batch (from any column)."""
+    for value in batch.values():
+        if isinstance(value, (torch.Tensor, BinaryColumn, list)):
+            return len(value)
+    return 0
+
+
+def select_rows(batch: dict, rows: torch.Tensor) -> dict:
+    """The batch restricted to `rows` (int64 indices), every column alike."""
+    out = {}
+    idx = rows.tolist()
+    for name, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            out[name] = value[rows.to(value.device)]
+        elif isinstance(value, BinaryColumn):
+            out[name] = value.select(rows)
+        elif isinstance(value, list):
+            out[name] = [value[i] for i in idx]
+        else:
+            out[name] = value
+    return out
+
+
+def user_facing(batch: dict) -> dict:
+    """What users see: BinaryColumn -> list of bytes, private keys removed."""
+    return {k: (v.to_list() if isinstance(v, BinaryColumn) else v)
+            for k, v in batch.items() if not k.startswith("__")}
+
+
+def rows(batch: dict):
+    """Yield one dict per sample (the `Dataset(batch_size=None)` path)."""
+    batch = user_facing(batch)
+    for i in range(batch_len(batch)):
+        yield {k: v[i] for k, v in batch.items()}

@@ -1,0 +1,203 @@
+"""Synthetic benchmark data, written with Spark through `sparkfeed.write` and cached.
+
+Every dataset lives under `cache/<name>-<key>/`, where the key hashes the parameters that shape
+it; a directory whose `_done` marker exists is reused as is. The image set is written once as
+Parquet by Spark; the peers' layouts are derived from those same bytes: a JPEG folder tree
+(`<label>/<id>.jpg`, torchvision ImageFolder's layout) and WebDataset tars written by Spark's
+`webdataset` data source (`sparkfeed.write(..., format="webdataset")`) from the same rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import pyarrow.dataset as pads
+
+log = logging.getLogger(__name__)
+NUM_LABELS = 100
+NUM_FLOATS = 8
+DONE = "_done"
+
+
+@dataclass(frozen=True)
+class Data:
+    """Where the benchmark data lies (all paths local) and how it was made."""
+
+    tabular: str            # sparkfeed Parquet dataset: id, label, f0..f7, caption
+    images: str             # sparkfeed Parquet dataset: id, label, image (JPEG), caption
+    image_folder: str       # <label>/<id>.jpg files with the same JPEG bytes
+    webdataset: str | None  # sparkfeed WebDataset tars of the same rows (None: not available)
+    webdataset_note: str
+    build_s: float          # seconds spent building (0 when everything came from the cache)
+
+
+def _key(**params) -> str:
+    return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _spark():
+    # The Python workers must import sparkfeed (the writer gathers footers in a Spark job). The
+    # session's `spark.pyspark.python` conf alone does not reach local-mode workers on Spark 4.3,
+    # so the environment variable is set as well, before the JVM starts.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    import sparkfeed
+
+    return sparkfeed.spark_session(app_name="sparkfeed-bench", master="local[2]",
+                                   conf={"spark.sql.shuffle.partitions": "4"})
+
+
+def _fresh(path: str) -> bool:
+    if os.path.exists(os.path.join(path, DONE)):
+        return False
+    shutil.rmtree(path, ignore_errors=True)
+    return True
+
+
+def _mark(path: str, params: dict) -> None:
+    with open(os.path.join(path, DONE), "w") as f:
+        json.dump(params, f)
+
+
+def _write_tabular(spark, path: str, n: int, shard: int, group: int) -> None:
+    import sparkfeed
+    from pyspark.sql import functions as F
+
+    df = spark.range(n).select(
+        F.col("id"),
+        (F.col("id") * NUM_LABELS / n).cast("int").alias("label"),
+        *[F.rand(seed=i).cast("float").alias(f"f{i}") for i in range(NUM_FLOATS)],
+        F.concat(F.lit("a synthetic caption for row "), F.col("id").cast("string")).alias("caption"))
+    sparkfeed.write(df, path, samples_per_shard=shard, samples_per_row_group=group,
+                    cluster_by="label", mode="overwrite")
+
+
+def _jpeg_partition(side: int):
+    def make(batches):
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        for pdf in batches:
+            images = []
+            for i in pdf["id"]:
+                rng = np.random.default_rng(int(i))
+                # smooth gradient plus noise: compresses like a photo, not like flat colour
+                y, x = np.mgrid[0:side, 0:side]
+                base = np.stack([(x * (i % 7 + 1)) % 256, (y * (i % 5 + 1)) % 256,
+                                 ((x + y) * (i % 3 + 1)) % 256], -1)
+                arr = (base + rng.integers(0, 48, (side, side, 3))).clip(0, 255).astype("uint8")
+                buf = io.BytesIO()
+                Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+                images.append(buf.getvalue())
+            pdf = pdf.copy()
+            pdf["image"] = images
+            yield pdf
+    return make
+
+
+def _write_images(spark, path: str, n: int, side: int, shard: int, group: int) -> None:
+    import sparkfeed
+    from pyspark.sql import functions as F
+
+    base = spark.range(0, n, numPartitions=2).select(
+        F.col("id"), (F.col("id") * NUM_LABELS / n).cast("int").alias("label"),
+        F.concat(F.lit("image "), F.col("id").cast("string")).alias("caption"))
+    schema = "id long, label int, caption string, image binary"
+    df = base.mapInPandas(_jpeg_partition(side), schema)
+    sparkfeed.write(df, path, samples_per_shard=shard, samples_per_row_group=group,
+                    cluster_by="label", codecs={"image": "jpeg"}, mode="overwrite")
+
+
+def _write_folder(images: str, folder: str) -> None:
+    """The same JPEG bytes as files, `<label>/<id>.jpg`."""
+    table = pads.dataset(images, format="parquet", exclude_invalid_files=True).to_table(
+        columns=["id", "label", "image"])
+    for label in range(NUM_LABELS):
+        os.makedirs(os.path.join(folder, f"{label:03d}"), exist_ok=True)
+    for rid, label, img in zip(*(table.column(c).to_pylist() for c in ("id", "label", "image"))):
+        with open(os.path.join(folder, f"{label:03d}", f"{rid:08d}.jpg"), "wb") as f:
+            f.write(img)
+
+
+def _write_webdataset(spark, images: str, path: str, shard: int) -> str:
+    """Spark re-reads the image Parquet and writes it as tars; '' or why it could not."""
+    import sparkfeed
+
+    try:
+        df = spark.read.parquet(images)
+        sparkfeed.write(df, path, format="webdataset", samples_per_shard=shard,
+                        codecs={"image": "jpeg"}, mode="overwrite")
+        return ""
+    except Exception as exc:  # the JVM source may be missing; the bench still runs without it
+        log.warning("webdataset writing failed, its runner will be skipped: %s", exc)
+        return f"not available: sparkfeed.write(format='webdataset') failed: {str(exc)[:200]}"
+
+
+def build(cache: str, samples: int, images: int, image_size: int, workers: int) -> Data:
+    """Build (or reuse) every dataset the scenarios need; returns their paths."""
+    started, spark = time.perf_counter(), None
+    # enough shards and row groups that workers share the work and pruning has something to prune
+    t_shard = max(1000, samples // 8)
+    t_group = max(256, t_shard // 16)
+    i_shard = max(100, images // (2 * workers))
+    i_group = max(32, min(256, i_shard // 8))
+    tp = dict(kind="tabular", n=samples, shard=t_shard, group=t_group, v=1)
+    ip = dict(kind="images", n=images, side=image_size, shard=i_shard, group=i_group, v=1)
+    tab = os.path.join(cache, f"tabular-{_key(**tp)}")
+    img = os.path.join(cache, f"images-{_key(**ip)}")
+    folder, wds = img + "-folder", img + "-wds"
+    if _fresh(tab):
+        spark = spark or _spark()
+        _write_tabular(spark, tab, samples, t_shard, t_group)
+        _mark(tab, tp)
+    if _fresh(img):
+        spark = spark or _spark()
+        _write_images(spark, img, images, image_size, i_shard, i_group)
+        _mark(img, ip)
+    if _fresh(folder):
+        _write_folder(img, folder)
+        _mark(folder, ip)
+    note_file = os.path.join(wds, "_note")
+    if _fresh(wds):
+        spark = spark or _spark()
+        note = _write_webdataset(spark, img, wds, i_shard)
+        os.makedirs(wds, exist_ok=True)
+        with open(note_file, "w") as f:
+            f.write(note)
+        _mark(wds, ip)
+    with open(note_file) as f:
+        wds_note = f.read()
+    built = time.perf_counter() - started if spark is not None else 0.0
+    return Data(tabular=tab, images=img, image_folder=folder,
+                webdataset=None if wds_note else wds, webdataset_note=wds_note, build_s=built)
+
+
+def files(path: str, suffix: str) -> list[str]:
+    """Data files under `path` ending in `suffix`, sorted (Spark's `_`/`.` files left out)."""
+    out = []
+    for root, _dirs, names in os.walk(path):
+        out += [os.path.join(root, n) for n in names if n.endswith(suffix) and n[0] not in "_."]
+    return sorted(out)
+
+
+def warm(paths: list[str]) -> int:
+    """Read every file once so that timings see the page cache; returns the bytes read."""
+    total = 0
+    for p in paths:
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 22):
+                total += len(chunk)
+    return total
+
+
+def describe(data: Data) -> dict:
+    return asdict(data)

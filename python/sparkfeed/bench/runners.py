@@ -1,0 +1,202 @@
+"""One function per loader, one signature: `runner(ctx, **options) -> iterator of batch sizes`.
+
+A runner yields the number of samples in each batch it delivers (the harness times the first
+yield, counts the samples and checks the total) and may record `ctx.extra["bytes_read"]` or
+`ctx.extra["note"]`. A new peer is a new function and one line in `RUNNERS`; a peer whose
+package is missing is listed in `REQUIRES` and reported as skipped with the install command.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.utils.data
+
+from . import datasets
+
+TABULAR_COLUMNS = ["id", "label"] + [f"f{i}" for i in range(datasets.NUM_FLOATS)]
+
+
+@dataclass
+class Context:
+    """What every runner of one run shares: the data and the loading parameters."""
+
+    data: datasets.Data
+    batch_size: int
+    workers: int
+    image_size: int
+    extra: dict = field(default_factory=dict)  # per-run results a runner reports
+
+
+# ----------------------------------------------------------------------------- tabular
+def sparkfeed_tabular(ctx: Context, filter=None) -> Iterator[int]:
+    import sparkfeed
+
+    loader = sparkfeed.DataLoader(ctx.data.tabular, batch_size=ctx.batch_size, columns=TABULAR_COLUMNS,
+                                  filter=filter, num_workers=ctx.workers)
+    for batch in loader:
+        yield len(batch["id"])
+    stats = loader.stats()
+    ctx.extra["bytes_read"] = int(stats["bytes_read"])
+    ctx.extra["stats"] = {k: stats.get(k, 0) for k in (
+        "shards_planned", "shards_pruned", "row_groups_planned", "row_groups_pruned", "rows_filtered")}
+
+
+def pyarrow_scan(ctx: Context) -> Iterator[int]:
+    """The ceiling: Arrow's own multi-threaded scan of the same files, no tensors, no workers."""
+    import pyarrow.dataset as pads
+
+    dataset = pads.dataset(datasets.files(ctx.data.tabular, ".parquet"), format="parquet")
+    for rb in dataset.to_batches(columns=TABULAR_COLUMNS, batch_size=ctx.batch_size):
+        yield rb.num_rows
+
+
+class _RowDataset(torch.utils.data.Dataset):
+    """The usual map-style dataset: rows held in memory, one dict per `__getitem__`."""
+
+    def __init__(self, path: str):
+        import pyarrow.dataset as pads
+
+        table = pads.dataset(datasets.files(path, ".parquet"), format="parquet").to_table(
+            columns=TABULAR_COLUMNS)
+        self.columns = {c: table.column(c).to_numpy() for c in TABULAR_COLUMNS}
+        self.n = table.num_rows
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        return {c: v[i] for c, v in self.columns.items()}
+
+
+def torch_map_style(ctx: Context) -> Iterator[int]:
+    loader = torch.utils.data.DataLoader(_RowDataset(ctx.data.tabular), batch_size=ctx.batch_size,
+                                         num_workers=ctx.workers)
+    for batch in loader:
+        yield len(batch["id"])
+
+
+def petastorm_batched(ctx: Context) -> Iterator[int]:
+    from petastorm import make_batch_reader  # only where installed; see REQUIRES
+    from petastorm.pytorch import DataLoader
+
+    url = "file://" + ctx.data.tabular
+    with make_batch_reader(url, schema_fields=TABULAR_COLUMNS, num_epochs=1,
+                           workers_count=max(1, ctx.workers)) as reader:
+        for batch in DataLoader(reader, batch_size=ctx.batch_size):
+            yield len(batch["id"])
+
+
+def mosaic_streaming(ctx: Context) -> Iterator[int]:
+    import streaming  # noqa: F401  (needs its own MDS conversion of the data; not written here)
+
+    raise NotImplementedError("Mosaic Streaming needs an MDS copy of the data; not implemented yet")
+
+
+# ----------------------------------------------------------------------------- images
+def _pil_decode(raw: bytes, size: int) -> torch.Tensor:
+    """What a torchvision-style pipeline does: decode, RGB, resize shorter side, centre crop."""
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(raw)).convert("RGB")
+    w, h = im.size
+    scale = size / min(w, h)
+    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    im = im.crop((left, top, left + size, top + size))
+    return torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1)
+
+
+def sparkfeed_dali_cpu(ctx: Context) -> Iterator[int]:
+    import sparkfeed
+
+    loader = sparkfeed.DataLoader(
+        ctx.data.images, batch_size=ctx.batch_size, columns=["image", "label"],
+        num_workers=ctx.workers,
+        decode={"image": sparkfeed.ImageDecode(size=ctx.image_size, device="cpu")})
+    for batch in loader:
+        yield batch["image"].shape[0]
+    ctx.extra["bytes_read"] = int(loader.stats()["bytes_read"])
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    def __init__(self, folder: str, size: int):
+        self.paths, self.size = datasets.files(folder, ".jpg"), size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        with open(self.paths[i], "rb") as f:
+            image = _pil_decode(f.read(), self.size)
+        return image, int(self.paths[i].split("/")[-2])
+
+
+def torch_pil_files(ctx: Context) -> Iterator[int]:
+    loader = torch.utils.data.DataLoader(_ImageFiles(ctx.data.image_folder, ctx.image_size),
+                                         batch_size=ctx.batch_size, num_workers=ctx.workers)
+    for images, _labels in loader:
+        yield images.shape[0]
+
+
+def webdataset_pil(ctx: Context) -> Iterator[int]:
+    import webdataset as wds
+
+    size = ctx.image_size
+    urls = datasets.files(ctx.data.webdataset, ".tar")
+    pipeline = (wds.WebDataset(urls, shardshuffle=False, empty_check=False,
+                               nodesplitter=None, workersplitter=wds.split_by_worker)
+                .to_tuple("jpg", "cls").map_tuple(lambda b: _pil_decode(b, size), lambda c: int(c))
+                .batched(ctx.batch_size, partial=True))
+    loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=ctx.workers)
+    for images, _labels in loader:
+        yield images.shape[0]
+
+
+def _decode_chunk(args) -> int:
+    raws, size = args
+    for raw in raws:
+        _pil_decode(raw, size)
+    return len(raws)
+
+
+def pil_ceiling(ctx: Context) -> Iterator[int]:
+    """The cores' raw PIL rate: in-memory JPEGs decoded and resized by `workers` processes."""
+    import pyarrow.dataset as pads
+
+    raws = pads.dataset(datasets.files(ctx.data.images, ".parquet"), format="parquet").to_table(
+        columns=["image"]).column("image").to_pylist()
+    chunks = [(raws[i:i + ctx.batch_size], ctx.image_size) for i in range(0, len(raws), ctx.batch_size)]
+    with multiprocessing.get_context("fork").Pool(max(1, ctx.workers)) as pool:
+        yield from pool.imap(_decode_chunk, chunks)
+
+
+# ----------------------------------------------------------------------------- registry
+Runner = Callable[..., Iterator[int]]
+
+RUNNERS: dict[str, Runner] = {
+    "sparkfeed": sparkfeed_tabular,
+    "pyarrow-scan": pyarrow_scan,
+    "torch-map-style": torch_map_style,
+    "petastorm": petastorm_batched,
+    "mosaic-streaming": mosaic_streaming,
+    "sparkfeed-dali-cpu": sparkfeed_dali_cpu,
+    "torch-pil-files": torch_pil_files,
+    "webdataset-pil": webdataset_pil,
+    "pil-ceiling": pil_ceiling,
+}
+
+# runner -> (module it needs, how to install it); checked before the runner is timed
+REQUIRES: dict[str, tuple[str, str]] = {
+    "petastorm": ("petastorm", "pip install petastorm"),
+    "mosaic-streaming": ("streaming", "pip install mosaicml-streaming"),
+    "webdataset-pil": ("webdataset", "pip install webdataset"),
+    "torch-pil-files": ("PIL", "pip install pillow"),
+    "pil-ceiling": ("PIL", "pip install pillow"),
+    "sparkfeed-dali-cpu": ("nvidia.dali", "pip install nvidia-dali-cuda120"),
+}

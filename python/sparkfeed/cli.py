@@ -1,0 +1,228 @@
+"""The `sparkfeed` command line: `inspect` a dataset, print the `jar` path, and (when installed)
+`bench`.
+
+Subcommands register through `_COMMANDS`: name -> (add its parser, run it). A module elsewhere
+adds its own with `add_parser(subparsers)`, which creates a subparser and sets its handler with
+`parser.set_defaults(_run=fn)`, where `fn(args) -> int` is the exit code; `sparkfeed.bench.cli`
+is picked up that way when it is importable. Errors sparkfeed raises on purpose are one line on
+stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import statistics
+import sys
+from collections.abc import Callable
+
+from .errors import SparkfeedError
+
+__all__ = ["main", "format_manifest"]
+
+log = logging.getLogger(__name__)
+_OPTIONAL = ("sparkfeed.bench.cli",)  # modules that may add subcommands with add_parser(subparsers)
+
+
+# ---------------------------------------------------------------- inspect
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _spread(values: list[int]) -> str:
+    if not values:
+        return "none"
+    med = statistics.median(values)
+    med_text = f"{int(med):,}" if float(med).is_integer() else f"{med:,.1f}"
+    return f"min {min(values):,}, median {med_text}, max {max(values):,}"
+
+
+def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = lambda r: (indent + "  ".join(str(v).ljust(w) for v, w in zip(r, widths))).rstrip()  # noqa: E731
+    return [fmt(header), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)]
+
+
+def _show(value) -> str:
+    if value is None:
+        return "?"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 40 else repr(value[:37] + "...")
+    return str(value)
+
+
+def _dataset_range(m, name: str) -> tuple:
+    """(min of mins, max of maxes, total nulls) of column `name` over every shard (None: unknown)."""
+    los, his, nulls = [], [], 0
+    unknown_range = False
+    for s in m.shards:
+        st = s.stats.get(name)
+        if st is None:
+            unknown_range, nulls = unknown_range or s.num_samples > 0, None
+            continue
+        nulls = None if nulls is None or st.null_count is None else nulls + st.null_count
+        if st.min is not None and st.max is not None:
+            los.append(st.min)
+            his.append(st.max)
+        elif st.null_count != s.num_samples:  # values there, range unknown
+            unknown_range = True
+    if unknown_range or not los:
+        return None, None, nulls
+    return min(los), max(his), nulls
+
+
+def format_manifest(m, shards: int = 0) -> str:
+    """A human-readable summary of a manifest, as `sparkfeed inspect` prints it."""
+    created = ", ".join(f"{k} {v}" for k, v in m.created_by.items()) or "unknown"
+    per_shard = [s.num_samples for s in m.shards]
+    lines = [f"dataset     {m.root}",
+             f"format      {m.format}",
+             f"created by  {created}",
+             f"samples     {m.num_samples:,}",
+             f"bytes       {_human_bytes(m.num_bytes)} ({m.num_bytes:,} bytes)",
+             f"shards      {len(m.shards):,} (samples per shard: {_spread(per_shard)})"]
+    if m.format == "parquet":
+        groups = [rg.num_samples for s in m.shards for rg in (s.row_groups or ())]
+        lines.append(f"row groups  {len(groups):,} (samples per row group: {_spread(groups)})")
+    else:
+        members = sorted({e for s in m.shards for e in (s.members or ())})
+        lines.append(f"members     {', '.join(members) or 'none'}")
+    lines += ["", "schema", *_table(["name", "type", "codec", "member"],
+                                    [[c.name, c.type, c.codec or "", c.member or ""] for c in m.schema])]
+    stat_names = [c.name for c in m.schema if any(c.name in s.stats for s in m.shards)]
+    if stat_names:
+        rows = [[n, *(_show(v) for v in _dataset_range(m, n))] for n in stat_names]
+        lines += ["", "statistics (whole dataset)", *_table(["column", "min", "max", "nulls"], rows)]
+    if shards > 0:
+        rows = [[s.path, f"{s.num_samples:,}", _human_bytes(s.num_bytes),
+                 "-" if s.row_groups is None else str(len(s.row_groups)),
+                 " ".join(f"{k}={_show(v.min)}..{_show(v.max)}" for k, v in list(s.stats.items())[:3])]
+                for s in m.shards[:shards]]
+        lines += ["", f"first {len(rows)} of {len(m.shards)} shards",
+                  *_table(["path", "samples", "bytes", "row groups", "stats (first 3 columns)"], rows)]
+    return "\n".join(lines)
+
+
+def _add_inspect(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "inspect", help="summarise a dataset from its manifest",
+        description="Read a dataset's manifest (_sparkfeed.json) and summarise it: format, "
+                    "samples, bytes, shard and row-group sizes, schema with codecs, and each "
+                    "column's min/max/null statistics over the whole dataset. Only the manifest "
+                    "is read, never the shards.",
+        epilog="examples:\n  sparkfeed inspect ds/\n  sparkfeed inspect s3://bucket/ds --shards 10\n"
+               "  sparkfeed inspect ds/ --json | jq .num_samples",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("path", help="dataset root: a local path or an fsspec URL (s3://, gs://, hdfs://, ...)")
+    p.add_argument("--json", action="store_true", help="print the manifest JSON and nothing else")
+    p.add_argument("--shards", type=int, default=0, metavar="N",
+                   help="also list the first N shards with their statistics (default 0)")
+    return p
+
+
+def _run_inspect(args) -> int:
+    from .manifest import read_manifest
+
+    m = read_manifest(args.path)
+    print(m.to_json(indent=1) if args.json else format_manifest(m, shards=args.shards))
+    return 0
+
+
+# ---------------------------------------------------------------- jar
+
+def _add_jar(sub) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        "jar", help="print the path of the bundled Spark jar",
+        description="Print the absolute path of the sparkfeed jar bundled with this package, for "
+                    "spark-submit.",
+        epilog='example:\n  spark-submit --jars "$(sparkfeed jar)" examples/preprocess_images.py',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _run_jar(args) -> int:
+    from .session import jar_path
+
+    print(jar_path())
+    return 0
+
+
+# ---------------------------------------------------------------- wiring
+
+_COMMANDS: dict[str, tuple[Callable, Callable]] = {
+    "inspect": (_add_inspect, _run_inspect),
+    "jar": (_add_jar, _run_jar),
+}
+
+
+def _add_optional(sub) -> None:
+    """Let optional modules (`sparkfeed.bench.cli`) add their subcommands, if importable."""
+    for name in _OPTIONAL:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and name.startswith(exc.name):
+                continue  # not installed: no such subcommand
+            _add_broken(sub, name, exc)
+        except Exception as exc:  # noqa: BLE001 - a broken extra must not break `inspect`
+            _add_broken(sub, name, exc)
+        else:
+            module.add_parser(sub)
+
+
+def _add_broken(sub, module: str, exc: Exception) -> None:
+    command = module.split(".")[1]
+    p = sub.add_parser(command, help=f"(unavailable: {type(exc).__name__})", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def run(args) -> int:
+        raise SparkfeedError(f"`sparkfeed {command}` is unavailable: importing {module} failed "
+                             f"with {type(exc).__name__}: {exc}")
+
+    p.set_defaults(_run=run)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparkfeed",
+        description="sparkfeed: Spark writes sharded Parquet or WebDataset plus a manifest; "
+                    "PyTorch streams it. This command inspects datasets and helps run Spark jobs.",
+        epilog="examples:\n  sparkfeed inspect ds/\n  sparkfeed inspect ds/ --json\n"
+               '  spark-submit --jars "$(sparkfeed jar)" job.py\n\n'
+               "Run `sparkfeed COMMAND --help` for the options of one command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-level", default="WARNING", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="how much sparkfeed logs to stderr (default WARNING)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (add, run) in _COMMANDS.items():
+        add(sub).set_defaults(_run=run)
+    _add_optional(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `sparkfeed` command line; returns the exit code (2 for errors)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args._run(args) or 0)
+    except BrokenPipeError:  # `sparkfeed inspect ... | head`
+        return 0
+    except (SparkfeedError, OSError) as exc:
+        print(f"sparkfeed {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

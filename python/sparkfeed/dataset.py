@@ -1,0 +1,208 @@
+"""`sparkfeed.Dataset`: a torch IterableDataset over this worker's share of the epoch stream.
+
+plan (once) -> epoch stream -> this rank's and worker's spans -> read -> batch. It yields single
+samples (so `torch.utils.data.DataLoader(ds, batch_size=B)` works unchanged) or, with
+`batch_size=B`, whole batches built column-wise (the fast path; use torch's `batch_size=None`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.utils.data
+
+from . import batch as batching
+from . import filters, partition, storage
+from .manifest import Manifest, read_manifest
+from .plan import Plan, make_plan, with_counts
+from .read import BOOKKEEPING, ReadContext, make_reader
+from .stats import Stats
+from .stream import EpochStream, StreamReader
+
+__all__ = ["Dataset", "resolve_rank"]
+log = logging.getLogger(__name__)
+
+ON_ERROR = ("raise", "skip")
+PROGRESS_KEY = "__sparkfeed_progress__"
+STATS_KEY = "__sparkfeed_stats__"
+
+
+def _positive_int(name: str, value, allow_none: bool = False) -> None:
+    if allow_none and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"`{name}` should be a positive integer{' or None' if allow_none else ''}, "
+                         f"but got {name}={value!r}")
+
+
+def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Explicit arguments, else torch.distributed when initialised, else RANK/WORLD_SIZE, else (0, 1)."""
+    if rank is None or world_size is None:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            rank = dist.get_rank() if rank is None else rank
+            world_size = dist.get_world_size() if world_size is None else world_size
+        else:
+            rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+            world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    _positive_int("world_size", world_size)
+    if not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"`rank` should be in [0, world_size={world_size}), but got rank={rank!r}")
+    return rank, world_size
+
+
+class Dataset(torch.utils.data.IterableDataset):
+    """Stream a sparkfeed dataset (Parquet or WebDataset) as samples or batches.
+
+    Example: `ds = sparkfeed.Dataset("ds/", columns=["label"], filter=[("label", "<", 3)])`, then
+    `torch.utils.data.DataLoader(ds, batch_size=32, num_workers=2)`. Every sample that passes the
+    filter is delivered once per epoch across ranks and workers.
+    """
+
+    def __init__(self, path: str, *, columns: Sequence[str] | None = None, filter=None,
+                 shuffle: bool = False, seed: int = 0, batch_size: int | None = None,
+                 drop_last: bool = False, shuffle_buffer: int = 2048, rank: int | None = None,
+                 world_size: int | None = None, on_error: str = "raise",
+                 storage_options: dict | None = None, manifest: Manifest | None = None):
+        super().__init__()
+        _positive_int("batch_size", batch_size, allow_none=True)
+        _positive_int("shuffle_buffer", shuffle_buffer)
+        if on_error not in ON_ERROR:
+            raise ValueError(f"`on_error` should be one of {ON_ERROR}, but got on_error={on_error!r}")
+        if not isinstance(seed, int):
+            raise ValueError(f"`seed` should be an integer, but got seed={seed!r}")
+        self.path = str(path)
+        self.manifest = manifest or read_manifest(self.path, storage_options)
+        self.columns = self._check_columns(columns)
+        self.expr = filters.to_expression(filter)
+        if self.expr is not None:
+            filters.check_filter(self.expr, self.manifest.schema, self.path)
+        self.shuffle, self.seed, self.batch_size = bool(shuffle), seed, batch_size
+        self.drop_last, self.shuffle_buffer, self.on_error = bool(drop_last), shuffle_buffer, on_error
+        self.rank, self.world_size = resolve_rank(rank, world_size)
+        self.storage_options = storage_options
+        self.epoch = 0
+        self._plan: Plan | None = None
+        self._lanes: list[list[partition.Span]] | None = None  # set by sparkfeed.DataLoader
+        self._annotate = False
+        self._count_stats: dict = {}
+
+    def _check_columns(self, columns) -> tuple[str, ...]:
+        names = self.manifest.column_names
+        if columns is None:
+            return tuple(names)
+        if isinstance(columns, str) or not isinstance(columns, Sequence) or not columns:
+            raise ValueError(f"`columns` should be a non-empty list of column names, but got "
+                             f"columns={columns!r}")
+        unknown = [c for c in columns if c not in names]
+        if unknown:
+            raise ValueError(f"`columns` names {unknown} which dataset {self.path!r} does not have; "
+                             f"its columns are {names}")
+        return tuple(columns)
+
+    # ------------------------------------------------------------ planning
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch: it seeds the shuffle, so every rank must call it with the same value."""
+        if not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"`epoch` should be a non-negative integer, but got epoch={epoch!r}")
+        self.epoch = epoch
+
+    def _context(self, stats: Stats) -> ReadContext:
+        fs, root = storage.resolve(self.path, self.storage_options)
+        plan = self.plan()
+        return ReadContext(fs=fs, root=root, dataset=self.path, schema=self.manifest.schema,
+                           columns=self.columns, filter_columns=plan.filter_columns, expr=self.expr,
+                           on_error=self.on_error, stats=stats,
+                           manifest_bytes={s.path: s.num_bytes for s in self.manifest.shards})
+
+    def plan(self) -> Plan:
+        """The work units (pruned by statistics) and their exact counts; computed once."""
+        if self._plan is None:
+            plan = make_plan(self.manifest, self.expr, self.columns)
+            if self.expr is not None:
+                self._plan = plan  # the context below needs the filter columns
+                stats = Stats()
+                ctx = self._context(stats)
+                plan = with_counts(plan, lambda u: make_reader(self.manifest.format, ctx).count(u))
+                self._count_stats = stats.take()
+            self._plan = plan
+        return self._plan
+
+    def stream(self) -> EpochStream:
+        return EpochStream(self.plan(), seed=self.seed, epoch=self.epoch, shuffle=self.shuffle,
+                           shuffle_buffer=self.shuffle_buffer)
+
+    def _unit_size(self) -> int:
+        return self.batch_size or 1
+
+    def lanes_for(self, spans: Sequence[partition.Span], num_workers: int) -> list[list[partition.Span]]:
+        """This rank's spans cut into one run of whole batches per worker."""
+        return partition.split_workers(spans, num_workers, self._unit_size())
+
+    def rank_spans(self, spans: Sequence[partition.Span] | None = None) -> list[partition.Span]:
+        """This rank's share of `spans` (the whole epoch by default)."""
+        spans = [(0, self.plan().num_samples)] if spans is None else spans
+        return partition.split_ranks(spans, self.world_size, self._unit_size(),
+                                     self.drop_last)[self.rank]
+
+    # ------------------------------------------------------------ iteration
+
+    def _my_lane(self) -> tuple[int, list[partition.Span]]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        lanes = self._lanes if self._lanes is not None else self.lanes_for(self.rank_spans(), workers)
+        if len(lanes) != workers:
+            raise RuntimeError(f"internal: {len(lanes)} lanes for {workers} workers")
+        return worker, lanes[worker]
+
+    def __iter__(self):
+        worker, spans = self._my_lane()
+        if self.batch_size is None:
+            for b in self._batches(spans, worker, 256):
+                yield from batching.rows(b)
+        else:
+            yield from self._batches(spans, worker, self.batch_size)
+
+    def _batches(self, spans, worker: int, size: int):
+        stats = Stats()
+        reader = StreamReader(self.stream(), make_reader(self.manifest.format, self._context(stats)))
+        consumed = 0
+        try:
+            for start in range(0, partition.total(spans), size):
+                pieces = partition.take(spans, start, size)
+                n = partition.total(pieces)
+                table = _concat([reader.read(lo, hi) for lo, hi in pieces])
+                consumed += n
+                batch = self._to_batch(table, stats)
+                stats.add("samples", batching.batch_len(batch))
+                stats.add("batches")
+                if self._annotate:
+                    batch[PROGRESS_KEY] = (worker, consumed)
+                    batch[STATS_KEY] = stats.take()
+                else:
+                    batch = {k: v for k, v in batch.items() if k not in BOOKKEEPING}
+                yield batch
+        finally:
+            reader.close()
+
+    def _to_batch(self, table, stats: Stats) -> dict:
+        ok = table.column("__ok__")
+        if ok.null_count or not all(c.to_numpy(zero_copy_only=False).all() for c in ok.chunks):
+            before = table.num_rows
+            table = table.filter(ok)
+            stats.add("samples_skipped", before - table.num_rows)
+        return batching.table_to_batch(table.drop_columns(["__ok__"]))
+
+    def __len__(self) -> int:
+        lanes = self.lanes_for(self.rank_spans(), 1)
+        return -(-partition.total(lanes[0]) // self._unit_size())
+
+
+def _concat(tables):
+    import pyarrow as pa
+
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)

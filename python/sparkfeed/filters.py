@@ -1,0 +1,155 @@
+"""One filter language inside: a `pyarrow.compute.Expression`, converted once at the door.
+
+DNF tuples (the `pyarrow.parquet` `filters=` form) become an Expression with pyarrow's own
+`filters_to_expression`. The same Expression then prunes shards and row groups (by turning their
+min/max/null statistics into pyarrow "guarantees" and letting pyarrow's simplifier decide) and
+filters rows. Nothing here hand-evaluates a predicate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from .manifest import Column, ColumnStats
+
+__all__ = ["to_expression", "referenced_columns", "check_filter", "guarantee", "select_may_match",
+           "arrow_type"]
+
+_TIMESTAMP = re.compile(r"timestamp\[(\w+)(?:, tz=(.+))?\]")
+_LIST = re.compile(r"(large_list|list)<(\w+): (.+)>")
+_FIXED_LIST = re.compile(r"fixed_size_list<(\w+): (.+)>\[(\d+)\]")
+_ALIASES = {"float": pa.float32(), "double": pa.float64(), "bool": pa.bool_(),
+            "date32[day]": pa.date32(), "date64[ms]": pa.date64(), "large_string": pa.large_string(),
+            "large_binary": pa.large_binary()}
+
+
+def to_expression(filter) -> pc.Expression | None:
+    """Normalise a user filter: None, an Expression, or DNF tuples -> Expression or None.
+
+    DNF: `[("label", "<", 10)]` (AND of tuples) or `[[...], [...]]` (OR of ANDs), as in
+    `pyarrow.parquet.read_table(filters=...)`.
+    """
+    if filter is None:
+        return None
+    if isinstance(filter, pc.Expression):
+        return filter
+    if isinstance(filter, Sequence) and not isinstance(filter, (str, bytes)) and filter:
+        try:
+            return pq.filters_to_expression(list(filter))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"`filter` should be DNF tuples like [('label', '<', 10)] or a "
+                             f"pyarrow.compute.Expression, but got filter={filter!r} ({exc})") from exc
+    raise ValueError("`filter` should be None, DNF tuples like [('label', '<', 10)] or a "
+                     f"pyarrow.compute.Expression, but got filter={filter!r}")
+
+
+def arrow_type(type_string: str) -> pa.DataType | None:
+    """The Arrow type for a manifest type string, or None for types we need not rebuild."""
+    if type_string in _ALIASES:
+        return _ALIASES[type_string]
+    m = _TIMESTAMP.fullmatch(type_string)
+    if m:
+        return pa.timestamp(m.group(1), tz=m.group(2))
+    m = _LIST.fullmatch(type_string)
+    if m and arrow_type(m.group(3)) is not None:
+        make = pa.large_list if m.group(1) == "large_list" else pa.list_
+        return make(pa.field(m.group(2), arrow_type(m.group(3))))
+    m = _FIXED_LIST.fullmatch(type_string)
+    if m and arrow_type(m.group(2)) is not None:
+        return pa.list_(pa.field(m.group(1), arrow_type(m.group(2))), int(m.group(3)))
+    try:
+        return pa.type_for_alias(type_string)
+    except (ValueError, KeyError):
+        return None
+
+
+def _empty_table(schema: Sequence[Column], skip: str | None = None) -> pa.Table:
+    fields = [pa.field(c.name, arrow_type(c.type) or pa.null()) for c in schema if c.name != skip]
+    return pa.schema(fields).empty_table()
+
+
+def check_filter(expr: pc.Expression, schema: Sequence[Column], dataset: str) -> None:
+    """Bind `expr` to the dataset's schema now, so a missing column or a wrong type fails
+    when the loader is built, not in the middle of an epoch."""
+    try:
+        _empty_table(schema).filter(expr)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, TypeError) as exc:
+        raise ValueError(f"`filter` {expr} cannot apply to dataset {dataset!r} with columns "
+                         f"{[c.name for c in schema]}: {exc}") from exc
+
+
+def referenced_columns(expr: pc.Expression | None, schema: Sequence[Column]) -> list[str]:
+    """The columns `expr` reads: a column is referenced when binding fails without it."""
+    if expr is None:
+        return []
+    used = []
+    for col in schema:
+        try:
+            _empty_table(schema, skip=col.name).filter(expr)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            used.append(col.name)
+    return used
+
+
+def _scalar(value, type_: pa.DataType):
+    """A statistics value (JSON) as an Arrow scalar of the column's type, or None."""
+    if value is None or type_ is None:
+        return None
+    try:
+        if pa.types.is_date(type_) and isinstance(value, str):
+            value = dt.date.fromisoformat(value)
+        elif pa.types.is_timestamp(type_) and isinstance(value, str):
+            value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return pa.scalar(value, type=type_)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, TypeError, OverflowError):
+        return None
+
+
+def guarantee(stats: Mapping[str, ColumnStats], types: Mapping[str, pa.DataType],
+              num_rows: int) -> pc.Expression:
+    """What a shard's or row group's statistics promise about every row, as an Expression."""
+    terms = []
+    for name, s in stats.items():
+        field = pc.field(name)
+        if s.null_count is not None and s.null_count == num_rows and num_rows > 0:
+            terms.append(field.is_null())
+            continue
+        lo, hi = _scalar(s.min, types.get(name)), _scalar(s.max, types.get(name))
+        if lo is None or hi is None:
+            continue
+        term = (field >= lo) & (field <= hi)
+        if s.null_count is None or s.null_count > 0:
+            term = term | field.is_null()
+        terms.append(term)
+    result = pc.scalar(True)
+    for term in terms:
+        result = result & term
+    return result
+
+
+_FS = pa.fs.LocalFileSystem()
+_FORMAT = ds.ParquetFileFormat()
+
+
+def select_may_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, ColumnStats], int]],
+                     schema: Sequence[Column]) -> list[int]:
+    """Indices of the items (stats, rows) whose statistics do not rule `expr` out.
+
+    pyarrow's dataset layer does the reasoning: each item becomes a fragment whose partition
+    expression is its guarantee, and `get_fragments(filter=expr)` keeps those that may match.
+    No file is opened; the fragments only carry the index as their (never read) path.
+    """
+    types = {c.name: arrow_type(c.type) for c in schema}
+    arrow_schema = pa.schema([pa.field(c.name, types[c.name] or pa.null()) for c in schema])
+    fragments = [_FORMAT.make_fragment(str(i), filesystem=_FS,
+                                       partition_expression=guarantee(stats, types, rows))
+                 for i, (stats, rows) in enumerate(items)]
+    dataset = ds.FileSystemDataset(fragments, arrow_schema, _FORMAT, _FS)
+    return [int(f.path) for f in dataset.get_fragments(filter=expr)]

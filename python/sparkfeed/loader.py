@@ -1,0 +1,303 @@
+"""`sparkfeed.DataLoader`: the one-line replacement for `torch.utils.data.DataLoader`.
+
+Wiring only: argument checks, the epoch's split of work over this rank's workers, torch's own
+worker processes (batch_size=None: workers build whole batches), then on a background thread
+image decoding and pinned copies (`prefetch.Prefetcher`), and bookkeeping of exactly which
+positions the consumer received, which is what `state_dict()` saves.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torch.utils.data
+
+from . import partition
+from .batch import BinaryColumn, batch_len, select_rows, user_facing
+from .dataset import PROGRESS_KEY, STATS_KEY, Dataset, _positive_int
+from .errors import CorruptSampleError, WorkerError
+from .prefetch import Prefetcher
+from .stats import Stats
+
+__all__ = ["DataLoader"]
+log = logging.getLogger(__name__)
+STATE_VERSION = 1
+
+
+class DataLoader:
+    """Batches of a sparkfeed dataset as dicts of tensors, with torch's familiar arguments.
+
+    Example::
+
+        loader = sparkfeed.DataLoader("s3://bucket/ds", batch_size=256, shuffle=True,
+                                      num_workers=8, pin_memory=True, device="cuda",
+                                      columns=["image", "label"], filter=[("label", "<", 10)],
+                                      decode={"image": sparkfeed.ImageDecode(size=224)})
+        for epoch in range(epochs):
+            loader.set_epoch(epoch)
+            for batch in loader: ...
+
+    `state_dict()` / `load_state_dict()` resume mid-epoch exactly (any world size or worker
+    count); `stats()` says where the time and bytes went.
+    """
+
+    def __init__(self, path_or_dataset, batch_size: int = 1, shuffle: bool = False, seed: int = 0,
+                 columns: Sequence[str] | None = None, filter=None,
+                 decode: Mapping[str, object] | None = None, num_workers: int = 0, prefetch: int = 2,
+                 pin_memory: bool = False, device=None, drop_last: bool = False,
+                 collate_fn: Callable | None = None, on_error: str = "raise",
+                 rank: int | None = None, world_size: int | None = None, shuffle_buffer: int = 2048,
+                 storage_options: dict | None = None, timeout: float = 0,
+                 multiprocessing_context=None, prefetch_factor: int | None = None):
+        _positive_int("batch_size", batch_size)
+        if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
+            raise ValueError(f"`num_workers` should be a non-negative integer, but got num_workers={num_workers!r}")
+        if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
+            raise ValueError(f"`prefetch` should be a non-negative integer, but got prefetch={prefetch!r}")
+        if collate_fn is not None and not callable(collate_fn):
+            raise ValueError(f"`collate_fn` should be callable, but got collate_fn={collate_fn!r}")
+        self.dataset = self._dataset(path_or_dataset, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                                     columns=columns, filter=filter, drop_last=drop_last,
+                                     on_error=on_error, rank=rank, world_size=world_size,
+                                     shuffle_buffer=shuffle_buffer, storage_options=storage_options)
+        self.batch_size, self.num_workers, self.prefetch = batch_size, num_workers, prefetch
+        self.pin_memory, self.collate_fn, self.timeout = pin_memory, collate_fn, timeout
+        self.multiprocessing_context, self.prefetch_factor = multiprocessing_context, prefetch_factor
+        self.device = self._check_device(device)
+        self.decode = self._check_decode(decode or {})
+        self._decoders: dict | None = None
+        self._stats = Stats()
+        self._resume: list[partition.Span] | None = None
+        self._resume_lanes: list[list[partition.Span]] | None = None
+        self._lanes: list[list[partition.Span]] = []
+        self._delivered: list[int] = []
+
+    # ------------------------------------------------------------ arguments
+
+    @staticmethod
+    def _dataset(path_or_dataset, **kwargs) -> Dataset:
+        if isinstance(path_or_dataset, Dataset):
+            ds = path_or_dataset
+            if ds.batch_size != kwargs["batch_size"]:
+                ds.batch_size = kwargs["batch_size"]
+            return ds
+        if not isinstance(path_or_dataset, str) and not hasattr(path_or_dataset, "__fspath__"):
+            raise ValueError("`path_or_dataset` should be a dataset path/URL or a sparkfeed.Dataset, "
+                             f"but got {type(path_or_dataset).__name__}")
+        return Dataset(str(path_or_dataset), **kwargs)
+
+    @staticmethod
+    def _check_device(device):
+        if device is None:
+            return None
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"`device` is {device!r} but CUDA is not available on this machine; "
+                             "use device=None or 'cpu'")
+        return dev
+
+    def _check_decode(self, decode: Mapping[str, object]) -> dict:
+        from .decode import ImageDecode
+
+        ds = self.dataset
+        for name, spec in decode.items():
+            if name not in ds.columns:
+                raise ValueError(f"`decode` names column {name!r}, which is not among the loaded "
+                                 f"columns {list(ds.columns)}")
+            if ds.manifest.column(name).type not in ("binary", "large_binary"):
+                raise ValueError(f"`decode` column {name!r} is {ds.manifest.column(name).type}, "
+                                 "not a binary column of encoded images")
+            if not isinstance(spec, ImageDecode):
+                raise ValueError(f"`decode[{name!r}]` should be a sparkfeed.ImageDecode, but got {spec!r}")
+        return dict(decode)
+
+    # ------------------------------------------------------------ epochs and state
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch `epoch` at the next iteration (same value on every rank)."""
+        self.dataset.set_epoch(epoch)
+        self._resume, self._resume_lanes, self._lanes, self._delivered = None, None, [], []
+
+    def _rank_spans(self) -> list[partition.Span]:
+        return self._resume if self._resume is not None else self.dataset.rank_spans()
+
+    def __len__(self) -> int:
+        lanes = self._resume_lanes or self.dataset.lanes_for(self._rank_spans(), max(1, self.num_workers))
+        return sum(-(-partition.total(lane) // self.batch_size) for lane in lanes)
+
+    def _remaining_lanes(self) -> list[list[partition.Span]]:
+        """Per worker lane, the positions not delivered yet."""
+        if not self._lanes:
+            return self._resume_lanes or [list(self._rank_spans())]
+        return [partition.skip(lane, done) for lane, done in zip(self._lanes, self._delivered)]
+
+    def _lanes_in_turn(self) -> list[list[list[int]]]:
+        """Remaining lanes, starting with the one whose batch is due next (torch's workers
+        take turns), so that resuming with the same workers continues in the same order."""
+        lanes = [[list(s) for s in lane] for lane in self._remaining_lanes()]
+        turn = sum(-(-d // self.batch_size) for d in self._delivered) % len(lanes) if self._lanes else 0
+        return lanes[turn:] + lanes[:turn]
+
+    def _remaining(self) -> list[partition.Span]:
+        return partition.normalise([s for lane in self._remaining_lanes() for s in lane])
+
+    def state_dict(self, all_ranks: bool = False) -> dict:
+        """Plain values: the epoch and the stream positions this rank has not delivered yet.
+
+        With `all_ranks=True` (under torch.distributed) the ranks' states are gathered into one
+        global state that any world size can load.
+        """
+        ds = self.dataset
+        remaining = [list(s) for s in self._remaining()]
+        scope, rank = "rank", ds.rank
+        if all_ranks:
+            remaining, scope, rank = _gather(remaining, ds.world_size), "global", None
+        return {"version": STATE_VERSION, "epoch": ds.epoch, "seed": ds.seed,
+                "scope": scope, "rank": rank, "world_size": ds.world_size,
+                "num_samples": ds.plan().num_samples, "fingerprint": self._fingerprint(),
+                "remaining": remaining,
+                "lanes": self._lanes_in_turn()}
+
+    def _fingerprint(self) -> str:
+        ds = self.dataset
+        return (f"{ds.manifest.num_samples}|{ds.expr}|{ds.shuffle}|{ds.shuffle_buffer}|"
+                f"{ds.batch_size}|{ds.drop_last}")
+
+    def load_state_dict(self, state) -> None:
+        """Resume from `state_dict()` (one rank's, a list of every rank's, or a global one)."""
+        states = state if isinstance(state, list) else [state]
+        first = states[0]
+        if not isinstance(first, Mapping) or first.get("version") != STATE_VERSION:
+            raise ValueError(f"`state` should come from DataLoader.state_dict() (version "
+                             f"{STATE_VERSION}), but got {str(first)[:200]!r}")
+        if first["fingerprint"] != self._fingerprint() or first["num_samples"] != self.dataset.plan().num_samples:
+            raise ValueError("`state` was saved by a loader over other data or with other settings "
+                             f"({first['fingerprint']!r}); resume with the same dataset, filter, "
+                             "shuffle, shuffle_buffer, batch_size and drop_last")
+        ds = self.dataset
+        ds.set_epoch(int(first["epoch"]))
+        self._resume_lanes = None
+        if len(states) == 1 and first["scope"] == "rank" and first["world_size"] == ds.world_size:
+            self._resume = partition.normalise(first["remaining"])
+            lanes = [[tuple(s) for s in lane] for lane in first.get("lanes", [])]
+            if len(lanes) == max(1, self.num_workers):  # same lanes: the same order continues
+                self._resume_lanes = lanes
+        else:
+            everything = partition.normalise([s for st in states for s in st["remaining"]])
+            self._resume = ds.rank_spans(everything)
+        self._lanes, self._delivered = [], []
+
+    def stats(self) -> dict:
+        """Counters summed over workers: samples, bytes read, pruning, filtering, skips, wait time."""
+        out = self._stats.snapshot()
+        out.update(self.dataset.plan().pruning_stats())
+        for key, value in self.dataset._count_stats.items():
+            out[key] = out.get(key, 0) + value
+        return out
+
+    # ------------------------------------------------------------ iteration
+
+    def __iter__(self):
+        ds = self.dataset
+        workers = max(1, self.num_workers)
+        self._lanes = self._resume_lanes or ds.lanes_for(self._rank_spans(), workers)
+        self._resume_lanes = None
+        self._delivered = [0] * workers
+        ds._lanes, ds._annotate = self._lanes, True
+        source = self._worker_batches()
+        prefetcher = Prefetcher(source, depth=self.prefetch, pin_memory=self.pin_memory,
+                                device=self.device, stage=self._stage, stats=self._stats)
+        return self._deliver(prefetcher)
+
+    def _worker_batches(self):
+        if self.num_workers == 0:
+            return iter(self.dataset)
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=None, num_workers=self.num_workers, timeout=self.timeout,
+            multiprocessing_context=self.multiprocessing_context,
+            prefetch_factor=self.prefetch_factor)
+        return _named_worker_errors(iter(loader), self.dataset.rank)
+
+    def _deliver(self, prefetcher: Prefetcher):
+        complete = False
+        try:
+            for batch in prefetcher:
+                worker, consumed = batch.pop(PROGRESS_KEY)
+                self._delivered[worker] = consumed
+                yield batch
+            complete = True
+        finally:
+            prefetcher.close()
+            if complete:  # the epoch is done: state says so, a new iteration starts it over
+                self._resume = None
+
+    def _stage(self, batch: dict) -> dict:
+        """Background-thread work on one batch: stats, decoding, user collate."""
+        self._stats.merge(batch.pop(STATS_KEY, {}))
+        if self.decode:
+            batch = self._decode(batch)
+        progress = batch.pop(PROGRESS_KEY)
+        batch = user_facing(batch)
+        if self.collate_fn is not None:
+            batch = self.collate_fn(batch)
+            if not isinstance(batch, dict):
+                batch = {"batch": batch}
+        batch[PROGRESS_KEY] = progress
+        return batch
+
+    def _decoder(self, name: str):
+        from .decode import ImageDecoder
+
+        if self._decoders is None:
+            self._decoders = {}
+        if name not in self._decoders:
+            self._decoders[name] = ImageDecoder(self.decode[name], max_batch_size=self.batch_size,
+                                                seed=self.dataset.seed)
+        dec = self._decoders[name]
+        dec.set_epoch(self.dataset.epoch, self.dataset.rank)
+        return dec
+
+    def _decode(self, batch: dict) -> dict:
+        for name in self.decode:
+            images = batch[name]
+            result = self._decoder(name).decode(images)
+            if result.failures:
+                self._handle_failures(batch, result.failures)
+                batch = select_rows({k: v for k, v in batch.items() if k != name}, result.ok_rows)
+                self._stats.add("samples_skipped", len(result.failures))
+            batch[name] = result.images
+        return batch
+
+    def _handle_failures(self, batch: dict, failures) -> None:
+        if self.dataset.on_error == "skip":
+            return
+        row, reason = failures[0]
+        unit = self.dataset.plan().units[int(batch["__unit__"][row])]
+        key_col = next((c.name for c in self.dataset.manifest.schema if c.member == "__key__"), None)
+        key = batch[key_col][row] if key_col in batch else f"row {int(batch['__row__'][row])}"
+        raise CorruptSampleError(f"cannot decode: {reason} ({len(failures)} bad image(s) in this "
+                                 "batch; on_error='skip' drops and counts them)",
+                                 dataset=self.dataset.path, shard=unit.path,
+                                 row_group=unit.row_group, key=str(key))
+
+
+def _named_worker_errors(it, rank: int):
+    """Re-raise a crashed worker as WorkerError naming the rank (torch names the worker)."""
+    try:
+        yield from it
+    except RuntimeError as exc:
+        if "DataLoader worker" in str(exc):
+            raise WorkerError(f"a sparkfeed loader worker of rank {rank} died: {exc}") from exc
+        raise
+
+
+def _gather(remaining: list, world_size: int) -> list:
+    """Every rank's remaining spans, merged (torch.distributed when initialised)."""
+    dist = torch.distributed
+    if world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+        return [list(s) for s in partition.normalise(remaining)]
+    parts = [None] * world_size
+    dist.all_gather_object(parts, remaining)
+    return [list(s) for s in partition.normalise([s for p in parts for s in p])]

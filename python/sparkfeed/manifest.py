@@ -1,0 +1,257 @@
+"""The manifest `_sparkfeed.json`: the one contract between writer and loader.
+
+Frozen dataclasses for what it holds; `read_manifest` parses and validates (version, paths that
+cannot escape, counts that add up); `write_manifest` writes it last and atomically. A reader trusts
+the manifest, never a directory listing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+from . import storage
+from .errors import ManifestError, PathEscapeError
+
+__all__ = ["Manifest", "Shard", "RowGroup", "Column", "ColumnStats", "read_manifest",
+           "parse_manifest", "write_manifest", "MANIFEST_NAME", "MANIFEST_VERSION"]
+
+MANIFEST_NAME = "_sparkfeed.json"
+MANIFEST_VERSION = 1
+FORMATS = ("parquet", "webdataset")
+_HOW_TO_MAKE = ("sparkfeed datasets are made with sparkfeed.write(df, path, ...) or "
+                "df.write.format('webdataset').save(path), which write the manifest last")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: name, Arrow type string, what a binary column holds, and (tar) its member."""
+
+    name: str
+    type: str
+    codec: str | None = None
+    member: str | None = None
+
+
+@dataclass(frozen=True)
+class ColumnStats:
+    """Min, max and null count of one column in a shard or row group (None when unknown)."""
+
+    min: object = None
+    max: object = None
+    null_count: int | None = None
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """A Parquet row group: its sample count and column statistics."""
+
+    num_samples: int
+    stats: Mapping[str, ColumnStats] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One data file of the dataset, with its counts and statistics."""
+
+    path: str
+    num_samples: int
+    num_bytes: int
+    stats: Mapping[str, ColumnStats] = field(default_factory=dict)
+    row_groups: tuple[RowGroup, ...] | None = None
+    members: tuple[str, ...] | None = None
+    index: str | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A whole dataset: format, schema, counts, shards. `root` is where it was read from."""
+
+    format: str
+    schema: tuple[Column, ...]
+    num_samples: int
+    num_bytes: int
+    shards: tuple[Shard, ...]
+    created_by: Mapping[str, str] = field(default_factory=dict)
+    root: str = ""
+
+    def column(self, name: str) -> Column:
+        """The column called `name`, or a ManifestError listing the columns there are."""
+        for col in self.schema:
+            if col.name == name:
+                return col
+        raise ManifestError(f"no column {name!r}; columns are {self.column_names}", dataset=self.root)
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.schema]
+
+    def to_dict(self) -> dict:
+        """The JSON document, as written to `_sparkfeed.json`."""
+        return {
+            "sparkfeed_manifest": MANIFEST_VERSION,
+            "format": self.format,
+            "created_by": dict(self.created_by),
+            "schema": [_drop_none(asdict(c)) for c in self.schema],
+            "num_samples": self.num_samples,
+            "num_bytes": self.num_bytes,
+            "shards": [_shard_to_dict(s) for s in self.shards],
+        }
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+
+
+def _drop_none(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def _stats_to_dict(stats: Mapping[str, ColumnStats]) -> dict:
+    return {name: asdict(s) for name, s in stats.items()}
+
+
+def _shard_to_dict(s: Shard) -> dict:
+    d = {"path": s.path, "num_samples": s.num_samples, "num_bytes": s.num_bytes,
+         "stats": _stats_to_dict(s.stats)}
+    if s.row_groups is not None:
+        d["row_groups"] = [{"num_samples": rg.num_samples, "stats": _stats_to_dict(rg.stats)}
+                           for rg in s.row_groups]
+    if s.members is not None:
+        d["members"] = list(s.members)
+    if s.index is not None:
+        d["index"] = s.index
+    return d
+
+
+# ---------------------------------------------------------------- parsing and validation
+
+def _need(cond: bool, message: str, dataset: str) -> None:
+    if not cond:
+        raise ManifestError(message, dataset=dataset)
+
+
+def _count(value, what: str, dataset: str) -> int:
+    _need(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+          f"{what} should be a non-negative integer, but got {value!r}", dataset)
+    return value
+
+
+def _parse_stats(raw, what: str, dataset: str) -> dict[str, ColumnStats]:
+    _need(isinstance(raw, dict), f"{what}: stats should be an object, but got {type(raw).__name__}", dataset)
+    out = {}
+    for name, s in raw.items():
+        _need(isinstance(s, dict), f"{what}: stats of {name!r} should be an object", dataset)
+        nulls = s.get("null_count")
+        if nulls is not None:
+            _count(nulls, f"{what}: null_count of {name!r}", dataset)
+        out[name] = ColumnStats(s.get("min"), s.get("max"), nulls)
+    return out
+
+
+def _parse_row_groups(raw, shard: str, num_samples: int, dataset: str) -> tuple[RowGroup, ...]:
+    _need(isinstance(raw, list), f"shard {shard!r}: row_groups should be a list", dataset)
+    groups = tuple(RowGroup(_count(rg.get("num_samples") if isinstance(rg, dict) else None,
+                                   f"shard {shard!r} row group {i}: num_samples", dataset),
+                            _parse_stats(rg.get("stats", {}), f"shard {shard!r} row group {i}", dataset))
+                   for i, rg in enumerate(raw))
+    total = sum(rg.num_samples for rg in groups)
+    _need(total == num_samples, f"shard {shard!r}: row groups hold {total} samples but the shard "
+          f"says num_samples={num_samples}; the manifest was altered or is corrupt", dataset)
+    return groups
+
+
+def _parse_shard(raw, i: int, dataset: str) -> Shard:
+    _need(isinstance(raw, dict), f"shard {i} should be an object", dataset)
+    path = raw.get("path")
+    try:
+        storage.check_relative(path, dataset)
+    except PathEscapeError as exc:
+        raise PathEscapeError(f"{exc} (manifest shard {i})") from None
+    n = _count(raw.get("num_samples"), f"shard {path!r}: num_samples", dataset)
+    rgs = raw.get("row_groups")
+    members = raw.get("members")
+    _need(members is None or (isinstance(members, list) and all(isinstance(m, str) for m in members)),
+          f"shard {path!r}: members should be a list of extensions", dataset)
+    index = raw.get("index")
+    if index is not None:
+        storage.check_relative(index, dataset)
+    return Shard(path=path, num_samples=n,
+                 num_bytes=_count(raw.get("num_bytes"), f"shard {path!r}: num_bytes", dataset),
+                 stats=_parse_stats(raw.get("stats", {}), f"shard {path!r}", dataset),
+                 row_groups=None if rgs is None else _parse_row_groups(rgs, path, n, dataset),
+                 members=None if members is None else tuple(members), index=index)
+
+
+def _parse_schema(raw, dataset: str) -> tuple[Column, ...]:
+    _need(isinstance(raw, list) and raw, "schema should be a non-empty list of columns", dataset)
+    cols = []
+    for i, c in enumerate(raw):
+        _need(isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("type"), str),
+              f"schema column {i} should have a string name and type, but got {c!r}", dataset)
+        cols.append(Column(c["name"], c["type"], c.get("codec"), c.get("member")))
+    names = [c.name for c in cols]
+    _need(len(set(names)) == len(names), f"schema has duplicate column names: {names}", dataset)
+    return tuple(cols)
+
+
+def parse_manifest(doc: str | bytes | dict, dataset: str = "") -> Manifest:
+    """Parse and validate a manifest document; every problem is a ManifestError naming the dataset."""
+    if not isinstance(doc, dict):
+        try:
+            doc = json.loads(doc)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"{MANIFEST_NAME} is not valid JSON ({exc})", dataset=dataset) from exc
+    _need(isinstance(doc, dict), f"{MANIFEST_NAME} should hold a JSON object", dataset)
+    version = doc.get("sparkfeed_manifest")
+    _need(version == MANIFEST_VERSION, f"unknown manifest version {version!r}; this sparkfeed reads "
+          f"version {MANIFEST_VERSION} (upgrade sparkfeed to read newer datasets)", dataset)
+    fmt = doc.get("format")
+    _need(fmt in FORMATS, f"format should be one of {FORMATS}, but got {fmt!r}", dataset)
+    _need(isinstance(doc.get("shards"), list), "shards should be a list", dataset)
+    shards = tuple(_parse_shard(s, i, dataset) for i, s in enumerate(doc["shards"]))
+    paths = [s.path for s in shards]
+    _need(len(set(paths)) == len(paths), "a shard path appears twice", dataset)
+    m = Manifest(format=fmt, schema=_parse_schema(doc.get("schema"), dataset),
+                 num_samples=_count(doc.get("num_samples"), "num_samples", dataset),
+                 num_bytes=_count(doc.get("num_bytes"), "num_bytes", dataset),
+                 shards=shards, created_by=dict(doc.get("created_by") or {}), root=dataset)
+    _check_totals(m, dataset)
+    return m
+
+
+def _check_totals(m: Manifest, dataset: str) -> None:
+    samples = sum(s.num_samples for s in m.shards)
+    _need(samples == m.num_samples, f"shards hold {samples} samples but num_samples={m.num_samples}; "
+          "the manifest was altered or is corrupt", dataset)
+    size = sum(s.num_bytes for s in m.shards)
+    _need(size == m.num_bytes, f"shards hold {size} bytes but num_bytes={m.num_bytes}", dataset)
+    names = set(m.column_names)
+    for s in m.shards:
+        unknown = set(s.stats) - names
+        _need(not unknown, f"shard {s.path!r} has stats for unknown columns {sorted(unknown)}", dataset)
+
+
+def read_manifest(path: str, storage_options: dict | None = None) -> Manifest:
+    """Read and validate the manifest of the dataset at `path` (a local path or any fsspec URL).
+
+    Example: `m = sparkfeed.read_manifest("s3://bucket/ds"); print(m.num_samples)`.
+    """
+    fs, root = storage.resolve(path, storage_options)
+    name = f"{root}/{MANIFEST_NAME}"
+    try:
+        data = storage.read_bytes(fs, name)
+    except FileNotFoundError:
+        raise ManifestError(f"no {MANIFEST_NAME} here, so this is not a sparkfeed dataset (or its "
+                            f"write did not finish); {_HOW_TO_MAKE}", dataset=str(path)) from None
+    except OSError as exc:
+        raise ManifestError(f"cannot read {MANIFEST_NAME}: {exc}", dataset=str(path)) from exc
+    return parse_manifest(data, dataset=str(path))
+
+
+def write_manifest(manifest: Manifest, path: str, storage_options: dict | None = None) -> None:
+    """Validate `manifest` and write it to `path/_sparkfeed.json` atomically."""
+    text = manifest.to_json()
+    parse_manifest(text, dataset=str(path))  # never write what we would refuse to read
+    fs, root = storage.resolve(path, storage_options)
+    storage.write_atomic(fs, f"{root}/{MANIFEST_NAME}", text.encode())

@@ -1,0 +1,118 @@
+"""What every reader shares: its context, the error policy, and the bookkeeping columns."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .. import filters
+from ..errors import ShardReadError
+from ..manifest import Column
+from ..plan import WorkUnit
+from ..stats import Stats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReadContext:
+    """Everything a reader needs; built once per worker."""
+
+    fs: fsspec.AbstractFileSystem
+    root: str
+    dataset: str
+    schema: tuple[Column, ...]
+    columns: tuple[str, ...]          # delivered
+    filter_columns: tuple[str, ...]
+    expr: pc.Expression | None
+    on_error: str = "raise"
+    stats: Stats = field(default_factory=Stats)
+    manifest_bytes: dict[str, int] = field(default_factory=dict)  # shard path -> size on storage
+
+    @property
+    def read_columns(self) -> list[str]:
+        """Delivered columns plus filter columns, in schema order."""
+        wanted = set(self.columns) | set(self.filter_columns)
+        return [c.name for c in self.schema if c.name in wanted]
+
+    def arrow_schema(self, names: Sequence[str]) -> pa.Schema:
+        types = {c.name: filters.arrow_type(c.type) for c in self.schema}
+        return pa.schema([pa.field(n, types[n] or pa.null()) for n in names])
+
+
+class Reader:
+    """Base of the format readers: `read(unit)` -> table, `count(unit)` -> rows passing the filter."""
+
+    def __init__(self, ctx: ReadContext):
+        self.ctx = ctx
+
+    def read(self, unit: WorkUnit, expected: int) -> pa.Table:
+        """Rows of `unit` (filtered), or under on_error="skip" `expected` placeholder rows."""
+        try:
+            table = self._read(unit)
+            if table.num_rows != expected:
+                raise ShardReadError(
+                    f"holds {table.num_rows} matching samples where the manifest/plan expects "
+                    f"{expected}; the shard changed after the manifest was written",
+                    dataset=self.ctx.dataset, shard=unit.path, row_group=unit.row_group)
+            return table
+        except ShardReadError as exc:
+            if self.ctx.on_error != "skip":
+                raise
+            log.warning("skipping %d samples: %s", expected, exc)
+            return placeholder(self.ctx, unit, expected)
+
+    def count(self, unit: WorkUnit) -> int:
+        """Rows of `unit` that pass the filter (reads only what the filter needs)."""
+        try:
+            return self._count(unit)
+        except ShardReadError:
+            if self.ctx.on_error != "skip":
+                raise
+            return unit.num_rows
+
+    def close(self) -> None:
+        """Release cached files."""
+
+    def _read(self, unit: WorkUnit) -> pa.Table:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _count(self, unit: WorkUnit) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _error(self, unit: WorkUnit, message: str, offset: int | None = None) -> ShardReadError:
+        return ShardReadError(message, dataset=self.ctx.dataset, shard=unit.path,
+                              row_group=unit.row_group, offset=offset)
+
+
+def with_bookkeeping(table: pa.Table, unit: WorkUnit, rows: np.ndarray | None = None,
+                     ok: pa.Array | None = None) -> pa.Table:
+    """Append `__unit__`, `__row__` and `__ok__` to a unit's table."""
+    n = table.num_rows
+    rows = np.arange(n, dtype=np.int32) if rows is None else rows.astype(np.int32)
+    table = table.append_column("__unit__", pa.array(np.full(n, unit.index, dtype=np.int32)))
+    table = table.append_column("__row__", pa.array(rows))
+    return table.append_column("__ok__", ok if ok is not None else pa.array(np.ones(n, dtype=bool)))
+
+
+def placeholder(ctx: ReadContext, unit: WorkUnit, n: int) -> pa.Table:
+    """`n` null rows marked not-ok: they keep stream positions exact while standing for skips."""
+    schema = ctx.arrow_schema(ctx.read_columns)
+    table = pa.table({f.name: pa.nulls(n, f.type) for f in schema}, schema=schema)
+    return with_bookkeeping(table, unit, ok=pa.array(np.zeros(n, dtype=bool)))
+
+
+def apply_filter(ctx: ReadContext, table: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """Rows passing the filter and their row numbers in the unit (all rows when no filter)."""
+    if ctx.expr is None:
+        return table, np.arange(table.num_rows)
+    indexed = table.append_column("__i__", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    kept = indexed.filter(ctx.expr)
+    rows = kept.column("__i__").to_numpy()
+    return kept.drop_columns(["__i__"]), rows

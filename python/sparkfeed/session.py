@@ -1,0 +1,104 @@
+"""Spark sessions with the sparkfeed jar on the classpath.
+
+`spark_session()` gives a local-mode session by default (the embedded default: no cluster
+needed) and respects whatever `spark-submit` already chose (master, conf, jars). The jar is
+located from the installed package, so the Python package and its jar cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_JAR_NAME = "sparkfeed.jar"
+_LOCAL_DEFAULTS = {
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.shuffle.partitions": str(max(4, 2 * (os.cpu_count() or 2))),
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.driver.memory": "4g",
+    "spark.sql.session.timeZone": "UTC",
+}
+
+
+def jar_path() -> str:
+    """Absolute path of the bundled sparkfeed jar (for `spark-submit --jars`)."""
+    path = Path(str(resources.files("sparkfeed") / "jars" / _JAR_NAME))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the sparkfeed jar is missing at {path}; build it with `make jar` "
+            "(gradle jar, then copied into python/sparkfeed/jars/)")
+    return str(path)
+
+
+def _launched_by_spark_submit() -> bool:
+    """True when this Python process was started by spark-submit (its JVM is already up)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def _with_jar(existing: str | None, jar: str) -> str:
+    """A comma-separated jar list that holds `jar` once."""
+    jars = [j for j in (existing or "").split(",") if j]
+    if not any(Path(j).name == _JAR_NAME for j in jars):
+        jars.append(jar)
+    return ",".join(jars)
+
+
+def configure_spark(builder, *, local_defaults: bool = False):
+    """Add the sparkfeed jar (and, for local mode, sane defaults) to a `SparkSession.Builder`.
+
+    Use it for a cluster session you build yourself:
+    `spark = sparkfeed.configure_spark(SparkSession.builder.master("yarn")).getOrCreate()`.
+    Options already set on the builder win over the defaults.
+    """
+    options = dict(builder._options)  # what the user already set; never overridden
+    builder = builder.config("spark.jars", _with_jar(options.get("spark.jars"), jar_path()))
+    if local_defaults:
+        for key, value in _LOCAL_DEFAULTS.items():
+            if key not in options:
+                builder = builder.config(key, value)
+        if "spark.pyspark.python" not in options and "PYSPARK_PYTHON" not in os.environ:
+            builder = builder.config("spark.pyspark.python", sys.executable)
+    return builder
+
+
+def spark_session(app_name: str = "sparkfeed", master: str | None = None, conf: dict | None = None):
+    """The active Spark session, or a new one with the sparkfeed jar on its classpath.
+
+    With no active session and no spark-submit, it starts `local[*]` with the UI off and shuffle
+    partitions sized for the machine. Under spark-submit, the master and conf given there win.
+    Example: `spark = sparkfeed.spark_session(); df = spark.range(10)`.
+    """
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        _warn_if_jar_missing(active)
+        return active
+    builder = SparkSession.builder.appName(app_name)
+    submitted = _launched_by_spark_submit()
+    if master is not None:
+        builder = builder.master(master)
+    elif not submitted:
+        builder = builder.master("local[*]")
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, str(value))
+    builder = configure_spark(builder, local_defaults=not submitted)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("SPARKFEED_SPARK_LOG_LEVEL", "WARN"))
+    log.info("Spark %s session %r on %s", spark.version, app_name, spark.sparkContext.master)
+    return spark
+
+
+def _warn_if_jar_missing(spark) -> None:
+    """Log a warning when a reused session cannot see the sparkfeed data source."""
+    jars = spark.sparkContext.getConf().get("spark.jars", "")
+    if _JAR_NAME not in jars:
+        log.warning("the active Spark session has no sparkfeed jar on its classpath; "
+                    "format('webdataset') will fail. Start it with --jars \"$(sparkfeed jar)\" "
+                    "or sparkfeed.configure_spark(builder).")

@@ -1,0 +1,101 @@
+"""Storage through fsspec: the only module that touches URLs.
+
+Local paths, file://, s3://, gs://, hdfs://, http(s):// and anything else fsspec knows. Spark's
+Hadoop schemes (s3a://, s3n://) are mapped to fsspec's. Reads retry transient failures with
+exponential backoff and give up with an error that names what failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import fsspec
+
+from .errors import PathEscapeError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_HADOOP_SCHEMES = {"s3a": "s3", "s3n": "s3"}
+# Errors that mean "this will not get better by retrying".
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def normalise_url(path: str) -> str:
+    """Map Spark/Hadoop URL schemes to fsspec's and drop a trailing slash."""
+    scheme, sep, rest = str(path).partition("://")
+    if sep and scheme in _HADOOP_SCHEMES:
+        path = f"{_HADOOP_SCHEMES[scheme]}://{rest}"
+    return str(path).rstrip("/") or "/"
+
+
+def resolve(path: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, root path inside it) for a dataset path or URL."""
+    fs, root = fsspec.core.url_to_fs(normalise_url(path), **(storage_options or {}))
+    return fs, root.rstrip("/") or "/"
+
+
+def check_relative(rel: str, dataset: str) -> str:
+    """Refuse a manifest path that could leave the dataset: absolute, `..`, URL, backslash."""
+    if not isinstance(rel, str) or not rel:
+        raise PathEscapeError(f"dataset {dataset!r}: shard path should be a non-empty relative path, but got {rel!r}")
+    parts = rel.split("/")
+    if (rel.startswith("/") or "://" in rel or "\\" in rel or ".." in parts or "" in parts
+            or ":" in parts[0]):
+        raise PathEscapeError(
+            f"dataset {dataset!r}: shard path {rel!r} escapes the dataset; manifest paths must be "
+            "relative to the dataset root, without '..', absolute parts or URLs")
+    return rel
+
+
+def join(root: str, rel: str, dataset: str) -> str:
+    """`root/rel` after checking that `rel` stays inside the dataset."""
+    return posixpath.join(root, check_relative(rel, dataset))
+
+
+def with_retries(fn: Callable[[], T], what: str, *, attempts: int = 5, base_delay: float = 0.2,
+                 max_delay: float = 5.0) -> T:
+    """Call `fn`, retrying transient I/O errors with jittered exponential backoff.
+
+    Permanent errors (missing file, permission) raise at once; after `attempts` tries the last
+    error propagates, so a permanent outage ends in an error, never a hang.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except _PERMANENT:
+            raise
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            if attempt == attempts:
+                raise
+            delay = min(max_delay, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random())
+            log.warning("%s failed (%s: %s); retry %d/%d in %.2fs", what, type(exc).__name__, exc,
+                        attempt, attempts - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    """The whole file, with retries."""
+    return with_retries(lambda: fs.cat_file(path), f"reading {path}")
+
+
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write `data` so readers see either nothing or all of it (temp file, then rename).
+
+    On object stores a single PUT is already atomic, and `mv` degrades to copy+delete of a
+    temporary object the reader never trusts (it is not the manifest name).
+    """
+    tmp = f"{path}.tmp-{random.getrandbits(40):010x}"
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        fs.mv(tmp, path)
+    except Exception:
+        fs.rm(tmp)
+        raise

@@ -1,0 +1,407 @@
+"""write(df, path, format=...) -> Manifest: the Spark side of sparkfeed.
+
+Spark writes the shards; sparkfeed validates the DataFrame before any Spark job runs, sizes the
+shards and row groups, and writes the manifest last, atomically, only after Spark committed. The
+per-shard statistics are gathered by a Spark job that opens each Parquet footer on an executor,
+so writing 10,000 shards does not mean 10,000 footer reads on the driver.
+
+    spark = sparkfeed.spark_session()
+    m = sparkfeed.write(df, "s3a://bucket/ds", cluster_by="label", codecs={"image": "jpeg"})
+
+The loader never imports this module (it needs pyspark; pyspark is imported where used).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import posixpath
+import re
+import sys
+import time
+import types
+from collections.abc import Iterable, Iterator, Mapping
+
+from . import storage
+from ._version import __version__
+from .errors import SparkfeedError
+from .manifest import MANIFEST_NAME, Manifest, parse_manifest, read_manifest, write_manifest
+
+__all__ = ["write", "DatasetExistsError"]
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("parquet", "webdataset")
+MODES = ("error", "overwrite")
+# Bytes never cut a row group before `samples_per_row_group` rows do (unless a row group would
+# buffer more than this in the writer's memory).
+ROW_GROUP_MAX_BYTES = 1 << 30
+# Longer string statistics are truncated (min to a prefix, max to a prefix rounded up) so a
+# manifest of a caption column stays small; both remain valid bounds for pruning.
+STRING_STATS_MAX_CHARS = 64
+_CODEC = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]*")
+_TS_CONF = "spark.sql.parquet.outputTimestampType"
+
+
+class DatasetExistsError(SparkfeedError, FileExistsError):
+    """`mode="error"` and something is already at the path."""
+
+
+# ---------------------------------------------------------------- validation (no Spark job)
+
+def _scalar_kind(dt) -> str | None:
+    """'stats' for orderable scalar types with statistics, 'binary', or None (unsupported)."""
+    from pyspark.sql import types as T
+
+    if isinstance(dt, (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType,
+                       T.DoubleType, T.BooleanType, T.StringType, T.DateType, T.TimestampType,
+                       T.TimestampNTZType, T.CharType, T.VarcharType)):
+        return "stats"
+    if isinstance(dt, T.BinaryType):
+        return "binary"
+    return None
+
+
+def _is_list_of_numbers(dt) -> bool:
+    from pyspark.sql import types as T
+
+    return isinstance(dt, T.ArrayType) and isinstance(
+        dt.elementType, (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType,
+                         T.DoubleType, T.BooleanType))
+
+
+def _check_columns(schema) -> dict:
+    """name -> Spark type for every column, or a ValueError naming the first unsupported one."""
+    from pyspark.sql import types as T
+
+    names = [f.name for f in schema.fields]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"the DataFrame has duplicate column names {dupes}; rename them "
+                         "(for example with .withColumnRenamed) before writing")
+    if not names:
+        raise ValueError("the DataFrame has no columns; there is nothing to write")
+    for f in schema.fields:
+        if _scalar_kind(f.dataType) is None and not _is_list_of_numbers(f.dataType):
+            hint = ("cast it to double (torch has no decimal type)"
+                    if isinstance(f.dataType, T.DecimalType) else
+                    "flatten it into scalar columns, or serialise it to string/binary")
+            raise ValueError(
+                f"column {f.name!r} has type {f.dataType.simpleString()}, which the loader cannot "
+                "hand to torch; supported types are numeric, boolean, string, binary, date, "
+                f"timestamp and arrays of numbers or booleans; {hint}")
+    return {f.name: f.dataType for f in schema.fields}
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"`{name}` should be a positive integer, but got {name}={value!r}")
+    return value
+
+
+def _check_cluster_by(cluster_by, types: Mapping) -> list[str]:
+    if cluster_by is None:
+        return []
+    cols = [cluster_by] if isinstance(cluster_by, str) else cluster_by
+    if not isinstance(cols, (list, tuple)) or not cols or not all(isinstance(c, str) for c in cols):
+        raise ValueError("`cluster_by` should be a column name or a non-empty list of column "
+                         f"names, but got cluster_by={cluster_by!r}")
+    for c in cols:
+        if c not in types:
+            raise ValueError(f"`cluster_by` names column {c!r}, which is not in the DataFrame; "
+                             f"columns are {list(types)}")
+        if _scalar_kind(types[c]) != "stats":
+            raise ValueError(f"`cluster_by` column {c!r} has type {types[c].simpleString()}, which "
+                             "has no order sparkfeed can prune on; use a numeric, boolean, string, "
+                             "date or timestamp column")
+    return list(cols)
+
+
+def _check_codecs(codecs, types: Mapping) -> dict[str, str]:
+    if codecs is None:
+        return {}
+    if not isinstance(codecs, Mapping):
+        raise ValueError(f"`codecs` should map binary column names to codec names such as "
+                         f"'jpeg', but got codecs={codecs!r}")
+    for col, codec in codecs.items():
+        if col not in types:
+            raise ValueError(f"`codecs` names column {col!r}, which is not in the DataFrame; "
+                             f"columns are {list(types)}")
+        if _scalar_kind(types[col]) != "binary":
+            raise ValueError(f"`codecs` names column {col!r} of type {types[col].simpleString()}; "
+                             "only binary columns carry a codec")
+        if not isinstance(codec, str) or not _CODEC.fullmatch(codec):
+            raise ValueError(f"the codec of column {col!r} should be a name such as 'jpeg', "
+                             f"'png', 'webp' or 'npy', but got {codec!r}")
+    return dict(codecs)
+
+
+def _spark_path(path: str) -> str:
+    """What Spark is given: a URL as is, a local path as an absolute file:/// URL."""
+    if "://" in path:
+        return path.rstrip("/")
+    return "file://" + os.path.abspath(os.path.expanduser(path))
+
+
+def _is_nonempty(fs, root: str) -> bool | None:
+    """None: nothing there; False: an empty directory; True: a file or a non-empty directory."""
+    fs.invalidate_cache(root)
+    if not fs.exists(root):
+        return None
+    return not fs.isdir(root) or bool(fs.ls(root, detail=False))
+
+
+# ---------------------------------------------------------------- footer statistics (executors)
+
+def _stat_type(t) -> bool:
+    import pyarrow as pa
+
+    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_string(t)
+            or pa.types.is_large_string(t) or pa.types.is_boolean(t) or pa.types.is_date(t)
+            or pa.types.is_timestamp(t))
+
+
+def _usable(value) -> bool:
+    """A statistic we can compare and put in JSON (no NaN/inf, no undecodable bytes)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is not None and not isinstance(value, (bytes, bytearray))
+
+
+def _round_up(s: str) -> str | None:
+    """The shortest prefix-based string >= every string starting with `s` (None if none)."""
+    chars = list(s)
+    while chars:
+        code = ord(chars[-1]) + 1
+        if 0xD800 <= code <= 0xDFFF:
+            code = 0xE000
+        if code <= 0x10FFFF:
+            chars[-1] = chr(code)
+            return "".join(chars)
+        chars.pop()
+    return None
+
+
+def _json_value(value, is_max: bool):
+    if isinstance(value, str) and len(value) > STRING_STATS_MAX_CHARS:
+        prefix = value[:STRING_STATS_MAX_CHARS]
+        return _round_up(prefix) if is_max else prefix
+    if hasattr(value, "isoformat"):  # date, datetime
+        return value.isoformat()
+    return value
+
+
+def _chunk_stats(chunk, num_rows: int) -> dict:
+    """Raw (Python-typed) stats of one column chunk: min, max, null_count, all_null."""
+    st = chunk.statistics
+    if st is None:
+        return {"min": None, "max": None, "null_count": None, "all_null": False}
+    nulls = st.null_count if st.has_null_count else None
+    lo = hi = None
+    if st.has_min_max and _usable(st.min) and _usable(st.max):
+        lo, hi = st.min, st.max
+    return {"min": lo, "max": hi, "null_count": nulls, "all_null": nulls == num_rows and num_rows > 0}
+
+
+def _fold(parts: list[dict]) -> dict:
+    """Shard stats from row-group stats; all-null row groups do not hide the others' range."""
+    nulls = None if any(p["null_count"] is None for p in parts) else sum(p["null_count"] for p in parts)
+    valued = [p for p in parts if not p["all_null"]]
+    lo = hi = None
+    if valued and all(p["min"] is not None for p in valued):
+        lo, hi = min(p["min"] for p in valued), max(p["max"] for p in valued)
+    return {"min": lo, "max": hi, "null_count": nulls, "all_null": bool(parts) and not valued}
+
+
+def _to_json_stats(raw: Mapping[str, dict]) -> dict:
+    out = {}
+    for name, s in raw.items():
+        if s["min"] is None and s["null_count"] is None:
+            continue
+        out[name] = {"min": _json_value(s["min"], False), "max": _json_value(s["max"], True),
+                     "null_count": s["null_count"]}
+        if out[name]["max"] is None:  # a max that cannot be rounded up: no usable range
+            out[name]["min"] = None
+    return out
+
+
+def _footer_entry(fs, full: str, rel: str, size: int) -> dict:
+    """The manifest entry of one committed Parquet file, from its footer."""
+    import pyarrow.parquet as pq
+
+    def read_footer():
+        with fs.open(full, "rb") as f:
+            pf = pq.ParquetFile(f)
+            return pf.metadata, pf.schema_arrow
+
+    md, schema = storage.with_retries(read_footer, f"reading the footer of {full}")
+    index = {md.schema.column(j).path: j for j in range(md.num_columns)}
+    stat_cols = [(f.name, index[f.name]) for f in schema if _stat_type(f.type) and f.name in index]
+    groups, per_col = [], {name: [] for name, _ in stat_cols}
+    for i in range(md.num_row_groups):
+        rg = md.row_group(i)
+        raw = {name: _chunk_stats(rg.column(j), rg.num_rows) for name, j in stat_cols}
+        for name, s in raw.items():
+            per_col[name].append(s)
+        groups.append({"num_samples": rg.num_rows, "stats": _to_json_stats(raw)})
+    return {"path": rel, "num_samples": md.num_rows, "num_bytes": size,
+            "stats": _to_json_stats({name: _fold(parts) for name, parts in per_col.items()}),
+            "row_groups": groups,
+            "schema": [[f.name, str(f.type)] for f in schema]}
+
+
+def _footer_entries(items: Iterable[tuple[str, str, int]], url: str,
+                    storage_options: dict | None) -> Iterator[dict]:
+    """Spark task: manifest entries of (full path, relative path, size) files, one fs per task."""
+    fs, _ = storage.resolve(url, storage_options)
+    for full, rel, size in items:
+        yield _footer_entry(fs, full, rel, size)
+
+
+# ---------------------------------------------------------------- the write
+
+def _committed_parquet(fs, root: str) -> list[tuple[str, str, int]]:
+    """(full path, relative path, size) of the committed part files, from one listing."""
+    fs.invalidate_cache(root)
+    found = []
+    for info in fs.ls(root, detail=True):
+        name = info["name"].rstrip("/")
+        base = posixpath.basename(name)
+        if info.get("type") == "file" and base.startswith("part-") and base.endswith(".parquet"):
+            found.append((name, base, int(info["size"])))
+    return sorted(found, key=lambda t: t[1])
+
+
+def _gather_entries(spark, files: list, url: str, storage_options) -> list[dict]:
+    sc = spark.sparkContext
+    slices = max(1, min(len(files), 4 * sc.defaultParallelism))
+    sc.setJobDescription(f"sparkfeed: statistics of {len(files)} shards")
+    try:
+        entries = (sc.parallelize(files, slices)
+                   .mapPartitions(lambda it: _footer_entries(it, url, storage_options))
+                   .collect())
+    except Exception as exc:
+        if "No module named 'sparkfeed'" in str(exc):
+            raise SparkfeedError(
+                "the Spark executors' Python cannot import sparkfeed, so the shard statistics "
+                "could not be gathered and no manifest was written; install sparkfeed where the "
+                "executors run, or point PYSPARK_PYTHON at the Python that has it") from exc
+        raise
+    finally:
+        sc.setJobDescription(None)
+    return sorted(entries, key=lambda e: e["path"])
+
+
+def _build_manifest(spark, entries: list[dict], codecs: Mapping[str, str], path: str) -> Manifest:
+    schemas = {json.dumps(e.pop("schema")) for e in entries}
+    if len(schemas) != 1:
+        raise SparkfeedError(f"dataset {path!r}: the written Parquet files disagree on their "
+                             f"schema ({sorted(schemas)}); no manifest was written")
+    schema = [{"name": n, "type": t, **({"codec": codecs[n]} if n in codecs else {})}
+              for n, t in json.loads(schemas.pop())]
+    doc = {"sparkfeed_manifest": 1, "format": "parquet",
+           "created_by": {"sparkfeed": __version__, "spark": spark.version},
+           "schema": schema,
+           "num_samples": sum(e["num_samples"] for e in entries),
+           "num_bytes": sum(e["num_bytes"] for e in entries),
+           "shards": entries}
+    return parse_manifest(doc, dataset=path)
+
+
+def _spark_mode(mode: str, existing: bool | None) -> str:
+    return "overwrite" if mode == "overwrite" or existing is False else "errorifexists"
+
+
+def _write_parquet(df, spark_path: str, spark_mode: str, samples_per_shard: int,
+                   samples_per_row_group: int) -> None:
+    spark = df.sparkSession
+    before = spark.conf.get(_TS_CONF, None)
+    spark.conf.set(_TS_CONF, "TIMESTAMP_MICROS")  # no writer option for it: Spark sets it from the session
+    try:
+        (df.write.mode(spark_mode)
+         .option("maxRecordsPerFile", samples_per_shard)
+         .option("parquet.block.row.count.limit", samples_per_row_group)
+         .option("parquet.block.size", ROW_GROUP_MAX_BYTES)
+         .parquet(spark_path))
+    finally:
+        if before is None:
+            spark.conf.unset(_TS_CONF)
+        else:
+            spark.conf.set(_TS_CONF, before)
+
+
+def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10_000,
+          samples_per_row_group: int = 1_024, cluster_by: str | list[str] | None = None,
+          codecs: Mapping[str, str] | None = None, mode: str = "error",
+          storage_options: dict | None = None) -> Manifest:
+    """Write `df` as a sparkfeed dataset at `path` and return its manifest.
+
+    Shards hold at most `samples_per_shard` rows (default 10,000) and Parquet row groups exactly
+    `samples_per_row_group` rows (default 1,024; the last of a file may hold fewer).
+    `cluster_by` range-partitions and sorts by those columns, so each shard covers a narrow range
+    and filters on them prune shards and row groups. `codecs` records what binary columns hold
+    (`{"image": "jpeg"}`). `mode="error"` refuses a non-empty path; `mode="overwrite"` replaces
+    it, deleting the old manifest first. `path` is a local path or a URL Spark and fsspec both
+    understand (`s3a://` is read as `s3://` by fsspec); `storage_options` go to fsspec.
+
+    Example: `m = sparkfeed.write(df, "ds/", cluster_by="label", codecs={"image": "jpeg"})`.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"`format` should be one of {FORMATS}, but got format={format!r}")
+    _positive_int(samples_per_shard, "samples_per_shard")
+    _positive_int(samples_per_row_group, "samples_per_row_group")
+    if mode not in MODES:
+        raise ValueError(f"`mode` should be one of {MODES}, but got mode={mode!r}")
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ValueError(f"`path` should be a local path or URL, but got path={path!r}")
+    types = _check_columns(df.schema)
+    keys = _check_cluster_by(cluster_by, types)
+    codecs = _check_codecs(codecs, types)
+
+    spark_path = _spark_path(os.fspath(path))
+    dataset = spark_path[len("file://"):] if "://" not in os.fspath(path) else os.fspath(path)
+    fs, root = storage.resolve(spark_path, storage_options)
+    existing = _is_nonempty(fs, root)
+    if existing and mode == "error":
+        raise DatasetExistsError(f"{dataset!r} already exists and is not empty; pass "
+                                 "mode='overwrite' to replace it, or choose another path")
+    if mode == "overwrite" and fs.exists(f"{root}/{MANIFEST_NAME}"):
+        log.info("removing the old manifest of %s before overwriting it", dataset)
+        fs.rm(f"{root}/{MANIFEST_NAME}")  # a failed overwrite must never leave a stale manifest
+
+    started = time.monotonic()
+    count = df.count()
+    n = max(1, math.ceil(count / samples_per_shard))
+    log.info("writing %d samples of %s as %d %s shards to %s", count, dataset, n, format, spark_path)
+    df = df.repartitionByRange(n, *keys).sortWithinPartitions(*keys) if keys else df.repartition(n)
+    spark_mode = _spark_mode(mode, existing)
+    if format == "webdataset":
+        (df.write.format("webdataset").mode(spark_mode)
+         .option("samplesPerShard", samples_per_shard).option("codecs", json.dumps(codecs))
+         .save(spark_path))
+        return read_manifest(dataset, storage_options)
+
+    _write_parquet(df, spark_path, spark_mode, samples_per_shard, samples_per_row_group)
+    files = _committed_parquet(fs, root)
+    log.info("Spark committed %d files in %.1fs; gathering their statistics in a Spark job",
+             len(files), time.monotonic() - started)
+    entries = _gather_entries(df.sparkSession, files, spark_path, storage_options)
+    manifest = _build_manifest(df.sparkSession, entries, codecs, dataset)
+    write_manifest(manifest, spark_path, storage_options)
+    log.info("wrote %s/%s: %d samples in %d shards, %.1fs in all", dataset, MANIFEST_NAME,
+             manifest.num_samples, len(manifest.shards), time.monotonic() - started)
+    return manifest
+
+
+class _CallableModule(types.ModuleType):
+    """`import sparkfeed.write` rebinds the package attribute `write` to this module, shadowing
+    the function `sparkfeed/__init__.py` exports lazily; a callable module keeps
+    `sparkfeed.write(df, path)` working either way."""
+
+    def __call__(self, *args, **kwargs):
+        return write(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,106 @@
+"""Tiny datasets made on the fly without Spark, for the fast unit tests.
+
+Parquet shards are written with pyarrow and described with the same footer code the Spark
+writer runs on executors (`sparkfeed.write._footer_entry`); tar shards follow the member layout
+of the JVM writer (`<key>.<ext>`, scalars in `.json`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sparkfeed import storage
+from sparkfeed.manifest import Manifest, parse_manifest, write_manifest
+from sparkfeed.write import _footer_entry
+
+
+def table(n: int, seed: int = 0, image_bytes: int = 0) -> pa.Table:
+    """n rows: id (int64, unique), label (int32, 0..9), score (double), caption, feature (list)."""
+    rng = np.random.default_rng(seed)
+    ids = np.arange(n, dtype=np.int64)
+    cols = {
+        "id": ids,
+        "label": (ids % 10).astype(np.int32),
+        "score": rng.random(n),
+        "caption": [f"caption {i}" for i in range(n)],
+        "feature": pa.array([[float(i), float(i) + 0.5] for i in range(n)], pa.list_(pa.float32())),
+    }
+    if image_bytes:
+        cols["image"] = [bytes([i % 251]) * image_bytes for i in range(n)]
+    return pa.table(cols)
+
+
+def write_parquet(root: str, data: pa.Table, rows_per_shard: int, rows_per_group: int,
+                  codecs: dict | None = None, sort_by: str | None = None) -> Manifest:
+    """Write `data` as Parquet shards plus a manifest; returns the manifest."""
+    os.makedirs(root, exist_ok=True)
+    if sort_by:
+        data = data.sort_by(sort_by)
+    fs, froot = storage.resolve(root)
+    entries, schema = [], None
+    for k, start in enumerate(range(0, data.num_rows, rows_per_shard)):
+        rel = f"part-{k:05d}.parquet"
+        full = os.path.join(root, rel)
+        pq.write_table(data.slice(start, rows_per_shard), full, row_group_size=rows_per_group)
+        entry = _footer_entry(fs, full, rel, os.path.getsize(full))
+        schema = entry.pop("schema")
+        entries.append(entry)
+    codecs = codecs or {}
+    doc = {"sparkfeed_manifest": 1, "format": "parquet", "created_by": {"sparkfeed": "test"},
+           "schema": [{"name": n, "type": t, **({"codec": codecs[n]} if n in codecs else {})}
+                      for n, t in schema],
+           "num_samples": sum(e["num_samples"] for e in entries),
+           "num_bytes": sum(e["num_bytes"] for e in entries), "shards": entries}
+    m = parse_manifest(doc, dataset=root)
+    write_manifest(m, root)
+    return m
+
+
+def write_tar(root: str, data: pa.Table, rows_per_shard: int, image_ext: str = "jpg") -> Manifest:
+    """Write `data` (id, label, score, caption, feature[, image]) as WebDataset tars + manifest."""
+    os.makedirs(root, exist_ok=True)
+    rows = data.to_pylist()
+    shards = []
+    for k, start in enumerate(range(0, len(rows), rows_per_shard)):
+        rel = f"shard-{k:05d}.tar"
+        part = rows[start:start + rows_per_shard]
+        with tarfile.open(os.path.join(root, rel), "w", format=tarfile.USTAR_FORMAT) as tar:
+            for r in part:
+                key = f"s{r['id']:08d}"
+                members = {"cls": str(r["label"]).encode(), "txt": r["caption"].encode(),
+                           "json": json.dumps({"id": r["id"], "score": r["score"],
+                                               "feature": r["feature"]}).encode()}
+                if "image" in r:
+                    members[image_ext] = r["image"]
+                for ext, payload in members.items():
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+        ids = [r["id"] for r in part]
+        labels = [r["label"] for r in part]
+        shards.append({"path": rel, "num_samples": len(part),
+                       "num_bytes": os.path.getsize(os.path.join(root, rel)),
+                       "members": sorted(members),
+                       "stats": {"id": {"min": min(ids), "max": max(ids), "null_count": 0},
+                                 "label": {"min": min(labels), "max": max(labels), "null_count": 0}}})
+    schema = [{"name": "key", "type": "string", "member": "__key__"},
+              {"name": "id", "type": "int64", "member": "json"},
+              {"name": "label", "type": "int32", "member": "cls"},
+              {"name": "score", "type": "double", "member": "json"},
+              {"name": "caption", "type": "string", "member": "txt"},
+              {"name": "feature", "type": "list<item: float>", "member": "json"}]
+    if "image" in data.column_names:
+        schema.append({"name": "image", "type": "binary", "codec": "jpeg", "member": image_ext})
+    doc = {"sparkfeed_manifest": 1, "format": "webdataset", "created_by": {"sparkfeed": "test"},
+           "schema": schema, "num_samples": len(rows),
+           "num_bytes": sum(s["num_bytes"] for s in shards), "shards": shards}
+    m = parse_manifest(doc, dataset=root)
+    write_manifest(m, root)
+    return m

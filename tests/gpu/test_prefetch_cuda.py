@@ -1,0 +1,103 @@
+"""Prefetcher on CUDA: content, pinned-ring reuse, held batches under a slow consumer, copy overlap."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from sparkfeed import prefetch as pf
+from sparkfeed.batch import BinaryColumn
+from sparkfeed.prefetch import Prefetcher, feed_benchmark
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def make_batch(i: int, n: int = 1 << 16) -> dict:
+    data = torch.full((n,), i % 251, dtype=torch.uint8)
+    return {"x": torch.full((n // 4,), float(i)), "image": BinaryColumn(data, torch.tensor([0, n])),
+            "caption": [f"s{i}"], "i": i}
+
+
+def spin_ms(ms: float) -> None:
+    """Keep the current stream busy for about `ms` milliseconds."""
+    torch.cuda._sleep(int(ms * 1e-3 * 1.4e9))  # ~1.4 GHz; only needs to be "slow"
+
+
+@pytest.mark.parametrize("pin", [False, True])
+@pytest.mark.parametrize("depth", [0, 3])
+def test_content_on_cuda(depth, pin):
+    for i, batch in enumerate(Prefetcher((make_batch(i) for i in range(20)), depth=depth,
+                                         pin_memory=pin, device="cuda")):
+        assert batch["x"].is_cuda and batch["image"].data.is_cuda and batch["image"].offsets.is_cuda
+        assert torch.all(batch["x"] == i).item() and torch.all(batch["image"].data == i % 251).item()
+        assert batch["caption"] == [f"s{i}"] and batch["i"] == i
+
+
+def test_pin_memory_without_device_hands_out_pinned_tensors():
+    for batch in Prefetcher((make_batch(i) for i in range(5)), depth=2, pin_memory=True):
+        assert batch["x"].is_pinned() and batch["image"].data.is_pinned()
+
+
+def test_pinned_ring_reuses_its_buffers():
+    created = []
+    real = pf._pinned_empty
+
+    def tracking(shape, dtype):
+        t = real(shape, dtype)
+        created.append(t.data_ptr())
+        return t
+    pf._pinned_empty = tracking
+    try:
+        for batch in Prefetcher((make_batch(i) for i in range(200)), depth=2, pin_memory=True,
+                                device="cuda"):
+            spin_ms(1)
+    finally:
+        pf._pinned_empty = real
+    # 3 pinned tensors per batch (x, image.data, image.offsets), at most depth + 2 slots each
+    assert 0 < len(created) <= 3 * 4
+
+
+def test_held_batches_are_not_corrupted_by_later_copies():
+    held = []
+    for batch in Prefetcher((make_batch(i) for i in range(60)), depth=4, pin_memory=True,
+                            device="cuda"):
+        spin_ms(5)  # a slow consumer kernel while the next copies run
+        held.append(batch)
+    torch.cuda.synchronize()
+    for i, batch in enumerate(held):
+        assert torch.all(batch["x"] == i).item()
+        assert torch.all(batch["image"].data == i % 251).item()
+
+
+def test_held_pinned_host_batches_are_not_corrupted():
+    held = [b for b in Prefetcher((make_batch(i) for i in range(60)), depth=4, pin_memory=True)]
+    for i, batch in enumerate(held):
+        assert torch.all(batch["x"] == i).item()
+
+
+def test_copies_overlap_the_consumer_step():
+    """With prefetch, a 20 ms GPU step hides a 20 ms producer: the consumer barely waits."""
+    args = dict(batches=30, batch_bytes=8 << 20, step_s=0.02, pin_memory=True, device="cuda",
+                producer_s=0.02)
+    without = feed_benchmark(depth=0, **args)
+    with_prefetch = feed_benchmark(depth=4, **args)
+    assert with_prefetch["wait_fraction"] < 0.15 < without["wait_fraction"]
+    assert with_prefetch["h2d_gbps"] > 0 and with_prefetch["plain_pinned_h2d_gbps"] > 0
+
+
+def test_copy_runs_on_the_side_stream_while_the_consumer_stream_is_busy():
+    """A copy finishes on the side stream while a long kernel still runs on the consumer's."""
+    big = [{"x": torch.ones(64 << 20, dtype=torch.uint8)} for _ in range(3)]
+    with Prefetcher(iter(big), depth=1, pin_memory=True, device="cuda") as p:
+        first = next(p)
+        torch.cuda.synchronize()
+        spin_ms(1000)      # the consumer's stream is busy for about a second
+        time.sleep(0.3)    # meanwhile the thread pins and copies the next batch
+        assert p._work.stream.query(), "the copy waited for the consumer's kernel"
+        assert not torch.cuda.current_stream().query()
+        rest = list(p)
+    torch.cuda.synchronize()
+    assert all(int(b["x"].sum()) == 64 << 20 for b in [first, *rest])

@@ -1,0 +1,336 @@
+"""format("webdataset"): the JVM data source, checked from every reader that matters.
+
+One dataset (200 samples: JPEG bytes, an int label, a caption with some nulls, a float feature
+vector, a double) is written once per module and read back by Spark itself, the `webdataset`
+library, DALI's `fn.readers.webdataset` (with the .idx files the writer made) and `tarfile`.
+Retries and failed jobs need a master that retries tasks, so they run in a subprocess.
+"""
+
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.spark
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+N = 200
+PER_SHARD = 32
+MANIFEST = "_sparkfeed.json"
+
+
+def _jpeg(i):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8 + i % 5, 8), ((i * 37) % 256, (i * 11) % 256, i % 256)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _rows():
+    return [
+        (f"s{i:04d}", _jpeg(i), i % 10, None if i % 17 == 0 else f"a photo of thing {i}",
+         [i / 4, -1.5, float(i % 3)], i * 0.125 - 3.0)
+        for i in range(N)
+    ]
+
+
+SCHEMA = "key string, image binary, label int, caption string, feat array<float>, score double"
+
+
+@pytest.fixture(scope="module")
+def source(spark):
+    return spark.createDataFrame(_rows(), SCHEMA).repartition(3)
+
+
+@pytest.fixture(scope="module")
+def dataset(spark, source, tmp_path_factory):
+    path = tmp_path_factory.mktemp("wds") / "ds"
+    (source.write.format("webdataset").option("samplesPerShard", PER_SHARD)
+     .option("codecs", json.dumps({"image": "jpeg"})).save(str(path)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def manifest(dataset):
+    return json.loads((dataset / MANIFEST).read_text())
+
+
+def _shards(dataset, manifest):
+    return [str(dataset / s["path"]) for s in manifest["shards"]]
+
+
+def _by_key():
+    return {r[0]: r for r in _rows()}
+
+
+# --- Spark round trip ---------------------------------------------------------------------------
+
+def test_spark_round_trip_gives_the_same_rows(spark, dataset, source):
+    back = spark.read.format("webdataset").load(str(dataset))
+    assert back.schema.simpleString() == source.schema.simpleString()
+    assert back.rdd.getNumPartitions() == len(json.loads((dataset / MANIFEST).read_text())["shards"])
+    assert sorted(back.collect()) == sorted(source.collect())
+
+
+def test_read_without_manifest_gives_key_and_one_binary_column_per_extension(spark, dataset, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in dataset.glob("*.tar"):
+        (bare / f.name).write_bytes(f.read_bytes())
+    back = spark.read.format("webdataset").load(str(bare))
+    assert back.columns == ["key", "cls", "jpg", "json", "txt"]
+    rows = {r.key: r for r in back.collect()}
+    assert len(rows) == N
+    assert rows["s0003"].jpg == _jpeg(3) and rows["s0003"].cls == b"3"
+    assert rows["s0017"].txt is None
+
+
+# --- the manifest ----------------------------------------------------------------------------
+
+def test_manifest_counts_bytes_members_and_schema(dataset, manifest):
+    assert manifest["sparkfeed_manifest"] == 1 and manifest["format"] == "webdataset"
+    assert manifest["created_by"]["spark"].startswith("4.")
+    assert manifest["num_samples"] == N
+    assert sum(s["num_samples"] for s in manifest["shards"]) == N
+    assert all(0 < s["num_samples"] <= PER_SHARD for s in manifest["shards"])
+    for s in manifest["shards"]:
+        assert s["num_bytes"] == (dataset / s["path"]).stat().st_size
+        assert s["index"] == s["path"] + ".idx" and (dataset / s["index"]).is_file()
+        assert s["members"] == ["cls", "jpg", "json", "txt"]
+    assert manifest["num_bytes"] == sum(s["num_bytes"] for s in manifest["shards"])
+    paths = [s["path"] for s in manifest["shards"]]
+    assert paths == sorted(paths)
+    assert sorted(p.name for p in dataset.iterdir() if p.suffix == ".tar") == paths
+    assert manifest["schema"] == [
+        {"name": "key", "type": "string", "member": "__key__"},
+        {"name": "image", "type": "binary", "codec": "jpeg", "member": "jpg"},
+        {"name": "label", "type": "int32", "member": "cls"},
+        {"name": "caption", "type": "string", "member": "txt"},
+        {"name": "feat", "type": "list<item: float>", "member": "json"},
+        {"name": "score", "type": "double", "member": "json"},
+    ]
+
+
+def test_manifest_stats_match_pandas(dataset, manifest):
+    import pandas as pd
+
+    frame = pd.DataFrame(_rows(), columns=["key", "image", "label", "caption", "feat", "score"])
+    for s in manifest["shards"]:
+        with tarfile.open(dataset / s["path"]) as tar:
+            keys = {m.name.split(".", 1)[0] for m in tar.getmembers()}
+        part = frame[frame.key.isin(keys)]
+        assert len(part) == s["num_samples"]
+        assert set(s["stats"]) == {"key", "label", "caption", "score"}
+        for col in ["key", "label", "caption", "score"]:
+            st = s["stats"][col]
+            assert st["null_count"] == int(part[col].isna().sum()), (s["path"], col)
+            assert st["min"] == part[col].dropna().min(), (s["path"], col)
+            assert st["max"] == part[col].dropna().max(), (s["path"], col)
+
+
+# --- standard readers --------------------------------------------------------------------------
+
+def test_tarfile_sees_regular_members_with_dot_free_keys(dataset, manifest):
+    for s in manifest["shards"]:
+        with tarfile.open(dataset / s["path"]) as tar:
+            members = tar.getmembers()
+        keys = []
+        for m in members:
+            assert m.isreg(), m.name
+            key, ext = m.name.split(".", 1)
+            assert "/" not in m.name and key and "." not in key
+            assert ext in s["members"]
+            if not keys or keys[-1] != key:
+                keys.append(key)
+        assert len(keys) == len(set(keys)) == s["num_samples"]   # grouped by key
+
+
+def test_index_files_match_wds2idx_format(dataset, manifest):
+    for s in manifest["shards"]:
+        lines = (dataset / s["index"]).read_text().splitlines()
+        assert lines[0] == f"v1.2 {s['num_samples']}"
+        with tarfile.open(dataset / s["path"]) as tar:
+            expected = {}
+            for m in tar.getmembers():
+                expected.setdefault(m.name.split(".", 1)[0], []).append(
+                    [m.name.split(".", 1)[1], str(m.offset_data), str(m.size), m.name])
+        got = [line.split(" ") for line in lines[1:]]
+        assert [[g[i:i + 4] for i in range(0, len(g), 4)] for g in got] == list(expected.values())
+
+
+def test_webdataset_library_iterates_exactly_the_samples(dataset, manifest):
+    import webdataset as wds
+
+    rows = _by_key()
+    seen = []
+    for sample in wds.WebDataset(_shards(dataset, manifest), shardshuffle=False, empty_check=False):
+        key = sample["__key__"]
+        seen.append(key)
+        assert sample["jpg"] == rows[key][1]
+        assert int(sample["cls"]) == rows[key][2]
+        assert sample.get("txt") == (None if rows[key][3] is None else rows[key][3].encode())
+        assert json.loads(sample["json"]) == {"feat": rows[key][4], "score": rows[key][5]}
+    assert sorted(seen) == sorted(rows) and len(seen) == N
+
+
+def test_dali_reads_all_samples_with_the_written_index_files(dataset, manifest):
+    import numpy as np
+    from nvidia.dali import fn, pipeline_def
+
+    batch = 64
+
+    @pipeline_def(batch_size=batch, num_threads=1, device_id=None)
+    def pipe():
+        jpg, cls = fn.readers.webdataset(
+            paths=_shards(dataset, manifest),
+            index_paths=[str(dataset / s["index"]) for s in manifest["shards"]],
+            ext=["jpg", "cls"], missing_component_behavior="error", name="reader")
+        return jpg, cls
+
+    p = pipe()
+    p.build()
+    assert p.reader_meta("reader")["epoch_size"] == N
+    got = []
+    for _ in range(math.ceil(N / batch)):
+        jpg, cls = p.run()
+        got += [(bytes(np.array(jpg[i])), int(bytes(np.array(cls[i])))) for i in range(batch)]
+    got = got[:N]
+    assert sorted(got) == sorted((r[1], r[2]) for r in _rows())
+
+
+# --- modes, validation, keys ----------------------------------------------------------------------
+
+def _error_text(excinfo):
+    return str(excinfo.value)
+
+
+def test_mode_error_on_an_existing_dataset_raises_naming_the_path(source, dataset):
+    with pytest.raises(Exception, match="already exists") as e:
+        source.write.format("webdataset").save(str(dataset))
+    assert str(dataset) in _error_text(e)
+    with pytest.raises(Exception, match="already exists"):
+        source.write.format("webdataset").mode("append").save(str(dataset))
+
+
+def test_overwrite_replaces_and_ignore_keeps(spark, tmp_path):
+    path = str(tmp_path / "ow")
+    df = spark.createDataFrame(_rows()[:10], SCHEMA).coalesce(1)
+    df.write.format("webdataset").save(path)
+    df.limit(4).write.format("webdataset").mode("ignore").save(path)
+    assert json.loads(Path(path, MANIFEST).read_text())["num_samples"] == 10
+    df.limit(4).write.format("webdataset").mode("overwrite").save(path)
+    m = json.loads(Path(path, MANIFEST).read_text())
+    assert m["num_samples"] == 4
+    assert sorted(p.name for p in Path(path).iterdir()) == [
+        MANIFEST, "part-00000-0000.tar", "part-00000-0000.tar.idx"]
+
+
+def test_unsupported_column_type_raises_before_tasks_run(spark, tmp_path):
+    from pyspark.sql import functions as F
+
+    path = tmp_path / "bad"
+    df = spark.range(3).withColumn("meta", F.create_map(F.lit("a"), F.col("id")))
+    with pytest.raises(Exception, match='column "meta" has type map<string,bigint>'):
+        df.write.format("webdataset").save(str(path))
+    assert not path.exists()
+
+
+def test_invalid_keys_raise_or_are_sanitised(spark, tmp_path):
+    df = spark.createDataFrame([("a.b", 1), ("c/d", 2), ("ok", 3)], "key string, label int").coalesce(1)
+    with pytest.raises(Exception, match=r'invalid sample key "a\.b" in column "key"'):
+        df.write.format("webdataset").save(str(tmp_path / "strict"))
+    assert not (tmp_path / "strict" / MANIFEST).exists()
+    assert not list((tmp_path / "strict").rglob("*.tar"))
+    df.write.format("webdataset").option("invalidKeys", "sanitize").save(str(tmp_path / "clean"))
+    with tarfile.open(tmp_path / "clean" / "part-00000-0000.tar") as tar:
+        assert tar.getnames() == ["a_b.cls", "c_d.cls", "ok.cls"]
+
+
+def test_generated_keys_and_null_members(spark, tmp_path):
+    df = spark.createDataFrame([(b"x", 1), (None, 2), (b"z", None)], "data binary, n int").coalesce(1)
+    path = tmp_path / "gen"
+    df.write.format("webdataset").save(str(path))
+    with tarfile.open(path / "part-00000-0000.tar") as tar:
+        assert tar.getnames() == ["p00000_000000000.bin", "p00000_000000000.cls",
+                                  "p00000_000000001.cls", "p00000_000000002.bin"]
+    back = spark.read.format("webdataset").load(str(path))
+    assert sorted(back.collect(), key=str) == sorted(df.collect(), key=str)
+
+
+# --- commit protocol under failures (a master that retries tasks: local[2,4]) ----------------------
+
+_FAILURE_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    from pathlib import Path
+    import sparkfeed
+    from pyspark import TaskContext
+    from pyspark.sql import functions as F
+
+    base = Path(sys.argv[1])
+    spark = sparkfeed.spark_session(master="local[2,4]", conf={"spark.sql.shuffle.partitions": "2"})
+
+    def flaky(always):
+        def f(i):
+            ctx = TaskContext.get()
+            if ctx.partitionId() == 1 and i == 500 and (always or ctx.attemptNumber() == 0):
+                (base / f"failed-{ctx.attemptNumber()}").touch()
+                raise RuntimeError("injected failure")
+            return i
+        return F.udf(f, "long")
+
+    out = {}
+    for name, always in [("retried", False), ("failed", True)]:
+        df = spark.range(0, 600, numPartitions=2)
+        df = df.select(flaky(always)("id").alias("id"), F.col("id").cast("int").alias("label"))
+        try:
+            df.write.format("webdataset").option("samplesPerShard", 50).save(str(base / name))
+            out[name] = "ok"
+        except Exception as e:
+            out[name] = "error: " + str(e)[:200]
+    print("RESULT " + json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def failures(tmp_path_factory):
+    base = tmp_path_factory.mktemp("failures")
+    env = dict(os.environ, SPARKFEED_SPARK_LOG_LEVEL="ERROR")
+    proc = subprocess.run([sys.executable, "-c", _FAILURE_SCRIPT, str(base)], env=env,
+                          capture_output=True, text=True, timeout=240)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    assert lines, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return base, json.loads(lines[0][len("RESULT "):])
+
+
+def test_task_failure_mid_shard_is_retried_without_partial_shards(failures):
+    base, result = failures
+    assert result["retried"] == "ok"
+    assert (base / "failed-0").exists()           # the first attempt of partition 1 did fail
+    path = base / "retried"
+    m = json.loads((path / MANIFEST).read_text())
+    assert m["num_samples"] == 600
+    assert [s["num_samples"] for s in m["shards"]] == [50] * 12
+    on_disk = sorted(p.name for p in path.iterdir())
+    assert on_disk == sorted([MANIFEST] + [s["path"] for s in m["shards"]]
+                             + [s["index"] for s in m["shards"]])
+    labels = []
+    for s in m["shards"]:
+        with tarfile.open(path / s["path"]) as tar:
+            labels += [int(tar.extractfile(x).read()) for x in tar.getmembers()]
+    assert sorted(labels) == list(range(600))
+
+
+def test_failed_job_leaves_no_manifest_and_no_shard(failures):
+    base, result = failures
+    assert result["failed"].startswith("error")
+    path = base / "failed"
+    assert not (path / MANIFEST).exists()
+    assert not [p for p in path.rglob("*") if p.suffix in (".tar", ".idx", ".json", ".tmp")]

@@ -1,0 +1,289 @@
+"""ImageDecode / ImageDecoder: DALI (CPU mode) and PIL backends, on images made in memory."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sparkfeed.batch import BinaryColumn
+from sparkfeed.decode import DecodeResult, ImageDecode, ImageDecoder
+
+BACKENDS = ["dali", "pil"]
+
+
+def _encode(w: int, h: int, mode: str = "RGB", fmt: str = "JPEG", shift: int = 0) -> bytes:
+    """A smooth gradient image (JPEG-friendly, so both decoders agree closely)."""
+    y, x = np.mgrid[0:h, 0:w]
+    a = np.stack([(x * 255 // w + shift) % 256, y * 255 // h, (x + y) * 255 // (w + h)], -1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).convert(mode).save(buf, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def _column(items: list[bytes]) -> BinaryColumn:
+    data = torch.from_numpy(np.frombuffer(b"".join(items), np.uint8).copy())
+    offsets = torch.tensor(np.cumsum([0] + [len(b) for b in items]), dtype=torch.int64)
+    return BinaryColumn(data, offsets)
+
+
+def _decoder(backend="dali", max_batch_size=16, seed=0, **kw) -> ImageDecoder:
+    return ImageDecoder(ImageDecode(device="cpu", backend=backend, **kw), max_batch_size=max_batch_size, seed=seed)
+
+
+MIXED = [_encode(64, 48), _encode(50, 70, "L"), _encode(40, 40, "CMYK"), _encode(33, 44, fmt="PNG"),
+         _encode(100, 60, shift=40), _encode(48, 48, "RGBA", fmt="PNG")]
+
+
+def _truncated() -> bytes:
+    good = _encode(200, 150)
+    return good[: int(len(good) * 0.8)]  # header intact, scan data cut
+
+
+# -- shapes, dtypes, layouts ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout,shape", [("NCHW", (6, 3, 32, 32)), ("NHWC", (6, 32, 32, 3))])
+def test_shapes_dtype_layout(backend, layout, shape):
+    res = _decoder(backend, size=32, layout=layout).decode(MIXED)
+    assert isinstance(res, DecodeResult)
+    assert res.images.shape == shape and res.images.dtype == torch.uint8
+    assert res.images.device.type == "cpu" and res.images.is_contiguous()
+    assert res.ok_rows.tolist() == list(range(6)) and res.ok_rows.dtype == torch.int64
+    assert res.failures == ()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_native_size_and_mixed_sizes_error(backend):
+    same = [_encode(40, 30), _encode(40, 30, "L")]
+    res = _decoder(backend, layout="NHWC").decode(same)
+    assert res.images.shape == (2, 30, 40, 3)
+    with pytest.raises(ValueError, match="same-sized images"):
+        _decoder(backend).decode([_encode(40, 30), _encode(30, 40)])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float_dtype_without_norm_keeps_0_255(backend):
+    res = _decoder(backend, size=16, dtype=torch.float32).decode(MIXED[:2])
+    assert res.images.dtype == torch.float32 and 0 <= res.images.min() and res.images.max() <= 255
+
+
+# -- agreement between backends ------------------------------------------------------------------
+
+def test_dali_matches_pil_reference():
+    dali = _decoder("dali", size=32).decode(MIXED).images.float()
+    pil = _decoder("pil", size=32).decode(MIXED).images.float()
+    assert (dali.mean((1, 2, 3)) - pil.mean((1, 2, 3))).abs().max() < 2.0  # per-image means
+    assert (dali - pil).abs().mean() < 4.0  # per-pixel agreement (resampling differs slightly)
+
+
+def test_grayscale_and_cmyk_come_out_rgb():
+    gray = _decoder(size=16, layout="NHWC").decode([_encode(40, 40, "L")]).images[0].int()
+    assert gray.shape[-1] == 3 and (gray[..., 0] - gray[..., 1]).abs().max() <= 2
+    cmyk = _decoder(size=16).decode([_encode(40, 40, "CMYK")]).images.float()
+    rgb = _decoder(size=16).decode([_encode(40, 40, "RGB")]).images.float()
+    assert (cmyk - rgb).abs().mean() < 6.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mean_std_normalisation(backend):
+    mean, std = (120.0, 110.0, 100.0), (50.0, 60.0, 70.0)
+    raw = _decoder(backend, size=24).decode(MIXED).images.float()
+    norm = _decoder(backend, size=24, mean=mean, std=std).decode(MIXED).images
+    assert norm.dtype == torch.float32
+    expected = (raw - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(norm, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_scalar_mean_std_and_float16():
+    res = _decoder(size=8, mean=(127.5,), std=(127.5,), dtype=torch.float16).decode(MIXED[:1])
+    assert res.images.dtype == torch.float16 and -1.01 <= res.images.min() and res.images.max() <= 1.01
+
+
+# -- random crop / mirror reproducibility --------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_random_augment_reproducible_per_epoch(backend):
+    dec = _decoder(backend, size=24, crop="random", mirror=True, seed=7)
+    imgs = [_encode(120, 60, shift=s) for s in range(8)]
+    dec.set_epoch(3, rank=1)
+    a1, a2 = dec.decode(imgs).images, dec.decode(imgs).images
+    dec.set_epoch(3, rank=1)
+    b1, b2 = dec.decode(imgs).images, dec.decode(imgs).images
+    assert torch.equal(a1, b1) and torch.equal(a2, b2)
+    assert not torch.equal(a1, a2)  # successive batches draw anew
+    dec.set_epoch(4, rank=1)
+    assert not torch.equal(dec.decode(imgs).images, a1)
+    dec.set_epoch(3, rank=0)
+    assert not torch.equal(dec.decode(imgs).images, a1)
+    other = _decoder(backend, size=24, crop="random", mirror=True, seed=7)
+    other.set_epoch(3, rank=1)
+    assert torch.equal(other.decode(imgs).images, a1)  # a fresh decoder agrees
+
+
+def test_random_augment_same_draws_in_both_backends():
+    imgs = [_encode(120, 60, shift=s) for s in range(6)]
+    out = {}
+    for backend in BACKENDS:
+        dec = _decoder(backend, size=24, crop="random", mirror=True, seed=1)
+        dec.set_epoch(2)
+        out[backend] = dec.decode(imgs).images.float()
+    assert (out["dali"] - out["pil"]).abs().mean() < 4.0
+
+
+def test_center_crop_is_deterministic_across_epochs():
+    dec = _decoder(size=24)
+    a = dec.decode(MIXED).images
+    dec.set_epoch(5)
+    assert torch.equal(a, dec.decode(MIXED).images)
+
+
+def test_mirror_flips_horizontally():
+    img = [_encode(32, 32)]
+    plain = _decoder(size=32, layout="NHWC").decode(img).images[0]
+    flips = _decoder(size=32, layout="NHWC", mirror=True, max_batch_size=32).decode(img * 32).images
+    flipped = [torch.equal(f, plain.flip(1)) for f in flips]
+    assert any(flipped) and not all(flipped)
+    assert all(torch.equal(f, plain) or torch.equal(f, plain.flip(1)) for f in flips)
+
+
+# -- bad input is reported, good rows still decode ------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_rows_reported_good_rows_decode(backend):
+    good = _encode(64, 48)
+    batch = [good, _truncated(), b"", b"\x00\x01random bytes" * 20, good[:40], _encode(300, 300), good]
+    res = _decoder(backend, size=16, max_pixels=200 * 200).decode(batch)
+    assert res.ok_rows.tolist() == [0, 6]
+    assert res.images.shape == (2, 3, 16, 16) and torch.equal(res.images[0], res.images[1])
+    reasons = dict(res.failures)
+    assert sorted(reasons) == [1, 2, 3, 4, 5]
+    assert "could not decode" in reasons[1]
+    assert "empty" in reasons[2]
+    assert "not a recognised image" in reasons[3]
+    assert "300x300 = 90000 pixels, over max_pixels=40000" in reasons[5]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_all_rows_bad_gives_empty_batch(backend):
+    res = _decoder(backend, size=16).decode([b"", _truncated()])
+    assert res.images.shape == (0, 3, 16, 16) and res.ok_rows.tolist() == []
+    assert [r for r, _ in res.failures] == [0, 1]
+
+
+def test_decoder_keeps_working_after_failures():
+    dec = _decoder(size=16)
+    first = dec.decode(MIXED).images
+    dec.decode([_truncated(), MIXED[0]])
+    assert torch.equal(dec.decode(MIXED).images, first)
+
+
+# -- inputs and batch sizes ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_binary_column_equals_list_of_bytes(backend):
+    dec = _decoder(backend, size=20)
+    assert torch.equal(dec.decode(_column(MIXED)).images, dec.decode(MIXED).images)
+    sub = _column(MIXED).select([4, 0])
+    assert torch.equal(dec.decode(sub).images, dec.decode([MIXED[4], MIXED[0]]).images)
+
+
+def test_variable_batch_sizes():
+    dec = _decoder(size=16, max_batch_size=8)
+    for n in (8, 1, 5, 8, 3):
+        assert dec.decode([MIXED[i % 6] for i in range(n)]).images.shape == (n, 3, 16, 16)
+    with pytest.raises(ValueError, match="larger than max_batch_size=8"):
+        dec.decode(MIXED + MIXED)
+    assert dec.decode([]).images.shape == (0, 3, 16, 16)
+    dec.close()
+
+
+def test_bad_input_type():
+    with pytest.raises(TypeError, match="BinaryColumn or a sequence of bytes"):
+        _decoder().decode(b"not a batch")
+
+
+# -- argument validation ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"size": 0}, "`size` should be a positive integer or None, but got size=0"),
+    ({"size": 2.5}, "`size` should be a positive integer or None, but got size=2.5"),
+    ({"crop": "left"}, "`crop` should be 'center' or 'random', but got crop='left'"),
+    ({"crop": "random"}, "`crop` should be 'center' when size is None (a random crop needs a size), but got crop='random'"),
+    ({"layout": "CHW"}, "`layout` should be 'NCHW' or 'NHWC', but got layout='CHW'"),
+    ({"device": "cuda"}, "`device` should be 'gpu' or 'cpu' or 'auto', but got device='cuda'"),
+    ({"backend": "opencv"}, "`backend` should be 'dali' or 'pil', but got backend='opencv'"),
+    ({"mirror": 1}, "`mirror` should be True or False, but got mirror=1"),
+    ({"mean": (1.0, 2.0, 3.0)}, "`std` should be given together with mean"),
+    ({"mean": (1.0, 2.0), "std": (1.0, 1.0)}, "`mean` should be a tuple of 1 or 3 numbers"),
+    ({"mean": (0.0,), "std": (0.0,)}, "`std` should be positive"),
+    ({"dtype": torch.int32}, "`dtype` should be torch.uint8, torch.float32, torch.float16 or None"),
+    ({"mean": (0.0,), "std": (1.0,), "dtype": torch.uint8}, "`dtype` should be a floating type"),
+    ({"max_pixels": 0}, "`max_pixels` should be a positive integer, but got max_pixels=0"),
+])
+def test_spec_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        ImageDecode(**kwargs)
+
+
+def test_spec_defaults_and_normalised_mean():
+    spec = ImageDecode(mean=[1, 2, 3], std=(4, 5, 6))
+    assert spec.mean == (1.0, 2.0, 3.0) and spec.out_dtype == torch.float32
+    assert ImageDecode().out_dtype == torch.uint8 and ImageDecode().device == "auto"
+    assert hash(ImageDecode(size=3)) == hash(ImageDecode(size=3))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"max_batch_size": 0}, "`max_batch_size` should be a positive integer, but got max_batch_size=0"),
+    ({"max_batch_size": 4, "seed": -1}, "`seed` should be a non-negative integer"),
+    ({"max_batch_size": 4, "num_threads": 0}, "`num_threads` should be a positive integer or None"),
+])
+def test_decoder_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ImageDecoder(ImageDecode(device="cpu"), **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_gpu_without_cuda_is_a_clear_error():
+    spec = ImageDecode(size=8, device="gpu")  # a spec may be built on a CPU box and shipped
+    with pytest.raises(RuntimeError, match="needs CUDA, but torch.cuda.is_available\\(\\) is False"):
+        ImageDecoder(spec, max_batch_size=4)
+    auto = ImageDecoder(ImageDecode(size=8), max_batch_size=4)  # auto -> CPU here
+    assert auto.decode(MIXED[:1]).images.device.type == "cpu"
+
+
+def test_missing_dali_message(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_dali(name, *args, **kwargs):
+        if name.startswith("nvidia"):
+            raise ImportError("No module named 'nvidia.dali'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_dali)
+    with pytest.raises(ImportError, match="pip install nvidia-dali-cuda120.*backend='pil'"):
+        ImageDecoder(ImageDecode(device="cpu"), max_batch_size=2)
+    ImageDecoder(ImageDecode(device="cpu", backend="pil"), max_batch_size=2)  # PIL needs no DALI
+
+
+def test_header_fast_path_agrees_with_pil():
+    from sparkfeed.decode import _fast_size
+
+    def jpeg(**save):
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((37, 53, 3), np.uint8)).save(buf, "JPEG", **save)
+        return buf.getvalue()
+
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 3000  # a big APP1 segment before the frame header
+    samples = [jpeg(), jpeg(progressive=True), jpeg(exif=exif.tobytes()), _encode(53, 37, "L"),
+               _encode(53, 37, "CMYK"), _encode(53, 37, fmt="PNG")]
+    for data in samples:
+        assert _fast_size(memoryview(data)) == Image.open(io.BytesIO(data)).size == (53, 37)
+    for data in (b"", b"\xff\xd8", b"\xff\xd8\xff\xe0\x00", b"GIF89a", _encode(53, 37, fmt="BMP")):
+        assert _fast_size(memoryview(data)) is None  # unknown or cut short: PIL decides

@@ -1,0 +1,366 @@
+"""The loader core: exactly once, determinism, resume, pushdown, errors. No Spark needed."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+import torch
+
+import dsutil
+import sparkfeed
+from sparkfeed import ManifestError, ShardReadError
+
+N_PQ, N_TAR = 2000, 600
+
+
+@pytest.fixture(scope="module")
+def pq_path(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("pq") / "ds")
+    dsutil.write_parquet(root, dsutil.table(N_PQ, image_bytes=16), 400, 64, sort_by="label")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tar_path(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("tar") / "ds")
+    dsutil.write_tar(root, dsutil.table(N_TAR, image_bytes=8), 150)
+    return root
+
+
+@pytest.fixture(params=["parquet", "webdataset"])
+def any_path(request, pq_path, tar_path):
+    return (pq_path, N_PQ) if request.param == "parquet" else (tar_path, N_TAR)
+
+
+def ids_of(loader):
+    return [i for b in loader for i in b["id"].tolist()]
+
+
+def ids_by_rank(path, world, workers, **kw):
+    return [ids_of(sparkfeed.DataLoader(path, rank=r, world_size=world, num_workers=workers, **kw))
+            for r in range(world)]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("world,workers", [(1, 0), (2, 2), (3, 1)])
+def test_each_sample_once_across_ranks_and_workers(any_path, shuffle, world, workers):
+    path, n = any_path
+    per_rank = ids_by_rank(path, world, workers, batch_size=32, shuffle=shuffle, seed=5)
+    everything = [i for ids in per_rank for i in ids]
+    assert sorted(everything) == list(range(n))
+
+
+@pytest.mark.parametrize("filter_", [None, [("label", "<", 3)], [[("label", "==", 1)], [("score", ">", 0.9)]]])
+def test_drop_last_gives_equal_full_batches_per_rank(any_path, filter_):
+    path, n = any_path
+    loaders = [sparkfeed.DataLoader(path, batch_size=16, drop_last=True, shuffle=True, filter=filter_,
+                                    rank=r, world_size=3, num_workers=2) for r in range(3)]
+    batches = [[len(b["id"]) for b in L] for L in loaders]
+    assert len({len(b) for b in batches}) == 1
+    assert all(size == 16 for b in batches for size in b)
+    assert len(loaders[0]) == len(batches[0])
+
+
+def test_same_seed_same_order_other_epoch_other_order(pq_path):
+    make = lambda: sparkfeed.DataLoader(pq_path, batch_size=50, shuffle=True, seed=1, num_workers=2)
+    a, b = make(), make()
+    assert ids_of(a) == ids_of(b)
+    b.set_epoch(1)
+    assert ids_of(b) != ids_of(a)
+    assert sorted(ids_of(b)) == list(range(N_PQ))
+
+
+def reference(path, columns, expr):
+    import pyarrow.parquet as pq
+
+    files = sorted(f for f in os.listdir(path) if f.endswith(".parquet"))
+    t = pq.read_table([os.path.join(path, f) for f in files] if len(files) > 1 else os.path.join(path, files[0]))
+    return sorted(t.filter(expr).column("id").to_pylist()) if expr is not None else sorted(t.column("id").to_pylist())
+
+
+FILTERS = [
+    [("label", "<", 3)], [("label", "==", 9)], [("label", "in", {2, 7})], [("score", ">", 0.5)],
+    [[("label", "==", 0)], [("id", ">=", 1990)]], [("caption", "==", "caption 17")],
+    pc.equal(pc.bit_wise_and(pc.field("id"), 7), 0), (pc.field("label") > 4) & (pc.field("score") < 0.3), [("label", ">", 100)],
+]
+
+
+@pytest.mark.parametrize("filter_", FILTERS, ids=str)
+def test_pushdown_equals_reading_everything_then_filtering(pq_path, tar_path, filter_):
+    expr = sparkfeed.filters.to_expression(filter_)
+    got = sorted(ids_of(sparkfeed.DataLoader(pq_path, batch_size=64, filter=filter_, columns=["id"])))
+    assert got == reference(pq_path, ["id"], expr)
+    full = dsutil.table(N_TAR, image_bytes=8)
+    want = sorted(full.filter(expr).column("id").to_pylist())
+    assert sorted(ids_of(sparkfeed.DataLoader(tar_path, batch_size=64, filter=filter_))) == want
+
+
+def test_selective_filter_on_clustered_column_reads_few_bytes(tmp_path):
+    root = str(tmp_path / "big")
+    data = dsutil.table(20_000, image_bytes=200)
+    data = data.set_column(1, "label", pc.cast(pc.divide(data.column("id"), 200), "int32"))  # 0..99
+    dsutil.write_parquet(root, data, 2000, 200, sort_by="label")
+    full = sparkfeed.DataLoader(root, batch_size=256)
+    assert len(ids_of(full)) == 20_000
+    sel = sparkfeed.DataLoader(root, batch_size=256, filter=[("label", "==", 42)])
+    assert len(ids_of(sel)) == 200
+    ratio = sel.stats()["bytes_read"] / full.stats()["bytes_read"]
+    assert ratio < 0.05, ratio
+    assert sel.stats()["shards_pruned"] == 9 and sel.stats()["row_groups_pruned"] >= 99
+
+
+def test_heavy_columns_not_read_when_no_row_survives(tmp_path):
+    root = str(tmp_path / "d")
+    dsutil.write_parquet(root, dsutil.table(1000, image_bytes=1000), 1000, 1000)
+    # score is random: stats cannot prune, but no row has score > 2
+    L = sparkfeed.DataLoader(root, batch_size=100, filter=[("score", ">", 2.0)])
+    assert ids_of(L) == []
+    assert L.stats()["bytes_read"] < 100_000  # the 1 MB image column was never read
+
+
+@pytest.mark.parametrize("workers_before,workers_after,world_before,world_after",
+                         [(0, 0, 1, 1), (2, 2, 1, 1), (2, 1, 1, 1), (0, 2, 2, 2), (1, 2, 2, 3), (2, 0, 3, 1)])
+@pytest.mark.parametrize("stop_after", [1, 3])
+def test_resume_delivers_exactly_the_rest(any_path, workers_before, workers_after, world_before,
+                                          world_after, stop_after):
+    path, n = any_path
+    kw = dict(batch_size=20, shuffle=True, seed=3)
+    seen, states = [], []
+    for r in range(world_before):
+        L = sparkfeed.DataLoader(path, rank=r, world_size=world_before, num_workers=workers_before, **kw)
+        L.set_epoch(2)
+        it = iter(L)
+        for _ in range(stop_after):
+            seen += next(it)["id"].tolist()
+        states.append(json.loads(json.dumps(L.state_dict())))  # plain values survive JSON
+        it.close()
+    rest = []
+    for r in range(world_after):
+        L = sparkfeed.DataLoader(path, rank=r, world_size=world_after, num_workers=workers_after, **kw)
+        L.load_state_dict(states if world_before != world_after else states[r])
+        assert L.dataset.epoch == 2
+        rest += ids_of(L)
+    assert len(seen) + len(rest) == n
+    assert sorted(seen + rest) == list(range(n))
+
+
+def test_resume_continues_the_same_order(pq_path):
+    kw = dict(batch_size=25, shuffle=True, seed=9, num_workers=2)
+    full = ids_of(sparkfeed.DataLoader(pq_path, **kw))
+    L = sparkfeed.DataLoader(pq_path, **kw)
+    it = iter(L)
+    head = [i for _ in range(5) for i in next(it)["id"].tolist()]
+    state = L.state_dict()
+    it.close()
+    L2 = sparkfeed.DataLoader(pq_path, **kw)
+    L2.load_state_dict(state)
+    assert head + ids_of(L2) == full
+
+
+def test_state_after_a_full_epoch_is_empty_and_set_epoch_starts_over(pq_path):
+    L = sparkfeed.DataLoader(pq_path, batch_size=500)
+    assert len(ids_of(L)) == N_PQ
+    assert L.state_dict()["remaining"] == []
+    L.set_epoch(1)
+    assert len(ids_of(L)) == N_PQ
+
+
+def test_state_from_other_settings_is_refused(pq_path):
+    state = sparkfeed.DataLoader(pq_path, batch_size=10).state_dict()
+    with pytest.raises(ValueError, match="other settings"):
+        sparkfeed.DataLoader(pq_path, batch_size=20).load_state_dict(state)
+
+
+def test_dataset_in_plain_torch_dataloader(any_path):
+    path, n = any_path
+    ds = sparkfeed.Dataset(path, columns=["id", "label"])
+    loader = torch.utils.data.DataLoader(ds, batch_size=16, num_workers=2)
+    ids = [i for b in loader for i in b["id"].tolist()]
+    assert sorted(ids) == list(range(n))
+    fast = torch.utils.data.DataLoader(sparkfeed.Dataset(path, batch_size=64), batch_size=None, num_workers=2)
+    assert sorted(i for b in fast for i in b["id"].tolist()) == list(range(n))
+
+
+def test_batch_types(pq_path, tar_path):
+    b = next(iter(sparkfeed.DataLoader(pq_path, batch_size=8)))
+    assert b["id"].dtype == torch.int64 and b["label"].dtype == torch.int32
+    assert b["score"].dtype == torch.float64 and b["feature"].shape == (8, 2)
+    assert isinstance(b["caption"], list) and isinstance(b["caption"][0], str)
+    assert isinstance(b["image"], list) and isinstance(b["image"][0], bytes)
+    ids = b["id"].tolist()
+    assert b["feature"][:, 0].tolist() == [float(i) for i in ids]
+    assert b["caption"] == [f"caption {i}" for i in ids]
+    t = next(iter(sparkfeed.DataLoader(tar_path, batch_size=8)))
+    assert t["key"] == [f"s{i:08d}" for i in t["id"].tolist()]
+    assert t["image"][0] == bytes([t["id"][0].item() % 251]) * 8
+
+
+def test_projection_reads_only_requested_columns(pq_path):
+    narrow = sparkfeed.DataLoader(pq_path, batch_size=500, columns=["id"])
+    wide = sparkfeed.DataLoader(pq_path, batch_size=500)
+    assert set(next(iter(narrow))) == {"id"}
+    ids_of(narrow), ids_of(wide)
+    assert narrow.stats()["bytes_read"] < wide.stats()["bytes_read"] * 0.7
+
+
+def test_stats_counters(pq_path):
+    L = sparkfeed.DataLoader(pq_path, batch_size=100, filter=[("label", "<", 5)])
+    ids_of(L)
+    s = L.stats()
+    for key in ("samples", "bytes_read", "shards_pruned", "row_groups_pruned", "rows_filtered",
+                "samples_skipped", "wait_s"):
+        assert key in s
+    assert s["samples"] == N_PQ // 2 and s["shards_pruned"] == 2
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_bad_arguments_fail_when_built(pq_path):
+    cases = [dict(batch_size=0), dict(num_workers=-1), dict(columns=["nope"]), dict(columns="id"),
+             dict(filter=[("nope", "<", 1)]), dict(filter=[("label", "<", "x")]), dict(filter="label<1"),
+             dict(on_error="ignore"), dict(shuffle_buffer=0), dict(rank=2, world_size=2)]
+    for kw in cases:
+        with pytest.raises(ValueError):
+            sparkfeed.DataLoader(pq_path, **{"batch_size": 4, **kw})
+
+
+def test_cuda_without_cuda_is_a_clear_error(pq_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        sparkfeed.DataLoader(pq_path, device="cuda")
+    assert len(ids_of(sparkfeed.DataLoader(pq_path, batch_size=500, pin_memory=True))) == N_PQ
+
+
+def test_no_manifest_is_an_error_that_says_how_datasets_are_made(tmp_path):
+    with pytest.raises(ManifestError, match="sparkfeed.write"):
+        sparkfeed.DataLoader(str(tmp_path))
+
+
+def test_empty_result_gives_zero_batches(pq_path):
+    L = sparkfeed.DataLoader(pq_path, batch_size=8, filter=[("label", ">", 99)], num_workers=2)
+    assert list(L) == [] and len(L) == 0
+
+
+def copy_dataset(src, dst):
+    shutil.copytree(src, dst)
+    return str(dst)
+
+
+def fix_manifest_size(root, shard):
+    """Make the manifest agree with a shard changed on purpose (so the member checks run)."""
+    path = os.path.join(root, "_sparkfeed.json")
+    doc = json.load(open(path))
+    for s in doc["shards"]:
+        if s["path"] == shard:
+            doc["num_bytes"] += os.path.getsize(os.path.join(root, shard)) - s["num_bytes"]
+            s["num_bytes"] = os.path.getsize(os.path.join(root, shard))
+    json.dump(doc, open(path, "w"))
+
+
+def test_missing_shard_names_it(pq_path, tmp_path):
+    root = copy_dataset(pq_path, tmp_path / "d")
+    os.remove(os.path.join(root, "part-00003.parquet"))
+    with pytest.raises(ShardReadError, match="part-00003.parquet.*missing"):
+        ids_of(sparkfeed.DataLoader(root, batch_size=100))
+
+
+def test_corrupt_parquet_names_shard_and_row_group(pq_path, tmp_path):
+    root = copy_dataset(pq_path, tmp_path / "d")
+    path = os.path.join(root, "part-00002.parquet")
+    data = bytearray(open(path, "rb").read())
+    data[200:2000] = os.urandom(1800)  # pages of the first row groups
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(ShardReadError, match=r"part-00002.parquet.*row group \d"):
+        ids_of(sparkfeed.DataLoader(root, batch_size=100))
+    L = sparkfeed.DataLoader(root, batch_size=100, on_error="skip")
+    got = ids_of(L)
+    assert len(got) == len(set(got)) and L.stats()["samples_skipped"] > 0
+    assert len(got) + L.stats()["samples_skipped"] == N_PQ
+
+
+def test_truncated_tar_names_shard_and_offset(tar_path, tmp_path):
+    root = copy_dataset(tar_path, tmp_path / "d")
+    path = os.path.join(root, "shard-00001.tar")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2 + 100])
+    with pytest.raises(ShardReadError, match=r"shard-00001.tar.*tar offset \d+"):
+        ids_of(sparkfeed.DataLoader(root, batch_size=50))
+    L = sparkfeed.DataLoader(root, batch_size=50, on_error="skip")
+    assert len(ids_of(L)) == N_TAR - 150 and L.stats()["samples_skipped"] == 150
+
+
+def test_hostile_tar_members_are_refused(tar_path, tmp_path):
+    import io
+    import tarfile
+
+    for kind in ("dotdot", "absolute", "symlink", "hardlink", "device"):
+        root = copy_dataset(tar_path, tmp_path / kind)
+        path = os.path.join(root, "shard-00000.tar")
+        with tarfile.open(path, "a") as tar:
+            info = tarfile.TarInfo({"dotdot": "../evil.cls", "absolute": "/etc/evil.cls"}.get(kind, "evil.cls"))
+            if kind == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            elif kind == "hardlink":
+                info.type, info.linkname = tarfile.LNKTYPE, "s00000000.cls"
+            elif kind == "device":
+                info.type = tarfile.CHRTYPE
+            payload = b"1" if kind in ("dotdot", "absolute") else b""
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+        fix_manifest_size(root, "shard-00000.tar")
+        with pytest.raises(ShardReadError, match="shard-00000.tar.*(link|escapes|not a regular)"):
+            ids_of(sparkfeed.DataLoader(root, batch_size=50))
+
+
+def test_pickle_members_are_never_unpickled(tar_path, tmp_path):
+    import io
+    import pickle
+    import tarfile
+
+    root = copy_dataset(tar_path, tmp_path / "d")
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = os.path.join(root, "shard-00000.tar")
+    with tarfile.open(path, "a") as tar:
+        payload = pickle.dumps(Evil())
+        info = tarfile.TarInfo("s00000149.pickle")  # joins the last sample of the shard
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    fix_manifest_size(root, "shard-00000.tar")
+    assert sorted(ids_of(sparkfeed.DataLoader(root, batch_size=50))) == list(range(N_TAR))
+    assert not marker.exists()
+
+
+def test_tampered_manifest_is_refused(pq_path, tmp_path):
+    root = copy_dataset(pq_path, tmp_path / "d")
+    path = os.path.join(root, "_sparkfeed.json")
+    doc = json.load(open(path))
+    doc["shards"][0]["path"] = "../../etc/passwd"
+    json.dump(doc, open(path, "w"))
+    with pytest.raises(sparkfeed.PathEscapeError):
+        sparkfeed.DataLoader(root)
+    doc["shards"][0]["path"] = "part-00000.parquet"
+    doc["num_samples"] += 1
+    json.dump(doc, open(path, "w"))
+    with pytest.raises(ManifestError, match="num_samples"):
+        sparkfeed.DataLoader(root)
+
+
+def test_schema_drift_between_shards_names_the_shard(pq_path, tmp_path):
+    import pyarrow.parquet as pq
+
+    root = copy_dataset(pq_path, tmp_path / "d")
+    path = os.path.join(root, "part-00001.parquet")
+    t = pq.read_table(path)
+    t = t.set_column(t.schema.get_field_index("label"), "label", pc.cast(t.column("label"), "int64"))
+    pq.write_table(t, path, row_group_size=64)
+    with pytest.raises(ShardReadError, match="part-00001.parquet.*schema drift"):
+        ids_of(sparkfeed.DataLoader(root, batch_size=100))
