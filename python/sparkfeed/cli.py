@@ -3,16 +3,16 @@
 
 Subcommands register through `_COMMANDS`: name -> (add its parser, run it). A module elsewhere
 adds its own with `add_parser(subparsers)`, which creates a subparser and sets its handler with
-`parser.set_defaults(_run=fn)`, where `fn(args) -> int` is the exit code; `sparkfeed.bench.cli`
-is picked up that way when it is importable. Errors sparkfeed raises on purpose are one line on
-stderr and exit code 2, never a traceback.
+`parser.set_defaults(func=fn)`, where `fn(args) -> int` is the exit code. `_OPTIONAL` names such
+modules (`sparkfeed.bench.cli`); one is imported only when its command is asked for or the
+top-level help is printed, so `sparkfeed inspect` never pays for the benchmark's imports. Errors
+sparkfeed raises on purpose are one line on stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import statistics
 import sys
@@ -23,7 +23,8 @@ from .errors import SparkfeedError
 __all__ = ["main", "format_manifest"]
 
 log = logging.getLogger(__name__)
-_OPTIONAL = ("sparkfeed.bench.cli",)  # modules that may add subcommands with add_parser(subparsers)
+# command -> module whose add_parser(subparsers) adds it, imported only when needed
+_OPTIONAL = {"bench": "sparkfeed.bench.cli"}
 
 
 # ---------------------------------------------------------------- inspect
@@ -164,23 +165,37 @@ _COMMANDS: dict[str, tuple[Callable, Callable]] = {
 }
 
 
-def _add_optional(sub) -> None:
+def _requested(argv: list[str]) -> str | None:
+    """The subcommand named in `argv` (None for top-level help or none), skipping global options."""
+    rest = list(argv)
+    while rest:
+        token = rest.pop(0)
+        if token == "--log-level":
+            rest = rest[1:]
+        elif not token.startswith("-"):
+            return token
+    return None
+
+
+def _add_optional(sub, argv: list[str]) -> None:
     """Let optional modules (`sparkfeed.bench.cli`) add their subcommands, if importable."""
-    for name in _OPTIONAL:
+    wanted = _requested(argv)
+    for command, name in _OPTIONAL.items():
+        if wanted is not None and wanted != command:
+            continue  # another command runs: do not pay for this module's imports
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
             if exc.name and name.startswith(exc.name):
                 continue  # not installed: no such subcommand
-            _add_broken(sub, name, exc)
+            _add_broken(sub, command, name, exc)
         except Exception as exc:  # noqa: BLE001 - a broken extra must not break `inspect`
-            _add_broken(sub, name, exc)
+            _add_broken(sub, command, name, exc)
         else:
             module.add_parser(sub)
 
 
-def _add_broken(sub, module: str, exc: Exception) -> None:
-    command = module.split(".")[1]
+def _add_broken(sub, command: str, module: str, exc: Exception) -> None:
     p = sub.add_parser(command, help=f"(unavailable: {type(exc).__name__})", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
 
@@ -188,10 +203,10 @@ def _add_broken(sub, module: str, exc: Exception) -> None:
         raise SparkfeedError(f"`sparkfeed {command}` is unavailable: importing {module} failed "
                              f"with {type(exc).__name__}: {exc}")
 
-    p.set_defaults(_run=run)
+    p.set_defaults(func=run)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparkfeed",
         description="sparkfeed: Spark writes sharded Parquet or WebDataset plus a manifest; "
@@ -205,18 +220,19 @@ def _parser() -> argparse.ArgumentParser:
                         help="how much sparkfeed logs to stderr (default WARNING)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (add, run) in _COMMANDS.items():
-        add(sub).set_defaults(_run=run)
-    _add_optional(sub)
+        add(sub).set_defaults(func=run)
+    _add_optional(sub, argv)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the `sparkfeed` command line; returns the exit code (2 for errors)."""
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args._run(args) or 0)
+        return int(args.func(args) or 0)
     except BrokenPipeError:  # `sparkfeed inspect ... | head`
         return 0
     except (SparkfeedError, OSError) as exc:

@@ -158,7 +158,7 @@ class DataLoader:
                 "scope": scope, "rank": rank, "world_size": ds.world_size,
                 "num_samples": ds.plan().num_samples, "fingerprint": self._fingerprint(),
                 "remaining": remaining,
-                "lanes": self._lanes_in_turn()}
+                "lanes": self._lanes_in_turn() if scope == "rank" else None}
 
     def _fingerprint(self) -> str:
         ds = self.dataset
@@ -181,7 +181,7 @@ class DataLoader:
         self._resume_lanes = None
         if len(states) == 1 and first["scope"] == "rank" and first["world_size"] == ds.world_size:
             self._resume = partition.normalise(first["remaining"])
-            lanes = [[tuple(s) for s in lane] for lane in first.get("lanes", [])]
+            lanes = [[tuple(s) for s in lane] for lane in first.get("lanes") or []]
             if len(lanes) == max(1, self.num_workers):  # same lanes: the same order continues
                 self._resume_lanes = lanes
         else:

@@ -233,6 +233,15 @@ def test_overwrite_replaces_and_ignore_keeps(spark, tmp_path):
         MANIFEST, "part-00000-0000.tar", "part-00000-0000.tar.idx"]
 
 
+def test_max_shard_bytes_closes_shards_early(spark, tmp_path):
+    path = tmp_path / "small"
+    df = spark.createDataFrame(_rows()[:10], SCHEMA).coalesce(1)
+    df.write.format("webdataset").option("maxShardBytes", 3000).save(str(path))
+    m = json.loads((path / MANIFEST).read_text())
+    assert [s["num_samples"] for s in m["shards"]] == [1] * 10   # every sample is > 3000 bytes
+    assert [s["path"] for s in m["shards"]] == [f"part-00000-{i:04d}.tar" for i in range(10)]
+
+
 def test_unsupported_column_type_raises_before_tasks_run(spark, tmp_path):
     from pyspark.sql import functions as F
 
@@ -324,7 +333,7 @@ def test_task_failure_mid_shard_is_retried_without_partial_shards(failures):
     labels = []
     for s in m["shards"]:
         with tarfile.open(path / s["path"]) as tar:
-            labels += [int(tar.extractfile(x).read()) for x in tar.getmembers()]
+            labels += [int(tar.extractfile(x).read()) for x in tar.getmembers() if x.name.endswith(".cls")]
     assert sorted(labels) == list(range(600))
 
 

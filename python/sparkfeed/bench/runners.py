@@ -176,6 +176,18 @@ def pil_ceiling(ctx: Context) -> Iterator[int]:
         yield from pool.imap(_decode_chunk, chunks)
 
 
+# ----------------------------------------------------------------------------- feed
+def feed(ctx: Context, depth: int, **options) -> Iterator[int]:
+    """`prefetch.feed_benchmark`: a simulated step waiting on a simulated source (no files)."""
+    from ..prefetch import feed_benchmark
+
+    device = "cuda" if torch.cuda.is_available() else None
+    result = feed_benchmark(depth=depth, pin_memory=device is not None, device=device, **options)
+    ctx.extra.update({k: v for k, v in result.items() if k in (
+        "wait_fraction", "h2d_gbps", "plain_pinned_h2d_gbps")})
+    yield result["batches"]
+
+
 # ----------------------------------------------------------------------------- registry
 Runner = Callable[..., Iterator[int]]
 
@@ -189,6 +201,7 @@ RUNNERS: dict[str, Runner] = {
     "torch-pil-files": torch_pil_files,
     "webdataset-pil": webdataset_pil,
     "pil-ceiling": pil_ceiling,
+    "feed": feed,
 }
 
 # runner -> (module it needs, how to install it); checked before the runner is timed

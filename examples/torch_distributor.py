@@ -1,0 +1,87 @@
+"""Preprocess with Spark, then train inside the same Spark application with TorchDistributor.
+
+    python examples/torch_distributor.py --data ds/train --num-processes 2 -- --steps 20
+    spark-submit --jars "$(sparkfeed jar)" examples/torch_distributor.py --data ds/train
+
+If `--data` (a `.../train` directory) has no sparkfeed manifest yet, this application first
+writes it: it runs `examples/preprocess_images.py`'s `preprocess()` in its own Spark session on
+`--raw` (or on a small corpus it generates with `examples/make_raw_corpus.py`), into the parent
+directory of `--data`. Then `pyspark.ml.torch.distributor.TorchDistributor(local_mode=True,
+use_gpu=...)` launches `examples/train.py` under `torch.distributed.run` with
+`--num-processes` ranks on the driver; every argument after `--` goes to train.py unchanged.
+
+On a cluster pass `--cluster` (local_mode=False): the ranks then run in Spark tasks, one per
+`spark.task.resource.gpu.amount` GPUs when `--use-gpu` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the sibling examples are importable as modules
+
+MANIFEST = "_sparkfeed.json"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="training dataset DS/train (written when missing)")
+    p.add_argument("--raw", help="raw corpus to preprocess when --data is missing "
+                                 "(default: generate a small one)")
+    p.add_argument("--num-processes", type=int, default=2)
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per rank (nccl)")
+    p.add_argument("--cluster", action="store_true", help="run ranks in Spark tasks (local_mode=False)")
+    p.add_argument("train_args", nargs="*", help="after --: arguments for examples/train.py")
+    args = p.parse_args(argv)
+    if args.num_processes < 1:
+        p.error(f"--num-processes should be a positive integer, but got {args.num_processes}")
+    return args
+
+
+def ensure_dataset(spark, data: str, raw: str | None) -> None:
+    """Write DS (the parent of `data`) with the preprocessing job unless `data` already exists."""
+    if "://" in data or (Path(data) / MANIFEST).is_file():
+        return
+    if Path(data).name != "train":
+        raise SystemExit(f"--data {data!r} has no {MANIFEST}; to have it written here, name a "
+                         "'.../train' directory (its parent receives train/ and val/)")
+    import make_raw_corpus
+    import preprocess_images
+
+    if raw is None:
+        raw = tempfile.mkdtemp(prefix="sparkfeed-raw-")
+        expected, records = make_raw_corpus.build(Path(raw), images=200, bad=3, seed=0)
+        make_raw_corpus.write_captions(Path(raw), records, jsonl=False)
+        print(f"generated a raw corpus of {expected['records']} records in {raw}", flush=True)
+    summary = preprocess_images.preprocess(spark, raw, str(Path(data).parent))
+    preprocess_images.print_summary(summary)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    import sparkfeed
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    spark = sparkfeed.spark_session(app_name="sparkfeed-torch-distributor")
+    try:
+        ensure_dataset(spark, args.data, args.raw)
+        train_args = ["--data", args.data, "--device", "cuda" if args.use_gpu else "cpu",
+                      *args.train_args]
+        print(f"TorchDistributor: {args.num_processes} processes, local_mode={not args.cluster}, "
+              f"use_gpu={args.use_gpu}: train.py {' '.join(train_args)}", flush=True)
+        distributor = TorchDistributor(num_processes=args.num_processes,
+                                       local_mode=not args.cluster, use_gpu=args.use_gpu)
+        distributor.run(str(HERE / "train.py"), *train_args)
+    finally:
+        spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

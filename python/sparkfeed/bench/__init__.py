@@ -1,0 +1,113 @@
+"""`sparkfeed bench`: sparkfeed side by side with the loaders people use, on one machine.
+
+    from sparkfeed.bench import Params, run
+    results = run(Params(quick=True, out="bench-out"))   # writes results.json/.md/.png
+
+Scenarios (`scenarios.py`) pick runners (`runners.py`) over data built with Spark and cached
+(`datasets.py`); `report.py` writes the results. Any runner that delivers the wrong number of
+samples fails the run (`CountMismatch`, naming the runner) after the reports are written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+
+from .scenarios import SCENARIOS, CountMismatch
+
+__all__ = ["Params", "run", "CountMismatch", "SCENARIOS"]
+
+
+@dataclass
+class Params:
+    """Benchmark parameters; `None` sizes take the quick or the full default."""
+
+    quick: bool = False
+    scenarios: tuple[str, ...] = SCENARIOS
+    runners: tuple[str, ...] | None = None  # runner labels (prefixes) to keep; None = all
+    samples: int | None = None              # tabular rows (quick 20,000; full 200,000)
+    images: int | None = None               # JPEG images (quick 1,000; full 5,000)
+    image_size: int | None = None           # px, generated and decoded (quick 64; full 128)
+    batch_size: int = 256
+    workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
+    repeats: int | None = None              # quick 1; full 3
+    out: str = "sparkfeed-bench"
+    cache: str = os.path.join(os.path.expanduser("~"), ".cache", "sparkfeed-bench")
+    expect: dict = field(default_factory=dict)  # runner label -> count (tests the count check)
+    progress: bool = True
+
+    def __post_init__(self):
+        q = self.quick
+        self.samples = self.samples or (20_000 if q else 200_000)
+        self.images = self.images or (1_000 if q else 5_000)
+        self.image_size = self.image_size or (64 if q else 128)
+        self.repeats = self.repeats or (1 if q else 3)
+        for name in ("samples", "images", "image_size", "batch_size", "repeats"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"`{name}` should be a positive integer, but got {name}={value!r}")
+        if self.workers < 0:
+            raise ValueError(f"`workers` should be a non-negative integer, but got workers={self.workers!r}")
+        unknown = [s for s in self.scenarios if s not in SCENARIOS]
+        if unknown:
+            raise ValueError(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
+
+    @property
+    def feed_batches(self) -> int:
+        return 30 if self.quick else 100
+
+
+def _keep(label: str, runners) -> bool:
+    return runners is None or any(label.startswith(r) for r in runners)
+
+
+def run(params: Params) -> dict:
+    """Build or reuse the data, run every scenario, write the reports; returns the results.
+
+    Raises CountMismatch (after writing the reports) when a runner saw a wrong sample count.
+    """
+    from tqdm import tqdm
+
+    from . import datasets, report, scenarios
+    from .runners import Context
+
+    p = params
+    os.makedirs(p.out, exist_ok=True)
+    data = datasets.build(p.cache, p.samples, p.images, p.image_size, max(1, p.workers))
+    p.data = data
+    datasets.warm(datasets.files(data.tabular, ".parquet") + datasets.files(data.images, ".parquet")
+                  + datasets.files(data.image_folder, ".jpg")
+                  + (datasets.files(data.webdataset, ".tar") if data.webdataset else []))
+    ctx = Context(data=data, batch_size=p.batch_size, workers=p.workers, image_size=p.image_size)
+    plan = {s: [c for c in scenarios.CASES[s](p) if _keep(c.label, p.runners)] for s in p.scenarios}
+    plan = {s: [dataclasses.replace(c, expected=p.expect.get(c.label, c.expected)) for c in cases]
+            for s, cases in plan.items()}
+    results = {"hardware": report.hardware(),
+               "params": {k: v for k, v in dataclasses.asdict(p).items() if k not in ("expect",)},
+               "build_s": round(data.build_s, 1),
+               "webdataset": "written by sparkfeed.write(format='webdataset')" if data.webdataset
+               else data.webdataset_note,
+               "scenarios": {}}
+    failures, started = [], time.perf_counter()
+    total = sum(len(c) for c in plan.values()) * p.repeats  # (warm-up runs not counted)
+    with tqdm(total=total, desc="sparkfeed bench", unit="run", disable=not p.progress) as bar:
+        for name, cases in plan.items():
+            rows = []
+            for case in cases:
+                bar.set_postfix_str(f"{name}: {case.label}")
+                try:
+                    rows.append(scenarios.run_case(case, ctx, p.repeats, bar))
+                except CountMismatch as exc:
+                    failures.append(f"{name}: {exc}")
+                    rows.append(scenarios._row(case, None, f"FAILED: {exc}"))
+            results["scenarios"][name] = scenarios.finish(rows)
+    results["bench_s"] = round(time.perf_counter() - started, 1)
+    results["failures"] = failures
+    report.write_json(results, p.out)
+    report.write_markdown(results, p.out)
+    report.write_png(results, p.out)
+    if failures:
+        raise CountMismatch("; ".join(failures))
+    return results

@@ -1,0 +1,105 @@
+"""The `sparkfeed bench` subcommand: `add_parser(subparsers)` for the main CLI, `main()` alone."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+DESCRIPTION = """\
+Measure sparkfeed against the loaders people use, on this machine, side by side:
+
+  tabular  sparkfeed.DataLoader vs a raw pyarrow.dataset scan (the ceiling) vs
+           torch.utils.data.DataLoader over a map-style dataset (the baseline);
+           Petastorm / Mosaic Streaming when installed
+  filter   sparkfeed with a 1%/10%/50%-selective filter on a clustered label vs no filter:
+           bytes read, time, shards/row groups pruned
+  decode   JPEGs: sparkfeed + DALI (CPU here, GPU where there is one) vs torch + PIL over
+           files vs webdataset + PIL over tars; ceiling: PIL on in-memory bytes
+  feed     prefetch.feed_benchmark: how long a simulated step waits, prefetch on vs off
+
+Data are written with Spark (sparkfeed.write) and cached under --cache, keyed by size.
+Every loader gets the same batch size and workers; timings are medians of --repeats on
+warm files. Writes results.json, results.md and results.png to --out. Exits 1 if any
+runner delivers a wrong number of samples."""
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _expect(value: str) -> tuple[str, int]:
+    label, _, count = value.rpartition("=")
+    if not label or not count.isdigit():
+        raise argparse.ArgumentTypeError(f"--expect should be LABEL=COUNT, got {value!r}")
+    return label, int(count)
+
+
+def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from .scenarios import SCENARIOS
+
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes (20k rows, 1k images of 64 px, 1 repeat): under 2 min")
+    parser.add_argument("--scenarios", type=_csv, default=SCENARIOS, metavar="LIST",
+                        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)")
+    parser.add_argument("--runners", type=_csv, default=None, metavar="LIST",
+                        help="keep only runners whose label starts with one of these "
+                             "(e.g. sparkfeed,torch); default: all")
+    parser.add_argument("--samples", type=int, default=None, metavar="N",
+                        help="tabular rows (default 200,000; quick 20,000)")
+    parser.add_argument("--images", type=int, default=None, metavar="N",
+                        help="JPEG images (default 5,000; quick 1,000)")
+    parser.add_argument("--image-size", type=int, default=None, metavar="PX",
+                        help="image side, generated and decoded (default 128; quick 64)")
+    parser.add_argument("--batch-size", type=int, default=256, metavar="B",
+                        help="batch size of every loader (default 256)")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), metavar="W",
+                        help="worker processes of every loader (default: min(2, cores))")
+    parser.add_argument("--repeats", type=int, default=None, metavar="R",
+                        help="timed runs per runner; the median is reported (default 3; quick 1)")
+    parser.add_argument("--out", default="sparkfeed-bench", metavar="DIR",
+                        help="where results.json/.md/.png go (default ./sparkfeed-bench)")
+    parser.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "sparkfeed-bench"),
+                        metavar="DIR", help="where the generated datasets are kept and reused")
+    parser.add_argument("--expect", type=_expect, action="append", default=[], metavar="LABEL=N",
+                        help="override the sample count a runner must deliver (tests the check)")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    return parser
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `bench` on the main CLI's subparsers; `args.func(args)` runs it (exit code)."""
+    parser = subparsers.add_parser("bench", help="benchmark sparkfeed against other loaders",
+                                   description=DESCRIPTION,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    configure(parser)
+    parser.set_defaults(func=run_args)
+    return parser
+
+
+def run_args(args: argparse.Namespace) -> int:
+    from . import CountMismatch, Params, run
+
+    params = Params(quick=args.quick, scenarios=args.scenarios, runners=args.runners,
+                    samples=args.samples, images=args.images, image_size=args.image_size,
+                    batch_size=args.batch_size, workers=args.workers, repeats=args.repeats,
+                    out=args.out, cache=args.cache, expect=dict(args.expect),
+                    progress=not args.no_progress)
+    try:
+        results = run(params)
+    except CountMismatch as exc:
+        print(f"sparkfeed bench: FAILED: {exc} (reports written to {args.out})", file=sys.stderr)
+        return 1
+    print(open(os.path.join(args.out, "results.md")).read())
+    print(f"wrote {args.out}/results.json, results.md, results.png in {results['bench_s']} s "
+          f"(+ {results['build_s']} s building data)")
+    return 0
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    parser = argparse.ArgumentParser(prog="sparkfeed bench", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    configure(parser)
+    return run_args(parser.parse_args(argv))

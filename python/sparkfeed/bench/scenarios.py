@@ -1,0 +1,212 @@
+"""Scenarios: which runners run on which data, what count each must see, and the timing harness.
+
+Each runner first runs once untimed (imports, first worker start-up, page cache), then is timed
+`repeats` times, and the repeat with the median wall time is reported. Peak RSS is sampled every
+20 ms by a thread as the sum over this process and the children started during the run (loader
+workers; the Spark JVM that built the data is left out); CPU time is this process plus its reaped
+children (workers are joined when an epoch ends), divided by the samples.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psutil
+
+from . import datasets, runners
+from .runners import Context
+
+SCENARIOS = ("tabular", "filter", "decode", "feed")
+SELECTIVITIES = (1, 10, 50)  # percent of labels kept by the filter scenario
+
+
+class CountMismatch(RuntimeError):
+    """A runner delivered another number of samples than the data holds."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row of a scenario: a runner with its options and the count it must deliver."""
+
+    label: str
+    runner: str
+    expected: int
+    options: dict = field(default_factory=dict)
+    baseline: bool = False
+    payload_bytes: int = 0  # on-disk bytes of what it reads, for MB/s where bytes_read is unknown
+    note: str = ""
+
+
+class _PeakRss:
+    """Samples RSS of this process plus its children on a thread; `peak_mb` after `stop()`."""
+
+    def __init__(self, every: float = 0.02):
+        self.every, self.peak, self._stop = every, 0, threading.Event()
+        self._proc = psutil.Process()
+        # children alive before the run (the Spark JVM that built the data) are not the loader's
+        self._before = {c.pid for c in self._proc.children(recursive=True)}
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> None:
+        total = self._proc.memory_info().rss
+        for child in self._proc.children(recursive=True):
+            if child.pid in self._before:
+                continue
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        self.peak = max(self.peak, total)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self._sample()
+
+    def __enter__(self):
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak / 2**20
+
+
+def _cpu_s() -> float:
+    t = psutil.Process().cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def measure(runner: Callable, ctx: Context, options: dict) -> dict:
+    """Run one runner once: samples, seconds, time to first batch, peak RSS, CPU seconds."""
+    ctx.extra = {}
+    samples, ttfb = 0, None
+    cpu0 = _cpu_s()
+    with _PeakRss() as rss:
+        start = time.perf_counter()
+        for n in runner(ctx, **options):
+            if ttfb is None:
+                ttfb = time.perf_counter() - start
+            samples += int(n)
+        seconds = time.perf_counter() - start
+    return {"samples": samples, "seconds": seconds, "ttfb_s": ttfb or seconds,
+            "peak_rss_mb": rss.peak_mb, "cpu_s": _cpu_s() - cpu0, "extra": dict(ctx.extra)}
+
+
+def _missing(runner: str) -> str:
+    need = runners.REQUIRES.get(runner)
+    if need and importlib.util.find_spec(need[0].split(".")[0]) is None:
+        return f"skipped: not installed ({need[1]})"
+    return ""
+
+
+def _row(case: Case, m: dict | None, note: str) -> dict:
+    row = {"runner": case.label, "samples": None, "expected": case.expected, "seconds": None,
+           "samples_per_s": None, "mb_per_s": None, "ttfb_s": None, "peak_rss_mb": None,
+           "cpu_s_per_sample": None, "bytes_read": None, "ratio_vs_baseline": None,
+           "note": note, "baseline": case.baseline}
+    if m is None:
+        return row
+    extra = m["extra"]
+    bytes_read = extra.pop("bytes_read", None)
+    moved = bytes_read if bytes_read is not None else case.payload_bytes
+    row.update(samples=m["samples"], seconds=round(m["seconds"], 4),
+               samples_per_s=round(m["samples"] / m["seconds"], 1),
+               mb_per_s=round(moved / m["seconds"] / 1e6, 2) if moved else None,
+               ttfb_s=round(m["ttfb_s"], 4), peak_rss_mb=round(m["peak_rss_mb"], 1),
+               cpu_s_per_sample=round(m["cpu_s"] / max(1, m["samples"]), 8),
+               bytes_read=bytes_read)
+    row.update(extra)
+    return row
+
+
+def run_case(case: Case, ctx: Context, repeats: int, progress=None) -> dict:
+    """Time `case` `repeats` times; the median run as a row. Raises CountMismatch."""
+    skipped = case.note if case.note.startswith("skipped") else _missing(case.runner)
+    if skipped:
+        return _row(case, None, skipped)
+    measure(runners.RUNNERS[case.runner], ctx, case.options)  # warm-up: imports, caches, untimed
+    runs = []
+    for _ in range(repeats):
+        m = measure(runners.RUNNERS[case.runner], ctx, case.options)
+        if m["samples"] != case.expected:
+            raise CountMismatch(f"runner {case.label!r} saw {m['samples']} samples, expected "
+                                f"{case.expected}: it lost or repeated samples")
+        runs.append(m)
+        if progress is not None:
+            progress.update(1)
+    median = statistics.median_low([r["seconds"] for r in runs])
+    best = next(r for r in runs if r["seconds"] == median)
+    return _row(case, best, case.note)
+
+
+# ----------------------------------------------------------------------------- the scenarios
+def _size(paths: list[str]) -> int:
+    return sum(os.path.getsize(p) for p in paths)
+
+
+def tabular_cases(p) -> list[Case]:
+    size = _size(datasets.files(p.data.tabular, ".parquet"))
+    return [Case("sparkfeed", "sparkfeed", p.samples, payload_bytes=size),
+            Case("pyarrow-scan (ceiling)", "pyarrow-scan", p.samples, payload_bytes=size,
+                 note="Arrow's own threads; no tensors, no workers"),
+            Case("torch-map-style", "torch-map-style", p.samples, baseline=True, payload_bytes=size,
+                 note="rows read into memory first (not timed), dict per row, default collate"),
+            Case("petastorm", "petastorm", p.samples, payload_bytes=size),
+            Case("mosaic-streaming", "mosaic-streaming", p.samples, payload_bytes=size)]
+
+
+def filter_cases(p) -> list[Case]:
+    cases = [Case("sparkfeed no filter", "sparkfeed", p.samples, baseline=True)]
+    for pct in SELECTIVITIES:
+        kept = math.ceil(pct * p.samples / datasets.NUM_LABELS)  # label = floor(id * 100 / n)
+        cases.append(Case(f"sparkfeed label<{pct} ({pct}%)", "sparkfeed", kept,
+                          options={"filter": [("label", "<", pct)]}))
+    return cases
+
+
+def decode_cases(p) -> list[Case]:
+    parquet = _size(datasets.files(p.data.images, ".parquet"))
+    jpgs = _size(datasets.files(p.data.image_folder, ".jpg"))
+    wds = p.data.webdataset
+    return [Case("sparkfeed-dali-cpu", "sparkfeed-dali-cpu", p.images, payload_bytes=parquet),
+            Case("torch-pil-files", "torch-pil-files", p.images, baseline=True, payload_bytes=jpgs),
+            Case("webdataset-pil", "webdataset-pil", p.images,
+                 payload_bytes=_size(datasets.files(wds, ".tar")) if wds else 0,
+                 note="" if wds else f"skipped: {p.data.webdataset_note}"),
+            Case("pil-ceiling", "pil-ceiling", p.images, payload_bytes=jpgs,
+                 note="in-memory JPEGs, a process pool of `workers`, no loader")]
+
+
+def feed_cases(p) -> list[Case]:
+    opts = dict(batches=p.feed_batches, batch_bytes=p.batch_size * 3 * p.image_size ** 2,
+                step_s=0.01, producer_s=0.01)
+    return [Case("no prefetch (depth 0)", "feed", p.feed_batches, options={**opts, "depth": 0},
+                 baseline=True),
+            Case("prefetch depth 4", "feed", p.feed_batches, options={**opts, "depth": 4})]
+
+
+CASES: dict[str, Callable] = {"tabular": tabular_cases, "filter": filter_cases,
+                              "decode": decode_cases, "feed": feed_cases}
+
+
+def finish(rows: list[dict]) -> list[dict]:
+    """Fill `ratio_vs_baseline` (samples/s over the baseline's) and the filter bytes ratio."""
+    base = next((r for r in rows if r["baseline"] and r["samples_per_s"]), None)
+    for r in rows:
+        if base and r["samples_per_s"]:
+            r["ratio_vs_baseline"] = round(r["samples_per_s"] / base["samples_per_s"], 3)
+        if base and base.get("bytes_read") and r.get("bytes_read") is not None:
+            r["bytes_ratio"] = round(r["bytes_read"] / base["bytes_read"], 4)
+    return rows

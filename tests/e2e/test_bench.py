@@ -1,0 +1,73 @@
+"""`sparkfeed bench` end to end at a tiny size, and its sample-count check."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.spark
+
+FIELDS = {"runner", "samples", "seconds", "samples_per_s", "mb_per_s", "ttfb_s", "peak_rss_mb",
+          "cpu_s_per_sample", "bytes_read", "ratio_vs_baseline", "note"}
+TINY = ["--samples", "2000", "--images", "120", "--image-size", "32", "--batch-size", "64",
+        "--workers", "1", "--repeats", "1", "--no-progress"]
+
+
+def _bench(*args, cache, out, timeout=180):
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARKFEED_SPARK_LOG_LEVEL="ERROR")
+    return subprocess.run([sys.executable, "-m", "sparkfeed.bench", *TINY, "--cache", str(cache),
+                           "--out", str(out), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench-cache")
+
+
+def test_bench_end_to_end_writes_every_report(cache, tmp_path):
+    proc = _bench("--quick", cache=cache, out=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {"hardware", "params", "scenarios"} <= results.keys()
+    assert results["hardware"]["cores"] >= 1 and results["hardware"]["gpu"]
+    assert set(results["scenarios"]) == {"tabular", "filter", "decode", "feed"}
+    ran = 0
+    for name, rows in results["scenarios"].items():
+        for row in rows:
+            assert FIELDS <= row.keys(), (name, row)
+            if row["note"].startswith("skipped"):
+                continue
+            ran += 1
+            assert row["samples"] == row["expected"] and row["samples_per_s"] > 0, (name, row)
+            assert row["peak_rss_mb"] > 0 and row["ttfb_s"] >= 0
+    assert ran >= 10
+    tab = {r["runner"]: r for r in results["scenarios"]["tabular"]}
+    assert tab["torch-map-style"]["ratio_vs_baseline"] == 1.0
+    assert tab["petastorm"]["note"].startswith("skipped") or tab["petastorm"]["samples"] == 2000
+    one = results["scenarios"]["filter"][1]
+    assert one["samples"] == 20 and one["bytes_read"] < results["scenarios"]["filter"][0]["bytes_read"]
+    md = (tmp_path / "results.md").read_text()
+    assert "## tabular" in md and "pyarrow-scan" in md and "GPU:" in md
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_wrong_sample_count_fails_the_run_naming_the_runner(cache, tmp_path):
+    proc = _bench("--scenarios", "tabular", "--runners", "torch,pyarrow",
+                  "--expect", "torch-map-style=1999", cache=cache, out=tmp_path)
+    assert proc.returncode == 1
+    assert "runner 'torch-map-style' saw 2000 samples, expected 1999" in proc.stderr
+    rows = {r["runner"]: r for r in json.loads((tmp_path / "results.json").read_text())
+            ["scenarios"]["tabular"]}
+    assert rows["torch-map-style"]["note"].startswith("FAILED")
+    assert rows["pyarrow-scan (ceiling)"]["samples"] == 2000  # the others still ran
+
+
+def test_help_names_every_scenario():
+    proc = subprocess.run([sys.executable, "-m", "sparkfeed.bench", "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0
+    for word in ("tabular", "filter", "decode", "feed", "--quick", "--cache", "--repeats"):
+        assert word in proc.stdout
