@@ -24,6 +24,7 @@ import csv
 import io
 import json
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -86,7 +87,8 @@ class Corpus:
         name, colour = self.rng.choice(sorted(COLOURS.items()))
         bg = tuple(self.rng.randrange(0, 80) for _ in range(3))
         img = draw_shape(cls, width, height, colour, bg)
-        return jpeg(img, quality=self.rng.randrange(75, 96)), f"a {name} {cls} on a dark background"
+        article = "an" if name[0] in "aeiou" else "a"
+        return jpeg(img, quality=self.rng.randrange(75, 96)), f"{article} {name} {cls} on a dark background"
 
 
 def build(root: Path, images: int, bad: int, seed: int) -> dict:
@@ -147,13 +149,18 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=300, help="good images to draw (default 300)")
     p.add_argument("--bad", type=int, default=5, help="undecodable image files (default 5)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --output if it holds a corpus this script made before")
     p.add_argument("--jsonl", action="store_true", help="write captions.jsonl instead of captions.csv")
     args = p.parse_args(argv)
     if args.images < 1 or args.bad < 0:
         p.error("--images should be at least 1 and --bad at least 0")
     root = Path(args.output)
+    if args.overwrite and (root / "_expected.json").is_file():
+        shutil.rmtree(root)
     if root.exists() and any(root.iterdir()):
-        print(f"error: {root} exists and is not empty; choose another --output", file=sys.stderr)
+        print(f"error: {root} exists and is not empty; choose another --output "
+              "(or --overwrite to replace a corpus made by this script)", file=sys.stderr)
         return 2
     root.mkdir(parents=True, exist_ok=True)
     expected, records = build(root, args.images, args.bad, args.seed)

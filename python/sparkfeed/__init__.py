@@ -16,6 +16,7 @@ from importlib import import_module
 from ._version import __version__
 from .errors import (CorruptSampleError, ManifestError, PathEscapeError, ShardReadError,
                      SparkfeedError, WorkerError)
+from .write import write  # eager: the submodule shares the name (it imports pyspark lazily)
 
 __all__ = [
     "__version__",
@@ -30,7 +31,6 @@ __all__ = [
 
 _LAZY = {
     "spark_session": "session", "configure_spark": "session", "jar_path": "session",
-    "write": "write",
     "read_manifest": "manifest", "Manifest": "manifest",
     "Dataset": "dataset", "DataLoader": "loader",
     "ImageDecode": "decode",

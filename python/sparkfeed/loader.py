@@ -15,7 +15,7 @@ import torch
 import torch.utils.data
 
 from . import partition
-from .batch import BinaryColumn, batch_len, select_rows, user_facing
+from .batch import select_rows, user_facing
 from .dataset import PROGRESS_KEY, STATS_KEY, Dataset, _positive_int
 from .errors import CorruptSampleError, WorkerError
 from .prefetch import Prefetcher

@@ -62,8 +62,10 @@ def configure_spark(builder, *, local_defaults: bool = False):
         for key, value in _LOCAL_DEFAULTS.items():
             if key not in options:
                 builder = builder.config(key, value)
-        if "spark.pyspark.python" not in options and "PYSPARK_PYTHON" not in os.environ:
-            builder = builder.config("spark.pyspark.python", sys.executable)
+        if "spark.pyspark.python" not in options:
+            # Local Python workers must import sparkfeed (statistics job, UDFs): use this
+            # interpreter. PySpark's workers read the environment variable, not the conf.
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     return builder
 
 

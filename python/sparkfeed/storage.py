@@ -34,10 +34,43 @@ def normalise_url(path: str) -> str:
     return str(path).rstrip("/") or "/"
 
 
+# HTTP reads that stall: give up on a silent socket after this long (then retry), instead of
+# aiohttp's 5-minute default. Override with storage_options={"client_kwargs": {"timeout": ...}}.
+HTTP_SOCK_READ_S = 30.0
+
+
+def _with_defaults(url: str, options: dict) -> dict:
+    """Storage options with sparkfeed's defaults for the URL's protocol (user values win)."""
+    if url.startswith(("http://", "https://")) and "timeout" not in options.get("client_kwargs", {}):
+        import aiohttp
+
+        client = dict(options.get("client_kwargs", {}))
+        client["timeout"] = aiohttp.ClientTimeout(total=None, sock_connect=HTTP_SOCK_READ_S,
+                                                  sock_read=HTTP_SOCK_READ_S)
+        options = {**options, "client_kwargs": client}
+    return options
+
+
 def resolve(path: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, root path inside it) for a dataset path or URL."""
-    fs, root = fsspec.core.url_to_fs(normalise_url(path), **(storage_options or {}))
+    url = normalise_url(path)
+    fs, root = fsspec.core.url_to_fs(url, **_with_defaults(url, dict(storage_options or {})))
     return fs, root.rstrip("/") or "/"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that retrying may cure: I/O and connection errors, time-outs, HTTP 5xx
+    and 429. A missing file, a permission problem or corrupt data are not transient."""
+    if isinstance(exc, FileNotFoundError) and exc.__cause__ is not None:
+        return is_transient(exc.__cause__)  # fsspec's HTTP info() reports any failure as missing
+    if isinstance(exc, _PERMANENT):
+        return False
+    if isinstance(exc, (OSError, TimeoutError, ConnectionError)):
+        return True
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        return status >= 500 or status == 429
+    return type(exc).__module__.split(".")[0] == "aiohttp"  # connection/payload errors
 
 
 def check_relative(rel: str, dataset: str) -> str:
@@ -68,10 +101,10 @@ def with_retries(fn: Callable[[], T], what: str, *, attempts: int = 5, base_dela
     for attempt in range(1, attempts + 1):
         try:
             return fn()
-        except _PERMANENT:
-            raise
-        except (OSError, TimeoutError, ConnectionError) as exc:
-            if attempt == attempts:
+        except Exception as exc:
+            if attempt == attempts or not is_transient(exc):
+                if isinstance(exc, FileNotFoundError) and is_transient(exc):
+                    raise OSError(f"{what}: {exc.__cause__}") from exc  # not a missing file
                 raise
             delay = min(max_delay, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random())
             log.warning("%s failed (%s: %s); retry %d/%d in %.2fs", what, type(exc).__name__, exc,

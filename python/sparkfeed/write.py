@@ -19,9 +19,7 @@ import math
 import os
 import posixpath
 import re
-import sys
 import time
-import types
 from collections.abc import Iterable, Iterator, Mapping
 
 from . import storage
@@ -394,14 +392,3 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
              manifest.num_samples, len(manifest.shards), time.monotonic() - started)
     return manifest
 
-
-class _CallableModule(types.ModuleType):
-    """`import sparkfeed.write` rebinds the package attribute `write` to this module, shadowing
-    the function `sparkfeed/__init__.py` exports lazily; a callable module keeps
-    `sparkfeed.write(df, path)` working either way."""
-
-    def __call__(self, *args, **kwargs):
-        return write(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -147,16 +147,20 @@ def test_torch_distributor_trains_with_two_processes(ds):
     assert "rank 0 of 2" in out and "epoch 0 step 2 loss" in out
 
 
-def test_python_preprocess_to_webdataset_and_train(raw, tmp_path):
+def test_python_preprocess_jsonl_to_webdataset_and_train(tmp_path):
     import sparkfeed
 
-    out = tmp_path / "wds"
+    raw, out = tmp_path / "raw", tmp_path / "wds"
+    run([PY, EXAMPLES / "make_raw_corpus.py", "--output", raw, "--images", 30, "--bad", 2,
+         "--seed", 1, "--jsonl"], timeout=60)
     run([PY, EXAMPLES / "preprocess_images.py", "--input", raw, "--output", out,
          "--format", "webdataset", "--samples-per-shard", 25], timeout=300)
     s = json.loads((out / "_summary.json").read_text())
     m = sparkfeed.read_manifest(str(out / "train"))
     assert m.format == "webdataset" and m.num_samples == s["train"]
-    assert s["undecodable"] == json.loads((raw / "_expected.json").read_text())["undecodable"]
+    expected = json.loads((raw / "_expected.json").read_text())
+    assert s["read"] == expected["records"] and s["undecodable"] == expected["undecodable"]
+    assert s["missing_image"] == expected["missing_image"] and s["duplicate"] == expected["duplicates"]
     text = run([PY, EXAMPLES / "train.py", "--data", out / "train", "--workers", 0, "--steps", 1,
                 *TRAIN_ARGS], timeout=120)
     assert "epoch 0 step 1 loss" in text

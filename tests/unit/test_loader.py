@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 
-import numpy as np
 import pyarrow.compute as pc
 import pytest
 import torch

@@ -2,7 +2,6 @@
 
 import io
 
-import numpy as np
 import pyarrow as pa
 import pytest
 import torch

@@ -184,6 +184,34 @@ def build(cache: str, samples: int, images: int, image_size: int, workers: int) 
                 webdataset=None if wds_note else wds, webdataset_note=wds_note, build_s=built)
 
 
+def synthetic_manifest(cache: str, shards: int, groups: int = 4, rows: int = 256) -> str:
+    """A manifest of `shards` Parquet shards that do not exist: planning reads only the manifest."""
+    from ..manifest import parse_manifest, write_manifest
+
+    path = os.path.join(cache, f"manifest-{_key(shards=shards, groups=groups, rows=rows, v=1)}")
+    if not _fresh(path):
+        return path
+    os.makedirs(path)
+    entries = []
+    for k in range(shards):
+        lo = k * groups * rows
+        stat = lambda a, b: {"id": {"min": a, "max": b, "null_count": 0},  # noqa: E731
+                             "label": {"min": a * NUM_LABELS // (shards * groups * rows),
+                                       "max": b * NUM_LABELS // (shards * groups * rows),
+                                       "null_count": 0}}
+        entries.append({"path": f"part-{k:06d}.parquet", "num_samples": groups * rows,
+                        "num_bytes": groups * rows * 48, "stats": stat(lo, lo + groups * rows - 1),
+                        "row_groups": [{"num_samples": rows, "stats": stat(lo + g * rows, lo + (g + 1) * rows - 1)}
+                                       for g in range(groups)]})
+    doc = {"sparkfeed_manifest": 1, "format": "parquet", "created_by": {"sparkfeed": "bench"},
+           "schema": [{"name": "id", "type": "int64"}, {"name": "label", "type": "int32"}],
+           "num_samples": shards * groups * rows, "num_bytes": sum(e["num_bytes"] for e in entries),
+           "shards": entries}
+    write_manifest(parse_manifest(doc, dataset=path), path)
+    _mark(path, {"shards": shards})
+    return path
+
+
 def files(path: str, suffix: str) -> list[str]:
     """Data files under `path` ending in `suffix`, sorted (Spark's `_`/`.` files left out)."""
     out = []

@@ -9,7 +9,8 @@ import platform
 import psutil
 import torch
 
-COLUMNS = [("runner", "runner"), ("samples", "samples"), ("samples_per_s", "samples/s"),
+COLUMNS = [("runner", "runner"), ("samples", "samples"), ("seconds", "seconds"),
+           ("samples_per_s", "samples/s"),
            ("mb_per_s", "MB/s"), ("ttfb_s", "first batch s"), ("peak_rss_mb", "peak RSS MB"),
            ("cpu_s_per_sample", "CPU µs/sample"), ("bytes_read", "bytes read"),
            ("ratio_vs_baseline", "vs baseline"), ("note", "note")]
@@ -24,7 +25,7 @@ def hardware() -> dict:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "gpu": gpu, "python": platform.python_version(), "torch": torch.__version__,
+            "load_avg_1m": round(os.getloadavg()[0], 2), "gpu": gpu, "python": platform.python_version(), "torch": torch.__version__,
             "page_cache": "warm: every file read once before timing (no cold pass: dropping "
                           "caches needs root and a quiet machine)"}
 
@@ -65,7 +66,8 @@ def _extra(row: dict) -> str:
 def markdown(results: dict) -> str:
     hw, p = results["hardware"], results["params"]
     lines = ["# sparkfeed bench results", "",
-             f"- hardware: {hw['cpu']}, {hw['cores']} cores, {hw['memory_gb']} GiB RAM, GPU: {hw['gpu']}",
+             f"- hardware: {hw['cpu']}, {hw['cores']} cores, {hw['memory_gb']} GiB RAM, GPU: {hw['gpu']}, "
+             f"load average {hw['load_avg_1m']} when the timings began (other work on the machine)",
              f"- page cache: {hw['page_cache']}",
              f"- params: {p['samples']:,} tabular rows, {p['images']:,} JPEG images of "
              f"{p['image_size']} px (decoded and centre-cropped to {p['image_size']} px), batch "
@@ -98,7 +100,7 @@ def write_png(results: dict, out: str) -> str:
     import matplotlib.pyplot as plt
 
     scenarios = {k: [r for r in v if r["samples_per_s"]] for k, v in results["scenarios"].items()}
-    scenarios = {k: v for k, v in scenarios.items() if v}
+    scenarios = {k: v for k, v in scenarios.items() if v and k != "plan"}  # plan: seconds, in the table
     fig, axes = plt.subplots(1, max(1, len(scenarios)), figsize=(4.2 * max(1, len(scenarios)), 4.2))
     axes = [axes] if len(scenarios) <= 1 else list(axes)
     for ax, (name, rows) in zip(axes, scenarios.items()):

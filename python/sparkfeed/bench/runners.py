@@ -33,11 +33,12 @@ class Context:
 
 
 # ----------------------------------------------------------------------------- tabular
-def sparkfeed_tabular(ctx: Context, filter=None) -> Iterator[int]:
+def sparkfeed_tabular(ctx: Context, filter=None, num_workers: int | None = None) -> Iterator[int]:
     import sparkfeed
 
+    workers = ctx.workers if num_workers is None else num_workers
     loader = sparkfeed.DataLoader(ctx.data.tabular, batch_size=ctx.batch_size, columns=TABULAR_COLUMNS,
-                                  filter=filter, num_workers=ctx.workers)
+                                  filter=filter, num_workers=workers)
     for batch in loader:
         yield len(batch["id"])
     stats = loader.stats()
@@ -112,13 +113,19 @@ def _pil_decode(raw: bytes, size: int) -> torch.Tensor:
     return torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1)
 
 
-def sparkfeed_dali_cpu(ctx: Context) -> Iterator[int]:
+def dali_device() -> str:
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def sparkfeed_dali(ctx: Context) -> Iterator[int]:
+    """Workers read the Parquet; DALI decodes on the prefetch thread (GPU where CUDA exists)."""
     import sparkfeed
 
+    device = dali_device()
     loader = sparkfeed.DataLoader(
         ctx.data.images, batch_size=ctx.batch_size, columns=["image", "label"],
-        num_workers=ctx.workers,
-        decode={"image": sparkfeed.ImageDecode(size=ctx.image_size, device="cpu")})
+        num_workers=ctx.workers, device="cuda" if device == "gpu" else None,
+        decode={"image": sparkfeed.ImageDecode(size=ctx.image_size, device=device)})
     for batch in loader:
         yield batch["image"].shape[0]
     ctx.extra["bytes_read"] = int(loader.stats()["bytes_read"])
@@ -185,7 +192,17 @@ def feed(ctx: Context, depth: int, **options) -> Iterator[int]:
     result = feed_benchmark(depth=depth, pin_memory=device is not None, device=device, **options)
     ctx.extra.update({k: v for k, v in result.items() if k in (
         "wait_fraction", "h2d_gbps", "plain_pinned_h2d_gbps")})
+    ctx.extra["ttfb_s"] = None  # one result at the end: no first batch to time
     yield result["batches"]
+
+
+# ----------------------------------------------------------------------------- planning
+def plan_only(ctx: Context, path: str) -> Iterator[int]:
+    """Read and parse a manifest and plan the epoch: what a first batch waits for before I/O."""
+    from ..dataset import Dataset
+
+    plan = Dataset(path, batch_size=ctx.batch_size).plan()
+    yield plan.num_samples
 
 
 # ----------------------------------------------------------------------------- registry
@@ -197,11 +214,12 @@ RUNNERS: dict[str, Runner] = {
     "torch-map-style": torch_map_style,
     "petastorm": petastorm_batched,
     "mosaic-streaming": mosaic_streaming,
-    "sparkfeed-dali-cpu": sparkfeed_dali_cpu,
+    "sparkfeed-dali": sparkfeed_dali,
     "torch-pil-files": torch_pil_files,
     "webdataset-pil": webdataset_pil,
     "pil-ceiling": pil_ceiling,
     "feed": feed,
+    "plan": plan_only,
 }
 
 # runner -> (module it needs, how to install it); checked before the runner is timed
@@ -211,5 +229,5 @@ REQUIRES: dict[str, tuple[str, str]] = {
     "webdataset-pil": ("webdataset", "pip install webdataset"),
     "torch-pil-files": ("PIL", "pip install pillow"),
     "pil-ceiling": ("PIL", "pip install pillow"),
-    "sparkfeed-dali-cpu": ("nvidia.dali", "pip install nvidia-dali-cuda120"),
+    "sparkfeed-dali": ("nvidia.dali", "pip install nvidia-dali-cuda120"),
 }

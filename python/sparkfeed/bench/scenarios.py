@@ -23,7 +23,8 @@ import psutil
 from . import datasets, runners
 from .runners import Context
 
-SCENARIOS = ("tabular", "filter", "decode", "feed")
+SCENARIOS = ("tabular", "filter", "decode", "feed", "plan")
+PLAN_SHARDS = (100, 1_000, 10_000)  # shards in the synthetic manifests of the plan scenario
 SELECTIVITIES = (1, 10, 50)  # percent of labels kept by the filter scenario
 
 
@@ -159,6 +160,8 @@ def _size(paths: list[str]) -> int:
 def tabular_cases(p) -> list[Case]:
     size = _size(datasets.files(p.data.tabular, ".parquet"))
     return [Case("sparkfeed", "sparkfeed", p.samples, payload_bytes=size),
+            Case("sparkfeed, 0 workers", "sparkfeed", p.samples, options={"num_workers": 0},
+                 note="extra row: reading in the main process (prefetch thread), as the ceiling does"),
             Case("pyarrow-scan (ceiling)", "pyarrow-scan", p.samples, payload_bytes=size,
                  note="Arrow's own threads; no tensors, no workers"),
             Case("torch-map-style", "torch-map-style", p.samples, baseline=True, payload_bytes=size,
@@ -180,7 +183,9 @@ def decode_cases(p) -> list[Case]:
     parquet = _size(datasets.files(p.data.images, ".parquet"))
     jpgs = _size(datasets.files(p.data.image_folder, ".jpg"))
     wds = p.data.webdataset
-    return [Case("sparkfeed-dali-cpu", "sparkfeed-dali-cpu", p.images, payload_bytes=parquet),
+    dev = runners.dali_device()
+    return [Case(f"sparkfeed-dali-{dev}", "sparkfeed-dali", p.images, payload_bytes=parquet,
+                 note=f"DALI decodes on the {dev} in the main process; workers read Parquet"),
             Case("torch-pil-files", "torch-pil-files", p.images, baseline=True, payload_bytes=jpgs),
             Case("webdataset-pil", "webdataset-pil", p.images,
                  payload_bytes=_size(datasets.files(wds, ".tar")) if wds else 0,
@@ -197,8 +202,19 @@ def feed_cases(p) -> list[Case]:
             Case("prefetch depth 4", "feed", p.feed_batches, options={**opts, "depth": 4})]
 
 
+def plan_cases(p) -> list[Case]:
+    cases = []
+    for n in PLAN_SHARDS:
+        path = datasets.synthetic_manifest(p.cache, n)
+        cases.append(Case(f"plan {n:,} shards", "plan", n * 4 * 256, options={"path": path},
+                          baseline=n == PLAN_SHARDS[0],
+                          payload_bytes=os.path.getsize(os.path.join(path, "_sparkfeed.json")),
+                          note="manifest only (4 row groups per shard); seconds = time to plan"))
+    return cases
+
+
 CASES: dict[str, Callable] = {"tabular": tabular_cases, "filter": filter_cases,
-                              "decode": decode_cases, "feed": feed_cases}
+                              "decode": decode_cases, "feed": feed_cases, "plan": plan_cases}
 
 
 def finish(rows: list[dict]) -> list[dict]:

@@ -26,29 +26,52 @@ class ParquetReader(Reader):
         self._pafs = _arrow_filesystem(ctx.fs)
         self._open: tuple[str, pq.ParquetFile] | None = None
 
+    def _open_input(self, path: str):
+        """A seekable file: pyarrow's native one for local files, fsspec's otherwise (fsspec's
+        errors keep their cause, so transient failures are retried, not taken as 'missing')."""
+        if self._pafs is not None:
+            return self._pafs.open_input_file(path)
+        return self.ctx.fs.open(path, "rb")
+
     def _file(self, unit: WorkUnit) -> pq.ParquetFile:
         if self._open is not None and self._open[0] == unit.path:
             return self._open[1]
         path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
         try:
-            source = storage.with_retries(lambda: self._pafs.open_input_file(path), f"opening {path}")
-            pf = pq.ParquetFile(source)
+            pf = storage.with_retries(lambda: pq.ParquetFile(self._open_input(path)), f"opening {path}")
         except FileNotFoundError as exc:
             raise self._error(unit, f"file missing: the manifest names {unit.path!r} but storage "
                               "has no such file") from exc
-        except _ERRORS as exc:
+        except Exception as exc:
+            if not isinstance(exc, _ERRORS) and not storage.is_transient(exc):
+                raise
             raise self._error(unit, f"cannot open Parquet file ({type(exc).__name__}: {exc})") from exc
         self.ctx.stats.add("bytes_read", pf.metadata.serialized_size + 8)
         self._open = (unit.path, pf)
         return pf
 
     def _read_columns(self, unit: WorkUnit, names: list[str]) -> pa.Table:
-        pf = self._file(unit)
-        groups = range(pf.metadata.num_row_groups) if unit.row_group is None else [unit.row_group]
+        groups = None
+
+        def attempt() -> list[pa.Table]:
+            nonlocal groups
+            pf = self._file(unit)
+            groups = range(pf.metadata.num_row_groups) if unit.row_group is None else [unit.row_group]
+            try:
+                return [pf.read_row_group(g, columns=names) for g in groups]
+            except Exception:
+                self._open = None  # reopen on retry: the stream may be broken
+                raise
+
         try:
-            tables = [pf.read_row_group(g, columns=names) for g in groups]
+            tables = storage.with_retries(attempt, f"reading {unit.path} row group {unit.row_group}")
         except _ERRORS as exc:
             raise self._error(unit, f"corrupt or truncated data ({type(exc).__name__}: {exc})") from exc
+        except Exception as exc:
+            if not storage.is_transient(exc):
+                raise
+            raise self._error(unit, f"storage kept failing ({type(exc).__name__}: {exc})") from exc
+        pf = self._open[1]
         self.ctx.stats.add("bytes_read", _chunk_bytes(pf, groups, names))
         table = pa.concat_tables(tables) if len(tables) != 1 else tables[0]
         self._check_schema(unit, table)
@@ -100,9 +123,7 @@ def _chunk_bytes(pf: pq.ParquetFile, groups, names: list[str]) -> int:
     return total
 
 
-def _arrow_filesystem(fs) -> pafs.FileSystem:
-    """pyarrow's native filesystem for local files (fast path), fsspec's handler otherwise."""
+def _arrow_filesystem(fs) -> pafs.FileSystem | None:
+    """pyarrow's native filesystem for local files (the fast path), None for everything else."""
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
-        return pafs.LocalFileSystem()
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+    return pafs.LocalFileSystem() if protocol in ("file", "local") else None

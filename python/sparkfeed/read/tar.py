@@ -51,35 +51,48 @@ class TarReader(Reader):
                               f"{MAX_MEMBER_BYTES}-byte limit", where)
 
     def _samples(self, unit: WorkUnit, wanted_members: set[str]) -> tuple[list[str], list[dict]]:
-        """Keys in shard order and, per key, the wanted members' bytes."""
-        path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
-        keys: list[str] = []
-        samples: list[dict] = []
-        offset = 0
+        """Keys in shard order and, per key, the wanted members' bytes (retried as a whole)."""
+        where = {"offset": 0}
         try:
-            with storage.with_retries(lambda: self.ctx.fs.open(path, "rb"), f"opening {path}") as f:
-                self._check_size(unit, getattr(f, "size", None))
-                with tarfile.open(fileobj=f, mode="r|", errorlevel=2) as tar:
-                    for info in tar:
-                        offset = info.offset
-                        if info.isdir():
-                            continue
-                        self._check_member(unit, info)
-                        key, ext = split_name(info.name)
-                        if not keys or keys[-1] != key:
-                            keys.append(key)
-                            samples.append({})
-                        if ext in wanted_members:
-                            samples[-1][ext] = tar.extractfile(info).read()
-                        self.ctx.stats.add("bytes_read", info.size + 512)
+            keys, samples = storage.with_retries(lambda: self._stream(unit, wanted_members, where),
+                                                 f"reading {unit.path}")
         except FileNotFoundError as exc:
             raise self._error(unit, f"file missing: the manifest names {unit.path!r} but storage "
                               "has no such file") from exc
-        except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-            raise self._error(unit, f"corrupt or truncated tar after the member at this offset "
-                              f"({type(exc).__name__}: {exc})", offset) from exc
+        except Exception as exc:
+            if storage.is_transient(exc):
+                raise self._error(unit, f"storage kept failing ({type(exc).__name__}: {exc})",
+                                  where["offset"]) from exc
+            if isinstance(exc, (tarfile.TarError, EOFError, ValueError)):
+                raise self._error(unit, f"corrupt or truncated tar after the member at this offset "
+                                  f"({type(exc).__name__}: {exc})", where["offset"]) from exc
+            raise
         if len(set(keys)) != len(keys):
             raise self._error(unit, "a key appears in two places; members of a sample must be adjacent")
+        return keys, samples
+
+    def _stream(self, unit: WorkUnit, wanted_members: set[str], where: dict):
+        """One pass over the shard's members; `where["offset"]` tracks the last member header."""
+        path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
+        keys: list[str] = []
+        samples: list[dict] = []
+        read = 0
+        with self.ctx.fs.open(path, "rb") as f:
+            self._check_size(unit, getattr(f, "size", None))
+            with tarfile.open(fileobj=f, mode="r|", errorlevel=2) as tar:
+                for info in tar:
+                    where["offset"] = info.offset
+                    if info.isdir():
+                        continue
+                    self._check_member(unit, info)
+                    key, ext = split_name(info.name)
+                    if not keys or keys[-1] != key:
+                        keys.append(key)
+                        samples.append({})
+                    if ext in wanted_members:
+                        samples[-1][ext] = tar.extractfile(info).read()
+                    read += info.size + 512
+        self.ctx.stats.add("bytes_read", read)
         return keys, samples
 
     def _check_size(self, unit: WorkUnit, size: int | None) -> None:

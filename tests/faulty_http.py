@@ -1,0 +1,120 @@
+"""A real HTTP server on 127.0.0.1 that misbehaves on purpose, for storage fault tests.
+
+Requests are numbered; by a fixed pattern some answer 503, some drop the connection without an
+answer, some stall longer than the client's read time-out. Paths matching `always_fail` answer
+500 every time (a permanent outage). Range requests are honoured, as object stores do.
+"""
+
+from __future__ import annotations
+
+import http.server
+import itertools
+import os
+import re
+import threading
+import time
+
+
+class FaultPlan:
+    """Which request numbers fail and how; counts what it injected."""
+
+    def __init__(self, error_every=4, drop_every=5, stall_every=11, stall_s=2.0, always_fail=None):
+        self.error_every, self.drop_every, self.stall_every = error_every, drop_every, stall_every
+        self.stall_s, self.always_fail = stall_s, always_fail
+        self.counter = itertools.count(1)
+        self.injected = {"error": 0, "drop": 0, "stall": 0, "permanent": 0}
+        self.lock = threading.Lock()
+
+    def decide(self, path: str) -> str | None:
+        with self.lock:
+            k = next(self.counter)
+            if self.always_fail and re.search(self.always_fail, path):
+                kind = "permanent"
+            elif self.error_every and k % self.error_every == 1:
+                kind = "error"
+            elif self.drop_every and k % self.drop_every == 2:
+                kind = "drop"
+            elif self.stall_every and k % self.stall_every == 3:
+                kind = "stall"
+            else:
+                return None
+            self.injected[kind] += 1
+            return kind
+
+
+def make_handler(root: str, plan: FaultPlan):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def _file(self):
+            path = os.path.normpath(os.path.join(root, self.path.lstrip("/").split("?")[0]))
+            return path if path.startswith(root) and os.path.isfile(path) else None
+
+        def _fault(self) -> bool:
+            kind = plan.decide(self.path)
+            if kind in ("error", "permanent"):
+                self.send_response(503 if kind == "error" else 500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return True
+            if kind == "drop":
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return True
+            if kind == "stall":
+                time.sleep(plan.stall_s)
+            return False
+
+        def do_HEAD(self):
+            self._serve(body=False)
+
+        def do_GET(self):
+            self._serve(body=True)
+
+        def _serve(self, body: bool):
+            if self._fault():
+                return
+            path = self._file()
+            if path is None:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            size = os.path.getsize(path)
+            start, end = 0, size - 1
+            m = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+            if m:
+                start, end = int(m.group(1)), min(int(m.group(2) or size - 1), size - 1)
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", str(end - start + 1))
+            self.send_header("Accept-Ranges", "bytes")
+            self.end_headers()
+            if body:
+                with open(path, "rb") as f:
+                    f.seek(start)
+                    self.wfile.write(f.read(end - start + 1))
+
+    return Handler
+
+
+class FaultyServer:
+    """`with FaultyServer(root, plan) as url:` serves `root` at `url` until the block ends."""
+
+    def __init__(self, root: str, plan: FaultPlan):
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), make_handler(os.path.realpath(root), plan))
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
