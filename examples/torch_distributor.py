@@ -62,13 +62,34 @@ def ensure_dataset(spark, data: str, raw: str | None) -> None:
     preprocess_images.print_summary(summary)
 
 
+def local_gpu_conf() -> dict:
+    """Driver GPU resources for TorchDistributor(local_mode=True, use_gpu=True).
+
+    In local mode it takes GPUs from the driver's `spark.driver.resource.gpu.*`, which needs an
+    amount and a discovery script (pyspark ships none); this writes one listing torch's GPUs.
+    Under spark-submit, pass these confs there instead.
+    """
+    import torch
+
+    n = torch.cuda.device_count()
+    if n == 0:
+        raise SystemExit("--use-gpu: torch sees no CUDA device on this machine")
+    script = Path(tempfile.mkdtemp(prefix="sparkfeed-gpus-")) / "gpus.sh"
+    addresses = ", ".join(f'"{i}"' for i in range(n))
+    script.write_text(f"#!/bin/sh\necho '{{\"name\": \"gpu\", \"addresses\": [{addresses}]}}'\n")
+    script.chmod(0o755)
+    return {"spark.driver.resource.gpu.amount": n,
+            "spark.driver.resource.gpu.discoveryScript": str(script)}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     import sparkfeed
     from pyspark.ml.torch.distributor import TorchDistributor
 
-    spark = sparkfeed.spark_session(app_name="sparkfeed-torch-distributor")
+    conf = local_gpu_conf() if args.use_gpu and not args.cluster else None
+    spark = sparkfeed.spark_session(app_name="sparkfeed-torch-distributor", conf=conf)
     try:
         ensure_dataset(spark, args.data, args.raw)
         train_args = ["--data", args.data, "--device", "cuda" if args.use_gpu else "cpu",

@@ -61,7 +61,7 @@ def ds(raw, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("ds") / "ds"
     submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
-    text = run([submit, "--master", "local[2]", "--jars", sparkfeed.jar_path(),
+    text = run([submit, "--master", "local[2]", "--conf", "spark.log.level=WARN", "--jars", sparkfeed.jar_path(),
                 EXAMPLES / "preprocess_images.py", "--input", raw, "--output", out,
                 "--format", "parquet", "--samples-per-shard", 25], timeout=300)
     assert "preprocessed" in text

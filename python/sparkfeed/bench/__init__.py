@@ -75,7 +75,9 @@ def run(params: Params) -> dict:
 
     p = params
     os.makedirs(p.out, exist_ok=True)
-    data = datasets.build(p.cache, p.samples, p.images, p.image_size, max(1, p.workers))
+    data = datasets.build(p.cache, p.samples, p.images, p.image_size, max(1, p.workers),
+                          tabular=bool({"tabular", "filter"} & set(p.scenarios)),
+                          image="decode" in p.scenarios)
     p.data = data
     datasets.warm(datasets.files(data.tabular, ".parquet") + datasets.files(data.images, ".parquet")
                   + datasets.files(data.image_folder, ".jpg")

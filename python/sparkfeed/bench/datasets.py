@@ -142,8 +142,9 @@ def _write_webdataset(spark, images: str, path: str, shard: int) -> str:
         return f"not available: sparkfeed.write(format='webdataset') failed: {str(exc)[:200]}"
 
 
-def build(cache: str, samples: int, images: int, image_size: int, workers: int) -> Data:
-    """Build (or reuse) every dataset the scenarios need; returns their paths."""
+def build(cache: str, samples: int, images: int, image_size: int, workers: int,
+          tabular: bool = True, image: bool = True) -> Data:
+    """Build (or reuse) the datasets asked for (`tabular`, `image`); returns their paths."""
     started, spark = time.perf_counter(), None
     # enough shards and row groups that workers share the work and pruning has something to prune
     t_shard = max(1000, samples // 8)
@@ -155,27 +156,29 @@ def build(cache: str, samples: int, images: int, image_size: int, workers: int) 
     tab = os.path.join(cache, f"tabular-{_key(**tp)}")
     img = os.path.join(cache, f"images-{_key(**ip)}")
     folder, wds = img + "-folder", img + "-wds"
-    if _fresh(tab):
+    if tabular and _fresh(tab):
         spark = spark or _spark()
         _write_tabular(spark, tab, samples, t_shard, t_group)
         _mark(tab, tp)
-    if _fresh(img):
+    if image and _fresh(img):
         spark = spark or _spark()
         _write_images(spark, img, images, image_size, i_shard, i_group)
         _mark(img, ip)
-    if _fresh(folder):
+    if image and _fresh(folder):
         _write_folder(img, folder)
         _mark(folder, ip)
     note_file = os.path.join(wds, "_note")
-    if _fresh(wds):
+    if image and _fresh(wds):
         spark = spark or _spark()
         note = _write_webdataset(spark, img, wds, i_shard)
         os.makedirs(wds, exist_ok=True)
         with open(note_file, "w") as f:
             f.write(note)
         _mark(wds, ip)
-    with open(note_file) as f:
-        wds_note = f.read()
+    wds_note = "not built: no image scenario asked for"
+    if os.path.exists(note_file):
+        with open(note_file) as f:
+            wds_note = f.read()
     built = time.perf_counter() - started if spark is not None else 0.0
     if spark is not None:
         spark.stop()  # the JVM stays up (py4j) but idle; its memory is not counted as the loaders'

@@ -106,9 +106,16 @@ def write_png(results: dict, out: str) -> str:
     for ax, (name, rows) in zip(axes, scenarios.items()):
         labels = [r["runner"] for r in rows]
         colors = ["tab:orange" if r["runner"].startswith("sparkfeed") else "tab:gray" for r in rows]
-        ax.barh(labels, [r["samples_per_s"] for r in rows], color=colors)
+        values = [r["samples_per_s"] for r in rows]
+        ax.barh(labels, values, color=colors)
+        for y, v in enumerate(values):
+            ax.annotate(f"{v:,.0f}", (v, y), xytext=(3, 0), textcoords="offset points",
+                        va="center", fontsize=7)
+        if max(values) / min(values) > 50:
+            ax.set_xscale("log")
+            name += " (log scale)"
         ax.set_title(name)
-        ax.set_xlabel("samples/s" if name != "feed" else "batches/s")
+        ax.set_xlabel("batches/s" if name.startswith("feed") else "samples/s")
         ax.invert_yaxis()
         ax.tick_params(axis="y", labelsize=8)
     fig.suptitle(f"sparkfeed bench — {results['hardware']['cores']} cores, GPU: {results['hardware']['gpu']}")

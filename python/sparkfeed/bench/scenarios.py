@@ -207,7 +207,6 @@ def plan_cases(p) -> list[Case]:
     for n in PLAN_SHARDS:
         path = datasets.synthetic_manifest(p.cache, n)
         cases.append(Case(f"plan {n:,} shards", "plan", n * 4 * 256, options={"path": path},
-                          baseline=n == PLAN_SHARDS[0],
                           payload_bytes=os.path.getsize(os.path.join(path, "_sparkfeed.json")),
                           note="manifest only (4 row groups per shard); seconds = time to plan"))
     return cases

@@ -1,0 +1,60 @@
+"""Writer faults with real Spark in separate processes: a Python worker killed mid-shard is
+retried by Spark and the dataset has exact counts; a job killed before commit leaves no
+manifest, and a rerun with mode="overwrite" succeeds."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import sparkfeed
+
+pytestmark = pytest.mark.spark
+JOB = os.path.join(os.path.dirname(__file__), "write_job.py")
+
+
+def run_job(out, fmt, mode, behaviour, rows, **popen):
+    cmd = [sys.executable, JOB, str(out), fmt, mode, behaviour, str(rows)]
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARKFEED_SPARK_LOG_LEVEL": "ERROR"}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **popen)
+
+
+def all_ids(path):
+    return sorted(i for b in sparkfeed.DataLoader(str(path), batch_size=500, columns=["id"])
+                  for i in b["id"].tolist())
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "webdataset"])
+def test_worker_killed_mid_shard_is_retried_with_exact_counts(tmp_path, fmt):
+    out = tmp_path / "ds"
+    proc = run_job(out, fmt, "error", "kill-worker-once", 2000)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    m = sparkfeed.read_manifest(str(out))
+    assert m.num_samples == 2000
+    assert all_ids(out) == list(range(2000))
+    data_files = sorted(f for f in os.listdir(out) if f.endswith((".parquet", ".tar")))
+    assert data_files == sorted(s.path for s in m.shards), "no stray or duplicate shard"
+
+
+def test_job_killed_before_commit_leaves_no_manifest_and_overwrite_recovers(tmp_path):
+    out = tmp_path / "ds"
+    proc = run_job(out, "parquet", "error", "slow", 4000)
+    deadline = time.monotonic() + 180
+    while not (out / "_temporary").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    assert proc.poll() is None, "the job should still be writing"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (out / "_sparkfeed.json").exists()
+    with pytest.raises(sparkfeed.ManifestError):
+        sparkfeed.read_manifest(str(out))
+    proc = run_job(out, "parquet", "overwrite", "ok", 2000)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert all_ids(out) == list(range(2000))

@@ -1,0 +1,41 @@
+"""A Spark write run as its own process, so tests can kill it or give it task retries.
+
+usage: write_job.py OUT FORMAT MODE BEHAVIOUR ROWS
+BEHAVIOUR: ok | kill-worker-once (a Python worker of partition 1 dies mid-task on its first
+attempt; Spark retries the task) | slow (rows take time, so the test can kill the job mid-write)
+"""
+
+import os
+import sys
+import time
+
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+import sparkfeed
+
+
+def main(out: str, fmt: str, mode: str, behaviour: str, rows: int) -> None:
+    spark = sparkfeed.spark_session(app_name="sparkfeed-write-job", master="local[2,4]")
+
+    @F.udf(T.BinaryType())
+    def payload(i):
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        if behaviour == "kill-worker-once" and ctx.partitionId() == 1 and ctx.attemptNumber() == 0 and i % 97 == 5:
+            os._exit(1)  # the Python worker dies mid-task, mid-shard
+        if behaviour == "slow":
+            time.sleep(0.05)
+        return bytes([i % 256]) * 100
+
+    df = (spark.range(rows).repartition(4)
+          .select(F.col("id"), (F.col("id") % 10).cast("int").alias("label"), payload("id").alias("blob")))
+    m = sparkfeed.write(df, out, format=fmt, samples_per_shard=rows // 4, mode=mode,
+                        codecs={"blob": "bin"})
+    print("manifest", m.num_samples, flush=True)
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
