@@ -41,14 +41,14 @@ $(VENV)/.installed: python/pyproject.toml
 # The Spark data-source jar, compiled against the installed pyspark's jars and bundled in the package.
 jar: $(JAR)
 $(JAR): $(JVM_SOURCES) $(VENV)/.installed $(VENV)/.tools
-	gradle -q --offline -PsparkJars="$$($(PY) -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')" jar
+	gradle -q --offline --no-daemon -PsparkJars="$$($(PY) -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')" jar
 	mkdir -p $(dir $(JAR)) && cp build/libs/sparkfeed.jar $(JAR)
 
 demo: setup jar
 	$(PY) examples/demo_dataset.py --output $(DEMO_DIR)/images --samples 2000
 
 test-jvm: setup jar
-	gradle -q --offline -PsparkJars="$$($(PY) -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')" test
+	gradle -q --offline --no-daemon -PsparkJars="$$($(PY) -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')" test
 
 test-py: setup jar
 	$(PY) -m pytest -q -ra tests $(PYTEST_ARGS)
