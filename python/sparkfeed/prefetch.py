@@ -349,8 +349,9 @@ class Prefetcher:
     def _raise(self, failure: _Failure) -> None:
         """Re-raise the producer's exception itself: type, attributes and traceback kept."""
         exc = failure.exc
+        delivered = f"batches 0..{failure.index - 1} were delivered" if failure.index else "no batch was delivered"
         exc.add_note(f"(raised in prefetch thread {self._name!r} while producing batch "
-                     f"{failure.index}; batches 0..{failure.index - 1} were delivered)")
+                     f"{failure.index}; {delivered})")
         if isinstance(exc, StopIteration):  # would silently end the consumer's loop (PEP 479)
             raise RuntimeError(f"stage or source raised StopIteration at batch {failure.index}") from exc
         raise exc

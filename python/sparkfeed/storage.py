@@ -91,7 +91,7 @@ def join(root: str, rel: str, dataset: str) -> str:
     return posixpath.join(root, check_relative(rel, dataset))
 
 
-def with_retries(fn: Callable[[], T], what: str, *, attempts: int = 5, base_delay: float = 0.2,
+def with_retries(fn: Callable[[], T], what: str, *, attempts: int = 8, base_delay: float = 0.2,
                  max_delay: float = 5.0) -> T:
     """Call `fn`, retrying transient I/O errors with jittered exponential backoff.
 

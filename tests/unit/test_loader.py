@@ -363,3 +363,78 @@ def test_schema_drift_between_shards_names_the_shard(pq_path, tmp_path):
     pq.write_table(t, path, row_group_size=64)
     with pytest.raises(ShardReadError, match="part-00001.parquet.*schema drift"):
         ids_of(sparkfeed.DataLoader(root, batch_size=100))
+
+
+def test_non_utf8_member_name_is_refused(tar_path, tmp_path):
+    import io
+    import tarfile
+
+    root = copy_dataset(tar_path, tmp_path / "d")
+    path = os.path.join(root, "shard-00002.tar")
+    with tarfile.open(path, "a", encoding="utf-8", errors="surrogateescape") as tar:
+        info = tarfile.TarInfo("s\udcff\udcfe.cls")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"1"))
+    fix_manifest_size(root, "shard-00002.tar")
+    with pytest.raises(ShardReadError, match="shard-00002.tar.*UTF-8"):
+        ids_of(sparkfeed.DataLoader(root, batch_size=50))
+
+
+def test_huge_member_is_refused_before_it_is_read(tar_path, tmp_path, monkeypatch):
+    from sparkfeed.read import tar as tar_module
+
+    monkeypatch.setattr(tar_module, "MAX_MEMBER_BYTES", 4)  # the images are 8 bytes
+    with pytest.raises(ShardReadError, match=r"shard-00000.tar.*over the 4-byte limit"):
+        ids_of(sparkfeed.DataLoader(tar_path, batch_size=50))
+
+
+@pytest.mark.parametrize("shard", ["part-00001.parquet", "shard-00001.tar"])
+def test_zero_byte_shard_names_it(pq_path, tar_path, tmp_path, shard):
+    root = copy_dataset(pq_path if shard.endswith("parquet") else tar_path, tmp_path / "d")
+    open(os.path.join(root, shard), "wb").close()
+    with pytest.raises(ShardReadError, match=shard):
+        ids_of(sparkfeed.DataLoader(root, batch_size=100))
+
+
+def test_truncated_parquet_footer_names_the_shard(pq_path, tmp_path):
+    root = copy_dataset(pq_path, tmp_path / "d")
+    path = os.path.join(root, "part-00004.parquet")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:-50])
+    with pytest.raises(ShardReadError, match="part-00004.parquet.*cannot open Parquet"):
+        ids_of(sparkfeed.DataLoader(root, batch_size=100))
+
+
+def test_prefetch_depth_does_not_change_order_or_content(pq_path):
+    runs = [[(b["id"].tolist(), b["caption"]) for b in
+             sparkfeed.DataLoader(pq_path, batch_size=64, shuffle=True, num_workers=2, prefetch=depth)]
+            for depth in (0, 1, 4)]
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_memory_stays_bounded_over_epochs(pq_path):
+    psutil = pytest.importorskip("psutil")
+    L = sparkfeed.DataLoader(pq_path, batch_size=32, shuffle=True, prefetch=4)
+    proc = psutil.Process()
+    for epoch in range(2):
+        L.set_epoch(epoch)
+        ids_of(L)
+    before = proc.memory_info().rss
+    for epoch in range(2, 12):
+        L.set_epoch(epoch)
+        ids_of(L)
+    assert proc.memory_info().rss - before < 64 * 2**20
+
+
+def test_early_break_leaves_no_prefetch_thread(pq_path):
+    import threading
+    import time
+
+    L = sparkfeed.DataLoader(pq_path, batch_size=10, prefetch=4)
+    for i, _ in enumerate(L):
+        if i == 2:
+            break
+    deadline = time.monotonic() + 5
+    while any(t.name.startswith("sparkfeed-prefetch") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name.startswith("sparkfeed-prefetch") for t in threading.enumerate())
