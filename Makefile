@@ -14,7 +14,7 @@ JVM_SOURCES := build.gradle settings.gradle $(shell find jvm/src/main -type f 2>
 DEMO_DIR ?= build/demo
 PYTEST_ARGS ?=
 
-.PHONY: all setup tools venv jar demo test test-jvm test-py bench clean
+.PHONY: all setup tools venv jar demo demo-dataset test test-jvm test-py bench clean
 
 all: demo
 
@@ -44,8 +44,25 @@ $(JAR): $(JVM_SOURCES) $(VENV)/.installed $(VENV)/.tools
 	gradle -q --offline --no-daemon -PsparkJars="$$($(PY) -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')" jar
 	mkdir -p $(dir $(JAR)) && cp build/libs/sparkfeed.jar $(JAR)
 
+# The whole story on the embedded default (local mode): a raw image-caption corpus ->
+# spark-submit preprocessing (validate, dedupe, resize, split, write with sparkfeed) ->
+# a few training steps with sparkfeed.DataLoader (loading throughput printed) -> inspect.
 demo: setup jar
+	$(PY) examples/make_raw_corpus.py --output $(DEMO_DIR)/raw --images 200 --overwrite
+	PYSPARK_PYTHON=$(abspath $(PY)) $(VENV)/bin/spark-submit --conf spark.log.level=WARN \
+	  --jars "$$($(VENV)/bin/sparkfeed jar)" examples/preprocess_images.py \
+	  --input $(DEMO_DIR)/raw --output $(DEMO_DIR)/ds
+	$(PY) examples/train.py --data $(DEMO_DIR)/ds/train --val $(DEMO_DIR)/ds/val --steps 10 \
+	  --batch-size 16 --workers 1 --checkpoint $(DEMO_DIR)/ckpt.pt
+	$(VENV)/bin/sparkfeed inspect $(DEMO_DIR)/ds/train
+
+# The issue-1 demo job alone: Spark generates 2,000 64-px JPEG samples, writes them, inspects.
+demo-dataset: setup jar
 	$(PY) examples/demo_dataset.py --output $(DEMO_DIR)/images --samples 2000
+
+# The loading benchmark (quick: under 2 minutes here); results in build/bench (JSON, markdown, PNG).
+bench: setup jar
+	$(VENV)/bin/sparkfeed bench --quick --out build/bench
 
 test-jvm: setup jar
 	gradle -q --offline --no-daemon -PsparkJars="$$($(PY) -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')" test

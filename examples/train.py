@@ -198,7 +198,9 @@ def train(args) -> dict:
             t0 = time.monotonic()
         it.close()  # stops the loader's workers now, not at garbage collection
         if args.val and not stopped:
-            acc, n = evaluate(model, make_loader(args.val, args, device, train=False), device)
+            # the unwrapped module: DDP's forward may sync buffers, and val batches are uneven
+            plain = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+            acc, n = evaluate(plain, make_loader(args.val, args, device, train=False), device)
             say(f"epoch {epoch} val accuracy {acc:.3f} on {n} samples", flush=True)
         if stopped:
             break

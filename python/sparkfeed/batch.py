@@ -7,6 +7,7 @@ without one Python object per sample and becomes a list of `bytes` only at the u
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,16 +96,29 @@ def _list(arr: pa.Array, name: str) -> torch.Tensor:
     return values.reshape(len(arr), width)
 
 
+def _strings(arr: pa.Array, name: str) -> list:
+    return arr.to_pylist()
+
+
+def _binary(arr: pa.Array, name: str) -> BinaryColumn:
+    return _binary_column(arr)
+
+
+@functools.lru_cache(maxsize=256)
+def _converter(t: pa.DataType):
+    """The conversion for a column type, decided once per type (the per-batch path decides nothing)."""
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return _binary
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return _strings
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _list
+    return _numeric
+
+
 def column_to_value(arr: pa.Array, name: str):
     """One Arrow column of a batch -> tensor, 2-D tensor, list of str, or BinaryColumn."""
-    t = arr.type
-    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
-        return _binary_column(arr)
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return arr.to_pylist()
-    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-        return _list(arr, name)
-    return _numeric(arr, name)
+    return _converter(arr.type)(arr, name)
 
 
 def table_to_batch(table: pa.Table) -> dict:

@@ -226,6 +226,7 @@ class DataLoader:
             for batch in prefetcher:
                 worker, consumed = batch.pop(PROGRESS_KEY)
                 self._delivered[worker] = consumed
+                self._stats.merge(batch.pop(STATS_KEY))  # counted when delivered, not read ahead
                 yield batch
             complete = True
         finally:
@@ -234,17 +235,16 @@ class DataLoader:
                 self._resume = None
 
     def _stage(self, batch: dict) -> dict:
-        """Background-thread work on one batch: stats, decoding, user collate."""
-        self._stats.merge(batch.pop(STATS_KEY, {}))
+        """Background-thread work on one batch: decoding, user collate; bookkeeping rides along."""
         if self.decode:
             batch = self._decode(batch)
-        progress = batch.pop(PROGRESS_KEY)
+        progress, stats = batch.pop(PROGRESS_KEY), batch.pop(STATS_KEY, {})
         batch = user_facing(batch)
         if self.collate_fn is not None:
             batch = self.collate_fn(batch)
             if not isinstance(batch, dict):
                 batch = {"batch": batch}
-        batch[PROGRESS_KEY] = progress
+        batch[PROGRESS_KEY], batch[STATS_KEY] = progress, stats
         return batch
 
     def _decoder(self, name: str):
@@ -265,8 +265,11 @@ class DataLoader:
             result = self._decoder(name).decode(images)
             if result.failures:
                 self._handle_failures(batch, result.failures)
+                delta = batch[STATS_KEY]
                 batch = select_rows({k: v for k, v in batch.items() if k != name}, result.ok_rows)
-                self._stats.add("samples_skipped", len(result.failures))
+                delta["samples_skipped"] = delta.get("samples_skipped", 0) + len(result.failures)
+                delta["samples"] = delta.get("samples", 0) - len(result.failures)
+                batch[STATS_KEY] = delta
             batch[name] = result.images
         return batch
 

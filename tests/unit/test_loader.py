@@ -438,3 +438,11 @@ def test_early_break_leaves_no_prefetch_thread(pq_path):
     while any(t.name.startswith("sparkfeed-prefetch") for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(t.name.startswith("sparkfeed-prefetch") for t in threading.enumerate())
+
+
+def test_stats_count_what_was_delivered_not_what_was_read_ahead(pq_path):
+    L = sparkfeed.DataLoader(pq_path, batch_size=8, num_workers=1, prefetch=4)
+    for i, _ in enumerate(L):
+        if i == 2:
+            break
+    assert L.stats()["samples"] == 24

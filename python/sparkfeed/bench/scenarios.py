@@ -112,7 +112,7 @@ def _missing(runner: str) -> str:
     return ""
 
 
-def _row(case: Case, m: dict | None, note: str) -> dict:
+def make_row(case: Case, m: dict | None, note: str) -> dict:
     row = {"runner": case.label, "samples": None, "expected": case.expected, "seconds": None,
            "samples_per_s": None, "mb_per_s": None, "ttfb_s": None, "peak_rss_mb": None,
            "cpu_s_per_sample": None, "bytes_read": None, "ratio_vs_baseline": None,
@@ -136,7 +136,7 @@ def run_case(case: Case, ctx: Context, repeats: int, progress=None) -> dict:
     """Time `case` `repeats` times; the median run as a row. Raises CountMismatch."""
     skipped = case.note if case.note.startswith("skipped") else _missing(case.runner)
     if skipped:
-        return _row(case, None, skipped)
+        return make_row(case, None, skipped)
     measure(runners.RUNNERS[case.runner], ctx, case.options)  # warm-up: imports, caches, untimed
     runs = []
     for _ in range(repeats):
@@ -149,7 +149,7 @@ def run_case(case: Case, ctx: Context, repeats: int, progress=None) -> dict:
             progress.update(1)
     median = statistics.median_low([r["seconds"] for r in runs])
     best = next(r for r in runs if r["seconds"] == median)
-    return _row(case, best, case.note)
+    return make_row(case, best, case.note)
 
 
 # ----------------------------------------------------------------------------- the scenarios
