@@ -181,6 +181,8 @@ class Dataset(torch.utils.data.IterableDataset):
                 stats.add("samples", batching.batch_len(batch))
                 stats.add("batches")
                 if self._annotate:
+                    if torch.utils.data.get_worker_info() is not None:
+                        batch = batching.pack(batch)  # one shared-memory buffer per batch
                     batch[PROGRESS_KEY] = (worker, consumed)
                     batch[STATS_KEY] = stats.take()
                 else:

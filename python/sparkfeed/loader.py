@@ -15,7 +15,7 @@ import torch
 import torch.utils.data
 
 from . import partition
-from .batch import select_rows, user_facing
+from .batch import select_rows, unpack, user_facing
 from .dataset import PROGRESS_KEY, STATS_KEY, Dataset, _positive_int
 from .errors import CorruptSampleError, WorkerError
 from .prefetch import Prefetcher
@@ -236,6 +236,7 @@ class DataLoader:
 
     def _stage(self, batch: dict) -> dict:
         """Background-thread work on one batch: decoding, user collate; bookkeeping rides along."""
+        batch = unpack(batch)
         if self.decode:
             batch = self._decode(batch)
         progress, stats = batch.pop(PROGRESS_KEY), batch.pop(STATS_KEY, {})
@@ -294,6 +295,12 @@ def _named_worker_errors(it, rank: int):
         if "DataLoader worker" in str(exc):
             raise WorkerError(f"a sparkfeed loader worker of rank {rank} died: {exc}") from exc
         raise
+    finally:
+        # Stop the workers now, not when the iterator is collected: an error's traceback keeps
+        # it alive, and torch's SIGCHLD handler would keep watching the dead workers meanwhile.
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 def _gather(remaining: list, world_size: int) -> list:
