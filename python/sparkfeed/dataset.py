@@ -7,6 +7,7 @@ samples (so `torch.utils.data.DataLoader(ds, batch_size=B)` works unchanged) or,
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -127,7 +128,7 @@ class Dataset(torch.utils.data.IterableDataset):
                 self._plan = plan  # the context below needs the filter columns
                 stats = Stats()
                 ctx = self._context(stats)
-                plan = with_counts(plan, lambda u: make_reader(self.manifest.format, ctx).count(u))
+                plan = with_counts(plan, functools.partial(_count_units, self.manifest.format, ctx))
                 self._count_stats = stats.take()
             self._plan = plan
         return self._plan
@@ -202,6 +203,15 @@ class Dataset(torch.utils.data.IterableDataset):
     def __len__(self) -> int:
         lanes = self.lanes_for(self.rank_spans(), 1)
         return -(-partition.total(lanes[0]) // self._unit_size())
+
+
+def _count_units(fmt: str, ctx: ReadContext, units) -> list[int]:
+    """Rows passing the filter in each unit of one shard, with one reader (the file opened once)."""
+    reader = make_reader(fmt, ctx)
+    try:
+        return [reader.count(u) for u in units]
+    finally:
+        reader.close()
 
 
 def _concat(tables):

@@ -8,6 +8,7 @@ positions the consumer received, which is what `state_dict()` saves.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
@@ -18,12 +19,14 @@ from . import partition
 from .batch import select_rows, unpack, user_facing
 from .dataset import PROGRESS_KEY, STATS_KEY, Dataset, _positive_int
 from .errors import CorruptSampleError, WorkerError
+from .lanes import LaneReader
 from .prefetch import Prefetcher
 from .stats import Stats
 
 __all__ = ["DataLoader"]
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
+WORKER_TYPES = ("auto", "thread", "process")
 
 
 class DataLoader:
@@ -40,7 +43,10 @@ class DataLoader:
             for batch in loader: ...
 
     `state_dict()` / `load_state_dict()` resume mid-epoch exactly (any world size or worker
-    count); `stats()` says where the time and bytes went.
+    count); `stats()` says where the time and bytes went. `worker_type="auto"` reads Parquet
+    with `num_workers` threads (pyarrow releases the GIL, and batches need not cross processes)
+    and WebDataset tars with torch worker processes; "thread" or "process" chooses explicitly.
+    Both give the same batches in the same order.
     """
 
     def __init__(self, path_or_dataset, batch_size: int = 1, shuffle: bool = False, seed: int = 0,
@@ -50,12 +56,15 @@ class DataLoader:
                  collate_fn: Callable | None = None, on_error: str = "raise",
                  rank: int | None = None, world_size: int | None = None, shuffle_buffer: int = 2048,
                  storage_options: dict | None = None, timeout: float = 0,
-                 multiprocessing_context=None, prefetch_factor: int | None = None):
+                 multiprocessing_context=None, prefetch_factor: int | None = None,
+                 worker_type: str = "auto"):
         _positive_int("batch_size", batch_size)
         if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
             raise ValueError(f"`num_workers` should be a non-negative integer, but got num_workers={num_workers!r}")
         if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
             raise ValueError(f"`prefetch` should be a non-negative integer, but got prefetch={prefetch!r}")
+        if worker_type not in WORKER_TYPES:
+            raise ValueError(f"`worker_type` should be one of {WORKER_TYPES}, but got worker_type={worker_type!r}")
         if collate_fn is not None and not callable(collate_fn):
             raise ValueError(f"`collate_fn` should be callable, but got collate_fn={collate_fn!r}")
         self.dataset = self._dataset(path_or_dataset, batch_size=batch_size, shuffle=shuffle, seed=seed,
@@ -64,6 +73,7 @@ class DataLoader:
                                      shuffle_buffer=shuffle_buffer, storage_options=storage_options)
         self.batch_size, self.num_workers, self.prefetch = batch_size, num_workers, prefetch
         self.pin_memory, self.collate_fn, self.timeout = pin_memory, collate_fn, timeout
+        self.worker_type = worker_type
         self.multiprocessing_context, self.prefetch_factor = multiprocessing_context, prefetch_factor
         self.device = self._check_device(device)
         self.decode = self._check_decode(decode or {})
@@ -211,9 +221,20 @@ class DataLoader:
                                 device=self.device, stage=self._stage, stats=self._stats)
         return self._deliver(prefetcher)
 
+    def _threads(self) -> bool:
+        """Threads read Parquet (pyarrow releases the GIL); processes parse tars (Python work)."""
+        if self.worker_type == "auto":
+            return self.dataset.manifest.format == "parquet"
+        return self.worker_type == "thread"
+
     def _worker_batches(self):
+        ds = self.dataset
         if self.num_workers == 0:
-            return iter(self.dataset)
+            return iter(ds)
+        if self._threads():
+            lanes = [functools.partial(ds._batches, spans, k, ds.batch_size)
+                     for k, spans in enumerate(self._lanes)]
+            return LaneReader(lanes, depth=self.prefetch_factor or 2)
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=None, num_workers=self.num_workers, timeout=self.timeout,
             multiprocessing_context=self.multiprocessing_context,

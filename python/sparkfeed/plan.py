@@ -95,14 +95,20 @@ def make_plan(manifest: Manifest, expr: pc.Expression | None, columns: Sequence[
     return plan
 
 
-def with_counts(plan: Plan, count: Callable[[WorkUnit], int], threads: int = 8) -> Plan:
+def with_counts(plan: Plan, count: Callable[[Sequence[WorkUnit]], list[int]], threads: int = 8) -> Plan:
     """The plan with exact per-unit counts of rows passing the filter; empty units dropped.
 
-    `count` reads only the filter columns of a unit; threads overlap the reads (pyarrow releases
-    the GIL). Run once per epoch plan; the counts do not depend on the epoch.
+    `count` gets the units of one shard (so each file is opened once) and reads only the filter
+    columns; threads overlap shards (pyarrow releases the GIL). Counts do not depend on the epoch.
     """
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(plan.units)))) as pool:
-        counts = list(pool.map(count, plan.units))
+    by_shard: dict[int, list[WorkUnit]] = {}
+    for u in plan.units:
+        by_shard.setdefault(u.shard, []).append(u)
+    groups = list(by_shard.values())
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(groups)))) as pool:
+        counted = dict(zip((u.index for g in groups for u in g),
+                           (c for cs in pool.map(count, groups) for c in cs)))
+    counts = [counted[u.index] for u in plan.units]
     kept = [(u, c) for u, c in zip(plan.units, counts) if c > 0]
     units = tuple(replace(u, index=i) for i, (u, _) in enumerate(kept))
     return replace(plan, units=units, counts=tuple(c for _, c in kept), counted=True)

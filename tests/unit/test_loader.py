@@ -446,3 +446,33 @@ def test_stats_count_what_was_delivered_not_what_was_read_ahead(pq_path):
         if i == 2:
             break
     assert L.stats()["samples"] == 24
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_thread_and_process_workers_give_the_same_batches_in_the_same_order(any_path, workers):
+    path, n = any_path
+    runs = {wt: [b["id"].tolist() for b in sparkfeed.DataLoader(
+        path, batch_size=30, shuffle=True, seed=2, num_workers=workers, worker_type=wt)]
+        for wt in ("thread", "process")}
+    assert runs["thread"] == runs["process"]
+    assert sorted(i for b in runs["thread"] for i in b) == list(range(n))
+
+
+def test_thread_lanes_stop_on_break_and_pass_errors_on(pq_path, tmp_path):
+    import threading
+    import time
+
+    L = sparkfeed.DataLoader(pq_path, batch_size=10, num_workers=3, worker_type="thread")
+    for i, _ in enumerate(L):
+        if i == 4:
+            break
+    deadline = time.monotonic() + 5
+    alive = lambda: [t for t in threading.enumerate() if t.name.startswith(("sparkfeed-lane", "sparkfeed-prefetch"))]
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive()
+    root = copy_dataset(pq_path, tmp_path / "d")
+    os.remove(os.path.join(root, "part-00004.parquet"))
+    with pytest.raises(ShardReadError, match="part-00004"):
+        ids_of(sparkfeed.DataLoader(root, batch_size=10, num_workers=3, worker_type="thread"))
+    assert not alive() or time.sleep(1) or not alive()
