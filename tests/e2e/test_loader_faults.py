@@ -27,7 +27,7 @@ def ds(tmp_path_factory):
 
 def test_killed_worker_is_a_clear_error_within_a_bound(ds):
     before = {p.pid for p in psutil.Process().children()}  # e.g. a Spark JVM of other tests
-    L = sparkfeed.DataLoader(ds, batch_size=10, num_workers=2, prefetch=0)
+    L = sparkfeed.DataLoader(ds, batch_size=10, num_workers=2, prefetch=0, worker_type="process")
     it = iter(L)
     next(it)
     workers = [p for p in psutil.Process().children() if p.pid not in before]

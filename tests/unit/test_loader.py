@@ -476,3 +476,28 @@ def test_thread_lanes_stop_on_break_and_pass_errors_on(pq_path, tmp_path):
     with pytest.raises(ShardReadError, match="part-00004"):
         ids_of(sparkfeed.DataLoader(root, batch_size=10, num_workers=3, worker_type="thread"))
     assert not alive() or time.sleep(1) or not alive()
+
+
+def test_corrupt_tar_member_is_a_corrupt_sample_naming_shard_and_key(tar_path, tmp_path):
+    import io
+    import tarfile
+
+    root = copy_dataset(tar_path, tmp_path / "d")
+    path = os.path.join(root, "shard-00003.tar")
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for info, payload in members:
+            if info.name == "s00000460.json":
+                payload = b"{not json"
+            if info.name == "s00000470.cls":
+                payload = b"\xff\xfe"
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    fix_manifest_size(root, "shard-00003.tar")
+    with pytest.raises(sparkfeed.CorruptSampleError, match=r"shard-00003.tar.*s00000460.*json"):
+        ids_of(sparkfeed.DataLoader(root, batch_size=50))
+    L = sparkfeed.DataLoader(root, batch_size=50, on_error="skip", filter=[("label", "<", 5)])
+    got = ids_of(L)
+    assert sorted(got) == [i for i in range(N_TAR) if i % 10 < 5 and i not in (460, 470)]
+    assert L.stats()["samples_skipped"] == 2

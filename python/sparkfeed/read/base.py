@@ -108,11 +108,18 @@ def placeholder(ctx: ReadContext, unit: WorkUnit, n: int) -> pa.Table:
     return with_bookkeeping(table, unit, ok=pa.array(np.zeros(n, dtype=bool)))
 
 
-def apply_filter(ctx: ReadContext, table: pa.Table) -> tuple[pa.Table, np.ndarray]:
-    """Rows passing the filter and their row numbers in the unit (all rows when no filter)."""
+def apply_filter(ctx: ReadContext, table: pa.Table, keep_bad: bool = False) -> tuple[pa.Table, np.ndarray]:
+    """Rows passing the filter and their row numbers in the unit (all rows when no filter).
+
+    With `keep_bad`, rows whose `__ok_in__` is False (samples skipped under on_error="skip") are
+    kept whatever the filter says: their values are unknown, and they must still be counted.
+    """
     if ctx.expr is None:
         return table, np.arange(table.num_rows)
     indexed = table.append_column("__i__", pa.array(np.arange(table.num_rows, dtype=np.int64)))
-    kept = indexed.filter(ctx.expr)
+    expr = ctx.expr
+    if keep_bad:
+        expr = pc.coalesce(expr, pc.scalar(False)) | ~pc.field("__ok_in__")
+    kept = indexed.filter(expr)
     rows = kept.column("__i__").to_numpy()
     return kept.drop_columns(["__i__"]), rows

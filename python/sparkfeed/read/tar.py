@@ -15,8 +15,10 @@ import tarfile
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .. import storage
+from ..errors import CorruptSampleError
 from ..plan import WorkUnit
 from .base import Reader, apply_filter, with_bookkeeping
 
@@ -102,24 +104,58 @@ class TarReader(Reader):
             raise self._error(unit, f"the file is {size} bytes but the manifest says {expected}: "
                               "truncated or replaced after the write", offset=min(size, expected))
 
-    def _table(self, unit: WorkUnit, names: list[str]) -> pa.Table:
+    def _table(self, unit: WorkUnit, names: list[str]) -> tuple[pa.Table, np.ndarray]:
+        """The shard's samples as a table of `names`, and which rows decoded cleanly.
+
+        A sample whose member cannot be parsed (bad UTF-8, bad JSON, a value of the wrong type)
+        raises CorruptSampleError naming the shard and key, or under on_error="skip" becomes a
+        null row marked not-ok, so stream positions stay exact and the skip is counted.
+        """
         cols = [c for c in self.ctx.schema if c.name in set(names)]
         members = {c.member or c.name for c in cols}
         keys, samples = self._samples(unit, members)
-        parsed_json = [json.loads(s["json"]) if "json" in s else {} for s in samples] \
-            if "json" in members else None
+        bad: dict[int, str] = {}
+        parsed = self._parse_json(samples, bad) if "json" in members else None
         arrays = {}
-        schema = self.ctx.arrow_schema([c.name for c in cols])
-        for col, field in zip(cols, schema):
-            values = self._column_values(unit, col, keys, samples, parsed_json)
-            try:
-                arrays[col.name] = pa.array(values, type=None if field.type == pa.null() else field.type)
-            except (pa.ArrowException, ValueError, TypeError) as exc:
-                raise self._error(unit, f"column {col.name!r}: member values do not fit type "
-                                  f"{field.type} ({exc})") from exc
-        return pa.table(arrays) if arrays else pa.table({"__n__": np.zeros(len(keys))}).drop_columns(["__n__"])
+        for col, field in zip(cols, self.ctx.arrow_schema([c.name for c in cols])):
+            values = self._column_values(col, keys, samples, parsed, bad)
+            arrays[col.name] = self._to_array(col, values, field.type, bad)
+        if bad:
+            self._corrupt(unit, keys, bad)
+        ok = np.ones(len(keys), dtype=bool)
+        ok[list(bad)] = False
+        table = pa.table(arrays) if arrays else pa.table({"n": np.zeros(len(keys))}).drop_columns(["n"])
+        if bad:  # every value of a bad sample is null: no half-parsed sample leaks through
+            mask = pa.array(~ok)
+            table = pa.table({n: pc.if_else(mask, pa.nulls(len(keys), c.type), c) for n, c in
+                              zip(table.column_names, table.columns)}) if arrays else table
+        return table, ok
 
-    def _column_values(self, unit, col, keys, samples, parsed_json) -> list:
+    def _corrupt(self, unit: WorkUnit, keys: list[str], bad: dict[int, str]) -> None:
+        if self.ctx.on_error != "skip":
+            row, reason = min(bad.items())
+            raise CorruptSampleError(f"{reason} ({len(bad)} bad sample(s) in this shard; "
+                                     "on_error='skip' skips and counts them)",
+                                     dataset=self.ctx.dataset, shard=unit.path, key=keys[row])
+
+    @staticmethod
+    def _parse_json(samples: list[dict], bad: dict[int, str]) -> list[dict]:
+        out = []
+        for i, s in enumerate(samples):
+            doc = {}
+            if "json" in s:
+                try:
+                    doc = json.loads(s["json"])
+                    if not isinstance(doc, dict):
+                        raise ValueError(f"a JSON {type(doc).__name__}, not an object")
+                except (ValueError, UnicodeDecodeError) as exc:
+                    bad.setdefault(i, f"member .json cannot be parsed ({exc})")
+                    doc = {}
+            out.append(doc)
+        return out
+
+    @staticmethod
+    def _column_values(col, keys, samples, parsed_json, bad: dict[int, str]) -> list:
         member = col.member or col.name
         if member == "__key__":
             return keys
@@ -128,21 +164,43 @@ class TarReader(Reader):
         raw = [s.get(member) for s in samples]
         if col.type in ("binary", "large_binary"):
             return raw
+        values = []
+        for i, r in enumerate(raw):
+            try:
+                text = None if r is None else r.decode("utf-8")
+                values.append(text if text is None or col.type in ("string", "large_string")
+                              else json.loads(text))
+            except (ValueError, UnicodeDecodeError) as exc:
+                bad.setdefault(i, f"member .{member} of column {col.name!r} cannot be parsed ({exc})")
+                values.append(None)
+        return values
+
+    @staticmethod
+    def _to_array(col, values: list, type_: pa.DataType, bad: dict[int, str]) -> pa.Array:
+        """Values as an Arrow array of the column's type; values that do not fit are bad rows."""
+        type_ = None if type_ == pa.null() else type_
         try:
-            text = [None if r is None else r.decode("utf-8") for r in raw]
-        except UnicodeDecodeError as exc:
-            raise self._error(unit, f"column {col.name!r}: member .{member} is not UTF-8 text") from exc
-        if col.type in ("string", "large_string"):
-            return text
-        return [None if t is None else json.loads(t) for t in text]
+            return pa.array(values, type=type_)
+        except (pa.ArrowException, ValueError, TypeError, OverflowError):
+            pass
+        for i, v in enumerate(values):
+            try:
+                pa.array([v], type=type_)
+            except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
+                bad.setdefault(i, f"column {col.name!r}: value does not fit {type_} ({exc})")
+                values[i] = None
+        return pa.array(values, type=type_)
 
     def _read(self, unit: WorkUnit) -> pa.Table:
-        table = self._table(unit, self.ctx.read_columns)
+        table, ok = self._table(unit, self.ctx.read_columns)
         n = table.num_rows
-        table, rows = apply_filter(self.ctx, table)
+        table = table.append_column("__ok_in__", pa.array(ok))
+        table, rows = apply_filter(self.ctx, table, keep_bad=True)
         self.ctx.stats.add("rows_filtered", n - table.num_rows)
-        return with_bookkeeping(table.select(list(self.ctx.columns)), unit, rows)
+        return with_bookkeeping(table.select(list(self.ctx.columns)), unit, rows,
+                                ok=table.column("__ok_in__").combine_chunks())
 
     def _count(self, unit: WorkUnit) -> int:
-        table, _ = apply_filter(self.ctx, self._table(unit, list(self.ctx.filter_columns)))
+        table, ok = self._table(unit, list(self.ctx.filter_columns))
+        table, _ = apply_filter(self.ctx, table.append_column("__ok_in__", pa.array(ok)), keep_bad=True)
         return table.num_rows
