@@ -43,7 +43,7 @@ def test_worker_killed_mid_shard_is_retried_with_exact_counts(tmp_path, fmt):
 
 def test_job_killed_before_commit_leaves_no_manifest_and_overwrite_recovers(tmp_path):
     out = tmp_path / "ds"
-    proc = run_job(out, "parquet", "error", "slow", 4000)
+    proc = run_job(out, "parquet", "error", "slow", 400)  # count ~10 s, then ~10 s of writing
     deadline = time.monotonic() + 180
     while not (out / "_temporary").exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)

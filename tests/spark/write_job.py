@@ -26,7 +26,7 @@ def main(out: str, fmt: str, mode: str, behaviour: str, rows: int) -> None:
         if behaviour == "kill-worker-once" and ctx.partitionId() == 1 and ctx.attemptNumber() == 0 and i % 97 == 5:
             os._exit(1)  # the Python worker dies mid-task, mid-shard
         if behaviour == "slow":
-            time.sleep(0.05)
+            time.sleep(0.1)
         return bytes([i % 256]) * 100
 
     df = (spark.range(rows).repartition(4)
