@@ -12,11 +12,13 @@ import logging
 import os
 from collections.abc import Sequence
 
+import pyarrow.compute as pc
 import torch
 import torch.utils.data
 
 from . import batch as batching
 from . import filters, partition, storage
+from .errors import ShardReadError
 from .manifest import Manifest, read_manifest
 from .plan import Plan, make_plan, with_counts
 from .read import BOOKKEEPING, ReadContext, make_reader
@@ -193,16 +195,44 @@ class Dataset(torch.utils.data.IterableDataset):
             reader.close()
 
     def _to_batch(self, table, stats: Stats) -> dict:
-        ok = table.column("__ok__")
-        if ok.null_count or not all(c.to_numpy(zero_copy_only=False).all() for c in ok.chunks):
+        ok = pc.and_(table.column("__ok__"), _tensor_values_valid(table))
+        if not pc.all(ok).as_py():
+            if self.on_error != "skip":
+                raise self._null_error(table, ok)
             before = table.num_rows
             table = table.filter(ok)
             stats.add("samples_skipped", before - table.num_rows)
         return batching.table_to_batch(table.drop_columns(["__ok__"]))
 
+    def _null_error(self, table, ok) -> ShardReadError:
+        """A null where a tensor needs a number: name the column, the shard and the row group."""
+        row = pc.index(ok, False).as_py()
+        unit = self.plan().units[table.column("__unit__")[row].as_py()]
+        columns = [n for n in table.column_names if not n.startswith("__")
+                   and table.column(n)[row].as_py() is None]
+        return ShardReadError(f"sample at row {table.column('__row__')[row].as_py()} has no value in "
+                              f"{columns}, which become tensors; filter such rows out (e.g. "
+                              "filter=pc.field(name).is_valid()) or pass on_error='skip'",
+                              dataset=self.path, shard=unit.path, row_group=unit.row_group)
+
     def __len__(self) -> int:
         lanes = self.lanes_for(self.rank_spans(), 1)
         return -(-partition.total(lanes[0]) // self._unit_size())
+
+
+def _tensor_values_valid(table):
+    """True for rows whose numeric and list columns all hold values (those become tensors)."""
+    import pyarrow as pa
+
+    valid = pc.is_valid(table.column("__ok__"))
+    for name in table.column_names:
+        t = table.schema.field(name).type
+        if name.startswith("__") or pa.types.is_string(t) or pa.types.is_large_string(t) \
+                or pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_floating(t):
+            continue
+        if table.column(name).null_count:
+            valid = pc.and_(valid, pc.is_valid(table.column(name)))
+    return valid
 
 
 def _count_units(fmt: str, ctx: ReadContext, units) -> list[int]:

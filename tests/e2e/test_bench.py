@@ -15,8 +15,10 @@ TINY = ["--samples", "2000", "--images", "120", "--image-size", "32", "--batch-s
         "--workers", "1", "--repeats", "1", "--no-progress"]
 
 
-def _bench(*args, cache, out, timeout=180):
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARKFEED_SPARK_LOG_LEVEL="ERROR")
+def _bench(*args, cache, out, timeout=180, peers=None):
+    # peers live in venvs of their own, never installed in CI: point at an empty place by default
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARKFEED_SPARK_LOG_LEVEL="ERROR",
+               SPARKFEED_BENCH_PEERS=str(peers or os.path.join(str(out), "no-peers")))
     return subprocess.run([sys.executable, "-m", "sparkfeed.cli", "bench", *TINY, "--cache", str(cache),
                            "--out", str(out), *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
@@ -48,6 +50,8 @@ def test_bench_end_to_end_writes_every_report(cache, tmp_path):
     tab = {r["runner"]: r for r in results["scenarios"]["tabular"]}
     assert tab["torch-map-style"]["ratio_vs_baseline"] == 1.0
     assert tab["petastorm"]["note"].startswith("skipped") or tab["petastorm"]["samples"] == 2000
+    dec = {r["runner"]: r for r in results["scenarios"]["decode"]}
+    assert dec["dali-webdataset-cpu"]["samples"] == 120, dec["dali-webdataset-cpu"]  # DALI's own reader
     one = results["scenarios"]["filter"][1]
     assert one["samples"] == 20 and one["bytes_read"] < results["scenarios"]["filter"][0]["bytes_read"]
     md = (tmp_path / "results.md").read_text()
@@ -83,3 +87,38 @@ def test_help_names_every_scenario():
     assert proc.returncode == 0
     for word in ("tabular", "filter", "decode", "feed", "--quick", "--cache", "--repeats"):
         assert word in proc.stdout
+
+
+def test_missing_peer_venv_is_a_skip_row_with_the_install_hint(cache, tmp_path):
+    proc = _bench("--scenarios", "tabular", "--runners", "petastorm,mosaic,pyarrow",
+                  cache=cache, out=tmp_path, peers=tmp_path / "empty-peers")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["runner"]: r for r in json.loads((tmp_path / "results.json").read_text())
+            ["scenarios"]["tabular"]}
+    for name in ("petastorm", "mosaic-streaming"):
+        assert rows[name]["note"].startswith("skipped: run `python -m sparkfeed.bench.peers install`"), rows[name]
+        assert str(tmp_path / "empty-peers") in rows[name]["note"]
+    assert rows["pyarrow-scan (ceiling)"]["samples"] == 2000
+
+
+def test_peers_status_names_the_install_command(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "sparkfeed.bench.peers", "status", "--dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "petastorm: not installed" in proc.stdout and "streaming: not installed" in proc.stdout
+
+
+def test_scaling_runs_a_fresh_process_per_size_and_says_whether_rss_stayed_flat(cache, tmp_path):
+    proc = _bench("--scenarios", "scaling", "--scaling-base", "1000", cache=cache, out=tmp_path,
+                  timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = results["scenarios"]["scaling"]
+    sized = [r for r in rows if not r["runner"].startswith("plan ")]
+    assert [r["samples"] for r in sized] == [1000, 2000, 4000, 8000]
+    assert all(r["peak_rss_mb"] > 0 and r["samples_per_s"] > 0 for r in sized)
+    assert [r["runner"] for r in rows if r["runner"].startswith("plan ")] == [
+        "plan 100 shards", "plan 1,000 shards", "plan 10,000 shards"]
+    summary = results["summaries"]["scaling"]
+    assert "stayed flat" in summary or "did NOT stay flat" in summary
+    assert summary in (tmp_path / "results.md").read_text()

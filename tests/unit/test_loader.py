@@ -501,3 +501,18 @@ def test_corrupt_tar_member_is_a_corrupt_sample_naming_shard_and_key(tar_path, t
     got = ids_of(L)
     assert sorted(got) == [i for i in range(N_TAR) if i % 10 < 5 and i not in (460, 470)]
     assert L.stats()["samples_skipped"] == 2
+
+
+def test_null_where_a_tensor_needs_a_number_names_the_shard_or_is_skipped(tmp_path):
+    import pyarrow as pa
+
+    data = dsutil.table(100)
+    labels = pa.array([None if i == 42 else i % 10 for i in range(100)], pa.int32())
+    data = data.set_column(data.schema.get_field_index("label"), "label", labels)
+    root = str(tmp_path / "d")
+    dsutil.write_parquet(root, data, 50, 25)
+    with pytest.raises(ShardReadError, match=r"part-00000.parquet.*row group 1.*\['label'\]"):
+        ids_of(sparkfeed.DataLoader(root, batch_size=10))
+    L = sparkfeed.DataLoader(root, batch_size=10, on_error="skip")
+    assert sorted(ids_of(L)) == [i for i in range(100) if i != 42] and L.stats()["samples_skipped"] == 1
+    assert len(ids_of(sparkfeed.DataLoader(root, batch_size=10, columns=["id", "caption"]))) == 100

@@ -28,6 +28,7 @@ class Params:
     scenarios: tuple[str, ...] = SCENARIOS
     runners: tuple[str, ...] | None = None  # runner labels (prefixes) to keep; None = all
     samples: int | None = None              # tabular rows (quick 20,000; full 200,000)
+    scaling_base: int | None = None         # rows at 1x in `scaling` (quick 20,000; full 100,000)
     images: int | None = None               # JPEG images (quick 1,000; full 5,000)
     image_size: int | None = None           # px, generated and decoded (quick 64; full 128)
     batch_size: int = 256
@@ -41,10 +42,11 @@ class Params:
     def __post_init__(self):
         q = self.quick
         self.samples = self.samples or (20_000 if q else 200_000)
+        self.scaling_base = self.scaling_base or (20_000 if q else 100_000)
         self.images = self.images or (1_000 if q else 5_000)
         self.image_size = self.image_size or (64 if q else 128)
         self.repeats = self.repeats or (1 if q else 3)
-        for name in ("samples", "images", "image_size", "batch_size", "repeats"):
+        for name in ("samples", "scaling_base", "images", "image_size", "batch_size", "repeats"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"`{name}` should be a positive integer, but got {name}={value!r}")
@@ -111,6 +113,8 @@ def run(params: Params) -> dict:
                     failures.append(f"{name}: runner {case.label!r} raised {type(exc).__name__}: {exc}")
                     rows.append(scenarios.make_row(case, None, f"FAILED: {type(exc).__name__}: {exc}"))
             results["scenarios"][name] = scenarios.finish(rows)
+            if name == "scaling":
+                results.setdefault("summaries", {})[name] = scenarios.scaling_summary(rows)
     results["bench_s"] = round(time.perf_counter() - started, 1)
     results["failures"] = failures
     report.write_json(results, p.out)

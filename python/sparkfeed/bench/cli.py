@@ -16,8 +16,15 @@ Measure sparkfeed against the loaders people use, on this machine, side by side:
   filter   sparkfeed with a 1%/10%/50%-selective filter on a clustered label vs no filter:
            bytes read, time, shards/row groups pruned
   decode   JPEGs: sparkfeed + DALI (CPU here, GPU where there is one) vs torch + PIL over
-           files vs webdataset + PIL over tars; ceiling: PIL on in-memory bytes
+           files vs webdataset + PIL over tars vs DALI's own fn.readers.webdataset;
+           ceiling: PIL on in-memory bytes
   feed     prefetch.feed_benchmark: how long a simulated step waits, prefetch on vs off
+  plan     time to plan an epoch from 100 / 1,000 / 10,000-shard manifests
+  scaling  sparkfeed throughput and peak RSS at 1x/2x/4x/8x --scaling-base rows (a fresh
+           process per size): does memory stay flat?  (+ the plan rows)
+
+Petastorm and Mosaic Streaming run in venvs of their own (they conflict with this one):
+  python -m sparkfeed.bench.peers install     # build/peers/{petastorm,streaming}
 
 Data are written with Spark (sparkfeed.write) and cached under --cache, keyed by size.
 Every loader gets the same batch size and workers; timings are medians of --repeats on
@@ -48,6 +55,8 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "(e.g. sparkfeed,torch); default: all")
     parser.add_argument("--samples", type=int, default=None, metavar="N",
                         help="tabular rows (default 200,000; quick 20,000)")
+    parser.add_argument("--scaling-base", type=int, default=None, metavar="N",
+                        help="rows at 1x in the scaling study (default 100,000; quick 20,000)")
     parser.add_argument("--images", type=int, default=None, metavar="N",
                         help="JPEG images (default 5,000; quick 1,000)")
     parser.add_argument("--image-size", type=int, default=None, metavar="PX",
@@ -82,7 +91,7 @@ def run_args(args: argparse.Namespace) -> int:
     from . import CountMismatch, Params, run
 
     params = Params(quick=args.quick, scenarios=args.scenarios, runners=args.runners,
-                    samples=args.samples, images=args.images, image_size=args.image_size,
+                    samples=args.samples, scaling_base=args.scaling_base, images=args.images, image_size=args.image_size,
                     batch_size=args.batch_size, workers=args.workers, repeats=args.repeats,
                     out=args.out, cache=args.cache, expect=dict(args.expect),
                     progress=not args.no_progress)

@@ -143,11 +143,13 @@ def _write_webdataset(spark, images: str, path: str, shard: int) -> str:
 
 
 def build(cache: str, samples: int, images: int, image_size: int, workers: int,
-          tabular: bool = True, image: bool = True) -> Data:
-    """Build (or reuse) the datasets asked for (`tabular`, `image`); returns their paths."""
+          tabular: bool = True, image: bool = True, tabular_shard: int | None = None) -> Data:
+    """Build (or reuse) the datasets asked for (`tabular`, `image`); returns their paths.
+
+    `tabular_shard` fixes the rows per shard (the scaling study: more shards, not bigger ones)."""
     started, spark = time.perf_counter(), None
     # enough shards and row groups that workers share the work and pruning has something to prune
-    t_shard = max(1000, samples // 8)
+    t_shard = tabular_shard or max(1000, samples // 8)
     t_group = max(256, t_shard // 16)
     i_shard = max(100, images // (2 * workers))
     i_group = max(32, min(256, i_shard // 8))

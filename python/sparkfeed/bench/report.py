@@ -53,11 +53,14 @@ def _cell(key: str, value) -> str:
 
 def _extra(row: dict) -> str:
     parts = []
+    if "worker_peak_rss_mb" in row:
+        parts.append(f"workers' peak RSS {row['worker_peak_rss_mb']:,.0f} MB")
     if "bytes_ratio" in row:
         parts.append(f"bytes {row['bytes_ratio']:.1%} of full scan")
     for k, v in (row.get("stats") or {}).items():
         parts.append(f"{k}={v}")
-    for k in ("wait_fraction", "h2d_gbps", "plain_pinned_h2d_gbps"):
+    for k in ("wait_fraction", "h2d_gbps", "plain_pinned_h2d_gbps",
+              "versions", "mds_convert_s"):
         if k in row:
             parts.append(f"{k}={row[k]}")
     return "; ".join(parts)
@@ -83,6 +86,9 @@ def markdown(results: dict) -> str:
             cells = [_cell(k, note if k == "note" else r.get(k)) for k, _ in COLUMNS]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        summary = (results.get("summaries") or {}).get(name)
+        if summary:
+            lines += [summary, ""]
     return "\n".join(lines)
 
 
@@ -100,6 +106,7 @@ def write_png(results: dict, out: str) -> str:
     import matplotlib.pyplot as plt
 
     scenarios = {k: [r for r in v if r["samples_per_s"]] for k, v in results["scenarios"].items()}
+    scenarios = {k: [r for r in v if not r["runner"].startswith("plan ")] for k, v in scenarios.items()}
     scenarios = {k: v for k, v in scenarios.items() if v and k != "plan"}  # plan: seconds, in the table
     fig, axes = plt.subplots(1, max(1, len(scenarios)), figsize=(4.2 * max(1, len(scenarios)), 4.2))
     axes = [axes] if len(scenarios) <= 1 else list(axes)

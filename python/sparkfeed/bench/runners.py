@@ -4,6 +4,8 @@ A runner yields the number of samples in each batch it delivers (the harness tim
 yield, counts the samples and checks the total) and may record `ctx.extra["bytes_read"]` or
 `ctx.extra["note"]`. A new peer is a new function and one line in `RUNNERS`; a peer whose
 package is missing is listed in `REQUIRES` and reported as skipped with the install command.
+Peers that conflict with this environment (Petastorm, Mosaic Streaming) run in venvs of their
+own as subprocesses (`_peer`, `peers.py`, `peer_scripts/`); `PEER_VENVS` names them.
 """
 
 from __future__ import annotations
@@ -81,22 +83,41 @@ def torch_map_style(ctx: Context) -> Iterator[int]:
         yield len(batch["id"])
 
 
-def petastorm_batched(ctx: Context) -> Iterator[int]:
-    from petastorm import make_batch_reader  # only where installed; see REQUIRES
-    from petastorm.pytorch import DataLoader
+def _peer(ctx: Context, venv: str, script: str, **args) -> Iterator[int]:
+    """Run a peer in its own venv (`peers.py`): the script times itself and prints one JSON line.
 
-    url = "file://" + ctx.data.tabular
-    with make_batch_reader(url, schema_fields=TABULAR_COLUMNS, num_epochs=1,
-                           workers_count=max(1, ctx.workers)) as reader:
-        for batch in DataLoader(reader, batch_size=ctx.batch_size):
-            yield len(batch["id"])
+    The harness's clock and RSS sampler would count the interpreter start and the imports, so
+    the script's own figures replace them (`ctx.extra["measured"]`).
+    """
+    import json
+    import subprocess
+
+    from . import peers
+
+    python = peers.python_of(venv)
+    if python is None:
+        raise RuntimeError(f"no peer venv for {venv}; {peers.INSTALL_HINT}")
+    payload = json.dumps({"batch_size": ctx.batch_size, "workers": ctx.workers, **args})
+    proc = subprocess.run([python, peers.script(script), payload], capture_output=True, text=True,
+                          timeout=1800)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("SPARKFEED_PEER_RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"{script} exited {proc.returncode}: {(proc.stderr or proc.stdout)[-1500:]}")
+    result = json.loads(line.split(" ", 1)[1])
+    ctx.extra["measured"] = {k: result.pop(k) for k in ("seconds", "ttfb_s", "peak_rss_mb", "cpu_s")}
+    samples = result.pop("samples")
+    ctx.extra.update(result)  # versions, mds_convert_s
+    yield samples
+
+
+def petastorm_batched(ctx: Context) -> Iterator[int]:
+    """Petastorm 0.13 `make_batch_reader` (file:// URLs, `workers` reader threads) + BatchedDataLoader."""
+    yield from _peer(ctx, "petastorm", "petastorm_tabular.py", path=ctx.data.tabular, columns=TABULAR_COLUMNS)
 
 
 def mosaic_streaming(ctx: Context) -> Iterator[int]:
-    import streaming  # noqa: F401  (needs its own MDS conversion of the data; not written here)
-
-    yield from ()
-    raise NotImplementedError("Mosaic Streaming needs an MDS copy of the data; not implemented yet")
+    """MosaicML Streaming: `StreamingDataset` over an MDS copy in a torch DataLoader, same workers."""
+    yield from _peer(ctx, "streaming", "streaming_tabular.py", path=ctx.data.tabular, columns=TABULAR_COLUMNS)
 
 
 # ----------------------------------------------------------------------------- images
@@ -166,6 +187,49 @@ def webdataset_pil(ctx: Context) -> Iterator[int]:
         yield images.shape[0]
 
 
+def dali_webdataset(ctx: Context) -> Iterator[int]:
+    """DALI's own reader: `fn.readers.webdataset` over the same tars (with the `.idx` files
+    sparkfeed's writer puts next to each shard), CPU decode, the same resize and centre crop."""
+    import json
+    import math
+    import os
+
+    import numpy as np
+    from nvidia.dali import fn, pipeline_def, types
+
+    wds = ctx.data.webdataset
+    with open(os.path.join(wds, "_sparkfeed.json")) as f:
+        shards = json.load(f)["shards"]
+    paths = [os.path.join(wds, s["path"]) for s in shards]
+    index = [os.path.join(wds, s["index"]) for s in shards if s.get("index")]
+    if len(index) != len(paths):
+        raise RuntimeError("the WebDataset manifest names no `index` for some shards; DALI needs one per tar")
+    size, batch = ctx.image_size, ctx.batch_size
+
+    @pipeline_def(batch_size=batch, num_threads=max(1, ctx.workers), device_id=None,
+                  prefetch_queue_depth=2)
+    def pipe_def():
+        jpg, cls = fn.readers.webdataset(paths=paths, index_paths=index, ext=["jpg", "cls"],
+                                         missing_component_behavior="error", random_shuffle=False,
+                                         name="Reader")
+        img = fn.decoders.image(jpg, device="cpu", output_type=types.RGB)
+        img = fn.resize(img, resize_shorter=size, antialias=True)
+        img = fn.crop_mirror_normalize(img, dtype=types.UINT8, output_layout="CHW", crop=(size, size))
+        return img, cls
+
+    pipe = pipe_def()
+    pipe.build()
+    n = pipe.epoch_size("Reader")
+    left = n
+    for _ in range(math.ceil(n / batch)):
+        images, _labels = pipe.run()
+        t = torch.from_numpy(np.asarray(images.as_tensor()))  # what a training loop would get
+        take = min(left, t.shape[0])
+        left -= take
+        yield take
+    del pipe
+
+
 def _decode_chunk(args) -> int:
     raws, size = args
     for raw in raws:
@@ -197,6 +261,29 @@ def feed(ctx: Context, depth: int, **options) -> Iterator[int]:
     yield result["batches"]
 
 
+# ----------------------------------------------------------------------------- scaling
+def sparkfeed_subprocess(ctx: Context, path: str) -> Iterator[int]:
+    """One sparkfeed pass in a fresh `python` (this one): RSS not polluted by earlier sizes."""
+    import json
+    import subprocess
+    import sys
+
+    from . import peers
+
+    payload = json.dumps({"path": path, "batch_size": ctx.batch_size, "workers": ctx.workers,
+                          "columns": TABULAR_COLUMNS})
+    proc = subprocess.run([sys.executable, peers.script("sparkfeed_pass.py"), payload],
+                          capture_output=True, text=True, timeout=1800)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("SPARKFEED_PEER_RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"sparkfeed_pass.py exited {proc.returncode}: {proc.stderr[-1500:]}")
+    result = json.loads(line.split(" ", 1)[1])
+    ctx.extra["measured"] = {k: result.pop(k) for k in ("seconds", "ttfb_s", "peak_rss_mb", "cpu_s")}
+    samples = result.pop("samples")
+    ctx.extra.update(result)  # bytes_read, worker_peak_rss_mb
+    yield samples
+
+
 # ----------------------------------------------------------------------------- planning
 def plan_only(ctx: Context, path: str) -> Iterator[int]:
     """Read and parse a manifest and plan the epoch: what a first batch waits for before I/O."""
@@ -219,16 +306,20 @@ RUNNERS: dict[str, Runner] = {
     "torch-pil-files": torch_pil_files,
     "webdataset-pil": webdataset_pil,
     "pil-ceiling": pil_ceiling,
+    "dali-webdataset": dali_webdataset,
     "feed": feed,
     "plan": plan_only,
+    "sparkfeed-subprocess": sparkfeed_subprocess,
 }
+
+# runner -> the peer venv it runs in (`python -m sparkfeed.bench.peers install`); checked first
+PEER_VENVS: dict[str, str] = {"petastorm": "petastorm", "mosaic-streaming": "streaming"}
 
 # runner -> (module it needs, how to install it); checked before the runner is timed
 REQUIRES: dict[str, tuple[str, str]] = {
-    "petastorm": ("petastorm", "pip install petastorm"),
-    "mosaic-streaming": ("streaming", "pip install mosaicml-streaming"),
     "webdataset-pil": ("webdataset", "pip install webdataset"),
     "torch-pil-files": ("PIL", "pip install pillow"),
     "pil-ceiling": ("PIL", "pip install pillow"),
     "sparkfeed-dali": ("nvidia.dali", "pip install nvidia-dali-cuda120"),
+    "dali-webdataset": ("nvidia.dali", "pip install nvidia-dali-cuda120"),
 }

@@ -23,7 +23,9 @@ import psutil
 from . import datasets, runners
 from .runners import Context
 
-SCENARIOS = ("tabular", "filter", "decode", "feed", "plan")
+SCENARIOS = ("tabular", "filter", "decode", "feed", "plan", "scaling")
+SCALES = (1, 2, 4, 8)  # dataset sizes of the scaling study, in multiples of `scaling_base` rows
+FLAT_RSS = 1.5  # "memory stays flat": peak RSS at 8x within this factor of 1x
 PLAN_SHARDS = (100, 1_000, 10_000)  # shards in the synthetic manifests of the plan scenario
 SELECTIVITIES = (1, 10, 50)  # percent of labels kept by the filter scenario
 
@@ -41,6 +43,7 @@ class Case:
     expected: int
     options: dict = field(default_factory=dict)
     baseline: bool = False
+    warmup: bool = True  # an untimed run first (off where each run is a fresh process anyway)
     payload_bytes: int = 0  # on-disk bytes of what it reads, for MB/s where bytes_read is unknown
     note: str = ""
 
@@ -101,11 +104,21 @@ def measure(runner: Callable, ctx: Context, options: dict) -> dict:
                 ttfb = time.perf_counter() - start
             samples += int(n)
         seconds = time.perf_counter() - start
-    return {"samples": samples, "seconds": seconds, "ttfb_s": ttfb or seconds,
-            "peak_rss_mb": rss.peak_mb, "cpu_s": _cpu_s() - cpu0, "extra": dict(ctx.extra)}
+    m = {"samples": samples, "seconds": seconds, "ttfb_s": ttfb or seconds,
+         "peak_rss_mb": rss.peak_mb, "cpu_s": _cpu_s() - cpu0}
+    m.update(ctx.extra.pop("measured", {}))  # a subprocess runner's own figures (peers)
+    return {**m, "extra": dict(ctx.extra)}
 
 
 def _missing(runner: str) -> str:
+    venv = runners.PEER_VENVS.get(runner)
+    if venv is not None:
+        from . import peers
+
+        if peers.python_of(venv) is None:
+            where = os.path.join(peers.peers_dir(), venv)
+            return f"skipped: {peers.INSTALL_HINT} (no venv at {where})"
+        return ""
     need = runners.REQUIRES.get(runner)
     if need and importlib.util.find_spec(need[0].split(".")[0]) is None:
         return f"skipped: not installed ({need[1]})"
@@ -137,7 +150,8 @@ def run_case(case: Case, ctx: Context, repeats: int, progress=None) -> dict:
     skipped = case.note if case.note.startswith("skipped") else _missing(case.runner)
     if skipped:
         return make_row(case, None, skipped)
-    measure(runners.RUNNERS[case.runner], ctx, case.options)  # warm-up: imports, caches, untimed
+    if case.warmup:
+        measure(runners.RUNNERS[case.runner], ctx, case.options)  # warm-up: imports, caches, untimed
     runs = []
     for _ in range(repeats):
         m = measure(runners.RUNNERS[case.runner], ctx, case.options)
@@ -166,8 +180,12 @@ def tabular_cases(p) -> list[Case]:
                  note="Arrow's own threads; no tensors, no workers"),
             Case("torch-map-style", "torch-map-style", p.samples, baseline=True, payload_bytes=size,
                  note="rows read into memory first (not timed), dict per row, default collate"),
-            Case("petastorm", "petastorm", p.samples, payload_bytes=size),
-            Case("mosaic-streaming", "mosaic-streaming", p.samples, payload_bytes=size)]
+            Case("petastorm", "petastorm", p.samples, payload_bytes=size,
+                 note="own venv (pyarrow<13); make_batch_reader, `workers` reader threads, "
+                      "BatchedDataLoader; figures from inside its process"),
+            Case("mosaic-streaming", "mosaic-streaming", p.samples, payload_bytes=size,
+                 note="own venv; StreamingDataset over an MDS copy (written once, not timed) "
+                      "in a torch DataLoader; figures from inside its process")]
 
 
 def filter_cases(p) -> list[Case]:
@@ -190,6 +208,10 @@ def decode_cases(p) -> list[Case]:
             Case("webdataset-pil", "webdataset-pil", p.images,
                  payload_bytes=_size(datasets.files(wds, ".tar")) if wds else 0,
                  note="" if wds else f"skipped: {p.data.webdataset_note}"),
+            Case("dali-webdataset-cpu", "dali-webdataset", p.images,
+                 payload_bytes=_size(datasets.files(wds, ".tar")) if wds else 0,
+                 note="DALI's own fn.readers.webdataset over the same tars (+ .idx), CPU decode, "
+                      "num_threads = workers" if wds else f"skipped: {p.data.webdataset_note}"),
             Case("pil-ceiling", "pil-ceiling", p.images, payload_bytes=jpgs,
                  note="in-memory JPEGs, a process pool of `workers`, no loader")]
 
@@ -212,16 +234,64 @@ def plan_cases(p) -> list[Case]:
     return cases
 
 
+def scaling_cases(p) -> list[Case]:
+    """sparkfeed over the tabular data at 1x..8x `scaling_base` rows, a fresh process per size
+    (peak RSS of the loader process from `ru_maxrss`); plus the planning rows unless `plan` runs."""
+    cases = []
+    for f in SCALES:
+        n = f * p.scaling_base
+        # the same shard and row-group size at every scale: 8x is 8x the shards, not bigger ones
+        data = datasets.build(p.cache, n, p.images, p.image_size, max(1, p.workers), image=False,
+                              tabular_shard=max(1000, p.scaling_base // 8))
+        paths = datasets.files(data.tabular, ".parquet")
+        datasets.warm(paths)
+        cases.append(Case(f"sparkfeed {f}x ({n:,} rows)", "sparkfeed-subprocess", n,
+                          options={"path": data.tabular}, payload_bytes=_size(paths),
+                          baseline=f == 1, warmup=False,
+                          note="fresh process; peak RSS = the loader process's ru_maxrss"))
+    if "plan" not in p.scenarios:
+        cases += plan_cases(p)
+    return cases
+
+
+def scaling_summary(rows: list[dict]) -> str:
+    """Whether peak RSS stayed flat from 1x to the largest size, in one sentence."""
+    sized = [r for r in rows if r["runner"].startswith("sparkfeed ") and r["peak_rss_mb"]]
+    if len(sized) < 2:
+        return ""
+    first, last = sized[0], sized[-1]
+    ratio = last["peak_rss_mb"] / first["peak_rss_mb"]
+    workers = [r.get("worker_peak_rss_mb") for r in (first, last)]
+    if any(w is not None for w in workers) and all(w is not None for w in workers):
+        both = [r["peak_rss_mb"] + r["worker_peak_rss_mb"] for r in (first, last)]
+        text_workers = (f"; loader + workers {both[0]:,.0f} -> {both[1]:,.0f} MB "
+                        f"({both[1] / both[0]:.2f}x)")
+    else:
+        text_workers = ""
+    verdict = "stayed flat" if ratio <= FLAT_RSS else "did NOT stay flat"
+    text = (f"Peak RSS of the loader process {verdict}: {first['peak_rss_mb']:,.0f} MB at "
+            f"{first['runner'].split()[1]} -> {last['peak_rss_mb']:,.0f} MB at {last['runner'].split()[1]} "
+            f"({ratio:.2f}x for {last['samples'] / first['samples']:.0f}x the rows; flat = within "
+            f"{FLAT_RSS}x)")
+    text += text_workers
+    rates = [r["samples_per_s"] for r in sized]
+    text += f"; throughput {rates[0]:,.0f} -> {rates[-1]:,.0f} samples/s."
+    return text
+
+
 CASES: dict[str, Callable] = {"tabular": tabular_cases, "filter": filter_cases,
-                              "decode": decode_cases, "feed": feed_cases, "plan": plan_cases}
+                              "decode": decode_cases, "feed": feed_cases, "plan": plan_cases,
+                              "scaling": scaling_cases}
 
 
 def finish(rows: list[dict]) -> list[dict]:
     """Fill `ratio_vs_baseline` (samples/s over the baseline's) and the filter bytes ratio."""
     base = next((r for r in rows if r["baseline"] and r["samples_per_s"]), None)
     for r in rows:
+        if base and r["runner"].startswith("plan ") != base["runner"].startswith("plan "):
+            continue  # the plan rows inside `scaling` are times to plan, not loader throughput
         if base and r["samples_per_s"]:
             r["ratio_vs_baseline"] = round(r["samples_per_s"] / base["samples_per_s"], 3)
-        if base and base.get("bytes_read") and r.get("bytes_read") is not None:
+        if base and base.get("stats") and base.get("bytes_read") and r.get("bytes_read") is not None:
             r["bytes_ratio"] = round(r["bytes_read"] / base["bytes_read"], 4)
     return rows

@@ -1,0 +1,79 @@
+"""Shared by the peer scripts (run with a peer venv's python, never imported by sparkfeed).
+
+`measure(batches)` times an iterator of batch sizes the way the bench harness does and prints
+one JSON line: samples, seconds, ttfb_s, peak_rss_mb (this process plus its children, sampled
+every 20 ms), cpu_s (this process and its reaped children).
+"""
+
+import json
+import os
+import resource
+import sys
+import threading
+import time
+
+
+def _rss_sampler():
+    try:
+        import psutil
+    except ImportError:  # fall back to ru_maxrss (self + the largest child)
+        return None
+    proc = psutil.Process()
+    state = {"peak": 0, "stop": threading.Event()}
+
+    def sample():
+        total = proc.memory_info().rss
+        for child in proc.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        state["peak"] = max(state["peak"], total)
+
+    def loop():
+        while not state["stop"].wait(0.02):
+            sample()
+
+    sample()
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    state["thread"] = thread
+    return state
+
+
+def _cpu():
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def measure(batches, **extra):
+    rss = _rss_sampler()
+    cpu0, samples, ttfb = _cpu(), 0, None
+    start = time.perf_counter()
+    for n in batches:
+        if ttfb is None:
+            ttfb = time.perf_counter() - start
+        samples += int(n)
+    seconds = time.perf_counter() - start
+    cpu = _cpu() - cpu0
+    if rss is not None:
+        rss["stop"].set()
+        rss["thread"].join()
+        peak = rss["peak"] / 2**20
+    else:
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    out = {"samples": samples, "seconds": seconds, "ttfb_s": ttfb if ttfb is not None else seconds,
+           "peak_rss_mb": peak, "cpu_s": cpu, **extra}
+    print("SPARKFEED_PEER_RESULT " + json.dumps(out), flush=True)
+
+
+def args():
+    return json.loads(sys.argv[1])
+
+
+def parquet_files(path):
+    out = []
+    for root, _dirs, names in os.walk(path):
+        out += [os.path.join(root, n) for n in names if n.endswith(".parquet") and n[0] not in "_."]
+    return sorted(out)
