@@ -91,7 +91,8 @@ def run_args(args: argparse.Namespace) -> int:
     from . import CountMismatch, Params, run
 
     params = Params(quick=args.quick, scenarios=args.scenarios, runners=args.runners,
-                    samples=args.samples, scaling_base=args.scaling_base, images=args.images, image_size=args.image_size,
+                    samples=args.samples, scaling_base=args.scaling_base, images=args.images,
+                    image_size=args.image_size,
                     batch_size=args.batch_size, workers=args.workers, repeats=args.repeats,
                     out=args.out, cache=args.cache, expect=dict(args.expect),
                     progress=not args.no_progress)

@@ -53,7 +53,7 @@ def _cell(key: str, value) -> str:
 
 def _extra(row: dict) -> str:
     parts = []
-    if "worker_peak_rss_mb" in row:
+    if row.get("worker_peak_rss_mb"):
         parts.append(f"workers' peak RSS {row['worker_peak_rss_mb']:,.0f} MB")
     if "bytes_ratio" in row:
         parts.append(f"bytes {row['bytes_ratio']:.1%} of full scan")
@@ -115,8 +115,11 @@ def write_png(results: dict, out: str) -> str:
         colors = ["tab:orange" if r["runner"].startswith("sparkfeed") else "tab:gray" for r in rows]
         values = [r["samples_per_s"] for r in rows]
         ax.barh(labels, values, color=colors)
-        for y, v in enumerate(values):
-            ax.annotate(f"{v:,.0f}", (v, y), xytext=(3, 0), textcoords="offset points",
+        for y, (v, r) in enumerate(zip(values, rows)):
+            text = f"{v:,.0f}"
+            if name == "scaling" and r.get("peak_rss_mb"):
+                text += f"\n{r['peak_rss_mb']:,.0f} MB RSS"  # the flat-memory question
+            ax.annotate(text, (v, y), xytext=(3, 0), textcoords="offset points",
                         va="center", fontsize=7)
         if max(values) / min(values) > 50:
             ax.set_xscale("log")
@@ -125,6 +128,7 @@ def write_png(results: dict, out: str) -> str:
         ax.set_xlabel("batches/s" if name.startswith("feed") else "samples/s")
         ax.invert_yaxis()
         ax.tick_params(axis="y", labelsize=8)
+        ax.tick_params(axis="x", labelsize=7, labelrotation=30)
     fig.suptitle(f"sparkfeed bench — {results['hardware']['cores']} cores, GPU: {results['hardware']['gpu']}")
     fig.tight_layout()
     path = os.path.join(out, "results.png")

@@ -236,7 +236,7 @@ def plan_cases(p) -> list[Case]:
 
 def scaling_cases(p) -> list[Case]:
     """sparkfeed over the tabular data at 1x..8x `scaling_base` rows, a fresh process per size
-    (peak RSS of the loader process from `ru_maxrss`); plus the planning rows unless `plan` runs."""
+    (peak RSS of the loader process: its VmHWM); plus the planning rows unless `plan` runs."""
     cases = []
     for f in SCALES:
         n = f * p.scaling_base
@@ -248,7 +248,7 @@ def scaling_cases(p) -> list[Case]:
         cases.append(Case(f"sparkfeed {f}x ({n:,} rows)", "sparkfeed-subprocess", n,
                           options={"path": data.tabular}, payload_bytes=_size(paths),
                           baseline=f == 1, warmup=False,
-                          note="fresh process; peak RSS = the loader process's ru_maxrss"))
+                          note="fresh process; peak RSS = the loader process's VmHWM"))
     if "plan" not in p.scenarios:
         cases += plan_cases(p)
     return cases
@@ -262,7 +262,7 @@ def scaling_summary(rows: list[dict]) -> str:
     first, last = sized[0], sized[-1]
     ratio = last["peak_rss_mb"] / first["peak_rss_mb"]
     workers = [r.get("worker_peak_rss_mb") for r in (first, last)]
-    if any(w is not None for w in workers) and all(w is not None for w in workers):
+    if all(w for w in workers):  # worker processes (none where Parquet workers are threads)
         both = [r["peak_rss_mb"] + r["worker_peak_rss_mb"] for r in (first, last)]
         text_workers = (f"; loader + workers {both[0]:,.0f} -> {both[1]:,.0f} MB "
                         f"({both[1] / both[0]:.2f}x)")

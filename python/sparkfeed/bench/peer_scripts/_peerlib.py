@@ -16,7 +16,7 @@ import time
 def _rss_sampler():
     try:
         import psutil
-    except ImportError:  # fall back to ru_maxrss (self + the largest child)
+    except ImportError:  # fall back to VmHWM (self only; ru_maxrss would carry the parent's)
         return None
     proc = psutil.Process()
     state = {"peak": 0, "stop": threading.Event()}
@@ -61,8 +61,8 @@ def measure(batches, **extra):
         rss["thread"].join()
         peak = rss["peak"] / 2**20
     else:
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+        with open("/proc/self/status") as f:
+            peak = next(int(x.split()[1]) for x in f if x.startswith("VmHWM:")) / 1024
     out = {"samples": samples, "seconds": seconds, "ttfb_s": ttfb if ttfb is not None else seconds,
            "peak_rss_mb": peak, "cpu_s": cpu, **extra}
     print("SPARKFEED_PEER_RESULT " + json.dumps(out), flush=True)

@@ -17,6 +17,8 @@ def install() -> None:
         return
     try:
         import torchvision  # noqa: F401  (a working one, if someone installed a CPU build)
+
+        del torchvision
         return
     except Exception:
         sys.modules.pop("torchvision", None)
