@@ -96,6 +96,11 @@ def _list(arr: pa.Array, name: str) -> torch.Tensor:
     return values.reshape(len(arr), width)
 
 
+def _plain(arr: pa.Array, name: str) -> torch.Tensor:
+    """Integers and floats: one copy out of Arrow's buffer (nulls were handled by the reader)."""
+    return torch.from_numpy(np.array(arr.to_numpy(zero_copy_only=False)))
+
+
 def _strings(arr: pa.Array, name: str) -> list:
     return arr.to_pylist()
 
@@ -113,6 +118,8 @@ def _converter(t: pa.DataType):
         return _strings
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
         return _list
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        return _plain
     return _numeric
 
 

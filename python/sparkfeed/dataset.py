@@ -195,7 +195,7 @@ class Dataset(torch.utils.data.IterableDataset):
             reader.close()
 
     def _to_batch(self, table, stats: Stats) -> dict:
-        ok = pc.and_(table.column("__ok__"), _tensor_values_valid(table))
+        ok = table.column("__ok__")  # readers mark skipped samples and nulls tensors cannot hold
         if not pc.all(ok).as_py():
             if self.on_error != "skip":
                 raise self._null_error(table, ok)
@@ -218,21 +218,6 @@ class Dataset(torch.utils.data.IterableDataset):
     def __len__(self) -> int:
         lanes = self.lanes_for(self.rank_spans(), 1)
         return -(-partition.total(lanes[0]) // self._unit_size())
-
-
-def _tensor_values_valid(table):
-    """True for rows whose numeric and list columns all hold values (those become tensors)."""
-    import pyarrow as pa
-
-    valid = pc.is_valid(table.column("__ok__"))
-    for name in table.column_names:
-        t = table.schema.field(name).type
-        if name.startswith("__") or pa.types.is_string(t) or pa.types.is_large_string(t) \
-                or pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_floating(t):
-            continue
-        if table.column(name).null_count:
-            valid = pc.and_(valid, pc.is_valid(table.column(name)))
-    return valid
 
 
 def _count_units(fmt: str, ctx: ReadContext, units) -> list[int]:

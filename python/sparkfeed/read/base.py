@@ -91,14 +91,32 @@ class Reader:
                               row_group=unit.row_group, offset=offset)
 
 
+def _tensor_values_valid(table: pa.Table) -> pa.Array | None:
+    """False for rows with a null where a tensor needs a value (integer, boolean, date,
+    timestamp and list columns; floats hold NaN); None when every row is fine. Once per unit."""
+    valid = None
+    for name, col in zip(table.column_names, table.columns):
+        t = col.type
+        if not col.null_count or pa.types.is_floating(t) or pa.types.is_string(t) \
+                or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            continue
+        v = pc.is_valid(col)
+        valid = v if valid is None else pc.and_(valid, v)
+    return None if valid is None else valid.combine_chunks() if isinstance(valid, pa.ChunkedArray) else valid
+
+
 def with_bookkeeping(table: pa.Table, unit: WorkUnit, rows: np.ndarray | None = None,
                      ok: pa.Array | None = None) -> pa.Table:
     """Append `__unit__`, `__row__` and `__ok__` to a unit's table."""
     n = table.num_rows
     rows = np.arange(n, dtype=np.int32) if rows is None else rows.astype(np.int32)
+    valid = _tensor_values_valid(table)
+    ok = ok if ok is not None else pa.array(np.ones(n, dtype=bool))
+    if valid is not None:
+        ok = pc.and_(ok, valid)
     table = table.append_column("__unit__", pa.array(np.full(n, unit.index, dtype=np.int32)))
     table = table.append_column("__row__", pa.array(rows))
-    return table.append_column("__ok__", ok if ok is not None else pa.array(np.ones(n, dtype=bool)))
+    return table.append_column("__ok__", ok)
 
 
 def placeholder(ctx: ReadContext, unit: WorkUnit, n: int) -> pa.Table:
