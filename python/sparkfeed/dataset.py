@@ -114,9 +114,9 @@ class Dataset(torch.utils.data.IterableDataset):
             raise ValueError(f"`epoch` should be a non-negative integer, but got epoch={epoch!r}")
         self.epoch = epoch
 
-    def _context(self, stats: Stats) -> ReadContext:
+    def _context(self, stats: Stats, plan: Plan | None = None) -> ReadContext:
         fs, root = storage.resolve(self.path, self.storage_options)
-        plan = self.plan()
+        plan = plan or self.plan()
         return ReadContext(fs=fs, root=root, dataset=self.path, schema=self.manifest.schema,
                            columns=self.columns, filter_columns=plan.filter_columns, expr=self.expr,
                            on_error=self.on_error, stats=stats,
@@ -127,9 +127,8 @@ class Dataset(torch.utils.data.IterableDataset):
         if self._plan is None:
             plan = make_plan(self.manifest, self.expr, self.columns)
             if self.expr is not None:
-                self._plan = plan  # the context below needs the filter columns
                 stats = Stats()
-                ctx = self._context(stats)
+                ctx = self._context(stats, plan)
                 plan = with_counts(plan, functools.partial(_count_units, self.manifest.format, ctx))
                 self._count_stats = stats.take()
             self._plan = plan
