@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from .errors import WorkerError
+from .prefetch import _put  # the same bounded put, under the same protocol
 
 __all__ = ["LaneReader"]
 
@@ -35,17 +36,6 @@ _END = object()
 class _Failure:
     def __init__(self, exc: BaseException):
         self.exc = exc
-
-
-def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
-    """Put unless stopped; True when the item went in."""
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=_POLL_S)
-            return True
-        except queue.Full:
-            continue
-    return False
 
 
 def _lane_loop(make: Callable[[], Iterator], q: queue.Queue, stop: threading.Event) -> None:

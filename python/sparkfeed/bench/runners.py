@@ -89,25 +89,35 @@ def _peer(ctx: Context, venv: str, script: str, **args) -> Iterator[int]:
     The harness's clock and RSS sampler would count the interpreter start and the imports, so
     the script's own figures replace them (`ctx.extra["measured"]`).
     """
-    import json
-    import subprocess
-
     from . import peers
 
     python = peers.python_of(venv)
     if python is None:
         raise RuntimeError(f"no peer venv for {venv}; {peers.INSTALL_HINT}")
-    payload = json.dumps({"batch_size": ctx.batch_size, "workers": ctx.workers, **args})
-    proc = subprocess.run([python, peers.script(script), payload], capture_output=True, text=True,
-                          timeout=1800)
+    yield _run_script(ctx, python, script, {"batch_size": ctx.batch_size, "workers": ctx.workers, **args})
+
+
+def _run_script(ctx: Context, python: str, script: str, payload: dict) -> int:
+    """Run a peer script in its own process; its own figures replace the harness's.
+
+    The script prints one `SPARKFEED_PEER_RESULT {json}` line: samples, seconds, ttfb_s,
+    peak_rss_mb, cpu_s and extras (versions, bytes read, ...). Returns the sample count.
+    """
+    import json
+    import subprocess
+
+    from . import peers
+
+    proc = subprocess.run([python, peers.script(script), json.dumps(payload)], capture_output=True,
+                          text=True, timeout=1800)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("SPARKFEED_PEER_RESULT ")), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(f"{script} exited {proc.returncode}: {(proc.stderr or proc.stdout)[-1500:]}")
     result = json.loads(line.split(" ", 1)[1])
     ctx.extra["measured"] = {k: result.pop(k) for k in ("seconds", "ttfb_s", "peak_rss_mb", "cpu_s")}
     samples = result.pop("samples")
-    ctx.extra.update(result)  # versions, mds_convert_s
-    yield samples
+    ctx.extra.update(result)
+    return samples
 
 
 def petastorm_batched(ctx: Context) -> Iterator[int]:
@@ -264,24 +274,11 @@ def feed(ctx: Context, depth: int, **options) -> Iterator[int]:
 # ----------------------------------------------------------------------------- scaling
 def sparkfeed_subprocess(ctx: Context, path: str) -> Iterator[int]:
     """One sparkfeed pass in a fresh `python` (this one): RSS not polluted by earlier sizes."""
-    import json
-    import subprocess
     import sys
 
-    from . import peers
-
-    payload = json.dumps({"path": path, "batch_size": ctx.batch_size, "workers": ctx.workers,
-                          "columns": TABULAR_COLUMNS})
-    proc = subprocess.run([sys.executable, peers.script("sparkfeed_pass.py"), payload],
-                          capture_output=True, text=True, timeout=1800)
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("SPARKFEED_PEER_RESULT ")), None)
-    if proc.returncode != 0 or line is None:
-        raise RuntimeError(f"sparkfeed_pass.py exited {proc.returncode}: {proc.stderr[-1500:]}")
-    result = json.loads(line.split(" ", 1)[1])
-    ctx.extra["measured"] = {k: result.pop(k) for k in ("seconds", "ttfb_s", "peak_rss_mb", "cpu_s")}
-    samples = result.pop("samples")
-    ctx.extra.update(result)  # bytes_read, worker_peak_rss_mb
-    yield samples
+    yield _run_script(ctx, sys.executable, "sparkfeed_pass.py",
+                      {"path": path, "batch_size": ctx.batch_size, "workers": ctx.workers,
+                       "columns": TABULAR_COLUMNS})
 
 
 # ----------------------------------------------------------------------------- planning
