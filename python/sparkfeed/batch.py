@@ -36,6 +36,23 @@ class BinaryColumn:
         bounds = self.offsets.tolist()
         return [raw[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
 
+    def slice(self, start: int, stop: int) -> "BinaryColumn":
+        """Samples [start, stop) as views of this column's buffers (offsets rebased)."""
+        offsets = self.offsets[start:stop + 1]
+        if offsets.numel() == 0:
+            return BinaryColumn(self.data[:0], self.offsets[:1] * 0)
+        base = int(offsets[0])
+        return BinaryColumn(self.data[base:int(offsets[-1])], offsets - base)
+
+    @staticmethod
+    def concat(columns: list["BinaryColumn"]) -> "BinaryColumn":
+        """The samples of `columns`, one after another."""
+        shifts = [0]
+        for c in columns[:-1]:
+            shifts.append(shifts[-1] + c.data.numel())
+        offsets = torch.cat([columns[0].offsets[:1]] + [c.offsets[1:] + s for c, s in zip(columns, shifts)])
+        return BinaryColumn(torch.cat([c.data for c in columns]), offsets)
+
     def select(self, rows) -> "BinaryColumn":
         """The samples at `rows` (an index list or tensor), in that order."""
         rows = torch.as_tensor(rows, dtype=torch.int64)
@@ -148,17 +165,50 @@ def batch_len(batch: dict) -> int:
 
 def select_rows(batch: dict, rows: torch.Tensor) -> dict:
     """The batch restricted to `rows` (int64 indices), every column alike."""
-    out = {}
-    idx = rows.tolist()
+    out, idx = {}, None
     for name, value in batch.items():
         if isinstance(value, torch.Tensor) and value.dim() > 0:
-            out[name] = value[rows.to(value.device)]
+            out[name] = value.index_select(0, rows.to(value.device))
         elif isinstance(value, BinaryColumn):
             out[name] = value.select(rows)
         elif isinstance(value, list):
+            idx = rows.tolist() if idx is None else idx
             out[name] = [value[i] for i in idx]
         else:
             out[name] = value
+    return out
+
+
+def slice_rows(batch: dict, start: int, stop: int) -> dict:
+    """Rows [start, stop) of a batch: views of tensors and binary buffers, no copy."""
+    return {name: value.slice(start, stop) if isinstance(value, BinaryColumn) else value[start:stop]
+            for name, value in batch.items()}
+
+
+def split_rows(value, sizes: list[int]) -> list:
+    """One column cut into consecutive pieces of `sizes` rows: views, one torch call for tensors."""
+    if isinstance(value, torch.Tensor):
+        return value.split_with_sizes(sizes)
+    bounds = [0]
+    for n in sizes:
+        bounds.append(bounds[-1] + n)
+    return [value.slice(a, b) if isinstance(value, BinaryColumn) else value[a:b]
+            for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def concat_rows(batches: list[dict]) -> dict:
+    """The rows of `batches` one after another, column by column (one copy per column)."""
+    if len(batches) == 1:
+        return batches[0]
+    out = {}
+    for name, first in batches[0].items():
+        values = [b[name] for b in batches]
+        if isinstance(first, torch.Tensor):
+            out[name] = torch.cat(values)
+        elif isinstance(first, BinaryColumn):
+            out[name] = BinaryColumn.concat(values)
+        else:
+            out[name] = [x for v in values for x in v]
     return out
 
 

@@ -12,18 +12,16 @@ import logging
 import os
 from collections.abc import Sequence
 
-import pyarrow.compute as pc
 import torch
 import torch.utils.data
 
 from . import batch as batching
 from . import filters, partition, storage
-from .errors import ShardReadError
 from .manifest import Manifest, read_manifest
 from .plan import Plan, make_plan, with_counts
-from .read import BOOKKEEPING, ReadContext, make_reader
+from .read import ReadContext, make_reader
 from .stats import Stats
-from .stream import EpochStream, StreamReader
+from .stream import EpochStream, StreamReader, cut
 
 __all__ = ["Dataset", "resolve_rank"]
 log = logging.getLogger(__name__)
@@ -90,7 +88,8 @@ class Dataset(torch.utils.data.IterableDataset):
         self.epoch = 0
         self._plan: Plan | None = None
         self._lanes: list[list[partition.Span]] | None = None  # set by sparkfeed.DataLoader
-        self._annotate = False
+        self._annotate = False  # set by sparkfeed.DataLoader: progress and stats ride with batches
+        self._row_ids = False   # set by sparkfeed.DataLoader when decoding: `__unit__`, `__row__`
         self._count_stats: dict = {}
 
     def _check_columns(self, columns) -> tuple[str, ...]:
@@ -169,50 +168,43 @@ class Dataset(torch.utils.data.IterableDataset):
         else:
             yield from self._batches(spans, worker, self.batch_size)
 
-    def _batches(self, spans, worker: int, size: int):
-        stats = Stats()
-        reader = StreamReader(self.stream(), make_reader(self.manifest.format, self._context(stats)))
-        consumed = 0
+    def _segments(self, spans, stats: Stats):
+        """This lane's positions as blocks (whole unit pieces or shuffle-chunk pieces), read in
+        order; run inline, or on a lane thread ahead of the batching (`lanes.py`)."""
+        reader = StreamReader(self.stream(), make_reader(self.manifest.format, self._context(stats)),
+                              row_ids=self._row_ids)
         try:
-            for start in range(0, partition.total(spans), size):
-                pieces = partition.take(spans, start, size)
-                n = partition.total(pieces)
-                table = _concat([reader.read(lo, hi) for lo, hi in pieces])
-                consumed += n
-                batch = self._to_batch(table, stats)
-                stats.add("samples", batching.batch_len(batch))
-                stats.add("batches")
-                if self._annotate:
-                    if torch.utils.data.get_worker_info() is not None:
-                        batch = batching.pack(batch)  # one shared-memory buffer per batch
-                    batch[PROGRESS_KEY] = (worker, consumed)
-                    batch[STATS_KEY] = stats.take()
-                else:
-                    batch = {k: v for k, v in batch.items() if k not in BOOKKEEPING}
-                yield batch
+            yield from reader.segments(spans)
         finally:
             reader.close()
 
-    def _to_batch(self, table, stats: Stats) -> dict:
-        ok = table.column("__ok__")  # readers mark skipped samples and nulls tensors cannot hold
-        if not pc.all(ok).as_py():
-            if self.on_error != "skip":
-                raise self._null_error(table, ok)
-            before = table.num_rows
-            table = table.filter(ok)
-            stats.add("samples_skipped", before - table.num_rows)
-        return batching.table_to_batch(table.drop_columns(["__ok__"]))
-
-    def _null_error(self, table, ok) -> ShardReadError:
-        """A null where a tensor needs a number: name the column, the shard and the row group."""
-        row = pc.index(ok, False).as_py()
-        unit = self.plan().units[table.column("__unit__")[row].as_py()]
-        columns = [n for n in table.column_names if not n.startswith("__")
-                   and table.column(n)[row].as_py() is None]
-        return ShardReadError(f"sample at row {table.column('__row__')[row].as_py()} has no value in "
-                              f"{columns}, which become tensors; filter such rows out (e.g. "
-                              "filter=pc.field(name).is_valid()) or pass on_error='skip'",
-                              dataset=self.path, shard=unit.path, row_group=unit.row_group)
+    def _batches(self, spans, worker: int, size: int, segments=None, stats: Stats | None = None):
+        """Batches of `size` positions cut out of the lane's segments, with the bookkeeping."""
+        stats = Stats() if stats is None else stats
+        segments = self._segments(spans, stats) if segments is None else segments
+        consumed = 0
+        try:
+            for block in cut(segments, size):
+                consumed += block.positions
+                batch = block.columns
+                if not self._annotate:  # a plain torch DataLoader's batch: what users see
+                    yield batching.user_facing(batch)
+                    continue
+                if torch.utils.data.get_worker_info() is not None:
+                    batch = batching.pack(batch)  # one shared-memory buffer per batch
+                else:
+                    batch = dict(batch)
+                delta = stats.take()  # the readers' counters since the last batch, and this batch's
+                delta["samples"] = delta.get("samples", 0) + block.rows
+                delta["batches"] = delta.get("batches", 0) + 1
+                if block.skipped:
+                    delta["samples_skipped"] = delta.get("samples_skipped", 0) + block.skipped
+                batch[PROGRESS_KEY], batch[STATS_KEY] = (worker, consumed), delta
+                yield batch
+        finally:
+            close = getattr(segments, "close", None)
+            if close is not None:
+                close()
 
     def __len__(self) -> int:
         lanes = self.lanes_for(self.rank_spans(), 1)
@@ -227,8 +219,3 @@ def _count_units(fmt: str, ctx: ReadContext, units) -> list[int]:
     finally:
         reader.close()
 
-
-def _concat(tables):
-    import pyarrow as pa
-
-    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)

@@ -1,17 +1,20 @@
-"""Worker lanes on threads: the same lanes torch's worker processes would run, read by threads.
+"""Worker lanes on threads: the lanes torch's worker processes would run, read ahead by threads.
 
-Reading Parquet is pyarrow work that releases the GIL, so threads overlap it as well as
-processes do, without moving every batch between processes. The output order is the one torch's
-process workers give (batch i comes from lane i mod K, skipping finished lanes), so results do
-not depend on the worker type.
+Each lane's thread reads and converts its segments (unit pieces or shuffle-chunk pieces, see
+`stream.py`) ahead: reading Parquet is pyarrow work that releases the GIL, so threads overlap it
+as well as processes do, without moving every batch between processes. Batches are cut out of
+the segments on the consuming thread, so the hand-over between threads happens once per segment
+(about a row group), not once per batch. `round_robin` gives the order torch's process workers
+give (batch i from lane i mod K, skipping finished lanes), so results do not depend on the
+worker type.
 
 Shutdown protocol (the one note; `_lane_loop` and `LaneReader` cite it)
 ------------------------------------------------------------------------
 Each lane k has one thread running `_lane_loop` and one bounded queue `queues[k]` (maxsize =
-`depth`). The thread puts batches, then exactly one final item: `_END` or a `_Failure`. A shared
+`depth`). The thread puts items, then exactly one final item: `_END` or a `_Failure`. A shared
 `stop` event is set only by `LaneReader.close()`. The thread puts with a timeout and re-checks
-`stop`, so a full queue never pins it; the consumer gets with a timeout and re-checks that the
-thread is alive, so a dead thread is an error, not a hang. `close()` (idempotent, also on garbage
+`stop`, so a full queue never pins it; the consumer (`lane(k)`) gets with a timeout and re-checks that
+the thread is alive, so a dead thread is an error, not a hang. `close()` (idempotent, also on garbage
 collection, after a failure, after the last lane ends, and after an early `break`) sets `stop`,
 drains every queue, and joins every thread for a bounded time; each thread closes its own
 generator in its `finally`.
@@ -26,7 +29,7 @@ from collections.abc import Callable, Iterator
 from .errors import WorkerError
 from .prefetch import _put  # the same bounded put, under the same protocol
 
-__all__ = ["LaneReader"]
+__all__ = ["LaneReader", "round_robin"]
 
 _POLL_S = 0.1
 _JOIN_S = 5.0
@@ -56,7 +59,7 @@ def _lane_loop(make: Callable[[], Iterator], q: queue.Queue, stop: threading.Eve
 
 
 class LaneReader:
-    """Iterate K lanes read by K threads, in torch's round-robin worker order."""
+    """K lane generators run by K threads, each into its own bounded queue; `lane(k)` reads one."""
 
     def __init__(self, lanes: list[Callable[[], Iterator]], depth: int = 2, name: str = "sparkfeed-lane"):
         self._stop = threading.Event()
@@ -66,34 +69,27 @@ class LaneReader:
                          for k, (make, q) in enumerate(zip(lanes, self._queues))]
         for t in self._threads:
             t.start()
-        self._active = list(range(len(lanes)))
-        self._turn = 0
         self._closed = False
 
-    def __iter__(self) -> "LaneReader":
-        return self
-
-    def __next__(self):
-        while self._active:
-            k = self._active[self._turn % len(self._active)]
+    def lane(self, k: int) -> Iterator:
+        """The items of lane k, in order; its thread's exception is re-raised here."""
+        while True:
             item = self._get(k)
             if item is _END:
-                self._active.remove(k)
-                continue
+                return
             if isinstance(item, _Failure):
                 self.close()
                 item.exc.add_note(f"(raised while reading lane {k} on thread {self._threads[k].name!r})")
                 raise item.exc
-            self._turn = (self._active.index(k) + 1) % len(self._active)
-            return item
-        self.close()
-        raise StopIteration
+            yield item
 
     def _get(self, k: int):
         while True:
             try:
                 return self._queues[k].get(timeout=_POLL_S)
             except queue.Empty:
+                if self._closed:
+                    raise WorkerError(f"lane {k} was read after the lanes were closed") from None
                 if not self._threads[k].is_alive() and self._queues[k].empty():
                     self.close()
                     raise WorkerError(f"lane thread {self._threads[k].name!r} ended without a result") from None
@@ -114,3 +110,27 @@ class LaneReader:
 
     def __del__(self):
         self.close()
+
+
+def round_robin(iterators: list[Iterator], on_close: Callable[[], None] | None = None) -> Iterator:
+    """Item i from iterator i mod K, skipping exhausted ones: the order torch's workers give.
+    Closes every iterator (and calls `on_close`) when done, on an error, or when closed early."""
+    active, turn = list(iterators), 0
+    try:
+        while active:
+            k = turn % len(active)
+            try:
+                item = next(active[k])
+            except StopIteration:
+                active.pop(k)
+                turn = k
+                continue
+            turn = k + 1
+            yield item
+    finally:
+        for it in iterators:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+        if on_close is not None:
+            on_close()

@@ -19,7 +19,7 @@ from . import partition
 from .batch import select_rows, unpack, user_facing
 from .dataset import PROGRESS_KEY, STATS_KEY, Dataset, _positive_int
 from .errors import CorruptSampleError, WorkerError
-from .lanes import LaneReader
+from .lanes import LaneReader, round_robin
 from .prefetch import Prefetcher
 from .stats import Stats
 
@@ -215,26 +215,39 @@ class DataLoader:
         self._lanes = self._resume_lanes or ds.lanes_for(self._rank_spans(), workers)
         self._resume_lanes = None
         self._delivered = [0] * workers
-        ds._lanes, ds._annotate = self._lanes, True
+        ds._lanes, ds._annotate, ds._row_ids = self._lanes, True, bool(self.decode)
         source = self._worker_batches()
-        prefetcher = Prefetcher(source, depth=self.prefetch, pin_memory=self.pin_memory,
+        prefetcher = Prefetcher(source, depth=self._prefetch_depth(), pin_memory=self.pin_memory,
                                 device=self.device, stage=self._stage, stats=self._stats)
         return self._deliver(prefetcher)
 
+    def _prefetch_depth(self) -> int:
+        """The prefetch thread's depth: `prefetch` when there is work to do per batch on a thread
+        (decoding, pinning, a device copy, a collate_fn), else 0 (no thread): the reading
+        already runs ahead on the lane threads or worker processes, and a thread that only
+        passed batches on would only add a hand-over per batch."""
+        staged = bool(self.decode) or self.collate_fn is not None or self.device is not None \
+            or (self.pin_memory and torch.cuda.is_available())
+        return self.prefetch if staged else 0
+
     def _threads(self) -> bool:
-        """Threads read Parquet (pyarrow releases the GIL); processes parse tars (Python work)."""
-        if self.worker_type == "auto":
-            return self.dataset.manifest.format == "parquet"
+        """Threads read Parquet (pyarrow releases the GIL); processes parse tars (Python work).
+        With num_workers=0 one background thread reads (`prefetch` segments ahead)."""
+        if self.worker_type == "auto" or self.num_workers == 0:
+            return self.num_workers == 0 or self.dataset.manifest.format == "parquet"
         return self.worker_type == "thread"
 
     def _worker_batches(self):
         ds = self.dataset
-        if self.num_workers == 0:
-            return iter(ds)
+        if self.num_workers == 0 and self.prefetch == 0:
+            return iter(ds)  # everything on the caller's thread, as asked
         if self._threads():
-            lanes = [functools.partial(ds._batches, spans, k, ds.batch_size)
-                     for k, spans in enumerate(self._lanes)]
-            return LaneReader(lanes, depth=self.prefetch_factor or 2)
+            stats = [Stats() for _ in self._lanes]
+            depth = self.prefetch_factor or max(2, self.prefetch if self.num_workers == 0 else 2)
+            reader = LaneReader([functools.partial(ds._segments, spans, stats[k])
+                                 for k, spans in enumerate(self._lanes)], depth=depth)
+            return round_robin([ds._batches(spans, k, ds.batch_size, reader.lane(k), stats[k])
+                                for k, spans in enumerate(self._lanes)], on_close=reader.close)
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=None, num_workers=self.num_workers, timeout=self.timeout,
             multiprocessing_context=self.multiprocessing_context,

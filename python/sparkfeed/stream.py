@@ -1,22 +1,30 @@
 """The epoch stream: units in epoch order, positions 0..N-1, each grid chunk permuted.
 
-`EpochStream` is a pure description (which unit holds which positions); `StreamReader` turns a
-range of positions into an Arrow table, reading each unit once per pass thanks to a small cache
-(the last units and the last permuted chunk), so memory stays bounded by the shuffle buffer.
+`EpochStream` is a pure description (which unit holds which positions). `StreamReader.segments`
+turns a lane's spans of positions into `Block`s of tensors, in order: one per unit piece, or
+with shuffle one per piece of a permuted grid chunk. Each unit is read and converted to tensors
+once, column by column; `cut` then splits the segments at the batch boundaries with one `split`
+call per column, so a batch costs a few views, not an Arrow conversion, and the hand-over
+between a reading thread and the batching happens once per segment, not once per batch. A small
+cache (the last units and the last permuted chunk) keeps memory bounded by the shuffle buffer.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import torch
 
+from . import batch as batching
+from .errors import ShardReadError
 from .plan import Plan
-from .read import Reader
+from .read import Reader, UnitRows
 from .shuffle import chunk_permutation, unit_order
 
-__all__ = ["EpochStream", "StreamReader"]
+__all__ = ["EpochStream", "StreamReader", "Block", "cut"]
 
 
 class EpochStream:
@@ -39,52 +47,181 @@ class EpochStream:
         k = int(np.searchsorted(self.starts, lo, side="right")) - 1
         while lo < hi:
             end = min(hi, int(self.starts[k + 1]))
-            yield k, lo - int(self.starts[k]), end - int(self.starts[k])
+            if end > lo:  # units left with no sample by the filter hold no position
+                yield k, lo - int(self.starts[k]), end - int(self.starts[k])
             lo, k = end, k + 1
+
+
+class Block(NamedTuple):
+    """Consecutive stream positions as tensors: the values of the positions that hold a sample,
+    and which positions hold none (samples skipped under on_error="skip", or rows with a null
+    where a tensor needs a value). `good` is the running count of kept rows per position
+    (length positions + 1), or None when every position is kept, the common case. A named
+    tuple: immutable, and cheap to make once per batch."""
+
+    columns: dict
+    positions: int
+    good: np.ndarray | None = None
+
+    @staticmethod
+    def from_rows(read: UnitRows, row_ids: bool = False) -> "Block":
+        """A reader's rows converted column-wise to tensors, once per unit; with `row_ids`, also
+        `__unit__` and `__row__`, which name a sample that fails later (image decoding)."""
+        table = read.table if read.ok is None else read.table.filter(pa.array(read.ok))
+        columns = batching.table_to_batch(table)
+        if row_ids:
+            rows = read.row_numbers() if read.ok is None else read.row_numbers()[read.ok]
+            columns["__unit__"] = torch.full((table.num_rows,), read.unit.index, dtype=torch.int32)
+            columns["__row__"] = torch.from_numpy(rows)
+        return Block(columns, read.num_rows, None if read.ok is None else _running(read.ok))
+
+    @property
+    def rows(self) -> int:
+        return self.positions if self.good is None else int(self.good[-1])
+
+    @property
+    def skipped(self) -> int:
+        return self.positions - self.rows
+
+    def slice(self, start: int, stop: int) -> "Block":
+        """Positions [start, stop), as views."""
+        if self.good is None:
+            return Block(batching.slice_rows(self.columns, start, stop), stop - start)
+        lo, hi = int(self.good[start]), int(self.good[stop])
+        good = self.good[start:stop + 1] - lo
+        return Block(batching.slice_rows(self.columns, lo, hi), stop - start,
+                     None if hi - lo == stop - start else good)
+
+    def split(self, sizes: list[int]) -> list["Block"]:
+        """Consecutive pieces of `sizes` positions (summing to `positions`), as views."""
+        if len(sizes) == 1:
+            return [self]
+        if self.good is not None:
+            bounds = np.concatenate([[0], np.cumsum(sizes)])
+            return [self.slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        parts = [batching.split_rows(value, sizes) for value in self.columns.values()]
+        names = list(self.columns)
+        return [Block(dict(zip(names, values)), n) for n, values in zip(sizes, zip(*parts))]
+
+    def permute(self, order: np.ndarray) -> "Block":
+        """The positions in `order` (a permutation of 0..positions-1)."""
+        if self.good is None:
+            return Block(batching.select_rows(self.columns, torch.from_numpy(order)), len(order))
+        mask = np.diff(self.good).astype(bool)
+        rows = self.good[:-1][order][mask[order]]
+        return Block(batching.select_rows(self.columns, torch.from_numpy(rows)), len(order),
+                     _running(mask[order]))
+
+    @staticmethod
+    def concat(blocks: list["Block"]) -> "Block":
+        """The positions of `blocks`, one after another."""
+        if len(blocks) == 1:
+            return blocks[0]
+        filled = [b for b in blocks if b.rows] or blocks[:1]
+        columns = batching.concat_rows([b.columns for b in filled])
+        positions = sum(b.positions for b in blocks)
+        if all(b.good is None for b in blocks):
+            return Block(columns, positions)
+        mask = np.concatenate([np.ones(b.positions, bool) if b.good is None else np.diff(b.good).astype(bool)
+                               for b in blocks])
+        return Block(columns, positions, _running(mask))
+
+    def first_skipped(self) -> int:
+        """Index of the first position holding no sample (call only when `skipped`)."""
+        return int(np.flatnonzero(np.diff(self.good) == 0)[0])
+
+
+def cut(segments, size: int):
+    """Blocks of `size` consecutive positions (the last one shorter) out of a stream of blocks.
+
+    A segment is split at the batch boundaries that fall inside it with one `split` per column
+    (`Block.split`), so a batch costs a dict of views, not one slicing call per column."""
+    pending, have = [], 0
+    for seg in segments:
+        head = min(size - have, seg.positions) if have else 0
+        sizes = [head] if head else []
+        rest = seg.positions - head
+        sizes += [size] * (rest // size) + ([rest % size] if rest % size else [])
+        for piece in seg.split(sizes):
+            pending.append(piece)
+            have += piece.positions
+            if have == size:
+                yield Block.concat(pending)
+                pending, have = [], 0
+    if pending:
+        yield Block.concat(pending)
+
+
+def _running(mask: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
 
 
 class StreamReader:
     """Reads positions of an `EpochStream` with a reader; caches a few units and one chunk."""
 
-    def __init__(self, stream: EpochStream, reader: Reader, cached_units: int = 2):
-        self.stream, self.reader = stream, reader
-        self._units: OrderedDict[int, pa.Table] = OrderedDict()
+    def __init__(self, stream: EpochStream, reader: Reader, cached_units: int = 2, row_ids: bool = False):
+        self.stream, self.reader, self.row_ids = stream, reader, row_ids
+        self._units: OrderedDict[int, Block] = OrderedDict()
         self._cached_units = cached_units
-        self._chunk: tuple[int, pa.Table] | None = None
+        self._chunk: tuple[int, Block] | None = None
+        self._nulls: dict[int, UnitRows] = {}  # on_error="raise": units with nulls, for the error
 
-    def _unit(self, k: int) -> pa.Table:
+    def _unit(self, k: int) -> Block:
         if k not in self._units:
-            self._units[k] = self.reader.read(self.stream.units[k], int(self.stream.counts[k]))
+            read = self.reader.read(self.stream.units[k], int(self.stream.counts[k]))
+            block = Block.from_rows(read, self.row_ids)
+            if block.skipped and self.reader.ctx.on_error != "skip":
+                self._nulls[k] = read
+            self._units[k] = block
             while len(self._units) > self._cached_units:
-                self._units.popitem(last=False)
+                self._nulls.pop(self._units.popitem(last=False)[0], None)
         self._units.move_to_end(k)
         return self._units[k]
 
-    def _raw(self, lo: int, hi: int) -> pa.Table:
-        parts = [self._unit(k).slice(a, b - a) for k, a, b in self.stream.pieces(lo, hi)]
-        return pa.concat_tables(parts) if len(parts) != 1 else parts[0]
+    def _piece(self, k: int, a: int, b: int) -> Block:
+        """Rows [a, b) of the k-th unit of the epoch; a null a tensor cannot hold is an error here."""
+        block = self._unit(k).slice(a, b)
+        if block.skipped and k in self._nulls:
+            raise self._null_error(k, a + block.first_skipped())
+        return block
 
-    def _permuted_chunk(self, g: int) -> pa.Table:
+    def _raw(self, lo: int, hi: int) -> Block:
+        return Block.concat([self._piece(k, a, b) for k, a, b in self.stream.pieces(lo, hi)])
+
+    def _null_error(self, k: int, row: int) -> ShardReadError:
+        """A null where a tensor needs a value: name the columns, the shard and the row group."""
+        read, unit = self._nulls[k], self.stream.units[k]
+        columns = [n for n in read.table.column_names if read.table.column(n)[row].as_py() is None]
+        return ShardReadError(f"sample at row {int(read.row_numbers()[row])} has no value in "
+                              f"{columns}, which become tensors; filter such rows out (e.g. "
+                              "filter=pc.field(name).is_valid()) or pass on_error='skip'",
+                              dataset=self.reader.ctx.dataset, shard=unit.path, row_group=unit.row_group)
+
+    def _permuted_chunk(self, g: int) -> Block:
         if self._chunk is None or self._chunk[0] != g:
             size = self.stream.chunk
             lo, hi = g * size, min((g + 1) * size, self.stream.num_samples)
             perm = chunk_permutation(self.stream.seed, self.stream.epoch, g, hi - lo)
-            self._chunk = (g, self._raw(lo, hi).take(pa.array(perm)))
+            self._chunk = (g, self._raw(lo, hi).permute(perm))
         return self._chunk[1]
 
-    def read(self, lo: int, hi: int) -> pa.Table:
-        """The samples at stream positions [lo, hi), in stream order."""
-        if not self.stream.shuffle:
-            return self._raw(lo, hi)
-        size, parts = self.stream.chunk, []
-        while lo < hi:
-            g = lo // size
-            end = min(hi, (g + 1) * size)
-            parts.append(self._permuted_chunk(g).slice(lo - g * size, end - lo))
-            lo = end
-        return pa.concat_tables(parts) if len(parts) != 1 else parts[0]
+    def segments(self, spans):
+        """Blocks whose positions, one after another, are exactly those of `spans` in order: one
+        per unit piece, or with shuffle one per piece of a permuted grid chunk."""
+        size = self.stream.chunk
+        for lo, hi in spans:
+            if not self.stream.shuffle:
+                for k, a, b in self.stream.pieces(lo, hi):
+                    yield self._piece(k, a, b)
+                continue
+            while lo < hi:
+                g = lo // size
+                end = min(hi, (g + 1) * size)
+                yield self._permuted_chunk(g).slice(lo - g * size, end - g * size)
+                lo = end
 
     def close(self) -> None:
         self._units.clear()
+        self._nulls.clear()
         self._chunk = None
         self.reader.close()

@@ -180,7 +180,11 @@ def test_dataset_in_plain_torch_dataloader(any_path):
     ids = [i for b in loader for i in b["id"].tolist()]
     assert sorted(ids) == list(range(n))
     fast = torch.utils.data.DataLoader(sparkfeed.Dataset(path, batch_size=64), batch_size=None, num_workers=2)
-    assert sorted(i for b in fast for i in b["id"].tolist()) == list(range(n))
+    batches = list(fast)
+    assert sorted(i for b in batches for i in b["id"].tolist()) == list(range(n))
+    assert all(not k.startswith("__") for b in batches for k in b)
+    if "image" in batches[0]:  # binary columns arrive as bytes, as from sparkfeed.DataLoader
+        assert all(isinstance(x, bytes) for b in batches for x in b["image"])
 
 
 def test_batch_types(pq_path, tar_path):

@@ -1,20 +1,20 @@
 """One reader per format: a work unit -> an Arrow table of its rows (projected and filtered).
 
-Every table a reader returns has the requested columns plus three bookkeeping columns that ride
-along through shuffling and batching and are removed before the user sees a batch:
-`__unit__` (plan index), `__row__` (row inside the unit, for error messages) and `__ok__` (False
-for a row that stands in for a sample skipped under `on_error="skip"`).
+A reader returns `UnitRows`: the requested columns of the rows that passed the filter, their row
+numbers in the unit and which rows hold a sample. Converted to tensors (`stream.Block`), every
+batch carries two bookkeeping columns that ride along through shuffling and batching and are
+removed before the user sees a batch: `__unit__` (plan index) and `__row__` (row inside the
+unit), which name a bad sample in error messages.
 """
 
 from __future__ import annotations
 
-from .base import ReadContext, Reader, placeholder
+from .base import ReadContext, Reader, UnitRows, placeholder
 from .parquet import ParquetReader
 from .tar import TarReader
 
-__all__ = ["ReadContext", "Reader", "make_reader", "placeholder", "BOOKKEEPING"]
+__all__ = ["ReadContext", "Reader", "UnitRows", "make_reader", "placeholder"]
 
-BOOKKEEPING = ("__unit__", "__row__", "__ok__")
 _READERS = {"parquet": ParquetReader, "webdataset": TarReader}
 
 

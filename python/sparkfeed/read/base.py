@@ -52,7 +52,7 @@ class Reader:
     def __init__(self, ctx: ReadContext):
         self.ctx = ctx
 
-    def read(self, unit: WorkUnit, expected: int) -> pa.Table:
+    def read(self, unit: WorkUnit, expected: int) -> UnitRows:
         """Rows of `unit` (filtered), or under on_error="skip" `expected` placeholder rows."""
         try:
             table = self._read(unit)
@@ -80,7 +80,7 @@ class Reader:
     def close(self) -> None:
         """Release cached files."""
 
-    def _read(self, unit: WorkUnit) -> pa.Table:  # pragma: no cover - abstract
+    def _read(self, unit: WorkUnit) -> UnitRows:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _count(self, unit: WorkUnit) -> int:  # pragma: no cover - abstract
@@ -91,39 +91,58 @@ class Reader:
                               row_group=unit.row_group, offset=offset)
 
 
-def _tensor_values_valid(table: pa.Table) -> pa.Array | None:
+@dataclass(frozen=True)
+class UnitRows:
+    """What a reader returns for one unit: the delivered columns of the rows that passed the
+    filter, each row's number in the unit (for error messages; None: 0..n-1) and which rows hold
+    a sample (None: all; False marks a sample skipped under on_error="skip", or a null where a
+    tensor needs a value). Positions in the stream are rows here, skipped or not."""
+
+    table: pa.Table
+    unit: WorkUnit
+    rows: np.ndarray | None = None
+    ok: np.ndarray | None = None
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    def row_numbers(self) -> np.ndarray:
+        return np.arange(self.num_rows, dtype=np.int32) if self.rows is None else self.rows.astype(np.int32)
+
+
+def _tensor_values_valid(table: pa.Table) -> np.ndarray | None:
     """False for rows with a null where a tensor needs a value (integer, boolean, date,
     timestamp and list columns; floats hold NaN); None when every row is fine. Once per unit."""
     valid = None
-    for name, col in zip(table.column_names, table.columns):
-        t = col.type
-        if not col.null_count or pa.types.is_floating(t) or pa.types.is_string(t) \
-                or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+    for col in table.columns:
+        if not col.null_count:
             continue
-        v = pc.is_valid(col)
-        valid = v if valid is None else pc.and_(valid, v)
-    return None if valid is None else valid.combine_chunks() if isinstance(valid, pa.ChunkedArray) else valid
+        t = col.type
+        if pa.types.is_floating(t) or pa.types.is_string(t) or pa.types.is_large_string(t) \
+                or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            continue
+        v = pc.is_valid(col).to_numpy(zero_copy_only=False)
+        valid = v if valid is None else valid & v
+    return valid
 
 
 def with_bookkeeping(table: pa.Table, unit: WorkUnit, rows: np.ndarray | None = None,
-                     ok: pa.Array | None = None) -> pa.Table:
-    """Append `__unit__`, `__row__` and `__ok__` to a unit's table."""
-    n = table.num_rows
-    rows = np.arange(n, dtype=np.int32) if rows is None else rows.astype(np.int32)
+                     ok: np.ndarray | None = None) -> UnitRows:
+    """A unit's table with its row numbers and which rows hold a sample (nulls included)."""
     valid = _tensor_values_valid(table)
-    ok = ok if ok is not None else pa.array(np.ones(n, dtype=bool))
     if valid is not None:
-        ok = pc.and_(ok, valid)
-    table = table.append_column("__unit__", pa.array(np.full(n, unit.index, dtype=np.int32)))
-    table = table.append_column("__row__", pa.array(rows))
-    return table.append_column("__ok__", ok)
+        ok = valid if ok is None else ok & valid
+    if ok is not None and ok.all():
+        ok = None
+    return UnitRows(table, unit, rows, ok)
 
 
-def placeholder(ctx: ReadContext, unit: WorkUnit, n: int) -> pa.Table:
+def placeholder(ctx: ReadContext, unit: WorkUnit, n: int) -> UnitRows:
     """`n` null rows marked not-ok: they keep stream positions exact while standing for skips."""
-    schema = ctx.arrow_schema(ctx.read_columns)
+    schema = ctx.arrow_schema(ctx.columns)
     table = pa.table({f.name: pa.nulls(n, f.type) for f in schema}, schema=schema)
-    return with_bookkeeping(table, unit, ok=pa.array(np.zeros(n, dtype=bool)))
+    return UnitRows(table, unit, None, np.zeros(n, dtype=bool))
 
 
 def apply_filter(ctx: ReadContext, table: pa.Table, keep_bad: bool = False) -> tuple[pa.Table, np.ndarray]:

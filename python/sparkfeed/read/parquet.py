@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from .. import storage
 from ..plan import WorkUnit
-from .base import Reader, apply_filter, with_bookkeeping
+from .base import Reader, UnitRows, apply_filter, with_bookkeeping
 
 _ERRORS = (OSError, pa.ArrowException, ValueError, EOFError)
 
@@ -25,6 +25,7 @@ class ParquetReader(Reader):
         super().__init__(ctx)
         self._pafs = _arrow_filesystem(ctx.fs)
         self._open: tuple[str, pq.ParquetFile] | None = None
+        self._chunks_of: dict[str, list[int]] = {}
 
     def _open_input(self, path: str):
         """A seekable file: pyarrow's native one for local files, fsspec's otherwise (fsspec's
@@ -47,7 +48,11 @@ class ParquetReader(Reader):
                 raise
             raise self._error(unit, f"cannot open Parquet file ({type(exc).__name__}: {exc})") from exc
         self.ctx.stats.add("bytes_read", pf.metadata.serialized_size + 8)
+        self._check_schema(unit, pf.schema_arrow)
         self._open = (unit.path, pf)
+        self._chunks_of = {}  # top-level column -> indices of its column chunks
+        for j in range(pf.metadata.num_columns):
+            self._chunks_of.setdefault(pf.metadata.schema.column(j).path.split(".")[0], []).append(j)
         return pf
 
     def _read_columns(self, unit: WorkUnit, names: list[str]) -> pa.Table:
@@ -58,7 +63,7 @@ class ParquetReader(Reader):
             pf = self._file(unit)
             groups = range(pf.metadata.num_row_groups) if unit.row_group is None else [unit.row_group]
             try:
-                return [pf.read_row_group(g, columns=names) for g in groups]
+                return [pf.read_row_group(g, columns=names, use_threads=False) for g in groups]
             except Exception:
                 self._open = None  # reopen on retry: the stream may be broken
                 raise
@@ -71,20 +76,25 @@ class ParquetReader(Reader):
             if not storage.is_transient(exc):
                 raise
             raise self._error(unit, f"storage kept failing ({type(exc).__name__}: {exc})") from exc
-        pf = self._open[1]
-        self.ctx.stats.add("bytes_read", _chunk_bytes(pf, groups, names))
-        table = pa.concat_tables(tables) if len(tables) != 1 else tables[0]
-        self._check_schema(unit, table)
-        return table
+        self.ctx.stats.add("bytes_read", sum(self._chunk_bytes(g, names) for g in groups))
+        return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
 
-    def _check_schema(self, unit: WorkUnit, table: pa.Table) -> None:
-        expected = self.ctx.arrow_schema(table.column_names)
-        for got, want in zip(table.schema, expected):
+    def _chunk_bytes(self, group: int, names: list[str]) -> int:
+        """Compressed bytes of the column chunks of `names` in row group `group` (what a read
+        fetches), from the open file's footer."""
+        rg = self._open[1].metadata.row_group(group)
+        return sum(rg.column(j).total_compressed_size for n in names for j in self._chunks_of.get(n, ()))
+
+    def _check_schema(self, unit: WorkUnit, schema: pa.Schema) -> None:
+        """Once per file: the columns this dataset reads have the manifest's types."""
+        present = [n for n in self.ctx.read_columns if n in schema.names]
+        for want in self.ctx.arrow_schema(present):
+            got = schema.field(want.name)
             if want.type != pa.null() and not got.type.equals(want.type):
                 raise self._error(unit, f"schema drift: column {got.name!r} is {got.type} here but "
                                   f"{want.type} in the manifest")
 
-    def _read(self, unit: WorkUnit) -> pa.Table:
+    def _read(self, unit: WorkUnit) -> UnitRows:
         ctx = self.ctx
         wanted = ctx.read_columns
         if ctx.expr is None:
@@ -109,18 +119,6 @@ class ParquetReader(Reader):
 
     def close(self) -> None:
         self._open = None
-
-
-def _chunk_bytes(pf: pq.ParquetFile, groups, names: list[str]) -> int:
-    """Compressed bytes of the column chunks of `names` in `groups` (what a read fetches)."""
-    md, wanted, total = pf.metadata, set(names), 0
-    for g in groups:
-        rg = md.row_group(g)
-        for j in range(rg.num_columns):
-            col = rg.column(j)
-            if col.path_in_schema.split(".")[0] in wanted:
-                total += col.total_compressed_size
-    return total
 
 
 def _arrow_filesystem(fs) -> pafs.FileSystem | None:

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from .. import storage
 from ..errors import CorruptSampleError
 from ..plan import WorkUnit
-from .base import Reader, apply_filter, with_bookkeeping
+from .base import Reader, UnitRows, apply_filter, with_bookkeeping
 
 MAX_MEMBER_BYTES = 1 << 30
 
@@ -191,14 +191,14 @@ class TarReader(Reader):
                 values[i] = None
         return pa.array(values, type=type_)
 
-    def _read(self, unit: WorkUnit) -> pa.Table:
+    def _read(self, unit: WorkUnit) -> UnitRows:
         table, ok = self._table(unit, self.ctx.read_columns)
         n = table.num_rows
         table = table.append_column("__ok_in__", pa.array(ok))
         table, rows = apply_filter(self.ctx, table, keep_bad=True)
         self.ctx.stats.add("rows_filtered", n - table.num_rows)
         return with_bookkeeping(table.select(list(self.ctx.columns)), unit, rows,
-                                ok=table.column("__ok_in__").combine_chunks())
+                                ok=table.column("__ok_in__").to_numpy(zero_copy_only=False))
 
     def _count(self, unit: WorkUnit) -> int:
         table, ok = self._table(unit, list(self.ctx.filter_columns))

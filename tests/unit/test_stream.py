@@ -1,0 +1,110 @@
+"""Blocks and batch cutting (`sparkfeed.stream`): positions, kept rows and skips stay exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparkfeed.batch import BinaryColumn
+from sparkfeed.lanes import round_robin
+from sparkfeed.plan import WorkUnit
+from sparkfeed.read import UnitRows
+from sparkfeed.stream import Block, cut
+
+
+def _unit(index: int) -> WorkUnit:
+    return WorkUnit(index=index, shard=index, path=f"part-{index}.parquet", row_group=0, num_rows=0)
+
+
+def _block(first: int, ok: list[bool]) -> Block:
+    """Positions first..first+len(ok)-1; `x` holds the position, kept where ok."""
+    n = len(ok)
+    table = pa.table({"x": np.arange(first, first + n, dtype=np.int64),
+                      "s": [f"s{first + i}" for i in range(n)],
+                      "b": [bytes([(first + i) % 256]) * ((first + i) % 3) for i in range(n)]})
+    mask = np.array(ok, dtype=bool)
+    return Block.from_rows(UnitRows(table, _unit(0), None, None if mask.all() else mask), row_ids=True)
+
+
+def _kept(blocks) -> list[int]:
+    return [int(v) for b in blocks for v in b.columns["x"]]
+
+
+segments_st = st.lists(st.lists(st.booleans(), min_size=1, max_size=30), min_size=1, max_size=8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(segments_st, st.integers(1, 17))
+def test_cut_gives_batches_of_size_positions_keeping_every_kept_row_once(oks, size):
+    firsts = np.concatenate([[0], np.cumsum([len(o) for o in oks])])
+    blocks = [_block(int(f), o) for f, o in zip(firsts[:-1], oks)]
+    batches = list(cut(iter(blocks), size))
+    total = int(firsts[-1])
+    assert [b.positions for b in batches] == [size] * (total // size) + ([total % size] if total % size else [])
+    expected = [p for f, o in zip(firsts[:-1], oks) for i, p in enumerate(range(int(f), int(f) + len(o))) if o[i]]
+    assert _kept(batches) == expected
+    assert sum(b.skipped for b in batches) == total - len(expected)
+    for b in batches:  # every column agrees with `x`, row for row
+        xs = b.columns["x"].tolist()
+        assert b.columns["s"] == [f"s{x}" for x in xs]
+        assert b.columns["b"].to_list() == [bytes([x % 256]) * (x % 3) for x in xs]
+        assert len(b.columns["__row__"]) == len(xs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=40), st.randoms(use_true_random=False))
+def test_permute_moves_positions_and_their_skips_together(ok, rnd):
+    block = _block(0, ok)
+    order = np.array(rnd.sample(range(len(ok)), len(ok)), dtype=np.int64)
+    permuted = block.permute(order)
+    assert permuted.positions == len(ok) and permuted.skipped == len(ok) - sum(ok)
+    assert _kept([permuted]) == [int(p) for p in order if ok[p]]
+    if permuted.skipped:  # the first empty position of the permuted block is the first skipped one
+        assert permuted.first_skipped() == next(i for i, p in enumerate(order) if not ok[p])
+
+
+def test_slices_are_views_and_concat_copies():
+    block = _block(0, [True] * 10)
+    piece = block.slice(2, 5)
+    assert piece.columns["x"].tolist() == [2, 3, 4]
+    assert piece.columns["x"].untyped_storage().data_ptr() == block.columns["x"].untyped_storage().data_ptr()
+    joined = Block.concat([block.slice(0, 3), block.slice(7, 10)])
+    assert joined.columns["x"].tolist() == [0, 1, 2, 7, 8, 9] and joined.good is None
+
+
+def test_a_unit_with_no_kept_row_joins_others():
+    empty = Block.from_rows(UnitRows(pa.table({"x": pa.nulls(3, pa.int64())}), _unit(1), None,
+                                     np.zeros(3, dtype=bool)))
+    full = Block.from_rows(UnitRows(pa.table({"x": np.arange(2, dtype=np.int64)}), _unit(2)))
+    joined = Block.concat([empty, full])
+    assert joined.positions == 5 and joined.rows == 2 and joined.columns["x"].tolist() == [0, 1]
+    assert list(Block.concat([empty, empty]).columns["x"]) == []
+
+
+def test_binary_slices_rebase_offsets():
+    col = BinaryColumn(torch.tensor(list(b"aabbbc"), dtype=torch.uint8), torch.tensor([0, 2, 5, 6]))
+    assert col.slice(1, 3).to_list() == [b"bbb", b"c"]
+    assert BinaryColumn.concat([col.slice(2, 3), col.slice(0, 1)]).to_list() == [b"c", b"aa"]
+    assert col.slice(1, 1).to_list() == []
+
+
+def test_round_robin_is_torchs_worker_order_and_closes_everything():
+    closed = []
+
+    def lane(name, n):
+        try:
+            yield from (f"{name}{i}" for i in range(n))
+        finally:
+            closed.append(name)
+
+    out = list(round_robin([lane("a", 3), lane("b", 1), lane("c", 2)], on_close=lambda: closed.append("end")))
+    assert out == ["a0", "b0", "c0", "a1", "c1", "a2"]
+    assert sorted(closed) == ["a", "b", "c", "end"]
+    closed.clear()
+    early = round_robin([lane("a", 5), lane("b", 5)], on_close=lambda: closed.append("end"))
+    assert [next(early), next(early), next(early)] == ["a0", "b0", "a1"]
+    early.close()
+    assert sorted(closed) == ["a", "b", "end"]
