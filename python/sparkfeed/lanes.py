@@ -1,27 +1,34 @@
 """Worker lanes on threads: the lanes torch's worker processes would run, read ahead by threads.
 
-Each lane's thread reads and converts its segments (unit pieces or shuffle-chunk pieces, see
-`stream.py`) ahead: reading Parquet is pyarrow work that releases the GIL, so threads overlap it
-as well as processes do, without moving every batch between processes. Batches are cut out of
-the segments on the consuming thread, so the hand-over between threads happens once per segment
-(about a row group), not once per batch. `round_robin` gives the order torch's process workers
-give (batch i from lane i mod K, skipping finished lanes), so results do not depend on the
-worker type.
+Each lane's segments (unit pieces or shuffle-chunk pieces, see `stream.py`) are read and
+converted ahead on a reading thread: reading Parquet is pyarrow work that releases the GIL, so
+threads overlap it as well as processes do, without moving every batch between processes.
+Batches are cut out of the segments on the consuming thread, so the hand-over between threads
+happens once per segment (about a row group), not once per batch. `round_robin` gives the order
+torch's process workers give (batch i from lane i mod K, skipping finished lanes), so results
+do not depend on the worker type.
 
-Shutdown protocol (the one note; `_lane_loop` and `LaneReader` cite it)
-------------------------------------------------------------------------
-Each lane k has one thread running `_lane_loop` and one bounded queue `queues[k]` (maxsize =
-`depth`). The thread puts items, then exactly one final item: `_END` or a `_Failure`. A shared
-`stop` event is set only by `LaneReader.close()`. The thread puts with a timeout and re-checks
-`stop`, so a full queue never pins it; the consumer (`lane(k)`) gets with a timeout and re-checks that
-the thread is alive, so a dead thread is an error, not a hang. `close()` (idempotent, also on garbage
-collection, after a failure, after the last lane ends, and after an early `break`) sets `stop`,
-drains every queue, and joins every thread for a bounded time; each thread closes its own
-generator in its `finally`.
+There are K lanes (`num_workers`) but at most `reading_threads(K)` threads: one per core left
+after the consuming thread. More Python threads than cores only trade the GIL back and forth;
+each thread serves its lanes (k mod R), always the one whose queue is emptiest.
+
+Shutdown protocol (the one note; `_serve` and `LaneReader` cite it)
+--------------------------------------------------------------------
+Each lane k has one bounded queue `queues[k]` (maxsize = `depth`), filled by the one thread that
+serves it. The thread puts items, then exactly one final item per lane: `_END`, or a `_Failure`
+(a lane's failure is also put to the thread's other unfinished lanes, so whichever the consumer
+reads next raises it). The thread never blocks on a full queue: it reads for a lane with room,
+and when every queue it serves is full it waits on its `space` event (cleared before it looks,
+set by the consumer after each get from its lanes) with a timeout, re-checking `stop`. A shared `stop` event is set only by `LaneReader.close()`.
+The consumer (`lane(k)`) gets with a timeout and re-checks that the thread is alive, so a dead
+thread is an error, not a hang. `close()` (idempotent, also on garbage collection, after a
+failure, and when the consumer is closed early) sets `stop`, drains every queue, and joins
+every thread for a bounded time; each thread closes its own generators in its `finally`.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -29,7 +36,7 @@ from collections.abc import Callable, Iterator
 from .errors import WorkerError
 from .prefetch import _put  # the same bounded put, under the same protocol
 
-__all__ = ["LaneReader", "round_robin"]
+__all__ = ["LaneReader", "round_robin", "reading_threads"]
 
 _POLL_S = 0.1
 _JOIN_S = 5.0
@@ -41,58 +48,91 @@ class _Failure:
         self.exc = exc
 
 
-def _lane_loop(make: Callable[[], Iterator], q: queue.Queue, stop: threading.Event) -> None:
-    """Run one lane's batch generator into its queue (see the shutdown protocol above)."""
-    it = None
+def reading_threads(lanes: int) -> int:
+    """Threads to read `lanes` lanes: one per core, less the consuming thread's, at least one."""
     try:
-        it = make()
-        for batch in it:
-            if not _put(q, batch, stop):
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(lanes, cores - 1))
+
+
+def _serve(makes: dict[int, Callable[[], Iterator]], queues: list[queue.Queue],
+           stop: threading.Event, space: threading.Event) -> None:
+    """One reading thread: keep its lanes' queues filled (see the shutdown protocol above)."""
+    its: dict[int, Iterator] = {}
+    active = list(makes)
+    try:
+        while active and not stop.is_set():
+            space.clear()  # before looking: a get from now on wakes the wait below
+            ready = [k for k in active if not queues[k].full()]
+            if not ready:
+                space.wait(_POLL_S)
+                continue
+            k = min(ready, key=lambda j: queues[j].qsize())
+            try:
+                if k not in its:
+                    its[k] = makes[k]()
+                item = next(its[k])
+            except StopIteration:
+                active.remove(k)
+                _put(queues[k], _END, stop)
+                continue
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+                for j in sorted(active, key=lambda j: queues[j].qsize()):  # an empty one may be awaited
+                    _put(queues[j], _Failure(exc), stop)
                 return
-        _put(q, _END, stop)
-    except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
-        _put(q, _Failure(exc), stop)
+            queues[k].put_nowait(item)  # only this thread puts here, and it had room
     finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
+        for it in its.values():
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
 
 
 class LaneReader:
-    """K lane generators run by K threads, each into its own bounded queue; `lane(k)` reads one."""
+    """K lane generators read ahead by up to `threads` threads, each lane into its own bounded
+    queue; `lane(k)` iterates one lane."""
 
-    def __init__(self, lanes: list[Callable[[], Iterator]], depth: int = 2, name: str = "sparkfeed-lane"):
+    def __init__(self, lanes: list[Callable[[], Iterator]], depth: int = 2, threads: int | None = None,
+                 name: str = "sparkfeed-lane"):
+        threads = reading_threads(len(lanes)) if threads is None else max(1, min(threads, len(lanes)))
         self._stop = threading.Event()
+        self._space = [threading.Event() for _ in range(threads)]  # one per thread: its lanes got room
         self._queues = [queue.Queue(maxsize=max(1, depth)) for _ in lanes]
-        self._threads = [threading.Thread(target=_lane_loop, args=(make, q, self._stop),
-                                          name=f"{name}-{k}", daemon=True)
-                         for k, (make, q) in enumerate(zip(lanes, self._queues))]
+        self._threads = [threading.Thread(
+            target=_serve, name=f"{name}-{t}", daemon=True,
+            args=({k: make for k, make in enumerate(lanes) if k % threads == t},
+                  self._queues, self._stop, self._space[t])) for t in range(threads)]
         for t in self._threads:
             t.start()
         self._closed = False
 
     def lane(self, k: int) -> Iterator:
         """The items of lane k, in order; its thread's exception is re-raised here."""
+        thread = self._threads[k % len(self._threads)]
         while True:
-            item = self._get(k)
+            item = self._get(k, thread)
             if item is _END:
                 return
             if isinstance(item, _Failure):
                 self.close()
-                item.exc.add_note(f"(raised while reading lane {k} on thread {self._threads[k].name!r})")
+                item.exc.add_note(f"(raised while reading lane {k} on thread {thread.name!r})")
                 raise item.exc
             yield item
 
-    def _get(self, k: int):
+    def _get(self, k: int, thread: threading.Thread):
         while True:
             try:
-                return self._queues[k].get(timeout=_POLL_S)
+                item = self._queues[k].get(timeout=_POLL_S)
+                self._space[k % len(self._threads)].set()
+                return item
             except queue.Empty:
                 if self._closed:
                     raise WorkerError(f"lane {k} was read after the lanes were closed") from None
-                if not self._threads[k].is_alive() and self._queues[k].empty():
+                if not thread.is_alive() and self._queues[k].empty():
                     self.close()
-                    raise WorkerError(f"lane thread {self._threads[k].name!r} ended without a result") from None
+                    raise WorkerError(f"lane thread {thread.name!r} ended without a result") from None
 
     def close(self) -> None:
         if self._closed:

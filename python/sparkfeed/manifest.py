@@ -131,30 +131,43 @@ def _need(cond: bool, message: str, dataset: str) -> None:
         raise ManifestError(message, dataset=dataset)
 
 
+def _is_count(value) -> bool:
+    return type(value) is int and value >= 0  # noqa: E721 - bool is not a count
+
+
 def _count(value, what: str, dataset: str) -> int:
-    _need(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-          f"{what} should be a non-negative integer, but got {value!r}", dataset)
+    if not _is_count(value):
+        raise ManifestError(f"{what} should be a non-negative integer, but got {value!r}", dataset=dataset)
     return value
 
 
-def _parse_stats(raw, what: str, dataset: str) -> dict[str, ColumnStats]:
-    _need(isinstance(raw, dict), f"{what}: stats should be an object, but got {type(raw).__name__}", dataset)
-    out = {}
-    for name, s in raw.items():
-        _need(isinstance(s, dict), f"{what}: stats of {name!r} should be an object", dataset)
-        nulls = s.get("null_count")
-        if nulls is not None:
-            _count(nulls, f"{what}: null_count of {name!r}", dataset)
-        out[name] = ColumnStats(s.get("min"), s.get("max"), nulls)
-    return out
+def _valid_column_stats(s) -> bool:
+    return isinstance(s, dict) and (s.get("null_count") is None or _is_count(s["null_count"]))
+
+
+def _parse_stats(raw, what, dataset: str) -> dict[str, ColumnStats]:
+    """Column stats; `what` names the place (a string, or a callable making it: the message is
+    only built when something is wrong, since a manifest holds thousands of these)."""
+    if isinstance(raw, dict) and all(_valid_column_stats(s) for s in raw.values()):
+        return {name: ColumnStats(s.get("min"), s.get("max"), s.get("null_count")) for name, s in raw.items()}
+    place = what() if callable(what) else what
+    _need(isinstance(raw, dict), f"{place}: stats should be an object, but got {type(raw).__name__}", dataset)
+    name, bad = next((n, s) for n, s in raw.items() if not _valid_column_stats(s))
+    _need(isinstance(bad, dict), f"{place}: stats of {name!r} should be an object", dataset)
+    raise ManifestError(f"{place}: null_count of {name!r} should be a non-negative integer, but got "
+                        f"{bad['null_count']!r}", dataset=dataset)
+
+
+def _parse_row_group(rg, shard: str, i: int, dataset: str) -> RowGroup:
+    n = rg.get("num_samples") if isinstance(rg, dict) else None
+    if not _is_count(n):
+        _count(n, f"shard {shard!r} row group {i}: num_samples", dataset)
+    return RowGroup(n, _parse_stats(rg.get("stats", {}), lambda: f"shard {shard!r} row group {i}", dataset))
 
 
 def _parse_row_groups(raw, shard: str, num_samples: int, dataset: str) -> tuple[RowGroup, ...]:
     _need(isinstance(raw, list), f"shard {shard!r}: row_groups should be a list", dataset)
-    groups = tuple(RowGroup(_count(rg.get("num_samples") if isinstance(rg, dict) else None,
-                                   f"shard {shard!r} row group {i}: num_samples", dataset),
-                            _parse_stats(rg.get("stats", {}), f"shard {shard!r} row group {i}", dataset))
-                   for i, rg in enumerate(raw))
+    groups = tuple(_parse_row_group(rg, shard, i, dataset) for i, rg in enumerate(raw))
     total = sum(rg.num_samples for rg in groups)
     _need(total == num_samples, f"shard {shard!r}: row groups hold {total} samples but the shard "
           f"says num_samples={num_samples}; the manifest was altered or is corrupt", dataset)

@@ -85,6 +85,8 @@ class Block(NamedTuple):
 
     def slice(self, start: int, stop: int) -> "Block":
         """Positions [start, stop), as views."""
+        if start == 0 and stop == self.positions:
+            return self
         if self.good is None:
             return Block(batching.slice_rows(self.columns, start, stop), stop - start)
         lo, hi = int(self.good[start]), int(self.good[stop])

@@ -1,15 +1,20 @@
-"""Blocks and batch cutting (`sparkfeed.stream`): positions, kept rows and skips stay exact."""
+"""Blocks, batch cutting and lanes (`sparkfeed.stream`, `sparkfeed.lanes`): positions, kept rows,
+skips and the workers' order stay exact; lane threads never hang."""
 
 from __future__ import annotations
 
+import functools
+import os
+
 import numpy as np
 import pyarrow as pa
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparkfeed.batch import BinaryColumn
-from sparkfeed.lanes import round_robin
+from sparkfeed.lanes import LaneReader, reading_threads, round_robin
 from sparkfeed.plan import WorkUnit
 from sparkfeed.read import UnitRows
 from sparkfeed.stream import Block, cut
@@ -108,3 +113,40 @@ def test_round_robin_is_torchs_worker_order_and_closes_everything():
     assert [next(early), next(early), next(early)] == ["a0", "b0", "a1"]
     early.close()
     assert sorted(closed) == ["a", "b", "end"]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_lanes_deliver_each_lane_in_order_whatever_the_reading_threads(threads):
+    lanes = [functools.partial(iter, [f"{k}-{i}" for i in range(n)]) for k, n in enumerate([5, 0, 7])]
+    reader = LaneReader(lanes, depth=1, threads=threads)
+    got = list(round_robin([reader.lane(k) for k in range(3)], on_close=reader.close))
+    assert [x for x in got if x.startswith("0-")] == [f"0-{i}" for i in range(5)]
+    assert [x for x in got if x.startswith("2-")] == [f"2-{i}" for i in range(7)]
+    assert got[:4] == ["0-0", "2-0", "0-1", "2-1"]  # torch's worker order, the empty lane skipped
+    assert not any(t.is_alive() for t in reader._threads)
+
+
+def test_a_failing_lane_raises_its_error_on_whichever_lane_is_read_next():
+    def bad():
+        yield "b-0"
+        raise ValueError("broken shard")
+
+    reader = LaneReader([functools.partial(iter, range(1000)), bad], depth=2, threads=1)
+    with pytest.raises(ValueError, match="broken shard") as info:
+        list(round_robin([reader.lane(0), reader.lane(1)], on_close=reader.close))
+    assert any("sparkfeed-lane-0" in note for note in info.value.__notes__)
+    assert not any(t.is_alive() for t in reader._threads)
+
+
+def test_closing_early_stops_the_reading_threads():
+    reader = LaneReader([functools.partial(iter, range(10**6)) for _ in range(2)], depth=2, threads=2)
+    rr = round_robin([reader.lane(0), reader.lane(1)], on_close=reader.close)
+    assert [next(rr) for _ in range(4)] == [0, 0, 1, 1]
+    rr.close()
+    assert not any(t.is_alive() for t in reader._threads)
+
+
+def test_reading_threads_leave_a_core_for_the_consumer():
+    assert reading_threads(1) == 1
+    cores = len(os.sched_getaffinity(0))
+    assert reading_threads(64) == max(1, min(64, cores - 1))
