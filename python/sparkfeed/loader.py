@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -217,18 +218,19 @@ class DataLoader:
         self._delivered = [0] * workers
         ds._lanes, ds._annotate, ds._row_ids = self._lanes, True, bool(self.decode)
         source = self._worker_batches()
-        prefetcher = Prefetcher(source, depth=self._prefetch_depth(), pin_memory=self.pin_memory,
+        if not self._staged():
+            return self._deliver(_waited(source, self._stage, self._stats))
+        prefetcher = Prefetcher(source, depth=self.prefetch, pin_memory=self.pin_memory,
                                 device=self.device, stage=self._stage, stats=self._stats)
         return self._deliver(prefetcher)
 
-    def _prefetch_depth(self) -> int:
-        """The prefetch thread's depth: `prefetch` when there is work to do per batch on a thread
-        (decoding, pinning, a device copy, a collate_fn), else 0 (no thread): the reading
-        already runs ahead on the lane threads or worker processes, and a thread that only
-        passed batches on would only add a hand-over per batch."""
-        staged = bool(self.decode) or self.collate_fn is not None or self.device is not None \
+    def _staged(self) -> bool:
+        """Whether batches need work on a prefetch thread (decoding, pinning, a device copy, a
+        collate_fn). Without it there is no such thread: the reading already runs ahead on the
+        lane threads or worker processes, and a thread that only passed batches on would only
+        add a hand-over per batch."""
+        return bool(self.decode) or self.collate_fn is not None or self.device is not None \
             or (self.pin_memory and torch.cuda.is_available())
-        return self.prefetch if staged else 0
 
     def _threads(self) -> bool:
         """Threads read Parquet (pyarrow releases the GIL); processes parse tars (Python work).
@@ -254,22 +256,23 @@ class DataLoader:
             prefetch_factor=self.prefetch_factor)
         return _named_worker_errors(iter(loader), self.dataset.rank)
 
-    def _deliver(self, prefetcher: Prefetcher):
+    def _deliver(self, batches):
         complete = False
         try:
-            for batch in prefetcher:
+            for batch in batches:
                 worker, consumed = batch.pop(PROGRESS_KEY)
                 self._delivered[worker] = consumed
                 self._stats.merge(batch.pop(STATS_KEY))  # counted when delivered, not read ahead
                 yield batch
             complete = True
         finally:
-            prefetcher.close()
+            batches.close()
             if complete:  # the epoch is done: state says so, a new iteration starts it over
                 self._resume = None
 
     def _stage(self, batch: dict) -> dict:
-        """Background-thread work on one batch: decoding, user collate; bookkeeping rides along."""
+        """Per-batch work (on the prefetch thread when there is one): unpacking, decoding, user
+        collate; the bookkeeping rides along."""
         batch = unpack(batch)
         if self.decode:
             batch = self._decode(batch)
@@ -319,6 +322,26 @@ class DataLoader:
                                  "batch; on_error='skip' drops and counts them)",
                                  dataset=self.dataset.path, shard=unit.path,
                                  row_group=unit.row_group, key=str(key))
+
+
+def _waited(source, stage: Callable[[dict], dict], stats: Stats):
+    """Batches staged on the consumer's thread (nothing worth a prefetch thread), with the time
+    spent waiting for each counted in `wait_s`, as the prefetcher counts it."""
+    it = iter(source)
+    try:
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            finally:
+                stats.add("wait_s", time.perf_counter() - start)
+            yield stage(batch)
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
 
 
 def _named_worker_errors(it, rank: int):

@@ -7,6 +7,8 @@ kept. Bytes read are counted from the column-chunk sizes in the footer.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -16,16 +18,18 @@ from ..plan import WorkUnit
 from .base import Reader, UnitRows, apply_filter, with_bookkeeping
 
 _ERRORS = (OSError, pa.ArrowException, ValueError, EOFError)
+_OPEN_FILES = 16  # open Parquet files kept per reader
 
 
 class ParquetReader(Reader):
-    """Reads row groups of the dataset's Parquet shards; keeps the last file open."""
+    """Reads row groups of the dataset's Parquet shards; keeps the last `_OPEN_FILES` files open."""
 
     def __init__(self, ctx):
         super().__init__(ctx)
         self._pafs = _arrow_filesystem(ctx.fs)
-        self._open: tuple[str, pq.ParquetFile] | None = None
-        self._chunks_of: dict[str, list[int]] = {}
+        # The last files opened: with shuffle, units hop between files, and a footer is read,
+        # parsed and checked once per file, not once per unit.
+        self._files: OrderedDict[str, tuple[pq.ParquetFile, dict]] = OrderedDict()
 
     def _open_input(self, path: str):
         """A seekable file: pyarrow's native one for local files, fsspec's otherwise (fsspec's
@@ -35,8 +39,9 @@ class ParquetReader(Reader):
         return self.ctx.fs.open(path, "rb")
 
     def _file(self, unit: WorkUnit) -> pq.ParquetFile:
-        if self._open is not None and self._open[0] == unit.path:
-            return self._open[1]
+        if unit.path in self._files:
+            self._files.move_to_end(unit.path)
+            return self._files[unit.path][0]
         path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
         try:
             pf = storage.with_retries(lambda: pq.ParquetFile(self._open_input(path)), f"opening {path}")
@@ -49,10 +54,12 @@ class ParquetReader(Reader):
             raise self._error(unit, f"cannot open Parquet file ({type(exc).__name__}: {exc})") from exc
         self.ctx.stats.add("bytes_read", pf.metadata.serialized_size + 8)
         self._check_schema(unit, pf.schema_arrow)
-        self._open = (unit.path, pf)
-        self._chunks_of = {}  # top-level column -> indices of its column chunks
+        chunks_of: dict[str, list[int]] = {}  # top-level column -> indices of its column chunks
         for j in range(pf.metadata.num_columns):
-            self._chunks_of.setdefault(pf.metadata.schema.column(j).path.split(".")[0], []).append(j)
+            chunks_of.setdefault(pf.metadata.schema.column(j).path.split(".")[0], []).append(j)
+        self._files[unit.path] = (pf, chunks_of)
+        while len(self._files) > _OPEN_FILES:
+            self._files.popitem(last=False)
         return pf
 
     def _read_columns(self, unit: WorkUnit, names: list[str]) -> pa.Table:
@@ -65,7 +72,7 @@ class ParquetReader(Reader):
             try:
                 return [pf.read_row_group(g, columns=names, use_threads=False) for g in groups]
             except Exception:
-                self._open = None  # reopen on retry: the stream may be broken
+                self._files.pop(unit.path, None)  # reopen on retry: the stream may be broken
                 raise
 
         try:
@@ -76,14 +83,15 @@ class ParquetReader(Reader):
             if not storage.is_transient(exc):
                 raise
             raise self._error(unit, f"storage kept failing ({type(exc).__name__}: {exc})") from exc
-        self.ctx.stats.add("bytes_read", sum(self._chunk_bytes(g, names) for g in groups))
+        self.ctx.stats.add("bytes_read", sum(self._chunk_bytes(unit.path, g, names) for g in groups))
         return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
 
-    def _chunk_bytes(self, group: int, names: list[str]) -> int:
+    def _chunk_bytes(self, path: str, group: int, names: list[str]) -> int:
         """Compressed bytes of the column chunks of `names` in row group `group` (what a read
         fetches), from the open file's footer."""
-        rg = self._open[1].metadata.row_group(group)
-        return sum(rg.column(j).total_compressed_size for n in names for j in self._chunks_of.get(n, ()))
+        pf, chunks_of = self._files[path]
+        rg = pf.metadata.row_group(group)
+        return sum(rg.column(j).total_compressed_size for n in names for j in chunks_of.get(n, ()))
 
     def _check_schema(self, unit: WorkUnit, schema: pa.Schema) -> None:
         """Once per file: the columns this dataset reads have the manifest's types."""
@@ -118,7 +126,7 @@ class ParquetReader(Reader):
         return light.num_rows
 
     def close(self) -> None:
-        self._open = None
+        self._files.clear()
 
 
 def _arrow_filesystem(fs) -> pafs.FileSystem | None:
