@@ -182,7 +182,7 @@ def tabular_cases(p) -> list[Case]:
     size = _size(datasets.files(p.data.tabular, ".parquet"))
     return [Case("sparkfeed", "sparkfeed", p.samples, payload_bytes=size),
             Case("sparkfeed, 0 workers", "sparkfeed", p.samples, options={"num_workers": 0},
-                 note="extra row: reading in the main process (prefetch thread), as the ceiling does"),
+                 note="extra row: reading in the main process (one background reader thread), as the ceiling does"),
             Case("pyarrow-scan (ceiling)", "pyarrow-scan", p.samples, payload_bytes=size,
                  note="Arrow's own threads; no tensors, no workers"),
             Case("torch-map-style", "torch-map-style", p.samples, baseline=True, payload_bytes=size,
