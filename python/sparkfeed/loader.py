@@ -8,6 +8,7 @@ positions the consumer received, which is what `state_dict()` saves.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import time
@@ -90,9 +91,10 @@ class DataLoader:
     @staticmethod
     def _dataset(path_or_dataset, **kwargs) -> Dataset:
         if isinstance(path_or_dataset, Dataset):
-            ds = path_or_dataset
-            if ds.batch_size != kwargs["batch_size"]:
-                ds.batch_size = kwargs["batch_size"]
+            # The loader's own shallow copy: its batch size and bookkeeping never leak into the
+            # caller's Dataset (which may also feed a plain torch DataLoader).
+            ds = copy.copy(path_or_dataset)
+            ds.batch_size = kwargs["batch_size"]
             return ds
         if not isinstance(path_or_dataset, str) and not hasattr(path_or_dataset, "__fspath__"):
             raise ValueError("`path_or_dataset` should be a dataset path/URL or a sparkfeed.Dataset, "

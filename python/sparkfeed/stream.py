@@ -26,6 +26,8 @@ from .shuffle import chunk_permutation, unit_order
 
 __all__ = ["EpochStream", "StreamReader", "Block", "cut"]
 
+_RUN_UNITS = 16  # at most this many units read as one run (`Reader.read_run`)
+
 
 class EpochStream:
     """Which unit holds each stream position in this epoch."""
@@ -71,7 +73,9 @@ class Block(NamedTuple):
         columns = batching.table_to_batch(table)
         if row_ids:
             rows = read.row_numbers() if read.ok is None else read.row_numbers()[read.ok]
-            columns["__unit__"] = torch.full((table.num_rows,), read.unit.index, dtype=torch.int32)
+            units = np.repeat(np.array([u.index for u, _ in read.parts()], dtype=np.int32),
+                              [n for _, n in read.parts()])
+            columns["__unit__"] = torch.from_numpy(units if read.ok is None else units[read.ok])
             columns["__row__"] = torch.from_numpy(rows)
         return Block(columns, read.num_rows, None if read.ok is None else _running(read.ok))
 
@@ -163,48 +167,82 @@ class StreamReader:
 
     def __init__(self, stream: EpochStream, reader: Reader, cached_units: int = 2, row_ids: bool = False):
         self.stream, self.reader, self.row_ids = stream, reader, row_ids
-        self._units: OrderedDict[int, Block] = OrderedDict()
+        self._units: OrderedDict[int, tuple[Block, int]] = OrderedDict()  # unit -> (run, offset)
         self._cached_units = cached_units
         self._chunk: tuple[int, Block] | None = None
-        self._nulls: dict[int, UnitRows] = {}  # on_error="raise": units with nulls, for the error
+        self._nulls: dict[int, tuple[UnitRows, int]] = {}  # on_error="raise": units with nulls
 
-    def _unit(self, k: int) -> Block:
+    def _unit(self, k: int, last: int | None = None) -> tuple[Block, int]:
+        """The k-th unit of the epoch as (its run's block, its first position there); reading it
+        also reads the units after it, up to `last`, that the reader can read in the same run
+        (`Reader.read_run`)."""
         if k not in self._units:
-            read = self.reader.read(self.stream.units[k], int(self.stream.counts[k]))
-            block = Block.from_rows(read, self.row_ids)
-            if block.skipped and self.reader.ctx.on_error != "skip":
-                self._nulls[k] = read
-            self._units[k] = block
-            while len(self._units) > self._cached_units:
-                self._nulls.pop(self._units.popitem(last=False)[0], None)
+            self._read_run(k, k if last is None else last)
         self._units.move_to_end(k)
         return self._units[k]
 
-    def _piece(self, k: int, a: int, b: int) -> Block:
+    def _read_run(self, k: int, last: int) -> None:
+        units, counts = self.stream.units, self.stream.counts
+        end = min(last, k + _RUN_UNITS - 1) + 1
+        read = self.reader.read_run(units[k:end], [int(n) for n in counts[k:end]])
+        block, offset = Block.from_rows(read, self.row_ids), 0
+        parts = read.parts()
+        for j, (_, n) in enumerate(parts):
+            self._units[k + j] = (block, offset)
+            if block.skipped and self.reader.ctx.on_error != "skip" and block.slice(offset, offset + n).skipped:
+                self._nulls[k + j] = (read, offset)
+            offset += n
+        while len(self._units) > max(self._cached_units, len(parts) + 1):
+            self._nulls.pop(self._units.popitem(last=False)[0], None)
+
+    def _piece(self, k: int, a: int, b: int, last: int | None = None) -> Block:
         """Rows [a, b) of the k-th unit of the epoch; a null a tensor cannot hold is an error here."""
-        block = self._unit(k).slice(a, b)
+        run, offset = self._unit(k, last)
+        block = run.slice(offset + a, offset + b)
         if block.skipped and k in self._nulls:
             raise self._null_error(k, a + block.first_skipped())
         return block
 
-    def _raw(self, lo: int, hi: int) -> Block:
-        return Block.concat([self._piece(k, a, b) for k, a, b in self.stream.pieces(lo, hi)])
+    def _pieces_joined(self, pieces: list, last: int | None = None):
+        """Blocks for consecutive unit pieces; pieces of units read in one run come out as one
+        slice of the run (one hand-over and one split per run downstream, not per unit). Runs
+        may read ahead up to unit `last` (default: the last piece's)."""
+        last, i = (pieces[-1][0] if last is None else last), 0
+        while i < len(pieces):
+            k, a, b = pieces[i]
+            run, offset = self._unit(k, last)
+            j = i
+            while j + 1 < len(pieces) and b == self.stream.counts[pieces[j][0]] and pieces[j + 1][1] == 0 \
+                    and pieces[j + 1][0] in self._units and self._units[pieces[j + 1][0]][0] is run:
+                j += 1
+                b = pieces[j][2]
+            if j == i or not any(pieces[x][0] in self._nulls for x in range(i, j + 1)):
+                yield run.slice(offset + a, self._units[pieces[j][0]][1] + b)
+            else:  # a null to raise: piece by piece, so the error names its unit
+                yield from (self._piece(*piece, last) for piece in pieces[i:j + 1])
+            i = j + 1
+
+    def _raw(self, lo: int, hi: int, last: int) -> Block:
+        return Block.concat(list(self._pieces_joined(list(self.stream.pieces(lo, hi)), last)))
 
     def _null_error(self, k: int, row: int) -> ShardReadError:
         """A null where a tensor needs a value: name the columns, the shard and the row group."""
-        read, unit = self._nulls[k], self.stream.units[k]
+        (read, offset), unit = self._nulls[k], self.stream.units[k]
+        row += offset
         columns = [n for n in read.table.column_names if read.table.column(n)[row].as_py() is None]
         return ShardReadError(f"sample at row {int(read.row_numbers()[row])} has no value in "
                               f"{columns}, which become tensors; filter such rows out (e.g. "
                               "filter=pc.field(name).is_valid()) or pass on_error='skip'",
                               dataset=self.reader.ctx.dataset, shard=unit.path, row_group=unit.row_group)
 
-    def _permuted_chunk(self, g: int) -> Block:
+    def _permuted_chunk(self, g: int, last: int) -> Block:
+        """Grid chunk g, permuted; units up to `last` (needed by later chunks of the span) may be
+        read in the same run."""
         if self._chunk is None or self._chunk[0] != g:
             size = self.stream.chunk
             lo, hi = g * size, min((g + 1) * size, self.stream.num_samples)
             perm = chunk_permutation(self.stream.seed, self.stream.epoch, g, hi - lo)
-            self._chunk = (g, self._raw(lo, hi).permute(perm))
+            self._chunk = (g, self._raw(lo, hi, last).permute(perm))
         return self._chunk[1]
 
     def segments(self, spans):
@@ -213,13 +251,14 @@ class StreamReader:
         size = self.stream.chunk
         for lo, hi in spans:
             if not self.stream.shuffle:
-                for k, a, b in self.stream.pieces(lo, hi):
-                    yield self._piece(k, a, b)
+                yield from self._pieces_joined(list(self.stream.pieces(lo, hi)))
                 continue
+            span_end = min(-(-hi // size) * size, self.stream.num_samples)  # the last chunk's end
+            last = int(np.searchsorted(self.stream.starts, span_end - 1, side="right")) - 1
             while lo < hi:
                 g = lo // size
                 end = min(hi, (g + 1) * size)
-                yield self._permuted_chunk(g).slice(lo - g * size, end - g * size)
+                yield self._permuted_chunk(g, last).slice(lo - g * size, end - g * size)
                 lo = end
 
     def close(self) -> None:

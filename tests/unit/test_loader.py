@@ -187,6 +187,15 @@ def test_dataset_in_plain_torch_dataloader(any_path):
         assert all(isinstance(x, bytes) for b in batches for x in b["image"])
 
 
+def test_a_dataset_given_to_the_loader_is_left_as_it_was(pq_path):
+    ds = sparkfeed.Dataset(pq_path, columns=["id", "image"])
+    L = sparkfeed.DataLoader(ds, batch_size=64, num_workers=1)
+    assert len(ids_of(L)) == N_PQ and L.dataset is not ds
+    assert ds.batch_size is None and not ds._annotate and ds._lanes is None
+    plain = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))  # still a plain dataset
+    assert set(plain) == {"id", "image"} and len(plain["id"]) == 4
+
+
 def test_batch_types(pq_path, tar_path):
     b = next(iter(sparkfeed.DataLoader(pq_path, batch_size=8)))
     assert b["id"].dtype == torch.int64 and b["label"].dtype == torch.int32
@@ -409,6 +418,41 @@ def test_truncated_parquet_footer_names_the_shard(pq_path, tmp_path):
         ids_of(sparkfeed.DataLoader(root, batch_size=100))
 
 
+def _corrupt_row_group(path: str, group: int) -> int:
+    """Overwrite the middle of every column chunk of one row group; returns its row count."""
+    import pyarrow.parquet as pq
+
+    rg = pq.ParquetFile(path).metadata.row_group(group)
+    with open(path, "r+b") as f:
+        for j in range(rg.num_columns):
+            col = rg.column(j)
+            start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
+            f.seek(start + col.total_compressed_size // 2)
+            f.write(b"\xff" * max(1, col.total_compressed_size // 4))
+    return rg.num_rows
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_corrupt_row_group_read_with_its_neighbours_is_named_or_skipped_alone(pq_path, tmp_path, workers):
+    """Row groups of a file are read in runs; a bad one among them is still named and skipped
+    on its own, and its neighbours in the run are delivered."""
+    import pyarrow.parquet as pq
+
+    root = copy_dataset(pq_path, tmp_path / "d")
+    path = os.path.join(root, "part-00002.parquet")
+    groups = pq.ParquetFile(path).metadata.num_row_groups
+    assert groups >= 3
+    bad = pq.read_table(path, columns=["id"]).column("id").to_pylist()
+    lost = set(bad[64 * 2:64 * 3])  # row group 2 (64 rows per group)
+    assert _corrupt_row_group(path, 2) == len(lost)
+    with pytest.raises(ShardReadError, match="part-00002.parquet.*row group 2"):
+        ids_of(sparkfeed.DataLoader(root, batch_size=50, num_workers=workers))
+    L = sparkfeed.DataLoader(root, batch_size=50, num_workers=workers, on_error="skip")
+    got = ids_of(L)
+    assert sorted(got) == sorted(set(range(N_PQ)) - lost)
+    assert L.stats()["samples_skipped"] == len(lost)
+
+
 def test_prefetch_depth_does_not_change_order_or_content(pq_path):
     runs = [[(b["id"].tolist(), b["caption"]) for b in
              sparkfeed.DataLoader(pq_path, batch_size=64, shuffle=True, num_workers=2, prefetch=depth)]
@@ -438,10 +482,11 @@ def test_early_break_leaves_no_prefetch_thread(pq_path):
     for i, _ in enumerate(L):
         if i == 2:
             break
+    ours = ("sparkfeed-prefetch", "sparkfeed-lane")  # the prefetch thread, the reading thread
     deadline = time.monotonic() + 5
-    while any(t.name.startswith("sparkfeed-prefetch") for t in threading.enumerate()) and time.monotonic() < deadline:
+    while any(t.name.startswith(ours) for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(t.name.startswith("sparkfeed-prefetch") for t in threading.enumerate())
+    assert not any(t.name.startswith(ours) for t in threading.enumerate())
 
 
 def test_stats_count_what_was_delivered_not_what_was_read_ahead(pq_path):

@@ -68,6 +68,11 @@ class Reader:
             log.warning("skipping %d samples: %s", expected, exc)
             return placeholder(self.ctx, unit, expected)
 
+    def read_run(self, units: Sequence[WorkUnit], expected: Sequence[int]) -> UnitRows:
+        """Rows of the first units of `units` (consecutive in the stream) in one read, where the
+        format can (see `ParquetReader`); here, just the first unit. `parts()` says which."""
+        return self.read(units[0], expected[0])
+
     def count(self, unit: WorkUnit) -> int:
         """Rows of `unit` that pass the filter (reads only what the filter needs)."""
         try:
@@ -102,10 +107,15 @@ class UnitRows:
     unit: WorkUnit
     rows: np.ndarray | None = None
     ok: np.ndarray | None = None
+    run: tuple[tuple[WorkUnit, int], ...] = ()  # several units read as one: (unit, rows) each
 
     @property
     def num_rows(self) -> int:
         return self.table.num_rows
+
+    def parts(self) -> tuple[tuple[WorkUnit, int], ...]:
+        """(unit, rows) for each unit these rows hold, in order."""
+        return self.run or ((self.unit, self.num_rows),)
 
     def row_numbers(self) -> np.ndarray:
         return np.arange(self.num_rows, dtype=np.int32) if self.rows is None else self.rows.astype(np.int32)
@@ -128,14 +138,14 @@ def _tensor_values_valid(table: pa.Table) -> np.ndarray | None:
 
 
 def with_bookkeeping(table: pa.Table, unit: WorkUnit, rows: np.ndarray | None = None,
-                     ok: np.ndarray | None = None) -> UnitRows:
+                     ok: np.ndarray | None = None, run: tuple = ()) -> UnitRows:
     """A unit's table with its row numbers and which rows hold a sample (nulls included)."""
     valid = _tensor_values_valid(table)
     if valid is not None:
         ok = valid if ok is None else ok & valid
     if ok is not None and ok.all():
         ok = None
-    return UnitRows(table, unit, rows, ok)
+    return UnitRows(table, unit, rows, ok, run)
 
 
 def placeholder(ctx: ReadContext, unit: WorkUnit, n: int) -> UnitRows:

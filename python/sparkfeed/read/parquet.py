@@ -9,16 +9,19 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .. import storage
+from ..errors import ShardReadError
 from ..plan import WorkUnit
 from .base import Reader, UnitRows, apply_filter, with_bookkeeping
 
 _ERRORS = (OSError, pa.ArrowException, ValueError, EOFError)
 _OPEN_FILES = 16  # open Parquet files kept per reader
+_RUN_BYTES = 64 << 20  # uncompressed bytes read as one run of row groups (`read_run`)
 
 
 class ParquetReader(Reader):
@@ -38,13 +41,19 @@ class ParquetReader(Reader):
             return self._pafs.open_input_file(path)
         return self.ctx.fs.open(path, "rb")
 
+    def _retrying(self, fn, what: str):
+        """Remote storage: retry transient errors (`storage.with_retries`). Local files: once; a
+        local OSError out of pyarrow is corrupt data (a bad page, a short file), and retrying
+        it would only delay the error by the whole backoff."""
+        return fn() if self._pafs is not None else storage.with_retries(fn, what)
+
     def _file(self, unit: WorkUnit) -> pq.ParquetFile:
         if unit.path in self._files:
             self._files.move_to_end(unit.path)
             return self._files[unit.path][0]
         path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
         try:
-            pf = storage.with_retries(lambda: pq.ParquetFile(self._open_input(path)), f"opening {path}")
+            pf = self._retrying(lambda: pq.ParquetFile(self._open_input(path)), f"opening {path}")
         except FileNotFoundError as exc:
             raise self._error(unit, f"file missing: the manifest names {unit.path!r} but storage "
                               "has no such file") from exc
@@ -62,13 +71,13 @@ class ParquetReader(Reader):
             self._files.popitem(last=False)
         return pf
 
-    def _read_columns(self, unit: WorkUnit, names: list[str]) -> pa.Table:
-        groups = None
+    def _read_columns(self, unit: WorkUnit, names: list[str], groups: list[int] | None = None) -> pa.Table:
 
         def attempt() -> list[pa.Table]:
             nonlocal groups
             pf = self._file(unit)
-            groups = range(pf.metadata.num_row_groups) if unit.row_group is None else [unit.row_group]
+            if groups is None:
+                groups = range(pf.metadata.num_row_groups) if unit.row_group is None else [unit.row_group]
             try:
                 return [pf.read_row_group(g, columns=names, use_threads=False) for g in groups]
             except Exception:
@@ -76,7 +85,7 @@ class ParquetReader(Reader):
                 raise
 
         try:
-            tables = storage.with_retries(attempt, f"reading {unit.path} row group {unit.row_group}")
+            tables = self._retrying(attempt, f"reading {unit.path} row group {unit.row_group}")
         except _ERRORS as exc:
             raise self._error(unit, f"corrupt or truncated data ({type(exc).__name__}: {exc})") from exc
         except Exception as exc:
@@ -120,6 +129,41 @@ class ParquetReader(Reader):
                     table = table.append_column(name, light.column(name))
             table = table.select(wanted)
         return with_bookkeeping(table.select(list(ctx.columns)), unit, rows)
+
+    def read_run(self, units, expected) -> UnitRows:
+        """Consecutive row groups of one file read and checked as one table, up to `_RUN_BYTES`
+        of uncompressed data: one read and, downstream, one conversion to tensors instead of one
+        per row group (row groups are small, 1,024 rows by default, and the fixed cost per read
+        would dominate). Without a filter only (a filter reads row group by row group, filter
+        columns first). Anything wrong falls back to reading the first unit alone, which names
+        the row group and applies `on_error` exactly."""
+        if self.ctx.expr is not None or len(units) == 1:
+            return self.read(units[0], expected[0])
+        try:
+            pf = self._file(units[0])
+        except ShardReadError:
+            return self.read(units[0], expected[0])
+        md, groups, size = pf.metadata, [], 0
+        for unit, n in zip(units, expected):
+            if unit.path != units[0].path or unit.row_group is None or unit.row_group >= md.num_row_groups:
+                break
+            rg = md.row_group(unit.row_group)
+            if rg.num_rows != n or (groups and size + rg.total_byte_size > _RUN_BYTES):
+                break
+            groups.append(unit.row_group)
+            size += rg.total_byte_size
+        if len(groups) < 2:
+            return self.read(units[0], expected[0])
+        try:
+            table = self._read_columns(units[0], self.ctx.read_columns, groups)
+        except ShardReadError:
+            return self.read(units[0], expected[0])
+        counts = expected[:len(groups)]
+        if table.num_rows != sum(counts):
+            return self.read(units[0], expected[0])
+        rows = np.concatenate([np.arange(n, dtype=np.int32) for n in counts])
+        return with_bookkeeping(table.select(list(self.ctx.columns)), units[0], rows,
+                                run=tuple(zip(units[:len(groups)], counts)))
 
     def _count(self, unit: WorkUnit) -> int:
         light, _ = apply_filter(self.ctx, self._read_columns(unit, list(self.ctx.filter_columns)))
