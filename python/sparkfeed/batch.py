@@ -1,7 +1,8 @@
-"""Arrow record batches -> fixed-size batches -> dicts of tensors, column-wise, no per-row Python.
+"""Arrow tables -> dicts of tensors, column-wise, no per-row Python; and the column-wise ops
+(slice, split, concat, select) that batches are cut with.
 
-Numbers become tensors (zero-copy where Arrow's buffer allows), fixed-size lists 2-D tensors,
-strings lists of `str`, binary columns a `BinaryColumn` (two tensors) that moves between processes
+Numbers become tensors (one copy out of Arrow's buffer), fixed-size lists 2-D tensors, strings
+lists of `str`, binary columns a `BinaryColumn` (two tensors) that moves between processes
 without one Python object per sample and becomes a list of `bytes` only at the user's door.
 """
 
