@@ -150,3 +150,28 @@ def test_reading_threads_leave_a_core_for_the_consumer():
     assert reading_threads(1) == 1
     cores = len(os.sched_getaffinity(0))
     assert reading_threads(64) == max(1, min(64, cores - 1))
+
+
+def test_parquet_runs_stop_at_files_budgets_and_mismatches(tmp_path, monkeypatch):
+    import dsutil
+    import sparkfeed
+    from sparkfeed.read import make_reader, parquet
+    from sparkfeed.stats import Stats
+
+    root = str(tmp_path / "d")
+    dsutil.write_parquet(root, dsutil.table(500), 250, 50)  # 2 files x 5 row groups
+    ds = sparkfeed.Dataset(root, columns=["id", "label"])
+    units, counts = ds.plan().units, [int(c) for c in ds.plan().counts]
+    reader = make_reader("parquet", ds._context(Stats()))
+    run = reader.read_run(units, counts)  # stops at the file boundary
+    assert [u.index for u, _ in run.parts()] == [0, 1, 2, 3, 4]
+    assert run.table.column("id").to_pylist() == list(range(250))
+    assert run.row_numbers().tolist() == list(range(50)) * 5
+    assert len(reader.read_run(units[1:], counts[1:]).parts()) == 4
+    wrong = counts[:2] + [counts[2] + 1] + counts[3:]  # the manifest disagrees with row group 2
+    assert len(reader.read_run(units, wrong).parts()) == 2
+    monkeypatch.setattr(parquet, "_RUN_BYTES", 1)  # every row group alone
+    assert len(reader.read_run(units, counts).parts()) == 1
+    filtered = sparkfeed.Dataset(root, filter=[("label", "<", 5)])
+    reader = make_reader("parquet", filtered._context(Stats()))
+    assert len(reader.read_run(filtered.plan().units, list(filtered.plan().counts)).parts()) == 1

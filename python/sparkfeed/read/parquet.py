@@ -21,7 +21,8 @@ from .base import Reader, UnitRows, apply_filter, with_bookkeeping
 
 _ERRORS = (OSError, pa.ArrowException, ValueError, EOFError)
 _OPEN_FILES = 16  # open Parquet files kept per reader
-_RUN_BYTES = 64 << 20  # uncompressed bytes read as one run of row groups (`read_run`)
+_RUN_BYTES = 16 << 20  # uncompressed bytes read as one run of row groups (`read_run`): a
+# handful of runs per lane stay in memory (cache, queue), so this bounds what runs add to it
 
 
 class ParquetReader(Reader):
