@@ -10,10 +10,12 @@ A batch's encoded images arrive as one `BinaryColumn` (or a list of `bytes`). Th
    are found, so good rows still decode and each bad row is reported with its reason.
 
 `decode` never raises for a bad image; it returns `DecodeResult.failures` and the loader applies
-`on_error`. Random crops and flips are drawn on the host from `(seed, epoch, rank)`, one draw per
-input row, and handed to DALI through `fn.external_source`: the same rows after the same
-`set_epoch` give the same tensors, whatever the batch split, retry or backend (PIL uses the same
-draws). DALI is imported only when `backend="dali"`.
+`on_error`. Random crops and flips are drawn on the host, one draw per input row, and handed to
+DALI through `fn.external_source`. Given `keys` (the loader passes each row's unit and row
+number) a row's draw is a function of `(seed, epoch, key)` alone: the same sample gets the same
+crop whatever the batch it lands in, the workers, the ranks or a resume. Without keys, draws
+follow one sequence per `(seed, epoch, rank)`. Either way re-runs, bisection and the PIL backend
+use the same draws. DALI is imported only when `backend="dali"`.
 
 Example::
 
@@ -170,14 +172,15 @@ def _fast_size(mv: memoryview) -> tuple[int, int] | None:
     return None
 
 
-def _check_header(arr: np.ndarray, max_pixels: int) -> str | None:
-    """Why this row cannot be decoded, from its header only (no pixel is decoded), or None.
+def _check_header(arr: np.ndarray, max_pixels: int) -> tuple[tuple[int, int] | None, str | None]:
+    """(width, height) of this row from its header only (no pixel is decoded), or why it cannot
+    be decoded: `(size, None)` or `(None, reason)`.
 
     JPEG and PNG dimensions come from their markers; anything else goes through PIL's lazy
     `Image.open`, which also reads only the header.
     """
     if arr.size == 0:
-        return "empty image (0 bytes)"
+        return None, "empty image (0 bytes)"
     size = _fast_size(memoryview(arr))
     try:
         if size is None:
@@ -185,14 +188,43 @@ def _check_header(arr: np.ndarray, max_pixels: int) -> str | None:
                 size = im.size
         w, h = size
     except Image.DecompressionBombError as e:
-        return f"refused before decoding: {e}"
+        return None, f"refused before decoding: {e}"
     except Image.UnidentifiedImageError:
-        return "not a recognised image format"
+        return None, "not a recognised image format"
     except Exception as e:  # noqa: BLE001 - any parse error means "not an image"
-        return f"not a recognised image ({type(e).__name__}: {e})"
+        return None, f"not a recognised image ({type(e).__name__}: {e})"
     if w * h > max_pixels:
-        return f"image is {w}x{h} = {w * h} pixels, over max_pixels={max_pixels}; refused before decoding"
-    return None
+        return None, f"image is {w}x{h} = {w * h} pixels, over max_pixels={max_pixels}; refused before decoding"
+    return (w, h), None
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser, elementwise on uint64: a counter-based hash, so every key gets its
+    own well-spread draw without a generator per row."""
+    with np.errstate(over="ignore"):
+        x = x + _GOLDEN
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _keyed_draws(seed: int, epoch: int, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Crop positions (2, n) in [0, 1) and flips (n,) as pure functions of (seed, epoch, key)."""
+    base = _mix64(_mix64(np.array([seed], np.uint64)) ^ np.uint64(epoch))
+    h = _mix64(keys.astype(np.uint64) ^ base)
+    words = np.stack([_mix64(h ^ np.uint64(i)) for i in (1, 2, 3)])
+    pos = (words[:2] >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24)
+    return pos, (words[2] & np.uint64(1)).astype(np.int32)
+
+
+def _needs_resize(spec: ImageDecode, sizes) -> bool:
+    """Whether any image's shorter side differs from `size`: images stored at the training size
+    (a Spark job often resizes them) are only cropped, as Pillow skips an identity resize too.
+    The shorter side does not change with an EXIF rotation, so header sizes are enough."""
+    return spec.size is not None and any(min(w, h) != spec.size for w, h in sizes)
 
 
 def _finish(spec: ImageDecode, hwc: torch.Tensor) -> torch.Tensor:
@@ -247,8 +279,9 @@ class _PilBackend:
             t = t[y0:y0 + s, x0:x0 + s]
         return t.flip(1) if flip else t
 
-    def run(self, arrays, rows, draws: _Draws):
-        """Decode `rows`; returns ([tensor], ok_rows, failures)."""
+    def run(self, arrays, rows, draws: _Draws, resize: bool = True):
+        """Decode `rows`; returns ([tensor], ok_rows, failures). An identity resize is free in
+        Pillow already, so `resize` needs no branch here."""
         ok, imgs, failures = [], [], []
         for i, r in enumerate(rows):
             try:
@@ -286,7 +319,8 @@ def _import_dali():
 
 
 class _DaliBackend:
-    """One DALI pipeline, fed whole batches; rebuilt after a failed run (DALI then drops it)."""
+    """DALI pipelines fed whole batches: one that resizes, one that only crops (for images already
+    at the training size), each built on first use and rebuilt after a failed run (DALI drops it)."""
 
     def __init__(self, spec: ImageDecode, device: str, max_batch_size: int, num_threads: int, seed: int):
         self.spec, self.device = spec, device
@@ -294,9 +328,17 @@ class _DaliBackend:
         self.args = dict(batch_size=max_batch_size, num_threads=num_threads, seed=seed,
                          device_id=torch.cuda.current_device() if device == "cuda" else None,
                          prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
-        self.pipe = self._build()
+        self.pipes: dict[bool, object] = {}
+        self._pipe(spec.size is not None)  # build now: a DALI problem shows before any reading
 
-    def _build(self):
+    def _pipe(self, resize: bool):
+        if resize not in self.pipes:
+            self.pipes[resize] = self._build(resize)
+        return self.pipes[resize]
+
+    def _build(self, resize: bool):
+        """decode -> (resize shorter side) -> crop, mirror, normalise, lay out; a DALI resize
+        costs more than the decode of a small JPEG on the CPU, so it is left out when not needed."""
         fn, types, spec = self.fn, self.types, self.spec
         pipe = self.dali.Pipeline(**self.args)
         with pipe:
@@ -307,7 +349,8 @@ class _DaliBackend:
                              torch.float16: types.FLOAT16}[spec.out_dtype],
                       output_layout="CHW" if spec.layout == "NCHW" else "HWC")
             if spec.size is not None:
-                img = fn.resize(img, resize_shorter=spec.size, antialias=True)
+                if resize:
+                    img = fn.resize(img, resize_shorter=spec.size, antialias=True)
                 kw["crop"] = (spec.size, spec.size)
             if spec.crop == "random" and spec.size is not None:
                 kw["crop_pos_x"] = fn.external_source(name="px", batch=True, dtype=types.FLOAT, ndim=0)
@@ -338,22 +381,23 @@ class _DaliBackend:
         self._feed_ndarray(t, dst, cuda_stream=stream)
         return dst
 
-    def run(self, arrays, rows, draws: _Draws):
+    def run(self, arrays, rows, draws: _Draws, resize: bool = True):
         """Decode `rows`; on a failed batch, bisect to find the bad rows. Returns (parts, ok, failures)."""
+        resize = resize and self.spec.size is not None
         try:
-            (out,) = self.pipe.run(**self._inputs([arrays[r] for r in rows], draws))
+            (out,) = self._pipe(resize).run(**self._inputs([arrays[r] for r in rows], draws))
             return [self._to_torch(out)], list(rows), []
         except RuntimeError as e:
-            self.pipe = self._build()
+            self.pipes.pop(resize, None)
             if len(rows) == 1:
                 return [], [], [(rows[0], f"DALI could not decode the image ({_dali_reason(e)})")]
         mid = len(rows) // 2
-        left = self.run(arrays, rows[:mid], draws.take(slice(0, mid)))
-        right = self.run(arrays, rows[mid:], draws.take(slice(mid, None)))
+        left = self.run(arrays, rows[:mid], draws.take(slice(0, mid)), resize)
+        right = self.run(arrays, rows[mid:], draws.take(slice(mid, None)), resize)
         return left[0] + right[0], left[1] + right[1], left[2] + right[2]
 
     def close(self) -> None:
-        self.pipe = None
+        self.pipes.clear()
 
 
 class ImageDecoder:
@@ -379,28 +423,45 @@ class ImageDecoder:
 
     def set_epoch(self, epoch: int, rank: int = 0) -> None:
         """Restart the augmentation draws from (seed, epoch, rank): reproducible, different per epoch."""
+        self._epoch = epoch
         self._rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch, rank])))
 
-    def _draw(self, n: int) -> _Draws:
-        pos = self._rng.random((2, n), dtype=np.float32)
-        flip = self._rng.integers(0, 2, n, dtype=np.int32)
+    def _draw(self, n: int, keys) -> _Draws:
+        if keys is None:
+            pos = self._rng.random((2, n), dtype=np.float32)
+            flip = self._rng.integers(0, 2, n, dtype=np.int32)
+        else:
+            pos, flip = _keyed_draws(self.seed, self._epoch, keys)
         if self.spec.crop == "center":
             pos[:] = 0.5
         if not self.spec.mirror:
             flip[:] = 0
         return _Draws(pos[0], pos[1], flip)
 
-    def decode(self, images: "BinaryColumn | Sequence[bytes]") -> DecodeResult:
-        """Decode a batch; bad rows go to `failures` (never raised), good rows to `images` in order."""
+    def decode(self, images: "BinaryColumn | Sequence[bytes]", keys=None) -> DecodeResult:
+        """Decode a batch; bad rows go to `failures` (never raised), good rows to `images` in order.
+
+        `keys`: one integer per row naming the sample (int64 tensor or array); its crop and flip
+        then depend only on (seed, epoch, key)."""
         arrays = _as_arrays(images)
         if len(arrays) > self.max_batch_size:
             raise ValueError(f"a batch of {len(arrays)} images is larger than max_batch_size={self.max_batch_size}")
-        draws = self._draw(len(arrays))
-        failures, rows = [], []
+        if keys is not None:
+            keys = np.asarray(keys, dtype=np.int64)
+            if keys.shape != (len(arrays),):
+                raise ValueError(f"`keys` should hold one integer per image ({len(arrays)}), "
+                                 f"but has shape {tuple(keys.shape)}")
+        draws = self._draw(len(arrays), keys)
+        failures, rows, sizes = [], [], []
         for r, arr in enumerate(arrays):
-            reason = _check_header(arr, self.spec.max_pixels)
-            (rows.append(r) if reason is None else failures.append((r, reason)))
-        parts, ok, bad = self._backend.run(arrays, rows, draws.take(rows)) if rows else ([], [], [])
+            size, reason = _check_header(arr, self.spec.max_pixels)
+            if reason is None:
+                rows.append(r)
+                sizes.append(size)
+            else:
+                failures.append((r, reason))
+        resize = _needs_resize(self.spec, sizes)
+        parts, ok, bad = self._backend.run(arrays, rows, draws.take(rows), resize) if rows else ([], [], [])
         images = _cat(parts) if parts else _empty(self.spec, self.device)
         return DecodeResult(images, torch.tensor(ok, dtype=torch.int64),
                             tuple(sorted(failures + bad)))
@@ -418,8 +479,10 @@ def _resolve_device(device: str) -> str:
     return "cuda" if device == "gpu" or (device == "auto" and torch.cuda.is_available()) else "cpu"
 
 
-def _bench(n: int = 512, sides=(64, 256), batch: int = 128, repeat: int = 3) -> None:
-    """Micro-benchmark: images/s of DALI CPU vs PIL, and the host costs (header check, feeding)."""
+def _bench(n: int = 512, cases=((64, 56), (64, 64), (256, 224), (256, 256)), batch: int = 128,
+           repeat: int = 3) -> None:
+    """Micro-benchmark: images/s of DALI CPU vs PIL for (stored side, output size) pairs (equal:
+    images at the training size, only cropped), and the host costs (header check, feeding)."""
     def jpeg(side: int, i: int) -> bytes:
         y, x = np.mgrid[0:side, 0:side]
         a = np.stack([(x * 255 // side + i) % 256, y * 255 // side, (x + y) % 256], -1).astype(np.uint8)
@@ -433,12 +496,11 @@ def _bench(n: int = 512, sides=(64, 256), batch: int = 128, repeat: int = 3) -> 
     print(f"{n} JPEGs, batch {batch}, {os.cpu_count()} CPU cores, torch {torch.__version__}\n")
     print("| image | output | DALI CPU img/s | PIL img/s | header check us/img (PIL open) | feed us/batch |")
     print("|---|---|---|---|---|---|")
-    for side in sides:
+    for side, size in cases:
         data = [jpeg(side, i) for i in range(n)]
         col = BinaryColumn(torch.from_numpy(np.frombuffer(b"".join(data), np.uint8).copy()),
                            torch.tensor(np.cumsum([0] + [len(d) for d in data]), dtype=torch.int64))
         chunks = [col.select(range(i, min(i + batch, n))) for i in range(0, n, batch)]
-        size = side * 7 // 8
         rates = []
         for backend in ("dali", "pil"):
             dec = ImageDecoder(ImageDecode(size=size, device="cpu", backend=backend), max_batch_size=batch)

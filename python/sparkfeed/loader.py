@@ -291,18 +291,24 @@ class DataLoader:
         from .decode import ImageDecoder
 
         if self._decoders is None:
-            self._decoders = {}
+            self._decoders, self._decoder_epochs = {}, {}
         if name not in self._decoders:
             self._decoders[name] = ImageDecoder(self.decode[name], max_batch_size=self.batch_size,
                                                 seed=self.dataset.seed)
-        dec = self._decoders[name]
-        dec.set_epoch(self.dataset.epoch, self.dataset.rank)
+            self._decoder_epochs[name] = None
+        dec, epoch = self._decoders[name], (self.dataset.epoch, self.dataset.rank)
+        if self._decoder_epochs[name] != epoch:  # once per epoch: it restarts the draws
+            dec.set_epoch(*epoch)
+            self._decoder_epochs[name] = epoch
         return dec
 
     def _decode(self, batch: dict) -> dict:
+        # a sample's crop and flip follow from (seed, epoch, unit, row): the same under any batch
+        # size, worker count, world size or resume
+        keys = (batch["__unit__"] << 32) | batch["__row__"]
         for name in self.decode:
             images = batch[name]
-            result = self._decoder(name).decode(images)
+            result = self._decoder(name).decode(images, keys=keys)
             if result.failures:
                 self._handle_failures(batch, result.failures)
                 delta = batch[STATS_KEY]

@@ -59,6 +59,21 @@ def test_bench_end_to_end_writes_every_report(cache, tmp_path):
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_decode_scenario_with_larger_stored_images_resizes_them(cache, tmp_path):
+    """--image-source stores 4:3 JPEGs larger than --image-size: every loader resizes them and
+    still delivers every image at the asked size."""
+    proc = _bench("--scenarios", "decode", "--image-source", "40", cache=cache, out=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["params"]["image_source"] == 40 and results["params"]["image_size"] == 32
+    rows = [r for r in results["scenarios"]["decode"] if not r["note"].startswith("skipped")]
+    labels = {r["runner"] for r in rows}
+    assert {"torch-pil-files", "dali-webdataset-cpu"} <= labels and any(
+        label.startswith("sparkfeed-dali") for label in labels), labels
+    assert all(r["samples"] == 120 for r in rows), rows
+    assert "stored at 53x40 px (decoded and centre-cropped to 32 px)" in (tmp_path / "results.md").read_text()
+
+
 def test_plan_scenario_needs_no_spark(tmp_path):
     """Planning reads only synthetic manifests: no Spark, no data files."""
     proc = _bench("--scenarios", "plan", cache=tmp_path / "cache", out=tmp_path)

@@ -124,6 +124,36 @@ def test_random_augment_reproducible_per_epoch(backend):
     assert torch.equal(other.decode(imgs).images, a1)  # a fresh decoder agrees
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_keyed_draws_belong_to_the_row_not_the_batch(backend):
+    imgs = [_encode(120, 60, shift=s) for s in range(8)]
+    keys = np.array([(u << 32) | r for u, r in [(0, 5), (0, 6), (3, 0), (3, 1), (7, 2), (9, 9), (1, 0), (2, 4)]])
+    dec = _decoder(backend, size=24, crop="random", mirror=True, seed=7)
+    dec.set_epoch(2)
+    whole = dec.decode(imgs, keys=keys).images
+    again = dec.decode(imgs, keys=torch.from_numpy(keys)).images  # a tensor works too
+    halves = torch.cat([dec.decode(imgs[:3], keys=keys[:3]).images, dec.decode(imgs[3:], keys=keys[3:]).images])
+    perm = [5, 2, 7, 0, 1, 3, 6, 4]
+    shuffled = dec.decode([imgs[i] for i in perm], keys=keys[perm]).images
+    assert torch.equal(whole, again) and torch.equal(whole, halves) and torch.equal(whole[perm], shuffled)
+    other_keys = dec.decode(imgs, keys=keys + 1).images
+    dec.set_epoch(3)
+    other_epoch = dec.decode(imgs, keys=keys).images
+    assert not torch.equal(whole, other_keys) and not torch.equal(whole, other_epoch)
+    with pytest.raises(ValueError, match="one integer per image"):
+        dec.decode(imgs, keys=keys[:3])
+
+
+def test_keyed_draws_are_uniform():
+    from sparkfeed.decode import _keyed_draws
+
+    pos, flip = _keyed_draws(0, 0, np.arange(20_000, dtype=np.int64))
+    assert pos.shape == (2, 20_000) and pos.dtype == np.float32 and flip.dtype == np.int32
+    assert 0 <= pos.min() and pos.max() < 1 and abs(pos.mean() - 0.5) < 0.01
+    assert abs(flip.mean() - 0.5) < 0.02 and abs(np.corrcoef(pos[0], pos[1])[0, 1]) < 0.03
+    assert np.histogram(pos[0], bins=10, range=(0, 1))[0].min() > 1_800  # no empty tenth
+
+
 def test_random_augment_same_draws_in_both_backends():
     imgs = [_encode(120, 60, shift=s) for s in range(6)]
     out = {}
@@ -132,6 +162,33 @@ def test_random_augment_same_draws_in_both_backends():
         dec.set_epoch(2)
         out[backend] = dec.decode(imgs).images.float()
     assert (out["dali"] - out["pil"]).abs().mean() < 4.0
+
+
+@pytest.mark.parametrize("crop,mirror", [("center", False), ("random", True)])
+def test_images_at_size_skip_the_resize_with_the_same_pixels(crop, mirror):
+    """A batch whose shorter sides already equal `size` is only cropped (no DALI resize); its
+    pixels match what the resizing pipeline makes of the same images, crops and flips included."""
+    at_size = [_encode(24 + 8 * i, 24, shift=i) for i in range(5)] + [_encode(24, 40, "L")]
+    last = {"crop only": _encode(24, 24, shift=9), "resized": _encode(64, 48)}  # 64x48 forces a resize
+    outs = {}
+    for name, extra in last.items():
+        dec = _decoder(size=24, crop=crop, mirror=mirror, seed=3)
+        dec._backend.pipes.clear()
+        res = dec.decode(at_size + [extra])  # same batch size: the same crop and flip draws
+        assert set(dec._backend.pipes) == {name == "resized"}
+        outs[name] = res.images[:len(at_size)].float()
+    assert outs["crop only"].shape == (6, 3, 24, 24)
+    assert (outs["crop only"] - outs["resized"]).abs().max() <= 1.0  # an identity resize may round
+
+
+def test_needs_resize_looks_at_the_shorter_side():
+    from sparkfeed.decode import _needs_resize
+
+    spec = ImageDecode(size=32, device="cpu")
+    assert not _needs_resize(spec, [(32, 32), (48, 32), (32, 90)])
+    assert _needs_resize(spec, [(32, 32), (33, 40)])
+    assert not _needs_resize(spec, [])
+    assert not _needs_resize(ImageDecode(device="cpu"), [(10, 20)])  # size=None keeps native sizes
 
 
 def test_center_crop_is_deterministic_across_epochs():

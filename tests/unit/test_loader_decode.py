@@ -2,6 +2,7 @@
 
 import io
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
@@ -19,20 +20,29 @@ def jpeg(i: int, size=(40, 30)) -> bytes:
     return buf.getvalue()
 
 
-def image_table(n: int, bad: set[int] = frozenset()) -> pa.Table:
+def gradient_jpeg(i: int) -> bytes:
+    """A 48x32 image whose every crop and flip looks different."""
+    y, x = np.mgrid[0:32, 0:48]
+    a = np.stack([x * 5, y * 7, (x * y + i) % 256], -1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def image_table(n: int, bad: set[int] = frozenset(), make=jpeg) -> pa.Table:
     t = dsutil.table(n)
-    images = [b"not a jpeg" if i in bad else jpeg(i) for i in range(n)]
+    images = [b"not a jpeg" if i in bad else make(i) for i in range(n)]
     return t.append_column("image", pa.array(images, pa.binary()))
 
 
 @pytest.fixture(params=["parquet", "webdataset"])
 def image_ds(request, tmp_path):
-    def make(n, bad=frozenset()):
+    def make(n, bad=frozenset(), images=jpeg):
         root = str(tmp_path / request.param)
         if request.param == "parquet":
-            dsutil.write_parquet(root, image_table(n, bad), 100, 50, codecs={"image": "jpeg"})
+            dsutil.write_parquet(root, image_table(n, bad, images), 100, 50, codecs={"image": "jpeg"})
         else:
-            dsutil.write_tar(root, image_table(n, bad), 100)
+            dsutil.write_tar(root, image_table(n, bad, images), 100)
         return root
     return make
 
@@ -67,3 +77,27 @@ def test_decode_of_a_non_binary_column_is_refused(image_ds):
     root = image_ds(10)
     with pytest.raises(ValueError, match="not a binary column"):
         sparkfeed.DataLoader(root, decode={"label": sparkfeed.ImageDecode(size=8, device="cpu")})
+
+
+def test_random_crops_follow_the_sample_not_the_batch(image_ds):
+    """A sample's random crop and flip depend on (seed, epoch, sample): the same for any batch
+    size and worker count, different between samples and between epochs."""
+    root = image_ds(120, images=gradient_jpeg)
+    spec = {"image": sparkfeed.ImageDecode(size=24, crop="random", mirror=True, device="cpu")}
+
+    def epoch(e, **kw):
+        L = sparkfeed.DataLoader(root, columns=["id", "image"], decode=spec, seed=5, **kw)
+        L.set_epoch(e)
+        out = {i: img for b in L for i, img in zip(b["id"].tolist(), b["image"])}
+        assert sorted(out) == list(range(120))
+        return out
+
+    a = epoch(0, batch_size=8)
+    b = epoch(0, batch_size=32, num_workers=2)
+    assert all(torch.equal(a[i], b[i]) for i in range(120))
+    # batches do not repeat one sequence of draws: rows 0..7 of batch 1 and of batch 2 differ
+    same_place = [torch.equal(a[i][:, :, :8], a[i + 8][:, :, :8]) for i in range(8)]
+    assert not all(same_place)
+    assert len({tuple(a[i][0, 0, :4].tolist()) for i in range(120)}) > 10  # many crop positions
+    c = epoch(1, batch_size=8)
+    assert sum(torch.equal(a[i], c[i]) for i in range(120)) < 60  # another epoch, other crops

@@ -30,7 +30,8 @@ class Params:
     samples: int | None = None              # tabular rows (quick 20,000; full 200,000)
     scaling_base: int | None = None         # rows at 1x in `scaling` (quick 20,000; full 100,000)
     images: int | None = None               # JPEG images (quick 1,000; full 5,000)
-    image_size: int | None = None           # px, generated and decoded (quick 64; full 128)
+    image_size: int | None = None           # px, decoded to (quick 64; full 128)
+    image_source: int | None = None         # px, shorter side of the stored JPEGs (default: image_size)
     batch_size: int = 256
     workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
     repeats: int | None = None              # quick 1; full 3
@@ -45,8 +46,10 @@ class Params:
         self.scaling_base = self.scaling_base or (20_000 if q else 100_000)
         self.images = self.images or (1_000 if q else 5_000)
         self.image_size = self.image_size or (64 if q else 128)
+        self.image_source = self.image_source or self.image_size
         self.repeats = self.repeats or (1 if q else 3)
-        for name in ("samples", "scaling_base", "images", "image_size", "batch_size", "repeats"):
+        for name in ("samples", "scaling_base", "images", "image_size", "image_source", "batch_size",
+                     "repeats"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"`{name}` should be a positive integer, but got {name}={value!r}")
@@ -55,6 +58,13 @@ class Params:
         unknown = [s for s in self.scenarios if s not in SCENARIOS]
         if unknown:
             raise ValueError(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """(width, height) of the stored JPEGs: square at the training size, else 4:3."""
+        from .datasets import image_shape
+
+        return image_shape(self.image_source, self.image_source == self.image_size)
 
     @property
     def feed_batches(self) -> int:
@@ -78,14 +88,15 @@ def run(params: Params) -> dict:
 
     p = params
     os.makedirs(p.out, exist_ok=True)
-    data = datasets.build(p.cache, p.samples, p.images, p.image_size, max(1, p.workers),
+    data = datasets.build(p.cache, p.samples, p.images, p.image_shape, max(1, p.workers),
                           tabular=bool({"tabular", "filter"} & set(p.scenarios)),
                           image="decode" in p.scenarios)
     p.data = data
     datasets.warm(datasets.files(data.tabular, ".parquet") + datasets.files(data.images, ".parquet")
                   + datasets.files(data.image_folder, ".jpg")
                   + (datasets.files(data.webdataset, ".tar") if data.webdataset else []))
-    ctx = Context(data=data, batch_size=p.batch_size, workers=p.workers, image_size=p.image_size)
+    ctx = Context(data=data, batch_size=p.batch_size, workers=p.workers, image_size=p.image_size,
+                  image_source=p.image_source)
     plan = {s: [c for c in scenarios.CASES[s](p) if _keep(c.label, p.runners)] for s in p.scenarios}
     plan = {s: [dataclasses.replace(c, expected=p.expect.get(c.label, c.expected)) for c in cases]
             for s, cases in plan.items()}

@@ -60,7 +60,12 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--images", type=int, default=None, metavar="N",
                         help="JPEG images (default 5,000; quick 1,000)")
     parser.add_argument("--image-size", type=int, default=None, metavar="PX",
-                        help="image side, generated and decoded (default 128; quick 64)")
+                        help="side of the decoded, centre-cropped images (default 128; quick 64)")
+    parser.add_argument("--image-source", type=int, default=None, metavar="PX",
+                        help="shorter side of the stored JPEGs: equal to --image-size (the default) "
+                             "stores square images at the training size, as a Spark job that resized "
+                             "them would; another value stores 4:3 landscape images that every "
+                             "loader resizes")
     parser.add_argument("--batch-size", type=int, default=256, metavar="B",
                         help="batch size of every loader (default 256)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), metavar="W",
@@ -92,7 +97,7 @@ def run_args(args: argparse.Namespace) -> int:
 
     params = Params(quick=args.quick, scenarios=args.scenarios, runners=args.runners,
                     samples=args.samples, scaling_base=args.scaling_base, images=args.images,
-                    image_size=args.image_size,
+                    image_size=args.image_size, image_source=args.image_source,
                     batch_size=args.batch_size, workers=args.workers, repeats=args.repeats,
                     out=args.out, cache=args.cache, expect=dict(args.expect),
                     progress=not args.no_progress)

@@ -79,7 +79,12 @@ def _write_tabular(spark, path: str, n: int, shard: int, group: int) -> None:
                     cluster_by="label", mode="overwrite")
 
 
-def _jpeg_partition(side: int):
+def image_shape(side: int, square: bool) -> tuple[int, int]:
+    """(width, height) of the generated JPEGs: square, or 4:3 landscape with `side` the shorter."""
+    return (side, side) if square else (round(side * 4 / 3), side)
+
+
+def _jpeg_partition(width: int, height: int):
     def make(batches):
         import io
 
@@ -91,10 +96,10 @@ def _jpeg_partition(side: int):
             for i in pdf["id"]:
                 rng = np.random.default_rng(int(i))
                 # smooth gradient plus noise: compresses like a photo, not like flat colour
-                y, x = np.mgrid[0:side, 0:side]
+                y, x = np.mgrid[0:height, 0:width]
                 base = np.stack([(x * (i % 7 + 1)) % 256, (y * (i % 5 + 1)) % 256,
                                  ((x + y) * (i % 3 + 1)) % 256], -1)
-                arr = (base + rng.integers(0, 48, (side, side, 3))).clip(0, 255).astype("uint8")
+                arr = (base + rng.integers(0, 48, (height, width, 3))).clip(0, 255).astype("uint8")
                 buf = io.BytesIO()
                 Image.fromarray(arr).save(buf, format="JPEG", quality=90)
                 images.append(buf.getvalue())
@@ -104,7 +109,7 @@ def _jpeg_partition(side: int):
     return make
 
 
-def _write_images(spark, path: str, n: int, side: int, shard: int, group: int) -> None:
+def _write_images(spark, path: str, n: int, shape: tuple[int, int], shard: int, group: int) -> None:
     import sparkfeed
     from pyspark.sql import functions as F
 
@@ -112,7 +117,7 @@ def _write_images(spark, path: str, n: int, side: int, shard: int, group: int) -
         F.col("id"), (F.col("id") * NUM_LABELS / n).cast("int").alias("label"),
         F.concat(F.lit("image "), F.col("id").cast("string")).alias("caption"))
     schema = "id long, label int, caption string, image binary"
-    df = base.mapInPandas(_jpeg_partition(side), schema)
+    df = base.mapInPandas(_jpeg_partition(*shape), schema)
     sparkfeed.write(df, path, samples_per_shard=shard, samples_per_row_group=group,
                     cluster_by="label", codecs={"image": "jpeg"}, mode="overwrite")
 
@@ -142,9 +147,10 @@ def _write_webdataset(spark, images: str, path: str, shard: int) -> str:
         return f"not available: sparkfeed.write(format='webdataset') failed: {str(exc)[:200]}"
 
 
-def build(cache: str, samples: int, images: int, image_size: int, workers: int,
+def build(cache: str, samples: int, images: int, image_shape: tuple[int, int], workers: int,
           tabular: bool = True, image: bool = True, tabular_shard: int | None = None) -> Data:
     """Build (or reuse) the datasets asked for (`tabular`, `image`); returns their paths.
+    `image_shape` is the (width, height) of the generated JPEGs.
 
     `tabular_shard` fixes the rows per shard (the scaling study: more shards, not bigger ones)."""
     started, spark = time.perf_counter(), None
@@ -154,7 +160,10 @@ def build(cache: str, samples: int, images: int, image_size: int, workers: int,
     i_shard = max(100, images // (2 * workers))
     i_group = max(32, min(256, i_shard // 8))
     tp = dict(kind="tabular", n=samples, shard=t_shard, group=t_group, v=1)
-    ip = dict(kind="images", n=images, side=image_size, shard=i_shard, group=i_group, v=1)
+    w, h = image_shape
+    ip = dict(kind="images", n=images, side=h, shard=i_shard, group=i_group, v=1)
+    if w != h:
+        ip["width"] = w  # square sets keep the key they had
     tab = os.path.join(cache, f"tabular-{_key(**tp)}")
     img = os.path.join(cache, f"images-{_key(**ip)}")
     folder, wds = img + "-folder", img + "-wds"
@@ -164,7 +173,7 @@ def build(cache: str, samples: int, images: int, image_size: int, workers: int,
         _mark(tab, tp)
     if image and _fresh(img):
         spark = spark or _spark()
-        _write_images(spark, img, images, image_size, i_shard, i_group)
+        _write_images(spark, img, images, image_shape, i_shard, i_group)
         _mark(img, ip)
     if image and _fresh(folder):
         _write_folder(img, folder)

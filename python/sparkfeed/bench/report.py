@@ -66,14 +66,22 @@ def _extra(row: dict) -> str:
     return "; ".join(parts)
 
 
+def _stored(p: dict) -> str:
+    from .datasets import image_shape
+
+    source = p.get("image_source") or p["image_size"]
+    w, h = image_shape(source, source == p["image_size"])
+    return f"stored at {w}x{h} px"
+
+
 def markdown(results: dict) -> str:
     hw, p = results["hardware"], results["params"]
     lines = ["# sparkfeed bench results", "",
              f"- hardware: {hw['cpu']}, {hw['cores']} cores, {hw['memory_gb']} GiB RAM, GPU: {hw['gpu']}, "
              f"load average {hw['load_avg_1m']} when the timings began (other work on the machine)",
              f"- page cache: {hw['page_cache']}",
-             f"- params: {p['samples']:,} tabular rows, {p['images']:,} JPEG images of "
-             f"{p['image_size']} px (decoded and centre-cropped to {p['image_size']} px), batch "
+             f"- params: {p['samples']:,} tabular rows, {p['images']:,} JPEG images "
+             f"{_stored(p)} (decoded and centre-cropped to {p['image_size']} px), batch "
              f"{p['batch_size']}, {p['workers']} workers for every loader, median of {p['repeats']} "
              f"repeat(s)",
              f"- data built in {results['build_s']:.1f} s (0 = reused from the cache); WebDataset "

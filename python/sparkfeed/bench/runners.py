@@ -31,6 +31,7 @@ class Context:
     batch_size: int
     workers: int
     image_size: int
+    image_source: int | None = None  # shorter side of the stored JPEGs (None: image_size)
     extra: dict = field(default_factory=dict)  # per-run results a runner reports
 
 
@@ -199,7 +200,9 @@ def webdataset_pil(ctx: Context) -> Iterator[int]:
 
 def dali_webdataset(ctx: Context) -> Iterator[int]:
     """DALI's own reader: `fn.readers.webdataset` over the same tars (with the `.idx` files
-    sparkfeed's writer puts next to each shard), CPU decode, the same resize and centre crop."""
+    sparkfeed's writer puts next to each shard), CPU decode, the same resize and centre crop; the
+    resize is left out when the stored images are at the training size, as a DALI user who
+    knows the data would (and as sparkfeed's decoder does from the headers)."""
     import json
     import math
     import os
@@ -215,6 +218,7 @@ def dali_webdataset(ctx: Context) -> Iterator[int]:
     if len(index) != len(paths):
         raise RuntimeError("the WebDataset manifest names no `index` for some shards; DALI needs one per tar")
     size, batch = ctx.image_size, ctx.batch_size
+    resize = (ctx.image_source or size) != size
 
     @pipeline_def(batch_size=batch, num_threads=max(1, ctx.workers), device_id=None,
                   prefetch_queue_depth=2)
@@ -223,7 +227,8 @@ def dali_webdataset(ctx: Context) -> Iterator[int]:
                                          missing_component_behavior="error", random_shuffle=False,
                                          name="Reader")
         img = fn.decoders.image(jpg, device="cpu", output_type=types.RGB)
-        img = fn.resize(img, resize_shorter=size, antialias=True)
+        if resize:
+            img = fn.resize(img, resize_shorter=size, antialias=True)
         img = fn.crop_mirror_normalize(img, dtype=types.UINT8, output_layout="CHW", crop=(size, size))
         return img, cls
 

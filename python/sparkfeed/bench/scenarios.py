@@ -248,7 +248,7 @@ def scaling_cases(p) -> list[Case]:
     for f in SCALES:
         n = f * p.scaling_base
         # the same shard and row-group size at every scale: 8x is 8x the shards, not bigger ones
-        data = datasets.build(p.cache, n, p.images, p.image_size, max(1, p.workers), image=False,
+        data = datasets.build(p.cache, n, p.images, p.image_shape, max(1, p.workers), image=False,
                               tabular_shard=max(1000, p.scaling_base // 8))
         paths = datasets.files(data.tabular, ".parquet")
         datasets.warm(paths)
