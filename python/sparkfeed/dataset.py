@@ -65,12 +65,12 @@ class Dataset(torch.utils.data.IterableDataset):
 
     def __init__(self, path: str, *, columns: Sequence[str] | None = None, filter=None,
                  shuffle: bool = False, seed: int = 0, batch_size: int | None = None,
-                 drop_last: bool = False, shuffle_buffer: int = 2048, rank: int | None = None,
+                 drop_last: bool = False, shuffle_buffer: int | None = None, rank: int | None = None,
                  world_size: int | None = None, on_error: str = "raise",
                  storage_options: dict | None = None, manifest: Manifest | None = None):
         super().__init__()
         _positive_int("batch_size", batch_size, allow_none=True)
-        _positive_int("shuffle_buffer", shuffle_buffer)
+        _positive_int("shuffle_buffer", shuffle_buffer, allow_none=True)
         if on_error not in ON_ERROR:
             raise ValueError(f"`on_error` should be one of {ON_ERROR}, but got on_error={on_error!r}")
         if not isinstance(seed, int):
@@ -135,7 +135,8 @@ class Dataset(torch.utils.data.IterableDataset):
 
     def stream(self) -> EpochStream:
         return EpochStream(self.plan(), seed=self.seed, epoch=self.epoch, shuffle=self.shuffle,
-                           shuffle_buffer=self.shuffle_buffer)
+                           shuffle_buffer=self.shuffle_buffer,
+                           sample_bytes=self.manifest.num_bytes / max(1, self.manifest.num_samples))
 
     def _unit_size(self) -> int:
         return self.batch_size or 1
@@ -172,7 +173,7 @@ class Dataset(torch.utils.data.IterableDataset):
         """This lane's positions as blocks (whole unit pieces or shuffle-chunk pieces), read in
         order; run inline, or on a lane thread ahead of the batching (`lanes.py`)."""
         reader = StreamReader(self.stream(), make_reader(self.manifest.format, self._context(stats)),
-                              row_ids=self._row_ids)
+                              row_ids=self._row_ids, lanes=self._lanes)
         try:
             yield from reader.segments(spans)
         finally:

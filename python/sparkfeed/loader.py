@@ -56,7 +56,7 @@ class DataLoader:
                  decode: Mapping[str, object] | None = None, num_workers: int = 0, prefetch: int = 2,
                  pin_memory: bool = False, device=None, drop_last: bool = False,
                  collate_fn: Callable | None = None, on_error: str = "raise",
-                 rank: int | None = None, world_size: int | None = None, shuffle_buffer: int = 2048,
+                 rank: int | None = None, world_size: int | None = None, shuffle_buffer: int | None = None,
                  storage_options: dict | None = None, timeout: float = 0,
                  multiprocessing_context=None, prefetch_factor: int | None = None,
                  worker_type: str = "auto"):

@@ -11,18 +11,21 @@ cache (the last units and the last permuted chunk) keeps memory bounded by the s
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections import OrderedDict
 from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import torch
+import torch.utils.data
 
 from . import batch as batching
 from .errors import ShardReadError
 from .plan import Plan
 from .read import Reader, UnitRows
-from .shuffle import chunk_permutation, unit_order
+from . import shuffle as shuffling
 
 __all__ = ["EpochStream", "StreamReader", "Block", "cut"]
 
@@ -30,19 +33,48 @@ _RUN_UNITS = 16  # at most this many units read as one run (`Reader.read_run`)
 
 
 class EpochStream:
-    """Which unit holds each stream position in this epoch."""
+    """Which unit holds each stream position in this epoch, and (with shuffle) which block.
 
-    def __init__(self, plan: Plan, *, seed: int, epoch: int, shuffle: bool, shuffle_buffer: int):
-        order = unit_order(len(plan.units), seed, epoch, shuffle)
-        self.units = [plan.units[i] for i in order]
-        self.counts = np.array([plan.counts[i] for i in order], dtype=np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+    Unshuffled, the units come in plan order and positions are their rows in order. Shuffled,
+    runs of units come in the order `shuffle.ALGORITHMS[shuffle_algo]` draws, cut into blocks;
+    positions `blocks[b]..blocks[b+1]-1` are the rows of block b in the order
+    `shuffle.block_permutation(seed, epoch, b, ...)`. `shuffle_buffer` is the block size in
+    samples (None: `shuffle.default_block` of `sample_bytes`, the stored bytes per sample).
+    """
+
+    def __init__(self, plan: Plan, *, seed: int, epoch: int, shuffle: bool,
+                 shuffle_buffer: int | None = None, shuffle_algo: str = shuffling.DEFAULT_ALGORITHM,
+                 sample_bytes: float = 0.0):
         self.seed, self.epoch, self.shuffle = seed, epoch, shuffle
-        self.chunk = max(1, int(shuffle_buffer))
+        self.block = int(shuffle_buffer) if shuffle_buffer else shuffling.default_block(sample_bytes)
+        counts = np.array(plan.counts, dtype=np.int64)
+        order = np.arange(len(plan.units), dtype=np.int64)
+        block_units = np.array([0, len(order)], dtype=np.int64)
+        if shuffle and len(order):
+            bounds = shuffling.runs([u.shard for u in plan.units], counts, self.block)
+            sizes = np.add.reduceat(counts, bounds[:-1]) if len(bounds) > 1 else np.zeros(0, np.int64)
+            run_order, cuts = shuffling.block_layout(shuffle_algo, sizes, seed, epoch, self.block)
+            order = np.concatenate([np.arange(bounds[r], bounds[r + 1]) for r in run_order]).astype(np.int64)
+            run_units = np.concatenate([[0], np.cumsum(np.diff(bounds)[run_order])]).astype(np.int64)
+            block_units = run_units[cuts]
+        self.units = [plan.units[i] for i in order]
+        self.counts = counts[order]
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self.block_units = block_units                 # unit bounds (stream order) of the blocks
+        self.blocks = self.starts[block_units]         # position bounds of the blocks
 
     @property
     def num_samples(self) -> int:
         return int(self.starts[-1])
+
+    @property
+    def max_block(self) -> int:
+        """The most samples one block holds: what a lane holds in memory at once (shuffle)."""
+        return int(np.diff(self.blocks).max(initial=0)) if self.shuffle else 0
+
+    def block_of(self, position: int) -> int:
+        """The block holding stream position `position`."""
+        return int(np.searchsorted(self.blocks, position, side="right")) - 1
 
     def pieces(self, lo: int, hi: int):
         """(unit position in the epoch, first row, last row) covering positions [lo, hi)."""
@@ -163,13 +195,20 @@ def _running(mask: np.ndarray) -> np.ndarray:
 
 
 class StreamReader:
-    """Reads positions of an `EpochStream` with a reader; caches a few units and one chunk."""
+    """Reads positions of an `EpochStream` with a reader; caches a few units, or one block.
 
-    def __init__(self, stream: EpochStream, reader: Reader, cached_units: int = 2, row_ids: bool = False):
+    `lanes` (every lane's spans: the list object the loader hands all lanes of one iteration,
+    whose item `segments` gets) lets thread lanes of one process share the blocks a lane
+    boundary falls in (`_SharedBlocks`); without it each reader reads alone."""
+
+    def __init__(self, stream: EpochStream, reader: Reader, cached_units: int = 2, row_ids: bool = False,
+                 lanes=None):
         self.stream, self.reader, self.row_ids = stream, reader, row_ids
         self._units: OrderedDict[int, tuple[Block, int]] = OrderedDict()  # unit -> (run, offset)
         self._cached_units = cached_units
-        self._chunk: tuple[int, Block] | None = None
+        self._current: tuple[int, Block] | None = None  # shuffle: the block being delivered
+        self._lanes, self._lane = lanes, None
+        self._shared: _SharedBlocks | None = None
         self._nulls: dict[int, tuple[UnitRows, int]] = {}  # on_error="raise": units with nulls
 
     def _unit(self, k: int, last: int | None = None) -> tuple[Block, int]:
@@ -235,34 +274,134 @@ class StreamReader:
                               "filter=pc.field(name).is_valid()) or pass on_error='skip'",
                               dataset=self.reader.ctx.dataset, shard=unit.path, row_group=unit.row_group)
 
-    def _permuted_chunk(self, g: int, last: int) -> Block:
-        """Grid chunk g, permuted; units up to `last` (needed by later chunks of the span) may be
-        read in the same run."""
-        if self._chunk is None or self._chunk[0] != g:
-            size = self.stream.chunk
-            lo, hi = g * size, min((g + 1) * size, self.stream.num_samples)
-            perm = chunk_permutation(self.stream.seed, self.stream.epoch, g, hi - lo)
-            self._chunk = (g, self._raw(lo, hi, last).permute(perm))
-        return self._chunk[1]
+    def _read_block(self, b: int) -> Block:
+        """Block b of the epoch, read (its runs, each with one `read_run` call where the format
+        allows) and permuted; counted in `shuffle_blocks` and `shuffle_block_rows`."""
+        lo, hi = int(self.stream.blocks[b]), int(self.stream.blocks[b + 1])
+        last = int(self.stream.block_units[b + 1]) - 1
+        try:
+            raw = self._raw(lo, hi, last)
+        finally:
+            self._units.clear()  # a block's units are never needed again: spans only go forward
+            self._nulls.clear()
+        stats = self.reader.ctx.stats
+        stats.add("shuffle_blocks")
+        stats.add("shuffle_block_rows", hi - lo)
+        return raw.permute(shuffling.block_permutation(self.stream.seed, self.stream.epoch, b, hi - lo))
+
+    def _block(self, b: int) -> Block:
+        """Block b, from this reader's one-block cache, the lanes' shared blocks, or storage."""
+        if self._current is not None and self._current[0] == b:
+            return self._current[1]
+        self._leave_block()
+        block = self._shared.get(b, self._read_block) if self._shared is not None else self._read_block(b)
+        self._current = (b, block)
+        return block
+
+    def _leave_block(self) -> None:
+        if self._current is not None and self._shared is not None and self._lane is not None:
+            self._shared.release(self._current[0], self._lane)
+        self._current = None
 
     def segments(self, spans):
         """Blocks whose positions, one after another, are exactly those of `spans` in order: one
-        per unit piece, or with shuffle one per piece of a permuted grid chunk."""
-        size = self.stream.chunk
+        per unit piece, or with shuffle one per piece of a block."""
+        self._join_lanes(spans)
         for lo, hi in spans:
             if not self.stream.shuffle:
                 yield from self._pieces_joined(list(self.stream.pieces(lo, hi)))
                 continue
-            span_end = min(-(-hi // size) * size, self.stream.num_samples)  # the last chunk's end
-            last = int(np.searchsorted(self.stream.starts, span_end - 1, side="right")) - 1
             while lo < hi:
-                g = lo // size
-                end = min(hi, (g + 1) * size)
-                yield self._permuted_chunk(g, last).slice(lo - g * size, end - g * size)
+                b = self.stream.block_of(lo)
+                start, end = int(self.stream.blocks[b]), min(hi, int(self.stream.blocks[b + 1]))
+                yield self._block(b).slice(lo - start, end - start)
                 lo = end
 
+    def _join_lanes(self, spans) -> None:
+        """Thread lanes (not torch's worker processes, which share no memory): find this lane
+        among `lanes` and the blocks it shares with the others."""
+        if self._lanes is None or self._shared is not None or torch.utils.data.get_worker_info() is not None:
+            return
+        lane = next((k for k, other in enumerate(self._lanes) if other is spans), None)
+        if lane is not None:
+            self._lane, self._shared = lane, _SharedBlocks.for_lanes(self.stream, self._lanes)
+
     def close(self) -> None:
+        self._leave_block()
+        if self._shared is not None and self._lane is not None:
+            self._shared.leave(self._lane)
+            self._shared = None
         self._units.clear()
         self._nulls.clear()
-        self._chunk = None
         self.reader.close()
+
+
+class _SharedBlocks:
+    """Blocks that several lanes of one process deliver positions of (a lane boundary falls
+    inside them), read once and handed to each such lane: thread lanes read no byte twice.
+
+    `need[b]` counts the lanes of this process whose spans touch block b; each lane releases a
+    block when it moves past it (or closes), and the block is dropped when the last one has.
+    A lane waiting for a block another lane is reading waits on that block's lock only, and
+    reading never waits on anything else, so there is no cycle; if the read fails, the waiting
+    lane reads the block itself (and meets the same error, naming the shard)."""
+
+    _registry: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
+    _registry_lock = threading.Lock()
+
+    def __init__(self, stream: EpochStream, lanes):
+        self._lanes = lanes  # held: the registry key is its id
+        self._lock = threading.Lock()
+        self._entries: dict[int, list] = {}  # block -> [lock, Block | None]
+        touched = [_blocks_touched(stream, spans) for spans in lanes]
+        self._need = {b: n for b in set().union(*touched)
+                      if (n := sum(b in t for t in touched)) > 1}
+        self._pending = [t & set(self._need) for t in touched]  # per lane: shared blocks to release
+
+    @classmethod
+    def for_lanes(cls, stream: EpochStream, lanes) -> "_SharedBlocks | None":
+        """The one object for this iteration's lanes (the list the loader hands every lane)."""
+        if not stream.shuffle or lanes is None or len(lanes) < 2:
+            return None
+        key = (id(lanes), stream.seed, stream.epoch, stream.block)
+        with cls._registry_lock:
+            shared = cls._registry.get(key)
+            if shared is None or shared._lanes is not lanes:
+                shared = cls(stream, lanes)
+                cls._registry[key] = shared
+            return shared
+
+    def get(self, b: int, read) -> Block:
+        if b not in self._need:
+            return read(b)
+        with self._lock:
+            entry = self._entries.setdefault(b, [threading.Lock(), None])
+        with entry[0]:
+            if entry[1] is None:
+                entry[1] = read(b)
+            return entry[1]
+
+    def release(self, b: int, lane: int | None = None) -> None:
+        with self._lock:
+            if b not in self._need:
+                return
+            if lane is not None:
+                if b not in self._pending[lane]:
+                    return
+                self._pending[lane].discard(b)
+            self._need[b] -= 1
+            if self._need[b] <= 0:
+                self._entries.pop(b, None)
+
+    def leave(self, lane: int) -> None:
+        """A lane closed: release every shared block it has not released yet."""
+        for b in list(self._pending[lane]):
+            self.release(b, lane)
+
+
+def _blocks_touched(stream: EpochStream, spans) -> set[int]:
+    out: set[int] = set()
+    for lo, hi in spans:
+        if hi > lo:
+            out.update(range(stream.block_of(lo), stream.block_of(hi - 1) + 1))
+    return out
