@@ -181,6 +181,10 @@ def _size(paths: list[str]) -> int:
 def tabular_cases(p) -> list[Case]:
     size = _size(datasets.files(p.data.tabular, ".parquet"))
     return [Case("sparkfeed", "sparkfeed", p.samples, payload_bytes=size),
+            Case("sparkfeed shuffle=True", "sparkfeed", p.samples, payload_bytes=size,
+                 options={"shuffle": True},
+                 note="default shuffle: runs of row groups in random order, rows mixed across "
+                      "blocks of runs (shuffle.py); same bytes read as unshuffled"),
             Case("sparkfeed, 0 workers", "sparkfeed", p.samples, options={"num_workers": 0},
                  note="extra row: reading in the main process (one background reader thread), as the ceiling does"),
             Case("pyarrow-scan (ceiling)", "pyarrow-scan", p.samples, payload_bytes=size,
