@@ -49,19 +49,20 @@ class EpochStream:
         self.block = int(shuffle_buffer) if shuffle_buffer else shuffling.default_block(sample_bytes)
         counts = np.array(plan.counts, dtype=np.int64)
         order = np.arange(len(plan.units), dtype=np.int64)
-        block_units = np.array([0, len(order)], dtype=np.int64)
+        run_units = np.array([0, len(order)], dtype=np.int64)
+        cuts = np.array([0, 1], dtype=np.int64)
         if shuffle and len(order):
             bounds = shuffling.runs([u.shard for u in plan.units], counts, self.block)
             sizes = np.add.reduceat(counts, bounds[:-1]) if len(bounds) > 1 else np.zeros(0, np.int64)
             run_order, cuts = shuffling.block_layout(shuffle_algo, sizes, seed, epoch, self.block)
             order = np.concatenate([np.arange(bounds[r], bounds[r + 1]) for r in run_order]).astype(np.int64)
             run_units = np.concatenate([[0], np.cumsum(np.diff(bounds)[run_order])]).astype(np.int64)
-            block_units = run_units[cuts]
         self.units = [plan.units[i] for i in order]
         self.counts = counts[order]
         self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
-        self.block_units = block_units                 # unit bounds (stream order) of the blocks
-        self.blocks = self.starts[block_units]         # position bounds of the blocks
+        self.run_units = run_units                     # unit bounds (stream order) of the runs
+        self.block_runs = cuts                         # run bounds of the blocks
+        self.blocks = self.starts[run_units[cuts]]     # position bounds of the blocks
 
     @property
     def num_samples(self) -> int:
@@ -71,6 +72,10 @@ class EpochStream:
     def max_block(self) -> int:
         """The most samples one block holds: what a lane holds in memory at once (shuffle)."""
         return int(np.diff(self.blocks).max(initial=0)) if self.shuffle else 0
+
+    def runs_of(self, block: int) -> range:
+        """The runs (stream order) that block `block` holds."""
+        return range(int(self.block_runs[block]), int(self.block_runs[block + 1]))
 
     def block_of(self, position: int) -> int:
         """The block holding stream position `position`."""
@@ -274,27 +279,34 @@ class StreamReader:
                               "filter=pc.field(name).is_valid()) or pass on_error='skip'",
                               dataset=self.reader.ctx.dataset, shard=unit.path, row_group=unit.row_group)
 
-    def _read_block(self, b: int) -> Block:
-        """Block b of the epoch, read (its runs, each with one `read_run` call where the format
-        allows) and permuted; counted in `shuffle_blocks` and `shuffle_block_rows`."""
-        lo, hi = int(self.stream.blocks[b]), int(self.stream.blocks[b + 1])
-        last = int(self.stream.block_units[b + 1]) - 1
+    def _read_run_part(self, r: int) -> Block:
+        """Run r of the stream (consecutive units of one shard), unpermuted: one `read_run`
+        call where the format allows."""
+        units, starts = self.stream.run_units, self.stream.starts
         try:
-            raw = self._raw(lo, hi, last)
+            return self._raw(int(starts[units[r]]), int(starts[units[r + 1]]), int(units[r + 1]) - 1)
         finally:
-            self._units.clear()  # a block's units are never needed again: spans only go forward
+            self._units.clear()  # a run's units are never needed again: spans only go forward
             self._nulls.clear()
+
+    def _finish_block(self, b: int, parts: list[Block]) -> Block:
+        """Block b from its runs: joined and permuted; counted in `shuffle_blocks` and
+        `shuffle_block_rows` (the rows the block held)."""
+        n = int(self.stream.blocks[b + 1] - self.stream.blocks[b])
         stats = self.reader.ctx.stats
         stats.add("shuffle_blocks")
-        stats.add("shuffle_block_rows", hi - lo)
-        return raw.permute(shuffling.block_permutation(self.stream.seed, self.stream.epoch, b, hi - lo))
+        stats.add("shuffle_block_rows", n)
+        return Block.concat(parts).permute(shuffling.block_permutation(self.stream.seed, self.stream.epoch, b, n))
+
+    def _read_block(self, b: int) -> Block:
+        return self._finish_block(b, [self._read_run_part(r) for r in self.stream.runs_of(b)])
 
     def _block(self, b: int) -> Block:
         """Block b, from this reader's one-block cache, the lanes' shared blocks, or storage."""
         if self._current is not None and self._current[0] == b:
             return self._current[1]
         self._leave_block()
-        block = self._shared.get(b, self._read_block) if self._shared is not None else self._read_block(b)
+        block = self._shared.get(b, self) if self._shared is not None else self._read_block(b)
         self._current = (b, block)
         return block
 
@@ -371,15 +383,15 @@ class _SharedBlocks:
                 cls._registry[key] = shared
             return shared
 
-    def get(self, b: int, read) -> Block:
+    def get(self, b: int, reader: "StreamReader") -> Block:
+        """Block b: lanes that need it at the same time read its runs together."""
         if b not in self._need:
-            return read(b)
+            return reader._read_block(b)
         with self._lock:
-            entry = self._entries.setdefault(b, [threading.Lock(), None])
-        with entry[0]:
-            if entry[1] is None:
-                entry[1] = read(b)
-            return entry[1]
+            entry = self._entries.get(b)
+            if entry is None:
+                entry = self._entries[b] = _PendingBlock(len(reader.stream.runs_of(b)))
+        return entry.join(reader, b)
 
     def release(self, b: int, lane: int | None = None) -> None:
         with self._lock:
@@ -397,6 +409,54 @@ class _SharedBlocks:
         """A lane closed: release every shared block it has not released yet."""
         for b in list(self._pending[lane]):
             self.release(b, lane)
+
+
+class _PendingBlock:
+    """A shared block being read: each lane that needs it takes runs not yet taken, reads them
+    (outside the lock), and the lane that finds every run read builds the block; the others
+    wait for it. A lane whose read fails gives its run back before raising, so a waiting lane
+    takes it over (and meets the same error); nobody waits on a run nobody is reading."""
+
+    def __init__(self, runs: int):
+        self.cond = threading.Condition()
+        self.parts: list[Block | None] | None = [None] * runs
+        self.taken: set[int] = set()
+        self.building = False
+        self.block: Block | None = None
+
+    def join(self, reader: "StreamReader", b: int) -> Block:
+        first = int(reader.stream.block_runs[b])
+        with self.cond:
+            while self.block is None:
+                todo = next((i for i, p in enumerate(self.parts) if p is None and i not in self.taken), None)
+                if todo is not None:
+                    self.taken.add(todo)
+                    self._unlocked(lambda: reader._read_run_part(first + todo), todo)
+                elif not self.taken and not self.building:
+                    self.building = True
+                    self._unlocked(lambda: reader._finish_block(b, self.parts), None)
+                else:
+                    self.cond.wait()
+            return self.block
+
+    def _unlocked(self, work, part: int | None) -> None:
+        """Run `work` without the lock, then record its result (a run, or the block)."""
+        self.cond.release()
+        try:
+            result = work()
+        except BaseException:
+            self.cond.acquire()
+            self.taken.discard(part)
+            self.building = self.building and part is not None
+            self.cond.notify_all()
+            raise
+        self.cond.acquire()
+        if part is None:
+            self.block, self.parts = result, None
+        else:
+            self.parts[part] = result
+            self.taken.discard(part)
+        self.cond.notify_all()
 
 
 def _blocks_touched(stream: EpochStream, spans) -> set[int]:
