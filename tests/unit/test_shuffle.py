@@ -3,6 +3,9 @@ data, no byte read twice, and the stated memory bound (one block of runs)."""
 
 from __future__ import annotations
 
+import os
+import threading
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -11,9 +14,11 @@ from hypothesis import strategies as st
 
 import dsutil
 import sparkfeed
-from sparkfeed import shuffle
+from sparkfeed import ShardReadError, shuffle, storage
 from sparkfeed.plan import Plan, WorkUnit
-from sparkfeed.stream import EpochStream
+from sparkfeed.read import ReadContext, make_reader
+from sparkfeed.stats import Stats
+from sparkfeed.stream import EpochStream, StreamReader
 
 sizes_st = st.lists(st.integers(1, 300), min_size=1, max_size=60)
 
@@ -191,3 +196,63 @@ def test_memory_is_one_block_of_runs_and_each_block_is_read_once(clustered):
     stats = loader.stats()
     assert stats["shuffle_blocks"] == len(stream.blocks) - 1
     assert stats["shuffle_block_rows"] == N_MIX
+
+
+def _lane_readers(path: str, lanes, stats):
+    """One StreamReader per lane over the same epoch stream, as thread lanes get them."""
+    ds = sparkfeed.Dataset(path, columns=["id"], shuffle=True, seed=3)
+    fs, root = storage.resolve(path)
+    stream = ds.stream()
+    return [StreamReader(stream, make_reader("parquet", ReadContext(
+        fs=fs, root=root, dataset=path, schema=ds.manifest.schema, columns=("id",),
+        filter_columns=(), expr=None, stats=stats[k])), lanes=lanes) for k in range(len(lanes))]
+
+
+def _run_lanes(readers, lanes):
+    """Each lane's segments on its own thread, started together; results or errors per lane."""
+    barrier, out = threading.Barrier(len(lanes)), [None] * len(lanes)
+
+    def lane(k):
+        barrier.wait()
+        try:
+            out[k] = [i for seg in readers[k].segments(lanes[k]) for i in seg.columns["id"].tolist()]
+        except Exception as exc:  # noqa: BLE001 - handed to the test
+            out[k] = exc
+        finally:
+            readers[k].close()
+
+    threads = [threading.Thread(target=lane, args=(k,)) for k in range(len(lanes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def test_lanes_on_threads_read_a_shared_block_together_once(four_groups):
+    lanes = [[(0, 300)], [(300, 700)], [(700, 1024)]]  # three lanes inside the one block
+    stats = [Stats() for _ in lanes]
+    out = _run_lanes(_lane_readers(four_groups, lanes, stats), lanes)
+    assert sorted(i for ids in out for i in ids) == list(range(1024))
+    alone = StreamReader(sparkfeed.Dataset(four_groups, columns=["id"], shuffle=True, seed=3).stream(),
+                         _lane_readers(four_groups, [[(0, 1024)]], [Stats()])[0].reader)
+    assert [i for seg in alone.segments([(0, 1024)]) for i in seg.columns["id"].tolist()] == \
+        [i for ids in out for i in ids]  # the same order as one lane reading alone
+    totals = [s.snapshot() for s in stats]
+    assert sum(t.get("shuffle_block_rows", 0) for t in totals) == 1024
+    plain = Stats()
+    list(StreamReader(sparkfeed.Dataset(four_groups, columns=["id"]).stream(),
+                      _lane_readers(four_groups, [[(0, 1024)]], [plain])[0].reader).segments([(0, 1024)]))
+    assert sum(t["bytes_read"] for t in totals) <= plain.snapshot()["bytes_read"] + 3 * 4096  # + footers
+
+
+def test_a_corrupt_run_in_a_shared_block_raises_in_every_lane_and_nothing_hangs(tmp_path):
+    root = str(tmp_path / "ds")
+    dsutil.write_parquet(root, dsutil.table(1024), 512, 256)
+    with open(os.path.join(root, "part-00001.parquet"), "r+b") as f:
+        f.seek(100)
+        f.write(b"\0" * 2000)  # data pages of the second shard, footer intact
+    lanes = [[(0, 512)], [(512, 1024)]]
+    out = _run_lanes(_lane_readers(root, lanes, [Stats(), Stats()]), lanes)
+    for err in out:
+        assert isinstance(err, ShardReadError) and "part-00001.parquet" in str(err)
