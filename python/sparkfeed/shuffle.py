@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 __all__ = ["ALGORITHMS", "DEFAULT_ALGORITHM", "BLOCK_BYTES", "MIN_BLOCK", "MAX_BLOCK", "RUN_UNITS",
-           "default_block", "runs", "block_layout", "block_permutation"]
+           "default_block", "runs", "runs_in_order", "block_layout", "block_permutation"]
 
 DEFAULT_ALGORITHM = "block"
 BLOCK_BYTES = 256 << 20  # default block: about this many bytes of stored data (see default_block)
@@ -54,18 +54,23 @@ def default_block(sample_bytes: float) -> int:
 
 def runs(shards: Sequence[int], counts: Sequence[int], block: int) -> np.ndarray:
     """Bounds of the runs over plan units (plan order is shard by shard, row groups ascending):
-    consecutive units of one shard, at most `RUN_UNITS` units and at most block/8 samples
-    (a block then holds at least ~8 runs) unless one unit alone is larger."""
-    cap, bounds, size = max(1, block // 8), [0], 0
-    for i in range(len(counts)):
-        n = int(counts[i])
-        if i > bounds[-1] and (shards[i] != shards[i - 1] or i - bounds[-1] >= RUN_UNITS
-                               or size + n > cap):
-            bounds.append(i)
-            size = 0
-        size += n
-    bounds.append(len(counts))
-    return np.array(bounds if len(counts) else [0], dtype=np.int64)
+    consecutive units of one shard, at most `RUN_UNITS` units, whose first rows fall in one
+    stretch of block/8 samples of the shard (so a run holds at most block/8 samples plus one
+    unit, and a block at least ~8 runs). Vectorised: plans have tens of thousands of units."""
+    shards, counts = np.asarray(shards, dtype=np.int64), np.asarray(counts, dtype=np.int64)
+    n = len(counts)
+    if n == 0:
+        return np.zeros(1, dtype=np.int64)
+    index = np.arange(n, dtype=np.int64)
+    new_shard = np.ones(n, dtype=bool)
+    new_shard[1:] = shards[1:] != shards[:-1]
+    first = np.maximum.accumulate(np.where(new_shard, index, 0))   # first unit of each unit's shard
+    before = np.cumsum(counts) - counts                            # rows before each unit
+    key_rows = (before - before[first]) // max(1, block // 8)
+    key_units = (index - first) // RUN_UNITS
+    starts = new_shard.copy()
+    starts[1:] |= (key_rows[1:] != key_rows[:-1]) | (key_units[1:] != key_units[:-1])
+    return np.append(np.flatnonzero(starts), n).astype(np.int64)
 
 
 def _balanced_cuts(sizes: np.ndarray, block: int) -> np.ndarray:
@@ -102,6 +107,14 @@ def block_layout(algo: str, sizes: Sequence[int], seed: int, epoch: int, block: 
         raise ValueError(f"`shuffle_algo` should be one of {sorted(ALGORITHMS)}, but got "
                          f"shuffle_algo={algo!r}")
     return ALGORITHMS[algo](np.asarray(sizes, dtype=np.int64), seed, epoch, block)
+
+
+def runs_in_order(bounds: np.ndarray, run_order: np.ndarray) -> np.ndarray:
+    """The unit indices of the runs (`bounds`) taken in `run_order`, one after another."""
+    lengths = np.diff(bounds)[run_order]
+    offsets = np.cumsum(lengths) - lengths
+    return (np.arange(int(lengths.sum()), dtype=np.int64)
+            + np.repeat(bounds[:-1][run_order] - offsets, lengths))
 
 
 def block_permutation(seed: int, epoch: int, block: int, length: int) -> np.ndarray:

@@ -66,7 +66,8 @@ def test_unknown_algorithm_is_refused_by_name():
 def test_runs_are_consecutive_units_of_one_shard_and_bounded():
     shards = [0] * 40 + [1] * 3
     bounds = shuffle.runs(shards, [100] * 43, block=8000)
-    assert bounds.tolist() == [0, 10, 20, 30, 40, 43]  # 1,000 samples = block / 8 at most
+    # a run: first rows in one stretch of 1,000 (= block / 8) and in one stretch of 16 units
+    assert bounds.tolist() == [0, 10, 16, 20, 30, 32, 40, 43]
     assert shuffle.runs(shards, [100] * 43, block=10**6).tolist() == [0, 16, 32, 40, 43]
     assert shuffle.runs([0, 0], [5000, 5000], block=8).tolist() == [0, 1, 2]  # a big unit alone
 
