@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import threading
-import weakref
 from collections import OrderedDict
 from typing import NamedTuple
 
@@ -32,6 +31,7 @@ __all__ = ["EpochStream", "StreamReader", "Block", "cut"]
 
 _RUN_UNITS = 16  # at most this many units read as one run (`Reader.read_run`)
 _SPLIT = 16  # batches cut out of a segment per split call (see `cut`)
+_PIECE = 4096  # shuffle: positions gathered into one segment (a multiple of usual batch sizes)
 _BLOCK_HELPERS = 3  # threads besides the lane reading the runs of one block (fewer on few cores)
 
 
@@ -231,7 +231,7 @@ class StreamReader:
         self.stream, self.reader, self.row_ids = stream, reader, row_ids
         self._units: OrderedDict[int, tuple[Block, int]] = OrderedDict()  # unit -> (run, offset)
         self._cached_units = cached_units
-        self._current: tuple[int, Block] | None = None  # shuffle: the block being delivered
+        self._current: tuple[int, _Mixed] | None = None  # shuffle: the block being delivered
         self._lanes, self._lane = lanes, None
         self._shared: _SharedBlocks | None = None
         self._nulls: dict[int, tuple[UnitRows, int]] = {}  # on_error="raise": units with nulls
@@ -309,16 +309,18 @@ class StreamReader:
             self._units.clear()  # a run's units are never needed again: spans only go forward
             self._nulls.clear()
 
-    def _finish_block(self, b: int, parts: list[Block]) -> Block:
-        """Block b from its runs: joined and permuted; counted in `shuffle_blocks` and
-        `shuffle_block_rows` (the rows the block held)."""
+    def _finish_block(self, b: int, parts: list[Block]) -> "_Mixed":
+        """Block b from its runs: joined, with its order; counted in `shuffle_blocks` and
+        `shuffle_block_rows` (the rows the block held). The rows are gathered into that order
+        piece by piece as they are delivered (`segments`), so the first batch waits for one
+        piece's gather, not the whole block's, and the gathering overlaps the consumer."""
         n = int(self.stream.blocks[b + 1] - self.stream.blocks[b])
         stats = self.reader.ctx.stats
         stats.add("shuffle_blocks")
         stats.add("shuffle_block_rows", n)
-        return Block.concat(parts).permute(shuffling.block_permutation(self.stream.seed, self.stream.epoch, b, n))
+        return _Mixed(Block.concat(parts), shuffling.block_permutation(self.stream.seed, self.stream.epoch, b, n))
 
-    def _read_block(self, b: int) -> Block:
+    def _read_block(self, b: int) -> "_Mixed":
         """Block b read by this lane, with helper threads taking some of its runs."""
         pending = _PendingBlock(len(self.stream.runs_of(b)))
         self._start_helpers(pending, b)
@@ -334,7 +336,7 @@ class StreamReader:
             threading.Thread(target=pending.help, args=(helper, b), daemon=True,
                              name="sparkfeed-block-reader").start()
 
-    def _block(self, b: int) -> Block:
+    def _block(self, b: int) -> "_Mixed":
         """Block b, from this reader's one-block cache, the lanes' shared blocks, or storage."""
         if self._current is not None and self._current[0] == b:
             return self._current[1]
@@ -356,10 +358,13 @@ class StreamReader:
             if not self.stream.shuffle:
                 yield from self._pieces_joined(list(self.stream.pieces(lo, hi)))
                 continue
-            while lo < hi:
+            first = lo
+            while lo < hi:  # pieces of at most _PIECE positions, on a grid from the span's start
                 b = self.stream.block_of(lo)
-                start, end = int(self.stream.blocks[b]), min(hi, int(self.stream.blocks[b + 1]))
-                yield self._block(b).slice(lo - start, end - start)
+                start = int(self.stream.blocks[b])
+                end = min(hi, int(self.stream.blocks[b + 1]), first + ((lo - first) // _PIECE + 1) * _PIECE)
+                mixed = self._block(b)
+                yield mixed.rows.permute(mixed.order[lo - start:end - start])
                 lo = end
 
     def _join_lanes(self, spans) -> None:
@@ -381,6 +386,14 @@ class StreamReader:
         self.reader.close()
 
 
+class _Mixed(NamedTuple):
+    """A shuffle block: its rows as read (runs one after another) and the order of its
+    positions (position i holds row `order[i]`)."""
+
+    rows: Block
+    order: np.ndarray
+
+
 class _SharedBlocks:
     """Blocks that several lanes of one process deliver positions of (a lane boundary falls
     inside them), read once and handed to each such lane: thread lanes read no byte twice.
@@ -391,8 +404,13 @@ class _SharedBlocks:
     reading never waits on anything else, so there is no cycle; if the read fails, the waiting
     lane reads the block itself (and meets the same error, naming the shard)."""
 
-    _registry: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
+    # The shares of the last iterations, held strongly: a lane may start after another lane of
+    # its iteration has finished and dropped the share, and must still find it (else it would
+    # read the blocks they share again). Lanes of an abandoned iteration that never started
+    # never release their blocks: holding only the last `_RECENT` shares bounds what they keep.
+    _registry: "OrderedDict[tuple, _SharedBlocks]" = OrderedDict()
     _registry_lock = threading.Lock()
+    _RECENT = 2
 
     def __init__(self, stream: EpochStream, lanes):
         self._lanes = lanes  # held: the registry key is its id
@@ -414,9 +432,11 @@ class _SharedBlocks:
             if shared is None or shared._lanes is not lanes:
                 shared = cls(stream, lanes)
                 cls._registry[key] = shared
+                while len(cls._registry) > cls._RECENT:
+                    cls._registry.popitem(last=False)
             return shared
 
-    def get(self, b: int, reader: "StreamReader") -> Block:
+    def get(self, b: int, reader: "StreamReader") -> _Mixed:
         """Block b: lanes that need it at the same time read its runs together."""
         if b not in self._need:
             return reader._read_block(b)
@@ -458,9 +478,9 @@ class _PendingBlock:
         self.parts: list[Block | None] | None = [None] * runs
         self.taken: set[int] = set()
         self.building = False
-        self.block: Block | None = None
+        self.block: _Mixed | None = None
 
-    def join(self, reader: "StreamReader", b: int) -> Block:
+    def join(self, reader: "StreamReader", b: int) -> _Mixed:
         first = int(reader.stream.block_runs[b])
         with self.cond:
             while self.block is None:
