@@ -257,3 +257,14 @@ def test_a_corrupt_run_in_a_shared_block_raises_in_every_lane_and_nothing_hangs(
     out = _run_lanes(_lane_readers(root, lanes, [Stats(), Stats()]), lanes)
     for err in out:
         assert isinstance(err, ShardReadError) and "part-00001.parquet" in str(err)
+
+
+def test_block_reading_helpers_end_with_their_block(clustered):
+    """Helper threads read runs of one block and stop; none outlives the epoch."""
+    loader = sparkfeed.DataLoader(clustered, batch_size=500, shuffle=True, num_workers=0,
+                                  shuffle_buffer=5_000, columns=["id"])
+    assert sorted(i for b in loader for i in b["id"].tolist()) == list(range(N_MIX))
+    helpers = [t for t in threading.enumerate() if t.name == "sparkfeed-block-reader"]
+    for t in helpers:
+        t.join(timeout=60)  # each has returned or is returning: its block was built
+    assert not any(t.is_alive() for t in helpers)
