@@ -211,3 +211,17 @@ def test_any_spans_of_a_shuffled_stream_are_exactly_those_positions_of_the_epoch
     spans = [(a, b) for a, b in zip(bounds[0::2], bounds[1::2]) if b > a]
     got = [i for seg in _stream_reader(small_pq, block).segments(spans) for i in seg.columns["id"].tolist()]
     assert got == [full[p] for a, b in spans for p in range(a, b)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=40), st.randoms(use_true_random=False), st.data())
+def test_permuting_a_piece_of_the_order_is_that_piece_of_the_permuted_block(ok, rnd, data):
+    """Shuffle blocks are gathered piece by piece (`order[a:b]`): the same positions, skips
+    included, as slicing the block permuted whole."""
+    block = _block(0, ok)
+    order = np.array(rnd.sample(range(len(ok)), len(ok)), dtype=np.int64)
+    a = data.draw(st.integers(0, len(ok)))
+    b = data.draw(st.integers(a, len(ok)))
+    piece, whole = block.permute(order[a:b]), block.permute(order).slice(a, b)
+    assert piece.positions == whole.positions == b - a and piece.skipped == whole.skipped
+    assert _kept([piece]) == _kept([whole])
