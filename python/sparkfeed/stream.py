@@ -1,12 +1,14 @@
-"""The epoch stream: units in epoch order, positions 0..N-1, each grid chunk permuted.
+"""The epoch stream: units (or, with shuffle, runs of units in blocks) in epoch order, positions
+0..N-1.
 
-`EpochStream` is a pure description (which unit holds which positions). `StreamReader.segments`
-turns a lane's spans of positions into `Block`s of tensors, in order: one per unit piece, or
-with shuffle one per piece of a permuted grid chunk. Each unit is read and converted to tensors
-once, column by column; `cut` then splits the segments at the batch boundaries with one `split`
-call per column, so a batch costs a few views, not an Arrow conversion, and the hand-over
-between a reading thread and the batching happens once per segment, not once per batch. A small
-cache (the last units and the last permuted chunk) keeps memory bounded by the shuffle buffer.
+`EpochStream` is a pure description (which unit holds which positions, which block).
+`StreamReader.segments` turns a lane's spans of positions into `Block`s of tensors, in order: one
+per unit piece, or with shuffle one per piece of a block, gathered into the block's order as it is
+delivered. Each unit is read and converted to tensors once, column by column; `cut` then splits
+the segments at the batch boundaries with one `split` call per column, so a batch costs a few
+views, not an Arrow conversion, and the hand-over between a reading thread and the batching
+happens once per segment, not once per batch. Unshuffled, a small cache holds the last units;
+shuffled, one block (`blocks.py` shares blocks between thread lanes and reads them in parallel).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .errors import ShardReadError
 from .plan import Plan
 from .read import Reader, UnitRows
 from . import shuffle as shuffling
+from .blocks import PendingBlock, SharedBlocks
 
 __all__ = ["EpochStream", "StreamReader", "Block", "cut"]
 
@@ -224,7 +227,7 @@ class StreamReader:
 
     `lanes` (every lane's spans: the list object the loader hands all lanes of one iteration,
     whose item `segments` gets) lets thread lanes of one process share the blocks a lane
-    boundary falls in (`_SharedBlocks`); without it each reader reads alone."""
+    boundary falls in (`SharedBlocks`); without it each reader reads alone."""
 
     def __init__(self, stream: EpochStream, reader: Reader, cached_units: int = 2, row_ids: bool = False,
                  lanes=None):
@@ -233,7 +236,7 @@ class StreamReader:
         self._cached_units = cached_units
         self._current: tuple[int, _Mixed] | None = None  # shuffle: the block being delivered
         self._lanes, self._lane = lanes, None
-        self._shared: _SharedBlocks | None = None
+        self._shared: SharedBlocks | None = None
         self._nulls: dict[int, tuple[UnitRows, int]] = {}  # on_error="raise": units with nulls
 
     def _unit(self, k: int, last: int | None = None) -> tuple[Block, int]:
@@ -322,11 +325,11 @@ class StreamReader:
 
     def _read_block(self, b: int) -> "_Mixed":
         """Block b read by this lane, with helper threads taking some of its runs."""
-        pending = _PendingBlock(len(self.stream.runs_of(b)))
+        pending = PendingBlock(len(self.stream.runs_of(b)))
         self._start_helpers(pending, b)
         return pending.join(self, b)
 
-    def _start_helpers(self, pending: "_PendingBlock", b: int) -> None:
+    def _start_helpers(self, pending: "PendingBlock", b: int) -> None:
         """Threads that read runs of block b beside the lane (each with a reader of its own):
         a block must be read whole before its first position is delivered, and the consumer
         waits meanwhile, so its runs are read in parallel (pyarrow releases the GIL)."""
@@ -374,7 +377,7 @@ class StreamReader:
             return
         lane = next((k for k, other in enumerate(self._lanes) if other is spans), None)
         if lane is not None:
-            self._lane, self._shared = lane, _SharedBlocks.for_lanes(self.stream, self._lanes)
+            self._lane, self._shared = lane, SharedBlocks.for_lanes(self.stream, self._lanes)
 
     def close(self) -> None:
         self._leave_block()
@@ -392,150 +395,3 @@ class _Mixed(NamedTuple):
 
     rows: Block
     order: np.ndarray
-
-
-class _SharedBlocks:
-    """Blocks that several lanes of one process deliver positions of (a lane boundary falls
-    inside them), read once and handed to each such lane: thread lanes read no byte twice.
-
-    `need[b]` counts the lanes of this process whose spans touch block b; each lane releases a
-    block when it moves past it (or closes), and the block is dropped when the last one has.
-    A lane waiting for a block another lane is reading waits on that block's lock only, and
-    reading never waits on anything else, so there is no cycle; if the read fails, the waiting
-    lane reads the block itself (and meets the same error, naming the shard)."""
-
-    # The shares of the last iterations, held strongly: a lane may start after another lane of
-    # its iteration has finished and dropped the share, and must still find it (else it would
-    # read the blocks they share again). Lanes of an abandoned iteration that never started
-    # never release their blocks: holding only the last `_RECENT` shares bounds what they keep.
-    _registry: "OrderedDict[tuple, _SharedBlocks]" = OrderedDict()
-    _registry_lock = threading.Lock()
-    _RECENT = 2
-
-    def __init__(self, stream: EpochStream, lanes):
-        self._lanes = lanes  # held: the registry key is its id
-        self._lock = threading.Lock()
-        self._entries: dict[int, list] = {}  # block -> [lock, Block | None]
-        touched = [_blocks_touched(stream, spans) for spans in lanes]
-        self._need = {b: n for b in set().union(*touched)
-                      if (n := sum(b in t for t in touched)) > 1}
-        self._pending = [t & set(self._need) for t in touched]  # per lane: shared blocks to release
-
-    @classmethod
-    def for_lanes(cls, stream: EpochStream, lanes) -> "_SharedBlocks | None":
-        """The one object for this iteration's lanes (the list the loader hands every lane)."""
-        if not stream.shuffle or lanes is None or len(lanes) < 2:
-            return None
-        key = (id(lanes), stream.seed, stream.epoch, stream.block)
-        with cls._registry_lock:
-            shared = cls._registry.get(key)
-            if shared is None or shared._lanes is not lanes:
-                shared = cls(stream, lanes)
-                cls._registry[key] = shared
-                while len(cls._registry) > cls._RECENT:
-                    cls._registry.popitem(last=False)
-            return shared
-
-    def get(self, b: int, reader: "StreamReader") -> _Mixed:
-        """Block b: lanes that need it at the same time read its runs together."""
-        if b not in self._need:
-            return reader._read_block(b)
-        with self._lock:
-            entry, new = self._entries.get(b), False
-            if entry is None:
-                entry, new = _PendingBlock(len(reader.stream.runs_of(b))), True
-                self._entries[b] = entry
-        if new:
-            reader._start_helpers(entry, b)
-        return entry.join(reader, b)
-
-    def release(self, b: int, lane: int | None = None) -> None:
-        with self._lock:
-            if b not in self._need:
-                return
-            if lane is not None:
-                if b not in self._pending[lane]:
-                    return
-                self._pending[lane].discard(b)
-            self._need[b] -= 1
-            if self._need[b] <= 0:
-                self._entries.pop(b, None)
-
-    def leave(self, lane: int) -> None:
-        """A lane closed: release every shared block it has not released yet."""
-        for b in list(self._pending[lane]):
-            self.release(b, lane)
-
-
-class _PendingBlock:
-    """A shared block being read: each lane that needs it takes runs not yet taken, reads them
-    (outside the lock), and the lane that finds every run read builds the block; the others
-    wait for it. A lane whose read fails gives its run back before raising, so a waiting lane
-    takes it over (and meets the same error); nobody waits on a run nobody is reading."""
-
-    def __init__(self, runs: int):
-        self.cond = threading.Condition()
-        self.parts: list[Block | None] | None = [None] * runs
-        self.taken: set[int] = set()
-        self.building = False
-        self.block: _Mixed | None = None
-
-    def join(self, reader: "StreamReader", b: int) -> _Mixed:
-        first = int(reader.stream.block_runs[b])
-        with self.cond:
-            while self.block is None:
-                todo = next((i for i, p in enumerate(self.parts) if p is None and i not in self.taken), None)
-                if todo is not None:
-                    self.taken.add(todo)
-                    self._unlocked(lambda: reader._read_run_part(first + todo), todo)
-                elif not self.taken and not self.building:
-                    self.building = True
-                    self._unlocked(lambda: reader._finish_block(b, self.parts), None)
-                else:
-                    self.cond.wait()
-            return self.block
-
-    def help(self, reader: "StreamReader", b: int) -> None:
-        """A helper thread: read runs nobody has taken, then stop (never waits, never builds).
-        A failed run is given back (`_unlocked`) for the lane to read and raise."""
-        first = int(reader.stream.block_runs[b])
-        try:
-            with self.cond:
-                while self.block is None and self.parts is not None:
-                    todo = next((i for i, p in enumerate(self.parts) if p is None and i not in self.taken), None)
-                    if todo is None:
-                        return
-                    self.taken.add(todo)
-                    try:
-                        self._unlocked(lambda: reader._read_run_part(first + todo), todo)
-                    except Exception:  # noqa: BLE001 - the lane that needs the run raises it
-                        return
-        finally:
-            reader.close()
-
-    def _unlocked(self, work, part: int | None) -> None:
-        """Run `work` without the lock, then record its result (a run, or the block)."""
-        self.cond.release()
-        try:
-            result = work()
-        except BaseException:
-            self.cond.acquire()
-            self.taken.discard(part)
-            self.building = self.building and part is not None
-            self.cond.notify_all()
-            raise
-        self.cond.acquire()
-        if part is None:
-            self.block, self.parts = result, None
-        else:
-            self.parts[part] = result
-            self.taken.discard(part)
-        self.cond.notify_all()
-
-
-def _blocks_touched(stream: EpochStream, spans) -> set[int]:
-    out: set[int] = set()
-    for lo, hi in spans:
-        if hi > lo:
-            out.update(range(stream.block_of(lo), stream.block_of(hi - 1) + 1))
-    return out
