@@ -17,7 +17,8 @@ import torch.utils.data
 
 from . import batch as batching
 from . import filters, partition, storage
-from .manifest import Manifest, read_manifest
+from .index import open_manifest
+from .manifest import Manifest
 from .plan import Plan, make_plan, with_counts
 from .read import ReadContext, make_reader
 from .stats import Stats
@@ -63,11 +64,11 @@ class Dataset(torch.utils.data.IterableDataset):
     filter is delivered once per epoch across ranks and workers.
     """
 
-    def __init__(self, path: str, *, columns: Sequence[str] | None = None, filter=None,
+    def __init__(self, path: str | None = None, *, columns: Sequence[str] | None = None, filter=None,
                  shuffle: bool = False, seed: int = 0, batch_size: int | None = None,
                  drop_last: bool = False, shuffle_buffer: int = 2048, rank: int | None = None,
                  world_size: int | None = None, on_error: str = "raise",
-                 storage_options: dict | None = None, manifest: Manifest | None = None):
+                 storage_options: dict | None = None, manifest: Manifest | str | None = None):
         super().__init__()
         _positive_int("batch_size", batch_size, allow_none=True)
         _positive_int("shuffle_buffer", shuffle_buffer)
@@ -75,8 +76,8 @@ class Dataset(torch.utils.data.IterableDataset):
             raise ValueError(f"`on_error` should be one of {ON_ERROR}, but got on_error={on_error!r}")
         if not isinstance(seed, int):
             raise ValueError(f"`seed` should be an integer, but got seed={seed!r}")
-        self.path = str(path)
-        self.manifest = manifest or read_manifest(self.path, storage_options)
+        self.manifest, self.data_root = open_manifest(path, manifest, storage_options)
+        self.path = str(path if path is not None else self.data_root)
         self.columns = self._check_columns(columns)
         self.expr = filters.to_expression(filter)
         if self.expr is not None:
@@ -99,6 +100,7 @@ class Dataset(torch.utils.data.IterableDataset):
         if isinstance(columns, str) or not isinstance(columns, Sequence) or not columns:
             raise ValueError(f"`columns` should be a non-empty list of column names, but got "
                              f"columns={columns!r}")
+        self.manifest.check_selectable(columns)
         unknown = [c for c in columns if c not in names]
         if unknown:
             raise ValueError(f"`columns` names {unknown} which dataset {self.path!r} does not have; "
@@ -114,12 +116,13 @@ class Dataset(torch.utils.data.IterableDataset):
         self.epoch = epoch
 
     def _context(self, stats: Stats, plan: Plan | None = None) -> ReadContext:
-        fs, root = storage.resolve(self.path, self.storage_options)
+        fs, root = storage.resolve(self.data_root, self.storage_options)
         plan = plan or self.plan()
         return ReadContext(fs=fs, root=root, dataset=self.path, schema=self.manifest.schema,
                            columns=self.columns, filter_columns=plan.filter_columns, expr=self.expr,
                            on_error=self.on_error, stats=stats,
-                           manifest_bytes={s.path: s.num_bytes for s in self.manifest.shards})
+                           manifest_bytes={s.path: s.num_bytes for s in self.manifest.shards},
+                           shards={s.path: s for s in self.manifest.shards})
 
     def plan(self) -> Plan:
         """The work units (pruned by statistics) and their exact counts; computed once."""

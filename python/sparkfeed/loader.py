@@ -51,7 +51,7 @@ class DataLoader:
     Both give the same batches in the same order.
     """
 
-    def __init__(self, path_or_dataset, batch_size: int = 1, shuffle: bool = False, seed: int = 0,
+    def __init__(self, path_or_dataset=None, batch_size: int = 1, shuffle: bool = False, seed: int = 0,
                  columns: Sequence[str] | None = None, filter=None,
                  decode: Mapping[str, object] | None = None, num_workers: int = 0, prefetch: int = 2,
                  pin_memory: bool = False, device=None, drop_last: bool = False,
@@ -59,7 +59,7 @@ class DataLoader:
                  rank: int | None = None, world_size: int | None = None, shuffle_buffer: int = 2048,
                  storage_options: dict | None = None, timeout: float = 0,
                  multiprocessing_context=None, prefetch_factor: int | None = None,
-                 worker_type: str = "auto"):
+                 worker_type: str = "auto", manifest=None):
         _positive_int("batch_size", batch_size)
         if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
             raise ValueError(f"`num_workers` should be a non-negative integer, but got num_workers={num_workers!r}")
@@ -72,7 +72,8 @@ class DataLoader:
         self.dataset = self._dataset(path_or_dataset, batch_size=batch_size, shuffle=shuffle, seed=seed,
                                      columns=columns, filter=filter, drop_last=drop_last,
                                      on_error=on_error, rank=rank, world_size=world_size,
-                                     shuffle_buffer=shuffle_buffer, storage_options=storage_options)
+                                     shuffle_buffer=shuffle_buffer, storage_options=storage_options,
+                                     manifest=manifest)
         self.batch_size, self.num_workers, self.prefetch = batch_size, num_workers, prefetch
         self.pin_memory, self.collate_fn, self.timeout = pin_memory, collate_fn, timeout
         self.worker_type = worker_type
@@ -96,6 +97,8 @@ class DataLoader:
             ds = copy.copy(path_or_dataset)
             ds.batch_size = kwargs["batch_size"]
             return ds
+        if path_or_dataset is None and kwargs.get("manifest") is not None:
+            return Dataset(None, **kwargs)
         if not isinstance(path_or_dataset, str) and not hasattr(path_or_dataset, "__fspath__"):
             raise ValueError("`path_or_dataset` should be a dataset path/URL or a sparkfeed.Dataset, "
                              f"but got {type(path_or_dataset).__name__}")
