@@ -20,7 +20,7 @@ from . import delta as delta_log
 from .discover import DataFile, Listing, data_file, data_files
 from .gather import run_local, run_spark
 from .parquet import parquet_entries, parquet_schema
-from .tar import KEY_COLUMN, column_of, scan_tar, scan_task
+from .tar import column_of, key_column, scan_tar, scan_task
 
 __all__ = ["Indexed", "build_manifest", "save", "INDEX_DIR"]
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def _webdataset(listing, files, spark, storage_options, progress):
         scans = run_local(lambda f: scan_tar(listing.fs, f.full, f.rel, f.size, listing.url), files,
                           "scanning tars", listing.url, progress)
     exts = sorted({e for s in scans for e in s["members"]})
-    schema = [{"name": KEY_COLUMN, "type": "string", "member": KEY_COLUMN}] + [column_of(e) for e in exts]
+    schema = [key_column(exts)] + [column_of(e) for e in exts]
     dali = {}
     for s in scans:
         dali[s["path"]] = s.pop("dali_index")

@@ -16,13 +16,14 @@ from ..errors import ShardReadError
 from ..read.tar import MAX_MEMBER_BYTES, split_name
 from ..write import _json_value
 
-__all__ = ["scan_tar", "column_of", "tar_stats", "INT_EXTS", "TEXT_EXTS", "IMAGE_CODECS"]
+__all__ = ["scan_tar", "column_of", "key_column", "tar_stats", "INT_EXTS", "TEXT_EXTS", "IMAGE_CODECS"]
 
 # webdataset's own integer and text extensions (its `basichandlers`), plus `.idx`.
 INT_EXTS = frozenset({"cls", "cls2", "class", "count", "index", "inx", "id", "idx"})
 TEXT_EXTS = frozenset({"txt", "text", "transcript", "json", "jsn"})
 IMAGE_CODECS = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp"}
-KEY_COLUMN = "__key__"
+KEY_MEMBER = "__key__"
+KEY_COLUMNS = ("key", "sample_key", "__key__")  # the first that no extension takes
 DALI_INDEX_VERSION = "v1.2"
 
 
@@ -36,6 +37,13 @@ def column_of(ext: str) -> dict:
         return {"name": ext, "type": "string", "member": ext}
     codec = IMAGE_CODECS.get(last)
     return {"name": ext, "type": "binary", "member": ext, **({"codec": codec} if codec else {})}
+
+
+def key_column(exts) -> dict:
+    """The sample key as a string column (webdataset's `__key__`), named `key` unless an
+    extension is called that."""
+    name = next(n for n in KEY_COLUMNS if n not in set(exts))
+    return {"name": name, "type": "string", "member": KEY_MEMBER}
 
 
 def _check_member(info: tarfile.TarInfo, dataset: str, shard: str) -> None:
