@@ -38,6 +38,7 @@ def _ids(loader):
     return [i for batch in loader for i in batch["id"].tolist()]
 
 
+@pytest.mark.slow
 def test_spark_footer_job_and_local_threads_give_the_same_manifest(spark, plain, tmp_path):
     root, expected = plain
     local = sparkfeed.index(str(root), manifest=str(tmp_path / "local.json"), progress=False)
@@ -49,6 +50,7 @@ def test_spark_footer_job_and_local_threads_give_the_same_manifest(spark, plain,
     assert not (root / MANIFEST_NAME).exists()
 
 
+@pytest.mark.slow
 def test_partition_filter_prunes_whole_files(plain):
     root, expected = plain
     sparkfeed.index(str(root), mode="overwrite", progress=False)

@@ -15,7 +15,7 @@ from urllib.parse import unquote
 from .. import storage
 from .._version import __version__
 from ..errors import ManifestError
-from ..manifest import Manifest, manifest_file, parse_manifest, write_manifest
+from ..manifest import Manifest, manifest_file, parse_manifest
 from . import delta as delta_log
 from .discover import DataFile, Listing, data_file, data_files
 from .gather import run_local, run_spark
@@ -147,4 +147,7 @@ def save(built: Indexed, target: str, storage_options: dict | None = None) -> No
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
         with fs.open(path, "wb") as f:
             f.write(text.encode())
-    write_manifest(built.manifest, target, storage_options)
+    # Written as is: `build_manifest` validated it (parse_manifest), so no second parse.
+    # Indented JSON goes through json's pure-Python encoder: big manifests are written compact.
+    indent = 1 if len(built.manifest.shards) <= 1000 else None
+    storage.write_atomic(fs, name, built.manifest.to_json(indent=indent).encode())
