@@ -104,3 +104,15 @@ def test_index_cli_with_spark_and_tars_on_executors(spark, tmp_path):
 
 def _ids_cls(loader):
     return [i for batch in loader for i in batch["cls"].tolist()]
+
+
+@pytest.mark.slow
+def test_open_data_example_indexes_and_loads_a_plain_partitioned_write(spark, tmp_path, capsys):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
+    try:
+        import open_data
+    finally:
+        sys.path.pop(0)
+    assert open_data.main(["--output", str(tmp_path), "--rows", "2000"]) == 0
+    out = capsys.readouterr().out
+    assert "DataLoader(filter split == 'val'): 200 samples" in out
