@@ -116,3 +116,22 @@ def test_open_data_example_indexes_and_loads_a_plain_partitioned_write(spark, tm
     assert open_data.main(["--output", str(tmp_path), "--rows", "2000"]) == 0
     out = capsys.readouterr().out
     assert "DataLoader(filter split == 'val'): 200 samples" in out
+
+
+def test_jvm_reader_reads_indexed_tars_like_the_python_loader(spark, tmp_path):
+    wds = pytest.importorskip("webdataset")
+    root = tmp_path / "jvm"
+    root.mkdir()
+    with wds.TarWriter(str(root / "a.tar")) as w:
+        for i in range(8):
+            sample = {"__key__": f"k{i}", "cls": i, "json": json.dumps({"i": i}).encode()}
+            if i % 2:
+                sample["txt"] = f"odd {i}"
+            w.write(sample)
+    sparkfeed.index(str(root), progress=False)
+    rows = spark.read.format("webdataset").load(str(root)).collect()
+    jvm = sorted((r["key"], r["cls"], r["json"], r["txt"]) for r in rows)
+    batch = next(iter(sparkfeed.DataLoader(str(root), batch_size=8)))
+    py = sorted(zip(batch["key"], batch["cls"].tolist(), batch["json"], batch["txt"]))
+    assert jvm == py
+    assert py[1] == ("k1", 1, '{"i": 1}', "odd 1") and py[0][3] is None
