@@ -216,7 +216,7 @@ class StreamReader:
                     and pieces[j + 1][0] in self._units and self._units[pieces[j + 1][0]][0] is run:
                 j += 1
                 b = pieces[j][2]
-            if j == i or not any(pieces[x][0] in self._nulls for x in range(i, j + 1)):
+            if not any(pieces[x][0] in self._nulls for x in range(i, j + 1)):
                 yield run.slice(offset + a, self._units[pieces[j][0]][1] + b)
             else:  # a null to raise: piece by piece, so the error names its unit
                 yield from (self._piece(*piece, last) for piece in pieces[i:j + 1])

@@ -317,3 +317,96 @@ def test_cli_index_help_and_run(tmp_path, capsys):
     assert main(["index", str(root), "--no-progress"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert read_manifest(str(root)).num_samples == 5
+
+
+def test_missing_integer_member_is_an_error_naming_the_column_or_a_counted_skip(tmp_path):
+    wds = pytest.importorskip("webdataset")
+    root = tmp_path / "holes"
+    root.mkdir()
+    with wds.TarWriter(str(root / "h.tar")) as w:
+        for i in range(6):
+            w.write({"__key__": f"k{i}", "txt": "t", **({"cls": i} if i != 4 else {})})
+    sparkfeed.index(str(root), progress=False)
+    with pytest.raises(ShardReadError, match=r"'h.tar'.*no value in \['cls'\]"):
+        _ids(sparkfeed.DataLoader(str(root), batch_size=3), "cls")
+    loader = sparkfeed.DataLoader(str(root), batch_size=5, on_error="skip")
+    assert sorted(_ids(loader, "cls")) == [0, 1, 2, 3, 5]
+    assert loader.stats()["samples_skipped"] == 1
+
+
+def test_indexed_jpegs_decode(tmp_path):
+    wds = pytest.importorskip("webdataset")
+    Image = pytest.importorskip("PIL.Image")
+    import io
+
+    root = tmp_path / "img"
+    root.mkdir()
+    with wds.TarWriter(str(root / "i.tar")) as w:
+        for i in range(4):
+            buf = io.BytesIO()
+            Image.new("RGB", (20, 24), (60 * i, 0, 0)).save(buf, format="JPEG")
+            w.write({"__key__": f"k{i}", "jpg": buf.getvalue(), "cls": i})
+    sparkfeed.index(str(root), progress=False)
+    loader = sparkfeed.DataLoader(str(root), batch_size=4, columns=["jpg", "cls"], decode={
+        "jpg": sparkfeed.ImageDecode(size=16, device="cpu")})
+    batch = next(iter(loader))
+    assert tuple(batch["jpg"].shape) == (4, 3, 16, 16)
+    reds = batch["jpg"][:, 0].float().mean(dim=(1, 2))
+    order = batch["cls"].argsort()
+    assert (reds[order].diff() > 0).all()  # decoded pixels follow the red level written per class
+
+
+def test_indexed_manifest_round_trips_and_old_readers_fields_stay_valid(tmp_path):
+    root, _ = _hive(tmp_path, n=40)
+    m = sparkfeed.index(str(root), manifest=str(tmp_path / "m.json"), progress=False)
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert doc["root"] == str(root) and doc["shards"][0]["partition"]["split"] in ("train", "val")
+    assert isinstance(doc["shards"][0]["mtime"], float)
+    doc["shards"][0]["future_field"] = {"x": 1}  # unknown extra fields are tolerated
+    doc["added_later"] = True
+    again = sparkfeed.manifest.parse_manifest(doc, dataset="m")
+    assert again.shards == m.shards and again.data_root == m.data_root and again.schema == m.schema
+    for bad, match in [({"mtime": "yesterday"}, "mtime should be a number"),
+                       ({"partition": [1]}, "partition should be an object")]:
+        broken = json.loads((tmp_path / "m.json").read_text())
+        broken["shards"][0].update(bad)
+        with pytest.raises(ManifestError, match=match):
+            sparkfeed.manifest.parse_manifest(broken, dataset="m")
+
+
+def test_inspect_shows_indexed_partition_and_unsupported_columns(tmp_path, capsys):
+    from sparkfeed.cli import main
+
+    root, _ = _hive(tmp_path, n=40)
+    sparkfeed.index(str(root), manifest=str(tmp_path / "m.json"), progress=False)
+    assert main(["inspect", str(tmp_path / "m.json")]) == 0
+    out = capsys.readouterr().out
+    assert "split" in out and "meta" in out and "40" in out
+
+
+def test_null_in_an_integer_column_of_plain_parquet_raises_never_drops(tmp_path):
+    root = tmp_path / "nulls"
+    root.mkdir()
+    pq.write_table(pa.table({"a": pa.array([1, 2, None, 4], pa.int64())}), root / "a.parquet")
+    with pytest.raises(ShardReadError, match=r"'a.parquet', row group 0: sample at row 2 has no value"):
+        _ids(sparkfeed.DataLoader(str(root), batch_size=3), "a")
+    assert sorted(_ids(sparkfeed.DataLoader(str(root), batch_size=3, on_error="skip"), "a")) == [1, 2, 4]
+
+
+def test_integer_hive_partitions_are_typed_as_spark_infers_them(tmp_path):
+    ids = np.arange(60, dtype=np.int64)
+    table = pa.table({"id": ids, "label": ids % 3, "big": np.where(ids < 30, 1, 2**40),
+                      "name": np.where(ids % 2 == 0, "a b", "c/d")})
+    root = tmp_path / "typed"
+    pq.write_to_dataset(table, str(root), partition_cols=["label", "big", "name"])
+    m = sparkfeed.index(str(root), progress=False)
+    types = {c.name: c.type for c in m.schema}
+    assert (types["label"], types["big"], types["name"]) == ("int32", "int64", "string")
+    loader = sparkfeed.DataLoader(str(root), batch_size=8,
+                                  filter=[("label", "==", 2), ("big", ">", 5), ("name", "==", "c/d")])
+    got = []
+    for batch in loader:
+        assert batch["label"].dtype.is_floating_point is False and set(batch["name"]) == {"c/d"}
+        got += batch["id"].tolist()
+    assert sorted(got) == [i for i in range(60) if i % 3 == 2 and i >= 30 and i % 2 == 1]
+    assert loader.stats()["shards_pruned"] == len(m.shards) - 1
