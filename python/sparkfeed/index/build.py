@@ -88,13 +88,25 @@ def _webdataset(listing, files, spark, storage_options, progress):
     return schema, scans, dali
 
 
-def _delta(listing, version, storage_options):
+def _delta(listing, version, storage_options, spark, progress):
     table = delta_log.open_table(_absolute_url(listing), version, storage_options, listing.url)
     delta_log.check_features(table, listing.url)
     schema, entries = delta_log.delta_entries(table, listing.url)
     files = _delta_files(listing, entries)
+    _row_groups(listing, entries, files, spark, storage_options, progress)
     _versioned(entries, files)
     return schema, entries, {"delta_version": table.version()}
+
+
+def _row_groups(listing, entries, files, spark, storage_options, progress) -> None:
+    """Row groups (and their statistics) of each Delta file, from its footer: the log knows
+    files, not row groups, and a unit of a whole file would bound memory by file size."""
+    footers = parquet_entries(listing, files, spark, storage_options, progress)
+    for e, footer in zip(entries, footers):
+        if footer["num_samples"] != e["num_samples"]:
+            raise ManifestError(f"the Delta log says {e['path']!r} holds {e['num_samples']} rows but "
+                                f"its footer says {footer['num_samples']}", dataset=listing.url)
+        e["row_groups"] = footer["row_groups"]
 
 
 def _delta_files(listing: Listing, entries: list[dict]) -> list[DataFile]:
@@ -121,7 +133,7 @@ def build_manifest(listing: Listing, fmt: str, *, spark=None, version=None,
     """The manifest of the listed data (nothing is written)."""
     created, dali = {"indexed_from": fmt}, {}
     if fmt == "delta":
-        schema, entries, more = _delta(listing, version, storage_options)
+        schema, entries, more = _delta(listing, version, storage_options, spark, progress)
         created.update(more)
     else:
         files = data_files(listing, fmt)
