@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import tarfile
 
@@ -410,3 +409,12 @@ def test_integer_hive_partitions_are_typed_as_spark_infers_them(tmp_path):
         got += batch["id"].tolist()
     assert sorted(got) == [i for i in range(60) if i % 3 == 2 and i >= 30 and i % 2 == 1]
     assert loader.stats()["shards_pruned"] == len(m.shards) - 1
+
+
+def test_a_file_that_is_not_parquet_is_an_error_naming_it(tmp_path):
+    root = tmp_path / "junk"
+    root.mkdir()
+    pq.write_table(pa.table({"id": [1]}), root / "good.parquet")
+    (root / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(ShardReadError, match=r"shard 'bad.parquet'.*Parquet footer"):
+        sparkfeed.index(str(root), progress=False)

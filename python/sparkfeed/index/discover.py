@@ -72,7 +72,7 @@ def _ignored(rel: str) -> bool:
     return any(part.startswith((".", "_")) for part in rel.split("/"))
 
 
-def hive_partition(rel: str, dataset: str) -> dict[str, str | None]:
+def hive_partition(rel: str) -> dict[str, str | None]:
     """`a=1/b=x/part.parquet` -> {"a": "1", "b": "x"} (URL-unescaped as Spark writes them)."""
     values: dict[str, str | None] = {}
     for part in rel.split("/")[:-1]:
@@ -116,7 +116,7 @@ def data_file(info: dict, root: str, dataset: str) -> DataFile:
     storage.check_relative(rel, dataset)
     mtime, etag = file_version(info)
     return DataFile(full=name, rel=rel, size=int(info["size"]), mtime=mtime, etag=etag,
-                    partition=hive_partition(rel, dataset))
+                    partition=hive_partition(rel))
 
 
 def _common_root(names: list[str]) -> str:

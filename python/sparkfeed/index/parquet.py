@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 
-from ..errors import ManifestError
+import pyarrow as pa
+
+from ..errors import ManifestError, ShardReadError
 from ..write import _footer_entry, _gather_entries
 from .discover import DataFile, Listing, partition_types, typed_partition
 from .gather import run_local
@@ -19,8 +21,12 @@ from .types import unsupported_kind
 __all__ = ["parquet_entries", "parquet_schema", "partition_stats"]
 
 
-def _local_entry(fs, f: DataFile) -> dict:
-    return _footer_entry(fs, f.full, f.rel, f.size)
+def _local_entry(fs, f: DataFile, dataset: str) -> dict:
+    try:
+        return _footer_entry(fs, f.full, f.rel, f.size)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise ShardReadError(f"cannot read the Parquet footer ({type(exc).__name__}: {exc}); not a "
+                             "Parquet file, or truncated", dataset=dataset, shard=f.rel) from exc
 
 
 def parquet_entries(listing: Listing, files: list[DataFile], spark=None,
@@ -32,7 +38,7 @@ def parquet_entries(listing: Listing, files: list[DataFile], spark=None,
         by_rel = {e["path"]: e for e in _gather_entries(
             spark, [(f.full, f.rel, f.size) for f in files], url, storage_options)}
         return [by_rel[f.rel] for f in files]
-    return run_local(lambda f: _local_entry(listing.fs, f), files, "reading Parquet footers",
+    return run_local(lambda f: _local_entry(listing.fs, f, listing.url), files, "reading Parquet footers",
                      listing.url, progress)
 
 
