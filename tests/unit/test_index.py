@@ -418,3 +418,33 @@ def test_a_file_that_is_not_parquet_is_an_error_naming_it(tmp_path):
     (root / "bad.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(ShardReadError, match=r"shard 'bad.parquet'.*Parquet footer"):
         sparkfeed.index(str(root), progress=False)
+
+
+@pytest.mark.slow
+def test_indexed_tars_exactly_once_and_resume_with_two_worker_processes(tmp_path):
+    root = _tars(tmp_path, shards=4, per=10)
+    sparkfeed.index(str(root), progress=False)
+    kw = dict(batch_size=6, shuffle=True, seed=1, num_workers=2, columns=["key", "cls"])
+    loader = sparkfeed.DataLoader(str(root), **kw)
+    it = iter(loader)
+    head = [k for _ in range(2) for k in next(it)["key"]]
+    state = loader.state_dict()
+    it.close()
+    resumed = sparkfeed.DataLoader(str(root), **kw)
+    resumed.load_state_dict(state)
+    rest = _ids(resumed, "key")
+    assert sorted(head + rest) == sorted(_expected_tar_rows(root))
+    assert len(head + rest) == 40
+
+
+def test_a_glob_indexes_the_matching_files_under_their_common_root(tmp_path):
+    root = tmp_path / "globbed"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    pq.write_table(pa.table({"id": [1, 2]}), root / "a" / "x.parquet")
+    pq.write_table(pa.table({"id": [3]}), root / "b" / "y.parquet")
+    pq.write_table(pa.table({"id": [99]}), root / "b" / "skip.parquet")
+    m = sparkfeed.index(str(root / "*" / "[xy].parquet"), manifest=str(tmp_path / "g.json"),
+                        progress=False)
+    assert [s.path for s in m.shards] == ["a/x.parquet", "b/y.parquet"] and m.data_root == str(root)
+    assert sorted(_ids(sparkfeed.DataLoader(manifest=str(tmp_path / "g.json"), batch_size=2))) == [1, 2, 3]
