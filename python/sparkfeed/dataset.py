@@ -68,6 +68,8 @@ class Dataset(torch.utils.data.IterableDataset):
         self.columns = checks.check_columns(columns, self.manifest.column_names, self.path)
         self.expr = filters.to_expression(filter)
         if self.expr is not None:
+            used = filters.referenced_columns(self.expr, self.manifest.schema)
+            self.manifest.check_selectable(used, "filter")
             filters.check_filter(self.expr, self.manifest.schema, self.path)
         self.shuffle, self.seed, self.batch_size = bool(shuffle), seed, batch_size
         self.drop_last, self.shuffle_buffer, self.on_error = bool(drop_last), shuffle_buffer, on_error

@@ -102,15 +102,17 @@ class Manifest:
         """The columns a loader can deliver (unsupported ones are left out)."""
         return [c.name for c in self.schema if c.unsupported is None]
 
-    def check_selectable(self, columns) -> None:
-        """A ValueError naming the first unsupported column in `columns` (and the way out)."""
+    def check_selectable(self, columns, argument: str = "columns") -> None:
+        """A ValueError naming the first unsupported column in `columns` (and the way out);
+        `argument` names what selected it (`columns`, or `filter`)."""
         for name in columns or ():
             col = next((c for c in self.schema if c.name == name), None)
             if col is not None and col.unsupported is not None:
+                way_out = (f"leave it out with columns={self.column_names}" if argument == "columns"
+                           else f"filter on other columns ({self.column_names})")
                 raise ValueError(
-                    f"`columns` names {name!r} of dataset {self.root!r}, a {col.unsupported} column "
-                    f"({col.type}) that cannot become a tensor; leave it out with columns="
-                    f"{self.column_names}")
+                    f"`{argument}` names {name!r} of dataset {self.root!r}, a {col.unsupported} "
+                    f"column ({col.type}) that cannot become a tensor; {way_out}")
 
     def to_dict(self) -> dict:
         """The JSON document, as written to `_sparkfeed.json`."""

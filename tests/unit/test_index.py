@@ -68,6 +68,8 @@ def test_unsupported_types_are_marked_left_out_and_refused_by_name(tmp_path):
     assert set(batch) == {"id", "x", "split"}
     with pytest.raises(ValueError, match=r"'meta'.*a struct column.*columns="):
         sparkfeed.DataLoader(str(root), columns=["id", "meta"])
+    with pytest.raises(ValueError, match=r"`filter` names 'price'.*a decimal column"):
+        sparkfeed.DataLoader(str(root), filter=[("price", ">", 0)])
 
 
 def test_pandas_files_from_a_list_need_a_manifest_apart(tmp_path):
