@@ -29,7 +29,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -477,52 +476,3 @@ def _resolve_device(device: str) -> str:
         raise RuntimeError("ImageDecode(device='gpu') needs CUDA, but torch.cuda.is_available() is False; "
                            "pass device='cpu' or device='auto' to decode on the CPU")
     return "cuda" if device == "gpu" or (device == "auto" and torch.cuda.is_available()) else "cpu"
-
-
-def _bench(n: int = 512, cases=((64, 56), (64, 64), (256, 224), (256, 256)), batch: int = 128,
-           repeat: int = 3) -> None:
-    """Micro-benchmark: images/s of DALI CPU vs PIL for (stored side, output size) pairs (equal:
-    images at the training size, only cropped), and the host costs (header check, feeding)."""
-    def jpeg(side: int, i: int) -> bytes:
-        y, x = np.mgrid[0:side, 0:side]
-        a = np.stack([(x * 255 // side + i) % 256, y * 255 // side, (x + y) % 256], -1).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(a).save(buf, "JPEG", quality=90)
-        return buf.getvalue()
-
-    def best(f) -> float:
-        return min(_timed(f) for _ in range(repeat))
-
-    print(f"{n} JPEGs, batch {batch}, {os.cpu_count()} CPU cores, torch {torch.__version__}\n")
-    print("| image | output | DALI CPU img/s | PIL img/s | header check us/img (PIL open) | feed us/batch |")
-    print("|---|---|---|---|---|---|")
-    for side, size in cases:
-        data = [jpeg(side, i) for i in range(n)]
-        col = BinaryColumn(torch.from_numpy(np.frombuffer(b"".join(data), np.uint8).copy()),
-                           torch.tensor(np.cumsum([0] + [len(d) for d in data]), dtype=torch.int64))
-        chunks = [col.select(range(i, min(i + batch, n))) for i in range(0, n, batch)]
-        rates = []
-        for backend in ("dali", "pil"):
-            dec = ImageDecoder(ImageDecode(size=size, device="cpu", backend=backend), max_batch_size=batch)
-            dec.decode(chunks[0])  # warm up
-            rates.append(n / best(lambda: [dec.decode(c) for c in chunks]))
-            dec.close()
-        arrays = _as_arrays(col)
-        check = best(lambda: [_check_header(a, 1 << 40) for a in arrays]) / n * 1e6
-        lazy = best(lambda: [Image.open(io.BytesIO(a)).size for a in arrays]) / n * 1e6
-        feed = best(lambda: [_as_arrays(c) for c in chunks]) / len(chunks) * 1e6
-        print(f"| {side}x{side} | {size}x{size} | {rates[0]:.0f} | {rates[1]:.0f} | {check:.1f} ({lazy:.1f}) | {feed:.1f} |")
-
-
-def _timed(f) -> float:
-    t = time.perf_counter()
-    f()
-    return time.perf_counter() - t
-
-
-if __name__ == "__main__":
-    import sys
-
-    if "--bench" not in sys.argv:
-        sys.exit("usage: python -m sparkfeed.decode --bench")
-    _bench()

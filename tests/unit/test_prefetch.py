@@ -16,7 +16,8 @@ import torch
 from sparkfeed import prefetch as pf
 from sparkfeed.batch import BinaryColumn
 from sparkfeed.errors import WorkerError
-from sparkfeed.prefetch import Prefetcher, feed_benchmark
+from sparkfeed.bench.feed import feed_benchmark
+from sparkfeed.prefetch import Prefetcher
 from sparkfeed.stats import Stats
 
 

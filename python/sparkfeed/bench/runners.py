@@ -265,8 +265,8 @@ def pil_ceiling(ctx: Context) -> Iterator[int]:
 
 # ----------------------------------------------------------------------------- feed
 def feed(ctx: Context, depth: int, **options) -> Iterator[int]:
-    """`prefetch.feed_benchmark`: a simulated step waiting on a simulated source (no files)."""
-    from ..prefetch import feed_benchmark
+    """`bench.feed.feed_benchmark`: a simulated step waiting on a simulated source (no files)."""
+    from .feed import feed_benchmark
 
     device = "cuda" if torch.cuda.is_available() else None
     result = feed_benchmark(depth=depth, pin_memory=device is not None, device=device, **options)

@@ -1,0 +1,170 @@
+"""Micro-benchmarks of the feed path, kept out of the library modules.
+
+- `feed_benchmark`: how long a simulated training step waits for data behind the `Prefetcher`
+  (the `feed` scenario of `sparkfeed bench`);
+- `decode_benchmark`: images/s of `ImageDecoder` with DALI (CPU) vs PIL, and the host costs of
+  the header check and the hand-over (`python -m sparkfeed.bench.feed --decode`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ..prefetch import Batch, Prefetcher, _resolve_device
+from ..stats import Stats
+
+__all__ = ["feed_benchmark", "decode_benchmark"]
+
+
+# ----------------------------------------------------------------------------- prefetch
+def _synthetic_source(batches: int, batch_bytes: int, producer_s: float):
+    """`batches` dicts of one uint8 tensor, each taking `producer_s` in all (mostly a sleep, which
+    frees the GIL as I/O or DALI do; the tensor's making counts in it)."""
+    for i in range(batches):
+        start = time.perf_counter()
+        x = torch.full((batch_bytes,), i % 251, dtype=torch.uint8)
+        time.sleep(max(0.0, producer_s - (time.perf_counter() - start)))
+        yield {"x": x, "index": i}
+
+
+def _step_fn(step_s: float, device: torch.device | None) -> Callable[[Batch], None]:
+    """A simulated training step of `step_s`: a GPU spin (then sync, as `loss.item()`) or a sleep."""
+    if device is None:
+        return lambda _batch: time.sleep(step_s) if step_s > 0 else None
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(10_000_000)
+    end.record()
+    end.synchronize()
+    cycles = int(step_s * 10_000_000 / (start.elapsed_time(end) / 1e3))
+
+    def step(_batch: Batch) -> None:
+        if cycles > 0:
+            torch.cuda._sleep(cycles)
+        torch.cuda.synchronize()
+    return step
+
+
+def _h2d_gbps(batches: int, batch_bytes: int, depth: int, pin: bool, device) -> tuple[float, float]:
+    """Prefetcher throughput on ready host batches vs a plain pinned copy of the same bytes."""
+    host = [torch.full((batch_bytes,), i, dtype=torch.uint8) for i in range(4)]
+    start = time.perf_counter()
+    with Prefetcher(({"x": host[i % 4]} for i in range(batches)), depth=depth,
+                    pin_memory=pin, device=device) as prefetcher:
+        for _batch in prefetcher:
+            pass
+    torch.cuda.synchronize()
+    ours = batches * batch_bytes / (time.perf_counter() - start) / 1e9
+    pinned = torch.empty(batch_bytes, dtype=torch.uint8, pin_memory=True)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(batches):
+        pinned.to(device, non_blocking=True)
+    torch.cuda.synchronize()
+    return ours, batches * batch_bytes / (time.perf_counter() - start) / 1e9
+
+
+def feed_benchmark(batches: int, batch_bytes: int, step_s: float, depth: int, pin_memory: bool,
+                   device: str | None, producer_s: float) -> dict:
+    """How long a simulated training step waits for data, with and without prefetch.
+
+    A source takes `producer_s` per batch of `batch_bytes`; the consumer's step takes `step_s`.
+    `wait_fraction` is the share of wall time the consumer spent blocked in `__next__` (the time
+    a GPU would starve). On CUDA it also reports `h2d_gbps` (the prefetcher moving ready host
+    batches to the device) and `plain_pinned_h2d_gbps` (one pinned tensor copied the same way).
+
+        feed_benchmark(100, 1 << 20, 0.01, depth=4, pin_memory=True, device=None, producer_s=0.01)
+    """
+    target = _resolve_device(device)
+    step, stats = _step_fn(step_s, target), Stats()
+    start = time.perf_counter()
+    with Prefetcher(_synthetic_source(batches, batch_bytes, producer_s), depth=depth,
+                    pin_memory=pin_memory, device=target, stats=stats) as prefetcher:
+        for batch in prefetcher:
+            step(batch)
+    wall = time.perf_counter() - start
+    counters = stats.snapshot()
+    result = {"batches": batches, "batch_bytes": batch_bytes, "depth": depth,
+              "wall_s": round(wall, 3), "wait_fraction": round(counters["wait_s"] / wall, 4),
+              "batches_per_s": round(batches / wall, 2)}
+    if target is not None:
+        ours, plain = _h2d_gbps(batches, batch_bytes, max(depth, 1), pin_memory, target)
+        result.update(h2d_gbps=round(ours, 2), plain_pinned_h2d_gbps=round(plain, 2))
+    return result
+
+
+# ----------------------------------------------------------------------------- decode
+def decode_benchmark(n: int = 512, cases=((64, 56), (64, 64), (256, 224), (256, 256)), batch: int = 128,
+           repeat: int = 3) -> None:
+    """Micro-benchmark: images/s of DALI CPU vs PIL for (stored side, output size) pairs (equal:
+    images at the training size, only cropped), and the host costs (header check, feeding)."""
+    def jpeg(side: int, i: int) -> bytes:
+        y, x = np.mgrid[0:side, 0:side]
+        a = np.stack([(x * 255 // side + i) % 256, y * 255 // side, (x + y) % 256], -1).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, "JPEG", quality=90)
+        return buf.getvalue()
+
+    from PIL import Image
+
+    from ..batch import BinaryColumn
+    from ..decode import ImageDecode, ImageDecoder, _as_arrays, _check_header
+
+    def best(f) -> float:
+        return min(_timed(f) for _ in range(repeat))
+
+    print(f"{n} JPEGs, batch {batch}, {os.cpu_count()} CPU cores, torch {torch.__version__}\n")
+    print("| image | output | DALI CPU img/s | PIL img/s | header check us/img (PIL open) | feed us/batch |")
+    print("|---|---|---|---|---|---|")
+    for side, size in cases:
+        data = [jpeg(side, i) for i in range(n)]
+        col = BinaryColumn(torch.from_numpy(np.frombuffer(b"".join(data), np.uint8).copy()),
+                           torch.tensor(np.cumsum([0] + [len(d) for d in data]), dtype=torch.int64))
+        chunks = [col.select(range(i, min(i + batch, n))) for i in range(0, n, batch)]
+        rates = []
+        for backend in ("dali", "pil"):
+            dec = ImageDecoder(ImageDecode(size=size, device="cpu", backend=backend), max_batch_size=batch)
+            dec.decode(chunks[0])  # warm up
+            rates.append(n / best(lambda: [dec.decode(c) for c in chunks]))
+            dec.close()
+        arrays = _as_arrays(col)
+        check = best(lambda: [_check_header(a, 1 << 40) for a in arrays]) / n * 1e6
+        lazy = best(lambda: [Image.open(io.BytesIO(a)).size for a in arrays]) / n * 1e6
+        feed = best(lambda: [_as_arrays(c) for c in chunks]) / len(chunks) * 1e6
+        print(f"| {side}x{side} | {size}x{size} | {rates[0]:.0f} | {rates[1]:.0f} | {check:.1f} ({lazy:.1f}) | {feed:.1f} |")
+
+
+def _timed(f) -> float:
+    t = time.perf_counter()
+    f()
+    return time.perf_counter() - t
+
+
+def main(argv=None) -> int:
+    """`python -m sparkfeed.bench.feed --decode | --prefetch`: print one micro-benchmark."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m sparkfeed.bench.feed", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--decode", action="store_true", help="DALI CPU vs PIL decode rates and host costs")
+    parser.add_argument("--prefetch", action="store_true", help="feed_benchmark with depth 0 and 4")
+    args = parser.parse_args(argv)
+    if not (args.decode or args.prefetch):
+        parser.error("choose --decode and/or --prefetch")
+    if args.decode:
+        decode_benchmark()
+    if args.prefetch:
+        for depth in (0, 4):
+            print(feed_benchmark(batches=100, batch_bytes=1 << 20, step_s=0.01, depth=depth,
+                                 pin_memory=True, device=None, producer_s=0.01))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
