@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import io
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from .batch import BinaryColumn
 __all__ = ["ImageDecode", "ImageDecoder", "DecodeResult"]
 
 _DTYPES = (torch.uint8, torch.float32, torch.float16)
-_CHOICES = {"crop": ("center", "random"), "layout": ("NCHW", "NHWC"),
+_CHOICES = {"crop": ("center", "random", "random_resized"), "layout": ("NCHW", "NHWC"),
             "device": ("gpu", "cpu", "auto"), "backend": ("dali", "pil")}
 
 
@@ -73,6 +74,9 @@ class ImageDecode:
     device: str = "auto"
     backend: str = "dali"
     max_pixels: int = 89_478_485
+    resize: int | str | None = "size"
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
     def __post_init__(self):
         if self.size is not None and (not _is_int(self.size) or self.size <= 0):
@@ -80,17 +84,66 @@ class ImageDecode:
         for field, choices in _CHOICES.items():
             if getattr(self, field) not in choices:
                 _fail(field, " or ".join(repr(c) for c in choices), getattr(self, field))
-        if self.crop == "random" and self.size is None:
+        if self.crop != "center" and self.size is None:
             _fail("crop", "'center' when size is None (a random crop needs a size)", self.crop)
         if not isinstance(self.mirror, bool):
             _fail("mirror", "True or False", self.mirror)
         self._check_norm()
+        self._check_crop()
         if self.dtype is not None and self.dtype not in _DTYPES:
             _fail("dtype", "torch.uint8, torch.float32, torch.float16 or None", self.dtype)
         if self.has_norm and self.out_dtype == torch.uint8:
             _fail("dtype", "a floating type when mean/std are given", self.dtype)
         if not _is_int(self.max_pixels) or self.max_pixels <= 0:
             _fail("max_pixels", "a positive integer", self.max_pixels)
+
+    def _check_crop(self) -> None:
+        """`resize`: "size" (the default), None (crop the stored pixels) or a shorter side >= size;
+        `scale`/`ratio`: torchvision's RandomResizedCrop ranges (used by crop="random_resized")."""
+        r = self.resize
+        if r != "size" and r is not None:
+            if not _is_int(r) or r <= 0:
+                _fail("resize", "'size', None or a positive integer", r)
+            if self.size is None or r < self.size:
+                _fail("resize", f"at least size={self.size} (the crop is cut from the resized image)", r)
+            if self.crop == "random_resized":
+                _fail("resize", "'size' or None with crop='random_resized' (the crop is resized to size)", r)
+        for field, low in (("scale", 0.0), ("ratio", 0.0)):
+            v = getattr(self, field)
+            if (not isinstance(v, (tuple, list)) or len(v) != 2
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+                    or not low < v[0] <= v[1]):
+                _fail(field, "a (min, max) pair of positive numbers with min <= max", v)
+            object.__setattr__(self, field, (float(v[0]), float(v[1])))
+        if self.scale[1] > 1.0:
+            _fail("scale", "within (0, 1] (a fraction of the image's area)", self.scale)
+
+    @property
+    def resize_to(self) -> int | None:
+        """The shorter side images are resized to before a centre or random crop (None: not resized)."""
+        if self.crop == "random_resized":
+            return None
+        return self.size if self.resize == "size" else self.resize
+
+    def resolve(self) -> "ImageDecode":
+        """A copy with `device` made concrete ("gpu" or "cpu"), checked on this machine: the loader
+        calls it when it is built, so a spec that cannot run here fails before any reading.
+
+        Raises ValueError for device="gpu" without CUDA and for backend="dali" without DALI."""
+        if self.device not in _CHOICES["device"]:
+            _fail("device", "'gpu', 'cpu' or 'auto'", self.device)
+        cuda = torch.cuda.is_available()
+        if self.device == "gpu" and not cuda:
+            raise ValueError("`device` should be 'cpu' or 'auto' on a machine without CUDA (torch.cuda."
+                             "is_available() is False), but got device='gpu'")
+        if self.backend == "dali":
+            try:
+                _import_dali()
+            except ImportError as e:
+                raise ValueError(f"`backend` should be 'pil' where NVIDIA DALI is not installed "
+                                 f"(`pip install nvidia-dali-cuda120`), but got backend='dali' ({e.__cause__})") from e
+        device = "gpu" if self.device == "gpu" or (self.device == "auto" and cuda) else "cpu"
+        return dataclasses.replace(self, device=device)
 
     def _check_norm(self) -> None:
         if (self.mean is None) != (self.std is None):
@@ -128,25 +181,51 @@ class DecodeResult:
 
 @dataclass(frozen=True)
 class _Draws:
-    """Per-row augmentation draws: crop position in [0, 1] and flip flag."""
+    """Per-row augmentation draws: crop position in [0, 1], flip flag, and for
+    crop="random_resized" the window (x0, y0, width, height) in stored pixels."""
 
     pos_x: np.ndarray
     pos_y: np.ndarray
     flip: np.ndarray
+    window: np.ndarray | None = None
 
-    def take(self, rows: Sequence[int]) -> "_Draws":
-        return _Draws(self.pos_x[rows], self.pos_y[rows], self.flip[rows])
+    def take(self, rows) -> "_Draws":
+        window = None if self.window is None else self.window[rows]
+        return _Draws(self.pos_x[rows], self.pos_y[rows], self.flip[rows], window)
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """A batch of encoded images as one uint8 buffer and row bounds (numpy views, no copy)."""
+
+    data: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def views(self, rows) -> list[np.ndarray]:
+        """Per-row views for DALI's batch input (it takes a list of arrays; no bytes are copied)."""
+        data = self.data
+        return [data[a:b] for a, b in zip(self.starts[rows].tolist(), self.ends[rows].tolist())]
+
+
+def _encoded(images) -> _Encoded:
+    """Normalise the input to one buffer: a BinaryColumn as is, a list of bytes joined once."""
+    if isinstance(images, BinaryColumn):
+        offsets = images.offsets.numpy()
+        return _Encoded(images.data.contiguous().numpy(), offsets[:-1], offsets[1:])
+    if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
+        raise TypeError(f"`images` should be a BinaryColumn or a sequence of bytes, but got {type(images).__name__}")
+    offsets = np.cumsum([0] + [len(b) for b in images], dtype=np.int64)
+    return _Encoded(np.frombuffer(b"".join(images), np.uint8), offsets[:-1], offsets[1:])
 
 
 def _as_arrays(images) -> list[np.ndarray]:
-    """Normalise the input to per-row uint8 numpy views (no copies, no bytes objects)."""
-    if isinstance(images, BinaryColumn):
-        data = images.data.contiguous().numpy()
-        bounds = images.offsets.tolist()
-        return [data[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
-    if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
-        raise TypeError(f"`images` should be a BinaryColumn or a sequence of bytes, but got {type(images).__name__}")
-    return [np.frombuffer(b, dtype=np.uint8) for b in images]
+    """Per-row uint8 numpy views of the input (the micro-benchmark's hand-over)."""
+    enc = _encoded(images)
+    return enc.views(np.arange(len(enc)))
 
 
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # JPEG start-of-frame markers
@@ -169,6 +248,52 @@ def _fast_size(mv: memoryview) -> tuple[int, int] | None:
             continue
         i += 2 + int.from_bytes(mv[i + 2:i + 4], "big")
     return None
+
+
+_SOF_TABLE = np.zeros(256, bool)
+_SOF_TABLE[list(_SOF)] = True
+_PNG_SIG = np.frombuffer(_PNG, np.uint8)
+_MAX_SEGMENTS = 64  # JPEG segments walked before the frame header; beyond it PIL looks
+
+
+def _be16(data: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Big-endian 16-bit words at `at` (indices past the end read the last byte: callers check
+    the row's bounds before trusting a value)."""
+    last = data.size - 1
+    return (data[np.minimum(at, last)].astype(np.int64) << 8) | data[np.minimum(at + 1, last)]
+
+
+def _scan_sizes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(width, height) of every row of one buffer from its JPEG or PNG header, for the whole batch
+    at once: the JPEG marker walk advances all rows in lockstep (a few numpy steps per segment,
+    not a Python loop per image). Rows it cannot read get -1 (the caller asks PIL about those)."""
+    n = len(starts)
+    w, h = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+    if n == 0 or data.size == 0:
+        return w, h
+    last = data.size - 1
+    lens = ends - starts
+    png = (lens >= 24) & (data[np.minimum(starts[:, None] + np.arange(16), last)] == _PNG_SIG).all(1)
+    w[png] = (_be16(data, starts[png] + 16) << 16) | _be16(data, starts[png] + 18)
+    h[png] = (_be16(data, starts[png] + 20) << 16) | _be16(data, starts[png] + 22)
+    first = _be16(data, starts)
+    jpeg = ~png & (lens >= 4) & (first == 0xFFD8)
+    rows = np.flatnonzero(jpeg)
+    pos = starts[rows] + 2
+    for _ in range(_MAX_SEGMENTS):
+        live = pos + 9 <= ends[rows]
+        rows, pos = rows[live], pos[live]
+        head = _be16(data, pos)
+        live = (head >> 8) == 0xFF
+        rows, pos, marker = rows[live], pos[live], head[live] & 0xFF
+        if rows.size == 0:
+            break
+        sof = _SOF_TABLE[marker]
+        w[rows[sof]], h[rows[sof]] = _be16(data, pos[sof] + 7), _be16(data, pos[sof] + 5)
+        fill = marker == 0xFF
+        step = np.where(fill, 1, 2 + _be16(data, pos + 2))
+        rows, pos = rows[~sof], (pos + step)[~sof]
+    return w, h
 
 
 def _check_header(arr: np.ndarray, max_pixels: int) -> tuple[tuple[int, int] | None, str | None]:
@@ -197,6 +322,31 @@ def _check_header(arr: np.ndarray, max_pixels: int) -> tuple[tuple[int, int] | N
     return (w, h), None
 
 
+def _check_headers(enc: _Encoded, spec: ImageDecode) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Sizes (n, 2) of every row from its header, and the rows refused before any decoding
+    (empty, not an image, over `max_pixels`, smaller than a crop cut from stored pixels).
+
+    JPEG and PNG rows are read for the whole batch at once (`_scan_sizes`); only rows it cannot
+    read (other formats, odd JPEGs) go one by one through PIL's lazy `Image.open`."""
+    w, h = _scan_sizes(enc.data, enc.starts, enc.ends)
+    failures = []
+    for r in np.flatnonzero(w < 0).tolist():
+        size, reason = _check_header(enc.data[enc.starts[r]:enc.ends[r]], spec.max_pixels)
+        if reason is None:
+            w[r], h[r] = size
+        else:
+            failures.append((r, reason))
+    known = w >= 0
+    for r in np.flatnonzero(known & (w * h > spec.max_pixels)).tolist():
+        failures.append((r, f"image is {w[r]}x{h[r]} = {w[r] * h[r]} pixels, over "
+                            f"max_pixels={spec.max_pixels}; refused before decoding"))
+    if spec.size is not None and spec.crop != "random_resized" and spec.resize_to is None:
+        for r in np.flatnonzero(known & (np.minimum(w, h) < spec.size)).tolist():
+            failures.append((r, f"image is {w[r]}x{h[r]}, smaller than the {spec.size}x{spec.size} "
+                                "crop cut from stored pixels (resize=None)"))
+    return np.stack([w, h], 1), failures
+
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -210,20 +360,71 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def _keyed_draws(seed: int, epoch: int, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Crop positions (2, n) in [0, 1) and flips (n,) as pure functions of (seed, epoch, key)."""
+def _keyed_words(seed: int, epoch: int, keys: np.ndarray, first: int, count: int) -> np.ndarray:
+    """`count` 64-bit words (n, count) per key, numbered from `first`: pure functions of
+    (seed, epoch, key, number)."""
     base = _mix64(_mix64(np.array([seed], np.uint64)) ^ np.uint64(epoch))
     h = _mix64(keys.astype(np.uint64) ^ base)
-    words = np.stack([_mix64(h ^ np.uint64(i)) for i in (1, 2, 3)])
-    pos = (words[:2] >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24)
-    return pos, (words[2] & np.uint64(1)).astype(np.int32)
+    return np.stack([_mix64(h ^ np.uint64(i)) for i in range(first, first + count)], 1)
+
+
+def _uniform(words: np.ndarray) -> np.ndarray:
+    """64-bit words -> float32 in [0, 1) (their top 24 bits)."""
+    return (words >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24)
+
+
+def _keyed_draws(seed: int, epoch: int, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Crop positions (2, n) in [0, 1) and flips (n,) as pure functions of (seed, epoch, key)."""
+    words = _keyed_words(seed, epoch, keys, 1, 3)
+    return _uniform(words[:, :2]).T.copy(), (words[:, 2] & np.uint64(1)).astype(np.int32)
+
+
+_RRC_TRIES = 10  # torchvision's attempts before the centre fallback
+
+
+def _keyed_window_uniforms(seed: int, epoch: int, keys: np.ndarray) -> np.ndarray:
+    """(n, tries, 4) uniforms for RandomResizedCrop: area, log-ratio, x, y per attempt."""
+    words = _keyed_words(seed, epoch, keys, 4, 4 * _RRC_TRIES)
+    return _uniform(words).astype(np.float64).reshape(len(keys), _RRC_TRIES, 4)
+
+
+def _random_resized_windows(u: np.ndarray, sizes: np.ndarray, scale, ratio) -> np.ndarray:
+    """torchvision's `RandomResizedCrop.get_params`, for a whole batch: (n, 4) windows
+    (x0, y0, width, height) in stored pixels from uniforms `u` (n, tries, 4) and sizes (n, 2).
+
+    Each attempt draws an area fraction in `scale` and a log-uniform aspect ratio in `ratio`;
+    the first that fits wins, at a uniform position; if none fits, the centre crop of the
+    whole image clamped to `ratio` (torchvision's fallback)."""
+    w, h = sizes[:, :1].astype(np.float64), sizes[:, 1:].astype(np.float64)
+    area = w * h * (scale[0] + u[..., 0] * (scale[1] - scale[0]))
+    lo, hi = np.log(ratio[0]), np.log(ratio[1])
+    aspect = np.exp(lo + u[..., 1] * (hi - lo))
+    cw, ch = np.rint(np.sqrt(area * aspect)), np.rint(np.sqrt(area / aspect))
+    fits = (cw > 0) & (ch > 0) & (cw <= w) & (ch <= h)
+    pick = fits.argmax(1)
+    rows = np.arange(len(u))
+    cw, ch = cw[rows, pick], ch[rows, pick]
+    w, h = w[:, 0], h[:, 0]
+    x0 = np.floor(u[rows, pick, 2] * (w - cw + 1))
+    y0 = np.floor(u[rows, pick, 3] * (h - ch + 1))
+    # fallback: the whole image, clamped to the ratio range, centred
+    in_ratio = w / np.maximum(h, 1)
+    fw = np.where(in_ratio < ratio[0], w, np.where(in_ratio > ratio[1], np.rint(h * ratio[1]), w))
+    fh = np.where(in_ratio < ratio[0], np.rint(w / ratio[0]), h)
+    none = ~fits.any(1)
+    cw, ch = np.where(none, fw, cw), np.where(none, fh, ch)
+    x0 = np.where(none, (w - cw) // 2, x0)
+    y0 = np.where(none, (h - ch) // 2, y0)
+    return np.stack([x0, y0, cw, ch], 1).astype(np.int64)
 
 
 def _needs_resize(spec: ImageDecode, sizes) -> bool:
-    """Whether any image's shorter side differs from `size`: images stored at the training size
-    (a Spark job often resizes them) are only cropped, as Pillow skips an identity resize too.
-    The shorter side does not change with an EXIF rotation, so header sizes are enough."""
-    return spec.size is not None and any(min(w, h) != spec.size for w, h in sizes)
+    """Whether any image's shorter side differs from the resize target (`resize`, default
+    `size`): images stored at that size (a Spark job often resizes them) are only cropped, as
+    Pillow skips an identity resize too. The shorter side does not change with an EXIF
+    rotation, so header sizes are enough."""
+    target = spec.resize_to
+    return target is not None and any(min(w, h) != target for w, h in sizes)
 
 
 def _finish(spec: ImageDecode, hwc: torch.Tensor) -> torch.Tensor:
@@ -263,31 +464,39 @@ class _PilBackend:
     def __init__(self, spec: ImageDecode, device: str):
         self.spec, self.device = spec, device
 
-    def _one(self, arr: np.ndarray, px: float, py: float, flip: bool) -> torch.Tensor:
-        with Image.open(io.BytesIO(arr)) as im:
-            im = im.convert("RGB")
+    def _geometry(self, im: Image.Image, kind: str, window) -> Image.Image:
+        """"resize": shorter side to `resize_to`; "slice": the window resized to size x size."""
         s = self.spec.size
-        if s is not None:
-            w, h = im.size
-            scale = s / min(w, h)
-            im = im.resize((max(s, round(w * scale)), max(s, round(h * scale))), Image.BILINEAR)
-        t = torch.from_numpy(np.array(im))
-        if s is not None:
-            h, w = t.shape[:2]
-            y0, x0 = int(py * (h - s) + 0.5), int(px * (w - s) + 0.5)
-            t = t[y0:y0 + s, x0:x0 + s]
-        return t.flip(1) if flip else t
+        if kind == "slice":
+            x0, y0, cw, ch = (int(v) for v in window)
+            return im.crop((x0, y0, x0 + cw, y0 + ch)).resize((s, s), Image.BILINEAR)
+        if kind == "resize":
+            t, (w, h) = self.spec.resize_to, im.size
+            scale = t / min(w, h)
+            return im.resize((max(t, round(w * scale)), max(t, round(h * scale))), Image.BILINEAR)
+        return im
 
-    def run(self, arrays, rows, draws: _Draws, resize: bool = True):
+    def _one(self, arr: np.ndarray, draws: _Draws, i: int, kind: str) -> torch.Tensor:
+        with Image.open(io.BytesIO(arr)) as im:
+            im = self._geometry(im.convert("RGB"), kind, None if draws.window is None else draws.window[i])
+        t = torch.from_numpy(np.array(im))
+        s = self.spec.size
+        if s is not None and kind != "slice":
+            h, w = t.shape[:2]
+            y0, x0 = int(draws.pos_y[i] * (h - s) + 0.5), int(draws.pos_x[i] * (w - s) + 0.5)
+            t = t[y0:y0 + s, x0:x0 + s]
+        return t.flip(1) if draws.flip[i] else t
+
+    def run(self, enc: _Encoded, rows, draws: _Draws, kind: str, sizes=None):
         """Decode `rows`; returns ([tensor], ok_rows, failures). An identity resize is free in
-        Pillow already, so `resize` needs no branch here."""
+        Pillow already, so "crop" and "resize" give the same pixels."""
         ok, imgs, failures = [], [], []
-        for i, r in enumerate(rows):
+        for i, (r, arr) in enumerate(zip(rows, enc.views(rows))):
             try:
-                imgs.append(self._one(arrays[r], draws.pos_x[i], draws.pos_y[i], bool(draws.flip[i])))
-                ok.append(r)
+                imgs.append(self._one(arr, draws, i, kind))
+                ok.append(int(r))
             except Exception as e:  # noqa: BLE001 - a bad image is reported, not raised
-                failures.append((r, f"PIL could not decode the image ({type(e).__name__}: {e})"))
+                failures.append((int(r), f"PIL could not decode the image ({type(e).__name__}: {e})"))
         if not imgs:
             return [], ok, failures
         _same_shape(t.shape for t in imgs)
@@ -318,8 +527,10 @@ def _import_dali():
 
 
 class _DaliBackend:
-    """DALI pipelines fed whole batches: one that resizes, one that only crops (for images already
-    at the training size), each built on first use and rebuilt after a failed run (DALI drops it)."""
+    """DALI pipelines fed whole batches, one per geometry `kind`: "resize" (shorter side, then
+    crop), "crop" (images already at the resize target, or resize=None), "slice" (a window
+    decoded by `fn.decoders.image_slice`, resized to size x size: crop="random_resized"). Each is
+    built on first use and rebuilt after a failed run (DALI drops it)."""
 
     def __init__(self, spec: ImageDecode, device: str, max_batch_size: int, num_threads: int, seed: int):
         self.spec, self.device = spec, device
@@ -327,33 +538,44 @@ class _DaliBackend:
         self.args = dict(batch_size=max_batch_size, num_threads=num_threads, seed=seed,
                          device_id=torch.cuda.current_device() if device == "cuda" else None,
                          prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
-        self.pipes: dict[bool, object] = {}
-        self._pipe(spec.size is not None)  # build now: a DALI problem shows before any reading
+        self.pipes: dict[str, object] = {}
+        self._pipe(_default_kind(spec))  # build now: a DALI problem shows before any reading
 
-    def _pipe(self, resize: bool):
-        if resize not in self.pipes:
-            self.pipes[resize] = self._build(resize)
-        return self.pipes[resize]
+    def _pipe(self, kind: str):
+        if kind not in self.pipes:
+            self.pipes[kind] = self._build(kind)
+        return self.pipes[kind]
 
-    def _build(self, resize: bool):
-        """decode -> (resize shorter side) -> crop, mirror, normalise, lay out; a DALI resize
-        costs more than the decode of a small JPEG on the CPU, so it is left out when not needed."""
+    def _decoded(self, kind: str):
+        """The decode (+ geometry) part of the graph; a DALI resize costs more than the decode of
+        a small JPEG on the CPU, so it is left out where it is not needed."""
+        fn, types, spec = self.fn, self.types, self.spec
+        device = "mixed" if self.device == "cuda" else "cpu"
+        enc = fn.external_source(name="enc", batch=True, dtype=types.UINT8, ndim=1, no_copy=True)
+        if kind == "slice":
+            anchor = fn.external_source(name="anchor", batch=True, dtype=types.FLOAT, ndim=1)
+            shape = fn.external_source(name="shape", batch=True, dtype=types.FLOAT, ndim=1)
+            img = fn.decoders.image_slice(enc, anchor, shape, device=device, output_type=types.RGB)
+            return fn.resize(img, resize_x=spec.size, resize_y=spec.size, antialias=True)
+        img = fn.decoders.image(enc, device=device, output_type=types.RGB)
+        if kind == "resize":
+            img = fn.resize(img, resize_shorter=spec.resize_to, antialias=True)
+        return img
+
+    def _build(self, kind: str):
+        """decode -> geometry -> crop, mirror, normalise, lay out."""
         fn, types, spec = self.fn, self.types, self.spec
         pipe = self.dali.Pipeline(**self.args)
         with pipe:
-            enc = fn.external_source(name="enc", batch=True, dtype=types.UINT8, ndim=1, no_copy=True)
-            img = fn.decoders.image(enc, device="mixed" if self.device == "cuda" else "cpu",
-                                    output_type=types.RGB)
+            img = self._decoded(kind)
             kw = dict(dtype={torch.uint8: types.UINT8, torch.float32: types.FLOAT,
                              torch.float16: types.FLOAT16}[spec.out_dtype],
                       output_layout="CHW" if spec.layout == "NCHW" else "HWC")
-            if spec.size is not None:
-                if resize:
-                    img = fn.resize(img, resize_shorter=spec.size, antialias=True)
+            if spec.size is not None and kind != "slice":
                 kw["crop"] = (spec.size, spec.size)
-            if spec.crop == "random" and spec.size is not None:
-                kw["crop_pos_x"] = fn.external_source(name="px", batch=True, dtype=types.FLOAT, ndim=0)
-                kw["crop_pos_y"] = fn.external_source(name="py", batch=True, dtype=types.FLOAT, ndim=0)
+                if spec.crop == "random":
+                    kw["crop_pos_x"] = fn.external_source(name="px", batch=True, dtype=types.FLOAT, ndim=0)
+                    kw["crop_pos_y"] = fn.external_source(name="py", batch=True, dtype=types.FLOAT, ndim=0)
             if spec.mirror:
                 kw["mirror"] = fn.external_source(name="flip", batch=True, dtype=types.INT32, ndim=0)
             if spec.has_norm:
@@ -363,9 +585,13 @@ class _DaliBackend:
         pipe.build()
         return pipe
 
-    def _inputs(self, arrays, draws: _Draws) -> dict:
-        inputs = {"enc": arrays}
-        if self.spec.crop == "random" and self.spec.size is not None:
+    def _inputs(self, enc: _Encoded, rows, draws: _Draws, kind: str, sizes) -> dict:
+        inputs = {"enc": enc.views(rows)}
+        if kind == "slice":  # windows relative to the image: they fit whatever DALI's EXIF turn
+            wh = np.tile(sizes[rows].astype(np.float32), 2)
+            rel = draws.window.astype(np.float32) / wh
+            inputs["anchor"], inputs["shape"] = list(rel[:, :2]), list(rel[:, 2:])
+        elif self.spec.crop == "random" and self.spec.size is not None:
             inputs["px"], inputs["py"] = list(draws.pos_x), list(draws.pos_y)
         if self.spec.mirror:
             inputs["flip"] = list(draws.flip)
@@ -380,23 +606,37 @@ class _DaliBackend:
         self._feed_ndarray(t, dst, cuda_stream=stream)
         return dst
 
-    def run(self, arrays, rows, draws: _Draws, resize: bool = True):
-        """Decode `rows`; on a failed batch, bisect to find the bad rows. Returns (parts, ok, failures)."""
-        resize = resize and self.spec.size is not None
+    def run(self, enc: _Encoded, rows, draws: _Draws, kind: str, sizes=None):
+        """Decode `rows` (an index array); on a failed batch, bisect to find the bad rows.
+        Returns (parts, ok, failures)."""
         try:
-            (out,) = self._pipe(resize).run(**self._inputs([arrays[r] for r in rows], draws))
-            return [self._to_torch(out)], list(rows), []
+            (out,) = self._pipe(kind).run(**self._inputs(enc, rows, draws, kind, sizes))
+            return [self._to_torch(out)], rows.tolist(), []
         except RuntimeError as e:
-            self.pipes.pop(resize, None)
+            self.pipes.pop(kind, None)
             if len(rows) == 1:
-                return [], [], [(rows[0], f"DALI could not decode the image ({_dali_reason(e)})")]
+                return [], [], [(int(rows[0]), f"DALI could not decode the image ({_dali_reason(e)})")]
         mid = len(rows) // 2
-        left = self.run(arrays, rows[:mid], draws.take(slice(0, mid)), resize)
-        right = self.run(arrays, rows[mid:], draws.take(slice(mid, None)), resize)
+        left = self.run(enc, rows[:mid], draws.take(slice(0, mid)), kind, sizes)
+        right = self.run(enc, rows[mid:], draws.take(slice(mid, None)), kind, sizes)
         return left[0] + right[0], left[1] + right[1], left[2] + right[2]
 
     def close(self) -> None:
         self.pipes.clear()
+
+
+def _default_kind(spec: ImageDecode) -> str:
+    """The pipeline built up front: the one most batches of this spec take."""
+    if spec.crop == "random_resized":
+        return "slice"
+    return "resize" if spec.resize_to is not None else "crop"
+
+
+def _kind(spec: ImageDecode, sizes) -> str:
+    """This batch's geometry: a window, a resize, or a crop only (nothing to resize)."""
+    if spec.crop == "random_resized":
+        return "slice"
+    return "resize" if _needs_resize(spec, sizes) else "crop"
 
 
 class ImageDecoder:
@@ -412,7 +652,7 @@ class ImageDecoder:
         if num_threads is not None and (not _is_int(num_threads) or num_threads <= 0):
             _fail("num_threads", "a positive integer or None", num_threads)
         self.spec, self.max_batch_size, self.seed = spec, max_batch_size, seed
-        self.device = _resolve_device(spec.device)
+        self.device = _resolve_device(spec)
         threads = num_threads or min(8, os.cpu_count() or 1)
         if spec.backend == "dali":
             self._backend = _DaliBackend(spec, self.device, max_batch_size, threads, seed)
@@ -425,42 +665,46 @@ class ImageDecoder:
         self._epoch = epoch
         self._rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch, rank])))
 
-    def _draw(self, n: int, keys) -> _Draws:
+    def _draw(self, n: int, keys, sizes: np.ndarray) -> _Draws:
+        """This batch's crops and flips: keyed by (seed, epoch, key) when keys are given, else the
+        next draws of the (seed, epoch, rank) sequence."""
+        rrc = self.spec.crop == "random_resized"
         if keys is None:
             pos = self._rng.random((2, n), dtype=np.float32)
             flip = self._rng.integers(0, 2, n, dtype=np.int32)
+            u = self._rng.random((n, _RRC_TRIES, 4)) if rrc else None
         else:
             pos, flip = _keyed_draws(self.seed, self._epoch, keys)
+            u = _keyed_window_uniforms(self.seed, self._epoch, keys) if rrc else None
         if self.spec.crop == "center":
             pos[:] = 0.5
         if not self.spec.mirror:
             flip[:] = 0
-        return _Draws(pos[0], pos[1], flip)
+        window = _random_resized_windows(u, sizes, self.spec.scale, self.spec.ratio) if rrc else None
+        return _Draws(pos[0], pos[1], flip, window)
 
     def decode(self, images: "BinaryColumn | Sequence[bytes]", keys=None) -> DecodeResult:
         """Decode a batch; bad rows go to `failures` (never raised), good rows to `images` in order.
 
         `keys`: one integer per row naming the sample (int64 tensor or array); its crop and flip
         then depend only on (seed, epoch, key)."""
-        arrays = _as_arrays(images)
-        if len(arrays) > self.max_batch_size:
-            raise ValueError(f"a batch of {len(arrays)} images is larger than max_batch_size={self.max_batch_size}")
+        enc = _encoded(images)
+        n = len(enc)
+        if n > self.max_batch_size:
+            raise ValueError(f"a batch of {n} images is larger than max_batch_size={self.max_batch_size}")
         if keys is not None:
             keys = np.asarray(keys, dtype=np.int64)
-            if keys.shape != (len(arrays),):
-                raise ValueError(f"`keys` should hold one integer per image ({len(arrays)}), "
+            if keys.shape != (n,):
+                raise ValueError(f"`keys` should hold one integer per image ({n}), "
                                  f"but has shape {tuple(keys.shape)}")
-        draws = self._draw(len(arrays), keys)
-        failures, rows, sizes = [], [], []
-        for r, arr in enumerate(arrays):
-            size, reason = _check_header(arr, self.spec.max_pixels)
-            if reason is None:
-                rows.append(r)
-                sizes.append(size)
-            else:
-                failures.append((r, reason))
-        resize = _needs_resize(self.spec, sizes)
-        parts, ok, bad = self._backend.run(arrays, rows, draws.take(rows), resize) if rows else ([], [], [])
+        sizes, failures = _check_headers(enc, self.spec)
+        draws = self._draw(n, keys, np.maximum(sizes, 1))
+        keep = np.ones(n, bool)
+        keep[[r for r, _ in failures]] = False
+        rows = np.flatnonzero(keep)
+        kind = _kind(self.spec, sizes[rows].tolist())
+        parts, ok, bad = self._backend.run(enc, rows, draws.take(rows), kind, sizes) if rows.size \
+            else ([], [], [])
         images = _cat(parts) if parts else _empty(self.spec, self.device)
         return DecodeResult(images, torch.tensor(ok, dtype=torch.int64),
                             tuple(sorted(failures + bad)))
@@ -470,9 +714,6 @@ class ImageDecoder:
         self._backend.close()
 
 
-def _resolve_device(device: str) -> str:
-    """'gpu' | 'cpu' | 'auto' -> 'cuda' | 'cpu'; 'gpu' without CUDA is a clear error."""
-    if device == "gpu" and not torch.cuda.is_available():
-        raise RuntimeError("ImageDecode(device='gpu') needs CUDA, but torch.cuda.is_available() is False; "
-                           "pass device='cpu' or device='auto' to decode on the CPU")
-    return "cuda" if device == "gpu" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+def _resolve_device(spec: ImageDecode) -> str:
+    """The torch device of the output ("cuda" | "cpu"), through `ImageDecode.resolve` (its errors)."""
+    return "cuda" if spec.resolve().device == "gpu" else "cpu"

@@ -175,7 +175,7 @@ def test_images_at_size_skip_the_resize_with_the_same_pixels(crop, mirror):
         dec = _decoder(size=24, crop=crop, mirror=mirror, seed=3)
         dec._backend.pipes.clear()
         res = dec.decode(at_size + [extra])  # same batch size: the same crop and flip draws
-        assert set(dec._backend.pipes) == {name == "resized"}
+        assert set(dec._backend.pipes) == {"resize" if name == "resized" else "crop"}
         outs[name] = res.images[:len(at_size)].float()
     assert outs["crop only"].shape == (6, 3, 24, 24)
     assert (outs["crop only"] - outs["resized"]).abs().max() <= 1.0  # an identity resize may round
@@ -268,7 +268,14 @@ def test_bad_input_type():
 @pytest.mark.parametrize("kwargs,message", [
     ({"size": 0}, "`size` should be a positive integer or None, but got size=0"),
     ({"size": 2.5}, "`size` should be a positive integer or None, but got size=2.5"),
-    ({"crop": "left"}, "`crop` should be 'center' or 'random', but got crop='left'"),
+    ({"crop": "left"}, "`crop` should be 'center' or 'random' or 'random_resized', but got crop='left'"),
+    ({"crop": "random_resized"}, "`crop` should be 'center' when size is None"),
+    ({"size": 8, "resize": 4}, "`resize` should be at least size=8 (the crop is cut from the resized image), but got resize=4"),
+    ({"size": 8, "resize": "8"}, "`resize` should be 'size', None or a positive integer, but got resize='8'"),
+    ({"size": 8, "crop": "random_resized", "resize": 16}, "`resize` should be 'size' or None with crop='random_resized'"),
+    ({"size": 8, "scale": (0.5, 0.1)}, "`scale` should be a (min, max) pair of positive numbers with min <= max, but got scale=(0.5, 0.1)"),
+    ({"size": 8, "scale": (0.5, 1.5)}, "`scale` should be within (0, 1]"),
+    ({"size": 8, "ratio": (0, 1)}, "`ratio` should be a (min, max) pair of positive numbers"),
     ({"crop": "random"}, "`crop` should be 'center' when size is None (a random crop needs a size), but got crop='random'"),
     ({"layout": "CHW"}, "`layout` should be 'NCHW' or 'NHWC', but got layout='CHW'"),
     ({"device": "cuda"}, "`device` should be 'gpu' or 'cpu' or 'auto', but got device='cuda'"),
@@ -306,7 +313,10 @@ def test_decoder_validation(kwargs, message):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
 def test_gpu_without_cuda_is_a_clear_error():
     spec = ImageDecode(size=8, device="gpu")  # a spec may be built on a CPU box and shipped
-    with pytest.raises(RuntimeError, match="needs CUDA, but torch.cuda.is_available\\(\\) is False"):
+    message = "`device` should be 'cpu' or 'auto' on a machine without CUDA .*but got device='gpu'"
+    with pytest.raises(ValueError, match=message):
+        spec.resolve()
+    with pytest.raises(ValueError, match=message):  # the decoder resolves the same way
         ImageDecoder(spec, max_batch_size=4)
     auto = ImageDecoder(ImageDecode(size=8), max_batch_size=4)  # auto -> CPU here
     assert auto.decode(MIXED[:1]).images.device.type == "cpu"
@@ -323,8 +333,12 @@ def test_missing_dali_message(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_dali)
-    with pytest.raises(ImportError, match="pip install nvidia-dali-cuda120.*backend='pil'"):
+    with pytest.raises(ValueError, match="`backend` should be 'pil' where NVIDIA DALI is not installed "
+                                         r"\(`pip install nvidia-dali-cuda120`\), but got backend='dali'"):
+        ImageDecode(device="cpu").resolve()
+    with pytest.raises(ValueError, match="pip install nvidia-dali-cuda120"):
         ImageDecoder(ImageDecode(device="cpu"), max_batch_size=2)
+    assert ImageDecode(device="auto", backend="pil").resolve().device == "cpu"
     ImageDecoder(ImageDecode(device="cpu", backend="pil"), max_batch_size=2)  # PIL needs no DALI
 
 
