@@ -358,3 +358,103 @@ def test_header_fast_path_agrees_with_pil():
         assert _fast_size(memoryview(data)) == Image.open(io.BytesIO(data)).size == (53, 37)
     for data in (b"", b"\xff\xd8", b"\xff\xd8\xff\xe0\x00", b"GIF89a", _encode(53, 37, fmt="BMP")):
         assert _fast_size(memoryview(data)) is None  # unknown or cut short: PIL decides
+
+
+# -- training crops: resize=, crop="random_resized" --------------------------------------------------
+
+def _noise(w: int, h: int, seed: int) -> bytes:
+    """A high-detail image: any shift of a crop window changes the pixels."""
+    a = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_random_crop_of_stored_pixels_moves(backend):
+    """resize=None: a 12x12 crop of a 16x16 image is a window of the stored pixels (RandomCrop),
+    at a position that changes with the key."""
+    img = _noise(16, 16, 0)
+    full = _decoder(backend).decode([img]).images[0]  # (3, 16, 16), no geometry
+    dec = _decoder(backend, size=12, crop="random", resize=None, seed=5, max_batch_size=32)
+    keys = np.arange(32, dtype=np.int64)
+    out = dec.decode([img] * 32, keys=keys).images
+    assert out.shape == (32, 3, 12, 12)
+    offsets = set()
+    for crop in out:
+        found = [(y, x) for y in range(5) for x in range(5) if torch.equal(full[:, y:y + 12, x:x + 12], crop)]
+        assert len(found) == 1
+        offsets.add(found[0])
+    assert len(offsets) > 8  # the window moves over the 5x5 possible positions
+    assert torch.equal(dec.decode([img] * 32, keys=keys).images, out)  # same key, same crop
+
+
+def test_crop_of_stored_pixels_refuses_small_images():
+    dec = _decoder(size=20, crop="random", resize=None)
+    res = dec.decode([_encode(32, 24), _encode(40, 16), _encode(20, 20)])
+    assert res.images.shape == (2, 3, 20, 20) and res.ok_rows.tolist() == [0, 2]
+    assert res.failures == ((1, "image is 40x16, smaller than the 20x20 crop cut from stored pixels (resize=None)"),)
+
+
+def test_resize_sets_the_shorter_side_before_the_crop():
+    img = _encode(80, 60)
+    big = _decoder(size=30, resize=60).decode([img]).images  # no resize needed: only the centre crop
+    full = _decoder().decode([img]).images
+    assert big.shape == (1, 3, 30, 30) and torch.equal(big[0], full[0, :, 15:45, 25:55])
+    small = _decoder(size=30).decode([img]).images  # default resize=size: the whole height
+    assert not torch.equal(small, big)
+
+
+def test_random_resized_windows_follow_torchvision():
+    from sparkfeed.decode import _RRC_TRIES, _random_resized_windows
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    sizes = np.tile([[160, 120]], (n, 1))
+    win = _random_resized_windows(rng.random((n, _RRC_TRIES, 4)), sizes, (0.08, 1.0), (3 / 4, 4 / 3))
+    x0, y0, cw, ch = win.T
+    assert (x0 >= 0).all() and (y0 >= 0).all() and (x0 + cw <= 160).all() and (y0 + ch <= 120).all()
+    frac, aspect = cw * ch / (160 * 120), cw / ch
+    assert frac.min() > 0.07 and frac.max() <= 1.0 and abs(np.median(frac) - 0.5) < 0.1
+    assert aspect.min() > 0.7 and aspect.max() < 1.4
+    assert len(set(map(tuple, win))) > n * 0.9  # windows differ
+    # no attempt fits a 400x10 strip with ratio in [3/4, 4/3]: centre crop clamped to 4/3
+    strip = _random_resized_windows(rng.random((1, _RRC_TRIES, 4)), np.array([[400, 10]]), (0.08, 1.0), (3 / 4, 4 / 3))
+    assert strip.tolist() == [[193, 0, 13, 10]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_random_resized_crop_sizes_and_keys(backend):
+    imgs = [_encode(96, 64, shift=s) for s in range(6)]
+    dec = _decoder(backend, size=32, crop="random_resized", mirror=True, seed=3)
+    keys = np.arange(6, dtype=np.int64) * 11
+    a = dec.decode(imgs, keys=keys).images
+    assert a.shape == (6, 3, 32, 32) and a.dtype == torch.uint8
+    assert torch.equal(dec.decode(imgs[::-1], keys=keys[::-1]).images, a.flip(0))  # the key, not the batch
+    assert not torch.equal(dec.decode(imgs, keys=keys + 1).images, a)
+    dec.set_epoch(1)
+    assert not torch.equal(dec.decode(imgs, keys=keys).images, a)
+
+
+def test_random_resized_crop_pil_and_dali_agree():
+    imgs = [_encode(96, 64, shift=s) for s in range(6)]
+    keys = np.arange(6, dtype=np.int64)
+    out = {b: _decoder(b, size=32, crop="random_resized", mirror=True, seed=9).decode(imgs, keys=keys).images.float()
+           for b in BACKENDS}
+    assert (out["dali"] - out["pil"]).abs().mean() < 4.0
+    whole = _decoder("pil", size=32, crop="random_resized", scale=(1.0, 1.0), ratio=(1.5, 1.5))
+    squashed = whole.decode([_encode(96, 64)]).images.float()  # the whole 96x64 image to 32x32
+    plain = torch.from_numpy(np.array(Image.open(io.BytesIO(_encode(96, 64))).convert("RGB").resize(
+        (32, 32), Image.BILINEAR))).permute(2, 0, 1).float()
+    assert (squashed[0] - plain).abs().max() <= 1.0
+
+
+def test_resolve_makes_the_device_concrete():
+    spec = ImageDecode(size=8, backend="pil")
+    resolved = spec.resolve()
+    assert spec.device == "auto" and resolved.device == ("gpu" if torch.cuda.is_available() else "cpu")
+    assert resolved.resolve() == resolved and resolved.size == 8
+    bad = ImageDecode(size=8)
+    object.__setattr__(bad, "device", "tpu")  # as a spec unpickled from elsewhere could be
+    with pytest.raises(ValueError, match="`device` should be 'gpu', 'cpu' or 'auto', but got device='tpu'"):
+        bad.resolve()
