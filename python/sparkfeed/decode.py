@@ -557,10 +557,21 @@ class _DaliBackend:
             shape = fn.external_source(name="shape", batch=True, dtype=types.FLOAT, ndim=1)
             img = fn.decoders.image_slice(enc, anchor, shape, device=device, output_type=types.RGB)
             return fn.resize(img, resize_x=spec.size, resize_y=spec.size, antialias=True)
+        if kind == "crop" and spec.size is not None:  # decode only the window (libjpeg-turbo ROI)
+            return fn.decoders.image_crop(enc, device=device, output_type=types.RGB,
+                                          crop=(spec.size, spec.size), **self._positions())
         img = fn.decoders.image(enc, device=device, output_type=types.RGB)
         if kind == "resize":
             img = fn.resize(img, resize_shorter=spec.resize_to, antialias=True)
         return img
+
+    def _positions(self) -> dict:
+        """Crop positions: the host's keyed draws for crop="random", the centre otherwise."""
+        if self.spec.crop != "random":
+            return dict(crop_pos_x=0.5, crop_pos_y=0.5)
+        fn, types = self.fn, self.types
+        return dict(crop_pos_x=fn.external_source(name="px", batch=True, dtype=types.FLOAT, ndim=0),
+                    crop_pos_y=fn.external_source(name="py", batch=True, dtype=types.FLOAT, ndim=0))
 
     def _build(self, kind: str):
         """decode -> geometry -> crop, mirror, normalise, lay out."""
@@ -571,11 +582,8 @@ class _DaliBackend:
             kw = dict(dtype={torch.uint8: types.UINT8, torch.float32: types.FLOAT,
                              torch.float16: types.FLOAT16}[spec.out_dtype],
                       output_layout="CHW" if spec.layout == "NCHW" else "HWC")
-            if spec.size is not None and kind != "slice":
-                kw["crop"] = (spec.size, spec.size)
-                if spec.crop == "random":
-                    kw["crop_pos_x"] = fn.external_source(name="px", batch=True, dtype=types.FLOAT, ndim=0)
-                    kw["crop_pos_y"] = fn.external_source(name="py", batch=True, dtype=types.FLOAT, ndim=0)
+            if kind == "resize":  # the crop after the resize (the others cropped while decoding)
+                kw.update(crop=(spec.size, spec.size), **self._positions())
             if spec.mirror:
                 kw["mirror"] = fn.external_source(name="flip", batch=True, dtype=types.INT32, ndim=0)
             if spec.has_norm:
@@ -587,14 +595,15 @@ class _DaliBackend:
 
     def _inputs(self, enc: _Encoded, rows, draws: _Draws, kind: str, sizes) -> dict:
         inputs = {"enc": enc.views(rows)}
+        # per-row parameters go in as one dense array per batch (DALI splits the outer axis)
         if kind == "slice":  # windows relative to the image: they fit whatever DALI's EXIF turn
             wh = np.tile(sizes[rows].astype(np.float32), 2)
             rel = draws.window.astype(np.float32) / wh
-            inputs["anchor"], inputs["shape"] = list(rel[:, :2]), list(rel[:, 2:])
+            inputs["anchor"], inputs["shape"] = np.ascontiguousarray(rel[:, :2]), np.ascontiguousarray(rel[:, 2:])
         elif self.spec.crop == "random" and self.spec.size is not None:
-            inputs["px"], inputs["py"] = list(draws.pos_x), list(draws.pos_y)
+            inputs["px"], inputs["py"] = np.ascontiguousarray(draws.pos_x), np.ascontiguousarray(draws.pos_y)
         if self.spec.mirror:
-            inputs["flip"] = list(draws.flip)
+            inputs["flip"] = np.ascontiguousarray(draws.flip)
         return inputs
 
     def _to_torch(self, out) -> torch.Tensor:

@@ -146,6 +146,68 @@ def _timed(f) -> float:
     return time.perf_counter() - t
 
 
+# ----------------------------------------------------------------------------- decode stages
+STAGES = ("read", "slice", "header check", "draws", "hand-over", "DALI run", "collect", "copy")
+
+
+def _read_batches(path: str, batch_size: int, column: str) -> tuple[list, float]:
+    """One epoch of the dataset's batches as the loader's stage sees them (BinaryColumn images,
+    row keys), read on this thread; returns them and the CPU seconds the reading took."""
+    from ..dataset import Dataset
+
+    ds = Dataset(path, batch_size=batch_size, columns=[column])
+    ds._annotate, ds._row_ids = True, True
+    spans = ds.lanes_for(ds.rank_spans(), 1)[0]
+    cpu = time.process_time()
+    batches = list(ds._batches(spans, 0, batch_size))
+    return batches, time.process_time() - cpu
+
+
+def decode_stages(path: str, size: int, batch_size: int = 256, column: str = "image",
+                  crop: str = "center", repeats: int = 3) -> dict:
+    """CPU microseconds per image of each stage of sparkfeed's decode path, run one after the
+    other on this thread (DALI's own threads included: process CPU time), best of `repeats`
+    epochs: read (Parquet -> batches), slice (one buffer -> row views), header check, draws,
+    hand-over (`feed_input`), DALI run (decode, resize, crop), collect (`as_tensor`), copy
+    (into torch). A stage's figure is the CPU it costs, whichever thread it later runs on."""
+    from ..decode import ImageDecode, ImageDecoder, _check_headers, _encoded, _kind
+
+    batches, read_s = _read_batches(path, batch_size, column)
+    n = sum(len(b[column]) for b in batches)
+    dec = ImageDecoder(ImageDecode(size=size, crop=crop, device="cpu"), max_batch_size=batch_size)
+    backend, spec = dec._backend, dec.spec
+    best = {}
+    for _ in range(repeats):
+        cpu = dict.fromkeys(STAGES[1:], 0.0)
+
+        def timed(stage, f, *args):
+            t = time.process_time()
+            out = f(*args)
+            cpu[stage] += time.process_time() - t
+            return out
+        for b in batches:
+            keys = ((b["__unit__"] << 32) | b["__row__"]).numpy()
+            enc = timed("slice", _encoded, b[column])
+            sizes, _ = timed("header check", _check_headers, enc, spec)
+            draws = timed("draws", dec._draw, len(enc), keys, sizes)
+            rows = np.arange(len(enc))
+            kind = _kind(spec, sizes.tolist())
+            pipe = backend._pipe(kind)
+            inputs = timed("slice", backend._inputs, enc, rows, draws, kind, sizes)
+            timed("hand-over", lambda: [pipe.feed_input(k, v) for k, v in inputs.items()])
+            (out,) = timed("DALI run", pipe.run)
+            t = timed("collect", out.as_tensor)
+            dst = torch.empty(t.shape(), dtype=spec.out_dtype)
+            timed("copy", backend._feed_ndarray, t, dst)
+        for stage, s in cpu.items():
+            best[stage] = min(best.get(stage, s), s)
+    dec.close()
+    result = {"images": n, "read": read_s / n * 1e6}
+    result.update({stage: s / n * 1e6 for stage, s in best.items()})
+    result["total"] = sum(result[s] for s in STAGES)
+    return result
+
+
 def main(argv=None) -> int:
     """`python -m sparkfeed.bench.feed --decode | --prefetch`: print one micro-benchmark."""
     import argparse
@@ -154,9 +216,18 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--decode", action="store_true", help="DALI CPU vs PIL decode rates and host costs")
     parser.add_argument("--prefetch", action="store_true", help="feed_benchmark with depth 0 and 4")
+    parser.add_argument("--stages", metavar="DATASET", help="CPU us per image of each decode stage over "
+                        "a dataset with an `image` column (e.g. one `sparkfeed bench` built)")
+    parser.add_argument("--size", type=int, default=128, help="output side for --stages (default 128)")
     args = parser.parse_args(argv)
-    if not (args.decode or args.prefetch):
-        parser.error("choose --decode and/or --prefetch")
+    if not (args.decode or args.prefetch or args.stages):
+        parser.error("choose --decode, --prefetch and/or --stages DATASET")
+    if args.stages:
+        r = decode_stages(args.stages, args.size)
+        print(f"{r['images']} images, batch 256, output {args.size} px, {os.cpu_count()} cores: "
+              "CPU us per image (process time, DALI's threads included), best of 3 epochs\n")
+        print("| " + " | ".join(STAGES) + " | total |\n|" + "---|" * (len(STAGES) + 1))
+        print("| " + " | ".join(f"{r[s]:.1f}" for s in STAGES + ("total",)) + " |")
     if args.decode:
         decode_benchmark()
     if args.prefetch:
