@@ -101,9 +101,10 @@ def feed_benchmark(batches: int, batch_bytes: int, step_s: float, depth: int, pi
 
 # ----------------------------------------------------------------------------- decode
 def decode_benchmark(n: int = 512, cases=((64, 56), (64, 64), (256, 224), (256, 256)), batch: int = 128,
-           repeat: int = 3) -> None:
+                     repeat: int = 3) -> None:
     """Micro-benchmark: images/s of DALI CPU vs PIL for (stored side, output size) pairs (equal:
-    images at the training size, only cropped), and the host costs (header check, feeding)."""
+    images at the training size, only cropped), and the host costs: the header check of a whole
+    batch (numpy), per row (the marker walk in Python; PIL's lazy open), and the hand-over."""
     def jpeg(side: int, i: int) -> bytes:
         y, x = np.mgrid[0:side, 0:side]
         a = np.stack([(x * 255 // side + i) % 256, y * 255 // side, (x + y) % 256], -1).astype(np.uint8)
@@ -114,13 +115,14 @@ def decode_benchmark(n: int = 512, cases=((64, 56), (64, 64), (256, 224), (256, 
     from PIL import Image
 
     from ..batch import BinaryColumn
-    from ..decode import ImageDecode, ImageDecoder, _as_arrays, _check_header
+    from ..decode import ImageDecode, ImageDecoder, _as_arrays, _check_header, _check_headers, _encoded
 
     def best(f) -> float:
         return min(_timed(f) for _ in range(repeat))
 
     print(f"{n} JPEGs, batch {batch}, {os.cpu_count()} CPU cores, torch {torch.__version__}\n")
-    print("| image | output | DALI CPU img/s | PIL img/s | header check us/img (PIL open) | feed us/batch |")
+    print("| image | output | DALI CPU img/s | PIL img/s | header check us/img: batch (per row; PIL open) "
+          "| feed us/batch |")
     print("|---|---|---|---|---|---|")
     for side, size in cases:
         data = [jpeg(side, i) for i in range(n)]
@@ -134,10 +136,13 @@ def decode_benchmark(n: int = 512, cases=((64, 56), (64, 64), (256, 224), (256, 
             rates.append(n / best(lambda: [dec.decode(c) for c in chunks]))
             dec.close()
         arrays = _as_arrays(col)
+        spec = ImageDecode(size=size, device="cpu")
+        whole = best(lambda: [_check_headers(_encoded(c), spec) for c in chunks]) / n * 1e6
         check = best(lambda: [_check_header(a, 1 << 40) for a in arrays]) / n * 1e6
         lazy = best(lambda: [Image.open(io.BytesIO(a)).size for a in arrays]) / n * 1e6
         feed = best(lambda: [_as_arrays(c) for c in chunks]) / len(chunks) * 1e6
-        print(f"| {side}x{side} | {size}x{size} | {rates[0]:.0f} | {rates[1]:.0f} | {check:.1f} ({lazy:.1f}) | {feed:.1f} |")
+        print(f"| {side}x{side} | {size}x{size} | {rates[0]:.0f} | {rates[1]:.0f} "
+              f"| {whole:.1f} ({check:.1f}; {lazy:.1f}) | {feed:.1f} |")
 
 
 def _timed(f) -> float:
@@ -208,6 +213,46 @@ def decode_stages(path: str, size: int, batch_size: int = 256, column: str = "im
     return result
 
 
+def roi_benchmark(path: str, crops=(128, 112), batch_size: int = 256, repeats: int = 3) -> dict:
+    """CPU us per image of DALI decoding a random crop two ways on a dataset's images: the whole
+    image then `crop_mirror_normalize`'s crop, or only the window (`fn.decoders.image_crop`)."""
+    from nvidia import dali
+    from nvidia.dali import fn, types
+
+    from ..decode import _encoded
+
+    batches, _ = _read_batches(path, batch_size, "image")
+    views = [_encoded(b["image"]).views(np.arange(len(b["image"]))) for b in batches]
+    n = sum(len(v) for v in views)
+
+    def build(roi: bool, side: int):
+        pipe = dali.Pipeline(batch_size=batch_size, num_threads=min(8, os.cpu_count() or 1), device_id=None,
+                             prefetch_queue_depth=1, exec_async=False, exec_pipelined=False, seed=1)
+        with pipe:
+            enc = fn.external_source(name="enc", batch=True, dtype=types.UINT8, ndim=1, no_copy=True)
+            pos = dict(crop_pos_x=fn.random.uniform(range=(0.0, 1.0)), crop_pos_y=fn.random.uniform(range=(0.0, 1.0)))
+            kw = dict(dtype=types.UINT8, output_layout="CHW", mirror=fn.random.coin_flip())
+            if roi:
+                img = fn.decoders.image_crop(enc, output_type=types.RGB, crop=(side, side), **pos)
+            else:
+                img = fn.decoders.image(enc, output_type=types.RGB)
+                kw.update(crop=(side, side), **pos)
+            pipe.set_outputs(fn.crop_mirror_normalize(img, **kw))
+        pipe.build()
+        return pipe
+    out = {}
+    for side in crops:
+        for roi in (False, True, False, True):  # interleaved: drift on a shared machine hits both
+            pipe, label = build(roi, side), f"{side} {'window' if roi else 'whole'}"
+            for _ in range(repeats):
+                t = time.process_time()
+                for v in views:
+                    pipe.run(enc=v)
+                out[label] = min(out.get(label, 1e9), (time.process_time() - t) / n * 1e6)
+            del pipe
+    return out
+
+
 def main(argv=None) -> int:
     """`python -m sparkfeed.bench.feed --decode | --prefetch`: print one micro-benchmark."""
     import argparse
@@ -218,10 +263,15 @@ def main(argv=None) -> int:
     parser.add_argument("--prefetch", action="store_true", help="feed_benchmark with depth 0 and 4")
     parser.add_argument("--stages", metavar="DATASET", help="CPU us per image of each decode stage over "
                         "a dataset with an `image` column (e.g. one `sparkfeed bench` built)")
+    parser.add_argument("--roi", metavar="DATASET", help="DALI CPU us per image: whole decode + crop vs "
+                        "window decode (fn.decoders.image_crop), crops of 128 and 112")
     parser.add_argument("--size", type=int, default=128, help="output side for --stages (default 128)")
     args = parser.parse_args(argv)
-    if not (args.decode or args.prefetch or args.stages):
-        parser.error("choose --decode, --prefetch and/or --stages DATASET")
+    if not (args.decode or args.prefetch or args.stages or args.roi):
+        parser.error("choose --decode, --prefetch, --stages DATASET and/or --roi DATASET")
+    if args.roi:
+        for label, us in roi_benchmark(args.roi).items():
+            print(f"crop {label}: {us:.1f} CPU us/img (best of 3, interleaved)")
     if args.stages:
         r = decode_stages(args.stages, args.size)
         print(f"{r['images']} images, batch 256, output {args.size} px, {os.cpu_count()} cores: "
