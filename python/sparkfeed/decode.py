@@ -424,7 +424,8 @@ def _needs_resize(spec: ImageDecode, sizes) -> bool:
     Pillow skips an identity resize too. The shorter side does not change with an EXIF
     rotation, so header sizes are enough."""
     target = spec.resize_to
-    return target is not None and any(min(w, h) != target for w, h in sizes)
+    sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+    return target is not None and bool((sizes.min(1) != target).any())
 
 
 def _finish(spec: ImageDecode, hwc: torch.Tensor) -> torch.Tensor:
@@ -711,7 +712,7 @@ class ImageDecoder:
         keep = np.ones(n, bool)
         keep[[r for r, _ in failures]] = False
         rows = np.flatnonzero(keep)
-        kind = _kind(self.spec, sizes[rows].tolist())
+        kind = _kind(self.spec, sizes[rows])
         parts, ok, bad = self._backend.run(enc, rows, draws.take(rows), kind, sizes) if rows.size \
             else ([], [], [])
         images = _cat(parts) if parts else _empty(self.spec, self.device)

@@ -196,7 +196,7 @@ def decode_stages(path: str, size: int, batch_size: int = 256, column: str = "im
             sizes, _ = timed("header check", _check_headers, enc, spec)
             draws = timed("draws", dec._draw, len(enc), keys, sizes)
             rows = np.arange(len(enc))
-            kind = _kind(spec, sizes.tolist())
+            kind = _kind(spec, sizes)
             pipe = backend._pipe(kind)
             inputs = timed("slice", backend._inputs, enc, rows, draws, kind, sizes)
             timed("hand-over", lambda: [pipe.feed_input(k, v) for k, v in inputs.items()])
