@@ -169,17 +169,18 @@ def _read_batches(path: str, batch_size: int, column: str) -> tuple[list, float]
 
 
 def decode_stages(path: str, size: int, batch_size: int = 256, column: str = "image",
-                  crop: str = "center", repeats: int = 3) -> dict:
+                  crop: str = "center", repeats: int = 3, **spec) -> dict:
     """CPU microseconds per image of each stage of sparkfeed's decode path, run one after the
     other on this thread (DALI's own threads included: process CPU time), best of `repeats`
     epochs: read (Parquet -> batches), slice (one buffer -> row views), header check, draws,
     hand-over (`feed_input`), DALI run (decode, resize, crop), collect (`as_tensor`), copy
-    (into torch). A stage's figure is the CPU it costs, whichever thread it later runs on."""
+    (into torch). A stage's figure is the CPU it costs, whichever thread it later runs on.
+    `spec`: more ImageDecode fields (`resize=None, mirror=True` for the `train` scenario's)."""
     from ..decode import ImageDecode, ImageDecoder, _check_headers, _encoded, _kind
 
     batches, read_s = _read_batches(path, batch_size, column)
     n = sum(len(b[column]) for b in batches)
-    dec = ImageDecoder(ImageDecode(size=size, crop=crop, device="cpu"), max_batch_size=batch_size)
+    dec = ImageDecoder(ImageDecode(size=size, crop=crop, device="cpu", **spec), max_batch_size=batch_size)
     backend, spec = dec._backend, dec.spec
     best = {}
     for _ in range(repeats):
