@@ -531,7 +531,11 @@ class _DaliBackend:
     """DALI pipelines fed whole batches, one per geometry `kind`: "resize" (shorter side, then
     crop), "crop" (images already at the resize target, or resize=None), "slice" (a window
     decoded by `fn.decoders.image_slice`, resized to size x size: crop="random_resized"). Each is
-    built on first use and rebuilt after a failed run (DALI drops it)."""
+    built on first use and rebuilt after a failed run (DALI drops it).
+
+    "crop" decodes whole images: decoding only the window (`fn.decoders.image_crop`) measured no
+    faster on 128 px images, and it accepts a truncated JPEG whenever the window lies in the
+    part that is there, so whether a bad image is reported would depend on its crop."""
 
     def __init__(self, spec: ImageDecode, device: str, max_batch_size: int, num_threads: int, seed: int):
         self.spec, self.device = spec, device
@@ -558,9 +562,6 @@ class _DaliBackend:
             shape = fn.external_source(name="shape", batch=True, dtype=types.FLOAT, ndim=1)
             img = fn.decoders.image_slice(enc, anchor, shape, device=device, output_type=types.RGB)
             return fn.resize(img, resize_x=spec.size, resize_y=spec.size, antialias=True)
-        if kind == "crop" and spec.size is not None:  # decode only the window (libjpeg-turbo ROI)
-            return fn.decoders.image_crop(enc, device=device, output_type=types.RGB,
-                                          crop=(spec.size, spec.size), **self._positions())
         img = fn.decoders.image(enc, device=device, output_type=types.RGB)
         if kind == "resize":
             img = fn.resize(img, resize_shorter=spec.resize_to, antialias=True)
@@ -583,7 +584,7 @@ class _DaliBackend:
             kw = dict(dtype={torch.uint8: types.UINT8, torch.float32: types.FLOAT,
                              torch.float16: types.FLOAT16}[spec.out_dtype],
                       output_layout="CHW" if spec.layout == "NCHW" else "HWC")
-            if kind == "resize":  # the crop after the resize (the others cropped while decoding)
+            if spec.size is not None and kind != "slice":  # whole images, cropped here
                 kw.update(crop=(spec.size, spec.size), **self._positions())
             if spec.mirror:
                 kw["mirror"] = fn.external_source(name="flip", batch=True, dtype=types.INT32, ndim=0)

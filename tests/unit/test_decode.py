@@ -225,6 +225,28 @@ def test_bad_rows_reported_good_rows_decode(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("crop", [dict(crop="random", resize=None), dict(crop="random_resized")],
+                         ids=["stored-pixels", "random_resized"])
+def test_bad_rows_in_training_crops(backend, crop):
+    """Window decoding (image_crop, image_slice) finds bad rows the same way: header refusals
+    first, then bisection of the DALI batch; good rows keep their keyed crops."""
+    good = [_encode(64, 48, shift=s) for s in range(3)]
+    whole = _encode(200, 150)
+    no_scan = whole[:whole.index(b"\xff\xda") + 16]  # headers intact, no pixel data: any window fails
+    batch = [good[0], no_scan, b"", good[1], _encode(300, 300), good[2]]
+    keys = np.arange(6, dtype=np.int64)
+    dec = _decoder(backend, size=16, mirror=True, max_pixels=200 * 200, **crop)
+    res = dec.decode(batch, keys=keys)
+    assert res.ok_rows.tolist() == [0, 3, 5] and res.images.shape == (3, 3, 16, 16)
+    reasons = dict(res.failures)
+    assert sorted(reasons) == [1, 2, 4]
+    assert "could not decode" in reasons[1] and "empty" in reasons[2]
+    assert "300x300 = 90000 pixels, over max_pixels=40000" in reasons[4]
+    alone = dec.decode([good[0], good[1], good[2]], keys=keys[[0, 3, 5]]).images
+    assert torch.equal(res.images, alone)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_all_rows_bad_gives_empty_batch(backend):
     res = _decoder(backend, size=16).decode([b"", _truncated()])
     assert res.images.shape == (0, 3, 16, 16) and res.ok_rows.tolist() == []
