@@ -2,20 +2,25 @@
 
 A batch's encoded images arrive as one `BinaryColumn` (or a list of `bytes`). The decoder
 
-1. checks every row's header cheaply on the host (empty, unknown format, more than `max_pixels`
-   pixels: refused before any pixel is decoded);
-2. decodes the rest in one DALI pipeline run (`fn.decoders.image` on the GPU with "mixed", or on
-   the CPU), resizes the shorter side, crops, flips and normalises;
-3. if DALI fails the batch (it fails whole batches), splits the rows in halves until the bad rows
+1. reads every row's size from its header, for the whole batch at once (`headers.py`), and
+   refuses empty rows, unknown formats, more than `max_pixels` pixels and (resize=None) images
+   smaller than the crop before any pixel is decoded;
+2. draws crops, flips and RandomResizedCrop windows on the host as functions of
+   `(seed, epoch, key)` (`crops.py`);
+3. decodes the rest in one DALI pipeline run per batch (`fn.decoders.image`, or
+   `fn.decoders.image_slice` for a random_resized window; "mixed" on the GPU, or on the CPU),
+   resizes, crops, flips and normalises; row views of the one buffer and one array per
+   parameter go in, one tensor comes out;
+4. if DALI fails the batch (it fails whole batches), splits the rows in halves until the bad rows
    are found, so good rows still decode and each bad row is reported with its reason.
 
 `decode` never raises for a bad image; it returns `DecodeResult.failures` and the loader applies
-`on_error`. Random crops and flips are drawn on the host, one draw per input row, and handed to
-DALI through `fn.external_source`. Given `keys` (the loader passes each row's unit and row
-number) a row's draw is a function of `(seed, epoch, key)` alone: the same sample gets the same
-crop whatever the batch it lands in, the workers, the ranks or a resume. Without keys, draws
-follow one sequence per `(seed, epoch, rank)`. Either way re-runs, bisection and the PIL backend
-use the same draws. DALI is imported only when `backend="dali"`.
+`on_error`. Given `keys` (the loader passes each row's unit and row number) a row's draws are a
+function of `(seed, epoch, key)` alone: the same sample gets the same crop whatever the batch it
+lands in, the workers, the ranks or a resume. Without keys, draws follow one sequence per
+`(seed, epoch, rank)`. Either way re-runs, bisection and the PIL backend use the same draws.
+`ImageDecode.resolve()` checks the spec against this machine (CUDA, DALI); DALI is imported only
+when `backend="dali"`.
 
 Example::
 
@@ -38,6 +43,8 @@ import torch
 from PIL import Image
 
 from .batch import BinaryColumn
+from .crops import _RRC_TRIES, _keyed_draws, _keyed_window_uniforms, _random_resized_windows
+from .headers import _check_headers, _Encoded, _encoded
 
 __all__ = ["ImageDecode", "ImageDecoder", "DecodeResult"]
 
@@ -192,230 +199,6 @@ class _Draws:
     def take(self, rows) -> "_Draws":
         window = None if self.window is None else self.window[rows]
         return _Draws(self.pos_x[rows], self.pos_y[rows], self.flip[rows], window)
-
-
-@dataclass(frozen=True)
-class _Encoded:
-    """A batch of encoded images as one uint8 buffer and row bounds (numpy views, no copy)."""
-
-    data: np.ndarray
-    starts: np.ndarray
-    ends: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def views(self, rows) -> list[np.ndarray]:
-        """Per-row views for DALI's batch input (it takes a list of arrays; no bytes are copied)."""
-        data = self.data
-        return [data[a:b] for a, b in zip(self.starts[rows].tolist(), self.ends[rows].tolist())]
-
-
-def _encoded(images) -> _Encoded:
-    """Normalise the input to one buffer: a BinaryColumn as is, a list of bytes joined once."""
-    if isinstance(images, BinaryColumn):
-        offsets = images.offsets.numpy()
-        return _Encoded(images.data.contiguous().numpy(), offsets[:-1], offsets[1:])
-    if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
-        raise TypeError(f"`images` should be a BinaryColumn or a sequence of bytes, but got {type(images).__name__}")
-    offsets = np.cumsum([0] + [len(b) for b in images], dtype=np.int64)
-    return _Encoded(np.frombuffer(b"".join(images), np.uint8), offsets[:-1], offsets[1:])
-
-
-def _as_arrays(images) -> list[np.ndarray]:
-    """Per-row uint8 numpy views of the input (the micro-benchmark's hand-over)."""
-    enc = _encoded(images)
-    return enc.views(np.arange(len(enc)))
-
-
-_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # JPEG start-of-frame markers
-_PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
-
-
-def _fast_size(mv: memoryview) -> tuple[int, int] | None:
-    """(width, height) of a JPEG or PNG read from its markers (~10x cheaper than PIL), else None."""
-    if mv[:16] == _PNG and len(mv) >= 24:
-        return int.from_bytes(mv[16:20], "big"), int.from_bytes(mv[20:24], "big")
-    if mv[:2] != b"\xff\xd8":
-        return None
-    i, n = 2, len(mv)
-    while i + 9 <= n and mv[i] == 0xFF:
-        marker = mv[i + 1]
-        if marker in _SOF:
-            return int.from_bytes(mv[i + 7:i + 9], "big"), int.from_bytes(mv[i + 5:i + 7], "big")
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        i += 2 + int.from_bytes(mv[i + 2:i + 4], "big")
-    return None
-
-
-_SOF_TABLE = np.zeros(256, bool)
-_SOF_TABLE[list(_SOF)] = True
-_PNG_SIG = np.frombuffer(_PNG, np.uint8)
-_MAX_SEGMENTS = 64  # JPEG segments walked before the frame header; beyond it PIL looks
-
-
-def _be16(data: np.ndarray, at: np.ndarray) -> np.ndarray:
-    """Big-endian 16-bit words at `at` (indices past the end read the last byte: callers check
-    the row's bounds before trusting a value)."""
-    last = data.size - 1
-    return (data[np.minimum(at, last)].astype(np.int64) << 8) | data[np.minimum(at + 1, last)]
-
-
-def _scan_sizes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(width, height) of every row of one buffer from its JPEG or PNG header, for the whole batch
-    at once: the JPEG marker walk advances all rows in lockstep (a few numpy steps per segment,
-    not a Python loop per image). Rows it cannot read get -1 (the caller asks PIL about those)."""
-    n = len(starts)
-    w, h = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
-    if n == 0 or data.size == 0:
-        return w, h
-    last = data.size - 1
-    lens = ends - starts
-    png = (lens >= 24) & (data[np.minimum(starts[:, None] + np.arange(16), last)] == _PNG_SIG).all(1)
-    w[png] = (_be16(data, starts[png] + 16) << 16) | _be16(data, starts[png] + 18)
-    h[png] = (_be16(data, starts[png] + 20) << 16) | _be16(data, starts[png] + 22)
-    first = _be16(data, starts)
-    jpeg = ~png & (lens >= 4) & (first == 0xFFD8)
-    rows = np.flatnonzero(jpeg)
-    pos = starts[rows] + 2
-    for _ in range(_MAX_SEGMENTS):
-        live = pos + 9 <= ends[rows]
-        rows, pos = rows[live], pos[live]
-        head = _be16(data, pos)
-        live = (head >> 8) == 0xFF
-        rows, pos, marker = rows[live], pos[live], head[live] & 0xFF
-        if rows.size == 0:
-            break
-        sof = _SOF_TABLE[marker]
-        w[rows[sof]], h[rows[sof]] = _be16(data, pos[sof] + 7), _be16(data, pos[sof] + 5)
-        fill = marker == 0xFF
-        step = np.where(fill, 1, 2 + _be16(data, pos + 2))
-        rows, pos = rows[~sof], (pos + step)[~sof]
-    return w, h
-
-
-def _check_header(arr: np.ndarray, max_pixels: int) -> tuple[tuple[int, int] | None, str | None]:
-    """(width, height) of this row from its header only (no pixel is decoded), or why it cannot
-    be decoded: `(size, None)` or `(None, reason)`.
-
-    JPEG and PNG dimensions come from their markers; anything else goes through PIL's lazy
-    `Image.open`, which also reads only the header.
-    """
-    if arr.size == 0:
-        return None, "empty image (0 bytes)"
-    size = _fast_size(memoryview(arr))
-    try:
-        if size is None:
-            with Image.open(io.BytesIO(arr)) as im:
-                size = im.size
-        w, h = size
-    except Image.DecompressionBombError as e:
-        return None, f"refused before decoding: {e}"
-    except Image.UnidentifiedImageError:
-        return None, "not a recognised image format"
-    except Exception as e:  # noqa: BLE001 - any parse error means "not an image"
-        return None, f"not a recognised image ({type(e).__name__}: {e})"
-    if w * h > max_pixels:
-        return None, f"image is {w}x{h} = {w * h} pixels, over max_pixels={max_pixels}; refused before decoding"
-    return (w, h), None
-
-
-def _check_headers(enc: _Encoded, spec: ImageDecode) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """Sizes (n, 2) of every row from its header, and the rows refused before any decoding
-    (empty, not an image, over `max_pixels`, smaller than a crop cut from stored pixels).
-
-    JPEG and PNG rows are read for the whole batch at once (`_scan_sizes`); only rows it cannot
-    read (other formats, odd JPEGs) go one by one through PIL's lazy `Image.open`."""
-    w, h = _scan_sizes(enc.data, enc.starts, enc.ends)
-    failures = []
-    for r in np.flatnonzero(w < 0).tolist():
-        size, reason = _check_header(enc.data[enc.starts[r]:enc.ends[r]], spec.max_pixels)
-        if reason is None:
-            w[r], h[r] = size
-        else:
-            failures.append((r, reason))
-    known = w >= 0
-    for r in np.flatnonzero(known & (w * h > spec.max_pixels)).tolist():
-        failures.append((r, f"image is {w[r]}x{h[r]} = {w[r] * h[r]} pixels, over "
-                            f"max_pixels={spec.max_pixels}; refused before decoding"))
-    if spec.size is not None and spec.crop != "random_resized" and spec.resize_to is None:
-        for r in np.flatnonzero(known & (np.minimum(w, h) < spec.size)).tolist():
-            failures.append((r, f"image is {w[r]}x{h[r]}, smaller than the {spec.size}x{spec.size} "
-                                "crop cut from stored pixels (resize=None)"))
-    return np.stack([w, h], 1), failures
-
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser, elementwise on uint64: a counter-based hash, so every key gets its
-    own well-spread draw without a generator per row."""
-    with np.errstate(over="ignore"):
-        x = x + _GOLDEN
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def _keyed_words(seed: int, epoch: int, keys: np.ndarray, first: int, count: int) -> np.ndarray:
-    """`count` 64-bit words (n, count) per key, numbered from `first`: pure functions of
-    (seed, epoch, key, number)."""
-    base = _mix64(_mix64(np.array([seed], np.uint64)) ^ np.uint64(epoch))
-    h = _mix64(keys.astype(np.uint64) ^ base)
-    return np.stack([_mix64(h ^ np.uint64(i)) for i in range(first, first + count)], 1)
-
-
-def _uniform(words: np.ndarray) -> np.ndarray:
-    """64-bit words -> float32 in [0, 1) (their top 24 bits)."""
-    return (words >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24)
-
-
-def _keyed_draws(seed: int, epoch: int, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Crop positions (2, n) in [0, 1) and flips (n,) as pure functions of (seed, epoch, key)."""
-    words = _keyed_words(seed, epoch, keys, 1, 3)
-    return _uniform(words[:, :2]).T.copy(), (words[:, 2] & np.uint64(1)).astype(np.int32)
-
-
-_RRC_TRIES = 10  # torchvision's attempts before the centre fallback
-
-
-def _keyed_window_uniforms(seed: int, epoch: int, keys: np.ndarray) -> np.ndarray:
-    """(n, tries, 4) uniforms for RandomResizedCrop: area, log-ratio, x, y per attempt."""
-    words = _keyed_words(seed, epoch, keys, 4, 4 * _RRC_TRIES)
-    return _uniform(words).astype(np.float64).reshape(len(keys), _RRC_TRIES, 4)
-
-
-def _random_resized_windows(u: np.ndarray, sizes: np.ndarray, scale, ratio) -> np.ndarray:
-    """torchvision's `RandomResizedCrop.get_params`, for a whole batch: (n, 4) windows
-    (x0, y0, width, height) in stored pixels from uniforms `u` (n, tries, 4) and sizes (n, 2).
-
-    Each attempt draws an area fraction in `scale` and a log-uniform aspect ratio in `ratio`;
-    the first that fits wins, at a uniform position; if none fits, the centre crop of the
-    whole image clamped to `ratio` (torchvision's fallback)."""
-    w, h = sizes[:, :1].astype(np.float64), sizes[:, 1:].astype(np.float64)
-    area = w * h * (scale[0] + u[..., 0] * (scale[1] - scale[0]))
-    lo, hi = np.log(ratio[0]), np.log(ratio[1])
-    aspect = np.exp(lo + u[..., 1] * (hi - lo))
-    cw, ch = np.rint(np.sqrt(area * aspect)), np.rint(np.sqrt(area / aspect))
-    fits = (cw > 0) & (ch > 0) & (cw <= w) & (ch <= h)
-    pick = fits.argmax(1)
-    rows = np.arange(len(u))
-    cw, ch = cw[rows, pick], ch[rows, pick]
-    w, h = w[:, 0], h[:, 0]
-    x0 = np.floor(u[rows, pick, 2] * (w - cw + 1))
-    y0 = np.floor(u[rows, pick, 3] * (h - ch + 1))
-    # fallback: the whole image, clamped to the ratio range, centred
-    in_ratio = w / np.maximum(h, 1)
-    fw = np.where(in_ratio < ratio[0], w, np.where(in_ratio > ratio[1], np.rint(h * ratio[1]), w))
-    fh = np.where(in_ratio < ratio[0], np.rint(w / ratio[0]), h)
-    none = ~fits.any(1)
-    cw, ch = np.where(none, fw, cw), np.where(none, fh, ch)
-    x0 = np.where(none, (w - cw) // 2, x0)
-    y0 = np.where(none, (h - ch) // 2, y0)
-    return np.stack([x0, y0, cw, ch], 1).astype(np.int64)
 
 
 def _needs_resize(spec: ImageDecode, sizes) -> bool:

@@ -145,7 +145,7 @@ def test_keyed_draws_belong_to_the_row_not_the_batch(backend):
 
 
 def test_keyed_draws_are_uniform():
-    from sparkfeed.decode import _keyed_draws
+    from sparkfeed.crops import _keyed_draws
 
     pos, flip = _keyed_draws(0, 0, np.arange(20_000, dtype=np.int64))
     assert pos.shape == (2, 20_000) and pos.dtype == np.float32 and flip.dtype == np.int32
@@ -365,7 +365,7 @@ def test_missing_dali_message(monkeypatch):
 
 
 def test_header_fast_path_agrees_with_pil():
-    from sparkfeed.decode import _fast_size
+    from sparkfeed.headers import _fast_size
 
     def jpeg(**save):
         buf = io.BytesIO()
@@ -428,7 +428,7 @@ def test_resize_sets_the_shorter_side_before_the_crop():
 
 
 def test_random_resized_windows_follow_torchvision():
-    from sparkfeed.decode import _RRC_TRIES, _random_resized_windows
+    from sparkfeed.crops import _RRC_TRIES, _random_resized_windows
 
     rng = np.random.default_rng(0)
     n = 4000
@@ -480,3 +480,29 @@ def test_resolve_makes_the_device_concrete():
     object.__setattr__(bad, "device", "tpu")  # as a spec unpickled from elsewhere could be
     with pytest.raises(ValueError, match="`device` should be 'gpu', 'cpu' or 'auto', but got device='tpu'"):
         bad.resolve()
+
+
+def test_batch_header_scan_agrees_with_the_row_walk():
+    """`_scan_sizes` (every row of a buffer at once) reads what `_fast_size` reads row by row,
+    on JPEGs (baseline, progressive, grey), PNGs, rows cut short anywhere and junk."""
+    from sparkfeed.headers import _fast_size, _scan_sizes
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(120):
+        a = rng.integers(0, 256, (int(rng.integers(1, 40)), int(rng.integers(1, 40)), 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        im = Image.fromarray(a).convert("L" if i % 5 == 0 else "RGB")
+        im.save(buf, "PNG") if i % 2 else im.save(buf, "JPEG", progressive=i % 4 == 0)
+        data = buf.getvalue()
+        if i % 7 == 0:
+            data = data[:int(rng.integers(0, len(data)))]
+        if i % 11 == 0:
+            data = b"junk" + data
+        rows.append(data)
+    data = np.frombuffer(b"".join(rows), np.uint8)
+    bounds = np.cumsum([0] + [len(r) for r in rows])
+    w, h = _scan_sizes(data, bounds[:-1], bounds[1:])
+    expected = [_fast_size(memoryview(r)) or (-1, -1) for r in rows]
+    assert list(zip(w.tolist(), h.tolist())) == expected
+    assert sum(e == (-1, -1) for e in expected) >= 10  # the cut and junk rows are in there

@@ -115,7 +115,8 @@ def decode_benchmark(n: int = 512, cases=((64, 56), (64, 64), (256, 224), (256, 
     from PIL import Image
 
     from ..batch import BinaryColumn
-    from ..decode import ImageDecode, ImageDecoder, _as_arrays, _check_header, _check_headers, _encoded
+    from ..decode import ImageDecode, ImageDecoder
+    from ..headers import _as_arrays, _check_header, _check_headers, _encoded
 
     def best(f) -> float:
         return min(_timed(f) for _ in range(repeat))
@@ -176,7 +177,8 @@ def decode_stages(path: str, size: int, batch_size: int = 256, column: str = "im
     hand-over (`feed_input`), DALI run (decode, resize, crop), collect (`as_tensor`), copy
     (into torch). A stage's figure is the CPU it costs, whichever thread it later runs on.
     `spec`: more ImageDecode fields (`resize=None, mirror=True` for the `train` scenario's)."""
-    from ..decode import ImageDecode, ImageDecoder, _check_headers, _encoded, _kind
+    from ..decode import ImageDecode, ImageDecoder, _kind
+    from ..headers import _check_headers, _encoded
 
     batches, read_s = _read_batches(path, batch_size, column)
     n = sum(len(b[column]) for b in batches)
@@ -220,7 +222,7 @@ def roi_benchmark(path: str, crops=(128, 112), batch_size: int = 256, repeats: i
     from nvidia import dali
     from nvidia.dali import fn, types
 
-    from ..decode import _encoded
+    from ..headers import _encoded
 
     batches, _ = _read_batches(path, batch_size, "image")
     views = [_encoded(b["image"]).views(np.arange(len(b["image"]))) for b in batches]
