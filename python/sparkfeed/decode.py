@@ -65,10 +65,15 @@ def _is_int(v) -> bool:
 class ImageDecode:
     """How to decode one image column: `decode={"image": ImageDecode(size=224, device="gpu")}`.
 
-    Output is RGB. `size=S` resizes the shorter side to S (bilinear, antialiased) then crops SxS
-    (centre, or a random position with `crop="random"`); `size=None` keeps native sizes (a batch
-    must then be same-sized). uint8 in `layout` unless `mean`/`std` are given (float32, computed
-    as `(x - mean) / std` in 0..255 units). See docs/decode.md for every field.
+    Output is RGB. `size=S` resizes the shorter side to `resize` (default S; None: no resize,
+    the crop is cut from the stored pixels) then crops SxS (centre, or a random position with
+    `crop="random"`); `crop="random_resized"` is torchvision's RandomResizedCrop(S, scale, ratio).
+    `size=None` keeps native sizes (a batch must then be same-sized). uint8 in `layout` unless
+    `mean`/`std` are given (float32, computed as `(x - mean) / std` in 0..255 units). Fields are
+    checked here; `resolve()` checks the machine (CUDA, DALI). See docs/decode.md for every field.
+
+        ImageDecode(size=112, crop="random", resize=None, mirror=True)   # RandomCrop + flip
+        ImageDecode(size=224, crop="random_resized", mirror=True)        # RandomResizedCrop + flip
     """
 
     size: int | None = None
