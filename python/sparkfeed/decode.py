@@ -31,8 +31,8 @@ Example::
 
 from __future__ import annotations
 
-import io
 import dataclasses
+import io
 import os
 import re
 from dataclasses import dataclass

@@ -16,7 +16,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..prefetch import Batch, Prefetcher, _resolve_device
+from ..checks import resolve_device
+from ..prefetch import Batch, Prefetcher
 from ..stats import Stats
 
 __all__ = ["feed_benchmark", "decode_benchmark"]
@@ -81,7 +82,7 @@ def feed_benchmark(batches: int, batch_bytes: int, step_s: float, depth: int, pi
 
         feed_benchmark(100, 1 << 20, 0.01, depth=4, pin_memory=True, device=None, producer_s=0.01)
     """
-    target = _resolve_device(device)
+    target = resolve_device(device)
     step, stats = _step_fn(step_s, target), Stats()
     start = time.perf_counter()
     with Prefetcher(_synthetic_source(batches, batch_bytes, producer_s), depth=depth,
