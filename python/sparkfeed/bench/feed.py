@@ -158,15 +158,15 @@ STAGES = ("read", "slice", "header check", "draws", "hand-over", "DALI run", "co
 
 
 def _read_batches(path: str, batch_size: int, column: str) -> tuple[list, float]:
-    """One epoch of the dataset's batches as the loader's stage sees them (BinaryColumn images,
-    row keys), read on this thread; returns them and the CPU seconds the reading took."""
+    """One epoch of the dataset's batches as the loader's decode stage sees them (a BinaryColumn
+    of images and the row keys), read on this thread; returns them as (images, keys) pairs and
+    the CPU seconds the reading took."""
     from ..dataset import Dataset
 
     ds = Dataset(path, batch_size=batch_size, columns=[column])
-    ds._annotate, ds._row_ids = True, True
-    spans = ds.lanes_for(ds.rank_spans(), 1)[0]
+    spans = ds.engine.lanes(ds.rank_spans(), 1, batch_size)[0]
     cpu = time.process_time()
-    batches = list(ds._batches(spans, 0, batch_size))
+    batches = [(d.batch[column], d.keys) for d in ds.engine.deliveries(0, spans, 0, batch_size, row_ids=True)]
     return batches, time.process_time() - cpu
 
 
@@ -182,7 +182,7 @@ def decode_stages(path: str, size: int, batch_size: int = 256, column: str = "im
     from ..headers import _check_headers, _encoded
 
     batches, read_s = _read_batches(path, batch_size, column)
-    n = sum(len(b[column]) for b in batches)
+    n = sum(len(images) for images, _ in batches)
     dec = ImageDecoder(ImageDecode(size=size, crop=crop, device="cpu", **spec), max_batch_size=batch_size)
     backend, spec = dec._backend, dec.spec
     best = {}
@@ -194,11 +194,10 @@ def decode_stages(path: str, size: int, batch_size: int = 256, column: str = "im
             out = f(*args)
             cpu[stage] += time.process_time() - t
             return out
-        for b in batches:
-            keys = ((b["__unit__"] << 32) | b["__row__"]).numpy()
-            enc = timed("slice", _encoded, b[column])
+        for images, keys in batches:
+            enc = timed("slice", _encoded, images)
             sizes, _ = timed("header check", _check_headers, enc, spec)
-            draws = timed("draws", dec._draw, len(enc), keys, sizes)
+            draws = timed("draws", dec._draw, len(enc), keys.numpy(), sizes)
             rows = np.arange(len(enc))
             kind = _kind(spec, sizes)
             pipe = backend._pipe(kind)
@@ -226,7 +225,7 @@ def roi_benchmark(path: str, crops=(128, 112), batch_size: int = 256, repeats: i
     from ..headers import _encoded
 
     batches, _ = _read_batches(path, batch_size, "image")
-    views = [_encoded(b["image"]).views(np.arange(len(b["image"]))) for b in batches]
+    views = [_encoded(images).views(np.arange(len(images))) for images, _ in batches]
     n = sum(len(v) for v in views)
 
     def build(roi: bool, side: int):
