@@ -274,6 +274,29 @@ def test_generated_keys_and_null_members(spark, tmp_path):
     assert sorted(back.collect(), key=str) == sorted(df.collect(), key=str)
 
 
+
+def _rename_members(tar_path, prefix):
+    with tarfile.open(tar_path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for info, data in members:
+            info.name = prefix + info.name
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_member_names_follow_the_shared_path_rule(spark, tmp_path):
+    """The JVM reader takes `a..b` and `./` inside names and refuses `..` parts, as Python does."""
+    df = spark.createDataFrame([("k1", 1), ("k2", 2)], "key string, label int").coalesce(1)
+    df.write.format("webdataset").save(str(tmp_path / "ok"))
+    _rename_members(tmp_path / "ok" / "part-00000-0000.tar", "./v1..2/")
+    back = spark.read.format("webdataset").load(str(tmp_path / "ok")).collect()
+    assert sorted((r.key, r.label) for r in back) == [("./v1..2/k1", 1), ("./v1..2/k2", 2)]
+    df.write.format("webdataset").save(str(tmp_path / "bad"))
+    _rename_members(tmp_path / "bad" / "part-00000-0000.tar", "../")
+    with pytest.raises(Exception, match=r"part-00000-0000.tar: member name \"../k1.cls\" could escape "
+                                        r"the dataset: it has a '\.\.' part"):
+        spark.read.format("webdataset").load(str(tmp_path / "bad")).collect()
+
 # --- commit protocol under failures ---------------------------------------------------------------
 # A retried task needs a master that retries (local[2,4]); the shared session (local[2]) does not,
 # so the retry case runs in a subprocess, started when the module starts and read at its end.
