@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import threading
 
 import pyarrow.compute as pc
 import pytest
@@ -257,6 +258,14 @@ def test_empty_result_gives_zero_batches(pq_path):
     assert list(L) == [] and len(L) == 0
 
 
+def join_loader_threads(hang_guard_s: float = 60.0) -> list:
+    """Join the loader's threads (prefetch, lanes); the ones still alive after the guard."""
+    ours = [t for t in threading.enumerate() if t.name.startswith(("sparkfeed-prefetch", "sparkfeed-lane"))]
+    for t in ours:
+        t.join(hang_guard_s)
+    return [t for t in ours if t.is_alive()]
+
+
 def copy_dataset(src, dst):
     shutil.copytree(src, dst)
     return str(dst)
@@ -475,18 +484,11 @@ def test_memory_stays_bounded_over_epochs(pq_path):
 
 
 def test_early_break_leaves_no_prefetch_thread(pq_path):
-    import threading
-    import time
-
     L = sparkfeed.DataLoader(pq_path, batch_size=10, prefetch=4)
     for i, _ in enumerate(L):
         if i == 2:
             break
-    ours = ("sparkfeed-prefetch", "sparkfeed-lane")  # the prefetch thread, the reading thread
-    deadline = time.monotonic() + 5
-    while any(t.name.startswith(ours) for t in threading.enumerate()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(t.name.startswith(ours) for t in threading.enumerate())
+    assert not join_loader_threads()
 
 
 def test_stats_count_what_was_delivered_not_what_was_read_ahead(pq_path):
@@ -508,23 +510,16 @@ def test_thread_and_process_workers_give_the_same_batches_in_the_same_order(any_
 
 
 def test_thread_lanes_stop_on_break_and_pass_errors_on(pq_path, tmp_path):
-    import threading
-    import time
-
     L = sparkfeed.DataLoader(pq_path, batch_size=10, num_workers=3, worker_type="thread")
     for i, _ in enumerate(L):
         if i == 4:
             break
-    deadline = time.monotonic() + 5
-    alive = lambda: [t for t in threading.enumerate() if t.name.startswith(("sparkfeed-lane", "sparkfeed-prefetch"))]
-    while alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not alive()
+    assert not join_loader_threads()
     root = copy_dataset(pq_path, tmp_path / "d")
     os.remove(os.path.join(root, "part-00004.parquet"))
     with pytest.raises(ShardReadError, match="part-00004"):
         ids_of(sparkfeed.DataLoader(root, batch_size=10, num_workers=3, worker_type="thread"))
-    assert not alive() or time.sleep(1) or not alive()
+    assert not join_loader_threads()
 
 
 def test_corrupt_tar_member_is_a_corrupt_sample_naming_shard_and_key(tar_path, tmp_path):
