@@ -232,11 +232,18 @@ def test_stats_counters(pq_path):
 # ---------------------------------------------------------------- bad input
 
 def test_bad_arguments_fail_when_built(pq_path):
-    cases = [dict(batch_size=0), dict(num_workers=-1), dict(columns=["nope"]), dict(columns="id"),
-             dict(filter=[("nope", "<", 1)]), dict(filter=[("label", "<", "x")]), dict(filter="label<1"),
-             dict(on_error="ignore"), dict(shuffle_buffer=0), dict(rank=2, world_size=2)]
-    for kw in cases:
-        with pytest.raises(ValueError):
+    cases = [(dict(batch_size=0), "`batch_size` should be a positive integer, but got batch_size=0"),
+             (dict(num_workers=-1), "`num_workers` should be a non-negative integer, but got num_workers=-1"),
+             (dict(columns=["nope"]), r"`columns` names \['nope'\] which dataset .* does not have"),
+             (dict(columns="id"), "`columns` should be a non-empty list of column names, but got columns='id'"),
+             (dict(filter=[("nope", "<", 1)]), r"`filter` \(nope < 1\) cannot apply to dataset"),
+             (dict(filter=[("label", "<", "x")]), r'`filter` \(label < "x"\) cannot apply to dataset'),
+             (dict(filter="label<1"), "`filter` should be None, DNF tuples .* but got filter='label<1'"),
+             (dict(on_error="ignore"), "`on_error` should be one of .* but got on_error='ignore'"),
+             (dict(shuffle_buffer=0), "`shuffle_buffer` should be a positive integer, but got shuffle_buffer=0"),
+             (dict(rank=2, world_size=2), r"`rank` should be in \[0, world_size=2\), but got rank=2")]
+    for kw, message in cases:
+        with pytest.raises(ValueError, match=message):
             sparkfeed.DataLoader(pq_path, **{"batch_size": 4, **kw})
 
 
@@ -366,7 +373,7 @@ def test_tampered_manifest_is_refused(pq_path, tmp_path):
     doc = json.load(open(path))
     doc["shards"][0]["path"] = "../../etc/passwd"
     json.dump(doc, open(path, "w"))
-    with pytest.raises(sparkfeed.PathEscapeError):
+    with pytest.raises(sparkfeed.PathEscapeError, match=r"'\.\./\.\./etc/passwd' could escape the dataset"):
         sparkfeed.DataLoader(root)
     doc["shards"][0]["path"] = "part-00000.parquet"
     doc["num_samples"] += 1

@@ -151,7 +151,7 @@ def test_early_break_and_close_stop_the_thread():
     p.close()  # idempotent
     assert wait_gone("pf-break")
     assert source_closed.is_set()
-    with pytest.raises(StopIteration):
+    with pytest.raises(StopIteration, match="^$"):  # plain exhaustion, no message
         next(p)
 
 
@@ -183,11 +183,11 @@ def test_source_blocked_forever_does_not_block_close(monkeypatch):
 
 
 def test_keyboard_interrupt_in_the_consumer_loop_cleans_up():
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="Ctrl-C at batch 3"):
         with Prefetcher(counting(10_000), depth=2, name="pf-kbd") as p:
             for i, _batch in enumerate(p):
                 if i == 3:
-                    raise KeyboardInterrupt
+                    raise KeyboardInterrupt("Ctrl-C at batch 3")
     assert wait_gone("pf-kbd")
 
 
@@ -206,7 +206,7 @@ def test_ctrl_c_while_blocked_waiting_for_a_batch_cleans_up():
         release.set()
     sender = threading.Thread(target=ctrl_c)
     sender.start()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="^$"):  # what Ctrl-C raises: no message
         with Prefetcher(blocked(), depth=2, name="pf-sigint") as p:
             consuming.set()
             for _batch in p:
@@ -245,7 +245,7 @@ def test_source_error_arrives_after_the_batches_before_it(depth):
     if depth:
         assert "pf-src-2" in text and "batch 4" in text
     assert wait_gone(f"pf-src-{depth}")
-    with pytest.raises(StopIteration):
+    with pytest.raises(StopIteration, match="^$"):  # plain exhaustion, no message
         next(p)
 
 
