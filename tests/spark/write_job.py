@@ -18,6 +18,10 @@ import sparkfeed
 
 def main(out: str, fmt: str, mode: str, behaviour: str, rows: int) -> None:
     spark = sparkfeed.spark_session(app_name="sparkfeed-write-job", master="local[2,4]")
+    if behaviour == "hang":
+        # Adaptive execution runs the shuffle's map stage (where the UDF runs) before the write
+        # job sets up its _temporary directory; without it the UDF runs inside the write job.
+        spark.conf.set("spark.sql.adaptive.enabled", "false")
 
     @F.udf(T.BinaryType())
     def payload(i):
