@@ -29,6 +29,7 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("bench-cache")
 
 
+@pytest.mark.slow  # a `sparkfeed bench` run in its own process (Spark makes the data)
 def test_bench_end_to_end_writes_every_report(cache, tmp_path):
     proc = _bench("--quick", "--scenarios", "tabular,filter,decode,feed", cache=cache, out=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -59,6 +60,7 @@ def test_bench_end_to_end_writes_every_report(cache, tmp_path):
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # a `sparkfeed bench` run in its own process (Spark makes the data)
 def test_decode_scenario_with_larger_stored_images_resizes_them(cache, tmp_path):
     """--image-source stores 4:3 JPEGs larger than --image-size: every loader resizes them and
     still delivers every image at the asked size."""
@@ -84,6 +86,7 @@ def test_plan_scenario_needs_no_spark(tmp_path):
     assert all(r["seconds"] > 0 and r["ttfb_s"] > 0 for r in plans)
 
 
+@pytest.mark.slow  # a `sparkfeed bench` run in its own process (Spark makes the data)
 def test_wrong_sample_count_fails_the_run_naming_the_runner(cache, tmp_path):
     proc = _bench("--scenarios", "tabular", "--runners", "torch,pyarrow",
                   "--expect", "torch-map-style=1999", cache=cache, out=tmp_path)
@@ -104,6 +107,7 @@ def test_help_names_every_scenario():
         assert word in proc.stdout
 
 
+@pytest.mark.slow  # a `sparkfeed bench` run in its own process (Spark makes the data)
 def test_missing_peer_venv_is_a_skip_row_with_the_install_hint(cache, tmp_path):
     proc = _bench("--scenarios", "tabular", "--runners", "petastorm,mosaic,pyarrow",
                   cache=cache, out=tmp_path, peers=tmp_path / "empty-peers")
@@ -123,6 +127,7 @@ def test_peers_status_names_the_install_command(tmp_path):
     assert "petastorm: not installed" in proc.stdout and "streaming: not installed" in proc.stdout
 
 
+@pytest.mark.slow  # a `sparkfeed bench` run in its own process (Spark makes the data)
 def test_scaling_runs_a_fresh_process_per_size_and_says_whether_rss_stayed_flat(cache, tmp_path):
     proc = _bench("--scenarios", "scaling", "--scaling-base", "1000", cache=cache, out=tmp_path,
                   timeout=300)

@@ -54,6 +54,7 @@ def test_killed_worker_is_a_clear_error_within_a_bound(ds):
     os.kill(os.getpid(), signal.SIGCHLD)
 
 
+@pytest.mark.slow  # four trainer processes per case
 @pytest.mark.parametrize("workers", [0, 2])
 def test_killed_trainer_resumes_exactly(ds, tmp_path, workers):
     ckpt = str(tmp_path / "ckpt.json")

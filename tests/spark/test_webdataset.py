@@ -326,7 +326,10 @@ _RETRY_SCRIPT = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _retry_job(tmp_path_factory):
+def _retry_job(request, tmp_path_factory):
+    if not any(item.name == _RETRY_TEST for item in request.session.items):
+        yield None, None  # deselected (e.g. -m "not slow"): no job to start
+        return
     base = tmp_path_factory.mktemp("retry")
     env = dict(os.environ, SPARKFEED_SPARK_LOG_LEVEL="ERROR")
     proc = subprocess.Popen([sys.executable, "-c", _RETRY_SCRIPT, str(base)], env=env,
@@ -337,6 +340,10 @@ def _retry_job(tmp_path_factory):
         proc.communicate()
 
 
+_RETRY_TEST = "test_task_failure_mid_shard_is_retried_without_partial_shards"
+
+
+@pytest.mark.slow  # a Spark job of its own (a master that retries tasks)
 def test_task_failure_mid_shard_is_retried_without_partial_shards(_retry_job):
     base, proc = _retry_job
     out, err = proc.communicate(timeout=300)

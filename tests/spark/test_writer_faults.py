@@ -12,7 +12,7 @@ import pytest
 
 import sparkfeed
 
-pytestmark = pytest.mark.spark
+pytestmark = [pytest.mark.spark, pytest.mark.slow]  # each test runs Spark jobs in processes of their own
 JOB = os.path.join(os.path.dirname(__file__), "write_job.py")
 
 
