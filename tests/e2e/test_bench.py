@@ -76,6 +76,7 @@ def test_decode_scenario_with_larger_stored_images_resizes_them(cache, tmp_path)
     assert "stored at 53x40 px (decoded and centre-cropped to 32 px)" in (tmp_path / "results.md").read_text()
 
 
+@pytest.mark.slow  # a `sparkfeed bench` run in its own process: plans manifests of up to 10,000 shards
 def test_plan_scenario_needs_no_spark(tmp_path):
     """Planning reads only synthetic manifests: no Spark, no data files."""
     proc = _bench("--scenarios", "plan", cache=tmp_path / "cache", out=tmp_path)
@@ -98,13 +99,16 @@ def test_wrong_sample_count_fails_the_run_naming_the_runner(cache, tmp_path):
     assert rows["pyarrow-scan (ceiling)"]["samples"] == 2000  # the others still ran
 
 
-def test_help_names_every_scenario():
-    """Through the main CLI's hook (`sparkfeed.bench.cli.add_parser`)."""
-    proc = subprocess.run([sys.executable, "-m", "sparkfeed.cli", "bench", "--help"], capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode == 0
+def test_help_names_every_scenario(capsys):
+    """Through the main CLI's hook (`sparkfeed.bench.cli.add_parser`); in process, since
+    test_cli.py already runs the installed command itself."""
+    from sparkfeed.cli import main
+
+    with pytest.raises(SystemExit, match="^0$"):
+        main(["bench", "--help"])
+    out = capsys.readouterr().out
     for word in ("tabular", "filter", "decode", "feed", "--quick", "--cache", "--repeats"):
-        assert word in proc.stdout
+        assert word in out
 
 
 @pytest.mark.slow  # a `sparkfeed bench` run in its own process (Spark makes the data)
@@ -120,11 +124,12 @@ def test_missing_peer_venv_is_a_skip_row_with_the_install_hint(cache, tmp_path):
     assert rows["pyarrow-scan (ceiling)"]["samples"] == 2000
 
 
-def test_peers_status_names_the_install_command(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "sparkfeed.bench.peers", "status", "--dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert "petastorm: not installed" in proc.stdout and "streaming: not installed" in proc.stdout
+def test_peers_status_names_the_install_command(tmp_path, capsys):
+    from sparkfeed.bench.peers import main
+
+    assert main(["status", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "petastorm: not installed" in out and "streaming: not installed" in out
 
 
 @pytest.mark.slow  # a `sparkfeed bench` run in its own process (Spark makes the data)
