@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from sparkfeed import prefetch as pf
+from sparkfeed import threads as protocol
 from sparkfeed.batch import BinaryColumn
 from sparkfeed.errors import WorkerError
 from sparkfeed.prefetch import Prefetcher, feed_benchmark
@@ -165,7 +166,7 @@ def test_garbage_collected_prefetcher_stops_its_thread():
 
 
 def test_source_blocked_forever_does_not_block_close(monkeypatch):
-    monkeypatch.setattr(pf, "_JOIN_S", 1.0)
+    monkeypatch.setattr(protocol, "JOIN_S", 0.5)
     release = threading.Event()
 
     def stuck():
@@ -174,10 +175,8 @@ def test_source_blocked_forever_does_not_block_close(monkeypatch):
         yield make_batch(1)
     p = Prefetcher(stuck(), depth=2, name="pf-stuck")
     next(p)
-    closed = threading.Event()
-    threading.Thread(target=lambda: (p.close(), closed.set()), daemon=True).start()
-    assert closed.wait(60), "close() should give up on a stuck source after _JOIN_S, not wait for it"
-    assert not release.is_set()  # close() returned while the source was still stuck
+    p.close()  # returns although the source still blocks: the thread is left behind, alive
+    assert threads_named("pf-stuck") and not release.is_set()
     release.set()  # the daemon thread then sees `stop` and leaves
     assert wait_gone("pf-stuck")
 
@@ -267,7 +266,7 @@ def test_stage_error_arrives_after_the_batches_before_it(depth):
 def test_stop_iteration_from_stage_does_not_end_the_loop_silently():
     def stage(batch):
         raise StopIteration
-    with pytest.raises(RuntimeError, match="StopIteration at batch 0"):
+    with pytest.raises(RuntimeError, match="raised StopIteration in .* batch 0"):
         list(Prefetcher(counting(3), depth=1, stage=stage))
 
 
