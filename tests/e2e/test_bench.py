@@ -15,7 +15,7 @@ TINY = ["--samples", "2000", "--images", "120", "--image-size", "32", "--batch-s
         "--workers", "1", "--repeats", "1", "--no-progress"]
 
 
-def _bench(*args, cache, out, timeout=180, peers=None):
+def _bench(*args, cache, out, timeout=600, peers=None):  # a hang guard: 180 s was hit at load 13
     # peers live in venvs of their own, never installed in CI: point at an empty place by default
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARKFEED_SPARK_LOG_LEVEL="ERROR",
                SPARKFEED_BENCH_PEERS=str(peers or os.path.join(str(out), "no-peers")))
