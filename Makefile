@@ -1,7 +1,9 @@
 # sparkfeed: two commands do everything on a fresh Debian-like machine (root, Python 3.11, Java 17).
-#   make demo   set up, build the jar, run the demo job (Spark writes a dataset; inspect it)
-#   make test   set up, build the jar, JVM tests (gradle test), then pytest over tests/
-# Each step leaves a stamp, so a second run skips what is done.
+#   make demo       set up, build the jar, run the demo job (Spark writes a dataset; inspect it)
+#   make test       set up, build the jar, JVM tests (gradle test), then pytest over tests/
+#   make test-fast  pytest without the tests marked slow (the edit-test loop)
+# Each step leaves a stamp, so a second run skips what is done. Set-up steps print one line each;
+# their full output goes to build/setup.log, printed when a step fails.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -13,8 +15,10 @@ JAR := python/sparkfeed/jars/sparkfeed.jar
 JVM_SOURCES := build.gradle settings.gradle $(shell find jvm/src/main -type f 2>/dev/null)
 DEMO_DIR ?= build/demo
 PYTEST_ARGS ?=
+SETUP_LOG ?= build/setup.log
+STEP := .ci/step $(SETUP_LOG)
 
-.PHONY: all setup tools venv jar demo demo-dataset test test-jvm test-py bench clean
+.PHONY: all setup tools venv jar demo demo-dataset test test-fast test-jvm test-py bench clean
 
 all: demo
 
@@ -24,25 +28,28 @@ setup: tools venv
 tools: $(VENV)/.tools
 $(VENV)/.tools:
 	@if ! command -v gradle >/dev/null || [ ! -f /usr/share/java/junit4.jar ]; then \
-	  echo ">> installing gradle and junit4 with apt"; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q gradle junit4; \
+	  $(STEP) "apt: updating the package lists" apt-get update -q && \
+	  $(STEP) "apt: installing gradle and junit4" env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -q gradle junit4; \
 	fi
 	@mkdir -p $(VENV) && touch $@
 
 # Python: a venv with the package (editable) and its dependencies; torch pinned to the CPU wheel.
 venv: $(VENV)/.installed
 $(VENV)/.installed: python/pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e 'python[spark,dali,test]'
+	@test -x $(PY) || $(STEP) "python: creating the virtualenv $(VENV)" $(PYTHON) -m venv $(VENV)
+	@$(STEP) "pip: upgrading pip, setuptools, wheel" $(PIP) install -q --upgrade pip setuptools wheel
+	@$(STEP) "pip: installing torch 2.13.0 (CPU)" $(PIP) install -q torch==2.13.0
+	@$(STEP) "pip: installing sparkfeed (editable) with spark, dali, test" \
+	  $(PIP) install -q -e 'python[spark,dali,test]'
 	@touch $@
 
 # The Spark data-source jar, compiled against the installed pyspark's jars and bundled in the package.
 jar: $(JAR)
 $(JAR): $(JVM_SOURCES) $(VENV)/.installed $(VENV)/.tools
-	gradle -q --offline --no-daemon -PsparkJars="$$($(PY) -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')" jar
-	mkdir -p $(dir $(JAR)) && cp build/libs/sparkfeed.jar $(JAR)
+	@$(STEP) "gradle: building the Spark data-source jar" gradle -q --offline --no-daemon \
+	  -PsparkJars="$$($(PY) -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')" jar
+	@mkdir -p $(dir $(JAR)) && cp build/libs/sparkfeed.jar $(JAR)
 
 # The whole story on the embedded default (local mode): a raw image-caption corpus ->
 # spark-submit preprocessing (validate, dedupe, resize, split, write with sparkfeed) ->
@@ -71,6 +78,10 @@ test-jvm: setup jar
 
 test-py: setup jar
 	$(PY) -m pytest -q -ra tests $(PYTEST_ARGS)
+
+# The fast loop: everything not marked slow (minutes-long end-to-end runs, Spark job kills).
+test-fast: setup jar
+	$(PY) -m pytest -q -ra -m "not slow" tests $(PYTEST_ARGS)
 
 test: test-jvm test-py
 

@@ -73,16 +73,46 @@ def is_transient(exc: BaseException) -> bool:
     return type(exc).__module__.split(".")[0] == "aiohttp"  # connection/payload errors
 
 
-def check_relative(rel: str, dataset: str) -> str:
-    """Refuse a manifest path that could leave the dataset: absolute, `..`, URL, backslash."""
+def path_problem(rel: object) -> str | None:
+    """Why `rel` is not a safe path inside a dataset (a phrase after "it"), or None when it is.
+
+    The one rule for manifest shard/index paths and tar member names, the same as the JVM's
+    `io.sparkfeed.SafePath` (both sides run the cases in tests/data/path_cases.json): a path is
+    split on "/" into parts, and it may not be empty, hold a control character (NUL included),
+    be invalid UTF-8, hold a backslash, be absolute, start with a URL scheme or drive (":" in
+    its first part), have an empty part ("a//b", "a/") or a ".." part. Dots inside a part
+    (`a..b.jpg`) and "." parts (`./a.jpg`, as `tar -cf x.tar .` writes) are fine: they stay
+    inside. The checks run in this order, so a path breaking several rules names the first.
+    """
     if not isinstance(rel, str) or not rel:
-        raise PathEscapeError(f"dataset {dataset!r}: shard path should be a non-empty relative path, but got {rel!r}")
+        return "is empty or not a string"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in rel):
+        return "holds a control character"
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if "\\" in rel:
+        return "holds a backslash"
+    if rel.startswith("/"):
+        return "is absolute"
     parts = rel.split("/")
-    if (rel.startswith("/") or "://" in rel or "\\" in rel or ".." in parts or "" in parts
-            or ":" in parts[0]):
+    if ":" in parts[0]:
+        return "starts with a URL scheme or drive"
+    if "" in parts:
+        return "has an empty part"
+    if ".." in parts:
+        return "has a '..' part"
+    return None
+
+
+def check_relative(rel: str, dataset: str) -> str:
+    """`rel` itself, or PathEscapeError naming the dataset when `path_problem` refuses it."""
+    problem = path_problem(rel)
+    if problem is not None:
         raise PathEscapeError(
-            f"dataset {dataset!r}: shard path {rel!r} escapes the dataset; manifest paths must be "
-            "relative to the dataset root, without '..', absolute parts or URLs")
+            f"dataset {dataset!r}: path {rel!r} could escape the dataset: it {problem}; manifest "
+            "paths must be relative to the dataset root, without '..', absolute parts or URLs")
     return rel
 
 

@@ -10,7 +10,7 @@ import pytest
 import dsutil
 import sparkfeed
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # torchrun: 2 ranks x 2 workers per run
 HERE = os.path.dirname(__file__)
 
 

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
@@ -26,24 +25,36 @@ def ds(tmp_path_factory):
 
 
 def test_killed_worker_is_a_clear_error_within_a_bound(ds):
+    """Both workers SIGKILLed mid-epoch: the next batches end in WorkerError naming the rank.
+
+    torch notices a dead worker two ways: its SIGCHLD handler (which raises wherever the main
+    thread happens to be, possibly in this test's own kill loop, outside the loader) and its
+    status check inside `next()` (every 5 s while no batch arrives). The test silences SIGCHLD
+    while it kills, so the error always comes from inside the loader; the bound is then torch's
+    status-check interval, by construction rather than by a clock in the test.
+    """
     before = {p.pid for p in psutil.Process().children()}  # e.g. a Spark JVM of other tests
     L = sparkfeed.DataLoader(ds, batch_size=10, num_workers=2, prefetch=0, worker_type="process")
     it = iter(L)
     next(it)
     workers = [p for p in psutil.Process().children() if p.pid not in before]
     assert workers, "the loader should run worker processes"
-    for w in workers:
-        os.kill(w.pid, signal.SIGKILL)
-    start = time.monotonic()
-    with pytest.raises(WorkerError, match="rank 0"):
-        for _ in it:
-            pass
-    assert time.monotonic() - start < 30
-    # the dead workers are forgotten: a later child exiting raises nothing
+    torch_handler = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        for w in workers:
+            os.kill(w.pid, signal.SIGKILL)
+        with pytest.raises(WorkerError, match="rank 0"):
+            for _ in it:
+                pass
+    finally:
+        signal.signal(signal.SIGCHLD, torch_handler)
+    # The dead workers are forgotten: a child exiting now, and SIGCHLD delivered to this process
+    # (os.kill to ourselves runs the handler before it returns), raise nothing.
     subprocess.run([sys.executable, "-c", "pass"], check=True)
-    time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGCHLD)
 
 
+@pytest.mark.slow  # four trainer processes per case
 @pytest.mark.parametrize("workers", [0, 2])
 def test_killed_trainer_resumes_exactly(ds, tmp_path, workers):
     ckpt = str(tmp_path / "ckpt.json")

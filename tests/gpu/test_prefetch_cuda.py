@@ -96,7 +96,12 @@ def test_copy_runs_on_the_side_stream_while_the_consumer_stream_is_busy():
         first = next(p)
         torch.cuda.synchronize()
         spin_ms(1000)      # the consumer's stream is busy for about a second
-        time.sleep(0.3)    # meanwhile the thread pins and copies the next batch
+        # Meanwhile the thread pins and copies the next batch: wait for that copy to be queued
+        # and finished (a condition, not a guessed sleep), or for the consumer's kernel to end.
+        while not (p._queue.qsize() and p._work.stream.query()):
+            if torch.cuda.current_stream().query():
+                break
+            time.sleep(0.001)
         assert p._work.stream.query(), "the copy waited for the consumer's kernel"
         assert not torch.cuda.current_stream().query()
         rest = list(p)

@@ -274,6 +274,29 @@ def test_generated_keys_and_null_members(spark, tmp_path):
     assert sorted(back.collect(), key=str) == sorted(df.collect(), key=str)
 
 
+
+def _rename_members(tar_path, prefix):
+    with tarfile.open(tar_path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for info, data in members:
+            info.name = prefix + info.name
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_member_names_follow_the_shared_path_rule(spark, tmp_path):
+    """The JVM reader takes `a..b` and `./` inside names and refuses `..` parts, as Python does."""
+    df = spark.createDataFrame([("k1", 1), ("k2", 2)], "key string, label int").coalesce(1)
+    df.write.format("webdataset").save(str(tmp_path / "ok"))
+    _rename_members(tmp_path / "ok" / "part-00000-0000.tar", "./v1..2/")
+    back = spark.read.format("webdataset").load(str(tmp_path / "ok")).collect()
+    assert sorted((r.key, r.label) for r in back) == [("./v1..2/k1", 1), ("./v1..2/k2", 2)]
+    df.write.format("webdataset").save(str(tmp_path / "bad"))
+    _rename_members(tmp_path / "bad" / "part-00000-0000.tar", "../")
+    with pytest.raises(Exception, match=r"part-00000-0000.tar: member name \"../k1.cls\" could escape "
+                                        r"the dataset: it has a '\.\.' part"):
+        spark.read.format("webdataset").load(str(tmp_path / "bad")).collect()
+
 # --- commit protocol under failures ---------------------------------------------------------------
 # A retried task needs a master that retries (local[2,4]); the shared session (local[2]) does not,
 # so the retry case runs in a subprocess, started when the module starts and read at its end.
@@ -303,7 +326,10 @@ _RETRY_SCRIPT = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _retry_job(tmp_path_factory):
+def _retry_job(request, tmp_path_factory):
+    if not any(item.name == _RETRY_TEST for item in request.session.items):
+        yield None, None  # deselected (e.g. -m "not slow"): no job to start
+        return
     base = tmp_path_factory.mktemp("retry")
     env = dict(os.environ, SPARKFEED_SPARK_LOG_LEVEL="ERROR")
     proc = subprocess.Popen([sys.executable, "-c", _RETRY_SCRIPT, str(base)], env=env,
@@ -314,6 +340,10 @@ def _retry_job(tmp_path_factory):
         proc.communicate()
 
 
+_RETRY_TEST = "test_task_failure_mid_shard_is_retried_without_partial_shards"
+
+
+@pytest.mark.slow  # a Spark job of its own (a master that retries tasks)
 def test_task_failure_mid_shard_is_retried_without_partial_shards(_retry_job):
     base, proc = _retry_job
     out, err = proc.communicate(timeout=300)

@@ -12,7 +12,7 @@ import pytest
 
 import sparkfeed
 
-pytestmark = pytest.mark.spark
+pytestmark = [pytest.mark.spark, pytest.mark.slow]  # each test runs Spark jobs in processes of their own
 JOB = os.path.join(os.path.dirname(__file__), "write_job.py")
 
 
@@ -43,16 +43,16 @@ def test_worker_killed_mid_shard_is_retried_with_exact_counts(tmp_path, fmt):
 
 def test_job_killed_before_commit_leaves_no_manifest_and_overwrite_recovers(tmp_path):
     out = tmp_path / "ds"
-    proc = run_job(out, "parquet", "error", "slow", 400)  # count ~10 s, then ~10 s of writing
-    deadline = time.monotonic() + 180
-    while not (out / "_temporary").exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    time.sleep(1.0)
-    assert proc.poll() is None, "the job should still be writing"
+    proc = run_job(out, "parquet", "error", "hang", 400)  # its write tasks block until killed
+    writing = tmp_path / "ds.writing"
+    while not writing.exists():  # a condition made by the job itself, not a guess at its timing
+        assert proc.poll() is None, f"the job ended before writing: {proc.communicate()[1][-3000:]}"
+        time.sleep(0.1)
+    assert (out / "_temporary").is_dir()
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert not (out / "_sparkfeed.json").exists()
-    with pytest.raises(sparkfeed.ManifestError):
+    with pytest.raises(sparkfeed.ManifestError, match="not a sparkfeed dataset"):
         sparkfeed.read_manifest(str(out))
     proc = run_job(out, "parquet", "overwrite", "ok", 2000)
     _, stderr = proc.communicate(timeout=300)

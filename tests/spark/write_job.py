@@ -2,12 +2,13 @@
 
 usage: write_job.py OUT FORMAT MODE BEHAVIOUR ROWS
 BEHAVIOUR: ok | kill-worker-once (a Python worker of partition 1 dies mid-task on its first
-attempt; Spark retries the task) | slow (rows take time, so the test can kill the job mid-write)
+attempt; Spark retries the task) | hang (once the write stage runs, the first row of each task
+creates OUT.writing and blocks forever, so the test kills a job that is surely mid-write)
 """
 
 import os
 import sys
-import time
+import threading
 
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -17,6 +18,10 @@ import sparkfeed
 
 def main(out: str, fmt: str, mode: str, behaviour: str, rows: int) -> None:
     spark = sparkfeed.spark_session(app_name="sparkfeed-write-job", master="local[2,4]")
+    if behaviour == "hang":
+        # Adaptive execution runs the shuffle's map stage (where the UDF runs) before the write
+        # job sets up its _temporary directory; without it the UDF runs inside the write job.
+        spark.conf.set("spark.sql.adaptive.enabled", "false")
 
     @F.udf(T.BinaryType())
     def payload(i):
@@ -25,8 +30,9 @@ def main(out: str, fmt: str, mode: str, behaviour: str, rows: int) -> None:
         ctx = TaskContext.get()
         if behaviour == "kill-worker-once" and ctx.partitionId() == 1 and ctx.attemptNumber() == 0 and i % 97 == 5:
             os._exit(1)  # the Python worker dies mid-task, mid-shard
-        if behaviour == "slow":
-            time.sleep(0.1)
+        if behaviour == "hang" and os.path.isdir(os.path.join(out, "_temporary")):  # the write stage
+            open(out + ".writing", "a").close()
+            threading.Event().wait()  # until the test kills the job
         return bytes([i % 256]) * 100
 
     df = (spark.range(rows).repartition(4)

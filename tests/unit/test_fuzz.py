@@ -33,7 +33,7 @@ GOOD = {"sparkfeed_manifest": 1, "format": "parquet", "schema": [{"name": "a", "
 @BOUNDED
 @given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
 def test_manifest_parser_on_garbage(data):
-    with pytest.raises(SparkfeedError):
+    with pytest.raises(SparkfeedError, match="dataset 'fuzz'"):
         parse_manifest(data, dataset="fuzz")
 
 

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import threading
 
 import pyarrow.compute as pc
 import pytest
@@ -232,11 +233,18 @@ def test_stats_counters(pq_path):
 # ---------------------------------------------------------------- bad input
 
 def test_bad_arguments_fail_when_built(pq_path):
-    cases = [dict(batch_size=0), dict(num_workers=-1), dict(columns=["nope"]), dict(columns="id"),
-             dict(filter=[("nope", "<", 1)]), dict(filter=[("label", "<", "x")]), dict(filter="label<1"),
-             dict(on_error="ignore"), dict(shuffle_buffer=0), dict(rank=2, world_size=2)]
-    for kw in cases:
-        with pytest.raises(ValueError):
+    cases = [(dict(batch_size=0), "`batch_size` should be a positive integer, but got batch_size=0"),
+             (dict(num_workers=-1), "`num_workers` should be a non-negative integer, but got num_workers=-1"),
+             (dict(columns=["nope"]), r"`columns` names \['nope'\] which dataset .* does not have"),
+             (dict(columns="id"), "`columns` should be a non-empty list of column names, but got columns='id'"),
+             (dict(filter=[("nope", "<", 1)]), r"`filter` \(nope < 1\) cannot apply to dataset"),
+             (dict(filter=[("label", "<", "x")]), r'`filter` \(label < "x"\) cannot apply to dataset'),
+             (dict(filter="label<1"), "`filter` should be None, DNF tuples .* but got filter='label<1'"),
+             (dict(on_error="ignore"), "`on_error` should be one of .* but got on_error='ignore'"),
+             (dict(shuffle_buffer=0), "`shuffle_buffer` should be a positive integer, but got shuffle_buffer=0"),
+             (dict(rank=2, world_size=2), r"`rank` should be in \[0, world_size=2\), but got rank=2")]
+    for kw, message in cases:
+        with pytest.raises(ValueError, match=message):
             sparkfeed.DataLoader(pq_path, **{"batch_size": 4, **kw})
 
 
@@ -256,6 +264,14 @@ def test_no_manifest_is_an_error_that_says_how_datasets_are_made(tmp_path):
 def test_empty_result_gives_zero_batches(pq_path):
     L = sparkfeed.DataLoader(pq_path, batch_size=8, filter=[("label", ">", 99)], num_workers=2)
     assert list(L) == [] and len(L) == 0
+
+
+def join_loader_threads(hang_guard_s: float = 60.0) -> list:
+    """Join the loader's threads (prefetch, lanes); the ones still alive after the guard."""
+    ours = [t for t in threading.enumerate() if t.name.startswith(("sparkfeed-prefetch", "sparkfeed-lane"))]
+    for t in ours:
+        t.join(hang_guard_s)
+    return [t for t in ours if t.is_alive()]
 
 
 def copy_dataset(src, dst):
@@ -325,7 +341,7 @@ def test_hostile_tar_members_are_refused(tar_path, tmp_path):
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
         fix_manifest_size(root, "shard-00000.tar")
-        with pytest.raises(ShardReadError, match="shard-00000.tar.*(link|escapes|not a regular)"):
+        with pytest.raises(ShardReadError, match="shard-00000.tar.*(link|could escape the dataset|not a regular)"):
             ids_of(sparkfeed.DataLoader(root, batch_size=50))
 
 
@@ -358,7 +374,7 @@ def test_tampered_manifest_is_refused(pq_path, tmp_path):
     doc = json.load(open(path))
     doc["shards"][0]["path"] = "../../etc/passwd"
     json.dump(doc, open(path, "w"))
-    with pytest.raises(sparkfeed.PathEscapeError):
+    with pytest.raises(sparkfeed.PathEscapeError, match=r"'\.\./\.\./etc/passwd' could escape the dataset"):
         sparkfeed.DataLoader(root)
     doc["shards"][0]["path"] = "part-00000.parquet"
     doc["num_samples"] += 1
@@ -476,18 +492,11 @@ def test_memory_stays_bounded_over_epochs(pq_path):
 
 
 def test_early_break_leaves_no_prefetch_thread(pq_path):
-    import threading
-    import time
-
     L = sparkfeed.DataLoader(pq_path, batch_size=10, prefetch=4)
     for i, _ in enumerate(L):
         if i == 2:
             break
-    ours = ("sparkfeed-prefetch", "sparkfeed-lane")  # the prefetch thread, the reading thread
-    deadline = time.monotonic() + 5
-    while any(t.name.startswith(ours) for t in threading.enumerate()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(t.name.startswith(ours) for t in threading.enumerate())
+    assert not join_loader_threads()
 
 
 def test_stats_count_what_was_delivered_not_what_was_read_ahead(pq_path):
@@ -509,23 +518,16 @@ def test_thread_and_process_workers_give_the_same_batches_in_the_same_order(any_
 
 
 def test_thread_lanes_stop_on_break_and_pass_errors_on(pq_path, tmp_path):
-    import threading
-    import time
-
     L = sparkfeed.DataLoader(pq_path, batch_size=10, num_workers=3, worker_type="thread")
     for i, _ in enumerate(L):
         if i == 4:
             break
-    deadline = time.monotonic() + 5
-    alive = lambda: [t for t in threading.enumerate() if t.name.startswith(("sparkfeed-lane", "sparkfeed-prefetch"))]
-    while alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not alive()
+    assert not join_loader_threads()
     root = copy_dataset(pq_path, tmp_path / "d")
     os.remove(os.path.join(root, "part-00004.parquet"))
     with pytest.raises(ShardReadError, match="part-00004"):
         ids_of(sparkfeed.DataLoader(root, batch_size=10, num_workers=3, worker_type="thread"))
-    assert not alive() or time.sleep(1) or not alive()
+    assert not join_loader_threads()
 
 
 def test_corrupt_tar_member_is_a_corrupt_sample_naming_shard_and_key(tar_path, tmp_path):

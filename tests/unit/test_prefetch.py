@@ -6,7 +6,6 @@ import _thread
 import gc
 import signal
 import threading
-import time
 import traceback
 
 import psutil
@@ -24,11 +23,12 @@ from sparkfeed.stats import Stats
 
 @pytest.fixture(autouse=True)
 def _bounded():
-    """Every test ends within 60 s: a hang is a failure, not a stuck CI job."""
+    """A hang is a failure, not a stuck CI job. The bound is far above any test's run time even
+    on two busy cores (it only catches hangs; no test asserts on how long it took)."""
     def on_alarm(signum, frame):
-        raise TimeoutError("test exceeded 60 s")
+        raise TimeoutError("test exceeded 300 s: a hang")
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(60)
+    signal.alarm(300)
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, previous)
@@ -63,19 +63,17 @@ def threads_named(name: str) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == name]
 
 
-def wait_gone(name: str, within: float = 2.0) -> bool:
-    deadline = time.monotonic() + within
-    while threads_named(name) and time.monotonic() < deadline:
-        time.sleep(0.01)
+def wait_gone(name: str, hang_guard_s: float = 60.0) -> bool:
+    """Join the threads called `name` (returns as soon as they end; the guard only stops a hang)."""
+    for t in threads_named(name):
+        t.join(hang_guard_s)
     return not threads_named(name)
 
 
-def counting(n: int, fail_at: int | None = None, exc: Exception | None = None, delay: float = 0.0):
+def counting(n: int, fail_at: int | None = None, exc: Exception | None = None):
     for i in range(n):
         if i == fail_at:
             raise exc
-        if delay:
-            time.sleep(delay)
         yield make_batch(i)
 
 
@@ -155,7 +153,7 @@ def test_early_break_and_close_stop_the_thread():
     p.close()  # idempotent
     assert wait_gone("pf-break")
     assert source_closed.is_set()
-    with pytest.raises(StopIteration):
+    with pytest.raises(StopIteration, match="^$"):  # plain exhaustion, no message
         next(p)
 
 
@@ -185,23 +183,35 @@ def test_source_blocked_forever_does_not_block_close(monkeypatch):
 
 
 def test_keyboard_interrupt_in_the_consumer_loop_cleans_up():
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="Ctrl-C at batch 3"):
         with Prefetcher(counting(10_000), depth=2, name="pf-kbd") as p:
             for i, _batch in enumerate(p):
                 if i == 3:
-                    raise KeyboardInterrupt
+                    raise KeyboardInterrupt("Ctrl-C at batch 3")
     assert wait_gone("pf-kbd")
 
 
 def test_ctrl_c_while_blocked_waiting_for_a_batch_cleans_up():
-    p = Prefetcher(counting(100, delay=0.5), depth=2, name="pf-sigint")
-    timer = threading.Timer(0.2, _thread.interrupt_main)
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        with p:
+    started, consuming, release = threading.Event(), threading.Event(), threading.Event()
+
+    def blocked():
+        started.set()
+        release.wait()  # the consumer is left waiting for batch 0 until Ctrl-C has been sent
+        yield from counting(100)
+
+    def ctrl_c():  # once the producer is stuck and the consumer is in its loop
+        started.wait()
+        consuming.wait()
+        _thread.interrupt_main()
+        release.set()
+    sender = threading.Thread(target=ctrl_c)
+    sender.start()
+    with pytest.raises(KeyboardInterrupt, match="^$"):  # what Ctrl-C raises: no message
+        with Prefetcher(blocked(), depth=2, name="pf-sigint") as p:
+            consuming.set()
             for _batch in p:
                 pass
-    timer.join()
+    sender.join()
     assert wait_gone("pf-sigint")
 
 
@@ -235,7 +245,7 @@ def test_source_error_arrives_after_the_batches_before_it(depth):
     if depth:
         assert "pf-src-2" in text and "batch 4" in text
     assert wait_gone(f"pf-src-{depth}")
-    with pytest.raises(StopIteration):
+    with pytest.raises(StopIteration, match="^$"):  # plain exhaustion, no message
         next(p)
 
 
@@ -265,7 +275,8 @@ def test_stop_iteration_from_stage_does_not_end_the_loop_silently():
 @pytest.mark.parametrize("pin", [False, True])
 def test_memory_stays_bounded(pin, plain_ring):
     mb = 1 << 20
-    source = ({"x": torch.full((mb,), i % 200, dtype=torch.uint8), "i": i} for i in range(2000))
+    # 400 batches (400 MB) after the warm-up point: a leak of one batch in two would show.
+    source = ({"x": torch.full((mb,), i % 200, dtype=torch.uint8), "i": i} for i in range(600))
     proc = psutil.Process()
     with Prefetcher(source, depth=4, pin_memory=pin, name="pf-mem") as p:
         for batch in p:
@@ -358,11 +369,32 @@ def test_map_tensors_maps_tensors_and_binary_columns_only():
     assert torch.equal(out["image"].offsets, batch["image"].offsets + 1)
 
 
-def test_feed_benchmark_shows_prefetch_hides_the_producer():
-    args = dict(batches=15, batch_bytes=1 << 16, step_s=0.02, pin_memory=False, device=None,
-                producer_s=0.02)
-    without = feed_benchmark(depth=0, **args)
-    with_prefetch = feed_benchmark(depth=4, **args)
-    assert without["wait_fraction"] > 0.3
-    assert with_prefetch["wait_fraction"] < without["wait_fraction"] - 0.2
-    assert "h2d_gbps" not in with_prefetch
+def test_the_producer_runs_ahead_while_the_consumer_works():
+    """What hides the producer's time: while the consumer holds batch 0 and asks for nothing,
+    the thread makes the next `depth` batches (an event-based check; no clock involved)."""
+    made, depth = threading.Condition(), 4
+    count = [0]
+
+    def source():
+        for i in range(20):
+            with made:
+                count[0] += 1
+                made.notify_all()
+            yield make_batch(i)
+    with Prefetcher(source(), depth=depth, name="pf-ahead") as p:
+        next(p)
+        with made:
+            assert made.wait_for(lambda: count[0] >= 1 + depth + 1, timeout=60), count[0]
+        assert [int(b["label"][0]) for b in p] == list(range(1, 20))
+
+
+def test_feed_benchmark_reports_the_wait_fraction():
+    """The figures themselves are measured by `sparkfeed bench` (README "Performance"); here only
+    their shape, since wall-clock fractions on two shared cores are not a pass/fail signal."""
+    args = dict(batches=6, batch_bytes=1 << 12, step_s=0.001, pin_memory=False, device=None,
+                producer_s=0.001)
+    for depth in (0, 4):
+        got = feed_benchmark(depth=depth, **args)
+        assert got["batches"] == 6 and got["depth"] == depth and got["wall_s"] > 0
+        assert 0 <= got["wait_fraction"] <= 1 and got["batches_per_s"] > 0
+        assert "h2d_gbps" not in got

@@ -1,7 +1,5 @@
 """Storage faults: 5xx answers, dropped connections and stalls are retried; outages end in an
-error naming the shard within a bound. Every sample is still delivered exactly once."""
-
-import time
+error naming the shard after a bounded number of attempts. Every sample is still delivered exactly once."""
 
 import aiohttp
 import pytest
@@ -41,16 +39,16 @@ def test_flaky_server_still_delivers_every_sample_once(www, name, n):
 
 
 @pytest.mark.parametrize("name,shard", [("pq", "part-00001.parquet"), ("wds", "shard-00001.tar")])
-def test_permanent_outage_of_a_shard_is_an_error_naming_it_within_a_bound(www, name, shard):
+def test_permanent_outage_of_a_shard_is_an_error_naming_it_after_bounded_retries(www, name, shard):
     plan = FaultPlan(error_every=0, drop_every=0, stall_every=0, always_fail=shard)
     with FaultyServer(www, plan) as url:
         L = sparkfeed.DataLoader(f"{url}/{name}", batch_size=50, storage_options=FAST)
-        start = time.monotonic()
         with pytest.raises(ShardReadError, match=shard):
             for _ in L:
                 pass
-        assert time.monotonic() - start < 60
-    assert plan.injected["permanent"] >= 2  # it was retried before giving up
+    # Retried before giving up, and a bounded number of times (8 attempts per request; 16 for a
+    # tar, 32 for a Parquet shard here): the bound is on attempts, not on the clock.
+    assert 2 <= plan.injected["permanent"] <= 64
 
 
 def test_retry_classification():

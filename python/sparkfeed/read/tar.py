@@ -3,8 +3,8 @@
 A shard is streamed member by member with Python's `tarfile`; members `<key>.<ext>` are grouped
 by key, and the manifest's schema says which member holds each column (`member`: an extension,
 `json` for scalar columns kept together, `__key__` for the key). Member data is never
-unpickled: `.pyd`/`.pickle` and other unknown members are ignored. Links, devices, absolute
-names and `..` are refused with an error naming the shard and the tar offset.
+unpickled: `.pyd`/`.pickle` and other unknown members are ignored. Links, devices and names that
+`storage.path_problem` refuses (absolute, `..`, ...) are refused, naming the shard and tar offset.
 """
 
 from __future__ import annotations
@@ -42,12 +42,10 @@ class TarReader(Reader):
             raise self._error(unit, f"member {name!r} is a link; links are refused", where)
         if not info.isreg():
             raise self._error(unit, f"member {name!r} is not a regular file (type {info.type!r})", where)
-        if name.startswith("/") or ".." in name.split("/") or "\\" in name:
-            raise self._error(unit, f"member name {name!r} escapes the dataset", where)
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:
-            raise self._error(unit, f"member name {name!r} is not valid UTF-8", where) from None
+        problem = storage.path_problem(name)  # the same rule as manifest paths and the JVM
+        if problem is not None:
+            raise self._error(unit, f"member name {name!r} could escape the dataset: it {problem}",
+                              where)
         if info.size > MAX_MEMBER_BYTES:
             raise self._error(unit, f"member {name!r} is {info.size} bytes, over the "
                               f"{MAX_MEMBER_BYTES}-byte limit", where)

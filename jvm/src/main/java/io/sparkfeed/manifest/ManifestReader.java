@@ -7,6 +7,7 @@ import java.util.Collections;
 import java.util.List;
 
 import com.fasterxml.jackson.databind.JsonNode;
+import io.sparkfeed.SafePath;
 import org.apache.hadoop.fs.FileSystem;
 import org.apache.hadoop.fs.Path;
 
@@ -75,16 +76,8 @@ public final class ManifestReader {
         return new ManifestReader(columns, shards);
     }
 
-    /** A shard path must be relative and stay inside the dataset. */
+    /** A shard path must stay inside the dataset: the one rule of {@link SafePath}. */
     public static void checkRelative(String path, String where) {
-        boolean escapes = path.isEmpty() || path.startsWith("/") || path.contains("\\")
-            || path.contains(":");
-        for (String part : path.split("/")) {
-            escapes |= part.equals("..");
-        }
-        if (escapes) {
-            throw new IllegalArgumentException("shard path \"" + path + "\" in " + where
-                + " is absolute or escapes the dataset; manifests hold relative paths only");
-        }
+        SafePath.check(path, "shard path", where);
     }
 }

@@ -18,6 +18,7 @@ import com.fasterxml.jackson.core.json.JsonReadFeature;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.json.JsonMapper;
+import io.sparkfeed.SafePath;
 import org.apache.commons.compress.archivers.tar.TarArchiveEntry;
 import org.apache.commons.compress.archivers.tar.TarArchiveInputStream;
 import org.apache.hadoop.conf.Configuration;
@@ -183,9 +184,14 @@ final class ShardPartitionReader implements PartitionReader<InternalRow> {
             return;
         }
         String name = pending.getName();
-        if (!pending.isFile() || name.startsWith("/") || name.contains("..")) {
+        if (!pending.isFile()) {
             throw new IllegalStateException("webdataset shard " + shard + ": member \"" + name
-                + "\" is not a regular file inside the dataset (link, device or escaping path)");
+                + "\" is not a regular file (a link or a device); only regular files are read");
+        }
+        String problem = SafePath.problem(name);  // the same rule as manifest paths and Python
+        if (problem != null) {
+            throw new IllegalStateException("webdataset shard " + shard + ": member name \"" + name
+                + "\" could escape the dataset: it " + problem);
         }
         String base = name.substring(name.lastIndexOf('/') + 1);
         int dot = base.indexOf('.');

@@ -101,7 +101,7 @@ public class ManifestWriterTest {
                 ManifestReader.checkRelative(bad, "m.json");
                 fail("accepted " + bad);
             } catch (IllegalArgumentException e) {
-                assertTrue(e.getMessage().contains("escapes the dataset"));
+                assertTrue(e.getMessage(), e.getMessage().contains("could escape the dataset"));
             }
         }
         ManifestReader.checkRelative("sub/part-00000-0000.tar", "m.json");
