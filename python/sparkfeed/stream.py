@@ -27,6 +27,22 @@ from .shuffle import chunk_permutation, unit_order
 __all__ = ["EpochStream", "StreamReader", "Block", "cut"]
 
 _RUN_UNITS = 16  # at most this many units read as one run (`Reader.read_run`)
+_AHEAD_UNITS = 64  # units after the current run a reader is told about (`Reader.read_ahead`)
+
+
+def _lane_units(stream: "EpochStream", spans) -> np.ndarray:
+    """Positions in the epoch of the units a lane reads for `spans` (with shuffle, whole grid
+    chunks), ascending: what `Reader.read_ahead` is told comes next."""
+    found = []
+    for lo, hi in spans:
+        if stream.shuffle:
+            lo = lo // stream.chunk * stream.chunk
+            hi = min(-(-hi // stream.chunk) * stream.chunk, stream.num_samples)
+        if hi > lo:
+            first = int(np.searchsorted(stream.starts, lo, side="right")) - 1
+            last = int(np.searchsorted(stream.starts, hi - 1, side="right")) - 1
+            found.extend(k for k in range(first, last + 1) if stream.counts[k] > 0)
+    return np.unique(np.array(found, dtype=np.int64))
 
 
 class EpochStream:
@@ -171,6 +187,7 @@ class StreamReader:
         self._cached_units = cached_units
         self._chunk: tuple[int, Block] | None = None
         self._nulls: dict[int, tuple[UnitRows, int]] = {}  # on_error="raise": units with nulls
+        self._lane = np.zeros(0, dtype=np.int64)  # this lane's units in reading order (read-ahead)
 
     def _unit(self, k: int, last: int | None = None) -> tuple[Block, int]:
         """The k-th unit of the epoch as (its run's block, its first position there); reading it
@@ -192,6 +209,8 @@ class StreamReader:
             if block.skipped and self.reader.ctx.on_error != "skip" and block.slice(offset, offset + n).skipped:
                 self._nulls[k + j] = (read, offset)
             offset += n
+        nxt = int(np.searchsorted(self._lane, k + len(parts)))
+        self.reader.read_ahead([units[int(i)] for i in self._lane[nxt:nxt + _AHEAD_UNITS]])
         while len(self._units) > max(self._cached_units, len(parts) + 1):
             self._nulls.pop(self._units.popitem(last=False)[0], None)
 
@@ -249,6 +268,7 @@ class StreamReader:
         """Blocks whose positions, one after another, are exactly those of `spans` in order: one
         per unit piece, or with shuffle one per piece of a permuted grid chunk."""
         size = self.stream.chunk
+        self._lane = _lane_units(self.stream, spans)
         for lo, hi in spans:
             if not self.stream.shuffle:
                 yield from self._pieces_joined(list(self.stream.pieces(lo, hi)))
