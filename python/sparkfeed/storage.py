@@ -178,6 +178,10 @@ def fetch_ranges(fs: fsspec.AbstractFileSystem, path: str,
         [path] * len(ranges), [a for a, _ in ranges], [b for _, b in ranges], max_gap=COALESCE_GAP)
     blobs = with_retries(lambda: fs.cat_ranges([path] * len(starts), starts, ends, on_error="raise"),
                          f"reading ahead {path}")
+    for a, b, blob in zip(starts, ends, blobs):
+        if len(blob) != b - a:  # fsspec's HTTP cat does not check that the server honoured Range
+            raise ValueError(f"{path}: asked for bytes {a}-{b - 1}, got {len(blob)} bytes; the "
+                             "server does not appear to support range requests")
     return {(a, b): blob for a, b, blob in zip(starts, ends, blobs)}
 
 
@@ -230,36 +234,54 @@ class KnownRanges(io.RawIOBase):
 class ReadAhead:
     """Fetches the next units' bytes on a few threads while the current unit is converted.
 
-    `ahead(items)` is told the reader's upcoming units in order, as (key, bytes, fetch); it keeps
-    fetches in flight or done for the first of them up to `max_bytes` in all (at least one),
-    and drops fetched units no longer ahead. `take(key)` hands a fetch's result to the reader
-    (waiting for it if still in flight), or None: not fetched, or the fetch failed, in which case
-    the reader reads the unit itself and its retries and errors apply as without read-ahead.
+    `ahead(items)` is told the reader's upcoming units in order, as (keys, bytes, fetch): one
+    fetch may serve several units (the row groups of one file, one request). It keeps fetches in
+    flight or done for the first of them up to `max_bytes` in all (at least one), and drops
+    fetched units no longer ahead. `take(key)` hands a fetch's result to the reader (waiting for
+    it if still in flight), or None: not fetched, or the fetch failed, in which case the reader
+    reads the unit itself and its retries and errors apply as without read-ahead.
     """
 
     def __init__(self, max_bytes: int | None = None, threads: int = READ_AHEAD_THREADS):
         self.max_bytes = READ_AHEAD_BYTES if max_bytes is None else max_bytes
         self._threads = threads
         self._pool = None
-        self._pending: dict = {}  # key -> (future, bytes), in the order wanted
+        self._pending: dict = {}  # key -> (future, its share of the fetch's bytes)
+
+    def __contains__(self, key) -> bool:
+        return key in self._pending
 
     def ahead(self, items) -> None:
         if self.max_bytes <= 0:
             return
         items = list(items)
-        wanted = {key for key, _, _ in items}
-        for key in [k for k in self._pending if k not in wanted]:
-            self._pending.pop(key)[0].cancel()
+        wanted = {key for keys, _, _ in items for key in keys}
+        dropped = {self._pending.pop(k)[0] for k in [k for k in self._pending if k not in wanted]}
+        for future in dropped - {f for f, _ in self._pending.values()}:
+            future.cancel()
         held = sum(n for _, n in self._pending.values())
-        for key, nbytes, fetch in items:
-            if key in self._pending:
+        for keys, nbytes, fetch in items:
+            keys = [k for k in keys if k not in self._pending]
+            if not keys:
                 continue
             if self._pending and held + nbytes > self.max_bytes:
                 break
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="sparkfeed-ahead")
-            self._pending[key] = (self._pool.submit(fetch), nbytes)
+            future = self._pool.submit(fetch)
+            for k in keys:
+                self._pending[k] = (future, nbytes / len(keys))
             held += nbytes
+
+    def peek(self, key):
+        """The result `take(key)` would give, leaving it there (None if none)."""
+        entry = self._pending.get(key)
+        if entry is None:
+            return None
+        try:
+            return entry[0].result()
+        except Exception:
+            return None
 
     def take(self, key):
         entry = self._pending.pop(key, None)

@@ -201,6 +201,8 @@ class StreamReader:
     def _read_run(self, k: int, last: int) -> None:
         units, counts = self.stream.units, self.stream.counts
         end = min(last, k + _RUN_UNITS - 1) + 1
+        at = int(np.searchsorted(self._lane, k))  # this run and what follows it in the lane
+        self.reader.read_ahead([units[int(i)] for i in self._lane[at:at + _AHEAD_UNITS]])
         read = self.reader.read_run(units[k:end], [int(n) for n in counts[k:end]])
         block, offset = Block.from_rows(read, self.row_ids), 0
         parts = read.parts()
@@ -209,8 +211,6 @@ class StreamReader:
             if block.skipped and self.reader.ctx.on_error != "skip" and block.slice(offset, offset + n).skipped:
                 self._nulls[k + j] = (read, offset)
             offset += n
-        nxt = int(np.searchsorted(self._lane, k + len(parts)))
-        self.reader.read_ahead([units[int(i)] for i in self._lane[nxt:nxt + _AHEAD_UNITS]])
         while len(self._units) > max(self._cached_units, len(parts) + 1):
             self._nulls.pop(self._units.popitem(last=False)[0], None)
 

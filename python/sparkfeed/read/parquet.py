@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 _ERRORS = (OSError, pa.ArrowException, ValueError, EOFError)
 _OPEN_FILES = 16  # open Parquet files kept per reader
+_AHEAD_GROUPS = 16  # row groups of one file fetched ahead as one task
 _RUN_BYTES = 16 << 20  # uncompressed bytes read as one run of row groups (`read_run`): a
 # handful of runs per lane stay in memory (cache, queue), so this bounds what runs add to it
 
@@ -124,6 +125,8 @@ class ParquetReader(Reader):
                 groups = range(pf.metadata.num_row_groups) if unit.row_group is None else [unit.row_group]
             src = self._from_parts(unit, pf, fetched[1]) if fetched else pf
             try:
+                if self._pafs is None and len(groups) > 1:  # remote: one pre-buffered read
+                    return [src.read_row_groups(list(groups), columns=names, use_threads=False)]
                 return [src.read_row_group(g, columns=names, use_threads=False) for g in groups]
             except Exception as exc:
                 self._files.pop(unit.path, None)  # reopen on retry: the stream may be broken
@@ -150,22 +153,47 @@ class ParquetReader(Reader):
         return list(self.ctx.filter_columns) if self.ctx.expr is not None else self.ctx.read_columns
 
     def read_ahead(self, units) -> None:
+        """Upcoming row groups, consecutive ones of a file fetched together (one footer read
+        when the file is not open yet, one coalesced range request for their columns)."""
         if self._ahead is None:
             return
-        names = self._ahead_columns()
-        items = []
+        names, items = self._ahead_columns(), []
         for unit in units:
+            key = (unit.path, unit.row_group, tuple(names))
             if unit.row_group is None:
                 continue
-            path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
+            if key in self._ahead:  # still wanted, already fetched or in flight
+                items.append(([key], 0, None))
+                continue
             known = self._files.get(unit.path)
-            md = known[0].metadata if known else None
-            nbytes = (self._chunk_bytes(unit.path, unit.row_group, names) if known
-                      else min(self._size(path) or _RUN_BYTES, _RUN_BYTES))
-            items.append(((unit.path, unit.row_group, tuple(names)), nbytes,
-                          functools.partial(_fetch_unit, self.ctx.fs, path, self._size(path), md,
-                                            unit.row_group, names)))
-        self._ahead.ahead(items)
+            nbytes = self._chunk_bytes(unit.path, unit.row_group, names) if known else 0
+            last = items[-1] if items else None
+            if last and last[2] is not None and last[0][0][0] == unit.path and len(last[0]) < _AHEAD_GROUPS \
+                    and last[1] + nbytes <= _RUN_BYTES:
+                items[-1] = (last[0] + [key], last[1] + nbytes, last[2] + [unit.row_group])
+            else:
+                items.append(([key], nbytes, [unit.row_group]))
+        self._ahead.ahead([(keys, 0, None) if groups is None else
+                           (keys, nbytes or self._estimate(keys[0][0]), self._fetcher(keys[0][0], groups))
+                           for keys, nbytes, groups in items])
+
+    def _estimate(self, rel: str) -> int:
+        """Bytes of row groups of a file not open yet: at most the file, at most a run."""
+        path = storage.join(self.ctx.root, rel, self.ctx.dataset)
+        return min(self._size(path) or _RUN_BYTES, _RUN_BYTES)
+
+    def _fetcher(self, rel: str, groups: list[int]):
+        path = storage.join(self.ctx.root, rel, self.ctx.dataset)
+        known = self._files.get(rel)
+        return functools.partial(_fetch_groups, self.ctx.fs, path, self._size(path),
+                                 known[0].metadata if known else None, groups, self._ahead_columns())
+
+    def _ahead_footer(self, unit: WorkUnit):
+        """The footer of the unit's file if read-ahead fetched it (None otherwise)."""
+        if self._ahead is None or unit.path in self._files:
+            return None
+        got = self._ahead.peek((unit.path, unit.row_group, tuple(self._ahead_columns())))
+        return got[0] if got else None
 
     def _take_ahead(self, unit: WorkUnit, names: list[str], groups) -> tuple | None:
         """(footer, {range: bytes}) fetched ahead for the row groups of this read, or None."""
@@ -231,7 +259,7 @@ class ParquetReader(Reader):
         if self.ctx.expr is not None or len(units) == 1:
             return self.read(units[0], expected[0])
         try:
-            pf = self._file(units[0])
+            pf = self._file(units[0], self._ahead_footer(units[0]))
         except ShardReadError:
             return self.read(units[0], expected[0])
         md, groups, size = pf.metadata, [], 0
@@ -266,23 +294,24 @@ class ParquetReader(Reader):
         self._files.clear()
 
 
-def _fetch_unit(fs, path: str, size: int | None, metadata, group: int, names: list[str]):
-    """Read-ahead task: (footer, {range: bytes}) of the column chunks of `names` in row group
-    `group`; the footer is read here first when the file is not open yet."""
+def _fetch_groups(fs, path: str, size: int | None, metadata, groups: list[int], names: list[str]):
+    """Read-ahead task: (footer, {range: bytes}) of the column chunks of `names` in row groups
+    `groups` of one file, adjacent chunks in one request; the footer is read here first when
+    the file is not open yet."""
     if metadata is None:
         with storage.open_remote(fs, path, size) as f:
             metadata = pq.ParquetFile(f).metadata
-    rg, wanted = metadata.row_group(group), set(names)
-    ranges = []
-    for j in range(rg.num_columns):
-        col = rg.column(j)
-        if col.path_in_schema.split(".")[0] in wanted:
-            start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
-            ranges.append((start, start + col.total_compressed_size))
+    wanted, ranges = set(names), []
+    for g in groups:
+        rg = metadata.row_group(g)
+        for j in range(rg.num_columns):
+            col = rg.column(j)
+            if col.path_in_schema.split(".")[0] in wanted:
+                start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
+                ranges.append((start, start + col.total_compressed_size))
     return metadata, storage.fetch_ranges(fs, path, ranges)
 
 
 def _arrow_filesystem(fs) -> pafs.FileSystem | None:
     """pyarrow's native filesystem for local files (the fast path), None for everything else."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return pafs.LocalFileSystem() if protocol in ("file", "local") else None
+    return pafs.LocalFileSystem() if storage.is_local(fs) else None

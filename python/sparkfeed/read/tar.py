@@ -49,8 +49,10 @@ class TarReader(Reader):
         for unit in units:
             path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
             size = self.ctx.manifest_bytes.get(unit.path)
-            if size is not None:
-                items.append((unit.path, size, functools.partial(self.ctx.fs.cat_file, path)))
+            if unit.path in self._ahead:
+                items.append(((unit.path,), 0, None))  # still wanted, fetched or in flight
+            elif size is not None:
+                items.append(((unit.path,), size, functools.partial(self.ctx.fs.cat_file, path)))
         self._ahead.ahead(items)
 
     def close(self) -> None:
