@@ -151,8 +151,10 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
 # Configurable with the SPARKFEED_READ_AHEAD_BYTES environment variable; 0 turns it off.
 READ_AHEAD_BYTES = int(os.environ.get("SPARKFEED_READ_AHEAD_BYTES", 64 << 20))
 READ_AHEAD_THREADS = 4  # concurrent unit fetches per reader
-# Ranges closer than this are fetched as one request (the gap is read and dropped).
-COALESCE_GAP = 1 << 20
+# Ranges closer than this are fetched as one request (the gap is read and dropped): pyarrow's
+# own default hole size for pre-buffering (CacheOptions.hole_size_limit), so filter columns of
+# many row groups are not fetched together with the image columns between them.
+COALESCE_GAP = 8 << 10
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
