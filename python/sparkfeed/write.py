@@ -337,7 +337,7 @@ def _build_manifest(spark, entries: list[dict], codecs: Mapping[str, str], path:
 
 
 def _spark_mode(mode: str, existing: bool | None) -> str:
-    return "overwrite" if mode == "overwrite" or existing is False else "errorifexists"
+    return "overwrite" if mode == "overwrite" or existing is False else "error"  # Connect knows "error", not "errorifexists"
 
 
 def _write_parquet(df, spark_path: str, spark_mode: str, samples_per_shard: int,
