@@ -3,7 +3,7 @@
 `s3`: moto's S3 server on 127.0.0.1 (a free port), behind a small WSGI layer that counts the
 bytes served per object and, when armed, answers some shard GETs with 503 SlowDown or cuts the
 connection half-way through the body. `spark_home`: the venv's pyspark (for spark-class,
-spark-submit). `free_port()` for the cluster and Connect servers.
+spark-submit). `deployutil.free_port()` for the cluster and Connect servers.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import itertools
 import os
-import socket
 import sys
 import threading
 
@@ -19,12 +18,6 @@ import pytest
 
 SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
             b'<Message>Please reduce your request rate.</Message></Error>')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class FaultyS3:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import sparkfeed
-from conftest import free_port
+from deployutil import free_port
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

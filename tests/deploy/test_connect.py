@@ -12,7 +12,7 @@ import time
 import pytest
 
 import sparkfeed
-from conftest import free_port
+from deployutil import free_port
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 START_TIMEOUT_S = 180
