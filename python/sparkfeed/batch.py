@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -214,9 +215,8 @@ def concat_rows(batches: list[dict]) -> dict:
 
 
 def user_facing(batch: dict) -> dict:
-    """What users see: BinaryColumn -> list of bytes, private keys removed."""
-    return {k: (v.to_list() if isinstance(v, BinaryColumn) else v)
-            for k, v in batch.items() if not k.startswith("__")}
+    """What users see: every column, BinaryColumn -> list of bytes."""
+    return {k: (v.to_list() if isinstance(v, BinaryColumn) else v) for k, v in batch.items()}
 
 
 def rows(batch: dict):
@@ -228,15 +228,24 @@ def rows(batch: dict):
 
 # ---------------------------------------------------------------- one buffer per batch between processes
 
-PACKED_KEY = "__sparkfeed_packed__"
 _ALIGN = 64
+
+
+class Packed(NamedTuple):
+    """A batch moved between processes: every tensor in one uint8 buffer (`layout` says where),
+    the other columns as they are."""
+
+    buffer: torch.Tensor
+    layout: tuple
+    rest: dict
+    order: tuple  # the column names in the batch's order
 
 
 def _byte_view(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().reshape(-1).view(torch.uint8)
 
 
-def pack(batch: dict) -> dict:
+def pack(batch: dict) -> Packed:
     """Move every tensor of a batch (BinaryColumn parts too) into one uint8 buffer.
 
     torch sends each tensor between processes through its own shared-memory segment, a fixed
@@ -253,24 +262,24 @@ def pack(batch: dict) -> dict:
             layout.append((name, part, str(t.dtype).removeprefix("torch."), tuple(t.shape), offset, raw.numel()))
             parts.append((offset, raw))
             offset += -(-raw.numel() // _ALIGN) * _ALIGN
-    if not layout:
-        return batch
     buf = torch.empty(offset, dtype=torch.uint8)
     for start, raw in parts:
         buf[start:start + raw.numel()] = raw
-    out = {k: v for k, v in batch.items() if not isinstance(v, (torch.Tensor, BinaryColumn))}
-    out[PACKED_KEY] = (buf, tuple(layout))
-    return out
+    rest = {k: v for k, v in batch.items() if not isinstance(v, (torch.Tensor, BinaryColumn))}
+    return Packed(buf, tuple(layout), rest, tuple(batch))
 
 
-def unpack(batch: dict) -> dict:
-    """The inverse of `pack`: views into the one buffer, no copy."""
-    if PACKED_KEY not in batch:
+def unpack(batch) -> dict:
+    """The inverse of `pack` (views into the one buffer, no copy); a plain dict passes as is.
+    Columns keep their order."""
+    if not isinstance(batch, Packed):
         return batch
-    buf, layout = batch.pop(PACKED_KEY)
     views: dict[str, dict] = {}
-    for name, part, dtype, shape, offset, nbytes in layout:
-        views.setdefault(name, {})[part] = buf[offset:offset + nbytes].view(getattr(torch, dtype)).reshape(shape)
-    for name, pieces in views.items():
-        batch[name] = pieces[""] if "" in pieces else BinaryColumn(pieces["data"], pieces["offsets"])
-    return batch
+    for name, part, dtype, shape, offset, nbytes in batch.layout:
+        views.setdefault(name, {})[part] = batch.buffer[offset:offset + nbytes].view(getattr(torch, dtype)).reshape(shape)
+    out = {}
+    for name in batch.order:
+        pieces = views.get(name)
+        out[name] = batch.rest[name] if pieces is None else \
+            pieces[""] if "" in pieces else BinaryColumn(pieces["data"], pieces["offsets"])
+    return out

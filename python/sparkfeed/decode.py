@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
@@ -107,6 +108,22 @@ class ImageDecode:
             object.__setattr__(self, field, tuple(float(x) for x in v))
         if self.std is not None and min(self.std) <= 0:
             _fail("std", "positive", self.std)
+
+    def resolve(self) -> "ImageDecode":
+        """This spec with its device made concrete ("gpu" or "cpu") and its backend checked, so
+        that the loader fails when it is built, not at the first batch: device="gpu" needs CUDA,
+        backend="dali" needs DALI importable."""
+        if self.device == "gpu" and not torch.cuda.is_available():
+            _fail("device", "'cpu' or 'auto' on a machine without CUDA (torch.cuda.is_available() "
+                  "is False)", self.device)
+        if self.backend == "dali":
+            try:
+                _import_dali()
+            except ImportError as exc:
+                raise ValueError(f"`backend` is 'dali' but NVIDIA DALI cannot be imported ({exc}); "
+                                 "`pip install nvidia-dali-cuda120`, or pass backend='pil'") from exc
+        device = "gpu" if self.device == "gpu" or (self.device == "auto" and torch.cuda.is_available()) else "cpu"
+        return dataclasses.replace(self, device=device)
 
     @property
     def has_norm(self) -> bool:

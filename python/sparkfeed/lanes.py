@@ -12,18 +12,12 @@ There are K lanes (`num_workers`) but at most `reading_threads(K)` threads: one 
 after the consuming thread. More Python threads than cores only trade the GIL back and forth;
 each thread serves its lanes (k mod R), always the one whose queue is emptiest.
 
-Shutdown protocol (the one note; `_serve` and `LaneReader` cite it)
---------------------------------------------------------------------
-Each lane k has one bounded queue `queues[k]` (maxsize = `depth`), filled by the one thread that
-serves it. The thread puts items, then exactly one final item per lane: `_END`, or a `_Failure`
-(a lane's failure is also put to the thread's other unfinished lanes, so whichever the consumer
-reads next raises it). The thread never blocks on a full queue: it reads for a lane with room,
-and when every queue it serves is full it waits on its `space` event (cleared before it looks,
-set by the consumer after each get from its lanes) with a timeout, re-checking `stop`. A shared `stop` event is set only by `LaneReader.close()`.
-The consumer (`lane(k)`) gets with a timeout and re-checks that the thread is alive, so a dead
-thread is an error, not a hang. `close()` (idempotent, also on garbage collection, after a
-failure, and when the consumer is closed early) sets `stop`, drains every queue, and joins
-every thread for a bounded time; each thread closes its own generators in its `finally`.
+Threads follow the one protocol of `threads.py` (final item per queue, bounded waits, the
+shutdown order of `close()`). Here: each lane k has one bounded queue (maxsize `depth`) filled
+by the one thread that serves it; a lane's failure is also put to the thread's other unfinished
+lanes, so whichever the consumer reads next raises it. The thread never blocks on a full queue:
+it reads for a lane with room, and when every queue it serves is full it waits on its `space`
+event (cleared before it looks, set by the consumer after each get from its lanes).
 """
 
 from __future__ import annotations
@@ -33,19 +27,10 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 
+from . import threads as protocol
 from .errors import WorkerError
-from .prefetch import _put  # the same bounded put, under the same protocol
 
 __all__ = ["LaneReader", "round_robin", "reading_threads"]
-
-_POLL_S = 0.1
-_JOIN_S = 5.0
-_END = object()
-
-
-class _Failure:
-    def __init__(self, exc: BaseException):
-        self.exc = exc
 
 
 def reading_threads(lanes: int) -> int:
@@ -67,7 +52,7 @@ def _serve(makes: dict[int, Callable[[], Iterator]], queues: list[queue.Queue],
             space.clear()  # before looking: a get from now on wakes the wait below
             ready = [k for k in active if not queues[k].full()]
             if not ready:
-                space.wait(_POLL_S)
+                space.wait(protocol.POLL_S)
                 continue
             k = min(ready, key=lambda j: queues[j].qsize())
             try:
@@ -76,18 +61,16 @@ def _serve(makes: dict[int, Callable[[], Iterator]], queues: list[queue.Queue],
                 item = next(its[k])
             except StopIteration:
                 active.remove(k)
-                _put(queues[k], _END, stop)
+                protocol.put(queues[k], protocol.END, stop)
                 continue
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+                failure = protocol.Failure(exc, f"lane {k} on thread {threading.current_thread().name!r}")
                 for j in sorted(active, key=lambda j: queues[j].qsize()):  # an empty one may be awaited
-                    _put(queues[j], _Failure(exc), stop)
+                    protocol.put(queues[j], failure, stop)
                 return
             queues[k].put_nowait(item)  # only this thread puts here, and it had room
     finally:
-        for it in its.values():
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()
+        protocol.close_quietly(*its.values())
 
 
 class LaneReader:
@@ -111,45 +94,30 @@ class LaneReader:
     def lane(self, k: int) -> Iterator:
         """The items of lane k, in order; its thread's exception is re-raised here."""
         thread = self._threads[k % len(self._threads)]
+        space = self._space[k % len(self._threads)]
         while True:
-            item = self._get(k, thread)
-            if item is _END:
+            if self._closed:
+                raise WorkerError(f"lane {k} was read after the lanes were closed")
+            item = protocol.get(self._queues[k], thread, f"lane {k}")
+            space.set()
+            if item is protocol.END:
                 return
-            if isinstance(item, _Failure):
+            if isinstance(item, protocol.Failure):
                 self.close()
-                item.exc.add_note(f"(raised while reading lane {k} on thread {thread.name!r})")
-                raise item.exc
+                item.reraise()
             yield item
 
-    def _get(self, k: int, thread: threading.Thread):
-        while True:
-            try:
-                item = self._queues[k].get(timeout=_POLL_S)
-                self._space[k % len(self._threads)].set()
-                return item
-            except queue.Empty:
-                if self._closed:
-                    raise WorkerError(f"lane {k} was read after the lanes were closed") from None
-                if not thread.is_alive() and self._queues[k].empty():
-                    self.close()
-                    raise WorkerError(f"lane thread {thread.name!r} ended without a result") from None
-
     def close(self) -> None:
+        """Stop every thread (the shutdown order of `threads.py`); idempotent."""
         if self._closed:
             return
         self._closed = True
         self._stop.set()
-        for q in self._queues:
-            while True:
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    break
-        for t in self._threads:
-            t.join(timeout=_JOIN_S)
+        protocol.join(self._threads, self._queues)
 
     def __del__(self):
-        self.close()
+        if hasattr(self, "_closed"):
+            self.close()
 
 
 def round_robin(iterators: list[Iterator], on_close: Callable[[], None] | None = None) -> Iterator:
@@ -168,9 +136,6 @@ def round_robin(iterators: list[Iterator], on_close: Callable[[], None] | None =
             turn = k + 1
             yield item
     finally:
-        for it in iterators:
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()
+        protocol.close_quietly(*iterators)
         if on_close is not None:
             on_close()

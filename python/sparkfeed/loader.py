@@ -1,9 +1,11 @@
 """`sparkfeed.DataLoader`: the one-line replacement for `torch.utils.data.DataLoader`.
 
-Wiring only: argument checks, the epoch's split of work over this rank's workers, torch's own
-worker processes (batch_size=None: workers build whole batches), then on a background thread
-image decoding and pinned copies (`prefetch.Prefetcher`), and bookkeeping of exactly which
-positions the consumer received, which is what `state_dict()` saves.
+Wiring only. The engine (`engine.py`) plans, partitions and reads; lanes run on threads
+(`lanes.py`) or torch's worker processes; per-batch work (unpacking, decoding, the user's
+collate, pinning, the device copy) runs on the prefetch thread (`prefetch.py`) when there is
+any; `progress.py` keeps exactly which positions the consumer received, which is what
+`state_dict()` saves. Every batch travels as a `Delivery` (the batch beside its bookkeeping), so
+the user gets exactly the batch: every column of any name, or whatever `collate_fn` returned.
 """
 
 from __future__ import annotations
@@ -17,17 +19,18 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 import torch.utils.data
 
-from . import partition
+from . import checks, progress
 from .batch import select_rows, unpack, user_facing
-from .dataset import PROGRESS_KEY, STATS_KEY, Dataset, _positive_int
+from .dataset import Dataset
+from .engine import Delivery, LaneDataset
 from .errors import CorruptSampleError, WorkerError
 from .lanes import LaneReader, round_robin
 from .prefetch import Prefetcher
 from .stats import Stats
+from .threads import close_quietly
 
 __all__ = ["DataLoader"]
 log = logging.getLogger(__name__)
-STATE_VERSION = 1
 WORKER_TYPES = ("auto", "thread", "process")
 
 
@@ -51,7 +54,7 @@ class DataLoader:
     Both give the same batches in the same order.
     """
 
-    def __init__(self, path_or_dataset, batch_size: int = 1, shuffle: bool = False, seed: int = 0,
+    def __init__(self, path_or_dataset=None, batch_size: int = 1, shuffle: bool = False, seed: int = 0,
                  columns: Sequence[str] | None = None, filter=None,
                  decode: Mapping[str, object] | None = None, num_workers: int = 0, prefetch: int = 2,
                  pin_memory: bool = False, device=None, drop_last: bool = False,
@@ -59,178 +62,129 @@ class DataLoader:
                  rank: int | None = None, world_size: int | None = None, shuffle_buffer: int = 2048,
                  storage_options: dict | None = None, timeout: float = 0,
                  multiprocessing_context=None, prefetch_factor: int | None = None,
-                 worker_type: str = "auto"):
-        _positive_int("batch_size", batch_size)
-        if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
-            raise ValueError(f"`num_workers` should be a non-negative integer, but got num_workers={num_workers!r}")
-        if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
-            raise ValueError(f"`prefetch` should be a non-negative integer, but got prefetch={prefetch!r}")
-        if worker_type not in WORKER_TYPES:
-            raise ValueError(f"`worker_type` should be one of {WORKER_TYPES}, but got worker_type={worker_type!r}")
+                 worker_type: str = "auto", manifest=None):
+        checks.positive_int("batch_size", batch_size)
+        checks.non_negative_int("num_workers", num_workers)
+        checks.non_negative_int("prefetch", prefetch)
+        checks.positive_int("prefetch_factor", prefetch_factor, allow_none=True)
+        checks.one_of("worker_type", worker_type, WORKER_TYPES)
         if collate_fn is not None and not callable(collate_fn):
             raise ValueError(f"`collate_fn` should be callable, but got collate_fn={collate_fn!r}")
-        self.dataset = self._dataset(path_or_dataset, batch_size=batch_size, shuffle=shuffle, seed=seed,
-                                     columns=columns, filter=filter, drop_last=drop_last,
-                                     on_error=on_error, rank=rank, world_size=world_size,
-                                     shuffle_buffer=shuffle_buffer, storage_options=storage_options)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+            raise ValueError(f"`timeout` should be a non-negative number, but got timeout={timeout!r}")
+        self.dataset = self._dataset(path_or_dataset, columns=columns, filter=filter, shuffle=shuffle,
+                                     seed=seed, drop_last=drop_last, on_error=on_error, rank=rank,
+                                     world_size=world_size, shuffle_buffer=shuffle_buffer,
+                                     storage_options=storage_options, manifest=manifest)
         self.batch_size, self.num_workers, self.prefetch = batch_size, num_workers, prefetch
         self.pin_memory, self.collate_fn, self.timeout = pin_memory, collate_fn, timeout
         self.worker_type = worker_type
         self.multiprocessing_context, self.prefetch_factor = multiprocessing_context, prefetch_factor
-        self.device = self._check_device(device)
-        self.decode = self._check_decode(decode or {})
-        self._decoders: dict | None = None
+        self.device = checks.resolve_device(device)
+        self.decode = checks.check_decode(decode, self.dataset.columns, self.dataset.manifest)
+        self._decoders: dict = {}
         self._stats = Stats()
-        self._resume: list[partition.Span] | None = None
-        self._resume_lanes: list[list[partition.Span]] | None = None
-        self._lanes: list[list[partition.Span]] = []
-        self._delivered: list[int] = []
-
-    # ------------------------------------------------------------ arguments
+        self._progress: progress.EpochProgress | None = None  # the epoch being (or last) delivered
+        self._pending: list | None = None  # lanes to start the next iteration with (a resume)
 
     @staticmethod
     def _dataset(path_or_dataset, **kwargs) -> Dataset:
         if isinstance(path_or_dataset, Dataset):
-            # The loader's own shallow copy: its batch size and bookkeeping never leak into the
-            # caller's Dataset (which may also feed a plain torch DataLoader).
-            ds = copy.copy(path_or_dataset)
-            ds.batch_size = kwargs["batch_size"]
-            return ds
+            # The loader's own shallow copy: its epoch never leaks into the caller's Dataset
+            # (which may also feed a plain torch DataLoader). The engine is shared.
+            return copy.copy(path_or_dataset)
+        if path_or_dataset is None and kwargs.get("manifest") is not None:
+            return Dataset(None, **kwargs)  # the data root is the one the manifest recorded
         if not isinstance(path_or_dataset, str) and not hasattr(path_or_dataset, "__fspath__"):
             raise ValueError("`path_or_dataset` should be a dataset path/URL or a sparkfeed.Dataset, "
                              f"but got {type(path_or_dataset).__name__}")
         return Dataset(str(path_or_dataset), **kwargs)
 
-    @staticmethod
-    def _check_device(device):
-        if device is None:
-            return None
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"`device` is {device!r} but CUDA is not available on this machine; "
-                             "use device=None or 'cpu'")
-        return dev
+    @property
+    def _engine(self):
+        return self.dataset.engine
 
-    def _check_decode(self, decode: Mapping[str, object]) -> dict:
-        from .decode import ImageDecode
-
-        ds = self.dataset
-        for name, spec in decode.items():
-            if name not in ds.columns:
-                raise ValueError(f"`decode` names column {name!r}, which is not among the loaded "
-                                 f"columns {list(ds.columns)}")
-            if ds.manifest.column(name).type not in ("binary", "large_binary"):
-                raise ValueError(f"`decode` column {name!r} is {ds.manifest.column(name).type}, "
-                                 "not a binary column of encoded images")
-            if not isinstance(spec, ImageDecode):
-                raise ValueError(f"`decode[{name!r}]` should be a sparkfeed.ImageDecode, but got {spec!r}")
-        return dict(decode)
+    @property
+    def _workers(self) -> int:
+        return max(1, self.num_workers)
 
     # ------------------------------------------------------------ epochs and state
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch `epoch` at the next iteration (same value on every rank)."""
         self.dataset.set_epoch(epoch)
-        self._resume, self._resume_lanes, self._lanes, self._delivered = None, None, [], []
+        self._progress, self._pending = None, None
 
-    def _rank_spans(self) -> list[partition.Span]:
-        return self._resume if self._resume is not None else self.dataset.rank_spans()
+    def _fresh_lanes(self) -> list:
+        ds = self.dataset
+        spans = self._engine.rank_spans(ds.rank, ds.world_size, self.batch_size, ds.drop_last)
+        return self._engine.lanes(spans, self._workers, self.batch_size)
+
+    def _current(self) -> progress.EpochProgress:
+        """The epoch's progress: the one being delivered, else the one the next iteration starts."""
+        if self._progress is not None:
+            return self._progress
+        return progress.EpochProgress(self._pending or self._fresh_lanes(), self.batch_size)
 
     def __len__(self) -> int:
-        lanes = self._resume_lanes or self.dataset.lanes_for(self._rank_spans(), max(1, self.num_workers))
-        return sum(-(-partition.total(lane) // self.batch_size) for lane in lanes)
-
-    def _remaining_lanes(self) -> list[list[partition.Span]]:
-        """Per worker lane, the positions not delivered yet."""
-        if not self._lanes:
-            return self._resume_lanes or [list(self._rank_spans())]
-        return [partition.skip(lane, done) for lane, done in zip(self._lanes, self._delivered)]
-
-    def _lanes_in_turn(self) -> list[list[list[int]]]:
-        """Remaining lanes, starting with the one whose batch is due next (torch's workers
-        take turns), so that resuming with the same workers continues in the same order."""
-        lanes = [[list(s) for s in lane] for lane in self._remaining_lanes()]
-        turn = sum(-(-d // self.batch_size) for d in self._delivered) % len(lanes) if self._lanes else 0
-        return lanes[turn:] + lanes[:turn]
-
-    def _remaining(self) -> list[partition.Span]:
-        return partition.normalise([s for lane in self._remaining_lanes() for s in lane])
-
-    def state_dict(self, all_ranks: bool = False) -> dict:
-        """Plain values: the epoch and the stream positions this rank has not delivered yet.
-
-        With `all_ranks=True` (under torch.distributed) the ranks' states are gathered into one
-        global state that any world size can load.
-        """
-        ds = self.dataset
-        remaining = [list(s) for s in self._remaining()]
-        scope, rank = "rank", ds.rank
-        if all_ranks:
-            remaining, scope, rank = _gather(remaining, ds.world_size), "global", None
-        return {"version": STATE_VERSION, "epoch": ds.epoch, "seed": ds.seed,
-                "scope": scope, "rank": rank, "world_size": ds.world_size,
-                "num_samples": ds.plan().num_samples, "fingerprint": self._fingerprint(),
-                "remaining": remaining,
-                "lanes": self._lanes_in_turn() if scope == "rank" else None}
+        return progress.EpochProgress(self._pending or self._fresh_lanes(), self.batch_size).batches_left()
 
     def _fingerprint(self) -> str:
         ds = self.dataset
-        return (f"{ds.manifest.num_samples}|{ds.expr}|{ds.shuffle}|{ds.shuffle_buffer}|"
-                f"{ds.batch_size}|{ds.drop_last}")
+        return (f"{ds.manifest.num_samples}|{ds.expr}|{ds.shuffle}|{ds.seed}|{ds.shuffle_buffer}|"
+                f"{self.batch_size}|{ds.drop_last}")
+
+    def state_dict(self, all_ranks: bool = False) -> dict:
+        """Plain values: the epoch and, per lane, the stream positions not delivered yet.
+
+        `all_ranks=True` gathers every rank's state into one (under an initialised
+        torch.distributed; without one, save each rank's state and load the list of them)."""
+        ds = self.dataset
+        state = progress.rank_state(epoch=ds.epoch, seed=ds.seed, rank=ds.rank,
+                                    world_size=ds.world_size, num_samples=ds.plan().num_samples,
+                                    fingerprint=self._fingerprint(), progress=self._current())
+        if not all_ranks:
+            return state
+        return progress.global_state(_gather(state, ds.world_size))
 
     def load_state_dict(self, state) -> None:
-        """Resume from `state_dict()` (one rank's, a list of every rank's, or a global one)."""
-        states = state if isinstance(state, list) else [state]
-        first = states[0]
-        if not isinstance(first, Mapping) or first.get("version") != STATE_VERSION:
-            raise ValueError(f"`state` should come from DataLoader.state_dict() (version "
-                             f"{STATE_VERSION}), but got {str(first)[:200]!r}")
-        if first["fingerprint"] != self._fingerprint() or first["num_samples"] != self.dataset.plan().num_samples:
-            raise ValueError("`state` was saved by a loader over other data or with other settings "
-                             f"({first['fingerprint']!r}); resume with the same dataset, filter, "
-                             "shuffle, shuffle_buffer, batch_size and drop_last")
+        """Resume from `state_dict()`: this rank's own state, the list of every rank's states,
+        or a state_dict(all_ranks=True); another world size or worker count is fine with every
+        rank's states (see `progress.py`). Call it before iterating."""
         ds = self.dataset
-        ds.set_epoch(int(first["epoch"]))
-        self._resume_lanes = None
-        if len(states) == 1 and first["scope"] == "rank" and first["world_size"] == ds.world_size:
-            self._resume = partition.normalise(first["remaining"])
-            lanes = [[tuple(s) for s in lane] for lane in first.get("lanes") or []]
-            if len(lanes) == max(1, self.num_workers):  # same lanes: the same order continues
-                self._resume_lanes = lanes
-        else:
-            everything = partition.normalise([s for st in states for s in st["remaining"]])
-            self._resume = ds.rank_spans(everything)
-        self._lanes, self._delivered = [], []
+        epoch, lanes = progress.resume_lanes(
+            state, rank=ds.rank, world_size=ds.world_size, workers=self._workers,
+            unit=self.batch_size, drop_last=ds.drop_last, fingerprint=self._fingerprint(),
+            num_samples=ds.plan().num_samples)
+        ds.set_epoch(epoch)
+        self._progress, self._pending = None, lanes
 
     def stats(self) -> dict:
         """Counters summed over workers: samples, bytes read, pruning, filtering, skips, wait time."""
         out = self._stats.snapshot()
-        out.update(self.dataset.plan().pruning_stats())
-        for key, value in self.dataset._count_stats.items():
+        planning = self._engine.planning_stats()
+        out.update(planning["pruning"])
+        for key, value in planning["counted"].items():
             out[key] = out.get(key, 0) + value
         return out
 
     # ------------------------------------------------------------ iteration
 
     def __iter__(self):
-        ds = self.dataset
-        workers = max(1, self.num_workers)
-        self._lanes = self._resume_lanes or ds.lanes_for(self._rank_spans(), workers)
-        self._resume_lanes = None
-        self._delivered = [0] * workers
-        ds._lanes, ds._annotate, ds._row_ids = self._lanes, True, bool(self.decode)
-        source = self._worker_batches()
-        if not self._staged():
-            return self._deliver(_waited(source, self._stage, self._stats))
-        prefetcher = Prefetcher(source, depth=self.prefetch, pin_memory=self.pin_memory,
+        lanes, self._pending = self._pending or self._fresh_lanes(), None
+        self._progress = progress.EpochProgress(lanes, self.batch_size)
+        source = self._deliveries(lanes)
+        if self._staged():
+            source = Prefetcher(source, depth=self.prefetch, pin_memory=self.pin_memory,
                                 device=self.device, stage=self._stage, stats=self._stats)
-        return self._deliver(prefetcher)
+        else:
+            source = _waited(source, self._stage, self._stats)
+        return self._deliver(self._progress, source)
 
     def _staged(self) -> bool:
-        """Whether batches need work on a prefetch thread (decoding, pinning, a device copy, a
-        collate_fn). Without it there is no such thread: the reading already runs ahead on the
-        lane threads or worker processes, and a thread that only passed batches on would only
-        add a hand-over per batch."""
+        """Whether batches need work on a prefetch thread (decoding, pinning on CUDA, a device
+        copy, a collate_fn). Without it there is no such thread: the lanes already read ahead,
+        and a thread that only passed batches on would add a hand-over per batch."""
         return bool(self.decode) or self.collate_fn is not None or self.device is not None \
             or (self.pin_memory and torch.cuda.is_available())
 
@@ -241,115 +195,104 @@ class DataLoader:
             return self.num_workers == 0 or self.dataset.manifest.format == "parquet"
         return self.worker_type == "thread"
 
-    def _worker_batches(self):
-        ds = self.dataset
+    def _deliveries(self, lanes: list):
+        """The lanes' deliveries in torch's worker order: inline, on threads, or from processes."""
+        engine, epoch, size, row_ids = self._engine, self.dataset.epoch, self.batch_size, bool(self.decode)
         if self.num_workers == 0 and self.prefetch == 0:
-            return iter(ds)  # everything on the caller's thread, as asked
+            return engine.deliveries(epoch, lanes[0], 0, size, row_ids=row_ids)  # on the caller's thread
         if self._threads():
-            stats = [Stats() for _ in self._lanes]
+            stats = [Stats() for _ in lanes]
             depth = self.prefetch_factor or max(2, self.prefetch if self.num_workers == 0 else 2)
-            reader = LaneReader([functools.partial(ds._segments, spans, stats[k])
-                                 for k, spans in enumerate(self._lanes)], depth=depth)
-            return round_robin([ds._batches(spans, k, ds.batch_size, reader.lane(k), stats[k])
-                                for k, spans in enumerate(self._lanes)], on_close=reader.close)
+            reader = LaneReader([functools.partial(engine.segments, epoch, spans, stats[k], row_ids)
+                                 for k, spans in enumerate(lanes)], depth=depth)
+            return round_robin([engine.deliveries(epoch, spans, k, size, segments=reader.lane(k),
+                                                  stats=stats[k]) for k, spans in enumerate(lanes)],
+                               on_close=reader.close)
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=None, num_workers=self.num_workers, timeout=self.timeout,
+            LaneDataset(engine, epoch, lanes, size, row_ids), batch_size=None,
+            num_workers=self.num_workers, timeout=self.timeout,
             multiprocessing_context=self.multiprocessing_context,
             prefetch_factor=self.prefetch_factor)
         return _named_worker_errors(iter(loader), self.dataset.rank)
 
-    def _deliver(self, batches):
-        complete = False
+    def _deliver(self, epoch_progress: progress.EpochProgress, deliveries):
+        """The user's batches; each delivery's positions and counters are recorded as it is handed
+        over (counted when delivered, not when read ahead)."""
         try:
-            for batch in batches:
-                worker, consumed = batch.pop(PROGRESS_KEY)
-                self._delivered[worker] = consumed
-                self._stats.merge(batch.pop(STATS_KEY))  # counted when delivered, not read ahead
-                yield batch
-            complete = True
+            for d in deliveries:
+                epoch_progress.record(d.worker, d.consumed)
+                self._stats.merge(d.stats)
+                yield d.batch
         finally:
-            batches.close()
-            if complete:  # the epoch is done: state says so, a new iteration starts it over
-                self._resume = None
+            close_quietly(deliveries)
 
-    def _stage(self, batch: dict) -> dict:
-        """Per-batch work (on the prefetch thread when there is one): unpacking, decoding, user
-        collate; the bookkeeping rides along."""
-        batch = unpack(batch)
+    def _stage(self, d: Delivery) -> Delivery:
+        """Per-batch work (on the prefetch thread when there is one): unpacking, decoding, the
+        user's collate. The bookkeeping stays beside the batch."""
+        batch, stats = unpack(d.batch), d.stats
         if self.decode:
-            batch = self._decode(batch)
-        progress, stats = batch.pop(PROGRESS_KEY), batch.pop(STATS_KEY, {})
+            batch, stats = self._decode(batch, d.keys, dict(stats))
         batch = user_facing(batch)
         if self.collate_fn is not None:
             batch = self.collate_fn(batch)
-            if not isinstance(batch, dict):
-                batch = {"batch": batch}
-        batch[PROGRESS_KEY], batch[STATS_KEY] = progress, stats
-        return batch
+        return d.with_batch(batch, stats=stats, keys=None)
 
     def _decoder(self, name: str):
         from .decode import ImageDecoder
 
-        if self._decoders is None:
-            self._decoders, self._decoder_epochs = {}, {}
         if name not in self._decoders:
-            self._decoders[name] = ImageDecoder(self.decode[name], max_batch_size=self.batch_size,
-                                                seed=self.dataset.seed)
-            self._decoder_epochs[name] = None
-        dec, epoch = self._decoders[name], (self.dataset.epoch, self.dataset.rank)
-        if self._decoder_epochs[name] != epoch:  # once per epoch: it restarts the draws
-            dec.set_epoch(*epoch)
-            self._decoder_epochs[name] = epoch
-        return dec
+            self._decoders[name] = [ImageDecoder(self.decode[name], max_batch_size=self.batch_size,
+                                                 seed=self.dataset.seed), None]
+        entry, epoch = self._decoders[name], (self.dataset.epoch, self.dataset.rank)
+        if entry[1] != epoch:  # once per epoch: it restarts the draws
+            entry[0].set_epoch(*epoch)
+            entry[1] = epoch
+        return entry[0]
 
-    def _decode(self, batch: dict) -> dict:
+    def _decode(self, batch: dict, keys: torch.Tensor, stats: dict) -> tuple[dict, dict]:
         # a sample's crop and flip follow from (seed, epoch, unit, row): the same under any batch
         # size, worker count, world size or resume
-        keys = (batch["__unit__"] << 32) | batch["__row__"]
         for name in self.decode:
-            images = batch[name]
-            result = self._decoder(name).decode(images, keys=keys)
+            result = self._decoder(name).decode(batch[name], keys=keys)
             if result.failures:
-                self._handle_failures(batch, result.failures)
-                delta = batch[STATS_KEY]
+                self._raise_unless_skipping(batch, keys, result.failures)
                 batch = select_rows({k: v for k, v in batch.items() if k != name}, result.ok_rows)
-                delta["samples_skipped"] = delta.get("samples_skipped", 0) + len(result.failures)
-                delta["samples"] = delta.get("samples", 0) - len(result.failures)
-                batch[STATS_KEY] = delta
+                keys = keys.index_select(0, result.ok_rows)
+                stats["samples_skipped"] = stats.get("samples_skipped", 0) + len(result.failures)
+                stats["samples"] = stats.get("samples", 0) - len(result.failures)
             batch[name] = result.images
-        return batch
+        return batch, stats
 
-    def _handle_failures(self, batch: dict, failures) -> None:
+    def _raise_unless_skipping(self, batch: dict, keys: torch.Tensor, failures) -> None:
         if self.dataset.on_error == "skip":
             return
         row, reason = failures[0]
-        unit = self.dataset.plan().units[int(batch["__unit__"][row])]
+        key = int(keys[row])
+        unit = self.dataset.plan().units[key >> 32]
         key_col = next((c.name for c in self.dataset.manifest.schema if c.member == "__key__"), None)
-        key = batch[key_col][row] if key_col in batch else f"row {int(batch['__row__'][row])}"
+        name = batch[key_col][row] if key_col in batch else f"row {key & 0xFFFFFFFF}"
         raise CorruptSampleError(f"cannot decode: {reason} ({len(failures)} bad image(s) in this "
                                  "batch; on_error='skip' drops and counts them)",
                                  dataset=self.dataset.path, shard=unit.path,
-                                 row_group=unit.row_group, key=str(key))
+                                 row_group=unit.row_group, key=str(name))
 
 
-def _waited(source, stage: Callable[[dict], dict], stats: Stats):
-    """Batches staged on the consumer's thread (nothing worth a prefetch thread), with the time
+def _waited(source, stage: Callable[[Delivery], Delivery], stats: Stats):
+    """Deliveries staged on the consumer's thread (nothing worth a prefetch thread), with the time
     spent waiting for each counted in `wait_s`, as the prefetcher counts it."""
     it = iter(source)
     try:
         while True:
             start = time.perf_counter()
             try:
-                batch = next(it)
+                d = next(it)
             except StopIteration:
                 return
             finally:
                 stats.add("wait_s", time.perf_counter() - start)
-            yield stage(batch)
+            yield stage(d)
     finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
+        close_quietly(it)
 
 
 def _named_worker_errors(it, rank: int):
@@ -368,11 +311,16 @@ def _named_worker_errors(it, rank: int):
             shutdown()
 
 
-def _gather(remaining: list, world_size: int) -> list:
-    """Every rank's remaining spans, merged (torch.distributed when initialised)."""
+def _gather(state: dict, world_size: int) -> list[dict]:
+    """Every rank's state, in rank order, through torch.distributed (never a guess)."""
+    if world_size == 1:
+        return [state]
     dist = torch.distributed
-    if world_size == 1 or not (dist.is_available() and dist.is_initialized()):
-        return [list(s) for s in partition.normalise(remaining)]
-    parts = [None] * world_size
-    dist.all_gather_object(parts, remaining)
-    return [list(s) for s in partition.normalise([s for p in parts for s in p])]
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(f"`state_dict(all_ranks=True)` gathers every rank's state through "
+                         f"torch.distributed, which is not initialised here (world_size={world_size} "
+                         "came from arguments or RANK/WORLD_SIZE); save state_dict() on every rank "
+                         "and pass the list of all ranks' states to load_state_dict()")
+    parts: list = [None] * world_size
+    dist.all_gather_object(parts, state)
+    return parts

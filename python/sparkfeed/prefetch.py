@@ -1,30 +1,17 @@
 """Bounded prefetch: batches are staged, pinned and copied to the device on a background thread.
 
-Shutdown protocol (the one note; `_prefetch_loop`, `_put` and `Prefetcher._get` cite it)
-------------------------------------------------------------------------------------------
-One queue and one event connect two threads:
+One producer thread (`_prefetch_loop`) and the consumer (`Prefetcher.__next__`) follow the thread
+protocol of `threads.py`: one bounded queue of `depth` items, each a staged batch (with the CUDA
+event recorded after its copy, or None) or a final `END` / `Failure`; `stop` is set only by
+`Prefetcher.close()`, which runs the protocol's shutdown order (called by `__exit__`, `__del__`,
+after a final item, and by the user after an early `break` or a `KeyboardInterrupt`). The
+thread holds no reference to the `Prefetcher`, so dropping the last reference garbage-collects
+it and `__del__` runs the same order; with `depth=0` the work runs inline and `close()` closes
+the source itself.
 
-* `out_queue` (`queue.Queue(maxsize=depth)`): the producer thread (`_prefetch_loop`) puts
-  `_Item`s, the consumer (`Prefetcher.__next__`) gets them. An item is a batch (with the CUDA event
-  recorded after its copy, or None), a `_Failure` (the exception `source`/`stage`/the copy raised,
-  always the last item), or `_END` (source exhausted, always the last item).
-* `stop` (`threading.Event`): set only by `Prefetcher.close()`.
-
-Nobody blocks forever. The producer puts with a timeout and re-checks `stop` between tries, so a
-full queue never pins it; it checks `stop` before pulling each batch. The consumer gets with a
-timeout and re-checks that the thread is alive, so a dead producer is an error, not a hang.
-
-Shutdown order, in `close()` (idempotent; called by `__exit__`, by `__del__`, after a `_Failure`
-or `_END`, and by the user after an early `break` or a `KeyboardInterrupt`):
-  1. set `stop`;  2. drain `out_queue` (frees batches, unblocks a producer mid-`put`);
-  3. join the thread for at most `_JOIN_S` seconds;  4. the thread closes the source iterator
-  and `source` in its own `finally` (the thread is the one running them, so a generator is never
-  closed while it executes); with `depth=0` `close()` closes them itself.
-A source that blocks forever inside `next()` keeps its (daemon) thread until it returns; `close()`
-still returns after `_JOIN_S`. The thread holds no reference to the `Prefetcher`, so dropping the
-last reference garbage-collects it and `__del__` runs this same order.
+An item may be a batch or a value carrying one (`engine.Delivery`: anything with `batch` and
+`with_batch`): pinning and the copy then apply to its batch, and the rest rides along.
 """
-
 from __future__ import annotations
 
 import queue
@@ -37,23 +24,24 @@ from typing import Any
 
 import torch
 
+from . import threads as protocol
 from .batch import BinaryColumn
-from .errors import WorkerError
+from .checks import resolve_device
 from .stats import Stats
 
 __all__ = ["Prefetcher", "feed_benchmark"]
 
 Batch = dict[str, Any]
-_POLL_S = 0.1   # how often a blocked put/get re-checks `stop` / thread liveness
-_JOIN_S = 5.0   # the longest close() waits for the thread
-_END = object()
 
 
 # ----------------------------------------------------------------------------- pure helpers
 def _map_tensors(batch: Any, fn: Callable[[str, torch.Tensor], torch.Tensor]) -> Any:
-    """Apply `fn(name, tensor)` to every tensor of a batch; lists, strings and objects pass."""
+    """Apply `fn(name, tensor)` to every tensor of a batch (a dict, a tuple or list of values, or
+    one value, as a `collate_fn` may return); strings and other objects pass unchanged."""
     if isinstance(batch, Mapping):
         return {k: _map_value(str(k), v, fn) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)) and not hasattr(batch, "_fields"):
+        return type(batch)(_map_value(str(i), v, fn) for i, v in enumerate(batch))
     return _map_value("", batch, fn)
 
 
@@ -65,26 +53,18 @@ def _map_value(name: str, value: Any, fn: Callable[[str, torch.Tensor], torch.Te
     return value
 
 
+def _payload(item: Any) -> Any:
+    """The batch an item carries (a `Delivery`'s), or the item itself."""
+    return item.batch if hasattr(item, "with_batch") else item
+
+
+def _with_payload(item: Any, batch: Any) -> Any:
+    return item.with_batch(batch) if hasattr(item, "with_batch") else batch
+
+
 def _pin_enabled(pin_memory: bool) -> bool:
     """`pin_memory=True` pins only where CUDA exists; elsewhere it does nothing, as in torch."""
     return bool(pin_memory) and torch.cuda.is_available()
-
-
-def _resolve_device(device: torch.device | str | None) -> torch.device | None:
-    """None/"cpu" mean no copy; a CUDA device must exist, else a clear ValueError now."""
-    if device is None:
-        return None
-    device = torch.device(device)
-    if device.type == "cpu":
-        return None
-    if device.type != "cuda":
-        raise ValueError(f"`device` should be None, 'cpu' or a CUDA device, but got device={device!r}")
-    if not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} was requested but CUDA is not available on this "
-                         "machine; pass device=None (or 'cpu') to keep batches on the host")
-    if device.index is None:  # pin it now: the thread's current device is not the caller's
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
 
 
 def _pinned_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -165,12 +145,6 @@ class _PinnedRing:
 
 
 # ----------------------------------------------------------------------------- per-batch work
-@dataclass
-class _Failure:
-    exc: BaseException
-    index: int
-
-
 class _Work:
     """What the thread does to each batch: stage, pin into rings, copy on the side stream."""
 
@@ -180,15 +154,17 @@ class _Work:
         self.rings: dict[str, _PinnedRing] = {}
         self.stream = torch.cuda.Stream(device) if device is not None else None
 
-    def __call__(self, batch: Batch) -> tuple[Batch, Any]:
+    def __call__(self, item: Any) -> tuple[Any, Any]:
         if self.stage is not None:
-            batch = self._timed("stage_s", self.stage, batch)
+            item = self._timed("stage_s", self.stage, item)
+        batch = _payload(item)
         slots: list[_Slot] = []
         if self.pin:
             batch = self._timed("pin_s", _map_tensors, batch, lambda k, t: self._pin(k, t, slots))
-        if self.device is None:
-            return batch, None
-        return self._timed("copy_s", self._copy, batch, slots)
+        event = None
+        if self.device is not None:
+            batch, event = self._timed("copy_s", self._copy, batch, slots)
+        return _with_payload(item, batch), event
 
     def _pin(self, name: str, t: torch.Tensor, slots: list[_Slot]) -> torch.Tensor:
         if t.device.type != "cpu" or t.is_pinned():
@@ -218,27 +194,9 @@ class _Work:
 
 
 # ----------------------------------------------------------------------------- the thread
-def _put(out_queue: queue.Queue, item: Any, stop: threading.Event) -> bool:
-    """Put unless `stop` is set first (see the shutdown protocol); True if it went in."""
-    while not stop.is_set():
-        try:
-            out_queue.put(item, timeout=_POLL_S)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-def _close_source(it: Any, source: Any) -> None:
-    for obj in (it,) if it is source else (it, source):
-        close = getattr(obj, "close", None)
-        if callable(close):
-            close()
-
-
 def _prefetch_loop(source: Iterable, out_queue: queue.Queue, stop: threading.Event,
                    work: _Work) -> None:
-    """The producer thread (see the shutdown protocol at the top of this module)."""
+    """The producer thread (the protocol of `threads.py`)."""
     if work.device is not None:
         torch.cuda.set_device(work.device)
     it, index = None, 0
@@ -248,15 +206,16 @@ def _prefetch_loop(source: Iterable, out_queue: queue.Queue, stop: threading.Eve
             try:
                 batch = next(it)
             except StopIteration:
-                _put(out_queue, _END, stop)
+                protocol.put(out_queue, protocol.END, stop)
                 return
-            if not _put(out_queue, work(batch), stop):
+            if not protocol.put(out_queue, work(batch), stop):
                 return
             index += 1
     except Exception as exc:  # noqa: BLE001 - re-raised in the consumer at this position
-        _put(out_queue, _Failure(exc, index), stop)
+        where = f"prefetch thread {threading.current_thread().name!r} while producing batch {index}"
+        protocol.put(out_queue, protocol.Failure(exc, where, index), stop)
     finally:
-        _close_source(it if it is not None else source, source)
+        protocol.close_quietly(it, source)
 
 
 # ----------------------------------------------------------------------------- the consumer
@@ -280,7 +239,7 @@ class Prefetcher:
             raise ValueError(f"`depth` should be a non-negative integer, but got depth={depth!r}")
         if stage is not None and not callable(stage):
             raise ValueError(f"`stage` should be a callable or None, but got stage={stage!r}")
-        self._device = _resolve_device(device)
+        self._device = resolve_device(device)
         self._stats, self._name, self._closed, self._index = stats, name, False, 0
         self._source = source
         self._work = _Work(stage, _pin_enabled(pin_memory), self._device, stats, depth + 2)
@@ -306,10 +265,10 @@ class Prefetcher:
             item = self._get() if self._thread is not None else self._produce()
         finally:
             self._count("wait_s", time.perf_counter() - start)
-        if item is _END:
+        if item is protocol.END:
             self.close()
             raise StopIteration
-        if isinstance(item, _Failure):
+        if isinstance(item, protocol.Failure):
             self.close()
             self._raise(item)
         self._index += 1
@@ -321,45 +280,29 @@ class Prefetcher:
         try:
             batch = next(self._it)
         except StopIteration:
-            return _END
+            return protocol.END
         except Exception as exc:  # noqa: BLE001 - same path as the thread
-            return _Failure(exc, self._index)
+            return protocol.Failure(exc, f"the source of batch {self._index}", self._index)
         try:
             return self._work(batch)
         except Exception as exc:  # noqa: BLE001
-            return _Failure(exc, self._index)
+            return protocol.Failure(exc, f"the stage of batch {self._index}", self._index)
 
     def _get(self) -> Any:
-        """Get with a timeout, checking the producer is alive (see the shutdown protocol)."""
-        while True:
-            try:
-                item = self._queue.get(timeout=_POLL_S)
-                if self._stats is not None:
-                    self._stats.set("prefetch_queue_depth", self._queue.qsize())
-                return item
-            except queue.Empty:
-                if not self._thread.is_alive():
-                    try:
-                        return self._queue.get_nowait()
-                    except queue.Empty:
-                        self.close()
-                        raise WorkerError(f"prefetch thread {self._name!r} exited without "
-                                          f"delivering batch {self._index} or an error") from None
+        item = protocol.get(self._queue, self._thread, f"prefetch thread {self._name!r}, batch {self._index}")
+        if self._stats is not None:
+            self._stats.set("prefetch_queue_depth", self._queue.qsize())
+        return item
 
-    def _raise(self, failure: _Failure) -> None:
+    def _raise(self, failure: protocol.Failure) -> None:
         """Re-raise the producer's exception itself: type, attributes and traceback kept."""
-        exc = failure.exc
         delivered = f"batches 0..{failure.index - 1} were delivered" if failure.index else "no batch was delivered"
-        exc.add_note(f"(raised in prefetch thread {self._name!r} while producing batch "
-                     f"{failure.index}; {delivered})")
-        if isinstance(exc, StopIteration):  # would silently end the consumer's loop (PEP 479)
-            raise RuntimeError(f"stage or source raised StopIteration at batch {failure.index}") from exc
-        raise exc
+        failure.reraise(f"; {delivered}")
 
-    def _hand_over(self, batch: Batch, event: Any) -> Batch:
+    def _hand_over(self, item: Any, event: Any) -> Any:
         """Order the consumer's stream after the copy; tell the allocator who uses the memory."""
         if event is None:
-            return batch
+            return item
         current = torch.cuda.current_stream(self._device)
         current.wait_event(event)
 
@@ -367,7 +310,7 @@ class Prefetcher:
             if t.is_cuda:
                 t.record_stream(current)
             return t
-        return _map_tensors(batch, adopt)
+        return _with_payload(item, _map_tensors(_payload(item), adopt))
 
     def _count(self, name: str, value: float) -> None:
         if self._stats is not None:
@@ -380,13 +323,9 @@ class Prefetcher:
         self._closed = True
         self._stop.set()
         if self._thread is None:
-            _close_source(self._it, self._source)
+            protocol.close_quietly(self._it, self._source)
             return
-        deadline = time.monotonic() + _JOIN_S
-        while self._thread.is_alive() and time.monotonic() < deadline:
-            _drain(self._queue)
-            self._thread.join(timeout=_POLL_S)
-        _drain(self._queue)
+        protocol.join([self._thread], [self._queue])
 
     def __enter__(self) -> "Prefetcher":
         return self
@@ -400,14 +339,6 @@ class Prefetcher:
                 self.close()
             except Exception:  # noqa: BLE001 - never raise from a finaliser (interpreter exit)
                 pass
-
-
-def _drain(q: queue.Queue) -> None:
-    try:
-        while True:
-            q.get_nowait()
-    except queue.Empty:
-        pass
 
 
 # ----------------------------------------------------------------------------- micro-benchmark
@@ -469,7 +400,7 @@ def feed_benchmark(batches: int, batch_bytes: int, step_s: float, depth: int, pi
 
         feed_benchmark(100, 1 << 20, 0.01, depth=4, pin_memory=True, device=None, producer_s=0.01)
     """
-    target = _resolve_device(device)
+    target = resolve_device(device)
     step, stats = _step_fn(step_s, target), Stats()
     start = time.perf_counter()
     with Prefetcher(_synthetic_source(batches, batch_bytes, producer_s), depth=depth,

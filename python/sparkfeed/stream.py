@@ -24,7 +24,18 @@ from .plan import Plan
 from .read import Reader, UnitRows
 from .shuffle import chunk_permutation, unit_order
 
-__all__ = ["EpochStream", "StreamReader", "Block", "cut"]
+__all__ = ["EpochStream", "StreamReader", "Block", "cut", "ROW_KEYS"]
+
+
+class _RowKeys:
+    """The key under which a block keeps each row's `(unit << 32) | row` (with `row_ids`): not a
+    string, so no user column name can collide with it; popped before a batch is delivered."""
+
+    def __repr__(self) -> str:
+        return "ROW_KEYS"
+
+
+ROW_KEYS = _RowKeys()
 
 _RUN_UNITS = 16  # at most this many units read as one run (`Reader.read_run`)
 _AHEAD_UNITS = 64  # units after the current run a reader is told about (`Reader.read_ahead`)
@@ -84,15 +95,16 @@ class Block(NamedTuple):
     @staticmethod
     def from_rows(read: UnitRows, row_ids: bool = False) -> "Block":
         """A reader's rows converted column-wise to tensors, once per unit; with `row_ids`, also
-        `__unit__` and `__row__`, which name a sample that fails later (image decoding)."""
+        `ROW_KEYS`, `(unit << 32) | row` per row, which name a sample for keyed augmentations
+        and for an error that comes later (image decoding)."""
         table = read.table if read.ok is None else read.table.filter(pa.array(read.ok))
         columns = batching.table_to_batch(table)
         if row_ids:
             rows = read.row_numbers() if read.ok is None else read.row_numbers()[read.ok]
-            units = np.repeat(np.array([u.index for u, _ in read.parts()], dtype=np.int32),
+            units = np.repeat(np.array([u.index for u, _ in read.parts()], dtype=np.int64),
                               [n for _, n in read.parts()])
-            columns["__unit__"] = torch.from_numpy(units if read.ok is None else units[read.ok])
-            columns["__row__"] = torch.from_numpy(rows)
+            units = units if read.ok is None else units[read.ok]
+            columns[ROW_KEYS] = torch.from_numpy((units << 32) | rows.astype(np.int64))
         return Block(columns, read.num_rows, None if read.ok is None else _running(read.ok))
 
     @property
@@ -235,7 +247,7 @@ class StreamReader:
                     and pieces[j + 1][0] in self._units and self._units[pieces[j + 1][0]][0] is run:
                 j += 1
                 b = pieces[j][2]
-            if j == i or not any(pieces[x][0] in self._nulls for x in range(i, j + 1)):
+            if not any(pieces[x][0] in self._nulls for x in range(i, j + 1)):
                 yield run.slice(offset + a, self._units[pieces[j][0]][1] + b)
             else:  # a null to raise: piece by piece, so the error names its unit
                 yield from (self._piece(*piece, last) for piece in pieces[i:j + 1])

@@ -190,8 +190,9 @@ def test_dataset_in_plain_torch_dataloader(any_path):
 def test_a_dataset_given_to_the_loader_is_left_as_it_was(pq_path):
     ds = sparkfeed.Dataset(pq_path, columns=["id", "image"])
     L = sparkfeed.DataLoader(ds, batch_size=64, num_workers=1)
+    L.set_epoch(3)
     assert len(ids_of(L)) == N_PQ and L.dataset is not ds
-    assert ds.batch_size is None and not ds._annotate and ds._lanes is None
+    assert ds.batch_size is None and ds.epoch == 0  # neither the loader's batch size nor its epoch
     plain = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))  # still a plain dataset
     assert set(plain) == {"id", "image"} and len(plain["id"]) == 4
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from sparkfeed import prefetch as pf
+from sparkfeed import threads as protocol
 from sparkfeed.batch import BinaryColumn
 from sparkfeed.errors import WorkerError
 from sparkfeed.prefetch import Prefetcher, feed_benchmark
@@ -167,7 +168,7 @@ def test_garbage_collected_prefetcher_stops_its_thread():
 
 
 def test_source_blocked_forever_does_not_block_close(monkeypatch):
-    monkeypatch.setattr(pf, "_JOIN_S", 1.0)
+    monkeypatch.setattr(protocol, "JOIN_S", 0.5)
     release = threading.Event()
 
     def stuck():
@@ -176,9 +177,8 @@ def test_source_blocked_forever_does_not_block_close(monkeypatch):
         yield make_batch(1)
     p = Prefetcher(stuck(), depth=2, name="pf-stuck")
     next(p)
-    start = time.monotonic()
-    p.close()
-    assert time.monotonic() - start < 2.0
+    p.close()  # returns although the source still blocks: the thread is left behind, alive
+    assert threads_named("pf-stuck") and not release.is_set()
     release.set()  # the daemon thread then sees `stop` and leaves
     assert wait_gone("pf-stuck")
 
@@ -256,7 +256,7 @@ def test_stage_error_arrives_after_the_batches_before_it(depth):
 def test_stop_iteration_from_stage_does_not_end_the_loop_silently():
     def stage(batch):
         raise StopIteration
-    with pytest.raises(RuntimeError, match="StopIteration at batch 0"):
+    with pytest.raises(RuntimeError, match="raised StopIteration in .* batch 0"):
         list(Prefetcher(counting(3), depth=1, stage=stage))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +18,7 @@ from sparkfeed.batch import BinaryColumn
 from sparkfeed.lanes import LaneReader, reading_threads, round_robin
 from sparkfeed.plan import WorkUnit
 from sparkfeed.read import UnitRows
-from sparkfeed.stream import Block, cut
+from sparkfeed.stream import ROW_KEYS, Block, cut
 
 
 def _unit(index: int) -> WorkUnit:
@@ -32,6 +33,11 @@ def _block(first: int, ok: list[bool]) -> Block:
                       "b": [bytes([(first + i) % 256]) * ((first + i) % 3) for i in range(n)]})
     mask = np.array(ok, dtype=bool)
     return Block.from_rows(UnitRows(table, _unit(0), None, None if mask.all() else mask), row_ids=True)
+
+
+def _alive(prefix: str) -> bool:
+    """Whether a thread whose name starts with `prefix` is still running."""
+    return any(t.name.startswith(prefix) and t.is_alive() for t in threading.enumerate())
 
 
 def _kept(blocks) -> list[int]:
@@ -56,7 +62,8 @@ def test_cut_gives_batches_of_size_positions_keeping_every_kept_row_once(oks, si
         xs = b.columns["x"].tolist()
         assert b.columns["s"] == [f"s{x}" for x in xs]
         assert b.columns["b"].to_list() == [bytes([x % 256]) * (x % 3) for x in xs]
-        assert len(b.columns["__row__"]) == len(xs)
+        assert len(b.columns[ROW_KEYS]) == len(xs)  # each kept row keeps its (unit, row) key
+        assert all(int(k) >> 32 == 0 for k in b.columns[ROW_KEYS])
 
 
 @settings(max_examples=40, deadline=None)
@@ -118,12 +125,12 @@ def test_round_robin_is_torchs_worker_order_and_closes_everything():
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_lanes_deliver_each_lane_in_order_whatever_the_reading_threads(threads):
     lanes = [functools.partial(iter, [f"{k}-{i}" for i in range(n)]) for k, n in enumerate([5, 0, 7])]
-    reader = LaneReader(lanes, depth=1, threads=threads)
+    reader = LaneReader(lanes, depth=1, threads=threads, name=f"t-order-{threads}")
     got = list(round_robin([reader.lane(k) for k in range(3)], on_close=reader.close))
     assert [x for x in got if x.startswith("0-")] == [f"0-{i}" for i in range(5)]
     assert [x for x in got if x.startswith("2-")] == [f"2-{i}" for i in range(7)]
     assert got[:4] == ["0-0", "2-0", "0-1", "2-1"]  # torch's worker order, the empty lane skipped
-    assert not any(t.is_alive() for t in reader._threads)
+    assert not _alive(f"t-order-{threads}")
 
 
 def test_a_failing_lane_raises_its_error_on_whichever_lane_is_read_next():
@@ -131,19 +138,21 @@ def test_a_failing_lane_raises_its_error_on_whichever_lane_is_read_next():
         yield "b-0"
         raise ValueError("broken shard")
 
-    reader = LaneReader([functools.partial(iter, range(1000)), bad], depth=2, threads=1)
+    reader = LaneReader([functools.partial(iter, range(1000)), bad], depth=2, threads=1, name="t-fail")
     with pytest.raises(ValueError, match="broken shard") as info:
         list(round_robin([reader.lane(0), reader.lane(1)], on_close=reader.close))
-    assert any("sparkfeed-lane-0" in note for note in info.value.__notes__)
-    assert not any(t.is_alive() for t in reader._threads)
+    assert any("lane 1 on thread 't-fail-0'" in note for note in info.value.__notes__)
+    assert not _alive("t-fail")
 
 
 def test_closing_early_stops_the_reading_threads():
-    reader = LaneReader([functools.partial(iter, range(10**6)) for _ in range(2)], depth=2, threads=2)
+    reader = LaneReader([functools.partial(iter, range(10**6)) for _ in range(2)], depth=2, threads=2,
+                        name="t-early")
     rr = round_robin([reader.lane(0), reader.lane(1)], on_close=reader.close)
     assert [next(rr) for _ in range(4)] == [0, 0, 1, 1]
+    assert _alive("t-early")
     rr.close()
-    assert not any(t.is_alive() for t in reader._threads)
+    assert not _alive("t-early")
 
 
 def test_reading_threads_leave_a_core_for_the_consumer():
@@ -162,7 +171,7 @@ def test_parquet_runs_stop_at_files_budgets_and_mismatches(tmp_path, monkeypatch
     dsutil.write_parquet(root, dsutil.table(500), 250, 50)  # 2 files x 5 row groups
     ds = sparkfeed.Dataset(root, columns=["id", "label"])
     units, counts = ds.plan().units, [int(c) for c in ds.plan().counts]
-    reader = make_reader("parquet", ds._context(Stats()))
+    reader = make_reader("parquet", ds.engine.context(Stats()))
     run = reader.read_run(units, counts)  # stops at the file boundary
     assert [u.index for u, _ in run.parts()] == [0, 1, 2, 3, 4]
     assert run.table.column("id").to_pylist() == list(range(250))
@@ -173,5 +182,5 @@ def test_parquet_runs_stop_at_files_budgets_and_mismatches(tmp_path, monkeypatch
     monkeypatch.setattr(parquet, "_RUN_BYTES", 1)  # every row group alone
     assert len(reader.read_run(units, counts).parts()) == 1
     filtered = sparkfeed.Dataset(root, filter=[("label", "<", 5)])
-    reader = make_reader("parquet", filtered._context(Stats()))
+    reader = make_reader("parquet", filtered.engine.context(Stats()))
     assert len(reader.read_run(filtered.plan().units, list(filtered.plan().counts)).parts()) == 1

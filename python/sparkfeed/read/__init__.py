@@ -1,10 +1,10 @@
 """One reader per format: a work unit -> an Arrow table of its rows (projected and filtered).
 
 A reader returns `UnitRows`: the requested columns of the rows that passed the filter, their row
-numbers in the unit and which rows hold a sample. Converted to tensors (`stream.Block`), every
-batch carries two bookkeeping columns that ride along through shuffling and batching and are
-removed before the user sees a batch: `__unit__` (plan index) and `__row__` (row inside the
-unit), which name a bad sample in error messages.
+numbers in the unit and which rows hold a sample. Converted to tensors (`stream.Block`), a block
+can keep each row's key `(unit << 32) | row` (plan index, row inside the unit) beside its columns,
+which names a bad sample in error messages and keys its augmentations; it leaves the block in
+`engine.Delivery.keys`, never as a column of the user's batch.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .. import storage
+from .. import filters, storage
 from ..errors import ShardReadError
 from ..plan import WorkUnit
 from .base import Reader, UnitRows, apply_filter, with_bookkeeping
@@ -95,6 +95,7 @@ class ParquetReader(Reader):
             self._files.move_to_end(unit.path)
             return self._files[unit.path][0]
         path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
+        self._check_unchanged(unit, path)
         try:
             pf = self._retrying(lambda: self._parquet_file(path, metadata), f"opening {path}")
         except FileNotFoundError as exc:
@@ -115,7 +116,22 @@ class ParquetReader(Reader):
         return pf
 
     def _read_columns(self, unit: WorkUnit, names: list[str], groups: list[int] | None = None) -> pa.Table:
+        """Columns `names` of the unit's row groups; partition columns (not in the file) are
+        made from the shard's partition values."""
+        part = self.ctx.partition_of(unit.path)
+        if not part or not set(names) & set(part):
+            return self._read_file_columns(unit, names, groups)
+        table = self._read_file_columns(unit, [n for n in names if n not in part], groups)
+        types = {f.name: f.type for f in self.ctx.arrow_schema([n for n in names if n in part])}
+        for name in names:
+            if name in part:
+                value = filters._scalar(part[name], types[name]) or pa.scalar(None, types[name])
+                table = table.append_column(name, pa.repeat(value, table.num_rows))
+        return table.select(names)
 
+    def _read_file_columns(self, unit: WorkUnit, names: list[str], groups: list[int] | None = None) -> pa.Table:
+        """Columns `names` of the unit's row groups from the file: from bytes fetched ahead
+        where there are some (anything else read in place), retried as a whole."""
         fetched = self._take_ahead(unit, names, groups)
 
         def attempt() -> list[pa.Table]:
@@ -159,7 +175,7 @@ class ParquetReader(Reader):
             return
         names, items = self._ahead_columns(), []
         for unit in units:
-            key = (unit.path, unit.row_group, tuple(names))
+            key = (unit.path, unit.row_group)
             if unit.row_group is None:
                 continue
             if key in self._ahead:  # still wanted, already fetched or in flight
@@ -192,7 +208,7 @@ class ParquetReader(Reader):
         """The footer of the unit's file if read-ahead fetched it (None otherwise)."""
         if self._ahead is None or unit.path in self._files:
             return None
-        got = self._ahead.peek((unit.path, unit.row_group, tuple(self._ahead_columns())))
+        got = self._ahead.peek((unit.path, unit.row_group))
         return got[0] if got else None
 
     def _take_ahead(self, unit: WorkUnit, names: list[str], groups) -> tuple | None:
@@ -202,7 +218,7 @@ class ParquetReader(Reader):
         wanted = [unit.row_group] if groups is None else groups
         md, parts = None, {}
         for g in wanted:
-            got = None if g is None else self._ahead.take((unit.path, g, tuple(names)))
+            got = None if g is None else self._ahead.take((unit.path, g))
             if got is not None:
                 md, parts = got[0], {**parts, **got[1]}
         return (md, parts) if parts else None

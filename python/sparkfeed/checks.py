@@ -1,0 +1,110 @@
+"""Argument checks and device resolution, in one place, in torch's sentence.
+
+Every public constructor validates its arguments here before any work starts, so a bad argument
+is a `ValueError` when the loader is built, never a failure at the first batch on a thread:
+"`batch_size` should be a positive integer, but got batch_size=0".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+__all__ = ["positive_int", "non_negative_int", "one_of", "resolve_device", "check_columns",
+           "check_decode", "ON_ERROR"]
+
+ON_ERROR = ("raise", "skip")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def positive_int(name: str, value, allow_none: bool = False) -> None:
+    """`value` must be an int > 0 (or None when allowed)."""
+    if allow_none and value is None:
+        return
+    if not _is_int(value) or value <= 0:
+        raise ValueError(f"`{name}` should be a positive integer{' or None' if allow_none else ''}, "
+                         f"but got {name}={value!r}")
+
+
+def non_negative_int(name: str, value) -> None:
+    """`value` must be an int >= 0."""
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"`{name}` should be a non-negative integer, but got {name}={value!r}")
+
+
+def one_of(name: str, value, choices: Sequence) -> None:
+    """`value` must be one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"`{name}` should be one of {tuple(choices)}, but got {name}={value!r}")
+
+
+def resolve_device(device) -> torch.device | None:
+    """The one device rule: None or "cpu" mean the host (no copy); a CUDA device must exist and
+    gets its index fixed now (a background thread's current device is not the caller's);
+    anything else is refused."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"`device` should be None, 'cpu' or a CUDA device such as 'cuda' or "
+                         f"'cuda:0', but got device={device!r}") from exc
+    if dev.type == "cpu":
+        return None
+    if dev.type != "cuda":
+        raise ValueError(f"`device` should be None, 'cpu' or a CUDA device, but got device={device!r} "
+                         f"(sparkfeed copies batches to CUDA devices only)")
+    if not torch.cuda.is_available():
+        raise ValueError(f"`device` is {device!r} but CUDA is not available on this machine; "
+                         "pass device=None (or 'cpu') to keep batches on the host")
+    if dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    elif dev.index >= torch.cuda.device_count():
+        raise ValueError(f"`device` is {device!r} but this machine has {torch.cuda.device_count()} "
+                         "CUDA device(s)")
+    return dev
+
+
+def check_columns(columns, names: Sequence[str], dataset: str) -> tuple[str, ...]:
+    """The columns to load: all of `names` by default, else a non-empty list of known names."""
+    if columns is None:
+        return tuple(names)
+    if isinstance(columns, str) or not isinstance(columns, Sequence) or not columns:
+        raise ValueError(f"`columns` should be a non-empty list of column names, but got "
+                         f"columns={columns!r}")
+    unknown = [c for c in columns if c not in names]
+    if unknown:
+        raise ValueError(f"`columns` names {unknown} which dataset {dataset!r} does not have; "
+                         f"its columns are {list(names)}")
+    if len(set(columns)) != len(columns):
+        raise ValueError(f"`columns` should name each column once, but got columns={list(columns)!r}")
+    return tuple(columns)
+
+
+def check_decode(decode: Mapping | None, columns: Sequence[str], manifest) -> dict:
+    """`decode` maps loaded binary columns to `ImageDecode`s; each one's backend and device are
+    resolved now (`ImageDecode.resolve`), so a missing GPU or DALI fails here, not later."""
+    from .decode import ImageDecode
+
+    if decode is None:
+        return {}
+    if not isinstance(decode, Mapping):
+        raise ValueError(f"`decode` should be a dict of column name -> sparkfeed.ImageDecode, but "
+                         f"got decode={decode!r}")
+    out = {}
+    for name, spec in decode.items():
+        if name not in columns:
+            raise ValueError(f"`decode` names column {name!r}, which is not among the loaded "
+                             f"columns {list(columns)}")
+        column_type = manifest.column(name).type
+        if column_type not in ("binary", "large_binary"):
+            raise ValueError(f"`decode` column {name!r} is {column_type}, not a binary column of "
+                             "encoded images")
+        if not isinstance(spec, ImageDecode):
+            raise ValueError(f"`decode[{name!r}]` should be a sparkfeed.ImageDecode, but got {spec!r}")
+        out[name] = spec.resolve()
+    return out

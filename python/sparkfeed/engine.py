@@ -1,0 +1,188 @@
+"""The read engine shared by `Dataset` and `DataLoader`: plan -> lanes -> segments -> deliveries.
+
+    engine = Engine(config)                     # what to read: a frozen `ReadConfig`
+    plan = engine.plan()                        # pruned work units and exact counts, once
+    spans = engine.rank_spans(rank, world, unit, drop_last)    # this rank's positions
+    lanes = engine.lanes(spans, workers, unit)  # one run of whole batches per worker
+    for d in engine.deliveries(epoch, lanes[k], k, batch_size):
+        d.batch, d.worker, d.consumed, d.stats  # a batch and its bookkeeping, side by side
+
+Bookkeeping (which positions a batch completes, the counters since the last batch, the keys
+naming each row) travels beside the batch in a frozen `Delivery`, never inside it, so a user
+column of any name reaches the user and a `collate_fn` may return any object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.compute as pc
+import torch
+
+from . import batch as batching
+from . import partition, storage
+from .manifest import Manifest
+from .plan import Plan, make_plan, with_counts
+from .read import ReadContext, make_reader
+from .stats import Stats
+from .stream import ROW_KEYS, EpochStream, StreamReader, cut
+
+__all__ = ["ReadConfig", "Engine", "Delivery"]
+
+
+@dataclass(frozen=True)
+class ReadConfig:
+    """Everything that fixes a dataset's epoch stream, checked by `Dataset` at the door."""
+
+    path: str
+    manifest: Manifest
+    columns: tuple[str, ...]
+    expr: pc.Expression | None = None
+    shuffle: bool = False
+    seed: int = 0
+    shuffle_buffer: int = 2048
+    on_error: str = "raise"
+    storage_options: dict | None = dataclasses.field(default=None, hash=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One batch and its bookkeeping, handed from a lane to the loader.
+
+    `worker`: the lane it came from; `consumed`: how many of the lane's positions are delivered
+    once this batch is; `stats`: the counters since the lane's previous delivery; `batch`: the
+    columns (a `batching.Packed` between processes; after a `collate_fn`, any object); `keys`:
+    `(unit << 32) | row` per row when asked for (keyed augmentations, naming a bad sample).
+    """
+
+    worker: int
+    consumed: int
+    stats: dict
+    batch: Any
+    keys: torch.Tensor | None = None
+
+    def with_batch(self, batch: Any, **changes) -> "Delivery":
+        return dataclasses.replace(self, batch=batch, **changes)
+
+
+class Engine:
+    """One dataset's read path. Holds the plan once computed; everything else is per call, so one
+    engine serves a `Dataset`, its `DataLoader` and every worker alike."""
+
+    def __init__(self, config: ReadConfig):
+        self.config = config
+        self._plan: Plan | None = None
+        self._count_stats: dict = {}
+
+    # ------------------------------------------------------------ plan
+
+    def plan(self) -> Plan:
+        """The work units (pruned by statistics) and their exact counts; computed once."""
+        if self._plan is None:
+            cfg = self.config
+            plan = make_plan(cfg.manifest, cfg.expr, cfg.columns)
+            if cfg.expr is not None:
+                stats = Stats()
+                plan = with_counts(plan, functools.partial(_count_units, cfg.manifest.format,
+                                                           self.context(stats, plan)))
+                self._count_stats = stats.take()
+            self._plan = plan
+        return self._plan
+
+    def planning_stats(self) -> dict:
+        """What planning pruned (shards, row groups) and what the filter's count pass read."""
+        self.plan()
+        return {"pruning": self.plan().pruning_stats(), "counted": dict(self._count_stats)}
+
+    def context(self, stats: Stats, plan: Plan | None = None) -> ReadContext:
+        cfg = self.config
+        fs, root = storage.resolve(cfg.path, cfg.storage_options)
+        plan = plan or self.plan()
+        return ReadContext(fs=fs, root=root, dataset=cfg.path, schema=cfg.manifest.schema,
+                           columns=cfg.columns, filter_columns=plan.filter_columns, expr=cfg.expr,
+                           on_error=cfg.on_error, stats=stats,
+                           manifest_bytes={s.path: s.num_bytes for s in cfg.manifest.shards},
+                           shards={s.path: s for s in cfg.manifest.shards})
+
+    def stream(self, epoch: int) -> EpochStream:
+        cfg = self.config
+        return EpochStream(self.plan(), seed=cfg.seed, epoch=epoch, shuffle=cfg.shuffle,
+                           shuffle_buffer=cfg.shuffle_buffer)
+
+    # ------------------------------------------------------------ partition
+
+    def rank_spans(self, rank: int, world_size: int, unit: int, drop_last: bool,
+                   spans: Sequence[partition.Span] | None = None) -> list[partition.Span]:
+        """This rank's share of `spans` (the whole epoch by default), in whole `unit`s."""
+        spans = [(0, self.plan().num_samples)] if spans is None else spans
+        return partition.split_ranks(spans, world_size, unit, drop_last)[rank]
+
+    @staticmethod
+    def lanes(spans: Sequence[partition.Span], workers: int, unit: int) -> list[list[partition.Span]]:
+        """A rank's spans cut into one run of whole batches per worker."""
+        return partition.split_workers(spans, workers, unit)
+
+    # ------------------------------------------------------------ read
+
+    def segments(self, epoch: int, spans: Sequence[partition.Span], stats: Stats,
+                 row_ids: bool = False) -> Iterator:
+        """A lane's positions as blocks (unit pieces or shuffle-chunk pieces), read in order; run
+        inline, or on a lane thread ahead of the batching (`lanes.py`)."""
+        reader = StreamReader(self.stream(epoch), make_reader(self.config.manifest.format,
+                                                              self.context(stats)), row_ids=row_ids)
+        try:
+            yield from reader.segments(spans)
+        finally:
+            reader.close()
+
+    def deliveries(self, epoch: int, spans: Sequence[partition.Span], worker: int, size: int, *,
+                   segments: Iterator | None = None, stats: Stats | None = None,
+                   row_ids: bool = False, pack: bool = False) -> Iterator[Delivery]:
+        """Batches of `size` positions cut out of a lane's segments, each with its bookkeeping.
+        `pack` puts a batch's tensors into one buffer (between processes)."""
+        stats = Stats() if stats is None else stats
+        segments = self.segments(epoch, spans, stats, row_ids) if segments is None else segments
+        consumed = 0
+        try:
+            for block in cut(segments, size):
+                consumed += block.positions
+                columns = dict(block.columns)
+                keys = columns.pop(ROW_KEYS, None)
+                delta = stats.take()  # the readers' counters since the last batch, and this batch's
+                delta["samples"] = delta.get("samples", 0) + block.rows
+                delta["batches"] = delta.get("batches", 0) + 1
+                if block.skipped:
+                    delta["samples_skipped"] = delta.get("samples_skipped", 0) + block.skipped
+                yield Delivery(worker, consumed, delta, batching.pack(columns) if pack else columns, keys)
+        finally:
+            close = getattr(segments, "close", None)
+            if close is not None:
+                close()
+
+
+class LaneDataset(torch.utils.data.IterableDataset):
+    """What torch's worker processes run: worker k delivers lane k (packed, with bookkeeping)."""
+
+    def __init__(self, engine: Engine, epoch: int, lanes: list[list[partition.Span]], size: int,
+                 row_ids: bool):
+        super().__init__()
+        self.engine, self.epoch, self.lanes, self.size, self.row_ids = engine, epoch, lanes, size, row_ids
+
+    def __iter__(self) -> Iterator[Delivery]:
+        info = torch.utils.data.get_worker_info()
+        worker = 0 if info is None else info.id
+        return self.engine.deliveries(self.epoch, self.lanes[worker], worker, self.size,
+                                      row_ids=self.row_ids, pack=info is not None)
+
+
+def _count_units(fmt: str, ctx: ReadContext, units) -> list[int]:
+    """Rows passing the filter in each unit of one shard, with one reader (the file opened once)."""
+    reader = make_reader(fmt, ctx)
+    try:
+        return [reader.count(u) for u in units]
+    finally:
+        reader.close()

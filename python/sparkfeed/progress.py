@@ -1,0 +1,149 @@
+"""Where an epoch stands, and the resume state: one place, pure values.
+
+A rank's epoch is a list of lanes (one per worker, each a list of `Span`s of stream positions,
+see `partition.py`). `EpochProgress` counts how many positions of each lane the consumer has
+received; `rank_state` turns it into the plain dict `DataLoader.state_dict()` returns, and
+`resume_lanes` turns saved states back into lanes for the loader that resumes:
+
+* one rank's own state (same world size, same rank): that rank's lanes continue exactly where
+  they stopped - the same batches in the same order as the run that was interrupted, when the
+  worker count is the same too (else the same positions, re-split over the new workers);
+* the list of every rank's state (or `state_dict(all_ranks=True)`, which gathers that list) in
+  the same world size: each rank takes its own, as above;
+* every rank's state from another world size (elastic): the positions nobody delivered are
+  pooled and re-split over the new ranks and workers (exactly once still holds; the order is new).
+
+Anything else (one rank's state loaded in a world of another size, or on another rank; a list
+missing a rank) would lose or repeat samples, so it is a `ValueError` naming what to pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from . import partition
+
+__all__ = ["STATE_VERSION", "EpochProgress", "rank_state", "global_state", "resume_lanes"]
+
+STATE_VERSION = 2
+Lanes = list[list[partition.Span]]
+
+
+@dataclass
+class EpochProgress:
+    """This rank's lanes and how many positions of each the consumer has received."""
+
+    lanes: Lanes
+    batch_size: int
+    delivered: list[int] | None = None
+
+    def __post_init__(self):
+        if self.delivered is None:
+            self.delivered = [0] * len(self.lanes)
+
+    def record(self, worker: int, consumed: int) -> None:
+        """Lane `worker` has delivered its first `consumed` positions."""
+        self.delivered[worker] = consumed
+
+    def remaining_lanes(self) -> Lanes:
+        """Per lane, the positions not delivered yet."""
+        return [partition.skip(lane, done) for lane, done in zip(self.lanes, self.delivered)]
+
+    def remaining(self) -> list[partition.Span]:
+        return partition.normalise([s for lane in self.remaining_lanes() for s in lane])
+
+    def batches_left(self) -> int:
+        return sum(-(-partition.total(lane) // self.batch_size) for lane in self.remaining_lanes())
+
+    def lanes_in_turn(self) -> Lanes:
+        """The remaining lanes, starting with the one whose batch is due next (lanes take turns,
+        as torch's workers do), so that resuming with as many workers continues in the same order.
+        Finished lanes stay in the list (empty) so that the turns of the others do not shift."""
+        lanes = self.remaining_lanes()
+        turn = sum(-(-d // self.batch_size) for d in self.delivered) % len(lanes)
+        return lanes[turn:] + lanes[:turn]
+
+
+def rank_state(*, epoch: int, seed: int, rank: int, world_size: int, num_samples: int,
+               fingerprint: str, progress: EpochProgress) -> dict:
+    """One rank's state as plain values (survives torch.save and JSON)."""
+    return {"version": STATE_VERSION, "scope": "rank", "epoch": epoch, "seed": seed,
+            "rank": rank, "world_size": world_size, "num_samples": num_samples,
+            "fingerprint": fingerprint,
+            "remaining": [list(s) for s in progress.remaining()],
+            "lanes": [[list(s) for s in lane] for lane in progress.lanes_in_turn()]}
+
+
+def global_state(states: Sequence[dict]) -> dict:
+    """Every rank's state in one dict (what `state_dict(all_ranks=True)` returns)."""
+    first = states[0]
+    remaining = partition.normalise([s for st in states for s in st["remaining"]])
+    return {"version": STATE_VERSION, "scope": "global", "epoch": first["epoch"],
+            "seed": first["seed"], "world_size": first["world_size"],
+            "num_samples": first["num_samples"], "fingerprint": first["fingerprint"],
+            "remaining": [list(s) for s in remaining], "ranks": [dict(st) for st in states]}
+
+
+def _rank_states(state) -> list[dict]:
+    """A rank state, a global state or a list of either -> the list of rank states."""
+    items = list(state) if isinstance(state, (list, tuple)) else [state]
+    if not items:
+        raise ValueError("`state` should be a DataLoader.state_dict() or a list of them, but got an empty list")
+    out = []
+    for item in items:
+        if not isinstance(item, Mapping) or item.get("version") != STATE_VERSION:
+            raise ValueError(f"`state` should come from DataLoader.state_dict() (version "
+                             f"{STATE_VERSION}), but got {str(item)[:200]!r}")
+        out.extend(item["ranks"] if item.get("scope") == "global" else [item])
+    return out
+
+
+def _check_same(states: list[dict], fingerprint: str, num_samples: int) -> None:
+    for st in states:
+        if st["fingerprint"] != fingerprint or st["num_samples"] != num_samples:
+            raise ValueError("`state` was saved by a loader over other data or with other settings "
+                             f"({st['fingerprint']!r}); resume with the same dataset, filter, "
+                             "shuffle, shuffle_buffer, batch_size and drop_last")
+    if len({(st["epoch"], st["world_size"]) for st in states}) != 1:
+        raise ValueError("`state` mixes states of different epochs or world sizes: "
+                         f"{sorted({(st['epoch'], st['world_size']) for st in states})}; pass the states "
+                         "every rank saved at the same step")
+
+
+def _complete(states: list[dict]) -> dict[int, dict]:
+    """The states by rank; every rank of their world must be there exactly once."""
+    world = states[0]["world_size"]
+    by_rank = {st["rank"]: st for st in states}
+    missing = sorted(set(range(world)) - set(by_rank))
+    if missing or len(by_rank) != len(states):
+        raise ValueError(f"`state` holds {len(states)} state(s) of a world of {world} ranks "
+                         f"(missing ranks {missing}); pass the list of every rank's state_dict() "
+                         "(or one rank's own state on that same rank)")
+    return by_rank
+
+
+def resume_lanes(state, *, rank: int, world_size: int, workers: int, unit: int, drop_last: bool,
+                 fingerprint: str, num_samples: int) -> tuple[int, Lanes]:
+    """The epoch and this rank's lanes to resume `state` with (see the module doc for the cases)."""
+    states = _rank_states(state)
+    _check_same(states, fingerprint, num_samples)
+    epoch, saved_world = int(states[0]["epoch"]), states[0]["world_size"]
+    own = [st for st in states if st["rank"] == rank]
+    if saved_world == world_size and len(states) == 1 and not own:
+        raise ValueError(f"`state` is rank {states[0]['rank']}'s, but this is rank {rank}: load each "
+                         "rank's own state, or the list of every rank's state on every rank")
+    if saved_world == world_size and own and (len(states) == 1 or _complete(states)):
+        lanes = [[(int(lo), int(hi)) for lo, hi in lane] for lane in own[0]["lanes"]]
+        if len(lanes) == workers:  # the same lanes: the interrupted order continues
+            return epoch, lanes
+        return epoch, partition.split_workers(partition.normalise(own[0]["remaining"]), workers, unit)
+    if len(states) == 1 and saved_world > 1:
+        raise ValueError(f"`state` is one rank's state of a world of {saved_world}, but this world has "
+                         f"{world_size} ranks: the other ranks' positions are not in it. Pass the list "
+                         "of every rank's state_dict(), or state_dict(all_ranks=True)")
+    if len(states) > 1:
+        _complete(states)
+    pooled = partition.normalise([s for st in states for s in st["remaining"]])
+    mine = partition.split_ranks(pooled, world_size, unit, drop_last)[rank]
+    return epoch, partition.split_workers(mine, workers, unit)

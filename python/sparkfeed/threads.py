@@ -1,0 +1,118 @@
+"""The thread protocol shared by the reading lanes (`lanes.py`) and the prefetcher (`prefetch.py`).
+
+The protocol (the one note; every loop that uses these helpers cites it)
+------------------------------------------------------------------------
+A producer thread hands items to a consumer through a bounded `queue.Queue`. Two rules make sure
+nobody blocks forever and nothing is lost:
+
+1. **Last item.** A producer ends each queue it feeds with exactly one final item: `END` (its
+   source is exhausted) or a `Failure` (the exception it met, with where it happened). Nothing
+   follows a final item.
+2. **Bounded waits.** The producer puts with `put()`, which waits in steps of `POLL_S` and gives up
+   as soon as the shared `stop` event is set, so a full queue never pins it. The consumer gets with
+   `get()`, which waits in steps of `POLL_S` and checks the producer thread is alive, so a dead
+   producer is a `WorkerError`, not a hang.
+
+`stop` is set only by the owner's `close()`. Shutdown order, in every `close()` (idempotent; also run
+on garbage collection, after a failure or `END`, and when the consumer stops early):
+set `stop`; `drain()` the queues (frees items, unblocks a producer mid-`put`); join each thread for
+at most `JOIN_S` seconds, draining again between tries. Each thread closes its own source
+iterators in its `finally` (the thread that runs a generator is the one that closes it). A source
+that blocks forever inside `next()` keeps its daemon thread until it returns; `close()` still
+returns after `JOIN_S`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import WorkerError
+
+__all__ = ["POLL_S", "JOIN_S", "END", "Failure", "put", "get", "drain", "join", "close_quietly"]
+
+POLL_S = 0.1   # how often a blocked put/get re-checks `stop` / the producer's liveness
+JOIN_S = 5.0   # the longest close() waits for a thread
+END = object()  # a producer's last item when its source is exhausted
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A producer's last item when it failed: the exception and where it happened."""
+
+    exc: BaseException
+    origin: str        # e.g. "lane 3 on thread 'sparkfeed-lane-1'", "prefetch thread 'x'"
+    index: int = -1    # the item it was producing, where that means something
+
+    def reraise(self, what: str = "") -> None:
+        """Raise the producer's own exception (type, attributes, traceback kept), noting where."""
+        exc = self.exc
+        exc.add_note(f"(raised in {self.origin}{what})")
+        if isinstance(exc, StopIteration):  # would silently end the consumer's loop (PEP 479)
+            raise RuntimeError(f"a stage or source raised StopIteration in {self.origin}") from exc
+        raise exc
+
+
+def put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
+    """Put unless `stop` is set first; True if the item went in (rule 2)."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=POLL_S)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def get(q: queue.Queue, thread: threading.Thread, what: str,
+        on_wait: Callable[[], None] | None = None) -> Any:
+    """Get the next item, or a `WorkerError` when `thread` ended without a final item (rule 2)."""
+    while True:
+        try:
+            return q.get(timeout=POLL_S)
+        except queue.Empty:
+            if on_wait is not None:
+                on_wait()
+            if not thread.is_alive():
+                try:
+                    return q.get_nowait()
+                except queue.Empty:
+                    raise WorkerError(f"{what}: thread {thread.name!r} ended without a result "
+                                      "or an error") from None
+
+
+def drain(q: queue.Queue) -> None:
+    """Empty a queue without blocking."""
+    try:
+        while True:
+            q.get_nowait()
+    except queue.Empty:
+        pass
+
+
+def join(threads: list[threading.Thread], queues: list[queue.Queue]) -> None:
+    """Join `threads` for at most `JOIN_S` in all, draining `queues` between tries."""
+    deadline = time.monotonic() + JOIN_S
+    for t in threads:
+        while t.is_alive() and time.monotonic() < deadline:
+            for q in queues:
+                drain(q)
+            t.join(timeout=POLL_S)
+    for q in queues:
+        drain(q)
+
+
+def close_quietly(*objs: Any) -> None:
+    """Call `close()` on each object that has one (iterators, generators, sources), once each."""
+    seen: set[int] = set()
+    for obj in objs:
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        close = getattr(obj, "close", None)
+        if callable(close):
+            close()
