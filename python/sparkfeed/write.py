@@ -3,7 +3,8 @@
 Spark writes the shards; sparkfeed validates the DataFrame before any Spark job runs, sizes the
 shards and row groups, and writes the manifest last, atomically, only after Spark committed. The
 per-shard statistics are gathered by a Spark job that opens each Parquet footer on an executor,
-so writing 10,000 shards does not mean 10,000 footer reads on the driver.
+so writing 10,000 shards does not mean 10,000 footer reads on the driver. Only DataFrame
+operations are used (no sparkContext, no RDDs), so `df` may come from a Spark Connect session.
 
     spark = sparkfeed.spark_session()
     m = sparkfeed.write(df, "s3a://bucket/ds", cluster_by="label", codecs={"image": "jpeg"})
