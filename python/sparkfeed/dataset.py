@@ -53,12 +53,12 @@ class Dataset(torch.utils.data.IterableDataset):
 
     def __init__(self, path: str, *, columns: Sequence[str] | None = None, filter=None,
                  shuffle: bool = False, seed: int = 0, batch_size: int | None = None,
-                 drop_last: bool = False, shuffle_buffer: int = 2048, rank: int | None = None,
+                 drop_last: bool = False, shuffle_buffer: int | None = None, rank: int | None = None,
                  world_size: int | None = None, on_error: str = "raise",
                  storage_options: dict | None = None, manifest: Manifest | str | None = None):
         super().__init__()
         checks.positive_int("batch_size", batch_size, allow_none=True)
-        checks.positive_int("shuffle_buffer", shuffle_buffer)
+        checks.positive_int("shuffle_buffer", shuffle_buffer, allow_none=True)
         checks.one_of("on_error", on_error, checks.ON_ERROR)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"`seed` should be an integer, but got seed={seed!r}")

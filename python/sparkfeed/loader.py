@@ -59,7 +59,7 @@ class DataLoader:
                  decode: Mapping[str, object] | None = None, num_workers: int = 0, prefetch: int = 2,
                  pin_memory: bool = False, device=None, drop_last: bool = False,
                  collate_fn: Callable | None = None, on_error: str = "raise",
-                 rank: int | None = None, world_size: int | None = None, shuffle_buffer: int = 2048,
+                 rank: int | None = None, world_size: int | None = None, shuffle_buffer: int | None = None,
                  storage_options: dict | None = None, timeout: float = 0,
                  multiprocessing_context=None, prefetch_factor: int | None = None,
                  worker_type: str = "auto", manifest=None):
@@ -203,7 +203,7 @@ class DataLoader:
         if self._threads():
             stats = [Stats() for _ in lanes]
             depth = self.prefetch_factor or max(2, self.prefetch if self.num_workers == 0 else 2)
-            reader = LaneReader([functools.partial(engine.segments, epoch, spans, stats[k], row_ids)
+            reader = LaneReader([functools.partial(engine.segments, epoch, spans, stats[k], row_ids, lanes)
                                  for k, spans in enumerate(lanes)], depth=depth)
             return round_robin([engine.deliveries(epoch, spans, k, size, segments=reader.lane(k),
                                                   stats=stats[k]) for k, spans in enumerate(lanes)],
