@@ -7,14 +7,18 @@ exponential backoff and give up with an error that names what failed.
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import posixpath
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import fsspec
+import fsspec.utils
 
 from .errors import PathEscapeError
 
@@ -162,3 +166,170 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     except Exception:
         fs.rm(tmp)
         raise
+
+
+# ---------------------------------------------------------------- remote reads and read-ahead
+#
+# Over object storage or HTTP every read is a request with 10-50 ms to the first byte. Three
+# things keep that off the critical path: one open per file (readers keep files open, and the
+# size comes from the manifest, so opening costs no HEAD request), coalesced range requests
+# (pyarrow's pre_buffer for the columns of a row group; fsspec's cat_ranges for read-ahead), and
+# `ReadAhead`: the next units' bytes fetched on a few threads while the current unit is
+# converted, bounded by bytes held.
+
+# Bytes a reader may hold in fetched-but-unread units plus requests in flight (per lane).
+# Configurable with the SPARKFEED_READ_AHEAD_BYTES environment variable; 0 turns it off.
+READ_AHEAD_BYTES = int(os.environ.get("SPARKFEED_READ_AHEAD_BYTES", 64 << 20))
+READ_AHEAD_THREADS = 4  # concurrent unit fetches per reader
+# Ranges closer than this are fetched as one request (the gap is read and dropped): pyarrow's
+# own default hole size for pre-buffering (CacheOptions.hole_size_limit), so filter columns of
+# many row groups are not fetched together with the image columns between them.
+COALESCE_GAP = 8 << 10
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """True for the local filesystem (no request latency: no read-ahead, no coalescing)."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def open_remote(fs: fsspec.AbstractFileSystem, path: str, size: int | None = None):
+    """A remote file opened for exact range reads: no fsspec block cache (pyarrow asks for the
+    ranges it needs, coalesced), and no HEAD request when the manifest knows the size."""
+    kwargs = {"cache_type": "none"}
+    if size is not None:
+        kwargs["size"] = size
+    return fs.open(path, "rb", **kwargs)
+
+
+def fetch_ranges(fs: fsspec.AbstractFileSystem, path: str,
+                 ranges: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+    """{(start, end): bytes} for byte ranges of one file, adjacent ones merged into one request
+    (fsspec's merge_offset_ranges) and the requests sent concurrently (fsspec's cat_ranges)."""
+    _, starts, ends = fsspec.utils.merge_offset_ranges(
+        [path] * len(ranges), [a for a, _ in ranges], [b for _, b in ranges], max_gap=COALESCE_GAP)
+    blobs = with_retries(lambda: fs.cat_ranges([path] * len(starts), starts, ends, on_error="raise"),
+                         f"reading ahead {path}")
+    for a, b, blob in zip(starts, ends, blobs):
+        if len(blob) != b - a:  # fsspec's HTTP cat does not check that the server honoured Range
+            raise ValueError(f"{path}: asked for bytes {a}-{b - 1}, got {len(blob)} bytes; the "
+                             "server does not appear to support range requests")
+    return {(a, b): blob for a, b, blob in zip(starts, ends, blobs)}
+
+
+class KnownRanges(io.RawIOBase):
+    """A read-only, seekable file over byte ranges fetched ahead; a read outside them goes to the
+    real file, opened on first need. (fsspec's "parts" cache zero-pads or raises on a miss, and
+    a reader must never see invented bytes.)"""
+
+    def __init__(self, parts: dict[tuple[int, int], bytes], size: int, opener: Callable):
+        super().__init__()
+        self._parts = sorted(parts.items())
+        self.size, self._opener, self._file, self._pos = size, opener, None, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        end = self.size if n is None or n < 0 else min(self.size, self._pos + n)
+        start, self._pos = self._pos, end
+        for (a, b), blob in self._parts:
+            if a <= start and end <= b:
+                return blob[start - a:end - a]
+        if self._file is None:
+            self._file = self._opener()
+        self._file.seek(start)
+        return self._file.read(end - start)
+
+    def readinto(self, buf) -> int:
+        data = self.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        super().close()
+
+
+class ReadAhead:
+    """Fetches the next units' bytes on a few threads while the current unit is converted.
+
+    `ahead(items)` is told the reader's upcoming units in order, as (keys, bytes, fetch): one
+    fetch may serve several units (the row groups of one file, one request). It keeps fetches in
+    flight or done for the first of them up to `max_bytes` in all (at least one), and drops
+    fetched units no longer ahead. `take(key)` hands a fetch's result to the reader (waiting for
+    it if still in flight), or None: not fetched, or the fetch failed, in which case the reader
+    reads the unit itself and its retries and errors apply as without read-ahead.
+    """
+
+    def __init__(self, max_bytes: int | None = None, threads: int = READ_AHEAD_THREADS):
+        self.max_bytes = READ_AHEAD_BYTES if max_bytes is None else max_bytes
+        self._threads = threads
+        self._pool = None
+        self._pending: dict = {}  # key -> (future, its share of the fetch's bytes)
+
+    def __contains__(self, key) -> bool:
+        return key in self._pending
+
+    def ahead(self, items) -> None:
+        if self.max_bytes <= 0:
+            return
+        items = list(items)
+        wanted = {key for keys, _, _ in items for key in keys}
+        dropped = {self._pending.pop(k)[0] for k in [k for k in self._pending if k not in wanted]}
+        for future in dropped - {f for f, _ in self._pending.values()}:
+            future.cancel()
+        held = sum(n for _, n in self._pending.values())
+        for keys, nbytes, fetch in items:
+            keys = [k for k in keys if k not in self._pending]
+            if not keys:
+                continue
+            if self._pending and held + nbytes > self.max_bytes:
+                break
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="sparkfeed-ahead")
+            future = self._pool.submit(fetch)
+            for k in keys:
+                self._pending[k] = (future, nbytes / len(keys))
+            held += nbytes
+
+    def peek(self, key):
+        """The result `take(key)` would give, leaving it there (None if none)."""
+        entry = self._pending.get(key)
+        if entry is None:
+            return None
+        try:
+            return entry[0].result()
+        except Exception:
+            return None
+
+    def take(self, key):
+        entry = self._pending.pop(key, None)
+        if entry is None:
+            return None
+        try:
+            return entry[0].result()
+        except Exception as exc:  # the reader's own read retries, or names the failure
+            log.debug("read-ahead of %s failed (%s: %s); reading it in place", key,
+                      type(exc).__name__, exc)
+            return None
+
+    def close(self) -> None:
+        for future, _ in self._pending.values():
+            future.cancel()
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

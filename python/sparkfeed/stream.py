@@ -47,6 +47,23 @@ _RUN_UNITS = 16  # at most this many units read as one run (`Reader.read_run`)
 _SPLIT = 16  # batches cut out of a segment per split call (see `cut`)
 _PIECE = 4096  # shuffle: positions gathered into one segment (a multiple of usual batch sizes)
 _BLOCK_HELPERS = 3  # threads besides the lane reading the runs of one block (fewer on few cores)
+_AHEAD_UNITS = 64  # units after the current run a reader is told about (`Reader.read_ahead`)
+
+
+def _lane_units(stream: "EpochStream", spans) -> np.ndarray:
+    """Positions in the epoch of the units a lane reads for `spans`, ascending: what
+    `Reader.read_ahead` is told comes next. None with shuffle: a block's runs are then read in
+    parallel by the lane and helper threads of their own (`blocks.py`), and hints from the lane
+    would fetch runs the helpers read again."""
+    if stream.shuffle:
+        return np.zeros(0, dtype=np.int64)
+    found = []
+    for lo, hi in spans:
+        if hi > lo:
+            first = int(np.searchsorted(stream.starts, lo, side="right")) - 1
+            last = int(np.searchsorted(stream.starts, hi - 1, side="right")) - 1
+            found.extend(k for k in range(first, last + 1) if stream.counts[k] > 0)
+    return np.unique(np.array(found, dtype=np.int64))
 
 
 class EpochStream:
@@ -250,6 +267,7 @@ class StreamReader:
         self._lanes, self._lane = lanes, None
         self._shared: SharedBlocks | None = None
         self._nulls: dict[int, tuple[UnitRows, int]] = {}  # on_error="raise": units with nulls
+        self._ahead_units = np.zeros(0, dtype=np.int64)  # this lane's units in order (read-ahead)
 
     def _unit(self, k: int, last: int | None = None) -> tuple[Block, int]:
         """The k-th unit of the epoch as (its run's block, its first position there); reading it
@@ -263,6 +281,8 @@ class StreamReader:
     def _read_run(self, k: int, last: int) -> None:
         units, counts = self.stream.units, self.stream.counts
         end = min(last, k + _RUN_UNITS - 1) + 1
+        at = int(np.searchsorted(self._ahead_units, k))  # this run and what follows it in the lane
+        self.reader.read_ahead([units[int(i)] for i in self._ahead_units[at:at + _AHEAD_UNITS]])
         read = self.reader.read_run(units[k:end], [int(n) for n in counts[k:end]])
         block, offset = Block.from_rows(read, self.row_ids), 0
         parts = read.parts()
@@ -369,6 +389,7 @@ class StreamReader:
         """Blocks whose positions, one after another, are exactly those of `spans` in order: one
         per unit piece, or with shuffle one per piece of a block."""
         self._join_lanes(spans)
+        self._ahead_units = _lane_units(self.stream, spans)
         for lo, hi in spans:
             if not self.stream.shuffle:
                 yield from self._pieces_joined(list(self.stream.pieces(lo, hi)))

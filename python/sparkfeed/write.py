@@ -3,7 +3,8 @@
 Spark writes the shards; sparkfeed validates the DataFrame before any Spark job runs, sizes the
 shards and row groups, and writes the manifest last, atomically, only after Spark committed. The
 per-shard statistics are gathered by a Spark job that opens each Parquet footer on an executor,
-so writing 10,000 shards does not mean 10,000 footer reads on the driver.
+so writing 10,000 shards does not mean 10,000 footer reads on the driver. Only DataFrame
+operations are used (no sparkContext, no RDDs), so `df` may come from a Spark Connect session.
 
     spark = sparkfeed.spark_session()
     m = sparkfeed.write(df, "s3a://bucket/ds", cluster_by="label", codecs={"image": "jpeg"})
@@ -252,10 +253,28 @@ def _footer_entry(fs, full: str, rel: str, size: int) -> dict:
 
 def _footer_entries(items: Iterable[tuple[str, str, int]], url: str,
                     storage_options: dict | None) -> Iterator[dict]:
-    """Spark task: manifest entries of (full path, relative path, size) files, one fs per task."""
+    """Manifest entries of (full path, relative path, size) files, one fs per call."""
     fs, _ = storage.resolve(url, storage_options)
     for full, rel, size in items:
         yield _footer_entry(fs, full, rel, size)
+
+
+def _footer_batches(batches, url: str, storage_options: dict | None):
+    """mapInArrow task: batches of (full, rel, size) rows -> batches of JSON manifest entries.
+
+    Arrow in, Arrow out, DataFrame API only: runs the same on a classic session and over Spark
+    Connect (which has no sparkContext and no RDDs)."""
+    import pyarrow as pa
+
+    for batch in batches:
+        rows = zip(*(batch.column(i).to_pylist() for i in range(3)))
+        entries = [json.dumps(e) for e in _footer_entries(rows, url, storage_options)]
+        yield pa.RecordBatch.from_arrays([pa.array(entries, pa.string())], names=["entry"])
+
+
+def _is_connect(spark) -> bool:
+    """True for a Spark Connect session (`SparkSession.builder.remote(...)`)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
 # ---------------------------------------------------------------- the write
@@ -272,14 +291,23 @@ def _committed_parquet(fs, root: str) -> list[tuple[str, str, int]]:
     return sorted(found, key=lambda t: t[1])
 
 
+# Statistics tasks per committed file list: enough for every core of a large cluster, and
+# never more tasks than files.
+_STATS_TASKS = 256
+
+
 def _gather_entries(spark, files: list, url: str, storage_options) -> list[dict]:
-    sc = spark.sparkContext
-    slices = max(1, min(len(files), 4 * sc.defaultParallelism))
-    sc.setJobDescription(f"sparkfeed: statistics of {len(files)} shards")
+    """Manifest entries of the committed files, each footer read on an executor, with DataFrame
+    operations only (createDataFrame -> repartition -> mapInArrow -> collect), so it also runs
+    over Spark Connect."""
+    slices = max(1, min(len(files), _STATS_TASKS))
+    paths = spark.createDataFrame(files, "full string, rel string, size long").repartition(slices)
+    job = paths.mapInArrow(lambda it: _footer_batches(it, url, storage_options), "entry string")
+    description = f"sparkfeed: statistics of {len(files)} shards"
+    if not _is_connect(spark):
+        spark.sparkContext.setJobDescription(description)
     try:
-        entries = (sc.parallelize(files, slices)
-                   .mapPartitions(lambda it: _footer_entries(it, url, storage_options))
-                   .collect())
+        rows = job.collect()
     except Exception as exc:
         if "No module named 'sparkfeed'" in str(exc):
             raise SparkfeedError(
@@ -288,8 +316,9 @@ def _gather_entries(spark, files: list, url: str, storage_options) -> list[dict]
                 "executors run, or point PYSPARK_PYTHON at the Python that has it") from exc
         raise
     finally:
-        sc.setJobDescription(None)
-    return sorted(entries, key=lambda e: e["path"])
+        if not _is_connect(spark):
+            spark.sparkContext.setJobDescription(None)
+    return sorted((json.loads(r.entry) for r in rows), key=lambda e: e["path"])
 
 
 def _build_manifest(spark, entries: list[dict], codecs: Mapping[str, str], path: str) -> Manifest:
@@ -309,7 +338,7 @@ def _build_manifest(spark, entries: list[dict], codecs: Mapping[str, str], path:
 
 
 def _spark_mode(mode: str, existing: bool | None) -> str:
-    return "overwrite" if mode == "overwrite" or existing is False else "errorifexists"
+    return "overwrite" if mode == "overwrite" or existing is False else "error"  # Connect knows "error", not "errorifexists"
 
 
 def _write_parquet(df, spark_path: str, spark_mode: str, samples_per_shard: int,

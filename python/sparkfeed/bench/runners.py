@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.utils.data
 
-from . import datasets
+from . import datasets, remote
 
 TABULAR_COLUMNS = ["id", "label"] + [f"f{i}" for i in range(datasets.NUM_FLOATS)]
 
@@ -406,6 +406,8 @@ def plan_only(ctx: Context, path: str) -> Iterator[int]:
 Runner = Callable[..., Iterator[int]]
 
 RUNNERS: dict[str, Runner] = {
+    "sparkfeed-remote": remote.sparkfeed_remote,
+    "webdataset-remote": remote.webdataset_remote,
     "sparkfeed": sparkfeed_tabular,
     "pyarrow-scan": pyarrow_scan,
     "torch-map-style": torch_map_style,
@@ -432,6 +434,7 @@ PEER_VENVS: dict[str, str] = {"petastorm": "petastorm", "mosaic-streaming": "str
 # runner -> (module it needs, how to install it); checked before the runner is timed
 REQUIRES: dict[str, tuple[str, str]] = {
     "webdataset-pil": ("webdataset", "pip install webdataset"),
+    "webdataset-remote": ("webdataset", "pip install webdataset"),
     "torch-pil-files": ("PIL", "pip install pillow"),
     "pil-ceiling": ("PIL", "pip install pillow"),
     "sparkfeed-dali": ("nvidia.dali", "pip install nvidia-dali-cuda120"),

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 import psutil
 
 from . import datasets, runners
+from .remote import remote_cases
 from .runners import Context
 
-SCENARIOS = ("tabular", "filter", "decode", "bytes", "train", "feed", "plan", "scaling")
-IMAGE_SCENARIOS = ("decode", "bytes", "train")
+SCENARIOS = ("tabular", "filter", "decode", "bytes", "train", "feed", "plan", "scaling", "remote")
+IMAGE_SCENARIOS = ("decode", "bytes", "train", "remote")
 SCALES = (1, 2, 4, 8)  # dataset sizes of the scaling study, in multiples of `scaling_base` rows
 FLAT_RSS = 1.5  # "memory stays flat": peak RSS at 8x within this factor of 1x
 PLAN_SHARDS = (100, 1_000, 10_000)  # shards in the synthetic manifests of the plan scenario
@@ -324,7 +325,7 @@ def scaling_summary(rows: list[dict]) -> str:
 CASES: dict[str, Callable] = {"tabular": tabular_cases, "filter": filter_cases,
                               "decode": decode_cases, "bytes": bytes_cases, "train": train_cases,
                               "feed": feed_cases, "plan": plan_cases,
-                              "scaling": scaling_cases}
+                              "scaling": scaling_cases, "remote": remote_cases}
 
 
 def finish(rows: list[dict]) -> list[dict]:

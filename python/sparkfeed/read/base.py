@@ -88,6 +88,10 @@ class Reader:
                 raise
             return unit.num_rows
 
+    def read_ahead(self, units: Sequence[WorkUnit]) -> None:
+        """Hint: `units` are what this reader reads next, in order. Remote readers start
+        fetching them (`storage.ReadAhead`); the default does nothing."""
+
     def close(self) -> None:
         """Release cached files."""
 

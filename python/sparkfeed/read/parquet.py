@@ -7,6 +7,8 @@ kept. Bytes read are counted from the column-chunk sizes in the footer.
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections import OrderedDict
 
 import numpy as np
@@ -19,8 +21,11 @@ from ..errors import ShardReadError
 from ..plan import WorkUnit
 from .base import Reader, UnitRows, apply_filter, with_bookkeeping
 
+log = logging.getLogger(__name__)
+
 _ERRORS = (OSError, pa.ArrowException, ValueError, EOFError)
 _OPEN_FILES = 16  # open Parquet files kept per reader
+_AHEAD_GROUPS = 16  # row groups of one file fetched ahead as one task
 _RUN_BYTES = 16 << 20  # uncompressed bytes read as one run of row groups (`read_run`): a
 # handful of runs per lane stay in memory (cache, queue), so this bounds what runs add to it
 
@@ -34,13 +39,47 @@ class ParquetReader(Reader):
         # The last files opened: with shuffle, units hop between files, and a footer is read,
         # parsed and checked once per file, not once per unit.
         self._files: OrderedDict[str, tuple[pq.ParquetFile, dict]] = OrderedDict()
+        self._ahead = None if self._pafs is not None else storage.ReadAhead()
+        self._ranges = True  # False: an HTTP server that ignores Range (whole-file reads)
 
     def _open_input(self, path: str):
         """A seekable file: pyarrow's native one for local files, fsspec's otherwise (fsspec's
         errors keep their cause, so transient failures are retried, not taken as 'missing')."""
         if self._pafs is not None:
             return self._pafs.open_input_file(path)
-        return self.ctx.fs.open(path, "rb")
+        if not self._ranges:
+            return self.ctx.fs.open(path, "rb")
+        return storage.open_remote(self.ctx.fs, path, self._size(path))
+
+    def _parquet_file(self, path: str, metadata) -> pq.ParquetFile:
+        """Open with pre-buffering (remote); a server that ignores Range requests gets fsspec's
+        default block reads instead, and no read-ahead."""
+        remote = self._pafs is None
+        try:
+            return pq.ParquetFile(self._open_input(path), metadata=metadata,
+                                  pre_buffer=remote and self._ranges)
+        except ValueError as exc:
+            if not self._no_ranges(exc):
+                raise
+            return pq.ParquetFile(self._open_input(path), metadata=metadata)
+
+    def _no_ranges(self, exc: BaseException) -> bool:
+        """True (and whole-file reads from now on) when `exc` says the HTTP server ignored a
+        Range request."""
+        if self._pafs is not None or not self._ranges or "range requests" not in str(exc):
+            return False
+        log.warning("%s: the server ignores Range requests; reading whole files, without "
+                    "read-ahead", self.ctx.dataset)
+        self._ranges, self._files = False, OrderedDict()
+        if self._ahead is not None:
+            self._ahead.close()
+            self._ahead = None
+        return True
+
+    def _size(self, path: str) -> int | None:
+        """The file's size from the manifest (full path), so opening it sends no HEAD."""
+        rel = path[len(self.ctx.root):].lstrip("/")
+        return self.ctx.manifest_bytes.get(rel)
 
     def _retrying(self, fn, what: str):
         """Remote storage: retry transient errors (`storage.with_retries`). Local files: once; a
@@ -48,14 +87,17 @@ class ParquetReader(Reader):
         it would only delay the error by the whole backoff."""
         return fn() if self._pafs is not None else storage.with_retries(fn, what)
 
-    def _file(self, unit: WorkUnit) -> pq.ParquetFile:
+    def _file(self, unit: WorkUnit, metadata=None) -> pq.ParquetFile:
+        """The unit's file, opened once (footer read, parsed and checked once); `metadata` is a
+        footer already fetched by read-ahead. Remote files pre-buffer: the column chunks of a
+        row group are fetched as coalesced, concurrent range requests."""
         if unit.path in self._files:
             self._files.move_to_end(unit.path)
             return self._files[unit.path][0]
         path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
         self._check_unchanged(unit, path)
         try:
-            pf = self._retrying(lambda: pq.ParquetFile(self._open_input(path)), f"opening {path}")
+            pf = self._retrying(lambda: self._parquet_file(path, metadata), f"opening {path}")
         except FileNotFoundError as exc:
             raise self._error(unit, f"file missing: the manifest names {unit.path!r} but storage "
                               "has no such file") from exc
@@ -88,16 +130,24 @@ class ParquetReader(Reader):
         return table.select(names)
 
     def _read_file_columns(self, unit: WorkUnit, names: list[str], groups: list[int] | None = None) -> pa.Table:
+        """Columns `names` of the unit's row groups from the file: from bytes fetched ahead
+        where there are some (anything else read in place), retried as a whole."""
+        fetched = self._take_ahead(unit, names, groups)
 
         def attempt() -> list[pa.Table]:
             nonlocal groups
-            pf = self._file(unit)
+            pf = self._file(unit, fetched[0] if fetched else None)
             if groups is None:
                 groups = range(pf.metadata.num_row_groups) if unit.row_group is None else [unit.row_group]
+            src = self._from_parts(unit, pf, fetched[1]) if fetched else pf
             try:
-                return [pf.read_row_group(g, columns=names, use_threads=False) for g in groups]
-            except Exception:
+                if self._pafs is None and len(groups) > 1:  # remote: one pre-buffered read
+                    return [src.read_row_groups(list(groups), columns=names, use_threads=False)]
+                return [src.read_row_group(g, columns=names, use_threads=False) for g in groups]
+            except Exception as exc:
                 self._files.pop(unit.path, None)  # reopen on retry: the stream may be broken
+                if self._no_ranges(exc):
+                    return attempt()
                 raise
 
         try:
@@ -110,6 +160,75 @@ class ParquetReader(Reader):
             raise self._error(unit, f"storage kept failing ({type(exc).__name__}: {exc})") from exc
         self.ctx.stats.add("bytes_read", sum(self._chunk_bytes(unit.path, g, names) for g in groups))
         return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
+
+    # ------------------------------------------------------------ read-ahead (remote files only)
+
+    def _ahead_columns(self) -> list[str]:
+        """What a unit's first read needs: with a filter only the filter columns (the others
+        are read only for row groups where some row survives, so pushdown still saves bytes)."""
+        return list(self.ctx.filter_columns) if self.ctx.expr is not None else self.ctx.read_columns
+
+    def read_ahead(self, units) -> None:
+        """Upcoming row groups, consecutive ones of a file fetched together (one footer read
+        when the file is not open yet, one coalesced range request for their columns)."""
+        if self._ahead is None:
+            return
+        names, items = self._ahead_columns(), []
+        for unit in units:
+            key = (unit.path, unit.row_group)
+            if unit.row_group is None:
+                continue
+            if key in self._ahead:  # still wanted, already fetched or in flight
+                items.append(([key], 0, None))
+                continue
+            known = self._files.get(unit.path)
+            nbytes = self._chunk_bytes(unit.path, unit.row_group, names) if known else 0
+            last = items[-1] if items else None
+            if last and last[2] is not None and last[0][0][0] == unit.path and len(last[0]) < _AHEAD_GROUPS \
+                    and last[1] + nbytes <= _RUN_BYTES:
+                items[-1] = (last[0] + [key], last[1] + nbytes, last[2] + [unit.row_group])
+            else:
+                items.append(([key], nbytes, [unit.row_group]))
+        self._ahead.ahead([(keys, 0, None) if groups is None else
+                           (keys, nbytes or self._estimate(keys[0][0]), self._fetcher(keys[0][0], groups))
+                           for keys, nbytes, groups in items])
+
+    def _estimate(self, rel: str) -> int:
+        """Bytes of row groups of a file not open yet: at most the file, at most a run."""
+        path = storage.join(self.ctx.root, rel, self.ctx.dataset)
+        return min(self._size(path) or _RUN_BYTES, _RUN_BYTES)
+
+    def _fetcher(self, rel: str, groups: list[int]):
+        path = storage.join(self.ctx.root, rel, self.ctx.dataset)
+        known = self._files.get(rel)
+        return functools.partial(_fetch_groups, self.ctx.fs, path, self._size(path),
+                                 known[0].metadata if known else None, groups, self._ahead_columns())
+
+    def _ahead_footer(self, unit: WorkUnit):
+        """The footer of the unit's file if read-ahead fetched it (None otherwise)."""
+        if self._ahead is None or unit.path in self._files:
+            return None
+        got = self._ahead.peek((unit.path, unit.row_group))
+        return got[0] if got else None
+
+    def _take_ahead(self, unit: WorkUnit, names: list[str], groups) -> tuple | None:
+        """(footer, {range: bytes}) fetched ahead for the row groups of this read, or None."""
+        if self._ahead is None:
+            return None
+        wanted = [unit.row_group] if groups is None else groups
+        md, parts = None, {}
+        for g in wanted:
+            got = None if g is None else self._ahead.take((unit.path, g))
+            if got is not None:
+                md, parts = got[0], {**parts, **got[1]}
+        return (md, parts) if parts else None
+
+    def _from_parts(self, unit: WorkUnit, pf: pq.ParquetFile, parts: dict) -> pq.ParquetFile:
+        """The unit's file served from the fetched ranges (anything else read in place)."""
+        path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
+        size = self._size(path) or self.ctx.fs.size(path)
+        src = storage.KnownRanges(parts, size, lambda: self._open_input(path))
+        return pq.ParquetFile(src, metadata=pf.metadata)
 
     def _chunk_bytes(self, path: str, group: int, names: list[str]) -> int:
         """Compressed bytes of the column chunks of `names` in row group `group` (what a read
@@ -156,7 +275,7 @@ class ParquetReader(Reader):
         if self.ctx.expr is not None or len(units) == 1:
             return self.read(units[0], expected[0])
         try:
-            pf = self._file(units[0])
+            pf = self._file(units[0], self._ahead_footer(units[0]))
         except ShardReadError:
             return self.read(units[0], expected[0])
         md, groups, size = pf.metadata, [], 0
@@ -186,10 +305,29 @@ class ParquetReader(Reader):
         return light.num_rows
 
     def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead.close()
         self._files.clear()
+
+
+def _fetch_groups(fs, path: str, size: int | None, metadata, groups: list[int], names: list[str]):
+    """Read-ahead task: (footer, {range: bytes}) of the column chunks of `names` in row groups
+    `groups` of one file, adjacent chunks in one request; the footer is read here first when
+    the file is not open yet."""
+    if metadata is None:
+        with storage.open_remote(fs, path, size) as f:
+            metadata = pq.ParquetFile(f).metadata
+    wanted, ranges = set(names), []
+    for g in groups:
+        rg = metadata.row_group(g)
+        for j in range(rg.num_columns):
+            col = rg.column(j)
+            if col.path_in_schema.split(".")[0] in wanted:
+                start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
+                ranges.append((start, start + col.total_compressed_size))
+    return metadata, storage.fetch_ranges(fs, path, ranges)
 
 
 def _arrow_filesystem(fs) -> pafs.FileSystem | None:
     """pyarrow's native filesystem for local files (the fast path), None for everything else."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return pafs.LocalFileSystem() if protocol in ("file", "local") else None
+    return pafs.LocalFileSystem() if storage.is_local(fs) else None

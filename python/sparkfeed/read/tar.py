@@ -9,6 +9,8 @@ unpickled: `.pyd`/`.pickle` and other unknown members are ignored. Links, device
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import posixpath
 import tarfile
@@ -33,7 +35,36 @@ def split_name(name: str) -> tuple[str, str]:
 
 
 class TarReader(Reader):
-    """Reads whole tar shards (a WebDataset work unit is one shard)."""
+    """Reads whole tar shards (a WebDataset work unit is one shard); over remote storage the
+    next shards are fetched whole while the current one is parsed (`storage.ReadAhead`)."""
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self._ahead = None if storage.is_local(ctx.fs) else storage.ReadAhead()
+
+    def read_ahead(self, units) -> None:
+        if self._ahead is None:
+            return
+        items = []
+        for unit in units:
+            path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
+            size = self.ctx.manifest_bytes.get(unit.path)
+            if unit.path in self._ahead:
+                items.append(((unit.path,), 0, None))  # still wanted, fetched or in flight
+            elif size is not None:
+                items.append(((unit.path,), size, functools.partial(self.ctx.fs.cat_file, path)))
+        self._ahead.ahead(items)
+
+    def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead.close()
+
+    def _open(self, unit: WorkUnit, path: str):
+        """The shard: its bytes fetched ahead, or a remote/local file streamed in place."""
+        data = self._ahead.take(unit.path) if self._ahead is not None else None
+        if data is not None:
+            return io.BytesIO(data)
+        return self.ctx.fs.open(path, "rb")  # fsspec's block cache: tarfile reads 10 KiB at a time
 
     def _check_member(self, unit: WorkUnit, info: tarfile.TarInfo) -> None:
         name = info.name
@@ -78,8 +109,8 @@ class TarReader(Reader):
         samples: list[dict] = []
         read = 0
         self._check_unchanged(unit, path)
-        with self.ctx.fs.open(path, "rb") as f:
-            self._check_size(unit, getattr(f, "size", None))
+        with self._open(unit, path) as f:
+            self._check_size(unit, getattr(f, "size", len(f.getbuffer()) if isinstance(f, io.BytesIO) else None))
             with tarfile.open(fileobj=f, mode="r|", errorlevel=2) as tar:
                 for info in tar:
                     where["offset"] = info.offset
