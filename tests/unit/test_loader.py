@@ -241,7 +241,7 @@ def test_bad_arguments_fail_when_built(pq_path):
              (dict(filter=[("label", "<", "x")]), r'`filter` \(label < "x"\) cannot apply to dataset'),
              (dict(filter="label<1"), "`filter` should be None, DNF tuples .* but got filter='label<1'"),
              (dict(on_error="ignore"), "`on_error` should be one of .* but got on_error='ignore'"),
-             (dict(shuffle_buffer=0), "`shuffle_buffer` should be a positive integer, but got shuffle_buffer=0"),
+             (dict(shuffle_buffer=0), "`shuffle_buffer` should be a positive integer or None, but got shuffle_buffer=0"),
              (dict(rank=2, world_size=2), r"`rank` should be in \[0, world_size=2\), but got rank=2")]
     for kw, message in cases:
         with pytest.raises(ValueError, match=message):
