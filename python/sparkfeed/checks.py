@@ -8,8 +8,10 @@ is a `ValueError` when the loader is built, never a failure at the first batch o
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["positive_int", "non_negative_int", "one_of", "resolve_device", "check_columns",
            "check_decode", "ON_ERROR"]
@@ -42,12 +44,14 @@ def one_of(name: str, value, choices: Sequence) -> None:
         raise ValueError(f"`{name}` should be one of {tuple(choices)}, but got {name}={value!r}")
 
 
-def resolve_device(device) -> torch.device | None:
+def resolve_device(device) -> "torch.device | None":
     """The one device rule: None or "cpu" mean the host (no copy); a CUDA device must exist and
     gets its index fixed now (a background thread's current device is not the caller's);
     anything else is refused."""
     if device is None:
         return None
+    import torch  # here: the Spark side (write.py) checks its arguments without loading torch
+
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:

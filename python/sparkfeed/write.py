@@ -23,7 +23,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 
-from . import storage
+from . import checks, storage
 from ._version import __version__
 from .errors import SparkfeedError
 from .manifest import MANIFEST_NAME, Manifest, parse_manifest, read_manifest, write_manifest
@@ -92,12 +92,6 @@ def _check_columns(schema) -> dict:
                 "hand to torch; supported types are numeric, boolean, string, binary, date, "
                 f"timestamp and arrays of numbers or booleans; {hint}")
     return {f.name: f.dataType for f in schema.fields}
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"`{name}` should be a positive integer, but got {name}={value!r}")
-    return value
 
 
 def _check_cluster_by(cluster_by, types: Mapping) -> list[str]:
@@ -377,8 +371,8 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
     """
     if format not in FORMATS:
         raise ValueError(f"`format` should be one of {FORMATS}, but got format={format!r}")
-    _positive_int(samples_per_shard, "samples_per_shard")
-    _positive_int(samples_per_row_group, "samples_per_row_group")
+    checks.positive_int("samples_per_shard", samples_per_shard)
+    checks.positive_int("samples_per_row_group", samples_per_row_group)
     if mode not in MODES:
         raise ValueError(f"`mode` should be one of {MODES}, but got mode={mode!r}")
     if not isinstance(path, (str, os.PathLike)) or not str(path):
