@@ -16,7 +16,7 @@ import torch
 import torch.utils.data
 
 from . import batch as batching
-from . import checks, filters, partition
+from . import checks, filters, mix, partition
 from .engine import Engine, ReadConfig
 from .manifest import Manifest, read_manifest
 from .plan import Plan
@@ -47,35 +47,49 @@ class Dataset(torch.utils.data.IterableDataset):
 
     Example: `ds = sparkfeed.Dataset("ds/", columns=["label"], filter=[("label", "<", 3)])`, then
     `torch.utils.data.DataLoader(ds, batch_size=32, num_workers=2)`. Every sample that passes the
-    filter is delivered once per epoch across ranks and workers.
+    filter is delivered once per epoch across ranks and workers. `path` may also be a list of
+    `sparkfeed.Source` (a mix, see `mix.py`); `with_source=True` then adds `__source__`.
     """
 
-    def __init__(self, path: str, *, columns: Sequence[str] | None = None, filter=None,
-                 shuffle: bool = False, seed: int = 0, batch_size: int | None = None,
+    def __init__(self, path: str | Sequence[mix.Source], *, columns: Sequence[str] | None = None,
+                 filter=None, shuffle: bool = False, seed: int = 0, batch_size: int | None = None,
                  drop_last: bool = False, shuffle_buffer: int = 2048, rank: int | None = None,
                  world_size: int | None = None, on_error: str = "raise",
-                 storage_options: dict | None = None, manifest: Manifest | None = None):
+                 storage_options: dict | None = None, manifest: Manifest | None = None,
+                 with_source: bool = False):
         super().__init__()
         checks.positive_int("batch_size", batch_size, allow_none=True)
         checks.positive_int("shuffle_buffer", shuffle_buffer)
         checks.one_of("on_error", on_error, checks.ON_ERROR)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"`seed` should be an integer, but got seed={seed!r}")
-        self.path = str(path)
-        self.manifest = manifest or read_manifest(self.path, storage_options)
-        self.columns = checks.check_columns(columns, self.manifest.column_names, self.path)
-        self.expr = filters.to_expression(filter)
-        if self.expr is not None:
-            filters.check_filter(self.expr, self.manifest.schema, self.path)
+        checks.one_of("with_source", with_source, (False, True))
+        mixed = None
+        if mix.is_mix(path):  # several datasets: `mix.py` checks them and reads them
+            mixed, self.columns = mix.resolve(path, columns=columns, filter=filter,
+                                              storage_options=storage_options, with_source=with_source)
+            self.path = "mix[" + ", ".join(r.source.path for r in mixed) + "]"
+            self.manifest, self.expr = mixed[0].manifest, None
+        else:
+            if with_source:
+                raise ValueError("`with_source=True` tags each row with its source in a mix; pass a "
+                                 "list of sparkfeed.Source, or with_source=False for one dataset")
+            self.path = str(path)
+            self.manifest = manifest or read_manifest(self.path, storage_options)
+            self.columns = checks.check_columns(columns, self.manifest.column_names, self.path)
+            self.expr = filters.to_expression(filter)
+            if self.expr is not None:
+                filters.check_filter(self.expr, self.manifest.schema, self.path)
         self.shuffle, self.seed, self.batch_size = bool(shuffle), seed, batch_size
         self.drop_last, self.shuffle_buffer, self.on_error = bool(drop_last), shuffle_buffer, on_error
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self.storage_options = storage_options
         self.epoch = 0
-        self.engine = Engine(ReadConfig(
+        config = ReadConfig(
             path=self.path, manifest=self.manifest, columns=self.columns, expr=self.expr,
             shuffle=self.shuffle, seed=seed, shuffle_buffer=shuffle_buffer, on_error=on_error,
-            storage_options=storage_options))
+            storage_options=storage_options)
+        self.engine = Engine(config) if mixed is None else mix.MixedEngine(mixed, config, with_source)
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch: it seeds the shuffle, so every rank must call it with the same value."""

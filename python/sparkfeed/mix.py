@@ -1,0 +1,472 @@
+"""Mixing several datasets into one epoch stream: `Source`, the interleaving, `MixedEngine`.
+
+    loader = sparkfeed.DataLoader([sparkfeed.Source("laion/", weight=0.7, filter=[("aesthetic", ">", 5)]),
+                                   sparkfeed.Source("cc12m/", weight=0.3)], batch_size=256, shuffle=True)
+
+The mixed epoch is still positions `0..N-1`, so partitioning, lanes, resume and elastic world
+sizes (`partition.py`, `progress.py`) work on it unchanged. What a position holds is a pure
+function of `(seed, epoch, counts)`, in three steps:
+
+1. **Shares.** Source i supplies `n_i` samples this epoch (`shares`): `samples=` fixes it;
+   weighted sources share `T = min(size_j / w_j)` over the weighted sources without `repeat`
+   (weights normalised among the weighted sources), `n_i = floor(T * w_i)`; a source with neither
+   supplies every sample once. `N = sum(n_i)`.
+2. **Interleaving.** The stream is cut into `G = ceil(N / block)` blocks. Source i's share index
+   j sits at "time" `(j + 1/2) / n_i`; block g holds the share indices whose time falls in
+   `[g/G, (g+1)/G)` (`block_counts`, exact integer arithmetic), so every block holds each
+   source in its proportion to within one sample. Inside a block the sources' samples are in
+   time order (`shuffle=False`) or permuted by `(seed, epoch, g)` (`block_labels`).
+3. **Share -> source position.** Share index j of source i reads position `(off_i + j) mod
+   size_i` of that source's own epoch stream (its own units order and shuffle chunks), where
+   `off_i` is drawn from `(seed, epoch, i)` (0 when the share is the whole source): a source larger than its share contributes a
+   window of its shuffled stream that moves every epoch (a different subset each epoch; each
+   sample at most once), and `repeat=True` cycles past the size (`share_spans`).
+
+Reading (`MixedEngine.segments`): per block piece, each source's share range is read with that
+source's own `StreamReader` (its filter, pushdown and caches), tagged with its source index, and
+the pieces are put in mixed order with one `Block.concat` and one `Block.permute`: a few tensor
+ops per block, never per-sample Python (lists of strings aside, as everywhere).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from . import checks, filters, storage
+from .engine import Engine, ReadConfig
+from .manifest import Manifest, parse_manifest, read_manifest
+from .read import make_reader
+from .stats import Stats
+from .stream import ROW_KEYS, Block, StreamReader
+
+__all__ = ["Source", "SOURCE_COLUMN", "MixPlan", "MixedEngine", "shares", "block_counts",
+           "block_labels", "share_spans", "resolve"]
+
+SOURCE_COLUMN = "__source__"  # the column `with_source=True` adds
+SOURCE_STATS = ("samples", "bytes_read", "rows_filtered", "samples_skipped", "shards_planned",
+                "shards_pruned", "row_groups_planned", "row_groups_pruned")
+_SOURCE_SHIFT = 56  # a mixed row key is (source << 56) | (unit << 32) | row
+_MAX_SOURCES = 127
+
+
+class _SourceIds:
+    """The key under which a mixed block keeps each row's source index (not a string: no user
+    column can collide with it); `MixedEngine._account` turns it into counts or `__source__`."""
+
+    def __repr__(self) -> str:
+        return "SOURCE_IDS"
+
+
+SOURCE_IDS = _SourceIds()
+
+
+@dataclass(frozen=True)
+class Source:
+    """One dataset of a mix, with its own filter and its share of each epoch.
+
+    `weight`: the source's proportion among the weighted sources (any positive numbers; they
+    are normalised). `samples`: an exact count per epoch instead. Neither: every sample once
+    per epoch. `repeat=True` lets the source cycle past its size (a weighted source with
+    `repeat` does not limit the epoch length). `filter` applies to this source alone (AND the
+    loader's `filter=`, if any). `manifest`: a `Manifest`, or the path/URL of a manifest file
+    or of the directory holding `_sparkfeed.json`, when it is not at `path`.
+
+    Example: `Source("cc12m/", weight=0.3, filter=[("lang", "==", "en")])`.
+    """
+
+    path: str
+    weight: float | None = None
+    samples: int | None = None
+    repeat: bool = False
+    filter: Any = None
+    manifest: Any = None
+    storage_options: dict | None = dataclasses.field(default=None, hash=False, compare=False)
+
+    def __post_init__(self):
+        if not isinstance(self.path, str) and not hasattr(self.path, "__fspath__"):
+            raise ValueError(f"`path` should be a dataset path/URL, but got path={self.path!r}")
+        object.__setattr__(self, "path", os.fspath(self.path) if hasattr(self.path, "__fspath__") else self.path)
+        w = self.weight
+        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0):
+            raise ValueError(f"`weight` should be a positive number or None, but got weight={w!r}")
+        checks.positive_int("samples", self.samples, allow_none=True)
+        if w is not None and self.samples is not None:
+            raise ValueError(f"`weight` and `samples` should not both be given, but got weight={w!r} "
+                             f"and samples={self.samples!r} (source {self.path!r}); choose one")
+        if not isinstance(self.repeat, bool):
+            raise ValueError(f"`repeat` should be True or False, but got repeat={self.repeat!r}")
+        if self.storage_options is not None and not isinstance(self.storage_options, dict):
+            raise ValueError("`storage_options` should be a dict or None, but got "
+                             f"storage_options={self.storage_options!r}")
+        filters.to_expression(self.filter)  # DNF checked now
+
+
+def is_mix(path_or_sources) -> bool:
+    """Whether a `Dataset`/`DataLoader` first argument is a list of `Source`s."""
+    return isinstance(path_or_sources, (list, tuple))
+
+
+# ---------------------------------------------------------------- pure functions
+
+def shares(sizes: Sequence[int], sources: Sequence[Source]) -> list[int]:
+    """Each source's sample count per epoch (see the module note, step 1)."""
+    counts = [0] * len(sources)
+    weighted = [i for i, s in enumerate(sources) if s.weight is not None]
+    for i, s in enumerate(sources):
+        if s.samples is not None:
+            if s.samples > sizes[i] and not s.repeat:
+                raise ValueError(f"source {i} ({s.path!r}) has {sizes[i]} samples (after its filter) "
+                                 f"but `samples={s.samples}`; pass repeat=True to cycle past its size")
+            counts[i] = s.samples
+        elif s.weight is None:
+            counts[i] = sizes[i]
+    if weighted:
+        total_w = sum(sources[i].weight for i in weighted)
+        limits = [i for i in weighted if not sources[i].repeat]
+        if not limits:
+            raise ValueError("every weighted source has repeat=True, so nothing bounds the epoch; give "
+                             "one weighted source repeat=False, or give the sources samples=")
+        length = min(sizes[i] * total_w / sources[i].weight for i in limits)
+        for i in weighted:
+            share = sources[i].weight / total_w
+            counts[i] = min(math.floor(length * share + 1e-9), sizes[i]) if not sources[i].repeat \
+                else math.floor(length * share + 1e-9)
+    for i, s in enumerate(sources):
+        if counts[i] and not sizes[i]:
+            raise ValueError(f"source {i} ({s.path!r}) has no samples (after its filter) to repeat")
+    return counts
+
+
+def block_counts(counts: np.ndarray, blocks: int, g) -> np.ndarray:
+    """How many of each source's share fall before block `g` (an int or an array of them):
+    `#{j : (j + 1/2) / n_i < g / blocks}`, in exact integers. Shape `g.shape + (sources,)`."""
+    n = np.asarray(counts, dtype=np.int64)
+    g = np.asarray(g, dtype=np.int64)
+    c = -((blocks - 2 * np.multiply.outer(g, n)) // (2 * blocks))  # ceil((2 g n - G) / 2G)
+    return np.clip(c, 0, n)
+
+
+def block_labels(counts: np.ndarray, blocks: int, g: int, *, seed: int, epoch: int,
+                 shuffle: bool) -> np.ndarray:
+    """The source index of each position of block `g`: in time order, or permuted by
+    `(seed, epoch, g)` when shuffling."""
+    lo, hi = block_counts(counts, blocks, g), block_counts(counts, blocks, g + 1)
+    labels = np.repeat(np.arange(len(lo), dtype=np.int64), hi - lo)
+    if shuffle:
+        return _rng(seed, epoch, g, 3).permutation(labels)
+    times = np.concatenate([(np.arange(a, b) + 0.5) / max(int(n), 1) for a, b, n in zip(lo, hi, counts)])
+    return labels[np.argsort(times, kind="stable")]
+
+
+def share_spans(offset: int, size: int, start: int, count: int) -> list[tuple[int, int]]:
+    """Source stream positions of share indices `[start, start + count)`: `(offset + j) mod size`,
+    as spans in share order (more than one where the window wraps around)."""
+    out, pos, left = [], (offset + start) % size, count
+    while left:
+        n = min(left, size - pos)
+        out.append((pos, pos + n))
+        left -= n
+        pos = 0
+    return out
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng([k & 0xFFFFFFFF for k in key] + [len(key), 0x6D6978])
+
+
+def _source_seed(seed: int, i: int) -> int:
+    """Each source's own stream seed: sources of the same layout do not shuffle in lockstep."""
+    return int(_rng(seed, i).integers(2 ** 31))
+
+
+# ---------------------------------------------------------------- checks when built
+
+def _manifest(source: Source, storage_options: dict | None) -> Manifest:
+    m = source.manifest
+    if m is None or isinstance(m, Manifest):
+        return m or read_manifest(source.path, storage_options)
+    m = os.fspath(m)
+    if m.endswith(".json"):
+        fs, name = storage.resolve(m, storage_options)
+        return parse_manifest(storage.read_bytes(fs, name), dataset=source.path)
+    return read_manifest(m, storage_options)
+
+
+def _kind(t: pa.DataType | None, type_string: str):
+    """What a column becomes in a batch, coarsely: columns of one kind can share a batch."""
+    if t is None:
+        return ("other", type_string)
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return "binary"
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return ("list", _kind(t.value_type, str(t.value_type)))
+    return ("other", str(t))
+
+
+def _torch_dtype(t: pa.DataType) -> torch.dtype | None:
+    """The tensor dtype of a numeric (or list of numeric) column; None for other columns."""
+    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        t = t.value_type
+    if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
+        return None
+    return torch.from_numpy(np.empty(0, dtype=t.to_pandas_dtype())).dtype
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """A source checked and ready: its manifest, its filter (AND the loader's) and its engine."""
+
+    source: Source
+    manifest: Manifest
+    expr: Any
+    casts: dict  # column -> torch dtype where this source's differs from the mix's
+
+
+def _column_types(resolved: list, columns: tuple[str, ...]) -> dict[str, list]:
+    """Per column, each source's (kind, dtype, type string); ValueError naming a source that lacks
+    the column or holds it with an incompatible type."""
+    first = resolved[0]
+    out = {}
+    for name in columns:
+        types = []
+        for i, (src, m) in enumerate(resolved):
+            if name not in m.column_names:
+                raise ValueError(f"`columns` names {name!r}, which source {i} ({src.path!r}) does not "
+                                 f"have (its columns are {m.column_names}); every column must exist "
+                                 "in every source: pass columns= with the columns they share")
+            ts = m.column(name).type
+            t = filters.arrow_type(ts)
+            types.append((_kind(t, ts), None if t is None else _torch_dtype(t), ts))
+        for i, (kind, _, ts) in enumerate(types):
+            if kind != types[0][0]:
+                raise ValueError(f"column {name!r} is {ts} in source {i} ({resolved[i][0].path!r}) but "
+                                 f"{types[0][2]} in source 0 ({first[0].path!r}); types must be "
+                                 "compatible (integers with integers, floats with floats, strings, "
+                                 "binary, lists of such): pass columns= without it, or rewrite one source")
+        out[name] = types
+    return out
+
+
+def _casts(types: dict[str, list], sources: int) -> list[dict]:
+    """Per source, the numeric columns to convert to the mix's dtype (torch's promotion)."""
+    casts: list[dict] = [{} for _ in range(sources)]
+    for name, per_source in types.items():
+        dtypes = [d for _, d, _ in per_source]
+        if dtypes[0] is None or len(set(dtypes)) == 1:
+            continue
+        target = dtypes[0]
+        for d in dtypes[1:]:
+            target = torch.promote_types(target, d)
+        for i, d in enumerate(dtypes):
+            if d != target:
+                casts[i][name] = target
+    return casts
+
+
+def resolve(sources: Sequence, *, columns, filter, storage_options: dict | None,
+            with_source: bool) -> tuple[list[_Resolved], tuple[str, ...]]:
+    """Check a mix when the loader is built: the sources, each one's filter, the columns (present
+    everywhere, compatible types), `with_source`. Returns the resolved sources and the columns."""
+    sources = list(sources)
+    if not sources or not all(isinstance(s, Source) for s in sources):
+        raise ValueError("a mix should be a non-empty list of sparkfeed.Source, but got "
+                         f"{[type(s).__name__ for s in sources]}")
+    if len(sources) > _MAX_SOURCES:
+        raise ValueError(f"a mix should have at most {_MAX_SOURCES} sources, but got {len(sources)}")
+    loader_expr = filters.to_expression(filter)
+    pairs = [(s, _manifest(s, s.storage_options or storage_options)) for s in sources]
+    columns = checks.check_columns(columns, pairs[0][1].column_names, sources[0].path)
+    if with_source and SOURCE_COLUMN in columns:
+        raise ValueError(f"`with_source=True` adds the column {SOURCE_COLUMN!r}, which the loaded "
+                         f"columns already hold; rename that column or leave it out of columns=")
+    casts = _casts(_column_types(pairs, columns), len(sources))
+    out = []
+    for i, (s, m) in enumerate(pairs):
+        expr = filters.to_expression(s.filter)
+        expr = loader_expr if expr is None else expr if loader_expr is None else expr & loader_expr
+        if expr is not None:
+            filters.check_filter(expr, m.schema, f"{s.path} (source {i})")
+        out.append(_Resolved(s, m, expr, casts[i]))
+    return out, columns
+
+
+# ---------------------------------------------------------------- the plan and the engine
+
+@dataclass(frozen=True)
+class MixPlan:
+    """Each source's plan, size (after its filter) and count this epoch; the block grid."""
+
+    plans: tuple
+    sizes: tuple[int, ...]
+    counts: tuple[int, ...]
+    blocks: int
+    starts: np.ndarray  # mixed position where each block starts (length blocks + 1)
+
+    @property
+    def num_samples(self) -> int:
+        return int(sum(self.counts))
+
+
+class MixedEngine(Engine):
+    """The read engine of a mix: the same interface as `Engine` (plan, rank_spans, lanes,
+    segments, deliveries), over the mixed positions `0..N-1`. Each source keeps its own `Engine`
+    (its manifest, filter, pruning and counts); this one only decides which source's sample
+    each position holds and puts the rows in that order."""
+
+    def __init__(self, resolved: Sequence[_Resolved], config: ReadConfig, with_source: bool = False):
+        self.config = config  # the mix-wide settings (shuffle, seed, shuffle_buffer, on_error)
+        self.sources = tuple(r.source for r in resolved)
+        self.casts = tuple(r.casts for r in resolved)
+        self.with_source = with_source
+        self.engines = tuple(Engine(dataclasses.replace(
+            config, path=r.source.path, manifest=r.manifest, expr=r.expr,
+            seed=_source_seed(config.seed, i), storage_options=r.source.storage_options or config.storage_options))
+            for i, r in enumerate(resolved))
+        self._plan: MixPlan | None = None
+
+    @property
+    def format(self) -> str:
+        """"parquet" when every source is Parquet (threads read it), else "webdataset"."""
+        return "parquet" if all(e.format == "parquet" for e in self.engines) else "webdataset"
+
+    def identity(self) -> str:
+        return "mix(" + ";".join(f"{s.path}|{e.identity()}|{s.weight}|{s.samples}|{s.repeat}"
+                                 for s, e in zip(self.sources, self.engines)) + ")"
+
+    def plan(self) -> MixPlan:
+        """Every source's plan (pruning, the filter's count pass), the shares and the block grid."""
+        if self._plan is None:
+            plans = tuple(e.plan() for e in self.engines)
+            sizes = tuple(p.num_samples for p in plans)
+            counts = tuple(shares(sizes, self.sources))
+            n = sum(counts)
+            blocks = max(1, -(-n // max(1, self.config.shuffle_buffer)))
+            per_block = block_counts(np.array(counts), blocks, np.arange(blocks + 1))
+            self._plan = MixPlan(plans, sizes, counts, blocks, per_block.sum(axis=1))
+        return self._plan
+
+    def planning_stats(self) -> dict:
+        """Totals over the sources, and each source's under `source.<i>.<name>`."""
+        out: dict = {"pruning": {}, "counted": {}}
+        for i, e in enumerate(self.engines):
+            for part, values in e.planning_stats().items():
+                for k, v in values.items():
+                    out[part][k] = out[part].get(k, 0) + v
+                    out[part][f"source.{i}.{k}"] = out[part].get(f"source.{i}.{k}", 0) + v
+        return out
+
+    def offsets(self, epoch: int) -> list[int]:
+        """Where each source's share starts in its own stream this epoch (see step 3)."""
+        plan, out = self.plan(), []
+        for i, (size, n) in enumerate(zip(plan.sizes, plan.counts)):
+            # a full share needs no window (the source's own stream already changes each epoch)
+            out.append(int(_rng(self.config.seed, epoch, i, 4).integers(size)) if n < size else 0)
+        return out
+
+    def locate(self, key: int):
+        i = key >> _SOURCE_SHIFT
+        return self.engines[i].locate(key & ((1 << _SOURCE_SHIFT) - 1))
+
+    def stream(self, epoch: int):
+        raise TypeError("a mix has no single EpochStream; each source has its own (MixedEngine.engines)")
+
+    # ------------------------------------------------------------ read
+
+    def _pieces(self, spans):
+        """(block g, first, last) offsets inside the block covering the spans, in order."""
+        starts = self.plan().starts
+        for lo, hi in spans:
+            g = int(np.searchsorted(starts, lo, side="right")) - 1
+            while lo < hi:
+                end = min(hi, int(starts[g + 1]))
+                if end > lo:
+                    yield g, lo - int(starts[g]), end - int(starts[g])
+                lo, g = end, g + 1
+
+    def segments(self, epoch: int, spans, stats: Stats, row_ids: bool = False):
+        """A lane's mixed positions as blocks, in order: per block piece, each source's share
+        range read by its own `StreamReader`, then the rows put in mixed order."""
+        plan, offsets = self.plan(), self.offsets(epoch)
+        counts = np.array(plan.counts, dtype=np.int64)
+        src_stats = [Stats() for _ in self.engines]
+        readers: dict[int, StreamReader] = {}
+        cached: tuple | None = None
+        try:
+            for g, a, b in self._pieces(spans):
+                if cached is None or cached[0] != g:
+                    labels = block_labels(counts, plan.blocks, g, seed=self.config.seed, epoch=epoch,
+                                          shuffle=self.config.shuffle)
+                    running = np.zeros((len(counts), len(labels) + 1), dtype=np.int64)
+                    np.cumsum(labels[None, :] == np.arange(len(counts))[:, None], axis=1, out=running[:, 1:])
+                    cached = (g, labels, running, block_counts(counts, plan.blocks, g))
+                _, labels, running, before = cached
+                parts = []
+                for i in np.flatnonzero(running[:, b] - running[:, a]):
+                    i = int(i)
+                    start = int(before[i] + running[i, a])
+                    spans_i = share_spans(offsets[i], plan.sizes[i], start, int(running[i, b] - running[i, a]))
+                    if i not in readers:
+                        readers[i] = self._reader(i, epoch, src_stats[i], row_ids)
+                    parts.append(self._tagged(i, Block.concat(list(readers[i].segments(spans_i)))))
+                block = Block.concat(parts)
+                if len(parts) > 1:  # the sources' rows, one after another -> mixed order
+                    inverse = np.empty(b - a, dtype=np.int64)
+                    inverse[np.argsort(labels[a:b], kind="stable")] = np.arange(b - a)
+                    block = block.permute(inverse)
+                _drain(src_stats, stats)
+                yield block
+        finally:
+            _drain(src_stats, stats)
+            for r in readers.values():
+                r.close()
+
+    def _reader(self, i: int, epoch: int, stats: Stats, row_ids: bool) -> StreamReader:
+        engine = self.engines[i]
+        return StreamReader(engine.stream(epoch), make_reader(engine.format, engine.context(stats)),
+                            row_ids=row_ids)
+
+    def _tagged(self, i: int, block: Block) -> Block:
+        """Source i's rows with the mix's column order and dtypes, its index beside each row, and
+        row keys that name the source."""
+        cols = block.columns
+        out = {}
+        for name in self.config.columns:
+            value = cols[name]
+            out[name] = value.to(self.casts[i][name]) if name in self.casts[i] else value
+        if ROW_KEYS in cols:
+            out[ROW_KEYS] = cols[ROW_KEYS] | (i << _SOURCE_SHIFT)
+        out[SOURCE_IDS] = torch.full((block.rows,), i, dtype=torch.int64)
+        return block._replace(columns=out)
+
+    def _account(self, columns: dict, delta: dict) -> None:
+        """Per batch: each source's delivered samples; `__source__` in the batch when asked."""
+        ids = columns.pop(SOURCE_IDS)
+        for i, n in enumerate(torch.bincount(ids, minlength=len(self.engines)).tolist()):
+            if n:
+                delta[f"source.{i}.samples"] = delta.get(f"source.{i}.samples", 0) + n
+        if self.with_source:
+            columns[SOURCE_COLUMN] = ids
+
+
+def _drain(src_stats: list[Stats], stats: Stats) -> None:
+    """Move the sources' read counters into the lane's: the totals, and per source."""
+    for i, s in enumerate(src_stats):
+        delta = s.take()
+        if delta:
+            stats.merge(delta)
+            stats.merge({f"source.{i}.{k}": v for k, v in delta.items() if k in SOURCE_STATS and v})
