@@ -11,7 +11,8 @@ function of `(seed, epoch, counts)`, in three steps:
    weighted sources share `T = min(size_j / w_j)` over the weighted sources without `repeat`
    (weights normalised among the weighted sources), `n_i = floor(T * w_i)`; a source with neither
    supplies every sample once. `N = sum(n_i)`.
-2. **Interleaving.** The stream is cut into `G = ceil(N / block)` blocks. Source i's share index
+2. **Interleaving.** The stream is cut into `G = ceil(N / block)` blocks (`block_size`: about
+   16 MiB of stored rows, at least `shuffle_buffer` and at most 65,536 positions). Source i's share index
    j sits at "time" `(j + 1/2) / n_i`; block g holds the share indices whose time falls in
    `[g/G, (g+1)/G)` (`block_counts`, exact integer arithmetic), so every block holds each
    source in its proportion to within one sample. Inside a block the sources' samples are in
@@ -56,6 +57,8 @@ SOURCE_STATS = ("samples", "bytes_read", "rows_filtered", "samples_skipped", "sh
                 "shards_pruned", "row_groups_planned", "row_groups_pruned")
 _SOURCE_SHIFT = 56  # a mixed row key is (source << 56) | (unit << 32) | row
 _MAX_SOURCES = 127
+_BLOCK_BYTES = 16 << 20  # a block holds about this many stored bytes of rows ...
+_MAX_BLOCK = 65_536      # ... and at most this many positions (at least shuffle_buffer)
 
 
 class _SourceIds:
@@ -160,11 +163,28 @@ def block_labels(counts: np.ndarray, blocks: int, g: int, *, seed: int, epoch: i
     """The source index of each position of block `g`: in time order, or permuted by
     `(seed, epoch, g)` when shuffling."""
     lo, hi = block_counts(counts, blocks, g), block_counts(counts, blocks, g + 1)
-    labels = np.repeat(np.arange(len(lo), dtype=np.int64), hi - lo)
     if shuffle:
+        labels = np.repeat(np.arange(len(lo), dtype=np.int64), hi - lo)
         return _rng(seed, epoch, g, 3).permutation(labels)
-    times = np.concatenate([(np.arange(a, b) + 0.5) / max(int(n), 1) for a, b, n in zip(lo, hi, counts)])
-    return labels[np.argsort(times, kind="stable")]
+    return _time_order(np.asarray(counts, dtype=np.int64), lo, hi)
+
+
+def _time_order(n: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The labels of share indices `[lo_i, hi_i)` merged by time `(j + 1/2) / n_i` (ties: lower
+    source first), without sorting: item j of source i comes after j of its own and, of source l,
+    `#{m : (2m + 1) n_i < (2j + 1) n_l}` (`<=` for l < i), in exact integers."""
+    labels = np.empty(int((hi - lo).sum()), dtype=np.int64)
+    start = int(lo.sum())
+    for i in np.flatnonzero(hi > lo):
+        j = np.arange(lo[i], hi[i], dtype=np.int64)
+        pos = j - start
+        for other in range(len(n)):
+            if other != i:
+                num = (2 * j + 1) * n[other] - n[i]
+                before = -(-num // (2 * n[i])) if other > i else num // (2 * n[i]) + 1
+                pos += np.clip(before, 0, n[other])
+        labels[pos] = i
+    return labels
 
 
 def share_spans(offset: int, size: int, start: int, count: int) -> list[tuple[int, int]]:
@@ -338,6 +358,7 @@ class MixedEngine(Engine):
             seed=_source_seed(config.seed, i), storage_options=r.source.storage_options or config.storage_options))
             for i, r in enumerate(resolved))
         self._plan: MixPlan | None = None
+        self._sample_keys = [f"source.{i}.samples" for i in range(len(resolved))]
 
     @property
     def format(self) -> str:
@@ -355,10 +376,17 @@ class MixedEngine(Engine):
             sizes = tuple(p.num_samples for p in plans)
             counts = tuple(shares(sizes, self.sources))
             n = sum(counts)
-            blocks = max(1, -(-n // max(1, self.config.shuffle_buffer)))
+            blocks = max(1, -(-n // self.block_size()))
             per_block = block_counts(np.array(counts), blocks, np.arange(blocks + 1))
             self._plan = MixPlan(plans, sizes, counts, blocks, per_block.sum(axis=1))
         return self._plan
+
+    def block_size(self) -> int:
+        """Positions per block of the grid: about `_BLOCK_BYTES` of the widest source's stored rows
+        (each block costs a few tensor ops per column, so wide blocks keep that per row small;
+        images give small ones), at least `shuffle_buffer`, at most `_MAX_BLOCK`."""
+        per_row = max(e.config.manifest.num_bytes / max(1, e.config.manifest.num_samples) for e in self.engines)
+        return int(min(_MAX_BLOCK, max(self.config.shuffle_buffer, _BLOCK_BYTES // max(1.0, per_row))))
 
     def planning_stats(self) -> dict:
         """Totals over the sources, and each source's under `source.<i>.<name>`."""
@@ -399,41 +427,34 @@ class MixedEngine(Engine):
                 lo, g = end, g + 1
 
     def segments(self, epoch: int, spans, stats: Stats, row_ids: bool = False):
-        """A lane's mixed positions as blocks, in order: per block piece, each source's share
-        range read by its own `StreamReader`, then the rows put in mixed order."""
+        """A lane's mixed positions as blocks, in order. Each source's part of the lane is one
+        contiguous run of its share (share indices grow with the mixed position), read by that
+        source's own `StreamReader` as one stream (runs of units, shuffle chunks, as for one
+        dataset); each block piece takes the next rows of every source and puts them in order."""
         plan, offsets = self.plan(), self.offsets(epoch)
-        counts = np.array(plan.counts, dtype=np.int64)
+        grid = _Grid(plan, self.config.seed, epoch, self.config.shuffle)
+        share: list[list] = [[] for _ in self.engines]
+        for lo, hi in spans:
+            first, last = grid.before(lo), grid.before(hi)
+            for i in np.flatnonzero(last - first):
+                share[i] += share_spans(offsets[i], plan.sizes[i], int(first[i]), int(last[i] - first[i]))
         src_stats = [Stats() for _ in self.engines]
-        readers: dict[int, StreamReader] = {}
-        cached: tuple | None = None
+        cursors = {i: _Cursor(self._reader(i, epoch, src_stats[i], row_ids), share[i])
+                   for i in range(len(self.engines)) if share[i]}
         try:
             for g, a, b in self._pieces(spans):
-                if cached is None or cached[0] != g:
-                    labels = block_labels(counts, plan.blocks, g, seed=self.config.seed, epoch=epoch,
-                                          shuffle=self.config.shuffle)
-                    running = np.zeros((len(counts), len(labels) + 1), dtype=np.int64)
-                    np.cumsum(labels[None, :] == np.arange(len(counts))[:, None], axis=1, out=running[:, 1:])
-                    cached = (g, labels, running, block_counts(counts, plan.blocks, g))
-                _, labels, running, before = cached
-                parts = []
-                for i in np.flatnonzero(running[:, b] - running[:, a]):
-                    i = int(i)
-                    start = int(before[i] + running[i, a])
-                    spans_i = share_spans(offsets[i], plan.sizes[i], start, int(running[i, b] - running[i, a]))
-                    if i not in readers:
-                        readers[i] = self._reader(i, epoch, src_stats[i], row_ids)
-                    parts.append(self._tagged(i, Block.concat(list(readers[i].segments(spans_i)))))
+                labels, running = grid.block(g)
+                taken = running[:, b] - running[:, a]
+                parts = [self._tagged(int(i), cursors[int(i)].take(int(taken[i]))) for i in np.flatnonzero(taken)]
                 block = Block.concat(parts)
                 if len(parts) > 1:  # the sources' rows, one after another -> mixed order
-                    inverse = np.empty(b - a, dtype=np.int64)
-                    inverse[np.argsort(labels[a:b], kind="stable")] = np.arange(b - a)
-                    block = block.permute(inverse)
+                    block = block.permute(_gather_order(labels[a:b], running[:, a:b], running[:, a], taken))
                 _drain(src_stats, stats)
                 yield block
         finally:
             _drain(src_stats, stats)
-            for r in readers.values():
-                r.close()
+            for c in cursors.values():
+                c.close()
 
     def _reader(self, i: int, epoch: int, stats: Stats, row_ids: bool) -> StreamReader:
         engine = self.engines[i]
@@ -456,11 +477,70 @@ class MixedEngine(Engine):
     def _account(self, columns: dict, delta: dict) -> None:
         """Per batch: each source's delivered samples; `__source__` in the batch when asked."""
         ids = columns.pop(SOURCE_IDS)
-        for i, n in enumerate(torch.bincount(ids, minlength=len(self.engines)).tolist()):
-            if n:
-                delta[f"source.{i}.samples"] = delta.get(f"source.{i}.samples", 0) + n
+        for key, n in zip(self._sample_keys, torch.bincount(ids, minlength=len(self.engines)).tolist()):
+            delta[key] = delta.get(key, 0) + n
         if self.with_source:
             columns[SOURCE_COLUMN] = ids
+
+
+def _gather_order(labels: np.ndarray, running: np.ndarray, first: np.ndarray,
+                  taken: np.ndarray) -> np.ndarray:
+    """For each position of a piece, its row among the sources' rows laid one after another:
+    the rows source `l` gave before it in the piece, after the rows of the sources before `l`."""
+    start = np.cumsum(taken) - taken
+    return start[labels] + running[labels, np.arange(len(labels))] - first[labels]
+
+
+class _Grid:
+    """One epoch's block grid: each block's labels and running counts per source (the last block
+    cached, as a lane walks the blocks in order)."""
+
+    def __init__(self, plan: MixPlan, seed: int, epoch: int, shuffle: bool):
+        self.plan, self.seed, self.epoch, self.shuffle = plan, seed, epoch, shuffle
+        self.counts = np.array(plan.counts, dtype=np.int64)
+        self._cached: tuple | None = None
+
+    def block(self, g: int) -> tuple[np.ndarray, np.ndarray]:
+        """Block g's labels, and per source the running count over its positions (k x (L + 1))."""
+        if self._cached is None or self._cached[0] != g:
+            labels = block_labels(self.counts, self.plan.blocks, g, seed=self.seed, epoch=self.epoch,
+                                  shuffle=self.shuffle)
+            running = np.zeros((len(self.counts), len(labels) + 1), dtype=np.int64)
+            np.cumsum(labels[None, :] == np.arange(len(self.counts))[:, None], axis=1, out=running[:, 1:])
+            self._cached = (g, labels, running)
+        return self._cached[1], self._cached[2]
+
+    def before(self, p: int) -> np.ndarray:
+        """Per source, how many of its share indices lie before mixed position p."""
+        starts = self.plan.starts
+        if p >= int(starts[-1]):
+            return self.counts.copy()
+        g = int(np.searchsorted(starts, p, side="right")) - 1
+        _, running = self.block(g)
+        return block_counts(self.counts, self.plan.blocks, g) + running[:, p - int(starts[g])]
+
+
+class _Cursor:
+    """One source's part of a lane, read as one stream; `take(n)` gives its next n positions."""
+
+    def __init__(self, reader: StreamReader, spans: list):
+        self.reader, self.it = reader, reader.segments(spans)
+        self.block: Block | None = None
+        self.pos = 0
+
+    def take(self, n: int) -> Block:
+        parts = []
+        while n:
+            if self.block is None or self.pos == self.block.positions:
+                self.block, self.pos = next(self.it), 0
+            k = min(n, self.block.positions - self.pos)
+            parts.append(self.block.slice(self.pos, self.pos + k))
+            self.pos, n = self.pos + k, n - k
+        return Block.concat(parts)
+
+    def close(self) -> None:
+        self.it.close()
+        self.reader.close()
 
 
 def _drain(src_stats: list[Stats], stats: Stats) -> None:

@@ -97,6 +97,18 @@ def test_blocks_hold_each_source_in_proportion(counts, blocks):
             assert np.bincount(labels, minlength=len(n)).tolist() == (c[g + 1] - c[g]).tolist()
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 3000), min_size=1, max_size=4), st.integers(1, 40), st.data())
+def test_time_order_is_the_stable_sort_by_time(counts, blocks, data):
+    n = np.array(counts)
+    g = data.draw(st.integers(0, blocks - 1))
+    lo, hi = block_counts(n, blocks, g), block_counts(n, blocks, g + 1)
+    times = np.concatenate([(np.arange(a, b) + 0.5) / max(int(k), 1) for a, b, k in zip(lo, hi, n)])
+    labels = np.repeat(np.arange(len(n)), hi - lo)
+    expected = labels[np.argsort(times, kind="stable")]
+    assert block_labels(n, blocks, g, seed=0, epoch=0, shuffle=False).tolist() == expected.tolist()
+
+
 def test_share_spans_wrap_and_cycle():
     assert share_spans(7, 10, 0, 5) == [(7, 10), (0, 2)]
     assert share_spans(7, 10, 4, 3) == [(1, 4)]
