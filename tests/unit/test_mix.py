@@ -109,6 +109,25 @@ def test_time_order_is_the_stable_sort_by_time(counts, blocks, data):
     assert block_labels(n, blocks, g, seed=0, epoch=0, shuffle=False).tolist() == expected.tolist()
 
 
+def test_interleave_puts_each_part_in_its_positions():
+    from sparkfeed.mix import _interleave
+    from sparkfeed.stream import Block
+    labels = np.random.default_rng(0).integers(0, 3, 500)
+    parts = [Block({"x": torch.arange(n) + 1000 * i, "m": torch.arange(2 * n, dtype=torch.float32).reshape(n, 2),
+                    "b": torch.arange(n) % 2 == 0}, n) for i, n in enumerate(np.bincount(labels, minlength=3))]
+    fast = _interleave(parts, [labels == i for i in range(3)])
+    strings = [p._replace(columns={**p.columns, "s": [str(v) for v in p.columns["x"].tolist()]}) for p in parts]
+    general = _interleave(strings, [labels == i for i in range(3)])  # lists of str: concat + permute
+    for block in (fast, general):
+        x = block.columns["x"]
+        assert (x // 1000).tolist() == labels.tolist()
+        for i in range(3):  # each source's rows, in order
+            assert (x[torch.from_numpy(labels == i)] % 1000).tolist() == list(range(int((labels == i).sum())))
+        assert torch.equal(block.columns["m"][:, 0], (x % 1000 * 2).float())
+        assert torch.equal(block.columns["b"], x % 1000 % 2 == 0)
+    assert general.columns["s"] == [str(v) for v in fast.columns["x"].tolist()]
+
+
 def test_share_spans_wrap_and_cycle():
     assert share_spans(7, 10, 0, 5) == [(7, 10), (0, 2)]
     assert share_spans(7, 10, 4, 3) == [(1, 4)]
