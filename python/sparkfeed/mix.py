@@ -59,6 +59,7 @@ _SOURCE_SHIFT = 56  # a mixed row key is (source << 56) | (unit << 32) | row
 _MAX_SOURCES = 127
 _BLOCK_BYTES = 16 << 20  # a block holds about this many stored bytes of rows ...
 _MAX_BLOCK = 65_536      # ... and at most this many positions (at least shuffle_buffer)
+_PIECE = 8192            # positions put in order at once (a segment), at most
 
 
 class _SourceIds:
@@ -138,6 +139,10 @@ def shares(sizes: Sequence[int], sources: Sequence[Source]) -> list[int]:
         if not limits:
             raise ValueError("every weighted source has repeat=True, so nothing bounds the epoch; give "
                              "one weighted source repeat=False, or give the sources samples=")
+        for i in limits:
+            if not sizes[i]:
+                raise ValueError(f"source {i} ({sources[i].path!r}) has no samples (after its filter), so "
+                                 "its weight leaves no room for the others: the epoch would be empty")
         length = min(sizes[i] * total_w / sources[i].weight for i in limits)
         for i in weighted:
             share = sources[i].weight / total_w
@@ -416,15 +421,18 @@ class MixedEngine(Engine):
     # ------------------------------------------------------------ read
 
     def _pieces(self, spans):
-        """(block g, first, last) offsets inside the block covering the spans, in order."""
+        """(block g, first, last) offsets inside the block covering the spans, in order; at most
+        `_PIECE` positions each, so that the first rows go out before a wide block is read."""
         starts = self.plan().starts
         for lo, hi in spans:
             g = int(np.searchsorted(starts, lo, side="right")) - 1
             while lo < hi:
-                end = min(hi, int(starts[g + 1]))
+                end = min(hi, int(starts[g + 1]), lo + _PIECE)
                 if end > lo:
                     yield g, lo - int(starts[g]), end - int(starts[g])
-                lo, g = end, g + 1
+                lo = end
+                if lo == int(starts[g + 1]):
+                    g += 1
 
     def segments(self, epoch: int, spans, stats: Stats, row_ids: bool = False):
         """A lane's mixed positions as blocks, in order. Each source's part of the lane is one

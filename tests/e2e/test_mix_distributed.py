@@ -1,18 +1,20 @@
-"""A mix under real torch.distributed: torchrun --nproc_per_node=2 (gloo on CPU) x num_workers=2."""
+"""A mix under real torch.distributed (torchrun --nproc_per_node=2, gloo on CPU, x num_workers=2),
+and the training example's `--mix`."""
 
 import collections
+import io
 import json
 import os
 import subprocess
 import sys
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
 import dsutil
 import sparkfeed
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 HERE = os.path.dirname(__file__)
 T = 100_000  # the tar source's ids start here
 
@@ -27,6 +29,8 @@ def torchrun(pq, wds, out, workers=2, nproc=2):
     return [json.load(open(os.path.join(out, f"rank-{r}.json"))) for r in range(nproc)]
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_mix_exactly_once_equal_batches_and_resume_under_torchrun(tmp_path):
     pq, wds = str(tmp_path / "pq"), str(tmp_path / "wds")
     dsutil.write_parquet(pq, dsutil.table(600), 150, 50)
@@ -51,3 +55,33 @@ def test_mix_exactly_once_equal_batches_and_resume_under_torchrun(tmp_path):
     L.load_state_dict(state)
     rest = [(i, s) for b in L for i, s in zip(b["id"].tolist(), b["__source__"].tolist())]
     assert sorted(rest + list(seen)) == sorted(rows)
+
+
+def _jpeg_dataset(root: str, n: int, offset: int) -> None:
+    from PIL import Image
+
+    def jpeg(i):
+        buf = io.BytesIO()
+        Image.new("RGB", (24, 20), ((i * 37) % 256, (i * 91) % 256, 7)).save(buf, format="JPEG")
+        return buf.getvalue()
+    data = dsutil.table(n)
+    data = data.set_column(0, "id", pc.add(data["id"], offset))
+    dsutil.write_parquet(root, data.append_column("image", pa.array([jpeg(i) for i in range(n)], pa.binary())),
+                         n // 2, n // 4, codecs={"image": "jpeg"})
+
+
+@pytest.mark.slow
+def test_train_example_with_mix(tmp_path):
+    _jpeg_dataset(str(tmp_path / "laion"), 56, 0)
+    _jpeg_dataset(str(tmp_path / "cc"), 40, T)
+    cmd = [sys.executable, os.path.join(os.path.dirname(HERE), "..", "examples", "train.py"),
+           "--mix", f"{tmp_path / 'laion'}=0.7,{tmp_path / 'cc'}=0.3", "--workers", "0",
+           "--batch-size", "8", "--image-size", "16", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, check=True, timeout=240, env=env, capture_output=True, text=True).stdout
+    # 56 / 0.7 = 80 positions: 56 + 24; drop_last at batch 8 keeps all 80 (10 steps)
+    assert "done: 10 steps" in out
+    per_source = out.split("samples per source (rank 0): ")[1].splitlines()[0]
+    assert per_source == f"{tmp_path / 'laion'} 56, {tmp_path / 'cc'} 24"
+    bad = subprocess.run(cmd[:2] + ["--mix", "laion"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "'laion' should be PATH=WEIGHT" in bad.stderr

@@ -77,6 +77,7 @@ def test_shares(sizes, sources, expected):
     ([600, 40], [Source("a"), Source("b", samples=50)], r"source 1 \('b'\) has 40 samples .* repeat=True"),
     ([600, 40], [Source("a", weight=1, repeat=True)], "nothing bounds the epoch"),
     ([600, 0], [Source("a"), Source("b", samples=5, repeat=True)], r"source 1 \('b'\) has no samples"),
+    ([600, 0], [Source("a", weight=1), Source("b", weight=1)], r"source 1 \('b'\) has no samples .* empty"),
 ])
 def test_shares_refused(sizes, sources, match):
     with pytest.raises(ValueError, match=match):
@@ -285,6 +286,15 @@ def test_integer_columns_of_different_widths_share_the_batch_dtype(ds):
     batches = list(L)
     assert {b["label"].dtype for b in batches} == {torch.int64} and "__source__" not in batches[0]
     assert sorted(i for b in batches for i in b["id"].tolist()) == list(range(600)) + list(range(C, C + 100))
+
+
+def test_a_manifest_kept_elsewhere(ds, tmp_path):
+    import shutil
+    shutil.copy(f"{ds['b']}/_sparkfeed.json", tmp_path / "b.json")
+    m = sparkfeed.read_manifest(ds["c"])
+    L = sparkfeed.DataLoader([Source(ds["b"], manifest=str(tmp_path / "b.json")), Source(ds["c"], manifest=m)],
+                             batch_size=100, columns=["id"])
+    assert sorted(i for b in L for i in b["id"].tolist()) == list(range(B, B + 400)) + list(range(C, C + 100))
 
 
 def test_plain_torch_over_a_mixed_dataset(ds):
