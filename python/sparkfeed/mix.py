@@ -59,7 +59,7 @@ _SOURCE_SHIFT = 56  # a mixed row key is (source << 56) | (unit << 32) | row
 _MAX_SOURCES = 127
 _BLOCK_BYTES = 16 << 20  # a block holds about this many stored bytes of rows ...
 _MAX_BLOCK = 65_536      # ... and at most this many positions (at least shuffle_buffer)
-_PIECE = 8192            # positions put in order at once (a segment), at most
+_PIECE = 16_384           # positions put in order at once (a segment), at most
 
 
 class _SourceIds:
@@ -471,11 +471,8 @@ class MixedEngine(Engine):
     def _tagged(self, i: int, block: Block) -> Block:
         """Source i's rows with the mix's column order and dtypes, its index beside each row, and
         row keys that name the source."""
-        cols = block.columns
-        out = {}
-        for name in self.config.columns:
-            value = cols[name]
-            out[name] = value.to(self.casts[i][name]) if name in self.casts[i] else value
+        cols, casts = block.columns, self.casts[i]
+        out = {name: cols[name].to(casts[name]) if name in casts else cols[name] for name in self.config.columns}
         if ROW_KEYS in cols:
             out[ROW_KEYS] = cols[ROW_KEYS] | (i << _SOURCE_SHIFT)
         out[SOURCE_IDS] = torch.full((block.rows,), i, dtype=torch.int64)
