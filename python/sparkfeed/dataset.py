@@ -66,6 +66,9 @@ class Dataset(torch.utils.data.IterableDataset):
         checks.one_of("with_source", with_source, (False, True))
         mixed = None
         if mix.is_mix(path):  # several datasets: `mix.py` checks them and reads them
+            if manifest is not None:
+                raise ValueError("`manifest` belongs to one dataset; in a mix give each "
+                                 "sparkfeed.Source its own manifest=")
             mixed, self.columns = mix.resolve(path, columns=columns, filter=filter,
                                               storage_options=storage_options, with_source=with_source)
             self.path = "mix[" + ", ".join(r.source.path for r in mixed) + "]"

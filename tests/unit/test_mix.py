@@ -361,5 +361,7 @@ def test_source_arguments_are_checked(kwargs, match):
 def test_a_mix_is_a_list_of_sources(ds):
     with pytest.raises(ValueError, match=r"a mix should be a non-empty list of sparkfeed.Source, but got \['str'\]"):
         sparkfeed.DataLoader([ds["a"]], batch_size=4)
+    with pytest.raises(ValueError, match="in a mix give each sparkfeed.Source its own manifest="):
+        sparkfeed.Dataset([Source(ds["a"])], manifest=sparkfeed.read_manifest(ds["a"]))
     with pytest.raises(ValueError, match=r"`filter` .* cannot apply to dataset '.*/b \(source 1\)'"):
         sparkfeed.DataLoader([Source(ds["a"]), Source(ds["b"], filter=[("nope", "<", 3)])], batch_size=4)
