@@ -475,7 +475,7 @@ class MixedEngine(Engine):
         out = {name: cols[name].to(casts[name]) if name in casts else cols[name] for name in self.config.columns}
         if ROW_KEYS in cols:
             out[ROW_KEYS] = cols[ROW_KEYS] | (i << _SOURCE_SHIFT)
-        out[SOURCE_IDS] = torch.full((block.rows,), i, dtype=torch.int64)
+        out[SOURCE_IDS] = torch.full((block.rows,), i, dtype=torch.uint8)  # 1 byte a row to move
         return block._replace(columns=out)
 
     def _account(self, columns: dict, delta: dict) -> None:
@@ -484,7 +484,7 @@ class MixedEngine(Engine):
         for key, n in zip(self._sample_keys, np.bincount(ids.numpy(), minlength=len(self.engines)).tolist()):
             delta[key] = delta.get(key, 0) + n
         if self.with_source:
-            columns[SOURCE_COLUMN] = ids
+            columns[SOURCE_COLUMN] = ids.long()
 
 
 def _interleave(parts: list[Block], masks: list[np.ndarray]) -> Block:
