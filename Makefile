@@ -46,7 +46,8 @@ $(JAR): $(JVM_SOURCES) $(VENV)/.installed $(VENV)/.tools
 
 # The whole story on the embedded default (local mode): a raw image-caption corpus ->
 # spark-submit preprocessing (validate, dedupe, resize, split, write with sparkfeed) ->
-# a few training steps with sparkfeed.DataLoader (loading throughput printed) -> inspect.
+# a few training steps with sparkfeed.DataLoader (loading throughput printed) -> inspect;
+# then a plain df.write.partitionBy("split").parquet(...) output indexed and loaded (open data).
 demo: setup jar
 	$(PY) examples/make_raw_corpus.py --output $(DEMO_DIR)/raw --images 200 --overwrite
 	PYSPARK_PYTHON=$(abspath $(PY)) $(VENV)/bin/spark-submit --conf spark.log.level=WARN \
@@ -55,6 +56,7 @@ demo: setup jar
 	$(PY) examples/train.py --data $(DEMO_DIR)/ds/train --val $(DEMO_DIR)/ds/val --steps 10 \
 	  --batch-size 16 --workers 1 --checkpoint $(DEMO_DIR)/ckpt.pt
 	$(VENV)/bin/sparkfeed inspect $(DEMO_DIR)/ds/train
+	PYSPARK_PYTHON=$(abspath $(PY)) $(PY) examples/open_data.py --output $(DEMO_DIR)/open
 
 # The issue-1 demo job alone: Spark generates 2,000 64-px JPEG samples, writes them, inspects.
 demo-dataset: setup jar

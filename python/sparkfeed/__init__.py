@@ -17,11 +17,12 @@ from ._version import __version__
 from .errors import (CorruptSampleError, ManifestError, PathEscapeError, ShardReadError,
                      SparkfeedError, WorkerError)
 from .write import write  # eager: the submodule shares the name (it imports pyspark lazily)
+from .index import index  # eager for the same reason (deltalake and pyspark load lazily)
 
 __all__ = [
     "__version__",
     "spark_session", "configure_spark", "jar_path",
-    "write",
+    "write", "index",
     "read_manifest", "Manifest",
     "Dataset", "DataLoader", "Source",
     "ImageDecode",

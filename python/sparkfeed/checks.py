@@ -88,13 +88,14 @@ def check_columns(columns, names: Sequence[str], dataset: str) -> tuple[str, ...
 def check_decode(decode: Mapping | None, columns: Sequence[str], manifest) -> dict:
     """`decode` maps loaded binary columns to `ImageDecode`s; each one's backend and device are
     resolved now (`ImageDecode.resolve`), so a missing GPU or DALI fails here, not later."""
-    from .decode import ImageDecode
-
     if decode is None:
         return {}
     if not isinstance(decode, Mapping):
         raise ValueError(f"`decode` should be a dict of column name -> sparkfeed.ImageDecode, but "
                          f"got decode={decode!r}")
+    if not decode:
+        return {}
+    from .decode import ImageDecode  # here: PIL and DALI load only for a loader that decodes
     out = {}
     for name, spec in decode.items():
         if name not in columns:

@@ -24,7 +24,7 @@ __all__ = ["main", "format_manifest"]
 
 log = logging.getLogger(__name__)
 # command -> module whose add_parser(subparsers) adds it, imported only when needed
-_OPTIONAL = {"bench": "sparkfeed.bench.cli"}
+_OPTIONAL = {"index": "sparkfeed.index.cli", "bench": "sparkfeed.bench.cli"}
 
 
 # ---------------------------------------------------------------- inspect

@@ -18,7 +18,8 @@ import torch.utils.data
 from . import batch as batching
 from . import checks, filters, mix, partition
 from .engine import Engine, ReadConfig
-from .manifest import Manifest, read_manifest
+from .index import open_manifest
+from .manifest import Manifest
 from .plan import Plan
 from .stream import EpochStream
 
@@ -53,13 +54,13 @@ class Dataset(torch.utils.data.IterableDataset):
 
     def __init__(self, path: str | Sequence[mix.Source], *, columns: Sequence[str] | None = None,
                  filter=None, shuffle: bool = False, seed: int = 0, batch_size: int | None = None,
-                 drop_last: bool = False, shuffle_buffer: int = 2048, rank: int | None = None,
+                 drop_last: bool = False, shuffle_buffer: int | None = None, rank: int | None = None,
                  world_size: int | None = None, on_error: str = "raise",
-                 storage_options: dict | None = None, manifest: Manifest | None = None,
+                 storage_options: dict | None = None, manifest: Manifest | str | None = None,
                  with_source: bool = False):
         super().__init__()
         checks.positive_int("batch_size", batch_size, allow_none=True)
-        checks.positive_int("shuffle_buffer", shuffle_buffer)
+        checks.positive_int("shuffle_buffer", shuffle_buffer, allow_none=True)
         checks.one_of("on_error", on_error, checks.ON_ERROR)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"`seed` should be an integer, but got seed={seed!r}")
@@ -71,17 +72,20 @@ class Dataset(torch.utils.data.IterableDataset):
                                  "sparkfeed.Source its own manifest=")
             mixed, self.columns = mix.resolve(path, columns=columns, filter=filter,
                                               storage_options=storage_options, with_source=with_source)
-            self.path = "mix[" + ", ".join(r.source.path for r in mixed) + "]"
+            self.path = "mix[" + ", ".join(r.path for r in mixed) + "]"
             self.manifest, self.expr = mixed[0].manifest, None
         else:
             if with_source:
                 raise ValueError("`with_source=True` tags each row with its source in a mix; pass a "
                                  "list of sparkfeed.Source, or with_source=False for one dataset")
-            self.path = str(path)
-            self.manifest = manifest or read_manifest(self.path, storage_options)
+            self.manifest, data_root = open_manifest(path, manifest, storage_options)
+            self.path = str(data_root)  # `path`, or where a manifest kept apart says the data is
+            self.manifest.check_selectable(columns if isinstance(columns, (list, tuple)) else ())
             self.columns = checks.check_columns(columns, self.manifest.column_names, self.path)
             self.expr = filters.to_expression(filter)
             if self.expr is not None:
+                used = filters.referenced_columns(self.expr, self.manifest.schema)
+                self.manifest.check_selectable(used, "filter")
                 filters.check_filter(self.expr, self.manifest.schema, self.path)
         self.shuffle, self.seed, self.batch_size = bool(shuffle), seed, batch_size
         self.drop_last, self.shuffle_buffer, self.on_error = bool(drop_last), shuffle_buffer, on_error

@@ -2,20 +2,25 @@
 
 A batch's encoded images arrive as one `BinaryColumn` (or a list of `bytes`). The decoder
 
-1. checks every row's header cheaply on the host (empty, unknown format, more than `max_pixels`
-   pixels: refused before any pixel is decoded);
-2. decodes the rest in one DALI pipeline run (`fn.decoders.image` on the GPU with "mixed", or on
-   the CPU), resizes the shorter side, crops, flips and normalises;
-3. if DALI fails the batch (it fails whole batches), splits the rows in halves until the bad rows
+1. reads every row's size from its header, for the whole batch at once (`headers.py`), and
+   refuses empty rows, unknown formats, more than `max_pixels` pixels and (resize=None) images
+   smaller than the crop before any pixel is decoded;
+2. draws crops, flips and RandomResizedCrop windows on the host as functions of
+   `(seed, epoch, key)` (`crops.py`);
+3. decodes the rest in one DALI pipeline run per batch (`fn.decoders.image`, or
+   `fn.decoders.image_slice` for a random_resized window; "mixed" on the GPU, or on the CPU),
+   resizes, crops, flips and normalises; row views of the one buffer and one array per
+   parameter go in, one tensor comes out;
+4. if DALI fails the batch (it fails whole batches), splits the rows in halves until the bad rows
    are found, so good rows still decode and each bad row is reported with its reason.
 
 `decode` never raises for a bad image; it returns `DecodeResult.failures` and the loader applies
-`on_error`. Random crops and flips are drawn on the host, one draw per input row, and handed to
-DALI through `fn.external_source`. Given `keys` (the loader passes each row's unit and row
-number) a row's draw is a function of `(seed, epoch, key)` alone: the same sample gets the same
-crop whatever the batch it lands in, the workers, the ranks or a resume. Without keys, draws
-follow one sequence per `(seed, epoch, rank)`. Either way re-runs, bisection and the PIL backend
-use the same draws. DALI is imported only when `backend="dali"`.
+`on_error`. Given `keys` (the loader passes each row's unit and row number) a row's draws are a
+function of `(seed, epoch, key)` alone: the same sample gets the same crop whatever the batch it
+lands in, the workers, the ranks or a resume. Without keys, draws follow one sequence per
+`(seed, epoch, rank)`. Either way re-runs, bisection and the PIL backend use the same draws.
+`ImageDecode.resolve()` checks the spec against this machine (CUDA, DALI); DALI is imported only
+when `backend="dali"`.
 
 Example::
 
@@ -30,7 +35,6 @@ import dataclasses
 import io
 import os
 import re
-import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -39,11 +43,13 @@ import torch
 from PIL import Image
 
 from .batch import BinaryColumn
+from .crops import _RRC_TRIES, _keyed_draws, _keyed_window_uniforms, _random_resized_windows
+from .headers import _check_headers, _Encoded, _encoded
 
 __all__ = ["ImageDecode", "ImageDecoder", "DecodeResult"]
 
 _DTYPES = (torch.uint8, torch.float32, torch.float16)
-_CHOICES = {"crop": ("center", "random"), "layout": ("NCHW", "NHWC"),
+_CHOICES = {"crop": ("center", "random", "random_resized"), "layout": ("NCHW", "NHWC"),
             "device": ("gpu", "cpu", "auto"), "backend": ("dali", "pil")}
 
 
@@ -59,10 +65,15 @@ def _is_int(v) -> bool:
 class ImageDecode:
     """How to decode one image column: `decode={"image": ImageDecode(size=224, device="gpu")}`.
 
-    Output is RGB. `size=S` resizes the shorter side to S (bilinear, antialiased) then crops SxS
-    (centre, or a random position with `crop="random"`); `size=None` keeps native sizes (a batch
-    must then be same-sized). uint8 in `layout` unless `mean`/`std` are given (float32, computed
-    as `(x - mean) / std` in 0..255 units). See docs/decode.md for every field.
+    Output is RGB. `size=S` resizes the shorter side to `resize` (default S; None: no resize,
+    the crop is cut from the stored pixels) then crops SxS (centre, or a random position with
+    `crop="random"`); `crop="random_resized"` is torchvision's RandomResizedCrop(S, scale, ratio).
+    `size=None` keeps native sizes (a batch must then be same-sized). uint8 in `layout` unless
+    `mean`/`std` are given (float32, computed as `(x - mean) / std` in 0..255 units). Fields are
+    checked here; `resolve()` checks the machine (CUDA, DALI). See docs/decode.md for every field.
+
+        ImageDecode(size=112, crop="random", resize=None, mirror=True)   # RandomCrop + flip
+        ImageDecode(size=224, crop="random_resized", mirror=True)        # RandomResizedCrop + flip
     """
 
     size: int | None = None
@@ -75,6 +86,9 @@ class ImageDecode:
     device: str = "auto"
     backend: str = "dali"
     max_pixels: int = 89_478_485
+    resize: int | str | None = "size"
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
     def __post_init__(self):
         if self.size is not None and (not _is_int(self.size) or self.size <= 0):
@@ -82,17 +96,66 @@ class ImageDecode:
         for field, choices in _CHOICES.items():
             if getattr(self, field) not in choices:
                 _fail(field, " or ".join(repr(c) for c in choices), getattr(self, field))
-        if self.crop == "random" and self.size is None:
+        if self.crop != "center" and self.size is None:
             _fail("crop", "'center' when size is None (a random crop needs a size)", self.crop)
         if not isinstance(self.mirror, bool):
             _fail("mirror", "True or False", self.mirror)
         self._check_norm()
+        self._check_crop()
         if self.dtype is not None and self.dtype not in _DTYPES:
             _fail("dtype", "torch.uint8, torch.float32, torch.float16 or None", self.dtype)
         if self.has_norm and self.out_dtype == torch.uint8:
             _fail("dtype", "a floating type when mean/std are given", self.dtype)
         if not _is_int(self.max_pixels) or self.max_pixels <= 0:
             _fail("max_pixels", "a positive integer", self.max_pixels)
+
+    def _check_crop(self) -> None:
+        """`resize`: "size" (the default), None (crop the stored pixels) or a shorter side >= size;
+        `scale`/`ratio`: torchvision's RandomResizedCrop ranges (used by crop="random_resized")."""
+        r = self.resize
+        if r != "size" and r is not None:
+            if not _is_int(r) or r <= 0:
+                _fail("resize", "'size', None or a positive integer", r)
+            if self.size is None or r < self.size:
+                _fail("resize", f"at least size={self.size} (the crop is cut from the resized image)", r)
+            if self.crop == "random_resized":
+                _fail("resize", "'size' or None with crop='random_resized' (the crop is resized to size)", r)
+        for field, low in (("scale", 0.0), ("ratio", 0.0)):
+            v = getattr(self, field)
+            if (not isinstance(v, (tuple, list)) or len(v) != 2
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+                    or not low < v[0] <= v[1]):
+                _fail(field, "a (min, max) pair of positive numbers with min <= max", v)
+            object.__setattr__(self, field, (float(v[0]), float(v[1])))
+        if self.scale[1] > 1.0:
+            _fail("scale", "within (0, 1] (a fraction of the image's area)", self.scale)
+
+    @property
+    def resize_to(self) -> int | None:
+        """The shorter side images are resized to before a centre or random crop (None: not resized)."""
+        if self.crop == "random_resized":
+            return None
+        return self.size if self.resize == "size" else self.resize
+
+    def resolve(self) -> "ImageDecode":
+        """A copy with `device` made concrete ("gpu" or "cpu"), checked on this machine: the loader
+        calls it when it is built, so a spec that cannot run here fails before any reading.
+
+        Raises ValueError for device="gpu" without CUDA and for backend="dali" without DALI."""
+        if self.device not in _CHOICES["device"]:
+            _fail("device", "'gpu', 'cpu' or 'auto'", self.device)
+        cuda = torch.cuda.is_available()
+        if self.device == "gpu" and not cuda:
+            raise ValueError("`device` should be 'cpu' or 'auto' on a machine without CUDA (torch.cuda."
+                             "is_available() is False), but got device='gpu'")
+        if self.backend == "dali":
+            try:
+                _import_dali()
+            except ImportError as e:
+                raise ValueError(f"`backend` should be 'pil' where NVIDIA DALI is not installed "
+                                 f"(`pip install nvidia-dali-cuda120`), but got backend='dali' ({e.__cause__})") from e
+        device = "gpu" if self.device == "gpu" or (self.device == "auto" and cuda) else "cpu"
+        return dataclasses.replace(self, device=device)
 
     def _check_norm(self) -> None:
         if (self.mean is None) != (self.std is None):
@@ -108,22 +171,6 @@ class ImageDecode:
             object.__setattr__(self, field, tuple(float(x) for x in v))
         if self.std is not None and min(self.std) <= 0:
             _fail("std", "positive", self.std)
-
-    def resolve(self) -> "ImageDecode":
-        """This spec with its device made concrete ("gpu" or "cpu") and its backend checked, so
-        that the loader fails when it is built, not at the first batch: device="gpu" needs CUDA,
-        backend="dali" needs DALI importable."""
-        if self.device == "gpu" and not torch.cuda.is_available():
-            _fail("device", "'cpu' or 'auto' on a machine without CUDA (torch.cuda.is_available() "
-                  "is False)", self.device)
-        if self.backend == "dali":
-            try:
-                _import_dali()
-            except ImportError as exc:
-                raise ValueError(f"`backend` is 'dali' but NVIDIA DALI cannot be imported ({exc}); "
-                                 "`pip install nvidia-dali-cuda120`, or pass backend='pil'") from exc
-        device = "gpu" if self.device == "gpu" or (self.device == "auto" and torch.cuda.is_available()) else "cpu"
-        return dataclasses.replace(self, device=device)
 
     @property
     def has_norm(self) -> bool:
@@ -146,102 +193,27 @@ class DecodeResult:
 
 @dataclass(frozen=True)
 class _Draws:
-    """Per-row augmentation draws: crop position in [0, 1] and flip flag."""
+    """Per-row augmentation draws: crop position in [0, 1], flip flag, and for
+    crop="random_resized" the window (x0, y0, width, height) in stored pixels."""
 
     pos_x: np.ndarray
     pos_y: np.ndarray
     flip: np.ndarray
+    window: np.ndarray | None = None
 
-    def take(self, rows: Sequence[int]) -> "_Draws":
-        return _Draws(self.pos_x[rows], self.pos_y[rows], self.flip[rows])
-
-
-def _as_arrays(images) -> list[np.ndarray]:
-    """Normalise the input to per-row uint8 numpy views (no copies, no bytes objects)."""
-    if isinstance(images, BinaryColumn):
-        data = images.data.contiguous().numpy()
-        bounds = images.offsets.tolist()
-        return [data[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
-    if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
-        raise TypeError(f"`images` should be a BinaryColumn or a sequence of bytes, but got {type(images).__name__}")
-    return [np.frombuffer(b, dtype=np.uint8) for b in images]
-
-
-_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # JPEG start-of-frame markers
-_PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
-
-
-def _fast_size(mv: memoryview) -> tuple[int, int] | None:
-    """(width, height) of a JPEG or PNG read from its markers (~10x cheaper than PIL), else None."""
-    if mv[:16] == _PNG and len(mv) >= 24:
-        return int.from_bytes(mv[16:20], "big"), int.from_bytes(mv[20:24], "big")
-    if mv[:2] != b"\xff\xd8":
-        return None
-    i, n = 2, len(mv)
-    while i + 9 <= n and mv[i] == 0xFF:
-        marker = mv[i + 1]
-        if marker in _SOF:
-            return int.from_bytes(mv[i + 7:i + 9], "big"), int.from_bytes(mv[i + 5:i + 7], "big")
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        i += 2 + int.from_bytes(mv[i + 2:i + 4], "big")
-    return None
-
-
-def _check_header(arr: np.ndarray, max_pixels: int) -> tuple[tuple[int, int] | None, str | None]:
-    """(width, height) of this row from its header only (no pixel is decoded), or why it cannot
-    be decoded: `(size, None)` or `(None, reason)`.
-
-    JPEG and PNG dimensions come from their markers; anything else goes through PIL's lazy
-    `Image.open`, which also reads only the header.
-    """
-    if arr.size == 0:
-        return None, "empty image (0 bytes)"
-    size = _fast_size(memoryview(arr))
-    try:
-        if size is None:
-            with Image.open(io.BytesIO(arr)) as im:
-                size = im.size
-        w, h = size
-    except Image.DecompressionBombError as e:
-        return None, f"refused before decoding: {e}"
-    except Image.UnidentifiedImageError:
-        return None, "not a recognised image format"
-    except Exception as e:  # noqa: BLE001 - any parse error means "not an image"
-        return None, f"not a recognised image ({type(e).__name__}: {e})"
-    if w * h > max_pixels:
-        return None, f"image is {w}x{h} = {w * h} pixels, over max_pixels={max_pixels}; refused before decoding"
-    return (w, h), None
-
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser, elementwise on uint64: a counter-based hash, so every key gets its
-    own well-spread draw without a generator per row."""
-    with np.errstate(over="ignore"):
-        x = x + _GOLDEN
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def _keyed_draws(seed: int, epoch: int, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Crop positions (2, n) in [0, 1) and flips (n,) as pure functions of (seed, epoch, key)."""
-    base = _mix64(_mix64(np.array([seed], np.uint64)) ^ np.uint64(epoch))
-    h = _mix64(keys.astype(np.uint64) ^ base)
-    words = np.stack([_mix64(h ^ np.uint64(i)) for i in (1, 2, 3)])
-    pos = (words[:2] >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24)
-    return pos, (words[2] & np.uint64(1)).astype(np.int32)
+    def take(self, rows) -> "_Draws":
+        window = None if self.window is None else self.window[rows]
+        return _Draws(self.pos_x[rows], self.pos_y[rows], self.flip[rows], window)
 
 
 def _needs_resize(spec: ImageDecode, sizes) -> bool:
-    """Whether any image's shorter side differs from `size`: images stored at the training size
-    (a Spark job often resizes them) are only cropped, as Pillow skips an identity resize too.
-    The shorter side does not change with an EXIF rotation, so header sizes are enough."""
-    return spec.size is not None and any(min(w, h) != spec.size for w, h in sizes)
+    """Whether any image's shorter side differs from the resize target (`resize`, default
+    `size`): images stored at that size (a Spark job often resizes them) are only cropped, as
+    Pillow skips an identity resize too. The shorter side does not change with an EXIF
+    rotation, so header sizes are enough."""
+    target = spec.resize_to
+    sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+    return target is not None and bool((sizes.min(1) != target).any())
 
 
 def _finish(spec: ImageDecode, hwc: torch.Tensor) -> torch.Tensor:
@@ -281,31 +253,39 @@ class _PilBackend:
     def __init__(self, spec: ImageDecode, device: str):
         self.spec, self.device = spec, device
 
-    def _one(self, arr: np.ndarray, px: float, py: float, flip: bool) -> torch.Tensor:
-        with Image.open(io.BytesIO(arr)) as im:
-            im = im.convert("RGB")
+    def _geometry(self, im: Image.Image, kind: str, window) -> Image.Image:
+        """"resize": shorter side to `resize_to`; "slice": the window resized to size x size."""
         s = self.spec.size
-        if s is not None:
-            w, h = im.size
-            scale = s / min(w, h)
-            im = im.resize((max(s, round(w * scale)), max(s, round(h * scale))), Image.BILINEAR)
-        t = torch.from_numpy(np.array(im))
-        if s is not None:
-            h, w = t.shape[:2]
-            y0, x0 = int(py * (h - s) + 0.5), int(px * (w - s) + 0.5)
-            t = t[y0:y0 + s, x0:x0 + s]
-        return t.flip(1) if flip else t
+        if kind == "slice":
+            x0, y0, cw, ch = (int(v) for v in window)
+            return im.crop((x0, y0, x0 + cw, y0 + ch)).resize((s, s), Image.BILINEAR)
+        if kind == "resize":
+            t, (w, h) = self.spec.resize_to, im.size
+            scale = t / min(w, h)
+            return im.resize((max(t, round(w * scale)), max(t, round(h * scale))), Image.BILINEAR)
+        return im
 
-    def run(self, arrays, rows, draws: _Draws, resize: bool = True):
+    def _one(self, arr: np.ndarray, draws: _Draws, i: int, kind: str) -> torch.Tensor:
+        with Image.open(io.BytesIO(arr)) as im:
+            im = self._geometry(im.convert("RGB"), kind, None if draws.window is None else draws.window[i])
+        t = torch.from_numpy(np.array(im))
+        s = self.spec.size
+        if s is not None and kind != "slice":
+            h, w = t.shape[:2]
+            y0, x0 = int(draws.pos_y[i] * (h - s) + 0.5), int(draws.pos_x[i] * (w - s) + 0.5)
+            t = t[y0:y0 + s, x0:x0 + s]
+        return t.flip(1) if draws.flip[i] else t
+
+    def run(self, enc: _Encoded, rows, draws: _Draws, kind: str, sizes=None):
         """Decode `rows`; returns ([tensor], ok_rows, failures). An identity resize is free in
-        Pillow already, so `resize` needs no branch here."""
+        Pillow already, so "crop" and "resize" give the same pixels."""
         ok, imgs, failures = [], [], []
-        for i, r in enumerate(rows):
+        for i, (r, arr) in enumerate(zip(rows, enc.views(rows))):
             try:
-                imgs.append(self._one(arrays[r], draws.pos_x[i], draws.pos_y[i], bool(draws.flip[i])))
-                ok.append(r)
+                imgs.append(self._one(arr, draws, i, kind))
+                ok.append(int(r))
             except Exception as e:  # noqa: BLE001 - a bad image is reported, not raised
-                failures.append((r, f"PIL could not decode the image ({type(e).__name__}: {e})"))
+                failures.append((int(r), f"PIL could not decode the image ({type(e).__name__}: {e})"))
         if not imgs:
             return [], ok, failures
         _same_shape(t.shape for t in imgs)
@@ -336,8 +316,14 @@ def _import_dali():
 
 
 class _DaliBackend:
-    """DALI pipelines fed whole batches: one that resizes, one that only crops (for images already
-    at the training size), each built on first use and rebuilt after a failed run (DALI drops it)."""
+    """DALI pipelines fed whole batches, one per geometry `kind`: "resize" (shorter side, then
+    crop), "crop" (images already at the resize target, or resize=None), "slice" (a window
+    decoded by `fn.decoders.image_slice`, resized to size x size: crop="random_resized"). Each is
+    built on first use and rebuilt after a failed run (DALI drops it).
+
+    "crop" decodes whole images: decoding only the window (`fn.decoders.image_crop`) measured no
+    faster on 128 px images, and it accepts a truncated JPEG whenever the window lies in the
+    part that is there, so whether a bad image is reported would depend on its crop."""
 
     def __init__(self, spec: ImageDecode, device: str, max_batch_size: int, num_threads: int, seed: int):
         self.spec, self.device = spec, device
@@ -345,33 +331,49 @@ class _DaliBackend:
         self.args = dict(batch_size=max_batch_size, num_threads=num_threads, seed=seed,
                          device_id=torch.cuda.current_device() if device == "cuda" else None,
                          prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
-        self.pipes: dict[bool, object] = {}
-        self._pipe(spec.size is not None)  # build now: a DALI problem shows before any reading
+        self.pipes: dict[str, object] = {}
+        self._pipe(_default_kind(spec))  # build now: a DALI problem shows before any reading
 
-    def _pipe(self, resize: bool):
-        if resize not in self.pipes:
-            self.pipes[resize] = self._build(resize)
-        return self.pipes[resize]
+    def _pipe(self, kind: str):
+        if kind not in self.pipes:
+            self.pipes[kind] = self._build(kind)
+        return self.pipes[kind]
 
-    def _build(self, resize: bool):
-        """decode -> (resize shorter side) -> crop, mirror, normalise, lay out; a DALI resize
-        costs more than the decode of a small JPEG on the CPU, so it is left out when not needed."""
+    def _decoded(self, kind: str):
+        """The decode (+ geometry) part of the graph; a DALI resize costs more than the decode of
+        a small JPEG on the CPU, so it is left out where it is not needed."""
+        fn, types, spec = self.fn, self.types, self.spec
+        device = "mixed" if self.device == "cuda" else "cpu"
+        enc = fn.external_source(name="enc", batch=True, dtype=types.UINT8, ndim=1, no_copy=True)
+        if kind == "slice":
+            anchor = fn.external_source(name="anchor", batch=True, dtype=types.FLOAT, ndim=1)
+            shape = fn.external_source(name="shape", batch=True, dtype=types.FLOAT, ndim=1)
+            img = fn.decoders.image_slice(enc, anchor, shape, device=device, output_type=types.RGB)
+            return fn.resize(img, resize_x=spec.size, resize_y=spec.size, antialias=True)
+        img = fn.decoders.image(enc, device=device, output_type=types.RGB)
+        if kind == "resize":
+            img = fn.resize(img, resize_shorter=spec.resize_to, antialias=True)
+        return img
+
+    def _positions(self) -> dict:
+        """Crop positions: the host's keyed draws for crop="random", the centre otherwise."""
+        if self.spec.crop != "random":
+            return dict(crop_pos_x=0.5, crop_pos_y=0.5)
+        fn, types = self.fn, self.types
+        return dict(crop_pos_x=fn.external_source(name="px", batch=True, dtype=types.FLOAT, ndim=0),
+                    crop_pos_y=fn.external_source(name="py", batch=True, dtype=types.FLOAT, ndim=0))
+
+    def _build(self, kind: str):
+        """decode -> geometry -> crop, mirror, normalise, lay out."""
         fn, types, spec = self.fn, self.types, self.spec
         pipe = self.dali.Pipeline(**self.args)
         with pipe:
-            enc = fn.external_source(name="enc", batch=True, dtype=types.UINT8, ndim=1, no_copy=True)
-            img = fn.decoders.image(enc, device="mixed" if self.device == "cuda" else "cpu",
-                                    output_type=types.RGB)
+            img = self._decoded(kind)
             kw = dict(dtype={torch.uint8: types.UINT8, torch.float32: types.FLOAT,
                              torch.float16: types.FLOAT16}[spec.out_dtype],
                       output_layout="CHW" if spec.layout == "NCHW" else "HWC")
-            if spec.size is not None:
-                if resize:
-                    img = fn.resize(img, resize_shorter=spec.size, antialias=True)
-                kw["crop"] = (spec.size, spec.size)
-            if spec.crop == "random" and spec.size is not None:
-                kw["crop_pos_x"] = fn.external_source(name="px", batch=True, dtype=types.FLOAT, ndim=0)
-                kw["crop_pos_y"] = fn.external_source(name="py", batch=True, dtype=types.FLOAT, ndim=0)
+            if spec.size is not None and kind != "slice":  # whole images, cropped here
+                kw.update(crop=(spec.size, spec.size), **self._positions())
             if spec.mirror:
                 kw["mirror"] = fn.external_source(name="flip", batch=True, dtype=types.INT32, ndim=0)
             if spec.has_norm:
@@ -381,12 +383,17 @@ class _DaliBackend:
         pipe.build()
         return pipe
 
-    def _inputs(self, arrays, draws: _Draws) -> dict:
-        inputs = {"enc": arrays}
-        if self.spec.crop == "random" and self.spec.size is not None:
-            inputs["px"], inputs["py"] = list(draws.pos_x), list(draws.pos_y)
+    def _inputs(self, enc: _Encoded, rows, draws: _Draws, kind: str, sizes) -> dict:
+        inputs = {"enc": enc.views(rows)}
+        # per-row parameters go in as one dense array per batch (DALI splits the outer axis)
+        if kind == "slice":  # windows relative to the image: they fit whatever DALI's EXIF turn
+            wh = np.tile(sizes[rows].astype(np.float32), 2)
+            rel = draws.window.astype(np.float32) / wh
+            inputs["anchor"], inputs["shape"] = np.ascontiguousarray(rel[:, :2]), np.ascontiguousarray(rel[:, 2:])
+        elif self.spec.crop == "random" and self.spec.size is not None:
+            inputs["px"], inputs["py"] = np.ascontiguousarray(draws.pos_x), np.ascontiguousarray(draws.pos_y)
         if self.spec.mirror:
-            inputs["flip"] = list(draws.flip)
+            inputs["flip"] = np.ascontiguousarray(draws.flip)
         return inputs
 
     def _to_torch(self, out) -> torch.Tensor:
@@ -398,23 +405,37 @@ class _DaliBackend:
         self._feed_ndarray(t, dst, cuda_stream=stream)
         return dst
 
-    def run(self, arrays, rows, draws: _Draws, resize: bool = True):
-        """Decode `rows`; on a failed batch, bisect to find the bad rows. Returns (parts, ok, failures)."""
-        resize = resize and self.spec.size is not None
+    def run(self, enc: _Encoded, rows, draws: _Draws, kind: str, sizes=None):
+        """Decode `rows` (an index array); on a failed batch, bisect to find the bad rows.
+        Returns (parts, ok, failures)."""
         try:
-            (out,) = self._pipe(resize).run(**self._inputs([arrays[r] for r in rows], draws))
-            return [self._to_torch(out)], list(rows), []
+            (out,) = self._pipe(kind).run(**self._inputs(enc, rows, draws, kind, sizes))
+            return [self._to_torch(out)], rows.tolist(), []
         except RuntimeError as e:
-            self.pipes.pop(resize, None)
+            self.pipes.pop(kind, None)
             if len(rows) == 1:
-                return [], [], [(rows[0], f"DALI could not decode the image ({_dali_reason(e)})")]
+                return [], [], [(int(rows[0]), f"DALI could not decode the image ({_dali_reason(e)})")]
         mid = len(rows) // 2
-        left = self.run(arrays, rows[:mid], draws.take(slice(0, mid)), resize)
-        right = self.run(arrays, rows[mid:], draws.take(slice(mid, None)), resize)
+        left = self.run(enc, rows[:mid], draws.take(slice(0, mid)), kind, sizes)
+        right = self.run(enc, rows[mid:], draws.take(slice(mid, None)), kind, sizes)
         return left[0] + right[0], left[1] + right[1], left[2] + right[2]
 
     def close(self) -> None:
         self.pipes.clear()
+
+
+def _default_kind(spec: ImageDecode) -> str:
+    """The pipeline built up front: the one most batches of this spec take."""
+    if spec.crop == "random_resized":
+        return "slice"
+    return "resize" if spec.resize_to is not None else "crop"
+
+
+def _kind(spec: ImageDecode, sizes) -> str:
+    """This batch's geometry: a window, a resize, or a crop only (nothing to resize)."""
+    if spec.crop == "random_resized":
+        return "slice"
+    return "resize" if _needs_resize(spec, sizes) else "crop"
 
 
 class ImageDecoder:
@@ -430,7 +451,7 @@ class ImageDecoder:
         if num_threads is not None and (not _is_int(num_threads) or num_threads <= 0):
             _fail("num_threads", "a positive integer or None", num_threads)
         self.spec, self.max_batch_size, self.seed = spec, max_batch_size, seed
-        self.device = _resolve_device(spec.device)
+        self.device = _resolve_device(spec)
         threads = num_threads or min(8, os.cpu_count() or 1)
         if spec.backend == "dali":
             self._backend = _DaliBackend(spec, self.device, max_batch_size, threads, seed)
@@ -443,42 +464,46 @@ class ImageDecoder:
         self._epoch = epoch
         self._rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch, rank])))
 
-    def _draw(self, n: int, keys) -> _Draws:
+    def _draw(self, n: int, keys, sizes: np.ndarray) -> _Draws:
+        """This batch's crops and flips: keyed by (seed, epoch, key) when keys are given, else the
+        next draws of the (seed, epoch, rank) sequence."""
+        rrc = self.spec.crop == "random_resized"
         if keys is None:
             pos = self._rng.random((2, n), dtype=np.float32)
             flip = self._rng.integers(0, 2, n, dtype=np.int32)
+            u = self._rng.random((n, _RRC_TRIES, 4)) if rrc else None
         else:
             pos, flip = _keyed_draws(self.seed, self._epoch, keys)
+            u = _keyed_window_uniforms(self.seed, self._epoch, keys) if rrc else None
         if self.spec.crop == "center":
             pos[:] = 0.5
         if not self.spec.mirror:
             flip[:] = 0
-        return _Draws(pos[0], pos[1], flip)
+        window = _random_resized_windows(u, sizes, self.spec.scale, self.spec.ratio) if rrc else None
+        return _Draws(pos[0], pos[1], flip, window)
 
     def decode(self, images: "BinaryColumn | Sequence[bytes]", keys=None) -> DecodeResult:
         """Decode a batch; bad rows go to `failures` (never raised), good rows to `images` in order.
 
         `keys`: one integer per row naming the sample (int64 tensor or array); its crop and flip
         then depend only on (seed, epoch, key)."""
-        arrays = _as_arrays(images)
-        if len(arrays) > self.max_batch_size:
-            raise ValueError(f"a batch of {len(arrays)} images is larger than max_batch_size={self.max_batch_size}")
+        enc = _encoded(images)
+        n = len(enc)
+        if n > self.max_batch_size:
+            raise ValueError(f"a batch of {n} images is larger than max_batch_size={self.max_batch_size}")
         if keys is not None:
             keys = np.asarray(keys, dtype=np.int64)
-            if keys.shape != (len(arrays),):
-                raise ValueError(f"`keys` should hold one integer per image ({len(arrays)}), "
+            if keys.shape != (n,):
+                raise ValueError(f"`keys` should hold one integer per image ({n}), "
                                  f"but has shape {tuple(keys.shape)}")
-        draws = self._draw(len(arrays), keys)
-        failures, rows, sizes = [], [], []
-        for r, arr in enumerate(arrays):
-            size, reason = _check_header(arr, self.spec.max_pixels)
-            if reason is None:
-                rows.append(r)
-                sizes.append(size)
-            else:
-                failures.append((r, reason))
-        resize = _needs_resize(self.spec, sizes)
-        parts, ok, bad = self._backend.run(arrays, rows, draws.take(rows), resize) if rows else ([], [], [])
+        sizes, failures = _check_headers(enc, self.spec)
+        draws = self._draw(n, keys, np.maximum(sizes, 1))
+        keep = np.ones(n, bool)
+        keep[[r for r, _ in failures]] = False
+        rows = np.flatnonzero(keep)
+        kind = _kind(self.spec, sizes[rows])
+        parts, ok, bad = self._backend.run(enc, rows, draws.take(rows), kind, sizes) if rows.size \
+            else ([], [], [])
         images = _cat(parts) if parts else _empty(self.spec, self.device)
         return DecodeResult(images, torch.tensor(ok, dtype=torch.int64),
                             tuple(sorted(failures + bad)))
@@ -488,58 +513,6 @@ class ImageDecoder:
         self._backend.close()
 
 
-def _resolve_device(device: str) -> str:
-    """'gpu' | 'cpu' | 'auto' -> 'cuda' | 'cpu'; 'gpu' without CUDA is a clear error."""
-    if device == "gpu" and not torch.cuda.is_available():
-        raise RuntimeError("ImageDecode(device='gpu') needs CUDA, but torch.cuda.is_available() is False; "
-                           "pass device='cpu' or device='auto' to decode on the CPU")
-    return "cuda" if device == "gpu" or (device == "auto" and torch.cuda.is_available()) else "cpu"
-
-
-def _bench(n: int = 512, cases=((64, 56), (64, 64), (256, 224), (256, 256)), batch: int = 128,
-           repeat: int = 3) -> None:
-    """Micro-benchmark: images/s of DALI CPU vs PIL for (stored side, output size) pairs (equal:
-    images at the training size, only cropped), and the host costs (header check, feeding)."""
-    def jpeg(side: int, i: int) -> bytes:
-        y, x = np.mgrid[0:side, 0:side]
-        a = np.stack([(x * 255 // side + i) % 256, y * 255 // side, (x + y) % 256], -1).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(a).save(buf, "JPEG", quality=90)
-        return buf.getvalue()
-
-    def best(f) -> float:
-        return min(_timed(f) for _ in range(repeat))
-
-    print(f"{n} JPEGs, batch {batch}, {os.cpu_count()} CPU cores, torch {torch.__version__}\n")
-    print("| image | output | DALI CPU img/s | PIL img/s | header check us/img (PIL open) | feed us/batch |")
-    print("|---|---|---|---|---|---|")
-    for side, size in cases:
-        data = [jpeg(side, i) for i in range(n)]
-        col = BinaryColumn(torch.from_numpy(np.frombuffer(b"".join(data), np.uint8).copy()),
-                           torch.tensor(np.cumsum([0] + [len(d) for d in data]), dtype=torch.int64))
-        chunks = [col.select(range(i, min(i + batch, n))) for i in range(0, n, batch)]
-        rates = []
-        for backend in ("dali", "pil"):
-            dec = ImageDecoder(ImageDecode(size=size, device="cpu", backend=backend), max_batch_size=batch)
-            dec.decode(chunks[0])  # warm up
-            rates.append(n / best(lambda: [dec.decode(c) for c in chunks]))
-            dec.close()
-        arrays = _as_arrays(col)
-        check = best(lambda: [_check_header(a, 1 << 40) for a in arrays]) / n * 1e6
-        lazy = best(lambda: [Image.open(io.BytesIO(a)).size for a in arrays]) / n * 1e6
-        feed = best(lambda: [_as_arrays(c) for c in chunks]) / len(chunks) * 1e6
-        print(f"| {side}x{side} | {size}x{size} | {rates[0]:.0f} | {rates[1]:.0f} | {check:.1f} ({lazy:.1f}) | {feed:.1f} |")
-
-
-def _timed(f) -> float:
-    t = time.perf_counter()
-    f()
-    return time.perf_counter() - t
-
-
-if __name__ == "__main__":
-    import sys
-
-    if "--bench" not in sys.argv:
-        sys.exit("usage: python -m sparkfeed.decode --bench")
-    _bench()
+def _resolve_device(spec: ImageDecode) -> str:
+    """The torch device of the output ("cuda" | "cpu"), through `ImageDecode.resolve` (its errors)."""
+    return "cuda" if spec.resolve().device == "gpu" else "cpu"

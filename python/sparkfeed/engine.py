@@ -44,7 +44,7 @@ class ReadConfig:
     expr: pc.Expression | None = None
     shuffle: bool = False
     seed: int = 0
-    shuffle_buffer: int = 2048
+    shuffle_buffer: int | None = None  # shuffle block in samples; None: shuffle.default_block
     on_error: str = "raise"
     storage_options: dict | None = dataclasses.field(default=None, hash=False, compare=False)
 
@@ -120,12 +120,14 @@ class Engine:
         return ReadContext(fs=fs, root=root, dataset=cfg.path, schema=cfg.manifest.schema,
                            columns=cfg.columns, filter_columns=plan.filter_columns, expr=cfg.expr,
                            on_error=cfg.on_error, stats=stats,
-                           manifest_bytes={s.path: s.num_bytes for s in cfg.manifest.shards})
+                           manifest_bytes={s.path: s.num_bytes for s in cfg.manifest.shards},
+                           shards={s.path: s for s in cfg.manifest.shards})
 
     def stream(self, epoch: int) -> EpochStream:
         cfg = self.config
         return EpochStream(self.plan(), seed=cfg.seed, epoch=epoch, shuffle=cfg.shuffle,
-                           shuffle_buffer=cfg.shuffle_buffer)
+                           shuffle_buffer=cfg.shuffle_buffer,
+                           sample_bytes=(cfg.manifest.num_bytes or 0) / max(1, cfg.manifest.num_samples or 0))
 
     # ------------------------------------------------------------ partition
 
@@ -143,11 +145,12 @@ class Engine:
     # ------------------------------------------------------------ read
 
     def segments(self, epoch: int, spans: Sequence[partition.Span], stats: Stats,
-                 row_ids: bool = False) -> Iterator:
+                 row_ids: bool = False, lanes: list | None = None) -> Iterator:
         """A lane's positions as blocks (unit pieces or shuffle-chunk pieces), read in order; run
         inline, or on a lane thread ahead of the batching (`lanes.py`)."""
         reader = StreamReader(self.stream(epoch), make_reader(self.format,
-                                                              self.context(stats)), row_ids=row_ids)
+                                                              self.context(stats)), row_ids=row_ids,
+                              lanes=lanes)  # lanes: thread lanes share shuffle blocks
         try:
             yield from reader.segments(spans)
         finally:

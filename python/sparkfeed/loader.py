@@ -54,15 +54,15 @@ class DataLoader:
     Both give the same batches in the same order.
     """
 
-    def __init__(self, path_or_dataset, batch_size: int = 1, shuffle: bool = False, seed: int = 0,
+    def __init__(self, path_or_dataset=None, batch_size: int = 1, shuffle: bool = False, seed: int = 0,
                  columns: Sequence[str] | None = None, filter=None,
                  decode: Mapping[str, object] | None = None, num_workers: int = 0, prefetch: int = 2,
                  pin_memory: bool = False, device=None, drop_last: bool = False,
                  collate_fn: Callable | None = None, on_error: str = "raise",
-                 rank: int | None = None, world_size: int | None = None, shuffle_buffer: int = 2048,
+                 rank: int | None = None, world_size: int | None = None, shuffle_buffer: int | None = None,
                  storage_options: dict | None = None, timeout: float = 0,
                  multiprocessing_context=None, prefetch_factor: int | None = None,
-                 worker_type: str = "auto", with_source: bool = False):
+                 worker_type: str = "auto", manifest=None, with_source: bool = False):
         checks.positive_int("batch_size", batch_size)
         checks.non_negative_int("num_workers", num_workers)
         checks.non_negative_int("prefetch", prefetch)
@@ -75,7 +75,8 @@ class DataLoader:
         self.dataset = self._dataset(path_or_dataset, columns=columns, filter=filter, shuffle=shuffle,
                                      seed=seed, drop_last=drop_last, on_error=on_error, rank=rank,
                                      world_size=world_size, shuffle_buffer=shuffle_buffer,
-                                     storage_options=storage_options, with_source=with_source)
+                                     storage_options=storage_options, manifest=manifest,
+                                     with_source=with_source)
         self.batch_size, self.num_workers, self.prefetch = batch_size, num_workers, prefetch
         self.pin_memory, self.collate_fn, self.timeout = pin_memory, collate_fn, timeout
         self.worker_type = worker_type
@@ -95,6 +96,8 @@ class DataLoader:
             return copy.copy(path_or_dataset)
         if mix.is_mix(path_or_dataset):
             return Dataset(path_or_dataset, **kwargs)
+        if path_or_dataset is None and kwargs.get("manifest") is not None:
+            return Dataset(None, **kwargs)  # the data root is the one the manifest recorded
         if not isinstance(path_or_dataset, str) and not hasattr(path_or_dataset, "__fspath__"):
             raise ValueError("`path_or_dataset` should be a dataset path/URL, a list of "
                              f"sparkfeed.Source or a sparkfeed.Dataset, but got {type(path_or_dataset).__name__}")
@@ -203,7 +206,7 @@ class DataLoader:
         if self._threads():
             stats = [Stats() for _ in lanes]
             depth = self.prefetch_factor or max(2, self.prefetch if self.num_workers == 0 else 2)
-            reader = LaneReader([functools.partial(engine.segments, epoch, spans, stats[k], row_ids)
+            reader = LaneReader([functools.partial(engine.segments, epoch, spans, stats[k], row_ids, lanes)
                                  for k, spans in enumerate(lanes)], depth=depth)
             return round_robin([engine.deliveries(epoch, spans, k, size, segments=reader.lane(k),
                                                   stats=stats[k]) for k, spans in enumerate(lanes)],

@@ -26,12 +26,18 @@ _HOW_TO_MAKE = ("sparkfeed datasets are made with sparkfeed.write(df, path, ...)
 
 @dataclass(frozen=True)
 class Column:
-    """One column: name, Arrow type string, what a binary column holds, and (tar) its member."""
+    """One column: name, Arrow type string, what a binary column holds, and (tar) its member.
+
+    `unsupported` says why a column cannot become a tensor (a struct, map, decimal or nested
+    list in data that sparkfeed did not write; see `sparkfeed.index`): it stays in the manifest
+    so a user sees it, is left out of the default columns, and selecting it is an error.
+    """
 
     name: str
     type: str
     codec: str | None = None
     member: str | None = None
+    unsupported: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,11 @@ class Shard:
     row_groups: tuple[RowGroup, ...] | None = None
     members: tuple[str, ...] | None = None
     index: str | None = None
+    # Data sparkfeed did not write (`sparkfeed.index`): the file's version when it was indexed
+    # (a changed file is a ShardReadError, never wrong rows) and its Hive/Delta partition values.
+    mtime: float | None = None
+    etag: str | None = None
+    partition: Mapping[str, object] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,9 @@ class Manifest:
     shards: tuple[Shard, ...]
     created_by: Mapping[str, str] = field(default_factory=dict)
     root: str = ""
+    # Where the data lives when the manifest is kept apart from it (`index(..., manifest=URL)`),
+    # stored as "root" in the document; None: beside the manifest.
+    data_root: str | None = None
 
     def column(self, name: str) -> Column:
         """The column called `name`, or a ManifestError listing the columns there are."""
@@ -85,14 +99,29 @@ class Manifest:
 
     @property
     def column_names(self) -> list[str]:
-        return [c.name for c in self.schema]
+        """The columns a loader can deliver (unsupported ones are left out)."""
+        return [c.name for c in self.schema if c.unsupported is None]
+
+    def check_selectable(self, columns, argument: str = "columns") -> None:
+        """A ValueError naming the first unsupported column in `columns` (and the way out);
+        `argument` names what selected it (`columns`, or `filter`)."""
+        for name in columns or ():
+            col = next((c for c in self.schema if c.name == name), None)
+            if col is not None and col.unsupported is not None:
+                way_out = (f"leave it out with columns={self.column_names}" if argument == "columns"
+                           else f"filter on other columns ({self.column_names})")
+                raise ValueError(
+                    f"`{argument}` names {name!r} of dataset {self.root!r}, a {col.unsupported} "
+                    f"column ({col.type}) that cannot become a tensor; {way_out}")
 
     def to_dict(self) -> dict:
         """The JSON document, as written to `_sparkfeed.json`."""
+        root = {} if self.data_root is None else {"root": self.data_root}
         return {
             "sparkfeed_manifest": MANIFEST_VERSION,
             "format": self.format,
             "created_by": dict(self.created_by),
+            **root,
             "schema": [_drop_none(asdict(c)) for c in self.schema],
             "num_samples": self.num_samples,
             "num_bytes": self.num_bytes,
@@ -108,7 +137,8 @@ def _drop_none(d: dict) -> dict:
 
 
 def _stats_to_dict(stats: Mapping[str, ColumnStats]) -> dict:
-    return {name: asdict(s) for name, s in stats.items()}
+    # Not dataclasses.asdict: it deep-copies, and a 10,000-shard manifest holds ~100,000 of these.
+    return {name: {"min": s.min, "max": s.max, "null_count": s.null_count} for name, s in stats.items()}
 
 
 def _shard_to_dict(s: Shard) -> dict:
@@ -119,8 +149,11 @@ def _shard_to_dict(s: Shard) -> dict:
                            for rg in s.row_groups]
     if s.members is not None:
         d["members"] = list(s.members)
-    if s.index is not None:
-        d["index"] = s.index
+    for name in ("index", "mtime", "etag"):
+        if getattr(s, name) is not None:
+            d[name] = getattr(s, name)
+    if s.partition is not None:
+        d["partition"] = dict(s.partition)
     return d
 
 
@@ -189,11 +222,17 @@ def _parse_shard(raw, i: int, dataset: str) -> Shard:
     index = raw.get("index")
     if index is not None:
         storage.check_relative(index, dataset)
+    mtime, etag, part = raw.get("mtime"), raw.get("etag"), raw.get("partition")
+    _need(mtime is None or (isinstance(mtime, (int, float)) and not isinstance(mtime, bool)),
+          f"shard {path!r}: mtime should be a number, but got {mtime!r}", dataset)
+    _need(etag is None or isinstance(etag, str), f"shard {path!r}: etag should be a string", dataset)
+    _need(part is None or isinstance(part, dict), f"shard {path!r}: partition should be an object", dataset)
     return Shard(path=path, num_samples=n,
                  num_bytes=_count(raw.get("num_bytes"), f"shard {path!r}: num_bytes", dataset),
                  stats=_parse_stats(raw.get("stats", {}), f"shard {path!r}", dataset),
                  row_groups=None if rgs is None else _parse_row_groups(rgs, path, n, dataset),
-                 members=None if members is None else tuple(members), index=index)
+                 members=None if members is None else tuple(members), index=index,
+                 mtime=mtime, etag=etag, partition=part)
 
 
 def _parse_schema(raw, dataset: str) -> tuple[Column, ...]:
@@ -202,7 +241,9 @@ def _parse_schema(raw, dataset: str) -> tuple[Column, ...]:
     for i, c in enumerate(raw):
         _need(isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("type"), str),
               f"schema column {i} should have a string name and type, but got {c!r}", dataset)
-        cols.append(Column(c["name"], c["type"], c.get("codec"), c.get("member")))
+        _need(c.get("unsupported") is None or isinstance(c["unsupported"], str),
+              f"schema column {c['name']!r}: unsupported should be a string", dataset)
+        cols.append(Column(c["name"], c["type"], c.get("codec"), c.get("member"), c.get("unsupported")))
     names = [c.name for c in cols]
     _need(len(set(names)) == len(names), f"schema has duplicate column names: {names}", dataset)
     return tuple(cols)
@@ -225,10 +266,14 @@ def parse_manifest(doc: str | bytes | dict, dataset: str = "") -> Manifest:
     shards = tuple(_parse_shard(s, i, dataset) for i, s in enumerate(doc["shards"]))
     paths = [s.path for s in shards]
     _need(len(set(paths)) == len(paths), "a shard path appears twice", dataset)
+    data_root = doc.get("root")
+    _need(data_root is None or (isinstance(data_root, str) and data_root),
+          f"root should be the data's path or URL, but got {data_root!r}", dataset)
     m = Manifest(format=fmt, schema=_parse_schema(doc.get("schema"), dataset),
                  num_samples=_count(doc.get("num_samples"), "num_samples", dataset),
                  num_bytes=_count(doc.get("num_bytes"), "num_bytes", dataset),
-                 shards=shards, created_by=dict(doc.get("created_by") or {}), root=dataset)
+                 shards=shards, created_by=dict(doc.get("created_by") or {}), root=dataset,
+                 data_root=data_root)
     _check_totals(m, dataset)
     return m
 
@@ -239,32 +284,42 @@ def _check_totals(m: Manifest, dataset: str) -> None:
           "the manifest was altered or is corrupt", dataset)
     size = sum(s.num_bytes for s in m.shards)
     _need(size == m.num_bytes, f"shards hold {size} bytes but num_bytes={m.num_bytes}", dataset)
-    names = set(m.column_names)
+    names = {c.name for c in m.schema}
     for s in m.shards:
         unknown = set(s.stats) - names
         _need(not unknown, f"shard {s.path!r} has stats for unknown columns {sorted(unknown)}", dataset)
 
 
+def manifest_file(path: str, storage_options: dict | None = None) -> tuple[object, str]:
+    """(filesystem, manifest file) for `path`: a dataset root (its `_sparkfeed.json`), or a
+    path ending in `.json`, the manifest itself (kept apart from read-only data)."""
+    fs, root = storage.resolve(path, storage_options)
+    return fs, root if root.endswith(".json") else f"{root}/{MANIFEST_NAME}"
+
+
 def read_manifest(path: str, storage_options: dict | None = None) -> Manifest:
-    """Read and validate the manifest of the dataset at `path` (a local path or any fsspec URL).
+    """Read and validate the manifest of the dataset at `path` (a local path or any fsspec URL;
+    a path ending in `.json` is the manifest file itself).
 
     Example: `m = sparkfeed.read_manifest("s3://bucket/ds"); print(m.num_samples)`.
     """
-    fs, root = storage.resolve(path, storage_options)
-    name = f"{root}/{MANIFEST_NAME}"
+    fs, name = manifest_file(path, storage_options)
     try:
         data = storage.read_bytes(fs, name)
     except FileNotFoundError:
         raise ManifestError(f"no {MANIFEST_NAME} here, so this is not a sparkfeed dataset (or its "
-                            f"write did not finish); {_HOW_TO_MAKE}", dataset=str(path)) from None
+                            f"write did not finish); {_HOW_TO_MAKE}, or `sparkfeed index PATH` for "
+                            "Parquet, WebDataset or Delta data written by other tools",
+                            dataset=str(path)) from None
     except OSError as exc:
         raise ManifestError(f"cannot read {MANIFEST_NAME}: {exc}", dataset=str(path)) from exc
     return parse_manifest(data, dataset=str(path))
 
 
 def write_manifest(manifest: Manifest, path: str, storage_options: dict | None = None) -> None:
-    """Validate `manifest` and write it to `path/_sparkfeed.json` atomically."""
+    """Validate `manifest` and write it to `path/_sparkfeed.json` (or to `path` itself when it
+    ends in `.json`) atomically."""
     text = manifest.to_json()
     parse_manifest(text, dataset=str(path))  # never write what we would refuse to read
-    fs, root = storage.resolve(path, storage_options)
-    storage.write_atomic(fs, f"{root}/{MANIFEST_NAME}", text.encode())
+    fs, name = manifest_file(path, storage_options)
+    storage.write_atomic(fs, name, text.encode())

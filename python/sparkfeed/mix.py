@@ -42,9 +42,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from . import checks, filters, storage
+from . import checks, filters
 from .engine import Engine, ReadConfig
-from .manifest import Manifest, parse_manifest, read_manifest
+from .manifest import Manifest
 from .read import make_reader
 from .stats import Stats
 from .stream import ROW_KEYS, Block, StreamReader
@@ -59,6 +59,7 @@ _SOURCE_SHIFT = 56  # a mixed row key is (source << 56) | (unit << 32) | row
 _MAX_SOURCES = 127
 _BLOCK_BYTES = 16 << 20  # a block holds about this many stored bytes of rows ...
 _MAX_BLOCK = 65_536      # ... and at most this many positions (at least shuffle_buffer)
+_MIN_BLOCK = 2048         # without a shuffle_buffer
 _PIECE = 16_384           # positions put in order at once (a segment), at most
 
 
@@ -215,15 +216,13 @@ def _source_seed(seed: int, i: int) -> int:
 
 # ---------------------------------------------------------------- checks when built
 
-def _manifest(source: Source, storage_options: dict | None) -> Manifest:
-    m = source.manifest
-    if m is None or isinstance(m, Manifest):
-        return m or read_manifest(source.path, storage_options)
-    m = os.fspath(m)
-    if m.endswith(".json"):
-        fs, name = storage.resolve(m, storage_options)
-        return parse_manifest(storage.read_bytes(fs, name), dataset=source.path)
-    return read_manifest(m, storage_options)
+def _manifest(source: Source, storage_options: dict | None) -> tuple[Manifest, str]:
+    """(manifest, data root) of a source, as for one dataset (`index.open_manifest`: a manifest
+    kept apart, or Parquet/Delta data without one indexed in memory)."""
+    from .index import open_manifest
+
+    m, root = open_manifest(source.path, source.manifest, storage_options)
+    return m, str(root)
 
 
 def _kind(t: pa.DataType | None, type_string: str):
@@ -257,6 +256,7 @@ class _Resolved:
     """A source checked and ready: its manifest, its filter (AND the loader's) and its engine."""
 
     source: Source
+    path: str       # the data root
     manifest: Manifest
     expr: Any
     casts: dict  # column -> torch dtype where this source's differs from the mix's
@@ -314,7 +314,10 @@ def resolve(sources: Sequence, *, columns, filter, storage_options: dict | None,
     if len(sources) > _MAX_SOURCES:
         raise ValueError(f"a mix should have at most {_MAX_SOURCES} sources, but got {len(sources)}")
     loader_expr = filters.to_expression(filter)
-    pairs = [(s, _manifest(s, s.storage_options or storage_options)) for s in sources]
+    opened = [_manifest(s, s.storage_options or storage_options) for s in sources]
+    pairs = [(s, m) for s, (m, _) in zip(sources, opened)]
+    for _, m in pairs:
+        m.check_selectable(columns if isinstance(columns, (list, tuple)) else ())
     columns = checks.check_columns(columns, pairs[0][1].column_names, sources[0].path)
     if with_source and SOURCE_COLUMN in columns:
         raise ValueError(f"`with_source=True` adds the column {SOURCE_COLUMN!r}, which the loaded "
@@ -325,8 +328,9 @@ def resolve(sources: Sequence, *, columns, filter, storage_options: dict | None,
         expr = filters.to_expression(s.filter)
         expr = loader_expr if expr is None else expr if loader_expr is None else expr & loader_expr
         if expr is not None:
+            m.check_selectable(filters.referenced_columns(expr, m.schema), "filter")
             filters.check_filter(expr, m.schema, f"{s.path} (source {i})")
-        out.append(_Resolved(s, m, expr, casts[i]))
+        out.append(_Resolved(s, opened[i][1], m, expr, casts[i]))
     return out, columns
 
 
@@ -359,7 +363,7 @@ class MixedEngine(Engine):
         self.casts = tuple(r.casts for r in resolved)
         self.with_source = with_source
         self.engines = tuple(Engine(dataclasses.replace(
-            config, path=r.source.path, manifest=r.manifest, expr=r.expr,
+            config, path=r.path, manifest=r.manifest, expr=r.expr,
             seed=_source_seed(config.seed, i), storage_options=r.source.storage_options or config.storage_options))
             for i, r in enumerate(resolved))
         self._plan: MixPlan | None = None
@@ -391,7 +395,7 @@ class MixedEngine(Engine):
         (each block costs a few tensor ops per column, so wide blocks keep that per row small;
         images give small ones), at least `shuffle_buffer`, at most `_MAX_BLOCK`."""
         per_row = max(e.config.manifest.num_bytes / max(1, e.config.manifest.num_samples) for e in self.engines)
-        return int(min(_MAX_BLOCK, max(self.config.shuffle_buffer, _BLOCK_BYTES // max(1.0, per_row))))
+        return int(min(_MAX_BLOCK, max(self.config.shuffle_buffer or _MIN_BLOCK, _BLOCK_BYTES // max(1.0, per_row))))
 
     def planning_stats(self) -> dict:
         """Totals over the sources, and each source's under `source.<i>.<name>`."""
@@ -434,11 +438,13 @@ class MixedEngine(Engine):
                 if lo == int(starts[g + 1]):
                     g += 1
 
-    def segments(self, epoch: int, spans, stats: Stats, row_ids: bool = False):
+    def segments(self, epoch: int, spans, stats: Stats, row_ids: bool = False, lanes=None):
         """A lane's mixed positions as blocks, in order. Each source's part of the lane is one
         contiguous run of its share (share indices grow with the mixed position), read by that
         source's own `StreamReader` as one stream (runs of units, shuffle chunks, as for one
-        dataset); each block piece takes the next rows of every source and puts them in order."""
+        dataset); each block piece takes the next rows of every source and puts them in order.
+        `lanes` (shared shuffle blocks between thread lanes, `stream.py`) is not used: the lanes
+        are spans of mixed positions, and each source reader reads alone."""
         plan, offsets = self.plan(), self.offsets(epoch)
         grid = _Grid(plan, self.config.seed, epoch, self.config.shuffle)
         share: list[list] = [[] for _ in self.engines]

@@ -29,7 +29,7 @@ from .batch import BinaryColumn
 from .checks import resolve_device
 from .stats import Stats
 
-__all__ = ["Prefetcher", "feed_benchmark"]
+__all__ = ["Prefetcher"]
 
 Batch = dict[str, Any]
 
@@ -339,80 +339,3 @@ class Prefetcher:
                 self.close()
             except Exception:  # noqa: BLE001 - never raise from a finaliser (interpreter exit)
                 pass
-
-
-# ----------------------------------------------------------------------------- micro-benchmark
-def _synthetic_source(batches: int, batch_bytes: int, producer_s: float):
-    """`batches` dicts of one uint8 tensor, each taking `producer_s` in all (mostly a sleep, which
-    frees the GIL as I/O or DALI do; the tensor's making counts in it)."""
-    for i in range(batches):
-        start = time.perf_counter()
-        x = torch.full((batch_bytes,), i % 251, dtype=torch.uint8)
-        time.sleep(max(0.0, producer_s - (time.perf_counter() - start)))
-        yield {"x": x, "index": i}
-
-
-def _step_fn(step_s: float, device: torch.device | None) -> Callable[[Batch], None]:
-    """A simulated training step of `step_s`: a GPU spin (then sync, as `loss.item()`) or a sleep."""
-    if device is None:
-        return lambda _batch: time.sleep(step_s) if step_s > 0 else None
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    torch.cuda._sleep(10_000_000)
-    end.record()
-    end.synchronize()
-    cycles = int(step_s * 10_000_000 / (start.elapsed_time(end) / 1e3))
-
-    def step(_batch: Batch) -> None:
-        if cycles > 0:
-            torch.cuda._sleep(cycles)
-        torch.cuda.synchronize()
-    return step
-
-
-def _h2d_gbps(batches: int, batch_bytes: int, depth: int, pin: bool, device) -> tuple[float, float]:
-    """Prefetcher throughput on ready host batches vs a plain pinned copy of the same bytes."""
-    host = [torch.full((batch_bytes,), i, dtype=torch.uint8) for i in range(4)]
-    start = time.perf_counter()
-    with Prefetcher(({"x": host[i % 4]} for i in range(batches)), depth=depth,
-                    pin_memory=pin, device=device) as prefetcher:
-        for _batch in prefetcher:
-            pass
-    torch.cuda.synchronize()
-    ours = batches * batch_bytes / (time.perf_counter() - start) / 1e9
-    pinned = torch.empty(batch_bytes, dtype=torch.uint8, pin_memory=True)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(batches):
-        pinned.to(device, non_blocking=True)
-    torch.cuda.synchronize()
-    return ours, batches * batch_bytes / (time.perf_counter() - start) / 1e9
-
-
-def feed_benchmark(batches: int, batch_bytes: int, step_s: float, depth: int, pin_memory: bool,
-                   device: str | None, producer_s: float) -> dict:
-    """How long a simulated training step waits for data, with and without prefetch.
-
-    A source takes `producer_s` per batch of `batch_bytes`; the consumer's step takes `step_s`.
-    `wait_fraction` is the share of wall time the consumer spent blocked in `__next__` (the time
-    a GPU would starve). On CUDA it also reports `h2d_gbps` (the prefetcher moving ready host
-    batches to the device) and `plain_pinned_h2d_gbps` (one pinned tensor copied the same way).
-
-        feed_benchmark(100, 1 << 20, 0.01, depth=4, pin_memory=True, device=None, producer_s=0.01)
-    """
-    target = resolve_device(device)
-    step, stats = _step_fn(step_s, target), Stats()
-    start = time.perf_counter()
-    with Prefetcher(_synthetic_source(batches, batch_bytes, producer_s), depth=depth,
-                    pin_memory=pin_memory, device=target, stats=stats) as prefetcher:
-        for batch in prefetcher:
-            step(batch)
-    wall = time.perf_counter() - start
-    counters = stats.snapshot()
-    result = {"batches": batches, "batch_bytes": batch_bytes, "depth": depth,
-              "wall_s": round(wall, 3), "wait_fraction": round(counters["wait_s"] / wall, 4),
-              "batches_per_s": round(batches / wall, 2)}
-    if target is not None:
-        ours, plain = _h2d_gbps(batches, batch_bytes, max(depth, 1), pin_memory, target)
-        result.update(h2d_gbps=round(ours, 2), plain_pinned_h2d_gbps=round(plain, 2))
-    return result

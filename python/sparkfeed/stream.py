@@ -1,28 +1,34 @@
-"""The epoch stream: units in epoch order, positions 0..N-1, each grid chunk permuted.
+"""The epoch stream: units (or, with shuffle, runs of units in blocks) in epoch order, positions
+0..N-1.
 
-`EpochStream` is a pure description (which unit holds which positions). `StreamReader.segments`
-turns a lane's spans of positions into `Block`s of tensors, in order: one per unit piece, or
-with shuffle one per piece of a permuted grid chunk. Each unit is read and converted to tensors
-once, column by column; `cut` then splits the segments at the batch boundaries with one `split`
-call per column, so a batch costs a few views, not an Arrow conversion, and the hand-over
-between a reading thread and the batching happens once per segment, not once per batch. A small
-cache (the last units and the last permuted chunk) keeps memory bounded by the shuffle buffer.
+`EpochStream` is a pure description (which unit holds which positions, which block).
+`StreamReader.segments` turns a lane's spans of positions into `Block`s of tensors, in order: one
+per unit piece, or with shuffle one per piece of a block, gathered into the block's order as it is
+delivered. Each unit is read and converted to tensors once, column by column; `cut` then splits
+the segments at the batch boundaries with one `split` call per column, so a batch costs a few
+views, not an Arrow conversion, and the hand-over between a reading thread and the batching
+happens once per segment, not once per batch. Unshuffled, a small cache holds the last units;
+shuffled, one block (`blocks.py` shares blocks between thread lanes and reads them in parallel).
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections import OrderedDict
 from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import torch
+import torch.utils.data
 
 from . import batch as batching
 from .errors import ShardReadError
 from .plan import Plan
 from .read import Reader, UnitRows
-from .shuffle import chunk_permutation, unit_order
+from . import shuffle as shuffling
+from .blocks import PendingBlock, SharedBlocks
 
 __all__ = ["EpochStream", "StreamReader", "Block", "cut", "ROW_KEYS"]
 
@@ -38,22 +44,60 @@ class _RowKeys:
 ROW_KEYS = _RowKeys()
 
 _RUN_UNITS = 16  # at most this many units read as one run (`Reader.read_run`)
+_SPLIT = 16  # batches cut out of a segment per split call (see `cut`)
+_PIECE = 4096  # shuffle: positions gathered into one segment (a multiple of usual batch sizes)
+_BLOCK_HELPERS = 3  # threads besides the lane reading the runs of one block (fewer on few cores)
 
 
 class EpochStream:
-    """Which unit holds each stream position in this epoch."""
+    """Which unit holds each stream position in this epoch, and (with shuffle) which block.
 
-    def __init__(self, plan: Plan, *, seed: int, epoch: int, shuffle: bool, shuffle_buffer: int):
-        order = unit_order(len(plan.units), seed, epoch, shuffle)
-        self.units = [plan.units[i] for i in order]
-        self.counts = np.array([plan.counts[i] for i in order], dtype=np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+    Unshuffled, the units come in plan order and positions are their rows in order. Shuffled,
+    runs of units come in the order `shuffle.ALGORITHMS[shuffle_algo]` draws, cut into blocks;
+    positions `blocks[b]..blocks[b+1]-1` are the rows of block b in the order
+    `shuffle.block_permutation(seed, epoch, b, ...)`. `shuffle_buffer` is the block size in
+    samples (None: `shuffle.default_block` of `sample_bytes`, the stored bytes per sample).
+    """
+
+    def __init__(self, plan: Plan, *, seed: int, epoch: int, shuffle: bool,
+                 shuffle_buffer: int | None = None, shuffle_algo: str = shuffling.DEFAULT_ALGORITHM,
+                 sample_bytes: float = 0.0):
         self.seed, self.epoch, self.shuffle = seed, epoch, shuffle
-        self.chunk = max(1, int(shuffle_buffer))
+        self.block = int(shuffle_buffer) if shuffle_buffer else shuffling.default_block(sample_bytes)
+        counts = np.array(plan.counts, dtype=np.int64)
+        order = np.arange(len(plan.units), dtype=np.int64)
+        run_units = np.array([0, len(order)], dtype=np.int64)
+        cuts = np.array([0, 1], dtype=np.int64)
+        if shuffle and len(order):
+            bounds = shuffling.runs(np.fromiter((u.shard for u in plan.units), np.int64, len(order)),
+                                    counts, self.block)
+            sizes = np.add.reduceat(counts, bounds[:-1]) if len(bounds) > 1 else np.zeros(0, np.int64)
+            run_order, cuts = shuffling.block_layout(shuffle_algo, sizes, seed, epoch, self.block)
+            order = shuffling.runs_in_order(bounds, run_order)
+            run_units = np.concatenate([[0], np.cumsum(np.diff(bounds)[run_order])]).astype(np.int64)
+        self.units = [plan.units[i] for i in order]
+        self.counts = counts[order]
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self.run_units = run_units                     # unit bounds (stream order) of the runs
+        self.block_runs = cuts                         # run bounds of the blocks
+        self.blocks = self.starts[run_units[cuts]]     # position bounds of the blocks
 
     @property
     def num_samples(self) -> int:
         return int(self.starts[-1])
+
+    @property
+    def max_block(self) -> int:
+        """The most samples one block holds: what a lane holds in memory at once (shuffle)."""
+        return int(np.diff(self.blocks).max(initial=0)) if self.shuffle else 0
+
+    def runs_of(self, block: int) -> range:
+        """The runs (stream order) that block `block` holds."""
+        return range(int(self.block_runs[block]), int(self.block_runs[block + 1]))
+
+    def block_of(self, position: int) -> int:
+        """The block holding stream position `position`."""
+        return int(np.searchsorted(self.blocks, position, side="right")) - 1
 
     def pieces(self, lo: int, hi: int):
         """(unit position in the epoch, first row, last row) covering positions [lo, hi)."""
@@ -153,14 +197,17 @@ def cut(segments, size: int):
     """Blocks of `size` consecutive positions (the last one shorter) out of a stream of blocks.
 
     A segment is split at the batch boundaries that fall inside it with one `split` per column
-    (`Block.split`), so a batch costs a dict of views, not one slicing call per column."""
+    (`Block.split`), so a batch costs a dict of views, not one slicing call per column. A long
+    segment (a shuffle block) is first sliced into stretches of `_SPLIT` batches: torch's
+    `split_with_sizes` costs more per view the more views it makes (1.3 µs each for 10, 29 µs
+    each for 782 here)."""
     pending, have = [], 0
     for seg in segments:
         head = min(size - have, seg.positions) if have else 0
         sizes = [head] if head else []
         rest = seg.positions - head
         sizes += [size] * (rest // size) + ([rest % size] if rest % size else [])
-        for piece in seg.split(sizes):
+        for piece in _split(seg, sizes):
             pending.append(piece)
             have += piece.positions
             if have == size:
@@ -170,18 +217,38 @@ def cut(segments, size: int):
         yield Block.concat(pending)
 
 
+def _split(seg: Block, sizes: list[int]):
+    """`seg.split(sizes)`, at most `_SPLIT` pieces per split call."""
+    if len(sizes) <= _SPLIT:
+        yield from seg.split(sizes)
+        return
+    start = 0
+    for i in range(0, len(sizes), _SPLIT):
+        group = sizes[i:i + _SPLIT]
+        stop = start + sum(group)
+        yield from seg.slice(start, stop).split(group)
+        start = stop
+
+
 def _running(mask: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
 
 
 class StreamReader:
-    """Reads positions of an `EpochStream` with a reader; caches a few units and one chunk."""
+    """Reads positions of an `EpochStream` with a reader; caches a few units, or one block.
 
-    def __init__(self, stream: EpochStream, reader: Reader, cached_units: int = 2, row_ids: bool = False):
+    `lanes` (every lane's spans: the list object the loader hands all lanes of one iteration,
+    whose item `segments` gets) lets thread lanes of one process share the blocks a lane
+    boundary falls in (`SharedBlocks`); without it each reader reads alone."""
+
+    def __init__(self, stream: EpochStream, reader: Reader, cached_units: int = 2, row_ids: bool = False,
+                 lanes=None):
         self.stream, self.reader, self.row_ids = stream, reader, row_ids
         self._units: OrderedDict[int, tuple[Block, int]] = OrderedDict()  # unit -> (run, offset)
         self._cached_units = cached_units
-        self._chunk: tuple[int, Block] | None = None
+        self._current: tuple[int, _Mixed] | None = None  # shuffle: the block being delivered
+        self._lanes, self._lane = lanes, None
+        self._shared: SharedBlocks | None = None
         self._nulls: dict[int, tuple[UnitRows, int]] = {}  # on_error="raise": units with nulls
 
     def _unit(self, k: int, last: int | None = None) -> tuple[Block, int]:
@@ -228,7 +295,7 @@ class StreamReader:
                     and pieces[j + 1][0] in self._units and self._units[pieces[j + 1][0]][0] is run:
                 j += 1
                 b = pieces[j][2]
-            if j == i or not any(pieces[x][0] in self._nulls for x in range(i, j + 1)):
+            if not any(pieces[x][0] in self._nulls for x in range(i, j + 1)):
                 yield run.slice(offset + a, self._units[pieces[j][0]][1] + b)
             else:  # a null to raise: piece by piece, so the error names its unit
                 yield from (self._piece(*piece, last) for piece in pieces[i:j + 1])
@@ -247,34 +314,96 @@ class StreamReader:
                               "filter=pc.field(name).is_valid()) or pass on_error='skip'",
                               dataset=self.reader.ctx.dataset, shard=unit.path, row_group=unit.row_group)
 
-    def _permuted_chunk(self, g: int, last: int) -> Block:
-        """Grid chunk g, permuted; units up to `last` (needed by later chunks of the span) may be
-        read in the same run."""
-        if self._chunk is None or self._chunk[0] != g:
-            size = self.stream.chunk
-            lo, hi = g * size, min((g + 1) * size, self.stream.num_samples)
-            perm = chunk_permutation(self.stream.seed, self.stream.epoch, g, hi - lo)
-            self._chunk = (g, self._raw(lo, hi, last).permute(perm))
-        return self._chunk[1]
+    def _read_run_part(self, r: int) -> Block:
+        """Run r of the stream (consecutive units of one shard), unpermuted: one `read_run`
+        call where the format allows."""
+        units, starts = self.stream.run_units, self.stream.starts
+        try:
+            return self._raw(int(starts[units[r]]), int(starts[units[r + 1]]), int(units[r + 1]) - 1)
+        finally:
+            self._units.clear()  # a run's units are never needed again: spans only go forward
+            self._nulls.clear()
+
+    def _finish_block(self, b: int, parts: list[Block]) -> "_Mixed":
+        """Block b from its runs: joined, with its order; counted in `shuffle_blocks` and
+        `shuffle_block_rows` (the rows the block held). The rows are gathered into that order
+        piece by piece as they are delivered (`segments`), so the first batch waits for one
+        piece's gather, not the whole block's, and the gathering overlaps the consumer."""
+        n = int(self.stream.blocks[b + 1] - self.stream.blocks[b])
+        stats = self.reader.ctx.stats
+        stats.add("shuffle_blocks")
+        stats.add("shuffle_block_rows", n)
+        return _Mixed(Block.concat(parts), shuffling.block_permutation(self.stream.seed, self.stream.epoch, b, n))
+
+    def _read_block(self, b: int) -> "_Mixed":
+        """Block b read by this lane, with helper threads taking some of its runs."""
+        pending = PendingBlock(len(self.stream.runs_of(b)))
+        self._start_helpers(pending, b)
+        return pending.join(self, b)
+
+    def _start_helpers(self, pending: "PendingBlock", b: int) -> None:
+        """Threads that read runs of block b beside the lane (each with a reader of its own):
+        a block must be read whole before its first position is delivered, and the consumer
+        waits meanwhile, so its runs are read in parallel (pyarrow releases the GIL)."""
+        helpers = min(len(self.stream.runs_of(b)) - 1, _BLOCK_HELPERS, (os.cpu_count() or 1) - 1)
+        for _ in range(max(0, helpers)):
+            helper = StreamReader(self.stream, type(self.reader)(self.reader.ctx), row_ids=self.row_ids)
+            threading.Thread(target=pending.help, args=(helper, b), daemon=True,
+                             name="sparkfeed-block-reader").start()
+
+    def _block(self, b: int) -> "_Mixed":
+        """Block b, from this reader's one-block cache, the lanes' shared blocks, or storage."""
+        if self._current is not None and self._current[0] == b:
+            return self._current[1]
+        self._leave_block()
+        block = self._shared.get(b, self) if self._shared is not None else self._read_block(b)
+        self._current = (b, block)
+        return block
+
+    def _leave_block(self) -> None:
+        if self._current is not None and self._shared is not None and self._lane is not None:
+            self._shared.release(self._current[0], self._lane)
+        self._current = None
 
     def segments(self, spans):
         """Blocks whose positions, one after another, are exactly those of `spans` in order: one
-        per unit piece, or with shuffle one per piece of a permuted grid chunk."""
-        size = self.stream.chunk
+        per unit piece, or with shuffle one per piece of a block."""
+        self._join_lanes(spans)
         for lo, hi in spans:
             if not self.stream.shuffle:
                 yield from self._pieces_joined(list(self.stream.pieces(lo, hi)))
                 continue
-            span_end = min(-(-hi // size) * size, self.stream.num_samples)  # the last chunk's end
-            last = int(np.searchsorted(self.stream.starts, span_end - 1, side="right")) - 1
-            while lo < hi:
-                g = lo // size
-                end = min(hi, (g + 1) * size)
-                yield self._permuted_chunk(g, last).slice(lo - g * size, end - g * size)
+            first = lo
+            while lo < hi:  # pieces of at most _PIECE positions, on a grid from the span's start
+                b = self.stream.block_of(lo)
+                start = int(self.stream.blocks[b])
+                end = min(hi, int(self.stream.blocks[b + 1]), first + ((lo - first) // _PIECE + 1) * _PIECE)
+                mixed = self._block(b)
+                yield mixed.rows.permute(mixed.order[lo - start:end - start])
                 lo = end
 
+    def _join_lanes(self, spans) -> None:
+        """Thread lanes (not torch's worker processes, which share no memory): find this lane
+        among `lanes` and the blocks it shares with the others."""
+        if self._lanes is None or self._shared is not None or torch.utils.data.get_worker_info() is not None:
+            return
+        lane = next((k for k, other in enumerate(self._lanes) if other is spans), None)
+        if lane is not None:
+            self._lane, self._shared = lane, SharedBlocks.for_lanes(self.stream, self._lanes)
+
     def close(self) -> None:
+        self._leave_block()
+        if self._shared is not None and self._lane is not None:
+            self._shared.leave(self._lane)
+            self._shared = None
         self._units.clear()
         self._nulls.clear()
-        self._chunk = None
         self.reader.close()
+
+
+class _Mixed(NamedTuple):
+    """A shuffle block: its rows as read (runs one after another) and the order of its
+    positions (position i holds row `order[i]`)."""
+
+    rows: Block
+    order: np.ndarray

@@ -74,6 +74,25 @@ def test_decode_scenario_with_larger_stored_images_resizes_them(cache, tmp_path)
     assert "stored at 53x40 px (decoded and centre-cropped to 32 px)" in (tmp_path / "results.md").read_text()
 
 
+@pytest.mark.slow
+def test_bytes_and_train_scenarios(cache, tmp_path):
+    """`bytes`: the encoded column shuffled and not, every image once; `train`: shuffle + crop +
+    flip in every runner, each reporting the distinct labels of its full batches."""
+    proc = _bench("--scenarios", "bytes,train", cache=cache, out=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scenarios = json.loads((tmp_path / "results.json").read_text())["scenarios"]
+    byte_rows = {r["runner"]: r for r in scenarios["bytes"]}
+    assert set(byte_rows) == {"sparkfeed-bytes", "sparkfeed-bytes shuffle=True", "pyarrow-scan (ceiling)"}
+    assert all(r["samples"] == 120 and r["samples_per_s"] > 0 for r in byte_rows.values()), byte_rows
+    train = [r for r in scenarios["train"] if not r["note"].startswith("skipped")]
+    assert {r["runner"] for r in train} >= {"torch-pil-files train", "dali-webdataset-cpu train"}
+    assert any(r["runner"].startswith("sparkfeed-dali") for r in train)
+    for row in train:
+        assert row["samples"] == 120, row
+        assert 1 <= row["labels_per_batch"] <= 64, row  # one full batch of 64 out of 120 images
+    assert "labels_per_batch=" in (tmp_path / "results.md").read_text()
+
+
 def test_plan_scenario_needs_no_spark(tmp_path):
     """Planning reads only synthetic manifests: no Spark, no data files."""
     proc = _bench("--scenarios", "plan", cache=tmp_path / "cache", out=tmp_path)
@@ -100,7 +119,7 @@ def test_help_names_every_scenario():
     proc = subprocess.run([sys.executable, "-m", "sparkfeed.cli", "bench", "--help"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0
-    for word in ("tabular", "filter", "decode", "feed", "--quick", "--cache", "--repeats"):
+    for word in ("tabular", "filter", "decode", "bytes", "train", "feed", "--quick", "--cache", "--repeats"):
         assert word in proc.stdout
 
 

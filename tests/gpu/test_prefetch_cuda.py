@@ -9,7 +9,8 @@ import torch
 
 from sparkfeed import prefetch as pf
 from sparkfeed.batch import BinaryColumn
-from sparkfeed.prefetch import Prefetcher, feed_benchmark
+from sparkfeed.bench.feed import feed_benchmark
+from sparkfeed.prefetch import Prefetcher
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

@@ -145,7 +145,7 @@ def test_keyed_draws_belong_to_the_row_not_the_batch(backend):
 
 
 def test_keyed_draws_are_uniform():
-    from sparkfeed.decode import _keyed_draws
+    from sparkfeed.crops import _keyed_draws
 
     pos, flip = _keyed_draws(0, 0, np.arange(20_000, dtype=np.int64))
     assert pos.shape == (2, 20_000) and pos.dtype == np.float32 and flip.dtype == np.int32
@@ -175,7 +175,7 @@ def test_images_at_size_skip_the_resize_with_the_same_pixels(crop, mirror):
         dec = _decoder(size=24, crop=crop, mirror=mirror, seed=3)
         dec._backend.pipes.clear()
         res = dec.decode(at_size + [extra])  # same batch size: the same crop and flip draws
-        assert set(dec._backend.pipes) == {name == "resized"}
+        assert set(dec._backend.pipes) == {"resize" if name == "resized" else "crop"}
         outs[name] = res.images[:len(at_size)].float()
     assert outs["crop only"].shape == (6, 3, 24, 24)
     assert (outs["crop only"] - outs["resized"]).abs().max() <= 1.0  # an identity resize may round
@@ -225,6 +225,28 @@ def test_bad_rows_reported_good_rows_decode(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("crop", [dict(crop="random", resize=None), dict(crop="random_resized")],
+                         ids=["stored-pixels", "random_resized"])
+def test_bad_rows_in_training_crops(backend, crop):
+    """Window decoding (image_crop, image_slice) finds bad rows the same way: header refusals
+    first, then bisection of the DALI batch; good rows keep their keyed crops."""
+    good = [_encode(64, 48, shift=s) for s in range(3)]
+    whole = _encode(200, 150)
+    no_scan = whole[:whole.index(b"\xff\xda") + 16]  # headers intact, no pixel data: any window fails
+    batch = [good[0], no_scan, b"", good[1], _encode(300, 300), good[2]]
+    keys = np.arange(6, dtype=np.int64)
+    dec = _decoder(backend, size=16, mirror=True, max_pixels=200 * 200, **crop)
+    res = dec.decode(batch, keys=keys)
+    assert res.ok_rows.tolist() == [0, 3, 5] and res.images.shape == (3, 3, 16, 16)
+    reasons = dict(res.failures)
+    assert sorted(reasons) == [1, 2, 4]
+    assert "could not decode" in reasons[1] and "empty" in reasons[2]
+    assert "300x300 = 90000 pixels, over max_pixels=40000" in reasons[4]
+    alone = dec.decode([good[0], good[1], good[2]], keys=keys[[0, 3, 5]]).images
+    assert torch.equal(res.images, alone)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_all_rows_bad_gives_empty_batch(backend):
     res = _decoder(backend, size=16).decode([b"", _truncated()])
     assert res.images.shape == (0, 3, 16, 16) and res.ok_rows.tolist() == []
@@ -268,7 +290,14 @@ def test_bad_input_type():
 @pytest.mark.parametrize("kwargs,message", [
     ({"size": 0}, "`size` should be a positive integer or None, but got size=0"),
     ({"size": 2.5}, "`size` should be a positive integer or None, but got size=2.5"),
-    ({"crop": "left"}, "`crop` should be 'center' or 'random', but got crop='left'"),
+    ({"crop": "left"}, "`crop` should be 'center' or 'random' or 'random_resized', but got crop='left'"),
+    ({"crop": "random_resized"}, "`crop` should be 'center' when size is None"),
+    ({"size": 8, "resize": 4}, "`resize` should be at least size=8 (the crop is cut from the resized image), but got resize=4"),
+    ({"size": 8, "resize": "8"}, "`resize` should be 'size', None or a positive integer, but got resize='8'"),
+    ({"size": 8, "crop": "random_resized", "resize": 16}, "`resize` should be 'size' or None with crop='random_resized'"),
+    ({"size": 8, "scale": (0.5, 0.1)}, "`scale` should be a (min, max) pair of positive numbers with min <= max, but got scale=(0.5, 0.1)"),
+    ({"size": 8, "scale": (0.5, 1.5)}, "`scale` should be within (0, 1]"),
+    ({"size": 8, "ratio": (0, 1)}, "`ratio` should be a (min, max) pair of positive numbers"),
     ({"crop": "random"}, "`crop` should be 'center' when size is None (a random crop needs a size), but got crop='random'"),
     ({"layout": "CHW"}, "`layout` should be 'NCHW' or 'NHWC', but got layout='CHW'"),
     ({"device": "cuda"}, "`device` should be 'gpu' or 'cpu' or 'auto', but got device='cuda'"),
@@ -306,7 +335,10 @@ def test_decoder_validation(kwargs, message):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
 def test_gpu_without_cuda_is_a_clear_error():
     spec = ImageDecode(size=8, device="gpu")  # a spec may be built on a CPU box and shipped
-    with pytest.raises(RuntimeError, match="needs CUDA, but torch.cuda.is_available\\(\\) is False"):
+    message = "`device` should be 'cpu' or 'auto' on a machine without CUDA .*but got device='gpu'"
+    with pytest.raises(ValueError, match=message):
+        spec.resolve()
+    with pytest.raises(ValueError, match=message):  # the decoder resolves the same way
         ImageDecoder(spec, max_batch_size=4)
     auto = ImageDecoder(ImageDecode(size=8), max_batch_size=4)  # auto -> CPU here
     assert auto.decode(MIXED[:1]).images.device.type == "cpu"
@@ -323,13 +355,17 @@ def test_missing_dali_message(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_dali)
-    with pytest.raises(ImportError, match="pip install nvidia-dali-cuda120.*backend='pil'"):
+    with pytest.raises(ValueError, match="`backend` should be 'pil' where NVIDIA DALI is not installed "
+                                         r"\(`pip install nvidia-dali-cuda120`\), but got backend='dali'"):
+        ImageDecode(device="cpu").resolve()
+    with pytest.raises(ValueError, match="pip install nvidia-dali-cuda120"):
         ImageDecoder(ImageDecode(device="cpu"), max_batch_size=2)
+    assert ImageDecode(device="auto", backend="pil").resolve().device == "cpu"
     ImageDecoder(ImageDecode(device="cpu", backend="pil"), max_batch_size=2)  # PIL needs no DALI
 
 
 def test_header_fast_path_agrees_with_pil():
-    from sparkfeed.decode import _fast_size
+    from sparkfeed.headers import _fast_size
 
     def jpeg(**save):
         buf = io.BytesIO()
@@ -344,3 +380,129 @@ def test_header_fast_path_agrees_with_pil():
         assert _fast_size(memoryview(data)) == Image.open(io.BytesIO(data)).size == (53, 37)
     for data in (b"", b"\xff\xd8", b"\xff\xd8\xff\xe0\x00", b"GIF89a", _encode(53, 37, fmt="BMP")):
         assert _fast_size(memoryview(data)) is None  # unknown or cut short: PIL decides
+
+
+# -- training crops: resize=, crop="random_resized" --------------------------------------------------
+
+def _noise(w: int, h: int, seed: int) -> bytes:
+    """A high-detail image: any shift of a crop window changes the pixels."""
+    a = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_random_crop_of_stored_pixels_moves(backend):
+    """resize=None: a 12x12 crop of a 16x16 image is a window of the stored pixels (RandomCrop),
+    at a position that changes with the key."""
+    img = _noise(16, 16, 0)
+    full = _decoder(backend).decode([img]).images[0]  # (3, 16, 16), no geometry
+    dec = _decoder(backend, size=12, crop="random", resize=None, seed=5, max_batch_size=32)
+    keys = np.arange(32, dtype=np.int64)
+    out = dec.decode([img] * 32, keys=keys).images
+    assert out.shape == (32, 3, 12, 12)
+    offsets = set()
+    for crop in out:
+        found = [(y, x) for y in range(5) for x in range(5) if torch.equal(full[:, y:y + 12, x:x + 12], crop)]
+        assert len(found) == 1
+        offsets.add(found[0])
+    assert len(offsets) > 8  # the window moves over the 5x5 possible positions
+    assert torch.equal(dec.decode([img] * 32, keys=keys).images, out)  # same key, same crop
+
+
+def test_crop_of_stored_pixels_refuses_small_images():
+    dec = _decoder(size=20, crop="random", resize=None)
+    res = dec.decode([_encode(32, 24), _encode(40, 16), _encode(20, 20)])
+    assert res.images.shape == (2, 3, 20, 20) and res.ok_rows.tolist() == [0, 2]
+    assert res.failures == ((1, "image is 40x16, smaller than the 20x20 crop cut from stored pixels (resize=None)"),)
+
+
+def test_resize_sets_the_shorter_side_before_the_crop():
+    img = _encode(80, 60)
+    big = _decoder(size=30, resize=60).decode([img]).images  # no resize needed: only the centre crop
+    full = _decoder().decode([img]).images
+    assert big.shape == (1, 3, 30, 30) and torch.equal(big[0], full[0, :, 15:45, 25:55])
+    small = _decoder(size=30).decode([img]).images  # default resize=size: the whole height
+    assert not torch.equal(small, big)
+
+
+def test_random_resized_windows_follow_torchvision():
+    from sparkfeed.crops import _RRC_TRIES, _random_resized_windows
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    sizes = np.tile([[160, 120]], (n, 1))
+    win = _random_resized_windows(rng.random((n, _RRC_TRIES, 4)), sizes, (0.08, 1.0), (3 / 4, 4 / 3))
+    x0, y0, cw, ch = win.T
+    assert (x0 >= 0).all() and (y0 >= 0).all() and (x0 + cw <= 160).all() and (y0 + ch <= 120).all()
+    frac, aspect = cw * ch / (160 * 120), cw / ch
+    assert frac.min() > 0.07 and frac.max() <= 1.0 and abs(np.median(frac) - 0.5) < 0.1
+    assert aspect.min() > 0.7 and aspect.max() < 1.4
+    assert len(set(map(tuple, win))) > n * 0.9  # windows differ
+    # no attempt fits a 400x10 strip with ratio in [3/4, 4/3]: centre crop clamped to 4/3
+    strip = _random_resized_windows(rng.random((1, _RRC_TRIES, 4)), np.array([[400, 10]]), (0.08, 1.0), (3 / 4, 4 / 3))
+    assert strip.tolist() == [[193, 0, 13, 10]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_random_resized_crop_sizes_and_keys(backend):
+    imgs = [_encode(96, 64, shift=s) for s in range(6)]
+    dec = _decoder(backend, size=32, crop="random_resized", mirror=True, seed=3)
+    keys = np.arange(6, dtype=np.int64) * 11
+    a = dec.decode(imgs, keys=keys).images
+    assert a.shape == (6, 3, 32, 32) and a.dtype == torch.uint8
+    assert torch.equal(dec.decode(imgs[::-1], keys=keys[::-1]).images, a.flip(0))  # the key, not the batch
+    assert not torch.equal(dec.decode(imgs, keys=keys + 1).images, a)
+    dec.set_epoch(1)
+    assert not torch.equal(dec.decode(imgs, keys=keys).images, a)
+
+
+def test_random_resized_crop_pil_and_dali_agree():
+    imgs = [_encode(96, 64, shift=s) for s in range(6)]
+    keys = np.arange(6, dtype=np.int64)
+    out = {b: _decoder(b, size=32, crop="random_resized", mirror=True, seed=9).decode(imgs, keys=keys).images.float()
+           for b in BACKENDS}
+    assert (out["dali"] - out["pil"]).abs().mean() < 4.0
+    whole = _decoder("pil", size=32, crop="random_resized", scale=(1.0, 1.0), ratio=(1.5, 1.5))
+    squashed = whole.decode([_encode(96, 64)]).images.float()  # the whole 96x64 image to 32x32
+    plain = torch.from_numpy(np.array(Image.open(io.BytesIO(_encode(96, 64))).convert("RGB").resize(
+        (32, 32), Image.BILINEAR))).permute(2, 0, 1).float()
+    assert (squashed[0] - plain).abs().max() <= 1.0
+
+
+def test_resolve_makes_the_device_concrete():
+    spec = ImageDecode(size=8, backend="pil")
+    resolved = spec.resolve()
+    assert spec.device == "auto" and resolved.device == ("gpu" if torch.cuda.is_available() else "cpu")
+    assert resolved.resolve() == resolved and resolved.size == 8
+    bad = ImageDecode(size=8)
+    object.__setattr__(bad, "device", "tpu")  # as a spec unpickled from elsewhere could be
+    with pytest.raises(ValueError, match="`device` should be 'gpu', 'cpu' or 'auto', but got device='tpu'"):
+        bad.resolve()
+
+
+def test_batch_header_scan_agrees_with_the_row_walk():
+    """`_scan_sizes` (every row of a buffer at once) reads what `_fast_size` reads row by row,
+    on JPEGs (baseline, progressive, grey), PNGs, rows cut short anywhere and junk."""
+    from sparkfeed.headers import _fast_size, _scan_sizes
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(120):
+        a = rng.integers(0, 256, (int(rng.integers(1, 40)), int(rng.integers(1, 40)), 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        im = Image.fromarray(a).convert("L" if i % 5 == 0 else "RGB")
+        im.save(buf, "PNG") if i % 2 else im.save(buf, "JPEG", progressive=i % 4 == 0)
+        data = buf.getvalue()
+        if i % 7 == 0:
+            data = data[:int(rng.integers(0, len(data)))]
+        if i % 11 == 0:
+            data = b"junk" + data
+        rows.append(data)
+    data = np.frombuffer(b"".join(rows), np.uint8)
+    bounds = np.cumsum([0] + [len(r) for r in rows])
+    w, h = _scan_sizes(data, bounds[:-1], bounds[1:])
+    expected = [_fast_size(memoryview(r)) or (-1, -1) for r in rows]
+    assert list(zip(w.tolist(), h.tolist())) == expected
+    assert sum(e == (-1, -1) for e in expected) >= 10  # the cut and junk rows are in there

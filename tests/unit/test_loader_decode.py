@@ -79,11 +79,13 @@ def test_decode_of_a_non_binary_column_is_refused(image_ds):
         sparkfeed.DataLoader(root, decode={"label": sparkfeed.ImageDecode(size=8, device="cpu")})
 
 
-def test_random_crops_follow_the_sample_not_the_batch(image_ds):
+@pytest.mark.parametrize("crop", [dict(crop="random"), dict(crop="random", resize=None),
+                                  dict(crop="random_resized")], ids=["random", "stored-pixels", "random_resized"])
+def test_random_crops_follow_the_sample_not_the_batch(image_ds, crop):
     """A sample's random crop and flip depend on (seed, epoch, sample): the same for any batch
-    size and worker count, different between samples and between epochs."""
+    size and worker count, different between samples and between epochs; for every crop kind."""
     root = image_ds(120, images=gradient_jpeg)
-    spec = {"image": sparkfeed.ImageDecode(size=24, crop="random", mirror=True, device="cpu")}
+    spec = {"image": sparkfeed.ImageDecode(size=24, mirror=True, device="cpu", **crop)}
 
     def epoch(e, **kw):
         L = sparkfeed.DataLoader(root, columns=["id", "image"], decode=spec, seed=5, **kw)

@@ -297,6 +297,18 @@ def test_a_manifest_kept_elsewhere(ds, tmp_path):
     assert sorted(i for b in L for i in b["id"].tolist()) == list(range(B, B + 400)) + list(range(C, C + 100))
 
 
+def test_foreign_parquet_without_a_manifest_joins_a_mix(ds, tmp_path):
+    import pyarrow.parquet as pq
+    (tmp_path / "foreign").mkdir()
+    data = shifted(120, T)
+    pq.write_table(data.slice(0, 70), tmp_path / "foreign" / "a.parquet", row_group_size=35)
+    pq.write_table(data.slice(70), tmp_path / "foreign" / "b.parquet", row_group_size=25)
+    L = loader([Source(ds["b"], weight=1), Source(str(tmp_path / "foreign"), weight=1)], num_workers=2)
+    rows = run(L)  # the foreign source is indexed in memory, as DataLoader(path) does
+    assert collections.Counter(s for _, s in rows) == {0: 120, 1: 120}
+    assert sorted(i for i, s in rows if s == 1) == list(range(T, T + 120))
+
+
 def test_plain_torch_over_a_mixed_dataset(ds):
     mixed = sparkfeed.Dataset([Source(ds["b"]), Source(ds["c"], weight=None)], columns=["id", "label"],
                               with_source=True)

@@ -17,7 +17,8 @@ from sparkfeed import prefetch as pf
 from sparkfeed import threads as protocol
 from sparkfeed.batch import BinaryColumn
 from sparkfeed.errors import WorkerError
-from sparkfeed.prefetch import Prefetcher, feed_benchmark
+from sparkfeed.bench.feed import feed_benchmark
+from sparkfeed.prefetch import Prefetcher
 from sparkfeed.stats import Stats
 
 

@@ -184,3 +184,53 @@ def test_parquet_runs_stop_at_files_budgets_and_mismatches(tmp_path, monkeypatch
     filtered = sparkfeed.Dataset(root, filter=[("label", "<", 5)])
     reader = make_reader("parquet", filtered.engine.context(Stats()))
     assert len(reader.read_run(filtered.plan().units, list(filtered.plan().counts)).parts()) == 1
+
+
+# ----------------------------------------------------------------------------- shuffled stream
+@pytest.fixture(scope="module")
+def small_pq(tmp_path_factory):
+    import dsutil
+
+    root = str(tmp_path_factory.mktemp("stream") / "ds")
+    dsutil.write_parquet(root, dsutil.table(600), 200, 50)
+    return root
+
+
+def _stream_reader(path: str, block: int):
+    import sparkfeed
+    from sparkfeed import storage
+    from sparkfeed.read import ReadContext, make_reader
+    from sparkfeed.stream import StreamReader
+
+    ds = sparkfeed.Dataset(path, columns=["id"], shuffle=True, seed=11, shuffle_buffer=block)
+    fs, root = storage.resolve(path)
+    ctx = ReadContext(fs=fs, root=root, dataset=path, schema=ds.manifest.schema, columns=("id",),
+                      filter_columns=(), expr=None)
+    return StreamReader(ds.stream(), make_reader("parquet", ctx))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(0, 600), min_size=0, max_size=8), st.sampled_from([90, 150, 600]))
+def test_any_spans_of_a_shuffled_stream_are_exactly_those_positions_of_the_epoch(small_pq, cuts, block):
+    """What resume relies on: reading spans [a, b) ... gives the epoch's positions a..b-1, in the
+    epoch's order, whichever blocks the spans start or end in."""
+    full = [i for seg in _stream_reader(small_pq, block).segments([(0, 600)]) for i in seg.columns["id"].tolist()]
+    assert sorted(full) == list(range(600))
+    bounds = sorted(set(cuts))
+    spans = [(a, b) for a, b in zip(bounds[0::2], bounds[1::2]) if b > a]
+    got = [i for seg in _stream_reader(small_pq, block).segments(spans) for i in seg.columns["id"].tolist()]
+    assert got == [full[p] for a, b in spans for p in range(a, b)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=40), st.randoms(use_true_random=False), st.data())
+def test_permuting_a_piece_of_the_order_is_that_piece_of_the_permuted_block(ok, rnd, data):
+    """Shuffle blocks are gathered piece by piece (`order[a:b]`): the same positions, skips
+    included, as slicing the block permuted whole."""
+    block = _block(0, ok)
+    order = np.array(rnd.sample(range(len(ok)), len(ok)), dtype=np.int64)
+    a = data.draw(st.integers(0, len(ok)))
+    b = data.draw(st.integers(a, len(ok)))
+    piece, whole = block.permute(order[a:b]), block.permute(order).slice(a, b)
+    assert piece.positions == whole.positions == b - a and piece.skipped == whole.skipped
+    assert _kept([piece]) == _kept([whole])

@@ -18,7 +18,12 @@ Measure sparkfeed against the loaders people use, on this machine, side by side:
   decode   JPEGs: sparkfeed + DALI (CPU here, GPU where there is one) vs torch + PIL over
            files vs webdataset + PIL over tars vs DALI's own fn.readers.webdataset;
            ceiling: PIL on in-memory bytes
-  feed     prefetch.feed_benchmark: how long a simulated step waits, prefetch on vs off
+  bytes    the encoded image column delivered as batches, no decode, unshuffled and
+           shuffled (target 50,000 images/s per process) vs the pyarrow scan of it
+  train    shuffle + a random crop of the stored pixels (7/8 of the side) + flip, decoded:
+           sparkfeed + DALI vs torch + PIL (RandomCrop, flip) vs DALI's reader
+           (random_shuffle, crop, flip); distinct labels per batch for each
+  feed     bench.feed.feed_benchmark: how long a simulated step waits, prefetch on vs off
   plan     time to plan an epoch from 100 / 1,000 / 10,000-shard manifests
   scaling  sparkfeed throughput and peak RSS at 1x/2x/4x/8x --scaling-base rows (a fresh
            process per size): does memory stay flat?  (+ the plan rows)

@@ -36,12 +36,13 @@ class Context:
 
 
 # ----------------------------------------------------------------------------- tabular
-def sparkfeed_tabular(ctx: Context, filter=None, num_workers: int | None = None) -> Iterator[int]:
+def sparkfeed_tabular(ctx: Context, filter=None, num_workers: int | None = None,
+                      shuffle: bool = False) -> Iterator[int]:
     import sparkfeed
 
     workers = ctx.workers if num_workers is None else num_workers
     loader = sparkfeed.DataLoader(ctx.data.tabular, batch_size=ctx.batch_size, columns=TABULAR_COLUMNS,
-                                  filter=filter, num_workers=workers)
+                                  filter=filter, num_workers=workers, shuffle=shuffle)
     for batch in loader:
         yield len(batch["id"])
     stats = loader.stats()
@@ -224,7 +225,7 @@ def webdataset_pil(ctx: Context) -> Iterator[int]:
         yield images.shape[0]
 
 
-def dali_webdataset(ctx: Context) -> Iterator[int]:
+def dali_webdataset(ctx: Context, train: bool = False) -> Iterator[int]:
     """DALI's own reader: `fn.readers.webdataset` over the same tars (with the `.idx` files
     sparkfeed's writer puts next to each shard), CPU decode, the same resize and centre crop; the
     resize is left out when the stored images are at the training size, as a DALI user who
@@ -243,31 +244,36 @@ def dali_webdataset(ctx: Context) -> Iterator[int]:
     index = [os.path.join(wds, s["index"]) for s in shards if s.get("index")]
     if len(index) != len(paths):
         raise RuntimeError("the WebDataset manifest names no `index` for some shards; DALI needs one per tar")
-    size, batch = ctx.image_size, ctx.batch_size
-    resize = (ctx.image_source or size) != size
+    size, batch = (train_crop(ctx) if train else ctx.image_size), ctx.batch_size
+    resize = not train and (ctx.image_source or size) != size
 
     @pipeline_def(batch_size=batch, num_threads=max(1, ctx.workers), device_id=None,
                   prefetch_queue_depth=2)
     def pipe_def():
         jpg, cls = fn.readers.webdataset(paths=paths, index_paths=index, ext=["jpg", "cls"],
-                                         missing_component_behavior="error", random_shuffle=False,
+                                         missing_component_behavior="error", random_shuffle=train,
                                          name="Reader")
         img = fn.decoders.image(jpg, device="cpu", output_type=types.RGB)
         if resize:
             img = fn.resize(img, resize_shorter=size, antialias=True)
-        img = fn.crop_mirror_normalize(img, dtype=types.UINT8, output_layout="CHW", crop=(size, size))
+        aug = dict(crop_pos_x=fn.random.uniform(range=(0.0, 1.0)), crop_pos_y=fn.random.uniform(range=(0.0, 1.0)),
+                   mirror=fn.random.coin_flip()) if train else {}
+        img = fn.crop_mirror_normalize(img, dtype=types.UINT8, output_layout="CHW", crop=(size, size), **aug)
         return img, cls
 
     pipe = pipe_def()
     pipe.build()
     n = pipe.epoch_size("Reader")
-    left = n
+    left, mix = n, _LabelMix(batch)
     for _ in range(math.ceil(n / batch)):
-        images, _labels = pipe.run()
+        images, labels = pipe.run()
         t = torch.from_numpy(np.asarray(images.as_tensor()))  # what a training loop would get
         take = min(left, t.shape[0])
+        if train and take == batch:  # the .cls members hold the label as text
+            mix.add([int(bytes(np.asarray(labels[i]))) for i in range(take)])
         left -= take
         yield take
+    mix.report(ctx)
     del pipe
 
 
@@ -289,10 +295,111 @@ def pil_ceiling(ctx: Context) -> Iterator[int]:
         yield from pool.imap(_decode_chunk, chunks)
 
 
+# ----------------------------------------------------------------------------- bytes
+def sparkfeed_bytes(ctx: Context, shuffle: bool = False) -> Iterator[int]:
+    """The encoded image column delivered as batches, no decode: what the loader could feed a
+    GPU decoder at (`bytes` scenario)."""
+    import sparkfeed
+
+    loader = sparkfeed.DataLoader(ctx.data.images, batch_size=ctx.batch_size, columns=["image", "label"],
+                                  num_workers=ctx.workers, shuffle=shuffle, seed=1)
+    for batch in loader:
+        yield len(batch["image"])
+    ctx.extra["bytes_read"] = int(loader.stats()["bytes_read"])
+
+
+def pyarrow_bytes(ctx: Context) -> Iterator[int]:
+    """The ceiling of `bytes`: Arrow's own scan of the image column, no tensors, no workers."""
+    import pyarrow.dataset as pads
+
+    dataset = pads.dataset(datasets.files(ctx.data.images, ".parquet"), format="parquet")
+    for rb in dataset.to_batches(columns=["image", "label"], batch_size=ctx.batch_size):
+        yield rb.num_rows
+
+
+# ----------------------------------------------------------------------------- train
+def train_crop(ctx: Context) -> int:
+    """The `train` scenario's crop out of the stored pixels (RandomCrop, no resize): 7/8 of the
+    stored shorter side, 112 from 128 px images."""
+    return max(1, (ctx.image_source or ctx.image_size) * 7 // 8)
+
+
+class _LabelMix:
+    """Distinct labels per full batch (how well a shuffle mixes data clustered by label)."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size, self.counts = batch_size, []
+
+    def add(self, labels) -> None:
+        labels = torch.as_tensor(labels).reshape(-1)
+        if labels.numel() == self.batch_size:
+            self.counts.append(int(torch.unique(labels).numel()))
+
+    def report(self, ctx: Context) -> None:
+        if self.counts:
+            ctx.extra["labels_per_batch"] = round(sum(self.counts) / len(self.counts), 1)
+
+
+def sparkfeed_train(ctx: Context) -> Iterator[int]:
+    """shuffle=True, a 112 random crop of the stored pixels (resize=None) and a flip, keyed by
+    (seed, epoch, sample); DALI decodes on the prefetch thread."""
+    import sparkfeed
+
+    device = dali_device()
+    spec = sparkfeed.ImageDecode(size=train_crop(ctx), crop="random", resize=None, mirror=True, device=device)
+    loader = sparkfeed.DataLoader(ctx.data.images, batch_size=ctx.batch_size, columns=["image", "label"],
+                                  num_workers=ctx.workers, shuffle=True, seed=1,
+                                  device="cuda" if device == "gpu" else None, decode={"image": spec})
+    mix = _LabelMix(ctx.batch_size)
+    for batch in loader:
+        mix.add(batch["label"])
+        yield batch["image"].shape[0]
+    mix.report(ctx)
+    ctx.extra["bytes_read"] = int(loader.stats()["bytes_read"])
+
+
+def _pil_random_crop(raw: bytes, size: int, rng) -> torch.Tensor:
+    """torchvision's RandomCrop(size) + RandomHorizontalFlip() in PIL (torchvision is not needed)."""
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(raw)).convert("RGB")
+    w, h = im.size
+    x0, y0 = int(rng.integers(0, w - size + 1)), int(rng.integers(0, h - size + 1))
+    im = im.crop((x0, y0, x0 + size, y0 + size))
+    if rng.random() < 0.5:
+        im = im.transpose(Image.FLIP_LEFT_RIGHT)
+    return torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1)
+
+
+class _TrainFiles(_ImageFiles):
+    def __getitem__(self, i: int):
+        import numpy as np
+
+        with open(self.paths[i], "rb") as f:
+            image = _pil_random_crop(f.read(), self.size, np.random.default_rng())
+        return image, int(self.paths[i].split("/")[-2])
+
+
+def torch_pil_train(ctx: Context) -> Iterator[int]:
+    loader = torch.utils.data.DataLoader(_TrainFiles(ctx.data.image_folder, train_crop(ctx)), shuffle=True,
+                                         batch_size=ctx.batch_size, num_workers=ctx.workers)
+    mix = _LabelMix(ctx.batch_size)
+    for images, labels in loader:
+        mix.add(labels)
+        yield images.shape[0]
+    mix.report(ctx)
+
+
+def dali_webdataset_train(ctx: Context) -> Iterator[int]:
+    """DALI's own reader with its shuffle buffer (random_shuffle, default initial_fill 1,024), the
+    same random crop (`train_crop`) and a flip drawn by DALI's random operators, CPU decode."""
+    yield from dali_webdataset(ctx, train=True)
+
+
 # ----------------------------------------------------------------------------- feed
 def feed(ctx: Context, depth: int, **options) -> Iterator[int]:
-    """`prefetch.feed_benchmark`: a simulated step waiting on a simulated source (no files)."""
-    from ..prefetch import feed_benchmark
+    """`bench.feed.feed_benchmark`: a simulated step waiting on a simulated source (no files)."""
+    from .feed import feed_benchmark
 
     device = "cuda" if torch.cuda.is_available() else None
     result = feed_benchmark(depth=depth, pin_memory=device is not None, device=device, **options)
@@ -336,6 +443,11 @@ RUNNERS: dict[str, Runner] = {
     "webdataset-pil": webdataset_pil,
     "pil-ceiling": pil_ceiling,
     "dali-webdataset": dali_webdataset,
+    "sparkfeed-bytes": sparkfeed_bytes,
+    "pyarrow-bytes": pyarrow_bytes,
+    "sparkfeed-train": sparkfeed_train,
+    "torch-pil-train": torch_pil_train,
+    "dali-webdataset-train": dali_webdataset_train,
     "feed": feed,
     "plan": plan_only,
     "sparkfeed-subprocess": sparkfeed_subprocess,
@@ -351,4 +463,6 @@ REQUIRES: dict[str, tuple[str, str]] = {
     "pil-ceiling": ("PIL", "pip install pillow"),
     "sparkfeed-dali": ("nvidia.dali", "pip install nvidia-dali-cuda120"),
     "dali-webdataset": ("nvidia.dali", "pip install nvidia-dali-cuda120"),
+    "sparkfeed-train": ("nvidia.dali", "pip install nvidia-dali-cuda120"),
+    "dali-webdataset-train": ("nvidia.dali", "pip install nvidia-dali-cuda120"),
 }

@@ -24,7 +24,8 @@ import psutil
 from . import datasets, runners
 from .runners import Context
 
-SCENARIOS = ("tabular", "filter", "decode", "feed", "plan", "scaling", "mix")
+SCENARIOS = ("tabular", "filter", "decode", "bytes", "train", "feed", "plan", "scaling", "mix")
+IMAGE_SCENARIOS = ("decode", "bytes", "train")
 SCALES = (1, 2, 4, 8)  # dataset sizes of the scaling study, in multiples of `scaling_base` rows
 FLAT_RSS = 1.5  # "memory stays flat": peak RSS at 8x within this factor of 1x
 PLAN_SHARDS = (100, 1_000, 10_000)  # shards in the synthetic manifests of the plan scenario
@@ -181,6 +182,10 @@ def _size(paths: list[str]) -> int:
 def tabular_cases(p) -> list[Case]:
     size = _size(datasets.files(p.data.tabular, ".parquet"))
     return [Case("sparkfeed", "sparkfeed", p.samples, payload_bytes=size),
+            Case("sparkfeed shuffle=True", "sparkfeed", p.samples, payload_bytes=size,
+                 options={"shuffle": True},
+                 note="default shuffle: runs of row groups in random order, rows mixed across "
+                      "blocks of runs (shuffle.py); same bytes read as unshuffled"),
             Case("sparkfeed, 0 workers", "sparkfeed", p.samples, options={"num_workers": 0},
                  note="extra row: reading in the main process (one background reader thread), as the ceiling does"),
             Case("pyarrow-scan (ceiling)", "pyarrow-scan", p.samples, payload_bytes=size,
@@ -235,6 +240,36 @@ def decode_cases(p) -> list[Case]:
                       "num_threads = workers" if wds else f"skipped: {p.data.webdataset_note}"),
             Case("pil-ceiling", "pil-ceiling", p.images, payload_bytes=jpgs,
                  note="in-memory JPEGs, a process pool of `workers`, no loader")]
+
+
+def bytes_cases(p) -> list[Case]:
+    """The encoded image column as batches, no decode: unshuffled and shuffled (the rate the loader
+    could feed a GPU decoder at; target 50,000 images/s per process)."""
+    parquet = _size(datasets.files(p.data.images, ".parquet"))
+    return [Case("sparkfeed-bytes", "sparkfeed-bytes", p.images, payload_bytes=parquet, baseline=True,
+                 note="image + label columns, no decode; `workers` lane threads"),
+            Case("sparkfeed-bytes shuffle=True", "sparkfeed-bytes", p.images, payload_bytes=parquet,
+                 options={"shuffle": True}),
+            Case("pyarrow-scan (ceiling)", "pyarrow-bytes", p.images, payload_bytes=parquet,
+                 note="Arrow's own threads; no tensors, no workers, no shuffle")]
+
+
+def train_cases(p) -> list[Case]:
+    """Training input: shuffle, a random crop of the stored pixels (7/8 of the side: 112 of 128)
+    and a flip, decoded; each runner also reports the distinct labels per full batch (the image
+    set is clustered by label, as `cluster_by` writes it)."""
+    wds = p.data.webdataset
+    crop = max(1, p.image_source * 7 // 8)
+    n_labels = min(datasets.NUM_LABELS, p.images)
+    uniform = n_labels * (1 - (1 - 1 / n_labels) ** p.batch_size)
+    mix = f"a uniform shuffle gives {uniform:.1f} labels per batch of {p.batch_size} ({n_labels} labels)"
+    return [Case(f"sparkfeed-dali-{runners.dali_device()} train", "sparkfeed-train", p.images,
+                 note=f"shuffle=True, ImageDecode(size={crop}, crop='random', resize=None, mirror=True); {mix}"),
+            Case("torch-pil-files train", "torch-pil-train", p.images, baseline=True,
+                 note=f"DataLoader(shuffle=True), PIL RandomCrop({crop}) + horizontal flip"),
+            Case("dali-webdataset-cpu train", "dali-webdataset-train", p.images,
+                 note=f"fn.readers.webdataset(random_shuffle=True), crop {crop} at fn.random.uniform, "
+                      "fn.random.coin_flip mirror" if wds else f"skipped: {p.data.webdataset_note}")]
 
 
 def feed_cases(p) -> list[Case]:
@@ -301,7 +336,8 @@ def scaling_summary(rows: list[dict]) -> str:
 
 
 CASES: dict[str, Callable] = {"tabular": tabular_cases, "filter": filter_cases,
-                              "decode": decode_cases, "feed": feed_cases, "plan": plan_cases,
+                              "decode": decode_cases, "bytes": bytes_cases, "train": train_cases,
+                              "feed": feed_cases, "plan": plan_cases,
                               "scaling": scaling_cases, "mix": mix_cases}
 
 

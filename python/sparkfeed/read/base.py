@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from .. import filters
 from ..errors import ShardReadError
-from ..manifest import Column
+from ..manifest import Column, Shard
 from ..plan import WorkUnit
 from ..stats import Stats
 
@@ -34,6 +34,12 @@ class ReadContext:
     on_error: str = "raise"
     stats: Stats = field(default_factory=Stats)
     manifest_bytes: dict[str, int] = field(default_factory=dict)  # shard path -> size on storage
+    shards: dict[str, Shard] = field(default_factory=dict)  # shard path -> manifest entry
+
+    def partition_of(self, path: str) -> dict:
+        """The shard's partition values (Hive directories, Delta), {} when it has none."""
+        shard = self.shards.get(path)
+        return dict(shard.partition) if shard is not None and shard.partition else {}
 
     @property
     def read_columns(self) -> list[str]:
@@ -90,6 +96,29 @@ class Reader:
 
     def _count(self, unit: WorkUnit) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _check_unchanged(self, unit: WorkUnit, full: str) -> None:
+        """Indexed data (`sparkfeed.index`) records each file's size and mtime/ETag: a file that
+        differs now was changed after indexing, and is an error rather than wrong rows. Once per
+        file open; written datasets (no version recorded) skip it."""
+        shard = self.ctx.shards.get(unit.path)
+        if shard is None or (shard.mtime is None and shard.etag is None):
+            return
+        from ..index.discover import file_version
+
+        try:
+            info = self.ctx.fs.info(full)
+        except FileNotFoundError as exc:
+            raise self._error(unit, f"file missing: the manifest names {unit.path!r} but storage "
+                              "has no such file") from exc
+        mtime, etag = file_version(info)
+        was = (shard.num_bytes, shard.mtime, shard.etag)
+        now = (int(info.get("size", -1)), mtime if shard.mtime is not None else None,
+               etag if shard.etag is not None else None)
+        if now != was:
+            raise self._error(unit, f"the file changed after it was indexed (size, mtime, ETag: "
+                              f"{was} when indexed, {now} now); run `sparkfeed index ... "
+                              "--overwrite` again")
 
     def _error(self, unit: WorkUnit, message: str, offset: int | None = None) -> ShardReadError:
         return ShardReadError(message, dataset=self.ctx.dataset, shard=unit.path,

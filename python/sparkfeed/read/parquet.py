@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .. import storage
+from .. import filters, storage
 from ..errors import ShardReadError
 from ..plan import WorkUnit
 from .base import Reader, UnitRows, apply_filter, with_bookkeeping
@@ -53,6 +53,7 @@ class ParquetReader(Reader):
             self._files.move_to_end(unit.path)
             return self._files[unit.path][0]
         path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
+        self._check_unchanged(unit, path)
         try:
             pf = self._retrying(lambda: pq.ParquetFile(self._open_input(path)), f"opening {path}")
         except FileNotFoundError as exc:
@@ -73,6 +74,20 @@ class ParquetReader(Reader):
         return pf
 
     def _read_columns(self, unit: WorkUnit, names: list[str], groups: list[int] | None = None) -> pa.Table:
+        """Columns `names` of the unit's row groups; partition columns (not in the file) are
+        made from the shard's partition values."""
+        part = self.ctx.partition_of(unit.path)
+        if not part or not set(names) & set(part):
+            return self._read_file_columns(unit, names, groups)
+        table = self._read_file_columns(unit, [n for n in names if n not in part], groups)
+        types = {f.name: f.type for f in self.ctx.arrow_schema([n for n in names if n in part])}
+        for name in names:
+            if name in part:
+                value = filters._scalar(part[name], types[name]) or pa.scalar(None, types[name])
+                table = table.append_column(name, pa.repeat(value, table.num_rows))
+        return table.select(names)
+
+    def _read_file_columns(self, unit: WorkUnit, names: list[str], groups: list[int] | None = None) -> pa.Table:
 
         def attempt() -> list[pa.Table]:
             nonlocal groups

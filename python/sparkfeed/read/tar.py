@@ -79,6 +79,7 @@ class TarReader(Reader):
         keys: list[str] = []
         samples: list[dict] = []
         read = 0
+        self._check_unchanged(unit, path)
         with self.ctx.fs.open(path, "rb") as f:
             self._check_size(unit, getattr(f, "size", None))
             with tarfile.open(fileobj=f, mode="r|", errorlevel=2) as tar:
@@ -115,7 +116,9 @@ class TarReader(Reader):
         members = {c.member or c.name for c in cols}
         keys, samples = self._samples(unit, members)
         bad: dict[int, str] = {}
-        parsed = self._parse_json(samples, bad) if "json" in members else None
+        in_json = any((c.member or c.name) == "json" and c.type not in ("string", "large_string")
+                      for c in cols)
+        parsed = self._parse_json(samples, bad) if in_json else None
         arrays = {}
         for col, field in zip(cols, self.ctx.arrow_schema([c.name for c in cols])):
             values = self._column_values(col, keys, samples, parsed, bad)
@@ -159,8 +162,8 @@ class TarReader(Reader):
         member = col.member or col.name
         if member == "__key__":
             return keys
-        if member == "json":
-            return [d.get(col.name) for d in parsed_json]
+        if member == "json" and col.type not in ("string", "large_string"):
+            return [d.get(col.name) for d in parsed_json]  # scalars kept together (the JVM writer)
         raw = [s.get(member) for s in samples]
         if col.type in ("binary", "large_binary"):
             return raw

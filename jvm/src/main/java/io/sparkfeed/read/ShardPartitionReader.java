@@ -87,7 +87,11 @@ final class ShardPartitionReader implements PartitionReader<InternalRow> {
             ReadColumn c = columns.get(i);
             if (c.member.equals(ReadColumn.KEY_MEMBER)) {
                 key = i;
-            } else if (c.member.equals(ReadColumn.JSON_MEMBER) && !(c.type instanceof BinaryType)) {
+            } else if (c.member.equals(ReadColumn.JSON_MEMBER) && !(c.type instanceof BinaryType)
+                    && !(c.type instanceof StringType)) {
+                // Scalars kept together in the .json object (the writer never puts strings
+                // there: they go to .txt); a string column of member json is the raw text, as
+                // `sparkfeed.index` describes a tar's .json members.
                 parseJson = true;
                 memberSlot.putIfAbsent(ReadColumn.JSON_MEMBER, memberSlot.size());
                 ValueDecoder value = valueDecoder(c.type);

@@ -1,0 +1,294 @@
+"""Micro-benchmarks of the feed path, kept out of the library modules.
+
+- `feed_benchmark`: how long a simulated training step waits for data behind the `Prefetcher`
+  (the `feed` scenario of `sparkfeed bench`);
+- `decode_benchmark`: images/s of `ImageDecoder` with DALI (CPU) vs PIL, and the host costs of
+  the header check and the hand-over (`python -m sparkfeed.bench.feed --decode`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ..checks import resolve_device
+from ..prefetch import Batch, Prefetcher
+from ..stats import Stats
+
+__all__ = ["feed_benchmark", "decode_benchmark"]
+
+
+# ----------------------------------------------------------------------------- prefetch
+def _synthetic_source(batches: int, batch_bytes: int, producer_s: float):
+    """`batches` dicts of one uint8 tensor, each taking `producer_s` in all (mostly a sleep, which
+    frees the GIL as I/O or DALI do; the tensor's making counts in it)."""
+    for i in range(batches):
+        start = time.perf_counter()
+        x = torch.full((batch_bytes,), i % 251, dtype=torch.uint8)
+        time.sleep(max(0.0, producer_s - (time.perf_counter() - start)))
+        yield {"x": x, "index": i}
+
+
+def _step_fn(step_s: float, device: torch.device | None) -> Callable[[Batch], None]:
+    """A simulated training step of `step_s`: a GPU spin (then sync, as `loss.item()`) or a sleep."""
+    if device is None:
+        return lambda _batch: time.sleep(step_s) if step_s > 0 else None
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(10_000_000)
+    end.record()
+    end.synchronize()
+    cycles = int(step_s * 10_000_000 / (start.elapsed_time(end) / 1e3))
+
+    def step(_batch: Batch) -> None:
+        if cycles > 0:
+            torch.cuda._sleep(cycles)
+        torch.cuda.synchronize()
+    return step
+
+
+def _h2d_gbps(batches: int, batch_bytes: int, depth: int, pin: bool, device) -> tuple[float, float]:
+    """Prefetcher throughput on ready host batches vs a plain pinned copy of the same bytes."""
+    host = [torch.full((batch_bytes,), i, dtype=torch.uint8) for i in range(4)]
+    start = time.perf_counter()
+    with Prefetcher(({"x": host[i % 4]} for i in range(batches)), depth=depth,
+                    pin_memory=pin, device=device) as prefetcher:
+        for _batch in prefetcher:
+            pass
+    torch.cuda.synchronize()
+    ours = batches * batch_bytes / (time.perf_counter() - start) / 1e9
+    pinned = torch.empty(batch_bytes, dtype=torch.uint8, pin_memory=True)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(batches):
+        pinned.to(device, non_blocking=True)
+    torch.cuda.synchronize()
+    return ours, batches * batch_bytes / (time.perf_counter() - start) / 1e9
+
+
+def feed_benchmark(batches: int, batch_bytes: int, step_s: float, depth: int, pin_memory: bool,
+                   device: str | None, producer_s: float) -> dict:
+    """How long a simulated training step waits for data, with and without prefetch.
+
+    A source takes `producer_s` per batch of `batch_bytes`; the consumer's step takes `step_s`.
+    `wait_fraction` is the share of wall time the consumer spent blocked in `__next__` (the time
+    a GPU would starve). On CUDA it also reports `h2d_gbps` (the prefetcher moving ready host
+    batches to the device) and `plain_pinned_h2d_gbps` (one pinned tensor copied the same way).
+
+        feed_benchmark(100, 1 << 20, 0.01, depth=4, pin_memory=True, device=None, producer_s=0.01)
+    """
+    target = resolve_device(device)
+    step, stats = _step_fn(step_s, target), Stats()
+    start = time.perf_counter()
+    with Prefetcher(_synthetic_source(batches, batch_bytes, producer_s), depth=depth,
+                    pin_memory=pin_memory, device=target, stats=stats) as prefetcher:
+        for batch in prefetcher:
+            step(batch)
+    wall = time.perf_counter() - start
+    counters = stats.snapshot()
+    result = {"batches": batches, "batch_bytes": batch_bytes, "depth": depth,
+              "wall_s": round(wall, 3), "wait_fraction": round(counters["wait_s"] / wall, 4),
+              "batches_per_s": round(batches / wall, 2)}
+    if target is not None:
+        ours, plain = _h2d_gbps(batches, batch_bytes, max(depth, 1), pin_memory, target)
+        result.update(h2d_gbps=round(ours, 2), plain_pinned_h2d_gbps=round(plain, 2))
+    return result
+
+
+# ----------------------------------------------------------------------------- decode
+def decode_benchmark(n: int = 512, cases=((64, 56), (64, 64), (256, 224), (256, 256)), batch: int = 128,
+                     repeat: int = 3) -> None:
+    """Micro-benchmark: images/s of DALI CPU vs PIL for (stored side, output size) pairs (equal:
+    images at the training size, only cropped), and the host costs: the header check of a whole
+    batch (numpy), per row (the marker walk in Python; PIL's lazy open), and the hand-over."""
+    def jpeg(side: int, i: int) -> bytes:
+        y, x = np.mgrid[0:side, 0:side]
+        a = np.stack([(x * 255 // side + i) % 256, y * 255 // side, (x + y) % 256], -1).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, "JPEG", quality=90)
+        return buf.getvalue()
+
+    from PIL import Image
+
+    from ..batch import BinaryColumn
+    from ..decode import ImageDecode, ImageDecoder
+    from ..headers import _as_arrays, _check_header, _check_headers, _encoded
+
+    def best(f) -> float:
+        return min(_timed(f) for _ in range(repeat))
+
+    print(f"{n} JPEGs, batch {batch}, {os.cpu_count()} CPU cores, torch {torch.__version__}\n")
+    print("| image | output | DALI CPU img/s | PIL img/s | header check us/img: batch (per row; PIL open) "
+          "| feed us/batch |")
+    print("|---|---|---|---|---|---|")
+    for side, size in cases:
+        data = [jpeg(side, i) for i in range(n)]
+        col = BinaryColumn(torch.from_numpy(np.frombuffer(b"".join(data), np.uint8).copy()),
+                           torch.tensor(np.cumsum([0] + [len(d) for d in data]), dtype=torch.int64))
+        chunks = [col.select(range(i, min(i + batch, n))) for i in range(0, n, batch)]
+        rates = []
+        for backend in ("dali", "pil"):
+            dec = ImageDecoder(ImageDecode(size=size, device="cpu", backend=backend), max_batch_size=batch)
+            dec.decode(chunks[0])  # warm up
+            rates.append(n / best(lambda: [dec.decode(c) for c in chunks]))
+            dec.close()
+        arrays = _as_arrays(col)
+        spec = ImageDecode(size=size, device="cpu")
+        whole = best(lambda: [_check_headers(_encoded(c), spec) for c in chunks]) / n * 1e6
+        check = best(lambda: [_check_header(a, 1 << 40) for a in arrays]) / n * 1e6
+        lazy = best(lambda: [Image.open(io.BytesIO(a)).size for a in arrays]) / n * 1e6
+        feed = best(lambda: [_as_arrays(c) for c in chunks]) / len(chunks) * 1e6
+        print(f"| {side}x{side} | {size}x{size} | {rates[0]:.0f} | {rates[1]:.0f} "
+              f"| {whole:.1f} ({check:.1f}; {lazy:.1f}) | {feed:.1f} |")
+
+
+def _timed(f) -> float:
+    t = time.perf_counter()
+    f()
+    return time.perf_counter() - t
+
+
+# ----------------------------------------------------------------------------- decode stages
+STAGES = ("read", "slice", "header check", "draws", "hand-over", "DALI run", "collect", "copy")
+
+
+def _read_batches(path: str, batch_size: int, column: str) -> tuple[list, float]:
+    """One epoch of the dataset's batches as the loader's decode stage sees them (a BinaryColumn
+    of images and the row keys), read on this thread; returns them as (images, keys) pairs and
+    the CPU seconds the reading took."""
+    from ..dataset import Dataset
+
+    ds = Dataset(path, batch_size=batch_size, columns=[column])
+    spans = ds.engine.lanes(ds.rank_spans(), 1, batch_size)[0]
+    cpu = time.process_time()
+    batches = [(d.batch[column], d.keys) for d in ds.engine.deliveries(0, spans, 0, batch_size, row_ids=True)]
+    return batches, time.process_time() - cpu
+
+
+def decode_stages(path: str, size: int, batch_size: int = 256, column: str = "image",
+                  crop: str = "center", repeats: int = 3, **spec) -> dict:
+    """CPU microseconds per image of each stage of sparkfeed's decode path, run one after the
+    other on this thread (DALI's own threads included: process CPU time), best of `repeats`
+    epochs: read (Parquet -> batches), slice (one buffer -> row views), header check, draws,
+    hand-over (`feed_input`), DALI run (decode, resize, crop), collect (`as_tensor`), copy
+    (into torch). A stage's figure is the CPU it costs, whichever thread it later runs on.
+    `spec`: more ImageDecode fields (`resize=None, mirror=True` for the `train` scenario's)."""
+    from ..decode import ImageDecode, ImageDecoder, _kind
+    from ..headers import _check_headers, _encoded
+
+    batches, read_s = _read_batches(path, batch_size, column)
+    n = sum(len(images) for images, _ in batches)
+    dec = ImageDecoder(ImageDecode(size=size, crop=crop, device="cpu", **spec), max_batch_size=batch_size)
+    backend, spec = dec._backend, dec.spec
+    best = {}
+    for _ in range(repeats):
+        cpu = dict.fromkeys(STAGES[1:], 0.0)
+
+        def timed(stage, f, *args):
+            t = time.process_time()
+            out = f(*args)
+            cpu[stage] += time.process_time() - t
+            return out
+        for images, keys in batches:
+            enc = timed("slice", _encoded, images)
+            sizes, _ = timed("header check", _check_headers, enc, spec)
+            draws = timed("draws", dec._draw, len(enc), keys.numpy(), sizes)
+            rows = np.arange(len(enc))
+            kind = _kind(spec, sizes)
+            pipe = backend._pipe(kind)
+            inputs = timed("slice", backend._inputs, enc, rows, draws, kind, sizes)
+            timed("hand-over", lambda: [pipe.feed_input(k, v) for k, v in inputs.items()])
+            (out,) = timed("DALI run", pipe.run)
+            t = timed("collect", out.as_tensor)
+            dst = torch.empty(t.shape(), dtype=spec.out_dtype)
+            timed("copy", backend._feed_ndarray, t, dst)
+        for stage, s in cpu.items():
+            best[stage] = min(best.get(stage, s), s)
+    dec.close()
+    result = {"images": n, "read": read_s / n * 1e6}
+    result.update({stage: s / n * 1e6 for stage, s in best.items()})
+    result["total"] = sum(result[s] for s in STAGES)
+    return result
+
+
+def roi_benchmark(path: str, crops=(128, 112), batch_size: int = 256, repeats: int = 3) -> dict:
+    """CPU us per image of DALI decoding a random crop two ways on a dataset's images: the whole
+    image then `crop_mirror_normalize`'s crop, or only the window (`fn.decoders.image_crop`)."""
+    from nvidia import dali
+    from nvidia.dali import fn, types
+
+    from ..headers import _encoded
+
+    batches, _ = _read_batches(path, batch_size, "image")
+    views = [_encoded(images).views(np.arange(len(images))) for images, _ in batches]
+    n = sum(len(v) for v in views)
+
+    def build(roi: bool, side: int):
+        pipe = dali.Pipeline(batch_size=batch_size, num_threads=min(8, os.cpu_count() or 1), device_id=None,
+                             prefetch_queue_depth=1, exec_async=False, exec_pipelined=False, seed=1)
+        with pipe:
+            enc = fn.external_source(name="enc", batch=True, dtype=types.UINT8, ndim=1, no_copy=True)
+            pos = dict(crop_pos_x=fn.random.uniform(range=(0.0, 1.0)), crop_pos_y=fn.random.uniform(range=(0.0, 1.0)))
+            kw = dict(dtype=types.UINT8, output_layout="CHW", mirror=fn.random.coin_flip())
+            if roi:
+                img = fn.decoders.image_crop(enc, output_type=types.RGB, crop=(side, side), **pos)
+            else:
+                img = fn.decoders.image(enc, output_type=types.RGB)
+                kw.update(crop=(side, side), **pos)
+            pipe.set_outputs(fn.crop_mirror_normalize(img, **kw))
+        pipe.build()
+        return pipe
+    out = {}
+    for side in crops:
+        for roi in (False, True, False, True):  # interleaved: drift on a shared machine hits both
+            pipe, label = build(roi, side), f"{side} {'window' if roi else 'whole'}"
+            for _ in range(repeats):
+                t = time.process_time()
+                for v in views:
+                    pipe.run(enc=v)
+                out[label] = min(out.get(label, 1e9), (time.process_time() - t) / n * 1e6)
+            del pipe
+    return out
+
+
+def main(argv=None) -> int:
+    """`python -m sparkfeed.bench.feed --decode | --prefetch`: print one micro-benchmark."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m sparkfeed.bench.feed", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--decode", action="store_true", help="DALI CPU vs PIL decode rates and host costs")
+    parser.add_argument("--prefetch", action="store_true", help="feed_benchmark with depth 0 and 4")
+    parser.add_argument("--stages", metavar="DATASET", help="CPU us per image of each decode stage over "
+                        "a dataset with an `image` column (e.g. one `sparkfeed bench` built)")
+    parser.add_argument("--roi", metavar="DATASET", help="DALI CPU us per image: whole decode + crop vs "
+                        "window decode (fn.decoders.image_crop), crops of 128 and 112")
+    parser.add_argument("--size", type=int, default=128, help="output side for --stages (default 128)")
+    args = parser.parse_args(argv)
+    if not (args.decode or args.prefetch or args.stages or args.roi):
+        parser.error("choose --decode, --prefetch, --stages DATASET and/or --roi DATASET")
+    if args.roi:
+        for label, us in roi_benchmark(args.roi).items():
+            print(f"crop {label}: {us:.1f} CPU us/img (best of 3, interleaved)")
+    if args.stages:
+        r = decode_stages(args.stages, args.size)
+        print(f"{r['images']} images, batch 256, output {args.size} px, {os.cpu_count()} cores: "
+              "CPU us per image (process time, DALI's threads included), best of 3 epochs\n")
+        print("| " + " | ".join(STAGES) + " | total |\n|" + "---|" * (len(STAGES) + 1))
+        print("| " + " | ".join(f"{r[s]:.1f}" for s in STAGES + ("total",)) + " |")
+    if args.decode:
+        decode_benchmark()
+    if args.prefetch:
+        for depth in (0, 4):
+            print(feed_benchmark(batches=100, batch_bytes=1 << 20, step_s=0.01, depth=depth,
+                                 pin_memory=True, device=None, producer_s=0.01))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

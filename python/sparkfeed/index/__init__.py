@@ -1,0 +1,151 @@
+"""`sparkfeed.index`: build the manifest of Parquet, WebDataset or Delta data that sparkfeed
+did not write, so the loader reads it in place (no rewrite).
+
+    m = sparkfeed.index("lake/events/")                          # writes lake/events/_sparkfeed.json
+    m = sparkfeed.index("ro/shards/", manifest="work/shards.json")  # data read-only: manifest apart
+    loader = sparkfeed.DataLoader("ro/shards/", manifest="work/shards.json", batch_size=256)
+
+The stages, one module each: `discover` (list files, Hive partitions, guess the format),
+`parquet` (footers), `tar` (one scan per tar, DALI index), `delta` (the table's log), `gather`
+(a local thread pool or Spark executors), `build` (entries -> a validated Manifest, written).
+`open_manifest` is what the loader calls to find a dataset's manifest and its data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from .. import storage
+from ..errors import ManifestError
+from ..manifest import MANIFEST_NAME, Manifest, read_manifest
+from .build import build_manifest, save
+from .discover import FORMATS, discover, guess_format
+
+__all__ = ["index", "open_manifest", "MODES"]
+log = logging.getLogger(__name__)
+
+MODES = ("error", "overwrite")
+
+
+def _check_args(format, mode, version, spark) -> None:
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"`format` should be one of {FORMATS} or None, but got format={format!r}")
+    if mode not in MODES:
+        raise ValueError(f"`mode` should be one of {MODES}, but got mode={mode!r}")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, (int, str))
+                                and not hasattr(version, "isoformat")):
+        raise ValueError("`version` should be a Delta table version (int) or a timestamp "
+                         f"(datetime or ISO-8601 string), but got version={version!r}")
+    if spark is not None and spark is not True and not hasattr(spark, "sparkContext"):
+        raise ValueError(f"`spark` should be a SparkSession, True (sparkfeed.spark_session()) or "
+                         f"None, but got spark={spark!r}")
+
+
+def _session(spark):
+    if spark is True:
+        from ..session import spark_session
+
+        return spark_session()
+    return spark
+
+
+def index(path, format: str | None = None, *, manifest: str | None = None, spark=None,
+          version=None, storage_options: dict | None = None, mode: str = "error",
+          progress: bool = True) -> Manifest:
+    """Index the data at `path` and write its manifest; returns the Manifest.
+
+    `path` is a directory (walked recursively; hidden and `_`-prefixed names ignored), a glob,
+    or a list of files. `format=None` guesses (`_delta_log/` -> "delta", `.parquet` ->
+    "parquet", `.tar` -> "webdataset"). The manifest goes to `path/_sparkfeed.json`, or to
+    `manifest=` (a directory or a `.json` path; required for a glob or a list, and for
+    read-only data), which then records where the data is. `spark=` (a SparkSession, or True)
+    reads footers and scans tars on executors; otherwise a local thread pool with a progress
+    bar. `version=` picks a Delta version (int) or time (datetime/ISO string). `mode="error"`
+    refuses to replace an existing manifest; "overwrite" replaces it.
+
+    Example: `sparkfeed.index("plain/")`, then `sparkfeed.DataLoader("plain/", batch_size=256)`.
+    """
+    _check_args(format, mode, version, spark)
+    started = time.monotonic()
+    listing = discover(path, storage_options)
+    if listing.explicit and manifest is None:
+        raise ValueError(f"`manifest` should say where to write the manifest when `path` is a glob "
+                         f"or a list of files, but got manifest=None (path={path!r})")
+    fmt = guess_format(listing, format)
+    if version is not None and fmt != "delta":
+        raise ValueError(f"`version` is for Delta tables, but {listing.url!r} holds {fmt} data")
+    target = manifest if manifest is not None else listing.url
+    _check_target(target, mode, storage_options)
+    built = build_manifest(listing, fmt, spark=_session(spark), version=version,
+                           storage_options=storage_options, apart=manifest is not None,
+                           progress=progress)
+    save(built, target, storage_options)
+    m = built.manifest
+    log.info("indexed %s: %d %s files, %d samples in %.1fs; manifest at %s", listing.url,
+             len(m.shards), fmt, m.num_samples, time.monotonic() - started, target)
+    return m
+
+
+def _check_target(target: str, mode: str, storage_options) -> None:
+    from ..manifest import manifest_file
+
+    fs, name = manifest_file(target, storage_options)
+    if mode == "error" and fs.exists(name):
+        from ..write import DatasetExistsError
+
+        raise DatasetExistsError(f"{name!r} already exists; pass mode='overwrite' (CLI: "
+                                 "--overwrite) to replace it")
+
+
+def open_manifest(path, manifest=None, storage_options: dict | None = None) -> tuple[Manifest, str]:
+    """(manifest, data root) for a loader: what `DataLoader(path, manifest=...)` reads.
+
+    `manifest` is None (the manifest at `path`; Parquet or Delta data without one is indexed in
+    memory, tar data is refused), a Manifest, or a path/URL of a manifest kept apart. The data
+    root is `path` when given, else the root the manifest recorded, else the manifest's own
+    directory.
+    """
+    if path is None and manifest is None:
+        raise ValueError("`path` should be a dataset path/URL (or pass manifest=), but got "
+                         "path=None and manifest=None")
+    if isinstance(manifest, Manifest):
+        return manifest, _data_root(path, manifest, manifest.root)
+    if manifest is not None:
+        if not isinstance(manifest, (str, os.PathLike)):
+            raise ValueError(f"`manifest` should be a Manifest or a path/URL, but got "
+                             f"manifest={manifest!r}")
+        m = read_manifest(os.fspath(manifest), storage_options)
+        return m, _data_root(path, m, os.fspath(manifest))
+    path = os.fspath(path)
+    try:
+        return read_manifest(path, storage_options), path
+    except ManifestError:
+        fs, root = storage.resolve(path, storage_options)
+        if fs.exists(f"{root}/{MANIFEST_NAME}") or not fs.isdir(root):
+            raise
+    return _index_in_memory(path, storage_options), path
+
+
+def _data_root(path, m: Manifest, manifest_url: str) -> str:
+    if path is not None:
+        return os.fspath(path)
+    if m.data_root is not None:
+        return m.data_root
+    url = storage.normalise_url(manifest_url)
+    return url.rsplit("/", 1)[0] if url.endswith(".json") else url
+
+
+def _index_in_memory(path: str, storage_options) -> Manifest:
+    started = time.monotonic()
+    listing = discover(path, storage_options)
+    fmt = guess_format(listing, None)
+    if fmt == "webdataset":
+        raise ManifestError(f"holds WebDataset tars but no {MANIFEST_NAME}; indexing tars reads "
+                            f"every byte, so run it once: `sparkfeed index {path}` (add --manifest "
+                            "URL for read-only data)", dataset=path)
+    m = build_manifest(listing, fmt, storage_options=storage_options, progress=False).manifest
+    log.info("%s has no %s: indexed %d %s files in memory in %.2fs; save it with `sparkfeed index "
+             "%s`", path, MANIFEST_NAME, len(m.shards), fmt, time.monotonic() - started, path)
+    return m

@@ -1,0 +1,122 @@
+"""Delta Lake tables -> manifest entries, from the table's log (the optional `deltalake` package).
+
+The files of `version` (default: the latest; an int or a timestamp for time travel) and their
+per-file statistics come from the log's add actions; partition values become columns with
+min = max per file. Features sparkfeed cannot honour are refused from the protocol and metadata
+before anything is read: deletion vectors (rows a file still holds but the table deleted) and
+column mapping (physical column names differ from the schema's; deltalake's own
+`to_pyarrow_table()` even returns all-null columns for such a table).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+
+from ..errors import ManifestError
+from ..write import _json_value
+from .parquet import partition_stats
+from .types import unsupported_kind
+
+__all__ = ["open_table", "delta_entries", "check_features"]
+
+# Delta truncates string statistics (32 characters by default) and timestamps to milliseconds;
+# see `_bounds`.
+_STRING_STATS_TRUSTED = 31
+
+
+def open_table(url: str, version, storage_options: dict | None, dataset: str):
+    """The DeltaTable at `version` (an int, a datetime or an ISO-8601 string; None: latest)."""
+    try:
+        from deltalake import DeltaTable
+    except ModuleNotFoundError as exc:
+        raise ManifestError("is a Delta table (it has _delta_log/); reading it needs the deltalake "
+                            "package: pip install 'sparkfeed[delta]'", dataset=dataset) from exc
+    try:
+        table = DeltaTable(url, storage_options=storage_options or None)
+        if version is not None:
+            table.load_as_version(version)
+    except Exception as exc:  # deltalake raises its own errors (TableNotFoundError, DeltaError)
+        at = "" if version is None else f" at version={version!r}"
+        raise ManifestError(f"cannot open the Delta table{at}: {type(exc).__name__}: {exc}",
+                            dataset=dataset) from exc
+    return table
+
+
+def check_features(table, dataset: str) -> None:
+    """A ManifestError naming the first table feature sparkfeed cannot honour."""
+    protocol = table.protocol()
+    features = set(protocol.reader_features or ())
+    mode = (table.metadata().configuration or {}).get("delta.columnMapping.mode", "none")
+    if "deletionVectors" in features:
+        raise ManifestError(
+            "the Delta table uses deletion vectors (reader feature 'deletionVectors'): its files "
+            "still hold deleted rows, which sparkfeed would deliver; rewrite the table without them "
+            "(disable delta.enableDeletionVectors, then REORG TABLE ... APPLY (PURGE) and drop the "
+            "feature) or copy it with sparkfeed.write", dataset=dataset)
+    if mode != "none" or "columnMapping" in features:
+        raise ManifestError(
+            f"the Delta table uses column mapping (delta.columnMapping.mode={mode!r}): its files "
+            "name columns differently from its schema, so rows would be read wrongly; copy it "
+            "with sparkfeed.write or rewrite it without column mapping", dataset=dataset)
+    if protocol.min_reader_version > 3:
+        raise ManifestError(f"the Delta table needs reader version {protocol.min_reader_version}, "
+                            "newer than sparkfeed knows", dataset=dataset)
+
+
+def _bounds(lo, hi, type_: pa.DataType):
+    """Statistics safe for pruning: timestamp maxima widened by the millisecond Delta drops;
+    strings that Delta may have truncated give no range."""
+    if lo is None or hi is None:
+        return None, None
+    if pa.types.is_timestamp(type_) and isinstance(hi, dt.datetime):
+        hi = hi + dt.timedelta(milliseconds=1)
+    if (pa.types.is_string(type_) or pa.types.is_large_string(type_)) and \
+            max(len(lo), len(hi)) >= _STRING_STATS_TRUSTED:
+        return None, None
+    if isinstance(lo, float) and (lo != lo or hi != hi):
+        return None, None
+    return _json_value(lo, False), _json_value(hi, True)
+
+
+def _file_stats(row: dict, schema: pa.Schema, stat_columns: list[str]) -> dict:
+    out = {}
+    for name in stat_columns:
+        nulls = row.get(f"null_count.{name}")
+        lo, hi = _bounds(row.get(f"min.{name}"), row.get(f"max.{name}"), schema.field(name).type)
+        if nulls is None and lo is None:
+            continue
+        out[name] = {"min": lo, "max": hi, "null_count": nulls}
+    return out
+
+
+def _stat_column(t: pa.DataType) -> bool:
+    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_string(t)
+            or pa.types.is_large_string(t) or pa.types.is_boolean(t) or pa.types.is_date(t)
+            or pa.types.is_timestamp(t))
+
+
+def delta_entries(table, dataset: str) -> tuple[list[dict], list[dict]]:
+    """(manifest schema, one entry per data file) of the table's loaded version."""
+    schema = pa.schema(table.schema().to_arrow())
+    parts = list(table.metadata().partition_columns or ())
+    columns = [{"name": f.name, "type": str(f.type),
+                **({"unsupported": k} if (k := unsupported_kind(str(f.type))) else {})} for f in schema]
+    stat_columns = [f.name for f in schema if f.name not in parts and _stat_column(f.type)]
+    rows = pa.table(table.get_add_actions(flatten=True)).to_pylist()
+    entries = []
+    for row in sorted(rows, key=lambda r: r["path"]):
+        n = row.get("num_records")
+        if n is None:
+            raise ManifestError(f"the Delta log has no record count for {row['path']!r} (written "
+                                "without statistics); sparkfeed needs per-file counts", dataset=dataset)
+        entry = {"path": row["path"], "num_samples": int(n), "num_bytes": int(row["size_bytes"]),
+                 "stats": _file_stats(row, schema, stat_columns)}
+        if parts:
+            values = {p: row.get(f"partition.{p}") for p in parts}
+            entry["partition"] = {p: _json_value(v, False) for p, v in values.items()}
+            entry["stats"].update({p: partition_stats(entry["partition"][p], entry["num_samples"])
+                                   for p in parts})
+        entries.append(entry)
+    return columns, entries

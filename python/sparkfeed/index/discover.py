@@ -1,0 +1,212 @@
+"""Find the files of a dataset that sparkfeed did not write, and what format they are.
+
+`path` is a directory (walked recursively; hidden and `_`-prefixed names ignored, as Spark
+does), a glob, or a list of files. For a glob or a list, the dataset root is the deepest
+directory holding them all. Hive partition directories (`label=3/`) become partition values.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from .. import storage
+from ..errors import ManifestError
+
+__all__ = ["DataFile", "Listing", "discover", "guess_format", "partition_types", "data_file",
+           "data_files", "FORMATS"]
+
+FORMATS = ("parquet", "webdataset", "delta")
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+TAR_SUFFIXES = (".tar",)
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+_GLOB_CHARS = "*?["
+_INT32 = (-(2 ** 31), 2 ** 31 - 1)
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One file: its full path in the filesystem, its path relative to the root, size, version."""
+
+    full: str
+    rel: str
+    size: int
+    mtime: float | None = None
+    etag: str | None = None
+    partition: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What `discover` found: the filesystem, the root, and the files (sorted by relative path)."""
+
+    fs: object
+    root: str
+    url: str           # the root as the user named it (fsspec URL or local path)
+    explicit: bool     # a glob or a list: the root was derived, and `manifest=` is required
+    files: tuple[DataFile, ...]
+    has_delta_log: bool = False
+
+
+def file_version(info: dict) -> tuple[float | None, str | None]:
+    """(mtime, etag) from an fsspec `info` dict: local files have `mtime`, object stores an
+    ETag (s3fs: `ETag`, gcsfs: `etag`/`md5Hash`) and/or `LastModified`/`updated`."""
+    etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
+    mtime = info.get("mtime")
+    if mtime is None:
+        for key in ("LastModified", "last_modified", "updated", "modified"):
+            if info.get(key) is not None:
+                value = info[key]
+                mtime = value.timestamp() if hasattr(value, "timestamp") else None
+                break
+    if isinstance(mtime, (int, float)) and not isinstance(mtime, bool):
+        mtime = float(mtime)
+    else:
+        mtime = None
+    return mtime, (str(etag).strip('"') if etag else None)
+
+
+def _ignored(rel: str) -> bool:
+    return any(part.startswith((".", "_")) for part in rel.split("/"))
+
+
+def hive_partition(rel: str) -> dict[str, str | None]:
+    """`a=1/b=x/part.parquet` -> {"a": "1", "b": "x"} (URL-unescaped as Spark writes them)."""
+    values: dict[str, str | None] = {}
+    for part in rel.split("/")[:-1]:
+        key, eq, value = part.partition("=")
+        if eq and key:
+            value = unquote(value)
+            values[unquote(key)] = None if value == HIVE_NULL else value
+    return values
+
+
+def partition_types(files: Sequence[DataFile], dataset: str) -> dict[str, str]:
+    """Arrow type of each partition key, inferred as Spark does: int, then bigint, else string.
+    Every file must have the same keys (otherwise the layout is not a Hive table)."""
+    if not files:
+        return {}
+    keys = list(files[0].partition)
+    for f in files:
+        if list(f.partition) != keys:
+            raise ManifestError(f"partition directories disagree: {files[0].rel!r} has keys {keys} "
+                                f"but {f.rel!r} has {list(f.partition)}", dataset=dataset)
+    types = {}
+    for key in keys:
+        values = [f.partition[key] for f in files if f.partition[key] is not None]
+        try:
+            ints = [int(v) for v in values]
+        except ValueError:
+            types[key] = "string"
+            continue
+        types[key] = "int32" if all(_INT32[0] <= i <= _INT32[1] for i in ints) else "int64"
+    return types
+
+
+def typed_partition(f: DataFile, types: dict[str, str]) -> dict:
+    """The file's partition values converted to their inferred types."""
+    return {k: v if v is None or types[k] == "string" else int(v) for k, v in f.partition.items()}
+
+
+def data_file(info: dict, root: str, dataset: str) -> DataFile:
+    name = info["name"].rstrip("/")
+    rel = posixpath.relpath(name, root) if root != "/" else name.lstrip("/")
+    storage.check_relative(rel, dataset)
+    mtime, etag = file_version(info)
+    return DataFile(full=name, rel=rel, size=int(info["size"]), mtime=mtime, etag=etag,
+                    partition=hive_partition(rel))
+
+
+def _common_root(names: list[str]) -> str:
+    """The deepest directory holding every file."""
+    return posixpath.commonpath([posixpath.dirname(n) or "/" for n in names]) or "/"
+
+
+def _url_of(fs, root: str, like: str) -> str:
+    """`root` (a path inside `fs`) as a URL of the same kind as the user's `like`."""
+    if "://" not in like:
+        return root
+    return fs.unstrip_protocol(root)
+
+
+def discover(path, storage_options: dict | None = None) -> Listing:
+    """The files under `path` (a directory, a glob, or a list of files), sorted."""
+    if isinstance(path, (list, tuple)):
+        return _from_list([str(p) for p in path], storage_options)
+    path = str(path)
+    if any(c in path for c in _GLOB_CHARS):
+        fs, pattern = storage.resolve(path, storage_options)
+        found = fs.glob(pattern, detail=True)
+        infos = [i for i in found.values() if i.get("type") != "directory"]
+        return _explicit(fs, infos, path, storage_options)
+    fs, root = storage.resolve(path, storage_options)
+    if not fs.exists(root):
+        raise ManifestError("no such file or directory", dataset=path)
+    if not fs.isdir(root):
+        return _from_list([path], storage_options)
+    has_log = fs.exists(f"{root}/_delta_log")
+    infos = fs.find(root, detail=True, withdirs=False) if not has_log else {}
+    files = [data_file(i, root, path) for i in infos.values()
+             if not _ignored(posixpath.relpath(i["name"].rstrip("/"), root))]
+    return Listing(fs, root, path, False, tuple(sorted(files, key=lambda f: f.rel)), has_log)
+
+
+def _from_list(paths: list[str], storage_options: dict | None) -> Listing:
+    if not paths:
+        raise ValueError("`path` should be a directory, a glob or a non-empty list of files, but "
+                         "got an empty list")
+    fs, _ = storage.resolve(paths[0], storage_options)
+    infos = []
+    for p in paths:
+        _, inner = storage.resolve(p, storage_options)
+        try:
+            infos.append(fs.info(inner))
+        except FileNotFoundError:
+            raise ManifestError(f"no such file {p!r}", dataset=str(paths[0])) from None
+    return _explicit(fs, infos, paths[0], storage_options)
+
+
+def _explicit(fs, infos: list[dict], like: str, storage_options) -> Listing:
+    if not infos:
+        raise ManifestError("the glob matches no files", dataset=like)
+    names = [i["name"].rstrip("/") for i in infos]
+    root = _common_root(names)
+    url = _url_of(fs, root, like)
+    files = sorted((data_file(i, root, url) for i in infos), key=lambda f: f.rel)
+    return Listing(fs, root, url, True, tuple(files))
+
+
+def guess_format(listing: Listing, format: str | None) -> str:
+    """`format`, or the format the files show: `_delta_log/` -> delta, `.parquet` -> parquet,
+    `.tar` -> webdataset. A mix, or nothing recognisable, is an error naming examples."""
+    if format is not None:
+        if format not in FORMATS:
+            raise ValueError(f"`format` should be one of {FORMATS} or None, but got format={format!r}")
+        return format
+    if listing.has_delta_log:
+        return "delta"
+    parquet = [f.rel for f in listing.files if f.rel.lower().endswith(PARQUET_SUFFIXES)]
+    tars = [f.rel for f in listing.files if f.rel.lower().endswith(TAR_SUFFIXES)]
+    if parquet and tars:
+        raise ManifestError(f"holds both Parquet files (e.g. {parquet[0]!r}) and tar files (e.g. "
+                            f"{tars[0]!r}); index them apart, or pass format=", dataset=listing.url)
+    if parquet:
+        return "parquet"
+    if tars:
+        return "webdataset"
+    example = f" (e.g. {listing.files[0].rel!r})" if listing.files else ""
+    raise ManifestError(
+        f"holds no _sparkfeed.json and no data that sparkfeed.index recognises{example}: expected "
+        "Parquet files (.parquet), WebDataset tars (.tar) or a Delta table (_delta_log/). Datasets "
+        "are made with sparkfeed.write(df, path, ...), or indexed with `sparkfeed index PATH`",
+        dataset=listing.url)
+
+
+def data_files(listing: Listing, format: str) -> list[DataFile]:
+    """The files of `format` in the listing (explicitly listed files are all taken)."""
+    if listing.explicit:
+        return list(listing.files)
+    suffixes = PARQUET_SUFFIXES if format == "parquet" else TAR_SUFFIXES
+    return [f for f in listing.files if f.rel.lower().endswith(suffixes)]

@@ -1,0 +1,88 @@
+"""Parquet from any writer -> manifest entries, from the footers alone (never a data page).
+
+Each file's footer gives its row count, row groups and per-row-group statistics (the writer's
+own footer code, `sparkfeed.write._footer_entry`, so indexed and written datasets agree). Hive
+partition directories (`split=train/`) add columns whose per-shard min = max, so a filter on
+them prunes whole files without opening them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+from ..errors import ManifestError, ShardReadError
+from ..write import _footer_entry, _gather_entries
+from .discover import DataFile, Listing, partition_types, typed_partition
+from .gather import run_local
+from .types import unsupported_kind
+
+__all__ = ["parquet_entries", "parquet_schema", "partition_stats"]
+
+
+def _local_entry(fs, f: DataFile, dataset: str) -> dict:
+    try:
+        return _footer_entry(fs, f.full, f.rel, f.size)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise ShardReadError(f"cannot read the Parquet footer ({type(exc).__name__}: {exc}); not a "
+                             "Parquet file, or truncated", dataset=dataset, shard=f.rel) from exc
+
+
+def parquet_entries(listing: Listing, files: list[DataFile], spark=None,
+                    storage_options: dict | None = None, progress: bool = True) -> list[dict]:
+    """One manifest entry (with its file schema) per file: on Spark executors with `spark`
+    (the writer's footer job), else on a local thread pool with a progress bar."""
+    if spark is not None:
+        url = listing.root if "://" not in listing.url else listing.url
+        by_rel = {e["path"]: e for e in _gather_entries(
+            spark, [(f.full, f.rel, f.size) for f in files], url, storage_options)}
+        return [by_rel[f.rel] for f in files]
+    return run_local(lambda f: _local_entry(listing.fs, f, listing.url), files, "reading Parquet footers",
+                     listing.url, progress)
+
+
+def partition_stats(value, num_rows: int) -> dict:
+    """The statistics of a partition column in one file: min = max = its value."""
+    if value is None:
+        return {"min": None, "max": None, "null_count": num_rows}
+    return {"min": value, "max": value, "null_count": 0}
+
+
+def _check_schemas(entries: list[dict], dataset: str) -> list[list[str]]:
+    """The files' common schema, or an error naming two files that disagree."""
+    first = entries[0]["schema"]
+    for e in entries[1:]:
+        if e["schema"] != first:
+            raise ManifestError(
+                f"the Parquet files disagree on their schema: {entries[0]['path']!r} has "
+                f"{json.dumps(first)} but {e['path']!r} has {json.dumps(e['schema'])}; index the "
+                "files of one schema apart (pass a glob or a list)", dataset=dataset)
+    return first
+
+
+def parquet_schema(entries: list[dict], files: list[DataFile], dataset: str) -> list[dict]:
+    """Manifest schema of the files plus their partition columns; adds each file's partition
+    values and their statistics to its entry (in place) and drops the per-file schemas."""
+    file_schema = _check_schemas(entries, dataset)
+    for e in entries:
+        e.pop("schema")
+    schema = [_column(n, t) for n, t in file_schema]
+    types = partition_types(files, dataset)
+    clash = sorted(set(types) & {n for n, _ in file_schema})
+    if clash:
+        raise ManifestError(f"partition key(s) {clash} of directory names are also columns inside "
+                            f"the files (e.g. {files[0].rel!r}); rename the directories or the columns",
+                            dataset=dataset)
+    schema += [{"name": k, "type": t} for k, t in types.items()]
+    for e, f in zip(entries, files):
+        if types:
+            values = typed_partition(f, types)
+            e["partition"] = values
+            e["stats"].update({k: partition_stats(v, e["num_samples"]) for k, v in values.items()})
+    return schema
+
+
+def _column(name: str, type_string: str) -> dict:
+    kind = unsupported_kind(type_string)
+    return {"name": name, "type": type_string, **({"unsupported": kind} if kind else {})}

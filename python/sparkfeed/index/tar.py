@@ -1,0 +1,147 @@
+"""WebDataset tars from any writer -> manifest entries, one pass over each tar's headers.
+
+Members `<key>.<ext>` are grouped by key exactly as webdataset groups them (the key ends at the
+first dot of the base name; a sample's members are adjacent). Columns are the union of the
+extensions, typed by the last part of the extension (`TYPE_RULES`); a sample without some member
+gets a null there. Small text members (class labels, captions) are read for their statistics;
+image and other binary members are skipped over by seeking, and nothing is ever unpickled.
+Each scan also produces the shard's DALI index (`wds2idx` v1.2), written beside the manifest.
+"""
+
+from __future__ import annotations
+
+import tarfile
+
+from ..errors import ShardReadError
+from ..read.tar import MAX_MEMBER_BYTES, split_name
+from ..write import _json_value
+
+__all__ = ["scan_tar", "column_of", "key_column", "tar_stats", "INT_EXTS", "TEXT_EXTS", "IMAGE_CODECS"]
+
+# webdataset's own integer and text extensions (its `basichandlers`), plus `.idx`.
+INT_EXTS = frozenset({"cls", "cls2", "class", "count", "index", "inx", "id", "idx"})
+TEXT_EXTS = frozenset({"txt", "text", "transcript", "json", "jsn"})
+IMAGE_CODECS = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp"}
+KEY_MEMBER = "__key__"
+KEY_COLUMNS = ("key", "sample_key", "__key__")  # the first that no extension takes
+DALI_INDEX_VERSION = "v1.2"
+
+
+def column_of(ext: str) -> dict:
+    """The manifest column of one extension: `.cls`/`.idx` -> int64, `.txt`/`.json` -> string,
+    jpg/jpeg/png/webp -> binary with that codec, anything else -> binary."""
+    last = ext.rsplit(".", 1)[-1].lower()
+    if last in INT_EXTS:
+        return {"name": ext, "type": "int64", "member": ext}
+    if last in TEXT_EXTS:
+        return {"name": ext, "type": "string", "member": ext}
+    codec = IMAGE_CODECS.get(last)
+    return {"name": ext, "type": "binary", "member": ext, **({"codec": codec} if codec else {})}
+
+
+def key_column(exts) -> dict:
+    """The sample key as a string column (webdataset's `__key__`), named `key` unless an
+    extension is called that."""
+    name = next(n for n in KEY_COLUMNS if n not in set(exts))
+    return {"name": name, "type": "string", "member": KEY_MEMBER}
+
+
+def _check_member(info: tarfile.TarInfo, dataset: str, shard: str) -> None:
+    name = info.name
+    problem = None
+    if info.issym() or info.islnk():
+        problem = f"member {name!r} is a link; links are refused"
+    elif not info.isreg():
+        problem = f"member {name!r} is not a regular file (type {info.type!r})"
+    elif name.startswith("/") or ".." in name.split("/") or "\\" in name:
+        problem = f"member name {name!r} escapes the dataset"
+    elif info.size > MAX_MEMBER_BYTES:
+        problem = f"member {name!r} is {info.size} bytes, over the {MAX_MEMBER_BYTES}-byte limit"
+    if problem:
+        raise ShardReadError(problem, dataset=dataset, shard=shard, offset=info.offset)
+
+
+def _value(tar, info, ext: str, key: str, dataset: str, shard: str):
+    """The value of a small integer or text member, for statistics."""
+    data = tar.extractfile(info).read()
+    try:
+        text = data.decode("utf-8")
+        return int(text.strip()) if ext.rsplit(".", 1)[-1].lower() in INT_EXTS else text
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ShardReadError(f"sample {key!r}: member .{ext} cannot be read as "
+                             f"{column_of(ext)['type']} ({exc})", dataset=dataset, shard=shard,
+                             offset=info.offset) from exc
+
+
+class _Scan:
+    """What one pass over a tar collects: keys, per-extension values, the DALI index lines."""
+
+    def __init__(self, dataset: str, shard: str):
+        self.dataset, self.shard = dataset, shard
+        self.keys: list[str] = []
+        self.seen_keys: set[str] = set()
+        self.exts_in_sample: set[str] = set()
+        self.present: dict[str, int] = {}
+        self.values: dict[str, list] = {}
+        self.lines: list[str] = []
+
+    def member(self, tar, info) -> None:
+        _check_member(info, self.dataset, self.shard)
+        key, ext = split_name(info.name)
+        if not self.keys or self.keys[-1] != key:
+            if key in self.seen_keys:
+                raise ShardReadError(f"key {key!r} appears in two places; members of a sample "
+                                     "must be adjacent", dataset=self.dataset, shard=self.shard,
+                                     offset=info.offset)
+            self.keys.append(key)
+            self.seen_keys.add(key)
+            self.exts_in_sample = set()
+            self.lines.append("")
+        if ext in self.exts_in_sample:
+            raise ShardReadError(f"sample {key!r} has two .{ext} members", dataset=self.dataset,
+                                 shard=self.shard, offset=info.offset)
+        self.exts_in_sample.add(ext)
+        self.present[ext] = self.present.get(ext, 0) + 1
+        last = ext.rsplit(".", 1)[-1].lower()
+        if last in INT_EXTS or (last in TEXT_EXTS and last not in ("json", "jsn")):
+            self.values.setdefault(ext, []).append(_value(tar, info, ext, key, self.dataset, self.shard))
+        sep = " " if self.lines[-1] else ""
+        self.lines[-1] += f"{sep}{ext} {info.offset_data} {info.size} {info.name}"
+
+
+def scan_tar(fs, full: str, rel: str, size: int, dataset: str) -> dict:
+    """One tar's manifest entry (without schema), its extensions' values summary and DALI index."""
+    scan = _Scan(dataset, rel)
+    try:
+        with fs.open(full, "rb") as f, tarfile.open(fileobj=f, mode="r:", errorlevel=2) as tar:
+            for info in tar:
+                if not info.isdir():
+                    scan.member(tar, info)
+    except ShardReadError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        raise ShardReadError(f"cannot scan the tar ({type(exc).__name__}: {exc})",
+                             dataset=dataset, shard=rel) from exc
+    n = len(scan.keys)
+    return {"path": rel, "num_samples": n, "num_bytes": size,
+            "members": sorted(scan.present), "present": scan.present,
+            "stats": tar_stats(scan.values),
+            "dali_index": f"{DALI_INDEX_VERSION} {n}\n" + "".join(line + "\n" for line in scan.lines)}
+
+
+def tar_stats(values: dict[str, list]) -> dict:
+    """Min and max of the integer and text members read (null counts are added per column)."""
+    out = {}
+    for ext, vals in values.items():
+        if vals:
+            out[ext] = {"min": _json_value(min(vals), False), "max": _json_value(max(vals), True)}
+    return out
+
+
+def scan_task(items, url: str, dataset: str, storage_options: dict | None):
+    """Spark task: scan (full, rel, size) tars with one filesystem per task."""
+    from .. import storage
+
+    fs, _ = storage.resolve(url, storage_options)
+    for full, rel, size in items:
+        yield scan_tar(fs, full, rel, size, dataset)

@@ -1,0 +1,452 @@
+"""sparkfeed.index on data written by other tools: pyarrow, pandas, webdataset's TarWriter and
+deltalake. Expected rows are computed independently (pyarrow / tarfile / deltalake)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import sparkfeed
+from sparkfeed import ManifestError, ShardReadError
+from sparkfeed.manifest import MANIFEST_NAME, read_manifest
+from sparkfeed.write import DatasetExistsError
+
+
+def _ids(loader, column="id") -> list:
+    out = []
+    for batch in loader:
+        values = batch[column]
+        out += values.tolist() if hasattr(values, "tolist") else list(values)
+    return out
+
+
+def _hive(tmp_path, n=200):
+    """pyarrow's Hive-partitioned write: split=train|val/ directories."""
+    ids = np.arange(n, dtype=np.int64)
+    table = pa.table({"id": ids, "x": ids * 0.5,
+                      "split": np.where(ids % 4 == 0, "val", "train"),
+                      "meta": pa.array([{"a": int(i)} for i in ids]),
+                      "price": pa.array([1] * n, pa.decimal128(6, 2))})
+    root = tmp_path / "hive"
+    pq.write_to_dataset(table, str(root), partition_cols=["split"], row_group_size=16)
+    return root, table
+
+
+def test_pyarrow_hive_partitions_become_columns_and_prune_files(tmp_path):
+    root, table = _hive(tmp_path)
+    m = sparkfeed.index(str(root), progress=False)
+    assert (root / MANIFEST_NAME).exists()
+    assert {c.name: c.type for c in m.schema}["split"] == "string"
+    assert all(s.stats["split"].min == s.stats["split"].max for s in m.shards)
+    assert m.num_samples == table.num_rows == sum(pq.ParquetFile(p).metadata.num_rows
+                                                   for p in root.rglob("*.parquet"))
+    loader = sparkfeed.DataLoader(str(root), batch_size=32, columns=["id", "split"],
+                                  filter=[("split", "==", "val")])
+    got = _ids(loader)
+    expected = table.filter(pa.compute.equal(table["split"], "val"))["id"].to_pylist()
+    assert sorted(got) == sorted(expected)
+    stats = loader.stats()
+    assert stats["shards_pruned"] == 1 and stats["shards_planned"] == 2
+    full = sparkfeed.DataLoader(str(root), batch_size=32, columns=["id", "split"])
+    assert len(_ids(full)) == table.num_rows
+    assert 0 < stats["bytes_read"] < full.stats()["bytes_read"]
+
+
+def test_unsupported_types_are_marked_left_out_and_refused_by_name(tmp_path):
+    root, _ = _hive(tmp_path)
+    m = sparkfeed.index(str(root), progress=False)
+    kinds = {c.name: c.unsupported for c in m.schema}
+    assert kinds == {"id": None, "x": None, "meta": "struct", "price": "decimal", "split": None}
+    batch = next(iter(sparkfeed.DataLoader(str(root), batch_size=8)))
+    assert set(batch) == {"id", "x", "split"}
+    with pytest.raises(ValueError, match=r"'meta'.*a struct column.*columns="):
+        sparkfeed.DataLoader(str(root), columns=["id", "meta"])
+    with pytest.raises(ValueError, match=r"`filter` names 'price'.*a decimal column"):
+        sparkfeed.DataLoader(str(root), filter=[("price", ">", 0)])
+
+
+def test_pandas_files_from_a_list_need_a_manifest_apart(tmp_path):
+    pd = pytest.importorskip("pandas")
+    data = tmp_path / "pandas"
+    data.mkdir()
+    frames = [pd.DataFrame({"id": np.arange(k * 50, k * 50 + 50), "label": np.arange(50) % 7})
+              for k in range(3)]
+    for k, f in enumerate(frames):
+        f.to_parquet(data / f"chunk{k}.parquet")
+    files = [str(data / f"chunk{k}.parquet") for k in range(3)]
+    with pytest.raises(ValueError, match="`manifest` should say where"):
+        sparkfeed.index(files, progress=False)
+    m = sparkfeed.index(files, manifest=str(tmp_path / "m" / "pandas.json"), progress=False)
+    assert m.data_root == str(data)
+    expected = sorted(pd.concat(frames).query("label < 3")["id"].tolist())
+    got = _ids(sparkfeed.DataLoader(manifest=str(tmp_path / "m" / "pandas.json"), batch_size=16,
+                                    filter=[("label", "<", 3)]))
+    assert sorted(got) == expected
+
+
+def test_read_only_data_with_manifest_elsewhere(tmp_path):
+    root, table = _hive(tmp_path, n=64)
+    os.chmod(root, stat.S_IRUSR | stat.S_IXUSR)
+    for d in root.iterdir():
+        os.chmod(d, stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        apart = tmp_path / "work"
+        sparkfeed.index(str(root), manifest=str(apart), progress=False)
+        assert not (root / MANIFEST_NAME).exists() and (apart / MANIFEST_NAME).exists()
+        got = _ids(sparkfeed.DataLoader(str(root), manifest=str(apart), batch_size=10))
+        assert sorted(got) == table["id"].to_pylist()
+    finally:
+        for d in [root, *root.iterdir()]:
+            os.chmod(d, stat.S_IRWXU)
+
+
+def test_changed_file_is_a_shard_read_error_naming_it(tmp_path):
+    root = tmp_path / "plain"
+    root.mkdir()
+    for k in range(2):
+        pq.write_table(pa.table({"id": np.arange(k * 10, k * 10 + 10)}), root / f"f{k}.parquet")
+    sparkfeed.index(str(root), progress=False)
+    target = root / "f1.parquet"
+    before = os.stat(target)
+    pq.write_table(pa.table({"id": np.arange(100, 110)}), target)  # same size, other rows
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    with pytest.raises(ShardReadError, match=r"f1\.parquet.*changed after it was indexed"):
+        _ids(sparkfeed.DataLoader(str(root), batch_size=4))
+
+
+def test_no_manifest_parquet_is_indexed_in_memory_with_the_command_logged(tmp_path, caplog):
+    root = tmp_path / "plain"
+    root.mkdir()
+    pq.write_table(pa.table({"id": np.arange(30)}), root / "a.parquet")
+    (root / "_SUCCESS").write_text("")
+    (root / ".a.parquet.crc").write_text("x")
+    with caplog.at_level("INFO", logger="sparkfeed.index"):
+        got = _ids(sparkfeed.DataLoader(str(root), batch_size=8))
+    assert sorted(got) == list(range(30))
+    assert f"sparkfeed index {root}" in caplog.text and not (root / MANIFEST_NAME).exists()
+
+
+def test_mixed_and_empty_directories_are_clear_errors(tmp_path):
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    pq.write_table(pa.table({"id": [1]}), mixed / "a.parquet")
+    with tarfile.open(mixed / "b.tar", "w"):
+        pass
+    with pytest.raises(ManifestError, match=r"'a.parquet'.*'b.tar'"):
+        sparkfeed.index(str(mixed), progress=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ManifestError, match="sparkfeed.write"):
+        sparkfeed.DataLoader(str(empty))
+
+
+def test_existing_manifest_needs_overwrite(tmp_path):
+    root = tmp_path / "plain"
+    root.mkdir()
+    pq.write_table(pa.table({"id": [1, 2]}), root / "a.parquet")
+    sparkfeed.index(str(root), progress=False)
+    with pytest.raises(DatasetExistsError, match="overwrite"):
+        sparkfeed.index(str(root), progress=False)
+    pq.write_table(pa.table({"id": [3]}), root / "b.parquet")
+    assert sparkfeed.index(str(root), mode="overwrite", progress=False).num_samples == 3
+
+
+# ---------------------------------------------------------------- WebDataset
+
+
+def _tars(tmp_path, shards=3, per=10):
+    wds = pytest.importorskip("webdataset")
+    root = tmp_path / "tars"
+    root.mkdir()
+    for s in range(shards):
+        with wds.TarWriter(str(root / f"shard-{s:03d}.tar")) as w:
+            for i in range(per):
+                k = s * per + i
+                sample = {"__key__": f"s{k:05d}", "cls": k % 5, "jpg": bytes([k % 251]) * 30}
+                if k % 3:
+                    sample["txt"] = f"caption {k}"
+                w.write(sample)
+    return root
+
+
+def _expected_tar_rows(root):
+    """key -> {ext: bytes}, read with tarfile (independent of sparkfeed)."""
+    rows = {}
+    for path in sorted(root.glob("*.tar")):
+        with tarfile.open(path) as tar:
+            for info in tar:
+                key, _, ext = info.name.partition(".")
+                rows.setdefault(key, {})[ext] = tar.extractfile(info).read()
+    return rows
+
+
+def test_webdataset_tars_index_with_missing_members_as_nulls(tmp_path):
+    root = _tars(tmp_path)
+    m = sparkfeed.index(str(root), progress=False)
+    assert [(c.name, c.type, c.codec) for c in m.schema] == [
+        ("key", "string", None), ("cls", "int64", None), ("jpg", "binary", "jpeg"),
+        ("txt", "string", None)]
+    expected = _expected_tar_rows(root)
+    got = {}
+    for batch in sparkfeed.DataLoader(str(root), batch_size=7, num_workers=2):
+        for key, cls, jpg, txt in zip(batch["key"], batch["cls"].tolist(), batch["jpg"], batch["txt"]):
+            got[key] = (cls, jpg, txt)
+    assert got == {k: (int(v["cls"]), v["jpg"], v["txt"].decode() if "txt" in v else None)
+                   for k, v in expected.items()}
+    assert m.shards[0].stats["txt"].null_count == sum(1 for k in range(10) if k % 3 == 0)
+
+
+def test_webdataset_dali_index_points_at_member_data(tmp_path):
+    root = _tars(tmp_path, shards=1)
+    m = sparkfeed.index(str(root), progress=False)
+    lines = (root / m.shards[0].index).read_text().splitlines()
+    assert lines[0] == "v1.2 10"
+    data = (root / m.shards[0].path).read_bytes()
+    fields = lines[1].split()
+    for ext, offset, size, name in zip(fields[0::4], fields[1::4], fields[2::4], fields[3::4]):
+        with tarfile.open(root / m.shards[0].path) as tar:
+            assert data[int(offset):int(offset) + int(size)] == tar.extractfile(name).read()
+
+
+def test_webdataset_class_filter_prunes_shards_by_scanned_stats(tmp_path):
+    wds = pytest.importorskip("webdataset")
+    root = tmp_path / "sorted"
+    root.mkdir()
+    for s in range(4):
+        with wds.TarWriter(str(root / f"{s}.tar")) as w:
+            for i in range(5):
+                w.write({"__key__": f"k{s}_{i}", "cls": s, "txt": "x"})
+    sparkfeed.index(str(root), progress=False)
+    loader = sparkfeed.DataLoader(str(root), batch_size=5, filter=[("cls", "==", 2)])
+    assert _ids(loader, "key") == [f"k2_{i}" for i in range(5)]
+    assert loader.stats()["shards_pruned"] == 3
+
+
+def test_hostile_tar_member_is_refused_naming_shard_and_offset(tmp_path):
+    root = tmp_path / "bad"
+    root.mkdir()
+    with tarfile.open(root / "evil.tar", "w") as tar:
+        info = tarfile.TarInfo("a.txt")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(info)
+    with pytest.raises(ShardReadError, match=r"'evil.tar'.*tar offset 0.*link"):
+        sparkfeed.index(str(root), progress=False)
+
+
+# ---------------------------------------------------------------- Delta
+
+
+def _delta_table(tmp_path, partition_by=("split",)):
+    deltalake = pytest.importorskip("deltalake")
+
+    def rows(lo, hi):
+        ids = np.arange(lo, hi, dtype=np.int64)
+        return pa.table({"id": ids, "split": np.where(ids % 4 == 0, "val", "train"),
+                         "ts": pa.array(ids * 1000, pa.timestamp("us", tz="UTC"))})
+
+    root = tmp_path / "delta"
+    deltalake.write_deltalake(str(root), rows(0, 50), partition_by=list(partition_by) or None)   # version 0
+    deltalake.write_deltalake(str(root), rows(50, 80), mode="append")          # 1
+    deltalake.write_deltalake(str(root), rows(100, 130), mode="overwrite")     # 2
+    deltalake.write_deltalake(str(root), rows(200, 210), mode="append")        # 3
+    return root, deltalake
+
+
+@pytest.mark.parametrize("version", [None, 1, 2])
+def test_delta_versions_match_deltalake(tmp_path, version):
+    root, deltalake = _delta_table(tmp_path)
+    table = deltalake.DeltaTable(str(root), version=version)
+    expected = sorted(pa.table(table.to_pyarrow_table() if hasattr(table, "to_pyarrow_table")
+                               else table.to_pyarrow_dataset().to_table())["id"].to_pylist())
+    apart = tmp_path / f"m{version}.json"
+    m = sparkfeed.index(str(root), version=version, manifest=str(apart), progress=False)
+    assert m.created_by["delta_version"] == str(table.version())
+    assert sorted(_ids(sparkfeed.DataLoader(str(root), manifest=str(apart), batch_size=9))) == expected
+    got = _ids(sparkfeed.DataLoader(str(root), manifest=str(apart), batch_size=9,
+                                    filter=[("split", "==", "val")]))
+    assert sorted(got) == [i for i in expected if i % 4 == 0]
+
+
+def test_delta_without_manifest_indexes_in_memory(tmp_path):
+    root, _ = _delta_table(tmp_path)
+    got = _ids(sparkfeed.DataLoader(str(root), batch_size=16, filter=[("id", ">=", 200)]))
+    assert sorted(got) == list(range(200, 210))
+
+
+@pytest.mark.parametrize("feature, config, match", [
+    ("columnMapping", {"delta.columnMapping.mode": "name"}, "column mapping"),
+    ("deletionVectors", {"delta.enableDeletionVectors": "true"}, "deletion vectors")])
+def test_delta_features_sparkfeed_cannot_honour_are_refused(tmp_path, feature, config, match):
+    root, _ = _delta_table(tmp_path, partition_by=())
+    # A later commit that turns the feature on, as Spark writes it: protocol + metadata.
+    log = root / "_delta_log"
+    first = [json.loads(line) for line in (log / f"{0:020d}.json").read_text().splitlines()]
+    meta = next(a["metaData"] for a in first if "metaData" in a)
+    meta["configuration"] = {**meta.get("configuration", {}), **config}
+    if feature == "columnMapping":  # physical names, as a column-mapped table carries them
+        schema = json.loads(meta["schemaString"])
+        for i, f in enumerate(schema["fields"], 1):
+            f["metadata"] = {"delta.columnMapping.id": i, "delta.columnMapping.physicalName": f"col-{i}"}
+        meta["schemaString"] = json.dumps(schema)
+        meta["configuration"]["delta.columnMapping.maxColumnId"] = str(len(schema["fields"]))
+    protocol = {"minReaderVersion": 3, "minWriterVersion": 7, "readerFeatures": [feature],
+                "writerFeatures": [feature]}
+    (log / f"{4:020d}.json").write_text(json.dumps({"protocol": protocol}) + "\n"
+                                        + json.dumps({"metaData": meta}) + "\n")
+    with pytest.raises(ManifestError, match=match):
+        sparkfeed.index(str(root), progress=False)
+
+
+def test_cli_index_help_and_run(tmp_path, capsys):
+    from sparkfeed.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["index", "--help"])
+    assert "--manifest" in capsys.readouterr().out
+    root = tmp_path / "plain"
+    root.mkdir()
+    pq.write_table(pa.table({"id": np.arange(5)}), root / "a.parquet")
+    assert main(["index", str(root), "--no-progress"]) == 0
+    assert "indexed 1 parquet files: 5 samples" in capsys.readouterr().out
+    assert main(["index", str(root), "--no-progress"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert read_manifest(str(root)).num_samples == 5
+
+
+def test_missing_integer_member_is_an_error_naming_the_column_or_a_counted_skip(tmp_path):
+    wds = pytest.importorskip("webdataset")
+    root = tmp_path / "holes"
+    root.mkdir()
+    with wds.TarWriter(str(root / "h.tar")) as w:
+        for i in range(6):
+            w.write({"__key__": f"k{i}", "txt": "t", **({"cls": i} if i != 4 else {})})
+    sparkfeed.index(str(root), progress=False)
+    with pytest.raises(ShardReadError, match=r"'h.tar'.*no value in \['cls'\]"):
+        _ids(sparkfeed.DataLoader(str(root), batch_size=3), "cls")
+    loader = sparkfeed.DataLoader(str(root), batch_size=5, on_error="skip")
+    assert sorted(_ids(loader, "cls")) == [0, 1, 2, 3, 5]
+    assert loader.stats()["samples_skipped"] == 1
+
+
+def test_indexed_jpegs_decode(tmp_path):
+    wds = pytest.importorskip("webdataset")
+    Image = pytest.importorskip("PIL.Image")
+    import io
+
+    root = tmp_path / "img"
+    root.mkdir()
+    with wds.TarWriter(str(root / "i.tar")) as w:
+        for i in range(4):
+            buf = io.BytesIO()
+            Image.new("RGB", (20, 24), (60 * i, 0, 0)).save(buf, format="JPEG")
+            w.write({"__key__": f"k{i}", "jpg": buf.getvalue(), "cls": i})
+    sparkfeed.index(str(root), progress=False)
+    loader = sparkfeed.DataLoader(str(root), batch_size=4, columns=["jpg", "cls"], decode={
+        "jpg": sparkfeed.ImageDecode(size=16, device="cpu")})
+    batch = next(iter(loader))
+    assert tuple(batch["jpg"].shape) == (4, 3, 16, 16)
+    reds = batch["jpg"][:, 0].float().mean(dim=(1, 2))
+    order = batch["cls"].argsort()
+    assert (reds[order].diff() > 0).all()  # decoded pixels follow the red level written per class
+
+
+def test_indexed_manifest_round_trips_and_old_readers_fields_stay_valid(tmp_path):
+    root, _ = _hive(tmp_path, n=40)
+    m = sparkfeed.index(str(root), manifest=str(tmp_path / "m.json"), progress=False)
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert doc["root"] == str(root) and doc["shards"][0]["partition"]["split"] in ("train", "val")
+    assert isinstance(doc["shards"][0]["mtime"], float)
+    doc["shards"][0]["future_field"] = {"x": 1}  # unknown extra fields are tolerated
+    doc["added_later"] = True
+    again = sparkfeed.manifest.parse_manifest(doc, dataset="m")
+    assert again.shards == m.shards and again.data_root == m.data_root and again.schema == m.schema
+    for bad, match in [({"mtime": "yesterday"}, "mtime should be a number"),
+                       ({"partition": [1]}, "partition should be an object")]:
+        broken = json.loads((tmp_path / "m.json").read_text())
+        broken["shards"][0].update(bad)
+        with pytest.raises(ManifestError, match=match):
+            sparkfeed.manifest.parse_manifest(broken, dataset="m")
+
+
+def test_inspect_shows_indexed_partition_and_unsupported_columns(tmp_path, capsys):
+    from sparkfeed.cli import main
+
+    root, _ = _hive(tmp_path, n=40)
+    sparkfeed.index(str(root), manifest=str(tmp_path / "m.json"), progress=False)
+    assert main(["inspect", str(tmp_path / "m.json")]) == 0
+    out = capsys.readouterr().out
+    assert "split" in out and "meta" in out and "40" in out
+
+
+def test_null_in_an_integer_column_of_plain_parquet_raises_never_drops(tmp_path):
+    root = tmp_path / "nulls"
+    root.mkdir()
+    pq.write_table(pa.table({"a": pa.array([1, 2, None, 4], pa.int64())}), root / "a.parquet")
+    with pytest.raises(ShardReadError, match=r"'a.parquet', row group 0: sample at row 2 has no value"):
+        _ids(sparkfeed.DataLoader(str(root), batch_size=3), "a")
+    assert sorted(_ids(sparkfeed.DataLoader(str(root), batch_size=3, on_error="skip"), "a")) == [1, 2, 4]
+
+
+def test_integer_hive_partitions_are_typed_as_spark_infers_them(tmp_path):
+    ids = np.arange(60, dtype=np.int64)
+    table = pa.table({"id": ids, "label": ids % 3, "big": np.where(ids < 30, 1, 2**40),
+                      "name": np.where(ids % 2 == 0, "a b", "c/d")})
+    root = tmp_path / "typed"
+    pq.write_to_dataset(table, str(root), partition_cols=["label", "big", "name"])
+    m = sparkfeed.index(str(root), progress=False)
+    types = {c.name: c.type for c in m.schema}
+    assert (types["label"], types["big"], types["name"]) == ("int32", "int64", "string")
+    loader = sparkfeed.DataLoader(str(root), batch_size=8,
+                                  filter=[("label", "==", 2), ("big", ">", 5), ("name", "==", "c/d")])
+    got = []
+    for batch in loader:
+        assert batch["label"].dtype.is_floating_point is False and set(batch["name"]) == {"c/d"}
+        got += batch["id"].tolist()
+    assert sorted(got) == [i for i in range(60) if i % 3 == 2 and i >= 30 and i % 2 == 1]
+    assert loader.stats()["shards_pruned"] == len(m.shards) - 1
+
+
+def test_a_file_that_is_not_parquet_is_an_error_naming_it(tmp_path):
+    root = tmp_path / "junk"
+    root.mkdir()
+    pq.write_table(pa.table({"id": [1]}), root / "good.parquet")
+    (root / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(ShardReadError, match=r"shard 'bad.parquet'.*Parquet footer"):
+        sparkfeed.index(str(root), progress=False)
+
+
+@pytest.mark.slow
+def test_indexed_tars_exactly_once_and_resume_with_two_worker_processes(tmp_path):
+    root = _tars(tmp_path, shards=4, per=10)
+    sparkfeed.index(str(root), progress=False)
+    kw = dict(batch_size=6, shuffle=True, seed=1, num_workers=2, columns=["key", "cls"])
+    loader = sparkfeed.DataLoader(str(root), **kw)
+    it = iter(loader)
+    head = [k for _ in range(2) for k in next(it)["key"]]
+    state = loader.state_dict()
+    it.close()
+    resumed = sparkfeed.DataLoader(str(root), **kw)
+    resumed.load_state_dict(state)
+    rest = _ids(resumed, "key")
+    assert sorted(head + rest) == sorted(_expected_tar_rows(root))
+    assert len(head + rest) == 40
+
+
+def test_a_glob_indexes_the_matching_files_under_their_common_root(tmp_path):
+    root = tmp_path / "globbed"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    pq.write_table(pa.table({"id": [1, 2]}), root / "a" / "x.parquet")
+    pq.write_table(pa.table({"id": [3]}), root / "b" / "y.parquet")
+    pq.write_table(pa.table({"id": [99]}), root / "b" / "skip.parquet")
+    m = sparkfeed.index(str(root / "*" / "[xy].parquet"), manifest=str(tmp_path / "g.json"),
+                        progress=False)
+    assert [s.path for s in m.shards] == ["a/x.parquet", "b/y.parquet"] and m.data_root == str(root)
+    assert sorted(_ids(sparkfeed.DataLoader(manifest=str(tmp_path / "g.json"), batch_size=2))) == [1, 2, 3]
