@@ -34,6 +34,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -443,18 +445,14 @@ class MixedEngine(Engine):
         contiguous run of its share (share indices grow with the mixed position), read by that
         source's own `StreamReader` as one stream (runs of units, shuffle chunks, as for one
         dataset); each block piece takes the next rows of every source and puts them in order.
-        `lanes` (shared shuffle blocks between thread lanes, `stream.py`) is not used: the lanes
-        are spans of mixed positions, and each source reader reads alone."""
-        plan, offsets = self.plan(), self.offsets(epoch)
+        With `lanes` (this iteration's thread lanes, see `stream.StreamReader`), each source's
+        readers share its shuffle blocks across the lanes as one dataset's do (`_source_lanes`)."""
+        plan = self.plan()
         grid = _Grid(plan, self.config.seed, epoch, self.config.shuffle)
-        share: list[list] = [[] for _ in self.engines]
-        for lo, hi in spans:
-            first, last = grid.before(lo), grid.before(hi)
-            for i in np.flatnonzero(last - first):
-                share[i] += share_spans(offsets[i], plan.sizes[i], int(first[i]), int(last[i] - first[i]))
+        src_lanes, k = self._source_lanes(epoch, spans, lanes)
         src_stats = [Stats() for _ in self.engines]
-        cursors = {i: _Cursor(self._reader(i, epoch, src_stats[i], row_ids), share[i])
-                   for i in range(len(self.engines)) if share[i]}
+        cursors = {i: _Cursor(self._reader(i, epoch, src_stats[i], row_ids, src_lanes[i]), src_lanes[i][k])
+                   for i in range(len(self.engines)) if src_lanes[i][k]}
         try:
             for g, a, b in self._pieces(spans):
                 labels = grid.block(g)[a:b]
@@ -469,10 +467,40 @@ class MixedEngine(Engine):
             for c in cursors.values():
                 c.close()
 
-    def _reader(self, i: int, epoch: int, stats: Stats, row_ids: bool) -> StreamReader:
+    def _reader(self, i: int, epoch: int, stats: Stats, row_ids: bool, lanes=None) -> StreamReader:
         engine = self.engines[i]
         return StreamReader(engine.stream(epoch), make_reader(engine.format, engine.context(stats)),
-                            row_ids=row_ids)
+                            row_ids=row_ids, lanes=lanes)
+
+    def _share_of(self, grid: "_Grid", offsets: list[int], spans) -> list[list]:
+        """Per source, the positions of its own stream that mixed `spans` hold, in order."""
+        share: list[list] = [[] for _ in self.engines]
+        for lo, hi in spans:
+            first, last = grid.before(lo), grid.before(hi)
+            for i in np.flatnonzero(last - first):
+                share[i] += share_spans(offsets[i], self.plan().sizes[i], int(first[i]), int(last[i] - first[i]))
+        return share
+
+    def _source_lanes(self, epoch: int, spans, lanes) -> tuple[list[list], int]:
+        """Per source, every lane's share (one list object per source for all the thread lanes of
+        this iteration, so that its readers find each other as one dataset's lanes do), and which
+        lane `spans` is. Without `lanes` (or from a worker process): this lane alone."""
+        offsets = self.offsets(epoch)
+        k = None if lanes is None else next((j for j, other in enumerate(lanes) if other is spans), None)
+        if k is None:
+            grid = _Grid(self.plan(), self.config.seed, epoch, self.config.shuffle)
+            return [[share] for share in self._share_of(grid, offsets, spans)], 0
+        key = (id(lanes), id(self), epoch)
+        with _SHARED_LOCK:
+            entry = _SHARED_LANES.get(key)
+            if entry is None or entry[0] is not lanes:
+                grid = _Grid(self.plan(), self.config.seed, epoch, self.config.shuffle)
+                per_lane = [self._share_of(grid, offsets, lane) for lane in lanes]
+                entry = (lanes, [[per_lane[j][i] for j in range(len(lanes))] for i in range(len(self.engines))])
+                _SHARED_LANES[key] = entry
+                while len(_SHARED_LANES) > 8:
+                    _SHARED_LANES.popitem(last=False)
+        return entry[1], k
 
     def _tagged(self, i: int, block: Block) -> Block:
         """Source i's rows with the mix's column order and dtypes, its index beside each row, and
@@ -563,6 +591,10 @@ class _Cursor:
     def close(self) -> None:
         self.it.close()
         self.reader.close()
+
+
+_SHARED_LANES: OrderedDict = OrderedDict()  # (id(lanes), id(engine), epoch) -> (lanes, per-source lanes)
+_SHARED_LOCK = threading.Lock()
 
 
 def _drain(src_stats: list[Stats], stats: Stats) -> None:
