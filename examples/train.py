@@ -3,12 +3,18 @@
     python examples/train.py --data ds/train --val ds/val --epochs 2 --checkpoint ckpt.pt
     python examples/train.py --data ds/train --checkpoint ckpt.pt --resume      # exact resume
     torchrun --nproc_per_node=2 examples/train.py --data ds/train --steps 20    # DDP, gloo on CPU
+    python examples/train.py --mix laion/=0.7,cc/=0.3 --steps 20                 # a mix of datasets
 
 The only data-loading line is `sparkfeed.DataLoader(...)`: it reads the columns `image` and
 `label`, decodes the JPEGs (DALI, on the GPU with `--device cuda`), shuffles, splits the data
 over ranks (taken from torch.distributed) and workers, and saves/restores its exact position
 with `state_dict()` / `load_state_dict()`. The number of classes comes from the manifest's
 statistics of `label` (max + 1), so nothing is read before training starts.
+
+`--mix PATH=WEIGHT,PATH=WEIGHT` trains on several datasets at once: one `sparkfeed.Source` per
+dataset, interleaved in those proportions (an epoch ends when the first source has given its
+share; larger sources give a different subset each epoch), with exactly-once and resume as for
+one dataset. The samples each source gave are printed at the end (`loader.stats()`).
 
 Checkpoints (`--checkpoint`) hold the model, the optimizer, the epoch, the global step and the
 loader's global state (`state_dict(all_ranks=True)`, loadable at any world size); they are
@@ -51,7 +57,10 @@ class SmallCNN(nn.Module):
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True, help="training dataset (a sparkfeed dataset path/URL)")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", help="training dataset (a sparkfeed dataset path/URL)")
+    data.add_argument("--mix", type=parse_mix, metavar="PATH=WEIGHT,...",
+                      help="train on several datasets mixed in these proportions, e.g. laion/=0.7,cc/=0.3")
     p.add_argument("--val", help="validation dataset, evaluated after each epoch")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--steps", type=int, help="stop after this many steps in all (global step count)")
@@ -75,6 +84,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def parse_mix(text: str) -> list:
+    """"laion/=0.7,cc/=0.3" -> [Source("laion/", weight=0.7), Source("cc/", weight=0.3)]."""
+    sources = []
+    for item in text.split(","):
+        path, sep, weight = item.rpartition("=")
+        if not sep or not path:
+            raise argparse.ArgumentTypeError(f"{item!r} should be PATH=WEIGHT, e.g. laion/=0.7")
+        try:
+            sources.append(sparkfeed.Source(path, weight=float(weight)))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{item!r} should be PATH=WEIGHT with a positive weight "
+                                             f"({exc})") from None
+    return sources
+
+
 def init_distributed(device: str) -> tuple[int, int, torch.device]:
     """Join the torchrun process group if there is one (gloo on CPU, nccl on CUDA)."""
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
@@ -87,15 +111,17 @@ def init_distributed(device: str) -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), torch.device("cpu")
 
 
-def num_classes(path: str) -> int:
-    stats = [s.stats.get("label") for s in sparkfeed.read_manifest(path).shards]
+def num_classes(data) -> int:
+    """max(label) + 1 from the manifests' statistics (of every source of a mix)."""
+    paths = [data] if isinstance(data, str) else [s.path for s in data]
+    stats = [s.stats.get("label") for path in paths for s in sparkfeed.read_manifest(path).shards]
     highs = [s.max for s in stats if s is not None and s.max is not None]
     if not highs:
-        raise SystemExit(f"{path}: the manifest has no statistics for column 'label'")
+        raise SystemExit(f"{', '.join(paths)}: the manifest has no statistics for column 'label'")
     return int(max(highs)) + 1
 
 
-def make_loader(path: str, args, device: torch.device, train: bool) -> "sparkfeed.DataLoader":
+def make_loader(path, args, device: torch.device, train: bool) -> "sparkfeed.DataLoader":
     decode = sparkfeed.ImageDecode(size=args.image_size, mean=MEAN, std=STD,
                                    crop="random" if train else "center", mirror=train,
                                    device="gpu" if device.type == "cuda" else "cpu")
@@ -145,10 +171,11 @@ def evaluate(model, loader, device) -> tuple[float, int]:
 def train(args) -> dict:
     rank, world, device = init_distributed(args.device)
     torch.manual_seed(args.seed)
-    classes = num_classes(args.data)
+    data = args.data or args.mix  # a path, or a list of sparkfeed.Source
+    classes = num_classes(data)
     model = SmallCNN(classes).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
-    loader = make_loader(args.data, args, device, train=True)
+    loader = make_loader(data, args, device, train=True)
     start_epoch, step, resume_state = 0, 0, None
     if args.resume:
         ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
@@ -213,6 +240,10 @@ def train(args) -> dict:
         f"{wall:.1f}s: {run_samples / max(wall, 1e-9):.1f} samples/s; rank 0 waited "
         f"{wait_s:.2f}s for data ({100 * wait_s / max(wall, 1e-9):.0f}% of the time)", flush=True)
     say(f"loader.stats(): {loader.stats()}", flush=True)
+    if args.mix:
+        stats = loader.stats()
+        say("samples per source (rank 0): " + ", ".join(
+            f"{s.path} {stats.get(f'source.{i}.samples', 0)}" for i, s in enumerate(args.mix)), flush=True)
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -24,7 +24,7 @@ __all__ = [
     "spark_session", "configure_spark", "jar_path",
     "write", "index",
     "read_manifest", "Manifest",
-    "Dataset", "DataLoader",
+    "Dataset", "DataLoader", "Source",
     "ImageDecode",
     "SparkfeedError", "ManifestError", "ShardReadError", "CorruptSampleError",
     "PathEscapeError", "WorkerError",
@@ -33,7 +33,7 @@ __all__ = [
 _LAZY = {
     "spark_session": "session", "configure_spark": "session", "jar_path": "session",
     "read_manifest": "manifest", "Manifest": "manifest",
-    "Dataset": "dataset", "DataLoader": "loader",
+    "Dataset": "dataset", "DataLoader": "loader", "Source": "mix",
     "ImageDecode": "decode",
 }
 

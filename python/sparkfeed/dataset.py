@@ -16,7 +16,7 @@ import torch
 import torch.utils.data
 
 from . import batch as batching
-from . import checks, filters, partition
+from . import checks, filters, mix, partition
 from .engine import Engine, ReadConfig
 from .index import open_manifest
 from .manifest import Manifest
@@ -48,38 +48,55 @@ class Dataset(torch.utils.data.IterableDataset):
 
     Example: `ds = sparkfeed.Dataset("ds/", columns=["label"], filter=[("label", "<", 3)])`, then
     `torch.utils.data.DataLoader(ds, batch_size=32, num_workers=2)`. Every sample that passes the
-    filter is delivered once per epoch across ranks and workers.
+    filter is delivered once per epoch across ranks and workers. `path` may also be a list of
+    `sparkfeed.Source` (a mix, see `mix.py`); `with_source=True` then adds `__source__`.
     """
 
-    def __init__(self, path: str, *, columns: Sequence[str] | None = None, filter=None,
-                 shuffle: bool = False, seed: int = 0, batch_size: int | None = None,
+    def __init__(self, path: str | Sequence[mix.Source], *, columns: Sequence[str] | None = None,
+                 filter=None, shuffle: bool = False, seed: int = 0, batch_size: int | None = None,
                  drop_last: bool = False, shuffle_buffer: int | None = None, rank: int | None = None,
                  world_size: int | None = None, on_error: str = "raise",
-                 storage_options: dict | None = None, manifest: Manifest | str | None = None):
+                 storage_options: dict | None = None, manifest: Manifest | str | None = None,
+                 with_source: bool = False):
         super().__init__()
         checks.positive_int("batch_size", batch_size, allow_none=True)
         checks.positive_int("shuffle_buffer", shuffle_buffer, allow_none=True)
         checks.one_of("on_error", on_error, checks.ON_ERROR)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"`seed` should be an integer, but got seed={seed!r}")
-        self.manifest, data_root = open_manifest(path, manifest, storage_options)
-        self.path = str(data_root)  # `path`, or where a manifest kept apart says the data is
-        self.manifest.check_selectable(columns if isinstance(columns, (list, tuple)) else ())
-        self.columns = checks.check_columns(columns, self.manifest.column_names, self.path)
-        self.expr = filters.to_expression(filter)
-        if self.expr is not None:
-            used = filters.referenced_columns(self.expr, self.manifest.schema)
-            self.manifest.check_selectable(used, "filter")
-            filters.check_filter(self.expr, self.manifest.schema, self.path)
+        checks.one_of("with_source", with_source, (False, True))
+        mixed = None
+        if mix.is_mix(path):  # several datasets: `mix.py` checks them and reads them
+            if manifest is not None:
+                raise ValueError("`manifest` belongs to one dataset; in a mix give each "
+                                 "sparkfeed.Source its own manifest=")
+            mixed, self.columns = mix.resolve(path, columns=columns, filter=filter,
+                                              storage_options=storage_options, with_source=with_source)
+            self.path = "mix[" + ", ".join(r.path for r in mixed) + "]"
+            self.manifest, self.expr = mixed[0].manifest, None
+        else:
+            if with_source:
+                raise ValueError("`with_source=True` tags each row with its source in a mix; pass a "
+                                 "list of sparkfeed.Source, or with_source=False for one dataset")
+            self.manifest, data_root = open_manifest(path, manifest, storage_options)
+            self.path = str(data_root)  # `path`, or where a manifest kept apart says the data is
+            self.manifest.check_selectable(columns if isinstance(columns, (list, tuple)) else ())
+            self.columns = checks.check_columns(columns, self.manifest.column_names, self.path)
+            self.expr = filters.to_expression(filter)
+            if self.expr is not None:
+                used = filters.referenced_columns(self.expr, self.manifest.schema)
+                self.manifest.check_selectable(used, "filter")
+                filters.check_filter(self.expr, self.manifest.schema, self.path)
         self.shuffle, self.seed, self.batch_size = bool(shuffle), seed, batch_size
         self.drop_last, self.shuffle_buffer, self.on_error = bool(drop_last), shuffle_buffer, on_error
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self.storage_options = storage_options
         self.epoch = 0
-        self.engine = Engine(ReadConfig(
+        config = ReadConfig(
             path=self.path, manifest=self.manifest, columns=self.columns, expr=self.expr,
             shuffle=self.shuffle, seed=seed, shuffle_buffer=shuffle_buffer, on_error=on_error,
-            storage_options=storage_options))
+            storage_options=storage_options)
+        self.engine = Engine(config) if mixed is None else mix.MixedEngine(mixed, config, with_source)
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch: it seeds the shuffle, so every rank must call it with the same value."""

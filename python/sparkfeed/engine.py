@@ -78,6 +78,21 @@ class Engine:
         self._plan: Plan | None = None
         self._count_stats: dict = {}
 
+    @property
+    def format(self) -> str:
+        """The dataset's format ("parquet" or "webdataset"): which reader, threads or processes."""
+        return self.config.manifest.format
+
+    def identity(self) -> str:
+        """What a saved state must match besides the loader's settings: the data and the filter."""
+        return f"{self.config.manifest.num_samples}|{self.config.expr}"
+
+    def locate(self, key: int):
+        """A row key `(unit << 32) | row` -> (dataset, work unit, the column holding tar keys)."""
+        cfg = self.config
+        key_col = next((c.name for c in cfg.manifest.schema if c.member == "__key__"), None)
+        return cfg.path, self.plan().units[key >> 32], key_col
+
     # ------------------------------------------------------------ plan
 
     def plan(self) -> Plan:
@@ -133,7 +148,7 @@ class Engine:
                  row_ids: bool = False, lanes: list | None = None) -> Iterator:
         """A lane's positions as blocks (unit pieces or shuffle-chunk pieces), read in order; run
         inline, or on a lane thread ahead of the batching (`lanes.py`)."""
-        reader = StreamReader(self.stream(epoch), make_reader(self.config.manifest.format,
+        reader = StreamReader(self.stream(epoch), make_reader(self.format,
                                                               self.context(stats)), row_ids=row_ids,
                               lanes=lanes)  # lanes: thread lanes share shuffle blocks
         try:
@@ -157,6 +172,7 @@ class Engine:
                 delta = stats.take()  # the readers' counters since the last batch, and this batch's
                 delta["samples"] = delta.get("samples", 0) + block.rows
                 delta["batches"] = delta.get("batches", 0) + 1
+                self._account(columns, delta)
                 if block.skipped:
                     delta["samples_skipped"] = delta.get("samples_skipped", 0) + block.skipped
                 yield Delivery(worker, consumed, delta, batching.pack(columns) if pack else columns, keys)
@@ -164,6 +180,10 @@ class Engine:
             close = getattr(segments, "close", None)
             if close is not None:
                 close()
+
+
+    def _account(self, columns: dict, delta: dict) -> None:
+        """Per-batch bookkeeping of an engine over several datasets (`mix.MixedEngine`); none here."""
 
 
 class LaneDataset(torch.utils.data.IterableDataset):

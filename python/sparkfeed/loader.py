@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 import torch.utils.data
 
-from . import checks, progress
+from . import checks, mix, progress
 from .batch import select_rows, unpack, user_facing
 from .dataset import Dataset
 from .engine import Delivery, LaneDataset
@@ -62,7 +62,7 @@ class DataLoader:
                  rank: int | None = None, world_size: int | None = None, shuffle_buffer: int | None = None,
                  storage_options: dict | None = None, timeout: float = 0,
                  multiprocessing_context=None, prefetch_factor: int | None = None,
-                 worker_type: str = "auto", manifest=None):
+                 worker_type: str = "auto", manifest=None, with_source: bool = False):
         checks.positive_int("batch_size", batch_size)
         checks.non_negative_int("num_workers", num_workers)
         checks.non_negative_int("prefetch", prefetch)
@@ -75,7 +75,8 @@ class DataLoader:
         self.dataset = self._dataset(path_or_dataset, columns=columns, filter=filter, shuffle=shuffle,
                                      seed=seed, drop_last=drop_last, on_error=on_error, rank=rank,
                                      world_size=world_size, shuffle_buffer=shuffle_buffer,
-                                     storage_options=storage_options, manifest=manifest)
+                                     storage_options=storage_options, manifest=manifest,
+                                     with_source=with_source)
         self.batch_size, self.num_workers, self.prefetch = batch_size, num_workers, prefetch
         self.pin_memory, self.collate_fn, self.timeout = pin_memory, collate_fn, timeout
         self.worker_type = worker_type
@@ -93,11 +94,13 @@ class DataLoader:
             # The loader's own shallow copy: its epoch never leaks into the caller's Dataset
             # (which may also feed a plain torch DataLoader). The engine is shared.
             return copy.copy(path_or_dataset)
+        if mix.is_mix(path_or_dataset):
+            return Dataset(path_or_dataset, **kwargs)
         if path_or_dataset is None and kwargs.get("manifest") is not None:
             return Dataset(None, **kwargs)  # the data root is the one the manifest recorded
         if not isinstance(path_or_dataset, str) and not hasattr(path_or_dataset, "__fspath__"):
-            raise ValueError("`path_or_dataset` should be a dataset path/URL or a sparkfeed.Dataset, "
-                             f"but got {type(path_or_dataset).__name__}")
+            raise ValueError("`path_or_dataset` should be a dataset path/URL, a list of "
+                             f"sparkfeed.Source or a sparkfeed.Dataset, but got {type(path_or_dataset).__name__}")
         return Dataset(str(path_or_dataset), **kwargs)
 
     @property
@@ -131,7 +134,7 @@ class DataLoader:
 
     def _fingerprint(self) -> str:
         ds = self.dataset
-        return (f"{ds.manifest.num_samples}|{ds.expr}|{ds.shuffle}|{ds.seed}|{ds.shuffle_buffer}|"
+        return (f"{self._engine.identity()}|{ds.shuffle}|{ds.seed}|{ds.shuffle_buffer}|"
                 f"{self.batch_size}|{ds.drop_last}")
 
     def state_dict(self, all_ranks: bool = False) -> dict:
@@ -192,7 +195,7 @@ class DataLoader:
         """Threads read Parquet (pyarrow releases the GIL); processes parse tars (Python work).
         With num_workers=0 one background thread reads (`prefetch` segments ahead)."""
         if self.worker_type == "auto" or self.num_workers == 0:
-            return self.num_workers == 0 or self.dataset.manifest.format == "parquet"
+            return self.num_workers == 0 or self._engine.format == "parquet"
         return self.worker_type == "thread"
 
     def _deliveries(self, lanes: list):
@@ -268,12 +271,11 @@ class DataLoader:
             return
         row, reason = failures[0]
         key = int(keys[row])
-        unit = self.dataset.plan().units[key >> 32]
-        key_col = next((c.name for c in self.dataset.manifest.schema if c.member == "__key__"), None)
+        dataset, unit, key_col = self._engine.locate(key)
         name = batch[key_col][row] if key_col in batch else f"row {key & 0xFFFFFFFF}"
         raise CorruptSampleError(f"cannot decode: {reason} ({len(failures)} bad image(s) in this "
                                  "batch; on_error='skip' drops and counts them)",
-                                 dataset=self.dataset.path, shard=unit.path,
+                                 dataset=dataset, shard=unit.path,
                                  row_group=unit.row_group, key=str(name))
 
 

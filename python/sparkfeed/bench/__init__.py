@@ -89,7 +89,7 @@ def run(params: Params) -> dict:
     p = params
     os.makedirs(p.out, exist_ok=True)
     data = datasets.build(p.cache, p.samples, p.images, p.image_shape, max(1, p.workers),
-                          tabular=bool({"tabular", "filter"} & set(p.scenarios)),
+                          tabular=bool({"tabular", "filter", "mix"} & set(p.scenarios)),
                           image=bool(set(scenarios.IMAGE_SCENARIOS) & set(p.scenarios)))
     p.data = data
     datasets.warm(datasets.files(data.tabular, ".parquet") + datasets.files(data.images, ".parquet")

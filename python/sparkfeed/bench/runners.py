@@ -51,6 +51,32 @@ def sparkfeed_tabular(ctx: Context, filter=None, num_workers: int | None = None,
         "shards_planned", "shards_pruned", "row_groups_planned", "row_groups_pruned", "rows_filtered")}
 
 
+def sparkfeed_mix(ctx: Context, sources: int = 2, shuffle: bool = False) -> Iterator[int]:
+    """The tabular data as `sources` datasets mixed by weight (`sources=1`: the plain loader). The
+    sources are manifests over consecutive shards of the same files, so the rows, the bytes and
+    the work per row are the ones of the single dataset; only the mixing differs."""
+    import dataclasses
+
+    import sparkfeed
+
+    whole = sparkfeed.read_manifest(ctx.data.tabular)
+    kwargs = dict(batch_size=ctx.batch_size, columns=TABULAR_COLUMNS, num_workers=ctx.workers,
+                  shuffle=shuffle, seed=0)
+    if sources == 1:
+        loader = sparkfeed.DataLoader(ctx.data.tabular, **kwargs)
+    else:
+        parts = []
+        for k in range(sources):
+            shards = whole.shards[k * len(whole.shards) // sources:(k + 1) * len(whole.shards) // sources]
+            part = dataclasses.replace(whole, shards=shards, num_samples=sum(s.num_samples for s in shards),
+                                       num_bytes=sum(s.num_bytes for s in shards))
+            parts.append(sparkfeed.Source(ctx.data.tabular, weight=part.num_samples, manifest=part))
+        loader = sparkfeed.DataLoader(parts, **kwargs)
+    for batch in loader:
+        yield len(batch["id"])
+    ctx.extra["bytes_read"] = int(loader.stats()["bytes_read"])
+
+
 def pyarrow_scan(ctx: Context) -> Iterator[int]:
     """The ceiling: Arrow's own multi-threaded scan of the same files, no tensors, no workers."""
     import pyarrow.dataset as pads
@@ -409,6 +435,7 @@ RUNNERS: dict[str, Runner] = {
     "sparkfeed-remote": remote.sparkfeed_remote,
     "webdataset-remote": remote.webdataset_remote,
     "sparkfeed": sparkfeed_tabular,
+    "sparkfeed-mix": sparkfeed_mix,
     "pyarrow-scan": pyarrow_scan,
     "torch-map-style": torch_map_style,
     "petastorm": petastorm_batched,

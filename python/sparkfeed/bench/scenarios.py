@@ -25,7 +25,8 @@ from . import datasets, runners
 from .remote import remote_cases
 from .runners import Context
 
-SCENARIOS = ("tabular", "filter", "decode", "bytes", "train", "feed", "plan", "scaling", "remote")
+SCENARIOS = ("tabular", "filter", "decode", "bytes", "train", "feed", "plan", "scaling", "remote",
+             "mix")
 IMAGE_SCENARIOS = ("decode", "bytes", "train", "remote")
 SCALES = (1, 2, 4, 8)  # dataset sizes of the scaling study, in multiples of `scaling_base` rows
 FLAT_RSS = 1.5  # "memory stays flat": peak RSS at 8x within this factor of 1x
@@ -201,6 +202,20 @@ def tabular_cases(p) -> list[Case]:
                       "in a torch DataLoader; figures from inside its process")]
 
 
+def mix_cases(p) -> list[Case]:
+    """Two sources mixed by weight against one source of the same rows (target: >= 90%)."""
+    size = _size(datasets.files(p.data.tabular, ".parquet"))
+    cases = []
+    for shuffle in (False, True):
+        how = "shuffled" if shuffle else "in order"
+        cases += [Case(f"one source, {how}", "sparkfeed-mix", p.samples, baseline=not shuffle,
+                       options={"sources": 1, "shuffle": shuffle}, payload_bytes=size),
+                  Case(f"2-source mix, {how}", "sparkfeed-mix", p.samples,
+                       options={"sources": 2, "shuffle": shuffle}, payload_bytes=size,
+                       note="the same files as two Sources (half the shards each), weights = sizes")]
+    return cases
+
+
 def filter_cases(p) -> list[Case]:
     cases = [Case("sparkfeed no filter", "sparkfeed", p.samples, baseline=True)]
     for pct in SELECTIVITIES:
@@ -325,7 +340,7 @@ def scaling_summary(rows: list[dict]) -> str:
 CASES: dict[str, Callable] = {"tabular": tabular_cases, "filter": filter_cases,
                               "decode": decode_cases, "bytes": bytes_cases, "train": train_cases,
                               "feed": feed_cases, "plan": plan_cases,
-                              "scaling": scaling_cases, "remote": remote_cases}
+                              "scaling": scaling_cases, "remote": remote_cases, "mix": mix_cases}
 
 
 def finish(rows: list[dict]) -> list[dict]:

@@ -1,0 +1,606 @@
+"""Mixing several datasets into one epoch stream: `Source`, the interleaving, `MixedEngine`.
+
+    loader = sparkfeed.DataLoader([sparkfeed.Source("laion/", weight=0.7, filter=[("aesthetic", ">", 5)]),
+                                   sparkfeed.Source("cc12m/", weight=0.3)], batch_size=256, shuffle=True)
+
+The mixed epoch is still positions `0..N-1`, so partitioning, lanes, resume and elastic world
+sizes (`partition.py`, `progress.py`) work on it unchanged. What a position holds is a pure
+function of `(seed, epoch, counts)`, in three steps:
+
+1. **Shares.** Source i supplies `n_i` samples this epoch (`shares`): `samples=` fixes it;
+   weighted sources share `T = min(size_j / w_j)` over the weighted sources without `repeat`
+   (weights normalised among the weighted sources), `n_i = floor(T * w_i)`; a source with neither
+   supplies every sample once. `N = sum(n_i)`.
+2. **Interleaving.** The stream is cut into `G = ceil(N / block)` blocks (`block_size`: about
+   16 MiB of stored rows, at least `shuffle_buffer` and at most 65,536 positions). Source i's share index
+   j sits at "time" `(j + 1/2) / n_i`; block g holds the share indices whose time falls in
+   `[g/G, (g+1)/G)` (`block_counts`, exact integer arithmetic), so every block holds each
+   source in its proportion to within one sample. Inside a block the sources' samples are in
+   time order (`shuffle=False`) or permuted by `(seed, epoch, g)` (`block_labels`).
+3. **Share -> source position.** Share index j of source i reads position `(off_i + j) mod
+   size_i` of that source's own epoch stream (its own units order and shuffle chunks), where
+   `off_i` is drawn from `(seed, epoch, i)` (0 when the share is the whole source): a source larger than its share contributes a
+   window of its shuffled stream that moves every epoch (a different subset each epoch; each
+   sample at most once), and `repeat=True` cycles past the size (`share_spans`).
+
+Reading (`MixedEngine.segments`): per block piece, each source's share range is read with that
+source's own `StreamReader` (its filter, pushdown and caches), tagged with its source index, and
+the pieces are put in mixed order with one `Block.concat` and one `Block.permute`: a few tensor
+ops per block, never per-sample Python (lists of strings aside, as everywhere).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from . import checks, filters
+from .engine import Engine, ReadConfig
+from .manifest import Manifest
+from .read import make_reader
+from .stats import Stats
+from .stream import ROW_KEYS, Block, StreamReader
+
+__all__ = ["Source", "SOURCE_COLUMN", "MixPlan", "MixedEngine", "shares", "block_counts",
+           "block_labels", "share_spans", "resolve"]
+
+SOURCE_COLUMN = "__source__"  # the column `with_source=True` adds
+SOURCE_STATS = ("samples", "bytes_read", "rows_filtered", "samples_skipped", "shards_planned",
+                "shards_pruned", "row_groups_planned", "row_groups_pruned")
+_SOURCE_SHIFT = 56  # a mixed row key is (source << 56) | (unit << 32) | row
+_MAX_SOURCES = 127
+_BLOCK_BYTES = 16 << 20  # a block holds about this many stored bytes of rows ...
+_MAX_BLOCK = 65_536      # ... and at most this many positions (at least shuffle_buffer)
+_MIN_BLOCK = 2048         # without a shuffle_buffer
+_PIECE = 16_384           # positions put in order at once (a segment), at most
+
+
+class _SourceIds:
+    """The key under which a mixed block keeps each row's source index (not a string: no user
+    column can collide with it); `MixedEngine._account` turns it into counts or `__source__`."""
+
+    def __repr__(self) -> str:
+        return "SOURCE_IDS"
+
+
+SOURCE_IDS = _SourceIds()
+
+
+@dataclass(frozen=True)
+class Source:
+    """One dataset of a mix, with its own filter and its share of each epoch.
+
+    `weight`: the source's proportion among the weighted sources (any positive numbers; they
+    are normalised). `samples`: an exact count per epoch instead. Neither: every sample once
+    per epoch. `repeat=True` lets the source cycle past its size (a weighted source with
+    `repeat` does not limit the epoch length). `filter` applies to this source alone (AND the
+    loader's `filter=`, if any). `manifest`: a `Manifest`, or the path/URL of a manifest file
+    or of the directory holding `_sparkfeed.json`, when it is not at `path`.
+
+    Example: `Source("cc12m/", weight=0.3, filter=[("lang", "==", "en")])`.
+    """
+
+    path: str
+    weight: float | None = None
+    samples: int | None = None
+    repeat: bool = False
+    filter: Any = None
+    manifest: Any = None
+    storage_options: dict | None = dataclasses.field(default=None, hash=False, compare=False)
+
+    def __post_init__(self):
+        if not isinstance(self.path, str) and not hasattr(self.path, "__fspath__"):
+            raise ValueError(f"`path` should be a dataset path/URL, but got path={self.path!r}")
+        object.__setattr__(self, "path", os.fspath(self.path) if hasattr(self.path, "__fspath__") else self.path)
+        w = self.weight
+        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0):
+            raise ValueError(f"`weight` should be a positive number or None, but got weight={w!r}")
+        checks.positive_int("samples", self.samples, allow_none=True)
+        if w is not None and self.samples is not None:
+            raise ValueError(f"`weight` and `samples` should not both be given, but got weight={w!r} "
+                             f"and samples={self.samples!r} (source {self.path!r}); choose one")
+        if not isinstance(self.repeat, bool):
+            raise ValueError(f"`repeat` should be True or False, but got repeat={self.repeat!r}")
+        if self.storage_options is not None and not isinstance(self.storage_options, dict):
+            raise ValueError("`storage_options` should be a dict or None, but got "
+                             f"storage_options={self.storage_options!r}")
+        filters.to_expression(self.filter)  # DNF checked now
+
+
+def is_mix(path_or_sources) -> bool:
+    """Whether a `Dataset`/`DataLoader` first argument is a list of `Source`s."""
+    return isinstance(path_or_sources, (list, tuple))
+
+
+# ---------------------------------------------------------------- pure functions
+
+def shares(sizes: Sequence[int], sources: Sequence[Source]) -> list[int]:
+    """Each source's sample count per epoch (see the module note, step 1)."""
+    counts = [0] * len(sources)
+    weighted = [i for i, s in enumerate(sources) if s.weight is not None]
+    for i, s in enumerate(sources):
+        if s.samples is not None:
+            if s.samples > sizes[i] and not s.repeat:
+                raise ValueError(f"source {i} ({s.path!r}) has {sizes[i]} samples (after its filter) "
+                                 f"but `samples={s.samples}`; pass repeat=True to cycle past its size")
+            counts[i] = s.samples
+        elif s.weight is None:
+            counts[i] = sizes[i]
+    if weighted:
+        total_w = sum(sources[i].weight for i in weighted)
+        limits = [i for i in weighted if not sources[i].repeat]
+        if not limits:
+            raise ValueError("every weighted source has repeat=True, so nothing bounds the epoch; give "
+                             "one weighted source repeat=False, or give the sources samples=")
+        for i in limits:
+            if not sizes[i]:
+                raise ValueError(f"source {i} ({sources[i].path!r}) has no samples (after its filter), so "
+                                 "its weight leaves no room for the others: the epoch would be empty")
+        length = min(sizes[i] * total_w / sources[i].weight for i in limits)
+        for i in weighted:
+            share = sources[i].weight / total_w
+            counts[i] = min(math.floor(length * share + 1e-9), sizes[i]) if not sources[i].repeat \
+                else math.floor(length * share + 1e-9)
+    for i, s in enumerate(sources):
+        if counts[i] and not sizes[i]:
+            raise ValueError(f"source {i} ({s.path!r}) has no samples (after its filter) to repeat")
+    return counts
+
+
+def block_counts(counts: np.ndarray, blocks: int, g) -> np.ndarray:
+    """How many of each source's share fall before block `g` (an int or an array of them):
+    `#{j : (j + 1/2) / n_i < g / blocks}`, in exact integers. Shape `g.shape + (sources,)`."""
+    n = np.asarray(counts, dtype=np.int64)
+    g = np.asarray(g, dtype=np.int64)
+    c = -((blocks - 2 * np.multiply.outer(g, n)) // (2 * blocks))  # ceil((2 g n - G) / 2G)
+    return np.clip(c, 0, n)
+
+
+def block_labels(counts: np.ndarray, blocks: int, g: int, *, seed: int, epoch: int,
+                 shuffle: bool) -> np.ndarray:
+    """The source index of each position of block `g`: in time order, or permuted by
+    `(seed, epoch, g)` when shuffling."""
+    lo, hi = block_counts(counts, blocks, g), block_counts(counts, blocks, g + 1)
+    if shuffle:
+        labels = np.repeat(np.arange(len(lo), dtype=np.int64), hi - lo)
+        return _rng(seed, epoch, g, 3).permutation(labels)
+    return _time_order(np.asarray(counts, dtype=np.int64), lo, hi)
+
+
+def _time_order(n: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The labels of share indices `[lo_i, hi_i)` merged by time `(j + 1/2) / n_i` (ties: lower
+    source first), without sorting: item j of source i comes after j of its own and, of source l,
+    `#{m : (2m + 1) n_i < (2j + 1) n_l}` (`<=` for l < i), in exact integers."""
+    labels = np.empty(int((hi - lo).sum()), dtype=np.int64)
+    start = int(lo.sum())
+    for i in np.flatnonzero(hi > lo):
+        j = np.arange(lo[i], hi[i], dtype=np.int64)
+        pos = j - start
+        for other in range(len(n)):
+            if other != i:
+                num = (2 * j + 1) * n[other] - n[i]
+                before = -(-num // (2 * n[i])) if other > i else num // (2 * n[i]) + 1
+                pos += np.clip(before, 0, n[other])
+        labels[pos] = i
+    return labels
+
+
+def share_spans(offset: int, size: int, start: int, count: int) -> list[tuple[int, int]]:
+    """Source stream positions of share indices `[start, start + count)`: `(offset + j) mod size`,
+    as spans in share order (more than one where the window wraps around)."""
+    out, pos, left = [], (offset + start) % size, count
+    while left:
+        n = min(left, size - pos)
+        out.append((pos, pos + n))
+        left -= n
+        pos = 0
+    return out
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng([k & 0xFFFFFFFF for k in key] + [len(key), 0x6D6978])
+
+
+def _source_seed(seed: int, i: int) -> int:
+    """Each source's own stream seed: sources of the same layout do not shuffle in lockstep."""
+    return int(_rng(seed, i).integers(2 ** 31))
+
+
+# ---------------------------------------------------------------- checks when built
+
+def _manifest(source: Source, storage_options: dict | None) -> tuple[Manifest, str]:
+    """(manifest, data root) of a source, as for one dataset (`index.open_manifest`: a manifest
+    kept apart, or Parquet/Delta data without one indexed in memory)."""
+    from .index import open_manifest
+
+    m, root = open_manifest(source.path, source.manifest, storage_options)
+    return m, str(root)
+
+
+def _kind(t: pa.DataType | None, type_string: str):
+    """What a column becomes in a batch, coarsely: columns of one kind can share a batch."""
+    if t is None:
+        return ("other", type_string)
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return "binary"
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return ("list", _kind(t.value_type, str(t.value_type)))
+    return ("other", str(t))
+
+
+def _torch_dtype(t: pa.DataType) -> torch.dtype | None:
+    """The tensor dtype of a numeric (or list of numeric) column; None for other columns."""
+    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        t = t.value_type
+    if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
+        return None
+    return torch.from_numpy(np.empty(0, dtype=t.to_pandas_dtype())).dtype
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """A source checked and ready: its manifest, its filter (AND the loader's) and its engine."""
+
+    source: Source
+    path: str       # the data root
+    manifest: Manifest
+    expr: Any
+    casts: dict  # column -> torch dtype where this source's differs from the mix's
+
+
+def _column_types(resolved: list, columns: tuple[str, ...]) -> dict[str, list]:
+    """Per column, each source's (kind, dtype, type string); ValueError naming a source that lacks
+    the column or holds it with an incompatible type."""
+    first = resolved[0]
+    out = {}
+    for name in columns:
+        types = []
+        for i, (src, m) in enumerate(resolved):
+            if name not in m.column_names:
+                raise ValueError(f"`columns` names {name!r}, which source {i} ({src.path!r}) does not "
+                                 f"have (its columns are {m.column_names}); every column must exist "
+                                 "in every source: pass columns= with the columns they share")
+            ts = m.column(name).type
+            t = filters.arrow_type(ts)
+            types.append((_kind(t, ts), None if t is None else _torch_dtype(t), ts))
+        for i, (kind, _, ts) in enumerate(types):
+            if kind != types[0][0]:
+                raise ValueError(f"column {name!r} is {ts} in source {i} ({resolved[i][0].path!r}) but "
+                                 f"{types[0][2]} in source 0 ({first[0].path!r}); types must be "
+                                 "compatible (integers with integers, floats with floats, strings, "
+                                 "binary, lists of such): pass columns= without it, or rewrite one source")
+        out[name] = types
+    return out
+
+
+def _casts(types: dict[str, list], sources: int) -> list[dict]:
+    """Per source, the numeric columns to convert to the mix's dtype (torch's promotion)."""
+    casts: list[dict] = [{} for _ in range(sources)]
+    for name, per_source in types.items():
+        dtypes = [d for _, d, _ in per_source]
+        if dtypes[0] is None or len(set(dtypes)) == 1:
+            continue
+        target = dtypes[0]
+        for d in dtypes[1:]:
+            target = torch.promote_types(target, d)
+        for i, d in enumerate(dtypes):
+            if d != target:
+                casts[i][name] = target
+    return casts
+
+
+def resolve(sources: Sequence, *, columns, filter, storage_options: dict | None,
+            with_source: bool) -> tuple[list[_Resolved], tuple[str, ...]]:
+    """Check a mix when the loader is built: the sources, each one's filter, the columns (present
+    everywhere, compatible types), `with_source`. Returns the resolved sources and the columns."""
+    sources = list(sources)
+    if not sources or not all(isinstance(s, Source) for s in sources):
+        raise ValueError("a mix should be a non-empty list of sparkfeed.Source, but got "
+                         f"{[type(s).__name__ for s in sources]}")
+    if len(sources) > _MAX_SOURCES:
+        raise ValueError(f"a mix should have at most {_MAX_SOURCES} sources, but got {len(sources)}")
+    loader_expr = filters.to_expression(filter)
+    opened = [_manifest(s, s.storage_options or storage_options) for s in sources]
+    pairs = [(s, m) for s, (m, _) in zip(sources, opened)]
+    for _, m in pairs:
+        m.check_selectable(columns if isinstance(columns, (list, tuple)) else ())
+    columns = checks.check_columns(columns, pairs[0][1].column_names, sources[0].path)
+    if with_source and SOURCE_COLUMN in columns:
+        raise ValueError(f"`with_source=True` adds the column {SOURCE_COLUMN!r}, which the loaded "
+                         f"columns already hold; rename that column or leave it out of columns=")
+    casts = _casts(_column_types(pairs, columns), len(sources))
+    out = []
+    for i, (s, m) in enumerate(pairs):
+        expr = filters.to_expression(s.filter)
+        expr = loader_expr if expr is None else expr if loader_expr is None else expr & loader_expr
+        if expr is not None:
+            m.check_selectable(filters.referenced_columns(expr, m.schema), "filter")
+            filters.check_filter(expr, m.schema, f"{s.path} (source {i})")
+        out.append(_Resolved(s, opened[i][1], m, expr, casts[i]))
+    return out, columns
+
+
+# ---------------------------------------------------------------- the plan and the engine
+
+@dataclass(frozen=True)
+class MixPlan:
+    """Each source's plan, size (after its filter) and count this epoch; the block grid."""
+
+    plans: tuple
+    sizes: tuple[int, ...]
+    counts: tuple[int, ...]
+    blocks: int
+    starts: np.ndarray  # mixed position where each block starts (length blocks + 1)
+
+    @property
+    def num_samples(self) -> int:
+        return int(sum(self.counts))
+
+
+class MixedEngine(Engine):
+    """The read engine of a mix: the same interface as `Engine` (plan, rank_spans, lanes,
+    segments, deliveries), over the mixed positions `0..N-1`. Each source keeps its own `Engine`
+    (its manifest, filter, pruning and counts); this one only decides which source's sample
+    each position holds and puts the rows in that order."""
+
+    def __init__(self, resolved: Sequence[_Resolved], config: ReadConfig, with_source: bool = False):
+        self.config = config  # the mix-wide settings (shuffle, seed, shuffle_buffer, on_error)
+        self.sources = tuple(r.source for r in resolved)
+        self.casts = tuple(r.casts for r in resolved)
+        self.with_source = with_source
+        self.engines = tuple(Engine(dataclasses.replace(
+            config, path=r.path, manifest=r.manifest, expr=r.expr,
+            seed=_source_seed(config.seed, i), storage_options=r.source.storage_options or config.storage_options))
+            for i, r in enumerate(resolved))
+        self._plan: MixPlan | None = None
+        self._sample_keys = [f"source.{i}.samples" for i in range(len(resolved))]
+
+    @property
+    def format(self) -> str:
+        """"parquet" when every source is Parquet (threads read it), else "webdataset"."""
+        return "parquet" if all(e.format == "parquet" for e in self.engines) else "webdataset"
+
+    def identity(self) -> str:
+        return "mix(" + ";".join(f"{s.path}|{e.identity()}|{s.weight}|{s.samples}|{s.repeat}"
+                                 for s, e in zip(self.sources, self.engines)) + ")"
+
+    def plan(self) -> MixPlan:
+        """Every source's plan (pruning, the filter's count pass), the shares and the block grid."""
+        if self._plan is None:
+            plans = tuple(e.plan() for e in self.engines)
+            sizes = tuple(p.num_samples for p in plans)
+            counts = tuple(shares(sizes, self.sources))
+            n = sum(counts)
+            blocks = max(1, -(-n // self.block_size()))
+            per_block = block_counts(np.array(counts), blocks, np.arange(blocks + 1))
+            self._plan = MixPlan(plans, sizes, counts, blocks, per_block.sum(axis=1))
+        return self._plan
+
+    def block_size(self) -> int:
+        """Positions per block of the grid: about `_BLOCK_BYTES` of the widest source's stored rows
+        (each block costs a few tensor ops per column, so wide blocks keep that per row small;
+        images give small ones), at least `shuffle_buffer`, at most `_MAX_BLOCK`."""
+        per_row = max(e.config.manifest.num_bytes / max(1, e.config.manifest.num_samples) for e in self.engines)
+        return int(min(_MAX_BLOCK, max(self.config.shuffle_buffer or _MIN_BLOCK, _BLOCK_BYTES // max(1.0, per_row))))
+
+    def planning_stats(self) -> dict:
+        """Totals over the sources, and each source's under `source.<i>.<name>`."""
+        out: dict = {"pruning": {}, "counted": {}}
+        for i, e in enumerate(self.engines):
+            for part, values in e.planning_stats().items():
+                for k, v in values.items():
+                    out[part][k] = out[part].get(k, 0) + v
+                    out[part][f"source.{i}.{k}"] = out[part].get(f"source.{i}.{k}", 0) + v
+        return out
+
+    def offsets(self, epoch: int) -> list[int]:
+        """Where each source's share starts in its own stream this epoch (see step 3)."""
+        plan, out = self.plan(), []
+        for i, (size, n) in enumerate(zip(plan.sizes, plan.counts)):
+            # a full share needs no window (the source's own stream already changes each epoch)
+            out.append(int(_rng(self.config.seed, epoch, i, 4).integers(size)) if n < size else 0)
+        return out
+
+    def locate(self, key: int):
+        i = key >> _SOURCE_SHIFT
+        return self.engines[i].locate(key & ((1 << _SOURCE_SHIFT) - 1))
+
+    def stream(self, epoch: int):
+        raise TypeError("a mix has no single EpochStream; each source has its own (MixedEngine.engines)")
+
+    # ------------------------------------------------------------ read
+
+    def _pieces(self, spans):
+        """(block g, first, last) offsets inside the block covering the spans, in order; at most
+        `_PIECE` positions each, so that the first rows go out before a wide block is read."""
+        starts = self.plan().starts
+        for lo, hi in spans:
+            g = int(np.searchsorted(starts, lo, side="right")) - 1
+            while lo < hi:
+                end = min(hi, int(starts[g + 1]), lo + _PIECE)
+                if end > lo:
+                    yield g, lo - int(starts[g]), end - int(starts[g])
+                lo = end
+                if lo == int(starts[g + 1]):
+                    g += 1
+
+    def segments(self, epoch: int, spans, stats: Stats, row_ids: bool = False, lanes=None):
+        """A lane's mixed positions as blocks, in order. Each source's part of the lane is one
+        contiguous run of its share (share indices grow with the mixed position), read by that
+        source's own `StreamReader` as one stream (runs of units, shuffle chunks, as for one
+        dataset); each block piece takes the next rows of every source and puts them in order.
+        With `lanes` (this iteration's thread lanes, see `stream.StreamReader`), each source's
+        readers share its shuffle blocks across the lanes as one dataset's do (`_source_lanes`)."""
+        plan = self.plan()
+        grid = _Grid(plan, self.config.seed, epoch, self.config.shuffle)
+        src_lanes, k = self._source_lanes(epoch, spans, lanes)
+        src_stats = [Stats() for _ in self.engines]
+        cursors = {i: _Cursor(self._reader(i, epoch, src_stats[i], row_ids, src_lanes[i]), src_lanes[i][k])
+                   for i in range(len(self.engines)) if src_lanes[i][k]}
+        try:
+            for g, a, b in self._pieces(spans):
+                labels = grid.block(g)[a:b]
+                taken = np.bincount(labels, minlength=len(self.engines))
+                sources = np.flatnonzero(taken)
+                parts = [self._tagged(int(i), cursors[int(i)].take(int(taken[i]))) for i in sources]
+                block = parts[0] if len(parts) == 1 else _interleave(parts, [labels == i for i in sources])
+                _drain(src_stats, stats)  # before the yield: the batches cut from it carry them
+                yield block
+        finally:
+            _drain(src_stats, stats)
+            for c in cursors.values():
+                c.close()
+
+    def _reader(self, i: int, epoch: int, stats: Stats, row_ids: bool, lanes=None) -> StreamReader:
+        engine = self.engines[i]
+        return StreamReader(engine.stream(epoch), make_reader(engine.format, engine.context(stats)),
+                            row_ids=row_ids, lanes=lanes)
+
+    def _share_of(self, grid: "_Grid", offsets: list[int], spans) -> list[list]:
+        """Per source, the positions of its own stream that mixed `spans` hold, in order."""
+        share: list[list] = [[] for _ in self.engines]
+        for lo, hi in spans:
+            first, last = grid.before(lo), grid.before(hi)
+            for i in np.flatnonzero(last - first):
+                share[i] += share_spans(offsets[i], self.plan().sizes[i], int(first[i]), int(last[i] - first[i]))
+        return share
+
+    def _source_lanes(self, epoch: int, spans, lanes) -> tuple[list[list], int]:
+        """Per source, every lane's share (one list object per source for all the thread lanes of
+        this iteration, so that its readers find each other as one dataset's lanes do), and which
+        lane `spans` is. Without `lanes` (or from a worker process): this lane alone."""
+        offsets = self.offsets(epoch)
+        k = None if lanes is None else next((j for j, other in enumerate(lanes) if other is spans), None)
+        if k is None:
+            grid = _Grid(self.plan(), self.config.seed, epoch, self.config.shuffle)
+            return [[share] for share in self._share_of(grid, offsets, spans)], 0
+        key = (id(lanes), id(self), epoch)
+        with _SHARED_LOCK:
+            entry = _SHARED_LANES.get(key)
+            if entry is None or entry[0] is not lanes:
+                grid = _Grid(self.plan(), self.config.seed, epoch, self.config.shuffle)
+                per_lane = [self._share_of(grid, offsets, lane) for lane in lanes]
+                entry = (lanes, [[per_lane[j][i] for j in range(len(lanes))] for i in range(len(self.engines))])
+                _SHARED_LANES[key] = entry
+                while len(_SHARED_LANES) > 8:
+                    _SHARED_LANES.popitem(last=False)
+        return entry[1], k
+
+    def _tagged(self, i: int, block: Block) -> Block:
+        """Source i's rows with the mix's column order and dtypes, its index beside each row, and
+        row keys that name the source."""
+        cols, casts = block.columns, self.casts[i]
+        out = {name: cols[name].to(casts[name]) if name in casts else cols[name] for name in self.config.columns}
+        if ROW_KEYS in cols:
+            out[ROW_KEYS] = cols[ROW_KEYS] | (i << _SOURCE_SHIFT)
+        out[SOURCE_IDS] = torch.full((block.rows,), i, dtype=torch.uint8)  # 1 byte a row to move
+        return block._replace(columns=out)
+
+    def _account(self, columns: dict, delta: dict) -> None:
+        """Per batch: each source's delivered samples; `__source__` in the batch when asked."""
+        ids = columns.pop(SOURCE_IDS)
+        for key, n in zip(self._sample_keys, np.bincount(ids.numpy(), minlength=len(self.engines)).tolist()):
+            delta[key] = delta.get(key, 0) + n
+        if self.with_source:
+            columns[SOURCE_COLUMN] = ids.long()
+
+
+def _interleave(parts: list[Block], masks: list[np.ndarray]) -> Block:
+    """One block whose positions where `masks[i]` holds are the rows of `parts[i]`, in order.
+
+    Tensor columns are written once: each part's rows into its positions with numpy's indexed
+    assignment (one pass; on CPU faster than torch's `index_copy_`, or a concatenation and a
+    gather). Binary and string columns, and parts that skipped samples, take the general way:
+    the parts laid one after another (`Block.concat`), then permuted (`Block.permute`)."""
+    where = [np.flatnonzero(m) for m in masks]
+    if any(p.good is not None for p in parts) or not all(
+            isinstance(v, torch.Tensor) for p in parts for v in p.columns.values()):
+        order = np.empty(len(masks[0]), dtype=np.int64)
+        order[np.concatenate(where)] = np.arange(len(masks[0]), dtype=np.int64)
+        return Block.concat(parts).permute(order)
+    columns = {}
+    for name, first in parts[0].columns.items():
+        out = np.empty((len(masks[0]),) + tuple(first.shape[1:]), dtype=first.numpy().dtype)
+        for idx, part in zip(where, parts):
+            out[idx] = part.columns[name].numpy()
+        columns[name] = torch.from_numpy(out)
+    return Block(columns, len(masks[0]))
+
+
+class _Grid:
+    """One epoch's block grid: each block's labels and running counts per source (the last block
+    cached, as a lane walks the blocks in order)."""
+
+    def __init__(self, plan: MixPlan, seed: int, epoch: int, shuffle: bool):
+        self.plan, self.seed, self.epoch, self.shuffle = plan, seed, epoch, shuffle
+        self.counts = np.array(plan.counts, dtype=np.int64)
+        self._cached: tuple | None = None
+
+    def block(self, g: int) -> np.ndarray:
+        """Block g's labels (the source of each of its positions)."""
+        if self._cached is None or self._cached[0] != g:
+            self._cached = (g, block_labels(self.counts, self.plan.blocks, g, seed=self.seed,
+                                            epoch=self.epoch, shuffle=self.shuffle))
+        return self._cached[1]
+
+    def before(self, p: int) -> np.ndarray:
+        """Per source, how many of its share indices lie before mixed position p."""
+        starts = self.plan.starts
+        if p >= int(starts[-1]):
+            return self.counts.copy()
+        g = int(np.searchsorted(starts, p, side="right")) - 1
+        labels = self.block(g)
+        return block_counts(self.counts, self.plan.blocks, g) + \
+            np.bincount(labels[:p - int(starts[g])], minlength=len(self.counts))
+
+
+class _Cursor:
+    """One source's part of a lane, read as one stream; `take(n)` gives its next n positions."""
+
+    def __init__(self, reader: StreamReader, spans: list):
+        self.reader, self.it = reader, reader.segments(spans)
+        self.block: Block | None = None
+        self.pos = 0
+
+    def take(self, n: int) -> Block:
+        parts = []
+        while n:
+            if self.block is None or self.pos == self.block.positions:
+                self.block, self.pos = next(self.it), 0
+            k = min(n, self.block.positions - self.pos)
+            parts.append(self.block.slice(self.pos, self.pos + k))
+            self.pos, n = self.pos + k, n - k
+        return Block.concat(parts)
+
+    def close(self) -> None:
+        self.it.close()
+        self.reader.close()
+
+
+_SHARED_LANES: OrderedDict = OrderedDict()  # (id(lanes), id(engine), epoch) -> (lanes, per-source lanes)
+_SHARED_LOCK = threading.Lock()
+
+
+def _drain(src_stats: list[Stats], stats: Stats) -> None:
+    """Move the sources' read counters into the lane's: the totals, and per source."""
+    for i, s in enumerate(src_stats):
+        delta = s.take()
+        if delta:
+            stats.merge(delta)
+            stats.merge({f"source.{i}.{k}": v for k, v in delta.items() if k in SOURCE_STATS and v})
