@@ -305,6 +305,11 @@ def _named_worker_errors(it, rank: int):
         if "DataLoader worker" in str(exc):
             raise WorkerError(f"a sparkfeed loader worker of rank {rank} died: {exc}") from exc
         raise
+    except (ConnectionError, EOFError) as exc:
+        # a batch a worker queued before it died points at shared memory that only the dead
+        # worker could hand over: receiving it fails on the worker's closed socket
+        raise WorkerError(f"a sparkfeed loader worker of rank {rank} died before its batch could "
+                          f"be received ({type(exc).__name__}: {exc})") from exc
     finally:
         # Stop the workers now, not when the iterator is collected: an error's traceback keeps
         # it alive, and torch's SIGCHLD handler would keep watching the dead workers meanwhile.

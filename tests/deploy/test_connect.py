@@ -16,6 +16,7 @@ from deployutil import free_port
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 START_TIMEOUT_S = 180
+_CONNECT_ENV = ("SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE", "SPARK_LOCAL_REMOTE")
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen, log_path: str) -> None:
@@ -51,6 +52,10 @@ def connect(spark_home, tmp_path_factory):
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
     session = None
+    # pyspark marks the whole process as "Connect mode" in os.environ when a remote session is
+    # made; every classic session (and every Spark subprocess) after this module would then
+    # refuse to start, so the variables are put back as they were.
+    saved = {k: os.environ.get(k) for k in _CONNECT_ENV}
     try:
         _wait_for_port(port, proc, log_path)
         from pyspark.sql import SparkSession
@@ -60,6 +65,11 @@ def connect(spark_home, tmp_path_factory):
     finally:
         if session is not None:
             session.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         proc.terminate()
         try:
             proc.wait(timeout=30)
@@ -91,6 +101,16 @@ def test_write_parquet_over_connect(connect, tmp_path):
     assert doc["created_by"]["spark"] == connect.version
     ids = [i for b in sparkfeed.DataLoader(out, batch_size=100) for i in b["id"].tolist()]
     assert sorted(ids) == list(range(500))
+
+
+def test_classic_sessions_still_start_after_a_connect_session(connect):
+    """The fixture's session leaves no "Connect mode" behind for the classic sessions after it:
+    a Spark subprocess started from this process inherits os.environ."""
+    assert "SPARK_CONNECT_MODE_ENABLED" in os.environ  # while the Connect session lives
+    code = "import os; print(os.environ.get('SPARK_CONNECT_MODE_ENABLED'))"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={k: v for k, v in os.environ.items() if k not in _CONNECT_ENV})
+    assert child.stdout.strip() == "None"
 
 
 def test_write_webdataset_over_connect(connect, tmp_path):
