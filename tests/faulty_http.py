@@ -14,6 +14,8 @@ import re
 import threading
 import time
 
+from sparkfeed.bench.remote import send_file_range  # the one Range responder
+
 
 class FaultPlan:
     """Which request numbers fail and how; counts what it injected."""
@@ -83,22 +85,7 @@ def make_handler(root: str, plan: FaultPlan):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            size = os.path.getsize(path)
-            start, end = 0, size - 1
-            m = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
-            if m:
-                start, end = int(m.group(1)), min(int(m.group(2) or size - 1), size - 1)
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-            else:
-                self.send_response(200)
-            self.send_header("Content-Length", str(end - start + 1))
-            self.send_header("Accept-Ranges", "bytes")
-            self.end_headers()
-            if body:
-                with open(path, "rb") as f:
-                    f.seek(start)
-                    self.wfile.write(f.read(end - start + 1))
+            send_file_range(self, path, body)
 
     return Handler
 

@@ -46,6 +46,30 @@ class LatencyServer:
         self.server.server_close()
 
 
+def send_file_range(handler: http.server.BaseHTTPRequestHandler, path: str, body: bool) -> int:
+    """Answer a GET/HEAD for the file at `path` as object stores do: 206 with the bytes of a
+    `Range: bytes=a-b` header, else 200 with the whole file. Returns the body bytes sent.
+    (Also the test servers' responder: tests/faulty_http.py.)"""
+    size = os.path.getsize(path)
+    start, end = 0, size - 1
+    m = re.match(r"bytes=(\d+)-(\d*)", handler.headers.get("Range", ""))
+    if m:
+        start, end = int(m.group(1)), min(int(m.group(2) or size - 1), size - 1)
+        handler.send_response(206)
+        handler.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+    else:
+        handler.send_response(200)
+    handler.send_header("Content-Length", str(end - start + 1))
+    handler.send_header("Accept-Ranges", "bytes")
+    handler.end_headers()
+    if not body:
+        return 0
+    with open(path, "rb") as f:
+        f.seek(start)
+        handler.wfile.write(f.read(end - start + 1))
+    return end - start + 1
+
+
 def _handler(owner: LatencyServer):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -69,24 +93,8 @@ def _handler(owner: LatencyServer):
                 self.end_headers()
                 owner.count(0, (self.command, self.path))
                 return
-            size = os.path.getsize(path)
-            start, end = 0, size - 1
-            m = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
-            if m:
-                start, end = int(m.group(1)), min(int(m.group(2) or size - 1), size - 1)
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-            else:
-                self.send_response(200)
-            self.send_header("Content-Length", str(end - start + 1))
-            self.send_header("Accept-Ranges", "bytes")
-            self.end_headers()
-            if body:
-                with open(path, "rb") as f:
-                    f.seek(start)
-                    self.wfile.write(f.read(end - start + 1))
-            owner.count(end - start + 1 if body else 0,
-                        (self.command, f"{rel} {self.headers.get('Range', '')}"))
+            sent = send_file_range(self, path, body)
+            owner.count(sent, (self.command, f"{rel} {self.headers.get('Range', '')}"))
 
     return Handler
 
