@@ -29,6 +29,7 @@ from .manifest import Manifest
 from .plan import Plan, make_plan, with_counts
 from .read import ReadContext, make_reader
 from .stats import Stats
+from .threads import close_quietly
 from .stream import ROW_KEYS, EpochStream, StreamReader, cut
 
 __all__ = ["ReadConfig", "Engine", "Delivery"]
@@ -110,8 +111,8 @@ class Engine:
 
     def planning_stats(self) -> dict:
         """What planning pruned (shards, row groups) and what the filter's count pass read."""
-        self.plan()
-        return {"pruning": self.plan().pruning_stats(), "counted": dict(self._count_stats)}
+        pruning = self.plan().pruning_stats()  # planning also runs the filter's count pass
+        return {"pruning": pruning, "counted": dict(self._count_stats)}
 
     def context(self, stats: Stats, plan: Plan | None = None) -> ReadContext:
         cfg = self.config
@@ -146,7 +147,7 @@ class Engine:
 
     def segments(self, epoch: int, spans: Sequence[partition.Span], stats: Stats,
                  row_ids: bool = False, lanes: list | None = None) -> Iterator:
-        """A lane's positions as blocks (unit pieces or shuffle-chunk pieces), read in order; run
+        """A lane's positions as blocks (unit pieces or shuffle-block pieces), read in order; run
         inline, or on a lane thread ahead of the batching (`lanes.py`)."""
         reader = StreamReader(self.stream(epoch), make_reader(self.format,
                                                               self.context(stats)), row_ids=row_ids,
@@ -177,10 +178,7 @@ class Engine:
                     delta["samples_skipped"] = delta.get("samples_skipped", 0) + block.skipped
                 yield Delivery(worker, consumed, delta, batching.pack(columns) if pack else columns, keys)
         finally:
-            close = getattr(segments, "close", None)
-            if close is not None:
-                close()
-
+            close_quietly(segments)
 
     def _account(self, columns: dict, delta: dict) -> None:
         """Per-batch bookkeeping of an engine over several datasets (`mix.MixedEngine`); none here."""

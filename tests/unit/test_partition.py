@@ -1,6 +1,5 @@
 """partition.py is pure: state its invariants over many shapes (shuffle.py: test_shuffle.py)."""
 
-import numpy as np
 import pytest
 
 from sparkfeed import partition
