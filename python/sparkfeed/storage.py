@@ -13,8 +13,9 @@ import os
 import posixpath
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 import fsspec
@@ -181,6 +182,7 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
 # Configurable with the SPARKFEED_READ_AHEAD_BYTES environment variable; 0 turns it off.
 READ_AHEAD_BYTES = int(os.environ.get("SPARKFEED_READ_AHEAD_BYTES", 64 << 20))
 READ_AHEAD_THREADS = 4  # concurrent unit fetches per reader
+ONCE_KEPT = 64  # `ReadAhead.once` results kept per reader (footers of the files ahead)
 # Ranges closer than this are fetched as one request (the gap is read and dropped): pyarrow's
 # own default hole size for pre-buffering (CacheOptions.hole_size_limit), so filter columns of
 # many row groups are not fetched together with the image columns between them.
@@ -241,12 +243,18 @@ class KnownRanges(io.RawIOBase):
         self._pos = max(0, base + offset)
         return self._pos
 
-    def read(self, n: int = -1) -> bytes:
+    def read(self, n: int = -1) -> bytes | memoryview:
+        """Bytes [pos, pos + n): a read-only view into a fetched range (no copy: pyarrow takes
+        any buffer), else bytes read from the real file."""
         end = self.size if n is None or n < 0 else min(self.size, self._pos + n)
         start, self._pos = self._pos, end
-        for (a, b), blob in self._parts:
-            if a <= start and end <= b:
-                return blob[start - a:end - a]
+        pieces, at = [], start
+        for (a, b), blob in self._parts:  # sorted: a read may span adjacent fetched ranges
+            if a <= at < b:
+                pieces.append(memoryview(blob)[at - a:min(end, b) - a])
+                at = min(end, b)
+            if at >= end:
+                return pieces[0] if len(pieces) == 1 else b"".join(pieces)
         if self._file is None:
             self._file = self._opener()
         self._file.seek(start)
@@ -279,9 +287,41 @@ class ReadAhead:
         self._threads = threads
         self._pool = None
         self._pending: dict = {}  # key -> (future, its share of the fetch's bytes)
+        self._once: OrderedDict = OrderedDict()  # key -> future of a fetch made once (`once`)
 
     def __contains__(self, key) -> bool:
         return key in self._pending
+
+    def _submit(self, fetch) -> Future:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="sparkfeed-ahead")
+        return self._pool.submit(fetch)
+
+    def once(self, key, fetch) -> Future | None:
+        """The future of `fetch`, started on the first call for `key` only: something several
+        unit fetches need (a file's footer), fetched once and concurrently with the others.
+        Not counted against `max_bytes` (small), the last `ONCE_KEPT` kept; None when off."""
+        if self.max_bytes <= 0:
+            return None
+        if key not in self._once:
+            self._once[key] = self._submit(fetch)
+            while len(self._once) > ONCE_KEPT:
+                self._once.popitem(last=False)
+        self._once.move_to_end(key)
+        return self._once[key]
+
+    def once_result(self, key):
+        """The result of the `once` fetch for `key` (waiting for it), None if none or failed."""
+        future = self._once.get(key)
+        try:
+            return None if future is None else future.result()
+        except Exception:
+            return None
+
+    def fetch_of(self, key) -> Future | None:
+        """The future of the fetch that holds `key` (several keys may share one), or None."""
+        entry = self._pending.get(key)
+        return None if entry is None else entry[0]
 
     def ahead(self, items) -> None:
         if self.max_bytes <= 0:
@@ -298,9 +338,7 @@ class ReadAhead:
                 continue
             if self._pending and held + nbytes > self.max_bytes:
                 break
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="sparkfeed-ahead")
-            future = self._pool.submit(fetch)
+            future = self._submit(fetch)
             for k in keys:
                 self._pending[k] = (future, nbytes / len(keys))
             held += nbytes
@@ -327,9 +365,10 @@ class ReadAhead:
             return None
 
     def close(self) -> None:
-        for future, _ in self._pending.values():
+        for future in [f for f, _ in self._pending.values()] + list(self._once.values()):
             future.cancel()
         self._pending.clear()
+        self._once.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

@@ -28,16 +28,18 @@ class LatencyServer:
     def __init__(self, root: str, latency_s: float = LATENCY_S):
         self.root, self.latency_s = os.path.realpath(root), latency_s
         self.requests, self.bytes_sent, self._lock = 0, 0, threading.Lock()
-        self.log: list[tuple[str, str, int]] = []  # (method, path and range, bytes), for diagnosis
+        # (arrived, answered, method, path and range, bytes), times on time.perf_counter: which
+        # requests wait on which (the critical path of a read), for diagnosis
+        self.log: list[tuple[float, float, str, str, int]] = []
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True,
                          name="sparkfeed-bench-http").start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def count(self, nbytes: int, what: tuple = ()) -> None:
+    def count(self, nbytes: int, what: tuple = (), arrived: float = 0.0) -> None:
         with self._lock:
-            self.log.append((*what, nbytes))
+            self.log.append((arrived, time.perf_counter(), *what, nbytes))
             self.requests += 1
             self.bytes_sent += nbytes
 
@@ -64,9 +66,9 @@ def send_file_range(handler: http.server.BaseHTTPRequestHandler, path: str, body
     handler.end_headers()
     if not body:
         return 0
-    with open(path, "rb") as f:
-        f.seek(start)
-        handler.wfile.write(f.read(end - start + 1))
+    handler.wfile.flush()
+    with open(path, "rb") as f:  # sendfile: the kernel copies (as nginx does), not this process
+        handler.connection.sendfile(f, start, end - start + 1)
     return end - start + 1
 
 
@@ -84,6 +86,7 @@ def _handler(owner: LatencyServer):
             self._serve(body=True)
 
         def _serve(self, body: bool):
+            arrived = time.perf_counter()
             time.sleep(owner.latency_s)
             rel = self.path.split("?")[0].lstrip("/")
             path = os.path.realpath(os.path.join(owner.root, rel))
@@ -91,10 +94,10 @@ def _handler(owner: LatencyServer):
                 self.send_response(404)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-                owner.count(0, (self.command, self.path))
+                owner.count(0, (self.command, self.path), arrived)
                 return
             sent = send_file_range(self, path, body)
-            owner.count(sent, (self.command, f"{rel} {self.headers.get('Range', '')}"))
+            owner.count(sent, (self.command, f"{rel} {self.headers.get('Range', '')}"), arrived)
 
     return Handler
 

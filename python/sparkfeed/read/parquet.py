@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import OrderedDict
+from concurrent.futures import Future
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 
 _ERRORS = (OSError, pa.ArrowException, ValueError, EOFError)
 _OPEN_FILES = 16  # open Parquet files kept per reader
-_AHEAD_GROUPS = 16  # row groups of one file fetched ahead as one task
+_FETCH_BYTES = 8 << 20  # bytes of consecutive row groups of a file fetched ahead as one request
+_FIRST_FETCH_BYTES = 2 << 20  # a reader's first fetch: about one row group, for the first batch
 _RUN_BYTES = 16 << 20  # uncompressed bytes read as one run of row groups (`read_run`): a
 # handful of runs per lane stay in memory (cache, queue), so this bounds what runs add to it
 
@@ -41,6 +43,7 @@ class ParquetReader(Reader):
         self._files: OrderedDict[str, tuple[pq.ParquetFile, dict]] = OrderedDict()
         self._ahead = None if self._pafs is not None else storage.ReadAhead()
         self._ranges = True  # False: an HTTP server that ignores Range (whole-file reads)
+        self._fetched = False  # read-ahead made its first fetch (`_FIRST_FETCH_BYTES`)
 
     def _open_input(self, path: str):
         """A seekable file: pyarrow's native one for local files, fsspec's otherwise (fsspec's
@@ -169,11 +172,15 @@ class ParquetReader(Reader):
         return list(self.ctx.filter_columns) if self.ctx.expr is not None else self.ctx.read_columns
 
     def read_ahead(self, units) -> None:
-        """Upcoming row groups, consecutive ones of a file fetched together (one footer read
-        when the file is not open yet, one coalesced range request for their columns)."""
+        """Upcoming row groups: the footer of every file among them fetched at once (one request
+        each, concurrently, once per file), and consecutive row groups of a file fetched together
+        up to `_FETCH_BYTES` (one coalesced range request); the reader's first fetch is smaller
+        (`_FIRST_FETCH_BYTES`), so the first batch waits for little while the rest streams in."""
         if self._ahead is None:
             return
         names, items = self._ahead_columns(), []
+        for rel in dict.fromkeys(u.path for u in units if u.row_group is not None):
+            self._footer(rel)
         for unit in units:
             key = (unit.path, unit.row_group)
             if unit.row_group is None:
@@ -181,35 +188,60 @@ class ParquetReader(Reader):
             if key in self._ahead:  # still wanted, already fetched or in flight
                 items.append(([key], 0, None))
                 continue
-            known = self._files.get(unit.path)
-            nbytes = self._chunk_bytes(unit.path, unit.row_group, names) if known else 0
+            nbytes = self._unit_bytes(unit, names)
+            limit = _FETCH_BYTES if self._fetched or len(items) > 1 else _FIRST_FETCH_BYTES
             last = items[-1] if items else None
-            if last and last[2] is not None and last[0][0][0] == unit.path and len(last[0]) < _AHEAD_GROUPS \
-                    and last[1] + nbytes <= _RUN_BYTES:
+            if last and last[2] is not None and last[0][0][0] == unit.path and last[1] + nbytes <= limit:
                 items[-1] = (last[0] + [key], last[1] + nbytes, last[2] + [unit.row_group])
             else:
                 items.append(([key], nbytes, [unit.row_group]))
+        self._fetched = self._fetched or any(groups is not None for _, _, groups in items)
         self._ahead.ahead([(keys, 0, None) if groups is None else
-                           (keys, nbytes or self._estimate(keys[0][0]), self._fetcher(keys[0][0], groups))
+                           (keys, nbytes, self._fetcher(keys[0][0], groups))
                            for keys, nbytes, groups in items])
 
-    def _estimate(self, rel: str) -> int:
-        """Bytes of row groups of a file not open yet: at most the file, at most a run."""
+    def _unit_bytes(self, unit: WorkUnit, names: list[str]) -> int:
+        """Bytes a fetch of the unit's columns `names` moves: from the footer when the file is
+        open, else the shard's size in the manifest shared out by rows (all columns: at most)."""
+        if unit.path in self._files:
+            return self._chunk_bytes(unit.path, unit.row_group, names)
+        shard = self.ctx.shards.get(unit.path)
+        if shard is None or not shard.num_samples or not shard.num_bytes:
+            return _FETCH_BYTES
+        return max(1, shard.num_bytes * unit.num_rows // shard.num_samples)
+
+    def _footer(self, rel: str):
+        """The future of the file's footer (fetched once, concurrently), None if it is open."""
+        known = self._files.get(rel)
+        if known is not None:
+            return known[0].metadata
         path = storage.join(self.ctx.root, rel, self.ctx.dataset)
-        return min(self._size(path) or _RUN_BYTES, _RUN_BYTES)
+        return self._ahead.once(("footer", rel), functools.partial(_fetch_footer, self.ctx.fs, path,
+                                                                   self._size(path)))
 
     def _fetcher(self, rel: str, groups: list[int]):
         path = storage.join(self.ctx.root, rel, self.ctx.dataset)
-        known = self._files.get(rel)
-        return functools.partial(_fetch_groups, self.ctx.fs, path, self._size(path),
-                                 known[0].metadata if known else None, groups, self._ahead_columns())
+        return functools.partial(_fetch_groups, self.ctx.fs, path, self._footer(rel), groups,
+                                 self._ahead_columns())
 
     def _ahead_footer(self, unit: WorkUnit):
         """The footer of the unit's file if read-ahead fetched it (None otherwise)."""
         if self._ahead is None or unit.path in self._files:
             return None
-        got = self._ahead.peek((unit.path, unit.row_group))
-        return got[0] if got else None
+        return self._ahead.once_result(("footer", unit.path))
+
+    def _arrived(self, rel: str, groups: list[int]) -> list[int]:
+        """`groups` (a run) cut before the first row group whose bytes are in another fetch
+        still in flight: the run converts what has arrived while the rest downloads, instead of
+        waiting for all of it (what makes the first batch wait for one small fetch)."""
+        if self._ahead is None:
+            return groups
+        first = self._ahead.fetch_of((rel, groups[0]))
+        for i, g in enumerate(groups[1:], 1):
+            fetch = self._ahead.fetch_of((rel, g))
+            if fetch is not None and fetch is not first and not fetch.done():
+                return groups[:i]
+        return groups
 
     def _take_ahead(self, unit: WorkUnit, names: list[str], groups) -> tuple | None:
         """(footer, {range: bytes}) fetched ahead for the row groups of this read, or None."""
@@ -228,7 +260,9 @@ class ParquetReader(Reader):
         path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
         size = self._size(path) or self.ctx.fs.size(path)
         src = storage.KnownRanges(parts, size, lambda: self._open_input(path))
-        return pq.ParquetFile(src, metadata=pf.metadata)
+        # no pre-buffering: it would ask for a run's chunks as one range across fetches (a copy);
+        # chunk by chunk, each read is a view into the fetched bytes
+        return pq.ParquetFile(src, metadata=pf.metadata, pre_buffer=False)
 
     def _chunk_bytes(self, path: str, group: int, names: list[str]) -> int:
         """Compressed bytes of the column chunks of `names` in row group `group` (what a read
@@ -287,6 +321,7 @@ class ParquetReader(Reader):
                 break
             groups.append(unit.row_group)
             size += rg.total_byte_size
+        groups = self._arrived(units[0].path, groups) if groups else groups
         if len(groups) < 2:
             return self.read(units[0], expected[0])
         try:
@@ -310,13 +345,17 @@ class ParquetReader(Reader):
         self._files.clear()
 
 
-def _fetch_groups(fs, path: str, size: int | None, metadata, groups: list[int], names: list[str]):
+def _fetch_footer(fs, path: str, size: int | None):
+    """Read-ahead task: the file's parsed footer (one request for its tail)."""
+    with storage.open_remote(fs, path, size) as f:
+        return pq.ParquetFile(f).metadata
+
+
+def _fetch_groups(fs, path: str, footer, groups: list[int], names: list[str]):
     """Read-ahead task: (footer, {range: bytes}) of the column chunks of `names` in row groups
-    `groups` of one file, adjacent chunks in one request; the footer is read here first when
-    the file is not open yet."""
-    if metadata is None:
-        with storage.open_remote(fs, path, size) as f:
-            metadata = pq.ParquetFile(f).metadata
+    `groups` of one file, adjacent chunks in one request. `footer` is the file's metadata, or
+    the future of its fetch (`_fetch_footer`, submitted before this task, so never behind it)."""
+    metadata = footer.result() if isinstance(footer, Future) else footer
     wanted, ranges = set(names), []
     for g in groups:
         rg = metadata.row_group(g)
