@@ -13,6 +13,7 @@ import os
 import posixpath
 import random
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,16 +45,48 @@ def normalise_url(path: str) -> str:
 HTTP_SOCK_READ_S = 30.0
 
 
+# aiohttp's read buffer per HTTP response (its default is 64 KiB): a response body of a few MB
+# (a read-ahead fetch) then arrives without pausing and resuming the socket every 128 KiB, which
+# cut the client's CPU per byte by ~15% in the `remote` bench (docs/deploy.md).
+HTTP_READ_BUFSIZE = 4 << 20
+
+
 def _with_defaults(url: str, options: dict) -> dict:
     """Storage options with sparkfeed's defaults for the URL's protocol (user values win)."""
-    if url.startswith(("http://", "https://")) and "timeout" not in options.get("client_kwargs", {}):
+    if not url.startswith(("http://", "https://")):
+        return options
+    client = dict(options.get("client_kwargs", {}))
+    if "timeout" not in client:
         import aiohttp
 
-        client = dict(options.get("client_kwargs", {}))
         client["timeout"] = aiohttp.ClientTimeout(total=None, sock_connect=HTTP_SOCK_READ_S,
                                                   sock_read=HTTP_SOCK_READ_S)
-        options = {**options, "client_kwargs": client}
-    return options
+    client.setdefault("read_bufsize", HTTP_READ_BUFSIZE)
+    return {**options, "client_kwargs": client}
+
+
+_INHERITED: list = []  # what a forked worker inherited and must never close (`_keep_inherited`)
+
+
+def _keep_inherited() -> None:
+    """In a forked worker process: never close the HTTP sessions inherited from the parent.
+
+    Their sockets are the parent's, registered in the epoll set the child shares with the
+    parent's event loop. fsspec closes a session when its filesystem is dropped (a
+    `weakref.finalize`), and in the child that runs `epoll_ctl(DEL)` on the parent's
+    connection: the parent never hears the next answer on it and waits for the socket time-out
+    (30 s at each epoch after the first with num_workers=2 over HTTP, then a retry). So the
+    finalisers are detached and the sessions held until the worker exits (with os._exit,
+    which finalises nothing)."""
+    registry = getattr(weakref.finalize, "_registry", {})  # CPython's table of live finalisers
+    for finalizer, info in list(registry.items()):
+        if getattr(info.func, "__qualname__", "").endswith("HTTPFileSystem.close_session"):
+            _INHERITED.append(info.args)
+            finalizer.detach()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_keep_inherited)
 
 
 def resolve(path: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:

@@ -1,14 +1,19 @@
 """Remote read-ahead: bounded bytes, one footer and one coalesced request per file, the same
 samples as a local read. Over the project's Range-honouring HTTP test server (no faults)."""
 
+import gc
+import io
+import os
 import threading
 
+import aiohttp
 import pytest
 
 import dsutil
 import sparkfeed
 from faulty_http import FaultPlan, FaultyServer
 from sparkfeed import storage
+from sparkfeed.bench.remote import LatencyServer
 
 
 def test_read_ahead_holds_at_most_max_bytes():
@@ -52,3 +57,65 @@ def test_remote_reads_fetch_each_file_once(tmp_path, name):
     assert sorted(ids) == list(range(400))
     # manifest + per file: footer and one merged request (Parquet), or the whole shard (tar)
     assert requests <= 1 + 2 * len(m.shards), requests
+
+
+def test_parquet_footers_are_fetched_once_per_file_and_data_without_overlap(tmp_path):
+    """Each file's footer is one request (shared by the fetches of its row groups), and no byte
+    range of data is asked for twice (runs spanning two fetches are served from both)."""
+    data = dsutil.table(800, image_bytes=4096)
+    m = dsutil.write_parquet(str(tmp_path / "pq"), data, 400, 50)
+    server = LatencyServer(str(tmp_path), latency_s=0.0)  # logs every request with its range
+    try:
+        L = sparkfeed.DataLoader(f"{server.url}/pq", batch_size=64, num_workers=0)
+        ids = [i for b in L for i in b["id"].tolist()]
+    finally:
+        server.close()
+    assert sorted(ids) == list(range(800))
+    by_file: dict[str, list[tuple[int, int]]] = {}
+    for _, _, method, what, _ in server.log:
+        path, _, rng = what.partition(" ")
+        if method == "GET" and path.endswith(".parquet"):
+            a, b = (int(x) for x in rng.split("=")[1].split("-"))
+            by_file.setdefault(path, []).append((a, b))
+    assert len(by_file) == len(m.shards)
+    for path, ranges in by_file.items():
+        size = os.path.getsize(os.path.join(str(tmp_path), path))
+        tails = [r for r in ranges if r[1] == size - 1]
+        assert len(tails) == 1, (path, ranges)  # the footer, once
+        data_ranges = sorted(r for r in ranges if r not in tails)
+        assert data_ranges and all(b1 < a2 for (_, b1), (a2, _) in zip(data_ranges, data_ranges[1:])), \
+            (path, ranges)
+
+
+def test_known_ranges_serve_reads_across_adjacent_fetches_without_the_file():
+    opened = []
+    parts = {(0, 4): b"abcd", (4, 8): b"efgh", (10, 12): b"kl"}
+    f = storage.KnownRanges(parts, 12, lambda: opened.append(1) or io.BytesIO(b"abcdefghijkl"))
+    f.seek(2)
+    assert bytes(f.read(4)) == b"cdef" and bytes(f.read(2)) == b"gh"  # spans two fetches
+    assert not opened
+    f.seek(7)
+    assert bytes(f.read(4)) == b"hijk" and opened == [1]  # a gap: the real file
+
+
+def test_a_forked_worker_leaves_the_parents_http_connections_alone(tmp_path):
+    """A forked worker (torch's worker processes) must not close the parent's pooled HTTP
+    connections: closing one in the child unregisters its socket from the epoll set the child
+    shares with the parent's event loop, and the parent's next request on that connection then
+    waits for the read time-out. Here the child drops the inherited filesystem as a worker does
+    (fsspec empties its cache in a new process) and collects garbage."""
+    (tmp_path / "x.bin").write_bytes(b"sparkfeed" * 100)
+    plan = FaultPlan(error_every=0, drop_every=0, stall_every=0)
+    opts = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_read=10, sock_connect=10)}}
+    with FaultyServer(str(tmp_path), plan) as url:
+        fs, _ = storage.resolve(url, opts)
+        assert fs.cat_file(f"{url}/x.bin") == b"sparkfeed" * 100  # pools a keep-alive connection
+        pid = os.fork()
+        if pid == 0:  # the child: forget the parent's filesystem, as a worker process does
+            type(fs).clear_instance_cache()
+            del fs
+            gc.collect()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        # on the pooled connection; before the fix: FSTimeoutError after sock_read
+        assert fs.cat_file(f"{url}/x.bin", start=0, end=9) == b"sparkfeed"
