@@ -166,3 +166,26 @@ def test_scaling_runs_a_fresh_process_per_size_and_says_whether_rss_stayed_flat(
     summary = results["summaries"]["scaling"]
     assert "stayed flat" in summary or "did NOT stay flat" in summary
     assert summary in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow  # a `sparkfeed bench` run in its own process (Spark makes the data)
+def test_remote_scenario_reads_every_sample_over_the_latency_server(cache, tmp_path):
+    proc = _bench("--scenarios", "remote", cache=cache, out=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["runner"]: r for r in json.loads((tmp_path / "results.json").read_text())["scenarios"]["remote"]}
+    http = [name for name in rows if "HTTP +20 ms" in name]
+    assert {"sparkfeed parquet, local", "sparkfeed webdataset, local"} <= rows.keys()
+    assert {"sparkfeed parquet, HTTP +20 ms/request", "sparkfeed webdataset, HTTP +20 ms/request",
+            "webdataset, HTTP +20 ms/request", "mosaic-streaming, HTTP +20 ms/request"} <= set(http)
+    assert rows["sparkfeed parquet, local"]["ratio_vs_baseline"] == 1.0
+    for name, row in rows.items():
+        if row["note"].startswith("skipped"):
+            assert not name.startswith("sparkfeed"), row  # sparkfeed's own rows always run
+            continue
+        assert row["samples"] == 120 and row["expected"] == 120, row
+        assert row["steady_samples_per_s"] > 0 and row["ttfb_s"] > 0, row
+        if name in http:  # served by the latency server: counted on its side
+            assert row["requests"] > 0 and row["bytes_served"] > 0, row
+        if name.startswith("sparkfeed"):
+            assert row["bytes_read"] > 0, row
+    assert "steady_samples_per_s=" in (tmp_path / "results.md").read_text()
