@@ -5,7 +5,8 @@ byte), to measure what read-ahead and coalesced range requests recover.
 The server is a small threaded HTTP server on 127.0.0.1 with Range support (what object stores
 and CDNs do), started once per bench run over the bench cache and left to the process's end.
 Every request waits `LATENCY_S` before it is answered; requests and bytes sent are counted.
-Peers over the same server: webdataset (whole-tar streaming through its `pipe:curl` opener).
+Peers over the same server: webdataset (whole-tar streaming through its `pipe:curl` opener) and
+Mosaic Streaming (MDS shards downloaded to a local cache, through its S3 downloader).
 """
 
 from __future__ import annotations
@@ -176,6 +177,20 @@ def webdataset_remote(ctx) -> Iterator[int]:
     _served(ctx, server, before)
 
 
+def mosaic_remote(ctx) -> Iterator[int]:
+    """Mosaic Streaming downloading an MDS copy of the image dataset from the latency server into
+    a fresh local cache, in its own venv (`peer_scripts/streaming_remote.py`: through its S3
+    downloader, as it has no http(s) one)."""
+    from . import runners
+
+    path = ctx.data.images
+    server = server_for(os.path.dirname(os.path.realpath(path)))
+    before = (server.requests, server.bytes_sent)
+    yield from runners.peer(ctx, "streaming", "streaming_remote.py", path=os.path.realpath(path),
+                            endpoint=server.url)
+    _served(ctx, server, before)
+
+
 def remote_cases(p) -> list:
     """Local and remote rows for both formats; `ratio_vs_baseline` is against local Parquet."""
     from .scenarios import Case
@@ -192,7 +207,7 @@ def remote_cases(p) -> list:
              options={"fmt": "webdataset", "remote": True}),
         Case(f"webdataset, {lat}", "webdataset-remote", n,
              note="webdataset's pipe:curl whole-tar streaming, undecoded"),
-        Case(f"mosaic-streaming, {lat}", "mosaic-streaming", n,
-             note="skipped: not run over the server yet (needs an MDS copy served and its own "
-                  "venv's remote download path)"),
+        Case(f"mosaic-streaming, {lat}", "mosaic-streaming-remote", n,
+             note="MDS shards downloaded to a fresh local cache through streaming's S3 "
+                  "downloader (it has no http(s) one); undecoded"),
     ]

@@ -5,7 +5,7 @@ yield, counts the samples and checks the total) and may record `ctx.extra["bytes
 `ctx.extra["note"]`. A new peer is a new function and one line in `RUNNERS`; a peer whose
 package is missing is listed in `REQUIRES` and reported as skipped with the install command.
 Peers that conflict with this environment (Petastorm, Mosaic Streaming) run in venvs of their
-own as subprocesses (`_peer`, `peers.py`, `peer_scripts/`); `PEER_VENVS` names them.
+own as subprocesses (`peer`, `peers.py`, `peer_scripts/`); `PEER_VENVS` names them.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def torch_map_style(ctx: Context) -> Iterator[int]:
         yield len(batch["id"])
 
 
-def _peer(ctx: Context, venv: str, script: str, **args) -> Iterator[int]:
+def peer(ctx: Context, venv: str, script: str, **args) -> Iterator[int]:
     """Run a peer in its own venv (`peers.py`): the script times itself and prints one JSON line.
 
     The harness's clock and RSS sampler would count the interpreter start and the imports, so
@@ -150,12 +150,12 @@ def _run_script(ctx: Context, python: str, script: str, payload: dict) -> int:
 
 def petastorm_batched(ctx: Context) -> Iterator[int]:
     """Petastorm 0.13 `make_batch_reader` (file:// URLs, `workers` reader threads) + BatchedDataLoader."""
-    yield from _peer(ctx, "petastorm", "petastorm_tabular.py", path=ctx.data.tabular, columns=TABULAR_COLUMNS)
+    yield from peer(ctx, "petastorm", "petastorm_tabular.py", path=ctx.data.tabular, columns=TABULAR_COLUMNS)
 
 
 def mosaic_streaming(ctx: Context) -> Iterator[int]:
     """MosaicML Streaming: `StreamingDataset` over an MDS copy in a torch DataLoader, same workers."""
-    yield from _peer(ctx, "streaming", "streaming_tabular.py", path=ctx.data.tabular, columns=TABULAR_COLUMNS)
+    yield from peer(ctx, "streaming", "streaming_tabular.py", path=ctx.data.tabular, columns=TABULAR_COLUMNS)
 
 
 # ----------------------------------------------------------------------------- images
@@ -434,6 +434,7 @@ Runner = Callable[..., Iterator[int]]
 RUNNERS: dict[str, Runner] = {
     "sparkfeed-remote": remote.sparkfeed_remote,
     "webdataset-remote": remote.webdataset_remote,
+    "mosaic-streaming-remote": remote.mosaic_remote,
     "sparkfeed": sparkfeed_tabular,
     "sparkfeed-mix": sparkfeed_mix,
     "pyarrow-scan": pyarrow_scan,
@@ -456,7 +457,8 @@ RUNNERS: dict[str, Runner] = {
 }
 
 # runner -> the peer venv it runs in (`python -m sparkfeed.bench.peers install`); checked first
-PEER_VENVS: dict[str, str] = {"petastorm": "petastorm", "mosaic-streaming": "streaming"}
+PEER_VENVS: dict[str, str] = {"petastorm": "petastorm", "mosaic-streaming": "streaming",
+                              "mosaic-streaming-remote": "streaming"}
 
 # runner -> (module it needs, how to install it); checked before the runner is timed
 REQUIRES: dict[str, tuple[str, str]] = {

@@ -46,15 +46,19 @@ def _cpu():
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
-def measure(batches, **extra):
+def measure(batches, steady=False, **extra):
+    """`steady`: also the rate after the first batch (`steady_samples_per_s`, as the `remote`
+    scenario reports for every loader)."""
     rss = _rss_sampler()
-    cpu0, samples, ttfb = _cpu(), 0, None
+    cpu0, samples, ttfb, first = _cpu(), 0, None, 0
     start = time.perf_counter()
     for n in batches:
         if ttfb is None:
-            ttfb = time.perf_counter() - start
+            ttfb, first = time.perf_counter() - start, int(n)
         samples += int(n)
     seconds = time.perf_counter() - start
+    if steady and ttfb is not None and samples > first and seconds > ttfb:
+        extra["steady_samples_per_s"] = round((samples - first) / (seconds - ttfb))
     cpu = _cpu() - cpu0
     if rss is not None:
         rss["stop"].set()
