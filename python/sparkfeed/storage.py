@@ -312,7 +312,10 @@ class ReadAhead:
     flight or done for the first of them up to `max_bytes` in all (at least one), and drops
     fetched units no longer ahead. `take(key)` hands a fetch's result to the reader (waiting for
     it if still in flight), or None: not fetched, or the fetch failed, in which case the reader
-    reads the unit itself and its retries and errors apply as without read-ahead.
+    reads the unit itself and its retries and errors apply as without read-ahead. `once(key,
+    fetch)` runs a fetch that several unit fetches share (a file's footer) once, on the same
+    threads; `fetch_of(key)` tells whether a unit's fetch is done (a run stops before one that
+    is not, `read/parquet.py`).
     """
 
     def __init__(self, max_bytes: int | None = None, threads: int = READ_AHEAD_THREADS):
@@ -375,16 +378,6 @@ class ReadAhead:
             for k in keys:
                 self._pending[k] = (future, nbytes / len(keys))
             held += nbytes
-
-    def peek(self, key):
-        """The result `take(key)` would give, leaving it there (None if none)."""
-        entry = self._pending.get(key)
-        if entry is None:
-            return None
-        try:
-            return entry[0].result()
-        except Exception:
-            return None
 
     def take(self, key):
         entry = self._pending.pop(key, None)

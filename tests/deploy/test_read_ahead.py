@@ -42,6 +42,22 @@ def test_a_failed_fetch_is_read_in_place():
         ra.close()
 
 
+def test_once_fetches_a_key_once_and_fetch_of_names_the_shared_fetch():
+    calls = []
+    ra = storage.ReadAhead(max_bytes=100, threads=2)
+    try:
+        first = ra.once("footer", lambda: calls.append(1) or "metadata")
+        assert ra.once("footer", lambda: calls.append(2) or "other") is first
+        assert ra.once_result("footer") == "metadata" and calls == [1]
+        assert ra.once_result("missing") is None
+        ra.ahead([(["a", "b"], 10, lambda: "ab")])
+        assert ra.fetch_of("a") is ra.fetch_of("b") and ra.fetch_of("c") is None
+        assert ra.take("a") == "ab"
+    finally:
+        ra.close()
+    assert storage.ReadAhead(max_bytes=0).once("footer", lambda: 1) is None  # read-ahead off
+
+
 @pytest.mark.parametrize("name", ["pq", "wds"])
 def test_remote_reads_fetch_each_file_once(tmp_path, name):
     data = dsutil.table(400, image_bytes=256)

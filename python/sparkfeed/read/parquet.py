@@ -356,6 +356,8 @@ def _fetch_groups(fs, path: str, footer, groups: list[int], names: list[str]):
     `groups` of one file, adjacent chunks in one request. `footer` is the file's metadata, or
     the future of its fetch (`_fetch_footer`, submitted before this task, so never behind it)."""
     metadata = footer.result() if isinstance(footer, Future) else footer
+    if metadata is None:  # not fetched ahead (read-ahead's once-fetches are off): read it here
+        metadata = _fetch_footer(fs, path, None)
     wanted, ranges = set(names), []
     for g in groups:
         rg = metadata.row_group(g)
