@@ -103,6 +103,21 @@ def test_binary_slices_rebase_offsets():
     assert col.slice(1, 1).to_list() == []
 
 
+@settings(max_examples=60, deadline=None)
+@given(items=st.lists(st.binary(max_size=6), max_size=8), data=st.data())
+def test_binary_select_takes_the_items_in_the_given_order(items, data):
+    """`select` (Arrow's take over the column's buffers), also on a slice whose offsets were
+    rebased: exactly the chosen items, repeats and empty items included."""
+    offsets = torch.tensor([0] + list(np.cumsum([len(b) for b in items], dtype=np.int64)), dtype=torch.int64)
+    col = BinaryColumn(torch.tensor(list(b"".join(items)), dtype=torch.uint8), offsets)
+    lo = data.draw(st.integers(0, len(items)))
+    part = col.slice(lo, len(items))
+    rows = data.draw(st.lists(st.integers(0, max(0, len(items) - lo - 1)), max_size=10)) if len(items) > lo else []
+    got = part.select(rows)
+    assert got.to_list() == [items[lo + r] for r in rows]
+    assert got.offsets.tolist()[0] == 0 and len(got) == len(rows)
+
+
 def test_round_robin_is_torchs_worker_order_and_closes_everything():
     closed = []
 
