@@ -31,6 +31,7 @@ ops per block, never per-sample Python (lists of strings aside, as everywhere).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 import os
@@ -63,17 +64,7 @@ _BLOCK_BYTES = 16 << 20  # a block holds about this many stored bytes of rows ..
 _MAX_BLOCK = 65_536      # ... and at most this many positions (at least shuffle_buffer)
 _MIN_BLOCK = 2048         # without a shuffle_buffer
 _PIECE = 16_384           # positions put in order at once (a segment), at most
-
-
-class _SourceIds:
-    """The key under which a mixed block keeps each row's source index (not a string: no user
-    column can collide with it); `MixedEngine._account` turns it into counts or `__source__`."""
-
-    def __repr__(self) -> str:
-        return "SOURCE_IDS"
-
-
-SOURCE_IDS = _SourceIds()
+_CACHED_BLOCKS = 16       # block labels a grid keeps (uint8, at most 64 KiB each)
 
 
 @dataclass(frozen=True)
@@ -168,11 +159,11 @@ def block_counts(counts: np.ndarray, blocks: int, g) -> np.ndarray:
 
 def block_labels(counts: np.ndarray, blocks: int, g: int, *, seed: int, epoch: int,
                  shuffle: bool) -> np.ndarray:
-    """The source index of each position of block `g`: in time order, or permuted by
+    """The source index of each position of block `g` (uint8): in time order, or permuted by
     `(seed, epoch, g)` when shuffling."""
     lo, hi = block_counts(counts, blocks, g), block_counts(counts, blocks, g + 1)
     if shuffle:
-        labels = np.repeat(np.arange(len(lo), dtype=np.int64), hi - lo)
+        labels = np.repeat(np.arange(len(lo), dtype=np.uint8), hi - lo)
         return _rng(seed, epoch, g, 3).permutation(labels)
     return _time_order(np.asarray(counts, dtype=np.int64), lo, hi)
 
@@ -180,13 +171,18 @@ def block_labels(counts: np.ndarray, blocks: int, g: int, *, seed: int, epoch: i
 def _time_order(n: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """The labels of share indices `[lo_i, hi_i)` merged by time `(j + 1/2) / n_i` (ties: lower
     source first), without sorting: item j of source i comes after j of its own and, of source l,
-    `#{m : (2m + 1) n_i < (2j + 1) n_l}` (`<=` for l < i), in exact integers."""
-    labels = np.empty(int((hi - lo).sum()), dtype=np.int64)
+    `#{m : (2m + 1) n_i < (2j + 1) n_l}` (`<=` for l < i), in exact integers. The source with
+    the most items in the block is not placed: it fills the positions the others leave."""
+    taken = hi - lo
+    fill = int(np.argmax(taken)) if len(taken) else 0
+    labels = np.full(int(taken.sum()), fill, dtype=np.uint8)
     start = int(lo.sum())
-    for i in np.flatnonzero(hi > lo):
+    for i in np.flatnonzero(taken):
+        if i == fill:
+            continue
         j = np.arange(lo[i], hi[i], dtype=np.int64)
         pos = j - start
-        for other in range(len(n)):
+        for other in np.flatnonzero(n):
             if other != i:
                 num = (2 * j + 1) * n[other] - n[i]
                 before = -(-num // (2 * n[i])) if other > i else num // (2 * n[i]) + 1
@@ -369,6 +365,7 @@ class MixedEngine(Engine):
             seed=_source_seed(config.seed, i), storage_options=r.source.storage_options or config.storage_options))
             for i, r in enumerate(resolved))
         self._plan: MixPlan | None = None
+        self._grids: dict = {}  # epoch (None without shuffle) -> _Grid, see `_grid`
         self._sample_keys = [f"source.{i}.samples" for i in range(len(resolved))]
 
     @property
@@ -444,11 +441,11 @@ class MixedEngine(Engine):
         """A lane's mixed positions as blocks, in order. Each source's part of the lane is one
         contiguous run of its share (share indices grow with the mixed position), read by that
         source's own `StreamReader` as one stream (runs of units, shuffle chunks, as for one
-        dataset); each block piece takes the next rows of every source and puts them in order.
-        With `lanes` (this iteration's thread lanes, see `stream.StreamReader`), each source's
-        readers share its shuffle blocks across the lanes as one dataset's do (`_source_lanes`)."""
-        plan = self.plan()
-        grid = _Grid(plan, self.config.seed, epoch, self.config.shuffle)
+        dataset); each block piece takes the next rows of every source and puts them in order
+        (`_mixed`). With `lanes` (this iteration's thread lanes, see `stream.StreamReader`), each
+        source's readers share its shuffle blocks across the lanes as one dataset's do
+        (`_source_lanes`)."""
+        grid = self._grid(epoch)
         src_lanes, k = self._source_lanes(epoch, spans, lanes)
         src_stats = [Stats() for _ in self.engines]
         cursors = {i: _Cursor(self._reader(i, epoch, src_stats[i], row_ids, src_lanes[i]), src_lanes[i][k])
@@ -457,9 +454,8 @@ class MixedEngine(Engine):
             for g, a, b in self._pieces(spans):
                 labels = grid.block(g)[a:b]
                 taken = np.bincount(labels, minlength=len(self.engines))
-                sources = np.flatnonzero(taken)
-                parts = [self._tagged(int(i), cursors[int(i)].take(int(taken[i]))) for i in sources]
-                block = parts[0] if len(parts) == 1 else _interleave(parts, [labels == i for i in sources])
+                parts = [self._conformed(int(i), cursors[int(i)].take(int(taken[i]))) for i in np.flatnonzero(taken)]
+                block = parts[0] if len(parts) == 1 else _mixed(parts, labels)
                 _drain(src_stats, stats)  # before the yield: the batches cut from it carry them
                 yield block
         finally:
@@ -471,6 +467,21 @@ class MixedEngine(Engine):
         engine = self.engines[i]
         return StreamReader(engine.stream(epoch), make_reader(engine.format, engine.context(stats)),
                             row_ids=row_ids, lanes=lanes)
+
+    def _grid(self, epoch: int) -> "_Grid":
+        """This epoch's grid, shared by the lanes (readers and batch accounting) of this process;
+        one grid for every epoch without shuffle (the time order does not change)."""
+        key = epoch if self.config.shuffle else None
+        with _SHARED_LOCK:
+            grid = self._grids.get(key)
+            if grid is None:
+                grid = self._grids[key] = _Grid(self.plan(), self.config.seed, epoch, self.config.shuffle)
+                while len(self._grids) > 2:
+                    self._grids.pop(next(iter(self._grids)))
+        return grid
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_grids": {}}  # worker processes build their own
 
     def _share_of(self, grid: "_Grid", offsets: list[int], spans) -> list[list]:
         """Per source, the positions of its own stream that mixed `spans` hold, in order."""
@@ -488,97 +499,141 @@ class MixedEngine(Engine):
         offsets = self.offsets(epoch)
         k = None if lanes is None else next((j for j, other in enumerate(lanes) if other is spans), None)
         if k is None:
-            grid = _Grid(self.plan(), self.config.seed, epoch, self.config.shuffle)
-            return [[share] for share in self._share_of(grid, offsets, spans)], 0
+            return [[share] for share in self._share_of(self._grid(epoch), offsets, spans)], 0
         key = (id(lanes), id(self), epoch)
         with _SHARED_LOCK:
             entry = _SHARED_LANES.get(key)
-            if entry is None or entry[0] is not lanes:
-                grid = _Grid(self.plan(), self.config.seed, epoch, self.config.shuffle)
-                per_lane = [self._share_of(grid, offsets, lane) for lane in lanes]
-                entry = (lanes, [[per_lane[j][i] for j in range(len(lanes))] for i in range(len(self.engines))])
+        if entry is None or entry[0] is not lanes:
+            grid = self._grid(epoch)
+            per_lane = [self._share_of(grid, offsets, lane) for lane in lanes]
+            entry = (lanes, [[per_lane[j][i] for j in range(len(lanes))] for i in range(len(self.engines))])
+            with _SHARED_LOCK:
+                found = _SHARED_LANES.get(key)
+                if found is not None and found[0] is lanes:
+                    return found[1], k  # another lane got there first: share its lists
                 _SHARED_LANES[key] = entry
                 while len(_SHARED_LANES) > 8:
                     _SHARED_LANES.popitem(last=False)
         return entry[1], k
 
-    def _tagged(self, i: int, block: Block) -> Block:
-        """Source i's rows with the mix's column order and dtypes, its index beside each row, and
-        row keys that name the source."""
-        cols, casts = block.columns, self.casts[i]
-        out = {name: cols[name].to(casts[name]) if name in casts else cols[name] for name in self.config.columns}
-        if ROW_KEYS in cols:
-            out[ROW_KEYS] = cols[ROW_KEYS] | (i << _SOURCE_SHIFT)
-        out[SOURCE_IDS] = torch.full((block.rows,), i, dtype=torch.uint8)  # 1 byte a row to move
-        return block._replace(columns=out)
+    def _conformed(self, i: int, parts: list[Block]) -> list[Block]:
+        """Source i's rows (slices of its blocks) with the mix's column order and dtypes, and row
+        keys that name the source; nothing is copied when the source matches the mix."""
+        columns, casts = self.config.columns, self.casts[i]
+        out = []
+        for block in parts:
+            cols = block.columns
+            keyed = ROW_KEYS in cols
+            if casts or (keyed and i) or tuple(cols) != (columns + (ROW_KEYS,) if keyed else columns):
+                cols = {name: cols[name].to(casts[name]) if name in casts else cols[name] for name in columns}
+                if keyed:
+                    cols[ROW_KEYS] = block.columns[ROW_KEYS] | (i << _SOURCE_SHIFT)
+                block = block._replace(columns=cols)
+            out.append(block)
+        return out
 
-    def _account(self, columns: dict, delta: dict) -> None:
-        """Per batch: each source's delivered samples; `__source__` in the batch when asked."""
-        ids = columns.pop(SOURCE_IDS)
-        for key, n in zip(self._sample_keys, np.bincount(ids.numpy(), minlength=len(self.engines)).tolist()):
-            delta[key] = delta.get(key, 0) + n
-        if self.with_source:
-            columns[SOURCE_COLUMN] = ids.long()
+    def _accounting(self, epoch: int, spans):
+        """Per batch of a lane: each source's delivered samples, and `__source__` when asked
+        (`_Delivered`)."""
+        return _Delivered(self._grid(epoch), spans, self._sample_keys, self.with_source)
 
 
-def _interleave(parts: list[Block], masks: list[np.ndarray]) -> Block:
-    """One block whose positions where `masks[i]` holds are the rows of `parts[i]`, in order.
-
-    Tensor columns are written once: each part's rows into its positions with numpy's indexed
-    assignment (one pass; on CPU faster than torch's `index_copy_`, or a concatenation and a
-    gather). Binary and string columns, and parts that skipped samples, take the general way:
-    the parts laid one after another (`Block.concat`), then permuted (`Block.permute`)."""
-    where = [np.flatnonzero(m) for m in masks]
-    if any(p.good is not None for p in parts) or not all(
-            isinstance(v, torch.Tensor) for p in parts for v in p.columns.values()):
-        order = np.empty(len(masks[0]), dtype=np.int64)
-        order[np.concatenate(where)] = np.arange(len(masks[0]), dtype=np.int64)
-        return Block.concat(parts).permute(order)
-    columns = {}
-    for name, first in parts[0].columns.items():
-        out = np.empty((len(masks[0]),) + tuple(first.shape[1:]), dtype=first.numpy().dtype)
-        for idx, part in zip(where, parts):
-            out[idx] = part.columns[name].numpy()
-        columns[name] = torch.from_numpy(out)
-    return Block(columns, len(masks[0]))
+def _mixed(parts: list[list[Block]], labels: np.ndarray) -> Block:
+    """One block whose positions labelled i hold the rows of `parts[i]`, in order (`parts` in the
+    order of the labels present). The parts are laid one after another (one `Block.concat`, a
+    memory copy) and gathered into the labels' order (one `Block.permute`): one index per
+    position, every column type and skipped samples alike. The gather index: position p takes
+    row `rank of p among the positions sorted stably by label` of the concatenation."""
+    order = np.argsort(labels, kind="stable")  # a radix sort of small integers
+    where = np.empty(len(labels), dtype=np.int64)
+    where[order] = np.arange(len(labels), dtype=np.int64)
+    return Block.concat([b for blocks in parts for b in blocks]).permute(where)
 
 
 class _Grid:
-    """One epoch's block grid: each block's labels and running counts per source (the last block
-    cached, as a lane walks the blocks in order)."""
+    """One epoch's block grid: each block's labels (a few blocks cached: lanes walk the blocks in
+    order, and the batch accounting reads the labels the reader used)."""
 
     def __init__(self, plan: MixPlan, seed: int, epoch: int, shuffle: bool):
         self.plan, self.seed, self.epoch, self.shuffle = plan, seed, epoch, shuffle
         self.counts = np.array(plan.counts, dtype=np.int64)
-        self._cached: tuple | None = None
+        self.starts = plan.starts.tolist()
+        self._labels: dict[int, np.ndarray] = {}
 
     def block(self, g: int) -> np.ndarray:
-        """Block g's labels (the source of each of its positions)."""
-        if self._cached is None or self._cached[0] != g:
-            self._cached = (g, block_labels(self.counts, self.plan.blocks, g, seed=self.seed,
-                                            epoch=self.epoch, shuffle=self.shuffle))
-        return self._cached[1]
+        """Block g's labels (the source of each of its positions), read-only."""
+        labels = self._labels.get(g)
+        if labels is None:
+            labels = block_labels(self.counts, self.plan.blocks, g, seed=self.seed, epoch=self.epoch,
+                                  shuffle=self.shuffle)
+            labels.flags.writeable = False
+            with _SHARED_LOCK:
+                self._labels[g] = labels
+                while len(self._labels) > _CACHED_BLOCKS:
+                    self._labels.pop(next(iter(self._labels)))
+        return labels
+
+    def labels(self, lo: int, hi: int) -> np.ndarray:
+        """The labels of mixed positions [lo, hi) (a view when they lie in one block)."""
+        g = bisect.bisect_right(self.starts, lo) - 1
+        out = []
+        while lo < hi:
+            end = min(hi, self.starts[g + 1])
+            out.append(self.block(g)[lo - self.starts[g]:end - self.starts[g]])
+            lo, g = end, g + 1
+        return out[0] if len(out) == 1 else np.concatenate(out) if out else np.zeros(0, np.uint8)
 
     def before(self, p: int) -> np.ndarray:
         """Per source, how many of its share indices lie before mixed position p."""
-        starts = self.plan.starts
-        if p >= int(starts[-1]):
+        if p >= self.starts[-1]:
             return self.counts.copy()
-        g = int(np.searchsorted(starts, p, side="right")) - 1
-        labels = self.block(g)
+        g = bisect.bisect_right(self.starts, p) - 1
         return block_counts(self.counts, self.plan.blocks, g) + \
-            np.bincount(labels[:p - int(starts[g])], minlength=len(self.counts))
+            np.bincount(self.block(g)[:p - self.starts[g]], minlength=len(self.counts))
+
+
+class _Delivered:
+    """One lane's per-batch accounting: a batch holds lane positions [start, start + n), which
+    `spans` map to mixed positions, whose labels the grid gives; skipped positions (on_error=
+    "skip") are left out. So no per-row source column travels with the rows: one `bincount` of
+    a view per batch."""
+
+    def __init__(self, grid: _Grid, spans, keys: list[str], with_source: bool):
+        self.grid, self.keys, self.with_source = grid, keys, with_source
+        self.spans = [(int(lo), int(hi)) for lo, hi in spans]
+        self.bounds = np.concatenate([[0], np.cumsum([hi - lo for lo, hi in self.spans])]).astype(np.int64).tolist()
+
+    def __call__(self, block: Block, start: int, columns: dict, delta: dict) -> None:
+        labels = self._labels(start, start + block.positions)
+        if block.good is not None:
+            labels = labels[np.diff(block.good).astype(bool)]
+        for key, n in zip(self.keys, np.bincount(labels, minlength=len(self.keys)).tolist()):
+            delta[key] = delta.get(key, 0) + n
+        if self.with_source:
+            columns[SOURCE_COLUMN] = torch.from_numpy(labels.astype(np.int64))
+
+    def _labels(self, lo: int, hi: int) -> np.ndarray:
+        """Labels of lane positions [lo, hi)."""
+        k = bisect.bisect_right(self.bounds, lo) - 1
+        out = []
+        while lo < hi:
+            end = min(hi, self.bounds[k + 1])
+            base = self.spans[k][0] - self.bounds[k]
+            out.append(self.grid.labels(base + lo, base + end))
+            lo, k = end, k + 1
+        return out[0] if len(out) == 1 else np.concatenate(out)
 
 
 class _Cursor:
-    """One source's part of a lane, read as one stream; `take(n)` gives its next n positions."""
+    """One source's part of a lane, read as one stream; `take(n)` gives its next n positions (as
+    slices of the reader's blocks: `_mixed` copies them once, into place)."""
 
     def __init__(self, reader: StreamReader, spans: list):
         self.reader, self.it = reader, reader.segments(spans)
         self.block: Block | None = None
         self.pos = 0
 
-    def take(self, n: int) -> Block:
+    def take(self, n: int) -> list[Block]:
         parts = []
         while n:
             if self.block is None or self.pos == self.block.positions:
@@ -586,7 +641,7 @@ class _Cursor:
             k = min(n, self.block.positions - self.pos)
             parts.append(self.block.slice(self.pos, self.pos + k))
             self.pos, n = self.pos + k, n - k
-        return Block.concat(parts)
+        return parts
 
     def close(self) -> None:
         self.it.close()
