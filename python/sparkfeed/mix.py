@@ -59,11 +59,12 @@ SOURCE_COLUMN = "__source__"  # the column `with_source=True` adds
 SOURCE_STATS = ("samples", "bytes_read", "rows_filtered", "samples_skipped", "shards_planned",
                 "shards_pruned", "row_groups_planned", "row_groups_pruned")
 _SOURCE_SHIFT = 56  # a mixed row key is (source << 56) | (unit << 32) | row
+_MAX_UNITS = 1 << (_SOURCE_SHIFT - 32)  # so a source's work units number at most 2^24
 _MAX_SOURCES = 127
 _BLOCK_BYTES = 16 << 20  # a block holds about this many stored bytes of rows ...
 _MAX_BLOCK = 65_536      # ... and at most this many positions (at least shuffle_buffer)
 _MIN_BLOCK = 2048         # without a shuffle_buffer
-_PIECE = 65_536           # positions put in order at once (a segment), at most
+_PIECE = 16_384           # positions put in order at once (a segment), at most
 _CACHED_BLOCKS = 16       # block labels a grid keeps (uint8, at most 64 KiB each)
 
 
@@ -223,6 +224,17 @@ def _manifest(source: Source, storage_options: dict | None) -> tuple[Manifest, s
     return m, str(root)
 
 
+def _check_units(i: int, source: Source, m: Manifest) -> None:
+    """A mixed row key holds a work unit's index in 24 bits (`_SOURCE_SHIFT`): refuse a source
+    with more units (row groups, or shards without row groups) than that, when the loader is
+    built, rather than mix up row keys (which name a bad sample, and seed keyed augmentations)."""
+    units = sum(len(s.row_groups) if s.row_groups is not None else 1 for s in m.shards)
+    if units > _MAX_UNITS:
+        raise ValueError(f"source {i} ({source.path!r}) has {units:,} work units (row groups, or shards "
+                         f"without row groups), but a source of a mix can have at most {_MAX_UNITS:,}; "
+                         "rewrite it with larger row groups, or split it into several sources")
+
+
 def _kind(t: pa.DataType | None, type_string: str):
     """What a column becomes in a batch, coarsely: columns of one kind can share a batch."""
     if t is None:
@@ -314,8 +326,9 @@ def resolve(sources: Sequence, *, columns, filter, storage_options: dict | None,
     loader_expr = filters.to_expression(filter)
     opened = [_manifest(s, s.storage_options or storage_options) for s in sources]
     pairs = [(s, m) for s, (m, _) in zip(sources, opened)]
-    for _, m in pairs:
+    for i, (s, m) in enumerate(pairs):
         m.check_selectable(columns if isinstance(columns, (list, tuple)) else ())
+        _check_units(i, s, m)
     columns = checks.check_columns(columns, pairs[0][1].column_names, sources[0].path)
     if with_source and SOURCE_COLUMN in columns:
         raise ValueError(f"`with_source=True` adds the column {SOURCE_COLUMN!r}, which the loaded "

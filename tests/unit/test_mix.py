@@ -362,6 +362,15 @@ def test_source_column_collision_and_misuse_are_refused(ds):
         sparkfeed.DataLoader(ds["a"], batch_size=4, with_source=True)
 
 
+def test_a_source_with_more_units_than_row_keys_hold_is_refused(ds, monkeypatch):
+    import sparkfeed.mix
+    monkeypatch.setattr(sparkfeed.mix, "_MAX_UNITS", 16)  # 2^24 row groups would not fit a test
+    assert len(sparkfeed.DataLoader([Source(ds["t"]), Source(ds["b"])], batch_size=4, columns=["id"])) == 150
+    with pytest.raises(ValueError, match=r"source 1 \('.*/a'\) has 20 work units \(row groups, or shards "
+                                         r"without row groups\), but a source of a mix can have at most 16"):
+        sparkfeed.DataLoader([Source(ds["b"]), Source(ds["a"])], batch_size=4, columns=["id"])
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"weight": 0}, r"`weight` should be a positive number or None, but got weight=0"),
     ({"weight": True}, r"`weight` should be a positive number or None, but got weight=True"),
