@@ -172,8 +172,10 @@ def block_labels(counts: np.ndarray, blocks: int, g: int, *, seed: int, epoch: i
 def _time_order(n: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """The labels of share indices `[lo_i, hi_i)` merged by time `(j + 1/2) / n_i` (ties: lower
     source first), without sorting: item j of source i comes after j of its own and, of source l,
-    `#{m : (2m + 1) n_i < (2j + 1) n_l}` (`<=` for l < i), in exact integers. The source with
-    the most items in the block is not placed: it fills the positions the others leave."""
+    `#{m >= 0 : (2m + 1) n_i < (2j + 1) n_l}` (`<=` for l < i), in exact integers; for j < n_i
+    that count never exceeds n_l. Its numerator `(2j + 1) n_l - n_i` grows by `2 n_l` per item,
+    so it is one `arange`. The source with the most items in the block is not placed: it fills
+    the positions the others leave."""
     taken = hi - lo
     fill = int(np.argmax(taken)) if len(taken) else 0
     labels = np.full(int(taken.sum()), fill, dtype=np.uint8)
@@ -181,13 +183,15 @@ def _time_order(n: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     for i in np.flatnonzero(taken):
         if i == fill:
             continue
-        j = np.arange(lo[i], hi[i], dtype=np.int64)
-        pos = j - start
+        ni, first, count = int(n[i]), int(lo[i]), int(taken[i])
+        pos = np.arange(first - start, first - start + count, dtype=np.int64)
         for other in np.flatnonzero(n):
             if other != i:
-                num = (2 * j + 1) * n[other] - n[i]
-                before = -(-num // (2 * n[i])) if other > i else num // (2 * n[i]) + 1
-                pos += np.clip(before, 0, n[other])
+                nl, d = int(n[other]), 2 * ni
+                num0 = (2 * first + 1) * nl - ni
+                # ceil(num / d) for a later source, floor(num / d) + 1 for an earlier one
+                shift = d - 1 if other > i else d
+                pos += np.arange(num0 + shift, num0 + shift + 2 * nl * count, 2 * nl, dtype=np.int64)[:count] // d
         labels[pos] = i
     return labels
 
