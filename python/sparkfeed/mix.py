@@ -24,9 +24,13 @@ function of `(seed, epoch, counts)`, in three steps:
    sample at most once), and `repeat=True` cycles past the size (`share_spans`).
 
 Reading (`MixedEngine.segments`): per block piece, each source's share range is read with that
-source's own `StreamReader` (its filter, pushdown and caches), tagged with its source index, and
-the pieces are put in mixed order with one `Block.concat` and one `Block.permute`: a few tensor
-ops per block, never per-sample Python (lists of strings aside, as everywhere).
+source's own `StreamReader` (its filter, pushdown and caches); the slices taken from each source
+are laid one after another and gathered into mixed order with one `Block.concat` and one
+`Block.permute` (one copy into place; a piece that holds one source passes its slices on
+uncopied): a few tensor ops per piece, never per-sample Python (lists of strings aside, as
+everywhere). No per-row source column travels with the rows: a batch's per-source counts and
+`__source__` come from its mixed positions and the grid's labels (`_Delivered`, one `bincount`
+per batch), the labels being computed once per block and process (`_Grid`).
 """
 
 from __future__ import annotations
@@ -491,11 +495,11 @@ class MixedEngine(Engine):
     def _grid(self, epoch: int) -> "_Grid":
         """This epoch's grid, shared by the lanes (readers and batch accounting) of this process;
         one grid for every epoch without shuffle (the time order does not change)."""
-        key = epoch if self.config.shuffle else None
+        key, plan = (epoch if self.config.shuffle else None), self.plan()  # planning outside the lock
         with _SHARED_LOCK:
             grid = self._grids.get(key)
             if grid is None:
-                grid = self._grids[key] = _Grid(self.plan(), self.config.seed, epoch, self.config.shuffle)
+                grid = self._grids[key] = _Grid(plan, self.config.seed, epoch, self.config.shuffle)
                 while len(self._grids) > 2:
                     self._grids.pop(next(iter(self._grids)))
         return grid
