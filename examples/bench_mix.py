@@ -34,13 +34,16 @@ def one_epoch(ctx: runners.Context, sources: int, shuffle: bool) -> tuple[float,
     return time.perf_counter() - wall, time.process_time() - cpu, samples
 
 
-def _least_ms(f, repeats: int) -> float:
-    times = []
+def _least_ms(rows: dict, repeats: int) -> dict:
+    """The least CPU ms of each row over `repeats` rounds, the rows taking turns in each round
+    (so that a busy spell of the machine falls on all of them alike)."""
+    least = dict.fromkeys(rows, float("inf"))
     for _ in range(repeats):
-        start = time.process_time()
-        f()
-        times.append(time.process_time() - start)
-    return min(times) * 1e3
+        for name, f in rows.items():
+            start = time.process_time()
+            f()
+            least[name] = min(least[name], (time.process_time() - start) * 1e3)
+    return least
 
 
 def stages(path: str, shuffle: bool, batch_size: int, repeats: int) -> None:
@@ -79,8 +82,8 @@ def stages(path: str, shuffle: bool, batch_size: int, repeats: int) -> None:
     }
     print(f"{n:,} rows, shuffle={shuffle}, batch {batch_size}, one lane on this thread, {len(pieces)} pieces mixed; "
           f"CPU ms per epoch, least of {repeats}:")
-    for name, f in rows.items():
-        print(f"{name:40s} {_least_ms(f, repeats):7.2f}")
+    for name, ms in _least_ms(rows, repeats).items():
+        print(f"{name:40s} {ms:7.2f}")
 
 
 def main(argv=None) -> None:
