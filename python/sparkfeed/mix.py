@@ -566,8 +566,8 @@ def _mixed(parts: list[list[Block]], labels: np.ndarray, present: np.ndarray) ->
     """One block whose positions labelled `present[i]` hold the rows of `parts[i]`, in order. The parts are laid one after another (one `Block.concat`, a
     memory copy) and gathered into the labels' order (one `Block.permute`): one index per
     position, every column type and skipped samples alike. On CPU this beats numpy's or torch's
-    indexed assignment of each part into place (measured: 0.44 ms against 0.53 and 0.66 ms for
-    16,384 rows of 10 columns)."""
+    indexed assignment of each part into place (16,384 rows of 10 columns, medians of two runs:
+    0.41–0.49 ms against 0.43–0.60 ms for numpy, 0.62–0.70 ms for torch's `index_copy_`)."""
     return Block.concat([b for blocks in parts for b in blocks]).permute(_gather_index(labels, present))
 
 
