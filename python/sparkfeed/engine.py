@@ -185,24 +185,27 @@ class Engine:
         `pack` puts a batch's tensors into one buffer (between processes)."""
         stats = Stats() if stats is None else stats
         segments = self.segments(epoch, spans, stats, row_ids) if segments is None else segments
-        consumed = 0
+        account, consumed = self._accounting(epoch, spans), 0
         try:
             for block in cut(segments, size):
-                consumed += block.positions
+                start, consumed = consumed, consumed + block.positions
                 columns = dict(block.columns)
                 keys = columns.pop(ROW_KEYS, None)
                 delta = stats.take()  # the readers' counters since the last batch, and this batch's
                 delta["samples"] = delta.get("samples", 0) + block.rows
                 delta["batches"] = delta.get("batches", 0) + 1
-                self._account(columns, delta)
+                if account is not None:
+                    account(block, start, columns, delta)
                 if block.skipped:
                     delta["samples_skipped"] = delta.get("samples_skipped", 0) + block.skipped
                 yield Delivery(worker, consumed, delta, batching.pack(columns) if pack else columns, keys)
         finally:
             close_quietly(segments)
 
-    def _account(self, columns: dict, delta: dict) -> None:
-        """Per-batch bookkeeping of an engine over several datasets (`mix.MixedEngine`); none here."""
+    def _accounting(self, epoch: int, spans: Sequence[partition.Span]):
+        """Per-batch bookkeeping of an engine over several datasets (`mix.MixedEngine`): a callable
+        `(block, first lane position, columns, counters)` for a lane, or None (none here)."""
+        return None
 
 
 class LaneDataset(torch.utils.data.IterableDataset):
