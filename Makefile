@@ -15,6 +15,10 @@ JAR := python/sparkfeed/jars/sparkfeed.jar
 JVM_SOURCES := build.gradle settings.gradle $(shell find jvm/src/main -type f 2>/dev/null)
 DEMO_DIR ?= build/demo
 PYTEST_ARGS ?=
+# pytest-xdist: tests run in as many processes as there are cores (at most 4: each may hold a
+# Spark JVM), a whole test file per process (its module fixtures, a Spark-written dataset or a
+# cluster, are built once).
+PYTEST_PARALLEL ?= --numprocesses=auto --maxprocesses=4 --dist=loadfile
 SETUP_LOG ?= build/setup.log
 STEP := .ci/step $(SETUP_LOG)
 
@@ -77,11 +81,11 @@ test-jvm: setup jar
 	gradle -q --offline --no-daemon -PsparkJars="$$($(PY) -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')" test
 
 test-py: setup jar
-	$(PY) -m pytest -q -ra tests $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra $(PYTEST_PARALLEL) tests $(PYTEST_ARGS)
 
 # The fast loop: everything not marked slow (minutes-long end-to-end runs, Spark job kills).
 test-fast: setup jar
-	$(PY) -m pytest -q -ra -m "not slow" tests $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_PARALLEL) tests $(PYTEST_ARGS)
 
 test: test-jvm test-py
 

@@ -63,8 +63,10 @@ def write_parquet(root: str, data: pa.Table, rows_per_shard: int, rows_per_group
     return m
 
 
-def write_tar(root: str, data: pa.Table, rows_per_shard: int, image_ext: str = "jpg") -> Manifest:
-    """Write `data` (id, label, score, caption, feature[, image]) as WebDataset tars + manifest."""
+def write_tar(root: str, data: pa.Table, rows_per_shard: int, image_ext: str = "jpg",
+              index: bool = True) -> Manifest:
+    """Write `data` (id, label, score, caption, feature[, image]) as WebDataset tars + manifest,
+    each tar with its DALI index (made by the indexer's own scan) unless `index=False`."""
     os.makedirs(root, exist_ok=True)
     rows = data.to_pylist()
     shards = []
@@ -87,7 +89,7 @@ def write_tar(root: str, data: pa.Table, rows_per_shard: int, image_ext: str = "
         labels = [r["label"] for r in part]
         shards.append({"path": rel, "num_samples": len(part),
                        "num_bytes": os.path.getsize(os.path.join(root, rel)),
-                       "members": sorted(members),
+                       "members": sorted(members), **(_dali_index(root, rel) if index else {}),
                        "stats": {"id": {"min": min(ids), "max": max(ids), "null_count": 0},
                                  "label": {"min": min(labels), "max": max(labels), "null_count": 0}}})
     schema = [{"name": "key", "type": "string", "member": "__key__"},
@@ -104,3 +106,17 @@ def write_tar(root: str, data: pa.Table, rows_per_shard: int, image_ext: str = "
     m = parse_manifest(doc, dataset=root)
     write_manifest(m, root)
     return m
+
+
+def _dali_index(root: str, rel: str) -> dict:
+    """Write the tar's DALI index beside it (what `sparkfeed.write` and `sparkfeed.index` do) and
+    return the manifest field naming it."""
+    import fsspec
+
+    from sparkfeed.index.tar import scan_tar
+
+    full = os.path.join(root, rel)
+    scan = scan_tar(fsspec.filesystem("file"), full, rel, os.path.getsize(full), root)
+    with open(full + ".idx", "w") as f:
+        f.write(scan["dali_index"])
+    return {"index": rel + ".idx"}

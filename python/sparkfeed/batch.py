@@ -1,9 +1,10 @@
 """Arrow tables -> dicts of tensors, column-wise, no per-row Python; and the column-wise ops
 (slice, split, concat, select) that batches are cut with.
 
-Numbers become tensors (one copy out of Arrow's buffer), fixed-size lists 2-D tensors, strings
-lists of `str`, binary columns a `BinaryColumn` (two tensors) that moves between processes
-without one Python object per sample and becomes a list of `bytes` only at the user's door.
+Numbers become tensors (one copy out of Arrow's buffer), fixed-size lists 2-D tensors, binary
+columns a `BinaryColumn` (two tensors) and strings a `TextColumn` (the same, UTF-8) that move,
+slice and shuffle without one Python object per sample and become lists of `bytes` / `str` only
+at the user's door (strings holding nulls stay lists of `str` and None).
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ class BinaryColumn:
     def __len__(self) -> int:
         return self.offsets.numel() - 1
 
+    def __getitem__(self, i: int) -> bytes:
+        """Sample i, as users see it."""
+        return self.item_view(i).numpy().tobytes()
+
     def item_view(self, i: int) -> torch.Tensor:
         """Sample i as a uint8 tensor view (no copy)."""
         return self.data[int(self.offsets[i]):int(self.offsets[i + 1])]
@@ -42,29 +47,51 @@ class BinaryColumn:
         """Samples [start, stop) as views of this column's buffers (offsets rebased)."""
         offsets = self.offsets[start:stop + 1]
         if offsets.numel() == 0:
-            return BinaryColumn(self.data[:0], self.offsets[:1] * 0)
+            return type(self)(self.data[:0], self.offsets[:1] * 0)
         base = int(offsets[0])
-        return BinaryColumn(self.data[base:int(offsets[-1])], offsets - base)
+        return type(self)(self.data[base:int(offsets[-1])], offsets - base)
 
     @staticmethod
     def concat(columns: list["BinaryColumn"]) -> "BinaryColumn":
-        """The samples of `columns`, one after another."""
+        """The samples of `columns` (all of one class), one after another."""
         shifts = [0]
         for c in columns[:-1]:
             shifts.append(shifts[-1] + c.data.numel())
         offsets = torch.cat([columns[0].offsets[:1]] + [c.offsets[1:] + s for c, s in zip(columns, shifts)])
-        return BinaryColumn(torch.cat([c.data for c in columns]), offsets)
+        return type(columns[0])(torch.cat([c.data for c in columns]), offsets)
 
     def select(self, rows) -> "BinaryColumn":
-        """The samples at `rows` (an index list or tensor), in that order."""
-        rows = torch.as_tensor(rows, dtype=torch.int64)
-        starts, ends = self.offsets[rows], self.offsets[rows + 1]
-        lengths = ends - starts
-        offsets = torch.zeros(rows.numel() + 1, dtype=torch.int64)
-        torch.cumsum(lengths, 0, out=offsets[1:])
-        pieces = [self.data[int(s):int(e)] for s, e in zip(starts.tolist(), ends.tolist())]
-        data = torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.uint8)
-        return BinaryColumn(data, offsets)
+        """The samples at `rows` (an index list or tensor), in that order: Arrow's `take` over
+        these buffers (one copy of the selected bytes, no per-sample Python)."""
+        rows = torch.as_tensor(rows, dtype=torch.int64).numpy()
+        if len(self) == 0 or rows.size == 0:
+            return type(self)(self.data[:0], torch.zeros(rows.size + 1, dtype=torch.int64))
+        arrow = pa.Array.from_buffers(pa.large_binary(), len(self), [
+            None, pa.py_buffer(self.offsets.numpy()), pa.py_buffer(self.data.numpy())])
+        taken = arrow.take(pa.array(rows))
+        _, offsets, data = taken.buffers()
+        bounds = np.frombuffer(offsets, dtype=np.int64, count=rows.size + 1)
+        # Arrow's fresh buffers are mutable, so numpy (and torch) may use them without a copy
+        data = np.frombuffer(data, dtype=np.uint8, count=int(bounds[-1])) if data is not None and bounds[-1] \
+            else np.empty(0, dtype=np.uint8)
+        return type(self)(torch.from_numpy(data), torch.from_numpy(bounds - bounds[0]))
+
+    def arrow(self, kind: pa.DataType = pa.large_binary()) -> pa.Array:
+        """The column as an Arrow array over the same buffers (no copy)."""
+        return pa.Array.from_buffers(kind, len(self), [None, pa.py_buffer(self.offsets.numpy()),
+                                                       pa.py_buffer(self.data.numpy())])
+
+
+class TextColumn(BinaryColumn):
+    """A batch of strings without nulls, as UTF-8 bytes: what `BinaryColumn` is for bytes (the
+    same slicing, selecting and hand-over), a list of `str` at the user's door."""
+
+    def __getitem__(self, i: int) -> str:
+        return super().__getitem__(i).decode("utf-8")
+
+    def to_list(self) -> list[str]:
+        """The samples as `str` objects (Arrow makes them, one pass)."""
+        return self.arrow(pa.large_string()).to_pylist() if len(self) else []
 
 
 # ---------------------------------------------------------------- Arrow -> tensors
@@ -120,8 +147,14 @@ def _plain(arr: pa.Array, name: str) -> torch.Tensor:
     return torch.from_numpy(np.array(arr.to_numpy(zero_copy_only=False)))
 
 
-def _strings(arr: pa.Array, name: str) -> list:
-    return arr.to_pylist()
+def _strings(arr: pa.Array, name: str) -> "TextColumn | list":
+    """A string column as a TextColumn (its UTF-8 bytes, one copy); with nulls, a list of `str`
+    and None (a TextColumn has no nulls)."""
+    if arr.null_count:
+        return arr.to_pylist()
+    raw = arr.view(pa.large_binary() if pa.types.is_large_string(arr.type) else pa.binary())
+    col = _binary_column(raw)
+    return TextColumn(col.data, col.offsets)
 
 
 def _binary(arr: pa.Array, name: str) -> BinaryColumn:
@@ -207,10 +240,10 @@ def concat_rows(batches: list[dict]) -> dict:
         values = [b[name] for b in batches]
         if isinstance(first, torch.Tensor):
             out[name] = torch.cat(values)
-        elif isinstance(first, BinaryColumn):
+        elif isinstance(first, BinaryColumn) and all(type(v) is type(first) for v in values):
             out[name] = BinaryColumn.concat(values)
-        else:
-            out[name] = [x for v in values for x in v]
+        else:  # lists, or strings with nulls in some parts (lists) and not in others
+            out[name] = [x for v in values for x in (v.to_list() if isinstance(v, BinaryColumn) else v)]
     return out
 
 
@@ -239,6 +272,7 @@ class Packed(NamedTuple):
     layout: tuple
     rest: dict
     order: tuple  # the column names in the batch's order
+    text: tuple = ()  # the columns that are TextColumns (the others with data/offsets: binary)
 
 
 def _byte_view(t: torch.Tensor) -> torch.Tensor:
@@ -266,7 +300,8 @@ def pack(batch: dict) -> Packed:
     for start, raw in parts:
         buf[start:start + raw.numel()] = raw
     rest = {k: v for k, v in batch.items() if not isinstance(v, (torch.Tensor, BinaryColumn))}
-    return Packed(buf, tuple(layout), rest, tuple(batch))
+    return Packed(buf, tuple(layout), rest, tuple(batch),
+                  tuple(k for k, v in batch.items() if isinstance(v, TextColumn)))
 
 
 def unpack(batch) -> dict:
@@ -280,6 +315,7 @@ def unpack(batch) -> dict:
     out = {}
     for name in batch.order:
         pieces = views.get(name)
+        kind = TextColumn if name in batch.text else BinaryColumn
         out[name] = batch.rest[name] if pieces is None else \
-            pieces[""] if "" in pieces else BinaryColumn(pieces["data"], pieces["offsets"])
+            pieces[""] if "" in pieces else kind(pieces["data"], pieces["offsets"])
     return out

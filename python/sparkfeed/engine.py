@@ -84,6 +84,14 @@ class Engine:
         """The dataset's format ("parquet" or "webdataset"): which reader, threads or processes."""
         return self.config.manifest.format
 
+    @property
+    def reads_in_c(self) -> bool:
+        """True when reading is mostly work outside the GIL (pyarrow, numpy): Parquet, and tars
+        that every shard's DALI index lets `read.tarindex` cut up; threads suit it. Tars without
+        indexes are parsed member by member in Python (`tarfile`), which processes suit."""
+        m = self.config.manifest
+        return m.format == "parquet" or (bool(m.root) and all(s.index for s in m.shards))
+
     def identity(self) -> str:
         """What a saved state must match besides the loader's settings: the data and the filter."""
         return f"{self.config.manifest.num_samples}|{self.config.expr}"
@@ -122,7 +130,20 @@ class Engine:
                            columns=cfg.columns, filter_columns=plan.filter_columns, expr=cfg.expr,
                            on_error=cfg.on_error, stats=stats,
                            manifest_bytes={s.path: s.num_bytes for s in cfg.manifest.shards},
-                           shards={s.path: s for s in cfg.manifest.shards})
+                           shards={s.path: s for s in cfg.manifest.shards},
+                           indexes=self._indexes(fs, root))
+
+    def _indexes(self, fs, root: str) -> tuple | None:
+        """Where the DALI index paths of a tar manifest are relative to: the manifest's directory
+        (the data root unless the manifest is kept apart)."""
+        m, cfg = self.config.manifest, self.config
+        if m.format != "webdataset" or not m.root or not any(s.index for s in m.shards):
+            return None
+        url = storage.normalise_url(m.root)
+        url = url.rsplit("/", 1)[0] if url.endswith(".json") else url
+        if url == storage.normalise_url(cfg.path):
+            return fs, root
+        return storage.resolve(url, cfg.storage_options)
 
     def stream(self, epoch: int) -> EpochStream:
         cfg = self.config
@@ -164,24 +185,27 @@ class Engine:
         `pack` puts a batch's tensors into one buffer (between processes)."""
         stats = Stats() if stats is None else stats
         segments = self.segments(epoch, spans, stats, row_ids) if segments is None else segments
-        consumed = 0
+        account, consumed = self._accounting(epoch, spans), 0
         try:
             for block in cut(segments, size):
-                consumed += block.positions
+                start, consumed = consumed, consumed + block.positions
                 columns = dict(block.columns)
                 keys = columns.pop(ROW_KEYS, None)
                 delta = stats.take()  # the readers' counters since the last batch, and this batch's
                 delta["samples"] = delta.get("samples", 0) + block.rows
                 delta["batches"] = delta.get("batches", 0) + 1
-                self._account(columns, delta)
+                if account is not None:
+                    account(block, start, columns, delta)
                 if block.skipped:
                     delta["samples_skipped"] = delta.get("samples_skipped", 0) + block.skipped
                 yield Delivery(worker, consumed, delta, batching.pack(columns) if pack else columns, keys)
         finally:
             close_quietly(segments)
 
-    def _account(self, columns: dict, delta: dict) -> None:
-        """Per-batch bookkeeping of an engine over several datasets (`mix.MixedEngine`); none here."""
+    def _accounting(self, epoch: int, spans: Sequence[partition.Span]):
+        """Per-batch bookkeeping of an engine over several datasets (`mix.MixedEngine`): a callable
+        `(block, first lane position, columns, counters)` for a lane, or None (none here)."""
+        return None
 
 
 class LaneDataset(torch.utils.data.IterableDataset):

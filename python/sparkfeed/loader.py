@@ -49,8 +49,10 @@ class DataLoader:
 
     `state_dict()` / `load_state_dict()` resume mid-epoch exactly (any world size or worker
     count); `stats()` says where the time and bytes went. `worker_type="auto"` reads Parquet
-    with `num_workers` threads (pyarrow releases the GIL, and batches need not cross processes)
-    and WebDataset tars with torch worker processes; "thread" or "process" chooses explicitly.
+    and WebDataset tars cut up through their DALI indexes (every tar sparkfeed writes or indexes)
+    with `num_workers` threads (pyarrow and numpy release the GIL, and batches need not cross
+    processes), and tars without an index with torch worker processes (parsing them is Python
+    work); "thread" or "process" chooses explicitly.
     Both give the same batches in the same order.
     """
 
@@ -192,10 +194,12 @@ class DataLoader:
             or (self.pin_memory and torch.cuda.is_available())
 
     def _threads(self) -> bool:
-        """Threads read Parquet (pyarrow releases the GIL); processes parse tars (Python work).
-        With num_workers=0 one background thread reads (`prefetch` segments ahead)."""
+        """Threads where reading runs outside the GIL (`Engine.reads_in_c`: Parquet, indexed
+        tars); processes for tars parsed in Python. With num_workers=0 one background thread
+        reads (`prefetch` segments ahead)."""
         if self.worker_type == "auto" or self.num_workers == 0:
-            return self.num_workers == 0 or self._engine.format == "parquet"
+            engines = getattr(self._engine, "engines", [self._engine])  # a mix: all its sources
+            return self.num_workers == 0 or all(e.reads_in_c for e in engines)
         return self.worker_type == "thread"
 
     def _deliveries(self, lanes: list):

@@ -49,7 +49,7 @@ def _map_value(name: str, value: Any, fn: Callable[[str, torch.Tensor], torch.Te
     if isinstance(value, torch.Tensor):
         return fn(name, value)
     if isinstance(value, BinaryColumn):
-        return BinaryColumn(fn(f"{name}.data", value.data), fn(f"{name}.offsets", value.offsets))
+        return type(value)(fn(f"{name}.data", value.data), fn(f"{name}.offsets", value.offsets))
     return value
 
 

@@ -60,6 +60,9 @@ def connect(spark_home, tmp_path_factory):
         _wait_for_port(port, proc, log_path)
         from pyspark.sql import SparkSession
 
+        classic = SparkSession.getActiveSession()
+        if classic is not None:  # earlier tests' local session: pyspark refuses Connect beside it
+            classic.stop()
         session = SparkSession.builder.remote(f"sc://127.0.0.1:{port}").getOrCreate()
         yield session
     finally:

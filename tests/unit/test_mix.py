@@ -110,23 +110,28 @@ def test_time_order_is_the_stable_sort_by_time(counts, blocks, data):
     assert block_labels(n, blocks, g, seed=0, epoch=0, shuffle=False).tolist() == expected.tolist()
 
 
-def test_interleave_puts_each_part_in_its_positions():
-    from sparkfeed.mix import _interleave
+@pytest.mark.parametrize("sources", [(0, 1, 2), (1, 2)])  # the general gather index, and two sources'
+def test_mixed_puts_each_part_in_its_positions(sources):
+    from sparkfeed.mix import _mixed
     from sparkfeed.stream import Block
-    labels = np.random.default_rng(0).integers(0, 3, 500)
-    parts = [Block({"x": torch.arange(n) + 1000 * i, "m": torch.arange(2 * n, dtype=torch.float32).reshape(n, 2),
-                    "b": torch.arange(n) % 2 == 0}, n) for i, n in enumerate(np.bincount(labels, minlength=3))]
-    fast = _interleave(parts, [labels == i for i in range(3)])
-    strings = [p._replace(columns={**p.columns, "s": [str(v) for v in p.columns["x"].tolist()]}) for p in parts]
-    general = _interleave(strings, [labels == i for i in range(3)])  # lists of str: concat + permute
-    for block in (fast, general):
-        x = block.columns["x"]
-        assert (x // 1000).tolist() == labels.tolist()
-        for i in range(3):  # each source's rows, in order
-            assert (x[torch.from_numpy(labels == i)] % 1000).tolist() == list(range(int((labels == i).sum())))
-        assert torch.equal(block.columns["m"][:, 0], (x % 1000 * 2).float())
-        assert torch.equal(block.columns["b"], x % 1000 % 2 == 0)
-    assert general.columns["s"] == [str(v) for v in fast.columns["x"].tolist()]
+    rng = np.random.default_rng(0)
+    labels = np.array(sources, dtype=np.uint8)[rng.integers(0, len(sources), 500)]
+    present = np.flatnonzero(np.bincount(labels))
+    assert present.tolist() == list(sources)
+
+    def rows(i, n):  # source i's next n rows, as two slices (a take that straddles a block)
+        block = Block({"x": torch.arange(n) + 1000 * i, "m": torch.arange(2 * n, dtype=torch.float32).reshape(n, 2),
+                       "b": torch.arange(n) % 2 == 0, "s": [str(1000 * i + v) for v in range(n)]}, n)
+        return [block.slice(0, n // 3), block.slice(n // 3, n)]
+
+    block = _mixed([rows(int(i), int((labels == i).sum())) for i in present], labels, present)
+    x = block.columns["x"]
+    assert block.positions == 500 and (x // 1000).tolist() == labels.tolist()
+    for i in present:  # each source's rows, in order
+        assert (x[torch.from_numpy(labels == i)] % 1000).tolist() == list(range(int((labels == i).sum())))
+    assert torch.equal(block.columns["m"][:, 0], (x % 1000 * 2).float())
+    assert torch.equal(block.columns["b"], x % 1000 % 2 == 0)
+    assert block.columns["s"] == [str(v) for v in x.tolist()]  # lists of str follow the same order
 
 
 def test_share_spans_wrap_and_cycle():
@@ -355,6 +360,15 @@ def test_source_column_collision_and_misuse_are_refused(ds):
     assert next(iter(L))["__source__"].tolist() == list(range(50))
     with pytest.raises(ValueError, match="`with_source=True` tags each row with its source in a mix"):
         sparkfeed.DataLoader(ds["a"], batch_size=4, with_source=True)
+
+
+def test_a_source_with_more_units_than_row_keys_hold_is_refused(ds, monkeypatch):
+    import sparkfeed.mix
+    monkeypatch.setattr(sparkfeed.mix, "_MAX_UNITS", 16)  # 2^24 row groups would not fit a test
+    assert len(sparkfeed.DataLoader([Source(ds["t"]), Source(ds["b"])], batch_size=4, columns=["id"])) == 150
+    with pytest.raises(ValueError, match=r"source 1 \('.*/a'\) has 20 work units \(row groups, or shards "
+                                         r"without row groups\), but a source of a mix can have at most 16"):
+        sparkfeed.DataLoader([Source(ds["b"]), Source(ds["a"])], batch_size=4, columns=["id"])
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparkfeed.batch import BinaryColumn
+from sparkfeed.batch import BinaryColumn, TextColumn, user_facing
 from sparkfeed.lanes import LaneReader, reading_threads, round_robin
 from sparkfeed.plan import WorkUnit
 from sparkfeed.read import UnitRows
@@ -60,7 +60,7 @@ def test_cut_gives_batches_of_size_positions_keeping_every_kept_row_once(oks, si
     assert sum(b.skipped for b in batches) == total - len(expected)
     for b in batches:  # every column agrees with `x`, row for row
         xs = b.columns["x"].tolist()
-        assert b.columns["s"] == [f"s{x}" for x in xs]
+        assert user_facing({"s": b.columns["s"]})["s"] == [f"s{x}" for x in xs]  # a TextColumn
         assert b.columns["b"].to_list() == [bytes([x % 256]) * (x % 3) for x in xs]
         assert len(b.columns[ROW_KEYS]) == len(xs)  # each kept row keeps its (unit, row) key
         assert all(int(k) >> 32 == 0 for k in b.columns[ROW_KEYS])
@@ -101,6 +101,21 @@ def test_binary_slices_rebase_offsets():
     assert col.slice(1, 3).to_list() == [b"bbb", b"c"]
     assert BinaryColumn.concat([col.slice(2, 3), col.slice(0, 1)]).to_list() == [b"c", b"aa"]
     assert col.slice(1, 1).to_list() == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(items=st.lists(st.binary(max_size=6), max_size=8), data=st.data())
+def test_binary_select_takes_the_items_in_the_given_order(items, data):
+    """`select` (Arrow's take over the column's buffers), also on a slice whose offsets were
+    rebased: exactly the chosen items, repeats and empty items included."""
+    offsets = torch.tensor([0] + list(np.cumsum([len(b) for b in items], dtype=np.int64)), dtype=torch.int64)
+    col = BinaryColumn(torch.tensor(list(b"".join(items)), dtype=torch.uint8), offsets)
+    lo = data.draw(st.integers(0, len(items)))
+    part = col.slice(lo, len(items))
+    rows = data.draw(st.lists(st.integers(0, max(0, len(items) - lo - 1)), max_size=10)) if len(items) > lo else []
+    got = part.select(rows)
+    assert got.to_list() == [items[lo + r] for r in rows]
+    assert got.offsets.tolist()[0] == 0 and len(got) == len(rows)
 
 
 def test_round_robin_is_torchs_worker_order_and_closes_everything():
@@ -234,3 +249,23 @@ def test_permuting_a_piece_of_the_order_is_that_piece_of_the_permuted_block(ok, 
     piece, whole = block.permute(order[a:b]), block.permute(order).slice(a, b)
     assert piece.positions == whole.positions == b - a and piece.skipped == whole.skipped
     assert _kept([piece]) == _kept([whole])
+
+
+def test_strings_move_as_text_columns_and_reach_users_as_str():
+    """A string column without nulls is UTF-8 bytes in a `TextColumn` through slicing, selecting,
+    concatenation and the process hand-over; with nulls it stays a list (None kept)."""
+    from sparkfeed.batch import column_to_value, concat_rows, pack, select_rows, unpack
+
+    col = column_to_value(pa.array(["héllo", "", "wörld", "x"]), "s")
+    assert isinstance(col, TextColumn) and col[2] == "wörld"
+    assert col.slice(1, 3).to_list() == ["", "wörld"]
+    assert col.select([3, 0, 3]).to_list() == ["x", "héllo", "x"]
+    with_nulls = column_to_value(pa.array(["a", None]), "s")
+    assert with_nulls == ["a", None]
+    joined = concat_rows([{"s": col.slice(0, 2)}, {"s": col.slice(2, 4)}])["s"]
+    assert isinstance(joined, TextColumn) and joined.to_list() == ["héllo", "", "wörld", "x"]
+    assert concat_rows([{"s": col}, {"s": with_nulls}])["s"] == ["héllo", "", "wörld", "x", "a", None]
+    moved = unpack(pack({"s": col, "n": torch.arange(4)}))
+    assert isinstance(moved["s"], TextColumn) and user_facing(moved)["s"] == col.to_list()
+    picked = select_rows({"s": col}, torch.tensor([1, 2]))["s"]
+    assert isinstance(picked, TextColumn) and picked.to_list() == ["", "wörld"]

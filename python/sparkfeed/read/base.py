@@ -35,6 +35,9 @@ class ReadContext:
     stats: Stats = field(default_factory=Stats)
     manifest_bytes: dict[str, int] = field(default_factory=dict)  # shard path -> size on storage
     shards: dict[str, Shard] = field(default_factory=dict)  # shard path -> manifest entry
+    # (filesystem, directory) that the manifest's DALI index paths (`Shard.index`) are relative
+    # to: the manifest's own directory; None when unknown (tars are then streamed, not indexed).
+    indexes: tuple[fsspec.AbstractFileSystem, str] | None = None
 
     def partition_of(self, path: str) -> dict:
         """The shard's partition values (Hive directories, Delta), {} when it has none."""

@@ -1,17 +1,24 @@
 """WebDataset tar shards -> Arrow tables, one row per sample (key), with hostile members refused.
 
-A shard is streamed member by member with Python's `tarfile`; members `<key>.<ext>` are grouped
-by key, and the manifest's schema says which member holds each column (`member`: an extension,
-`json` for scalar columns kept together, `__key__` for the key). Member data is never
-unpickled: `.pyd`/`.pickle` and other unknown members are ignored. Links, devices and names that
-`storage.path_problem` refuses (absolute, `..`, ...) are refused, naming the shard and tar offset.
+Members `<key>.<ext>` are grouped by key, and the manifest's schema says which member holds each
+column (`member`: an extension, `json` for scalar columns kept together, `__key__` for the key).
+A shard with a DALI index (every shard sparkfeed writes or indexes) is cut up through it, checked
+against the tar's own headers (`tarindex`: no per-member Python object); any other shard, or one
+whose index does not match, is streamed member by member with Python's `tarfile`. Member data is
+never unpickled: `.pyd`/`.pickle` and other unknown members are ignored. Links, devices and names
+that `storage.path_problem` refuses (absolute, `..`, ...) are refused, naming the shard and tar
+offset.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
+import logging
+import mmap
+import os
 import posixpath
 import tarfile
 
@@ -22,8 +29,10 @@ import pyarrow.compute as pc
 from .. import storage
 from ..errors import CorruptSampleError
 from ..plan import WorkUnit
+from . import tarindex
 from .base import Reader, UnitRows, apply_filter, with_bookkeeping
 
+log = logging.getLogger(__name__)
 MAX_MEMBER_BYTES = 1 << 30
 
 
@@ -43,6 +52,7 @@ class TarReader(Reader):
         self._ahead = None if storage.is_local(ctx.fs) else storage.ReadAhead()
 
     def read_ahead(self, units) -> None:
+        """Fetch the next shards whole, and their DALI indexes beside them (concurrently)."""
         if self._ahead is None:
             return
         items = []
@@ -53,15 +63,56 @@ class TarReader(Reader):
                 items.append(((unit.path,), 0, None))  # still wanted, fetched or in flight
             elif size is not None:
                 items.append(((unit.path,), size, functools.partial(self.ctx.fs.cat_file, path)))
+            index = self._index_path(unit)
+            if index is not None:
+                key = (unit.path, "index")
+                items.append(((key,), 0, None) if key in self._ahead else
+                             ((key,), 0, functools.partial(self._read_index, unit, index)))
         self._ahead.ahead(items)
 
     def close(self) -> None:
         if self._ahead is not None:
             self._ahead.close()
 
-    def _open(self, unit: WorkUnit, path: str):
-        """The shard: its bytes fetched ahead, or a remote/local file streamed in place."""
-        data = self._ahead.take(unit.path) if self._ahead is not None else None
+    def _index_path(self, unit: WorkUnit) -> tuple | None:
+        """(filesystem, path) of the shard's DALI index, when the manifest names one."""
+        shard = self.ctx.shards.get(unit.path)
+        if shard is None or shard.index is None or self.ctx.indexes is None:
+            return None
+        fs, base = self.ctx.indexes
+        return fs, storage.join(base, shard.index, self.ctx.dataset)
+
+    def _read_index(self, unit: WorkUnit, where: tuple) -> str | None:
+        """The index's text, or None (missing or unreadable: the shard is streamed instead)."""
+        fs, path = where
+        try:
+            return storage.read_bytes(fs, path).decode("utf-8")
+        except Exception as exc:  # an index is only a short cut: any failure means streaming
+            log.info("%s: shard %s: its index %s cannot be read (%s: %s); streaming the tar",
+                     self.ctx.dataset, unit.path, path, type(exc).__name__, exc)
+            return None
+
+    def _index_text(self, unit: WorkUnit) -> str | None:
+        key = (unit.path, "index")
+        if self._ahead is not None and key in self._ahead:
+            return self._ahead.take(key)
+        where = self._index_path(unit)
+        return None if where is None else self._read_index(unit, where)
+
+    @contextlib.contextmanager
+    def _buffer(self, path: str, data: bytes | None):
+        """The whole shard as a buffer: bytes fetched ahead, a local file mapped into memory
+        (pages read as they are cut), or a remote file read whole."""
+        if data is not None:
+            yield data
+        elif storage.is_local(self.ctx.fs) and os.path.getsize(path) > 0:
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                yield mapped
+        else:
+            yield self.ctx.fs.cat_file(path)
+
+    def _open(self, path: str, data: bytes | None):
+        """The shard streamed: bytes fetched ahead, or the file in place."""
         if data is not None:
             return io.BytesIO(data)
         return self.ctx.fs.open(path, "rb")  # fsspec's block cache: tarfile reads 10 KiB at a time
@@ -81,12 +132,13 @@ class TarReader(Reader):
             raise self._error(unit, f"member {name!r} is {info.size} bytes, over the "
                               f"{MAX_MEMBER_BYTES}-byte limit", where)
 
-    def _samples(self, unit: WorkUnit, wanted_members: set[str]) -> tuple[list[str], list[dict]]:
-        """Keys in shard order and, per key, the wanted members' bytes (retried as a whole)."""
+    def _members(self, unit: WorkUnit, wanted_members: set[str]) -> tarindex.Members:
+        """Keys in shard order and the wanted members' bytes per sample (retried as a whole)."""
         where = {"offset": 0}
+        index = self._index_text(unit)  # its own retries, once: not retried with the shard
         try:
-            keys, samples = storage.with_retries(lambda: self._stream(unit, wanted_members, where),
-                                                 f"reading {unit.path}")
+            found = storage.with_retries(lambda: self._read_members(unit, wanted_members, where, index),
+                                         f"reading {unit.path}")
         except FileNotFoundError as exc:
             raise self._error(unit, f"file missing: the manifest names {unit.path!r} but storage "
                               "has no such file") from exc
@@ -98,18 +150,36 @@ class TarReader(Reader):
                 raise self._error(unit, f"corrupt or truncated tar after the member at this offset "
                                   f"({type(exc).__name__}: {exc})", where["offset"]) from exc
             raise
-        if len(set(keys)) != len(keys):
+        if len(set(found.keys)) != len(found.keys):
             raise self._error(unit, "a key appears in two places; members of a sample must be adjacent")
-        return keys, samples
+        self.ctx.stats.add("bytes_read", found.nbytes)
+        return found
 
-    def _stream(self, unit: WorkUnit, wanted_members: set[str], where: dict):
-        """One pass over the shard's members; `where["offset"]` tracks the last member header."""
+    def _read_members(self, unit: WorkUnit, wanted_members: set[str], where: dict,
+                      index: str | None) -> tarindex.Members:
+        """The shard's members: through its index where it has one that matches, else streamed."""
         path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
+        self._check_unchanged(unit, path)
+        data = self._ahead.take(unit.path) if self._ahead is not None else None
+        if index is not None:
+            with self._buffer(path, data) as buf:
+                self._check_size(unit, len(buf))
+                found = tarindex.members(buf, index, wanted_members, split_name, MAX_MEMBER_BYTES)
+                if found is not None:
+                    return found
+                data = buf if isinstance(buf, bytes) else None
+            log.info("%s: shard %s does not match its index; streaming the tar", self.ctx.dataset,
+                     unit.path)
+        return self._stream(unit, path, data, wanted_members, where)
+
+    def _stream(self, unit: WorkUnit, path: str, data: bytes | None, wanted_members: set[str],
+                where: dict) -> tarindex.Members:
+        """One pass over the shard's members with `tarfile`; `where["offset"]` tracks the last
+        member header."""
         keys: list[str] = []
         samples: list[dict] = []
         read = 0
-        self._check_unchanged(unit, path)
-        with self._open(unit, path) as f:
+        with self._open(path, data) as f:
             self._check_size(unit, getattr(f, "size", len(f.getbuffer()) if isinstance(f, io.BytesIO) else None))
             with tarfile.open(fileobj=f, mode="r|", errorlevel=2) as tar:
                 for info in tar:
@@ -124,8 +194,8 @@ class TarReader(Reader):
                     if ext in wanted_members:
                         samples[-1][ext] = tar.extractfile(info).read()
                     read += info.size + 512
-        self.ctx.stats.add("bytes_read", read)
-        return keys, samples
+        values = {m: [s.get(m) for s in samples] for m in wanted_members}
+        return tarindex.Members(keys, values, read)
 
     def _check_size(self, unit: WorkUnit, size: int | None) -> None:
         """A shard whose size differs from the manifest's was truncated or replaced."""
@@ -142,16 +212,20 @@ class TarReader(Reader):
         null row marked not-ok, so stream positions stay exact and the skip is counted.
         """
         cols = [c for c in self.ctx.schema if c.name in set(names)]
-        members = {c.member or c.name for c in cols}
-        keys, samples = self._samples(unit, members)
+        found = self._members(unit, {c.member or c.name for c in cols})
+        keys, n = found.keys, len(found.keys)
         bad: dict[int, str] = {}
         in_json = any((c.member or c.name) == "json" and c.type not in ("string", "large_string")
                       for c in cols)
-        parsed = self._parse_json(samples, bad) if in_json else None
-        arrays = {}
-        for col, field in zip(cols, self.ctx.arrow_schema([c.name for c in cols])):
-            values = self._column_values(col, keys, samples, parsed, bad)
-            arrays[col.name] = self._to_array(col, values, field.type, bad)
+        fields = self.ctx.arrow_schema([c.name for c in cols])
+        arrays = _whole_columns(cols, fields, found.values, n)
+        parsed = None
+        if in_json and any(c.name not in arrays for c in cols if c.member == "json"):
+            parsed = self._parse_json(_as_list(found.values.get("json"), n), bad)
+        for col, field in zip(cols, fields):
+            if col.name not in arrays:
+                values = self._column_values(col, keys, found.values, parsed, bad)
+                arrays[col.name] = self._to_array(col, values, field.type, bad)
         if bad:
             self._corrupt(unit, keys, bad)
         ok = np.ones(len(keys), dtype=bool)
@@ -171,13 +245,13 @@ class TarReader(Reader):
                                      dataset=self.ctx.dataset, shard=unit.path, key=keys[row])
 
     @staticmethod
-    def _parse_json(samples: list[dict], bad: dict[int, str]) -> list[dict]:
+    def _parse_json(raw: list, bad: dict[int, str]) -> list[dict]:
         out = []
-        for i, s in enumerate(samples):
+        for i, r in enumerate(raw):
             doc = {}
-            if "json" in s:
+            if r is not None:
                 try:
-                    doc = json.loads(s["json"])
+                    doc = json.loads(r)
                     if not isinstance(doc, dict):
                         raise ValueError(f"a JSON {type(doc).__name__}, not an object")
                 except (ValueError, UnicodeDecodeError) as exc:
@@ -187,13 +261,13 @@ class TarReader(Reader):
         return out
 
     @staticmethod
-    def _column_values(col, keys, samples, parsed_json, bad: dict[int, str]) -> list:
+    def _column_values(col, keys, members: dict, parsed_json, bad: dict[int, str]) -> list:
         member = col.member or col.name
         if member == "__key__":
             return keys
         if member == "json" and col.type not in ("string", "large_string"):
             return [d.get(col.name) for d in parsed_json]  # scalars kept together (the JVM writer)
-        raw = [s.get(member) for s in samples]
+        raw = _as_list(members.get(member), len(keys))
         if col.type in ("binary", "large_binary"):
             return raw
         values = []
@@ -236,3 +310,76 @@ class TarReader(Reader):
         table, ok = self._table(unit, list(self.ctx.filter_columns))
         table, _ = apply_filter(self.ctx, table.append_column("__ok_in__", pa.array(ok)), keep_bad=True)
         return table.num_rows
+
+
+# ---------------------------------------------------------------- whole columns at C speed
+#
+# When every sample has the member (`tarindex` gives a binary array), a column is converted in
+# one Arrow call where that gives exactly what the per-value path gives; anything it is not sure
+# of (a value that is not a plain JSON number, bad UTF-8, a JSON document spread over lines)
+# leaves the column to the per-value path, which names bad samples.
+
+_JSON_INT = r"^[ \t\n\r]*-?(0|[1-9][0-9]*)[ \t\n\r]*$"
+_JSON_NUMBER = r"^[ \t\n\r]*-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?[ \t\n\r]*$"
+
+
+def _as_list(raw, n: int) -> list:
+    """A member column as a list of bytes (None where missing)."""
+    if raw is None:
+        return [None] * n
+    return raw.to_pylist() if isinstance(raw, pa.Array) else raw
+
+
+def _whole_columns(cols, fields, members: dict, n: int) -> dict[str, pa.Array]:
+    """The columns that convert whole: their own member's bytes, text or plain JSON numbers,
+    and the JSON-kept scalars when every sample's `.json` parses as one line of numbers/bools."""
+    out = {}
+    for col, field in zip(cols, fields):
+        raw = members.get(col.member or col.name)
+        if isinstance(raw, pa.Array) and col.member != "json":
+            arr = _whole_column(raw, field.type)
+            if arr is not None:
+                out[col.name] = arr
+    kept = [(c, f) for c, f in zip(cols, fields) if c.member == "json" and c.type not in ("string", "large_string")]
+    if kept and isinstance(members.get("json"), pa.Array):
+        out.update(_json_scalars(members["json"], kept, n))
+    return out
+
+
+def _whole_column(raw: pa.Array, type_: pa.DataType) -> pa.Array | None:
+    try:
+        if pa.types.is_binary(type_) or pa.types.is_large_binary(type_):
+            return raw.cast(type_)
+        text = raw.cast(pa.string())  # validates UTF-8
+        if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+            return text.cast(type_)
+        if pa.types.is_integer(type_) or pa.types.is_floating(type_):
+            pattern = _JSON_INT if pa.types.is_integer(type_) else _JSON_NUMBER
+            if pc.all(pc.match_substring_regex(text, pattern)).as_py():
+                return pc.cast(pc.utf8_trim_whitespace(text), type_)
+    except (pa.ArrowException, ValueError):
+        pass
+    return None
+
+
+def _json_scalars(raw: pa.Array, kept, n: int) -> dict[str, pa.Array]:
+    """Numeric and boolean columns kept together in `.json` members, read by Arrow's JSON
+    reader at once: only when each member is one line holding one object."""
+    import pyarrow.json as pajson
+
+    kept = [(c, f) for c, f in kept if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
+            or pa.types.is_boolean(f.type)]
+    if not kept:
+        return {}
+    lines = b"\n".join(raw.to_pylist())
+    if lines.count(b"\n") != n - 1 or not all(raw.to_pylist()):
+        return {}
+    schema = pa.schema([f for _, f in kept])
+    try:
+        table = pajson.read_json(io.BytesIO(lines), parse_options=pajson.ParseOptions(
+            explicit_schema=schema, unexpected_field_behavior="ignore"))
+    except (pa.ArrowException, ValueError):
+        return {}
+    if table.num_rows != n:
+        return {}
+    return {c.name: table.column(c.name).combine_chunks() for c, _ in kept}

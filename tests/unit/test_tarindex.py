@@ -1,0 +1,168 @@
+"""Tar shards read through their DALI index (`read/tarindex.py`): the index is a short cut, never
+a source of truth. Whatever the index says, the reader delivers what the tar holds (or the error
+the streamed tar gives), and the name rule is `storage.path_problem`'s."""
+
+import io
+import json
+import os
+import shutil
+import tarfile
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import dsutil
+import sparkfeed
+from sparkfeed import storage
+from sparkfeed.errors import ShardReadError
+from sparkfeed.read import tarindex
+from sparkfeed.read.tar import split_name
+
+CASES = json.load(open(os.path.join(os.path.dirname(__file__), os.pardir, "data", "path_cases.json"),
+                       encoding="utf-8"))["cases"]
+BOUNDED = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 80)), deadline=None,
+                   derandomize=bool(os.environ.get("CI")), suppress_health_check=list(HealthCheck))
+COLUMNS = ["key", "id", "label", "score", "caption", "feature", "image"]
+
+
+def everything(root: str, **kw) -> dict:
+    """Every column of every sample, in order, as plain Python values."""
+    out: dict = {c: [] for c in COLUMNS}
+    for batch in sparkfeed.DataLoader(root, batch_size=16, columns=COLUMNS, **kw):
+        for c in COLUMNS:
+            value = batch[c]
+            out[c] += value.tolist() if hasattr(value, "tolist") else list(value)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """The same samples twice: tars with DALI indexes, and the same tars without."""
+    base = tmp_path_factory.mktemp("ti")
+    data = dsutil.table(60, image_bytes=300)
+    dsutil.write_tar(str(base / "indexed"), data, 25)
+    dsutil.write_tar(str(base / "plain"), data, 25, index=False)
+    return str(base / "indexed"), str(base / "plain")
+
+
+def test_indexed_and_streamed_tars_deliver_the_same_samples(pair):
+    indexed, plain = pair
+    assert "index" in json.load(open(os.path.join(indexed, "_sparkfeed.json")))["shards"][0]
+    got, want = everything(indexed), everything(plain)
+    assert len(got["id"]) == 60 and got == want
+    with_workers = everything(indexed, num_workers=2, worker_type="process")
+    assert sorted(with_workers["id"]) == sorted(want["id"])
+
+
+@pytest.mark.parametrize("path", [c["path"] for c in CASES], ids=ascii)
+def test_name_check_is_the_path_rule(path):
+    safe = storage.path_problem(path) is None
+    assert tarindex.names_are_safe([path]) == safe
+    assert tarindex.names_are_safe(["ok/a.jpg", path, "b.cls"]) == safe
+
+
+@BOUNDED
+@given(st.lists(st.text(alphabet="ab./:\\\n\x00\x7f..", min_size=0, max_size=8), min_size=1, max_size=4))
+def test_name_check_agrees_with_the_path_rule_on_any_names(names):
+    assert tarindex.names_are_safe(names) == all(storage.path_problem(n) is None for n in names)
+
+
+@pytest.fixture()
+def copy_of(pair, tmp_path):
+    root = str(tmp_path / "ds")
+    shutil.copytree(pair[0], root)
+    return root
+
+
+def _index_file(root: str) -> str:
+    return os.path.join(root, json.load(open(os.path.join(root, "_sparkfeed.json")))["shards"][0]["index"])
+
+
+@BOUNDED
+@given(data=st.data())
+def test_a_damaged_or_hostile_index_never_changes_what_is_delivered(pair, tmp_path_factory, data):
+    indexed, plain = pair
+    root = str(tmp_path_factory.mktemp("bad") / "ds")
+    shutil.copytree(indexed, root)
+    lines = open(_index_file(root)).read().split("\n")
+    row = data.draw(st.integers(1, len(lines) - 2))
+    tokens = lines[row].split(" ")
+    k = data.draw(st.integers(0, len(tokens) - 1))
+    tokens[k] = data.draw(st.sampled_from(["0", "512", "1024", "99999999", "-1", "../x.jpg", "a//b",
+                                           "s00000001.jpg", "jpg", "cls", "x y"])
+                          | st.text(alphabet="0123456789abc./", max_size=12))
+    lines[row] = " ".join(tokens)
+    if data.draw(st.booleans()):
+        lines[1], lines[2] = lines[2], lines[1]
+    with open(_index_file(root), "w") as f:
+        f.write("\n".join(lines))
+    assert everything(root) == everything(plain)
+
+
+def test_a_missing_index_file_means_streaming(copy_of, pair):
+    os.remove(_index_file(copy_of))
+    assert everything(copy_of) == everything(pair[1])
+
+
+def _tar_with(members: list[tarfile.TarInfo], payloads: list[bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, payload in zip(members, payloads):
+            tar.addfile(info, io.BytesIO(payload) if info.isreg() else None)
+    return buf.getvalue()
+
+
+def _regular(name: str, payload: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    return info
+
+
+def test_long_names_in_extension_headers_are_read_by_streaming():
+    long_key = "d" * 120 + "/k"
+    payloads = [b"1", b"2"]
+    raw = _tar_with([_regular(f"{long_key}.cls", payloads[0]), _regular("short.cls", payloads[1])], payloads)
+    offsets = [raw.index(b"1" + b"\0" * 511), raw.index(b"2" + b"\0" * 511)]
+    text = f"v1.2 2\ncls {offsets[0]} 1 {long_key}.cls\ncls {offsets[1]} 1 short.cls\n"
+    assert tarindex.members(raw, text, {"cls"}, split_name, 1 << 30) is None  # a pax header between
+
+
+def test_a_link_hidden_between_indexed_members_is_not_read_through_the_index():
+    link = tarfile.TarInfo("evil.jpg")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    raw = _tar_with([_regular("a.cls", b"1"), link, _regular("b.cls", b"2")], [b"1", b"", b"2"])
+    text = "v1.2 2\ncls 512 1 a.cls\ncls 2048 1 b.cls\n"
+    assert raw[2048:2049] == b"2"
+    assert tarindex.members(raw, text, {"cls"}, split_name, 1 << 30) is None
+
+
+def test_the_index_gives_member_bytes_and_keys():
+    payloads = [b"7", b"\xff\xd8jpeg", b"8"]
+    raw = _tar_with([_regular("x/a.cls", payloads[0]), _regular("x/a.jpg", payloads[1]),
+                     _regular("x/b.cls", payloads[2])], payloads)
+    text = "v1.2 2\ncls 512 1 x/a.cls jpg 1536 6 x/a.jpg\ncls 2560 1 x/b.cls\n"
+    got = tarindex.members(raw, text, {"cls", "jpg"}, split_name, 1 << 30)
+    assert got.keys == ["x/a", "x/b"]
+    assert got.values["cls"].to_pylist() == [b"7", b"8"]  # in every sample: one array
+    assert got.values["jpg"] == [b"\xff\xd8jpeg", None]   # not in every sample: a list
+    assert got.nbytes == (1 + 512) + (6 + 512) + (1 + 512)
+
+
+def test_a_streamed_error_still_names_the_shard_and_offset(copy_of):
+    """A tar whose member is hostile fails as it did without an index: the index is not trusted
+    to skip it (here a name that escapes, written into the tar and the index alike)."""
+    shard = os.path.join(copy_of, json.load(open(os.path.join(copy_of, "_sparkfeed.json")))["shards"][0]["path"])
+    raw = bytearray(open(shard, "rb").read())
+    first = raw[:100].rstrip(b"\0")
+    evil = (b"../" + first[3:]).ljust(100, b"\0")[:100]
+    raw[:100] = evil
+    raw[148:156] = b" " * 8
+    raw[148:156] = b"%06o\0 " % sum(raw[:512])  # a valid header: only its name is hostile
+    open(shard, "wb").write(bytes(raw))
+    with open(_index_file(copy_of)) as f:
+        text = f.read()
+    with open(_index_file(copy_of), "w") as f:
+        f.write(text.replace(first.decode(), evil.rstrip(b"\0").decode(), 1))
+    with pytest.raises(ShardReadError, match=r"shard-00000\.tar.*offset 0.*could escape the dataset"):
+        everything(copy_of)
