@@ -51,7 +51,8 @@ class LatencyServer:
 
 def send_file_range(handler: http.server.BaseHTTPRequestHandler, path: str, body: bool) -> int:
     """Answer a GET/HEAD for the file at `path` as object stores do: 206 with the bytes of a
-    `Range: bytes=a-b` header, else 200 with the whole file. Returns the body bytes sent.
+    `Range: bytes=a-b` header, else 200 with the whole file. Returns the body bytes sent (0 when
+    the client hung up before the body went out).
     (Also the test servers' responder: tests/faulty_http.py.)"""
     size = os.path.getsize(path)
     start, end = 0, size - 1
@@ -68,9 +69,12 @@ def send_file_range(handler: http.server.BaseHTTPRequestHandler, path: str, body
     if not body:
         return 0
     handler.wfile.flush()
-    with open(path, "rb") as f:  # sendfile: the kernel copies (as nginx does), not this process
-        handler.connection.sendfile(f, start, end - start + 1)
-    return end - start + 1
+    try:
+        with open(path, "rb") as f:  # sendfile: the kernel copies (as nginx does), not this process
+            return handler.connection.sendfile(f, start, end - start + 1)
+    except (BrokenPipeError, ConnectionResetError):  # the client left mid-body (a reader closed early)
+        handler.close_connection = True
+        return 0
 
 
 def _handler(owner: LatencyServer):
