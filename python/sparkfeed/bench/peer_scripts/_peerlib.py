@@ -81,3 +81,27 @@ def parquet_files(path):
     for root, _dirs, names in os.walk(path):
         out += [os.path.join(root, n) for n in names if n.endswith(".parquet") and n[0] not in "_."]
     return sorted(out)
+
+
+def parquet_to_mds(parquet, mds, spec):
+    """Write the Parquet dataset's columns `spec` ({name: MDS type}) as an MDS copy at `mds`,
+    once (a `_done` marker); the seconds it took, 0 when the copy was already there."""
+    if os.path.exists(os.path.join(mds, "_done")):
+        return 0.0
+    import shutil
+
+    import pyarrow.parquet as pq
+    from streaming import MDSWriter
+
+    started = time.perf_counter()
+    shutil.rmtree(mds, ignore_errors=True)
+    with MDSWriter(out=mds, columns=spec, compression=None, size_limit="64mb") as writer:
+        for path in parquet_files(parquet):
+            table = pq.read_table(path, columns=list(spec))
+            cols = [table.column(c).to_pylist() if spec[c] == "bytes" else table.column(c).to_numpy()
+                    for c in spec]
+            for i in range(table.num_rows):
+                writer.write({c: v[i] for c, v in zip(spec, cols)})
+    with open(os.path.join(mds, "_done"), "w") as f:
+        json.dump({"from": parquet}, f)
+    return time.perf_counter() - started

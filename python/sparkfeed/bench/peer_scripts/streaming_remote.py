@@ -11,37 +11,14 @@ server serves it) is the bucket. Every timed run starts with an empty local cach
 training node downloading the dataset.
 """
 
-import json
 import os
 import shutil
 import tempfile
-import time
 import warnings
 
 import _peerlib
 
 warnings.filterwarnings("ignore")
-
-
-def convert(parquet: str, mds: str) -> float:
-    if os.path.exists(os.path.join(mds, "_done")):
-        return 0.0
-    import pyarrow.parquet as pq
-    from streaming import MDSWriter
-
-    started = time.perf_counter()
-    shutil.rmtree(mds, ignore_errors=True)
-    spec = {"id": "int64", "label": "int32", "image": "bytes"}
-    with MDSWriter(out=mds, columns=spec, compression=None, size_limit="64mb") as writer:
-        for path in _peerlib.parquet_files(parquet):
-            table = pq.read_table(path, columns=list(spec))
-            ids, labels = table.column("id").to_numpy(), table.column("label").to_numpy()
-            images = table.column("image").to_pylist()
-            for i in range(table.num_rows):
-                writer.write({"id": ids[i], "label": labels[i], "image": images[i]})
-    with open(os.path.join(mds, "_done"), "w") as f:
-        json.dump({"from": parquet}, f)
-    return time.perf_counter() - started
 
 
 def main():
@@ -50,7 +27,7 @@ def main():
 
     _torchvision_stub.install()  # the PyPI torchvision cannot load beside the CPU torch
     mds = a["path"].rstrip("/") + "-mds"
-    convert_s = convert(a["path"], mds)
+    convert_s = _peerlib.parquet_to_mds(a["path"], mds, {"id": "int64", "label": "int32", "image": "bytes"})
     # boto3's settings for the S3 downloader: the latency server, any credentials
     os.environ.update(S3_ENDPOINT_URL=a["endpoint"], AWS_ACCESS_KEY_ID="sparkfeed",
                       AWS_SECRET_ACCESS_KEY="sparkfeed", AWS_DEFAULT_REGION="us-east-1")
