@@ -30,8 +30,11 @@ class BinaryColumn:
         return self.offsets.numel() - 1
 
     def __getitem__(self, i: int) -> bytes:
-        """Sample i, as users see it."""
-        return self.item_view(i).numpy().tobytes()
+        """Sample i (negative counts from the end), as users see it."""
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"sample {i} of a column of {n}")
+        return self.item_view(i % n).numpy().tobytes()
 
     def item_view(self, i: int) -> torch.Tensor:
         """Sample i as a uint8 tensor view (no copy)."""

@@ -198,8 +198,7 @@ class DataLoader:
         tars); processes for tars parsed in Python. With num_workers=0 one background thread
         reads (`prefetch` segments ahead)."""
         if self.worker_type == "auto" or self.num_workers == 0:
-            engines = getattr(self._engine, "engines", [self._engine])  # a mix: all its sources
-            return self.num_workers == 0 or all(e.reads_in_c for e in engines)
+            return self.num_workers == 0 or self._engine.reads_in_c
         return self.worker_type == "thread"
 
     def _deliveries(self, lanes: list):

@@ -257,7 +257,9 @@ def test_strings_move_as_text_columns_and_reach_users_as_str():
     from sparkfeed.batch import column_to_value, concat_rows, pack, select_rows, unpack
 
     col = column_to_value(pa.array(["héllo", "", "wörld", "x"]), "s")
-    assert isinstance(col, TextColumn) and col[2] == "wörld"
+    assert isinstance(col, TextColumn) and col[2] == "wörld" and col[-1] == "x"
+    with pytest.raises(IndexError, match="sample 4 of a column of 4"):
+        col[4]
     assert col.slice(1, 3).to_list() == ["", "wörld"]
     assert col.select([3, 0, 3]).to_list() == ["x", "héllo", "x"]
     with_nulls = column_to_value(pa.array(["a", None]), "s")

@@ -371,8 +371,9 @@ def _json_scalars(raw: pa.Array, kept, n: int) -> dict[str, pa.Array]:
             or pa.types.is_boolean(f.type)]
     if not kept:
         return {}
-    lines = b"\n".join(raw.to_pylist())
-    if lines.count(b"\n") != n - 1 or not all(raw.to_pylist()):
+    docs = raw.to_pylist()
+    lines = b"\n".join(docs)
+    if lines.count(b"\n") != n - 1 or not all(docs):
         return {}
     schema = pa.schema([f for _, f in kept])
     try:

@@ -145,15 +145,16 @@ def members(buf, index_text: str, wanted: set[str], split_name, max_member: int)
     keys = _keys(sample, exts, names, split_name)
     if keys is None:
         return None
-    values = {ext: _column(buf, ext, sample, exts, offsets, sizes, len(keys)) for ext in wanted}
+    kinds = np.array(exts, dtype=object)
+    values = {ext: _column(buf, np.flatnonzero(kinds == ext), sample, offsets, sizes, len(keys))
+              for ext in wanted}
     return Members(keys, values, int((sizes + _BLOCK).sum()))
 
 
-def _column(buf, ext: str, sample: np.ndarray, exts: list[str], offsets: np.ndarray,
-            sizes: np.ndarray, n: int):
-    """Every sample's `.ext` member: one binary array when each sample has exactly one (the
-    bytes joined in one copy), else a list with None where a sample has none."""
-    where = np.flatnonzero(np.array(exts, dtype=object) == ext)
+def _column(buf, where: np.ndarray, sample: np.ndarray, offsets: np.ndarray, sizes: np.ndarray,
+            n: int):
+    """Each sample's member among those at `where` (one extension): one binary array when every
+    sample has exactly one (the bytes joined in one copy), else a list, None where one has none."""
     starts, ends = offsets[where].tolist(), (offsets[where] + sizes[where]).tolist()
     with memoryview(buf) as view:
         if len(where) == n and (sample[where] == np.arange(n)).all():
