@@ -479,12 +479,12 @@ class MixedEngine(Engine):
         try:
             for g, a, b in self._pieces(spans):
                 labels = grid.block(g)[a:b]
-                taken = np.bincount(labels, minlength=len(self.engines))
+                taken = _label_counts(labels, len(self.engines))
                 present = np.flatnonzero(taken)
                 parts = [self._conformed(int(i), cursors[int(i)].take(int(taken[i]))) for i in present]
                 _drain(src_stats, stats)  # before the yield: the batches cut from it carry them
-                if len(parts) == 1:  # one source: its slices as they are, nothing copied
-                    yield from parts[0]
+                if len(parts) == 1:  # one source: its slices (in order: copied out of Arrow's buffers)
+                    yield from (parts[0] if self.config.shuffle else [_owned(parts[0])])
                 else:
                     yield _mixed(parts, labels, present)
         finally:
@@ -494,8 +494,10 @@ class MixedEngine(Engine):
 
     def _reader(self, i: int, epoch: int, stats: Stats, row_ids: bool, lanes=None) -> StreamReader:
         engine = self.engines[i]
+        # views: every source's rows are copied into mixed order (`_mixed`, `_owned`), so reading
+        # converts them without a copy of its own
         return StreamReader(engine.stream(epoch), make_reader(engine.format, engine.context(stats)),
-                            row_ids=row_ids, lanes=lanes)
+                            row_ids=row_ids, lanes=lanes, views=True)
 
     def _grid(self, epoch: int) -> "_Grid":
         """This epoch's grid, shared by the lanes (readers and batch accounting) of this process;
@@ -578,6 +580,26 @@ def _mixed(parts: list[list[Block]], labels: np.ndarray, present: np.ndarray) ->
     return Block.concat([b for blocks in parts for b in blocks]).permute(_gather_index(labels, present))
 
 
+def _owned(blocks: list[Block]) -> Block:
+    """A source's slices as one block of its own memory: read with `views`, the slices may lie
+    in Arrow's buffers, which are not handed to users (this path is rare: a piece of a mix
+    rarely holds one source)."""
+    if len(blocks) > 1:
+        return Block.concat(blocks)
+    block = blocks[0]
+    return block._replace(columns={k: v.clone() if isinstance(v, torch.Tensor) else v
+                                   for k, v in block.columns.items()})
+
+
+def _label_counts(labels: np.ndarray, sources: int) -> np.ndarray:
+    """How many of `labels` name each source: with two sources one `count_nonzero` (a tenth of a
+    `bincount`'s cost), else a `bincount`."""
+    if sources == 2:
+        second = int(np.count_nonzero(labels))
+        return np.array([len(labels) - second, second], dtype=np.int64)
+    return np.bincount(labels, minlength=sources)
+
+
 def _gather_index(labels: np.ndarray, present: np.ndarray) -> np.ndarray:
     """Position p takes row `rank of p among the positions sorted stably by label` of the parts
     laid one after another. Two sources (the common mix): from one running count, half the
@@ -637,27 +659,58 @@ class _Grid:
 class _Delivered:
     """One lane's per-batch accounting: a batch holds lane positions [start, start + n), which
     `spans` map to mixed positions, whose labels the grid gives; skipped positions (on_error=
-    "skip") are left out. So no per-row source column travels with the rows: per batch, one
-    `bincount` of a view of the labels of the current window (a span within one grid block)."""
+    "skip") are left out. So no per-row source column travels with the rows.
+
+    The counts are taken once per window (a span within one grid block: the labels of its
+    positions), at every batch boundary in it (`_marks`: batches are `size` positions from
+    the lane's start, `size` learnt from the first batch), so a batch inside a window costs a
+    few list lookups; a batch across windows, or holding skipped positions, counts its labels
+    (`bincount`)."""
 
     def __init__(self, grid: _Grid, spans, keys: list[str], with_source: bool):
         self.grid, self.keys, self.with_source = grid, keys, with_source
         self.spans = [(int(lo), int(hi)) for lo, hi in spans]
         self.bounds = np.concatenate([[0], np.cumsum([hi - lo for lo, hi in self.spans])]).astype(np.int64).tolist()
         self.window, self.lo, self.hi = np.zeros(0, np.uint8), 0, 0  # labels of lane positions [lo, hi)
+        self.size: int | None = None  # positions per batch (the first batch's)
+        self.marks: dict | None = None  # the window's batches (`_marks`), made after its first
 
     def __call__(self, block: Block, start: int, columns: dict, delta: dict) -> None:
         end = start + block.positions
-        if self.lo <= start and end <= self.hi:
-            labels = self.window[start - self.lo:end - self.lo]
-        else:
-            labels = self._labels(start, end)
+        batch = None if self.marks is None else self.marks.get(start)
+        if batch is not None and batch[0] == end and block.good is None and not self.with_source:
+            for key, n in zip(self.keys, batch[1]):  # the common case: a few lookups
+                delta[key] = delta.get(key, 0) + n
+            return
+        self.size = block.positions if self.size is None else self.size
+        labels = self.window[start - self.lo:end - self.lo] if self.lo <= start and end <= self.hi \
+            else self._labels(start, end)
         if block.good is not None:
             labels = labels[np.diff(block.good).astype(bool)]
-        for key, n in zip(self.keys, np.bincount(labels, minlength=len(self.keys)).tolist()):
+        counts = batch[1] if batch is not None and batch[0] == end and block.good is None else \
+            np.bincount(labels, minlength=len(self.keys)).tolist()
+        for key, n in zip(self.keys, counts):
             delta[key] = delta.get(key, 0) + n
         if self.with_source:
             columns[SOURCE_COLUMN] = torch.from_numpy(labels.astype(np.int64))
+        if self.marks is None and self.hi > self.lo:
+            self.marks = self._marks()
+
+    def _marks(self) -> dict[int, tuple[int, list[int]]]:
+        """The window's batches: first lane position -> (end, per-source counts), batches being
+        `size` positions from the lane's start (cut at the window's ends); one pass per source
+        over the window's labels, once per window."""
+        size, lo, hi, k = self.size, self.lo, self.hi, len(self.keys)
+        cuts = np.arange(-(-lo // size) * size, hi, size, dtype=np.int64)
+        cuts = np.concatenate([[lo], cuts[cuts > lo], [hi]]).astype(np.int64)
+        at = cuts[:-1] - lo
+        if k <= 4:  # a few sources: one pass per source
+            counts = np.stack([np.add.reduceat(self.window == i, at, dtype=np.int64) for i in range(k)], axis=1)
+        else:
+            batch = np.repeat(np.arange(len(at), dtype=np.int64), np.diff(cuts))
+            counts = np.bincount(batch * k + self.window, minlength=len(at) * k).reshape(len(at), k)
+        bounds = cuts.tolist()
+        return dict(zip(bounds[:-1], zip(bounds[1:], counts.tolist())))
 
     def _labels(self, lo: int, hi: int) -> np.ndarray:
         """Labels of lane positions [lo, hi); the window moves to the last span and block met."""
@@ -668,7 +721,7 @@ class _Delivered:
             g = bisect.bisect_right(self.grid.starts, base + lo) - 1
             first, last = self.grid.starts[g] - base, self.grid.starts[g + 1] - base
             self.lo, self.hi = max(first, self.bounds[k]), min(last, self.bounds[k + 1])
-            self.window = self.grid.block(g)[self.lo - first:self.hi - first]
+            self.window, self.marks = self.grid.block(g)[self.lo - first:self.hi - first], None
             end = min(hi, self.hi)
             out.append(self.window[lo - self.lo:end - self.lo])
             lo = end

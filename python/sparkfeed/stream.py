@@ -138,12 +138,13 @@ class Block(NamedTuple):
     good: np.ndarray | None = None
 
     @staticmethod
-    def from_rows(read: UnitRows, row_ids: bool = False) -> "Block":
+    def from_rows(read: UnitRows, row_ids: bool = False, copy: bool = True) -> "Block":
         """A reader's rows converted column-wise to tensors, once per unit; with `row_ids`, also
         `ROW_KEYS`, `(unit << 32) | row` per row, which name a sample for keyed augmentations
-        and for an error that comes later (image decoding)."""
+        and for an error that comes later (image decoding). `copy=False`: numbers stay in
+        Arrow's buffers (`batch.table_to_batch`), for rows that are copied again downstream."""
         table = read.table if read.ok is None else read.table.filter(pa.array(read.ok))
-        columns = batching.table_to_batch(table)
+        columns = batching.table_to_batch(table, copy)
         if row_ids:
             rows = read.row_numbers() if read.ok is None else read.row_numbers()[read.ok]
             units = np.repeat(np.array([u.index for u, _ in read.parts()], dtype=np.int64),
@@ -256,11 +257,17 @@ class StreamReader:
 
     `lanes` (every lane's spans: the list object the loader hands all lanes of one iteration,
     whose item `segments` gets) lets thread lanes of one process share the blocks a lane
-    boundary falls in (`SharedBlocks`); without it each reader reads alone."""
+    boundary falls in (`SharedBlocks`); without it each reader reads alone.
+
+    `views`: convert what is read without copying numbers out of Arrow's buffers, because they
+    are copied again before they are delivered (default: with shuffle, whose runs are joined
+    into a block and gathered into its order; a mix passes True for its sources).
+    """
 
     def __init__(self, stream: EpochStream, reader: Reader, cached_units: int = 2, row_ids: bool = False,
-                 lanes=None):
+                 lanes=None, views: bool | None = None):
         self.stream, self.reader, self.row_ids = stream, reader, row_ids
+        self.views = stream.shuffle if views is None else views
         self._units: OrderedDict[int, tuple[Block, int]] = OrderedDict()  # unit -> (run, offset)
         self._cached_units = cached_units
         self._current: tuple[int, _Mixed] | None = None  # shuffle: the block being delivered
@@ -284,7 +291,7 @@ class StreamReader:
         at = int(np.searchsorted(self._ahead_units, k))  # this run and what follows it in the lane
         self.reader.read_ahead([units[int(i)] for i in self._ahead_units[at:at + _AHEAD_UNITS]])
         read = self.reader.read_run(units[k:end], [int(n) for n in counts[k:end]])
-        block, offset = Block.from_rows(read, self.row_ids), 0
+        block, offset = Block.from_rows(read, self.row_ids, copy=not self.views), 0
         parts = read.parts()
         for j, (_, n) in enumerate(parts):
             self._units[k + j] = (block, offset)
@@ -367,7 +374,8 @@ class StreamReader:
         waits meanwhile, so its runs are read in parallel (pyarrow releases the GIL)."""
         helpers = min(len(self.stream.runs_of(b)) - 1, _BLOCK_HELPERS, (os.cpu_count() or 1) - 1)
         for _ in range(max(0, helpers)):
-            helper = StreamReader(self.stream, type(self.reader)(self.reader.ctx), row_ids=self.row_ids)
+            helper = StreamReader(self.stream, type(self.reader)(self.reader.ctx), row_ids=self.row_ids,
+                                  views=self.views)
             threading.Thread(target=pending.help, args=(helper, b), daemon=True,
                              name="sparkfeed-block-reader").start()
 
