@@ -54,7 +54,7 @@ from .engine import Engine, ReadConfig
 from .manifest import Manifest
 from .read import make_reader
 from .stats import Stats
-from .stream import ROW_KEYS, Block, StreamReader
+from .stream import ROW_KEYS, Block, Shuffled, StreamReader
 
 __all__ = ["Source", "SOURCE_COLUMN", "MixPlan", "MixedEngine", "shares", "block_counts",
            "block_labels", "share_spans", "resolve"]
@@ -484,7 +484,7 @@ class MixedEngine(Engine):
                 parts = [self._conformed(int(i), cursors[int(i)].take(int(taken[i]))) for i in present]
                 _drain(src_stats, stats)  # before the yield: the batches cut from it carry them
                 if len(parts) == 1:  # one source: its slices (in order: copied out of Arrow's buffers)
-                    yield from (parts[0] if self.config.shuffle else [_owned(parts[0])])
+                    yield from ([_gathered(b) for b in parts[0]] if self.config.shuffle else [_owned(parts[0])])
                 else:
                     yield _mixed(parts, labels, present)
         finally:
@@ -547,15 +547,18 @@ class MixedEngine(Engine):
                     _SHARED_LANES.popitem(last=False)
         return entry[1], k
 
-    def _conformed(self, i: int, parts: list[Block]) -> list[Block]:
+    def _conformed(self, i: int, parts: list) -> list:
         """Source i's rows (slices of its blocks) with the mix's column order and dtypes, and row
-        keys that name the source; nothing is copied when the source matches the mix."""
+        keys that name the source; nothing is copied when the source matches the mix (a
+        `Shuffled` piece then stays ungathered, for `_mixed` to gather into place)."""
         columns, casts = self.config.columns, self.casts[i]
         out = []
         for block in parts:
-            cols = block.columns
+            cols = block.rows.columns if isinstance(block, Shuffled) else block.columns
             keyed = ROW_KEYS in cols
             if casts or (keyed and i) or tuple(cols) != (columns + (ROW_KEYS,) if keyed else columns):
+                block = _gathered(block)
+                cols = block.columns
                 cols = {name: cols[name].to(casts[name]) if name in casts else cols[name] for name in columns}
                 if keyed:
                     cols[ROW_KEYS] = block.columns[ROW_KEYS] | (i << _SOURCE_SHIFT)
@@ -569,15 +572,58 @@ class MixedEngine(Engine):
         return _Delivered(self._grid(epoch), spans, self._sample_keys, self.with_source)
 
 
-def _mixed(parts: list[list[Block]], labels: np.ndarray, present: np.ndarray) -> Block:
-    """One block whose positions labelled `present[i]` hold the rows of `parts[i]`, in order.
+def _mixed(parts: list[list], labels: np.ndarray, present: np.ndarray) -> Block:
+    """One block whose positions labelled `present[i]` hold the rows of `parts[i]` (`Block`s, or
+    `Shuffled` pieces of a source's shuffle block), in order.
 
-    The parts are laid one after another (one `Block.concat`, a memory copy) and gathered into
-    the labels' order (one `Block.permute`): one index per
-    position, every column type and skipped samples alike. On CPU this beats numpy's or torch's
-    indexed assignment of each part into place (16,384 rows of 10 columns, medians of two runs:
-    0.41–0.49 ms against 0.43–0.60 ms for numpy, 0.62–0.70 ms for torch's `index_copy_`)."""
-    return Block.concat([b for blocks in parts for b in blocks]).permute(_gather_index(labels, present))
+    The parts are laid one after another and gathered into the labels' order (one index per
+    position). Laying them out is a copy: `Shuffled` pieces are gathered straight into the
+    layout (`_laid_out`: one copy per row, where gathering each piece first and then
+    concatenating made two), `Block`s are concatenated (one `Block.concat`, every column type
+    and skipped samples alike). On CPU this beats numpy's or torch's indexed assignment of
+    each part into place (16,384 rows of 10 columns, medians of two runs: 0.41–0.49 ms against
+    0.43–0.60 ms for numpy, 0.62–0.70 ms for torch's `index_copy_`)."""
+    flat = [b for blocks in parts for b in blocks]
+    index = _gather_index(labels, present)
+    if any(isinstance(b, Shuffled) for b in flat) and _tensors_alike(flat):
+        return _laid_out(flat).permute(index)
+    return Block.concat([_gathered(b) for b in flat]).permute(index)
+
+
+def _gathered(block) -> Block:
+    return block.gathered() if isinstance(block, Shuffled) else block
+
+
+def _tensors_alike(flat: list) -> bool:
+    """Whether every part holds the same columns, all tensors of one dtype and row shape, and
+    no skipped position: what `_laid_out` can gather into one buffer per column."""
+    blocks = [b.rows if isinstance(b, Shuffled) else b for b in flat]
+    first = blocks[0].columns
+    if any(not isinstance(v, torch.Tensor) or v.dim() == 0 for v in first.values()):
+        return False
+    return all(b.good is None and b.columns.keys() == first.keys() and all(
+        isinstance(v, torch.Tensor) and v.dtype == first[k].dtype and v.shape[1:] == first[k].shape[1:]
+        for k, v in b.columns.items()) for b in blocks)
+
+
+def _laid_out(flat: list) -> Block:
+    """The parts one after another in one buffer per column: a `Shuffled` piece gathered into
+    its place (`index_select` with `out=`), a `Block` copied into it."""
+    n = sum(b.positions for b in flat)
+    orders = [torch.from_numpy(b.order) if isinstance(b, Shuffled) else None for b in flat]
+    first = (flat[0].rows if isinstance(flat[0], Shuffled) else flat[0]).columns
+    columns = {}
+    for name, value in first.items():
+        buf, at = torch.empty((n,) + tuple(value.shape[1:]), dtype=value.dtype), 0
+        for b, order in zip(flat, orders):
+            m = b.positions
+            if order is not None:
+                torch.index_select(b.rows.columns[name], 0, order, out=buf[at:at + m])
+            else:
+                buf[at:at + m] = b.columns[name]
+            at += m
+        columns[name] = buf
+    return Block(columns, n)
 
 
 def _owned(blocks: list[Block]) -> Block:
@@ -735,11 +781,11 @@ class _Cursor:
     slices of the reader's blocks: `_mixed` copies them once, into place)."""
 
     def __init__(self, reader: StreamReader, spans: list):
-        self.reader, self.it = reader, reader.segments(spans)
-        self.block: Block | None = None
+        self.reader, self.it = reader, reader.segments(spans, gather=False)
+        self.block: Block | Shuffled | None = None
         self.pos = 0
 
-    def take(self, n: int) -> list[Block]:
+    def take(self, n: int) -> list:
         parts = []
         while n:
             if self.block is None or self.pos == self.block.positions:
