@@ -47,11 +47,9 @@ def _least_ms(rows: dict, repeats: int) -> dict:
 
 
 def _laid_out(mix, parts):
-    """The first step of `mix._mixed`: the sources' rows one after another (gathered straight
-    into place where they are shuffle pieces of plain tensors)."""
+    """The first step of `mix._mixed`: the sources' rows one after another (shuffle pieces
+    gathered into place)."""
     flat = [b for blocks in parts for b in blocks]
-    if any(isinstance(b, mix.Shuffled) for b in flat) and mix._tensors_alike(flat):
-        return mix._laid_out(flat)
     return mix.Block.concat([mix._gathered(b) for b in flat])
 
 
@@ -84,7 +82,7 @@ def stages(path: str, shuffle: bool, batch_size: int, repeats: int) -> None:
         "  labels of every block (grid)": lambda: [mix.block_labels(grid.counts, grid.plan.blocks, g, seed=0, epoch=0,
                                                                     shuffle=shuffle) for g in range(grid.plan.blocks)],
         "  gather index of every piece": lambda: [mix._gather_index(labels, present) for _, labels, present in pieces],
-        "  laying out the parts (concatenation)": lambda: [_laid_out(mix, parts) for parts, _, _ in pieces],
+        "  laying out the parts (as blocks)": lambda: [_laid_out(mix, parts) for parts, _, _ in pieces],
         "  lay-out + index + gather (the copy)": lambda: [real(*piece) for piece in pieces],
         "  per-piece label counts": lambda: [np.flatnonzero(mix._label_counts(labels, 2)) for _, labels, _ in pieces],
         "  per-batch source counts": lambda: [account(empty, s, {}, {}) for s in range(0, n - batch_size, batch_size)],
