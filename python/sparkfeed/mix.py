@@ -24,13 +24,15 @@ function of `(seed, epoch, counts)`, in three steps:
    sample at most once), and `repeat=True` cycles past the size (`share_spans`).
 
 Reading (`MixedEngine.segments`): per block piece, each source's share range is read with that
-source's own `StreamReader` (its filter, pushdown and caches); the slices taken from each source
-are laid one after another and gathered into mixed order with one `Block.concat` and one
-`Block.permute` (one copy into place; a piece that holds one source passes its slices on
-uncopied): a few tensor ops per piece, never per-sample Python (lists of strings aside, as
-everywhere). No per-row source column travels with the rows: a batch's per-source counts and
-`__source__` come from its mixed positions and the grid's labels (`_Delivered`, one `bincount`
-per batch), the labels being computed once per block and process (`_Grid`).
+source's own `StreamReader` (its filter, pushdown and caches; numbers left in Arrow's buffers,
+`views=True`, since they are copied into mixed order anyway); shuffled sources hand out their
+blocks ungathered (`stream.Shuffled`). The rows taken from each source are laid one after another
+and gathered into mixed order, column by column (`_mixed`; a piece that holds one source is
+copied once, `_owned`): a few tensor ops per piece, never per-sample Python (lists of strings
+aside, as everywhere). No per-row source column travels with the rows: a batch's per-source
+counts and `__source__` come from its mixed positions and the grid's labels (`_Delivered`: the
+counts at every batch bound of a window taken at once), the labels being computed once per block
+and process (`_Grid`).
 """
 
 from __future__ import annotations
@@ -551,7 +553,7 @@ class MixedEngine(Engine):
     def _conformed(self, i: int, parts: list) -> list:
         """Source i's rows (slices of its blocks) with the mix's column order and dtypes, and row
         keys that name the source; nothing is copied when the source matches the mix (a
-        `Shuffled` piece then stays ungathered, for `_mixed` to gather into place)."""
+        `Shuffled` piece then stays ungathered, for `_mixed` to gather column by column)."""
         columns, casts = self.config.columns, self.casts[i]
         out = []
         for block in parts:
@@ -580,11 +582,12 @@ def _mixed(parts: list[list], labels: np.ndarray, present: np.ndarray) -> Block:
     The parts are laid one after another and gathered into the labels' order (one index per
     position). Where every part holds the same tensor columns and no skipped sample (the common
     case), this runs column by column (`_placed`): each column is laid out and gathered while
-    it is in the cache. Otherwise the parts are concatenated as blocks (`Block.concat`: every column type, skipped samples) and permuted.
-    Measured on the bench's 200,000 tabular rows in order (16 pieces of 16,384 positions, 10
-    columns; CPU ms per epoch of the copy alone, least of 40, two runs): lay-out + gather 4.6–5.3
-    (4.9–5.2 as whole blocks), numpy's indexed assignment of each source's rows into place
-    6.6–6.9, torch's `index_copy_` 6.5; an int32 index makes `index_select` slower (6.0–6.5)."""
+    it is in the cache. Otherwise the parts are concatenated as blocks (`Block.concat`: every
+    column type, skipped samples) and permuted. Measured on the bench's 200,000 tabular rows in
+    order (16 pieces of 16,384 positions, 10 columns; CPU ms per epoch of the copy alone, least
+    of 40, two runs): lay-out + gather 4.6–5.3 (4.9–5.2 as whole blocks), numpy's indexed
+    assignment of each source's rows into place 6.6–6.9; an int32 index makes `index_select`
+    slower (6.0–6.5). docs/benchmark.md (mixing) lists the other ways tried."""
     flat = [b for blocks in parts for b in blocks]
     index = _gather_index(labels, present)
     if _tensors_alike(flat):
@@ -777,7 +780,8 @@ class _Delivered:
 
 class _Cursor:
     """One source's part of a lane, read as one stream; `take(n)` gives its next n positions (as
-    slices of the reader's blocks: `_mixed` copies them once, into place)."""
+    slices of the reader's blocks, or of its shuffle blocks ungathered: `Shuffled`), which
+    `_mixed` copies into mixed order."""
 
     def __init__(self, reader: StreamReader, spans: list):
         self.reader, self.it = reader, reader.segments(spans, gather=False)

@@ -304,5 +304,6 @@ def test_numbers_converted_without_a_copy_only_from_arrows_own_memory():
     assert copies["fresh"].data_ptr() != views["fresh"].data_ptr()
     assert views["frozen"].data_ptr() != frozen.buffers()[1].address  # read-only: copied
     for name in ("fresh", "frozen", "nulls"):
-        assert torch.equal(views[name].nan_to_num(-1), copies[name].nan_to_num(-1)) and views[name].dtype == copies[name].dtype
+        assert views[name].dtype == copies[name].dtype
+        assert torch.equal(views[name].nan_to_num(-1), copies[name].nan_to_num(-1))
     assert views["s"].to_list() == ["a", "b", "c"]
