@@ -1,4 +1,8 @@
-"""Run under torchrun: each rank loads its share and writes the ids it saw to OUT/rank-R.json."""
+"""Run under torchrun: for each job, each rank loads its share and writes the ids it saw to
+OUT/JOB/rank-R.json. One torchrun runs every job (a process group and 2 ranks' start-up each).
+
+usage: distributed_worker.py OUT JOBS  (JOBS: JSON {name: {"path", "workers", "drop_last"}})
+"""
 
 import json
 import os
@@ -9,8 +13,7 @@ import torch.distributed as dist
 import sparkfeed
 
 
-def main(path: str, out: str, workers: int, drop_last: bool) -> None:
-    dist.init_process_group("gloo")
+def load(path: str, workers: int, drop_last: bool) -> dict:
     loader = sparkfeed.DataLoader(path, batch_size=16, shuffle=True, seed=7, num_workers=workers,
                                   drop_last=drop_last)
     loader.set_epoch(1)
@@ -20,13 +23,20 @@ def main(path: str, out: str, workers: int, drop_last: bool) -> None:
         batches += 1
         if batches == 3:
             state = loader.state_dict(all_ranks=True)  # a collective: every rank reaches it
-    rank = dist.get_rank()
-    with open(os.path.join(out, f"rank-{rank}.json"), "w") as f:
-        json.dump({"rank": rank, "world": dist.get_world_size(), "ids": ids, "batches": batches,
-                   "state": state}, f)
-    dist.barrier()
+    return {"rank": dist.get_rank(), "world": dist.get_world_size(), "ids": ids,
+            "batches": batches, "state": state}
+
+
+def main(out: str, jobs: dict) -> None:
+    dist.init_process_group("gloo")
+    for name, job in jobs.items():
+        result = load(job["path"], job["workers"], job["drop_last"])
+        os.makedirs(os.path.join(out, name), exist_ok=True)
+        with open(os.path.join(out, name, f"rank-{result['rank']}.json"), "w") as f:
+            json.dump(result, f)
+        dist.barrier()
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1")
+    main(sys.argv[1], json.loads(sys.argv[2]))

@@ -14,14 +14,16 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # torchrun: 2 ranks x 
 HERE = os.path.dirname(__file__)
 
 
-def torchrun(path, out, workers=2, drop_last=False, nproc=2):
+def torchrun(out, jobs: dict, nproc=2) -> dict:
+    """One torchrun for every job; {job: [rank 0's result, rank 1's, ...]}."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
            "--master_addr=127.0.0.1", f"--master_port={29500 + os.getpid() % 1000}",
-           os.path.join(HERE, "distributed_worker.py"), path, str(out), str(workers), "1" if drop_last else "0"]
+           os.path.join(HERE, "distributed_worker.py"), str(out), json.dumps(jobs)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, check=True, timeout=240, env=env, capture_output=True)
-    return [json.load(open(os.path.join(out, f"rank-{r}.json"))) for r in range(nproc)]
+    return {name: [json.load(open(os.path.join(out, name, f"rank-{r}.json"))) for r in range(nproc)]
+            for name in jobs}
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +34,18 @@ def datasets(tmp_path_factory):
     return {"parquet": (str(root / "pq"), 1000), "webdataset": (str(root / "wds"), 500)}
 
 
+@pytest.fixture(scope="module")
+def runs(datasets, tmp_path_factory):
+    """2 ranks x 2 workers each: both formats, and Parquet again with drop_last."""
+    jobs = {fmt: {"path": path, "workers": 2, "drop_last": False} for fmt, (path, _) in datasets.items()}
+    jobs["drop_last"] = {"path": datasets["parquet"][0], "workers": 2, "drop_last": True}
+    return torchrun(tmp_path_factory.mktemp("runs"), jobs)
+
+
 @pytest.mark.parametrize("fmt", ["parquet", "webdataset"])
-def test_exactly_once_under_torchrun(datasets, fmt, tmp_path):
+def test_exactly_once_under_torchrun(datasets, runs, fmt):
     path, n = datasets[fmt]
-    ranks = torchrun(path, tmp_path)
+    ranks = runs[fmt]
     assert {r["world"] for r in ranks} == {2}
     ids = [i for r in ranks for i in r["ids"]]
     assert sorted(ids) == list(range(n))
@@ -49,9 +59,9 @@ def test_exactly_once_under_torchrun(datasets, fmt, tmp_path):
     assert sorted(rest + list(seen)) == list(range(n))
 
 
-def test_drop_last_equal_batches_under_torchrun(datasets, tmp_path):
-    path, n = datasets["parquet"]
-    ranks = torchrun(path, tmp_path, drop_last=True)
+def test_drop_last_equal_batches_under_torchrun(datasets, runs):
+    _, n = datasets["parquet"]
+    ranks = runs["drop_last"]
     assert ranks[0]["batches"] == ranks[1]["batches"] == n // 32
     ids = [i for r in ranks for i in r["ids"]]
     assert len(ids) == len(set(ids)) == 2 * 16 * (n // 32)
