@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 
 import numpy as np
@@ -583,3 +584,10 @@ def test_output_is_dalis_buffer_and_stays_valid_while_held():
     copies = [dec.decode(b).images.clone() for b in batches]
     assert all(torch.equal(h, c) for h, c in zip(held, copies))
     assert len({h.data_ptr() for h in held}) == len(held)
+    dec.close()  # the pipelines go; the tensors handed out keep their memory
+    del dec
+    gc.collect()
+    other = _decoder(size=24)
+    for b in _batches(6, size=56):
+        other.decode(b)
+    assert all(torch.equal(h, c) for h, c in zip(held, copies))
