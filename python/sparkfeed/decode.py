@@ -36,6 +36,7 @@ import dataclasses
 import io
 import os
 import re
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -347,10 +348,10 @@ class _DaliBackend:
 
     The pipelines run asynchronously (DALI's dynamic executor, `exec_async`/`exec_pipelined`):
     `submit` feeds a batch and schedules its run, `collect` waits for it, so the caller can
-    submit batch n+1 before collecting batch n and DALI decodes it meanwhile. Runs of one kind
-    are collected in the order they were submitted (`inflight`). A failed run invalidates the
-    pipeline and every run queued behind it: the failed batch is redone alone and bisected, the
-    ones behind it are fed again to a fresh pipeline. On the CPU the output is DALI's own buffer
+    submit batch n+1 before collecting batch n and DALI decodes it meanwhile. DALI returns the
+    runs of one pipeline in order (`inflight`); a run settled before its own `collect` waits in
+    `done`. A failed run invalidates the pipeline and every run queued behind it: the failed
+    batch is redone alone and bisected, the ones behind it are fed again to a fresh pipeline. On the CPU the output is DALI's own buffer
     wrapped by DLPack (no copy): the dynamic executor never reuses a buffer that is still
     referenced, so the tensor stays valid as long as the user holds it.
 
@@ -366,6 +367,8 @@ class _DaliBackend:
                          prefetch_queue_depth=1, exec_async=True, exec_pipelined=True)
         self.pipes: dict[str, object] = {}
         self.inflight: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self.done: dict[_Job, object] = {}  # runs settled ahead of their collect
+        self.lock = threading.RLock()  # one caller at a time on the pipelines
         self._pipe(_default_kind(spec))  # build now: a DALI problem shows before any reading
 
     def _pipe(self, kind: str):
@@ -469,40 +472,59 @@ class _DaliBackend:
     def submit(self, job: _Job) -> None:
         """Start decoding `job` (nothing to do for a batch with no rows left)."""
         if job.rows.size:
-            self._schedule(job)
+            with self.lock:
+                self._schedule(job)
 
     def collect(self, job: _Job):
-        """Wait for `job` (the oldest run of its kind) and return (parts, ok, failures)."""
+        """Wait for `job` and return (parts, ok, failures). DALI hands runs back in the order
+        they were scheduled, so older runs of the kind are settled first and kept for their own
+        `collect` (two iterators of one loader may hold runs on the same pipeline)."""
         if not job.rows.size:
             return [], [], []
-        queue = self.inflight[job.kind]
-        if not queue or queue[0] is not job:
-            raise RuntimeError("ImageDecoder.collect: batches must be collected in the order they were submitted")
-        queue.popleft()
-        out = None
-        if job.scheduled:
-            try:
-                (out,) = self.pipes[job.kind].outputs()
-            except RuntimeError:
-                self._drop(job.kind)
-        if out is not None:
-            return [self._to_torch(out)], job.rows.tolist(), []
-        result = self.run(job.enc, job.rows, job.draws, job.kind, job.sizes)
-        for later in [queue.popleft() for _ in range(len(queue))]:  # lost with the pipeline: fed again
-            self._schedule(later)
+        with self.lock:
+            while job not in self.done:
+                if job not in self.inflight[job.kind]:
+                    raise RuntimeError("ImageDecoder.collect: this batch was not submitted, or was "
+                                       "already collected or cancelled")
+                self._advance(job.kind)
+            result = self.done.pop(job)
+        if isinstance(result, Exception):
+            raise result
         return result
 
+    def _advance(self, kind: str, unwanted: _Job | None = None) -> None:
+        """Settle the oldest run of `kind` into `done`: its output, or after a failed run its rows
+        redone alone and bisected, then the runs lost with the pipeline fed again in order. The
+        `unwanted` run (being cancelled) is only waited for."""
+        queue = self.inflight[kind]
+        head = queue.popleft()
+        out = None
+        if head.scheduled:
+            try:
+                (out,) = self.pipes[kind].outputs()
+            except RuntimeError:
+                self._drop(kind)
+        if head is not unwanted:
+            try:
+                self.done[head] = ([self._to_torch(out)], head.rows.tolist(), []) if out is not None \
+                    else self.run(head.enc, head.rows, head.draws, kind, head.sizes)
+            except ValueError as e:  # mixed shapes with size=None: raised by this batch's collect
+                self.done[head] = e
+        if out is None:
+            for later in [queue.popleft() for _ in range(len(queue))]:
+                self._schedule(later)
+
     def discard(self, job: _Job) -> None:
-        """Drop `job` and every run submitted before it, waiting for DALI to finish them (a
-        pipeline is never left with a run nobody collects)."""
-        queue = self.inflight[job.kind]
-        while job in queue:
-            head = queue.popleft()
-            if head.scheduled:
-                try:
-                    self.pipes[head.kind].outputs()
-                except Exception:  # noqa: BLE001 - a run nobody wants: its failure is moot
-                    self._drop(head.kind)
+        """Drop a submitted batch that will not be collected; a run already scheduled is waited
+        for (a pipeline is never left with an output nobody takes)."""
+        with self.lock:
+            if self.done.pop(job, None) is not None:
+                return
+            queue = self.inflight[job.kind]
+            if job in queue and not job.scheduled:  # none of the kind is on the pipeline
+                queue.remove(job)
+            while job in queue:
+                self._advance(job.kind, unwanted=job)
 
     def run(self, enc: _Encoded, rows, draws: _Draws, kind: str, sizes=None):
         """Decode `rows` (an index array) now, alone on the pipeline; on a failed batch, bisect to
@@ -525,10 +547,13 @@ class _DaliBackend:
 
     def close(self) -> None:
         """Wait for the runs still in flight, then release the pipelines."""
-        for queue in list(self.inflight.values()):
-            if queue:
-                self.discard(queue[-1])
-        self.pipes.clear()
+        with self.lock:
+            for kind, queue in self.inflight.items():
+                while queue:
+                    self._advance(kind, unwanted=queue[0])
+            self.inflight.clear()
+            self.done.clear()
+            self.pipes.clear()
 
 
 def _default_kind(spec: ImageDecode) -> str:

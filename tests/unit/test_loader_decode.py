@@ -194,3 +194,23 @@ def test_closing_or_dropping_the_iterator_mid_epoch_leaves_no_thread_and_no_run(
         assert not any(_decoder_of(L)._backend.inflight.values())
     ids = [i for b in L for i in b["id"].tolist()]  # the same decoder, a whole epoch after
     assert sorted(ids) == list(range(200))
+
+
+def test_two_live_iterators_of_one_loader_each_get_their_own_batches(image_ds):
+    """An iterator kept alive with a batch in flight on the shared decoder (a peek, a sanity
+    check) does not disturb a second one, nor does the second take its images."""
+    root = image_ds(200)
+    L = sparkfeed.DataLoader(root, batch_size=20, num_workers=1, columns=["id", "image"],
+                             decode={"image": sparkfeed.ImageDecode(size=16, device="cpu")})
+
+    def colour_ok(b):
+        want = torch.tensor([[(i * 37) % 256, (i * 91) % 256, (i * 13) % 256] for i in b["id"].tolist()])
+        return torch.allclose(b["image"].float().mean(dim=(2, 3)), want.float(), atol=6)
+    first = iter(L)
+    peeked = next(first)
+    _wait_for_a_batch_in_flight(L)
+    second = list(L)
+    assert sorted(i for b in second for i in b["id"].tolist()) == list(range(200))
+    rest = list(first)
+    assert sorted(i for b in [peeked] + rest for i in b["id"].tolist()) == list(range(200))
+    assert all(colour_ok(b) for b in [peeked] + rest + second)
