@@ -15,7 +15,9 @@ A batch's encoded images arrive as one `BinaryColumn` (or a list of `bytes`). Th
    are found, so good rows still decode and each bad row is reported with its reason.
 
 `decode` never raises for a bad image; it returns `DecodeResult.failures` and the loader applies
-`on_error`. Given `keys` (the loader passes each row's unit and row number) a row's draws are a
+`on_error`. `decode` is `collect(submit(...))`: the pipelines run asynchronously, and the loader's
+prefetch thread submits batch n+1 before it collects batch n, so DALI decodes while the thread
+does the rest (docs/decode.md, "Decoding one batch ahead"). Given `keys` (the loader passes each row's unit and row number) a row's draws are a
 function of `(seed, epoch, key)` alone: the same sample gets the same crop whatever the batch it
 lands in, the workers, the ranks or a resume. Without keys, draws follow one sequence per
 `(seed, epoch, rank)`. Either way re-runs, bisection and the PIL backend use the same draws.

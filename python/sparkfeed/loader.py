@@ -86,6 +86,7 @@ class DataLoader:
         self.device = checks.resolve_device(device)
         self.decode = checks.check_decode(decode, self.dataset.columns, self.dataset.manifest)
         self._decoders: dict = {}
+        self._decode_ahead = True  # decode batch n+1 while batch n is handed over (bench.feed --ahead turns it off)
         self._stats = Stats()
         self._progress: progress.EpochProgress | None = None  # the epoch being (or last) delivered
         self._pending: list | None = None  # lanes to start the next iteration with (a resume)
@@ -181,7 +182,7 @@ class DataLoader:
         source = self._deliveries(lanes)
         if self._staged():
             stage = Lookahead(self._decode_start, self._decode_finish, self._decode_cancel) \
-                if self.decode else self._stage
+                if self.decode and self._decode_ahead else self._stage
             source = Prefetcher(source, depth=self.prefetch, pin_memory=self.pin_memory,
                                 device=self.device, stage=stage, stats=self._stats)
         else:
