@@ -214,3 +214,13 @@ def test_two_live_iterators_of_one_loader_each_get_their_own_batches(image_ds):
     rest = list(first)
     assert sorted(i for b in [peeked] + rest for i in b["id"].tolist()) == list(range(200))
     assert all(colour_ok(b) for b in [peeked] + rest + second)
+
+
+def test_ahead_benchmark_runs_both_modes_over_the_same_epochs(image_ds):
+    from sparkfeed.bench.feed import ahead_benchmark
+
+    root = image_ds(120)
+    r = ahead_benchmark(root, 32, train=True, rounds=1, workers=1, batch_size=32)
+    for mode in ("one at a time", "one batch ahead"):
+        assert r[mode]["images_per_s"] > 0 and r[mode]["cpu_us"] > 0
+    assert r["ratio"] > 0
