@@ -224,3 +224,26 @@ def test_ahead_benchmark_runs_both_modes_over_the_same_epochs(image_ds):
     for mode in ("one at a time", "one batch ahead"):
         assert r[mode]["images_per_s"] > 0 and r[mode]["cpu_us"] > 0
     assert r["ratio"] > 0
+
+
+def test_two_decoded_columns_drop_a_row_that_fails_in_either_once(tmp_path):
+    """Both columns are submitted together; a row bad in either is dropped from every column and
+    counted once (skip), and with on_error="raise" the first column in `decode`'s order is named."""
+    t = image_table(60, bad={5})
+    t = t.append_column("thumb", pa.array([b"not a jpeg" if i in (5, 9) else jpeg(i + 1) for i in range(60)],
+                                          pa.binary()))
+    root = str(tmp_path / "two")
+    dsutil.write_parquet(root, t, 100, 50, codecs={"image": "jpeg", "thumb": "jpeg"})
+    spec = {"image": sparkfeed.ImageDecode(size=16, device="cpu"), "thumb": sparkfeed.ImageDecode(size=8, device="cpu")}
+    L = sparkfeed.DataLoader(root, batch_size=20, columns=["id", "image", "thumb"], decode=spec, on_error="skip")
+    batches = list(L)
+    ids = [i for b in batches for i in b["id"].tolist()]
+    assert ids == [i for i in range(60) if i not in (5, 9)]
+    assert L.stats()["samples_skipped"] == 2
+    for b in batches:
+        assert b["image"].shape == (len(b["id"]), 3, 16, 16) and b["thumb"].shape == (len(b["id"]), 3, 8, 8)
+        want = torch.tensor([[((i + 1) * 37) % 256, ((i + 1) * 91) % 256, ((i + 1) * 13) % 256]
+                             for i in b["id"].tolist()], dtype=torch.float32)
+        assert torch.allclose(b["thumb"].float().mean(dim=(2, 3)), want, atol=6)
+    with pytest.raises(CorruptSampleError, match=r"'row 5': cannot decode: not a recognised image format"):
+        list(sparkfeed.DataLoader(root, batch_size=20, columns=["id", "image", "thumb"], decode=spec))
