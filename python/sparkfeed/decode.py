@@ -376,6 +376,9 @@ class _DaliBackend:
     def _pipe(self, kind: str):
         if kind not in self.pipes:
             self.pipes[kind] = self._build(kind)
+            # DALI's dynamic executor (its default with exec_async and exec_pipelined) never
+            # reuses a buffer still referenced; older DALIs recycle outputs: those are copied out
+            self.shares_outputs = bool(getattr(self.pipes[kind], "exec_dynamic", False))
         return self.pipes[kind]
 
     def _decoded(self, kind: str):
@@ -441,10 +444,10 @@ class _DaliBackend:
         device-to-device copy on torch's current stream."""
         _same_shape(out.shape())
         t = out.as_tensor()
-        if self.device != "cuda":
+        if self.device != "cuda" and self.shares_outputs:
             return torch.from_dlpack(t)
         dst = torch.empty(t.shape(), dtype=self.spec.out_dtype, device=self.device)
-        self._feed_ndarray(t, dst, cuda_stream=torch.cuda.current_stream())
+        self._feed_ndarray(t, dst, cuda_stream=torch.cuda.current_stream() if self.device == "cuda" else None)
         return dst
 
     def _schedule(self, job: _Job) -> None:
