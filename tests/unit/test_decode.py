@@ -597,3 +597,15 @@ def test_output_is_dalis_buffer_and_stays_valid_while_held():
     for b in _batches(6, size=56):
         other.decode(b)
     assert all(torch.equal(h, c) for h, c in zip(held, copies))
+
+
+def test_without_the_dynamic_executor_outputs_are_copied_out():
+    """A DALI whose executor recycles its outputs (older releases) gets a copy, the same pixels."""
+    (batch,) = _batches(1)
+    dec = _decoder(size=24)
+    shared = dec.decode(batch).images
+    dec._backend.shares_outputs = False  # as `_pipe` finds it on such a DALI
+    copied = dec.decode(batch).images
+    assert torch.equal(shared, copied) and copied.data_ptr() != shared.data_ptr()
+    dec.decode(batch)
+    assert torch.equal(shared, copied)
