@@ -15,7 +15,9 @@ A batch's encoded images arrive as one `BinaryColumn` (or a list of `bytes`). Th
    are found, so good rows still decode and each bad row is reported with its reason.
 
 `decode` never raises for a bad image; it returns `DecodeResult.failures` and the loader applies
-`on_error`. Given `keys` (the loader passes each row's unit and row number) a row's draws are a
+`on_error`. `decode` is `collect(submit(...))`: the pipelines run asynchronously, and the loader's
+prefetch thread submits batch n+1 before it collects batch n, so DALI decodes while the thread
+does the rest (docs/decode.md, "Decoding one batch ahead"). Given `keys` (the loader passes each row's unit and row number) a row's draws are a
 function of `(seed, epoch, key)` alone: the same sample gets the same crop whatever the batch it
 lands in, the workers, the ranks or a resume. Without keys, draws follow one sequence per
 `(seed, epoch, rank)`. Either way re-runs, bisection and the PIL backend use the same draws.
@@ -31,10 +33,12 @@ Example::
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
 import os
 import re
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -291,6 +295,15 @@ class _PilBackend:
         _same_shape(t.shape for t in imgs)
         return [_finish(self.spec, torch.stack(imgs)).to(self.device)], ok, failures
 
+    def submit(self, job: "_Job") -> None:
+        """Nothing starts early: PIL decodes on the caller's thread in `collect`."""
+
+    def collect(self, job: "_Job"):
+        return self.run(job.enc, job.rows, job.draws, job.kind, job.sizes) if job.rows.size else ([], [], [])
+
+    def discard(self, job: "_Job") -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -315,11 +328,34 @@ def _import_dali():
     return dali, fn, types, feed_ndarray
 
 
+@dataclass(eq=False)
+class _Job:
+    """One batch between `submit` and `collect`: what DALI was given (kept, so that a failed or
+    dropped run can be redone) and whether its run is scheduled on the live pipeline."""
+
+    enc: _Encoded
+    rows: np.ndarray
+    draws: _Draws
+    kind: str
+    sizes: np.ndarray
+    header_failures: list = dataclasses.field(default_factory=list)
+    scheduled: bool = False
+
+
 class _DaliBackend:
     """DALI pipelines fed whole batches, one per geometry `kind`: "resize" (shorter side, then
     crop), "crop" (images already at the resize target, or resize=None), "slice" (a window
     decoded by `fn.decoders.image_slice`, resized to size x size: crop="random_resized"). Each is
     built on first use and rebuilt after a failed run (DALI drops it).
+
+    The pipelines run asynchronously (DALI's dynamic executor, `exec_async`/`exec_pipelined`):
+    `submit` feeds a batch and schedules its run, `collect` waits for it, so the caller can
+    submit batch n+1 before collecting batch n and DALI decodes it meanwhile. DALI returns the
+    runs of one pipeline in order (`inflight`); a run settled before its own `collect` waits in
+    `done`. A failed run invalidates the pipeline and every run queued behind it: the failed
+    batch is redone alone and bisected, the ones behind it are fed again to a fresh pipeline. On the CPU the output is DALI's own buffer
+    wrapped by DLPack (no copy): the dynamic executor never reuses a buffer that is still
+    referenced, so the tensor stays valid as long as the user holds it.
 
     "crop" decodes whole images: decoding only the window (`fn.decoders.image_crop`) measured no
     faster on 128 px images, and it accepts a truncated JPEG whenever the window lies in the
@@ -330,13 +366,19 @@ class _DaliBackend:
         self.dali, self.fn, self.types, self._feed_ndarray = _import_dali()
         self.args = dict(batch_size=max_batch_size, num_threads=num_threads, seed=seed,
                          device_id=torch.cuda.current_device() if device == "cuda" else None,
-                         prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
+                         prefetch_queue_depth=1, exec_async=True, exec_pipelined=True)
         self.pipes: dict[str, object] = {}
+        self.inflight: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self.done: dict[_Job, object] = {}  # runs settled ahead of their collect
+        self.lock = threading.RLock()  # one caller at a time on the pipelines
         self._pipe(_default_kind(spec))  # build now: a DALI problem shows before any reading
 
     def _pipe(self, kind: str):
         if kind not in self.pipes:
             self.pipes[kind] = self._build(kind)
+            # DALI's dynamic executor (its default with exec_async and exec_pipelined) never
+            # reuses a buffer still referenced; older DALIs recycle outputs: those are copied out
+            self.shares_outputs = bool(getattr(self.pipes[kind], "exec_dynamic", False))
         return self.pipes[kind]
 
     def _decoded(self, kind: str):
@@ -397,19 +439,107 @@ class _DaliBackend:
         return inputs
 
     def _to_torch(self, out) -> torch.Tensor:
-        """DALI output -> torch, one copy straight into torch's memory (device-to-device on GPU)."""
+        """DALI output -> torch: on the CPU DALI's buffer itself through DLPack (the tensor keeps
+        it alive; the dynamic executor allocates the next run's output elsewhere), on the GPU one
+        device-to-device copy on torch's current stream."""
         _same_shape(out.shape())
         t = out.as_tensor()
+        if self.device != "cuda" and self.shares_outputs:
+            return torch.from_dlpack(t)
         dst = torch.empty(t.shape(), dtype=self.spec.out_dtype, device=self.device)
-        stream = torch.cuda.current_stream() if self.device == "cuda" else None
-        self._feed_ndarray(t, dst, cuda_stream=stream)
+        self._feed_ndarray(t, dst, cuda_stream=torch.cuda.current_stream() if self.device == "cuda" else None)
         return dst
 
-    def run(self, enc: _Encoded, rows, draws: _Draws, kind: str, sizes=None):
-        """Decode `rows` (an index array); on a failed batch, bisect to find the bad rows.
-        Returns (parts, ok, failures)."""
+    def _schedule(self, job: _Job) -> None:
+        """Feed `job` to its kind's pipeline and start its run (DALI decodes it in the background).
+        Behind a run that must be redone it waits unscheduled: the runs queued on a pipeline are
+        either all on it or none, so a run redone alone never meets another one's output."""
+        queue = self.inflight[job.kind]
+        if queue and not queue[0].scheduled:
+            queue.append(job)
+            return
         try:
-            (out,) = self._pipe(kind).run(**self._inputs(enc, rows, draws, kind, sizes))
+            pipe = self._pipe(job.kind)
+            for name, value in self._inputs(job.enc, job.rows, job.draws, job.kind, job.sizes).items():
+                pipe.feed_input(name, value)
+            pipe.schedule_run()
+            job.scheduled = True
+        except RuntimeError:  # redone alone (and bisected) when collected
+            self._drop(job.kind)
+        queue.append(job)
+
+    def _drop(self, kind: str) -> None:
+        """Forget a pipeline DALI gave up on; the runs queued on it are redone by `collect`."""
+        self.pipes.pop(kind, None)
+        for job in self.inflight[kind]:
+            job.scheduled = False
+
+    def submit(self, job: _Job) -> None:
+        """Start decoding `job` (nothing to do for a batch with no rows left)."""
+        if job.rows.size:
+            with self.lock:
+                self._schedule(job)
+
+    def collect(self, job: _Job):
+        """Wait for `job` and return (parts, ok, failures). DALI hands runs back in the order
+        they were scheduled, so older runs of the kind are settled first and kept for their own
+        `collect` (two iterators of one loader may hold runs on the same pipeline)."""
+        if not job.rows.size:
+            return [], [], []
+        with self.lock:
+            while job not in self.done:
+                if job not in self.inflight[job.kind]:
+                    raise RuntimeError("ImageDecoder.collect: this batch was not submitted, or was "
+                                       "already collected or cancelled")
+                self._advance(job.kind)
+            result = self.done.pop(job)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def _advance(self, kind: str, unwanted: _Job | None = None) -> None:
+        """Settle the oldest run of `kind` into `done`: its output, or after a failed run its rows
+        redone alone and bisected, then the runs lost with the pipeline fed again in order. The
+        `unwanted` run (being cancelled) is only waited for."""
+        queue = self.inflight[kind]
+        head = queue.popleft()
+        out = None
+        if head.scheduled:
+            try:
+                (out,) = self.pipes[kind].outputs()
+            except RuntimeError:
+                self._drop(kind)
+        if head is not unwanted:
+            try:
+                self.done[head] = ([self._to_torch(out)], head.rows.tolist(), []) if out is not None \
+                    else self.run(head.enc, head.rows, head.draws, kind, head.sizes)
+            except ValueError as e:  # mixed shapes with size=None: raised by this batch's collect
+                self.done[head] = e
+        if out is None:
+            for later in [queue.popleft() for _ in range(len(queue))]:
+                self._schedule(later)
+
+    def discard(self, job: _Job) -> None:
+        """Drop a submitted batch that will not be collected; a run already scheduled is waited
+        for (a pipeline is never left with an output nobody takes)."""
+        with self.lock:
+            if self.done.pop(job, None) is not None:
+                return
+            queue = self.inflight[job.kind]
+            if job in queue and not job.scheduled:  # none of the kind is on the pipeline
+                queue.remove(job)
+            while job in queue:
+                self._advance(job.kind, unwanted=job)
+
+    def run(self, enc: _Encoded, rows, draws: _Draws, kind: str, sizes=None):
+        """Decode `rows` (an index array) now, alone on the pipeline; on a failed batch, bisect to
+        find the bad rows. Returns (parts, ok, failures)."""
+        try:
+            pipe = self._pipe(kind)
+            for name, value in self._inputs(enc, rows, draws, kind, sizes).items():
+                pipe.feed_input(name, value)
+            pipe.schedule_run()
+            (out,) = pipe.outputs()
             return [self._to_torch(out)], rows.tolist(), []
         except RuntimeError as e:
             self.pipes.pop(kind, None)
@@ -421,7 +551,14 @@ class _DaliBackend:
         return left[0] + right[0], left[1] + right[1], left[2] + right[2]
 
     def close(self) -> None:
-        self.pipes.clear()
+        """Wait for the runs still in flight, then release the pipelines."""
+        with self.lock:
+            for kind, queue in self.inflight.items():
+                while queue:
+                    self._advance(kind, unwanted=queue[0])
+            self.inflight.clear()
+            self.done.clear()
+            self.pipes.clear()
 
 
 def _default_kind(spec: ImageDecode) -> str:
@@ -487,6 +624,14 @@ class ImageDecoder:
 
         `keys`: one integer per row naming the sample (int64 tensor or array); its crop and flip
         then depend only on (seed, epoch, key)."""
+        return self.collect(self.submit(images, keys))
+
+    def submit(self, images: "BinaryColumn | Sequence[bytes]", keys=None) -> _Job:
+        """Check the headers, draw the augmentations and start decoding a batch (DALI decodes it
+        in the background); `collect(job)` returns its `DecodeResult`. Submitting batch n+1
+        before collecting batch n overlaps n+1's decode with the caller's work on n. Jobs are
+        collected (or `cancel`led) in the order they were submitted. Raises ValueError (too large
+        a batch, bad `keys`) before anything starts."""
         enc = _encoded(images)
         n = len(enc)
         if n > self.max_batch_size:
@@ -501,12 +646,20 @@ class ImageDecoder:
         keep = np.ones(n, bool)
         keep[[r for r, _ in failures]] = False
         rows = np.flatnonzero(keep)
-        kind = _kind(self.spec, sizes[rows])
-        parts, ok, bad = self._backend.run(enc, rows, draws.take(rows), kind, sizes) if rows.size \
-            else ([], [], [])
+        job = _Job(enc, rows, draws.take(rows), _kind(self.spec, sizes[rows]), sizes, failures)
+        self._backend.submit(job)
+        return job
+
+    def collect(self, job: _Job) -> DecodeResult:
+        """Wait for a submitted batch: its good rows decoded in order, its bad rows in `failures`."""
+        parts, ok, bad = self._backend.collect(job)
         images = _cat(parts) if parts else _empty(self.spec, self.device)
         return DecodeResult(images, torch.tensor(ok, dtype=torch.int64),
-                            tuple(sorted(failures + bad)))
+                            tuple(sorted(job.header_failures + bad)))
+
+    def cancel(self, job: _Job) -> None:
+        """Drop a submitted batch that will not be collected (waits for DALI to finish it)."""
+        self._backend.discard(job)
 
     def close(self) -> None:
         """Release the pipeline (DALI memory); the decoder cannot be used afterwards."""

@@ -25,7 +25,7 @@ from .dataset import Dataset
 from .engine import Delivery, LaneDataset
 from .errors import CorruptSampleError, WorkerError
 from .lanes import LaneReader, round_robin
-from .prefetch import Prefetcher
+from .prefetch import Lookahead, Prefetcher
 from .stats import Stats
 from .threads import close_quietly
 
@@ -86,6 +86,7 @@ class DataLoader:
         self.device = checks.resolve_device(device)
         self.decode = checks.check_decode(decode, self.dataset.columns, self.dataset.manifest)
         self._decoders: dict = {}
+        self._decode_ahead = True  # decode batch n+1 while batch n is handed over (bench.feed --ahead turns it off)
         self._stats = Stats()
         self._progress: progress.EpochProgress | None = None  # the epoch being (or last) delivered
         self._pending: list | None = None  # lanes to start the next iteration with (a resume)
@@ -180,8 +181,10 @@ class DataLoader:
         self._progress = progress.EpochProgress(lanes, self.batch_size)
         source = self._deliveries(lanes)
         if self._staged():
+            stage = Lookahead(self._decode_start, self._decode_finish, self._decode_cancel) \
+                if self.decode and self._decode_ahead else self._stage
             source = Prefetcher(source, depth=self.prefetch, pin_memory=self.pin_memory,
-                                device=self.device, stage=self._stage, stats=self._stats)
+                                device=self.device, stage=stage, stats=self._stats)
         else:
             source = _waited(source, self._stage, self._stats)
         return self._deliver(self._progress, source)
@@ -235,13 +238,36 @@ class DataLoader:
     def _stage(self, d: Delivery) -> Delivery:
         """Per-batch work (on the prefetch thread when there is one): unpacking, decoding, the
         user's collate. The bookkeeping stays beside the batch."""
-        batch, stats = unpack(d.batch), d.stats
-        if self.decode:
-            batch, stats = self._decode(batch, d.keys, dict(stats))
+        return self._decode_finish(self._decode_start(d))
+
+    def _decode_start(self, d: Delivery) -> tuple:
+        """The first half of `_stage`: unpack and submit every decoded column (DALI decodes them in
+        the background while the prefetch thread hands the previous batch over)."""
+        batch, jobs = unpack(d.batch), {}
+        try:
+            for name in self.decode or ():
+                jobs[name] = self._decoder(name).submit(batch[name], keys=d.keys)
+        except BaseException:
+            self._decode_cancel((d, batch, jobs))
+            raise
+        return d, batch, jobs
+
+    def _decode_finish(self, started: tuple) -> Delivery:
+        """The second half: collect the decoded columns, apply on_error, the user's collate."""
+        d, batch, jobs = started
+        stats = d.stats
+        if jobs:
+            batch, stats = self._decode_collect(batch, d.keys, jobs, dict(stats))
         batch = user_facing(batch)
         if self.collate_fn is not None:
             batch = self.collate_fn(batch)
         return d.with_batch(batch, stats=stats, keys=None)
+
+    def _decode_cancel(self, started: tuple) -> None:
+        """Drop a started batch that will not be handed over (the loader is closing, or an earlier
+        batch failed): its decode runs are waited for and discarded."""
+        for name, job in started[2].items():
+            self._decoder(name).cancel(job)
 
     def _decoder(self, name: str):
         from .decode import ImageDecoder
@@ -255,19 +281,34 @@ class DataLoader:
             entry[1] = epoch
         return entry[0]
 
-    def _decode(self, batch: dict, keys: torch.Tensor, stats: dict) -> tuple[dict, dict]:
+    def _decode_collect(self, batch: dict, keys: torch.Tensor, jobs: dict, stats: dict) -> tuple[dict, dict]:
+        """Every column's decoded images, the rows that any column failed dropped (on_error="skip")
+        or the first failure raised, column by column in `decode`'s order."""
         # a sample's crop and flip follow from (seed, epoch, unit, row): the same under any batch
         # size, worker count, world size or resume
-        for name in self.decode:
-            result = self._decoder(name).decode(batch[name], keys=keys)
-            if result.failures:
-                self._raise_unless_skipping(batch, keys, result.failures)
-                batch = select_rows({k: v for k, v in batch.items() if k != name}, result.ok_rows)
-                keys = keys.index_select(0, result.ok_rows)
-                stats["samples_skipped"] = stats.get("samples_skipped", 0) + len(result.failures)
-                stats["samples"] = stats.get("samples", 0) - len(result.failures)
-            batch[name] = result.images
-        return batch, stats
+        results = {}
+        try:
+            for name, job in jobs.items():
+                results[name] = self._decoder(name).collect(job)
+        finally:  # an error in one column: the other columns' runs are still waited for
+            for name, job in jobs.items():
+                if name not in results:
+                    self._decoder(name).cancel(job)
+        bad: set[int] = set()
+        for name, result in results.items():
+            failures = [f for f in result.failures if f[0] not in bad]
+            if failures:
+                self._raise_unless_skipping(batch, keys, failures)
+                bad.update(row for row, _ in failures)
+        if not bad:
+            return {**batch, **{name: r.images for name, r in results.items()}}, stats
+        keep = torch.tensor(sorted(set(range(len(keys))) - bad), dtype=torch.int64)
+        out = select_rows({k: v for k, v in batch.items() if k not in results}, keep)
+        for name, result in results.items():
+            out[name] = result.images[torch.isin(result.ok_rows, keep)]
+        stats["samples_skipped"] = stats.get("samples_skipped", 0) + len(bad)
+        stats["samples"] = stats.get("samples", 0) - len(bad)
+        return out, stats
 
     def _raise_unless_skipping(self, batch: dict, keys: torch.Tensor, failures) -> None:
         if self.dataset.on_error == "skip":

@@ -9,6 +9,12 @@ thread holds no reference to the `Prefetcher`, so dropping the last reference ga
 it and `__del__` runs the same order; with `depth=0` the work runs inline and `close()` closes
 the source itself.
 
+A stage given as a `Lookahead` runs in two halves, one batch apart: the thread starts batch
+n+1 (`start`, e.g. feeding it to DALI, which decodes it in the background) before it finishes
+batch n (`finish`: waits for it, then pinning and the copy), so the decode overlaps the rest of
+the thread's work and the wait for the next batch. A started batch is only ever finished or
+`cancel`led, in order; an error of batch n (started, read or finished) surfaces as batch n.
+
 An item may be a batch or a value carrying one (`engine.Delivery`: anything with `batch` and
 `with_batch`): pinning and the copy then apply to its batch, and the rest rides along.
 """
@@ -29,7 +35,7 @@ from .batch import BinaryColumn
 from .checks import resolve_device
 from .stats import Stats
 
-__all__ = ["Prefetcher"]
+__all__ = ["Prefetcher", "Lookahead"]
 
 Batch = dict[str, Any]
 
@@ -145,17 +151,58 @@ class _PinnedRing:
 
 
 # ----------------------------------------------------------------------------- per-batch work
+@dataclass(frozen=True)
+class Lookahead:
+    """A stage in two halves: `start(item) -> ticket` begins the work, `finish(ticket) -> item`
+    completes it (raising the batch's error, if any), `cancel(ticket)` drops a started batch
+    that will not be finished (on close or after an error). The prefetch thread starts batch
+    n+1 before finishing batch n."""
+
+    start: Callable[[Any], Any]
+    finish: Callable[[Any], Any]
+    cancel: Callable[[Any], None]
+
+
+class _Started:
+    """A batch whose stage has begun: the stage's ticket, or the exception its start raised
+    (raised again when it is finished, so it surfaces at its own batch)."""
+
+    __slots__ = ("ticket", "error")
+
+    def __init__(self, ticket: Any = None, error: BaseException | None = None):
+        self.ticket, self.error = ticket, error
+
+
 class _Work:
     """What the thread does to each batch: stage, pin into rings, copy on the side stream."""
 
     def __init__(self, stage, pin: bool, device, stats: Stats | None, capacity: int):
         self.stage, self.pin, self.device, self.stats = stage, pin, device, stats
         self.capacity = capacity
+        self.ahead = isinstance(stage, Lookahead)  # start batch n+1 before finishing batch n
         self.rings: dict[str, _PinnedRing] = {}
         self.stream = torch.cuda.Stream(device) if device is not None else None
 
-    def __call__(self, item: Any) -> tuple[Any, Any]:
-        if self.stage is not None:
+    def start(self, item: Any) -> _Started:
+        """The first half of the stage (a `Lookahead`'s start); never raises."""
+        if not isinstance(self.stage, Lookahead):
+            return _Started(item)
+        t0 = time.perf_counter()
+        try:
+            return _Started(self.stage.start(item))
+        except Exception as exc:  # noqa: BLE001 - raised by finish(), at this batch's turn
+            return _Started(error=exc)
+        finally:
+            self._add("stage_s", time.perf_counter() - t0)
+
+    def finish(self, started: _Started) -> tuple[Any, Any]:
+        """The rest: the stage's second half, pinning, the device copy; (item, event)."""
+        if started.error is not None:
+            raise started.error
+        item = started.ticket
+        if isinstance(self.stage, Lookahead):
+            item = self._timed("stage_s", self.stage.finish, item)
+        elif self.stage is not None:
             item = self._timed("stage_s", self.stage, item)
         batch = _payload(item)
         slots: list[_Slot] = []
@@ -165,6 +212,19 @@ class _Work:
         if self.device is not None:
             batch, event = self._timed("copy_s", self._copy, batch, slots)
         return _with_payload(item, batch), event
+
+    def cancel(self, started: _Started | None) -> None:
+        """Drop a started batch that will not be finished; never raises."""
+        if started is None or started.error is not None or not isinstance(self.stage, Lookahead):
+            return
+        try:
+            self.stage.cancel(started.ticket)
+        except Exception:  # noqa: BLE001 - shutting down: nothing left to report it to
+            pass
+
+    def __call__(self, item: Any) -> tuple[Any, Any]:
+        """Both halves at once (depth=0: no thread to overlap with)."""
+        return self.finish(self.start(item))
 
     def _pin(self, name: str, t: torch.Tensor, slots: list[_Slot]) -> torch.Tensor:
         if t.device.type != "cpu" or t.is_pinned():
@@ -189,40 +249,64 @@ class _Work:
         try:
             return fn(*args)
         finally:
-            if self.stats is not None:
-                self.stats.add(counter, time.perf_counter() - start)
+            self._add(counter, time.perf_counter() - start)
+
+    def _add(self, counter: str, seconds: float) -> None:
+        if self.stats is not None:
+            self.stats.add(counter, seconds)
 
 
 # ----------------------------------------------------------------------------- the thread
 def _prefetch_loop(source: Iterable, out_queue: queue.Queue, stop: threading.Event,
                    work: _Work) -> None:
-    """The producer thread (the protocol of `threads.py`)."""
+    """The producer thread (the protocol of `threads.py`). With a `Lookahead` stage batch n+1 is
+    started before batch n is finished (`_Work.start`/`finish`); a source error is raised after
+    the batch started before it is handed over, so every error keeps its batch's position."""
     if work.device is not None:
         torch.cuda.set_device(work.device)
-    it, index = None, 0
+    it, index, pending = None, 0, None
     try:
         it = iter(source)
         while not stop.is_set():
-            try:
-                batch = next(it)
-            except StopIteration:
+            batch, source_error = _next(it)
+            started = work.start(batch) if batch is not protocol.END and source_error is None else None
+            if work.ahead:  # finish the batch started before this one
+                done, pending = pending, started
+            else:
+                done = started
+            if done is not None:
+                if not protocol.put(out_queue, work.finish(done), stop):
+                    return
+                index += 1
+            if source_error is not None:
+                raise source_error
+            if batch is protocol.END:
                 protocol.put(out_queue, protocol.END, stop)
                 return
-            if not protocol.put(out_queue, work(batch), stop):
-                return
-            index += 1
     except Exception as exc:  # noqa: BLE001 - re-raised in the consumer at this position
         where = f"prefetch thread {threading.current_thread().name!r} while producing batch {index}"
         protocol.put(out_queue, protocol.Failure(exc, where, index), stop)
     finally:
+        work.cancel(pending)  # started but never handed over (an error, or close())
         protocol.close_quietly(it, source)
+
+
+def _next(it) -> tuple[Any, Exception | None]:
+    """The source's next batch (`END` at its end), or the exception it raised."""
+    try:
+        return next(it), None
+    except StopIteration:
+        return protocol.END, None
+    except Exception as exc:  # noqa: BLE001 - raised once the batch before it is handed over
+        return None, exc
 
 
 # ----------------------------------------------------------------------------- the consumer
 class Prefetcher:
     """Pulls batches from `source` on a background thread, `depth` batches ahead of the consumer.
 
-    `stage(batch)` (e.g. decoding) runs on that thread, then tensors are pinned (a reused ring of
+    `stage(batch)` (e.g. decoding) runs on that thread (a `Lookahead` stage one batch ahead: its
+    `start` of batch n+1 before its `finish` of batch n), then tensors are pinned (a reused ring of
     pinned buffers when `pin_memory=True` and CUDA exists) and copied to `device` on a side CUDA
     stream. `depth=0` does the same work synchronously, with no thread. See docs/prefetch.md.
 
@@ -233,12 +317,12 @@ class Prefetcher:
 
     def __init__(self, source: Iterable[Batch], *, depth: int = 2, pin_memory: bool = False,
                  device: torch.device | str | None = None,
-                 stage: Callable[[Batch], Batch] | None = None,
+                 stage: Callable[[Batch], Batch] | Lookahead | None = None,
                  stats: Stats | None = None, name: str = "sparkfeed-prefetch"):
         if not isinstance(depth, int) or isinstance(depth, bool) or depth < 0:
             raise ValueError(f"`depth` should be a non-negative integer, but got depth={depth!r}")
-        if stage is not None and not callable(stage):
-            raise ValueError(f"`stage` should be a callable or None, but got stage={stage!r}")
+        if stage is not None and not callable(stage) and not isinstance(stage, Lookahead):
+            raise ValueError(f"`stage` should be a callable, a Lookahead or None, but got stage={stage!r}")
         self._device = resolve_device(device)
         self._stats, self._name, self._closed, self._index = stats, name, False, 0
         self._source = source

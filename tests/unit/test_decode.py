@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 
 import numpy as np
@@ -506,3 +507,105 @@ def test_batch_header_scan_agrees_with_the_row_walk():
     expected = [_fast_size(memoryview(r)) or (-1, -1) for r in rows]
     assert list(zip(w.tolist(), h.tolist())) == expected
     assert sum(e == (-1, -1) for e in expected) >= 10  # the cut and junk rows are in there
+
+
+# -- one batch ahead: submit / collect / cancel ------------------------------------------------
+
+def _batches(k: int, n: int = 6, size: int = 40) -> list[list[bytes]]:
+    return [[_encode(size + 8 * (i % 3), size, shift=10 * b + i) for i in range(n)] for b in range(k)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batches_submitted_ahead_decode_as_one_at_a_time(backend):
+    """Submitting batch n+1 before collecting batch n (as the loader's prefetch thread does) gives
+    the same pixels, in the same order, as decoding each batch alone."""
+    batches = _batches(4)
+    keys = [np.arange(6) + 100 * b for b in range(4)]
+    alone = [_decoder(backend, size=24, crop="random", mirror=True).decode(b, keys=k).images
+             for b, k in zip(batches, keys)]
+    dec = _decoder(backend, size=24, crop="random", mirror=True)
+    jobs = [dec.submit(batches[0], keys=keys[0])]
+    got = []
+    for b, k in zip(batches[1:], keys[1:]):
+        jobs.append(dec.submit(b, keys=k))
+        got.append(dec.collect(jobs.pop(0)).images)
+    got.append(dec.collect(jobs.pop(0)).images)
+    assert all(torch.equal(a, g) for a, g in zip(alone, got))
+
+
+@pytest.mark.parametrize("bad_batch", [0, 1])
+def test_a_bad_image_in_a_batch_in_flight_is_reported_with_its_own_batch(bad_batch):
+    """DALI fails whole runs and drops the pipeline with every run queued behind it: the failing
+    batch is bisected (its good rows still decoded) and the other batch, in flight on the same
+    pipeline, is fed again: each batch reports exactly its own bad row."""
+    batches = _batches(2)
+    batches[bad_batch][3] = _truncated()
+    want = [_decoder(size=24).decode(b).images for b in _batches(2)]
+    dec = _decoder(size=24)
+    first, second = dec.submit(batches[0]), dec.submit(batches[1])
+    results = [dec.collect(first), dec.collect(second)]
+    for b, res in enumerate(results):
+        rows = [r for r in range(6) if not (b == bad_batch and r == 3)]
+        assert res.ok_rows.tolist() == rows
+        assert [r for r, _ in res.failures] == ([3] if b == bad_batch else [])
+        assert torch.equal(res.images, want[b][rows])
+    assert "DALI could not decode" in results[bad_batch].failures[0][1]
+    assert not any(dec._backend.inflight.values())
+
+
+def test_a_cancelled_batch_leaves_nothing_in_the_pipeline():
+    """A batch submitted and then cancelled (the loader closing mid-epoch) is waited for and
+    dropped: the next batch collects its own images, not the cancelled one's."""
+    a, b = _batches(2)
+    dec = _decoder(size=24)
+    dec.cancel(dec.submit(a))
+    assert not any(dec._backend.inflight.values())
+    assert torch.equal(dec.decode(b).images, _decoder(size=24).decode(b).images)
+    dec.submit(a)
+    dec.close()  # waits for the run in flight
+    assert not any(dec._backend.inflight.values()) and not dec._backend.pipes
+
+
+def test_batches_collected_out_of_order_get_their_own_images():
+    """Two iterators of one loader may hold runs on the same pipeline: a batch collected before
+    an older one gets its own images (the older run is kept for its own collect), and a batch
+    collected twice is refused."""
+    a, b = _batches(2)
+    want = [_decoder(size=24).decode(x).images for x in (a, b)]
+    dec = _decoder(size=24)
+    first, second = dec.submit(a), dec.submit(b)
+    assert torch.equal(dec.collect(second).images, want[1])
+    assert torch.equal(dec.collect(first).images, want[0])
+    with pytest.raises(RuntimeError, match="already collected or cancelled"):
+        dec.collect(first)
+    assert not dec._backend.done and not any(dec._backend.inflight.values())
+
+
+def test_output_is_dalis_buffer_and_stays_valid_while_held():
+    """On the CPU the tensor handed out is DALI's output buffer (DLPack, no copy); the dynamic
+    executor never reuses a buffer still referenced, so later batches leave it untouched."""
+    batches = _batches(6)
+    dec = _decoder(size=24)
+    held = [dec.decode(b).images for b in batches]
+    copies = [dec.decode(b).images.clone() for b in batches]
+    assert all(torch.equal(h, c) for h, c in zip(held, copies))
+    assert len({h.data_ptr() for h in held}) == len(held)
+    dec.close()  # the pipelines go; the tensors handed out keep their memory
+    del dec
+    gc.collect()
+    other = _decoder(size=24)
+    for b in _batches(6, size=56):
+        other.decode(b)
+    assert all(torch.equal(h, c) for h, c in zip(held, copies))
+
+
+def test_without_the_dynamic_executor_outputs_are_copied_out():
+    """A DALI whose executor recycles its outputs (older releases) gets a copy, the same pixels."""
+    (batch,) = _batches(1)
+    dec = _decoder(size=24)
+    shared = dec.decode(batch).images
+    dec._backend.shares_outputs = False  # as `_pipe` finds it on such a DALI
+    copied = dec.decode(batch).images
+    assert torch.equal(shared, copied) and copied.data_ptr() != shared.data_ptr()
+    dec.decode(batch)
+    assert torch.equal(shared, copied)

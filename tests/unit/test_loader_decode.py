@@ -1,6 +1,8 @@
 """decode= in the DataLoader: DALI (CPU mode here) on real JPEG columns of both formats."""
 
+import gc
 import io
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -103,3 +105,145 @@ def test_random_crops_follow_the_sample_not_the_batch(image_ds, crop):
     assert len({tuple(a[i][0, 0, :4].tolist()) for i in range(120)}) > 10  # many crop positions
     c = epoch(1, batch_size=8)
     assert sum(torch.equal(a[i], c[i]) for i in range(120)) < 60  # another epoch, other crops
+
+
+# -- decoding one batch ahead (the prefetch thread starts batch n+1 before it hands over batch n) --
+
+def _decoder_of(loader):
+    return loader._decoders["image"][0]
+
+
+def _wait_for_a_batch_in_flight(loader) -> None:
+    """Block until the prefetch thread has a batch submitted to DALI and not yet collected (it
+    runs ahead on its own; this waits for that state, it does not time anything)."""
+    done = threading.Event()
+    while not done.wait(0.01):
+        if "image" in loader._decoders and any(_decoder_of(loader)._backend.inflight.values()):
+            done.set()
+
+
+def test_resume_after_a_batch_decoded_ahead_keeps_exactly_once_and_the_same_crops(image_ds):
+    """A batch that DALI has decoded ahead but that was not handed over does not count as
+    consumed: resuming delivers it, each sample exactly once, with the same keyed crop."""
+    root = image_ds(200, images=gradient_jpeg)
+    spec = {"image": sparkfeed.ImageDecode(size=24, crop="random", mirror=True, device="cpu")}
+
+    def loader():
+        return sparkfeed.DataLoader(root, batch_size=20, num_workers=1, columns=["id", "image"],
+                                    decode=spec, seed=4, prefetch=2)
+    full = {i: img for b in loader() for i, img in zip(b["id"].tolist(), b["image"])}
+    L = loader()
+    it = iter(L)
+    seen = {}
+    for _ in range(3):
+        b = next(it)
+        seen.update(zip(b["id"].tolist(), b["image"]))
+    _wait_for_a_batch_in_flight(L)
+    state = L.state_dict()
+    it.close()
+    assert not any(_decoder_of(L)._backend.inflight.values())
+    R = loader()
+    R.load_state_dict(state)
+    rest = {i: img for b in R for i, img in zip(b["id"].tolist(), b["image"])}
+    assert len(seen) == 60 and not seen.keys() & rest.keys()
+    assert sorted(seen.keys() | rest.keys()) == list(range(200))
+    assert all(torch.equal(img, full[i]) for i, img in {**seen, **rest}.items())
+
+
+def _truncated_jpeg(i: int) -> bytes:
+    good = jpeg(i, size=(160, 120))
+    return good[: len(good) * 3 // 4]  # header intact: only DALI's decode finds it bad
+
+
+@pytest.mark.parametrize("bad", ["header", "pixels"])
+def test_a_corrupt_image_in_the_batch_decoded_ahead_raises_after_the_batch_before_it(image_ds, bad):
+    """Batch 1 holds the bad image (refused by the header check, or failed by DALI's run): it is
+    submitted before batch 0 is handed over, but its error comes only after batch 0 was
+    delivered, naming the shard and the row."""
+    if bad == "header":
+        root = image_ds(100, bad={27})
+    else:
+        root = image_ds(100, images=lambda i: _truncated_jpeg(i) if i == 27 else jpeg(i))
+    L = sparkfeed.DataLoader(root, batch_size=20, num_workers=1, columns=["id", "image"],
+                             decode={"image": sparkfeed.ImageDecode(size=16, device="cpu")})
+    got = []
+    with pytest.raises(CorruptSampleError, match=r"(?s)shard '(part|shard)-00000.*'row 27'.*"
+                                                 r"producing batch 1; batches 0\.\.0 were delivered"):
+        for b in L:
+            got.append(b["id"].tolist())
+    assert got == [list(range(20))]
+    assert not any(_decoder_of(L)._backend.inflight.values())
+
+
+def test_closing_or_dropping_the_iterator_mid_epoch_leaves_no_thread_and_no_run(image_ds):
+    root = image_ds(200)
+    L = sparkfeed.DataLoader(root, batch_size=20, num_workers=1, columns=["id", "image"],
+                             decode={"image": sparkfeed.ImageDecode(size=16, device="cpu")})
+    for drop in ("close", "gc"):
+        it = iter(L)
+        next(it)
+        _wait_for_a_batch_in_flight(L)
+        if drop == "close":
+            it.close()
+        else:
+            del it
+            gc.collect()
+        for t in [t for t in threading.enumerate() if t.name == "sparkfeed-prefetch"]:
+            t.join(60)  # returns as soon as it ends; the bound only stops a hang
+        assert not [t for t in threading.enumerate() if t.name == "sparkfeed-prefetch"]
+        assert not any(_decoder_of(L)._backend.inflight.values())
+    ids = [i for b in L for i in b["id"].tolist()]  # the same decoder, a whole epoch after
+    assert sorted(ids) == list(range(200))
+
+
+def test_two_live_iterators_of_one_loader_each_get_their_own_batches(image_ds):
+    """An iterator kept alive with a batch in flight on the shared decoder (a peek, a sanity
+    check) does not disturb a second one, nor does the second take its images."""
+    root = image_ds(200)
+    L = sparkfeed.DataLoader(root, batch_size=20, num_workers=1, columns=["id", "image"],
+                             decode={"image": sparkfeed.ImageDecode(size=16, device="cpu")})
+
+    def colour_ok(b):
+        want = torch.tensor([[(i * 37) % 256, (i * 91) % 256, (i * 13) % 256] for i in b["id"].tolist()])
+        return torch.allclose(b["image"].float().mean(dim=(2, 3)), want.float(), atol=6)
+    first = iter(L)
+    peeked = next(first)
+    _wait_for_a_batch_in_flight(L)
+    second = list(L)
+    assert sorted(i for b in second for i in b["id"].tolist()) == list(range(200))
+    rest = list(first)
+    assert sorted(i for b in [peeked] + rest for i in b["id"].tolist()) == list(range(200))
+    assert all(colour_ok(b) for b in [peeked] + rest + second)
+
+
+def test_ahead_benchmark_runs_both_modes_over_the_same_epochs(image_ds):
+    from sparkfeed.bench.feed import ahead_benchmark
+
+    root = image_ds(120)
+    r = ahead_benchmark(root, 32, train=True, rounds=1, workers=1, batch_size=32)
+    for mode in ("one at a time", "one batch ahead"):
+        assert r[mode]["images_per_s"] > 0 and r[mode]["cpu_us"] > 0
+    assert r["ratio"] > 0
+
+
+def test_two_decoded_columns_drop_a_row_that_fails_in_either_once(tmp_path):
+    """Both columns are submitted together; a row bad in either is dropped from every column and
+    counted once (skip), and with on_error="raise" the first column in `decode`'s order is named."""
+    t = image_table(60, bad={5})
+    t = t.append_column("thumb", pa.array([b"not a jpeg" if i in (5, 9) else jpeg(i + 1) for i in range(60)],
+                                          pa.binary()))
+    root = str(tmp_path / "two")
+    dsutil.write_parquet(root, t, 100, 50, codecs={"image": "jpeg", "thumb": "jpeg"})
+    spec = {"image": sparkfeed.ImageDecode(size=16, device="cpu"), "thumb": sparkfeed.ImageDecode(size=8, device="cpu")}
+    L = sparkfeed.DataLoader(root, batch_size=20, columns=["id", "image", "thumb"], decode=spec, on_error="skip")
+    batches = list(L)
+    ids = [i for b in batches for i in b["id"].tolist()]
+    assert ids == [i for i in range(60) if i not in (5, 9)]
+    assert L.stats()["samples_skipped"] == 2
+    for b in batches:
+        assert b["image"].shape == (len(b["id"]), 3, 16, 16) and b["thumb"].shape == (len(b["id"]), 3, 8, 8)
+        want = torch.tensor([[((i + 1) * 37) % 256, ((i + 1) * 91) % 256, ((i + 1) * 13) % 256]
+                             for i in b["id"].tolist()], dtype=torch.float32)
+        assert torch.allclose(b["thumb"].float().mean(dim=(2, 3)), want, atol=6)
+    with pytest.raises(CorruptSampleError, match=r"'row 5': cannot decode: not a recognised image format"):
+        list(sparkfeed.DataLoader(root, batch_size=20, columns=["id", "image", "thumb"], decode=spec))

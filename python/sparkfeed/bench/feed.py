@@ -154,7 +154,7 @@ def _timed(f) -> float:
 
 
 # ----------------------------------------------------------------------------- decode stages
-STAGES = ("read", "slice", "header check", "draws", "hand-over", "DALI run", "collect", "copy")
+STAGES = ("read", "slice", "header check", "draws", "hand-over", "DALI run", "collect", "to torch")
 
 
 def _read_batches(path: str, batch_size: int, column: str) -> tuple[list, float]:
@@ -175,8 +175,9 @@ def decode_stages(path: str, size: int, batch_size: int = 256, column: str = "im
     """CPU microseconds per image of each stage of sparkfeed's decode path, run one after the
     other on this thread (DALI's own threads included: process CPU time), best of `repeats`
     epochs: read (Parquet -> batches), slice (one buffer -> row views), header check, draws,
-    hand-over (`feed_input`), DALI run (decode, resize, crop), collect (`as_tensor`), copy
-    (into torch). A stage's figure is the CPU it costs, whichever thread it later runs on.
+    hand-over (`feed_input`), DALI run (decode, resize, crop; `schedule_run` + `outputs` on the
+    decoder's asynchronous pipeline, one batch at a time), collect (`as_tensor`), to torch
+    (`torch.from_dlpack` of DALI's buffer: the copy into torch it replaced cost ~10 µs/image). A stage's figure is the CPU it costs, whichever thread it later runs on.
     `spec`: more ImageDecode fields (`resize=None, mirror=True` for the `train` scenario's)."""
     from ..decode import ImageDecode, ImageDecoder, _kind
     from ..headers import _check_headers, _encoded
@@ -203,10 +204,10 @@ def decode_stages(path: str, size: int, batch_size: int = 256, column: str = "im
             pipe = backend._pipe(kind)
             inputs = timed("slice", backend._inputs, enc, rows, draws, kind, sizes)
             timed("hand-over", lambda: [pipe.feed_input(k, v) for k, v in inputs.items()])
-            (out,) = timed("DALI run", pipe.run)
+            timed("DALI run", pipe.schedule_run)
+            (out,) = timed("DALI run", pipe.outputs)
             t = timed("collect", out.as_tensor)
-            dst = torch.empty(t.shape(), dtype=spec.out_dtype)
-            timed("copy", backend._feed_ndarray, t, dst)
+            timed("to torch", torch.from_dlpack, t)  # the loader's hand-over: DALI's buffer, no copy
         for stage, s in cpu.items():
             best[stage] = min(best.get(stage, s), s)
     dec.close()
@@ -256,6 +257,37 @@ def roi_benchmark(path: str, crops=(128, 112), batch_size: int = 256, repeats: i
     return out
 
 
+def ahead_benchmark(path: str, size: int, train: bool = False, rounds: int = 8, workers: int = 2,
+                    batch_size: int = 256) -> dict:
+    """The loader's decode with and without decoding one batch ahead, epochs alternated in one
+    process (so a shared machine's load falls on both alike): per mode the median images/s and
+    CPU µs/image over `rounds` epochs, and the median of the per-round rate ratios. `size`: the
+    stored side; `train`: the `train` scenario's shuffle, 7/8 random crop of the stored pixels and
+    flip, else the `decode` scenario's centre crop at `size`."""
+    import statistics
+
+    from ..decode import ImageDecode
+    from ..loader import DataLoader
+
+    spec = ImageDecode(size=size * 7 // 8, crop="random", resize=None, mirror=True, device="cpu") if train \
+        else ImageDecode(size=size, device="cpu")
+    loader = DataLoader(path, batch_size=batch_size, columns=["image", "label"], num_workers=workers,
+                        decode={"image": spec}, shuffle=train, seed=1)
+    runs: dict[str, list[tuple[float, float]]] = {"one at a time": [], "one batch ahead": []}
+    for r in range(rounds + 1):  # round 0 warms up
+        for mode in runs:
+            loader._decode_ahead = mode == "one batch ahead"
+            wall, cpu = time.perf_counter(), time.process_time()
+            n = sum(b["image"].shape[0] for b in loader)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            if r:
+                runs[mode].append((n / wall, cpu / n * 1e6))
+    out = {mode: {"images_per_s": statistics.median(x for x, _ in v), "cpu_us": statistics.median(c for _, c in v)}
+           for mode, v in runs.items()}
+    out["ratio"] = statistics.median(a[0] / b[0] for a, b in zip(runs["one batch ahead"], runs["one at a time"]))
+    return out
+
+
 def main(argv=None) -> int:
     """`python -m sparkfeed.bench.feed --decode | --prefetch`: print one micro-benchmark."""
     import argparse
@@ -268,10 +300,20 @@ def main(argv=None) -> int:
                         "a dataset with an `image` column (e.g. one `sparkfeed bench` built)")
     parser.add_argument("--roi", metavar="DATASET", help="DALI CPU us per image: whole decode + crop vs "
                         "window decode (fn.decoders.image_crop), crops of 128 and 112")
-    parser.add_argument("--size", type=int, default=128, help="output side for --stages (default 128)")
+    parser.add_argument("--size", type=int, default=128, help="output side for --stages, stored side for --ahead (default 128)")
+    parser.add_argument("--ahead", metavar="DATASET", help="the loader's decode one batch ahead vs one at a "
+                        "time, epochs alternated (the decode and train scenarios' specs)")
+    parser.add_argument("--rounds", type=int, default=8, help="epochs per mode for --ahead (default 8)")
     args = parser.parse_args(argv)
-    if not (args.decode or args.prefetch or args.stages or args.roi):
-        parser.error("choose --decode, --prefetch, --stages DATASET and/or --roi DATASET")
+    if not (args.decode or args.prefetch or args.stages or args.roi or args.ahead):
+        parser.error("choose --decode, --prefetch, --stages DATASET, --roi DATASET and/or --ahead DATASET")
+    if args.ahead:
+        for train in (False, True):
+            r = ahead_benchmark(args.ahead, args.size, train=train, rounds=args.rounds)
+            for mode in ("one at a time", "one batch ahead"):
+                print(f"{'train' if train else 'decode'} {mode:15s}: {r[mode]['images_per_s']:7.0f} images/s, "
+                      f"{r[mode]['cpu_us']:6.1f} CPU us/image (medians of {args.rounds} epochs)")
+            print(f"{'train' if train else 'decode'} ahead / one at a time: {r['ratio']:.3f} (median of per-epoch ratios)")
     if args.roi:
         for label, us in roi_benchmark(args.roi).items():
             print(f"crop {label}: {us:.1f} CPU us/img (best of 3, interleaved)")

@@ -1,0 +1,116 @@
+"""Prefetcher with a `Lookahead` stage: batch n+1 started before batch n is finished, with every
+batch finished or cancelled exactly once, in order, and every error at its own batch."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import pytest
+
+from sparkfeed.prefetch import Lookahead, Prefetcher
+
+
+class Recorder:
+    """A two-half stage that logs what it does, so tests can check the order of the halves."""
+
+    def __init__(self, fail_start: int | None = None, fail_finish: int | None = None):
+        self.log: list[tuple[str, int]] = []
+        self.fail_start, self.fail_finish = fail_start, fail_finish
+        self.lock = threading.Lock()
+        self.finished = threading.Condition(self.lock)
+
+    def _add(self, what: str, i: int) -> None:
+        with self.lock:
+            self.log.append((what, i))
+            self.finished.notify_all()
+
+    def start(self, i: int) -> int:
+        if i == self.fail_start:
+            raise ValueError(f"start failed at {i}")
+        self._add("start", i)
+        return i
+
+    def finish(self, i: int) -> dict:
+        self._add("finish", i)
+        if i == self.fail_finish:
+            raise ValueError(f"finish failed at {i}")
+        return {"i": i}
+
+    def cancel(self, i: int) -> None:
+        self._add("cancel", i)
+
+    def stage(self) -> Lookahead:
+        return Lookahead(self.start, self.finish, self.cancel)
+
+    def ended(self) -> set[int]:
+        """Started batches that were finished or cancelled (each exactly once is checked)."""
+        done = [i for what, i in self.log if what != "start"]
+        assert len(done) == len(set(done)), self.log
+        return set(done)
+
+
+def numbers(n: int, fail_at: int | None = None):
+    for i in range(n):
+        if i == fail_at:
+            raise OSError(f"source failed at {i}")
+        yield i
+
+
+def thread_gone(name: str) -> bool:
+    for t in [t for t in threading.enumerate() if t.name == name]:
+        t.join(60)  # returns as soon as it ends; the bound only stops a hang
+    return not any(t.name == name for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("depth", [0, 2])
+def test_every_batch_in_order_with_the_next_one_started_first(depth):
+    rec = Recorder()
+    got = [b["i"] for b in Prefetcher(numbers(6), depth=depth, stage=rec.stage())]
+    assert got == list(range(6))
+    if depth:  # the thread starts batch n+1 before it finishes batch n
+        assert rec.log == [("start", 0)] + [e for i in range(1, 6) for e in (("start", i), ("finish", i - 1))] \
+            + [("finish", 5)]
+    else:  # inline: nothing to overlap with
+        assert rec.log == [e for i in range(6) for e in (("start", i), ("finish", i))]
+
+
+@pytest.mark.parametrize("where", ["source", "start", "finish"])
+def test_an_error_surfaces_at_its_own_batch(where):
+    """Batches 0..2 are delivered, then batch 3's error; the batch started after it is cancelled."""
+    rec = Recorder(**({"start": {"fail_start": 3}, "finish": {"fail_finish": 3}}.get(where, {})))
+    source = numbers(8, fail_at=3 if where == "source" else None)
+    got = []
+    err = {"source": OSError, "start": ValueError, "finish": ValueError}[where]
+    with pytest.raises(err, match=f"{where} failed at 3"):
+        for b in Prefetcher(source, depth=2, stage=rec.stage(), name="pf-ahead-err"):
+            got.append(b["i"])
+    assert got == [0, 1, 2]
+    assert thread_gone("pf-ahead-err")
+    started = {i for what, i in rec.log if what == "start"}
+    assert rec.ended() == started  # nothing left started: finished or cancelled
+    if where == "finish":
+        assert ("cancel", 4) in rec.log
+
+
+def test_close_mid_epoch_cancels_the_started_batch_and_stops_the_thread():
+    rec = Recorder()
+    p = Prefetcher(numbers(10_000), depth=2, stage=rec.stage(), name="pf-ahead-close")
+    assert [next(p)["i"] for _ in range(3)] == [0, 1, 2]
+    p.close()
+    assert thread_gone("pf-ahead-close")
+    started = {i for what, i in rec.log if what == "start"}
+    assert rec.ended() == started and any(what == "cancel" for what, _ in rec.log)
+
+
+def test_garbage_collected_mid_epoch_cancels_the_started_batch():
+    rec = Recorder()
+    p = Prefetcher(numbers(10_000), depth=2, stage=rec.stage(), name="pf-ahead-gc")
+    next(p)
+    with rec.finished:  # the thread runs ahead: batches 1-3 finished, batch 4 started
+        assert rec.finished.wait_for(lambda: ("start", 4) in rec.log, timeout=60)
+    del p
+    gc.collect()
+    assert thread_gone("pf-ahead-gc")
+    started = {i for what, i in rec.log if what == "start"}
+    assert rec.ended() == started and any(what == "cancel" for what, _ in rec.log)
