@@ -12,10 +12,20 @@ There are K lanes (`num_workers`) but at most `reading_threads(K)` threads: one 
 after the consuming thread. More Python threads than cores only trade the GIL back and forth;
 each thread serves its lanes (k mod R), always the one whose queue is emptiest.
 
+Every lane starts at once: a thread that serves several lanes reads the first item of each lane
+but its first on a starter thread of its own (`_Start`). A lane's first item is mostly waiting
+(over object storage: the manifest's files' footers, the first range request, each 10-50 ms to
+the first byte), and its reader sends its read-ahead requests when it starts; started one after
+the other, lane 1's requests went out only after lane 0's first segment was read and converted,
+and lane 1's first batch (the consumer's second) waited for both. The starters end after one
+item; the lane is then served like any other.
+
 Threads follow the one protocol of `threads.py` (final item per queue, bounded waits, the
 shutdown order of `close()`). Here: each lane k has one bounded queue (maxsize `depth`) filled
-by the one thread that serves it; a lane's failure is also put to the thread's other unfinished
-lanes, so whichever the consumer reads next raises it. The thread never blocks on a full queue:
+by the one thread that serves it (its first item by the lane's starter, before the thread puts
+anything there); a lane's failure is also put to the thread's other unfinished lanes, so
+whichever the consumer reads next raises it. The serving thread closes every lane's iterator,
+after waiting for its starter (a generator is never closed while another thread runs it). The thread never blocks on a full queue:
 it reads for a lane with room, and when every queue it serves is full it waits on its `space`
 event (cleared before it looks, set by the consumer after each get from its lanes).
 """
@@ -42,35 +52,83 @@ def reading_threads(lanes: int) -> int:
     return max(1, min(lanes, cores - 1))
 
 
+class _Start:
+    """A lane's first item read on a thread of its own: `iterator` (made there) and `item`, or
+    `error` (StopIteration for an empty lane). `space` is set when it is done, waking the serving
+    thread."""
+
+    def __init__(self, make: Callable[[], Iterator], space: threading.Event, name: str):
+        self.iterator: Iterator | None = None
+        self.item, self.error = None, None
+        self._make, self._space, self._done = make, space, threading.Event()
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.iterator = self._make()
+            self.item = next(self.iterator)
+        except BaseException as exc:  # noqa: BLE001 - handed to the serving thread
+            self.error = exc
+        finally:
+            self._done.set()
+            self._space.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self) -> None:
+        """Until the first item is read (a source blocked in `next()` keeps this waiting, as it
+        would keep the serving thread)."""
+        self._done.wait()
+
+
 def _serve(makes: dict[int, Callable[[], Iterator]], queues: list[queue.Queue],
            stop: threading.Event, space: threading.Event) -> None:
-    """One reading thread: keep its lanes' queues filled (see the shutdown protocol above)."""
+    """One reading thread: keep its lanes' queues filled (see the shutdown protocol above); the
+    first items of all its lanes but the first are read by starters, at the same time."""
+    name = threading.current_thread().name
+    starts = {k: _Start(make, space, f"{name}-start-{k}") for k, make in list(makes.items())[1:]}
     its: dict[int, Iterator] = {}
     active = list(makes)
     try:
         while active and not stop.is_set():
-            space.clear()  # before looking: a get from now on wakes the wait below
-            ready = [k for k in active if not queues[k].full()]
+            space.clear()  # before looking: a get or a starter's end from now on wakes the wait below
+            ready = [k for k in active if not queues[k].full() and (k not in starts or starts[k].done())]
             if not ready:
                 space.wait(protocol.POLL_S)
                 continue
             k = min(ready, key=lambda j: queues[j].qsize())
             try:
-                if k not in its:
-                    its[k] = makes[k]()
-                item = next(its[k])
+                item = _next(k, makes, its, starts)
             except StopIteration:
                 active.remove(k)
                 protocol.put(queues[k], protocol.END, stop)
                 continue
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
-                failure = protocol.Failure(exc, f"lane {k} on thread {threading.current_thread().name!r}")
+                failure = protocol.Failure(exc, f"lane {k} on thread {name!r}")
                 for j in sorted(active, key=lambda j: queues[j].qsize()):  # an empty one may be awaited
                     protocol.put(queues[j], failure, stop)
                 return
             queues[k].put_nowait(item)  # only this thread puts here, and it had room
     finally:
-        protocol.close_quietly(*its.values())
+        for k, start in starts.items():
+            start.wait()
+            its.setdefault(k, start.iterator)
+        protocol.close_quietly(*[it for it in its.values() if it is not None])
+
+
+def _next(k: int, makes: dict, its: dict[int, Iterator], starts: dict[int, _Start]):
+    """Lane k's next item: its starter's first item (once), else from its iterator (made on
+    first use when the lane has no starter)."""
+    start = starts.get(k)
+    if start is not None and k not in its:
+        its[k], item, start.item = start.iterator, start.item, None
+        if start.error is not None:
+            raise start.error
+        return item
+    if k not in its:
+        its[k] = makes[k]()
+    return next(its[k])
 
 
 class LaneReader:

@@ -135,3 +135,39 @@ def test_a_forked_worker_leaves_the_parents_http_connections_alone(tmp_path):
         os.waitpid(pid, 0)
         # on the pooled connection; before the fix: FSTimeoutError after sock_read
         assert fs.cat_file(f"{url}/x.bin", start=0, end=9) == b"sparkfeed"
+
+
+def test_every_lane_sends_its_first_data_request_before_any_lane_gets_data(tmp_path):
+    """Two thread lanes served by one reading thread (2 cores: `lanes.reading_threads`), one
+    Parquet file each. The server holds every data request (not the footers) until both files'
+    first data requests have arrived: every lane's first fetch must be in flight before lane 0's
+    first segment is converted. Before, lane 1 sent its requests only after lane 0's first
+    segment was read, that is never while lane 0's data was held (the hold gave up after 30 s)."""
+    data = dsutil.table(800, image_bytes=1024)
+    dsutil.write_parquet(str(tmp_path / "pq"), data, 400, 100)
+    arrived, both, gave_up, lock = set(), threading.Event(), [], threading.Lock()
+
+    def hold(method: str, rel: str, rng: str) -> None:
+        if method != "GET" or not rel.endswith(".parquet") or not rng:
+            return
+        end = int(rng.split("-")[1])
+        if end >= os.path.getsize(tmp_path / rel) - 1:
+            return  # a footer: answered at once
+        with lock:
+            arrived.add(rel)
+            if len(arrived) == 2:
+                both.set()
+        if not both.wait(30):
+            gave_up.append(rel)
+
+    server = LatencyServer(str(tmp_path), latency_s=0.0, hold=hold)
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, sorted(cpus)[:2])  # this thread and the lanes': one reading thread
+    try:
+        L = sparkfeed.DataLoader(f"{server.url}/pq", batch_size=100, num_workers=2)
+        ids = [i for b in L for i in b["id"].tolist()]
+    finally:
+        os.sched_setaffinity(0, cpus)
+        server.close()
+    assert sorted(ids) == list(range(800))
+    assert both.is_set() and not gave_up, (sorted(arrived), gave_up)
