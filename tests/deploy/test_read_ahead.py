@@ -2,6 +2,7 @@
 samples as a local read. Over the project's Range-honouring HTTP test server (no faults)."""
 
 import gc
+import http.server
 import io
 import os
 import threading
@@ -13,7 +14,7 @@ import dsutil
 import sparkfeed
 from faulty_http import FaultPlan, FaultyServer
 from sparkfeed import storage
-from sparkfeed.bench.remote import LatencyServer
+from sparkfeed.bench.remote import LatencyServer, send_file_range
 
 
 def test_read_ahead_holds_at_most_max_bytes():
@@ -171,3 +172,65 @@ def test_every_lane_sends_its_first_data_request_before_any_lane_gets_data(tmp_p
         server.close()
     assert sorted(ids) == list(range(800))
     assert both.is_set() and not gave_up, (sorted(arrived), gave_up)
+
+
+class _IgnoresRange(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with the whole file (200), whatever the Range header asks for."""
+
+    protocol_version = "HTTP/1.1"
+    root = ""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        del self.headers["Range"]
+        path = os.path.join(self.root, self.path.lstrip("/"))
+        if not os.path.isfile(path):
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        send_file_range(self, path, body=True)
+
+
+def test_a_server_that_ignores_range_is_read_whole_never_wrong(tmp_path):
+    """fsspec's HTTP cat does not check that a range was honoured; the read-ahead fetch does
+    (a range not at the start, or at the start of a longer file), and the loader falls back to
+    whole-file reads: every sample once."""
+    data = dsutil.table(300, image_bytes=512)
+    dsutil.write_parquet(str(tmp_path / "pq"), data, 150, 50)
+    handler = type("Handler", (_IgnoresRange,), {"root": str(tmp_path)})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        fs, _ = storage.resolve(url)
+        part = f"{url}/pq/part-00000.parquet"
+        for rng in [(100, 200), (0, 10)]:
+            with pytest.raises(ValueError, match="part-00000.parquet: asked for bytes .* does not "
+                                                 "appear to support range requests"):
+                storage.fetch_ranges(fs, part, [rng])
+        L = sparkfeed.DataLoader(f"{url}/pq", batch_size=64, num_workers=0)
+        ids = [i for b in L for i in b["id"].tolist()]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert sorted(ids) == list(range(300))
+
+
+def test_http_ranges_arrive_whole_and_exact(tmp_path):
+    """Over HTTP the ranges are read into pooled buffers: the bytes are the file's, for ranges
+    merged into one request and for separate ones, and a missing file is FileNotFoundError."""
+    blob = os.urandom(300_000)
+    (tmp_path / "x.bin").write_bytes(blob)
+    server = LatencyServer(str(tmp_path), latency_s=0.0)
+    try:
+        fs, _ = storage.resolve(server.url)
+        got = storage.fetch_ranges(fs, f"{server.url}/x.bin", [(0, 10), (12, 100), (150_000, 300_000)])
+        with pytest.raises(FileNotFoundError, match="missing.bin"):
+            storage.fetch_ranges(fs, f"{server.url}/missing.bin", [(0, 10)])
+    finally:
+        server.close()
+    assert {k: bytes(v) for k, v in got.items()} == {(0, 100): blob[:100],
+                                                    (150_000, 300_000): blob[150_000:]}
