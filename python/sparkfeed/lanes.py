@@ -12,22 +12,23 @@ There are K lanes (`num_workers`) but at most `reading_threads(K)` threads: one 
 after the consuming thread. More Python threads than cores only trade the GIL back and forth;
 each thread serves its lanes (k mod R), always the one whose queue is emptiest.
 
-Every lane starts at once: a thread that serves several lanes reads the first item of each lane
-but its first on a starter thread of its own (`_Start`). A lane's first item is mostly waiting
-(over object storage: the manifest's files' footers, the first range request, each 10-50 ms to
-the first byte), and its reader sends its read-ahead requests when it starts; started one after
-the other, lane 1's requests went out only after lane 0's first segment was read and converted,
-and lane 1's first batch (the consumer's second) waited for both. The starters end after one
-item; the lane is then served like any other.
+Every lane starts at once: a thread that serves several lanes starts each lane but its first on
+a starter thread of its own (`_Start`), which reads a queue's worth of the lane's items. A lane's
+first items are mostly waiting (over object storage: its files' footers, its first range
+requests, each 10-50 ms to the first byte), and its reader sends its read-ahead requests when it
+starts; started one after the other, lane 1's requests went out only after lane 0's first
+segment was read and converted, and lane 1's first batch (the consumer's second) waited for
+both. A starter then hands its lane to the serving thread, which serves it like any other.
 
 Threads follow the one protocol of `threads.py` (final item per queue, bounded waits, the
 shutdown order of `close()`). Here: each lane k has one bounded queue (maxsize `depth`) filled
-by the one thread that serves it (its first item by the lane's starter, before the thread puts
-anything there); a lane's failure is also put to the thread's other unfinished lanes, so
-whichever the consumer reads next raises it. The serving thread closes every lane's iterator,
-after waiting for its starter (a generator is never closed while another thread runs it). The thread never blocks on a full queue:
-it reads for a lane with room, and when every queue it serves is full it waits on its `space`
-event (cleared before it looks, set by the consumer after each get from its lanes).
+by the one thread that serves it, after its starter (the serving thread leaves a lane alone
+until its starter is done); a lane's failure is also put to the thread's other unfinished lanes,
+so whichever the consumer reads next raises it. The serving thread closes every lane's
+iterator, after waiting for its starter (a generator is never closed while another thread runs
+it). The thread never blocks on a full queue: it reads for a lane with room, and when every
+queue it serves is full it waits on its `space` event (cleared before it looks, set by the
+consumer after each get from its lanes and by a starter when it is done).
 """
 
 from __future__ import annotations
@@ -53,41 +54,47 @@ def reading_threads(lanes: int) -> int:
 
 
 class _Start:
-    """A lane's first item read on a thread of its own: `iterator` (made there) and `item`, or
-    `error` (StopIteration for an empty lane). `space` is set when it is done, waking the serving
-    thread."""
+    """A lane started on a thread of its own: it makes the lane's iterator and puts a queue's
+    worth of items (`maxsize`; fewer at the lane's end or an error, kept in `error`:
+    StopIteration for an end), then hands the lane to its serving thread. `space` is set when it is done, waking the
+    serving thread, which does not touch the lane before."""
 
-    def __init__(self, make: Callable[[], Iterator], space: threading.Event, name: str):
+    def __init__(self, make: Callable[[], Iterator], q: queue.Queue, stop: threading.Event,
+                 space: threading.Event, name: str):
         self.iterator: Iterator | None = None
-        self.item, self.error = None, None
-        self._make, self._space, self._done = make, space, threading.Event()
-        threading.Thread(target=self._run, name=name, daemon=True).start()
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._run, args=(make, q, stop, space), name=name, daemon=True).start()
 
-    def _run(self) -> None:
+    def _run(self, make, q: queue.Queue, stop: threading.Event, space: threading.Event) -> None:
         try:
-            self.iterator = self._make()
-            self.item = next(self.iterator)
+            self.iterator = make()
+            for _ in range(q.maxsize):  # at most a queue's worth: never a second reading thread
+                if stop.is_set():
+                    break
+                q.put_nowait(next(self.iterator))  # only this thread puts here until done
         except BaseException as exc:  # noqa: BLE001 - handed to the serving thread
             self.error = exc
         finally:
             self._done.set()
-            self._space.set()
+            space.set()
 
     def done(self) -> bool:
         return self._done.is_set()
 
     def wait(self) -> None:
-        """Until the first item is read (a source blocked in `next()` keeps this waiting, as it
-        would keep the serving thread)."""
+        """Until it is done (a source blocked in `next()` keeps this waiting, as it would keep
+        the serving thread)."""
         self._done.wait()
 
 
 def _serve(makes: dict[int, Callable[[], Iterator]], queues: list[queue.Queue],
            stop: threading.Event, space: threading.Event) -> None:
-    """One reading thread: keep its lanes' queues filled (see the shutdown protocol above); the
-    first items of all its lanes but the first are read by starters, at the same time."""
+    """One reading thread: keep its lanes' queues filled (see the shutdown protocol above); all
+    its lanes but the first are started by starters, at the same time as the first."""
     name = threading.current_thread().name
-    starts = {k: _Start(make, space, f"{name}-start-{k}") for k, make in list(makes.items())[1:]}
+    starts = {k: _Start(make, queues[k], stop, space, f"{name}-start-{k}")
+              for k, make in list(makes.items())[1:]}
     its: dict[int, Iterator] = {}
     active = list(makes)
     try:
@@ -109,7 +116,7 @@ def _serve(makes: dict[int, Callable[[], Iterator]], queues: list[queue.Queue],
                 for j in sorted(active, key=lambda j: queues[j].qsize()):  # an empty one may be awaited
                     protocol.put(queues[j], failure, stop)
                 return
-            queues[k].put_nowait(item)  # only this thread puts here, and it had room
+            queues[k].put_nowait(item)  # only this thread puts here (its starter is done), and it had room
     finally:
         for k, start in starts.items():
             start.wait()
@@ -118,14 +125,13 @@ def _serve(makes: dict[int, Callable[[], Iterator]], queues: list[queue.Queue],
 
 
 def _next(k: int, makes: dict, its: dict[int, Iterator], starts: dict[int, _Start]):
-    """Lane k's next item: its starter's first item (once), else from its iterator (made on
-    first use when the lane has no starter)."""
+    """Lane k's next item from its iterator: the one its starter made (raising what ended the
+    starter, once), or one made here on first use (the thread's first lane)."""
     start = starts.get(k)
     if start is not None and k not in its:
-        its[k], item, start.item = start.iterator, start.item, None
+        its[k] = start.iterator
         if start.error is not None:
             raise start.error
-        return item
     if k not in its:
         its[k] = makes[k]()
     return next(its[k])

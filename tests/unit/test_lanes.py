@@ -59,3 +59,18 @@ def test_closing_early_closes_every_lane_including_started_ones():
     assert [next(it) for _ in range(4)] == [0, 0, 0, 1]
     it.close()
     assert sorted(closed) == [0, 1, 2]
+
+
+def test_a_starter_reads_a_queue_s_worth_then_the_serving_thread_takes_over():
+    """The starter of lane 1 reads `depth` items, no more (it never becomes a second reading
+    thread); the rest are read by the thread that serves both lanes."""
+
+    def names(n: int):
+        for _ in range(n):
+            yield threading.current_thread().name
+
+    reader = LaneReader([lambda: names(4), lambda: names(5)], depth=2, threads=1, name="t")
+    items = list(round_robin([reader.lane(k) for k in range(2)], on_close=reader.close))
+    lane1 = items[1::2] + items[8:]
+    assert items[0::2][:4] == ["t-0"] * 4
+    assert lane1 == ["t-0-start-1"] * 2 + ["t-0"] * 3, items
