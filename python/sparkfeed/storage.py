@@ -239,15 +239,16 @@ def open_remote(fs: fsspec.AbstractFileSystem, path: str, size: int | None = Non
     return fs.open(path, "rb", **kwargs)
 
 
-def fetch_ranges(fs: fsspec.AbstractFileSystem, path: str,
-                 ranges: list[tuple[int, int]]) -> dict[tuple[int, int], memoryview | bytes]:
+def fetch_ranges(fs: fsspec.AbstractFileSystem, path: str, ranges: list[tuple[int, int]],
+                 size: int | None = None) -> dict[tuple[int, int], memoryview | bytes]:
     """{(start, end): bytes} for byte ranges of one file, adjacent ones merged into one request
     (fsspec's merge_offset_ranges) and the requests sent concurrently (over HTTP on fsspec's
-    own session, `_http_ranges`; else fsspec's cat_ranges)."""
+    own session, `_http_ranges`; else fsspec's cat_ranges). Over HTTP, `size` (the manifest's)
+    is checked against the file's size the server reports: a ValueError when it changed."""
     _, starts, ends = fsspec.utils.merge_offset_ranges(
         [path] * len(ranges), [a for a, _ in ranges], [b for _, b in ranges], max_gap=COALESCE_GAP)
     if _is_http(fs):
-        blobs = with_retries(lambda: fsspec.asyn.sync(fs.loop, _http_ranges, fs, path, starts, ends),
+        blobs = with_retries(lambda: fsspec.asyn.sync(fs.loop, _http_ranges, fs, path, starts, ends, size),
                              f"reading ahead {path}")
     else:
         blobs = with_retries(lambda: fs.cat_ranges([path] * len(starts), starts, ends, on_error="raise"),
@@ -267,7 +268,8 @@ def _is_http(fs: fsspec.AbstractFileSystem) -> bool:
     return protocol in ("http", "https")
 
 
-async def _http_ranges(fs, path: str, starts: list[int], ends: list[int]) -> list[memoryview]:
+async def _http_ranges(fs, path: str, starts: list[int], ends: list[int],
+                       size: int | None = None) -> list[memoryview]:
     """The byte ranges of one file over HTTP, concurrently, each read into one buffer from
     pyarrow's memory pool as the body arrives.
 
@@ -279,12 +281,13 @@ async def _http_ranges(fs, path: str, starts: list[int], ends: list[int]) -> lis
     about a third, its page faults by 3-4x, in the `remote` bench (docs/deploy.md). The session,
     its client settings and the request options are fsspec's own."""
     session = await fs.set_session()
-    return list(await asyncio.gather(*(_http_range(fs, session, path, a, b)
+    return list(await asyncio.gather(*(_http_range(fs, session, path, a, b, size)
                                        for a, b in zip(starts, ends))))
 
 
-async def _http_range(fs, session, path: str, start: int, end: int) -> memoryview:
-    """Bytes [start, end) of the file at URL `path` (a shorter result: the caller reports it)."""
+async def _http_range(fs, session, path: str, start: int, end: int, size: int | None) -> memoryview:
+    """Bytes [start, end) of the file at URL `path` (a shorter result: the caller reports it);
+    a ValueError when the server reports a file size other than `size` (if given)."""
     import pyarrow as pa
 
     kwargs = dict(fs.kwargs)
@@ -296,6 +299,11 @@ async def _http_range(fs, session, path: str, start: int, end: int) -> memoryvie
         r.raise_for_status()
         if r.status != 206 and start > 0:
             raise ValueError(_NO_RANGES.format(path=path, a=start, b=end - 1, n=r.content_length))
+        total = r.headers.get("Content-Range", "").rpartition("/")[2] if r.status == 206 \
+            else str(r.content_length)
+        if size is not None and total.isdigit() and int(total) != size:
+            raise ValueError(f"{path}: the file is {total} bytes, not {size} (changed after the "
+                             "manifest was written)")
         while True:
             chunk, _ = await r.content.readchunk()
             if not chunk:

@@ -234,3 +234,26 @@ def test_http_ranges_arrive_whole_and_exact(tmp_path):
         server.close()
     assert {k: bytes(v) for k, v in got.items()} == {(0, 100): blob[:100],
                                                     (150_000, 300_000): blob[150_000:]}
+
+
+def test_a_shard_grown_after_the_write_is_an_error_not_a_prefix(tmp_path):
+    """Read-ahead fetches a tar as the manifest's byte count; a shard replaced by a longer one
+    must not pass as its first bytes: the server's size fails the fetch, and the in-place read
+    names the shard and the sizes."""
+    data = dsutil.table(200, image_bytes=256)
+    m = dsutil.write_tar(str(tmp_path / "wds"), data, 100)
+    shard = sorted(s.path for s in m.shards)[1]
+    with open(tmp_path / "wds" / shard, "ab") as f:
+        f.write(b"\0" * 1024)  # still a valid tar: two more end blocks
+    server = LatencyServer(str(tmp_path), latency_s=0.0)
+    try:
+        fs, _ = storage.resolve(server.url)
+        size = os.path.getsize(tmp_path / "wds" / shard) - 1024
+        with pytest.raises(ValueError, match=f"{shard}: the file is {size + 1024} bytes, not {size}"):
+            storage.fetch_ranges(fs, f"{server.url}/wds/{shard}", [(0, size)], size)
+        L = sparkfeed.DataLoader(f"{server.url}/wds", batch_size=50, num_workers=0)
+        with pytest.raises(sparkfeed.errors.SparkfeedError,
+                           match=f"{shard}.*the file is {size + 1024} bytes but the manifest says {size}"):
+            list(L)
+    finally:
+        server.close()
