@@ -257,3 +257,15 @@ def test_a_shard_grown_after_the_write_is_an_error_not_a_prefix(tmp_path):
             list(L)
     finally:
         server.close()
+
+
+@pytest.mark.slow
+def test_remote_epochs_cli_reads_every_sample_over_a_server_in_its_own_process(tmp_path, capsys):
+    from sparkfeed.bench import remote_epochs
+
+    data = dsutil.table(300, image_bytes=256)
+    dsutil.write_parquet(str(tmp_path / "pq"), data, 150, 50)
+    assert remote_epochs.main([str(tmp_path / "pq"), "--epochs", "2", "--latency-ms", "0",
+                               "--batch-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("'samples': 300,") == 2 and "median page_faults:" in out, out
