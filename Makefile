@@ -39,20 +39,29 @@ $(VENV)/.tools:
 	@mkdir -p $(VENV) && touch $@
 
 # Python: a venv with the package (editable) and its dependencies; torch pinned to the CPU wheel.
-venv: $(VENV)/.installed
-$(VENV)/.installed: python/pyproject.toml
+# pyspark comes first, alone: the jar compiles against its jars, so under `make test` Gradle
+# builds and tests the jar while pip installs the rest (`-j2` below).
+PYSPARK := $(VENV)/.pyspark
+$(PYSPARK): python/pyproject.toml
 	@test -x $(PY) || $(STEP) "python: creating the virtualenv $(VENV)" $(PYTHON) -m venv $(VENV)
 	@$(STEP) "pip: upgrading pip, setuptools, wheel" $(PIP) install -q --upgrade pip setuptools wheel
+	@$(STEP) "pip: installing pyspark (the 'spark' extra's)" $(PIP) install -q 'pyspark>=3.5'
+	@touch $@
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: $(PYSPARK)
 	@$(STEP) "pip: installing torch 2.13.0 (CPU)" $(PIP) install -q torch==2.13.0
 	@$(STEP) "pip: installing sparkfeed (editable) with spark, dali, test" \
 	  $(PIP) install -q -e 'python[spark,dali,test]'
 	@touch $@
 
 # The Spark data-source jar, compiled against the installed pyspark's jars and bundled in the package.
+# (found without importing pyspark: pip may still be installing beside it)
+SPARK_JARS = "$$($(PY) -c 'import os, importlib.util as u; print(os.path.join(os.path.dirname(u.find_spec("pyspark").origin), "jars"))')"
 jar: $(JAR)
-$(JAR): $(JVM_SOURCES) $(VENV)/.installed $(VENV)/.tools
+$(JAR): $(JVM_SOURCES) $(PYSPARK) $(VENV)/.tools
 	@$(STEP) "gradle: building the Spark data-source jar" gradle -q --offline --no-daemon \
-	  -PsparkJars="$$($(PY) -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')" jar
+	  -PsparkJars=$(SPARK_JARS) jar
 	@mkdir -p $(dir $(JAR)) && cp build/libs/sparkfeed.jar $(JAR)
 
 # The whole story on the embedded default (local mode): a raw image-caption corpus ->
@@ -77,8 +86,9 @@ demo-dataset: setup jar
 bench: setup jar
 	$(VENV)/bin/sparkfeed bench --quick --out build/bench
 
-test-jvm: setup jar
-	gradle -q --offline --no-daemon -PsparkJars="$$($(PY) -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')" test
+# JUnit tests of the jar (no SparkSession); they need only pyspark's jars, not the whole venv.
+test-jvm: $(JAR)
+	@$(STEP) "gradle: JVM tests (JUnit)" gradle -q --offline --no-daemon -PsparkJars=$(SPARK_JARS) test
 
 test-py: setup jar
 	$(PY) -m pytest -q -ra $(PYTEST_PARALLEL) tests $(PYTEST_ARGS)
@@ -87,7 +97,10 @@ test-py: setup jar
 test-fast: setup jar
 	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_PARALLEL) tests $(PYTEST_ARGS)
 
-test: test-jvm test-py
+# pip's install of the rest and Gradle's jar + JVM tests side by side, then pytest.
+test:
+	@$(MAKE) --no-print-directory -j2 --output-sync=target tools venv test-jvm
+	@$(MAKE) --no-print-directory test-py
 
 clean:
 	rm -rf build .gradle $(JAR) $(VENV)

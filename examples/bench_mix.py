@@ -46,6 +46,13 @@ def _least_ms(rows: dict, repeats: int) -> dict:
     return least
 
 
+def _laid_out(mix, parts):
+    """The first step of `mix._mixed`: the sources' rows one after another (shuffle pieces
+    gathered into place)."""
+    flat = [b for blocks in parts for b in blocks]
+    return mix.Block.concat([mix._gathered(b) for b in flat])
+
+
 def stages(path: str, shuffle: bool, batch_size: int, repeats: int) -> None:
     """CPU ms per epoch of one source, of the 2-source mix, and of each stage the mix adds."""
     import sparkfeed
@@ -75,9 +82,9 @@ def stages(path: str, shuffle: bool, batch_size: int, repeats: int) -> None:
         "  labels of every block (grid)": lambda: [mix.block_labels(grid.counts, grid.plan.blocks, g, seed=0, epoch=0,
                                                                     shuffle=shuffle) for g in range(grid.plan.blocks)],
         "  gather index of every piece": lambda: [mix._gather_index(labels, present) for _, labels, present in pieces],
-        "  concatenation of the parts": lambda: [mix.Block.concat([b for bs in parts for b in bs]) for parts, _, _ in pieces],
-        "  concatenation + index + gather": lambda: [real(*piece) for piece in pieces],
-        "  per-piece label counts": lambda: [np.flatnonzero(np.bincount(labels, minlength=2)) for _, labels, _ in pieces],
+        "  laying out the parts (as blocks)": lambda: [_laid_out(mix, parts) for parts, _, _ in pieces],
+        "  lay-out + index + gather (the copy)": lambda: [real(*piece) for piece in pieces],
+        "  per-piece label counts": lambda: [np.flatnonzero(mix._label_counts(labels, 2)) for _, labels, _ in pieces],
         "  per-batch source counts": lambda: [account(empty, s, {}, {}) for s in range(0, n - batch_size, batch_size)],
     }
     print(f"{n:,} rows, shuffle={shuffle}, batch {batch_size}, one lane on this thread, {len(pieces)} pieces mixed; "

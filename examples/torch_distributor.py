@@ -33,6 +33,10 @@ def parse_args(argv=None):
     p.add_argument("--data", required=True, help="training dataset DS/train (written when missing)")
     p.add_argument("--raw", help="raw corpus to preprocess when --data is missing "
                                  "(default: generate a small one)")
+    p.add_argument("--format", choices=["parquet", "webdataset"], default="parquet",
+                   help="format of the dataset written when --data is missing (default parquet)")
+    p.add_argument("--samples-per-shard", type=int, default=10_000,
+                   help="shard size of the dataset written when --data is missing")
     p.add_argument("--num-processes", type=int, default=2)
     p.add_argument("--use-gpu", action="store_true", help="one GPU per rank (nccl)")
     p.add_argument("--cluster", action="store_true", help="run ranks in Spark tasks (local_mode=False)")
@@ -43,7 +47,8 @@ def parse_args(argv=None):
     return args
 
 
-def ensure_dataset(spark, data: str, raw: str | None) -> None:
+def ensure_dataset(spark, data: str, raw: str | None, format: str = "parquet",
+                   samples_per_shard: int = 10_000) -> None:
     """Write DS (the parent of `data`) with the preprocessing job unless `data` already exists."""
     if "://" in data or (Path(data) / MANIFEST).is_file():
         return
@@ -58,7 +63,8 @@ def ensure_dataset(spark, data: str, raw: str | None) -> None:
         expected, records = make_raw_corpus.build(Path(raw), images=200, bad=3, seed=0)
         make_raw_corpus.write_captions(Path(raw), records, jsonl=False)
         print(f"generated a raw corpus of {expected['records']} records in {raw}", flush=True)
-    summary = preprocess_images.preprocess(spark, raw, str(Path(data).parent))
+    summary = preprocess_images.preprocess(spark, raw, str(Path(data).parent), format=format,
+                                           samples_per_shard=samples_per_shard)
     preprocess_images.print_summary(summary)
 
 
@@ -91,7 +97,7 @@ def main(argv=None) -> int:
     conf = local_gpu_conf() if args.use_gpu and not args.cluster else None
     spark = sparkfeed.spark_session(app_name="sparkfeed-torch-distributor", conf=conf)
     try:
-        ensure_dataset(spark, args.data, args.raw)
+        ensure_dataset(spark, args.data, args.raw, args.format, args.samples_per_shard)
         train_args = ["--data", args.data, "--device", "cuda" if args.use_gpu else "cpu",
                       *args.train_args]
         print(f"TorchDistributor: {args.num_processes} processes, local_mode={not args.cluster}, "

@@ -150,6 +150,18 @@ def _plain(arr: pa.Array, name: str) -> torch.Tensor:
     return torch.from_numpy(np.array(arr.to_numpy(zero_copy_only=False)))
 
 
+def _plain_view(arr: pa.Array) -> torch.Tensor | None:
+    """Integers and floats without nulls as a tensor over Arrow's own value buffer (no copy),
+    or None where that buffer is not one Arrow allocated for this array (read-only memory, such
+    as a file mapped or bytes fetched, which a tensor must not write to)."""
+    buffers = arr.buffers()
+    if arr.null_count or len(buffers) != 2 or buffers[1] is None or not buffers[1].is_mutable:
+        return None
+    dtype = np.dtype(arr.type.to_pandas_dtype())
+    return torch.from_numpy(np.frombuffer(buffers[1], dtype=dtype, count=len(arr),
+                                          offset=arr.offset * dtype.itemsize))
+
+
 def _strings(arr: pa.Array, name: str) -> "TextColumn | list":
     """A string column as a TextColumn (its UTF-8 bytes, one copy); with nulls, a list of `str`
     and None (a TextColumn has no nulls)."""
@@ -183,13 +195,19 @@ def column_to_value(arr: pa.Array, name: str):
     return _converter(arr.type)(arr, name)
 
 
-def table_to_batch(table: pa.Table) -> dict:
-    """A whole Arrow table -> dict of column name -> value, column-wise."""
+def table_to_batch(table: pa.Table, copy: bool = True) -> dict:
+    """A whole Arrow table -> dict of column name -> value, column-wise.
+
+    `copy=False`: integer and float columns become tensors over Arrow's buffers where Arrow
+    allocated them (`_plain_view`), for tables whose rows are copied again before anyone sees
+    them (a shuffle block's runs are joined, a mix puts its sources' rows in order): the
+    conversion's copy would be one copy too many."""
     out = {}
     for name in table.column_names:
         col = table.column(name)
         arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-        out[name] = column_to_value(arr, name)
+        view = None if copy or _converter(arr.type) is not _plain else _plain_view(arr)
+        out[name] = column_to_value(arr, name) if view is None else view
     return out
 
 

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: stream.py imports this module
-    from .stream import Block, EpochStream, StreamReader, _Mixed
+    from .stream import Block, EpochStream, StreamReader, Shuffled
 
 __all__ = ["SharedBlocks", "PendingBlock"]
 
@@ -61,7 +61,7 @@ class SharedBlocks:
                     cls._registry.popitem(last=False)
             return shared
 
-    def get(self, b: int, reader: StreamReader) -> _Mixed:
+    def get(self, b: int, reader: StreamReader) -> Shuffled:
         """Block b: lanes that need it at the same time read its runs together."""
         if b not in self._need:
             return reader._read_block(b)
@@ -103,9 +103,9 @@ class PendingBlock:
         self.parts: list[Block | None] | None = [None] * runs
         self.taken: set[int] = set()
         self.building = False
-        self.block: _Mixed | None = None
+        self.block: Shuffled | None = None
 
-    def join(self, reader: StreamReader, b: int) -> _Mixed:
+    def join(self, reader: StreamReader, b: int) -> Shuffled:
         first = int(reader.stream.block_runs[b])
         with self.cond:
             while self.block is None:

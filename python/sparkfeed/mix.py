@@ -24,13 +24,15 @@ function of `(seed, epoch, counts)`, in three steps:
    sample at most once), and `repeat=True` cycles past the size (`share_spans`).
 
 Reading (`MixedEngine.segments`): per block piece, each source's share range is read with that
-source's own `StreamReader` (its filter, pushdown and caches); the slices taken from each source
-are laid one after another and gathered into mixed order with one `Block.concat` and one
-`Block.permute` (one copy into place; a piece that holds one source passes its slices on
-uncopied): a few tensor ops per piece, never per-sample Python (lists of strings aside, as
-everywhere). No per-row source column travels with the rows: a batch's per-source counts and
-`__source__` come from its mixed positions and the grid's labels (`_Delivered`, one `bincount`
-per batch), the labels being computed once per block and process (`_Grid`).
+source's own `StreamReader` (its filter, pushdown and caches; numbers left in Arrow's buffers,
+`views=True`, since they are copied into mixed order anyway); shuffled sources hand out their
+blocks ungathered (`stream.Shuffled`). The rows taken from each source are laid one after another
+and gathered into mixed order, column by column (`_mixed`; a piece that holds one source is
+copied once, `_owned`): a few tensor ops per piece, never per-sample Python (lists of strings
+aside, as everywhere). No per-row source column travels with the rows: a batch's per-source
+counts and `__source__` come from its mixed positions and the grid's labels (`_Delivered`: the
+counts at every batch bound of a window taken at once), the labels being computed once per block
+and process (`_Grid`).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from .engine import Engine, ReadConfig
 from .manifest import Manifest
 from .read import make_reader
 from .stats import Stats
-from .stream import ROW_KEYS, Block, StreamReader
+from .stream import ROW_KEYS, Block, Shuffled, StreamReader
 
 __all__ = ["Source", "SOURCE_COLUMN", "MixPlan", "MixedEngine", "shares", "block_counts",
            "block_labels", "share_spans", "resolve"]
@@ -68,7 +70,8 @@ _MAX_SOURCES = 127
 _BLOCK_BYTES = 16 << 20  # a block holds about this many stored bytes of rows ...
 _MAX_BLOCK = 65_536      # ... and at most this many positions (at least shuffle_buffer)
 _MIN_BLOCK = 2048         # without a shuffle_buffer
-_PIECE = 16_384           # positions put in order at once (a segment), at most
+_PIECE = 32_768           # positions put in order at once (a segment), at most: fewer per-piece
+                          # costs than 16,384 (docs/benchmark.md, mixing), a bounded piece
 _CACHED_BLOCKS = 16       # block labels a grid keeps (uint8, at most 64 KiB each)
 
 
@@ -479,12 +482,12 @@ class MixedEngine(Engine):
         try:
             for g, a, b in self._pieces(spans):
                 labels = grid.block(g)[a:b]
-                taken = np.bincount(labels, minlength=len(self.engines))
+                taken = _label_counts(labels, len(self.engines))
                 present = np.flatnonzero(taken)
                 parts = [self._conformed(int(i), cursors[int(i)].take(int(taken[i]))) for i in present]
                 _drain(src_stats, stats)  # before the yield: the batches cut from it carry them
-                if len(parts) == 1:  # one source: its slices as they are, nothing copied
-                    yield from parts[0]
+                if len(parts) == 1:  # one source: its slices (in order: copied out of Arrow's buffers)
+                    yield from ([_gathered(b) for b in parts[0]] if self.config.shuffle else [_owned(parts[0])])
                 else:
                     yield _mixed(parts, labels, present)
         finally:
@@ -494,8 +497,10 @@ class MixedEngine(Engine):
 
     def _reader(self, i: int, epoch: int, stats: Stats, row_ids: bool, lanes=None) -> StreamReader:
         engine = self.engines[i]
+        # views: every source's rows are copied into mixed order (`_mixed`, `_owned`), so reading
+        # converts them without a copy of its own
         return StreamReader(engine.stream(epoch), make_reader(engine.format, engine.context(stats)),
-                            row_ids=row_ids, lanes=lanes)
+                            row_ids=row_ids, lanes=lanes, views=True)
 
     def _grid(self, epoch: int) -> "_Grid":
         """This epoch's grid, shared by the lanes (readers and batch accounting) of this process;
@@ -545,15 +550,18 @@ class MixedEngine(Engine):
                     _SHARED_LANES.popitem(last=False)
         return entry[1], k
 
-    def _conformed(self, i: int, parts: list[Block]) -> list[Block]:
+    def _conformed(self, i: int, parts: list) -> list:
         """Source i's rows (slices of its blocks) with the mix's column order and dtypes, and row
-        keys that name the source; nothing is copied when the source matches the mix."""
+        keys that name the source; nothing is copied when the source matches the mix (a
+        `Shuffled` piece then stays ungathered, for `_mixed` to gather column by column)."""
         columns, casts = self.config.columns, self.casts[i]
         out = []
         for block in parts:
-            cols = block.columns
+            cols = block.rows.columns if isinstance(block, Shuffled) else block.columns
             keyed = ROW_KEYS in cols
             if casts or (keyed and i) or tuple(cols) != (columns + (ROW_KEYS,) if keyed else columns):
+                block = _gathered(block)
+                cols = block.columns
                 cols = {name: cols[name].to(casts[name]) if name in casts else cols[name] for name in columns}
                 if keyed:
                     cols[ROW_KEYS] = block.columns[ROW_KEYS] | (i << _SOURCE_SHIFT)
@@ -567,15 +575,77 @@ class MixedEngine(Engine):
         return _Delivered(self._grid(epoch), spans, self._sample_keys, self.with_source)
 
 
-def _mixed(parts: list[list[Block]], labels: np.ndarray, present: np.ndarray) -> Block:
-    """One block whose positions labelled `present[i]` hold the rows of `parts[i]`, in order.
+def _mixed(parts: list[list], labels: np.ndarray, present: np.ndarray) -> Block:
+    """One block whose positions labelled `present[i]` hold the rows of `parts[i]` (`Block`s, or
+    `Shuffled` pieces of a source's shuffle block), in order.
 
-    The parts are laid one after another (one `Block.concat`, a memory copy) and gathered into
-    the labels' order (one `Block.permute`): one index per
-    position, every column type and skipped samples alike. On CPU this beats numpy's or torch's
-    indexed assignment of each part into place (16,384 rows of 10 columns, medians of two runs:
-    0.41–0.49 ms against 0.43–0.60 ms for numpy, 0.62–0.70 ms for torch's `index_copy_`)."""
-    return Block.concat([b for blocks in parts for b in blocks]).permute(_gather_index(labels, present))
+    The parts are laid one after another and gathered into the labels' order (one index per
+    position). Where every part holds the same tensor columns and no skipped sample (the common
+    case), this runs column by column (`_placed`): each column is laid out and gathered while
+    it is in the cache. Otherwise the parts are concatenated as blocks (`Block.concat`: every
+    column type, skipped samples) and permuted. Measured on the bench's 200,000 tabular rows in
+    order (16 pieces of 16,384 positions, 10 columns; CPU ms per epoch of the copy alone, least
+    of 40, two runs): lay-out + gather 4.6–5.3 (4.9–5.2 as whole blocks), numpy's indexed
+    assignment of each source's rows into place 6.6–6.9; an int32 index makes `index_select`
+    slower (6.0–6.5). docs/benchmark.md (mixing) lists the other ways tried."""
+    flat = [b for blocks in parts for b in blocks]
+    index = _gather_index(labels, present)
+    if _tensors_alike(flat):
+        return _placed(flat, torch.from_numpy(index))
+    return Block.concat([_gathered(b) for b in flat]).permute(index)
+
+
+def _gathered(block) -> Block:
+    return block.gathered() if isinstance(block, Shuffled) else block
+
+
+def _tensors_alike(flat: list) -> bool:
+    """Whether every part holds the same columns, all tensors of one dtype and row shape, and
+    no skipped position: what `_placed` handles."""
+    blocks = [b.rows if isinstance(b, Shuffled) else b for b in flat]
+    first = blocks[0].columns
+    if any(not isinstance(v, torch.Tensor) or v.dim() == 0 for v in first.values()):
+        return False
+    return all(b.good is None and b.columns.keys() == first.keys() and all(
+        isinstance(v, torch.Tensor) and v.dtype == first[k].dtype and v.shape[1:] == first[k].shape[1:]
+        for k, v in b.columns.items()) for b in blocks)
+
+
+def _placed(flat: list, index: torch.Tensor) -> Block:
+    """`flat`'s positions gathered by `index` from their lay-out, one column at a time: the
+    column's parts (a `Shuffled` piece gathered from its block, a `Block`'s slice as it is)
+    concatenated, then gathered into order while they are in the cache. (Gathering a piece
+    straight into its place in the lay-out, `index_select(out=)` into a slice, costs more than
+    gathering it into a tensor of its own and concatenating: 20 against 15 + 3 µs for 8,192
+    rows.)"""
+    orders = [torch.from_numpy(b.order) if isinstance(b, Shuffled) else None for b in flat]
+    first = (flat[0].rows if isinstance(flat[0], Shuffled) else flat[0]).columns
+    columns = {}
+    for name in first:
+        laid = [b.columns[name] if order is None else b.rows.columns[name].index_select(0, order)
+                for b, order in zip(flat, orders)]
+        columns[name] = (laid[0] if len(laid) == 1 else torch.cat(laid)).index_select(0, index)
+    return Block(columns, len(index))
+
+
+def _owned(blocks: list[Block]) -> Block:
+    """A source's slices as one block of its own memory: read with `views`, the slices may lie
+    in Arrow's buffers, which are not handed to users (this path is rare: a piece of a mix
+    rarely holds one source)."""
+    if len(blocks) > 1:
+        return Block.concat(blocks)
+    block = blocks[0]
+    return block._replace(columns={k: v.clone() if isinstance(v, torch.Tensor) else v
+                                   for k, v in block.columns.items()})
+
+
+def _label_counts(labels: np.ndarray, sources: int) -> np.ndarray:
+    """How many of `labels` name each source: with two sources one `count_nonzero` (a tenth of a
+    `bincount`'s cost), else a `bincount`."""
+    if sources == 2:
+        second = int(np.count_nonzero(labels))
+        return np.array([len(labels) - second, second], dtype=np.int64)
+    return np.bincount(labels, minlength=sources)
 
 
 def _gather_index(labels: np.ndarray, present: np.ndarray) -> np.ndarray:
@@ -583,7 +653,7 @@ def _gather_index(labels: np.ndarray, present: np.ndarray) -> np.ndarray:
     laid one after another. Two sources (the common mix): from one running count, half the
     cost of the general way, a stable radix argsort and its inverse."""
     n = len(labels)
-    if len(present) == 2:
+    if len(present) == 2:  # int64: torch's index_select is slower with an int32 index
         second = labels == present[1]
         seen = np.cumsum(second, dtype=np.int64)  # positions of the second source up to p
         return np.where(second, seen + (n - int(seen[-1]) - 1), np.arange(n, dtype=np.int64) - seen)
@@ -637,27 +707,58 @@ class _Grid:
 class _Delivered:
     """One lane's per-batch accounting: a batch holds lane positions [start, start + n), which
     `spans` map to mixed positions, whose labels the grid gives; skipped positions (on_error=
-    "skip") are left out. So no per-row source column travels with the rows: per batch, one
-    `bincount` of a view of the labels of the current window (a span within one grid block)."""
+    "skip") are left out. So no per-row source column travels with the rows.
+
+    The counts are taken once per window (a span within one grid block: the labels of its
+    positions), at every batch boundary in it (`_marks`: batches are `size` positions from
+    the lane's start, `size` learnt from the first batch), so a batch inside a window costs a
+    few list lookups; a batch across windows, or holding skipped positions, counts its labels
+    (`bincount`)."""
 
     def __init__(self, grid: _Grid, spans, keys: list[str], with_source: bool):
         self.grid, self.keys, self.with_source = grid, keys, with_source
         self.spans = [(int(lo), int(hi)) for lo, hi in spans]
         self.bounds = np.concatenate([[0], np.cumsum([hi - lo for lo, hi in self.spans])]).astype(np.int64).tolist()
         self.window, self.lo, self.hi = np.zeros(0, np.uint8), 0, 0  # labels of lane positions [lo, hi)
+        self.size: int | None = None  # positions per batch (the first batch's)
+        self.marks: dict | None = None  # the window's batches (`_marks`), made after its first
 
     def __call__(self, block: Block, start: int, columns: dict, delta: dict) -> None:
         end = start + block.positions
-        if self.lo <= start and end <= self.hi:
-            labels = self.window[start - self.lo:end - self.lo]
-        else:
-            labels = self._labels(start, end)
+        batch = None if self.marks is None else self.marks.get(start)
+        if batch is not None and batch[0] == end and block.good is None and not self.with_source:
+            for key, n in zip(self.keys, batch[1]):  # the common case: a few lookups
+                delta[key] = delta.get(key, 0) + n
+            return
+        self.size = block.positions if self.size is None else self.size
+        labels = self.window[start - self.lo:end - self.lo] if self.lo <= start and end <= self.hi \
+            else self._labels(start, end)
         if block.good is not None:
             labels = labels[np.diff(block.good).astype(bool)]
-        for key, n in zip(self.keys, np.bincount(labels, minlength=len(self.keys)).tolist()):
+        counts = batch[1] if batch is not None and batch[0] == end and block.good is None else \
+            np.bincount(labels, minlength=len(self.keys)).tolist()
+        for key, n in zip(self.keys, counts):
             delta[key] = delta.get(key, 0) + n
         if self.with_source:
             columns[SOURCE_COLUMN] = torch.from_numpy(labels.astype(np.int64))
+        if self.marks is None and self.hi > self.lo:
+            self.marks = self._marks()
+
+    def _marks(self) -> dict[int, tuple[int, list[int]]]:
+        """The window's batches: first lane position -> (end, per-source counts), batches being
+        `size` positions from the lane's start (cut at the window's ends); one pass per source
+        over the window's labels, once per window."""
+        size, lo, hi, k = self.size, self.lo, self.hi, len(self.keys)
+        cuts = np.arange(-(-lo // size) * size, hi, size, dtype=np.int64)
+        cuts = np.concatenate([[lo], cuts[cuts > lo], [hi]]).astype(np.int64)
+        at = cuts[:-1] - lo
+        if k <= 4:  # a few sources: one pass per source
+            counts = np.stack([np.add.reduceat(self.window == i, at, dtype=np.int64) for i in range(k)], axis=1)
+        else:
+            batch = np.repeat(np.arange(len(at), dtype=np.int64), np.diff(cuts))
+            counts = np.bincount(batch * k + self.window, minlength=len(at) * k).reshape(len(at), k)
+        bounds = cuts.tolist()
+        return dict(zip(bounds[:-1], zip(bounds[1:], counts.tolist())))
 
     def _labels(self, lo: int, hi: int) -> np.ndarray:
         """Labels of lane positions [lo, hi); the window moves to the last span and block met."""
@@ -668,7 +769,7 @@ class _Delivered:
             g = bisect.bisect_right(self.grid.starts, base + lo) - 1
             first, last = self.grid.starts[g] - base, self.grid.starts[g + 1] - base
             self.lo, self.hi = max(first, self.bounds[k]), min(last, self.bounds[k + 1])
-            self.window = self.grid.block(g)[self.lo - first:self.hi - first]
+            self.window, self.marks = self.grid.block(g)[self.lo - first:self.hi - first], None
             end = min(hi, self.hi)
             out.append(self.window[lo - self.lo:end - self.lo])
             lo = end
@@ -679,14 +780,15 @@ class _Delivered:
 
 class _Cursor:
     """One source's part of a lane, read as one stream; `take(n)` gives its next n positions (as
-    slices of the reader's blocks: `_mixed` copies them once, into place)."""
+    slices of the reader's blocks, or of its shuffle blocks ungathered: `Shuffled`), which
+    `_mixed` copies into mixed order."""
 
     def __init__(self, reader: StreamReader, spans: list):
-        self.reader, self.it = reader, reader.segments(spans)
-        self.block: Block | None = None
+        self.reader, self.it = reader, reader.segments(spans, gather=False)
+        self.block: Block | Shuffled | None = None
         self.pos = 0
 
-    def take(self, n: int) -> list[Block]:
+    def take(self, n: int) -> list:
         parts = []
         while n:
             if self.block is None or self.pos == self.block.positions:

@@ -30,7 +30,7 @@ from .read import Reader, UnitRows
 from . import shuffle as shuffling
 from .blocks import PendingBlock, SharedBlocks
 
-__all__ = ["EpochStream", "StreamReader", "Block", "cut", "ROW_KEYS"]
+__all__ = ["EpochStream", "StreamReader", "Block", "Shuffled", "cut", "ROW_KEYS"]
 
 
 class _RowKeys:
@@ -138,12 +138,13 @@ class Block(NamedTuple):
     good: np.ndarray | None = None
 
     @staticmethod
-    def from_rows(read: UnitRows, row_ids: bool = False) -> "Block":
+    def from_rows(read: UnitRows, row_ids: bool = False, copy: bool = True) -> "Block":
         """A reader's rows converted column-wise to tensors, once per unit; with `row_ids`, also
         `ROW_KEYS`, `(unit << 32) | row` per row, which name a sample for keyed augmentations
-        and for an error that comes later (image decoding)."""
+        and for an error that comes later (image decoding). `copy=False`: numbers stay in
+        Arrow's buffers (`batch.table_to_batch`), for rows that are copied again downstream."""
         table = read.table if read.ok is None else read.table.filter(pa.array(read.ok))
-        columns = batching.table_to_batch(table)
+        columns = batching.table_to_batch(table, copy)
         if row_ids:
             rows = read.row_numbers() if read.ok is None else read.row_numbers()[read.ok]
             units = np.repeat(np.array([u.index for u, _ in read.parts()], dtype=np.int64),
@@ -256,14 +257,20 @@ class StreamReader:
 
     `lanes` (every lane's spans: the list object the loader hands all lanes of one iteration,
     whose item `segments` gets) lets thread lanes of one process share the blocks a lane
-    boundary falls in (`SharedBlocks`); without it each reader reads alone."""
+    boundary falls in (`SharedBlocks`); without it each reader reads alone.
+
+    `views`: convert what is read without copying numbers out of Arrow's buffers, because they
+    are copied again before they are delivered (default: with shuffle, whose runs are joined
+    into a block and gathered into its order; a mix passes True for its sources).
+    """
 
     def __init__(self, stream: EpochStream, reader: Reader, cached_units: int = 2, row_ids: bool = False,
-                 lanes=None):
+                 lanes=None, views: bool | None = None):
         self.stream, self.reader, self.row_ids = stream, reader, row_ids
+        self.views = stream.shuffle if views is None else views
         self._units: OrderedDict[int, tuple[Block, int]] = OrderedDict()  # unit -> (run, offset)
         self._cached_units = cached_units
-        self._current: tuple[int, _Mixed] | None = None  # shuffle: the block being delivered
+        self._current: tuple[int, Shuffled] | None = None  # shuffle: the block being delivered
         self._lanes, self._lane = lanes, None
         self._shared: SharedBlocks | None = None
         self._nulls: dict[int, tuple[UnitRows, int]] = {}  # on_error="raise": units with nulls
@@ -284,7 +291,7 @@ class StreamReader:
         at = int(np.searchsorted(self._ahead_units, k))  # this run and what follows it in the lane
         self.reader.read_ahead([units[int(i)] for i in self._ahead_units[at:at + _AHEAD_UNITS]])
         read = self.reader.read_run(units[k:end], [int(n) for n in counts[k:end]])
-        block, offset = Block.from_rows(read, self.row_ids), 0
+        block, offset = Block.from_rows(read, self.row_ids, copy=not self.views), 0
         parts = read.parts()
         for j, (_, n) in enumerate(parts):
             self._units[k + j] = (block, offset)
@@ -344,7 +351,7 @@ class StreamReader:
             self._units.clear()  # a run's units are never needed again: spans only go forward
             self._nulls.clear()
 
-    def _finish_block(self, b: int, parts: list[Block]) -> "_Mixed":
+    def _finish_block(self, b: int, parts: list[Block]) -> "Shuffled":
         """Block b from its runs: joined, with its order; counted in `shuffle_blocks` and
         `shuffle_block_rows` (the rows the block held). The rows are gathered into that order
         piece by piece as they are delivered (`segments`), so the first batch waits for one
@@ -353,9 +360,9 @@ class StreamReader:
         stats = self.reader.ctx.stats
         stats.add("shuffle_blocks")
         stats.add("shuffle_block_rows", n)
-        return _Mixed(Block.concat(parts), shuffling.block_permutation(self.stream.seed, self.stream.epoch, b, n))
+        return Shuffled(Block.concat(parts), shuffling.block_permutation(self.stream.seed, self.stream.epoch, b, n))
 
-    def _read_block(self, b: int) -> "_Mixed":
+    def _read_block(self, b: int) -> "Shuffled":
         """Block b read by this lane, with helper threads taking some of its runs."""
         pending = PendingBlock(len(self.stream.runs_of(b)))
         self._start_helpers(pending, b)
@@ -367,11 +374,12 @@ class StreamReader:
         waits meanwhile, so its runs are read in parallel (pyarrow releases the GIL)."""
         helpers = min(len(self.stream.runs_of(b)) - 1, _BLOCK_HELPERS, (os.cpu_count() or 1) - 1)
         for _ in range(max(0, helpers)):
-            helper = StreamReader(self.stream, type(self.reader)(self.reader.ctx), row_ids=self.row_ids)
+            helper = StreamReader(self.stream, type(self.reader)(self.reader.ctx), row_ids=self.row_ids,
+                                  views=self.views)
             threading.Thread(target=pending.help, args=(helper, b), daemon=True,
                              name="sparkfeed-block-reader").start()
 
-    def _block(self, b: int) -> "_Mixed":
+    def _block(self, b: int) -> "Shuffled":
         """Block b, from this reader's one-block cache, the lanes' shared blocks, or storage."""
         if self._current is not None and self._current[0] == b:
             return self._current[1]
@@ -385,11 +393,13 @@ class StreamReader:
             self._shared.release(self._current[0], self._lane)
         self._current = None
 
-    def segments(self, spans):
+    def segments(self, spans, gather: bool = True):
         """Blocks whose positions, one after another, are exactly those of `spans` in order: one
-        per unit piece, or with shuffle one per piece of a block."""
+        per unit piece, or with shuffle one per piece of a block. `gather=False` (shuffle): each
+        block's part of a span as one `Shuffled`, for a caller that gathers it itself."""
         self._join_lanes(spans)
         self._ahead_units = _lane_units(self.stream, spans)
+        piece = _PIECE if gather else None
         for lo, hi in spans:
             if not self.stream.shuffle:
                 yield from self._pieces_joined(list(self.stream.pieces(lo, hi)))
@@ -398,9 +408,10 @@ class StreamReader:
             while lo < hi:  # pieces of at most _PIECE positions, on a grid from the span's start
                 b = self.stream.block_of(lo)
                 start = int(self.stream.blocks[b])
-                end = min(hi, int(self.stream.blocks[b + 1]), first + ((lo - first) // _PIECE + 1) * _PIECE)
-                mixed = self._block(b)
-                yield mixed.rows.permute(mixed.order[lo - start:end - start])
+                end = min(hi, int(self.stream.blocks[b + 1]))
+                end = end if piece is None else min(end, first + ((lo - first) // piece + 1) * piece)
+                part = self._block(b).slice(lo - start, end - start)
+                yield part.gathered() if gather else part
                 lo = end
 
     def _join_lanes(self, spans) -> None:
@@ -422,9 +433,23 @@ class StreamReader:
         self.reader.close()
 
 
-class _Mixed(NamedTuple):
-    """A shuffle block: its rows as read (runs one after another) and the order of its
-    positions (position i holds row `order[i]`)."""
+class Shuffled(NamedTuple):
+    """Positions of a shuffle block, not yet gathered: position i holds row `order[i]` of
+    `rows` (the block's runs one after another, as read). A whole block (`StreamReader._block`)
+    or a piece of one (`segments(gather=False)`), which a mix gathers straight into its mixed
+    order (`mix._mixed`): one copy where gathering here and again there would make two."""
 
     rows: Block
     order: np.ndarray
+
+    @property
+    def positions(self) -> int:
+        return len(self.order)
+
+    def slice(self, start: int, stop: int) -> "Shuffled":
+        """Positions [start, stop), still not gathered."""
+        return Shuffled(self.rows, self.order[start:stop])
+
+    def gathered(self) -> Block:
+        """The positions as a block of their own (one gather)."""
+        return self.rows.permute(self.order)

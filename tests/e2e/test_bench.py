@@ -11,8 +11,10 @@ pytestmark = pytest.mark.spark
 
 FIELDS = {"runner", "samples", "seconds", "samples_per_s", "mb_per_s", "ttfb_s", "peak_rss_mb",
           "cpu_s_per_sample", "bytes_read", "ratio_vs_baseline", "note"}
-TINY = ["--samples", "2000", "--images", "120", "--image-size", "32", "--batch-size", "64",
-        "--workers", "1", "--repeats", "1", "--no-progress"]
+# Images stored larger than the output (53x40 JPEGs decoded to 32): every image scenario resizes,
+# and all of this file's runs share one image set (a Spark job each set costs).
+TINY = ["--samples", "2000", "--images", "120", "--image-size", "32", "--image-source", "40",
+        "--batch-size", "64", "--workers", "1", "--repeats", "1", "--no-progress"]
 
 
 def _bench(*args, cache, out, timeout=600, peers=None):  # a hang guard: 180 s was hit at load 13
@@ -24,17 +26,30 @@ def _bench(*args, cache, out, timeout=600, peers=None):  # a hang guard: 180 s w
                           timeout=timeout, env=env)
 
 
+SCALING_BASE = 1000
+
+
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("bench-cache")
+def cache(spark, tmp_path_factory):
+    """The bench cache, its datasets written by this process's Spark session: the `sparkfeed
+    bench` runs below find them there and start no Spark of their own (a JVM start each)."""
+    from sparkfeed.bench import Params, datasets, scenarios
+
+    path = tmp_path_factory.mktemp("bench-cache")
+    p = Params(samples=2000, images=120, image_size=32, image_source=40, workers=1,
+               scaling_base=SCALING_BASE, cache=str(path))
+    datasets.build(p.cache, p.samples, p.images, p.image_shape, p.workers)
+    scenarios.scaling_data(p)
+    return path
 
 
-@pytest.mark.slow  # a `sparkfeed bench` run in its own process (Spark makes the data)
+@pytest.mark.slow  # a `sparkfeed bench` run in its own process (its data from the cache)
 def test_bench_end_to_end_writes_every_report(cache, tmp_path):
     proc = _bench("--quick", "--scenarios", "tabular,filter,decode,feed", cache=cache, out=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert {"hardware", "params", "scenarios"} <= results.keys()
+    assert results["build_s"] == 0, "the cache's datasets were written again"
     assert results["hardware"]["cores"] >= 1 and results["hardware"]["gpu"]
     assert set(results["scenarios"]) == {"tabular", "filter", "decode", "feed"}
     ran = 0
@@ -53,27 +68,16 @@ def test_bench_end_to_end_writes_every_report(cache, tmp_path):
     assert tab["petastorm"]["note"].startswith("skipped") or tab["petastorm"]["samples"] == 2000
     dec = {r["runner"]: r for r in results["scenarios"]["decode"]}
     assert dec["dali-webdataset-cpu"]["samples"] == 120, dec["dali-webdataset-cpu"]  # DALI's own reader
+    # stored 53x40, decoded to 32: every loader resizes and still delivers every image
+    assert results["params"]["image_source"] == 40 and results["params"]["image_size"] == 32
+    assert "torch-pil-files" in dec and any(name.startswith("sparkfeed-dali") for name in dec), dec.keys()
+    assert all(r["samples"] == 120 for r in dec.values() if not r["note"].startswith("skipped"))
     one = results["scenarios"]["filter"][1]
     assert one["samples"] == 20 and one["bytes_read"] < results["scenarios"]["filter"][0]["bytes_read"]
     md = (tmp_path / "results.md").read_text()
     assert "## tabular" in md and "pyarrow-scan" in md and "GPU:" in md
+    assert "stored at 53x40 px (decoded and centre-cropped to 32 px)" in md
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.mark.slow  # a `sparkfeed bench` run in its own process (Spark makes the data)
-def test_decode_scenario_with_larger_stored_images_resizes_them(cache, tmp_path):
-    """--image-source stores 4:3 JPEGs larger than --image-size: every loader resizes them and
-    still delivers every image at the asked size."""
-    proc = _bench("--scenarios", "decode", "--image-source", "40", cache=cache, out=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results["params"]["image_source"] == 40 and results["params"]["image_size"] == 32
-    rows = [r for r in results["scenarios"]["decode"] if not r["note"].startswith("skipped")]
-    labels = {r["runner"] for r in rows}
-    assert {"torch-pil-files", "dali-webdataset-cpu"} <= labels and any(
-        label.startswith("sparkfeed-dali") for label in labels), labels
-    assert all(r["samples"] == 120 for r in rows), rows
-    assert "stored at 53x40 px (decoded and centre-cropped to 32 px)" in (tmp_path / "results.md").read_text()
 
 
 @pytest.mark.slow
@@ -96,9 +100,10 @@ def test_bytes_and_train_scenarios(cache, tmp_path):
 
 
 @pytest.mark.slow  # a `sparkfeed bench` run in its own process: plans manifests of up to 10,000 shards
-def test_plan_scenario_needs_no_spark(tmp_path):
-    """Planning reads only synthetic manifests: no Spark, no data files."""
-    proc = _bench("--scenarios", "plan", cache=tmp_path / "cache", out=tmp_path)
+def test_plan_scenario_needs_no_spark(cache, tmp_path):
+    """Planning reads only synthetic manifests: no Spark, no data files. (The manifests stay in
+    the shared cache for the scaling study's plan rows below.)"""
+    proc = _bench("--scenarios", "plan", cache=cache, out=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Spark" not in proc.stderr
     plans = json.loads((tmp_path / "results.json").read_text())["scenarios"]["plan"]
@@ -106,7 +111,7 @@ def test_plan_scenario_needs_no_spark(tmp_path):
     assert all(r["seconds"] > 0 and r["ttfb_s"] > 0 for r in plans)
 
 
-@pytest.mark.slow  # a `sparkfeed bench` run in its own process (Spark makes the data)
+@pytest.mark.slow  # a `sparkfeed bench` run in its own process (its data from the cache)
 def test_wrong_sample_count_fails_the_run_naming_the_runner(cache, tmp_path):
     proc = _bench("--scenarios", "tabular", "--runners", "torch,pyarrow",
                   "--expect", "torch-map-style=1999", cache=cache, out=tmp_path)
@@ -130,7 +135,7 @@ def test_help_names_every_scenario(capsys):
         assert word in out
 
 
-@pytest.mark.slow  # a `sparkfeed bench` run in its own process (Spark makes the data)
+@pytest.mark.slow  # a `sparkfeed bench` run in its own process (its data from the cache)
 def test_missing_peer_venv_is_a_skip_row_with_the_install_hint(cache, tmp_path):
     proc = _bench("--scenarios", "tabular", "--runners", "petastorm,mosaic,pyarrow",
                   cache=cache, out=tmp_path, peers=tmp_path / "empty-peers")
@@ -151,9 +156,9 @@ def test_peers_status_names_the_install_command(tmp_path, capsys):
     assert "petastorm: not installed" in out and "streaming: not installed" in out
 
 
-@pytest.mark.slow  # a `sparkfeed bench` run in its own process (Spark makes the data)
+@pytest.mark.slow  # a `sparkfeed bench` run in its own process (its data from the cache)
 def test_scaling_runs_a_fresh_process_per_size_and_says_whether_rss_stayed_flat(cache, tmp_path):
-    proc = _bench("--scenarios", "scaling", "--scaling-base", "1000", cache=cache, out=tmp_path,
+    proc = _bench("--scenarios", "scaling", "--scaling-base", str(SCALING_BASE), cache=cache, out=tmp_path,
                   timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
@@ -168,7 +173,7 @@ def test_scaling_runs_a_fresh_process_per_size_and_says_whether_rss_stayed_flat(
     assert summary in (tmp_path / "results.md").read_text()
 
 
-@pytest.mark.slow  # a `sparkfeed bench` run in its own process (Spark makes the data)
+@pytest.mark.slow  # a `sparkfeed bench` run in its own process (its data from the cache)
 def test_remote_scenario_reads_every_sample_over_the_latency_server(cache, tmp_path):
     proc = _bench("--scenarios", "remote", cache=cache, out=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

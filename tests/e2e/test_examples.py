@@ -1,8 +1,9 @@
 """End to end: every example, at a tiny scale, as a user runs it (subprocesses with timeouts).
 
 corpus -> spark-submit preprocessing (parquet) -> train a few steps -> resume -> torchrun with 2
-ranks -> resume that at world size 1 -> TorchDistributor with 2 processes; plus the plain-Python
-preprocessing into WebDataset, and the missing-input error.
+ranks -> resume that at world size 1; a JSON-lines corpus preprocessed into WebDataset and
+trained on by TorchDistributor with 2 processes, in one Spark application; and the
+missing-input error. (Each Spark application is a JVM start, the cost that dominates here.)
 
 The tests share one corpus and one dataset (module fixtures) and run in file order.
 """
@@ -140,27 +141,22 @@ def test_torchrun_two_ranks_then_resume_on_one(ds, tmp_path):
     assert len(r0) + len(r1) + len(rest) == n // (2 * BATCH) * 2 * BATCH
 
 
-def test_torch_distributor_trains_with_two_processes(ds):
-    out = run([PY, EXAMPLES / "torch_distributor.py", "--data", ds / "train", "--num-processes", 2,
-               "--", "--steps", 2, "--workers", 0, *TRAIN_ARGS], timeout=240)
-    assert "Finished local training with 2 processes" in out
-    assert "rank 0 of 2" in out and "epoch 0 step 2 loss" in out
-
-
-def test_python_preprocess_jsonl_to_webdataset_and_train(tmp_path):
+def test_torch_distributor_preprocesses_jsonl_to_webdataset_then_trains(tmp_path):
+    """One Spark application: the JSON-lines corpus preprocessed into WebDataset (the example's
+    `--data` has no manifest yet), then TorchDistributor trains 2 ranks on it."""
     import sparkfeed
 
     raw, out = tmp_path / "raw", tmp_path / "wds"
     run([PY, EXAMPLES / "make_raw_corpus.py", "--output", raw, "--images", 30, "--bad", 2,
          "--seed", 1, "--jsonl"], timeout=60)
-    run([PY, EXAMPLES / "preprocess_images.py", "--input", raw, "--output", out,
-         "--format", "webdataset", "--samples-per-shard", 25], timeout=300)
+    text = run([PY, EXAMPLES / "torch_distributor.py", "--data", out / "train", "--raw", raw,
+                "--format", "webdataset", "--samples-per-shard", 25, "--num-processes", 2,
+                "--", "--steps", 1, "--workers", 0, *TRAIN_ARGS], timeout=300)
     s = json.loads((out / "_summary.json").read_text())
     m = sparkfeed.read_manifest(str(out / "train"))
     assert m.format == "webdataset" and m.num_samples == s["train"]
     expected = json.loads((raw / "_expected.json").read_text())
     assert s["read"] == expected["records"] and s["undecodable"] == expected["undecodable"]
     assert s["missing_image"] == expected["missing_image"] and s["duplicate"] == expected["duplicates"]
-    text = run([PY, EXAMPLES / "train.py", "--data", out / "train", "--workers", 0, "--steps", 1,
-                *TRAIN_ARGS], timeout=120)
-    assert "epoch 0 step 1 loss" in text
+    assert "Finished local training with 2 processes" in text
+    assert "rank 0 of 2" in text and "epoch 0 step 1 loss" in text

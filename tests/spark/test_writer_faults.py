@@ -1,14 +1,17 @@
 """Writer faults with real Spark in separate processes: a Python worker killed mid-shard is
-retried by Spark and the dataset has exact counts; a job killed before commit leaves no
-manifest, and a rerun with mode="overwrite" succeeds."""
+retried by Spark and the dataset has exact counts (both formats, one job process); a job killed
+before commit leaves no manifest, and a rerun with mode="overwrite" (in this process's session)
+succeeds."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+from pyspark.sql import functions as F
 
 import sparkfeed
 
@@ -28,20 +31,23 @@ def all_ids(path):
                   for i in b["id"].tolist())
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "webdataset"])
-def test_worker_killed_mid_shard_is_retried_with_exact_counts(tmp_path, fmt):
-    out = tmp_path / "ds"
-    proc = run_job(out, fmt, "error", "kill-worker-once", 2000)
+def test_worker_killed_mid_shard_is_retried_with_exact_counts(tmp_path):
+    """One job process writes both formats; in each write a Python worker dies mid-shard."""
+    proc = run_job(tmp_path / "ds", "parquet,webdataset", "error", "kill-worker-once", 2000)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
-    m = sparkfeed.read_manifest(str(out))
-    assert m.num_samples == 2000
-    assert all_ids(out) == list(range(2000))
-    data_files = sorted(f for f in os.listdir(out) if f.endswith((".parquet", ".tar")))
-    assert data_files == sorted(s.path for s in m.shards), "no stray or duplicate shard"
+    killed = set(re.findall(r"Exception in task 1\.0 in stage (\d+)\.0", stderr))
+    assert len(killed) >= 2, f"a worker should have died in each write's stage: {stderr[-3000:]}"
+    for fmt in ("parquet", "webdataset"):
+        out = tmp_path / f"ds-{fmt}"
+        m = sparkfeed.read_manifest(str(out))
+        assert (m.format, m.num_samples) == (fmt, 2000)
+        assert all_ids(out) == list(range(2000)), fmt
+        data_files = sorted(f for f in os.listdir(out) if f.endswith((".parquet", ".tar")))
+        assert data_files == sorted(s.path for s in m.shards), f"{fmt}: no stray or duplicate shard"
 
 
-def test_job_killed_before_commit_leaves_no_manifest_and_overwrite_recovers(tmp_path):
+def test_job_killed_before_commit_leaves_no_manifest_and_overwrite_recovers(spark, tmp_path):
     out = tmp_path / "ds"
     proc = run_job(out, "parquet", "error", "hang", 400)  # its write tasks block until killed
     writing = tmp_path / "ds.writing"
@@ -54,7 +60,7 @@ def test_job_killed_before_commit_leaves_no_manifest_and_overwrite_recovers(tmp_
     assert not (out / "_sparkfeed.json").exists()
     with pytest.raises(sparkfeed.ManifestError, match="not a sparkfeed dataset"):
         sparkfeed.read_manifest(str(out))
-    proc = run_job(out, "parquet", "overwrite", "ok", 2000)
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-3000:]
+    df = spark.range(2000).select("id", F.col("id").cast("string").cast("binary").alias("blob"))
+    m = sparkfeed.write(df, str(out), samples_per_shard=500, mode="overwrite", codecs={"blob": "bin"})
+    assert m.num_samples == 2000 and not (out / "_temporary").exists()
     assert all_ids(out) == list(range(2000))

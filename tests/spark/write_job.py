@@ -1,6 +1,8 @@
 """A Spark write run as its own process, so tests can kill it or give it task retries.
 
-usage: write_job.py OUT FORMAT MODE BEHAVIOUR ROWS
+usage: write_job.py OUT FORMATS MODE BEHAVIOUR ROWS
+FORMATS: parquet, webdataset, or both comma-separated (one job process writes OUT-<format> for
+each, one after the other: a JVM start per test is the cost that matters here)
 BEHAVIOUR: ok | kill-worker-once (a Python worker of partition 1 dies mid-task on its first
 attempt; Spark retries the task) | hang (once the write stage runs, the first row of each task
 creates OUT.writing and blocks forever, so the test kills a job that is surely mid-write)
@@ -16,7 +18,7 @@ from pyspark.sql import types as T
 import sparkfeed
 
 
-def main(out: str, fmt: str, mode: str, behaviour: str, rows: int) -> None:
+def main(out: str, formats: str, mode: str, behaviour: str, rows: int) -> None:
     spark = sparkfeed.spark_session(app_name="sparkfeed-write-job", master="local[2,4]")
     if behaviour == "hang":
         # Adaptive execution runs the shuffle's map stage (where the UDF runs) before the write
@@ -37,9 +39,11 @@ def main(out: str, fmt: str, mode: str, behaviour: str, rows: int) -> None:
 
     df = (spark.range(rows).repartition(4)
           .select(F.col("id"), (F.col("id") % 10).cast("int").alias("label"), payload("id").alias("blob")))
-    m = sparkfeed.write(df, out, format=fmt, samples_per_shard=rows // 4, mode=mode,
-                        codecs={"blob": "bin"})
-    print("manifest", m.num_samples, flush=True)
+    fmts = formats.split(",")
+    for fmt in fmts:  # each write's stage has its own attempt 0 of partition 1 to kill
+        m = sparkfeed.write(df, out if len(fmts) == 1 else f"{out}-{fmt}", format=fmt,
+                            samples_per_shard=rows // 4, mode=mode, codecs={"blob": "bin"})
+        print("manifest", fmt, m.num_samples, flush=True)
     spark.stop()
 
 

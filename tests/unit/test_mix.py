@@ -20,6 +20,8 @@ import dsutil
 import sparkfeed
 from sparkfeed import CorruptSampleError, Source
 from sparkfeed.mix import block_counts, block_labels, share_spans, shares
+from sparkfeed import mix
+from sparkfeed.stream import Block
 
 A, B, T, C = 0, 100_000, 200_000, 300_000  # id offsets: an id says which dataset it came from
 COLS = ["id", "label", "caption", "feature"]
@@ -138,6 +140,63 @@ def test_share_spans_wrap_and_cycle():
     assert share_spans(7, 10, 0, 5) == [(7, 10), (0, 2)]
     assert share_spans(7, 10, 4, 3) == [(1, 4)]
     assert share_spans(0, 4, 2, 9) == [(2, 4), (0, 4), (0, 3)]
+
+
+@pytest.mark.parametrize("with_list", [False, True])  # tensors only (column by column), and a list
+@pytest.mark.parametrize("sources", [(0, 1, 2), (1, 2)])
+def test_mixed_gathers_shuffle_pieces_as_it_would_their_gathered_rows(sources, with_list):
+    """A mix reads shuffled sources ungathered (`Shuffled`: a block's rows and the order of a
+    piece of it); `_mixed` must put exactly the rows the pieces would hold once gathered."""
+    from sparkfeed.mix import _mixed
+    from sparkfeed.stream import Block, Shuffled
+    rng = np.random.default_rng(1)
+    labels = np.array(sources, dtype=np.uint8)[rng.integers(0, len(sources), 400)]
+    present = np.flatnonzero(np.bincount(labels))
+
+    def pieces(i, n):  # two pieces of a shuffled block of 3n rows (the second straddles none)
+        cols = {"x": torch.arange(3 * n) + 1000 * i, "m": torch.arange(6 * n, dtype=torch.float32).reshape(3 * n, 2)}
+        if with_list:
+            cols["s"] = [str(1000 * i + v) for v in range(3 * n)]
+        order = rng.permutation(3 * n)
+        whole = Shuffled(Block(cols, 3 * n), order)
+        return [whole.slice(5, 5 + n // 2), whole.slice(5 + n // 2, 5 + n)]
+
+    parts = [pieces(int(i), int((labels == i).sum())) for i in present]
+    got = _mixed(parts, labels, present)
+    want = _mixed([[p.gathered() for p in ps] for ps in parts], labels, present)
+    assert got.positions == want.positions == 400 and list(got.columns) == list(want.columns)
+    assert (got.columns["x"] // 1000).tolist() == labels.tolist()
+    for name in got.columns:
+        assert (torch.equal(got.columns[name], want.columns[name]) if name != "s"
+                else got.columns[name] == want.columns[name])
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_per_batch_source_counts_are_those_of_the_batchs_labels(ds, shuffle, monkeypatch):
+    """`_Delivered` counts each batch's sources from counts taken once per window at the batch
+    bounds: the same as counting the labels of the batch's mixed positions, for lanes of
+    several spans across grid blocks, any batch size, a skipped position, and `__source__`."""
+    monkeypatch.setattr(mix, "_MAX_BLOCK", 150)  # grid blocks of 150 positions: windows end often
+    engine = loader([Source(ds["a"], weight=3), Source(ds["b"], weight=2), Source(ds["t"], weight=1)],
+                    shuffle=shuffle, shuffle_buffer=64)._engine
+    grid, rng = engine._grid(0), np.random.default_rng(2)
+    assert engine.plan().blocks > 3
+    n = engine.plan().num_samples
+    for size in (7, 32, 100):
+        cuts = np.sort(rng.choice(np.arange(1, n), 6, replace=False))
+        spans = [(int(a), int(b)) for a, b in zip(cuts[0::2], cuts[1::2])]
+        mixed = np.concatenate([np.arange(a, b) for a, b in spans])
+        account = engine._accounting(0, spans)
+        for start in range(0, len(mixed), size):
+            m = min(size, len(mixed) - start)
+            good = None if start != size * 3 else np.concatenate([[0], np.cumsum(np.arange(m) != 1)])
+            delta, columns = {}, {}
+            account(Block({}, m, good), start, columns, delta)
+            labels = grid.labels(int(mixed[start]), int(mixed[start]) + 1) if m == 1 else \
+                np.concatenate([grid.labels(int(p), int(p) + 1) for p in mixed[start:start + m]])
+            kept = labels if good is None else labels[np.arange(m) != 1]
+            assert [delta[f"source.{i}.samples"] for i in range(3)] == np.bincount(kept, minlength=3).tolist()
+            assert columns["__source__"].tolist() == kept.tolist()
 
 
 # ---------------------------------------------------------------- shares, exactly once, determinism

@@ -271,3 +271,39 @@ def test_strings_move_as_text_columns_and_reach_users_as_str():
     assert isinstance(moved["s"], TextColumn) and user_facing(moved)["s"] == col.to_list()
     picked = select_rows({"s": col}, torch.tensor([1, 2]))["s"]
     assert isinstance(picked, TextColumn) and picked.to_list() == ["", "wörld"]
+
+
+def test_segments_ungathered_are_the_gathered_ones_once_gathered(small_pq):
+    """`segments(gather=False)` (what a mix reads its sources with) hands out each block's part
+    of a span as a `Shuffled`: gathered, the same positions as the default pieces."""
+    from sparkfeed.stream import Shuffled
+
+    spans = [(7, 260), (300, 599)]
+    lazy = list(_stream_reader(small_pq, 150).segments(spans, gather=False))
+    assert lazy and all(isinstance(p, Shuffled) for p in lazy)
+    assert sum(p.positions for p in lazy) == sum(b - a for a, b in spans)
+    got = [i for p in lazy for i in p.gathered().columns["id"].tolist()]
+    want = [i for seg in _stream_reader(small_pq, 150).segments(spans) for i in seg.columns["id"].tolist()]
+    assert got == want
+    assert [i for p in lazy for i in p.slice(3, 9).gathered().columns["id"].tolist()][:6] == want[3:9]
+
+
+def test_numbers_converted_without_a_copy_only_from_arrows_own_memory():
+    """`table_to_batch(copy=False)` (rows copied again before delivery: shuffle runs, mix
+    sources) leaves numbers in Arrow's buffers where Arrow allocated them, and copies them
+    where the memory is read-only (bytes fetched or mapped) or the column holds nulls; the
+    values are those of a copying conversion either way."""
+    from sparkfeed.batch import table_to_batch
+
+    fresh = pa.array(np.arange(10, dtype=np.float32)).slice(3, 3)
+    frozen = pa.Array.from_buffers(pa.int64(), 4, [None, pa.py_buffer(np.arange(4, dtype=np.int64).tobytes())])
+    nulls = pa.array([1.0, None, 3.0], pa.float64())
+    table = pa.table({"fresh": fresh, "frozen": frozen.slice(0, 3), "nulls": nulls, "s": ["a", "b", "c"]})
+    views, copies = table_to_batch(table, copy=False), table_to_batch(table)
+    assert views["fresh"].data_ptr() == fresh.buffers()[1].address + 3 * 4  # Arrow's memory
+    assert copies["fresh"].data_ptr() != views["fresh"].data_ptr()
+    assert views["frozen"].data_ptr() != frozen.buffers()[1].address  # read-only: copied
+    for name in ("fresh", "frozen", "nulls"):
+        assert views[name].dtype == copies[name].dtype
+        assert torch.equal(views[name].nan_to_num(-1), copies[name].nan_to_num(-1))
+    assert views["s"].to_list() == ["a", "b", "c"]

@@ -54,6 +54,15 @@ def _spark():
                                    conf={"spark.sql.shuffle.partitions": "4"})
 
 
+def _active_spark():
+    """The process's active Spark session, or None (without importing pyspark when unused)."""
+    if "pyspark" not in sys.modules:
+        return None
+    from pyspark.sql import SparkSession
+
+    return SparkSession.getActiveSession()
+
+
 def _fresh(path: str) -> bool:
     if os.path.exists(os.path.join(path, DONE)):
         return False
@@ -154,6 +163,7 @@ def build(cache: str, samples: int, images: int, image_shape: tuple[int, int], w
 
     `tabular_shard` fixes the rows per shard (the scaling study: more shards, not bigger ones)."""
     started, spark = time.perf_counter(), None
+    borrowed = _active_spark() is not None  # a caller's session (a test's) is left running
     # enough shards and row groups that workers share the work and pruning has something to prune
     t_shard = tabular_shard or max(1000, samples // 8)
     t_group = max(256, t_shard // 16)
@@ -191,11 +201,43 @@ def build(cache: str, samples: int, images: int, image_shape: tuple[int, int], w
         with open(note_file) as f:
             wds_note = f.read()
     built = time.perf_counter() - started if spark is not None else 0.0
-    if spark is not None:
+    if spark is not None and not borrowed:
         spark.stop()  # the JVM stays up (py4j) but idle; its memory is not counted as the loaders'
 
     return Data(tabular=tab, images=img, image_folder=folder,
                 webdataset=None if wds_note else wds, webdataset_note=wds_note, build_s=built)
+
+
+def leading_shards(cache: str, full: str, rows: int) -> str | None:
+    """A dataset of the first shards of the Spark-written dataset `full` that hold exactly `rows`
+    rows (the files hard-linked, or copied where links fail; the manifest is `full`'s, cut), so
+    the scaling study writes only its largest size with Spark. None when no run of whole shards
+    holds exactly `rows`."""
+    import dataclasses
+
+    from ..manifest import read_manifest, write_manifest
+
+    m = read_manifest(full)
+    counts = [0]
+    for shard in m.shards:
+        counts.append(counts[-1] + shard.num_samples)
+    if rows not in counts[1:]:
+        return None
+    shards = m.shards[:counts.index(rows)]
+    path = os.path.join(cache, f"tabular-{_key(leading=os.path.basename(full), rows=rows, v=1)}")
+    if not _fresh(path):
+        return path
+    os.makedirs(path)
+    for shard in shards:
+        src, dst = os.path.join(full, shard.path), os.path.join(path, shard.path)
+        try:
+            os.link(src, dst)
+        except OSError:  # another file system, or links not allowed
+            shutil.copyfile(src, dst)
+    write_manifest(dataclasses.replace(m, shards=shards, num_samples=rows, root="",
+                                       num_bytes=sum(s.num_bytes for s in shards)), path)
+    _mark(path, {"leading": full, "rows": rows})
+    return path
 
 
 def synthetic_manifest(cache: str, shards: int, groups: int = 4, rows: int = 256) -> str:

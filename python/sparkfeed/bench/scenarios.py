@@ -294,22 +294,32 @@ def plan_cases(p) -> list[Case]:
 
 def scaling_cases(p) -> list[Case]:
     """sparkfeed over the tabular data at 1x..8x `scaling_base` rows, a fresh process per size
-    (peak RSS of the loader process: its VmHWM); plus the planning rows unless `plan` runs."""
+    (peak RSS of the loader process: its VmHWM); plus the planning rows unless `plan` runs.
+    Spark writes the largest size; the smaller ones are its leading shards (the same shard and
+    row-group size at every scale: 8x is 8x the shards, not bigger ones)."""
+    largest = scaling_data(p)
     cases = []
     for f in SCALES:
         n = f * p.scaling_base
-        # the same shard and row-group size at every scale: 8x is 8x the shards, not bigger ones
-        data = datasets.build(p.cache, n, p.images, p.image_shape, max(1, p.workers), image=False,
-                              tabular_shard=max(1000, p.scaling_base // 8))
-        paths = datasets.files(data.tabular, ".parquet")
+        path = (largest if f == SCALES[-1] else
+                datasets.leading_shards(p.cache, largest, n) or scaling_data(p, n))
+        paths = datasets.files(path, ".parquet")
         datasets.warm(paths)
         cases.append(Case(f"sparkfeed {f}x ({n:,} rows)", "sparkfeed-subprocess", n,
-                          options={"path": data.tabular}, payload_bytes=_size(paths),
+                          options={"path": path}, payload_bytes=_size(paths),
                           baseline=f == 1, warmup=False,
                           note="fresh process; peak RSS = the loader process's VmHWM"))
     if "plan" not in p.scenarios:
         cases += plan_cases(p)
     return cases
+
+
+def scaling_data(p, rows: int | None = None) -> str:
+    """The scaling study's tabular dataset of `rows` rows (default: its largest size), written
+    by Spark unless cached; its shards hold `scaling_base / 8` rows (at least 1,000) at every size."""
+    rows = rows or SCALES[-1] * p.scaling_base
+    return datasets.build(p.cache, rows, p.images, p.image_shape, max(1, p.workers), image=False,
+                          tabular_shard=max(1000, p.scaling_base // 8)).tabular
 
 
 def scaling_summary(rows: list[dict]) -> str:
