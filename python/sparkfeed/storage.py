@@ -278,8 +278,9 @@ async def _http_ranges(fs, path: str, starts: list[int], ends: list[int],
     kernel zeroes page by page, after a join of the chunks buffered between reads). Reading the
     chunks (`readchunk`) into a buffer from pyarrow's pool (mimalloc, which reuses freed pages)
     moves each byte once after the socket read: the event-loop thread's CPU per epoch fell by
-    about a third, its page faults by 3-4x, in the `remote` bench (docs/deploy.md). The session,
-    its client settings and the request options are fsspec's own."""
+    about a quarter and the page faults by 4x (`sparkfeed.bench.remote_epochs`,
+    docs/deploy.md). The session, its client settings and the request options are fsspec's
+    own."""
     session = await fs.set_session()
     return list(await asyncio.gather(*(_http_range(fs, session, path, a, b, size)
                                        for a, b in zip(starts, ends))))
