@@ -12,12 +12,23 @@ There are K lanes (`num_workers`) but at most `reading_threads(K)` threads: one 
 after the consuming thread. More Python threads than cores only trade the GIL back and forth;
 each thread serves its lanes (k mod R), always the one whose queue is emptiest.
 
+Every lane starts at once: a thread that serves several lanes starts each lane but its first on
+a starter thread of its own (`_Start`), which reads a queue's worth of the lane's items. A lane's
+first items are mostly waiting (over object storage: its files' footers, its first range
+requests, each 10-50 ms to the first byte), and its reader sends its read-ahead requests when it
+starts; started one after the other, lane 1's requests went out only after lane 0's first
+segment was read and converted, and lane 1's first batch (the consumer's second) waited for
+both. A starter then hands its lane to the serving thread, which serves it like any other.
+
 Threads follow the one protocol of `threads.py` (final item per queue, bounded waits, the
 shutdown order of `close()`). Here: each lane k has one bounded queue (maxsize `depth`) filled
-by the one thread that serves it; a lane's failure is also put to the thread's other unfinished
-lanes, so whichever the consumer reads next raises it. The thread never blocks on a full queue:
-it reads for a lane with room, and when every queue it serves is full it waits on its `space`
-event (cleared before it looks, set by the consumer after each get from its lanes).
+by the one thread that serves it, after its starter (the serving thread leaves a lane alone
+until its starter is done); a lane's failure is also put to the thread's other unfinished lanes,
+so whichever the consumer reads next raises it. The serving thread closes every lane's
+iterator, after waiting for its starter (a generator is never closed while another thread runs
+it). The thread never blocks on a full queue: it reads for a lane with room, and when every
+queue it serves is full it waits on its `space` event (cleared before it looks, set by the
+consumer after each get from its lanes and by a starter when it is done).
 """
 
 from __future__ import annotations
@@ -42,35 +53,88 @@ def reading_threads(lanes: int) -> int:
     return max(1, min(lanes, cores - 1))
 
 
+class _Start:
+    """A lane started on a thread of its own: it makes the lane's iterator and puts a queue's
+    worth of items (`maxsize`; fewer at the lane's end or an error, kept in `error`:
+    StopIteration for an end), then hands the lane to its serving thread. `space` is set when it is done, waking the
+    serving thread, which does not touch the lane before."""
+
+    def __init__(self, make: Callable[[], Iterator], q: queue.Queue, stop: threading.Event,
+                 space: threading.Event, name: str):
+        self.iterator: Iterator | None = None
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._run, args=(make, q, stop, space), name=name, daemon=True).start()
+
+    def _run(self, make, q: queue.Queue, stop: threading.Event, space: threading.Event) -> None:
+        try:
+            self.iterator = make()
+            for _ in range(q.maxsize):  # at most a queue's worth: never a second reading thread
+                if stop.is_set():
+                    break
+                q.put_nowait(next(self.iterator))  # only this thread puts here until done
+        except BaseException as exc:  # noqa: BLE001 - handed to the serving thread
+            self.error = exc
+        finally:
+            self._done.set()
+            space.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self) -> None:
+        """Until it is done (a source blocked in `next()` keeps this waiting, as it would keep
+        the serving thread)."""
+        self._done.wait()
+
+
 def _serve(makes: dict[int, Callable[[], Iterator]], queues: list[queue.Queue],
            stop: threading.Event, space: threading.Event) -> None:
-    """One reading thread: keep its lanes' queues filled (see the shutdown protocol above)."""
+    """One reading thread: keep its lanes' queues filled (see the shutdown protocol above); all
+    its lanes but the first are started by starters, at the same time as the first."""
+    name = threading.current_thread().name
+    starts = {k: _Start(make, queues[k], stop, space, f"{name}-start-{k}")
+              for k, make in list(makes.items())[1:]}
     its: dict[int, Iterator] = {}
     active = list(makes)
     try:
         while active and not stop.is_set():
-            space.clear()  # before looking: a get from now on wakes the wait below
-            ready = [k for k in active if not queues[k].full()]
+            space.clear()  # before looking: a get or a starter's end from now on wakes the wait below
+            ready = [k for k in active if not queues[k].full() and (k not in starts or starts[k].done())]
             if not ready:
                 space.wait(protocol.POLL_S)
                 continue
             k = min(ready, key=lambda j: queues[j].qsize())
             try:
-                if k not in its:
-                    its[k] = makes[k]()
-                item = next(its[k])
+                item = _next(k, makes, its, starts)
             except StopIteration:
                 active.remove(k)
                 protocol.put(queues[k], protocol.END, stop)
                 continue
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
-                failure = protocol.Failure(exc, f"lane {k} on thread {threading.current_thread().name!r}")
+                failure = protocol.Failure(exc, f"lane {k} on thread {name!r}")
                 for j in sorted(active, key=lambda j: queues[j].qsize()):  # an empty one may be awaited
                     protocol.put(queues[j], failure, stop)
                 return
-            queues[k].put_nowait(item)  # only this thread puts here, and it had room
+            queues[k].put_nowait(item)  # only this thread puts here (its starter is done), and it had room
     finally:
-        protocol.close_quietly(*its.values())
+        for k, start in starts.items():
+            start.wait()
+            its.setdefault(k, start.iterator)
+        protocol.close_quietly(*[it for it in its.values() if it is not None])
+
+
+def _next(k: int, makes: dict, its: dict[int, Iterator], starts: dict[int, _Start]):
+    """Lane k's next item from its iterator: the one its starter made (raising what ended the
+    starter, once), or one made here on first use (the thread's first lane)."""
+    start = starts.get(k)
+    if start is not None and k not in its:
+        its[k] = start.iterator
+        if start.error is not None:
+            raise start.error
+    if k not in its:
+        its[k] = makes[k]()
+    return next(its[k])
 
 
 class LaneReader:

@@ -2,6 +2,7 @@
 samples as a local read. Over the project's Range-honouring HTTP test server (no faults)."""
 
 import gc
+import http.server
 import io
 import os
 import threading
@@ -13,7 +14,7 @@ import dsutil
 import sparkfeed
 from faulty_http import FaultPlan, FaultyServer
 from sparkfeed import storage
-from sparkfeed.bench.remote import LatencyServer
+from sparkfeed.bench.remote import LatencyServer, send_file_range
 
 
 def test_read_ahead_holds_at_most_max_bytes():
@@ -135,3 +136,136 @@ def test_a_forked_worker_leaves_the_parents_http_connections_alone(tmp_path):
         os.waitpid(pid, 0)
         # on the pooled connection; before the fix: FSTimeoutError after sock_read
         assert fs.cat_file(f"{url}/x.bin", start=0, end=9) == b"sparkfeed"
+
+
+def test_every_lane_sends_its_first_data_request_before_any_lane_gets_data(tmp_path):
+    """Two thread lanes served by one reading thread (2 cores: `lanes.reading_threads`), one
+    Parquet file each. The server holds every data request (not the footers) until both files'
+    first data requests have arrived: every lane's first fetch must be in flight before lane 0's
+    first segment is converted. Before, lane 1 sent its requests only after lane 0's first
+    segment was read, that is never while lane 0's data was held (the hold gave up after 30 s)."""
+    data = dsutil.table(800, image_bytes=1024)
+    dsutil.write_parquet(str(tmp_path / "pq"), data, 400, 100)
+    arrived, both, gave_up, lock = set(), threading.Event(), [], threading.Lock()
+
+    def hold(method: str, rel: str, rng: str) -> None:
+        if method != "GET" or not rel.endswith(".parquet") or not rng:
+            return
+        end = int(rng.split("-")[1])
+        if end >= os.path.getsize(tmp_path / rel) - 1:
+            return  # a footer: answered at once
+        with lock:
+            arrived.add(rel)
+            if len(arrived) == 2:
+                both.set()
+        if not both.wait(30):
+            gave_up.append(rel)
+
+    server = LatencyServer(str(tmp_path), latency_s=0.0, hold=hold)
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, sorted(cpus)[:2])  # this thread and the lanes': one reading thread
+    try:
+        L = sparkfeed.DataLoader(f"{server.url}/pq", batch_size=100, num_workers=2)
+        ids = [i for b in L for i in b["id"].tolist()]
+    finally:
+        os.sched_setaffinity(0, cpus)
+        server.close()
+    assert sorted(ids) == list(range(800))
+    assert both.is_set() and not gave_up, (sorted(arrived), gave_up)
+
+
+class _IgnoresRange(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with the whole file (200), whatever the Range header asks for."""
+
+    protocol_version = "HTTP/1.1"
+    root = ""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        del self.headers["Range"]
+        path = os.path.join(self.root, self.path.lstrip("/"))
+        if not os.path.isfile(path):
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        send_file_range(self, path, body=True)
+
+
+def test_a_server_that_ignores_range_is_read_whole_never_wrong(tmp_path):
+    """fsspec's HTTP cat does not check that a range was honoured; the read-ahead fetch does
+    (a range not at the start, or at the start of a longer file), and the loader falls back to
+    whole-file reads: every sample once."""
+    data = dsutil.table(300, image_bytes=512)
+    dsutil.write_parquet(str(tmp_path / "pq"), data, 150, 50)
+    handler = type("Handler", (_IgnoresRange,), {"root": str(tmp_path)})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        fs, _ = storage.resolve(url)
+        part = f"{url}/pq/part-00000.parquet"
+        for rng in [(100, 200), (0, 10)]:
+            with pytest.raises(ValueError, match="part-00000.parquet: asked for bytes .* does not "
+                                                 "appear to support range requests"):
+                storage.fetch_ranges(fs, part, [rng])
+        L = sparkfeed.DataLoader(f"{url}/pq", batch_size=64, num_workers=0)
+        ids = [i for b in L for i in b["id"].tolist()]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert sorted(ids) == list(range(300))
+
+
+def test_http_ranges_arrive_whole_and_exact(tmp_path):
+    """Over HTTP the ranges are read into pooled buffers: the bytes are the file's, for ranges
+    merged into one request and for separate ones, and a missing file is FileNotFoundError."""
+    blob = os.urandom(300_000)
+    (tmp_path / "x.bin").write_bytes(blob)
+    server = LatencyServer(str(tmp_path), latency_s=0.0)
+    try:
+        fs, _ = storage.resolve(server.url)
+        got = storage.fetch_ranges(fs, f"{server.url}/x.bin", [(0, 10), (12, 100), (150_000, 300_000)])
+        with pytest.raises(FileNotFoundError, match="missing.bin"):
+            storage.fetch_ranges(fs, f"{server.url}/missing.bin", [(0, 10)])
+    finally:
+        server.close()
+    assert {k: bytes(v) for k, v in got.items()} == {(0, 100): blob[:100],
+                                                    (150_000, 300_000): blob[150_000:]}
+
+
+def test_a_shard_grown_after_the_write_is_an_error_not_a_prefix(tmp_path):
+    """Read-ahead fetches a tar as the manifest's byte count; a shard replaced by a longer one
+    must not pass as its first bytes: the server's size fails the fetch, and the in-place read
+    names the shard and the sizes."""
+    data = dsutil.table(200, image_bytes=256)
+    m = dsutil.write_tar(str(tmp_path / "wds"), data, 100)
+    shard = sorted(s.path for s in m.shards)[1]
+    with open(tmp_path / "wds" / shard, "ab") as f:
+        f.write(b"\0" * 1024)  # still a valid tar: two more end blocks
+    server = LatencyServer(str(tmp_path), latency_s=0.0)
+    try:
+        fs, _ = storage.resolve(server.url)
+        size = os.path.getsize(tmp_path / "wds" / shard) - 1024
+        with pytest.raises(ValueError, match=f"{shard}: the file is {size + 1024} bytes, not {size}"):
+            storage.fetch_ranges(fs, f"{server.url}/wds/{shard}", [(0, size)], size)
+        L = sparkfeed.DataLoader(f"{server.url}/wds", batch_size=50, num_workers=0)
+        with pytest.raises(sparkfeed.errors.SparkfeedError,
+                           match=f"{shard}.*the file is {size + 1024} bytes but the manifest says {size}"):
+            list(L)
+    finally:
+        server.close()
+
+
+@pytest.mark.slow
+def test_remote_epochs_cli_reads_every_sample_over_a_server_in_its_own_process(tmp_path, capsys):
+    from sparkfeed.bench import remote_epochs
+
+    data = dsutil.table(300, image_bytes=256)
+    dsutil.write_parquet(str(tmp_path / "pq"), data, 150, 50)
+    assert remote_epochs.main([str(tmp_path / "pq"), "--epochs", "2", "--latency-ms", "0",
+                               "--batch-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("'samples': 300,") == 2 and "median page_faults:" in out, out

@@ -16,7 +16,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 LATENCY_S = 0.020  # added to every request: object storage's typical time to first byte
 
@@ -24,10 +24,13 @@ _servers: dict[str, "LatencyServer"] = {}
 
 
 class LatencyServer:
-    """Serves `root` read-only on 127.0.0.1 with Range support, `latency_s` added per request."""
+    """Serves `root` read-only on 127.0.0.1 with Range support, `latency_s` added per request.
+    `hold(method, path, range header)`, when given, is called before each request is answered
+    and may block it (tests use it to hold requests until others have arrived)."""
 
-    def __init__(self, root: str, latency_s: float = LATENCY_S):
-        self.root, self.latency_s = os.path.realpath(root), latency_s
+    def __init__(self, root: str, latency_s: float = LATENCY_S,
+                 hold: Callable[[str, str, str], None] | None = None):
+        self.root, self.latency_s, self.hold = os.path.realpath(root), latency_s, hold
         self.requests, self.bytes_sent, self._lock = 0, 0, threading.Lock()
         # (arrived, answered, method, path and range, bytes), times on time.perf_counter: which
         # requests wait on which (the critical path of a read), for diagnosis
@@ -94,6 +97,8 @@ def _handler(owner: LatencyServer):
             arrived = time.perf_counter()
             time.sleep(owner.latency_s)
             rel = self.path.split("?")[0].lstrip("/")
+            if owner.hold is not None:
+                owner.hold(self.command, rel, self.headers.get("Range", ""))
             path = os.path.realpath(os.path.join(owner.root, rel))
             if not path.startswith(owner.root + os.sep) or not os.path.isfile(path):
                 self.send_response(404)

@@ -222,7 +222,7 @@ class ParquetReader(Reader):
     def _fetcher(self, rel: str, groups: list[int]):
         path = storage.join(self.ctx.root, rel, self.ctx.dataset)
         return functools.partial(_fetch_groups, self.ctx.fs, path, self._footer(rel), groups,
-                                 self._ahead_columns())
+                                 self._ahead_columns(), self._size(path))
 
     def _ahead_footer(self, unit: WorkUnit):
         """The footer of the unit's file if read-ahead fetched it (None otherwise)."""
@@ -351,10 +351,12 @@ def _fetch_footer(fs, path: str, size: int | None):
         return pq.ParquetFile(f).metadata
 
 
-def _fetch_groups(fs, path: str, footer, groups: list[int], names: list[str]):
+def _fetch_groups(fs, path: str, footer, groups: list[int], names: list[str], size: int | None = None):
     """Read-ahead task: (footer, {range: bytes}) of the column chunks of `names` in row groups
-    `groups` of one file, adjacent chunks in one request. `footer` is the file's metadata, or
-    the future of its fetch (`_fetch_footer`, submitted before this task, so never behind it)."""
+    `groups` of one file, adjacent chunks in one request (a file whose size is not the
+    manifest's `size` fails it: read in place, where the error is named). `footer` is the
+    file's metadata, or the future of its fetch (`_fetch_footer`, submitted before this task,
+    so never behind it)."""
     metadata = footer.result() if isinstance(footer, Future) else footer
     if metadata is None:  # not fetched ahead (read-ahead's once-fetches are off): read it here
         metadata = _fetch_footer(fs, path, None)
@@ -366,7 +368,7 @@ def _fetch_groups(fs, path: str, footer, groups: list[int], names: list[str]):
             if col.path_in_schema.split(".")[0] in wanted:
                 start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
                 ranges.append((start, start + col.total_compressed_size))
-    return metadata, storage.fetch_ranges(fs, path, ranges)
+    return metadata, storage.fetch_ranges(fs, path, ranges, size)
 
 
 def _arrow_filesystem(fs) -> pafs.FileSystem | None:

@@ -62,7 +62,7 @@ class TarReader(Reader):
             if unit.path in self._ahead:
                 items.append(((unit.path,), 0, None))  # still wanted, fetched or in flight
             elif size is not None:
-                items.append(((unit.path,), size, functools.partial(self.ctx.fs.cat_file, path)))
+                items.append(((unit.path,), size, functools.partial(_fetch_whole, self.ctx.fs, path, size)))
             index = self._index_path(unit)
             if index is not None:
                 key = (unit.path, "index")
@@ -100,7 +100,7 @@ class TarReader(Reader):
         return None if where is None else self._read_index(unit, where)
 
     @contextlib.contextmanager
-    def _buffer(self, path: str, data: bytes | None):
+    def _buffer(self, path: str, data: bytes | memoryview | None):
         """The whole shard as a buffer: bytes fetched ahead, a local file mapped into memory
         (pages read as they are cut), or a remote file read whole."""
         if data is not None:
@@ -111,7 +111,7 @@ class TarReader(Reader):
         else:
             yield self.ctx.fs.cat_file(path)
 
-    def _open(self, path: str, data: bytes | None):
+    def _open(self, path: str, data: bytes | memoryview | None):
         """The shard streamed: bytes fetched ahead, or the file in place."""
         if data is not None:
             return io.BytesIO(data)
@@ -167,7 +167,7 @@ class TarReader(Reader):
                 found = tarindex.members(buf, index, wanted_members, split_name, MAX_MEMBER_BYTES)
                 if found is not None:
                     return found
-                data = buf if isinstance(buf, bytes) else None
+                data = buf if isinstance(buf, (bytes, memoryview)) else None
             log.info("%s: shard %s does not match its index; streaming the tar", self.ctx.dataset,
                      unit.path)
         return self._stream(unit, path, data, wanted_members, where)
@@ -310,6 +310,13 @@ class TarReader(Reader):
         table, ok = self._table(unit, list(self.ctx.filter_columns))
         table, _ = apply_filter(self.ctx, table.append_column("__ok_in__", pa.array(ok)), keep_bad=True)
         return table.num_rows
+
+
+def _fetch_whole(fs, path: str, size: int):
+    """Read-ahead task: the whole shard as one range (`storage.fetch_ranges`: over HTTP into one
+    pooled buffer, not a joined bytes object). A file whose size is not the manifest's fails the
+    fetch, and the shard is then read in place, where the reader names the mismatch."""
+    return storage.fetch_ranges(fs, path, [(0, size)], size)[(0, size)]
 
 
 # ---------------------------------------------------------------- whole columns at C speed

@@ -1,0 +1,101 @@
+"""`python -m sparkfeed.bench.remote_epochs PATH`: epochs of the loader over PATH served by the
+bench's `LatencyServer` in a process of its own (so this process is the loader alone), each with
+its time, first batch, minor page faults and the busiest threads' CPU: what the `remote`
+scenario's rows cannot separate (its server shares the bench process). docs/deploy.md quotes it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .remote import LATENCY_S, LatencyServer
+
+
+def _serve_in_child(root: str, latency_s: float, conn) -> None:
+    server = LatencyServer(root, latency_s)
+    conn.send(server.url)
+    try:
+        conn.recv()  # until the parent says stop, or ends (EOFError)
+    except EOFError:
+        pass
+    server.close()
+
+
+def _thread_cpu() -> dict[tuple[int, str], float]:
+    """CPU seconds per live thread of this process, keyed by (native id, Python name)."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[(int(tid), names.get(int(tid), "(ended)"))] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _epoch(path: str, workers: int, batch_size: int) -> dict:
+    import resource
+
+    import sparkfeed
+
+    faults, cpu = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, _thread_cpu()
+    loader = sparkfeed.DataLoader(path, batch_size=batch_size, columns=["id", "label", "image"],
+                                  num_workers=workers)
+    start, first, n = time.perf_counter(), None, 0
+    for batch in loader:
+        n += len(batch["id"])
+        first = time.perf_counter() - start if first is None else first
+    took = time.perf_counter() - start
+    after = _thread_cpu()
+    busy = sorted(((after[k] - cpu.get(k, 0.0), k[1]) for k in after), reverse=True)[:3]
+    return {"samples": n, "seconds": took, "first_batch_s": first,
+            "page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults,
+            "busiest_threads_cpu_s": [(name, round(s, 3)) for s, name in busy]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import multiprocessing
+    import statistics
+
+    p = argparse.ArgumentParser(prog="python -m sparkfeed.bench.remote_epochs", description=(
+        "Epochs of sparkfeed's DataLoader over a dataset served by the bench's latency server "
+        "(Range support, a fixed delay per request) in a process of its own, or read locally: "
+        "time, first batch, minor page faults and the busiest threads' CPU per epoch."))
+    p.add_argument("path", help="dataset directory (e.g. one under ~/.cache/sparkfeed-bench)")
+    p.add_argument("--latency-ms", type=float, default=LATENCY_S * 1000, help="delay per request")
+    p.add_argument("--epochs", type=int, default=5, help="timed epochs, after one warm-up epoch")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--local", action="store_true", help="read the files directly, no server")
+    args = p.parse_args(argv)
+    path, child = os.path.realpath(args.path), None
+    if not args.local:
+        ctx = multiprocessing.get_context("spawn")
+        conn, theirs = ctx.Pipe()
+        child = ctx.Process(target=_serve_in_child, daemon=True,
+                            args=(os.path.dirname(path), args.latency_ms / 1000, theirs))
+        child.start()
+        path = f"{conn.recv()}/{os.path.basename(path)}"
+    try:
+        _epoch(path, args.workers, args.batch_size)
+        rows = [_epoch(path, args.workers, args.batch_size) for _ in range(args.epochs)]
+    finally:
+        if child is not None:
+            conn.send("stop")
+            child.join(5)
+    for row in rows:
+        print(row)
+    for key in ("seconds", "first_batch_s", "page_faults"):
+        print(f"median {key}: {statistics.median(r[key] for r in rows):.4g}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
