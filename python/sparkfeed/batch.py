@@ -100,7 +100,9 @@ class TextColumn(BinaryColumn):
 # ---------------------------------------------------------------- Arrow -> tensors
 
 def _binary_column(arr: pa.Array) -> BinaryColumn:
-    """A binary Arrow array as a BinaryColumn: one copy of the data buffer, no per-row objects."""
+    """A binary Arrow array as a BinaryColumn, no per-row objects: a view of the data buffer where
+    Arrow allocated it for this array (decoded Parquet pages), else one copy (read-only memory:
+    a mapped file, fetched bytes, which a tensor must not write to)."""
     if arr.null_count:
         arr = pc.fill_null(arr, b"")
     if pa.types.is_large_binary(arr.type):
@@ -110,9 +112,12 @@ def _binary_column(arr: pa.Array) -> BinaryColumn:
     bufs = arr.buffers()
     offsets = np.frombuffer(bufs[1], dtype=off_dtype, count=len(arr) + 1, offset=arr.offset * np.dtype(off_dtype).itemsize)
     start, end = int(offsets[0]), int(offsets[-1])
-    data = np.frombuffer(bufs[2], dtype=np.uint8, count=end - start, offset=start) if end > start \
-        else np.empty(0, dtype=np.uint8)
-    return BinaryColumn(torch.from_numpy(data.copy()), torch.from_numpy((offsets - start).astype(np.int64)))
+    if end <= start:
+        data = np.empty(0, dtype=np.uint8)
+    else:
+        data = np.frombuffer(bufs[2], dtype=np.uint8, count=end - start, offset=start)
+        data = data if bufs[2].is_mutable else data.copy()
+    return BinaryColumn(torch.from_numpy(data), torch.from_numpy((offsets - start).astype(np.int64)))
 
 
 def _numeric(arr: pa.Array, name: str) -> torch.Tensor:

@@ -307,3 +307,20 @@ def test_numbers_converted_without_a_copy_only_from_arrows_own_memory():
         assert views[name].dtype == copies[name].dtype
         assert torch.equal(views[name].nan_to_num(-1), copies[name].nan_to_num(-1))
     assert views["s"].to_list() == ["a", "b", "c"]
+
+
+def test_binary_columns_view_arrows_own_memory_and_copy_read_only_memory():
+    """Encoded images decoded from Parquet pages live in memory Arrow allocated: the BinaryColumn
+    takes it without a copy (the `bytes` path's largest cost); bytes in read-only memory (a
+    mapped tar, a fetched body) are copied, so no tensor can write into them. Same values."""
+    from sparkfeed.batch import _binary_column
+
+    fresh = pa.array([b"ab", b"", b"cde", b"f"], pa.binary()).slice(1, 3)
+    raw = b"xyzw"
+    frozen = pa.Array.from_buffers(pa.binary(), 2, [None, pa.py_buffer(np.array([0, 1, 4], np.int32).tobytes()),
+                                                     pa.py_buffer(raw)])
+    view, copy = _binary_column(fresh), _binary_column(frozen)
+    assert fresh.buffers()[2].is_mutable and not frozen.buffers()[2].is_mutable
+    assert view.data.data_ptr() == fresh.buffers()[2].address + 2  # rows from b"cde" on: Arrow's memory
+    assert copy.data.data_ptr() != frozen.buffers()[2].address
+    assert view.to_list() == [b"", b"cde", b"f"] and copy.to_list() == [b"x", b"yzw"]
