@@ -99,10 +99,19 @@ class TextColumn(BinaryColumn):
 
 # ---------------------------------------------------------------- Arrow -> tensors
 
+def _own_memory(buf: pa.Buffer | None, dtype, count: int, offset: int) -> np.ndarray | None:
+    """`count` values of `buf` from byte `offset` as a numpy view, where Arrow allocated the buffer
+    for its array (decoded Parquet pages, computed columns); None for read-only memory (a file
+    mapped, bytes fetched), which a tensor must not write to."""
+    if buf is None or not buf.is_mutable:
+        return None
+    return np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
+
+
 def _binary_column(arr: pa.Array) -> BinaryColumn:
     """A binary Arrow array as a BinaryColumn, no per-row objects: a view of the data buffer where
-    Arrow allocated it for this array (decoded Parquet pages), else one copy (read-only memory:
-    a mapped file, fetched bytes, which a tensor must not write to)."""
+    it is Arrow's own (`_own_memory`), else one copy. Always a view where it can be: users see a
+    BinaryColumn only as `bytes` copies (`user_facing`) or through the decoder, never its buffer."""
     if arr.null_count:
         arr = pc.fill_null(arr, b"")
     if pa.types.is_large_binary(arr.type):
@@ -115,8 +124,9 @@ def _binary_column(arr: pa.Array) -> BinaryColumn:
     if end <= start:
         data = np.empty(0, dtype=np.uint8)
     else:
-        data = np.frombuffer(bufs[2], dtype=np.uint8, count=end - start, offset=start)
-        data = data if bufs[2].is_mutable else data.copy()
+        data = _own_memory(bufs[2], np.uint8, end - start, start)
+        if data is None:
+            data = np.frombuffer(bufs[2], dtype=np.uint8, count=end - start, offset=start).copy()
     return BinaryColumn(torch.from_numpy(data), torch.from_numpy((offsets - start).astype(np.int64)))
 
 
@@ -156,15 +166,14 @@ def _plain(arr: pa.Array, name: str) -> torch.Tensor:
 
 
 def _plain_view(arr: pa.Array) -> torch.Tensor | None:
-    """Integers and floats without nulls as a tensor over Arrow's own value buffer (no copy),
-    or None where that buffer is not one Arrow allocated for this array (read-only memory, such
-    as a file mapped or bytes fetched, which a tensor must not write to)."""
+    """Integers and floats without nulls as a tensor over Arrow's own value buffer (no copy,
+    `_own_memory`), or None where it is not Arrow's own."""
     buffers = arr.buffers()
-    if arr.null_count or len(buffers) != 2 or buffers[1] is None or not buffers[1].is_mutable:
+    if arr.null_count or len(buffers) != 2:
         return None
     dtype = np.dtype(arr.type.to_pandas_dtype())
-    return torch.from_numpy(np.frombuffer(buffers[1], dtype=dtype, count=len(arr),
-                                          offset=arr.offset * dtype.itemsize))
+    view = _own_memory(buffers[1], dtype, len(arr), arr.offset * dtype.itemsize)
+    return None if view is None else torch.from_numpy(view)
 
 
 def _strings(arr: pa.Array, name: str) -> "TextColumn | list":

@@ -450,6 +450,14 @@ class _DaliBackend:
         self._feed_ndarray(t, dst, cuda_stream=torch.cuda.current_stream() if self.device == "cuda" else None)
         return dst
 
+    def _start(self, enc: _Encoded, rows, draws: _Draws, kind: str, sizes):
+        """Feed a batch to its kind's pipeline and schedule its run; the pipeline."""
+        pipe = self._pipe(kind)
+        for name, value in self._inputs(enc, rows, draws, kind, sizes).items():
+            pipe.feed_input(name, value)
+        pipe.schedule_run()
+        return pipe
+
     def _schedule(self, job: _Job) -> None:
         """Feed `job` to its kind's pipeline and start its run (DALI decodes it in the background).
         Behind a run that must be redone it waits unscheduled: the runs queued on a pipeline are
@@ -459,10 +467,7 @@ class _DaliBackend:
             queue.append(job)
             return
         try:
-            pipe = self._pipe(job.kind)
-            for name, value in self._inputs(job.enc, job.rows, job.draws, job.kind, job.sizes).items():
-                pipe.feed_input(name, value)
-            pipe.schedule_run()
+            self._start(job.enc, job.rows, job.draws, job.kind, job.sizes)
             job.scheduled = True
         except RuntimeError:  # redone alone (and bisected) when collected
             self._drop(job.kind)
@@ -535,11 +540,7 @@ class _DaliBackend:
         """Decode `rows` (an index array) now, alone on the pipeline; on a failed batch, bisect to
         find the bad rows. Returns (parts, ok, failures)."""
         try:
-            pipe = self._pipe(kind)
-            for name, value in self._inputs(enc, rows, draws, kind, sizes).items():
-                pipe.feed_input(name, value)
-            pipe.schedule_run()
-            (out,) = pipe.outputs()
+            (out,) = self._start(enc, rows, draws, kind, sizes).outputs()
             return [self._to_torch(out)], rows.tolist(), []
         except RuntimeError as e:
             self.pipes.pop(kind, None)
