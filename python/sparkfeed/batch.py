@@ -42,9 +42,8 @@ class BinaryColumn:
 
     def to_list(self) -> list[bytes]:
         """The samples as `bytes` objects (what users see for undecoded binary columns)."""
-        raw = self.data.numpy().tobytes()
-        bounds = self.offsets.tolist()
-        return [raw[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
+        raw, bounds = memoryview(self.data.numpy()), self.offsets.tolist()  # one copy per sample
+        return [raw[bounds[i]:bounds[i + 1]].tobytes() for i in range(len(bounds) - 1)]
 
     def slice(self, start: int, stop: int) -> "BinaryColumn":
         """Samples [start, stop) as views of this column's buffers (offsets rebased)."""
@@ -60,8 +59,8 @@ class BinaryColumn:
         shifts = [0]
         for c in columns[:-1]:
             shifts.append(shifts[-1] + c.data.numel())
-        offsets = torch.cat([columns[0].offsets[:1]] + [c.offsets[1:] + s for c, s in zip(columns, shifts)])
-        return type(columns[0])(torch.cat([c.data for c in columns]), offsets)
+        offsets = cat([columns[0].offsets[:1]] + [c.offsets[1:] + s for c, s in zip(columns, shifts)])
+        return type(columns[0])(cat([c.data for c in columns]), offsets)
 
     def select(self, rows) -> "BinaryColumn":
         """The samples at `rows` (an index list or tensor), in that order: Arrow's `take` over
@@ -95,6 +94,25 @@ class TextColumn(BinaryColumn):
     def to_list(self) -> list[str]:
         """The samples as `str` objects (Arrow makes them, one pass)."""
         return self.arrow(pa.large_string()).to_pylist() if len(self) else []
+
+
+_SERIAL = 32_768  # elements: torch's grain size (at::internal::GRAIN_SIZE); smaller copies run inline
+
+
+def cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """`torch.cat`, with large CPU copies done by numpy on the calling thread only: torch runs a
+    copy of `_SERIAL` elements or more on its OpenMP threads, which then spin-wait for the next
+    parallel region; on a loader's threads that spinning took 20-30% of a 2-core machine's CPU
+    from the reading threads (perf, docs/benchmark.md). Others (small, CUDA, mixed dtypes,
+    types numpy lacks) go to torch."""
+    first = tensors[0]
+    if sum(t.numel() for t in tensors) >= _SERIAL and first.device.type == "cpu" and all(
+            t.dtype == first.dtype and t.device == first.device and not t.requires_grad for t in tensors):
+        try:
+            return torch.from_numpy(np.concatenate([t.numpy() for t in tensors]))
+        except (TypeError, RuntimeError):  # bfloat16 and the like: no numpy view
+            pass
+    return torch.cat(tensors)
 
 
 # ---------------------------------------------------------------- Arrow -> tensors
@@ -274,7 +292,7 @@ def concat_rows(batches: list[dict]) -> dict:
     for name, first in batches[0].items():
         values = [b[name] for b in batches]
         if isinstance(first, torch.Tensor):
-            out[name] = torch.cat(values)
+            out[name] = cat(values)
         elif isinstance(first, BinaryColumn) and all(type(v) is type(first) for v in values):
             out[name] = BinaryColumn.concat(values)
         else:  # lists, or strings with nulls in some parts (lists) and not in others

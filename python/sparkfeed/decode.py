@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import batch as batching
 from .batch import BinaryColumn
 from .crops import _RRC_TRIES, _keyed_draws, _keyed_window_uniforms, _random_resized_windows
 from .headers import _check_headers, _Encoded, _encoded
@@ -248,7 +249,7 @@ def _same_shape(shapes) -> None:
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
     """Join per-chunk outputs (in row order)."""
     _same_shape(p.shape[1:] for p in parts)
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    return parts[0] if len(parts) == 1 else batching.cat(parts)
 
 
 class _PilBackend:

@@ -51,6 +51,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from . import batch as batching
 from . import checks, filters
 from .engine import Engine, ReadConfig
 from .manifest import Manifest
@@ -624,7 +625,7 @@ def _placed(flat: list, index: torch.Tensor) -> Block:
     for name in first:
         laid = [b.columns[name] if order is None else b.rows.columns[name].index_select(0, order)
                 for b, order in zip(flat, orders)]
-        columns[name] = (laid[0] if len(laid) == 1 else torch.cat(laid)).index_select(0, index)
+        columns[name] = (laid[0] if len(laid) == 1 else batching.cat(laid)).index_select(0, index)
     return Block(columns, len(index))
 
 

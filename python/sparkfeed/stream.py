@@ -66,6 +66,27 @@ def _lane_units(stream: "EpochStream", spans) -> np.ndarray:
     return np.unique(np.array(found, dtype=np.int64))
 
 
+def _lane_windows(stream: "EpochStream", spans) -> dict[int, tuple[int, int]]:
+    """{unit position: (first row, stop row)} for the units a lane reads only part of: those a
+    span starts or ends inside (a lane boundary), unless another span holds them whole. Told
+    to the reader (`Reader.read_window`), which may then read that part alone."""
+    windows, whole = {}, set()
+    for lo, hi in spans:
+        if hi <= lo:
+            continue
+        first = int(np.searchsorted(stream.starts, lo, side="right")) - 1
+        last = int(np.searchsorted(stream.starts, hi - 1, side="right")) - 1
+        for k, a, b in ((first, lo - int(stream.starts[first]), int(stream.counts[first])),
+                        (last, 0, hi - int(stream.starts[last]))):
+            if first == last:
+                a, b = lo - int(stream.starts[k]), hi - int(stream.starts[k])
+            was = windows.get(k, (a, b))
+            windows[k] = (min(a, was[0]), max(b, was[1]))
+        whole.update(range(first + 1, last))
+    return {k: w for k, w in windows.items()
+            if k not in whole and (w[0] > 0 or w[1] < int(stream.counts[k]))}
+
+
 class EpochStream:
     """Which unit holds each stream position in this epoch, and (with shuffle) which block.
 
@@ -275,6 +296,7 @@ class StreamReader:
         self._shared: SharedBlocks | None = None
         self._nulls: dict[int, tuple[UnitRows, int]] = {}  # on_error="raise": units with nulls
         self._ahead_units = np.zeros(0, dtype=np.int64)  # this lane's units in order (read-ahead)
+        self._windows: dict[int, tuple[int, int]] = {}  # units this lane reads part of: rows
 
     def _unit(self, k: int, last: int | None = None) -> tuple[Block, int]:
         """The k-th unit of the epoch as (its run's block, its first position there); reading it
@@ -290,14 +312,19 @@ class StreamReader:
         end = min(last, k + _RUN_UNITS - 1) + 1
         at = int(np.searchsorted(self._ahead_units, k))  # this run and what follows it in the lane
         self.reader.read_ahead([units[int(i)] for i in self._ahead_units[at:at + _AHEAD_UNITS]])
-        read = self.reader.read_run(units[k:end], [int(n) for n in counts[k:end]])
-        block, offset = Block.from_rows(read, self.row_ids, copy=not self.views), 0
+        window = self._windows.get(k)
+        read = None if window is None else self.reader.read_window(units[k], int(counts[k]), *window)
+        first = 0 if read is None else window[0]  # the unit's first row in the block
+        if read is None:
+            read = self.reader.read_run(units[k:end], [int(n) for n in counts[k:end]])
+        block, at = Block.from_rows(read, self.row_ids, copy=not self.views), 0
         parts = read.parts()
         for j, (_, n) in enumerate(parts):
+            offset = at - (first if j == 0 else 0)  # where the unit's row 0 is (or would be)
             self._units[k + j] = (block, offset)
-            if block.skipped and self.reader.ctx.on_error != "skip" and block.slice(offset, offset + n).skipped:
+            if block.skipped and self.reader.ctx.on_error != "skip" and block.slice(at, at + n).skipped:
                 self._nulls[k + j] = (read, offset)
-            offset += n
+            at += n
         while len(self._units) > max(self._cached_units, len(parts) + 1):
             self._nulls.pop(self._units.popitem(last=False)[0], None)
 
@@ -399,6 +426,9 @@ class StreamReader:
         block's part of a span as one `Shuffled`, for a caller that gathers it itself."""
         self._join_lanes(spans)
         self._ahead_units = _lane_units(self.stream, spans)
+        if not self.stream.shuffle and self.reader.ctx.expr is None:  # positions are rows then
+            self._windows = _lane_windows(self.stream, spans)
+            self.reader.windows = {self.stream.units[k]: w for k, w in self._windows.items()}
         piece = _PIECE if gather else None
         for lo, hi in spans:
             if not self.stream.shuffle:

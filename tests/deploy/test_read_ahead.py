@@ -269,3 +269,33 @@ def test_remote_epochs_cli_reads_every_sample_over_a_server_in_its_own_process(t
                                "--batch-size", "64"]) == 0
     out = capsys.readouterr().out
     assert out.count("'samples': 300,") == 2 and "median page_faults:" in out, out
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_a_tar_that_a_lane_boundary_splits_is_fetched_in_parts(tmp_path, worker_type):
+    """Two lanes split shard 1 (rows 0-91 to lane 0, 92-99 to lane 1): each lane fetches the
+    byte range of its own samples through the shard's index, so every tar byte is served once,
+    and the samples are delivered exactly once, as a local read delivers them."""
+    data = dsutil.table(400, image_bytes=2048)
+    m = dsutil.write_tar(str(tmp_path / "wds"), data, 100)
+    server = LatencyServer(str(tmp_path), latency_s=0.0)
+    try:
+        L = sparkfeed.DataLoader(f"{server.url}/wds", batch_size=48, num_workers=2,
+                                 worker_type=worker_type, columns=["id", "image"])
+        got = [(i, bytes(img)) for b in L for i, img in zip(b["id"].tolist(), b["image"])]
+    finally:
+        server.close()
+    assert sorted(i for i, _ in got) == list(range(400))  # once each
+    images = data.column("image").to_pylist()
+    assert all(img == images[i] for i, img in got)
+    served = {}
+    for _, _, method, what, nbytes in server.log:
+        path = what.partition(" ")[0]
+        if method == "GET" and path.endswith(".tar"):
+            served[path] = served.get(path, 0) + nbytes
+    assert served == {f"wds/{s.path}": s.num_bytes for s in m.shards}, served
+    local = sparkfeed.DataLoader(str(tmp_path / "wds"), batch_size=48, num_workers=2,
+                                 worker_type=worker_type, columns=["id"])
+    assert sorted(i for b in local for i in b["id"].tolist()) == list(range(400))
+    member_bytes = sum(s.num_bytes for s in m.shards)
+    assert local.stats()["bytes_read"] < member_bytes  # shard 1's members counted once, not twice

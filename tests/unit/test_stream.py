@@ -103,6 +103,25 @@ def test_binary_slices_rebase_offsets():
     assert col.slice(1, 1).to_list() == []
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.float32, torch.bool, torch.bfloat16])
+def test_cat_is_torch_cat(dtype):
+    """`batch.cat` (numpy's concatenate where numpy has the type, torch's otherwise): the values,
+    dtype and shape `torch.cat` gives, for strided views too, in memory of its own."""
+    from sparkfeed.batch import cat
+
+    for cols in (6, 10_000):  # below and above the size that torch would copy on its threads
+        base = (torch.arange(4 * cols) % 7).reshape(4, cols).to(dtype)
+        parts = [base[:1], base[1:3, :], base.t().contiguous().t()[3:], base[:0]]
+        got = cat(parts)
+        assert got.dtype == dtype and got.shape == (4, cols) and torch.equal(got, torch.cat(parts))
+        got[0] = 0
+        assert torch.equal(base, (torch.arange(4 * cols) % 7).reshape(4, cols).to(dtype))  # a copy
+    mixed = [torch.ones(40_000, dtype=torch.int64), torch.ones(1, dtype=torch.float32)]
+    assert cat(mixed).dtype == torch.cat(mixed).dtype  # torch's promotion, not numpy's
+    with pytest.raises((ValueError, RuntimeError)):
+        cat([torch.zeros(2, 30_000), torch.zeros(2, 40_000)])
+
+
 @settings(max_examples=60, deadline=None)
 @given(items=st.lists(st.binary(max_size=6), max_size=8), data=st.data())
 def test_binary_select_takes_the_items_in_the_given_order(items, data):

@@ -166,3 +166,32 @@ def test_a_streamed_error_still_names_the_shard_and_offset(copy_of):
         f.write(text.replace(first.decode(), evil.rstrip(b"\0").decode(), 1))
     with pytest.raises(ShardReadError, match=r"shard-00000\.tar.*offset 0.*could escape the dataset"):
         everything(copy_of)
+
+
+def _shard_and_index(root: str, shard: int = 0) -> tuple[bytes, str]:
+    doc = json.load(open(os.path.join(root, "_sparkfeed.json")))["shards"][shard]
+    with open(os.path.join(root, doc["path"]), "rb") as f, open(os.path.join(root, doc["index"])) as g:
+        return f.read(), g.read()
+
+
+@pytest.mark.parametrize("window", [(0, 1), (3, 11), (24, 25), (0, 25), (10, 25)])
+def test_a_window_of_samples_is_cut_from_its_bytes_alone(pair, window):
+    """Samples [a, b) from the byte range `window_range` names: what the whole shard gives for
+    them; bytes outside the range are never looked at, a changed byte inside it is noticed."""
+    tar, index = _shard_and_index(pair[0])
+    wanted = {"jpg", "cls", "json"}
+    whole = tarindex.members(tar, index, wanted, split_name, 1 << 20)
+    a, b = tarindex.window_range(index, *window, len(tar))
+    assert (b == len(tar)) == (window[1] == 25)  # the last sample's window reaches the trailer
+    part = tarindex.members(tar[a:b], index, wanted, split_name, 1 << 20, window)
+    assert part.keys == whole.keys[window[0]:window[1]]
+    for ext in wanted:
+        assert [bytes(v) for v in part.values[ext].to_pylist()] == \
+            [bytes(v) for v in whole.values[ext].to_pylist()[window[0]:window[1]]]
+    outside = bytearray(tar)
+    outside[:a] = b"\x01" * a  # garbage before the window: not its business
+    assert tarindex.members(bytes(outside)[a:b], index, wanted, split_name, 1 << 20, window) is not None
+    inside = bytearray(tar[a:b])
+    inside[100] ^= 0xFF  # a header byte of the window's first member
+    assert tarindex.members(bytes(inside), index, wanted, split_name, 1 << 20, window) is None
+    assert tarindex.window_range(index, window[1], window[0], len(tar)) is None  # empty: cannot say

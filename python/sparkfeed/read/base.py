@@ -60,6 +60,9 @@ class Reader:
 
     def __init__(self, ctx: ReadContext):
         self.ctx = ctx
+        # units this reader needs only part of, by the stream: {unit: (first row, stop row)}
+        # (a lane's first or last unit, which a lane boundary splits); see `read_window`
+        self.windows: dict[WorkUnit, tuple[int, int]] = {}
 
     def read(self, unit: WorkUnit, expected: int) -> UnitRows:
         """Rows of `unit` (filtered), or under on_error="skip" `expected` placeholder rows."""
@@ -81,6 +84,12 @@ class Reader:
         """Rows of the first units of `units` (consecutive in the stream) in one read, where the
         format can (see `ParquetReader`); here, just the first unit. `parts()` says which."""
         return self.read(units[0], expected[0])
+
+    def read_window(self, unit: WorkUnit, expected: int, start: int, stop: int) -> UnitRows | None:
+        """Rows [start, stop) of `unit` (of `expected`; no filter) for less than reading it whole,
+        where the format can (`TarReader`: a shard's byte range through its index); None: read
+        the unit whole. `rows` of the result are the rows' numbers in the unit."""
+        return None
 
     def count(self, unit: WorkUnit) -> int:
         """Rows of `unit` that pass the filter (reads only what the filter needs)."""

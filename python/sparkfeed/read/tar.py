@@ -52,23 +52,83 @@ class TarReader(Reader):
         self._ahead = None if storage.is_local(ctx.fs) else storage.ReadAhead()
 
     def read_ahead(self, units) -> None:
-        """Fetch the next shards whole, and their DALI indexes beside them (concurrently)."""
+        """Fetch the next shards whole, and their DALI indexes beside them (concurrently); a
+        shard this reader needs part of (`windows`) only that part, after its index."""
         if self._ahead is None:
             return
         items = []
         for unit in units:
             path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
             size = self.ctx.manifest_bytes.get(unit.path)
+            index = self._index_path(unit)
+            window = self.windows.get(unit)
+            if window is not None and index is not None and size is not None and self.ctx.expr is None:
+                key, share = (unit.path, "window"), (window[1] - window[0]) / max(1, unit.num_rows)
+                fetch = functools.partial(_fetch_window, self.ctx.fs, path, size, window,
+                                          functools.partial(self._read_index, unit, index))
+                items.append(((key,), 0, None) if key in self._ahead else ((key,), int(size * share), fetch))
+                continue
             if unit.path in self._ahead:
                 items.append(((unit.path,), 0, None))  # still wanted, fetched or in flight
             elif size is not None:
                 items.append(((unit.path,), size, functools.partial(_fetch_whole, self.ctx.fs, path, size)))
-            index = self._index_path(unit)
             if index is not None:
                 key = (unit.path, "index")
                 items.append(((key,), 0, None) if key in self._ahead else
                              ((key,), 0, functools.partial(self._read_index, unit, index)))
         self._ahead.ahead(items)
+
+    def read_window(self, unit: WorkUnit, expected: int, start: int, stop: int) -> UnitRows | None:
+        """Samples [start, stop) of an indexed shard from the bytes that hold them alone (a shard
+        a lane boundary splits: each lane fetches and checks its part, not the whole shard).
+        Anything unusual (no index, a filter, an index that does not match, a failed read)
+        gives None, and the shard is read whole, where errors are named and retried."""
+        where = self._index_path(unit)
+        if where is None or self.ctx.expr is not None or not 0 <= start < stop <= expected:
+            return None
+        try:
+            got = self._window_members(unit, where, (start, stop))
+            if got is None:
+                return None
+            table, ok = self._table(unit, self.ctx.read_columns, got)
+        except CorruptSampleError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the whole read names (or retries) it
+            log.debug("%s: shard %s: samples %d-%d not read apart (%s: %s); reading it whole",
+                      self.ctx.dataset, unit.path, start, stop, type(exc).__name__, exc)
+            return None
+        self.ctx.stats.add("bytes_read", got.nbytes)
+        return with_bookkeeping(table.select(list(self.ctx.columns)), unit,
+                                np.arange(start, stop), ok=ok)
+
+    def _window_members(self, unit: WorkUnit, where: tuple, window: tuple[int, int]) -> tarindex.Members | None:
+        """The wanted members of samples `window`: from bytes fetched ahead, a slice of the
+        mapped local file, or one range request (None: the index cannot serve the window)."""
+        wanted = {c.member or c.name for c in self.ctx.schema if c.name in set(self.ctx.read_columns)}
+        key = (unit.path, "window")
+        fetched = self._ahead.take(key) if self._ahead is not None and key in self._ahead else None
+        if fetched is not None:
+            index, blob = fetched
+            if index is None or blob is None:
+                return None
+            return tarindex.members(blob, index, wanted, split_name, MAX_MEMBER_BYTES, window)
+        index = self._read_index(unit, where)
+        path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
+        size = self.ctx.manifest_bytes.get(unit.path)
+        if index is None or size is None:
+            return None
+        self._check_unchanged(unit, path)
+        span = tarindex.window_range(index, *window, size)
+        if span is None:
+            return None
+        if not storage.is_local(self.ctx.fs):
+            blob = storage.fetch_ranges(self.ctx.fs, path, [span], size)[span]
+            return tarindex.members(blob, index, wanted, split_name, MAX_MEMBER_BYTES, window)
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            if len(mapped) != size:
+                return None
+            with memoryview(mapped) as view, view[span[0]:span[1]] as part:
+                return tarindex.members(part, index, wanted, split_name, MAX_MEMBER_BYTES, window)
 
     def close(self) -> None:
         if self._ahead is not None:
@@ -204,15 +264,17 @@ class TarReader(Reader):
             raise self._error(unit, f"the file is {size} bytes but the manifest says {expected}: "
                               "truncated or replaced after the write", offset=min(size, expected))
 
-    def _table(self, unit: WorkUnit, names: list[str]) -> tuple[pa.Table, np.ndarray]:
-        """The shard's samples as a table of `names`, and which rows decoded cleanly.
+    def _table(self, unit: WorkUnit, names: list[str],
+               found: tarindex.Members | None = None) -> tuple[pa.Table, np.ndarray]:
+        """The shard's samples (or those of `found`, a window's) as a table of `names`, and
+        which rows decoded cleanly.
 
         A sample whose member cannot be parsed (bad UTF-8, bad JSON, a value of the wrong type)
         raises CorruptSampleError naming the shard and key, or under on_error="skip" becomes a
         null row marked not-ok, so stream positions stay exact and the skip is counted.
         """
         cols = [c for c in self.ctx.schema if c.name in set(names)]
-        found = self._members(unit, {c.member or c.name for c in cols})
+        found = self._members(unit, {c.member or c.name for c in cols}) if found is None else found
         keys, n = found.keys, len(found.keys)
         bad: dict[int, str] = {}
         in_json = any((c.member or c.name) == "json" and c.type not in ("string", "large_string")
@@ -310,6 +372,17 @@ class TarReader(Reader):
         table, ok = self._table(unit, list(self.ctx.filter_columns))
         table, _ = apply_filter(self.ctx, table.append_column("__ok_in__", pa.array(ok)), keep_bad=True)
         return table.num_rows
+
+
+def _fetch_window(fs, path: str, size: int, window: tuple[int, int], index_text):
+    """Read-ahead task: (index text, bytes) for samples `window` of a shard: its index read
+    (`index_text()`), then the range `tarindex.window_range` names; (text, None) when the index
+    cannot say, and the reader reads the shard whole."""
+    index = index_text()
+    span = None if index is None else tarindex.window_range(index, *window, size)
+    if span is None:
+        return index, None
+    return index, storage.fetch_ranges(fs, path, [span], size)[span]
 
 
 def _fetch_whole(fs, path: str, size: int):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["Members", "members", "names_are_safe"]
+__all__ = ["Members", "members", "names_are_safe", "window_range"]
 
 _BLOCK = 512
 _NAME = 100  # ustar name field; longer names need a prefix or an extension header (not taken here)
@@ -96,18 +96,21 @@ def _octal(fields: np.ndarray) -> np.ndarray:
     return np.where(ok, values, -1)
 
 
-def _headers_agree(buf: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, names: list[str]) -> bool:
-    """(1) and (2) of the module note, for all members at once."""
+def _headers_agree(buf: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, names: list[str],
+                   base: int = 0, trailer: bool = True) -> bool:
+    """(1) and (2) of the module note, for all members at once. `buf` holds the tar's bytes from
+    byte `base` (a window's, `window_range`); `trailer`: it runs to the tar's end, whose zero
+    blocks are checked too."""
     n = len(offsets)
     if n == 0:
         return not buf.any()
     padded = (sizes + _BLOCK - 1) // _BLOCK * _BLOCK
-    starts = offsets - _BLOCK
+    starts = offsets - _BLOCK - base
     if starts[0] != 0 or (starts % _BLOCK).any() or (sizes < 0).any() or \
-            (starts[1:] != offsets[:-1] + padded[:-1]).any():
+            (starts[1:] != offsets[:-1] - base + padded[:-1]).any():
         return False
-    end = int(offsets[-1] + padded[-1])
-    if end > len(buf) or buf[end:].any():
+    end = int(offsets[-1] - base + padded[-1])
+    if end > len(buf) or (trailer and buf[end:].any()):
         return False
     heads = buf[:len(buf) // _BLOCK * _BLOCK].reshape(-1, _BLOCK)[starts // _BLOCK]
     encoded = [name.encode("utf-8") for name in names]
@@ -131,24 +134,58 @@ def _keys(sample: np.ndarray, exts: list[str], names: list[str], split_name) -> 
     return keys if expected == names else None
 
 
-def members(buf, index_text: str, wanted: set[str], split_name, max_member: int) -> Members | None:
+def members(buf, index_text: str, wanted: set[str], split_name, max_member: int,
+            window: tuple[int, int] | None = None) -> Members | None:
     """The wanted members of the tar held in `buf` (any buffer), found through its index; None
-    when the index does not describe this tar exactly (see the module note)."""
+    when the index does not describe this tar exactly (see the module note).
+
+    `window=(start, stop)`: only samples [start, stop), with `buf` holding the tar's bytes
+    `window_range` names for them (all a lane needs of a shard that a lane boundary splits);
+    the checks then cover the window's members, and the keys of the whole index."""
     parsed = _parse(index_text)
     if parsed is None:
         return None
     sample, exts, offsets, sizes, names = parsed
-    data = np.frombuffer(buf, dtype=np.uint8)
-    if (sizes > max_member).any() or not names_are_safe(names) \
-            or not _headers_agree(data, offsets, sizes, names):
+    if (sizes > max_member).any() or not names_are_safe(names):
         return None
     keys = _keys(sample, exts, names, split_name)
     if keys is None:
         return None
+    base, trailer = 0, True
+    if window is not None:
+        start, stop = window
+        inside = (sample >= start) & (sample < stop)
+        if not 0 <= start < stop <= len(keys) or not inside.any():
+            return None
+        base, trailer = int(offsets[inside][0]) - _BLOCK, stop == len(keys)
+        sample, offsets, sizes = sample[inside] - start, offsets[inside], sizes[inside]
+        exts, names = [e for e, i in zip(exts, inside) if i], [m for m, i in zip(names, inside) if i]
+        keys = keys[start:stop]
+    data = np.frombuffer(buf, dtype=np.uint8)
+    if not _headers_agree(data, offsets, sizes, names, base, trailer):
+        return None
     kinds = np.array(exts, dtype=object)
-    values = {ext: _column(buf, np.flatnonzero(kinds == ext), sample, offsets, sizes, len(keys))
+    values = {ext: _column(buf, np.flatnonzero(kinds == ext), sample, offsets - base, sizes, len(keys))
               for ext in wanted}
     return Members(keys, values, int((sizes + _BLOCK).sum()))
+
+
+def window_range(index_text: str, start: int, stop: int, size: int) -> tuple[int, int] | None:
+    """Bytes [a, b) of a tar of `size` bytes that hold samples [start, stop) by its index: from
+    the first one's first header to the last one's padded end, or to the tar's end when the
+    window holds the last sample (its zero blocks are checked); None for an index that cannot
+    say (`members` then checks what the bytes hold)."""
+    parsed = _parse(index_text)
+    if parsed is None:
+        return None
+    sample, _, offsets, sizes, _ = parsed
+    inside = np.flatnonzero((sample >= start) & (sample < stop))
+    if not len(inside) or not 0 <= start < stop <= int(sample[-1]) + 1:
+        return None
+    a = int(offsets[inside[0]]) - _BLOCK
+    last = inside[-1]
+    b = size if stop == int(sample[-1]) + 1 else int(offsets[last] + (sizes[last] + _BLOCK - 1) // _BLOCK * _BLOCK)
+    return (a, b) if 0 <= a < b <= size else None
 
 
 def _column(buf, where: np.ndarray, sample: np.ndarray, offsets: np.ndarray, sizes: np.ndarray,
