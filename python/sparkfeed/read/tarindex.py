@@ -192,15 +192,17 @@ def _column(buf, where: np.ndarray, sample: np.ndarray, offsets: np.ndarray, siz
             n: int):
     """Each sample's member among those at `where` (one extension): one binary array when every
     sample has exactly one (the bytes joined in one copy), else a list, None where one has none."""
+    if n and len(where) == n and (sample[where] == np.arange(n)).all():
+        # the members and the gaps between them as one binary array over `buf` (no copy), of
+        # which Arrow's take keeps the members: one copy at C speed, into Arrow's own memory
+        bounds = np.empty(2 * n, dtype=np.int64)
+        bounds[0::2], bounds[1::2] = offsets[where], offsets[where] + sizes[where]
+        kind, width = (pa.binary(), np.int32) if bounds[-1] < 2**31 else (pa.large_binary(), np.int64)
+        spans = pa.Array.from_buffers(kind, 2 * n - 1, [None, pa.py_buffer(bounds.astype(width)),
+                                                         pa.py_buffer(buf)])
+        return spans.take(pa.array(np.arange(0, 2 * n, 2)))
     starts, ends = offsets[where].tolist(), (offsets[where] + sizes[where]).tolist()
     with memoryview(buf) as view:
-        if len(where) == n and (sample[where] == np.arange(n)).all():
-            data = b"".join([view[a:b] for a, b in zip(starts, ends)])
-            bounds = np.zeros(n + 1, dtype=np.int64)
-            np.cumsum(sizes[where], out=bounds[1:])
-            kind = pa.binary() if len(data) < 2**31 else pa.large_binary()
-            return pa.Array.from_buffers(kind, n, [None, pa.py_buffer(bounds.astype(
-                np.int32 if kind == pa.binary() else np.int64)), pa.py_buffer(data)])
         out: list = [None] * n
         for s, a, b in zip(sample[where].tolist(), starts, ends):
             out[s] = view[a:b].tobytes()  # a repeated extension: the last wins, as when streamed
