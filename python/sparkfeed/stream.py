@@ -296,7 +296,9 @@ class StreamReader:
         self._shared: SharedBlocks | None = None
         self._nulls: dict[int, tuple[UnitRows, int]] = {}  # on_error="raise": units with nulls
         self._ahead_units = np.zeros(0, dtype=np.int64)  # this lane's units in order (read-ahead)
-        self._windows: dict[int, tuple[int, int]] = {}  # units this lane reads part of: rows
+        self._chunking = False  # read units in the reader's pieces (`_chunks`)
+        self._chunk_plan: tuple[int, list | None] = (-1, None)  # (unit, its pieces)
+        self._last_chunk: tuple = (None, None)  # ((unit, first row), (block, rows read))
 
     def _unit(self, k: int, last: int | None = None) -> tuple[Block, int]:
         """The k-th unit of the epoch as (its run's block, its first position there); reading it
@@ -312,19 +314,14 @@ class StreamReader:
         end = min(last, k + _RUN_UNITS - 1) + 1
         at = int(np.searchsorted(self._ahead_units, k))  # this run and what follows it in the lane
         self.reader.read_ahead([units[int(i)] for i in self._ahead_units[at:at + _AHEAD_UNITS]])
-        window = self._windows.get(k)
-        read = None if window is None else self.reader.read_window(units[k], int(counts[k]), *window)
-        first = 0 if read is None else window[0]  # the unit's first row in the block
-        if read is None:
-            read = self.reader.read_run(units[k:end], [int(n) for n in counts[k:end]])
-        block, at = Block.from_rows(read, self.row_ids, copy=not self.views), 0
+        read = self.reader.read_run(units[k:end], [int(n) for n in counts[k:end]])
+        block, offset = Block.from_rows(read, self.row_ids, copy=not self.views), 0
         parts = read.parts()
         for j, (_, n) in enumerate(parts):
-            offset = at - (first if j == 0 else 0)  # where the unit's row 0 is (or would be)
             self._units[k + j] = (block, offset)
-            if block.skipped and self.reader.ctx.on_error != "skip" and block.slice(at, at + n).skipped:
+            if block.skipped and self.reader.ctx.on_error != "skip" and block.slice(offset, offset + n).skipped:
                 self._nulls[k + j] = (read, offset)
-            at += n
+            offset += n
         while len(self._units) > max(self._cached_units, len(parts) + 1):
             self._nulls.pop(self._units.popitem(last=False)[0], None)
 
@@ -336,6 +333,44 @@ class StreamReader:
             raise self._null_error(k, a + block.first_skipped())
         return block
 
+    def _chunks(self, k: int) -> list[tuple[int, int]] | None:
+        """The pieces (rows [a, b)) the reader reads unit k in (`Reader.chunks`: an indexed tar
+        shard, a piece at a time), when positions are rows (no shuffle, no filter); None: whole."""
+        if not self._chunking:
+            return None
+        if self._chunk_plan[0] != k:
+            self._chunk_plan = (k, self.reader.chunks(self.stream.units[k], int(self.stream.counts[k])))
+        return self._chunk_plan[1]
+
+    def _chunked(self, k: int, a: int, b: int, chunks: list[tuple[int, int]]):
+        """Rows [a, b) of unit k out of the pieces that hold them, each piece read once
+        (`Reader.read_window`); a piece the reader cannot read apart has the unit read whole."""
+        for ca, cb in chunks:
+            if cb <= a or ca >= b:
+                continue
+            got = self._chunk(k, ca, cb)
+            if got is None:
+                yield self._piece(k, max(a, ca), b)  # the whole unit, read once, for the rest
+                return
+            block, read = got
+            part = block.slice(max(a, ca) - ca, min(b, cb) - ca)
+            if part.skipped and self.reader.ctx.on_error != "skip":
+                self._nulls[k] = (read, -ca)
+                raise self._null_error(k, max(a, ca) + part.first_skipped())
+            yield part
+
+    def _chunk(self, k: int, ca: int, cb: int) -> tuple[Block, UnitRows] | None:
+        """Rows [ca, cb) of unit k as read (the last piece kept: pieces are asked for in order)."""
+        if self._last_chunk[0] != (k, ca):
+            units = self.stream.units
+            at = int(np.searchsorted(self._ahead_units, k))
+            self.reader.read_ahead([units[int(i)] for i in self._ahead_units[at:at + _AHEAD_UNITS]])
+            read = self.reader.read_window(units[k], int(self.stream.counts[k]), ca, cb)
+            if read is None:
+                return None
+            self._last_chunk = ((k, ca), (Block.from_rows(read, self.row_ids, copy=not self.views), read))
+        return self._last_chunk[1]
+
     def _pieces_joined(self, pieces: list, last: int | None = None):
         """Blocks for consecutive unit pieces; pieces of units read in one run come out as one
         slice of the run (one hand-over and one split per run downstream, not per unit). Runs
@@ -343,6 +378,11 @@ class StreamReader:
         last, i = (pieces[-1][0] if last is None else last), 0
         while i < len(pieces):
             k, a, b = pieces[i]
+            chunks = self._chunks(k) if k not in self._units else None
+            if chunks:
+                yield from self._chunked(k, a, b, chunks)
+                i += 1
+                continue
             run, offset = self._unit(k, last)
             j = i
             while j + 1 < len(pieces) and b == self.stream.counts[pieces[j][0]] and pieces[j + 1][1] == 0 \
@@ -427,8 +467,8 @@ class StreamReader:
         self._join_lanes(spans)
         self._ahead_units = _lane_units(self.stream, spans)
         if not self.stream.shuffle and self.reader.ctx.expr is None:  # positions are rows then
-            self._windows = _lane_windows(self.stream, spans)
-            self.reader.windows = {self.stream.units[k]: w for k, w in self._windows.items()}
+            self._chunking = True
+            self.reader.windows = {self.stream.units[k]: w for k, w in _lane_windows(self.stream, spans).items()}
         piece = _PIECE if gather else None
         for lo, hi in spans:
             if not self.stream.shuffle:

@@ -299,3 +299,26 @@ def test_a_tar_that_a_lane_boundary_splits_is_fetched_in_parts(tmp_path, worker_
     assert sorted(i for b in local for i in b["id"].tolist()) == list(range(400))
     member_bytes = sum(s.num_bytes for s in m.shards)
     assert local.stats()["bytes_read"] < member_bytes  # shard 1's members counted once, not twice
+
+
+def test_an_indexed_shard_is_fetched_in_pieces_each_byte_once(tmp_path, monkeypatch):
+    """Over HTTP, an indexed shard read in pieces (`TarReader.chunks`) is several range requests
+    that together serve the file once: the first batch waits for one piece, not the shard."""
+    from sparkfeed.read import tar as tar_reader
+
+    monkeypatch.setattr(tar_reader, "CHUNK_BYTES", 64 << 10)
+    data = dsutil.table(600, image_bytes=2048)
+    m = dsutil.write_tar(str(tmp_path / "wds"), data, 300)
+    server = LatencyServer(str(tmp_path), latency_s=0.0)
+    try:
+        L = sparkfeed.DataLoader(f"{server.url}/wds", batch_size=32, columns=["id"])
+        assert [i for b in L for i in b["id"].tolist()] == list(range(600))
+    finally:
+        server.close()
+    ranges: dict[str, list] = {}
+    for _, _, method, what, nbytes in server.log:
+        path, _, rng = what.partition(" ")
+        if method == "GET" and path.endswith(".tar"):
+            ranges.setdefault(path, []).append(nbytes)
+    assert {p: sum(n) for p, n in ranges.items()} == {f"wds/{s.path}": s.num_bytes for s in m.shards}
+    assert all(len(n) > 3 for n in ranges.values()), ranges

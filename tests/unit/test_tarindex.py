@@ -178,20 +178,46 @@ def _shard_and_index(root: str, shard: int = 0) -> tuple[bytes, str]:
 def test_a_window_of_samples_is_cut_from_its_bytes_alone(pair, window):
     """Samples [a, b) from the byte range `window_range` names: what the whole shard gives for
     them; bytes outside the range are never looked at, a changed byte inside it is noticed."""
-    tar, index = _shard_and_index(pair[0])
+    tar, text = _shard_and_index(pair[0])
     wanted = {"jpg", "cls", "json"}
-    whole = tarindex.members(tar, index, wanted, split_name, 1 << 20)
-    a, b = tarindex.window_range(index, *window, len(tar))
+    index = tarindex.Index.parse(text, split_name, 1 << 20)
+    whole = tarindex.members(tar, text, wanted, split_name, 1 << 20)
+    a, b = index.window_range(*window, len(tar))
     assert (b == len(tar)) == (window[1] == 25)  # the last sample's window reaches the trailer
-    part = tarindex.members(tar[a:b], index, wanted, split_name, 1 << 20, window)
+    part = index.members(tar[a:b], wanted, window)
     assert part.keys == whole.keys[window[0]:window[1]]
     for ext in wanted:
         assert [bytes(v) for v in part.values[ext].to_pylist()] == \
             [bytes(v) for v in whole.values[ext].to_pylist()[window[0]:window[1]]]
     outside = bytearray(tar)
     outside[:a] = b"\x01" * a  # garbage before the window: not its business
-    assert tarindex.members(bytes(outside)[a:b], index, wanted, split_name, 1 << 20, window) is not None
+    assert index.members(bytes(outside)[a:b], wanted, window) is not None
     inside = bytearray(tar[a:b])
     inside[100] ^= 0xFF  # a header byte of the window's first member
-    assert tarindex.members(bytes(inside), index, wanted, split_name, 1 << 20, window) is None
-    assert tarindex.window_range(index, window[1], window[0], len(tar)) is None  # empty: cannot say
+    assert index.members(bytes(inside), wanted, window) is None
+    assert index.window_range(window[1], window[0], len(tar)) is None  # empty: cannot say
+
+
+def test_an_indexed_shard_is_read_in_pieces_with_the_same_samples_and_errors(tmp_path, monkeypatch):
+    """Pieces of 64 samples (`TarReader.chunks`): the samples a whole read gives, in order; a
+    corrupt sample in one piece is the same named error, or one counted skip."""
+    from sparkfeed.read import tar as tar_reader
+
+    data = dsutil.table(300, image_bytes=200)
+    dsutil.write_tar(str(tmp_path / "indexed"), data, 300)
+    dsutil.write_tar(str(tmp_path / "plain"), data, 300, index=False)
+    monkeypatch.setattr(tar_reader, "CHUNK_BYTES", 1)  # the smallest pieces: MIN_CHUNK_ROWS
+    assert tar_reader.MIN_CHUNK_ROWS == 64
+    want = everything(str(tmp_path / "plain"))
+    assert everything(str(tmp_path / "indexed")) == want and len(want["id"]) == 300
+    assert sorted(everything(str(tmp_path / "indexed"), num_workers=3)["id"]) == list(range(300))
+    path = str(tmp_path / "indexed" / "shard-00000.tar")
+    raw = bytearray(open(path, "rb").read())
+    at = raw.index(b'{"id": 100,')  # sample 100's JSON member, spoiled in place (same size)
+    raw[at] = ord("x")
+    open(path, "wb").write(bytes(raw))
+    with pytest.raises(sparkfeed.CorruptSampleError, match=r"shard-00000.tar.*s00000100"):
+        everything(str(tmp_path / "indexed"))
+    L = sparkfeed.DataLoader(str(tmp_path / "indexed"), batch_size=16, columns=["id"], on_error="skip")
+    assert [i for b in L for i in b["id"].tolist()] == [i for i in range(300) if i != 100]
+    assert L.stats()["samples_skipped"] == 1

@@ -61,7 +61,7 @@ class Reader:
     def __init__(self, ctx: ReadContext):
         self.ctx = ctx
         # units this reader needs only part of, by the stream: {unit: (first row, stop row)}
-        # (a lane's first or last unit, which a lane boundary splits); see `read_window`
+        # (a lane's first or last unit, which a lane boundary splits); see `chunks`
         self.windows: dict[WorkUnit, tuple[int, int]] = {}
 
     def read(self, unit: WorkUnit, expected: int) -> UnitRows:
@@ -84,6 +84,11 @@ class Reader:
         """Rows of the first units of `units` (consecutive in the stream) in one read, where the
         format can (see `ParquetReader`); here, just the first unit. `parts()` says which."""
         return self.read(units[0], expected[0])
+
+    def chunks(self, unit: WorkUnit, expected: int) -> list[tuple[int, int]] | None:
+        """The pieces (rows [a, b), within `windows`) this reader reads `unit` in, each with
+        `read_window`, where the format can (`TarReader`: an indexed shard); None: whole."""
+        return None
 
     def read_window(self, unit: WorkUnit, expected: int, start: int, stop: int) -> UnitRows | None:
         """Rows [start, stop) of `unit` (of `expected`; no filter) for less than reading it whole,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections import OrderedDict
 import io
 import json
 import logging
@@ -34,6 +35,9 @@ from .base import Reader, UnitRows, apply_filter, with_bookkeeping
 
 log = logging.getLogger(__name__)
 MAX_MEMBER_BYTES = 1 << 30
+CHUNK_BYTES = 8 << 20  # an indexed shard is read in pieces of about this many bytes (`chunks`)
+MIN_CHUNK_ROWS = 64    # ... of at least this many samples
+_INDEXES_KEPT = 16     # parsed shard indexes kept per reader
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -44,50 +48,64 @@ def split_name(name: str) -> tuple[str, str]:
 
 
 class TarReader(Reader):
-    """Reads whole tar shards (a WebDataset work unit is one shard); over remote storage the
-    next shards are fetched whole while the current one is parsed (`storage.ReadAhead`)."""
+    """Reads tar shards (a WebDataset work unit is one shard). An indexed shard is read in
+    pieces of about `CHUNK_BYTES` (`chunks`), each cut from the bytes that hold it alone; over
+    remote storage the next pieces (or whole shards, unindexed) are fetched while the current
+    one is parsed (`storage.ReadAhead`)."""
 
     def __init__(self, ctx):
         super().__init__(ctx)
         self._ahead = None if storage.is_local(ctx.fs) else storage.ReadAhead()
+        self._indexes: OrderedDict[str, tarindex.Index | None] = OrderedDict()  # parsed, per shard
+        self._pieces_read: set = set()  # pieces read (a hint names its unit's pieces from the first)
+
+    def chunks(self, unit: WorkUnit, expected: int) -> list[tuple[int, int]] | None:
+        """The pieces (rows [a, b)) this reader reads an indexed shard in: about `CHUNK_BYTES`
+        each, within the rows the stream needs (`windows`); None: read it whole (no index, a
+        filter, or no size in the manifest)."""
+        size = self.ctx.manifest_bytes.get(unit.path)
+        if self._index_path(unit) is None or self.ctx.expr is not None or not size or expected <= 0:
+            return None
+        rows = max(MIN_CHUNK_ROWS, CHUNK_BYTES * expected // size)
+        a, b = self.windows.get(unit, (0, expected))
+        return [(c, min(b, c + rows)) for c in range(a, b, rows)]
 
     def read_ahead(self, units) -> None:
-        """Fetch the next shards whole, and their DALI indexes beside them (concurrently); a
-        shard this reader needs part of (`windows`) only that part, after its index."""
+        """Fetch the next shards' pieces (`chunks`), each after its shard's index (fetched once);
+        an unindexed shard is fetched whole."""
         if self._ahead is None:
             return
         items = []
         for unit in units:
             path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
             size = self.ctx.manifest_bytes.get(unit.path)
-            index = self._index_path(unit)
-            window = self.windows.get(unit)
-            if window is not None and index is not None and size is not None and self.ctx.expr is None:
-                key, share = (unit.path, "window"), (window[1] - window[0]) / max(1, unit.num_rows)
-                fetch = functools.partial(_fetch_window, self.ctx.fs, path, size, window,
-                                          functools.partial(self._read_index, unit, index))
-                items.append(((key,), 0, None) if key in self._ahead else ((key,), int(size * share), fetch))
-                continue
-            if unit.path in self._ahead:
+            where = self._index_path(unit)
+            index = None if where is None else self._ahead.once(
+                (unit.path, "index"), functools.partial(self._load_index, unit, where))
+            pieces = self.chunks(unit, unit.num_rows)
+            if pieces:
+                for a, b in pieces:
+                    key = (unit.path, a, b)
+                    if key in self._pieces_read:
+                        continue
+                    items.append(((key,), 0, None) if key in self._ahead else (
+                        (key,), size * (b - a) // unit.num_rows,
+                        functools.partial(_fetch_rows, self.ctx.fs, path, size, index, (a, b))))
+            elif unit.path in self._ahead:
                 items.append(((unit.path,), 0, None))  # still wanted, fetched or in flight
             elif size is not None:
                 items.append(((unit.path,), size, functools.partial(_fetch_whole, self.ctx.fs, path, size)))
-            if index is not None:
-                key = (unit.path, "index")
-                items.append(((key,), 0, None) if key in self._ahead else
-                             ((key,), 0, functools.partial(self._read_index, unit, index)))
         self._ahead.ahead(items)
 
     def read_window(self, unit: WorkUnit, expected: int, start: int, stop: int) -> UnitRows | None:
-        """Samples [start, stop) of an indexed shard from the bytes that hold them alone (a shard
-        a lane boundary splits: each lane fetches and checks its part, not the whole shard).
-        Anything unusual (no index, a filter, an index that does not match, a failed read)
-        gives None, and the shard is read whole, where errors are named and retried."""
-        where = self._index_path(unit)
-        if where is None or self.ctx.expr is not None or not 0 <= start < stop <= expected:
+        """Samples [start, stop) of an indexed shard from the bytes that hold them alone (a
+        piece, `chunks`, or what a lane needs of a shard that a lane boundary splits). Anything
+        unusual (no index, a filter, an index that does not match, a failed read) gives None,
+        and the shard is read whole, where errors are named and retried."""
+        if self._index_path(unit) is None or self.ctx.expr is not None or not 0 <= start < stop <= expected:
             return None
         try:
-            got = self._window_members(unit, where, (start, stop))
+            got = self._window_members(unit, (start, stop))
             if got is None:
                 return None
             table, ok = self._table(unit, self.ctx.read_columns, got)
@@ -101,34 +119,44 @@ class TarReader(Reader):
         return with_bookkeeping(table.select(list(self.ctx.columns)), unit,
                                 np.arange(start, stop), ok=ok)
 
-    def _window_members(self, unit: WorkUnit, where: tuple, window: tuple[int, int]) -> tarindex.Members | None:
+    def _parsed_index(self, unit: WorkUnit) -> tarindex.Index | None:
+        """The shard's parsed index, once per shard: fetched ahead (`read_ahead`) or read here;
+        None without one."""
+        if unit.path not in self._indexes:
+            where = self._index_path(unit)
+            fetched = self._ahead.once_result((unit.path, "index")) if self._ahead is not None else None
+            self._indexes[unit.path] = fetched if fetched is not None else \
+                None if where is None else self._load_index(unit, where)
+            while len(self._indexes) > _INDEXES_KEPT:
+                self._indexes.popitem(last=False)
+        return self._indexes[unit.path]
+
+    def _window_members(self, unit: WorkUnit, window: tuple[int, int]) -> tarindex.Members | None:
         """The wanted members of samples `window`: from bytes fetched ahead, a slice of the
         mapped local file, or one range request (None: the index cannot serve the window)."""
         wanted = {c.member or c.name for c in self.ctx.schema if c.name in set(self.ctx.read_columns)}
-        key = (unit.path, "window")
+        key = (unit.path, *window)
+        self._pieces_read.add(key)
         fetched = self._ahead.take(key) if self._ahead is not None and key in self._ahead else None
         if fetched is not None:
             index, blob = fetched
-            if index is None or blob is None:
-                return None
-            return tarindex.members(blob, index, wanted, split_name, MAX_MEMBER_BYTES, window)
-        index = self._read_index(unit, where)
+            return None if index is None or blob is None else index.members(blob, wanted, window)
+        index = self._parsed_index(unit)
         path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
         size = self.ctx.manifest_bytes.get(unit.path)
         if index is None or size is None:
             return None
         self._check_unchanged(unit, path)
-        span = tarindex.window_range(index, *window, size)
+        span = index.window_range(*window, size)
         if span is None:
             return None
         if not storage.is_local(self.ctx.fs):
-            blob = storage.fetch_ranges(self.ctx.fs, path, [span], size)[span]
-            return tarindex.members(blob, index, wanted, split_name, MAX_MEMBER_BYTES, window)
+            return index.members(storage.fetch_ranges(self.ctx.fs, path, [span], size)[span], wanted, window)
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             if len(mapped) != size:
                 return None
             with memoryview(mapped) as view, view[span[0]:span[1]] as part:
-                return tarindex.members(part, index, wanted, split_name, MAX_MEMBER_BYTES, window)
+                return index.members(part, wanted, window)
 
     def close(self) -> None:
         if self._ahead is not None:
@@ -152,12 +180,15 @@ class TarReader(Reader):
                      self.ctx.dataset, unit.path, path, type(exc).__name__, exc)
             return None
 
-    def _index_text(self, unit: WorkUnit) -> str | None:
-        key = (unit.path, "index")
-        if self._ahead is not None and key in self._ahead:
-            return self._ahead.take(key)
-        where = self._index_path(unit)
-        return None if where is None else self._read_index(unit, where)
+    def _load_index(self, unit: WorkUnit, where: tuple) -> tarindex.Index | None:
+        """The shard's index read and parsed (on a read-ahead thread, or in place); None when
+        it cannot be read or does not parse: the shard is then streamed."""
+        text = self._read_index(unit, where)
+        index = None if text is None else tarindex.Index.parse(text, split_name, MAX_MEMBER_BYTES)
+        if text is not None and index is None:
+            log.info("%s: shard %s: its index is malformed or names unsafe members; streaming "
+                     "the tar", self.ctx.dataset, unit.path)
+        return index
 
     @contextlib.contextmanager
     def _buffer(self, path: str, data: bytes | memoryview | None):
@@ -195,7 +226,7 @@ class TarReader(Reader):
     def _members(self, unit: WorkUnit, wanted_members: set[str]) -> tarindex.Members:
         """Keys in shard order and the wanted members' bytes per sample (retried as a whole)."""
         where = {"offset": 0}
-        index = self._index_text(unit)  # its own retries, once: not retried with the shard
+        index = self._parsed_index(unit)  # its own retries, once: not retried with the shard
         try:
             found = storage.with_retries(lambda: self._read_members(unit, wanted_members, where, index),
                                          f"reading {unit.path}")
@@ -216,7 +247,7 @@ class TarReader(Reader):
         return found
 
     def _read_members(self, unit: WorkUnit, wanted_members: set[str], where: dict,
-                      index: str | None) -> tarindex.Members:
+                      index: tarindex.Index | None) -> tarindex.Members:
         """The shard's members: through its index where it has one that matches, else streamed."""
         path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
         self._check_unchanged(unit, path)
@@ -224,7 +255,7 @@ class TarReader(Reader):
         if index is not None:
             with self._buffer(path, data) as buf:
                 self._check_size(unit, len(buf))
-                found = tarindex.members(buf, index, wanted_members, split_name, MAX_MEMBER_BYTES)
+                found = index.members(buf, wanted_members)
                 if found is not None:
                     return found
                 data = buf if isinstance(buf, (bytes, memoryview)) else None
@@ -374,12 +405,12 @@ class TarReader(Reader):
         return table.num_rows
 
 
-def _fetch_window(fs, path: str, size: int, window: tuple[int, int], index_text):
-    """Read-ahead task: (index text, bytes) for samples `window` of a shard: its index read
-    (`index_text()`), then the range `tarindex.window_range` names; (text, None) when the index
-    cannot say, and the reader reads the shard whole."""
-    index = index_text()
-    span = None if index is None else tarindex.window_range(index, *window, size)
+def _fetch_rows(fs, path: str, size: int, index, window: tuple[int, int]):
+    """Read-ahead task: (parsed index, bytes) for samples `window` of a shard: the range its
+    index names (`index`: the future of its parse, submitted before this task, so never behind
+    it); (index, None) when the index cannot say, and the reader reads the shard whole."""
+    index = index.result() if index is not None else None
+    span = None if index is None else index.window_range(*window, size)
     if span is None:
         return index, None
     return index, storage.fetch_ranges(fs, path, [span], size)[span]

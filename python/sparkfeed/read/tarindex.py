@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["Members", "members", "names_are_safe", "window_range"]
+__all__ = ["Index", "Members", "members", "names_are_safe"]
 
 _BLOCK = 512
 _NAME = 100  # ustar name field; longer names need a prefix or an extension header (not taken here)
@@ -134,58 +134,73 @@ def _keys(sample: np.ndarray, exts: list[str], names: list[str], split_name) -> 
     return keys if expected == names else None
 
 
-def members(buf, index_text: str, wanted: set[str], split_name, max_member: int,
-            window: tuple[int, int] | None = None) -> Members | None:
-    """The wanted members of the tar held in `buf` (any buffer), found through its index; None
-    when the index does not describe this tar exactly (see the module note).
+@dataclass(frozen=True)
+class Index:
+    """A shard's DALI index, parsed and checked once ((3) and (4) of the module note): each
+    member's sample, extension, data offset, size and name, and each sample's key. What the
+    shard's bytes hold is checked by `members`, for the samples read."""
 
-    `window=(start, stop)`: only samples [start, stop), with `buf` holding the tar's bytes
-    `window_range` names for them (all a lane needs of a shard that a lane boundary splits);
-    the checks then cover the window's members, and the keys of the whole index."""
-    parsed = _parse(index_text)
-    if parsed is None:
-        return None
-    sample, exts, offsets, sizes, names = parsed
-    if (sizes > max_member).any() or not names_are_safe(names):
-        return None
-    keys = _keys(sample, exts, names, split_name)
-    if keys is None:
-        return None
-    base, trailer = 0, True
-    if window is not None:
-        start, stop = window
-        inside = (sample >= start) & (sample < stop)
-        if not 0 <= start < stop <= len(keys) or not inside.any():
+    sample: np.ndarray
+    exts: list[str]
+    offsets: np.ndarray
+    sizes: np.ndarray
+    names: list[str]
+    keys: list[str]
+
+    @staticmethod
+    def parse(index_text: str, split_name, max_member: int) -> "Index | None":
+        """The index, or None when it is malformed, names an unsafe path, a member over
+        `max_member` bytes, or a member outside its sample's key."""
+        parsed = _parse(index_text)
+        if parsed is None:
             return None
-        base, trailer = int(offsets[inside][0]) - _BLOCK, stop == len(keys)
-        sample, offsets, sizes = sample[inside] - start, offsets[inside], sizes[inside]
-        exts, names = [e for e, i in zip(exts, inside) if i], [m for m, i in zip(names, inside) if i]
-        keys = keys[start:stop]
-    data = np.frombuffer(buf, dtype=np.uint8)
-    if not _headers_agree(data, offsets, sizes, names, base, trailer):
-        return None
-    kinds = np.array(exts, dtype=object)
-    values = {ext: _column(buf, np.flatnonzero(kinds == ext), sample, offsets - base, sizes, len(keys))
-              for ext in wanted}
-    return Members(keys, values, int((sizes + _BLOCK).sum()))
+        sample, exts, offsets, sizes, names = parsed
+        if (sizes > max_member).any() or not names_are_safe(names):
+            return None
+        keys = _keys(sample, exts, names, split_name)
+        return None if keys is None else Index(sample, exts, offsets, sizes, names, keys)
+
+    def _members_of(self, start: int, stop: int) -> slice:
+        """The members of samples [start, stop) (members are in sample order)."""
+        return slice(int(np.searchsorted(self.sample, start)), int(np.searchsorted(self.sample, stop)))
+
+    def window_range(self, start: int, stop: int, size: int) -> tuple[int, int] | None:
+        """Bytes [a, b) of the tar (of `size` bytes) that hold samples [start, stop): from the
+        first one's first header to the last one's padded end, or to the tar's end when the
+        window holds the last sample (its zero blocks are checked); None for an empty window."""
+        m = self._members_of(start, stop)
+        if not 0 <= start < stop <= len(self.keys) or m.start >= m.stop:
+            return None
+        a = int(self.offsets[m.start]) - _BLOCK
+        last = m.stop - 1
+        b = size if stop == len(self.keys) else \
+            int(self.offsets[last] + (self.sizes[last] + _BLOCK - 1) // _BLOCK * _BLOCK)
+        return (a, b) if 0 <= a < b <= size else None
+
+    def members(self, buf, wanted: set[str], window: tuple[int, int] | None = None) -> Members | None:
+        """The wanted members of the tar held in `buf`, or of samples `window=(start, stop)`
+        with `buf` holding the bytes `window_range` names for them; None when the bytes are not
+        what the index says."""
+        start, stop = (0, len(self.keys)) if window is None else window
+        m = self._members_of(start, stop)
+        if window is not None and (not 0 <= start < stop <= len(self.keys) or m.start >= m.stop):
+            return None
+        offsets, sizes, names = self.offsets[m], self.sizes[m], self.names[m]
+        base = int(offsets[0]) - _BLOCK if window is not None else 0
+        data = np.frombuffer(buf, dtype=np.uint8)
+        if not _headers_agree(data, offsets, sizes, names, base, stop == len(self.keys)):
+            return None
+        sample, kinds = self.sample[m] - start, np.array(self.exts[m], dtype=object)
+        values = {ext: _column(buf, np.flatnonzero(kinds == ext), sample, offsets - base, sizes, stop - start)
+                  for ext in wanted}
+        return Members(self.keys[start:stop], values, int((sizes + _BLOCK).sum()))
 
 
-def window_range(index_text: str, start: int, stop: int, size: int) -> tuple[int, int] | None:
-    """Bytes [a, b) of a tar of `size` bytes that hold samples [start, stop) by its index: from
-    the first one's first header to the last one's padded end, or to the tar's end when the
-    window holds the last sample (its zero blocks are checked); None for an index that cannot
-    say (`members` then checks what the bytes hold)."""
-    parsed = _parse(index_text)
-    if parsed is None:
-        return None
-    sample, _, offsets, sizes, _ = parsed
-    inside = np.flatnonzero((sample >= start) & (sample < stop))
-    if not len(inside) or not 0 <= start < stop <= int(sample[-1]) + 1:
-        return None
-    a = int(offsets[inside[0]]) - _BLOCK
-    last = inside[-1]
-    b = size if stop == int(sample[-1]) + 1 else int(offsets[last] + (sizes[last] + _BLOCK - 1) // _BLOCK * _BLOCK)
-    return (a, b) if 0 <= a < b <= size else None
+def members(buf, index_text: str, wanted: set[str], split_name, max_member: int) -> Members | None:
+    """The wanted members of the tar held in `buf` (any buffer), found through its index; None
+    when the index does not describe this tar exactly (see the module note)."""
+    index = Index.parse(index_text, split_name, max_member)
+    return None if index is None else index.members(buf, wanted)
 
 
 def _column(buf, where: np.ndarray, sample: np.ndarray, offsets: np.ndarray, sizes: np.ndarray,
