@@ -307,6 +307,7 @@ def test_an_indexed_shard_is_fetched_in_pieces_each_byte_once(tmp_path, monkeypa
     from sparkfeed.read import tar as tar_reader
 
     monkeypatch.setattr(tar_reader, "CHUNK_BYTES", 64 << 10)
+    monkeypatch.setattr(tar_reader, "FIRST_CHUNK_BYTES", 16 << 10)
     data = dsutil.table(600, image_bytes=2048)
     m = dsutil.write_tar(str(tmp_path / "wds"), data, 300)
     server = LatencyServer(str(tmp_path), latency_s=0.0)

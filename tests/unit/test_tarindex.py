@@ -182,7 +182,7 @@ def test_a_window_of_samples_is_cut_from_its_bytes_alone(pair, window):
     wanted = {"jpg", "cls", "json"}
     index = tarindex.Index.parse(text, split_name, 1 << 20)
     whole = tarindex.members(tar, text, wanted, split_name, 1 << 20)
-    a, b = index.window_range(*window, len(tar))
+    a, b = tarindex.window_range(text, *window, len(tar))
     assert (b == len(tar)) == (window[1] == 25)  # the last sample's window reaches the trailer
     part = index.members(tar[a:b], wanted, window)
     assert part.keys == whole.keys[window[0]:window[1]]
@@ -195,7 +195,7 @@ def test_a_window_of_samples_is_cut_from_its_bytes_alone(pair, window):
     inside = bytearray(tar[a:b])
     inside[100] ^= 0xFF  # a header byte of the window's first member
     assert index.members(bytes(inside), wanted, window) is None
-    assert index.window_range(window[1], window[0], len(tar)) is None  # empty: cannot say
+    assert tarindex.window_range(text, window[1], window[0], len(tar)) is None  # empty: cannot say
 
 
 def test_an_indexed_shard_is_read_in_pieces_with_the_same_samples_and_errors(tmp_path, monkeypatch):
@@ -207,6 +207,7 @@ def test_an_indexed_shard_is_read_in_pieces_with_the_same_samples_and_errors(tmp
     dsutil.write_tar(str(tmp_path / "indexed"), data, 300)
     dsutil.write_tar(str(tmp_path / "plain"), data, 300, index=False)
     monkeypatch.setattr(tar_reader, "CHUNK_BYTES", 1)  # the smallest pieces: MIN_CHUNK_ROWS
+    monkeypatch.setattr(tar_reader, "FIRST_CHUNK_BYTES", 1)
     assert tar_reader.MIN_CHUNK_ROWS == 64
     want = everything(str(tmp_path / "plain"))
     assert everything(str(tmp_path / "indexed")) == want and len(want["id"]) == 300

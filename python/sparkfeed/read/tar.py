@@ -35,7 +35,8 @@ from .base import Reader, UnitRows, apply_filter, with_bookkeeping
 
 log = logging.getLogger(__name__)
 MAX_MEMBER_BYTES = 1 << 30
-CHUNK_BYTES = 8 << 20  # an indexed shard is read in pieces of about this many bytes (`chunks`)
+CHUNK_BYTES = 32 << 20  # an indexed shard is read in pieces of about this many bytes (`chunks`)
+FIRST_CHUNK_BYTES = 8 << 20  # ... the first one smaller: the first batches wait for it alone
 MIN_CHUNK_ROWS = 64    # ... of at least this many samples
 _INDEXES_KEPT = 16     # parsed shard indexes kept per reader
 
@@ -56,19 +57,21 @@ class TarReader(Reader):
     def __init__(self, ctx):
         super().__init__(ctx)
         self._ahead = None if storage.is_local(ctx.fs) else storage.ReadAhead()
-        self._indexes: OrderedDict[str, tarindex.Index | None] = OrderedDict()  # parsed, per shard
+        self._indexes: OrderedDict[str, tuple] = OrderedDict()  # shard -> (index text, its parse)
         self._pieces_read: set = set()  # pieces read (a hint names its unit's pieces from the first)
 
     def chunks(self, unit: WorkUnit, expected: int) -> list[tuple[int, int]] | None:
         """The pieces (rows [a, b)) this reader reads an indexed shard in: about `CHUNK_BYTES`
-        each, within the rows the stream needs (`windows`); None: read it whole (no index, a
-        filter, or no size in the manifest)."""
+        each after a first of about `FIRST_CHUNK_BYTES`, within the rows the stream needs
+        (`windows`); None: read it whole (no index, a filter, or no size in the manifest)."""
         size = self.ctx.manifest_bytes.get(unit.path)
         if self._index_path(unit) is None or self.ctx.expr is not None or not size or expected <= 0:
             return None
         rows = max(MIN_CHUNK_ROWS, CHUNK_BYTES * expected // size)
+        first = max(MIN_CHUNK_ROWS, FIRST_CHUNK_BYTES * expected // size)
         a, b = self.windows.get(unit, (0, expected))
-        return [(c, min(b, c + rows)) for c in range(a, b, rows)]
+        bounds = [a, *range(min(b, a + first), b, rows), b]
+        return [(x, y) for x, y in zip(bounds, bounds[1:]) if y > x]
 
     def read_ahead(self, units) -> None:
         """Fetch the next shards' pieces (`chunks`), each after its shard's index (fetched once);
@@ -81,7 +84,7 @@ class TarReader(Reader):
             size = self.ctx.manifest_bytes.get(unit.path)
             where = self._index_path(unit)
             index = None if where is None else self._ahead.once(
-                (unit.path, "index"), functools.partial(self._load_index, unit, where))
+                (unit.path, "index"), functools.partial(self._read_index, unit, where))
             pieces = self.chunks(unit, unit.num_rows)
             if pieces:
                 for a, b in pieces:
@@ -120,13 +123,18 @@ class TarReader(Reader):
                                 np.arange(start, stop), ok=ok)
 
     def _parsed_index(self, unit: WorkUnit) -> tarindex.Index | None:
-        """The shard's parsed index, once per shard: fetched ahead (`read_ahead`) or read here;
-        None without one."""
+        """The shard's parsed index (None without one); see `_index`."""
+        return self._index(unit)[1]
+
+    def _index(self, unit: WorkUnit) -> tuple[str | None, tarindex.Index | None]:
+        """The shard's index text and its parse, once per shard: the text fetched ahead
+        (`read_ahead`) or read here."""
         if unit.path not in self._indexes:
+            text = self._ahead.once_result((unit.path, "index")) if self._ahead is not None else None
             where = self._index_path(unit)
-            fetched = self._ahead.once_result((unit.path, "index")) if self._ahead is not None else None
-            self._indexes[unit.path] = fetched if fetched is not None else \
-                None if where is None else self._load_index(unit, where)
+            if text is None and where is not None:
+                text = self._read_index(unit, where)
+            self._indexes[unit.path] = (text, self._parse_index(unit, text))
             while len(self._indexes) > _INDEXES_KEPT:
                 self._indexes.popitem(last=False)
         return self._indexes[unit.path]
@@ -138,16 +146,15 @@ class TarReader(Reader):
         key = (unit.path, *window)
         self._pieces_read.add(key)
         fetched = self._ahead.take(key) if self._ahead is not None and key in self._ahead else None
+        text, index = self._index(unit)
         if fetched is not None:
-            index, blob = fetched
-            return None if index is None or blob is None else index.members(blob, wanted, window)
-        index = self._parsed_index(unit)
+            return None if index is None else index.members(fetched, wanted, window)
         path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
         size = self.ctx.manifest_bytes.get(unit.path)
         if index is None or size is None:
             return None
         self._check_unchanged(unit, path)
-        span = index.window_range(*window, size)
+        span = tarindex.window_range(text, *window, size)
         if span is None:
             return None
         if not storage.is_local(self.ctx.fs):
@@ -180,10 +187,9 @@ class TarReader(Reader):
                      self.ctx.dataset, unit.path, path, type(exc).__name__, exc)
             return None
 
-    def _load_index(self, unit: WorkUnit, where: tuple) -> tarindex.Index | None:
-        """The shard's index read and parsed (on a read-ahead thread, or in place); None when
-        it cannot be read or does not parse: the shard is then streamed."""
-        text = self._read_index(unit, where)
+    def _parse_index(self, unit: WorkUnit, text: str | None) -> tarindex.Index | None:
+        """The shard's index parsed and checked; None when it is missing or malformed, or names
+        unsafe members: the shard is then streamed."""
         index = None if text is None else tarindex.Index.parse(text, split_name, MAX_MEMBER_BYTES)
         if text is not None and index is None:
             log.info("%s: shard %s: its index is malformed or names unsafe members; streaming "
@@ -405,15 +411,13 @@ class TarReader(Reader):
         return table.num_rows
 
 
-def _fetch_rows(fs, path: str, size: int, index, window: tuple[int, int]):
-    """Read-ahead task: (parsed index, bytes) for samples `window` of a shard: the range its
-    index names (`index`: the future of its parse, submitted before this task, so never behind
-    it); (index, None) when the index cannot say, and the reader reads the shard whole."""
-    index = index.result() if index is not None else None
-    span = None if index is None else index.window_range(*window, size)
-    if span is None:
-        return index, None
-    return index, storage.fetch_ranges(fs, path, [span], size)[span]
+def _fetch_rows(fs, path: str, size: int, index_text, window: tuple[int, int]):
+    """Read-ahead task: the bytes of samples `window` of a shard, the range its index names
+    (`index_text`: the future of the index's fetch, submitted before this task, so never
+    behind it); None when the index cannot say, and the reader reads the shard whole."""
+    text = index_text.result() if index_text is not None else None
+    span = None if text is None else tarindex.window_range(text, *window, size)
+    return None if span is None else storage.fetch_ranges(fs, path, [span], size)[span]
 
 
 def _fetch_whole(fs, path: str, size: int):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["Index", "Members", "members", "names_are_safe"]
+__all__ = ["Index", "Members", "members", "names_are_safe", "window_range"]
 
 _BLOCK = 512
 _NAME = 100  # ustar name field; longer names need a prefix or an extension header (not taken here)
@@ -164,23 +164,10 @@ class Index:
         """The members of samples [start, stop) (members are in sample order)."""
         return slice(int(np.searchsorted(self.sample, start)), int(np.searchsorted(self.sample, stop)))
 
-    def window_range(self, start: int, stop: int, size: int) -> tuple[int, int] | None:
-        """Bytes [a, b) of the tar (of `size` bytes) that hold samples [start, stop): from the
-        first one's first header to the last one's padded end, or to the tar's end when the
-        window holds the last sample (its zero blocks are checked); None for an empty window."""
-        m = self._members_of(start, stop)
-        if not 0 <= start < stop <= len(self.keys) or m.start >= m.stop:
-            return None
-        a = int(self.offsets[m.start]) - _BLOCK
-        last = m.stop - 1
-        b = size if stop == len(self.keys) else \
-            int(self.offsets[last] + (self.sizes[last] + _BLOCK - 1) // _BLOCK * _BLOCK)
-        return (a, b) if 0 <= a < b <= size else None
-
     def members(self, buf, wanted: set[str], window: tuple[int, int] | None = None) -> Members | None:
         """The wanted members of the tar held in `buf`, or of samples `window=(start, stop)`
-        with `buf` holding the bytes `window_range` names for them; None when the bytes are not
-        what the index says."""
+        with `buf` holding the bytes `window_range` names for them (from the window's first
+        header); None when the bytes are not what the index says."""
         start, stop = (0, len(self.keys)) if window is None else window
         m = self._members_of(start, stop)
         if window is not None and (not 0 <= start < stop <= len(self.keys) or m.start >= m.stop):
@@ -194,6 +181,26 @@ class Index:
         values = {ext: _column(buf, np.flatnonzero(kinds == ext), sample, offsets - base, sizes, stop - start)
                   for ext in wanted}
         return Members(self.keys[start:stop], values, int((sizes + _BLOCK).sum()))
+
+
+def window_range(index_text: str, start: int, stop: int, size: int) -> tuple[int, int] | None:
+    """Bytes [a, b) of the tar (of `size` bytes) that hold samples [start, stop) by its index
+    (one line per sample, read for the window's first and last lines only, so that a fetch
+    need not wait for the whole index's parse): from the first one's first header to the last
+    one's padded end, or to the tar's end when the window holds the last sample (its zero
+    blocks are checked). None when the index cannot say; `Index.members` checks the bytes."""
+    lines = index_text.split("\n")
+    head = lines[0].split()
+    if len(head) != 2 or not head[1].isdigit() or not 0 <= start < stop <= int(head[1]) \
+            or len(lines) <= stop:
+        return None
+    first, last = lines[1 + start].split(), lines[stop].split()
+    try:
+        a = int(first[1]) - _BLOCK
+        b = size if stop == int(head[1]) else int(last[-3]) + (int(last[-2]) + _BLOCK - 1) // _BLOCK * _BLOCK
+    except (IndexError, ValueError):
+        return None
+    return (a, b) if 0 <= a < b <= size else None
 
 
 def members(buf, index_text: str, wanted: set[str], split_name, max_member: int) -> Members | None:
