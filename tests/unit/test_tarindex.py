@@ -212,6 +212,16 @@ def test_an_indexed_shard_is_read_in_pieces_with_the_same_samples_and_errors(tmp
     want = everything(str(tmp_path / "plain"))
     assert everything(str(tmp_path / "indexed")) == want and len(want["id"]) == 300
     assert sorted(everything(str(tmp_path / "indexed"), num_workers=3)["id"]) == list(range(300))
+    kw = dict(batch_size=24, num_workers=2, columns=["id"])  # resumed inside a piece
+    full = [i for b in sparkfeed.DataLoader(str(tmp_path / "indexed"), **kw) for i in b["id"].tolist()]
+    L = sparkfeed.DataLoader(str(tmp_path / "indexed"), **kw)
+    it = iter(L)
+    head = [i for _ in range(5) for i in next(it)["id"].tolist()]
+    state = L.state_dict()
+    it.close()
+    L = sparkfeed.DataLoader(str(tmp_path / "indexed"), **kw)
+    L.load_state_dict(state)
+    assert head + [i for b in L for i in b["id"].tolist()] == full
     path = str(tmp_path / "indexed" / "shard-00000.tar")
     raw = bytearray(open(path, "rb").read())
     at = raw.index(b'{"id": 100,')  # sample 100's JSON member, spoiled in place (same size)
