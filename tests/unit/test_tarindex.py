@@ -232,3 +232,29 @@ def test_an_indexed_shard_is_read_in_pieces_with_the_same_samples_and_errors(tmp
     L = sparkfeed.DataLoader(str(tmp_path / "indexed"), batch_size=16, columns=["id"], on_error="skip")
     assert [i for b in L for i in b["id"].tolist()] == [i for i in range(300) if i != 100]
     assert L.stats()["samples_skipped"] == 1
+
+
+def test_a_piece_the_index_misdescribes_has_the_rest_of_the_shard_read_whole(tmp_path, monkeypatch):
+    """Pieces of 64 samples; the index lies about one member of sample 150 (the third piece):
+    the first two pieces come from their own bytes, then the shard is read whole (streamed, as
+    the lie spoils the index for the whole shard), and the samples are exactly a streamed read's."""
+    from sparkfeed.read import tar as tar_reader
+
+    data = dsutil.table(300, image_bytes=200)
+    dsutil.write_tar(str(tmp_path / "indexed"), data, 300)
+    dsutil.write_tar(str(tmp_path / "plain"), data, 300, index=False)
+    monkeypatch.setattr(tar_reader, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(tar_reader, "FIRST_CHUNK_BYTES", 1)
+    doc = json.load(open(os.path.join(tmp_path, "indexed", "_sparkfeed.json")))["shards"][0]
+    index_path = os.path.join(tmp_path, "indexed", doc["index"])
+    lines = open(index_path).read().split("\n")
+    fields = lines[1 + 150].split(" ")
+    fields[2] = str(int(fields[2]) + 1)  # the first member's size, one byte off
+    lines[1 + 150] = " ".join(fields)
+    open(index_path, "w").write("\n".join(lines))
+    windows = []
+    real = tar_reader.TarReader.read_window
+    monkeypatch.setattr(tar_reader.TarReader, "read_window", lambda self, unit, n, a, b: windows.append(
+        (a, b)) or real(self, unit, n, a, b))
+    assert everything(str(tmp_path / "indexed")) == everything(str(tmp_path / "plain"))
+    assert windows == [(0, 64), (64, 128), (128, 192)]  # the third piece fell back
