@@ -69,7 +69,7 @@ def _lane_units(stream: "EpochStream", spans) -> np.ndarray:
 def _lane_windows(stream: "EpochStream", spans) -> dict[int, tuple[int, int]]:
     """{unit position: (first row, stop row)} for the units a lane reads only part of: those a
     span starts or ends inside (a lane boundary), unless another span holds them whole. Told
-    to the reader (`Reader.read_window`), which may then read that part alone."""
+    to the reader (`Reader.windows`), whose pieces (`Reader.chunks`) then cover that part alone."""
     windows, whole = {}, set()
     for lo, hi in spans:
         if hi <= lo:
