@@ -323,3 +323,24 @@ def test_an_indexed_shard_is_fetched_in_pieces_each_byte_once(tmp_path, monkeypa
             ranges.setdefault(path, []).append(nbytes)
     assert {p: sum(n) for p, n in ranges.items()} == {f"wds/{s.path}": s.num_bytes for s in m.shards}
     assert all(len(n) > 3 for n in ranges.values()), ranges
+
+
+def test_an_indexed_tar_read_ahead_in_pieces_is_still_checked_against_its_index_version(tmp_path, monkeypatch):
+    """`sparkfeed.index` records each file's modification time; a server that reports another
+    (this one reports none) means the file may have changed: the pieces fetched ahead are not
+    used, and the error names the shard, as a whole read's does."""
+    from sparkfeed.read import tar as tar_reader
+
+    monkeypatch.setattr(tar_reader, "CHUNK_BYTES", 16 << 10)
+    monkeypatch.setattr(tar_reader, "FIRST_CHUNK_BYTES", 16 << 10)
+    dsutil.write_tar(str(tmp_path / "wds"), dsutil.table(200, image_bytes=512), 100, index=False)
+    os.remove(str(tmp_path / "wds" / "_sparkfeed.json"))
+    sparkfeed.index(str(tmp_path / "wds"), progress=False)
+    assert len([k for b in sparkfeed.DataLoader(str(tmp_path / "wds"), batch_size=16, columns=["key"])
+                for k in b["key"]]) == 200
+    server = LatencyServer(str(tmp_path), latency_s=0.0)
+    try:
+        with pytest.raises(sparkfeed.ShardReadError, match=r"shard-0000\d.tar.*changed after it was indexed"):
+            list(sparkfeed.DataLoader(f"{server.url}/wds", batch_size=16, columns=["key"]))
+    finally:
+        server.close()

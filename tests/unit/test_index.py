@@ -121,6 +121,23 @@ def test_changed_file_is_a_shard_read_error_naming_it(tmp_path):
         _ids(sparkfeed.DataLoader(str(root), batch_size=4))
 
 
+def test_changed_tar_is_a_shard_read_error_when_read_in_pieces(tmp_path, monkeypatch):
+    """An indexed tar changed after indexing: the error names it, also when the shard would be
+    read in pieces of its own (`TarReader.chunks`), not only when it is read whole."""
+    from sparkfeed.read import tar as tar_reader
+
+    root = _tars(tmp_path, shards=2, per=200)
+    sparkfeed.index(root, progress=False)
+    monkeypatch.setattr(tar_reader, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(tar_reader, "FIRST_CHUNK_BYTES", 1)
+    assert len(_ids(sparkfeed.DataLoader(root, batch_size=16, columns=["key"]), "key")) == 400
+    target = sorted(p for p in os.listdir(root) if p.endswith(".tar"))[1]
+    before = os.stat(os.path.join(root, target))
+    os.utime(os.path.join(root, target), ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    with pytest.raises(ShardReadError, match=rf"{target}.*changed after it was indexed"):
+        _ids(sparkfeed.DataLoader(root, batch_size=16, columns=["key"]), "key")
+
+
 def test_no_manifest_parquet_is_indexed_in_memory_with_the_command_logged(tmp_path, caplog):
     root = tmp_path / "plain"
     root.mkdir()

@@ -59,6 +59,7 @@ class TarReader(Reader):
         self._ahead = None if storage.is_local(ctx.fs) else storage.ReadAhead()
         self._indexes: OrderedDict[str, tuple] = OrderedDict()  # shard -> (index text, its parse)
         self._pieces_read: set = set()  # pieces read (a hint names its unit's pieces from the first)
+        self._checked: set = set()  # shards whose indexed version was checked (`_check_unchanged`)
 
     def chunks(self, unit: WorkUnit, expected: int) -> list[tuple[int, int]] | None:
         """The pieces (rows [a, b)) this reader reads an indexed shard in: about `CHUNK_BYTES`
@@ -143,17 +144,19 @@ class TarReader(Reader):
         """The wanted members of samples `window`: from bytes fetched ahead, a slice of the
         mapped local file, or one range request (None: the index cannot serve the window)."""
         wanted = {c.member or c.name for c in self.ctx.schema if c.name in set(self.ctx.read_columns)}
+        path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
+        if unit.path not in self._checked:  # indexed data: the file is the one indexed (once)
+            self._check_unchanged(unit, path)
+            self._checked.add(unit.path)
         key = (unit.path, *window)
         self._pieces_read.add(key)
         fetched = self._ahead.take(key) if self._ahead is not None and key in self._ahead else None
         text, index = self._index(unit)
         if fetched is not None:
             return None if index is None else index.members(fetched, wanted, window)
-        path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
         size = self.ctx.manifest_bytes.get(unit.path)
         if index is None or size is None:
             return None
-        self._check_unchanged(unit, path)
         span = tarindex.window_range(text, *window, size)
         if span is None:
             return None
