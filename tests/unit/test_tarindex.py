@@ -258,3 +258,14 @@ def test_a_piece_the_index_misdescribes_has_the_rest_of_the_shard_read_whole(tmp
         (a, b)) or real(self, unit, n, a, b))
     assert everything(str(tmp_path / "indexed")) == everything(str(tmp_path / "plain"))
     assert windows == [(0, 64), (64, 128), (128, 192)]  # the third piece fell back
+
+
+@BOUNDED
+@given(st.lists(st.sampled_from(["v1.2", "12", "jpg", "a.jpg", " ", "  ", "\n", "\n\n", "\t", "\r",
+                                 "\x0b", "\x1c", "\xa0", "\u2028", "é", "7"]), max_size=40))
+def test_the_index_fast_split_is_the_per_line_split(pieces):
+    """An index's usual form (single spaces, ASCII) is split in one call; whatever the text, the
+    tokens and the per-line counts are those of splitting each line."""
+    text = "".join(pieces)
+    lines = text.split("\n")
+    assert tarindex._tokens(text, lines) == tarindex._tokens_per_line(lines)

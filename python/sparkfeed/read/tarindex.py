@@ -36,6 +36,7 @@ _BAD_CHAR = re.compile("[\x00-\x09\x0b-\x1f\x7f\\\\\ud800-\udfff]")
 # names hold ":" or "..", which they rarely do).
 _COLON_FIRST = re.compile(r"(?:^|\n)[^/\n]*:")
 _DOTDOT_PART = re.compile(r"(?:^|[/\n])\.\.(?:[/\n]|$)")
+_OTHER_SPACE = "\t\r\x0b\x0c\x1c\x1d\x1e\x1f"  # ASCII whitespace to str.split besides " " and "\n"
 
 
 @dataclass(frozen=True)
@@ -67,17 +68,35 @@ def _parse(text: str) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray, li
     head = lines[0].split()
     if len(head) != 2 or head[0] != "v1.2" or not head[1].isdigit():
         return None
-    rows = [line.split() for line in lines[1:] if line]
-    if len(rows) != int(head[1]) or any(not r or len(r) % 4 for r in rows):
+    tokens, counts = _tokens(text, lines)
+    if len(counts) != int(head[1]) or any(not c or c % 4 for c in counts) or sum(counts) != len(tokens):
         return None
-    tokens = [t for r in rows for t in r]
     try:
         offsets = np.array(tokens[1::4], dtype=np.int64)
         sizes = np.array(tokens[2::4], dtype=np.int64)
     except ValueError:
         return None
-    sample = np.repeat(np.arange(len(rows)), [len(r) // 4 for r in rows])
+    sample = np.repeat(np.arange(len(counts)), np.array(counts, dtype=np.int64) // 4)
     return sample, tokens[0::4], offsets, sizes, tokens[3::4]
+
+
+def _tokens(text: str, lines: list[str]) -> tuple[list[str], list[int]]:
+    """The tokens of the lines after the first, and how many each non-empty line has."""
+    if _single_spaced(text):  # the usual index: one split of the whole text, no list per line
+        return text.split()[len(lines[0].split()):], [line.count(" ") + 1 for line in lines[1:] if line]
+    return _tokens_per_line(lines)
+
+
+def _tokens_per_line(lines: list[str]) -> tuple[list[str], list[int]]:
+    rows = [line.split() for line in lines[1:] if line]
+    return [t for r in rows for t in r], [len(r) for r in rows]
+
+
+def _single_spaced(text: str) -> bool:
+    """True when the text's only whitespace is single spaces between tokens and newlines (what
+    DALI's wds2idx and sparkfeed write): then each line's tokens are its spaces plus one."""
+    return text.isascii() and not any(c in text for c in _OTHER_SPACE) and "  " not in text \
+        and " \n" not in text and "\n " not in text and not text.startswith(" ") and not text.endswith(" ")
 
 
 def _octal(fields: np.ndarray) -> np.ndarray:
