@@ -176,13 +176,13 @@ def _shard_and_index(root: str, shard: int = 0) -> tuple[bytes, str]:
 
 @pytest.mark.parametrize("window", [(0, 1), (3, 11), (24, 25), (0, 25), (10, 25)])
 def test_a_window_of_samples_is_cut_from_its_bytes_alone(pair, window):
-    """Samples [a, b) from the byte range `window_range` names: what the whole shard gives for
+    """Samples [a, b) from the byte range `window_ranges` names: what the whole shard gives for
     them; bytes outside the range are never looked at, a changed byte inside it is noticed."""
     tar, text = _shard_and_index(pair[0])
     wanted = {"jpg", "cls", "json"}
     index = tarindex.Index.parse(text, split_name, 1 << 20)
     whole = tarindex.members(tar, text, wanted, split_name, 1 << 20)
-    a, b = tarindex.window_range(text, *window, len(tar))
+    a, b = tarindex.window_ranges(text, [window], len(tar))[window]
     assert (b == len(tar)) == (window[1] == 25)  # the last sample's window reaches the trailer
     part = index.members(tar[a:b], wanted, window)
     assert part.keys == whole.keys[window[0]:window[1]]
@@ -195,7 +195,7 @@ def test_a_window_of_samples_is_cut_from_its_bytes_alone(pair, window):
     inside = bytearray(tar[a:b])
     inside[100] ^= 0xFF  # a header byte of the window's first member
     assert index.members(bytes(inside), wanted, window) is None
-    assert tarindex.window_range(text, window[1], window[0], len(tar)) is None  # empty: cannot say
+    assert tarindex.window_ranges(text, [window[::-1]], len(tar)) == {window[::-1]: None}  # empty
 
 
 def test_an_indexed_shard_is_read_in_pieces_with_the_same_samples_and_errors(tmp_path, monkeypatch):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections import OrderedDict
 import io
 import json
 import logging
@@ -22,6 +21,7 @@ import mmap
 import os
 import posixpath
 import tarfile
+from collections import OrderedDict
 
 import numpy as np
 import pyarrow as pa
@@ -88,13 +88,15 @@ class TarReader(Reader):
                 (unit.path, "index"), functools.partial(self._read_index, unit, where))
             pieces = self.chunks(unit, unit.num_rows)
             if pieces:
+                spans = self._ahead.once((unit.path, "spans"), functools.partial(
+                    _piece_spans, index, tuple(pieces), size))
                 for a, b in pieces:
                     key = (unit.path, a, b)
                     if key in self._pieces_read:
                         continue
                     items.append(((key,), 0, None) if key in self._ahead else (
                         (key,), size * (b - a) // unit.num_rows,
-                        functools.partial(_fetch_rows, self.ctx.fs, path, size, index, (a, b))))
+                        functools.partial(_fetch_rows, self.ctx.fs, path, size, spans, (a, b))))
             elif unit.path in self._ahead:
                 items.append(((unit.path,), 0, None))  # still wanted, fetched or in flight
             elif size is not None:
@@ -123,19 +125,18 @@ class TarReader(Reader):
         return with_bookkeeping(table.select(list(self.ctx.columns)), unit,
                                 np.arange(start, stop), ok=ok)
 
-    def _parsed_index(self, unit: WorkUnit) -> tarindex.Index | None:
-        """The shard's parsed index (None without one); see `_index`."""
-        return self._index(unit)[1]
-
-    def _index(self, unit: WorkUnit) -> tuple[str | None, tarindex.Index | None]:
-        """The shard's index text and its parse, once per shard: the text fetched ahead
-        (`read_ahead`) or read here."""
+    def _index(self, unit: WorkUnit) -> tuple[str | None, tarindex.Index | None, dict]:
+        """The shard's index text, its parse and the byte ranges of its pieces (`chunks`), once
+        per shard: from what `read_ahead` fetched, or read and worked out here."""
         if unit.path not in self._indexes:
-            text = self._ahead.once_result((unit.path, "index")) if self._ahead is not None else None
-            where = self._index_path(unit)
+            once = self._ahead.once_result if self._ahead is not None else lambda key: None
+            text, where = once((unit.path, "index")), self._index_path(unit)
             if text is None and where is not None:
                 text = self._read_index(unit, where)
-            self._indexes[unit.path] = (text, self._parse_index(unit, text))
+            spans, pieces = once((unit.path, "spans")), self.chunks(unit, unit.num_rows)
+            if spans is None and text is not None and pieces:
+                spans = tarindex.window_ranges(text, pieces, self.ctx.manifest_bytes[unit.path])
+            self._indexes[unit.path] = (text, self._parse_index(unit, text), spans or {})
             while len(self._indexes) > _INDEXES_KEPT:
                 self._indexes.popitem(last=False)
         return self._indexes[unit.path]
@@ -151,13 +152,13 @@ class TarReader(Reader):
         key = (unit.path, *window)
         self._pieces_read.add(key)
         fetched = self._ahead.take(key) if self._ahead is not None and key in self._ahead else None
-        text, index = self._index(unit)
+        text, index, spans = self._index(unit)
         if fetched is not None:
             return None if index is None else index.members(fetched, wanted, window)
         size = self.ctx.manifest_bytes.get(unit.path)
         if index is None or size is None:
             return None
-        span = tarindex.window_range(text, *window, size)
+        span = spans[window] if window in spans else tarindex.window_ranges(text, [window], size)[window]
         if span is None:
             return None
         if not storage.is_local(self.ctx.fs):
@@ -235,7 +236,7 @@ class TarReader(Reader):
     def _members(self, unit: WorkUnit, wanted_members: set[str]) -> tarindex.Members:
         """Keys in shard order and the wanted members' bytes per sample (retried as a whole)."""
         where = {"offset": 0}
-        index = self._parsed_index(unit)  # its own retries, once: not retried with the shard
+        index = self._index(unit)[1]  # its own retries, once: not retried with the shard
         try:
             found = storage.with_retries(lambda: self._read_members(unit, wanted_members, where, index),
                                          f"reading {unit.path}")
@@ -414,12 +415,18 @@ class TarReader(Reader):
         return table.num_rows
 
 
-def _fetch_rows(fs, path: str, size: int, index_text, window: tuple[int, int]):
-    """Read-ahead task: the bytes of samples `window` of a shard, the range its index names
-    (`index_text`: the future of the index's fetch, submitted before this task, so never
-    behind it); None when the index cannot say, and the reader reads the shard whole."""
+def _piece_spans(index_text, pieces: tuple, size: int) -> dict:
+    """Read-ahead task, once per shard: the byte ranges of its pieces (`tarindex.window_ranges`)
+    from its index text (`index_text`: the future of its fetch, submitted before this task)."""
     text = index_text.result() if index_text is not None else None
-    span = None if text is None else tarindex.window_range(text, *window, size)
+    return {} if text is None else tarindex.window_ranges(text, pieces, size)
+
+
+def _fetch_rows(fs, path: str, size: int, spans, window: tuple[int, int]):
+    """Read-ahead task: the bytes of samples `window` of a shard, the range its index names
+    (`spans`: the future of `_piece_spans`, submitted before this task, so never behind it);
+    None when the index cannot say, and the reader reads the shard whole."""
+    span = spans.result().get(window) if spans is not None else None
     return None if span is None else storage.fetch_ranges(fs, path, [span], size)[span]
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["Index", "Members", "members", "names_are_safe", "window_range"]
+__all__ = ["Index", "Members", "members", "names_are_safe", "window_ranges"]
 
 _BLOCK = 512
 _NAME = 100  # ustar name field; longer names need a prefix or an extension header (not taken here)
@@ -118,7 +118,7 @@ def _octal(fields: np.ndarray) -> np.ndarray:
 def _headers_agree(buf: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, names: list[str],
                    base: int = 0, trailer: bool = True) -> bool:
     """(1) and (2) of the module note, for all members at once. `buf` holds the tar's bytes from
-    byte `base` (a window's, `window_range`); `trailer`: it runs to the tar's end, whose zero
+    byte `base` (a window's, `window_ranges`); `trailer`: it runs to the tar's end, whose zero
     blocks are checked too."""
     n = len(offsets)
     if n == 0:
@@ -185,7 +185,7 @@ class Index:
 
     def members(self, buf, wanted: set[str], window: tuple[int, int] | None = None) -> Members | None:
         """The wanted members of the tar held in `buf`, or of samples `window=(start, stop)`
-        with `buf` holding the bytes `window_range` names for them (from the window's first
+        with `buf` holding the bytes `window_ranges` names for them (from the window's first
         header); None when the bytes are not what the index says."""
         start, stop = (0, len(self.keys)) if window is None else window
         m = self._members_of(start, stop)
@@ -202,24 +202,29 @@ class Index:
         return Members(self.keys[start:stop], values, int((sizes + _BLOCK).sum()))
 
 
-def window_range(index_text: str, start: int, stop: int, size: int) -> tuple[int, int] | None:
-    """Bytes [a, b) of the tar (of `size` bytes) that hold samples [start, stop) by its index
-    (one line per sample, read for the window's first and last lines only, so that a fetch
-    need not wait for the whole index's parse): from the first one's first header to the last
-    one's padded end, or to the tar's end when the window holds the last sample (its zero
-    blocks are checked). None when the index cannot say; `Index.members` checks the bytes."""
+def window_ranges(index_text: str, windows, size: int) -> dict[tuple[int, int], tuple[int, int] | None]:
+    """{(start, stop): bytes [a, b) of the tar (of `size` bytes) that hold samples [start,
+    stop)} by its index (one line per sample: a window's first and last lines, the text split
+    once for all windows, and no wait for the whole index's parse): from the first one's first
+    header to the last one's padded end, or to the tar's end when the window holds the last
+    sample (its zero blocks are checked). None where the index cannot say; `Index.members`
+    checks the bytes."""
     lines = index_text.split("\n")
     head = lines[0].split()
-    if len(head) != 2 or not head[1].isdigit() or not 0 <= start < stop <= int(head[1]) \
-            or len(lines) <= stop:
-        return None
-    first, last = lines[1 + start].split(), lines[stop].split()
-    try:
-        a = int(first[1]) - _BLOCK
-        b = size if stop == int(head[1]) else int(last[-3]) + (int(last[-2]) + _BLOCK - 1) // _BLOCK * _BLOCK
-    except (IndexError, ValueError):
-        return None
-    return (a, b) if 0 <= a < b <= size else None
+    n = int(head[1]) if len(head) == 2 and head[1].isdigit() else -1
+    out = {}
+    for start, stop in windows:
+        out[(start, stop)] = None
+        if not 0 <= start < stop <= n or len(lines) <= stop:
+            continue
+        first, last = lines[1 + start].split(), lines[stop].split()
+        try:
+            a = int(first[1]) - _BLOCK
+            b = size if stop == n else int(last[-3]) + (int(last[-2]) + _BLOCK - 1) // _BLOCK * _BLOCK
+        except (IndexError, ValueError):
+            continue
+        out[(start, stop)] = (a, b) if 0 <= a < b <= size else None
+    return out
 
 
 def members(buf, index_text: str, wanted: set[str], split_name, max_member: int) -> Members | None:
