@@ -96,6 +96,56 @@ class TextColumn(BinaryColumn):
         return self.arrow(pa.large_string()).to_pylist() if len(self) else []
 
 
+@dataclass(frozen=True)
+class BinaryViews:
+    """Samples of several `BinaryColumn`s, left in the buffers they were read into: an Arrow
+    `binary_view` array (16 bytes per sample naming its buffer and offset; Arrow's casts share
+    the data buffers). A shuffle block's binary columns: `select` gathers samples straight out of
+    the parts into a column of their own, one copy, where joining the parts first copied the whole
+    block once more into fresh memory (whose page zeroing took ~10% of the CPU of a shuffled
+    image epoch, perf in docs/benchmark.md)."""
+
+    views: pa.Array  # binary_view, no nulls
+    kind: type       # BinaryColumn or TextColumn: what `select` returns
+
+    @staticmethod
+    def join(columns: list) -> "BinaryViews | BinaryColumn":
+        """The samples of `columns` (`BinaryColumn`s of one class, or `BinaryViews` of them) one
+        after another, without copying their bytes; a joined `BinaryColumn` (a copy) where this
+        pyarrow has no binary views (before 16) or a buffer exceeds what a view can address
+        (2 GiB): `BinaryViews` exist only where the cast worked."""
+        try:
+            views = pa.concat_arrays([c.views if isinstance(c, BinaryViews) else c.arrow().cast(pa.binary_view())
+                                      for c in columns])
+        except (AttributeError, pa.ArrowException):
+            return BinaryColumn.concat(columns)
+        return BinaryViews(views, binary_kind(columns[0]))
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def slice(self, start: int, stop: int) -> "BinaryViews":
+        """Samples [start, stop), the views sliced (no copy)."""
+        return BinaryViews(self.views.slice(start, stop - start), self.kind)
+
+    def select(self, rows) -> BinaryColumn:
+        """The samples at `rows` (an index list or tensor), in that order: their 16-byte views
+        gathered by numpy, then Arrow's cast copies the bytes they name into one buffer."""
+        rows = torch.as_tensor(rows, dtype=torch.int64).numpy()
+        views = np.frombuffer(self.views.buffers()[1], dtype=np.int64).reshape(-1, 2)
+        views = views[self.views.offset:self.views.offset + len(self.views)]
+        picked = pa.Array.from_buffers(pa.binary_view(), rows.size,
+                                       [None, pa.py_buffer(views[rows])] + self.views.buffers()[2:])
+        column = _binary_column(picked.cast(pa.large_binary()))
+        return column if self.kind is BinaryColumn else self.kind(column.data, column.offsets)
+
+
+def binary_kind(value) -> type | None:
+    """The column class of a binary value (`BinaryViews` stand for the class they gather into);
+    None for anything else."""
+    return value.kind if isinstance(value, BinaryViews) else type(value) if isinstance(value, BinaryColumn) else None
+
+
 _SERIAL = 32_768  # elements: torch's grain size (at::internal::GRAIN_SIZE); smaller copies run inline
 
 
@@ -227,20 +277,36 @@ def column_to_value(arr: pa.Array, name: str):
     return _converter(arr.type)(arr, name)
 
 
-def table_to_batch(table: pa.Table, copy: bool = True) -> dict:
+def table_to_batch(table: pa.Table, copy: bool = True, views: bool = False) -> dict:
     """A whole Arrow table -> dict of column name -> value, column-wise.
 
     `copy=False`: integer and float columns become tensors over Arrow's buffers where Arrow
     allocated them (`_plain_view`), for tables whose rows are copied again before anyone sees
     them (a shuffle block's runs are joined, a mix puts its sources' rows in order): the
-    conversion's copy would be one copy too many."""
+    conversion's copy would be one copy too many. `views=True` (rows only ever gathered: a
+    shuffle block's runs): a binary column read in several chunks stays in them (`BinaryViews`)
+    instead of being joined into fresh memory."""
     out = {}
     for name in table.column_names:
         col = table.column(name)
+        if views and col.num_chunks > 1 and (joined := _joined_views(col, name)) is not None:
+            out[name] = joined
+            continue
         arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
         view = None if copy or _converter(arr.type) is not _plain else _plain_view(arr)
         out[name] = column_to_value(arr, name) if view is None else view
     return out
+
+
+def _joined_views(col: pa.ChunkedArray, name: str) -> "BinaryViews | None":
+    """A chunked binary column as `BinaryViews` over its chunks; None where a chunk does not
+    become a `BinaryColumn` (not binary, strings with nulls) or views are not to be had."""
+    parts = [column_to_value(chunk, name) for chunk in col.chunks]
+    kind = binary_kind(parts[0])
+    if kind is None or any(type(p) is not kind for p in parts):
+        return None
+    joined = BinaryViews.join(parts)
+    return joined if isinstance(joined, BinaryViews) else None
 
 
 def batch_len(batch: dict) -> int:
@@ -257,7 +323,7 @@ def select_rows(batch: dict, rows: torch.Tensor) -> dict:
     for name, value in batch.items():
         if isinstance(value, torch.Tensor) and value.dim() > 0:
             out[name] = value.index_select(0, rows.to(value.device))
-        elif isinstance(value, BinaryColumn):
+        elif isinstance(value, (BinaryColumn, BinaryViews)):
             out[name] = value.select(rows)
         elif isinstance(value, list):
             idx = rows.tolist() if idx is None else idx
@@ -269,7 +335,7 @@ def select_rows(batch: dict, rows: torch.Tensor) -> dict:
 
 def slice_rows(batch: dict, start: int, stop: int) -> dict:
     """Rows [start, stop) of a batch: views of tensors and binary buffers, no copy."""
-    return {name: value.slice(start, stop) if isinstance(value, BinaryColumn) else value[start:stop]
+    return {name: value.slice(start, stop) if binary_kind(value) else value[start:stop]
             for name, value in batch.items()}
 
 
@@ -280,12 +346,14 @@ def split_rows(value, sizes: list[int]) -> list:
     bounds = [0]
     for n in sizes:
         bounds.append(bounds[-1] + n)
-    return [value.slice(a, b) if isinstance(value, BinaryColumn) else value[a:b]
+    return [value.slice(a, b) if binary_kind(value) else value[a:b]
             for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def concat_rows(batches: list[dict]) -> dict:
-    """The rows of `batches` one after another, column by column (one copy per column)."""
+def concat_rows(batches: list[dict], views: bool = False) -> dict:
+    """The rows of `batches` one after another, column by column (one copy per column);
+    `views=True`: binary columns not copied but joined as `BinaryViews`, for rows that are only
+    ever gathered (`select_rows`), a shuffle block's."""
     if len(batches) == 1:
         return batches[0]
     out = {}
@@ -293,6 +361,8 @@ def concat_rows(batches: list[dict]) -> dict:
         values = [b[name] for b in batches]
         if isinstance(first, torch.Tensor):
             out[name] = cat(values)
+        elif views and binary_kind(first) and all(binary_kind(v) is binary_kind(first) for v in values):
+            out[name] = BinaryViews.join(values)
         elif isinstance(first, BinaryColumn) and all(type(v) is type(first) for v in values):
             out[name] = BinaryColumn.concat(values)
         else:  # lists, or strings with nulls in some parts (lists) and not in others

@@ -100,7 +100,7 @@ class PendingBlock:
 
     def __init__(self, runs: int):
         self.cond = threading.Condition()
-        self.parts: list[Block | None] | None = [None] * runs
+        self.parts: list[list[Block] | None] | None = [None] * runs
         self.taken: set[int] = set()
         self.building = False
         self.block: Shuffled | None = None

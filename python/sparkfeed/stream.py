@@ -159,13 +159,14 @@ class Block(NamedTuple):
     good: np.ndarray | None = None
 
     @staticmethod
-    def from_rows(read: UnitRows, row_ids: bool = False, copy: bool = True) -> "Block":
+    def from_rows(read: UnitRows, row_ids: bool = False, copy: bool = True, views: bool = False) -> "Block":
         """A reader's rows converted column-wise to tensors, once per unit; with `row_ids`, also
         `ROW_KEYS`, `(unit << 32) | row` per row, which name a sample for keyed augmentations
         and for an error that comes later (image decoding). `copy=False`: numbers stay in
-        Arrow's buffers (`batch.table_to_batch`), for rows that are copied again downstream."""
+        Arrow's buffers (`batch.table_to_batch`), for rows that are copied again downstream;
+        `views=True` also binary columns in the chunks they were read in (rows only gathered)."""
         table = read.table if read.ok is None else read.table.filter(pa.array(read.ok))
-        columns = batching.table_to_batch(table, copy)
+        columns = batching.table_to_batch(table, copy, views)
         if row_ids:
             rows = read.row_numbers() if read.ok is None else read.row_numbers()[read.ok]
             units = np.repeat(np.array([u.index for u, _ in read.parts()], dtype=np.int64),
@@ -214,12 +215,13 @@ class Block(NamedTuple):
                      _running(mask[order]))
 
     @staticmethod
-    def concat(blocks: list["Block"]) -> "Block":
-        """The positions of `blocks`, one after another."""
+    def concat(blocks: list["Block"], views: bool = False) -> "Block":
+        """The positions of `blocks`, one after another; `views=True` leaves binary columns in
+        their buffers (`batch.BinaryViews`), for a block whose rows are only gathered."""
         if len(blocks) == 1:
             return blocks[0]
         filled = [b for b in blocks if b.rows] or blocks[:1]
-        columns = batching.concat_rows([b.columns for b in filled])
+        columns = batching.concat_rows([b.columns for b in filled], views)
         positions = sum(b.positions for b in blocks)
         if all(b.good is None for b in blocks):
             return Block(columns, positions)
@@ -315,7 +317,7 @@ class StreamReader:
         at = int(np.searchsorted(self._ahead_units, k))  # this run and what follows it in the lane
         self.reader.read_ahead([units[int(i)] for i in self._ahead_units[at:at + _AHEAD_UNITS]])
         read = self.reader.read_run(units[k:end], [int(n) for n in counts[k:end]])
-        block, offset = Block.from_rows(read, self.row_ids, copy=not self.views), 0
+        block, offset = Block.from_rows(read, self.row_ids, copy=not self.views, views=self.stream.shuffle), 0
         parts = read.parts()
         for j, (_, n) in enumerate(parts):
             self._units[k + j] = (block, offset)
@@ -395,9 +397,6 @@ class StreamReader:
                 yield from (self._piece(*piece, last) for piece in pieces[i:j + 1])
             i = j + 1
 
-    def _raw(self, lo: int, hi: int, last: int) -> Block:
-        return Block.concat(list(self._pieces_joined(list(self.stream.pieces(lo, hi)), last)))
-
     def _null_error(self, k: int, row: int) -> ShardReadError:
         """A null where a tensor needs a value: name the columns, the shard and the row group."""
         (read, offset), unit = self._nulls[k], self.stream.units[k]
@@ -408,18 +407,20 @@ class StreamReader:
                               "filter=pc.field(name).is_valid()) or pass on_error='skip'",
                               dataset=self.reader.ctx.dataset, shard=unit.path, row_group=unit.row_group)
 
-    def _read_run_part(self, r: int) -> Block:
-        """Run r of the stream (consecutive units of one shard), unpermuted: one `read_run`
-        call where the format allows."""
+    def _read_run_part(self, r: int) -> list[Block]:
+        """Run r of the stream (consecutive units of one shard), unpermuted, as the pieces it
+        was read in: one `read_run` call where the format allows."""
         units, starts = self.stream.run_units, self.stream.starts
+        lo, hi = int(starts[units[r]]), int(starts[units[r + 1]])
         try:
-            return self._raw(int(starts[units[r]]), int(starts[units[r + 1]]), int(units[r + 1]) - 1)
+            return list(self._pieces_joined(list(self.stream.pieces(lo, hi)), int(units[r + 1]) - 1))
         finally:
             self._units.clear()  # a run's units are never needed again: spans only go forward
             self._nulls.clear()
 
-    def _finish_block(self, b: int, parts: list[Block]) -> "Shuffled":
-        """Block b from its runs: joined, with its order; counted in `shuffle_blocks` and
+    def _finish_block(self, b: int, parts: list[list[Block]]) -> "Shuffled":
+        """Block b from its runs' pieces: joined (binary columns left where they were read:
+        `batch.BinaryViews`), with its order; counted in `shuffle_blocks` and
         `shuffle_block_rows` (the rows the block held). The rows are gathered into that order
         piece by piece as they are delivered (`segments`), so the first batch waits for one
         piece's gather, not the whole block's, and the gathering overlaps the consumer."""
@@ -427,7 +428,9 @@ class StreamReader:
         stats = self.reader.ctx.stats
         stats.add("shuffle_blocks")
         stats.add("shuffle_block_rows", n)
-        return Shuffled(Block.concat(parts), shuffling.block_permutation(self.stream.seed, self.stream.epoch, b, n))
+        pieces = [piece for run in parts for piece in run]
+        return Shuffled(Block.concat(pieces, views=True),
+                        shuffling.block_permutation(self.stream.seed, self.stream.epoch, b, n))
 
     def _read_block(self, b: int) -> "Shuffled":
         """Block b read by this lane, with helper threads taking some of its runs."""

@@ -137,6 +137,89 @@ def test_binary_select_takes_the_items_in_the_given_order(items, data):
     assert got.offsets.tolist()[0] == 0 and len(got) == len(rows)
 
 
+@settings(max_examples=80, deadline=None)
+@given(parts=st.lists(st.lists(st.binary(max_size=40), max_size=6), min_size=1, max_size=4),
+       text=st.booleans(), data=st.data())
+def test_binary_views_select_what_the_joined_column_selects(parts, text, data):
+    """`BinaryViews` (a shuffle block's binary columns, left in the buffers they were read in):
+    joined from columns and slices of them, sliced again, `select` gives the items a joined copy
+    would, of the columns' class, in memory of its own; samples of 12 bytes or fewer (which a
+    view holds inline) and longer ones alike."""
+    from sparkfeed.batch import BinaryViews, concat_rows, select_rows
+
+    kind = TextColumn if text else BinaryColumn
+    parts = [[b.hex().encode() for b in items] if text else items for items in parts]
+
+    def column(items):
+        offsets = torch.tensor([0] + list(np.cumsum([len(b) for b in items], dtype=np.int64)), dtype=torch.int64)
+        return kind(torch.tensor(list(b"".join(items)), dtype=torch.uint8), offsets)
+
+    columns = [column([b"pad"] + items).slice(1, len(items) + 1) for items in parts]  # rebased slices
+    joined = BinaryViews.join(columns)
+    items = [b for p in parts for b in p]
+    assert isinstance(joined, BinaryViews) and len(joined) == len(items)
+    lo = data.draw(st.integers(0, len(items)))
+    hi = data.draw(st.integers(lo, len(items)))
+    view = joined.slice(lo, hi)
+    rows = data.draw(st.lists(st.integers(0, hi - lo - 1), max_size=12)) if hi > lo else []
+    got = view.select(rows)
+    assert type(got) is kind and len(got) == len(rows) and got.offsets.tolist()[0] == 0
+    assert [got.item_view(i).numpy().tobytes() for i in range(len(rows))] == [items[lo + r] for r in rows]
+    if len(got.data):  # a copy: the parts' buffers are untouched by writes to it
+        got.data.fill_(0)
+        assert [columns[k][i] for k in range(len(columns)) for i in range(len(columns[k]))] == \
+            [kind(column(items).data, column(items).offsets)[i] for i in range(len(items))]
+    # how a block gets them: concat_rows(views=True), then select_rows
+    block = concat_rows([{"b": c, "n": torch.arange(len(c))} for c in columns], views=True)
+    if len(columns) > 1:
+        assert isinstance(block["b"], BinaryViews)
+    picked = select_rows(block, torch.tensor(rows, dtype=torch.int64) + lo)["b"]
+    assert type(picked) is kind and [picked.item_view(i).numpy().tobytes() for i in range(len(rows))] == \
+        [items[lo + r] for r in rows]
+
+
+def test_a_chunked_binary_column_stays_in_its_chunks_only_when_asked():
+    """`table_to_batch(views=True)`: a binary column read in several chunks becomes `BinaryViews`
+    over them (nothing joined), strings with nulls stay lists, a single chunk stays a column."""
+    from sparkfeed.batch import BinaryViews, table_to_batch
+
+    chunked = pa.chunked_array([pa.array([b"a" * 20, b"b"], pa.large_binary()), pa.array([b"c" * 30], pa.large_binary())])
+    table = pa.table({"b": chunked, "s": pa.chunked_array([pa.array(["x", None]), pa.array(["y"])]),
+                      "one": pa.array([b"p", b"q", b"r"])})
+    viewed, joined = table_to_batch(table, copy=False, views=True), table_to_batch(table, copy=False)
+    assert isinstance(viewed["b"], BinaryViews) and isinstance(joined["b"], BinaryColumn)
+    assert viewed["b"].select([2, 0, 1]).to_list() == [b"c" * 30, b"a" * 20, b"b"] == joined["b"].select([2, 0, 1]).to_list()
+    assert viewed["s"] == joined["s"] == ["x", None, "y"]
+    assert isinstance(viewed["one"], BinaryColumn) and viewed["one"].to_list() == [b"p", b"q", b"r"]
+
+
+def test_a_shuffle_block_gathers_binary_samples_from_the_runs_it_read(tmp_path):
+    """A shuffled stream over a dataset with an image column: the block keeps the bytes of its
+    runs where they were read (`BinaryViews`, no joined copy of the block), and each position
+    delivers the image of its own row, exactly once over the epoch."""
+    import dsutil
+
+    import sparkfeed
+    from sparkfeed import storage
+    from sparkfeed.batch import BinaryViews
+    from sparkfeed.read import ReadContext, make_reader
+    from sparkfeed.stream import StreamReader
+
+    root = str(tmp_path / "ds")
+    dsutil.write_parquet(root, dsutil.table(500, image_bytes=37), 250, 40)
+    ds = sparkfeed.Dataset(root, columns=["id", "image"], shuffle=True, seed=3, shuffle_buffer=300)
+    fs, froot = storage.resolve(root)
+    ctx = ReadContext(fs=fs, root=froot, dataset=root, schema=ds.manifest.schema, columns=("id", "image"),
+                      filter_columns=(), expr=None)
+    reader = StreamReader(ds.stream(), make_reader("parquet", ctx))
+    segments = list(reader.segments([(0, 500)]))
+    ids = [i for seg in segments for i in seg.columns["id"].tolist()]
+    images = [b for seg in segments for b in seg.columns["image"].to_list()]
+    assert sorted(ids) == list(range(500)) and ids != list(range(500))
+    assert images == [bytes([i % 251]) * 37 for i in ids]
+    assert reader._current is not None and isinstance(reader._current[1].rows.columns["image"], BinaryViews)
+
+
 def test_round_robin_is_torchs_worker_order_and_closes_everything():
     closed = []
 
