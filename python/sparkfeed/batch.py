@@ -118,7 +118,8 @@ class BinaryViews:
             views = pa.concat_arrays([c.views if isinstance(c, BinaryViews) else c.arrow().cast(pa.binary_view())
                                       for c in columns])
         except (AttributeError, pa.ArrowException):
-            return BinaryColumn.concat(columns)
+            return BinaryColumn.concat([c.select(np.arange(len(c))) if isinstance(c, BinaryViews) else c
+                                        for c in columns])
         return BinaryViews(views, binary_kind(columns[0]))
 
     def __len__(self) -> int:
