@@ -302,6 +302,9 @@ def table_to_batch(table: pa.Table, copy: bool = True, views: bool = False) -> d
 def _joined_views(col: pa.ChunkedArray, name: str) -> "BinaryViews | None":
     """A chunked binary column as `BinaryViews` over its chunks; None where a chunk does not
     become a `BinaryColumn` (not binary, strings with nulls) or views are not to be had."""
+    kinds = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_string, pa.types.is_large_string)
+    if not any(is_kind(col.type) for is_kind in kinds):
+        return None
     parts = [column_to_value(chunk, name) for chunk in col.chunks]
     kind = binary_kind(parts[0])
     if kind is None or any(type(p) is not kind for p in parts):
