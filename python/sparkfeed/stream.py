@@ -13,6 +13,7 @@ shuffled, one block (`blocks.py` shares blocks between thread lanes and reads th
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -45,7 +46,10 @@ ROW_KEYS = _RowKeys()
 
 _RUN_UNITS = 16  # at most this many units read as one run (`Reader.read_run`)
 _SPLIT = 16  # batches cut out of a segment per split call (see `cut`)
-_PIECE = 4096  # shuffle: positions gathered into one segment (a multiple of usual batch sizes)
+_PIECE = 4096  # shuffle: positions gathered into one segment at most (a multiple of usual batch sizes)
+_MIN_PIECE = 256  # ... and at least (a batch, for the usual sizes)
+_PIECE_BYTES = 16 << 20  # ... of about this many stored bytes: for large samples the gathered
+# pieces a lane queues stay a few times this, not a few shuffle blocks
 _BLOCK_HELPERS = 3  # threads besides the lane reading the runs of one block (fewer on few cores)
 _AHEAD_UNITS = 64  # units after the current run a reader is told about (`Reader.read_ahead`)
 
@@ -87,6 +91,17 @@ def _lane_windows(stream: "EpochStream", spans) -> dict[int, tuple[int, int]]:
             if k not in whole and (w[0] > 0 or w[1] < int(stream.counts[k]))}
 
 
+def piece_positions(sample_bytes: float) -> int:
+    """Positions of a shuffle block gathered at once (`StreamReader.segments`): `_PIECE`, or for
+    samples of more than `_PIECE_BYTES / _PIECE` stored bytes the power of two that keeps a piece
+    near `_PIECE_BYTES` (a multiple of power-of-two batch sizes), at least `_MIN_PIECE`: 4,096
+    positions of 110 KB images would make every piece a whole default shuffle block (256 MB),
+    and a lane queues several pieces."""
+    if not sample_bytes or sample_bytes <= 0 or sample_bytes * _PIECE <= _PIECE_BYTES:
+        return _PIECE
+    return max(_MIN_PIECE, 1 << int(math.floor(math.log2(max(1.0, _PIECE_BYTES / sample_bytes)))))
+
+
 class EpochStream:
     """Which unit holds each stream position in this epoch, and (with shuffle) which block.
 
@@ -102,6 +117,7 @@ class EpochStream:
                  sample_bytes: float = 0.0):
         self.seed, self.epoch, self.shuffle = seed, epoch, shuffle
         self.block = int(shuffle_buffer) if shuffle_buffer else shuffling.default_block(sample_bytes)
+        self.piece = piece_positions(sample_bytes)  # shuffle: positions gathered at once
         counts = np.array(plan.counts, dtype=np.int64)
         order = np.arange(len(plan.units), dtype=np.int64)
         run_units = np.array([0, len(order)], dtype=np.int64)
@@ -472,13 +488,13 @@ class StreamReader:
         if not self.stream.shuffle and self.reader.ctx.expr is None:  # positions are rows then
             self._chunking = True
             self.reader.windows = {self.stream.units[k]: w for k, w in _lane_windows(self.stream, spans).items()}
-        piece = _PIECE if gather else None
+        piece = self.stream.piece if gather else None
         for lo, hi in spans:
             if not self.stream.shuffle:
                 yield from self._pieces_joined(list(self.stream.pieces(lo, hi)))
                 continue
             first = lo
-            while lo < hi:  # pieces of at most _PIECE positions, on a grid from the span's start
+            while lo < hi:  # pieces of at most `piece` positions, on a grid from the span's start
                 b = self.stream.block_of(lo)
                 start = int(self.stream.blocks[b])
                 end = min(hi, int(self.stream.blocks[b + 1]))

@@ -327,16 +327,32 @@ def _stream_reader(path: str, block: int):
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.integers(0, 600), min_size=0, max_size=8), st.sampled_from([90, 150, 600]))
-def test_any_spans_of_a_shuffled_stream_are_exactly_those_positions_of_the_epoch(small_pq, cuts, block):
+@given(st.lists(st.integers(0, 600), min_size=0, max_size=8), st.sampled_from([90, 150, 600]),
+       st.sampled_from([7, 64, 4096]))
+def test_any_spans_of_a_shuffled_stream_are_exactly_those_positions_of_the_epoch(small_pq, cuts, block, piece):
     """What resume relies on: reading spans [a, b) ... gives the epoch's positions a..b-1, in the
-    epoch's order, whichever blocks the spans start or end in."""
+    epoch's order, whichever blocks the spans start or end in, whatever the gathered pieces."""
     full = [i for seg in _stream_reader(small_pq, block).segments([(0, 600)]) for i in seg.columns["id"].tolist()]
     assert sorted(full) == list(range(600))
     bounds = sorted(set(cuts))
     spans = [(a, b) for a, b in zip(bounds[0::2], bounds[1::2]) if b > a]
-    got = [i for seg in _stream_reader(small_pq, block).segments(spans) for i in seg.columns["id"].tolist()]
-    assert got == [full[p] for a, b in spans for p in range(a, b)]
+    reader = _stream_reader(small_pq, block)
+    reader.stream.piece = piece
+    segments = list(reader.segments(spans))
+    assert all(seg.positions <= piece for seg in segments)
+    assert [i for seg in segments for i in seg.columns["id"].tolist()] == [full[p] for a, b in spans for p in range(a, b)]
+
+
+def test_gathered_pieces_hold_about_16_mib_of_large_samples():
+    """Shuffle pieces: 4,096 positions of small samples; for large ones a power of two near 16 MiB
+    of stored bytes (whole batches of the usual sizes), never under 256."""
+    from sparkfeed.stream import piece_positions
+
+    assert piece_positions(0) == piece_positions(50) == piece_positions(4096) == 4096
+    assert piece_positions(8_000) == 2048 and piece_positions(16 << 10) == 1024
+    assert piece_positions(110_000) == piece_positions(10 << 20) == 256
+    sizes = [piece_positions(b) for b in range(1, 200_000, 997)]
+    assert all(n & (n - 1) == 0 and 256 <= n <= 4096 for n in sizes) and sizes == sorted(sizes, reverse=True)
 
 
 @settings(max_examples=40, deadline=None)
