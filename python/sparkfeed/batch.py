@@ -133,10 +133,9 @@ class BinaryViews:
         """The samples at `rows` (an index list or tensor), in that order: their 16-byte views
         gathered by numpy, then Arrow's cast copies the bytes they name into one buffer."""
         rows = torch.as_tensor(rows, dtype=torch.int64).numpy()
-        views = np.frombuffer(self.views.buffers()[1], dtype=np.int64).reshape(-1, 2)
-        views = views[self.views.offset:self.views.offset + len(self.views)]
-        picked = pa.Array.from_buffers(pa.binary_view(), rows.size,
-                                       [None, pa.py_buffer(views[rows])] + self.views.buffers()[2:])
+        _, views, *data = self.views.buffers()
+        views = np.frombuffer(views, dtype=np.int64).reshape(-1, 2)[self.views.offset:self.views.offset + len(self.views)]
+        picked = pa.Array.from_buffers(pa.binary_view(), rows.size, [None, pa.py_buffer(views[rows])] + data)
         column = _binary_column(picked.cast(pa.large_binary()))
         return column if self.kind is BinaryColumn else self.kind(column.data, column.offsets)
 
