@@ -46,10 +46,11 @@ ROW_KEYS = _RowKeys()
 
 _RUN_UNITS = 16  # at most this many units read as one run (`Reader.read_run`)
 _SPLIT = 16  # batches cut out of a segment per split call (see `cut`)
-_PIECE = 4096  # shuffle: positions gathered into one segment at most (a multiple of usual batch sizes)
-_MIN_PIECE = 256  # ... and at least (a batch, for the usual sizes)
-_PIECE_BYTES = 16 << 20  # ... of about this many stored bytes: for large samples the gathered
-# pieces a lane queues stay a few times this, not a few shuffle blocks
+_PIECE_BYTES = 16 << 20  # shuffle: positions gathered into one segment hold about this many
+# stored bytes: the gathered pieces a lane queues stay a few times this, not a few shuffle blocks
+_MIN_PIECE = 256  # ... but at least this many positions (a batch, for the usual sizes)
+_MAX_PIECE = 1 << 16  # ... and at most this many (small rows; see `piece_positions`)
+_PIECE = 4096  # ... and this many where the dataset's stored bytes are not known
 _BLOCK_HELPERS = 3  # threads besides the lane reading the runs of one block (fewer on few cores)
 _AHEAD_UNITS = 64  # units after the current run a reader is told about (`Reader.read_ahead`)
 
@@ -92,14 +93,18 @@ def _lane_windows(stream: "EpochStream", spans) -> dict[int, tuple[int, int]]:
 
 
 def piece_positions(sample_bytes: float) -> int:
-    """Positions of a shuffle block gathered at once (`StreamReader.segments`): `_PIECE`, or for
-    samples of more than `_PIECE_BYTES / _PIECE` stored bytes the power of two that keeps a piece
-    near `_PIECE_BYTES` (a multiple of power-of-two batch sizes), at least `_MIN_PIECE`: 4,096
-    positions of 110 KB images would make every piece a whole default shuffle block (256 MB),
-    and a lane queues several pieces."""
-    if not sample_bytes or sample_bytes <= 0 or sample_bytes * _PIECE <= _PIECE_BYTES:
+    """Positions of a shuffle block gathered at once (`StreamReader.segments`): the power of two
+    (a multiple of power-of-two batch sizes) that keeps a piece near `_PIECE_BYTES` of stored
+    bytes, in [`_MIN_PIECE`, `_MAX_PIECE`]; `_PIECE` when the size is unknown. Large samples:
+    4,096 positions of 110 KB images would make every piece a whole default block (256 MB),
+    and a lane queues several. Small rows: each piece costs a gather call per column, a hand-over
+    and a split, and a gather run piece after piece between other work keeps less of the block
+    in cache; 65,536 positions of tabular rows against 4,096 took a 2,000,000-row shuffled
+    epoch from 0.70-0.74 s to 0.46-0.51 s here (docs/benchmark.md)."""
+    if not sample_bytes or sample_bytes <= 0:
         return _PIECE
-    return max(_MIN_PIECE, 1 << int(math.floor(math.log2(max(1.0, _PIECE_BYTES / sample_bytes)))))
+    fit = 1 << int(math.floor(math.log2(max(1.0, _PIECE_BYTES / sample_bytes))))
+    return min(_MAX_PIECE, max(_MIN_PIECE, fit))
 
 
 class EpochStream:

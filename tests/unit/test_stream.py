@@ -343,16 +343,20 @@ def test_any_spans_of_a_shuffled_stream_are_exactly_those_positions_of_the_epoch
     assert [i for seg in segments for i in seg.columns["id"].tolist()] == [full[p] for a, b in spans for p in range(a, b)]
 
 
-def test_gathered_pieces_hold_about_16_mib_of_large_samples():
-    """Shuffle pieces: 4,096 positions of small samples; for large ones a power of two near 16 MiB
-    of stored bytes (whole batches of the usual sizes), never under 256."""
+def test_gathered_pieces_hold_about_16_mib_of_stored_samples():
+    """Shuffle pieces: a power of two near 16 MiB of stored bytes (whole batches of the usual
+    sizes), never under 256 positions (large samples) nor over 65,536 (small rows); 4,096 where
+    the dataset's bytes are unknown."""
     from sparkfeed.stream import piece_positions
 
-    assert piece_positions(0) == piece_positions(50) == piece_positions(4096) == 4096
+    assert piece_positions(0) == piece_positions(-1) == 4096
+    assert piece_positions(1) == piece_positions(40) == piece_positions(256) == 65_536
+    assert piece_positions(300) == 32_768 and piece_positions(4096) == 4096
     assert piece_positions(8_000) == 2048 and piece_positions(16 << 10) == 1024
     assert piece_positions(110_000) == piece_positions(10 << 20) == 256
     sizes = [piece_positions(b) for b in range(1, 200_000, 997)]
-    assert all(n & (n - 1) == 0 and 256 <= n <= 4096 for n in sizes) and sizes == sorted(sizes, reverse=True)
+    assert all(n & (n - 1) == 0 and 256 <= n <= 65_536 for n in sizes) and sizes == sorted(sizes, reverse=True)
+    assert all(n * b <= 16 << 20 for n, b in zip(sizes, range(1, 200_000, 997)) if n > 256)
 
 
 @settings(max_examples=40, deadline=None)

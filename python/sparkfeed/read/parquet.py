@@ -144,9 +144,9 @@ class ParquetReader(Reader):
                 groups = range(pf.metadata.num_row_groups) if unit.row_group is None else [unit.row_group]
             src = self._from_parts(unit, pf, fetched[1]) if fetched else pf
             try:
-                if self._pafs is None and len(groups) > 1:  # remote: one pre-buffered read
+                if len(groups) > 1:  # one read: remote, pre-buffered; local, a third of the cost
                     return [src.read_row_groups(list(groups), columns=names, use_threads=False)]
-                return [src.read_row_group(g, columns=names, use_threads=False) for g in groups]
+                return [src.read_row_group(groups[0], columns=names, use_threads=False)]
             except Exception as exc:
                 self._files.pop(unit.path, None)  # reopen on retry: the stream may be broken
                 if self._no_ranges(exc):
