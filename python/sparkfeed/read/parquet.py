@@ -137,16 +137,16 @@ class ParquetReader(Reader):
         where there are some (anything else read in place), retried as a whole."""
         fetched = self._take_ahead(unit, names, groups)
 
-        def attempt() -> list[pa.Table]:
+        def attempt() -> pa.Table:
             nonlocal groups
             pf = self._file(unit, fetched[0] if fetched else None)
             if groups is None:
                 groups = range(pf.metadata.num_row_groups) if unit.row_group is None else [unit.row_group]
             src = self._from_parts(unit, pf, fetched[1]) if fetched else pf
             try:
-                if len(groups) > 1:  # one read: remote, pre-buffered; local, a third of the cost
-                    return [src.read_row_groups(list(groups), columns=names, use_threads=False)]
-                return [src.read_row_group(groups[0], columns=names, use_threads=False)]
+                if len(groups) != 1:  # one read: remote, pre-buffered; local, a third of the cost
+                    return src.read_row_groups(list(groups), columns=names, use_threads=False)
+                return src.read_row_group(groups[0], columns=names, use_threads=False)
             except Exception as exc:
                 self._files.pop(unit.path, None)  # reopen on retry: the stream may be broken
                 if self._no_ranges(exc):
@@ -154,7 +154,7 @@ class ParquetReader(Reader):
                 raise
 
         try:
-            tables = self._retrying(attempt, f"reading {unit.path} row group {unit.row_group}")
+            table = self._retrying(attempt, f"reading {unit.path} row group {unit.row_group}")
         except _ERRORS as exc:
             raise self._error(unit, f"corrupt or truncated data ({type(exc).__name__}: {exc})") from exc
         except Exception as exc:
@@ -162,7 +162,7 @@ class ParquetReader(Reader):
                 raise
             raise self._error(unit, f"storage kept failing ({type(exc).__name__}: {exc})") from exc
         self.ctx.stats.add("bytes_read", sum(self._chunk_bytes(unit.path, g, names) for g in groups))
-        return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
+        return table
 
     # ------------------------------------------------------------ read-ahead (remote files only)
 
