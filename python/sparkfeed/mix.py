@@ -71,8 +71,9 @@ _MAX_SOURCES = 127
 _BLOCK_BYTES = 16 << 20  # a block holds about this many stored bytes of rows ...
 _MAX_BLOCK = 65_536      # ... and at most this many positions (at least shuffle_buffer)
 _MIN_BLOCK = 2048         # without a shuffle_buffer
-_PIECE = 32_768           # positions put in order at once (a segment), at most: fewer per-piece
-                          # costs than 16,384 (docs/benchmark.md, mixing), a bounded piece
+_PIECE = 65_536           # positions put in order at once (a segment), at most: a whole block of
+                          # the grid at most (so bounded like a block); fewer per-piece costs than
+                          # 32,768 or 16,384 (docs/benchmark.md, mixing)
 _CACHED_BLOCKS = 16       # block labels a grid keeps (uint8, at most 64 KiB each)
 
 

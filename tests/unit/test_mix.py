@@ -201,6 +201,20 @@ def test_per_batch_source_counts_are_those_of_the_batchs_labels(ds, shuffle, mon
 
 # ---------------------------------------------------------------- shares, exactly once, determinism
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_the_mixed_epoch_does_not_depend_on_the_piece_size(ds, shuffle, monkeypatch):
+    """Pieces (positions put in order at once) cut the work, not the order: pieces of 37
+    positions (grid blocks cut into several, a source part split between pieces) give the
+    very rows, in the very order, of pieces as large as a grid block."""
+    def epoch() -> list[tuple[int, int]]:
+        return run(loader([Source(ds["a"], weight=3), Source(ds["b"], weight=2)], shuffle=shuffle,
+                          shuffle_buffer=64, batch_size=50))
+
+    whole = epoch()
+    monkeypatch.setattr(mix, "_PIECE", 37)
+    assert epoch() == whole and len(whole) > 37 * 4
+
+
 @pytest.mark.parametrize("shuffle,workers", [(False, 0), (True, 0), (True, 2)])
 def test_epoch_holds_each_share_at_most_once(ds, shuffle, workers):
     L = loader([Source(ds["a"], weight=1), Source(ds["b"], weight=1)], shuffle=shuffle, num_workers=workers,
