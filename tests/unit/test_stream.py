@@ -4,6 +4,7 @@ skips and the workers' order stay exact; lane threads never hang."""
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import threading
 
@@ -116,6 +117,10 @@ def test_cat_is_torch_cat(dtype):
         assert got.dtype == dtype and got.shape == (4, cols) and torch.equal(got, torch.cat(parts))
         got[0] = 0
         assert torch.equal(base, (torch.arange(4 * cols) % 7).reshape(4, cols).to(dtype))  # a copy
+        want = torch.cat(parts)[1:]
+        del parts
+        gc.collect()  # the joined memory (Arrow's pool, for large ones) lives as long as the tensor
+        assert torch.equal(got[1:], want)
     mixed = [torch.ones(40_000, dtype=torch.int64), torch.ones(1, dtype=torch.float32)]
     assert cat(mixed).dtype == torch.cat(mixed).dtype  # torch's promotion, not numpy's
     with pytest.raises((ValueError, RuntimeError)):
