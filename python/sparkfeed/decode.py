@@ -591,7 +591,8 @@ class ImageDecoder:
             _fail("num_threads", "a positive integer or None", num_threads)
         self.spec, self.max_batch_size, self.seed = spec, max_batch_size, seed
         self.device = _resolve_device(spec)
-        threads = num_threads or min(8, os.cpu_count() or 1)
+        self._gpu_dali = self.device == "cuda" and spec.backend == "dali"  # nvJPEG: see _truncated_jpegs
+        threads = num_threads or _default_threads(self.device)
         if spec.backend == "dali":
             self._backend = _DaliBackend(spec, self.device, max_batch_size, threads, seed)
         else:
@@ -643,7 +644,7 @@ class ImageDecoder:
             if keys.shape != (n,):
                 raise ValueError(f"`keys` should hold one integer per image ({n}), "
                                  f"but has shape {tuple(keys.shape)}")
-        sizes, failures = _check_headers(enc, self.spec)
+        sizes, failures = _check_headers(enc, self.spec, complete_jpeg=self._gpu_dali)
         draws = self._draw(n, keys, np.maximum(sizes, 1))
         keep = np.ones(n, bool)
         keep[[r for r, _ in failures]] = False
@@ -666,6 +667,13 @@ class ImageDecoder:
     def close(self) -> None:
         """Release the pipeline (DALI memory); the decoder cannot be used afterwards."""
         self._backend.close()
+
+
+def _default_threads(device: str) -> int:
+    """DALI's host threads: every core for "mixed" decoding on a GPU (nvJPEG's host stage, the
+    Huffman decoding of all but the largest images, runs on them), at most 8 on the CPU."""
+    cores = os.cpu_count() or 1
+    return cores if device == "cuda" else min(8, cores)
 
 
 def _resolve_device(spec: ImageDecode) -> str:

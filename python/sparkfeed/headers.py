@@ -150,15 +150,54 @@ def _check_header(arr: np.ndarray, max_pixels: int) -> tuple[tuple[int, int] | N
     return (w, h), None
 
 
-def _check_headers(enc: _Encoded, spec: ImageDecode) -> tuple[np.ndarray, list[tuple[int, str]]]:
+def _scan_start(b: bytes) -> int:
+    """Where a JPEG's first scan (SOS) starts, walking the segments (so that an EXIF thumbnail's
+    own markers do not count); -1 when there is none."""
+    i, n = 2, len(b)
+    while i + 4 <= n and b[i] == 0xFF:
+        marker = b[i + 1]
+        if marker == 0xDA:
+            return i
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        i += 2 + int.from_bytes(b[i + 2:i + 4], "big")
+    return -1
+
+
+def _truncated_jpegs(enc: _Encoded) -> list[int]:
+    """JPEG rows with no end-of-image marker after their first scan: cut short (a partial
+    download or write). nvJPEG decodes such a stream without an error, filling what is missing,
+    so on the GPU they are refused here, as the CPU decoder refuses them. Most rows end in the
+    marker (one numpy test for the batch); only the others are walked."""
+    starts, ends = enc.starts, enc.ends
+    jpeg = (ends - starts >= 4) & (_be16(enc.data, starts) == 0xFFD8)
+    suspects = np.flatnonzero(jpeg & (_be16(enc.data, np.maximum(ends - 2, starts)) != 0xFFD9))
+    bad = []
+    for r in suspects.tolist():
+        b = enc.data[starts[r]:ends[r]].tobytes()
+        sos = _scan_start(b)
+        if sos < 0 or b.rfind(b"\xff\xd9") < sos:  # trailing bytes after the marker are allowed
+            bad.append(r)
+    return bad
+
+
+def _check_headers(enc: _Encoded, spec: ImageDecode, complete_jpeg: bool = False
+                   ) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Sizes (n, 2) of every row from its header, and the rows refused before any decoding
-    (empty, not an image, over `max_pixels`, smaller than a crop cut from stored pixels).
+    (empty, not an image, over `max_pixels`, smaller than a crop cut from stored pixels, and with
+    `complete_jpeg` (GPU decoding) JPEGs cut short).
 
     JPEG and PNG rows are read for the whole batch at once (`_scan_sizes`); only rows it cannot
     read (other formats, odd JPEGs) go one by one through PIL's lazy `Image.open`."""
     w, h = _scan_sizes(enc.data, enc.starts, enc.ends)
     failures = []
-    for r in np.flatnonzero(w < 0).tolist():
+    if complete_jpeg:
+        for r in _truncated_jpegs(enc):
+            failures.append((r, "could not decode: the JPEG is cut short (no end-of-image marker "
+                                "after its scan data); refused before decoding"))
+            w[r] = h[r] = -2  # neither read again below nor counted as known
+    for r in np.flatnonzero(w == -1).tolist():
         size, reason = _check_header(enc.data[enc.starts[r]:enc.ends[r]], spec.max_pixels)
         if reason is None:
             w[r], h[r] = size

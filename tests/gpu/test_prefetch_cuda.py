@@ -87,6 +87,7 @@ def test_copies_overlap_the_consumer_step():
     with_prefetch = feed_benchmark(depth=4, **args)
     assert with_prefetch["wait_fraction"] < 0.15 < without["wait_fraction"]
     assert with_prefetch["h2d_gbps"] > 0 and with_prefetch["plain_pinned_h2d_gbps"] > 0
+    assert with_prefetch["pin_then_copy_h2d_gbps"] > 0
 
 
 def test_copy_runs_on_the_side_stream_while_the_consumer_stream_is_busy():

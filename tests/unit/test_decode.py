@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import io
+import os
 
 import numpy as np
 import pytest
@@ -361,7 +362,9 @@ def test_missing_dali_message(monkeypatch):
         ImageDecode(device="cpu").resolve()
     with pytest.raises(ValueError, match="pip install nvidia-dali-cuda120"):
         ImageDecoder(ImageDecode(device="cpu"), max_batch_size=2)
-    assert ImageDecode(device="auto", backend="pil").resolve().device == "cpu"
+    # PIL needs no DALI; "auto" still means the GPU (for the output) where there is one
+    assert ImageDecode(device="auto", backend="pil").resolve().device == (
+        "gpu" if torch.cuda.is_available() else "cpu")
     ImageDecoder(ImageDecode(device="cpu", backend="pil"), max_batch_size=2)  # PIL needs no DALI
 
 
@@ -507,6 +510,44 @@ def test_batch_header_scan_agrees_with_the_row_walk():
     expected = [_fast_size(memoryview(r)) or (-1, -1) for r in rows]
     assert list(zip(w.tolist(), h.tolist())) == expected
     assert sum(e == (-1, -1) for e in expected) >= 10  # the cut and junk rows are in there
+
+
+def test_jpegs_cut_short_are_refused_for_gpu_decoding_and_only_those():
+    """nvJPEG decodes a JPEG cut short without an error, so GPU decoding refuses it from the
+    bytes: no end-of-image marker after the first scan. Kept: complete JPEGs (baseline and
+    progressive), bytes after the marker, PNGs. Refused: a cut anywhere after the headers, also
+    where an EXIF thumbnail (its own scan and end marker, inside APP1) precedes the cut scan."""
+    from sparkfeed.headers import _check_headers, _encoded
+
+    whole, progressive = _encode(200, 150), _encode(64, 48)
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(progressive)).save(buf, "JPEG", progressive=True)
+    progressive = buf.getvalue()
+    thumb = _encode(16, 12)
+    app1 = b"Exif\x00\x00" + thumb
+    with_thumb = whole[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + whole[2:]
+    sos = whole.index(b"\xff\xda")
+    keep = [whole, progressive, whole + b"\x00" * 7 + b"trailer", _encode(33, 44, fmt="PNG"), with_thumb]
+    cut = [whole[:int(len(whole) * 0.8)], whole[:sos + 16], whole[:-1], progressive[:len(progressive) // 2],
+           with_thumb[:len(with_thumb) - 300]]
+    spec = ImageDecode(size=16, device="cpu")
+    sizes, failures = _check_headers(_encoded(keep + cut), spec, complete_jpeg=True)
+    assert [r for r, _ in failures] == list(range(len(keep), len(keep) + len(cut)))
+    assert all("cut short" in why for _, why in failures)
+    assert (sizes[:len(keep)] > 0).all()
+    assert _check_headers(_encoded(keep + cut), spec)[1] == []  # the CPU decoder finds them itself
+
+
+def test_gpu_decoding_gives_dali_every_core_and_cpu_decoding_at_most_eight(monkeypatch):
+    """On a GPU, nvJPEG's host stage (Huffman decoding) runs on DALI's threads: on a 16-core H100
+    machine 8 threads gave 4,563-8,658 images/s after the first batch (224 px from 500x375), all
+    16 gave 8,049-8,714 (docs/benchmark.md, GPU)."""
+    from sparkfeed.decode import _default_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert (_default_threads("cuda"), _default_threads("cpu")) == (16, 8)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert (_default_threads("cuda"), _default_threads("cpu")) == (2, 2)
 
 
 # -- one batch ahead: submit / collect / cancel ------------------------------------------------

@@ -398,3 +398,11 @@ def test_feed_benchmark_reports_the_wait_fraction():
         assert got["batches"] == 6 and got["depth"] == depth and got["wall_s"] > 0
         assert 0 <= got["wait_fraction"] <= 1 and got["batches_per_s"] > 0
         assert "h2d_gbps" not in got
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
+def test_model_step_says_it_needs_cuda():
+    from sparkfeed.bench.model_step import measure
+
+    with pytest.raises(RuntimeError, match=r"bench.model_step needs CUDA \(torch.cuda.is_available\(\) is False\)"):
+        measure("/nonexistent")

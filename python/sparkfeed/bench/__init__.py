@@ -103,8 +103,8 @@ def run(params: Params) -> dict:
     results = {"hardware": report.hardware(),
                "params": {k: v for k, v in dataclasses.asdict(p).items() if k not in ("expect",)},
                "build_s": round(data.build_s, 1),
-               "webdataset": "written by sparkfeed.write(format='webdataset')" if data.webdataset
-               else data.webdataset_note,
+               "written_by": data.written_by,
+               "webdataset": f"written by {data.written_by}" if data.webdataset else data.webdataset_note,
                "scenarios": {}}
     failures, started = [], time.perf_counter()
     total = sum(len(c) for c in plan.values()) * p.repeats  # (warm-up runs not counted)

@@ -1,4 +1,5 @@
-"""Synthetic benchmark data, written with Spark through `sparkfeed.write` and cached.
+"""Synthetic benchmark data, written with Spark through `sparkfeed.write` and cached (where no
+Spark session can start, with pyarrow and tarfile and indexed: `bench.nospark`).
 
 Every dataset lives under `cache/<name>-<key>/`, where the key hashes the parameters that shape
 it; a directory whose `_done` marker exists is reused as is. The image set is written once as
@@ -20,6 +21,8 @@ from dataclasses import asdict, dataclass
 
 import pyarrow.dataset as pads
 
+from . import nospark
+
 log = logging.getLogger(__name__)
 NUM_LABELS = 100
 NUM_FLOATS = 8
@@ -36,6 +39,7 @@ class Data:
     webdataset: str | None  # sparkfeed WebDataset tars of the same rows (None: not available)
     webdataset_note: str
     build_s: float          # seconds spent building (0 when everything came from the cache)
+    written_by: str = "Spark (sparkfeed.write)"  # or "pyarrow + tarfile, indexed" where Spark cannot start
 
 
 def _key(**params) -> str:
@@ -52,6 +56,14 @@ def _spark():
 
     return sparkfeed.spark_session(app_name="sparkfeed-bench", master="local[2]",
                                    conf={"spark.sql.shuffle.partitions": "4"})
+
+
+def spark_usable() -> bool:
+    """Whether a local Spark session can start here: pyspark importable and a Java runtime."""
+    import importlib.util
+
+    java = shutil.which("java") or os.path.exists(os.path.join(os.environ.get("JAVA_HOME", "/nonexistent"), "bin", "java"))
+    return importlib.util.find_spec("pyspark") is not None and bool(java)
 
 
 def _active_spark():
@@ -93,27 +105,28 @@ def image_shape(side: int, square: bool) -> tuple[int, int]:
     return (side, side) if square else (round(side * 4 / 3), side)
 
 
+def jpeg(i: int, width: int, height: int) -> bytes:
+    """Image `i` as a JPEG: a smooth gradient plus noise, which compresses like a photo, not
+    like flat colour; the same bytes for the same (i, width, height) in every writer."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(int(i))
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([(x * (i % 7 + 1)) % 256, (y * (i % 5 + 1)) % 256, ((x + y) * (i % 3 + 1)) % 256], -1)
+    arr = (base + rng.integers(0, 48, (height, width, 3))).clip(0, 255).astype("uint8")
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
 def _jpeg_partition(width: int, height: int):
     def make(batches):
-        import io
-
-        import numpy as np
-        from PIL import Image
-
         for pdf in batches:
-            images = []
-            for i in pdf["id"]:
-                rng = np.random.default_rng(int(i))
-                # smooth gradient plus noise: compresses like a photo, not like flat colour
-                y, x = np.mgrid[0:height, 0:width]
-                base = np.stack([(x * (i % 7 + 1)) % 256, (y * (i % 5 + 1)) % 256,
-                                 ((x + y) * (i % 3 + 1)) % 256], -1)
-                arr = (base + rng.integers(0, 48, (height, width, 3))).clip(0, 255).astype("uint8")
-                buf = io.BytesIO()
-                Image.fromarray(arr).save(buf, format="JPEG", quality=90)
-                images.append(buf.getvalue())
             pdf = pdf.copy()
-            pdf["image"] = images
+            pdf["image"] = [jpeg(int(i), width, height) for i in pdf["id"]]
             yield pdf
     return make
 
@@ -177,35 +190,53 @@ def build(cache: str, samples: int, images: int, image_shape: tuple[int, int], w
     tab = os.path.join(cache, f"tabular-{_key(**tp)}")
     img = os.path.join(cache, f"images-{_key(**ip)}")
     folder, wds = img + "-folder", img + "-wds"
+    spark_here, wrote = spark_usable(), False
+    if not spark_here:
+        log.info("no Spark here (pyspark or Java missing): the bench data are written with pyarrow "
+                 "and tarfile, then indexed with sparkfeed.index")
     if tabular and _fresh(tab):
-        spark = spark or _spark()
-        _write_tabular(spark, tab, samples, t_shard, t_group)
+        if spark_here:
+            spark = spark or _spark()
+            _write_tabular(spark, tab, samples, t_shard, t_group)
+        else:
+            nospark.write_tabular(tab, samples, t_shard, t_group, NUM_LABELS, NUM_FLOATS)
         _mark(tab, tp)
+        wrote = True
     if image and _fresh(img):
-        spark = spark or _spark()
-        _write_images(spark, img, images, image_shape, i_shard, i_group)
+        if spark_here:
+            spark = spark or _spark()
+            _write_images(spark, img, images, image_shape, i_shard, i_group)
+        else:
+            nospark.write_images(img, images, image_shape, i_shard, i_group, NUM_LABELS)
         _mark(img, ip)
+        wrote = True
     if image and _fresh(folder):
         _write_folder(img, folder)
         _mark(folder, ip)
     note_file = os.path.join(wds, "_note")
     if image and _fresh(wds):
-        spark = spark or _spark()
-        note = _write_webdataset(spark, img, wds, i_shard)
+        if spark_here:
+            spark = spark or _spark()
+            note = _write_webdataset(spark, img, wds, i_shard)
+        else:
+            nospark.write_webdataset(img, wds, i_shard)
+            note = ""
         os.makedirs(wds, exist_ok=True)
         with open(note_file, "w") as f:
             f.write(note)
         _mark(wds, ip)
+        wrote = True
     wds_note = "not built: no image scenario asked for"
     if os.path.exists(note_file):
         with open(note_file) as f:
             wds_note = f.read()
-    built = time.perf_counter() - started if spark is not None else 0.0
+    built = time.perf_counter() - started if wrote else 0.0
     if spark is not None and not borrowed:
         spark.stop()  # the JVM stays up (py4j) but idle; its memory is not counted as the loaders'
 
     return Data(tabular=tab, images=img, image_folder=folder,
-                webdataset=None if wds_note else wds, webdataset_note=wds_note, build_s=built)
+                webdataset=None if wds_note else wds, webdataset_note=wds_note, build_s=built,
+                written_by="Spark (sparkfeed.write)" if spark_here else "pyarrow + tarfile, indexed by sparkfeed.index")
 
 
 def leading_shards(cache: str, full: str, rows: int) -> str | None:

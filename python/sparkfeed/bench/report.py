@@ -59,7 +59,7 @@ def _extra(row: dict) -> str:
         parts.append(f"bytes {row['bytes_ratio']:.1%} of full scan")
     for k, v in (row.get("stats") or {}).items():
         parts.append(f"{k}={v}")
-    for k in ("labels_per_batch", "wait_fraction", "h2d_gbps", "plain_pinned_h2d_gbps",
+    for k in ("labels_per_batch", "wait_fraction", "h2d_gbps", "pin_then_copy_h2d_gbps", "plain_pinned_h2d_gbps",
               "versions", "mds_convert_s", "steady_samples_per_s", "requests", "bytes_served"):
         if k in row:
             parts.append(f"{k}={row[k]}")

@@ -104,20 +104,26 @@ def _cpu_s() -> float:
 def measure(runner: Callable, ctx: Context, options: dict) -> dict:
     """Run one runner once: samples, seconds, time to first batch, peak RSS, CPU seconds."""
     ctx.extra = {}
-    samples, ttfb = 0, None
+    samples, ttfb, first = 0, None, 0
     gc.collect()  # every runner starts with the same clean heap (a full collection costs ~0.1 s here)
     cpu0 = _cpu_s()
     with _PeakRss() as rss:
         start = time.perf_counter()
         for n in runner(ctx, **options):
             if ttfb is None:
-                ttfb = time.perf_counter() - start
+                ttfb, first = time.perf_counter() - start, int(n)
             samples += int(n)
         seconds = time.perf_counter() - start
     m = {"samples": samples, "seconds": seconds, "ttfb_s": ttfb or seconds,
          "peak_rss_mb": rss.peak_mb, "cpu_s": _cpu_s() - cpu0}
-    m.update(ctx.extra.pop("measured", {}))  # a subprocess runner's own figures (peers)
-    return {**m, "extra": dict(ctx.extra)}
+    measured = ctx.extra.pop("measured", {})  # a subprocess runner's own figures (peers)
+    m.update(measured)
+    extra = dict(ctx.extra)
+    if ttfb is not None and samples > first and seconds > ttfb and not measured:
+        # the rate after the first batch, beside the whole run's: start-up (a GPU decoder's
+        # initialisation, worker processes) apart from the steady state, never instead of it
+        extra.setdefault("steady_samples_per_s", round((samples - first) / (seconds - ttfb)))
+    return {**m, "extra": extra}
 
 
 def _missing(runner: str) -> str:
@@ -236,10 +242,10 @@ def decode_cases(p) -> list[Case]:
             Case("webdataset-pil", "webdataset-pil", p.images,
                  payload_bytes=_size(datasets.files(wds, ".tar")) if wds else 0,
                  note="" if wds else f"skipped: {p.data.webdataset_note}"),
-            Case("dali-webdataset-cpu", "dali-webdataset", p.images,
+            Case(f"dali-webdataset-{dev}", "dali-webdataset", p.images,
                  payload_bytes=_size(datasets.files(wds, ".tar")) if wds else 0,
-                 note="DALI's own fn.readers.webdataset over the same tars (+ .idx), CPU decode, "
-                      "num_threads = workers" if wds else f"skipped: {p.data.webdataset_note}"),
+                 note=f"DALI's own fn.readers.webdataset over the same tars (+ .idx), decoded on the "
+                      f"{dev}, num_threads = workers" if wds else f"skipped: {p.data.webdataset_note}"),
             Case("pil-ceiling", "pil-ceiling", p.images, payload_bytes=jpgs,
                  note="in-memory JPEGs, a process pool of `workers`, no loader")]
 
@@ -265,11 +271,12 @@ def train_cases(p) -> list[Case]:
     n_labels = min(datasets.NUM_LABELS, p.images)
     uniform = n_labels * (1 - (1 - 1 / n_labels) ** p.batch_size)
     mix = f"a uniform shuffle gives {uniform:.1f} labels per batch of {p.batch_size} ({n_labels} labels)"
-    return [Case(f"sparkfeed-dali-{runners.dali_device()} train", "sparkfeed-train", p.images,
+    dev = runners.dali_device()
+    return [Case(f"sparkfeed-dali-{dev} train", "sparkfeed-train", p.images,
                  note=f"shuffle=True, ImageDecode(size={crop}, crop='random', resize=None, mirror=True); {mix}"),
             Case("torch-pil-files train", "torch-pil-train", p.images, baseline=True,
                  note=f"DataLoader(shuffle=True), PIL RandomCrop({crop}) + horizontal flip"),
-            Case("dali-webdataset-cpu train", "dali-webdataset-train", p.images,
+            Case(f"dali-webdataset-{dev} train", "dali-webdataset-train", p.images,
                  note=f"fn.readers.webdataset(random_shuffle=True), crop {crop} at fn.random.uniform, "
                       "fn.random.coin_flip mirror" if wds else f"skipped: {p.data.webdataset_note}")]
 

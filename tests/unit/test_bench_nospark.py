@@ -1,0 +1,60 @@
+"""The bench data without Spark (`bench.nospark`, used where no Spark session can start, as on a
+GPU machine set up for training): the Spark writer's rows, read back by sparkfeed and by DALI's
+own WebDataset reader."""
+
+import pytest
+import torch
+
+import sparkfeed
+from sparkfeed.bench import datasets, runners
+from sparkfeed.bench.scenarios import measure
+
+ROWS, IMAGES, SHAPE = 700, 150, (40, 30)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    patch = pytest.MonkeyPatch()
+    patch.setattr(datasets, "spark_usable", lambda: False)
+    try:
+        yield datasets.build(str(tmp_path_factory.mktemp("nospark")), ROWS, IMAGES, SHAPE, 2)
+    finally:
+        patch.undo()
+
+
+def _rows(path, columns):
+    out = {c: [] for c in columns}
+    for batch in sparkfeed.DataLoader(path, batch_size=64, columns=columns):
+        for c in columns:
+            v = batch[c]
+            out[c] += v.tolist() if isinstance(v, torch.Tensor) else [bytes(x) for x in v] \
+                if c in ("image", "jpg") else list(v)
+    return out
+
+
+def test_the_tabular_rows_are_the_spark_writers(data):
+    got = _rows(data.tabular, ["id", "label", "caption", "f0"])
+    order = sorted(range(ROWS), key=got["id"].__getitem__)
+    assert [got["id"][i] for i in order] == list(range(ROWS))
+    assert [got["label"][i] for i in order] == [i * datasets.NUM_LABELS // ROWS for i in range(ROWS)]
+    assert got["caption"][order[5]] == "a synthetic caption for row 5"
+    assert all(0.0 <= x < 1.0 for x in got["f0"])
+
+
+def test_the_images_are_the_same_jpegs_in_parquet_and_in_tars(data):
+    assert data.written_by.startswith("pyarrow") and data.webdataset and data.webdataset_note == ""
+    pq = _rows(data.images, ["id", "label", "image"])
+    assert sorted(pq["id"]) == list(range(IMAGES))
+    for i, label, image in zip(pq["id"], pq["label"], pq["image"]):
+        assert label == i * datasets.NUM_LABELS // IMAGES and image == datasets.jpeg(i, *SHAPE)
+    tars = _rows(data.webdataset, ["key", "cls", "jpg"])
+    by_key = {int(k[1:]): (cls, jpg) for k, cls, jpg in zip(tars["key"], tars["cls"], tars["jpg"])}
+    assert sorted(by_key) == list(range(IMAGES))
+    assert all(by_key[i] == (label, image) for i, label, image in zip(pq["id"], pq["label"], pq["image"]))
+
+
+def test_dali_reads_the_tars_with_the_indexes_sparkfeed_index_wrote(data):
+    ctx = runners.Context(data=data, batch_size=64, workers=1, image_size=24, image_source=30)
+    m = measure(runners.dali_webdataset, ctx, {})
+    assert m["samples"] == IMAGES
+    assert m["extra"]["steady_samples_per_s"] > 0 and m["ttfb_s"] > 0
