@@ -107,5 +107,6 @@ EOF
 case "$cmd" in
   fetch) fetch ;;
   run) run ;;
+  -h|--help) sed -n '2,18p' "$0" ;;
   *) sed -n '2,18p' "$0"; exit 2 ;;
 esac
