@@ -76,15 +76,15 @@ def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_webdataset(images: str, path: str, shard: int) -> None:
-    """The image rows as WebDataset tars (`<key>.jpg`, `.cls`, `.txt`), as the JVM writer lays
-    them out, then indexed (which writes each tar's DALI index)."""
+    """The image rows as WebDataset tars of at most `shard` samples (`<key>.jpg`, `.cls`,
+    `.txt`), as the JVM writer lays them out, then indexed (which writes each tar's DALI index).
+    One batch of rows in memory at a time."""
     import pyarrow.dataset as pads
 
-    table = pads.dataset(images, format="parquet", exclude_invalid_files=True).to_table(
-        columns=["id", "label", "caption", "image"])
+    dataset = pads.dataset(images, format="parquet", exclude_invalid_files=True)
     os.makedirs(path, exist_ok=True)
-    for k, lo, rows in _shards(table.num_rows, shard):
-        part = table.slice(lo, rows).to_pydict()
+    batches = dataset.to_batches(columns=["id", "label", "caption", "image"], batch_size=shard)
+    for k, part in enumerate(b.to_pydict() for b in batches if b.num_rows):
         with tarfile.open(os.path.join(path, f"part-{k:05d}.tar"), "w", format=tarfile.USTAR_FORMAT) as tar:
             for rid, label, caption, image in zip(part["id"], part["label"], part["caption"], part["image"]):
                 key = f"s{rid:09d}"
