@@ -158,7 +158,7 @@ class ImageDecode:
                 _import_dali()
             except ImportError as e:
                 raise ValueError(f"`backend` should be 'pil' where NVIDIA DALI is not installed "
-                                 f"(`pip install nvidia-dali-cuda120`), but got backend='dali' ({e.__cause__})") from e
+                                 f"(`pip install {dali_package()}`), but got backend='dali' ({e.__cause__})") from e
         device = "gpu" if self.device == "gpu" or (self.device == "auto" and cuda) else "cpu"
         return dataclasses.replace(self, device=device)
 
@@ -318,13 +318,20 @@ def _dali_reason(e: Exception) -> str:
     return lines[0] if lines else type(e).__name__
 
 
+def dali_package() -> str:
+    """The DALI wheel for this torch's CUDA: `nvidia-dali-cuda130` for CUDA 13 (torch +cu130),
+    `nvidia-dali-cuda120` otherwise (CUDA 12, or a CPU-only torch)."""
+    cuda = torch.version.cuda or ""
+    return "nvidia-dali-cuda130" if cuda.split(".")[0] == "13" else "nvidia-dali-cuda120"
+
+
 def _import_dali():
     try:
         from nvidia import dali  # noqa: F401
         from nvidia.dali import fn, types
         from nvidia.dali.plugin.pytorch import feed_ndarray
     except ImportError as e:
-        raise ImportError("ImageDecode(backend='dali') needs NVIDIA DALI: `pip install nvidia-dali-cuda120`, "
+        raise ImportError(f"ImageDecode(backend='dali') needs NVIDIA DALI: `pip install {dali_package()}`, "
                           "or pass ImageDecode(..., backend='pil')") from e
     return dali, fn, types, feed_ndarray
 

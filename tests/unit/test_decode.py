@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from sparkfeed.batch import BinaryColumn
-from sparkfeed.decode import DecodeResult, ImageDecode, ImageDecoder
+from sparkfeed.decode import DecodeResult, ImageDecode, ImageDecoder, dali_package
 
 BACKENDS = ["dali", "pil"]
 
@@ -357,10 +357,11 @@ def test_missing_dali_message(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_dali)
+    wheel = dali_package()
     with pytest.raises(ValueError, match="`backend` should be 'pil' where NVIDIA DALI is not installed "
-                                         r"\(`pip install nvidia-dali-cuda120`\), but got backend='dali'"):
+                                         rf"\(`pip install {wheel}`\), but got backend='dali'"):
         ImageDecode(device="cpu").resolve()
-    with pytest.raises(ValueError, match="pip install nvidia-dali-cuda120"):
+    with pytest.raises(ValueError, match=f"pip install {wheel}"):
         ImageDecoder(ImageDecode(device="cpu"), max_batch_size=2)
     # PIL needs no DALI; "auto" still means the GPU (for the output) where there is one
     assert ImageDecode(device="auto", backend="pil").resolve().device == (
@@ -536,6 +537,13 @@ def test_jpegs_cut_short_are_refused_for_gpu_decoding_and_only_those():
     assert all("cut short" in why for _, why in failures)
     assert (sizes[:len(keep)] > 0).all()
     assert _check_headers(_encoded(keep + cut), spec)[1] == []  # the CPU decoder finds them itself
+
+
+@pytest.mark.parametrize("cuda, wheel", [(None, "nvidia-dali-cuda120"), ("12.4", "nvidia-dali-cuda120"),
+                                         ("13.0", "nvidia-dali-cuda130")])
+def test_the_dali_wheel_named_matches_torchs_cuda(monkeypatch, cuda, wheel):
+    monkeypatch.setattr(torch.version, "cuda", cuda)
+    assert dali_package() == wheel
 
 
 def test_gpu_decoding_gives_dali_every_core_and_cpu_decoding_at_most_eight(monkeypatch):

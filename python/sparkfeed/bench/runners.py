@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.utils.data
 
+from ..decode import dali_package
 from . import datasets, remote
 
 TABULAR_COLUMNS = ["id", "label"] + [f"f{i}" for i in range(datasets.NUM_FLOATS)]
@@ -478,14 +479,15 @@ RUNNERS: dict[str, Runner] = {
 PEER_VENVS: dict[str, str] = {"petastorm": "petastorm", "mosaic-streaming": "streaming",
                               "mosaic-streaming-remote": "streaming"}
 
+_DALI_HINT = f"pip install {dali_package()}"
 # runner -> (module it needs, how to install it); checked before the runner is timed
 REQUIRES: dict[str, tuple[str, str]] = {
     "webdataset-pil": ("webdataset", "pip install webdataset"),
     "webdataset-remote": ("webdataset", "pip install webdataset"),
     "torch-pil-files": ("PIL", "pip install pillow"),
     "pil-ceiling": ("PIL", "pip install pillow"),
-    "sparkfeed-dali": ("nvidia.dali", "pip install nvidia-dali-cuda120"),
-    "dali-webdataset": ("nvidia.dali", "pip install nvidia-dali-cuda120"),
-    "sparkfeed-train": ("nvidia.dali", "pip install nvidia-dali-cuda120"),
-    "dali-webdataset-train": ("nvidia.dali", "pip install nvidia-dali-cuda120"),
+    "sparkfeed-dali": ("nvidia.dali", _DALI_HINT),
+    "dali-webdataset": ("nvidia.dali", _DALI_HINT),
+    "sparkfeed-train": ("nvidia.dali", _DALI_HINT),
+    "dali-webdataset-train": ("nvidia.dali", _DALI_HINT),
 }
