@@ -171,6 +171,8 @@ def _truncated_jpegs(enc: _Encoded) -> list[int]:
     so on the GPU they are refused here, as the CPU decoder refuses them. Most rows end in the
     marker (one numpy test for the batch); only the others are walked."""
     starts, ends = enc.starts, enc.ends
+    if enc.data.size == 0:  # nothing but empty rows (refused as such)
+        return []
     jpeg = (ends - starts >= 4) & (_be16(enc.data, starts) == 0xFFD8)
     suspects = np.flatnonzero(jpeg & (_be16(enc.data, np.maximum(ends - 2, starts)) != 0xFFD9))
     bad = []

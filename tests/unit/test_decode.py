@@ -537,6 +537,8 @@ def test_jpegs_cut_short_are_refused_for_gpu_decoding_and_only_those():
     assert all("cut short" in why for _, why in failures)
     assert (sizes[:len(keep)] > 0).all()
     assert _check_headers(_encoded(keep + cut), spec)[1] == []  # the CPU decoder finds them itself
+    _, empty = _check_headers(_encoded([b"", b""]), spec, complete_jpeg=True)
+    assert [(r, "empty" in why) for r, why in empty] == [(0, True), (1, True)]
 
 
 @pytest.mark.parametrize("cuda, wheel", [(None, "nvidia-dali-cuda120"), ("12.4", "nvidia-dali-cuda120"),
