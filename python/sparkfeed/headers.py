@@ -60,21 +60,28 @@ _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # JPEG start-of-frame 
 _PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
 
 
+def _segments(b, need: int):
+    """(position, marker) of each segment of a JPEG after its SOI, walking the segment lengths
+    (so markers inside a segment, an EXIF thumbnail's, are skipped), while `need` bytes remain."""
+    i, n = 2, len(b)
+    while i + need <= n and b[i] == 0xFF:
+        marker = b[i + 1]
+        if marker != 0xFF:  # else a fill byte
+            yield i, marker
+            i += 2 + int.from_bytes(b[i + 2:i + 4], "big")
+        else:
+            i += 1
+
+
 def _fast_size(mv: memoryview) -> tuple[int, int] | None:
     """(width, height) of a JPEG or PNG read from its markers (~10x cheaper than PIL), else None."""
     if mv[:16] == _PNG and len(mv) >= 24:
         return int.from_bytes(mv[16:20], "big"), int.from_bytes(mv[20:24], "big")
     if mv[:2] != b"\xff\xd8":
         return None
-    i, n = 2, len(mv)
-    while i + 9 <= n and mv[i] == 0xFF:
-        marker = mv[i + 1]
+    for i, marker in _segments(mv, 9):
         if marker in _SOF:
             return int.from_bytes(mv[i + 7:i + 9], "big"), int.from_bytes(mv[i + 5:i + 7], "big")
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        i += 2 + int.from_bytes(mv[i + 2:i + 4], "big")
     return None
 
 
@@ -150,21 +157,6 @@ def _check_header(arr: np.ndarray, max_pixels: int) -> tuple[tuple[int, int] | N
     return (w, h), None
 
 
-def _scan_start(b: bytes) -> int:
-    """Where a JPEG's first scan (SOS) starts, walking the segments (so that an EXIF thumbnail's
-    own markers do not count); -1 when there is none."""
-    i, n = 2, len(b)
-    while i + 4 <= n and b[i] == 0xFF:
-        marker = b[i + 1]
-        if marker == 0xDA:
-            return i
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        i += 2 + int.from_bytes(b[i + 2:i + 4], "big")
-    return -1
-
-
 def _truncated_jpegs(enc: _Encoded) -> list[int]:
     """JPEG rows with no end-of-image marker after their first scan: cut short (a partial
     download or write). nvJPEG decodes such a stream without an error, filling what is missing,
@@ -178,7 +170,7 @@ def _truncated_jpegs(enc: _Encoded) -> list[int]:
     bad = []
     for r in suspects.tolist():
         b = enc.data[starts[r]:ends[r]].tobytes()
-        sos = _scan_start(b)
+        sos = next((i for i, marker in _segments(b, 4) if marker == 0xDA), -1)  # the first scan
         if sos < 0 or b.rfind(b"\xff\xd9") < sos:  # trailing bytes after the marker are allowed
             bad.append(r)
     return bad

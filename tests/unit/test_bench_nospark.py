@@ -23,12 +23,15 @@ def data(tmp_path_factory):
 
 
 def _rows(path, columns):
+    """Every column of the dataset as a list (tensors as numbers, binary columns as bytes)."""
     out = {c: [] for c in columns}
     for batch in sparkfeed.DataLoader(path, batch_size=64, columns=columns):
         for c in columns:
             v = batch[c]
-            out[c] += v.tolist() if isinstance(v, torch.Tensor) else [bytes(x) for x in v] \
-                if c in ("image", "jpg") else list(v)
+            if isinstance(v, torch.Tensor):
+                out[c] += v.tolist()
+            else:
+                out[c] += [bytes(x) if c in ("image", "jpg") else x for x in v]
     return out
 
 

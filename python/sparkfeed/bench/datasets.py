@@ -62,7 +62,8 @@ def spark_usable() -> bool:
     """Whether a local Spark session can start here: pyspark importable and a Java runtime."""
     import importlib.util
 
-    java = shutil.which("java") or os.path.exists(os.path.join(os.environ.get("JAVA_HOME", "/nonexistent"), "bin", "java"))
+    home = os.environ.get("JAVA_HOME")
+    java = shutil.which("java") or (home and os.path.exists(os.path.join(home, "bin", "java")))
     return importlib.util.find_spec("pyspark") is not None and bool(java)
 
 

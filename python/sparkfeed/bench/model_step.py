@@ -20,7 +20,6 @@ import time
 
 import torch
 
-log = logging.getLogger(__name__)
 MEAN, STD = (0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 

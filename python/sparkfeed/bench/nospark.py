@@ -50,22 +50,19 @@ def _encode(args) -> list[bytes]:
     return [jpeg(int(i), width, height) for i in ids]
 
 
-def _jpegs(ids: np.ndarray, width: int, height: int) -> list[bytes]:
-    """The JPEGs of `ids`, encoded on every core (PIL holds the GIL while it encodes)."""
-    chunks = [(c, width, height) for c in np.array_split(ids, max(1, len(ids) // 64))]
-    with multiprocessing.get_context("fork").Pool(os.cpu_count() or 1) as pool:
-        return [b for part in pool.map(_encode, chunks) for b in part]
-
-
 def write_images(path: str, n: int, shape: tuple[int, int], shard: int, group: int, labels: int) -> None:
-    """id, label (clustered), caption, image (JPEG bytes of `shape`), as Parquet shards."""
+    """id, label (clustered), caption, image (JPEG bytes of `shape`), as Parquet shards; the
+    JPEGs encoded on every core (PIL holds the GIL while it encodes), one pool for all shards."""
     os.makedirs(path, exist_ok=True)
-    for k, lo, rows in _shards(n, shard):
-        ids = np.arange(lo, lo + rows, dtype=np.int64)
-        table = pa.table({"id": ids, "label": (ids * labels // n).astype(np.int32),
-                          "caption": pa.array([f"image {i}" for i in ids.tolist()]),
-                          "image": pa.array(_jpegs(ids, *shape), pa.binary())})
-        pq.write_table(table, os.path.join(path, f"part-{k:05d}.parquet"), row_group_size=group)
+    with multiprocessing.get_context("fork").Pool(os.cpu_count() or 1) as pool:
+        for k, lo, rows in _shards(n, shard):
+            ids = np.arange(lo, lo + rows, dtype=np.int64)
+            chunks = [(c, *shape) for c in np.array_split(ids, max(1, rows // 64))]
+            images = [b for part in pool.map(_encode, chunks) for b in part]
+            table = pa.table({"id": ids, "label": (ids * labels // n).astype(np.int32),
+                              "caption": pa.array([f"image {i}" for i in ids.tolist()]),
+                              "image": pa.array(images, pa.binary())})
+            pq.write_table(table, os.path.join(path, f"part-{k:05d}.parquet"), row_group_size=group)
     _index(path, "parquet")
 
 

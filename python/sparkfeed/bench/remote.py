@@ -137,7 +137,7 @@ def sparkfeed_remote(ctx, fmt: str = "parquet", remote: bool = True) -> Iterator
     before = (server.requests, server.bytes_sent) if server else (0, 0)
     loader = sparkfeed.DataLoader(_url_of(path) if remote else path, batch_size=ctx.batch_size,
                                   columns=["id", "label", "image"], num_workers=ctx.workers)
-    yield from steady(ctx, (len(batch["id"]) for batch in loader))
+    yield from (len(batch["id"]) for batch in loader)
     ctx.extra["bytes_read"] = int(loader.stats()["bytes_read"])
     if server:
         _served(ctx, server, before)
@@ -147,21 +147,6 @@ def _served(ctx, server: LatencyServer, before: tuple[int, int]) -> None:
     """Requests and bytes the server answered since `before` (its counts then), into the row."""
     ctx.extra["requests"] = server.requests - before[0]
     ctx.extra["bytes_served"] = server.bytes_sent - before[1]
-
-
-def steady(ctx, sizes: Iterator[int]) -> Iterator[int]:
-    """`sizes` passed through, and the steady-state rate put in the row: samples after the first
-    batch over the time after it. Reported beside the whole run's rate and the first-batch time
-    (the start-up cost: manifest, footers, first fetch), never instead of them."""
-    first, start, n = None, 0.0, 0
-    for size in sizes:
-        if first is None:
-            first, start = size, time.perf_counter()
-        n += size
-        yield size
-    took = time.perf_counter() - start
-    if first is not None and n > first and took > 0:
-        ctx.extra["steady_samples_per_s"] = round((n - first) / took)
 
 
 def webdataset_remote(ctx) -> Iterator[int]:
@@ -182,7 +167,7 @@ def webdataset_remote(ctx) -> Iterator[int]:
                                workersplitter=wds.split_by_worker)
                 .to_tuple("jpg", "cls").batched(ctx.batch_size, partial=True))
     loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=ctx.workers)
-    yield from steady(ctx, (len(images) for images, _labels in loader))
+    yield from (len(images) for images, _labels in loader)
     _served(ctx, server, before)
 
 

@@ -120,9 +120,9 @@ def measure(runner: Callable, ctx: Context, options: dict) -> dict:
     m.update(measured)
     extra = dict(ctx.extra)
     if ttfb is not None and samples > first and seconds > ttfb and not measured:
-        # the rate after the first batch, beside the whole run's: start-up (a GPU decoder's
-        # initialisation, worker processes) apart from the steady state, never instead of it
-        extra.setdefault("steady_samples_per_s", round((samples - first) / (seconds - ttfb)))
+        # the rate after the first batch, beside the whole run's: start-up (manifest, footers,
+        # a first remote fetch, a GPU decoder's initialisation) apart from the steady state
+        extra["steady_samples_per_s"] = round((samples - first) / (seconds - ttfb))
     return {**m, "extra": extra}
 
 
