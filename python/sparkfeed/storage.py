@@ -1,4 +1,5 @@
-"""Storage through fsspec: the only module that touches URLs.
+"""Storage through fsspec: with `httpranges` (read-ahead ranges over plain HTTP(S) on the
+standard library's client), the only modules that touch URLs.
 
 Local paths, file://, s3://, gs://, hdfs://, http(s):// and anything else fsspec knows. Spark's
 Hadoop schemes (s3a://, s3n://) are mapped to fsspec's. Reads retry transient failures with
@@ -13,6 +14,7 @@ import logging
 import os
 import posixpath
 import random
+import ssl
 import time
 import weakref
 from collections import OrderedDict
@@ -24,14 +26,17 @@ import fsspec
 import fsspec.asyn
 import fsspec.utils
 
+from . import httpranges
 from .errors import PathEscapeError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _HADOOP_SCHEMES = {"s3a": "s3", "s3n": "s3"}
-# Errors that mean "this will not get better by retrying".
-_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+# Errors that mean "this will not get better by retrying". A certificate that fails
+# verification is an OSError (aiohttp's certificate error is a subclass), but no retry cures it.
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+              ssl.SSLCertVerificationError)
 
 
 def normalise_url(path: str) -> str:
@@ -209,7 +214,7 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
 # Over object storage or HTTP every read is a request with 10-50 ms to the first byte. Three
 # things keep that off the critical path: one open per file (readers keep files open, and the
 # size comes from the manifest, so opening costs no HEAD request), coalesced range requests
-# (pyarrow's pre_buffer for the columns of a row group; fsspec's cat_ranges for read-ahead), and
+# (pyarrow's pre_buffer for the columns of a row group; `fetch_ranges` for read-ahead), and
 # `ReadAhead`: the next units' bytes fetched on a few threads while the current unit is
 # converted, bounded by bytes held.
 
@@ -242,25 +247,32 @@ def open_remote(fs: fsspec.AbstractFileSystem, path: str, size: int | None = Non
 def fetch_ranges(fs: fsspec.AbstractFileSystem, path: str, ranges: list[tuple[int, int]],
                  size: int | None = None) -> dict[tuple[int, int], memoryview | bytes]:
     """{(start, end): bytes} for byte ranges of one file, adjacent ones merged into one request
-    (fsspec's merge_offset_ranges) and the requests sent concurrently (over HTTP on fsspec's
-    own session, `_http_ranges`; else fsspec's cat_ranges). Over HTTP, `size` (the manifest's)
-    is checked against the file's size the server reports: a ValueError when it changed."""
+    (fsspec's merge_offset_ranges) and the requests sent concurrently (over HTTP with the
+    standard library's client, `httpranges`, or on fsspec's session, `_http_ranges`; else
+    fsspec's cat_ranges). Over HTTP, `size` (the manifest's) is checked against the file's size
+    the server reports: a ValueError when it changed."""
     _, starts, ends = fsspec.utils.merge_offset_ranges(
         [path] * len(ranges), [a for a, _ in ranges], [b for _, b in ranges], max_gap=COALESCE_GAP)
     if _is_http(fs):
-        blobs = with_retries(lambda: fsspec.asyn.sync(fs.loop, _http_ranges, fs, path, starts, ends, size),
-                             f"reading ahead {path}")
+        blobs = with_retries(lambda: _http_fetch(fs, path, starts, ends, size), f"reading ahead {path}")
     else:
         blobs = with_retries(lambda: fs.cat_ranges([path] * len(starts), starts, ends, on_error="raise"),
                              f"reading ahead {path}")
     for a, b, blob in zip(starts, ends, blobs):
         if len(blob) != b - a:  # fsspec's HTTP cat does not check that the server honoured Range
-            raise ValueError(_NO_RANGES.format(path=path, a=a, b=b - 1, n=len(blob)))
+            raise ValueError(httpranges.NO_RANGES.format(path=path, a=a, b=b - 1, n=len(blob)))
     return {(a, b): blob for a, b, blob in zip(starts, ends, blobs)}
 
 
-_NO_RANGES = ("{path}: asked for bytes {a}-{b}, got {n} bytes; the server does not appear to "
-              "support range requests")
+def _http_fetch(fs, path: str, starts: list[int], ends: list[int], size: int | None) -> list:
+    """HTTP ranges with the standard library's client where it sends what fsspec's would
+    (`httpranges`: one copy per byte, on the calling thread), else on fsspec's session."""
+    if httpranges.usable(fs):
+        try:
+            return httpranges.fetch(fs, path, starts, ends, size, HTTP_SOCK_READ_S)
+        except httpranges.NeedsFsspec as exc:
+            log.debug("%s; fetching on fsspec's session", exc)
+    return fsspec.asyn.sync(fs.loop, _http_ranges, fs, path, starts, ends, size)
 
 
 def _is_http(fs: fsspec.AbstractFileSystem) -> bool:
@@ -270,8 +282,8 @@ def _is_http(fs: fsspec.AbstractFileSystem) -> bool:
 
 async def _http_ranges(fs, path: str, starts: list[int], ends: list[int],
                        size: int | None = None) -> list[memoryview]:
-    """The byte ranges of one file over HTTP, concurrently, each read into one buffer from
-    pyarrow's memory pool as the body arrives.
+    """The byte ranges of one file over HTTP on fsspec's session (where `httpranges` does not
+    apply), concurrently, each read into one buffer from pyarrow's memory pool as it arrives.
 
     Why not fsspec's `cat_ranges`: its `cat_file` collects each body with aiohttp's `read()`,
     which joins the received chunks into a new bytes object (a fresh multi-MB allocation the
@@ -299,19 +311,19 @@ async def _http_range(fs, session, path: str, start: int, end: int, size: int | 
             raise FileNotFoundError(path)
         r.raise_for_status()
         if r.status != 206 and start > 0:
-            raise ValueError(_NO_RANGES.format(path=path, a=start, b=end - 1, n=r.content_length))
+            raise ValueError(httpranges.NO_RANGES.format(path=path, a=start, b=end - 1, n=r.content_length))
         total = r.headers.get("Content-Range", "").rpartition("/")[2] if r.status == 206 \
             else str(r.content_length)
-        if size is not None and total.isdigit() and int(total) != size:
-            raise ValueError(f"{path}: the file is {total} bytes, not {size} (changed after the "
-                             "manifest was written)")
+        problem = httpranges.size_problem(path, total, size)
+        if problem:
+            raise ValueError(problem)
         while True:
             chunk, _ = await r.content.readchunk()
             if not chunk:
                 break
             if at + len(chunk) > len(view):  # a whole file for a range at its start
-                raise ValueError(_NO_RANGES.format(path=path, a=start, b=end - 1,
-                                                   n=r.content_length or at + len(chunk)))
+                raise ValueError(httpranges.NO_RANGES.format(path=path, a=start, b=end - 1,
+                                                             n=r.content_length or at + len(chunk)))
             view[at:at + len(chunk)] = chunk
             at += len(chunk)
     return view[:at]

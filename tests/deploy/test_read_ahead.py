@@ -13,8 +13,16 @@ import pytest
 import dsutil
 import sparkfeed
 from faulty_http import FaultPlan, FaultyServer
-from sparkfeed import storage
+from sparkfeed import httpranges, storage
 from sparkfeed.bench.remote import LatencyServer, send_file_range
+
+
+@pytest.fixture(params=["direct", "fsspec"])
+def http_client(request, monkeypatch):
+    """Both clients of read-ahead ranges over HTTP: the standard library's (`httpranges`, the
+    default) and fsspec's aiohttp session (`storage._http_ranges`)."""
+    monkeypatch.setattr(httpranges, "DIRECT", request.param == "direct")
+    return request.param
 
 
 def test_read_ahead_holds_at_most_max_bytes():
@@ -194,7 +202,7 @@ class _IgnoresRange(http.server.BaseHTTPRequestHandler):
         send_file_range(self, path, body=True)
 
 
-def test_a_server_that_ignores_range_is_read_whole_never_wrong(tmp_path):
+def test_a_server_that_ignores_range_is_read_whole_never_wrong(tmp_path, http_client):
     """fsspec's HTTP cat does not check that a range was honoured; the read-ahead fetch does
     (a range not at the start, or at the start of a longer file), and the loader falls back to
     whole-file reads: every sample once."""
@@ -219,7 +227,7 @@ def test_a_server_that_ignores_range_is_read_whole_never_wrong(tmp_path):
     assert sorted(ids) == list(range(300))
 
 
-def test_http_ranges_arrive_whole_and_exact(tmp_path):
+def test_http_ranges_arrive_whole_and_exact(tmp_path, http_client):
     """Over HTTP the ranges are read into pooled buffers: the bytes are the file's, for ranges
     merged into one request and for separate ones, and a missing file is FileNotFoundError."""
     blob = os.urandom(300_000)
@@ -236,7 +244,7 @@ def test_http_ranges_arrive_whole_and_exact(tmp_path):
                                                     (150_000, 300_000): blob[150_000:]}
 
 
-def test_a_shard_grown_after_the_write_is_an_error_not_a_prefix(tmp_path):
+def test_a_shard_grown_after_the_write_is_an_error_not_a_prefix(tmp_path, http_client):
     """Read-ahead fetches a tar as the manifest's byte count; a shard replaced by a longer one
     must not pass as its first bytes: the server's size fails the fetch, and the in-place read
     names the shard and the sizes."""
@@ -269,6 +277,7 @@ def test_remote_epochs_cli_reads_every_sample_over_a_server_in_its_own_process(t
                                "--batch-size", "64"]) == 0
     out = capsys.readouterr().out
     assert out.count("'samples': 300,") == 2 and "median page_faults:" in out, out
+    assert "median cpu_user_s:" in out and "median cpu_system_s:" in out, out
 
 
 @pytest.mark.parametrize("worker_type", ["thread", "process"])

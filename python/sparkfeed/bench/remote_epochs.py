@@ -1,7 +1,8 @@
 """`python -m sparkfeed.bench.remote_epochs PATH`: epochs of the loader over PATH served by the
 bench's `LatencyServer` in a process of its own (so this process is the loader alone), each with
-its time, first batch, minor page faults and the busiest threads' CPU: what the `remote`
-scenario's rows cannot separate (its server shares the bench process). docs/deploy.md quotes it.
+its time, first batch, minor page faults, the process's CPU and the busiest threads' CPU: what
+the `remote` scenario's rows cannot separate (its server shares the bench process).
+docs/deploy.md quotes it.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _epoch(path: str, workers: int, batch_size: int) -> dict:
 
     import sparkfeed
 
-    faults, cpu = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, _thread_cpu()
+    before, cpu = resource.getrusage(resource.RUSAGE_SELF), _thread_cpu()
     loader = sparkfeed.DataLoader(path, batch_size=batch_size, columns=["id", "label", "image"],
                                   num_workers=workers)
     start, first, n = time.perf_counter(), None, 0
@@ -52,10 +53,12 @@ def _epoch(path: str, workers: int, batch_size: int) -> dict:
         n += len(batch["id"])
         first = time.perf_counter() - start if first is None else first
     took = time.perf_counter() - start
-    after = _thread_cpu()
+    after, usage = _thread_cpu(), resource.getrusage(resource.RUSAGE_SELF)
     busy = sorted(((after[k] - cpu.get(k, 0.0), k[1]) for k in after), reverse=True)[:3]
     return {"samples": n, "seconds": took, "first_batch_s": first,
-            "page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults,
+            "page_faults": usage.ru_minflt - before.ru_minflt,
+            "cpu_user_s": usage.ru_utime - before.ru_utime,
+            "cpu_system_s": usage.ru_stime - before.ru_stime,
             "busiest_threads_cpu_s": [(name, round(s, 3)) for s, name in busy]}
 
 
@@ -67,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sparkfeed.bench.remote_epochs", description=(
         "Epochs of sparkfeed's DataLoader over a dataset served by the bench's latency server "
         "(Range support, a fixed delay per request) in a process of its own, or read locally: "
-        "time, first batch, minor page faults and the busiest threads' CPU per epoch."))
+        "time, first batch, minor page faults, the process's user and system CPU and the "
+        "busiest threads' CPU per epoch."))
     p.add_argument("path", help="dataset directory (e.g. one under ~/.cache/sparkfeed-bench)")
     p.add_argument("--latency-ms", type=float, default=LATENCY_S * 1000, help="delay per request")
     p.add_argument("--epochs", type=int, default=5, help="timed epochs, after one warm-up epoch")
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             child.join(5)
     for row in rows:
         print(row)
-    for key in ("seconds", "first_batch_s", "page_faults"):
+    for key in ("seconds", "first_batch_s", "page_faults", "cpu_user_s", "cpu_system_s"):
         print(f"median {key}: {statistics.median(r[key] for r in rows):.4g}")
     return 0
 

@@ -1,0 +1,242 @@
+"""Read-ahead byte ranges over plain HTTP(S) with the standard library's client, each body
+received straight into one buffer from pyarrow's memory pool (`storage.fetch_ranges`).
+
+Why not fsspec's aiohttp session for these: every body then passes through fsspec's one
+event-loop thread, which copies each received chunk twice (asyncio's receive buffer, the
+parser's body chunk) and runs Python per chunk under the interpreter lock. On 2 cores that
+thread was the remote read's bottleneck: 0.18-0.26 s of CPU per 160 MB epoch, longer than a
+whole local epoch (docs/deploy.md). Here the read-ahead thread that asked for a range receives
+its body itself, with `recv_into` into the buffer: one copy (the kernel's), the lock released.
+
+Used only where it sends the request fsspec's client would: http(s) URLs without credentials in
+them, request options that are at most `headers`, client options that are at most the time-out
+and read buffer (sparkfeed's defaults, `storage._with_defaults`) and fsspec's own session
+factory. Anything else (auth, proxies, SSL settings, a custom session) stays on fsspec's session
+(`storage._http_ranges`), as does a range the server answers with a redirect (and from then
+on every range for that server).
+`SPARKFEED_HTTP_DIRECT=0` in the environment turns this path off.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import ssl
+import threading
+import urllib.parse
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+log = logging.getLogger(__name__)
+
+DIRECT = os.environ.get("SPARKFEED_HTTP_DIRECT", "1") != "0"
+IDLE_PER_HOST = 32  # keep-alive connections kept per server between requests
+MAX_CONCURRENT = 8  # requests in flight for one call with several ranges
+
+_REQUEST_OPTIONS = {"headers"}
+_CLIENT_OPTIONS = {"timeout", "read_bufsize"}
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+NO_RANGES = ("{path}: asked for bytes {a}-{b}, got {n} bytes; the server does not appear to "
+             "support range requests")
+
+
+class NeedsFsspec(Exception):
+    """A request for fsspec's own client: the server redirected it (fsspec's client follows
+    redirects), or its URL carries credentials."""
+
+
+class HTTPStatusError(Exception):
+    """An HTTP answer other than the range asked for; `status` says whether a retry may cure it
+    (`storage.is_transient`: 5xx and 429 do)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def usable(fs) -> bool:
+    """True when `fs` (fsspec's HTTPFileSystem) sends nothing this client would not: no request
+    option but headers, no client option but sparkfeed's defaults, fsspec's session factory."""
+    if not DIRECT:
+        return False
+    request, client = getattr(fs, "kwargs", None), getattr(fs, "client_kwargs", None)
+    if not isinstance(request, dict) or not isinstance(client, dict):
+        return False
+    if set(request) - _REQUEST_OPTIONS or set(client) - _CLIENT_OPTIONS:
+        return False
+    headers = request.get("headers", {})
+    if not isinstance(headers, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        return False
+    from fsspec.implementations.http import get_client
+
+    return getattr(fs, "get_client", None) is get_client
+
+
+def size_problem(path: str, total: str, size: int | None) -> str | None:
+    """Why a file whose server reports `total` bytes is not the manifest's `size`, or None."""
+    if size is not None and total.isdigit() and int(total) != size:
+        return f"{path}: the file is {total} bytes, not {size} (changed after the manifest was written)"
+    return None
+
+
+def fetch(fs, path: str, starts: list[int], ends: list[int], size: int | None,
+          default_timeout: float) -> list[memoryview]:
+    """Bytes [start, end) of the file at URL `path` for each range (a shorter result where the
+    file ends first; the caller reports it), several ranges concurrently. Raises NeedsFsspec
+    when the server redirects, FileNotFoundError, PermissionError, HTTPStatusError,
+    ConnectionError (a connection cut mid-body) or ValueError (a file whose size is not `size`,
+    a server that ignored the range)."""
+    url = str(fs.encode_url(path))
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or parts.username or parts.password:
+        raise NeedsFsspec(f"{path}: not a plain http(s) URL")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    key = (parts.scheme, parts.hostname, parts.port, _timeout(fs, default_timeout))
+    if key[:3] in _REDIRECTING:
+        raise NeedsFsspec(f"{path}: its server redirects range requests")
+    headers = dict(fs.kwargs.get("headers", {}))
+
+    def one(a: int, b: int) -> memoryview:
+        try:
+            return _get_range(key, target, headers, path, a, b, size)
+        except NeedsFsspec:
+            _REDIRECTING.add(key[:3])  # its next ranges go to fsspec's session at once
+            raise
+
+    if len(starts) == 1:
+        return [one(starts[0], ends[0])]
+    with ThreadPoolExecutor(min(MAX_CONCURRENT, len(starts)), thread_name_prefix="sparkfeed-http") as pool:
+        return list(pool.map(one, starts, ends))
+
+
+def _timeout(fs, default: float) -> float:
+    """Seconds a socket may stay silent: aiohttp's `sock_read` (or `total`) time-out from the
+    client options, as fsspec's session would use it."""
+    timeout = fs.client_kwargs.get("timeout")
+    for name in ("sock_read", "total"):
+        value = getattr(timeout, name, None)
+        if value:
+            return float(value)
+    return default
+
+
+def _get_range(key: tuple, target: str, headers: dict, path: str, start: int, end: int,
+               size: int | None) -> memoryview:
+    """One range on a pooled keep-alive connection. A connection the server closed while it was
+    idle fails before any answer: that request is sent once more on a new connection."""
+    request_headers = {**headers, "Range": f"bytes={start}-{end - 1}"}
+    for attempt in (1, 2):
+        conn, reused = _POOL.take(key)
+        try:
+            conn.request("GET", target, headers=request_headers)
+            response = conn.getresponse()
+        except (ConnectionError, http.client.BadStatusLine) as exc:  # RemoteDisconnected is both
+            conn.close()
+            if reused and attempt == 1:
+                log.debug("%s: idle connection closed by the server (%s); sending again", path, exc)
+                continue
+            raise ConnectionError(f"{path}: GET bytes {start}-{end - 1}: {exc}") from exc
+        except http.client.HTTPException as exc:
+            conn.close()
+            raise ConnectionError(f"{path}: GET bytes {start}-{end - 1}: {exc!r}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        try:
+            view = _receive(response, path, start, end, size)
+        except BaseException:
+            conn.close()
+            raise
+        _POOL.give(key, conn)
+        return view
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _receive(response: http.client.HTTPResponse, path: str, start: int, end: int,
+             size: int | None) -> memoryview:
+    """The body of a range answer, checked (status, range honoured, file size) and read into a
+    buffer from pyarrow's pool."""
+    import pyarrow as pa
+
+    _check_status(response, path, start, end)
+    length = response.length  # None for a chunked body
+    if response.status == 206:
+        total = response.getheader("Content-Range", "").rpartition("/")[2]
+    else:  # 200: the whole file, acceptable only for a range at its start
+        total = "" if length is None else str(length)
+    if (response.status == 200 and start > 0) or (length is not None and length > end - start):
+        raise ValueError(NO_RANGES.format(path=path, a=start, b=end - 1, n=length))
+    problem = size_problem(path, total, size)
+    if problem:
+        raise ValueError(problem)
+    view, at = memoryview(pa.allocate_buffer(end - start)).cast("B"), 0
+    while at < len(view):
+        n = response.readinto(view[at:])
+        if not n:
+            break
+        at += n
+    if response.length:  # bytes announced and never sent: the connection was cut
+        raise ConnectionError(f"{path}: the connection closed after {at} of {at + response.length} "
+                              f"bytes of bytes {start}-{end - 1}")
+    if not response.isclosed() and response.read(1):  # a chunked body longer than asked
+        raise ValueError(NO_RANGES.format(path=path, a=start, b=end - 1, n=f"more than {at}"))
+    return view[:at]
+
+
+def _check_status(response: http.client.HTTPResponse, path: str, start: int, end: int) -> None:
+    status, what = response.status, f"{path}: HTTP {response.status} {response.reason} for bytes {start}-{end - 1}"
+    if status in (200, 206):
+        return
+    if status in _REDIRECTS:
+        raise NeedsFsspec(what)
+    if status == 404:
+        raise FileNotFoundError(path)
+    if status in (401, 403):
+        raise PermissionError(what)
+    raise HTTPStatusError(status, what)
+
+
+class _Pool:
+    """Idle keep-alive connections per (scheme, host, port, time-out), shared by all readers."""
+
+    def __init__(self):
+        self._idle: dict[tuple, list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+        self._ssl: ssl.SSLContext | None = None
+
+    def take(self, key: tuple) -> tuple[http.client.HTTPConnection, bool]:
+        """(connection, whether it served a request before)."""
+        with self._lock:
+            idle = self._idle.get(key)
+            if idle:
+                return idle.pop(), True
+        scheme, host, port, timeout = key
+        if scheme == "http":
+            return http.client.HTTPConnection(host, port, timeout=timeout), False
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context()  # the system's CAs, as aiohttp's default
+        return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._ssl), False
+
+    def give(self, key: tuple, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < IDLE_PER_HOST:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def forget(self) -> None:
+        """In a forked child: drop the parent's connections without closing them (their sockets
+        stay the parent's; closing the child's copy of the descriptor would not end them, but
+        sending on them would mix two processes' requests on one connection)."""
+        self._idle = {}
+        self._lock = threading.Lock()
+
+
+_POOL = _Pool()
+_REDIRECTING: set[tuple] = set()  # (scheme, host, port) of servers that redirected a range
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_POOL.forget)
