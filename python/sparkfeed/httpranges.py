@@ -22,6 +22,7 @@ from __future__ import annotations
 import http.client
 import logging
 import os
+import re
 import ssl
 import threading
 import urllib.parse
@@ -75,8 +76,22 @@ def usable(fs) -> bool:
     return getattr(fs, "get_client", None) is get_client
 
 
-def size_problem(path: str, total: str, size: int | None) -> str | None:
-    """Why a file whose server reports `total` bytes is not the manifest's `size`, or None."""
+def answer_problem(path: str, status: int, content_range: str, length: int | None, start: int,
+                   end: int, size: int | None) -> str | None:
+    """Why a 200/206 answer to a request for bytes [start, end) cannot be used, or None: a whole
+    file where a range not at its start was asked (a server that ignores Range), a range other
+    than the one asked, a body longer than asked, or a file size other than the manifest's
+    `size` (the file changed after the write). Both HTTP clients check their answers here."""
+    if status == 200:
+        if start > 0 or (length is not None and length > end - start):
+            return NO_RANGES.format(path=path, a=start, b=end - 1, n=length)
+        total = "" if length is None else str(length)
+    else:
+        got = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", content_range.strip())
+        if got is None or int(got.group(1)) != start or (length is not None and length > end - start):
+            return (f"{path}: asked for bytes {start}-{end - 1}, the server answered "
+                    f"{content_range or 'without a Content-Range'} ({length} bytes)")
+        total = got.group(3)
     if size is not None and total.isdigit() and int(total) != size:
         return f"{path}: the file is {total} bytes, not {size} (changed after the manifest was written)"
     return None
@@ -162,14 +177,8 @@ def _receive(response: http.client.HTTPResponse, path: str, start: int, end: int
     import pyarrow as pa
 
     _check_status(response, path, start, end)
-    length = response.length  # None for a chunked body
-    if response.status == 206:
-        total = response.getheader("Content-Range", "").rpartition("/")[2]
-    else:  # 200: the whole file, acceptable only for a range at its start
-        total = "" if length is None else str(length)
-    if (response.status == 200 and start > 0) or (length is not None and length > end - start):
-        raise ValueError(NO_RANGES.format(path=path, a=start, b=end - 1, n=length))
-    problem = size_problem(path, total, size)
+    problem = answer_problem(path, response.status, response.getheader("Content-Range", ""),
+                             response.length, start, end, size)  # length: None when chunked
     if problem:
         raise ValueError(problem)
     view, at = memoryview(pa.allocate_buffer(end - start)).cast("B"), 0

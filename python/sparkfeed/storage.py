@@ -310,11 +310,8 @@ async def _http_range(fs, session, path: str, start: int, end: int, size: int | 
         if r.status == 404:
             raise FileNotFoundError(path)
         r.raise_for_status()
-        if r.status != 206 and start > 0:
-            raise ValueError(httpranges.NO_RANGES.format(path=path, a=start, b=end - 1, n=r.content_length))
-        total = r.headers.get("Content-Range", "").rpartition("/")[2] if r.status == 206 \
-            else str(r.content_length)
-        problem = httpranges.size_problem(path, total, size)
+        problem = httpranges.answer_problem(path, r.status, r.headers.get("Content-Range", ""),
+                                            r.content_length, start, end, size)
         if problem:
             raise ValueError(problem)
         while True:

@@ -20,7 +20,8 @@ BLOB = os.urandom(200_000)
 
 
 class _Server:
-    """Serves BLOB at /x.bin (and at /cut/x.bin with half its body), redirects /moved/x.bin to
+    """Serves BLOB at /x.bin (at /cut/x.bin with half its body, at /shifted/x.bin one byte off
+    the range asked for), redirects /moved/x.bin to
     /x.bin, answers /forbidden/ 403 and /busy/ 503. Records each request's headers and counts
     connections; `close_idle` closes every connection after its answer without saying so."""
 
@@ -46,6 +47,13 @@ class _Server:
                     self._empty(403)
                 elif self.path.startswith("/busy/"):
                     self._empty(503)
+                elif self.path == "/shifted/x.bin":  # a range one byte after the one asked for
+                    start, end = (int(v) + 1 for v in self.headers["Range"][6:].split("-"))
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(BLOB)}")
+                    self.send_header("Content-Length", str(end - start + 1))
+                    self.end_headers()
+                    self.wfile.write(BLOB[start:end + 1])
                 elif self.path == "/cut/x.bin":
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes 0-{len(BLOB) - 1}/{len(BLOB)}")
@@ -139,6 +147,16 @@ def test_a_redirect_is_followed_by_fsspecs_session(server):
     paths = [(p, "aiohttp" in h.get("User-Agent", "")) for p, h in server.requests]
     # the direct client asked once; fsspec's session followed the redirect both times
     assert paths.count(("/moved/x.bin", False)) == 1 and paths.count(("/x.bin", True)) == 2
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_a_range_other_than_the_one_asked_for_is_refused(server, monkeypatch, direct):
+    """Never bytes from the wrong offset: a 206 must carry the range that was asked for."""
+    monkeypatch.setattr(httpranges, "DIRECT", direct)
+    fs, _ = storage.resolve(server.url)
+    with pytest.raises(ValueError, match=r"shifted/x.bin: asked for bytes 100-199, the server "
+                                         r"answered bytes 101-200/200000 \(100 bytes\)"):
+        storage.fetch_ranges(fs, f"{server.url}/shifted/x.bin", [(100, 200)])
 
 
 def test_a_body_cut_short_is_a_connection_error_that_names_the_file(server):
