@@ -102,8 +102,8 @@ def fetch(fs, path: str, starts: list[int], ends: list[int], size: int | None,
     """Bytes [start, end) of the file at URL `path` for each range (a shorter result where the
     file ends first; the caller reports it), several ranges concurrently. Raises NeedsFsspec
     when the server redirects, FileNotFoundError, PermissionError, HTTPStatusError,
-    ConnectionError (a connection cut mid-body) or ValueError (a file whose size is not `size`,
-    a server that ignored the range)."""
+    ConnectionError (a connection cut mid-body) or ValueError (`answer_problem`: a server that
+    ignored the range or answered another one, a file whose size is not `size`)."""
     url = str(fs.encode_url(path))
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or parts.username or parts.password:
