@@ -189,7 +189,7 @@ def _receive(response: http.client.HTTPResponse, path: str, start: int, end: int
         at += n
     if response.length:  # bytes announced and never sent: the connection was cut
         raise ConnectionError(f"{path}: the connection closed after {at} of {at + response.length} "
-                              f"bytes of bytes {start}-{end - 1}")
+                              f"bytes (range {start}-{end - 1})")
     if not response.isclosed() and response.read(1):  # a chunked body longer than asked
         raise ValueError(NO_RANGES.format(path=path, a=start, b=end - 1, n=f"more than {at}"))
     return view[:at]
