@@ -278,6 +278,8 @@ def test_remote_epochs_cli_reads_every_sample_over_a_server_in_its_own_process(t
     out = capsys.readouterr().out
     assert out.count("'samples': 300,") == 2 and "median page_faults:" in out, out
     assert "median cpu_user_s:" in out and "median cpu_system_s:" in out, out
+    served = [float(line.split(":")[1]) for line in out.splitlines() if line.startswith("median server_cpu_s:")]
+    assert served and served[0] >= 0.0, out  # the server process's CPU, read from /proc
 
 
 @pytest.mark.parametrize("worker_type", ["thread", "process"])

@@ -40,12 +40,22 @@ def _thread_cpu() -> dict[tuple[int, str], float]:
     return out
 
 
-def _epoch(path: str, workers: int, batch_size: int) -> dict:
+def _process_cpu(pid: int | None) -> float:
+    """User plus system CPU seconds of process `pid` so far (0.0 for None: no server process)."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _epoch(path: str, workers: int, batch_size: int, server_pid: int | None = None) -> dict:
     import resource
 
     import sparkfeed
 
     before, cpu = resource.getrusage(resource.RUSAGE_SELF), _thread_cpu()
+    server_before = _process_cpu(server_pid)
     loader = sparkfeed.DataLoader(path, batch_size=batch_size, columns=["id", "label", "image"],
                                   num_workers=workers)
     start, first, n = time.perf_counter(), None, 0
@@ -59,6 +69,7 @@ def _epoch(path: str, workers: int, batch_size: int) -> dict:
             "page_faults": usage.ru_minflt - before.ru_minflt,
             "cpu_user_s": usage.ru_utime - before.ru_utime,
             "cpu_system_s": usage.ru_stime - before.ru_stime,
+            "server_cpu_s": _process_cpu(server_pid) - server_before,
             "busiest_threads_cpu_s": [(name, round(s, 3)) for s, name in busy]}
 
 
@@ -88,15 +99,17 @@ def main(argv: list[str] | None = None) -> int:
         child.start()
         path = f"{conn.recv()}/{os.path.basename(path)}"
     try:
-        _epoch(path, args.workers, args.batch_size)
-        rows = [_epoch(path, args.workers, args.batch_size) for _ in range(args.epochs)]
+        server_pid = child.pid if child is not None else None
+        _epoch(path, args.workers, args.batch_size, server_pid)
+        rows = [_epoch(path, args.workers, args.batch_size, server_pid) for _ in range(args.epochs)]
     finally:
         if child is not None:
             conn.send("stop")
             child.join(5)
     for row in rows:
         print(row)
-    for key in ("seconds", "first_batch_s", "page_faults", "cpu_user_s", "cpu_system_s"):
+    for key in ("seconds", "first_batch_s", "page_faults", "cpu_user_s", "cpu_system_s",
+                "server_cpu_s"):
         print(f"median {key}: {statistics.median(r[key] for r in rows):.4g}")
     return 0
 
