@@ -38,9 +38,8 @@ Petastorm and Mosaic Streaming run in venvs of their own (they conflict with thi
 
 Data are written with Spark (sparkfeed.write) and cached under --cache, keyed by size.
 Every loader gets the same batch size and workers; timings are medians of --repeats on
-warm files, taken in rounds (each runner of a scenario once per round, in turn).
-Writes results.json, results.md and results.png to --out. Exits 1 if any runner
-delivers a wrong number of samples."""
+warm files. Writes results.json, results.md and results.png to --out. Exits 1 if any
+runner delivers a wrong number of samples."""
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -82,8 +81,7 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), metavar="W",
                         help="worker processes of every loader (default: min(2, cores))")
     parser.add_argument("--repeats", type=int, default=None, metavar="R",
-                        help="timed runs per runner, in rounds across a scenario's runners; the median "
-                             "is reported (default 3; quick 1)")
+                        help="timed runs per runner; the median is reported (default 3; quick 1)")
     parser.add_argument("--out", default="sparkfeed-bench", metavar="DIR",
                         help="where results.json/.md/.png go (default ./sparkfeed-bench)")
     parser.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "sparkfeed-bench"),

@@ -83,7 +83,7 @@ def markdown(results: dict) -> str:
              f"- params: {p['samples']:,} tabular rows, {p['images']:,} JPEG images "
              f"{_stored(p)} (decoded and centre-cropped to {p['image_size']} px), batch "
              f"{p['batch_size']}, {p['workers']} workers for every loader, median of {p['repeats']} "
-             f"repeat(s), taken in rounds (each runner of a scenario once per round, in turn)",
+             f"repeat(s)",
              f"- data built in {results['build_s']:.1f} s (0 = reused from the cache); WebDataset "
              f"tars: {results['webdataset']}", ""]
     for name, rows in results["scenarios"].items():

@@ -1,8 +1,7 @@
 """Scenarios: which runners run on which data, what count each must see, and the timing harness.
 
-Each runner first runs once untimed (imports, first worker start-up, page cache); then the
-scenario's runners are timed in `repeats` rounds, each runner once per round in turn, and each
-runner's repeat with the median wall time is reported. Peak RSS is sampled every
+Each runner first runs once untimed (imports, first worker start-up, page cache), then is timed
+`repeats` times, and the repeat with the median wall time is reported. Peak RSS is sampled every
 20 ms by a thread as the sum over this process and the children started during the run (loader
 workers; the Spark JVM that built the data is left out); CPU time is this process plus its reaped
 children (workers are joined when an epoch ends), divided by the samples.
@@ -162,60 +161,25 @@ def make_row(case: Case, m: dict | None, note: str) -> dict:
     return row
 
 
-def run_cases(name: str, cases: list[Case], ctx: Context, repeats: int,
-              progress=None) -> tuple[list[dict], list[str]]:
-    """Time the cases of scenario `name` in rounds: every case's untimed warm-up first, then
-    `repeats` rounds that run each case once in turn (A B C, A B C, ...), so that a slow stretch
-    of the machine falls on every runner of a round instead of on the repeats of one runner: the
-    side-by-side ratios are what the targets are about. Each row is its case's median run
-    (rows in the order of `cases`). A case that fails gets a row saying why and leaves the
-    rounds; the failures are returned, prefixed with `name`."""
-    rows: dict[int, dict] = {}
-    runs: dict[int, list[dict]] = {}
-    failures: list[str] = []
-    for i, case in enumerate(cases):
-        skipped = case.note if case.note.startswith("skipped") else _missing(case.runner)
-        if skipped:
-            rows[i] = make_row(case, None, skipped)
-        elif case.warmup:  # imports, caches, first worker start-up: untimed
-            _attempt(name, i, case, ctx, rows, failures, check=False)
-        if i not in rows:
-            runs[i] = []
+def run_case(case: Case, ctx: Context, repeats: int, progress=None) -> dict:
+    """Time `case` `repeats` times; the median run as a row. Raises CountMismatch."""
+    skipped = case.note if case.note.startswith("skipped") else _missing(case.runner)
+    if skipped:
+        return make_row(case, None, skipped)
+    if case.warmup:
+        measure(runners.RUNNERS[case.runner], ctx, case.options)  # warm-up: imports, caches, untimed
+    runs = []
     for _ in range(repeats):
-        for i in [i for i in runs if i not in rows]:
-            if progress is not None:
-                progress.set_postfix_str(f"{name}: {cases[i].label}")
-            m = _attempt(name, i, cases[i], ctx, rows, failures, check=True)
-            if m is not None:
-                runs[i].append(m)
-            if progress is not None:
-                progress.update(1)
-    for i, done in runs.items():
-        if i not in rows:
-            median = statistics.median_low([r["seconds"] for r in done])
-            rows[i] = make_row(cases[i], next(r for r in done if r["seconds"] == median), cases[i].note)
-    return [rows[i] for i in range(len(cases))], failures
-
-
-def _attempt(name: str, i: int, case: Case, ctx: Context, rows: dict, failures: list[str],
-             check: bool) -> dict | None:
-    """One run of `case`; on failure its row (in `rows`) says why and None is returned. With
-    `check`, a run that delivered another count than expected is a failure (CountMismatch)."""
-    try:
         m = measure(runners.RUNNERS[case.runner], ctx, case.options)
-        if check and m["samples"] != case.expected:
+        if m["samples"] != case.expected:
             raise CountMismatch(f"runner {case.label!r} saw {m['samples']} samples, expected "
                                 f"{case.expected}: it lost or repeated samples")
-        return m
-    except CountMismatch as exc:
-        failures.append(f"{name}: {exc}")
-        rows[i] = make_row(case, None, f"FAILED: {exc}")
-    except NotImplementedError as exc:  # a peer whose runner is not written yet
-        rows[i] = make_row(case, None, f"skipped: {exc}")
-    except Exception as exc:  # one broken runner must not hide the others' rows
-        failures.append(f"{name}: runner {case.label!r} raised {type(exc).__name__}: {exc}")
-        rows[i] = make_row(case, None, f"FAILED: {type(exc).__name__}: {exc}")
-    return None
+        runs.append(m)
+        if progress is not None:
+            progress.update(1)
+    median = statistics.median_low([r["seconds"] for r in runs])
+    best = next(r for r in runs if r["seconds"] == median)
+    return make_row(case, best, case.note)
 
 
 # ----------------------------------------------------------------------------- the scenarios
