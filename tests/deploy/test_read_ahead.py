@@ -280,6 +280,9 @@ def test_remote_epochs_cli_reads_every_sample_over_a_server_in_its_own_process(t
     assert "median cpu_user_s:" in out and "median cpu_system_s:" in out, out
     served = [float(line.split(":")[1]) for line in out.splitlines() if line.startswith("median server_cpu_s:")]
     assert served and served[0] >= 0.0, out  # the server process's CPU, read from /proc
+    assert remote_epochs.main([str(tmp_path / "pq"), "--epochs", "1", "--local", "--batch-size", "64"]) == 0
+    local = capsys.readouterr().out
+    assert "'samples': 300," in local and "server_cpu_s" not in local, local  # no server to measure
 
 
 @pytest.mark.parametrize("worker_type", ["thread", "process"])

@@ -1,7 +1,8 @@
 """`python -m sparkfeed.bench.remote_epochs PATH`: epochs of the loader over PATH served by the
 bench's `LatencyServer` in a process of its own (so this process is the loader alone), each with
-its time, first batch, minor page faults, the process's CPU and the busiest threads' CPU: what
-the `remote` scenario's rows cannot separate (its server shares the bench process).
+its time, first batch, minor page faults, the process's CPU, the busiest threads' CPU and the
+server process's CPU: what the `remote` scenario's rows cannot separate (its server shares the
+bench process).
 docs/deploy.md quotes it.
 """
 
@@ -23,30 +24,26 @@ def _serve_in_child(root: str, latency_s: float, conn) -> None:
     server.close()
 
 
+def _stat_cpu(path: str) -> float:
+    """User plus system CPU seconds in a `/proc/.../stat` file (a process's or a thread's)."""
+    with open(path) as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _thread_cpu() -> dict[tuple[int, str], float]:
     """CPU seconds per live thread of this process, keyed by (native id, Python name)."""
     import threading
 
     names = {t.native_id: t.name for t in threading.enumerate()}
-    tick, out = os.sysconf("SC_CLK_TCK"), {}
+    out = {}
     for tid in os.listdir("/proc/self/task"):
         try:
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                stat = f.read()
+            out[(int(tid), names.get(int(tid), "(ended)"))] = _stat_cpu(f"/proc/self/task/{tid}/stat")
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        out[(int(tid), names.get(int(tid), "(ended)"))] = (int(fields[11]) + int(fields[12])) / tick
     return out
-
-
-def _process_cpu(pid: int | None) -> float:
-    """User plus system CPU seconds of process `pid` so far (0.0 for None: no server process)."""
-    if pid is None:
-        return 0.0
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _epoch(path: str, workers: int, batch_size: int, server_pid: int | None = None) -> dict:
@@ -55,7 +52,7 @@ def _epoch(path: str, workers: int, batch_size: int, server_pid: int | None = No
     import sparkfeed
 
     before, cpu = resource.getrusage(resource.RUSAGE_SELF), _thread_cpu()
-    server_before = _process_cpu(server_pid)
+    server_before = _stat_cpu(f"/proc/{server_pid}/stat") if server_pid else 0.0
     loader = sparkfeed.DataLoader(path, batch_size=batch_size, columns=["id", "label", "image"],
                                   num_workers=workers)
     start, first, n = time.perf_counter(), None, 0
@@ -65,12 +62,14 @@ def _epoch(path: str, workers: int, batch_size: int, server_pid: int | None = No
     took = time.perf_counter() - start
     after, usage = _thread_cpu(), resource.getrusage(resource.RUSAGE_SELF)
     busy = sorted(((after[k] - cpu.get(k, 0.0), k[1]) for k in after), reverse=True)[:3]
-    return {"samples": n, "seconds": took, "first_batch_s": first,
-            "page_faults": usage.ru_minflt - before.ru_minflt,
-            "cpu_user_s": usage.ru_utime - before.ru_utime,
-            "cpu_system_s": usage.ru_stime - before.ru_stime,
-            "server_cpu_s": _process_cpu(server_pid) - server_before,
-            "busiest_threads_cpu_s": [(name, round(s, 3)) for s, name in busy]}
+    row = {"samples": n, "seconds": took, "first_batch_s": first,
+           "page_faults": usage.ru_minflt - before.ru_minflt,
+           "cpu_user_s": usage.ru_utime - before.ru_utime,
+           "cpu_system_s": usage.ru_stime - before.ru_stime,
+           "busiest_threads_cpu_s": [(name, round(s, 3)) for s, name in busy]}
+    if server_pid:  # the server process's CPU: with the loader's, the machine's whole cost
+        row["server_cpu_s"] = _stat_cpu(f"/proc/{server_pid}/stat") - server_before
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sparkfeed.bench.remote_epochs", description=(
         "Epochs of sparkfeed's DataLoader over a dataset served by the bench's latency server "
         "(Range support, a fixed delay per request) in a process of its own, or read locally: "
-        "time, first batch, minor page faults, the process's user and system CPU and the "
-        "busiest threads' CPU per epoch."))
+        "time, first batch, minor page faults, the process's user and system CPU, the "
+        "busiest threads' CPU and the server process's CPU per epoch."))
     p.add_argument("path", help="dataset directory (e.g. one under ~/.cache/sparkfeed-bench)")
     p.add_argument("--latency-ms", type=float, default=LATENCY_S * 1000, help="delay per request")
     p.add_argument("--epochs", type=int, default=5, help="timed epochs, after one warm-up epoch")
@@ -108,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             child.join(5)
     for row in rows:
         print(row)
-    for key in ("seconds", "first_batch_s", "page_faults", "cpu_user_s", "cpu_system_s",
-                "server_cpu_s"):
+    for key in [k for k in rows[0] if k not in ("samples", "busiest_threads_cpu_s")]:
         print(f"median {key}: {statistics.median(r[key] for r in rows):.4g}")
     return 0
 
