@@ -45,6 +45,11 @@ class SharedBlocks:
         self._need = {b: n for b in set().union(*touched)
                       if (n := sum(b in t for t in touched)) > 1}
         self._pending = [t & set(self._need) for t in touched]  # per lane: shared blocks to release
+        # per shared block, the lane that reaches it first: the first lane that starts inside it
+        # (lanes start together; for the lane before, it is the last block). It alone tells its
+        # read-ahead the block's runs (`stream._lane_units`), so no two lanes fetch one run.
+        firsts = [min(t) if t else None for t in touched]
+        self._first_lane = {b: next((k for k, f in enumerate(firsts) if f == b), None) for b in self._need}
 
     @classmethod
     def for_lanes(cls, stream: EpochStream, lanes) -> SharedBlocks | None:
@@ -73,6 +78,14 @@ class SharedBlocks:
         if new:
             reader._start_helpers(entry, b)
         return entry.join(reader, b)
+
+    def shares(self, b: int) -> bool:
+        """True for a block that several lanes of this process deliver positions of."""
+        return b in self._need
+
+    def first_lane(self, b: int) -> int | None:
+        """The lane that reaches shared block b first (see `__init__`)."""
+        return self._first_lane.get(b)
 
     def release(self, b: int, lane: int | None = None) -> None:
         with self._lock:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,7 @@ from . import partition, storage
 from .manifest import Manifest
 from .plan import Plan, make_plan, with_counts
 from .read import ReadContext, make_reader
+from .read.base import SharedReads
 from .stats import Stats
 from .threads import close_quietly
 from .stream import ROW_KEYS, EpochStream, StreamReader, cut
@@ -78,6 +81,9 @@ class Engine:
         self.config = config
         self._plan: Plan | None = None
         self._count_stats: dict = {}
+        # id(lanes) -> (lanes, what their readers share), for the last iterations
+        self._shared: OrderedDict[int, tuple[list, SharedReads]] = OrderedDict()
+        self._shared_lock = threading.Lock()
 
     @property
     def format(self) -> str:
@@ -122,7 +128,10 @@ class Engine:
         pruning = self.plan().pruning_stats()  # planning also runs the filter's count pass
         return {"pruning": pruning, "counted": dict(self._count_stats)}
 
-    def context(self, stats: Stats, plan: Plan | None = None) -> ReadContext:
+    def context(self, stats: Stats, plan: Plan | None = None, lanes: list | None = None) -> ReadContext:
+        """What a reader needs. Readers of one context (a lane and its helper threads) share
+        footers and fetches (`SharedReads`), and with `lanes` (the list every thread lane of one
+        iteration gets) the readers of all those lanes do."""
         cfg = self.config
         fs, root = storage.resolve(cfg.path, cfg.storage_options)
         plan = plan or self.plan()
@@ -131,7 +140,27 @@ class Engine:
                            on_error=cfg.on_error, stats=stats,
                            manifest_bytes={s.path: s.num_bytes for s in cfg.manifest.shards},
                            shards={s.path: s for s in cfg.manifest.shards},
-                           indexes=self._indexes(fs, root))
+                           indexes=self._indexes(fs, root),
+                           shared=SharedReads() if lanes is None else self._lanes_shared(lanes))
+
+    def _lanes_shared(self, lanes: list) -> SharedReads:
+        """What one iteration's thread lanes share (the last two iterations kept, each with its
+        lanes held, so an id is not reused while it is a key)."""
+        with self._shared_lock:
+            entry = self._shared.get(id(lanes))
+            if entry is None or entry[0] is not lanes:
+                entry = self._shared[id(lanes)] = (lanes, SharedReads())
+                while len(self._shared) > 2:
+                    self._shared.popitem(last=False)
+            return entry[1]
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_shared"], state["_shared_lock"] = OrderedDict(), None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _shared_lock=threading.Lock())
 
     def _indexes(self, fs, root: str) -> tuple | None:
         """Where the DALI index paths of a tar manifest are relative to: the manifest's directory
@@ -171,7 +200,7 @@ class Engine:
         """A lane's positions as blocks (unit pieces or shuffle-block pieces), read in order; run
         inline, or on a lane thread ahead of the batching (`lanes.py`)."""
         reader = StreamReader(self.stream(epoch), make_reader(self.format,
-                                                              self.context(stats)), row_ids=row_ids,
+                                                              self.context(stats, lanes=lanes)), row_ids=row_ids,
                               lanes=lanes)  # lanes: thread lanes share shuffle blocks
         try:
             yield from reader.segments(spans)

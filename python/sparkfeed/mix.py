@@ -501,7 +501,7 @@ class MixedEngine(Engine):
         engine = self.engines[i]
         # views: every source's rows are copied into mixed order (`_mixed`, `_owned`), so reading
         # converts them without a copy of its own
-        return StreamReader(engine.stream(epoch), make_reader(engine.format, engine.context(stats)),
+        return StreamReader(engine.stream(epoch), make_reader(engine.format, engine.context(stats, lanes=lanes)),
                             row_ids=row_ids, lanes=lanes, views=True)
 
     def _grid(self, epoch: int) -> "_Grid":

@@ -55,13 +55,20 @@ _BLOCK_HELPERS = 3  # threads besides the lane reading the runs of one block (fe
 _AHEAD_UNITS = 64  # units after the current run a reader is told about (`Reader.read_ahead`)
 
 
-def _lane_units(stream: "EpochStream", spans) -> np.ndarray:
+def _lane_units(stream: "EpochStream", spans, runs_ahead: bool = False,
+                shared: "SharedBlocks | None" = None, lane: int | None = None) -> np.ndarray:
     """Positions in the epoch of the units a lane reads for `spans`, ascending: what
-    `Reader.read_ahead` is told comes next. None with shuffle: a block's runs are then read in
-    parallel by the lane and helper threads of their own (`blocks.py`), and hints from the lane
-    would fetch runs the helpers read again."""
-    if stream.shuffle:
+    `Reader.read_ahead` is told comes next. With shuffle, where the reader fetches runs ahead
+    (`Reader.runs_ahead`; else none), the units of the lane's blocks in the order they are read
+    (a block's runs one after another). A block this lane shares with other thread lanes
+    (`shared`) is told only by the lane that reaches it first (`SharedBlocks.first_lane`): its
+    runs are taken by whichever lane gets there, and hints from two lanes would fetch a run
+    twice."""
+    if stream.shuffle and not runs_ahead:
         return np.zeros(0, dtype=np.int64)
+    if stream.shuffle:
+        return _block_units(stream, [b for b in _lane_blocks(stream, spans)
+                                     if shared is None or not shared.shares(b) or shared.first_lane(b) == lane])
     found = []
     for lo, hi in spans:
         if hi > lo:
@@ -69,6 +76,34 @@ def _lane_units(stream: "EpochStream", spans) -> np.ndarray:
             last = int(np.searchsorted(stream.starts, hi - 1, side="right")) - 1
             found.extend(k for k in range(first, last + 1) if stream.counts[k] > 0)
     return np.unique(np.array(found, dtype=np.int64))
+
+
+def _block_units(stream: "EpochStream", blocks) -> np.ndarray:
+    """Positions in the epoch of the units (holding samples) of `blocks`, in order."""
+    units = [np.arange(stream.run_units[stream.block_runs[b]], stream.run_units[stream.block_runs[b + 1]])
+             for b in blocks]
+    units = np.concatenate(units) if units else np.zeros(0, dtype=np.int64)
+    return units[stream.counts[units] > 0].astype(np.int64)
+
+
+def _offered_units(stream: "EpochStream", spans, shared: "SharedBlocks | None", lane: int | None) -> frozenset:
+    """(path, row group) of the units of the shared blocks this lane tells its read-ahead
+    (`_lane_units`): the other lanes that share them read runs from those fetches."""
+    if shared is None:
+        return frozenset()
+    blocks = [b for b in _lane_blocks(stream, spans) if shared.shares(b) and shared.first_lane(b) == lane]
+    return frozenset((stream.units[int(k)].path, stream.units[int(k)].row_group)
+                     for k in _block_units(stream, blocks))
+
+
+def _lane_blocks(stream: "EpochStream", spans) -> list[int]:
+    """Shuffle: the blocks a lane delivers positions of, in the order it gets to them."""
+    out: list[int] = []
+    for lo, hi in spans:
+        if hi > lo:
+            out.extend(b for b in range(stream.block_of(lo), stream.block_of(hi - 1) + 1)
+                       if not out or out[-1] != b)
+    return out
 
 
 def _lane_windows(stream: "EpochStream", spans) -> dict[int, tuple[int, int]]:
@@ -462,7 +497,12 @@ class StreamReader:
     def _start_helpers(self, pending: "PendingBlock", b: int) -> None:
         """Threads that read runs of block b beside the lane (each with a reader of its own):
         a block must be read whole before its first position is delivered, and the consumer
-        waits meanwhile, so its runs are read in parallel (pyarrow releases the GIL)."""
+        waits meanwhile, so its runs are read in parallel (pyarrow releases the GIL). None where
+        the reader fetches runs ahead (remote storage): the lane reads the runs from the bytes its
+        read-ahead fetches, many requests at once, as for unshuffled reads; a helper's reads
+        would be requests made one at a time, on top of the lane's."""
+        if self.reader.runs_ahead:
+            return
         helpers = min(len(self.stream.runs_of(b)) - 1, _BLOCK_HELPERS, (os.cpu_count() or 1) - 1)
         for _ in range(max(0, helpers)):
             helper = StreamReader(self.stream, type(self.reader)(self.reader.ctx), row_ids=self.row_ids,
@@ -489,7 +529,9 @@ class StreamReader:
         per unit piece, or with shuffle one per piece of a block. `gather=False` (shuffle): each
         block's part of a span as one `Shuffled`, for a caller that gathers it itself."""
         self._join_lanes(spans)
-        self._ahead_units = _lane_units(self.stream, spans)
+        self._ahead_units = _lane_units(self.stream, spans, self.reader.runs_ahead, self._shared, self._lane)
+        if self.reader.runs_ahead:
+            self.reader.offers = _offered_units(self.stream, spans, self._shared, self._lane)
         if not self.stream.shuffle and self.reader.ctx.expr is None:  # positions are rows then
             self._chunking = True
             self.reader.windows = {self.stream.units[k]: w for k, w in _lane_windows(self.stream, spans).items()}

@@ -8,6 +8,8 @@ import os
 import threading
 
 import aiohttp
+import numpy as np
+import pyarrow as pa
 import pytest
 
 import dsutil
@@ -23,6 +25,17 @@ def http_client(request, monkeypatch):
     default) and fsspec's aiohttp session (`storage._http_ranges`)."""
     monkeypatch.setattr(httpranges, "DIRECT", request.param == "direct")
     return request.param
+
+
+def _gets(server: LatencyServer, suffix: str) -> dict[str, list[tuple[int, int]]]:
+    """{file: [(first byte, last byte)]} of the range GETs the server answered for `suffix` files."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    for _, _, method, what, _ in server.log:
+        path, _, rng = what.partition(" ")
+        if method == "GET" and path.endswith(suffix) and rng:
+            a, b = (int(x) for x in rng.split("=")[1].split("-"))
+            out.setdefault(path, []).append((a, b))
+    return out
 
 
 def test_read_ahead_holds_at_most_max_bytes():
@@ -96,12 +109,7 @@ def test_parquet_footers_are_fetched_once_per_file_and_data_without_overlap(tmp_
     finally:
         server.close()
     assert sorted(ids) == list(range(800))
-    by_file: dict[str, list[tuple[int, int]]] = {}
-    for _, _, method, what, _ in server.log:
-        path, _, rng = what.partition(" ")
-        if method == "GET" and path.endswith(".parquet"):
-            a, b = (int(x) for x in rng.split("=")[1].split("-"))
-            by_file.setdefault(path, []).append((a, b))
+    by_file = _gets(server, ".parquet")
     assert len(by_file) == len(m.shards)
     for path, ranges in by_file.items():
         size = os.path.getsize(os.path.join(str(tmp_path), path))
@@ -110,6 +118,57 @@ def test_parquet_footers_are_fetched_once_per_file_and_data_without_overlap(tmp_
         data_ranges = sorted(r for r in ranges if r not in tails)
         assert data_ranges and all(b1 < a2 for (_, b1), (a2, _) in zip(data_ranges, data_ranges[1:])), \
             (path, ranges)
+
+
+def test_a_shuffled_epoch_over_http_fetches_each_footer_once_per_lane_at_most(tmp_path):
+    """The readers of one iteration (two thread lanes, and the helper threads that read each
+    shuffle block's runs, a reader each) share the footers they read: each file's footer is
+    asked for at most once per lane (two lanes may miss it at the same moment), not once per
+    reader that opens the file. Every pass reads the footers anew."""
+    data = dsutil.table(4_000, image_bytes=512)
+    m = dsutil.write_parquet(str(tmp_path / "pq"), data, 1_000, 100, sort_by="label")
+    server = LatencyServer(str(tmp_path), latency_s=0.0)
+    try:
+        L = sparkfeed.DataLoader(f"{server.url}/pq", batch_size=64, num_workers=2, worker_type="thread",
+                                 shuffle=True, seed=1, shuffle_buffer=600, columns=["id", "image"])
+        passes = 2
+        for _ in range(passes):
+            assert sorted(i for b in L for i in b["id"].tolist()) == list(range(4_000))
+        assert L.stats()["shuffle_blocks"] >= passes * 6
+    finally:
+        server.close()
+    tails = {path: sum(b == os.path.getsize(os.path.join(str(tmp_path), path)) - 1 for _, b in ranges)
+             for path, ranges in _gets(server, ".parquet").items()}
+    assert len(tails) == len(m.shards)
+    assert all(passes <= n <= 2 * passes for n in tails.values()), tails
+
+
+def test_a_shuffled_epoch_over_http_reads_its_blocks_ahead_and_no_data_twice(tmp_path):
+    """Remote Parquet with shuffle: each lane tells read-ahead the runs of its blocks in the
+    order it reads them (many requests at once; the next block's while the current one is
+    delivered), so most bytes come from read-ahead (`bytes_read_ahead`); a block that two lanes
+    share is read in place by both; no data range is asked for twice. (Random images: a row
+    group must be larger than the gap read-ahead coalesces across, `storage.COALESCE_GAP`, or
+    a lane's fetch of row groups 4 and 6 of a file takes row group 5 along, which the other
+    lane reads.)"""
+    rng = np.random.default_rng(0)
+    data = dsutil.table(4_000).append_column("image", pa.array([rng.bytes(512) for _ in range(4_000)]))
+    dsutil.write_parquet(str(tmp_path / "pq"), data, 1_000, 100, sort_by="label")
+    server = LatencyServer(str(tmp_path), latency_s=0.0)
+    try:
+        L = sparkfeed.DataLoader(f"{server.url}/pq", batch_size=64, num_workers=2, worker_type="thread",
+                                 shuffle=True, seed=2, shuffle_buffer=600, columns=["id", "image"])
+        ids = [i for b in L for i in b["id"].tolist()]
+        stats = L.stats()
+    finally:
+        server.close()
+    assert sorted(ids) == list(range(4_000))
+    assert stats["shuffle_blocks"] >= 6
+    assert stats["bytes_read_ahead"] >= 0.5 * stats["bytes_read"] > 0
+    for path, ranges in _gets(server, ".parquet").items():
+        size = os.path.getsize(os.path.join(str(tmp_path), path))
+        ranges = sorted(r for r in ranges if r[1] != size - 1)  # not the footer
+        assert all(b1 < a2 for (_, b1), (a2, _) in zip(ranges, ranges[1:])), (path, ranges)
 
 
 def test_known_ranges_serve_reads_across_adjacent_fetches_without_the_file():

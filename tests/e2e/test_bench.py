@@ -181,7 +181,9 @@ def test_remote_scenario_reads_every_sample_over_the_latency_server(cache, tmp_p
     http = [name for name in rows if "HTTP +20 ms" in name]
     assert {"sparkfeed parquet, local", "sparkfeed webdataset, local"} <= rows.keys()
     assert {"sparkfeed parquet, HTTP +20 ms/request", "sparkfeed webdataset, HTTP +20 ms/request",
+            "sparkfeed parquet shuffle=True, HTTP +20 ms/request",
             "webdataset, HTTP +20 ms/request", "mosaic-streaming, HTTP +20 ms/request"} <= set(http)
+    assert "sparkfeed parquet shuffle=True, local" in rows
     assert rows["sparkfeed parquet, local"]["ratio_vs_baseline"] == 1.0
     for name, row in rows.items():
         if row["note"].startswith("skipped"):

@@ -199,6 +199,21 @@ def test_memory_is_one_block_of_runs_and_each_block_is_read_once(clustered):
     assert stats["shuffle_block_rows"] == N_MIX
 
 
+def test_a_shuffled_epoch_of_many_blocks_reads_each_footer_once(clustered):
+    """Thread lanes and the helper threads that read each block's runs share the footers of
+    one iteration (`read.base.SharedReads`): a shuffled epoch of several blocks reads what an
+    unshuffled one does, footers included, and every file's footer once per iteration."""
+    def stats(shuffle):
+        loader = sparkfeed.DataLoader(clustered, batch_size=100, shuffle=shuffle, seed=5, num_workers=2,
+                                      shuffle_buffer=3_000, worker_type="thread", columns=["id", "label"])
+        for _ in range(2):  # a second pass reads every footer again
+            assert sorted(i for b in loader for i in b["id"].tolist()) == list(range(N_MIX))
+        return loader.stats()
+    plain, mixed = stats(False), stats(True)
+    assert mixed["shuffle_blocks"] >= 2 * 6  # several blocks per pass, read by helpers too
+    assert mixed["bytes_read"] == plain["bytes_read"] > 0
+
+
 def _lane_readers(path: str, lanes, stats):
     """One StreamReader per lane over the same epoch stream, as thread lanes get them."""
     ds = sparkfeed.Dataset(path, columns=["id"], shuffle=True, seed=3)

@@ -125,9 +125,10 @@ def _url_of(path: str) -> str:
     return f"{server_for(parent).url}/{name}"
 
 
-def sparkfeed_remote(ctx, fmt: str = "parquet", remote: bool = True) -> Iterator[int]:
+def sparkfeed_remote(ctx, fmt: str = "parquet", remote: bool = True, shuffle: bool = False) -> Iterator[int]:
     """sparkfeed's DataLoader over the image dataset (`fmt`: parquet or webdataset), undecoded
-    (id, label, image bytes): local files, or over the latency server."""
+    (id, label, image bytes): local files, or over the latency server; in stored order, or
+    shuffled (each lane's blocks read whole, over HTTP through read-ahead)."""
     import sparkfeed
 
     path = ctx.data.images if fmt == "parquet" else ctx.data.webdataset
@@ -136,7 +137,8 @@ def sparkfeed_remote(ctx, fmt: str = "parquet", remote: bool = True) -> Iterator
     server = server_for(os.path.dirname(os.path.realpath(path))) if remote else None
     before = (server.requests, server.bytes_sent) if server else (0, 0)
     loader = sparkfeed.DataLoader(_url_of(path) if remote else path, batch_size=ctx.batch_size,
-                                  columns=["id", "label", "image"], num_workers=ctx.workers)
+                                  columns=["id", "label", "image"], num_workers=ctx.workers,
+                                  shuffle=shuffle, seed=1)
     yield from (len(batch["id"]) for batch in loader)
     ctx.extra["bytes_read"] = int(loader.stats()["bytes_read"])
     if server:
@@ -195,6 +197,11 @@ def remote_cases(p) -> list:
              options={"fmt": "parquet", "remote": False}),
         Case(f"sparkfeed parquet, {lat}", "sparkfeed-remote", n,
              options={"fmt": "parquet", "remote": True}),
+        Case("sparkfeed parquet shuffle=True, local", "sparkfeed-remote", n,
+             options={"fmt": "parquet", "remote": False, "shuffle": True}),
+        Case(f"sparkfeed parquet shuffle=True, {lat}", "sparkfeed-remote", n,
+             options={"fmt": "parquet", "remote": True, "shuffle": True},
+             note="shuffle blocks' runs fetched by read-ahead, as unshuffled reads are"),
         Case("sparkfeed webdataset, local", "sparkfeed-remote", n,
              options={"fmt": "webdataset", "remote": False}),
         Case(f"sparkfeed webdataset, {lat}", "sparkfeed-remote", n,

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import fsspec
 import numpy as np
@@ -18,6 +22,112 @@ from ..plan import WorkUnit
 from ..stats import Stats
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class SharedReads:
+    """What the readers of one iteration in one process share: the thread lanes, the threads
+    that read a shuffle block's runs, and their read-ahead. Each reader keeps its own open files
+    and its own read-ahead; without this each would read, parse and check every file's footer
+    again (over HTTP or S3, a request each), and a lane would fetch again runs of a shuffle block
+    it shares with another lane that the other's read-ahead has fetched.
+
+    * footers: what opening a Parquet file learns (its parsed footer, checked against the
+      manifest), once per file (`once`, `get`), and footers read-ahead is fetching
+      (`fetching`, `fetched`);
+    * offered fetches: a read-ahead fetch of units that another reader may read (`offer`,
+      `offered`).
+
+    Per iteration, as a reader's own files are: a file replaced between epochs is read anew.
+    Bounded to the last `limit` entries of each kind; a copy for another process starts empty."""
+
+    def __init__(self, limit: int = 4096):
+        self._limit, self._lock = limit, threading.Lock()
+        self._known: OrderedDict[str, Future] = OrderedDict()
+        self._fetches: OrderedDict[str, Future] = OrderedDict()  # footers being fetched ahead
+        self._offers: OrderedDict[object, Future] = OrderedDict()  # unit key -> its fetch
+
+    def get(self, path: str):
+        """What was learnt of the file at `path` (relative to the dataset), else None."""
+        with self._lock:
+            entry = self._known.get(path)
+        return entry.result() if entry is not None and entry.done() and not entry.exception() else None
+
+    def once(self, path: str, learn: Callable[[], T]) -> T:
+        """`learn()` for the file at `path`, run by the first reader that asks; the others that
+        ask meanwhile wait for it. If it fails, each reader runs `learn` itself (and meets its
+        own error, as without sharing)."""
+        with self._lock:
+            entry, mine = self._known.get(path), False
+            if entry is None:
+                entry, mine = Future(), True
+                self._put(self._known, path, entry)
+        if not mine:
+            try:
+                return entry.result()
+            except Exception:  # noqa: BLE001 - the first reader's failure: try for ourselves
+                return learn()
+        try:
+            entry.set_result(learn())
+        except BaseException as exc:
+            with self._lock:
+                if self._known.get(path) is entry:
+                    del self._known[path]
+            entry.set_exception(exc)
+            raise
+        return entry.result()
+
+    def fetching(self, path: str, start: Callable[[], Future | None]) -> Future | None:
+        """The fetch of the file's footer that a reader's read-ahead started (`start()`, called
+        for the first reader that asks), so the other readers wait for it instead of fetching
+        the footer again. A fetch cancelled with its reader is started anew."""
+        with self._lock:
+            future = self._fetches.get(path)
+            if future is None or future.cancelled():
+                future = start()
+                if future is not None:
+                    self._put(self._fetches, path, future)
+            return future
+
+    def fetched(self, path: str):
+        """The footer read-ahead fetched for `path` (waiting for it), None if none or failed."""
+        with self._lock:
+            future = self._fetches.get(path)
+        return _result(future)
+
+    def offer(self, key, future: Future | None) -> None:
+        """A read-ahead fetch that holds unit `key`, for whichever reader reads the unit."""
+        if future is not None:
+            with self._lock:
+                self._put(self._offers, key, future)
+
+    def withdraw(self, key) -> None:
+        """The offering reader read unit `key` itself."""
+        with self._lock:
+            self._offers.pop(key, None)
+
+    def offered(self, key):
+        """The result of the fetch another reader offered for unit `key` (waiting for it), None
+        if none, cancelled (its reader dropped it) or failed: the caller then reads in place."""
+        with self._lock:
+            future = self._offers.pop(key, None)
+        return _result(future)
+
+    def _put(self, table: OrderedDict, key, value) -> None:
+        table[key] = value
+        table.move_to_end(key)
+        while len(table) > self._limit:
+            table.popitem(last=False)
+
+    def __reduce__(self):
+        return (SharedReads, (self._limit,))
+
+
+def _result(future: Future | None):
+    try:
+        return None if future is None else future.result()
+    except BaseException:  # noqa: BLE001 - cancelled or failed: the reader reads in place
+        return None
 
 
 @dataclass
@@ -38,6 +148,7 @@ class ReadContext:
     # (filesystem, directory) that the manifest's DALI index paths (`Shard.index`) are relative
     # to: the manifest's own directory; None when unknown (tars are then streamed, not indexed).
     indexes: tuple[fsspec.AbstractFileSystem, str] | None = None
+    shared: SharedReads = field(default_factory=SharedReads)  # this iteration's, in this process
 
     def partition_of(self, path: str) -> dict:
         """The shard's partition values (Hive directories, Delta), {} when it has none."""
@@ -63,6 +174,9 @@ class Reader:
         # units this reader needs only part of, by the stream: {unit: (first row, stop row)}
         # (a lane's first or last unit, which a lane boundary splits); see `chunks`
         self.windows: dict[WorkUnit, tuple[int, int]] = {}
+        # units of shuffle blocks this lane shares with other thread lanes and fetches ahead for
+        # them (`SharedReads.offer`), as (path, row group); set by the stream (`StreamReader`)
+        self.offers: frozenset = frozenset()
 
     def read(self, unit: WorkUnit, expected: int) -> UnitRows:
         """Rows of `unit` (filtered), or under on_error="skip" `expected` placeholder rows."""
@@ -104,6 +218,13 @@ class Reader:
             if self.ctx.on_error != "skip":
                 raise
             return unit.num_rows
+
+    @property
+    def runs_ahead(self) -> bool:
+        """True where `read_ahead` fetches what whole-unit reads (`read_run`, a shuffled block's
+        runs) then take: Parquet on remote storage. (The tar reader fetches a shard's pieces,
+        which only piece-by-piece reads take.)"""
+        return False
 
     def read_ahead(self, units: Sequence[WorkUnit]) -> None:
         """Hint: `units` are what this reader reads next, in order. Remote readers start

@@ -44,6 +44,11 @@ class ParquetReader(Reader):
         self._ahead = None if self._pafs is not None else storage.ReadAhead()
         self._ranges = True  # False: an HTTP server that ignores Range (whole-file reads)
         self._fetched = False  # read-ahead made its first fetch (`_FIRST_FETCH_BYTES`)
+        self._offered: set = set()  # units of `offers` whose fetch was offered
+
+    @property
+    def runs_ahead(self) -> bool:
+        return self._ahead is not None
 
     def _open_input(self, path: str):
         """A seekable file: pyarrow's native one for local files, fsspec's otherwise (fsspec's
@@ -91,16 +96,40 @@ class ParquetReader(Reader):
         return fn() if self._pafs is not None else storage.with_retries(fn, what)
 
     def _file(self, unit: WorkUnit, metadata=None) -> pq.ParquetFile:
-        """The unit's file, opened once (footer read, parsed and checked once); `metadata` is a
+        """The unit's file, opened once per reader, its footer read, parsed and checked once per
+        iteration in this process (`ctx.shared`, which the other readers share); `metadata` is a
         footer already fetched by read-ahead. Remote files pre-buffer: the column chunks of a
         row group are fetched as coalesced, concurrent range requests."""
         if unit.path in self._files:
             self._files.move_to_end(unit.path)
             return self._files[unit.path][0]
         path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
-        self._check_unchanged(unit, path)
+        opened: list[pq.ParquetFile] = []
+
+        def first_open() -> tuple:
+            """Open, read the footer, check the file against the manifest (once per epoch)."""
+            self._check_unchanged(unit, path)
+            pf = self._open(unit, path, metadata)
+            opened.append(pf)
+            self.ctx.stats.add("bytes_read", pf.metadata.serialized_size + 8)
+            self._check_schema(unit, pf.schema_arrow)
+            chunks_of: dict[str, list[int]] = {}  # top-level column -> indices of its column chunks
+            for j in range(pf.metadata.num_columns):
+                chunks_of.setdefault(pf.metadata.schema.column(j).path.split(".")[0], []).append(j)
+            return pf.metadata, chunks_of
+
+        # a server that ignores Range (`_no_ranges`) has each reader read whole files, as before
+        known = self.ctx.shared.once(unit.path, first_open) if self._ranges else first_open()
+        pf = opened[0] if opened else self._open(unit, path, known[0])
+        self._files[unit.path] = (pf, known[1])
+        while len(self._files) > _OPEN_FILES:
+            self._files.popitem(last=False)
+        return pf
+
+    def _open(self, unit: WorkUnit, path: str, metadata) -> pq.ParquetFile:
+        """The file opened (with its footer, if known), or an error that names it."""
         try:
-            pf = self._retrying(lambda: self._parquet_file(path, metadata), f"opening {path}")
+            return self._retrying(lambda: self._parquet_file(path, metadata), f"opening {path}")
         except FileNotFoundError as exc:
             raise self._error(unit, f"file missing: the manifest names {unit.path!r} but storage "
                               "has no such file") from exc
@@ -108,15 +137,6 @@ class ParquetReader(Reader):
             if not isinstance(exc, _ERRORS) and not storage.is_transient(exc):
                 raise
             raise self._error(unit, f"cannot open Parquet file ({type(exc).__name__}: {exc})") from exc
-        self.ctx.stats.add("bytes_read", pf.metadata.serialized_size + 8)
-        self._check_schema(unit, pf.schema_arrow)
-        chunks_of: dict[str, list[int]] = {}  # top-level column -> indices of its column chunks
-        for j in range(pf.metadata.num_columns):
-            chunks_of.setdefault(pf.metadata.schema.column(j).path.split(".")[0], []).append(j)
-        self._files[unit.path] = (pf, chunks_of)
-        while len(self._files) > _OPEN_FILES:
-            self._files.popitem(last=False)
-        return pf
 
     def _read_columns(self, unit: WorkUnit, names: list[str], groups: list[int] | None = None) -> pa.Table:
         """Columns `names` of the unit's row groups; partition columns (not in the file) are
@@ -161,7 +181,10 @@ class ParquetReader(Reader):
             if not storage.is_transient(exc):
                 raise
             raise self._error(unit, f"storage kept failing ({type(exc).__name__}: {exc})") from exc
-        self.ctx.stats.add("bytes_read", sum(self._chunk_bytes(unit.path, g, names) for g in groups))
+        nbytes = sum(self._chunk_bytes(unit.path, g, names) for g in groups)
+        self.ctx.stats.add("bytes_read", nbytes)
+        if fetched:
+            self.ctx.stats.add("bytes_read_ahead", nbytes)  # of bytes_read: fetched by read-ahead
         return table
 
     # ------------------------------------------------------------ read-ahead (remote files only)
@@ -199,6 +222,16 @@ class ParquetReader(Reader):
         self._ahead.ahead([(keys, 0, None) if groups is None else
                            (keys, nbytes, self._fetcher(keys[0][0], groups))
                            for keys, nbytes, groups in items])
+        self._offer([key for keys, _, _ in items for key in keys])
+
+    def _offer(self, keys) -> None:
+        """Offer the fetches of units other lanes may read (`offers`) to them, once each."""
+        for key in keys:
+            if key in self.offers and key not in self._offered:
+                future = self._ahead.fetch_of(key)
+                if future is not None:
+                    self.ctx.shared.offer(key, future)
+                    self._offered.add(key)
 
     def _unit_bytes(self, unit: WorkUnit, names: list[str]) -> int:
         """Bytes a fetch of the unit's columns `names` moves: from the footer when the file is
@@ -211,13 +244,17 @@ class ParquetReader(Reader):
         return max(1, shard.num_bytes * unit.num_rows // shard.num_samples)
 
     def _footer(self, rel: str):
-        """The future of the file's footer (fetched once, concurrently), None if it is open."""
+        """The file's footer where this reader or another of its epoch has it, else the future
+        of its fetch (once, concurrently)."""
         known = self._files.get(rel)
         if known is not None:
             return known[0].metadata
+        shared = self.ctx.shared.get(rel)
+        if shared is not None:
+            return shared[0]
         path = storage.join(self.ctx.root, rel, self.ctx.dataset)
-        return self._ahead.once(("footer", rel), functools.partial(_fetch_footer, self.ctx.fs, path,
-                                                                   self._size(path)))
+        return self.ctx.shared.fetching(rel, lambda: self._ahead.once(
+            ("footer", rel), functools.partial(_fetch_footer, self.ctx.fs, path, self._size(path))))
 
     def _fetcher(self, rel: str, groups: list[int]):
         path = storage.join(self.ctx.root, rel, self.ctx.dataset)
@@ -225,10 +262,11 @@ class ParquetReader(Reader):
                                  self._ahead_columns(), self._size(path))
 
     def _ahead_footer(self, unit: WorkUnit):
-        """The footer of the unit's file if read-ahead fetched it (None otherwise)."""
+        """The footer of the unit's file if read-ahead (this reader's or another's of this
+        iteration) fetched it, None otherwise."""
         if self._ahead is None or unit.path in self._files:
             return None
-        return self._ahead.once_result(("footer", unit.path))
+        return self.ctx.shared.fetched(unit.path)
 
     def _arrived(self, rel: str, groups: list[int]) -> list[int]:
         """`groups` (a run) cut before the first row group whose bytes are in another fetch
@@ -250,7 +288,12 @@ class ParquetReader(Reader):
         wanted = [unit.row_group] if groups is None else groups
         md, parts = None, {}
         for g in wanted:
-            got = None if g is None else self._ahead.take((unit.path, g))
+            key = (unit.path, g)
+            got = None if g is None else self._ahead.take(key)
+            if got is not None and key in self._offered:
+                self.ctx.shared.withdraw(key)
+            elif got is None and g is not None:  # fetched by the lane that shares its block?
+                got = self.ctx.shared.offered(key)
             if got is not None:
                 md, parts = got[0], {**parts, **got[1]}
         return (md, parts) if parts else None

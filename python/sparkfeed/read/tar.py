@@ -154,7 +154,10 @@ class TarReader(Reader):
         fetched = self._ahead.take(key) if self._ahead is not None and key in self._ahead else None
         text, index, spans = self._index(unit)
         if fetched is not None:
-            return None if index is None else index.members(fetched, wanted, window)
+            got = None if index is None else index.members(fetched, wanted, window)
+            if got is not None:
+                self.ctx.stats.add("bytes_read_ahead", got.nbytes)  # of bytes_read: fetched ahead
+            return got
         size = self.ctx.manifest_bytes.get(unit.path)
         if index is None or size is None:
             return None
