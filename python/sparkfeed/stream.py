@@ -393,7 +393,7 @@ class StreamReader:
 
     def _chunks(self, k: int) -> list[tuple[int, int]] | None:
         """The pieces (rows [a, b)) the reader reads unit k in (`Reader.chunks`: an indexed tar
-        shard, a piece at a time), when positions are rows (no shuffle, no filter); None: whole."""
+        shard, a piece at a time), when a unit's pieces are its rows (no filter); None: whole."""
         if not self._chunking:
             return None
         if self._chunk_plan[0] != k:
@@ -426,7 +426,8 @@ class StreamReader:
             read = self.reader.read_window(units[k], int(self.stream.counts[k]), ca, cb)
             if read is None:
                 return None
-            self._last_chunk = ((k, ca), (Block.from_rows(read, self.row_ids, copy=not self.views), read))
+            self._last_chunk = ((k, ca), (Block.from_rows(read, self.row_ids, copy=not self.views,
+                                                          views=self.stream.shuffle), read))
         return self._last_chunk[1]
 
     def _pieces_joined(self, pieces: list, last: int | None = None):
@@ -507,6 +508,7 @@ class StreamReader:
         for _ in range(max(0, helpers)):
             helper = StreamReader(self.stream, type(self.reader)(self.reader.ctx), row_ids=self.row_ids,
                                   views=self.views)
+            helper._chunking = self._chunking  # it reads whole runs, in the lane's pieces
             threading.Thread(target=pending.help, args=(helper, b), daemon=True,
                              name="sparkfeed-block-reader").start()
 
@@ -532,9 +534,10 @@ class StreamReader:
         self._ahead_units = _lane_units(self.stream, spans, self.reader.runs_ahead, self._shared, self._lane)
         if self.reader.runs_ahead:
             self.reader.offers = _offered_units(self.stream, spans, self._shared, self._lane)
-        if not self.stream.shuffle and self.reader.ctx.expr is None:  # positions are rows then
+        if self.reader.ctx.expr is None:  # a unit's pieces are its rows then
             self._chunking = True
-            self.reader.windows = {self.stream.units[k]: w for k, w in _lane_windows(self.stream, spans).items()}
+            if not self.stream.shuffle:  # lanes split units (a shuffled block holds whole units)
+                self.reader.windows = {self.stream.units[k]: w for k, w in _lane_windows(self.stream, spans).items()}
         piece = self.stream.piece if gather else None
         for lo, hi in spans:
             if not self.stream.shuffle:

@@ -398,6 +398,34 @@ def test_an_indexed_shard_is_fetched_in_pieces_each_byte_once(tmp_path, monkeypa
     assert all(len(n) > 3 for n in ranges.values()), ranges
 
 
+def test_shuffled_indexed_tars_over_http_are_read_ahead_in_pieces_each_byte_once(tmp_path, monkeypatch):
+    """Shuffled, an indexed shard is read in pieces as unshuffled (`Reader.runs_ahead`), which
+    read-ahead fetches: nine shards in blocks of two, one block shared by the two thread lanes
+    (its pieces fetched by the lane that reaches it first and offered to the other); every byte
+    of every tar is sent once, and most bytes come from read-ahead."""
+    from sparkfeed.read import tar as tar_reader
+
+    monkeypatch.setattr(tar_reader, "CHUNK_BYTES", 64 << 10)
+    monkeypatch.setattr(tar_reader, "FIRST_CHUNK_BYTES", 16 << 10)
+    m = dsutil.write_tar(str(tmp_path / "wds"), dsutil.table(2_700, image_bytes=2048), 300)
+    server = LatencyServer(str(tmp_path), latency_s=0.0)
+    try:
+        L = sparkfeed.DataLoader(f"{server.url}/wds", batch_size=32, columns=["id", "image"], shuffle=True,
+                                 seed=3, shuffle_buffer=600, num_workers=2, worker_type="thread")
+        assert sorted(i for b in L for i in b["id"].tolist()) == list(range(2_700))
+        stats = L.stats()
+    finally:
+        server.close()
+    assert stats["shuffle_blocks"] >= 5
+    assert stats["bytes_read_ahead"] >= 0.5 * stats["bytes_read"] > 0
+    sent: dict[str, int] = {}
+    for _, _, method, what, nbytes in server.log:
+        path = what.partition(" ")[0]
+        if method == "GET" and path.endswith(".tar"):
+            sent[path] = sent.get(path, 0) + nbytes
+    assert sent == {f"wds/{s.path}": s.num_bytes for s in m.shards}
+
+
 def test_an_indexed_tar_read_ahead_in_pieces_is_still_checked_against_its_index_version(tmp_path, monkeypatch):
     """`sparkfeed.index` records each file's modification time; a server that reports another
     (this one reports none) means the file may have changed: the pieces fetched ahead are not

@@ -46,6 +46,7 @@ class SharedReads:
         self._known: OrderedDict[str, Future] = OrderedDict()
         self._fetches: OrderedDict[str, Future] = OrderedDict()  # footers being fetched ahead
         self._offers: OrderedDict[object, Future] = OrderedDict()  # unit key -> its fetch
+        self._claims: OrderedDict[object, None] = OrderedDict()  # keys a reader read in place
 
     def get(self, path: str):
         """What was learnt of the file at `path` (relative to the dataset), else None."""
@@ -95,11 +96,29 @@ class SharedReads:
             future = self._fetches.get(path)
         return _result(future)
 
-    def offer(self, key, future: Future | None) -> None:
-        """A read-ahead fetch that holds unit `key`, for whichever reader reads the unit."""
-        if future is not None:
-            with self._lock:
-                self._put(self._offers, key, future)
+    def reserve(self, keys) -> list:
+        """Of `keys` (units a reader is about to fetch ahead and offer), those no reader has
+        read in place or offered, each now holding a place for its fetch (`offer`): a reader
+        that asks for one meanwhile waits for the offer, not reading it in place beside it."""
+        with self._lock:
+            free = [k for k in keys if k not in self._claims and k not in self._offers]
+            for k in free:
+                self._put(self._offers, k, Future())
+            return free
+
+    def offer(self, key, fetch: Future | None) -> None:
+        """The read-ahead fetch that holds reserved unit `key` (None: not fetched after all),
+        for whichever reader reads the unit."""
+        with self._lock:
+            place = self._offers.get(key)
+            if fetch is None and place is not None:
+                del self._offers[key]  # free to reserve again
+        if place is None or place.done():
+            return
+        if fetch is None:
+            place.set_result(None)
+        else:
+            fetch.add_done_callback(lambda f: place.done() or place.set_result(_result(f)))
 
     def withdraw(self, key) -> None:
         """The offering reader read unit `key` itself."""
@@ -107,11 +126,21 @@ class SharedReads:
             self._offers.pop(key, None)
 
     def offered(self, key):
-        """The result of the fetch another reader offered for unit `key` (waiting for it), None
-        if none, cancelled (its reader dropped it) or failed: the caller then reads in place."""
+        """What the fetch another reader offered for unit `key` brought (waiting for it), None
+        if none, cancelled (its reader dropped it) or failed: the caller then reads in place,
+        and the key is claimed (`claimed`), so no reader fetches it ahead after that."""
         with self._lock:
-            future = self._offers.pop(key, None)
-        return _result(future)
+            place = self._offers.pop(key, None)
+        got = _result(place)
+        if got is None:
+            with self._lock:
+                self._put(self._claims, key, None)
+        return got
+
+    def claimed(self, key) -> bool:
+        """True when a reader read unit `key` in place (read-ahead should not fetch it)."""
+        with self._lock:
+            return key in self._claims
 
     def _put(self, table: OrderedDict, key, value) -> None:
         table[key] = value
@@ -177,6 +206,8 @@ class Reader:
         # units of shuffle blocks this lane shares with other thread lanes and fetches ahead for
         # them (`SharedReads.offer`), as (path, row group); set by the stream (`StreamReader`)
         self.offers: frozenset = frozenset()
+        self._ahead = None  # remote storage: this reader's `storage.ReadAhead` (subclasses)
+        self._offered: set = set()  # fetch keys offered to other readers (`_offer`)
 
     def read(self, unit: WorkUnit, expected: int) -> UnitRows:
         """Rows of `unit` (filtered), or under on_error="skip" `expected` placeholder rows."""
@@ -221,10 +252,32 @@ class Reader:
 
     @property
     def runs_ahead(self) -> bool:
-        """True where `read_ahead` fetches what whole-unit reads (`read_run`, a shuffled block's
-        runs) then take: Parquet on remote storage. (The tar reader fetches a shard's pieces,
-        which only piece-by-piece reads take.)"""
-        return False
+        """True where `read_ahead` fetches what a shuffled block's reads then take (remote
+        storage), so the stream tells it the blocks' runs (`stream._lane_units`)."""
+        return self._ahead is not None
+
+    def _reserve(self, keys) -> list:
+        """Of fetch keys `keys` (the first item is the unit's path), those of units in `offers`
+        not offered yet, reserved for offering (`SharedReads.reserve`): call before read-ahead
+        submits them, and `_offer` the result after."""
+        return self.ctx.shared.reserve([k for k in keys if k not in self._offered and
+                                        (k[0], k[1] if len(k) == 2 else None) in self.offers])
+
+    def _offer(self, keys) -> None:
+        """Offer the read-ahead fetches of reserved `keys` to the other lanes (once each)."""
+        for key in keys:
+            future = self._ahead.fetch_of(key)
+            self.ctx.shared.offer(key, future)
+            if future is not None:
+                self._offered.add(key)
+
+    def _take_fetched(self, key):
+        """What read-ahead fetched for `key`: this reader's own fetch, or one that the lane
+        sharing its block offered (`SharedReads`); None: read in place."""
+        got = self._ahead.take(key) if self._ahead is not None else None
+        if got is not None and key in self._offered:
+            self.ctx.shared.withdraw(key)
+        return got if got is not None else self.ctx.shared.offered(key)
 
     def read_ahead(self, units: Sequence[WorkUnit]) -> None:
         """Hint: `units` are what this reader reads next, in order. Remote readers start

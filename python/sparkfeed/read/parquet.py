@@ -44,11 +44,6 @@ class ParquetReader(Reader):
         self._ahead = None if self._pafs is not None else storage.ReadAhead()
         self._ranges = True  # False: an HTTP server that ignores Range (whole-file reads)
         self._fetched = False  # read-ahead made its first fetch (`_FIRST_FETCH_BYTES`)
-        self._offered: set = set()  # units of `offers` whose fetch was offered
-
-    @property
-    def runs_ahead(self) -> bool:
-        return self._ahead is not None
 
     def _open_input(self, path: str):
         """A seekable file: pyarrow's native one for local files, fsspec's otherwise (fsspec's
@@ -211,6 +206,8 @@ class ParquetReader(Reader):
             if key in self._ahead:  # still wanted, already fetched or in flight
                 items.append(([key], 0, None))
                 continue
+            if self.ctx.shared.claimed(key):  # read in place by the lane sharing its block
+                continue
             nbytes = self._unit_bytes(unit, names)
             limit = _FETCH_BYTES if self._fetched or len(items) > 1 else _FIRST_FETCH_BYTES
             last = items[-1] if items else None
@@ -219,19 +216,11 @@ class ParquetReader(Reader):
             else:
                 items.append(([key], nbytes, [unit.row_group]))
         self._fetched = self._fetched or any(groups is not None for _, _, groups in items)
+        reserved = self._reserve([key for keys, _, groups in items if groups is not None for key in keys])
         self._ahead.ahead([(keys, 0, None) if groups is None else
                            (keys, nbytes, self._fetcher(keys[0][0], groups))
                            for keys, nbytes, groups in items])
-        self._offer([key for keys, _, _ in items for key in keys])
-
-    def _offer(self, keys) -> None:
-        """Offer the fetches of units other lanes may read (`offers`) to them, once each."""
-        for key in keys:
-            if key in self.offers and key not in self._offered:
-                future = self._ahead.fetch_of(key)
-                if future is not None:
-                    self.ctx.shared.offer(key, future)
-                    self._offered.add(key)
+        self._offer(reserved)
 
     def _unit_bytes(self, unit: WorkUnit, names: list[str]) -> int:
         """Bytes a fetch of the unit's columns `names` moves: from the footer when the file is
@@ -288,12 +277,7 @@ class ParquetReader(Reader):
         wanted = [unit.row_group] if groups is None else groups
         md, parts = None, {}
         for g in wanted:
-            key = (unit.path, g)
-            got = None if g is None else self._ahead.take(key)
-            if got is not None and key in self._offered:
-                self.ctx.shared.withdraw(key)
-            elif got is None and g is not None:  # fetched by the lane that shares its block?
-                got = self.ctx.shared.offered(key)
+            got = None if g is None else self._take_fetched((unit.path, g))
             if got is not None:
                 md, parts = got[0], {**parts, **got[1]}
         return (md, parts) if parts else None

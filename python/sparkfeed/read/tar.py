@@ -92,7 +92,7 @@ class TarReader(Reader):
                     _piece_spans, index, tuple(pieces), size))
                 for a, b in pieces:
                     key = (unit.path, a, b)
-                    if key in self._pieces_read:
+                    if key in self._pieces_read or self.ctx.shared.claimed(key):
                         continue
                     items.append(((key,), 0, None) if key in self._ahead else (
                         (key,), size * (b - a) // unit.num_rows,
@@ -101,7 +101,16 @@ class TarReader(Reader):
                 items.append(((unit.path,), 0, None))  # still wanted, fetched or in flight
             elif size is not None:
                 items.append(((unit.path,), size, functools.partial(_fetch_whole, self.ctx.fs, path, size)))
+        reserved = self._reserve([key for keys, _, fetch in items if fetch is not None
+                                  for key in keys if len(key) == 3])
         self._ahead.ahead(items)
+        self._offer(reserved)
+
+    @property
+    def runs_ahead(self) -> bool:
+        """Shuffled shards are read in pieces (`chunks`), which read-ahead fetches, except with
+        a filter (read whole, in place)."""
+        return self._ahead is not None and self.ctx.expr is None
 
     def read_window(self, unit: WorkUnit, expected: int, start: int, stop: int) -> UnitRows | None:
         """Samples [start, stop) of an indexed shard from the bytes that hold them alone (a
@@ -151,7 +160,7 @@ class TarReader(Reader):
             self._checked.add(unit.path)
         key = (unit.path, *window)
         self._pieces_read.add(key)
-        fetched = self._ahead.take(key) if self._ahead is not None and key in self._ahead else None
+        fetched = self._take_fetched(key)
         text, index, spans = self._index(unit)
         if fetched is not None:
             got = None if index is None else index.members(fetched, wanted, window)
