@@ -96,29 +96,27 @@ class SharedReads:
             future = self._fetches.get(path)
         return _result(future)
 
-    def reserve(self, keys) -> list:
+    def reserve(self, keys) -> dict:
         """Of `keys` (units a reader is about to fetch ahead and offer), those no reader has
-        read in place or offered, each now holding a place for its fetch (`offer`): a reader
-        that asks for one meanwhile waits for the offer, not reading it in place beside it."""
+        read in place or offered, each with the place now held for its fetch (`offer` fills
+        it): a reader that asks for one meanwhile waits for the offer instead of reading it in
+        place beside the fetch."""
         with self._lock:
-            free = [k for k in keys if k not in self._claims and k not in self._offers]
-            for k in free:
-                self._put(self._offers, k, Future())
+            free = {k: Future() for k in keys if k not in self._claims and k not in self._offers}
+            for k, place in free.items():
+                self._put(self._offers, k, place)
             return free
 
-    def offer(self, key, fetch: Future | None) -> None:
-        """The read-ahead fetch that holds reserved unit `key` (None: not fetched after all),
-        for whichever reader reads the unit."""
-        with self._lock:
-            place = self._offers.get(key)
-            if fetch is None and place is not None:
-                del self._offers[key]  # free to reserve again
-        if place is None or place.done():
-            return
+    def offer(self, key, place: Future, fetch: Future | None) -> None:
+        """Fill the place reserved for unit `key` with the read-ahead fetch that holds it, for
+        whichever reader reads the unit (None: not fetched after all; the place is freed)."""
         if fetch is None:
+            with self._lock:
+                if self._offers.get(key) is place:
+                    del self._offers[key]  # free to reserve again
             place.set_result(None)
         else:
-            fetch.add_done_callback(lambda f: place.done() or place.set_result(_result(f)))
+            fetch.add_done_callback(lambda f: place.set_result(_result(f)))
 
     def withdraw(self, key) -> None:
         """The offering reader read unit `key` itself."""
@@ -130,10 +128,12 @@ class SharedReads:
         if none, cancelled (its reader dropped it) or failed: the caller then reads in place,
         and the key is claimed (`claimed`), so no reader fetches it ahead after that."""
         with self._lock:
-            place = self._offers.pop(key, None)
+            place = self._offers.get(key)  # left in place until resolved: `offer` resolves it
         got = _result(place)
-        if got is None:
-            with self._lock:
+        with self._lock:
+            if place is not None and self._offers.get(key) is place:
+                del self._offers[key]
+            if got is None:
                 self._put(self._claims, key, None)
         return got
 
@@ -256,25 +256,27 @@ class Reader:
         storage), so the stream tells it the blocks' runs (`stream._lane_units`)."""
         return self._ahead is not None
 
-    def _reserve(self, keys) -> list:
+    def _reserve(self, keys) -> dict:
         """Of fetch keys `keys` (the first item is the unit's path), those of units in `offers`
         not offered yet, reserved for offering (`SharedReads.reserve`): call before read-ahead
-        submits them, and `_offer` the result after."""
+        submits them, and `_offer` the result after, whatever happens between."""
         return self.ctx.shared.reserve([k for k in keys if k not in self._offered and
                                         (k[0], k[1] if len(k) == 2 else None) in self.offers])
 
-    def _offer(self, keys) -> None:
-        """Offer the read-ahead fetches of reserved `keys` to the other lanes (once each)."""
-        for key in keys:
+    def _offer(self, reserved: dict) -> None:
+        """Offer the read-ahead fetches of the `reserved` units to the other lanes (once each)."""
+        for key, place in reserved.items():
             future = self._ahead.fetch_of(key)
-            self.ctx.shared.offer(key, future)
+            self.ctx.shared.offer(key, place, future)
             if future is not None:
                 self._offered.add(key)
 
     def _take_fetched(self, key):
         """What read-ahead fetched for `key`: this reader's own fetch, or one that the lane
         sharing its block offered (`SharedReads`); None: read in place."""
-        got = self._ahead.take(key) if self._ahead is not None else None
+        if self._ahead is None:  # local files: nothing is fetched ahead
+            return None
+        got = self._ahead.take(key)
         if got is not None and key in self._offered:
             self.ctx.shared.withdraw(key)
         return got if got is not None else self.ctx.shared.offered(key)

@@ -102,7 +102,7 @@ class ParquetReader(Reader):
         opened: list[pq.ParquetFile] = []
 
         def first_open() -> tuple:
-            """Open, read the footer, check the file against the manifest (once per epoch)."""
+            """Open, read the footer, check the file against the manifest (once per iteration)."""
             self._check_unchanged(unit, path)
             pf = self._open(unit, path, metadata)
             opened.append(pf)
@@ -217,10 +217,12 @@ class ParquetReader(Reader):
                 items.append(([key], nbytes, [unit.row_group]))
         self._fetched = self._fetched or any(groups is not None for _, _, groups in items)
         reserved = self._reserve([key for keys, _, groups in items if groups is not None for key in keys])
-        self._ahead.ahead([(keys, 0, None) if groups is None else
-                           (keys, nbytes, self._fetcher(keys[0][0], groups))
-                           for keys, nbytes, groups in items])
-        self._offer(reserved)
+        try:
+            self._ahead.ahead([(keys, 0, None) if groups is None else
+                               (keys, nbytes, self._fetcher(keys[0][0], groups))
+                               for keys, nbytes, groups in items])
+        finally:  # every reserved place resolved, even if submitting failed: nobody waits forever
+            self._offer(reserved)
 
     def _unit_bytes(self, unit: WorkUnit, names: list[str]) -> int:
         """Bytes a fetch of the unit's columns `names` moves: from the footer when the file is
@@ -233,7 +235,7 @@ class ParquetReader(Reader):
         return max(1, shard.num_bytes * unit.num_rows // shard.num_samples)
 
     def _footer(self, rel: str):
-        """The file's footer where this reader or another of its epoch has it, else the future
+        """The file's footer where this reader or another of its iteration has it, else the future
         of its fetch (once, concurrently)."""
         known = self._files.get(rel)
         if known is not None:

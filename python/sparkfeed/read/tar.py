@@ -103,8 +103,10 @@ class TarReader(Reader):
                 items.append(((unit.path,), size, functools.partial(_fetch_whole, self.ctx.fs, path, size)))
         reserved = self._reserve([key for keys, _, fetch in items if fetch is not None
                                   for key in keys if len(key) == 3])
-        self._ahead.ahead(items)
-        self._offer(reserved)
+        try:
+            self._ahead.ahead(items)
+        finally:  # every reserved place resolved, even if submitting failed: nobody waits forever
+            self._offer(reserved)
 
     @property
     def runs_ahead(self) -> bool:
