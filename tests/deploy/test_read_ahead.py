@@ -398,6 +398,30 @@ def test_an_indexed_shard_is_fetched_in_pieces_each_byte_once(tmp_path, monkeypa
     assert all(len(n) > 3 for n in ranges.values()), ranges
 
 
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_a_shuffled_mix_of_remote_sources_reads_ahead_each_sample_once(tmp_path, worker_type):
+    """Each source of a mix is read as one dataset is (its blocks' runs through read-ahead, the
+    blocks its lanes share offered between them): every sample of both sources once, per
+    epoch, most bytes from read-ahead."""
+    rng = np.random.default_rng(1)
+    for name, n, first in (("a", 3_000, 0), ("b", 2_000, 3_000)):
+        t = dsutil.table(n).set_column(0, "id", pa.array(np.arange(first, first + n)))
+        t = t.append_column("image", pa.array([rng.bytes(256) for _ in range(n)]))
+        dsutil.write_parquet(str(tmp_path / name), t, 500, 100, sort_by="label")
+    server = LatencyServer(str(tmp_path), latency_s=0.0)
+    try:
+        L = sparkfeed.DataLoader([sparkfeed.Source(f"{server.url}/a"), sparkfeed.Source(f"{server.url}/b")],
+                                 batch_size=64, shuffle=True, seed=1, num_workers=2, worker_type=worker_type,
+                                 shuffle_buffer=700, columns=["id", "image"])
+        for epoch in range(2):
+            L.set_epoch(epoch)
+            assert sorted(i for b in L for i in b["id"].tolist()) == list(range(5_000))
+        stats = L.stats()
+    finally:
+        server.close()
+    assert stats["bytes_read_ahead"] >= 0.5 * stats["bytes_read"] > 0
+
+
 def test_shuffled_indexed_tars_over_http_are_read_ahead_in_pieces_each_byte_once(tmp_path, monkeypatch):
     """Shuffled, an indexed shard is read in pieces as unshuffled (`Reader.runs_ahead`), which
     read-ahead fetches: nine shards in blocks of two, one block shared by the two thread lanes
