@@ -336,6 +336,11 @@ class KnownRanges(io.RawIOBase):
         self._parts = sorted(parts.items())
         self.size, self._opener, self._file, self._pos = size, opener, None, 0
 
+    @property
+    def opened(self) -> bool:
+        """True once a read fell outside the fetched ranges and went to the real file."""
+        return self._file is not None
+
     def readable(self) -> bool:
         return True
 

@@ -398,6 +398,38 @@ def test_an_indexed_shard_is_fetched_in_pieces_each_byte_once(tmp_path, monkeypa
     assert all(len(n) > 3 for n in ranges.values()), ranges
 
 
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_a_corrupt_row_group_in_a_shuffled_remote_read_is_named_or_counted(tmp_path, on_error):
+    """A row group whose page header is garbage, fetched ahead in a shuffled epoch over HTTP:
+    the error names the dataset, the shard and the row group, or under on_error="skip" its
+    rows are counted as skipped and every other sample comes once."""
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(2)
+    data = dsutil.table(4_000).append_column("image", pa.array([rng.bytes(512) for _ in range(4_000)]))
+    dsutil.write_parquet(str(tmp_path / "pq"), data, 1_000, 100)
+    path = str(tmp_path / "pq" / "part-00001.parquet")
+    md = pq.ParquetFile(path).metadata
+    names = [md.schema.column(j).name for j in range(md.num_columns)]
+    with open(path, "r+b") as f:  # the image chunk's first page header of row group 2 (rows 1200-1299)
+        f.seek(md.row_group(2).column(names.index("image")).data_page_offset)
+        f.write(b"\xff" * 64)
+    server = LatencyServer(str(tmp_path), latency_s=0.0)
+    try:
+        L = sparkfeed.DataLoader(f"{server.url}/pq", batch_size=64, shuffle=True, seed=1, num_workers=2,
+                                 worker_type="thread", shuffle_buffer=600, columns=["id", "image"],
+                                 on_error=on_error)
+        if on_error == "raise":
+            with pytest.raises(sparkfeed.ShardReadError, match=r"part-00001\.parquet.*row group 2"):
+                list(L)
+            return
+        ids = [i for b in L for i in b["id"].tolist()]
+    finally:
+        server.close()
+    assert sorted(ids) == [i for i in range(4_000) if not 1_200 <= i < 1_300]
+    assert L.stats()["samples_skipped"] == 100
+
+
 @pytest.mark.parametrize("worker_type", ["thread", "process"])
 def test_a_shuffled_mix_of_remote_sources_reads_ahead_each_sample_once(tmp_path, worker_type):
     """Each source of a mix is read as one dataset is (its blocks' runs through read-ahead, the

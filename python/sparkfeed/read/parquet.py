@@ -32,6 +32,11 @@ _RUN_BYTES = 16 << 20  # uncompressed bytes read as one run of row groups (`read
 # handful of runs per lane stay in memory (cache, queue), so this bounds what runs add to it
 
 
+class _FetchedCorrupt(Exception):
+    """A read that failed on bytes read-ahead had fetched, with no request of its own: corrupt
+    data, which retrying would only delay by the whole backoff (its cause is the error)."""
+
+
 class ParquetReader(Reader):
     """Reads row groups of the dataset's Parquet shards; keeps the last `_OPEN_FILES` files open."""
 
@@ -157,7 +162,7 @@ class ParquetReader(Reader):
             pf = self._file(unit, fetched[0] if fetched else None)
             if groups is None:
                 groups = range(pf.metadata.num_row_groups) if unit.row_group is None else [unit.row_group]
-            src = self._from_parts(unit, pf, fetched[1]) if fetched else pf
+            src, known = self._from_parts(unit, pf, fetched[1]) if fetched else (pf, None)
             try:
                 if len(groups) != 1:  # one read: remote, pre-buffered; local, a third of the cost
                     return src.read_row_groups(list(groups), columns=names, use_threads=False)
@@ -166,10 +171,15 @@ class ParquetReader(Reader):
                 self._files.pop(unit.path, None)  # reopen on retry: the stream may be broken
                 if self._no_ranges(exc):
                     return attempt()
+                if known is not None and not known.opened and isinstance(exc, _ERRORS):
+                    raise _FetchedCorrupt() from exc  # no request in this read: not transient
                 raise
 
         try:
             table = self._retrying(attempt, f"reading {unit.path} row group {unit.row_group}")
+        except _FetchedCorrupt as wrapped:
+            exc = wrapped.__cause__
+            raise self._error(unit, f"corrupt or truncated data ({type(exc).__name__}: {exc})") from exc
         except _ERRORS as exc:
             raise self._error(unit, f"corrupt or truncated data ({type(exc).__name__}: {exc})") from exc
         except Exception as exc:
@@ -284,14 +294,15 @@ class ParquetReader(Reader):
                 md, parts = got[0], {**parts, **got[1]}
         return (md, parts) if parts else None
 
-    def _from_parts(self, unit: WorkUnit, pf: pq.ParquetFile, parts: dict) -> pq.ParquetFile:
-        """The unit's file served from the fetched ranges (anything else read in place)."""
+    def _from_parts(self, unit: WorkUnit, pf: pq.ParquetFile, parts: dict) -> tuple:
+        """(the unit's file served from the fetched ranges, anything else read in place; the
+        `storage.KnownRanges` under it)."""
         path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
         size = self._size(path) or self.ctx.fs.size(path)
         src = storage.KnownRanges(parts, size, lambda: self._open_input(path))
         # no pre-buffering: it would ask for a run's chunks as one range across fetches (a copy);
         # chunk by chunk, each read is a view into the fetched bytes
-        return pq.ParquetFile(src, metadata=pf.metadata, pre_buffer=False)
+        return pq.ParquetFile(src, metadata=pf.metadata, pre_buffer=False), src
 
     def _chunk_bytes(self, path: str, group: int, names: list[str]) -> int:
         """Compressed bytes of the column chunks of `names` in row group `group` (what a read
