@@ -155,7 +155,7 @@ class SharedReads:
 def _result(future: Future | None):
     try:
         return None if future is None else future.result()
-    except BaseException:  # noqa: BLE001 - cancelled or failed: the reader reads in place
+    except Exception:  # noqa: BLE001 - cancelled or failed: the reader reads in place
         return None
 
 
