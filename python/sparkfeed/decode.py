@@ -350,6 +350,23 @@ class _Job:
     scheduled: bool = False
 
 
+# Runs of one pipeline DALI's executor may hold at once: with 2, the host stage of batch n+1
+# (parsing, the Huffman decoding that "mixed" does on host threads) overlaps the GPU stage of n.
+_QUEUE_DEPTH = 2
+
+
+def _one_run_per_batch(pipe) -> bool:
+    """Make every `schedule_run` start exactly one run, of the batch just fed; False where this
+    DALI offers no way to. Its first `schedule_run` would otherwise "prefetch": start
+    `prefetch_queue_depth` runs at once, each wanting a batch fed ahead, where `submit` feeds one
+    batch per run. The switch is DALI's own flag (`Pipeline._first_iter`, read by `schedule_run`
+    since DALI 0.x and still in 2.4), so it is checked, not assumed."""
+    if not isinstance(getattr(pipe, "_first_iter", None), bool):
+        return False
+    pipe._first_iter = False
+    return True
+
+
 class _DaliBackend:
     """DALI pipelines fed whole batches, one per geometry `kind`: "resize" (shorter side, then
     crop), "crop" (images already at the resize target, or resize=None), "slice" (a window
@@ -374,7 +391,7 @@ class _DaliBackend:
         self.dali, self.fn, self.types, self._feed_ndarray = _import_dali()
         self.args = dict(batch_size=max_batch_size, num_threads=num_threads, seed=seed,
                          device_id=torch.cuda.current_device() if device == "cuda" else None,
-                         prefetch_queue_depth=1, exec_async=True, exec_pipelined=True)
+                         prefetch_queue_depth=_QUEUE_DEPTH, exec_async=True, exec_pipelined=True)
         self.pipes: dict[str, object] = {}
         self.inflight: dict[str, collections.deque] = collections.defaultdict(collections.deque)
         self.done: dict[_Job, object] = {}  # runs settled ahead of their collect
@@ -415,6 +432,14 @@ class _DaliBackend:
 
     def _build(self, kind: str):
         """decode -> geometry -> crop, mirror, normalise, lay out."""
+        pipe = self._graph(kind)
+        if self.args["prefetch_queue_depth"] > 1 and not _one_run_per_batch(pipe):
+            self.args["prefetch_queue_depth"] = 1  # one run at a time: no prefetch to avoid
+            pipe = self._graph(kind)
+        return pipe
+
+    def _graph(self, kind: str):
+        """One built pipeline of `kind` with the backend's arguments."""
         fn, types, spec = self.fn, self.types, self.spec
         pipe = self.dali.Pipeline(**self.args)
         with pipe:

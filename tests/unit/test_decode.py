@@ -584,6 +584,43 @@ def test_batches_submitted_ahead_decode_as_one_at_a_time(backend):
     assert all(torch.equal(a, g) for a, g in zip(alone, got))
 
 
+def test_pipelines_hold_two_runs_and_start_one_per_batch(monkeypatch):
+    """The pipelines are built with DALI's queue depth 2 (a batch's host stage overlaps the run
+    before it), yet each `submit` starts one run of the batch it fed: four batches in flight
+    (two iterators, each one ahead) and a batch alone give the pixels of a depth-1 decoder."""
+    import sparkfeed.decode as decode
+
+    batches = _batches(5)
+    dec = _decoder(size=24, crop="random", mirror=True)
+    assert [p.prefetch_queue_depth for p in dec._backend.pipes.values()] == [2]
+    jobs = [dec.submit(b, keys=np.arange(6) + 10 * i) for i, b in enumerate(batches[:4])]
+    got = [dec.collect(j).images for j in jobs] + [dec.decode(batches[4], keys=np.arange(6) + 40).images]
+    monkeypatch.setattr(decode, "_QUEUE_DEPTH", 1)
+    one = _decoder(size=24, crop="random", mirror=True)
+    assert [p.prefetch_queue_depth for p in one._backend.pipes.values()] == [1]
+    want = [one.decode(b, keys=np.arange(6) + 10 * i).images for i, b in enumerate(batches)]
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+def test_a_dali_without_the_run_switch_is_built_with_depth_one(monkeypatch):
+    """Where DALI's Pipeline lacks the flag that makes `schedule_run` start one run, the decoder
+    builds its pipelines with depth 1 (no prefetch of batches never fed) and decodes the same."""
+    import sparkfeed.decode as decode
+
+    class Bare:
+        pass
+
+    assert decode._one_run_per_batch(Bare()) is False
+    monkeypatch.setattr(decode, "_one_run_per_batch", lambda pipe: False)
+    batches = _batches(3)
+    dec = _decoder(size=24)
+    assert [p.prefetch_queue_depth for p in dec._backend.pipes.values()] == [1]
+    jobs = [dec.submit(b) for b in batches]
+    got = [dec.collect(j).images for j in jobs]
+    monkeypatch.undo()
+    assert all(torch.equal(g, _decoder(size=24).decode(b).images) for g, b in zip(got, batches))
+
+
 @pytest.mark.parametrize("bad_batch", [0, 1])
 def test_a_bad_image_in_a_batch_in_flight_is_reported_with_its_own_batch(bad_batch):
     """DALI fails whole runs and drops the pipeline with every run queued behind it: the failing
