@@ -140,10 +140,62 @@ class BinaryViews:
         return column if self.kind is BinaryColumn else self.kind(column.data, column.offsets)
 
 
+@dataclass(frozen=True)
+class BinaryChunks:
+    """Samples of several `BinaryColumn`s of one class, one after another, each left in its own
+    buffers: a batch cut across row groups (`concat_rows(chunks=True)`). The decoder reads each
+    sample where it lies and users get `bytes` copies of each sample, so joining the parts into
+    one buffer first would be a copy of every byte that nobody reads: with row groups of tens
+    of images, a copy of each batch's bytes on the thread that feeds the decoder."""
+
+    parts: tuple  # BinaryColumn (or TextColumn), at least one, all of one class
+
+    @staticmethod
+    def join(columns: list) -> "BinaryChunks":
+        """`columns` (BinaryColumns of one class, or BinaryChunks of them) one after another."""
+        parts = [p for c in columns for p in (c.parts if isinstance(c, BinaryChunks) else (c,))]
+        return BinaryChunks(tuple(p for p in parts if len(p)) or (parts[0],))
+
+    @property
+    def kind(self) -> type:
+        return type(self.parts[0])
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def _bounds(self) -> np.ndarray:
+        return np.cumsum([0] + [len(p) for p in self.parts])
+
+    def slice(self, start: int, stop: int) -> "BinaryChunks":
+        """Samples [start, stop), the parts sliced (no copy)."""
+        bounds, parts = self._bounds(), []
+        for p, lo, hi in zip(self.parts, bounds[:-1], bounds[1:]):
+            a, b = max(start, int(lo)), min(stop, int(hi))
+            if a < b:
+                parts.append(p.slice(a - int(lo), b - int(lo)))
+        return BinaryChunks(tuple(parts) or (self.parts[0].slice(0, 0),))
+
+    def joined(self) -> BinaryColumn:
+        """The samples in one buffer (one copy), a column of the parts' class."""
+        return self.parts[0] if len(self.parts) == 1 else BinaryColumn.concat(list(self.parts))
+
+    def select(self, rows) -> BinaryColumn:
+        """The samples at `rows`, in that order, gathered from the parts (one copy of them)."""
+        if len(self.parts) == 1:
+            return self.parts[0].select(rows)
+        return BinaryViews.join(list(self.parts)).select(rows)
+
+    def to_list(self) -> list:
+        """The samples as users see them (`bytes` or `str`), part by part: no joined copy."""
+        return [x for p in self.parts for x in p.to_list()]
+
+
 def binary_kind(value) -> type | None:
-    """The column class of a binary value (`BinaryViews` stand for the class they gather into);
-    None for anything else."""
-    return value.kind if isinstance(value, BinaryViews) else type(value) if isinstance(value, BinaryColumn) else None
+    """The column class of a binary value (`BinaryViews` stand for the class they gather into,
+    `BinaryChunks` for their parts'); None for anything else."""
+    if isinstance(value, (BinaryViews, BinaryChunks)):
+        return value.kind
+    return type(value) if isinstance(value, BinaryColumn) else None
 
 
 _SERIAL = 32_768  # elements: torch's grain size (at::internal::GRAIN_SIZE); smaller copies run inline
@@ -326,7 +378,7 @@ def select_rows(batch: dict, rows: torch.Tensor) -> dict:
     for name, value in batch.items():
         if isinstance(value, torch.Tensor) and value.dim() > 0:
             out[name] = value.index_select(0, rows.to(value.device))
-        elif isinstance(value, (BinaryColumn, BinaryViews)):
+        elif isinstance(value, (BinaryColumn, BinaryViews, BinaryChunks)):
             out[name] = value.select(rows)
         elif isinstance(value, list):
             idx = rows.tolist() if idx is None else idx
@@ -353,29 +405,34 @@ def split_rows(value, sizes: list[int]) -> list:
             for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def concat_rows(batches: list[dict], views: bool = False) -> dict:
+def concat_rows(batches: list[dict], views: bool = False, chunks: bool = False) -> dict:
     """The rows of `batches` one after another, column by column (one copy per column);
     `views=True`: binary columns not copied but joined as `BinaryViews`, for rows that are only
-    ever gathered (`select_rows`), a shuffle block's."""
+    ever gathered (`select_rows`), a shuffle block's; `chunks=True`: binary columns left in
+    their parts (`BinaryChunks`), for a delivered batch."""
     if len(batches) == 1:
         return batches[0]
     out = {}
     for name, first in batches[0].items():
         values = [b[name] for b in batches]
+        kind = binary_kind(first)
+        alike = kind is not None and all(binary_kind(v) is kind for v in values)
         if isinstance(first, torch.Tensor):
             out[name] = cat(values)
-        elif views and binary_kind(first) and all(binary_kind(v) is binary_kind(first) for v in values):
+        elif views and alike:
             out[name] = BinaryViews.join(values)
-        elif isinstance(first, BinaryColumn) and all(type(v) is type(first) for v in values):
-            out[name] = BinaryColumn.concat(values)
+        elif chunks and alike and not any(isinstance(v, BinaryViews) for v in values):
+            out[name] = BinaryChunks.join(values)
+        elif alike and not any(isinstance(v, BinaryViews) for v in values):
+            out[name] = BinaryColumn.concat([v.joined() if isinstance(v, BinaryChunks) else v for v in values])
         else:  # lists, or strings with nulls in some parts (lists) and not in others
-            out[name] = [x for v in values for x in (v.to_list() if isinstance(v, BinaryColumn) else v)]
+            out[name] = [x for v in values for x in (v.to_list() if binary_kind(v) else v)]
     return out
 
 
 def user_facing(batch: dict) -> dict:
-    """What users see: every column, BinaryColumn -> list of bytes."""
-    return {k: (v.to_list() if isinstance(v, BinaryColumn) else v) for k, v in batch.items()}
+    """What users see: every column, BinaryColumn (or its chunks) -> list of bytes."""
+    return {k: (v.to_list() if isinstance(v, (BinaryColumn, BinaryChunks)) else v) for k, v in batch.items()}
 
 
 def rows(batch: dict):
@@ -412,6 +469,7 @@ def pack(batch: dict) -> Packed:
     cost per tensor that dominates small batches of many columns; one buffer pays it once.
     """
     parts, layout, offset = [], [], 0
+    batch = {k: v.joined() if isinstance(v, BinaryChunks) else v for k, v in batch.items()}
     for name, value in batch.items():
         tensors = {"": value} if isinstance(value, torch.Tensor) else \
             {"data": value.data, "offsets": value.offsets} if isinstance(value, BinaryColumn) else None

@@ -1,6 +1,7 @@
 """Image decoding: `ImageDecode` (what the user asks for) -> `ImageDecoder` (DALI or PIL at run time).
 
-A batch's encoded images arrive as one `BinaryColumn` (or a list of `bytes`). The decoder
+A batch's encoded images arrive as one `BinaryColumn`, as `BinaryChunks` (a batch cut across row
+groups: each part's samples left in their own buffer), or as a list of `bytes`. The decoder
 
 1. reads every row's size from its header, for the whole batch at once (`headers.py`), and
    refuses empty rows, unknown formats, more than `max_pixels` pixels and (resize=None) images
@@ -47,7 +48,7 @@ import torch
 from PIL import Image
 
 from . import batch as batching
-from .batch import BinaryColumn
+from .batch import BinaryChunks, BinaryColumn
 from .crops import _RRC_TRIES, _keyed_draws, _keyed_window_uniforms, _random_resized_windows
 from .headers import _check_headers, _Encoded, _encoded
 
@@ -654,14 +655,14 @@ class ImageDecoder:
         window = _random_resized_windows(u, sizes, self.spec.scale, self.spec.ratio) if rrc else None
         return _Draws(pos[0], pos[1], flip, window)
 
-    def decode(self, images: "BinaryColumn | Sequence[bytes]", keys=None) -> DecodeResult:
+    def decode(self, images: "BinaryColumn | BinaryChunks | Sequence[bytes]", keys=None) -> DecodeResult:
         """Decode a batch; bad rows go to `failures` (never raised), good rows to `images` in order.
 
         `keys`: one integer per row naming the sample (int64 tensor or array); its crop and flip
         then depend only on (seed, epoch, key)."""
         return self.collect(self.submit(images, keys))
 
-    def submit(self, images: "BinaryColumn | Sequence[bytes]", keys=None) -> _Job:
+    def submit(self, images: "BinaryColumn | BinaryChunks | Sequence[bytes]", keys=None) -> _Job:
         """Check the headers, draw the augmentations and start decoding a batch (DALI decodes it
         in the background); `collect(job)` returns its `DecodeResult`. Submitting batch n+1
         before collecting batch n overlaps n+1's decode with the caller's work on n. Jobs are

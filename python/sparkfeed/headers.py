@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from PIL import Image
 
-from .batch import BinaryColumn
+from .batch import BinaryChunks, BinaryColumn
 
 if TYPE_CHECKING:
     from .decode import ImageDecode
@@ -24,30 +24,57 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class _Encoded:
-    """A batch of encoded images as one uint8 buffer and row bounds (numpy views, no copy)."""
+    """A batch of encoded images left in the buffers they arrived in (numpy views, no copy):
+    row i is `buffers[where[i]][starts[i]:ends[i]]`. One buffer for a `BinaryColumn`, one per
+    part for `BinaryChunks` (a batch cut across row groups)."""
 
-    data: np.ndarray
+    buffers: tuple
+    where: np.ndarray  # the buffer of each row
     starts: np.ndarray
     ends: np.ndarray
 
     def __len__(self) -> int:
         return len(self.starts)
 
+    def row(self, r: int) -> np.ndarray:
+        return self.buffers[self.where[r]][self.starts[r]:self.ends[r]]
+
     def views(self, rows) -> list[np.ndarray]:
         """Per-row views for DALI's batch input (it takes a list of arrays; no bytes are copied)."""
-        data = self.data
-        return [data[a:b] for a, b in zip(self.starts[rows].tolist(), self.ends[rows].tolist())]
+        if len(self.buffers) == 1:
+            data = self.buffers[0]
+            return [data[a:b] for a, b in zip(self.starts[rows].tolist(), self.ends[rows].tolist())]
+        bufs = self.buffers
+        return [bufs[w][a:b] for w, a, b in zip(self.where[rows].tolist(), self.starts[rows].tolist(),
+                                                 self.ends[rows].tolist())]
+
+    def groups(self):
+        """(buffer, its rows) for each buffer: what the header scans run on at once."""
+        if len(self.buffers) == 1:
+            yield self.buffers[0], np.arange(len(self))
+            return
+        for i, data in enumerate(self.buffers):
+            yield data, np.flatnonzero(self.where == i)
+
+
+def _column_encoded(parts) -> _Encoded:
+    offsets = [p.offsets.numpy() for p in parts]
+    return _Encoded(tuple(p.data.contiguous().numpy() for p in parts),
+                    np.repeat(np.arange(len(parts)), [len(o) - 1 for o in offsets]),
+                    np.concatenate([o[:-1] for o in offsets]), np.concatenate([o[1:] for o in offsets]))
 
 
 def _encoded(images) -> _Encoded:
-    """Normalise the input to one buffer: a BinaryColumn as is, a list of bytes joined once."""
+    """Normalise the input: a BinaryColumn (or its chunks) as is, a list of bytes joined once."""
     if isinstance(images, BinaryColumn):
-        offsets = images.offsets.numpy()
-        return _Encoded(images.data.contiguous().numpy(), offsets[:-1], offsets[1:])
+        return _column_encoded([images])
+    if isinstance(images, BinaryChunks):
+        return _column_encoded(images.parts)
     if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
         raise TypeError(f"`images` should be a BinaryColumn or a sequence of bytes, but got {type(images).__name__}")
     offsets = np.cumsum([0] + [len(b) for b in images], dtype=np.int64)
-    return _Encoded(np.frombuffer(b"".join(images), np.uint8), offsets[:-1], offsets[1:])
+    return _Encoded((np.frombuffer(b"".join(images), np.uint8),), np.zeros(len(images), np.int64),
+                    offsets[:-1], offsets[1:])
 
 
 def _as_arrays(images) -> list[np.ndarray]:
@@ -162,14 +189,16 @@ def _truncated_jpegs(enc: _Encoded) -> list[int]:
     download or write). nvJPEG decodes such a stream without an error, filling what is missing,
     so on the GPU they are refused here, as the CPU decoder refuses them. Most rows end in the
     marker (one numpy test for the batch); only the others are walked."""
-    starts, ends = enc.starts, enc.ends
-    if enc.data.size == 0:  # nothing but empty rows (refused as such)
-        return []
-    jpeg = (ends - starts >= 4) & (_be16(enc.data, starts) == 0xFFD8)
-    suspects = np.flatnonzero(jpeg & (_be16(enc.data, np.maximum(ends - 2, starts)) != 0xFFD9))
+    suspects = []
+    for data, rows in enc.groups():
+        if data.size == 0:  # nothing but empty rows (refused as such)
+            continue
+        starts, ends = enc.starts[rows], enc.ends[rows]
+        jpeg = (ends - starts >= 4) & (_be16(data, starts) == 0xFFD8)
+        suspects += rows[jpeg & (_be16(data, np.maximum(ends - 2, starts)) != 0xFFD9)].tolist()
     bad = []
-    for r in suspects.tolist():
-        b = enc.data[starts[r]:ends[r]].tobytes()
+    for r in sorted(suspects):
+        b = enc.row(r).tobytes()
         sos = next((i for i, marker in _segments(b, 4) if marker == 0xDA), -1)  # the first scan
         if sos < 0 or b.rfind(b"\xff\xd9") < sos:  # trailing bytes after the marker are allowed
             bad.append(r)
@@ -184,7 +213,9 @@ def _check_headers(enc: _Encoded, spec: ImageDecode, complete_jpeg: bool = False
 
     JPEG and PNG rows are read for the whole batch at once (`_scan_sizes`); only rows it cannot
     read (other formats, odd JPEGs) go one by one through PIL's lazy `Image.open`."""
-    w, h = _scan_sizes(enc.data, enc.starts, enc.ends)
+    w, h = np.full(len(enc), -1, np.int64), np.full(len(enc), -1, np.int64)
+    for data, rows in enc.groups():
+        w[rows], h[rows] = _scan_sizes(data, enc.starts[rows], enc.ends[rows])
     failures = []
     if complete_jpeg:
         for r in _truncated_jpegs(enc):
@@ -192,7 +223,7 @@ def _check_headers(enc: _Encoded, spec: ImageDecode, complete_jpeg: bool = False
                                 "after its scan data); refused before decoding"))
             w[r] = h[r] = -2  # neither read again below nor counted as known
     for r in np.flatnonzero(w == -1).tolist():
-        size, reason = _check_header(enc.data[enc.starts[r]:enc.ends[r]], spec.max_pixels)
+        size, reason = _check_header(enc.row(r), spec.max_pixels)
         if reason is None:
             w[r], h[r] = size
         else:

@@ -621,6 +621,30 @@ def test_a_dali_without_the_run_switch_is_built_with_depth_one(monkeypatch):
     assert all(torch.equal(g, _decoder(size=24).decode(b).images) for g, b in zip(got, batches))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_batch_in_chunks_decodes_as_the_joined_column(backend):
+    """A batch cut across row groups arrives as `BinaryChunks` (each part in its own buffer):
+    the same pixels, the same refused rows (numbered in the batch), the same header checks,
+    GPU decoding's cut-JPEG check included, as the column joined into one buffer."""
+    from sparkfeed.batch import BinaryChunks
+    from sparkfeed.headers import _check_headers, _encoded
+
+    items = [_encode(40 + 8 * (i % 3), 40, shift=i) for i in range(10)]
+    items[6], items[8] = b"not an image", _truncated()
+    cols = [_column(items[:3]), _column(items[3:4]), _column(items[4:])]
+    chunks, joined = BinaryChunks(tuple(cols)), _column(items)
+    spec = ImageDecode(size=24, device="cpu")
+    for complete in (False, True):
+        a, b = _check_headers(_encoded(chunks), spec, complete), _check_headers(_encoded(joined), spec, complete)
+        assert np.array_equal(a[0], b[0]) and a[1] == b[1]
+    assert sorted(r for r, _ in _check_headers(_encoded(chunks), spec, True)[1]) == [6, 8]
+    got = _decoder(backend, size=24, crop="random", mirror=True).decode(chunks, keys=np.arange(10))
+    want = _decoder(backend, size=24, crop="random", mirror=True).decode(joined, keys=np.arange(10))
+    assert got.ok_rows.tolist() == want.ok_rows.tolist() and 6 not in got.ok_rows.tolist()
+    assert [r for r, _ in got.failures] == [r for r, _ in want.failures]
+    assert torch.equal(got.images, want.images)
+
+
 @pytest.mark.parametrize("bad_batch", [0, 1])
 def test_a_bad_image_in_a_batch_in_flight_is_reported_with_its_own_batch(bad_batch):
     """DALI fails whole runs and drops the pipeline with every run queued behind it: the failing

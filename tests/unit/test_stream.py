@@ -97,6 +97,29 @@ def test_a_unit_with_no_kept_row_joins_others():
     assert list(Block.concat([empty, empty]).columns["x"]) == []
 
 
+def test_a_batch_cut_across_segments_keeps_its_binary_samples_where_they_were_read():
+    """`cut` joins a batch's pieces of several segments without copying their binary columns
+    (`BinaryChunks`): each part is a view of its segment's buffer, and every way a batch is used
+    (user's bytes, `select_rows` for skips, slices, splits, packing between processes) sees
+    the samples of the joined column."""
+    from sparkfeed.batch import BinaryChunks, pack, select_rows, split_rows, unpack
+
+    segments = [_block(5 * i, [True] * 5) for i in range(4)]
+    batches = list(cut(iter(segments), 8))
+    chunks = batches[0].columns["b"]
+    assert isinstance(chunks, BinaryChunks) and [len(p) for p in chunks.parts] == [5, 3]
+    seg_ptrs = {seg.columns["b"].data.untyped_storage().data_ptr() for seg in segments}
+    assert {p.data.untyped_storage().data_ptr() for p in chunks.parts} <= seg_ptrs
+    want = [bytes([x % 256]) * (x % 3) for x in range(8)]
+    assert chunks.to_list() == want and len(chunks) == 8
+    assert user_facing({"s": batches[0].columns["s"]})["s"] == [f"s{x}" for x in range(8)]  # TextColumn chunks
+    assert chunks.slice(3, 7).to_list() == want[3:7] and chunks.slice(6, 6).to_list() == []
+    assert [c.to_list() for c in split_rows(chunks, [2, 4, 2])] == [want[:2], want[2:6], want[6:]]
+    assert select_rows({"b": chunks}, torch.tensor([7, 0, 5]))["b"].to_list() == [want[7], want[0], want[5]]
+    back = unpack(pack({"b": chunks, "s": batches[0].columns["s"]}))
+    assert back["b"].to_list() == want and back["s"].to_list() == [f"s{x}" for x in range(8)]
+
+
 def test_binary_slices_rebase_offsets():
     col = BinaryColumn(torch.tensor(list(b"aabbbc"), dtype=torch.uint8), torch.tensor([0, 2, 5, 6]))
     assert col.slice(1, 3).to_list() == [b"bbb", b"c"]
