@@ -158,6 +158,37 @@ def _scan_sizes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple
     return w, h
 
 
+_HEAD = 4096  # bytes of each row gathered for one scan when a batch lies in several buffers
+
+
+def _sizes(enc: _Encoded) -> tuple[np.ndarray, np.ndarray]:
+    """`_scan_sizes` of every row. Rows in several buffers (`BinaryChunks`) have `_HEAD` bytes
+    from their start gathered into one buffer (one numpy gather per buffer) and scanned at once:
+    one scan per buffer cost 5x the time of one over the whole batch (2.0 vs 0.4 ms for 256
+    images in 7 parts). Rows whose header runs past those bytes (a large EXIF block) are
+    scanned again where they lie."""
+    if len(enc.buffers) == 1:
+        return _scan_sizes(enc.buffers[0], enc.starts, enc.ends)
+    n = len(enc)
+    width = int(min(_HEAD, (enc.ends - enc.starts).max(initial=0)))
+    heads = np.zeros((n, width), np.uint8)
+    first = np.zeros(n, np.int64)  # where each row's gathered bytes begin in its buffer
+    for data, rows in enc.groups():
+        if rows.size and width:
+            if data.size < width:
+                data = np.concatenate([data, np.zeros(width - data.size, np.uint8)])
+            first[rows] = np.minimum(enc.starts[rows], data.size - width)
+            heads[rows] = np.lib.stride_tricks.sliding_window_view(data, width)[first[rows]]
+    base = np.arange(n, dtype=np.int64) * width - first
+    w, h = _scan_sizes(heads.reshape(-1), enc.starts + base, np.minimum(enc.ends, first + width) + base)
+    longer = (w == -1) & (enc.ends > first + width)
+    for data, rows in enc.groups():
+        rows = rows[longer[rows]]
+        if rows.size:
+            w[rows], h[rows] = _scan_sizes(data, enc.starts[rows], enc.ends[rows])
+    return w, h
+
+
 def _check_header(arr: np.ndarray, max_pixels: int) -> tuple[tuple[int, int] | None, str | None]:
     """(width, height) of this row from its header only (no pixel is decoded), or why it cannot
     be decoded: `(size, None)` or `(None, reason)`.
@@ -213,9 +244,7 @@ def _check_headers(enc: _Encoded, spec: ImageDecode, complete_jpeg: bool = False
 
     JPEG and PNG rows are read for the whole batch at once (`_scan_sizes`); only rows it cannot
     read (other formats, odd JPEGs) go one by one through PIL's lazy `Image.open`."""
-    w, h = np.full(len(enc), -1, np.int64), np.full(len(enc), -1, np.int64)
-    for data, rows in enc.groups():
-        w[rows], h[rows] = _scan_sizes(data, enc.starts[rows], enc.ends[rows])
+    w, h = _sizes(enc)
     failures = []
     if complete_jpeg:
         for r in _truncated_jpegs(enc):

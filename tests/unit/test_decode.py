@@ -631,7 +631,9 @@ def test_a_batch_in_chunks_decodes_as_the_joined_column(backend):
 
     items = [_encode(40 + 8 * (i % 3), 40, shift=i) for i in range(10)]
     items[6], items[8] = b"not an image", _truncated()
-    cols = [_column(items[:3]), _column(items[3:4]), _column(items[4:])]
+    big = items[2]  # a comment segment that puts the frame header past the bytes scanned at once
+    items[2] = big[:2] + b"\xff\xfe" + (6002).to_bytes(2, "big") + b"x" * 6000 + big[2:]
+    cols = [_column(items[:3]), _column(items[3:4]), _column(items[4:])]  # a part smaller than the scan
     chunks, joined = BinaryChunks(tuple(cols)), _column(items)
     spec = ImageDecode(size=24, device="cpu")
     for complete in (False, True):
