@@ -129,6 +129,10 @@ class BinaryViews:
         """Samples [start, stop), the views sliced (no copy)."""
         return BinaryViews(self.views.slice(start, stop - start), self.kind)
 
+    def to_list(self) -> list:
+        """The samples as users see them (`bytes` or `str`)."""
+        return self.select(np.arange(len(self))).to_list()
+
     def select(self, rows) -> BinaryColumn:
         """The samples at `rows` (an index list or tensor), in that order: their 16-byte views
         gathered by numpy, then Arrow's cast copies the bytes they name into one buffer."""
@@ -425,6 +429,8 @@ def concat_rows(batches: list[dict], views: bool = False, chunks: bool = False) 
             out[name] = BinaryChunks.join(values)
         elif alike and not any(isinstance(v, BinaryViews) for v in values):
             out[name] = BinaryColumn.concat([v.joined() if isinstance(v, BinaryChunks) else v for v in values])
+        elif alike:  # some parts gathered into views, some not
+            out[name] = BinaryViews.join(values)
         else:  # lists, or strings with nulls in some parts (lists) and not in others
             out[name] = [x for v in values for x in (v.to_list() if binary_kind(v) else v)]
     return out
@@ -432,7 +438,7 @@ def concat_rows(batches: list[dict], views: bool = False, chunks: bool = False) 
 
 def user_facing(batch: dict) -> dict:
     """What users see: every column, BinaryColumn (or its chunks) -> list of bytes."""
-    return {k: (v.to_list() if isinstance(v, (BinaryColumn, BinaryChunks)) else v) for k, v in batch.items()}
+    return {k: (v.to_list() if binary_kind(v) else v) for k, v in batch.items()}
 
 
 def rows(batch: dict):
@@ -462,6 +468,16 @@ def _byte_view(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().reshape(-1).view(torch.uint8)
 
 
+def _one_buffer(value):
+    """A binary column left in several buffers (`BinaryChunks`, `BinaryViews`) joined into one;
+    anything else as it is."""
+    if isinstance(value, BinaryChunks):
+        return value.joined()
+    if isinstance(value, BinaryViews):
+        return value.select(np.arange(len(value)))
+    return value
+
+
 def pack(batch: dict) -> Packed:
     """Move every tensor of a batch (BinaryColumn parts too) into one uint8 buffer.
 
@@ -469,7 +485,7 @@ def pack(batch: dict) -> Packed:
     cost per tensor that dominates small batches of many columns; one buffer pays it once.
     """
     parts, layout, offset = [], [], 0
-    batch = {k: v.joined() if isinstance(v, BinaryChunks) else v for k, v in batch.items()}
+    batch = {k: _one_buffer(v) for k, v in batch.items()}
     for name, value in batch.items():
         tensors = {"": value} if isinstance(value, torch.Tensor) else \
             {"data": value.data, "offsets": value.offsets} if isinstance(value, BinaryColumn) else None

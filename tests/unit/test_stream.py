@@ -102,7 +102,7 @@ def test_a_batch_cut_across_segments_keeps_its_binary_samples_where_they_were_re
     (`BinaryChunks`): each part is a view of its segment's buffer, and every way a batch is used
     (user's bytes, `select_rows` for skips, slices, splits, packing between processes) sees
     the samples of the joined column."""
-    from sparkfeed.batch import BinaryChunks, pack, select_rows, split_rows, unpack
+    from sparkfeed.batch import BinaryChunks, BinaryViews, pack, select_rows, split_rows, unpack
 
     segments = [_block(5 * i, [True] * 5) for i in range(4)]
     batches = list(cut(iter(segments), 8))
@@ -118,6 +118,9 @@ def test_a_batch_cut_across_segments_keeps_its_binary_samples_where_they_were_re
     assert select_rows({"b": chunks}, torch.tensor([7, 0, 5]))["b"].to_list() == [want[7], want[0], want[5]]
     back = unpack(pack({"b": chunks, "s": batches[0].columns["s"]}))
     assert back["b"].to_list() == want and back["s"].to_list() == [f"s{x}" for x in range(8)]
+    views = BinaryViews.join([seg.columns["b"] for seg in segments[:2]])  # a shuffle block's
+    assert user_facing({"b": views})["b"] == [bytes([x % 256]) * (x % 3) for x in range(10)]
+    assert unpack(pack({"b": views}))["b"].to_list() == [bytes([x % 256]) * (x % 3) for x in range(10)]
 
 
 def test_binary_slices_rebase_offsets():
