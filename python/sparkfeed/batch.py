@@ -110,10 +110,11 @@ class BinaryViews:
 
     @staticmethod
     def join(columns: list) -> "BinaryViews | BinaryColumn":
-        """The samples of `columns` (`BinaryColumn`s of one class, or `BinaryViews` of them) one
-        after another, without copying their bytes; a joined `BinaryColumn` (a copy) where this
-        pyarrow has no binary views (before 16) or a buffer exceeds what a view can address
-        (2 GiB): `BinaryViews` exist only where the cast worked."""
+        """The samples of `columns` (`BinaryColumn`s of one class, or `BinaryViews` or
+        `BinaryChunks` of them) one after another, without copying their bytes; a joined
+        `BinaryColumn` (a copy) where this pyarrow has no binary views (before 16) or a buffer
+        exceeds what a view can address (2 GiB): `BinaryViews` exist only where the cast worked."""
+        columns = [p for c in columns for p in (c.parts if isinstance(c, BinaryChunks) else (c,))]
         try:
             views = pa.concat_arrays([c.views if isinstance(c, BinaryViews) else c.arrow().cast(pa.binary_view())
                                       for c in columns])

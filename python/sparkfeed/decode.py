@@ -360,8 +360,8 @@ def _one_run_per_batch(pipe) -> bool:
     """Make every `schedule_run` start exactly one run, of the batch just fed; False where this
     DALI offers no way to. Its first `schedule_run` would otherwise "prefetch": start
     `prefetch_queue_depth` runs at once, each wanting a batch fed ahead, where `submit` feeds one
-    batch per run. The switch is DALI's own flag (`Pipeline._first_iter`, read by `schedule_run`
-    since DALI 0.x and still in 2.4), so it is checked, not assumed."""
+    batch per run. The switch is DALI's own flag (`Pipeline._first_iter`, which `schedule_run`
+    reads in DALI 2.4), private to DALI, so it is checked, not assumed."""
     if not isinstance(getattr(pipe, "_first_iter", None), bool):
         return False
     pipe._first_iter = False

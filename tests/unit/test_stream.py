@@ -121,6 +121,10 @@ def test_a_batch_cut_across_segments_keeps_its_binary_samples_where_they_were_re
     views = BinaryViews.join([seg.columns["b"] for seg in segments[:2]])  # a shuffle block's
     assert user_facing({"b": views})["b"] == [bytes([x % 256]) * (x % 3) for x in range(10)]
     assert unpack(pack({"b": views}))["b"].to_list() == [bytes([x % 256]) * (x % 3) for x in range(10)]
+    from sparkfeed.batch import concat_rows  # a mix of both, joined either way, keeps every sample in order
+    ten = [bytes([x % 256]) * (x % 3) for x in range(10)]
+    assert user_facing(concat_rows([{"b": views}, {"b": chunks}]))["b"] == ten + want
+    assert user_facing(concat_rows([{"b": chunks}, {"b": views}], views=True))["b"] == want + ten
 
 
 def test_binary_slices_rebase_offsets():
