@@ -469,14 +469,20 @@ def _byte_view(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().reshape(-1).view(torch.uint8)
 
 
-def _one_buffer(value):
-    """A binary column left in several buffers (`BinaryChunks`, `BinaryViews`) joined into one;
-    anything else as it is."""
-    if isinstance(value, BinaryChunks):
-        return value.joined()
+def _packed_pieces(value) -> dict[str, list[torch.Tensor]] | None:
+    """A column's tensors for `pack`, each as the pieces laid one after another in the buffer:
+    a binary column in several buffers is joined there, by that one copy, not before it."""
+    if isinstance(value, torch.Tensor):
+        return {"": [value]}
     if isinstance(value, BinaryViews):
-        return value.select(np.arange(len(value)))
-    return value
+        value = value.select(np.arange(len(value)))
+    if isinstance(value, BinaryChunks):
+        shifts = np.cumsum([0] + [p.data.numel() for p in value.parts[:-1]]).tolist()
+        offsets = cat([value.parts[0].offsets[:1]] + [p.offsets[1:] + s for p, s in zip(value.parts, shifts)])
+        return {"data": [p.data for p in value.parts], "offsets": [offsets]}
+    if isinstance(value, BinaryColumn):
+        return {"data": [value.data], "offsets": [value.offsets]}
+    return None
 
 
 def pack(batch: dict) -> Packed:
@@ -485,24 +491,29 @@ def pack(batch: dict) -> Packed:
     torch sends each tensor between processes through its own shared-memory segment, a fixed
     cost per tensor that dominates small batches of many columns; one buffer pays it once.
     """
-    parts, layout, offset = [], [], 0
-    batch = {k: _one_buffer(v) for k, v in batch.items()}
+    parts, layout, offset, packed = [], [], 0, set()
     for name, value in batch.items():
-        tensors = {"": value} if isinstance(value, torch.Tensor) else \
-            {"data": value.data, "offsets": value.offsets} if isinstance(value, BinaryColumn) else None
+        tensors = _packed_pieces(value)
         if tensors is None:
             continue
-        for part, t in tensors.items():
-            raw = _byte_view(t)
-            layout.append((name, part, str(t.dtype).removeprefix("torch."), tuple(t.shape), offset, raw.numel()))
-            parts.append((offset, raw))
-            offset += -(-raw.numel() // _ALIGN) * _ALIGN
+        packed.add(name)
+        for part, pieces in tensors.items():
+            raws = [_byte_view(t) for t in pieces]
+            nbytes = sum(r.numel() for r in raws)
+            first = pieces[0]
+            shape = tuple(first.shape) if len(pieces) == 1 else (sum(t.numel() for t in pieces),)
+            layout.append((name, part, str(first.dtype).removeprefix("torch."), shape, offset, nbytes))
+            at = offset
+            for raw in raws:
+                parts.append((at, raw))
+                at += raw.numel()
+            offset += -(-nbytes // _ALIGN) * _ALIGN
     buf = torch.empty(offset, dtype=torch.uint8)
     for start, raw in parts:
         buf[start:start + raw.numel()] = raw
-    rest = {k: v for k, v in batch.items() if not isinstance(v, (torch.Tensor, BinaryColumn))}
+    rest = {k: v for k, v in batch.items() if k not in packed}
     return Packed(buf, tuple(layout), rest, tuple(batch),
-                  tuple(k for k, v in batch.items() if isinstance(v, TextColumn)))
+                  tuple(k for k, v in batch.items() if binary_kind(v) is TextColumn))
 
 
 def unpack(batch) -> dict:
