@@ -65,3 +65,24 @@ def test_gpu_reports_bad_rows():
 def test_auto_picks_gpu():
     res = ImageDecoder(ImageDecode(size=16), max_batch_size=4).decode(IMAGES[:2])
     assert res.images.is_cuda
+
+
+def test_a_batch_in_chunks_decodes_on_the_gpu_as_the_joined_column():
+    """A batch cut across row groups (`BinaryChunks`, each part in its own buffer) decodes on the
+    GPU to exactly what the joined column gives, with a batch of several submitted ahead (DALI's
+    queue depth 2) and a cut JPEG in a later part refused at its own row."""
+    from sparkfeed.batch import BinaryChunks, BinaryColumn
+
+    def column(items):
+        data = torch.from_numpy(np.frombuffer(b"".join(items), np.uint8).copy())
+        return BinaryColumn(data, torch.tensor(np.cumsum([0] + [len(b) for b in items]), dtype=torch.int64))
+
+    good = _encode(200, 150)
+    items = IMAGES + [good[: int(len(good) * 0.8)], _encode(90, 60, shift=7)]
+    chunks = BinaryChunks((column(items[:2]), column(items[2:3]), column(items[3:])))
+    dec = ImageDecoder(ImageDecode(size=32, crop="random", mirror=True, device="gpu"), max_batch_size=16, seed=3)
+    jobs = [dec.submit(chunks, keys=np.arange(len(items))), dec.submit(column(items), keys=np.arange(len(items)))]
+    got, want = dec.collect(jobs[0]), dec.collect(jobs[1])
+    assert got.images.is_cuda and torch.equal(got.images, want.images)
+    assert got.ok_rows.tolist() == want.ok_rows.tolist() and 5 not in got.ok_rows.tolist()
+    assert [r for r, _ in got.failures] == [5]
