@@ -56,11 +56,13 @@ class BinaryColumn:
     @staticmethod
     def concat(columns: list["BinaryColumn"]) -> "BinaryColumn":
         """The samples of `columns` (all of one class), one after another."""
-        shifts = [0]
-        for c in columns[:-1]:
-            shifts.append(shifts[-1] + c.data.numel())
-        offsets = cat([columns[0].offsets[:1]] + [c.offsets[1:] + s for c, s in zip(columns, shifts)])
-        return type(columns[0])(cat([c.data for c in columns]), offsets)
+        return type(columns[0])(cat([c.data for c in columns]), BinaryColumn.joined_offsets(columns))
+
+    @staticmethod
+    def joined_offsets(columns: list["BinaryColumn"]) -> torch.Tensor:
+        """The offsets of `columns` joined one after another (their data laid end to end)."""
+        shifts = np.cumsum([0] + [c.data.numel() for c in columns[:-1]]).tolist()
+        return cat([columns[0].offsets[:1]] + [c.offsets[1:] + s for c, s in zip(columns, shifts)])
 
     def select(self, rows) -> "BinaryColumn":
         """The samples at `rows` (an index list or tensor), in that order: Arrow's `take` over
@@ -477,9 +479,7 @@ def _packed_pieces(value) -> dict[str, list[torch.Tensor]] | None:
     if isinstance(value, BinaryViews):
         value = value.select(np.arange(len(value)))
     if isinstance(value, BinaryChunks):
-        shifts = np.cumsum([0] + [p.data.numel() for p in value.parts[:-1]]).tolist()
-        offsets = cat([value.parts[0].offsets[:1]] + [p.offsets[1:] + s for p, s in zip(value.parts, shifts)])
-        return {"data": [p.data for p in value.parts], "offsets": [offsets]}
+        return {"data": [p.data for p in value.parts], "offsets": [BinaryColumn.joined_offsets(value.parts)]}
     if isinstance(value, BinaryColumn):
         return {"data": [value.data], "offsets": [value.offsets]}
     return None

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from . import threads as protocol
-from .batch import BinaryChunks, BinaryColumn
+from .batch import BinaryColumn
 from .checks import resolve_device
 from .stats import Stats
 
@@ -56,8 +56,6 @@ def _map_value(name: str, value: Any, fn: Callable[[str, torch.Tensor], torch.Te
         return fn(name, value)
     if isinstance(value, BinaryColumn):
         return type(value)(fn(f"{name}.data", value.data), fn(f"{name}.offsets", value.offsets))
-    if isinstance(value, BinaryChunks):
-        return BinaryChunks(tuple(_map_value(f"{name}.{i}", p, fn) for i, p in enumerate(value.parts)))
     return value
 
 

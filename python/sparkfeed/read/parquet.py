@@ -177,11 +177,9 @@ class ParquetReader(Reader):
 
         try:
             table = self._retrying(attempt, f"reading {unit.path} row group {unit.row_group}")
-        except _FetchedCorrupt as wrapped:
-            exc = wrapped.__cause__
-            raise self._error(unit, f"corrupt or truncated data ({type(exc).__name__}: {exc})") from exc
-        except _ERRORS as exc:
-            raise self._error(unit, f"corrupt or truncated data ({type(exc).__name__}: {exc})") from exc
+        except (_FetchedCorrupt, *_ERRORS) as exc:
+            cause = exc.__cause__ if isinstance(exc, _FetchedCorrupt) else exc
+            raise self._error(unit, f"corrupt or truncated data ({type(cause).__name__}: {cause})") from cause
         except Exception as exc:
             if not storage.is_transient(exc):
                 raise
