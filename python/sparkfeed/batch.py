@@ -238,9 +238,8 @@ def _own_memory(buf: pa.Buffer | None, dtype, count: int, offset: int) -> np.nda
 def _binary_column(arr: pa.Array) -> BinaryColumn:
     """A binary Arrow array as a BinaryColumn, no per-row objects: a view of the data buffer where
     it is Arrow's own (`_own_memory`), else one copy. Always a view where it can be: users see a
-    BinaryColumn only as `bytes` copies (`user_facing`) or through the decoder, never its buffer."""
-    if arr.null_count:
-        arr = pc.fill_null(arr, b"")
+    BinaryColumn only as `bytes` copies (`user_facing`) or through the decoder, never its buffer.
+    Callers hand it arrays without nulls (columns with nulls are lists: `_binary`, `_strings`)."""
     if pa.types.is_large_binary(arr.type):
         off_dtype = np.int64
     else:
@@ -282,7 +281,7 @@ def _list(arr: pa.Array, name: str) -> torch.Tensor:
         if len(lengths) and (lengths != width).any():
             raise ValueError(f"column {name!r} holds lists of different lengths "
                              f"({int(lengths.min())}..{int(lengths.max())}); only equal-length lists "
-                             "become 2-D tensors")
+                             "become 2-D tensors: pad them to one length when writing")
     values = _numeric(pc.list_flatten(arr), name)
     return values.reshape(len(arr), width)
 
@@ -313,8 +312,10 @@ def _strings(arr: pa.Array, name: str) -> "TextColumn | list":
     return TextColumn(col.data, col.offsets)
 
 
-def _binary(arr: pa.Array, name: str) -> BinaryColumn:
-    return _binary_column(arr)
+def _binary(arr: pa.Array, name: str) -> "BinaryColumn | list":
+    """A binary column as a BinaryColumn; with nulls (a tar sample without this member, a
+    null in Parquet), a list of `bytes` and None, as strings (a BinaryColumn has no nulls)."""
+    return arr.to_pylist() if arr.null_count else _binary_column(arr)
 
 
 @functools.lru_cache(maxsize=256)

@@ -72,6 +72,7 @@ def _encoded(images) -> _Encoded:
         return _column_encoded(images.parts)
     if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
         raise TypeError(f"`images` should be a BinaryColumn or a sequence of bytes, but got {type(images).__name__}")
+    images = [b"" if b is None else b for b in images]  # no value: refused as an empty image
     offsets = np.cumsum([0] + [len(b) for b in images], dtype=np.int64)
     return _Encoded((np.frombuffer(b"".join(images), np.uint8),), np.zeros(len(images), np.int64),
                     offsets[:-1], offsets[1:])
@@ -197,7 +198,7 @@ def _check_header(arr: np.ndarray, max_pixels: int) -> tuple[tuple[int, int] | N
     `Image.open`, which also reads only the header.
     """
     if arr.size == 0:
-        return None, "empty image (0 bytes)"
+        return None, "empty image (0 bytes, or no value: a null, or a sample without this member)"
     size = _fast_size(memoryview(arr))
     try:
         if size is None:

@@ -378,7 +378,7 @@ class StreamReader:
         at = int(np.searchsorted(self._ahead_units, k))  # this run and what follows it in the lane
         self.reader.read_ahead([units[int(i)] for i in self._ahead_units[at:at + _AHEAD_UNITS]])
         read = self.reader.read_run(units[k:end], [int(n) for n in counts[k:end]])
-        block, offset = Block.from_rows(read, self.row_ids, copy=not self.views, views=self.stream.shuffle), 0
+        block, offset = self._converted(read), 0
         parts = read.parts()
         for j, (_, n) in enumerate(parts):
             self._units[k + j] = (block, offset)
@@ -431,8 +431,7 @@ class StreamReader:
             read = self.reader.read_window(units[k], int(self.stream.counts[k]), ca, cb)
             if read is None:
                 return None
-            self._last_chunk = ((k, ca), (Block.from_rows(read, self.row_ids, copy=not self.views,
-                                                          views=self.stream.shuffle), read))
+            self._last_chunk = ((k, ca), (self._converted(read), read))
         return self._last_chunk[1]
 
     def _pieces_joined(self, pieces: list, last: int | None = None):
@@ -458,6 +457,24 @@ class StreamReader:
             else:  # a null to raise: piece by piece, so the error names its unit
                 yield from (self._piece(*piece, last) for piece in pieces[i:j + 1])
             i = j + 1
+
+    def _converted(self, read: UnitRows) -> Block:
+        """The rows as tensors; a value no tensor can hold (lists of different lengths, a null
+        list) is an error naming the dataset, the shard and the row group it is in."""
+        try:
+            return Block.from_rows(read, self.row_ids, copy=not self.views, views=self.stream.shuffle)
+        except ValueError as exc:
+            unit, start = read.unit, 0
+            for part, n in read.parts():  # a run of units: find the one that fails
+                try:
+                    batching.table_to_batch(read.table.slice(start, n), True, False)
+                except ValueError:
+                    unit = part
+                    break
+                start += n
+            raise ShardReadError(f"{exc}; or leave the column out with `columns=`",
+                                 dataset=self.reader.ctx.dataset, shard=unit.path,
+                                 row_group=unit.row_group) from exc
 
     def _null_error(self, k: int, row: int) -> ShardReadError:
         """A null where a tensor needs a value: name the columns, the shard and the row group."""

@@ -148,6 +148,15 @@ def _is_nonempty(fs, root: str) -> bool | None:
 
 # ---------------------------------------------------------------- footer statistics (executors)
 
+def _delivered_type(t):
+    """The type a column is delivered as: a dictionary column (a pandas categorical, or a
+    file written with Arrow's dictionary type) as its values, which the reader decodes
+    (`read.parquet`); Parquet's own statistics of such a column are of the values too."""
+    import pyarrow as pa
+
+    return t.value_type if pa.types.is_dictionary(t) else t
+
+
 def _stat_type(t) -> bool:
     import pyarrow as pa
 
@@ -230,8 +239,9 @@ def _footer_entry(fs, full: str, rel: str, size: int) -> dict:
             return pf.metadata, pf.schema_arrow
 
     md, schema = storage.with_retries(read_footer, f"reading the footer of {full}")
+    types = {f.name: _delivered_type(f.type) for f in schema}
     index = {md.schema.column(j).path: j for j in range(md.num_columns)}
-    stat_cols = [(f.name, index[f.name]) for f in schema if _stat_type(f.type) and f.name in index]
+    stat_cols = [(f.name, index[f.name]) for f in schema if _stat_type(types[f.name]) and f.name in index]
     groups, per_col = [], {name: [] for name, _ in stat_cols}
     for i in range(md.num_row_groups):
         rg = md.row_group(i)
@@ -242,7 +252,7 @@ def _footer_entry(fs, full: str, rel: str, size: int) -> dict:
     return {"path": rel, "num_samples": md.num_rows, "num_bytes": size,
             "stats": _to_json_stats({name: _fold(parts) for name, parts in per_col.items()}),
             "row_groups": groups,
-            "schema": [[f.name, str(f.type)] for f in schema]}
+            "schema": [[f.name, str(types[f.name])] for f in schema]}
 
 
 def _footer_entries(items: Iterable[tuple[str, str, int]], url: str,

@@ -467,3 +467,79 @@ def test_a_glob_indexes_the_matching_files_under_their_common_root(tmp_path):
                         progress=False)
     assert [s.path for s in m.shards] == ["a/x.parquet", "b/y.parquet"] and m.data_root == str(root)
     assert sorted(_ids(sparkfeed.DataLoader(manifest=str(tmp_path / "g.json"), batch_size=2))) == [1, 2, 3]
+
+
+def test_pandas_categoricals_are_indexed_filtered_and_delivered_as_their_values(tmp_path):
+    pd = pytest.importorskip("pandas")
+    import pyarrow.compute as pc
+
+    root = tmp_path / "categorical"
+    root.mkdir()
+    ids = np.arange(120)
+    frame = pd.DataFrame({"id": ids, "label": pd.Categorical(np.array(["cat", "dog", "eel"])[ids // 40]),
+                          "code": pd.Categorical(ids % 4 * 10)})
+    frame.iloc[:60].to_parquet(root / "a.parquet", row_group_size=20)
+    plain = frame.iloc[60:].astype({"label": str})  # the other file holds the same column as plain strings
+    plain.to_parquet(root / "b.parquet", row_group_size=20)
+    assert pa.types.is_dictionary(pq.read_schema(root / "a.parquet").field("label").type)
+
+    m = sparkfeed.index(str(root), progress=False)
+    assert {c.name: (c.type, c.unsupported) for c in m.schema} == {
+        "id": ("int64", None), "label": ("string", None), "code": ("int64", None)}
+    assert m.shards[0].row_groups[0].stats["label"].min == "cat"
+
+    loader = sparkfeed.DataLoader(str(root), batch_size=16, filter=pc.field("label") == "dog")
+    got = {"id": [], "label": [], "code": []}
+    for batch in loader:
+        got["id"] += batch["id"].tolist()
+        got["label"] += list(batch["label"])
+        got["code"] += batch["code"].tolist()
+    dogs = frame[frame["label"] == "dog"]
+    assert sorted(got["id"]) == dogs["id"].tolist()
+    assert set(got["label"]) == {"dog"}
+    assert sorted(got["code"]) == sorted(dogs["code"].astype(int).tolist())
+    assert loader.stats()["row_groups_pruned"] == 4  # the statistics of the values prune row groups
+
+
+def test_lists_of_different_lengths_name_the_row_group_that_holds_them(tmp_path):
+    root = tmp_path / "ragged"
+    root.mkdir()
+    lists = [[1.0, 2.0]] * 50
+    lists[34] = [1.0]  # in row group 3 of 10 rows each, read in one run with its neighbours
+    pq.write_table(pa.table({"id": np.arange(50), "emb": pa.array(lists, pa.list_(pa.float32()))}),
+                   root / "a.parquet", row_group_size=10)
+    sparkfeed.index(str(root), progress=False)
+    with pytest.raises(ShardReadError, match=r"'a.parquet', row group 3: column 'emb' holds lists of "
+                                             r"different lengths \(1..2\).*pad them.*columns="):
+        _ids(sparkfeed.DataLoader(str(root), batch_size=8))
+    assert sorted(_ids(sparkfeed.DataLoader(str(root), batch_size=8, columns=["id"]))) == list(range(50))
+
+
+def test_a_sample_without_its_image_member_is_none_and_a_named_decode_error(tmp_path):
+    wds = pytest.importorskip("webdataset")
+    from PIL import Image
+    import io
+
+    root = tmp_path / "holes"
+    root.mkdir()
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(buf, "JPEG")
+    with wds.TarWriter(str(root / "a.tar")) as w:
+        for k in range(12):
+            sample = {"__key__": f"s{k:02d}", "cls": k}
+            if k % 4 != 1:  # s01, s05, s09 have no image
+                sample["jpg"] = buf.getvalue()
+            w.write(sample)
+    sparkfeed.index(str(root), progress=False)
+    got = {}
+    for batch in sparkfeed.DataLoader(str(root), batch_size=5, num_workers=2):
+        got.update(zip(batch["key"], batch["jpg"]))
+    assert {k for k, v in got.items() if v is None} == {"s01", "s05", "s09"}
+    assert all(v == buf.getvalue() for v in got.values() if v is not None)
+
+    decode = {"jpg": sparkfeed.ImageDecode(size=8)}
+    with pytest.raises(sparkfeed.CorruptSampleError, match=r"'a.tar': sample 's01': .*no value"):
+        _ids(sparkfeed.DataLoader(str(root), batch_size=5, decode=decode), "cls")
+    loader = sparkfeed.DataLoader(str(root), batch_size=5, decode=decode, on_error="skip")
+    assert sorted(_ids(loader, "cls")) == [k for k in range(12) if k % 4 != 1]
+    assert loader.stats()["samples_skipped"] == 3

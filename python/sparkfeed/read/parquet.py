@@ -188,7 +188,7 @@ class ParquetReader(Reader):
         self.ctx.stats.add("bytes_read", nbytes)
         if fetched:
             self.ctx.stats.add("bytes_read_ahead", nbytes)  # of bytes_read: fetched by read-ahead
-        return table
+        return _dictionaries_decoded(table)
 
     # ------------------------------------------------------------ read-ahead (remote files only)
 
@@ -314,7 +314,8 @@ class ParquetReader(Reader):
         present = [n for n in self.ctx.read_columns if n in schema.names]
         for want in self.ctx.arrow_schema(present):
             got = schema.field(want.name)
-            if want.type != pa.null() and not got.type.equals(want.type):
+            value_type = got.type.value_type if pa.types.is_dictionary(got.type) else got.type
+            if want.type != pa.null() and not value_type.equals(want.type):
                 raise self._error(unit, f"schema drift: column {got.name!r} is {got.type} here but "
                                   f"{want.type} in the manifest")
 
@@ -412,3 +413,13 @@ def _fetch_groups(fs, path: str, footer, groups: list[int], names: list[str], si
 def _arrow_filesystem(fs) -> pafs.FileSystem | None:
     """pyarrow's native filesystem for local files (the fast path), None for everything else."""
     return pafs.LocalFileSystem() if storage.is_local(fs) else None
+
+
+def _dictionaries_decoded(table: pa.Table) -> pa.Table:
+    """Dictionary columns (pandas categoricals, Arrow's dictionary type kept in the file's
+    schema) as their values: the manifest records them so (`write._footer_entry`), and the
+    values, not the codes, are what a sample holds."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_dictionary(field.type):
+            table = table.set_column(i, field.name, table.column(i).cast(field.type.value_type))
+    return table
