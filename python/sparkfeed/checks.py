@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["positive_int", "non_negative_int", "one_of", "resolve_device", "check_columns",
-           "check_decode", "ON_ERROR"]
+           "check_decode", "torch_only", "ON_ERROR"]
 
 ON_ERROR = ("raise", "skip")
 
@@ -42,6 +42,33 @@ def one_of(name: str, value, choices: Sequence) -> None:
     """`value` must be one of `choices`."""
     if value not in choices:
         raise ValueError(f"`{name}` should be one of {tuple(choices)}, but got {name}={value!r}")
+
+
+# torch.utils.data.DataLoader arguments that have no meaning here, and what does their job
+_TORCH_ONLY = {
+    "sampler": "sparkfeed orders the samples itself: shuffle=, seed= and set_epoch(), "
+               "rank=/world_size= for DDP (no DistributedSampler)",
+    "batch_sampler": "batches are cut by batch_size= (and drop_last=) from sparkfeed's own order",
+    "generator": "the order is a function of seed= and the epoch (set_epoch), never of torch's RNG",
+    "worker_init_fn": "sparkfeed's workers run its own code only; random augmentations are "
+                      "keyed by (seed, epoch, sample) in ImageDecode, the same in any worker",
+    "pin_memory_device": "pass device= (pinned batches are copied there asynchronously)",
+}
+
+
+def torch_only(persistent_workers, num_workers: int, **unsupported) -> None:
+    """Arguments of `torch.utils.data.DataLoader` (so that replacing it is one line): those that
+    hold here are accepted, the others refused with what sparkfeed does instead."""
+    for name, value in unsupported.items():
+        if value is not None and not (isinstance(value, str) and value == ""):
+            raise ValueError(f"`{name}` is a torch.utils.data.DataLoader argument that sparkfeed "
+                             f"does not take: {_TORCH_ONLY[name]}; leave it out (got {name}={value!r})")
+    if not isinstance(persistent_workers, bool):
+        raise ValueError(f"`persistent_workers` should be True or False, but got "
+                         f"persistent_workers={persistent_workers!r}")
+    if persistent_workers and num_workers == 0:
+        raise ValueError("`persistent_workers` needs num_workers > 0 (as in torch), but got "
+                         "persistent_workers=True with num_workers=0")
 
 
 def resolve_device(device) -> "torch.device | None":

@@ -54,6 +54,12 @@ class DataLoader:
     processes), and tars without an index with torch worker processes (parsing them is Python
     work); "thread" or "process" chooses explicitly.
     Both give the same batches in the same order.
+
+    torch's own arguments are taken so that replacing `torch.utils.data.DataLoader` is one line:
+    `persistent_workers` (workers start each epoch: threads in milliseconds) and `in_order`
+    (batches always come in order, which `in_order=False` allows) change no batch;
+    `sampler`, `batch_sampler`, `generator`, `worker_init_fn` and `pin_memory_device` are
+    refused with what does their job here (`checks.torch_only`).
     """
 
     def __init__(self, path_or_dataset=None, batch_size: int = 1, shuffle: bool = False, seed: int = 0,
@@ -64,9 +70,16 @@ class DataLoader:
                  rank: int | None = None, world_size: int | None = None, shuffle_buffer: int | None = None,
                  storage_options: dict | None = None, timeout: float = 0,
                  multiprocessing_context=None, prefetch_factor: int | None = None,
-                 worker_type: str = "auto", manifest=None, with_source: bool = False):
+                 worker_type: str = "auto", manifest=None, with_source: bool = False,
+                 persistent_workers: bool = False, in_order: bool = True, sampler=None,
+                 batch_sampler=None, generator=None, worker_init_fn=None, pin_memory_device: str = ""):
         checks.positive_int("batch_size", batch_size)
         checks.non_negative_int("num_workers", num_workers)
+        checks.torch_only(persistent_workers, num_workers, sampler=sampler, batch_sampler=batch_sampler,
+                          generator=generator, worker_init_fn=worker_init_fn,
+                          pin_memory_device=pin_memory_device)
+        if not isinstance(in_order, bool):
+            raise ValueError(f"`in_order` should be True or False, but got in_order={in_order!r}")
         checks.non_negative_int("prefetch", prefetch)
         checks.positive_int("prefetch_factor", prefetch_factor, allow_none=True)
         checks.one_of("worker_type", worker_type, WORKER_TYPES)

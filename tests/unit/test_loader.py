@@ -248,6 +248,24 @@ def test_bad_arguments_fail_when_built(pq_path):
             sparkfeed.DataLoader(pq_path, **{"batch_size": 4, **kw})
 
 
+def test_torch_dataloader_arguments_are_taken_or_refused_with_what_does_their_job(pq_path):
+    plain = ids_of(sparkfeed.DataLoader(pq_path, batch_size=7, shuffle=True, seed=3, num_workers=2))
+    same = sparkfeed.DataLoader(pq_path, batch_size=7, shuffle=True, seed=3, num_workers=2,
+                                persistent_workers=True, in_order=False)
+    assert ids_of(same) == plain and ids_of(same) == plain  # two epochs: nothing persists wrongly
+    cases = [(dict(sampler=torch.utils.data.RandomSampler(range(4))), r"`sampler` is a torch.*shuffle=, seed="),
+             (dict(batch_sampler=[[0, 1]]), r"`batch_sampler` is a torch.*batch_size="),
+             (dict(generator=torch.Generator()), r"`generator` is a torch.*seed="),
+             (dict(worker_init_fn=print), r"`worker_init_fn` is a torch.*keyed by \(seed, epoch, sample\)"),
+             (dict(pin_memory_device="cuda"), r"`pin_memory_device` is a torch.*device="),
+             (dict(persistent_workers=True), r"`persistent_workers` needs num_workers > 0"),
+             (dict(persistent_workers=1, num_workers=2), r"`persistent_workers` should be True or False"),
+             (dict(in_order="yes"), r"`in_order` should be True or False")]
+    for kw, message in cases:
+        with pytest.raises(ValueError, match=message):
+            sparkfeed.DataLoader(pq_path, batch_size=4, **kw)
+
+
 def test_cuda_without_cuda_is_a_clear_error(pq_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
