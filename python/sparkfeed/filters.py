@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from .manifest import Column, ColumnStats
 
-__all__ = ["to_expression", "referenced_columns", "check_filter", "guarantee", "select_may_match",
+__all__ = ["delivered_type", "to_expression", "referenced_columns", "check_filter", "guarantee", "select_may_match",
            "arrow_type"]
 
 _TIMESTAMP = re.compile(r"timestamp\[(\w+)(?:, tz=(.+))?\]")
@@ -48,6 +48,18 @@ def to_expression(filter) -> pc.Expression | None:
                              f"pyarrow.compute.Expression, but got filter={filter!r} ({exc})") from exc
     raise ValueError("`filter` should be None, DNF tuples like [('label', '<', 10)] or a "
                      f"pyarrow.compute.Expression, but got filter={filter!r}")
+
+
+def delivered_type(t: pa.DataType) -> pa.DataType:
+    """The type a column is delivered (and recorded in the manifest) as: a dictionary column (a
+    pandas categorical, a file keeping Arrow's dictionary type) as its values, fixed-size binary
+    (UUIDs, digests) as binary; the reader casts them so (`read.parquet`). Parquet's statistics
+    of such columns are of the values, so they hold for the delivered type."""
+    if pa.types.is_dictionary(t):
+        return delivered_type(t.value_type)
+    if pa.types.is_fixed_size_binary(t):
+        return pa.binary()
+    return t
 
 
 def arrow_type(type_string: str) -> pa.DataType | None:

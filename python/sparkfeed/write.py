@@ -148,15 +148,6 @@ def _is_nonempty(fs, root: str) -> bool | None:
 
 # ---------------------------------------------------------------- footer statistics (executors)
 
-def _delivered_type(t):
-    """The type a column is delivered as: a dictionary column (a pandas categorical, or a
-    file written with Arrow's dictionary type) as its values, which the reader decodes
-    (`read.parquet`); Parquet's own statistics of such a column are of the values too."""
-    import pyarrow as pa
-
-    return t.value_type if pa.types.is_dictionary(t) else t
-
-
 def _stat_type(t) -> bool:
     import pyarrow as pa
 
@@ -233,13 +224,15 @@ def _footer_entry(fs, full: str, rel: str, size: int) -> dict:
     """The manifest entry of one committed Parquet file, from its footer."""
     import pyarrow.parquet as pq
 
+    from .filters import delivered_type
+
     def read_footer():
         with fs.open(full, "rb") as f:
             pf = pq.ParquetFile(f)
             return pf.metadata, pf.schema_arrow
 
     md, schema = storage.with_retries(read_footer, f"reading the footer of {full}")
-    types = {f.name: _delivered_type(f.type) for f in schema}
+    types = {f.name: delivered_type(f.type) for f in schema}  # categoricals as their values
     index = {md.schema.column(j).path: j for j in range(md.num_columns)}
     stat_cols = [(f.name, index[f.name]) for f in schema if _stat_type(types[f.name]) and f.name in index]
     groups, per_col = [], {name: [] for name, _ in stat_cols}

@@ -501,6 +501,20 @@ def test_pandas_categoricals_are_indexed_filtered_and_delivered_as_their_values(
     assert loader.stats()["row_groups_pruned"] == 4  # the statistics of the values prune row groups
 
 
+def test_fixed_size_binary_is_delivered_as_bytes(tmp_path):
+    root = tmp_path / "digests"
+    root.mkdir()
+    digests = [bytes([k, k + 1, k + 2, k + 3]) for k in range(40)]
+    pq.write_table(pa.table({"id": np.arange(40), "digest": pa.array(digests, pa.binary(4))}),
+                   root / "a.parquet", row_group_size=16)
+    m = sparkfeed.index(str(root), progress=False)
+    assert {c.name: (c.type, c.unsupported) for c in m.schema}["digest"] == ("binary", None)
+    got = {}
+    for batch in sparkfeed.DataLoader(str(root), batch_size=6, shuffle=True, num_workers=2):
+        got.update(zip(batch["id"].tolist(), batch["digest"]))
+    assert got == dict(enumerate(digests))
+
+
 def test_lists_of_different_lengths_name_the_row_group_that_holds_them(tmp_path):
     root = tmp_path / "ragged"
     root.mkdir()

@@ -188,7 +188,7 @@ class ParquetReader(Reader):
         self.ctx.stats.add("bytes_read", nbytes)
         if fetched:
             self.ctx.stats.add("bytes_read_ahead", nbytes)  # of bytes_read: fetched by read-ahead
-        return _dictionaries_decoded(table)
+        return _as_delivered(table)
 
     # ------------------------------------------------------------ read-ahead (remote files only)
 
@@ -314,8 +314,7 @@ class ParquetReader(Reader):
         present = [n for n in self.ctx.read_columns if n in schema.names]
         for want in self.ctx.arrow_schema(present):
             got = schema.field(want.name)
-            value_type = got.type.value_type if pa.types.is_dictionary(got.type) else got.type
-            if want.type != pa.null() and not value_type.equals(want.type):
+            if want.type != pa.null() and not filters.delivered_type(got.type).equals(want.type):
                 raise self._error(unit, f"schema drift: column {got.name!r} is {got.type} here but "
                                   f"{want.type} in the manifest")
 
@@ -415,11 +414,12 @@ def _arrow_filesystem(fs) -> pafs.FileSystem | None:
     return pafs.LocalFileSystem() if storage.is_local(fs) else None
 
 
-def _dictionaries_decoded(table: pa.Table) -> pa.Table:
-    """Dictionary columns (pandas categoricals, Arrow's dictionary type kept in the file's
-    schema) as their values: the manifest records them so (`write._footer_entry`), and the
-    values, not the codes, are what a sample holds."""
+def _as_delivered(table: pa.Table) -> pa.Table:
+    """Columns cast to the types the manifest records (`filters.delivered_type`): dictionaries
+    decoded to their values (the values, not the codes, are what a sample holds), fixed-size
+    binary as binary."""
     for i, field in enumerate(table.schema):
-        if pa.types.is_dictionary(field.type):
-            table = table.set_column(i, field.name, table.column(i).cast(field.type.value_type))
+        want = filters.delivered_type(field.type)
+        if want != field.type:
+            table = table.set_column(i, field.name, table.column(i).cast(want))
     return table
