@@ -557,3 +557,17 @@ def test_a_sample_without_its_image_member_is_none_and_a_named_decode_error(tmp_
     loader = sparkfeed.DataLoader(str(root), batch_size=5, decode=decode, on_error="skip")
     assert sorted(_ids(loader, "cls")) == [k for k in range(12) if k % 4 != 1]
     assert loader.stats()["samples_skipped"] == 3
+
+
+def test_compressed_tars_are_refused_with_what_to_do_never_left_out(tmp_path):
+    root = _tars(tmp_path, shards=2)
+    with tarfile.open(root / "more.tar.gz", "w:gz") as tar:
+        tar.add(root / "shard-000.tar", arcname="inner.tar")
+    for call in (lambda: sparkfeed.index(str(root), progress=False),
+                 lambda: sparkfeed.index(str(root), format="webdataset", progress=False),
+                 lambda: sparkfeed.index([str(root / "more.tar.gz")], manifest=str(tmp_path / "m.json"),
+                                         format="webdataset", progress=False)):
+        with pytest.raises(ManifestError, match=r"compressed tars \(e.g. 'more.tar.gz', 1 in all\).*gunzip"):
+            call()
+    (root / "more.tar.gz").unlink()
+    assert sparkfeed.index(str(root), progress=False).num_samples == 20

@@ -17,7 +17,7 @@ from .._version import __version__
 from ..errors import ManifestError
 from ..manifest import Manifest, manifest_file, parse_manifest
 from . import delta as delta_log
-from .discover import DataFile, Listing, data_file, data_files
+from .discover import DataFile, Listing, data_file, data_files, refuse_compressed_tars
 from .gather import run_local, run_spark
 from .parquet import parquet_entries, parquet_schema
 from .tar import column_of, key_column, scan_tar, scan_task
@@ -136,6 +136,8 @@ def build_manifest(listing: Listing, fmt: str, *, spark=None, version=None,
         schema, entries, more = _delta(listing, version, storage_options, spark, progress)
         created.update(more)
     else:
+        if fmt == "webdataset":  # never index the plain tars and silently leave these out
+            refuse_compressed_tars(listing)
         files = data_files(listing, fmt)
         if not files:
             raise ManifestError(f"holds no {fmt} files", dataset=listing.url)

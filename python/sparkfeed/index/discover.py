@@ -16,11 +16,12 @@ from .. import storage
 from ..errors import ManifestError
 
 __all__ = ["DataFile", "Listing", "discover", "guess_format", "partition_types", "data_file",
-           "data_files", "FORMATS"]
+           "data_files", "refuse_compressed_tars", "FORMATS"]
 
 FORMATS = ("parquet", "webdataset", "delta")
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 TAR_SUFFIXES = (".tar",)
+COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tar.lz4")
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 _GLOB_CHARS = "*?["
 _INT32 = (-(2 ** 31), 2 ** 31 - 1)
@@ -196,12 +197,25 @@ def guess_format(listing: Listing, format: str | None) -> str:
         return "parquet"
     if tars:
         return "webdataset"
+    refuse_compressed_tars(listing)
     example = f" (e.g. {listing.files[0].rel!r})" if listing.files else ""
     raise ManifestError(
         f"holds no _sparkfeed.json and no data that sparkfeed.index recognises{example}: expected "
         "Parquet files (.parquet), WebDataset tars (.tar) or a Delta table (_delta_log/). Datasets "
         "are made with sparkfeed.write(df, path, ...), or indexed with `sparkfeed index PATH`",
         dataset=listing.url)
+
+
+def refuse_compressed_tars(listing: Listing) -> None:
+    """Compressed tars (`.tar.gz`, `.tgz`, ...) are an error that says why and what to do: the
+    loader reads tar members where they lie, by offset (as DALI's reader does, through the same
+    index), which a compressed stream does not allow."""
+    packed = [f.rel for f in listing.files if f.rel.lower().endswith(COMPRESSED_TAR_SUFFIXES)]
+    if packed:
+        raise ManifestError(f"holds compressed tars (e.g. {packed[0]!r}, {len(packed)} in all): sparkfeed "
+                            "reads tar members in place by offset, which a compressed stream does not "
+                            "allow; decompress them first (e.g. `gunzip`; JPEG and PNG members gain "
+                            "nothing from it) and index the .tar files", dataset=listing.url)
 
 
 def data_files(listing: Listing, format: str) -> list[DataFile]:
