@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from .manifest import Column, ColumnStats
 
-__all__ = ["delivered_type", "to_expression", "referenced_columns", "check_filter", "guarantee", "select_may_match",
+__all__ = ["delivered_type", "leaf_fields", "to_expression", "referenced_columns", "check_filter", "guarantee", "select_may_match",
            "arrow_type"]
 
 _TIMESTAMP = re.compile(r"timestamp\[(\w+)(?:, tz=(.+))?\]")
@@ -60,6 +60,20 @@ def delivered_type(t: pa.DataType) -> pa.DataType:
     if pa.types.is_fixed_size_binary(t):
         return pa.binary()
     return t
+
+
+def leaf_fields(schema: pa.Schema) -> list[pa.Field]:
+    """The columns a dataset delivers: struct columns as their leaves, named by their path
+    (`image.bytes`, `image.path`: a Hugging Face image), the others as they are. Parquet names
+    the leaves' column chunks and statistics by the same paths."""
+    out: list[pa.Field] = []
+    for field in schema:
+        if pa.types.is_struct(field.type):
+            inner = leaf_fields(pa.schema(list(field.type)))
+            out += [pa.field(f"{field.name}.{leaf.name}", leaf.type) for leaf in inner]
+        else:
+            out.append(field)
+    return out
 
 
 def arrow_type(type_string: str) -> pa.DataType | None:

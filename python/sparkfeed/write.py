@@ -224,7 +224,7 @@ def _footer_entry(fs, full: str, rel: str, size: int) -> dict:
     """The manifest entry of one committed Parquet file, from its footer."""
     import pyarrow.parquet as pq
 
-    from .filters import delivered_type
+    from .filters import delivered_type, leaf_fields
 
     def read_footer():
         with fs.open(full, "rb") as f:
@@ -232,9 +232,10 @@ def _footer_entry(fs, full: str, rel: str, size: int) -> dict:
             return pf.metadata, pf.schema_arrow
 
     md, schema = storage.with_retries(read_footer, f"reading the footer of {full}")
-    types = {f.name: delivered_type(f.type) for f in schema}  # categoricals as their values
+    fields = leaf_fields(schema)  # structs as their leaves, which Parquet names by their paths
+    types = {f.name: delivered_type(f.type) for f in fields}  # categoricals as their values
     index = {md.schema.column(j).path: j for j in range(md.num_columns)}
-    stat_cols = [(f.name, index[f.name]) for f in schema if _stat_type(types[f.name]) and f.name in index]
+    stat_cols = [(f.name, index[f.name]) for f in fields if _stat_type(types[f.name]) and f.name in index]
     groups, per_col = [], {name: [] for name, _ in stat_cols}
     for i in range(md.num_row_groups):
         rg = md.row_group(i)
@@ -245,7 +246,7 @@ def _footer_entry(fs, full: str, rel: str, size: int) -> dict:
     return {"path": rel, "num_samples": md.num_rows, "num_bytes": size,
             "stats": _to_json_stats({name: _fold(parts) for name, parts in per_col.items()}),
             "row_groups": groups,
-            "schema": [[f.name, str(types[f.name])] for f in schema]}
+            "schema": [[f.name, str(types[f.name])] for f in fields]}
 
 
 def _footer_entries(items: Iterable[tuple[str, str, int]], url: str,

@@ -483,9 +483,9 @@ def test_shuffled_indexed_tars_over_http_are_read_ahead_in_pieces_each_byte_once
 
 
 def test_an_indexed_tar_read_ahead_in_pieces_is_still_checked_against_its_index_version(tmp_path, monkeypatch):
-    """`sparkfeed.index` records each file's modification time; a server that reports another
-    (this one reports none) means the file may have changed: the pieces fetched ahead are not
-    used, and the error names the shard, as a whole read's does."""
+    """`sparkfeed.index` records each file's modification time; a server that reports none (as
+    this one) cannot show a change, so the file is refused rather than trusted: the pieces
+    fetched ahead are not used, and the error names the shard, as a whole read's does."""
     from sparkfeed.read import tar as tar_reader
 
     monkeypatch.setattr(tar_reader, "CHUNK_BYTES", 16 << 10)
@@ -497,7 +497,35 @@ def test_an_indexed_tar_read_ahead_in_pieces_is_still_checked_against_its_index_
                 for k in b["key"]]) == 200
     server = LatencyServer(str(tmp_path), latency_s=0.0)
     try:
-        with pytest.raises(sparkfeed.ShardReadError, match=r"shard-0000\d.tar.*changed after it was indexed"):
+        with pytest.raises(sparkfeed.ShardReadError, match=r"shard-0000\d.tar.*cannot be checked against its index.*plain HTTP"):
             list(sparkfeed.DataLoader(f"{server.url}/wds", batch_size=16, columns=["key"]))
     finally:
         server.close()
+
+
+def test_parquet_indexed_over_an_http_directory_listing_loads(tmp_path):
+    """A plain web server's directory listing (links in a page) gives no sizes: `index` asks for
+    each file's (HEAD), and the loader reads the indexed files (whole: this server ignores Range)."""
+    import functools
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "plain"
+    data.mkdir()
+    for k in range(3):
+        pq.write_table(pa.table({"id": np.arange(k * 40, k * 40 + 40), "x": np.full(40, k, np.float32)}),
+                       data / f"part-{k}.parquet", row_group_size=16)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/plain"
+    try:
+        m = sparkfeed.index(url, manifest=str(tmp_path / "m.json"), progress=False)
+        assert [(s.path, s.num_bytes) for s in m.shards] == [
+            (f"part-{k}.parquet", os.path.getsize(data / f"part-{k}.parquet")) for k in range(3)]
+        loader = sparkfeed.DataLoader(url, manifest=str(tmp_path / "m.json"), batch_size=16,
+                                      filter=[("x", ">=", 1)], num_workers=2)
+        assert sorted(i for b in loader for i in b["id"].tolist()) == list(range(40, 120))
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -46,8 +46,11 @@ def test_spark_footer_job_and_local_threads_give_the_same_manifest(spark, plain,
     assert local.to_dict()["shards"] == on_spark.to_dict()["shards"]
     assert local.num_samples == expected.num_rows == N
     assert {c.name: c.unsupported for c in local.schema} == {
-        "id": None, "label": None, "meta": "struct", "split": None}
+        "id": None, "label": None, "meta.a": None, "split": None}  # a struct as its leaves
     assert not (root / MANIFEST_NAME).exists()
+    loader = sparkfeed.DataLoader(str(root), manifest=str(tmp_path / "spark.json"), batch_size=64)
+    pairs = [(i, a) for batch in loader for i, a in zip(batch["id"].tolist(), batch["meta.a"].tolist())]
+    assert len(pairs) == N and all(i == a for i, a in pairs)
 
 
 @pytest.mark.slow

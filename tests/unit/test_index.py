@@ -63,13 +63,55 @@ def test_unsupported_types_are_marked_left_out_and_refused_by_name(tmp_path):
     root, _ = _hive(tmp_path)
     m = sparkfeed.index(str(root), progress=False)
     kinds = {c.name: c.unsupported for c in m.schema}
-    assert kinds == {"id": None, "x": None, "meta": "struct", "price": "decimal", "split": None}
+    assert kinds == {"id": None, "x": None, "meta.a": None, "price": "decimal", "split": None}
     batch = next(iter(sparkfeed.DataLoader(str(root), batch_size=8)))
-    assert set(batch) == {"id", "x", "split"}
-    with pytest.raises(ValueError, match=r"'meta'.*a struct column.*columns="):
-        sparkfeed.DataLoader(str(root), columns=["id", "meta"])
+    assert set(batch) == {"id", "x", "meta.a", "split"}
+    with pytest.raises(ValueError, match=r"'price'.*a decimal column.*columns="):
+        sparkfeed.DataLoader(str(root), columns=["id", "price"])
     with pytest.raises(ValueError, match=r"`filter` names 'price'.*a decimal column"):
         sparkfeed.DataLoader(str(root), filter=[("price", ">", 0)])
+
+
+def test_struct_columns_are_their_leaves_a_hugging_face_image_decodes(tmp_path):
+    from PIL import Image
+    import io
+    import pyarrow.compute as pc
+
+    def jpeg(k):  # noise: a few KB each, so the image bytes outweigh the footers
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(k).integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(buf, "JPEG")
+        return buf.getvalue()
+
+    root = tmp_path / "hf"
+    root.mkdir()
+    n = 60
+    table = pa.table({"image": pa.array([{"bytes": jpeg(k), "path": f"img{k}.jpg"} for k in range(n)]),
+                      "label": np.arange(n) % 3,
+                      "meta": pa.array([{"a": {"b": k, "c": "x"}} for k in range(n)])})
+    pq.write_table(table.slice(0, 30), root / "train-00000-of-00002.parquet", row_group_size=10)
+    pq.write_table(table.slice(30), root / "train-00001-of-00002.parquet", row_group_size=10)
+
+    m = sparkfeed.index(str(root), progress=False)
+    assert [(c.name, c.type, c.unsupported) for c in m.schema] == [
+        ("image.bytes", "binary", None), ("image.path", "string", None), ("label", "int64", None),
+        ("meta.a.b", "int64", None), ("meta.a.c", "string", None)]
+    assert m.shards[1].row_groups[0].stats["meta.a.b"].min == 30
+
+    loader = sparkfeed.DataLoader(str(root), batch_size=8, filter=pc.field("meta.a.b") >= 50)
+    rows = [r for batch in loader for r in zip(batch["meta.a.b"].tolist(), batch["image.path"], batch["image.bytes"])]
+    assert rows == [(k, f"img{k}.jpg", jpeg(k)) for k in range(50, n)]
+    assert loader.stats()["row_groups_pruned"] == 5  # the leaf's statistics prune
+
+    only_path = sparkfeed.DataLoader(str(root), batch_size=8, columns=["image.path"])
+    assert [p for batch in only_path for p in batch["image.path"]] == [f"img{k}.jpg" for k in range(n)]
+    with_bytes = sparkfeed.DataLoader(str(root), batch_size=8, columns=["image.path", "image.bytes"])
+    assert sum(len(batch["image.bytes"]) for batch in with_bytes) == n
+    assert only_path.stats()["bytes_read"] * 4 < with_bytes.stats()["bytes_read"]  # one leaf read, not the struct
+
+    decoded = sparkfeed.DataLoader(str(root), batch_size=8, columns=["image.bytes", "label"], shuffle=True,
+                                   num_workers=2, decode={"image.bytes": sparkfeed.ImageDecode(size=8)})
+    shapes = [tuple(batch["image.bytes"].shape[1:]) for batch in decoded]
+    assert set(shapes) == {(3, 8, 8)} and decoded.stats()["samples"] == n
 
 
 def test_pandas_files_from_a_list_need_a_manifest_apart(tmp_path):

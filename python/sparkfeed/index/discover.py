@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -120,6 +121,20 @@ def data_file(info: dict, root: str, dataset: str) -> DataFile:
                     partition=hive_partition(rel))
 
 
+def _with_sizes(fs, infos: list[dict]) -> list[dict]:
+    """The listing's entries, each with its size: an HTTP directory listing (links in a page)
+    has none, so those files are asked for theirs (a HEAD request each, concurrently)."""
+    missing = [k for k, i in enumerate(infos) if i.get("size") is None]
+    if not missing:
+        return infos
+    with ThreadPoolExecutor(max_workers=min(32, len(missing))) as pool:
+        found = list(pool.map(lambda k: fs.info(infos[k]["name"]), missing))
+    out = list(infos)
+    for k, info in zip(missing, found):
+        out[k] = {**infos[k], **{key: v for key, v in info.items() if v is not None}}
+    return out
+
+
 def _common_root(names: list[str]) -> str:
     """The deepest directory holding every file."""
     return posixpath.commonpath([posixpath.dirname(n) or "/" for n in names]) or "/"
@@ -149,8 +164,8 @@ def discover(path, storage_options: dict | None = None) -> Listing:
         return _from_list([path], storage_options)
     has_log = fs.exists(f"{root}/_delta_log")
     infos = fs.find(root, detail=True, withdirs=False) if not has_log else {}
-    files = [data_file(i, root, path) for i in infos.values()
-             if not _ignored(posixpath.relpath(i["name"].rstrip("/"), root))]
+    kept = [i for i in infos.values() if not _ignored(posixpath.relpath(i["name"].rstrip("/"), root))]
+    files = [data_file(i, root, path) for i in _with_sizes(fs, kept)]
     return Listing(fs, root, path, False, tuple(sorted(files, key=lambda f: f.rel)), has_log)
 
 

@@ -309,13 +309,19 @@ class Reader:
             raise self._error(unit, f"file missing: the manifest names {unit.path!r} but storage "
                               "has no such file") from exc
         mtime, etag = file_version(info)
-        was = (shard.num_bytes, shard.mtime, shard.etag)
-        now = (int(info.get("size", -1)), mtime if shard.mtime is not None else None,
-               etag if shard.etag is not None else None)
-        if now != was:
-            raise self._error(unit, f"the file changed after it was indexed (size, mtime, ETag: "
-                              f"{was} when indexed, {now} now); run `sparkfeed index ... "
-                              "--overwrite` again")
+        size = int(info.get("size", -1))
+        recorded = [(what, a, b) for what, a, b in (("an mtime", shard.mtime, mtime), ("an ETag", shard.etag, etag))
+                    if a is not None]
+        redo = "run `sparkfeed index ... --overwrite` where the data is read from"
+        if size != shard.num_bytes or any(b is not None and a != b for _, a, b in recorded):
+            was, now = (shard.num_bytes, shard.mtime, shard.etag), (size, mtime, etag)
+            raise self._error(unit, f"the file changed after it was indexed, or was copied (a copy "
+                              f"has a new mtime) (size, mtime, ETag: {was} when indexed, {now} now); {redo}")
+        unseen = [what for what, _, b in recorded if b is None]
+        if unseen and len(unseen) == len(recorded):  # nothing recorded can be compared: refuse
+            raise self._error(unit, f"cannot be checked against its index: it was indexed with "
+                              f"{unseen[0]} that this storage does not report (plain HTTP reports "
+                              f"none), so a change would go unseen; {redo}")
 
     def _error(self, unit: WorkUnit, message: str, offset: int | None = None) -> ShardReadError:
         return ShardReadError(message, dataset=self.ctx.dataset, shard=unit.path,

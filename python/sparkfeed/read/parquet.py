@@ -113,9 +113,10 @@ class ParquetReader(Reader):
             opened.append(pf)
             self.ctx.stats.add("bytes_read", pf.metadata.serialized_size + 8)
             self._check_schema(unit, pf.schema_arrow)
-            chunks_of: dict[str, list[int]] = {}  # top-level column -> indices of its column chunks
+            chunks_of: dict[str, list[int]] = {}  # column (or struct leaf) -> its column chunks
             for j in range(pf.metadata.num_columns):
-                chunks_of.setdefault(pf.metadata.schema.column(j).path.split(".")[0], []).append(j)
+                for name in _paths_above(pf.metadata.schema.column(j).path):
+                    chunks_of.setdefault(name, []).append(j)
             return pf.metadata, chunks_of
 
         # a server that ignores Range (`_no_ranges`) has each reader read whole files, as before
@@ -188,7 +189,7 @@ class ParquetReader(Reader):
         self.ctx.stats.add("bytes_read", nbytes)
         if fetched:
             self.ctx.stats.add("bytes_read_ahead", nbytes)  # of bytes_read: fetched by read-ahead
-        return _as_delivered(table)
+        return _as_delivered(table).select(names)
 
     # ------------------------------------------------------------ read-ahead (remote files only)
 
@@ -311,9 +312,10 @@ class ParquetReader(Reader):
 
     def _check_schema(self, unit: WorkUnit, schema: pa.Schema) -> None:
         """Once per file: the columns this dataset reads have the manifest's types."""
-        present = [n for n in self.ctx.read_columns if n in schema.names]
+        fields = {f.name: f for f in filters.leaf_fields(schema)}
+        present = [n for n in self.ctx.read_columns if n in fields]
         for want in self.ctx.arrow_schema(present):
-            got = schema.field(want.name)
+            got = fields[want.name]
             if want.type != pa.null() and not filters.delivered_type(got.type).equals(want.type):
                 raise self._error(unit, f"schema drift: column {got.name!r} is {got.type} here but "
                                   f"{want.type} in the manifest")
@@ -403,7 +405,7 @@ def _fetch_groups(fs, path: str, footer, groups: list[int], names: list[str], si
         rg = metadata.row_group(g)
         for j in range(rg.num_columns):
             col = rg.column(j)
-            if col.path_in_schema.split(".")[0] in wanted:
+            if not wanted.isdisjoint(_paths_above(col.path_in_schema)):
                 start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
                 ranges.append((start, start + col.total_compressed_size))
     return metadata, storage.fetch_ranges(fs, path, ranges, size)
@@ -415,11 +417,21 @@ def _arrow_filesystem(fs) -> pafs.FileSystem | None:
 
 
 def _as_delivered(table: pa.Table) -> pa.Table:
-    """Columns cast to the types the manifest records (`filters.delivered_type`): dictionaries
-    decoded to their values (the values, not the codes, are what a sample holds), fixed-size
-    binary as binary."""
+    """Columns as the manifest records them: struct columns as their leaves (`image.bytes`:
+    `filters.leaf_fields`; pyarrow reads only the leaves asked for), dictionaries decoded to
+    their values (the values, not the codes, are what a sample holds), fixed-size binary as
+    binary (`filters.delivered_type`)."""
+    while any(pa.types.is_struct(f.type) for f in table.schema):
+        table = table.flatten()
     for i, field in enumerate(table.schema):
         want = filters.delivered_type(field.type)
         if want != field.type:
             table = table.set_column(i, field.name, table.column(i).cast(want))
     return table
+
+
+def _paths_above(path: str) -> list[str]:
+    """A column chunk's path and the paths above it ("a.b.c" -> "a", "a.b", "a.b.c"): the
+    names a column, or a struct's leaf, is selected by."""
+    parts = path.split(".")
+    return [".".join(parts[:k]) for k in range(1, len(parts) + 1)]
