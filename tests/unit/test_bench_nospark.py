@@ -61,3 +61,17 @@ def test_dali_reads_the_tars_with_the_indexes_sparkfeed_index_wrote(data):
     m = measure(runners.dali_webdataset, ctx, {})
     assert m["samples"] == IMAGES
     assert m["extra"]["steady_samples_per_s"] > 0 and m["ttfb_s"] > 0
+
+
+def test_paired_rounds_time_both_readers_over_every_image(data):
+    from sparkfeed.bench import pairs
+
+    ctx = runners.Context(data=data, batch_size=64, workers=1, image_size=24)
+    result = pairs.pairs(ctx, rounds=2)
+    assert result["images"] == IMAGES
+    assert all(len(result[k][side]) == 2 for k in ("rates", "cpu_us") for side in ("sparkfeed", "dali"))
+    assert result["ratios"] == [a / b for a, b in zip(result["rates"]["sparkfeed"], result["rates"]["dali"])]
+    assert result["median_ratio"] == pytest.approx(sum(result["ratios"]) / 2)
+    assert result["rounds_at_or_above_1"] == sum(r >= 1.0 for r in result["ratios"])
+    with pytest.raises(SystemExit):
+        pairs.main([data.images, "--rounds", "0"])
