@@ -368,6 +368,19 @@ def _one_run_per_batch(pipe) -> bool:
     return True
 
 
+def _dali_batch(views: list[np.ndarray]):
+    """The encoded images as one DALI `TensorListCPU` over their own memory (no copy): handed a
+    list of arrays, `feed_input` checks and wraps every sample in Python (~5 µs each, a third of
+    the per-image cost outside the decoder); a TensorList goes in as it is. A list where this
+    DALI cannot make a TensorList without copying."""
+    from nvidia.dali import backend
+
+    try:
+        return backend.TensorListCPU([backend.TensorCPU(v, "") for v in views], None, False)
+    except TypeError:  # a DALI without the `contiguous` argument
+        return views
+
+
 class _DaliBackend:
     """DALI pipelines fed whole batches, one per geometry `kind`: "resize" (shorter side, then
     crop), "crop" (images already at the resize target, or resize=None), "slice" (a window
@@ -460,7 +473,7 @@ class _DaliBackend:
         return pipe
 
     def _inputs(self, enc: _Encoded, rows, draws: _Draws, kind: str, sizes) -> dict:
-        inputs = {"enc": enc.views(rows)}
+        inputs = {"enc": _dali_batch(enc.views(rows))}
         # per-row parameters go in as one dense array per batch (DALI splits the outer axis)
         if kind == "slice":  # windows relative to the image: they fit whatever DALI's EXIF turn
             wh = np.tile(sizes[rows].astype(np.float32), 2)

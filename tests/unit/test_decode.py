@@ -723,3 +723,28 @@ def test_without_the_dynamic_executor_outputs_are_copied_out():
     assert torch.equal(shared, copied) and copied.data_ptr() != shared.data_ptr()
     dec.decode(batch)
     assert torch.equal(shared, copied)
+
+
+def test_the_hand_over_to_dali_copies_no_image_bytes():
+    """The encoded images go to DALI as one TensorList over their own memory: for a batch in one
+    buffer and for one in several (chunks), each sample where it lies, none copied; and the
+    decoder's pixels are those of a batch handed over as a plain list of arrays."""
+    import sparkfeed.decode as decode
+    from sparkfeed.headers import _encoded
+
+    items = [_encode(40, 32, shift=i) for i in range(6)]
+    from sparkfeed.batch import BinaryChunks
+    for images in (_column(items), BinaryChunks((_column(items[:2]), _column(items[2:])))):
+        enc = _encoded(images)
+        views = enc.views(np.arange(len(enc)))
+        batch = decode._dali_batch(views)
+        assert type(batch).__name__ == "TensorListCPU" and len(batch) == len(items)
+        assert [batch[i].data_ptr() for i in range(len(items))] == [v.ctypes.data for v in views]
+        assert [bytes(np.asarray(batch.at(i))) for i in range(len(items))] == items
+    got = _decoder(size=24).decode(_column(items)).images
+    original = decode._dali_batch
+    decode._dali_batch = lambda views: views
+    try:
+        assert torch.equal(got, _decoder(size=24).decode(_column(items)).images)
+    finally:
+        decode._dali_batch = original
