@@ -473,7 +473,10 @@ class _DaliBackend:
         return pipe
 
     def _inputs(self, enc: _Encoded, rows, draws: _Draws, kind: str, sizes) -> dict:
-        inputs = {"enc": _dali_batch(enc.views(rows))}
+        views = enc.views(rows)
+        # the TensorList hand-over is checked on the CPU; on the GPU ("mixed" decoders) it has
+        # not run yet, so GPU batches keep the list until a GPU session verifies it
+        inputs = {"enc": _dali_batch(views) if self.device != "cuda" else views}
         # per-row parameters go in as one dense array per batch (DALI splits the outer axis)
         if kind == "slice":  # windows relative to the image: they fit whatever DALI's EXIF turn
             wh = np.tile(sizes[rows].astype(np.float32), 2)
