@@ -368,6 +368,11 @@ def _one_run_per_batch(pipe) -> bool:
     return True
 
 
+# The TensorList hand-over is checked on the CPU; with "mixed" (GPU) decoders it has not run yet,
+# so GPU batches go as a list until a GPU session has run tests/gpu/test_decode_gpu.py's check.
+_TENSORLIST_ON_GPU = False
+
+
 def _dali_batch(views: list[np.ndarray]):
     """The encoded images as one DALI `TensorListCPU` over their own memory (no copy): handed a
     list of arrays, `feed_input` checks and wraps every sample in Python (~5 µs each, a third of
@@ -474,9 +479,7 @@ class _DaliBackend:
 
     def _inputs(self, enc: _Encoded, rows, draws: _Draws, kind: str, sizes) -> dict:
         views = enc.views(rows)
-        # the TensorList hand-over is checked on the CPU; on the GPU ("mixed" decoders) it has
-        # not run yet, so GPU batches keep the list until a GPU session verifies it
-        inputs = {"enc": _dali_batch(views) if self.device != "cuda" else views}
+        inputs = {"enc": _dali_batch(views) if self.device != "cuda" or _TENSORLIST_ON_GPU else views}
         # per-row parameters go in as one dense array per batch (DALI splits the outer axis)
         if kind == "slice":  # windows relative to the image: they fit whatever DALI's EXIF turn
             wh = np.tile(sizes[rows].astype(np.float32), 2)

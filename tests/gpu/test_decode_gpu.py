@@ -86,3 +86,27 @@ def test_a_batch_in_chunks_decodes_on_the_gpu_as_the_joined_column():
     assert got.images.is_cuda and torch.equal(got.images, want.images)
     assert got.ok_rows.tolist() == want.ok_rows.tolist() and 5 not in got.ok_rows.tolist()
     assert [r for r, _ in got.failures] == [5]
+
+
+def test_the_tensorlist_hand_over_decodes_on_the_gpu_as_the_list(monkeypatch):
+    """The hand-over as one TensorListCPU over the images' own memory (on by default on the CPU)
+    gives the "mixed" decoders the same pixels as a list of arrays, for a batch in one buffer and
+    one in chunks. When this passes on a GPU, `decode._TENSORLIST_ON_GPU` can be turned on."""
+    import sparkfeed.decode as decode
+    from sparkfeed.batch import BinaryChunks, BinaryColumn
+
+    def column(items):
+        data = torch.from_numpy(np.frombuffer(b"".join(items), np.uint8).copy())
+        return BinaryColumn(data, torch.tensor(np.cumsum([0] + [len(b) for b in items]), dtype=torch.int64))
+
+    items = IMAGES + [_encode(90, 60, shift=7), _encode(64, 64, shift=3)]
+    batches = [column(items), BinaryChunks((column(items[:2]), column(items[2:])))]
+
+    def decoded():
+        dec = ImageDecoder(ImageDecode(size=32, crop="random", mirror=True, device="gpu"), max_batch_size=16, seed=3)
+        return [dec.decode(b, keys=np.arange(len(items))).images for b in batches]
+
+    as_list = decoded()
+    monkeypatch.setattr(decode, "_TENSORLIST_ON_GPU", True)
+    as_tensorlist = decoded()
+    assert all(a.is_cuda and torch.equal(a, b) for a, b in zip(as_list, as_tensorlist))
