@@ -333,6 +333,25 @@ def test_delta_versions_match_deltalake(tmp_path, version):
     assert sorted(got) == [i for i in expected if i % 4 == 0]
 
 
+def test_delta_struct_columns_are_their_leaves_with_the_logs_statistics(tmp_path):
+    deltalake = pytest.importorskip("deltalake")
+    root = tmp_path / "delta_struct"
+    for lo in (0, 40):  # two files: the log's per-file statistics of a leaf prune one of them
+        ids = np.arange(lo, lo + 40)
+        deltalake.write_deltalake(str(root), pa.table({
+            "id": ids, "image": pa.array([{"bytes": bytes([k % 251]) * 9, "path": f"p{k}"} for k in ids]),
+            "meta": pa.array([{"a": {"b": int(k)}} for k in ids])}), mode="append")
+    m = sparkfeed.index(str(root), progress=False)
+    assert [(c.name, c.type, c.unsupported) for c in m.schema] == [
+        ("id", "int64", None), ("image.bytes", "binary", None), ("image.path", "string", None),
+        ("meta.a.b", "int64", None)]
+    assert sorted((s.stats["meta.a.b"].min, s.stats["meta.a.b"].max) for s in m.shards) == [(0, 39), (40, 79)]
+    loader = sparkfeed.DataLoader(str(root), batch_size=16, filter=[("meta.a.b", ">=", 70)])
+    rows = sorted(r for b in loader for r in zip(b["id"].tolist(), b["image.path"], b["image.bytes"]))
+    assert rows == [(k, f"p{k}", bytes([k % 251]) * 9) for k in range(70, 80)]
+    assert loader.stats()["shards_pruned"] == 1
+
+
 def test_delta_without_manifest_indexes_in_memory(tmp_path):
     root, _ = _delta_table(tmp_path)
     got = _ids(sparkfeed.DataLoader(str(root), batch_size=16, filter=[("id", ">=", 200)]))

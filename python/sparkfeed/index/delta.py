@@ -15,6 +15,7 @@ import datetime as dt
 import pyarrow as pa
 
 from ..errors import ManifestError
+from ..filters import leaf_fields
 from ..write import _json_value
 from .parquet import partition_stats
 from .types import unsupported_kind
@@ -80,11 +81,11 @@ def _bounds(lo, hi, type_: pa.DataType):
     return _json_value(lo, False), _json_value(hi, True)
 
 
-def _file_stats(row: dict, schema: pa.Schema, stat_columns: list[str]) -> dict:
+def _file_stats(row: dict, types: dict, stat_columns: list[str]) -> dict:
     out = {}
     for name in stat_columns:
         nulls = row.get(f"null_count.{name}")
-        lo, hi = _bounds(row.get(f"min.{name}"), row.get(f"max.{name}"), schema.field(name).type)
+        lo, hi = _bounds(row.get(f"min.{name}"), row.get(f"max.{name}"), types[name])
         if nulls is None and lo is None:
             continue
         out[name] = {"min": lo, "max": hi, "null_count": nulls}
@@ -99,11 +100,12 @@ def _stat_column(t: pa.DataType) -> bool:
 
 def delta_entries(table, dataset: str) -> tuple[list[dict], list[dict]]:
     """(manifest schema, one entry per data file) of the table's loaded version."""
-    schema = pa.schema(table.schema().to_arrow())
+    fields = leaf_fields(pa.schema(table.schema().to_arrow()))  # structs as their leaves, as the log names them
+    types = {f.name: f.type for f in fields}
     parts = list(table.metadata().partition_columns or ())
     columns = [{"name": f.name, "type": str(f.type),
-                **({"unsupported": k} if (k := unsupported_kind(str(f.type))) else {})} for f in schema]
-    stat_columns = [f.name for f in schema if f.name not in parts and _stat_column(f.type)]
+                **({"unsupported": k} if (k := unsupported_kind(str(f.type))) else {})} for f in fields]
+    stat_columns = [f.name for f in fields if f.name not in parts and _stat_column(f.type)]
     rows = pa.table(table.get_add_actions(flatten=True)).to_pylist()
     entries = []
     for row in sorted(rows, key=lambda r: r["path"]):
@@ -112,7 +114,7 @@ def delta_entries(table, dataset: str) -> tuple[list[dict], list[dict]]:
             raise ManifestError(f"the Delta log has no record count for {row['path']!r} (written "
                                 "without statistics); sparkfeed needs per-file counts", dataset=dataset)
         entry = {"path": row["path"], "num_samples": int(n), "num_bytes": int(row["size_bytes"]),
-                 "stats": _file_stats(row, schema, stat_columns)}
+                 "stats": _file_stats(row, types, stat_columns)}
         if parts:
             values = {p: row.get(f"partition.{p}") for p in parts}
             entry["partition"] = {p: _json_value(v, False) for p, v in values.items()}
