@@ -71,8 +71,19 @@ def _is_list_of_numbers(dt) -> bool:
                          T.DoubleType, T.BooleanType))
 
 
-def _check_columns(schema) -> dict:
-    """name -> Spark type for every column, or a ValueError naming the first unsupported one."""
+def _leaves(name: str, dt, structs: bool) -> list[tuple[str, object]]:
+    """(name, Spark type) of the column, or of a struct's leaves named by their path
+    (`image.bytes`) where `structs` (Parquet: the loader delivers a struct as its leaves)."""
+    from pyspark.sql import types as T
+
+    if structs and isinstance(dt, T.StructType):
+        return [leaf for f in dt.fields for leaf in _leaves(f"{name}.{f.name}", f.dataType, structs)]
+    return [(name, dt)]
+
+
+def _check_columns(schema, format: str = "parquet") -> dict:
+    """name -> Spark type for every column (a struct's leaves for Parquet, by their path), or a
+    ValueError naming the first unsupported one."""
     from pyspark.sql import types as T
 
     names = [f.name for f in schema.fields]
@@ -82,16 +93,19 @@ def _check_columns(schema) -> dict:
                          "(for example with .withColumnRenamed) before writing")
     if not names:
         raise ValueError("the DataFrame has no columns; there is nothing to write")
-    for f in schema.fields:
-        if _scalar_kind(f.dataType) is None and not _is_list_of_numbers(f.dataType):
+    types = dict(leaf for f in schema.fields for leaf in _leaves(f.name, f.dataType, format == "parquet"))
+    for name, dt in types.items():
+        if _scalar_kind(dt) is None and not _is_list_of_numbers(dt):
             hint = ("cast it to double (torch has no decimal type)"
-                    if isinstance(f.dataType, T.DecimalType) else
+                    if isinstance(dt, T.DecimalType) else
+                    "select its fields as columns (df.select('col.*')), or write format='parquet', "
+                    "which keeps a struct's fields as columns" if isinstance(dt, T.StructType) else
                     "flatten it into scalar columns, or serialise it to string/binary")
             raise ValueError(
-                f"column {f.name!r} has type {f.dataType.simpleString()}, which the loader cannot "
+                f"column {name!r} has type {dt.simpleString()}, which the loader cannot "
                 "hand to torch; supported types are numeric, boolean, string, binary, date, "
-                f"timestamp and arrays of numbers or booleans; {hint}")
-    return {f.name: f.dataType for f in schema.fields}
+                f"timestamp, arrays of numbers or booleans, and (Parquet) structs of these; {hint}")
+    return types
 
 
 def _check_cluster_by(cluster_by, types: Mapping) -> list[str]:
@@ -381,7 +395,7 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
         raise ValueError(f"`mode` should be one of {MODES}, but got mode={mode!r}")
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise ValueError(f"`path` should be a local path or URL, but got path={path!r}")
-    types = _check_columns(df.schema)
+    types = _check_columns(df.schema, format)
     keys = _check_cluster_by(cluster_by, types)
     codecs = _check_codecs(codecs, types)
 

@@ -282,7 +282,7 @@ def test_bad_arguments(spark, base, kwargs, message):
 
 @pytest.mark.parametrize("expr, name, typename", [
     ("map('a', id)", "m", "map<string,bigint>"),
-    ("named_struct('a', id)", "st", "struct<a:bigint>"),
+    ("named_struct('a', array(cast(id as string)))", "st", "array<string>"),  # named by its leaf, st.a
     ("array(cast(id as string))", "strs", "array<string>"),
     ("cast(id as decimal(10, 2))", "dec", "decimal(10,2)"),
     ("array(array(id))", "nested", "array<array<bigint>>"),
@@ -291,7 +291,35 @@ def test_unsupported_column_types_are_named(spark, base, expr, name, typename):
     df = spark.range(3).selectExpr("id", f"{expr} as {name}")
 
     def attempt():
-        with pytest.raises(ValueError, match=rf"column '{name}' has type {typename.replace('(', '[(]').replace(')', '[)]')}"):
+        leaf = f"{name}.a" if expr.startswith("named_struct") else name
+        with pytest.raises(ValueError, match=rf"column '{leaf}' has type {typename.replace('(', '[(]').replace(')', '[)]')}"):
             sparkfeed.write(df, str(base / "never"))
+
+    assert _no_job_ran(spark, attempt) == []
+
+
+def test_struct_columns_are_written_and_loaded_as_their_leaves(spark, base):
+    """A struct (a Hugging Face image: bytes and path) is written as Spark writes it, and the
+    manifest, `codecs`, `cluster_by` and the loader see its leaves by their paths."""
+    from pyspark.sql import functions as F
+
+    df = spark.range(300).select(
+        F.col("id"),
+        F.struct(F.col("id").cast("string").cast("binary").alias("bytes"),
+                 F.concat(F.lit("img"), F.col("id").cast("string")).alias("path")).alias("image"),
+        F.struct(F.struct((F.col("id") % 7).alias("b")).alias("a")).alias("meta"))
+    m = sparkfeed.write(df, str(base / "structs"), samples_per_shard=100, cluster_by="meta.a.b",
+                        codecs={"image.bytes": "jpeg"})
+    assert [(c.name, c.type, c.codec) for c in m.schema] == [
+        ("id", "int64", None), ("image.bytes", "binary", "jpeg"), ("image.path", "string", None),
+        ("meta.a.b", "int64", None)]
+    loader = sparkfeed.DataLoader(str(base / "structs"), batch_size=32, filter=[("meta.a.b", "==", 3)])
+    rows = sorted(r for b in loader for r in zip(b["id"].tolist(), b["image.path"], b["image.bytes"]))
+    assert rows == [(i, f"img{i}", str(i).encode()) for i in range(300) if i % 7 == 3]
+    assert loader.stats()["shards_pruned"] >= 1  # clustered by the leaf: its statistics prune
+
+    def attempt():
+        with pytest.raises(ValueError, match=r"column 'image' has type struct<.*df.select\('col.\*'\)"):
+            sparkfeed.write(df, str(base / "never_wds"), format="webdataset")
 
     assert _no_job_ran(spark, attempt) == []
