@@ -10,6 +10,7 @@ at the user's door (strings holding nulls stay lists of `str` and None).
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -281,7 +282,8 @@ def _list(arr: pa.Array, name: str) -> torch.Tensor:
         if len(lengths) and (lengths != width).any():
             raise ValueError(f"column {name!r} holds lists of different lengths "
                              f"({int(lengths.min())}..{int(lengths.max())}); only equal-length lists "
-                             "become 2-D tensors: pad them to one length when writing")
+                             f"become 2-D tensors: pass ragged=[{name!r}] for a list of 1-D tensors "
+                             "per batch, or pad them to one length when writing")
     values = _numeric(pc.list_flatten(arr), name)
     return values.reshape(len(arr), width)
 
@@ -440,14 +442,54 @@ def concat_rows(batches: list[dict], views: bool = False, chunks: bool = False) 
     return out
 
 
-def user_facing(batch: dict) -> dict:
-    """What users see: every column, BinaryColumn (or its chunks) -> list of bytes."""
-    return {k: (v.to_list() if binary_kind(v) else v) for k, v in batch.items()}
+def user_facing(batch: dict, ragged: Mapping[str, torch.dtype] | None = None) -> dict:
+    """What users see: every column, BinaryColumn (or its chunks) -> list of bytes; the
+    `ragged` list columns (carried as their values' bytes, `ragged_as_binary`) -> a list of
+    1-D tensors of their dtype."""
+    ragged = ragged or {}
+    return {k: (_ragged_tensors(v, ragged[k]) if k in ragged else v.to_list() if binary_kind(v) else v)
+            for k, v in batch.items()}
 
 
-def rows(batch: dict):
+def ragged_as_binary(arr: pa.Array, name: str) -> pa.Array:
+    """A list column of numbers or booleans as a binary column of each row's values, raw (no
+    copy where the values are Arrow's numbers): lists of any lengths then travel as binary
+    columns do (batches, shuffles, other processes) and become tensors at the end."""
+    if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type)):
+        raise ValueError(f"`ragged` names column {name!r} of type {arr.type}; only list columns "
+                         "(of numbers or booleans) can be ragged")
+    if pa.types.is_fixed_size_list(arr.type):
+        starts = (np.arange(len(arr) + 1, dtype=np.int64) + arr.offset) * arr.type.list_size
+    else:
+        starts = arr.offsets.to_numpy().astype(np.int64)
+    values = arr.values.slice(int(starts[0]), int(starts[-1] - starts[0]))
+    if values.null_count:
+        raise ValueError(f"column {name!r} holds null values inside its lists; a tensor cannot hold them")
+    raw = np.ascontiguousarray(values.to_numpy(zero_copy_only=False))
+    offsets = (starts - starts[0]) * raw.itemsize
+    valid = None if not arr.null_count else pc.is_valid(arr).buffers()[1]
+    return pa.Array.from_buffers(pa.large_binary(), len(arr), [valid, pa.py_buffer(offsets), pa.py_buffer(raw)],
+                                 null_count=arr.null_count)
+
+
+def _ragged_tensors(value, dtype: torch.dtype) -> list:
+    """A ragged column's rows as 1-D tensors: views of one copy of the batch's values (copied
+    so that they are aligned and the user's), None for a null list."""
+    if isinstance(value, list):  # nulls: bytes or None per row
+        return [None if b is None else torch.frombuffer(bytearray(b), dtype=dtype) if b else
+                torch.empty(0, dtype=dtype) for b in value]
+    if isinstance(value, BinaryChunks):
+        value = value.joined()
+    elif isinstance(value, BinaryViews):
+        value = value.select(np.arange(len(value)))
+    size = torch.empty(0, dtype=dtype).element_size()
+    values = value.data.clone().view(dtype) if value.data.numel() else torch.empty(0, dtype=dtype)
+    return list(torch.split(values, (torch.diff(value.offsets) // size).tolist()))
+
+
+def rows(batch: dict, ragged: Mapping[str, torch.dtype] | None = None):
     """Yield one dict per sample (the `Dataset(batch_size=None)` path)."""
-    batch = user_facing(batch)
+    batch = user_facing(batch, ragged)
     for i in range(batch_len(batch)):
         yield {k: v[i] for k, v in batch.items()}
 

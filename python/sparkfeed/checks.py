@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["positive_int", "non_negative_int", "one_of", "resolve_device", "check_columns",
-           "check_decode", "torch_only", "ON_ERROR"]
+           "check_ragged", "check_decode", "torch_only", "ON_ERROR"]
 
 ON_ERROR = ("raise", "skip")
 
@@ -114,6 +114,37 @@ def check_columns(columns, names: Sequence[str], dataset: str) -> tuple[str, ...
     if len(set(columns)) != len(columns):
         raise ValueError(f"`columns` should name each column once, but got columns={list(columns)!r}")
     return tuple(columns)
+
+
+def check_ragged(ragged, columns: Sequence[str], manifest, dataset: str) -> dict:
+    """{column: torch dtype} of the list columns to deliver as lists of 1-D tensors (lists of
+    any lengths); `ragged` is None, a column name or a list of them, each a delivered column
+    holding lists of numbers or booleans."""
+    import numpy as np
+    import pyarrow as pa
+    import torch
+
+    from .filters import arrow_type
+
+    if ragged is None:
+        return {}
+    names = [ragged] if isinstance(ragged, str) else ragged
+    if not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"`ragged` should be a column name or a list of them, but got ragged={ragged!r}")
+    out = {}
+    for name in names:
+        if name not in columns:
+            raise ValueError(f"`ragged` names {name!r}, which is not among the columns dataset {dataset!r} "
+                             f"delivers ({list(columns)})")
+        t = arrow_type(manifest.column(name).type)
+        lists = t is not None and (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
+        value = t.value_type if lists else None
+        if value is None or not (pa.types.is_integer(value) or pa.types.is_floating(value) or pa.types.is_boolean(value)):
+            raise ValueError(f"`ragged` names {name!r} of dataset {dataset!r}, a {manifest.column(name).type} "
+                             "column; only lists of numbers or booleans can be ragged")
+        out[name] = torch.bool if pa.types.is_boolean(value) else \
+            torch.from_numpy(np.empty(0, dtype=value.to_pandas_dtype())).dtype
+    return out
 
 
 def check_decode(decode: Mapping | None, columns: Sequence[str], manifest) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.utils.data
@@ -43,6 +43,16 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
+def _same_ragged_types(mixed, ragged: Mapping) -> None:
+    """A ragged column is carried as its values' bytes, so every source of a mix must hold it
+    with one element type (numbers of other columns are converted; these cannot be)."""
+    for name in ragged:
+        types = {str(filters.arrow_type(r.manifest.column(name).type).value_type) for r in mixed}
+        if len(types) > 1:
+            raise ValueError(f"`ragged` column {name!r} holds lists of different element types in the "
+                             f"sources of the mix ({sorted(types)}); write them with one")
+
+
 class Dataset(torch.utils.data.IterableDataset):
     """Stream a sparkfeed dataset (Parquet or WebDataset) as samples or batches.
 
@@ -57,7 +67,7 @@ class Dataset(torch.utils.data.IterableDataset):
                  drop_last: bool = False, shuffle_buffer: int | None = None, rank: int | None = None,
                  world_size: int | None = None, on_error: str = "raise",
                  storage_options: dict | None = None, manifest: Manifest | str | None = None,
-                 with_source: bool = False):
+                 with_source: bool = False, ragged=None):
         super().__init__()
         checks.positive_int("batch_size", batch_size, allow_none=True)
         checks.positive_int("shuffle_buffer", shuffle_buffer, allow_none=True)
@@ -87,6 +97,9 @@ class Dataset(torch.utils.data.IterableDataset):
                 used = filters.referenced_columns(self.expr, self.manifest.schema)
                 self.manifest.check_selectable(used, "filter")
                 filters.check_filter(self.expr, self.manifest.schema, self.path)
+        self.ragged = checks.check_ragged(ragged, self.columns, self.manifest, self.path)  # name -> dtype
+        if mixed is not None:
+            _same_ragged_types(mixed, self.ragged)
         self.shuffle, self.seed, self.batch_size = bool(shuffle), seed, batch_size
         self.drop_last, self.shuffle_buffer, self.on_error = bool(drop_last), shuffle_buffer, on_error
         self.rank, self.world_size = resolve_rank(rank, world_size)
@@ -95,7 +108,7 @@ class Dataset(torch.utils.data.IterableDataset):
         config = ReadConfig(
             path=self.path, manifest=self.manifest, columns=self.columns, expr=self.expr,
             shuffle=self.shuffle, seed=seed, shuffle_buffer=shuffle_buffer, on_error=on_error,
-            storage_options=storage_options)
+            storage_options=storage_options, ragged=tuple(self.ragged))
         self.engine = Engine(config) if mixed is None else mix.MixedEngine(mixed, config, with_source)
 
     def set_epoch(self, epoch: int) -> None:
@@ -127,9 +140,9 @@ class Dataset(torch.utils.data.IterableDataset):
         try:
             for d in deliveries:
                 if self.batch_size is None:
-                    yield from batching.rows(d.batch)
+                    yield from batching.rows(d.batch, self.ragged)
                 else:
-                    yield batching.user_facing(d.batch)
+                    yield batching.user_facing(d.batch, self.ragged)
         finally:
             deliveries.close()
 

@@ -51,6 +51,7 @@ class ReadConfig:
     shuffle_buffer: int | None = None  # shuffle block in samples; None: shuffle.default_block
     on_error: str = "raise"
     storage_options: dict | None = dataclasses.field(default=None, hash=False, compare=False)
+    ragged: tuple[str, ...] = ()  # list columns delivered as lists of 1-D tensors (any lengths)
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ class Engine:
         plan = plan or self.plan()
         return ReadContext(fs=fs, root=root, dataset=cfg.path, schema=cfg.manifest.schema,
                            columns=cfg.columns, filter_columns=plan.filter_columns, expr=cfg.expr,
-                           on_error=cfg.on_error, stats=stats,
+                           on_error=cfg.on_error, ragged=cfg.ragged, stats=stats,
                            manifest_bytes={s.path: s.num_bytes for s in cfg.manifest.shards},
                            shards={s.path: s for s in cfg.manifest.shards},
                            indexes=self._indexes(fs, root),

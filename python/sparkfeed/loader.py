@@ -72,7 +72,8 @@ class DataLoader:
                  multiprocessing_context=None, prefetch_factor: int | None = None,
                  worker_type: str = "auto", manifest=None, with_source: bool = False,
                  persistent_workers: bool = False, in_order: bool = True, sampler=None,
-                 batch_sampler=None, generator=None, worker_init_fn=None, pin_memory_device: str = ""):
+                 batch_sampler=None, generator=None, worker_init_fn=None, pin_memory_device: str = "",
+                 ragged=None):
         checks.positive_int("batch_size", batch_size)
         checks.non_negative_int("num_workers", num_workers)
         checks.torch_only(persistent_workers, num_workers, sampler=sampler, batch_sampler=batch_sampler,
@@ -91,7 +92,7 @@ class DataLoader:
                                      seed=seed, drop_last=drop_last, on_error=on_error, rank=rank,
                                      world_size=world_size, shuffle_buffer=shuffle_buffer,
                                      storage_options=storage_options, manifest=manifest,
-                                     with_source=with_source)
+                                     with_source=with_source, ragged=ragged)
         self.batch_size, self.num_workers, self.prefetch = batch_size, num_workers, prefetch
         self.pin_memory, self.collate_fn, self.timeout = pin_memory, collate_fn, timeout
         self.worker_type = worker_type
@@ -271,7 +272,7 @@ class DataLoader:
         stats = d.stats
         if jobs:
             batch, stats = self._decode_collect(batch, d.keys, jobs, dict(stats))
-        batch = user_facing(batch)
+        batch = user_facing(batch, self.dataset.ragged)
         if self.collate_fn is not None:
             batch = self.collate_fn(batch)
         return d.with_batch(batch, stats=stats, keys=None)

@@ -586,3 +586,72 @@ def test_null_where_a_tensor_needs_a_number_names_the_shard_or_is_skipped(tmp_pa
     L = sparkfeed.DataLoader(root, batch_size=10, on_error="skip")
     assert sorted(ids_of(L)) == [i for i in range(100) if i != 42] and L.stats()["samples_skipped"] == 1
     assert len(ids_of(sparkfeed.DataLoader(root, batch_size=10, columns=["id", "caption"]))) == 100
+
+
+# ---------------------------------------------------------------- ragged list columns
+
+def _tokens(tmp_path, name="tok", dtype="int32", n=300):
+    """A tokenized dataset as pyarrow writes one: `input_ids` of 0-19 tokens, a boolean `mask`
+    of the same lengths (one null list), `emb` of equal lengths; returned with the rows."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(7)
+    ids = [rng.integers(0, 30_000, rng.integers(0, 20)).tolist() for _ in range(n)]
+    mask = [[k % 2 == 0 for k in range(len(x))] for x in ids]
+    mask[17] = None
+    table = pa.table({"id": np.arange(n), "input_ids": pa.array(ids, pa.list_(getattr(pa, dtype)())),
+                      "mask": pa.array(mask, pa.list_(pa.bool_())),
+                      "emb": pa.array([[0.5, float(i)] for i in range(n)], pa.list_(pa.float32()))})
+    root = tmp_path / name
+    root.mkdir()
+    pq.write_table(table.slice(0, n // 2), root / "a.parquet", row_group_size=40)
+    pq.write_table(table.slice(n // 2), root / "b.parquet", row_group_size=40)
+    sparkfeed.index(str(root), progress=False)
+    return str(root), ids, mask
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(shuffle=True, num_workers=2),
+                                dict(shuffle=True, num_workers=2, worker_type="process")])
+def test_ragged_list_columns_are_lists_of_1d_tensors_exactly_once(tmp_path, kw):
+    root, ids, mask = _tokens(tmp_path)
+    loader = sparkfeed.DataLoader(root, batch_size=16, ragged=["input_ids", "mask"], **kw)
+    got = {}
+    for batch in loader:
+        assert batch["emb"].shape[1:] == (2,)  # equal-length lists stay a 2-D tensor
+        for i, x, m in zip(batch["id"].tolist(), batch["input_ids"], batch["mask"]):
+            assert x.dtype == torch.int32 and (m is None or m.dtype == torch.bool)
+            got[i] = (x.tolist(), None if m is None else m.tolist())
+    assert got == {i: (ids[i], mask[i]) for i in range(len(ids))}
+
+
+def test_ragged_columns_without_the_option_name_it_and_with_it_pad_in_a_collate(tmp_path):
+    root, ids, _ = _tokens(tmp_path)
+    with pytest.raises(ShardReadError, match=r"'a.parquet', row group 0: column 'input_ids' holds lists of "
+                                             r"different lengths.*ragged=\['input_ids'\]"):
+        ids_of(sparkfeed.DataLoader(root, batch_size=16, columns=["id", "input_ids"]))
+    pad = sparkfeed.DataLoader(root, batch_size=16, columns=["input_ids"], ragged="input_ids",
+                               collate_fn=lambda b: torch.nn.utils.rnn.pad_sequence(b["input_ids"], batch_first=True))
+    first = next(iter(pad))
+    assert first.shape == (16, max(len(x) for x in ids[:16]))
+    assert first[3, :len(ids[3])].tolist() == ids[3]
+    rows = sparkfeed.Dataset(root, columns=["id", "input_ids"], ragged=["input_ids"])
+    assert all(r["input_ids"].tolist() == ids[r["id"]] for r in rows)  # one sample at a time too
+
+
+def test_ragged_is_checked_when_built_and_across_a_mix(tmp_path):
+    root, _, _ = _tokens(tmp_path)
+    other, _, _ = _tokens(tmp_path, name="tok64", dtype="int64")
+    for kw, message in [(dict(ragged="id"), r"`ragged` names 'id' .*a int64 column; only lists of numbers"),
+                        (dict(ragged=["nope"]), r"`ragged` names 'nope', which is not among the columns"),
+                        (dict(ragged=3), r"`ragged` should be a column name or a list of them"),
+                        (dict(columns=["id"], ragged="input_ids"), r"not among the columns .*\['id'\]")]:
+        with pytest.raises(ValueError, match=message):
+            sparkfeed.DataLoader(root, batch_size=4, **kw)
+    with pytest.raises(ValueError, match=r"`ragged` column 'input_ids' holds lists of different element types"):
+        sparkfeed.DataLoader([sparkfeed.Source(root), sparkfeed.Source(other)], columns=["input_ids"],
+                             ragged="input_ids")
+    mixed = sparkfeed.DataLoader([sparkfeed.Source(root), sparkfeed.Source(root)], batch_size=16,
+                                 columns=["id", "input_ids"], ragged="input_ids", shuffle=True)
+    assert sum(len(b["input_ids"]) for b in mixed) == 600

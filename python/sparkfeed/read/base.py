@@ -171,6 +171,7 @@ class ReadContext:
     filter_columns: tuple[str, ...]
     expr: pc.Expression | None
     on_error: str = "raise"
+    ragged: tuple[str, ...] = ()  # list columns carried as binary (`batch.ragged_as_binary`)
     stats: Stats = field(default_factory=Stats)
     manifest_bytes: dict[str, int] = field(default_factory=dict)  # shard path -> size on storage
     shards: dict[str, Shard] = field(default_factory=dict)  # shard path -> manifest entry
@@ -353,12 +354,12 @@ class UnitRows:
         return np.arange(self.num_rows, dtype=np.int32) if self.rows is None else self.rows.astype(np.int32)
 
 
-def _tensor_values_valid(table: pa.Table) -> np.ndarray | None:
+def _tensor_values_valid(table: pa.Table, ragged: tuple = ()) -> np.ndarray | None:
     """False for rows with a null where a tensor needs a value (integer, boolean, date,
     timestamp and list columns; floats hold NaN); None when every row is fine. Once per unit."""
     valid = None
-    for col in table.columns:
-        if not col.null_count:
+    for name, col in zip(table.column_names, table.columns):
+        if not col.null_count or name in ragged:  # a ragged column's null list is delivered as None
             continue
         t = col.type
         if pa.types.is_floating(t) or pa.types.is_string(t) or pa.types.is_large_string(t) \
@@ -370,9 +371,9 @@ def _tensor_values_valid(table: pa.Table) -> np.ndarray | None:
 
 
 def with_bookkeeping(table: pa.Table, unit: WorkUnit, rows: np.ndarray | None = None,
-                     ok: np.ndarray | None = None, run: tuple = ()) -> UnitRows:
+                     ok: np.ndarray | None = None, run: tuple = (), ragged: tuple = ()) -> UnitRows:
     """A unit's table with its row numbers and which rows hold a sample (nulls included)."""
-    valid = _tensor_values_valid(table)
+    valid = _tensor_values_valid(table, ragged)
     if valid is not None:
         ok = valid if ok is None else ok & valid
     if ok is not None and ok.all():

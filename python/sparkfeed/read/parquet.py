@@ -337,7 +337,7 @@ class ParquetReader(Reader):
                 for name in ctx.filter_columns:
                     table = table.append_column(name, light.column(name))
             table = table.select(wanted)
-        return with_bookkeeping(table.select(list(ctx.columns)), unit, rows)
+        return with_bookkeeping(table.select(list(ctx.columns)), unit, rows, ragged=ctx.ragged)
 
     def read_run(self, units, expected) -> UnitRows:
         """Consecutive row groups of one file read and checked as one table, up to `_RUN_BYTES`
@@ -373,7 +373,7 @@ class ParquetReader(Reader):
             return self.read(units[0], expected[0])
         rows = np.concatenate([np.arange(n, dtype=np.int32) for n in counts])
         return with_bookkeeping(table.select(list(self.ctx.columns)), units[0], rows,
-                                run=tuple(zip(units[:len(groups)], counts)))
+                                run=tuple(zip(units[:len(groups)], counts)), ragged=self.ctx.ragged)
 
     def _count(self, unit: WorkUnit) -> int:
         light, _ = apply_filter(self.ctx, self._read_columns(unit, list(self.ctx.filter_columns)))

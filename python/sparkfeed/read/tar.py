@@ -134,7 +134,7 @@ class TarReader(Reader):
             return None
         self.ctx.stats.add("bytes_read", got.nbytes)
         return with_bookkeeping(table.select(list(self.ctx.columns)), unit,
-                                np.arange(start, stop), ok=ok)
+                                np.arange(start, stop), ok=ok, ragged=self.ctx.ragged)
 
     def _index(self, unit: WorkUnit) -> tuple[str | None, tarindex.Index | None, dict]:
         """The shard's index text, its parse and the byte ranges of its pieces (`chunks`), once
@@ -421,7 +421,8 @@ class TarReader(Reader):
         table, rows = apply_filter(self.ctx, table, keep_bad=True)
         self.ctx.stats.add("rows_filtered", n - table.num_rows)
         return with_bookkeeping(table.select(list(self.ctx.columns)), unit, rows,
-                                ok=table.column("__ok_in__").to_numpy(zero_copy_only=False))
+                                ok=table.column("__ok_in__").to_numpy(zero_copy_only=False),
+                                ragged=self.ctx.ragged)
 
     def _count(self, unit: WorkUnit) -> int:
         table, ok = self._table(unit, list(self.ctx.filter_columns))
