@@ -632,3 +632,44 @@ def test_compressed_tars_are_refused_with_what_to_do_never_left_out(tmp_path):
             call()
     (root / "more.tar.gz").unlink()
     assert sparkfeed.index(str(root), progress=False).num_samples == 20
+
+
+def test_parquet_files_with_a_column_added_later_merge_and_read_nulls(tmp_path, caplog):
+    import logging
+
+    root = tmp_path / "evolved"
+    root.mkdir()
+    pq.write_table(pa.table({"id": np.arange(0, 30), "x": np.arange(30) * 1.0}), root / "a.parquet", row_group_size=10)
+    pq.write_table(pa.table({"id": np.arange(30, 60), "x": np.arange(30) * 1.0,
+                             "score": np.arange(30, 60) * 0.5, "tag": [f"t{k}" for k in range(30, 60)]}),
+                   root / "b.parquet", row_group_size=10)
+    with caplog.at_level(logging.WARNING, logger="sparkfeed.index.parquet"):
+        m = sparkfeed.index(str(root), progress=False)
+    assert [c.name for c in m.schema] == ["id", "x", "score", "tag"]
+    assert "1 of 2 files have no column 'score'" in caplog.text
+    got = {}
+    for batch in sparkfeed.DataLoader(str(root), batch_size=8, num_workers=2, shuffle=True):
+        got.update(zip(batch["id"].tolist(), zip(batch["score"].tolist(), batch["tag"])))
+    assert all(np.isnan(s) and t is None for s, t in (got[k] for k in range(30)))
+    assert all(got[k] == (k * 0.5, f"t{k}") for k in range(30, 60))
+    filtered = sparkfeed.DataLoader(str(root), batch_size=8, columns=["id"], filter=[("score", ">=", 25)])
+    assert sorted(_ids(filtered)) == list(range(50, 60))
+
+    pq.write_table(pa.table({"id": np.arange(3), "x": ["a", "b", "c"]}), root / "c.parquet")
+    with pytest.raises(ManifestError, match=r"disagree on column 'x': 'a.parquet' holds it as double but "
+                                            r"'c.parquet' as string"):
+        sparkfeed.index(str(root), mode="overwrite", progress=False)
+
+
+def test_delta_columns_added_by_schema_evolution_are_nulls_in_older_files(tmp_path):
+    deltalake = pytest.importorskip("deltalake")
+    root = tmp_path / "delta_evolved"
+    deltalake.write_deltalake(str(root), pa.table({"id": pa.array(np.arange(20), pa.int64())}))
+    deltalake.write_deltalake(str(root), pa.table({"id": pa.array(np.arange(20, 30), pa.int64()),
+                                                   "score": np.arange(20, 30) * 1.0}),
+                              mode="append", schema_mode="merge")
+    got = {}
+    for batch in sparkfeed.DataLoader(str(root), batch_size=7):
+        got.update(zip(batch["id"].tolist(), batch["score"].tolist()))
+    assert sorted(got) == list(range(30))
+    assert all(np.isnan(got[k]) for k in range(20)) and all(got[k] == k for k in range(20, 30))

@@ -8,7 +8,7 @@ them prunes whole files without opening them.
 
 from __future__ import annotations
 
-import json
+import logging
 
 import pyarrow as pa
 
@@ -19,6 +19,8 @@ from .gather import run_local
 from .types import unsupported_kind
 
 __all__ = ["parquet_entries", "parquet_schema", "partition_stats"]
+
+log = logging.getLogger(__name__)
 
 
 def _local_entry(fs, f: DataFile, dataset: str) -> dict:
@@ -49,22 +51,31 @@ def partition_stats(value, num_rows: int) -> dict:
     return {"min": value, "max": value, "null_count": 0}
 
 
-def _check_schemas(entries: list[dict], dataset: str) -> list[list[str]]:
-    """The files' common schema, or an error naming two files that disagree."""
-    first = entries[0]["schema"]
-    for e in entries[1:]:
-        if e["schema"] != first:
-            raise ManifestError(
-                f"the Parquet files disagree on their schema: {entries[0]['path']!r} has "
-                f"{json.dumps(first)} but {e['path']!r} has {json.dumps(e['schema'])}; index the "
-                "files of one schema apart (pass a glob or a list)", dataset=dataset)
-    return first
+def _merged_schema(entries: list[dict], dataset: str) -> list[list[str]]:
+    """The files' columns, in order of first appearance (Spark's `mergeSchema`): a file without
+    a column others have (added later, as Delta's schema evolution also does) is read with
+    nulls there, and logged; one column with two types is an error naming both files."""
+    types: dict[str, tuple[str, str]] = {}  # column -> (type, first file holding it)
+    for e in entries:
+        for name, t in e["schema"]:
+            seen = types.setdefault(name, (t, e["path"]))
+            if seen[0] != t:
+                raise ManifestError(
+                    f"the Parquet files disagree on column {name!r}: {seen[1]!r} holds it as {seen[0]} but "
+                    f"{e['path']!r} as {t}; index the files of one schema apart (pass a glob or a list)",
+                    dataset=dataset)
+    lacking = {name: sum(name not in dict(map(tuple, e["schema"])) for e in entries) for name in types}
+    for name, n in lacking.items():
+        if n:
+            log.warning("%s: %d of %d files have no column %r (%r has it): read as nulls there", dataset,
+                        n, len(entries), name, types[name][1])
+    return [[name, t] for name, (t, _) in types.items()]
 
 
 def parquet_schema(entries: list[dict], files: list[DataFile], dataset: str) -> list[dict]:
     """Manifest schema of the files plus their partition columns; adds each file's partition
     values and their statistics to its entry (in place) and drops the per-file schemas."""
-    file_schema = _check_schemas(entries, dataset)
+    file_schema = _merged_schema(entries, dataset)
     for e in entries:
         e.pop("schema")
     schema = [_column(n, t) for n, t in file_schema]

@@ -157,17 +157,21 @@ class ParquetReader(Reader):
         """Columns `names` of the unit's row groups from the file: from bytes fetched ahead
         where there are some (anything else read in place), retried as a whole."""
         fetched = self._take_ahead(unit, names, groups)
+        absent: list[str] = []
 
         def attempt() -> pa.Table:
-            nonlocal groups
+            nonlocal groups, absent
             pf = self._file(unit, fetched[0] if fetched else None)
             if groups is None:
                 groups = range(pf.metadata.num_row_groups) if unit.row_group is None else [unit.row_group]
+            stored = _stored_names(pf.schema_arrow)
+            absent = [n for n in names if n not in stored]  # added to the table after this file
+            here = [n for n in names if n in stored]
             src, known = self._from_parts(unit, pf, fetched[1]) if fetched else (pf, None)
             try:
                 if len(groups) != 1:  # one read: remote, pre-buffered; local, a third of the cost
-                    return src.read_row_groups(list(groups), columns=names, use_threads=False)
-                return src.read_row_group(groups[0], columns=names, use_threads=False)
+                    return src.read_row_groups(list(groups), columns=here, use_threads=False)
+                return src.read_row_group(groups[0], columns=here, use_threads=False)
             except Exception as exc:
                 self._files.pop(unit.path, None)  # reopen on retry: the stream may be broken
                 if self._no_ranges(exc):
@@ -189,7 +193,10 @@ class ParquetReader(Reader):
         self.ctx.stats.add("bytes_read", nbytes)
         if fetched:
             self.ctx.stats.add("bytes_read_ahead", nbytes)  # of bytes_read: fetched by read-ahead
-        return _as_delivered(table).select(names)
+        table = _as_delivered(table)
+        for field in self.ctx.arrow_schema(absent):  # a column this file predates: nulls (Delta's
+            table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))  # evolution)
+        return table.select(names)
 
     # ------------------------------------------------------------ read-ahead (remote files only)
 
@@ -428,6 +435,11 @@ def _as_delivered(table: pa.Table) -> pa.Table:
         if want != field.type:
             table = table.set_column(i, field.name, table.column(i).cast(want))
     return table
+
+
+def _stored_names(schema: pa.Schema) -> set[str]:
+    """The names a file can be read by: its columns and its structs' leaves."""
+    return set(schema.names) | {f.name for f in filters.leaf_fields(schema)}
 
 
 def _paths_above(path: str) -> list[str]:
