@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["positive_int", "non_negative_int", "one_of", "resolve_device", "check_columns",
-           "check_ragged", "check_decode", "torch_only", "ON_ERROR"]
+           "struct_leaves", "check_ragged", "check_decode", "torch_only", "ON_ERROR"]
 
 ON_ERROR = ("raise", "skip")
 
@@ -98,6 +98,19 @@ def resolve_device(device) -> "torch.device | None":
         raise ValueError(f"`device` is {device!r} but this machine has {torch.cuda.device_count()} "
                          "CUDA device(s)")
     return dev
+
+
+def struct_leaves(columns, names: Sequence[str]):
+    """`columns` with a struct's name (`image`) standing for its leaves (`image.bytes`,
+    `image.path`: the columns a struct is delivered as), in the dataset's order; anything else
+    as given (checked by `check_columns`)."""
+    if columns is None or isinstance(columns, str) or not isinstance(columns, Sequence):
+        return columns
+    out = []
+    for c in columns:
+        leaves = [n for n in names if isinstance(c, str) and c not in names and n.startswith(c + ".")]
+        out.extend(leaves or [c])
+    return out
 
 
 def check_columns(columns, names: Sequence[str], dataset: str) -> tuple[str, ...]:

@@ -90,6 +90,7 @@ class Dataset(torch.utils.data.IterableDataset):
                                  "list of sparkfeed.Source, or with_source=False for one dataset")
             self.manifest, data_root = open_manifest(path, manifest, storage_options)
             self.path = str(data_root)  # `path`, or where a manifest kept apart says the data is
+            columns = checks.struct_leaves(columns, self.manifest.column_names)
             self.manifest.check_selectable(columns if isinstance(columns, (list, tuple)) else ())
             self.columns = checks.check_columns(columns, self.manifest.column_names, self.path)
             self.expr = filters.to_expression(filter)

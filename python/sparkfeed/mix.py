@@ -339,6 +339,7 @@ def resolve(sources: Sequence, *, columns, filter, storage_options: dict | None,
     loader_expr = filters.to_expression(filter)
     opened = [_manifest(s, s.storage_options or storage_options) for s in sources]
     pairs = [(s, m) for s, (m, _) in zip(sources, opened)]
+    columns = checks.struct_leaves(columns, pairs[0][1].column_names)
     for i, (s, m) in enumerate(pairs):
         m.check_selectable(columns if isinstance(columns, (list, tuple)) else ())
         _check_units(i, s, m)

@@ -102,6 +102,9 @@ def test_struct_columns_are_their_leaves_a_hugging_face_image_decodes(tmp_path):
     assert rows == [(k, f"img{k}.jpg", jpeg(k)) for k in range(50, n)]
     assert loader.stats()["row_groups_pruned"] == 5  # the leaf's statistics prune
 
+    whole = sparkfeed.DataLoader(str(root), batch_size=8, columns=["label", "image"])  # a struct's name: its leaves
+    assert list(next(iter(whole))) == ["label", "image.bytes", "image.path"]
+
     only_path = sparkfeed.DataLoader(str(root), batch_size=8, columns=["image.path"])
     assert [p for batch in only_path for p in batch["image.path"]] == [f"img{k}.jpg" for k in range(n)]
     with_bytes = sparkfeed.DataLoader(str(root), batch_size=8, columns=["image.path", "image.bytes"])
