@@ -379,3 +379,19 @@ def test_failed_job_leaves_no_manifest_and_no_shard(spark, tmp_path):
     assert not (path / MANIFEST).exists()
     assert not [p for p in path.rglob("*") if p.suffix in (".tar", ".idx", ".json", ".tmp")]
     assert not (path / "_temporary").exists()
+
+
+def test_ragged_arrays_written_as_webdataset_load_as_lists_of_tensors(spark, tmp_path):
+    """An array column of any lengths (token ids) goes into each sample's .json member and comes
+    back, with `ragged=`, as one 1-D tensor per sample, shuffled across shards."""
+    import sparkfeed
+
+    rows = [(f"k{i:03d}", i, list(range(i % 9))) for i in range(60)]
+    df = spark.createDataFrame(rows, "key string, label int, tokens array<int>").repartition(3)
+    path = tmp_path / "ragged"
+    df.write.format("webdataset").option("samplesPerShard", 25).save(str(path))
+    loader = sparkfeed.DataLoader(str(path), batch_size=8, ragged="tokens", shuffle=True, num_workers=2)
+    got = {}
+    for batch in loader:
+        got.update((k, t.tolist()) for k, t in zip(batch["label"].tolist(), batch["tokens"]))
+    assert got == {i: list(range(i % 9)) for i in range(60)}
