@@ -133,9 +133,13 @@ class BinaryViews:
         """Samples [start, stop), the views sliced (no copy)."""
         return BinaryViews(self.views.slice(start, stop - start), self.kind)
 
+    def joined(self) -> BinaryColumn:
+        """The samples in one buffer (one copy), a column of the class they stand for."""
+        return self.select(np.arange(len(self)))
+
     def to_list(self) -> list:
         """The samples as users see them (`bytes` or `str`)."""
-        return self.select(np.arange(len(self))).to_list()
+        return self.joined().to_list()
 
     def select(self, rows) -> BinaryColumn:
         """The samples at `rows` (an index list or tensor), in that order: their 16-byte views
@@ -455,10 +459,7 @@ def ragged_as_binary(arr: pa.Array, name: str) -> pa.Array:
     """A list column of numbers or booleans as a binary column of each row's values, raw (no
     copy where the values are Arrow's numbers): lists of any lengths then travel as binary
     columns do (batches, shuffles, other processes) and become tensors at the end."""
-    if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type)):
-        raise ValueError(f"`ragged` names column {name!r} of type {arr.type}; only list columns "
-                         "(of numbers or booleans) can be ragged")
-    if pa.types.is_fixed_size_list(arr.type):
+    if pa.types.is_fixed_size_list(arr.type):  # the type was checked when the loader was built
         starts = (np.arange(len(arr) + 1, dtype=np.int64) + arr.offset) * arr.type.list_size
     else:
         starts = arr.offsets.to_numpy().astype(np.int64)
@@ -478,10 +479,8 @@ def _ragged_tensors(value, dtype: torch.dtype) -> list:
     if isinstance(value, list):  # nulls: bytes or None per row
         return [None if b is None else torch.frombuffer(bytearray(b), dtype=dtype) if b else
                 torch.empty(0, dtype=dtype) for b in value]
-    if isinstance(value, BinaryChunks):
+    if isinstance(value, (BinaryChunks, BinaryViews)):
         value = value.joined()
-    elif isinstance(value, BinaryViews):
-        value = value.select(np.arange(len(value)))
     size = torch.empty(0, dtype=dtype).element_size()
     values = value.data.clone().view(dtype) if value.data.numel() else torch.empty(0, dtype=dtype)
     return list(torch.split(values, (torch.diff(value.offsets) // size).tolist()))
@@ -520,7 +519,7 @@ def _packed_pieces(value) -> dict[str, list[torch.Tensor]] | None:
     if isinstance(value, torch.Tensor):
         return {"": [value]}
     if isinstance(value, BinaryViews):
-        value = value.select(np.arange(len(value)))
+        value = value.joined()
     if isinstance(value, BinaryChunks):
         return {"data": [p.data for p in value.parts], "offsets": [BinaryColumn.joined_offsets(value.parts)]}
     if isinstance(value, BinaryColumn):

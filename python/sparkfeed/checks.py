@@ -133,11 +133,10 @@ def check_ragged(ragged, columns: Sequence[str], manifest, dataset: str) -> dict
     """{column: torch dtype} of the list columns to deliver as lists of 1-D tensors (lists of
     any lengths); `ragged` is None, a column name or a list of them, each a delivered column
     holding lists of numbers or booleans."""
-    import numpy as np
     import pyarrow as pa
     import torch
 
-    from .filters import arrow_type
+    from .filters import arrow_type, torch_dtype
 
     if ragged is None:
         return {}
@@ -155,8 +154,7 @@ def check_ragged(ragged, columns: Sequence[str], manifest, dataset: str) -> dict
         if value is None or not (pa.types.is_integer(value) or pa.types.is_floating(value) or pa.types.is_boolean(value)):
             raise ValueError(f"`ragged` names {name!r} of dataset {dataset!r}, a {manifest.column(name).type} "
                              "column; only lists of numbers or booleans can be ragged")
-        out[name] = torch.bool if pa.types.is_boolean(value) else \
-            torch.from_numpy(np.empty(0, dtype=value.to_pandas_dtype())).dtype
+        out[name] = torch.bool if pa.types.is_boolean(value) else torch_dtype(value)
     return out
 
 

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from .manifest import Column, ColumnStats
 
-__all__ = ["delivered_type", "leaf_fields", "to_expression", "referenced_columns", "check_filter", "guarantee", "select_may_match",
+__all__ = ["delivered_type", "torch_dtype", "leaf_fields", "to_expression", "referenced_columns", "check_filter", "guarantee", "select_may_match",
            "arrow_type"]
 
 _TIMESTAMP = re.compile(r"timestamp\[(\w+)(?:, tz=(.+))?\]")
@@ -60,6 +60,18 @@ def delivered_type(t: pa.DataType) -> pa.DataType:
     if pa.types.is_fixed_size_binary(t):
         return pa.binary()
     return t
+
+
+def torch_dtype(t: pa.DataType):
+    """The tensor dtype of a numeric (or list of numeric) column; None for other columns."""
+    import numpy as np
+    import torch  # here: the footer reader (write.py) uses this module on Spark executors
+
+    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        t = t.value_type
+    if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
+        return None
+    return torch.from_numpy(np.empty(0, dtype=t.to_pandas_dtype())).dtype
 
 
 def leaf_fields(schema: pa.Schema) -> list[pa.Field]:

@@ -265,15 +265,6 @@ def _kind(t: pa.DataType | None, type_string: str):
     return ("other", str(t))
 
 
-def _torch_dtype(t: pa.DataType) -> torch.dtype | None:
-    """The tensor dtype of a numeric (or list of numeric) column; None for other columns."""
-    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-        t = t.value_type
-    if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
-        return None
-    return torch.from_numpy(np.empty(0, dtype=t.to_pandas_dtype())).dtype
-
-
 @dataclass(frozen=True)
 class _Resolved:
     """A source checked and ready: its manifest, its filter (AND the loader's) and its engine."""
@@ -299,7 +290,7 @@ def _column_types(resolved: list, columns: tuple[str, ...]) -> dict[str, list]:
                                  "in every source: pass columns= with the columns they share")
             ts = m.column(name).type
             t = filters.arrow_type(ts)
-            types.append((_kind(t, ts), None if t is None else _torch_dtype(t), ts))
+            types.append((_kind(t, ts), None if t is None else filters.torch_dtype(t), ts))
         for i, (kind, _, ts) in enumerate(types):
             if kind != types[0][0]:
                 raise ValueError(f"column {name!r} is {ts} in source {i} ({resolved[i][0].path!r}) but "

@@ -13,7 +13,6 @@ shuffled, one block (`blocks.py` shares blocks between thread lanes and reads th
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import threading
@@ -463,14 +462,12 @@ class StreamReader:
         """The rows as tensors; a value no tensor can hold (lists of different lengths, a null
         list) is an error naming the dataset, the shard and the row group it is in."""
         try:
-            return Block.from_rows(self._ragged_carried(read), self.row_ids, copy=not self.views,
-                                   views=self.stream.shuffle)
+            return Block.from_rows(read, self.row_ids, copy=not self.views, views=self.stream.shuffle)
         except ValueError as exc:
             unit, start = read.unit, 0
             for part, n in read.parts():  # a run of units: find the one that fails
                 try:
-                    one = dataclasses.replace(read, table=read.table.slice(start, n))
-                    batching.table_to_batch(self._ragged_carried(one).table, True, False)
+                    batching.table_to_batch(read.table.slice(start, n), True, False)
                 except ValueError:
                     unit = part
                     break
@@ -478,18 +475,6 @@ class StreamReader:
             raise ShardReadError(f"{exc}; or leave the column out with `columns=`",
                                  dataset=self.reader.ctx.dataset, shard=unit.path,
                                  row_group=unit.row_group) from exc
-
-    def _ragged_carried(self, read: UnitRows) -> UnitRows:
-        """The rows with the `ragged` list columns as binary columns of their values."""
-        names = [n for n in self.reader.ctx.ragged if n in read.table.column_names]
-        if not names:
-            return read
-        table = read.table
-        for name in names:
-            col = table.column(name)
-            arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-            table = table.set_column(table.column_names.index(name), name, batching.ragged_as_binary(arr, name))
-        return dataclasses.replace(read, table=table)
 
     def _null_error(self, k: int, row: int) -> ShardReadError:
         """A null where a tensor needs a value: name the columns, the shard and the row group."""

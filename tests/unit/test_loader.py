@@ -655,3 +655,17 @@ def test_ragged_is_checked_when_built_and_across_a_mix(tmp_path):
     mixed = sparkfeed.DataLoader([sparkfeed.Source(root), sparkfeed.Source(root)], batch_size=16,
                                  columns=["id", "input_ids"], ragged="input_ids", shuffle=True)
     assert sum(len(b["input_ids"]) for b in mixed) == 600
+
+
+def test_a_null_inside_a_ragged_list_is_an_error_naming_the_shard(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "holes"
+    root.mkdir()
+    lists = [[1, 2], [3], [4, None, 6], []]
+    pq.write_table(pa.table({"id": list(range(4)), "tokens": pa.array(lists, pa.list_(pa.int32()))}),
+                   root / "a.parquet")
+    sparkfeed.index(str(root), progress=False)
+    with pytest.raises(ShardReadError, match=r"'a.parquet', row group 0: column 'tokens' holds null values inside"):
+        ids_of(sparkfeed.DataLoader(str(root), batch_size=2, ragged="tokens"))

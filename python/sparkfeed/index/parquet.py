@@ -64,8 +64,9 @@ def _merged_schema(entries: list[dict], dataset: str) -> list[list[str]]:
                     f"the Parquet files disagree on column {name!r}: {seen[1]!r} holds it as {seen[0]} but "
                     f"{e['path']!r} as {t}; index the files of one schema apart (pass a glob or a list)",
                     dataset=dataset)
-    lacking = {name: sum(name not in dict(map(tuple, e["schema"])) for e in entries) for name in types}
-    for name, n in lacking.items():
+    held = [{name for name, _ in e["schema"]} for e in entries]
+    for name in types:
+        n = sum(name not in names for names in held)
         if n:
             log.warning("%s: %d of %d files have no column %r (%r has it): read as nulls there", dataset,
                         n, len(entries), name, types[name][1])

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import filters
+from ..batch import ragged_as_binary
 from ..errors import ShardReadError
 from ..manifest import Column, Shard
 from ..plan import WorkUnit
@@ -324,6 +325,22 @@ class Reader:
                               f"{unseen[0]} that this storage does not report (plain HTTP reports "
                               f"none), so a change would go unseen; {redo}")
 
+    def _unit_rows(self, table: pa.Table, unit: WorkUnit, rows: np.ndarray | None = None,
+                   ok: np.ndarray | None = None, run: tuple = ()) -> UnitRows:
+        """What `read` returns: the delivered columns of the unit's rows, with their row numbers
+        and which rows hold a sample. `ragged` list columns become binary columns of their
+        values (`batch.ragged_as_binary`): lists of any lengths then travel as binary columns
+        do, and a null list is a null there (None for users), not a missing sample."""
+        table = table.select(list(self.ctx.columns))
+        for name in self.ctx.ragged:
+            col = table.column(name)
+            try:
+                carried = ragged_as_binary(col.combine_chunks() if col.num_chunks != 1 else col.chunk(0), name)
+            except ValueError as exc:
+                raise self._error(unit, str(exc)) from exc
+            table = table.set_column(table.column_names.index(name), name, carried)
+        return _bookkept(table, unit, rows, ok, run)
+
     def _error(self, unit: WorkUnit, message: str, offset: int | None = None) -> ShardReadError:
         return ShardReadError(message, dataset=self.ctx.dataset, shard=unit.path,
                               row_group=unit.row_group, offset=offset)
@@ -354,12 +371,12 @@ class UnitRows:
         return np.arange(self.num_rows, dtype=np.int32) if self.rows is None else self.rows.astype(np.int32)
 
 
-def _tensor_values_valid(table: pa.Table, ragged: tuple = ()) -> np.ndarray | None:
+def _tensor_values_valid(table: pa.Table) -> np.ndarray | None:
     """False for rows with a null where a tensor needs a value (integer, boolean, date,
     timestamp and list columns; floats hold NaN); None when every row is fine. Once per unit."""
     valid = None
-    for name, col in zip(table.column_names, table.columns):
-        if not col.null_count or name in ragged:  # a ragged column's null list is delivered as None
+    for col in table.columns:
+        if not col.null_count:
             continue
         t = col.type
         if pa.types.is_floating(t) or pa.types.is_string(t) or pa.types.is_large_string(t) \
@@ -370,10 +387,10 @@ def _tensor_values_valid(table: pa.Table, ragged: tuple = ()) -> np.ndarray | No
     return valid
 
 
-def with_bookkeeping(table: pa.Table, unit: WorkUnit, rows: np.ndarray | None = None,
-                     ok: np.ndarray | None = None, run: tuple = (), ragged: tuple = ()) -> UnitRows:
+def _bookkept(table: pa.Table, unit: WorkUnit, rows: np.ndarray | None = None,
+              ok: np.ndarray | None = None, run: tuple = ()) -> UnitRows:
     """A unit's table with its row numbers and which rows hold a sample (nulls included)."""
-    valid = _tensor_values_valid(table, ragged)
+    valid = _tensor_values_valid(table)
     if valid is not None:
         ok = valid if ok is None else ok & valid
     if ok is not None and ok.all():
@@ -383,7 +400,8 @@ def with_bookkeeping(table: pa.Table, unit: WorkUnit, rows: np.ndarray | None = 
 
 def placeholder(ctx: ReadContext, unit: WorkUnit, n: int) -> UnitRows:
     """`n` null rows marked not-ok: they keep stream positions exact while standing for skips."""
-    schema = ctx.arrow_schema(ctx.columns)
+    schema = pa.schema([pa.field(f.name, pa.large_binary()) if f.name in ctx.ragged else f  # as `_unit_rows`
+                        for f in ctx.arrow_schema(ctx.columns)])
     table = pa.table({f.name: pa.nulls(n, f.type) for f in schema}, schema=schema)
     return UnitRows(table, unit, None, np.zeros(n, dtype=bool))
 

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from .. import filters, storage
 from ..errors import ShardReadError
 from ..plan import WorkUnit
-from .base import Reader, UnitRows, apply_filter, with_bookkeeping
+from .base import Reader, UnitRows, apply_filter
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +344,7 @@ class ParquetReader(Reader):
                 for name in ctx.filter_columns:
                     table = table.append_column(name, light.column(name))
             table = table.select(wanted)
-        return with_bookkeeping(table.select(list(ctx.columns)), unit, rows, ragged=ctx.ragged)
+        return self._unit_rows(table, unit, rows)
 
     def read_run(self, units, expected) -> UnitRows:
         """Consecutive row groups of one file read and checked as one table, up to `_RUN_BYTES`
@@ -379,8 +379,7 @@ class ParquetReader(Reader):
         if table.num_rows != sum(counts):
             return self.read(units[0], expected[0])
         rows = np.concatenate([np.arange(n, dtype=np.int32) for n in counts])
-        return with_bookkeeping(table.select(list(self.ctx.columns)), units[0], rows,
-                                run=tuple(zip(units[:len(groups)], counts)), ragged=self.ctx.ragged)
+        return self._unit_rows(table, units[0], rows, run=tuple(zip(units[:len(groups)], counts)))
 
     def _count(self, unit: WorkUnit) -> int:
         light, _ = apply_filter(self.ctx, self._read_columns(unit, list(self.ctx.filter_columns)))

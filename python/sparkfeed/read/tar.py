@@ -31,7 +31,7 @@ from .. import storage
 from ..errors import CorruptSampleError
 from ..plan import WorkUnit
 from . import tarindex
-from .base import Reader, UnitRows, apply_filter, with_bookkeeping
+from .base import Reader, UnitRows, apply_filter
 
 log = logging.getLogger(__name__)
 MAX_MEMBER_BYTES = 1 << 30
@@ -133,8 +133,7 @@ class TarReader(Reader):
                       self.ctx.dataset, unit.path, start, stop, type(exc).__name__, exc)
             return None
         self.ctx.stats.add("bytes_read", got.nbytes)
-        return with_bookkeeping(table.select(list(self.ctx.columns)), unit,
-                                np.arange(start, stop), ok=ok, ragged=self.ctx.ragged)
+        return self._unit_rows(table, unit, np.arange(start, stop), ok=ok)
 
     def _index(self, unit: WorkUnit) -> tuple[str | None, tarindex.Index | None, dict]:
         """The shard's index text, its parse and the byte ranges of its pieces (`chunks`), once
@@ -420,9 +419,7 @@ class TarReader(Reader):
         table = table.append_column("__ok_in__", pa.array(ok))
         table, rows = apply_filter(self.ctx, table, keep_bad=True)
         self.ctx.stats.add("rows_filtered", n - table.num_rows)
-        return with_bookkeeping(table.select(list(self.ctx.columns)), unit, rows,
-                                ok=table.column("__ok_in__").to_numpy(zero_copy_only=False),
-                                ragged=self.ctx.ragged)
+        return self._unit_rows(table, unit, rows, ok=table.column("__ok_in__").to_numpy(zero_copy_only=False))
 
     def _count(self, unit: WorkUnit) -> int:
         table, ok = self._table(unit, list(self.ctx.filter_columns))
