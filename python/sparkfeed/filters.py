@@ -120,7 +120,13 @@ def check_filter(expr: pc.Expression, schema: Sequence[Column], dataset: str) ->
         _empty_table(schema).filter(expr)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, TypeError) as exc:
         raise ValueError(f"`filter` {expr} cannot apply to dataset {dataset!r} with columns "
-                         f"{[c.name for c in schema]}: {exc}") from exc
+                         f"{[c.name for c in schema]}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    """Arrow's message without the schema it appends (the columns are named already)."""
+    line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return line.split(" in ", 1)[0] if line.startswith("No match for FieldRef") else line
 
 
 def referenced_columns(expr: pc.Expression | None, schema: Sequence[Column]) -> list[str]:

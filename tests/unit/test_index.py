@@ -195,6 +195,24 @@ def test_no_manifest_parquet_is_indexed_in_memory_with_the_command_logged(tmp_pa
     assert f"sparkfeed index {root}" in caplog.text and not (root / MANIFEST_NAME).exists()
 
 
+def test_one_parquet_file_or_a_glob_loads_without_a_manifest(tmp_path, caplog):
+    root = tmp_path / "plain"
+    (root / "sub").mkdir(parents=True)
+    pq.write_table(pa.table({"id": np.arange(30)}), root / "a.parquet", row_group_size=7)
+    pq.write_table(pa.table({"id": np.arange(30, 40)}), root / "sub" / "b.parquet")
+    with caplog.at_level("INFO", logger="sparkfeed.index"):
+        one = _ids(sparkfeed.DataLoader(str(root / "a.parquet"), batch_size=8))
+    assert sorted(one) == list(range(30))
+    assert f"sparkfeed index {root / 'a.parquet'} --manifest" in caplog.text
+    assert sorted(_ids(sparkfeed.DataLoader(f"{root}/**/*.parquet", batch_size=8))) == list(range(40))
+    assert sorted(_ids(sparkfeed.DataLoader(f"{root}/sub/b*", batch_size=8))) == list(range(30, 40))
+    assert not list(root.rglob(MANIFEST_NAME))
+    with pytest.raises(ManifestError, match=r"nope.parquet.*no such file or directory"):
+        sparkfeed.DataLoader(str(root / "nope.parquet"))
+    with pytest.raises(ManifestError, match=r"zz\*.*matches no files"):
+        sparkfeed.DataLoader(f"{root}/zz*")
+
+
 def test_mixed_and_empty_directories_are_clear_errors(tmp_path):
     mixed = tmp_path / "mixed"
     mixed.mkdir()

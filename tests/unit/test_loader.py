@@ -237,7 +237,7 @@ def test_bad_arguments_fail_when_built(pq_path):
              (dict(num_workers=-1), "`num_workers` should be a non-negative integer, but got num_workers=-1"),
              (dict(columns=["nope"]), r"`columns` names \['nope'\] which dataset .* does not have"),
              (dict(columns="id"), "`columns` should be a non-empty list of column names, but got columns='id'"),
-             (dict(filter=[("nope", "<", 1)]), r"`filter` \(nope < 1\) cannot apply to dataset"),
+             (dict(filter=[("nope", "<", 1)]), r"`filter` \(nope < 1\) cannot apply to dataset .*: No match for FieldRef.Name\(nope\)$"),
              (dict(filter=[("label", "<", "x")]), r'`filter` \(label < "x"\) cannot apply to dataset'),
              (dict(filter="label<1"), "`filter` should be None, DNF tuples .* but got filter='label<1'"),
              (dict(on_error="ignore"), "`on_error` should be one of .* but got on_error='ignore'"),

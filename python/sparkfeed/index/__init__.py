@@ -21,7 +21,7 @@ from .. import storage
 from ..errors import ManifestError
 from ..manifest import MANIFEST_NAME, Manifest, read_manifest
 from .build import build_manifest, save
-from .discover import FORMATS, discover, guess_format
+from .discover import FORMATS, discover, guess_format, is_glob
 
 __all__ = ["index", "open_manifest", "MODES"]
 log = logging.getLogger(__name__)
@@ -102,10 +102,10 @@ def _check_target(target: str, mode: str, storage_options) -> None:
 def open_manifest(path, manifest=None, storage_options: dict | None = None) -> tuple[Manifest, str]:
     """(manifest, data root) for a loader: what `DataLoader(path, manifest=...)` reads.
 
-    `manifest` is None (the manifest at `path`; Parquet or Delta data without one is indexed in
-    memory, tar data is refused), a Manifest, or a path/URL of a manifest kept apart. The data
-    root is `path` when given, else the root the manifest recorded, else the manifest's own
-    directory.
+    `manifest` is None (the manifest at `path`; Parquet or Delta data without one, a directory,
+    a glob or one file, is indexed in memory; tar data is refused), a Manifest, or a path/URL of
+    a manifest kept apart. The data root is `path` when given, else the root the manifest
+    recorded, else the manifest's own directory.
     """
     if path is None and manifest is None:
         raise ValueError("`path` should be a dataset path/URL (or pass manifest=), but got "
@@ -122,10 +122,24 @@ def open_manifest(path, manifest=None, storage_options: dict | None = None) -> t
     try:
         return read_manifest(path, storage_options), path
     except ManifestError:
-        fs, root = storage.resolve(path, storage_options)
-        if fs.exists(f"{root}/{MANIFEST_NAME}") or not fs.isdir(root):
+        if not _indexable_in_memory(path, storage_options):
             raise
-    return _index_in_memory(path, storage_options), path
+    m = _index_in_memory(path, storage_options)
+    return m, m.data_root or path
+
+
+def _indexable_in_memory(path: str, storage_options) -> bool:
+    """Whether `path` is data without a manifest that a loader may index itself: a directory
+    with no manifest, a glob, or one file (Parquet or Delta; tars are refused by name later).
+    A path that does not exist is handed on too, so that indexing says so by name."""
+    if is_glob(path):
+        return True
+    fs, root = storage.resolve(path, storage_options)
+    if not fs.exists(root):
+        return True
+    if fs.isdir(root):
+        return not fs.exists(f"{root}/{MANIFEST_NAME}")
+    return fs.isfile(root) and not root.endswith(".json")
 
 
 def _data_root(path, m: Manifest, manifest_url: str) -> str:
@@ -145,7 +159,9 @@ def _index_in_memory(path: str, storage_options) -> Manifest:
         raise ManifestError(f"holds WebDataset tars but no {MANIFEST_NAME}; indexing tars reads "
                             f"every byte, so run it once: `sparkfeed index {path}` (add --manifest "
                             "URL for read-only data)", dataset=path)
-    m = build_manifest(listing, fmt, storage_options=storage_options, progress=False).manifest
+    m = build_manifest(listing, fmt, storage_options=storage_options, apart=listing.explicit,
+                       progress=False).manifest
+    save_as = f"{path} --manifest DIR" if listing.explicit else path
     log.info("%s has no %s: indexed %d %s files in memory in %.2fs; save it with `sparkfeed index "
-             "%s`", path, MANIFEST_NAME, len(m.shards), fmt, time.monotonic() - started, path)
+             "%s`", path, MANIFEST_NAME, len(m.shards), fmt, time.monotonic() - started, save_as)
     return m

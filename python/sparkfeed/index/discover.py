@@ -147,12 +147,17 @@ def _url_of(fs, root: str, like: str) -> str:
     return fs.unstrip_protocol(root)
 
 
+def is_glob(path: str) -> bool:
+    """Whether `path` is a pattern (`*`, `?`, `[`) rather than one file or directory."""
+    return any(c in path for c in _GLOB_CHARS)
+
+
 def discover(path, storage_options: dict | None = None) -> Listing:
     """The files under `path` (a directory, a glob, or a list of files), sorted."""
     if isinstance(path, (list, tuple)):
         return _from_list([str(p) for p in path], storage_options)
     path = str(path)
-    if any(c in path for c in _GLOB_CHARS):
+    if is_glob(path):
         fs, pattern = storage.resolve(path, storage_options)
         found = fs.glob(pattern, detail=True)
         infos = [i for i in found.values() if i.get("type") != "directory"]
