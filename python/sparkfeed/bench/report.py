@@ -107,6 +107,9 @@ def write_markdown(results: dict, out: str) -> str:
     return path
 
 
+_PLOT_COLUMNS = 3  # scenarios per row of the plot: a row of ten was too wide to read
+
+
 def write_png(results: dict, out: str) -> str:
     import matplotlib
 
@@ -116,8 +119,12 @@ def write_png(results: dict, out: str) -> str:
     scenarios = {k: [r for r in v if r["samples_per_s"]] for k, v in results["scenarios"].items()}
     scenarios = {k: [r for r in v if not r["runner"].startswith("plan ")] for k, v in scenarios.items()}
     scenarios = {k: v for k, v in scenarios.items() if v and k != "plan"}  # plan: seconds, in the table
-    fig, axes = plt.subplots(1, max(1, len(scenarios)), figsize=(4.2 * max(1, len(scenarios)), 4.2))
-    axes = [axes] if len(scenarios) <= 1 else list(axes)
+    cols = min(_PLOT_COLUMNS, max(1, len(scenarios)))
+    grid_rows = -(-max(1, len(scenarios)) // cols)
+    fig, axes = plt.subplots(grid_rows, cols, figsize=(6.0 * cols, 3.6 * grid_rows), squeeze=False)
+    axes = list(axes.flat)
+    for ax in axes[len(scenarios):]:
+        ax.set_visible(False)  # the grid's empty cells
     for ax, (name, rows) in zip(axes, scenarios.items()):
         labels = [r["runner"] for r in rows]
         colors = ["tab:orange" if r["runner"].startswith("sparkfeed") else "tab:gray" for r in rows]
