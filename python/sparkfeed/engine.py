@@ -52,6 +52,9 @@ class ReadConfig:
     on_error: str = "raise"
     storage_options: dict | None = dataclasses.field(default=None, hash=False, compare=False)
     ragged: tuple[str, ...] = ()  # list columns delivered as lists of 1-D tensors (any lengths)
+    # remote storage: bytes a reader's read-ahead holds in flight or fetched (None: the default,
+    # `storage.READ_AHEAD_BYTES`; 0: off). How fast, never what: not part of the stream.
+    read_ahead_bytes: int | None = dataclasses.field(default=None, hash=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ class Engine:
         return ReadContext(fs=fs, root=root, dataset=cfg.path, schema=cfg.manifest.schema,
                            columns=cfg.columns, filter_columns=plan.filter_columns, expr=cfg.expr,
                            on_error=cfg.on_error, ragged=cfg.ragged, stats=stats,
+                           read_ahead_bytes=cfg.read_ahead_bytes,
                            manifest_bytes={s.path: s.num_bytes for s in cfg.manifest.shards},
                            shards={s.path: s for s in cfg.manifest.shards},
                            indexes=self._indexes(fs, root),

@@ -73,7 +73,7 @@ class DataLoader:
                  worker_type: str = "auto", manifest=None, with_source: bool = False,
                  persistent_workers: bool = False, in_order: bool = True, sampler=None,
                  batch_sampler=None, generator=None, worker_init_fn=None, pin_memory_device: str = "",
-                 ragged=None):
+                 ragged=None, read_ahead_bytes: int | None = None):
         checks.positive_int("batch_size", batch_size)
         checks.non_negative_int("num_workers", num_workers)
         checks.torch_only(persistent_workers, num_workers, sampler=sampler, batch_sampler=batch_sampler,
@@ -92,7 +92,8 @@ class DataLoader:
                                      seed=seed, drop_last=drop_last, on_error=on_error, rank=rank,
                                      world_size=world_size, shuffle_buffer=shuffle_buffer,
                                      storage_options=storage_options, manifest=manifest,
-                                     with_source=with_source, ragged=ragged)
+                                     with_source=with_source, ragged=ragged,
+                                     read_ahead_bytes=read_ahead_bytes)
         self.batch_size, self.num_workers, self.prefetch = batch_size, num_workers, prefetch
         self.pin_memory, self.collate_fn, self.timeout = pin_memory, collate_fn, timeout
         self.worker_type = worker_type

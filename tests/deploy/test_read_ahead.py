@@ -529,3 +529,28 @@ def test_parquet_indexed_over_an_http_directory_listing_loads(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_read_ahead_bytes_bounds_or_turns_off_read_ahead_per_loader(tmp_path):
+    """`read_ahead_bytes=` is the loader's own bound (the environment variable's default
+    otherwise): 0 turns read-ahead off, so every byte is read by the lane itself; a bound of one
+    row group's bytes still reads ahead. The samples are the same either way."""
+    rng = np.random.default_rng(1)
+    data = dsutil.table(2_000).append_column("image", pa.array([rng.bytes(512) for _ in range(2_000)]))
+    dsutil.write_parquet(str(tmp_path / "pq"), data, 1_000, 100)
+    server = LatencyServer(str(tmp_path), latency_s=0.0)
+    try:
+        def epoch(**kw):
+            L = sparkfeed.DataLoader(f"{server.url}/pq", batch_size=64, num_workers=2,
+                                     columns=["id", "image"], **kw)
+            return [i for b in L for i in b["id"].tolist()], L.stats()
+        off_ids, off = epoch(read_ahead_bytes=0)
+        small_ids, small = epoch(read_ahead_bytes=64 << 10)
+        default_ids, default = epoch()
+    finally:
+        server.close()
+    assert off_ids == small_ids == default_ids and sorted(off_ids) == list(range(2_000))
+    assert off.get("bytes_read_ahead", 0) == 0 and off["bytes_read"] > 0
+    assert small["bytes_read_ahead"] > 0 and default["bytes_read_ahead"] >= small["bytes_read_ahead"]
+    with pytest.raises(ValueError, match="`read_ahead_bytes` should be a non-negative integer, but got read_ahead_bytes=-1"):
+        sparkfeed.DataLoader(str(tmp_path / "pq"), batch_size=8, read_ahead_bytes=-1)

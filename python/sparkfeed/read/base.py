@@ -173,6 +173,7 @@ class ReadContext:
     expr: pc.Expression | None
     on_error: str = "raise"
     ragged: tuple[str, ...] = ()  # list columns carried as binary (`batch.ragged_as_binary`)
+    read_ahead_bytes: int | None = None  # `storage.ReadAhead`'s bound (None: its default)
     stats: Stats = field(default_factory=Stats)
     manifest_bytes: dict[str, int] = field(default_factory=dict)  # shard path -> size on storage
     shards: dict[str, Shard] = field(default_factory=dict)  # shard path -> manifest entry

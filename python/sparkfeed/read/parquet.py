@@ -46,7 +46,7 @@ class ParquetReader(Reader):
         # The last files opened: with shuffle, units hop between files, and a footer is read,
         # parsed and checked once per file, not once per unit.
         self._files: OrderedDict[str, tuple[pq.ParquetFile, dict]] = OrderedDict()
-        self._ahead = None if self._pafs is not None else storage.ReadAhead()
+        self._ahead = None if self._pafs is not None else storage.ReadAhead(ctx.read_ahead_bytes)
         self._ranges = True  # False: an HTTP server that ignores Range (whole-file reads)
         self._fetched = False  # read-ahead made its first fetch (`_FIRST_FETCH_BYTES`)
 

@@ -56,7 +56,7 @@ class TarReader(Reader):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self._ahead = None if storage.is_local(ctx.fs) else storage.ReadAhead()
+        self._ahead = None if storage.is_local(ctx.fs) else storage.ReadAhead(ctx.read_ahead_bytes)
         self._indexes: OrderedDict[str, tuple] = OrderedDict()  # shard -> (index text, its parse)
         self._pieces_read: set = set()  # pieces read (a hint names its unit's pieces from the first)
         self._checked: set = set()  # shards whose indexed version was checked (`_check_unchanged`)
