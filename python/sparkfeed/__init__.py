@@ -25,7 +25,7 @@ __all__ = [
     "write", "index",
     "read_manifest", "Manifest",
     "Dataset", "DataLoader", "Source",
-    "ImageDecode",
+    "ImageDecode", "NpyDecode",
     "SparkfeedError", "ManifestError", "ShardReadError", "CorruptSampleError",
     "PathEscapeError", "WorkerError",
 ]
@@ -34,7 +34,7 @@ _LAZY = {
     "spark_session": "session", "configure_spark": "session", "jar_path": "session",
     "read_manifest": "manifest", "Manifest": "manifest",
     "Dataset": "dataset", "DataLoader": "loader", "Source": "mix",
-    "ImageDecode": "decode",
+    "ImageDecode": "decode", "NpyDecode": "arrays",
 }
 
 

@@ -159,16 +159,17 @@ def check_ragged(ragged, columns: Sequence[str], manifest, dataset: str) -> dict
 
 
 def check_decode(decode: Mapping | None, columns: Sequence[str], manifest) -> dict:
-    """`decode` maps loaded binary columns to `ImageDecode`s; each one's backend and device are
-    resolved now (`ImageDecode.resolve`), so a missing GPU or DALI fails here, not later."""
+    """`decode` maps loaded binary columns to `ImageDecode`s or `NpyDecode`s; each image spec's
+    backend and device are resolved now (`ImageDecode.resolve`), so a missing GPU or DALI fails
+    here, not later."""
     if decode is None:
         return {}
     if not isinstance(decode, Mapping):
-        raise ValueError(f"`decode` should be a dict of column name -> sparkfeed.ImageDecode, but "
-                         f"got decode={decode!r}")
+        raise ValueError(f"`decode` should be a dict of column name -> sparkfeed.ImageDecode or "
+                         f"sparkfeed.NpyDecode, but got decode={decode!r}")
     if not decode:
         return {}
-    from .decode import ImageDecode  # here: PIL and DALI load only for a loader that decodes
+    from .arrays import NpyDecode
     out = {}
     for name, spec in decode.items():
         if name not in columns:
@@ -177,8 +178,12 @@ def check_decode(decode: Mapping | None, columns: Sequence[str], manifest) -> di
         column_type = manifest.column(name).type
         if column_type not in ("binary", "large_binary"):
             raise ValueError(f"`decode` column {name!r} is {column_type}, not a binary column of "
-                             "encoded images")
-        if not isinstance(spec, ImageDecode):
-            raise ValueError(f"`decode[{name!r}]` should be a sparkfeed.ImageDecode, but got {spec!r}")
+                             "encoded images or arrays")
+        if not isinstance(spec, NpyDecode):
+            from .decode import ImageDecode  # here: PIL and DALI load only for a loader that decodes images
+
+            if not isinstance(spec, ImageDecode):
+                raise ValueError(f"`decode[{name!r}]` should be a sparkfeed.ImageDecode or "
+                                 f"sparkfeed.NpyDecode, but got {spec!r}")
         out[name] = spec.resolve()
     return out

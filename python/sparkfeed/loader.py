@@ -20,6 +20,7 @@ import torch
 import torch.utils.data
 
 from . import checks, mix, progress
+from .arrays import NpyDecode, NpyDecoder
 from .batch import select_rows, unpack, user_facing
 from .dataset import Dataset
 from .engine import Delivery, LaneDataset
@@ -285,11 +286,15 @@ class DataLoader:
             self._decoder(name).cancel(job)
 
     def _decoder(self, name: str):
-        from .decode import ImageDecoder
-
         if name not in self._decoders:
-            self._decoders[name] = [ImageDecoder(self.decode[name], max_batch_size=self.batch_size,
-                                                 seed=self.dataset.seed), None]
+            spec = self.decode[name]
+            if isinstance(spec, NpyDecode):
+                decoder = NpyDecoder(spec)
+            else:
+                from .decode import ImageDecoder
+
+                decoder = ImageDecoder(spec, max_batch_size=self.batch_size, seed=self.dataset.seed)
+            self._decoders[name] = [decoder, None]
         entry, epoch = self._decoders[name], (self.dataset.epoch, self.dataset.rank)
         if entry[1] != epoch:  # once per epoch: it restarts the draws
             entry[0].set_epoch(*epoch)
@@ -332,7 +337,7 @@ class DataLoader:
         key = int(keys[row])
         dataset, unit, key_col = self._engine.locate(key)
         name = batch[key_col][row] if key_col in batch else f"row {key & 0xFFFFFFFF}"
-        raise CorruptSampleError(f"cannot decode: {reason} ({len(failures)} bad image(s) in this "
+        raise CorruptSampleError(f"cannot decode: {reason} ({len(failures)} bad sample(s) in this "
                                  "batch; on_error='skip' drops and counts them)",
                                  dataset=dataset, shard=unit.path,
                                  row_group=unit.row_group, key=str(name))

@@ -16,12 +16,13 @@ from ..errors import ShardReadError
 from ..read.tar import MAX_MEMBER_BYTES, split_name
 from ..write import _json_value
 
-__all__ = ["scan_tar", "column_of", "key_column", "tar_stats", "INT_EXTS", "TEXT_EXTS", "IMAGE_CODECS"]
+__all__ = ["scan_tar", "column_of", "key_column", "tar_stats", "INT_EXTS", "TEXT_EXTS", "IMAGE_CODECS", "CODECS"]
 
 # webdataset's own integer and text extensions (its `basichandlers`), plus `.idx`.
 INT_EXTS = frozenset({"cls", "cls2", "class", "count", "index", "inx", "id", "idx"})
 TEXT_EXTS = frozenset({"txt", "text", "transcript", "json", "jsn"})
 IMAGE_CODECS = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp"}
+CODECS = {**IMAGE_CODECS, "npy": "npy"}  # recorded in the schema: what decodes the bytes
 KEY_MEMBER = "__key__"
 KEY_COLUMNS = ("key", "sample_key", "__key__")  # the first that no extension takes
 DALI_INDEX_VERSION = "v1.2"
@@ -29,13 +30,14 @@ DALI_INDEX_VERSION = "v1.2"
 
 def column_of(ext: str) -> dict:
     """The manifest column of one extension: `.cls`/`.idx` -> int64, `.txt`/`.json` -> string,
-    jpg/jpeg/png/webp -> binary with that codec, anything else -> binary."""
+    jpg/jpeg/png/webp -> binary with that codec (`ImageDecode`), npy -> binary with codec npy
+    (`NpyDecode`), anything else -> binary."""
     last = ext.rsplit(".", 1)[-1].lower()
     if last in INT_EXTS:
         return {"name": ext, "type": "int64", "member": ext}
     if last in TEXT_EXTS:
         return {"name": ext, "type": "string", "member": ext}
-    codec = IMAGE_CODECS.get(last)
+    codec = CODECS.get(last)
     return {"name": ext, "type": "binary", "member": ext, **({"codec": codec} if codec else {})}
 
 

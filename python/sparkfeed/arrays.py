@@ -1,0 +1,188 @@
+"""Array decoding: `.npy` bytes (numpy's own format) -> one tensor per batch.
+
+WebDataset tars keep precomputed features, embeddings and masks as `.npy` members (webdataset's
+`TarWriter` writes a numpy array so), and Spark jobs keep them as binary columns with the codec
+`npy`. `decode={"emb": sparkfeed.NpyDecode()}` delivers such a column as one tensor of shape
+`(n, *shape)` per batch, as `ImageDecode` delivers pixels.
+
+Only the format's header is parsed (`numpy.lib.format`, which reads it with `ast.literal_eval`),
+never a pickle: arrays of objects are refused. When every row of a batch carries the same header
+(the usual case: one dtype, one shape), the batch is converted at once, one copy out of the
+buffer it arrived in; otherwise row by row. A row that is empty (no value), not an array,
+cut short, of objects, or of another shape or dtype than the batch's first good row is a
+failure of that sample, and the loader applies `on_error` (named, or skipped and counted).
+
+Example::
+
+    dec = NpyDecoder(NpyDecode())
+    res = dec.decode(batch["emb"])   # res.images: (n_ok, 512) float32
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["NpyDecode", "NpyDecoder"]
+
+_MAGIC = b"\x93NUMPY"
+_PREFIX = {1: 10, 2: 12, 3: 12}  # bytes before the header text: magic, version, its length
+_DTYPE_KINDS = "biuf"  # bool, signed, unsigned, float: what a tensor holds
+
+
+@dataclass(frozen=True)
+class NpyDecode:
+    """Decode a binary column of `.npy` bytes into one tensor per batch.
+
+    `dtype`: None keeps each array's own dtype; a torch dtype (e.g. `torch.float32`) casts to it.
+    Every array of a batch must share a shape (and, without `dtype`, a dtype).
+    """
+
+    dtype: torch.dtype | None = None
+
+    def __post_init__(self):
+        if self.dtype is not None and not isinstance(self.dtype, torch.dtype):
+            raise ValueError(f"`dtype` should be None or a torch dtype such as torch.float32, but got "
+                             f"dtype={self.dtype!r}")
+
+    def resolve(self) -> "NpyDecode":
+        """Nothing to check against the machine (the loader calls this for every decode spec)."""
+        return self
+
+
+@dataclass(frozen=True)
+class NpyResult:
+    """One decoded batch, as `decode.DecodeResult`: good rows stacked, their indices, refusals."""
+
+    images: torch.Tensor
+    ok_rows: torch.Tensor
+    failures: tuple[tuple[int, str], ...]
+
+
+@dataclass(frozen=True)
+class _Header:
+    """What a row's header says: where the data starts, its dtype, shape and order."""
+
+    start: int
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    fortran: bool
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+def _header(row: np.ndarray) -> _Header:
+    """Parse one row's header; ValueError with the reason when it is not a plain `.npy` array."""
+    if len(row) == 0:
+        raise ValueError("no value (an empty or null row)")
+    if bytes(row[:6]) != _MAGIC or len(row) < 10:
+        raise ValueError("not a .npy array (no \\x93NUMPY magic)")
+    version = int(row[6])
+    if version not in _PREFIX:
+        raise ValueError(f".npy format version {version}.{int(row[7])}, which numpy does not define")
+    stream = io.BytesIO(bytes(row[:min(len(row), 65_536 + 12)]))
+    try:
+        np.lib.format.read_magic(stream)
+        read = np.lib.format.read_array_header_1_0 if version == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(stream)
+    except Exception as exc:  # numpy's own reasons, as they come: the row is what is bad
+        raise ValueError(f"its .npy header cannot be read ({type(exc).__name__}: {exc})") from None
+    if dtype.hasobject:
+        raise ValueError(f"a .npy array of Python objects ({dtype}); these need unpickling, which "
+                         "sparkfeed never does")
+    if dtype.kind not in _DTYPE_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        raise ValueError(f"a .npy array of {dtype}, which is not a number type a tensor holds")
+    return _Header(stream.tell(), dtype, tuple(shape), bool(fortran))
+
+
+def _array(row: np.ndarray, h: _Header) -> np.ndarray:
+    """The row's array, in C order and the machine's byte order (torch knows no other)."""
+    data = row[h.start:]
+    if len(data) != h.nbytes:
+        raise ValueError(f"the .npy data holds {len(data)} bytes where shape {h.shape} of {h.dtype} "
+                         f"needs {h.nbytes} (cut short or padded)")
+    arr = data.view(h.dtype).reshape(h.shape, order="F" if h.fortran else "C")
+    return np.ascontiguousarray(arr, dtype=h.dtype.newbyteorder("="))
+
+
+class NpyDecoder:
+    """The runtime decoder of an `NpyDecode`; the interface of `decode.ImageDecoder` (the loader
+    submits batch n+1 before collecting batch n; here the work is done at `submit`)."""
+
+    def __init__(self, spec: NpyDecode):
+        if not isinstance(spec, NpyDecode):
+            raise TypeError(f"`spec` should be an NpyDecode, but got {type(spec).__name__}")
+        self.spec = spec
+
+    def set_epoch(self, epoch: int, rank: int = 0) -> None:
+        """No draws to restart: decoding an array is the same in every epoch."""
+
+    def decode(self, values, keys=None) -> NpyResult:
+        """A batch (BinaryColumn, BinaryChunks or a list of bytes) -> NpyResult; never raises for
+        a bad row."""
+        return self.collect(self.submit(values, keys))
+
+    def submit(self, values, keys=None) -> NpyResult:
+        from .headers import _encoded  # the batch's rows as views of the buffers they arrived in
+
+        enc = _encoded(values)
+        rows = [enc.row(r) for r in range(len(enc))]
+        return self._whole(enc, rows) or self._rows(rows)
+
+    def collect(self, job: NpyResult) -> NpyResult:
+        return job
+
+    def cancel(self, job: NpyResult) -> None:
+        """Nothing runs in the background."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def _whole(self, enc, rows: list[np.ndarray]) -> NpyResult | None:
+        """Every row with the first row's header and length: one gather of the data bytes out of
+        the buffers, viewed as the dtype. None when the rows differ (`_rows` then)."""
+        try:
+            h = _header(rows[0]) if rows else None
+        except ValueError:
+            return None
+        if h is None or h.fortran or any(len(r) != h.start + h.nbytes for r in rows):
+            return None
+        head = bytes(rows[0][:h.start])
+        if any(bytes(r[:h.start]) != head for r in rows[1:]):
+            return None
+        data = np.concatenate([r[h.start:] for r in rows]) if len(rows) > 1 else rows[0][h.start:].copy()
+        arr = data.view(h.dtype).reshape((len(rows),) + h.shape)
+        arr = arr.astype(h.dtype.newbyteorder("="), copy=False)
+        return NpyResult(self._tensor(arr), torch.arange(len(rows), dtype=torch.int64), ())
+
+    def _rows(self, rows: list[np.ndarray]) -> NpyResult:
+        """Row by row: each header parsed; the first good row sets the shape and dtype."""
+        good, ok, failures, like = [], [], [], None
+        for r, row in enumerate(rows):
+            try:
+                h = _header(row)
+                arr = _array(row, h)
+                if like is not None and (arr.shape, arr.dtype if self.spec.dtype is None else None) != like:
+                    raise ValueError(f"an array of shape {arr.shape} and {arr.dtype} in a batch of "
+                                     f"shape {like[0]}" + (f" and {like[1]}" if like[1] is not None else "")
+                                     + ": one batch stacks into one tensor")
+            except ValueError as exc:
+                failures.append((r, str(exc)))
+                continue
+            like = like or (arr.shape, arr.dtype if self.spec.dtype is None else None)
+            good.append(arr)
+            ok.append(r)
+        if good:
+            out = self._tensor(np.stack(good))
+        else:
+            out = torch.empty((0,), dtype=self.spec.dtype or torch.float32)
+        return NpyResult(out, torch.tensor(ok, dtype=torch.int64), tuple(failures))
+
+    def _tensor(self, arr: np.ndarray) -> torch.Tensor:
+        out = torch.from_numpy(arr)
+        return out if self.spec.dtype is None else out.to(self.spec.dtype)
