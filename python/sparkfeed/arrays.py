@@ -110,6 +110,17 @@ def _array(row: np.ndarray, h: _Header) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=h.dtype.newbyteorder("="))
 
 
+def _rows_as_table(data: np.ndarray, starts: np.ndarray, size: int) -> np.ndarray | None:
+    """Rows of `size` bytes at `starts` as an (n, size) view of their buffer when they lie back
+    to back (a column's rows do), else a gathered copy; None for no rows."""
+    if len(starts) == 0:
+        return None
+    first = int(starts[0])
+    if np.array_equal(starts, first + size * np.arange(len(starts))):
+        return data[first:first + size * len(starts)].reshape(len(starts), size)
+    return data[starts[:, None] + np.arange(size)]
+
+
 class NpyDecoder:
     """The runtime decoder of an `NpyDecode`; the interface of `decode.ImageDecoder` (the loader
     submits batch n+1 before collecting batch n; here the work is done at `submit`)."""
@@ -131,8 +142,7 @@ class NpyDecoder:
         from .headers import _encoded  # the batch's rows as views of the buffers they arrived in
 
         enc = _encoded(values)
-        rows = [enc.row(r) for r in range(len(enc))]
-        return self._whole(enc, rows) or self._rows(rows)
+        return self._whole(enc) or self._rows([enc.row(r) for r in range(len(enc))])
 
     def collect(self, job: NpyResult) -> NpyResult:
         return job
@@ -143,22 +153,29 @@ class NpyDecoder:
     def close(self) -> None:
         """Nothing to release."""
 
-    def _whole(self, enc, rows: list[np.ndarray]) -> NpyResult | None:
-        """Every row with the first row's header and length: one gather of the data bytes out of
-        the buffers, viewed as the dtype. None when the rows differ (`_rows` then)."""
+    def _whole(self, enc) -> NpyResult | None:
+        """Every row with the first row's header and length: the data bytes cut out of the
+        buffers at once and viewed as the dtype (one copy). None when the rows differ (`_rows`)."""
         try:
-            h = _header(rows[0]) if rows else None
+            h = _header(enc.row(0)) if len(enc) else None
         except ValueError:
             return None
-        if h is None or h.fortran or any(len(r) != h.start + h.nbytes for r in rows):
+        size = h.start + h.nbytes if h is not None else 0
+        if h is None or h.fortran or np.any(enc.ends - enc.starts != size):
             return None
-        head = bytes(rows[0][:h.start])
-        if any(bytes(r[:h.start]) != head for r in rows[1:]):
-            return None
-        data = np.concatenate([r[h.start:] for r in rows]) if len(rows) > 1 else rows[0][h.start:].copy()
-        arr = data.view(h.dtype).reshape((len(rows),) + h.shape)
+        head = enc.row(0)[:h.start]
+        parts = []
+        for data, where in enc.groups():  # one buffer, or one per part of a batch cut across row groups
+            table = _rows_as_table(data, enc.starts[where], size)
+            if table is None or not (table[:, :h.start] == head).all():
+                return None
+            parts.append((where, table[:, h.start:]))
+        out = np.empty((len(enc), h.nbytes), np.uint8)
+        for where, body in parts:
+            out[where] = body
+        arr = out.view(h.dtype).reshape((len(enc),) + h.shape)
         arr = arr.astype(h.dtype.newbyteorder("="), copy=False)
-        return NpyResult(self._tensor(arr), torch.arange(len(rows), dtype=torch.int64), ())
+        return NpyResult(self._tensor(arr), torch.arange(len(enc), dtype=torch.int64), ())
 
     def _rows(self, rows: list[np.ndarray]) -> NpyResult:
         """Row by row: each header parsed; the first good row sets the shape and dtype."""

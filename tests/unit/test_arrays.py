@@ -13,7 +13,7 @@ import torch
 
 import sparkfeed
 from sparkfeed.arrays import NpyDecode, NpyDecoder
-from sparkfeed.batch import BinaryColumn
+from sparkfeed.batch import BinaryChunks, BinaryColumn
 from sparkfeed.errors import CorruptSampleError
 
 
@@ -34,6 +34,15 @@ def test_a_batch_of_one_header_is_one_tensor_of_the_arrays_own_dtype_and_shape()
     assert res.ok_rows.tolist() == [0, 1, 2, 3, 4] and res.failures == ()
     cast = NpyDecoder(NpyDecode(dtype=torch.float32)).decode([npy(a) for a in arrays])
     assert cast.images.dtype == torch.float32 and torch.equal(cast.images, res.images.float())
+
+
+def test_a_batch_cut_across_row_groups_converts_from_its_parts():
+    arrays = [np.full(3, k, np.float64) for k in range(10)]
+    parts = [BinaryColumn(torch.frombuffer(bytearray(b"".join(p)), dtype=torch.uint8),
+                          torch.tensor(np.cumsum([0] + [len(b) for b in p]), dtype=torch.int64))
+             for p in ([npy(a) for a in arrays[:4]], [npy(a) for a in arrays[4:]])]
+    res = NpyDecoder(NpyDecode()).decode(BinaryChunks(tuple(parts)))
+    assert torch.equal(res.images, torch.from_numpy(np.stack(arrays)))
 
 
 def test_rows_with_other_headers_convert_one_by_one_to_the_same_values():
@@ -70,7 +79,7 @@ def _parquet(tmp_path, rows):
     root = tmp_path / "pq"
     root.mkdir()
     pq.write_table(pa.table({"id": np.arange(len(rows)), "emb": pa.array(rows, pa.binary())}),
-                   root / "a.parquet", row_group_size=64)
+                   root / "a.parquet", row_group_size=50)  # batches of 64 span row groups
     return str(root)
 
 
