@@ -395,3 +395,32 @@ def test_ragged_arrays_written_as_webdataset_load_as_lists_of_tensors(spark, tmp
     for batch in loader:
         got.update((k, t.tolist()) for k, t in zip(batch["label"].tolist(), batch["tokens"]))
     assert got == {i: list(range(i % 9)) for i in range(60)}
+
+
+def test_npy_bytes_written_as_webdataset_members_decode_as_one_tensor(spark, tmp_path):
+    """A binary column of .npy bytes with the codec `npy` becomes `.npy` members (what
+    webdataset's TarWriter writes for arrays) and comes back through NpyDecode as one tensor per
+    batch, every sample once."""
+    import numpy as np
+    import torch
+
+    import sparkfeed
+
+    def npy(a) -> bytearray:
+        buf = io.BytesIO()
+        np.save(buf, a)
+        return bytearray(buf.getvalue())
+
+    rows = [(f"k{i:03d}", i, npy(np.arange(4, dtype=np.float32) + i)) for i in range(50)]
+    df = spark.createDataFrame(rows, "key string, label int, emb binary").repartition(2)
+    path = tmp_path / "npy"
+    df.write.format("webdataset").option("codecs", json.dumps({"emb": "npy"})).save(str(path))
+    tars = [m for t in sorted(path.glob("*.tar")) for m in tarfile.open(t).getnames()]
+    assert sum(name.endswith(".npy") for name in tars) == 50
+    loader = sparkfeed.DataLoader(str(path), batch_size=16, shuffle=True, num_workers=2,
+                                  decode={"emb": sparkfeed.NpyDecode()})
+    labels = []
+    for batch in loader:
+        assert torch.equal(batch["emb"], batch["label"][:, None].float() + torch.arange(4.0))
+        labels += batch["label"].tolist()
+    assert sorted(labels) == list(range(50))
