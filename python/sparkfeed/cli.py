@@ -120,11 +120,14 @@ def _add_inspect(sub) -> argparse.ArgumentParser:
         description="Read a dataset's manifest (_sparkfeed.json) and summarise it: format, "
                     "samples, bytes, shard and row-group sizes, schema with codecs, and each "
                     "column's min/max/null statistics over the whole dataset. Only the manifest "
-                    "is read, never the shards.",
+                    "is read, never the shards. Parquet or Delta data without a manifest (a "
+                    "directory, a glob, one file) is indexed in memory from its footers or log, "
+                    "as DataLoader does.",
         epilog="examples:\n  sparkfeed inspect ds/\n  sparkfeed inspect s3://bucket/ds --shards 10\n"
                "  sparkfeed inspect ds/ --json | jq .num_samples",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("path", help="dataset root: a local path or an fsspec URL (s3://, gs://, hdfs://, ...)")
+    p.add_argument("path", help="dataset root: a local path or an fsspec URL (s3://, gs://, hdfs://, "
+                                "...); for Parquet without a manifest also a glob or one file")
     p.add_argument("--json", action="store_true", help="print the manifest JSON and nothing else")
     p.add_argument("--shards", type=int, default=0, metavar="N",
                    help="also list the first N shards with their statistics (default 0)")
@@ -132,10 +135,21 @@ def _add_inspect(sub) -> argparse.ArgumentParser:
 
 
 def _run_inspect(args) -> int:
-    from .manifest import read_manifest
+    from .errors import ManifestError
+    from .index import open_manifest
+    from .manifest import MANIFEST_NAME, read_manifest
 
-    m = read_manifest(args.path)
-    print(m.to_json(indent=1) if args.json else format_manifest(m, shards=args.shards))
+    try:
+        m, note = read_manifest(args.path), None
+    except ManifestError:  # Parquet or Delta without one: indexed in memory, as the loader does
+        m, _ = open_manifest(args.path)
+        save = f"'{args.path}' --manifest DIR" if m.data_root is not None else args.path
+        note = (f"note        no {MANIFEST_NAME}: indexed in memory from the files, as "
+                f"DataLoader does (`sparkfeed index {save}` saves it)")
+    if args.json:
+        print(m.to_json(indent=1))
+    else:
+        print("\n".join(filter(None, [note, format_manifest(m, shards=args.shards)])))
     return 0
 
 

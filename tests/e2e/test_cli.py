@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import sparkfeed
@@ -65,8 +68,26 @@ def test_inspect_a_missing_dataset_exits_2_naming_it(tmp_path):
     missing = tmp_path / "no-such-dataset"
     r = _cli("inspect", str(missing))
     assert r.returncode == 2
-    assert str(missing) in r.stderr and "sparkfeed.write" in r.stderr
+    assert str(missing) in r.stderr and "no such file or directory" in r.stderr
     assert "Traceback" not in r.stderr and r.stdout == ""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = _cli("inspect", str(empty))
+    assert r.returncode == 2 and "sparkfeed.write" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_inspect_plain_parquet_indexes_it_in_memory_and_says_so(tmp_path):
+    (tmp_path / "plain").mkdir()
+    pq.write_table(pa.table({"id": np.arange(30), "x": np.ones(30)}), tmp_path / "plain" / "a.parquet",
+                   row_group_size=10)
+    r = _cli("inspect", str(tmp_path / "plain"))
+    assert r.returncode == 0, r.stderr
+    assert "indexed in memory" in r.stdout and f"sparkfeed index {tmp_path / 'plain'}`" in r.stdout
+    assert "samples     30" in r.stdout and "row groups  3" in r.stdout
+    r = _cli("inspect", f"{tmp_path}/plain/*.parquet", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["num_samples"] == 30
+    assert not (tmp_path / "plain" / "_sparkfeed.json").exists()
 
 
 def test_inspect_a_bad_manifest_exits_2(tmp_path):
