@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .decoded import DecodeResult
+
 __all__ = ["NpyDecode", "NpyDecoder"]
 
 _MAGIC = b"\x93NUMPY"
@@ -51,15 +53,6 @@ class NpyDecode:
     def resolve(self) -> "NpyDecode":
         """Nothing to check against the machine (the loader calls this for every decode spec)."""
         return self
-
-
-@dataclass(frozen=True)
-class NpyResult:
-    """One decoded batch, as `decode.DecodeResult`: good rows stacked, their indices, refusals."""
-
-    images: torch.Tensor
-    ok_rows: torch.Tensor
-    failures: tuple[tuple[int, str], ...]
 
 
 @dataclass(frozen=True)
@@ -133,27 +126,27 @@ class NpyDecoder:
     def set_epoch(self, epoch: int, rank: int = 0) -> None:
         """No draws to restart: decoding an array is the same in every epoch."""
 
-    def decode(self, values, keys=None) -> NpyResult:
-        """A batch (BinaryColumn, BinaryChunks or a list of bytes) -> NpyResult; never raises for
+    def decode(self, values, keys=None) -> DecodeResult:
+        """A batch (BinaryColumn, BinaryChunks or a list of bytes) -> DecodeResult; never raises for
         a bad row."""
         return self.collect(self.submit(values, keys))
 
-    def submit(self, values, keys=None) -> NpyResult:
+    def submit(self, values, keys=None) -> DecodeResult:
         from .headers import _encoded  # the batch's rows as views of the buffers they arrived in
 
         enc = _encoded(values)
         return self._whole(enc) or self._rows([enc.row(r) for r in range(len(enc))])
 
-    def collect(self, job: NpyResult) -> NpyResult:
+    def collect(self, job: DecodeResult) -> DecodeResult:
         return job
 
-    def cancel(self, job: NpyResult) -> None:
+    def cancel(self, job: DecodeResult) -> None:
         """Nothing runs in the background."""
 
     def close(self) -> None:
         """Nothing to release."""
 
-    def _whole(self, enc) -> NpyResult | None:
+    def _whole(self, enc) -> DecodeResult | None:
         """Every row with the first row's header and length: the data bytes cut out of the
         buffers at once and viewed as the dtype (one copy). None when the rows differ (`_rows`)."""
         try:
@@ -175,9 +168,9 @@ class NpyDecoder:
             out[where] = body
         arr = out.view(h.dtype).reshape((len(enc),) + h.shape)
         arr = arr.astype(h.dtype.newbyteorder("="), copy=False)
-        return NpyResult(self._tensor(arr), torch.arange(len(enc), dtype=torch.int64), ())
+        return DecodeResult(self._tensor(arr), torch.arange(len(enc), dtype=torch.int64), ())
 
-    def _rows(self, rows: list[np.ndarray]) -> NpyResult:
+    def _rows(self, rows: list[np.ndarray]) -> DecodeResult:
         """Row by row: each header parsed; the first good row sets the shape and dtype."""
         good, ok, failures, like = [], [], [], None
         for r, row in enumerate(rows):
@@ -198,7 +191,7 @@ class NpyDecoder:
             out = self._tensor(np.stack(good))
         else:
             out = torch.empty((0,), dtype=self.spec.dtype or torch.float32)
-        return NpyResult(out, torch.tensor(ok, dtype=torch.int64), tuple(failures))
+        return DecodeResult(out, torch.tensor(ok, dtype=torch.int64), tuple(failures))
 
     def _tensor(self, arr: np.ndarray) -> torch.Tensor:
         out = torch.from_numpy(arr)

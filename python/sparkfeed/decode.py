@@ -50,6 +50,7 @@ from PIL import Image
 from . import batch as batching
 from .batch import BinaryChunks, BinaryColumn
 from .crops import _RRC_TRIES, _keyed_draws, _keyed_window_uniforms, _random_resized_windows
+from .decoded import DecodeResult
 from .headers import _check_headers, _Encoded, _encoded
 
 __all__ = ["ImageDecode", "ImageDecoder", "DecodeResult"]
@@ -186,15 +187,6 @@ class ImageDecode:
     def out_dtype(self) -> torch.dtype:
         """The output dtype: `dtype`, else float32 with mean/std, else uint8."""
         return self.dtype or (torch.float32 if self.has_norm else torch.uint8)
-
-
-@dataclass(frozen=True)
-class DecodeResult:
-    """One decoded batch: the good rows (in input order), their indices, and the refused rows."""
-
-    images: torch.Tensor
-    ok_rows: torch.Tensor
-    failures: tuple[tuple[int, str], ...]
 
 
 @dataclass(frozen=True)
