@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-from PIL import Image
 
 from .batch import BinaryChunks, BinaryColumn
 
@@ -197,6 +196,8 @@ def _check_header(arr: np.ndarray, max_pixels: int) -> tuple[tuple[int, int] | N
     JPEG and PNG dimensions come from their markers; anything else goes through PIL's lazy
     `Image.open`, which also reads only the header.
     """
+    from PIL import Image  # here: only rows the numpy scan cannot read need it (arrays never)
+
     if arr.size == 0:
         return None, "empty image (0 bytes, or no value: a null, or a sample without this member)"
     size = _fast_size(memoryview(arr))

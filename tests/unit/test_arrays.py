@@ -137,3 +137,18 @@ def test_decode_refuses_a_spec_of_another_kind_by_name(tmp_path):
     path = _parquet(tmp_path, [npy(np.zeros(1))])
     with pytest.raises(ValueError, match=r"`decode\['emb'\]` should be a sparkfeed.ImageDecode or sparkfeed.NpyDecode"):
         sparkfeed.DataLoader(path, batch_size=1, decode={"emb": "npy"})
+
+
+def test_a_loader_decoding_only_arrays_never_imports_pil(tmp_path):
+    """Array decoding needs numpy alone: PIL (and DALI) load only for images."""
+    import subprocess
+    import sys
+
+    path = _parquet(tmp_path, [npy(np.full(2, k, np.int32)) for k in range(20)])
+    code = ("import sys, sparkfeed\n"
+            f"L = sparkfeed.DataLoader({path!r}, batch_size=8, decode={{'emb': sparkfeed.NpyDecode()}})\n"
+            "n = sum(len(b['emb']) for b in L)\n"
+            "print(n, 'PIL' in sys.modules, 'nvidia.dali' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["20", "False", "False"]
