@@ -85,3 +85,12 @@ def test_s3_retries_slowdown_and_cut_connections(s3, datasets, name):
                              storage_options=s3.options)
     assert sorted(ids_of(L)) == list(range(N))
     assert s3.faults.injected["slowdown"] > 0 and s3.faults.injected["cut"] > 0, s3.faults.injected
+
+
+def test_s3_a_glob_of_parquet_files_loads_without_its_manifest(s3, datasets):
+    """A glob names files, not a dataset: they are indexed in memory over S3 (footers through
+    s3fs) and read where they are, every sample once."""
+    url = f"{datasets['pq']}/*.parquet"
+    L = sparkfeed.DataLoader(url, batch_size=64, shuffle=True, num_workers=2, storage_options=s3.options)
+    assert sorted(ids_of(L)) == list(range(N))
+    assert L.dataset.path.startswith("s3://sparkfeed-tests/pq")
