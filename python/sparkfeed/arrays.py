@@ -105,13 +105,13 @@ def _array(row: np.ndarray, h: _Header) -> np.ndarray:
 
 def _rows_as_table(data: np.ndarray, starts: np.ndarray, size: int) -> np.ndarray | None:
     """Rows of `size` bytes at `starts` as an (n, size) view of their buffer when they lie back
-    to back (a column's rows do), else a gathered copy; None for no rows."""
+    to back (a column's rows do), else a copy of each (a shuffled block's rows); None for none."""
     if len(starts) == 0:
         return None
     first = int(starts[0])
     if np.array_equal(starts, first + size * np.arange(len(starts))):
         return data[first:first + size * len(starts)].reshape(len(starts), size)
-    return data[starts[:, None] + np.arange(size)]
+    return np.stack([data[s:s + size] for s in starts.tolist()])
 
 
 class NpyDecoder:

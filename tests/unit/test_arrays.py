@@ -152,3 +152,13 @@ def test_a_loader_decoding_only_arrays_never_imports_pil(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["20", "False", "False"]
+
+
+def test_rows_out_of_order_in_their_buffer_are_copied_in_row_order():
+    from sparkfeed.arrays import _rows_as_table
+
+    data = np.arange(100, dtype=np.uint8)
+    assert _rows_as_table(data, np.array([10, 15, 20]), 5).base is not None  # back to back: a view
+    assert _rows_as_table(data, np.array([50, 10, 30]), 5).tolist() == [list(range(50, 55)),
+                                                                        list(range(10, 15)),
+                                                                        list(range(30, 35))]
