@@ -178,17 +178,22 @@ def _timed(f) -> float:
 STAGES = ("read", "slice", "header check", "draws", "hand-over", "DALI run", "collect", "to torch")
 
 
-def _read_batches(path: str, batch_size: int, column: str) -> tuple[list, float]:
+def _read_batches(path: str, batch_size: int, column: str, repeats: int = 1) -> tuple[list, float]:
     """One epoch of the dataset's batches as the loader's decode stage sees them (a BinaryColumn
-    of images and the row keys), read on this thread; returns them as (images, keys) pairs and
-    the CPU seconds the reading took."""
+    of images and the row keys), read on this thread `repeats` times; returns the last epoch's
+    (images, keys) pairs and the least CPU seconds an epoch's reading took (the first epoch
+    also pays for opening files and warming pyarrow: 8.8 against 3.6 µs per image here)."""
     from ..dataset import Dataset
 
     ds = Dataset(path, batch_size=batch_size, columns=[column])
     spans = ds.engine.lanes(ds.rank_spans(), 1, batch_size)[0]
-    cpu = time.process_time()
-    batches = [(d.batch[column], d.keys) for d in ds.engine.deliveries(0, spans, 0, batch_size, row_ids=True)]
-    return batches, time.process_time() - cpu
+    best, batches = float("inf"), None
+    for _ in range(max(1, repeats)):
+        batches = None  # the previous epoch's buffers freed first, as a loader's consumer frees them
+        cpu = time.process_time()
+        batches = [(d.batch[column], d.keys) for d in ds.engine.deliveries(0, spans, 0, batch_size, row_ids=True)]
+        best = min(best, time.process_time() - cpu)
+    return batches, best
 
 
 def decode_stages(path: str, size: int, batch_size: int = 256, column: str = "image",
@@ -203,7 +208,7 @@ def decode_stages(path: str, size: int, batch_size: int = 256, column: str = "im
     from ..decode import ImageDecode, ImageDecoder, _kind
     from ..headers import _check_headers, _encoded
 
-    batches, read_s = _read_batches(path, batch_size, column)
+    batches, read_s = _read_batches(path, batch_size, column, repeats)
     n = sum(len(images) for images, _ in batches)
     dec = ImageDecoder(ImageDecode(size=size, crop=crop, device="cpu", **spec), max_batch_size=batch_size)
     backend, spec = dec._backend, dec.spec
