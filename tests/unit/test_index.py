@@ -694,3 +694,18 @@ def test_delta_columns_added_by_schema_evolution_are_nulls_in_older_files(tmp_pa
         got.update(zip(batch["id"].tolist(), batch["score"].tolist()))
     assert sorted(got) == list(range(30))
     assert all(np.isnan(got[k]) for k in range(20)) and all(got[k] == k for k in range(20, 30))
+
+
+def test_a_loader_indexing_many_files_itself_shows_progress(tmp_path, monkeypatch, capfd):
+    import importlib
+
+    index_module = importlib.import_module("sparkfeed.index")  # the package, not the function
+    root = tmp_path / "plain"
+    root.mkdir()
+    for k in range(3):
+        pq.write_table(pa.table({"id": np.arange(k * 10, k * 10 + 10)}), root / f"part-{k}.parquet")
+    sparkfeed.DataLoader(str(root), batch_size=8)
+    assert "file" not in capfd.readouterr().err  # three files: no bar
+    monkeypatch.setattr(index_module, "_IN_MEMORY_BAR_FILES", 3)
+    assert sorted(_ids(sparkfeed.DataLoader(str(root), batch_size=8))) == list(range(30))
+    assert "reading Parquet footers" in capfd.readouterr().err  # tqdm's bar, on stderr

@@ -25,6 +25,7 @@ from .discover import FORMATS, discover, guess_format, is_glob
 
 __all__ = ["index", "open_manifest", "MODES"]
 log = logging.getLogger(__name__)
+_IN_MEMORY_BAR_FILES = 256  # a loader indexing this many files itself shows a progress bar
 
 MODES = ("error", "overwrite")
 
@@ -160,7 +161,7 @@ def _index_in_memory(path: str, storage_options) -> Manifest:
                             f"every byte, so run it once: `sparkfeed index {path}` (add --manifest "
                             "URL for read-only data)", dataset=path)
     m = build_manifest(listing, fmt, storage_options=storage_options, apart=listing.explicit,
-                       progress=False).manifest
+                       progress=len(listing.files) >= _IN_MEMORY_BAR_FILES).manifest
     save_as = f"{path} --manifest DIR" if listing.explicit else path
     log.info("%s has no %s: indexed %d %s files in memory in %.2fs; save it with `sparkfeed index "
              "%s`", path, MANIFEST_NAME, len(m.shards), fmt, time.monotonic() - started, save_as)
