@@ -363,6 +363,18 @@ def test_task_failure_mid_shard_is_retried_without_partial_shards(_retry_job):
     assert sorted(labels) == list(range(600))
 
 
+def _eventually_gone(path, limit_s: float = 30.0) -> bool:
+    """Whether `path` is gone within `limit_s`: `save` raises as soon as one task fails the job,
+    while the job's other tasks are still being killed; each then aborts, removing what it wrote
+    and the directories that leaves empty."""
+    import time
+
+    deadline = time.monotonic() + limit_s
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not path.exists()
+
+
 def test_failed_job_leaves_no_manifest_and_no_shard(spark, tmp_path):
     from pyspark.sql import functions as F
 
@@ -376,9 +388,9 @@ def test_failed_job_leaves_no_manifest_and_no_shard(spark, tmp_path):
     df = df.select(F.udf(always_fails, "long")("id").alias("id"), F.col("id").cast("int").alias("label"))
     with pytest.raises(Exception, match="injected failure"):
         df.write.format("webdataset").option("samplesPerShard", 50).save(str(path))
+    assert _eventually_gone(path / "_temporary")
     assert not (path / MANIFEST).exists()
     assert not [p for p in path.rglob("*") if p.suffix in (".tar", ".idx", ".json", ".tmp")]
-    assert not (path / "_temporary").exists()
 
 
 def test_ragged_arrays_written_as_webdataset_load_as_lists_of_tensors(spark, tmp_path):

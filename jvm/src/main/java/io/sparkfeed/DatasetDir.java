@@ -94,8 +94,28 @@ public final class DatasetDir {
     public void deleteTemporary(String jobId) throws IOException {
         Path temporary = child(TEMPORARY);
         fs.delete(new Path(temporary, jobId), true);
-        if (fs.exists(temporary) && fs.listStatus(temporary).length == 0) {
-            fs.delete(temporary, false);
+        deleteIfEmpty(temporary);
+    }
+
+    /**
+     * Deletes a task's directory, then the job's and _temporary when that left them empty: a task
+     * aborted after its job (a task still running when another one failed the job is killed, and
+     * may create its files after the job's abort removed _temporary) leaves no empty directories.
+     */
+    public void deleteTaskDirectory(Path taskDir) throws IOException {
+        fs.delete(taskDir, true);
+        Path jobDir = taskDir.getParent();
+        deleteIfEmpty(jobDir);
+        deleteIfEmpty(jobDir.getParent());
+    }
+
+    private void deleteIfEmpty(Path directory) {
+        try {
+            if (fs.exists(directory) && fs.listStatus(directory).length == 0) {
+                fs.delete(directory, false);
+            }
+        } catch (IOException raced) {
+            // another task wrote into it meanwhile: the last one out removes it
         }
     }
 }

@@ -165,7 +165,7 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
     @Override
     public void abort() throws IOException {
         closeQuietly();
-        dir.fs.delete(taskDir, true);
+        dir.deleteTaskDirectory(taskDir);
     }
 
     @Override
