@@ -114,6 +114,12 @@ def _rows_as_table(data: np.ndarray, starts: np.ndarray, size: int) -> np.ndarra
     return np.stack([data[s:s + size] for s in starts.tolist()])
 
 
+def _unlike(arr: np.ndarray, like: tuple) -> str:
+    """Why a row cannot join its batch's tensor."""
+    batch = f"shape {like[0]}" + (f" and {like[1]}" if like[1] is not None else "")
+    return f"an array of shape {arr.shape} and {arr.dtype} in a batch of {batch}: one batch stacks into one tensor"
+
+
 class NpyDecoder:
     """The runtime decoder of an `NpyDecode`; the interface of `decode.ImageDecoder` (the loader
     submits batch n+1 before collecting batch n; here the work is done at `submit`)."""
@@ -175,16 +181,13 @@ class NpyDecoder:
         good, ok, failures, like = [], [], [], None
         for r, row in enumerate(rows):
             try:
-                h = _header(row)
-                arr = _array(row, h)
-                if like is not None and (arr.shape, arr.dtype if self.spec.dtype is None else None) != like:
-                    raise ValueError(f"an array of shape {arr.shape} and {arr.dtype} in a batch of "
-                                     f"shape {like[0]}" + (f" and {like[1]}" if like[1] is not None else "")
-                                     + ": one batch stacks into one tensor")
+                arr = _array(row, _header(row))
+                if like is not None and self._like(arr) != like:
+                    raise ValueError(_unlike(arr, like))
             except ValueError as exc:
                 failures.append((r, str(exc)))
                 continue
-            like = like or (arr.shape, arr.dtype if self.spec.dtype is None else None)
+            like = like or self._like(arr)
             good.append(arr)
             ok.append(r)
         if good:
@@ -192,6 +195,10 @@ class NpyDecoder:
         else:
             out = torch.empty((0,), dtype=self.spec.dtype or torch.float32)
         return DecodeResult(out, torch.tensor(ok, dtype=torch.int64), tuple(failures))
+
+    def _like(self, arr: np.ndarray) -> tuple:
+        """What the rows of one batch must share: the shape, and the dtype unless cast to one."""
+        return arr.shape, (arr.dtype if self.spec.dtype is None else None)
 
     def _tensor(self, arr: np.ndarray) -> torch.Tensor:
         out = torch.from_numpy(arr)
