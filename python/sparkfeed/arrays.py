@@ -27,11 +27,12 @@ import numpy as np
 import torch
 
 from .decoded import DecodeResult
+from .headers import _encoded
 
 __all__ = ["NpyDecode", "NpyDecoder"]
 
 _MAGIC = b"\x93NUMPY"
-_PREFIX = {1: 10, 2: 12, 3: 12}  # bytes before the header text: magic, version, its length
+_VERSIONS = (1, 2, 3)  # the .npy format versions numpy defines
 _DTYPE_KINDS = "biuf"  # bool, signed, unsigned, float: what a tensor holds
 
 
@@ -76,7 +77,7 @@ def _header(row: np.ndarray) -> _Header:
     if bytes(row[:6]) != _MAGIC or len(row) < 10:
         raise ValueError("not a .npy array (no \\x93NUMPY magic)")
     version = int(row[6])
-    if version not in _PREFIX:
+    if version not in _VERSIONS:
         raise ValueError(f".npy format version {version}.{int(row[7])}, which numpy does not define")
     stream = io.BytesIO(bytes(row[:min(len(row), 65_536 + 12)]))
     try:
@@ -138,9 +139,7 @@ class NpyDecoder:
         return self.collect(self.submit(values, keys))
 
     def submit(self, values, keys=None) -> DecodeResult:
-        from .headers import _encoded  # the batch's rows as views of the buffers they arrived in
-
-        enc = _encoded(values)
+        enc = _encoded(values)  # the batch's rows as views of the buffers they arrived in
         return self._whole(enc) or self._rows([enc.row(r) for r in range(len(enc))])
 
     def collect(self, job: DecodeResult) -> DecodeResult:

@@ -363,16 +363,38 @@ def test_task_failure_mid_shard_is_retried_without_partial_shards(_retry_job):
     assert sorted(labels) == list(range(600))
 
 
-def _eventually_gone(path, limit_s: float = 30.0) -> bool:
-    """Whether `path` is gone within `limit_s`: `save` raises as soon as one task fails the job,
-    while the job's other tasks are still being killed; each then aborts, removing what it wrote
-    and the directories that leaves empty."""
+def _wait_for_tasks_of(spark, group: str, limit_s: float = 60.0) -> None:
+    """Until Spark counts no running task in the jobs of `group`: `save` raises as soon as one
+    task fails the job, while the job's other tasks are still being killed; each then aborts
+    (removing what it wrote) before Spark counts it ended."""
+    import time
+
+    tracker, deadline = spark.sparkContext.statusTracker(), time.monotonic() + limit_s
+    while True:
+        jobs = [tracker.getJobInfo(j) for j in tracker.getJobIdsForGroup(group)]
+        stages = [tracker.getStageInfo(s) for job in jobs if job is not None for s in job.stageIds]
+        if jobs and not sum(stage.numActiveTasks for stage in stages if stage is not None):
+            return
+        assert time.monotonic() < deadline, f"tasks of {group!r} still running after {limit_s} s"
+        time.sleep(0.05)
+
+
+def _leftovers(path) -> list:
+    """What a failed write left: a manifest, shards, indexes, temporary files or directories."""
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")
+                  if p.suffix in (".tar", ".idx", ".json", ".tmp") or p.name == "_temporary")
+
+
+def _eventually_clean(path, limit_s: float = 30.0) -> list:
+    """`_leftovers(path)` once it is empty, or what is still there after `limit_s` (Spark's
+    task accounting arrives through its listener bus, so a killed task may still be finishing
+    its abort when it counts as ended)."""
     import time
 
     deadline = time.monotonic() + limit_s
-    while path.exists() and time.monotonic() < deadline:
+    while _leftovers(path) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return not path.exists()
+    return _leftovers(path)
 
 
 def test_failed_job_leaves_no_manifest_and_no_shard(spark, tmp_path):
@@ -386,11 +408,15 @@ def test_failed_job_leaves_no_manifest_and_no_shard(spark, tmp_path):
     path = tmp_path / "failed"
     df = spark.range(0, 600, numPartitions=2)
     df = df.select(F.udf(always_fails, "long")("id").alias("id"), F.col("id").cast("int").alias("label"))
-    with pytest.raises(Exception, match="injected failure"):
-        df.write.format("webdataset").option("samplesPerShard", 50).save(str(path))
-    assert _eventually_gone(path / "_temporary")
-    assert not (path / MANIFEST).exists()
-    assert not [p for p in path.rglob("*") if p.suffix in (".tar", ".idx", ".json", ".tmp")]
+    group = f"failing-write-{tmp_path.name}"
+    spark.sparkContext.setJobGroup(group, "a webdataset write that one task fails")
+    try:
+        with pytest.raises(Exception, match="injected failure"):
+            df.write.format("webdataset").option("samplesPerShard", 50).save(str(path))
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+    _wait_for_tasks_of(spark, group)
+    assert _eventually_clean(path) == []
 
 
 def test_ragged_arrays_written_as_webdataset_load_as_lists_of_tensors(spark, tmp_path):
