@@ -48,6 +48,7 @@ import torch
 from PIL import Image
 
 from . import batch as batching
+from . import forks
 from .batch import BinaryChunks, BinaryColumn
 from .crops import _RRC_TRIES, _keyed_draws, _keyed_window_uniforms, _random_resized_windows
 from .decoded import DecodeResult
@@ -326,6 +327,7 @@ def _import_dali():
     except ImportError as e:
         raise ImportError(f"ImageDecode(backend='dali') needs NVIDIA DALI: `pip install {dali_package()}`, "
                           "or pass ImageDecode(..., backend='pil')") from e
+    forks.never_collect_inherited()  # a forked worker must never destroy a pipeline it inherited
     return dali, fn, types, feed_ndarray
 
 

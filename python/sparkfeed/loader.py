@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 import torch.utils.data
 
-from . import checks, mix, progress
+from . import checks, forks, mix, progress
 from .arrays import NpyDecode, NpyDecoder
 from .batch import select_rows, unpack, user_facing
 from .dataset import Dataset
@@ -238,7 +238,9 @@ class DataLoader:
             num_workers=self.num_workers, timeout=self.timeout,
             multiprocessing_context=self.multiprocessing_context,
             prefetch_factor=self.prefetch_factor)
-        return _named_worker_errors(iter(loader), self.dataset.rank)
+        with forks.frozen_while_forking():  # the workers start (fork) here
+            workers = iter(loader)
+        return _named_worker_errors(workers, self.dataset.rank)
 
     def _deliver(self, epoch_progress: progress.EpochProgress, deliveries):
         """The user's batches; each delivery's positions and counters are recorded as it is handed

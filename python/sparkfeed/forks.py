@@ -1,0 +1,50 @@
+"""Forked worker processes and the native objects they inherit.
+
+A forked child has a copy of every parent object but none of the parent's threads. An object
+whose destructor joins or signals its own threads must therefore never be destroyed in the
+child. DALI's pipelines are such objects: a loader dropped in the parent leaves its decoder's
+pipeline in a reference cycle until the parent's garbage collector runs; if a forked worker's
+collector finds it first, `~Pipeline` waits on threads that do not exist in the child, and the
+worker hangs or dies ("DataLoader worker ... killed by signal: Segmentation fault", seen in CI).
+
+The cure is the one Python's `gc.freeze` documents for fork servers: what a child inherited is
+moved out of the collector's reach, so the child never collects it (it ends with `os._exit`,
+which destroys nothing, and the pages stay shared with the parent as a bonus).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import threading
+
+_LOCK = threading.Lock()
+_REGISTERED: list[bool] = []  # one entry once the at-fork hook is in place
+
+
+def never_collect_inherited() -> None:
+    """From now on, every forked child of this process freezes what it inherited, first thing.
+
+    Called when DALI is first imported (`decode._import_dali`); it covers forks sparkfeed does
+    not start, such as a plain `torch.utils.data.DataLoader` over a `sparkfeed.Dataset`."""
+    with _LOCK:
+        if not _REGISTERED and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=gc.freeze)
+            _REGISTERED.append(True)
+
+
+@contextlib.contextmanager
+def frozen_while_forking():
+    """Around starting worker processes: the parent's objects are frozen while the workers fork,
+    so that no collection in a child, even one that runs before the child's own at-fork hook,
+    can reach them. The parent is unfrozen afterwards unless something froze objects before
+    (then that owner's choice stands and the at-fork hook alone covers the children)."""
+    ours = gc.get_freeze_count() == 0
+    if ours:
+        gc.freeze()
+    try:
+        yield
+    finally:
+        if ours:
+            gc.unfreeze()
