@@ -1,62 +1,58 @@
-"""Shuffle blocks shared by the thread lanes of one process, and read by several threads.
+"""What the thread lanes of one process share, and shuffle blocks read by several threads.
 
-A block must be read whole before its first position is delivered (`stream.StreamReader`).
-`SharedBlocks` lets the lanes of one iteration that need the same block (a lane boundary falls
-inside it) read it once; `PendingBlock` lets several threads (those lanes, and helper threads)
-read the runs of one block in parallel, and the last one build it. They work with any reader that
-has `stream`, `_read_run_part(run)` and `_finish_block(block, parts)` (a `StreamReader`).
+A lane boundary (between the thread lanes of one iteration) can fall inside what is read whole:
+a shuffle block (`SharedBlocks`), or, unshuffled, a unit such as a Parquet row group
+(`SharedUnits`). Either is read once and handed to every lane that delivers positions of it.
+`PendingBlock` lets several threads (those lanes, and helper threads) read the runs of one
+block in parallel, and the last one build it. They work with any reader that has `stream`,
+`_read_run_part(run)` and `_finish_block(block, parts)` (a `StreamReader`).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
 
 if TYPE_CHECKING:  # annotations only: stream.py imports this module
     from .stream import Block, EpochStream, StreamReader, Shuffled
 
-__all__ = ["SharedBlocks", "PendingBlock"]
+__all__ = ["SharedBlocks", "SharedUnits", "PendingBlock"]
 
 
-class SharedBlocks:
-    """Blocks that several lanes of one process deliver positions of (a lane boundary falls
-    inside them), read once and handed to each such lane: thread lanes read no byte twice.
-
-    `need[b]` counts the lanes of this process whose spans touch block b; each lane releases a
-    block when it moves past it (or closes), and the block is dropped when the last one has.
-    A lane waiting for a block another lane is reading waits on that block's lock only, and
-    reading never waits on anything else, so there is no cycle; if the read fails, the waiting
-    lane reads the block itself (and meets the same error, naming the shard)."""
+class _LaneShare:
+    """What several thread lanes of one iteration need: `need[x]` counts the lanes whose spans
+    touch x (only x touched by two or more are kept); each lane releases x when it is done with
+    it (or closes), and x's entry is dropped when the last one has. One object per iteration,
+    found through the lanes list the loader hands every lane (`for_lanes`)."""
 
     # The shares of the last iterations, held strongly: a lane may start after another lane of
     # its iteration has finished and dropped the share, and must still find it (else it would
-    # read the blocks they share again). Lanes of an abandoned iteration that never started
-    # never release their blocks: holding only the last `_RECENT` shares bounds what they keep.
-    _registry: "OrderedDict[tuple, SharedBlocks]" = OrderedDict()
+    # read what they share again). Lanes of an abandoned iteration that never started never
+    # release: holding only the last `_RECENT` shares bounds what they keep.
+    _registry: "OrderedDict[tuple, _LaneShare]" = OrderedDict()
     _registry_lock = threading.Lock()
     _RECENT = 2
 
-    def __init__(self, stream: EpochStream, lanes):
+    def __init__(self, lanes, touched: list[set[int]], firsts: list[int | None]):
         self._lanes = lanes  # held: the registry key is its id
         self._lock = threading.Lock()
-        self._entries: dict[int, PendingBlock] = {}  # block -> its read in progress, or done
-        touched = [_blocks_touched(stream, spans) for spans in lanes]
-        self._need = {b: n for b in set().union(*touched)
-                      if (n := sum(b in t for t in touched)) > 1}
-        self._pending = [t & set(self._need) for t in touched]  # per lane: shared blocks to release
-        # per shared block, the lane that reaches it first: the first lane that starts inside it
-        # (lanes start together; for the lane before, it is the last block). It alone tells its
-        # read-ahead the block's runs (`stream._lane_units`), so no two lanes fetch one run.
-        firsts = [min(t) if t else None for t in touched]
-        self._first_lane = {b: next((k for k, f in enumerate(firsts) if f == b), None) for b in self._need}
+        self._entries: dict = {}  # x -> its read in progress, or done
+        self._need = {x: n for x in set().union(*touched) if (n := sum(x in t for t in touched)) > 1}
+        self._pending = [t & set(self._need) for t in touched]  # per lane: what it has to release
+        # per shared x, the lane that reaches it first: the first lane that starts inside it
+        # (lanes start together; for the lane before, it is the last one). It alone tells its
+        # read-ahead what x holds (`stream._lane_units`), so no two lanes fetch the same bytes.
+        self._first_lane = {x: next((k for k, f in enumerate(firsts) if f == x), None) for x in self._need}
 
     @classmethod
-    def for_lanes(cls, stream: EpochStream, lanes) -> SharedBlocks | None:
-        """The one object for this iteration's lanes (the list the loader hands every lane)."""
-        if not stream.shuffle or lanes is None or len(lanes) < 2:
+    def for_lanes(cls, stream: EpochStream, lanes):
+        """The one object of this kind for this iteration's lanes; None where nothing is shared."""
+        if lanes is None or len(lanes) < 2 or not cls._applies(stream):
             return None
-        key = (id(lanes), stream.seed, stream.epoch, stream.block)
+        key = (cls.__name__, id(lanes), stream.seed, stream.epoch, stream.block)
         with cls._registry_lock:
             shared = cls._registry.get(key)
             if shared is None or shared._lanes is not lanes:
@@ -65,6 +61,56 @@ class SharedBlocks:
                 while len(cls._registry) > cls._RECENT:
                     cls._registry.popitem(last=False)
             return shared
+
+    @staticmethod
+    def _applies(stream: EpochStream) -> bool:
+        raise NotImplementedError
+
+    def shares(self, x: int) -> bool:
+        """True for what several lanes of this process deliver positions of."""
+        return x in self._need
+
+    def first_lane(self, x: int) -> int | None:
+        """The lane that reaches shared x first (see `__init__`)."""
+        return self._first_lane.get(x)
+
+    def first_of(self, lane: int | None) -> list[int]:
+        """The shared x that `lane` reaches first, ascending."""
+        return sorted(x for x, first in self._first_lane.items() if first == lane)
+
+    def release(self, x: int, lane: int | None = None) -> None:
+        with self._lock:
+            if x not in self._need:
+                return
+            if lane is not None:
+                if x not in self._pending[lane]:
+                    return
+                self._pending[lane].discard(x)
+            self._need[x] -= 1
+            if self._need[x] <= 0:
+                self._entries.pop(x, None)
+
+    def leave(self, lane: int) -> None:
+        """A lane closed: release everything it has not released yet."""
+        for x in list(self._pending[lane]):
+            self.release(x, lane)
+
+
+class SharedBlocks(_LaneShare):
+    """Shuffle blocks that several lanes of one process deliver positions of (a lane boundary
+    falls inside them), read once and handed to each such lane: thread lanes read no byte twice.
+
+    A lane waiting for a block another lane is reading waits on that block's lock only, and
+    reading never waits on anything else, so there is no cycle; if the read fails, the waiting
+    lane reads the block itself (and meets the same error, naming the shard)."""
+
+    def __init__(self, stream: EpochStream, lanes):
+        touched = [_blocks_touched(stream, spans) for spans in lanes]
+        super().__init__(lanes, touched, [min(t) if t else None for t in touched])
+
+    @staticmethod
+    def _applies(stream: EpochStream) -> bool:
+        return stream.shuffle
 
     def get(self, b: int, reader: StreamReader) -> Shuffled:
         """Block b: lanes that need it at the same time read its runs together."""
@@ -79,30 +125,68 @@ class SharedBlocks:
             reader._start_helpers(entry, b)
         return entry.join(reader, b)
 
-    def shares(self, b: int) -> bool:
-        """True for a block that several lanes of this process deliver positions of."""
-        return b in self._need
 
-    def first_lane(self, b: int) -> int | None:
-        """The lane that reaches shared block b first (see `__init__`)."""
-        return self._first_lane.get(b)
+class SharedUnits(_LaneShare):
+    """Unshuffled: the units that a lane boundary falls inside, read once for the thread lanes
+    of one process that deliver rows of them. A Parquet row group is read whole, so each of
+    those lanes would read and convert all of it: a file of one large row group (Spark writes
+    128 MB ones by default) read by K thread lanes was read K times.
 
-    def release(self, b: int, lane: int | None = None) -> None:
+    The lane that asks first reads the unit (alone, not in a run with the units after it) and
+    leaves it here; the others take it, waiting while it is read. A failed read is not shared:
+    a waiting lane reads the unit itself (and meets the same error, naming the shard). A unit
+    stays here until every lane that needs it has taken it, so one a lane reaches at its end
+    waits in memory meanwhile: at most K-1 units per iteration."""
+
+    def __init__(self, stream: EpochStream, lanes):
+        ends = [_end_units(stream, spans) for spans in lanes]
+        firsts = [_first_unit(stream, spans) for spans in lanes]
+        super().__init__(lanes, ends, firsts)
+        self._sorted = np.array(sorted(self._need), dtype=np.int64)
+
+    @staticmethod
+    def _applies(stream: EpochStream) -> bool:
+        return not stream.shuffle
+
+    def run_end(self, k: int, end: int) -> int:
+        """Where a run of units from k (not shared) must stop: before the next shared unit,
+        which is read alone."""
+        at = int(np.searchsorted(self._sorted, k, side="right"))
+        return min(end, int(self._sorted[at])) if at < len(self._sorted) else end
+
+    def get(self, k: int, lane: int | None, read: Callable[[], tuple]):
+        """Unit k as `read()` gives it, read by the first lane that asks."""
         with self._lock:
-            if b not in self._need:
-                return
-            if lane is not None:
-                if b not in self._pending[lane]:
-                    return
-                self._pending[lane].discard(b)
-            self._need[b] -= 1
-            if self._need[b] <= 0:
-                self._entries.pop(b, None)
+            entry = self._entries.get(k)
+            mine = entry is None
+            if mine:
+                entry = self._entries[k] = _PendingUnit()
+        try:
+            if mine:
+                return entry.fill(read)
+            value = entry.wait()
+            return read() if value is None else value
+        finally:
+            self.release(k, lane)
 
-    def leave(self, lane: int) -> None:
-        """A lane closed: release every shared block it has not released yet."""
-        for b in list(self._pending[lane]):
-            self.release(b, lane)
+
+class _PendingUnit:
+    """A shared unit being read: its value once read, None if the read failed."""
+
+    def __init__(self):
+        self._done = threading.Event()
+        self.value = None
+
+    def fill(self, read: Callable[[], tuple]):
+        try:
+            self.value = read()
+            return self.value
+        finally:
+            self._done.set()
+
+    def wait(self):
+        self._done.wait()
+        return self.value
 
 
 class PendingBlock:
@@ -177,3 +261,19 @@ def _blocks_touched(stream: EpochStream, spans) -> set[int]:
         if hi > lo:
             out.update(range(stream.block_of(lo), stream.block_of(hi - 1) + 1))
     return out
+
+
+def _end_units(stream: EpochStream, spans) -> set[int]:
+    """Unshuffled: the units (holding samples) a lane's spans start or end in. Only these can
+    hold positions of another lane too: a unit inside a span is the span's alone."""
+    out: set[int] = set()
+    for lo, hi in spans:
+        if hi > lo:
+            out.add(int(np.searchsorted(stream.starts, lo, side="right")) - 1)
+            out.add(int(np.searchsorted(stream.starts, hi - 1, side="right")) - 1)
+    return out
+
+
+def _first_unit(stream: EpochStream, spans) -> int | None:
+    lo = next((lo for lo, hi in spans if hi > lo), None)
+    return None if lo is None else int(np.searchsorted(stream.starts, lo, side="right")) - 1

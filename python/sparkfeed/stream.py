@@ -29,7 +29,7 @@ from .errors import ShardReadError
 from .plan import Plan
 from .read import Reader, UnitRows
 from . import shuffle as shuffling
-from .blocks import PendingBlock, SharedBlocks
+from .blocks import PendingBlock, SharedBlocks, SharedUnits
 
 __all__ = ["EpochStream", "StreamReader", "Block", "Shuffled", "cut", "ROW_KEYS"]
 
@@ -56,14 +56,14 @@ _AHEAD_UNITS = 64  # units after the current run a reader is told about (`Reader
 
 
 def _lane_units(stream: "EpochStream", spans, runs_ahead: bool = False,
-                shared: "SharedBlocks | None" = None, lane: int | None = None) -> np.ndarray:
+                shared: "SharedBlocks | SharedUnits | None" = None, lane: int | None = None) -> np.ndarray:
     """Positions in the epoch of the units a lane reads for `spans`, ascending: what
     `Reader.read_ahead` is told comes next. With shuffle, where the reader fetches runs ahead
     (`Reader.runs_ahead`; else none), the units of the lane's blocks in the order they are read
-    (a block's runs one after another). A block this lane shares with other thread lanes
-    (`shared`) is told only by the lane that reaches it first (`SharedBlocks.first_lane`): its
-    runs are taken by whichever lane gets there, and hints from two lanes would fetch a run
-    twice."""
+    (a block's runs one after another). A block (or unshuffled, a unit) this lane shares with
+    other thread lanes (`shared`) is told only by the lane that reaches it first
+    (`first_lane`): it is read by whichever lane gets there, and hints from two lanes would
+    fetch it twice."""
     if stream.shuffle and not runs_ahead:
         return np.zeros(0, dtype=np.int64)
     if stream.shuffle:
@@ -74,7 +74,8 @@ def _lane_units(stream: "EpochStream", spans, runs_ahead: bool = False,
         if hi > lo:
             first = int(np.searchsorted(stream.starts, lo, side="right")) - 1
             last = int(np.searchsorted(stream.starts, hi - 1, side="right")) - 1
-            found.extend(k for k in range(first, last + 1) if stream.counts[k] > 0)
+            found.extend(k for k in range(first, last + 1) if stream.counts[k] > 0
+                         and (shared is None or not shared.shares(k) or shared.first_lane(k) == lane))
     return np.unique(np.array(found, dtype=np.int64))
 
 
@@ -86,14 +87,17 @@ def _block_units(stream: "EpochStream", blocks) -> np.ndarray:
     return units[stream.counts[units] > 0].astype(np.int64)
 
 
-def _offered_units(stream: "EpochStream", spans, shared: "SharedBlocks | None", lane: int | None) -> frozenset:
-    """(path, row group) of the units of the shared blocks this lane tells its read-ahead
-    (`_lane_units`): the other lanes that share them read runs from those fetches."""
+def _offered_units(stream: "EpochStream", shared: "SharedBlocks | SharedUnits | None",
+                   lane: int | None) -> frozenset:
+    """(path, row group) of the units this lane tells its read-ahead and the other thread lanes
+    share (`_lane_units`: those of the shared blocks, or unshuffled the shared units, it reaches
+    first): a lane that gets to one before this lane has read it reads from this lane's fetch
+    (`SharedReads.offered`) instead of fetching it again."""
     if shared is None:
         return frozenset()
-    blocks = [b for b in _lane_blocks(stream, spans) if shared.shares(b) and shared.first_lane(b) == lane]
-    return frozenset((stream.units[int(k)].path, stream.units[int(k)].row_group)
-                     for k in _block_units(stream, blocks))
+    mine = shared.first_of(lane)
+    units = _block_units(stream, mine) if stream.shuffle else np.array(mine, dtype=np.int64)
+    return frozenset((stream.units[int(k)].path, stream.units[int(k)].row_group) for k in units)
 
 
 def _lane_blocks(stream: "EpochStream", spans) -> list[int]:
@@ -356,7 +360,9 @@ class StreamReader:
         self._cached_units = cached_units
         self._current: tuple[int, Shuffled] | None = None  # shuffle: the block being delivered
         self._lanes, self._lane = lanes, None
-        self._shared: SharedBlocks | None = None
+        # what this lane shares with the other thread lanes of its iteration: shuffle blocks,
+        # or unshuffled, the units a lane boundary falls inside (`_join_lanes`)
+        self._shared: SharedBlocks | SharedUnits | None = None
         self._nulls: dict[int, tuple[UnitRows, int]] = {}  # on_error="raise": units with nulls
         self._ahead_units = np.zeros(0, dtype=np.int64)  # this lane's units in order (read-ahead)
         self._chunking = False  # read units in the reader's pieces (`_chunks`)
@@ -373,13 +379,16 @@ class StreamReader:
         return self._units[k]
 
     def _read_run(self, k: int, last: int) -> None:
-        units, counts = self.stream.units, self.stream.counts
+        units = self.stream.units
         end = min(last, k + _RUN_UNITS - 1) + 1
         at = int(np.searchsorted(self._ahead_units, k))  # this run and what follows it in the lane
         self.reader.read_ahead([units[int(i)] for i in self._ahead_units[at:at + _AHEAD_UNITS]])
-        read = self.reader.read_run(units[k:end], [int(n) for n in counts[k:end]])
-        block, offset = self._converted(read), 0
-        parts = read.parts()
+        shared = self._shared if isinstance(self._shared, SharedUnits) else None
+        if shared is not None and shared.shares(k):  # read once for the lanes it is split between
+            read, block = shared.get(k, self._lane, lambda: self._read_converted(k, k + 1))
+        else:
+            read, block = self._read_converted(k, end if shared is None else shared.run_end(k, end))
+        offset, parts = 0, read.parts()
         for j, (_, n) in enumerate(parts):
             self._units[k + j] = (block, offset)
             if block.skipped and self.reader.ctx.on_error != "skip" and block.slice(offset, offset + n).skipped:
@@ -387,6 +396,12 @@ class StreamReader:
             offset += n
         while len(self._units) > max(self._cached_units, len(parts) + 1):
             self._nulls.pop(self._units.popitem(last=False)[0], None)
+
+    def _read_converted(self, k: int, end: int) -> tuple[UnitRows, Block]:
+        """Units [k, end) of the epoch read as one run, and converted."""
+        counts = self.stream.counts
+        read = self.reader.read_run(self.stream.units[k:end], [int(n) for n in counts[k:end]])
+        return read, self._converted(read)
 
     def _piece(self, k: int, a: int, b: int, last: int | None = None) -> Block:
         """Rows [a, b) of the k-th unit of the epoch; a null a tensor cannot hold is an error here."""
@@ -555,7 +570,7 @@ class StreamReader:
         self._join_lanes(spans)
         self._ahead_units = _lane_units(self.stream, spans, self.reader.runs_ahead, self._shared, self._lane)
         if self.reader.runs_ahead:
-            self.reader.offers = _offered_units(self.stream, spans, self._shared, self._lane)
+            self.reader.offers = _offered_units(self.stream, self._shared, self._lane)
         if self.reader.ctx.expr is None:  # a unit's pieces are its rows then
             self._chunking = True
             if not self.stream.shuffle:  # lanes split units (a shuffled block holds whole units)
@@ -577,12 +592,13 @@ class StreamReader:
 
     def _join_lanes(self, spans) -> None:
         """Thread lanes (not torch's worker processes, which share no memory): find this lane
-        among `lanes` and the blocks it shares with the others."""
+        among `lanes` and the blocks (unshuffled: units) it shares with the others."""
         if self._lanes is None or self._shared is not None or torch.utils.data.get_worker_info() is not None:
             return
         lane = next((k for k, other in enumerate(self._lanes) if other is spans), None)
         if lane is not None:
-            self._lane, self._shared = lane, SharedBlocks.for_lanes(self.stream, self._lanes)
+            kind = SharedBlocks if self.stream.shuffle else SharedUnits
+            self._lane, self._shared = lane, kind.for_lanes(self.stream, self._lanes)
 
     def close(self) -> None:
         self._leave_block()

@@ -171,6 +171,31 @@ def test_a_shuffled_epoch_over_http_reads_its_blocks_ahead_and_no_data_twice(tmp
         assert all(b1 < a2 for (_, b1), (a2, _) in zip(ranges, ranges[1:])), (path, ranges)
 
 
+
+def test_a_row_group_that_thread_lanes_split_is_fetched_once(tmp_path):
+    """Unshuffled, two thread lanes split each file's one row group (`blocks.SharedUnits`): the
+    lane that starts inside it fetches and reads it, the other takes it when it gets there, so
+    each file's data is served once (before: once per lane)."""
+    rng = np.random.default_rng(3)
+    data = dsutil.table(2_000).append_column("image", pa.array([rng.bytes(256) for _ in range(2_000)]))
+    dsutil.write_parquet(str(tmp_path / "pq"), data, 1_000, 1_000)
+    server = LatencyServer(str(tmp_path), latency_s=0.0)
+    try:
+        L = sparkfeed.DataLoader(f"{server.url}/pq", batch_size=64, num_workers=4, worker_type="thread",
+                                 columns=["id", "image"])
+        got = [(i, bytes(img)) for b in L for i, img in zip(b["id"].tolist(), b["image"])]
+    finally:
+        server.close()
+    assert sorted(i for i, _ in got) == list(range(2_000))
+    images = data.column("image").to_pylist()
+    assert all(img == images[i] for i, img in got)
+    for path, ranges in _gets(server, ".parquet").items():
+        size = os.path.getsize(os.path.join(str(tmp_path), path))
+        data_ranges = sorted(r for r in ranges if r[1] != size - 1)  # not the footer
+        assert data_ranges and all(b1 < a2 for (_, b1), (a2, _) in zip(data_ranges, data_ranges[1:])), \
+            (path, ranges)
+        assert sum(b - a + 1 for a, b in data_ranges) < size, (path, ranges)
+
 def test_known_ranges_serve_reads_across_adjacent_fetches_without_the_file():
     opened = []
     parts = {(0, 4): b"abcd", (4, 8): b"efgh", (10, 12): b"kl"}

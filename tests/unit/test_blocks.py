@@ -1,0 +1,98 @@
+"""Unshuffled thread lanes share the units a lane boundary falls inside (`blocks.SharedUnits`):
+a Parquet row group is read whole, so without it every lane that delivers rows of one would
+read and convert all of it. (Shared shuffle blocks: tests/unit/test_shuffle.py.)"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+import dsutil
+import sparkfeed
+from sparkfeed import ShardReadError
+
+
+@pytest.fixture(scope="module")
+def one_group(tmp_path_factory):
+    """One file of one 1,000-row group: every lane boundary falls inside it."""
+    root = str(tmp_path_factory.mktemp("one") / "ds")
+    dsutil.write_parquet(root, dsutil.table(1000, image_bytes=32), 1000, 1000)
+    return root
+
+
+@pytest.fixture(scope="module")
+def split_groups(tmp_path_factory):
+    """3 files of 2 row groups of 250 rows: 4 lanes split 1,500 rows inside three of them."""
+    root = str(tmp_path_factory.mktemp("split") / "ds")
+    dsutil.write_parquet(root, dsutil.table(1500, image_bytes=32), 500, 250)
+    return root
+
+
+def _epoch(path, workers, worker_type="thread", **kw):
+    loader = sparkfeed.DataLoader(path, batch_size=64, num_workers=workers, worker_type=worker_type, **kw)
+    batches = [b["id"].tolist() for b in loader]
+    return batches, loader.stats()
+
+
+@pytest.mark.parametrize("workers", [2, 3, 4])
+def test_thread_lanes_read_a_row_group_split_between_them_once(one_group, workers):
+    alone, alone_stats = _epoch(one_group, 1)
+    batches, stats = _epoch(one_group, workers)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert stats["bytes_read"] == alone_stats["bytes_read"] > 0  # not `workers` times
+    processes, process_stats = _epoch(one_group, workers, "process")
+    assert batches == processes  # the same batches in the same order as worker processes
+    assert process_stats["bytes_read"] == workers * alone_stats["bytes_read"]  # they share no memory
+
+
+@pytest.mark.parametrize("filter", [None, [("label", "<", 5)]])
+def test_boundaries_inside_several_files_read_each_byte_once(split_groups, filter):
+    alone, alone_stats = _epoch(split_groups, 1, filter=filter)
+    batches, stats = _epoch(split_groups, 4, filter=filter)
+    assert sorted(i for b in batches for i in b) == sorted(i for b in alone for i in b)
+    assert stats["bytes_read"] == alone_stats["bytes_read"]
+    assert stats["rows_filtered"] == alone_stats["rows_filtered"]  # counted by the lane that read
+
+
+def test_a_resumed_epoch_delivers_the_rest_once(split_groups):
+    loader = sparkfeed.DataLoader(split_groups, batch_size=64, num_workers=4, worker_type="thread")
+    it = iter(loader)
+    head = [i for _ in range(7) for i in next(it)["id"].tolist()]
+    state = loader.state_dict()
+    it.close()
+    again = sparkfeed.DataLoader(split_groups, batch_size=64, num_workers=4, worker_type="thread")
+    again.load_state_dict(state)
+    rest = [i for b in again for i in b["id"].tolist()]
+    assert sorted(head + rest) == list(range(1500))
+
+
+def _corrupt_first_shard(root):
+    with open(os.path.join(root, "part-00000.parquet"), "r+b") as f:
+        f.seek(100)
+        f.write(b"\0" * 4000)  # data pages, footer intact
+
+
+def test_a_corrupt_shared_row_group_raises_naming_the_shard_and_nothing_hangs(tmp_path):
+    root = str(tmp_path / "ds")
+    dsutil.write_parquet(root, dsutil.table(1000, image_bytes=32), 1000, 1000)
+    _corrupt_first_shard(root)
+    before = {t.ident for t in threading.enumerate()}
+    loader = sparkfeed.DataLoader(root, batch_size=64, num_workers=2, worker_type="thread")
+    with pytest.raises(ShardReadError, match=r"part-00000\.parquet.*row group 0"):
+        list(loader)
+    for t in threading.enumerate():
+        if t.ident not in before and t.name.startswith("sparkfeed"):
+            t.join(timeout=60)  # hang guard: every lane returned, the waiting one too
+            assert not t.is_alive(), t.name
+
+
+def test_a_corrupt_shared_row_group_is_skipped_and_counted_once(tmp_path):
+    root = str(tmp_path / "ds")
+    dsutil.write_parquet(root, dsutil.table(1500, image_bytes=32), 500, 250)
+    _corrupt_first_shard(root)
+    alone, alone_stats = _epoch(root, 1, on_error="skip")
+    batches, stats = _epoch(root, 4, on_error="skip")
+    assert sorted(i for b in batches for i in b) == sorted(i for b in alone for i in b)
+    assert stats["samples_skipped"] == alone_stats["samples_skipped"] > 0
