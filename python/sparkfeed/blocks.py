@@ -136,10 +136,13 @@ class SharedUnits(_LaneShare):
     leaves it here; the others take it, waiting while it is read. A failed read is not shared:
     a waiting lane reads the unit itself (and meets the same error, naming the shard). A unit
     stays here until every lane that needs it has taken it, so one a lane reaches at its end
-    waits in memory meanwhile: at most K-1 units per iteration."""
+    waits in memory meanwhile: at most K-1 units per iteration, each no larger than a default
+    shuffle block (`stream.block` samples, 256 MiB stored); a larger one is read by each lane,
+    as before, rather than held for a whole epoch."""
 
     def __init__(self, stream: EpochStream, lanes):
-        ends = [_end_units(stream, spans) for spans in lanes]
+        ends = [{k for k in _end_units(stream, spans) if stream.units[k].num_rows <= stream.block}
+                for spans in lanes]
         firsts = [_first_unit(stream, spans) for spans in lanes]
         super().__init__(lanes, ends, firsts)
         self._sorted = np.array(sorted(self._need), dtype=np.int64)

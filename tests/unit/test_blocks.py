@@ -96,3 +96,13 @@ def test_a_corrupt_shared_row_group_is_skipped_and_counted_once(tmp_path):
     batches, stats = _epoch(root, 4, on_error="skip")
     assert sorted(i for b in batches for i in b) == sorted(i for b in alone for i in b)
     assert stats["samples_skipped"] == alone_stats["samples_skipped"] > 0
+
+
+def test_a_unit_larger_than_a_shuffle_block_is_read_by_each_lane_not_held(one_group):
+    """The memory bound: a shared unit waits in memory for the lane that reaches it last, so
+    only units of at most one shuffle block (`shuffle_buffer`, here set below the row group)
+    are shared; a larger one is read by each lane that needs it (the footer once)."""
+    _, alone_stats = _epoch(one_group, 1)
+    batches, stats = _epoch(one_group, 2, shuffle_buffer=500)
+    assert batches == _epoch(one_group, 2, "process")[0]
+    assert stats["bytes_read"] > 1.9 * alone_stats["bytes_read"]
