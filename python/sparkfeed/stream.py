@@ -60,10 +60,12 @@ def _lane_units(stream: "EpochStream", spans, runs_ahead: bool = False,
     """Positions in the epoch of the units a lane reads for `spans`, ascending: what
     `Reader.read_ahead` is told comes next. With shuffle, where the reader fetches runs ahead
     (`Reader.runs_ahead`; else none), the units of the lane's blocks in the order they are read
-    (a block's runs one after another). A block (or unshuffled, a unit) this lane shares with
-    other thread lanes (`shared`) is told only by the lane that reaches it first
-    (`first_lane`): it is read by whichever lane gets there, and hints from two lanes would
-    fetch it twice."""
+    (a block's runs one after another). A block this lane shares with other thread lanes
+    (`shared`) is told only by the lane that reaches it first (`first_lane`): its runs are
+    taken by whichever lane gets there, from that lane's fetches (`_offered_units`), and hints
+    from two lanes would fetch a run twice. Unshuffled, a unit the lanes share is told by none:
+    the lane that asks first reads it in place, alone (`SharedUnits`); a fetch ahead by one lane
+    would race that read and could fetch it a second time."""
     if stream.shuffle and not runs_ahead:
         return np.zeros(0, dtype=np.int64)
     if stream.shuffle:
@@ -75,7 +77,7 @@ def _lane_units(stream: "EpochStream", spans, runs_ahead: bool = False,
             first = int(np.searchsorted(stream.starts, lo, side="right")) - 1
             last = int(np.searchsorted(stream.starts, hi - 1, side="right")) - 1
             found.extend(k for k in range(first, last + 1) if stream.counts[k] > 0
-                         and (shared is None or not shared.shares(k) or shared.first_lane(k) == lane))
+                         and (shared is None or not shared.shares(k)))
     return np.unique(np.array(found, dtype=np.int64))
 
 
@@ -89,15 +91,13 @@ def _block_units(stream: "EpochStream", blocks) -> np.ndarray:
 
 def _offered_units(stream: "EpochStream", shared: "SharedBlocks | SharedUnits | None",
                    lane: int | None) -> frozenset:
-    """(path, row group) of the units this lane tells its read-ahead and the other thread lanes
-    share (`_lane_units`: those of the shared blocks, or unshuffled the shared units, it reaches
-    first): a lane that gets to one before this lane has read it reads from this lane's fetch
-    (`SharedReads.offered`) instead of fetching it again."""
-    if shared is None:
+    """(path, row group) of the units of the shared blocks this lane tells its read-ahead
+    (`_lane_units`: those it reaches first): a lane that reads one of their runs before this
+    lane has reads from this lane's fetch (`SharedReads.offered`) instead of fetching it again."""
+    if shared is None or not stream.shuffle:
         return frozenset()
-    mine = shared.first_of(lane)
-    units = _block_units(stream, mine) if stream.shuffle else np.array(mine, dtype=np.int64)
-    return frozenset((stream.units[int(k)].path, stream.units[int(k)].row_group) for k in units)
+    return frozenset((stream.units[int(k)].path, stream.units[int(k)].row_group)
+                     for k in _block_units(stream, shared.first_of(lane)))
 
 
 def _lane_blocks(stream: "EpochStream", spans) -> list[int]:

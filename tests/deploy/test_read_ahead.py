@@ -173,9 +173,10 @@ def test_a_shuffled_epoch_over_http_reads_its_blocks_ahead_and_no_data_twice(tmp
 
 
 def test_a_row_group_that_thread_lanes_split_is_fetched_once(tmp_path):
-    """Unshuffled, two thread lanes split each file's one row group (`blocks.SharedUnits`): the
-    lane that starts inside it fetches and reads it, the other takes it when it gets there, so
-    each file's data is served once (before: once per lane)."""
+    """Unshuffled, four thread lanes split the files' row groups (one each) between them
+    (`blocks.SharedUnits`): the lane that asks first reads the group in place, the other takes
+    it when it gets there, and no lane fetches it ahead, so each file's data is served once
+    (before: once per lane; with a fetch ahead beside the read in place, twice in one CI run)."""
     rng = np.random.default_rng(3)
     data = dsutil.table(2_000).append_column("image", pa.array([rng.bytes(256) for _ in range(2_000)]))
     dsutil.write_parquet(str(tmp_path / "pq"), data, 1_000, 1_000)
