@@ -36,16 +36,12 @@ class _LaneShare:
     _registry_lock = threading.Lock()
     _RECENT = 2
 
-    def __init__(self, lanes, touched: list[set[int]], firsts: list[int | None]):
+    def __init__(self, lanes, touched: list[set[int]]):
         self._lanes = lanes  # held: the registry key is its id
         self._lock = threading.Lock()
         self._entries: dict = {}  # x -> its read in progress, or done
         self._need = {x: n for x in set().union(*touched) if (n := sum(x in t for t in touched)) > 1}
         self._pending = [t & set(self._need) for t in touched]  # per lane: what it has to release
-        # per shared x, the lane that reaches it first: the first lane that starts inside it
-        # (lanes start together; for the lane before, it is the last one). It alone tells its
-        # read-ahead what x holds (`stream._lane_units`), so no two lanes fetch the same bytes.
-        self._first_lane = {x: next((k for k, f in enumerate(firsts) if f == x), None) for x in self._need}
 
     @classmethod
     def for_lanes(cls, stream: EpochStream, lanes):
@@ -69,14 +65,6 @@ class _LaneShare:
     def shares(self, x: int) -> bool:
         """True for what several lanes of this process deliver positions of."""
         return x in self._need
-
-    def first_lane(self, x: int) -> int | None:
-        """The lane that reaches shared x first (see `__init__`)."""
-        return self._first_lane.get(x)
-
-    def first_of(self, lane: int | None) -> list[int]:
-        """The shared x that `lane` reaches first, ascending."""
-        return sorted(x for x, first in self._first_lane.items() if first == lane)
 
     def release(self, x: int, lane: int | None = None) -> None:
         with self._lock:
@@ -106,11 +94,24 @@ class SharedBlocks(_LaneShare):
 
     def __init__(self, stream: EpochStream, lanes):
         touched = [_blocks_touched(stream, spans) for spans in lanes]
-        super().__init__(lanes, touched, [min(t) if t else None for t in touched])
+        super().__init__(lanes, touched)
+        # per shared block, the lane that reaches it first: the first lane that starts inside it
+        # (lanes start together; for the lane before, it is the last block). It alone tells its
+        # read-ahead the block's runs (`stream._lane_units`), so no two lanes fetch one run.
+        firsts = [min(t) if t else None for t in touched]
+        self._first_lane = {b: next((k for k, f in enumerate(firsts) if f == b), None) for b in self._need}
 
     @staticmethod
     def _applies(stream: EpochStream) -> bool:
         return stream.shuffle
+
+    def first_lane(self, b: int) -> int | None:
+        """The lane that reaches shared block b first (see `__init__`)."""
+        return self._first_lane.get(b)
+
+    def first_of(self, lane: int | None) -> list[int]:
+        """The shared blocks `lane` reaches first, ascending."""
+        return sorted(b for b, first in self._first_lane.items() if first == lane)
 
     def get(self, b: int, reader: StreamReader) -> Shuffled:
         """Block b: lanes that need it at the same time read its runs together."""
@@ -143,8 +144,7 @@ class SharedUnits(_LaneShare):
     def __init__(self, stream: EpochStream, lanes):
         ends = [{k for k in _end_units(stream, spans) if stream.units[k].num_rows <= stream.block}
                 for spans in lanes]
-        firsts = [_first_unit(stream, spans) for spans in lanes]
-        super().__init__(lanes, ends, firsts)
+        super().__init__(lanes, ends)
         self._sorted = np.array(sorted(self._need), dtype=np.int64)
 
     @staticmethod
@@ -158,12 +158,17 @@ class SharedUnits(_LaneShare):
         return min(end, int(self._sorted[at])) if at < len(self._sorted) else end
 
     def get(self, k: int, lane: int | None, read: Callable[[], tuple]):
-        """Unit k as `read()` gives it, read by the first lane that asks."""
+        """Unit k as `read()` gives it, read by the first lane that asks (in place: no lane
+        fetches a shared unit ahead, `stream._lane_units`). A lane that took it already and
+        asks again (a resumed lane whose spans touch it twice) reads it alone."""
         with self._lock:
-            entry = self._entries.get(k)
+            alone = lane is None or k not in self._pending[lane]
+            entry = None if alone else self._entries.get(k)
             mine = entry is None
-            if mine:
+            if mine and not alone:
                 entry = self._entries[k] = _PendingUnit()
+        if alone:
+            return read()
         try:
             if mine:
                 return entry.fill(read)
@@ -276,7 +281,3 @@ def _end_units(stream: EpochStream, spans) -> set[int]:
             out.add(int(np.searchsorted(stream.starts, hi - 1, side="right")) - 1)
     return out
 
-
-def _first_unit(stream: EpochStream, spans) -> int | None:
-    lo = next((lo for lo, hi in spans if hi > lo), None)
-    return None if lo is None else int(np.searchsorted(stream.starts, lo, side="right")) - 1

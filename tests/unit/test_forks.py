@@ -79,9 +79,10 @@ def test_the_parents_freeze_is_undone_after_the_workers_start_and_a_users_freeze
     assert gc.get_freeze_count() == 0
     gc.freeze()
     try:
-        before = gc.get_freeze_count()
         with forks.frozen_while_forking():
             pass
-        assert gc.get_freeze_count() == before  # someone else's freeze is theirs to undo
+        # someone else's freeze is theirs to undo (`gc.unfreeze` would leave 0; the count itself
+        # moves as frozen objects die, so it is not compared with the count before)
+        assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
