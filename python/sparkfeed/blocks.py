@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -45,8 +46,9 @@ class _LaneShare:
 
     @classmethod
     def for_lanes(cls, stream: EpochStream, lanes):
-        """The one object of this kind for this iteration's lanes; None where nothing is shared."""
-        if lanes is None or len(lanes) < 2 or not cls._applies(stream):
+        """The one object of this kind for this iteration's lanes (`SharedBlocks` for a shuffled
+        stream, `SharedUnits` for an unshuffled one); None for fewer than two lanes."""
+        if lanes is None or len(lanes) < 2:
             return None
         key = (cls.__name__, id(lanes), stream.seed, stream.epoch, stream.block)
         with cls._registry_lock:
@@ -57,10 +59,6 @@ class _LaneShare:
                 while len(cls._registry) > cls._RECENT:
                     cls._registry.popitem(last=False)
             return shared
-
-    @staticmethod
-    def _applies(stream: EpochStream) -> bool:
-        raise NotImplementedError
 
     def shares(self, x: int) -> bool:
         """True for what several lanes of this process deliver positions of."""
@@ -100,10 +98,6 @@ class SharedBlocks(_LaneShare):
         # read-ahead the block's runs (`stream._lane_units`), so no two lanes fetch one run.
         firsts = [min(t) if t else None for t in touched]
         self._first_lane = {b: next((k for k, f in enumerate(firsts) if f == b), None) for b in self._need}
-
-    @staticmethod
-    def _applies(stream: EpochStream) -> bool:
-        return stream.shuffle
 
     def first_lane(self, b: int) -> int | None:
         """The lane that reaches shared block b first (see `__init__`)."""
@@ -147,10 +141,6 @@ class SharedUnits(_LaneShare):
         super().__init__(lanes, ends)
         self._sorted = np.array(sorted(self._need), dtype=np.int64)
 
-    @staticmethod
-    def _applies(stream: EpochStream) -> bool:
-        return not stream.shuffle
-
     def run_end(self, k: int, end: int) -> int:
         """Where a run of units from k (not shared) must stop: before the next shared unit,
         which is read alone."""
@@ -159,42 +149,30 @@ class SharedUnits(_LaneShare):
 
     def get(self, k: int, lane: int | None, read: Callable[[], tuple]):
         """Unit k as `read()` gives it, read by the first lane that asks (in place: no lane
-        fetches a shared unit ahead, `stream._lane_units`). A lane that took it already and
-        asks again (a resumed lane whose spans touch it twice) reads it alone."""
+        fetches a shared unit ahead, `stream._lane_units`); its entry holds the result, None
+        when that read failed. A lane that took it already and asks again (a resumed lane whose
+        spans touch it twice) reads it alone."""
         with self._lock:
             alone = lane is None or k not in self._pending[lane]
             entry = None if alone else self._entries.get(k)
-            mine = entry is None
-            if mine and not alone:
-                entry = self._entries[k] = _PendingUnit()
+            mine = not alone and entry is None
+            if mine:
+                entry = self._entries[k] = Future()
         if alone:
             return read()
         try:
             if mine:
-                return entry.fill(read)
-            value = entry.wait()
+                try:
+                    value = read()
+                except BaseException:
+                    entry.set_result(None)
+                    raise
+                entry.set_result(value)
+                return value
+            value = entry.result()
             return read() if value is None else value
         finally:
             self.release(k, lane)
-
-
-class _PendingUnit:
-    """A shared unit being read: its value once read, None if the read failed."""
-
-    def __init__(self):
-        self._done = threading.Event()
-        self.value = None
-
-    def fill(self, read: Callable[[], tuple]):
-        try:
-            self.value = read()
-            return self.value
-        finally:
-            self._done.set()
-
-    def wait(self):
-        self._done.wait()
-        return self.value
 
 
 class PendingBlock:
@@ -280,4 +258,3 @@ def _end_units(stream: EpochStream, spans) -> set[int]:
             out.add(int(np.searchsorted(stream.starts, lo, side="right")) - 1)
             out.add(int(np.searchsorted(stream.starts, hi - 1, side="right")) - 1)
     return out
-
