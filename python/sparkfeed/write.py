@@ -212,6 +212,12 @@ def _chunk_stats(chunk, num_rows: int) -> dict:
     return {"min": lo, "max": hi, "null_count": nulls, "all_null": nulls == num_rows and num_rows > 0}
 
 
+def _all_null(num_rows: int) -> dict:
+    """Raw stats of a chunk of a `null`-typed column, which Parquet writers give none: every
+    row is null (so a comparison filter prunes it)."""
+    return {"min": None, "max": None, "null_count": num_rows, "all_null": num_rows > 0}
+
+
 def _fold(parts: list[dict]) -> dict:
     """Shard stats from row-group stats; all-null row groups do not hide the others' range."""
     nulls = None if any(p["null_count"] is None for p in parts) else sum(p["null_count"] for p in parts)
@@ -250,10 +256,12 @@ def _footer_entry(fs, full: str, rel: str, size: int) -> dict:
     types = {f.name: delivered_type(f.type) for f in fields}  # categoricals as their values
     index = {md.schema.column(j).path: j for j in range(md.num_columns)}
     stat_cols = [(f.name, index[f.name]) for f in fields if _stat_type(types[f.name]) and f.name in index]
-    groups, per_col = [], {name: [] for name, _ in stat_cols}
+    null_cols = [f.name for f in fields if str(types[f.name]) == "null"]  # None in every row: no stats
+    groups, per_col = [], {name: [] for name in [n for n, _ in stat_cols] + null_cols}
     for i in range(md.num_row_groups):
         rg = md.row_group(i)
         raw = {name: _chunk_stats(rg.column(j), rg.num_rows) for name, j in stat_cols}
+        raw.update({name: _all_null(rg.num_rows) for name in null_cols})
         for name, s in raw.items():
             per_col[name].append(s)
         groups.append({"num_samples": rg.num_rows, "stats": _to_json_stats(raw)})

@@ -682,6 +682,34 @@ def test_parquet_files_with_a_column_added_later_merge_and_read_nulls(tmp_path, 
         sparkfeed.index(str(root), mode="overwrite", progress=False)
 
 
+def test_a_column_that_one_file_holds_as_null_takes_the_type_of_the_others(tmp_path):
+    """pandas and pyarrow type a column that is None in every row as `null`; it merges with the
+    other files' type as in `pyarrow.unify_schemas`, a `null` struct reads as nulls in its leaves,
+    and a filter on such a column prunes the file from its footer alone."""
+    root = tmp_path / "nulls"
+    root.mkdir()
+    image = {"bytes": b"jpeg", "path": "a.jpg"}
+    pq.write_table(pa.table({"id": np.arange(0, 20), "caption": [f"c{k}" for k in range(20)],
+                             "score": np.arange(20) * 0.5, "image": [image] * 20}), root / "a.parquet")
+    pq.write_table(pa.table({"id": np.arange(20, 30), "caption": [None] * 10, "score": [None] * 10,
+                             "image": [None] * 10}), root / "b.parquet")
+    assert pq.read_schema(root / "b.parquet").field("caption").type == pa.null()
+    m = sparkfeed.index(str(root), progress=False)
+    assert [(c.name, c.type) for c in m.schema] == [("id", "int64"), ("caption", "string"), ("score", "double"),
+                                                    ("image.bytes", "binary"), ("image.path", "string")]
+    got = {}
+    for batch in sparkfeed.DataLoader(str(root), batch_size=8, num_workers=2, shuffle=True):
+        got.update(zip(batch["id"].tolist(), zip(batch["caption"], batch["score"].tolist(),
+                                                 batch["image.bytes"], batch["image.path"])))
+    assert sorted(got) == list(range(30))
+    assert all(got[k] == (f"c{k}", k * 0.5, b"jpeg", "a.jpg") for k in range(20))
+    assert all(c is None and np.isnan(s) and b is None and p is None for c, s, b, p in (got[k] for k in range(20, 30)))
+    for f in ([("caption", "==", "c3")], [("score", ">", 1.0)]):
+        loader = sparkfeed.DataLoader(str(root), batch_size=8, columns=["id"], filter=f)
+        assert sorted(_ids(loader)) == ([3] if f[0][0] == "caption" else list(range(3, 20)))
+        assert loader.stats()["shards_pruned"] == 1  # b.parquet: all null, from its footer
+
+
 def test_delta_columns_added_by_schema_evolution_are_nulls_in_older_files(tmp_path):
     deltalake = pytest.importorskip("deltalake")
     root = tmp_path / "delta_evolved"

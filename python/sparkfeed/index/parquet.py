@@ -54,16 +54,25 @@ def partition_stats(value, num_rows: int) -> dict:
 def _merged_schema(entries: list[dict], dataset: str) -> list[list[str]]:
     """The files' columns, in order of first appearance (Spark's `mergeSchema`): a file without
     a column others have (added later, as Delta's schema evolution also does) is read with
-    nulls there, and logged; one column with two types is an error naming both files."""
+    nulls there, and logged; one column with two types is an error naming both files. A column
+    a file holds as `null` (pandas and pyarrow type a column that is None in every row so) takes
+    the other files' type, as `pyarrow.unify_schemas` does; a `null` column in place of a struct
+    the other files hold is that struct's leaves, all nulls."""
     types: dict[str, tuple[str, str]] = {}  # column -> (type, first file holding it)
     for e in entries:
         for name, t in e["schema"]:
             seen = types.setdefault(name, (t, e["path"]))
-            if seen[0] != t:
+            if seen[0] == "null" and t != "null":
+                types[name] = (t, seen[1])
+            elif seen[0] != t and t != "null":
                 raise ManifestError(
                     f"the Parquet files disagree on column {name!r}: {seen[1]!r} holds it as {seen[0]} but "
                     f"{e['path']!r} as {t}; index the files of one schema apart (pass a glob or a list)",
                     dataset=dataset)
+    structs = {name.rsplit(".", 1)[0] for name in types if "." in name}
+    nulls_for = {name for name, (t, _) in types.items()
+                 if t == "null" and any(s == name or s.startswith(name + ".") for s in structs)}
+    types = {name: seen for name, seen in types.items() if name not in nulls_for}
     held = [{name for name, _ in e["schema"]} for e in entries]
     for name in types:
         n = sum(name not in names for names in held)
@@ -77,8 +86,12 @@ def parquet_schema(entries: list[dict], files: list[DataFile], dataset: str) -> 
     """Manifest schema of the files plus their partition columns; adds each file's partition
     values and their statistics to its entry (in place) and drops the per-file schemas."""
     file_schema = _merged_schema(entries, dataset)
+    names = {n for n, _ in file_schema}
     for e in entries:
         e.pop("schema")
+        for stats in [e["stats"]] + [g["stats"] for g in e["row_groups"]]:
+            for gone in set(stats) - names:  # a `null` column where the others hold a struct
+                del stats[gone]
     schema = [_column(n, t) for n, t in file_schema]
     types = partition_types(files, dataset)
     clash = sorted(set(types) & {n for n, _ in file_schema})

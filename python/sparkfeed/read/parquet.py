@@ -194,6 +194,9 @@ class ParquetReader(Reader):
         if fetched:
             self.ctx.stats.add("bytes_read_ahead", nbytes)  # of bytes_read: fetched by read-ahead
         table = _as_delivered(table)
+        for field in self.ctx.arrow_schema([f.name for f in table.schema if f.type == pa.null()]):
+            i = table.schema.get_field_index(field.name)  # None in every row of this file: the type
+            table = table.set_column(i, field.name, pa.nulls(table.num_rows, field.type))  # of the others
         for field in self.ctx.arrow_schema(absent):  # a column this file predates: nulls (Delta's
             table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))  # evolution)
         return table.select(names)
@@ -323,7 +326,7 @@ class ParquetReader(Reader):
         present = [n for n in self.ctx.read_columns if n in fields]
         for want in self.ctx.arrow_schema(present):
             got = fields[want.name]
-            if want.type != pa.null() and not filters.delivered_type(got.type).equals(want.type):
+            if pa.null() not in (want.type, got.type) and not filters.delivered_type(got.type).equals(want.type):
                 raise self._error(unit, f"schema drift: column {got.name!r} is {got.type} here but "
                                   f"{want.type} in the manifest")
 
