@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from .manifest import Column, ColumnStats
 
-__all__ = ["delivered_type", "torch_dtype", "leaf_fields", "to_expression", "referenced_columns", "check_filter", "guarantee", "select_may_match",
+__all__ = ["delivered_type", "common_type", "torch_dtype", "leaf_fields", "to_expression", "referenced_columns", "check_filter", "guarantee", "select_may_match",
            "arrow_type"]
 
 _TIMESTAMP = re.compile(r"timestamp\[(\w+)(?:, tz=(.+))?\]")
@@ -60,6 +60,32 @@ def delivered_type(t: pa.DataType) -> pa.DataType:
     if pa.types.is_fixed_size_binary(t):
         return pa.binary()
     return t
+
+
+def common_type(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
+    """The type two files' columns of one name both read as without loss, or None: the same
+    type; the other's where one is `null` (a column None in every row of a file); the 64-bit
+    offset variant where one file holds string, binary or list and the other its `large_` form
+    (Polars writes those). What `pyarrow.unify_schemas` would promote, and no more: numbers of
+    two widths or kinds stay an error, as in Spark's `mergeSchema`."""
+    if a.equals(b):
+        return a
+    if pa.types.is_null(a) or pa.types.is_null(b):
+        return b if pa.types.is_null(a) else a
+    for small, large in ((a, b), (b, a)):
+        if _large(small) is not None and _large(small).equals(large):
+            return large
+    return None
+
+
+def _large(t: pa.DataType) -> pa.DataType | None:
+    if pa.types.is_string(t):
+        return pa.large_string()
+    if pa.types.is_binary(t):
+        return pa.large_binary()
+    if pa.types.is_list(t):
+        return pa.large_list(t.value_field)
+    return None
 
 
 def torch_dtype(t: pa.DataType):

@@ -710,6 +710,53 @@ def test_a_column_that_one_file_holds_as_null_takes_the_type_of_the_others(tmp_p
         assert loader.stats()["shards_pruned"] == 1  # b.parquet: all null, from its footer
 
 
+def test_files_with_the_large_types_polars_writes_merge_with_the_plain_ones(tmp_path):
+    """Polars writes large_string, large_binary and large_list where pandas and pyarrow write
+    string, binary and list: one dataset of both kinds of file reads as the large types, every
+    value intact, images decoded from either kind; numbers of two widths stay an error."""
+    import io
+
+    from PIL import Image
+
+    jpegs = []
+    for k in range(3):
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (40 * k, 0, 0)).save(buf, "JPEG", quality=95)
+        jpegs.append(buf.getvalue())
+    root = tmp_path / "mixed"
+    root.mkdir()
+
+    def table(ids, large):
+        s, b = (pa.large_string(), pa.large_binary()) if large else (pa.string(), pa.binary())
+        lst = pa.large_list(pa.int64()) if large else pa.list_(pa.int64())
+        return pa.table({"id": pa.array(ids, pa.int64()), "caption": pa.array([f"c{k}" for k in ids], s),
+                         "image": pa.array([jpegs[k % 3] for k in ids], b),
+                         "tokens": pa.array([list(range(k % 4)) for k in ids], lst)})
+
+    pq.write_table(table(range(0, 12), large=False), root / "a.parquet", row_group_size=5)
+    pq.write_table(table(range(12, 20), large=True), root / "b.parquet", row_group_size=5)
+    m = sparkfeed.index(str(root), progress=False)
+    assert {c.name: c.type for c in m.schema} == {"id": "int64", "caption": "large_string",
+                                                   "image": "large_binary", "tokens": "large_list<element: int64>"}
+    got = {}
+    loader = sparkfeed.DataLoader(str(root), batch_size=6, num_workers=2, shuffle=True, ragged=["tokens"],
+                                  decode={"image": sparkfeed.ImageDecode(size=16)})
+    for batch in loader:
+        for k, c, img, t in zip(batch["id"].tolist(), batch["caption"], batch["image"], batch["tokens"]):
+            got[k] = (c, int(img[0].float().mean().round()), t.tolist())
+    assert sorted(got) == list(range(20))
+    assert all(got[k][0] == f"c{k}" and got[k][2] == list(range(k % 4)) for k in range(20))
+    assert all(abs(got[k][1] - 40 * (k % 3)) <= 3 for k in range(20))  # red channel of each image
+    for ids in ([3], [15]):
+        loader = sparkfeed.DataLoader(str(root), batch_size=8, columns=["id"], filter=[("caption", "==", f"c{ids[0]}")])
+        assert _ids(loader) == ids
+
+    pq.write_table(pa.table({"id": pa.array([20], pa.int32())}), root / "c.parquet")
+    with pytest.raises(ManifestError, match=r"disagree on column 'id': 'a.parquet' holds it as int64 but "
+                                            r"'c.parquet' as int32"):
+        sparkfeed.index(str(root), mode="overwrite", progress=False)
+
+
 def test_delta_columns_added_by_schema_evolution_are_nulls_in_older_files(tmp_path):
     deltalake = pytest.importorskip("deltalake")
     root = tmp_path / "delta_evolved"

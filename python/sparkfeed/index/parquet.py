@@ -13,6 +13,7 @@ import logging
 import pyarrow as pa
 
 from ..errors import ManifestError, ShardReadError
+from ..filters import arrow_type, common_type
 from ..write import _footer_entry, _gather_entries
 from .discover import DataFile, Listing, partition_types, typed_partition
 from .gather import run_local
@@ -54,17 +55,18 @@ def partition_stats(value, num_rows: int) -> dict:
 def _merged_schema(entries: list[dict], dataset: str) -> list[list[str]]:
     """The files' columns, in order of first appearance (Spark's `mergeSchema`): a file without
     a column others have (added later, as Delta's schema evolution also does) is read with
-    nulls there, and logged; one column with two types is an error naming both files. A column
-    a file holds as `null` (pandas and pyarrow type a column that is None in every row so) takes
-    the other files' type, as `pyarrow.unify_schemas` does; a `null` column in place of a struct
-    the other files hold is that struct's leaves, all nulls."""
+    nulls there, and logged; one column with two types is an error naming both files, unless
+    both read as one type without loss (`filters.common_type`: a file's `null` column, None in
+    every row, or string and large_string); a `null` column in place of a struct the other
+    files hold is that struct's leaves, all nulls."""
     types: dict[str, tuple[str, str]] = {}  # column -> (type, first file holding it)
     for e in entries:
         for name, t in e["schema"]:
             seen = types.setdefault(name, (t, e["path"]))
-            if seen[0] == "null" and t != "null":
-                types[name] = (t, seen[1])
-            elif seen[0] != t and t != "null":
+            common = seen[0] if seen[0] == t else _common(seen[0], t)
+            if common is not None:
+                types[name] = (common, seen[1])
+            else:
                 raise ManifestError(
                     f"the Parquet files disagree on column {name!r}: {seen[1]!r} holds it as {seen[0]} but "
                     f"{e['path']!r} as {t}; index the files of one schema apart (pass a glob or a list)",
@@ -80,6 +82,15 @@ def _merged_schema(entries: list[dict], dataset: str) -> list[list[str]]:
             log.warning("%s: %d of %d files have no column %r (%r has it): read as nulls there", dataset,
                         n, len(entries), name, types[name][1])
     return [[name, t] for name, (t, _) in types.items()]
+
+
+def _common(a: str, b: str) -> str | None:
+    """The manifest type of a column held as type strings `a` and `b` by two files, or None."""
+    ta, tb = arrow_type(a), arrow_type(b)
+    if ta is None or tb is None:
+        return None
+    common = common_type(ta, tb)
+    return None if common is None else (a if common.equals(ta) else b)
 
 
 def parquet_schema(entries: list[dict], files: list[DataFile], dataset: str) -> list[dict]:

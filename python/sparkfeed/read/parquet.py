@@ -45,7 +45,8 @@ class ParquetReader(Reader):
         self._pafs = _arrow_filesystem(ctx.fs)
         # The last files opened: with shuffle, units hop between files, and a footer is read,
         # parsed and checked once per file, not once per unit.
-        self._files: OrderedDict[str, tuple[pq.ParquetFile, dict]] = OrderedDict()
+        # path -> (open file, column -> its chunks, column -> the manifest type to cast it to)
+        self._files: OrderedDict[str, tuple[pq.ParquetFile, dict, dict]] = OrderedDict()
         self._ahead = None if self._pafs is not None else storage.ReadAhead(ctx.read_ahead_bytes)
         self._ranges = True  # False: an HTTP server that ignores Range (whole-file reads)
         self._fetched = False  # read-ahead made its first fetch (`_FIRST_FETCH_BYTES`)
@@ -112,17 +113,17 @@ class ParquetReader(Reader):
             pf = self._open(unit, path, metadata)
             opened.append(pf)
             self.ctx.stats.add("bytes_read", pf.metadata.serialized_size + 8)
-            self._check_schema(unit, pf.schema_arrow)
+            casts = self._check_schema(unit, pf.schema_arrow)
             chunks_of: dict[str, list[int]] = {}  # column (or struct leaf) -> its column chunks
             for j in range(pf.metadata.num_columns):
                 for name in _paths_above(pf.metadata.schema.column(j).path):
                     chunks_of.setdefault(name, []).append(j)
-            return pf.metadata, chunks_of
+            return pf.metadata, chunks_of, casts
 
         # a server that ignores Range (`_no_ranges`) has each reader read whole files, as before
         known = self.ctx.shared.once(unit.path, first_open) if self._ranges else first_open()
         pf = opened[0] if opened else self._open(unit, path, known[0])
-        self._files[unit.path] = (pf, known[1])
+        self._files[unit.path] = (pf, known[1], known[2])
         while len(self._files) > _OPEN_FILES:
             self._files.popitem(last=False)
         return pf
@@ -193,10 +194,7 @@ class ParquetReader(Reader):
         self.ctx.stats.add("bytes_read", nbytes)
         if fetched:
             self.ctx.stats.add("bytes_read_ahead", nbytes)  # of bytes_read: fetched by read-ahead
-        table = _as_delivered(table)
-        for field in self.ctx.arrow_schema([f.name for f in table.schema if f.type == pa.null()]):
-            i = table.schema.get_field_index(field.name)  # None in every row of this file: the type
-            table = table.set_column(i, field.name, pa.nulls(table.num_rows, field.type))  # of the others
+        table = _cast(_as_delivered(table), self._files[unit.path][2])
         for field in self.ctx.arrow_schema(absent):  # a column this file predates: nulls (Delta's
             table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))  # evolution)
         return table.select(names)
@@ -316,19 +314,26 @@ class ParquetReader(Reader):
     def _chunk_bytes(self, path: str, group: int, names: list[str]) -> int:
         """Compressed bytes of the column chunks of `names` in row group `group` (what a read
         fetches), from the open file's footer."""
-        pf, chunks_of = self._files[path]
+        pf, chunks_of, _ = self._files[path]
         rg = pf.metadata.row_group(group)
         return sum(rg.column(j).total_compressed_size for n in names for j in chunks_of.get(n, ()))
 
-    def _check_schema(self, unit: WorkUnit, schema: pa.Schema) -> None:
-        """Once per file: the columns this dataset reads have the manifest's types."""
+    def _check_schema(self, unit: WorkUnit, schema: pa.Schema) -> dict[str, pa.DataType]:
+        """Once per file: the columns this dataset reads have the manifest's types, or one that
+        casts to it without loss (`filters.common_type`); those columns -> the manifest's type."""
         fields = {f.name: f for f in filters.leaf_fields(schema)}
         present = [n for n in self.ctx.read_columns if n in fields]
+        casts = {}
         for want in self.ctx.arrow_schema(present):
-            got = fields[want.name]
-            if pa.null() not in (want.type, got.type) and not filters.delivered_type(got.type).equals(want.type):
-                raise self._error(unit, f"schema drift: column {got.name!r} is {got.type} here but "
+            got = filters.delivered_type(fields[want.name].type)
+            common = filters.common_type(got, want.type)
+            if want.type == pa.null() or got.equals(want.type):
+                continue
+            if common is None or not common.equals(want.type):
+                raise self._error(unit, f"schema drift: column {want.name!r} is {got} here but "
                                   f"{want.type} in the manifest")
+            casts[want.name] = want.type
+        return casts
 
     def _read(self, unit: WorkUnit) -> UnitRows:
         ctx = self.ctx
@@ -436,6 +441,17 @@ def _as_delivered(table: pa.Table) -> pa.Table:
         want = filters.delivered_type(field.type)
         if want != field.type:
             table = table.set_column(i, field.name, table.column(i).cast(want))
+    return table
+
+
+def _cast(table: pa.Table, casts: dict[str, pa.DataType]) -> pa.Table:
+    """Columns a file holds narrower than the manifest (`_check_schema`) in the manifest's type:
+    a `null` column (None in every row of this file) as nulls of it, string/binary/list as
+    their large_ forms."""
+    for name in casts.keys() & set(table.schema.names):
+        i, column = table.schema.get_field_index(name), table.column(name)
+        column = pa.nulls(len(column), casts[name]) if column.type == pa.null() else column.cast(casts[name])
+        table = table.set_column(i, name, column)
     return table
 
 
