@@ -53,12 +53,15 @@ def to_expression(filter) -> pc.Expression | None:
 def delivered_type(t: pa.DataType) -> pa.DataType:
     """The type a column is delivered (and recorded in the manifest) as: a dictionary column (a
     pandas categorical, a file keeping Arrow's dictionary type) as its values, fixed-size binary
-    (UUIDs, digests) as binary; the reader casts them so (`read.parquet`). Parquet's statistics
+    (UUIDs, digests) as binary, string and binary views (Arrow's newer layout, which pyarrow keeps
+    in the files it writes from them) as string and binary; the reader casts them so (`read.parquet`). Parquet's statistics
     of such columns are of the values, so they hold for the delivered type."""
     if pa.types.is_dictionary(t):
         return delivered_type(t.value_type)
-    if pa.types.is_fixed_size_binary(t):
+    if pa.types.is_fixed_size_binary(t) or pa.types.is_binary_view(t):
         return pa.binary()
+    if pa.types.is_string_view(t):
+        return pa.string()
     return t
 
 

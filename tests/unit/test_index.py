@@ -59,9 +59,13 @@ def test_pyarrow_hive_partitions_become_columns_and_prune_files(tmp_path):
     assert 0 < stats["bytes_read"] < full.stats()["bytes_read"]
 
 
-def test_unsupported_types_are_marked_left_out_and_refused_by_name(tmp_path):
+def test_unsupported_types_are_marked_left_out_and_refused_by_name(tmp_path, caplog):
+    import logging
+
     root, _ = _hive(tmp_path)
-    m = sparkfeed.index(str(root), progress=False)
+    with caplog.at_level(logging.WARNING, logger="sparkfeed.index.build"):
+        m = sparkfeed.index(str(root), progress=False)
+    assert "1 column(s) cannot become tensors and are left out of batches: price (decimal)" in caplog.text
     kinds = {c.name: c.unsupported for c in m.schema}
     assert kinds == {"id": None, "x": None, "meta.a": None, "price": "decimal", "split": None}
     batch = next(iter(sparkfeed.DataLoader(str(root), batch_size=8)))
@@ -755,6 +759,29 @@ def test_files_with_the_large_types_polars_writes_merge_with_the_plain_ones(tmp_
     with pytest.raises(ManifestError, match=r"disagree on column 'id': 'a.parquet' holds it as int64 but "
                                             r"'c.parquet' as int32"):
         sparkfeed.index(str(root), mode="overwrite", progress=False)
+
+
+def test_string_and_binary_views_read_as_string_and_binary(tmp_path):
+    """Arrow's view layout (pyarrow keeps it in files written from views, e.g. a Polars frame
+    exported at its newest compatibility level) is recorded and delivered as string / binary,
+    beside files of the plain types, with statistics that prune."""
+    root = tmp_path / "views"
+    root.mkdir()
+    pq.write_table(pa.table({"id": np.arange(0, 10), "t": pa.array([f"v{k}" for k in range(10)], pa.string_view()),
+                             "b": pa.array([bytes([k]) * 3 for k in range(10)], pa.binary_view())}),
+                   root / "a.parquet", row_group_size=5)
+    pq.write_table(pa.table({"id": np.arange(10, 15), "t": [f"w{k}" for k in range(10, 15)],
+                             "b": [bytes([k]) * 3 for k in range(10, 15)]}), root / "b.parquet")
+    assert pq.read_schema(root / "a.parquet").field("t").type == pa.string_view()
+    m = sparkfeed.index(str(root), progress=False)
+    assert {c.name: c.type for c in m.schema} == {"id": "int64", "t": "string", "b": "binary"}
+    got = {}
+    for batch in sparkfeed.DataLoader(str(root), batch_size=4, num_workers=2, shuffle=True):
+        got.update(zip(batch["id"].tolist(), zip(batch["t"], batch["b"])))
+    assert got == {k: (f"{'v' if k < 10 else 'w'}{k}", bytes([k]) * 3) for k in range(15)}
+    loader = sparkfeed.DataLoader(str(root), batch_size=4, columns=["id"], filter=[("t", "==", "v7")])
+    assert _ids(loader) == [7]
+    assert loader.stats()["row_groups_pruned"] == 2  # a.parquet's first row group and b.parquet
 
 
 def test_delta_columns_added_by_schema_evolution_are_nulls_in_older_files(tmp_path):

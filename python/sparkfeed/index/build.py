@@ -148,6 +148,10 @@ def build_manifest(listing: Listing, fmt: str, *, spark=None, version=None,
     created = {k: str(v) for k, v in created.items()}
     doc = _document("webdataset" if fmt == "webdataset" else "parquet", schema, entries, created,
                     listing, apart)
+    left_out = [f"{c['name']} ({c['unsupported']})" for c in schema if c.get("unsupported")]
+    if left_out:
+        log.warning("%s: %d column(s) cannot become tensors and are left out of batches: %s "
+                    "(`sparkfeed inspect` lists every column)", listing.url, len(left_out), ", ".join(left_out))
     return Indexed(parse_manifest(doc, dataset=listing.url), dali)
 
 
