@@ -59,13 +59,13 @@ def _merged_schema(entries: list[dict], dataset: str) -> list[list[str]]:
     both read as one type without loss (`filters.common_type`: a file's `null` column, None in
     every row, or string and large_string); a `null` column in place of a struct the other
     files hold is that struct's leaves, all nulls."""
-    types: dict[str, tuple[str, str]] = {}  # column -> (type, first file holding it)
+    types: dict[str, tuple[str, str]] = {}  # column -> (type, first file holding it so)
     for e in entries:
         for name, t in e["schema"]:
             seen = types.setdefault(name, (t, e["path"]))
             common = seen[0] if seen[0] == t else _common(seen[0], t)
             if common is not None:
-                types[name] = (common, seen[1])
+                types[name] = (common, seen[1] if common == seen[0] else e["path"])
             else:
                 raise ManifestError(
                     f"the Parquet files disagree on column {name!r}: {seen[1]!r} holds it as {seen[0]} but "
