@@ -106,7 +106,7 @@ class BinaryViews:
     the data buffers). A shuffle block's binary columns: `select` gathers samples straight out of
     the parts into a column of their own, one copy, where joining the parts first copied the whole
     block once more into fresh memory (whose page zeroing took ~10% of the CPU of a shuffled
-    image epoch, perf in docs/benchmark.md)."""
+    image epoch, perf in docs/benchmark-studies.md)."""
 
     views: pa.Array  # binary_view, no nulls
     kind: type       # BinaryColumn or TextColumn: what `select` returns
@@ -217,7 +217,7 @@ def cat(tensors: list[torch.Tensor]) -> torch.Tensor:
     """`torch.cat`, with large CPU copies done by numpy on the calling thread only: torch runs a
     copy of `_SERIAL` elements or more on its OpenMP threads, which then spin-wait for the next
     parallel region; on a loader's threads that spinning took 20-30% of a 2-core machine's CPU
-    from the reading threads (perf, docs/benchmark.md). Others (small, CUDA, mixed dtypes,
+    from the reading threads (perf, docs/benchmark-studies.md). Others (small, CUDA, mixed dtypes,
     types numpy lacks) go to torch."""
     first = tensors[0]
     if sum(t.numel() for t in tensors) >= _SERIAL and first.device.type == "cpu" and all(

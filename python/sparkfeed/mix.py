@@ -73,7 +73,7 @@ _MAX_BLOCK = 65_536      # ... and at most this many positions (at least shuffle
 _MIN_BLOCK = 2048         # without a shuffle_buffer
 _PIECE = 65_536           # positions put in order at once (a segment), at most: a whole block of
                           # the grid at most (so bounded like a block); fewer per-piece costs than
-                          # 32,768 or 16,384 (docs/benchmark.md, mixing)
+                          # 32,768 or 16,384 (docs/benchmark-studies.md, mixing)
 _CACHED_BLOCKS = 16       # block labels a grid keeps (uint8, at most 64 KiB each)
 
 
@@ -581,7 +581,7 @@ def _mixed(parts: list[list], labels: np.ndarray, present: np.ndarray) -> Block:
     order (16 pieces of 16,384 positions, 10 columns; CPU ms per epoch of the copy alone, least
     of 40, two runs): lay-out + gather 4.6–5.3 (4.9–5.2 as whole blocks), numpy's indexed
     assignment of each source's rows into place 6.6–6.9; an int32 index makes `index_select`
-    slower (6.0–6.5). docs/benchmark.md (mixing) lists the other ways tried."""
+    slower (6.0–6.5). docs/benchmark-studies.md (mixing) lists the other ways tried."""
     flat = [b for blocks in parts for b in blocks]
     index = _gather_index(labels, present)
     if _tensors_alike(flat):

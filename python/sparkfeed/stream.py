@@ -139,7 +139,7 @@ def piece_positions(sample_bytes: float) -> int:
     and a lane queues several. Small rows: each piece costs a gather call per column, a hand-over
     and a split, and a gather run piece after piece between other work keeps less of the block
     in cache; 65,536 positions of tabular rows against 4,096 took a 2,000,000-row shuffled
-    epoch from 0.70-0.74 s to 0.46-0.51 s here (docs/benchmark.md)."""
+    epoch from 0.70-0.74 s to 0.46-0.51 s here (docs/benchmark-studies.md)."""
     if not sample_bytes or sample_bytes <= 0:
         return _PIECE
     fit = 1 << int(math.floor(math.log2(max(1.0, _PIECE_BYTES / sample_bytes))))
