@@ -798,6 +798,26 @@ def test_delta_columns_added_by_schema_evolution_are_nulls_in_older_files(tmp_pa
     assert all(np.isnan(got[k]) for k in range(20)) and all(got[k] == k for k in range(20, 30))
 
 
+def test_a_delta_table_with_files_of_large_and_plain_strings_reads_whole(tmp_path):
+    """delta-rs writes the Arrow type it is given: a table Polars wrote (large_string) and
+    pandas appended to (string) has one string type in its log but two in its files."""
+    deltalake = pytest.importorskip("deltalake")
+    root = tmp_path / "delta_large"
+    deltalake.write_deltalake(str(root), pa.table({"id": pa.array(np.arange(10), pa.int64()),
+                                                   "t": pa.array([f"a{k}" for k in range(10)], pa.large_string())}))
+    deltalake.write_deltalake(str(root), pa.table({"id": pa.array(np.arange(10, 15), pa.int64()),
+                                                   "t": [f"b{k}" for k in range(10, 15)]}), mode="append")
+    held = {str(pq.read_schema(f).field("t").type) for f in root.glob("*.parquet")}
+    assert held == {"string", "large_string"}
+    m = sparkfeed.index(str(root), progress=False)
+    assert {c.name: c.type for c in m.schema}["t"] == "large_string"
+    got = {}
+    for batch in sparkfeed.DataLoader(str(root), batch_size=4, num_workers=2, shuffle=True):
+        got.update(zip(batch["id"].tolist(), batch["t"]))
+    assert got == {k: f"{'a' if k < 10 else 'b'}{k}" for k in range(15)}
+    assert _ids(sparkfeed.DataLoader(str(root), batch_size=4, columns=["id"], filter=[("t", "==", "b12")])) == [12]
+
+
 def test_a_loader_indexing_many_files_itself_shows_progress(tmp_path, monkeypatch, capfd):
     import importlib
 

@@ -19,7 +19,7 @@ from ..manifest import Manifest, manifest_file, parse_manifest
 from . import delta as delta_log
 from .discover import DataFile, Listing, data_file, data_files, refuse_compressed_tars
 from .gather import run_local, run_spark
-from .parquet import parquet_entries, parquet_schema
+from .parquet import parquet_common_type, parquet_entries, parquet_schema
 from .tar import column_of, key_column, scan_tar, scan_task
 
 __all__ = ["Indexed", "build_manifest", "save", "INDEX_DIR"]
@@ -93,20 +93,39 @@ def _delta(listing, version, storage_options, spark, progress):
     delta_log.check_features(table, listing.url)
     schema, entries = delta_log.delta_entries(table, listing.url)
     files = _delta_files(listing, entries)
-    _row_groups(listing, entries, files, spark, storage_options, progress)
+    footers = _row_groups(listing, entries, files, spark, storage_options, progress)
     _versioned(entries, files)
-    return schema, entries, {"delta_version": table.version()}
+    return _widened(schema, footers), entries, {"delta_version": table.version()}
 
 
-def _row_groups(listing, entries, files, spark, storage_options, progress) -> None:
+def _row_groups(listing, entries, files, spark, storage_options, progress) -> list[dict]:
     """Row groups (and their statistics) of each Delta file, from its footer: the log knows
-    files, not row groups, and a unit of a whole file would bound memory by file size."""
+    files, not row groups, and a unit of a whole file would bound memory by file size. The
+    footers, for their schemas."""
     footers = parquet_entries(listing, files, spark, storage_options, progress)
     for e, footer in zip(entries, footers):
         if footer["num_samples"] != e["num_samples"]:
             raise ManifestError(f"the Delta log says {e['path']!r} holds {e['num_samples']} rows but "
                                 f"its footer says {footer['num_samples']}", dataset=listing.url)
         e["row_groups"] = footer["row_groups"]
+    return footers
+
+
+def _widened(schema: list[dict], footers: list[dict]) -> list[dict]:
+    """The log's schema with each column in the widest type its files hold it in without loss:
+    Delta has one string type, but delta-rs writes the Arrow type it was given, so a table that
+    Polars wrote holds large_string (large_binary, large_list) where pandas' appends hold string.
+    The reader then only ever widens a file's column (`parquet_common_type`)."""
+    held = [dict(map(tuple, footer["schema"])) for footer in footers]
+    out = []
+    for column in schema:
+        t = column["type"]
+        for types in held:
+            in_file = types.get(column["name"])
+            if in_file is not None:  # a type that cannot hold both stays: the reader names the file
+                t = parquet_common_type(t, in_file) or t
+        out.append({**column, "type": t})
+    return out
 
 
 def _delta_files(listing: Listing, entries: list[dict]) -> list[DataFile]:

@@ -19,7 +19,7 @@ from .discover import DataFile, Listing, partition_types, typed_partition
 from .gather import run_local
 from .types import unsupported_kind
 
-__all__ = ["parquet_entries", "parquet_schema", "partition_stats"]
+__all__ = ["parquet_common_type", "parquet_entries", "parquet_schema", "partition_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _merged_schema(entries: list[dict], dataset: str) -> list[list[str]]:
     for e in entries:
         for name, t in e["schema"]:
             seen = types.setdefault(name, (t, e["path"]))
-            common = seen[0] if seen[0] == t else _common(seen[0], t)
+            common = seen[0] if seen[0] == t else parquet_common_type(seen[0], t)
             if common is not None:
                 types[name] = (common, seen[1] if common == seen[0] else e["path"])
             else:
@@ -84,7 +84,7 @@ def _merged_schema(entries: list[dict], dataset: str) -> list[list[str]]:
     return [[name, t] for name, (t, _) in types.items()]
 
 
-def _common(a: str, b: str) -> str | None:
+def parquet_common_type(a: str, b: str) -> str | None:
     """The manifest type of a column held as type strings `a` and `b` by two files, or None."""
     ta, tb = arrow_type(a), arrow_type(b)
     if ta is None or tb is None:
