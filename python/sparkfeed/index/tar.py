@@ -93,7 +93,9 @@ class _Scan:
         if not self.keys or self.keys[-1] != key:
             if key in self.seen_keys:
                 raise ShardReadError(f"key {key!r} appears in two places; members of a sample "
-                                     "must be adjacent", dataset=self.dataset, shard=self.shard,
+                                     "must be adjacent, as webdataset reads them (a tar of a "
+                                     "directory: make it with `tar --sort=name`)",
+                                     dataset=self.dataset, shard=self.shard,
                                      offset=info.offset)
             self.keys.append(key)
             self.seen_keys.add(key)
