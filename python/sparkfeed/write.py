@@ -242,13 +242,22 @@ def _to_json_stats(raw: Mapping[str, dict]) -> dict:
 
 def _footer_entry(fs, full: str, rel: str, size: int) -> dict:
     """The manifest entry of one committed Parquet file, from its footer."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from .filters import delivered_type, leaf_fields
 
     def read_footer():
-        with fs.open(full, "rb") as f:
-            pf = pq.ParquetFile(f)
+        try:
+            with fs.open(full, "rb") as f:
+                pf = pq.ParquetFile(f)
+                return pf.metadata, pf.schema_arrow
+        except ValueError as exc:
+            if "range requests" not in str(exc):  # fsspec: an HTTP server that ignores Range
+                raise
+        log.warning("%s: the server ignores Range requests; reading the whole file for its footer", full)
+        with fs.open(full, "rb", block_size=0) as f:  # fsspec's streaming file: one GET from byte 0
+            pf = pq.ParquetFile(pa.BufferReader(f.read()))
             return pf.metadata, pf.schema_arrow
 
     md, schema = storage.with_retries(read_footer, f"reading the footer of {full}")

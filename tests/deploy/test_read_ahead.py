@@ -312,6 +312,57 @@ def test_a_server_that_ignores_range_is_read_whole_never_wrong(tmp_path, http_cl
     assert sorted(ids) == list(range(300))
 
 
+def test_a_file_larger_than_fsspecs_block_on_a_server_that_ignores_range_is_indexed_and_read(tmp_path):
+    """fsspec reads a file under its 5 MiB block from byte 0 and so passed the test above; a
+    larger file needs a read from elsewhere, which such a server answers with the whole file.
+    Both the index (its footer) and the loader then read the file whole, in one GET."""
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "big"
+    root.mkdir()
+    n = 3_000
+    rng = np.random.default_rng(0)
+    pq.write_table(pa.table({"id": np.arange(n), "blob": [rng.bytes(2_400) for _ in range(n)]}),
+                   root / "a.parquet", row_group_size=1_000, compression="none")
+    assert (root / "a.parquet").stat().st_size > 6 << 20
+    handler = type("Handler", (_IgnoresRange,), {"root": str(tmp_path)})
+    handler.do_HEAD = lambda self: send_file_range(self, os.path.join(self.root, self.path.lstrip("/")), body=False)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        m = sparkfeed.index([f"{url}/big/a.parquet"], manifest=str(tmp_path / "m.json"), progress=False)
+        assert m.num_samples == n and len(m.shards[0].row_groups) == 3
+        loader = sparkfeed.DataLoader(f"{url}/big", manifest=str(tmp_path / "m.json"), batch_size=250,
+                                      num_workers=2, shuffle=True, filter=[("id", ">=", 1_500)])
+        got = {i: bytes(b) for batch in loader for i, b in zip(batch["id"].tolist(), batch["blob"])}
+    finally:
+        server.shutdown()
+        server.server_close()
+    table = pq.read_table(root / "a.parquet")
+    assert got == {i: b for i, b in zip(table["id"].to_pylist(), table["blob"].to_pylist()) if i >= 1_500}
+    assert loader.stats()["row_groups_pruned"] == 1
+
+
+def test_a_list_of_http_urls_is_indexed_with_its_url_as_the_root(tmp_path):
+    """fsspec names HTTP files by URL: the common root of a list (or a glob) of them keeps its
+    `//`, so `DataLoader(manifest=...)` alone finds the data where the manifest says."""
+    import pyarrow.parquet as pq
+
+    (tmp_path / "ds" / "sub").mkdir(parents=True)
+    pq.write_table(pa.table({"id": np.arange(10)}), tmp_path / "ds" / "a.parquet")
+    pq.write_table(pa.table({"id": np.arange(10, 25)}), tmp_path / "ds" / "sub" / "b.parquet")
+    server = LatencyServer(str(tmp_path), latency_s=0.0)
+    try:
+        m = sparkfeed.index([f"{server.url}/ds/a.parquet", f"{server.url}/ds/sub/b.parquet"],
+                            manifest=str(tmp_path / "m.json"), progress=False)
+        ids = [i for b in sparkfeed.DataLoader(manifest=str(tmp_path / "m.json"), batch_size=8) for i in b["id"].tolist()]
+    finally:
+        server.close()
+    assert m.data_root == f"{server.url}/ds" and [s.path for s in m.shards] == ["a.parquet", "sub/b.parquet"]
+    assert sorted(ids) == list(range(25))
+
+
 def test_http_ranges_arrive_whole_and_exact(tmp_path, http_client):
     """Over HTTP the ranges are read into pooled buffers: the bytes are the file's, for ranges
     merged into one request and for separate ones, and a missing file is FileNotFoundError."""

@@ -136,8 +136,13 @@ def _with_sizes(fs, infos: list[dict]) -> list[dict]:
 
 
 def _common_root(names: list[str]) -> str:
-    """The deepest directory holding every file."""
-    return posixpath.commonpath([posixpath.dirname(n) or "/" for n in names]) or "/"
+    """The deepest directory holding every file. fsspec names HTTP files by their URLs, whose
+    `//` a path join would fold: the scheme stays out of it."""
+    scheme = ""
+    if all("://" in n for n in names):
+        scheme = names[0].split("://", 1)[0] + "://"
+        names = [n.split("://", 1)[1] for n in names]
+    return scheme + (posixpath.commonpath([posixpath.dirname(n) or "/" for n in names]) or "/")
 
 
 def _url_of(fs, root: str, like: str) -> str:

@@ -56,8 +56,9 @@ class ParquetReader(Reader):
         errors keep their cause, so transient failures are retried, not taken as 'missing')."""
         if self._pafs is not None:
             return self._pafs.open_input_file(path)
-        if not self._ranges:
-            return self.ctx.fs.open(path, "rb")
+        if not self._ranges:  # one GET from byte 0 (fsspec's streaming file), held in memory
+            with self.ctx.fs.open(path, "rb", block_size=0) as f:
+                return pa.BufferReader(f.read())
         return storage.open_remote(self.ctx.fs, path, self._size(path))
 
     def _parquet_file(self, path: str, metadata) -> pq.ParquetFile:
