@@ -344,6 +344,39 @@ def test_a_file_larger_than_fsspecs_block_on_a_server_that_ignores_range_is_inde
     assert loader.stats()["row_groups_pruned"] == 1
 
 
+def test_a_tar_on_a_server_that_ignores_range_is_scanned_as_one_stream(tmp_path):
+    """The index scans such a tar in one GET (tarfile's stream mode) instead of seeking past
+    member data; the loader then reads every sample once, bytes intact."""
+    import io
+    import tarfile
+
+    (tmp_path / "wds").mkdir()
+    rng, blobs = np.random.default_rng(1), {}
+    with tarfile.open(tmp_path / "wds" / "a.tar", "w") as tar:
+        for i in range(2_400):
+            blobs[i] = rng.bytes(2_500)
+            for ext, data in (("cls", str(i).encode()), ("bin", blobs[i])):
+                info = tarfile.TarInfo(f"{i:06d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    assert (tmp_path / "wds" / "a.tar").stat().st_size > 6 << 20
+    handler = type("Handler", (_IgnoresRange,), {"root": str(tmp_path)})
+    handler.do_HEAD = lambda self: send_file_range(self, os.path.join(self.root, self.path.lstrip("/")), body=False)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        m = sparkfeed.index([f"{url}/wds/a.tar"], manifest=str(tmp_path / "m.json"), format="webdataset",
+                            progress=False)
+        loader = sparkfeed.DataLoader(f"{url}/wds", manifest=str(tmp_path / "m.json"), batch_size=300,
+                                      num_workers=2, shuffle=True, columns=["cls", "bin"])
+        got = {i: bytes(b) for batch in loader for i, b in zip(batch["cls"].tolist(), batch["bin"])}
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert m.num_samples == 2_400 and got == blobs
+
+
 def test_a_list_of_http_urls_is_indexed_with_its_url_as_the_root(tmp_path):
     """fsspec names HTTP files by URL: the common root of a list (or a glob) of them keeps its
     `//`, so `DataLoader(manifest=...)` alone finds the data where the manifest says."""

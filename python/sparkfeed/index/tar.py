@@ -10,6 +10,7 @@ Each scan also produces the shard's DALI index (`wds2idx` v1.2), written beside 
 
 from __future__ import annotations
 
+import logging
 import tarfile
 
 from ..errors import ShardReadError
@@ -17,6 +18,7 @@ from ..read.tar import MAX_MEMBER_BYTES, split_name
 from ..write import _json_value
 
 __all__ = ["scan_tar", "column_of", "key_column", "tar_stats", "INT_EXTS", "TEXT_EXTS", "IMAGE_CODECS", "CODECS"]
+log = logging.getLogger(__name__)
 
 # webdataset's own integer and text extensions (its `basichandlers`), plus `.idx`.
 INT_EXTS = frozenset({"cls", "cls2", "class", "count", "index", "inx", "id", "idx"})
@@ -113,14 +115,28 @@ class _Scan:
         self.lines[-1] += f"{sep}{ext} {info.offset_data} {info.size} {info.name}"
 
 
+def _scan_members(scan: _Scan, fs, full: str, stream: bool) -> None:
+    """Every member's header into `scan`: seeking past member data where storage can, else
+    reading the tar as one stream (fsspec's streaming file, tarfile's `r|` mode)."""
+    f = fs.open(full, "rb", block_size=0) if stream else fs.open(full, "rb")
+    with f, tarfile.open(fileobj=f, mode="r|" if stream else "r:", errorlevel=2) as tar:
+        for info in tar:
+            if not info.isdir():
+                scan.member(tar, info)
+
+
 def scan_tar(fs, full: str, rel: str, size: int, dataset: str) -> dict:
     """One tar's manifest entry (without schema), its extensions' values summary and DALI index."""
     scan = _Scan(dataset, rel)
     try:
-        with fs.open(full, "rb") as f, tarfile.open(fileobj=f, mode="r:", errorlevel=2) as tar:
-            for info in tar:
-                if not info.isdir():
-                    scan.member(tar, info)
+        try:
+            _scan_members(scan, fs, full, stream=False)
+        except ValueError as exc:
+            if "range requests" not in str(exc):  # fsspec: an HTTP server that ignores Range
+                raise
+            log.warning("%s: the server ignores Range requests; reading the whole tar in one stream", full)
+            scan = _Scan(dataset, rel)
+            _scan_members(scan, fs, full, stream=True)
     except ShardReadError:
         raise
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
