@@ -1,6 +1,7 @@
 """Remote read-ahead: bounded bytes, one footer and one coalesced request per file, the same
 samples as a local read. Over the project's Range-honouring HTTP test server (no faults)."""
 
+import contextlib
 import gc
 import http.server
 import io
@@ -287,6 +288,21 @@ class _IgnoresRange(http.server.BaseHTTPRequestHandler):
         send_file_range(self, path, body=True)
 
 
+@contextlib.contextmanager
+def _ignoring_range(root):
+    """The URL of an `_IgnoresRange` server over `root` (it answers HEAD too, which listing-free
+    indexing of a list of URLs sends for sizes)."""
+    handler = type("Handler", (_IgnoresRange,), {"root": str(root)})
+    handler.do_HEAD = lambda self: send_file_range(self, os.path.join(self.root, self.path.lstrip("/")), body=False)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_server_that_ignores_range_is_read_whole_never_wrong(tmp_path, http_client):
     """fsspec's HTTP cat does not check that a range was honoured; the read-ahead fetch does
     (a range not at the start, or at the start of a longer file), and the loader falls back to
@@ -325,20 +341,12 @@ def test_a_file_larger_than_fsspecs_block_on_a_server_that_ignores_range_is_inde
     pq.write_table(pa.table({"id": np.arange(n), "blob": [rng.bytes(2_400) for _ in range(n)]}),
                    root / "a.parquet", row_group_size=1_000, compression="none")
     assert (root / "a.parquet").stat().st_size > 6 << 20
-    handler = type("Handler", (_IgnoresRange,), {"root": str(tmp_path)})
-    handler.do_HEAD = lambda self: send_file_range(self, os.path.join(self.root, self.path.lstrip("/")), body=False)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with _ignoring_range(tmp_path) as url:
         m = sparkfeed.index([f"{url}/big/a.parquet"], manifest=str(tmp_path / "m.json"), progress=False)
         assert m.num_samples == n and len(m.shards[0].row_groups) == 3
         loader = sparkfeed.DataLoader(f"{url}/big", manifest=str(tmp_path / "m.json"), batch_size=250,
                                       num_workers=2, shuffle=True, filter=[("id", ">=", 1_500)])
         got = {i: bytes(b) for batch in loader for i, b in zip(batch["id"].tolist(), batch["blob"])}
-    finally:
-        server.shutdown()
-        server.server_close()
     table = pq.read_table(root / "a.parquet")
     assert got == {i: b for i, b in zip(table["id"].to_pylist(), table["blob"].to_pylist()) if i >= 1_500}
     assert loader.stats()["row_groups_pruned"] == 1
@@ -360,20 +368,12 @@ def test_a_tar_on_a_server_that_ignores_range_is_scanned_as_one_stream(tmp_path)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     assert (tmp_path / "wds" / "a.tar").stat().st_size > 6 << 20
-    handler = type("Handler", (_IgnoresRange,), {"root": str(tmp_path)})
-    handler.do_HEAD = lambda self: send_file_range(self, os.path.join(self.root, self.path.lstrip("/")), body=False)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with _ignoring_range(tmp_path) as url:
         m = sparkfeed.index([f"{url}/wds/a.tar"], manifest=str(tmp_path / "m.json"), format="webdataset",
                             progress=False)
         loader = sparkfeed.DataLoader(f"{url}/wds", manifest=str(tmp_path / "m.json"), batch_size=300,
                                       num_workers=2, shuffle=True, columns=["cls", "bin"])
         got = {i: bytes(b) for batch in loader for i, b in zip(batch["cls"].tolist(), batch["bin"])}
-    finally:
-        server.shutdown()
-        server.server_close()
     assert m.num_samples == 2_400 and got == blobs
 
 
