@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 _ERRORS = (OSError, pa.ArrowException, ValueError, EOFError)
 _OPEN_FILES = 16  # open Parquet files kept per reader
+_WHOLE_FILES = 2  # ... when each is held in memory whole (a server that ignores Range)
 _FETCH_BYTES = 8 << 20  # bytes of consecutive row groups of a file fetched ahead as one request
 _FIRST_FETCH_BYTES = 2 << 20  # a reader's first fetch: about one row group, for the first batch
 _RUN_BYTES = 16 << 20  # uncompressed bytes read as one run of row groups (`read_run`): a
@@ -125,7 +126,7 @@ class ParquetReader(Reader):
         known = self.ctx.shared.once(unit.path, first_open) if self._ranges else first_open()
         pf = opened[0] if opened else self._open(unit, path, known[0])
         self._files[unit.path] = (pf, known[1], known[2])
-        while len(self._files) > _OPEN_FILES:
+        while len(self._files) > (_OPEN_FILES if self._ranges else _WHOLE_FILES):
             self._files.popitem(last=False)
         return pf
 
