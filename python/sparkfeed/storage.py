@@ -103,6 +103,21 @@ def resolve(path: str, storage_options: dict | None = None) -> tuple[fsspec.Abst
     return fs, root.rstrip("/") or "/"
 
 
+_IGNORING_RANGES: set[tuple[str, str]] = set()  # (server, what instead) already logged
+
+
+def ignores_ranges(exc: BaseException, url: str, instead: str) -> bool:
+    """Whether `exc` is fsspec's report that the HTTP server of `url` answered a Range request
+    with the whole file; the first time per server, log what is read whole `instead`."""
+    if not isinstance(exc, ValueError) or "range requests" not in str(exc):
+        return False
+    key = (url.split("://", 1)[-1].split("/", 1)[0], instead)
+    if key not in _IGNORING_RANGES:
+        _IGNORING_RANGES.add(key)
+        log.warning("%s: the server ignores Range requests; %s", url, instead)
+    return True
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for failures that retrying may cure: I/O and connection errors, time-outs, HTTP 5xx
     and 429. A missing file, a permission problem or corrupt data are not transient."""

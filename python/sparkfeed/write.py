@@ -253,9 +253,8 @@ def _footer_entry(fs, full: str, rel: str, size: int) -> dict:
                 pf = pq.ParquetFile(f)
                 return pf.metadata, pf.schema_arrow
         except ValueError as exc:
-            if "range requests" not in str(exc):  # fsspec: an HTTP server that ignores Range
+            if not storage.ignores_ranges(exc, full, "reading each file whole for its footer"):
                 raise
-        log.warning("%s: the server ignores Range requests; reading the whole file for its footer", full)
         with fs.open(full, "rb", block_size=0) as f:  # fsspec's streaming file: one GET from byte 0
             pf = pq.ParquetFile(pa.BufferReader(f.read()))
             return pf.metadata, pf.schema_arrow

@@ -328,7 +328,7 @@ def test_a_server_that_ignores_range_is_read_whole_never_wrong(tmp_path, http_cl
     assert sorted(ids) == list(range(300))
 
 
-def test_a_file_larger_than_fsspecs_block_on_a_server_that_ignores_range_is_indexed_and_read(tmp_path):
+def test_a_file_larger_than_fsspecs_block_on_a_server_that_ignores_range_is_indexed_and_read(tmp_path, caplog):
     """fsspec reads a file under its 5 MiB block from byte 0 and so passed the test above; a
     larger file needs a read from elsewhere, which such a server answers with the whole file.
     Both the index (its footer) and the loader then read the file whole, in one GET."""
@@ -341,7 +341,7 @@ def test_a_file_larger_than_fsspecs_block_on_a_server_that_ignores_range_is_inde
     pq.write_table(pa.table({"id": np.arange(n), "blob": [rng.bytes(2_400) for _ in range(n)]}),
                    root / "a.parquet", row_group_size=1_000, compression="none")
     assert (root / "a.parquet").stat().st_size > 6 << 20
-    with _ignoring_range(tmp_path) as url:
+    with _ignoring_range(tmp_path) as url, caplog.at_level("WARNING", logger="sparkfeed.storage"):
         m = sparkfeed.index([f"{url}/big/a.parquet"], manifest=str(tmp_path / "m.json"), progress=False)
         assert m.num_samples == n and len(m.shards[0].row_groups) == 3
         loader = sparkfeed.DataLoader(f"{url}/big", manifest=str(tmp_path / "m.json"), batch_size=250,
@@ -350,6 +350,9 @@ def test_a_file_larger_than_fsspecs_block_on_a_server_that_ignores_range_is_inde
     table = pq.read_table(root / "a.parquet")
     assert got == {i: b for i, b in zip(table["id"].to_pylist(), table["blob"].to_pylist()) if i >= 1_500}
     assert loader.stats()["row_groups_pruned"] == 1
+    logged = [r.getMessage() for r in caplog.records if "ignores Range" in r.getMessage()]
+    assert [m.split("; ")[1] for m in logged] == ["reading each file whole for its footer",
+                                                   "reading whole files, without read-ahead"]
 
 
 def test_a_tar_on_a_server_that_ignores_range_is_scanned_as_one_stream(tmp_path):

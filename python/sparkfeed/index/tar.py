@@ -10,15 +10,14 @@ Each scan also produces the shard's DALI index (`wds2idx` v1.2), written beside 
 
 from __future__ import annotations
 
-import logging
 import tarfile
 
+from .. import storage
 from ..errors import ShardReadError
 from ..read.tar import MAX_MEMBER_BYTES, split_name
 from ..write import _json_value
 
 __all__ = ["scan_tar", "column_of", "key_column", "tar_stats", "INT_EXTS", "TEXT_EXTS", "IMAGE_CODECS", "CODECS"]
-log = logging.getLogger(__name__)
 
 # webdataset's own integer and text extensions (its `basichandlers`), plus `.idx`.
 INT_EXTS = frozenset({"cls", "cls2", "class", "count", "index", "inx", "id", "idx"})
@@ -132,9 +131,8 @@ def scan_tar(fs, full: str, rel: str, size: int, dataset: str) -> dict:
         try:
             _scan_members(scan, fs, full, stream=False)
         except ValueError as exc:
-            if "range requests" not in str(exc):  # fsspec: an HTTP server that ignores Range
+            if not storage.ignores_ranges(exc, full, "scanning each tar as one stream"):
                 raise
-            log.warning("%s: the server ignores Range requests; reading the whole tar in one stream", full)
             scan = _Scan(dataset, rel)
             _scan_members(scan, fs, full, stream=True)
     except ShardReadError:

@@ -77,10 +77,9 @@ class ParquetReader(Reader):
     def _no_ranges(self, exc: BaseException) -> bool:
         """True (and whole-file reads from now on) when `exc` says the HTTP server ignored a
         Range request."""
-        if self._pafs is not None or not self._ranges or "range requests" not in str(exc):
+        if self._pafs is not None or not self._ranges or not storage.ignores_ranges(
+                exc, self.ctx.dataset, "reading whole files, without read-ahead"):
             return False
-        log.warning("%s: the server ignores Range requests; reading whole files, without "
-                    "read-ahead", self.ctx.dataset)
         self._ranges, self._files = False, OrderedDict()
         if self._ahead is not None:
             self._ahead.close()
