@@ -67,18 +67,27 @@ def delivered_type(t: pa.DataType) -> pa.DataType:
 
 def common_type(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
     """The type two files' columns of one name both read as without loss, or None: the same
-    type; the other's where one is `null` (a column None in every row of a file); the 64-bit
-    offset variant where one file holds string, binary or list and the other its `large_` form
-    (Polars writes those). What `pyarrow.unify_schemas` would promote, and no more: numbers of
-    two widths or kinds stay an error, as in Spark's `mergeSchema`."""
+    type; the other's where one is `null` (a column None in every row of a file) or a list of
+    `null` (every list in a file empty); the 64-bit offset variant where one file holds string,
+    binary or list and the other its `large_` form (Polars writes those). What
+    `pyarrow.unify_schemas` would promote, and no more: numbers of two widths or kinds stay an
+    error, as in Spark's `mergeSchema`."""
     if a.equals(b):
         return a
     if pa.types.is_null(a) or pa.types.is_null(b):
         return b if pa.types.is_null(a) else a
+    if _is_list(a) and _is_list(b) and (pa.types.is_null(a.value_type) or pa.types.is_null(b.value_type)):
+        value = b.value_field if pa.types.is_null(a.value_type) else a.value_field
+        large = pa.types.is_large_list(a) or pa.types.is_large_list(b)
+        return pa.large_list(value) if large else pa.list_(value)
     for small, large in ((a, b), (b, a)):
         if _large(small) is not None and _large(small).equals(large):
             return large
     return None
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t)
 
 
 def _large(t: pa.DataType) -> pa.DataType | None:

@@ -694,20 +694,25 @@ def test_a_column_that_one_file_holds_as_null_takes_the_type_of_the_others(tmp_p
     root.mkdir()
     image = {"bytes": b"jpeg", "path": "a.jpg"}
     pq.write_table(pa.table({"id": np.arange(0, 20), "caption": [f"c{k}" for k in range(20)],
-                             "score": np.arange(20) * 0.5, "image": [image] * 20}), root / "a.parquet")
+                             "score": np.arange(20) * 0.5, "image": [image] * 20,
+                             "tokens": [list(range(k % 3)) for k in range(20)]}), root / "a.parquet")
     pq.write_table(pa.table({"id": np.arange(20, 30), "caption": [None] * 10, "score": [None] * 10,
-                             "image": [None] * 10}), root / "b.parquet")
+                             "image": [None] * 10, "tokens": [[]] * 10}), root / "b.parquet")
     assert pq.read_schema(root / "b.parquet").field("caption").type == pa.null()
+    assert pq.read_schema(root / "b.parquet").field("tokens").type.value_type == pa.null()
     m = sparkfeed.index(str(root), progress=False)
     assert [(c.name, c.type) for c in m.schema] == [("id", "int64"), ("caption", "string"), ("score", "double"),
-                                                    ("image.bytes", "binary"), ("image.path", "string")]
+                                                    ("image.bytes", "binary"), ("image.path", "string"),
+                                                    ("tokens", "list<element: int64>")]
     got = {}
-    for batch in sparkfeed.DataLoader(str(root), batch_size=8, num_workers=2, shuffle=True):
+    for batch in sparkfeed.DataLoader(str(root), batch_size=8, num_workers=2, shuffle=True, ragged=["tokens"]):
         got.update(zip(batch["id"].tolist(), zip(batch["caption"], batch["score"].tolist(),
-                                                 batch["image.bytes"], batch["image.path"])))
+                                                 batch["image.bytes"], batch["image.path"],
+                                                 (t.tolist() for t in batch["tokens"]))))
     assert sorted(got) == list(range(30))
-    assert all(got[k] == (f"c{k}", k * 0.5, b"jpeg", "a.jpg") for k in range(20))
-    assert all(c is None and np.isnan(s) and b is None and p is None for c, s, b, p in (got[k] for k in range(20, 30)))
+    assert all(got[k] == (f"c{k}", k * 0.5, b"jpeg", "a.jpg", list(range(k % 3))) for k in range(20))
+    assert all(c is None and np.isnan(s) and b is None and p is None and t == []
+               for c, s, b, p, t in (got[k] for k in range(20, 30)))
     for f in ([("caption", "==", "c3")], [("score", ">", 1.0)]):
         loader = sparkfeed.DataLoader(str(root), batch_size=8, columns=["id"], filter=f)
         assert sorted(_ids(loader)) == ([3] if f[0][0] == "caption" else list(range(3, 20)))
