@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 import sparkfeed
 from sparkfeed import ManifestError, ShardReadError
@@ -497,22 +498,24 @@ def test_null_in_an_integer_column_of_plain_parquet_raises_never_drops(tmp_path)
     assert sorted(_ids(sparkfeed.DataLoader(str(root), batch_size=3, on_error="skip"), "a")) == [1, 2, 4]
 
 
-def test_integer_hive_partitions_are_typed_as_spark_infers_them(tmp_path):
+def test_numeric_hive_partitions_are_typed_as_spark_infers_them(tmp_path):
     ids = np.arange(60, dtype=np.int64)
     table = pa.table({"id": ids, "label": ids % 3, "big": np.where(ids < 30, 1, 2**40),
-                      "name": np.where(ids % 2 == 0, "a b", "c/d")})
+                      "name": np.where(ids % 2 == 0, "a b", "c/d"), "ratio": np.where(ids % 5 == 0, 0.5, 2.0)})
     root = tmp_path / "typed"
-    pq.write_to_dataset(table, str(root), partition_cols=["label", "big", "name"])
+    pq.write_to_dataset(table, str(root), partition_cols=["label", "big", "name", "ratio"])
+    assert {p.name for p in root.rglob("ratio=*")} == {"ratio=0.5", "ratio=2"}  # an int beside a double
     m = sparkfeed.index(str(root), progress=False)
     types = {c.name: c.type for c in m.schema}
-    assert (types["label"], types["big"], types["name"]) == ("int32", "int64", "string")
+    assert (types["label"], types["big"], types["name"], types["ratio"]) == ("int32", "int64", "string", "double")
     loader = sparkfeed.DataLoader(str(root), batch_size=8,
-                                  filter=[("label", "==", 2), ("big", ">", 5), ("name", "==", "c/d")])
+                                  filter=[("label", "==", 2), ("big", ">", 5), ("name", "==", "c/d"), ("ratio", ">", 1)])
     got = []
     for batch in loader:
         assert batch["label"].dtype.is_floating_point is False and set(batch["name"]) == {"c/d"}
+        assert batch["ratio"].dtype == torch.float64 and set(batch["ratio"].tolist()) == {2.0}
         got += batch["id"].tolist()
-    assert sorted(got) == [i for i in range(60) if i % 3 == 2 and i >= 30 and i % 2 == 1]
+    assert sorted(got) == [i for i in range(60) if i % 3 == 2 and i >= 30 and i % 2 == 1 and i % 5 != 0]
     assert loader.stats()["shards_pruned"] == len(m.shards) - 1
 
 

@@ -7,7 +7,9 @@ directory holding them all. Hive partition directories (`label=3/`) become parti
 
 from __future__ import annotations
 
+import math
 import posixpath
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +28,9 @@ COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst",
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 _GLOB_CHARS = "*?["
 _INT32 = (-(2 ** 31), 2 ** 31 - 1)
+_INT64 = (-(2 ** 63), 2 ** 63 - 1)
+_INT = re.compile(r"[+-]?[0-9]+")  # what Java's parseInt/parseLong take (no `_`, no spaces)
+_DOUBLE = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,7 @@ def hive_partition(rel: str) -> dict[str, str | None]:
 
 
 def partition_types(files: Sequence[DataFile], dataset: str) -> dict[str, str]:
-    """Arrow type of each partition key, inferred as Spark does: int, then bigint, else string.
+    """Arrow type of each partition key, inferred as Spark does (`_partition_type`).
     Every file must have the same keys (otherwise the layout is not a Hive table)."""
     if not files:
         return {}
@@ -95,21 +100,27 @@ def partition_types(files: Sequence[DataFile], dataset: str) -> dict[str, str]:
         if list(f.partition) != keys:
             raise ManifestError(f"partition directories disagree: {files[0].rel!r} has keys {keys} "
                                 f"but {f.rel!r} has {list(f.partition)}", dataset=dataset)
-    types = {}
-    for key in keys:
-        values = [f.partition[key] for f in files if f.partition[key] is not None]
-        try:
-            ints = [int(v) for v in values]
-        except ValueError:
-            types[key] = "string"
-            continue
-        types[key] = "int32" if all(_INT32[0] <= i <= _INT32[1] for i in ints) else "int64"
-    return types
+    return {key: _partition_type([f.partition[key] for f in files if f.partition[key] is not None])
+            for key in keys}
+
+
+def _partition_type(values: list[str]) -> str:
+    """Spark's inference for one key's values (`PartitioningUtils`): int if every value is one,
+    bigint, then double (`0.5`, `1e-3`; integers among them widen), else string. Dates stay
+    strings here (ISO dates compare as strings; Spark would make them dates)."""
+    if all(_INT.fullmatch(v) for v in values):
+        ints = [int(v) for v in values]
+        if all(_INT64[0] <= i <= _INT64[1] for i in ints):
+            return "int32" if all(_INT32[0] <= i <= _INT32[1] for i in ints) else "int64"
+    if all(_INT.fullmatch(v) or _DOUBLE.fullmatch(v) for v in values):
+        return "double" if all(math.isfinite(float(v)) for v in values) else "string"
+    return "string"
 
 
 def typed_partition(f: DataFile, types: dict[str, str]) -> dict:
     """The file's partition values converted to their inferred types."""
-    return {k: v if v is None or types[k] == "string" else int(v) for k, v in f.partition.items()}
+    convert = {"string": str, "double": float, "int32": int, "int64": int}
+    return {k: v if v is None else convert[types[k]](v) for k, v in f.partition.items()}
 
 
 def data_file(info: dict, root: str, dataset: str) -> DataFile:
