@@ -212,6 +212,21 @@ def _chunk_stats(chunk, num_rows: int) -> dict:
     return {"min": lo, "max": hi, "null_count": nulls, "all_null": nulls == num_rows and num_rows > 0}
 
 
+def _pandas_unnamed_index(schema) -> set[str]:
+    """The columns a pandas `to_parquet` stored for an unnamed index (`__index_level_0__`: a
+    filtered frame's row labels), which pandas' metadata lists: an artifact of the writer, not
+    data, present only in the files whose index was not a plain range. A named index is data
+    and stays."""
+    import json
+
+    meta = (schema.metadata or {}).get(b"pandas")
+    try:
+        index = json.loads(meta)["index_columns"] if meta else []
+    except (ValueError, KeyError, TypeError):
+        return set()
+    return {c for c in index if isinstance(c, str) and re.fullmatch(r"__index_level_\d+__", c)}
+
+
 def _all_null(num_rows: int) -> dict:
     """Raw stats of a chunk of a `null`-typed column, which Parquet writers give none: every
     row is null (so a comparison filter prunes it)."""
@@ -260,7 +275,8 @@ def _footer_entry(fs, full: str, rel: str, size: int) -> dict:
             return pf.metadata, pf.schema_arrow
 
     md, schema = storage.with_retries(read_footer, f"reading the footer of {full}")
-    fields = leaf_fields(schema)  # structs as their leaves, which Parquet names by their paths
+    unnamed_index = _pandas_unnamed_index(schema)
+    fields = [f for f in leaf_fields(schema) if f.name not in unnamed_index]  # structs as their leaves
     types = {f.name: delivered_type(f.type) for f in fields}  # categoricals as their values
     index = {md.schema.column(j).path: j for j in range(md.num_columns)}
     stat_cols = [(f.name, index[f.name]) for f in fields if _stat_type(types[f.name]) and f.name in index]

@@ -722,6 +722,32 @@ def test_a_column_that_one_file_holds_as_null_takes_the_type_of_the_others(tmp_p
         assert loader.stats()["shards_pruned"] == 1  # b.parquet: all null, from its footer
 
 
+def test_the_unnamed_index_pandas_stores_for_a_filtered_frame_is_not_a_column(tmp_path):
+    """`df[mask].to_parquet()` stores the frame's row labels as `__index_level_0__`; a frame with
+    a plain range index stores none. That column is the writer's artifact: it is left out, where
+    it made every file without it a null in an integer column. A named index is data and stays."""
+    import pandas as pd
+
+    root = tmp_path / "pandas"
+    root.mkdir()
+    df = pd.DataFrame({"id": np.arange(20), "x": np.arange(20) * 0.5})
+    df.iloc[:10].to_parquet(root / "a.parquet")
+    df[(df.id >= 10) & (df.id % 2 == 0)].to_parquet(root / "b.parquet")
+    assert "__index_level_0__" in pq.read_schema(root / "b.parquet").names
+    m = sparkfeed.index(str(root), progress=False)
+    assert [c.name for c in m.schema] == ["id", "x"]
+    got = {}
+    for batch in sparkfeed.DataLoader(str(root), batch_size=4, num_workers=2, shuffle=True):
+        assert set(batch) == {"id", "x"}
+        got.update(zip(batch["id"].tolist(), batch["x"].tolist()))
+    assert got == {k: k * 0.5 for k in list(range(10)) + list(range(10, 20, 2))}
+
+    named = tmp_path / "named"
+    named.mkdir()
+    df.set_index("id").to_parquet(named / "a.parquet")
+    assert [c.name for c in sparkfeed.index(str(named), progress=False).schema] == ["x", "id"]
+
+
 def test_files_with_the_large_types_polars_writes_merge_with_the_plain_ones(tmp_path):
     """Polars writes large_string, large_binary and large_list where pandas and pyarrow write
     string, binary and list: one dataset of both kinds of file reads as the large types, every
