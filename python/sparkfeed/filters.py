@@ -81,7 +81,8 @@ def common_type(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
         large = pa.types.is_large_list(a) or pa.types.is_large_list(b)
         return pa.large_list(value) if large else pa.list_(value)
     for small, large in ((a, b), (b, a)):
-        if _large(small) is not None and _large(small).equals(large):
+        widened = _large(small)
+        if widened is not None and widened.equals(large):
             return large
     return None
 

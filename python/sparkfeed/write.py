@@ -270,9 +270,8 @@ def _footer_entry(fs, full: str, rel: str, size: int) -> dict:
         except ValueError as exc:
             if not storage.ignores_ranges(exc, full, "reading each file whole for its footer"):
                 raise
-        with fs.open(full, "rb", block_size=0) as f:  # fsspec's streaming file: one GET from byte 0
-            pf = pq.ParquetFile(pa.BufferReader(f.read()))
-            return pf.metadata, pf.schema_arrow
+        pf = pq.ParquetFile(pa.BufferReader(fs.cat_file(full)))  # one GET, no Range header
+        return pf.metadata, pf.schema_arrow
 
     md, schema = storage.with_retries(read_footer, f"reading the footer of {full}")
     unnamed_index = _pandas_unnamed_index(schema)

@@ -57,9 +57,8 @@ class ParquetReader(Reader):
         errors keep their cause, so transient failures are retried, not taken as 'missing')."""
         if self._pafs is not None:
             return self._pafs.open_input_file(path)
-        if not self._ranges:  # one GET from byte 0 (fsspec's streaming file), held in memory
-            with self.ctx.fs.open(path, "rb", block_size=0) as f:
-                return pa.BufferReader(f.read())
+        if not self._ranges:  # one GET without a Range header, held in memory
+            return pa.BufferReader(self.ctx.fs.cat_file(path))
         return storage.open_remote(self.ctx.fs, path, self._size(path))
 
     def _parquet_file(self, path: str, metadata) -> pq.ParquetFile:
@@ -449,6 +448,8 @@ def _cast(table: pa.Table, casts: dict[str, pa.DataType]) -> pa.Table:
     """Columns a file holds narrower than the manifest (`_check_schema`) in the manifest's type:
     a `null` column (None in every row of this file) as nulls of it, string/binary/list as
     their large_ forms."""
+    if not casts:  # every file of one writer: the usual case
+        return table
     for name in casts.keys() & set(table.schema.names):
         i, column = table.schema.get_field_index(name), table.column(name)
         column = pa.nulls(len(column), casts[name]) if column.type == pa.null() else column.cast(casts[name])
