@@ -172,13 +172,16 @@ def referenced_columns(expr: pc.Expression | None, schema: Sequence[Column]) -> 
     """The columns `expr` reads: a column is referenced when binding fails without it."""
     if expr is None:
         return []
-    used = []
-    for col in schema:
-        try:
-            _empty_table(schema, skip=col.name).filter(expr)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-            used.append(col.name)
-    return used
+    return [col.name for col in schema if _references(expr, schema, col.name)]
+
+
+def _references(expr: pc.Expression, schema: Sequence[Column], name: str) -> bool:
+    """Whether `expr` reads column `name`: binding it fails without that column."""
+    try:
+        _empty_table(schema, skip=name).filter(expr)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return True
+    return False
 
 
 def _scalar(value, type_: pa.DataType):
@@ -189,19 +192,40 @@ def _scalar(value, type_: pa.DataType):
         if pa.types.is_date(type_) and isinstance(value, str):
             value = dt.date.fromisoformat(value)
         elif pa.types.is_timestamp(type_) and isinstance(value, str):
-            value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return _timestamp(value, type_)
         return pa.scalar(value, type=type_)
     except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, TypeError, OverflowError):
         return None
 
 
+def _timestamp(text: str, type_: pa.TimestampType) -> pa.Scalar:
+    """An ISO 8601 statistic as a timestamp scalar, to the nanosecond: Arrow parses it (Python's
+    `datetime` stops at microseconds, and a maximum cut short would prune rows that match)."""
+    try:
+        return pa.array([text]).cast(type_)[0]
+    except pa.ArrowInvalid:
+        if type_.tz is None:  # an offset on a naive column (a manifest made elsewhere)
+            raise
+        return pa.array([text], pa.string()).cast(pa.timestamp(type_.unit))[0].cast(type_)
+
+
 def guarantee(stats: Mapping[str, ColumnStats], types: Mapping[str, pa.DataType],
-              num_rows: int) -> pc.Expression:
-    """What a shard's or row group's statistics promise about every row, as an Expression."""
+              num_rows: int, nan: frozenset[str] = frozenset()) -> pc.Expression | None:
+    """What a shard's or row group's statistics promise about every row, as an Expression.
+
+    Parquet writers leave NaN out of a floating column's min and max, so a range holds only for
+    the rows that are not NaN: `nan` names the columns this guarantee takes to be NaN instead
+    (None when that cannot be: the column is null in every row)."""
     terms = []
     for name, s in stats.items():
         field = pc.field(name)
-        if s.null_count is not None and s.null_count == num_rows and num_rows > 0:
+        all_null = s.null_count is not None and s.null_count == num_rows and num_rows > 0
+        if name in nan:
+            if all_null:
+                return None
+            terms.append(field == _NAN)
+            continue
+        if all_null:
             terms.append(field.is_null())
             continue
         lo, hi = _scalar(s.min, types.get(name)), _scalar(s.max, types.get(name))
@@ -219,6 +243,8 @@ def guarantee(stats: Mapping[str, ColumnStats], types: Mapping[str, pa.DataType]
 
 _FS = pa.fs.LocalFileSystem()
 _FORMAT = ds.ParquetFileFormat()
+_NAN = pa.scalar(float("nan"))
+_MAX_NAN_COLUMNS = 3  # 2**3 guarantees per item at most
 
 
 def select_may_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, ColumnStats], int]],
@@ -227,12 +253,30 @@ def select_may_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, Col
 
     pyarrow's dataset layer does the reasoning: each item becomes a fragment whose partition
     expression is its guarantee, and `get_fragments(filter=expr)` keeps those that may match.
-    No file is opened; the fragments only carry the index as their (never read) path.
+    No file is opened; the fragments only carry the index as their (never read) path. An item
+    whose floating columns the filter reads gets one guarantee per way its rows can be NaN there
+    (a NaN row passes `~(x <= 5)` and `is_nan(x)` although its range says 1 to 5).
     """
     types = {c.name: arrow_type(c.type) for c in schema}
     arrow_schema = pa.schema([pa.field(c.name, types[c.name] or pa.null()) for c in schema])
-    fragments = [_FORMAT.make_fragment(str(i), filesystem=_FS,
-                                       partition_expression=guarantee(stats, types, rows))
-                 for i, (stats, rows) in enumerate(items)]
+    floats = _floating_columns(expr, schema, types)
+    kept, dropped = floats[:_MAX_NAN_COLUMNS], set(floats[_MAX_NAN_COLUMNS:])
+    variants = [frozenset(c for bit, c in enumerate(kept) if mask >> bit & 1)
+                for mask in range(1 << len(kept))]
+    fragments = []
+    for i, (stats, rows) in enumerate(items):
+        stats = {k: v for k, v in stats.items() if k not in dropped}
+        for nan in variants:
+            term = guarantee(stats, types, rows, nan)
+            if term is not None:
+                fragments.append(_FORMAT.make_fragment(str(i), filesystem=_FS, partition_expression=term))
     dataset = ds.FileSystemDataset(fragments, arrow_schema, _FORMAT, _FS)
-    return [int(f.path) for f in dataset.get_fragments(filter=expr)]
+    return sorted({int(f.path) for f in dataset.get_fragments(filter=expr)})
+
+
+def _floating_columns(expr: pc.Expression, schema: Sequence[Column],
+                      types: Mapping[str, pa.DataType]) -> list[str]:
+    """The floating-point columns `expr` reads (those a NaN can hide from the statistics)."""
+    text = str(expr)
+    return [c.name for c in schema if types[c.name] is not None and pa.types.is_floating(types[c.name])
+            and c.name in text and _references(expr, schema, c.name)]
