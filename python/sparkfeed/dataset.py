@@ -100,7 +100,7 @@ class Dataset(torch.utils.data.IterableDataset):
             self.expr = filters.to_expression(filter)
             if self.expr is not None:
                 used = filters.referenced_columns(self.expr, self.manifest.schema)
-                self.manifest.check_selectable(used, "filter")
+                self.manifest.check_selectable(filters.unfilterable(used, self.manifest.schema), "filter")
                 filters.check_filter(self.expr, self.manifest.schema, self.path)
         self.ragged = checks.check_ragged(ragged, self.columns, self.manifest, self.path)  # name -> dtype
         if mixed is not None:

@@ -9,6 +9,7 @@ filters rows. Nothing here hand-evaluates a predicate.
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import re
 from collections.abc import Mapping, Sequence
 
@@ -19,12 +20,13 @@ import pyarrow.parquet as pq
 
 from .manifest import Column, ColumnStats
 
-__all__ = ["delivered_type", "common_type", "torch_dtype", "leaf_fields", "to_expression", "referenced_columns", "check_filter", "guarantee", "select_may_match",
+__all__ = ["delivered_type", "common_type", "torch_dtype", "leaf_fields", "to_expression", "referenced_columns", "unfilterable", "check_filter", "guarantee", "select_may_match",
            "arrow_type"]
 
 _TIMESTAMP = re.compile(r"timestamp\[(\w+)(?:, tz=(.+))?\]")
 _LIST = re.compile(r"(large_list|list)<(\w+): (.+)>")
 _FIXED_LIST = re.compile(r"fixed_size_list<(\w+): (.+)>\[(\d+)\]")
+_DECIMAL = re.compile(r"decimal(32|64|128|256)\((\d+), (-?\d+)\)")
 _ALIASES = {"float": pa.float32(), "double": pa.float64(), "bool": pa.bool_(),
             "date32[day]": pa.date32(), "date64[ms]": pa.date64(), "large_string": pa.large_string(),
             "large_binary": pa.large_binary()}
@@ -138,6 +140,10 @@ def arrow_type(type_string: str) -> pa.DataType | None:
     if m and arrow_type(m.group(3)) is not None:
         make = pa.large_list if m.group(1) == "large_list" else pa.list_
         return make(pa.field(m.group(2), arrow_type(m.group(3))))
+    m = _DECIMAL.fullmatch(type_string)
+    if m:
+        make = getattr(pa, f"decimal{m.group(1)}", None)  # decimal32/64: pyarrow 18 and later
+        return make(int(m.group(2)), int(m.group(3))) if make else None
     m = _FIXED_LIST.fullmatch(type_string)
     if m and arrow_type(m.group(2)) is not None:
         return pa.list_(pa.field(m.group(1), arrow_type(m.group(2))), int(m.group(3)))
@@ -158,14 +164,24 @@ def check_filter(expr: pc.Expression, schema: Sequence[Column], dataset: str) ->
     try:
         _empty_table(schema).filter(expr)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, TypeError) as exc:
+        hint = ("; compare a decimal column with decimal.Decimal values (an integer widens to "
+                "decimal128(19, 0), too wide beside it)" if "Precision is not great enough" in str(exc) else "")
         raise ValueError(f"`filter` {expr} cannot apply to dataset {dataset!r} with columns "
-                         f"{[c.name for c in schema]}: {_first_line(exc)}") from exc
+                         f"{[c.name for c in schema]}: {_first_line(exc)}{hint}") from exc
 
 
 def _first_line(exc: Exception) -> str:
     """Arrow's message without the schema it appends (the columns are named already)."""
     line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return line.split(" in ", 1)[0] if line.startswith("No match for FieldRef") else line
+
+
+def unfilterable(names: Sequence[str], schema: Sequence[Column]) -> list[str]:
+    """The columns among `names` that a filter cannot read: those whose type Arrow cannot be
+    given back from the manifest (a struct or map kept whole). A decimal or a list of strings
+    cannot become a tensor but can be filtered on, and is dropped after the filter."""
+    types = {c.name: c.type for c in schema}
+    return [n for n in names if n in types and arrow_type(types[n]) is None]
 
 
 def referenced_columns(expr: pc.Expression | None, schema: Sequence[Column]) -> list[str]:
@@ -176,11 +192,12 @@ def referenced_columns(expr: pc.Expression | None, schema: Sequence[Column]) -> 
 
 
 def _references(expr: pc.Expression, schema: Sequence[Column], name: str) -> bool:
-    """Whether `expr` reads column `name`: binding it fails without that column."""
+    """Whether `expr` reads column `name`: binding it without that column misses it (another
+    failure, a literal that does not fit, says nothing about which columns it reads)."""
     try:
         _empty_table(schema, skip=name).filter(expr)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        return True
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        return f"No match for FieldRef.Name({name})" in str(exc)
     return False
 
 
@@ -193,8 +210,11 @@ def _scalar(value, type_: pa.DataType):
             value = dt.date.fromisoformat(value)
         elif pa.types.is_timestamp(type_) and isinstance(value, str):
             return _timestamp(value, type_)
+        elif pa.types.is_decimal(type_) and isinstance(value, str):
+            value = decimal.Decimal(value)
         return pa.scalar(value, type=type_)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, TypeError, OverflowError):
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, TypeError, OverflowError,
+            decimal.InvalidOperation):
         return None
 
 

@@ -344,7 +344,7 @@ def resolve(sources: Sequence, *, columns, filter, storage_options: dict | None,
         expr = filters.to_expression(s.filter)
         expr = loader_expr if expr is None else expr if loader_expr is None else expr & loader_expr
         if expr is not None:
-            m.check_selectable(filters.referenced_columns(expr, m.schema), "filter")
+            m.check_selectable(filters.unfilterable(filters.referenced_columns(expr, m.schema), m.schema), "filter")
             filters.check_filter(expr, m.schema, f"{s.path} (source {i})")
         out.append(_Resolved(s, opened[i][1], m, expr, casts[i]))
     return out, columns

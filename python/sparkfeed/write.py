@@ -14,6 +14,7 @@ The loader never imports this module (it needs pyspark; pyspark is imported wher
 
 from __future__ import annotations
 
+import decimal
 import json
 import logging
 import math
@@ -167,7 +168,7 @@ def _stat_type(t) -> bool:
 
     return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_string(t)
             or pa.types.is_large_string(t) or pa.types.is_boolean(t) or pa.types.is_date(t)
-            or pa.types.is_timestamp(t))
+            or pa.types.is_timestamp(t) or pa.types.is_decimal(t))
 
 
 def _usable(value) -> bool:
@@ -197,6 +198,8 @@ def _json_value(value, is_max: bool):
         return _round_up(prefix) if is_max else prefix
     if hasattr(value, "isoformat"):  # date, datetime
         return value.isoformat()
+    if isinstance(value, decimal.Decimal):  # exact as text; a float would round
+        return str(value)
     return value
 
 

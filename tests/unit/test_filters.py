@@ -1,8 +1,11 @@
 """Pruning by statistics never drops a row the filter keeps: what the loader delivers equals
 `table.filter(expr)` over every row, for the values statistics describe least well (NaN, which
-Parquet writers leave out of min and max; timestamps finer than Python's microsecond)."""
+Parquet writers leave out of min and max; timestamps finer than Python's microsecond; decimals,
+which a float would round). Columns that cannot become tensors can still be filtered on."""
 
 from __future__ import annotations
+
+from decimal import Decimal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -12,6 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sparkfeed
+from sparkfeed.filters import arrow_type
+from sparkfeed.manifest import read_manifest
 
 NAN = float("nan")
 x = pc.field("x")
@@ -96,3 +101,44 @@ def test_floats_with_nan_and_null_deliver_what_the_filter_keeps(tmp_path_factory
     path = write(tmp_path_factory.mktemp("prop"), table, group)
     expr = _expr(op, value)
     assert delivered(path, expr, num_workers=workers)[0] == wanted(table, expr)
+
+
+@pytest.fixture(scope="module")
+def untensored(tmp_path_factory):
+    """Decimal prices and lists of strings (neither becomes a tensor) in two row groups."""
+    prices = [Decimal(p) if p else None for p in ["1.25", "2.50", "3.00", "10.10", "-4.00", None]]
+    table = pa.table({"id": pa.array(range(6), pa.int64()), "price": pa.array(prices, pa.decimal128(10, 2)),
+                      "tags": pa.array([["a"], [], ["b", "c"], None, ["a", "b"], ["z"]]),
+                      "kv": pa.array([[("k", 1)]] * 6, pa.map_(pa.string(), pa.int64()))})
+    return table, write(tmp_path_factory.mktemp("untensored"), table, 3)
+
+
+@pytest.mark.parametrize("filter_,pruned", [
+    ([("price", ">", Decimal("3"))], 1), ([("price", ">=", Decimal("10.10"))], 1),
+    (pc.field("price") < pc.scalar(Decimal("0")), 1), ([("price", "in", [Decimal("1.25"), Decimal("3")])], 0),
+    ([("price", ">", 3.0)], 0), (pc.list_value_length(pc.field("tags")) > 1, 0),
+], ids=str)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_decimal_and_list_columns_filter_rows_and_stay_out_of_batches(untensored, filter_, pruned, workers):
+    table, path = untensored
+    loader = sparkfeed.DataLoader(path, batch_size=2, filter=filter_, num_workers=workers)
+    batches = list(loader)
+    expr = sparkfeed.filters.to_expression(filter_)
+    assert sorted(i for b in batches for i in b["id"].tolist()) == wanted(table, expr) != []
+    assert all(set(b) == {"id"} for b in batches)
+    assert loader.stats()["row_groups_pruned"] == pruned  # decimal statistics prune, exactly
+
+
+def test_decimal_statistics_are_recorded_exactly(untensored):
+    _, path = untensored
+    groups = read_manifest(path).shards[0].row_groups
+    assert [(g.stats["price"].min, g.stats["price"].max) for g in groups] == [("1.25", "3.00"), ("-4.00", "10.10")]
+    assert arrow_type("decimal128(10, 2)") == pa.decimal128(10, 2)
+
+
+def test_an_integer_beside_a_decimal_and_a_map_column_are_refused_with_the_way_out(untensored):
+    _, path = untensored
+    with pytest.raises(ValueError, match=r"price > 3.*compare a decimal column with decimal.Decimal"):
+        sparkfeed.DataLoader(path, filter=[("price", ">", 3)])
+    with pytest.raises(ValueError, match=r"`filter` names 'kv'.*a map column"):
+        sparkfeed.DataLoader(path, filter=pc.field("kv").is_null())
