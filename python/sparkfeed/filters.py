@@ -153,19 +153,29 @@ def arrow_type(type_string: str) -> pa.DataType | None:
         return None
 
 
-def _empty_table(schema: Sequence[Column], skip: str | None = None) -> pa.Table:
+def _empty_table(schema: Sequence[Column], skip: str | None = None, rows: int = 0) -> pa.Table:
+    """The schema's columns (all but `skip`) with `rows` nulls each: binding needs none; some
+    type errors (a time zone beside none) only show when a kernel runs on a row."""
     fields = [pa.field(c.name, arrow_type(c.type) or pa.null()) for c in schema if c.name != skip]
-    return pa.schema(fields).empty_table()
+    return pa.table([pa.nulls(rows, f.type) for f in fields], schema=pa.schema(fields))
+
+
+_HINTS = {
+    "Precision is not great enough": "; compare a decimal column with decimal.Decimal values (an "
+                                     "integer widens to decimal128(19, 0), too wide beside it)",
+    "timestamp with timezone to timestamp without timezone": (
+        "; give the datetime the column's time zone or none as the column has (Spark's timestamps "
+        "are UTC: datetime(..., tzinfo=datetime.timezone.utc); timestamp_ntz columns take naive ones)"),
+}
 
 
 def check_filter(expr: pc.Expression, schema: Sequence[Column], dataset: str) -> None:
     """Bind `expr` to the dataset's schema now, so a missing column or a wrong type fails
     when the loader is built, not in the middle of an epoch."""
     try:
-        _empty_table(schema).filter(expr)
+        _empty_table(schema, rows=1).filter(expr)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, TypeError) as exc:
-        hint = ("; compare a decimal column with decimal.Decimal values (an integer widens to "
-                "decimal128(19, 0), too wide beside it)" if "Precision is not great enough" in str(exc) else "")
+        hint = next((h for key, h in _HINTS.items() if key in str(exc)), "")
         raise ValueError(f"`filter` {expr} cannot apply to dataset {dataset!r} with columns "
                          f"{[c.name for c in schema]}: {_first_line(exc)}{hint}") from exc
 

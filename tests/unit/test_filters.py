@@ -142,3 +142,14 @@ def test_an_integer_beside_a_decimal_and_a_map_column_are_refused_with_the_way_o
         sparkfeed.DataLoader(path, filter=[("price", ">", 3)])
     with pytest.raises(ValueError, match=r"`filter` names 'kv'.*a map column"):
         sparkfeed.DataLoader(path, filter=pc.field("kv").is_null())
+
+
+def test_a_naive_datetime_beside_a_utc_column_is_refused_when_built_with_the_way_out(tmp_path):
+    import datetime as dt
+
+    ts = pa.array([0, 10**6], pa.timestamp("us", "UTC"))  # Spark's timestamps are UTC
+    path = write(tmp_path / "tz", pa.table({"id": pa.array([0, 1], pa.int64()), "ts": ts}), 1)
+    with pytest.raises(ValueError, match=r"cannot apply to dataset .*timezone.*tzinfo=datetime.timezone.utc"):
+        sparkfeed.DataLoader(path, filter=[("ts", ">=", dt.datetime(1970, 1, 1, 0, 0, 1))])
+    aware = dt.datetime(1970, 1, 1, 0, 0, 1, tzinfo=dt.timezone.utc)
+    assert delivered(path, [("ts", ">=", aware)])[0] == [1]
