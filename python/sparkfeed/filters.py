@@ -69,38 +69,41 @@ def delivered_type(t: pa.DataType) -> pa.DataType:
 
 def common_type(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
     """The type two files' columns of one name both read as without loss, or None: the same
-    type; the other's where one is `null` (a column None in every row of a file) or a list of
-    `null` (every list in a file empty); the 64-bit offset variant where one file holds string,
-    binary or list and the other its `large_` form (Polars writes those). What
+    type; the other's where one is `null` (a column None in every row of a file); the 64-bit
+    offset variant where one file holds string, binary or list and the other its `large_` form
+    (Polars writes those); for lists, the common type of their elements, which may be null where
+    either file's may (Spark's containsNull, merged as its `mergeSchema` does), and a list of
+    `null` (every list in a file empty) takes the other's elements. What
     `pyarrow.unify_schemas` would promote, and no more: numbers of two widths or kinds stay an
     error, as in Spark's `mergeSchema`."""
     if a.equals(b):
         return a
     if pa.types.is_null(a) or pa.types.is_null(b):
         return b if pa.types.is_null(a) else a
-    if _is_list(a) and _is_list(b) and (pa.types.is_null(a.value_type) or pa.types.is_null(b.value_type)):
-        value = b.value_field if pa.types.is_null(a.value_type) else a.value_field
+    if _is_list(a) and _is_list(b):
+        value = _common_value(a.value_field, b.value_field)
         large = pa.types.is_large_list(a) or pa.types.is_large_list(b)
-        return pa.large_list(value) if large else pa.list_(value)
+        return None if value is None else pa.large_list(value) if large else pa.list_(value)
+    if pa.types.is_fixed_size_list(a) and pa.types.is_fixed_size_list(b) and a.list_size == b.list_size:
+        value = _common_value(a.value_field, b.value_field)
+        return None if value is None else pa.list_(value, a.list_size)
     for small, large in ((a, b), (b, a)):
-        widened = _large(small)
-        if widened is not None and widened.equals(large):
+        if (pa.types.is_string(small) and pa.types.is_large_string(large)) or \
+                (pa.types.is_binary(small) and pa.types.is_large_binary(large)):
             return large
     return None
 
 
+def _common_value(a: pa.Field, b: pa.Field) -> pa.Field | None:
+    """The element field two lists both read as: `a`'s name, nullable where either is."""
+    if pa.types.is_null(a.type) or pa.types.is_null(b.type):
+        return b if pa.types.is_null(a.type) else a
+    value = common_type(a.type, b.type)
+    return None if value is None else pa.field(a.name, value, nullable=a.nullable or b.nullable)
+
+
 def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t)
-
-
-def _large(t: pa.DataType) -> pa.DataType | None:
-    if pa.types.is_string(t):
-        return pa.large_string()
-    if pa.types.is_binary(t):
-        return pa.large_binary()
-    if pa.types.is_list(t):
-        return pa.large_list(t.value_field)
-    return None
 
 
 def torch_dtype(t: pa.DataType):
@@ -137,20 +140,27 @@ def arrow_type(type_string: str) -> pa.DataType | None:
     if m:
         return pa.timestamp(m.group(1), tz=m.group(2))
     m = _LIST.fullmatch(type_string)
-    if m and arrow_type(m.group(3)) is not None:
-        make = pa.large_list if m.group(1) == "large_list" else pa.list_
-        return make(pa.field(m.group(2), arrow_type(m.group(3))))
+    if m and (value := _value_field(m.group(2), m.group(3))) is not None:
+        return (pa.large_list if m.group(1) == "large_list" else pa.list_)(value)
     m = _DECIMAL.fullmatch(type_string)
     if m:
         make = getattr(pa, f"decimal{m.group(1)}", None)  # decimal32/64: pyarrow 18 and later
         return make(int(m.group(2)), int(m.group(3))) if make else None
     m = _FIXED_LIST.fullmatch(type_string)
-    if m and arrow_type(m.group(2)) is not None:
-        return pa.list_(pa.field(m.group(1), arrow_type(m.group(2))), int(m.group(3)))
+    if m and (value := _value_field(m.group(1), m.group(2))) is not None:
+        return pa.list_(value, int(m.group(3)))
     try:
         return pa.type_for_alias(type_string)
     except (ValueError, KeyError):
         return None
+
+
+def _value_field(name: str, type_string: str) -> pa.Field | None:
+    """A list's value field from its type string; `float not null` is an element that cannot be
+    null (Spark's arrays with containsNull=false, embeddings that other tools write)."""
+    required = type_string.endswith(" not null")
+    value = arrow_type(type_string.removesuffix(" not null"))
+    return None if value is None else pa.field(name, value, nullable=not required)
 
 
 def _empty_table(schema: Sequence[Column], skip: str | None = None, rows: int = 0) -> pa.Table:

@@ -833,6 +833,34 @@ def test_delta_columns_added_by_schema_evolution_are_nulls_in_older_files(tmp_pa
     assert all(np.isnan(got[k]) for k in range(20)) and all(got[k] == k for k in range(20, 30))
 
 
+def test_lists_whose_elements_cannot_be_null_are_tensors_and_merge_with_nullable_ones(tmp_path):
+    """Spark's arrays with containsNull=false (vector_to_array, F.array of columns) and the
+    fixed-size embeddings other tools write type their elements `not null`: such columns are
+    delivered like any list, and files that differ only there (or in list vs large_list) merge
+    to nullable elements, as Spark's mergeSchema does."""
+    root = tmp_path / "nn"
+    root.mkdir()
+    required = pa.field("element", pa.float32(), nullable=False)
+    kinds = [pa.list_(required), pa.list_(pa.float32()), pa.large_list(required)]
+    for f, kind in enumerate(kinds):
+        ids = list(range(3 * f, 3 * f + 3))
+        pq.write_table(pa.table({"id": pa.array(ids, pa.int64()),
+                                 "v": pa.array([[float(i), -float(i)] for i in ids], kind),
+                                 "e": pa.array([[float(i)] * 4 for i in ids], pa.list_(required, 4))}),
+                       root / f"part-{f}.parquet")
+    m = sparkfeed.index(str(root), progress=False)
+    assert {c.name: (c.type, c.unsupported) for c in m.schema} == {
+        "id": ("int64", None), "v": ("large_list<element: float>", None),
+        "e": ("fixed_size_list<element: float not null>[4]", None)}
+    for workers in (0, 2):
+        got = {}
+        for batch in sparkfeed.DataLoader(str(root), batch_size=4, num_workers=workers,
+                                          filter=pa.compute.list_value_length(pa.compute.field("v")) == 2):
+            assert batch["v"].dtype == batch["e"].dtype == torch.float32
+            got.update({i: (v.tolist(), e.tolist()) for i, v, e in zip(batch["id"].tolist(), batch["v"], batch["e"])})
+        assert got == {i: ([float(i), -float(i)], [float(i)] * 4) for i in range(9)}
+
+
 def test_a_delta_table_with_files_of_large_and_plain_strings_reads_whole(tmp_path):
     """delta-rs writes the Arrow type it is given: a table Polars wrote (large_string) and
     pandas appended to (string) has one string type in its log but two in its files."""

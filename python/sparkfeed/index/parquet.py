@@ -90,7 +90,7 @@ def parquet_common_type(a: str, b: str) -> str | None:
     if ta is None or tb is None:
         return None
     common = common_type(ta, tb)
-    return None if common is None else (a if common.equals(ta) else b)
+    return None if common is None else a if common.equals(ta) else b if common.equals(tb) else str(common)
 
 
 def parquet_schema(entries: list[dict], files: list[DataFile], dataset: str) -> list[dict]:
