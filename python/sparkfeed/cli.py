@@ -12,6 +12,7 @@ sparkfeed raises on purpose are one line on stderr and exit code 2, never a trac
 from __future__ import annotations
 
 import argparse
+import decimal
 import importlib
 import logging
 import statistics
@@ -55,6 +56,8 @@ def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list
 def _show(value) -> str:
     if value is None:
         return "?"
+    if isinstance(value, decimal.Decimal):
+        return str(value)
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, str):
@@ -62,8 +65,16 @@ def _show(value) -> str:
     return str(value)
 
 
+def _typed(m, name: str, value):
+    """A statistic as it compares: decimals (text in the manifest) as numbers."""
+    if value is not None and m.column(name).type.startswith("decimal"):
+        return decimal.Decimal(value)
+    return value
+
+
 def _dataset_range(m, name: str) -> tuple:
-    """(min of mins, max of maxes, total nulls) of column `name` over every shard (None: unknown)."""
+    """(min of mins, max of maxes, total nulls) of column `name` over every shard (None: unknown).
+    Decimal statistics compare as numbers (`_typed`)."""
     los, his, nulls = [], [], 0
     unknown_range = False
     for s in m.shards:
@@ -73,8 +84,8 @@ def _dataset_range(m, name: str) -> tuple:
             continue
         nulls = None if nulls is None or st.null_count is None else nulls + st.null_count
         if st.min is not None and st.max is not None:
-            los.append(st.min)
-            his.append(st.max)
+            los.append(_typed(m, name, st.min))
+            his.append(_typed(m, name, st.max))
         elif st.null_count != s.num_samples:  # values there, range unknown
             unknown_range = True
     if unknown_range or not los:
@@ -107,7 +118,8 @@ def format_manifest(m, shards: int = 0) -> str:
     if shards > 0:
         rows = [[s.path, f"{s.num_samples:,}", _human_bytes(s.num_bytes),
                  "-" if s.row_groups is None else str(len(s.row_groups)),
-                 " ".join(f"{k}={_show(v.min)}..{_show(v.max)}" for k, v in list(s.stats.items())[:3])]
+                 " ".join(f"{k}={_show(_typed(m, k, v.min))}..{_show(_typed(m, k, v.max))}"
+                          for k, v in list(s.stats.items())[:3])]
                 for s in m.shards[:shards]]
         lines += ["", f"first {len(rows)} of {len(m.shards)} shards",
                   *_table(["path", "samples", "bytes", "row groups", "stats (first 3 columns)"], rows)]

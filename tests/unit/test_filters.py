@@ -153,3 +153,20 @@ def test_a_naive_datetime_beside_a_utc_column_is_refused_when_built_with_the_way
         sparkfeed.DataLoader(path, filter=[("ts", ">=", dt.datetime(1970, 1, 1, 0, 0, 1))])
     aware = dt.datetime(1970, 1, 1, 0, 0, 1, tzinfo=dt.timezone.utc)
     assert delivered(path, [("ts", ">=", aware)])[0] == [1]
+
+
+def test_inspect_shows_decimal_statistics_as_numbers_ordered_as_numbers(tmp_path, capsys):
+    from sparkfeed.cli import main
+
+    root = tmp_path / "prices"
+    root.mkdir()
+    for f, prices in enumerate((["9.50", "9.75"], ["10.25", "11.00"])):  # as text, "10.25" < "9.50"
+        pq.write_table(pa.table({"id": pa.array([2 * f, 2 * f + 1], pa.int64()),
+                                 "price": pa.array([Decimal(p) for p in prices], pa.decimal128(6, 2))}),
+                       root / f"part-{f}.parquet")
+    sparkfeed.index(str(root), progress=False)
+    assert main(["inspect", str(root), "--shards", "2"]) == 0
+    out = capsys.readouterr().out
+    stats = out.split("statistics (whole dataset)")[1]
+    assert [line.split()[1:3] for line in stats.splitlines() if line.strip().startswith("price ")][0] == ["9.50", "11.00"]
+    assert "price=9.50..9.75" in out and "price=10.25..11.00" in out
