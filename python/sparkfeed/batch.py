@@ -378,6 +378,14 @@ def _joined_views(col: pa.ChunkedArray, name: str) -> "BinaryViews | None":
     return joined if isinstance(joined, BinaryViews) else None
 
 
+def index_rows(value: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`value.index_select(0, rows)`, for every dtype a column can have."""
+    twin = _SIGNED_TWIN.get(value.dtype)
+    if twin is None:
+        return value.index_select(0, rows)
+    return value.view(twin).index_select(0, rows).view(value.dtype)
+
+
 def batch_len(batch: dict) -> int:
     """Number of samples in a batch (from any column)."""
     for value in batch.values():
@@ -386,12 +394,18 @@ def batch_len(batch: dict) -> int:
     return 0
 
 
+# torch's 16- to 64-bit unsigned dtypes have few kernels (no index_select): rows are picked
+# through the signed dtype of the same width, which moves the same bits
+_SIGNED_TWIN = {getattr(torch, u): getattr(torch, s) for u, s in
+                (("uint16", "int16"), ("uint32", "int32"), ("uint64", "int64")) if hasattr(torch, u)}
+
+
 def select_rows(batch: dict, rows: torch.Tensor) -> dict:
     """The batch restricted to `rows` (int64 indices), every column alike."""
     out, idx = {}, None
     for name, value in batch.items():
         if isinstance(value, torch.Tensor) and value.dim() > 0:
-            out[name] = value.index_select(0, rows.to(value.device))
+            out[name] = index_rows(value, rows.to(value.device))
         elif isinstance(value, (BinaryColumn, BinaryViews, BinaryChunks)):
             out[name] = value.select(rows)
         elif isinstance(value, list):

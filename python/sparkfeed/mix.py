@@ -616,9 +616,9 @@ def _placed(flat: list, index: torch.Tensor) -> Block:
     first = (flat[0].rows if isinstance(flat[0], Shuffled) else flat[0]).columns
     columns = {}
     for name in first:
-        laid = [b.columns[name] if order is None else b.rows.columns[name].index_select(0, order)
+        laid = [b.columns[name] if order is None else batching.index_rows(b.rows.columns[name], order)
                 for b, order in zip(flat, orders)]
-        columns[name] = (laid[0] if len(laid) == 1 else batching.cat(laid)).index_select(0, index)
+        columns[name] = batching.index_rows(laid[0] if len(laid) == 1 else batching.cat(laid), index)
     return Block(columns, len(index))
 
 
