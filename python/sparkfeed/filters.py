@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from .manifest import Column, ColumnStats
 
-__all__ = ["delivered_type", "common_type", "torch_dtype", "leaf_fields", "to_expression", "referenced_columns", "unfilterable", "check_filter", "guarantee", "select_may_match",
+__all__ = ["delivered_type", "common_type", "torch_dtype", "leaf_fields", "to_expression", "referenced_columns", "unfilterable", "check_filter", "guarantee", "select_may_match", "nan_columns",
            "arrow_type"]
 
 _TIMESTAMP = re.compile(r"timestamp\[(\w+)(?:, tz=(.+))?\]")
@@ -288,35 +288,45 @@ _MAX_NAN_COLUMNS = 3  # 2**3 guarantees per item at most
 
 
 def select_may_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, ColumnStats], int]],
-                     schema: Sequence[Column]) -> list[int]:
+                     schema: Sequence[Column], nan: Sequence[str] | None = None) -> list[int]:
     """Indices of the items (stats, rows) whose statistics do not rule `expr` out.
 
     pyarrow's dataset layer does the reasoning: each item becomes a fragment whose partition
     expression is its guarantee, and `get_fragments(filter=expr)` keeps those that may match.
-    No file is opened; the fragments only carry the index as their (never read) path. An item
-    whose floating columns the filter reads gets one guarantee per way its rows can be NaN there
-    (a NaN row passes `~(x <= 5)` and `is_nan(x)` although its range says 1 to 5).
+    No file is opened; the fragments only carry the index as their (never read) path. For each
+    float column a NaN of which passes `expr` (`nan`, default `nan_columns`: `~(x <= 5)`,
+    `is_nan(x)`), an item gets one guarantee per way its rows can be NaN there: min and max
+    leave NaN out.
     """
     types = {c.name: arrow_type(c.type) for c in schema}
-    arrow_schema = pa.schema([pa.field(c.name, types[c.name] or pa.null()) for c in schema])
-    floats = _floating_columns(expr, schema, types)
-    kept, dropped = floats[:_MAX_NAN_COLUMNS], set(floats[_MAX_NAN_COLUMNS:])
+    nan = nan_columns(expr, schema) if nan is None else list(nan)
+    kept, dropped = nan[:_MAX_NAN_COLUMNS], set(nan[_MAX_NAN_COLUMNS:])
     variants = [frozenset(c for bit, c in enumerate(kept) if mask >> bit & 1)
                 for mask in range(1 << len(kept))]
     fragments = []
     for i, (stats, rows) in enumerate(items):
         stats = {k: v for k, v in stats.items() if k not in dropped}
-        for nan in variants:
-            term = guarantee(stats, types, rows, nan)
+        for variant in variants:
+            term = guarantee(stats, types, rows, variant)
             if term is not None:
                 fragments.append(_FORMAT.make_fragment(str(i), filesystem=_FS, partition_expression=term))
-    dataset = ds.FileSystemDataset(fragments, arrow_schema, _FORMAT, _FS)
-    return sorted({int(f.path) for f in dataset.get_fragments(filter=expr)})
+    return sorted({int(f.path) for f in _kept(fragments, expr, schema, types)})
 
 
-def _floating_columns(expr: pc.Expression, schema: Sequence[Column],
-                      types: Mapping[str, pa.DataType]) -> list[str]:
-    """The floating-point columns `expr` reads (those a NaN can hide from the statistics)."""
+def nan_columns(expr: pc.Expression, schema: Sequence[Column]) -> list[str]:
+    """The float columns `expr` reads where a NaN may pass it whatever the other columns hold
+    (`x != 2`, `~(x <= 5)`; not `x > 4`): those whose statistics (which leave NaN out) cannot
+    rule a row group out alone. Once per plan."""
+    types = {c.name: arrow_type(c.type) for c in schema}
     text = str(expr)
-    return [c.name for c in schema if types[c.name] is not None and pa.types.is_floating(types[c.name])
-            and c.name in text and _references(expr, schema, c.name)]
+    floats = [c.name for c in schema if types[c.name] is not None and pa.types.is_floating(types[c.name])
+              and c.name in text and _references(expr, schema, c.name)]
+    return [name for name in floats if _kept([_FORMAT.make_fragment(
+        "0", filesystem=_FS, partition_expression=pc.field(name) == _NAN)], expr, schema, types)]
+
+
+def _kept(fragments: list, expr: pc.Expression, schema: Sequence[Column],
+          types: Mapping[str, pa.DataType]) -> list:
+    """The fragments whose guarantees pyarrow's simplifier cannot rule `expr` out for."""
+    arrow_schema = pa.schema([pa.field(c.name, types[c.name] or pa.null()) for c in schema])
+    return list(ds.FileSystemDataset(fragments, arrow_schema, _FORMAT, _FS).get_fragments(filter=expr))

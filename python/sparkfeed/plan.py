@@ -61,9 +61,10 @@ class Plan:
 def make_plan(manifest: Manifest, expr: pc.Expression | None, columns: Sequence[str]) -> Plan:
     """Prune shards and row groups by statistics; no data file is opened."""
     shards = list(range(len(manifest.shards)))
+    nan = filters.nan_columns(expr, manifest.schema) if expr is not None else []
     if expr is not None:
         shards = filters.select_may_match(
-            expr, [(s.stats, s.num_samples) for s in manifest.shards], manifest.schema)
+            expr, [(s.stats, s.num_samples) for s in manifest.shards], manifest.schema, nan)
     units: list[WorkUnit] = []
     groups_total = groups_pruned = 0
     for si in shards:
@@ -75,7 +76,7 @@ def make_plan(manifest: Manifest, expr: pc.Expression | None, columns: Sequence[
         keep = range(len(shard.row_groups))
         if expr is not None:
             keep = filters.select_may_match(
-                expr, [(rg.stats, rg.num_samples) for rg in shard.row_groups], manifest.schema)
+                expr, [(rg.stats, rg.num_samples) for rg in shard.row_groups], manifest.schema, nan)
         groups_pruned += len(shard.row_groups) - len(keep)
         units.extend(WorkUnit(len(units) + k, si, shard.path, rg, shard.row_groups[rg].num_samples)
                      for k, rg in enumerate(keep))
