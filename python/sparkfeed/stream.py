@@ -28,6 +28,7 @@ from . import batch as batching
 from .errors import ShardReadError
 from .plan import Plan
 from .read import Reader, UnitRows
+from .read.base import needs_value
 from . import shuffle as shuffling
 from .blocks import PendingBlock, SharedBlocks, SharedUnits
 
@@ -495,7 +496,8 @@ class StreamReader:
         """A null where a tensor needs a value: name the columns, the shard and the row group."""
         (read, offset), unit = self._nulls[k], self.stream.units[k]
         row += offset
-        columns = [n for n in read.table.column_names if read.table.column(n)[row].as_py() is None]
+        columns = [n for n in read.table.column_names if needs_value(read.table.schema.field(n).type)
+                   and read.table.column(n)[row].as_py() is None]
         return ShardReadError(f"sample at row {int(read.row_numbers()[row])} has no value in "
                               f"{columns}, which become tensors; filter such rows out (e.g. "
                               "filter=pc.field(name).is_valid()) or pass on_error='skip'",

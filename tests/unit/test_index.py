@@ -3,6 +3,7 @@ deltalake. Expected rows are computed independently (pyarrow / tarfile / deltala
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -488,6 +489,24 @@ def test_inspect_shows_indexed_partition_and_unsupported_columns(tmp_path, capsy
     assert main(["inspect", str(tmp_path / "m.json")]) == 0
     out = capsys.readouterr().out
     assert "split" in out and "meta" in out and "40" in out
+
+
+def test_a_tar_sample_missing_its_cls_names_only_that_column(tmp_path):
+    """A missing `.jpg` is None in its batch; a missing `.cls` cannot be a tensor: the error
+    names `cls` alone, not every member the sample lacks."""
+    root = tmp_path / "tn"
+    root.mkdir()
+    with tarfile.open(root / "s.tar", "w") as tf:
+        for key, members in (("k0", {"cls": b"1", "jpg": b"x"}), ("k1", {"txt": b"t"}), ("k2", {"cls": b"2"})):
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    sparkfeed.index(str(root), format="webdataset", progress=False)
+    with pytest.raises(ShardReadError, match=r"'s.tar': sample at row 1 has no value in \['cls'\], which"):
+        list(sparkfeed.DataLoader(str(root), batch_size=3))
+    kept = sparkfeed.DataLoader(str(root), batch_size=3, on_error="skip")
+    assert [(k, c) for b in kept for k, c in zip(b["key"], b["cls"].tolist())] == [("k0", 1), ("k2", 2)]
 
 
 def test_null_in_an_integer_column_of_plain_parquet_raises_never_drops(tmp_path):

@@ -372,16 +372,19 @@ class UnitRows:
         return np.arange(self.num_rows, dtype=np.int32) if self.rows is None else self.rows.astype(np.int32)
 
 
+def needs_value(t: pa.DataType) -> bool:
+    """Whether a null of this type cannot be delivered: integer, boolean, date, timestamp and
+    list columns become tensors; floats hold NaN, strings and bytes None."""
+    return not (pa.types.is_floating(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
+                or pa.types.is_binary(t) or pa.types.is_large_binary(t))
+
+
 def _tensor_values_valid(table: pa.Table) -> np.ndarray | None:
-    """False for rows with a null where a tensor needs a value (integer, boolean, date,
-    timestamp and list columns; floats hold NaN); None when every row is fine. Once per unit."""
+    """False for rows with a null where a tensor needs a value (`needs_value`); None when every
+    row is fine. Once per unit."""
     valid = None
     for col in table.columns:
-        if not col.null_count:
-            continue
-        t = col.type
-        if pa.types.is_floating(t) or pa.types.is_string(t) or pa.types.is_large_string(t) \
-                or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        if not col.null_count or not needs_value(col.type):
             continue
         v = pc.is_valid(col).to_numpy(zero_copy_only=False)
         valid = v if valid is None else valid & v
