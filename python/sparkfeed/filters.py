@@ -293,10 +293,10 @@ def select_may_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, Col
 
     pyarrow's dataset layer does the reasoning: each item becomes a fragment whose partition
     expression is its guarantee, and `get_fragments(filter=expr)` keeps those that may match.
-    No file is opened; the fragments only carry the index as their (never read) path. For each
-    float column a NaN of which passes `expr` (`nan`, default `nan_columns`: `~(x <= 5)`,
-    `is_nan(x)`), an item gets one guarantee per way its rows can be NaN there: min and max
-    leave NaN out.
+    No file is opened; the fragments only carry the index as their (never read) path. Min and
+    max leave NaN out, so for each float column where a NaN can pass `expr` (`nan`, by default
+    `nan_columns`: `~(x <= 5)`, `is_nan(x)`), an item gets one guarantee per way its rows can be
+    NaN there.
     """
     types = {c.name: arrow_type(c.type) for c in schema}
     nan = nan_columns(expr, schema) if nan is None else list(nan)
