@@ -106,9 +106,9 @@ def struct_leaves(columns, names: Sequence[str]):
     as given (checked by `check_columns`)."""
     if columns is None or isinstance(columns, str) or not isinstance(columns, Sequence):
         return columns
-    out = []
+    known, out = set(names), []
     for c in columns:
-        leaves = [n for n in names if isinstance(c, str) and c not in names and n.startswith(c + ".")]
+        leaves = [] if not isinstance(c, str) or c in known else [n for n in names if n.startswith(c + ".")]
         out.extend(leaves or [c])
     return out
 

@@ -170,7 +170,16 @@ def _empty_table(schema: Sequence[Column], skip: str | None = None, rows: int = 
     return pa.table([pa.nulls(rows, f.type) for f in fields], schema=pa.schema(fields))
 
 
+def _named_in(expr: pc.Expression, schema: Sequence[Column]) -> list[Column]:
+    """The columns whose names appear in the expression's text: every column it reads does (a
+    field prints as its name), so binding against these alone is binding against the schema,
+    without building a table of every column of a wide dataset each time."""
+    text = str(expr)
+    return [c for c in schema if c.name in text]
+
+
 _HINTS = {
+    "FieldRef.FieldPath": "; name columns (pc.field('label')), not positions: a read holds only some",
     "Precision is not great enough": "; compare a decimal column with decimal.Decimal values (an "
                                      "integer widens to decimal128(19, 0), too wide beside it)",
     "timestamp with timezone to timestamp without timezone": (
@@ -183,7 +192,7 @@ def check_filter(expr: pc.Expression, schema: Sequence[Column], dataset: str) ->
     """Bind `expr` to the dataset's schema now, so a missing column or a wrong type fails
     when the loader is built, not in the middle of an epoch."""
     try:
-        _empty_table(schema, rows=1).filter(expr)
+        _empty_table(_named_in(expr, schema), rows=1).filter(expr)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, TypeError) as exc:
         hint = next((h for key, h in _HINTS.items() if key in str(exc)), "")
         raise ValueError(f"`filter` {expr} cannot apply to dataset {dataset!r} with columns "
@@ -193,7 +202,9 @@ def check_filter(expr: pc.Expression, schema: Sequence[Column], dataset: str) ->
 def _first_line(exc: Exception) -> str:
     """Arrow's message without the schema it appends (the columns are named already)."""
     line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return line.split(" in ", 1)[0] if line.startswith("No match for FieldRef") else line
+    if not line.startswith("No match for FieldRef"):
+        return line
+    return line.removesuffix(" in") if line.endswith(" in") else line.split(" in ", 1)[0]
 
 
 def unfilterable(names: Sequence[str], schema: Sequence[Column]) -> list[str]:
@@ -208,7 +219,8 @@ def referenced_columns(expr: pc.Expression | None, schema: Sequence[Column]) -> 
     """The columns `expr` reads: a column is referenced when binding fails without it."""
     if expr is None:
         return []
-    return [col.name for col in schema if _references(expr, schema, col.name)]
+    named = _named_in(expr, schema)
+    return [col.name for col in named if _references(expr, named, col.name)]
 
 
 def _references(expr: pc.Expression, schema: Sequence[Column], name: str) -> bool:
@@ -298,6 +310,7 @@ def select_may_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, Col
     `nan_columns`: `~(x <= 5)`, `is_nan(x)`), an item gets one guarantee per way its rows can be
     NaN there.
     """
+    schema = _named_in(expr, schema)  # the other columns' statistics cannot rule `expr` out
     types = {c.name: arrow_type(c.type) for c in schema}
     nan = nan_columns(expr, schema) if nan is None else list(nan)
     kept, dropped = nan[:_MAX_NAN_COLUMNS], set(nan[_MAX_NAN_COLUMNS:])
@@ -305,7 +318,7 @@ def select_may_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, Col
                 for mask in range(1 << len(kept))]
     fragments = []
     for i, (stats, rows) in enumerate(items):
-        stats = {k: v for k, v in stats.items() if k not in dropped}
+        stats = {k: v for k, v in stats.items() if k in types and k not in dropped}
         for variant in variants:
             term = guarantee(stats, types, rows, variant)
             if term is not None:
@@ -317,12 +330,12 @@ def nan_columns(expr: pc.Expression, schema: Sequence[Column]) -> list[str]:
     """The float columns `expr` reads where a NaN may pass it whatever the other columns hold
     (`x != 2`, `~(x <= 5)`; not `x > 4`): those whose statistics (which leave NaN out) cannot
     rule a row group out alone. Once per plan."""
-    types = {c.name: arrow_type(c.type) for c in schema}
-    text = str(expr)
-    floats = [c.name for c in schema if types[c.name] is not None and pa.types.is_floating(types[c.name])
-              and c.name in text and _references(expr, schema, c.name)]
+    named = _named_in(expr, schema)
+    types = {c.name: arrow_type(c.type) for c in named}
+    floats = [c.name for c in named if types[c.name] is not None and pa.types.is_floating(types[c.name])
+              and _references(expr, named, c.name)]
     return [name for name in floats if _kept([_FORMAT.make_fragment(
-        "0", filesystem=_FS, partition_expression=pc.field(name) == _NAN)], expr, schema, types)]
+        "0", filesystem=_FS, partition_expression=pc.field(name) == _NAN)], expr, named, types)]
 
 
 def _kept(fragments: list, expr: pc.Expression, schema: Sequence[Column],
