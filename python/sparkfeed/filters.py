@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from .manifest import Column, ColumnStats
 
-__all__ = ["delivered_type", "common_type", "torch_dtype", "leaf_fields", "to_expression", "referenced_columns", "unfilterable", "check_filter", "guarantee", "select_may_match", "nan_columns",
+__all__ = ["INT96_UNIT", "delivered_type", "common_type", "torch_dtype", "leaf_fields", "to_expression", "referenced_columns", "unfilterable", "check_filter", "guarantee", "select_may_match", "nan_columns",
            "arrow_type"]
 
 _TIMESTAMP = re.compile(r"timestamp\[(\w+)(?:, tz=(.+))?\]")
@@ -50,6 +50,12 @@ def to_expression(filter) -> pc.Expression | None:
                              f"pyarrow.compute.Expression, but got filter={filter!r} ({exc})") from exc
     raise ValueError("`filter` should be None, DNF tuples like [('label', '<', 10)] or a "
                      f"pyarrow.compute.Expression, but got filter={filter!r}")
+
+
+# Spark's default timestamp layout, INT96, read at microseconds (Spark's own precision): at
+# pyarrow's default, nanoseconds, a date outside 1677-2262 (the 9999-12-31 "no end" of a
+# warehouse table) wraps around without a word. Every ParquetFile sparkfeed opens passes it.
+INT96_UNIT = {"coerce_int96_timestamp_unit": "us"}
 
 
 def delivered_type(t: pa.DataType) -> pa.DataType:
@@ -183,8 +189,9 @@ _HINTS = {
     "Precision is not great enough": "; compare a decimal column with decimal.Decimal values (an "
                                      "integer widens to decimal128(19, 0), too wide beside it)",
     "timestamp with timezone to timestamp without timezone": (
-        "; give the datetime the column's time zone or none as the column has (Spark's timestamps "
-        "are UTC: datetime(..., tzinfo=datetime.timezone.utc); timestamp_ntz columns take naive ones)"),
+        "; give the datetime a time zone where the column has one and none where it has none (the "
+        "types above): sparkfeed.write's timestamps are UTC, datetime(..., "
+        "tzinfo=datetime.timezone.utc); Spark's own INT96 files and timestamp_ntz read without one"),
 }
 
 

@@ -263,17 +263,17 @@ def _footer_entry(fs, full: str, rel: str, size: int) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .filters import delivered_type, leaf_fields
+    from .filters import INT96_UNIT, delivered_type, leaf_fields
 
     def read_footer():
         try:
             with fs.open(full, "rb") as f:
-                pf = pq.ParquetFile(f)
+                pf = pq.ParquetFile(f, **INT96_UNIT)
                 return pf.metadata, pf.schema_arrow
         except ValueError as exc:
             if not storage.ignores_ranges(exc, full, "reading each file whole for its footer"):
                 raise
-        pf = pq.ParquetFile(pa.BufferReader(fs.cat_file(full)))  # one GET, no Range header
+        pf = pq.ParquetFile(pa.BufferReader(fs.cat_file(full)), **INT96_UNIT)  # one GET, no Range header
         return pf.metadata, pf.schema_arrow
 
     md, schema = storage.with_retries(read_footer, f"reading the footer of {full}")

@@ -509,6 +509,34 @@ def test_a_tar_sample_missing_its_cls_names_only_that_column(tmp_path):
     assert [(k, c) for b in kept for k, c in zip(b["key"], b["cls"].tolist())] == [("k0", 1), ("k2", 2)]
 
 
+def test_int96_timestamps_far_from_1970_are_delivered_exactly_not_wrapped(tmp_path):
+    """Spark writes timestamps as INT96 by default; read at pyarrow's default nanoseconds, the
+    warehouse's "no end" date 9999-12-31 came back as 1816-03-29, silently."""
+    import datetime as dt
+
+    root = tmp_path / "int96"
+    root.mkdir()
+    when = [dt.datetime(9999, 12, 31), dt.datetime(1500, 1, 1), dt.datetime(2024, 1, 1, 12, 0, 0, 5)]
+    pq.write_table(pa.table({"id": pa.array(range(3), pa.int64()), "ts": pa.array(when, pa.timestamp("us"))}),
+                   root / "part-0.parquet", use_deprecated_int96_timestamps=True)
+    m = sparkfeed.index(str(root), progress=False)
+    assert {c.name: c.type for c in m.schema}["ts"] == "timestamp[us]"
+    micros = [(w - dt.datetime(1970, 1, 1)) // dt.timedelta(microseconds=1) for w in when]
+    for workers in (0, 2):
+        got = {i: t for b in sparkfeed.DataLoader(str(root), batch_size=2, num_workers=workers, shuffle=True)
+               for i, t in zip(b["id"].tolist(), b["ts"].tolist())}
+        assert got == dict(enumerate(micros))
+    late = sparkfeed.DataLoader(str(root), batch_size=3, filter=[("ts", ">", dt.datetime(3000, 1, 1))])
+    assert _ids(late) == [0]
+    # a manifest an earlier sparkfeed wrote (INT96 at nanoseconds): in-range rows read, and a
+    # date it cannot hold is an error that says to index again, never a wrapped date
+    doc = json.loads((root / "_sparkfeed.json").read_text())
+    doc["schema"] = [dict(c, type="timestamp[ns]") if c["name"] == "ts" else c for c in doc["schema"]]
+    (root / "_sparkfeed.json").write_text(json.dumps(doc))
+    with pytest.raises(ShardReadError, match=r"part-0.parquet', row group 0: a value does not fit .*index the data again"):
+        list(sparkfeed.DataLoader(str(root), batch_size=3))
+
+
 def test_null_in_an_integer_column_of_plain_parquet_raises_never_drops(tmp_path):
     root = tmp_path / "nulls"
     root.mkdir()

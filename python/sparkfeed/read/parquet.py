@@ -67,11 +67,11 @@ class ParquetReader(Reader):
         remote = self._pafs is None
         try:
             return pq.ParquetFile(self._open_input(path), metadata=metadata,
-                                  pre_buffer=remote and self._ranges)
+                                  pre_buffer=remote and self._ranges, **filters.INT96_UNIT)
         except ValueError as exc:
             if not self._no_ranges(exc):
                 raise
-            return pq.ParquetFile(self._open_input(path), metadata=metadata)
+            return pq.ParquetFile(self._open_input(path), metadata=metadata, **filters.INT96_UNIT)
 
     def _no_ranges(self, exc: BaseException) -> bool:
         """True (and whole-file reads from now on) when `exc` says the HTTP server ignored a
@@ -194,7 +194,11 @@ class ParquetReader(Reader):
         self.ctx.stats.add("bytes_read", nbytes)
         if fetched:
             self.ctx.stats.add("bytes_read_ahead", nbytes)  # of bytes_read: fetched by read-ahead
-        table = _cast(_as_delivered(table), self._files[unit.path][2])
+        try:
+            table = _cast(_as_delivered(table), self._files[unit.path][2])
+        except pa.ArrowInvalid as exc:  # a value out of the manifest type's range
+            raise self._error(unit, f"a value does not fit the manifest's type ({exc}); index the "
+                              "data again: `sparkfeed index ... --overwrite`") from exc
         for field in self.ctx.arrow_schema(absent):  # a column this file predates: nulls (Delta's
             table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))  # evolution)
         return table.select(names)
@@ -309,7 +313,7 @@ class ParquetReader(Reader):
         src = storage.KnownRanges(parts, size, lambda: self._open_input(path))
         # no pre-buffering: it would ask for a run's chunks as one range across fetches (a copy);
         # chunk by chunk, each read is a view into the fetched bytes
-        return pq.ParquetFile(src, metadata=pf.metadata, pre_buffer=False), src
+        return pq.ParquetFile(src, metadata=pf.metadata, pre_buffer=False, **filters.INT96_UNIT), src
 
     def _chunk_bytes(self, path: str, group: int, names: list[str]) -> int:
         """Compressed bytes of the column chunks of `names` in row group `group` (what a read
@@ -328,6 +332,9 @@ class ParquetReader(Reader):
             got = filters.delivered_type(fields[want.name].type)
             common = filters.common_type(got, want.type)
             if want.type == pa.null() or got.equals(want.type):
+                continue
+            if _int96_indexed_at_ns(got, want.type):
+                casts[want.name] = want.type
                 continue
             if common is None or not common.equals(want.type):
                 raise self._error(unit, f"schema drift: column {want.name!r} is {got} here but "
@@ -455,6 +462,14 @@ def _cast(table: pa.Table, casts: dict[str, pa.DataType]) -> pa.Table:
         column = pa.nulls(len(column), casts[name]) if column.type == pa.null() else column.cast(casts[name])
         table = table.set_column(i, name, column)
     return table
+
+
+def _int96_indexed_at_ns(got: pa.DataType, want: pa.DataType) -> bool:
+    """A Spark INT96 column (now read at microseconds, `filters.INT96_UNIT`) that a manifest
+    from an earlier sparkfeed records at nanoseconds: cast, so dates 1677-2262 read as before
+    and others fail by name instead of wrapping around."""
+    return (pa.types.is_timestamp(got) and pa.types.is_timestamp(want) and got.tz == want.tz
+            and got.unit == "us" and want.unit == "ns")
 
 
 def _stored_names(schema: pa.Schema) -> set[str]:
