@@ -94,7 +94,12 @@ def _check_columns(schema, format: str = "parquet") -> dict:
                          "(for example with .withColumnRenamed) before writing")
     if not names:
         raise ValueError("the DataFrame has no columns; there is nothing to write")
-    types = dict(leaf for f in schema.fields for leaf in _leaves(f.name, f.dataType, format == "parquet"))
+    leaves = [leaf for f in schema.fields for leaf in _leaves(f.name, f.dataType, format == "parquet")]
+    types = dict(leaves)
+    if len(types) < len(leaves):
+        twice = sorted({n for n, _ in leaves if sum(m == n for m, _ in leaves) > 1})
+        raise ValueError(f"columns {twice} are each both a column and a struct's leaf (a struct "
+                         "is delivered as its leaves, named by their path); rename one of them")
     for name, dt in types.items():
         if _scalar_kind(dt) is None and not _is_list_of_numbers(dt):
             hint = ("cast it to double (torch has no decimal type)"

@@ -298,6 +298,18 @@ def test_unsupported_column_types_are_named(spark, base, expr, name, typename):
     assert _no_job_ran(spark, attempt) == []
 
 
+def test_a_column_named_like_a_structs_leaf_is_refused_before_spark_runs(spark, base):
+    """`a.b` and the leaf `b` of struct `a` would be one column of the manifest (one silently
+    lost, and a reader that cannot tell them apart)."""
+    df = spark.range(3).selectExpr("id", "id as `a.b`", "named_struct('b', id) as a")
+
+    def attempt():
+        with pytest.raises(ValueError, match=r"columns \['a.b'\] are each both a column and a struct's leaf"):
+            sparkfeed.write(df, str(base / "never"))
+
+    assert _no_job_ran(spark, attempt) == []
+
+
 def test_struct_columns_are_written_and_loaded_as_their_leaves(spark, base):
     """A struct (a Hugging Face image: bytes and path) is written as Spark writes it, and the
     manifest, `codecs`, `cluster_by` and the loader see its leaves by their paths."""

@@ -537,6 +537,17 @@ def test_int96_timestamps_far_from_1970_are_delivered_exactly_not_wrapped(tmp_pa
         list(sparkfeed.DataLoader(str(root), batch_size=3))
 
 
+def test_a_column_named_like_a_structs_leaf_is_refused_naming_the_file(tmp_path):
+    """pandas or pyarrow may write a column `a.b` beside a struct `a` with a field `b`: both
+    would be the column `a.b` (the manifest kept one, and reading failed with a bare KeyError)."""
+    root = tmp_path / "clash"
+    root.mkdir()
+    pq.write_table(pa.table({"id": pa.array([0, 1], pa.int64()), "a.b": pa.array([10, 11], pa.int64()),
+                             "a": pa.array([{"b": 20}, {"b": 21}])}), root / "x.parquet")
+    with pytest.raises(ManifestError, match=r"'x.parquet' holds \['a.b'\] both as a column and as a struct's leaf"):
+        sparkfeed.index(str(root), progress=False)
+
+
 def test_null_in_an_integer_column_of_plain_parquet_raises_never_drops(tmp_path):
     root = tmp_path / "nulls"
     root.mkdir()

@@ -61,6 +61,12 @@ def _merged_schema(entries: list[dict], dataset: str) -> list[list[str]]:
     files hold is that struct's leaves, all nulls."""
     types: dict[str, tuple[str, str]] = {}  # column -> (type, first file holding it so)
     for e in entries:
+        names = [name for name, _ in e["schema"]]
+        if len(set(names)) < len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ManifestError(f"{e['path']!r} holds {twice} both as a column and as a struct's "
+                                "leaf (a struct is delivered as its leaves, named by their path); "
+                                "rename one of them", dataset=dataset)
         for name, t in e["schema"]:
             seen = types.setdefault(name, (t, e["path"]))
             common = seen[0] if seen[0] == t else parquet_common_type(seen[0], t)
