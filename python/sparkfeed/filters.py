@@ -227,17 +227,25 @@ def referenced_columns(expr: pc.Expression | None, schema: Sequence[Column]) -> 
     if expr is None:
         return []
     named = _named_in(expr, schema)
-    return [col.name for col in named if _references(expr, named, col.name)]
+    binds = _bind_error(expr, named) is None
+    return [col.name for col in named if _reads(expr, named, col.name, binds)]
 
 
-def _references(expr: pc.Expression, schema: Sequence[Column], name: str) -> bool:
-    """Whether `expr` reads column `name`: binding it without that column misses it (another
-    failure, a literal that does not fit, says nothing about which columns it reads)."""
+def _reads(expr: pc.Expression, schema: Sequence[Column], name: str, binds: bool = True) -> bool:
+    """Whether `expr` reads column `name`: binding fails without it. Where `expr` does not bind
+    with every column either (a literal that does not fit), only Arrow's "no match" naming the
+    column says so."""
+    exc = _bind_error(expr, schema, skip=name)
+    return exc is not None and (binds or f"No match for FieldRef.Name({name})" in str(exc))
+
+
+def _bind_error(expr: pc.Expression, schema: Sequence[Column], skip: str | None = None):
+    """The error binding `expr` to the schema's columns (but `skip`) raises, or None."""
     try:
-        _empty_table(schema, skip=name).filter(expr)
+        _empty_table(schema, skip=skip).filter(expr)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-        return f"No match for FieldRef.Name({name})" in str(exc)
-    return False
+        return exc
+    return None
 
 
 def _scalar(value, type_: pa.DataType):
@@ -340,7 +348,7 @@ def nan_columns(expr: pc.Expression, schema: Sequence[Column]) -> list[str]:
     named = _named_in(expr, schema)
     types = {c.name: arrow_type(c.type) for c in named}
     floats = [c.name for c in named if types[c.name] is not None and pa.types.is_floating(types[c.name])
-              and _references(expr, named, c.name)]
+              and _reads(expr, named, c.name)]
     return [name for name in floats if _kept([_FORMAT.make_fragment(
         "0", filesystem=_FS, partition_expression=pc.field(name) == _NAN)], expr, named, types)]
 
