@@ -346,6 +346,23 @@ def _delta_table(tmp_path, partition_by=("split",)):
     return root, deltalake
 
 
+def test_a_delta_tables_decimal_statistics_prune_its_files(tmp_path):
+    """Delta's log holds exact decimal bounds per file: a decimal filter skips the files they
+    rule out, and reads the column only for the filter."""
+    from decimal import Decimal
+
+    deltalake = pytest.importorskip("deltalake")
+    root = tmp_path / "prices"
+    for ids, prices in (([0, 1], ["1.25", "3.50"]), ([2, 3], ["10.00", "12.75"])):
+        deltalake.write_deltalake(str(root), pa.table({
+            "id": pa.array(ids, pa.int64()),
+            "price": pa.array([Decimal(p) for p in prices], pa.decimal128(10, 2))}), mode="append")
+    loader = sparkfeed.DataLoader(str(root), batch_size=4, filter=[("price", ">", Decimal("5"))])
+    batches = list(loader)
+    assert sorted(i for b in batches for i in b["id"].tolist()) == [2, 3]
+    assert loader.stats()["shards_pruned"] == 1 and all("price" not in b for b in batches)
+
+
 @pytest.mark.parametrize("version", [None, 1, 2])
 def test_delta_versions_match_deltalake(tmp_path, version):
     root, deltalake = _delta_table(tmp_path)

@@ -11,6 +11,7 @@ column mapping (physical column names differ from the schema's; deltalake's own
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 
 import pyarrow as pa
 
@@ -78,6 +79,8 @@ def _bounds(lo, hi, type_: pa.DataType):
         return None, None
     if isinstance(lo, float) and (lo != lo or hi != hi):
         return None, None
+    if pa.types.is_decimal(type_) and not (isinstance(lo, decimal.Decimal) and isinstance(hi, decimal.Decimal)):
+        return None, None  # exact values only: a float bound may round past a row
     return _json_value(lo, False), _json_value(hi, True)
 
 
@@ -95,7 +98,7 @@ def _file_stats(row: dict, types: dict, stat_columns: list[str]) -> dict:
 def _stat_column(t: pa.DataType) -> bool:
     return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_string(t)
             or pa.types.is_large_string(t) or pa.types.is_boolean(t) or pa.types.is_date(t)
-            or pa.types.is_timestamp(t))
+            or pa.types.is_timestamp(t) or pa.types.is_decimal(t))
 
 
 def delta_entries(table, dataset: str) -> tuple[list[dict], list[dict]]:
