@@ -435,6 +435,29 @@ def test_ragged_arrays_written_as_webdataset_load_as_lists_of_tensors(spark, tmp
     assert got == {i: list(range(i % 9)) for i in range(60)}
 
 
+def test_dates_and_timestamps_written_as_webdataset_load_exactly_and_filter(spark, tmp_path):
+    """The JVM writer keeps dates and timestamps in `.json` as ISO 8601 text; the loader read
+    them as a bad value in every sample (a string where a number was expected)."""
+    import datetime as dt
+
+    import sparkfeed
+
+    utc, epoch = dt.timezone.utc, dt.datetime(1970, 1, 1)
+    rows = [(i, dt.datetime(2024, 1, 1, 0, 0, 0, i, tzinfo=utc), dt.datetime(1999, 12, 31, 23, 59, 59, i),
+             dt.date(2024, 2, 28) + dt.timedelta(days=i)) for i in range(30)]
+    df = spark.createDataFrame(rows, "id long, ts timestamp, local timestamp_ntz, day date").repartition(2)
+    path = tmp_path / "times"
+    df.write.format("webdataset").save(str(path))
+    got = {}
+    for batch in sparkfeed.DataLoader(str(path), batch_size=8, shuffle=True, num_workers=2):
+        got.update((i, (t, n, d)) for i, t, n, d in zip(*(batch[k].tolist() for k in ("id", "ts", "local", "day"))))
+    micros = lambda t: (t.replace(tzinfo=None) - epoch) // dt.timedelta(microseconds=1)  # noqa: E731
+    assert got == {i: (micros(ts), micros(local), (day - epoch.date()).days) for i, ts, local, day in rows}
+    late = sparkfeed.DataLoader(str(path), batch_size=30, columns=["id"],
+                                filter=[("day", ">=", dt.date(2024, 3, 20))])
+    assert sorted(i for b in late for i in b["id"].tolist()) == list(range(21, 30))
+
+
 def test_npy_bytes_written_as_webdataset_members_decode_as_one_tensor(spark, tmp_path):
     """A binary column of .npy bytes with the codec `npy` becomes `.npy` members (what
     webdataset's TarWriter writes for arrays) and comes back through NpyDecode as one tensor per

@@ -402,16 +402,16 @@ class TarReader(Reader):
         """Values as an Arrow array of the column's type; values that do not fit are bad rows."""
         type_ = None if type_ == pa.null() else type_
         try:
-            return pa.array(values, type=type_)
+            return _array(values, type_)
         except (pa.ArrowException, ValueError, TypeError, OverflowError):
             pass
         for i, v in enumerate(values):
             try:
-                pa.array([v], type=type_)
+                _array([v], type_)
             except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
                 bad.setdefault(i, f"column {col.name!r}: value does not fit {type_} ({exc})")
                 values[i] = None
-        return pa.array(values, type=type_)
+        return _array(values, type_)
 
     def _read(self, unit: WorkUnit) -> UnitRows:
         table, ok = self._table(unit, self.ctx.read_columns)
@@ -425,6 +425,16 @@ class TarReader(Reader):
         table, ok = self._table(unit, list(self.ctx.filter_columns))
         table, _ = apply_filter(self.ctx, table.append_column("__ok_in__", pa.array(ok)), keep_bad=True)
         return table.num_rows
+
+
+def _array(values: list, type_: pa.DataType | None) -> pa.Array:
+    """Parsed member values as an Arrow array of the column's type. Dates and timestamps come as
+    ISO 8601 text (the JVM writer's `.json`: `"2024-01-31"`, `"2024-01-31T12:00:00.000000+00:00"`),
+    which Arrow parses to the column's unit and zone."""
+    if type_ is not None and (pa.types.is_timestamp(type_) or pa.types.is_date(type_)) and \
+            any(isinstance(v, str) for v in values):
+        return pa.array(values, pa.string()).cast(type_)
+    return pa.array(values, type=type_)
 
 
 def _piece_spans(index_text, pieces: tuple, size: int) -> dict:
