@@ -235,6 +235,14 @@ def _parse_shard(raw, i: int, dataset: str) -> Shard:
                  mtime=mtime, etag=etag, partition=part)
 
 
+def _unsupported_kind(type_string: str) -> str | None:
+    """Why a column of this type cannot become a tensor (None: it can), for manifests whose
+    writer does not say: the JVM writer keeps decimals in `.json`, which a filter may read."""
+    from .index.types import unsupported_kind  # here: index.types needs filters, which needs this module
+
+    return unsupported_kind(type_string)
+
+
 def _parse_schema(raw, dataset: str) -> tuple[Column, ...]:
     _need(isinstance(raw, list) and raw, "schema should be a non-empty list of columns", dataset)
     cols = []
@@ -243,7 +251,8 @@ def _parse_schema(raw, dataset: str) -> tuple[Column, ...]:
               f"schema column {i} should have a string name and type, but got {c!r}", dataset)
         _need(c.get("unsupported") is None or isinstance(c["unsupported"], str),
               f"schema column {c['name']!r}: unsupported should be a string", dataset)
-        cols.append(Column(c["name"], c["type"], c.get("codec"), c.get("member"), c.get("unsupported")))
+        cols.append(Column(c["name"], c["type"], c.get("codec"), c.get("member"),
+                           c.get("unsupported") or _unsupported_kind(c["type"])))
     names = [c.name for c in cols]
     _need(len(set(names)) == len(names), f"schema has duplicate column names: {names}", dataset)
     return tuple(cols)

@@ -458,6 +458,25 @@ def test_dates_and_timestamps_written_as_webdataset_load_exactly_and_filter(spar
     assert sorted(i for b in late for i in b["id"].tolist()) == list(range(21, 30))
 
 
+def test_decimals_written_as_webdataset_are_left_out_by_default_and_filter_exactly(spark, tmp_path):
+    """The JVM writer keeps decimals in `.json` (`"p": 12.34`): the default columns delivered
+    them and failed on every sample; now they are left out, as for indexed data, and a filter
+    reads them as exact decimals, not through a double."""
+    from decimal import Decimal
+
+    import sparkfeed
+
+    rows = [(i, Decimal("12.34") + i, i * 0.5) for i in range(6)]
+    path = tmp_path / "prices"
+    spark.createDataFrame(rows, "id long, p decimal(10,2), f double").write.format("webdataset").save(str(path))
+    batches = list(sparkfeed.DataLoader(str(path), batch_size=6))
+    assert set(batches[0]) == {"id", "f"} and sorted(batches[0]["id"].tolist()) == list(range(6))
+    exact = sparkfeed.DataLoader(str(path), batch_size=6, filter=[("p", "==", Decimal("15.34"))], num_workers=2)
+    assert [i for b in exact for i in b["id"].tolist()] == [3]
+    with pytest.raises(ValueError, match=r"'p'.*a decimal column"):
+        sparkfeed.DataLoader(str(path), columns=["id", "p"])
+
+
 def test_npy_bytes_written_as_webdataset_members_decode_as_one_tensor(spark, tmp_path):
     """A binary column of .npy bytes with the codec `npy` becomes `.npy` members (what
     webdataset's TarWriter writes for arrays) and comes back through NpyDecode as one tensor per

@@ -13,6 +13,7 @@ offset.
 from __future__ import annotations
 
 import contextlib
+import decimal
 import functools
 import io
 import json
@@ -335,12 +336,16 @@ class TarReader(Reader):
                       for c in cols)
         fields = self.ctx.arrow_schema([c.name for c in cols])
         arrays = _whole_columns(cols, fields, found.values, n)
-        parsed = None
+        parsed = exact = None
         if in_json and any(c.name not in arrays for c in cols if c.member == "json"):
             parsed = self._parse_json(_as_list(found.values.get("json"), n), bad)
+        if any(c.member == "json" and c.type.startswith("decimal") for c in cols):
+            # decimals exactly as written ("12.34"), not through a double
+            exact = self._parse_json(_as_list(found.values.get("json"), n), {}, decimal.Decimal)
         for col, field in zip(cols, fields):
             if col.name not in arrays:
-                values = self._column_values(col, keys, found.values, parsed, bad)
+                docs = exact if col.type.startswith("decimal") else parsed
+                values = self._column_values(col, keys, found.values, docs, bad)
                 arrays[col.name] = self._to_array(col, values, field.type, bad)
         if bad:
             self._corrupt(unit, keys, bad)
@@ -361,13 +366,13 @@ class TarReader(Reader):
                                      dataset=self.ctx.dataset, shard=unit.path, key=keys[row])
 
     @staticmethod
-    def _parse_json(raw: list, bad: dict[int, str]) -> list[dict]:
+    def _parse_json(raw: list, bad: dict[int, str], parse_float=float) -> list[dict]:
         out = []
         for i, r in enumerate(raw):
             doc = {}
             if r is not None:
                 try:
-                    doc = json.loads(r)
+                    doc = json.loads(r, parse_float=parse_float)
                     if not isinstance(doc, dict):
                         raise ValueError(f"a JSON {type(doc).__name__}, not an object")
                 except (ValueError, UnicodeDecodeError) as exc:
