@@ -57,7 +57,7 @@ def _scalar_kind(dt) -> str | None:
 
     if isinstance(dt, (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType,
                        T.DoubleType, T.BooleanType, T.StringType, T.DateType, T.TimestampType,
-                       T.TimestampNTZType, T.CharType, T.VarcharType)):
+                       T.TimestampNTZType, T.CharType, T.VarcharType, T.DecimalType)):
         return "stats"
     if isinstance(dt, T.BinaryType):
         return "binary"
@@ -102,15 +102,17 @@ def _check_columns(schema, format: str = "parquet") -> dict:
                          "is delivered as its leaves, named by their path); rename one of them")
     for name, dt in types.items():
         if _scalar_kind(dt) is None and not _is_list_of_numbers(dt):
-            hint = ("cast it to double (torch has no decimal type)"
-                    if isinstance(dt, T.DecimalType) else
-                    "select its fields as columns (df.select('col.*')), or write format='parquet', "
+            hint = ("select its fields as columns (df.select('col.*')), or write format='parquet', "
                     "which keeps a struct's fields as columns" if isinstance(dt, T.StructType) else
                     "flatten it into scalar columns, or serialise it to string/binary")
             raise ValueError(
                 f"column {name!r} has type {dt.simpleString()}, which the loader cannot "
                 "hand to torch; supported types are numeric, boolean, string, binary, date, "
                 f"timestamp, arrays of numbers or booleans, and (Parquet) structs of these; {hint}")
+    decimals = [name for name, dt in types.items() if isinstance(dt, T.DecimalType)]
+    if decimals:  # torch has no decimal type; exact values still serve filters
+        log.warning("decimal column(s) %s are written, but batches leave them out (torch has no "
+                    "decimal type; cast to double to deliver them); filters may read them", decimals)
     return types
 
 
