@@ -170,7 +170,8 @@ def build_manifest(listing: Listing, fmt: str, *, spark=None, version=None,
     left_out = [f"{c['name']} ({c['unsupported']})" for c in schema if c.get("unsupported")]
     if left_out:
         log.warning("%s: %d column(s) cannot become tensors and are left out of batches: %s "
-                    "(`sparkfeed inspect` lists every column)", listing.url, len(left_out), ", ".join(left_out))
+                    "(`sparkfeed inspect` lists every column; a filter may still read any of them "
+                    "but maps)", listing.url, len(left_out), ", ".join(left_out))
     return Indexed(parse_manifest(doc, dataset=listing.url), dali)
 
 
