@@ -95,10 +95,13 @@ def drain(q: queue.Queue) -> None:
 
 
 def join(threads: list[threading.Thread], queues: list[queue.Queue]) -> None:
-    """Join `threads` for at most `JOIN_S` in all, draining `queues` between tries."""
+    """Join `threads` for at most `JOIN_S` in all, draining `queues` between tries. The calling
+    thread is skipped: an owner whose last reference dies on one of its own threads is closed
+    there (its `__del__`), and that thread stops by itself once it sees the stop."""
     deadline = time.monotonic() + JOIN_S
+    me = threading.current_thread()
     for t in threads:
-        while t.is_alive() and time.monotonic() < deadline:
+        while t is not me and t.is_alive() and time.monotonic() < deadline:
             for q in queues:
                 drain(q)
             t.join(timeout=POLL_S)

@@ -74,3 +74,28 @@ def test_a_starter_reads_a_queue_s_worth_then_the_serving_thread_takes_over():
     lane1 = items[1::2] + items[8:]
     assert items[0::2][:4] == ["t-0"] * 4
     assert lane1 == ["t-0-start-1"] * 2 + ["t-0"] * 3, items
+
+
+def test_closing_from_one_of_the_closed_threads_joins_the_others_and_returns():
+    """A LaneReader whose last reference dies on one of its own threads is closed there (its
+    `__del__`): joining must skip that thread (it printed `RuntimeError: cannot join current
+    thread` from the finalizer, and left the other threads unjoined)."""
+    from sparkfeed.threads import join
+
+    release = threading.Event()
+    other = threading.Thread(target=release.wait, args=(5,))
+    other.start()
+    outcome = []
+
+    def close_from_inside():
+        release.set()
+        try:
+            join([threading.current_thread(), other], [])
+            outcome.append(other.is_alive())
+        except RuntimeError as exc:
+            outcome.append(str(exc))
+
+    closer = threading.Thread(target=close_from_inside)
+    closer.start()
+    closer.join(10)
+    assert outcome == [False]
