@@ -227,8 +227,6 @@ def _pandas_unnamed_index(schema) -> set[str]:
     filtered frame's row labels), which pandas' metadata lists: an artifact of the writer, not
     data, present only in the files whose index was not a plain range. A named index is data
     and stays."""
-    import json
-
     meta = (schema.metadata or {}).get(b"pandas")
     try:
         index = json.loads(meta)["index_columns"] if meta else []

@@ -330,13 +330,10 @@ class ParquetReader(Reader):
         casts = {}
         for want in self.ctx.arrow_schema(present):
             got = filters.delivered_type(fields[want.name].type)
-            common = filters.common_type(got, want.type)
             if want.type == pa.null() or got.equals(want.type):
                 continue
-            if _int96_indexed_at_ns(got, want.type):
-                casts[want.name] = want.type
-                continue
-            if common is None or not common.equals(want.type):
+            common = filters.common_type(got, want.type)
+            if not _int96_indexed_at_ns(got, want.type) and (common is None or not common.equals(want.type)):
                 raise self._error(unit, f"schema drift: column {want.name!r} is {got} here but "
                                   f"{want.type} in the manifest")
             casts[want.name] = want.type
@@ -454,7 +451,8 @@ def _as_delivered(table: pa.Table) -> pa.Table:
 def _cast(table: pa.Table, casts: dict[str, pa.DataType]) -> pa.Table:
     """Columns a file holds narrower than the manifest (`_check_schema`) in the manifest's type:
     a `null` column (None in every row of this file) as nulls of it, string/binary/list as
-    their large_ forms."""
+    their large_ forms, list elements as nullable, INT96 microseconds as an older manifest's
+    nanoseconds (a value out of range raises ArrowInvalid)."""
     if not casts:  # every file of one writer: the usual case
         return table
     for name in casts.keys() & set(table.schema.names):
