@@ -29,8 +29,10 @@ _SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     import dsutil, sparkfeed
 
-    if {mode!r} == "sparkfeed":  # a collection in the child before sparkfeed's at-fork hook runs
+    if {mode!r} != "torch":  # a collection in the child before sparkfeed's at-fork hook runs
         os.register_at_fork(after_in_child=gc.collect)
+    if {mode!r} == "sparkfeed, a freeze before":  # something froze objects at start (seen on a GPU machine)
+        gc.freeze()
 
     def jpeg(i):
         buf = io.BytesIO()
@@ -50,7 +52,7 @@ _SCRIPT = textwrap.dedent("""
     def collect(_worker):
         gc.collect()
 
-    if {mode!r} == "sparkfeed":
+    if {mode!r} != "torch":
         loader = sparkfeed.DataLoader(root, batch_size=16, num_workers=2, worker_type="process",
                                       columns=["id"], timeout=60, multiprocessing_context="fork")
         rows = [i for b in loader for i in b["id"].tolist()]
@@ -64,7 +66,7 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("mode", ["torch", "sparkfeed"])
+@pytest.mark.parametrize("mode", ["torch", "sparkfeed", "sparkfeed, a freeze before"])
 def test_forked_workers_survive_a_dali_pipeline_dropped_in_the_parent(tmp_path, mode):
     tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = _SCRIPT.format(tests=tests, root=str(tmp_path / "ds"), mode=mode)
@@ -73,16 +75,49 @@ def test_forked_workers_survive_a_dali_pipeline_dropped_in_the_parent(tmp_path, 
 
 
 def test_the_parents_freeze_is_undone_after_the_workers_start_and_a_users_freeze_kept():
-    assert gc.get_freeze_count() == 0
-    with forks.frozen_while_forking():
-        assert gc.get_freeze_count() > 0
-    assert gc.get_freeze_count() == 0
-    gc.freeze()
-    try:
+    """In a fresh interpreter without site (`-S`), so a Python whose start-up froze objects, as
+    one GPU machine's did, cannot decide the first half; forks.py needs only the standard library."""
+    code = textwrap.dedent(f"""
+        import gc, importlib.util
+        spec = importlib.util.spec_from_file_location("forks", {forks.__file__!r})
+        forks = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(forks)
+        assert gc.get_freeze_count() == 0, gc.get_freeze_count()
+        with forks.frozen_while_forking():
+            assert gc.get_freeze_count() > 0
+        assert gc.get_freeze_count() == 0
+        gc.freeze()
         with forks.frozen_while_forking():
             pass
         # someone else's freeze is theirs to undo (`gc.unfreeze` would leave 0; the count itself
         # moves as frozen objects die, so it is not compared with the count before)
         assert gc.get_freeze_count() > 0
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+class _Cycle:
+    """Cyclic garbage that says in which process it was destroyed."""
+
+    destroyed_in: list[int] = []
+
+    def __init__(self):
+        self.me = self
+
+    def __del__(self):
+        _Cycle.destroyed_in.append(os.getpid())
+
+
+def test_under_someone_elses_freeze_the_parents_garbage_is_collected_before_the_fork():
+    """Where a freeze is already in place sparkfeed cannot freeze and unfreeze its own part, so a
+    dropped pipeline must be destroyed in the parent before the workers fork, not left for them."""
+    gc.freeze()
+    try:
+        _Cycle.destroyed_in.clear()
+        _Cycle()
+        with forks.frozen_while_forking():
+            assert _Cycle.destroyed_in == [os.getpid()]
     finally:
         gc.unfreeze()
