@@ -108,3 +108,13 @@ def test_copy_runs_on_the_side_stream_while_the_consumer_stream_is_busy():
         rest = list(p)
     torch.cuda.synchronize()
     assert all(int(b["x"].sum()) == 64 << 20 for b in [first, *rest])
+
+
+def test_the_h2d_breakdown_times_every_part():
+    """`bench.feed.h2d_breakdown` (`python -m sparkfeed.bench.feed --h2d`) gives a positive rate
+    for each part of the prefetcher and each plain loop, one per round."""
+    from sparkfeed.bench.feed import h2d_breakdown
+
+    rates = h2d_breakdown(batch_bytes=1 << 20, batches=20, rounds=2)
+    assert len(rates) == 11 and "ring depth 2" in rates and "pin_memory().to() loop" in rates
+    assert all(len(v) == 2 and min(v) > 0 for v in rates.values())

@@ -2,6 +2,8 @@
 
 - `feed_benchmark`: how long a simulated training step waits for data behind the `Prefetcher`
   (the `feed` scenario of `sparkfeed bench`);
+- `h2d_breakdown`: the prefetcher's host-to-device rate taken apart, against plain copy loops
+  (`python -m sparkfeed.bench.feed --h2d`, CUDA only);
 - `decode_benchmark`: images/s of `ImageDecoder` with DALI (CPU) vs PIL, and the host costs of
   the header check and the hand-over (`python -m sparkfeed.bench.feed --decode`).
 """
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import io
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable
 
@@ -20,7 +24,7 @@ from ..checks import resolve_device
 from ..prefetch import Batch, Prefetcher
 from ..stats import Stats
 
-__all__ = ["feed_benchmark", "decode_benchmark"]
+__all__ = ["feed_benchmark", "decode_benchmark", "h2d_breakdown"]
 
 
 # ----------------------------------------------------------------------------- prefetch
@@ -87,6 +91,83 @@ def _h2d_gbps(batches: int, batch_bytes: int, depth: int, pin: bool, device) -> 
         return count * batch_bytes / (time.perf_counter() - start) / 1e9
 
     return gbps(ring), gbps(pin_then_copy), gbps(plain)
+
+
+def h2d_breakdown(batch_bytes: int = 256 * 3 * 128 * 128, batches: int = 500, rounds: int = 2,
+                  device: str = "cuda") -> dict[str, list[float]]:
+    """Host-to-device GB/s of the prefetcher's parts taken one by one, rounds interleaved, to
+    place the gap between the pinned ring and a plain `pin_memory().to(device)` loop: the thread
+    and queue alone, pinning alone, the copy alone (host batches already pinned), the ring with no
+    thread (depth 0), the whole ring at depths 1, 2 and 4, and the plain loop on the main thread,
+    on a thread handing over through a queue, and with the ring's side stream and event."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("h2d_breakdown needs CUDA (torch.cuda.is_available() is False)")
+    target = resolve_device(device)
+    host = [torch.full((batch_bytes,), i, dtype=torch.uint8) for i in range(4)]
+    pinned = [t.pin_memory() for t in host]
+    count = max(batches, 20)
+
+    def prefetch(depth: int, pin: bool, dev, src: list[torch.Tensor]) -> Callable[[int], None]:
+        def run(n: int) -> None:
+            with Prefetcher(({"x": src[i % 4]} for i in range(n)), depth=depth, pin_memory=pin,
+                            device=dev) as prefetcher:
+                for _batch in prefetcher:
+                    pass
+        return run
+
+    def loop(n: int) -> None:
+        for i in range(n):
+            host[i % 4].pin_memory().to(target, non_blocking=True)
+
+    def loop_on_a_thread(n: int) -> None:
+        handed: queue.Queue = queue.Queue(maxsize=2)
+
+        def produce() -> None:
+            for i in range(n):
+                handed.put(host[i % 4].pin_memory().to(target, non_blocking=True))
+            handed.put(None)
+        thread = threading.Thread(target=produce, daemon=True)
+        thread.start()
+        while handed.get() is not None:
+            pass
+        thread.join()
+
+    side = torch.cuda.Stream(target)
+
+    def loop_on_a_side_stream(n: int) -> None:
+        current = torch.cuda.current_stream(target)
+        for i in range(n):
+            src = host[i % 4].pin_memory()
+            with torch.cuda.stream(side):
+                out = src.to(target, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(side)
+            current.wait_event(event)
+            out.record_stream(current)
+
+    variants: dict[str, Callable[[int], None]] = {
+        "thread + queue only (no pin, no copy)": prefetch(2, False, None, host),
+        "ring pinning only (depth 2, no device)": prefetch(2, True, None, host),
+        "ring copy only (depth 2, batches already pinned)": prefetch(2, True, target, pinned),
+        "ring, no thread (depth 0)": prefetch(0, True, target, host),
+        "ring depth 1": prefetch(1, True, target, host),
+        "ring depth 2": prefetch(2, True, target, host),
+        "ring depth 4": prefetch(4, True, target, host),
+        "pin_memory().to() loop": loop,
+        "pin_memory().to() on a thread, handed over a queue": loop_on_a_thread,
+        "pin_memory().to() on a side stream + event": loop_on_a_side_stream,
+        "one pinned tensor copied again": lambda n: [pinned[0].to(target, non_blocking=True) for _ in range(n)],
+    }
+    out: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, run in variants.items():
+            run(4)
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            run(count)
+            torch.cuda.synchronize()
+            out[name].append(round(count * batch_bytes / (time.perf_counter() - start) / 1e9, 2))
+    return out
 
 
 def feed_benchmark(batches: int, batch_bytes: int, step_s: float, depth: int, pin_memory: bool,
@@ -315,13 +396,15 @@ def ahead_benchmark(path: str, size: int, train: bool = False, rounds: int = 8, 
 
 
 def main(argv=None) -> int:
-    """`python -m sparkfeed.bench.feed --decode | --prefetch`: print one micro-benchmark."""
+    """`python -m sparkfeed.bench.feed --decode | --prefetch | --h2d | ...`: print micro-benchmarks."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m sparkfeed.bench.feed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--decode", action="store_true", help="DALI CPU vs PIL decode rates and host costs")
     parser.add_argument("--prefetch", action="store_true", help="feed_benchmark with depth 0 and 4")
+    parser.add_argument("--h2d", action="store_true", help="host-to-device GB/s of the prefetcher's parts "
+                        "(thread, pinning, copy, depths) against plain pin_memory().to() loops; needs CUDA")
     parser.add_argument("--stages", metavar="DATASET", help="CPU us per image of each decode stage over "
                         "a dataset with an `image` column (e.g. one `sparkfeed bench` built)")
     parser.add_argument("--roi", metavar="DATASET", help="DALI CPU us per image: whole decode + crop vs "
@@ -331,8 +414,10 @@ def main(argv=None) -> int:
                         "time, epochs alternated (the decode and train scenarios' specs)")
     parser.add_argument("--rounds", type=int, default=8, help="epochs per mode for --ahead (default 8)")
     args = parser.parse_args(argv)
-    if not (args.decode or args.prefetch or args.stages or args.roi or args.ahead):
-        parser.error("choose --decode, --prefetch, --stages DATASET, --roi DATASET and/or --ahead DATASET")
+    if not (args.decode or args.prefetch or args.h2d or args.stages or args.roi or args.ahead):
+        parser.error("choose --decode, --prefetch, --h2d, --stages DATASET, --roi DATASET and/or --ahead DATASET")
+    if args.h2d and not torch.cuda.is_available():
+        parser.error("--h2d needs CUDA (torch.cuda.is_available() is False)")
     if args.ahead:
         for train in (False, True):
             r = ahead_benchmark(args.ahead, args.size, train=train, rounds=args.rounds)
@@ -351,6 +436,12 @@ def main(argv=None) -> int:
         print("| " + " | ".join(f"{r[s]:.1f}" for s in STAGES + ("total",)) + " |")
     if args.decode:
         decode_benchmark()
+    if args.h2d:
+        rates = h2d_breakdown()
+        print(f"host to device, batches of {256 * 3 * 128 * 128:,} bytes, GB/s per round (interleaved)\n")
+        print("| variant | GB/s |\n|---|---|")
+        for name, values in rates.items():
+            print(f"| {name} | {' / '.join(f'{v:.2f}' for v in values)} |")
     if args.prefetch:
         for depth in (0, 4):
             print(feed_benchmark(batches=100, batch_bytes=1 << 20, step_s=0.01, depth=depth,
