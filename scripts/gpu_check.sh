@@ -91,7 +91,8 @@ EOF
   cd "$here" || exit 1
   step pytest "$py" -m pytest -q -p no:cacheprovider -n 4 -m "not spark and not slow and not distributed" \
     tests/gpu tests/unit/test_loader.py tests/unit/test_loader_decode.py tests/unit/test_decode.py tests/unit/test_bench_nospark.py \
-    tests/unit/test_prefetch.py tests/unit/test_prefetch_lookahead.py
+    tests/unit/test_prefetch.py tests/unit/test_prefetch_lookahead.py tests/unit/test_forks.py tests/unit/test_arrays.py \
+    tests/unit/test_engine.py
   step bench-128 "${bench[@]}" --scenarios decode,train,bytes,feed --images "$images" --image-size 128 \
     --repeats "$repeats" --out "$out/bench-128"
   step bench-224 "${bench[@]}" --scenarios decode --images "$big" --image-size 224 --image-source 375 \
