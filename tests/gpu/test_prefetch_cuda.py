@@ -118,3 +118,11 @@ def test_the_h2d_breakdown_times_every_part():
     rates = h2d_breakdown(batch_bytes=1 << 20, batches=20, rounds=2)
     assert len(rates) == 11 and "ring depth 2" in rates and "pin_memory().to() loop" in rates
     assert all(len(v) == 2 and min(v) > 0 for v in rates.values())
+
+
+def test_ring_stages_split_each_depth_into_pinning_and_copy():
+    from sparkfeed.bench.feed import ring_stages
+
+    got = ring_stages(batch_bytes=1 << 20, batches=20, depths=(0, 2))
+    assert set(got) == {0, 2}
+    assert all(r["gbps"] > 0 and r["pin_ms"] > 0 and r["copy_ms"] > 0 for r in got.values())

@@ -75,10 +75,12 @@ def test_forked_workers_survive_a_dali_pipeline_dropped_in_the_parent(tmp_path, 
 
 
 def test_the_parents_freeze_is_undone_after_the_workers_start_and_a_users_freeze_kept():
-    """In a fresh interpreter without site (`-S`), so a Python whose start-up froze objects, as
-    one GPU machine's did, cannot decide the first half; forks.py needs only the standard library."""
+    """In a fresh interpreter of its own, which first undoes any freeze its start-up made (one GPU
+    machine's Python starts with 375 objects frozen, even with `-S`), so that start-up cannot
+    decide the first half; forks.py needs only the standard library."""
     code = textwrap.dedent(f"""
         import gc, importlib.util
+        gc.unfreeze()
         spec = importlib.util.spec_from_file_location("forks", {forks.__file__!r})
         forks = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(forks)

@@ -416,3 +416,14 @@ def test_model_step_says_it_needs_cuda():
 
     with pytest.raises(RuntimeError, match=r"bench.model_step needs CUDA \(torch.cuda.is_available\(\) is False\)"):
         measure("/nonexistent")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
+def test_the_h2d_studies_say_they_need_cuda():
+    from sparkfeed.bench.feed import h2d_breakdown, main, ring_stages
+
+    for study in (h2d_breakdown, ring_stages):
+        with pytest.raises(RuntimeError, match=r"needs CUDA \(torch.cuda.is_available\(\) is False\)"):
+            study()
+    with pytest.raises(SystemExit):
+        main(["--h2d"])

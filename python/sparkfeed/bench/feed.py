@@ -2,8 +2,9 @@
 
 - `feed_benchmark`: how long a simulated training step waits for data behind the `Prefetcher`
   (the `feed` scenario of `sparkfeed bench`);
-- `h2d_breakdown`: the prefetcher's host-to-device rate taken apart, against plain copy loops
-  (`python -m sparkfeed.bench.feed --h2d`, CUDA only);
+- `h2d_breakdown`, `ring_stages`: the prefetcher's host-to-device rate taken apart, against plain
+  copy loops, and the ring producer's time per batch in its two parts (`python -m
+  sparkfeed.bench.feed --h2d`, CUDA only);
 - `decode_benchmark`: images/s of `ImageDecoder` with DALI (CPU) vs PIL, and the host costs of
   the header check and the hand-over (`python -m sparkfeed.bench.feed --decode`).
 """
@@ -24,7 +25,7 @@ from ..checks import resolve_device
 from ..prefetch import Batch, Prefetcher
 from ..stats import Stats
 
-__all__ = ["feed_benchmark", "decode_benchmark", "h2d_breakdown"]
+__all__ = ["feed_benchmark", "decode_benchmark", "h2d_breakdown", "ring_stages"]
 
 
 # ----------------------------------------------------------------------------- prefetch
@@ -167,6 +168,37 @@ def h2d_breakdown(batch_bytes: int = 256 * 3 * 128 * 128, batches: int = 500, ro
             run(count)
             torch.cuda.synchronize()
             out[name].append(round(count * batch_bytes / (time.perf_counter() - start) / 1e9, 2))
+    return out
+
+
+def ring_stages(batch_bytes: int = 256 * 3 * 128 * 128, batches: int = 500,
+                depths: tuple[int, ...] = (0, 1, 2, 4)) -> dict[int, dict[str, float]]:
+    """The pinned ring at each depth: GB/s, and the producer's milliseconds per batch in its two
+    parts (the prefetcher's own `pin_s`, slot choice and host copy into the slot; `copy_s`, the
+    side-stream `.to()`), after an untimed pass of 20 batches. CUDA only."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("ring_stages needs CUDA (torch.cuda.is_available() is False)")
+    target = resolve_device("cuda")
+    host = [torch.full((batch_bytes,), i, dtype=torch.uint8) for i in range(4)]
+
+    def run(depth: int, n: int) -> tuple[float, Stats]:
+        stats = Stats()
+        start = time.perf_counter()
+        with Prefetcher(({"x": host[i % 4]} for i in range(n)), depth=depth, pin_memory=True,
+                        device=target, stats=stats) as prefetcher:
+            for _batch in prefetcher:
+                pass
+        torch.cuda.synchronize()
+        return time.perf_counter() - start, stats
+
+    out = {}
+    for depth in depths:
+        run(depth, 20)
+        seconds, stats = run(depth, batches)
+        counters = stats.snapshot()
+        out[depth] = {"gbps": round(batches * batch_bytes / seconds / 1e9, 2),
+                      "pin_ms": round(counters.get("pin_s", 0) * 1e3 / batches, 3),
+                      "copy_ms": round(counters.get("copy_s", 0) * 1e3 / batches, 3)}
     return out
 
 
@@ -442,6 +474,9 @@ def main(argv=None) -> int:
         print("| variant | GB/s |\n|---|---|")
         for name, values in rates.items():
             print(f"| {name} | {' / '.join(f'{v:.2f}' for v in values)} |")
+        print("\n| ring depth | GB/s | pin ms/batch (slot + host copy) | copy ms/batch (side-stream .to()) |\n|---|---|---|---|")
+        for depth, r in ring_stages().items():
+            print(f"| {depth} | {r['gbps']:.2f} | {r['pin_ms']:.3f} | {r['copy_ms']:.3f} |")
     if args.prefetch:
         for depth in (0, 4):
             print(feed_benchmark(batches=100, batch_bytes=1 << 20, step_s=0.01, depth=depth,
