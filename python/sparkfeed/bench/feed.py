@@ -57,6 +57,29 @@ def _step_fn(step_s: float, device: torch.device | None) -> Callable[[Batch], No
     return step
 
 
+def _host_batches(batch_bytes: int) -> list[torch.Tensor]:
+    """Four ready host batches of distinct bytes, cycled by the host-to-device studies."""
+    return [torch.full((batch_bytes,), i, dtype=torch.uint8) for i in range(4)]
+
+
+def _drain(src: list[torch.Tensor], n: int, depth: int, pin: bool, device, stats: Stats | None = None) -> None:
+    """`n` of the batches in `src` through a Prefetcher, dropped as they come (no step)."""
+    with Prefetcher(({"x": src[i % len(src)]} for i in range(n)), depth=depth, pin_memory=pin,
+                    device=device, stats=stats) as prefetcher:
+        for _batch in prefetcher:
+            pass
+
+
+def _gbps(run: Callable[[int], None], count: int, batch_bytes: int, warm: int = 20) -> float:
+    """GB/s of `run(count)` after an untimed `run(warm)`, the device synchronised around it."""
+    run(warm)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    run(count)
+    torch.cuda.synchronize()
+    return count * batch_bytes / (time.perf_counter() - start) / 1e9
+
+
 def _h2d_gbps(batches: int, batch_bytes: int, depth: int, pin: bool, device) -> tuple[float, float, float]:
     """Prefetcher throughput on ready host batches, against two plain loops over the same bytes:
     `tensor.pin_memory().to(device, non_blocking=True)` per batch (what a training loop without a
@@ -65,15 +88,9 @@ def _h2d_gbps(batches: int, batch_bytes: int, depth: int, pin: bool, device) -> 
     Each is run once untimed first (pinned allocations, the side stream, the caching allocators'
     first blocks), then timed over at least 500 batches: on an H100, 100 batches (1.3 GB, about
     50 ms) measured the ring at 2.8-21.9 GB/s and the loop at 14.8-48.4 GB/s, start-up included."""
-    host = [torch.full((batch_bytes,), i, dtype=torch.uint8) for i in range(4)]
+    host = _host_batches(batch_bytes)
     pinned = torch.empty(batch_bytes, dtype=torch.uint8, pin_memory=True)
     count = max(batches, 500)
-
-    def ring(n: int) -> None:
-        with Prefetcher(({"x": host[i % 4]} for i in range(n)), depth=depth,
-                        pin_memory=pin, device=device) as prefetcher:
-            for _batch in prefetcher:
-                pass
 
     def pin_then_copy(n: int) -> None:
         for i in range(n):
@@ -83,15 +100,13 @@ def _h2d_gbps(batches: int, batch_bytes: int, depth: int, pin: bool, device) -> 
         for _ in range(n):
             pinned.to(device, non_blocking=True)
 
-    def gbps(run: Callable[[int], None]) -> float:
-        run(20)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        run(count)
-        torch.cuda.synchronize()
-        return count * batch_bytes / (time.perf_counter() - start) / 1e9
+    return (_gbps(lambda n: _drain(host, n, depth, pin, device), count, batch_bytes),
+            _gbps(pin_then_copy, count, batch_bytes), _gbps(plain, count, batch_bytes))
 
-    return gbps(ring), gbps(pin_then_copy), gbps(plain)
+
+def _needs_cuda(study: str) -> None:
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"{study} needs CUDA (torch.cuda.is_available() is False)")
 
 
 def h2d_breakdown(batch_bytes: int = 256 * 3 * 128 * 128, batches: int = 500, rounds: int = 2,
@@ -101,20 +116,14 @@ def h2d_breakdown(batch_bytes: int = 256 * 3 * 128 * 128, batches: int = 500, ro
     and queue alone, pinning alone, the copy alone (host batches already pinned), the ring with no
     thread (depth 0), the whole ring at depths 1, 2 and 4, and the plain loop on the main thread,
     on a thread handing over through a queue, and with the ring's side stream and event."""
-    if not torch.cuda.is_available():
-        raise RuntimeError("h2d_breakdown needs CUDA (torch.cuda.is_available() is False)")
+    _needs_cuda("h2d_breakdown")
     target = resolve_device(device)
-    host = [torch.full((batch_bytes,), i, dtype=torch.uint8) for i in range(4)]
+    host = _host_batches(batch_bytes)
     pinned = [t.pin_memory() for t in host]
     count = max(batches, 20)
 
     def prefetch(depth: int, pin: bool, dev, src: list[torch.Tensor]) -> Callable[[int], None]:
-        def run(n: int) -> None:
-            with Prefetcher(({"x": src[i % 4]} for i in range(n)), depth=depth, pin_memory=pin,
-                            device=dev) as prefetcher:
-                for _batch in prefetcher:
-                    pass
-        return run
+        return lambda n: _drain(src, n, depth, pin, dev)
 
     def loop(n: int) -> None:
         for i in range(n):
@@ -162,12 +171,7 @@ def h2d_breakdown(batch_bytes: int = 256 * 3 * 128 * 128, batches: int = 500, ro
     out: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, run in variants.items():
-            run(4)
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            run(count)
-            torch.cuda.synchronize()
-            out[name].append(round(count * batch_bytes / (time.perf_counter() - start) / 1e9, 2))
+            out[name].append(round(_gbps(run, count, batch_bytes, warm=4), 2))
     return out
 
 
@@ -176,27 +180,16 @@ def ring_stages(batch_bytes: int = 256 * 3 * 128 * 128, batches: int = 500,
     """The pinned ring at each depth: GB/s, and the producer's milliseconds per batch in its two
     parts (the prefetcher's own `pin_s`, slot choice and host copy into the slot; `copy_s`, the
     side-stream `.to()`), after an untimed pass of 20 batches. CUDA only."""
-    if not torch.cuda.is_available():
-        raise RuntimeError("ring_stages needs CUDA (torch.cuda.is_available() is False)")
+    _needs_cuda("ring_stages")
     target = resolve_device("cuda")
-    host = [torch.full((batch_bytes,), i, dtype=torch.uint8) for i in range(4)]
-
-    def run(depth: int, n: int) -> tuple[float, Stats]:
-        stats = Stats()
-        start = time.perf_counter()
-        with Prefetcher(({"x": host[i % 4]} for i in range(n)), depth=depth, pin_memory=True,
-                        device=target, stats=stats) as prefetcher:
-            for _batch in prefetcher:
-                pass
-        torch.cuda.synchronize()
-        return time.perf_counter() - start, stats
-
+    host = _host_batches(batch_bytes)
     out = {}
     for depth in depths:
-        run(depth, 20)
-        seconds, stats = run(depth, batches)
+        _drain(host, 20, depth, True, target)  # untimed: the ring's slots, the side stream
+        stats = Stats()
+        gbps = _gbps(lambda n: _drain(host, n, depth, True, target, stats), batches, batch_bytes, warm=0)
         counters = stats.snapshot()
-        out[depth] = {"gbps": round(batches * batch_bytes / seconds / 1e9, 2),
+        out[depth] = {"gbps": round(gbps, 2),
                       "pin_ms": round(counters.get("pin_s", 0) * 1e3 / batches, 3),
                       "copy_ms": round(counters.get("copy_s", 0) * 1e3 / batches, 3)}
     return out
