@@ -116,7 +116,7 @@ def test_the_h2d_breakdown_times_every_part():
     from sparkfeed.bench.feed import h2d_breakdown
 
     rates = h2d_breakdown(batch_bytes=1 << 20, batches=20, rounds=2)
-    assert len(rates) == 11 and "ring depth 2" in rates and "pin_memory().to() loop" in rates
+    assert len(rates) == 12 and "ring depth 2" in rates and "pin_memory().to() loop" in rates
     assert all(len(v) == 2 and min(v) > 0 for v in rates.values())
 
 

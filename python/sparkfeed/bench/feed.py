@@ -21,6 +21,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from .. import prefetch as prefetch_module
 from ..checks import resolve_device
 from ..prefetch import Batch, Prefetcher
 from ..stats import Stats
@@ -114,8 +115,9 @@ def h2d_breakdown(batch_bytes: int = 256 * 3 * 128 * 128, batches: int = 500, ro
     """Host-to-device GB/s of the prefetcher's parts taken one by one, rounds interleaved, to
     place the gap between the pinned ring and a plain `pin_memory().to(device)` loop: the thread
     and queue alone, pinning alone, the copy alone (host batches already pinned), the ring with no
-    thread (depth 0), the whole ring at depths 1, 2 and 4, and the plain loop on the main thread,
-    on a thread handing over through a queue, and with the ring's side stream and event."""
+    thread (depth 0), the whole ring at depths 1, 2 and 4, the prefetcher pinning with torch's
+    `pin_memory()` instead of its ring, and the plain loop on the main thread, on a thread handing
+    over through a queue, and with the ring's side stream and event."""
     _needs_cuda("h2d_breakdown")
     target = resolve_device(device)
     host = _host_batches(batch_bytes)
@@ -142,6 +144,17 @@ def h2d_breakdown(batch_bytes: int = 256 * 3 * 128 * 128, batches: int = 500, ro
             pass
         thread.join()
 
+    def prefetch_pinning_with_torch(n: int) -> None:
+        """The prefetcher with each batch pinned by `pin_memory()` (torch's caching host allocator,
+        which reuses a block once its copy's event has passed) in place of the ring's slots."""
+        ring_pin = prefetch_module._Work._pin
+        prefetch_module._Work._pin = lambda _work, _name, t, _slots: (
+            t if t.device.type != "cpu" or t.is_pinned() else t.pin_memory())
+        try:
+            _drain(host, n, 2, True, target)
+        finally:
+            prefetch_module._Work._pin = ring_pin
+
     side = torch.cuda.Stream(target)
 
     def loop_on_a_side_stream(n: int) -> None:
@@ -163,6 +176,7 @@ def h2d_breakdown(batch_bytes: int = 256 * 3 * 128 * 128, batches: int = 500, ro
         "ring depth 1": prefetch(1, True, target, host),
         "ring depth 2": prefetch(2, True, target, host),
         "ring depth 4": prefetch(4, True, target, host),
+        "prefetcher depth 2, torch's pin_memory() in place of the ring": prefetch_pinning_with_torch,
         "pin_memory().to() loop": loop,
         "pin_memory().to() on a thread, handed over a queue": loop_on_a_thread,
         "pin_memory().to() on a side stream + event": loop_on_a_side_stream,
