@@ -18,5 +18,6 @@ def test_a_few_resnet18_steps_report_consistent_figures(tmp_path):
     got = measure(data.images, steps=4, warmup=2, batch=32, size=48, workers=2, model_name="resnet18")
     assert got["steps"] == 4 and got["gpu"] == torch.cuda.get_device_name()
     assert 0.0 <= got["wait_fraction"] <= 1.0 and got["max_wait_s"] >= 0
+    assert got["epoch_starts"] == 0 and got["wait_fraction_within_epochs"] == got["wait_fraction"]
     assert got["loader_step_s"] > 0 and got["synthetic_step_s"] > 0
     assert got["loader_images_per_s"] == pytest.approx(32 / got["loader_step_s"], rel=0.01)

@@ -427,3 +427,27 @@ def test_the_h2d_studies_say_they_need_cuda():
             study()
     with pytest.raises(SystemExit):
         main(["--h2d"])
+
+
+def test_model_step_keeps_the_waits_of_epoch_starts_apart(tmp_path):
+    """`bench.model_step` runs past epoch ends; the steps that began an epoch (the loader
+    restarting) are counted apart, so a short benchmark epoch cannot pass its restarts off as the
+    steady wait."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import sparkfeed
+    from sparkfeed.bench.model_step import _batches, split_waits
+
+    (tmp_path / "ds").mkdir()
+    pq.write_table(pa.table({"id": np.arange(10)}), tmp_path / "ds" / "a.parquet")
+    loader = sparkfeed.DataLoader(str(tmp_path / "ds"), batch_size=4, shuffle=True)
+    starts: list[int] = []
+    got = [b["id"].tolist() for b in _batches(loader, 7, starts)]
+    assert starts == [0, 3, 6] and len(got) == 7
+    assert sorted(sum(got[3:6], [])) == list(range(10))  # the second epoch, whole
+    split = split_waits([0.1, 0.2, 0.3, 0.4], [1.0, 1.0, 1.0, 1.0], starts=[0, 2], warmup=1)
+    assert split["epoch_starts"] == 1 and split["epoch_start_wait_s"] == 0.2
+    assert split["wait_fraction"] == 0.25 and split["max_wait_s"] == 0.4
+    assert split["wait_fraction_within_epochs"] == round(0.8 / 3, 4)
