@@ -81,6 +81,14 @@ def _gbps(run: Callable[[int], None], count: int, batch_bytes: int, warm: int = 
     return count * batch_bytes / (time.perf_counter() - start) / 1e9
 
 
+def _pin_then_copy(host: list[torch.Tensor], device) -> Callable[[int], None]:
+    """The loop a training script writes without a ring: `pin_memory().to(device)` per batch."""
+    def run(n: int) -> None:
+        for i in range(n):
+            host[i % len(host)].pin_memory().to(device, non_blocking=True)
+    return run
+
+
 def _h2d_gbps(batches: int, batch_bytes: int, depth: int, pin: bool, device) -> tuple[float, float, float]:
     """Prefetcher throughput on ready host batches, against two plain loops over the same bytes:
     `tensor.pin_memory().to(device, non_blocking=True)` per batch (what a training loop without a
@@ -93,19 +101,16 @@ def _h2d_gbps(batches: int, batch_bytes: int, depth: int, pin: bool, device) -> 
     pinned = torch.empty(batch_bytes, dtype=torch.uint8, pin_memory=True)
     count = max(batches, 500)
 
-    def pin_then_copy(n: int) -> None:
-        for i in range(n):
-            host[i % 4].pin_memory().to(device, non_blocking=True)
-
     def plain(n: int) -> None:
         for _ in range(n):
             pinned.to(device, non_blocking=True)
 
     return (_gbps(lambda n: _drain(host, n, depth, pin, device), count, batch_bytes),
-            _gbps(pin_then_copy, count, batch_bytes), _gbps(plain, count, batch_bytes))
+            _gbps(_pin_then_copy(host, device), count, batch_bytes), _gbps(plain, count, batch_bytes))
 
 
 def _needs_cuda(study: str) -> None:
+    """The host-to-device studies measure CUDA copies: a clear error where there is none."""
     if not torch.cuda.is_available():
         raise RuntimeError(f"{study} needs CUDA (torch.cuda.is_available() is False)")
 
@@ -126,10 +131,6 @@ def h2d_breakdown(batch_bytes: int = 256 * 3 * 128 * 128, batches: int = 500, ro
 
     def prefetch(depth: int, pin: bool, dev, src: list[torch.Tensor]) -> Callable[[int], None]:
         return lambda n: _drain(src, n, depth, pin, dev)
-
-    def loop(n: int) -> None:
-        for i in range(n):
-            host[i % 4].pin_memory().to(target, non_blocking=True)
 
     def loop_on_a_thread(n: int) -> None:
         handed: queue.Queue = queue.Queue(maxsize=2)
@@ -177,7 +178,7 @@ def h2d_breakdown(batch_bytes: int = 256 * 3 * 128 * 128, batches: int = 500, ro
         "ring depth 2": prefetch(2, True, target, host),
         "ring depth 4": prefetch(4, True, target, host),
         "prefetcher depth 2, torch's pin_memory() in place of the ring": prefetch_pinning_with_torch,
-        "pin_memory().to() loop": loop,
+        "pin_memory().to() loop": _pin_then_copy(host, target),
         "pin_memory().to() on a thread, handed over a queue": loop_on_a_thread,
         "pin_memory().to() on a side stream + event": loop_on_a_side_stream,
         "one pinned tensor copied again": lambda n: [pinned[0].to(target, non_blocking=True) for _ in range(n)],
