@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -105,6 +106,19 @@ class Engine:
     def identity(self) -> str:
         """What a saved state must match besides the loader's settings: the data and the filter."""
         return f"{self.config.manifest.num_samples}|{self.config.expr}"
+
+    @functools.cached_property
+    def data_digest(self) -> str:
+        """The shards a saved state's positions refer to, digested: each one's path, size and
+        sample counts (row groups too). Data rewritten or re-indexed with the same number of samples
+        has other files or other counts, and a state saved over the old data is refused on it
+        instead of delivering other rows. Recorded mtimes and ETags are left out: copies of the
+        same data on several machines, indexed on each, differ there and nowhere else."""
+        h = hashlib.blake2b(digest_size=8)
+        for s in self.config.manifest.shards:
+            groups = ",".join(str(g.num_samples) for g in s.row_groups or ())
+            h.update(f"{s.path}|{s.num_bytes}|{s.num_samples}|{groups}\n".encode())
+        return h.hexdigest()
 
     def locate(self, key: int):
         """A row key `(unit << 32) | row` -> (dataset, work unit, the column holding tar keys)."""

@@ -164,7 +164,8 @@ class DataLoader:
         ds = self.dataset
         state = progress.rank_state(epoch=ds.epoch, seed=ds.seed, rank=ds.rank,
                                     world_size=ds.world_size, num_samples=ds.plan().num_samples,
-                                    fingerprint=self._fingerprint(), progress=self._current())
+                                    fingerprint=self._fingerprint(), data=self._engine.data_digest,
+                                    progress=self._current())
         if not all_ranks:
             return state
         return progress.global_state(_gather(state, ds.world_size))
@@ -177,7 +178,7 @@ class DataLoader:
         epoch, lanes = progress.resume_lanes(
             state, rank=ds.rank, world_size=ds.world_size, workers=self._workers,
             unit=self.batch_size, drop_last=ds.drop_last, fingerprint=self._fingerprint(),
-            num_samples=ds.plan().num_samples)
+            num_samples=ds.plan().num_samples, data=self._engine.data_digest)
         ds.set_epoch(epoch)
         self._progress, self._pending = None, lanes
 

@@ -400,6 +400,11 @@ class MixedEngine(Engine):
         return "mix(" + ";".join(f"{s.path}|{e.identity()}|{s.weight}|{s.samples}|{s.repeat}"
                                  for s, e in zip(self.sources, self.engines)) + ")"
 
+    @property
+    def data_digest(self) -> str:
+        """Every source's `Engine.data_digest`, in the sources' order."""
+        return "+".join(e.data_digest for e in self.engines)
+
     def plan(self) -> MixPlan:
         """Every source's plan (pruning, the filter's count pass), the shares and the block grid."""
         if self._plan is None:

@@ -66,11 +66,11 @@ class EpochProgress:
 
 
 def rank_state(*, epoch: int, seed: int, rank: int, world_size: int, num_samples: int,
-               fingerprint: str, progress: EpochProgress) -> dict:
+               fingerprint: str, data: str, progress: EpochProgress) -> dict:
     """One rank's state as plain values (survives torch.save and JSON)."""
     return {"version": STATE_VERSION, "scope": "rank", "epoch": epoch, "seed": seed,
             "rank": rank, "world_size": world_size, "num_samples": num_samples,
-            "fingerprint": fingerprint,
+            "fingerprint": fingerprint, "data": data,
             "remaining": [list(s) for s in progress.remaining()],
             "lanes": [[list(s) for s in lane] for lane in progress.lanes_in_turn()]}
 
@@ -82,7 +82,7 @@ def global_state(states: Sequence[dict]) -> dict:
     return {"version": STATE_VERSION, "scope": "global", "epoch": first["epoch"],
             "seed": first["seed"], "world_size": first["world_size"],
             "num_samples": first["num_samples"], "fingerprint": first["fingerprint"],
-            "remaining": [list(s) for s in remaining], "ranks": [dict(st) for st in states]}
+            "data": first.get("data"), "remaining": [list(s) for s in remaining], "ranks": [dict(st) for st in states]}
 
 
 def _rank_states(state) -> list[dict]:
@@ -99,12 +99,18 @@ def _rank_states(state) -> list[dict]:
     return out
 
 
-def _check_same(states: list[dict], fingerprint: str, num_samples: int) -> None:
+def _check_same(states: list[dict], fingerprint: str, num_samples: int, data: str) -> None:
     for st in states:
         if st["fingerprint"] != fingerprint or st["num_samples"] != num_samples:
             raise ValueError("`state` was saved by a loader over other data or with other settings "
                              f"({st['fingerprint']!r}); resume with the same dataset, filter, "
                              "shuffle, shuffle_buffer, batch_size and drop_last")
+        if st.get("data", data) != data:  # states saved before the digest existed have none
+            raise ValueError(f"`state` was saved over other files than this dataset's: the same "
+                             f"{num_samples} samples, but its shards were rewritten or re-indexed since "
+                             f"(digest {st['data']!r}, now {data!r}), so its positions would deliver "
+                             "other rows; resume over the data it was saved with, or start the epoch "
+                             "afresh without loading it")
     if len({(st["epoch"], st["world_size"]) for st in states}) != 1:
         raise ValueError("`state` mixes states of different epochs or world sizes: "
                          f"{sorted({(st['epoch'], st['world_size']) for st in states})}; pass the states "
@@ -124,10 +130,10 @@ def _complete(states: list[dict]) -> dict[int, dict]:
 
 
 def resume_lanes(state, *, rank: int, world_size: int, workers: int, unit: int, drop_last: bool,
-                 fingerprint: str, num_samples: int) -> tuple[int, Lanes]:
+                 fingerprint: str, num_samples: int, data: str) -> tuple[int, Lanes]:
     """The epoch and this rank's lanes to resume `state` with (see the module doc for the cases)."""
     states = _rank_states(state)
-    _check_same(states, fingerprint, num_samples)
+    _check_same(states, fingerprint, num_samples, data)
     epoch, saved_world = int(states[0]["epoch"]), states[0]["world_size"]
     own = [st for st in states if st["rank"] == rank]
     if saved_world == world_size and len(states) == 1 and not own:

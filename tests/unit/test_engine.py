@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import threading
 
 import pyarrow as pa
@@ -150,6 +151,23 @@ def test_a_state_from_another_seed_is_refused(pq_path):
         L.load_state_dict(states[0])
 
 
+def test_a_state_saved_over_rewritten_data_of_the_same_size_is_refused(tmp_path):
+    """The same number of samples, written again in other shards: the saved positions would name
+    other rows, so the state is refused, naming both digests; over the data it was saved with it
+    resumes, and a state saved before the digest existed (no "data") still loads."""
+    root = str(tmp_path / "ds")
+    dsutil.write_parquet(root, dsutil.table(300), 100, 50)
+    _, states = _run_and_stop(root, 1, 0, 2, batch_size=16, shuffle=True, seed=3)
+    sparkfeed.DataLoader(root, batch_size=16, shuffle=True, seed=3).load_state_dict(states[0])
+    old = {k: v for k, v in states[0].items() if k != "data"}
+    sparkfeed.DataLoader(root, batch_size=16, shuffle=True, seed=3).load_state_dict(old)
+    shutil.rmtree(root)
+    dsutil.write_parquet(root, dsutil.table(300, seed=1), 150, 30)
+    L = sparkfeed.DataLoader(root, batch_size=16, shuffle=True, seed=3)
+    with pytest.raises(ValueError, match=r"same 300 samples, but its shards were rewritten or re-indexed"):
+        L.load_state_dict(states[0])
+
+
 spans_st = st.lists(st.tuples(st.integers(0, 500), st.integers(1, 60)), min_size=1, max_size=6).map(
     lambda xs: partition.normalise([(lo, lo + n) for lo, n in xs]))
 
@@ -168,13 +186,14 @@ def test_resume_lanes_hand_out_every_remaining_position_once(spans, world, worke
             done = data.draw(st.integers(0, -(-partition.total(lane) // batch)))
             prog.record(k, min(done * batch, partition.total(lane)))
         states.append(progress.rank_state(epoch=0, seed=0, rank=r, world_size=world, num_samples=n,
-                                          fingerprint=fp, progress=prog))
+                                          fingerprint=fp, data="d", progress=prog))
     left = partition.normalise([s for st_ in states for s in st_["remaining"]])
     new_world, new_workers = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
     got = []
     for r in range(new_world):
         _, lanes = progress.resume_lanes(states, rank=r, world_size=new_world, workers=new_workers,
-                                         unit=batch, drop_last=False, fingerprint=fp, num_samples=n)
+                                         unit=batch, drop_last=False, fingerprint=fp, num_samples=n,
+                                         data="d")
         assert len(lanes) == new_workers
         got += [p for lane in lanes for lo, hi in lane for p in range(lo, hi)]
     assert sorted(got) == [p for lo, hi in left for p in range(lo, hi)]
