@@ -53,6 +53,9 @@ def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list
     return [fmt(header), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)]
 
 
+_NESTED = ("list", "large_list", "fixed_size_list", "struct", "map")
+
+
 def _show(value) -> str:
     if value is None:
         return "?"
@@ -115,6 +118,10 @@ def format_manifest(m, shards: int = 0) -> str:
     if stat_names:
         rows = [[n, *(_show(v) for v in _dataset_range(m, n))] for n in stat_names]
         lines += ["", "statistics (whole dataset)", *_table(["column", "min", "max", "nulls"], rows)]
+    bare = [c.name for c in m.schema if c.name not in stat_names and not c.codec and not c.unsupported
+            and not c.type.startswith(_NESTED)]  # nested columns and encoded bytes never have any
+    if bare and m.shards:  # a writer left them out (parquet-mr does past 4 KiB values)
+        lines.append(f"no statistics in any shard (a filter on them prunes nothing): {', '.join(bare)}")
     if shards > 0:
         rows = [[s.path, f"{s.num_samples:,}", _human_bytes(s.num_bytes),
                  "-" if s.row_groups is None else str(len(s.row_groups)),

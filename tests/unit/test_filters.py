@@ -246,3 +246,19 @@ def test_a_column_by_position_is_refused_not_read_as_another(tmp_path):
     path = write(tmp_path / "pos", pa.table({"id": pa.array(range(10), pa.int64())}), 5)
     with pytest.raises(ValueError, match=r"name columns \(pc.field\('label'\)\), not positions"):
         sparkfeed.DataLoader(path, filter=pc.field(0) > 5)
+
+
+def test_inspect_names_the_columns_no_shard_has_statistics_for(tmp_path, capsys):
+    """parquet-mr leaves out the statistics of a column whose values pass 4 KiB; pyarrow's
+    `write_statistics` can do the same by name. inspect says which columns filters cannot prune."""
+    from sparkfeed.cli import main
+
+    root = tmp_path / "long"
+    root.mkdir()
+    pq.write_table(pa.table({"id": pa.array([0, 1], pa.int64()), "s": ["x" * 5000, "y"]}),
+                   root / "part-0.parquet", write_statistics=["id"])
+    sparkfeed.index(str(root), progress=False)
+    assert main(["inspect", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "no statistics in any shard (a filter on them prunes nothing): s" in out
+    assert [line.split()[0] for line in out.split("statistics (whole dataset)")[1].splitlines()[3:4]] == ["id"]
