@@ -82,7 +82,8 @@ def global_state(states: Sequence[dict]) -> dict:
     return {"version": STATE_VERSION, "scope": "global", "epoch": first["epoch"],
             "seed": first["seed"], "world_size": first["world_size"],
             "num_samples": first["num_samples"], "fingerprint": first["fingerprint"],
-            "data": first.get("data"), "remaining": [list(s) for s in remaining], "ranks": [dict(st) for st in states]}
+            "data": first.get("data"), "remaining": [list(s) for s in remaining],
+            "ranks": [dict(st) for st in states]}
 
 
 def _rank_states(state) -> list[dict]:
