@@ -53,9 +53,6 @@ def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list
     return [fmt(header), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)]
 
 
-_NESTED = ("list", "large_list", "fixed_size_list", "struct", "map")
-
-
 def _show(value) -> str:
     if value is None:
         return "?"
@@ -66,6 +63,16 @@ def _show(value) -> str:
     if isinstance(value, str):
         return repr(value) if len(value) <= 40 else repr(value[:37] + "...")
     return str(value)
+
+
+def _scalar(type_string: str) -> bool:
+    """A column type that statistics are kept for (lists, structs and maps never have any)."""
+    import pyarrow as pa
+
+    from .filters import arrow_type
+
+    t = arrow_type(type_string)
+    return t is not None and not pa.types.is_nested(t)
 
 
 def _typed(m, name: str, value):
@@ -118,8 +125,7 @@ def format_manifest(m, shards: int = 0) -> str:
     if stat_names:
         rows = [[n, *(_show(v) for v in _dataset_range(m, n))] for n in stat_names]
         lines += ["", "statistics (whole dataset)", *_table(["column", "min", "max", "nulls"], rows)]
-    bare = [c.name for c in m.schema if c.name not in stat_names and not c.codec and not c.unsupported
-            and not c.type.startswith(_NESTED)]  # nested columns and encoded bytes never have any
+    bare = [c.name for c in m.schema if c.name not in stat_names and not c.codec and _scalar(c.type)]
     if bare and m.shards:  # a writer left them out (parquet-mr does past 4 KiB values)
         lines.append(f"no statistics in any shard (a filter on them prunes nothing): {', '.join(bare)}")
     if shards > 0:

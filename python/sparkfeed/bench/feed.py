@@ -73,7 +73,8 @@ def _drain(src: list[torch.Tensor], n: int, depth: int, pin: bool, device, stats
 
 def _gbps(run: Callable[[int], None], count: int, batch_bytes: int, warm: int = 20) -> float:
     """GB/s of `run(count)` after an untimed `run(warm)`, the device synchronised around it."""
-    run(warm)
+    if warm:
+        run(warm)
     torch.cuda.synchronize()
     start = time.perf_counter()
     run(count)

@@ -8,8 +8,9 @@ own cost, no loader).
 Every step ends with a device synchronise (as a `loss.item()` would), so the time blocked in the
 loader's `next()` is time the GPU had no work: `wait_fraction` = that time / the step's wall time,
 over the steps after `--warmup`; `wait_fraction_within_epochs` leaves out the steps that began an
-epoch (their waits are `epoch_start_wait_s`, `epoch_starts` of them). `loader_vs_synthetic` compares the two rates. Needs CUDA and
-DALI; the model is built untrained (no download). Prints one JSON line.
+epoch (their waits are `epoch_start_wait_s`, `epoch_starts` of them). `loader_vs_synthetic`
+compares the two rates. Needs CUDA and DALI; the model is built untrained (no download). Prints
+one JSON line.
 """
 
 from __future__ import annotations
