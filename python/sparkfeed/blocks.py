@@ -5,7 +5,8 @@ a shuffle block (`SharedBlocks`), or, unshuffled, a unit such as a Parquet row g
 (`SharedUnits`). Either is read once and handed to every lane that delivers positions of it.
 `PendingBlock` lets several threads (those lanes, and helper threads) read the runs of one
 block in parallel, and the last one build it. They work with any reader that has `stream`,
-`_read_run_part(run)` and `_finish_block(block, parts)` (a `StreamReader`).
+`_pending_block(block)`, `_read_run_part(run, into, part)` and
+`_finish_block(block, parts, order, into)` (a `StreamReader`).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ class SharedBlocks(_LaneShare):
         with self._lock:
             entry, new = self._entries.get(b), False
             if entry is None:
-                entry, new = PendingBlock(len(reader.stream.runs_of(b))), True
+                entry, new = reader._pending_block(b), True
                 self._entries[b] = entry
         if new:
             reader._start_helpers(entry, b)
@@ -179,47 +180,80 @@ class PendingBlock:
     """A shared block being read: each lane that needs it takes runs not yet taken, reads them
     (outside the lock), and the lane that finds every run read builds the block; the others
     wait for it. A lane whose read fails gives its run back before raising, so a waiting lane
-    takes it over (and meets the same error); nobody waits on a run nobody is reading."""
+    takes it over (and meets the same error); nobody waits on a run nobody is reading.
 
-    def __init__(self, runs: int):
+    `into` (opaque here: `stream.BlockColumns`) receives each run's number columns as the
+    thread that read it places them, and `make_order()` gives the block's order: a thread with
+    no run left to take computes it while the last runs are read, so that building the block
+    after its last run is quick while the other lanes wait for it."""
+
+    def __init__(self, runs: int, into=None, make_order: Callable[[], np.ndarray] | None = None):
         self.cond = threading.Condition()
         self.parts: list[list[Block] | None] | None = [None] * runs
         self.taken: set[int] = set()
         self.building = False
         self.block: Shuffled | None = None
+        self.into, self.make_order = into, make_order
+        self.order: np.ndarray | None = None
+        self.ordering = False
 
     def join(self, reader: StreamReader, b: int) -> Shuffled:
         first = int(reader.stream.block_runs[b])
         with self.cond:
             while self.block is None:
-                todo = next((i for i, p in enumerate(self.parts) if p is None and i not in self.taken), None)
+                todo = self._todo()
                 if todo is not None:
                     self.taken.add(todo)
-                    self._unlocked(lambda: reader._read_run_part(first + todo), todo)
-                elif not self.taken and not self.building:
+                    self._unlocked(lambda: reader._read_run_part(first + todo, self.into, todo), todo)
+                elif not self.taken and not self.building and not self.ordering:
                     self.building = True
-                    self._unlocked(lambda: reader._finish_block(b, self.parts), None)
+                    self._unlocked(lambda: reader._finish_block(b, self.parts, self.order, self.into), None)
+                elif self._order_wanted():
+                    self._order()
                 else:
                     self.cond.wait()
             return self.block
 
     def help(self, reader: StreamReader, b: int) -> None:
-        """A helper thread: read runs nobody has taken, then stop (never waits, never builds).
-        A failed run is given back (`_unlocked`) for the lane to read and raise."""
+        """A helper thread: read runs nobody has taken (then the block's order, if nobody has
+        started it), then stop (never waits, never builds). A failed run is given back
+        (`_unlocked`) for the lane to read and raise."""
         first = int(reader.stream.block_runs[b])
         try:
             with self.cond:
                 while self.block is None and self.parts is not None:
-                    todo = next((i for i, p in enumerate(self.parts) if p is None and i not in self.taken), None)
+                    todo = self._todo()
                     if todo is None:
+                        if self._order_wanted():
+                            self._order()
                         return
                     self.taken.add(todo)
                     try:
-                        self._unlocked(lambda: reader._read_run_part(first + todo), todo)
+                        self._unlocked(lambda: reader._read_run_part(first + todo, self.into, todo), todo)
                     except Exception:  # noqa: BLE001 - the lane that needs the run raises it
                         return
+        except Exception:  # noqa: BLE001 - the order failed: the builder computes it and raises
+            return
         finally:
             reader.close()
+
+    def _todo(self) -> int | None:
+        return next((i for i, p in enumerate(self.parts) if p is None and i not in self.taken), None)
+
+    def _order_wanted(self) -> bool:
+        return self.make_order is not None and self.order is None and not self.ordering
+
+    def _order(self) -> None:
+        """Compute the block's order without the lock (holding it on entry and exit)."""
+        self.ordering = True
+        self.cond.release()
+        order = None
+        try:
+            order = self.make_order()
+        finally:
+            self.cond.acquire()
+            self.order, self.ordering = order, False
+            self.cond.notify_all()
 
     def _unlocked(self, work, part: int | None) -> None:
         """Run `work` without the lock, then record its result (a run, or the block)."""

@@ -74,8 +74,11 @@ class Delivery:
     batch: Any
     keys: torch.Tensor | None = None
 
-    def with_batch(self, batch: Any, **changes) -> "Delivery":
-        return dataclasses.replace(self, batch=batch, **changes)
+    def with_batch(self, batch: Any, stats: dict | None = None, keys: Any = ...) -> "Delivery":
+        """The same delivery carrying `batch` (and new `stats`/`keys` where given). Built directly:
+        `dataclasses.replace` cost ~4 us per batch on the consumer's thread."""
+        return Delivery(self.worker, self.consumed, self.stats if stats is None else stats, batch,
+                        self.keys if keys is ... else keys)
 
 
 class Engine:

@@ -32,7 +32,7 @@ from .read.base import needs_value
 from . import shuffle as shuffling
 from .blocks import PendingBlock, SharedBlocks, SharedUnits
 
-__all__ = ["EpochStream", "StreamReader", "Block", "Shuffled", "cut", "ROW_KEYS"]
+__all__ = ["EpochStream", "StreamReader", "Block", "BlockColumns", "Shuffled", "cut", "ROW_KEYS"]
 
 
 class _RowKeys:
@@ -52,6 +52,7 @@ _PIECE_BYTES = 16 << 20  # shuffle: positions gathered into one segment hold abo
 _MIN_PIECE = 256  # ... but at least this many positions (a batch, for the usual sizes)
 _MAX_PIECE = 1 << 16  # ... and at most this many (small rows; see `piece_positions`)
 _PIECE = 4096  # ... and this many where the dataset's stored bytes are not known
+_FIRST_PIECE_DIVISOR = 16  # a lane's first piece is this much shorter (`first_piece`)
 _BLOCK_HELPERS = 3  # threads besides the lane reading the runs of one block (fewer on few cores)
 _AHEAD_UNITS = 64  # units after the current run a reader is told about (`Reader.read_ahead`)
 
@@ -145,6 +146,14 @@ def piece_positions(sample_bytes: float) -> int:
         return _PIECE
     fit = 1 << int(math.floor(math.log2(max(1.0, _PIECE_BYTES / sample_bytes))))
     return min(_MAX_PIECE, max(_MIN_PIECE, fit))
+
+
+def first_piece(piece: int) -> int:
+    """Positions of a lane's first gathered piece: `piece` / 16, at least `_MIN_PIECE`. The
+    consumer waits for the first piece with nothing else to do, while later pieces are gathered
+    as it takes the batches before them: 65,536 tabular rows of 12 columns take ~3.6 ms to
+    gather here, 4,096 ~0.12 ms."""
+    return min(piece, max(_MIN_PIECE, piece // _FIRST_PIECE_DIVISOR))
 
 
 class EpochStream:
@@ -294,6 +303,80 @@ class Block(NamedTuple):
     def first_skipped(self) -> int:
         """Index of the first position holding no sample (call only when `skipped`)."""
         return int(np.flatnonzero(np.diff(self.good) == 0)[0])
+
+
+class BlockColumns:
+    """A shuffle block's number columns, one buffer each, filled run by run by the threads that
+    read the runs (`place`), so that building the block after its last run copies nothing: the
+    join of 200,000 rows of 12 number columns (3.8 ms here) ran after the last read while
+    every lane waited. Any run that cannot be placed (a position holding no sample, a column
+    whose type differs from the first run's) makes `block` join the runs as before, the placed
+    ones as views of the buffers."""
+
+    def __init__(self, offsets: np.ndarray):
+        self.offsets = offsets  # run i holds the block's positions offsets[i]..offsets[i+1]-1
+        self.names: list | None = None  # every column, in the order the first placed run had
+        self.buffers: dict[str, torch.Tensor] | None = None
+        self.placed: set[int] = set()
+        self._lock = threading.Lock()
+
+    def place(self, i: int, pieces: list[Block]) -> list[Block]:
+        """Copy run i's number columns into the buffers; its pieces without them (their Arrow
+        memory can go now), or the pieces as they are where the run cannot be placed."""
+        buffers = self._buffers(pieces[0].columns) if pieces else None
+        n = sum(p.positions for p in pieces)
+        if buffers is None or n != self.offsets[i + 1] - self.offsets[i] \
+                or not all(self._fits(p, buffers) for p in pieces):
+            return pieces
+        at = int(self.offsets[i])
+        for p in pieces:
+            for name, buffer in buffers.items():
+                batching.copy_rows(buffer, at, p.columns[name])
+            at += p.positions
+        with self._lock:
+            self.placed.add(i)
+        return [Block({k: v for k, v in p.columns.items() if k not in buffers}, p.positions) for p in pieces]
+
+    def block(self, parts: list[list[Block]]) -> Block:
+        """The block from every run's pieces (as `place` returned them)."""
+        pieces = [piece for run in parts for piece in run]
+        if self.buffers is None or len(self.placed) < len(parts):
+            return Block.concat(self._restored(parts), views=True)
+        rest = Block.concat(pieces, views=True).columns
+        columns = {k: self.buffers[k] if k in self.buffers else rest[k] for k in self.names}
+        return Block(columns, int(self.offsets[-1]))
+
+    def _buffers(self, columns: dict) -> dict | None:
+        """The buffers, made from the first run placed (its number columns' dtypes and shapes)."""
+        with self._lock:
+            if self.buffers is None:
+                total = int(self.offsets[-1])
+                self.names = list(columns)
+                self.buffers = {k: batching.empty_rows(total, v) for k, v in columns.items() if _placeable(v)}
+            return self.buffers or None
+
+    def _fits(self, piece: Block, buffers: dict) -> bool:
+        if piece.good is not None or list(piece.columns) != self.names:
+            return False
+        return all(_placeable(v := piece.columns[k]) and v.dtype == b.dtype and v.shape[1:] == b.shape[1:]
+                   for k, b in buffers.items())
+
+    def _restored(self, parts: list[list[Block]]) -> list[Block]:
+        """Every run's pieces with their placed columns back, as views of the buffers."""
+        out = []
+        for i, run in enumerate(parts):
+            at = int(self.offsets[i])
+            for p in run:
+                if i in self.placed:
+                    placed = {k: b[at:at + p.positions] for k, b in self.buffers.items()}
+                    p = Block({k: placed[k] if k in placed else p.columns[k] for k in self.names}, p.positions)
+                out.append(p)
+                at += p.positions
+        return out
+
+
+def _placeable(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.device.type == "cpu"
 
 
 def cut(segments, size: int):
@@ -503,34 +586,50 @@ class StreamReader:
                               "filter=pc.field(name).is_valid()) or pass on_error='skip'",
                               dataset=self.reader.ctx.dataset, shard=unit.path, row_group=unit.row_group)
 
-    def _read_run_part(self, r: int) -> list[Block]:
+    def _read_run_part(self, r: int, into: "BlockColumns | None" = None, part: int = 0) -> list[Block]:
         """Run r of the stream (consecutive units of one shard), unpermuted, as the pieces it
-        was read in: one `read_run` call where the format allows."""
+        was read in: one `read_run` call where the format allows. With `into` (the block's
+        `BlockColumns`, this run its `part`-th), its number columns are placed there."""
         units, starts = self.stream.run_units, self.stream.starts
         lo, hi = int(starts[units[r]]), int(starts[units[r + 1]])
         try:
-            return list(self._pieces_joined(list(self.stream.pieces(lo, hi)), int(units[r + 1]) - 1))
+            pieces = list(self._pieces_joined(list(self.stream.pieces(lo, hi)), int(units[r + 1]) - 1))
         finally:
             self._units.clear()  # a run's units are never needed again: spans only go forward
             self._nulls.clear()
+        return pieces if into is None else into.place(part, pieces)
 
-    def _finish_block(self, b: int, parts: list[list[Block]]) -> "Shuffled":
+    def _finish_block(self, b: int, parts: list[list[Block]], order: np.ndarray | None = None,
+                      into: "BlockColumns | None" = None) -> "Shuffled":
         """Block b from its runs' pieces: joined (binary columns left where they were read:
-        `batch.BinaryViews`), with its order; counted in `shuffle_blocks` and
-        `shuffle_block_rows` (the rows the block held). The rows are gathered into that order
-        piece by piece as they are delivered (`segments`), so the first batch waits for one
-        piece's gather, not the whole block's, and the gathering overlaps the consumer."""
+        `batch.BinaryViews`; number columns already placed `into` one buffer each as the runs
+        were read), with its order (computed here unless given); counted in `shuffle_blocks`
+        and `shuffle_block_rows` (the rows the block held). The rows are gathered into that
+        order piece by piece as they are delivered (`segments`), so the first batch waits for
+        one piece's gather, not the whole block's, and the gathering overlaps the consumer."""
         n = int(self.stream.blocks[b + 1] - self.stream.blocks[b])
         stats = self.reader.ctx.stats
         stats.add("shuffle_blocks")
         stats.add("shuffle_block_rows", n)
-        pieces = [piece for run in parts for piece in run]
-        return Shuffled(Block.concat(pieces, views=True),
-                        shuffling.block_permutation(self.stream.seed, self.stream.epoch, b, n))
+        rows = into.block(parts) if into is not None else Block.concat(
+            [piece for run in parts for piece in run], views=True)
+        if order is None:
+            order = self._block_order(b)
+        return Shuffled(rows, order)
+
+    def _block_order(self, b: int) -> np.ndarray:
+        n = int(self.stream.blocks[b + 1] - self.stream.blocks[b])
+        return shuffling.block_permutation(self.stream.seed, self.stream.epoch, b, n)
+
+    def _pending_block(self, b: int) -> PendingBlock:
+        """Block b, to be read by one or more threads: its runs' positions in it, its order."""
+        runs = self.stream.runs_of(b)
+        starts = self.stream.starts[self.stream.run_units[runs.start:runs.stop + 1]]
+        return PendingBlock(len(runs), BlockColumns(starts - starts[0]), lambda: self._block_order(b))
 
     def _read_block(self, b: int) -> "Shuffled":
         """Block b read by this lane, with helper threads taking some of its runs."""
-        pending = PendingBlock(len(self.stream.runs_of(b)))
+        pending = self._pending_block(b)
         self._start_helpers(pending, b)
         return pending.join(self, b)
 
@@ -578,19 +677,21 @@ class StreamReader:
             if not self.stream.shuffle:  # lanes split units (a shuffled block holds whole units)
                 self.reader.windows = {self.stream.units[k]: w for k, w in _lane_windows(self.stream, spans).items()}
         piece = self.stream.piece if gather else None
+        head = None if piece is None else first_piece(piece)
         for lo, hi in spans:
             if not self.stream.shuffle:
                 yield from self._pieces_joined(list(self.stream.pieces(lo, hi)))
                 continue
-            first = lo
-            while lo < hi:  # pieces of at most `piece` positions, on a grid from the span's start
+            grid = lo if head is None else lo + head - piece  # the lane's first piece is `head` long
+            while lo < hi:  # pieces of at most `piece` positions, on that grid
                 b = self.stream.block_of(lo)
                 start = int(self.stream.blocks[b])
                 end = min(hi, int(self.stream.blocks[b + 1]))
-                end = end if piece is None else min(end, first + ((lo - first) // piece + 1) * piece)
+                end = end if piece is None else min(end, grid + ((lo - grid) // piece + 1) * piece)
                 part = self._block(b).slice(lo - start, end - start)
                 yield part.gathered() if gather else part
                 lo = end
+            head = None
 
     def _join_lanes(self, spans) -> None:
         """Thread lanes (not torch's worker processes, which share no memory): find this lane

@@ -245,3 +245,17 @@ def test_device_cpu_starts_no_prefetch_thread(pq_path):
 def test_bad_arguments_are_value_errors_in_torchs_sentence(pq_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         sparkfeed.DataLoader(pq_path, **kwargs)
+
+
+def test_a_delivery_with_another_batch_keeps_its_bookkeeping():
+    """`Delivery.with_batch` (each staged batch): the lane, the positions consumed, the counters
+    and the row keys stay unless new ones are given (None included)."""
+    from sparkfeed.engine import Delivery
+
+    keys = torch.arange(3)
+    d = Delivery(worker=2, consumed=96, stats={"samples": 3}, batch={"x": 1}, keys=keys)
+    same = d.with_batch({"x": 2})
+    assert (same.worker, same.consumed, same.stats, same.batch, same.keys) == (2, 96, {"samples": 3}, {"x": 2}, keys)
+    other = d.with_batch({"x": 3}, stats={"samples": 4}, keys=None)
+    assert (other.worker, other.consumed, other.stats, other.batch, other.keys) == (2, 96, {"samples": 4}, {"x": 3}, None)
+    assert dataclasses.is_dataclass(other) and d.batch == {"x": 1}  # a new value; the old one unchanged

@@ -481,3 +481,108 @@ def test_binary_columns_view_arrows_own_memory_and_copy_read_only_memory():
     assert view.data.data_ptr() == fresh.buffers()[2].address + 2  # rows from b"cde" on: Arrow's memory
     assert copy.data.data_ptr() != frozen.buffers()[2].address
     assert view.to_list() == [b"", b"cde", b"f"] and copy.to_list() == [b"x", b"yzw"]
+
+
+# ----------------------------------------------------------------------------- a block placed run by run
+def _run(first: int, sizes: list[int], ok: list[bool] | None = None) -> list[Block]:
+    """A run read as pieces of `sizes` positions from `first`, with a 2-D float column and a
+    bfloat16 one (no numpy dtype) beside `_block`'s numbers, strings, bytes and row keys."""
+    pieces, at = [], first
+    for i, n in enumerate(sizes):
+        p = _block(at, ok[:n] if ok is not None and i == 0 else [True] * n)
+        kept = torch.tensor(p.columns["x"].tolist(), dtype=torch.float32)
+        pieces.append(Block({**p.columns, "v": torch.stack([kept, -kept], 1), "h": kept.to(torch.bfloat16)},
+                            p.positions, p.good))
+        at += n
+    return pieces
+
+
+def _same_block(got: Block, want: Block) -> None:
+    assert got.positions == want.positions and got.rows == want.rows and list(got.columns) == list(want.columns)
+    assert (got.good is None and want.good is None) or np.array_equal(got.good, want.good)
+    everything = torch.arange(got.rows)
+    for name, value in want.columns.items():
+        mine = got.columns[name]
+        if isinstance(value, torch.Tensor):
+            assert mine.dtype == value.dtype and torch.equal(mine, value), name
+        else:
+            assert user_facing({"c": mine.select(everything)})["c"] == user_facing({"c": value.select(everything)})["c"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 9), min_size=1, max_size=3), min_size=1, max_size=5),
+       st.randoms(use_true_random=False), st.data())
+def test_a_block_placed_run_by_run_is_its_runs_joined(runs, rnd, data):
+    """`BlockColumns`: each run's number columns copied into one buffer per column by whichever
+    thread read it, in any order, give the block `Block.concat` gives; a run with a position
+    holding no sample is not placed, and the block is then joined from every run's pieces (the
+    placed ones as views of the buffers), with the same result."""
+    from sparkfeed.stream import BlockColumns
+
+    skip_in = data.draw(st.sampled_from([None] + list(range(len(runs)))))
+    firsts = np.concatenate([[0], np.cumsum([sum(r) for r in runs])])
+    made = [_run(int(firsts[i]), sizes, [j != 1 for j in range(sizes[0])] if i == skip_in else None)
+            for i, sizes in enumerate(runs)]
+    want = Block.concat([p for run in made for p in run], views=True)
+    into = BlockColumns(firsts.astype(np.int64))
+    parts: list = [None] * len(made)
+    for i in rnd.sample(range(len(made)), len(made)):  # the threads finish in any order
+        parts[i] = into.place(i, made[i])
+    placed_all = skip_in is None or runs[skip_in][0] < 2
+    assert (len(into.placed) == len(made)) == placed_all
+    if placed_all:  # the pieces kept only what was not placed: their numbers' memory can go
+        assert all(set(p.columns) == {"s", "b"} for run in parts for p in run)
+    _same_block(into.block(parts), want)
+
+
+def test_a_run_whose_column_type_differs_is_joined_not_placed():
+    """Shards can store a column with another type (int32 here, int64 elsewhere): that run is
+    left as read and the block joined as `Block.concat` joins it (promoted by torch)."""
+    from sparkfeed.stream import BlockColumns
+
+    made = [_run(0, [4, 3]), _run(7, [5]), _run(12, [2])]
+    made[1] = [Block({**p.columns, "x": p.columns["x"].to(torch.int32)}, p.positions) for p in made[1]]
+    want = Block.concat([p for run in made for p in run], views=True)
+    into = BlockColumns(np.array([0, 7, 12, 14]))
+    parts = [into.place(i, run) for i, run in enumerate(made)]
+    assert into.placed == {0, 2} and parts[1] is made[1]
+    _same_block(into.block(parts), want)
+    assert into.block(parts).columns["x"].dtype == torch.int64
+
+
+def test_a_shared_block_is_ordered_once_and_read_by_every_thread(small_pq, monkeypatch):
+    """Thread lanes and helpers read a shared block's runs; its order is computed once (by a
+    thread with no run left to read, while the others finish), and the epoch is the one a
+    single lane reads."""
+    import sparkfeed
+    from sparkfeed import shuffle as shuffling
+
+    calls = []
+    permutation = shuffling.block_permutation
+    monkeypatch.setattr(shuffling, "block_permutation", lambda *a: calls.append(a) or permutation(*a))
+
+    def epoch(workers, worker_type="thread"):
+        loader = sparkfeed.DataLoader(small_pq, batch_size=32, num_workers=workers, worker_type=worker_type,
+                                      shuffle=True, seed=3, shuffle_buffer=300)
+        return [i for b in loader for i in b["id"].tolist()], loader.stats()
+
+    ids, stats = epoch(3)
+    assert sorted(ids) == list(range(600))
+    assert len(calls) == stats["shuffle_blocks"] == 2  # both blocks shared by two of the lanes
+    assert sorted(calls) == sorted(set(calls))  # each block's order once
+    assert ids == epoch(3, "process")[0]  # processes read their blocks alone: the same epoch
+
+
+def test_a_lanes_first_shuffled_piece_is_short_and_the_positions_unchanged(small_pq):
+    """The first piece a lane gathers is `first_piece(piece)` long (the consumer waits for it
+    with nothing else to do); the positions are the same as with full pieces."""
+    from sparkfeed.stream import first_piece
+
+    assert first_piece(65_536) == 4096 and first_piece(4096) == 256 and first_piece(256) == 256
+    assert first_piece(64) == 64
+    reader = _stream_reader(small_pq, 600)
+    reader.stream.piece = 4096
+    segments = list(reader.segments([(10, 590)]))
+    assert [s.positions for s in segments] == [256, 580 - 256]
+    full = [i for seg in _stream_reader(small_pq, 600).segments([(0, 600)]) for i in seg.columns["id"].tolist()]
+    assert [i for s in segments for i in s.columns["id"].tolist()] == full[10:590]
