@@ -89,7 +89,7 @@ EOF
   [ "$quick" = 1 ] && images=4000 big=3000 repeats=1 steps=20
   local cache="$out/cache" bench=("$py" -m sparkfeed.bench --cache "$out/cache" --workers "$workers" --no-progress)
   cd "$here" || exit 1
-  step pytest "$py" -m pytest -q -p no:cacheprovider -n 4 -m "not spark and not slow and not distributed" \
+  step pytest "$py" -m pytest -q -ra -p no:cacheprovider -n 4 -m "not spark and not slow and not distributed" \
     tests/gpu tests/unit/test_loader.py tests/unit/test_loader_decode.py tests/unit/test_decode.py tests/unit/test_bench_nospark.py \
     tests/unit/test_prefetch.py tests/unit/test_prefetch_lookahead.py tests/unit/test_forks.py tests/unit/test_arrays.py \
     tests/unit/test_engine.py
