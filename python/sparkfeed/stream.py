@@ -323,8 +323,12 @@ class BlockColumns:
     def place(self, i: int, pieces: list[Block]) -> list[Block]:
         """Copy run i's number columns into the buffers; its pieces without them (their Arrow
         memory can go now), or the pieces as they are where the run cannot be placed."""
-        buffers = self._buffers(pieces[0].columns) if pieces else None
         n = sum(p.positions for p in pieces)
+        if n == 0 and self.offsets[i + 1] == self.offsets[i]:  # nothing to place
+            with self._lock:
+                self.placed.add(i)
+            return pieces
+        buffers = self._buffers(pieces[0].columns) if pieces else None
         if buffers is None or n != self.offsets[i + 1] - self.offsets[i] \
                 or not all(self._fits(p, buffers) for p in pieces):
             return pieces

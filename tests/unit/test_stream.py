@@ -540,14 +540,18 @@ def test_a_run_whose_column_type_differs_is_joined_not_placed():
     left as read and the block joined as `Block.concat` joins it (promoted by torch)."""
     from sparkfeed.stream import BlockColumns
 
-    made = [_run(0, [4, 3]), _run(7, [5]), _run(12, [2])]
+    made = [_run(0, [4, 3]), _run(7, [5]), _run(12, [2]), []]  # the last run holds no position
     made[1] = [Block({**p.columns, "x": p.columns["x"].to(torch.int32)}, p.positions) for p in made[1]]
     want = Block.concat([p for run in made for p in run], views=True)
-    into = BlockColumns(np.array([0, 7, 12, 14]))
+    into = BlockColumns(np.array([0, 7, 12, 14, 14]))
     parts = [into.place(i, run) for i, run in enumerate(made)]
-    assert into.placed == {0, 2} and parts[1] is made[1]
+    assert into.placed == {0, 2, 3} and parts[1] is made[1]
     _same_block(into.block(parts), want)
     assert into.block(parts).columns["x"].dtype == torch.int64
+    without = BlockColumns(np.array([0, 7, 14, 14]))  # every run placed, an empty one included
+    parts = [without.place(i, run) for i, run in enumerate([made[0], _run(7, [3, 4]), []])]
+    assert without.placed == {0, 1, 2}
+    _same_block(without.block(parts), Block.concat(made[0] + _run(7, [3, 4]), views=True))
 
 
 def test_a_shared_block_is_ordered_once_and_read_by_every_thread(small_pq, monkeypatch):
