@@ -52,7 +52,6 @@ _PIECE_BYTES = 16 << 20  # shuffle: positions gathered into one segment hold abo
 _MIN_PIECE = 256  # ... but at least this many positions (a batch, for the usual sizes)
 _MAX_PIECE = 1 << 16  # ... and at most this many (small rows; see `piece_positions`)
 _PIECE = 4096  # ... and this many where the dataset's stored bytes are not known
-_FIRST_PIECE_DIVISOR = 16  # a lane's first piece is this much shorter (`first_piece`)
 _BLOCK_HELPERS = 3  # threads besides the lane reading the runs of one block (fewer on few cores)
 _AHEAD_UNITS = 64  # units after the current run a reader is told about (`Reader.read_ahead`)
 
@@ -146,14 +145,6 @@ def piece_positions(sample_bytes: float) -> int:
         return _PIECE
     fit = 1 << int(math.floor(math.log2(max(1.0, _PIECE_BYTES / sample_bytes))))
     return min(_MAX_PIECE, max(_MIN_PIECE, fit))
-
-
-def first_piece(piece: int) -> int:
-    """Positions of a lane's first gathered piece: `piece` / 16, at least `_MIN_PIECE`. The
-    consumer waits for the first piece with nothing else to do, while later pieces are gathered
-    as it takes the batches before them: 65,536 tabular rows of 12 columns take ~3.6 ms to
-    gather here, 4,096 ~0.12 ms."""
-    return min(piece, max(_MIN_PIECE, piece // _FIRST_PIECE_DIVISOR))
 
 
 class EpochStream:
@@ -681,21 +672,19 @@ class StreamReader:
             if not self.stream.shuffle:  # lanes split units (a shuffled block holds whole units)
                 self.reader.windows = {self.stream.units[k]: w for k, w in _lane_windows(self.stream, spans).items()}
         piece = self.stream.piece if gather else None
-        head = None if piece is None else first_piece(piece)
         for lo, hi in spans:
             if not self.stream.shuffle:
                 yield from self._pieces_joined(list(self.stream.pieces(lo, hi)))
                 continue
-            grid = lo if head is None else lo + head - piece  # the lane's first piece is `head` long
-            while lo < hi:  # pieces of at most `piece` positions, on that grid
+            first = lo
+            while lo < hi:  # pieces of at most `piece` positions, on a grid from the span's start
                 b = self.stream.block_of(lo)
                 start = int(self.stream.blocks[b])
                 end = min(hi, int(self.stream.blocks[b + 1]))
-                end = end if piece is None else min(end, grid + ((lo - grid) // piece + 1) * piece)
+                end = end if piece is None else min(end, first + ((lo - first) // piece + 1) * piece)
                 part = self._block(b).slice(lo - start, end - start)
                 yield part.gathered() if gather else part
                 lo = end
-            head = None
 
     def _join_lanes(self, spans) -> None:
         """Thread lanes (not torch's worker processes, which share no memory): find this lane

@@ -575,18 +575,3 @@ def test_a_shared_block_is_ordered_once_and_read_by_every_thread(small_pq, monke
     assert len(calls) == stats["shuffle_blocks"] == 2  # both blocks shared by two of the lanes
     assert sorted(calls) == sorted(set(calls))  # each block's order once
     assert ids == epoch(3, "process")[0]  # processes read their blocks alone: the same epoch
-
-
-def test_a_lanes_first_shuffled_piece_is_short_and_the_positions_unchanged(small_pq):
-    """The first piece a lane gathers is `first_piece(piece)` long (the consumer waits for it
-    with nothing else to do); the positions are the same as with full pieces."""
-    from sparkfeed.stream import first_piece
-
-    assert first_piece(65_536) == 4096 and first_piece(4096) == 256 and first_piece(256) == 256
-    assert first_piece(64) == 64
-    reader = _stream_reader(small_pq, 600)
-    reader.stream.piece = 4096
-    segments = list(reader.segments([(10, 590)]))
-    assert [s.positions for s in segments] == [256, 580 - 256]
-    full = [i for seg in _stream_reader(small_pq, 600).segments([(0, 600)]) for i in seg.columns["id"].tolist()]
-    assert [i for s in segments for i in s.columns["id"].tolist()] == full[10:590]
