@@ -13,7 +13,8 @@
 #            with the same --workers (DALI "mixed" decoding for sparkfeed and DALI's own reader);
 #         3. the decode scenario at 224 px from 500x375 JPEGs;
 #         4. ResNet-50 (bf16 autocast, batch 256) fed by sparkfeed: the share of step time spent
-#            waiting for data (`python -m sparkfeed.bench.model_step`).
+#            waiting for data (`python -m sparkfeed.bench.model_step`), without and with
+#            `--persistent-workers` (each next epoch read ahead).
 #       Logs and results.{json,md} go to --out; a summary is printed last. The bench data are
 #       written with pyarrow and indexed (no Spark there) under --out/cache.
 set -uo pipefail
@@ -32,7 +33,7 @@ while [ $# -gt 0 ]; do
     --out) out="$2"; shift 2 ;;
     --workers) workers="$2"; shift 2 ;;
     --quick) quick=1; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -100,14 +101,16 @@ EOF
   local data
   data="$("$py" -c "from sparkfeed.bench import datasets as d; print(d.build('$cache', 1000, $big, d.image_shape(375, False), $workers, tabular=False).images)" 2>>"$out/model_step.log")"
   step model_step "$py" -m sparkfeed.bench.model_step "$data" --steps "$steps" --workers "$workers"
+  step model_step_persistent "$py" -m sparkfeed.bench.model_step "$data" --steps "$steps" --workers "$workers" \
+    --persistent-workers
   echo; echo "== summary ($out)"; cat "$out/summary.txt"
   for r in bench-128 bench-224; do [ -f "$out/$r/results.md" ] && { echo "-- $r"; cat "$out/$r/results.md"; }; done
-  grep '^{' "$out/model_step.log" | tail -n 1
+  grep -h '^{' "$out/model_step.log" "$out/model_step_persistent.log" | tail -n 2
 }
 
 case "$cmd" in
   fetch) fetch ;;
   run) run ;;
-  -h|--help) sed -n '2,18p' "$0" ;;
-  *) sed -n '2,18p' "$0"; exit 2 ;;
+  -h|--help) sed -n '2,19p' "$0" ;;
+  *) sed -n '2,19p' "$0"; exit 2 ;;
 esac

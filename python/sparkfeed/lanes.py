@@ -171,6 +171,10 @@ class LaneReader:
                 item.reraise()
             yield item
 
+    def done_reading(self) -> bool:
+        """Every lane read to its end (or failed): its threads are gone, their items queued."""
+        return not any(t.is_alive() for t in self._threads)
+
     def close(self) -> None:
         """Stop every thread (the shutdown order of `threads.py`); idempotent."""
         if self._closed:

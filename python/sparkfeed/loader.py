@@ -14,7 +14,8 @@ import copy
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.utils.data
@@ -57,8 +58,9 @@ class DataLoader:
     Both give the same batches in the same order.
 
     torch's own arguments are taken so that replacing `torch.utils.data.DataLoader` is one line:
-    `persistent_workers` (workers start each epoch: threads in milliseconds) and `in_order`
-    (batches always come in order, which `in_order=False` allows) change no batch;
+    `persistent_workers=True` (thread workers start each epoch in milliseconds; instead, once an
+    epoch's last data is read, the next epoch's reading starts, `_read_next_epoch`) and
+    `in_order` (batches always come in order, which `in_order=False` allows) change no batch;
     `sampler`, `batch_sampler`, `generator`, `worker_init_fn` and `pin_memory_device` are
     refused with what does their job here (`checks.torch_only`).
     """
@@ -106,6 +108,9 @@ class DataLoader:
         self._stats = Stats()
         self._progress: progress.EpochProgress | None = None  # the epoch being (or last) delivered
         self._pending: list | None = None  # lanes to start the next iteration with (a resume)
+        self.persistent_workers = persistent_workers
+        self._epoch_set = False  # set_epoch() called since the last iteration began
+        self._next: _NextEpoch | None = None  # the next epoch, read ahead (persistent_workers)
 
     @staticmethod
     def _dataset(path_or_dataset, **kwargs) -> Dataset:
@@ -135,7 +140,7 @@ class DataLoader:
     def set_epoch(self, epoch: int) -> None:
         """Start epoch `epoch` at the next iteration (same value on every rank)."""
         self.dataset.set_epoch(epoch)
-        self._progress, self._pending = None, None
+        self._progress, self._pending, self._epoch_set = None, None, True
 
     def _fresh_lanes(self) -> list:
         ds = self.dataset
@@ -181,6 +186,7 @@ class DataLoader:
             num_samples=ds.plan().num_samples, data=self._engine.data_digest)
         ds.set_epoch(epoch)
         self._progress, self._pending = None, lanes
+        self._drop_next()  # its reads start the epoch from its beginning, not from this state
 
     def stats(self) -> dict:
         """Counters summed over workers: samples, bytes read, pruning, filtering, skips, wait time."""
@@ -194,9 +200,15 @@ class DataLoader:
     # ------------------------------------------------------------ iteration
 
     def __iter__(self):
-        lanes, self._pending = self._pending or self._fresh_lanes(), None
+        pending, self._pending = self._pending, None
+        explicit, self._epoch_set = self._epoch_set, False
+        epoch = self.dataset.epoch
+        ahead = self._take_next(None if pending else epoch)
+        lanes = ahead.lanes if ahead is not None else pending or self._fresh_lanes()
         self._progress = progress.EpochProgress(lanes, self.batch_size)
-        source = self._deliveries(lanes)
+        source, reader = (ahead.deliveries, ahead.reader) if ahead is not None else self._deliveries(lanes, epoch)
+        # the epoch read ahead once this one is read: the next with set_epoch, else this one again
+        then = (epoch + 1 if explicit else epoch) if self.persistent_workers and reader is not None else None
         if self._staged():
             stage = Lookahead(self._decode_start, self._decode_finish, self._decode_cancel) \
                 if self.decode and self._decode_ahead else self._stage
@@ -204,7 +216,7 @@ class DataLoader:
                                 device=self.device, stage=stage, stats=self._stats)
         else:
             source = _waited(source, self._stage, self._stats)
-        return self._deliver(self._progress, source)
+        return self._deliver(self._progress, source, reader, then)
 
     def _staged(self) -> bool:
         """Whether batches need work on a prefetch thread (decoding, pinning on CUDA, a device
@@ -221,11 +233,12 @@ class DataLoader:
             return self.num_workers == 0 or self._engine.reads_in_c
         return self.worker_type == "thread"
 
-    def _deliveries(self, lanes: list):
-        """The lanes' deliveries in torch's worker order: inline, on threads, or from processes."""
-        engine, epoch, size, row_ids = self._engine, self.dataset.epoch, self.batch_size, bool(self.decode)
+    def _deliveries(self, lanes: list, epoch: int) -> tuple[Iterator, LaneReader | None]:
+        """The lanes' deliveries in torch's worker order: inline, on threads, or from processes;
+        with the threads' `LaneReader` (None for the others)."""
+        engine, size, row_ids = self._engine, self.batch_size, bool(self.decode)
         if self.num_workers == 0 and self.prefetch == 0:
-            return engine.deliveries(epoch, lanes[0], 0, size, row_ids=row_ids)  # on the caller's thread
+            return engine.deliveries(epoch, lanes[0], 0, size, row_ids=row_ids), None  # on the caller's thread
         if self._threads():
             stats = [Stats() for _ in lanes]
             depth = self.prefetch_factor or max(2, self.prefetch if self.num_workers == 0 else 2)
@@ -233,7 +246,7 @@ class DataLoader:
                                  for k, spans in enumerate(lanes)], depth=depth)
             return round_robin([engine.deliveries(epoch, spans, k, size, segments=reader.lane(k),
                                                   stats=stats[k]) for k, spans in enumerate(lanes)],
-                               on_close=reader.close)
+                               on_close=reader.close), reader
         loader = torch.utils.data.DataLoader(
             LaneDataset(engine, epoch, lanes, size, row_ids), batch_size=None,
             num_workers=self.num_workers, timeout=self.timeout,
@@ -241,18 +254,54 @@ class DataLoader:
             prefetch_factor=self.prefetch_factor)
         with forks.frozen_while_forking():  # the workers start (fork) here
             workers = iter(loader)
-        return _named_worker_errors(workers, self.dataset.rank)
+        return _named_worker_errors(workers, self.dataset.rank), None
 
-    def _deliver(self, epoch_progress: progress.EpochProgress, deliveries):
+    def _deliver(self, epoch_progress: progress.EpochProgress, deliveries, reader: LaneReader | None = None,
+                 then: int | None = None):
         """The user's batches; each delivery's positions and counters are recorded as it is handed
-        over (counted when delivered, not when read ahead)."""
+        over (counted when delivered, not when read ahead). With `then`, epoch `then` starts
+        reading as soon as `reader` has read this one to its end (at the latest, once the last
+        batch is delivered: its reading threads may end just after)."""
         try:
             for d in deliveries:
                 epoch_progress.record(d.worker, d.consumed)
                 self._stats.merge(d.stats)
+                if then is not None and reader.done_reading():
+                    self._read_next_epoch(then)
+                    then = None
                 yield d.batch
+            if then is not None:
+                self._read_next_epoch(then)
         finally:
             close_quietly(deliveries)
+
+    # ------------------------------------------------------------ the next epoch, read ahead
+
+    def _read_next_epoch(self, epoch: int) -> None:
+        """Start reading epoch `epoch` from its beginning (threads; `persistent_workers=True`),
+        for the next iteration to take if it is that epoch (`_take_next`)."""
+        if self._next is None:
+            lanes = self._fresh_lanes()
+            self._next = _NextEpoch(epoch, lanes, *self._deliveries(lanes, epoch))
+            log.debug("epoch %d: reading ahead", epoch)
+
+    def _take_next(self, epoch: int | None) -> "_NextEpoch | None":
+        """The epoch read ahead, if it is `epoch` from its beginning (None: a resume); else it is
+        dropped (its reads were for nothing and are not counted)."""
+        ahead, self._next = self._next, None
+        if ahead is not None and epoch == ahead.epoch and ahead.lanes == self._fresh_lanes():
+            self._stats.add("epochs_read_ahead")
+            return ahead
+        self._next = ahead
+        self._drop_next()
+        return None
+
+    def _drop_next(self) -> None:
+        """Stop reading the epoch read ahead, counted in `epochs_read_ahead_dropped`."""
+        if self._next is not None:
+            self._next, ahead = None, self._next
+            ahead.close()
+            self._stats.add("epochs_read_ahead_dropped")
 
     def _stage(self, d: Delivery) -> Delivery:
         """Per-batch work (on the prefetch thread when there is one): unpacking, decoding, the
@@ -344,6 +393,20 @@ class DataLoader:
                                  "batch; on_error='skip' drops and counts them)",
                                  dataset=dataset, shard=unit.path,
                                  row_group=unit.row_group, key=str(name))
+
+
+class _NextEpoch(NamedTuple):
+    """An epoch whose reading started before its iteration (`DataLoader._read_next_epoch`)."""
+
+    epoch: int
+    lanes: list
+    deliveries: Iterator
+    reader: LaneReader
+
+    def close(self) -> None:
+        """Stop its reading threads (its deliveries never started, so closing them would not)."""
+        self.reader.close()
+        close_quietly(self.deliveries)
 
 
 def _waited(source, stage: Callable[[Delivery], Delivery], stats: Stats):

@@ -669,3 +669,84 @@ def test_a_null_inside_a_ragged_list_is_an_error_naming_the_shard(tmp_path):
     sparkfeed.index(str(root), progress=False)
     with pytest.raises(ShardReadError, match=r"'a.parquet', row group 0: column 'tokens' holds null values inside"):
         ids_of(sparkfeed.DataLoader(str(root), batch_size=2, ragged="tokens"))
+
+
+# ---------------------------------------------------------------- persistent_workers: the next epoch read ahead
+def _batches_by_epoch(loader, epochs, set_epoch=True):
+    out = []
+    for e in epochs:
+        if set_epoch:
+            loader.set_epoch(e)
+        out.append([b["id"].tolist() for b in loader])
+    return out
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_persistent_workers_read_the_next_epoch_ahead_and_deliver_the_same_batches(pq_path, shuffle):
+    """With `persistent_workers=True` (thread lanes) the next epoch (`set_epoch` + 1) starts
+    reading once this one is read; its iteration takes those reads: the same batches, and each
+    epoch's bytes read once, as without."""
+    kw = dict(batch_size=64, num_workers=2, shuffle=shuffle, seed=5)
+    plain = sparkfeed.DataLoader(pq_path, **kw)
+    ahead = sparkfeed.DataLoader(pq_path, persistent_workers=True, **kw)
+    assert _batches_by_epoch(ahead, range(3)) == _batches_by_epoch(plain, range(3))
+    stats, plain_stats = ahead.stats(), plain.stats()
+    assert stats["epochs_read_ahead"] == 2 and stats.get("epochs_read_ahead_dropped", 0) == 0
+    assert stats["samples"] == plain_stats["samples"] == 3 * N_PQ
+    assert stats["bytes_read"] == plain_stats["bytes_read"]  # the fourth epoch, read ahead, not delivered
+    assert "epochs_read_ahead" not in plain_stats
+
+
+def test_without_set_epoch_the_same_epoch_is_read_ahead(pq_path):
+    """No `set_epoch` between iterations: each one is the same epoch again, and that is what is
+    read ahead."""
+    loader = sparkfeed.DataLoader(pq_path, batch_size=64, num_workers=2, shuffle=True, persistent_workers=True)
+    first, second, third = _batches_by_epoch(loader, range(3), set_epoch=False)
+    assert first == second == third and sorted(i for b in first for i in b) == list(range(N_PQ))
+    assert loader.stats()["epochs_read_ahead"] == 2
+
+
+def test_an_epoch_read_ahead_but_not_asked_for_is_dropped(pq_path):
+    """A guess that misses (another epoch set, or a state loaded) drops the reads made ahead:
+    the epoch asked for is read from storage, exactly as a new loader reads it."""
+    kw = dict(batch_size=64, num_workers=2, shuffle=True, seed=3)
+    loader = sparkfeed.DataLoader(pq_path, persistent_workers=True, **kw)
+    loader.set_epoch(0)
+    ids_of(loader)  # epoch 1 is read ahead
+    loader.set_epoch(7)
+    assert _batches_by_epoch(loader, [7], set_epoch=False) == _batches_by_epoch(sparkfeed.DataLoader(pq_path, **kw), [7])
+    assert loader.stats()["epochs_read_ahead_dropped"] == 1 and loader.stats().get("epochs_read_ahead", 0) == 0
+    # a state saved mid-epoch and loaded: the rest of that epoch once, not the epoch read ahead
+    loader.set_epoch(8)
+    it = iter(loader)
+    head = [i for _, b in zip(range(5), it) for i in b["id"].tolist()]
+    state = loader.state_dict()
+    it.close()
+    loader.load_state_dict(state)
+    rest = ids_of(loader)
+    assert sorted(head + rest) == list(range(N_PQ))
+
+
+def test_process_workers_read_no_epoch_ahead(pq_path):
+    """Worker processes (as for tars without an index) start with each iteration, as in torch
+    with `persistent_workers=False`: nothing is read ahead, and the batches are the threads'."""
+    kw = dict(batch_size=64, num_workers=2, shuffle=True, persistent_workers=True)
+    procs = sparkfeed.DataLoader(pq_path, worker_type="process", **kw)
+    assert _batches_by_epoch(procs, range(2)) == _batches_by_epoch(sparkfeed.DataLoader(pq_path, **kw), range(2))
+    assert "epochs_read_ahead" not in procs.stats()
+
+
+def test_an_epoch_read_ahead_stops_reading_when_the_loader_goes(pq_path):
+    """The threads reading an epoch ahead end when the loader is garbage collected."""
+    import gc
+    import time
+
+    loader = sparkfeed.DataLoader(pq_path, batch_size=64, num_workers=2, persistent_workers=True)
+    ids_of(loader)
+    assert any(t.name.startswith("sparkfeed-lane") for t in threading.enumerate())  # reading ahead
+    del loader
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while any(t.name.startswith("sparkfeed-lane") and t.is_alive() for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "reading threads outlived their loader"
+        time.sleep(0.05)

@@ -451,3 +451,29 @@ def test_model_step_keeps_the_waits_of_epoch_starts_apart(tmp_path):
     assert split["epoch_starts"] == 1 and split["epoch_start_wait_s"] == 0.2
     assert split["wait_fraction"] == 0.25 and split["max_wait_s"] == 0.4
     assert split["wait_fraction_within_epochs"] == round(0.8 / 3, 4)
+
+
+def test_the_model_steps_loader_reads_each_next_epoch_ahead_when_asked(tmp_path, capsys):
+    """`bench.model_step --persistent-workers` and `bench.feed --epoch-starts` use
+    `persistent_workers=True`: the batches are those of a loader without it, epoch after epoch,
+    and the later epochs were read ahead."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import sparkfeed
+    from sparkfeed.bench.feed import main
+    from sparkfeed.bench.model_step import _batches
+
+    (tmp_path / "ds").mkdir()
+    pq.write_table(pa.table({"id": np.arange(40)}), tmp_path / "ds" / "a.parquet", row_group_size=8)
+    path = str(tmp_path / "ds")
+    runs = {}
+    for persistent in (False, True):
+        loader = sparkfeed.DataLoader(path, batch_size=4, shuffle=True, num_workers=2, persistent_workers=persistent)
+        runs[persistent] = ([b["id"].tolist() for b in _batches(loader, 25, [])], loader.stats())
+    assert runs[True][0] == runs[False][0]
+    assert runs[True][1]["epochs_read_ahead"] == 2 and "epochs_read_ahead" not in runs[False][1]
+    assert main(["--epoch-starts", path]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["persistent_workers=False", "persistent_workers=True"]

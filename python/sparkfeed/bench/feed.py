@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -436,6 +437,39 @@ def ahead_benchmark(path: str, size: int, train: bool = False, rounds: int = 8, 
     return out
 
 
+def epoch_starts_benchmark(path: str, step_s: float = 0.002, epochs: int = 6, shuffle: bool = True,
+                           workers: int = 2, batch_size: int = 256, decode_size: int | None = None) -> dict:
+    """The wait for each epoch's first batch with and without `persistent_workers=True` (the
+    next epoch read ahead once this one is read), under a training step of `step_s` per batch
+    (a sleep), `set_epoch` before each epoch, loaders alternated epoch by epoch. Per mode: the
+    median first-batch wait over the epochs after the first, and the median epoch time.
+    `decode_size`: decode the `image` column on the CPU (DALI) at that size, else bytes."""
+    import statistics
+
+    from ..dataset import Dataset
+    from ..decode import ImageDecode
+    from ..loader import DataLoader
+
+    decode = {"image": ImageDecode(size=decode_size, device="cpu")} if decode_size else None
+    columns = ["image", "label"] if "image" in Dataset(path).columns else None
+    loaders = {mode: DataLoader(path, batch_size=batch_size, columns=columns, num_workers=workers, shuffle=shuffle,
+                                decode=decode, persistent_workers=mode == "persistent_workers=True")
+               for mode in ("persistent_workers=False", "persistent_workers=True")}
+    runs: dict[str, list[tuple[float, float]]] = {mode: [] for mode in loaders}
+    for epoch in range(epochs + 1):  # epoch 0: nothing was read ahead of it
+        for mode, loader in loaders.items():
+            loader.set_epoch(epoch)
+            start = time.perf_counter()
+            first = None
+            for _batch in loader:
+                first = time.perf_counter() - start if first is None else first
+                time.sleep(step_s)
+            if epoch:
+                runs[mode].append((first, time.perf_counter() - start))
+    return {mode: {"first_batch_ms": round(statistics.median(f for f, _ in v) * 1e3, 2),
+                   "epoch_s": round(statistics.median(e for _, e in v), 4)} for mode, v in runs.items()}
+
+
 def main(argv=None) -> int:
     """`python -m sparkfeed.bench.feed --decode | --prefetch | --h2d | ...`: print micro-benchmarks."""
     import argparse
@@ -454,9 +488,18 @@ def main(argv=None) -> int:
     parser.add_argument("--ahead", metavar="DATASET", help="the loader's decode one batch ahead vs one at a "
                         "time, epochs alternated (the decode and train scenarios' specs)")
     parser.add_argument("--rounds", type=int, default=8, help="epochs per mode for --ahead (default 8)")
+    parser.add_argument("--epoch-starts", metavar="DATASET", help="the wait for each epoch's first batch "
+                        "with and without persistent_workers=True (the next epoch read ahead), a 2 ms "
+                        "step per batch, shuffled; with --size, the image column decoded on the CPU")
     args = parser.parse_args(argv)
-    if not (args.decode or args.prefetch or args.h2d or args.stages or args.roi or args.ahead):
-        parser.error("choose --decode, --prefetch, --h2d, --stages DATASET, --roi DATASET and/or --ahead DATASET")
+    if not (args.decode or args.prefetch or args.h2d or args.stages or args.roi or args.ahead or args.epoch_starts):
+        parser.error("choose --decode, --prefetch, --h2d, --stages DATASET, --roi DATASET, --ahead DATASET "
+                     "and/or --epoch-starts DATASET")
+    if args.epoch_starts:
+        sized = any(a == "--size" or a.startswith("--size=") for a in (argv if argv is not None else sys.argv))
+        for mode, r in epoch_starts_benchmark(args.epoch_starts, decode_size=args.size if sized else None).items():
+            print(f"{mode}: first batch {r['first_batch_ms']:.2f} ms, epoch {r['epoch_s']:.3f} s "
+                  "(medians of the epochs after the first)")
     if args.h2d and not torch.cuda.is_available():
         parser.error("--h2d needs CUDA (torch.cuda.is_available() is False)")
     if args.ahead:

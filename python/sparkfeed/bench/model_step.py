@@ -45,14 +45,14 @@ def _step(model, opt, images: torch.Tensor, labels: torch.Tensor) -> None:
     torch.cuda.synchronize()
 
 
-def _loader(path: str, batch: int, size: int, workers: int):
+def _loader(path: str, batch: int, size: int, workers: int, persistent_workers: bool = False):
     import sparkfeed
 
     spec = sparkfeed.ImageDecode(size=size, crop="random_resized", mirror=True, mean=MEAN, std=STD,
                                  device="gpu")
     return sparkfeed.DataLoader(path, batch_size=batch, columns=["image", "label"], shuffle=True,
                                 drop_last=True, num_workers=workers, device="cuda",
-                                decode={"image": spec})
+                                decode={"image": spec}, persistent_workers=persistent_workers)
 
 
 def _batches(loader, steps: int, starts: list[int]):
@@ -85,8 +85,10 @@ def split_waits(waits: list[float], walls: list[float], starts: list[int], warmu
 
 
 def measure(path: str, steps: int = 60, warmup: int = 10, batch: int = 256, size: int = 224,
-            workers: int = 8, model_name: str = "resnet50", classes: int = 1000) -> dict:
-    """The loader-fed and the synthetic runs of `steps` steps each; seconds and fractions."""
+            workers: int = 8, model_name: str = "resnet50", classes: int = 1000,
+            persistent_workers: bool = False) -> dict:
+    """The loader-fed and the synthetic runs of `steps` steps each; seconds and fractions.
+    `persistent_workers`: the loader reads each next epoch ahead (the restart's wait hidden)."""
     if not torch.cuda.is_available():
         raise RuntimeError("bench.model_step needs CUDA (torch.cuda.is_available() is False)")
     torch.backends.cudnn.benchmark = True
@@ -101,7 +103,7 @@ def measure(path: str, steps: int = 60, warmup: int = 10, batch: int = 256, size
     synthetic_s = (time.perf_counter() - start) / steps
 
     waits, walls, starts = [], [], []
-    loader = _loader(path, batch, size, workers)
+    loader = _loader(path, batch, size, workers, persistent_workers)
     it = _batches(loader, steps + warmup, starts)
     last = time.perf_counter()
     for batch_ in _wait_timed(it, waits):
@@ -111,7 +113,8 @@ def measure(path: str, steps: int = 60, warmup: int = 10, batch: int = 256, size
         last = now
     waits, walls = waits[warmup:], walls[warmup:]
     step_s = sum(walls) / len(walls)
-    return {"model": model_name, "batch": batch, "size": size, "workers": workers, "steps": len(walls),
+    return {"model": model_name, "batch": batch, "size": size, "workers": workers,
+            "persistent_workers": persistent_workers, "steps": len(walls),
             "gpu": torch.cuda.get_device_name(), "synthetic_step_s": round(synthetic_s, 4),
             "loader_step_s": round(step_s, 4), **split_waits(waits, walls, starts, warmup),
             "loader_images_per_s": round(batch / step_s, 1),
@@ -141,10 +144,12 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=224, help="crop side (default 224)")
     ap.add_argument("--workers", type=int, default=8, help="loader worker processes (default 8)")
     ap.add_argument("--model", default="resnet50", help="a torchvision.models name (default resnet50)")
+    ap.add_argument("--persistent-workers", action="store_true", help="DataLoader(persistent_workers=True): "
+                    "each next epoch is read ahead, so its first batch does not wait for the restart")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     print(json.dumps(measure(args.dataset, args.steps, args.warmup, args.batch_size, args.size,
-                             args.workers, args.model)))
+                             args.workers, args.model, persistent_workers=args.persistent_workers)))
     return 0
 
 
