@@ -129,7 +129,9 @@ def make_loader(path, args, device: torch.device, train: bool) -> "sparkfeed.Dat
                                 columns=["image", "label"] + (["key"] if train and args.record_keys else []),
                                 decode={"image": decode},
                                 num_workers=args.workers, pin_memory=device.type == "cuda",
-                                device=device, drop_last=train)
+                                device=device, drop_last=train,
+                                # the training loader reads each next epoch while this one ends
+                                persistent_workers=train and args.workers > 0)
 
 
 def save(path: str, model, opt, loader, step: int, rank: int) -> None:
