@@ -288,11 +288,11 @@ class DataLoader:
     def _take_next(self, epoch: int | None) -> "_NextEpoch | None":
         """The epoch read ahead, if it is `epoch` from its beginning (None: a resume); else it is
         dropped (its reads were for nothing and are not counted)."""
-        ahead, self._next = self._next, None
+        ahead = self._next
         if ahead is not None and epoch == ahead.epoch and ahead.lanes == self._fresh_lanes():
+            self._next = None
             self._stats.add("epochs_read_ahead")
             return ahead
-        self._next = ahead
         self._drop_next()
         return None
 
