@@ -334,10 +334,9 @@ class BlockColumns:
 
     def block(self, parts: list[list[Block]]) -> Block:
         """The block from every run's pieces (as `place` returned them)."""
-        pieces = [piece for run in parts for piece in run]
         if self.buffers is None or len(self.placed) < len(parts):
             return Block.concat(self._restored(parts), views=True)
-        rest = Block.concat(pieces, views=True).columns
+        rest = Block.concat([piece for run in parts for piece in run], views=True).columns
         columns = {k: self.buffers[k] if k in self.buffers else rest[k] for k in self.names}
         return Block(columns, int(self.offsets[-1]))
 

@@ -106,3 +106,30 @@ def test_a_unit_larger_than_a_shuffle_block_is_read_by_each_lane_not_held(one_gr
     batches, stats = _epoch(one_group, 2, shuffle_buffer=500)
     assert batches == _epoch(one_group, 2, "process")[0]
     assert stats["bytes_read"] > 1.9 * alone_stats["bytes_read"]
+
+
+def test_a_corrupt_shard_with_the_next_epoch_read_ahead_is_skipped_or_named_each_epoch(tmp_path):
+    """`persistent_workers=True` reads each next epoch ahead: its skips are counted when its
+    batches are delivered, as without; with on_error="raise" every epoch raises naming the shard
+    (an epoch that fails is not read ahead), and nothing hangs."""
+    root = str(tmp_path / "ds")
+    dsutil.write_parquet(root, dsutil.table(1500, image_bytes=32), 500, 250)
+    _corrupt_first_shard(root)
+    runs = {}
+    for persistent in (False, True):
+        loader = sparkfeed.DataLoader(root, batch_size=64, num_workers=2, shuffle=True, on_error="skip",
+                                      persistent_workers=persistent)
+        epochs = []
+        for epoch in range(3):
+            loader.set_epoch(epoch)
+            epochs.append([i for b in loader for i in b["id"].tolist()])
+        runs[persistent] = (epochs, loader.stats())
+    assert runs[True][0] == runs[False][0]
+    assert runs[True][1]["samples_skipped"] == runs[False][1]["samples_skipped"] > 0
+    assert runs[True][1]["epochs_read_ahead"] == 2
+    loader = sparkfeed.DataLoader(root, batch_size=64, num_workers=2, shuffle=True, persistent_workers=True)
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        with pytest.raises(ShardReadError, match=r"part-00000\.parquet.*row group"):
+            list(loader)
+    assert "epochs_read_ahead" not in loader.stats()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import os
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -484,7 +483,8 @@ def main(argv=None) -> int:
                         "a dataset with an `image` column (e.g. one `sparkfeed bench` built)")
     parser.add_argument("--roi", metavar="DATASET", help="DALI CPU us per image: whole decode + crop vs "
                         "window decode (fn.decoders.image_crop), crops of 128 and 112")
-    parser.add_argument("--size", type=int, default=128, help="output side for --stages, stored side for --ahead (default 128)")
+    parser.add_argument("--size", type=int, default=None, help="output side for --stages, stored side for "
+                        "--ahead (default 128); with --epoch-starts, decode at this side")
     parser.add_argument("--ahead", metavar="DATASET", help="the loader's decode one batch ahead vs one at a "
                         "time, epochs alternated (the decode and train scenarios' specs)")
     parser.add_argument("--rounds", type=int, default=8, help="epochs per mode for --ahead (default 8)")
@@ -492,19 +492,19 @@ def main(argv=None) -> int:
                         "with and without persistent_workers=True (the next epoch read ahead), a 2 ms "
                         "step per batch, shuffled; with --size, the image column decoded on the CPU")
     args = parser.parse_args(argv)
+    size = args.size or 128
     if not (args.decode or args.prefetch or args.h2d or args.stages or args.roi or args.ahead or args.epoch_starts):
         parser.error("choose --decode, --prefetch, --h2d, --stages DATASET, --roi DATASET, --ahead DATASET "
                      "and/or --epoch-starts DATASET")
     if args.epoch_starts:
-        sized = any(a == "--size" or a.startswith("--size=") for a in (argv if argv is not None else sys.argv))
-        for mode, r in epoch_starts_benchmark(args.epoch_starts, decode_size=args.size if sized else None).items():
+        for mode, r in epoch_starts_benchmark(args.epoch_starts, decode_size=args.size).items():
             print(f"{mode}: first batch {r['first_batch_ms']:.2f} ms, epoch {r['epoch_s']:.3f} s "
                   "(medians of the epochs after the first)")
     if args.h2d and not torch.cuda.is_available():
         parser.error("--h2d needs CUDA (torch.cuda.is_available() is False)")
     if args.ahead:
         for train in (False, True):
-            r = ahead_benchmark(args.ahead, args.size, train=train, rounds=args.rounds)
+            r = ahead_benchmark(args.ahead, size, train=train, rounds=args.rounds)
             for mode in ("one at a time", "one batch ahead"):
                 print(f"{'train' if train else 'decode'} {mode:15s}: {r[mode]['images_per_s']:7.0f} images/s, "
                       f"{r[mode]['cpu_us']:6.1f} CPU us/image (medians of {args.rounds} epochs)")
@@ -513,8 +513,8 @@ def main(argv=None) -> int:
         for label, us in roi_benchmark(args.roi).items():
             print(f"crop {label}: {us:.1f} CPU us/img (best of 3, interleaved)")
     if args.stages:
-        r = decode_stages(args.stages, args.size)
-        print(f"{r['images']} images, batch 256, output {args.size} px, {os.cpu_count()} cores: "
+        r = decode_stages(args.stages, size)
+        print(f"{r['images']} images, batch 256, output {size} px, {os.cpu_count()} cores: "
               "CPU us per image (process time, DALI's threads included), best of 3 epochs\n")
         print("| " + " | ".join(STAGES) + " | total |\n|" + "---|" * (len(STAGES) + 1))
         print("| " + " | ".join(f"{r[s]:.1f}" for s in STAGES + ("total",)) + " |")
