@@ -65,7 +65,9 @@ class Delivery:
     `worker`: the lane it came from; `consumed`: how many of the lane's positions are delivered
     once this batch is; `stats`: the counters since the lane's previous delivery; `batch`: the
     columns (a `batching.Packed` between processes; after a `collate_fn`, any object); `keys`:
-    `(unit << 32) | row` per row when asked for (keyed augmentations, naming a bad sample).
+    `(unit << 32) | row` per row when asked for (keyed augmentations, naming a bad sample);
+    `epoch`: the epoch it belongs to (a prefetch thread may stage the next epoch's first batches
+    while the consumer finishes this one: their augmentations follow their own epoch).
     """
 
     worker: int
@@ -73,12 +75,13 @@ class Delivery:
     stats: dict
     batch: Any
     keys: torch.Tensor | None = None
+    epoch: int = 0
 
     def with_batch(self, batch: Any, stats: dict | None = None, keys: Any = ...) -> "Delivery":
         """The same delivery carrying `batch` (and new `stats`/`keys` where given). Built directly:
         `dataclasses.replace` cost ~4 us per batch on the consumer's thread."""
         return Delivery(self.worker, self.consumed, self.stats if stats is None else stats, batch,
-                        self.keys if keys is ... else keys)
+                        self.keys if keys is ... else keys, self.epoch)
 
 
 class Engine:
@@ -249,7 +252,8 @@ class Engine:
                     account(block, start, columns, delta)
                 if block.skipped:
                     delta["samples_skipped"] = delta.get("samples_skipped", 0) + block.skipped
-                yield Delivery(worker, consumed, delta, batching.pack(columns) if pack else columns, keys)
+                yield Delivery(worker, consumed, delta, batching.pack(columns) if pack else columns, keys,
+                               epoch)
         finally:
             close_quietly(segments)
 

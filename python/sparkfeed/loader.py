@@ -14,6 +14,7 @@ import copy
 import functools
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
@@ -27,7 +28,7 @@ from .dataset import Dataset
 from .engine import Delivery, LaneDataset
 from .errors import CorruptSampleError, WorkerError
 from .lanes import LaneReader, round_robin
-from .prefetch import Lookahead, Prefetcher
+from .prefetch import Lookahead, Marker, Prefetcher
 from .stats import Stats
 from .threads import close_quietly
 
@@ -59,7 +60,8 @@ class DataLoader:
 
     torch's own arguments are taken so that replacing `torch.utils.data.DataLoader` is one line:
     `persistent_workers=True` (thread workers start each epoch in milliseconds; instead, once an
-    epoch's last data is read, the next epoch's reading starts, `_read_next_epoch`) and
+    epoch's last data is read, the next epoch's reading starts, `_read_next_epoch`, and where a
+    prefetch thread stages batches it goes on into that epoch's first ones, `_epochs`) and
     `in_order` (batches always come in order, which `in_order=False` allows) change no batch;
     `sampler`, `batch_sampler`, `generator`, `worker_init_fn` and `pin_memory_device` are
     refused with what does their job here (`checks.torch_only`).
@@ -110,7 +112,7 @@ class DataLoader:
         self._pending: list | None = None  # lanes to start the next iteration with (a resume)
         self.persistent_workers = persistent_workers
         self._epoch_set = False  # set_epoch() called since the last iteration began
-        self._next: _NextEpoch | None = None  # the next epoch, read ahead (persistent_workers)
+        self._next: _Reading | None = None  # the next epoch, read ahead (persistent_workers)
 
     @staticmethod
     def _dataset(path_or_dataset, **kwargs) -> Dataset:
@@ -204,19 +206,29 @@ class DataLoader:
         explicit, self._epoch_set = self._epoch_set, False
         epoch = self.dataset.epoch
         ahead = self._take_next(None if pending else epoch)
-        lanes = ahead.lanes if ahead is not None else pending or self._fresh_lanes()
-        self._progress = progress.EpochProgress(lanes, self.batch_size)
-        source, reader = (ahead.deliveries, ahead.reader) if ahead is not None else self._deliveries(lanes, epoch)
+        if ahead is not None and ahead.staged:  # a prefetch thread already into this epoch
+            self._progress = progress.EpochProgress(ahead.lanes, self.batch_size)
+            return self._deliver(self._progress, ahead.deliveries)
+        reading = ahead or self._reading(epoch, pending)
+        self._progress = progress.EpochProgress(reading.lanes, self.batch_size)
         # the epoch read ahead once this one is read: the next with set_epoch, else this one again
-        then = (epoch + 1 if explicit else epoch) if self.persistent_workers and reader is not None else None
-        if self._staged():
-            stage = Lookahead(self._decode_start, self._decode_finish, self._decode_cancel) \
-                if self.decode and self._decode_ahead else self._stage
-            source = Prefetcher(source, depth=self.prefetch, pin_memory=self.pin_memory,
-                                device=self.device, stage=stage, stats=self._stats)
-        else:
-            source = _waited(source, self._stage, self._stats)
-        return self._deliver(self._progress, source, reader, then)
+        step = 1 if explicit else 0
+        then = epoch + step if self.persistent_workers and reading.reader is not None else None
+        if not self._staged():
+            source = _waited(reading.deliveries, self._stage, self._stats)
+            return self._deliver(self._progress, source, reading.reader, then)
+        source = reading.deliveries
+        if then is not None and self.prefetch > 0:  # the prefetch thread reads on into the next epochs
+            source, then = _epochs(reading, weakref.WeakMethod(self._reading), step), None
+        return self._deliver(self._progress, self._prefetcher(source), reading.reader, then)
+
+    def _prefetcher(self, source) -> Prefetcher:
+        """The prefetch thread over `source`: decoding (one batch ahead), the collate, pinning, the
+        device copy. It calls the loader weakly, so one kept for the next epoch lets it go."""
+        stage = Lookahead(_weakly(self._decode_start), _weakly(self._decode_finish), _weakly(self._decode_cancel)) \
+            if self.decode and self._decode_ahead else _weakly(self._stage)
+        return Prefetcher(source, depth=self.prefetch, pin_memory=self.pin_memory,
+                          device=self.device, stage=stage, stats=self._stats)
 
     def _staged(self) -> bool:
         """Whether batches need work on a prefetch thread (decoding, pinning on CUDA, a device
@@ -261,9 +273,14 @@ class DataLoader:
         """The user's batches; each delivery's positions and counters are recorded as it is handed
         over (counted when delivered, not when read ahead). With `then`, epoch `then` starts
         reading as soon as `reader` has read this one to its end (at the latest, once the last
-        batch is delivered: its reading threads may end just after)."""
+        batch is delivered: its reading threads may end just after). An `_EpochEnd` (a prefetch
+        thread gone on into the next epoch) ends the epoch and keeps that thread for it."""
         try:
             for d in deliveries:
+                if isinstance(d, _EpochEnd):
+                    self._next = _Reading(d.epoch, d.lanes, deliveries, None, staged=True)
+                    deliveries = None  # kept for the next iteration, not closed
+                    return
                 epoch_progress.record(d.worker, d.consumed)
                 self._stats.merge(d.stats)
                 if then is not None and reader.done_reading():
@@ -277,15 +294,19 @@ class DataLoader:
 
     # ------------------------------------------------------------ the next epoch, read ahead
 
+    def _reading(self, epoch: int, lanes: list | None = None) -> "_Reading":
+        """Epoch `epoch` starting to read: from its beginning, or `lanes` (a resume)."""
+        lanes = lanes or self._fresh_lanes()
+        return _Reading(epoch, lanes, *self._deliveries(lanes, epoch))
+
     def _read_next_epoch(self, epoch: int) -> None:
         """Start reading epoch `epoch` from its beginning (threads; `persistent_workers=True`),
         for the next iteration to take if it is that epoch (`_take_next`)."""
         if self._next is None:
-            lanes = self._fresh_lanes()
-            self._next = _NextEpoch(epoch, lanes, *self._deliveries(lanes, epoch))
+            self._next = self._reading(epoch)
             log.debug("epoch %d: reading ahead", epoch)
 
-    def _take_next(self, epoch: int | None) -> "_NextEpoch | None":
+    def _take_next(self, epoch: int | None) -> "_Reading | None":
         """The epoch read ahead, if it is `epoch` from its beginning (None: a resume); else it is
         dropped (its reads were for nothing and are not counted)."""
         ahead = self._next
@@ -314,7 +335,7 @@ class DataLoader:
         batch, jobs = unpack(d.batch), {}
         try:
             for name in self.decode or ():
-                jobs[name] = self._decoder(name).submit(batch[name], keys=d.keys)
+                jobs[name] = self._decoder(name, d.epoch).submit(batch[name], keys=d.keys)
         except BaseException:
             self._decode_cancel((d, batch, jobs))
             raise
@@ -337,7 +358,8 @@ class DataLoader:
         for name, job in started[2].items():
             self._decoder(name).cancel(job)
 
-    def _decoder(self, name: str):
+    def _decoder(self, name: str, epoch: int | None = None):
+        """Column `name`'s decoder, made once; with `epoch`, drawing that epoch's augmentations."""
         if name not in self._decoders:
             spec = self.decode[name]
             if isinstance(spec, NpyDecode):
@@ -347,10 +369,10 @@ class DataLoader:
 
                 decoder = ImageDecoder(spec, max_batch_size=self.batch_size, seed=self.dataset.seed)
             self._decoders[name] = [decoder, None]
-        entry, epoch = self._decoders[name], (self.dataset.epoch, self.dataset.rank)
-        if entry[1] != epoch:  # once per epoch: it restarts the draws
-            entry[0].set_epoch(*epoch)
-            entry[1] = epoch
+        entry = self._decoders[name]
+        if epoch is not None and entry[1] != (epoch, self.dataset.rank):  # once per epoch: it restarts the draws
+            entry[1] = (epoch, self.dataset.rank)
+            entry[0].set_epoch(*entry[1])
         return entry[0]
 
     def _decode_collect(self, batch: dict, keys: torch.Tensor, jobs: dict, stats: dict) -> tuple[dict, dict]:
@@ -395,18 +417,73 @@ class DataLoader:
                                  row_group=unit.row_group, key=str(name))
 
 
-class _NextEpoch(NamedTuple):
-    """An epoch whose reading started before its iteration (`DataLoader._read_next_epoch`)."""
+class _Reading(NamedTuple):
+    """An epoch being read: its lanes, its deliveries and their `LaneReader` (threads; None for
+    processes). `staged`: `deliveries` is a prefetch thread already into this epoch (`_epochs`)."""
 
     epoch: int
     lanes: list
     deliveries: Iterator
-    reader: LaneReader
+    reader: LaneReader | None
+    staged: bool = False
 
     def close(self) -> None:
-        """Stop its reading threads (its deliveries never started, so closing them would not)."""
-        self.reader.close()
+        """Stop its threads (deliveries never started would not stop them when closed)."""
+        if self.reader is not None:
+            self.reader.close()
         close_quietly(self.deliveries)
+
+
+class _EpochEnd(Marker):
+    """Where one epoch's batches end in a prefetch thread that goes on into the next (`_epochs`)."""
+
+    __slots__ = ("epoch", "lanes")
+
+    def __init__(self, epoch: int, lanes: list):
+        self.epoch, self.lanes = epoch, lanes
+
+
+def _epochs(first: _Reading, reading: weakref.WeakMethod, step: int):
+    """Epoch after epoch for one prefetch thread (`persistent_workers=True`, thread lanes): the next
+    epoch (this one + `step`) starts reading once this one is read, and an `_EpochEnd` follows this
+    one's last batch, so the thread stages (decodes, copies) the next epoch's first batches while
+    the consumer finishes this one. `reading` is `DataLoader._reading`, held weakly: a loader that
+    goes closes its prefetch thread, which ends this."""
+    current, following = first, None
+    try:
+        while True:
+            for d in current.deliveries:
+                if following is None and current.reader.done_reading():
+                    following = _read(reading, current.epoch + step)
+                yield d
+            following = following or _read(reading, current.epoch + step)
+            current.close()
+            current, following = following, None
+            yield _EpochEnd(current.epoch, current.lanes)
+    finally:
+        for r in (current, following):
+            if r is not None:
+                r.close()
+
+
+def _read(reading: weakref.WeakMethod, epoch: int) -> _Reading:
+    method = reading()
+    if method is None:
+        raise RuntimeError(f"the DataLoader whose epoch {epoch} was to be read ahead is gone")
+    return method(epoch)
+
+
+def _weakly(method: Callable) -> Callable:
+    """`method` called through a weak reference to its object: a prefetch thread kept for the next
+    epoch (`_epochs`) must not keep its loader alive."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args):
+        bound = ref()
+        if bound is None:
+            raise RuntimeError("the DataLoader this prefetch thread served is gone")
+        return bound(*args)
+    return call
 
 
 def _waited(source, stage: Callable[[Delivery], Delivery], stats: Stats):

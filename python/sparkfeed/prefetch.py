@@ -16,7 +16,8 @@ the thread's work and the wait for the next batch. A started batch is only ever 
 `cancel`led, in order; an error of batch n (started, read or finished) surfaces as batch n.
 
 An item may be a batch or a value carrying one (`engine.Delivery`: anything with `batch` and
-`with_batch`): pinning and the copy then apply to its batch, and the rest rides along.
+`with_batch`): pinning and the copy then apply to its batch, and the rest rides along. A `Marker`
+passes through in its place, untouched and not counted (the loader marks an epoch's end with one).
 """
 from __future__ import annotations
 
@@ -35,9 +36,16 @@ from .batch import BinaryColumn
 from .checks import resolve_device
 from .stats import Stats
 
-__all__ = ["Prefetcher", "Lookahead"]
+__all__ = ["Prefetcher", "Lookahead", "Marker"]
 
 Batch = dict[str, Any]
+
+
+class Marker:
+    """An item that passes through a `Prefetcher` untouched, in its place among the batches: no
+    stage, no pinning, no copy, not counted as a batch. Subclass it to say something in order."""
+
+    __slots__ = ()
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -185,7 +193,7 @@ class _Work:
 
     def start(self, item: Any) -> _Started:
         """The first half of the stage (a `Lookahead`'s start); never raises."""
-        if not isinstance(self.stage, Lookahead):
+        if not isinstance(self.stage, Lookahead) or isinstance(item, Marker):
             return _Started(item)
         t0 = time.perf_counter()
         try:
@@ -200,6 +208,8 @@ class _Work:
         if started.error is not None:
             raise started.error
         item = started.ticket
+        if isinstance(item, Marker):
+            return item, None
         if isinstance(self.stage, Lookahead):
             item = self._timed("stage_s", self.stage.finish, item)
         elif self.stage is not None:
@@ -215,7 +225,8 @@ class _Work:
 
     def cancel(self, started: _Started | None) -> None:
         """Drop a started batch that will not be finished; never raises."""
-        if started is None or started.error is not None or not isinstance(self.stage, Lookahead):
+        if started is None or started.error is not None or not isinstance(self.stage, Lookahead) \
+                or isinstance(started.ticket, Marker):
             return
         try:
             self.stage.cancel(started.ticket)
@@ -277,7 +288,7 @@ def _prefetch_loop(source: Iterable, out_queue: queue.Queue, stop: threading.Eve
             if done is not None:
                 if not protocol.put(out_queue, work.finish(done), stop):
                     return
-                index += 1
+                index = 0 if isinstance(done.ticket, Marker) else index + 1  # batches count from a marker
             if source_error is not None:
                 raise source_error
             if batch is protocol.END:
@@ -355,6 +366,9 @@ class Prefetcher:
         if isinstance(item, protocol.Failure):
             self.close()
             self._raise(item)
+        if isinstance(item[0], Marker):
+            self._index = 0  # batches count from a marker, as the thread counts them
+            return item[0]
         self._index += 1
         self._count("prefetch_batches", 1)
         return self._hand_over(*item)

@@ -750,3 +750,108 @@ def test_an_epoch_read_ahead_stops_reading_when_the_loader_goes(pq_path):
     while any(t.name.startswith("sparkfeed-lane") and t.is_alive() for t in threading.enumerate()):
         assert time.monotonic() < deadline, "reading threads outlived their loader"
         time.sleep(0.05)
+
+
+# ---------------------------------------------------------------- persistent_workers: the next epoch staged ahead
+class _Counted:
+    """A collate_fn (so batches are staged on the prefetch thread) that counts its calls and
+    fails at call `fail_at`."""
+
+    def __init__(self, fail_at: int | None = None):
+        self.calls, self.fail_at = 0, fail_at
+
+    def __call__(self, batch):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise ValueError(f"collate failed at call {self.calls}")
+        return batch
+
+
+def _wait_until(condition, what: str) -> None:
+    """Poll for a state the threads reach on their own (nothing is timed)."""
+    import time
+
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def _prefetch_threads() -> list:
+    return [t for t in threading.enumerate() if t.name == "sparkfeed-prefetch" and t.is_alive()]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_the_prefetch_thread_stages_the_next_epoch_before_its_iteration(pq_path, shuffle):
+    """With per-batch work on the prefetch thread and `persistent_workers=True`, that thread goes
+    on into the next epoch: its first batches are staged before its iteration begins. The
+    batches are those of a loader without it, each epoch's bytes read once."""
+    kw = dict(batch_size=64, num_workers=2, shuffle=shuffle, seed=5, prefetch=2)
+    plain = sparkfeed.DataLoader(pq_path, collate_fn=_Counted(), **kw)
+    counted = _Counted()
+    ahead = sparkfeed.DataLoader(pq_path, persistent_workers=True, collate_fn=counted, **kw)
+    per_epoch = len(ahead)
+    ahead.set_epoch(0)
+    epochs = [[b["id"].tolist() for b in ahead]]
+    _wait_until(lambda: counted.calls > per_epoch, "the next epoch's first batch was not staged ahead")
+    epochs += _batches_by_epoch(ahead, [1, 2])
+    assert epochs == _batches_by_epoch(plain, range(3))
+    stats, plain_stats = ahead.stats(), plain.stats()
+    assert stats["epochs_read_ahead"] == 2 and stats.get("epochs_read_ahead_dropped", 0) == 0
+    assert stats["samples"] == plain_stats["samples"] == 3 * N_PQ
+    assert stats["bytes_read"] == plain_stats["bytes_read"]
+    assert len(_prefetch_threads()) <= 1  # one thread across the epochs (this loader's)
+
+
+def test_an_error_staged_ahead_surfaces_in_its_own_epoch_at_its_own_batch(pq_path):
+    """The next epoch's second batch fails while the consumer is still in this epoch: this epoch
+    ends whole, and the error comes in the next one, after its first batch."""
+    kw = dict(batch_size=64, num_workers=2, shuffle=True, seed=2, persistent_workers=True)
+    per_epoch = len(sparkfeed.DataLoader(pq_path, **kw))
+    loader = sparkfeed.DataLoader(pq_path, collate_fn=_Counted(fail_at=per_epoch + 2), **kw)
+    loader.set_epoch(0)
+    assert sorted(ids_of(loader)) == list(range(N_PQ))
+    loader.set_epoch(1)
+    got = []
+    with pytest.raises(ValueError, match="collate failed") as info:
+        for b in loader:
+            got.append(b["id"].tolist())
+    assert len(got) == 1 and "batches 0..0 were delivered" in " ".join(info.value.__notes__)
+    _wait_until(lambda: not _prefetch_threads(), "the failed prefetch thread did not end")
+
+
+def test_a_staged_epoch_not_asked_for_is_dropped_and_a_break_stops_the_thread(pq_path):
+    """Another epoch set: the staged one is dropped (its thread ends) and the epoch asked for is
+    read as a new loader reads it. A `break` mid-epoch stops the thread and reads nothing ahead."""
+    kw = dict(batch_size=64, num_workers=2, shuffle=True, seed=3)
+    loader = sparkfeed.DataLoader(pq_path, persistent_workers=True, collate_fn=_Counted(), **kw)
+    loader.set_epoch(0)
+    ids_of(loader)
+    loader.set_epoch(7)
+    fresh = sparkfeed.DataLoader(pq_path, collate_fn=_Counted(), **kw)
+    assert _batches_by_epoch(loader, [7], set_epoch=False) == _batches_by_epoch(fresh, [7])
+    assert loader.stats()["epochs_read_ahead_dropped"] == 1
+    assert len(_prefetch_threads()) == 1  # epoch 8's, staged; epoch 1's ended when dropped
+    loader.set_epoch(8)
+    it = iter(loader)  # taken from that thread
+    next(it)
+    it.close()
+    _wait_until(lambda: not _prefetch_threads(), "the prefetch thread outlived a break")
+    assert loader.stats()["epochs_read_ahead"] == 1 and loader.stats()["epochs_read_ahead_dropped"] == 1
+    assert sorted(ids_of(loader)) == list(range(N_PQ))  # epoch 8 again, whole, read anew
+
+
+def test_a_staged_epoch_ends_its_threads_when_the_loader_goes(pq_path):
+    """The prefetch thread kept for the next epoch holds its loader weakly: when the loader is
+    garbage collected, that thread and the reading threads behind it end."""
+    import gc
+
+    loader = sparkfeed.DataLoader(pq_path, batch_size=64, num_workers=2, persistent_workers=True,
+                                  collate_fn=_Counted())
+    ids_of(loader)
+    assert _prefetch_threads()
+    del loader
+    gc.collect()
+    _wait_until(lambda: not _prefetch_threads() and not any(
+        t.name.startswith("sparkfeed-lane") and t.is_alive() for t in threading.enumerate()),
+        "threads outlived their loader")

@@ -247,3 +247,37 @@ def test_two_decoded_columns_drop_a_row_that_fails_in_either_once(tmp_path):
         assert torch.allclose(b["thumb"].float().mean(dim=(2, 3)), want, atol=6)
     with pytest.raises(CorruptSampleError, match=r"'row 5': cannot decode: not a recognised image format"):
         list(sparkfeed.DataLoader(root, batch_size=20, columns=["id", "image", "thumb"], decode=spec))
+
+
+@pytest.mark.parametrize("set_epoch", [True, False])
+def test_the_next_epoch_decoded_ahead_draws_its_own_crops(image_ds, set_epoch):
+    """`persistent_workers=True`: the prefetch thread submits the next epoch's first batches to
+    DALI while this epoch is still delivered. Their crops and flips are the next epoch's (the same
+    epoch again without `set_epoch`): every image as a loader without it decodes it."""
+    import time
+
+    root = image_ds(120, images=gradient_jpeg)
+    spec = {"image": sparkfeed.ImageDecode(size=24, crop="random", mirror=True, device="cpu")}
+    kw = dict(batch_size=20, num_workers=1, columns=["id", "image"], decode=spec, seed=9, shuffle=True)
+
+    def epochs(loader, n):
+        out = []
+        for e in range(n):
+            if set_epoch:
+                loader.set_epoch(e)
+            out.append({i: img for b in loader for i, img in zip(b["id"].tolist(), b["image"])})
+            if loader.persistent_workers and e == 0:  # the next epoch's draws began before its iteration
+                deadline = time.monotonic() + 10
+                while loader._decoders["image"][1] != (1 if set_epoch else 0, 0) or not loader._next:
+                    assert time.monotonic() < deadline, "nothing of the next epoch was decoded ahead"
+                    time.sleep(0.01)
+        return out
+
+    plain = epochs(sparkfeed.DataLoader(root, **kw), 3)
+    ahead_loader = sparkfeed.DataLoader(root, persistent_workers=True, **kw)
+    ahead = epochs(ahead_loader, 3)
+    for p, a in zip(plain, ahead):
+        assert sorted(a) == list(range(120)) and all(torch.equal(a[i], p[i]) for i in a)
+    assert ahead_loader.stats()["epochs_read_ahead"] == 2
+    if set_epoch:  # the epochs differ, so a crop of the wrong epoch would have shown
+        assert sum(torch.equal(plain[0][i], plain[1][i]) for i in range(120)) < 60

@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from sparkfeed.prefetch import Lookahead, Prefetcher
+from sparkfeed.prefetch import Lookahead, Marker, Prefetcher
+from sparkfeed.stats import Stats
 
 
 class Recorder:
@@ -114,3 +115,30 @@ def test_garbage_collected_mid_epoch_cancels_the_started_batch():
     assert thread_gone("pf-ahead-gc")
     started = {i for what, i in rec.log if what == "start"}
     assert rec.ended() == started and any(what == "cancel" for what, _ in rec.log)
+
+
+class Mark(Marker):
+    __slots__ = ("n",)
+
+    def __init__(self, n: int):
+        self.n = n
+
+
+@pytest.mark.parametrize("depth", [0, 2])
+def test_a_marker_passes_in_its_place_untouched_and_uncounted(depth):
+    """A Marker reaches the consumer where the source put it: the stage never sees it, it is not
+    counted as a batch, and an error after it counts the batches from it."""
+    rec = Recorder(fail_finish=4)
+    stats = Stats()
+    source = iter([0, 1, Mark(7), 2, 3, 4, 5])
+    p = Prefetcher(source, depth=depth, stage=rec.stage(), stats=stats, name="pf-mark")
+    got = []
+    with pytest.raises(ValueError, match="finish failed at 4") as info:
+        for item in p:
+            got.append(item.n if isinstance(item, Mark) else item["i"])
+    assert got == [0, 1, 7, 2, 3]
+    assert all(isinstance(i, int) for _, i in rec.log)  # the stage saw no marker
+    assert stats.snapshot()["prefetch_batches"] == 4
+    # batches count from the marker: 2 and 3 are its part's 0..1
+    note = " ".join(getattr(info.value, "__notes__", []))
+    assert "batches 0..1 were delivered" in note

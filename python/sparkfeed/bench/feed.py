@@ -439,7 +439,8 @@ def ahead_benchmark(path: str, size: int, train: bool = False, rounds: int = 8, 
 def epoch_starts_benchmark(path: str, step_s: float = 0.002, epochs: int = 6, shuffle: bool = True,
                            workers: int = 2, batch_size: int = 256, decode_size: int | None = None) -> dict:
     """The wait for each epoch's first batch with and without `persistent_workers=True` (the
-    next epoch read ahead once this one is read), under a training step of `step_s` per batch
+    next epoch read ahead once this one is read, and with decoding its first batches decoded
+    ahead while this one is delivered), under a training step of `step_s` per batch
     (a sleep), `set_epoch` before each epoch, loaders alternated epoch by epoch. Per mode: the
     median first-batch wait over the epochs after the first, and the median epoch time.
     `decode_size`: decode the `image` column on the CPU (DALI) at that size, else bytes."""
@@ -489,15 +490,19 @@ def main(argv=None) -> int:
                         "time, epochs alternated (the decode and train scenarios' specs)")
     parser.add_argument("--rounds", type=int, default=8, help="epochs per mode for --ahead (default 8)")
     parser.add_argument("--epoch-starts", metavar="DATASET", help="the wait for each epoch's first batch "
-                        "with and without persistent_workers=True (the next epoch read ahead), a 2 ms "
-                        "step per batch, shuffled; with --size, the image column decoded on the CPU")
+                        "with and without persistent_workers=True (the next epoch read ahead), a "
+                        "--step-ms step per batch, shuffled; with --size, the image column decoded on the CPU")
+    parser.add_argument("--step-ms", type=float, default=2.0, help="the training step (a sleep) per batch "
+                        "for --epoch-starts (default 2; longer than a batch's decode shows the decode "
+                        "of the next epoch's first batches hidden)")
     args = parser.parse_args(argv)
     size = args.size or 128
     if not (args.decode or args.prefetch or args.h2d or args.stages or args.roi or args.ahead or args.epoch_starts):
         parser.error("choose --decode, --prefetch, --h2d, --stages DATASET, --roi DATASET, --ahead DATASET "
                      "and/or --epoch-starts DATASET")
     if args.epoch_starts:
-        for mode, r in epoch_starts_benchmark(args.epoch_starts, decode_size=args.size).items():
+        for mode, r in epoch_starts_benchmark(args.epoch_starts, step_s=args.step_ms / 1e3,
+                                              decode_size=args.size).items():
             print(f"{mode}: first batch {r['first_batch_ms']:.2f} ms, epoch {r['epoch_s']:.3f} s "
                   "(medians of the epochs after the first)")
     if args.h2d and not torch.cuda.is_available():
