@@ -14,7 +14,7 @@
 #         3. the decode scenario at 224 px from 500x375 JPEGs;
 #         4. ResNet-50 (bf16 autocast, batch 256) fed by sparkfeed: the share of step time spent
 #            waiting for data (`python -m sparkfeed.bench.model_step`), without and with
-#            `--persistent-workers` (each next epoch read ahead).
+#            `--persistent-workers` (each next epoch read, decoded and copied ahead).
 #       Logs and results.{json,md} go to --out; a summary is printed last. The bench data are
 #       written with pyarrow and indexed (no Spark there) under --out/cache.
 set -uo pipefail

@@ -88,7 +88,8 @@ def measure(path: str, steps: int = 60, warmup: int = 10, batch: int = 256, size
             workers: int = 8, model_name: str = "resnet50", classes: int = 1000,
             persistent_workers: bool = False) -> dict:
     """The loader-fed and the synthetic runs of `steps` steps each; seconds and fractions.
-    `persistent_workers`: the loader reads each next epoch ahead (the restart's wait hidden)."""
+    `persistent_workers`: the loader reads each next epoch ahead and decodes and copies its first
+    batches while this one ends (the restart's wait hidden)."""
     if not torch.cuda.is_available():
         raise RuntimeError("bench.model_step needs CUDA (torch.cuda.is_available() is False)")
     torch.backends.cudnn.benchmark = True
@@ -145,7 +146,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=8, help="loader worker processes (default 8)")
     ap.add_argument("--model", default="resnet50", help="a torchvision.models name (default resnet50)")
     ap.add_argument("--persistent-workers", action="store_true", help="DataLoader(persistent_workers=True): "
-                    "each next epoch is read ahead, so its first batch does not wait for the restart")
+                    "each next epoch is read ahead and its first batches decoded and copied, so its "
+                    "first batch does not wait for the restart")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     print(json.dumps(measure(args.dataset, args.steps, args.warmup, args.batch_size, args.size,
