@@ -14,7 +14,7 @@ FIELDS = {"runner", "samples", "seconds", "samples_per_s", "mb_per_s", "ttfb_s",
 # Images stored larger than the output (53x40 JPEGs decoded to 32): every image scenario resizes,
 # and all of this file's runs share one image set (a Spark job each set costs).
 TINY = ["--samples", "2000", "--images", "120", "--image-size", "32", "--image-source", "40",
-        "--batch-size", "64", "--workers", "1", "--repeats", "1", "--no-progress"]
+        "--batch-size", "64", "--workers", "1", "--repeats", "1", "--min-seconds", "0.2", "--no-progress"]
 
 
 def _bench(*args, cache, out, timeout=600, peers=None):  # a hang guard: 180 s was hit at load 13

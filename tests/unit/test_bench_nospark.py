@@ -77,3 +77,17 @@ def test_paired_rounds_time_both_readers_over_every_image(data):
     assert result["rounds_at_or_above_1"] == sum(r >= 1.0 for r in result["ratios"])
     with pytest.raises(SystemExit):
         pairs.main([data.images, "--rounds", "0"])
+
+
+def test_paired_rounds_of_the_shuffled_and_unshuffled_tabular_read(data, capsys):
+    """`pairs --shuffle`: sparkfeed shuffle=True against shuffle=False over the bench's tabular
+    rows, each round both, every row each time; the ratios are shuffled over unshuffled."""
+    from sparkfeed.bench import pairs
+
+    assert pairs.main([data.tabular, "--shuffle", "--rounds", "3", "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("shuffled ") and "\nunshuffled " in out and "median ratio" in out
+    ratios = [float(x) for x in out.split("ratio per round: ")[1].split("\n")[0].split()]
+    assert len(ratios) == 3 and all(r > 0 for r in ratios)
+    with pytest.raises(SystemExit):
+        pairs.main([data.tabular + "-missing", "--shuffle"])

@@ -35,6 +35,7 @@ class Params:
     batch_size: int = 256
     workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
     repeats: int | None = None              # quick 1; full 3
+    min_seconds: float | None = None        # more runs of a short runner until they took this long (quick 0; full 1)
     out: str = "sparkfeed-bench"
     cache: str = os.path.join(os.path.expanduser("~"), ".cache", "sparkfeed-bench")
     expect: dict = field(default_factory=dict)  # runner label -> count (tests the count check)
@@ -48,6 +49,10 @@ class Params:
         self.image_size = self.image_size or (64 if q else 128)
         self.image_source = self.image_source or self.image_size
         self.repeats = self.repeats or (1 if q else 3)
+        self.min_seconds = (0.0 if q else 1.0) if self.min_seconds is None else self.min_seconds
+        if isinstance(self.min_seconds, bool) or not isinstance(self.min_seconds, (int, float)) \
+                or self.min_seconds < 0:
+            raise ValueError(f"`min_seconds` should be a non-negative number, but got min_seconds={self.min_seconds!r}")
         for name in ("samples", "scaling_base", "images", "image_size", "image_source", "batch_size",
                      "repeats"):
             value = getattr(self, name)
@@ -110,19 +115,9 @@ def run(params: Params) -> dict:
     total = sum(len(c) for c in plan.values()) * p.repeats  # (warm-up runs not counted)
     with tqdm(total=total, desc="sparkfeed bench", unit="run", disable=not p.progress) as bar:
         for name, cases in plan.items():
-            rows = []
-            for case in cases:
-                bar.set_postfix_str(f"{name}: {case.label}")
-                try:
-                    rows.append(scenarios.run_case(case, ctx, p.repeats, bar))
-                except CountMismatch as exc:
-                    failures.append(f"{name}: {exc}")
-                    rows.append(scenarios.make_row(case, None, f"FAILED: {exc}"))
-                except NotImplementedError as exc:  # a peer whose runner is not written yet
-                    rows.append(scenarios.make_row(case, None, f"skipped: {exc}"))
-                except Exception as exc:  # one broken runner must not hide the others' rows
-                    failures.append(f"{name}: runner {case.label!r} raised {type(exc).__name__}: {exc}")
-                    rows.append(scenarios.make_row(case, None, f"FAILED: {type(exc).__name__}: {exc}"))
+            bar.set_description(f"sparkfeed bench: {name}")
+            rows, failed = scenarios.run_cases(cases, ctx, p.repeats, bar, p.min_seconds)
+            failures += [f"{name}: {f}" for f in failed]
             results["scenarios"][name] = scenarios.finish(rows)
             if name == "scaling":
                 results.setdefault("summaries", {})[name] = scenarios.scaling_summary(rows)

@@ -38,7 +38,7 @@ Petastorm and Mosaic Streaming run in venvs of their own (they conflict with thi
 
 Data are written with Spark (sparkfeed.write) and cached under --cache, keyed by size.
 Every loader gets the same batch size and workers; timings are medians of --repeats on
-warm files. Writes results.json, results.md and results.png to --out. Exits 1 if any
+warm files (a runner whose runs are short runs more: --min-seconds). Writes results.json, results.md and results.png to --out. Exits 1 if any
 runner delivers a wrong number of samples."""
 
 
@@ -82,6 +82,9 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="worker processes of every loader (default: min(2, cores))")
     parser.add_argument("--repeats", type=int, default=None, metavar="R",
                         help="timed runs per runner; the median is reported (default 3; quick 1)")
+    parser.add_argument("--min-seconds", type=float, default=None, metavar="S",
+                        help="time a runner whose runs are short more often, back to back, until its "
+                        "timed runs took S seconds of wall time (at most 50 runs; default 1; quick 0)")
     parser.add_argument("--out", default="sparkfeed-bench", metavar="DIR",
                         help="where results.json/.md/.png go (default ./sparkfeed-bench)")
     parser.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "sparkfeed-bench"),
@@ -109,6 +112,7 @@ def run_args(args: argparse.Namespace) -> int:
                     samples=args.samples, scaling_base=args.scaling_base, images=args.images,
                     image_size=args.image_size, image_source=args.image_source,
                     batch_size=args.batch_size, workers=args.workers, repeats=args.repeats,
+                    min_seconds=args.min_seconds,
                     out=args.out, cache=args.cache, expect=dict(args.expect),
                     progress=not args.no_progress)
     try:

@@ -83,7 +83,8 @@ def markdown(results: dict) -> str:
              f"- params: {p['samples']:,} tabular rows, {p['images']:,} JPEG images "
              f"{_stored(p)} (decoded and centre-cropped to {p['image_size']} px), batch "
              f"{p['batch_size']}, {p['workers']} workers for every loader, median of {p['repeats']} "
-             f"repeat(s)",
+             f"repeat(s) (more, back to back, while a runner's runs add up to under "
+             f"{p.get('min_seconds') or 0:g} s)",
              f"- data built in {results['build_s']:.1f} s (0 = reused from the cache); WebDataset "
              f"tars: {results['webdataset']}", ""]
     for name, rows in results["scenarios"].items():

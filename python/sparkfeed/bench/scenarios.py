@@ -1,7 +1,8 @@
 """Scenarios: which runners run on which data, what count each must see, and the timing harness.
 
 Each runner first runs once untimed (imports, first worker start-up, page cache), then is timed
-`repeats` times, and the repeat with the median wall time is reported. Peak RSS is sampled every
+`repeats` times back to back (more for a runner whose runs are short: `min_seconds`), and the
+run with the median wall time is reported. Peak RSS is sampled every
 20 ms by a thread as the sum over this process and the children started during the run (loader
 workers; the Spark JVM that built the data is left out); CPU time is this process plus its reaped
 children (workers are joined when an epoch ends), divided by the samples.
@@ -32,6 +33,7 @@ SCALES = (1, 2, 4, 8)  # dataset sizes of the scaling study, in multiples of `sc
 FLAT_RSS = 1.5  # "memory stays flat": peak RSS at 8x within this factor of 1x
 PLAN_SHARDS = (100, 1_000, 10_000)  # shards in the synthetic manifests of the plan scenario
 SELECTIVITIES = (1, 10, 50)  # percent of labels kept by the filter scenario
+MAX_RUNS = 50  # timed runs of one runner at most, however short its runs (`min_seconds`)
 
 
 class CountMismatch(RuntimeError):
@@ -161,25 +163,58 @@ def make_row(case: Case, m: dict | None, note: str) -> dict:
     return row
 
 
-def run_case(case: Case, ctx: Context, repeats: int, progress=None) -> dict:
-    """Time `case` `repeats` times; the median run as a row. Raises CountMismatch."""
+def run_cases(cases: list[Case], ctx: Context, repeats: int, progress=None,
+              min_seconds: float = 0.0) -> tuple[list[dict], list[str]]:
+    """Time each case in turn (`run_case`); the rows in `cases` order, and the failures."""
+    rows, failures = [], []
+    for case in cases:
+        if progress is not None:
+            progress.set_postfix_str(case.label)
+        row, failure = run_case(case, ctx, repeats, progress, min_seconds)
+        rows.append(row)
+        if failure is not None:
+            failures.append(failure)
+    return rows, failures
+
+
+def run_case(case: Case, ctx: Context, repeats: int, progress=None,
+             min_seconds: float = 0.0) -> tuple[dict, str | None]:
+    """An untimed warm-up, then `repeats` timed runs back to back, and more while they took less
+    than `min_seconds` of wall time in all (start-up included; at most `MAX_RUNS` runs): a 50 ms
+    epoch timed three times is mostly the machine's noise. The row of the median run, and the
+    failure (a wrong count, or what the runner raised) or None; a runner that raises
+    NotImplementedError is a skipped row."""
     skipped = case.note if case.note.startswith("skipped") else _missing(case.runner)
     if skipped:
-        return make_row(case, None, skipped)
-    if case.warmup:
-        measure(runners.RUNNERS[case.runner], ctx, case.options)  # warm-up: imports, caches, untimed
-    runs = []
-    for _ in range(repeats):
-        m = measure(runners.RUNNERS[case.runner], ctx, case.options)
-        if m["samples"] != case.expected:
-            raise CountMismatch(f"runner {case.label!r} saw {m['samples']} samples, expected "
-                                f"{case.expected}: it lost or repeated samples")
-        runs.append(m)
-        if progress is not None:
-            progress.update(1)
+        return make_row(case, None, skipped), None
+    runs, spent = [], 0.0
+    try:
+        if case.warmup:
+            measure(runners.RUNNERS[case.runner], ctx, case.options)  # imports, caches: untimed
+        while len(runs) < repeats or (len(runs) < MAX_RUNS and spent < min_seconds):
+            started = time.perf_counter()
+            m = measure(runners.RUNNERS[case.runner], ctx, case.options)
+            spent += time.perf_counter() - started
+            if m["samples"] != case.expected:
+                raise CountMismatch(f"runner {case.label!r} saw {m['samples']} samples, expected "
+                                    f"{case.expected}: it lost or repeated samples")
+            runs.append(m)
+            if progress is not None and len(runs) <= repeats:  # the bar counts `repeats` per case
+                progress.update(1)
+    except CountMismatch as exc:
+        return make_row(case, None, f"FAILED: {exc}"), str(exc)
+    except NotImplementedError as exc:  # a peer whose runner is not written yet
+        return make_row(case, None, f"skipped: {exc}"), None
+    except Exception as exc:  # one broken runner must not hide the others' rows
+        return (make_row(case, None, f"FAILED: {type(exc).__name__}: {exc}"),
+                f"runner {case.label!r} raised {type(exc).__name__}: {exc}")
     median = statistics.median_low([r["seconds"] for r in runs])
-    best = next(r for r in runs if r["seconds"] == median)
-    return make_row(case, best, case.note)
+    note = case.note
+    if len(runs) > repeats:
+        note = f"{note}; median of {len(runs)} runs" if note else f"median of {len(runs)} runs"
+    row = make_row(case, next(r for r in runs if r["seconds"] == median), note)
+    row["runs"] = len(runs)
+    return row, None
 
 
 # ----------------------------------------------------------------------------- the scenarios
