@@ -278,6 +278,7 @@ class DataLoader:
         try:
             for d in deliveries:
                 if isinstance(d, _EpochEnd):
+                    self._drop_next()  # another iterator's, left over: one staged epoch at a time
                     self._next = _Reading(d.epoch, d.lanes, deliveries, None, staged=True)
                     deliveries = None  # kept for the next iteration, not closed
                     return

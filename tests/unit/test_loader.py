@@ -855,3 +855,19 @@ def test_a_staged_epoch_ends_its_threads_when_the_loader_goes(pq_path):
     _wait_until(lambda: not _prefetch_threads() and not any(
         t.name.startswith("sparkfeed-lane") and t.is_alive() for t in threading.enumerate()),
         "threads outlived their loader")
+
+
+def test_two_iterators_of_a_persistent_loader_keep_one_staged_epoch(pq_path):
+    """Two live iterators each end with a staged next epoch: the loader keeps the last one and
+    drops the other (counted), so one prefetch thread stays, and the next epoch is whole."""
+    loader = sparkfeed.DataLoader(pq_path, batch_size=64, num_workers=2, shuffle=True,
+                                  persistent_workers=True, collate_fn=_Counted())
+    first = iter(loader)
+    head = [next(first)["id"].tolist()]
+    second = [b["id"].tolist() for b in loader]
+    rest = [b["id"].tolist() for b in first]
+    for epoch in (head + rest, second):
+        assert sorted(i for b in epoch for i in b) == list(range(N_PQ))
+    assert loader.stats()["epochs_read_ahead_dropped"] == 1
+    _wait_until(lambda: len(_prefetch_threads()) == 1, "a dropped staged epoch kept its thread")
+    assert sorted(ids_of(loader)) == list(range(N_PQ)) and loader.stats()["epochs_read_ahead"] == 1
