@@ -267,14 +267,18 @@ class LaneDataset(torch.utils.data.IterableDataset):
     """What torch's worker processes run: worker k delivers lane k (packed, with bookkeeping)."""
 
     def __init__(self, engine: Engine, epoch: int, lanes: list[list[partition.Span]], size: int,
-                 row_ids: bool):
+                 row_ids: bool, shared_epoch=None):
         super().__init__()
         self.engine, self.epoch, self.lanes, self.size, self.row_ids = engine, epoch, lanes, size, row_ids
+        # workers kept between epochs (persistent_workers) read each iteration's epoch from
+        # shared memory (a multiprocessing RawValue): the dataset itself was copied when they started
+        self.shared_epoch = shared_epoch
 
     def __iter__(self) -> Iterator[Delivery]:
         info = torch.utils.data.get_worker_info()
         worker = 0 if info is None else info.id
-        return self.engine.deliveries(self.epoch, self.lanes[worker], worker, self.size,
+        epoch = self.epoch if self.shared_epoch is None else self.shared_epoch.value
+        return self.engine.deliveries(epoch, self.lanes[worker], worker, self.size,
                                       row_ids=self.row_ids, pack=info is not None)
 
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import multiprocessing
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.utils.data
@@ -61,7 +62,8 @@ class DataLoader:
     torch's own arguments are taken so that replacing `torch.utils.data.DataLoader` is one line:
     `persistent_workers=True` (thread workers start each epoch in milliseconds; instead, once an
     epoch's last data is read, the next epoch's reading starts, `_read_next_epoch`, and where a
-    prefetch thread stages batches it goes on into that epoch's first ones, `_epochs`) and
+    prefetch thread stages batches it goes on into that epoch's first ones, `_epochs`; worker
+    processes are kept between epochs, `_kept_processes`) and
     `in_order` (batches always come in order, which `in_order=False` allows) change no batch;
     `sampler`, `batch_sampler`, `generator`, `worker_init_fn` and `pin_memory_device` are
     refused with what does their job here (`checks.torch_only`).
@@ -113,6 +115,7 @@ class DataLoader:
         self.persistent_workers = persistent_workers
         self._epoch_set = False  # set_epoch() called since the last iteration began
         self._next: _Reading | None = None  # the next epoch, read ahead (persistent_workers)
+        self._processes: _Processes | None = None  # worker processes kept between epochs (the same)
 
     @staticmethod
     def _dataset(path_or_dataset, **kwargs) -> Dataset:
@@ -259,14 +262,39 @@ class DataLoader:
             return round_robin([engine.deliveries(epoch, spans, k, size, segments=reader.lane(k),
                                                   stats=stats[k]) for k, spans in enumerate(lanes)],
                                on_close=reader.close), reader
-        loader = torch.utils.data.DataLoader(
-            LaneDataset(engine, epoch, lanes, size, row_ids), batch_size=None,
-            num_workers=self.num_workers, timeout=self.timeout,
-            multiprocessing_context=self.multiprocessing_context,
-            prefetch_factor=self.prefetch_factor)
+        if self.persistent_workers:
+            return self._kept_processes(lanes, epoch), None
+        loader = self._process_loader(LaneDataset(engine, epoch, lanes, size, row_ids), persistent=False)
         with forks.frozen_while_forking():  # the workers start (fork) here
             workers = iter(loader)
         return _named_worker_errors(workers, self.dataset.rank), None
+
+    def _process_loader(self, dataset: LaneDataset, persistent: bool) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=None, num_workers=self.num_workers, timeout=self.timeout,
+            multiprocessing_context=self.multiprocessing_context, prefetch_factor=self.prefetch_factor,
+            persistent_workers=persistent)
+
+    def _kept_processes(self, lanes: list, epoch: int) -> Iterator:
+        """Worker processes kept between epochs (`persistent_workers=True`, as torch keeps them):
+        the same lanes again run the next epoch in them (its number through shared memory; torch
+        restarts each worker's iteration), other lanes (a resume) start new ones. Workers that
+        fail are shut down and forgotten."""
+        kept = self._processes
+        if kept is None or kept.lanes != lanes:
+            self._drop_processes()
+            shared = _mp_context(self.multiprocessing_context).RawValue("q", epoch)
+            dataset = LaneDataset(self._engine, epoch, lanes, self.batch_size, bool(self.decode), shared)
+            kept = self._processes = _Processes(lanes, self._process_loader(dataset, persistent=True), shared)
+        kept.epoch.value = epoch
+        return _named_worker_errors(_iterated(kept.loader), self.dataset.rank, on_failure=self._drop_processes)
+
+    def _drop_processes(self) -> None:
+        """Shut down the worker processes kept between epochs, if any."""
+        kept, self._processes = self._processes, None
+        workers = None if kept is None else kept.loader._iterator  # torch keeps its persistent iterator there
+        if workers is not None:
+            workers._shutdown_workers()
 
     def _deliver(self, epoch_progress: progress.EpochProgress, deliveries, reader: LaneReader | None = None,
                  then: int | None = None):
@@ -418,6 +446,30 @@ class DataLoader:
                                  row_group=unit.row_group, key=str(name))
 
 
+class _Processes(NamedTuple):
+    """Worker processes kept between epochs: their lanes, torch's loader (persistent_workers) and
+    the shared-memory epoch they read at each iteration's start."""
+
+    lanes: list
+    loader: torch.utils.data.DataLoader
+    epoch: Any
+
+
+def _iterated(loader: torch.utils.data.DataLoader) -> Iterator:
+    """`iter(loader)` at the first `next()`, so that a worker found dead while torch restarts its
+    kept workers is raised where `_named_worker_errors` names it."""
+    with forks.frozen_while_forking():  # the first iteration starts (forks) the workers
+        workers = iter(loader)
+    yield from workers
+
+
+def _mp_context(context):
+    """The multiprocessing context torch's workers will start in (`multiprocessing_context`)."""
+    if context is None:
+        return multiprocessing.get_context()
+    return multiprocessing.get_context(context) if isinstance(context, str) else context
+
+
 class _Reading(NamedTuple):
     """An epoch being read: its lanes, its deliveries and their `LaneReader` (threads; None for
     processes). `staged`: `deliveries` is a prefetch thread already into this epoch (`_epochs`)."""
@@ -505,10 +557,17 @@ def _waited(source, stage: Callable[[Delivery], Delivery], stats: Stats):
         close_quietly(it)
 
 
-def _named_worker_errors(it, rank: int):
-    """Re-raise a crashed worker as WorkerError naming the rank (torch names the worker)."""
+def _named_worker_errors(it, rank: int, on_failure: Callable[[], None] | None = None):
+    """Re-raise a crashed worker as WorkerError naming the rank (torch names the worker). Workers
+    are shut down when the epoch ends; those kept between epochs (`on_failure` given) only when
+    something fails, and `on_failure` forgets them."""
+    failed = True
     try:
         yield from it
+        failed = False
+    except GeneratorExit:  # the consumer stopped early: kept workers stay for the next epoch
+        failed = False
+        raise
     except RuntimeError as exc:
         if "DataLoader worker" in str(exc):
             raise WorkerError(f"a sparkfeed loader worker of rank {rank} died: {exc}") from exc
@@ -521,9 +580,12 @@ def _named_worker_errors(it, rank: int):
     finally:
         # Stop the workers now, not when the iterator is collected: an error's traceback keeps
         # it alive, and torch's SIGCHLD handler would keep watching the dead workers meanwhile.
-        shutdown = getattr(it, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
+        if on_failure is None or failed:
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            if on_failure is not None:
+                on_failure()
 
 
 def _gather(state: dict, world_size: int) -> list[dict]:
