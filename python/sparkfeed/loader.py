@@ -17,6 +17,7 @@ import multiprocessing
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -264,10 +265,15 @@ class DataLoader:
                                on_close=reader.close), reader
         if self.persistent_workers:
             return self._kept_processes(lanes, epoch), None
-        loader = self._process_loader(LaneDataset(engine, epoch, lanes, size, row_ids), persistent=False)
+        return self._new_processes(lanes, epoch), None
+
+    def _new_processes(self, lanes: list, epoch: int) -> Iterator:
+        """Worker processes for this iteration alone."""
+        loader = self._process_loader(LaneDataset(self._engine, epoch, lanes, self.batch_size, bool(self.decode)),
+                                      persistent=False)
         with forks.frozen_while_forking():  # the workers start (fork) here
             workers = iter(loader)
-        return _named_worker_errors(workers, self.dataset.rank), None
+        return _named_worker_errors(workers, self.dataset.rank)
 
     def _process_loader(self, dataset: LaneDataset, persistent: bool) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(
@@ -279,15 +285,20 @@ class DataLoader:
         """Worker processes kept between epochs (`persistent_workers=True`, as torch keeps them):
         the same lanes again run the next epoch in them (its number through shared memory; torch
         restarts each worker's iteration), other lanes (a resume) start new ones. Workers that
-        fail are shut down and forgotten."""
+        fail are shut down and forgotten. While another live iteration runs in them (torch would
+        restart it), this one gets workers of its own."""
         kept = self._processes
+        if kept is not None and kept.in_use():
+            return self._new_processes(lanes, epoch)
         if kept is None or kept.lanes != lanes:
             self._drop_processes()
             shared = _mp_context(self.multiprocessing_context).RawValue("q", epoch)
             dataset = LaneDataset(self._engine, epoch, lanes, self.batch_size, bool(self.decode), shared)
             kept = self._processes = _Processes(lanes, self._process_loader(dataset, persistent=True), shared)
         kept.epoch.value = epoch
-        return _named_worker_errors(_iterated(kept.loader), self.dataset.rank, on_failure=self._drop_processes)
+        iteration = _named_worker_errors(_iterated(kept.loader), self.dataset.rank, on_failure=self._drop_processes)
+        kept.user = weakref.ref(iteration)
+        return iteration
 
     def _drop_processes(self) -> None:
         """Shut down the worker processes kept between epochs, if any."""
@@ -446,13 +457,21 @@ class DataLoader:
                                  row_group=unit.row_group, key=str(name))
 
 
-class _Processes(NamedTuple):
-    """Worker processes kept between epochs: their lanes, torch's loader (persistent_workers) and
-    the shared-memory epoch they read at each iteration's start."""
+@dataclass(eq=False)
+class _Processes:
+    """Worker processes kept between epochs: their lanes, torch's loader (persistent_workers),
+    the shared-memory epoch they read at each iteration's start, and the iteration running in
+    them (a weak reference to its generator)."""
 
     lanes: list
     loader: torch.utils.data.DataLoader
     epoch: Any
+    user: weakref.ref | None = None
+
+    def in_use(self) -> bool:
+        """An iteration handed out and not finished or closed (a generator not yet started counts)."""
+        iteration = self.user() if self.user is not None else None
+        return iteration is not None and iteration.gi_frame is not None
 
 
 def _iterated(loader: torch.utils.data.DataLoader) -> Iterator:

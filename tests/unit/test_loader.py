@@ -931,3 +931,17 @@ def test_two_iterators_of_a_persistent_loader_keep_one_staged_epoch(pq_path):
     assert loader.stats()["epochs_read_ahead_dropped"] == 1
     _wait_until(lambda: len(_prefetch_threads()) == 1, "a dropped staged epoch kept its thread")
     assert sorted(ids_of(loader)) == list(range(N_PQ)) and loader.stats()["epochs_read_ahead"] == 1
+
+
+def test_two_live_iterators_of_kept_process_workers_each_get_a_whole_epoch(pq_path):
+    """torch restarts its persistent workers' iteration at every `iter()`: a second iterator
+    while the first is live gets workers of its own, so neither takes the other's batches."""
+    loader = sparkfeed.DataLoader(pq_path, batch_size=64, num_workers=2, shuffle=True,
+                                  worker_type="process", persistent_workers=True)
+    first = iter(loader)
+    head = next(first)["id"].tolist()
+    second = ids_of(loader)
+    rest = [i for b in first for i in b["id"].tolist()]
+    assert sorted(second) == sorted(head + rest) == list(range(N_PQ))
+    kept = _worker_pids()
+    assert sorted(ids_of(loader)) == list(range(N_PQ)) and _worker_pids() == kept
