@@ -281,3 +281,24 @@ def test_the_next_epoch_decoded_ahead_draws_its_own_crops(image_ds, set_epoch):
     assert ahead_loader.stats()["epochs_read_ahead"] == 2
     if set_epoch:  # the epochs differ, so a crop of the wrong epoch would have shown
         assert sum(torch.equal(plain[0][i], plain[1][i]) for i in range(120)) < 60
+
+
+def test_corrupt_images_in_staged_epochs_are_counted_or_named_in_their_own_epoch(image_ds):
+    """`persistent_workers=True` decodes the next epoch's first batches ahead: skipped images are
+    counted when their batch is delivered (once per epoch, never for an epoch not iterated), and
+    with on_error="raise" every epoch raises naming the shard and the row."""
+    root = image_ds(100, bad={3, 61})
+    kw = dict(batch_size=20, num_workers=1, columns=["id", "image"], persistent_workers=True,
+              decode={"image": sparkfeed.ImageDecode(size=16, device="cpu")})
+    skipping = sparkfeed.DataLoader(root, on_error="skip", **kw)
+    for e in range(3):
+        skipping.set_epoch(e)
+        assert sorted(i for b in skipping for i in b["id"].tolist()) == sorted(set(range(100)) - {3, 61})
+    stats = skipping.stats()
+    assert stats["samples_skipped"] == 6 and stats["samples"] == 3 * 98 and stats["epochs_read_ahead"] == 2
+    raising = sparkfeed.DataLoader(root, **kw)
+    for e in range(2):
+        raising.set_epoch(e)
+        with pytest.raises(CorruptSampleError, match=r"shard '(part|shard)-00000.*'row 3'"):
+            for _ in raising:
+                pass
