@@ -44,6 +44,7 @@ class _LaneShare:
         self._entries: dict = {}  # x -> its read in progress, or done
         self._need = {x: n for x in set().union(*touched) if (n := sum(x in t for t in touched)) > 1}
         self._pending = [t & set(self._need) for t in touched]  # per lane: what it has to release
+        self._sharing = dict(self._need)  # as `_need` starts: it counts down as lanes release
 
     @classmethod
     def for_lanes(cls, stream: EpochStream, lanes):
@@ -64,6 +65,10 @@ class _LaneShare:
     def shares(self, x: int) -> bool:
         """True for what several lanes of this process deliver positions of."""
         return x in self._need
+
+    def sharing(self, x: int) -> int:
+        """How many lanes of this process deliver positions of x (1 where x is not shared)."""
+        return self._sharing.get(x, 1)
 
     def release(self, x: int, lane: int | None = None) -> None:
         with self._lock:

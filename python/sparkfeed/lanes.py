@@ -33,7 +33,6 @@ consumer after each get from its lanes and by a starter when it is done).
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -46,11 +45,7 @@ __all__ = ["LaneReader", "round_robin", "reading_threads"]
 
 def reading_threads(lanes: int) -> int:
     """Threads to read `lanes` lanes: one per core, less the consuming thread's, at least one."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(lanes, cores - 1))
+    return max(1, min(lanes, protocol.cores() - 1))
 
 
 class _Start:

@@ -14,7 +14,6 @@ shuffled, one block (`blocks.py` shares blocks between thread lanes and reads th
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections import OrderedDict
 from typing import NamedTuple
@@ -26,6 +25,7 @@ import torch.utils.data
 
 from . import batch as batching
 from .errors import ShardReadError
+from .threads import cores
 from .plan import Plan
 from .read import Reader, UnitRows
 from .read.base import needs_value
@@ -52,7 +52,7 @@ _PIECE_BYTES = 16 << 20  # shuffle: positions gathered into one segment hold abo
 _MIN_PIECE = 256  # ... but at least this many positions (a batch, for the usual sizes)
 _MAX_PIECE = 1 << 16  # ... and at most this many (small rows; see `piece_positions`)
 _PIECE = 4096  # ... and this many where the dataset's stored bytes are not known
-_BLOCK_HELPERS = 3  # threads besides the lane reading the runs of one block (fewer on few cores)
+_BLOCK_HELPERS = 3  # threads besides the lanes reading the runs of one block (fewer: `_spare_cores`)
 _AHEAD_UNITS = 64  # units after the current run a reader is told about (`Reader.read_ahead`)
 
 
@@ -636,13 +636,24 @@ class StreamReader:
         would be requests made one at a time, on top of the lane's."""
         if self.reader.runs_ahead:
             return
-        helpers = min(len(self.stream.runs_of(b)) - 1, _BLOCK_HELPERS, (os.cpu_count() or 1) - 1)
+        helpers = min(len(self.stream.runs_of(b)) - 1, _BLOCK_HELPERS, self._spare_cores(b))
         for _ in range(max(0, helpers)):
             helper = StreamReader(self.stream, type(self.reader)(self.reader.ctx), row_ids=self.row_ids,
                                   views=self.views)
             helper._chunking = self._chunking  # it reads whole runs, in the lane's pieces
             threading.Thread(target=pending.help, args=(helper, b), daemon=True,
                              name="sparkfeed-block-reader").start()
+
+    def _spare_cores(self, b: int) -> int:
+        """Cores block b's read may add threads for: the lanes of this iteration read at once, so
+        each has an even share of the cores, and a block that k lanes deliver from (and read
+        together) has k shares and k threads already. On 2 cores, 2 lanes sharing one block read
+        it no faster with a third thread: a 200,000-row shuffled epoch ran at 0.915 of the
+        unshuffled one with a helper, 0.940 without (medians of 150 paired epochs)."""
+        info = torch.utils.data.get_worker_info()
+        lanes = info.num_workers if info is not None else len(self._lanes) if self._lanes else 1
+        sharing = self._shared.sharing(b) if isinstance(self._shared, SharedBlocks) else 1
+        return sharing * cores() // max(1, lanes) - sharing
 
     def _block(self, b: int) -> "Shuffled":
         """Block b, from this reader's one-block cache, the lanes' shared blocks, or storage."""

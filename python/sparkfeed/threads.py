@@ -24,6 +24,7 @@ returns after `JOIN_S`.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -33,11 +34,19 @@ from typing import Any
 
 from .errors import WorkerError
 
-__all__ = ["POLL_S", "JOIN_S", "END", "Failure", "put", "get", "drain", "join", "close_quietly"]
+__all__ = ["POLL_S", "JOIN_S", "END", "Failure", "put", "get", "drain", "join", "close_quietly", "cores"]
 
 POLL_S = 0.1   # how often a blocked put/get re-checks `stop` / the producer's liveness
 JOIN_S = 5.0   # the longest close() waits for a thread
 END = object()  # a producer's last item when its source is exhausted
+
+
+def cores() -> int:
+    """The cores this process may run on (its affinity, else the machine's), at least one."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

@@ -199,10 +199,14 @@ def test_memory_is_one_block_of_runs_and_each_block_is_read_once(clustered):
     assert stats["shuffle_block_rows"] == N_MIX
 
 
-def test_a_shuffled_epoch_of_many_blocks_reads_each_footer_once(clustered):
+def test_a_shuffled_epoch_of_many_blocks_reads_each_footer_once(clustered, monkeypatch):
     """Thread lanes and the helper threads that read each block's runs share the footers of
     one iteration (`read.base.SharedReads`): a shuffled epoch of several blocks reads what an
     unshuffled one does, footers included, and every file's footer once per iteration."""
+    from sparkfeed import stream
+
+    monkeypatch.setattr(stream, "cores", lambda: 8)  # 4 per lane: each block gets helpers
+
     def stats(shuffle):
         loader = sparkfeed.DataLoader(clustered, batch_size=100, shuffle=shuffle, seed=5, num_workers=2,
                                       shuffle_buffer=3_000, worker_type="thread", columns=["id", "label"])
@@ -243,6 +247,30 @@ def _run_lanes(readers, lanes):
     for t in threads:
         t.join()
     return out
+
+
+def test_block_helpers_take_the_cores_the_lanes_leave(four_groups, monkeypatch):
+    """Helper threads for a block: the block's share of the cores (an even share per lane of the
+    iteration, one per lane that delivers from the block) less the lanes that read it."""
+    from sparkfeed import stream
+
+    lanes = [[(0, 300)], [(300, 1024)]]  # both inside the one block
+    readers = _lane_readers(four_groups, lanes, [Stats(), Stats()])
+    for reader, spans in zip(readers, lanes):
+        reader._join_lanes(spans)
+    alone = _lane_readers(four_groups, [[(0, 1024)]], [Stats()])[0]  # no other lane
+    spare = {}
+    for n in (1, 2, 3, 16):
+        monkeypatch.setattr(stream, "cores", lambda n=n: n)
+        spare[n] = (readers[0]._spare_cores(0), readers[1]._spare_cores(0), alone._spare_cores(0))
+    assert spare == {1: (-1, -1, 0), 2: (0, 0, 1), 3: (1, 1, 2), 16: (14, 14, 15)}
+    three = [[(0, 300)], [(300, 600)], [(600, 1024)]]
+    monkeypatch.setattr(stream, "cores", lambda: 6)
+    reader = _lane_readers(four_groups, three, [Stats() for _ in three])[0]
+    reader._join_lanes(three[0])
+    assert reader._spare_cores(0) == 3 * 6 // 3 - 3  # three lanes share it: their 6 cores, less 3
+    for r in readers:
+        r.close()
 
 
 def test_lanes_on_threads_read_a_shared_block_together_once(four_groups):
