@@ -269,6 +269,9 @@ def test_block_helpers_take_the_cores_the_lanes_leave(four_groups, monkeypatch):
     reader = _lane_readers(four_groups, three, [Stats() for _ in three])[0]
     reader._join_lanes(three[0])
     assert reader._spare_cores(0) == 3 * 6 // 3 - 3  # three lanes share it: their 6 cores, less 3
+    monkeypatch.setattr(stream, "cores", lambda: 8)  # in one of torch's 4 worker processes
+    monkeypatch.setattr(stream.torch.utils.data, "get_worker_info", lambda: type("Info", (), {"num_workers": 4}))
+    assert alone._spare_cores(0) == 8 // 4 - 1
     for r in readers:
         r.close()
 
