@@ -268,6 +268,103 @@ def test_every_lane_sends_its_first_data_request_before_any_lane_gets_data(tmp_p
     assert both.is_set() and not gave_up, (sorted(arrived), gave_up)
 
 
+def _indexed_with_etags(tmp_path, server: LatencyServer, fmt: str = "parquet", files: int = 3) -> str:
+    """`files` Parquet files (or tars) of 100 rows under `pq/` indexed over `server` (which sends
+    ETags): the manifest records each file's ETag, so the loader checks each file's version once
+    per iteration."""
+    data = dsutil.table(100 * files, image_bytes=256)
+    if fmt == "parquet":
+        dsutil.write_parquet(str(tmp_path / "pq"), data, 100, 50)
+    else:
+        dsutil.write_tar(str(tmp_path / "pq"), data, 100)
+    names = sorted(n for n in os.listdir(tmp_path / "pq") if n.endswith((".parquet", ".tar")))
+    manifest = str(tmp_path / "m.json")
+    m = sparkfeed.index([f"{server.url}/pq/{n}" for n in names], manifest=manifest, format=fmt,
+                        progress=False)
+    assert len(m.shards) == files and all(s.etag for s in m.shards)
+    server.log.clear()
+    return manifest
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "webdataset"])
+def test_indexed_files_are_checked_ahead_all_at_once(tmp_path, fmt):
+    """An indexed file's version (its ETag: one HEAD) is checked once per file and iteration on
+    the read-ahead threads, the checks of the files a lane reads next sent together, beside their
+    footers. The server holds every HEAD until all three files' have arrived. Before, the lane
+    sent each file's HEAD just before reading it, so the first one was held until the hold gave up
+    (and each check cost the lane a round trip: 0.262 s per epoch against 0.187 s over 5 files
+    with 20 ms per request)."""
+    loading, arrived, every, gave_up, lock = threading.Event(), set(), threading.Event(), [], threading.Lock()
+
+    def hold(method: str, rel: str, rng: str) -> None:
+        if method != "HEAD" or not loading.is_set():
+            return
+        with lock:
+            arrived.add(rel)
+            if len(arrived) == 3:
+                every.set()
+        if not every.wait(10):
+            gave_up.append(rel)
+
+    server = LatencyServer(str(tmp_path), latency_s=0.0, hold=hold, etags=True)
+    try:
+        manifest = _indexed_with_etags(tmp_path, server, fmt)
+        loading.set()
+        column = "id" if fmt == "parquet" else "key"  # an indexed tar's columns are its members
+        loader = sparkfeed.DataLoader(f"{server.url}/pq", manifest=manifest, batch_size=50, num_workers=0,
+                                      columns=[column])
+        ids = [int(i if fmt == "parquet" else i[1:]) for b in loader for i in list(b[column])]
+        heads = sorted(what.split()[0] for _, _, method, what, _ in server.log if method == "HEAD")
+    finally:
+        server.close()
+    assert sorted(ids) == list(range(300))
+    assert every.is_set() and not gave_up, (sorted(arrived), gave_up)
+    assert heads == sorted(f"pq/{n}" for n in os.listdir(tmp_path / "pq") if n.endswith((".parquet", ".tar")))
+
+
+def test_a_file_changed_after_indexing_is_an_error_when_checked_ahead(tmp_path):
+    """The check made ahead raises where the file is read, naming the shard."""
+    server = LatencyServer(str(tmp_path), latency_s=0.0, etags=True)
+    try:
+        manifest = _indexed_with_etags(tmp_path, server)
+        changed = tmp_path / "pq" / "part-00001.parquet"
+        stat = changed.stat()
+        os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a new ETag
+        loader = sparkfeed.DataLoader(f"{server.url}/pq", manifest=manifest, batch_size=50, num_workers=0)
+        with pytest.raises(sparkfeed.ShardReadError, match=r"part-00001\.parquet.*changed after it was indexed"):
+            list(loader)
+    finally:
+        server.close()
+
+
+def test_a_version_check_that_failed_ahead_is_made_again_in_place(tmp_path, monkeypatch):
+    """A check that fails on a read-ahead thread (here: a dropped connection, once) is not the
+    file's verdict: the reader checks it again where it opens it, with its retries."""
+    from sparkfeed.read import base
+
+    check, calls, lock = base.Reader._check_now, [], threading.Lock()
+
+    def flaky(self, unit, full):
+        with lock:
+            calls.append((unit.path, threading.current_thread().name.startswith("sparkfeed-ahead")))
+            first = calls.count(("part-00001.parquet", True)) == 1 and calls[-1] == ("part-00001.parquet", True)
+        if first:
+            raise ConnectionResetError("dropped on purpose")
+        return check(self, unit, full)
+
+    server = LatencyServer(str(tmp_path), latency_s=0.0, etags=True)
+    try:
+        manifest = _indexed_with_etags(tmp_path, server)
+        monkeypatch.setattr(base.Reader, "_check_now", flaky)
+        loader = sparkfeed.DataLoader(f"{server.url}/pq", manifest=manifest, batch_size=50, num_workers=0)
+        ids = [i for b in loader for i in b["id"].tolist()]
+    finally:
+        server.close()
+    assert sorted(ids) == list(range(300))
+    assert sorted(calls) == [("part-00000.parquet", True), ("part-00001.parquet", False),
+                             ("part-00001.parquet", True), ("part-00002.parquet", True)]
+
+
 class _IgnoresRange(http.server.BaseHTTPRequestHandler):
     """Answers every GET with the whole file (200), whatever the Range header asks for."""
 

@@ -26,11 +26,14 @@ _servers: dict[str, "LatencyServer"] = {}
 class LatencyServer:
     """Serves `root` read-only on 127.0.0.1 with Range support, `latency_s` added per request.
     `hold(method, path, range header)`, when given, is called before each request is answered
-    and may block it (tests use it to hold requests until others have arrived)."""
+    and may block it (tests use it to hold requests until others have arrived). `etags=True`
+    sends each file's ETag, as object stores do (`sparkfeed.index` then records it, and the
+    loader checks it once per file and iteration)."""
 
     def __init__(self, root: str, latency_s: float = LATENCY_S,
-                 hold: Callable[[str, str, str], None] | None = None):
+                 hold: Callable[[str, str, str], None] | None = None, etags: bool = False):
         self.root, self.latency_s, self.hold = os.path.realpath(root), latency_s, hold
+        self.etags = etags
         self.requests, self.bytes_sent, self._lock = 0, 0, threading.Lock()
         # (arrived, answered, method, path and range, bytes), times on time.perf_counter: which
         # requests wait on which (the critical path of a read), for diagnosis
@@ -52,11 +55,12 @@ class LatencyServer:
         self.server.server_close()
 
 
-def send_file_range(handler: http.server.BaseHTTPRequestHandler, path: str, body: bool) -> int:
+def send_file_range(handler: http.server.BaseHTTPRequestHandler, path: str, body: bool,
+                    etag: bool = False) -> int:
     """Answer a GET/HEAD for the file at `path` as object stores do: 206 with the bytes of a
-    `Range: bytes=a-b` header, else 200 with the whole file. Returns the body bytes sent (0 when
-    the client hung up before the body went out).
-    (Also the test servers' responder: tests/faulty_http.py.)"""
+    `Range: bytes=a-b` header, else 200 with the whole file; with `etag`, the file's ETag (of its
+    size and mtime). Returns the body bytes sent (0 when the client hung up before the body went
+    out). (Also the test servers' responder: tests/faulty_http.py.)"""
     size = os.path.getsize(path)
     start, end = 0, size - 1
     m = re.match(r"bytes=(\d+)-(\d*)", handler.headers.get("Range", ""))
@@ -68,6 +72,8 @@ def send_file_range(handler: http.server.BaseHTTPRequestHandler, path: str, body
         handler.send_response(200)
     handler.send_header("Content-Length", str(end - start + 1))
     handler.send_header("Accept-Ranges", "bytes")
+    if etag:
+        handler.send_header("ETag", f'"{size:x}-{os.stat(path).st_mtime_ns:x}"')
     handler.end_headers()
     if not body:
         return 0
@@ -106,7 +112,7 @@ def _handler(owner: LatencyServer):
                 self.end_headers()
                 owner.count(0, (self.command, self.path), arrived)
                 return
-            sent = send_file_range(self, path, body)
+            sent = send_file_range(self, path, body, owner.etags)
             owner.count(sent, (self.command, f"{rel} {self.headers.get('Range', '')}"), arrived)
 
     return Handler

@@ -48,6 +48,7 @@ class SharedReads:
         self._fetches: OrderedDict[str, Future] = OrderedDict()  # footers being fetched ahead
         self._offers: OrderedDict[object, Future] = OrderedDict()  # unit key -> its fetch
         self._claims: OrderedDict[object, None] = OrderedDict()  # keys a reader read in place
+        self._checks: OrderedDict[str, Future] = OrderedDict()  # files' version checks started ahead
 
     def get(self, path: str):
         """What was learnt of the file at `path` (relative to the dataset), else None."""
@@ -90,6 +91,22 @@ class SharedReads:
                 if future is not None:
                     self._put(self._fetches, path, future)
             return future
+
+    def checking(self, path: str, start: Callable[[], Future | None]) -> None:
+        """The check of the file's indexed version (`Reader._check_unchanged`) that a reader's
+        read-ahead started (`start()`, called for the first reader that asks), for every reader of
+        the iteration to wait for instead of checking again. A cancelled one is started anew."""
+        with self._lock:
+            future = self._checks.get(path)
+            if future is None or future.cancelled():
+                future = start()
+                if future is not None:
+                    self._put(self._checks, path, future)
+
+    def check_of(self, path: str) -> Future | None:
+        """The version check read-ahead started for `path`, or None."""
+        with self._lock:
+            return self._checks.get(path)
 
     def fetched(self, path: str):
         """The footer read-ahead fetched for `path` (waiting for it), None if none or failed."""
@@ -297,13 +314,41 @@ class Reader:
     def _count(self, unit: WorkUnit) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _versioned(self, unit: WorkUnit) -> bool:
+        """Whether the manifest recorded the unit's file's version (indexed data)."""
+        shard = self.ctx.shards.get(unit.path)
+        return shard is not None and (shard.mtime is not None or shard.etag is not None)
+
+    def _check_ahead(self, unit: WorkUnit, full: str, ahead) -> None:
+        """Start `_check_unchanged` for the unit's file on the read-ahead threads (`ahead`, a
+        `storage.ReadAhead`), once per file and iteration: over object storage its request (a
+        HEAD) then goes out beside the footer's fetch and the other files' checks, not on the
+        lane before the file's first read (5 files over HTTP with 20 ms per request: 0.262 s per
+        epoch against 0.187 s with no version to check)."""
+        if ahead is not None and self._versioned(unit):
+            self.ctx.shared.checking(unit.path, lambda: ahead.once(
+                (unit.path, "version"), lambda: self._check_now(unit, full)))
+
     def _check_unchanged(self, unit: WorkUnit, full: str) -> None:
         """Indexed data (`sparkfeed.index`) records each file's size and mtime/ETag: a file that
         differs now was changed after indexing, and is an error rather than wrong rows. Once per
-        file open; written datasets (no version recorded) skip it."""
-        shard = self.ctx.shards.get(unit.path)
-        if shard is None or (shard.mtime is None and shard.etag is None):
+        file open; written datasets (no version recorded) skip it. The check read-ahead started
+        (`_check_ahead`) is waited for; if it failed, the file is checked again here, where the
+        error names this unit and transient failures are retried."""
+        if not self._versioned(unit):
             return
+        started = self.ctx.shared.check_of(unit.path)
+        if started is not None:
+            try:
+                started.result()
+                return
+            except Exception:  # noqa: BLE001 - met again below, in place
+                pass
+        self._check_now(unit, full)
+
+    def _check_now(self, unit: WorkUnit, full: str) -> None:
+        """`_check_unchanged`'s comparison, one request for the file's size and version."""
+        shard = self.ctx.shards[unit.path]
         from ..index.discover import file_version
 
         try:

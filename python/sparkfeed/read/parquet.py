@@ -212,13 +212,17 @@ class ParquetReader(Reader):
 
     def read_ahead(self, units) -> None:
         """Upcoming row groups: the footer of every file among them fetched at once (one request
-        each, concurrently, once per file), and consecutive row groups of a file fetched together
+        each, concurrently, once per file; for indexed data its version check too), and consecutive row groups of a file fetched together
         up to `_FETCH_BYTES` (one coalesced range request); the reader's first fetch is smaller
         (`_FIRST_FETCH_BYTES`), so the first batch waits for little while the rest streams in."""
         if self._ahead is None:
             return
-        names, items = self._ahead_columns(), []
-        for rel in dict.fromkeys(u.path for u in units if u.row_group is not None):
+        names, items, firsts = self._ahead_columns(), [], {}
+        for unit in units:
+            if unit.row_group is not None:
+                firsts.setdefault(unit.path, unit)
+        for rel, unit in firsts.items():  # indexed files: their version checks beside the footers
+            self._check_ahead(unit, storage.join(self.ctx.root, rel, self.ctx.dataset), self._ahead)
             self._footer(rel)
         for unit in units:
             key = (unit.path, unit.row_group)
