@@ -246,7 +246,9 @@ class PendingBlock:
         return next((i for i, p in enumerate(self.parts) if p is None and i not in self.taken), None)
 
     def _order_wanted(self) -> bool:
-        return self.make_order is not None and self.order is None and not self.ordering
+        """Nobody has the order or is drawing it, and no builder draws it itself (`_finish_block`
+        draws it when it starts without one: a thread that drew it beside would draw it twice)."""
+        return self.make_order is not None and self.order is None and not self.ordering and not self.building
 
     def _order(self) -> None:
         """Compute the block's order without the lock (holding it on entry and exit)."""

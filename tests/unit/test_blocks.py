@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -133,3 +134,46 @@ def test_a_corrupt_shard_with_the_next_epoch_read_ahead_is_skipped_or_named_each
         with pytest.raises(ShardReadError, match=r"part-00000\.parquet.*row group"):
             list(loader)
     assert "epochs_read_ahead" not in loader.stats()
+
+
+def test_a_block_built_without_its_order_is_ordered_once():
+    """The last run is read before any thread drew the block's order: the builder draws it
+    itself (`_finish_block`), and a thread that joins meanwhile waits for the block instead of
+    drawing the order beside it (before: twice, seen under load as a flaky
+    test_a_shared_block_is_ordered_once_and_read_by_every_thread)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from sparkfeed.blocks import PendingBlock
+
+    building, orders = threading.Event(), []
+
+    def make_order():
+        orders.append(threading.current_thread().name)
+        return np.arange(4)
+
+    class Reader:
+        stream = SimpleNamespace(block_runs=np.array([0, 1]))
+
+        def _read_run_part(self, run, into, part):
+            return ["run"]
+
+        def _finish_block(self, b, parts, order, into):
+            building.set()
+            if order is None:
+                order = make_order()
+            time.sleep(0.2)  # the other thread joins while this one builds
+            return ("block", parts, order.tolist())
+
+    pending = PendingBlock(1, make_order=make_order)
+    got = {}
+    first = threading.Thread(target=lambda: got.setdefault("first", pending.join(Reader(), 0)), name="first")
+    first.start()
+    assert building.wait(10)
+    second = threading.Thread(target=lambda: got.setdefault("second", pending.join(Reader(), 0)), name="second")
+    second.start()
+    first.join(10)
+    second.join(10)
+    assert got["first"] == got["second"] == ("block", [["run"]], [0, 1, 2, 3])
+    assert orders == ["first"]
