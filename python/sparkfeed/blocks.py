@@ -66,6 +66,11 @@ class _LaneShare:
         """True for what several lanes of this process deliver positions of."""
         return x in self._need
 
+    def held_by(self, lane: int) -> list:
+        """What lane `lane` shares with other lanes and has not released yet, ascending."""
+        with self._lock:
+            return sorted(self._pending[lane])
+
     def sharing(self, x: int) -> int:
         """How many lanes of this process deliver positions of x (1 where x is not shared)."""
         return self._sharing.get(x, 1)

@@ -274,7 +274,7 @@ def _indexed_with_etags(tmp_path, server: LatencyServer, fmt: str = "parquet", f
     per iteration."""
     data = dsutil.table(100 * files, image_bytes=256)
     if fmt == "parquet":
-        dsutil.write_parquet(str(tmp_path / "pq"), data, 100, 50)
+        dsutil.write_parquet(str(tmp_path / "pq"), data, 100, 100)  # one row group per file
     else:
         dsutil.write_tar(str(tmp_path / "pq"), data, 100)
     names = sorted(n for n in os.listdir(tmp_path / "pq") if n.endswith((".parquet", ".tar")))
@@ -287,13 +287,16 @@ def _indexed_with_etags(tmp_path, server: LatencyServer, fmt: str = "parquet", f
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "webdataset"])
-def test_indexed_files_are_checked_ahead_all_at_once(tmp_path, fmt):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_indexed_files_are_checked_ahead_all_at_once(tmp_path, fmt, workers, monkeypatch):
     """An indexed file's version (its ETag: one HEAD) is checked once per file and iteration on
     the read-ahead threads, the checks of the files a lane reads next sent together, beside their
     footers. The server holds every HEAD until all three files' have arrived. Before, the lane
     sent each file's HEAD just before reading it, so the first one was held until the hold gave up
     (and each check cost the lane a round trip: 0.262 s per epoch against 0.187 s over 5 files
-    with 20 ms per request)."""
+    with 20 ms per request). With 2 thread lanes the middle file is split between them, read in
+    place by the first that gets there (no read-ahead fetches it): its check goes ahead too, and
+    once."""
     loading, arrived, every, gave_up, lock = threading.Event(), set(), threading.Event(), [], threading.Lock()
 
     def hold(method: str, rel: str, rng: str) -> None:
@@ -306,13 +309,18 @@ def test_indexed_files_are_checked_ahead_all_at_once(tmp_path, fmt):
         if not every.wait(10):
             gave_up.append(rel)
 
+    from sparkfeed.read import base
+
+    check, threads = base.Reader._check_now, []
+    monkeypatch.setattr(base.Reader, "_check_now",
+                        lambda self, *a: threads.append(threading.current_thread().name) or check(self, *a))
     server = LatencyServer(str(tmp_path), latency_s=0.0, hold=hold, etags=True)
     try:
         manifest = _indexed_with_etags(tmp_path, server, fmt)
         loading.set()
         column = "id" if fmt == "parquet" else "key"  # an indexed tar's columns are its members
-        loader = sparkfeed.DataLoader(f"{server.url}/pq", manifest=manifest, batch_size=50, num_workers=0,
-                                      columns=[column])
+        loader = sparkfeed.DataLoader(f"{server.url}/pq", manifest=manifest, batch_size=50, num_workers=workers,
+                                      worker_type="thread", columns=[column])
         ids = [int(i if fmt == "parquet" else i[1:]) for b in loader for i in list(b[column])]
         heads = sorted(what.split()[0] for _, _, method, what, _ in server.log if method == "HEAD")
     finally:
@@ -320,6 +328,7 @@ def test_indexed_files_are_checked_ahead_all_at_once(tmp_path, fmt):
     assert sorted(ids) == list(range(300))
     assert every.is_set() and not gave_up, (sorted(arrived), gave_up)
     assert heads == sorted(f"pq/{n}" for n in os.listdir(tmp_path / "pq") if n.endswith((".parquet", ".tar")))
+    assert len(threads) == 3 and all(t.startswith("sparkfeed-ahead") for t in threads), threads  # none on a lane
 
 
 def test_a_file_changed_after_indexing_is_an_error_when_checked_ahead(tmp_path):

@@ -217,12 +217,9 @@ class ParquetReader(Reader):
         (`_FIRST_FETCH_BYTES`), so the first batch waits for little while the rest streams in."""
         if self._ahead is None:
             return
-        names, items, firsts = self._ahead_columns(), [], {}
-        for unit in units:
-            if unit.row_group is not None:
-                firsts.setdefault(unit.path, unit)
-        for rel, unit in firsts.items():  # indexed files: their version checks beside the footers
-            self._check_ahead(unit, storage.join(self.ctx.root, rel, self.ctx.dataset), self._ahead)
+        names, items = self._ahead_columns(), []
+        self.check_ahead(u for u in units if u.row_group is not None)  # indexed files: beside the footers
+        for rel in dict.fromkeys(u.path for u in units if u.row_group is not None):
             self._footer(rel)
         for unit in units:
             key = (unit.path, unit.row_group)

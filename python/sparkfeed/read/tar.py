@@ -78,13 +78,14 @@ class TarReader(Reader):
     def read_ahead(self, units) -> None:
         """Fetch the next shards' pieces (`chunks`), each after its shard's index (fetched once);
         an unindexed shard is fetched whole. Indexed data: each shard's version check goes out
-        ahead too (`_check_ahead`)."""
+        ahead too (`check_ahead`)."""
         if self._ahead is None:
             return
+        units = list(units)
+        self.check_ahead(units)  # indexed data: each shard's version, once
         items = []
         for unit in units:
             path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
-            self._check_ahead(unit, path, self._ahead)  # indexed data: the shard's version, once
             size = self.ctx.manifest_bytes.get(unit.path)
             where = self._index_path(unit)
             index = None if where is None else self._ahead.once(
