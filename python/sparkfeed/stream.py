@@ -675,9 +675,9 @@ class StreamReader:
         block's part of a span as one `Shuffled`, for a caller that gathers it itself."""
         self._join_lanes(spans)
         self._ahead_units = _lane_units(self.stream, spans, self.reader.runs_ahead, self._shared, self._lane)
-        if isinstance(self._shared, SharedUnits):  # read in place, so told to no read-ahead: their
-            # files' version checks go ahead all the same (a check moves no data)
-            self.reader.check_ahead(self.stream.units[k] for k in self._shared.held_by(self._lane))
+        if isinstance(self._shared, SharedUnits):  # read in place, so told to no read-ahead: what
+            # opening their files needs goes ahead all the same (version checks, footers: no row data)
+            self.reader.open_ahead(self.stream.units[k] for k in self._shared.held_by(self._lane))
         if self.reader.runs_ahead:
             self.reader.offers = _offered_units(self.stream, self._shared, self._lane)
         if self.reader.ctx.expr is None:  # a unit's pieces are its rows then

@@ -121,6 +121,27 @@ def test_parquet_footers_are_fetched_once_per_file_and_data_without_overlap(tmp_
             (path, ranges)
 
 
+def test_a_row_group_split_between_lanes_is_read_with_the_footer_fetched_ahead(tmp_path):
+    """Two thread lanes; the lane boundary (row 150) falls inside row group [140, 180) of the
+    middle file, which the lanes share (read in place by the first to get there, told to no
+    read-ahead). Lane 1 starts with it, while lane 0's read-ahead is fetching that file's footer
+    for its own row groups: lane 1 waits for that fetch (and sends one itself where none is
+    under way: `Reader.open_ahead`) instead of reading the footer again. Each file's footer is
+    one request (before: the middle file's, two)."""
+    data = dsutil.table(300, image_bytes=2048)
+    m = dsutil.write_parquet(str(tmp_path / "pq"), data, 100, 40)
+    server = LatencyServer(str(tmp_path), latency_s=0.01)
+    try:
+        L = sparkfeed.DataLoader(f"{server.url}/pq", batch_size=50, num_workers=2, worker_type="thread")
+        ids = [i for b in L for i in b["id"].tolist()]
+    finally:
+        server.close()
+    assert sorted(ids) == list(range(300))
+    tails = {path: sum(b == os.path.getsize(os.path.join(str(tmp_path), path)) - 1 for _, b in ranges)
+             for path, ranges in _gets(server, ".parquet").items()}
+    assert tails == {f"pq/{s.path}": 1 for s in m.shards}, tails
+
+
 def test_a_shuffled_epoch_over_http_fetches_each_footer_once_per_lane_at_most(tmp_path):
     """The readers of one iteration (two thread lanes, and the helper threads that read each
     shuffle block's runs, a reader each) share the footers they read: each file's footer is

@@ -162,7 +162,7 @@ class ParquetReader(Reader):
 
         def attempt() -> pa.Table:
             nonlocal groups, absent
-            pf = self._file(unit, fetched[0] if fetched else None)
+            pf = self._file(unit, fetched[0] if fetched else self._ahead_footer(unit))
             if groups is None:
                 groups = range(pf.metadata.num_row_groups) if unit.row_group is None else [unit.row_group]
             stored = _stored_names(pf.schema_arrow)
@@ -218,9 +218,7 @@ class ParquetReader(Reader):
         if self._ahead is None:
             return
         names, items = self._ahead_columns(), []
-        self.check_ahead(u for u in units if u.row_group is not None)  # indexed files: beside the footers
-        for rel in dict.fromkeys(u.path for u in units if u.row_group is not None):
-            self._footer(rel)
+        self.open_ahead(u for u in units if u.row_group is not None)  # version checks, footers
         for unit in units:
             key = (unit.path, unit.row_group)
             if unit.row_group is None:
@@ -245,6 +243,11 @@ class ParquetReader(Reader):
                                for keys, nbytes, groups in items])
         finally:  # every reserved place resolved, even if submitting failed: nobody waits forever
             self._offer(reserved)
+
+    def _meta_ahead(self, units: list[WorkUnit]) -> None:
+        """The footer of each file of `units`, fetched once, concurrently (`_footer`)."""
+        for rel in dict.fromkeys(u.path for u in units if u.row_group is not None):
+            self._footer(rel)
 
     def _unit_bytes(self, unit: WorkUnit, names: list[str]) -> int:
         """Bytes a fetch of the unit's columns `names` moves: from the footer when the file is

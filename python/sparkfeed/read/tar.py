@@ -87,9 +87,7 @@ class TarReader(Reader):
         for unit in units:
             path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
             size = self.ctx.manifest_bytes.get(unit.path)
-            where = self._index_path(unit)
-            index = None if where is None else self._ahead.once(
-                (unit.path, "index"), functools.partial(self._read_index, unit, where))
+            index = self._index_ahead(unit)
             pieces = self.chunks(unit, unit.num_rows)
             if pieces:
                 spans = self._ahead.once((unit.path, "spans"), functools.partial(
@@ -111,6 +109,17 @@ class TarReader(Reader):
             self._ahead.ahead(items)
         finally:  # every reserved place resolved, even if submitting failed: nobody waits forever
             self._offer(reserved)
+
+    def _index_ahead(self, unit: WorkUnit):
+        """The future of the fetch of the shard's index text (once), None without an index."""
+        where = self._index_path(unit)
+        return None if where is None else self._ahead.once(
+            (unit.path, "index"), functools.partial(self._read_index, unit, where))
+
+    def _meta_ahead(self, units: list[WorkUnit]) -> None:
+        """Each shard's index text, fetched once, concurrently (`_index_ahead`)."""
+        for unit in {u.path: u for u in units}.values():
+            self._index_ahead(unit)
 
     @property
     def runs_ahead(self) -> bool:
