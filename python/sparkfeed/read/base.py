@@ -56,10 +56,11 @@ class SharedReads:
             entry = self._known.get(path)
         return entry.result() if entry is not None and entry.done() and not entry.exception() else None
 
-    def once(self, path: str, learn: Callable[[], T]) -> T:
+    def once(self, path, learn: Callable[[], T]) -> T:
         """`learn()` for the file at `path`, run by the first reader that asks; the others that
         ask meanwhile wait for it. If it fails, each reader runs `learn` itself (and meets its
-        own error, as without sharing)."""
+        own error, as without sharing). `path` may be a tuple naming something else learnt of
+        the file (`("version", path)`: `Reader._check_unchanged`)."""
         with self._lock:
             entry, mine = self._known.get(path), False
             if entry is None:
@@ -84,24 +85,22 @@ class SharedReads:
         """The fetch of the file's footer that a reader's read-ahead started (`start()`, called
         for the first reader that asks), so the other readers wait for it instead of fetching
         the footer again. A fetch cancelled with its reader is started anew."""
-        with self._lock:
-            future = self._fetches.get(path)
-            if future is None or future.cancelled():
-                future = start()
-                if future is not None:
-                    self._put(self._fetches, path, future)
-            return future
+        return self._started(self._fetches, path, start)
 
     def checking(self, path: str, start: Callable[[], Future | None]) -> None:
         """The check of the file's indexed version (`Reader._check_unchanged`) that a reader's
-        read-ahead started (`start()`, called for the first reader that asks), for every reader of
-        the iteration to wait for instead of checking again. A cancelled one is started anew."""
+        read-ahead started, as `fetching` starts a footer's: every reader of the iteration waits
+        for it (`check_of`) instead of checking again."""
+        self._started(self._checks, path, start)
+
+    def _started(self, table: OrderedDict, path: str, start: Callable[[], Future | None]) -> Future | None:
         with self._lock:
-            future = self._checks.get(path)
+            future = table.get(path)
             if future is None or future.cancelled():
                 future = start()
                 if future is not None:
-                    self._put(self._checks, path, future)
+                    self._put(table, path, future)
+            return future
 
     def check_of(self, path: str) -> Future | None:
         """The version check read-ahead started for `path`, or None."""

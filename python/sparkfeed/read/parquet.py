@@ -212,9 +212,10 @@ class ParquetReader(Reader):
 
     def read_ahead(self, units) -> None:
         """Upcoming row groups: the footer of every file among them fetched at once (one request
-        each, concurrently, once per file; for indexed data its version check too), and consecutive row groups of a file fetched together
-        up to `_FETCH_BYTES` (one coalesced range request); the reader's first fetch is smaller
-        (`_FIRST_FETCH_BYTES`), so the first batch waits for little while the rest streams in."""
+        each, concurrently, once per file; for indexed data its version check too), and
+        consecutive row groups of a file fetched together up to `_FETCH_BYTES` (one coalesced
+        range request); the reader's first fetch is smaller (`_FIRST_FETCH_BYTES`), so the first
+        batch waits for little while the rest streams in."""
         if self._ahead is None:
             return
         names, items = self._ahead_columns(), []
