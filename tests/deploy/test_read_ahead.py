@@ -142,6 +142,23 @@ def test_a_row_group_split_between_lanes_is_read_with_the_footer_fetched_ahead(t
     assert tails == {f"pq/{s.path}": 1 for s in m.shards}, tails
 
 
+def test_a_tar_split_between_lanes_has_its_index_fetched_once(tmp_path):
+    """Two thread lanes split the middle of three indexed tars: each lane reads its own samples
+    of it and needs its index, which is fetched once for both (`SharedReads.fetching`)."""
+    m = dsutil.write_tar(str(tmp_path / "wds"), dsutil.table(300, image_bytes=2048), 100)
+    server = LatencyServer(str(tmp_path), latency_s=0.01)
+    try:
+        L = sparkfeed.DataLoader(f"{server.url}/wds", batch_size=50, num_workers=2, worker_type="thread",
+                                 columns=["id"])
+        ids = [i for b in L for i in b["id"].tolist()]
+    finally:
+        server.close()
+    assert sorted(ids) == list(range(300))
+    indexes = sorted(what.split()[0] for _, _, method, what, _ in server.log
+                     if method == "GET" and what.split()[0].endswith(".idx"))
+    assert indexes == sorted(f"wds/{s.index}" for s in m.shards), indexes
+
+
 def test_a_shuffled_epoch_over_http_fetches_each_footer_once_per_lane_at_most(tmp_path):
     """The readers of one iteration (two thread lanes, and the helper threads that read each
     shuffle block's runs, a reader each) share the footers they read: each file's footer is

@@ -84,7 +84,8 @@ class SharedReads:
     def fetching(self, path: str, start: Callable[[], Future | None]) -> Future | None:
         """The fetch of the file's footer that a reader's read-ahead started (`start()`, called
         for the first reader that asks), so the other readers wait for it instead of fetching
-        the footer again. A fetch cancelled with its reader is started anew."""
+        the footer again. A fetch cancelled with its reader is started anew. (Also a tar's index
+        text, under `("index", path)`.)"""
         return self._started(self._fetches, path, start)
 
     def checking(self, path: str, start: Callable[[], Future | None]) -> None:

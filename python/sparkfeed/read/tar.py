@@ -111,10 +111,14 @@ class TarReader(Reader):
             self._offer(reserved)
 
     def _index_ahead(self, unit: WorkUnit):
-        """The future of the fetch of the shard's index text (once), None without an index."""
+        """The future of the fetch of the shard's index text, once for the readers of the
+        iteration (`SharedReads.fetching`: the two lanes that split a shard each need its
+        index, 750 KB for 5,000 images); None without an index."""
         where = self._index_path(unit)
-        return None if where is None else self._ahead.once(
-            (unit.path, "index"), functools.partial(self._read_index, unit, where))
+        if where is None:
+            return None
+        return self.ctx.shared.fetching(("index", unit.path), lambda: self._ahead.once(
+            (unit.path, "index"), functools.partial(self._read_index, unit, where)))
 
     def _meta_ahead(self, units: list[WorkUnit]) -> None:
         """Each shard's index text, fetched once, concurrently (`_index_ahead`)."""
@@ -153,7 +157,8 @@ class TarReader(Reader):
         per shard: from what `read_ahead` fetched, or read and worked out here."""
         if unit.path not in self._indexes:
             once = self._ahead.once_result if self._ahead is not None else lambda key: None
-            text, where = once((unit.path, "index")), self._index_path(unit)
+            fetched = self.ctx.shared.fetched(("index", unit.path)) if self._ahead is not None else None
+            text, where = fetched, self._index_path(unit)
             if text is None and where is not None:
                 text = self._read_index(unit, where)
             spans, pieces = once((unit.path, "spans")), self.chunks(unit, unit.num_rows)
