@@ -35,7 +35,9 @@ class SharedReads:
 
     * footers: what opening a Parquet file learns (its parsed footer, checked against the
       manifest), once per file (`once`, `get`), and footers read-ahead is fetching
-      (`fetching`, `fetched`);
+      (`fetching`, `fetched`; a tar's index text the same way, under `("index", path)`);
+    * version checks of indexed files (`Reader._check_unchanged`): started by read-ahead
+      (`checking`, `check_of`), or made in place once (`once`, under `("version", path)`);
     * offered fetches: a read-ahead fetch of units that another reader may read (`offer`,
       `offered`).
 
