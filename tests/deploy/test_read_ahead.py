@@ -270,6 +270,24 @@ def test_a_forked_worker_leaves_the_parents_http_connections_alone(tmp_path):
         assert fs.cat_file(f"{url}/x.bin", start=0, end=9) == b"sparkfeed"
 
 
+class _Gate:
+    """For a test server's `hold`: each request passed to `wait` is held until requests for `n`
+    distinct paths have arrived; a path whose wait gave up (after `timeout_s`, only when the
+    others never come) is recorded in `gave_up`."""
+
+    def __init__(self, n: int, timeout_s: float):
+        self.n, self.timeout_s = n, timeout_s
+        self.arrived, self.gave_up, self.all_in, self._lock = set(), [], threading.Event(), threading.Lock()
+
+    def wait(self, rel: str) -> None:
+        with self._lock:
+            self.arrived.add(rel)
+            if len(self.arrived) >= self.n:
+                self.all_in.set()
+        if not self.all_in.wait(self.timeout_s):
+            self.gave_up.append(rel)
+
+
 def test_every_lane_sends_its_first_data_request_before_any_lane_gets_data(tmp_path):
     """Two thread lanes served by one reading thread (2 cores: `lanes.reading_threads`), one
     Parquet file each. The server holds every data request (not the footers) until both files'
@@ -278,7 +296,7 @@ def test_every_lane_sends_its_first_data_request_before_any_lane_gets_data(tmp_p
     segment was read, that is never while lane 0's data was held (the hold gave up after 30 s)."""
     data = dsutil.table(800, image_bytes=1024)
     dsutil.write_parquet(str(tmp_path / "pq"), data, 400, 100)
-    arrived, both, gave_up, lock = set(), threading.Event(), [], threading.Lock()
+    gate = _Gate(2, 30)
 
     def hold(method: str, rel: str, rng: str) -> None:
         if method != "GET" or not rel.endswith(".parquet") or not rng:
@@ -286,12 +304,7 @@ def test_every_lane_sends_its_first_data_request_before_any_lane_gets_data(tmp_p
         end = int(rng.split("-")[1])
         if end >= os.path.getsize(tmp_path / rel) - 1:
             return  # a footer: answered at once
-        with lock:
-            arrived.add(rel)
-            if len(arrived) == 2:
-                both.set()
-        if not both.wait(30):
-            gave_up.append(rel)
+        gate.wait(rel)
 
     server = LatencyServer(str(tmp_path), latency_s=0.0, hold=hold)
     cpus = os.sched_getaffinity(0)
@@ -303,7 +316,7 @@ def test_every_lane_sends_its_first_data_request_before_any_lane_gets_data(tmp_p
         os.sched_setaffinity(0, cpus)
         server.close()
     assert sorted(ids) == list(range(800))
-    assert both.is_set() and not gave_up, (sorted(arrived), gave_up)
+    assert gate.all_in.is_set() and not gate.gave_up, (sorted(gate.arrived), gate.gave_up)
 
 
 def _indexed_with_etags(tmp_path, server: LatencyServer, fmt: str = "parquet", files: int = 3) -> str:
@@ -335,17 +348,11 @@ def test_indexed_files_are_checked_ahead_all_at_once(tmp_path, fmt, workers, mon
     with 20 ms per request). With 2 thread lanes the middle file is split between them, read in
     place by the first that gets there (no read-ahead fetches it): its check goes ahead too, and
     once."""
-    loading, arrived, every, gave_up, lock = threading.Event(), set(), threading.Event(), [], threading.Lock()
+    loading, gate = threading.Event(), _Gate(3, 10)
 
     def hold(method: str, rel: str, rng: str) -> None:
-        if method != "HEAD" or not loading.is_set():
-            return
-        with lock:
-            arrived.add(rel)
-            if len(arrived) == 3:
-                every.set()
-        if not every.wait(10):
-            gave_up.append(rel)
+        if method == "HEAD" and loading.is_set():
+            gate.wait(rel)
 
     from sparkfeed.read import base
 
@@ -364,7 +371,7 @@ def test_indexed_files_are_checked_ahead_all_at_once(tmp_path, fmt, workers, mon
     finally:
         server.close()
     assert sorted(ids) == list(range(300))
-    assert every.is_set() and not gave_up, (sorted(arrived), gave_up)
+    assert gate.all_in.is_set() and not gate.gave_up, (sorted(gate.arrived), gate.gave_up)
     assert heads == sorted(f"pq/{n}" for n in os.listdir(tmp_path / "pq") if n.endswith((".parquet", ".tar")))
     assert len(threads) == 3 and all(t.startswith("sparkfeed-ahead") for t in threads), threads  # none on a lane
 
@@ -379,6 +386,20 @@ def test_a_file_changed_after_indexing_is_an_error_when_checked_ahead(tmp_path):
         os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a new ETag
         loader = sparkfeed.DataLoader(f"{server.url}/pq", manifest=manifest, batch_size=50, num_workers=0)
         with pytest.raises(sparkfeed.ShardReadError, match=r"part-00001\.parquet.*changed after it was indexed"):
+            list(loader)
+    finally:
+        server.close()
+
+
+def test_a_file_gone_after_indexing_is_an_error_when_checked_ahead(tmp_path):
+    """A file the manifest names and storage no longer has: the check made ahead fails, the file
+    is checked again where it is read, and the error names the shard."""
+    server = LatencyServer(str(tmp_path), latency_s=0.0, etags=True)
+    try:
+        manifest = _indexed_with_etags(tmp_path, server)
+        os.remove(tmp_path / "pq" / "part-00002.parquet")
+        loader = sparkfeed.DataLoader(f"{server.url}/pq", manifest=manifest, batch_size=50, num_workers=0)
+        with pytest.raises(sparkfeed.ShardReadError, match=r"part-00002\.parquet.*file missing"):
             list(loader)
     finally:
         server.close()

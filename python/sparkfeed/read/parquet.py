@@ -99,11 +99,14 @@ class ParquetReader(Reader):
     def _file(self, unit: WorkUnit, metadata=None) -> pq.ParquetFile:
         """The unit's file, opened once per reader, its footer read, parsed and checked once per
         iteration in this process (`ctx.shared`, which the other readers share); `metadata` is a
-        footer already fetched by read-ahead. Remote files pre-buffer: the column chunks of a
-        row group are fetched as coalesced, concurrent range requests."""
+        footer already fetched with the unit's bytes, else the one read-ahead fetched for the file
+        (`_ahead_footer`), so a file opened in place does not read its footer again. Remote files
+        pre-buffer: the column chunks of a row group are fetched as coalesced, concurrent range
+        requests."""
         if unit.path in self._files:
             self._files.move_to_end(unit.path)
             return self._files[unit.path][0]
+        metadata = metadata if metadata is not None else self._ahead_footer(unit)
         path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
         opened: list[pq.ParquetFile] = []
 
@@ -162,7 +165,7 @@ class ParquetReader(Reader):
 
         def attempt() -> pa.Table:
             nonlocal groups, absent
-            pf = self._file(unit, fetched[0] if fetched else self._ahead_footer(unit))
+            pf = self._file(unit, fetched[0] if fetched else None)
             if groups is None:
                 groups = range(pf.metadata.num_row_groups) if unit.row_group is None else [unit.row_group]
             stored = _stored_names(pf.schema_arrow)
@@ -373,7 +376,7 @@ class ParquetReader(Reader):
         if self.ctx.expr is not None or len(units) == 1:
             return self.read(units[0], expected[0])
         try:
-            pf = self._file(units[0], self._ahead_footer(units[0]))
+            pf = self._file(units[0])
         except ShardReadError:
             return self.read(units[0], expected[0])
         md, groups, size = pf.metadata, [], 0
