@@ -11,6 +11,7 @@ import io
 import json
 import os
 import tarfile
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +20,15 @@ import pyarrow.parquet as pq
 from sparkfeed import storage
 from sparkfeed.manifest import Manifest, parse_manifest, write_manifest
 from sparkfeed.write import _footer_entry
+
+
+def wait_until(condition, what: str, timeout: float = 20.0) -> None:
+    """Poll for a state that threads or worker processes reach on their own (nothing is timed;
+    the time-out only turns a hang into a failure naming `what`)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        time.sleep(0.01)
 
 
 def table(n: int, seed: int = 0, image_bytes: int = 0) -> pa.Table:

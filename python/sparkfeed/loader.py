@@ -213,11 +213,13 @@ class DataLoader:
         if ahead is not None and ahead.staged:  # a prefetch thread already into this epoch
             self._progress = progress.EpochProgress(ahead.lanes, self.batch_size)
             return self._deliver(self._progress, ahead.deliveries)
-        reading = ahead or self._reading(epoch, pending)
-        self._progress = progress.EpochProgress(reading.lanes, self.batch_size)
         # the epoch read ahead once this one is read: the next with set_epoch, else this one again
         step = 1 if explicit else 0
-        then = epoch + step if self.persistent_workers and reading.reader is not None else None
+        then = epoch + step if self.persistent_workers else None
+        reading = ahead or self._reading(epoch, pending, then=None if pending else then)
+        self._progress = progress.EpochProgress(reading.lanes, self.batch_size)
+        if reading.reader is None:  # inline, or worker processes (which read on themselves)
+            then = None
         if not self._staged():
             source = _waited(reading.deliveries, self._stage, self._stats)
             return self._deliver(self._progress, source, reading.reader, then)
@@ -249,9 +251,10 @@ class DataLoader:
             return self.num_workers == 0 or self._engine.reads_in_c
         return self.worker_type == "thread"
 
-    def _deliveries(self, lanes: list, epoch: int) -> tuple[Iterator, LaneReader | None]:
+    def _deliveries(self, lanes: list, epoch: int, then: int | None = None) -> tuple[Iterator, LaneReader | None]:
         """The lanes' deliveries in torch's worker order: inline, on threads, or from processes;
-        with the threads' `LaneReader` (None for the others)."""
+        with the threads' `LaneReader` (None for the others). `then`: the epoch that kept worker
+        processes read ahead once they have read this one."""
         engine, size, row_ids = self._engine, self.batch_size, bool(self.decode)
         if self.num_workers == 0 and self.prefetch == 0:
             return engine.deliveries(epoch, lanes[0], 0, size, row_ids=row_ids), None  # on the caller's thread
@@ -264,7 +267,7 @@ class DataLoader:
                                                   stats=stats[k]) for k, spans in enumerate(lanes)],
                                on_close=reader.close), reader
         if self.persistent_workers:
-            return self._kept_processes(lanes, epoch), None
+            return self._kept_processes(lanes, epoch, then), None
         return self._new_processes(lanes, epoch), None
 
     def _new_processes(self, lanes: list, epoch: int) -> Iterator:
@@ -281,10 +284,11 @@ class DataLoader:
             multiprocessing_context=self.multiprocessing_context, prefetch_factor=self.prefetch_factor,
             persistent_workers=persistent)
 
-    def _kept_processes(self, lanes: list, epoch: int) -> Iterator:
+    def _kept_processes(self, lanes: list, epoch: int, then: int | None) -> Iterator:
         """Worker processes kept between epochs (`persistent_workers=True`, as torch keeps them):
         the same lanes again run the next epoch in them (its number through shared memory; torch
-        restarts each worker's iteration), other lanes (a resume) start new ones. Workers that
+        restarts each worker's iteration), and each starts reading its lane of epoch `then` once
+        it has read this one (`LaneDataset`); other lanes (a resume) start new ones. Workers that
         fail are shut down and forgotten. While another live iteration runs in them (torch would
         restart it), this one gets workers of its own."""
         kept = self._processes
@@ -292,10 +296,12 @@ class DataLoader:
             return self._new_processes(lanes, epoch)
         if kept is None or kept.lanes != lanes:
             self._drop_processes()
-            shared = _mp_context(self.multiprocessing_context).RawValue("q", epoch)
-            dataset = LaneDataset(self._engine, epoch, lanes, self.batch_size, bool(self.decode), shared)
-            kept = self._processes = _Processes(lanes, self._process_loader(dataset, persistent=True), shared)
-        kept.epoch.value = epoch
+            context = _mp_context(self.multiprocessing_context)
+            shared, shared_then = context.RawValue("q", epoch), context.RawValue("q", -1)
+            dataset = LaneDataset(self._engine, epoch, lanes, self.batch_size, bool(self.decode), shared, shared_then)
+            kept = self._processes = _Processes(lanes, self._process_loader(dataset, persistent=True), shared,
+                                                shared_then)
+        kept.epoch.value, kept.then.value = epoch, -1 if then is None else then
         iteration = _named_worker_errors(_iterated(kept.loader), self.dataset.rank, on_failure=self._drop_processes)
         kept.user = weakref.ref(iteration)
         return iteration
@@ -334,10 +340,11 @@ class DataLoader:
 
     # ------------------------------------------------------------ the next epoch, read ahead
 
-    def _reading(self, epoch: int, lanes: list | None = None) -> "_Reading":
-        """Epoch `epoch` starting to read: from its beginning, or `lanes` (a resume)."""
+    def _reading(self, epoch: int, lanes: list | None = None, then: int | None = None) -> "_Reading":
+        """Epoch `epoch` starting to read: from its beginning, or `lanes` (a resume); `then`: the
+        epoch kept worker processes go on to read."""
         lanes = lanes or self._fresh_lanes()
-        return _Reading(epoch, lanes, *self._deliveries(lanes, epoch))
+        return _Reading(epoch, lanes, *self._deliveries(lanes, epoch, then))
 
     def _read_next_epoch(self, epoch: int) -> None:
         """Start reading epoch `epoch` from its beginning (threads; `persistent_workers=True`),
@@ -460,12 +467,13 @@ class DataLoader:
 @dataclass(eq=False)
 class _Processes:
     """Worker processes kept between epochs: their lanes, torch's loader (persistent_workers),
-    the shared-memory epoch they read at each iteration's start, and the iteration running in
-    them (a weak reference to its generator)."""
+    the shared-memory epoch they read at each iteration's start and the one they read ahead
+    after it (-1: none), and the iteration running in them (a weak reference to its generator)."""
 
     lanes: list
     loader: torch.utils.data.DataLoader
     epoch: Any
+    then: Any
     user: weakref.ref | None = None
 
     def in_use(self) -> bool:

@@ -832,3 +832,37 @@ def test_read_ahead_bytes_bounds_or_turns_off_read_ahead_per_loader(tmp_path):
     assert small["bytes_read_ahead"] > 0 and default["bytes_read_ahead"] >= small["bytes_read_ahead"]
     with pytest.raises(ValueError, match="`read_ahead_bytes` should be a non-negative integer, but got read_ahead_bytes=-1"):
         sparkfeed.DataLoader(str(tmp_path / "pq"), batch_size=8, read_ahead_bytes=-1)
+
+
+@pytest.mark.parametrize("fmt, worker_type", [("parquet", "thread"), ("parquet", "process"),
+                                              ("webdataset", "auto")])
+def test_kept_workers_fetch_the_next_epoch_before_it_is_asked_for(tmp_path, fmt, worker_type):
+    """`persistent_workers=True`: once an epoch is read, its lanes (thread lanes, or kept worker
+    processes, as for tars without an index) fetch the next epoch's data. Before the next
+    iteration starts the server has answered more data requests than the same epoch makes
+    without it, and that iteration takes those reads and delivers the batches of a fresh loader."""
+    data = dsutil.table(400, image_bytes=512)
+    if fmt == "parquet":
+        dsutil.write_parquet(str(tmp_path / "ds"), data, 100, 50)
+    else:
+        dsutil.write_tar(str(tmp_path / "ds"), data, 100, index=False)
+    suffix = ".parquet" if fmt == "parquet" else ".tar"
+    server = LatencyServer(str(tmp_path), latency_s=0.0)
+    kw = dict(batch_size=50, num_workers=2, shuffle=True, seed=2, worker_type=worker_type, columns=["id"])
+    data_gets = lambda: sum(len(r) for r in _gets(server, suffix).values())  # noqa: E731
+    try:
+        epochs = {}
+        for persistent in (False, True):
+            loader = sparkfeed.DataLoader(f"{server.url}/ds", persistent_workers=persistent, **kw)
+            before = data_gets()
+            loader.set_epoch(0)
+            assert sorted(i for b in loader for i in b["id"].tolist()) == list(range(400))
+            if not persistent:
+                one_epoch = data_gets() - before
+            else:
+                dsutil.wait_until(lambda: data_gets() - before > one_epoch, "the next epoch's requests")
+            loader.set_epoch(1)
+            epochs[persistent] = [b["id"].tolist() for b in loader]
+    finally:
+        server.close()
+    assert epochs[True] == epochs[False] and loader.stats()["epochs_read_ahead"] == 1

@@ -736,8 +736,9 @@ def _worker_pids() -> list[int]:
 @pytest.mark.parametrize("set_epoch", [True, False])
 def test_persistent_process_workers_are_kept_between_epochs(pq_path, set_epoch):
     """Worker processes (as for tars without an index) with `persistent_workers=True` are kept
-    between epochs, as torch keeps them: the same processes run every epoch, nothing is read
-    ahead, and the batches are those of workers started anew (and of thread lanes)."""
+    between epochs, as torch keeps them: the same processes run every epoch, each reads its lane
+    of the next epoch (or this one again, without set_epoch) ahead, and the batches and bytes
+    read are those of workers started anew (and of thread lanes)."""
     kw = dict(batch_size=64, num_workers=2, shuffle=True)
     procs = sparkfeed.DataLoader(pq_path, worker_type="process", persistent_workers=True, **kw)
     pids, epochs = [], []
@@ -749,12 +750,33 @@ def test_persistent_process_workers_are_kept_between_epochs(pq_path, set_epoch):
     assert epochs == _batches_by_epoch(fresh, range(3), set_epoch=set_epoch)
     assert not [p for p in _worker_pids() if p not in pids[0]]  # the fresh loader's ended with its epochs
     assert epochs == _batches_by_epoch(sparkfeed.DataLoader(pq_path, **kw), range(3), set_epoch=set_epoch)
-    assert "epochs_read_ahead" not in procs.stats()
+    stats = procs.stats()
+    assert stats["epochs_read_ahead"] == 2 and stats.get("epochs_read_ahead_dropped", 0) == 0
+    assert stats["samples"] == fresh.stats()["samples"] == 3 * N_PQ
+    assert stats["bytes_read"] == fresh.stats()["bytes_read"]  # the fourth epoch, read ahead, not counted
     import gc
 
     del procs
     gc.collect()
-    _wait_until(lambda: not set(_worker_pids()) & set(pids[0]), "kept workers outlived their loader")
+    dsutil.wait_until(lambda: not set(_worker_pids()) & set(pids[0]), "kept workers outlived their loader")
+
+
+def test_kept_process_workers_drop_an_epoch_read_ahead_but_not_asked_for(pq_path):
+    """Kept worker processes read epoch 1 ahead; epoch 7 asked for instead is read from storage
+    (the batches of a new loader), the reads ahead dropped and counted once; after an epoch left
+    early nothing is read ahead (nothing to take, nothing to drop)."""
+    kw = dict(batch_size=64, num_workers=2, shuffle=True, seed=3, worker_type="process")
+    loader = sparkfeed.DataLoader(pq_path, persistent_workers=True, **kw)
+    loader.set_epoch(0)
+    ids_of(loader)  # epoch 1 is read ahead in the workers
+    assert _batches_by_epoch(loader, [7]) == _batches_by_epoch(sparkfeed.DataLoader(pq_path, **kw), [7])
+    assert loader.stats()["epochs_read_ahead_dropped"] == 1 and loader.stats().get("epochs_read_ahead", 0) == 0
+    loader.set_epoch(8)  # read ahead after epoch 7
+    it = iter(loader)
+    next(it)
+    it.close()  # epoch 8 left early (each worker holds at most 3 of its 16 batches): 9 is not read ahead
+    assert _batches_by_epoch(loader, [9]) == _batches_by_epoch(sparkfeed.DataLoader(pq_path, **kw), [9])
+    assert loader.stats()["epochs_read_ahead"] == 1 and loader.stats()["epochs_read_ahead_dropped"] == 1
 
 
 def test_kept_process_workers_after_a_break_a_resume_and_a_dead_worker(pq_path):
@@ -827,16 +849,6 @@ class _Counted:
         return batch
 
 
-def _wait_until(condition, what: str) -> None:
-    """Poll for a state the threads reach on their own (nothing is timed)."""
-    import time
-
-    deadline = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
-
-
 def _prefetch_threads() -> list:
     return [t for t in threading.enumerate() if t.name == "sparkfeed-prefetch" and t.is_alive()]
 
@@ -853,7 +865,7 @@ def test_the_prefetch_thread_stages_the_next_epoch_before_its_iteration(pq_path,
     per_epoch = len(ahead)
     ahead.set_epoch(0)
     epochs = [[b["id"].tolist() for b in ahead]]
-    _wait_until(lambda: counted.calls > per_epoch, "the next epoch's first batch was not staged ahead")
+    dsutil.wait_until(lambda: counted.calls > per_epoch, "the next epoch's first batch was not staged ahead")
     epochs += _batches_by_epoch(ahead, [1, 2])
     assert epochs == _batches_by_epoch(plain, range(3))
     stats, plain_stats = ahead.stats(), plain.stats()
@@ -877,7 +889,7 @@ def test_an_error_staged_ahead_surfaces_in_its_own_epoch_at_its_own_batch(pq_pat
         for b in loader:
             got.append(b["id"].tolist())
     assert len(got) == 1 and "batches 0..0 were delivered" in " ".join(info.value.__notes__)
-    _wait_until(lambda: not _prefetch_threads(), "the failed prefetch thread did not end")
+    dsutil.wait_until(lambda: not _prefetch_threads(), "the failed prefetch thread did not end")
 
 
 def test_a_staged_epoch_not_asked_for_is_dropped_and_a_break_stops_the_thread(pq_path):
@@ -896,7 +908,7 @@ def test_a_staged_epoch_not_asked_for_is_dropped_and_a_break_stops_the_thread(pq
     it = iter(loader)  # taken from that thread
     next(it)
     it.close()
-    _wait_until(lambda: not _prefetch_threads(), "the prefetch thread outlived a break")
+    dsutil.wait_until(lambda: not _prefetch_threads(), "the prefetch thread outlived a break")
     assert loader.stats()["epochs_read_ahead"] == 1 and loader.stats()["epochs_read_ahead_dropped"] == 1
     assert sorted(ids_of(loader)) == list(range(N_PQ))  # epoch 8 again, whole, read anew
 
@@ -912,7 +924,7 @@ def test_a_staged_epoch_ends_its_threads_when_the_loader_goes(pq_path):
     assert _prefetch_threads()
     del loader
     gc.collect()
-    _wait_until(lambda: not _prefetch_threads() and not any(
+    dsutil.wait_until(lambda: not _prefetch_threads() and not any(
         t.name.startswith("sparkfeed-lane") and t.is_alive() for t in threading.enumerate()),
         "threads outlived their loader")
 
@@ -929,7 +941,7 @@ def test_two_iterators_of_a_persistent_loader_keep_one_staged_epoch(pq_path):
     for epoch in (head + rest, second):
         assert sorted(i for b in epoch for i in b) == list(range(N_PQ))
     assert loader.stats()["epochs_read_ahead_dropped"] == 1
-    _wait_until(lambda: len(_prefetch_threads()) == 1, "a dropped staged epoch kept its thread")
+    dsutil.wait_until(lambda: len(_prefetch_threads()) == 1, "a dropped staged epoch kept its thread")
     assert sorted(ids_of(loader)) == list(range(N_PQ)) and loader.stats()["epochs_read_ahead"] == 1
 
 

@@ -437,13 +437,15 @@ def ahead_benchmark(path: str, size: int, train: bool = False, rounds: int = 8, 
 
 
 def epoch_starts_benchmark(path: str, step_s: float = 0.002, epochs: int = 6, shuffle: bool = True,
-                           workers: int = 2, batch_size: int = 256, decode_size: int | None = None) -> dict:
+                           workers: int = 2, batch_size: int = 256, decode_size: int | None = None,
+                           worker_type: str = "auto") -> dict:
     """The wait for each epoch's first batch with and without `persistent_workers=True` (the
     next epoch read ahead once this one is read, and with decoding its first batches decoded
     ahead while this one is delivered), under a training step of `step_s` per batch
     (a sleep), `set_epoch` before each epoch, loaders alternated epoch by epoch. Per mode: the
     median first-batch wait over the epochs after the first, and the median epoch time.
-    `decode_size`: decode the `image` column on the CPU (DALI) at that size, else bytes."""
+    `decode_size`: decode the `image` column on the CPU (DALI) at that size, else bytes;
+    `worker_type`: the loaders' ("process": kept worker processes read the next epoch ahead)."""
     import statistics
 
     from ..dataset import Dataset
@@ -453,7 +455,8 @@ def epoch_starts_benchmark(path: str, step_s: float = 0.002, epochs: int = 6, sh
     decode = {"image": ImageDecode(size=decode_size, device="cpu")} if decode_size else None
     columns = ["image", "label"] if "image" in Dataset(path).columns else None
     loaders = {mode: DataLoader(path, batch_size=batch_size, columns=columns, num_workers=workers, shuffle=shuffle,
-                                decode=decode, persistent_workers=mode == "persistent_workers=True")
+                                decode=decode, persistent_workers=mode == "persistent_workers=True",
+                                worker_type=worker_type)
                for mode in ("persistent_workers=False", "persistent_workers=True")}
     runs: dict[str, list[tuple[float, float]]] = {mode: [] for mode in loaders}
     for epoch in range(epochs + 1):  # epoch 0: nothing was read ahead of it
@@ -495,6 +498,8 @@ def main(argv=None) -> int:
     parser.add_argument("--step-ms", type=float, default=2.0, help="the training step (a sleep) per batch "
                         "for --epoch-starts (default 2; longer than a batch's decode shows the decode "
                         "of the next epoch's first batches hidden)")
+    parser.add_argument("--worker-type", default="auto", choices=("auto", "thread", "process"),
+                        help="the loaders' worker_type for --epoch-starts (default auto)")
     args = parser.parse_args(argv)
     size = args.size or 128
     if not (args.decode or args.prefetch or args.h2d or args.stages or args.roi or args.ahead or args.epoch_starts):
@@ -502,7 +507,7 @@ def main(argv=None) -> int:
                      "and/or --epoch-starts DATASET")
     if args.epoch_starts:
         for mode, r in epoch_starts_benchmark(args.epoch_starts, step_s=args.step_ms / 1e3,
-                                              decode_size=args.size).items():
+                                              decode_size=args.size, worker_type=args.worker_type).items():
             print(f"{mode}: first batch {r['first_batch_ms']:.2f} ms, epoch {r['epoch_s']:.3f} s "
                   "(medians of the epochs after the first)")
     if args.h2d and not torch.cuda.is_available():
