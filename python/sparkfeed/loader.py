@@ -36,6 +36,8 @@ from .threads import close_quietly
 
 __all__ = ["DataLoader"]
 log = logging.getLogger(__name__)
+
+_REREAD_WARN_MIB = 64  # shuffle blocks read on both sides of a boundary: a warning from this much more
 WORKER_TYPES = ("auto", "thread", "process")
 
 
@@ -117,6 +119,7 @@ class DataLoader:
         self._epoch_set = False  # set_epoch() called since the last iteration began
         self._next: _Reading | None = None  # the next epoch, read ahead (persistent_workers)
         self._processes: _Processes | None = None  # worker processes kept between epochs (the same)
+        self._blocks_noted = False  # `_note_blocks_read_twice` ran
 
     @staticmethod
     def _dataset(path_or_dataset, **kwargs) -> Dataset:
@@ -217,6 +220,8 @@ class DataLoader:
         step = 1 if explicit else 0
         then = epoch + step if self.persistent_workers else None
         reading = ahead or self._reading(epoch, pending, then=None if pending else then)
+        if not self._blocks_noted and not pending:
+            self._note_blocks_read_twice(epoch, reading.lanes)
         self._progress = progress.EpochProgress(reading.lanes, self.batch_size)
         if reading.reader is None:  # inline, or worker processes (which read on themselves)
             then = None
@@ -337,6 +342,36 @@ class DataLoader:
                 self._read_next_epoch(then)
         finally:
             close_quietly(deliveries)
+
+    def _note_blocks_read_twice(self, epoch: int, lanes: list) -> None:
+        """Once per loader, a shuffled epoch: log how much more than its share this rank reads,
+        because a shuffle block that a boundary between ranks (or worker processes) crosses is
+        read whole on each side; a warning where that is over twice its share and
+        `_REREAD_WARN_MIB` more, with the `shuffle_buffer` that bounds it."""
+        self._blocks_noted = True
+        ds = self.dataset
+        if not ds.shuffle:
+            return
+        try:
+            stream = self._engine.stream(epoch)
+        except TypeError:  # a mix: each source has its own stream
+            return
+        share = sum(hi - lo for spans in lanes for lo, hi in spans)
+        read = stream.samples_read(lanes, shared=self._threads())
+        if share <= 0 or read <= share:
+            return
+        manifest = ds.manifest
+        sample_bytes = (manifest.num_bytes or 0) / max(1, manifest.num_samples or 0)
+        extra_mib = (read - share) * sample_bytes / (1 << 20)
+        smallest = min((sum(hi - lo for lo, hi in spans) for spans in lanes if spans), default=share)
+        sides = " or ".join(([f"the {ds.world_size} ranks"] if ds.world_size > 1 else [])
+                            + ([] if self._threads() else ["worker processes"]))
+        level = logging.WARNING if read > 2 * share and extra_mib >= _REREAD_WARN_MIB else logging.INFO
+        log.log(level, "%s: rank %d reads %d samples of shuffle blocks per epoch for its %d (about %.0f MiB "
+                "of stored rows more): a block that a boundary between %s crosses is read whole on "
+                "each side. A smaller shuffle_buffer (now %d samples per block) reads less twice and "
+                "mixes less: shuffle_buffer=%d reads at most about 1.5x its share",
+                ds.path, ds.rank, read, share, extra_mib, sides or "lanes", stream.block, max(1, smallest // 4))
 
     # ------------------------------------------------------------ the next epoch, read ahead
 

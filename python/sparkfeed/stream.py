@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -189,6 +190,16 @@ class EpochStream:
     def max_block(self) -> int:
         """The most samples one block holds: what a lane holds in memory at once (shuffle)."""
         return int(np.diff(self.blocks).max(initial=0)) if self.shuffle else 0
+
+    def samples_read(self, lanes: Sequence[Sequence[tuple[int, int]]], shared: bool) -> int:
+        """Samples of the shuffle blocks that `lanes` (spans of positions) read in this epoch: a
+        block that any span reaches is read whole, by each lane, or once for all lanes where
+        they share blocks (thread lanes of one process)."""
+        reached = [{b for lo, hi in spans if hi > lo for b in range(self.block_of(lo), self.block_of(hi - 1) + 1)}
+                   for spans in lanes]
+        groups = [set().union(*reached)] if shared else reached
+        sizes = np.diff(self.blocks)
+        return int(sum(int(sizes[sorted(g)].sum()) for g in groups if g))
 
     def runs_of(self, block: int) -> range:
         """The runs (stream order) that block `block` holds."""

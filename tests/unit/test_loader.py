@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import threading
 
@@ -759,6 +760,42 @@ def test_persistent_process_workers_are_kept_between_epochs(pq_path, set_epoch):
     del procs
     gc.collect()
     dsutil.wait_until(lambda: not set(_worker_pids()) & set(pids[0]), "kept workers outlived their loader")
+
+
+def test_a_rank_that_reads_shuffle_blocks_other_ranks_read_says_so_once(pq_path, caplog, monkeypatch):
+    """The default block covers the whole 2,000-row set, so rank 1 of 4 reads all of it for its
+    500 rows (as its bytes read show): logged once per loader with the figures and the
+    `shuffle_buffer` that bounds it, a warning past the size threshold; thread lanes of one rank
+    share blocks and say nothing; worker processes do not share them and say so; the bound it
+    names holds."""
+    import logging
+
+    from sparkfeed import loader as loader_module
+
+    kw = dict(batch_size=50, shuffle=True, columns=["id", "image"])
+    whole = sparkfeed.DataLoader(pq_path, **kw)
+    ids_of(whole)
+    monkeypatch.setattr(loader_module, "_REREAD_WARN_MIB", 0)
+    with caplog.at_level(logging.INFO, logger="sparkfeed.loader"):
+        rank1 = sparkfeed.DataLoader(pq_path, rank=1, world_size=4, **kw)
+        assert len(ids_of(rank1)) == 500 and len(ids_of(rank1)) == 500
+        notes = [r for r in caplog.records if "shuffle blocks" in r.getMessage()]
+        assert len(notes) == 1 and notes[0].levelno == logging.WARNING
+        assert "rank 1 reads 2000 samples of shuffle blocks per epoch for its 500" in notes[0].getMessage()
+        assert "between the 4 ranks" in notes[0].getMessage() and "shuffle_buffer=125 " in notes[0].getMessage()
+        assert rank1.stats()["bytes_read"] == 2 * whole.stats()["bytes_read"]  # the whole set, each epoch
+        caplog.clear()
+        ids_of(sparkfeed.DataLoader(pq_path, num_workers=2, **kw))
+        assert not [r for r in caplog.records if "shuffle blocks" in r.getMessage()]
+        ids_of(sparkfeed.DataLoader(pq_path, num_workers=2, worker_type="process", **kw))
+        (note,) = [r for r in caplog.records if "shuffle blocks" in r.getMessage()]
+        assert "rank 0 reads 4000 samples" in note.getMessage() and "between worker processes" in note.getMessage()
+        caplog.clear()
+        bounded = sparkfeed.DataLoader(pq_path, rank=1, world_size=4, shuffle_buffer=125, **kw)
+        assert len(ids_of(bounded)) == 500
+        (note,) = [r for r in caplog.records if "shuffle blocks" in r.getMessage()]
+        assert note.levelno == logging.INFO  # not over twice its share
+        assert 500 < int(re.search(r"reads (\d+) samples", note.getMessage()).group(1)) <= 750
 
 
 def test_kept_process_workers_drop_an_epoch_read_ahead_but_not_asked_for(pq_path):

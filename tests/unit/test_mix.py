@@ -359,6 +359,22 @@ def test_both_formats_in_one_mix_on_worker_processes(ds):
     assert L.stats()["source.1.bytes_read"] > 0
 
 
+def test_kept_worker_processes_read_a_mixs_next_epoch_ahead_with_the_same_batches(ds):
+    """A shuffled mix on worker processes kept between epochs: each epoch after the first is
+    read ahead in the workers, and the batches and per-source counters are those of new workers."""
+    sources = [Source(ds["a"], weight=0.6), Source(ds["t"], weight=0.4)]
+    kw = dict(num_workers=2, worker_type="process", shuffle=True, seed=1)
+    kept, fresh = loader(sources, persistent_workers=True, **kw), loader(sources, **kw)
+    for epoch in range(3):
+        kept.set_epoch(epoch)
+        fresh.set_epoch(epoch)
+        assert [b["id"].tolist() for b in kept] == [b["id"].tolist() for b in fresh]
+    stats, fresh_stats = kept.stats(), fresh.stats()
+    assert stats["epochs_read_ahead"] == 2
+    for key in ("samples", "source.0.samples", "source.1.samples", "source.0.bytes_read", "source.1.bytes_read"):
+        assert stats[key] == fresh_stats[key], key
+
+
 def test_integer_columns_of_different_widths_share_the_batch_dtype(ds):
     L = loader([Source(ds["a"]), Source(ds["c"])], with_source=False)
     batches = list(L)

@@ -95,6 +95,26 @@ def test_the_shuffled_stream_holds_every_unit_once_in_whole_blocks(shards, seed,
     assert np.array_equal(same.blocks, stream.blocks)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 50), min_size=1, max_size=6), min_size=1, max_size=5),
+       st.integers(0, 1000), st.integers(1, 200), st.integers(1, 5), st.booleans())
+def test_samples_read_are_the_whole_blocks_each_lane_reaches(shards, seed, block, lanes, shared):
+    """Each lane reads every block its span reaches, whole; lanes that share blocks read each
+    once. So the figure is at least the lanes' share, and equals it where no block is split."""
+    stream = EpochStream(_plan(shards), seed=seed, epoch=1, shuffle=True, shuffle_buffer=block)
+    n, bounds = stream.num_samples, stream.blocks.tolist()
+    cuts = [n * k // lanes for k in range(lanes + 1)]
+    spans = [[(lo, hi)] if hi > lo else [] for lo, hi in zip(cuts, cuts[1:])]
+    reached = [{b for b in range(len(bounds) - 1) if bounds[b] < hi and bounds[b + 1] > lo}
+               for lo, hi in zip(cuts, cuts[1:])]
+    groups = [set().union(*reached)] if shared else reached
+    expected = sum(bounds[b + 1] - bounds[b] for g in groups for b in g)
+    assert stream.samples_read(spans, shared) == expected >= n
+    assert stream.samples_read(spans, shared=True) == n  # lanes sharing the epoch read each block once
+    if set(cuts) <= set(bounds):
+        assert stream.samples_read(spans, shared=False) == n  # no block split: no lane reads another's
+
+
 # ----------------------------------------------------------------------------- loaders
 
 N_MIX, LABELS, BATCH = 20_000, 1_000, 256
