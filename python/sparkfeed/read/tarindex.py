@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 __all__ = ["Index", "Members", "members", "names_are_safe", "window_ranges"]
 
@@ -53,9 +54,13 @@ class Members:
 def names_are_safe(names: list[str]) -> bool:
     """True when every name passes `storage.path_problem`: a few scans of the joined names at
     C speed instead of a Python call per name (tested against path_problem's own cases)."""
-    joined = "\n".join(names)
-    if not names or not all(names) or joined.count("\n") != len(names) - 1 or _BAD_CHAR.search(joined) or joined.startswith(("/", "\n")) \
-            or joined.endswith(("/", "\n")) or "\n/" in joined or "/\n" in joined \
+    return _joined_names_are_safe("\n".join(names), len(names), all(names))
+
+
+def _joined_names_are_safe(joined: str, n: int, none_empty: bool) -> bool:
+    """`names_are_safe` of `n` names joined by newlines (`none_empty`: no name is "")."""
+    if not n or not none_empty or joined.count("\n") != n - 1 or _BAD_CHAR.search(joined) \
+            or joined.startswith(("/", "\n")) or joined.endswith(("/", "\n")) or "\n/" in joined or "/\n" in joined \
             or "//" in joined or "\n\n" in joined:
         return False
     return not (":" in joined and _COLON_FIRST.search(joined)) \
@@ -74,7 +79,7 @@ def _parse(text: str) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray, li
     try:
         offsets = np.array(tokens[1::4], dtype=np.int64)
         sizes = np.array(tokens[2::4], dtype=np.int64)
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, or over int64
         return None
     sample = np.repeat(np.arange(len(counts)), np.array(counts, dtype=np.int64) // 4)
     return sample, tokens[0::4], offsets, sizes, tokens[3::4]
@@ -115,11 +120,37 @@ def _octal(fields: np.ndarray) -> np.ndarray:
     return np.where(ok, values, -1)
 
 
-def _headers_agree(buf: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, names: list[str],
+def _octal_is(fields: np.ndarray, values: np.ndarray, digits: int) -> bool:
+    """Whether tar numeric fields (rows of bytes) hold `values`. Tar writers put `digits`
+    zero-padded octal digits there, then NUL or space bytes, so the fields are compared with
+    those digits made for all values at once; a field written another way (leading spaces,
+    fewer digits) is parsed by `_octal`, whose rule this fast path is a case of."""
+    shifts = 3 * np.arange(digits - 1, -1, -1, dtype=np.int64)
+    made = ((values[:, None] >> shifts) & 7).astype(np.uint8) + np.uint8(ord("0"))
+    tail = fields[:, digits:]
+    plain = (fields[:, :digits] == made).all(axis=1) & ((tail == 0) | (tail == ord(" "))).all(axis=1) \
+        & (values >> (3 * digits) == 0) & (values >= 0)
+    if plain.all():
+        return True
+    other = ~plain
+    return bool((_octal(fields[other]) == values[other]).all())
+
+
+def _padded_names(names: list[str]) -> np.ndarray | None:
+    """The members' names as the header's name field holds them (UTF-8, NUL-padded to 100
+    bytes), one row each; None when one is longer (such a member has an extension header)."""
+    encoded = [name.encode("utf-8") for name in names]
+    if not encoded or max(len(e) for e in encoded) > _NAME:
+        return None
+    return np.frombuffer(b"".join(e.ljust(_NAME, b"\0") for e in encoded), dtype=np.uint8).reshape(len(names), _NAME)
+
+
+def _headers_agree(buf: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, names: np.ndarray | None,
                    base: int = 0, trailer: bool = True) -> bool:
     """(1) and (2) of the module note, for all members at once. `buf` holds the tar's bytes from
     byte `base` (a window's, `window_ranges`); `trailer`: it runs to the tar's end, whose zero
-    blocks are checked too."""
+    blocks are checked too. `names`: the members' name fields (`_padded_names`; None: a name
+    too long for one, which the index cannot describe)."""
     n = len(offsets)
     if n == 0:
         return not buf.any()
@@ -131,15 +162,14 @@ def _headers_agree(buf: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, name
     end = int(offsets[-1] - base + padded[-1])
     if end > len(buf) or (trailer and buf[end:].any()):
         return False
-    heads = buf[:len(buf) // _BLOCK * _BLOCK].reshape(-1, _BLOCK)[starts // _BLOCK]
-    encoded = [name.encode("utf-8") for name in names]
-    if max(len(e) for e in encoded) > _NAME:
+    if names is None:
         return False
-    want = np.frombuffer(b"".join(e.ljust(_NAME, b"\0") for e in encoded), dtype=np.uint8).reshape(n, _NAME)
-    checksum = heads.sum(axis=1, dtype=np.int64) - heads[:, 148:156].sum(axis=1, dtype=np.int64) + 8 * ord(" ")
-    return bool((heads[:, :_NAME] == want).all() and np.isin(heads[:, 156], _REGULAR).all()
-                and (_octal(heads[:, 124:136]) == sizes).all()
-                and (_octal(heads[:, 148:156]) == checksum).all())
+    heads = buf[:len(buf) // _BLOCK * _BLOCK].reshape(-1, _BLOCK)[starts // _BLOCK]
+    # a header's bytes sum to at most 512 x 255: uint32 holds it, and sums twice as fast as int64
+    checksum = heads.sum(axis=1, dtype=np.uint32).astype(np.int64) \
+        - heads[:, 148:156].sum(axis=1, dtype=np.int64) + 8 * ord(" ")
+    return bool((heads[:, :_NAME] == names).all() and np.isin(heads[:, 156], _REGULAR).all()
+                and _octal_is(heads[:, 124:136], sizes, 11) and _octal_is(heads[:, 148:156], checksum, 6))
 
 
 def _keys(sample: np.ndarray, exts: list[str], names: list[str], split_name) -> list[str] | None:
@@ -153,31 +183,37 @@ def _keys(sample: np.ndarray, exts: list[str], names: list[str], split_name) -> 
     return keys if expected == names else None
 
 
+def _kinds(exts: list[str]) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Each member's extension as a code into the distinct extensions (first seen first)."""
+    codes: dict[str, int] = {}
+    kind = np.array([codes.setdefault(e, len(codes)) for e in exts], dtype=np.int32)
+    return kind, tuple(codes)
+
+
 @dataclass(frozen=True)
 class Index:
     """A shard's DALI index, parsed and checked once ((3) and (4) of the module note): each
-    member's sample, extension, data offset, size and name, and each sample's key. What the
-    shard's bytes hold is checked by `members`, for the samples read."""
+    member's sample, extension (a code into `kinds`), data offset, size and name field (the
+    name as its header holds it), and each sample's key. What the shard's bytes hold is checked
+    by `members`, for the samples read."""
 
     sample: np.ndarray
-    exts: list[str]
+    kind: np.ndarray
+    kinds: tuple[str, ...]
     offsets: np.ndarray
     sizes: np.ndarray
-    names: list[str]
     keys: list[str]
+    name_fields: np.ndarray | None  # `_padded_names`; None: a name too long for a ustar header
 
     @staticmethod
     def parse(index_text: str, split_name, max_member: int) -> "Index | None":
         """The index, or None when it is malformed, names an unsafe path, a member over
-        `max_member` bytes, or a member outside its sample's key."""
-        parsed = _parse(index_text)
-        if parsed is None:
-            return None
-        sample, exts, offsets, sizes, names = parsed
-        if (sizes > max_member).any() or not names_are_safe(names):
-            return None
-        keys = _keys(sample, exts, names, split_name)
-        return None if keys is None else Index(sample, exts, offsets, sizes, names, keys)
+        `max_member` bytes, or a member outside its sample's key. The usual index (ASCII,
+        single spaces) is parsed with Arrow's string kernels (`_parse_usual`); any other text
+        token by token in Python (`_parse_any`), with the same answer."""
+        if _single_spaced(index_text):
+            return _parse_usual(index_text, split_name, max_member)
+        return _parse_any(index_text, split_name, max_member)
 
     def _members_of(self, start: int, stop: int) -> slice:
         """The members of samples [start, stop) (members are in sample order)."""
@@ -191,15 +227,88 @@ class Index:
         m = self._members_of(start, stop)
         if window is not None and (not 0 <= start < stop <= len(self.keys) or m.start >= m.stop):
             return None
-        offsets, sizes, names = self.offsets[m], self.sizes[m], self.names[m]
+        offsets, sizes = self.offsets[m], self.sizes[m]
+        names = None if self.name_fields is None else self.name_fields[m]
         base = int(offsets[0]) - _BLOCK if window is not None else 0
         data = np.frombuffer(buf, dtype=np.uint8)
         if not _headers_agree(data, offsets, sizes, names, base, stop == len(self.keys)):
             return None
-        sample, kinds = self.sample[m] - start, np.array(self.exts[m], dtype=object)
-        values = {ext: _column(buf, np.flatnonzero(kinds == ext), sample, offsets - base, sizes, stop - start)
+        sample, kind = self.sample[m] - start, self.kind[m]
+        values = {ext: _column(buf, np.flatnonzero(kind == self.kinds.index(ext)) if ext in self.kinds
+                               else np.zeros(0, dtype=np.int64), sample, offsets - base, sizes, stop - start)
                   for ext in wanted}
         return Members(self.keys[start:stop], values, int((sizes + _BLOCK).sum()))
+
+
+def _parse_any(text: str, split_name, max_member: int) -> Index | None:
+    """`Index.parse` of any text: its tokens as Python strings, names split by `split_name`."""
+    parsed = _parse(text)
+    if parsed is None:
+        return None
+    sample, exts, offsets, sizes, names = parsed
+    if (sizes > max_member).any() or not names_are_safe(names):
+        return None
+    keys = _keys(sample, exts, names, split_name)
+    return None if keys is None else Index(sample, *_kinds(exts), offsets, sizes, keys, _padded_names(names))
+
+
+# a member name's key: up to its base name's first dot (`tar.split_name` of a safe name)
+_KEY = r"^(?P<key>(?:.*/)?[^/.]*)"
+_DECIMAL = r"^[0-9]+$"
+
+
+def _parse_usual(text: str, split_name, max_member: int) -> Index | None:
+    """`Index.parse` of the usual index (`_single_spaced`: ASCII, single spaces) with Arrow's
+    string kernels: one split of the lines, numbers cast at C speed, keys cut by a regular
+    expression and checked against the names at once; about 2 µs per sample against 4.7 for a
+    Python string per token (`_parse_any`, whose answer it gives: numbers written other than
+    as plain decimal digits, which Python's `int` and Arrow's cast read differently, are left
+    to it)."""
+    lines = text.split("\n")
+    head = lines[0].split()
+    if len(head) != 2 or head[0] != "v1.2" or not head[1].isdigit():
+        return None
+    rows = pa.array([line for line in lines[1:] if line], pa.string())
+    if len(rows) != int(head[1]) or not len(rows):
+        return None
+    parts = pc.split_pattern(rows, " ")
+    counts = pc.list_value_length(parts).to_numpy()
+    if (counts % 4).any():
+        return None
+    tokens = parts.flatten()
+    every = pa.array(np.arange(0, len(tokens), 4))
+    numbers = [tokens.take(pc.add(every, k)) for k in (1, 2)]
+    if not all(pc.all(pc.match_substring_regex(x, _DECIMAL)).as_py() for x in numbers):
+        return _parse_any(text, split_name, max_member)
+    try:
+        offsets, sizes = (x.cast(pa.int64()).to_numpy() for x in numbers)
+    except pa.ArrowInvalid:  # over int64
+        return None
+    names = tokens.take(pc.add(every, 3))
+    if (sizes > max_member).any() or not _joined_names_are_safe(
+            pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(names)], pa.int32()), names), "\n")[0].as_py(),
+            len(names), pc.min(pc.binary_length(names)).as_py() > 0):
+        return None
+    sample = np.repeat(np.arange(len(rows)), counts // 4)
+    exts = tokens.take(every)
+    keys = pc.struct_field(pc.extract_regex(names.take(pa.array(np.r_[0, np.cumsum(counts // 4)[:-1]])), _KEY), [0])
+    if pc.count_distinct(keys).as_py() != len(keys) or \
+            not pc.all(pc.equal(pc.binary_join_element_wise(keys.take(pa.array(sample)), exts, "."), names)).as_py():
+        return None
+    kinds = pc.dictionary_encode(exts)
+    return Index(sample, kinds.indices.to_numpy().astype(np.int32), tuple(kinds.dictionary.to_pylist()),
+                 offsets, sizes, keys.to_pylist(), _name_fields(names))
+
+
+def _name_fields(names: pa.StringArray) -> np.ndarray | None:
+    """`_padded_names` of an Arrow array of ASCII names (`_parse_usual`): padded with zero bytes
+    by Arrow's `ascii_rpad`, whose data buffer is then the rows."""
+    if not len(names) or pc.max(pc.binary_length(names)).as_py() > _NAME:
+        return None
+    padded = pc.ascii_rpad(names, _NAME, "\0")
+    start = int(np.frombuffer(padded.buffers()[1], dtype=np.int32)[padded.offset])
+    data = np.frombuffer(padded.buffers()[2], dtype=np.uint8)[start:start + len(names) * _NAME]
+    return data.reshape(len(names), _NAME)
 
 
 def window_ranges(index_text: str, windows, size: int) -> dict[tuple[int, int], tuple[int, int] | None]:
