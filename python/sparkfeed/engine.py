@@ -110,6 +110,12 @@ class Engine:
         m = self.config.manifest
         return m.format == "parquet" or (bool(m.root) and all(s.index for s in m.shards))
 
+    @functools.cached_property
+    def remote(self) -> bool:
+        """True when the data are on remote storage (object stores, HTTP): a lane's reading then
+        waits on requests more than it converts, so each thread lane gets a thread of its own."""
+        return not storage.is_local(storage.resolve(self.config.path, self.config.storage_options)[0])
+
     def identity(self) -> str:
         """What a saved state must match besides the loader's settings: the data and the filter."""
         return f"{self.config.manifest.num_samples}|{self.config.expr}"

@@ -10,7 +10,10 @@ do not depend on the worker type.
 
 There are K lanes (`num_workers`) but at most `reading_threads(K)` threads: one per core left
 after the consuming thread. More Python threads than cores only trade the GIL back and forth;
-each thread serves its lanes (k mod R), always the one whose queue is emptiest.
+each thread serves its lanes (k mod R), always the one whose queue is emptiest. Over remote
+storage the loader gives each lane a thread (`Engine.remote`): a lane's thread there mostly
+waits for its fetches, and a thread serving two lanes left one lane's fetched bytes unread while
+it waited on the other's (an HTTP epoch of 20,000 images in indexed tars: 0.32 s against 0.38).
 
 Every lane starts at once: a thread that serves several lanes starts each lane but its first on
 a starter thread of its own (`_Start`), which reads a queue's worth of the lane's items. A lane's

@@ -396,6 +396,11 @@ class MixedEngine(Engine):
         """True when every source's reading runs outside the GIL (`Engine.reads_in_c`)."""
         return all(e.reads_in_c for e in self.engines)
 
+    @property
+    def remote(self) -> bool:
+        """True when a source is on remote storage (`Engine.remote`)."""
+        return any(e.remote for e in self.engines)
+
     def identity(self) -> str:
         return "mix(" + ";".join(f"{s.path}|{e.identity()}|{s.weight}|{s.samples}|{s.repeat}"
                                  for s, e in zip(self.sources, self.engines)) + ")"

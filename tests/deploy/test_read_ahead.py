@@ -866,3 +866,31 @@ def test_kept_workers_fetch_the_next_epoch_before_it_is_asked_for(tmp_path, fmt,
     finally:
         server.close()
     assert epochs[True] == epochs[False] and loader.stats()["epochs_read_ahead"] == 1
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_thread_lanes_over_remote_storage_each_get_a_reading_thread(tmp_path, monkeypatch, remote):
+    """Locally the lanes share the reading threads the cores allow (here 2 cores: one, beside the
+    consuming thread); over remote storage, where a lane mostly waits for its fetches, each lane
+    gets its own, so one lane's wait never holds another's fetched bytes. The samples are the same."""
+    from sparkfeed import lanes, loader as loader_module, threads
+
+    started = []
+
+    class Counted(lanes.LaneReader):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(len(self._threads))
+
+    monkeypatch.setattr(threads, "cores", lambda: 2)
+    monkeypatch.setattr(loader_module, "LaneReader", Counted)
+    dsutil.write_parquet(str(tmp_path / "ds"), dsutil.table(400, image_bytes=256), 100, 50)
+    server = LatencyServer(str(tmp_path), latency_s=0.0)
+    try:
+        source = f"{server.url}/ds" if remote else str(tmp_path / "ds")
+        ids = [i for b in sparkfeed.DataLoader(source, batch_size=50, num_workers=4, columns=["id"])
+               for i in b["id"].tolist()]
+    finally:
+        server.close()
+    assert sorted(ids) == list(range(400))
+    assert started == [4 if remote else 1]
