@@ -351,28 +351,26 @@ class DataLoader:
         `_REREAD_WARN_MIB` more, with the `shuffle_buffer` that bounds it."""
         self._blocks_noted = True
         ds = self.dataset
-        if not ds.shuffle:
+        if not ds.shuffle or isinstance(self._engine, mix.MixedEngine):  # (a mix's blocks are its own)
             return
-        try:
-            stream = self._engine.stream(epoch)
-        except TypeError:  # a mix: each source has its own stream
-            return
+        stream, shared = self._engine.stream(epoch), self._threads()
         share = sum(hi - lo for spans in lanes for lo, hi in spans)
-        read = stream.samples_read(lanes, shared=self._threads())
+        read = stream.samples_read(lanes, shared=shared)
         if share <= 0 or read <= share:
             return
         manifest = ds.manifest
         sample_bytes = (manifest.num_bytes or 0) / max(1, manifest.num_samples or 0)
         extra_mib = (read - share) * sample_bytes / (1 << 20)
-        smallest = min((sum(hi - lo for lo, hi in spans) for spans in lanes if spans), default=share)
+        # the span a reader holds alone: the rank's where its lanes share blocks, else a lane's
+        alone = share if shared else min((sum(hi - lo for lo, hi in spans) for spans in lanes if spans), default=share)
         sides = " or ".join(([f"the {ds.world_size} ranks"] if ds.world_size > 1 else [])
-                            + ([] if self._threads() else ["worker processes"]))
+                            + ([] if shared else ["worker processes"]))
         level = logging.WARNING if read > 2 * share and extra_mib >= _REREAD_WARN_MIB else logging.INFO
         log.log(level, "%s: rank %d reads %d samples of shuffle blocks per epoch for its %d (about %.0f MiB "
                 "of stored rows more): a block that a boundary between %s crosses is read whole on "
                 "each side. A smaller shuffle_buffer (now %d samples per block) reads less twice and "
                 "mixes less: shuffle_buffer=%d reads at most about 1.5x its share",
-                ds.path, ds.rank, read, share, extra_mib, sides or "lanes", stream.block, max(1, smallest // 4))
+                ds.path, ds.rank, read, share, extra_mib, sides or "lanes", stream.block, max(1, alone // 4))
 
     # ------------------------------------------------------------ the next epoch, read ahead
 

@@ -264,6 +264,33 @@ def _parse_usual(text: str, split_name, max_member: int) -> Index | None:
     Python string per token (`_parse_any`, whose answer it gives: numbers written other than
     as plain decimal digits, which Python's `int` and Arrow's cast read differently, are left
     to it)."""
+    split = _usual_tokens(text)
+    if split is None:
+        return None
+    counts, tokens = split
+    every = pa.array(np.arange(0, len(tokens), 4))
+    numbers = [tokens.take(pc.add(every, k)) for k in (1, 2)]
+    if not all(pc.all(pc.match_substring_regex(x, _DECIMAL)).as_py() for x in numbers):
+        return _parse_any(text, split_name, max_member)
+    try:
+        offsets, sizes = (x.cast(pa.int64()).to_numpy() for x in numbers)
+    except pa.ArrowInvalid:  # over int64
+        return None
+    exts, names = tokens.take(every), tokens.take(pc.add(every, 3))
+    if (sizes > max_member).any() or not _arrow_names_are_safe(names):
+        return None
+    sample = np.repeat(np.arange(len(counts)), counts // 4)
+    keys = _sample_keys(names, exts, sample, counts)
+    if keys is None:
+        return None
+    kinds = pc.dictionary_encode(exts)
+    return Index(sample, kinds.indices.to_numpy().astype(np.int32), tuple(kinds.dictionary.to_pylist()),
+                 offsets, sizes, keys, _name_fields(names))
+
+
+def _usual_tokens(text: str) -> tuple[np.ndarray, pa.StringArray] | None:
+    """(tokens per sample line, the lines' tokens) of a v1.2 index in its usual form; None
+    when its head or its number of sample lines is wrong, or a line's tokens are not members."""
     lines = text.split("\n")
     head = lines[0].split()
     if len(head) != 2 or head[0] != "v1.2" or not head[1].isdigit():
@@ -273,31 +300,25 @@ def _parse_usual(text: str, split_name, max_member: int) -> Index | None:
         return None
     parts = pc.split_pattern(rows, " ")
     counts = pc.list_value_length(parts).to_numpy()
-    if (counts % 4).any():
+    return None if (counts % 4).any() else (counts, parts.flatten())
+
+
+def _arrow_names_are_safe(names: pa.StringArray) -> bool:
+    """`names_are_safe` of an Arrow array of names (joined by Arrow, checked as one string)."""
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(names)], pa.int32()), names), "\n")
+    return _joined_names_are_safe(joined[0].as_py(), len(names), pc.min(pc.binary_length(names)).as_py() > 0)
+
+
+def _sample_keys(names: pa.StringArray, exts: pa.StringArray, sample: np.ndarray,
+                 counts: np.ndarray) -> list[str] | None:
+    """`_keys` at C speed: each sample's key cut from its first member's name (`_KEY`), None
+    when a key repeats or a member's name is not `<its sample's key>.<its ext>`."""
+    first = pa.array(np.r_[0, np.cumsum(counts // 4)[:-1]])
+    keys = pc.struct_field(pc.extract_regex(names.take(first), _KEY), [0])
+    if pc.count_distinct(keys).as_py() != len(keys):
         return None
-    tokens = parts.flatten()
-    every = pa.array(np.arange(0, len(tokens), 4))
-    numbers = [tokens.take(pc.add(every, k)) for k in (1, 2)]
-    if not all(pc.all(pc.match_substring_regex(x, _DECIMAL)).as_py() for x in numbers):
-        return _parse_any(text, split_name, max_member)
-    try:
-        offsets, sizes = (x.cast(pa.int64()).to_numpy() for x in numbers)
-    except pa.ArrowInvalid:  # over int64
-        return None
-    names = tokens.take(pc.add(every, 3))
-    if (sizes > max_member).any() or not _joined_names_are_safe(
-            pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(names)], pa.int32()), names), "\n")[0].as_py(),
-            len(names), pc.min(pc.binary_length(names)).as_py() > 0):
-        return None
-    sample = np.repeat(np.arange(len(rows)), counts // 4)
-    exts = tokens.take(every)
-    keys = pc.struct_field(pc.extract_regex(names.take(pa.array(np.r_[0, np.cumsum(counts // 4)[:-1]])), _KEY), [0])
-    if pc.count_distinct(keys).as_py() != len(keys) or \
-            not pc.all(pc.equal(pc.binary_join_element_wise(keys.take(pa.array(sample)), exts, "."), names)).as_py():
-        return None
-    kinds = pc.dictionary_encode(exts)
-    return Index(sample, kinds.indices.to_numpy().astype(np.int32), tuple(kinds.dictionary.to_pylist()),
-                 offsets, sizes, keys.to_pylist(), _name_fields(names))
+    expected = pc.binary_join_element_wise(keys.take(pa.array(sample)), exts, ".")
+    return keys.to_pylist() if pc.all(pc.equal(expected, names)).as_py() else None
 
 
 def _name_fields(names: pa.StringArray) -> np.ndarray | None:
