@@ -39,6 +39,8 @@ from .stream import ROW_KEYS, EpochStream, StreamReader, cut
 
 __all__ = ["ReadConfig", "Engine", "Delivery"]
 
+LANE_THREAD_SAMPLE_BYTES = 4096  # stored bytes per sample from which each lane gets a reading thread
+
 
 @dataclass(frozen=True)
 class ReadConfig:
@@ -112,9 +114,17 @@ class Engine:
 
     @functools.cached_property
     def remote(self) -> bool:
-        """True when the data are on remote storage (object stores, HTTP): a lane's reading then
-        waits on requests more than it converts, so each thread lane gets a thread of its own."""
+        """True when the data are on remote storage (object stores, HTTP)."""
         return not storage.is_local(storage.resolve(self.config.path, self.config.storage_options)[0])
+
+    @functools.cached_property
+    def thread_per_lane(self) -> bool:
+        """Whether each thread lane gets a reading thread of its own, not the cores' share
+        (`lanes.reading_threads`): over remote storage, where a lane mostly waits for its
+        fetches, and for samples of `LANE_THREAD_SAMPLE_BYTES` or more stored (images, audio),
+        whose reading is copies and page faults outside the GIL (docs/INTERNALS.md, "Lanes")."""
+        m = self.config.manifest
+        return self.remote or (m.num_bytes or 0) >= LANE_THREAD_SAMPLE_BYTES * max(1, m.num_samples or 0)
 
     def identity(self) -> str:
         """What a saved state must match besides the loader's settings: the data and the filter."""

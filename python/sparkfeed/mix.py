@@ -401,6 +401,11 @@ class MixedEngine(Engine):
         """True when a source is on remote storage (`Engine.remote`)."""
         return any(e.remote for e in self.engines)
 
+    @property
+    def thread_per_lane(self) -> bool:
+        """True when a source's lanes would each get a reading thread (`Engine.thread_per_lane`)."""
+        return any(e.thread_per_lane for e in self.engines)
+
     def identity(self) -> str:
         return "mix(" + ";".join(f"{s.path}|{e.identity()}|{s.weight}|{s.samples}|{s.repeat}"
                                  for s, e in zip(self.sources, self.engines)) + ")"

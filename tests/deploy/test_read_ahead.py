@@ -868,12 +868,14 @@ def test_kept_workers_fetch_the_next_epoch_before_it_is_asked_for(tmp_path, fmt,
     assert epochs[True] == epochs[False] and loader.stats()["epochs_read_ahead"] == 1
 
 
-@pytest.mark.parametrize("remote", [False, True])
-def test_thread_lanes_over_remote_storage_each_get_a_reading_thread(tmp_path, monkeypatch, remote):
-    """Locally the lanes share the reading threads the cores allow (here 2 cores: one, beside the
-    consuming thread); over remote storage, where a lane mostly waits for its fetches, each lane
-    gets its own, so one lane's wait never holds another's fetched bytes. The samples are the same."""
-    from sparkfeed import lanes, loader as loader_module, threads
+@pytest.mark.parametrize("remote, image_bytes, threads", [(False, 256, 1), (True, 256, 4), (False, 8192, 4)])
+def test_thread_lanes_each_get_a_reading_thread_where_reading_waits_or_copies(tmp_path, monkeypatch, remote,
+                                                                               image_bytes, threads):
+    """Local small rows: the lanes share the reading threads the cores allow (here 2 cores: one,
+    beside the consuming thread). Over remote storage, where a lane mostly waits for its fetches,
+    and for large samples (copies outside the GIL), each lane gets its own, so one lane's wait
+    never holds another's bytes. The samples are the same."""
+    from sparkfeed import lanes, loader as loader_module, threads as threads_module
 
     started = []
 
@@ -882,9 +884,11 @@ def test_thread_lanes_over_remote_storage_each_get_a_reading_thread(tmp_path, mo
             super().__init__(*args, **kwargs)
             started.append(len(self._threads))
 
-    monkeypatch.setattr(threads, "cores", lambda: 2)
+    monkeypatch.setattr(threads_module, "cores", lambda: 2)
     monkeypatch.setattr(loader_module, "LaneReader", Counted)
-    dsutil.write_parquet(str(tmp_path / "ds"), dsutil.table(400, image_bytes=256), 100, 50)
+    data = dsutil.table(400)
+    data = data.append_column("image", pa.array([os.urandom(image_bytes) for _ in range(400)]))  # stored as is
+    dsutil.write_parquet(str(tmp_path / "ds"), data, 100, 50)
     server = LatencyServer(str(tmp_path), latency_s=0.0)
     try:
         source = f"{server.url}/ds" if remote else str(tmp_path / "ds")
@@ -893,4 +897,4 @@ def test_thread_lanes_over_remote_storage_each_get_a_reading_thread(tmp_path, mo
     finally:
         server.close()
     assert sorted(ids) == list(range(400))
-    assert started == [4 if remote else 1]
+    assert started == [threads]

@@ -105,8 +105,8 @@ def test_samples_read_are_the_whole_blocks_each_lane_reaches(shards, seed, block
     n, bounds = stream.num_samples, stream.blocks.tolist()
     cuts = [n * k // lanes for k in range(lanes + 1)]
     spans = [[(lo, hi)] if hi > lo else [] for lo, hi in zip(cuts, cuts[1:])]
-    reached = [{b for b in range(len(bounds) - 1) if bounds[b] < hi and bounds[b + 1] > lo}
-               for lo, hi in zip(cuts, cuts[1:])]
+    reached = [{b for b in range(len(bounds) - 1) if hi > lo and bounds[b] < hi and bounds[b + 1] > lo}
+               for lo, hi in zip(cuts, cuts[1:])]  # (an empty span reaches no block)
     groups = [set().union(*reached)] if shared else reached
     expected = sum(bounds[b + 1] - bounds[b] for g in groups for b in g)
     assert stream.samples_read(spans, shared) == expected >= n
