@@ -58,7 +58,8 @@ _AHEAD_UNITS = 64  # units after the current run a reader is told about (`Reader
 
 
 def _lane_units(stream: "EpochStream", spans, runs_ahead: bool = False,
-                shared: "SharedBlocks | SharedUnits | None" = None, lane: int | None = None) -> np.ndarray:
+                shared: "SharedBlocks | SharedUnits | None" = None, lane: int | None = None,
+                in_pieces=None) -> np.ndarray:
     """Positions in the epoch of the units a lane reads for `spans`, ascending: what
     `Reader.read_ahead` is told comes next. With shuffle, where the reader fetches runs ahead
     (`Reader.runs_ahead`; else none), the units of the lane's blocks in the order they are read
@@ -67,7 +68,9 @@ def _lane_units(stream: "EpochStream", spans, runs_ahead: bool = False,
     taken by whichever lane gets there, from that lane's fetches (`_offered_units`), and hints
     from two lanes would fetch a run twice. Unshuffled, a unit the lanes share is told by none:
     the lane that asks first reads it in place, alone (`SharedUnits`); a fetch ahead by one lane
-    would race that read and could fetch it a second time."""
+    would race that read and could fetch it a second time. Except a unit the reader reads in
+    pieces of the lane's own rows (`in_pieces(k)`: an indexed tar, `Reader.windows`): each lane
+    fetches only its own rows of it, so each tells its read-ahead."""
     if stream.shuffle and not runs_ahead:
         return np.zeros(0, dtype=np.int64)
     if stream.shuffle:
@@ -79,7 +82,7 @@ def _lane_units(stream: "EpochStream", spans, runs_ahead: bool = False,
             first = int(np.searchsorted(stream.starts, lo, side="right")) - 1
             last = int(np.searchsorted(stream.starts, hi - 1, side="right")) - 1
             found.extend(k for k in range(first, last + 1) if stream.counts[k] > 0
-                         and (shared is None or not shared.shares(k)))
+                         and (shared is None or not shared.shares(k) or (in_pieces is not None and in_pieces(k))))
     return np.unique(np.array(found, dtype=np.int64))
 
 
@@ -500,6 +503,10 @@ class StreamReader:
             raise self._null_error(k, a + block.first_skipped())
         return block
 
+    def _in_pieces(self, k: int) -> bool:
+        """Whether the reader reads unit k in pieces of the lane's rows (`Reader.chunks`)."""
+        return self.reader.chunks(self.stream.units[k], int(self.stream.counts[k])) is not None
+
     def _chunks(self, k: int) -> list[tuple[int, int]] | None:
         """The pieces (rows [a, b)) the reader reads unit k in (`Reader.chunks`: an indexed tar
         shard, a piece at a time), when a unit's pieces are its rows (no filter); None: whole."""
@@ -685,7 +692,8 @@ class StreamReader:
         per unit piece, or with shuffle one per piece of a block. `gather=False` (shuffle): each
         block's part of a span as one `Shuffled`, for a caller that gathers it itself."""
         self._join_lanes(spans)
-        self._ahead_units = _lane_units(self.stream, spans, self.reader.runs_ahead, self._shared, self._lane)
+        self._ahead_units = _lane_units(self.stream, spans, self.reader.runs_ahead, self._shared, self._lane,
+                                        self._in_pieces if self.reader.ctx.expr is None else None)
         if isinstance(self._shared, SharedUnits):  # read in place, so told to no read-ahead: what
             # opening their files needs goes ahead all the same (version checks, footers: no row data)
             self.reader.open_ahead(self.stream.units[k] for k in self._shared.held_by(self._lane))

@@ -898,3 +898,31 @@ def test_thread_lanes_each_get_a_reading_thread_where_reading_waits_or_copies(tm
         server.close()
     assert sorted(ids) == list(range(400))
     assert started == [threads]
+
+
+def test_a_tar_that_a_lane_boundary_splits_is_fetched_ahead_by_both_lanes(tmp_path, monkeypatch):
+    """Shard 1 is split between two thread lanes (rows 100-191 to lane 0, 192-199 to lane 1).
+    Each lane reads only its own rows of it, in pieces, so each lane's read-ahead fetches them:
+    every tar range is fetched on a read-ahead thread, none in place on a lane's thread (where
+    each piece would wait its round trip), and every byte once."""
+    data = dsutil.table(400, image_bytes=2048)
+    m = dsutil.write_tar(str(tmp_path / "wds"), data, 100)
+    fetched = []
+    original = storage.fetch_ranges
+
+    def recorded(fs, path, ranges, size=None):
+        if path.endswith(".tar"):
+            fetched.append((threading.current_thread().name, path.rsplit("/", 1)[-1], list(ranges)))
+        return original(fs, path, ranges, size)
+
+    monkeypatch.setattr(storage, "fetch_ranges", recorded)
+    server = LatencyServer(str(tmp_path), latency_s=0.0)
+    try:
+        L = sparkfeed.DataLoader(f"{server.url}/wds", batch_size=48, num_workers=2, columns=["id"])
+        ids = [i for b in L for i in b["id"].tolist()]
+    finally:
+        server.close()
+    assert sorted(ids) == list(range(400))
+    assert fetched and all(name.startswith("sparkfeed-ahead") for name, _, _ in fetched), fetched
+    split = sorted(r for _, path, ranges in fetched if path == m.shards[1].path for r in ranges)
+    assert len(split) >= 2 and all(b1 <= a2 for (_, b1), (a2, _) in zip(split, split[1:]))  # both lanes', once
