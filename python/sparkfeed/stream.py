@@ -198,8 +198,8 @@ class EpochStream:
         """Samples of the shuffle blocks that `lanes` (spans of positions) read in this epoch: a
         block that any span reaches is read whole, by each lane, or once for all lanes where
         they share blocks (thread lanes of one process)."""
-        reached = [{b for lo, hi in spans if hi > lo for b in range(self.block_of(lo), self.block_of(hi - 1) + 1)}
-                   for spans in lanes]
+        reached = [{b for lo, hi in spans if hi > lo
+                    for b in range(self.block_of(lo), self.block_of(hi - 1) + 1)} for spans in lanes]
         groups = [set().union(*reached)] if shared else reached
         sizes = np.diff(self.blocks)
         return int(sum(int(sizes[sorted(g)].sum()) for g in groups if g))
@@ -694,8 +694,8 @@ class StreamReader:
         self._join_lanes(spans)
         self._ahead_units = _lane_units(self.stream, spans, self.reader.runs_ahead, self._shared, self._lane,
                                         self._in_pieces if self.reader.ctx.expr is None else None)
-        if isinstance(self._shared, SharedUnits):  # read in place, so told to no read-ahead: what
-            # opening their files needs goes ahead all the same (version checks, footers: no row data)
+        if isinstance(self._shared, SharedUnits):  # read in place (all but tars' pieces), so told to no
+            # read-ahead: what opening their files needs goes ahead all the same (version checks, footers)
             self.reader.open_ahead(self.stream.units[k] for k in self._shared.held_by(self._lane))
         if self.reader.runs_ahead:
             self.reader.offers = _offered_units(self.stream, self._shared, self._lane)
