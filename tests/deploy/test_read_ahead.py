@@ -926,3 +926,29 @@ def test_a_tar_that_a_lane_boundary_splits_is_fetched_ahead_by_both_lanes(tmp_pa
     assert fetched and all(name.startswith("sparkfeed-ahead") for name, _, _ in fetched), fetched
     split = sorted(r for _, path, ranges in fetched if path == m.shards[1].path for r in ranges)
     assert len(split) >= 2 and all(b1 <= a2 for (_, b1), (a2, _) in zip(split, split[1:]))  # both lanes', once
+
+
+def test_tar_indexes_are_parsed_ahead_once_for_the_lanes(tmp_path, monkeypatch):
+    """Over remote storage each shard's index is parsed on a read-ahead thread once its text is
+    in (while the shard's first pieces are fetched), once for the two lanes even where they
+    split the shard; the samples are those of a local read."""
+    from sparkfeed.read import tarindex
+
+    data = dsutil.table(400, image_bytes=2048)
+    m = dsutil.write_tar(str(tmp_path / "wds"), data, 100)
+    parses = []
+    original = tarindex.Index.parse
+
+    def recorded(text, split_name, max_member):
+        parses.append(threading.current_thread().name)
+        return original(text, split_name, max_member)
+
+    monkeypatch.setattr(tarindex.Index, "parse", staticmethod(recorded))
+    server = LatencyServer(str(tmp_path), latency_s=0.0)
+    try:
+        L = sparkfeed.DataLoader(f"{server.url}/wds", batch_size=48, num_workers=2, columns=["id"])
+        ids = [i for b in L for i in b["id"].tolist()]
+    finally:
+        server.close()
+    assert sorted(ids) == list(range(400))
+    assert len(parses) == len(m.shards) and all(name.startswith("sparkfeed-ahead") for name in parses), parses
