@@ -900,13 +900,23 @@ def test_thread_lanes_each_get_a_reading_thread_where_reading_waits_or_copies(tm
     assert started == [threads]
 
 
+def _split_tars_over_http(tmp_path):
+    """(manifest, ids delivered) of 4 indexed tars of 100 samples read over HTTP by two thread
+    lanes, batch 48: lane 0 has rows 0-191, so the lane boundary splits shard 1."""
+    m = dsutil.write_tar(str(tmp_path / "wds"), dsutil.table(400, image_bytes=2048), 100)
+    server = LatencyServer(str(tmp_path), latency_s=0.0)
+    try:
+        loader = sparkfeed.DataLoader(f"{server.url}/wds", batch_size=48, num_workers=2, columns=["id"])
+        return m, [i for b in loader for i in b["id"].tolist()]
+    finally:
+        server.close()
+
+
 def test_a_tar_that_a_lane_boundary_splits_is_fetched_ahead_by_both_lanes(tmp_path, monkeypatch):
     """Shard 1 is split between two thread lanes (rows 100-191 to lane 0, 192-199 to lane 1).
     Each lane reads only its own rows of it, in pieces, so each lane's read-ahead fetches them:
     every tar range is fetched on a read-ahead thread, none in place on a lane's thread (where
     each piece would wait its round trip), and every byte once."""
-    data = dsutil.table(400, image_bytes=2048)
-    m = dsutil.write_tar(str(tmp_path / "wds"), data, 100)
     fetched = []
     original = storage.fetch_ranges
 
@@ -916,12 +926,7 @@ def test_a_tar_that_a_lane_boundary_splits_is_fetched_ahead_by_both_lanes(tmp_pa
         return original(fs, path, ranges, size)
 
     monkeypatch.setattr(storage, "fetch_ranges", recorded)
-    server = LatencyServer(str(tmp_path), latency_s=0.0)
-    try:
-        L = sparkfeed.DataLoader(f"{server.url}/wds", batch_size=48, num_workers=2, columns=["id"])
-        ids = [i for b in L for i in b["id"].tolist()]
-    finally:
-        server.close()
+    m, ids = _split_tars_over_http(tmp_path)
     assert sorted(ids) == list(range(400))
     assert fetched and all(name.startswith("sparkfeed-ahead") for name, _, _ in fetched), fetched
     split = sorted(r for _, path, ranges in fetched if path == m.shards[1].path for r in ranges)
@@ -934,8 +939,6 @@ def test_tar_indexes_are_parsed_ahead_once_for_the_lanes(tmp_path, monkeypatch):
     split the shard; the samples are those of a local read."""
     from sparkfeed.read import tarindex
 
-    data = dsutil.table(400, image_bytes=2048)
-    m = dsutil.write_tar(str(tmp_path / "wds"), data, 100)
     parses = []
     original = tarindex.Index.parse
 
@@ -944,11 +947,6 @@ def test_tar_indexes_are_parsed_ahead_once_for_the_lanes(tmp_path, monkeypatch):
         return original(text, split_name, max_member)
 
     monkeypatch.setattr(tarindex.Index, "parse", staticmethod(recorded))
-    server = LatencyServer(str(tmp_path), latency_s=0.0)
-    try:
-        L = sparkfeed.DataLoader(f"{server.url}/wds", batch_size=48, num_workers=2, columns=["id"])
-        ids = [i for b in L for i in b["id"].tolist()]
-    finally:
-        server.close()
+    m, ids = _split_tars_over_http(tmp_path)
     assert sorted(ids) == list(range(400))
     assert len(parses) == len(m.shards) and all(name.startswith("sparkfeed-ahead") for name in parses), parses
