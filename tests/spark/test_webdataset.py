@@ -411,9 +411,10 @@ def test_failed_job_leaves_no_manifest_and_no_shard(spark, tmp_path):
     group = f"failing-write-{tmp_path.name}"
     spark.sparkContext.setJobGroup(group, "a webdataset write that one task fails")
     try:
-        # Spark names the first task failure it hears of: usually the injected one, but on a busy
-        # machine the other task can fail first, opening a shard in the `_temporary` directory
-        # that the abort (after the injected failure) has just removed (seen once in CI under load)
+        # Spark names the first task failure it hears of: usually the injected one. On a busy
+        # machine the other task can fail first: the failed task's abort removes its directory and
+        # then `_temporary` when that looks empty (`DatasetDir.deleteTaskDirectory`), just as the
+        # other task creates its own there (seen once in CI under load; the note of 2026-11-27)
         with pytest.raises(Exception, match=r"injected failure|_temporary': No such file or directory"):
             df.write.format("webdataset").option("samplesPerShard", 50).save(str(path))
     finally:
