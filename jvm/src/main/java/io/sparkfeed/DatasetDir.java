@@ -7,6 +7,7 @@ import java.util.List;
 import io.sparkfeed.manifest.ManifestWriter;
 import org.apache.hadoop.conf.Configuration;
 import org.apache.hadoop.fs.ChecksumFileSystem;
+import org.apache.hadoop.fs.FSDataOutputStream;
 import org.apache.hadoop.fs.FileStatus;
 import org.apache.hadoop.fs.FileSystem;
 import org.apache.hadoop.fs.Path;
@@ -18,6 +19,8 @@ import org.apache.hadoop.fs.Path;
  */
 public final class DatasetDir {
     public static final String TEMPORARY = "_temporary";
+    /** Tries of {@link #createInTask} when a sibling's clean-up removed the directories meanwhile. */
+    static final int CREATE_ATTEMPTS = 3;
 
     public final FileSystem fs;
     public final Path root;
@@ -34,6 +37,11 @@ public final class DatasetDir {
         if (fs instanceof ChecksumFileSystem) {
             fs = ((ChecksumFileSystem) fs).getRawFileSystem();
         }
+        return on(fs, root);
+    }
+
+    /** The dataset at an already qualified root on the given file system (tests inject faults). */
+    static DatasetDir on(FileSystem fs, Path root) {
         return new DatasetDir(fs, root);
     }
 
@@ -107,6 +115,25 @@ public final class DatasetDir {
         Path jobDir = taskDir.getParent();
         deleteIfEmpty(jobDir);
         deleteIfEmpty(jobDir.getParent());
+    }
+
+    /**
+     * Creates (overwrites) a file in a task directory. Making its directories races with a
+     * sibling task's {@link #deleteTaskDirectory}, which removes _temporary and the job's
+     * directory while they are empty: when the create fails and its directory is gone, the
+     * directories are made again, up to {@link #CREATE_ATTEMPTS} tries. Any other failure, or the
+     * same one each time, is thrown.
+     */
+    public FSDataOutputStream createInTask(Path file, int bufferBytes) throws IOException {
+        for (int attempt = 1; ; attempt++) {
+            try {
+                return fs.create(file, true, bufferBytes);
+            } catch (IOException e) {
+                if (attempt >= CREATE_ATTEMPTS || fs.exists(file.getParent())) {
+                    throw e;
+                }
+            }
+        }
     }
 
     private void deleteIfEmpty(Path directory) {

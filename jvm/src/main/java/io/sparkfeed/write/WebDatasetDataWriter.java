@@ -121,7 +121,7 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
     private void openShard() throws IOException {
         shardName = shardName(partitionId, shards.size());
         OutputStream out = new BufferedOutputStream(
-            dir.fs.create(new Path(taskDir, shardName), true, BUFFER_BYTES), BUFFER_BYTES);
+            dir.createInTask(new Path(taskDir, shardName), BUFFER_BYTES), BUFFER_BYTES);
         tar = new TarShardWriter(out, mtimeMillis);
         List<ColumnStats> list = new ArrayList<>();
         for (SampleLayout.Member m : layout.members()) {
@@ -134,7 +134,7 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
     private void closeShard() throws IOException {
         tar.finish();
         String index = shardName + ".idx";
-        try (OutputStream out = dir.fs.create(new Path(taskDir, index), true)) {
+        try (OutputStream out = dir.createInTask(new Path(taskDir, index), BUFFER_BYTES)) {
             out.write(tar.indexText().getBytes(StandardCharsets.UTF_8));
         }
         Map<String, Map<String, Object>> summary = new LinkedHashMap<>();
