@@ -355,7 +355,9 @@ class DataLoader:
             return
         stream, shared = self._engine.stream(epoch), self._threads()
         share = sum(hi - lo for spans in lanes for lo, hi in spans)
-        read = stream.samples_read(lanes, shared=shared)
+        kept = [span for r in range(ds.world_size)
+                for span in self._engine.rank_spans(r, ds.world_size, self.batch_size, ds.drop_last)]
+        read = stream.samples_read(lanes, shared=shared, kept=kept)
         if share <= 0 or read <= share:
             return
         manifest = ds.manifest

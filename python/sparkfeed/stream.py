@@ -194,14 +194,17 @@ class EpochStream:
         """The most samples one block holds: what a lane holds in memory at once (shuffle)."""
         return int(np.diff(self.blocks).max(initial=0)) if self.shuffle else 0
 
-    def samples_read(self, lanes: Sequence[Sequence[tuple[int, int]]], shared: bool) -> int:
+    def samples_read(self, lanes: Sequence[Sequence[tuple[int, int]]], shared: bool,
+                     kept: Sequence[tuple[int, int]] | None = None) -> int:
         """Samples of the shuffle blocks that `lanes` (spans of positions) read in this epoch: a
         block that any span reaches is read whole, by each lane, or once for all lanes where
-        they share blocks (thread lanes of one process)."""
+        they share blocks (thread lanes of one process). With `kept` (the spans every rank
+        delivers), a block counts only its kept positions: the tail `drop_last` leaves to nobody
+        is read with its block, but by no other reader, so it is not read twice."""
         reached = [{b for lo, hi in spans if hi > lo
                     for b in range(self.block_of(lo), self.block_of(hi - 1) + 1)} for spans in lanes]
         groups = [set().union(*reached)] if shared else reached
-        sizes = np.diff(self.blocks)
+        sizes = np.diff(self.blocks) if kept is None else np.diff(_positions_below(self.blocks, kept))
         return int(sum(int(sizes[sorted(g)].sum()) for g in groups if g))
 
     def runs_of(self, block: int) -> range:
@@ -220,6 +223,15 @@ class EpochStream:
             if end > lo:  # units left with no sample by the filter hold no position
                 yield k, lo - int(self.starts[k]), end - int(self.starts[k])
             lo, k = end, k + 1
+
+
+def _positions_below(edges: np.ndarray, spans: Sequence[tuple[int, int]]) -> np.ndarray:
+    """For each position in `edges`, how many positions below it the spans hold."""
+    lo = np.array([a for a, _ in spans], dtype=np.int64)
+    width = np.array([b - a for a, b in spans], dtype=np.int64)
+    if not len(lo):
+        return np.zeros(len(edges), dtype=np.int64)
+    return np.clip(np.asarray(edges, dtype=np.int64)[:, None] - lo[None, :], 0, width[None, :]).sum(axis=1)
 
 
 class Block(NamedTuple):

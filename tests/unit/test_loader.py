@@ -796,6 +796,11 @@ def test_a_rank_that_reads_shuffle_blocks_other_ranks_read_says_so_once(pq_path,
         (note,) = [r for r in caplog.records if "shuffle blocks" in r.getMessage()]
         assert note.levelno == logging.INFO  # not over twice its share
         assert 500 < int(re.search(r"reads (\d+) samples", note.getMessage()).group(1)) <= 750
+        caplog.clear()
+        tail = sparkfeed.DataLoader(pq_path, num_workers=2, drop_last=True, batch_size=300,
+                                    shuffle=True, columns=["id"])
+        assert len(ids_of(tail)) == 1800  # 200 rows left to no batch, read with their block
+        assert not [r for r in caplog.records if "shuffle blocks" in r.getMessage()]
 
 
 def test_kept_process_workers_drop_an_epoch_read_ahead_but_not_asked_for(pq_path):

@@ -115,6 +115,23 @@ def test_samples_read_are_the_whole_blocks_each_lane_reaches(shards, seed, block
         assert stream.samples_read(spans, shared=False) == n  # no block split: no lane reads another's
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 50), min_size=1, max_size=6), min_size=1, max_size=5),
+       st.integers(0, 1000), st.integers(1, 200), st.integers(1, 5), st.floats(0, 0.5))
+def test_a_tail_no_reader_delivers_is_not_counted_as_read_twice(shards, seed, block, lanes, dropped):
+    """Where the lanes cover the kept positions and share blocks, counting kept positions only
+    gives exactly the share, whatever tail (drop_last) is left: that tail is read with its
+    block but by nobody else. Lanes that do not share blocks still count each split block."""
+    stream = EpochStream(_plan(shards), seed=seed, epoch=1, shuffle=True, shuffle_buffer=block)
+    kept_end = stream.num_samples - int(stream.num_samples * dropped)
+    cuts = [kept_end * k // lanes for k in range(lanes + 1)]
+    spans = [[(lo, hi)] if hi > lo else [] for lo, hi in zip(cuts, cuts[1:])]
+    kept = [(0, kept_end)]
+    assert stream.samples_read(spans, shared=True, kept=kept) == kept_end
+    assert stream.samples_read(spans, shared=True) >= kept_end  # whole blocks, the tail's too
+    assert kept_end <= stream.samples_read(spans, shared=False, kept=kept) <= stream.samples_read(spans, shared=False)
+
+
 # ----------------------------------------------------------------------------- loaders
 
 N_MIX, LABELS, BATCH = 20_000, 1_000, 256
