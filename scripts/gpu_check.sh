@@ -11,7 +11,8 @@
 #         1. the GPU tests and the loader/decode/prefetch unit tests (pytest, Spark-free ones);
 #         2. `sparkfeed bench --scenarios decode,train,bytes,feed`, 128 px images, every loader
 #            with the same --workers (DALI "mixed" decoding for sparkfeed and DALI's own reader);
-#         3. the decode scenario at 224 px from 500x375 JPEGs;
+#         3. the decode scenario at 224 px from 500x375 JPEGs, and the loader's decode one and two
+#            batches ahead on those images (`python -m sparkfeed.bench.feed --ahead`);
 #         4. ResNet-50 (bf16 autocast, batch 256) fed by sparkfeed: the share of step time spent
 #            waiting for data (`python -m sparkfeed.bench.model_step`), without and with
 #            `--persistent-workers` (each next epoch read, decoded and copied ahead).
@@ -33,7 +34,7 @@ while [ $# -gt 0 ]; do
     --out) out="$2"; shift 2 ;;
     --workers) workers="$2"; shift 2 ;;
     --quick) quick=1; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -100,17 +101,20 @@ EOF
     --repeats "$repeats" --out "$out/bench-224"
   local data
   data="$("$py" -c "from sparkfeed.bench import datasets as d; print(d.build('$cache', 1000, $big, d.image_shape(375, False), $workers, tabular=False).images)" 2>>"$out/model_step.log")"
+  step ahead "$py" -m sparkfeed.bench.feed --ahead "$data" --size 224 --device gpu --workers "$workers" \
+    --depths 1,2 --rounds "$repeats"
   step model_step "$py" -m sparkfeed.bench.model_step "$data" --steps "$steps" --workers "$workers"
   step model_step_persistent "$py" -m sparkfeed.bench.model_step "$data" --steps "$steps" --workers "$workers" \
     --persistent-workers
   echo; echo "== summary ($out)"; cat "$out/summary.txt"
   for r in bench-128 bench-224; do [ -f "$out/$r/results.md" ] && { echo "-- $r"; cat "$out/$r/results.md"; }; done
+  grep -h ' ahead: ' "$out/ahead.log"
   grep -h '^{' "$out/model_step.log" "$out/model_step_persistent.log" | tail -n 2
 }
 
 case "$cmd" in
   fetch) fetch ;;
   run) run ;;
-  -h|--help) sed -n '2,19p' "$0" ;;
-  *) sed -n '2,19p' "$0"; exit 2 ;;
+  -h|--help) sed -n '2,20p' "$0" ;;
+  *) sed -n '2,20p' "$0"; exit 2 ;;
 esac

@@ -345,8 +345,10 @@ class _Job:
     scheduled: bool = False
 
 
-# Runs of one pipeline DALI's executor may hold at once: with 2, the host stage of batch n+1
-# (parsing, the Huffman decoding that "mixed" does on host threads) overlaps the GPU stage of n.
+# Runs of one pipeline DALI's executor may hold at once, by default: with 2, the host stage of
+# batch n+1 (parsing, the Huffman decoding that "mixed" does on host threads) overlaps the GPU
+# stage of n. A caller that submits k batches ahead of the one it collects asks for k+1
+# (`ImageDecoder(runs_in_flight=)`; the loader does).
 _QUEUE_DEPTH = 2
 
 
@@ -401,12 +403,13 @@ class _DaliBackend:
     faster on 128 px images, and it accepts a truncated JPEG whenever the window lies in the
     part that is there, so whether a bad image is reported would depend on its crop."""
 
-    def __init__(self, spec: ImageDecode, device: str, max_batch_size: int, num_threads: int, seed: int):
+    def __init__(self, spec: ImageDecode, device: str, max_batch_size: int, num_threads: int, seed: int,
+                 runs_in_flight: int = _QUEUE_DEPTH):
         self.spec, self.device = spec, device
         self.dali, self.fn, self.types, self._feed_ndarray = _import_dali()
         self.args = dict(batch_size=max_batch_size, num_threads=num_threads, seed=seed,
                          device_id=torch.cuda.current_device() if device == "cuda" else None,
-                         prefetch_queue_depth=_QUEUE_DEPTH, exec_async=True, exec_pipelined=True)
+                         prefetch_queue_depth=runs_in_flight, exec_async=True, exec_pipelined=True)
         self.pipes: dict[str, object] = {}
         self.inflight: dict[str, collections.deque] = collections.defaultdict(collections.deque)
         self.done: dict[_Job, object] = {}  # runs settled ahead of their collect
@@ -626,9 +629,13 @@ def _kind(spec: ImageDecode, sizes) -> str:
 
 
 class ImageDecoder:
-    """The runtime decoder built once per loader from a spec; `decode` turns a batch into a tensor."""
+    """The runtime decoder built once per loader from a spec; `decode` turns a batch into a tensor.
+    `num_threads`: DALI's host threads (every core for "mixed" decoding, at most 8 on the CPU);
+    `runs_in_flight`: the runs each DALI pipeline holds at once, one more than the batches a
+    caller submits ahead of the one it collects."""
 
-    def __init__(self, spec: ImageDecode, *, max_batch_size: int, seed: int = 0, num_threads: int | None = None):
+    def __init__(self, spec: ImageDecode, *, max_batch_size: int, seed: int = 0, num_threads: int | None = None,
+                 runs_in_flight: int = _QUEUE_DEPTH):
         if not isinstance(spec, ImageDecode):
             raise TypeError(f"`spec` should be an ImageDecode, but got {type(spec).__name__}")
         if not _is_int(max_batch_size) or max_batch_size <= 0:
@@ -637,12 +644,14 @@ class ImageDecoder:
             _fail("seed", "a non-negative integer", seed)
         if num_threads is not None and (not _is_int(num_threads) or num_threads <= 0):
             _fail("num_threads", "a positive integer or None", num_threads)
+        if not _is_int(runs_in_flight) or runs_in_flight <= 0:
+            _fail("runs_in_flight", "a positive integer", runs_in_flight)
         self.spec, self.max_batch_size, self.seed = spec, max_batch_size, seed
         self.device = _resolve_device(spec)
         self._gpu_dali = self.device == "cuda" and spec.backend == "dali"  # nvJPEG: see _truncated_jpegs
         threads = num_threads or _default_threads(self.device)
         if spec.backend == "dali":
-            self._backend = _DaliBackend(spec, self.device, max_batch_size, threads, seed)
+            self._backend = _DaliBackend(spec, self.device, max_batch_size, threads, seed, runs_in_flight)
         else:
             self._backend = _PilBackend(spec, self.device)
         self.set_epoch(0)

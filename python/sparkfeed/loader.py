@@ -37,6 +37,11 @@ from .threads import close_quietly
 __all__ = ["DataLoader"]
 log = logging.getLogger(__name__)
 
+# Batches the prefetch thread starts decoding ahead of the one it hands over. One measured
+# best on the CPU (docs/decode.md, "Decoding one batch ahead"); on a GPU, where the thread's
+# own work between two runs may leave DALI's "mixed" decoder idle, more is not yet measured
+# (`python -m sparkfeed.bench.feed --ahead DATASET --depths 1,2 --device gpu`).
+_DECODE_AHEAD = 1
 _REREAD_WARN_MIB = 64  # shuffle blocks read on both sides of a boundary: a warning from this much more
 WORKER_TYPES = ("auto", "thread", "process")
 
@@ -111,7 +116,9 @@ class DataLoader:
         self.device = checks.resolve_device(device)
         self.decode = checks.check_decode(decode, self.dataset.columns, self.dataset.manifest)
         self._decoders: dict = {}
-        self._decode_ahead = True  # decode batch n+1 while batch n is handed over (bench.feed --ahead turns it off)
+        # batches decoded ahead of the one handed over (0: none); set before the first decode,
+        # since the decoders' pipelines are sized for it (bench.feed --ahead compares depths)
+        self._decode_ahead = _DECODE_AHEAD
         self._stats = Stats()
         self._progress: progress.EpochProgress | None = None  # the epoch being (or last) delivered
         self._pending: list | None = None  # lanes to start the next iteration with (a resume)
@@ -234,10 +241,11 @@ class DataLoader:
         return self._deliver(self._progress, self._prefetcher(source), reading.reader, then)
 
     def _prefetcher(self, source) -> Prefetcher:
-        """The prefetch thread over `source`: decoding (one batch ahead), the collate, pinning, the
-        device copy. It calls the loader weakly, so one kept for the next epoch lets it go."""
-        stage = Lookahead(_weakly(self._decode_start), _weakly(self._decode_finish), _weakly(self._decode_cancel)) \
-            if self.decode and self._decode_ahead else _weakly(self._stage)
+        """The prefetch thread over `source`: decoding (`_decode_ahead` batches ahead), the
+        collate, pinning, the device copy. It calls the loader weakly, so one kept for the next
+        epoch lets it go."""
+        stage = Lookahead(_weakly(self._decode_start), _weakly(self._decode_finish), _weakly(self._decode_cancel),
+                          depth=self._decode_ahead) if self.decode and self._decode_ahead else _weakly(self._stage)
         return Prefetcher(source, depth=self.prefetch, pin_memory=self.pin_memory,
                           device=self.device, stage=stage, stats=self._stats)
 
@@ -450,7 +458,8 @@ class DataLoader:
             else:
                 from .decode import ImageDecoder
 
-                decoder = ImageDecoder(spec, max_batch_size=self.batch_size, seed=self.dataset.seed)
+                decoder = ImageDecoder(spec, max_batch_size=self.batch_size, seed=self.dataset.seed,
+                                       runs_in_flight=self._decode_ahead + 1)
             self._decoders[name] = [decoder, None]
         entry = self._decoders[name]
         if epoch is not None and entry[1] != (epoch, self.dataset.rank):  # once per epoch: it restarts the draws

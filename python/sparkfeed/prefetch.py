@@ -9,11 +9,12 @@ thread holds no reference to the `Prefetcher`, so dropping the last reference ga
 it and `__del__` runs the same order; with `depth=0` the work runs inline and `close()` closes
 the source itself.
 
-A stage given as a `Lookahead` runs in two halves, one batch apart: the thread starts batch
-n+1 (`start`, e.g. feeding it to DALI, which decodes it in the background) before it finishes
-batch n (`finish`: waits for it, then pinning and the copy), so the decode overlaps the rest of
-the thread's work and the wait for the next batch. A started batch is only ever finished or
-`cancel`led, in order; an error of batch n (started, read or finished) surfaces as batch n.
+A stage given as a `Lookahead` runs in two halves, `depth` batches apart (one by default): the
+thread starts batch n+depth (`start`, e.g. feeding it to DALI, which decodes it in the
+background) before it finishes batch n (`finish`: waits for it, then pinning and the copy), so
+the decode overlaps the rest of the thread's work and the wait for the next batch. A started
+batch is only ever finished or `cancel`led, in order; an error of batch n (started, read or
+finished) surfaces as batch n.
 
 An item may be a batch or a value carrying one (`engine.Delivery`: anything with `batch` and
 `with_batch`): pinning and the copy then apply to its batch, and the rest rides along. A `Marker`
@@ -21,6 +22,7 @@ passes through in its place, untouched and not counted (the loader marks an epoc
 """
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
@@ -164,11 +166,16 @@ class Lookahead:
     """A stage in two halves: `start(item) -> ticket` begins the work, `finish(ticket) -> item`
     completes it (raising the batch's error, if any), `cancel(ticket)` drops a started batch
     that will not be finished (on close or after an error). The prefetch thread starts batch
-    n+1 before finishing batch n."""
+    n+depth before finishing batch n, so up to depth+1 batches are started at once."""
 
     start: Callable[[Any], Any]
     finish: Callable[[Any], Any]
     cancel: Callable[[Any], None]
+    depth: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.depth, int) or isinstance(self.depth, bool) or self.depth < 1:
+            raise ValueError(f"`depth` should be a positive integer, but got depth={self.depth!r}")
 
 
 class _Started:
@@ -187,7 +194,7 @@ class _Work:
     def __init__(self, stage, pin: bool, device, stats: Stats | None, capacity: int):
         self.stage, self.pin, self.device, self.stats = stage, pin, device, stats
         self.capacity = capacity
-        self.ahead = isinstance(stage, Lookahead)  # start batch n+1 before finishing batch n
+        self.ahead = stage.depth if isinstance(stage, Lookahead) else 0  # batches started ahead
         self.rings: dict[str, _PinnedRing] = {}
         self.stream = torch.cuda.Stream(device) if device is not None else None
 
@@ -270,22 +277,22 @@ class _Work:
 # ----------------------------------------------------------------------------- the thread
 def _prefetch_loop(source: Iterable, out_queue: queue.Queue, stop: threading.Event,
                    work: _Work) -> None:
-    """The producer thread (the protocol of `threads.py`). With a `Lookahead` stage batch n+1 is
-    started before batch n is finished (`_Work.start`/`finish`); a source error is raised after
-    the batch started before it is handed over, so every error keeps its batch's position."""
+    """The producer thread (the protocol of `threads.py`). With a `Lookahead` stage of depth d,
+    batch n+d is started before batch n is finished (`_Work.start`/`finish`); at the source's end
+    or error the batches started before it are finished first, so every error keeps its
+    batch's position."""
     if work.device is not None:
         torch.cuda.set_device(work.device)
-    it, index, pending = None, 0, None
+    it, index, pending = None, 0, collections.deque()
     try:
         it = iter(source)
         while not stop.is_set():
             batch, source_error = _next(it)
-            started = work.start(batch) if batch is not protocol.END and source_error is None else None
-            if work.ahead:  # finish the batch started before this one
-                done, pending = pending, started
-            else:
-                done = started
-            if done is not None:
+            last = batch is protocol.END or source_error is not None
+            if not last:
+                pending.append(work.start(batch))
+            while pending and (last or len(pending) > work.ahead):  # the oldest started batches
+                done = pending.popleft()
                 if not protocol.put(out_queue, work.finish(done), stop):
                     return
                 index = 0 if isinstance(done.ticket, Marker) else index + 1  # batches count from a marker
@@ -298,7 +305,8 @@ def _prefetch_loop(source: Iterable, out_queue: queue.Queue, stop: threading.Eve
         where = f"prefetch thread {threading.current_thread().name!r} while producing batch {index}"
         protocol.put(out_queue, protocol.Failure(exc, where, index), stop)
     finally:
-        work.cancel(pending)  # started but never handed over (an error, or close())
+        for started in pending:  # started but never handed over (an error, or close())
+            work.cancel(started)
         protocol.close_quietly(it, source)
 
 

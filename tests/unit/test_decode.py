@@ -584,22 +584,29 @@ def test_batches_submitted_ahead_decode_as_one_at_a_time(backend):
     assert all(torch.equal(a, g) for a, g in zip(alone, got))
 
 
-def test_pipelines_hold_two_runs_and_start_one_per_batch(monkeypatch):
-    """The pipelines are built with DALI's queue depth 2 (a batch's host stage overlaps the run
-    before it), yet each `submit` starts one run of the batch it fed: four batches in flight
-    (two iterators, each one ahead) and a batch alone give the pixels of a depth-1 decoder."""
-    import sparkfeed.decode as decode
-
+@pytest.mark.parametrize("runs", [2, 3])
+def test_pipelines_hold_several_runs_and_start_one_per_batch(runs):
+    """The pipelines are built with DALI's queue depth 2 by default, or `runs_in_flight` (a
+    batch's host stage overlaps the runs before it), yet each `submit` starts one run of the
+    batch it fed: four batches in flight (two iterators, each ahead) and a batch alone give the
+    pixels of a depth-1 decoder."""
     batches = _batches(5)
-    dec = _decoder(size=24, crop="random", mirror=True)
-    assert [p.prefetch_queue_depth for p in dec._backend.pipes.values()] == [2]
+    spec = ImageDecode(device="cpu", size=24, crop="random", mirror=True)
+    dec = _decoder(size=24, crop="random", mirror=True) if runs == 2 \
+        else ImageDecoder(spec, max_batch_size=16, runs_in_flight=runs)
+    assert [p.prefetch_queue_depth for p in dec._backend.pipes.values()] == [runs]
     jobs = [dec.submit(b, keys=np.arange(6) + 10 * i) for i, b in enumerate(batches[:4])]
     got = [dec.collect(j).images for j in jobs] + [dec.decode(batches[4], keys=np.arange(6) + 40).images]
-    monkeypatch.setattr(decode, "_QUEUE_DEPTH", 1)
-    one = _decoder(size=24, crop="random", mirror=True)
+    one = ImageDecoder(spec, max_batch_size=16, runs_in_flight=1)
     assert [p.prefetch_queue_depth for p in one._backend.pipes.values()] == [1]
     want = [one.decode(b, keys=np.arange(6) + 10 * i).images for i, b in enumerate(batches)]
     assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+def test_runs_in_flight_is_a_positive_integer():
+    for bad in (0, -2, 1.5, "2"):
+        with pytest.raises(ValueError, match=r"`runs_in_flight` should be a positive integer, but got runs_in_flight="):
+            ImageDecoder(ImageDecode(device="cpu", size=24), max_batch_size=16, runs_in_flight=bad)
 
 
 def test_a_dali_without_the_run_switch_is_built_with_depth_one(monkeypatch):

@@ -216,14 +216,39 @@ def test_two_live_iterators_of_one_loader_each_get_their_own_batches(image_ds):
     assert all(colour_ok(b) for b in [peeked] + rest + second)
 
 
-def test_ahead_benchmark_runs_both_modes_over_the_same_epochs(image_ds):
+def test_ahead_benchmark_runs_every_depth_over_the_same_epochs(image_ds):
     from sparkfeed.bench.feed import ahead_benchmark
 
     root = image_ds(120)
-    r = ahead_benchmark(root, 32, train=True, rounds=1, workers=1, batch_size=32)
-    for mode in ("one at a time", "one batch ahead"):
-        assert r[mode]["images_per_s"] > 0 and r[mode]["cpu_us"] > 0
-    assert r["ratio"] > 0
+    r = ahead_benchmark(root, 32, train=True, rounds=1, workers=1, batch_size=32, depths=(0, 1, 2))
+    for depth in (0, 1, 2):
+        assert r[depth]["images_per_s"] > 0 and r[depth]["cpu_us"] > 0 and r["ratio"][depth] > 0
+    assert r["ratio"][0] == 1.0
+    with pytest.raises(ValueError, match=r"`depths` should be non-negative integers, but got depths=\(1, -1\)"):
+        ahead_benchmark(root, 32, depths=(1, -1))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_decoding_further_ahead_delivers_the_same_batches(image_ds, train):
+    """Two and three batches decoded ahead of the one handed over: the same images, labels and
+    order as one ahead and as one at a time (keyed crops), with DALI's pipelines sized for it."""
+    root = image_ds(200, images=gradient_jpeg)
+    spec = {"image": sparkfeed.ImageDecode(size=24, crop="random" if train else "center", mirror=train,
+                                           device="cpu")}
+
+    def epoch(ahead):
+        L = sparkfeed.DataLoader(root, batch_size=16, num_workers=2, columns=["id", "image"], decode=spec,
+                                 shuffle=train, seed=3)
+        L._decode_ahead = ahead
+        got = list(L)
+        assert _decoder_of(L)._backend.args["prefetch_queue_depth"] == ahead + 1
+        return got
+    want = epoch(1)
+    assert sorted(i for b in want for i in b["id"].tolist()) == list(range(200))
+    for ahead in (0, 2, 3):
+        got = epoch(ahead)
+        assert [b["id"].tolist() for b in got] == [b["id"].tolist() for b in want]
+        assert all(torch.equal(a["image"], b["image"]) for a, b in zip(got, want))
 
 
 def test_two_decoded_columns_drop_a_row_that_fails_in_either_once(tmp_path):

@@ -1,5 +1,5 @@
-"""Prefetcher with a `Lookahead` stage: batch n+1 started before batch n is finished, with every
-batch finished or cancelled exactly once, in order, and every error at its own batch."""
+"""Prefetcher with a `Lookahead` stage: batch n+ahead started before batch n is finished, with
+every batch finished or cancelled exactly once, in order, and every error at its own batch."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from sparkfeed.stats import Stats
 class Recorder:
     """A two-half stage that logs what it does, so tests can check the order of the halves."""
 
-    def __init__(self, fail_start: int | None = None, fail_finish: int | None = None):
+    def __init__(self, fail_start: int | None = None, fail_finish: int | None = None, ahead: int = 1):
         self.log: list[tuple[str, int]] = []
+        self.ahead = ahead
         self.fail_start, self.fail_finish = fail_start, fail_finish
         self.lock = threading.Lock()
         self.finished = threading.Condition(self.lock)
@@ -42,7 +43,7 @@ class Recorder:
         self._add("cancel", i)
 
     def stage(self) -> Lookahead:
-        return Lookahead(self.start, self.finish, self.cancel)
+        return Lookahead(self.start, self.finish, self.cancel, depth=self.ahead)
 
     def ended(self) -> set[int]:
         """Started batches that were finished or cancelled (each exactly once is checked)."""
@@ -64,22 +65,27 @@ def thread_gone(name: str) -> bool:
     return not any(t.name == name for t in threading.enumerate())
 
 
+@pytest.mark.parametrize("ahead", [1, 2, 3])
 @pytest.mark.parametrize("depth", [0, 2])
-def test_every_batch_in_order_with_the_next_one_started_first(depth):
-    rec = Recorder()
+def test_every_batch_in_order_with_the_next_ones_started_first(depth, ahead):
+    rec = Recorder(ahead=ahead)
     got = [b["i"] for b in Prefetcher(numbers(6), depth=depth, stage=rec.stage())]
     assert got == list(range(6))
-    if depth:  # the thread starts batch n+1 before it finishes batch n
-        assert rec.log == [("start", 0)] + [e for i in range(1, 6) for e in (("start", i), ("finish", i - 1))] \
-            + [("finish", 5)]
+    if depth:  # the thread starts batch n+ahead before it finishes batch n
+        first = min(ahead, 6)
+        assert rec.log == [("start", i) for i in range(first)] \
+            + [e for i in range(first, 6) for e in (("start", i), ("finish", i - ahead))] \
+            + [("finish", i) for i in range(6 - ahead, 6)]
     else:  # inline: nothing to overlap with
         assert rec.log == [e for i in range(6) for e in (("start", i), ("finish", i))]
 
 
+@pytest.mark.parametrize("ahead", [1, 3])
 @pytest.mark.parametrize("where", ["source", "start", "finish"])
-def test_an_error_surfaces_at_its_own_batch(where):
-    """Batches 0..2 are delivered, then batch 3's error; the batch started after it is cancelled."""
-    rec = Recorder(**({"start": {"fail_start": 3}, "finish": {"fail_finish": 3}}.get(where, {})))
+def test_an_error_surfaces_at_its_own_batch(where, ahead):
+    """Batches 0..2 are delivered, then batch 3's error; the batches started after it are
+    cancelled, and every batch started is finished or cancelled exactly once."""
+    rec = Recorder(ahead=ahead, **({"start": {"fail_start": 3}, "finish": {"fail_finish": 3}}.get(where, {})))
     source = numbers(8, fail_at=3 if where == "source" else None)
     got = []
     err = {"source": OSError, "start": ValueError, "finish": ValueError}[where]
@@ -91,7 +97,14 @@ def test_an_error_surfaces_at_its_own_batch(where):
     started = {i for what, i in rec.log if what == "start"}
     assert rec.ended() == started  # nothing left started: finished or cancelled
     if where == "finish":
-        assert ("cancel", 4) in rec.log
+        assert {("cancel", i) for i in range(4, 4 + ahead)} <= set(rec.log)
+
+
+def test_a_lookahead_depth_is_a_positive_integer():
+    rec = Recorder()
+    for bad in (0, -1, 1.5, True, None):
+        with pytest.raises(ValueError, match=r"`depth` should be a positive integer, but got depth="):
+            Lookahead(rec.start, rec.finish, rec.cancel, depth=bad)
 
 
 def test_close_mid_epoch_cancels_the_started_batch_and_stops_the_thread():
@@ -124,11 +137,12 @@ class Mark(Marker):
         self.n = n
 
 
+@pytest.mark.parametrize("ahead", [1, 2])
 @pytest.mark.parametrize("depth", [0, 2])
-def test_a_marker_passes_in_its_place_untouched_and_uncounted(depth):
+def test_a_marker_passes_in_its_place_untouched_and_uncounted(depth, ahead):
     """A Marker reaches the consumer where the source put it: the stage never sees it, it is not
     counted as a batch, and an error after it counts the batches from it."""
-    rec = Recorder(fail_finish=4)
+    rec = Recorder(fail_finish=4, ahead=ahead)
     stats = Stats()
     source = iter([0, 1, Mark(7), 2, 3, 4, 5])
     p = Prefetcher(source, depth=depth, stage=rec.stage(), stats=stats, name="pf-mark")

@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -406,33 +406,43 @@ def roi_benchmark(path: str, crops=(128, 112), batch_size: int = 256, repeats: i
 
 
 def ahead_benchmark(path: str, size: int, train: bool = False, rounds: int = 8, workers: int = 2,
-                    batch_size: int = 256) -> dict:
-    """The loader's decode with and without decoding one batch ahead, epochs alternated in one
-    process (so a shared machine's load falls on both alike): per mode the median images/s and
-    CPU µs/image over `rounds` epochs, and the median of the per-round rate ratios. `size`: the
-    stored side; `train`: the `train` scenario's shuffle, 7/8 random crop of the stored pixels and
-    flip, else the `decode` scenario's centre crop at `size`."""
+                    batch_size: int = 256, depths: Sequence[int] = (0, 1), device: str = "cpu") -> dict:
+    """The loader's decode at each look-ahead depth (batches started decoding ahead of the one
+    handed over; 0: one at a time), a loader per depth, their epochs alternated in one process
+    (so a shared machine's load falls on all alike): per depth the median images/s and CPU
+    µs/image over `rounds` epochs, and `ratio`, each depth's median per-round rate ratio to the
+    first depth. `size`: the stored side; `train`: the `train` scenario's shuffle, 7/8 random
+    crop of the stored pixels and flip, else the `decode` scenario's centre crop at `size`;
+    `device`: "cpu", or "gpu" for DALI's "mixed" decoder (each epoch then ends synchronised)."""
     import statistics
 
     from ..decode import ImageDecode
     from ..loader import DataLoader
 
-    spec = ImageDecode(size=size * 7 // 8, crop="random", resize=None, mirror=True, device="cpu") if train \
-        else ImageDecode(size=size, device="cpu")
-    loader = DataLoader(path, batch_size=batch_size, columns=["image", "label"], num_workers=workers,
-                        decode={"image": spec}, shuffle=train, seed=1)
-    runs: dict[str, list[tuple[float, float]]] = {"one at a time": [], "one batch ahead": []}
+    if not depths or any(not isinstance(d, int) or d < 0 for d in depths):
+        raise ValueError(f"`depths` should be non-negative integers, but got depths={depths!r}")
+    spec = ImageDecode(size=size * 7 // 8, crop="random", resize=None, mirror=True, device=device) if train \
+        else ImageDecode(size=size, device=device)
+    loaders = {}
+    for depth in depths:
+        loader = DataLoader(path, batch_size=batch_size, columns=["image", "label"], num_workers=workers,
+                            decode={"image": spec}, shuffle=train, seed=1)
+        loader._decode_ahead = depth  # before its first decode: the pipelines are sized for it
+        loaders[depth] = loader
+    sync = torch.cuda.synchronize if device == "gpu" else (lambda: None)
+    runs: dict[int, list[tuple[float, float]]] = {depth: [] for depth in depths}
     for r in range(rounds + 1):  # round 0 warms up
-        for mode in runs:
-            loader._decode_ahead = mode == "one batch ahead"
+        for depth, loader in loaders.items():
             wall, cpu = time.perf_counter(), time.process_time()
             n = sum(b["image"].shape[0] for b in loader)
+            sync()
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             if r:
-                runs[mode].append((n / wall, cpu / n * 1e6))
-    out = {mode: {"images_per_s": statistics.median(x for x, _ in v), "cpu_us": statistics.median(c for _, c in v)}
-           for mode, v in runs.items()}
-    out["ratio"] = statistics.median(a[0] / b[0] for a, b in zip(runs["one batch ahead"], runs["one at a time"]))
+                runs[depth].append((n / wall, cpu / n * 1e6))
+    out: dict = {depth: {"images_per_s": statistics.median(x for x, _ in v),
+                         "cpu_us": statistics.median(c for _, c in v)} for depth, v in runs.items()}
+    first = runs[depths[0]]
+    out["ratio"] = {depth: statistics.median(a[0] / b[0] for a, b in zip(v, first)) for depth, v in runs.items()}
     return out
 
 
@@ -489,8 +499,14 @@ def main(argv=None) -> int:
                         "window decode (fn.decoders.image_crop), crops of 128 and 112")
     parser.add_argument("--size", type=int, default=None, help="output side for --stages, stored side for "
                         "--ahead (default 128); with --epoch-starts, decode at this side")
-    parser.add_argument("--ahead", metavar="DATASET", help="the loader's decode one batch ahead vs one at a "
-                        "time, epochs alternated (the decode and train scenarios' specs)")
+    parser.add_argument("--ahead", metavar="DATASET", help="the loader's decode at each --depths look-ahead "
+                        "(batches decoded ahead of the one handed over; 0: one at a time), epochs "
+                        "alternated (the decode and train scenarios' specs)")
+    parser.add_argument("--depths", default="0,1", help="look-ahead depths for --ahead, the first the "
+                        "baseline of the ratios (default 0,1)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where --ahead decodes "
+                        "(gpu: DALI's \"mixed\" decoder; default cpu)")
+    parser.add_argument("--workers", type=int, default=2, help="the loaders' num_workers for --ahead (default 2)")
     parser.add_argument("--rounds", type=int, default=8, help="epochs per mode for --ahead (default 8)")
     parser.add_argument("--epoch-starts", metavar="DATASET", help="the wait for each epoch's first batch "
                         "with and without persistent_workers=True (the next epoch read ahead), a "
@@ -513,12 +529,17 @@ def main(argv=None) -> int:
     if args.h2d and not torch.cuda.is_available():
         parser.error("--h2d needs CUDA (torch.cuda.is_available() is False)")
     if args.ahead:
+        try:
+            depths = [int(d) for d in args.depths.split(",")]
+        except ValueError:
+            parser.error(f"--depths should be comma-separated integers, but got {args.depths!r}")
         for train in (False, True):
-            r = ahead_benchmark(args.ahead, size, train=train, rounds=args.rounds)
-            for mode in ("one at a time", "one batch ahead"):
-                print(f"{'train' if train else 'decode'} {mode:15s}: {r[mode]['images_per_s']:7.0f} images/s, "
-                      f"{r[mode]['cpu_us']:6.1f} CPU us/image (medians of {args.rounds} epochs)")
-            print(f"{'train' if train else 'decode'} ahead / one at a time: {r['ratio']:.3f} (median of per-epoch ratios)")
+            r = ahead_benchmark(args.ahead, size, train=train, rounds=args.rounds, workers=args.workers,
+                                depths=depths, device=args.device)
+            for depth in depths:
+                print(f"{'train' if train else 'decode'} {depth} ahead: {r[depth]['images_per_s']:7.0f} images/s, "
+                      f"{r[depth]['cpu_us']:6.1f} CPU us/image (medians of {args.rounds} epochs), "
+                      f"{r['ratio'][depth]:.3f}x {depths[0]} ahead (median of per-epoch ratios)")
     if args.roi:
         for label, us in roi_benchmark(args.roi).items():
             print(f"crop {label}: {us:.1f} CPU us/img (best of 3, interleaved)")
