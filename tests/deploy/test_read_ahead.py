@@ -81,6 +81,100 @@ def test_once_fetches_a_key_once_and_fetch_of_names_the_shared_fetch():
     assert storage.ReadAhead(max_bytes=0).once("footer", lambda: 1) is None  # read-ahead off
 
 
+def test_the_read_ahead_threads_take_the_earliest_units_task_first():
+    """One thread, held on a first task: the tasks queued meanwhile run lowest priority first
+    (a file's rank in the reader's order leads it), then in the order they were queued."""
+    pool, release, ran = storage._PriorityPool(1, "t-prio"), threading.Event(), []
+    try:
+        started = threading.Event()
+        pool.submit((9,), lambda: started.set() or release.wait(10))
+        assert started.wait(10)  # the one thread is busy: what follows queues
+        done = [pool.submit(p, lambda p=p, n=n: ran.append((p, n))) for n, p in
+                enumerate([(2, 0), (0, 2, 5), (1,), (0, 2, 5), (0, 0)])]
+        release.set()
+        for f in done:
+            f.result(10)
+    finally:
+        pool.shutdown()
+    assert ran == [((0, 0), 4), ((0, 2, 5), 1), ((0, 2, 5), 3), ((1,), 2), ((2, 0), 0)]
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        pool.submit((0,), lambda: None)
+
+
+def test_a_task_after_another_holds_no_thread_while_it_waits():
+    """With one thread, a task that needs an index not yet in (`After`) does not keep the
+    thread from a task behind it; it runs once the index is in. Closed before its input
+    arrives, it is cancelled, never run."""
+    ra = storage.ReadAhead(max_bytes=100, threads=1)
+    index, ran = __import__("concurrent.futures").futures.Future(), []
+    try:
+        ranges = ra.once("ranges", storage.After(index, lambda: ran.append("ranges") or index.result() + 1, (0, 1)))
+        other = ra.once("other footer", lambda: ran.append("other") or "md", (1, 0))
+        assert other.result(10) == "md" and ran == ["other"] and not ranges.done()
+        index.set_result(41)
+        assert ranges.result(10) == 42 and ran == ["other", "ranges"]
+        late = __import__("concurrent.futures").futures.Future()
+        never = ra.once("never", storage.After(late, lambda: ran.append("never")))
+    finally:
+        ra.close()
+    late.set_result(None)  # after close: nothing runs it
+    assert never.cancelled() and "never" not in ran
+
+
+def test_deferred_fetches_are_made_within_the_bytes_kept_ahead_and_prepared_past_them():
+    """Five 10-byte units, 25 bytes kept ahead: the first two are made (their footers started,
+    then fetched), the next two only prepared (their footers started: within the next 25
+    bytes), the last neither."""
+    made, prepared = [], []
+
+    def item(k):
+        return ([k], 10, storage.Deferred(lambda: made.append(k) or (lambda: k), (k,),
+                                          lambda: prepared.append(k)))
+    ra = storage.ReadAhead(max_bytes=25, threads=2)
+    try:
+        ra.ahead([item(k) for k in range(5)])
+        assert made == [0, 1] and prepared == [2, 3]
+        assert ra.take(0) == 0
+        ra.ahead([item(k) for k in range(1, 5)])  # 0 taken: unit 2 is made now
+        assert made == [0, 1, 2] and prepared == [2, 3, 3, 4]
+    finally:
+        ra.close()
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "webdataset"])
+def test_many_small_files_get_their_first_data_request_before_the_footers_of_the_rest(tmp_path, fmt):
+    """40 small files, 64 of whose units a reader is told of at once: what a file's fetch needs
+    (its footer, or its tar index) is started only for the files whose bytes are kept ahead and
+    as many again, and the earliest file's first, so the first data request goes out after a
+    handful of metadata requests, not after one per file (before: 40 index requests first, and
+    1.4 s to the first batch over 80 shards with 20 ms per request)."""
+    data = dsutil.table(2_000, image_bytes=1_000)
+    root = str(tmp_path / "ds")
+    m = dsutil.write_parquet(root, data, 50, 50) if fmt == "parquet" else dsutil.write_tar(root, data, 50)
+    per_file = max(s.num_bytes for s in m.shards)
+    server = LatencyServer(str(tmp_path), latency_s=0.002)
+    try:
+        loader = sparkfeed.DataLoader(f"{server.url}/ds", batch_size=50, num_workers=0, columns=["id", "image"],
+                                      read_ahead_bytes=2 * per_file)
+        ids = [i for b in loader for i in b["id"].tolist()]
+        gets = [what for _, _, method, what, _ in sorted(server.log)
+                if method == "GET" and not what.startswith("ds/_sparkfeed")]
+    finally:
+        server.close()
+    assert sorted(ids) == list(range(2_000))
+    sizes = {f"ds/{s.path}": s.num_bytes for s in m.shards}
+    meta = [_is_meta(what, sizes) for what in gets]
+    first_data = meta.index(False)
+    assert sum(meta[:first_data]) <= 6 and sum(meta) >= len(m.shards), gets[:first_data + 1]
+
+
+def _is_meta(what: str, sizes: dict) -> bool:
+    """A request for a file's metadata: a tar's index, or a Parquet file's tail (its footer;
+    a small file's footer fetch is the whole file)."""
+    path, _, rng = what.partition(" ")
+    return path.endswith(".idx") or (path.endswith(".parquet") and rng.endswith(f"-{sizes[path] - 1}"))
+
+
 @pytest.mark.parametrize("name", ["pq", "wds"])
 def test_remote_reads_fetch_each_file_once(tmp_path, name):
     data = dsutil.table(400, image_bytes=256)

@@ -350,7 +350,7 @@ class Reader:
             if self._versioned(unit):
                 full = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
                 self.ctx.shared.checking(unit.path, lambda unit=unit, full=full: self._ahead.once(
-                    (unit.path, "version"), lambda: self._check_now(unit, full)))
+                    (unit.path, "version"), lambda: self._check_now(unit, full), (self._ahead.order(unit.path), 0)))
 
     def _check_unchanged(self, unit: WorkUnit, full: str) -> None:
         """Indexed data (`sparkfeed.index`) records each file's size and mtime/ETag: a file that

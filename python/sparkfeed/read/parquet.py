@@ -214,16 +214,17 @@ class ParquetReader(Reader):
         return list(self.ctx.filter_columns) if self.ctx.expr is not None else self.ctx.read_columns
 
     def read_ahead(self, units) -> None:
-        """Upcoming row groups: the footer of every file among them fetched at once (one request
-        each, concurrently, once per file; for indexed data its version check too), and
-        consecutive row groups of a file fetched together up to `_FETCH_BYTES` (one coalesced
-        range request); the reader's first fetch is smaller (`_FIRST_FETCH_BYTES`), so the first
-        batch waits for little while the rest streams in."""
+        """Upcoming row groups: consecutive row groups of a file fetched together up to
+        `_FETCH_BYTES` (one coalesced range request), each fetch after its file's footer (one
+        request, once per file; for indexed data its version check too), started file by file
+        for the bytes kept ahead and the next as many (`storage.Deferred`); the reader's first
+        fetch is smaller (`_FIRST_FETCH_BYTES`), so the first batch waits for little while the
+        rest streams in."""
         if self._ahead is None:
             return
-        names, items = self._ahead_columns(), []
-        self.open_ahead(u for u in units if u.row_group is not None)  # version checks, footers
+        names, items, first = self._ahead_columns(), [], {}
         for unit in units:
+            first.setdefault(unit.path, unit)
             key = (unit.path, unit.row_group)
             if unit.row_group is None:
                 continue
@@ -243,10 +244,20 @@ class ParquetReader(Reader):
         reserved = self._reserve([key for keys, _, groups in items if groups is not None for key in keys])
         try:
             self._ahead.ahead([(keys, 0, None) if groups is None else
-                               (keys, nbytes, self._fetcher(keys[0][0], groups))
+                               (keys, nbytes, self._deferred(first[keys[0][0]], groups))
                                for keys, nbytes, groups in items])
         finally:  # every reserved place resolved, even if submitting failed: nobody waits forever
             self._offer(reserved)
+
+    def _deferred(self, unit: WorkUnit, groups: list[int]) -> storage.Deferred:
+        """The fetch of row groups `groups` of the unit's file, made as read-ahead submits it;
+        the file's version check and footer started then (or earlier, `prepare`), in the order
+        the reader meets the files (`storage.ReadAhead`), not all at once for every file told."""
+        def make():
+            self.open_ahead([unit])
+            return self._fetcher(unit.path, groups)
+        return storage.Deferred(make, (self._ahead.order(unit.path), 2, groups[0]),
+                                functools.partial(self.open_ahead, [unit]))
 
     def _meta_ahead(self, units: list[WorkUnit]) -> None:
         """The footer of each file of `units`, fetched once, concurrently (`_footer`)."""
@@ -274,7 +285,8 @@ class ParquetReader(Reader):
             return shared[0]
         path = storage.join(self.ctx.root, rel, self.ctx.dataset)
         return self.ctx.shared.fetching(rel, lambda: self._ahead.once(
-            ("footer", rel), functools.partial(_fetch_footer, self.ctx.fs, path, self._size(path))))
+            ("footer", rel), functools.partial(_fetch_footer, self.ctx.fs, path, self._size(path)),
+            (self._ahead.order(rel), 0)))
 
     def _fetcher(self, rel: str, groups: list[int]):
         path = storage.join(self.ctx.root, rel, self.ctx.dataset)

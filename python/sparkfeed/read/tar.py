@@ -77,39 +77,60 @@ class TarReader(Reader):
 
     def read_ahead(self, units) -> None:
         """Fetch the next shards' pieces (`chunks`), each after its shard's index (fetched once);
-        an unindexed shard is fetched whole. Indexed data: each shard's version check goes out
-        ahead too (`check_ahead`)."""
+        an unindexed shard is fetched whole. What a fetch needs (the shard's version check,
+        index, piece ranges and parsed index) is started just before it, in unit order, and only
+        for the shards whose bytes are kept ahead (`storage.Deferred`): told of 64 small shards,
+        a reader does not fetch and parse 64 indexes before its first piece."""
         if self._ahead is None:
             return
-        units = list(units)
-        self.check_ahead(units)  # indexed data: each shard's version, once
         items = []
         for unit in units:
             path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
             size = self.ctx.manifest_bytes.get(unit.path)
-            index = self._index_ahead(unit)
             pieces = self.chunks(unit, unit.num_rows)
+            order = self._ahead.order(unit.path)
             if pieces:
-                spans = self._ahead.once((unit.path, "spans"), functools.partial(
-                    _piece_spans, index, tuple(pieces), size))
-                self._parsed_ahead(unit, index)
                 for a, b in pieces:
                     key = (unit.path, a, b)
                     if key in self._pieces_read or self.ctx.shared.claimed(key):
                         continue
                     items.append(((key,), 0, None) if key in self._ahead else (
                         (key,), size * (b - a) // unit.num_rows,
-                        functools.partial(_fetch_rows, self.ctx.fs, path, size, spans, (a, b))))
+                        storage.Deferred(functools.partial(self._piece_fetch, unit, path, size, tuple(pieces),
+                                                           (a, b)), (order, 2, a),
+                                         functools.partial(self._piece_prepare, unit, size, tuple(pieces)))))
             elif unit.path in self._ahead:
                 items.append(((unit.path,), 0, None))  # still wanted, fetched or in flight
             elif size is not None:
-                items.append(((unit.path,), size, functools.partial(_fetch_whole, self.ctx.fs, path, size)))
+                items.append(((unit.path,), size, storage.Deferred(functools.partial(
+                    self._whole_fetch, unit, path, size), (order, 2, 0))))
         reserved = self._reserve([key for keys, _, fetch in items if fetch is not None
                                   for key in keys if len(key) == 3])
         try:
             self._ahead.ahead(items)
         finally:  # every reserved place resolved, even if submitting failed: nobody waits forever
             self._offer(reserved)
+
+    def _piece_prepare(self, unit: WorkUnit, size: int, pieces: tuple):
+        """What a shard's piece fetches need, started once per shard: its version check (indexed
+        data), index, piece ranges and parse; the future of the ranges."""
+        self.check_ahead([unit])
+        index = self._index_ahead(unit)
+        spans = self._ahead.once((unit.path, "spans"), storage.After(
+            index, functools.partial(_piece_spans, index, pieces, size), (self._ahead.order(unit.path), 1)))
+        self._parsed_ahead(unit, index)
+        return spans
+
+    def _piece_fetch(self, unit: WorkUnit, path: str, size: int, pieces: tuple, window: tuple[int, int]):
+        """The fetch of one piece, made as read-ahead submits it. It waits for the piece's range
+        on its thread (`storage.After`'s note says why)."""
+        spans = self._piece_prepare(unit, size, pieces)
+        return functools.partial(_fetch_rows, self.ctx.fs, path, size, spans, window)
+
+    def _whole_fetch(self, unit: WorkUnit, path: str, size: int):
+        """The fetch of a whole (unindexed) shard, made as read-ahead submits it."""
+        self.check_ahead([unit])
+        return functools.partial(_fetch_whole, self.ctx.fs, path, size)
 
     def _index_ahead(self, unit: WorkUnit):
         """The future of the fetch of the shard's index text, once for the readers of the
@@ -119,7 +140,7 @@ class TarReader(Reader):
         if where is None:
             return None
         return self.ctx.shared.fetching(("index", unit.path), lambda: self._ahead.once(
-            (unit.path, "index"), functools.partial(self._read_index, unit, where)))
+            (unit.path, "index"), functools.partial(self._read_index, unit, where), (self._ahead.order(unit.path), 0)))
 
     def _parsed_ahead(self, unit: WorkUnit, index_text) -> None:
         """The shard's index parsed on a read-ahead thread once its text is in (`index_text`, a
@@ -127,7 +148,8 @@ class TarReader(Reader):
         runs while the shard's first pieces are fetched, not on the lane after they arrive."""
         if index_text is not None:
             self.ctx.shared.fetching(("parsed", unit.path), lambda: self._ahead.once(
-                (unit.path, "parsed"), functools.partial(_parse_text, index_text)))
+                (unit.path, "parsed"), storage.After(index_text, functools.partial(_parse_text, index_text),
+                                                     (self._ahead.order(unit.path), 1, 1))))
 
     def _meta_ahead(self, units: list[WorkUnit]) -> None:
         """Each shard's index text, fetched once, concurrently (`_index_ahead`)."""
