@@ -122,15 +122,18 @@ def _wait_for_a_batch_in_flight(loader) -> None:
             done.set()
 
 
-def test_resume_after_a_batch_decoded_ahead_keeps_exactly_once_and_the_same_crops(image_ds):
-    """A batch that DALI has decoded ahead but that was not handed over does not count as
-    consumed: resuming delivers it, each sample exactly once, with the same keyed crop."""
+@pytest.mark.parametrize("ahead", [1, 3])
+def test_resume_after_a_batch_decoded_ahead_keeps_exactly_once_and_the_same_crops(image_ds, ahead):
+    """Batches that DALI has decoded ahead but that were not handed over do not count as
+    consumed: resuming delivers them, each sample exactly once, with the same keyed crop."""
     root = image_ds(200, images=gradient_jpeg)
     spec = {"image": sparkfeed.ImageDecode(size=24, crop="random", mirror=True, device="cpu")}
 
     def loader():
-        return sparkfeed.DataLoader(root, batch_size=20, num_workers=1, columns=["id", "image"],
-                                    decode=spec, seed=4, prefetch=2)
+        L = sparkfeed.DataLoader(root, batch_size=20, num_workers=1, columns=["id", "image"],
+                                 decode=spec, seed=4, prefetch=2)
+        L._decode_ahead = ahead
+        return L
     full = {i: img for b in loader() for i, img in zip(b["id"].tolist(), b["image"])}
     L = loader()
     it = iter(L)
@@ -155,8 +158,9 @@ def _truncated_jpeg(i: int) -> bytes:
     return good[: len(good) * 3 // 4]  # header intact: only DALI's decode finds it bad
 
 
+@pytest.mark.parametrize("ahead", [1, 3])
 @pytest.mark.parametrize("bad", ["header", "pixels"])
-def test_a_corrupt_image_in_the_batch_decoded_ahead_raises_after_the_batch_before_it(image_ds, bad):
+def test_a_corrupt_image_in_the_batch_decoded_ahead_raises_after_the_batch_before_it(image_ds, bad, ahead):
     """Batch 1 holds the bad image (refused by the header check, or failed by DALI's run): it is
     submitted before batch 0 is handed over, but its error comes only after batch 0 was
     delivered, naming the shard and the row."""
@@ -166,6 +170,7 @@ def test_a_corrupt_image_in_the_batch_decoded_ahead_raises_after_the_batch_befor
         root = image_ds(100, images=lambda i: _truncated_jpeg(i) if i == 27 else jpeg(i))
     L = sparkfeed.DataLoader(root, batch_size=20, num_workers=1, columns=["id", "image"],
                              decode={"image": sparkfeed.ImageDecode(size=16, device="cpu")})
+    L._decode_ahead = ahead
     got = []
     with pytest.raises(CorruptSampleError, match=r"(?s)shard '(part|shard)-00000.*'row 27'.*"
                                                  r"producing batch 1; batches 0\.\.0 were delivered"):
@@ -175,10 +180,12 @@ def test_a_corrupt_image_in_the_batch_decoded_ahead_raises_after_the_batch_befor
     assert not any(_decoder_of(L)._backend.inflight.values())
 
 
-def test_closing_or_dropping_the_iterator_mid_epoch_leaves_no_thread_and_no_run(image_ds):
+@pytest.mark.parametrize("ahead", [1, 3])
+def test_closing_or_dropping_the_iterator_mid_epoch_leaves_no_thread_and_no_run(image_ds, ahead):
     root = image_ds(200)
     L = sparkfeed.DataLoader(root, batch_size=20, num_workers=1, columns=["id", "image"],
                              decode={"image": sparkfeed.ImageDecode(size=16, device="cpu")})
+    L._decode_ahead = ahead
     for drop in ("close", "gc"):
         it = iter(L)
         next(it)
