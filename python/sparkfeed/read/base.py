@@ -342,8 +342,9 @@ class Reader:
         shared with the iteration's other readers: its request (a HEAD) then goes out beside the
         footers' fetches and the other files' checks, not on the lane before the file's first
         read (5 files over HTTP with 20 ms per request: 0.262 s per epoch against 0.187 s with no
-        version to check). `read_ahead` calls it for the units it is told; `open_ahead` for the
-        units the lanes share, which no read-ahead fetches (a check moves no row data)."""
+        version to check). `read_ahead` calls it for the units whose fetches it makes or prepares
+        (`storage.Deferred`); `open_ahead` for the units the lanes share, which no read-ahead
+        fetches (a check moves no row data)."""
         if self._ahead is None:
             return
         for unit in {u.path: u for u in reversed(list(units))}.values():  # each file's first unit
