@@ -254,7 +254,6 @@ def _parse_any(text: str, split_name, max_member: int) -> Index | None:
 
 # a member name's key: up to its base name's first dot (`tar.split_name` of a safe name)
 _KEY = r"^(?P<key>(?:.*/)?[^/.]*)"
-_DECIMAL = r"^[0-9]+$"
 
 
 def _parse_usual(text: str, split_name, max_member: int) -> Index | None:
@@ -270,7 +269,7 @@ def _parse_usual(text: str, split_name, max_member: int) -> Index | None:
     counts, tokens = split
     every = pa.array(np.arange(0, len(tokens), 4))
     numbers = [tokens.take(pc.add(every, k)) for k in (1, 2)]
-    if not all(pc.all(pc.match_substring_regex(x, _DECIMAL)).as_py() for x in numbers):
+    if not all(pc.all(pc.ascii_is_decimal(x)).as_py() for x in numbers):  # non-empty, 0-9 only
         return _parse_any(text, split_name, max_member)
     try:
         offsets, sizes = (x.cast(pa.int64()).to_numpy() for x in numbers)
