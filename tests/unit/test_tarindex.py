@@ -8,6 +8,7 @@ import os
 import shutil
 import tarfile
 
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -60,12 +61,16 @@ def test_name_check_is_the_path_rule(path):
     safe = storage.path_problem(path) is None
     assert tarindex.names_are_safe([path]) == safe
     assert tarindex.names_are_safe(["ok/a.jpg", path, "b.cls"]) == safe
+    if not any(0xD800 <= ord(c) <= 0xDFFF for c in path):  # (a lone surrogate is no Arrow string)
+        assert tarindex._arrow_names_are_safe(pa.array(["ok/a.jpg", path, "b.cls"], pa.string())) == safe
 
 
 @BOUNDED
-@given(st.lists(st.text(alphabet="ab./:\\\n\x00\x7f..", min_size=0, max_size=8), min_size=1, max_size=4))
+@given(st.lists(st.text(alphabet="ab./:\\\n\x00\x7f\x1f\t..", min_size=0, max_size=8), min_size=1, max_size=4))
 def test_name_check_agrees_with_the_path_rule_on_any_names(names):
-    assert tarindex.names_are_safe(names) == all(storage.path_problem(n) is None for n in names)
+    safe = all(storage.path_problem(n) is None for n in names)
+    assert tarindex.names_are_safe(names) == safe
+    assert tarindex._arrow_names_are_safe(pa.array(names, pa.string())) == safe
 
 
 @pytest.fixture()

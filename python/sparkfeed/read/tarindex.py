@@ -57,9 +57,10 @@ def names_are_safe(names: list[str]) -> bool:
     return _joined_names_are_safe("\n".join(names), len(names), all(names))
 
 
-def _joined_names_are_safe(joined: str, n: int, none_empty: bool) -> bool:
-    """`names_are_safe` of `n` names joined by newlines (`none_empty`: no name is "")."""
-    if not n or not none_empty or joined.count("\n") != n - 1 or _BAD_CHAR.search(joined) \
+def _joined_names_are_safe(joined: str, n: int, none_empty: bool, chars_checked: bool = False) -> bool:
+    """`names_are_safe` of `n` names joined by newlines (`none_empty`: no name is "";
+    `chars_checked`: the caller found no `_BAD_CHAR` in them)."""
+    if not n or not none_empty or joined.count("\n") != n - 1 or (not chars_checked and _BAD_CHAR.search(joined)) \
             or joined.startswith(("/", "\n")) or joined.endswith(("/", "\n")) or "\n/" in joined or "/\n" in joined \
             or "//" in joined or "\n\n" in joined:
         return False
@@ -303,9 +304,17 @@ def _usual_tokens(text: str) -> tuple[np.ndarray, pa.StringArray] | None:
 
 
 def _arrow_names_are_safe(names: pa.StringArray) -> bool:
-    """`names_are_safe` of an Arrow array of names (joined by Arrow, checked as one string)."""
+    """`names_are_safe` of an Arrow array of ASCII names (`_parse_usual`): joined by Arrow,
+    their characters checked as bytes by numpy (a control character or a backslash: ASCII's
+    `_BAD_CHAR`, in a fifth of the regular expression's time), the rest as one string."""
     joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(names)], pa.int32()), names), "\n")
-    return _joined_names_are_safe(joined[0].as_py(), len(names), pc.min(pc.binary_length(names)).as_py() > 0)
+    text, none_empty = joined[0].as_py(), pc.min(pc.binary_length(names)).as_py() > 0
+    if not text.isascii():
+        return _joined_names_are_safe(text, len(names), none_empty)
+    data = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+    if (((data < 0x20) & (data != 0x0A)) | (data == 0x7F) | (data == 0x5C)).any():
+        return False
+    return _joined_names_are_safe(text, len(names), none_empty, chars_checked=True)
 
 
 def _sample_keys(names: pa.StringArray, exts: pa.StringArray, sample: np.ndarray,
