@@ -321,8 +321,11 @@ def _sample_keys(names: pa.StringArray, exts: pa.StringArray, sample: np.ndarray
                  counts: np.ndarray) -> list[str] | None:
     """`_keys` at C speed: each sample's key cut from its first member's name (`_KEY`), None
     when a key repeats or a member's name is not `<its sample's key>.<its ext>`."""
-    first = pa.array(np.r_[0, np.cumsum(counts // 4)[:-1]])
-    keys = pc.struct_field(pc.extract_regex(names.take(first), _KEY), [0])
+    firsts = names.take(pa.array(np.r_[0, np.cumsum(counts // 4)[:-1]]))
+    if pc.any(pc.match_substring(firsts, "/")).as_py():  # keys with directories
+        keys = pc.struct_field(pc.extract_regex(firsts, _KEY), [0])
+    else:  # the usual flat names: a split at the first dot, a fifth of the expression's time
+        keys = pc.list_element(pc.split_pattern(firsts, ".", max_splits=1), 0)
     if pc.count_distinct(keys).as_py() != len(keys):
         return None
     expected = pc.binary_join_element_wise(keys.take(pa.array(sample)), exts, ".")
