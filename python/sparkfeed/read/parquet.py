@@ -253,11 +253,12 @@ class ParquetReader(Reader):
         """The fetch of row groups `groups` of the unit's file, made as read-ahead submits it;
         the file's version check and footer started then (or earlier, `prepare`), in the order
         the reader meets the files (`storage.ReadAhead`), not all at once for every file told."""
+        prepare = functools.partial(self.open_ahead, [unit])
+
         def make():
-            self.open_ahead([unit])
+            prepare()
             return self._fetcher(unit.path, groups)
-        return storage.Deferred(make, (self._ahead.order(unit.path), 2, groups[0]),
-                                functools.partial(self.open_ahead, [unit]))
+        return storage.Deferred(make, (self._ahead.order(unit.path), 2, groups[0]), prepare)
 
     def _meta_ahead(self, units: list[WorkUnit]) -> None:
         """The footer of each file of `units`, fetched once, concurrently (`_footer`)."""
