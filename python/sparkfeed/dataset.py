@@ -53,6 +53,13 @@ def _same_ragged_types(mixed, ragged: Mapping) -> None:
                              f"sources of the mix ({sorted(types)}); write them with one")
 
 
+def _epoch_cell(epoch: int) -> torch.Tensor:
+    """The epoch as one int64 in shared memory: worker processes get the memory itself (forked, or
+    passed by torch's multiprocessing pickler), so `set_epoch` in the main process reaches kept
+    ones; plain pickling copies the value."""
+    return torch.tensor([epoch], dtype=torch.int64).share_memory_()
+
+
 class Dataset(torch.utils.data.IterableDataset):
     """Stream a sparkfeed dataset (Parquet or WebDataset) as samples or batches.
 
@@ -109,7 +116,7 @@ class Dataset(torch.utils.data.IterableDataset):
         self.drop_last, self.shuffle_buffer, self.on_error = bool(drop_last), shuffle_buffer, on_error
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self.storage_options = storage_options
-        self.epoch = 0
+        self._epoch = _epoch_cell(0)
         config = ReadConfig(
             path=self.path, manifest=self.manifest, columns=self.columns, expr=self.expr,
             shuffle=self.shuffle, seed=seed, shuffle_buffer=shuffle_buffer, on_error=on_error,
@@ -117,11 +124,24 @@ class Dataset(torch.utils.data.IterableDataset):
             read_ahead_bytes=read_ahead_bytes)
         self.engine = Engine(config) if mixed is None else mix.MixedEngine(mixed, config, with_source)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch: it seeds the shuffle, so every rank must call it with the same value."""
+        """Choose the epoch: it seeds the shuffle, so every rank must call it with the same value.
+        It reaches worker processes that torch keeps between epochs (`persistent_workers=True`):
+        the number lives in shared memory, which they got when they started."""
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
             raise ValueError(f"`epoch` should be a non-negative integer, but got epoch={epoch!r}")
-        self.epoch = epoch
+        self._epoch[0] = epoch
+
+    def __copy__(self) -> "Dataset":
+        """A shallow copy with an epoch of its own (the engine and manifest are shared)."""
+        twin = type(self).__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        twin._epoch = _epoch_cell(self.epoch)
+        return twin
 
     def plan(self) -> Plan:
         """The work units (pruned by statistics) and their exact counts; computed once."""

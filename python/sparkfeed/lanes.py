@@ -141,10 +141,12 @@ def _next(k: int, makes: dict, its: dict[int, Iterator], starts: dict[int, _Star
 
 class LaneReader:
     """K lane generators read ahead by up to `threads` threads, each lane into its own bounded
-    queue; `lane(k)` iterates one lane."""
+    queue; `lane(k)` iterates one lane. `timeout` > 0: waiting longer than that for a lane's next
+    item raises (torch's `DataLoader(timeout=)`)."""
 
     def __init__(self, lanes: list[Callable[[], Iterator]], depth: int = 2, threads: int | None = None,
-                 name: str = "sparkfeed-lane"):
+                 name: str = "sparkfeed-lane", timeout: float = 0):
+        self._timeout = timeout
         threads = reading_threads(len(lanes)) if threads is None else max(1, min(threads, len(lanes)))
         self._stop = threading.Event()
         self._space = [threading.Event() for _ in range(threads)]  # one per thread: its lanes got room
@@ -164,7 +166,11 @@ class LaneReader:
         while True:
             if self._closed:
                 raise WorkerError(f"lane {k} was read after the lanes were closed")
-            item = protocol.get(self._queues[k], thread, f"lane {k}")
+            try:
+                item = protocol.get(self._queues[k], thread, f"lane {k}", timeout=self._timeout)
+            except protocol.TimedOut:
+                self.close(wait_s=0)  # its thread is stuck in a read: it stops once that returns
+                raise
             space.set()
             if item is protocol.END:
                 return
@@ -177,13 +183,14 @@ class LaneReader:
         """Every lane read to its end (or failed): its threads are gone, their items queued."""
         return not any(t.is_alive() for t in self._threads)
 
-    def close(self) -> None:
-        """Stop every thread (the shutdown order of `threads.py`); idempotent."""
+    def close(self, wait_s: float = protocol.JOIN_S) -> None:
+        """Stop every thread (the shutdown order of `threads.py`), waiting at most `wait_s` for
+        them; idempotent."""
         if self._closed:
             return
         self._closed = True
         self._stop.set()
-        protocol.join(self._threads, self._queues)
+        protocol.join(self._threads, self._queues, wait_s)
 
     def __del__(self):
         if hasattr(self, "_closed"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import logging
 import multiprocessing
 import time
@@ -131,6 +132,7 @@ class DataLoader:
     @staticmethod
     def _dataset(path_or_dataset, **kwargs) -> Dataset:
         if isinstance(path_or_dataset, Dataset):
+            _refuse_dataset_overrides(kwargs)
             # The loader's own shallow copy: its epoch never leaks into the caller's Dataset
             # (which may also feed a plain torch DataLoader). The engine is shared.
             return copy.copy(path_or_dataset)
@@ -275,7 +277,7 @@ class DataLoader:
             stats = [Stats() for _ in lanes]
             depth = self.prefetch_factor or max(2, self.prefetch if self.num_workers == 0 else 2)
             reader = LaneReader([functools.partial(engine.segments, epoch, spans, stats[k], row_ids, lanes)
-                                 for k, spans in enumerate(lanes)], depth=depth,
+                                 for k, spans in enumerate(lanes)], depth=depth, timeout=self.timeout,
                                 threads=len(lanes) if engine.thread_per_lane else None)  # (lanes.py)
             return round_robin([engine.deliveries(epoch, spans, k, size, segments=reader.lane(k),
                                                   stats=stats[k]) for k, spans in enumerate(lanes)],
@@ -540,6 +542,18 @@ def _mp_context(context):
     if context is None:
         return multiprocessing.get_context()
     return multiprocessing.get_context(context) if isinstance(context, str) else context
+
+
+def _refuse_dataset_overrides(kwargs: dict) -> None:
+    """A `Dataset` passed in keeps what it was made with: the loader's arguments that would
+    change it (rank, filter, ...) are refused rather than ignored."""
+    defaults = inspect.signature(DataLoader.__init__).parameters
+    given = [name for name, value in kwargs.items() if value is not defaults[name].default
+             and not (isinstance(value, (bool, int, str)) and value == defaults[name].default)]
+    if given:
+        raise ValueError(
+            "a sparkfeed.Dataset passed to DataLoader keeps its own " + ", ".join(kwargs)
+            + f"; give them to sparkfeed.Dataset(...) instead (got {', '.join(f'{n}=' for n in given)})")
 
 
 class _Reading(NamedTuple):

@@ -34,11 +34,17 @@ from typing import Any
 
 from .errors import WorkerError
 
-__all__ = ["POLL_S", "JOIN_S", "END", "Failure", "put", "get", "drain", "join", "close_quietly", "cores"]
+__all__ = ["POLL_S", "JOIN_S", "END", "Failure", "TimedOut", "put", "get", "drain", "join", "close_quietly",
+           "cores"]
 
 POLL_S = 0.1   # how often a blocked put/get re-checks `stop` / the producer's liveness
 JOIN_S = 5.0   # the longest close() waits for a thread
 END = object()  # a producer's last item when its source is exhausted
+
+
+class TimedOut(RuntimeError):
+    """No item within the consumer's `timeout` (torch's `DataLoader(timeout=)` raises a
+    RuntimeError there too); the producer is stuck, so its owner closes without waiting for it."""
 
 
 def cores() -> int:
@@ -78,14 +84,20 @@ def put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
 
 
 def get(q: queue.Queue, thread: threading.Thread, what: str,
-        on_wait: Callable[[], None] | None = None) -> Any:
-    """Get the next item, or a `WorkerError` when `thread` ended without a final item (rule 2)."""
+        on_wait: Callable[[], None] | None = None, timeout: float = 0) -> Any:
+    """Get the next item, or a `WorkerError` when `thread` ended without a final item (rule 2).
+    `timeout` > 0: `TimedOut` once no item came for that many seconds, as torch's
+    `DataLoader(timeout=)` raises for its worker processes."""
+    since = time.monotonic()
     while True:
         try:
             return q.get(timeout=POLL_S)
         except queue.Empty:
             if on_wait is not None:
                 on_wait()
+            if timeout and time.monotonic() - since >= timeout:
+                raise TimedOut(f"DataLoader timed out after {timeout} seconds: no data from "
+                                   f"{what} (thread {thread.name!r}) in that time")
             if not thread.is_alive():
                 try:
                     return q.get_nowait()
@@ -103,11 +115,11 @@ def drain(q: queue.Queue) -> None:
         pass
 
 
-def join(threads: list[threading.Thread], queues: list[queue.Queue]) -> None:
-    """Join `threads` for at most `JOIN_S` in all, draining `queues` between tries. The calling
+def join(threads: list[threading.Thread], queues: list[queue.Queue], wait_s: float = JOIN_S) -> None:
+    """Join `threads` for at most `wait_s` in all, draining `queues` between tries. The calling
     thread is skipped: an owner whose last reference dies on one of its own threads is closed
     there (its `__del__`), and that thread stops by itself once it sees the stop."""
-    deadline = time.monotonic() + JOIN_S
+    deadline = time.monotonic() + wait_s
     me = threading.current_thread()
     for t in threads:
         while t is not me and t.is_alive() and time.monotonic() < deadline:

@@ -41,3 +41,31 @@ def test_http_dataset_reads_every_sample_once(served, name, n):
 def test_http_missing_dataset_is_a_manifest_error(served):
     with pytest.raises(sparkfeed.ManifestError, match="sparkfeed.write"):
         sparkfeed.read_manifest(f"{served}/nothing-here")
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_stalled_read_on_reading_threads_raises_after_timeout(tmp_path, num_workers):
+    """torch's `timeout=` (seconds to wait for a batch from the workers) holds for thread lanes
+    too: data requests held by the server end the iteration with torch's RuntimeError."""
+    from sparkfeed.bench.remote import LatencyServer
+
+    dsutil.write_parquet(str(tmp_path / "pq"), dsutil.table(200, image_bytes=16), 100, 50)
+    release = threading.Event()
+
+    def hold(method, path, range_header):
+        if path.endswith(".parquet") and method == "GET":
+            release.wait(30)
+
+    server = LatencyServer(str(tmp_path), latency_s=0.0, hold=hold)
+    try:
+        loader = sparkfeed.DataLoader(f"{server.url}/pq", batch_size=50, num_workers=num_workers,
+                                      worker_type="thread", timeout=0.5)
+        with pytest.raises(RuntimeError, match=r"timed out after 0.5 seconds"):
+            next(iter(loader))
+        release.set()
+        again = sparkfeed.DataLoader(f"{server.url}/pq", batch_size=50, num_workers=num_workers,
+                                     worker_type="thread", timeout=5)
+        assert sorted(i for b in again for i in b["id"].tolist()) == list(range(200))
+    finally:
+        release.set()
+        server.close()

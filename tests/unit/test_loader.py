@@ -189,6 +189,52 @@ def test_dataset_in_plain_torch_dataloader(any_path):
         assert all(isinstance(x, bytes) for b in batches for x in b["image"])
 
 
+def test_a_dataset_given_to_the_loader_refuses_the_arguments_that_would_change_it(pq_path):
+    ds = sparkfeed.Dataset(pq_path, columns=["id"])
+    with pytest.raises(ValueError, match=r"keeps its own .*\(got filter=, rank=, world_size=\)"):
+        sparkfeed.DataLoader(ds, batch_size=8, rank=1, world_size=2, filter=[("id", "<", 5)])
+    with pytest.raises(ValueError, match=r"got shuffle="):
+        sparkfeed.DataLoader(ds, batch_size=8, shuffle=True)
+    same = sparkfeed.DataLoader(ds, batch_size=500, shuffle=False, seed=0, num_workers=2)  # the defaults
+    assert sorted(ids_of(same)) == list(range(N_PQ))
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_set_epoch_reaches_the_worker_processes_torch_keeps(pq_path, context):
+    """Under torch's own DataLoader with persistent_workers=True the workers keep the Dataset
+    they started with; each epoch's shuffle must still be that epoch's, not epoch 0's again."""
+    ds = sparkfeed.Dataset(pq_path, columns=["id"], batch_size=100, shuffle=True, seed=5)
+    kept = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True,
+                                       multiprocessing_context=context)
+    reference = sparkfeed.Dataset(pq_path, columns=["id"], batch_size=100, shuffle=True, seed=5)
+    orders = []
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        reference.set_epoch(epoch)
+        got = [i for b in kept for i in b["id"].tolist()]
+        inline = torch.utils.data.DataLoader(reference, batch_size=None, num_workers=2)
+        assert got == [i for b in inline for i in b["id"].tolist()]
+        assert sorted(got) == list(range(N_PQ))
+        orders.append(got)
+    assert orders[0] != orders[1] != orders[2]
+    del kept
+    import gc
+
+    gc.collect()
+    dsutil.wait_until(lambda: not _worker_pids(), "torch's kept workers outlived their loader")
+
+
+def test_a_pickled_dataset_keeps_its_epoch(pq_path):
+    import pickle
+
+    ds = sparkfeed.Dataset(pq_path, columns=["id"], shuffle=True)
+    ds.set_epoch(4)
+    twin = pickle.loads(pickle.dumps(ds))
+    assert twin.epoch == 4
+    twin.set_epoch(6)
+    assert ds.epoch == 4  # a copy by value: it does not move the original
+
+
 def test_a_dataset_given_to_the_loader_is_left_as_it_was(pq_path):
     ds = sparkfeed.Dataset(pq_path, columns=["id", "image"])
     L = sparkfeed.DataLoader(ds, batch_size=64, num_workers=1)
@@ -729,9 +775,16 @@ def test_an_epoch_read_ahead_but_not_asked_for_is_dropped(pq_path):
 
 
 def _worker_pids() -> list[int]:
+    """This process's children but multiprocessing's resource tracker (which a spawn context
+    starts once, for the process's life)."""
     import psutil
 
-    return sorted(c.pid for c in psutil.Process().children())
+    def tracker(child) -> bool:
+        try:
+            return "resource_tracker" in " ".join(child.cmdline())
+        except psutil.Error:
+            return False
+    return sorted(c.pid for c in psutil.Process().children() if not tracker(c))
 
 
 @pytest.mark.parametrize("set_epoch", [True, False])
