@@ -246,6 +246,15 @@ def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else batching.cat(parts)
 
 
+def _rgb(im: Image.Image) -> Image.Image:
+    """The image as 8-bit RGB. 16-bit grayscale (PIL's "I;16*" and "I" modes) is scaled to 8 bits
+    as DALI does; Pillow's own conversion would clip every value above 255 to white."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        wide = np.asarray(im, dtype=np.uint32).clip(0, 65535)
+        im = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
+    return im.convert("RGB")
+
+
 class _PilBackend:
     """PIL decode + torch ops, with the same geometry as the DALI pipeline."""
 
@@ -266,7 +275,7 @@ class _PilBackend:
 
     def _one(self, arr: np.ndarray, draws: _Draws, i: int, kind: str) -> torch.Tensor:
         with Image.open(io.BytesIO(arr)) as im:
-            im = self._geometry(im.convert("RGB"), kind, None if draws.window is None else draws.window[i])
+            im = self._geometry(_rgb(im), kind, None if draws.window is None else draws.window[i])
         t = torch.from_numpy(np.array(im))
         s = self.spec.size
         if s is not None and kind != "slice":

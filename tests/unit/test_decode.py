@@ -82,6 +82,17 @@ def test_dali_matches_pil_reference():
     assert (dali - pil).abs().mean() < 4.0  # per-pixel agreement (resampling differs slightly)
 
 
+def test_sixteen_bit_grayscale_png_is_scaled_the_same_by_both_backends():
+    """A 16-bit PNG (PIL's "I;16"): scaled to 8 bits, not clipped to white by the PIL backend."""
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (48, 1))
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, "PNG")
+    dali = _decoder("dali", layout="NHWC").decode([buf.getvalue()]).images[0].int()
+    pil = _decoder("pil", layout="NHWC").decode([buf.getvalue()]).images[0].int()
+    assert (dali - pil).abs().max() <= 1
+    assert pil[0, 0, 0] == 0 and pil[0, -1, 0] == 255 and 120 <= pil[0, 32, 0] <= 135
+
+
 def test_grayscale_and_cmyk_come_out_rgb():
     gray = _decoder(size=16, layout="NHWC").decode([_encode(40, 40, "L")]).images[0].int()
     assert gray.shape[-1] == 3 and (gray[..., 0] - gray[..., 1]).abs().max() <= 2
