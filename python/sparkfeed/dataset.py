@@ -35,12 +35,22 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
             rank = dist.get_rank() if rank is None else rank
             world_size = dist.get_world_size() if world_size is None else world_size
         else:
-            rank = int(os.environ.get("RANK", 0)) if rank is None else rank
-            world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+            rank = _env_int("RANK", 0) if rank is None else rank
+            world_size = _env_int("WORLD_SIZE", 1) if world_size is None else world_size
     checks.positive_int("world_size", world_size)
     if not isinstance(rank, int) or not 0 <= rank < world_size:
         raise ValueError(f"`rank` should be in [0, world_size={world_size}), but got rank={rank!r}")
     return rank, world_size
+
+
+def _env_int(name: str, default: int) -> int:
+    """An integer from the environment (torchrun's RANK, WORLD_SIZE), else `default`."""
+    value = os.environ.get(name)
+    try:
+        return default if value is None else int(value)
+    except ValueError:
+        raise ValueError(f"the environment variable {name} should be an integer (torchrun sets it), "
+                         f"but got {name}={value!r}") from None
 
 
 def _same_ragged_types(mixed, ragged: Mapping) -> None:
@@ -112,6 +122,8 @@ class Dataset(torch.utils.data.IterableDataset):
         self.ragged = checks.check_ragged(ragged, self.columns, self.manifest, self.path)  # name -> dtype
         if mixed is not None:
             _same_ragged_types(mixed, self.ragged)
+        checks.one_of("shuffle", shuffle, (False, True))
+        checks.one_of("drop_last", drop_last, (False, True))
         self.shuffle, self.seed, self.batch_size = bool(shuffle), seed, batch_size
         self.drop_last, self.shuffle_buffer, self.on_error = bool(drop_last), shuffle_buffer, on_error
         self.rank, self.world_size = resolve_rank(rank, world_size)

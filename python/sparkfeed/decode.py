@@ -57,6 +57,7 @@ from .headers import _check_headers, _Encoded, _encoded
 __all__ = ["ImageDecode", "ImageDecoder", "DecodeResult"]
 
 _DTYPES = (torch.uint8, torch.float32, torch.float16)
+_DEFAULT_RANGES = {"scale": (0.08, 1.0), "ratio": (3 / 4, 4 / 3)}  # torchvision's RandomResizedCrop
 _CHOICES = {"crop": ("center", "random", "random_resized"), "layout": ("NCHW", "NHWC"),
             "device": ("gpu", "cpu", "auto"), "backend": ("dali", "pil")}
 
@@ -95,8 +96,8 @@ class ImageDecode:
     backend: str = "dali"
     max_pixels: int = 89_478_485
     resize: int | str | None = "size"
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    scale: tuple[float, float] = _DEFAULT_RANGES["scale"]
+    ratio: tuple[float, float] = _DEFAULT_RANGES["ratio"]
 
     def __post_init__(self):
         if self.size is not None and (not _is_int(self.size) or self.size <= 0):
@@ -124,7 +125,10 @@ class ImageDecode:
         if r != "size" and r is not None:
             if not _is_int(r) or r <= 0:
                 _fail("resize", "'size', None or a positive integer", r)
-            if self.size is None or r < self.size:
+            if self.size is None:
+                _fail("resize", "'size' or None when size is None (resize= is the shorter side "
+                      "images are resized to before the crop to size)", r)
+            if r < self.size:
                 _fail("resize", f"at least size={self.size} (the crop is cut from the resized image)", r)
             if self.crop == "random_resized":
                 _fail("resize", "'size' or None with crop='random_resized' (the crop is resized to size)", r)
@@ -137,6 +141,10 @@ class ImageDecode:
             object.__setattr__(self, field, (float(v[0]), float(v[1])))
         if self.scale[1] > 1.0:
             _fail("scale", "within (0, 1] (a fraction of the image's area)", self.scale)
+        for field in ("scale", "ratio"):
+            if self.crop != "random_resized" and getattr(self, field) != _DEFAULT_RANGES[field]:
+                _fail(field, f"left at its default unless crop='random_resized' (crop={self.crop!r} "
+                      "uses no area or aspect range)", getattr(self, field))
 
     @property
     def resize_to(self) -> int | None:

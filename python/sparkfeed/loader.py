@@ -100,6 +100,8 @@ class DataLoader:
         checks.non_negative_int("prefetch", prefetch)
         checks.positive_int("prefetch_factor", prefetch_factor, allow_none=True)
         checks.one_of("worker_type", worker_type, WORKER_TYPES)
+        checks.one_of("pin_memory", pin_memory, (False, True))
+        _mp_context(multiprocessing_context)  # an unknown start method fails here, not at the first batch
         if collate_fn is not None and not callable(collate_fn):
             raise ValueError(f"`collate_fn` should be callable, but got collate_fn={collate_fn!r}")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
@@ -541,7 +543,13 @@ def _mp_context(context):
     """The multiprocessing context torch's workers will start in (`multiprocessing_context`)."""
     if context is None:
         return multiprocessing.get_context()
-    return multiprocessing.get_context(context) if isinstance(context, str) else context
+    methods = multiprocessing.get_all_start_methods()
+    if isinstance(context, str) and context in methods:
+        return multiprocessing.get_context(context)
+    if not isinstance(context, str) and hasattr(context, "Process"):
+        return context
+    raise ValueError(f"`multiprocessing_context` should be None, one of {tuple(methods)} or a "
+                     f"multiprocessing context, but got multiprocessing_context={context!r}")
 
 
 def _refuse_dataset_overrides(kwargs: dict) -> None:

@@ -289,10 +289,22 @@ def test_bad_arguments_fail_when_built(pq_path):
              (dict(filter="label<1"), "`filter` should be None, DNF tuples .* but got filter='label<1'"),
              (dict(on_error="ignore"), "`on_error` should be one of .* but got on_error='ignore'"),
              (dict(shuffle_buffer=0), "`shuffle_buffer` should be a positive integer or None, but got shuffle_buffer=0"),
-             (dict(rank=2, world_size=2), r"`rank` should be in \[0, world_size=2\), but got rank=2")]
+             (dict(rank=2, world_size=2), r"`rank` should be in \[0, world_size=2\), but got rank=2"),
+             (dict(shuffle="False"), r"`shuffle` should be one of \(False, True\), but got shuffle='False'"),
+             (dict(drop_last="no"), r"`drop_last` should be one of \(False, True\), but got drop_last='no'"),
+             (dict(pin_memory="yes"), r"`pin_memory` should be one of \(False, True\)"),
+             (dict(multiprocessing_context="bogus"), r"`multiprocessing_context` should be None, one of .*'spawn'"),
+             (dict(filter=[("label", "<", 2**64)]), r"`filter` should be DNF tuples .*too large")]
     for kw, message in cases:
         with pytest.raises(ValueError, match=message):
             sparkfeed.DataLoader(pq_path, **{"batch_size": 4, **kw})
+
+
+def test_a_rank_from_the_environment_that_is_not_a_number_is_named(pq_path, monkeypatch):
+    monkeypatch.setenv("RANK", "x")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"environment variable RANK should be an integer .* got RANK='x'"):
+        sparkfeed.DataLoader(pq_path, batch_size=4)
 
 
 def test_torch_dataloader_arguments_are_taken_or_refused_with_what_does_their_job(pq_path):
