@@ -1,7 +1,10 @@
 """WebDataset tars from any writer -> manifest entries, one pass over each tar's headers.
 
 Members `<key>.<ext>` are grouped by key exactly as webdataset groups them (the key ends at the
-first dot of the base name; a sample's members are adjacent). Columns are the union of the
+first dot of the base name; a sample's members are adjacent); a member in no sample (no
+extension, "README"; an empty key, ".txt"; `is_sample_member`) is skipped, as webdataset skips
+it, and counted in the log. A damaged member header (bad checksum, cut short) is an error naming
+the shard and its offset, never the archive's end (`StrictTarInfo`). Columns are the union of the
 extensions, typed by the last part of the extension (`TYPE_RULES`); a sample without some member
 gets a null there. Small text members (class labels, captions) are read for their statistics;
 image and other binary members are skipped over by seeking, and nothing is ever unpickled.
@@ -10,11 +13,12 @@ Each scan also produces the shard's DALI index (`wds2idx` v1.2), written beside 
 
 from __future__ import annotations
 
+import logging
 import tarfile
 
 from .. import storage
 from ..errors import ShardReadError
-from ..read.tar import MAX_MEMBER_BYTES, split_name
+from ..read.tar import MAX_MEMBER_BYTES, StrictTarInfo, TarHeaderError, is_sample_member, parse_int, split_name
 from ..write import _json_value
 
 __all__ = ["scan_tar", "column_of", "key_column", "tar_stats", "INT_EXTS", "TEXT_EXTS", "IMAGE_CODECS", "CODECS"]
@@ -27,6 +31,7 @@ CODECS = {**IMAGE_CODECS, "npy": "npy"}  # recorded in the schema: what decodes 
 KEY_MEMBER = "__key__"
 KEY_COLUMNS = ("key", "sample_key", "__key__")  # the first that no extension takes
 DALI_INDEX_VERSION = "v1.2"
+log = logging.getLogger(__name__)
 
 
 def column_of(ext: str) -> dict:
@@ -65,11 +70,11 @@ def _check_member(info: tarfile.TarInfo, dataset: str, shard: str) -> None:
 
 
 def _value(tar, info, ext: str, key: str, dataset: str, shard: str):
-    """The value of a small integer or text member, for statistics."""
+    """The value of a small integer or text member, for statistics; integers as webdataset and
+    the reader parse them (`parse_int`: "007", "+5")."""
     data = tar.extractfile(info).read()
     try:
-        text = data.decode("utf-8")
-        return int(text.strip()) if ext.rsplit(".", 1)[-1].lower() in INT_EXTS else text
+        return parse_int(data) if ext.rsplit(".", 1)[-1].lower() in INT_EXTS else data.decode("utf-8")
     except (UnicodeDecodeError, ValueError) as exc:
         raise ShardReadError(f"sample {key!r}: member .{ext} cannot be read as "
                              f"{column_of(ext)['type']} ({exc})", dataset=dataset, shard=shard,
@@ -87,9 +92,13 @@ class _Scan:
         self.present: dict[str, int] = {}
         self.values: dict[str, list] = {}
         self.lines: list[str] = []
+        self.skipped = 0  # members in no sample (`is_sample_member`)
 
     def member(self, tar, info) -> None:
         _check_member(info, self.dataset, self.shard)
+        if not is_sample_member(info.name):
+            self.skipped += 1
+            return
         key, ext = split_name(info.name)
         if not self.keys or self.keys[-1] != key:
             if key in self.seen_keys:
@@ -114,14 +123,45 @@ class _Scan:
         self.lines[-1] += f"{sep}{ext} {info.offset_data} {info.size} {info.name}"
 
 
-def _scan_members(scan: _Scan, fs, full: str, stream: bool) -> None:
+def _scan_members(scan: _Scan, fs, full: str, stream: bool, size: int | None = None) -> None:
     """Every member's header into `scan`: seeking past member data where storage can, else
-    reading the tar as one stream (fsspec's streaming file, tarfile's `r|` mode)."""
+    reading the tar as one stream (fsspec's streaming file, tarfile's `r|` mode). A damaged
+    header is a ShardReadError at its offset (`StrictTarInfo`)."""
     f = fs.open(full, "rb", block_size=0) if stream else fs.open(full, "rb")
-    with f, tarfile.open(fileobj=f, mode="r|" if stream else "r:", errorlevel=2) as tar:
-        for info in tar:
-            if not info.isdir():
-                scan.member(tar, info)
+    try:
+        with f, tarfile.open(fileobj=f, mode="r|" if stream else "r:", errorlevel=2,
+                             tarinfo=StrictTarInfo) as tar:
+            for info in tar:
+                if not info.isdir():
+                    scan.member(tar, info)
+            if not stream and size is not None:
+                _check_end(scan, f, tar.offset, size)
+    except TarHeaderError as exc:
+        raise ShardReadError(f"corrupt tar: {exc.reason}", dataset=scan.dataset, shard=scan.shard,
+                             offset=exc.offset) from exc
+
+
+def _check_end(scan: _Scan, f, end: int, size: int) -> None:
+    """Warn where the tar may hold more than `tarfile` read: it ends without the end-of-archive
+    blocks (cut short at a member boundary, which webdataset reads without a word too), or
+    bytes that are not zero follow its end-of-archive block (a zeroed header, tars joined)."""
+    if end >= size:
+        log.warning("%s: shard %s ends at byte %d without the end-of-archive blocks: if it was "
+                    "cut short, the samples after its last member are missing", scan.dataset,
+                    scan.shard, end)
+        return
+    f.seek(end)
+    at = end
+    while at < size:
+        block = f.read(min(1 << 20, size - at))
+        if not block:
+            return
+        if block.strip(b"\0"):
+            log.warning("%s: shard %s: bytes that are not zero follow its end-of-archive block at "
+                        "tar offset %d; the members after it (if any) are not read, as webdataset "
+                        "does not read them", scan.dataset, scan.shard, end)
+            return
+        at += len(block)
 
 
 def scan_tar(fs, full: str, rel: str, size: int, dataset: str) -> dict:
@@ -129,7 +169,7 @@ def scan_tar(fs, full: str, rel: str, size: int, dataset: str) -> dict:
     scan = _Scan(dataset, rel)
     try:
         try:
-            _scan_members(scan, fs, full, stream=False)
+            _scan_members(scan, fs, full, stream=False, size=size)
         except ValueError as exc:
             if not storage.ignores_ranges(exc, full, "scanning each tar as one stream"):
                 raise
@@ -140,6 +180,9 @@ def scan_tar(fs, full: str, rel: str, size: int, dataset: str) -> dict:
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         raise ShardReadError(f"cannot scan the tar ({type(exc).__name__}: {exc})",
                              dataset=dataset, shard=rel) from exc
+    if scan.skipped:
+        log.info("%s: shard %s: %d member(s) in no sample (no extension, or no key) skipped, as "
+                 "webdataset skips them", dataset, rel, scan.skipped)
     n = len(scan.keys)
     return {"path": rel, "num_samples": n, "num_bytes": size,
             "members": sorted(scan.present), "present": scan.present,

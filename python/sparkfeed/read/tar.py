@@ -7,7 +7,9 @@ against the tar's own headers (`tarindex`: no per-member Python object); any oth
 whose index does not match, is streamed member by member with Python's `tarfile`. Member data is
 never unpickled: `.pyd`/`.pickle` and other unknown members are ignored. Links, devices and names
 that `storage.path_problem` refuses (absolute, `..`, ...) are refused, naming the shard and tar
-offset.
+offset, as is a damaged member header (`StrictTarInfo`: never taken for the archive's end).
+Members are grouped as webdataset groups them: one in no sample (`is_sample_member`: "README",
+".txt") is skipped; integer members are read as webdataset reads them (`parse_int`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .. import storage
 from ..errors import CorruptSampleError
 from ..plan import WorkUnit
 from . import tarindex
+from .tarindex import is_sample_member
 from .base import Reader, UnitRows, apply_filter
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,44 @@ def split_name(name: str) -> tuple[str, str]:
     head, base = posixpath.split(name)
     stem, _, ext = base.partition(".")
     return posixpath.join(head, stem) if head else stem, ext
+
+
+def parse_int(data: bytes) -> int:
+    """An integer member's value as webdataset decodes `.cls` and the like (`int(data)`):
+    ASCII digits with an optional sign, leading zeros, `_` between digits and surrounding
+    whitespace; ValueError for anything else."""
+    return int(data)
+
+
+class TarHeaderError(Exception):
+    """A member header with a bad checksum, or cut short, past the tar's first block. Not a
+    `tarfile.HeaderError`, so `TarFile.next` raises it instead of taking it for the archive's
+    end (`StrictTarInfo`)."""
+
+    def __init__(self, offset: int, reason: str):
+        super().__init__(f"{reason} (tar offset {offset})")
+        self.offset, self.reason = offset, reason
+
+
+class StrictTarInfo(tarfile.TarInfo):
+    """The `tarinfo` class of every tar sparkfeed reads (`tarfile.open(..., tarinfo=...)`).
+    Python's `TarFile.next` ends the archive without a word at a header whose checksum is wrong
+    or that is cut short anywhere after byte 0, so every member after it would be lost
+    silently; this raises `TarHeaderError` naming the header's offset there instead. The
+    end-of-archive zero block, and a file that ends where a header would start (no
+    end-of-archive blocks, as webdataset accepts), still end the archive."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        start = tar.fileobj.tell()
+        try:
+            return super().fromtarfile(tar)
+        except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as exc:
+            if start == 0:
+                raise  # byte 0: not a tar at all, which tarfile itself says
+            what = "cut short" if isinstance(exc, tarfile.TruncatedHeaderError) else "damaged"
+            raise TarHeaderError(start, f"member header {what} ({exc}); the members after it "
+                                 "would be lost") from exc
 
 
 class TarReader(Reader):
@@ -322,7 +363,8 @@ class TarReader(Reader):
 
     def _read_members(self, unit: WorkUnit, wanted_members: set[str], where: dict,
                       index: tarindex.Index | None) -> tarindex.Members:
-        """The shard's members: through its index where it has one that matches, else streamed."""
+        """The shard's members: through its index where it has one that matches, else streamed.
+        A streamed shard must hold the members its manifest counts (`_check_present`)."""
         path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
         self._check_unchanged(unit, path)
         data = self._ahead.take(unit.path) if self._ahead is not None else None
@@ -335,32 +377,72 @@ class TarReader(Reader):
                 data = buf if isinstance(buf, (bytes, memoryview)) else None
             log.info("%s: shard %s does not match its index; streaming the tar", self.ctx.dataset,
                      unit.path)
-        return self._stream(unit, path, data, wanted_members, where)
+        seen: list[tuple[int, str]] = []
+        present: dict[str, int] = {}
+        found = self._stream(unit, path, data, wanted_members, where, seen, present)
+        self._check_present(unit, present, seen, index)
+        return found
 
     def _stream(self, unit: WorkUnit, path: str, data: bytes | None, wanted_members: set[str],
-                where: dict) -> tarindex.Members:
-        """One pass over the shard's members with `tarfile`; `where["offset"]` tracks the last
-        member header."""
+                where: dict, seen: list | None = None, present: dict | None = None) -> tarindex.Members:
+        """One pass over the shard's members with `tarfile` (`StrictTarInfo`: a damaged header
+        is an error, not the archive's end); `where["offset"]` tracks the last member header,
+        `seen` gets each sample member's (header offset, name) and `present` each extension's
+        count. Members in no sample (`is_sample_member`) are skipped, as webdataset skips them."""
         keys: list[str] = []
         samples: list[dict] = []
-        read = 0
+        read = skipped = 0
+        seen = [] if seen is None else seen
+        present = {} if present is None else present
         with self._open(path, data) as f:
             self._check_size(unit, getattr(f, "size", len(f.getbuffer()) if isinstance(f, io.BytesIO) else None))
-            with tarfile.open(fileobj=f, mode="r|", errorlevel=2) as tar:
-                for info in tar:
-                    where["offset"] = info.offset
-                    if info.isdir():
-                        continue
-                    self._check_member(unit, info)
-                    key, ext = split_name(info.name)
-                    if not keys or keys[-1] != key:
-                        keys.append(key)
-                        samples.append({})
-                    if ext in wanted_members:
-                        samples[-1][ext] = tar.extractfile(info).read()
-                    read += info.size + 512
+            try:
+                with tarfile.open(fileobj=f, mode="r|", errorlevel=2, tarinfo=StrictTarInfo) as tar:
+                    for info in tar:
+                        where["offset"] = info.offset
+                        if info.isdir():
+                            continue
+                        self._check_member(unit, info)
+                        read += info.size + 512
+                        if not is_sample_member(info.name):
+                            skipped += 1
+                            continue
+                        seen.append((info.offset, info.name))
+                        key, ext = split_name(info.name)
+                        present[ext] = present.get(ext, 0) + 1
+                        if not keys or keys[-1] != key:
+                            keys.append(key)
+                            samples.append({})
+                        if ext in wanted_members:
+                            samples[-1][ext] = tar.extractfile(info).read()
+            except TarHeaderError as exc:
+                raise self._error(unit, f"corrupt tar: {exc.reason}", exc.offset) from exc
+        if skipped:
+            log.debug("%s: shard %s: %d member(s) in no sample (no extension or no key) skipped",
+                      self.ctx.dataset, unit.path, skipped)
         values = {m: [s.get(m) for s in samples] for m in wanted_members}
         return tarindex.Members(keys, values, read)
+
+    def _check_present(self, unit: WorkUnit, present: dict[str, int], seen: list[tuple[int, str]],
+                       index: tarindex.Index | None) -> None:
+        """A shard that `sparkfeed.index` scanned holds as many of each member as its manifest
+        counts (samples less the column's nulls): else its headers changed after indexing (a
+        renamed member with a valid checksum), and the sample counts alone would let samples
+        through with members missing. The error names the first member that differs from the
+        shard's index, when it has one (only named: the index decides nothing)."""
+        shard = self.ctx.shards.get(unit.path)
+        if shard is None or (shard.mtime is None and shard.etag is None):
+            return  # written by sparkfeed (a sample without members leaves no trace there)
+        for col in self.ctx.schema:
+            member, stats = col.member or col.name, shard.stats.get(col.name)
+            if member == "__key__" or stats is None or stats.null_count is None:
+                continue
+            want, got = shard.num_samples - stats.null_count, present.get(member, 0)
+            if got != want:
+                raise self._error(unit, f"the tar holds {got} .{member} member(s) where its manifest "
+                                  f"counts {want}: the shard was damaged or changed after it was "
+                                  "indexed (index it again if the change is wanted)",
+                                  _first_difference(seen, index))
 
     def _check_size(self, unit: WorkUnit, size: int | None) -> None:
         """A shard whose size differs from the manifest's was truncated or replaced."""
@@ -442,11 +524,10 @@ class TarReader(Reader):
         if col.type in ("binary", "large_binary"):
             return raw
         values = []
+        integer = col.type.startswith(("int", "uint"))
         for i, r in enumerate(raw):
             try:
-                text = None if r is None else r.decode("utf-8")
-                values.append(text if text is None or col.type in ("string", "large_string")
-                              else json.loads(text))
+                values.append(_member_value(r, col.type, integer))
             except (ValueError, UnicodeDecodeError) as exc:
                 bad.setdefault(i, f"member .{member} of column {col.name!r} cannot be parsed ({exc})")
                 values.append(None)
@@ -480,6 +561,31 @@ class TarReader(Reader):
         table, ok = self._table(unit, list(self.ctx.filter_columns))
         table, _ = apply_filter(self.ctx, table.append_column("__ok_in__", pa.array(ok)), keep_bad=True)
         return table.num_rows
+
+
+def _first_difference(seen: list[tuple[int, str]], index: tarindex.Index | None) -> int | None:
+    """The tar offset of the first member whose name is not the one the shard's index names
+    there (`seen`: the streamed members' header offsets and names); None without an index."""
+    if index is None:
+        return None
+    names = index.names()
+    got = [name for _, name in seen]
+    i = next((i for i, (a, b) in enumerate(zip(got, names)) if a != b), min(len(got), len(names)))
+    if i < len(seen):
+        return seen[i][0]
+    return int(index.offsets[i]) - 512 if i < len(names) else None
+
+
+def _member_value(raw: bytes | None, type_: str, integer: bool):
+    """One member's value: text as is; an integer as webdataset and `sparkfeed.index` read it
+    (`parse_int`: "007", "+5", " 7\n"; ValueError for "1.0" or "null", as there); any other
+    type as JSON (the JVM writer's values)."""
+    if raw is None:
+        return None
+    if integer:
+        return parse_int(raw)
+    text = raw.decode("utf-8")
+    return text if type_ in ("string", "large_string") else json.loads(text)
 
 
 def _array(values: list, type_: pa.DataType | None) -> pa.Array:
@@ -529,9 +635,11 @@ def _fetch_whole(fs, path: str, size: int):
 # When every sample has the member (`tarindex` gives a binary array), a column is converted in
 # one Arrow call where that gives exactly what the per-value path gives; anything it is not sure
 # of (a value that is not a plain JSON number, bad UTF-8, a JSON document spread over lines)
-# leaves the column to the per-value path, which names bad samples.
+# leaves the column to the per-value path, which names bad samples. An integer column's values
+# that are not plain digits ("+5", "1_000") are parsed one by one (`parse_int`), the rest still
+# at once.
 
-_JSON_INT = r"^[ \t\n\r]*-?(0|[1-9][0-9]*)[ \t\n\r]*$"
+_PLAIN_INT = r"^[ \t\n\r\x0b\x0c]*-?[0-9]+[ \t\n\r\x0b\x0c]*$"  # `parse_int`'s answer, cast by Arrow
 _JSON_NUMBER = r"^[ \t\n\r]*-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?[ \t\n\r]*$"
 
 
@@ -543,7 +651,7 @@ def _as_list(raw, n: int) -> list:
 
 
 def _whole_columns(cols, fields, members: dict, n: int) -> dict[str, pa.Array]:
-    """The columns that convert whole: their own member's bytes, text or plain JSON numbers,
+    """The columns that convert whole: their own member's bytes, text, integers or plain JSON numbers,
     and the JSON-kept scalars when every sample's `.json` parses as one line of numbers/bools."""
     out = {}
     for col, field in zip(cols, fields):
@@ -565,13 +673,26 @@ def _whole_column(raw: pa.Array, type_: pa.DataType) -> pa.Array | None:
         text = raw.cast(pa.string())  # validates UTF-8
         if pa.types.is_string(type_) or pa.types.is_large_string(type_):
             return text.cast(type_)
-        if pa.types.is_integer(type_) or pa.types.is_floating(type_):
-            pattern = _JSON_INT if pa.types.is_integer(type_) else _JSON_NUMBER
-            if pc.all(pc.match_substring_regex(text, pattern)).as_py():
-                return pc.cast(pc.utf8_trim_whitespace(text), type_)
-    except (pa.ArrowException, ValueError):
+        if pa.types.is_integer(type_):
+            return _whole_ints(raw, text, type_)
+        if pa.types.is_floating(type_) and pc.all(pc.match_substring_regex(text, _JSON_NUMBER)).as_py():
+            return pc.cast(pc.utf8_trim_whitespace(text), type_)
+    except (pa.ArrowException, ValueError, OverflowError):
         pass
     return None
+
+
+def _whole_ints(raw: pa.Array, text: pa.Array, type_: pa.DataType) -> pa.Array:
+    """An integer column at once: plain digits cast by Arrow, the few others (a "+" sign, "_"
+    between digits) by `parse_int`; ValueError or an Arrow error when one does not parse or fit
+    (the per-value path then names it)."""
+    plain = pc.match_substring_regex(text, _PLAIN_INT)
+    if pc.all(plain).as_py():
+        return pc.cast(pc.utf8_trim_whitespace(text), type_)
+    other = pc.invert(plain)
+    parsed = pa.array([parse_int(r) for r in raw.filter(other).to_pylist()], type_)
+    cast = pc.cast(pc.utf8_trim_whitespace(pc.if_else(plain, text, pa.scalar(None, pa.string()))), type_)
+    return pc.replace_with_mask(cast, other, parsed)
 
 
 def _json_scalars(raw: pa.Array, kept, n: int) -> dict[str, pa.Array]:

@@ -11,9 +11,13 @@ members at once, (1) the members tile the archive (each header right after the p
 padded data, from byte 0; only zero blocks after the last), so no member, link or extension
 header hides between them; (2) each header's name, size, type (regular file) and checksum say
 what the index says; (3) every name passes `storage.path_problem`; (4) a sample's members share
-its key and keys do not repeat. Anything else (pax or GNU long-name headers, directories, a
-stale or hostile index) returns None and the reader streams the shard with `tarfile`, whose
-checks and errors (naming the shard and tar offset) apply as before.
+its key, keys do not repeat, and every member is in a sample as webdataset groups them
+(`is_sample_member`; the scan leaves other members out of the index, so a shard holding any is
+streamed). Anything else (pax or GNU long-name headers, directories, damaged headers) returns
+None and the reader streams the shard with `tarfile`, whose checks and errors (naming the shard
+and tar offset) apply as before; a streamed shard must still hold the members its index names
+(`TarReader._check_indexed`), so a shard damaged after indexing is an error, not samples with
+members missing.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["Index", "Members", "members", "names_are_safe", "window_ranges"]
+__all__ = ["Index", "Members", "is_sample_member", "members", "names_are_safe", "window_ranges"]
 
 _BLOCK = 512
 _NAME = 100  # ustar name field; longer names need a prefix or an extension header (not taken here)
@@ -38,6 +42,31 @@ _BAD_CHAR = re.compile("[\x00-\x09\x0b-\x1f\x7f\\\\\ud800-\udfff]")
 _COLON_FIRST = re.compile(r"(?:^|\n)[^/\n]*:")
 _DOTDOT_PART = re.compile(r"(?:^|[/\n])\.\.(?:[/\n]|$)")
 _OTHER_SPACE = "\t\r\x0b\x0c\x1c\x1d\x1e\x1f"  # ASCII whitespace to str.split besides " " and "\n"
+
+
+# webdataset's `base_plus_ext` (`tariterators`): a member whose name it does not match is in no
+# sample; where it matches, its groups are `split_name`'s key and extension
+_WDS_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+
+
+def is_sample_member(name: str) -> bool:
+    """Whether the member `name` belongs to a sample, as webdataset groups them: not a name
+    without an extension ("README") or with an empty key (".txt"), which webdataset skips, nor
+    one with an empty extension ("a."), which webdataset keeps as a field named "" but which no
+    column can be named. Such members are skipped (counted in the log) by the index and the
+    reader alike."""
+    match = _WDS_NAME.match(name)
+    return match is not None and match.group(2) != ""
+
+
+def _in_samples(keys: list[str], firsts: list[str], exts) -> bool:
+    """Whether an index's members are all sample members (`is_sample_member`), given its
+    samples' keys and first names and its distinct extensions (each name being `key.ext`): an
+    extension holds no "/", and only a key whose base name is empty ("", "dir/") needs the full
+    rule."""
+    return not any("/" in e for e in exts) and \
+        all(is_sample_member(f) for k, f in zip(keys, firsts) if not k or k.endswith("/"))
+
 
 
 @dataclass(frozen=True)
@@ -178,7 +207,7 @@ def _keys(sample: np.ndarray, exts: list[str], names: list[str], split_name) -> 
     key repeats ((4)); a key has no dot in its base name, so that is what `split_name` gives."""
     first = np.flatnonzero(np.r_[True, sample[1:] != sample[:-1]]).tolist()
     keys = [split_name(names[i])[0] for i in first]
-    if len(set(keys)) != len(keys):
+    if len(set(keys)) != len(keys) or not _in_samples(keys, [names[i] for i in first], set(exts)):
         return None
     expected = [f"{keys[s]}.{e}" for s, e in zip(sample.tolist(), exts)]
     return keys if expected == names else None
@@ -215,6 +244,10 @@ class Index:
         if _single_spaced(index_text):
             return _parse_usual(index_text, split_name, max_member)
         return _parse_any(index_text, split_name, max_member)
+
+    def names(self) -> list[str]:
+        """Every member's name, in tar order (`<its sample's key>.<its extension>`, as parsed)."""
+        return [f"{self.keys[s]}.{self.kinds[k]}" for s, k in zip(self.sample.tolist(), self.kind.tolist())]
 
     def _members_of(self, start: int, stop: int) -> slice:
         """The members of samples [start, stop) (members are in sample order)."""
@@ -284,6 +317,8 @@ def _parse_usual(text: str, split_name, max_member: int) -> Index | None:
     if keys is None:
         return None
     kinds = pc.dictionary_encode(exts)
+    if any("/" in e for e in kinds.dictionary.to_pylist()):
+        return None
     return Index(sample, kinds.indices.to_numpy().astype(np.int32), tuple(kinds.dictionary.to_pylist()),
                  offsets, sizes, keys, _name_fields(names))
 
@@ -327,6 +362,9 @@ def _sample_keys(names: pa.StringArray, exts: pa.StringArray, sample: np.ndarray
     else:  # the usual flat names: a split at the first dot, a fifth of the expression's time
         keys = pc.list_element(pc.split_pattern(firsts, ".", max_splits=1), 0)
     if pc.count_distinct(keys).as_py() != len(keys):
+        return None
+    odd = pc.or_(pc.equal(pc.binary_length(keys), 0), pc.ends_with(keys, "/"))  # `_in_samples`
+    if pc.any(odd).as_py() and not _in_samples(keys.filter(odd).to_pylist(), firsts.filter(odd).to_pylist(), ()):
         return None
     expected = pc.binary_join_element_wise(keys.take(pa.array(sample)), exts, ".")
     return keys.to_pylist() if pc.all(pc.equal(expected, names)).as_py() else None
