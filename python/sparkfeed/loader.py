@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 # best on the CPU (docs/decode.md, "Decoding one batch ahead"); on a GPU, where the thread's
 # own work between two runs may leave DALI's "mixed" decoder idle, more is not yet measured
 # (`python -m sparkfeed.bench.feed --ahead DATASET --depths 1,2 --device gpu`).
+_UNEVEN_CHECK_RANKS = 1024  # ranks past which the once-per-loader check of batch counts is skipped
 _DECODE_AHEAD = 1
 _REREAD_WARN_MIB = 64  # shuffle blocks read on both sides of a boundary: a warning from this much more
 WORKER_TYPES = ("auto", "thread", "process")
@@ -233,6 +234,7 @@ class DataLoader:
         reading = ahead or self._reading(epoch, pending, then=None if pending else then)
         if not self._blocks_noted and not pending:
             self._note_blocks_read_twice(epoch, reading.lanes)
+            self._note_uneven_ranks()
         self._progress = progress.EpochProgress(reading.lanes, self.batch_size)
         if reading.reader is None:  # inline, or worker processes (which read on themselves)
             then = None
@@ -385,6 +387,22 @@ class DataLoader:
                 "each side. A smaller shuffle_buffer (now %d samples per block) reads less twice and "
                 "mixes less: shuffle_buffer=%d reads at most about 1.5x its share",
                 ds.path, ds.rank, read, share, extra_mib, sides or "lanes", stream.block, max(1, alone // 4))
+
+    def _note_uneven_ranks(self) -> None:
+        """Once per loader: a warning when ranks get different numbers of batches (drop_last=False
+        keeps every sample, so the last batches fall to some ranks only), which hangs DDP."""
+        ds = self.dataset
+        if ds.drop_last or ds.world_size == 1 or ds.world_size > _UNEVEN_CHECK_RANKS:
+            return
+        counts = [progress.EpochProgress(self._engine.lanes(
+                      self._engine.rank_spans(r, ds.world_size, self.batch_size, False), self._workers,
+                      self.batch_size), self.batch_size).batches_left() for r in range(ds.world_size)]
+        if min(counts) != max(counts):
+            log.warning("%s: with drop_last=False the %d ranks get %d to %d batches per epoch (rank %d: "
+                        "%d). Under DistributedDataParallel a rank that runs out first waits for the "
+                        "others forever: pass drop_last=True (every rank the same number of full "
+                        "batches) or wrap the loop in torch.distributed.algorithms.Join",
+                        ds.path, ds.world_size, min(counts), max(counts), ds.rank, counts[ds.rank])
 
     # ------------------------------------------------------------ the next epoch, read ahead
 

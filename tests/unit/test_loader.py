@@ -1064,3 +1064,23 @@ def test_two_live_iterators_of_kept_process_workers_each_get_a_whole_epoch(pq_pa
     assert sorted(second) == sorted(head + rest) == list(range(N_PQ))
     kept = _worker_pids()
     assert sorted(ids_of(loader)) == list(range(N_PQ)) and _worker_pids() == kept
+
+
+def test_ranks_with_different_batch_counts_are_warned_about_once(pq_path, caplog):
+    """drop_last=False keeps every sample, so some ranks get a batch more: DDP would hang there."""
+    counts = []
+    for rank in range(3):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="sparkfeed"):
+            L = sparkfeed.DataLoader(pq_path, batch_size=333, rank=rank, world_size=3, columns=["id"])
+            counts.append(sum(1 for _ in L))
+            sum(1 for _ in L)  # a second epoch: no second warning
+        notes = [r.getMessage() for r in caplog.records if "drop_last=False" in r.getMessage()]
+        assert len(notes) == 1 and f"rank {rank}: {counts[-1]})" in notes[0]
+    assert min(counts) != max(counts) and f"get {min(counts)} to {max(counts)} batches" in notes[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sparkfeed"):
+        even = [sum(1 for _ in sparkfeed.DataLoader(pq_path, batch_size=333, rank=r, world_size=3,
+                                                    columns=["id"], drop_last=True)) for r in range(3)]
+        assert len(set(even)) == 1
+    assert not [r for r in caplog.records if "drop_last=False" in r.getMessage()]
