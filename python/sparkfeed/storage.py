@@ -9,6 +9,7 @@ exponential backoff and give up with an error that names what failed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import io
 import itertools
@@ -21,7 +22,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -37,10 +38,18 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _HADOOP_SCHEMES = {"s3a": "s3", "s3n": "s3"}
+
+
+class CorruptData(OSError):
+    """Bytes that were read but do not parse (a corrupt Parquet footer: pyarrow's "Couldn't
+    deserialize thrift"). An OSError, as pyarrow raises it, so every handler of those still
+    catches it; but never transient: a retry reads the same bytes (`parsing`)."""
+
+
 # Errors that mean "this will not get better by retrying". A certificate that fails
 # verification is an OSError (aiohttp's certificate error is a subclass), but no retry cures it.
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
-              ssl.SSLCertVerificationError)
+              ssl.SSLCertVerificationError, CorruptData)
 
 
 def normalise_url(path: str) -> str:
@@ -100,10 +109,22 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_keep_inherited)
 
 
+def check_options(storage_options) -> dict:
+    """`storage_options` as a dict, or ValueError saying what was expected: the filesystem's
+    keyword options (`{"anon": True}`), never a string or a number, which fsspec would
+    misread or refuse with a bare TypeError far from the call."""
+    if storage_options is None:
+        return {}
+    if not isinstance(storage_options, Mapping) or not all(isinstance(k, str) for k in storage_options):
+        raise ValueError("`storage_options` should be a dict of the filesystem's options (e.g. "
+                         f"{{'anon': True}}) or None, but got storage_options={storage_options!r}")
+    return dict(storage_options)
+
+
 def resolve(path: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, root path inside it) for a dataset path or URL."""
     url = normalise_url(path)
-    fs, root = fsspec.core.url_to_fs(url, **_with_defaults(url, dict(storage_options or {})))
+    fs, root = fsspec.core.url_to_fs(url, **_with_defaults(url, check_options(storage_options)))
     return fs, root.rstrip("/") or "/"
 
 
@@ -135,6 +156,54 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(status, int):
         return status >= 500 or status == 429
     return type(exc).__module__.split(".")[0] == "aiohttp"  # connection/payload errors
+
+
+class _Watched:
+    """A file object that remembers the error its own I/O raised, so that `parsing` tells the
+    storage's failures (pyarrow re-raises a Python file's exception as it is) from pyarrow's."""
+
+    def __init__(self, f):
+        self._f = f
+        self.failed: BaseException | None = None
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def _io(self, name: str, *args):
+        try:
+            return getattr(self._f, name)(*args)
+        except BaseException as exc:
+            self.failed = exc
+            raise
+
+    def read(self, *args):
+        return self._io("read", *args)
+
+    def readinto(self, *args):
+        return self._io("readinto", *args)
+
+    def seek(self, *args):
+        return self._io("seek", *args)
+
+    def tell(self):
+        return self._io("tell")
+
+
+@contextlib.contextmanager
+def parsing(f=None):
+    """Parse bytes (of file object `f`, or already in memory) inside this block: an OSError the
+    parser raises itself (pyarrow's "Couldn't deserialize thrift", which is an OSError) becomes
+    `CorruptData`, which `with_retries` does not retry, while an error of `f`'s own reads (a
+    connection reset, an HTTP 503) passes as it is and is retried. Yields `f`, watched."""
+    watched = None if f is None else _Watched(f)
+    try:
+        yield watched
+    except CorruptData:
+        raise
+    except OSError as exc:
+        if watched is not None and exc is watched.failed:
+            raise
+        raise CorruptData(str(exc)) from exc
 
 
 def path_problem(rel: object) -> str | None:
@@ -205,6 +274,16 @@ def with_retries(fn: Callable[[], T], what: str, *, attempts: int = 8, base_dela
                         attempt, attempts - 1, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def exists(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """Whether `path` exists, transient failures retried: fsspec's own `exists` answers False
+    to any error, so one HTTP 503 would read as "no such file or directory"."""
+    try:
+        with_retries(lambda: fs.info(path), f"looking up {path}")
+        return True
+    except FileNotFoundError:
+        return False
 
 
 def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:

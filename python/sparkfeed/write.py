@@ -270,16 +270,22 @@ def _footer_entry(fs, full: str, rel: str, size: int) -> dict:
 
     from .filters import INT96_UNIT, delivered_type, leaf_fields
 
+    def footer_of(source):
+        pf = pq.ParquetFile(source, **INT96_UNIT)
+        return pf.metadata, pf.schema_arrow
+
     def read_footer():
+        """The footer; the storage's I/O errors stay as they are (transient ones are retried),
+        pyarrow's own parse errors are `storage.CorruptData` (a corrupt footer fails at once)."""
         try:
-            with fs.open(full, "rb") as f:
-                pf = pq.ParquetFile(f, **INT96_UNIT)
-                return pf.metadata, pf.schema_arrow
+            with fs.open(full, "rb") as f, storage.parsing(f) as watched:
+                return footer_of(watched)
         except ValueError as exc:
             if not storage.ignores_ranges(exc, full, "reading each file whole for its footer"):
                 raise
-        pf = pq.ParquetFile(pa.BufferReader(fs.cat_file(full)), **INT96_UNIT)  # one GET, no Range header
-        return pf.metadata, pf.schema_arrow
+        data = fs.cat_file(full)  # one GET, no Range header
+        with storage.parsing():
+            return footer_of(pa.BufferReader(data))
 
     md, schema = storage.with_retries(read_footer, f"reading the footer of {full}")
     unnamed_index = _pandas_unnamed_index(schema)

@@ -59,3 +59,31 @@ def test_retry_classification():
     err = aiohttp.ClientResponseError(None, (), status=503)
     assert storage.is_transient(err)
     assert not storage.is_transient(aiohttp.ClientResponseError(None, (), status=403))
+
+
+def test_a_corrupt_footer_fails_at_once_while_read_errors_under_it_are_retried(tmp_path, caplog):
+    """pyarrow raises a corrupt footer as an OSError; retrying reads the same bytes, so it is
+    `storage.CorruptData` and fails on the first try, naming the file. The server's own 503s and
+    dropped connections under the same footer read are still retried."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "plain"
+    root.mkdir()
+    for k in range(3):
+        pq.write_table(pa.table({"id": list(range(10 * k, 10 * k + 10))}), root / f"p{k}.parquet")
+    plan = FaultPlan(error_every=3, drop_every=4, stall_every=0)
+    with FaultyServer(str(tmp_path), plan) as url, caplog.at_level("WARNING", logger="sparkfeed.storage"):
+        m = sparkfeed.index([f"{url}/plain/p{k}.parquet" for k in range(3)], progress=False,
+                            manifest=str(tmp_path / "m.json"), storage_options=FAST)
+    assert m.num_samples == 30 and plan.injected["error"] + plan.injected["drop"] > 0
+    assert "reading the footer of" in caplog.text and "retry" in caplog.text  # under pyarrow's parse
+    data = bytearray((root / "p1.parquet").read_bytes())
+    data[-30:-8] = b"\xff" * 22  # thrift garbage where the footer was
+    (root / "p1.parquet").write_bytes(bytes(data))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sparkfeed.storage"):
+        with pytest.raises(ShardReadError, match=r"shard 'p1.parquet'.*CorruptData"):
+            sparkfeed.index(str(root), progress=False)
+    assert "retry" not in caplog.text
+    assert not storage.is_transient(storage.CorruptData("Couldn't deserialize thrift"))
