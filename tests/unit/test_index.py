@@ -969,3 +969,80 @@ def test_a_loader_indexing_many_files_itself_shows_progress(tmp_path, monkeypatc
     monkeypatch.setattr(index_module, "_IN_MEMORY_BAR_FILES", 3)
     assert sorted(_ids(sparkfeed.DataLoader(str(root), batch_size=8))) == list(range(30))
     assert "reading Parquet footers" in capfd.readouterr().err  # tqdm's bar, on stderr
+
+
+def _parquet(path, ids) -> None:
+    pq.write_table(pa.table({"id": pa.array(ids, pa.int64())}), path)
+
+
+def test_parquet_files_without_an_extension_are_read_and_other_names_left_out_with_one_warning(
+        tmp_path, caplog):
+    """Hive writes `000000_0`: Parquet with no extension is read (as pyarrow.dataset reads it);
+    a `.txt` or `.json` beside it is left out, never silently: one warning counts and names them."""
+    root = tmp_path / "hive_names"
+    root.mkdir()
+    _parquet(root / "000000_0", [1, 2, 3])
+    _parquet(root / "000001_0.parquet", [4, 5])
+    for name in ("notes.txt", "schema.json", "x.crc", "y.md"):
+        (root / name).write_text("not data")
+    with caplog.at_level("WARNING", logger="sparkfeed.index.discover"):
+        assert sorted(_ids(sparkfeed.DataLoader(str(root), batch_size=8))) == [1, 2, 3, 4, 5]
+    warned = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert len(warned) == 1 and "4 files" in warned[0] and "'notes.txt'" in warned[0], warned
+    assert sparkfeed.index(str(root), format="parquet", progress=False).num_samples == 5
+    only = tmp_path / "only_hive"  # nothing named .parquet: the first bare file's PAR1 says so
+    only.mkdir()
+    _parquet(only / "000000_0", [7, 8])
+    assert sparkfeed.index(str(only), progress=False).num_samples == 2
+
+
+@pytest.mark.parametrize("name", ["run[1]", "exp*", "v?"])
+def test_an_existing_path_with_glob_characters_is_that_path(tmp_path, name):
+    root = tmp_path / name
+    root.mkdir()
+    _parquet(root / "a.parquet", [1, 2, 3])
+    assert _ids(sparkfeed.DataLoader(str(root / "a.parquet"), batch_size=8)) == [1, 2, 3]
+    assert _ids(sparkfeed.DataLoader(str(root), batch_size=8)) == [1, 2, 3]
+    assert sparkfeed.index(str(root), progress=False).num_samples == 3
+    assert _ids(sparkfeed.DataLoader(str(root), batch_size=8)) == [1, 2, 3]  # through its manifest
+    with pytest.raises(ManifestError, match="matches no files"):  # a real glob still globs
+        sparkfeed.DataLoader(str(tmp_path / "zz*"), batch_size=8)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_among_the_files_is_left_out_with_a_warning_and_refused_when_named(tmp_path, caplog):
+    """open() of a FIFO waits for a writer forever: only regular files (and links to them) are
+    data. A link's target gives its size and mtime, so a linked file passes the version check."""
+    root = tmp_path / "fifo"
+    root.mkdir()
+    _parquet(root / "a.parquet", [1, 2])
+    _parquet(tmp_path / "elsewhere.parquet", [3])
+    os.symlink(tmp_path / "elsewhere.parquet", root / "c.parquet")
+    os.utime(root / "c.parquet", (1, 1), follow_symlinks=False)  # the link's own mtime differs
+    os.mkfifo(root / "b.parquet")
+    with caplog.at_level("WARNING", logger="sparkfeed.index.discover"):
+        assert sorted(_ids(sparkfeed.DataLoader(str(root), batch_size=8))) == [1, 2, 3]
+    assert "not regular files" in caplog.text and "'b.parquet'" in caplog.text
+    sparkfeed.index(str(root), progress=False)
+    assert sorted(_ids(sparkfeed.DataLoader(str(root), batch_size=8))) == [1, 2, 3]
+    with pytest.raises(ManifestError, match="b.parquet' is not a regular file"):
+        sparkfeed.index([str(root / "a.parquet"), str(root / "b.parquet")],
+                        manifest=str(tmp_path / "m.json"), progress=False)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"storage_options": 3}, r"`storage_options` should be a dict .* got storage_options=3"),
+    ({"storage_options": "anon=true"}, r"`storage_options` should be a dict .*'anon=true'"),
+    ({"manifest": 3}, r"`manifest` should be where to write the manifest .* got manifest=3"),
+])
+def test_index_refuses_bad_argument_types_up_front(tmp_path, monkeypatch, kwargs, match):
+    root = tmp_path / "plain"
+    root.mkdir()
+    _parquet(root / "a.parquet", [1])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        sparkfeed.index(str(root), progress=False, **kwargs)
+    assert sorted(os.listdir(tmp_path)) == ["plain"] and os.listdir(root) == ["a.parquet"]
+    if "storage_options" in kwargs:
+        with pytest.raises(ValueError, match=match):
+            sparkfeed.DataLoader(str(root), batch_size=1, **kwargs)

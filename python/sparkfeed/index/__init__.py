@@ -21,7 +21,7 @@ from .. import storage
 from ..errors import ManifestError
 from ..manifest import MANIFEST_NAME, Manifest, read_manifest
 from .build import build_manifest, save
-from .discover import FORMATS, discover, guess_format, is_glob
+from .discover import FORMATS, discover, guess_format
 
 __all__ = ["index", "open_manifest", "MODES"]
 log = logging.getLogger(__name__)
@@ -30,7 +30,12 @@ _IN_MEMORY_BAR_FILES = 256  # a loader indexing this many files itself shows a p
 MODES = ("error", "overwrite")
 
 
-def _check_args(format, mode, version, spark) -> None:
+def _check_args(format, mode, version, spark, manifest, storage_options) -> None:
+    """Refuse bad arguments before anything is listed or read, each naming what was expected."""
+    if manifest is not None and not isinstance(manifest, (str, os.PathLike)):
+        raise ValueError("`manifest` should be where to write the manifest (a directory or a .json "
+                         f"path/URL, str or os.PathLike) or None, but got manifest={manifest!r}")
+    storage.check_options(storage_options)
     if format is not None and format not in FORMATS:
         raise ValueError(f"`format` should be one of {FORMATS} or None, but got format={format!r}")
     if mode not in MODES:
@@ -57,18 +62,22 @@ def index(path, format: str | None = None, *, manifest: str | None = None, spark
           progress: bool = True) -> Manifest:
     """Index the data at `path` and write its manifest; returns the Manifest.
 
-    `path` is a directory (walked recursively; hidden and `_`-prefixed names ignored), a glob,
-    or a list of files. `format=None` guesses (`_delta_log/` -> "delta", `.parquet` ->
-    "parquet", `.tar` -> "webdataset"). The manifest goes to `path/_sparkfeed.json`, or to
-    `manifest=` (a directory or a `.json` path; required for a glob or a list, and for
-    read-only data), which then records where the data is. `spark=` (a SparkSession, or True)
-    reads footers and scans tars on executors; otherwise a local thread pool with a progress
-    bar. `version=` picks a Delta version (int) or time (datetime/ISO string). `mode="error"`
+    `path` is a directory (walked recursively; hidden and `_`-prefixed names ignored; Parquet
+    is its `.parquet`/`.pq`/`.parq` files and files with no extension, and other files are left
+    out with a warning), a glob (only when no such path exists), or a list of files; only
+    regular files are read (`discover`). `format=None` guesses (`_delta_log/` -> "delta",
+    `.parquet` -> "parquet", `.tar` -> "webdataset"). The manifest goes to
+    `path/_sparkfeed.json`, or to `manifest=` (a str or os.PathLike: a directory or a `.json`
+    path; required for a glob or a list, and for read-only data), which then records where the
+    data is. `storage_options` is a dict of the filesystem's (fsspec's) options. `spark=` (a
+    SparkSession, or True) reads footers and scans tars on executors; otherwise a local thread
+    pool with a progress bar. `version=` picks a Delta version (int) or time (datetime/ISO string). `mode="error"`
     refuses to replace an existing manifest; "overwrite" replaces it.
 
     Example: `sparkfeed.index("plain/")`, then `sparkfeed.DataLoader("plain/", batch_size=256)`.
     """
-    _check_args(format, mode, version, spark)
+    _check_args(format, mode, version, spark, manifest, storage_options)
+    manifest = None if manifest is None else os.fspath(manifest)
     started = time.monotonic()
     listing = discover(path, storage_options)
     if listing.explicit and manifest is None:
@@ -132,9 +141,8 @@ def open_manifest(path, manifest=None, storage_options: dict | None = None) -> t
 def _indexable_in_memory(path: str, storage_options) -> bool:
     """Whether `path` is data without a manifest that a loader may index itself: a directory
     with no manifest, a glob, or one file (Parquet or Delta; tars are refused by name later).
-    A path that does not exist is handed on too, so that indexing says so by name."""
-    if is_glob(path):
-        return True
+    A path that does not exist (a glob, or a missing path) is handed on too, so that indexing
+    globs it or says so by name; one that exists is that path even with `*?[` in its name."""
     fs, root = storage.resolve(path, storage_options)
     if not fs.exists(root):
         return True

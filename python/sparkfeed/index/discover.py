@@ -1,12 +1,21 @@
 """Find the files of a dataset that sparkfeed did not write, and what format they are.
 
 `path` is a directory (walked recursively; hidden and `_`-prefixed names ignored, as Spark
-does), a glob, or a list of files. For a glob or a list, the dataset root is the deepest
-directory holding them all. Hive partition directories (`label=3/`) become partition values.
+does), a glob, or a list of files. A path that exists is that path even when its name holds
+`*`, `?` or `[`; only a path that does not exist is taken as a glob. For a glob or a list, the
+dataset root is the deepest directory holding them all. Hive partition directories (`label=3/`)
+become partition values. Only regular files (or links to them) are data: a FIFO, socket or
+device would block or fail on open, so a directory or glob leaves them out with a warning
+naming them, and a list naming one is an error.
+
+In a directory, Parquet is every file named `.parquet`/`.pq`/`.parq` and every file with no
+extension at all (Hive writes `000000_0`, Hadoop jobs `part-m-00000`; pyarrow reads them too);
+other names (`.txt`, `.json`, `.crc`, ...) are left out with one warning that counts them.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import posixpath
 import re
@@ -27,6 +36,8 @@ TAR_SUFFIXES = (".tar",)
 COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tar.lz4")
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 _GLOB_CHARS = "*?["
+_NAMED = 3  # file names a left-out warning shows
+log = logging.getLogger(__name__)
 _INT32 = (-(2 ** 31), 2 ** 31 - 1)
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
 _INT = re.compile(r"[+-]?[0-9]+")  # what Java's parseInt/parseLong take (no `_`, no spaces)
@@ -164,33 +175,74 @@ def _url_of(fs, root: str, like: str) -> str:
 
 
 def is_glob(path: str) -> bool:
-    """Whether `path` is a pattern (`*`, `?`, `[`) rather than one file or directory."""
+    """Whether `path` looks like a pattern (`*`, `?`, `[`); `discover` takes it as one only
+    when no file or directory of that name exists."""
     return any(c in path for c in _GLOB_CHARS)
 
 
+def _names(rels: list[str]) -> str:
+    """A few of `rels` for a log line: "'a', 'b', 'c' and 4 more"."""
+    shown = ", ".join(repr(r) for r in rels[:_NAMED])
+    return shown + (f" and {len(rels) - _NAMED} more" if len(rels) > _NAMED else "")
+
+
+def _regular(fs, infos: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(regular files, the rest) of listed entries; directories are dropped. A link counts as
+    its target, whose size and mtime it takes (the loader's version check sees the target);
+    a FIFO, socket, device or dangling link is the rest. Entries without a type (some stores
+    list none) are files."""
+    kept, odd = [], []
+    for info in infos:
+        kind = info.get("type") or "file"
+        if kind == "directory":
+            continue
+        if kind != "file" and info.get("islink"):
+            try:
+                info = {**fs.info(info["name"]), "name": info["name"]}  # follows the link
+            except OSError:
+                pass  # dangling
+            kind = info.get("type") or "file"
+        (kept if kind == "file" else odd).append(info)
+    return kept, odd
+
+
+def _warn_irregular(odd: list[dict], root: str, dataset: str) -> None:
+    """One warning for the FIFOs, sockets, devices and dangling links a listing left out."""
+    if odd:
+        rels = sorted(posixpath.relpath(i["name"].rstrip("/"), root) for i in odd)
+        log.warning("%s: %d entries are not regular files (FIFOs, sockets, devices or dangling "
+                    "links) and are left out: %s", dataset, len(rels), _names(rels))
+
+
 def discover(path, storage_options: dict | None = None) -> Listing:
-    """The files under `path` (a directory, a glob, or a list of files), sorted."""
+    """The files under `path` (a directory, a glob, or a list of files), sorted. A path that
+    exists is read as that path, so a directory named `run[1]` or `exp*` is no glob."""
     if isinstance(path, (list, tuple)):
         return _from_list([str(p) for p in path], storage_options)
     path = str(path)
-    if is_glob(path):
-        fs, pattern = storage.resolve(path, storage_options)
-        found = fs.glob(pattern, detail=True)
-        infos = [i for i in found.values() if i.get("type") != "directory"]
-        return _explicit(fs, infos, path, storage_options)
     fs, root = storage.resolve(path, storage_options)
-    if not fs.exists(root):
+    exists = storage.exists(fs, root)
+    if not exists and is_glob(path):
+        found = fs.glob(root, detail=True)
+        infos, odd = _regular(fs, list(found.values()))
+        if odd:
+            _warn_irregular(odd, _common_root([i["name"].rstrip("/") for i in infos + odd]), path)
+        return _explicit(fs, infos, path, storage_options)
+    if not exists:
         raise ManifestError("no such file or directory", dataset=path)
     if not fs.isdir(root):
         return _from_list([path], storage_options)
     has_log = fs.exists(f"{root}/_delta_log")
     infos = fs.find(root, detail=True, withdirs=False) if not has_log else {}
-    kept = [i for i in infos.values() if not _ignored(posixpath.relpath(i["name"].rstrip("/"), root))]
+    listed = [i for i in infos.values() if not _ignored(posixpath.relpath(i["name"].rstrip("/"), root))]
+    kept, odd = _regular(fs, listed)
+    _warn_irregular(odd, root, path)
     files = [data_file(i, root, path) for i in _with_sizes(fs, kept)]
     return Listing(fs, root, path, False, tuple(sorted(files, key=lambda f: f.rel)), has_log)
 
 
 def _from_list(paths: list[str], storage_options: dict | None) -> Listing:
+    """The named files; one that is missing or not a regular file is an error naming it."""
     if not paths:
         raise ValueError("`path` should be a directory, a glob or a non-empty list of files, but "
                          "got an empty list")
@@ -199,9 +251,15 @@ def _from_list(paths: list[str], storage_options: dict | None) -> Listing:
     for p in paths:
         _, inner = storage.resolve(p, storage_options)
         try:
-            infos.append(fs.info(inner))
+            info = fs.info(inner)
         except FileNotFoundError:
             raise ManifestError(f"no such file {p!r}", dataset=str(paths[0])) from None
+        kind = info.get("type") or "file"
+        if kind != "file":
+            what = "a directory" if kind == "directory" else "a FIFO, socket or device"
+            raise ManifestError(f"{p!r} is not a regular file but {what}; a list names data files "
+                                "only", dataset=str(paths[0]))
+        infos.append(info)
     return _explicit(fs, infos, paths[0], storage_options)
 
 
@@ -215,9 +273,34 @@ def _explicit(fs, infos: list[dict], like: str, storage_options) -> Listing:
     return Listing(fs, root, url, True, tuple(files))
 
 
+def _no_extension(rel: str) -> bool:
+    """A file name without a `.` (Hive's `000000_0`): Parquet when the data are Parquet."""
+    return "." not in posixpath.basename(rel)
+
+
+def _is_data(rel: str, format: str) -> bool:
+    """Whether a file found in a directory is data of `format`, by its name (see `data_files`)."""
+    if format == "parquet":
+        return rel.lower().endswith(PARQUET_SUFFIXES) or _no_extension(rel)
+    return rel.lower().endswith(TAR_SUFFIXES)
+
+
+def _sniffs_parquet(listing: Listing) -> bool:
+    """Whether the first file without an extension starts with Parquet's magic `PAR1` (one
+    4-byte read), so a Hive table of `000000_0` files needs no format=."""
+    bare = [f for f in listing.files if _no_extension(f.rel)]
+    if not bare:
+        return False
+    try:
+        return listing.fs.cat_file(bare[0].full, start=0, end=4) == b"PAR1"
+    except OSError:
+        return False  # unreadable: the error below names what was found
+
+
 def guess_format(listing: Listing, format: str | None) -> str:
     """`format`, or the format the files show: `_delta_log/` -> delta, `.parquet` -> parquet,
-    `.tar` -> webdataset. A mix, or nothing recognisable, is an error naming examples."""
+    `.tar` -> webdataset, files without an extension that start with `PAR1` -> parquet. A mix,
+    or nothing recognisable, is an error naming examples."""
     if format is not None:
         if format not in FORMATS:
             raise ValueError(f"`format` should be one of {FORMATS} or None, but got format={format!r}")
@@ -229,7 +312,7 @@ def guess_format(listing: Listing, format: str | None) -> str:
     if parquet and tars:
         raise ManifestError(f"holds both Parquet files (e.g. {parquet[0]!r}) and tar files (e.g. "
                             f"{tars[0]!r}); index them apart, or pass format=", dataset=listing.url)
-    if parquet:
+    if parquet or (not tars and _sniffs_parquet(listing)):
         return "parquet"
     if tars:
         return "webdataset"
@@ -237,9 +320,9 @@ def guess_format(listing: Listing, format: str | None) -> str:
     example = f" (e.g. {listing.files[0].rel!r})" if listing.files else ""
     raise ManifestError(
         f"holds no _sparkfeed.json and no data that sparkfeed.index recognises{example}: expected "
-        "Parquet files (.parquet), WebDataset tars (.tar) or a Delta table (_delta_log/). Datasets "
-        "are made with sparkfeed.write(df, path, ...), or indexed with `sparkfeed index PATH`",
-        dataset=listing.url)
+        "Parquet files (.parquet, or no extension), WebDataset tars (.tar) or a Delta table "
+        "(_delta_log/). Datasets are made with sparkfeed.write(df, path, ...), or indexed with "
+        "`sparkfeed index PATH`", dataset=listing.url)
 
 
 def refuse_compressed_tars(listing: Listing) -> None:
@@ -255,8 +338,19 @@ def refuse_compressed_tars(listing: Listing) -> None:
 
 
 def data_files(listing: Listing, format: str) -> list[DataFile]:
-    """The files of `format` in the listing (explicitly listed files are all taken)."""
+    """The files of `format` in the listing. Explicitly listed files (a glob, a list) are all
+    taken. In a directory: for webdataset the `.tar` files; for parquet the `.parquet`/`.pq`/
+    `.parq` files and the files with no extension (Hive's `000000_0`; pyarrow.dataset reads
+    every visible file). Other files are left out with one warning that counts them and names a
+    few, so rows are never dropped silently."""
     if listing.explicit:
         return list(listing.files)
-    suffixes = PARQUET_SUFFIXES if format == "parquet" else TAR_SUFFIXES
-    return [f for f in listing.files if f.rel.lower().endswith(suffixes)]
+    taken = [f for f in listing.files if _is_data(f.rel, format)]
+    left = [f.rel for f in listing.files if not _is_data(f.rel, format)]
+    if left:
+        rule = ("named .parquet/.pq/.parq or without an extension" if format == "parquet"
+                else "named .tar")
+        log.warning("%s: %d files are left out as not %s data (only files %s are read; pass a glob "
+                    "or a list of files to read others): %s", listing.url, len(left), format, rule,
+                    _names(left))
+    return taken
