@@ -5,8 +5,10 @@ Subcommands register through `_COMMANDS`: name -> (add its parser, run it). A mo
 adds its own with `add_parser(subparsers)`, which creates a subparser and sets its handler with
 `parser.set_defaults(func=fn)`, where `fn(args) -> int` is the exit code. `_OPTIONAL` names such
 modules (`sparkfeed.bench.cli`); one is imported only when its command is asked for or the
-top-level help is printed, so `sparkfeed inspect` never pays for the benchmark's imports. Errors
-sparkfeed raises on purpose are one line on stderr and exit code 2, never a traceback.
+top-level help is printed, so `sparkfeed inspect` never pays for the benchmark's imports (a
+word that names no command loads them all, so the error lists every command). Errors sparkfeed
+raises on purpose, and bad arguments the API refuses (`UsageError`, worded with the flags), are
+one line on stderr and exit code 2, never a traceback; any other exception keeps its traceback.
 """
 
 from __future__ import annotations
@@ -21,11 +23,36 @@ from collections.abc import Callable
 
 from .errors import SparkfeedError
 
-__all__ = ["main", "format_manifest"]
+__all__ = ["main", "format_manifest", "UsageError", "usage_error"]
 
 log = logging.getLogger(__name__)
 # command -> module whose add_parser(subparsers) adds it, imported only when needed
 _OPTIONAL = {"index": "sparkfeed.index.cli", "bench": "sparkfeed.bench.cli"}
+
+
+
+
+class UsageError(Exception):
+    """A bad command line: `main` prints it as one line and exits with 2, as argparse does."""
+
+
+def usage_error(exc: ValueError, flags: dict[str, str]) -> UsageError | None:
+    """The command line's wording of an API argument check, or None for any other error.
+
+    Argument checks raise ValueErrors that start with the argument's name in backticks
+    ("`batch_size` should be a positive integer, but got batch_size=0"); one naming an argument
+    in `flags` (Python name -> flag) is reworded with the flags ("--batch-size should be a
+    positive integer, but got --batch-size 0"). pyarrow's ValueErrors and anything else are not
+    argument errors and keep their traceback."""
+    import pyarrow as pa
+
+    text = str(exc)
+    if isinstance(exc, pa.ArrowException) or not any(text.startswith(f"`{n}`") for n in flags):
+        return None
+    for name, flag in flags.items():
+        text = (text.replace(f"`{name}`", flag).replace(f"{name}=None", f"no {flag}")
+                .replace(f"{name}=", f"{flag} "))
+    return UsageError(text)
 
 
 # ---------------------------------------------------------------- inspect
@@ -219,8 +246,9 @@ def _requested(argv: list[str]) -> str | None:
 def _add_optional(sub, argv: list[str]) -> None:
     """Let optional modules (`sparkfeed.bench.cli`) add their subcommands, if importable."""
     wanted = _requested(argv)
+    known = wanted in _COMMANDS or wanted in _OPTIONAL
     for command, name in _OPTIONAL.items():
-        if wanted is not None and wanted != command:
+        if known and wanted != command:
             continue  # another command runs: do not pay for this module's imports
         try:
             module = importlib.import_module(name)
@@ -274,10 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # `sparkfeed inspect ... | head`
         return 0
-    except (SparkfeedError, OSError) as exc:
+    except (SparkfeedError, OSError, UsageError) as exc:
         print(f"sparkfeed {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m sparkfeed.cli`: the package's module, whose UsageError
+    sys.exit(importlib.import_module("sparkfeed.cli").main())  # the subcommands raise

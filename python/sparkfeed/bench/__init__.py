@@ -62,7 +62,8 @@ class Params:
             raise ValueError(f"`workers` should be a non-negative integer, but got workers={self.workers!r}")
         unknown = [s for s in self.scenarios if s not in SCENARIOS]
         if unknown:
-            raise ValueError(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
+            raise ValueError(f"`scenarios` should be a subset of {list(SCENARIOS)}, but got unknown "
+                             f"scenario(s) {unknown}")
 
     @property
     def image_shape(self) -> tuple[int, int]:

@@ -53,12 +53,30 @@ def _expect(value: str) -> tuple[str, int]:
     return label, int(count)
 
 
+def _scenarios(value: str) -> tuple[str, ...]:
+    from .scenarios import SCENARIOS
+
+    names = _csv(value)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"should be a comma-separated subset of "
+                                         f"{','.join(SCENARIOS)}, but got {value!r}")
+    return names
+
+
+# `Params` fields -> the flags that set them, for its argument errors
+_FLAGS = {"samples": "--samples", "scaling_base": "--scaling-base", "images": "--images",
+          "image_size": "--image-size", "image_source": "--image-source",
+          "batch_size": "--batch-size", "workers": "--workers", "repeats": "--repeats",
+          "min_seconds": "--min-seconds", "scenarios": "--scenarios"}
+
+
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from .scenarios import SCENARIOS
 
     parser.add_argument("--quick", action="store_true",
                         help="small sizes (20k rows, 1k images of 64 px, 1 repeat): under 2 min")
-    parser.add_argument("--scenarios", type=_csv, default=SCENARIOS, metavar="LIST",
+    parser.add_argument("--scenarios", type=_scenarios, default=SCENARIOS, metavar="LIST",
                         help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)")
     parser.add_argument("--runners", type=_csv, default=None, metavar="LIST",
                         help="keep only runners whose label starts with one of these "
@@ -105,16 +123,31 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def run_args(args: argparse.Namespace) -> int:
-    from . import CountMismatch, Params, run
+def _params(args: argparse.Namespace):
+    """`Params` from the command line; its argument checks become a `UsageError` naming the
+    flag (`--batch-size 0`: one line, exit 2, before any data is built)."""
+    from ..cli import usage_error
+    from . import Params
 
-    params = Params(quick=args.quick, scenarios=args.scenarios, runners=args.runners,
-                    samples=args.samples, scaling_base=args.scaling_base, images=args.images,
-                    image_size=args.image_size, image_source=args.image_source,
-                    batch_size=args.batch_size, workers=args.workers, repeats=args.repeats,
-                    min_seconds=args.min_seconds,
-                    out=args.out, cache=args.cache, expect=dict(args.expect),
-                    progress=not args.no_progress)
+    try:
+        return Params(quick=args.quick, scenarios=args.scenarios, runners=args.runners,
+                      samples=args.samples, scaling_base=args.scaling_base, images=args.images,
+                      image_size=args.image_size, image_source=args.image_source,
+                      batch_size=args.batch_size, workers=args.workers, repeats=args.repeats,
+                      min_seconds=args.min_seconds,
+                      out=args.out, cache=args.cache, expect=dict(args.expect),
+                      progress=not args.no_progress)
+    except ValueError as exc:
+        usage = usage_error(exc, _FLAGS)
+        if usage is None:
+            raise
+        raise usage from exc
+
+
+def run_args(args: argparse.Namespace) -> int:
+    from . import CountMismatch, run
+
+    params = _params(args)
     try:
         results = run(params)
     except CountMismatch as exc:
@@ -131,4 +164,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="sparkfeed bench", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     configure(parser)
-    return run_args(parser.parse_args(argv))
+    from ..cli import UsageError
+
+    try:
+        return run_args(parser.parse_args(argv))
+    except UsageError as exc:
+        parser.error(str(exc))  # exits 2
