@@ -14,6 +14,7 @@ one line on stderr and exit code 2, never a traceback; any other exception keeps
 from __future__ import annotations
 
 import argparse
+import contextlib
 import decimal
 import importlib
 import logging
@@ -23,13 +24,11 @@ from collections.abc import Callable
 
 from .errors import SparkfeedError
 
-__all__ = ["main", "format_manifest", "UsageError", "usage_error"]
+__all__ = ["main", "format_manifest", "UsageError", "usage_error", "flags_named"]
 
 log = logging.getLogger(__name__)
 # command -> module whose add_parser(subparsers) adds it, imported only when needed
 _OPTIONAL = {"index": "sparkfeed.index.cli", "bench": "sparkfeed.bench.cli"}
-
-
 
 
 class UsageError(Exception):
@@ -53,6 +52,19 @@ def usage_error(exc: ValueError, flags: dict[str, str]) -> UsageError | None:
         text = (text.replace(f"`{name}`", flag).replace(f"{name}=None", f"no {flag}")
                 .replace(f"{name}=", f"{flag} "))
     return UsageError(text)
+
+
+@contextlib.contextmanager
+def flags_named(flags: dict[str, str]):
+    """Within: an API argument check (a ValueError `usage_error` recognises) is raised as the
+    `UsageError` naming the flags; other errors pass unchanged."""
+    try:
+        yield
+    except ValueError as exc:
+        usage = usage_error(exc, flags)
+        if usage is None:
+            raise
+        raise usage from exc
 
 
 # ---------------------------------------------------------------- inspect

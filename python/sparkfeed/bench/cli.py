@@ -126,10 +126,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def _params(args: argparse.Namespace):
     """`Params` from the command line; its argument checks become a `UsageError` naming the
     flag (`--batch-size 0`: one line, exit 2, before any data is built)."""
-    from ..cli import usage_error
+    from ..cli import flags_named
     from . import Params
 
-    try:
+    with flags_named(_FLAGS):
         return Params(quick=args.quick, scenarios=args.scenarios, runners=args.runners,
                       samples=args.samples, scaling_base=args.scaling_base, images=args.images,
                       image_size=args.image_size, image_source=args.image_source,
@@ -137,11 +137,6 @@ def _params(args: argparse.Namespace):
                       min_seconds=args.min_seconds,
                       out=args.out, cache=args.cache, expect=dict(args.expect),
                       progress=not args.no_progress)
-    except ValueError as exc:
-        usage = usage_error(exc, _FLAGS)
-        if usage is None:
-            raise
-        raise usage from exc
 
 
 def run_args(args: argparse.Namespace) -> int:

@@ -48,7 +48,7 @@ def run(args) -> int:
     on Parquet) is a `UsageError` naming the flag (one line, exit 2), not a traceback."""
     import time
 
-    from ..cli import usage_error
+    from ..cli import flags_named
     from . import index
 
     version = args.version
@@ -56,15 +56,10 @@ def run(args) -> int:
         version = int(version)
     path = args.path[0] if len(args.path) == 1 else args.path
     started = time.monotonic()
-    try:
+    with flags_named(_FLAGS):
         m = index(path, args.format, manifest=args.manifest, spark=True if args.spark else None,
                   version=version, mode="overwrite" if args.overwrite else "error",
                   progress=not args.no_progress)
-    except ValueError as exc:
-        usage = usage_error(exc, _FLAGS)
-        if usage is None:
-            raise
-        raise usage from exc
     where = args.manifest or f"{args.path[0].rstrip('/')}/_sparkfeed.json"
     unsupported = [c.name for c in m.schema if c.unsupported]
     print(f"indexed {len(m.shards)} {m.created_by.get('indexed_from', m.format)} files: "

@@ -210,8 +210,8 @@ def _warn_irregular(odd: list[dict], root: str, dataset: str) -> None:
     """One warning for the FIFOs, sockets, devices and dangling links a listing left out."""
     if odd:
         rels = sorted(posixpath.relpath(i["name"].rstrip("/"), root) for i in odd)
-        log.warning("%s: %d entries are not regular files (FIFOs, sockets, devices or dangling "
-                    "links) and are left out: %s", dataset, len(rels), _names(rels))
+        log.warning("%s: left out as not regular files (FIFOs, sockets, devices or dangling "
+                    "links), %d: %s", dataset, len(rels), _names(rels))
 
 
 def discover(path, storage_options: dict | None = None) -> Listing:
@@ -350,7 +350,7 @@ def data_files(listing: Listing, format: str) -> list[DataFile]:
     if left:
         rule = ("named .parquet/.pq/.parq or without an extension" if format == "parquet"
                 else "named .tar")
-        log.warning("%s: %d files are left out as not %s data (only files %s are read; pass a glob "
-                    "or a list of files to read others): %s", listing.url, len(left), format, rule,
+        log.warning("%s: left out as not %s data (only files %s are read; pass a glob or a list "
+                    "of files to read others), %d: %s", listing.url, format, rule, len(left),
                     _names(left))
     return taken
