@@ -403,6 +403,22 @@ def test_delta_without_manifest_indexes_in_memory(tmp_path):
     assert sorted(got) == list(range(200, 210))
 
 
+def test_a_delta_table_of_linked_files_is_read_with_its_targets_versions(tmp_path):
+    """Data files kept elsewhere and linked in: the manifest records each target's mtime, which
+    is what the loader checks, so reading it is not taken for a file changed since."""
+    root, _ = _delta_table(tmp_path)
+    elsewhere = tmp_path / "blobs"
+    elsewhere.mkdir()
+    for path in sorted(root.rglob("*.parquet")):
+        target = elsewhere / f"{len(list(elsewhere.iterdir()))}.parquet"
+        path.rename(target)
+        os.utime(target, (1_000_000_000, 1_000_000_000))  # older than the link made next
+        path.symlink_to(target)
+    sparkfeed.index(str(root), progress=False)
+    assert sorted(_ids(sparkfeed.DataLoader(str(root), batch_size=16))) == \
+        list(range(100, 130)) + list(range(200, 210))
+
+
 @pytest.mark.parametrize("feature, config, match", [
     ("columnMapping", {"delta.columnMapping.mode": "name"}, "column mapping"),
     ("deletionVectors", {"delta.enableDeletionVectors": "true"}, "deletion vectors")])

@@ -17,7 +17,7 @@ from .._version import __version__
 from ..errors import ManifestError
 from ..manifest import Manifest, manifest_file, parse_manifest
 from . import delta as delta_log
-from .discover import DataFile, Listing, data_file, data_files, refuse_compressed_tars
+from .discover import DataFile, Listing, data_file, data_files, refuse_compressed_tars, regular_files
 from .gather import run_local, run_spark
 from .parquet import parquet_common_type, parquet_entries, parquet_schema
 from .tar import column_of, key_column, scan_tar, scan_task
@@ -129,11 +129,12 @@ def _widened(schema: list[dict], footers: list[dict]) -> list[dict]:
 
 
 def _delta_files(listing: Listing, entries: list[dict]) -> list[DataFile]:
-    """The listed file of each log entry (its version on storage); a file the log names but
-    storage lacks (vacuumed) is an error naming it."""
+    """The listed file of each log entry (its version on storage: a link's is its target's); a
+    file the log names but storage lacks (vacuumed), or holds as no regular file, is an error
+    naming it."""
     fs, root = listing.fs, listing.root
-    found = {posixpath.relpath(i["name"].rstrip("/"), root): i
-             for i in fs.find(root, detail=True, withdirs=False).values()}
+    kept, _ = regular_files(fs, list(fs.find(root, detail=True, withdirs=False).values()))
+    found = {posixpath.relpath(i["name"].rstrip("/"), root): i for i in kept}
     files = []
     for e in entries:
         rel = e["path"] if e["path"] in found else unquote(e["path"])

@@ -186,7 +186,7 @@ def _names(rels: list[str]) -> str:
     return shown + (f" and {len(rels) - _NAMED} more" if len(rels) > _NAMED else "")
 
 
-def _regular(fs, infos: list[dict]) -> tuple[list[dict], list[dict]]:
+def regular_files(fs, infos: list[dict]) -> tuple[list[dict], list[dict]]:
     """(regular files, the rest) of listed entries; directories are dropped. A link counts as
     its target, whose size and mtime it takes (the loader's version check sees the target);
     a FIFO, socket, device or dangling link is the rest. Entries without a type (some stores
@@ -224,7 +224,7 @@ def discover(path, storage_options: dict | None = None) -> Listing:
     exists = storage.exists(fs, root)
     if not exists and is_glob(path):
         found = fs.glob(root, detail=True)
-        infos, odd = _regular(fs, list(found.values()))
+        infos, odd = regular_files(fs, list(found.values()))
         if odd:
             _warn_irregular(odd, _common_root([i["name"].rstrip("/") for i in infos + odd]), path)
         return _explicit(fs, infos, path, storage_options)
@@ -235,7 +235,7 @@ def discover(path, storage_options: dict | None = None) -> Listing:
     has_log = fs.exists(f"{root}/_delta_log")
     infos = fs.find(root, detail=True, withdirs=False) if not has_log else {}
     listed = [i for i in infos.values() if not _ignored(posixpath.relpath(i["name"].rstrip("/"), root))]
-    kept, odd = _regular(fs, listed)
+    kept, odd = regular_files(fs, listed)
     _warn_irregular(odd, root, path)
     files = [data_file(i, root, path) for i in _with_sizes(fs, kept)]
     return Listing(fs, root, path, False, tuple(sorted(files, key=lambda f: f.rel)), has_log)
