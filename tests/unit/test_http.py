@@ -64,7 +64,7 @@ def test_a_stalled_read_on_reading_threads_raises_after_timeout(tmp_path, num_wo
             next(iter(loader))
         release.set()
         again = sparkfeed.DataLoader(f"{server.url}/pq", batch_size=50, num_workers=num_workers,
-                                     worker_type="thread", timeout=5)
+                                     worker_type="thread", timeout=60)
         assert sorted(i for b in again for i in b["id"].tolist()) == list(range(200))
     finally:
         release.set()

@@ -987,6 +987,30 @@ def test_a_loader_indexing_many_files_itself_shows_progress(tmp_path, monkeypatc
     assert "reading Parquet footers" in capfd.readouterr().err  # tqdm's bar, on stderr
 
 
+def test_tar_indexes_beside_the_tars_are_no_left_out_data(tmp_path, caplog):
+    """A tar's DALI index beside it (`x.tar.idx`, as sparkfeed.write and DALI's wds2idx put it)
+    is expected there: indexing warns only about files that are neither, such as a `.txt`."""
+    root = tmp_path / "wds"
+    root.mkdir()
+    for k in range(2):
+        with tarfile.open(root / f"shard-{k}.tar", "w") as tar:
+            for key in range(3):
+                data = str(k * 3 + key).encode()
+                info = tarfile.TarInfo(f"{k}-{key}.cls")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    with caplog.at_level("WARNING", logger="sparkfeed.index.discover"):
+        sparkfeed.index(str(root), progress=False)
+        for idx in (root / "_sparkfeed_index").iterdir():
+            (root / idx.name).write_bytes(idx.read_bytes())
+        assert sorted(p.name for p in root.glob("*.idx")) == ["shard-0.tar.idx", "shard-1.tar.idx"]
+        assert sparkfeed.index(str(root), mode="overwrite", progress=False).num_samples == 6
+        assert "left out" not in caplog.text
+        (root / "notes.txt").write_text("not data")
+        sparkfeed.index(str(root), mode="overwrite", progress=False)
+    assert "left out" in caplog.text and "'notes.txt'" in caplog.text and ".idx'" not in caplog.text
+
+
 def _parquet(path, ids) -> None:
     pq.write_table(pa.table({"id": pa.array(ids, pa.int64())}), path)
 

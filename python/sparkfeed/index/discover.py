@@ -285,6 +285,12 @@ def _is_data(rel: str, format: str) -> bool:
     return rel.lower().endswith(TAR_SUFFIXES)
 
 
+def _is_companion(rel: str, format: str) -> bool:
+    """A file that belongs beside the data without being data: a tar's DALI index (`x.tar.idx`,
+    `x.idx`, which `sparkfeed.index` and DALI's `wds2idx` write), left out without a warning."""
+    return format == "webdataset" and rel.lower().endswith(".idx")
+
+
 def _sniffs_parquet(listing: Listing) -> bool:
     """Whether the first file without an extension starts with Parquet's magic `PAR1` (one
     4-byte read), so a Hive table of `000000_0` files needs no format=."""
@@ -341,12 +347,12 @@ def data_files(listing: Listing, format: str) -> list[DataFile]:
     """The files of `format` in the listing. Explicitly listed files (a glob, a list) are all
     taken. In a directory: for webdataset the `.tar` files; for parquet the `.parquet`/`.pq`/
     `.parq` files and the files with no extension (Hive's `000000_0`; pyarrow.dataset reads
-    every visible file). Other files are left out with one warning that counts them and names a
-    few, so rows are never dropped silently."""
+    every visible file). Other files but a tar's DALI index (`_is_companion`) are left out with
+    one warning that counts them and names a few, so rows are never dropped silently."""
     if listing.explicit:
         return list(listing.files)
     taken = [f for f in listing.files if _is_data(f.rel, format)]
-    left = [f.rel for f in listing.files if not _is_data(f.rel, format)]
+    left = [f.rel for f in listing.files if not _is_data(f.rel, format) and not _is_companion(f.rel, format)]
     if left:
         rule = ("named .parquet/.pq/.parq or without an extension" if format == "parquet"
                 else "named .tar")

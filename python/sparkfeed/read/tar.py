@@ -384,7 +384,7 @@ class TarReader(Reader):
         return found
 
     def _stream(self, unit: WorkUnit, path: str, data: bytes | None, wanted_members: set[str],
-                where: dict, seen: list | None = None, present: dict | None = None) -> tarindex.Members:
+                where: dict, seen: list, present: dict) -> tarindex.Members:
         """One pass over the shard's members with `tarfile` (`StrictTarInfo`: a damaged header
         is an error, not the archive's end); `where["offset"]` tracks the last member header,
         `seen` gets each sample member's (header offset, name) and `present` each extension's
@@ -392,8 +392,6 @@ class TarReader(Reader):
         keys: list[str] = []
         samples: list[dict] = []
         read = skipped = 0
-        seen = [] if seen is None else seen
-        present = {} if present is None else present
         with self._open(path, data) as f:
             self._check_size(unit, getattr(f, "size", len(f.getbuffer()) if isinstance(f, io.BytesIO) else None))
             try:

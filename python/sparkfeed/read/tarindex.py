@@ -15,8 +15,8 @@ its key, keys do not repeat, and every member is in a sample as webdataset group
 (`is_sample_member`; the scan leaves other members out of the index, so a shard holding any is
 streamed). Anything else (pax or GNU long-name headers, directories, damaged headers) returns
 None and the reader streams the shard with `tarfile`, whose checks and errors (naming the shard
-and tar offset) apply as before; a streamed shard must still hold the members its index names
-(`TarReader._check_indexed`), so a shard damaged after indexing is an error, not samples with
+and tar offset) apply as before; a streamed shard must still hold as many of each member as
+its manifest counts (`TarReader._check_present`), so a shard damaged after indexing is an error, not samples with
 members missing.
 """
 
@@ -66,7 +66,6 @@ def _in_samples(keys: list[str], firsts: list[str], exts) -> bool:
     rule."""
     return not any("/" in e for e in exts) and \
         all(is_sample_member(f) for k, f in zip(keys, firsts) if not k or k.endswith("/"))
-
 
 
 @dataclass(frozen=True)
