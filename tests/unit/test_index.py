@@ -1086,3 +1086,20 @@ def test_index_refuses_bad_argument_types_up_front(tmp_path, monkeypatch, kwargs
     if "storage_options" in kwargs:
         with pytest.raises(ValueError, match=match):
             sparkfeed.DataLoader(str(root), batch_size=1, **kwargs)
+
+
+def test_a_glob_looks_in_a_directory_whose_existing_name_holds_glob_characters(tmp_path):
+    """`run[1]/*.parquet` means the files in `run[1]`, not in `run1`, when `run[1]` exists;
+    a part that does not exist as written stays a pattern."""
+    _parquet(_mkdir(tmp_path / "run[1]") / "a.parquet", [1, 2])
+    _parquet(_mkdir(tmp_path / "run1") / "b.parquet", [3])
+    _parquet(_mkdir(tmp_path / "run2") / "c.parquet", [4])
+    assert _ids(sparkfeed.DataLoader(str(tmp_path / "run[1]" / "*.parquet"), batch_size=8)) == [1, 2]
+    assert _ids(sparkfeed.DataLoader(str(tmp_path / "run[12]" / "*.parquet"), batch_size=8)) == [3, 4]
+    _parquet(_mkdir(tmp_path / "x*" / "run[1]") / "d.parquet", [5])
+    assert _ids(sparkfeed.DataLoader(str(tmp_path / "x*" / "run[1]" / "*.parquet"), batch_size=8)) == [5]
+
+
+def _mkdir(path):
+    path.mkdir(parents=True)
+    return path

@@ -2,7 +2,8 @@
 
 `path` is a directory (walked recursively; hidden and `_`-prefixed names ignored, as Spark
 does), a glob, or a list of files. A path that exists is that path even when its name holds
-`*`, `?` or `[`; only a path that does not exist is taken as a glob. For a glob or a list, the
+`*`, `?` or `[`; only a path that does not exist is taken as a glob, and in a glob a directory
+part that exists as written (`runs/exp[1]/*.parquet`) is that directory. For a glob or a list, the
 dataset root is the deepest directory holding them all. Hive partition directories (`label=3/`)
 become partition values. Only regular files (or links to them) are data: a FIFO, socket or
 device would block or fail on open, so a directory or glob leaves them out with a warning
@@ -15,6 +16,7 @@ other names (`.txt`, `.json`, `.crc`, ...) are left out with one warning that co
 
 from __future__ import annotations
 
+import glob
 import logging
 import math
 import posixpath
@@ -180,6 +182,21 @@ def is_glob(path: str) -> bool:
     return any(c in path for c in _GLOB_CHARS)
 
 
+def _literal_dirs(fs, root: str) -> str:
+    """`root` (a glob) with its leading directory parts that exist as written escaped, so
+    `runs/exp[1]/*.parquet` looks in `exp[1]`, not `exp1`. Parts after the first that does not
+    exist are a pattern; the last part is always one (the whole path did not exist)."""
+    parts = root.split("/")
+    escaped = list(parts)
+    for k, part in enumerate(parts[:-1]):
+        if not is_glob(part):
+            continue
+        if not storage.exists(fs, "/".join(parts[:k + 1])):
+            break
+        escaped[k] = glob.escape(part)
+    return "/".join(escaped)
+
+
 def _names(rels: list[str]) -> str:
     """A few of `rels` for a log line: "'a', 'b', 'c' and 4 more"."""
     shown = ", ".join(repr(r) for r in rels[:_NAMED])
@@ -223,7 +240,7 @@ def discover(path, storage_options: dict | None = None) -> Listing:
     fs, root = storage.resolve(path, storage_options)
     exists = storage.exists(fs, root)
     if not exists and is_glob(path):
-        found = fs.glob(root, detail=True)
+        found = fs.glob(_literal_dirs(fs, root), detail=True)
         infos, odd = regular_files(fs, list(found.values()))
         if odd:
             _warn_irregular(odd, _common_root([i["name"].rstrip("/") for i in infos + odd]), path)
