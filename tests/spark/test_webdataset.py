@@ -275,6 +275,22 @@ def test_generated_keys_and_null_members(spark, tmp_path):
 
 
 
+def test_a_row_with_every_member_null_adds_nothing_to_the_stats(spark, tmp_path):
+    """Invariant: a shard's null_count never exceeds its samples, so a filter on a column keeps
+    every sample that has a value there. A row whose members are all null writes no sample; it
+    used to count as a null, making `label` look all-null and the filter prune the good sample."""
+    import sparkfeed
+
+    df = spark.createDataFrame([(1, b"x"), (None, None)], "label int, image binary").coalesce(1)
+    path = tmp_path / "ds"
+    df.write.format("webdataset").save(str(path))
+    shard = sparkfeed.read_manifest(str(path)).shards[0]
+    assert shard.num_samples == 1
+    assert shard.stats["label"].null_count == 0
+    loader = sparkfeed.DataLoader(str(path), batch_size=4, columns=["label"], filter=[("label", ">=", 0)])
+    assert [b["label"].tolist() for b in loader] == [[1]]
+
+
 def _rename_members(tar_path, prefix):
     with tarfile.open(tar_path) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]

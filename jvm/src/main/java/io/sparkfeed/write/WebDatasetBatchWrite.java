@@ -18,6 +18,8 @@ import org.apache.spark.sql.connector.write.BatchWrite;
 import org.apache.spark.sql.connector.write.DataWriterFactory;
 import org.apache.spark.sql.connector.write.PhysicalWriteInfo;
 import org.apache.spark.sql.connector.write.WriterCommitMessage;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * The driver side of a webdataset write.
@@ -36,6 +38,8 @@ import org.apache.spark.sql.connector.write.WriterCommitMessage;
  * </ol>
  */
 public final class WebDatasetBatchWrite implements BatchWrite {
+    private static final Logger LOG = LoggerFactory.getLogger(WebDatasetBatchWrite.class);
+
     private final WebDatasetOptions options;
     private final SampleLayout layout;
     private final Configuration conf;
@@ -81,8 +85,10 @@ public final class WebDatasetBatchWrite implements BatchWrite {
         DatasetDir dir = dir();
         List<ShardInfo> shards = new ArrayList<>();
         Set<String> committed = new HashSet<>();
+        long withoutMembers = 0;
         for (WriterCommitMessage m : messages) {
             if (m == null) continue;
+            withoutMembers += ((ShardCommitMessage) m).rowsWithoutMembers();
             for (ShardInfo s : ((ShardCommitMessage) m).shards()) {
                 shards.add(s);
                 committed.add(s.path());
@@ -101,6 +107,16 @@ public final class WebDatasetBatchWrite implements BatchWrite {
             ManifestWriter.writeAtomically(dir.fs, dir.root, json);
         } catch (IOException e) {
             throw new UncheckedIOException("cannot commit the webdataset write to " + dir.root, e);
+        }
+        warnRowsWithoutMembers(withoutMembers, dir.root);
+    }
+
+    /** Says how many rows wrote no sample: a tar sample exists only through its members. */
+    static void warnRowsWithoutMembers(long rows, Path root) {
+        if (rows > 0) {
+            LOG.warn("{} row(s) written to {} had every member null (no key-only sample can exist "
+                + "in a tar) and are not in the dataset; fill or drop those rows, or add a column "
+                + "written to the json member", rows, root);
         }
     }
 

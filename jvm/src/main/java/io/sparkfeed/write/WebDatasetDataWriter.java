@@ -32,6 +32,11 @@ import org.apache.spark.sql.connector.write.WriterCommitMessage;
  * on the attempt. {@link #commit} moves them into the dataset root (replacing what an earlier
  * attempt of the same partition may have left); {@link #abort} deletes the task directory. The
  * driver writes the manifest after all tasks committed.
+ *
+ * <p>Only what reaches the tar counts: a row whose every member is null writes nothing (a tar
+ * sample exists only through its members), so it is counted as left out and adds nothing to the
+ * shard's stats (a null_count above the shard's samples would make the loader take a column for
+ * all-null and prune samples that hold values).
  */
 public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
     private static final int BUFFER_BYTES = 1 << 20;
@@ -54,6 +59,7 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
     private String shardName;
     private String previousKey;
     private long rowIndex;
+    private long rowsWithoutMembers;
 
     WebDatasetDataWriter(WebDatasetOptions options, SampleLayout layout, Configuration conf,
                          String jobId, int partitionId, long taskId, long mtimeMillis) {
@@ -87,9 +93,14 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
         if (tar == null) {
             openShard();
         }
+        long before = tar.samples();
         encoder.write(row, key, tar);
-        for (ColumnStats s : stats) {
-            s.update(row);
+        if (tar.samples() == before) {
+            rowsWithoutMembers++;   // every member null: nothing written, nothing counted
+        } else {
+            for (ColumnStats s : stats) {
+                s.update(row);
+            }
         }
         previousKey = key;
         rowIndex++;
@@ -159,7 +170,7 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
             dir.moveReplacing(new Path(taskDir, shard.index()), dir.child(shard.index()));
         }
         dir.fs.delete(taskDir, true);
-        return new ShardCommitMessage(partitionId, shards);
+        return new ShardCommitMessage(partitionId, shards, rowsWithoutMembers);
     }
 
     @Override
