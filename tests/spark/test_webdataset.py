@@ -291,6 +291,20 @@ def test_a_row_with_every_member_null_adds_nothing_to_the_stats(spark, tmp_path)
     assert [b["label"].tolist() for b in loader] == [[1]]
 
 
+def test_sanitised_keys_have_the_stats_of_the_keys_written(spark, tmp_path):
+    """Invariant: the key column's stats bound the keys that readers deliver (the sanitised ones),
+    so filtering on a delivered key finds it; the raw keys' range `x.y..x.z` excluded `x_y`."""
+    import sparkfeed
+
+    df = spark.createDataFrame([("x.y", 1), ("x.z", 2)], "key string, label int").coalesce(1)
+    path = tmp_path / "ds"
+    df.write.format("webdataset").option("invalidKeys", "sanitize").save(str(path))
+    stats = sparkfeed.read_manifest(str(path)).shards[0].stats["key"]
+    assert (stats.min, stats.max) == ("x_y", "x_z")
+    loader = sparkfeed.DataLoader(str(path), batch_size=4, filter=[("key", "==", "x_y")])
+    assert [b["key"] for b in loader] == [["x_y"]]
+
+
 def _rename_members(tar_path, prefix):
     with tarfile.open(tar_path) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]

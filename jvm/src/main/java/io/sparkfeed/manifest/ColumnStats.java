@@ -157,7 +157,13 @@ public abstract class ColumnStats {
         @Override protected Object max() { return seen ? max : null; }
     }
 
-    static final class Text extends ColumnStats {
+    /** The stats of the sample keys as written (after sanitising), fed by {@link Text#add}. */
+    public static Text forKeys() {
+        return new Text(-1);
+    }
+
+    /** Strings, compared by UTF-8 bytes. */
+    public static final class Text extends ColumnStats {
         private UTF8String min;
         private UTF8String max;
 
@@ -167,7 +173,11 @@ public abstract class ColumnStats {
 
         @Override
         protected void updateValue(SpecializedGetters row) {
-            UTF8String v = row.getUTF8String(ordinal);
+            add(row.getUTF8String(ordinal));
+        }
+
+        /** Accounts for one non-null value (copied when kept: the caller may reuse it). */
+        public void add(UTF8String v) {
             if (min == null || v.binaryCompare(min) < 0) min = v.clone();
             if (max == null || v.binaryCompare(max) > 0) max = v.clone();
         }

@@ -21,6 +21,7 @@ import org.apache.hadoop.fs.Path;
 import org.apache.spark.sql.catalyst.InternalRow;
 import org.apache.spark.sql.connector.write.DataWriter;
 import org.apache.spark.sql.connector.write.WriterCommitMessage;
+import org.apache.spark.unsafe.types.UTF8String;
 
 /**
  * Writes the rows of one task into tar shards of at most {@code samplesPerShard} samples and
@@ -36,7 +37,8 @@ import org.apache.spark.sql.connector.write.WriterCommitMessage;
  * <p>Only what reaches the tar counts: a row whose every member is null writes nothing (a tar
  * sample exists only through its members), so it is counted as left out and adds nothing to the
  * shard's stats (a null_count above the shard's samples would make the loader take a column for
- * all-null and prune samples that hold values).
+ * all-null and prune samples that hold values). The key column's stats are those of the keys as
+ * written (sanitised), which is what readers deliver and filter on.
  */
 public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
     private static final int BUFFER_BYTES = 1 << 20;
@@ -56,6 +58,7 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
 
     private TarShardWriter tar;
     private ColumnStats[] stats;
+    private ColumnStats.Text keyStats;
     private String shardName;
     private String previousKey;
     private long rowIndex;
@@ -98,14 +101,22 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
         if (tar.samples() == before) {
             rowsWithoutMembers++;   // every member null: nothing written, nothing counted
         } else {
-            for (ColumnStats s : stats) {
-                s.update(row);
-            }
+            account(row, key);
         }
         previousKey = key;
         rowIndex++;
         if (tar.samples() >= options.samplesPerShard || tar.bytes() >= options.maxShardBytes) {
             closeShard();
+        }
+    }
+
+    /** Adds a written sample to the shard's stats. */
+    private void account(InternalRow row, String key) {
+        if (keyStats != null) {
+            keyStats.add(UTF8String.fromString(key));
+        }
+        for (ColumnStats s : stats) {
+            s.update(row);
         }
     }
 
@@ -136,10 +147,12 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
         tar = new TarShardWriter(out, mtimeMillis);
         List<ColumnStats> list = new ArrayList<>();
         for (SampleLayout.Member m : layout.members()) {
-            ColumnStats s = ArrowTypes.hasStats(m.type) ? ColumnStats.forColumn(m.type, m.ordinal) : null;
-            if (s != null) list.add(s);
+            if (m.kind != SampleLayout.Kind.KEY && ArrowTypes.hasStats(m.type)) {
+                list.add(ColumnStats.forColumn(m.type, m.ordinal));
+            }
         }
         stats = list.toArray(new ColumnStats[0]);
+        keyStats = keyOrdinal >= 0 ? ColumnStats.forKeys() : null;
     }
 
     private void closeShard() throws IOException {
@@ -151,7 +164,9 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
         Map<String, Map<String, Object>> summary = new LinkedHashMap<>();
         int k = 0;
         for (SampleLayout.Member m : layout.members()) {
-            if (ArrowTypes.hasStats(m.type)) {
+            if (m.kind == SampleLayout.Kind.KEY) {
+                summary.put(m.column, keyStats.summary());
+            } else if (ArrowTypes.hasStats(m.type)) {
                 summary.put(m.column, stats[k++].summary());
             }
         }
