@@ -6,6 +6,7 @@ import java.io.OutputStream;
 import java.io.UncheckedIOException;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
@@ -38,7 +39,9 @@ import org.apache.spark.unsafe.types.UTF8String;
  * sample exists only through its members), so it is counted as left out and adds nothing to the
  * shard's stats (a null_count above the shard's samples would make the loader take a column for
  * all-null and prune samples that hold values). The key column's stats are those of the keys as
- * written (sanitised), which is what readers deliver and filter on.
+ * written (sanitised), which is what readers deliver and filter on. A key may appear once per
+ * shard: readers group a tar's members by key, and a key in two places is one sample split in
+ * two (webdataset) or a tar that sparkfeed's reader refuses.
  */
 public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
     private static final int BUFFER_BYTES = 1 << 20;
@@ -59,8 +62,8 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
     private TarShardWriter tar;
     private ColumnStats[] stats;
     private ColumnStats.Text keyStats;
+    private final Map<String, Long> shardKeys = new HashMap<>();
     private String shardName;
-    private String previousKey;
     private long rowIndex;
     private long rowsWithoutMembers;
 
@@ -88,11 +91,6 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
             ? keys.apply(row.isNullAt(keyOrdinal) ? null : row.getUTF8String(keyOrdinal).toString(),
                          keyColumn)
             : generatedKey(rowIndex);
-        if (key.equals(previousKey)) {
-            throw new IllegalArgumentException("duplicate sample key \"" + key + "\" in column \""
-                + keyColumn + "\" (partition " + partitionId + ", row " + rowIndex
-                + "): consecutive samples with one key would merge into one sample");
-        }
         if (tar == null) {
             openShard();
         }
@@ -103,16 +101,23 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
         } else {
             account(row, key);
         }
-        previousKey = key;
         rowIndex++;
         if (tar.samples() >= options.samplesPerShard || tar.bytes() >= options.maxShardBytes) {
             closeShard();
         }
     }
 
-    /** Adds a written sample to the shard's stats. */
+    /** Adds a written sample to the shard's stats; a key already in this shard fails the task. */
     private void account(InternalRow row, String key) {
         if (keyStats != null) {
+            Long first = shardKeys.putIfAbsent(key, rowIndex);
+            if (first != null) {
+                throw new IllegalArgumentException("duplicate sample key \"" + key + "\" in column \""
+                    + keyColumn + "\" (partition " + partitionId + ", rows " + first + " and "
+                    + rowIndex + ", shard " + shardName + "): a key may appear once per shard, "
+                    + "since readers group a tar's members by key; make the keys unique, or drop "
+                    + "the key column to have keys generated");
+            }
             keyStats.add(UTF8String.fromString(key));
         }
         for (ColumnStats s : stats) {
@@ -153,6 +158,7 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
         }
         stats = list.toArray(new ColumnStats[0]);
         keyStats = keyOrdinal >= 0 ? ColumnStats.forKeys() : null;
+        shardKeys.clear();
     }
 
     private void closeShard() throws IOException {
@@ -173,6 +179,7 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
         shards.add(new ShardInfo(shardName, tar.samples(), tar.bytes(),
             new ArrayList<>(tar.extensions()), summary, index));
         tar = null;
+        shardKeys.clear();
     }
 
     @Override
