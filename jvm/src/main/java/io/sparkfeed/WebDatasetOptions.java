@@ -17,7 +17,8 @@ import com.fasterxml.jackson.databind.ObjectMapper;
  *   path             required    the dataset root (any Hadoop path: file:, hdfs:, s3a:, ...)
  *   samplesPerShard  10000       at most this many samples per tar shard
  *   maxShardBytes    1073741824  a shard is closed once it holds about this many bytes
- *   keyColumn        "key"       the string column holding sample keys, if present
+ *   keyColumn        "key"       the string column holding sample keys, if present (the
+ *                                default name on a non-string column: an ordinary column)
  *   clsColumn        "label"     the integer column written as the .cls member
  *   codecs           {}          JSON map binary column -> codec (jpeg -> .jpg, png, npy, ...)
  *   invalidKeys      "error"     "error" | "sanitize" for keys with . / \ whitespace, controls
@@ -33,17 +34,20 @@ public final class WebDatasetOptions implements Serializable {
     public final int samplesPerShard;
     public final long maxShardBytes;
     public final String keyColumn;
+    /** Whether keyColumn was given: the default name on a non-string column is an ordinary column. */
+    public final boolean keyColumnGiven;
     public final String clsColumn;
     public final Map<String, String> codecs;
     public final boolean sanitizeKeys;
 
     private WebDatasetOptions(String path, int samplesPerShard, long maxShardBytes,
-                              String keyColumn, String clsColumn, Map<String, String> codecs,
-                              boolean sanitizeKeys) {
+                              String keyColumn, boolean keyColumnGiven, String clsColumn,
+                              Map<String, String> codecs, boolean sanitizeKeys) {
         this.path = path;
         this.samplesPerShard = samplesPerShard;
         this.maxShardBytes = maxShardBytes;
         this.keyColumn = keyColumn;
+        this.keyColumnGiven = keyColumnGiven;
         this.clsColumn = clsColumn;
         this.codecs = codecs;
         this.sanitizeKeys = sanitizeKeys;
@@ -70,7 +74,8 @@ public final class WebDatasetOptions implements Serializable {
                 + "but got invalidKeys=\"" + o.get("invalidkeys") + "\"");
         }
         return new WebDatasetOptions(path, (int) samples, bytes,
-            o.getOrDefault("keycolumn", "key"), o.getOrDefault("clscolumn", "label"),
+            o.getOrDefault("keycolumn", "key"), o.containsKey("keycolumn"),
+            o.getOrDefault("clscolumn", "label"),
             codecs(o.get("codecs")), invalid.equals("sanitize"));
     }
 

@@ -24,7 +24,9 @@ import org.apache.spark.sql.types.StructType;
  *
  * <ul>
  *   <li>the key column ({@code keyColumn}, a string) gives the sample key (member "__key__");
- *       without one, keys are generated from (partition, row index): {@code p00003_000000042};</li>
+ *       without one, keys are generated from (partition, row index): {@code p00003_000000042}.
+ *       A non-string column that only has the default name ({@code key}) is an ordinary column,
+ *       so a DataFrame with, say, an integer join key writes without options;</li>
  *   <li>binary columns: raw bytes, extension from the codec (jpeg -&gt; jpg, else the codec name),
  *       {@code bin} without a codec;</li>
  *   <li>the integer column named {@code clsColumn} (else the only integer column): {@code cls},
@@ -94,6 +96,10 @@ public final class SampleLayout implements Serializable {
     public static SampleLayout plan(StructType schema, WebDatasetOptions options) {
         StructField[] fields = schema.fields();
         int keyOrdinal = indexOf(fields, options.keyColumn);
+        if (keyOrdinal >= 0 && !(fields[keyOrdinal].dataType() instanceof StringType)
+                && !options.keyColumnGiven) {
+            keyOrdinal = -1;   // a column merely named like the default: data, keys generated
+        }
         if (keyOrdinal >= 0 && !(fields[keyOrdinal].dataType() instanceof StringType)) {
             throw new IllegalArgumentException("key column \"" + options.keyColumn + "\" has type "
                 + fields[keyOrdinal].dataType().simpleString() + "; sample keys must be strings "

@@ -87,6 +87,21 @@ public class SampleLayoutTest {
     }
 
     @Test
+    public void aNonStringColumnWithTheDefaultKeyNameIsData() {
+        StructType schema = new StructType().add("key", DataTypes.LongType)
+            .add("image", DataTypes.BinaryType).add("label", DataTypes.IntegerType);
+        SampleLayout layout = SampleLayout.plan(schema, options());
+        assertEquals(-1, layout.keyOrdinal());
+        assertEquals("[key=json, image=bin, label=cls]", exts(layout).toString());
+        try {
+            SampleLayout.plan(schema, options("keyColumn", "key"));
+            fail("accepted an explicit non-string keyColumn");
+        } catch (IllegalArgumentException e) {
+            assertTrue(e.getMessage(), e.getMessage().contains("sample keys must be strings"));
+        }
+    }
+
+    @Test
     public void badOptionsFailUpFront() {
         String[][] cases = {
             {"samplesPerShard", "0", "samplesPerShard should be a positive integer"},
