@@ -451,9 +451,12 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
     if existing and mode == "error":
         raise DatasetExistsError(f"{dataset!r} already exists and is not empty; pass "
                                  "mode='overwrite' to replace it, or choose another path")
-    if mode == "overwrite" and fs.exists(f"{root}/{MANIFEST_NAME}"):
+    if mode == "overwrite" and format == "parquet" and fs.exists(f"{root}/{MANIFEST_NAME}"):
+        # A failed overwrite must never leave a stale manifest. The webdataset source removes it
+        # itself, after refusing a DataFrame that reads the dataset it would replace (here, its
+        # reads would already find no manifest and silently return nothing).
         log.info("removing the old manifest of %s before overwriting it", dataset)
-        fs.rm(f"{root}/{MANIFEST_NAME}")  # a failed overwrite must never leave a stale manifest
+        fs.rm(f"{root}/{MANIFEST_NAME}")
 
     started = time.monotonic()
     count = df.count()

@@ -319,6 +319,29 @@ def test_a_key_twice_in_one_shard_fails_the_task_naming_it(spark, tmp_path):
     assert json.loads((tmp_path / "ok" / MANIFEST).read_text())["num_samples"] == 3
 
 
+def test_overwriting_the_dataset_a_dataframe_reads_is_refused_and_keeps_it(spark, tmp_path):
+    """Invariant: an overwrite never destroys the data it is computed from. The old dataset used
+    to be deleted before the tasks read it: sparkfeed.write then committed an empty dataset
+    (its count read no manifest) and the data source failed half-way, the old one gone."""
+    import sparkfeed
+
+    path, sibling = tmp_path / "ds", tmp_path / "ds2"
+    df = spark.createDataFrame([(f"k{i}", i) for i in range(10)], "key string, label int")
+    for p in (path, sibling):
+        df.write.format("webdataset").save(str(p))
+    even = spark.read.format("webdataset").load(str(path)).where("label % 2 = 0")
+    refused = r"cannot overwrite file:.*/ds: the DataFrame being written reads from it"
+    with pytest.raises(Exception, match=refused):
+        even.write.format("webdataset").mode("overwrite").save(str(path))
+    with pytest.raises(Exception, match=refused):
+        sparkfeed.write(even, str(path), format="webdataset", mode="overwrite")
+    assert sorted(x for b in sparkfeed.DataLoader(str(path), batch_size=4) for x in b["label"].tolist()) \
+        == list(range(10))
+    # a path that merely starts with the same characters is another dataset: overwritten
+    even.write.format("webdataset").mode("overwrite").save(str(sibling))
+    assert sparkfeed.read_manifest(str(sibling)).num_samples == 5
+
+
 def _rename_members(tar_path, prefix):
     with tarfile.open(tar_path) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]

@@ -3,6 +3,7 @@ package io.sparkfeed;
 import java.io.IOException;
 import java.io.UncheckedIOException;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.Collections;
 import java.util.HashMap;
 import java.util.LinkedHashMap;
@@ -25,9 +26,11 @@ import org.apache.spark.sql.Row;
 import org.apache.spark.sql.SQLContext;
 import org.apache.spark.sql.SaveMode;
 import org.apache.spark.sql.SparkSession;
+import org.apache.spark.sql.catalyst.plans.logical.LogicalPlan;
 import org.apache.spark.sql.connector.catalog.Table;
 import org.apache.spark.sql.connector.catalog.TableProvider;
 import org.apache.spark.sql.connector.expressions.Transform;
+import org.apache.spark.sql.execution.datasources.v2.DataSourceV2Relation;
 import org.apache.spark.sql.sources.BaseRelation;
 import org.apache.spark.sql.sources.CreatableRelationProvider;
 import org.apache.spark.sql.sources.DataSourceRegister;
@@ -47,7 +50,9 @@ import org.apache.spark.sql.util.CaseInsensitiveStringMap;
  * {@link CreatableRelationProvider}: {@link #createRelation} checks the path for the save mode
  * (error: fail naming it; ignore: do nothing; append: only to a path with no dataset) and then
  * runs the DataSource V2 write through the internal
- * {@link io.sparkfeed.write.WebDatasetWriteProvider} (mode append or overwrite).
+ * {@link io.sparkfeed.write.WebDatasetWriteProvider} (mode append or overwrite). An overwrite of a
+ * path that the DataFrame itself reads is refused here, before anything is deleted: the old
+ * dataset is deleted before the tasks run, so they would read nothing, or fail half-way.
  */
 public final class WebDatasetSource implements TableProvider, DataSourceRegister,
         CreatableRelationProvider {
@@ -89,7 +94,11 @@ public final class WebDatasetSource implements TableProvider, DataSourceRegister
         String path = WebDatasetOptions.parse(options).path;
         boolean exists;
         try {
-            exists = DatasetDir.of(path, hadoopConf()).exists();
+            DatasetDir dir = DatasetDir.of(path, hadoopConf());
+            exists = dir.exists();
+            if (exists && mode == SaveMode.Overwrite) {
+                refuseOverwritingInput(data, dir);
+            }
         } catch (IOException e) {
             throw new UncheckedIOException("cannot check " + path, e);
         }
@@ -108,6 +117,36 @@ public final class WebDatasetSource implements TableProvider, DataSourceRegister
             @Override public SQLContext sqlContext() { return sqlContext; }
             @Override public StructType schema() { return schema; }
         };
+    }
+
+    /**
+     * Fails when {@code data} reads from {@code dir} (a webdataset dataset there, or files under
+     * it): overwrite deletes the old dataset before the tasks read, as Spark's file sources would.
+     */
+    static void refuseOverwritingInput(Dataset<Row> data, DatasetDir dir) throws IOException {
+        for (String input : inputsOf(data)) {
+            Path p = new Path(input);
+            String q = p.getFileSystem(hadoopConf()).makeQualified(p).toString();
+            String root = dir.root.toString();
+            if (q.equals(root) || q.startsWith(root.endsWith("/") ? root : root + "/")) {
+                throw new IllegalArgumentException("cannot overwrite " + root + ": the DataFrame "
+                    + "being written reads from it (" + q + "), and overwrite deletes the old "
+                    + "dataset before the tasks read it; write to a new path instead");
+            }
+        }
+    }
+
+    /** The paths {@code data} reads: its files (file sources) and its webdataset datasets. */
+    private static List<String> inputsOf(Dataset<Row> data) {
+        List<String> out = new ArrayList<>(Arrays.asList(data.inputFiles()));
+        LogicalPlan plan = data.queryExecution().analyzed();
+        for (LogicalPlan leaf : scala.jdk.javaapi.CollectionConverters.asJava(plan.collectLeaves())) {
+            if (leaf instanceof DataSourceV2Relation
+                    && ((DataSourceV2Relation) leaf).table() instanceof WebDatasetTable) {
+                out.add(((WebDatasetTable) ((DataSourceV2Relation) leaf).table()).path());
+            }
+        }
+        return out;
     }
 
     public static Configuration hadoopConf() {

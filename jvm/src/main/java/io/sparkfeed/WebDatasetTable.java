@@ -40,6 +40,11 @@ public final class WebDatasetTable implements SupportsRead, SupportsWrite {
         this.batchWrite = batchWrite;
     }
 
+    /** The dataset root as given to {@code load(path)} / {@code save(path)}. */
+    public String path() {
+        return path;
+    }
+
     @Override
     public String name() {
         return "webdataset:" + path;
