@@ -134,6 +134,34 @@ def _check_cluster_by(cluster_by, types: Mapping) -> list[str]:
     return list(cols)
 
 
+def _name_parts(schema) -> dict[str, list[str]]:
+    """Each column's and struct leaf's name (`a.b` for a column called so, `st.c` for a leaf)
+    -> its path of field names, as Spark must be given it."""
+    from pyspark.sql import types as T
+
+    out: dict[str, list[str]] = {}
+
+    def walk(parts, dt):
+        out.setdefault(".".join(parts), parts)
+        if isinstance(dt, T.StructType):
+            for f in dt.fields:
+                walk(parts + [f.name], f.dataType)
+    for f in schema.fields:
+        out[f.name] = [f.name]  # a column's own name wins over a leaf's path
+    for f in schema.fields:
+        walk([f.name], f.dataType)
+    return out
+
+
+def _columns(schema, names: list[str]) -> list:
+    """pyspark Columns for validated names, quoted part by part: Spark would read a column named
+    `a.b` as field b of a struct a, and refuse a name holding a backtick."""
+    from pyspark.sql import functions as F
+
+    parts = _name_parts(schema)
+    return [F.col(".".join("`" + p.replace("`", "``") + "`" for p in parts[n])) for n in names]
+
+
 def _check_codecs(codecs, types: Mapping) -> dict[str, str]:
     if codecs is None:
         return {}
@@ -462,7 +490,11 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
     count = df.count()
     n = max(1, math.ceil(count / samples_per_shard))
     log.info("writing %d samples of %s as %d %s shards to %s", count, dataset, n, format, spark_path)
-    df = df.repartitionByRange(n, *keys).sortWithinPartitions(*keys) if keys else df.repartition(n)
+    if keys:
+        cols = _columns(df.schema, keys)
+        df = df.repartitionByRange(n, *cols).sortWithinPartitions(*cols)
+    else:
+        df = df.repartition(n)
     spark_mode = _spark_mode(mode, existing)
     if format == "webdataset":
         (df.write.format("webdataset").mode(spark_mode)

@@ -354,3 +354,16 @@ def test_struct_columns_are_written_and_loaded_as_their_leaves(spark, base):
             sparkfeed.write(df, str(base / "never_wds"), format="webdataset")
 
     assert _no_job_ran(spark, attempt) == []
+
+
+@pytest.mark.parametrize("format", ["parquet", "webdataset"])
+@pytest.mark.parametrize("name", ["a.b", "we`ird"])
+def test_cluster_by_a_column_whose_name_holds_a_dot_or_backtick(spark, base, format, name):
+    """Invariant: every column `write` accepts can be clustered by, whatever its name. Spark read
+    `a.b` as field b of a struct a, and refused a backtick, after the count job had run."""
+    df = spark.range(60).selectExpr("id", f"cast(id % 6 as int) as `{name.replace('`', '``')}`")
+    path = base / f"cluster-odd-{format}-{name.replace('`', '_')}"
+    m = sparkfeed.write(df, str(path), format=format, samples_per_shard=10, cluster_by=name)
+    assert m.num_samples == 60
+    for s in m.shards:  # clustered: each shard holds one or two values of the column
+        assert s.stats[name].max - s.stats[name].min <= 1
