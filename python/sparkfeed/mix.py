@@ -435,13 +435,19 @@ class MixedEngine(Engine):
         return int(min(_MAX_BLOCK, max(self.config.shuffle_buffer or _MIN_BLOCK, _BLOCK_BYTES // max(1.0, per_row))))
 
     def planning_stats(self) -> dict:
-        """Totals over the sources, and each source's under `source.<i>.<name>`."""
+        """Totals over the sources, and each source's `SOURCE_STATS` under `source.<i>.<name>`:
+        every source has every one of them (0 until counted), whether or not it has a filter."""
         out: dict = {"pruning": {}, "counted": {}}
         for i, e in enumerate(self.engines):
-            for part, values in e.planning_stats().items():
+            planning = e.planning_stats()
+            for part, values in planning.items():
                 for k, v in values.items():
                     out[part][k] = out[part].get(k, 0) + v
-                    out[part][f"source.{i}.{k}"] = out[part].get(f"source.{i}.{k}", 0) + v
+                    if k in SOURCE_STATS:
+                        out[part][f"source.{i}.{k}"] = out[part].get(f"source.{i}.{k}", 0) + v
+            for k in SOURCE_STATS:
+                if k not in planning["pruning"]:
+                    out["counted"].setdefault(f"source.{i}.{k}", 0)
         return out
 
     def offsets(self, epoch: int) -> list[int]:
