@@ -82,15 +82,21 @@ def _leaves(name: str, dt, structs: bool) -> list[tuple[str, object]]:
     return [(name, dt)]
 
 
-def _check_columns(schema, format: str = "parquet") -> dict:
+def _check_columns(schema, format: str = "parquet", case_sensitive: bool = True) -> dict:
     """name -> Spark type for every column (a struct's leaves for Parquet, by their path), or a
-    ValueError naming the first unsupported one."""
+    ValueError naming the first unsupported one. Unless Spark is case-sensitive
+    (`spark.sql.caseSensitive`, false by default), `id` and `ID` are duplicates: Spark's Parquet
+    writer refuses them (after the count job) and reading them back is ambiguous."""
     from pyspark.sql import types as T
 
     names = [f.name for f in schema.fields]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    fold = (lambda n: n) if case_sensitive else str.lower
+    folded = [fold(n) for n in names]
+    dupes = sorted({n for n in names if folded.count(fold(n)) > 1})
     if dupes:
-        raise ValueError(f"the DataFrame has duplicate column names {dupes}; rename them "
+        how = "" if case_sensitive else " (names differing only in case are one to Spark, " \
+            "spark.sql.caseSensitive being false)"
+        raise ValueError(f"the DataFrame has duplicate column names {dupes}{how}; rename them "
                          "(for example with .withColumnRenamed) before writing")
     if not names:
         raise ValueError("the DataFrame has no columns; there is nothing to write")
@@ -468,7 +474,8 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
         raise ValueError(f"`mode` should be one of {MODES}, but got mode={mode!r}")
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise ValueError(f"`path` should be a local path or URL, but got path={path!r}")
-    types = _check_columns(df.schema, format)
+    case_sensitive = str(df.sparkSession.conf.get("spark.sql.caseSensitive", "false")).lower() == "true"
+    types = _check_columns(df.schema, format, case_sensitive)
     keys = _check_cluster_by(cluster_by, types)
     codecs = _check_codecs(codecs, types)
 

@@ -367,3 +367,18 @@ def test_cluster_by_a_column_whose_name_holds_a_dot_or_backtick(spark, base, for
     assert m.num_samples == 60
     for s in m.shards:  # clustered: each shard holds one or two values of the column
         assert s.stats[name].max - s.stats[name].min <= 1
+
+
+@pytest.mark.parametrize("format", ["parquet", "webdataset"])
+def test_columns_differing_only_in_case_are_refused_before_spark_runs(spark, base, format):
+    """Invariant: what Spark takes for duplicate columns is refused up front, in a sentence. With
+    spark.sql.caseSensitive false (the default) `id` and `ID` used to pass the checks: Parquet
+    then failed after the count job, webdataset wrote a dataset Spark cannot read back."""
+    df = spark.range(3).selectExpr("id", "id + 1 as ID")
+
+    def attempt():
+        with pytest.raises(ValueError, match=r"duplicate column names \['ID', 'id'\] \(names "
+                                             r"differing only in case"):
+            sparkfeed.write(df, str(base / f"never-case-{format}"), format=format)
+
+    assert _no_job_ran(spark, attempt) == []
