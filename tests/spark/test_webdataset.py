@@ -342,6 +342,22 @@ def test_overwriting_the_dataset_a_dataframe_reads_is_refused_and_keeps_it(spark
     assert sparkfeed.read_manifest(str(sibling)).num_samples == 5
 
 
+def test_long_string_stats_are_cut_as_the_parquet_writer_cuts_them(spark, tmp_path):
+    """Invariant: both writers record the same, small, valid bounds for a long string column (a
+    caption's min/max used to be copied whole into the webdataset manifest, once per shard)."""
+    import sparkfeed
+
+    df = spark.createDataFrame([("a" * 70 + str(i), "é" * 63 + "\U0010ffff" * 3 + str(i)) for i in range(4)],
+                               "caption string, note string").coalesce(1)
+    pq_stats = sparkfeed.write(df, str(tmp_path / "pq"), samples_per_shard=10).shards[0].stats
+    wds_stats = sparkfeed.write(df, str(tmp_path / "wds"), format="webdataset").shards[0].stats
+    for column in ("caption", "note"):
+        assert (wds_stats[column].min, wds_stats[column].max) == (pq_stats[column].min, pq_stats[column].max)
+    assert (wds_stats["caption"].min, wds_stats["caption"].max) == ("a" * 64, "a" * 63 + "b")
+    loader = sparkfeed.DataLoader(str(tmp_path / "wds"), batch_size=4, filter=[("caption", "==", "a" * 70 + "2")])
+    assert [b["caption"] for b in loader] == [["a" * 70 + "2"]]
+
+
 def _rename_members(tar_path, prefix):
     with tarfile.open(tar_path) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]

@@ -36,6 +36,13 @@ public abstract class ColumnStats {
     private static final DateTimeFormatter TIMESTAMP =
         DateTimeFormatter.ofPattern("uuuu-MM-dd'T'HH:mm:ss.SSSSSS", Locale.ROOT);
 
+    /**
+     * Longer string bounds are cut, as the Parquet writer's manifest cuts them: min to a prefix
+     * of this many characters (code points), max to that prefix rounded up. Both stay valid
+     * bounds, and a manifest of a caption column stays small.
+     */
+    public static final int STRING_STATS_MAX_CHARS = 64;
+
     protected final int ordinal;
     protected long nullCount;
 
@@ -182,8 +189,42 @@ public abstract class ColumnStats {
             if (max == null || v.binaryCompare(max) > 0) max = v.clone();
         }
 
-        @Override protected Object min() { return min == null ? null : min.toString(); }
-        @Override protected Object max() { return max == null ? null : max.toString(); }
+        @Override
+        protected Object min() {
+            if (min == null || roundedUp(max.toString()) == null) {
+                return null;   // no usable range without a max
+            }
+            String s = min.toString();
+            return s.codePointCount(0, s.length()) <= STRING_STATS_MAX_CHARS
+                ? s : s.substring(0, s.offsetByCodePoints(0, STRING_STATS_MAX_CHARS));
+        }
+
+        @Override
+        protected Object max() {
+            return max == null ? null : roundedUp(max.toString());
+        }
+
+        /**
+         * {@code s}, or past {@link #STRING_STATS_MAX_CHARS} the shortest string built from its
+         * prefix that is above every string with that prefix (null when there is none).
+         */
+        static String roundedUp(String s) {
+            if (s.codePointCount(0, s.length()) <= STRING_STATS_MAX_CHARS) {
+                return s;
+            }
+            int[] points = s.codePoints().limit(STRING_STATS_MAX_CHARS).toArray();
+            for (int i = points.length - 1; i >= 0; i--) {
+                int next = points[i] + 1;
+                if (next >= 0xD800 && next <= 0xDFFF) {
+                    next = 0xE000;
+                }
+                if (next <= Character.MAX_CODE_POINT) {
+                    points[i] = next;
+                    return new String(points, 0, i + 1);
+                }
+            }
+            return null;
+        }
     }
 
     static final class Bool extends ColumnStats {

@@ -49,6 +49,21 @@ public class ColumnStatsTest {
     }
 
     @Test
+    public void longStringsAreCutToValidBoundsAsTheParquetManifestCutsThem() {
+        String a = "a".repeat(64);
+        check(stats(DataTypes.StringType, UTF8String.fromString(a + "zzz"),
+            UTF8String.fromString("b".repeat(63) + "c" + "q")), a, "b".repeat(63) + "d", 0);
+        String exact = "x".repeat(64);   // 64 characters: kept whole
+        check(stats(DataTypes.StringType, UTF8String.fromString(exact)), exact, exact, 0);
+        String top = new String(Character.toChars(Character.MAX_CODE_POINT)).repeat(65);
+        check(stats(DataTypes.StringType, UTF8String.fromString("a"), UTF8String.fromString(top)),
+            null, null, 0);   // a max that cannot be rounded up: no range
+        String wide = "é".repeat(63) + "\uD7FF" + "tail";   // code points, not UTF-16 units
+        check(stats(DataTypes.StringType, UTF8String.fromString(wide)),
+            "é".repeat(63) + "\uD7FF", "é".repeat(63) + "\uE000", 0);
+    }
+
+    @Test
     public void booleans() {
         check(stats(DataTypes.BooleanType, true, true), true, true, 0);
         check(stats(DataTypes.BooleanType, true, false, null), false, true, 1);
