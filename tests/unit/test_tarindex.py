@@ -367,3 +367,82 @@ def test_the_usual_index_is_parsed_with_arrow_as_any_index_is(samples, change, d
     # both skip blank lines; a key repeated needs two samples
     harmless = kind in (None, "empty") or read_by_int or kind == "repeat" and len(keys) == 1
     assert (fast is not None) == harmless
+
+
+# ---------------------------------------------------------------- pax headers before members
+
+def _pax_tar(pax: list[dict], payloads: list[bytes], names: list[str]) -> tuple[bytes, str]:
+    """A tar whose i-th member has pax records `pax[i]` (none: {}), and its index (each member's
+    data offset as tarfile reads it)."""
+    infos = []
+    for name, payload, records in zip(names, payloads, pax):
+        info = _regular(name, payload)
+        info.pax_headers = records
+        infos.append(info)
+    raw = _tar_with(infos, payloads)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        read = tar.getmembers()
+    lines = [f"{m.name.rsplit('.', 1)[1]} {m.offset_data} {m.size} {m.name}" for m in read]
+    return raw, f"v1.2 {len(lines)}\n" + "\n".join(lines) + "\n"
+
+
+HARMLESS = [{"mtime": "1795805630.1773822"}, {},
+            {"atime": "1795805630.5", "ctime": "1795805631.25", "mtime": "1795805630.125"}]
+NAMES = ["a.cls", "b.cls", "c.cls"]
+
+
+def test_pax_headers_that_change_nothing_are_read_through_the_index():
+    """webdataset's TarWriter (a fractional mtime) and `tar --format=posix` (atime, ctime, mtime)
+    put a pax header before members: the index still describes the members exactly."""
+    raw, text = _pax_tar(HARMLESS, [b"1", b"22", b"333"], NAMES)
+    assert raw.count(b"PaxHeader") == 2
+    got = tarindex.members(raw, text, {"cls"}, split_name, 1 << 30)
+    assert got is not None and got.keys == ["a", "b", "c"]
+    assert got.values["cls"].to_pylist() == [b"1", b"22", b"333"]
+    index = tarindex.Index.parse(text, split_name, 1 << 30)
+    for window in [(0, 1), (1, 3), (2, 3), (1, 2)]:
+        a, b = tarindex.window_ranges(text, [window], len(raw))[window]
+        part = index.members(raw[a:b], {"cls"}, window)
+        assert part is not None and part.keys == got.keys[window[0]:window[1]], window
+
+
+@pytest.mark.parametrize("records", [
+    {"path": "b.cls"},                      # the member's name is the pax one: not the header's
+    {"size": "2"},                          # its size too
+    {"mtime": "1", "linkpath": "/etc/passwd"},
+    {"GNU.sparse.map": "0,1"},              # a keyword not known to change nothing
+])
+def test_a_pax_record_that_changes_a_member_keeps_the_index_out(records):
+    raw, text = _pax_tar([{}, records, {}], [b"1", b"22", b"333"], NAMES)
+    assert tarindex.members(raw, text, {"cls"}, split_name, 1 << 30) is None
+    index = tarindex.Index.parse(text, split_name, 1 << 30)
+    if index is not None:  # the window that starts at the member with the pax header sees it too
+        a, b = tarindex.window_ranges(text, [(1, 2)], len(raw))[(1, 2)]
+        assert index.members(raw[a:b], {"cls"}, (1, 2)) is None
+
+
+def test_a_pax_record_whose_length_field_lies_keeps_the_index_out():
+    """tarfile walks records by their length fields: "28 mtime=...\\n" with 27 would make the
+    next record start inside this one, where a `path=` could hide."""
+    raw, text = _pax_tar([{}, {"mtime": "1795805630.1773822"}, {}], [b"1", b"22", b"333"], NAMES)
+    at = raw.index(b"28 mtime=")
+    for lie in (b"27", b"29"):
+        bad = bytearray(raw)
+        bad[at:at + 2] = lie
+        assert tarindex.members(bytes(bad), text, {"cls"}, split_name, 1 << 30) is None
+
+
+def test_webdataset_tarwriter_shards_are_read_through_their_index(tmp_path, caplog):
+    wds = pytest.importorskip("webdataset")
+    root = tmp_path / "tw"
+    root.mkdir()
+    for s in range(2):
+        with wds.TarWriter(str(root / f"shard-{s}.tar")) as w:  # mtime=time.time(): a pax header each
+            for i in range(50):
+                w.write({"__key__": f"s{s}_{i:03d}", "cls": s * 100 + i, "txt": f"t{i}"})
+    sparkfeed.index(str(root), progress=False)
+    caplog.set_level("INFO", logger="sparkfeed")
+    got = [(k, c) for b in sparkfeed.DataLoader(str(root), batch_size=16, columns=["key", "cls"])
+           for k, c in zip(b["key"], b["cls"].tolist())]
+    assert got == [(f"s{s}_{i:03d}", s * 100 + i) for s in range(2) for i in range(50)]
+    assert "does not match its index" not in caplog.text

@@ -9,7 +9,9 @@ takes the member ranges from it and cuts the bytes out of the shard in one pass.
 The index is a hint, never trusted: `members` accepts it only when, checked with numpy over all
 members at once, (1) the members tile the archive (each header right after the previous member's
 padded data, from byte 0; only zero blocks after the last), so no member, link or extension
-header hides between them; (2) each header's name, size, type (regular file) and checksum say
+header hides between them, but for one pax extended header before a member whose records only
+say what does not change where the member is or what it holds (`_PAX_HARMLESS`: webdataset's
+`TarWriter` puts one with a fractional `mtime` before every member); (2) each header's name, size, type (regular file) and checksum say
 what the index says; (3) every name passes `storage.path_problem`; (4) a sample's members share
 its key, keys do not repeat, and every member is in a sample as webdataset groups them
 (`is_sample_member`; the scan leaves other members out of the index, so a shard holding any is
@@ -32,6 +34,12 @@ import pyarrow.compute as pc
 __all__ = ["Index", "Members", "is_sample_member", "members", "names_are_safe", "window_ranges"]
 
 _BLOCK = 512
+_PAX = ord("x")  # a pax extended header's type: records for the member after it
+# pax keywords that leave a member's name, size, type and bytes as its ustar header says
+_PAX_HARMLESS = ("mtime", "atime", "ctime", "uid", "gid", "uname", "gname", "comment")
+_PAX_HARMLESS_RECORD = re.compile(rb"([1-9][0-9]*) (%s)=" % b"|".join(k.encode() for k in _PAX_HARMLESS))
+# a pax header's data that is one such record (the usual: a fractional mtime), checked by Arrow
+_PAX_ONE_RECORD = r"^[1-9][0-9]* (?:%s)=[^\n]*\n$" % "|".join(_PAX_HARMLESS)
 _NAME = 100  # ustar name field; longer names need a prefix or an extension header (not taken here)
 _REGULAR = (ord("0"), 0)
 # A character that `storage.path_problem` refuses anywhere in a name (control, backslash, a
@@ -183,22 +191,80 @@ def _headers_agree(buf: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, name
     n = len(offsets)
     if n == 0:
         return not buf.any()
-    padded = (sizes + _BLOCK - 1) // _BLOCK * _BLOCK
+    padded = _padded(sizes)
     starts = offsets - _BLOCK - base
-    if starts[0] != 0 or (starts % _BLOCK).any() or (sizes < 0).any() or \
-            (starts[1:] != offsets[:-1] - base + padded[:-1]).any():
+    gaps = starts - np.concatenate(([0], offsets[:-1] - base + padded[:-1]))  # a pax header, or none
+    if (gaps < 0).any() or (starts % _BLOCK).any() or (sizes < 0).any():
         return False
     end = int(offsets[-1] - base + padded[-1])
     if end > len(buf) or (trailer and buf[end:].any()):
         return False
     if names is None:
         return False
-    heads = buf[:len(buf) // _BLOCK * _BLOCK].reshape(-1, _BLOCK)[starts // _BLOCK]
+    blocks = buf[:len(buf) // _BLOCK * _BLOCK].reshape(-1, _BLOCK)
+    heads = blocks[starts // _BLOCK]
+    return bool((heads[:, :_NAME] == names).all() and np.isin(heads[:, 156], _REGULAR).all()
+                and _octal_is(heads[:, 124:136], sizes, 11) and _checksums_agree(heads)
+                and (not gaps.any() or _pax_harmless(buf, blocks, (starts - gaps)[gaps > 0], gaps[gaps > 0])))
+
+
+def _padded(sizes: np.ndarray) -> np.ndarray:
+    """Members' data sizes rounded up to whole tar blocks."""
+    return (sizes + _BLOCK - 1) // _BLOCK * _BLOCK
+
+
+def _checksums_agree(heads: np.ndarray) -> bool:
+    """Whether each header (a row of 512 bytes) holds its own checksum."""
     # a header's bytes sum to at most 512 x 255: uint32 holds it, and sums twice as fast as int64
     checksum = heads.sum(axis=1, dtype=np.uint32).astype(np.int64) \
         - heads[:, 148:156].sum(axis=1, dtype=np.int64) + 8 * ord(" ")
-    return bool((heads[:, :_NAME] == names).all() and np.isin(heads[:, 156], _REGULAR).all()
-                and _octal_is(heads[:, 124:136], sizes, 11) and _octal_is(heads[:, 148:156], checksum, 6))
+    return _octal_is(heads[:, 148:156], checksum, 6)
+
+
+def _pax_harmless(buf: np.ndarray, blocks: np.ndarray, at: np.ndarray, gaps: np.ndarray) -> bool:
+    """Whether each gap before a member (`gaps` bytes from `at`) is one pax extended header
+    (type "x", its checksum right) whose data fills the gap and holds only `_PAX_HARMLESS`
+    records: such a member is read as its own header says, as `tarfile` reads it."""
+    heads = blocks[at // _BLOCK]
+    lengths = _octal(heads[:, 124:136])
+    if not ((heads[:, 156] == _PAX).all() and (lengths >= 0).all() and (_BLOCK + _padded(lengths) == gaps).all()
+            and _checksums_agree(heads)):
+        return False
+    data = at + _BLOCK
+    one = _pax_one_record(buf, data, lengths)
+    return all(_pax_records_harmless(buf[a:a + n].tobytes()) for a, n in zip(data[~one].tolist(), lengths[~one].tolist()))
+
+
+def _pax_one_record(buf: np.ndarray, data: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Which pax data (`lengths` bytes from `data`) are one harmless record whose length field
+    says its whole length: Arrow's regular expression over all at once (no copy), and the
+    length digits compared with numpy."""
+    n = len(data)
+    bounds = np.empty(2 * n, dtype=np.int64)
+    bounds[0::2], bounds[1::2] = data, data + lengths
+    spans = pa.Array.from_buffers(pa.large_binary(), 2 * n - 1, [None, pa.py_buffer(bounds), pa.py_buffer(buf)])
+    shaped = pc.match_substring_regex(spans, _PAX_ONE_RECORD).to_numpy(zero_copy_only=False)[0::2]
+    width = np.floor(np.log10(np.maximum(lengths, 1))).astype(np.int64) + 1
+    place = np.arange(int(width.max()))
+    digits = buf[np.minimum(data[:, None] + place, len(buf) - 1)]
+    made = (lengths[:, None] // 10 ** np.maximum(width[:, None] - 1 - place, 0)) % 10 + ord("0")
+    said = ((digits == made) | (place >= width[:, None])).all(axis=1)
+    return shaped & said
+
+
+def _pax_records_harmless(data: bytes) -> bool:
+    """Whether pax data, its records walked by their length fields as `tarfile` walks them
+    (to the end or a NUL), are all `_PAX_HARMLESS` records."""
+    pos = 0
+    while pos < len(data) and data[pos] != 0:
+        match = _PAX_HARMLESS_RECORD.match(data, pos)
+        if match is None:
+            return False
+        end = pos + int(match.group(1))
+        if not match.end() < end <= len(data) or data[end - 1] != ord("\n"):
+            return False
+        pos = end
+    return True
 
 
 def _keys(sample: np.ndarray, exts: list[str], names: list[str], split_name) -> list[str] | None:
@@ -254,15 +320,17 @@ class Index:
 
     def members(self, buf, wanted: set[str], window: tuple[int, int] | None = None) -> Members | None:
         """The wanted members of the tar held in `buf`, or of samples `window=(start, stop)`
-        with `buf` holding the bytes `window_ranges` names for them (from the window's first
-        header); None when the bytes are not what the index says."""
+        with `buf` holding the bytes `window_ranges` names for them (from the end of the member
+        before the window, where a pax header of its first member starts); None when the bytes
+        are not what the index says."""
         start, stop = (0, len(self.keys)) if window is None else window
         m = self._members_of(start, stop)
         if window is not None and (not 0 <= start < stop <= len(self.keys) or m.start >= m.stop):
             return None
         offsets, sizes = self.offsets[m], self.sizes[m]
         names = None if self.name_fields is None else self.name_fields[m]
-        base = int(offsets[0]) - _BLOCK if window is not None else 0
+        base = 0 if window is None or m.start == 0 else \
+            int(self.offsets[m.start - 1] + _padded(self.sizes[m.start - 1]))
         data = np.frombuffer(buf, dtype=np.uint8)
         if not _headers_agree(data, offsets, sizes, names, base, stop == len(self.keys)):
             return None
@@ -382,11 +450,12 @@ def _name_fields(names: pa.StringArray) -> np.ndarray | None:
 
 def window_ranges(index_text: str, windows, size: int) -> dict[tuple[int, int], tuple[int, int] | None]:
     """{(start, stop): bytes [a, b) of the tar (of `size` bytes) that hold samples [start,
-    stop)} by its index (one line per sample: a window's first and last lines, the text split
-    once for all windows, and no wait for the whole index's parse): from the first one's first
-    header to the last one's padded end, or to the tar's end when the window holds the last
-    sample (its zero blocks are checked). None where the index cannot say; `Index.members`
-    checks the bytes."""
+    stop)} by its index (one line per sample: the lines around a window, the text split once
+    for all windows, and no wait for the whole index's parse): from the end of the sample
+    before (where a pax header before the first one's first header starts; the tar's start for
+    the first sample) to the last one's padded end, or to the tar's end when the window holds
+    the last sample (its zero blocks are checked). None where the index cannot say;
+    `Index.members` checks the bytes."""
     lines = index_text.split("\n")
     head = lines[0].split()
     n = int(head[1]) if len(head) == 2 and head[1].isdigit() else -1
@@ -395,14 +464,19 @@ def window_ranges(index_text: str, windows, size: int) -> dict[tuple[int, int], 
         out[(start, stop)] = None
         if not 0 <= start < stop <= n or len(lines) <= stop:
             continue
-        first, last = lines[1 + start].split(), lines[stop].split()
         try:
-            a = int(first[1]) - _BLOCK
-            b = size if stop == n else int(last[-3]) + (int(last[-2]) + _BLOCK - 1) // _BLOCK * _BLOCK
+            a = 0 if start == 0 else _line_end(lines[start])
+            b = size if stop == n else _line_end(lines[stop])
         except (IndexError, ValueError):
             continue
         out[(start, stop)] = (a, b) if 0 <= a < b <= size else None
     return out
+
+
+def _line_end(line: str) -> int:
+    """Where a sample's last member ends (its padded data), from the sample's index line."""
+    last = line.split()
+    return int(last[-3]) + (int(last[-2]) + _BLOCK - 1) // _BLOCK * _BLOCK
 
 
 def members(buf, index_text: str, wanted: set[str], split_name, max_member: int) -> Members | None:
