@@ -2,7 +2,9 @@
 
 Requests are numbered; by a fixed pattern some answer 503, some drop the connection without an
 answer, some stall longer than the client's read time-out. Paths matching `always_fail` answer
-500 every time (a permanent outage). Range requests are honoured, as object stores do.
+`status` (500 unless told: a permanent outage; 403, 404 for a refused or missing file) every time
+(or the first `fail_times`; with `unranged=True` only requests without a Range header: HEADs and
+whole-file GETs, what fsspec's `info` sends). `FaultyServer(..., etags=True)` sends ETags. Range requests are honoured, as object stores do.
 """
 
 from __future__ import annotations
@@ -20,17 +22,20 @@ from sparkfeed.bench.remote import send_file_range  # the one Range responder
 class FaultPlan:
     """Which request numbers fail and how; counts what it injected."""
 
-    def __init__(self, error_every=4, drop_every=5, stall_every=11, stall_s=2.0, always_fail=None):
+    def __init__(self, error_every=4, drop_every=5, stall_every=11, stall_s=2.0, always_fail=None,
+                 status=500, fail_times=None, unranged=False):
         self.error_every, self.drop_every, self.stall_every = error_every, drop_every, stall_every
-        self.stall_s, self.always_fail = stall_s, always_fail
+        self.stall_s, self.always_fail, self.status = stall_s, always_fail, status
+        self.fail_times, self.unranged = fail_times, unranged
         self.counter = itertools.count(1)
         self.injected = {"error": 0, "drop": 0, "stall": 0, "permanent": 0}
         self.lock = threading.Lock()
 
-    def decide(self, path: str) -> str | None:
+    def decide(self, path: str, ranged: bool = False) -> str | None:
         with self.lock:
             k = next(self.counter)
-            if self.always_fail and re.search(self.always_fail, path):
+            if (self.always_fail and re.search(self.always_fail, path) and not (self.unranged and ranged)
+                    and (self.fail_times is None or self.injected["permanent"] < self.fail_times)):
                 kind = "permanent"
             elif self.error_every and k % self.error_every == 1:
                 kind = "error"
@@ -44,7 +49,7 @@ class FaultPlan:
             return kind
 
 
-def make_handler(root: str, plan: FaultPlan):
+def make_handler(root: str, plan: FaultPlan, etags: bool = False):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -56,9 +61,9 @@ def make_handler(root: str, plan: FaultPlan):
             return path if path.startswith(root) and os.path.isfile(path) else None
 
         def _fault(self) -> bool:
-            kind = plan.decide(self.path)
+            kind = plan.decide(self.path, "Range" in self.headers)
             if kind in ("error", "permanent"):
-                self.send_response(503 if kind == "error" else 500)
+                self.send_response(503 if kind == "error" else plan.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return True
@@ -85,7 +90,7 @@ def make_handler(root: str, plan: FaultPlan):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            send_file_range(self, path, body)
+            send_file_range(self, path, body, etags)
 
     return Handler
 
@@ -93,8 +98,9 @@ def make_handler(root: str, plan: FaultPlan):
 class FaultyServer:
     """`with FaultyServer(root, plan) as url:` serves `root` at `url` until the block ends."""
 
-    def __init__(self, root: str, plan: FaultPlan):
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), make_handler(os.path.realpath(root), plan))
+    def __init__(self, root: str, plan: FaultPlan, etags: bool = False):
+        handler = make_handler(os.path.realpath(root), plan, etags)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

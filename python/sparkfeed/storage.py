@@ -158,6 +158,40 @@ def is_transient(exc: BaseException) -> bool:
     return type(exc).__module__.split(".")[0] == "aiohttp"  # connection/payload errors
 
 
+_NO_CREDENTIALS = ("pass them in storage_options ({'key': ..., 'secret': ...}), or "
+                   "storage_options={'anon': True} for a public bucket")
+
+
+def as_os_error(exc: BaseException, what: str) -> BaseException:
+    """`exc` as the OSError it means where a storage client raises a type of its own, so that
+    every caller tells a missing file, a refused access and a failing server apart without
+    knowing aiohttp or botocore: fsspec's HTTP client raises aiohttp's ClientResponseError for
+    a 401/403/404 on a read (FileNotFoundError, PermissionError here) and calls any failure of
+    `info` a missing file (an OSError here, or a PermissionError for a 401/403); s3fs passes
+    botocore's own errors on for missing credentials (PermissionError here) and an endpoint it
+    cannot reach (ConnectionError). Anything else is returned as it is."""
+    if isinstance(exc, FileNotFoundError) and exc.__cause__ is not None:  # fsspec's HTTP info()
+        if is_transient(exc):
+            return OSError(f"{what}: {exc.__cause__}")
+        refused = as_os_error(exc.__cause__, what)
+        return refused if isinstance(refused, PermissionError) else exc
+    module = type(exc).__module__.split(".")[0]
+    status = getattr(exc, "status", None)
+    if module == "aiohttp" and status in (401, 403, 404):
+        kind = FileNotFoundError if status == 404 else PermissionError
+        return kind(f"{what}: HTTP {status} {getattr(exc, 'message', '')}".rstrip())
+    if module != "botocore":
+        return exc
+    from botocore import exceptions as boto
+
+    if isinstance(exc, (boto.NoCredentialsError, boto.PartialCredentialsError,
+                        boto.CredentialRetrievalError)):
+        return PermissionError(f"{what}: {exc}; {_NO_CREDENTIALS}")
+    if isinstance(exc, (boto.ConnectionError, boto.HTTPClientError)):
+        return ConnectionError(f"{what}: {exc}")
+    return OSError(f"{what}: {type(exc).__name__}: {exc}")
+
+
 class _Watched:
     """A file object that remembers the error its own I/O raised, so that `parsing` tells the
     storage's failures (pyarrow re-raises a Python file's exception as it is) from pyarrow's."""
@@ -259,16 +293,18 @@ def with_retries(fn: Callable[[], T], what: str, *, attempts: int = 8, base_dela
     """Call `fn`, retrying transient I/O errors with jittered exponential backoff.
 
     Permanent errors (missing file, permission) raise at once; after `attempts` tries the last
-    error propagates, so a permanent outage ends in an error, never a hang.
+    error propagates, so a permanent outage ends in an error, never a hang. A storage client's
+    own error types leave as the OSError they mean (`as_os_error`).
     """
     for attempt in range(1, attempts + 1):
         try:
             return fn()
         except Exception as exc:
             if attempt == attempts or not is_transient(exc):
-                if isinstance(exc, FileNotFoundError) and is_transient(exc):
-                    raise OSError(f"{what}: {exc.__cause__}") from exc  # not a missing file
-                raise
+                plain = as_os_error(exc, what)
+                if plain is exc:
+                    raise
+                raise plain from exc
             delay = min(max_delay, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random())
             log.warning("%s failed (%s: %s); retry %d/%d in %.2fs", what, type(exc).__name__, exc,
                         attempt, attempts - 1, delay)

@@ -18,16 +18,21 @@ import pytest
 
 SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
             b'<Message>Please reduce your request rate.</Message></Error>')
+DENIED = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+          b'<Message>Access Denied</Message></Error>')
 
 
 class FaultyS3:
     """WSGI layer in front of moto: counts GET body bytes per object; injects faults on shard
-    GETs (`.parquet`, `.tar`) when `arm(slowdown_every, cut_every)` was called."""
+    GETs (`.parquet`, `.tar`) when `arm(slowdown_every, cut_every)` was called; answers every
+    request for an object whose path ends with `deny` 403 AccessDenied (as a bucket policy
+    that refuses some keys)."""
 
     def __init__(self, app):
         self.app, self.lock = app, threading.Lock()
         self.served: collections.Counter = collections.Counter()
         self.injected = {"slowdown": 0, "cut": 0}
+        self.deny: str | None = None
         self.arm(0, 0)
 
     def arm(self, slowdown_every: int, cut_every: int) -> None:
@@ -57,6 +62,10 @@ class FaultyS3:
 
     def __call__(self, environ, start_response):
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        if self.deny and path.endswith(self.deny):
+            start_response("403 Forbidden", [("Content-Type", "application/xml"),
+                                             ("Content-Length", str(len(DENIED)))])
+            return [DENIED]
         kind = self._decide(path) if method == "GET" else None
         if kind == "slowdown":
             start_response("503 Slow Down", [("Content-Type", "application/xml"),

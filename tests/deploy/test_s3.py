@@ -37,6 +37,7 @@ def _clean_faults(s3):
     s3.faults.reset_counts()
     yield
     s3.faults.arm(0, 0)
+    s3.faults.deny = None
 
 
 @pytest.mark.parametrize("name", ["pq", "wds"])
@@ -94,3 +95,43 @@ def test_s3_a_glob_of_parquet_files_loads_without_its_manifest(s3, datasets):
     L = sparkfeed.DataLoader(url, batch_size=64, shuffle=True, num_workers=2, storage_options=s3.options)
     assert sorted(ids_of(L)) == list(range(N))
     assert L.dataset.path.startswith("s3://sparkfeed-tests/pq")
+
+
+@pytest.mark.parametrize("name,shard", [("pq", "part-00001.parquet"), ("wds", "shard-00001.tar")])
+def test_s3_a_shard_access_denied_is_an_error_naming_it(s3, datasets, name, shard):
+    """A bucket policy refuses one shard (403 AccessDenied): a ShardReadError naming the
+    dataset, the shard and the refusal. Before, a tar shard's PermissionError left the loader
+    bare ("Forbidden"), naming neither."""
+    s3.faults.deny = shard
+    L = sparkfeed.DataLoader(datasets[name], batch_size=64, storage_options=s3.options)
+    with pytest.raises(sparkfeed.ShardReadError,
+                       match=rf"dataset '{datasets[name]}', shard '{shard}'.*storage refused access"):
+        ids_of(L)
+
+
+def test_s3_no_credentials_is_a_manifest_error_saying_how_to_pass_them(s3, datasets, monkeypatch):
+    """No credentials anywhere (no storage_options key/secret, no AWS_* variables or files):
+    a ManifestError naming the dataset that says to pass them (or anon=True), not botocore's
+    NoCredentialsError."""
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    options = {"client_kwargs": s3.options["client_kwargs"], "skip_instance_cache": True}
+    with pytest.raises(sparkfeed.ManifestError,
+                       match=rf"dataset '{datasets['pq']}'.*Unable to locate credentials.*'anon': True"):
+        sparkfeed.DataLoader(datasets["pq"], batch_size=64, storage_options=options)
+
+
+def test_s3_an_endpoint_nobody_answers_is_a_manifest_error(datasets):
+    """`endpoint_url` where no server listens: a ManifestError naming the dataset and the
+    endpoint (after botocore's own retries), not botocore's EndpointConnectionError."""
+    import deployutil
+
+    endpoint = f"http://127.0.0.1:{deployutil.free_port()}"
+    options = {"key": "testing", "secret": "testing", "skip_instance_cache": True,
+               "client_kwargs": {"endpoint_url": endpoint, "region_name": "eu-west-1"},
+               "config_kwargs": {"retries": {"max_attempts": 1}}}
+    with pytest.raises(sparkfeed.ManifestError, match=rf"dataset '{datasets['pq']}'.*{endpoint}"):
+        sparkfeed.DataLoader(datasets["pq"], batch_size=64, storage_options=options)

@@ -87,3 +87,29 @@ def test_a_corrupt_footer_fails_at_once_while_read_errors_under_it_are_retried(t
             sparkfeed.index(str(root), progress=False)
     assert "retry" not in caplog.text
     assert not storage.is_transient(storage.CorruptData("Couldn't deserialize thrift"))
+
+
+@pytest.mark.parametrize("name,shard", [("pq", "part-00001.parquet"), ("wds", "shard-00001.tar")])
+@pytest.mark.parametrize("status,says", [(401, "storage refused access"), (403, "storage refused access"),
+                                         (404, "file missing")])
+def test_a_refused_or_missing_shard_over_http_is_an_error_naming_it(www, name, shard, status, says):
+    """A shard the server refuses (401, 403) or does not have (404) is a ShardReadError naming
+    the dataset, the shard and what went wrong, at once (no retry cures it). Before, fsspec's
+    HTTP client let aiohttp's ClientResponseError out of the loader, naming neither."""
+    plan = FaultPlan(error_every=0, drop_every=0, stall_every=0, always_fail=shard, status=status)
+    with FaultyServer(www, plan) as url:
+        L = sparkfeed.DataLoader(f"{url}/{name}", batch_size=50, storage_options=FAST)
+        with pytest.raises(ShardReadError, match=rf"dataset '{url}/{name}', shard '{shard}'.*{says}"):
+            for _ in L:
+                pass
+    assert 1 <= plan.injected["permanent"] <= 4  # not retried (the reader asks again in place)
+
+
+def test_a_manifest_the_server_refuses_is_a_manifest_error(www):
+    """401 on the manifest: a ManifestError naming the dataset and the refusal, not aiohttp's
+    ClientResponseError (nor an attempt to index the directory as data without a manifest)."""
+    plan = FaultPlan(error_every=0, drop_every=0, stall_every=0, always_fail="_sparkfeed.json", status=401)
+    with FaultyServer(www, plan) as url:
+        with pytest.raises(sparkfeed.ManifestError, match=rf"dataset '{url}/pq'.*HTTP 401"):
+            sparkfeed.DataLoader(f"{url}/pq", batch_size=50, storage_options=FAST)
+

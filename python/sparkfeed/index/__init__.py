@@ -131,8 +131,11 @@ def open_manifest(path, manifest=None, storage_options: dict | None = None) -> t
     path = os.fspath(path)
     try:
         return read_manifest(path, storage_options), path
-    except ManifestError:
-        if not _indexable_in_memory(path, storage_options):
+    except ManifestError as exc:
+        # a manifest storage refused or kept failing to give is no missing manifest: say so
+        cause = exc.__cause__
+        refused = isinstance(cause, PermissionError) or (cause is not None and storage.is_transient(cause))
+        if refused or not _indexable_in_memory(path, storage_options):
             raise
     m = _index_in_memory(path, storage_options)
     return m, m.data_root or path

@@ -416,6 +416,22 @@ class Reader:
         return ShardReadError(message, dataset=self.ctx.dataset, shard=unit.path,
                               row_group=unit.row_group, offset=offset)
 
+    def _storage_error(self, unit: WorkUnit, exc: BaseException, offset: int | None = None) -> ShardReadError | None:
+        """The error naming the unit for a storage failure that retries did not cure (after
+        `storage.with_retries`, which gives it as an OSError of Python's own): the file is
+        missing, storage refused access, or the server or connection kept failing. None for
+        anything else (corrupt bytes: the format's reader names those)."""
+        if isinstance(exc, FileNotFoundError) and not storage.is_transient(exc):
+            return self._error(unit, f"file missing: the manifest names {unit.path!r} but storage "
+                               "has no such file", offset)
+        if isinstance(exc, PermissionError):
+            return self._error(unit, f"storage refused access ({exc}); check the credentials in "
+                               "storage_options", offset)
+        if isinstance(exc, (ConnectionError, TimeoutError)) or (
+                not isinstance(exc, OSError) and storage.is_transient(exc)):
+            return self._error(unit, f"storage kept failing ({type(exc).__name__}: {exc})", offset)
+        return None
+
 
 @dataclass(frozen=True)
 class UnitRows:

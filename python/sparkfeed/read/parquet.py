@@ -135,10 +135,10 @@ class ParquetReader(Reader):
         """The file opened (with its footer, if known), or an error that names it."""
         try:
             return self._retrying(lambda: self._parquet_file(path, metadata), f"opening {path}")
-        except FileNotFoundError as exc:
-            raise self._error(unit, f"file missing: the manifest names {unit.path!r} but storage "
-                              "has no such file") from exc
         except Exception as exc:
+            named = self._storage_error(unit, exc)
+            if named is not None:
+                raise named from exc
             if not isinstance(exc, _ERRORS) and not storage.is_transient(exc):
                 raise
             raise self._error(unit, f"cannot open Parquet file ({type(exc).__name__}: {exc})") from exc
@@ -186,6 +186,8 @@ class ParquetReader(Reader):
 
         try:
             table = self._retrying(attempt, f"reading {unit.path} row group {unit.row_group}")
+        except (PermissionError, FileNotFoundError, ConnectionError, TimeoutError) as exc:
+            raise (self._storage_error(unit, exc) or self._error(unit, f"{type(exc).__name__}: {exc}")) from exc
         except (_FetchedCorrupt, *_ERRORS) as exc:
             cause = exc.__cause__ if isinstance(exc, _FetchedCorrupt) else exc
             raise self._error(unit, f"corrupt or truncated data ({type(cause).__name__}: {cause})") from cause

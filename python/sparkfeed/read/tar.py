@@ -345,13 +345,12 @@ class TarReader(Reader):
         try:
             found = storage.with_retries(lambda: self._read_members(unit, wanted_members, where, index),
                                          f"reading {unit.path}")
-        except FileNotFoundError as exc:
-            raise self._error(unit, f"file missing: the manifest names {unit.path!r} but storage "
-                              "has no such file") from exc
         except Exception as exc:
-            if storage.is_transient(exc):
-                raise self._error(unit, f"storage kept failing ({type(exc).__name__}: {exc})",
-                                  where["offset"]) from exc
+            named = self._storage_error(unit, exc, where["offset"])
+            if named is None and storage.is_transient(exc):
+                named = self._error(unit, f"storage kept failing ({type(exc).__name__}: {exc})", where["offset"])
+            if named is not None:
+                raise named from exc
             if isinstance(exc, (tarfile.TarError, EOFError, ValueError)):
                 raise self._error(unit, f"corrupt or truncated tar after the member at this offset "
                                   f"({type(exc).__name__}: {exc})", where["offset"]) from exc
