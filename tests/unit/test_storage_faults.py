@@ -113,3 +113,41 @@ def test_a_manifest_the_server_refuses_is_a_manifest_error(www):
         with pytest.raises(sparkfeed.ManifestError, match=rf"dataset '{url}/pq'.*HTTP 401"):
             sparkfeed.DataLoader(f"{url}/pq", batch_size=50, storage_options=FAST)
 
+
+def _indexed(www, url, name="pq") -> str:
+    """The Parquet files of `www/name` indexed over `url` (a server sending ETags): a manifest
+    that records each file's ETag, which the loader checks once per file and iteration."""
+    import os
+
+    files = sorted(f for f in os.listdir(f"{www}/{name}") if f.endswith(".parquet"))
+    manifest = f"{www}/{name}-indexed.json"
+    m = sparkfeed.index([f"{url}/{name}/{f}" for f in files], manifest=manifest, mode="overwrite",
+                        progress=False, storage_options=FAST)
+    assert all(s.etag for s in m.shards)
+    return manifest
+
+
+def test_an_indexed_files_version_check_is_retried_through_503s(www):
+    """The version check of an indexed file (one HEAD, or a GET where the HEAD fails) is
+    retried through a burst of 503s like any other read: every sample once. Before, it was
+    asked twice at most and a 503 read as "file missing" (fsspec's HTTP `info` calls any
+    failure a missing file), so six 503s in a row failed the epoch."""
+    plan = FaultPlan(error_every=0, drop_every=0, stall_every=0)
+    with FaultyServer(www, plan, etags=True) as url:
+        manifest = _indexed(www, url)
+        plan.always_fail, plan.status, plan.fail_times, plan.unranged = "part-00001", 503, 6, True
+        L = sparkfeed.DataLoader(f"{url}/pq", manifest=manifest, batch_size=50, storage_options=FAST)
+        assert sorted(i for b in L for i in b["id"].tolist()) == list(range(600))
+    assert plan.injected["permanent"] == 6
+
+
+def test_an_indexed_files_version_check_outage_is_not_called_a_missing_file(www):
+    """A server that answers 503 to every version check of one file: after the retries, a
+    ShardReadError that names the shard and says storage kept failing, never "file missing"."""
+    plan = FaultPlan(error_every=0, drop_every=0, stall_every=0)
+    with FaultyServer(www, plan, etags=True) as url:
+        manifest = _indexed(www, url)
+        plan.always_fail, plan.status, plan.unranged = "part-00001", 503, True
+        L = sparkfeed.DataLoader(f"{url}/pq", manifest=manifest, batch_size=50, storage_options=FAST)
+        with pytest.raises(ShardReadError, match=r"shard 'part-00001.parquet'.*storage kept failing.*503"):
+            list(L)

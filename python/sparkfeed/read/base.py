@@ -372,15 +372,20 @@ class Reader:
         self.ctx.shared.once(("version", unit.path), lambda: self._check_now(unit, full))
 
     def _check_now(self, unit: WorkUnit, full: str) -> None:
-        """`_check_unchanged`'s comparison, one request for the file's size and version."""
+        """`_check_unchanged`'s comparison, one request for the file's size and version (retried:
+        fsspec's HTTP client calls any failure of it, a 503 too, a missing file)."""
         shard = self.ctx.shards[unit.path]
         from ..index.discover import file_version
 
         try:
-            info = self.ctx.fs.info(full)
-        except FileNotFoundError as exc:
-            raise self._error(unit, f"file missing: the manifest names {unit.path!r} but storage "
-                              "has no such file") from exc
+            info = storage.with_retries(lambda: self.ctx.fs.info(full), f"checking {full}")
+        except Exception as exc:
+            named = self._storage_error(unit, exc)
+            if named is None and isinstance(exc, OSError):
+                named = self._error(unit, f"storage kept failing ({type(exc).__name__}: {exc})")
+            if named is not None:
+                raise named from exc
+            raise
         mtime, etag = file_version(info)
         size = int(info.get("size", -1))
         recorded = [(what, a, b) for what, a, b in (("an mtime", shard.mtime, mtime), ("an ETag", shard.etag, etag))
