@@ -28,6 +28,7 @@ import torch
 
 from . import batch as batching
 from . import partition, storage
+from .errors import redact
 from .lanes import LaneReader
 from .manifest import Manifest
 from .plan import Plan, make_plan, with_counts
@@ -176,7 +177,7 @@ class Engine:
         cfg = self.config
         fs, root = storage.resolve(cfg.path, cfg.storage_options)
         plan = plan or self.plan()
-        return ReadContext(fs=fs, root=root, dataset=cfg.path, schema=cfg.manifest.schema,
+        return ReadContext(fs=fs, root=root, dataset=redact(cfg.path), schema=cfg.manifest.schema,
                            columns=cfg.columns, filter_columns=plan.filter_columns, expr=cfg.expr,
                            on_error=cfg.on_error, ragged=cfg.ragged, stats=stats,
                            read_ahead_bytes=cfg.read_ahead_bytes,

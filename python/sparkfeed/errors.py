@@ -6,6 +6,8 @@ or tar offset, so a user can find the bad bytes without a debugger.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "SparkfeedError",
     "ManifestError",
@@ -30,8 +32,23 @@ def _where(dataset: str | None, shard: str | None, row_group: int | None, offset
     return ", ".join(parts)
 
 
+# The user part of a URL (`https://user:password@host/`, `https://token@host/`): credentials
+_USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@'\"]+@")
+
+
+def redact(text: object) -> str:
+    """`text` (as a string) with the credentials of any URL in it replaced by `***`
+    (`http://***@host/ds`): a dataset URL may carry them, and messages and logs name the
+    dataset and its files."""
+    return _USERINFO.sub(r"\1***@", str(text))
+
+
 class SparkfeedError(Exception):
-    """Base of every error sparkfeed raises on purpose."""
+    """Base of every error sparkfeed raises on purpose. Its message never shows the credentials
+    of a URL (`redact`), whatever was put in it."""
+
+    def __init__(self, *args):
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ManifestError(SparkfeedError):

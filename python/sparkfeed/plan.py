@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import pyarrow.compute as pc
 
 from . import filters
+from .errors import redact
 from .manifest import Manifest
 
 __all__ = ["WorkUnit", "Plan", "make_plan", "with_counts"]
@@ -91,7 +92,7 @@ def make_plan(manifest: Manifest, expr: pc.Expression | None, columns: Sequence[
                 filter_columns=fcols, shards_planned=len(manifest.shards),
                 shards_pruned=len(manifest.shards) - len(shards), row_groups_planned=groups_total,
                 row_groups_pruned=groups_pruned, counted=False)
-    log.info("plan for %s: %d units, %d/%d shards and %d/%d row groups pruned", manifest.root,
+    log.info("plan for %s: %d units, %d/%d shards and %d/%d row groups pruned", redact(manifest.root),
              len(units), plan.shards_pruned, plan.shards_planned, groups_pruned, groups_total)
     return plan
 

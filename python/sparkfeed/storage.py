@@ -32,7 +32,7 @@ import fsspec.asyn
 import fsspec.utils
 
 from . import httpranges
-from .errors import PathEscapeError
+from .errors import PathEscapeError, redact
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -139,7 +139,7 @@ def ignores_ranges(exc: BaseException, url: str, instead: str) -> bool:
     key = (url.split("://", 1)[-1].split("/", 1)[0], instead)
     if key not in _IGNORING_RANGES:
         _IGNORING_RANGES.add(key)
-        log.warning("%s: the server ignores Range requests; %s", url, instead)
+        log.warning("%s: the server ignores Range requests; %s", redact(url), instead)
     return True
 
 
@@ -169,7 +169,9 @@ def as_os_error(exc: BaseException, what: str) -> BaseException:
     a 401/403/404 on a read (FileNotFoundError, PermissionError here) and calls any failure of
     `info` a missing file (an OSError here, or a PermissionError for a 401/403); s3fs passes
     botocore's own errors on for missing credentials (PermissionError here) and an endpoint it
-    cannot reach (ConnectionError). Anything else is returned as it is."""
+    cannot reach (ConnectionError). Anything else is returned as it is. Messages never show a
+    URL's credentials (`errors.redact`)."""
+    what = redact(what)
     if isinstance(exc, FileNotFoundError) and exc.__cause__ is not None:  # fsspec's HTTP info()
         if is_transient(exc):
             return OSError(f"{what}: {exc.__cause__}")
@@ -190,6 +192,18 @@ def as_os_error(exc: BaseException, what: str) -> BaseException:
     if isinstance(exc, (boto.ConnectionError, boto.HTTPClientError)):
         return ConnectionError(f"{what}: {exc}")
     return OSError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _scrubbed(exc: BaseException) -> BaseException:
+    """`exc` (and the errors it was raised from) with no URL credentials in its message: fsspec
+    raises FileNotFoundError(url) with the URL as given, `http://user:password@host/...` too,
+    and a traceback prints every error of the chain."""
+    chain, at = set(), exc
+    while at is not None and id(at) not in chain:
+        chain.add(id(at))
+        at.args = tuple(redact(a) if isinstance(a, str) else a for a in at.args)
+        at = at.__cause__ or at.__context__
+    return exc
 
 
 class _Watched:
@@ -301,13 +315,13 @@ def with_retries(fn: Callable[[], T], what: str, *, attempts: int = 8, base_dela
             return fn()
         except Exception as exc:
             if attempt == attempts or not is_transient(exc):
-                plain = as_os_error(exc, what)
+                plain = as_os_error(_scrubbed(exc), what)
                 if plain is exc:
                     raise
                 raise plain from exc
             delay = min(max_delay, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random())
-            log.warning("%s failed (%s: %s); retry %d/%d in %.2fs", what, type(exc).__name__, exc,
-                        attempt, attempts - 1, delay)
+            log.warning("%s failed (%s: %s); retry %d/%d in %.2fs", redact(what), type(exc).__name__,
+                        redact(exc), attempt, attempts - 1, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -405,7 +419,7 @@ def _http_fetch(fs, path: str, starts: list[int], ends: list[int], size: int | N
         try:
             return httpranges.fetch(fs, path, starts, ends, size, HTTP_SOCK_READ_S)
         except httpranges.NeedsFsspec as exc:
-            log.debug("%s; fetching on fsspec's session", exc)
+            log.debug("%s; fetching on fsspec's session", redact(exc))
     return fsspec.asyn.sync(fs.loop, _http_ranges, fs, path, starts, ends, size)
 
 
@@ -654,7 +668,7 @@ class ReadAhead:
             return entry[0].result()
         except Exception as exc:  # the reader's own read retries, or names the failure
             log.debug("read-ahead of %s failed (%s: %s); reading it in place", key,
-                      type(exc).__name__, exc)
+                      type(exc).__name__, redact(exc))
             return None
 
     def close(self) -> None:

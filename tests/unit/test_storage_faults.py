@@ -151,3 +151,24 @@ def test_an_indexed_files_version_check_outage_is_not_called_a_missing_file(www)
         L = sparkfeed.DataLoader(f"{url}/pq", manifest=manifest, batch_size=50, storage_options=FAST)
         with pytest.raises(ShardReadError, match=r"shard 'part-00001.parquet'.*storage kept failing.*503"):
             list(L)
+
+
+@pytest.mark.parametrize("name,shard", [("pq", "part-00001.parquet"), ("wds", "shard-00001.tar")])
+@pytest.mark.parametrize("status", [404, 503])
+def test_credentials_in_a_dataset_url_never_show_in_errors_or_logs(www, caplog, name, shard, status):
+    """A dataset URL may carry credentials (`http://user:password@host/ds`). The errors, their
+    tracebacks (chained causes included) and sparkfeed's logs name the dataset and its files
+    with `***` in their place. Before, the password was in the ShardReadError, in the plan's log
+    line and in every retry warning."""
+    import traceback
+
+    password = "s3cr3t-pw"
+    plan = FaultPlan(error_every=0, drop_every=0, stall_every=0, always_fail=shard, status=status)
+    with FaultyServer(www, plan) as url, caplog.at_level("DEBUG", logger="sparkfeed"):
+        with pytest.raises(ShardReadError) as raised:
+            list(sparkfeed.DataLoader(url.replace("://", f"://alice:{password}@") + f"/{name}",
+                                      batch_size=50, storage_options=FAST))
+    assert f"dataset '{url.replace('://', '://***@')}/{name}', shard '{shard}'" in str(raised.value)
+    assert password not in "".join(traceback.format_exception(raised.value))
+    assert "retry" in caplog.text or status == 404
+    assert password not in caplog.text

@@ -18,7 +18,7 @@ import os
 import time
 
 from .. import storage
-from ..errors import ManifestError
+from ..errors import ManifestError, redact
 from ..manifest import MANIFEST_NAME, Manifest, read_manifest
 from .build import build_manifest, save
 from .discover import FORMATS, discover, guess_format
@@ -93,8 +93,8 @@ def index(path, format: str | None = None, *, manifest: str | None = None, spark
                            progress=progress)
     save(built, target, storage_options)
     m = built.manifest
-    log.info("indexed %s: %d %s files, %d samples in %.1fs; manifest at %s", listing.url,
-             len(m.shards), fmt, m.num_samples, time.monotonic() - started, target)
+    log.info("indexed %s: %d %s files, %d samples in %.1fs; manifest at %s", redact(listing.url),
+             len(m.shards), fmt, m.num_samples, time.monotonic() - started, redact(target))
     return m
 
 
@@ -175,5 +175,6 @@ def _index_in_memory(path: str, storage_options) -> Manifest:
                        progress=len(listing.files) >= _IN_MEMORY_BAR_FILES).manifest
     save_as = f"{path} --manifest DIR" if listing.explicit else path
     log.info("%s has no %s: indexed %d %s files in memory in %.2fs; save it with `sparkfeed index "
-             "%s`", path, MANIFEST_NAME, len(m.shards), fmt, time.monotonic() - started, save_as)
+             "%s`", redact(path), MANIFEST_NAME, len(m.shards), fmt, time.monotonic() - started,
+             redact(save_as))
     return m

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import storage
-from ..errors import CorruptSampleError
+from ..errors import CorruptSampleError, redact
 from ..plan import WorkUnit
 from . import tarindex
 from .tarindex import is_sample_member
@@ -293,7 +293,7 @@ class TarReader(Reader):
             return storage.read_bytes(fs, path).decode("utf-8")
         except Exception as exc:  # an index is only a short cut: any failure means streaming
             log.info("%s: shard %s: its index %s cannot be read (%s: %s); streaming the tar",
-                     self.ctx.dataset, unit.path, path, type(exc).__name__, exc)
+                     self.ctx.dataset, unit.path, redact(path), type(exc).__name__, redact(exc))
             return None
 
     def _parse_index(self, unit: WorkUnit, text: str | None) -> tarindex.Index | None:
