@@ -28,8 +28,9 @@ from . import checks, storage
 from ._version import __version__
 from .errors import SparkfeedError
 from .manifest import MANIFEST_NAME, Manifest, parse_manifest, read_manifest, write_manifest
+from .writeoptions import SampleKeyError, check_options, writer_failure
 
-__all__ = ["write", "DatasetExistsError"]
+__all__ = ["write", "DatasetExistsError", "SampleKeyError"]
 
 log = logging.getLogger(__name__)
 
@@ -450,10 +451,29 @@ def _write_parquet(df, spark_path: str, spark_mode: str, samples_per_shard: int,
             spark.conf.set(_TS_CONF, before)
 
 
+def _save_webdataset(df, spark_path: str, spark_mode: str, dataset: str, samples_per_shard: int,
+                     codecs: Mapping[str, str], options: Mapping[str, str]) -> None:
+    """The webdataset data source's write; a task failing on a sample key is a SampleKeyError
+    whose message is the writer's, its advice worded for `sparkfeed.write` (the Spark error,
+    with the Java stack trace, is its cause)."""
+    writer = (df.write.format("webdataset").mode(spark_mode)
+              .option("samplesPerShard", samples_per_shard).option("codecs", json.dumps(codecs)))
+    for name, value in options.items():
+        writer = writer.option(name, value)
+    try:
+        writer.save(spark_path)
+    except Exception as exc:
+        mapped = writer_failure(exc, dataset)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
 def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10_000,
           samples_per_row_group: int = 1_024, cluster_by: str | list[str] | None = None,
           codecs: Mapping[str, str] | None = None, mode: str = "error",
-          storage_options: dict | None = None) -> Manifest:
+          storage_options: dict | None = None,
+          options: Mapping[str, object] | None = None) -> Manifest:
     """Write `df` as a sparkfeed dataset at `path` and return its manifest.
 
     Shards hold at most `samples_per_shard` rows (default 10,000) and Parquet row groups exactly
@@ -461,10 +481,14 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
     `cluster_by` range-partitions and sorts by those columns, so each shard covers a narrow range
     and filters on them prune shards and row groups. `codecs` records what binary columns hold
     (`{"image": "jpeg"}`). `mode="error"` refuses a non-empty path; `mode="overwrite"` replaces
-    it, deleting the old manifest first. `path` is a local path or a URL Spark and fsspec both
-    understand (`s3a://` is read as `s3://` by fsspec); `storage_options` go to fsspec.
+    it, deleting the old manifest first. `path` is a local path or a URL Spark and
+    fsspec both understand (`s3a://` is read as `s3://` by fsspec); `storage_options` go to
+    fsspec. `options` go to the webdataset data source (`maxShardBytes`, `keyColumn`,
+    `clsColumn`, `invalidKeys`; docs/webdataset.md), values made strings as Spark makes them;
+    `format="parquet"` takes none.
 
-    Example: `m = sparkfeed.write(df, "ds/", cluster_by="label", codecs={"image": "jpeg"})`.
+    Example: `m = sparkfeed.write(df, "ds/", cluster_by="label", codecs={"image": "jpeg"})`,
+    `sparkfeed.write(df, "wds/", format="webdataset", options={"invalidKeys": "sanitize"})`.
     """
     if format not in FORMATS:
         raise ValueError(f"`format` should be one of {FORMATS}, but got format={format!r}")
@@ -478,6 +502,7 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
     types = _check_columns(df.schema, format, case_sensitive)
     keys = _check_cluster_by(cluster_by, types)
     codecs = _check_codecs(codecs, types)
+    options = check_options(options, format, types)
 
     spark_path = _spark_path(os.fspath(path))
     dataset = spark_path[len("file://"):] if "://" not in os.fspath(path) else os.fspath(path)
@@ -504,9 +529,7 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
         df = df.repartition(n)
     spark_mode = _spark_mode(mode, existing)
     if format == "webdataset":
-        (df.write.format("webdataset").mode(spark_mode)
-         .option("samplesPerShard", samples_per_shard).option("codecs", json.dumps(codecs))
-         .save(spark_path))
+        _save_webdataset(df, spark_path, spark_mode, dataset, samples_per_shard, codecs, options)
         return read_manifest(dataset, storage_options)
 
     _write_parquet(df, spark_path, spark_mode, samples_per_shard, samples_per_row_group)

@@ -319,6 +319,99 @@ def test_a_key_twice_in_one_shard_fails_the_task_naming_it(spark, tmp_path):
     assert json.loads((tmp_path / "ok" / MANIFEST).read_text())["num_samples"] == 3
 
 
+# --- sparkfeed.write(format="webdataset", options=...) -----------------------------------------
+
+def _jobs_started(spark, fn):
+    """Ids of the Spark jobs `fn` started (a fresh job group around it)."""
+    sc = spark.sparkContext
+    group = f"probe-{os.urandom(4).hex()}"
+    sc.setJobGroup(group, "validation probe")
+    try:
+        fn()
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    return list(sc.statusTracker().getJobIdsForGroup(group))
+
+
+def test_write_passes_options_to_the_webdataset_source(spark, tmp_path):
+    """Invariant: what `options=` sets is what the data source does (names in any case, values
+    made strings as Spark makes them): sanitised keys, shards cut by bytes, keys from keyColumn,
+    .cls from clsColumn. `write` took no such argument: a dotted key could not be written."""
+    import sparkfeed
+
+    df = spark.createDataFrame([("a.b", 1, 7, b"x" * 600), ("c d", 2, 8, b"y" * 600)],
+                               "id string, n int, cls int, blob binary").coalesce(1)
+    m = sparkfeed.write(df, str(tmp_path / "ds"), format="webdataset",
+                        options={"invalidKeys": "sanitize", "MAXSHARDBYTES": 1000,
+                                 "keyColumn": "id", "clsColumn": "cls"})
+    assert [s.num_samples for s in m.shards] == [1, 1]   # each sample > 1000 bytes of tar
+    names = []
+    for s in m.shards:
+        with tarfile.open(tmp_path / "ds" / s.path) as tar:
+            names += tar.getnames()
+    assert sorted(names) == ["a_b.bin", "a_b.cls", "a_b.json", "c_d.bin", "c_d.cls", "c_d.json"]
+
+
+@pytest.mark.parametrize("format, options, message", [
+    ("webdataset", {"maxShardByte": 10}, "`options` has 'maxShardByte', which format='webdataset' "
+     "does not know; it takes 'maxShardBytes', 'keyColumn', 'clsColumn', 'invalidKeys'"),
+    ("webdataset", {"samplesPerShard": 5}, "sparkfeed.write's own argument samples_per_shard="),
+    ("webdataset", {"codecs": "{}"}, "sparkfeed.write's own argument codecs="),
+    ("webdataset", {"invalidKeys": "fix"}, "should be 'error' or 'sanitize', but got invalidKeys='fix'"),
+    ("webdataset", {"invalidKeys": True}, "but got invalidKeys='true'"),
+    ("webdataset", {"maxShardBytes": 0}, "should be a positive integer, but got maxShardBytes='0'"),
+    ("webdataset", {"maxShardBytes": 1.5}, "but got maxShardBytes='1.5'"),
+    ("webdataset", {"keyColumn": "label"}, "names column 'label' of type int; sample keys must be strings"),
+    ("webdataset", {"keyColumn": "nope"}, "names column 'nope', which is not in the DataFrame"),
+    ("webdataset", {"clsColumn": "key"}, "names column 'key' of type string"),
+    ("webdataset", {"invalidKeys": None}, "is None; leave the option out"),
+    ("webdataset", {"invalidKeys": "error", "INVALIDKEYS": "error"}, "sets 'invalidKeys' twice"),
+    ("webdataset", ["invalidKeys"], "`options` should map data source option names to values"),
+    ("parquet", {"invalidKeys": "sanitize"}, "which format='parquet' does not know; it takes none"),
+])
+def test_write_refuses_bad_options_before_spark_runs(spark, tmp_path, format, options, message):
+    """Invariant: an option the format does not know, or a value its source would refuse, is a
+    ValueError naming it before any Spark job runs, never ignored."""
+    import re
+
+    import sparkfeed
+
+    df = spark.createDataFrame([("k", 1)], "key string, label int")
+
+    def attempt():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            sparkfeed.write(df, str(tmp_path / "never"), format=format, options=options)
+
+    assert _jobs_started(spark, attempt) == []
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([("a.b", 1)], r'invalid sample key "a\.b" in column "key": .* found \'\.\' at index 1\. '
+                   r"Pass options=\{'invalidKeys': 'sanitize'\} to sparkfeed.write to replace"),
+    ([("a\nb", 1)], r'invalid sample key "a\\u000Ab" in column "key"'),
+    ([("a", 1), ("b", 2), ("a", 3)], r'duplicate sample key "a" in column "key" \(partition 0'),
+    ([(None, 1)], r'sample key in column "key" is null'),
+])
+def test_bad_keys_through_write_are_a_sample_key_error_naming_what_to_pass(spark, tmp_path, rows, message):
+    """Invariant: a write that fails on a sample key raises sparkfeed's SampleKeyError whose first
+    line is the writer's sentence, advising what `sparkfeed.write` takes, naming the dataset, with
+    no Java stack trace in it. It was a Py4JJavaError advising `option invalidKeys=sanitize`."""
+    import sparkfeed
+    from sparkfeed.write import SampleKeyError
+
+    df = spark.createDataFrame(rows, "key string, label int").coalesce(1)
+    path = tmp_path / "ds"
+    with pytest.raises(SampleKeyError, match=message) as info:
+        sparkfeed.write(df, str(path), format="webdataset")
+    text = str(info.value)
+    assert text.startswith(f"dataset {str(path)!r}: ") and "\n" not in text
+    assert "Exception" not in text and "\tat " not in text and "option invalidKeys" not in text
+    assert isinstance(info.value, (sparkfeed.SparkfeedError, ValueError))
+    assert info.value.__cause__ is not None          # the Spark error, kept
+    assert not (path / MANIFEST).exists()
+
+
 def test_overwriting_the_dataset_a_dataframe_reads_is_refused_and_keeps_it(spark, tmp_path):
     """Invariant: an overwrite never destroys the data it is computed from. The old dataset used
     to be deleted before the tasks read it: sparkfeed.write then committed an empty dataset

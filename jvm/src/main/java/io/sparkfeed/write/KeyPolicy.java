@@ -23,7 +23,11 @@ public final class KeyPolicy implements Serializable {
             || Character.isISOControl(c) || Character.isSpaceChar(c);
     }
 
-    /** The key to write, or an IllegalArgumentException naming the key and its column. */
+    /**
+     * The key to write, or an IllegalArgumentException naming the key and its column. The message
+     * is one line (a key's control characters and line breaks are shown as {@code \\uXXXX}), so
+     * the Python side can find it in a Spark error's text and word its advice for sparkfeed.write.
+     */
     public String apply(String key, String column) {
         if (key == null || key.isEmpty()) {
             throw new IllegalArgumentException("sample key in column \"" + column + "\" is "
@@ -34,7 +38,7 @@ public final class KeyPolicy implements Serializable {
             return key;
         }
         if (!sanitize) {
-            throw new IllegalArgumentException("invalid sample key \"" + key + "\" in column \""
+            throw new IllegalArgumentException("invalid sample key \"" + shown(key) + "\" in column \""
                 + column + "\": keys may not contain '.', '/', '\\', whitespace or control "
                 + "characters (webdataset splits member names at the first dot); found "
                 + describe(key.charAt(bad)) + " at index " + bad
@@ -47,6 +51,18 @@ public final class KeyPolicy implements Serializable {
             }
         }
         return new String(chars);
+    }
+
+    /** The key with each character that is not a visible one or a plain space as U-escape. */
+    static String shown(String key) {
+        StringBuilder out = new StringBuilder(key.length());
+        for (int i = 0; i < key.length(); i++) {
+            char c = key.charAt(i);
+            boolean plain = c == ' ' || !(Character.isISOControl(c) || Character.isWhitespace(c)
+                || Character.isSpaceChar(c));
+            out.append(plain ? String.valueOf(c) : String.format("\\u%04X", (int) c));
+        }
+        return out.toString();
     }
 
     private static int firstInvalid(String key) {

@@ -26,11 +26,19 @@ public class KeyPolicyTest {
                 strict.apply(key, "sample_id");
                 fail("accepted " + key);
             } catch (IllegalArgumentException e) {
-                assertTrue(e.getMessage(), e.getMessage().contains("\"" + key + "\""));
+                assertTrue(e.getMessage(), e.getMessage().contains("\"" + KeyPolicy.shown(key) + "\""));
+                assertTrue(e.getMessage(), !e.getMessage().contains("\n") && !e.getMessage().contains("\t"));
                 assertTrue(e.getMessage(), e.getMessage().contains("column \"sample_id\""));
                 assertTrue(e.getMessage(), e.getMessage().contains("invalidKeys=sanitize"));
             }
         }
+    }
+
+    @Test
+    public void keysAreShownOnOneLineWithControlsAndLineBreaksEscaped() {
+        assertEquals("a.b", KeyPolicy.shown("a.b"));
+        assertEquals("a b", KeyPolicy.shown("a b"));
+        assertEquals("a\\u000Ab\\u0009c\\u00A0d", KeyPolicy.shown("a\nb\tc\u00a0d"));
     }
 
     @Test

@@ -1,0 +1,123 @@
+"""The `options=` of `sparkfeed.write`: the data source options each format takes, checked up
+front, and the webdataset writer's task failures told as what to pass to `sparkfeed.write`.
+
+`format="webdataset"` goes through the JVM data source (docs/webdataset.md, *Options*), whose
+options `sparkfeed.write` passes on; two of them are `write`'s own arguments (`samplesPerShard`
+is `samples_per_shard=`, `codecs` is `codecs=`), so `options=` takes the others. Parquet goes
+through Spark's writer with options that `write` sets itself, so it takes none: an option that
+would be ignored is refused instead.
+
+    sparkfeed.write(df, "ds/", format="webdataset", options={"invalidKeys": "sanitize"})
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from .errors import SparkfeedError
+
+__all__ = ["SampleKeyError", "check_options", "known_options", "writer_failure"]
+
+# The webdataset source's option names (jvm/.../WebDatasetOptions.java) that `options=` takes.
+_WEBDATASET = ("maxShardBytes", "keyColumn", "clsColumn", "invalidKeys")
+_KNOWN = {"parquet": (), "webdataset": _WEBDATASET}
+# Options that are arguments of `write` itself: set them there, once.
+_ARGUMENTS = {"samplesPerShard": "samples_per_shard=", "codecs": "codecs=", "path": "path"}
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # what Java's Long.parseLong takes (after trim)
+
+
+class SampleKeyError(SparkfeedError, ValueError):
+    """A webdataset write failed on a sample key: invalid (`.`, `/`, whitespace, ...), null or
+    empty, or twice in one shard. The message is the writer's, naming the key, its column and
+    where, with what to pass to `sparkfeed.write`; the Spark error is its `__cause__`."""
+
+
+def known_options(format: str) -> tuple[str, ...]:
+    """The option names `write(format=format, options=...)` takes."""
+    return _KNOWN[format]
+
+
+def _spark_str(value) -> str:
+    """An option value as Spark's `DataFrameWriter.option` makes it: booleans `true`/`false`,
+    anything else `str()`."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _canonical(name, format: str) -> str:
+    """The option's own spelling (Spark reads option names in any case), or a ValueError naming
+    the unknown one and the ones `format` knows."""
+    if not isinstance(name, str):
+        raise ValueError(f"`options` names should be strings, but got {name!r}")
+    known = {n.lower(): n for n in _KNOWN[format]}
+    if name.lower() in known:
+        return known[name.lower()]
+    argument = {n.lower(): a for n, a in _ARGUMENTS.items()}.get(name.lower())
+    if argument is not None:
+        raise ValueError(f"`options` has {name!r}, which is sparkfeed.write's own argument "
+                         f"{argument}; pass it there")
+    takes = (f"it takes {', '.join(repr(n) for n in _KNOWN[format])}" if _KNOWN[format] else
+             "it takes none (Spark's Parquet writer options are set by sparkfeed.write from its "
+             "arguments; the options are those of format='webdataset')")
+    raise ValueError(f"`options` has {name!r}, which format={format!r} does not know; {takes}")
+
+
+def _check_value(name: str, text: str, types: Mapping) -> None:
+    """A ValueError for a value the webdataset source would refuse, before any Spark job runs."""
+    if name == "maxShardBytes" and not (_INTEGER.fullmatch(text.strip()) and int(text) > 0):
+        raise ValueError(f"`options['maxShardBytes']` should be a positive integer, "
+                         f"but got maxShardBytes={text!r}")
+    if name == "invalidKeys" and text.lower() not in ("error", "sanitize"):
+        raise ValueError(f"`options['invalidKeys']` should be 'error' or 'sanitize', "
+                         f"but got invalidKeys={text!r}")
+    if name in ("keyColumn", "clsColumn") and text not in types:
+        raise ValueError(f"`options['{name}']` names column {text!r}, which is not in the "
+                         f"DataFrame; columns are {list(types)}")
+    if name == "keyColumn" and types[text].simpleString() != "string":
+        raise ValueError(f"`options['keyColumn']` names column {text!r} of type "
+                         f"{types[text].simpleString()}; sample keys must be strings (cast it)")
+    if name == "clsColumn" and types[text].simpleString() not in ("tinyint", "smallint", "int", "bigint"):
+        raise ValueError(f"`options['clsColumn']` names column {text!r} of type "
+                         f"{types[text].simpleString()}; the .cls member holds an integer column")
+
+
+def check_options(options, format: str, types: Mapping) -> dict[str, str]:
+    """The options to pass to the data source, names in their own spelling and values as Spark
+    strings, or a ValueError naming the first bad one. `types`: column name -> Spark type."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ValueError("`options` should map data source option names to values, such as "
+                         f"{{'invalidKeys': 'sanitize'}}, but got options={options!r}")
+    out: dict[str, str] = {}
+    for name, value in options.items():
+        canonical = _canonical(name, format)
+        if canonical in out:
+            raise ValueError(f"`options` sets {canonical!r} twice (option names are "
+                             "case-insensitive); keep one")
+        if value is None:
+            raise ValueError(f"`options[{name!r}]` is None; leave the option out for its default")
+        out[canonical] = _spark_str(value)
+        _check_value(canonical, out[canonical], types)
+    if "keyColumn" in out and out.get("clsColumn") == out["keyColumn"]:
+        raise ValueError(f"`options` names column {out['keyColumn']!r} as both keyColumn and "
+                         "clsColumn; a column is either the key or the .cls member")
+    return out
+
+
+# The webdataset writer's task errors about sample keys (jvm/.../KeyPolicy.java and
+# WebDatasetDataWriter.java), as one line of the Spark error's text.
+_KEY_ERROR = re.compile(r"java\.lang\.IllegalArgumentException: ((?:invalid sample key|sample key "
+                        r"in column|duplicate sample key) [^\n]*)")
+_ADVICE = re.compile(r"Use option (\w+)=(\w+)")
+
+
+def writer_failure(exc: BaseException, dataset: str) -> SampleKeyError | None:
+    """The SampleKeyError that `exc` (a failed webdataset save, classic or Connect) stands for,
+    its advice worded for `sparkfeed.write`; None when it failed for another reason."""
+    found = _KEY_ERROR.search(str(exc))
+    if found is None:
+        return None
+    message = _ADVICE.sub(lambda m: f"Pass options={{{m[1]!r}: {m[2]!r}}} to sparkfeed.write",
+                          found[1])
+    return SampleKeyError(f"dataset {dataset!r}: {message}")
