@@ -24,13 +24,15 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 
+from urllib.parse import unquote, urlsplit
+
 from . import checks, storage
 from ._version import __version__
 from .errors import SparkfeedError
 from .manifest import MANIFEST_NAME, Manifest, parse_manifest, read_manifest, write_manifest
 from .writeoptions import SampleKeyError, check_options, writer_failure
 
-__all__ = ["write", "DatasetExistsError", "SampleKeyError"]
+__all__ = ["write", "DatasetExistsError", "OverwriteInputError", "SampleKeyError"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,11 @@ _TS_CONF = "spark.sql.parquet.outputTimestampType"
 
 class DatasetExistsError(SparkfeedError, FileExistsError):
     """`mode="error"` and something is already at the path."""
+
+
+class OverwriteInputError(SparkfeedError, ValueError):
+    """`mode="overwrite"` of a path the DataFrame reads: the old data would be deleted before
+    Spark reads it."""
 
 
 # ---------------------------------------------------------------- validation (no Spark job)
@@ -193,6 +200,37 @@ def _spark_path(path: str) -> str:
     if "://" in path:
         return path.rstrip("/")
     return "file://" + os.path.abspath(os.path.expanduser(path))
+
+
+def _location(url: str) -> tuple[str, str, str]:
+    """(scheme, authority, path) of a Spark or fsspec path, so that two spellings of one place
+    compare equal: `file:/a`, `file:///a` and `/a`; `s3a://b/k` and `s3://b/k`; `%20` and ` `.
+    A local path is resolved (symlinks, `..`)."""
+    url = storage.normalise_url(url)
+    if "://" not in url and not url.startswith("file:"):
+        return "file", "", os.path.realpath(os.path.expanduser(url))
+    parts = urlsplit(url)
+    path = posixpath.normpath(unquote(parts.path) or "/")
+    if parts.scheme in ("", "file", "local"):
+        return "file", "", os.path.realpath(path)
+    return parts.scheme.lower(), parts.netloc.lower(), path
+
+
+def _refuse_overwriting_input(df, spark_path: str, dataset: str) -> None:
+    """An OverwriteInputError when `df` reads a file at or under `spark_path`: overwrite deletes
+    the old data before Spark reads it (Spark's own `df.write.mode("overwrite")` then fails with
+    FILE_NOT_EXIST, the data gone, or, where a shuffle happened to read first, works by luck).
+    `inputFiles()` is a DataFrame method, so this runs on Connect as on a classic session; a
+    host given on one side only still counts as the same place (`hdfs:///a` and `hdfs://nn/a`)."""
+    scheme, host, root = _location(spark_path)
+    for f in df.inputFiles():
+        s, h, p = _location(f)
+        if s == scheme and (h == host or not h or not host) and \
+                (p == root or p.startswith(root.rstrip("/") + "/")):
+            raise OverwriteInputError(
+                f"cannot overwrite {dataset!r}: the DataFrame being written reads from it ({f}), "
+                "and overwrite deletes the old data before Spark reads it; write to a new path "
+                "instead")
 
 
 def _is_nonempty(fs, root: str) -> bool | None:
@@ -481,7 +519,8 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
     `cluster_by` range-partitions and sorts by those columns, so each shard covers a narrow range
     and filters on them prune shards and row groups. `codecs` records what binary columns hold
     (`{"image": "jpeg"}`). `mode="error"` refuses a non-empty path; `mode="overwrite"` replaces
-    it, deleting the old manifest first. `path` is a local path or a URL Spark and
+    it, deleting the old manifest first, and refuses a DataFrame that reads from the path (the
+    old data would be deleted before Spark reads it). `path` is a local path or a URL Spark and
     fsspec both understand (`s3a://` is read as `s3://` by fsspec); `storage_options` go to
     fsspec. `options` go to the webdataset data source (`maxShardBytes`, `keyColumn`,
     `clsColumn`, `invalidKeys`; docs/webdataset.md), values made strings as Spark makes them;
@@ -511,6 +550,8 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
     if existing and mode == "error":
         raise DatasetExistsError(f"{dataset!r} already exists and is not empty; pass "
                                  "mode='overwrite' to replace it, or choose another path")
+    if existing and mode == "overwrite":
+        _refuse_overwriting_input(df, spark_path, dataset)
     if mode == "overwrite" and format == "parquet" and fs.exists(f"{root}/{MANIFEST_NAME}"):
         # A failed overwrite must never leave a stale manifest. The webdataset source removes it
         # itself, after refusing a DataFrame that reads the dataset it would replace (here, its

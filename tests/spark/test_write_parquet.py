@@ -218,6 +218,41 @@ def test_overwrite_replaces_the_dataset(spark, base):
     assert read_manifest(str(path)).num_samples == 50
 
 
+@pytest.mark.parametrize("aqe", ["true", "false"])
+def test_overwriting_the_dataset_a_dataframe_reads_is_refused_before_anything_is_deleted(spark, base, aqe):
+    """Invariant: an overwrite never deletes the data it is computed from, with or without
+    adaptive execution. It used to delete the old manifest and Spark the old files before the
+    tasks read them: with AQE off that failed with FILE_NOT_EXIST and the dataset was gone (with
+    it on, a shuffle happened to read everything first)."""
+    from sparkfeed.write import OverwriteInputError
+
+    path, sibling = base / f"self_{aqe}", base / f"self_{aqe}2"
+    for p in (path, sibling):
+        sparkfeed.write(_frame(spark, 200), str(p), samples_per_shard=50)
+    before = {p: sorted(os.listdir(p)) for p in (path, sibling)}
+    saved = spark.conf.get("spark.sql.adaptive.enabled")
+    spark.conf.set("spark.sql.adaptive.enabled", aqe)
+    try:
+        reads = spark.read.parquet(str(path)).where("label < 5")
+        for target, fmt in [(str(path), "parquet"), (f"file://{path}/", "parquet"),
+                            (str(base / ".." / base.name / path.name), "parquet"),
+                            (str(path), "webdataset")]:
+            def attempt():
+                with pytest.raises(OverwriteInputError, match=rf"cannot overwrite '.*{path.name}/?': the "
+                                   rf"DataFrame being written reads from it \(file:.*/{path.name}/part-"):
+                    sparkfeed.write(reads, target, format=fmt, mode="overwrite")
+
+            assert _no_job_ran(spark, attempt) == []
+        assert sorted(os.listdir(path)) == before[path]
+        assert read_manifest(str(path)).num_samples == 200
+        # a path that merely starts with the same characters is another dataset: overwritten
+        m = sparkfeed.write(spark.read.parquet(str(path)).where("label < 5"), str(sibling),
+                            mode="overwrite")
+        assert m.num_samples == 100
+    finally:
+        spark.conf.set("spark.sql.adaptive.enabled", saved)
+
+
 def _failing(spark, n=N):
     from pyspark.sql import functions as F
 
