@@ -2,7 +2,8 @@
 
 Requests are numbered; by a fixed pattern some answer 503, some drop the connection without an
 answer, some stall longer than the client's read time-out. Paths matching `always_fail` answer
-`status` (500 unless told: a permanent outage; 403, 404 for a refused or missing file) every time
+`status` (500 unless told: a permanent outage; 403, 404 for a refused or missing file; None:
+the connection dropped without an answer) every time
 (or the first `fail_times`; with `unranged=True` only requests without a Range header: HEADs and
 whole-file GETs, what fsspec's `info` sends). `FaultyServer(..., etags=True)` sends ETags. Range requests are honoured, as object stores do.
 """
@@ -62,6 +63,8 @@ def make_handler(root: str, plan: FaultPlan, etags: bool = False):
 
         def _fault(self) -> bool:
             kind = plan.decide(self.path, "Range" in self.headers)
+            if kind == "permanent" and plan.status is None:
+                kind = "drop"
             if kind in ("error", "permanent"):
                 self.send_response(503 if kind == "error" else plan.status)
                 self.send_header("Content-Length", "0")

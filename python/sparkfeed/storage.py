@@ -166,7 +166,9 @@ def as_os_error(exc: BaseException, what: str) -> BaseException:
     """`exc` as the OSError it means where a storage client raises a type of its own, so that
     every caller tells a missing file, a refused access and a failing server apart without
     knowing aiohttp or botocore: fsspec's HTTP client raises aiohttp's ClientResponseError for
-    a 401/403/404 on a read (FileNotFoundError, PermissionError here) and calls any failure of
+    any HTTP error status (FileNotFoundError for a 404, PermissionError for 401/403,
+    ConnectionError for a 5xx or 429 that retries did not cure here), its own errors for a
+    dropped connection or a cut body (ConnectionError), and calls any failure of
     `info` a missing file (an OSError here, or a PermissionError for a 401/403); s3fs passes
     botocore's own errors on for missing credentials (PermissionError here) and an endpoint it
     cannot reach (ConnectionError). Anything else is returned as it is. Messages never show a
@@ -179,9 +181,12 @@ def as_os_error(exc: BaseException, what: str) -> BaseException:
         return refused if isinstance(refused, PermissionError) else exc
     module = type(exc).__module__.split(".")[0]
     status = getattr(exc, "status", None)
-    if module == "aiohttp" and status in (401, 403, 404):
-        kind = FileNotFoundError if status == 404 else PermissionError
+    if module == "aiohttp" and isinstance(status, int):
+        kind = {404: FileNotFoundError, 401: PermissionError, 403: PermissionError}.get(
+            status, ConnectionError if is_transient(exc) else OSError)
         return kind(f"{what}: HTTP {status} {getattr(exc, 'message', '')}".rstrip())
+    if module == "aiohttp" and not isinstance(exc, OSError):  # a dropped connection, a cut body
+        return ConnectionError(f"{what}: {type(exc).__name__}: {exc}")
     if module != "botocore":
         return exc
     from botocore import exceptions as boto

@@ -172,3 +172,16 @@ def test_credentials_in_a_dataset_url_never_show_in_errors_or_logs(www, caplog, 
     assert password not in "".join(traceback.format_exception(raised.value))
     assert "retry" in caplog.text or status == 404
     assert password not in caplog.text
+
+
+@pytest.mark.parametrize("status", [503, None])
+def test_a_manifest_server_that_keeps_failing_is_a_manifest_error(www, status):
+    """Every request for the manifest answered 503 (or dropped without an answer): after the
+    retries, a ManifestError naming the dataset and what the server did. Before, aiohttp's own
+    ClientResponseError or ServerDisconnectedError left the loader."""
+    plan = FaultPlan(error_every=0, drop_every=0, stall_every=0, always_fail="_sparkfeed.json",
+                     status=status)
+    with FaultyServer(www, plan) as url:
+        with pytest.raises(sparkfeed.ManifestError, match=rf"dataset '{url}/pq': cannot read"):
+            sparkfeed.DataLoader(f"{url}/pq", batch_size=50, storage_options=FAST)
+    assert plan.injected["permanent"] >= 8  # retried first
