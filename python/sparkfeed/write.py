@@ -14,7 +14,9 @@ The loader never imports this module (it needs pyspark; pyspark is imported wher
 
 from __future__ import annotations
 
+import contextlib
 import decimal
+import io
 import json
 import logging
 import math
@@ -216,14 +218,30 @@ def _location(url: str) -> tuple[str, str, str]:
     return parts.scheme.lower(), parts.netloc.lower(), path
 
 
+# A webdataset dataset read with spark.read.format("webdataset") is no input file to Spark; its
+# table (jvm/.../WebDatasetTable.java) names its qualified root in the logical plan instead.
+_WEBDATASET_RELATION = re.compile(r"RelationV2\[.*\] webdataset:(.+)$", re.MULTILINE)
+
+
+def _inputs(df) -> list[str]:
+    """The files `df` reads (`inputFiles()`) and the roots of the webdataset datasets it reads
+    (from its plan as `explain` prints it). Both are DataFrame methods, so this runs the same on
+    a classic session and over Spark Connect."""
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):  # explain() prints, on both kinds of session
+        df.explain(extended=True)
+    return list(df.inputFiles()) + sorted(set(_WEBDATASET_RELATION.findall(text.getvalue())))
+
+
 def _refuse_overwriting_input(df, spark_path: str, dataset: str) -> None:
-    """An OverwriteInputError when `df` reads a file at or under `spark_path`: overwrite deletes
-    the old data before Spark reads it (Spark's own `df.write.mode("overwrite")` then fails with
-    FILE_NOT_EXIST, the data gone, or, where a shuffle happened to read first, works by luck).
-    `inputFiles()` is a DataFrame method, so this runs on Connect as on a classic session; a
-    host given on one side only still counts as the same place (`hdfs:///a` and `hdfs://nn/a`)."""
+    """An OverwriteInputError when `df` reads a file at or under `spark_path`, or the webdataset
+    dataset there: overwrite deletes the old data before Spark reads it (Spark's own
+    `df.write.mode("overwrite")` then fails with FILE_NOT_EXIST, the data gone, or, where a shuffle
+    happened to read first, works by luck; a webdataset read found nothing and 0 samples were
+    committed). A host given on one side only still counts as the same place (`hdfs:///a` and
+    `hdfs://nn/a`)."""
     scheme, host, root = _location(spark_path)
-    for f in df.inputFiles():
+    for f in _inputs(df):
         s, h, p = _location(f)
         if s == scheme and (h == host or not h or not host) and \
                 (p == root or p.startswith(root.rstrip("/") + "/")):

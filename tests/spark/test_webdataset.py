@@ -417,6 +417,7 @@ def test_overwriting_the_dataset_a_dataframe_reads_is_refused_and_keeps_it(spark
     to be deleted before the tasks read it: sparkfeed.write then committed an empty dataset
     (its count read no manifest) and the data source failed half-way, the old one gone."""
     import sparkfeed
+    from sparkfeed.write import OverwriteInputError
 
     path, sibling = tmp_path / "ds", tmp_path / "ds2"
     df = spark.createDataFrame([(f"k{i}", i) for i in range(10)], "key string, label int")
@@ -426,8 +427,12 @@ def test_overwriting_the_dataset_a_dataframe_reads_is_refused_and_keeps_it(spark
     refused = r"cannot overwrite file:.*/ds: the DataFrame being written reads from it"
     with pytest.raises(Exception, match=refused):
         even.write.format("webdataset").mode("overwrite").save(str(path))
-    with pytest.raises(Exception, match=refused):
-        sparkfeed.write(even, str(path), format="webdataset", mode="overwrite")
+    # sparkfeed.write refuses it before any Spark job, as Parquet too: that overwrite used to
+    # find no dataset to read and commit 0 samples, the 10 gone
+    for format in ("webdataset", "parquet"):
+        with pytest.raises(OverwriteInputError, match=r"cannot overwrite '.*/ds': the DataFrame "
+                                                      r"being written reads from it \(file:/.*/ds\)"):
+            sparkfeed.write(even, str(path), format=format, mode="overwrite")
     assert sorted(x for b in sparkfeed.DataLoader(str(path), batch_size=4) for x in b["label"].tolist()) \
         == list(range(10))
     # a path that merely starts with the same characters is another dataset: overwritten

@@ -1,5 +1,6 @@
 package io.sparkfeed;
 
+import java.io.IOException;
 import java.util.EnumSet;
 import java.util.List;
 import java.util.Set;
@@ -45,9 +46,20 @@ public final class WebDatasetTable implements SupportsRead, SupportsWrite {
         return path;
     }
 
+    /**
+     * {@code webdataset:} and the qualified dataset root ({@code file:/abs/ds}, not the relative
+     * {@code ds} a Connect server would resolve against its own directory): Spark shows it in the
+     * plan's {@code RelationV2 ... webdataset:<root>} line, where sparkfeed.write looks for the
+     * datasets a DataFrame reads (they are not among Spark's {@code inputFiles()}), so that an
+     * overwrite of one of them as Parquet is refused before anything is deleted.
+     */
     @Override
     public String name() {
-        return "webdataset:" + path;
+        try {
+            return "webdataset:" + DatasetDir.of(path, conf).root;
+        } catch (IOException | RuntimeException e) {
+            return "webdataset:" + path;   // a name only; reading reports the path's problem
+        }
     }
 
     @Override
