@@ -8,6 +8,7 @@ docs/deploy.md quotes it.
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 
@@ -72,8 +73,23 @@ def _epoch(path: str, workers: int, batch_size: int, server_pid: int | None = No
     return row
 
 
+def _number(kind: type, low: float, strict: bool):
+    """An argparse type: a `kind` (int or float) above `low` (at least `low` unless `strict`),
+    else argparse's one-line usage error (exit 2) before any epoch runs."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value < float("inf") or (strict and value == low):
+            bound = f"{'>' if strict else '>='} {low:g}"
+            raise argparse.ArgumentTypeError(f"should be a{'n integer' if kind is int else ' number'} "
+                                             f"{bound}, but got {text!r}")
+        return value
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
-    import argparse
     import multiprocessing
     import statistics
 
@@ -83,13 +99,17 @@ def main(argv: list[str] | None = None) -> int:
         "time, first batch, minor page faults, the process's user and system CPU, the "
         "busiest threads' CPU and the server process's CPU per epoch."))
     p.add_argument("path", help="dataset directory (e.g. one under ~/.cache/sparkfeed-bench)")
-    p.add_argument("--latency-ms", type=float, default=LATENCY_S * 1000, help="delay per request")
-    p.add_argument("--epochs", type=int, default=5, help="timed epochs, after one warm-up epoch")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--latency-ms", type=_number(float, 0, False), default=LATENCY_S * 1000,
+                   help="delay per request")
+    p.add_argument("--epochs", type=_number(int, 0, True), default=5,
+                   help="timed epochs, after one warm-up epoch")
+    p.add_argument("--workers", type=_number(int, 0, False), default=2)
+    p.add_argument("--batch-size", type=_number(int, 0, True), default=256)
     p.add_argument("--local", action="store_true", help="read the files directly, no server")
     args = p.parse_args(argv)
     path, child = os.path.realpath(args.path), None
+    if not os.path.isdir(path):
+        p.error(f"{args.path}: no such dataset directory")
     if not args.local:
         ctx = multiprocessing.get_context("spawn")
         conn, theirs = ctx.Pipe()
