@@ -43,15 +43,16 @@ class Params:
 
     def __post_init__(self):
         q = self.quick
-        self.samples = self.samples or (20_000 if q else 200_000)
-        self.scaling_base = self.scaling_base or (20_000 if q else 100_000)
-        self.images = self.images or (1_000 if q else 5_000)
-        self.image_size = self.image_size or (64 if q else 128)
-        self.image_source = self.image_source or self.image_size
-        self.repeats = self.repeats or (1 if q else 3)
-        self.min_seconds = (0.0 if q else 1.0) if self.min_seconds is None else self.min_seconds
+        # only None takes the default: 0 is checked (and refused) like any other value
+        defaults = {"samples": 20_000 if q else 200_000, "scaling_base": 20_000 if q else 100_000,
+                    "images": 1_000 if q else 5_000, "image_size": 64 if q else 128,
+                    "repeats": 1 if q else 3, "min_seconds": 0.0 if q else 1.0}
+        for name, default in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+        self.image_source = self.image_size if self.image_source is None else self.image_source
         if isinstance(self.min_seconds, bool) or not isinstance(self.min_seconds, (int, float)) \
-                or self.min_seconds < 0:
+                or not self.min_seconds >= 0:  # NaN too
             raise ValueError(f"`min_seconds` should be a non-negative number, but got min_seconds={self.min_seconds!r}")
         for name in ("samples", "scaling_base", "images", "image_size", "image_source", "batch_size",
                      "repeats"):
