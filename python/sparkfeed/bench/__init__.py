@@ -86,7 +86,9 @@ def run(params: Params) -> dict:
     """Build or reuse the data, run every scenario, write the reports; returns the results.
 
     Raises CountMismatch (after writing the reports) when a runner saw a wrong sample count or
-    failed; a runner that raises NotImplementedError is reported as skipped.
+    failed; a runner that raises NotImplementedError is reported as skipped. Interrupted
+    (Ctrl-C), it writes the reports of the scenarios finished so far, marked as interrupted,
+    then raises the KeyboardInterrupt: a long run's finished scenarios are not lost.
     """
     from tqdm import tqdm
 
@@ -113,12 +115,18 @@ def run(params: Params) -> dict:
                "written_by": data.written_by,
                "webdataset": f"written by {data.written_by}" if data.webdataset else data.webdataset_note,
                "scenarios": {}}
-    failures, started = [], time.perf_counter()
+    failures, started, interrupted = [], time.perf_counter(), None
     total = sum(len(c) for c in plan.values()) * p.repeats  # (warm-up runs not counted)
     with tqdm(total=total, desc="sparkfeed bench", unit="run", disable=not p.progress) as bar:
         for name, cases in plan.items():
             bar.set_description(f"sparkfeed bench: {name}")
-            rows, failed = scenarios.run_cases(cases, ctx, p.repeats, bar, p.min_seconds)
+            try:
+                rows, failed = scenarios.run_cases(cases, ctx, p.repeats, bar, p.min_seconds)
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+                results["interrupted"] = (f"interrupted during {name}; not run: "
+                                          f"{', '.join(s for s in plan if s not in results['scenarios'])}")
+                break
             failures += [f"{name}: {f}" for f in failed]
             results["scenarios"][name] = scenarios.finish(rows)
             if name == "scaling":
@@ -128,6 +136,8 @@ def run(params: Params) -> dict:
     report.write_json(results, p.out)
     report.write_markdown(results, p.out)
     report.write_png(results, p.out)
+    if interrupted is not None:
+        raise interrupted
     if failures:
         raise CountMismatch("; ".join(failures))
     return results

@@ -148,6 +148,10 @@ def run_args(args: argparse.Namespace) -> int:
     except CountMismatch as exc:
         print(f"sparkfeed bench: FAILED: {exc} (reports written to {args.out})", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"sparkfeed bench: interrupted; the scenarios that finished are in {args.out}/"
+              "results.md, results.json, results.png", file=sys.stderr)
+        return 130
     print(open(os.path.join(args.out, "results.md")).read())
     print(f"wrote {args.out}/results.json, results.md, results.png in {results['bench_s']} s "
           f"(+ {results['build_s']} s building data)")

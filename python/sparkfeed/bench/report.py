@@ -87,6 +87,8 @@ def markdown(results: dict) -> str:
              f"{p.get('min_seconds') or 0:g} s)",
              f"- data built in {results['build_s']:.1f} s (0 = reused from the cache); WebDataset "
              f"tars: {results['webdataset']}", ""]
+    if results.get("interrupted"):
+        lines[-1:] = [f"- **{results['interrupted']}** (Ctrl-C): the scenarios below finished", ""]
     for name, rows in results["scenarios"].items():
         lines += [f"## {name}", "", "| " + " | ".join(h for _, h in COLUMNS) + " |",
                   "|" + "---|" * len(COLUMNS)]
