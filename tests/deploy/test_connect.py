@@ -123,3 +123,40 @@ def test_write_webdataset_over_connect(connect, tmp_path):
     assert m.num_samples == 300
     ids = [i for b in sparkfeed.DataLoader(out, batch_size=50) for i in b["id"].tolist()]
     assert sorted(ids) == list(range(300))
+
+
+def test_write_options_and_key_errors_over_connect(connect, tmp_path):
+    """Invariant: `options=` reach the webdataset source from a Connect session, and a task
+    failing on a key is the same SampleKeyError as on a classic session (its text comes back in
+    the Connect error, not a Py4JJavaError)."""
+    from sparkfeed.write import SampleKeyError
+
+    df = connect.range(6).selectExpr("concat('k.', cast(id as string)) as key", "cast(id as int) as label")
+    m = sparkfeed.write(df, str(tmp_path / "ok"), format="webdataset",
+                        options={"invalidKeys": "sanitize"})
+    keys = [k for b in sparkfeed.DataLoader(str(tmp_path / "ok"), batch_size=6) for k in b["key"]]
+    assert m.num_samples == 6 and sorted(keys) == [f"k_{i}" for i in range(6)]
+    with pytest.raises(SampleKeyError, match=r"invalid sample key \"k\.\d\" in column \"key\".* "
+                                             r"Pass options=\{'invalidKeys': 'sanitize'\} to sparkfeed.write"):
+        sparkfeed.write(df, str(tmp_path / "bad"), format="webdataset")
+    assert not (tmp_path / "bad" / "_sparkfeed.json").exists()
+
+
+def test_overwriting_its_own_input_is_refused_over_connect(connect, tmp_path):
+    """Invariant: an overwrite never deletes what the DataFrame reads, over Connect too (a
+    Parquet dataset read back, and a webdataset one read as a table and written as Parquet)."""
+    from sparkfeed.write import DatasetExistsError, OverwriteInputError
+
+    pq, wds = str(tmp_path / "pq"), str(tmp_path / "wds")
+    sparkfeed.write(_frame(connect, 40), pq, samples_per_shard=10)
+    sparkfeed.write(_frame(connect, 40), wds, format="webdataset")
+    with pytest.raises(DatasetExistsError, match="already exists"):
+        sparkfeed.write(_frame(connect, 5), pq)
+    for reads, target in [(connect.read.parquet(pq), pq),
+                          (connect.read.format("webdataset").load(wds), wds)]:
+        for format in ("parquet", "webdataset"):
+            with pytest.raises(OverwriteInputError, match="the DataFrame being written reads from it"):
+                sparkfeed.write(reads.where("label < 5"), target, format=format, mode="overwrite")
+    assert sparkfeed.read_manifest(pq).num_samples == sparkfeed.read_manifest(wds).num_samples == 40
+    m = sparkfeed.write(connect.read.parquet(pq).where("label < 5"), wds, mode="overwrite")
+    assert m.format == "parquet" and m.num_samples == 20
