@@ -41,6 +41,34 @@ def _launched_by_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def _spark_defaults_master() -> str | None:
+    """`spark.master` from spark-defaults.conf (in $SPARK_CONF_DIR, else $SPARK_HOME/conf)."""
+    conf_dir = os.environ.get("SPARK_CONF_DIR") or (
+        os.path.join(os.environ["SPARK_HOME"], "conf") if "SPARK_HOME" in os.environ else None)
+    path = os.path.join(conf_dir, "spark-defaults.conf") if conf_dir else None
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            parts = line.strip().replace("=", " ", 1).split(None, 1)
+            if len(parts) == 2 and parts[0] == "spark.master":
+                return parts[1].strip()
+    return None
+
+
+def configured_master() -> str | None:
+    """The master that the JVM pyspark launches would take from its own configuration:
+    `--master` in PYSPARK_SUBMIT_ARGS, else spark-defaults.conf's `spark.master`, else the
+    MASTER environment variable (spark-submit's order); None when nothing sets one."""
+    args = os.environ.get("PYSPARK_SUBMIT_ARGS", "").split()
+    for i, arg in enumerate(args):
+        if arg == "--master" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--master="):
+            return arg.split("=", 1)[1]
+    return _spark_defaults_master() or os.environ.get("MASTER") or None
+
+
 def _with_jar(existing: str | None, jar: str) -> str:
     """A comma-separated jar list that holds `jar` once."""
     jars = [j for j in (existing or "").split(",") if j]
@@ -73,7 +101,10 @@ def spark_session(app_name: str = "sparkfeed", master: str | None = None, conf: 
     """The active Spark session, or a new one with the sparkfeed jar on its classpath.
 
     With no active session and no spark-submit, it starts `local[*]` with the UI off and shuffle
-    partitions sized for the machine. Under spark-submit, the master and conf given there win.
+    partitions sized for the machine, unless a master is configured the ways pyspark's own JVM
+    launch reads (`--master` in PYSPARK_SUBMIT_ARGS, `spark.master` in spark-defaults.conf, the
+    MASTER environment variable): then that one, as `pyspark` would (so `sparkfeed index --spark`
+    can run on a cluster). Under spark-submit, the master and conf given there win.
     Example: `spark = sparkfeed.spark_session(); df = spark.range(10)`.
     """
     from pyspark.sql import SparkSession
@@ -84,13 +115,15 @@ def spark_session(app_name: str = "sparkfeed", master: str | None = None, conf: 
         return active
     builder = SparkSession.builder.appName(app_name)
     submitted = _launched_by_spark_submit()
+    configured = None if submitted or master is not None else configured_master()
     if master is not None:
         builder = builder.master(master)
-    elif not submitted:
+    elif not submitted and configured is None:
         builder = builder.master("local[*]")
     for key, value in (conf or {}).items():
         builder = builder.config(key, str(value))
-    builder = configure_spark(builder, local_defaults=not submitted)
+    local = not submitted and (master or configured or "local").startswith("local")
+    builder = configure_spark(builder, local_defaults=local)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("SPARKFEED_SPARK_LOG_LEVEL", "WARN"))
     log.info("Spark %s session %r on %s", spark.version, app_name, spark.sparkContext.master)

@@ -159,3 +159,30 @@ def test_spark_submit_parquet_survives_a_worker_killed_during_the_write(cluster,
     assert "preprocessed" in _finish(proc)
     _check_counts(raw, out)
     assert "Removing worker" in cluster.log("master") or "lost" in cluster.log("master").lower()
+
+
+def _apps(cluster) -> set:
+    return {p.name for k in (0, 1) for p in (cluster.work / f"work{k}").glob("app-*")}
+
+
+def test_sparkfeed_index_spark_runs_on_the_master_pyspark_is_configured_with(cluster, tmp_path):
+    """Invariant: `sparkfeed index --spark` runs its job on the master that pyspark's own
+    configuration names (`--master` in PYSPARK_SUBMIT_ARGS), as `pyspark` itself would; it
+    always started local[*], so the cluster's executors never read a footer."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        pq.write_table(pa.table({"id": list(range(i * 10, i * 10 + 10))}), data / f"f{i}.parquet")
+    before = _apps(cluster)
+    env = {**cluster.env, "PYSPARK_SUBMIT_ARGS": f"--master {cluster.url} --conf "
+           "spark.executor.memory=512m --conf spark.ui.enabled=false pyspark-shell"}
+    run = subprocess.run([sys.executable, "-m", "sparkfeed.cli", "--log-level", "INFO", "index",
+                          str(data), "--spark", "--no-progress"], env=env, capture_output=True,
+                         text=True, timeout=WAIT_S * 2)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert f"session 'sparkfeed' on {cluster.url}" in run.stderr
+    assert sparkfeed.read_manifest(str(data)).num_samples == 30
+    assert _apps(cluster) - before, "the index job ran no executor on the cluster's workers"
