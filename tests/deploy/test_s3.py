@@ -4,6 +4,7 @@ connections cut mid-body. Datasets are written locally (tests/dsutil.py) and upl
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import dsutil
@@ -135,3 +136,20 @@ def test_s3_an_endpoint_nobody_answers_is_a_manifest_error(datasets):
                "config_kwargs": {"retries": {"max_attempts": 1}}}
     with pytest.raises(sparkfeed.ManifestError, match=rf"dataset '{datasets['pq']}'.*{endpoint}"):
         sparkfeed.DataLoader(datasets["pq"], batch_size=64, storage_options=options)
+
+
+def test_s3_indexing_where_storage_refuses_the_listing_is_a_manifest_error(s3, tmp_path):
+    """`sparkfeed.index` of data without a manifest where storage refuses (403) the lookups:
+    a ManifestError naming the dataset and the refusal, not a bare PermissionError."""
+    (tmp_path / "raw").mkdir()
+    pq.write_table(pa.table({"x": list(range(10))}), str(tmp_path / "raw" / "a.parquet"))
+    url = s3.upload(str(tmp_path / "raw"), "sparkfeed-tests", "refused-raw")
+    assert sparkfeed.index(url, storage_options=s3.options, progress=False,
+                           manifest=str(tmp_path / "ok.json")).num_samples == 10
+    s3.faults.deny = "refused-raw"
+    try:
+        with pytest.raises(sparkfeed.ManifestError, match=rf"dataset '{url}'.*storage refused access"):
+            sparkfeed.index(url, storage_options={**s3.options, "skip_instance_cache": True},  # no cached listing
+                            progress=False, manifest=str(tmp_path / "m.json"))
+    finally:
+        s3.faults.deny = None

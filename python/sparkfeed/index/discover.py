@@ -233,7 +233,27 @@ def _warn_irregular(odd: list[dict], root: str, dataset: str) -> None:
 
 def discover(path, storage_options: dict | None = None) -> Listing:
     """The files under `path` (a directory, a glob, or a list of files), sorted. A path that
-    exists is read as that path, so a directory named `run[1]` or `exp*` is no glob."""
+    exists is read as that path, so a directory named `run[1]` or `exp*` is no glob. Storage
+    that refuses access or keeps failing (after `storage.with_retries`, an OSError of Python's
+    own) is a ManifestError naming the dataset and saying which."""
+    try:
+        return _discover(path, storage_options)
+    except OSError as exc:
+        dataset = str(path[0] if isinstance(path, (list, tuple)) and path else path)
+        raise ManifestError(f"cannot list the data: {_storage_failure(exc)}", dataset=dataset) from exc
+
+
+def _storage_failure(exc: OSError) -> str:
+    """What storage did, in the words the readers use (`read.base.Reader._storage_error`)."""
+    if isinstance(exc, PermissionError):
+        return f"storage refused access ({exc}); check the credentials in storage_options"
+    if isinstance(exc, FileNotFoundError) and not storage.is_transient(exc):
+        return f"a file went missing while it was listed ({exc})"
+    return f"storage kept failing ({type(exc).__name__}: {exc})"
+
+
+def _discover(path, storage_options: dict | None) -> Listing:
+    """`discover` without its storage-error wording."""
     if isinstance(path, (list, tuple)):
         return _from_list([str(p) for p in path], storage_options)
     path = str(path)
