@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from sparkfeed.bench import Params
+from sparkfeed.bench.cli import main
 
 
 @pytest.mark.parametrize("name", ["samples", "scaling_base", "images", "image_size", "image_source",
@@ -37,3 +38,13 @@ def test_the_command_line_refuses_zero_in_one_line(tmp_path, flag):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and f"error: {flag} should be a positive integer, but got {flag} 0" in r.stderr, r.stderr
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_runners_that_match_nothing_are_refused_naming_the_runners(tmp_path, capsys):
+    """`--runners sparkfed` (a typo) kept no runner: before, an empty report and exit 0."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["--quick", "--scenarios", "feed", "--runners", "sparkfed,prefetch", "--out", str(tmp_path / "out"),
+              "--cache", str(tmp_path / "c"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == 2 and "--runners 'sparkfed' match no runner" in err and "'prefetch" not in err.split(";")[0]
+    assert not (tmp_path / "out" / "results.json").exists()

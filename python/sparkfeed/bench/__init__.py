@@ -82,6 +82,16 @@ def _keep(label: str, runners) -> bool:
     return runners is None or any(label.startswith(r) for r in runners)
 
 
+def _check_runners(runners, labels: list[str]) -> None:
+    """Every `runners` prefix must keep a runner of the scenarios run: one that keeps none is a
+    typo, which would otherwise give an empty report and success. (Checked once the data are
+    built: some scenarios' runners depend on them.)"""
+    unmatched = [r for r in runners or () if not any(label.startswith(r) for label in labels)]
+    if unmatched:
+        raise ValueError(f"`runners` {', '.join(map(repr, unmatched))} match no runner of the scenarios "
+                         f"run; their runners are: {list(dict.fromkeys(labels))}")
+
+
 def run(params: Params) -> dict:
     """Build or reuse the data, run every scenario, write the reports; returns the results.
 
@@ -106,7 +116,9 @@ def run(params: Params) -> dict:
                   + (datasets.files(data.webdataset, ".tar") if data.webdataset else []))
     ctx = Context(data=data, batch_size=p.batch_size, workers=p.workers, image_size=p.image_size,
                   image_source=p.image_source)
-    plan = {s: [c for c in scenarios.CASES[s](p) if _keep(c.label, p.runners)] for s in p.scenarios}
+    cases = {s: scenarios.CASES[s](p) for s in p.scenarios}
+    _check_runners(p.runners, [c.label for listed in cases.values() for c in listed])
+    plan = {s: [c for c in listed if _keep(c.label, p.runners)] for s, listed in cases.items()}
     plan = {s: [dataclasses.replace(c, expected=p.expect.get(c.label, c.expected)) for c in cases]
             for s, cases in plan.items()}
     results = {"hardware": report.hardware(),

@@ -140,11 +140,13 @@ def _params(args: argparse.Namespace):
 
 
 def run_args(args: argparse.Namespace) -> int:
+    from ..cli import flags_named
     from . import CountMismatch, run
 
     params = _params(args)
     try:
-        results = run(params)
+        with flags_named({"runners": "--runners"}):
+            results = run(params)
     except CountMismatch as exc:
         print(f"sparkfeed bench: FAILED: {exc} (reports written to {args.out})", file=sys.stderr)
         return 1
