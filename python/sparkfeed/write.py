@@ -489,8 +489,44 @@ def _spark_mode(mode: str, existing: bool | None) -> str:
     return "overwrite" if mode == "overwrite" or existing is False else "error"  # Connect knows "error", not "errorifexists"
 
 
+def _connection_lost(exc: BaseException) -> bool:
+    """True when `exc`, or an error it was raised from, is gRPC's UNAVAILABLE: the Spark Connect
+    server stopped answering and pyspark's client gave up retrying (by default after about ten
+    minutes: its DefaultPolicy, 15 retries with backoff up to 60 s)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        code = getattr(exc, "code", None)
+        if callable(code) and type(exc).__module__.startswith("grpc"):
+            try:
+                if str(code()) == "StatusCode.UNAVAILABLE":
+                    return True
+            except Exception:  # a code() that is not gRPC's: not a lost connection
+                pass
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@contextlib.contextmanager
+def _lost_server_named(dataset: str):
+    """Inside: a Spark Connect server that stops answering (pyspark's client having retried for
+    about ten minutes) is a SparkfeedError saying so and what the path may hold, not a gRPC dump."""
+    try:
+        yield
+    except Exception as exc:
+        if not _connection_lost(exc):
+            raise
+        raise SparkfeedError(
+            f"dataset {dataset!r}: the Spark Connect server stopped answering (pyspark's client "
+            "gave up retrying); no manifest was written, and the path may hold part files of the "
+            "failed write. Write again, with mode='overwrite', once the server is back") from exc
+
+
 def _write_parquet(df, spark_path: str, spark_mode: str, samples_per_shard: int,
                    samples_per_row_group: int) -> None:
+    """Spark's Parquet write, with timestamps as TIMESTAMP_MICROS for its duration. The session
+    conf is put back unless the write failed because a Connect server went away: each call to it
+    would wait out pyspark's retries again (ten more minutes) and then hide the write's error."""
     spark = df.sparkSession
     before = spark.conf.get(_TS_CONF, None)
     spark.conf.set(_TS_CONF, "TIMESTAMP_MICROS")  # no writer option for it: Spark sets it from the session
@@ -500,11 +536,18 @@ def _write_parquet(df, spark_path: str, spark_mode: str, samples_per_shard: int,
          .option("parquet.block.row.count.limit", samples_per_row_group)
          .option("parquet.block.size", ROW_GROUP_MAX_BYTES)
          .parquet(spark_path))
-    finally:
-        if before is None:
-            spark.conf.unset(_TS_CONF)
-        else:
-            spark.conf.set(_TS_CONF, before)
+    except Exception as exc:
+        if not _connection_lost(exc):
+            _restore_conf(spark, before)
+        raise
+    _restore_conf(spark, before)
+
+
+def _restore_conf(spark, before: str | None) -> None:
+    if before is None:
+        spark.conf.unset(_TS_CONF)
+    else:
+        spark.conf.set(_TS_CONF, before)
 
 
 def _save_webdataset(df, spark_path: str, spark_mode: str, dataset: str, samples_per_shard: int,
@@ -563,42 +606,45 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
 
     spark_path = _spark_path(os.fspath(path))
     dataset = spark_path[len("file://"):] if "://" not in os.fspath(path) else os.fspath(path)
-    fs, root = storage.resolve(spark_path, storage_options)
-    existing = _is_nonempty(fs, root)
-    if existing and mode == "error":
-        raise DatasetExistsError(f"{dataset!r} already exists and is not empty; pass "
-                                 "mode='overwrite' to replace it, or choose another path")
-    if existing and mode == "overwrite":
-        _refuse_overwriting_input(df, spark_path, dataset)
-    if mode == "overwrite" and format == "parquet" and fs.exists(f"{root}/{MANIFEST_NAME}"):
-        # A failed overwrite must never leave a stale manifest. The webdataset source removes it
-        # itself, after refusing a DataFrame that reads the dataset it would replace (here, its
-        # reads would already find no manifest and silently return nothing).
-        log.info("removing the old manifest of %s before overwriting it", dataset)
-        fs.rm(f"{root}/{MANIFEST_NAME}")
+    with _lost_server_named(dataset):
+        fs, root = storage.resolve(spark_path, storage_options)
+        existing = _is_nonempty(fs, root)
+        if existing and mode == "error":
+            raise DatasetExistsError(f"{dataset!r} already exists and is not empty; pass "
+                                     "mode='overwrite' to replace it, or choose another path")
+        if existing and mode == "overwrite":
+            _refuse_overwriting_input(df, spark_path, dataset)
+        if mode == "overwrite" and format == "parquet" and fs.exists(f"{root}/{MANIFEST_NAME}"):
+            # A failed overwrite must never leave a stale manifest. The webdataset source removes
+            # it itself, after refusing a DataFrame that reads the dataset it would replace (here,
+            # its reads would already find no manifest and silently return nothing).
+            log.info("removing the old manifest of %s before overwriting it", dataset)
+            fs.rm(f"{root}/{MANIFEST_NAME}")
 
-    started = time.monotonic()
-    count = df.count()
-    n = max(1, math.ceil(count / samples_per_shard))
-    log.info("writing %d samples of %s as %d %s shards to %s", count, dataset, n, format, spark_path)
-    if keys:
-        cols = _columns(df.schema, keys)
-        df = df.repartitionByRange(n, *cols).sortWithinPartitions(*cols)
-    else:
-        df = df.repartition(n)
-    spark_mode = _spark_mode(mode, existing)
-    if format == "webdataset":
-        _save_webdataset(df, spark_path, spark_mode, dataset, samples_per_shard, codecs, options)
-        return read_manifest(dataset, storage_options)
+        started = time.monotonic()
+        count = df.count()
+        n = max(1, math.ceil(count / samples_per_shard))
+        log.info("writing %d samples of %s as %d %s shards to %s", count, dataset, n, format,
+                 spark_path)
+        if keys:
+            cols = _columns(df.schema, keys)
+            df = df.repartitionByRange(n, *cols).sortWithinPartitions(*cols)
+        else:
+            df = df.repartition(n)
+        spark_mode = _spark_mode(mode, existing)
+        if format == "webdataset":
+            _save_webdataset(df, spark_path, spark_mode, dataset, samples_per_shard, codecs,
+                             options)
+            return read_manifest(dataset, storage_options)
 
-    _write_parquet(df, spark_path, spark_mode, samples_per_shard, samples_per_row_group)
-    files = _committed_parquet(fs, root)
-    log.info("Spark committed %d files in %.1fs; gathering their statistics in a Spark job",
-             len(files), time.monotonic() - started)
-    entries = _gather_entries(df.sparkSession, files, spark_path, storage_options)
-    manifest = _build_manifest(df.sparkSession, entries, codecs, dataset)
-    write_manifest(manifest, spark_path, storage_options)
-    log.info("wrote %s/%s: %d samples in %d shards, %.1fs in all", dataset, MANIFEST_NAME,
-             manifest.num_samples, len(manifest.shards), time.monotonic() - started)
-    return manifest
+        _write_parquet(df, spark_path, spark_mode, samples_per_shard, samples_per_row_group)
+        files = _committed_parquet(fs, root)
+        log.info("Spark committed %d files in %.1fs; gathering their statistics in a Spark job",
+                 len(files), time.monotonic() - started)
+        entries = _gather_entries(df.sparkSession, files, spark_path, storage_options)
+        manifest = _build_manifest(df.sparkSession, entries, codecs, dataset)
+        write_manifest(manifest, spark_path, storage_options)
+        log.info("wrote %s/%s: %d samples in %d shards, %.1fs in all", dataset, MANIFEST_NAME,
+                 manifest.num_samples, len(manifest.shards), time.monotonic() - started)
+        return manifest
 

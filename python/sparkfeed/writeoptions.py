@@ -76,7 +76,8 @@ def _check_value(name: str, text: str, types: Mapping) -> None:
     if name == "keyColumn" and types[text].simpleString() != "string":
         raise ValueError(f"`options['keyColumn']` names column {text!r} of type "
                          f"{types[text].simpleString()}; sample keys must be strings (cast it)")
-    if name == "clsColumn" and types[text].simpleString() not in ("tinyint", "smallint", "int", "bigint"):
+    integers = ("tinyint", "smallint", "int", "bigint")
+    if name == "clsColumn" and types[text].simpleString() not in integers:
         raise ValueError(f"`options['clsColumn']` names column {text!r} of type "
                          f"{types[text].simpleString()}; the .cls member holds an integer column")
 

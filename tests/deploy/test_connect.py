@@ -4,9 +4,11 @@ The footer-statistics job runs with DataFrame operations only (no sparkContext o
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -33,11 +35,9 @@ def _wait_for_port(port: int, proc: subprocess.Popen, log_path: str) -> None:
     raise TimeoutError(f"the Connect server did not listen on {port} within {START_TIMEOUT_S}s")
 
 
-@pytest.fixture(scope="module")
-def connect(spark_home, tmp_path_factory):
-    pytest.importorskip("grpc", reason="pip install 'sparkfeed[connect]'")
-    port = free_port()
-    log_path = str(tmp_path_factory.mktemp("connect") / "server.log")
+def _start_server(spark_home: str, port: int, log_path: str) -> subprocess.Popen:
+    """A Connect server on 127.0.0.1:port from pyspark's own jars plus the sparkfeed jar, in its
+    own process group (killed with it); returns once it listens."""
     repo_python = os.path.dirname(os.path.dirname(sparkfeed.__file__))
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_HOME": spark_home,
            "PYTHONPATH": os.pathsep.join([repo_python, os.environ.get("PYTHONPATH", "")])}
@@ -51,13 +51,37 @@ def connect(spark_home, tmp_path_factory):
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
+    try:
+        _wait_for_port(port, proc, log_path)
+    except BaseException:
+        _stop_server(proc)
+        raise
+    return proc
+
+
+def _stop_server(proc: subprocess.Popen) -> None:
+    """Kill the server's process group (spark-submit and its JVM) and wait for it."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def connect(spark_home, tmp_path_factory):
+    pytest.importorskip("grpc", reason="pip install 'sparkfeed[connect]'")
+    port = free_port()
+    log_path = str(tmp_path_factory.mktemp("connect") / "server.log")
     session = None
     # pyspark marks the whole process as "Connect mode" in os.environ when a remote session is
     # made; every classic session (and every Spark subprocess) after this module would then
     # refuse to start, so the variables are put back as they were.
     saved = {k: os.environ.get(k) for k in _CONNECT_ENV}
+    proc = None
     try:
-        _wait_for_port(port, proc, log_path)
+        proc = _start_server(spark_home, port, log_path)
         from pyspark.sql import SparkSession
 
         classic = SparkSession.getActiveSession()
@@ -73,12 +97,12 @@ def connect(spark_home, tmp_path_factory):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                _stop_server(proc)
 
 
 def _frame(spark, n: int):
@@ -160,3 +184,53 @@ def test_overwriting_its_own_input_is_refused_over_connect(connect, tmp_path):
     assert sparkfeed.read_manifest(pq).num_samples == sparkfeed.read_manifest(wds).num_samples == 40
     m = sparkfeed.write(connect.read.parquet(pq).where("label < 5"), wds, mode="overwrite")
     assert m.format == "parquet" and m.num_samples == 20
+
+
+def test_a_server_going_away_mid_write_is_one_clear_error_in_bounded_time(connect, spark_home, tmp_path):
+    """Invariant: when the Connect server dies while `write` runs, `write` raises one
+    SparkfeedError naming the dataset and saying the server stopped answering, after pyspark's
+    retries once. The Parquet write used to wait them out twice (its `finally` put a session
+    conf back over the dead connection: ten more minutes by default) and then raise a gRPC dump
+    of that conf call. A server of its own (the module's stays up), with pyspark's own knob for
+    short retries, so the test takes seconds."""
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+    from pyspark.sql.connect.client.retries import DefaultPolicy
+
+    port = free_port()
+    proc = _start_server(spark_home, port, str(tmp_path / "server.log"))
+    session = None
+    try:
+        session = SparkSession.builder.remote(f"sc://127.0.0.1:{port}").create()
+        policy = DefaultPolicy(max_retries=3, initial_backoff=200, max_backoff=1000)
+        session.client.set_retry_policies([policy])
+        slow = F.udf(lambda x: time.sleep(0.05) or x, "long")  # the write lasts ~10 s
+        df = _frame(session, 400).withColumn("id", slow("id")).withColumn("ts", F.current_timestamp())
+        out = tmp_path / "ds"
+        errors = []
+
+        def run():
+            try:
+                sparkfeed.write(df, str(out), samples_per_shard=100)
+            except BaseException as exc:  # handed to the test thread below
+                errors.append(exc)
+
+        writer = threading.Thread(target=run, daemon=True)
+        writer.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not (out / "_temporary").exists() and writer.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)  # polling for the write to begin, not timing a result
+        assert (out / "_temporary").exists(), "the write never began"
+        _stop_server(proc)
+        killed = time.monotonic()
+        writer.join(timeout=120)
+        assert not writer.is_alive(), "write still running 120 s after the server died"
+        # one retry cycle of the policy above is about 2.5 s (+ jitter); two would be the old bug
+        assert time.monotonic() - killed < 20
+        assert len(errors) == 1 and isinstance(errors[0], sparkfeed.SparkfeedError), errors
+        assert str(errors[0]).startswith(f"dataset {str(out)!r}: the Spark Connect server stopped answering")
+        assert not (out / "_sparkfeed.json").exists()
+    finally:
+        _stop_server(proc)
+        if session is not None:
+            session.client.close()
