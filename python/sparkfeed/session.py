@@ -104,7 +104,9 @@ def spark_session(app_name: str = "sparkfeed", master: str | None = None, conf: 
     partitions sized for the machine, unless a master is configured the ways pyspark's own JVM
     launch reads (`--master` in PYSPARK_SUBMIT_ARGS, `spark.master` in spark-defaults.conf, the
     MASTER environment variable): then that one, as `pyspark` would (so `sparkfeed index --spark`
-    can run on a cluster). Under spark-submit, the master and conf given there win.
+    can run on a cluster). Under spark-submit, the master and conf given there win. With
+    SPARK_REMOTE set (or `conf={"spark.remote": "sc://..."}`), a Spark Connect session, as
+    pyspark makes it; an active Connect session is returned as it is.
     Example: `spark = sparkfeed.spark_session(); df = spark.range(10)`.
     """
     from pyspark.sql import SparkSession
@@ -113,6 +115,9 @@ def spark_session(app_name: str = "sparkfeed", master: str | None = None, conf: 
     if active is not None:
         _warn_if_jar_missing(active)
         return active
+    remote = os.environ.get("SPARK_REMOTE") or (conf or {}).get("spark.remote")
+    if remote:
+        return _remote_session(app_name, master, conf or {}, remote)
     builder = SparkSession.builder.appName(app_name)
     submitted = _launched_by_spark_submit()
     configured = None if submitted or master is not None else configured_master()
@@ -130,8 +135,32 @@ def spark_session(app_name: str = "sparkfeed", master: str | None = None, conf: 
     return spark
 
 
+def _is_connect(spark) -> bool:
+    """True for a Spark Connect session (it has no sparkContext)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def _remote_session(app_name: str, master: str | None, conf: dict, remote: str):
+    """A Spark Connect session, as pyspark makes one for SPARK_REMOTE (`SPARK_REMOTE=sc://host
+    python job.py`): the server has its jars and master, so none are set here."""
+    from pyspark.sql import SparkSession
+
+    if master is not None:
+        raise ValueError(f"`master` should be None with Spark Connect (SPARK_REMOTE={remote!r}: "
+                         f"the server has its own), but got master={master!r}")
+    builder = SparkSession.builder.appName(app_name)
+    for key, value in conf.items():
+        builder = builder.config(key, str(value))
+    spark = builder.getOrCreate()
+    log.info("Spark %s Connect session %r on %s", spark.version, app_name, remote)
+    return spark
+
+
 def _warn_if_jar_missing(spark) -> None:
-    """Log a warning when a reused session cannot see the sparkfeed data source."""
+    """Log a warning when a reused session cannot see the sparkfeed data source (a Connect
+    session's server jars cannot be seen from here: its server needs `--jars`)."""
+    if _is_connect(spark):
+        return
     jars = spark.sparkContext.getConf().get("spark.jars", "")
     if _JAR_NAME not in jars:
         log.warning("the active Spark session has no sparkfeed jar on its classpath; "

@@ -130,6 +130,22 @@ def test_write_parquet_over_connect(connect, tmp_path):
     assert sorted(ids) == list(range(500))
 
 
+def test_spark_session_returns_a_connect_session_where_pyspark_would(connect):
+    """Invariant: `sparkfeed.spark_session()` gives the Connect session pyspark itself would: the
+    active one as it is, or a new one for SPARK_REMOTE. It raised on both: the jar check read the
+    active session's sparkContext, and a new session was forced to local[*], which pyspark refuses
+    beside SPARK_REMOTE."""
+    assert sparkfeed.spark_session() is connect
+    url = f"sc://127.0.0.1:{connect.conf.get('spark.connect.grpc.binding.port')}"
+    code = ("import sparkfeed; s = sparkfeed.spark_session(); "
+            "print(type(s).__module__, s.range(7).count())")
+    env = {k: v for k, v in os.environ.items() if k not in _CONNECT_ENV}
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**env, "SPARK_REMOTE": url}, timeout=START_TIMEOUT_S)
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert child.stdout.split() == ["pyspark.sql.connect.session", "7"]
+
+
 def test_classic_sessions_still_start_after_a_connect_session(connect):
     """The fixture's session leaves no "Connect mode" behind for the classic sessions after it:
     a Spark subprocess started from this process inherits os.environ."""
