@@ -37,18 +37,22 @@ public final class WebDatasetOptions implements Serializable {
     /** Whether keyColumn was given: the default name on a non-string column is an ordinary column. */
     public final boolean keyColumnGiven;
     public final String clsColumn;
+    /** Whether clsColumn was given: then it must name an integer column other than the key. */
+    public final boolean clsColumnGiven;
     public final Map<String, String> codecs;
     public final boolean sanitizeKeys;
 
     private WebDatasetOptions(String path, int samplesPerShard, long maxShardBytes,
                               String keyColumn, boolean keyColumnGiven, String clsColumn,
-                              Map<String, String> codecs, boolean sanitizeKeys) {
+                              boolean clsColumnGiven, Map<String, String> codecs,
+                              boolean sanitizeKeys) {
         this.path = path;
         this.samplesPerShard = samplesPerShard;
         this.maxShardBytes = maxShardBytes;
         this.keyColumn = keyColumn;
         this.keyColumnGiven = keyColumnGiven;
         this.clsColumn = clsColumn;
+        this.clsColumnGiven = clsColumnGiven;
         this.codecs = codecs;
         this.sanitizeKeys = sanitizeKeys;
     }
@@ -75,7 +79,7 @@ public final class WebDatasetOptions implements Serializable {
         }
         return new WebDatasetOptions(path, (int) samples, bytes,
             o.getOrDefault("keycolumn", "key"), o.containsKey("keycolumn"),
-            o.getOrDefault("clscolumn", "label"),
+            o.getOrDefault("clscolumn", "label"), o.containsKey("clscolumn"),
             codecs(o.get("codecs")), invalid.equals("sanitize"));
     }
 

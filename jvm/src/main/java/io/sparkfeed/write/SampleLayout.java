@@ -96,6 +96,10 @@ public final class SampleLayout implements Serializable {
     public static SampleLayout plan(StructType schema, WebDatasetOptions options) {
         StructField[] fields = schema.fields();
         int keyOrdinal = indexOf(fields, options.keyColumn);
+        if (keyOrdinal < 0 && options.keyColumnGiven) {
+            throw new IllegalArgumentException("keyColumn names column \"" + options.keyColumn
+                + "\", which is not in the DataFrame (columns: " + names(fields) + ")");
+        }
         if (keyOrdinal >= 0 && !(fields[keyOrdinal].dataType() instanceof StringType)
                 && !options.keyColumnGiven) {
             keyOrdinal = -1;   // a column merely named like the default: data, keys generated
@@ -117,6 +121,15 @@ public final class SampleLayout implements Serializable {
             }
         }
         int clsOrdinal = clsOrdinal(fields, options.clsColumn, keyOrdinal);
+        if (options.clsColumnGiven && (clsOrdinal < 0
+                || !fields[clsOrdinal].name().equals(options.clsColumn))) {
+            int named = indexOf(fields, options.clsColumn);
+            throw new IllegalArgumentException("clsColumn names column \"" + options.clsColumn
+                + "\", which " + (named < 0 ? "is not in the DataFrame (columns: " + names(fields)
+                + ")" : named == keyOrdinal ? "is the key column" : "has type "
+                + fields[named].dataType().simpleString() + "; the .cls member holds an integer "
+                + "column"));
+        }
         int strings = 0;
         for (int i = 0; i < fields.length; i++) {
             if (i != keyOrdinal && fields[i].dataType() instanceof StringType) strings++;

@@ -121,4 +121,25 @@ public class SampleLayoutTest {
             }
         }
     }
+
+    @Test
+    public void aKeyOrClsColumnThatIsGivenMustBeUsableOrTheWriteFails() {
+        String[][] cases = {
+            {"keyColumn", "id", "keyColumn names column \"id\", which is not in the DataFrame"},
+            {"clsColumn", "nope", "clsColumn names column \"nope\", which is not in the DataFrame"},
+            {"clsColumn", "caption", "clsColumn names column \"caption\", which has type string"},
+            {"clsColumn", "key", "clsColumn names column \"key\", which is the key column"},
+        };
+        for (String[] c : cases) {
+            try {
+                SampleLayout.plan(IMAGES, options(c[0], c[1]));
+                fail("planned with " + c[0] + "=" + c[1]);
+            } catch (IllegalArgumentException e) {
+                assertTrue(e.getMessage(), e.getMessage().startsWith(c[2]));
+            }
+        }
+        // given and usable: the named integer column is .cls, not the only-integer guess
+        assertEquals("[key=__key__, image=bin, label=json, caption=txt, feat=json, score=json, "
+            + "epoch=cls]", exts(SampleLayout.plan(IMAGES, options("clsColumn", "epoch"))).toString());
+    }
 }
