@@ -598,15 +598,16 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
         raise ValueError(f"`mode` should be one of {MODES}, but got mode={mode!r}")
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise ValueError(f"`path` should be a local path or URL, but got path={path!r}")
-    case_sensitive = str(df.sparkSession.conf.get("spark.sql.caseSensitive", "false")).lower() == "true"
-    types = _check_columns(df.schema, format, case_sensitive)
-    keys = _check_cluster_by(cluster_by, types)
-    codecs = _check_codecs(codecs, types)
-    options = check_options(options, format, types)
-
     spark_path = _spark_path(os.fspath(path))
     dataset = spark_path[len("file://"):] if "://" not in os.fspath(path) else os.fspath(path)
-    with _lost_server_named(dataset):
+    with _lost_server_named(dataset):  # from the first call to Spark on
+        conf = df.sparkSession.conf
+        case_sensitive = str(conf.get("spark.sql.caseSensitive", "false")).lower() == "true"
+        types = _check_columns(df.schema, format, case_sensitive)
+        keys = _check_cluster_by(cluster_by, types)
+        codecs = _check_codecs(codecs, types)
+        options = check_options(options, format, types)
+
         fs, root = storage.resolve(spark_path, storage_options)
         existing = _is_nonempty(fs, root)
         if existing and mode == "error":

@@ -246,6 +246,9 @@ def test_a_server_going_away_mid_write_is_one_clear_error_in_bounded_time(connec
         assert len(errors) == 1 and isinstance(errors[0], sparkfeed.SparkfeedError), errors
         assert str(errors[0]).startswith(f"dataset {str(out)!r}: the Spark Connect server stopped answering")
         assert not (out / "_sparkfeed.json").exists()
+        # a server already gone when write is called: the same error, from its first call
+        with pytest.raises(sparkfeed.SparkfeedError, match="the Spark Connect server stopped answering"):
+            sparkfeed.write(df, str(tmp_path / "later"), format="webdataset")
     finally:
         _stop_server(proc)
         if session is not None:
