@@ -407,19 +407,6 @@ def _footer_entries(items: Iterable[tuple[str, str, int]], url: str,
         yield _footer_entry(fs, full, rel, size)
 
 
-def _footer_batches(batches, url: str, storage_options: dict | None):
-    """mapInArrow task: batches of (full, rel, size) rows -> batches of JSON manifest entries.
-
-    Arrow in, Arrow out, DataFrame API only: runs the same on a classic session and over Spark
-    Connect (which has no sparkContext and no RDDs)."""
-    import pyarrow as pa
-
-    for batch in batches:
-        rows = zip(*(batch.column(i).to_pylist() for i in range(3)))
-        entries = [json.dumps(e) for e in _footer_entries(rows, url, storage_options)]
-        yield pa.RecordBatch.from_arrays([pa.array(entries, pa.string())], names=["entry"])
-
-
 def _is_connect(spark) -> bool:
     """True for a Spark Connect session (`SparkSession.builder.remote(...)`)."""
     return type(spark).__module__.startswith("pyspark.sql.connect")
@@ -439,34 +426,15 @@ def _committed_parquet(fs, root: str) -> list[tuple[str, str, int]]:
     return sorted(found, key=lambda t: t[1])
 
 
-# Statistics tasks per committed file list: enough for every core of a large cluster, and
-# never more tasks than files.
-_STATS_TASKS = 256
-
-
 def _gather_entries(spark, files: list, url: str, storage_options) -> list[dict]:
-    """Manifest entries of the committed files, each footer read on an executor, with DataFrame
-    operations only (createDataFrame -> repartition -> mapInArrow -> collect), so it also runs
-    over Spark Connect."""
-    slices = max(1, min(len(files), _STATS_TASKS))
-    paths = spark.createDataFrame(files, "full string, rel string, size long").repartition(slices)
-    job = paths.mapInArrow(lambda it: _footer_batches(it, url, storage_options), "entry string")
-    description = f"sparkfeed: statistics of {len(files)} shards"
-    if not _is_connect(spark):
-        spark.sparkContext.setJobDescription(description)
-    try:
-        rows = job.collect()
-    except Exception as exc:
-        if "No module named 'sparkfeed'" in str(exc):
-            raise SparkfeedError(
-                "the Spark executors' Python cannot import sparkfeed, so the shard statistics "
-                "could not be gathered and no manifest was written; install sparkfeed where the "
-                "executors run, or point PYSPARK_PYTHON at the Python that has it") from exc
-        raise
-    finally:
-        if not _is_connect(spark):
-            spark.sparkContext.setJobDescription(None)
-    return sorted((json.loads(r.entry) for r in rows), key=lambda e: e["path"])
+    """Manifest entries of the committed (full, rel, size) files, each footer read on an
+    executor (`gather.run_spark`: DataFrame operations only, so also over Spark Connect)."""
+    from .index import gather
+
+    entries = gather.run_spark(spark, lambda rows: _footer_entries(rows, url, storage_options), files,
+                               "full string, rel string, size long",
+                               "the statistics of the written shards (no manifest was written)")
+    return sorted(entries, key=lambda e: e["path"])
 
 
 def _build_manifest(spark, entries: list[dict], codecs: Mapping[str, str], path: str) -> Manifest:

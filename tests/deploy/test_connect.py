@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import sparkfeed
@@ -163,6 +165,25 @@ def test_write_webdataset_over_connect(connect, tmp_path):
     assert m.num_samples == 300
     ids = [i for b in sparkfeed.DataLoader(out, batch_size=50) for i in b["id"].tolist()]
     assert sorted(ids) == list(range(300))
+
+
+def test_index_with_a_connect_session_gives_the_local_manifest(connect, tmp_path):
+    """Invariant: `sparkfeed.index(path, spark=<Connect session>)` scans tars and reads Parquet
+    footers on the executors, with the manifest a local index gives. Before, the tar scan used
+    sparkContext.parallelize and the argument check refused a Connect session."""
+    wds = pytest.importorskip("webdataset")
+    tars, plain = tmp_path / "tars", tmp_path / "plain"
+    tars.mkdir()
+    plain.mkdir()
+    for s in range(3):
+        with wds.TarWriter(str(tars / f"{s}.tar")) as w:
+            for i in range(5):
+                w.write({"__key__": f"k{s}_{i}", "cls": s * 5 + i, "txt": f"t{i}"})
+        pq.write_table(pa.table({"id": list(range(s * 10, s * 10 + 10))}), str(plain / f"{s}.parquet"))
+    for root in (tars, plain):
+        local = sparkfeed.index(str(root), manifest=str(tmp_path / f"{root.name}-l.json"), progress=False)
+        remote = sparkfeed.index(str(root), manifest=str(tmp_path / f"{root.name}-c.json"), spark=connect)
+        assert remote.to_dict()["shards"] == local.to_dict()["shards"] and remote.num_samples in (15, 30)
 
 
 def test_write_options_and_key_errors_over_connect(connect, tmp_path):

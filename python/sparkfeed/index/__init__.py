@@ -44,9 +44,9 @@ def _check_args(format, mode, version, spark, manifest, storage_options) -> None
                                 and not hasattr(version, "isoformat")):
         raise ValueError("`version` should be a Delta table version (int) or a timestamp "
                          f"(datetime or ISO-8601 string), but got version={version!r}")
-    if spark is not None and spark is not True and not hasattr(spark, "sparkContext"):
-        raise ValueError(f"`spark` should be a SparkSession, True (sparkfeed.spark_session()) or "
-                         f"None, but got spark={spark!r}")
+    if spark is not None and spark is not True and not hasattr(spark, "createDataFrame"):
+        raise ValueError(f"`spark` should be a SparkSession (classic or Spark Connect), True "
+                         f"(sparkfeed.spark_session()) or None, but got spark={spark!r}")
 
 
 def _session(spark):
@@ -70,8 +70,8 @@ def index(path, format: str | None = None, *, manifest: str | None = None, spark
     `path/_sparkfeed.json`, or to `manifest=` (a str or os.PathLike: a directory or a `.json`
     path; required for a glob or a list, and for read-only data), which then records where the
     data is. `storage_options` is a dict of the filesystem's (fsspec's) options. `spark=` (a
-    SparkSession, or True) reads footers and scans tars on executors; otherwise a local thread
-    pool with a progress bar. `version=` picks a Delta version (int) or time (datetime/ISO string). `mode="error"`
+    SparkSession, classic or Spark Connect, or True) reads footers and scans tars on executors;
+    otherwise a local thread pool with a progress bar. `version=` picks a Delta version (int) or time (datetime/ISO string). `mode="error"`
     refuses to replace an existing manifest; "overwrite" replaces it.
 
     Example: `sparkfeed.index("plain/")`, then `sparkfeed.DataLoader("plain/", batch_size=256)`.

@@ -70,8 +70,9 @@ def _parquet(listing, files, spark, storage_options, progress):
 def _webdataset(listing, files, spark, storage_options, progress):
     if spark is not None:
         url, dataset = _absolute_url(listing), listing.url
-        scans = run_spark(spark, lambda it: scan_task(((f.full, f.rel, f.size) for f in it), url,
-                                                     dataset, storage_options), files, "scanning tars")
+        scans = run_spark(spark, lambda it: scan_task(it, url, dataset, storage_options),
+                          [(f.full, f.rel, f.size) for f in files], "full string, rel string, size long",
+                          "the tar scan")
     else:
         scans = run_local(lambda f: scan_tar(listing.fs, f.full, f.rel, f.size, listing.url), files,
                           "scanning tars", listing.url, progress)

@@ -1,11 +1,13 @@
 """Run one indexing job per file: on a local thread pool with a progress bar, or on Spark.
 
 Reading a footer or scanning a tar waits on storage, so threads overlap the waits (pyarrow and
-file reads release the GIL); `spark=` spreads the same work over executors for 10,000+ files.
+file reads release the GIL); `spark=` spreads the same work over executors for 10,000+ files,
+on a classic session or over Spark Connect (the writer's footer job runs here too).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -14,7 +16,7 @@ from typing import TypeVar
 
 from ..errors import SparkfeedError
 
-__all__ = ["run_local", "run_spark", "THREADS"]
+__all__ = ["run_local", "run_spark", "THREADS", "TASKS"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
@@ -22,6 +24,8 @@ R = TypeVar("R")
 # Footer and header reads mostly wait on storage: many more threads than cores pay off on
 # object stores and cost little locally.
 THREADS = min(32, 4 * (os.cpu_count() or 1))
+# Spark tasks per job: enough for every core of a large cluster, never more than the files.
+TASKS = 256
 
 
 def run_local(fn: Callable[[T], R], items: Sequence[T], what: str, dataset: str,
@@ -38,26 +42,40 @@ def run_local(fn: Callable[[T], R], items: Sequence[T], what: str, dataset: str,
                          leave=False))
 
 
-def run_spark(spark, task: Callable, items: Sequence, what: str) -> list:
-    """`task(iterator of items) -> iterator of results` over Spark partitions; results in the
-    order of `items` (each result is a (position, value) pair internally)."""
-    sc = spark.sparkContext
-    slices = max(1, min(len(items), 4 * sc.defaultParallelism))
-    sc.setJobDescription(f"sparkfeed index: {what} ({len(items)} files)")
+def run_spark(spark, task: Callable, items: Sequence[tuple], schema: str, what: str) -> list:
+    """`task(iterator of item tuples) -> iterator of JSON-ready results` over Spark tasks (the
+    `schema` of an item: "full string, rel string, size long"); results in the order of
+    `items`. DataFrame operations only (createDataFrame -> repartition -> mapInArrow ->
+    collect), so it runs the same on a classic session and over Spark Connect, which has no
+    sparkContext and no RDDs; results travel as JSON."""
+    if not items:
+        return []
+    frame = spark.createDataFrame([(i, *item) for i, item in enumerate(items)], f"pos long, {schema}")
+    job = frame.repartition(max(1, min(len(items), TASKS))).mapInArrow(
+        lambda batches: _json_results(task, batches), "pos long, result string")
+    classic = not type(spark).__module__.startswith("pyspark.sql.connect")
+    if classic:
+        spark.sparkContext.setJobDescription(f"sparkfeed: {what} ({len(items)} files)")
     try:
-        pairs = (sc.parallelize(list(enumerate(items)), slices)
-                 .mapPartitions(lambda it: _positioned(task, it)).collect())
+        rows = job.collect()
     except Exception as exc:
         if "No module named 'sparkfeed'" in str(exc):
-            raise SparkfeedError("the Spark executors' Python cannot import sparkfeed; install it "
-                                 "where the executors run, or point PYSPARK_PYTHON at it") from exc
+            raise SparkfeedError(f"the Spark executors' Python cannot import sparkfeed, so {what} "
+                                 "could not run; install sparkfeed where the executors run, or point "
+                                 "PYSPARK_PYTHON at the Python that has it") from exc
         raise
     finally:
-        sc.setJobDescription(None)
-    return [value for _, value in sorted(pairs, key=lambda p: p[0])]
+        if classic:
+            spark.sparkContext.setJobDescription(None)
+    return [json.loads(r.result) for r in sorted(rows, key=lambda r: r.pos)]
 
 
-def _positioned(task: Callable, pairs):
-    pairs = list(pairs)
-    for (i, _), value in zip(pairs, task(item for _, item in pairs)):
-        yield i, value
+def _json_results(task: Callable, batches):
+    """mapInArrow body: batches of (pos, item...) rows -> batches of (pos, JSON result)."""
+    import pyarrow as pa
+
+    for batch in batches:
+        columns = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
+        results = [json.dumps(r) for r in task(zip(*columns[1:]))]
+        yield pa.RecordBatch.from_arrays([pa.array(columns[0], pa.int64()), pa.array(results, pa.string())],
+                                         names=["pos", "result"])
