@@ -196,6 +196,8 @@ def _size_shuffles(spark) -> None:
     machine under spark-submit that quadruples this job's time.
     """
     key = "spark.sql.shuffle.partitions"
+    if type(spark).__module__.startswith("pyspark.sql.connect"):
+        return  # Spark Connect: no sparkContext to size from; the server's setting stands
     if not spark.sparkContext.getConf().contains(key):
         spark.conf.set(key, str(max(2, 2 * spark.sparkContext.defaultParallelism)))
 

@@ -186,6 +186,25 @@ def test_index_with_a_connect_session_gives_the_local_manifest(connect, tmp_path
         assert remote.to_dict()["shards"] == local.to_dict()["shards"] and remote.num_samples in (15, 30)
 
 
+def test_the_preprocessing_example_runs_under_spark_remote(connect, tmp_path):
+    """Invariant: examples/preprocess_images.py, run with only SPARK_REMOTE set (the Connect
+    client's way), writes its splits with every validated image once. It read sparkContext to
+    size the shuffles, which a Connect session does not have."""
+    examples = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "examples")
+    raw, out = str(tmp_path / "raw"), str(tmp_path / "ds")
+    subprocess.run([sys.executable, os.path.join(examples, "make_raw_corpus.py"), "--output", raw,
+                    "--images", "40"], check=True, capture_output=True, timeout=120)
+    url = f"sc://127.0.0.1:{connect.conf.get('spark.connect.grpc.binding.port')}"
+    env = {k: v for k, v in os.environ.items() if k not in _CONNECT_ENV}
+    child = subprocess.run([sys.executable, os.path.join(examples, "preprocess_images.py"), "--input", raw,
+                            "--output", out], capture_output=True, text=True, timeout=600,
+                           env={**env, "SPARK_REMOTE": url})
+    assert child.returncode == 0, child.stderr[-3000:]
+    counts = [sparkfeed.DataLoader(os.path.join(out, split), batch_size=64).dataset.plan().num_samples
+              for split in ("train", "val")]
+    assert sum(counts) == 40 and min(counts) > 0
+
+
 def test_write_options_and_key_errors_over_connect(connect, tmp_path):
     """Invariant: `options=` reach the webdataset source from a Connect session, and a task
     failing on a key is the same SampleKeyError as on a classic session (its text comes back in
