@@ -45,7 +45,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from . import batch as batching
 from . import forks
@@ -263,6 +263,15 @@ def _rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def _upright(im: Image.Image) -> Image.Image:
+    """The image turned by its EXIF orientation tag (2-8: mirrored and/or rotated), as DALI's
+    decoders do (and torchvision's `decode_jpeg(apply_exif_orientation=True)`); a phone photo
+    stored sideways comes out the way it is shown."""
+    if im.getexif().get(0x0112, 1) == 1:
+        return im
+    return ImageOps.exif_transpose(im)
+
+
 class _PilBackend:
     """PIL decode + torch ops, with the same geometry as the DALI pipeline."""
 
@@ -283,7 +292,7 @@ class _PilBackend:
 
     def _one(self, arr: np.ndarray, draws: _Draws, i: int, kind: str) -> torch.Tensor:
         with Image.open(io.BytesIO(arr)) as im:
-            im = self._geometry(_rgb(im), kind, None if draws.window is None else draws.window[i])
+            im = self._geometry(_rgb(_upright(im)), kind, None if draws.window is None else draws.window[i])
         t = torch.from_numpy(np.array(im))
         s = self.spec.size
         if s is not None and kind != "slice":

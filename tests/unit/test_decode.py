@@ -93,6 +93,33 @@ def test_sixteen_bit_grayscale_png_is_scaled_the_same_by_both_backends():
     assert pil[0, 0, 0] == 0 and pil[0, -1, 0] == 255 and 120 <= pil[0, 32, 0] <= 135
 
 
+def _oriented(w: int, h: int, orientation: int, fmt: str = "JPEG") -> bytes:
+    """A gradient image stored with an EXIF orientation tag (1: as stored; 2-8: mirrored/turned)."""
+    y, x = np.mgrid[0:h, 0:w]
+    im = Image.fromarray(np.stack([x * 255 // w, y * 255 // h, np.full_like(x, 128)], -1).astype(np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    im.save(buf, fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+def test_exif_orientation_is_applied_by_both_backends(fmt):
+    """Orientations 2-8 come out as shown (PIL's `ImageOps.exif_transpose`, what DALI's decoders
+    and torchvision's `apply_exif_orientation=True` give), the same from both backends."""
+    from PIL import ImageOps
+
+    for orientation in range(1, 9):
+        data = _oriented(40, 24, orientation, fmt)
+        with Image.open(io.BytesIO(data)) as im:
+            shown = torch.from_numpy(np.array(ImageOps.exif_transpose(im).convert("RGB")))
+        for backend in BACKENDS:
+            got = _decoder(backend, layout="NHWC").decode([data]).images[0]
+            assert got.shape == shown.shape, (backend, orientation)
+            assert (got.int() - shown.int()).abs().max() <= 2, (backend, orientation)
+
+
 def test_grayscale_and_cmyk_come_out_rgb():
     gray = _decoder(size=16, layout="NHWC").decode([_encode(40, 40, "L")]).images[0].int()
     assert gray.shape[-1] == 3 and (gray[..., 0] - gray[..., 1]).abs().max() <= 2
