@@ -217,6 +217,65 @@ def _check_header(arr: np.ndarray, max_pixels: int) -> tuple[tuple[int, int] | N
     return (w, h), None
 
 
+_TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height (a quarter turn)
+
+
+def _exif_orientation(tiff) -> int:
+    """The orientation tag (0x0112, 1-8) of IFD0 of an EXIF block (TIFF bytes, after any
+    "Exif\\0\\0"); 1 where there is none or it cannot be read. Read from the block's first
+    directory directly: PIL's `Image.Exif` parses every tag, 12 µs a photo, 4x this."""
+    b = bytes(tiff[6:] if tiff[:6] == b"Exif\x00\x00" else tiff)
+    order = {b"II": "little", b"MM": "big"}.get(b[:2])
+    if order is None or len(b) < 8:
+        return 1
+    at = int.from_bytes(b[4:8], order)
+    count = int.from_bytes(b[at:at + 2], order) if at + 2 <= len(b) else 0
+    for e in range(at + 2, min(at + 2 + 12 * count, len(b) - 11), 12):
+        if int.from_bytes(b[e:e + 2], order) == 0x0112:
+            value = int.from_bytes(b[e + 8:e + 10], order)
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def _orientation(mv: memoryview) -> int:
+    """This row's EXIF orientation from its header only: a JPEG's APP1 "Exif" segment before
+    the frame header, a PNG's eXIf chunk before its pixel data, else what PIL's lazy open reads
+    (WebP, TIFF). 1 where there is none."""
+    if mv[:2] == b"\xff\xd8":
+        for i, marker in _segments(mv, 10):
+            if marker == 0xE1 and mv[i + 4:i + 10] == b"Exif\x00\x00":
+                return _exif_orientation(mv[i + 4:i + 2 + int.from_bytes(mv[i + 2:i + 4], "big")])
+            if marker in _SOF or marker == 0xDA:
+                break
+        return 1
+    if mv[:8] == _PNG[:8]:
+        i = 8
+        while i + 8 <= len(mv):
+            length, kind = int.from_bytes(mv[i:i + 4], "big"), mv[i + 4:i + 8]
+            if kind == b"eXIf":
+                return _exif_orientation(mv[i + 8:i + 8 + length])
+            if kind == b"IDAT":
+                break
+            i += 12 + length
+        return 1
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(mv)) as im:
+            return int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - refused or decoded elsewhere; nothing to turn
+        return 1
+
+
+def _upright_sizes(enc: _Encoded, w: np.ndarray, h: np.ndarray, rows) -> None:
+    """Swap width and height in place for the `rows` whose EXIF orientation is a quarter turn
+    (5-8): both backends decode such an image turned upright (docs/decode.md), so a window
+    drawn in it must be drawn on the turned size."""
+    for r in rows:
+        if _orientation(memoryview(enc.row(r))) in _TURNED:
+            w[r], h[r] = h[r], w[r]
+
+
 def _truncated_jpegs(enc: _Encoded) -> list[int]:
     """JPEG rows with no end-of-image marker after their first scan: cut short (a partial
     download or write). nvJPEG decodes such a stream without an error, filling what is missing,
@@ -240,7 +299,8 @@ def _truncated_jpegs(enc: _Encoded) -> list[int]:
 
 def _check_headers(enc: _Encoded, spec: ImageDecode, complete_jpeg: bool = False
                    ) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """Sizes (n, 2) of every row from its header, and the rows refused before any decoding
+    """Sizes (n, 2) of every row from its header (for crop="random_resized" as shown: turned by
+    EXIF orientations 5-8), and the rows refused before any decoding
     (empty, not an image, over `max_pixels`, smaller than a crop cut from stored pixels, and with
     `complete_jpeg` (GPU decoding) JPEGs cut short).
 
@@ -263,6 +323,8 @@ def _check_headers(enc: _Encoded, spec: ImageDecode, complete_jpeg: bool = False
     for r in np.flatnonzero(known & (w * h > spec.max_pixels)).tolist():
         failures.append((r, f"image is {w[r]}x{h[r]} = {w[r] * h[r]} pixels, over "
                             f"max_pixels={spec.max_pixels}; refused before decoding"))
+    if spec.crop == "random_resized":  # the only geometry that is not the same on a turned image
+        _upright_sizes(enc, w, h, np.flatnonzero(known).tolist())
     if spec.size is not None and spec.crop != "random_resized" and spec.resize_to is None:
         for r in np.flatnonzero(known & (np.minimum(w, h) < spec.size)).tolist():
             failures.append((r, f"image is {w[r]}x{h[r]}, smaller than the {spec.size}x{spec.size} "

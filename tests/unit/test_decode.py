@@ -120,6 +120,26 @@ def test_exif_orientation_is_applied_by_both_backends(fmt):
             assert (got.int() - shown.int()).abs().max() <= 2, (backend, orientation)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_random_resized_crop_of_a_turned_photo_is_the_crop_of_the_upright_image(backend, fmt):
+    """An image tagged with a quarter turn (EXIF 5-8) gets, for the same key, the crop the same
+    picture stored upright gets: its window is drawn on the size as shown, not as stored (else
+    the window's aspect ratio is squeezed by (h/w)^2, outside `ratio`)."""
+    from PIL import ImageOps
+
+    keys = np.arange(8, dtype=np.int64)
+    for orientation in (5, 6, 7, 8):
+        turned = _oriented(96, 48, orientation, fmt)
+        with Image.open(io.BytesIO(turned)) as im:
+            buf = io.BytesIO()
+            ImageOps.exif_transpose(im).convert("RGB").save(buf, "PNG")
+        dec = _decoder(backend, size=24, crop="random_resized", seed=5)
+        got = dec.decode([turned] * 8, keys=keys).images.int()
+        want = dec.decode([buf.getvalue()] * 8, keys=keys).images.int()
+        assert (got - want).abs().max() <= 3, orientation
+
+
 def test_grayscale_and_cmyk_come_out_rgb():
     gray = _decoder(size=16, layout="NHWC").decode([_encode(40, 40, "L")]).images[0].int()
     assert gray.shape[-1] == 3 and (gray[..., 0] - gray[..., 1]).abs().max() <= 2
