@@ -484,6 +484,21 @@ def test_crop_of_stored_pixels_refuses_small_images():
     assert res.failures == ((1, "image is 40x16, smaller than the 20x20 crop cut from stored pixels (resize=None)"),)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_thin_strip_is_refused_before_its_resize_exceeds_max_pixels(backend):
+    """max_pixels bounds the image resized to the shorter side too: a 1x600 strip (600 pixels)
+    resized to 32 would be 32x19200; with max_pixels=100_000 it is refused before decoding (at
+    the defaults a 1x3000 PNG of a few KB took 0.8 GB in DALI, 1.7 GB in PIL). A window resized
+    to size (random_resized) never grows the image: there it decodes."""
+    strip, square = _encode(1, 600, fmt="PNG"), _encode(64, 48)
+    res = _decoder(backend, size=32, max_pixels=100_000).decode([square, strip])
+    assert res.ok_rows.tolist() == [0] and res.images.shape == (1, 3, 32, 32)
+    assert res.failures == ((1, "image is 1x600: resized to shorter side 32 it would be 32x19200 = 614400 "
+                                "pixels, over max_pixels=100000; refused before decoding"),)
+    rrc = _decoder(backend, size=32, crop="random_resized", max_pixels=100_000).decode([square, strip])
+    assert rrc.ok_rows.tolist() == [0, 1]
+
+
 def test_resize_sets_the_shorter_side_before_the_crop():
     img = _encode(80, 60)
     big = _decoder(size=30, resize=60).decode([img]).images  # no resize needed: only the centre crop
