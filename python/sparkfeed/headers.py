@@ -189,7 +189,12 @@ def _sizes(enc: _Encoded) -> tuple[np.ndarray, np.ndarray]:
     return w, h
 
 
-def _check_header(arr: np.ndarray, max_pixels: int) -> tuple[tuple[int, int] | None, str | None]:
+# What DALI's decoders read (nvImageCodec); PIL's names for them. Others (GIF, ICO, TGA, ...) fail
+# in DALI with "nvImageCodec failure: '#4'" after the batch is bisected: refused from the header.
+_DALI_FORMATS = frozenset({"JPEG", "MPO", "PNG", "TIFF", "BMP", "PPM", "JPEG2000", "WEBP"})
+
+
+def _check_header(arr: np.ndarray, max_pixels: int, formats=None) -> tuple[tuple[int, int] | None, str | None]:
     """(width, height) of this row from its header only (no pixel is decoded), or why it cannot
     be decoded: `(size, None)` or `(None, reason)`.
 
@@ -204,7 +209,10 @@ def _check_header(arr: np.ndarray, max_pixels: int) -> tuple[tuple[int, int] | N
     try:
         if size is None:
             with Image.open(io.BytesIO(arr)) as im:
-                size = im.size
+                size, kind = im.size, im.format
+            if formats is not None and kind not in formats:
+                return None, (f"{kind} is not a format DALI decodes (JPEG, PNG, TIFF, BMP, PNM, JPEG 2000, "
+                              "WebP); ImageDecode(backend='pil') decodes it")
         w, h = size
     except Image.DecompressionBombError as e:
         return None, f"refused before decoding: {e}"
@@ -329,7 +337,7 @@ def _check_headers(enc: _Encoded, spec: ImageDecode, complete_jpeg: bool = False
                                 "after its scan data); refused before decoding"))
             w[r] = h[r] = -2  # neither read again below nor counted as known
     for r in np.flatnonzero(w == -1).tolist():
-        size, reason = _check_header(enc.row(r), spec.max_pixels)
+        size, reason = _check_header(enc.row(r), spec.max_pixels, _DALI_FORMATS if spec.backend == "dali" else None)
         if reason is None:
             w[r], h[r] = size
         else:

@@ -499,6 +499,19 @@ def test_a_thin_strip_is_refused_before_its_resize_exceeds_max_pixels(backend):
     assert rrc.ok_rows.tolist() == [0, 1]
 
 
+def test_formats_dali_cannot_decode_are_refused_from_the_header_naming_the_pil_backend():
+    """GIF, ICO and TGA (web crawls hold them) are not DALI formats: a DALI decoder refuses them
+    from the header, saying so and naming backend='pil', which decodes them; DALI's formats that
+    are read through PIL's header (BMP, TIFF, WebP) still decode."""
+    others = [_encode(40, 30, fmt=f) for f in ("GIF", "ICO", "TGA")]
+    dali_ok = [_encode(40, 30, fmt=f) for f in ("BMP", "TIFF", "WEBP")]
+    res = _decoder("dali", size=16).decode([_encode(40, 30)] + others + dali_ok)
+    assert res.ok_rows.tolist() == [0, 4, 5, 6]
+    assert [(r, why.split(" is not")[0]) for r, why in res.failures] == [(1, "GIF"), (2, "ICO"), (3, "TGA")]
+    assert all("not a format DALI decodes" in why and "backend='pil'" in why for _, why in res.failures)
+    assert _decoder("pil", size=16).decode(others).ok_rows.tolist() == [0, 1, 2]
+
+
 def test_resize_sets_the_shorter_side_before_the_crop():
     img = _encode(80, 60)
     big = _decoder(size=30, resize=60).decode([img]).images  # no resize needed: only the centre crop
