@@ -96,6 +96,7 @@ class Engine:
         self.config = config
         self._plan: Plan | None = None
         self._count_stats: dict = {}
+        self._count_emptied: dict = {}  # what the filter's count pass found empty (`_emptied_by_count`)
         # id(lanes) -> (lanes, what their readers share), for the last iterations
         self._shared: OrderedDict[int, tuple[list, SharedReads]] = OrderedDict()
         self._shared_lock = threading.Lock()
@@ -159,15 +160,19 @@ class Engine:
             plan = make_plan(cfg.manifest, cfg.expr, cfg.columns)
             if cfg.expr is not None:
                 stats = Stats()
-                plan = with_counts(plan, functools.partial(_count_units, cfg.manifest.format,
-                                                           self.context(stats, plan)))
-                self._count_stats = stats.take()
+                counted = with_counts(plan, functools.partial(_count_units, cfg.manifest.format,
+                                                              self.context(stats, plan)))
+                self._count_stats, self._count_emptied = stats.take(), _emptied_by_count(plan, counted)
+                plan = counted
             self._plan = plan
         return self._plan
 
     def planning_stats(self) -> dict:
-        """What planning pruned (shards, row groups) and what the filter's count pass read."""
-        pruning = self.plan().pruning_stats()  # planning also runs the filter's count pass
+        """What planning pruned by statistics (shards, row groups), what the filter's count pass
+        found without a matching row (`*_emptied`: no epoch reads them either) and what that
+        count pass read."""
+        pruning = {**self.plan().pruning_stats(), "shards_emptied": 0, "row_groups_emptied": 0}
+        pruning.update(self._count_emptied)  # (planning runs the count pass)
         return {"pruning": pruning, "counted": dict(self._count_stats)}
 
     def context(self, stats: Stats, plan: Plan | None = None, lanes: list | None = None) -> ReadContext:
@@ -346,6 +351,18 @@ class _NextEpoch:
     epoch: int
     reader: LaneReader
     stats: Stats
+
+
+def _emptied_by_count(before: Plan, after: Plan) -> dict[str, int]:
+    """Row groups and shards that the filter's count pass dropped (no row of them passes; their
+    statistics could not tell): no epoch reads them. `stats()` reports them beside the pruned
+    ones (`row_groups_emptied`, `shards_emptied`); without them their rows were in neither
+    `row_groups_pruned` nor `rows_filtered`."""
+    kept = {(u.shard, u.row_group) for u in after.units}
+    dropped = [u for u in before.units if (u.shard, u.row_group) not in kept]
+    left = {u.shard for u in after.units}
+    return {"row_groups_emptied": sum(u.row_group is not None for u in dropped),
+            "shards_emptied": len({u.shard for u in dropped} - left)}
 
 
 def _count_units(fmt: str, ctx: ReadContext, units) -> list[int]:

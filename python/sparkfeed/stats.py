@@ -12,7 +12,8 @@ from collections.abc import Mapping
 # Counters always present in `loader.stats()`, even when zero.
 BASE_COUNTERS = (
     "samples", "batches", "bytes_read", "shards_planned", "shards_pruned", "row_groups_planned",
-    "row_groups_pruned", "rows_filtered", "samples_skipped", "wait_s",
+    "row_groups_pruned", "shards_emptied", "row_groups_emptied", "rows_filtered", "samples_skipped",
+    "wait_s",
 )
 
 
