@@ -210,7 +210,9 @@ class DataLoader:
         self._drop_next()  # its reads start the epoch from its beginning, not from this state
 
     def stats(self) -> dict:
-        """Counters summed over workers: samples, bytes read, pruning, filtering, skips, wait time."""
+        """Counters summed over workers and over every epoch so far (not reset by `set_epoch`):
+        samples, bytes read, pruning, filtering, skips, wait time; docs/INTERNALS.md says what
+        each counts and when."""
         out = self._stats.snapshot()
         planning = self._engine.planning_stats()
         out.update(planning["pruning"])
