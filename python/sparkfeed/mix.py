@@ -64,7 +64,8 @@ __all__ = ["Source", "SOURCE_COLUMN", "MixPlan", "MixedEngine", "shares", "block
 
 SOURCE_COLUMN = "__source__"  # the column `with_source=True` adds
 SOURCE_STATS = ("samples", "bytes_read", "rows_filtered", "samples_skipped", "shards_planned",
-                "shards_pruned", "row_groups_planned", "row_groups_pruned")
+                "shards_pruned", "row_groups_planned", "row_groups_pruned", "shards_emptied",
+                "row_groups_emptied")
 _SOURCE_SHIFT = 56  # a mixed row key is (source << 56) | (unit << 32) | row
 _MAX_UNITS = 1 << (_SOURCE_SHIFT - 32)  # so a source's work units number at most 2^24
 _MAX_SOURCES = 127
