@@ -102,6 +102,7 @@ def run(params: Params) -> dict:
     """
     from tqdm import tqdm
 
+    from ..index.gather import bar_options
     from . import datasets, report, scenarios
     from .runners import Context
 
@@ -129,7 +130,7 @@ def run(params: Params) -> dict:
                "scenarios": {}}
     failures, started, interrupted = [], time.perf_counter(), None
     total = sum(len(c) for c in plan.values()) * p.repeats  # (warm-up runs not counted)
-    with tqdm(total=total, desc="sparkfeed bench", unit="run", disable=not p.progress) as bar:
+    with tqdm(total=total, desc="sparkfeed bench", unit="run", **bar_options(p.progress)) as bar:
         for name, cases in plan.items():
             bar.set_description(f"sparkfeed bench: {name}")
             try:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from ..errors import SparkfeedError
 
-__all__ = ["run_local", "run_spark", "THREADS", "TASKS"]
+__all__ = ["run_local", "run_spark", "bar_options", "THREADS", "TASKS"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
@@ -26,6 +27,20 @@ R = TypeVar("R")
 THREADS = min(32, 4 * (os.cpu_count() or 1))
 # Spark tasks per job: enough for every core of a large cluster, never more than the files.
 TASKS = 256
+
+
+# A bar written to a log file (CI) rather than a terminal: one update per this many seconds,
+# not several per second (each update is a line's worth of bytes in the log)
+LOG_BAR_INTERVAL_S = 10.0
+
+
+def bar_options(enabled: bool, stream=None) -> dict:
+    """tqdm's options for a progress bar: off when not asked for; to a terminal, tqdm's own
+    refresh; to anything else (a CI log), an update every `LOG_BAR_INTERVAL_S` seconds, so a
+    long job still shows progress there without filling the log."""
+    stream = sys.stderr if stream is None else stream
+    live = (hasattr(stream, "isatty") and stream.isatty()) or "ipykernel" in sys.modules  # a notebook's widget
+    return {"disable": not enabled, "file": stream, **({} if live else {"mininterval": LOG_BAR_INTERVAL_S})}
 
 
 def run_local(fn: Callable[[T], R], items: Sequence[T], what: str, dataset: str,
@@ -38,7 +53,7 @@ def run_local(fn: Callable[[T], R], items: Sequence[T], what: str, dataset: str,
     with ThreadPoolExecutor(max_workers=min(THREADS, len(items)),
                             thread_name_prefix="sparkfeed-index") as pool:
         results = pool.map(fn, items)
-        return list(tqdm(results, total=len(items), desc=what, unit="file", disable=not progress,
+        return list(tqdm(results, total=len(items), desc=what, unit="file", **bar_options(progress),
                          leave=False))
 
 
