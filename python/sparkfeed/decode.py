@@ -223,6 +223,27 @@ def _needs_resize(spec: ImageDecode, sizes) -> bool:
     return target is not None and bool((sizes.min(1) != target).any())
 
 
+def _crop_room(spec: ImageDecode, sizes) -> np.ndarray:
+    """(2, n): how far a `size` crop can move along x and y in each image once resized (the
+    shorter side to `resize_to`, rounded as the PIL path rounds; stored sizes with resize=None).
+    From header sizes: for an image tagged EXIF 5-8 the axes are the stored ones."""
+    sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)  # (w, h)
+    if _needs_resize(spec, sizes):
+        t = spec.resize_to
+        sizes = np.maximum(t, np.rint(sizes * (t / sizes.min(1))[:, None])).astype(np.int64)
+    return (sizes - spec.size).T
+
+
+def _uniform_offsets(pos: np.ndarray, room: np.ndarray) -> np.ndarray:
+    """Crop positions in [0, 1] that put a crop at each of its `room + 1` whole-pixel offsets
+    equally often, as torchvision's RandomCrop does: a uniform position rounded to an offset
+    (both backends round `pos * room`) gives the first and last offsets half as often. The
+    uniform draw picks the offset; the position names it."""
+    room = np.maximum(room, 0)
+    offset = np.minimum(np.floor(pos * (room + 1)), room)
+    return np.where(room > 0, offset / np.maximum(room, 1), 0.5).astype(np.float32)
+
+
 def _finish(spec: ImageDecode, hwc: torch.Tensor) -> torch.Tensor:
     """Normalise, cast and lay out a (N, H, W, 3) uint8 batch (the PIL path's last step)."""
     out = hwc
@@ -700,6 +721,8 @@ class ImageDecoder:
             u = _keyed_window_uniforms(self.seed, self._epoch, keys) if rrc else None
         if self.spec.crop == "center":
             pos[:] = 0.5
+        elif self.spec.crop == "random":
+            pos = _uniform_offsets(pos, _crop_room(self.spec, sizes))
         if not self.spec.mirror:
             flip[:] = 0
         window = _random_resized_windows(u, sizes, self.spec.scale, self.spec.ratio) if rrc else None

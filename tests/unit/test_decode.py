@@ -844,3 +844,22 @@ def test_the_hand_over_to_dali_copies_no_image_bytes():
         assert torch.equal(got, _decoder(size=24).decode(_column(items)).images)
     finally:
         decode._dali_batch = original
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_random_crop_offsets_are_equally_likely(backend):
+    """Each of a crop's whole-pixel offsets comes up about equally often, as with torchvision's
+    RandomCrop: the first and last came up half as often (a uniform position rounded)."""
+    w, h, s = 26, 20, 16  # 11 x 5 offsets
+    ramp = np.zeros((h, w, 3), np.uint8)
+    ramp[..., 0] = np.arange(w, dtype=np.uint8)[None, :] * 9
+    ramp[..., 1] = np.arange(h, dtype=np.uint8)[:, None] * 9
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, "PNG")
+    n = 2_200
+    dec = _decoder(backend, size=s, crop="random", resize=None, seed=3, max_batch_size=n)
+    out = dec.decode([buf.getvalue()] * n, keys=np.arange(n, dtype=np.int64)).images
+    x0, y0 = out[:, 0, 0, 0].numpy() // 9, out[:, 1, 0, 0].numpy() // 9
+    for offsets, count in ((x0, w - s + 1), (y0, h - s + 1)):
+        seen = np.bincount(offsets.astype(np.int64), minlength=count)
+        assert len(seen) == count and seen.min() > 0.7 * n / count and seen.max() < 1.3 * n / count, seen
