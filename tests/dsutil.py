@@ -130,3 +130,16 @@ def _dali_index(root: str, rel: str) -> dict:
     with open(full + ".idx", "w") as f:
         f.write(scan["dali_index"])
     return {"index": rel + ".idx"}
+
+
+def spark_jobs_started(spark, fn) -> list[int]:
+    """Run `fn` under a fresh Spark job group and return the ids of the jobs it started (a
+    check that runs before Spark must start none)."""
+    sc = spark.sparkContext
+    group = f"probe-{os.urandom(4).hex()}"
+    sc.setJobGroup(group, "validation probe")
+    try:
+        fn()
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    return list(sc.statusTracker().getJobIdsForGroup(group))

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+import dsutil
+
 pytestmark = pytest.mark.spark
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
@@ -321,18 +323,6 @@ def test_a_key_twice_in_one_shard_fails_the_task_naming_it(spark, tmp_path):
 
 # --- sparkfeed.write(format="webdataset", options=...) -----------------------------------------
 
-def _jobs_started(spark, fn):
-    """Ids of the Spark jobs `fn` started (a fresh job group around it)."""
-    sc = spark.sparkContext
-    group = f"probe-{os.urandom(4).hex()}"
-    sc.setJobGroup(group, "validation probe")
-    try:
-        fn()
-    finally:
-        sc.setLocalProperty("spark.jobGroup.id", None)
-    return list(sc.statusTracker().getJobIdsForGroup(group))
-
-
 def test_write_passes_options_to_the_webdataset_source(spark, tmp_path):
     """Invariant: what `options=` sets is what the data source does (names in any case, values
     made strings as Spark makes them): sanitised keys, shards cut by bytes, keys from keyColumn,
@@ -382,7 +372,7 @@ def test_write_refuses_bad_options_before_spark_runs(spark, tmp_path, format, op
         with pytest.raises(ValueError, match=re.escape(message)):
             sparkfeed.write(df, str(tmp_path / "never"), format=format, options=options)
 
-    assert _jobs_started(spark, attempt) == []
+    assert dsutil.spark_jobs_started(spark, attempt) == []
     assert not (tmp_path / "never").exists()
 
 

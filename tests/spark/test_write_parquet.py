@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+import dsutil
 import sparkfeed
 from sparkfeed.manifest import MANIFEST_NAME, read_manifest
 from sparkfeed.write import DatasetExistsError
@@ -181,18 +182,6 @@ def test_cluster_by_gives_selective_shard_ranges(clustered):
 
 # ---------------------------------------------------------------- modes and atomicity
 
-def _no_job_ran(spark, fn):
-    """Run `fn` under a fresh job group and return the ids of the Spark jobs it started."""
-    sc = spark.sparkContext
-    group = f"probe-{os.urandom(4).hex()}"
-    sc.setJobGroup(group, "validation probe")
-    try:
-        fn()
-    finally:
-        sc.setLocalProperty("spark.jobGroup.id", None)
-    return list(sc.statusTracker().getJobIdsForGroup(group))
-
-
 def test_mode_error_refuses_an_existing_dataset_before_spark_runs(spark, plain):
     path, m = plain
     before = sorted(os.listdir(path))
@@ -203,7 +192,7 @@ def test_mode_error_refuses_an_existing_dataset_before_spark_runs(spark, plain):
         assert isinstance(info.value, FileExistsError)
         assert "mode='overwrite'" in str(info.value)
 
-    assert _no_job_ran(spark, attempt) == []
+    assert dsutil.spark_jobs_started(spark, attempt) == []
     assert sorted(os.listdir(path)) == before
     assert read_manifest(str(path)).to_dict() == m.to_dict()
 
@@ -242,7 +231,7 @@ def test_overwriting_the_dataset_a_dataframe_reads_is_refused_before_anything_is
                                    rf"DataFrame being written reads from it \(file:.*/{path.name}/part-"):
                     sparkfeed.write(reads, target, format=fmt, mode="overwrite")
 
-            assert _no_job_ran(spark, attempt) == []
+            assert dsutil.spark_jobs_started(spark, attempt) == []
         assert sorted(os.listdir(path)) == before[path]
         assert read_manifest(str(path)).num_samples == 200
         # a path that merely starts with the same characters is another dataset: overwritten
@@ -292,7 +281,7 @@ def test_bad_samples_per_shard(spark, base, value):
                                              rf"but got samples_per_shard={value!r}"):
             sparkfeed.write(_frame(spark, 10), str(base / "never"), samples_per_shard=value)
 
-    assert _no_job_ran(spark, attempt) == []
+    assert dsutil.spark_jobs_started(spark, attempt) == []
     assert not (base / "never").exists()
 
 
@@ -312,7 +301,7 @@ def test_bad_arguments(spark, base, kwargs, message):
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
             sparkfeed.write(_frame(spark, 10), str(base / "never"), **kwargs)
 
-    assert _no_job_ran(spark, attempt) == []
+    assert dsutil.spark_jobs_started(spark, attempt) == []
 
 
 @pytest.mark.parametrize("expr, name, typename", [
@@ -329,7 +318,7 @@ def test_unsupported_column_types_are_named(spark, base, expr, name, typename):
         with pytest.raises(ValueError, match=rf"column '{leaf}' has type {typename.replace('(', '[(]').replace(')', '[)]')}"):
             sparkfeed.write(df, str(base / "never"))
 
-    assert _no_job_ran(spark, attempt) == []
+    assert dsutil.spark_jobs_started(spark, attempt) == []
 
 
 @pytest.mark.parametrize("format", ["parquet", "webdataset"])
@@ -361,7 +350,7 @@ def test_a_column_named_like_a_structs_leaf_is_refused_before_spark_runs(spark, 
         with pytest.raises(ValueError, match=r"columns \['a.b'\] are each both a column and a struct's leaf"):
             sparkfeed.write(df, str(base / "never"))
 
-    assert _no_job_ran(spark, attempt) == []
+    assert dsutil.spark_jobs_started(spark, attempt) == []
 
 
 def test_struct_columns_are_written_and_loaded_as_their_leaves(spark, base):
@@ -388,7 +377,7 @@ def test_struct_columns_are_written_and_loaded_as_their_leaves(spark, base):
         with pytest.raises(ValueError, match=r"column 'image' has type struct<.*df.select\('col.\*'\)"):
             sparkfeed.write(df, str(base / "never_wds"), format="webdataset")
 
-    assert _no_job_ran(spark, attempt) == []
+    assert dsutil.spark_jobs_started(spark, attempt) == []
 
 
 @pytest.mark.parametrize("format", ["parquet", "webdataset"])
@@ -416,4 +405,4 @@ def test_columns_differing_only_in_case_are_refused_before_spark_runs(spark, bas
                                              r"differing only in case"):
             sparkfeed.write(df, str(base / f"never-case-{format}"), format=format)
 
-    assert _no_job_ran(spark, attempt) == []
+    assert dsutil.spark_jobs_started(spark, attempt) == []
