@@ -52,7 +52,7 @@ from . import forks
 from .batch import BinaryChunks, BinaryColumn
 from .crops import _RRC_TRIES, _keyed_draws, _keyed_window_uniforms, _random_resized_windows
 from .decoded import DecodeResult
-from .headers import _check_headers, _Encoded, _encoded
+from .headers import _check_headers, _Encoded, _encoded, resized_sizes
 
 __all__ = ["ImageDecode", "ImageDecoder", "DecodeResult"]
 
@@ -227,11 +227,10 @@ def _crop_room(spec: ImageDecode, sizes) -> np.ndarray:
     """(2, n): how far a `size` crop can move along x and y in each image once resized (the
     shorter side to `resize_to`, rounded as the PIL path rounds; stored sizes with resize=None).
     From header sizes: for an image tagged EXIF 5-8 the axes are the stored ones."""
-    sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)  # (w, h)
+    w, h = np.asarray(sizes, dtype=np.int64).reshape(-1, 2).T
     if _needs_resize(spec, sizes):
-        t = spec.resize_to
-        sizes = np.maximum(t, np.rint(sizes * (t / sizes.min(1))[:, None])).astype(np.int64)
-    return (sizes - spec.size).T
+        w, h = resized_sizes(w, h, spec.resize_to)
+    return np.stack([w, h]) - spec.size
 
 
 def _uniform_offsets(pos: np.ndarray, room: np.ndarray) -> np.ndarray:
@@ -306,9 +305,8 @@ class _PilBackend:
             x0, y0, cw, ch = (int(v) for v in window)
             return im.crop((x0, y0, x0 + cw, y0 + ch)).resize((s, s), Image.BILINEAR)
         if kind == "resize":
-            t, (w, h) = self.spec.resize_to, im.size
-            scale = t / min(w, h)
-            return im.resize((max(t, round(w * scale)), max(t, round(h * scale))), Image.BILINEAR)
+            (w,), (h,) = resized_sizes([im.size[0]], [im.size[1]], self.spec.resize_to)
+            return im.resize((int(w), int(h)), Image.BILINEAR)
         return im
 
     def _one(self, arr: np.ndarray, draws: _Draws, i: int, kind: str) -> torch.Tensor:

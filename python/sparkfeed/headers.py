@@ -305,6 +305,16 @@ def _truncated_jpegs(enc: _Encoded) -> list[int]:
     return bad
 
 
+def resized_sizes(w, h, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """(width, height) of images of `w` x `h` pixels once their shorter side is resized to `t`,
+    rounded as the decoders round (half to even, at least `t`): the one rule for the PIL path's
+    resize, the resize-bomb guard and the room a crop has."""
+    w, h = np.asarray(w, dtype=np.int64), np.asarray(h, dtype=np.int64)
+    scale = t / np.maximum(np.minimum(w, h), 1)
+    return (np.maximum(t, np.rint(w * scale)).astype(np.int64),
+            np.maximum(t, np.rint(h * scale)).astype(np.int64))
+
+
 def _resize_bombs(w: np.ndarray, h: np.ndarray, known: np.ndarray, spec: ImageDecode) -> list[tuple[int, str]]:
     """Rows whose resize to the shorter side `resize_to` would exceed `max_pixels`: a thin strip
     (a 1x3000 PNG of a few KB) becomes 224 x 672,000 before its centre is cut, 0.8 GB in DALI and
@@ -312,8 +322,7 @@ def _resize_bombs(w: np.ndarray, h: np.ndarray, known: np.ndarray, spec: ImageDe
     t = spec.resize_to
     if t is None:
         return []
-    scale = t / np.maximum(np.minimum(w, h), 1)
-    rw, rh = np.maximum(t, np.rint(w * scale)), np.maximum(t, np.rint(h * scale))
+    rw, rh = resized_sizes(w, h, t)
     out = np.where(known & (np.minimum(w, h) > 0), rw * rh, 0)
     return [(r, f"image is {w[r]}x{h[r]}: resized to shorter side {t} it would be {int(rw[r])}x{int(rh[r])} = "
                 f"{int(out[r])} pixels, over max_pixels={spec.max_pixels}; refused before decoding")

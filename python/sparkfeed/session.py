@@ -135,7 +135,7 @@ def spark_session(app_name: str = "sparkfeed", master: str | None = None, conf: 
     return spark
 
 
-def _is_connect(spark) -> bool:
+def is_connect(spark) -> bool:
     """True for a Spark Connect session (it has no sparkContext)."""
     return type(spark).__module__.startswith("pyspark.sql.connect")
 
@@ -159,7 +159,7 @@ def _remote_session(app_name: str, master: str | None, conf: dict, remote: str):
 def _warn_if_jar_missing(spark) -> None:
     """Log a warning when a reused session cannot see the sparkfeed data source (a Connect
     session's server jars cannot be seen from here: its server needs `--jars`)."""
-    if _is_connect(spark):
+    if is_connect(spark):
         return
     jars = spark.sparkContext.getConf().get("spark.jars", "")
     if _JAR_NAME not in jars:

@@ -199,6 +199,17 @@ def as_os_error(exc: BaseException, what: str) -> BaseException:
     return OSError(f"{what}: {type(exc).__name__}: {exc}")
 
 
+def failure_words(exc: BaseException) -> str | None:
+    """What storage did, worded for an error message, for a failure `with_retries` gave up on:
+    it refused access, or it kept failing; None for anything else (a missing file is worded by
+    the caller, who knows which file it expected; corrupt bytes by the format's reader)."""
+    if isinstance(exc, PermissionError):
+        return f"storage refused access ({exc}); check the credentials in storage_options"
+    if isinstance(exc, (ConnectionError, TimeoutError)) or (not isinstance(exc, OSError) and is_transient(exc)):
+        return f"storage kept failing ({type(exc).__name__}: {exc})"
+    return None
+
+
 def _scrubbed(exc: BaseException) -> BaseException:
     """`exc` (and the errors it was raised from) with no URL credentials in its message: fsspec
     raises FileNotFoundError(url) with the URL as given, `http://user:password@host/...` too,

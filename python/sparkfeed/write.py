@@ -407,11 +407,6 @@ def _footer_entries(items: Iterable[tuple[str, str, int]], url: str,
         yield _footer_entry(fs, full, rel, size)
 
 
-def _is_connect(spark) -> bool:
-    """True for a Spark Connect session (`SparkSession.builder.remote(...)`)."""
-    return type(spark).__module__.startswith("pyspark.sql.connect")
-
-
 # ---------------------------------------------------------------- the write
 
 def _committed_parquet(fs, root: str) -> list[tuple[str, str, int]]:

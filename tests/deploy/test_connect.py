@@ -115,9 +115,9 @@ def _frame(spark, n: int):
 
 
 def test_connect_session_is_connect(connect):
-    from sparkfeed.write import _is_connect
+    from sparkfeed.session import is_connect
 
-    assert _is_connect(connect)
+    assert is_connect(connect)
 
 
 def test_write_parquet_over_connect(connect, tmp_path):

@@ -86,7 +86,7 @@ def _check_runners(runners, labels: list[str]) -> None:
     """Every `runners` prefix must keep a runner of the scenarios run: one that keeps none is a
     typo, which would otherwise give an empty report and success. (Checked once the data are
     built: some scenarios' runners depend on them.)"""
-    unmatched = [r for r in runners or () if not any(label.startswith(r) for label in labels)]
+    unmatched = [r for r in runners or () if not any(_keep(label, [r]) for label in labels)]
     if unmatched:
         raise ValueError(f"`runners` {', '.join(map(repr, unmatched))} match no runner of the scenarios "
                          f"run; their runners are: {list(dict.fromkeys(labels))}")

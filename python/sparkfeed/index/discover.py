@@ -244,12 +244,10 @@ def discover(path, storage_options: dict | None = None) -> Listing:
 
 
 def _storage_failure(exc: OSError) -> str:
-    """What storage did, in the words the readers use (`read.base.Reader._storage_error`)."""
-    if isinstance(exc, PermissionError):
-        return f"storage refused access ({exc}); check the credentials in storage_options"
+    """What storage did (`storage.failure_words`, as the readers word it)."""
     if isinstance(exc, FileNotFoundError) and not storage.is_transient(exc):
         return f"a file went missing while it was listed ({exc})"
-    return f"storage kept failing ({type(exc).__name__}: {exc})"
+    return storage.failure_words(exc) or f"storage kept failing ({type(exc).__name__}: {exc})"
 
 
 def _discover(path, storage_options: dict | None) -> Listing:

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from ..errors import SparkfeedError
+from ..session import is_connect
 
 __all__ = ["run_local", "run_spark", "bar_options", "THREADS", "TASKS"]
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def run_spark(spark, task: Callable, items: Sequence[tuple], schema: str, what: 
     frame = spark.createDataFrame([(i, *item) for i, item in enumerate(items)], f"pos long, {schema}")
     job = frame.repartition(max(1, min(len(items), TASKS))).mapInArrow(
         lambda batches: _json_results(task, batches), "pos long, result string")
-    classic = not type(spark).__module__.startswith("pyspark.sql.connect")
+    classic = not is_connect(spark)
     if classic:
         spark.sparkContext.setJobDescription(f"sparkfeed: {what} ({len(items)} files)")
     try:

@@ -429,13 +429,8 @@ class Reader:
         if isinstance(exc, FileNotFoundError) and not storage.is_transient(exc):
             return self._error(unit, f"file missing: the manifest names {unit.path!r} but storage "
                                "has no such file", offset)
-        if isinstance(exc, PermissionError):
-            return self._error(unit, f"storage refused access ({exc}); check the credentials in "
-                               "storage_options", offset)
-        if isinstance(exc, (ConnectionError, TimeoutError)) or (
-                not isinstance(exc, OSError) and storage.is_transient(exc)):
-            return self._error(unit, f"storage kept failing ({type(exc).__name__}: {exc})", offset)
-        return None
+        words = storage.failure_words(exc)
+        return None if words is None else self._error(unit, words, offset)
 
 
 @dataclass(frozen=True)
