@@ -223,10 +223,12 @@ def test_cuda_requests_without_cuda_are_refused_when_built(pq_path):
 
 
 def test_device_cpu_starts_no_prefetch_thread(pq_path):
+    """(Threads of earlier tests' loaders not yet garbage-collected are not this loader's.)"""
+    before = set(threading.enumerate())
     L = sparkfeed.DataLoader(pq_path, batch_size=32, device="cpu", num_workers=0)
     it = iter(L)
     next(it)
-    assert not any(t.name.startswith("sparkfeed-prefetch") for t in threading.enumerate())
+    assert not any(t.name.startswith("sparkfeed-prefetch") for t in set(threading.enumerate()) - before)
     assert len(ids_of(it)) == N - 32
 
 
