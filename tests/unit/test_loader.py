@@ -956,8 +956,20 @@ class _Counted:
         return batch
 
 
+_EARLIER: set = set()  # threads alive when the running test began (`_earlier_threads`)
+
+
+@pytest.fixture(autouse=True)
+def _earlier_threads():
+    """An earlier test's loader may still be finishing a read-ahead on its prefetch thread: the
+    thread counts below are of the threads this test started."""
+    _EARLIER.clear()
+    _EARLIER.update(threading.enumerate())
+
+
 def _prefetch_threads() -> list:
-    return [t for t in threading.enumerate() if t.name == "sparkfeed-prefetch" and t.is_alive()]
+    return [t for t in threading.enumerate()
+            if t.name == "sparkfeed-prefetch" and t.is_alive() and t not in _EARLIER]
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
