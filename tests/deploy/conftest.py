@@ -65,7 +65,7 @@ class FaultyS3:
         if self.deny and path.endswith(self.deny):
             start_response("403 Forbidden", [("Content-Type", "application/xml"),
                                              ("Content-Length", str(len(DENIED)))])
-            return [DENIED]
+            return [] if method == "HEAD" else [DENIED]  # a HEAD answer has no body
         kind = self._decide(path) if method == "GET" else None
         if kind == "slowdown":
             start_response("503 Slow Down", [("Content-Type", "application/xml"),
