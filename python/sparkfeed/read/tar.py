@@ -10,6 +10,8 @@ that `storage.path_problem` refuses (absolute, `..`, ...) are refused, naming th
 offset, as is a damaged member header (`StrictTarInfo`: never taken for the archive's end).
 Members are grouped as webdataset groups them: one in no sample (`is_sample_member`: "README",
 ".txt") is skipped; integer members are read as webdataset reads them (`parse_int`).
+A shard's keys, known from its headers at no extra cost, must be those the manifest implies
+(`key_problem`): a file of the right size holding another shard's samples is an error.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import logging
 import mmap
 import os
 import posixpath
+import re
 import tarfile
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +36,7 @@ import pyarrow.compute as pc
 
 from .. import storage
 from ..errors import CorruptSampleError, redact
+from ..manifest import Column, Shard
 from ..plan import WorkUnit
 from . import tarindex
 from .tarindex import is_sample_member
@@ -102,6 +107,7 @@ class TarReader(Reader):
         self._indexes: OrderedDict[str, tuple] = OrderedDict()  # shard -> (index text, its parse)
         self._pieces_read: set = set()  # pieces read (a hint names its unit's pieces from the first)
         self._checked: set = set()  # shards whose indexed version was checked (`_check_unchanged`)
+        self._key_rules: dict[str, KeyRule | None] | None = None  # shard -> its keys' rule (`key_rules`)
 
     def chunks(self, unit: WorkUnit, expected: int) -> list[tuple[int, int]] | None:
         """The pieces (rows [a, b)) this reader reads an indexed shard in: about `CHUNK_BYTES`
@@ -224,9 +230,12 @@ class TarReader(Reader):
         self.ctx.stats.add("bytes_read", got.nbytes)
         return self._unit_rows(table, unit, np.arange(start, stop), ok=ok)
 
-    def _index(self, unit: WorkUnit) -> tuple[str | None, tarindex.Index | None, dict]:
-        """The shard's index text, its parse and the byte ranges of its pieces (`chunks`), once
-        per shard: from what `read_ahead` fetched, or read and worked out here."""
+    def _index(self, unit: WorkUnit) -> tuple[str | None, tarindex.Index | None, dict, tuple | None]:
+        """The shard's index text, its parse, the byte ranges of its pieces (`chunks`) and what is
+        wrong with its keys (`_keys_wrong`; None: nothing), once per shard: from what
+        `read_ahead` fetched, or read and worked out here. A window or shard cut out through the
+        index holds the index's keys (`Index.members` checks each header's name), so the index's
+        keys are checked once for every read through it."""
         if unit.path not in self._indexes:
             once = self._ahead.once_result if self._ahead is not None else lambda key: None
             fetched = self.ctx.shared.fetched(("index", unit.path)) if self._ahead is not None else None
@@ -238,7 +247,8 @@ class TarReader(Reader):
                 spans = tarindex.window_ranges(text, pieces, self.ctx.manifest_bytes[unit.path])
             parsed = self.ctx.shared.fetched(("parsed", unit.path)) if fetched is not None else None
             index = parsed if parsed is not None else self._parse_index(unit, text)  # (malformed: said here)
-            self._indexes[unit.path] = (text, index, spans or {})
+            wrong = None if index is None else self._keys_wrong(unit, index.keys, index.sample_offset)
+            self._indexes[unit.path] = (text, index, spans or {}, wrong)
             while len(self._indexes) > _INDEXES_KEPT:
                 self._indexes.popitem(last=False)
         return self._indexes[unit.path]
@@ -254,7 +264,9 @@ class TarReader(Reader):
         key = (unit.path, *window)
         self._pieces_read.add(key)
         fetched = self._take_fetched(key)
-        text, index, spans = self._index(unit)
+        text, index, spans, wrong = self._index(unit)
+        if wrong is not None:
+            return None  # not the shard written: the whole read names it
         if fetched is not None:
             got = None if index is None else index.members(fetched, wanted, window)
             if got is not None:
@@ -341,9 +353,9 @@ class TarReader(Reader):
     def _members(self, unit: WorkUnit, wanted_members: set[str]) -> tarindex.Members:
         """Keys in shard order and the wanted members' bytes per sample (retried as a whole)."""
         where = {"offset": 0}
-        index = self._index(unit)[1]  # its own retries, once: not retried with the shard
+        _, index, _, wrong = self._index(unit)  # its own retries, once: not retried with the shard
         try:
-            found = storage.with_retries(lambda: self._read_members(unit, wanted_members, where, index),
+            found = storage.with_retries(lambda: self._read_members(unit, wanted_members, where, index, wrong),
                                          f"reading {unit.path}")
         except Exception as exc:
             named = self._storage_error(unit, exc, where["offset"])
@@ -361,9 +373,10 @@ class TarReader(Reader):
         return found
 
     def _read_members(self, unit: WorkUnit, wanted_members: set[str], where: dict,
-                      index: tarindex.Index | None) -> tarindex.Members:
+                      index: tarindex.Index | None, wrong: tuple | None = None) -> tarindex.Members:
         """The shard's members: through its index where it has one that matches, else streamed.
-        A streamed shard must hold the members its manifest counts (`_check_present`)."""
+        A streamed shard must hold the members its manifest counts (`_check_present`); either
+        way its keys must be the shard's (`_keys_wrong`; `wrong`: the index's keys' verdict)."""
         path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
         self._check_unchanged(unit, path)
         data = self._ahead.take(unit.path) if self._ahead is not None else None
@@ -372,6 +385,8 @@ class TarReader(Reader):
                 self._check_size(unit, len(buf))
                 found = index.members(buf, wanted_members)
                 if found is not None:
+                    if wrong is not None:
+                        raise self._error(unit, *wrong)
                     return found
                 data = buf if isinstance(buf, (bytes, memoryview)) else None
             log.info("%s: shard %s does not match its index; streaming the tar", self.ctx.dataset,
@@ -380,6 +395,9 @@ class TarReader(Reader):
         present: dict[str, int] = {}
         found = self._stream(unit, path, data, wanted_members, where, seen, present)
         self._check_present(unit, present, seen, index)
+        wrong = self._keys_wrong(unit, found.keys, found.starts.__getitem__)
+        if wrong is not None:
+            raise self._error(unit, *wrong)
         return found
 
     def _stream(self, unit: WorkUnit, path: str, data: bytes | None, wanted_members: set[str],
@@ -389,6 +407,7 @@ class TarReader(Reader):
         `seen` gets each sample member's (header offset, name) and `present` each extension's
         count. Members in no sample (`is_sample_member`) are skipped, as webdataset skips them."""
         keys: list[str] = []
+        starts: list[int] = []
         samples: list[dict] = []
         read = skipped = 0
         with self._open(path, data) as f:
@@ -409,6 +428,7 @@ class TarReader(Reader):
                         present[ext] = present.get(ext, 0) + 1
                         if not keys or keys[-1] != key:
                             keys.append(key)
+                            starts.append(info.offset)
                             samples.append({})
                         if ext in wanted_members:
                             samples[-1][ext] = tar.extractfile(info).read()
@@ -418,7 +438,7 @@ class TarReader(Reader):
             log.debug("%s: shard %s: %d member(s) in no sample (no extension or no key) skipped",
                       self.ctx.dataset, unit.path, skipped)
         values = {m: [s.get(m) for s in samples] for m in wanted_members}
-        return tarindex.Members(keys, values, read)
+        return tarindex.Members(keys, values, read, starts)
 
     def _check_present(self, unit: WorkUnit, present: dict[str, int], seen: list[tuple[int, str]],
                        index: tarindex.Index | None) -> None:
@@ -440,6 +460,21 @@ class TarReader(Reader):
                                   f"counts {want}: the shard was damaged or changed after it was "
                                   "indexed (index it again if the change is wanted)",
                                   _first_difference(seen, index))
+
+    def _keys_wrong(self, unit: WorkUnit, keys, offset_of) -> tuple[str, int] | None:
+        """(what is wrong, the tar offset of the first sample concerned) when the shard's keys
+        (all of them, in shard order) are not those its manifest entry implies (`key_problem`),
+        else None. `offset_of(i)`: sample i's first member header."""
+        if self._key_rules is None:
+            self._key_rules = key_rules(self.ctx.schema, self.ctx.shards)
+        rule = self._key_rules.get(unit.path)
+        problem = None if rule is None or not len(keys) else key_problem(rule, keys)
+        if problem is None:
+            return None
+        what, i = problem
+        return (f"{what}: the file is not the shard that was written; it was replaced or changed "
+                "after the write (another shard copied over it?); restore it or write the dataset "
+                "again"), offset_of(i)
 
     def _check_size(self, unit: WorkUnit, size: int | None) -> None:
         """A shard whose size differs from the manifest's was truncated or replaced."""
@@ -625,6 +660,132 @@ def _fetch_whole(fs, path: str, size: int):
     pooled buffer, not a joined bytes object). A file whose size is not the manifest's fails the
     fetch, and the shard is then read in place, where the reader names the mismatch."""
     return storage.fetch_ranges(fs, path, [(0, size)], size)[(0, size)]
+
+
+# ---------------------------------------------------------------- keys against the manifest
+#
+# Every read parses a shard's member headers, so its keys cost nothing more to check. What the
+# manifest implies of them (`key_rules`):
+# * a key column (`member: "__key__"`) with stats: the writer's min and max of the shard's keys
+#   (the JVM writer's are of the keys as written, sanitised; both writers cut a string over 64
+#   characters: min to a prefix, max to the prefix rounded up). The shard's own min and max must
+#   give them again; older manifests hold them whole, or a max cut to a plain prefix, and both
+#   are taken. Bounds holding a character that `invalidKeys=sanitize` replaces are of the raw
+#   keys (the JVM writer before 2026-11-27's fix): no check there.
+# * no key column: the JVM writer generated `p<partition:5>_<row:9>` keys for the shards it names
+#   `part-<partition:5>-<n:4>.tar`: a shard's keys are of its partition, their rows increase and
+#   start at or after the samples of the partition's earlier shards (rows whose every member was
+#   null are not written, so rows can only start later). An earlier shard of the partition copied
+#   over a later one is seen; a later one over an earlier one is not (no upper bound is known).
+# Neither says anything for other shards (no key stats: data `sparkfeed.index` scanned, or a
+# manifest made by hand): those are not checked.
+
+STATS_CHARS = 64  # `write.STRING_STATS_MAX_CHARS`, the JVM's `ColumnStats.STRING_STATS_MAX_CHARS`
+_WRITER_SHARD = re.compile(r"part-([0-9]{5})-([0-9]{4})\.tar")
+_GENERATED_KEY = r"^p(?P<partition>[0-9]{5,9})_(?P<row>[0-9]{9,18})$"
+# what `invalidKeys=sanitize` replaces (the JVM's `KeyPolicy.invalidChar`), in a recorded bound
+_SANITISED = re.compile(r"[./\\\s\x00-\x1f\x7f-\x9f\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
+
+
+@dataclass(frozen=True)
+class KeyRule:
+    """What a shard's manifest entry says of its keys: the key column's recorded `lo` and `hi`,
+    or (generated keys) the Spark `partition` and the least row its first key may have."""
+
+    lo: str | None = None
+    hi: str | None = None
+    partition: int | None = None
+    first_row: int = 0
+
+
+def key_rules(schema: tuple[Column, ...], shards: dict[str, Shard]) -> dict[str, KeyRule | None]:
+    """Each shard's `KeyRule` (None: nothing to check), once per reader."""
+    key = next((c for c in schema if (c.member or c.name) == "__key__"), None)
+    if key is not None:
+        return {path: _bounds_rule(s.stats.get(key.name)) for path, s in shards.items()}
+    named = sorted((int(m[1]), int(m[2]), path) for path in shards
+                   if (m := _WRITER_SHARD.fullmatch(path)) is not None)
+    rules: dict[str, KeyRule | None] = {}
+    rows, last = 0, None
+    for partition, _, path in named:
+        rows = rows if partition == last else 0
+        rules[path] = KeyRule(partition=partition, first_row=rows)
+        rows, last = rows + shards[path].num_samples, partition
+    return rules
+
+
+def _bounds_rule(stats) -> KeyRule | None:
+    lo, hi = (None, None) if stats is None else (stats.min, stats.max)
+    if not isinstance(lo, str) or not isinstance(hi, str) or _SANITISED.search(lo + hi):
+        return None
+    return KeyRule(lo=lo, hi=hi)
+
+
+def key_problem(rule: KeyRule, keys) -> tuple[str, int] | None:
+    """(what is wrong, the first sample concerned) when a shard's keys (a list or an Arrow array,
+    all of them, in shard order) are not those `rule` says, else None. Arrow kernels over the
+    keys: no Python step per sample."""
+    keys = keys if isinstance(keys, pa.Array) else pa.array(keys, pa.string())
+    return _generated_problem(rule, keys) if rule.partition is not None else _bounds_problem(rule, keys)
+
+
+def _bounds_problem(rule: KeyRule, keys: pa.Array) -> tuple[str, int] | None:
+    ends = pc.min_max(keys)
+    low, high = ends["min"].as_py(), ends["max"].as_py()
+    if _is_min(low, rule.lo) and _is_max(high, rule.hi):
+        return None
+    above = pc.greater(keys, rule.hi)
+    if len(rule.hi) == STATS_CHARS:  # a max cut to a plain prefix is above nothing that starts so
+        above = pc.and_(above, pc.invert(pc.starts_with(keys, rule.hi)))
+    i = pc.index(pc.or_(pc.less(keys, rule.lo), above), True).as_py()
+    if i >= 0:
+        return (f"sample key {keys[i].as_py()!r} is outside the keys its manifest entry records "
+                f"({rule.lo!r} to {rule.hi!r})"), i
+    if not _is_min(low, rule.lo):
+        return f"its smallest key is {low!r} where the manifest records {rule.lo!r}", pc.index(keys, low).as_py()
+    return f"its largest key is {high!r} where the manifest records {rule.hi!r}", pc.index(keys, high).as_py()
+
+
+def _is_min(low: str, lo: str) -> bool:
+    """Whether `lo` is the min a writer records for keys whose least is `low`."""
+    return low == lo or (len(lo) == STATS_CHARS and low[:STATS_CHARS] == lo)
+
+
+def _is_max(high: str, hi: str) -> bool:
+    """Whether `hi` is the max a writer records for keys whose greatest is `high`: itself, or past
+    64 characters the prefix rounded up (a plain prefix in some manifests)."""
+    if high == hi:
+        return True
+    prefix = high[:STATS_CHARS]
+    return len(high) > STATS_CHARS and hi in (prefix, _rounded_up(prefix))
+
+
+def _rounded_up(s: str) -> str | None:
+    """`write._round_up` (and the JVM's `roundedUp`): the shortest string built from a prefix of
+    `s` above every string that starts with `s`."""
+    chars = list(s)
+    while chars:
+        code = ord(chars[-1]) + 1
+        code = 0xE000 if 0xD800 <= code <= 0xDFFF else code
+        if code <= 0x10FFFF:
+            chars[-1] = chr(code)
+            return "".join(chars)
+        chars.pop()
+    return None
+
+
+def _generated_problem(rule: KeyRule, keys: pa.Array) -> tuple[str, int] | None:
+    parts = pc.extract_regex(keys, _GENERATED_KEY)  # null where a key is not `p<digits>_<digits>`
+    partition, row = (pc.fill_null(pc.cast(pc.struct_field(parts, [k]), pa.int64()), -1).to_numpy()
+                      for k in (0, 1))
+    bad = (partition != rule.partition) | (row < rule.first_row)
+    bad[1:] |= row[1:] <= row[:-1]
+    if not bad.any():
+        return None
+    i = int(np.argmax(bad))
+    return (f"sample key {keys[i].as_py()!r} is not one the webdataset writer generated for this "
+            f"shard (p{rule.partition:05d}_<row>, rows increasing from {rule.first_row} on, by the "
+            "shard's name and the samples of the partition's earlier shards)"), i
 
 
 # ---------------------------------------------------------------- whole columns at C speed

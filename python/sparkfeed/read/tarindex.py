@@ -80,11 +80,13 @@ def _in_samples(keys: list[str], firsts: list[str], exts) -> bool:
 class Members:
     """A shard's samples: keys in shard order and, per wanted member extension, each sample's
     bytes: a list (None where a sample lacks it), or a binary Arrow array when every sample has
-    one (cut out with one copy); `nbytes` is what the shard's members occupy."""
+    one (cut out with one copy); `nbytes` is what the shard's members occupy; `starts` (streamed
+    shards) where each sample's first member header lies, for errors."""
 
     keys: list[str]
     values: dict[str, "list | pa.Array"]
     nbytes: int
+    starts: list[int] | None = None  # streamed: each sample's first member header's tar offset
 
 
 def names_are_safe(names: list[str]) -> bool:
@@ -309,6 +311,10 @@ class Index:
         if _single_spaced(index_text):
             return _parse_usual(index_text, split_name, max_member)
         return _parse_any(index_text, split_name, max_member)
+
+    def sample_offset(self, i: int) -> int:
+        """The tar offset of sample `i`'s first member header."""
+        return int(self.offsets[np.searchsorted(self.sample, i)]) - _BLOCK
 
     def names(self) -> list[str]:
         """Every member's name, in tar order (`<its sample's key>.<its extension>`, as parsed)."""
