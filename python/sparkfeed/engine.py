@@ -222,6 +222,12 @@ class Engine:
             return fs, root
         return storage.resolve(url, cfg.storage_options)
 
+    @functools.cached_property
+    def runs_capped(self) -> bool:
+        """Shuffled with the default block, whose run cap (`shuffle.MAX_BLOCK_RUNS`) cuts more
+        blocks than its size alone would: the same for every epoch (runs do not depend on it)."""
+        return self.config.shuffle and self.stream(0).capped
+
     def stream(self, epoch: int) -> EpochStream:
         cfg = self.config
         return EpochStream(self.plan(), seed=cfg.seed, epoch=epoch, shuffle=cfg.shuffle,

@@ -25,6 +25,7 @@ import torch
 import torch.utils.data
 
 from . import checks, forks, mix, progress
+from . import shuffle as shuffling
 from .arrays import NpyDecode, NpyDecoder
 from .batch import select_rows, unpack, user_facing
 from .dataset import Dataset
@@ -178,9 +179,13 @@ class DataLoader:
         return progress.EpochProgress(self._pending or self._fresh_lanes(), self.batch_size).batches_left()
 
     def _fingerprint(self) -> str:
+        """The settings a saved state must match. The run cap of the default shuffle block is
+        named only where it changes the order, so states saved before it existed still load
+        wherever their order is unchanged (and are refused where it is not)."""
         ds = self.dataset
+        capped = f"|block runs<={shuffling.MAX_BLOCK_RUNS}" if self._engine.runs_capped else ""
         return (f"{self._engine.identity()}|{ds.shuffle}|{ds.seed}|{ds.shuffle_buffer}|"
-                f"{self.batch_size}|{ds.drop_last}")
+                f"{self.batch_size}|{ds.drop_last}{capped}")
 
     def state_dict(self, all_ranks: bool = False) -> dict:
         """Plain values: the epoch and, per lane, the stream positions not delivered yet.

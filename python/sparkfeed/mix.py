@@ -412,6 +412,11 @@ class MixedEngine(Engine):
                                  for s, e in zip(self.sources, self.engines)) + ")"
 
     @property
+    def runs_capped(self) -> bool:
+        """A source's default shuffle block is cut by its run cap (`Engine.runs_capped`)."""
+        return any(e.runs_capped for e in self.engines)
+
+    @property
     def data_digest(self) -> str:
         """Every source's `Engine.data_digest`, in the sources' order."""
         return "+".join(e.data_digest for e in self.engines)

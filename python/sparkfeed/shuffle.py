@@ -13,10 +13,16 @@ with (seed, epoch, 0). A batch of 256 positions is then a uniform draw from 3,00
 the order the rows were written in (data clustered by label included).
 
 Algorithms (`ALGORITHMS`, chosen by name with `shuffle_algo`), one signature:
-`algo(run_sizes, seed, epoch, block) -> (run order, block bounds in that order)`.
+`algo(run_sizes, seed, epoch, block, max_runs) -> (run order, block bounds in that order)`.
+
+The default block also holds at most `MAX_BLOCK_RUNS` runs. A block is read whole before its
+first position is delivered, so a block of many tiny runs (10,000 files of 10 rows: one block of
+all 100,000 rows at the default size) makes the first batch wait for every file of it (14.5 s
+there); 512 runs read in well under a second and still mix a batch of 256 across up to 512
+stretches of the data.
 
 * "block" (default): runs permuted, cut into balanced blocks of at most `block` samples plus
-  one run; rows mixed across the whole block.
+  one run, and (`max_runs`) of at most that many runs; rows mixed across the whole block.
 * "unit": runs permuted, each run its own block (rows mixed within a run only). Cheaper in
   memory, poor on clustered data: kept as the reference the mixing tests must beat.
 """
@@ -27,7 +33,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["ALGORITHMS", "DEFAULT_ALGORITHM", "BLOCK_BYTES", "MIN_BLOCK", "MAX_BLOCK", "RUN_UNITS",
+__all__ = ["ALGORITHMS", "DEFAULT_ALGORITHM", "BLOCK_BYTES", "MIN_BLOCK", "MAX_BLOCK", "RUN_UNITS", "MAX_BLOCK_RUNS",
            "default_block", "runs", "runs_in_order", "block_layout", "block_permutation"]
 
 DEFAULT_ALGORITHM = "block"
@@ -35,6 +41,7 @@ BLOCK_BYTES = 256 << 20  # default block: about this many bytes of stored data (
 MIN_BLOCK = 2_048         # ... but never fewer samples than this
 MAX_BLOCK = 1 << 18       # ... nor more (Mosaic's smallest default shuffle block)
 RUN_UNITS = 16            # units in one run at most (what `Reader.read_run` reads in one call)
+MAX_BLOCK_RUNS = 1024     # runs in one default block at most (see the module docstring)
 
 Layout = tuple[np.ndarray, np.ndarray]
 
@@ -73,40 +80,53 @@ def runs(shards: Sequence[int], counts: Sequence[int], block: int) -> np.ndarray
     return np.append(np.flatnonzero(starts), n).astype(np.int64)
 
 
-def _balanced_cuts(sizes: np.ndarray, block: int) -> np.ndarray:
+def _balanced_cuts(sizes: np.ndarray, block: int, max_runs: int | None = None) -> np.ndarray:
     """Block bounds (indices into `sizes`) for blocks of whole runs: ceil(total / block) blocks,
     each ending at the last run boundary before its share of the total, so every block holds at
-    most total/blocks <= `block` samples plus one run."""
+    most total/blocks <= `block` samples plus one run; then a block of more than `max_runs` runs
+    is split into equal parts of at most that many."""
     ends = np.cumsum(sizes)
     total = int(ends[-1]) if len(ends) else 0
     n = max(1, -(-total // max(1, block)))
     targets = [total * i // n for i in range(1, n)]
     cuts = np.searchsorted(ends, targets, side="right")
-    return np.unique(np.concatenate([[0], cuts, [len(sizes)]])).astype(np.int64)
+    cuts = np.unique(np.concatenate([[0], cuts, [len(sizes)]])).astype(np.int64)
+    return _split_runs(cuts, max_runs) if max_runs else cuts
 
 
-def _block_algo(sizes: np.ndarray, seed: int, epoch: int, block: int) -> Layout:
+def _split_runs(cuts: np.ndarray, max_runs: int) -> np.ndarray:
+    """`cuts` with every block of more than `max_runs` runs split into equal parts."""
+    out = [cuts[:1]]
+    for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+        parts = -(-(b - a) // max_runs)
+        out.append(a + (b - a) * np.arange(1, parts + 1, dtype=np.int64) // parts)
+    return np.concatenate(out).astype(np.int64)
+
+
+def _block_algo(sizes: np.ndarray, seed: int, epoch: int, block: int, max_runs: int | None) -> Layout:
     order = _rng(seed, epoch).permutation(len(sizes))
-    return order, _balanced_cuts(sizes[order], block)
+    return order, _balanced_cuts(sizes[order], block, max_runs)
 
 
-def _unit_algo(sizes: np.ndarray, seed: int, epoch: int, block: int) -> Layout:
+def _unit_algo(sizes: np.ndarray, seed: int, epoch: int, block: int, max_runs: int | None) -> Layout:
     order = _rng(seed, epoch).permutation(len(sizes))
     return order, np.arange(len(sizes) + 1, dtype=np.int64)
 
 
-ALGORITHMS: dict[str, Callable[[np.ndarray, int, int, int], Layout]] = {
+ALGORITHMS: dict[str, Callable[[np.ndarray, int, int, int, int | None], Layout]] = {
     "block": _block_algo,
     "unit": _unit_algo,
 }
 
 
-def block_layout(algo: str, sizes: Sequence[int], seed: int, epoch: int, block: int) -> Layout:
-    """(run order, block bounds) for runs of `sizes` samples under algorithm `algo`."""
+def block_layout(algo: str, sizes: Sequence[int], seed: int, epoch: int, block: int,
+                 max_runs: int | None = None) -> Layout:
+    """(run order, block bounds) for runs of `sizes` samples under algorithm `algo`, blocks of at
+    most `block` samples (plus one run) and, where given, `max_runs` runs."""
     if algo not in ALGORITHMS:
         raise ValueError(f"`shuffle_algo` should be one of {sorted(ALGORITHMS)}, but got "
                          f"shuffle_algo={algo!r}")
-    return ALGORITHMS[algo](np.asarray(sizes, dtype=np.int64), seed, epoch, block)
+    return ALGORITHMS[algo](np.asarray(sizes, dtype=np.int64), seed, epoch, block, max_runs)
 
 
 def runs_in_order(bounds: np.ndarray, run_order: np.ndarray) -> np.ndarray:

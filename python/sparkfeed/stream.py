@@ -158,7 +158,8 @@ class EpochStream:
     runs of units come in the order `shuffle.ALGORITHMS[shuffle_algo]` draws, cut into blocks;
     positions `blocks[b]..blocks[b+1]-1` are the rows of block b in the order
     `shuffle.block_permutation(seed, epoch, b, ...)`. `shuffle_buffer` is the block size in
-    samples (None: `shuffle.default_block` of `sample_bytes`, the stored bytes per sample).
+    samples (None: `shuffle.default_block` of `sample_bytes`, the stored bytes per sample, in
+    blocks of at most `shuffle.MAX_BLOCK_RUNS` runs).
     """
 
     def __init__(self, plan: Plan, *, seed: int, epoch: int, shuffle: bool,
@@ -166,16 +167,23 @@ class EpochStream:
                  sample_bytes: float = 0.0):
         self.seed, self.epoch, self.shuffle = seed, epoch, shuffle
         self.block = int(shuffle_buffer) if shuffle_buffer else shuffling.default_block(sample_bytes)
+        self.max_runs = None if shuffle_buffer else shuffling.MAX_BLOCK_RUNS  # the default block's
         self.piece = piece_positions(sample_bytes)  # shuffle: positions gathered at once
         counts = np.array(plan.counts, dtype=np.int64)
         order = np.arange(len(plan.units), dtype=np.int64)
         run_units = np.array([0, len(order)], dtype=np.int64)
         cuts = np.array([0, 1], dtype=np.int64)
+        self.capped = False
         if shuffle and len(order):
             bounds = shuffling.runs(np.fromiter((u.shard for u in plan.units), np.int64, len(order)),
                                     counts, self.block)
             sizes = np.add.reduceat(counts, bounds[:-1]) if len(bounds) > 1 else np.zeros(0, np.int64)
-            run_order, cuts = shuffling.block_layout(shuffle_algo, sizes, seed, epoch, self.block)
+            run_order, cuts = shuffling.block_layout(shuffle_algo, sizes, seed, epoch, self.block,
+                                                     self.max_runs)
+            # the default block's run cap cut more blocks than its size alone: the order differs
+            # from a sparkfeed without the cap (a saved state's fingerprint says so)
+            self.capped = len(sizes) > (self.max_runs or len(sizes)) and not np.array_equal(
+                cuts, shuffling.block_layout(shuffle_algo, sizes, seed, epoch, self.block)[1])
             order = shuffling.runs_in_order(bounds, run_order)
             run_units = np.concatenate([[0], np.cumsum(np.diff(bounds)[run_order])]).astype(np.int64)
         self.units = [plan.units[i] for i in order]

@@ -175,6 +175,36 @@ def test_state_from_other_settings_is_refused(pq_path):
         sparkfeed.DataLoader(pq_path, batch_size=20).load_state_dict(state)
 
 
+def test_run_cap_of_the_default_block_resumes_exactly_and_refuses_uncapped_states(tmp_path, monkeypatch):
+    """Where the default block's run cap cuts the epoch into more blocks (many tiny shards), a
+    state resumes exactly under it, and a state saved without the cap (an older sparkfeed: other
+    blocks, another order) is refused rather than delivering other rows."""
+    from sparkfeed import shuffle
+
+    root = str(tmp_path / "tiny")
+    dsutil.write_parquet(root, dsutil.table(200), 5, 5)  # 40 shards: 40 runs
+    kw = dict(batch_size=10, shuffle=True, seed=3, num_workers=0)
+    monkeypatch.setattr(shuffle, "MAX_BLOCK_RUNS", 1000)  # not binding: one block of 40 runs
+    L = sparkfeed.DataLoader(root, **kw)
+    it = iter(L)
+    next(it)
+    uncapped = L.state_dict()
+    it.close()
+    monkeypatch.setattr(shuffle, "MAX_BLOCK_RUNS", 8)  # five blocks of 8 runs
+    full = ids_of(sparkfeed.DataLoader(root, **kw))
+    L = sparkfeed.DataLoader(root, **kw)
+    assert L._engine.stream(0).max_block <= 8 * 5 and sorted(full) == list(range(200))
+    it = iter(L)
+    head = [i for _ in range(7) for i in next(it)["id"].tolist()]
+    state = L.state_dict()
+    it.close()
+    L2 = sparkfeed.DataLoader(root, **kw)
+    L2.load_state_dict(state)
+    assert head + ids_of(L2) == full
+    with pytest.raises(ValueError, match="other settings"):
+        sparkfeed.DataLoader(root, **kw).load_state_dict(uncapped)
+
+
 def test_dataset_in_plain_torch_dataloader(any_path):
     path, n = any_path
     ds = sparkfeed.Dataset(path, columns=["id", "label"])

@@ -47,6 +47,34 @@ def test_layout_is_a_permutation_of_runs_cut_into_bounded_blocks(sizes, seed, ep
     assert np.array_equal(order, again[0]) and np.array_equal(cuts, again[1])
 
 
+@settings(max_examples=60, deadline=None)
+@given(sizes_st, st.integers(0, 2**31), st.integers(1, 2000), st.integers(1, 12))
+def test_max_runs_cuts_blocks_of_at_most_that_many_runs(sizes, seed, block, max_runs):
+    order, cuts = shuffle.block_layout("block", sizes, seed, 0, block, max_runs)
+    runs = np.diff(cuts)
+    assert sorted(order.tolist()) == list(range(len(sizes))) and runs.sum() == len(sizes)
+    assert runs.max() <= max_runs
+    ordered = np.asarray(sizes)[order]
+    for a, b in zip(cuts[:-1], cuts[1:]):  # and still at most `block` samples plus one run
+        assert ordered[a:b].sum() <= block + ordered[a:b].max()
+    plain = shuffle.block_layout("block", sizes, seed, 0, block)
+    assert np.array_equal(order, plain[0])  # the cap cuts blocks; the run order is the same
+    if len(sizes) <= max_runs:
+        assert np.array_equal(cuts, plain[1])
+
+
+def test_default_block_of_many_tiny_shards_is_cut_by_runs_and_says_so():
+    plan = _plan([[10]] * 3000)  # 30,000 samples: one default block by size alone
+    stream = EpochStream(plan, seed=1, epoch=0, shuffle=True)
+    runs_per_block = np.diff(stream.block_runs)
+    assert len(runs_per_block) == 3 and runs_per_block.max() <= shuffle.MAX_BLOCK_RUNS
+    assert stream.capped and stream.max_block <= 10 * shuffle.MAX_BLOCK_RUNS
+    chosen = EpochStream(plan, seed=1, epoch=0, shuffle=True, shuffle_buffer=30_000)
+    assert len(chosen.block_runs) == 2 and not chosen.capped  # a chosen block is the user's
+    few = EpochStream(_plan([[10]] * 100), seed=1, epoch=0, shuffle=True)
+    assert len(few.block_runs) == 2 and not few.capped
+
+
 def test_permutations_are_permutations_deterministic_and_differ_by_epoch():
     for length in (0, 1, 5, 1000):
         p = shuffle.block_permutation(3, 1, 7, length)
