@@ -247,7 +247,8 @@ class TarReader(Reader):
                 spans = tarindex.window_ranges(text, pieces, self.ctx.manifest_bytes[unit.path])
             parsed = self.ctx.shared.fetched(("parsed", unit.path)) if fetched is not None else None
             index = parsed if parsed is not None else self._parse_index(unit, text)  # (malformed: said here)
-            wrong = None if index is None else self._keys_wrong(unit, index.keys, index.sample_offset)
+            wrong = None if index is None else self._keys_wrong(
+                unit, index.keys if index.key_array is None else index.key_array, index.sample_offset)
             self._indexes[unit.path] = (text, index, spans or {}, wrong)
             while len(self._indexes) > _INDEXES_KEPT:
                 self._indexes.popitem(last=False)
@@ -775,9 +776,12 @@ def _rounded_up(s: str) -> str | None:
 
 
 def _generated_problem(rule: KeyRule, keys: pa.Array) -> tuple[str, int] | None:
-    parts = pc.extract_regex(keys, _GENERATED_KEY)  # null where a key is not `p<digits>_<digits>`
-    partition, row = (pc.fill_null(pc.cast(pc.struct_field(parts, [k]), pa.int64()), -1).to_numpy()
-                      for k in (0, 1))
+    fields = _generated_fields(keys)
+    if fields is None:  # not all of the usual width: Arrow's regular expression
+        parts = pc.extract_regex(keys, _GENERATED_KEY)  # null where a key is not `p<digits>_<digits>`
+        fields = tuple(pc.fill_null(pc.cast(pc.struct_field(parts, [k]), pa.int64()), -1).to_numpy()
+                       for k in (0, 1))
+    partition, row = fields
     bad = (partition != rule.partition) | (row < rule.first_row)
     bad[1:] |= row[1:] <= row[:-1]
     if not bad.any():
@@ -786,6 +790,28 @@ def _generated_problem(rule: KeyRule, keys: pa.Array) -> tuple[str, int] | None:
     return (f"sample key {keys[i].as_py()!r} is not one the webdataset writer generated for this "
             f"shard (p{rule.partition:05d}_<row>, rows increasing from {rule.first_row} on, by the "
             "shard's name and the samples of the partition's earlier shards)"), i
+
+
+_WIDTH = 16  # `p00003_000000042`
+_DIGITS = np.r_[1:6, 7:16]
+
+
+def _generated_fields(keys: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
+    """(partition, row) of generated keys of the usual width (`p` 5 digits `_` 9 digits), read
+    from the array's bytes with numpy (a tenth of the regular expression's time); None when a key
+    is not of that shape."""
+    n = len(keys)
+    if keys.null_count or not pa.types.is_string(keys.type) or n == 0:
+        return None
+    offsets = np.frombuffer(keys.buffers()[1], np.int32, n + 1, keys.offset * 4)
+    if (np.diff(offsets) != _WIDTH).any():
+        return None
+    rows = np.frombuffer(keys.buffers()[2], np.uint8, _WIDTH * n, int(offsets[0])).reshape(n, _WIDTH)
+    digits = rows[:, _DIGITS] - np.uint8(ord("0"))  # wraps below "0": over 9 too
+    if not ((rows[:, 0] == ord("p")).all() and (rows[:, 6] == ord("_")).all() and (digits <= 9).all()):
+        return None
+    digits = digits.astype(np.int64)
+    return digits[:, :5] @ 10 ** np.arange(4, -1, -1), digits[:, 5:] @ 10 ** np.arange(8, -1, -1)
 
 
 # ---------------------------------------------------------------- whole columns at C speed

@@ -301,6 +301,7 @@ class Index:
     sizes: np.ndarray
     keys: list[str]
     name_fields: np.ndarray | None  # `_padded_names`; None: a name too long for a ustar header
+    key_array: pa.Array | None = None  # `keys` as Arrow parsed them (`_parse_usual`), for checks
 
     @staticmethod
     def parse(index_text: str, split_name, max_member: int) -> "Index | None":
@@ -393,7 +394,7 @@ def _parse_usual(text: str, split_name, max_member: int) -> Index | None:
     if any("/" in e for e in kinds.dictionary.to_pylist()):
         return None
     return Index(sample, kinds.indices.to_numpy().astype(np.int32), tuple(kinds.dictionary.to_pylist()),
-                 offsets, sizes, keys, _name_fields(names))
+                 offsets, sizes, keys.to_pylist(), _name_fields(names), keys)
 
 
 def _usual_tokens(text: str) -> tuple[np.ndarray, pa.StringArray] | None:
@@ -426,7 +427,7 @@ def _arrow_names_are_safe(names: pa.StringArray) -> bool:
 
 
 def _sample_keys(names: pa.StringArray, exts: pa.StringArray, sample: np.ndarray,
-                 counts: np.ndarray) -> list[str] | None:
+                 counts: np.ndarray) -> pa.Array | None:
     """`_keys` at C speed: each sample's key cut from its first member's name (`_KEY`), None
     when a key repeats or a member's name is not `<its sample's key>.<its ext>`."""
     firsts = names.take(pa.array(np.r_[0, np.cumsum(counts // 4)[:-1]]))
@@ -440,7 +441,7 @@ def _sample_keys(names: pa.StringArray, exts: pa.StringArray, sample: np.ndarray
     if pc.any(odd).as_py() and not _in_samples(keys.filter(odd).to_pylist(), firsts.filter(odd).to_pylist(), ()):
         return None
     expected = pc.binary_join_element_wise(keys.take(pa.array(sample)), exts, ".")
-    return keys.to_pylist() if pc.all(pc.equal(expected, names)).as_py() else None
+    return keys if pc.all(pc.equal(expected, names)).as_py() else None
 
 
 def _name_fields(names: pa.StringArray) -> np.ndarray | None:
