@@ -678,3 +678,43 @@ def test_npy_bytes_written_as_webdataset_members_decode_as_one_tensor(spark, tmp
         assert torch.equal(batch["emb"], batch["label"][:, None].float() + torch.arange(4.0))
         labels += batch["label"].tolist()
     assert sorted(labels) == list(range(50))
+
+
+def test_a_shard_copied_over_another_of_the_same_size_is_refused(spark, tmp_path):
+    """Invariant: a dataset reads each written sample once, or fails naming the shard that is not
+    the one written. Three shards of 100 samples (sanitised keys over 64 characters; generated
+    keys in three partitions) read once, shuffled and filtered on the key; with one shard copied
+    over another of the same size the loader delivered the copy's samples twice (300 samples, 200
+    keys) without a word."""
+    import shutil
+
+    import sparkfeed
+    from sparkfeed.errors import ShardReadError
+
+    rows = [(f"row.{i:04d}." + "k" * 70, bytes([i % 251]) * 700, i % 7) for i in range(300)]
+    df = spark.createDataFrame(rows, "key string, image binary, label int").coalesce(1)
+    named = tmp_path / "named"
+    df.write.format("webdataset").option("samplesPerShard", 100).option("invalidKeys", "sanitize").save(str(named))
+    generated = tmp_path / "generated"
+    (spark.range(0, 300, 1, 3).selectExpr("cast(id % 7 as int) as label", "cast(repeat('x', 700) as binary) as image")
+     .write.format("webdataset").option("samplesPerShard", 100).save(str(generated)))
+    keys = sorted(f"row_{i:04d}_" + "k" * 70 for i in range(300))
+
+    def read(path, **kw):
+        loader = sparkfeed.DataLoader(str(path), batch_size=64, num_workers=0, **kw)
+        return [k for b in loader for k in (b["key"] if "key" in b else b["label"].tolist())]
+
+    assert sorted(read(named, columns=["key"])) == keys
+    assert sorted(read(named, columns=["key"], shuffle=True)) == keys
+    assert sorted(read(named, columns=["key"], filter=[("key", ">=", "row_0150")])) == keys[150:]
+    assert len(read(generated, columns=["label"])) == 300
+    for path, source, target, key in [(named, "part-00000-0001.tar", "part-00000-0000.tar", "row_0100_k"),
+                                      (generated, "part-00001-0000.tar", "part-00000-0000.tar", "p00001_000000000")]:
+        manifest = sparkfeed.read_manifest(str(path))
+        sizes = {s.path: s.num_bytes for s in manifest.shards}
+        assert sizes[source] == sizes[target] and len(sizes) == 3
+        shutil.copyfile(path / source, path / target)
+        with pytest.raises(ShardReadError, match=rf"shard '{target}', tar offset 0: sample key '{key}.*replaced"):
+            read(path, columns=["label"])
+        loader = sparkfeed.DataLoader(str(path), batch_size=64, columns=["label"], num_workers=0, on_error="skip")
+        assert sum(len(b["label"]) for b in loader) == 200 and loader.stats()["samples_skipped"] == 100
