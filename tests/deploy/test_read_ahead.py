@@ -147,11 +147,18 @@ def test_many_small_files_get_their_first_data_request_before_the_footers_of_the
     (its footer, or its tar index) is started only for the files whose bytes are kept ahead and
     as many again, and the earliest file's first, so the first data request goes out after a
     handful of metadata requests, not after one per file (before: 40 index requests first, and
-    1.4 s to the first batch over 80 shards with 20 ms per request)."""
+    1.4 s to the first batch over 80 shards with 20 ms per request). Parquet files of random
+    images, over the 64 KiB that a footer's fetch reads (a smaller file is fetched whole by it:
+    tests/unit/test_small_files.py)."""
     data = dsutil.table(2_000, image_bytes=1_000)
+    if fmt == "parquet":
+        rng = np.random.default_rng(0)
+        data = data.set_column(data.schema.get_field_index("image"), "image",
+                               pa.array([rng.bytes(1_500) for _ in range(2_000)]))
     root = str(tmp_path / "ds")
     m = dsutil.write_parquet(root, data, 50, 50) if fmt == "parquet" else dsutil.write_tar(root, data, 50)
     per_file = max(s.num_bytes for s in m.shards)
+    assert fmt != "parquet" or min(s.num_bytes for s in m.shards) > 64 << 10
     server = LatencyServer(str(tmp_path), latency_s=0.002)
     try:
         loader = sparkfeed.DataLoader(f"{server.url}/ds", batch_size=50, num_workers=0, columns=["id", "image"],
@@ -387,9 +394,13 @@ def test_every_lane_sends_its_first_data_request_before_any_lane_gets_data(tmp_p
     Parquet file each. The server holds every data request (not the footers) until both files'
     first data requests have arrived: every lane's first fetch must be in flight before lane 0's
     first segment is converted. Before, lane 1 sent its requests only after lane 0's first
-    segment was read, that is never while lane 0's data was held (the hold gave up after 30 s)."""
-    data = dsutil.table(800, image_bytes=1024)
-    dsutil.write_parquet(str(tmp_path / "pq"), data, 400, 100)
+    segment was read, that is never while lane 0's data was held (the hold gave up after 30 s).
+    Random images: files over the 64 KiB a footer's fetch reads, which would bring a smaller
+    file whole (no data request of its own)."""
+    rng = np.random.default_rng(4)
+    data = dsutil.table(800).append_column("image", pa.array([rng.bytes(1024) for _ in range(800)]))
+    m = dsutil.write_parquet(str(tmp_path / "pq"), data, 400, 100)
+    assert min(s.num_bytes for s in m.shards) > 64 << 10
     gate = _Gate(2, 30)
 
     def hold(method: str, rel: str, rng: str) -> None:

@@ -89,3 +89,37 @@ def test_bounded_and_empty_in_another_process():
     assert [shared.get(f"part-{i}") for i in range(10)] == [None] * 7 + [7, 8, 9]
     copy = pickle.loads(pickle.dumps(shared))
     assert isinstance(copy, SharedReads) and copy.get("part-9") is None
+
+
+def test_a_small_files_bytes_are_held_until_its_last_row_group_is_read():
+    shared = SharedReads()
+    shared.hold("a.parquet", b"x" * 100, 3)
+    assert shared.whole("a.parquet") == b"x" * 100 and shared.held() == 100
+    shared.done("a.parquet", [0, 2])
+    assert shared.whole("a.parquet") == b"x" * 100  # row group 1 still to read
+    shared.done("a.parquet", range(1, 2))
+    assert shared.whole("a.parquet") is None and shared.held() == 0
+
+
+def test_row_groups_read_before_the_bytes_arrive_are_not_waited_for():
+    """A lane may read a row group in place before the file's fetch is in: it counts."""
+    shared = SharedReads()
+    shared.done("a.parquet", [0])
+    shared.hold("a.parquet", b"abc", 2)
+    shared.done("a.parquet", [1])
+    assert shared.held() == 0
+    shared.done("b.parquet", [0, 1])
+    shared.hold("b.parquet", b"abc", 2)  # every row group read already: not kept at all
+    assert shared.whole("b.parquet") is None
+
+
+def test_small_files_held_are_bounded_the_least_recently_used_dropped():
+    shared = SharedReads(held_bytes=250)
+    for name in "abc":
+        shared.hold(name, name.encode() * 100, 1)
+    assert shared.whole("a") is None and shared.held() == 200  # 'a' dropped past 250 bytes
+    assert shared.whole("b") == b"b" * 100  # used: now the most recent
+    shared.hold("d", b"d" * 100, 1)
+    assert shared.whole("c") is None and shared.whole("b") is not None
+    copy = pickle.loads(pickle.dumps(shared))
+    assert copy.held() == 0 and copy._held_bytes == 250

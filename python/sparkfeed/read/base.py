@@ -25,6 +25,9 @@ from ..stats import Stats
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# Bytes of small files (`SharedReads.hold`) held per iteration and process: 256 files of 64 KiB.
+WHOLE_HELD_BYTES = 16 << 20
+
 
 class SharedReads:
     """What the readers of one iteration in one process share: the thread lanes, the threads
@@ -39,13 +42,20 @@ class SharedReads:
     * version checks of indexed files (`Reader._check_unchanged`): started by read-ahead
       (`checking`, `check_of`), or made in place once (`once`, under `("version", path)`);
     * offered fetches: a read-ahead fetch of units that another reader may read (`offer`,
-      `offered`).
+      `offered`);
+    * small files fetched whole (`hold`, `whole`, `done`): a Parquet file no larger than its
+      footer read is fetched once, in one request, and its row groups served from those bytes
+      to every read-ahead task and lane that needs them, until each has been read.
 
     Per iteration, as a reader's own files are: a file replaced between epochs is read anew.
-    Bounded to the last `limit` entries of each kind; a copy for another process starts empty."""
+    Bounded to the last `limit` entries of each kind, and the small files' bytes to
+    `held_bytes`; a copy for another process starts empty."""
 
-    def __init__(self, limit: int = 4096):
+    def __init__(self, limit: int = 4096, held_bytes: int | None = None):
         self._limit, self._lock = limit, threading.Lock()
+        self._held_bytes = WHOLE_HELD_BYTES if held_bytes is None else held_bytes
+        self._wholes: OrderedDict[str, _Whole] = OrderedDict()  # small files' bytes (`hold`)
+        self._read: OrderedDict[str, set] = OrderedDict()  # small file -> row groups read (`done`)
         self._known: OrderedDict[str, Future] = OrderedDict()
         self._fetches: OrderedDict[str, Future] = OrderedDict()  # footers being fetched ahead
         self._offers: OrderedDict[object, Future] = OrderedDict()  # unit key -> its fetch
@@ -162,6 +172,50 @@ class SharedReads:
         with self._lock:
             return key in self._claims
 
+    def hold(self, path: str, data, groups: int) -> None:
+        """Keep `data`, the whole bytes of the small file at `path` (fetched once with its
+        footer), for the iteration's readers until each of its `groups` row groups has been read
+        (`done`). At most `held_bytes` in all: past it the least recently used file is dropped,
+        and its row groups not yet read are fetched by range, as for a large file (a row group
+        that no reader of this process reads, pruned or another process's, holds its file until
+        then). A file whose row groups were all read already is not kept."""
+        with self._lock:
+            left = set(range(groups)) - self._read.get(path, set())
+            if not left:
+                return
+            self._wholes[path] = _Whole(data, left)
+            self._wholes.move_to_end(path)
+            held = sum(len(w.data) for w in self._wholes.values())
+            while held > self._held_bytes and len(self._wholes) > 1:
+                _, dropped = self._wholes.popitem(last=False)
+                held -= len(dropped.data)
+
+    def whole(self, path: str):
+        """The whole bytes of the small file at `path` while held (`hold`), else None."""
+        with self._lock:
+            entry = self._wholes.get(path)
+            if entry is None:
+                return None
+            self._wholes.move_to_end(path)
+            return entry.data
+
+    def done(self, path: str, groups) -> None:
+        """Row groups `groups` of the small file at `path` were read (or skipped): after the
+        last one its bytes are dropped (a fetch that sliced them keeps its views until read)."""
+        groups = set(groups)
+        with self._lock:
+            self._put(self._read, path, self._read.get(path, set()) | groups)
+            entry = self._wholes.get(path)
+            if entry is not None:
+                entry.left.difference_update(groups)
+                if not entry.left:
+                    del self._wholes[path]
+
+    def held(self) -> int:
+        """Bytes of small files held now (`hold`)."""
+        with self._lock:
+            return sum(len(w.data) for w in self._wholes.values())
+
     def _put(self, table: OrderedDict, key, value) -> None:
         table[key] = value
         table.move_to_end(key)
@@ -169,7 +223,15 @@ class SharedReads:
             table.popitem(last=False)
 
     def __reduce__(self):
-        return (SharedReads, (self._limit,))
+        return (SharedReads, (self._limit, self._held_bytes))
+
+
+@dataclass
+class _Whole:
+    """A small file's bytes (`SharedReads.hold`) and its row groups not read yet."""
+
+    data: object  # bytes-like
+    left: set
 
 
 def _result(future: Future | None):
