@@ -295,9 +295,9 @@ class ParquetReader(Reader):
         if shared is not None:
             return shared[0]
         return self.ctx.shared.fetching(rel, lambda: self._ahead.once(
-            ("footer", rel), functools.partial(self._fetch_footer, rel), (self._ahead.order(rel), 0)))
+            ("footer", rel), functools.partial(self._footer_task, rel), (self._ahead.order(rel), 0)))
 
-    def _fetch_footer(self, rel: str):
+    def _footer_task(self, rel: str):
         """Read-ahead task: the file's parsed footer (`_fetch_footer`, one request); a small
         file's whole bytes, which that request brought, held for the iteration's readers
         (`SharedReads.hold`) so its row groups are served from them, not fetched again."""
