@@ -140,7 +140,9 @@ def test_small_files_held_stay_within_the_bound(tmp_path, monkeypatch):
     finally:
         server.close()
     assert got == dict(zip(data["id"].to_pylist(), data["image"].to_pylist()))
-    assert len(seen) >= len(sizes) and max(held for _, held in seen) <= bound
+    # the bound is met while more files than it holds were held (a file whose footer a lane
+    # reads in place, read-ahead not having reached it, is never held: how many depends on timing)
+    assert len(seen) >= 3 and max(held for _, held in seen) <= bound
     assert all(shared.held() == 0 for shared, _ in seen)
 
 

@@ -89,6 +89,10 @@ def send_file_range(handler: http.server.BaseHTTPRequestHandler, path: str, body
 def _handler(owner: LatencyServer):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # TCP_NODELAY, as object stores and nginx (`tcp_nodelay on`) answer: else a body sent
+        # after its headers waits for the client's delayed ACK of them (Nagle), 20-40 ms more
+        # per small response than the `latency_s` the scenario means to add
+        disable_nagle_algorithm = True
 
         def log_message(self, *args):
             pass
