@@ -15,7 +15,6 @@ The loader never imports this module (it needs pyspark; pyspark is imported wher
 from __future__ import annotations
 
 import contextlib
-import decimal
 import io
 import json
 import logging
@@ -45,7 +44,6 @@ MODES = ("error", "overwrite")
 ROW_GROUP_MAX_BYTES = 1 << 30
 # Longer string statistics are truncated (min to a prefix, max to a prefix rounded up) so a
 # manifest of a caption column stays small; both remain valid bounds for pruning.
-STRING_STATS_MAX_CHARS = 64
 _CODEC = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]*")
 _TS_CONF = "spark.sql.parquet.outputTimestampType"
 
@@ -261,105 +259,13 @@ def _is_nonempty(fs, root: str) -> bool | None:
 
 # ---------------------------------------------------------------- footer statistics (executors)
 
-def _stat_type(t) -> bool:
-    import pyarrow as pa
-
-    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_string(t)
-            or pa.types.is_large_string(t) or pa.types.is_boolean(t) or pa.types.is_date(t)
-            or pa.types.is_timestamp(t) or pa.types.is_decimal(t))
-
-
-def _usable(value) -> bool:
-    """A statistic we can compare and put in JSON (no NaN/inf, no undecodable bytes)."""
-    if isinstance(value, float):
-        return math.isfinite(value)
-    return value is not None and not isinstance(value, (bytes, bytearray))
-
-
-def _round_up(s: str) -> str | None:
-    """The shortest prefix-based string >= every string starting with `s` (None if none)."""
-    chars = list(s)
-    while chars:
-        code = ord(chars[-1]) + 1
-        if 0xD800 <= code <= 0xDFFF:
-            code = 0xE000
-        if code <= 0x10FFFF:
-            chars[-1] = chr(code)
-            return "".join(chars)
-        chars.pop()
-    return None
-
-
-def _json_value(value, is_max: bool):
-    if isinstance(value, str) and len(value) > STRING_STATS_MAX_CHARS:
-        prefix = value[:STRING_STATS_MAX_CHARS]
-        return _round_up(prefix) if is_max else prefix
-    if hasattr(value, "isoformat"):  # date, datetime
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):  # exact as text; a float would round
-        return str(value)
-    return value
-
-
-def _chunk_stats(chunk, num_rows: int) -> dict:
-    """Raw (Python-typed) stats of one column chunk: min, max, null_count, all_null."""
-    st = chunk.statistics
-    if st is None:
-        return {"min": None, "max": None, "null_count": None, "all_null": False}
-    nulls = st.null_count if st.has_null_count else None
-    lo = hi = None
-    if st.has_min_max and _usable(st.min) and _usable(st.max):
-        lo, hi = st.min, st.max
-    return {"min": lo, "max": hi, "null_count": nulls, "all_null": nulls == num_rows and num_rows > 0}
-
-
-def _pandas_unnamed_index(schema) -> set[str]:
-    """The columns a pandas `to_parquet` stored for an unnamed index (`__index_level_0__`: a
-    filtered frame's row labels), which pandas' metadata lists: an artifact of the writer, not
-    data, present only in the files whose index was not a plain range. A named index is data
-    and stays."""
-    meta = (schema.metadata or {}).get(b"pandas")
-    try:
-        index = json.loads(meta)["index_columns"] if meta else []
-    except (ValueError, KeyError, TypeError):
-        return set()
-    return {c for c in index if isinstance(c, str) and re.fullmatch(r"__index_level_\d+__", c)}
-
-
-def _all_null(num_rows: int) -> dict:
-    """Raw stats of a chunk of a `null`-typed column, which Parquet writers give none: every
-    row is null (so a comparison filter prunes it)."""
-    return {"min": None, "max": None, "null_count": num_rows, "all_null": num_rows > 0}
-
-
-def _fold(parts: list[dict]) -> dict:
-    """Shard stats from row-group stats; all-null row groups do not hide the others' range."""
-    nulls = None if any(p["null_count"] is None for p in parts) else sum(p["null_count"] for p in parts)
-    valued = [p for p in parts if not p["all_null"]]
-    lo = hi = None
-    if valued and all(p["min"] is not None for p in valued):
-        lo, hi = min(p["min"] for p in valued), max(p["max"] for p in valued)
-    return {"min": lo, "max": hi, "null_count": nulls, "all_null": bool(parts) and not valued}
-
-
-def _to_json_stats(raw: Mapping[str, dict]) -> dict:
-    out = {}
-    for name, s in raw.items():
-        if s["min"] is None and s["null_count"] is None:
-            continue
-        out[name] = {"min": _json_value(s["min"], False), "max": _json_value(s["max"], True),
-                     "null_count": s["null_count"]}
-        if out[name]["max"] is None:  # a max that cannot be rounded up: no usable range
-            out[name]["min"] = None
-    return out
-
-
 def _footer_entry(fs, full: str, rel: str, size: int) -> dict:
     """The manifest entry of one committed Parquet file, from its footer."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .filters import INT96_UNIT, delivered_type, leaf_fields
+    from . import footer
+    from .filters import INT96_UNIT
 
     def footer_of(source):
         pf = pq.ParquetFile(source, **INT96_UNIT)
@@ -379,24 +285,7 @@ def _footer_entry(fs, full: str, rel: str, size: int) -> dict:
             return footer_of(pa.BufferReader(data))
 
     md, schema = storage.with_retries(read_footer, f"reading the footer of {full}")
-    unnamed_index = _pandas_unnamed_index(schema)
-    fields = [f for f in leaf_fields(schema) if f.name not in unnamed_index]  # structs as their leaves
-    types = {f.name: delivered_type(f.type) for f in fields}  # categoricals as their values
-    index = {md.schema.column(j).path: j for j in range(md.num_columns)}
-    stat_cols = [(f.name, index[f.name]) for f in fields if _stat_type(types[f.name]) and f.name in index]
-    null_cols = [f.name for f in fields if str(types[f.name]) == "null"]  # None in every row: no stats
-    groups, per_col = [], {name: [] for name in [n for n, _ in stat_cols] + null_cols}
-    for i in range(md.num_row_groups):
-        rg = md.row_group(i)
-        raw = {name: _chunk_stats(rg.column(j), rg.num_rows) for name, j in stat_cols}
-        raw.update({name: _all_null(rg.num_rows) for name in null_cols})
-        for name, s in raw.items():
-            per_col[name].append(s)
-        groups.append({"num_samples": rg.num_rows, "stats": _to_json_stats(raw)})
-    return {"path": rel, "num_samples": md.num_rows, "num_bytes": size,
-            "stats": _to_json_stats({name: _fold(parts) for name, parts in per_col.items()}),
-            "row_groups": groups,
-            "schema": [[f.name, str(types[f.name])] for f in fields]}
+    return footer.entry(md, schema, rel, size)
 
 
 def _footer_entries(items: Iterable[tuple[str, str, int]], url: str,

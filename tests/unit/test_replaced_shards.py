@@ -17,7 +17,7 @@ import pytest
 import dsutil
 import sparkfeed
 from sparkfeed.errors import ShardReadError
-from sparkfeed.write import _json_value
+from sparkfeed.footer import json_value
 
 
 def _write(root: str, shards: dict[str, list[str]], key_column: bool = True, index: bool = True) -> None:
@@ -39,8 +39,8 @@ def _write(root: str, shards: dict[str, list[str]], key_column: bool = True, ind
         if index:
             entry.update(dsutil._dali_index(root, name))
         if key_column:
-            entry["stats"]["key"] = {"min": _json_value(min(keys), False),
-                                     "max": _json_value(max(keys), True), "null_count": 0}
+            entry["stats"]["key"] = {"min": json_value(min(keys), False),
+                                     "max": json_value(max(keys), True), "null_count": 0}
         entries.append(entry)
     schema = [{"name": "label", "type": "int32", "member": "cls"},
               {"name": "image", "type": "binary", "codec": "jpeg", "member": "jpg"}]

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from ..errors import ManifestError
 from ..filters import leaf_fields
-from ..write import _json_value
+from ..footer import json_value, stat_type
 from .parquet import partition_stats
 from .types import unsupported_kind
 
@@ -81,7 +81,7 @@ def _bounds(lo, hi, type_: pa.DataType):
         return None, None
     if pa.types.is_decimal(type_) and not (isinstance(lo, decimal.Decimal) and isinstance(hi, decimal.Decimal)):
         return None, None  # exact values only: a float bound may round past a row
-    return _json_value(lo, False), _json_value(hi, True)
+    return json_value(lo, False), json_value(hi, True)
 
 
 def _file_stats(row: dict, types: dict, stat_columns: list[str]) -> dict:
@@ -95,12 +95,6 @@ def _file_stats(row: dict, types: dict, stat_columns: list[str]) -> dict:
     return out
 
 
-def _stat_column(t: pa.DataType) -> bool:
-    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_string(t)
-            or pa.types.is_large_string(t) or pa.types.is_boolean(t) or pa.types.is_date(t)
-            or pa.types.is_timestamp(t) or pa.types.is_decimal(t))
-
-
 def delta_entries(table, dataset: str) -> tuple[list[dict], list[dict]]:
     """(manifest schema, one entry per data file) of the table's loaded version."""
     fields = leaf_fields(pa.schema(table.schema().to_arrow()))  # structs as their leaves, as the log names them
@@ -108,7 +102,7 @@ def delta_entries(table, dataset: str) -> tuple[list[dict], list[dict]]:
     parts = list(table.metadata().partition_columns or ())
     columns = [{"name": f.name, "type": str(f.type),
                 **({"unsupported": k} if (k := unsupported_kind(str(f.type))) else {})} for f in fields]
-    stat_columns = [f.name for f in fields if f.name not in parts and _stat_column(f.type)]
+    stat_columns = [f.name for f in fields if f.name not in parts and stat_type(f.type)]
     rows = pa.table(table.get_add_actions(flatten=True)).to_pylist()
     entries = []
     for row in sorted(rows, key=lambda r: r["path"]):
@@ -120,7 +114,7 @@ def delta_entries(table, dataset: str) -> tuple[list[dict], list[dict]]:
                  "stats": _file_stats(row, types, stat_columns)}
         if parts:
             values = {p: row.get(f"partition.{p}") for p in parts}
-            entry["partition"] = {p: _json_value(v, False) for p, v in values.items()}
+            entry["partition"] = {p: json_value(v, False) for p, v in values.items()}
             entry["stats"].update({p: partition_stats(entry["partition"][p], entry["num_samples"])
                                    for p in parts})
         entries.append(entry)

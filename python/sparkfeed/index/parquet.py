@@ -1,7 +1,7 @@
 """Parquet from any writer -> manifest entries, from the footers alone (never a data page).
 
 Each file's footer gives its row count, row groups and per-row-group statistics (the writer's
-own footer code, `sparkfeed.write._footer_entry`, so indexed and written datasets agree). Hive
+own footer code, `sparkfeed.footer.entry`, so indexed and written datasets agree). Hive
 partition directories (`split=train/`) add columns whose per-shard min = max, so a filter on
 them prunes whole files without opening them.
 """

@@ -19,7 +19,7 @@ import tarfile
 from .. import storage
 from ..errors import ShardReadError
 from ..read.tar import MAX_MEMBER_BYTES, StrictTarInfo, TarHeaderError, is_sample_member, parse_int, split_name
-from ..write import _json_value
+from ..footer import json_value
 
 __all__ = ["scan_tar", "column_of", "key_column", "tar_stats", "INT_EXTS", "TEXT_EXTS", "IMAGE_CODECS", "CODECS"]
 
@@ -195,7 +195,7 @@ def tar_stats(values: dict[str, list]) -> dict:
     out = {}
     for ext, vals in values.items():
         if vals:
-            out[ext] = {"min": _json_value(min(vals), False), "max": _json_value(max(vals), True)}
+            out[ext] = {"min": json_value(min(vals), False), "max": json_value(max(vals), True)}
     return out
 
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .. import filters, storage
+from .. import filters, footer, storage
 from ..errors import ShardReadError
 from ..plan import WorkUnit
 from .base import Reader, UnitRows, apply_filter
@@ -125,6 +125,7 @@ class ParquetReader(Reader):
             opened.append(pf)
             self.ctx.stats.add("bytes_read", pf.metadata.serialized_size + 8)
             casts = self._check_schema(unit, pf.schema_arrow)
+            self._check_recorded(unit, path, pf)
             chunks_of: dict[str, list[int]] = {}  # column (or struct leaf) -> its column chunks
             for j in range(pf.metadata.num_columns):
                 for name in _paths_above(pf.metadata.schema.column(j).path):
@@ -138,6 +139,27 @@ class ParquetReader(Reader):
         while len(self._files) > (_OPEN_FILES if self._ranges else _WHOLE_FILES):
             self._files.popitem(last=False)
         return pf
+
+    def _check_recorded(self, unit: WorkUnit, path: str, pf: pq.ParquetFile) -> None:
+        """The file is the one its manifest recorded: a local file's size (remote ones: the
+        footer's fetch compares the server's), then its row groups' counts and statistics
+        (`footer.difference`). Another file put in its place, one shard copied over another
+        with the same size and counts, would otherwise deliver its rows instead, and pruning
+        would go by the wrong statistics. Once per file and iteration, no I/O but a local stat."""
+        shard = self.ctx.shards.get(unit.path)
+        if shard is None:
+            return
+        if self._pafs is not None and shard.num_bytes:
+            size = self._pafs.get_file_info(path).size
+            if size != shard.num_bytes:
+                raise self._error(unit, f"the file is {size} bytes but the manifest says "
+                                  f"{shard.num_bytes}: truncated or replaced after the write")
+        found = footer.difference(pf.metadata, pf.schema_arrow, shard)
+        if found is not None:
+            group, what = found
+            raise ShardReadError(f"{what}: the file was replaced or changed after the manifest was "
+                                 "written (write or index the dataset again if the change is wanted)",
+                                 dataset=self.ctx.dataset, shard=unit.path, row_group=group)
 
     def _open(self, unit: WorkUnit, path: str, metadata) -> pq.ParquetFile:
         """The file opened (with its footer, if known), or an error that names it."""

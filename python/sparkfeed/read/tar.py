@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 
 from .. import storage
 from ..errors import CorruptSampleError, redact
+from ..footer import STRING_STATS_MAX_CHARS, round_up
 from ..manifest import Column, Shard
 from ..plan import WorkUnit
 from . import tarindex
@@ -681,7 +682,6 @@ def _fetch_whole(fs, path: str, size: int):
 # Neither says anything for other shards (no key stats: data `sparkfeed.index` scanned, or a
 # manifest made by hand): those are not checked.
 
-STATS_CHARS = 64  # `write.STRING_STATS_MAX_CHARS`, the JVM's `ColumnStats.STRING_STATS_MAX_CHARS`
 _WRITER_SHARD = re.compile(r"part-([0-9]{5})-([0-9]{4})\.tar")
 _GENERATED_KEY = r"^p(?P<partition>[0-9]{5,9})_(?P<row>[0-9]{9,18})$"
 # what `invalidKeys=sanitize` replaces (the JVM's `KeyPolicy.invalidChar`), in a recorded bound
@@ -736,7 +736,7 @@ def _bounds_problem(rule: KeyRule, keys: pa.Array) -> tuple[str, int] | None:
     if _is_min(low, rule.lo) and _is_max(high, rule.hi):
         return None
     above = pc.greater(keys, rule.hi)
-    if len(rule.hi) == STATS_CHARS:  # a max cut to a plain prefix is above nothing that starts so
+    if len(rule.hi) == STRING_STATS_MAX_CHARS:  # a max cut to a plain prefix is above nothing that starts so
         above = pc.and_(above, pc.invert(pc.starts_with(keys, rule.hi)))
     i = pc.index(pc.or_(pc.less(keys, rule.lo), above), True).as_py()
     if i >= 0:
@@ -749,7 +749,7 @@ def _bounds_problem(rule: KeyRule, keys: pa.Array) -> tuple[str, int] | None:
 
 def _is_min(low: str, lo: str) -> bool:
     """Whether `lo` is the min a writer records for keys whose least is `low`."""
-    return low == lo or (len(lo) == STATS_CHARS and low[:STATS_CHARS] == lo)
+    return low == lo or (len(lo) == STRING_STATS_MAX_CHARS and low[:STRING_STATS_MAX_CHARS] == lo)
 
 
 def _is_max(high: str, hi: str) -> bool:
@@ -757,22 +757,8 @@ def _is_max(high: str, hi: str) -> bool:
     64 characters the prefix rounded up (a plain prefix in some manifests)."""
     if high == hi:
         return True
-    prefix = high[:STATS_CHARS]
-    return len(high) > STATS_CHARS and hi in (prefix, _rounded_up(prefix))
-
-
-def _rounded_up(s: str) -> str | None:
-    """`write._round_up` (and the JVM's `roundedUp`): the shortest string built from a prefix of
-    `s` above every string that starts with `s`."""
-    chars = list(s)
-    while chars:
-        code = ord(chars[-1]) + 1
-        code = 0xE000 if 0xD800 <= code <= 0xDFFF else code
-        if code <= 0x10FFFF:
-            chars[-1] = chr(code)
-            return "".join(chars)
-        chars.pop()
-    return None
+    prefix = high[:STRING_STATS_MAX_CHARS]
+    return len(high) > STRING_STATS_MAX_CHARS and hi in (prefix, round_up(prefix))
 
 
 def _generated_problem(rule: KeyRule, keys: pa.Array) -> tuple[str, int] | None:
