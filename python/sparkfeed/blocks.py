@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from .threads import EXITING
+
 if TYPE_CHECKING:  # annotations only: stream.py imports this module
     from .stream import Block, EpochStream, StreamReader, Shuffled
 
@@ -213,6 +215,8 @@ class PendingBlock:
             while self.block is None:
                 todo = self._todo()
                 if todo is not None:
+                    if EXITING.is_set():  # the interpreter is exiting: no more reads (threads.py)
+                        raise RuntimeError(f"shuffle block {b} not read: the interpreter is exiting")
                     self.taken.add(todo)
                     self._unlocked(lambda: reader._read_run_part(first + todo, self.into, todo), todo)
                 elif not self.taken and not self.building and not self.ordering:
@@ -233,6 +237,8 @@ class PendingBlock:
             with self.cond:
                 while self.block is None and self.parts is not None:
                     todo = self._todo()
+                    if EXITING.is_set():  # no more reads (threads.py): the lane gives up too
+                        return
                     if todo is None:
                         if self._order_wanted():
                             self._order()

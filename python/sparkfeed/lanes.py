@@ -158,6 +158,7 @@ class LaneReader:
         for t in self._threads:
             t.start()
         self._closed = False
+        protocol.close_at_exit(self, 1)  # after the prefetchers that consume the lanes
 
     def lane(self, k: int) -> Iterator:
         """The items of lane k, in order; its thread's exception is re-raised here."""
@@ -191,6 +192,7 @@ class LaneReader:
         self._closed = True
         self._stop.set()
         protocol.join(self._threads, self._queues, wait_s)
+        protocol.closed(self)
 
     def __del__(self):
         if hasattr(self, "_closed"):

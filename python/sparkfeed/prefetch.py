@@ -9,7 +9,7 @@ thread holds no reference to the `Prefetcher`, so dropping the last reference ga
 it and `__del__` runs the same order; with `depth=0` the work runs inline and `close()` closes
 the source itself. At interpreter exit the threads still running (a persistent loader's, an
 iterator kept in a variable) are closed the same way before DALI's own exit hook runs
-(`_close_live_at_exit`): a thread left inside a DALI run while DALI shuts its pipelines down
+(`threads.close_at_exit`): a thread left inside a DALI run while DALI shuts its pipelines down
 aborts the process.
 
 A stage given as a `Lookahead` runs in two halves, `depth` batches apart (one by default): the
@@ -25,7 +25,6 @@ passes through in its place, untouched and not counted (the loader marks an epoc
 """
 from __future__ import annotations
 
-import atexit
 import collections
 import queue
 import threading
@@ -45,7 +44,6 @@ from .stats import Stats
 __all__ = ["Prefetcher", "Lookahead", "Marker"]
 
 Batch = dict[str, Any]
-_LIVE: "weakref.WeakSet[Prefetcher]" = weakref.WeakSet()  # started threads not yet closed
 
 
 class Marker:
@@ -279,24 +277,6 @@ class _Work:
             self.stats.add(counter, seconds)
 
 
-def _close_live_at_exit() -> None:
-    """Close the prefetchers whose threads still run at interpreter exit (each joins its thread
-    and closes its source, cancelling the DALI runs it started)."""
-    for prefetcher in list(_LIVE):
-        try:
-            prefetcher.close()
-        except Exception:  # noqa: BLE001 - exit goes on; one prefetcher must not stop the others
-            pass
-
-
-def _close_live_first_at_exit() -> None:
-    """(Re-)register `_close_live_at_exit` so that it runs before every exit hook registered so
-    far (atexit runs the last registered first), DALI's included: DALI registers its own when a
-    decoder first imports it, after sparkfeed was imported."""
-    atexit.unregister(_close_live_at_exit)
-    atexit.register(_close_live_at_exit)
-
-
 # ----------------------------------------------------------------------------- the thread
 def _prefetch_loop(source: Iterable, out_queue: queue.Queue, stop: threading.Event,
                    work: _Work) -> None:
@@ -379,8 +359,7 @@ class Prefetcher:
         self._thread = threading.Thread(target=_prefetch_loop, name=name, daemon=True,
                                         args=(source, self._queue, self._stop, self._work))
         self._thread.start()
-        _LIVE.add(self)
-        _close_live_first_at_exit()
+        protocol.close_at_exit(self, 0)  # before the lanes it consumes
 
     def __iter__(self) -> "Prefetcher":
         return self
@@ -453,7 +432,7 @@ class Prefetcher:
             return
         self._closed = True
         self._stop.set()
-        _LIVE.discard(self)
+        protocol.closed(self)
         if self._thread is None:
             protocol.close_quietly(self._it, self._source)
             return

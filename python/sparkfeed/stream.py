@@ -26,7 +26,7 @@ import torch.utils.data
 
 from . import batch as batching
 from .errors import ShardReadError
-from .threads import cores
+from .threads import cores, join_at_exit
 from .plan import Plan
 from .read import Reader, UnitRows
 from .read.base import needs_value
@@ -679,8 +679,10 @@ class StreamReader:
             helper = StreamReader(self.stream, type(self.reader)(self.reader.ctx), row_ids=self.row_ids,
                                   views=self.views)
             helper._chunking = self._chunking  # it reads whole runs, in the lane's pieces
-            threading.Thread(target=pending.help, args=(helper, b), daemon=True,
-                             name="sparkfeed-block-reader").start()
+            thread = threading.Thread(target=pending.help, args=(helper, b), daemon=True,
+                                      name="sparkfeed-block-reader")
+            thread.start()
+            join_at_exit(thread)  # it stops at `threads.EXITING`, after the run it reads
 
     def _spare_cores(self, b: int) -> int:
         """Cores block b's read may add threads for: the lanes of this iteration read at once, so

@@ -49,7 +49,8 @@ class ParquetReader(Reader):
         self._pafs = _arrow_filesystem(ctx.fs)
         # The last files opened: with shuffle, units hop between files, and a footer is read,
         # parsed and checked once per file, not once per unit.
-        # path -> (open file, column -> its chunks, column -> the manifest type to cast it to)
+        # path -> (open file, column -> its chunks, column -> the manifest type to cast it to,
+        # the names it can be read by)
         self._files: OrderedDict[str, tuple[pq.ParquetFile, dict, dict]] = OrderedDict()
         self._ahead = None if self._pafs is not None else storage.ReadAhead(ctx.read_ahead_bytes)
         self._ranges = True  # False: an HTTP server that ignores Range (whole-file reads)
@@ -124,23 +125,24 @@ class ParquetReader(Reader):
             pf = self._open(unit, path, metadata)
             opened.append(pf)
             self.ctx.stats.add("bytes_read", pf.metadata.serialized_size + 8)
-            casts = self._check_schema(unit, pf.schema_arrow)
-            self._check_recorded(unit, path, pf)
+            schema = pf.schema_arrow  # made anew at each call: once here
+            casts = self._check_schema(unit, schema)
+            self._check_recorded(unit, path, pf.metadata, schema)
             chunks_of: dict[str, list[int]] = {}  # column (or struct leaf) -> its column chunks
             for j in range(pf.metadata.num_columns):
                 for name in _paths_above(pf.metadata.schema.column(j).path):
                     chunks_of.setdefault(name, []).append(j)
-            return pf.metadata, chunks_of, casts
+            return pf.metadata, chunks_of, casts, _stored_names(schema)
 
         # a server that ignores Range (`_no_ranges`) has each reader read whole files, as before
         known = self.ctx.shared.once(unit.path, first_open) if self._ranges else first_open()
         pf = opened[0] if opened else self._open(unit, path, known[0])
-        self._files[unit.path] = (pf, known[1], known[2])
+        self._files[unit.path] = (pf, *known[1:])
         while len(self._files) > (_OPEN_FILES if self._ranges else _WHOLE_FILES):
             self._files.popitem(last=False)
         return pf
 
-    def _check_recorded(self, unit: WorkUnit, path: str, pf: pq.ParquetFile) -> None:
+    def _check_recorded(self, unit: WorkUnit, path: str, md: pq.FileMetaData, schema: pa.Schema) -> None:
         """The file is the one its manifest recorded: a local file's size (remote ones: the
         footer's fetch compares the server's), then its row groups' counts and statistics
         (`footer.difference`). Another file put in its place, one shard copied over another
@@ -154,7 +156,7 @@ class ParquetReader(Reader):
             if size != shard.num_bytes:
                 raise self._error(unit, f"the file is {size} bytes but the manifest says "
                                   f"{shard.num_bytes}: truncated or replaced after the write")
-        found = footer.difference(pf.metadata, pf.schema_arrow, shard)
+        found = footer.difference(md, schema, shard)
         if found is not None:
             group, what = found
             raise ShardReadError(f"{what}: the file was replaced or changed after the manifest was "
@@ -198,7 +200,7 @@ class ParquetReader(Reader):
             pf = self._file(unit, fetched[0] if fetched else None)
             if groups is None:
                 groups = range(pf.metadata.num_row_groups) if unit.row_group is None else [unit.row_group]
-            stored = _stored_names(pf.schema_arrow)
+            stored = self._files[unit.path][3]  # what `_file` just opened, or had
             absent = [n for n in names if n not in stored]  # added to the table after this file
             here = [n for n in names if n in stored]
             src, known = self._from_parts(unit, pf, fetched[1]) if fetched else (pf, None)
@@ -413,7 +415,7 @@ class ParquetReader(Reader):
     def _chunk_bytes(self, path: str, group: int, names: list[str]) -> int:
         """Compressed bytes of the column chunks of `names` in row group `group` (what a read
         fetches), from the open file's footer."""
-        pf, chunks_of, _ = self._files[path]
+        pf, chunks_of = self._files[path][:2]
         rg = pf.metadata.row_group(group)
         return sum(rg.column(j).total_compressed_size for n in names for j in chunks_of.get(n, ()))
 
