@@ -181,8 +181,14 @@ def _valid_column_stats(s) -> bool:
 def _parse_stats(raw, what, dataset: str) -> dict[str, ColumnStats]:
     """Column stats; `what` names the place (a string, or a callable making it: the message is
     only built when something is wrong, since a manifest holds thousands of these)."""
-    if isinstance(raw, dict) and all(_valid_column_stats(s) for s in raw.values()):
-        return {name: ColumnStats(s.get("min"), s.get("max"), s.get("null_count")) for name, s in raw.items()}
+    if isinstance(raw, dict):
+        out = {}
+        for name, s in raw.items():  # one pass: a manifest holds thousands of these
+            if not _valid_column_stats(s):
+                break
+            out[name] = ColumnStats(s.get("min"), s.get("max"), s.get("null_count"))
+        else:
+            return out
     place = what() if callable(what) else what
     _need(isinstance(raw, dict), f"{place}: stats should be an object, but got {type(raw).__name__}", dataset)
     name, bad = next((n, s) for n, s in raw.items() if not _valid_column_stats(s))

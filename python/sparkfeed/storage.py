@@ -17,6 +17,7 @@ import logging
 import os
 import posixpath
 import random
+import re
 import ssl
 import threading
 import time
@@ -270,6 +271,9 @@ def parsing(f=None):
         raise CorruptData(str(exc)) from exc
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # what `path_problem` calls a control character
+
+
 def path_problem(rel: object) -> str | None:
     """Why `rel` is not a safe path inside a dataset (a phrase after "it"), or None when it is.
 
@@ -283,7 +287,7 @@ def path_problem(rel: object) -> str | None:
     """
     if not isinstance(rel, str) or not rel:
         return "is empty or not a string"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in rel):
+    if _CONTROL.search(rel):
         return "holds a control character"
     try:
         rel.encode("utf-8")
