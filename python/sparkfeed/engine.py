@@ -286,6 +286,11 @@ class Engine:
         finally:
             close_quietly(segments)
 
+    def decode_skips(self, keys: torch.Tensor, rows: Sequence[int]) -> dict:
+        """Counters beside the totals for `rows` of a batch that decoding dropped (on_error=
+        "skip"; the loader counts the totals): none for one dataset, per source in a mix."""
+        return {}
+
     def _accounting(self, epoch: int, spans: Sequence[partition.Span]):
         """Per-batch bookkeeping of an engine over several datasets (`mix.MixedEngine`): a callable
         `(block, first lane position, columns, counters)` for a lane, or None (none here)."""

@@ -590,6 +590,17 @@ class MixedEngine(Engine):
             out.append(block)
         return out
 
+    def decode_skips(self, keys: torch.Tensor, rows) -> dict:
+        """Per source, the rows of a batch that decoding dropped: `source.<i>.samples_skipped` up
+        and `source.<i>.samples` down by them, as the totals are (a row key names its source in
+        bits 56+, `_conformed`)."""
+        sources = (keys[torch.as_tensor(list(rows), dtype=torch.int64)] >> _SOURCE_SHIFT).numpy()
+        out = {}
+        for i, n in enumerate(np.bincount(sources, minlength=len(self.engines)).tolist()):
+            if n:
+                out[f"source.{i}.samples_skipped"], out[f"source.{i}.samples"] = n, -n
+        return out
+
     def _accounting(self, epoch: int, spans):
         """Per batch of a lane: each source's delivered samples, and `__source__` when asked
         (`_Delivered`)."""
@@ -755,7 +766,7 @@ class _Delivered:
         labels = self.window[start - self.lo:end - self.lo] if self.lo <= start and end <= self.hi \
             else self._labels(start, end)
         if block.good is not None:
-            labels = labels[np.diff(block.good).astype(bool)]
+            labels = self._count_skipped(labels, np.diff(block.good).astype(bool), delta)
         counts = batch[1] if batch is not None and batch[0] == end and block.good is None else \
             np.bincount(labels, minlength=len(self.keys)).tolist()
         for key, n in zip(self.keys, counts):
@@ -764,6 +775,17 @@ class _Delivered:
             columns[SOURCE_COLUMN] = torch.from_numpy(labels.astype(np.int64))
         if self.marks is None and self.hi > self.lo:
             self.marks = self._marks()
+
+    def _count_skipped(self, labels: np.ndarray, kept: np.ndarray, delta: dict) -> np.ndarray:
+        """The labels of the kept positions; the skipped ones (a null where a tensor needs a value,
+        under on_error="skip") counted per source in `source.<i>.samples_skipped`, beside the
+        total the engine counts (without this every source's stayed 0)."""
+        skipped = np.bincount(labels[~kept], minlength=len(self.keys)).tolist()
+        for i, n in enumerate(skipped):
+            if n:
+                key = f"source.{i}.samples_skipped"
+                delta[key] = delta.get(key, 0) + n
+        return labels[kept]
 
     def _marks(self) -> dict[int, tuple[int, list[int]]]:
         """The window's batches: first lane position -> (end, per-source counts), batches being
