@@ -76,7 +76,10 @@ def rank_state(*, epoch: int, seed: int, rank: int, world_size: int, num_samples
 
 
 def global_state(states: Sequence[dict]) -> dict:
-    """Every rank's state in one dict (what `state_dict(all_ranks=True)` returns)."""
+    """Every rank's state in one dict (what `state_dict(all_ranks=True)` returns). Ranks that
+    disagree on what fixes the epoch's order (`_one_order`) are refused here, when the state is
+    saved, not when the checkpoint is loaded."""
+    _one_order(states)
     first = states[0]
     remaining = partition.normalise([s for st in states for s in st["remaining"]])
     return {"version": STATE_VERSION, "scope": "global", "epoch": first["epoch"],
@@ -84,6 +87,22 @@ def global_state(states: Sequence[dict]) -> dict:
             "num_samples": first["num_samples"], "fingerprint": first["fingerprint"],
             "data": first.get("data"), "remaining": [list(s) for s in remaining],
             "ranks": [dict(st) for st in states]}
+
+
+def _one_order(states: Sequence[dict]) -> None:
+    """Every rank must cut the same epoch stream: the same seed, epoch and settings. Otherwise
+    the ranks' shares overlap and each sample is not delivered once across them (a seed derived
+    from the rank, `seed=base + rank`, or a `set_epoch` missed on one rank), which nothing else
+    shows, and the gathered state could not be loaded either (`_check_same`)."""
+    keys = ("seed", "epoch", "world_size", "num_samples", "fingerprint")
+    seen = {key: [st[key] for st in states] for key in keys}
+    differ = [key for key in keys if len(set(seen[key])) > 1]
+    differ = [key for key in differ if key != "fingerprint"] or differ  # settings: named when nothing plainer is
+    if differ:
+        what = "; ".join(f"{key} by rank: {seen[key]}" for key in differ)
+        raise ValueError(f"the ranks do not read one epoch stream ({what}), so some samples reach "
+                         "several ranks and others none: pass every rank the same seed= (not one "
+                         "derived from the rank) and call set_epoch(epoch) with the same epoch on every rank")
 
 
 def _rank_states(state) -> list[dict]:

@@ -136,3 +136,25 @@ def test_a_mix_counts_decode_skips_per_source(npy_mix):
     assert (stats["samples"], stats["samples_skipped"]) == (90, 10)
     assert (stats["source.0.samples"], stats["source.1.samples"]) == (60, 30)
     assert (stats["source.0.samples_skipped"], stats["source.1.samples_skipped"]) == (0, 10)
+
+
+# ---------------------------------------------------------------- ranks that read different orders
+
+@pytest.mark.parametrize("mistake, named", [({"seed": lambda r: 7 + r}, r"seed by rank: \[7, 8\]"),
+                                            ({"epoch": lambda r: 1 + r}, r"epoch by rank: \[1, 2\]")])
+def test_ranks_that_read_different_orders_are_named_when_the_state_is_gathered(pq_path, mistake, named):
+    """A seed derived from the rank, or a set_epoch missed on one rank, gives the ranks
+    overlapping shares; the gathered state (`state_dict(all_ranks=True)`, here its pure half)
+    names it instead of saving what `load_state_dict` would refuse."""
+    from sparkfeed import progress
+
+    states = []
+    for r in range(2):
+        seed = mistake.get("seed", lambda r: 7)(r)
+        loader = sparkfeed.DataLoader(pq_path, batch_size=25, shuffle=True, seed=seed, rank=r, world_size=2)
+        loader.set_epoch(mistake.get("epoch", lambda r: 1)(r))
+        states.append(loader.state_dict())
+    with pytest.raises(ValueError, match=named + r".*same seed=.*set_epoch\(epoch\) with the same epoch"):
+        progress.global_state(states)
+    same = [dict(states[0], rank=r) for r in range(2)]
+    assert progress.global_state(same)["scope"] == "global"

@@ -1,0 +1,69 @@
+"""Run under torchrun: training-loop habits across real ranks (gloo). Each job writes
+OUT/JOB/rank-R.json.
+
+usage: training_usage_worker.py OUT PATH
+
+* seed_by_rank: `seed=7 + rank` (the habit of seeding each rank's RNG apart) makes the ranks read
+  different orders; `state_dict(all_ranks=True)` names it on every rank instead of saving a state
+  that no loader can load.
+* resume_loop: a state gathered after 3 batches of epoch 1, loaded into fresh loaders that then run
+  the usual `for epoch in range(saved_epoch, 3): loader.set_epoch(epoch)` loop.
+"""
+
+import json
+import os
+import sys
+
+import torch.distributed as dist
+
+import sparkfeed
+
+
+def ids(loader) -> list[int]:
+    return [i for b in loader for i in b["id"].tolist()]
+
+
+def seed_by_rank(path: str) -> dict:
+    loader = sparkfeed.DataLoader(path, batch_size=16, shuffle=True, seed=7 + dist.get_rank(), num_workers=2)
+    loader.set_epoch(1)
+    it = iter(loader)
+    next(it)
+    try:
+        loader.state_dict(all_ranks=True)
+        error = None
+    except ValueError as exc:
+        error = str(exc)
+    it.close()
+    return {"error": error}
+
+
+def resume_loop(path: str) -> dict:
+    kw = dict(batch_size=16, shuffle=True, seed=7, num_workers=2)
+    first = sparkfeed.DataLoader(path, **kw)
+    first.set_epoch(1)
+    it = iter(first)
+    head = [i for _ in range(3) for i in next(it)["id"].tolist()]
+    saved = {"epoch": 1, "loader": first.state_dict(all_ranks=True)}
+    it.close()
+    again = sparkfeed.DataLoader(path, **kw)
+    again.load_state_dict(saved["loader"])
+    epochs = []
+    for epoch in range(saved["epoch"], 3):
+        again.set_epoch(epoch)
+        epochs.append(ids(again))
+    return {"head": head, "epochs": epochs}
+
+
+def main(out: str, path: str) -> None:
+    dist.init_process_group("gloo")
+    for name, job in [("seed_by_rank", seed_by_rank), ("resume_loop", resume_loop)]:
+        result = job(path)
+        os.makedirs(os.path.join(out, name), exist_ok=True)
+        with open(os.path.join(out, name, f"rank-{dist.get_rank()}.json"), "w") as f:
+            json.dump(result, f)
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
