@@ -1,13 +1,15 @@
 """Run under torchrun: training-loop habits across real ranks (gloo). Each job writes
 OUT/JOB/rank-R.json.
 
-usage: training_usage_worker.py OUT PATH
+usage: training_usage_worker.py OUT PATH [STATE]
 
 * seed_by_rank: `seed=7 + rank` (the habit of seeding each rank's RNG apart) makes the ranks read
   different orders; `state_dict(all_ranks=True)` names it on every rank instead of saving a state
   that no loader can load.
 * resume_loop: a state gathered after 3 batches of epoch 1, loaded into fresh loaders that then run
-  the usual `for epoch in range(saved_epoch, 3): loader.set_epoch(epoch)` loop.
+  the usual `for epoch in range(saved_epoch, 3): loader.set_epoch(epoch)` loop; the gathered state
+  is kept in the result.
+* elastic (with STATE, a saved state of another world size): the rest of its epoch on these ranks.
 """
 
 import json
@@ -51,12 +53,21 @@ def resume_loop(path: str) -> dict:
     for epoch in range(saved["epoch"], 3):
         again.set_epoch(epoch)
         epochs.append(ids(again))
-    return {"head": head, "epochs": epochs}
+    return {"head": head, "epochs": epochs, "state": saved["loader"]}
 
 
-def main(out: str, path: str) -> None:
+def elastic(path: str, state_file: str) -> dict:
+    loader = sparkfeed.DataLoader(path, batch_size=16, shuffle=True, seed=7, num_workers=2)
+    with open(state_file) as f:
+        loader.load_state_dict(json.load(f))
+    return {"epoch": loader.dataset.epoch, "batches": len(loader), "ids": [b["id"].tolist() for b in loader]}
+
+
+def main(out: str, path: str, state_file: str | None = None) -> None:
     dist.init_process_group("gloo")
-    for name, job in [("seed_by_rank", seed_by_rank), ("resume_loop", resume_loop)]:
+    jobs = [("seed_by_rank", seed_by_rank), ("resume_loop", resume_loop)] if state_file is None else \
+        [("elastic", lambda p: elastic(p, state_file))]
+    for name, job in jobs:
         result = job(path)
         os.makedirs(os.path.join(out, name), exist_ok=True)
         with open(os.path.join(out, name, f"rank-{dist.get_rank()}.json"), "w") as f:
@@ -66,4 +77,4 @@ def main(out: str, path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])
