@@ -32,15 +32,22 @@ Lanes = list[list[partition.Span]]
 
 @dataclass
 class EpochProgress:
-    """This rank's lanes and how many positions of each the consumer has received."""
+    """This rank's lanes and how many positions of each the consumer has received; `ended`: the
+    iteration over them has ended (its last batch handed over and the iterator finished), so
+    `len(loader)` counts the next one, not this one's `batches()`."""
 
     lanes: Lanes
     batch_size: int
     delivered: list[int] | None = None
+    ended: bool = False
 
     def __post_init__(self):
         if self.delivered is None:
             self.delivered = [0] * len(self.lanes)
+
+    def batches(self) -> int:
+        """The batches of these lanes from their start, whatever has been delivered."""
+        return sum(-(-partition.total(lane) // self.batch_size) for lane in self.lanes)
 
     def record(self, worker: int, consumed: int) -> None:
         """Lane `worker` has delivered its first `consumed` positions."""

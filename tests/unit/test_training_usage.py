@@ -77,6 +77,24 @@ def test_a_shuffled_epoch_started_again_without_set_epoch_is_warned_once(pq_path
     assert len(said) == 1 and "epoch 0 starts again" in said[0] and "set_epoch(epoch)" in said[0]
 
 
+@pytest.mark.xfail(strict=True, reason="loader.py: len() during a resumed epoch is the whole epoch's "
+                                       "(patch in the hunt's report)")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_len_stays_the_resumed_epochs_rest_while_it_is_delivered(pq_path, workers):
+    """`len(loader)` is what the iteration yields, before it and during it (`enumerate` against
+    `len(loader) - 1` to find the last batch): it said 16 during a resumed epoch of 13 batches."""
+    kw = dict(batch_size=25, columns=["id"], num_workers=workers)
+    first = sparkfeed.DataLoader(pq_path, **kw)
+    ids_of(itertools.islice(first, 3))
+    again = sparkfeed.DataLoader(pq_path, **kw)
+    again.load_state_dict(first.state_dict())
+    assert len(again) == 13
+    assert [len(again) for _ in again] == [13] * 13
+    assert len(again) == 16  # the next iteration: a whole epoch
+    plain = sparkfeed.DataLoader(pq_path, **kw)
+    assert [len(plain) for _ in plain] == [16] * 16
+
+
 # ---------------------------------------------------------------- a Dataset handed to the loader
 
 @pytest.mark.xfail(strict=True, reason="loader.py: a Dataset's batch_size is ignored by the loader "
