@@ -31,7 +31,7 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """Explicit arguments, else torch.distributed when initialised, else RANK/WORLD_SIZE, else (0, 1)."""
     if rank is None or world_size is None:
         dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():
+        if _distributed():
             rank = dist.get_rank() if rank is None else rank
             world_size = dist.get_world_size() if world_size is None else world_size
         else:
@@ -41,6 +41,12 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if not isinstance(rank, int) or not 0 <= rank < world_size:
         raise ValueError(f"`rank` should be in [0, world_size={world_size}), but got rank={rank!r}")
     return rank, world_size
+
+
+def _distributed() -> bool:
+    """torch.distributed is there and initialised (a process group exists)."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized()
 
 
 def _env_int(name: str, default: int) -> int:
@@ -126,7 +132,8 @@ class Dataset(torch.utils.data.IterableDataset):
         checks.one_of("drop_last", drop_last, (False, True))
         self.shuffle, self.seed, self.batch_size = bool(shuffle), seed, batch_size
         self.drop_last, self.shuffle_buffer, self.on_error = bool(drop_last), shuffle_buffer, on_error
-        self.rank, self.world_size = resolve_rank(rank, world_size)
+        self._rank_args = (rank, world_size)  # what the caller gave; the rest resolved now (`_ranks`)
+        self._resolved = resolve_rank(rank, world_size)
         self.storage_options = storage_options
         self._epoch = _epoch_cell(0)
         config = ReadConfig(
@@ -135,6 +142,29 @@ class Dataset(torch.utils.data.IterableDataset):
             storage_options=storage_options, ragged=tuple(self.ragged),
             read_ahead_bytes=read_ahead_bytes)
         self.engine = Engine(config) if mixed is None else mix.MixedEngine(mixed, config, with_source)
+
+    @property
+    def rank(self) -> int:
+        return self._ranks()[0]
+
+    @property
+    def world_size(self) -> int:
+        return self._ranks()[1]
+
+    def _ranks(self) -> tuple[int, int]:
+        """(rank, world_size) as resolved when built. What no argument fixed must still be
+        torch.distributed's once that is initialised: a loader built before `init_process_group`
+        where no RANK/WORLD_SIZE is set (`torch.multiprocessing.spawn`) took one rank, and every
+        rank would have read every sample, silently."""
+        if None in self._rank_args and _distributed():
+            now = resolve_rank(*self._rank_args)
+            if now != self._resolved:
+                raise ValueError(
+                    f"this sparkfeed loader of {self.path!r} took rank {self._resolved[0]} of "
+                    f"world_size={self._resolved[1]} when it was built, but torch.distributed now says "
+                    f"rank {now[0]} of {now[1]}: build it after init_process_group, or pass rank= and "
+                    "world_size= (rank=0, world_size=1 for a loader every rank reads whole)")
+        return self._resolved
 
     @property
     def epoch(self) -> int:

@@ -198,3 +198,37 @@ def test_ranks_that_read_different_orders_are_named_when_the_state_is_gathered(p
         progress.global_state(states)
     same = [dict(states[0], rank=r) for r in range(2)]
     assert progress.global_state(same)["scope"] == "global"
+
+
+# ---------------------------------------------------------------- built before init_process_group
+
+def _group_of(monkeypatch, rank: int, world_size: int) -> None:
+    """torch.distributed as an initialised group of `world_size` ranks would answer, seen from `rank`."""
+    dist = torch.distributed
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda *a, **k: rank)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a, **k: world_size)
+
+
+def test_a_loader_built_before_init_process_group_is_refused_when_the_group_differs(pq_path, monkeypatch):
+    """Under torch.multiprocessing.spawn no RANK/WORLD_SIZE is set: a loader built before
+    init_process_group took one rank, and every rank then trained on every sample. Once the group
+    exists the loader says so (iterating, len, state_dict); arguments given, or a group that agrees
+    (torchrun's RANK/WORLD_SIZE), go on as before."""
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    early = sparkfeed.DataLoader(pq_path, batch_size=25, columns=["id"])
+    pinned = sparkfeed.DataLoader(pq_path, batch_size=25, columns=["id"], rank=0, world_size=1)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    from_env = sparkfeed.DataLoader(pq_path, batch_size=25, columns=["id"])
+    _group_of(monkeypatch, 1, 2)
+    said = r"took rank 0 of world_size=1 when it was built, but torch.distributed now says rank 1 of 2"
+    for use in (iter, len, lambda L: L.state_dict()):
+        with pytest.raises(ValueError, match=said + r".*after init_process_group, or pass rank="):
+            use(early)
+    with pytest.raises(ValueError, match=said):
+        next(iter(early.dataset))
+    assert len(ids_of(pinned)) == N
+    assert ids_of(from_env) == ids_of(sparkfeed.DataLoader(pq_path, batch_size=25, columns=["id"], rank=1,
+                                                         world_size=2))
