@@ -155,10 +155,9 @@ class LaneReader:
             target=_serve, name=f"{name}-{t}", daemon=True,
             args=({k: make for k, make in enumerate(lanes) if k % threads == t},
                   self._queues, self._stop, self._space[t])) for t in range(threads)]
-        for t in self._threads:
-            t.start()
         self._closed = False
         protocol.close_at_exit(self, 1)  # after the prefetchers that consume the lanes
+        protocol.start(self._threads, self.close)
 
     def lane(self, k: int) -> Iterator:
         """The items of lane k, in order; its thread's exception is re-raised here."""

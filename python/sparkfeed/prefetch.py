@@ -358,8 +358,8 @@ class Prefetcher:
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._thread = threading.Thread(target=_prefetch_loop, name=name, daemon=True,
                                         args=(source, self._queue, self._stop, self._work))
-        self._thread.start()
         protocol.close_at_exit(self, 0)  # before the lanes it consumes
+        protocol.start([self._thread], self.close)
 
     def __iter__(self) -> "Prefetcher":
         return self

@@ -43,7 +43,7 @@ from typing import Any
 from .errors import WorkerError
 
 __all__ = ["POLL_S", "JOIN_S", "END", "EXITING", "Failure", "TimedOut", "put", "get", "drain", "join",
-           "close_quietly", "cores", "close_at_exit", "closed", "join_at_exit"]
+           "close_quietly", "cores", "start", "close_at_exit", "closed", "join_at_exit"]
 
 POLL_S = 0.1   # how often a blocked put/get re-checks `stop` / the producer's liveness
 JOIN_S = 5.0   # the longest close() waits for a thread
@@ -54,6 +54,20 @@ EXITING = threading.Event()  # set at interpreter exit: loops over many reads st
 # (consumers first), and other threads to join then (a shuffle block's helper readers)
 _LIVE: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
 _HELPERS: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
+
+
+def start(threads: list[threading.Thread], close: Callable[[], None]) -> None:
+    """Start an owner's `threads`, registered with `close_at_exit` before: if starting one
+    raises (a Ctrl-C lands in `Thread.start`, which waits for the thread to run), `close()`
+    stops the ones already running before the error goes on. Before, a `LaneReader` whose
+    start a Ctrl-C interrupted was neither closed nor closed at exit, and its threads, left
+    inside pyarrow at teardown, aborted the process (rc 134)."""
+    try:
+        for t in threads:
+            t.start()
+    except BaseException:
+        close()
+        raise
 
 
 def close_at_exit(owner: Any, order: int) -> None:
