@@ -301,9 +301,7 @@ class DataLoader:
         """Worker processes for this iteration alone."""
         loader = self._process_loader(LaneDataset(self._engine, epoch, lanes, self.batch_size, bool(self.decode)),
                                       persistent=False)
-        with forks.frozen_while_forking():  # the workers start (fork) here
-            workers = iter(loader)
-        return _named_worker_errors(workers, self.dataset.rank)
+        return _named_worker_errors(_forked(loader), self.dataset.rank)
 
     def _process_loader(self, dataset: LaneDataset, persistent: bool) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(
@@ -559,9 +557,19 @@ class _Processes:
 def _iterated(loader: torch.utils.data.DataLoader) -> Iterator:
     """`iter(loader)` at the first `next()`, so that a worker found dead while torch restarts its
     kept workers is raised where `_named_worker_errors` names it."""
-    with forks.frozen_while_forking():  # the first iteration starts (forks) the workers
+    yield from _forked(loader)
+
+
+def _forked(loader: torch.utils.data.DataLoader):
+    """`iter(loader)`, where torch starts (forks) its workers: the parent's objects frozen meanwhile
+    (`forks.frozen_while_forking`), and a Ctrl-C lost in the fork's hooks raised once the workers
+    are shut down (`forks.interrupts_kept`), not dropped while the loop goes on."""
+    with forks.frozen_while_forking(), forks.interrupts_kept() as interrupts:
         workers = iter(loader)
-    yield from workers
+    if interrupts:
+        workers._shutdown_workers()
+        raise interrupts[0]
+    return workers
 
 
 def _mp_context(context):
