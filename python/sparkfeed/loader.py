@@ -93,6 +93,7 @@ class DataLoader:
                  batch_sampler=None, generator=None, worker_init_fn=None, pin_memory_device: str = "",
                  ragged=None, read_ahead_bytes: int | None = None):
         checks.positive_int("batch_size", batch_size)
+        batch_size = _dataset_batch_size(path_or_dataset, batch_size)
         checks.non_negative_int("num_workers", num_workers)
         checks.torch_only(persistent_workers, num_workers, sampler=sampler, batch_sampler=batch_sampler,
                           generator=generator, worker_init_fn=worker_init_fn,
@@ -132,6 +133,7 @@ class DataLoader:
         self._next: _Reading | None = None  # the next epoch, read ahead (persistent_workers)
         self._processes: _Processes | None = None  # worker processes kept between epochs (the same)
         self._blocks_noted = False  # `_note_blocks_read_twice` ran
+        self._again_noted = False  # `_note_same_epoch_again` warned
 
     @staticmethod
     def _dataset(path_or_dataset, **kwargs) -> Dataset:
@@ -160,9 +162,13 @@ class DataLoader:
     # ------------------------------------------------------------ epochs and state
 
     def set_epoch(self, epoch: int) -> None:
-        """Start epoch `epoch` at the next iteration (same value on every rank)."""
+        """Start epoch `epoch` at the next iteration (same value on every rank). A state loaded
+        for this very epoch (`load_state_dict`, not yet iterated) is kept, so the usual loop after
+        a restart, `for epoch in range(saved_epoch, E): loader.set_epoch(epoch)`, goes on where the
+        epoch stopped instead of delivering its first samples again; another epoch drops it."""
+        kept = self._pending if epoch == self.dataset.epoch else None
         self.dataset.set_epoch(epoch)
-        self._progress, self._pending, self._epoch_set = None, None, True
+        self._progress, self._pending, self._epoch_set = None, kept, True
 
     def _fresh_lanes(self) -> list:
         ds = self.dataset
@@ -176,6 +182,11 @@ class DataLoader:
         return progress.EpochProgress(self._pending or self._fresh_lanes(), self.batch_size)
 
     def __len__(self) -> int:
+        """Batches of the iteration being delivered, as it started (a resumed epoch's rest stays its
+        rest while it is delivered: `i == len(loader) - 1` finds its last batch), else of the next."""
+        running = self._progress
+        if self._pending is None and running is not None and not running.ended:
+            return running.batches()
         return progress.EpochProgress(self._pending or self._fresh_lanes(), self.batch_size).batches_left()
 
     def _fingerprint(self) -> str:
@@ -231,6 +242,8 @@ class DataLoader:
         pending, self._pending = self._pending, None
         explicit, self._epoch_set = self._epoch_set, False
         epoch = self.dataset.epoch
+        if not (explicit or pending):
+            self._note_same_epoch_again(epoch)
         ahead = self._take_next(None if pending else epoch)
         if ahead is not None and ahead.staged:  # a prefetch thread already into this epoch
             self._progress = progress.EpochProgress(ahead.lanes, self.batch_size)
@@ -351,6 +364,7 @@ class DataLoader:
                     self._drop_next()  # another iterator's, left over: one staged epoch at a time
                     self._next = _Reading(d.epoch, d.lanes, deliveries, None, staged=True)
                     deliveries = None  # kept for the next iteration, not closed
+                    epoch_progress.ended = True
                     return
                 epoch_progress.record(d.worker, d.consumed)
                 self._stats.merge(d.stats)
@@ -358,6 +372,7 @@ class DataLoader:
                     self._read_next_epoch(then)
                     then = None
                 yield d.batch
+            epoch_progress.ended = True
             if then is not None:
                 self._read_next_epoch(then)
         finally:
@@ -392,6 +407,17 @@ class DataLoader:
                 "each side. A smaller shuffle_buffer (now %d samples per block) reads less twice and "
                 "mixes less: shuffle_buffer=%d reads at most about 1.5x its share",
                 ds.path, ds.rank, read, share, extra_mib, sides or "lanes", stream.block, max(1, alone // 4))
+
+    def _note_same_epoch_again(self, epoch: int) -> None:
+        """Once per loader: a warning when a shuffled epoch delivered to its end starts again
+        without `set_epoch` (the same order as the last one; DistributedSampler repeats silently,
+        and a training loop that forgot `set_epoch` learns the same order every epoch)."""
+        done = self._progress is not None and self._progress.ended
+        if self.dataset.shuffle and done and not self._again_noted:
+            self._again_noted = True
+            log.warning("%s: epoch %d starts again in the same order (shuffle=True, no set_epoch since it "
+                        "was delivered): call loader.set_epoch(epoch) before each epoch, the same value "
+                        "on every rank, for a new order", self.dataset.path, epoch)
 
     def _note_uneven_ranks(self) -> None:
         """Once per loader: a warning when ranks get different numbers of batches (drop_last=False
@@ -521,6 +547,8 @@ class DataLoader:
             out[name] = result.images[torch.isin(result.ok_rows, keep)]
         stats["samples_skipped"] = stats.get("samples_skipped", 0) + len(bad)
         stats["samples"] = stats.get("samples", 0) - len(bad)
+        for key, n in self._engine.decode_skips(keys, sorted(bad)).items():  # per source, in a mix
+            stats[key] = stats.get(key, 0) + n
         return out, stats
 
     def _raise_unless_skipping(self, batch: dict, keys: torch.Tensor, failures) -> None:
@@ -583,6 +611,17 @@ def _mp_context(context):
         return context
     raise ValueError(f"`multiprocessing_context` should be None, one of {tuple(methods)} or a "
                      f"multiprocessing context, but got multiprocessing_context={context!r}")
+
+
+def _dataset_batch_size(path_or_dataset, batch_size: int) -> int:
+    """A `Dataset` made with a batch size keeps it (the loader's default of 1 takes it); another
+    one given to the loader is refused rather than either ignored."""
+    own = path_or_dataset.batch_size if isinstance(path_or_dataset, Dataset) else None
+    if own is None or batch_size in (1, own):
+        return own or batch_size
+    raise ValueError(f"the sparkfeed.Dataset passed to DataLoader was made with batch_size={own}, but "
+                     f"the loader got batch_size={batch_size}; give one of them (leave the loader's "
+                     "out to take the Dataset's)")
 
 
 def _refuse_dataset_overrides(kwargs: dict) -> None:

@@ -49,8 +49,6 @@ def test_a_seed_derived_from_the_rank_is_named_when_the_state_is_gathered(runs):
     assert "seed by rank: [7, 8]" in errors[0] and "the same seed=" in errors[0]
 
 
-@pytest.mark.xfail(strict=True, reason="loader.py: set_epoch drops a state loaded for that same epoch "
-                                       "(patch in the hunt's report)")
 def test_the_resume_loop_with_set_epoch_delivers_each_sample_once(runs):
     """After a restart, `load_state_dict(gathered)` then `set_epoch(saved_epoch)` on every rank:
     the epoch goes on with exactly the samples no rank has delivered; the next one is whole."""

@@ -31,8 +31,6 @@ def ids_of(batches) -> list[int]:
 
 # ---------------------------------------------------------------- resume in a training loop
 
-@pytest.mark.xfail(strict=True, reason="loader.py: set_epoch drops a state loaded for that same epoch "
-                                       "(patch in the hunt's report)")
 @pytest.mark.parametrize("stop", [3, 16])  # mid-epoch; after the epoch's last batch
 def test_set_epoch_of_the_loaded_epoch_keeps_the_resume(pq_path, stop):
     """The usual loop after a restart: load the checkpoint's state, then `for epoch in
@@ -55,8 +53,6 @@ def test_set_epoch_of_the_loaded_epoch_keeps_the_resume(pq_path, stop):
     assert sorted(rest[1]) == list(range(N))  # epoch 4 whole
 
 
-@pytest.mark.xfail(strict=True, reason="loader.py: a shuffled epoch repeated without set_epoch is silent "
-                                       "(patch in the hunt's report)")
 def test_a_shuffled_epoch_started_again_without_set_epoch_is_warned_once(pq_path, caplog):
     """Forgetting `set_epoch` trains every epoch on the same order (DistributedSampler is silent
     about it too); the loader says so once, and not where set_epoch is called or nothing shuffles."""
@@ -77,8 +73,6 @@ def test_a_shuffled_epoch_started_again_without_set_epoch_is_warned_once(pq_path
     assert len(said) == 1 and "epoch 0 starts again" in said[0] and "set_epoch(epoch)" in said[0]
 
 
-@pytest.mark.xfail(strict=True, reason="loader.py: len() during a resumed epoch is the whole epoch's "
-                                       "(patch in the hunt's report)")
 @pytest.mark.parametrize("workers", [0, 2])
 def test_len_stays_the_resumed_epochs_rest_while_it_is_delivered(pq_path, workers):
     """`len(loader)` is what the iteration yields, before it and during it (`enumerate` against
@@ -97,8 +91,6 @@ def test_len_stays_the_resumed_epochs_rest_while_it_is_delivered(pq_path, worker
 
 # ---------------------------------------------------------------- a Dataset handed to the loader
 
-@pytest.mark.xfail(strict=True, reason="loader.py: a Dataset's batch_size is ignored by the loader "
-                                       "(batches of 1; patch in the hunt's report)")
 def test_a_datasets_batch_size_is_kept_or_a_different_one_refused(pq_path):
     """`DataLoader(Dataset(..., batch_size=64))`: the Dataset keeps what it was made with (README),
     but the loader cut batches of its own default, 1, silently."""
@@ -163,8 +155,6 @@ def test_decode_skips_are_named_per_source_by_the_engine(npy_mix):
     assert loader._engine.engines[0].decode_skips(keys, [1]) == {}
 
 
-@pytest.mark.xfail(strict=True, reason="loader.py: _decode_collect counts decode skips in the totals "
-                                       "only (patch in the hunt's report: Engine.decode_skips)")
 def test_a_mix_counts_decode_skips_per_source(npy_mix):
     """Samples dropped by decoding (on_error="skip") leave their source's `samples` and count in
     its `samples_skipped`: `source.1.samples` said 40 where 30 were delivered."""
