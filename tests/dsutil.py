@@ -1,7 +1,7 @@
 """Tiny datasets made on the fly without Spark, for the fast unit tests.
 
 Parquet shards are written with pyarrow and described with the same footer code the Spark
-writer runs on executors (`sparkfeed.write._footer_entry`); tar shards follow the member layout
+writer runs on executors (`sparkfeed.write._footer_entry`, `sparkfeed.footer.entry`); tar shards follow the member layout
 of the JVM writer (`<key>.<ext>`, scalars in `.json`).
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 import time
 
@@ -143,3 +145,14 @@ def spark_jobs_started(spark, fn) -> list[int]:
     finally:
         sc.setLocalProperty("spark.jobGroup.id", None)
     return list(sc.statusTracker().getJobIdsForGroup(group))
+
+
+def run_script(source: str, where, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`source` saved as `script.py` under `where` and run in a fresh interpreter that imports
+    what this one does (its `sys.path`), for what only a process of its own shows (exit codes,
+    signals, interpreter teardown); output captured as text."""
+    script = os.path.join(str(where), "script.py")
+    with open(script, "w") as f:
+        f.write(source)
+    return subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import io
 import itertools
@@ -413,19 +414,20 @@ def open_remote(fs: fsspec.AbstractFileSystem, path: str, size: int | None = Non
 
 
 def fetch_ranges(fs: fsspec.AbstractFileSystem, path: str, ranges: list[tuple[int, int]],
-                 size: int | None = None) -> dict[tuple[int, int], memoryview | bytes]:
+                 size: int | None = None, retry: bool = True) -> dict[tuple[int, int], memoryview | bytes]:
     """{(start, end): bytes} for byte ranges of one file, adjacent ones merged into one request
     (fsspec's merge_offset_ranges) and the requests sent concurrently (over HTTP with the
     standard library's client, `httpranges`, or on fsspec's session, `_http_ranges`; else
     fsspec's cat_ranges). Over HTTP, `size` (the manifest's) is checked against the file's size
-    the server reports: a ValueError when it changed."""
+    the server reports: a ValueError when it changed. Transient failures are retried
+    (`with_retries`) unless `retry=False`, for a caller that retries the whole read itself."""
     _, starts, ends = fsspec.utils.merge_offset_ranges(
         [path] * len(ranges), [a for a, _ in ranges], [b for _, b in ranges], max_gap=COALESCE_GAP)
     if _is_http(fs):
-        blobs = with_retries(lambda: _http_fetch(fs, path, starts, ends, size), f"reading ahead {path}")
+        fetch = functools.partial(_http_fetch, fs, path, starts, ends, size)
     else:
-        blobs = with_retries(lambda: fs.cat_ranges([path] * len(starts), starts, ends, on_error="raise"),
-                             f"reading ahead {path}")
+        fetch = functools.partial(fs.cat_ranges, [path] * len(starts), starts, ends, on_error="raise")
+    blobs = with_retries(fetch, f"reading ahead {path}") if retry else fetch()
     for a, b, blob in zip(starts, ends, blobs):
         if len(blob) != b - a:  # fsspec's HTTP cat does not check that the server honoured Range
             raise ValueError(httpranges.NO_RANGES.format(path=path, a=a, b=b - 1, n=len(blob)))

@@ -5,9 +5,6 @@ thread left inside pyarrow while the process tears down pyarrow's thread pools a
 ("terminate called without an active exception")."""
 
 import io
-import os
-import subprocess
-import sys
 import textwrap
 
 import pyarrow as pa
@@ -52,10 +49,7 @@ def _jpeg(i: int) -> bytes:
 
 @pytest.mark.parametrize("shape", ["persistent", "kept_iterator"])
 def test_a_script_ending_with_a_decoding_loader_alive_exits_cleanly(images, shape, tmp_path):
-    script = tmp_path / "train.py"
-    script.write_text(SCRIPT)
-    done = subprocess.run([sys.executable, str(script), images, shape], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    done = dsutil.run_script(SCRIPT, tmp_path, images, shape)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "done 32" in done.stdout
     assert "AssertionError" not in done.stderr and "terminate called" not in done.stderr, done.stderr[-3000:]
@@ -84,11 +78,7 @@ def small_files(tmp_path_factory):
 def test_a_script_ending_mid_epoch_exits_cleanly(small_files, order, tmp_path):
     """Before the reading threads were closed at exit, 5 of 8 such runs aborted shuffled, 2 of 6
     in order; four runs each here."""
-    script = tmp_path / "peek.py"
-    script.write_text(READER)
     for _ in range(4):
-        done = subprocess.run([sys.executable, str(script), small_files, order], capture_output=True,
-                              text=True, timeout=300,
-                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        done = dsutil.run_script(READER, tmp_path, small_files, order)
         assert done.returncode == 0 and "terminate called" not in done.stderr, done.stderr[-3000:]
         assert "done 64" in done.stdout

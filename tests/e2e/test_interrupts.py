@@ -10,9 +10,6 @@ docs/INTERNALS.md); torch's own DataLoader ignored it in 2 of 2 such runs. Here 
 to raise, as a Ctrl-C landing there does, so the test is deterministic; before the fix the loop
 read every batch ("not interrupted")."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -53,10 +50,7 @@ def tars(tmp_path_factory):
 
 @pytest.mark.parametrize("workers", ["per_epoch", "persistent"])
 def test_ctrl_c_while_workers_fork_reaches_the_loop(tars, workers, tmp_path):
-    script = tmp_path / "train.py"
-    script.write_text(SCRIPT)
-    done = subprocess.run([sys.executable, str(script), tars, workers], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    done = dsutil.run_script(SCRIPT, tmp_path, tars, workers, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "interrupted\n" in done.stdout and "not interrupted" not in done.stdout, done.stdout
     assert "workers left 0" in done.stdout, done.stdout
