@@ -148,17 +148,28 @@ def test_resume_delivers_exactly_the_rest(any_path, workers_before, workers_afte
     assert sorted(seen + rest) == list(range(n))
 
 
+def _head_and_state(path: str, batches: int, **kw) -> tuple[list[int], dict]:
+    """The ids of a new loader's first `batches` batches, and its state after them."""
+    L = sparkfeed.DataLoader(path, **kw)
+    it = iter(L)
+    head = [i for _ in range(batches) for i in next(it)["id"].tolist()]
+    state = L.state_dict()
+    it.close()
+    return head, state
+
+
+def _resumed(path: str, state: dict, **kw) -> list[int]:
+    """The ids a new loader delivers from `state`."""
+    L = sparkfeed.DataLoader(path, **kw)
+    L.load_state_dict(state)
+    return ids_of(L)
+
+
 def test_resume_continues_the_same_order(pq_path):
     kw = dict(batch_size=25, shuffle=True, seed=9, num_workers=2)
     full = ids_of(sparkfeed.DataLoader(pq_path, **kw))
-    L = sparkfeed.DataLoader(pq_path, **kw)
-    it = iter(L)
-    head = [i for _ in range(5) for i in next(it)["id"].tolist()]
-    state = L.state_dict()
-    it.close()
-    L2 = sparkfeed.DataLoader(pq_path, **kw)
-    L2.load_state_dict(state)
-    assert head + ids_of(L2) == full
+    head, state = _head_and_state(pq_path, 5, **kw)
+    assert head + _resumed(pq_path, state, **kw) == full
 
 
 def test_state_after_a_full_epoch_is_empty_and_set_epoch_starts_over(pq_path):
@@ -185,22 +196,13 @@ def test_run_cap_of_the_default_block_resumes_exactly_and_refuses_uncapped_state
     dsutil.write_parquet(root, dsutil.table(200), 5, 5)  # 40 shards: 40 runs
     kw = dict(batch_size=10, shuffle=True, seed=3, num_workers=0)
     monkeypatch.setattr(shuffle, "MAX_BLOCK_RUNS", 1000)  # not binding: one block of 40 runs
-    L = sparkfeed.DataLoader(root, **kw)
-    it = iter(L)
-    next(it)
-    uncapped = L.state_dict()
-    it.close()
+    _, uncapped = _head_and_state(root, 1, **kw)
     monkeypatch.setattr(shuffle, "MAX_BLOCK_RUNS", 8)  # five blocks of 8 runs
     full = ids_of(sparkfeed.DataLoader(root, **kw))
-    L = sparkfeed.DataLoader(root, **kw)
-    assert L._engine.stream(0).max_block <= 8 * 5 and sorted(full) == list(range(200))
-    it = iter(L)
-    head = [i for _ in range(7) for i in next(it)["id"].tolist()]
-    state = L.state_dict()
-    it.close()
-    L2 = sparkfeed.DataLoader(root, **kw)
-    L2.load_state_dict(state)
-    assert head + ids_of(L2) == full
+    assert sparkfeed.DataLoader(root, **kw)._engine.stream(0).max_block <= 8 * 5
+    assert sorted(full) == list(range(200))
+    head, state = _head_and_state(root, 7, **kw)
+    assert head + _resumed(root, state, **kw) == full
     with pytest.raises(ValueError, match="other settings"):
         sparkfeed.DataLoader(root, **kw).load_state_dict(uncapped)
 
