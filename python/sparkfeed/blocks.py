@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .threads import EXITING
+from .threads import stopping
 
 if TYPE_CHECKING:  # annotations only: stream.py imports this module
     from .stream import Block, EpochStream, StreamReader, Shuffled
@@ -215,8 +215,8 @@ class PendingBlock:
             while self.block is None:
                 todo = self._todo()
                 if todo is not None:
-                    if EXITING.is_set():  # the interpreter is exiting: no more reads (threads.py)
-                        raise RuntimeError(f"shuffle block {b} not read: the interpreter is exiting")
+                    if stopping():  # closed, or the interpreter is exiting: no more reads
+                        raise RuntimeError(f"shuffle block {b} not read: its lanes were closed")
                     self.taken.add(todo)
                     self._unlocked(lambda: reader._read_run_part(first + todo, self.into, todo), todo)
                 elif not self.taken and not self.building and not self.ordering:
@@ -237,7 +237,7 @@ class PendingBlock:
             with self.cond:
                 while self.block is None and self.parts is not None:
                     todo = self._todo()
-                    if EXITING.is_set():  # no more reads (threads.py): the lane gives up too
+                    if stopping():  # no more reads (threads.py): the lane gives up too
                         return
                     if todo is None:
                         if self._order_wanted():

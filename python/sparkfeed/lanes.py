@@ -69,6 +69,7 @@ class _Start:
         threading.Thread(target=self._run, args=(make, q, stop, space), name=name, daemon=True).start()
 
     def _run(self, make, q: queue.Queue, stop: threading.Event, space: threading.Event) -> None:
+        protocol.working_for(stop)
         try:
             self.iterator = make()
             for _ in range(q.maxsize):  # at most a queue's worth: never a second reading thread
@@ -94,6 +95,7 @@ def _serve(makes: dict[int, Callable[[], Iterator]], queues: list[queue.Queue],
            stop: threading.Event, space: threading.Event) -> None:
     """One reading thread: keep its lanes' queues filled (see the shutdown protocol above); all
     its lanes but the first are started by starters, at the same time as the first."""
+    protocol.working_for(stop)
     name = threading.current_thread().name
     starts = {k: _Start(make, queues[k], stop, space, f"{name}-start-{k}")
               for k, make in list(makes.items())[1:]}

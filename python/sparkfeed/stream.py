@@ -26,7 +26,7 @@ import torch.utils.data
 
 from . import batch as batching
 from .errors import ShardReadError
-from .threads import cores, join_at_exit
+from .threads import cores, current_stop, join_at_exit, working_for
 from .plan import Plan
 from .read import Reader, UnitRows
 from .read.base import needs_value
@@ -679,10 +679,10 @@ class StreamReader:
             helper = StreamReader(self.stream, type(self.reader)(self.reader.ctx), row_ids=self.row_ids,
                                   views=self.views)
             helper._chunking = self._chunking  # it reads whole runs, in the lane's pieces
-            thread = threading.Thread(target=pending.help, args=(helper, b), daemon=True,
+            thread = threading.Thread(target=_help, args=(pending, helper, b, current_stop()), daemon=True,
                                       name="sparkfeed-block-reader")
             thread.start()
-            join_at_exit(thread)  # it stops at `threads.EXITING`, after the run it reads
+            join_at_exit(thread)  # it stops after the run it reads once its lane is closed, or at exit
 
     def _spare_cores(self, b: int) -> int:
         """Cores block b's read may add threads for: the lanes of this iteration read at once, so
@@ -780,3 +780,10 @@ class Shuffled(NamedTuple):
     def gathered(self) -> Block:
         """The positions as a block of their own (one gather)."""
         return self.rows.permute(self.order)
+
+
+def _help(pending: PendingBlock, helper: "StreamReader", b: int, stop) -> None:
+    """A block's helper thread: reads runs of block b for the lane that started it, and stops
+    taking runs once that lane's reader is closed (`stop`, `threads.stopping`)."""
+    working_for(stop)
+    pending.help(helper, b)

@@ -70,6 +70,27 @@ def start(threads: list[threading.Thread], close: Callable[[], None]) -> None:
         raise
 
 
+_current = threading.local()  # per thread: the `stop` of the owner it works for (`working_for`)
+
+
+def working_for(stop: threading.Event | None) -> None:
+    """Mark the calling thread as working for an owner whose `stop` ends its work, so that a
+    long loop on it (a shuffle block's runs) ends at the next read once the owner closes
+    (`stopping`), rather than finishing the block while `close()` waits for it."""
+    _current.stop = stop
+
+
+def current_stop() -> threading.Event | None:
+    """The `stop` the calling thread works for (None: the consumer's own thread)."""
+    return getattr(_current, "stop", None)
+
+
+def stopping() -> bool:
+    """The interpreter is exiting, or the owner the calling thread works for was closed."""
+    stop = current_stop()
+    return EXITING.is_set() or (stop is not None and stop.is_set())
+
+
 def close_at_exit(owner: Any, order: int) -> None:
     """Have `owner.close()` run at interpreter exit if it is still open then (lower `order`
     first), before every exit hook registered so far: DALI registers its own when a decoder

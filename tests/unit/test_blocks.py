@@ -177,3 +177,30 @@ def test_a_block_built_without_its_order_is_ordered_once():
     second.join(10)
     assert got["first"] == got["second"] == ("block", [["run"]], [0, 1, 2, 3])
     assert orders == ["first"]
+
+
+def test_closing_lanes_mid_block_stops_reading_the_block(tmp_path, monkeypatch):
+    """A lane closed while it reads a shuffle block stops at the next run (`threads.stopping`),
+    not at the block's end: a Ctrl-C, or an iterator closed after one batch, then waits for one
+    run instead of a block (over 10,000 small files, `close()` took 1.5-1.8 s, now 0.00-0.03).
+    600 files of 5 rows, blocks of at most 100 runs, two lanes of three blocks each: when the
+    first batch comes, the lanes have read about a block each and are into their next; closed
+    then, they read a few runs more, not the rest of those blocks."""
+    from sparkfeed import shuffle, stream
+
+    root = str(tmp_path / "small")
+    dsutil.write_parquet(root, dsutil.table(3_000), 5, 5)
+    monkeypatch.setattr(shuffle, "MAX_BLOCK_RUNS", 100)
+    runs_read, read_run_part = [], stream.StreamReader._read_run_part
+
+    def counted(self, run, into, part):
+        runs_read.append(run)
+        return read_run_part(self, run, into, part)
+
+    monkeypatch.setattr(stream.StreamReader, "_read_run_part", counted)
+    loader = sparkfeed.DataLoader(root, batch_size=64, shuffle=True, num_workers=2, worker_type="thread")
+    it = iter(loader)
+    assert len(next(it)["id"]) == 64
+    it.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("sparkfeed-") and t.is_alive()]
+    assert 100 <= len(runs_read) < 300, len(runs_read)  # the first block, then a few runs a lane
