@@ -283,7 +283,9 @@ def _prefetch_loop(source: Iterable, out_queue: queue.Queue, stop: threading.Eve
     """The producer thread (the protocol of `threads.py`). With a `Lookahead` stage of depth d,
     batch n+d is started before batch n is finished (`_Work.start`/`finish`); at the source's end
     or error the batches started before it are finished first, so every error keeps its
-    batch's position."""
+    batch's position. With `num_workers=0` it reads the data itself: a shuffle block's reads then
+    stop at the next run once the prefetcher closes (`threads.working_for`)."""
+    protocol.working_for(stop)
     if work.device is not None:
         torch.cuda.set_device(work.device)
     it, index, pending = None, 0, collections.deque()
