@@ -14,6 +14,7 @@ which destroys nothing, and the pages stay shared with the parent as a bonus).
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import gc
 import os
@@ -84,3 +85,49 @@ def interrupts_kept():
     finally:
         if sys.unraisablehook is hook:
             sys.unraisablehook = previous
+
+
+def close_redelivering_interrupts(close) -> None:
+    """Run `close()` (an iteration's shutdown: lanes, worker processes) so that a Ctrl-C landing
+    in it is not lost. After a `break`, Python runs that shutdown while it finalises the
+    abandoned iterator, and drops what is raised there, as it drops what a finaliser under it
+    raises (torch's worker iterator's `__del__`): a Ctrl-C there was lost and training went on
+    (2 of 6 runs of a break-and-restart stress over process workers; torch's own DataLoader
+    loses it the same way). Now the shutdown is finished, then the KeyboardInterrupt raised;
+    where Python drops it (a finaliser), `_redelivered` delivers it again to the main thread."""
+    with interrupts_kept() as lost:
+        try:
+            close()
+        except KeyboardInterrupt as exc:
+            lost.append(exc)
+            close()  # the rest of it: each close is idempotent
+    if lost:
+        _redeliver_dropped_interrupts()
+        raise lost[0]
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_REDELIVER_S = 0.05  # how long after Python dropped it a Ctrl-C is delivered again
+
+
+def _redeliver_dropped_interrupts() -> None:
+    """Chain (once) a `sys.unraisablehook` that, for a KeyboardInterrupt Python drops while
+    finalising one of sparkfeed's iterators, delivers the Ctrl-C again to the main thread
+    (`_thread.interrupt_main` on a timer thread: its SIGINT handler runs once the finaliser has returned, so the
+    training loop gets the KeyboardInterrupt, `_REDELIVER_S` later); anything else goes to the
+    hook before it."""
+    previous = sys.unraisablehook
+    if getattr(previous, "sparkfeed_redelivers", False):
+        return
+
+    def hook(unraisable):
+        code = getattr(unraisable.object, "gi_code", None)
+        ours = code is not None and os.path.abspath(code.co_filename).startswith(_PACKAGE)
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and ours:
+            # from another thread, a moment later: raised on this one, inside the hook, it
+            # would be dropped again; the main thread is back in the training loop by then
+            threading.Timer(_REDELIVER_S, _thread.interrupt_main).start()
+        else:
+            previous(unraisable)
+    hook.sparkfeed_redelivers = True
+    sys.unraisablehook = hook

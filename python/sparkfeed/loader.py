@@ -376,7 +376,7 @@ class DataLoader:
             if then is not None:
                 self._read_next_epoch(then)
         finally:
-            close_quietly(deliveries)
+            forks.close_redelivering_interrupts(lambda: close_quietly(deliveries))
 
     def _note_blocks_read_twice(self, epoch: int, lanes: list) -> None:
         """Once per loader, a shuffled epoch: log how much more than its share this rank reads,
