@@ -181,6 +181,11 @@ class DataLoader:
             return self._progress
         return progress.EpochProgress(self._pending or self._fresh_lanes(), self.batch_size)
 
+    @property
+    def drop_last(self) -> bool:
+        """As torch's `DataLoader.drop_last` (tools that inspect a loader read it): the dataset's."""
+        return self.dataset.drop_last
+
     def __len__(self) -> int:
         """Batches of the iteration being delivered, as it started (a resumed epoch's rest stays its
         rest while it is delivered: `i == len(loader) - 1` finds its last batch), else of the next."""

@@ -180,6 +180,14 @@ def test_state_after_a_full_epoch_is_empty_and_set_epoch_starts_over(pq_path):
     assert len(ids_of(L)) == N_PQ
 
 
+def test_torchs_loader_attributes_read_as_torch_gives_them(pq_path):
+    """Training code and tools read a loader's settings as torch's DataLoader holds them."""
+    for drop_last in (True, False):
+        L = sparkfeed.DataLoader(pq_path, batch_size=7, num_workers=2, drop_last=drop_last)
+        assert (L.batch_size, L.num_workers, L.drop_last) == (7, 2, drop_last)
+        assert len(L) == (N_PQ // 7 if drop_last else -(-N_PQ // 7))
+
+
 def test_state_from_other_settings_is_refused(pq_path):
     state = sparkfeed.DataLoader(pq_path, batch_size=10).state_dict()
     with pytest.raises(ValueError, match="other settings"):
