@@ -434,6 +434,12 @@ def fetch_ranges(fs: fsspec.AbstractFileSystem, path: str, ranges: list[tuple[in
     return {(a, b): blob for a, b, blob in zip(starts, ends, blobs)}
 
 
+def fetch_whole(fs: fsspec.AbstractFileSystem, path: str, size: int, retry: bool = True):
+    """The whole file of `size` bytes as one range (`fetch_ranges`: over HTTP into one pooled
+    buffer, its size checked against the server's)."""
+    return fetch_ranges(fs, path, [(0, size)], size, retry=retry)[(0, size)]
+
+
 def _http_fetch(fs, path: str, starts: list[int], ends: list[int], size: int | None) -> list:
     """HTTP ranges with the standard library's client where it sends what fsspec's would
     (`httpranges`: one copy per byte, on the calling thread), else on fsspec's session."""

@@ -514,7 +514,7 @@ def _fetch_whole(fs, path: str, size: int) -> io.BytesIO:
     """A small file read in place (the filter's count pass, a lane ahead of read-ahead), fetched
     whole in one request: its footer and row groups would otherwise be a request each. Not
     retried here: the read that needs it is (`ParquetReader._retrying`)."""
-    return io.BytesIO(storage.fetch_ranges(fs, path, [(0, size)], size, retry=False)[(0, size)])
+    return io.BytesIO(storage.fetch_whole(fs, path, size, retry=False))
 
 
 def _fetch_footer(fs, path: str, size: int | None) -> tuple:

@@ -178,7 +178,9 @@ class TarReader(Reader):
     def _whole_fetch(self, unit: WorkUnit, path: str, size: int):
         """The fetch of a whole (unindexed) shard, made as read-ahead submits it."""
         self.check_ahead([unit])
-        return functools.partial(_fetch_whole, self.ctx.fs, path, size)
+        # the whole shard as one range; a file whose size is not the manifest's fails the fetch,
+        # and the shard is then read in place, where the reader names the mismatch
+        return functools.partial(storage.fetch_whole, self.ctx.fs, path, size)
 
     def _index_ahead(self, unit: WorkUnit):
         """The future of the fetch of the shard's index text, once for the readers of the
@@ -655,13 +657,6 @@ def _fetch_rows(fs, path: str, size: int, spans, window: tuple[int, int]):
     None when the index cannot say, and the reader reads the shard whole."""
     span = spans.result().get(window) if spans is not None else None
     return None if span is None else storage.fetch_ranges(fs, path, [span], size)[span]
-
-
-def _fetch_whole(fs, path: str, size: int):
-    """Read-ahead task: the whole shard as one range (`storage.fetch_ranges`: over HTTP into one
-    pooled buffer, not a joined bytes object). A file whose size is not the manifest's fails the
-    fetch, and the shard is then read in place, where the reader names the mismatch."""
-    return storage.fetch_ranges(fs, path, [(0, size)], size)[(0, size)]
 
 
 # ---------------------------------------------------------------- keys against the manifest
