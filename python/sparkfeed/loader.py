@@ -31,6 +31,7 @@ from .batch import select_rows, unpack, user_facing
 from .dataset import Dataset
 from .engine import Delivery, LaneDataset
 from .errors import CorruptSampleError, WorkerError
+from .integrations import EpochSampler, TrainerLoader
 from .lanes import LaneReader, round_robin
 from .prefetch import Lookahead, Marker, Prefetcher
 from .stats import Stats
@@ -134,6 +135,7 @@ class DataLoader:
         self._processes: _Processes | None = None  # worker processes kept between epochs (the same)
         self._blocks_noted = False  # `_note_blocks_read_twice` ran
         self._again_noted = False  # `_note_same_epoch_again` warned
+        self._began_resumed = False  # the last iteration began from a loaded state
 
     @staticmethod
     def _dataset(path_or_dataset, **kwargs) -> Dataset:
@@ -169,6 +171,31 @@ class DataLoader:
         kept = self._pending if epoch == self.dataset.epoch else None
         self.dataset.set_epoch(epoch)
         self._progress, self._pending, self._epoch_set = None, kept, True
+
+    @property
+    def sampler(self) -> EpochSampler:
+        """What `loader.sampler.set_epoch(epoch)` finds (DDP scripts; Lightning's fit loop calls it
+        before each epoch): this loader's `set_epoch`, except that an iteration of that epoch
+        already begun is kept (Lightning calls `iter()` before it at a fit's or resume's start)."""
+        return EpochSampler(self._set_epoch_unless_begun)
+
+    def _set_epoch_unless_begun(self, epoch: int) -> None:
+        running = self._progress
+        if running is not None and not running.ended and self._began_resumed and not any(running.delivered):
+            raise ValueError(
+                f"{self.dataset.path}: sampler.set_epoch({epoch}) came after iter() of an epoch resumed from a "
+                "loaded state (the order of Lightning's fit loop): that iteration cannot change epoch, and "
+                "len() counts only its rest, so a trainer would cut the epoch short. Hand the trainer "
+                "loader.for_trainer() (len() the whole epoch, state_dict() every rank's), or call "
+                "set_epoch before iter()")
+        if running is not None and not running.ended and self.dataset.epoch == epoch:
+            return  # the iteration of this epoch goes on, and state_dict() keeps counting it
+        self.set_epoch(epoch)
+
+    def for_trainer(self) -> TrainerLoader:
+        """This loader as Lightning and Accelerate use one (`integrations.TrainerLoader`): its
+        state_dict() gathers every rank's state, len() is the whole epoch, even a resumed one."""
+        return TrainerLoader(self)
 
     def _fresh_lanes(self) -> list:
         ds = self.dataset
@@ -245,6 +272,7 @@ class DataLoader:
 
     def __iter__(self):
         pending, self._pending = self._pending, None
+        self._began_resumed = bool(pending)  # this iteration continues a loaded state
         explicit, self._epoch_set = self._epoch_set, False
         epoch = self.dataset.epoch
         if not (explicit or pending):

@@ -165,7 +165,9 @@ def resume_lanes(state, *, rank: int, world_size: int, workers: int, unit: int, 
     own = [st for st in states if st["rank"] == rank]
     if saved_world == world_size and len(states) == 1 and not own:
         raise ValueError(f"`state` is rank {states[0]['rank']}'s, but this is rank {rank}: load each "
-                         "rank's own state, or the list of every rank's state on every rank")
+                         "rank's own state, or the list of every rank's state on every rank (Lightning saves rank "
+                         "0's state and loads it on every rank: hand it loader.for_trainer(), whose "
+                         "state holds every rank's)")
     if saved_world == world_size and own and (len(states) == 1 or _complete(states)):
         lanes = [[(int(lo), int(hi)) for lo, hi in lane] for lane in own[0]["lanes"]]
         if len(lanes) == workers:  # the same lanes: the interrupted order continues
