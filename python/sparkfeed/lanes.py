@@ -19,13 +19,16 @@ outside the GIL (a local epoch of the same images on 2 cores: tars 0.158 s again
 Parquet 0.076 against 0.082; 200,000 small tabular rows were 2-3% slower that way, so they keep
 the rule).
 
-Every lane starts at once: a thread that serves several lanes starts each lane but its first on
-a starter thread of its own (`_Start`), which reads a queue's worth of the lane's items. A lane's
-first items are mostly waiting (over object storage: its files' footers, its first range
-requests, each 10-50 ms to the first byte), and its reader sends its read-ahead requests when it
-starts; started one after the other, lane 1's requests went out only after lane 0's first
-segment was read and converted, and lane 1's first batch (the consumer's second) waited for
-both. A starter then hands its lane to the serving thread, which serves it like any other.
+A thread that serves several lanes starts its first lane alone, and every other lane once
+that one has its first item, each on a starter thread of its own (`_Start`), which reads a
+queue's worth of the lane's items and then hands the lane to the serving thread. Lanes served
+this way read local data of small samples, work for the cores (the kinds that wait on their
+reads have a thread per lane), so lanes started together only split the cores: shuffled over
+10,000 small Parquet files, each lane's first item is a block of 1,024 files, and the
+consumer's first batch came after both lanes' blocks (1.8-4.0 s), its second no sooner than
+when started one after the other (first batch 1.1-1.5 s; docs/INTERNALS.md, "Workers"). A
+starter reads beside the serving thread, which meanwhile reads only for lanes whose queue is
+empty.
 
 Threads follow the one protocol of `threads.py` (final item per queue, bounded waits, the
 shutdown order of `close()`). Here: each lane k has one bounded queue (maxsize `depth`) filled
@@ -93,18 +96,25 @@ class _Start:
 
 def _serve(makes: dict[int, Callable[[], Iterator]], queues: list[queue.Queue],
            stop: threading.Event, space: threading.Event) -> None:
-    """One reading thread: keep its lanes' queues filled (see the shutdown protocol above); all
-    its lanes but the first are started by starters, at the same time as the first."""
+    """One reading thread: keep its lanes' queues filled (see the shutdown protocol above); its
+    lanes but the first are started by starters once the first has its first item (or ended)."""
     protocol.working_for(stop)
     name = threading.current_thread().name
-    starts = {k: _Start(make, queues[k], stop, space, f"{name}-start-{k}")
-              for k, make in list(makes.items())[1:]}
+    later = list(makes)[1:]  # lanes not started yet
+    starts: dict[int, _Start] = {}
     its: dict[int, Iterator] = {}
     active = list(makes)
+
+    def start_later() -> None:
+        starts.update((k, _Start(makes[k], queues[k], stop, space, f"{name}-start-{k}")) for k in later)
+        later.clear()
+
     try:
         while active and not stop.is_set():
             space.clear()  # before looking: a get or a starter's end from now on wakes the wait below
-            ready = [k for k in active if not queues[k].full() and (k not in starts or starts[k].done())]
+            starting = any(not start.done() for start in starts.values())
+            ready = [k for k in active if not queues[k].full() and k not in later
+                     and (k not in starts or starts[k].done()) and not (starting and queues[k].qsize())]
             if not ready:
                 space.wait(protocol.POLL_S)
                 continue
@@ -114,6 +124,7 @@ def _serve(makes: dict[int, Callable[[], Iterator]], queues: list[queue.Queue],
             except StopIteration:
                 active.remove(k)
                 protocol.put(queues[k], protocol.END, stop)
+                start_later()
                 continue
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
                 failure = protocol.Failure(exc, f"lane {k} on thread {name!r}")
@@ -121,6 +132,7 @@ def _serve(makes: dict[int, Callable[[], Iterator]], queues: list[queue.Queue],
                     protocol.put(queues[j], failure, stop)
                 return
             queues[k].put_nowait(item)  # only this thread puts here (its starter is done), and it had room
+            start_later()
     finally:
         for k, start in starts.items():
             start.wait()
