@@ -7,6 +7,8 @@ the manifest, never a directory listing.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -266,6 +268,25 @@ def _parse_schema(raw, dataset: str) -> tuple[Column, ...]:
 
 def parse_manifest(doc: str | bytes | dict, dataset: str = "") -> Manifest:
     """Parse and validate a manifest document; every problem is a ManifestError naming the dataset."""
+    with _collection_paused():
+        return _parse_manifest(doc, dataset)
+
+
+@contextlib.contextmanager
+def _collection_paused():
+    """Python's cyclic garbage collector off while a manifest becomes objects: the JSON of 10,000
+    shards makes about a million, none cyclic, and the full collections they set off (three of
+    0.12-0.18 s each) took more than the parse (0.45 s with them, 0.20 s without)."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
+def _parse_manifest(doc: str | bytes | dict, dataset: str) -> Manifest:
     if not isinstance(doc, dict):
         try:
             doc = json.loads(doc)
