@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 _UNEVEN_CHECK_RANKS = 1024  # ranks past which the once-per-loader check of batch counts is skipped
 _DECODE_AHEAD = 1
 _REREAD_WARN_MIB = 64  # shuffle blocks read on both sides of a boundary: a warning from this much more
+_STUCK_JOIN_S = 2.0  # a worker process terminated after a timeout: the most to wait for its end
 WORKER_TYPES = ("auto", "thread", "process")
 
 
@@ -373,7 +374,8 @@ class DataLoader:
             kept = self._processes = _Processes(lanes, self._process_loader(dataset, persistent=True), shared,
                                                 shared_then)
         kept.epoch.value, kept.then.value = epoch, -1 if then is None else then
-        iteration = _named_worker_errors(_iterated(kept.loader), self.dataset.rank, on_failure=self._drop_processes)
+        iteration = _named_worker_errors(_iterated(kept.loader), self.dataset.rank, on_failure=self._drop_processes,
+                                         workers=lambda: kept.loader._iterator)
         kept.user = weakref.ref(iteration)
         return iteration
 
@@ -756,10 +758,12 @@ def _waited(source, stage: Callable[[Delivery], Delivery], stats: Stats):
         close_quietly(it)
 
 
-def _named_worker_errors(it, rank: int, on_failure: Callable[[], None] | None = None):
+def _named_worker_errors(it, rank: int, on_failure: Callable[[], None] | None = None,
+                         workers: Callable[[], object] | None = None):
     """Re-raise a crashed worker as WorkerError naming the rank (torch names the worker). Workers
     are shut down when the epoch ends; those kept between epochs (`on_failure` given) only when
-    something fails, and `on_failure` forgets them."""
+    something fails, and `on_failure` forgets them. `workers()`: torch's iterator of the kept
+    workers (`it` itself otherwise)."""
     failed = True
     try:
         yield from it
@@ -770,6 +774,8 @@ def _named_worker_errors(it, rank: int, on_failure: Callable[[], None] | None = 
     except RuntimeError as exc:
         if "DataLoader worker" in str(exc):
             raise WorkerError(f"a sparkfeed loader worker of rank {rank} died: {exc}") from exc
+        if "DataLoader timed out" in str(exc):
+            _stop_stuck_workers(workers() if workers is not None else it)
         raise
     except (ConnectionError, EOFError) as exc:
         # a batch a worker queued before it died points at shared memory that only the dead
@@ -785,6 +791,24 @@ def _named_worker_errors(it, rank: int, on_failure: Callable[[], None] | None = 
                 shutdown()
             if on_failure is not None:
                 on_failure()
+
+
+def _stop_stuck_workers(workers) -> None:
+    """After torch's `timeout`: the workers are stuck in a read, and torch's shutdown would wait
+    5 s for each (`MP_STATUS_CHECK_INTERVAL`) before terminating it, so the error came about 10 s
+    after the timeout with 2 workers. Terminate them now, their pids first taken off torch's
+    SIGCHLD watch (else their end would raise again in this thread), as that shutdown does."""
+    procs = getattr(workers, "_workers", None)
+    if not procs or getattr(workers, "_shutdown", True):
+        return
+    if getattr(workers, "_worker_pids_set", False):
+        torch.utils.data._utils.signal_handling._remove_worker_pids(id(workers))
+        workers._worker_pids_set = False
+    for process in procs:
+        if process.is_alive():
+            process.terminate()
+    for process in procs:
+        process.join(_STUCK_JOIN_S)
 
 
 def _gather(state: dict, world_size: int) -> list[dict]:

@@ -69,3 +69,38 @@ def test_a_stalled_read_on_reading_threads_raises_after_timeout(tmp_path, num_wo
     finally:
         release.set()
         server.close()
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_a_stalled_read_in_worker_processes_raises_soon_after_timeout(tmp_path, persistent):
+    """With worker processes, torch's timeout error came about 10 s after the timeout: its
+    shutdown waited 5 s for each worker stuck in its read before terminating it. The stuck
+    workers are stopped at once, so the error comes soon after `timeout`, and the next loader
+    reads everything."""
+    import time
+
+    from sparkfeed.bench.remote import LatencyServer
+
+    dsutil.write_tar(str(tmp_path / "wds"), dsutil.table(200, image_bytes=16), 50)
+    release = threading.Event()
+
+    def hold(method, path, range_header):
+        if path.endswith(".tar") and method == "GET":
+            release.wait(30)
+
+    server = LatencyServer(str(tmp_path), latency_s=0.0, hold=hold)
+    try:
+        loader = sparkfeed.DataLoader(f"{server.url}/wds", batch_size=50, num_workers=2,
+                                      worker_type="process", timeout=1, persistent_workers=persistent)
+        start = time.monotonic()
+        with pytest.raises(RuntimeError, match=r"timed out after 1 seconds"):
+            next(iter(loader))
+        took = time.monotonic() - start
+        assert took < 6, f"the timeout's error came {took:.1f} s after the first next() (timeout=1)"
+        release.set()
+        again = sparkfeed.DataLoader(f"{server.url}/wds", batch_size=50, num_workers=2,
+                                     worker_type="process", timeout=60)
+        assert sorted(i for b in again for i in b["id"].tolist()) == list(range(200))
+    finally:
+        release.set()
+        server.close()
