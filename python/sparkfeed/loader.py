@@ -225,11 +225,12 @@ class DataLoader:
     def _fingerprint(self) -> str:
         """The settings a saved state must match. The run cap of the default shuffle block is
         named only where it changes the order, so states saved before it existed still load
-        wherever their order is unchanged (and are refused where it is not)."""
+        wherever their order is unchanged (and are refused where it is not). The batch size is
+        not one of them: the state records it apart (a resume may change it), and older states'
+        fingerprints, which held it, are read without it (`progress._settings_and_batch_size`)."""
         ds = self.dataset
         capped = f"|block runs<={shuffling.MAX_BLOCK_RUNS}" if self._engine.runs_capped else ""
-        return (f"{self._engine.identity()}|{ds.shuffle}|{ds.seed}|{ds.shuffle_buffer}|"
-                f"{self.batch_size}|{ds.drop_last}{capped}")
+        return f"{self._engine.identity()}|{ds.shuffle}|{ds.seed}|{ds.shuffle_buffer}|{ds.drop_last}{capped}"
 
     def state_dict(self, all_ranks: bool = False) -> dict:
         """Plain values: the epoch and, per lane, the stream positions not delivered yet.
@@ -248,7 +249,7 @@ class DataLoader:
     def load_state_dict(self, state) -> None:
         """Resume from `state_dict()`: this rank's own state, the list of every rank's states,
         or a state_dict(all_ranks=True); another world size or worker count is fine with every
-        rank's states (see `progress.py`). Call it before iterating."""
+        rank's states, another batch size with any of them (see `progress.py`). Call it before iterating."""
         ds = self.dataset
         epoch, lanes = progress.resume_lanes(
             state, rank=ds.rank, world_size=ds.world_size, workers=self._workers,

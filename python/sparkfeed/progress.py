@@ -13,12 +13,18 @@ received; `rank_state` turns it into the plain dict `DataLoader.state_dict()` re
 * every rank's state from another world size (elastic): the positions nobody delivered are
   pooled and re-split over the new ranks and workers (exactly once still holds; the order is new).
 
+Another batch size than the state's (`batch_size`, recorded in the state) changes only how the
+positions left are cut: in the same world size each rank takes its own rest in batches of the new
+size, re-split over its workers (`_own_rebatched`; with `drop_last`, every rank the same number of
+full batches); in another world size the pooled rest is split in batches of the new size, as above.
+
 Anything else (one rank's state loaded in a world of another size, or on another rank; a list
 missing a rank) would lose or repeat samples, so it is a `ValueError` naming what to pass.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -77,7 +83,7 @@ def rank_state(*, epoch: int, seed: int, rank: int, world_size: int, num_samples
     """One rank's state as plain values (survives torch.save and JSON)."""
     return {"version": STATE_VERSION, "scope": "rank", "epoch": epoch, "seed": seed,
             "rank": rank, "world_size": world_size, "num_samples": num_samples,
-            "fingerprint": fingerprint, "data": data,
+            "fingerprint": fingerprint, "data": data, "batch_size": progress.batch_size,
             "remaining": [list(s) for s in progress.remaining()],
             "lanes": [[list(s) for s in lane] for lane in progress.lanes_in_turn()]}
 
@@ -92,7 +98,8 @@ def global_state(states: Sequence[dict]) -> dict:
     return {"version": STATE_VERSION, "scope": "global", "epoch": first["epoch"],
             "seed": first["seed"], "world_size": first["world_size"],
             "num_samples": first["num_samples"], "fingerprint": first["fingerprint"],
-            "data": first.get("data"), "remaining": [list(s) for s in remaining],
+            "data": first.get("data"), "batch_size": first["batch_size"],
+            "remaining": [list(s) for s in remaining],
             "ranks": [dict(st) for st in states]}
 
 
@@ -101,7 +108,7 @@ def _one_order(states: Sequence[dict]) -> None:
     the ranks' shares overlap and each sample is not delivered once across them (a seed derived
     from the rank, `seed=base + rank`, or a `set_epoch` missed on one rank), which nothing else
     shows, and the gathered state could not be loaded either (`_check_same`)."""
-    keys = ("seed", "epoch", "world_size", "num_samples", "fingerprint")
+    keys = ("seed", "epoch", "world_size", "batch_size", "num_samples", "fingerprint")
     seen = {key: [st[key] for st in states] for key in keys}
     differ = [key for key in keys if len(set(seen[key])) > 1]
     differ = [key for key in differ if key != "fingerprint"] or differ  # settings: named when nothing plainer is
@@ -109,7 +116,8 @@ def _one_order(states: Sequence[dict]) -> None:
         what = "; ".join(f"{key} by rank: {seen[key]}" for key in differ)
         raise ValueError(f"the ranks do not read one epoch stream ({what}), so some samples reach "
                          "several ranks and others none: pass every rank the same seed= (not one "
-                         "derived from the rank) and call set_epoch(epoch) with the same epoch on every rank")
+                         "derived from the rank), the same batch_size, and call set_epoch(epoch) with the "
+                         "same epoch on every rank")
 
 
 def _rank_states(state) -> list[dict]:
@@ -126,22 +134,52 @@ def _rank_states(state) -> list[dict]:
     return out
 
 
-def _check_same(states: list[dict], fingerprint: str, num_samples: int, data: str) -> None:
+# The fingerprint states saved before the batch size was recorded apart: the settings with the
+# batch size between shuffle_buffer and drop_last ("...|<shuffle_buffer>|<batch_size>|<drop_last>",
+# then "|block runs<=N" where the run cap cuts the epoch).
+_OLD_FINGERPRINT = re.compile(r"(?P<head>.*)\|(?P<batch>[1-9][0-9]*)\|"
+                              r"(?P<tail>(?:True|False)(?:\|block runs<=[0-9]+)?)", re.DOTALL)
+
+
+def _settings_and_batch_size(state: Mapping) -> tuple[str, int]:
+    """A rank state's settings fingerprint (without the batch size) and the batch size it was saved
+    with; a state from before `batch_size` was recorded has it inside its fingerprint, taken out here."""
+    batch = state.get("batch_size")
+    if batch is not None:
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"`state` should come from DataLoader.state_dict(), but its batch_size="
+                             f"{batch!r} is not a positive integer")
+        return state["fingerprint"], batch
+    old = _OLD_FINGERPRINT.fullmatch(str(state["fingerprint"]))
+    if old is None:
+        raise ValueError("`state` has no batch_size and its fingerprint does not hold one either "
+                         f"(expected '...|<batch_size>|<drop_last>', got {state['fingerprint']!r}): "
+                         "pass a state that DataLoader.state_dict() returned")
+    return f"{old['head']}|{old['tail']}", int(old["batch"])
+
+
+def _check_same(states: list[dict], fingerprint: str, num_samples: int, data: str) -> int:
+    """Refuse states that do not fit this loader's data and settings (all but the batch size);
+    returns the batch size they were saved with."""
+    batches = set()
     for st in states:
-        if st["fingerprint"] != fingerprint or st["num_samples"] != num_samples:
+        settings, batch = _settings_and_batch_size(st)
+        batches.add(batch)
+        if settings != fingerprint or st["num_samples"] != num_samples:
             raise ValueError("`state` was saved by a loader over other data or with other settings "
                              f"({st['fingerprint']!r}); resume with the same dataset, filter, "
-                             "shuffle, shuffle_buffer, batch_size and drop_last")
+                             "shuffle, shuffle_buffer and drop_last (batch_size may differ)")
         if st.get("data", data) != data:  # states saved before the digest existed have none
             raise ValueError(f"`state` was saved over other files than this dataset's: the same "
                              f"{num_samples} samples, but its shards were rewritten or re-indexed since "
                              f"(digest {st['data']!r}, now {data!r}), so its positions would deliver "
                              "other rows; resume over the data it was saved with, or start the epoch "
                              "afresh without loading it")
-    if len({(st["epoch"], st["world_size"]) for st in states}) != 1:
-        raise ValueError("`state` mixes states of different epochs or world sizes: "
-                         f"{sorted({(st['epoch'], st['world_size']) for st in states})}; pass the states "
-                         "every rank saved at the same step")
+    if len({(st["epoch"], st["world_size"]) for st in states}) != 1 or len(batches) != 1:
+        raise ValueError("`state` mixes states of different epochs, world sizes or batch sizes: "
+                         f"{sorted({(st['epoch'], st['world_size']) for st in states})}, batch sizes "
+                         f"{sorted(batches)}; pass the states every rank saved at the same step")
+    return batches.pop()
 
 
 def _complete(states: list[dict]) -> dict[int, dict]:
@@ -160,7 +198,7 @@ def resume_lanes(state, *, rank: int, world_size: int, workers: int, unit: int, 
                  fingerprint: str, num_samples: int, data: str) -> tuple[int, Lanes]:
     """The epoch and this rank's lanes to resume `state` with (see the module doc for the cases)."""
     states = _rank_states(state)
-    _check_same(states, fingerprint, num_samples, data)
+    saved_unit = _check_same(states, fingerprint, num_samples, data)
     epoch, saved_world = int(states[0]["epoch"]), states[0]["world_size"]
     own = [st for st in states if st["rank"] == rank]
     if saved_world == world_size and len(states) == 1 and not own:
@@ -169,6 +207,8 @@ def resume_lanes(state, *, rank: int, world_size: int, workers: int, unit: int, 
                          "0's state and loads it on every rank: hand it loader.for_trainer(), whose "
                          "state holds every rank's)")
     if saved_world == world_size and own and (len(states) == 1 or _complete(states)):
+        if saved_unit != unit:
+            return epoch, _own_rebatched(own[0], states, workers, unit, drop_last)
         lanes = [[(int(lo), int(hi)) for lo, hi in lane] for lane in own[0]["lanes"]]
         if len(lanes) == workers:  # the same lanes: the interrupted order continues
             return epoch, lanes
@@ -182,3 +222,13 @@ def resume_lanes(state, *, rank: int, world_size: int, workers: int, unit: int, 
     pooled = partition.normalise([s for st in states for s in st["remaining"]])
     mine = partition.split_ranks(pooled, world_size, unit, drop_last)[rank]
     return epoch, partition.split_workers(mine, workers, unit)
+
+
+def _own_rebatched(own: dict, states: list[dict], workers: int, unit: int, drop_last: bool) -> Lanes:
+    """A rank's own rest in batches of the new size `unit`, over its workers; with `drop_last`, as
+    many full batches as the smallest rest in `states` holds, so no rank waits for another under DDP."""
+    mine = partition.normalise(own["remaining"])
+    if drop_last:
+        keep = min(partition.total(partition.normalise(st["remaining"])) for st in states) // unit * unit
+        mine = partition.take(mine, 0, keep)
+    return partition.split_workers(mine, workers, unit)
