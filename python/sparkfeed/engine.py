@@ -41,6 +41,7 @@ from .stream import ROW_KEYS, EpochStream, StreamReader, cut
 __all__ = ["ReadConfig", "Engine", "Delivery"]
 
 LANE_THREAD_SAMPLE_BYTES = 4096  # stored bytes per sample from which each lane gets a reading thread
+SMALL_FILE_SAMPLES = 1024  # samples per data file (on average) under which thread lanes start in turn
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,17 @@ class Engine:
         whose reading is copies and page faults outside the GIL (docs/INTERNALS.md, "Lanes")."""
         m = self.config.manifest
         return self.remote or (m.num_bytes or 0) >= LANE_THREAD_SAMPLE_BYTES * max(1, m.num_samples or 0)
+
+    @functools.cached_property
+    def lanes_start_in_turn(self) -> bool:
+        """Whether thread lanes that share a reading thread start one after the other
+        (`lanes.LaneReader(in_turn=True)`): for data in small files (fewer than
+        `SMALL_FILE_SAMPLES` samples a file on average), whose reading is Python's work per file,
+        under the GIL, so lanes started together only split it and the first batch waited for
+        every lane's first block (docs/INTERNALS.md, "Workers"). Larger files are read by
+        pyarrow outside the GIL, where lanes started together read in parallel."""
+        m = self.config.manifest
+        return bool(m.shards) and (m.num_samples or 0) < SMALL_FILE_SAMPLES * len(m.shards)
 
     def identity(self) -> str:
         """What a saved state must match besides the loader's settings: the data and the filter."""

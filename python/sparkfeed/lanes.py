@@ -19,16 +19,19 @@ outside the GIL (a local epoch of the same images on 2 cores: tars 0.158 s again
 Parquet 0.076 against 0.082; 200,000 small tabular rows were 2-3% slower that way, so they keep
 the rule).
 
-A thread that serves several lanes starts its first lane alone, and every other lane once
-that one has its first item, each on a starter thread of its own (`_Start`), which reads a
-queue's worth of the lane's items and then hands the lane to the serving thread. Lanes served
-this way read local data of small samples, work for the cores (the kinds that wait on their
-reads have a thread per lane), so lanes started together only split the cores: shuffled over
-10,000 small Parquet files, each lane's first item is a block of 1,024 files, and the
-consumer's first batch came after both lanes' blocks (1.8-4.0 s), its second no sooner than
-when started one after the other (first batch 1.1-1.5 s; docs/INTERNALS.md, "Workers"). A
-starter reads beside the serving thread, which meanwhile reads only for lanes whose queue is
-empty.
+Every lane starts at once: a thread that serves several lanes starts each lane but its first on
+a starter thread of its own (`_Start`), which reads a queue's worth of the lane's items, then
+hands its lane to the serving thread, which serves it like any other. A lane's first items are
+mostly waiting where its reads wait (over object storage, or on a slow disk), and started one
+after the other, lane 1's reads began only after lane 0's first segment was read and converted,
+and lane 1's first batch (the consumer's second) waited for both. With `in_turn=True`
+(`Engine.lanes_start_in_turn`: data in small files, whose reading is Python's work per file,
+under the GIL) a thread starts its first lane alone and the others once that one has its first
+item: started together they only split the GIL, and the consumer's first batch waited for every
+lane's first item (shuffled over 10,000 Parquet files of 10 rows, each lane's first item a block
+of 1,024 files: 1.8-4.0 s to the first batch, 1.1-1.5 s in turn, the second batch no later;
+docs/INTERNALS.md, "Workers"). While a starter runs, the serving thread then reads only for
+lanes whose queue is empty.
 
 Threads follow the one protocol of `threads.py` (final item per queue, bounded waits, the
 shutdown order of `close()`). Here: each lane k has one bounded queue (maxsize `depth`) filled
@@ -95,9 +98,10 @@ class _Start:
 
 
 def _serve(makes: dict[int, Callable[[], Iterator]], queues: list[queue.Queue],
-           stop: threading.Event, space: threading.Event) -> None:
+           stop: threading.Event, space: threading.Event, in_turn: bool = False) -> None:
     """One reading thread: keep its lanes' queues filled (see the shutdown protocol above); its
-    lanes but the first are started by starters once the first has its first item (or ended)."""
+    lanes but the first are started by starters, at the same time as the first, or (`in_turn`)
+    once the first has its first item (or ended)."""
     protocol.working_for(stop)
     name = threading.current_thread().name
     later = list(makes)[1:]  # lanes not started yet
@@ -109,10 +113,13 @@ def _serve(makes: dict[int, Callable[[], Iterator]], queues: list[queue.Queue],
         starts.update((k, _Start(makes[k], queues[k], stop, space, f"{name}-start-{k}")) for k in later)
         later.clear()
 
+    if not in_turn:
+        start_later()
+
     try:
         while active and not stop.is_set():
             space.clear()  # before looking: a get or a starter's end from now on wakes the wait below
-            starting = any(not start.done() for start in starts.values())
+            starting = in_turn and any(not start.done() for start in starts.values())
             ready = [k for k in active if not queues[k].full() and k not in later
                      and (k not in starts or starts[k].done()) and not (starting and queues[k].qsize())]
             if not ready:
@@ -156,10 +163,11 @@ def _next(k: int, makes: dict, its: dict[int, Iterator], starts: dict[int, _Star
 class LaneReader:
     """K lane generators read ahead by up to `threads` threads, each lane into its own bounded
     queue; `lane(k)` iterates one lane. `timeout` > 0: waiting longer than that for a lane's next
-    item raises (torch's `DataLoader(timeout=)`)."""
+    item raises (torch's `DataLoader(timeout=)`). `in_turn`: a thread's lanes start one after
+    the other (see the module doc)."""
 
     def __init__(self, lanes: list[Callable[[], Iterator]], depth: int = 2, threads: int | None = None,
-                 name: str = "sparkfeed-lane", timeout: float = 0):
+                 name: str = "sparkfeed-lane", timeout: float = 0, in_turn: bool = False):
         self._timeout = timeout
         threads = reading_threads(len(lanes)) if threads is None else max(1, min(threads, len(lanes)))
         self._stop = threading.Event()
@@ -168,7 +176,7 @@ class LaneReader:
         self._threads = [threading.Thread(
             target=_serve, name=f"{name}-{t}", daemon=True,
             args=({k: make for k, make in enumerate(lanes) if k % threads == t},
-                  self._queues, self._stop, self._space[t])) for t in range(threads)]
+                  self._queues, self._stop, self._space[t], in_turn)) for t in range(threads)]
         self._closed = False
         protocol.close_at_exit(self, 1)  # after the prefetchers that consume the lanes
         protocol.start(self._threads, self.close)

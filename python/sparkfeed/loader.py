@@ -337,7 +337,8 @@ class DataLoader:
             depth = self.prefetch_factor or max(2, self.prefetch if self.num_workers == 0 else 2)
             reader = LaneReader([functools.partial(engine.segments, epoch, spans, stats[k], row_ids, lanes)
                                  for k, spans in enumerate(lanes)], depth=depth, timeout=self.timeout,
-                                threads=len(lanes) if engine.thread_per_lane else None)  # (lanes.py)
+                                threads=len(lanes) if engine.thread_per_lane else None,  # (lanes.py)
+                                in_turn=engine.lanes_start_in_turn)
             return round_robin([engine.deliveries(epoch, spans, k, size, segments=reader.lane(k),
                                                   stats=stats[k]) for k, spans in enumerate(lanes)],
                                on_close=reader.close), reader

@@ -407,6 +407,11 @@ class MixedEngine(Engine):
         """True when a source's lanes would each get a reading thread (`Engine.thread_per_lane`)."""
         return any(e.thread_per_lane for e in self.engines)
 
+    @property
+    def lanes_start_in_turn(self) -> bool:
+        """True when a source's thread lanes would start in turn (`Engine.lanes_start_in_turn`)."""
+        return any(e.lanes_start_in_turn for e in self.engines)
+
     def identity(self) -> str:
         return "mix(" + ";".join(f"{s.path}|{e.identity()}|{s.weight}|{s.samples}|{s.repeat}"
                                  for s, e in zip(self.sources, self.engines)) + ")"

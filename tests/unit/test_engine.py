@@ -261,3 +261,29 @@ def test_a_delivery_with_another_batch_keeps_its_bookkeeping():
     other = d.with_batch({"x": 3}, stats={"samples": 4}, keys=None)
     assert (other.worker, other.consumed, other.stats, other.batch, other.keys) == (2, 96, {"samples": 4}, {"x": 3}, None)
     assert dataclasses.is_dataclass(other) and d.batch == {"x": 1}  # a new value; the old one unchanged
+
+
+def test_thread_lanes_start_in_turn_over_small_files_only(tmp_path, monkeypatch):
+    """Data in small files (under SMALL_FILE_SAMPLES samples a file) is read by Python per file,
+    under the GIL: its thread lanes start in turn (`LaneReader(in_turn=True)`), so the first
+    batch waits for lane 0's first block alone; larger files start every lane at once, read by
+    pyarrow in parallel. Both read every sample once."""
+    from sparkfeed import engine, lanes, loader as loader_module
+
+    dsutil.write_parquet(str(tmp_path / "small"), dsutil.table(600), 20, 20)  # 30 files of 20 rows
+    dsutil.write_parquet(str(tmp_path / "large"), dsutil.table(4000), 2000, 500)  # 2 files of 2,000
+    made = []
+
+    class Spy(lanes.LaneReader):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs.get("in_turn", False))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(loader_module, "LaneReader", Spy)
+    for name, n in (("small", 600), ("large", 4000)):
+        loader = sparkfeed.DataLoader(str(tmp_path / name), batch_size=64, shuffle=True, num_workers=2,
+                                      worker_type="thread")
+        assert sorted(i for b in loader for i in b["id"].tolist()) == list(range(n))
+    assert made == [True, False]
+    monkeypatch.setattr(engine, "SMALL_FILE_SAMPLES", 10)  # now no file is small
+    assert not sparkfeed.DataLoader(str(tmp_path / "small"), batch_size=64)._engine.lanes_start_in_turn

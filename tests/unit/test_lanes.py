@@ -1,5 +1,5 @@
-"""Thread lanes (`lanes.LaneReader`): a thread's other lanes start once its first lane has an
-item, items in order, errors and early closes handled by the one protocol of `threads.py`."""
+"""Thread lanes (`lanes.LaneReader`): every lane starts at once (or in turn), items in order,
+errors and early closes handled by the one protocol of `threads.py`."""
 
 import threading
 
@@ -18,11 +18,23 @@ def _lane(k: int, n: int, started: list[threading.Event], wait_for: int | None =
         yield (k, i, met)
 
 
-def test_lanes_on_one_thread_start_once_the_first_lane_has_an_item():
-    """On one reading thread, lane 0 reads its first item alone, and lanes 1 and 2 start once it
-    has it: over local data the lanes share the cores, and lanes started together delayed the
-    consumer's first batch until every lane had read its first item (a shuffle block each).
-    Lane 0's first item waits up to 1 s for lane 1 to start; before, lane 1 started meanwhile."""
+def test_lanes_on_one_thread_start_at_once():
+    """Lane 0's first item waits for lane 1 to start: on one reading thread that only happens
+    if lane 1 is started beside lane 0, not after lane 0's first item (before: a 10 s wait, and
+    False in the item)."""
+    started = [threading.Event() for _ in range(3)]
+    reader = LaneReader([lambda: _lane(0, 3, started, wait_for=1), lambda: _lane(1, 2, started),
+                         lambda: _lane(2, 0, started)], depth=1, threads=1)
+    items = list(round_robin([reader.lane(k) for k in range(3)], on_close=reader.close))
+    assert items == [(0, 0, True), (1, 0, True), (0, 1, True), (1, 1, True), (0, 2, True)]
+
+
+def test_lanes_on_one_thread_start_in_turn_once_the_first_lane_has_an_item():
+    """`in_turn=True` (data in small files, read under the GIL): on one reading thread lane 0
+    reads its first item alone, and lanes 1 and 2 start once it has it; lanes started together
+    delayed the consumer's first batch until every lane had read its first item (a shuffle block
+    each). Lane 0's first item waits up to 1 s for lane 1 to start; at once, lane 1 started
+    meanwhile."""
     started = [threading.Event() for _ in range(3)]
 
     def lane0():
@@ -31,7 +43,7 @@ def test_lanes_on_one_thread_start_once_the_first_lane_has_an_item():
         yield from ((0, i, started[1].is_set() and started[2].is_set()) for i in (1, 2))
 
     reader = LaneReader([lane0, lambda: _lane(1, 2, started), lambda: _lane(2, 0, started)],
-                        depth=1, threads=1)
+                        depth=1, threads=1, in_turn=True)
     items = list(round_robin([reader.lane(k) for k in range(3)], on_close=reader.close))
     assert items == [(0, 0, False), (1, 0, True), (0, 1, True), (1, 1, True), (0, 2, True)]
 
