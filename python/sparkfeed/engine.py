@@ -42,6 +42,10 @@ __all__ = ["ReadConfig", "Engine", "Delivery"]
 
 LANE_THREAD_SAMPLE_BYTES = 4096  # stored bytes per sample from which each lane gets a reading thread
 SMALL_FILE_SAMPLES = 1024  # samples per data file (on average) under which thread lanes start in turn
+# Threads of the filter's count pass (a file each at a time): locally it is pyarrow's work, for
+# the cores; over remote storage each file mostly waits for its request (10-50 ms to the first
+# byte), so more at once, as object stores' clients do (32 concurrent requests)
+LOCAL_COUNT_THREADS, REMOTE_COUNT_THREADS = 8, 32
 
 
 @dataclass(frozen=True)
@@ -173,7 +177,8 @@ class Engine:
             if cfg.expr is not None:
                 stats = Stats()
                 counted = with_counts(plan, functools.partial(_count_units, cfg.manifest.format,
-                                                              self.context(stats, plan)))
+                                                              self.context(stats, plan)),
+                                      threads=REMOTE_COUNT_THREADS if self.remote else LOCAL_COUNT_THREADS)
                 self._count_stats, self._count_emptied = stats.take(), _emptied_by_count(plan, counted)
                 plan = counted
             self._plan = plan

@@ -248,3 +248,37 @@ def test_the_filters_count_pass_fetches_each_small_file_whole_in_one_request(tmp
                                                  data["label"].to_pylist()) if lab < 5}
     assert got == want
     assert _file_gets(server) == {path: [f"bytes=0-{size - 1}"] * 2 for path, size in sizes.items()}
+
+
+def test_the_filters_count_pass_over_remote_storage_has_many_requests_in_flight(tmp_path):
+    """Counting a filter's rows over remote storage is waiting (a request per small file): the
+    pass has up to 32 files in flight at once (`engine.REMOTE_COUNT_THREADS`), not the 8 that
+    suit pyarrow's work on local files. The server holds each GET until 20 are waiting at once
+    (or 5 s pass): before, at most 8 were, and each wave of 8 waited the whole 5 s."""
+    rng = np.random.default_rng(6)
+    rows = 40 * _PER_FILE
+    data = dsutil.table(rows).select(["id", "label"])
+    data = data.append_column("image", pa.array([rng.bytes(64) for _ in range(rows)]))
+    dsutil.write_parquet(str(tmp_path / "pq"), data, _PER_FILE, _PER_FILE)  # 40 small files
+    lock, waiting, most, full = threading.Condition(), [0], [0], threading.Event()
+
+    def hold(method, path, range_header):
+        if method != "GET" or not path.endswith(".parquet"):
+            return
+        with lock:
+            waiting[0] += 1
+            most[0] = max(most[0], waiting[0])
+            if waiting[0] >= 20:
+                full.set()  # from now on nothing is held
+            lock.notify_all()
+            lock.wait_for(full.is_set, timeout=5)
+            waiting[0] -= 1
+
+    server = LatencyServer(str(tmp_path), latency_s=0.0, hold=hold)
+    try:
+        loader = _loader(f"{server.url}/pq", num_workers=2, filter=[("label", "<", 5)])
+        plan = loader.dataset.plan()
+    finally:
+        server.close()
+    assert plan.counted and sum(plan.counts) == rows // 2
+    assert most[0] >= 20, f"at most {most[0]} count requests were in flight at once"
