@@ -31,7 +31,7 @@ from . import partition, storage
 from .errors import redact
 from .lanes import LaneReader
 from .manifest import Manifest
-from .plan import Plan, make_plan, with_counts
+from .plan import Plan, make_plan, unfiltered, with_counts
 from .read import ReadContext, make_reader
 from .read.base import SharedReads
 from .stats import Stats
@@ -206,7 +206,8 @@ class Engine:
                            manifest_bytes={s.path: s.num_bytes for s in cfg.manifest.shards},
                            shards={s.path: s for s in cfg.manifest.shards},
                            indexes=self._indexes(fs, root),
-                           shared=SharedReads() if lanes is None else self._lanes_shared(lanes))
+                           shared=SharedReads() if lanes is None else self._lanes_shared(lanes),
+                           unfiltered=unfiltered(plan))
 
     def _lanes_shared(self, lanes: list) -> SharedReads:
         """What one iteration's thread lanes share (the last two iterations kept, each with its

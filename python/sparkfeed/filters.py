@@ -341,6 +341,33 @@ def select_may_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, Col
     return sorted({int(f.path) for f in _kept(fragments, expr, schema, types)})
 
 
+def select_all_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, ColumnStats], int]],
+                     schema: Sequence[Column]) -> list[int]:
+    """Indices of the items (stats, rows) whose statistics prove that every row passes `expr`,
+    so the filter's count pass takes their row count without reading them.
+
+    pyarrow's simplifier does the reasoning, as in `select_may_match`: an item qualifies where it
+    rules out `~expr | is_null(expr)` (no row where `expr` is false or null) under the item's
+    guarantee. Min and max leave NaN out, so for each float column `expr` reads, the item must
+    qualify with that column NaN as well; over more than `_MAX_NAN_COLUMNS` of them, none does.
+    Statistics wider than the data (strings cut short) only make fewer items qualify."""
+    named = _named_in(expr, schema)
+    types = {c.name: arrow_type(c.type) for c in named}
+    floats = [c.name for c in named if types[c.name] is not None and pa.types.is_floating(types[c.name])]
+    if len(floats) > _MAX_NAN_COLUMNS or not items:
+        return []
+    variants = [frozenset(c for bit, c in enumerate(floats) if mask >> bit & 1) for mask in range(1 << len(floats))]
+    fragments = []
+    for i, (stats, rows) in enumerate(items):
+        stats = {k: v for k, v in stats.items() if k in types}
+        for variant in variants:
+            term = guarantee(stats, types, rows, variant)
+            if term is not None:  # (None: the column is null in every row, never NaN)
+                fragments.append(_FORMAT.make_fragment(str(i), filesystem=_FS, partition_expression=term))
+    may_fail = {int(f.path) for f in _kept(fragments, ~expr | expr.is_null(), named, types)}
+    return [i for i in range(len(items)) if i not in may_fail]
+
+
 def nan_columns(expr: pc.Expression, schema: Sequence[Column]) -> list[str]:
     """The float columns `expr` reads where a NaN may pass it whatever the other columns hold
     (`x != 2`, `~(x <= 5)`; not `x > 4`): those whose statistics (which leave NaN out) cannot

@@ -262,3 +262,65 @@ def test_inspect_names_the_columns_no_shard_has_statistics_for(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "no statistics in any shard (a filter on them prunes nothing): s" in out
     assert [line.split()[0] for line in out.split("statistics (whole dataset)")[1].splitlines()[3:4]] == ["id"]
+
+
+@pytest.fixture(scope="module")
+def four_groups(tmp_path_factory):
+    """Four row groups of 10 rows: v is 0, 1, 2, 3 in them; n has a null in the last; f floats."""
+    table = pa.table({"id": pa.array(range(40), pa.int64()),
+                      "v": pa.array([i // 10 for i in range(40)], pa.int32()),
+                      "n": pa.array([None if i == 35 else i for i in range(40)], pa.int64()),
+                      "f": pa.array([float(i) for i in range(40)])})
+    return table, write(tmp_path_factory.mktemp("proven"), table, 10)
+
+
+@pytest.mark.parametrize("expr,proven", [
+    (pc.field("v") <= 1, {0, 1}),                       # 2 and 3 pruned
+    (pc.field("v") >= 1, {1, 2, 3}),
+    (pc.field("v") != 1, {0, 2, 3}),                    # (1 is counted: no row passes)
+    ((pc.field("v") == 1) | (pc.field("v") == 2), set()),  # no equality derived: counted, filtered
+    (pc.field("n") >= 0, {0, 1, 2}),                    # the last holds a null: the filter drops it
+    (pc.field("n").is_null(), set()),                   # one null row in the last: read and filtered
+    (pc.field("f") < 100.0, set()),                     # a float may be NaN, which min and max leave out
+    ((pc.field("v") <= 2) & (pc.field("id") >= 5), {1, 2}),
+], ids=str)
+def test_row_groups_whose_statistics_prove_every_row_passes_are_not_counted_or_filtered(four_groups, expr, proven):
+    """A row group whose min, max and null count prove that every row passes the filter takes
+    its row count from the manifest (the count pass reads nothing of it) and is read as without
+    a filter; one where a row may fail (a null, a NaN, a value outside) is counted and filtered.
+    The rows delivered are the filter's over every row either way, in order and shuffled."""
+    from sparkfeed.plan import make_plan
+
+    table, path = four_groups
+    planned = make_plan(read_manifest(path), expr, ["id"])  # before the count pass
+    assert {planned.units[i].row_group for i in planned.proven} == proven
+    for kwargs in ({}, {"shuffle": True, "num_workers": 2}):
+        loader = sparkfeed.DataLoader(path, batch_size=4, filter=expr, columns=["id"], **kwargs)
+        assert sorted(i for b in loader for i in b["id"].tolist()) == wanted(table, expr) != []
+        plan = loader.dataset.plan()
+        assert {plan.units[i].row_group for i in plan.proven} == proven
+        read = loader._engine.planning_stats()["counted"].get("bytes_read", 0)
+        assert (read == 0) == (len(planned.proven) == len(planned.units)), read
+
+
+def test_the_count_pass_skips_proven_units_and_readers_evaluate_no_filter_over_them(four_groups, monkeypatch):
+    """Counted: only the row groups whose statistics leave a doubt; filtered while read: the same."""
+    from sparkfeed.read import base
+
+    table, path = four_groups
+    evaluated = []
+    real = base.apply_filter
+
+    def spy(ctx, t, keep_bad=False, unit=None):
+        out = real(ctx, t, keep_bad, unit)
+        if unit is None or ctx.filtered(unit):
+            evaluated.append(t.num_rows)
+        return out
+
+    monkeypatch.setattr(base, "apply_filter", spy)
+    from sparkfeed.read import parquet
+    monkeypatch.setattr(parquet, "apply_filter", spy)
+    expr = pc.field("n") >= 0  # row groups 0-2 proven, 3 (a null) not
+    loader = sparkfeed.DataLoader(path, batch_size=4, filter=expr, columns=["id"])
+    assert sorted(i for b in loader for i in b["id"].tolist()) == wanted(table, expr)
+    assert evaluated == [10, 10]  # row group 3: once in the count pass, once read

@@ -262,6 +262,14 @@ class ReadContext:
     # to: the manifest's own directory; None when unknown (tars are then streamed, not indexed).
     indexes: tuple[fsspec.AbstractFileSystem, str] | None = None
     shared: SharedReads = field(default_factory=SharedReads)  # this iteration's, in this process
+    # (shard path, row group) of the units whose statistics prove that every row passes the
+    # filter (`Plan.proven`): read as without one, no filter evaluated
+    unfiltered: frozenset = frozenset()
+
+    def filtered(self, unit) -> bool:
+        """Whether the filter must be evaluated over `unit`'s rows (a filter, and its statistics
+        do not prove that every row passes)."""
+        return self.expr is not None and (unit.path, unit.row_group) not in self.unfiltered
 
     def partition_of(self, path: str) -> dict:
         """The shard's partition values (Hive directories, Delta), {} when it has none."""
@@ -558,13 +566,15 @@ def placeholder(ctx: ReadContext, unit: WorkUnit, n: int) -> UnitRows:
     return UnitRows(table, unit, None, np.zeros(n, dtype=bool))
 
 
-def apply_filter(ctx: ReadContext, table: pa.Table, keep_bad: bool = False) -> tuple[pa.Table, np.ndarray]:
-    """Rows passing the filter and their row numbers in the unit (all rows when no filter).
+def apply_filter(ctx: ReadContext, table: pa.Table, keep_bad: bool = False,
+                 unit=None) -> tuple[pa.Table, np.ndarray]:
+    """Rows passing the filter and their row numbers in the unit (all rows when no filter, or
+    when `unit`'s statistics prove that every row passes: `ReadContext.filtered`).
 
     With `keep_bad`, rows whose `__ok_in__` is False (samples skipped under on_error="skip") are
     kept whatever the filter says: their values are unknown, and they must still be counted.
     """
-    if ctx.expr is None:
+    if ctx.expr is None or (unit is not None and not ctx.filtered(unit)):
         return table, np.arange(table.num_rows)
     indexed = table.append_column("__i__", pa.array(np.arange(table.num_rows, dtype=np.int64)))
     expr = ctx.expr

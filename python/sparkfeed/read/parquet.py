@@ -448,7 +448,7 @@ class ParquetReader(Reader):
     def _read_unit(self, unit: WorkUnit) -> UnitRows:
         ctx = self.ctx
         wanted = ctx.read_columns
-        if ctx.expr is None:
+        if not ctx.filtered(unit):
             table, rows = self._read_columns(unit, wanted), None
         else:
             light = self._read_columns(unit, list(ctx.filter_columns))
@@ -468,10 +468,11 @@ class ParquetReader(Reader):
         """Consecutive row groups of one file read and checked as one table, up to `_RUN_BYTES`
         of uncompressed data: one read and, downstream, one conversion to tensors instead of one
         per row group (row groups are small, 1,024 rows by default, and the fixed cost per read
-        would dominate). Without a filter only (a filter reads row group by row group, filter
+        would dominate). Without a filter only, or over row groups whose statistics prove that every
+        row passes it (`ReadContext.filtered`; a filter reads row group by row group, filter
         columns first). Anything wrong falls back to reading the first unit alone, which names
         the row group and applies `on_error` exactly."""
-        if self.ctx.expr is not None or len(units) == 1:
+        if len(units) == 1 or self.ctx.filtered(units[0]):
             return self.read(units[0], expected[0])
         try:
             pf = self._file(units[0])
@@ -479,7 +480,8 @@ class ParquetReader(Reader):
             return self.read(units[0], expected[0])
         md, groups, size = pf.metadata, [], 0
         for unit, n in zip(units, expected):
-            if unit.path != units[0].path or unit.row_group is None or unit.row_group >= md.num_row_groups:
+            if (unit.path != units[0].path or unit.row_group is None or unit.row_group >= md.num_row_groups
+                    or self.ctx.filtered(unit)):
                 break
             rg = md.row_group(unit.row_group)
             if rg.num_rows != n or (groups and size + rg.total_byte_size > _RUN_BYTES):

@@ -589,7 +589,7 @@ class TarReader(Reader):
         table, ok = self._table(unit, self.ctx.read_columns)
         n = table.num_rows
         table = table.append_column("__ok_in__", pa.array(ok))
-        table, rows = apply_filter(self.ctx, table, keep_bad=True)
+        table, rows = apply_filter(self.ctx, table, keep_bad=True, unit=unit)
         self.ctx.stats.add("rows_filtered", n - table.num_rows)
         return self._unit_rows(table, unit, rows, ok=table.column("__ok_in__").to_numpy(zero_copy_only=False))
 
