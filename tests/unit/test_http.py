@@ -1,8 +1,10 @@
 """Remote storage through fsspec: a real HTTP server on 127.0.0.1 serves a dataset."""
 
+import contextlib
 import functools
 import http.server
 import threading
+import time
 
 import pytest
 
@@ -43,32 +45,40 @@ def test_http_missing_dataset_is_a_manifest_error(served):
         sparkfeed.read_manifest(f"{served}/nothing-here")
 
 
+@contextlib.contextmanager
+def _stalling(root, suffix: str):
+    """A latency server over `root` that holds every GET of a `suffix` file until released (or
+    30 s pass): (its URL, the release event)."""
+    from sparkfeed.bench.remote import LatencyServer
+
+    release = threading.Event()
+
+    def hold(method, path, range_header):
+        if path.endswith(suffix) and method == "GET":
+            release.wait(30)
+
+    server = LatencyServer(str(root), latency_s=0.0, hold=hold)
+    try:
+        yield server.url, release
+    finally:
+        release.set()
+        server.close()
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_a_stalled_read_on_reading_threads_raises_after_timeout(tmp_path, num_workers):
     """torch's `timeout=` (seconds to wait for a batch from the workers) holds for thread lanes
     too: data requests held by the server end the iteration with torch's RuntimeError."""
-    from sparkfeed.bench.remote import LatencyServer
-
     dsutil.write_parquet(str(tmp_path / "pq"), dsutil.table(200, image_bytes=16), 100, 50)
-    release = threading.Event()
-
-    def hold(method, path, range_header):
-        if path.endswith(".parquet") and method == "GET":
-            release.wait(30)
-
-    server = LatencyServer(str(tmp_path), latency_s=0.0, hold=hold)
-    try:
-        loader = sparkfeed.DataLoader(f"{server.url}/pq", batch_size=50, num_workers=num_workers,
+    with _stalling(tmp_path, ".parquet") as (url, release):
+        loader = sparkfeed.DataLoader(f"{url}/pq", batch_size=50, num_workers=num_workers,
                                       worker_type="thread", timeout=0.5)
         with pytest.raises(RuntimeError, match=r"timed out after 0.5 seconds"):
             next(iter(loader))
         release.set()
-        again = sparkfeed.DataLoader(f"{server.url}/pq", batch_size=50, num_workers=num_workers,
+        again = sparkfeed.DataLoader(f"{url}/pq", batch_size=50, num_workers=num_workers,
                                      worker_type="thread", timeout=60)
         assert sorted(i for b in again for i in b["id"].tolist()) == list(range(200))
-    finally:
-        release.set()
-        server.close()
 
 
 @pytest.mark.parametrize("persistent", [False, True])
@@ -77,20 +87,9 @@ def test_a_stalled_read_in_worker_processes_raises_soon_after_timeout(tmp_path, 
     shutdown waited 5 s for each worker stuck in its read before terminating it. The stuck
     workers are stopped at once, so the error comes soon after `timeout`, and the next loader
     reads everything."""
-    import time
-
-    from sparkfeed.bench.remote import LatencyServer
-
     dsutil.write_tar(str(tmp_path / "wds"), dsutil.table(200, image_bytes=16), 50)
-    release = threading.Event()
-
-    def hold(method, path, range_header):
-        if path.endswith(".tar") and method == "GET":
-            release.wait(30)
-
-    server = LatencyServer(str(tmp_path), latency_s=0.0, hold=hold)
-    try:
-        loader = sparkfeed.DataLoader(f"{server.url}/wds", batch_size=50, num_workers=2,
+    with _stalling(tmp_path, ".tar") as (url, release):
+        loader = sparkfeed.DataLoader(f"{url}/wds", batch_size=50, num_workers=2,
                                       worker_type="process", timeout=1, persistent_workers=persistent)
         start = time.monotonic()
         with pytest.raises(RuntimeError, match=r"timed out after 1 seconds"):
@@ -98,9 +97,6 @@ def test_a_stalled_read_in_worker_processes_raises_soon_after_timeout(tmp_path, 
         took = time.monotonic() - start
         assert took < 6, f"the timeout's error came {took:.1f} s after the first next() (timeout=1)"
         release.set()
-        again = sparkfeed.DataLoader(f"{server.url}/wds", batch_size=50, num_workers=2,
+        again = sparkfeed.DataLoader(f"{url}/wds", batch_size=50, num_workers=2,
                                      worker_type="process", timeout=60)
         assert sorted(i for b in again for i in b["id"].tolist()) == list(range(200))
-    finally:
-        release.set()
-        server.close()
