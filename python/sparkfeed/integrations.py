@@ -12,17 +12,32 @@ loader as Lightning's checkpointing reads it (lightning/pytorch/loops/fit_loop.p
 * `iter()` comes before `set_epoch` at the start of a fit or a resume (`FitLoop.setup_data`, then
   `on_advance_start`), so the epoch is taken at the first `next()`, as torch's sampler takes it;
 * `len()` is the whole epoch's batches, also while a resumed epoch runs: Lightning counts the
-  batches done before the checkpoint itself and stops the epoch at `len()`.
+  batches done before the checkpoint itself and stops the epoch at `len()`. It takes `len()` once
+  per fit, as every later epoch's bound too, so after a resume on fewer ranks or with a smaller
+  batch size (before + rest < this world's whole epoch) `len()` is the whole epoch, not before + rest
+  (which cut every later epoch short: 30 of 40 batches). It also takes `len()` once before the
+  state loads, and stops at the smaller: on more ranks or a larger batch size (before + rest > the
+  whole epoch) a resumed epoch can end early, and after a checkpoint at an epoch's end on fewer
+  ranks the next epoch can (Lightning counts it from the old epoch's batches): warned at the load.
 """
 
 from __future__ import annotations
 
+import datetime
+import itertools
+import logging
 from typing import TYPE_CHECKING, Callable
+
+import torch
+
+from . import progress
 
 if TYPE_CHECKING:  # (loader.py imports this module)
     from .loader import DataLoader
 
 __all__ = ["EpochSampler", "TrainerLoader"]
+log = logging.getLogger(__name__)
+_checkins = itertools.count(1)  # state_dict() calls of this process, in the same order on every rank
 STATE_KIND = "sparkfeed.TrainerLoader"
 
 
@@ -44,13 +59,17 @@ class TrainerLoader:
     calls it, as Lightning does), `len()` is the whole epoch, the epoch is taken at the first
     batch. Anything else (`stats()`, `batch_size`, `dataset`, ...) is the wrapped loader's."""
 
-    def __init__(self, loader: "DataLoader"):
+    def __init__(self, loader: "DataLoader", gather_timeout: float = 300.0):
         from .loader import DataLoader
 
         if not isinstance(loader, DataLoader):
             raise ValueError(f"`loader` should be a sparkfeed.DataLoader, but got {type(loader).__name__}")
+        if isinstance(gather_timeout, bool) or not isinstance(gather_timeout, (int, float)) or not gather_timeout > 0:
+            raise ValueError(f"`gather_timeout` should be a positive number of seconds, but got {gather_timeout!r}")
         self.loader = loader
+        self.gather_timeout = float(gather_timeout)
         self._before = 0  # batches of the loaded epoch delivered before its state was saved
+        self._whole = 0  # batches of a whole epoch at this world and batch size (set at a load)
         self._count = 0  # batches the current iteration has delivered
         self._iteration = 0  # which iteration is current (an older one no longer counts)
 
@@ -91,15 +110,19 @@ class TrainerLoader:
             yield batch
 
     def __len__(self) -> int:
-        """Batches of the whole epoch (during a resumed one: those delivered before the state was
-        saved plus those left), as torch's loaders count them."""
-        return self._before + len(self.loader)
+        """Batches of the whole epoch; during a resumed one the larger of a whole epoch here and those
+        delivered before the state was saved plus those left (they differ after a world or batch size change)."""
+        if not self._before:
+            return len(self.loader)
+        return max(self._whole, self._before + len(self.loader))
 
     def state_dict(self) -> dict:
         """Every rank's state (gathered over torch.distributed when there are several ranks: a
         collective) and the batches of this epoch delivered so far."""
         loader = self.loader
         gather = loader.dataset.world_size > 1
+        if gather:
+            _every_rank_arrives(self.gather_timeout, loader.dataset.path)
         return {"kind": STATE_KIND, "batches": self._before + self._count,
                 "loader": loader.state_dict(all_ranks=gather)}
 
@@ -112,8 +135,51 @@ class TrainerLoader:
                                  f"batches={batches!r} is not a non-negative integer")
             self.loader.load_state_dict(state["loader"])
             self._before = batches
+            self._note_cut(batches)
         else:
             self.loader.load_state_dict(state)
             self._before = 0
         self._count, self._iteration = 0, self._iteration + 1
 
+    def _note_cut(self, before: int) -> None:
+        """A warning where Lightning can end this resumed epoch (or the next) early: it bounds each
+        epoch by the whole epoch's `len()` taken before the load and counts the `before` batches itself."""
+        loader = self.loader
+        self._whole = progress.EpochProgress(loader._fresh_lanes(), loader.batch_size).batches_left()
+        rest, whole, path, rank = len(loader), self._whole, loader.dataset.path, loader.dataset.rank
+        if rest and before + rest > whole:
+            log.warning("%s: resumed with %d batches done before the checkpoint and %d left on rank %d, more "
+                        "than a whole epoch here (%d: more ranks or a larger batch size than when saved). "
+                        "Lightning bounds the epoch by the whole epoch and counts the batches done itself, "
+                        "so it can end this epoch after %d more batches, leaving up to %d of this rank's "
+                        "undelivered", path, before, rest, rank, whole, max(0, whole - before),
+                        min(rest, before + rest - whole))
+        elif not rest and 0 < before < whole:
+            log.warning("%s: resumed at the end of an epoch of %d batches, fewer than a whole epoch here (%d: "
+                        "fewer ranks or a smaller batch size than when saved). Lightning counts the next "
+                        "epoch's batches from %d, so it can end that epoch after %d of its %d batches",
+                        path, before, whole, before, whole - before, whole)
+
+
+def _every_rank_arrives(timeout: float, path: str) -> None:
+    """Every rank checks in at the process group's store before the gather, so that a rank calling
+    state_dict() alone (Accelerate's save_state on the main process only) gets an error, not a hang."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return  # the gather says what is missing
+    try:
+        store = dist.distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError, ValueError):
+        return  # (a torch without it: the gather alone)
+    world, key = dist.get_world_size(), f"sparkfeed/TrainerLoader.state_dict/{next(_checkins)}"
+    if store.add(key, 1) == world:
+        store.set(key + "/all", "1")
+    try:
+        store.wait([key + "/all"], datetime.timedelta(seconds=timeout))
+    except RuntimeError:  # (torch.distributed.DistStoreError: the wait timed out)
+        arrived = store.add(key, 0)
+        raise ValueError(
+            f"{path}: for_trainer().state_dict() gathers every rank's state (a collective), but only "
+            f"{arrived} of {world} ranks called it within gather_timeout={timeout:g} s: call it on every "
+            "rank (Lightning's trainer.save_checkpoint does; call accelerator.save_state on every "
+            "process, not only the main one)") from None

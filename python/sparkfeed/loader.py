@@ -193,10 +193,11 @@ class DataLoader:
             return  # the iteration of this epoch goes on, and state_dict() keeps counting it
         self.set_epoch(epoch)
 
-    def for_trainer(self) -> TrainerLoader:
+    def for_trainer(self, gather_timeout: float = 300.0) -> TrainerLoader:
         """This loader as Lightning and Accelerate use one (`integrations.TrainerLoader`): its
-        state_dict() gathers every rank's state, len() is the whole epoch, even a resumed one."""
-        return TrainerLoader(self)
+        state_dict() gathers every rank's state (refused after `gather_timeout` s unless every rank
+        calls it), len() is the whole epoch, even a resumed one."""
+        return TrainerLoader(self, gather_timeout)
 
     def _fresh_lanes(self) -> list:
         ds = self.dataset

@@ -7,6 +7,7 @@ Lightning (epochs in one order; a resumed epoch cut short; a DDP resume refused 
 
 import itertools
 import json
+import logging
 import os
 import socket
 
@@ -40,31 +41,37 @@ def set_sampler_epoch(dataloader, epoch: int) -> None:
 
 
 def fit(loader, epochs: int, state=None, stop_after: int | None = None) -> tuple[list, dict | None]:
-    """The calls of Lightning's fit loop on a train loader: `len()` (limits), `load_state_dict` of
-    the checkpoint, `iter()`, `len()` again (the epoch's bound, kept for the whole fit), then per
-    epoch `sampler.set_epoch`, `iter()` (not for the epoch a fit starts or resumes in) and batches
-    up to the bound, counting those the checkpoint says were done. With `stop_after`, a checkpoint
-    after that many batches: (each epoch's ids, {"loader": state_dict(), "epoch", "done"})."""
-    len(loader)
+    """The calls of Lightning's fit loop (2.6) on a train loader: `len()` before the checkpoint
+    loads (the limit), `load_state_dict`, `iter()`, `len()` again: the smaller is every epoch's bound
+    for the whole fit. Lightning counts the batches the checkpoint says were done and, where they
+    reach the bound, counts from 0 again; per epoch `sampler.set_epoch`, `iter()` (not for the epoch
+    a fit starts or resumes in), batches up to the bound or the iterator's end. With `stop_after`, a
+    checkpoint after that many batches: (each epoch's ids, {"loader", "epoch", "done"}), where a
+    checkpoint at the bound is of the next epoch, as Lightning restores it."""
+    limit = len(loader)
     start, done = 0, 0
     if state is not None:
         loader.load_state_dict(state["loader"])
         start, done = state["epoch"], state["done"]
     it = iter(loader)
-    bound = len(loader)
-    if state is not None and done >= bound:  # saved at an epoch's last batch: the fit goes on with the next
-        start, done = start + 1, 0
+    bound = min(len(loader), limit)
+    if done >= bound:  # (epoch_loop.reset: batch_progress.reset_on_run)
+        done = 0
     seen, step = [], 0
     for epoch in range(start, epochs):
         set_sampler_epoch(loader, epoch)
         if epoch > start:
             it, done = iter(loader), 0
         seen.append([])
-        while done < min(bound, len(loader)):
-            seen[-1] += ids(next(it))
+        while done < bound:
+            try:
+                seen[-1] += ids(next(it))
+            except StopIteration:
+                break
             done, step = done + 1, step + 1
             if step == stop_after:
-                return seen, {"loader": loader.state_dict(), "epoch": epoch, "done": done}
+                at_end = done == bound
+                return seen, {"loader": loader.state_dict(), "epoch": epoch + at_end, "done": done}
     return seen, None
 
 
@@ -126,6 +133,8 @@ def test_a_fit_resumed_from_a_checkpoint_delivers_what_the_whole_fit_would(pq_pa
 def test_for_trainer_checks_what_it_is_given(pq_path):
     with pytest.raises(ValueError, match="`loader` should be a sparkfeed.DataLoader, but got list"):
         sparkfeed.DataLoader(pq_path, **KW).for_trainer().__class__([])
+    with pytest.raises(ValueError, match="`gather_timeout` should be a positive number of seconds, but got 0"):
+        sparkfeed.DataLoader(pq_path, **KW).for_trainer(gather_timeout=0)
     trainer = sparkfeed.DataLoader(pq_path, **KW).for_trainer()
     state = trainer.state_dict()
     with pytest.raises(ValueError, match="batches=-1 is not a non-negative integer"):
@@ -170,3 +179,94 @@ def test_a_ddp_fit_resumed_from_rank_0s_checkpoint_delivers_each_sample_once(pq_
     epoch1 = [i for r in ranks for i in r["rest"][1]]
     assert all(len(r["head"][0]) == 5 * BATCH for r in ranks)
     assert sorted(epoch0) == list(range(N)) and sorted(epoch1) == list(range(N))
+
+
+def _lone_rank(rank: int, world: int, port: int, path: str, out: str) -> None:
+    """Accelerate's save_state called on the main process only: rank 0 calls state_dict() alone,
+    rank 1 goes on to the next collective (a barrier), as `accelerator.wait_for_everyone()`."""
+    import datetime
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                         world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        trainer = sparkfeed.DataLoader(path, **KW).for_trainer()
+        trainer.gather_timeout = 1.0  # a rank that never comes: no wait but this one
+        if rank == 0:
+            try:
+                trainer.state_dict()
+                got = "no error"
+            except Exception as exc:  # (what the test checks)
+                got = f"{type(exc).__name__}: {exc}"
+            with open(os.path.join(out, "rank-0.txt"), "w") as f:
+                f.write(got)
+        torch.distributed.barrier()
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_a_state_dict_called_on_one_rank_only_is_refused_not_hung(pq_path, tmp_path):
+    """`accelerator.save_state` calls state_dict() on the processes that call it and writes the main
+    one's: called on the main process only, the gather waited for the other ranks forever (a
+    real run under torchrun, 2 CPU processes, hung until killed). Now: a ValueError saying why."""
+    torch.multiprocessing.spawn(_lone_rank, args=(2, _free_port(), pq_path, str(tmp_path)), nprocs=2)
+    got = (tmp_path / "rank-0.txt").read_text()
+    assert got.startswith("ValueError: ") and "only 1 of 2 ranks called it within gather_timeout=1 s" in got
+
+
+# ---------------------------------------------------------------- for_trainer(): another world or batch size
+
+def _two_rank_state(pq_path, stop: int) -> dict:
+    """What for_trainer().state_dict() holds after `stop` batches on each of 2 ranks: every rank's state."""
+    states = []
+    for rank in range(2):
+        loader = sparkfeed.DataLoader(pq_path, rank=rank, world_size=2, **KW)
+        _, saved = fit(loader, 2, stop_after=stop)
+        states.append(loader.state_dict())
+    return {"state": {"kind": sparkfeed.integrations.STATE_KIND, "batches": saved["done"], "loader": states},
+            "epoch": saved["epoch"], "done": saved["done"]}
+
+
+def _head(pq_path, stop: int) -> list[int]:
+    out = []
+    for rank in range(2):
+        out += fit(sparkfeed.DataLoader(pq_path, rank=rank, world_size=2, **KW), 2, stop_after=stop)[0][0]
+    return out
+
+
+@pytest.mark.parametrize("world, batch", [(1, BATCH), (2, 5)])
+def test_a_resume_on_fewer_ranks_or_smaller_batches_keeps_every_later_epoch_whole(pq_path, world, batch):
+    """Saved on 2 ranks after 3 of 8 batches, resumed on 1 rank, or on 2 with batches of 5: the
+    rest of the epoch, then whole epochs. Lightning takes len() once per fit as every epoch's bound,
+    and len() was before + rest (3 + 10 on 1 rank), which cut every later epoch (13 of 16 batches)."""
+    saved = _two_rank_state(pq_path, 3)
+    saved = {"loader": json.loads(json.dumps(saved["state"])), "epoch": saved["epoch"], "done": saved["done"]}
+    rest = [[] for _ in range(2)]
+    for rank in range(world):
+        loader = sparkfeed.DataLoader(pq_path, **dict(KW, batch_size=batch), rank=rank,
+                                      world_size=world).for_trainer()
+        for epoch, got in enumerate(fit(loader, 2, state=saved)[0]):
+            rest[epoch] += got
+        assert len(loader) == N // world // batch
+    assert sorted(_head(pq_path, 3) + rest[0]) == list(range(N))
+    assert sorted(rest[1]) == list(range(N))
+
+
+def test_a_resume_lightning_would_cut_short_is_warned_of(pq_path, caplog):
+    """On more ranks (2 -> 4) before + rest exceeds a whole epoch there: Lightning ends the resumed
+    epoch at the whole epoch's count (4 - 3 = 1 batch of 2 left); at an epoch's end on fewer
+    ranks (2 -> 1) it counts the next epoch from the old epoch's 8 batches (8 of 16). Both warned."""
+    saved = _two_rank_state(pq_path, 3)
+    with caplog.at_level(logging.WARNING, logger="sparkfeed.integrations"):
+        loader = sparkfeed.DataLoader(pq_path, **KW, rank=0, world_size=4).for_trainer()
+        seen, _ = fit(loader, 1, state={"loader": saved["state"], "epoch": 0, "done": 3})
+    assert len(seen[0]) == 1 * BATCH
+    assert "3 batches done before the checkpoint and 2 left on rank 0, more than a whole epoch here (4" \
+        in caplog.text and "after 1 more batches, leaving up to 1 of this rank's undelivered" in caplog.text
+    caplog.clear()
+    end = _two_rank_state(pq_path, 8)
+    assert (end["epoch"], end["done"]) == (1, 8)
+    with caplog.at_level(logging.WARNING, logger="sparkfeed.integrations"):
+        loader = sparkfeed.DataLoader(pq_path, **KW).for_trainer()
+        seen, _ = fit(loader, 2, state={"loader": end["state"], "epoch": 1, "done": 8})
+    assert [len(e) for e in seen] == [8 * BATCH]
+    assert "resumed at the end of an epoch of 8 batches, fewer than a whole epoch here (16" in caplog.text
