@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import tarfile
@@ -22,6 +23,13 @@ import pyarrow.parquet as pq
 from sparkfeed import storage
 from sparkfeed.manifest import Manifest, parse_manifest, write_manifest
 from sparkfeed.write import _footer_entry
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for servers and process groups told their port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_until(condition, what: str, timeout: float = 20.0) -> None:

@@ -9,7 +9,6 @@ import itertools
 import json
 import logging
 import os
-import socket
 
 import pytest
 import torch
@@ -163,17 +162,12 @@ def _ddp_rank(rank: int, world: int, port: int, path: str, out: str) -> None:
         torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.distributed
 def test_a_ddp_fit_resumed_from_rank_0s_checkpoint_delivers_each_sample_once(pq_path, tmp_path):
     """Lightning writes rank 0's state_dict() and loads it on every rank: rank 1 refused it
     ("`state` is rank 0's, but this is rank 1"). for_trainer()'s state holds every rank's."""
-    torch.multiprocessing.spawn(_ddp_rank, args=(2, _free_port(), pq_path, str(tmp_path)), nprocs=2)
+    torch.multiprocessing.spawn(_ddp_rank, args=(2, dsutil.free_port(), pq_path, str(tmp_path)), nprocs=2)
     ranks = [json.load(open(tmp_path / f"rank-{r}.json")) for r in range(2)]
     epoch0 = [i for r in ranks for i in r["head"][0] + r["rest"][0]]
     epoch1 = [i for r in ranks for i in r["rest"][1]]
@@ -208,7 +202,7 @@ def test_a_state_dict_called_on_one_rank_only_is_refused_not_hung(pq_path, tmp_p
     """`accelerator.save_state` calls state_dict() on the processes that call it and writes the main
     one's: called on the main process only, the gather waited for the other ranks forever (a
     real run under torchrun, 2 CPU processes, hung until killed). Now: a ValueError saying why."""
-    torch.multiprocessing.spawn(_lone_rank, args=(2, _free_port(), pq_path, str(tmp_path)), nprocs=2)
+    torch.multiprocessing.spawn(_lone_rank, args=(2, dsutil.free_port(), pq_path, str(tmp_path)), nprocs=2)
     got = (tmp_path / "rank-0.txt").read_text()
     assert got.startswith("ValueError: ") and "only 1 of 2 ranks called it within gather_timeout=1 s" in got
 

@@ -5,7 +5,6 @@ size; with drop_last only full batches and every rank the same number. No Spark 
 import json
 import os
 import re
-import socket
 
 import pytest
 import torch
@@ -118,17 +117,24 @@ def test_a_resume_with_another_batch_size_delivers_exactly_the_rest(pq_path, wor
     assert all(st["batch_size"] == b0 for st in states)  # recorded apart from the fingerprint
 
 
+def _old_state_after(path: str, batch_size: int, batches: int, **kw) -> tuple[list, list, dict]:
+    """(a whole epoch's ids, the first `batches` batches' ids, the state saved after them in the
+    earlier format)."""
+    full = [i for b in sparkfeed.DataLoader(path, batch_size=batch_size, **kw) for i in b["id"].tolist()]
+    L = sparkfeed.DataLoader(path, batch_size=batch_size, **kw)
+    it = iter(L)
+    head = [i for _ in range(batches) for i in next(it)["id"].tolist()]
+    old = plain(old_format(L.state_dict()))
+    it.close()
+    return full, head, old
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_state_saved_before_the_batch_size_was_recorded_still_loads(pq_path, workers):
     """A state of the earlier format (batch size only inside the fingerprint): with the same batch
     size the interrupted order continues exactly, as before; with another, exactly the rest."""
     kw = dict(shuffle=True, seed=9, num_workers=workers, columns=COLS)
-    full = [i for b in sparkfeed.DataLoader(pq_path, batch_size=16, **kw) for i in b["id"].tolist()]
-    L = sparkfeed.DataLoader(pq_path, batch_size=16, **kw)
-    it = iter(L)
-    head = [i for _ in range(5) for i in next(it)["id"].tolist()]
-    old = plain(old_format(L.state_dict()))
-    it.close()
+    full, head, old = _old_state_after(pq_path, 16, 5, **kw)
     assert "batch_size" not in old and "|16|False" in old["fingerprint"]
     same = sparkfeed.DataLoader(pq_path, batch_size=16, **kw)
     same.load_state_dict(old)
@@ -164,12 +170,7 @@ def test_an_old_state_of_a_run_capped_shuffle_loads_with_another_batch_size(tmp_
     dsutil.write_parquet(root, dsutil.table(200), 5, 5)  # 40 shards: 40 runs
     monkeypatch.setattr(shuffle, "MAX_BLOCK_RUNS", 8)
     kw = dict(shuffle=True, seed=3, columns=COLS)
-    full = [i for b in sparkfeed.DataLoader(root, batch_size=10, **kw) for i in b["id"].tolist()]
-    L = sparkfeed.DataLoader(root, batch_size=10, **kw)
-    it = iter(L)
-    head = [i for _ in range(7) for i in next(it)["id"].tolist()]
-    old = plain(old_format(L.state_dict()))
-    it.close()
+    full, head, old = _old_state_after(root, 10, 7, **kw)
     assert old["fingerprint"].endswith("|10|False|block runs<=8")
     same = sparkfeed.DataLoader(root, batch_size=10, **kw)
     same.load_state_dict(old)
@@ -275,17 +276,12 @@ def _ddp_rank(rank: int, world: int, port: int, path: str, out: str) -> None:
         torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.distributed
 def test_a_ddp_resume_with_another_batch_size(pq_path, tmp_path):
     """Under gloo: both ranks load the gathered state with batch 30 (saved with 20) and get the
     same number of full batches, no sample twice; the same state resumes on one rank with batch 45."""
-    torch.multiprocessing.spawn(_ddp_rank, args=(2, _free_port(), pq_path, str(tmp_path)), nprocs=2)
+    torch.multiprocessing.spawn(_ddp_rank, args=(2, dsutil.free_port(), pq_path, str(tmp_path)), nprocs=2)
     ranks = [json.load(open(tmp_path / f"rank-{r}.json")) for r in range(2)]
     seen = [i for r in ranks for i in r["head"]]
     check_rest(seen, [r["rest"] for r in ranks], 30, True, dropped_before=2 * 20)
