@@ -356,7 +356,8 @@ def select_all_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, Col
     floats = [c.name for c in named if types[c.name] is not None and pa.types.is_floating(types[c.name])]
     if len(floats) > _MAX_NAN_COLUMNS or not items:
         return []
-    variants = [frozenset(c for bit, c in enumerate(floats) if mask >> bit & 1) for mask in range(1 << len(floats))]
+    variants = [frozenset(c for bit, c in enumerate(floats) if mask >> bit & 1)
+                for mask in range(1 << len(floats))]
     fragments = []
     for i, (stats, rows) in enumerate(items):
         stats = {k: v for k, v in stats.items() if k in types}

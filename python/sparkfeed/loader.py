@@ -377,8 +377,8 @@ class DataLoader:
             kept = self._processes = _Processes(lanes, self._process_loader(dataset, persistent=True), shared,
                                                 shared_then)
         kept.epoch.value, kept.then.value = epoch, -1 if then is None else then
-        iteration = _named_worker_errors(_iterated(kept.loader), self.dataset.rank, on_failure=self._drop_processes,
-                                         workers=lambda: kept.loader._iterator)
+        iteration = _named_worker_errors(_iterated(kept.loader), self.dataset.rank,
+                                         on_failure=self._drop_processes, workers=lambda: kept.loader._iterator)
         kept.user = weakref.ref(iteration)
         return iteration
 

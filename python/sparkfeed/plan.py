@@ -132,7 +132,9 @@ def _same_as_shard(manifest: Manifest, group: tuple[int, int]) -> bool:
 def _unit_stats(manifest: Manifest, unit: WorkUnit) -> tuple:
     """(statistics, rows) of a unit: its row group's, or its whole shard's."""
     shard = manifest.shards[unit.shard]
-    return (shard.stats, shard.num_samples) if unit.row_group is None else _group_stats(manifest, (unit.shard, unit.row_group))
+    if unit.row_group is None:
+        return shard.stats, shard.num_samples
+    return _group_stats(manifest, (unit.shard, unit.row_group))
 
 
 def with_counts(plan: Plan, count: Callable[[Sequence[WorkUnit]], list[int]], threads: int = 8) -> Plan:
