@@ -46,6 +46,9 @@ SMALL_FILE_SAMPLES = 1024  # samples per data file (on average) under which thre
 # the cores; over remote storage each file mostly waits for its request (10-50 ms to the first
 # byte), so more at once, as object stores' clients do (32 concurrent requests)
 LOCAL_COUNT_THREADS, REMOTE_COUNT_THREADS = 8, 32
+# Local small files are counted many at once, the filter evaluated once over up to this many rows
+# (`plan.with_counts`); remote ones a file a task, so that their requests go out at once
+COUNT_TASK_ROWS = 65_536
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,8 @@ class Engine:
                 stats = Stats()
                 counted = with_counts(plan, functools.partial(_count_units, cfg.manifest.format,
                                                               self.context(stats, plan)),
-                                      threads=REMOTE_COUNT_THREADS if self.remote else LOCAL_COUNT_THREADS)
+                                      threads=REMOTE_COUNT_THREADS if self.remote else LOCAL_COUNT_THREADS,
+                                      task_rows=0 if self.remote else COUNT_TASK_ROWS)
                 self._count_stats, self._count_emptied = stats.take(), _emptied_by_count(plan, counted)
                 plan = counted
             self._plan = plan
@@ -395,9 +399,10 @@ def _emptied_by_count(before: Plan, after: Plan) -> dict[str, int]:
 
 
 def _count_units(fmt: str, ctx: ReadContext, units) -> list[int]:
-    """Rows passing the filter in each unit of one shard, with one reader (the file opened once)."""
+    """Rows passing the filter in each unit of one task (a shard's, or several small shards'),
+    with one reader (each file opened once) and one evaluation of the filter."""
     reader = make_reader(fmt, ctx)
     try:
-        return [reader.count(u) for u in units]
+        return reader.count_many(units)
     finally:
         reader.close()

@@ -137,17 +137,20 @@ def _unit_stats(manifest: Manifest, unit: WorkUnit) -> tuple:
     return _group_stats(manifest, (unit.shard, unit.row_group))
 
 
-def with_counts(plan: Plan, count: Callable[[Sequence[WorkUnit]], list[int]], threads: int = 8) -> Plan:
+def with_counts(plan: Plan, count: Callable[[Sequence[WorkUnit]], list[int]], threads: int = 8,
+                task_rows: int = 0) -> Plan:
     """The plan with exact per-unit counts of rows passing the filter; empty units dropped.
 
-    `count` gets the units of one shard (so each file is opened once) and reads only the filter
-    columns; threads overlap shards (pyarrow releases the GIL). Counts do not depend on the epoch.
+    `count` gets the units of one shard (so each file is opened once), or with `task_rows` those
+    of consecutive shards up to that many rows (small files: one evaluation of the filter for
+    many), and reads only the filter columns; threads overlap tasks (pyarrow releases the GIL).
+    Counts do not depend on the epoch.
     """
     by_shard: dict[int, list[WorkUnit]] = {}
     for u in plan.units:
         if u.index not in plan.proven:  # the statistics say every row passes: nothing to read
             by_shard.setdefault(u.shard, []).append(u)
-    groups = list(by_shard.values())
+    groups = _tasks(list(by_shard.values()), task_rows)
     counted = {u.index: u.num_rows for u in plan.units if u.index in plan.proven}
     if groups:
         with ThreadPoolExecutor(max_workers=max(1, min(threads, len(groups)))) as pool:
@@ -158,6 +161,23 @@ def with_counts(plan: Plan, count: Callable[[Sequence[WorkUnit]], list[int]], th
     units = tuple(replace(u, index=i) for i, (u, _) in enumerate(kept))
     proven = frozenset(i for i, (u, _) in enumerate(kept) if u.index in plan.proven)
     return replace(plan, units=units, counts=tuple(c for _, c in kept), counted=True, proven=proven)
+
+
+def _tasks(shards: list[list[WorkUnit]], rows: int) -> list[list[WorkUnit]]:
+    """The units of consecutive shards joined while they hold at most `rows` rows (0: a task per
+    shard)."""
+    if rows <= 0:
+        return shards
+    tasks: list[list[WorkUnit]] = []
+    size = rows
+    for units in shards:
+        n = sum(u.num_rows for u in units)
+        if size + n > rows:
+            tasks.append([])
+            size = 0
+        tasks[-1].extend(units)
+        size += n
+    return tasks
 
 
 def unfiltered(plan: Plan) -> frozenset:

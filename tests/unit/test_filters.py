@@ -324,3 +324,53 @@ def test_the_count_pass_skips_proven_units_and_readers_evaluate_no_filter_over_t
     loader = sparkfeed.DataLoader(path, batch_size=4, filter=expr, columns=["id"])
     assert sorted(i for b in loader for i in b["id"].tolist()) == wanted(table, expr)
     assert evaluated == [10, 10]  # row group 3: once in the count pass, once read
+
+
+def test_small_files_are_counted_many_at_once_each_exactly(tmp_path, monkeypatch):
+    """The count pass over local small files evaluates the filter once for many files
+    (`engine.COUNT_TASK_ROWS` rows a task): the same counts as a file at a time, and the rows
+    delivered are the filter's; a corrupt file among them is still named."""
+    from sparkfeed import engine
+
+    root = tmp_path / "small"
+    root.mkdir()
+    for k in range(30):
+        ids = list(range(k * 10, k * 10 + 10))
+        pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "label": pa.array([(i * 3) % 7 for i in ids], pa.int32())}),
+                       root / f"part-{k:05d}.parquet")
+    sparkfeed.index(str(root), progress=False)
+    table = pa.table({"id": pa.array(range(300), pa.int64()), "label": pa.array([(i * 3) % 7 for i in range(300)])})
+    expr = pc.field("label").isin([1, 3])  # the statistics (0-6 in every file) decide nothing
+    tasks = []
+    real = engine._count_units
+    monkeypatch.setattr(engine, "_count_units", lambda fmt, ctx, units: tasks.append(len(units)) or real(fmt, ctx, units))
+    found = {}
+    for rows in (engine.COUNT_TASK_ROWS, 0):  # many files a task; a file a task (as remote)
+        monkeypatch.setattr(engine, "COUNT_TASK_ROWS", rows)
+        tasks.clear()
+        loader = sparkfeed.DataLoader(str(root), batch_size=8, filter=expr, columns=["id"])
+        assert sorted(i for b in loader for i in b["id"].tolist()) == wanted(table, expr)
+        found[rows > 0] = (loader.dataset.plan().counts, sorted(tasks))
+    assert found[True][1] == [30] and found[False][1] == [1] * 30
+    assert found[True][0] == found[False][0] and sum(found[True][0]) == len(wanted(table, expr))
+    (root / "part-00007.parquet").write_bytes(b"PAR1 not parquet")
+    with pytest.raises(sparkfeed.ShardReadError, match="part-00007"):
+        sparkfeed.DataLoader(str(root), batch_size=8, filter=expr).dataset.plan()
+
+
+def test_a_batched_count_that_cannot_join_its_files_counts_each_alone(four_groups, monkeypatch):
+    """Where the filter columns of a task's files cannot be joined into one table, each unit's
+    filter is evaluated alone: the same counts."""
+    from sparkfeed.read import base
+
+    table, path = four_groups
+    expr = pc.field("id").isin(list(range(0, 40, 3)))  # in every row group: counted
+    want = sparkfeed.DataLoader(path, batch_size=4, filter=expr, columns=["id"]).dataset.plan().counts
+
+    def cannot(tables, *args, **kwargs):
+        raise pa.ArrowInvalid("schemas differ")
+
+    monkeypatch.setattr(base.pa, "concat_tables", cannot)
+    loader = sparkfeed.DataLoader(path, batch_size=4, filter=expr, columns=["id"])
+    assert loader.dataset.plan().counts == want
+    assert sorted(i for b in loader for i in b["id"].tolist()) == wanted(table, expr)

@@ -23,6 +23,7 @@ from ..plan import WorkUnit
 from ..stats import Stats
 
 log = logging.getLogger(__name__)
+_UNIT = "__sparkfeed_unit__"  # which unit a row of a batched count came from (`count_many`)
 T = TypeVar("T")
 
 # Bytes of small files (`SharedReads.hold`) held per iteration and process: 256 files of 64 KiB.
@@ -335,12 +336,34 @@ class Reader:
 
     def count(self, unit: WorkUnit) -> int:
         """Rows of `unit` that pass the filter (reads only what the filter needs)."""
+        return self.count_many([unit])[0]
+
+    def count_many(self, units: Sequence[WorkUnit]) -> list[int]:
+        """`count` of each of `units`, the filter evaluated once over all their filter columns:
+        an evaluation costs more to set up than 10 rows take (a value list's hash table is built
+        each time: `id in` 14,286 values over 10,000 files of 10 rows took 17.5 s to the first
+        batch). A unit whose read fails under on_error="skip" counts its rows, as its read will
+        deliver them as placeholders. Filter columns of other types in other files: each alone."""
+        counts, parts = [u.num_rows for u in units], []
+        for k, unit in enumerate(units):
+            try:
+                parts.append((k, *self._filter_input(unit)))
+            except ShardReadError:
+                if self.ctx.on_error != "skip":
+                    raise
+        if not parts:
+            return counts
         try:
-            return self._count(unit)
-        except ShardReadError:
-            if self.ctx.on_error != "skip":
-                raise
-            return unit.num_rows
+            tables = [t.append_column(_UNIT, pa.array(np.full(t.num_rows, k, np.int32))) for k, t, _ in parts]
+            kept, _ = apply_filter(self.ctx, pa.concat_tables(tables).combine_chunks(), keep_bad=parts[0][2])
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            for k, table, keep_bad in parts:
+                counts[k] = apply_filter(self.ctx, table, keep_bad)[0].num_rows
+            return counts
+        per_unit = np.bincount(kept.column(_UNIT).to_numpy(), minlength=len(units))
+        for k, _, _ in parts:
+            counts[k] = int(per_unit[k])
+        return counts
 
     @property
     def runs_ahead(self) -> bool:
@@ -383,7 +406,9 @@ class Reader:
     def _read(self, unit: WorkUnit) -> UnitRows:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _count(self, unit: WorkUnit) -> int:  # pragma: no cover - abstract
+    def _filter_input(self, unit: WorkUnit) -> tuple[pa.Table, bool]:  # pragma: no cover - abstract
+        """The table the filter's count is evaluated over (the unit's filter columns), and whether
+        rows that could not be read count whatever it says (`apply_filter`'s `keep_bad`)."""
         raise NotImplementedError
 
     def _versioned(self, unit: WorkUnit) -> bool:

@@ -502,9 +502,8 @@ class ParquetReader(Reader):
         rows = np.concatenate([np.arange(n, dtype=np.int32) for n in counts])
         return self._unit_rows(table, units[0], rows, run=tuple(zip(units[:len(groups)], counts)))
 
-    def _count(self, unit: WorkUnit) -> int:
-        light, _ = apply_filter(self.ctx, self._read_columns(unit, list(self.ctx.filter_columns)))
-        return light.num_rows
+    def _filter_input(self, unit: WorkUnit) -> tuple[pa.Table, bool]:
+        return self._read_columns(unit, list(self.ctx.filter_columns)), False
 
     def close(self) -> None:
         if self._ahead is not None:

@@ -593,10 +593,9 @@ class TarReader(Reader):
         self.ctx.stats.add("rows_filtered", n - table.num_rows)
         return self._unit_rows(table, unit, rows, ok=table.column("__ok_in__").to_numpy(zero_copy_only=False))
 
-    def _count(self, unit: WorkUnit) -> int:
+    def _filter_input(self, unit: WorkUnit) -> tuple[pa.Table, bool]:
         table, ok = self._table(unit, list(self.ctx.filter_columns))
-        table, _ = apply_filter(self.ctx, table.append_column("__ok_in__", pa.array(ok)), keep_bad=True)
-        return table.num_rows
+        return table.append_column("__ok_in__", pa.array(ok)), True
 
 
 def _first_difference(seen: list[tuple[int, str]], index: tarindex.Index | None) -> int | None:
