@@ -32,6 +32,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_rank_jobs(out: str, jobs) -> None:
+    """A torchrun worker's loop: in a gloo process group, run each (name, job) of `jobs` and write
+    its result as OUT/NAME/rank-R.json, the ranks in step between jobs."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    for name, job in jobs:
+        result = job()
+        os.makedirs(os.path.join(out, name), exist_ok=True)
+        with open(os.path.join(out, name, f"rank-{dist.get_rank()}.json"), "w") as f:
+            json.dump(result, f)
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def wait_until(condition, what: str, timeout: float = 20.0) -> None:
     """Poll for a state that threads or worker processes reach on their own (nothing is timed;
     the time-out only turns a hang into a failure naming `what`)."""

@@ -4,12 +4,13 @@ OUT/JOB/rank-R.json. One torchrun runs every job (a process group and 2 ranks' s
 usage: distributed_worker.py OUT JOBS  (JOBS: JSON {name: {"path", "workers", "drop_last"}})
 """
 
+import functools
 import json
-import os
 import sys
 
 import torch.distributed as dist
 
+import dsutil
 import sparkfeed
 
 
@@ -28,14 +29,8 @@ def load(path: str, workers: int, drop_last: bool) -> dict:
 
 
 def main(out: str, jobs: dict) -> None:
-    dist.init_process_group("gloo")
-    for name, job in jobs.items():
-        result = load(job["path"], job["workers"], job["drop_last"])
-        os.makedirs(os.path.join(out, name), exist_ok=True)
-        with open(os.path.join(out, name, f"rank-{result['rank']}.json"), "w") as f:
-            json.dump(result, f)
-        dist.barrier()
-    dist.destroy_process_group()
+    dsutil.run_rank_jobs(out, [(name, functools.partial(load, job["path"], job["workers"], job["drop_last"]))
+                               for name, job in jobs.items()])
 
 
 if __name__ == "__main__":

@@ -12,12 +12,13 @@ usage: training_usage_worker.py OUT PATH [STATE]
 * elastic (with STATE, a saved state of another world size): the rest of its epoch on these ranks.
 """
 
+import functools
 import json
-import os
 import sys
 
 import torch.distributed as dist
 
+import dsutil
 import sparkfeed
 
 
@@ -64,16 +65,9 @@ def elastic(path: str, state_file: str) -> dict:
 
 
 def main(out: str, path: str, state_file: str | None = None) -> None:
-    dist.init_process_group("gloo")
     jobs = [("seed_by_rank", seed_by_rank), ("resume_loop", resume_loop)] if state_file is None else \
         [("elastic", lambda p: elastic(p, state_file))]
-    for name, job in jobs:
-        result = job(path)
-        os.makedirs(os.path.join(out, name), exist_ok=True)
-        with open(os.path.join(out, name, f"rank-{dist.get_rank()}.json"), "w") as f:
-            json.dump(result, f)
-        dist.barrier()
-    dist.destroy_process_group()
+    dsutil.run_rank_jobs(out, [(name, functools.partial(job, path)) for name, job in jobs])
 
 
 if __name__ == "__main__":
