@@ -29,6 +29,8 @@ import urllib.parse
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
+from . import recvbuffers
+
 log = logging.getLogger(__name__)
 
 DIRECT = os.environ.get("SPARKFEED_HTTP_DIRECT", "1") != "0"
@@ -174,14 +176,13 @@ def _receive(response: http.client.HTTPResponse, path: str, start: int, end: int
              size: int | None) -> memoryview:
     """The body of a range answer, checked (status, range honoured, file size) and read into a
     buffer from pyarrow's pool."""
-    import pyarrow as pa
-
     _check_status(response, path, start, end)
     problem = answer_problem(path, response.status, response.getheader("Content-Range", ""),
                              response.length, start, end, size)  # length: None when chunked
     if problem:
         raise ValueError(problem)
-    view, at = memoryview(pa.allocate_buffer(end - start)).cast("B"), 0
+    view, held = recvbuffers.take(end - start)
+    at = 0
     while at < len(view):
         n = response.readinto(view[at:])
         if not n:
@@ -192,7 +193,7 @@ def _receive(response: http.client.HTTPResponse, path: str, start: int, end: int
                               f"bytes (range {start}-{end - 1})")
     if not response.isclosed() and response.read(1):  # a chunked body longer than asked
         raise ValueError(NO_RANGES.format(path=path, a=start, b=end - 1, n=f"more than {at}"))
-    return view[:at]
+    return held[:at]
 
 
 def _check_status(response: http.client.HTTPResponse, path: str, start: int, end: int) -> None:

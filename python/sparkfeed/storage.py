@@ -33,7 +33,7 @@ import fsspec
 import fsspec.asyn
 import fsspec.utils
 
-from . import httpranges
+from . import httpranges, recvbuffers
 from .errors import PathEscapeError, redact
 
 log = logging.getLogger(__name__)
@@ -477,11 +477,10 @@ async def _http_ranges(fs, path: str, starts: list[int], ends: list[int],
 async def _http_range(fs, session, path: str, start: int, end: int, size: int | None) -> memoryview:
     """Bytes [start, end) of the file at URL `path` (a shorter result: the caller reports it);
     a ValueError when the server reports a file size other than `size` (if given)."""
-    import pyarrow as pa
-
     kwargs = dict(fs.kwargs)
     headers = {**kwargs.pop("headers", {}), "Range": f"bytes={start}-{end - 1}"}
-    view, at = memoryview(pa.allocate_buffer(end - start)).cast("B"), 0
+    view, held = recvbuffers.take(end - start)
+    at = 0
     async with session.get(fs.encode_url(path), headers=headers, **kwargs) as r:
         if r.status == 404:
             raise FileNotFoundError(path)
@@ -499,7 +498,7 @@ async def _http_range(fs, session, path: str, start: int, end: int, size: int | 
                                                              n=r.content_length or at + len(chunk)))
             view[at:at + len(chunk)] = chunk
             at += len(chunk)
-    return view[:at]
+    return held[:at]
 
 
 class KnownRanges(io.RawIOBase):
