@@ -185,6 +185,13 @@ def test_remote_scenario_reads_every_sample_over_the_latency_server(cache, tmp_p
             "webdataset, HTTP +20 ms/request", "mosaic-streaming, HTTP +20 ms/request"} <= set(http)
     assert "sparkfeed parquet shuffle=True, local" in rows
     assert rows["sparkfeed parquet, local"]["ratio_vs_baseline"] == 1.0
+    # the transfer's own ceiling: every byte of the Parquet files once, nothing else
+    alone = rows["bytes alone (the Parquet files), HTTP +20 ms/request"]
+    [images] = [p for p in cache.iterdir() if p.name.startswith("images-") and (p / "_sparkfeed.json").exists()
+                and json.loads((p / "_sparkfeed.json").read_text())["format"] == "parquet"]
+    shards = json.loads((images / "_sparkfeed.json").read_text())["shards"]
+    assert alone["bytes_served"] == sum(s["num_bytes"] for s in shards) > 0
+    assert alone["requests"] == sum(-(-s["num_bytes"] // (8 << 20)) for s in shards)
     for name, row in rows.items():
         if row["note"].startswith("skipped"):
             assert not name.startswith("sparkfeed"), row  # sparkfeed's own rows always run

@@ -29,7 +29,8 @@ Measure sparkfeed against the loaders people use, on this machine, side by side:
            process per size): does memory stay flat?  (+ the plan rows)
   remote   the image dataset over a local HTTP server with 20 ms added per request vs local
            disk, Parquet and WebDataset (target: >= 70% of the local rate), Parquet also
-           with shuffle=True; webdataset's own streaming over the same server
+           with shuffle=True; webdataset's own streaming over the same server; the
+           Parquet files' bytes alone over it (nothing parsed: the transfer's ceiling)
   mix      the tabular rows as a 2-source sparkfeed.Source mix vs one source of the same
            rows, in order and shuffled (target: the mix at >= 90% of one source)
 

@@ -6,7 +6,10 @@ The server is a small threaded HTTP server on 127.0.0.1 with Range support (what
 and CDNs do), started once per bench run over the bench cache and left to the process's end.
 Every request waits `LATENCY_S` before it is answered; requests and bytes sent are counted.
 Peers over the same server: webdataset (whole-tar streaming through its `pipe:curl` opener) and
-Mosaic Streaming (MDS shards downloaded to a local cache, through its S3 downloader).
+Mosaic Streaming (MDS shards downloaded to a local cache, through its S3 downloader). A row
+of the Parquet files' bytes alone (`bytes_alone`: received, nothing parsed) is the ceiling any
+loader meets over this server on this machine, so that a miss against the local read can be
+told apart from what the transfer itself costs.
 """
 
 from __future__ import annotations
@@ -197,6 +200,61 @@ def mosaic_remote(ctx) -> Iterator[int]:
     _served(ctx, server, before)
 
 
+BYTES_ALONE_RANGE = 8 << 20  # bytes per request of the `bytes_alone` row (the loader's fetch size)
+BYTES_ALONE_IN_FLIGHT = 8  # its requests at once
+
+
+def bytes_alone(ctx) -> Iterator[int]:
+    """The Parquet dataset's files received over the latency server and nothing else done:
+    `BYTES_ALONE_RANGE` ranges, `BYTES_ALONE_IN_FLIGHT` at once, each on a keep-alive connection
+    of the standard library's client into one reused buffer per thread (no parsing, no page
+    faults): what moving these bytes over this server costs on this machine, the ceiling of any
+    loader of these files here. A file's samples are counted when its last range is in."""
+    import http.client
+    import json
+    import urllib.parse
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    path = os.path.realpath(ctx.data.images)
+    with open(os.path.join(path, "_sparkfeed.json"), encoding="utf-8") as f:
+        shards = json.load(f)["shards"]
+    server = server_for(os.path.dirname(path))
+    before = (server.requests, server.bytes_sent)
+    base = urllib.parse.urlsplit(_url_of(path))
+    local = threading.local()
+
+    def receive(rel: str, start: int, end: int) -> str:
+        if not hasattr(local, "conn"):
+            local.conn = http.client.HTTPConnection(base.hostname, base.port, timeout=60)
+            local.buf = memoryview(bytearray(BYTES_ALONE_RANGE))
+        local.conn.request("GET", f"{base.path}/{rel}", headers={"Range": f"bytes={start}-{end - 1}"})
+        response, at = local.conn.getresponse(), 0
+        while at < end - start:
+            n = response.readinto(local.buf[at:end - start])
+            if not n:
+                break
+            at += n
+        if response.status != 206 or at != end - start:
+            raise ConnectionError(f"{rel}: HTTP {response.status}, {at} of {end - start} bytes "
+                                  f"for range {start}-{end - 1}")
+        return rel
+
+    left = {s["path"]: 0 for s in shards}
+    with ThreadPoolExecutor(BYTES_ALONE_IN_FLIGHT, thread_name_prefix="bytes-alone") as pool:
+        futures = []
+        for s in shards:
+            for a in range(0, s["num_bytes"], BYTES_ALONE_RANGE):
+                futures.append(pool.submit(receive, s["path"], a, min(a + BYTES_ALONE_RANGE, s["num_bytes"])))
+                left[s["path"]] += 1
+        samples = {s["path"]: s["num_samples"] for s in shards}
+        for future in as_completed(futures):
+            rel = future.result()
+            left[rel] -= 1
+            if not left[rel]:
+                yield samples[rel]
+    _served(ctx, server, before)
+
+
 def remote_cases(p) -> list:
     """Local and remote rows for both formats; `ratio_vs_baseline` is against local Parquet."""
     from .scenarios import Case
@@ -216,6 +274,9 @@ def remote_cases(p) -> list:
              options={"fmt": "webdataset", "remote": False}),
         Case(f"sparkfeed webdataset, {lat}", "sparkfeed-remote", n,
              options={"fmt": "webdataset", "remote": True}),
+        Case(f"bytes alone (the Parquet files), {lat}", "bytes-alone-remote", n,
+             note=f"{BYTES_ALONE_IN_FLIGHT} ranges of {BYTES_ALONE_RANGE >> 20} MiB at once into reused "
+                  "buffers, nothing parsed: the ceiling of any loader of these files over this server here"),
         Case(f"webdataset, {lat}", "webdataset-remote", n,
              note="webdataset's pipe:curl whole-tar streaming, undecoded"),
         Case(f"mosaic-streaming, {lat}", "mosaic-streaming-remote", n,

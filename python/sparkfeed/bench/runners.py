@@ -453,6 +453,7 @@ Runner = Callable[..., Iterator[int]]
 RUNNERS: dict[str, Runner] = {
     "sparkfeed-remote": remote.sparkfeed_remote,
     "webdataset-remote": remote.webdataset_remote,
+    "bytes-alone-remote": remote.bytes_alone,
     "mosaic-streaming-remote": remote.mosaic_remote,
     "sparkfeed": sparkfeed_tabular,
     "sparkfeed-mix": sparkfeed_mix,
