@@ -37,8 +37,16 @@ if TYPE_CHECKING:  # (loader.py imports this module)
 
 __all__ = ["EpochSampler", "TrainerLoader"]
 log = logging.getLogger(__name__)
-_checkins = itertools.count(1)  # state_dict() calls of this process, in the same order on every rank
+_checkins = itertools.count(1)  # gathered state_dict() calls of this process, in the same order on every rank
 STATE_KIND = "sparkfeed.TrainerLoader"
+GATHER_TIMEOUT_S = 300.0  # how long a gathered state_dict() waits for every rank to call it
+
+
+def checked_gather_timeout(value) -> float:
+    """`gather_timeout` as seconds, or a ValueError saying what was expected."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"`gather_timeout` should be a positive number of seconds, but got {value!r}")
+    return float(value)
 
 
 class EpochSampler:
@@ -59,15 +67,13 @@ class TrainerLoader:
     calls it, as Lightning does), `len()` is the whole epoch, the epoch is taken at the first
     batch. Anything else (`stats()`, `batch_size`, `dataset`, ...) is the wrapped loader's."""
 
-    def __init__(self, loader: "DataLoader", gather_timeout: float = 300.0):
+    def __init__(self, loader: "DataLoader", gather_timeout: float = GATHER_TIMEOUT_S):
         from .loader import DataLoader
 
         if not isinstance(loader, DataLoader):
             raise ValueError(f"`loader` should be a sparkfeed.DataLoader, but got {type(loader).__name__}")
-        if isinstance(gather_timeout, bool) or not isinstance(gather_timeout, (int, float)) or not gather_timeout > 0:
-            raise ValueError(f"`gather_timeout` should be a positive number of seconds, but got {gather_timeout!r}")
         self.loader = loader
-        self.gather_timeout = float(gather_timeout)
+        self.gather_timeout = checked_gather_timeout(gather_timeout)
         self._before = 0  # batches of the loaded epoch delivered before its state was saved
         self._whole = 0  # batches of a whole epoch at this world and batch size (set at a load)
         self._count = 0  # batches the current iteration has delivered
@@ -120,11 +126,9 @@ class TrainerLoader:
         """Every rank's state (gathered over torch.distributed when there are several ranks: a
         collective) and the batches of this epoch delivered so far."""
         loader = self.loader
-        gather = loader.dataset.world_size > 1
-        if gather:
-            _every_rank_arrives(self.gather_timeout, loader.dataset.path)
         return {"kind": STATE_KIND, "batches": self._before + self._count,
-                "loader": loader.state_dict(all_ranks=gather)}
+                "loader": loader.state_dict(all_ranks=loader.dataset.world_size > 1,
+                                            gather_timeout=self.gather_timeout)}
 
     def load_state_dict(self, state) -> None:
         """Resume from `state_dict()` (or any state `DataLoader.load_state_dict` takes)."""
@@ -161,9 +165,11 @@ class TrainerLoader:
                         path, before, whole, before, whole - before, whole)
 
 
-def _every_rank_arrives(timeout: float, path: str) -> None:
-    """Every rank checks in at the process group's store before the gather, so that a rank calling
-    state_dict() alone (Accelerate's save_state on the main process only) gets an error, not a hang."""
+def every_rank_arrives(timeout: float, path: str) -> None:
+    """Every rank checks in at the process group's store before a gathered state_dict(), so that a
+    rank calling it alone (a checkpoint saved on rank 0 only; Accelerate's save_state on the main
+    process only) gets an error after `timeout` s, not a wait for the process group's time-out
+    (30 minutes for gloo) or forever."""
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized()):
         return  # the gather says what is missing
@@ -171,7 +177,7 @@ def _every_rank_arrives(timeout: float, path: str) -> None:
         store = dist.distributed_c10d._get_default_store()
     except (AttributeError, RuntimeError, ValueError):
         return  # (a torch without it: the gather alone)
-    world, key = dist.get_world_size(), f"sparkfeed/TrainerLoader.state_dict/{next(_checkins)}"
+    world, key = dist.get_world_size(), f"sparkfeed/state_dict/{next(_checkins)}"
     if store.add(key, 1) == world:
         store.set(key + "/all", "1")
     try:
@@ -179,7 +185,8 @@ def _every_rank_arrives(timeout: float, path: str) -> None:
     except RuntimeError:  # (torch.distributed.DistStoreError: the wait timed out)
         arrived = store.add(key, 0)
         raise ValueError(
-            f"{path}: for_trainer().state_dict() gathers every rank's state (a collective), but only "
-            f"{arrived} of {world} ranks called it within gather_timeout={timeout:g} s: call it on every "
-            "rank (Lightning's trainer.save_checkpoint does; call accelerator.save_state on every "
-            "process, not only the main one)") from None
+            f"{path}: state_dict(all_ranks=True) (and for_trainer().state_dict() over several ranks) "
+            f"gathers every rank's state (a collective), but only {arrived} of {world} ranks called "
+            f"it within gather_timeout={timeout:g} s: call it on every rank, then save the result on "
+            "one (Lightning's trainer.save_checkpoint calls it on every rank; call "
+            "accelerator.save_state on every process, not only the main one)") from None

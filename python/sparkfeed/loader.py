@@ -31,7 +31,7 @@ from .batch import select_rows, unpack, user_facing
 from .dataset import Dataset
 from .engine import Delivery, LaneDataset
 from .errors import CorruptSampleError, WorkerError
-from .integrations import EpochSampler, TrainerLoader
+from .integrations import GATHER_TIMEOUT_S, EpochSampler, TrainerLoader, checked_gather_timeout, every_rank_arrives
 from .lanes import LaneReader, round_robin
 from .prefetch import Lookahead, Marker, Prefetcher
 from .stats import Stats
@@ -193,7 +193,7 @@ class DataLoader:
             return  # the iteration of this epoch goes on, and state_dict() keeps counting it
         self.set_epoch(epoch)
 
-    def for_trainer(self, gather_timeout: float = 300.0) -> TrainerLoader:
+    def for_trainer(self, gather_timeout: float = GATHER_TIMEOUT_S) -> TrainerLoader:
         """This loader as Lightning and Accelerate use one (`integrations.TrainerLoader`): its
         state_dict() gathers every rank's state (refused after `gather_timeout` s unless every rank
         calls it), len() is the whole epoch, even a resumed one."""
@@ -233,11 +233,14 @@ class DataLoader:
         capped = f"|block runs<={shuffling.MAX_BLOCK_RUNS}" if self._engine.runs_capped else ""
         return f"{self._engine.identity()}|{ds.shuffle}|{ds.seed}|{ds.shuffle_buffer}|{ds.drop_last}{capped}"
 
-    def state_dict(self, all_ranks: bool = False) -> dict:
+    def state_dict(self, all_ranks: bool = False, gather_timeout: float = GATHER_TIMEOUT_S) -> dict:
         """Plain values: the epoch and, per lane, the stream positions not delivered yet.
 
         `all_ranks=True` gathers every rank's state into one (under an initialised
-        torch.distributed; without one, save each rank's state and load the list of them)."""
+        torch.distributed; without one, save each rank's state and load the list of them). It is
+        a collective: every rank calls it, and a rank that calls it alone gets a ValueError after
+        `gather_timeout` seconds instead of waiting for the process group's time-out."""
+        timeout = checked_gather_timeout(gather_timeout)
         ds = self.dataset
         state = progress.rank_state(epoch=ds.epoch, seed=ds.seed, rank=ds.rank,
                                     world_size=ds.world_size, num_samples=ds.plan().num_samples,
@@ -245,7 +248,7 @@ class DataLoader:
                                     progress=self._current())
         if not all_ranks:
             return state
-        return progress.global_state(_gather(state, ds.world_size))
+        return progress.global_state(_gather(state, ds.world_size, timeout, ds.path))
 
     def load_state_dict(self, state) -> None:
         """Resume from `state_dict()`: this rank's own state, the list of every rank's states,
@@ -814,8 +817,9 @@ def _stop_stuck_workers(workers) -> None:
         process.join(_STUCK_JOIN_S)
 
 
-def _gather(state: dict, world_size: int) -> list[dict]:
-    """Every rank's state, in rank order, through torch.distributed (never a guess)."""
+def _gather(state: dict, world_size: int, timeout: float, path: str) -> list[dict]:
+    """Every rank's state, in rank order, through torch.distributed (never a guess), once every
+    rank has checked in (`integrations.every_rank_arrives`)."""
     if world_size == 1:
         return [state]
     dist = torch.distributed
@@ -824,6 +828,7 @@ def _gather(state: dict, world_size: int) -> list[dict]:
                          f"torch.distributed, which is not initialised here (world_size={world_size} "
                          "came from arguments or RANK/WORLD_SIZE); save state_dict() on every rank "
                          "and pass the list of all ranks' states to load_state_dict()")
+    every_rank_arrives(timeout, path)
     parts: list = [None] * world_size
     dist.all_gather_object(parts, state)
     return parts

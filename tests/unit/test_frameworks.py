@@ -175,18 +175,20 @@ def test_a_ddp_fit_resumed_from_rank_0s_checkpoint_delivers_each_sample_once(pq_
     assert sorted(epoch0) == list(range(N)) and sorted(epoch1) == list(range(N))
 
 
-def _lone_rank(rank: int, world: int, port: int, path: str, out: str) -> None:
-    """Accelerate's save_state called on the main process only: rank 0 calls state_dict() alone,
-    rank 1 goes on to the next collective (a barrier), as `accelerator.wait_for_everyone()`."""
+def _lone_rank(rank: int, world: int, port: int, path: str, out: str, how: str) -> None:
+    """Accelerate's save_state called on the main process only (`how="trainer"`), or a plain
+    loader's `state_dict(all_ranks=True)` inside `if rank == 0:` (`how="plain"`): rank 0 calls it
+    alone, rank 1 goes on to the next collective (a barrier), as `accelerator.wait_for_everyone()`."""
     import datetime
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                                          world_size=world, timeout=datetime.timedelta(seconds=60))
     try:
-        trainer = sparkfeed.DataLoader(path, **KW).for_trainer()
+        loader = sparkfeed.DataLoader(path, **KW)
+        trainer = loader.for_trainer()
         trainer.gather_timeout = 1.0  # a rank that never comes: no wait but this one
         if rank == 0:
             try:
-                trainer.state_dict()
+                trainer.state_dict() if how == "trainer" else loader.state_dict(all_ranks=True, gather_timeout=1)
                 got = "no error"
             except Exception as exc:  # (what the test checks)
                 got = f"{type(exc).__name__}: {exc}"
@@ -198,13 +200,25 @@ def _lone_rank(rank: int, world: int, port: int, path: str, out: str) -> None:
 
 
 @pytest.mark.distributed
-def test_a_state_dict_called_on_one_rank_only_is_refused_not_hung(pq_path, tmp_path):
+@pytest.mark.parametrize("how", ["trainer", "plain"])
+def test_a_state_dict_called_on_one_rank_only_is_refused_not_hung(pq_path, tmp_path, how):
     """`accelerator.save_state` calls state_dict() on the processes that call it and writes the main
     one's: called on the main process only, the gather waited for the other ranks forever (a
-    real run under torchrun, 2 CPU processes, hung until killed). Now: a ValueError saying why."""
-    torch.multiprocessing.spawn(_lone_rank, args=(2, dsutil.free_port(), pq_path, str(tmp_path)), nprocs=2)
+    real run under torchrun, 2 CPU processes, hung until killed). A plain loader's gathered state
+    saved under `if rank == 0:` waited for the process group's time-out (here 60 s; gloo's
+    default is 30 minutes). Now: a ValueError saying why, after `gather_timeout`."""
+    torch.multiprocessing.spawn(_lone_rank, args=(2, dsutil.free_port(), pq_path, str(tmp_path), how), nprocs=2)
     got = (tmp_path / "rank-0.txt").read_text()
     assert got.startswith("ValueError: ") and "only 1 of 2 ranks called it within gather_timeout=1 s" in got
+    assert "call it on every rank" in got
+
+
+def test_gather_timeout_is_checked_before_anything_is_gathered(pq_path):
+    loader = sparkfeed.DataLoader(pq_path, **KW)
+    for bad in (0, -1.0, True, "30", float("nan")):
+        with pytest.raises(ValueError, match="`gather_timeout` should be a positive number of seconds"):
+            loader.state_dict(all_ranks=True, gather_timeout=bad)
+    assert loader.state_dict(all_ranks=True, gather_timeout=0.5)["scope"] == "global"  # one rank: nothing to wait for
 
 
 # ---------------------------------------------------------------- for_trainer(): another world or batch size
