@@ -337,6 +337,48 @@ def test_a_row_group_that_thread_lanes_split_is_fetched_once(tmp_path):
             (path, ranges)
         assert sum(b - a + 1 for a, b in data_ranges) < size, (path, ranges)
 
+@pytest.mark.parametrize("fmt", ["parquet", "webdataset"])
+def test_batches_kept_across_epochs_keep_their_bytes_while_later_ranges_reuse_buffers(tmp_path, http_client, fmt):
+    """Ranges of 256 KiB or more are received into reused buffers (`recvbuffers`): three epochs
+    over HTTP with two thread lanes, every batch kept until the end, and every image delivered
+    is still the one written, while later epochs' ranges did land in reused buffers. A buffer
+    taken again while anything made from it lived would show as other bytes, or (where the
+    Parquet or tar checks catch the damage) as data read a second time in place: so each
+    epoch's data ranges must not overlap either."""
+    from sparkfeed import recvbuffers
+
+    rng = np.random.default_rng(5)
+    data = dsutil.table(1_200).append_column("image", pa.array([rng.bytes(4_096) for _ in range(1_200)]))
+    if fmt == "parquet":
+        dsutil.write_parquet(str(tmp_path / "ds"), data, 400, 100)
+    else:
+        dsutil.write_tar(str(tmp_path / "ds"), data, 400)
+    reused = recvbuffers._BUFFERS.reused
+    server = LatencyServer(str(tmp_path), latency_s=0.0)
+    kept, logs = [], []
+    try:
+        for epoch in range(3):
+            L = sparkfeed.DataLoader(f"{server.url}/ds", batch_size=100, num_workers=2, worker_type="thread",
+                                     columns=["id", "image"])
+            kept += list(L)
+            gc.collect()
+            logs.append(server.log[:])
+            server.log.clear()
+    finally:
+        server.close()
+    assert recvbuffers._BUFFERS.reused > reused
+    for log in logs:
+        server.log[:] = log
+        for path, ranges in _gets(server, ".tar" if fmt == "webdataset" else ".parquet").items():
+            size = os.path.getsize(os.path.join(str(tmp_path), path))
+            data_ranges = sorted(r for r in ranges if fmt == "webdataset" or r[1] != size - 1)  # not the footer
+            assert all(b1 < a2 for (_, b1), (a2, _) in zip(data_ranges, data_ranges[1:])), (path, ranges)
+    images = data.column("image").to_pylist()
+    got = [(i, bytes(img)) for b in kept for i, img in zip(b["id"].tolist(), b["image"])]
+    assert sorted(i for i, _ in got) == sorted(list(range(1_200)) * 3)
+    assert all(img == images[i] for i, img in got)
+
+
 def test_known_ranges_serve_reads_across_adjacent_fetches_without_the_file():
     opened = []
     parts = {(0, 4): b"abcd", (4, 8): b"efgh", (10, 12): b"kl"}
