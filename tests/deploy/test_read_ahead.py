@@ -466,6 +466,85 @@ def test_every_lane_sends_its_first_data_request_before_any_lane_gets_data(tmp_p
     assert gate.all_in.is_set() and not gate.gave_up, (sorted(gate.arrived), gate.gave_up)
 
 
+def _first_file_reads(tmp_path, hold=None) -> tuple[list, list, LatencyServer]:
+    """One thread lane over 2 Parquet files of 400 rows (100-row groups, random 8 KiB images:
+    3.3 MB a file, over the 2 MiB of a first fetch and two footers' fetches, under which a file
+    gets no head): the (id, image) delivered, the written images, and the server (its log)."""
+    rng = np.random.default_rng(6)
+    data = dsutil.table(800).append_column("image", pa.array([rng.bytes(8192) for _ in range(800)]))
+    m = dsutil.write_parquet(str(tmp_path / "pq"), data, 400, 100)
+    assert min(s.num_bytes for s in m.shards) > (2 << 20) + (128 << 10)
+    server = LatencyServer(str(tmp_path), latency_s=0.0, hold=hold)
+    try:
+        L = sparkfeed.DataLoader(f"{server.url}/pq", batch_size=100, num_workers=1, worker_type="thread",
+                                 columns=["id", "image"])
+        got = [(i, bytes(img)) for b in L for i, img in zip(b["id"].tolist(), b["image"])]
+    finally:
+        server.close()
+    return got, data.column("image").to_pylist(), server
+
+
+def test_the_first_fetch_goes_out_beside_the_footer_as_the_files_head(tmp_path):
+    """The reader's first fetch starts at the first file's first row group, whose footer is not
+    known yet: the file's head (from byte 4) is fetched beside the footer, so the first batch
+    waits one round trip instead of two. The server holds the footer until the head request has
+    arrived: before, the first data request went out only after the footer's answer (the hold
+    gave up after 10 s). The head then serves the first fetch: no other request reads its bytes."""
+    first = "pq/part-00000.parquet"
+    gate = _Gate(2, 10)
+
+    def hold(method: str, rel: str, rng: str) -> None:
+        if method == "GET" and rel == first and rng:
+            a, b = (int(x) for x in rng.split("=")[1].split("-"))
+            if a == 4:
+                gate.wait("head")
+            elif b >= os.path.getsize(tmp_path / rel) - 1:
+                gate.wait("footer")
+
+    got, images, server = _first_file_reads(tmp_path, hold)
+    assert sorted(i for i, _ in got) == list(range(800)) and all(img == images[i] for i, img in got)
+    assert gate.all_in.is_set() and not gate.gave_up, (sorted(gate.arrived), gate.gave_up)
+    ranges = _gets(server, ".parquet")[first]
+    size = os.path.getsize(tmp_path / first)
+    data_ranges = sorted(r for r in ranges if r[1] != size - 1)
+    assert data_ranges[0][0] == 4 and all(b1 < a2 for (_, b1), (a2, _) in zip(data_ranges, data_ranges[1:])), ranges
+
+
+def test_a_head_too_short_for_the_first_fetch_is_left_and_the_ranges_fetched(tmp_path, monkeypatch):
+    """A head that does not hold every range of the first fetch (here cut to the footer's 64 KiB,
+    under one row group) serves what it holds; the rest of the ranges is fetched from where it
+    ends, and every sample arrives with its own bytes."""
+    from sparkfeed.read import parquet
+
+    monkeypatch.setattr(parquet, "_HEAD_SLACK", 0.0)
+    got, images, server = _first_file_reads(tmp_path)
+    assert sorted(i for i, _ in got) == list(range(800)) and all(img == images[i] for i, img in got)
+    first = "pq/part-00000.parquet"
+    ranges = sorted(_gets(server, ".parquet")[first])
+    size = os.path.getsize(tmp_path / first)
+    data_ranges = [r for r in ranges if r[1] != size - 1]
+    assert data_ranges[0] == (4, 4 + (64 << 10) - 1), ranges  # the head: the slack's floor alone
+    assert data_ranges[1][0] == 4 + (64 << 10), ranges  # the first fetch's rest, from where it ends
+    assert all(b1 < a2 for (_, b1), (a2, _) in zip(data_ranges, data_ranges[1:])), ranges
+
+
+def test_a_fetch_takes_what_the_head_holds_and_fetches_only_the_rest():
+    from concurrent.futures import Future
+
+    from sparkfeed.read.parquet import _from_head
+
+    failed, done = Future(), Future()
+    failed.set_exception(ConnectionError("cut"))
+    head = {(4, 1000): b"x" * 996}
+    done.set_result(head)
+    assert _from_head(failed, [(4, 100)]) == ({}, [(4, 100)])  # a failed head: fetched as without it
+    assert _from_head(None, [(4, 100)]) == ({}, [(4, 100)])
+    assert _from_head(done, [(4, 100), (100, 1000)]) == (head, [])
+    assert _from_head(done, [(4, 100), (900, 1200)]) == (head, [(1000, 1200)])
+    assert _from_head(done, [(0, 2000)]) == (head, [(0, 4), (1000, 2000)])
+    assert _from_head(done, [(1000, 1200), (1500, 1600)]) == ({}, [(1000, 1200), (1500, 1600)])
+
+
 def _indexed_with_etags(tmp_path, server: LatencyServer, fmt: str = "parquet", files: int = 3) -> str:
     """`files` Parquet files (or tars) of 100 rows under `pq/` indexed over `server` (which sends
     ETags): the manifest records each file's ETag, so the loader checks each file's version once

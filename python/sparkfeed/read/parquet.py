@@ -33,6 +33,7 @@ _FETCH_BYTES = 8 << 20  # bytes of consecutive row groups of a file fetched ahea
 _FIRST_FETCH_BYTES = 2 << 20  # a reader's first fetch: about one row group, for the first batch
 _RUN_BYTES = 16 << 20  # uncompressed bytes read as one run of row groups (`read_run`): a
 # handful of runs per lane stay in memory (cache, queue), so this bounds what runs add to it
+_HEAD_SLACK = 1.25  # a first fetch's head range: its row groups' share of the file, times this
 _FOOTER_BYTES = 64 << 10  # a footer's fetch: the file's tail (pyarrow's own footer read); a file
 # no larger is fetched whole by it, and its row groups served from those bytes (`SharedReads.hold`)
 
@@ -277,25 +278,50 @@ class ParquetReader(Reader):
                 items[-1] = (last[0] + [key], last[1] + nbytes, last[2] + [unit.row_group])
             else:
                 items.append(([key], nbytes, [unit.row_group]))
+        head = None if self._fetched else next((i for i, (_, _, groups) in enumerate(items) if groups), None)
         self._fetched = self._fetched or any(groups is not None for _, _, groups in items)
         reserved = self._reserve([key for keys, _, groups in items if groups is not None for key in keys])
         try:
             self._ahead.ahead([(keys, 0, None) if groups is None else
-                               (keys, nbytes, self._deferred(first[keys[0][0]], groups))
-                               for keys, nbytes, groups in items])
+                               (keys, nbytes, self._deferred(first[keys[0][0]], groups,
+                                                             nbytes if i == head else 0))
+                               for i, (keys, nbytes, groups) in enumerate(items)])
         finally:  # every reserved place resolved, even if submitting failed: nobody waits forever
             self._offer(reserved)
 
-    def _deferred(self, unit: WorkUnit, groups: list[int]) -> storage.Deferred:
+    def _deferred(self, unit: WorkUnit, groups: list[int], head_bytes: int = 0) -> storage.Deferred:
         """The fetch of row groups `groups` of the unit's file, made as read-ahead submits it;
         the file's version check and footer started then (or earlier, `prepare`), in the order
-        the reader meets the files (`storage.ReadAhead`), not all at once for every file told."""
+        the reader meets the files (`storage.ReadAhead`), not all at once for every file told.
+        `head_bytes` (the reader's first fetch): about that much of the file's head is fetched
+        beside its footer (`_head`)."""
         prepare = functools.partial(self.open_ahead, [unit])
 
         def make():
             prepare()
+            self._head(unit.path, groups, head_bytes)
             return self._fetcher(unit.path, groups)
         return storage.Deferred(make, (self._ahead.order(unit.path), 2, groups[0]), prepare)
+
+    def _head(self, rel: str, groups: list[int], nbytes: int) -> None:
+        """The reader's first fetch, when it starts at the file's first row group and the footer
+        is not known yet: the file's head (after the 4-byte magic, about `nbytes` times
+        `_HEAD_SLACK`) is fetched beside the footer instead of after it. Row groups follow one
+        another from the head of a Parquet file, so the first batch waits for one round trip
+        instead of two (the footer's, then the ranges it gives). The file's fetches take from it
+        what it holds and fetch only the rest (`_fetch_groups`), so no byte comes twice. Never
+        into the tail the footer's fetch reads: files under `_FIRST_FETCH_BYTES` and two
+        footers' fetches get none."""
+        size = self.ctx.manifest_bytes.get(rel)
+        if not nbytes or groups[0] != 0 or size is None or size < _FIRST_FETCH_BYTES + 2 * _FOOTER_BYTES:
+            return
+        footer = self._footer(rel)  # (started by `prepare` already: known, or its fetch's future)
+        if not isinstance(footer, Future) or footer.done():
+            return
+        end = min(size - _FOOTER_BYTES, 4 + int(nbytes * _HEAD_SLACK) + _FOOTER_BYTES)
+        path = storage.join(self.ctx.root, rel, self.ctx.dataset)
+        self._ahead.once(("head", rel), functools.partial(storage.fetch_ranges, self.ctx.fs, path, [(4, end)], size),
+                         (self._ahead.order(rel), 0))
 
     def _meta_ahead(self, units: list[WorkUnit]) -> None:
         """The footer of each file of `units`, fetched once, concurrently (`_footer`)."""
@@ -342,7 +368,8 @@ class ParquetReader(Reader):
         over 200 files of 23 KB with 20 ms per request)."""
         path, footer = storage.join(self.ctx.root, rel, self.ctx.dataset), self._footer(rel)
         fetch = functools.partial(_fetch_groups, self.ctx.fs, path, footer, groups, self._ahead_columns(),
-                                  self._size(path), functools.partial(self.ctx.shared.whole, rel))
+                                  self._size(path), functools.partial(self.ctx.shared.whole, rel),
+                                  self._ahead.started(("head", rel)))
         return storage.After(footer, fetch) if self._small(rel) and isinstance(footer, Future) else fetch
 
     def _small(self, rel: str) -> bool:
@@ -534,11 +561,13 @@ def _fetch_footer(fs, path: str, size: int | None) -> tuple:
 
 
 def _fetch_groups(fs, path: str, footer, groups: list[int], names: list[str], size: int | None = None,
-                  whole: Callable[[], object] | None = None):
+                  whole: Callable[[], object] | None = None, head: Future | None = None):
     """Read-ahead task: (footer, {range: bytes}) of the column chunks of `names` in row groups
     `groups` of one file, adjacent chunks in one request (a file whose size is not the
     manifest's `size` fails it: read in place, where the error is named), or no request where
-    `whole()` gives the small file's bytes its footer's fetch brought (`SharedReads.hold`).
+    `whole()` gives the small file's bytes its footer's fetch brought (`SharedReads.hold`); what
+    `head` (the future of the file's head, fetched beside its footer: `ParquetReader._head`)
+    holds is taken from it, and only the rest is fetched.
     `footer` is the file's metadata, or the future of its fetch (`_fetch_footer`, submitted
     before this task, so never behind it)."""
     metadata = footer.result() if isinstance(footer, Future) else footer
@@ -555,7 +584,32 @@ def _fetch_groups(fs, path: str, footer, groups: list[int], names: list[str], si
             if not wanted.isdisjoint(_paths_above(col.path_in_schema)):
                 start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
                 ranges.append((start, start + col.total_compressed_size))
-    return metadata, storage.fetch_ranges(fs, path, ranges, size)
+    held, rest = _from_head(head, ranges)
+    return metadata, {**held, **(storage.fetch_ranges(fs, path, rest, size) if rest else {})}
+
+
+def _from_head(head: Future | None, ranges: list[tuple[int, int]]) -> tuple[dict, list[tuple[int, int]]]:
+    """({range: bytes} of the head fetch if it holds any part of `ranges`, else nothing; the
+    pieces of `ranges` it does not hold). A failed head is no fetch's failure: the ranges are
+    then fetched as without it."""
+    try:
+        parts = head.result() if head is not None and ranges else None
+    except Exception:
+        parts = None
+    if not parts:
+        return {}, ranges
+    (a, b), = parts
+    rest = []
+    for x, y in ranges:
+        if y <= a or x >= b:
+            rest.append((x, y))
+            continue
+        if x < a:
+            rest.append((x, a))
+        if y > b:
+            rest.append((b, y))
+    overlaps = any(x < b and y > a for x, y in ranges)
+    return (parts if overlaps else {}), rest
 
 
 def _arrow_filesystem(fs) -> pafs.FileSystem | None:
