@@ -317,18 +317,8 @@ def test_a_row_group_that_thread_lanes_split_is_fetched_once(tmp_path):
     (`blocks.SharedUnits`): the lane that asks first reads the group in place, the other takes
     it when it gets there, and no lane fetches it ahead, so each file's data is served once
     (before: once per lane; with a fetch ahead beside the read in place, twice in one CI run)."""
-    rng = np.random.default_rng(3)
-    data = dsutil.table(2_000).append_column("image", pa.array([rng.bytes(256) for _ in range(2_000)]))
-    dsutil.write_parquet(str(tmp_path / "pq"), data, 1_000, 1_000)
-    server = LatencyServer(str(tmp_path), latency_s=0.0)
-    try:
-        L = sparkfeed.DataLoader(f"{server.url}/pq", batch_size=64, num_workers=4, worker_type="thread",
-                                 columns=["id", "image"])
-        got = [(i, bytes(img)) for b in L for i, img in zip(b["id"].tolist(), b["image"])]
-    finally:
-        server.close()
+    got, images, server = _images_over_http(tmp_path, 2_000, 256, 1_000, 1_000, batch_size=64, workers=4, seed=3)
     assert sorted(i for i, _ in got) == list(range(2_000))
-    images = data.column("image").to_pylist()
     assert all(img == images[i] for i, img in got)
     for path, ranges in _gets(server, ".parquet").items():
         size = os.path.getsize(os.path.join(str(tmp_path), path))
@@ -470,14 +460,24 @@ def _first_file_reads(tmp_path, hold=None) -> tuple[list, list, LatencyServer]:
     """One thread lane over 2 Parquet files of 400 rows (100-row groups, random 8 KiB images:
     3.3 MB a file, over the 2 MiB of a first fetch and two footers' fetches, under which a file
     gets no head): the (id, image) delivered, the written images, and the server (its log)."""
-    rng = np.random.default_rng(6)
-    data = dsutil.table(800).append_column("image", pa.array([rng.bytes(8192) for _ in range(800)]))
-    m = dsutil.write_parquet(str(tmp_path / "pq"), data, 400, 100)
-    assert min(s.num_bytes for s in m.shards) > (2 << 20) + (128 << 10)
+    got, images, server = _images_over_http(tmp_path, 800, 8192, 400, 100, batch_size=100, workers=1,
+                                            seed=6, hold=hold)
+    assert min(os.path.getsize(p) for p in (tmp_path / "pq").glob("*.parquet")) > (2 << 20) + (128 << 10)
+    return got, images, server
+
+
+def _images_over_http(tmp_path, n: int, image_bytes: int, per_file: int, per_group: int, *, batch_size: int,
+                      workers: int, seed: int, hold=None) -> tuple[list, list, LatencyServer]:
+    """`n` rows with random images of `image_bytes` written as Parquet under `pq/`, read over a
+    latency-free `LatencyServer` by `workers` thread lanes: the (id, image) delivered, the
+    written images, and the server (its log)."""
+    rng = np.random.default_rng(seed)
+    data = dsutil.table(n).append_column("image", pa.array([rng.bytes(image_bytes) for _ in range(n)]))
+    dsutil.write_parquet(str(tmp_path / "pq"), data, per_file, per_group)
     server = LatencyServer(str(tmp_path), latency_s=0.0, hold=hold)
     try:
-        L = sparkfeed.DataLoader(f"{server.url}/pq", batch_size=100, num_workers=1, worker_type="thread",
-                                 columns=["id", "image"])
+        L = sparkfeed.DataLoader(f"{server.url}/pq", batch_size=batch_size, num_workers=workers,
+                                 worker_type="thread", columns=["id", "image"])
         got = [(i, bytes(img)) for b in L for i, img in zip(b["id"].tolist(), b["image"])]
     finally:
         server.close()
