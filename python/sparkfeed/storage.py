@@ -649,10 +649,6 @@ class ReadAhead:
         self._once.move_to_end(key)
         return self._once[key]
 
-    def started(self, key) -> Future | None:
-        """The future of the `once` fetch for `key` if one was started (and is still kept), else None."""
-        return self._once.get(key)
-
     def once_result(self, key):
         """The result of the `once` fetch for `key` (waiting for it), None if none or failed."""
         future = self._once.get(key)

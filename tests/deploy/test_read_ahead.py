@@ -533,16 +533,18 @@ def test_a_fetch_takes_what_the_head_holds_and_fetches_only_the_rest():
 
     from sparkfeed.read.parquet import _from_head
 
-    failed, done = Future(), Future()
+    failed, done, pending = Future(), Future(), Future()
     failed.set_exception(ConnectionError("cut"))
     head = {(4, 1000): b"x" * 996}
     done.set_result(head)
-    assert _from_head(failed, [(4, 100)]) == ({}, [(4, 100)])  # a failed head: fetched as without it
+    span = (4, 1000)
+    assert _from_head((span, failed), [(4, 100)]) == ({}, [(4, 100)])  # a failed head: fetched as without it
     assert _from_head(None, [(4, 100)]) == ({}, [(4, 100)])
-    assert _from_head(done, [(4, 100), (100, 1000)]) == (head, [])
-    assert _from_head(done, [(4, 100), (900, 1200)]) == (head, [(1000, 1200)])
-    assert _from_head(done, [(0, 2000)]) == (head, [(0, 4), (1000, 2000)])
-    assert _from_head(done, [(1000, 1200), (1500, 1600)]) == ({}, [(1000, 1200), (1500, 1600)])
+    assert _from_head((span, done), [(4, 100), (100, 1000)]) == (head, [])
+    assert _from_head((span, done), [(4, 100), (900, 1200)]) == (head, [(1000, 1200)])
+    assert _from_head((span, done), [(0, 2000)]) == (head, [(0, 4), (1000, 2000)])
+    # ranges past the head do not wait for it (`pending` never completes)
+    assert _from_head((span, pending), [(1000, 1200), (1500, 1600)]) == ({}, [(1000, 1200), (1500, 1600)])
 
 
 def _indexed_with_etags(tmp_path, server: LatencyServer, fmt: str = "parquet", files: int = 3) -> str:

@@ -57,6 +57,7 @@ class ParquetReader(Reader):
         self._ahead = None if self._pafs is not None else storage.ReadAhead(ctx.read_ahead_bytes)
         self._ranges = True  # False: an HTTP server that ignores Range (whole-file reads)
         self._fetched = False  # read-ahead made its first fetch (`_FIRST_FETCH_BYTES`)
+        self._heads: dict[str, tuple] = {}  # file -> (range, future) of its head's fetch (`_head`)
 
     def _open_input(self, path: str):
         """A seekable file: pyarrow's native one for local files, fsspec's otherwise (fsspec's
@@ -320,8 +321,8 @@ class ParquetReader(Reader):
             return
         end = min(size - _FOOTER_BYTES, 4 + int(nbytes * _HEAD_SLACK) + _FOOTER_BYTES)
         path = storage.join(self.ctx.root, rel, self.ctx.dataset)
-        self._ahead.once(("head", rel), functools.partial(storage.fetch_ranges, self.ctx.fs, path, [(4, end)], size),
-                         (self._ahead.order(rel), 0))
+        fetch = functools.partial(storage.fetch_ranges, self.ctx.fs, path, [(4, end)], size)
+        self._heads[rel] = ((4, end), self._ahead.once(("head", rel), fetch, (self._ahead.order(rel), 0)))
 
     def _meta_ahead(self, units: list[WorkUnit]) -> None:
         """The footer of each file of `units`, fetched once, concurrently (`_footer`)."""
@@ -369,7 +370,7 @@ class ParquetReader(Reader):
         path, footer = storage.join(self.ctx.root, rel, self.ctx.dataset), self._footer(rel)
         fetch = functools.partial(_fetch_groups, self.ctx.fs, path, footer, groups, self._ahead_columns(),
                                   self._size(path), functools.partial(self.ctx.shared.whole, rel),
-                                  self._ahead.started(("head", rel)))
+                                  self._heads.get(rel))
         return storage.After(footer, fetch) if self._small(rel) and isinstance(footer, Future) else fetch
 
     def _small(self, rel: str) -> bool:
@@ -561,13 +562,13 @@ def _fetch_footer(fs, path: str, size: int | None) -> tuple:
 
 
 def _fetch_groups(fs, path: str, footer, groups: list[int], names: list[str], size: int | None = None,
-                  whole: Callable[[], object] | None = None, head: Future | None = None):
+                  whole: Callable[[], object] | None = None, head: tuple | None = None):
     """Read-ahead task: (footer, {range: bytes}) of the column chunks of `names` in row groups
     `groups` of one file, adjacent chunks in one request (a file whose size is not the
     manifest's `size` fails it: read in place, where the error is named), or no request where
     `whole()` gives the small file's bytes its footer's fetch brought (`SharedReads.hold`); what
-    `head` (the future of the file's head, fetched beside its footer: `ParquetReader._head`)
-    holds is taken from it, and only the rest is fetched.
+    `head` ((range, future) of the file's head, fetched beside its footer:
+    `ParquetReader._head`) holds is taken from it, and only the rest is fetched.
     `footer` is the file's metadata, or the future of its fetch (`_fetch_footer`, submitted
     before this task, so never behind it)."""
     metadata = footer.result() if isinstance(footer, Future) else footer
@@ -588,12 +589,15 @@ def _fetch_groups(fs, path: str, footer, groups: list[int], names: list[str], si
     return metadata, {**held, **(storage.fetch_ranges(fs, path, rest, size) if rest else {})}
 
 
-def _from_head(head: Future | None, ranges: list[tuple[int, int]]) -> tuple[dict, list[tuple[int, int]]]:
-    """({range: bytes} of the head fetch if it holds any part of `ranges`, else nothing; the
-    pieces of `ranges` it does not hold). A failed head is no fetch's failure: the ranges are
-    then fetched as without it."""
+def _from_head(head: tuple | None, ranges: list[tuple[int, int]]) -> tuple[dict, list[tuple[int, int]]]:
+    """({range: bytes} of the head fetch (`head`: its range and future) if it holds any part of
+    `ranges`, else nothing; the pieces of `ranges` it does not hold). Only a fetch that wants
+    some of its bytes waits for it; a failed head is no fetch's failure: the ranges are then
+    fetched as without it."""
+    if head is None or not any(x < head[0][1] and y > head[0][0] for x, y in ranges):
+        return {}, ranges
     try:
-        parts = head.result() if head is not None and ranges else None
+        parts = head[1].result()
     except Exception:
         parts = None
     if not parts:
