@@ -65,11 +65,12 @@ class ReceiveBuffers:
         with self._lock:
             self._take_returned()
             buffer = self._pop_fitting(nbytes)
-        if buffer is None:
+            if buffer is None:
+                self.allocated += 1
+            else:
+                self.reused += 1
+        if buffer is None:  # (allocated outside the lock)
             buffer = pa.allocate_buffer(-(-nbytes // _GRAIN) * _GRAIN)
-            self.allocated += 1
-        else:
-            self.reused += 1
         held = pa.foreign_buffer(buffer.address, nbytes, base=_Lease(buffer, self))
         return memoryview(buffer).cast("B")[:nbytes], memoryview(held).cast("B")
 
