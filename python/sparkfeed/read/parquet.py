@@ -311,8 +311,8 @@ class ParquetReader(Reader):
         another from the head of a Parquet file, so the first batch waits for one round trip
         instead of two (the footer's, then the ranges it gives). The file's fetches take from it
         what it holds and fetch only the rest (`_fetch_groups`), so no byte comes twice. Never
-        into the tail the footer's fetch reads: files under `_FIRST_FETCH_BYTES` and two
-        footers' fetches get none."""
+        into the tail the footer's fetch reads, so a file smaller than `_FIRST_FETCH_BYTES` plus
+        two footers' fetches gets none."""
         size = self.ctx.manifest_bytes.get(rel)
         if not nbytes or groups[0] != 0 or size is None or size < _FIRST_FETCH_BYTES + 2 * _FOOTER_BYTES:
             return
