@@ -87,6 +87,33 @@ def test_over_http_a_same_size_copy_is_refused(tmp_path):
     assert err.value.shard == "part-00000.parquet"
 
 
+@pytest.mark.parametrize("image_bytes,read_ahead", [(16, None), (8192, None), (8192, 0)])
+def test_over_http_a_file_that_grew_is_refused_by_its_size(tmp_path, image_bytes, read_ahead):
+    """Bytes appended to a Parquet file after the write leave its footer where the manifest's size
+    says it is, so reads at the recorded offsets find the old file. The server's size is checked
+    at the footer's request; when read-ahead's footer fetch failed on it, the file was opened in
+    place with the manifest's size and read without a word (all 800 rows delivered). Small
+    files (fetched whole with the footer), files large enough for a head fetched beside it, and
+    no read-ahead at all: a ShardReadError naming the shard, or the shard skipped and counted."""
+    rng = np.random.default_rng(8)
+    data = dsutil.table(800).append_column("image", pa.array([rng.bytes(image_bytes) for _ in range(800)]))
+    root = str(tmp_path / "ds")
+    dsutil.write_parquet(root, data, 400, 100)
+    with open(os.path.join(root, "part-00000.parquet"), "ab") as f:
+        f.write(b"x" * 100)
+    server = LatencyServer(str(tmp_path), latency_s=0.0)
+    try:
+        with pytest.raises(ShardReadError, match=r"the file is \d+ bytes, not \d+ \(changed after") as err:
+            _ids(sparkfeed.DataLoader(f"{server.url}/ds", batch_size=100, num_workers=2, read_ahead_bytes=read_ahead))
+        skipping = sparkfeed.DataLoader(f"{server.url}/ds", batch_size=100, num_workers=2, on_error="skip",
+                                        read_ahead_bytes=read_ahead)
+        assert sorted(_ids(skipping)) == list(range(400, 800))
+        assert skipping.stats()["samples_skipped"] == 400
+    finally:
+        server.close()
+    assert err.value.shard == "part-00000.parquet"
+
+
 def test_data_as_written_reads_whole_with_every_kind_of_statistic(tmp_path):
     """No false alarm: strings past the 64 characters statistics keep, timestamps, dates,
     decimals, booleans, floats, nulls and an all-null row group, read plain, shuffled, filtered

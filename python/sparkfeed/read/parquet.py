@@ -80,6 +80,11 @@ class ParquetReader(Reader):
         default block reads instead, and no read-ahead."""
         remote = self._pafs is None
         try:
+            if remote and self._ranges and metadata is None and (self._size(path) or 0) > _FOOTER_BYTES:
+                # the footer's one request, as pyarrow's own footer read would make it, but
+                # checked: a file whose size is not the manifest's is refused here (no later
+                # read says its size; a small file's one whole fetch checks it already)
+                metadata = _fetch_footer(self.ctx.fs, path, self._size(path))[0]
             return pq.ParquetFile(self._open_input(path), metadata=metadata,
                                   pre_buffer=remote and self._ranges, **filters.INT96_UNIT)
         except ValueError as exc:
