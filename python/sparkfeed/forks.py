@@ -14,9 +14,13 @@ which destroys nothing, and the pages stay shared with the parent as a bonus).
 
 from __future__ import annotations
 
+import _signal
 import _thread
 import contextlib
+import functools
 import gc
+import multiprocessing.context
+import multiprocessing.queues
 import os
 import sys
 import threading
@@ -58,17 +62,72 @@ def frozen_while_forking():
             gc.unfreeze()
 
 
+class Interrupts(list):
+    """Ctrl-Cs kept back for later: KeyboardInterrupts that Python would have dropped, and SIGINTs
+    held while a handler was set aside (as the calls to make: that handler with its arguments)."""
+
+    def deliver(self) -> None:
+        """Deliver the first one (nothing if none): raise it, or run its handler (Python's raises
+        KeyboardInterrupt; a handler of the user's does what it does)."""
+        if not self:
+            return
+        if isinstance(self[0], BaseException):
+            raise self[0]
+        self[0]()
+
+
+def _holding_handler(kept: Interrupts):
+    """The handler to set aside SIGINT's with while it is held, or None where nothing is to be
+    held: off the main thread (Python runs handlers there alone), or with no Python handler (the
+    signal ignored or left at its default). `_signal`, not `signal`: the latter's enum wrapping
+    costs ~3 µs a call, and `put` holds it once per batch."""
+    previous = _signal.getsignal(_signal.SIGINT)
+    if not callable(previous) or threading.current_thread() is not threading.main_thread():
+        return None
+    pid = os.getpid()
+
+    def held(signum, frame):
+        if os.getpid() != pid:  # a child forked meanwhile inherited it: as the handler before
+            return previous(signum, frame)
+        kept.append(functools.partial(previous, signum, frame))
+    held.previous = previous
+    return held
+
+
 @contextlib.contextmanager
-def interrupts_kept():
+def _sigint_held(kept: Interrupts):
+    """While the block runs on the main thread, a SIGINT is kept in `kept` (its handler's call)
+    instead of handled; where Python has no handler for it (ignored, default), nothing changes."""
+    held = _holding_handler(kept)
+    if held is None:
+        yield kept
+        return
+    _signal.signal(_signal.SIGINT, held)
+    try:
+        yield kept
+    finally:
+        _restore(held)
+
+
+def _restore(held) -> None:
+    """Put back the handler `held` set aside (unless something replaced `held` meanwhile)."""
+    if _signal.getsignal(_signal.SIGINT) is held:
+        _signal.signal(_signal.SIGINT, held.previous)
+
+
+@contextlib.contextmanager
+def interrupts_kept(hold: bool = False):
     """Around starting worker processes on the main thread: a Ctrl-C that arrives while a worker
-    forks is kept and yielded in a list, for the caller to raise once the workers are shut down.
+    forks is kept in the `Interrupts` yielded, for the caller to deliver once the workers are
+    shut down. With `hold`, any Ctrl-C during the block is kept (not raised inside it), so that
+    what the block started is never left half made.
 
     The parent runs its at-fork hooks right after each fork (logging registers one), and CPython
     reports an exception raised in a hook as "ignored" (`sys.unraisablehook`): a KeyboardInterrupt
     delivered during the fork, handled at the hook's first line, was lost, and the training loop
     went on (a loop that breaks and restarts iterations of process workers ignored Ctrl-C in 1 of
     the 3 runs it was caught; torch's own DataLoader loses it the same way)."""
-    kept: list[BaseException] = []
+    kept = Interrupts()
     if threading.current_thread() is not threading.main_thread():  # only it gets KeyboardInterrupt
         yield kept
         return
@@ -81,7 +140,8 @@ def interrupts_kept():
             previous(unraisable)
     sys.unraisablehook = hook
     try:
-        yield kept
+        with _sigint_held(kept) if hold else contextlib.nullcontext():
+            yield kept
     finally:
         if sys.unraisablehook is hook:
             sys.unraisablehook = previous
@@ -103,7 +163,7 @@ def close_redelivering_interrupts(close) -> None:
             close()  # the rest of it: each close is idempotent
     if lost:
         _redeliver_dropped_interrupts()
-        raise lost[0]
+        lost.deliver()
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -131,3 +191,50 @@ def _redeliver_dropped_interrupts() -> None:
             previous(unraisable)
     hook.sparkfeed_redelivers = True
     sys.unraisablehook = hook
+
+
+def _interrupts_deferred(call, *args):
+    """`call(*args)` with a Ctrl-C that arrives meanwhile handled once it has returned (inline,
+    not `_sigint_held`: this runs once per batch)."""
+    kept = Interrupts()
+    held = _holding_handler(kept)
+    if held is None:
+        return call(*args)
+    _signal.signal(_signal.SIGINT, held)
+    try:
+        result = call(*args)
+    finally:
+        _restore(held)
+    kept.deliver()
+    return result
+
+
+class _WorkerQueue(multiprocessing.queues.Queue):
+    """torch's queues to and from worker processes, whose `put` and `close` a Ctrl-C cannot cut
+    in half. Both take the queue's lock in a `with` block: a KeyboardInterrupt raised right after
+    the lock was taken, before the block was entered, left it held, and torch's shutdown then
+    waited forever for it in its own `put` (1 in ~25 runs of Ctrl-C at an epoch start with kept
+    workers). torch's queues are unbounded, so a `put` waits for nothing but that lock."""
+
+    def put(self, obj, block=True, timeout=None):
+        _interrupts_deferred(super().put, obj, block, timeout)
+
+    def close(self):
+        _interrupts_deferred(super().close)
+
+
+_SAFE_CONTEXTS: dict[type, type] = {}
+
+
+def interrupt_safe(context):
+    """`context` (a multiprocessing context) whose `Queue()` makes `_WorkerQueue`s, for torch's
+    DataLoader to start its workers with; anything else is handed back for torch to judge."""
+    if not isinstance(context, multiprocessing.context.BaseContext):
+        return context
+    base = type(context)
+    with _LOCK:
+        if base not in _SAFE_CONTEXTS:
+            def worker_queue(self, maxsize=0):
+                return _WorkerQueue(maxsize, ctx=self.get_context())
+            _SAFE_CONTEXTS[base] = type(f"InterruptSafe{base.__name__}", (base,), {"Queue": worker_queue})
+    return _SAFE_CONTEXTS[base]()

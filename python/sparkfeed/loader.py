@@ -359,7 +359,8 @@ class DataLoader:
     def _process_loader(self, dataset: LaneDataset, persistent: bool) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(
             dataset, batch_size=None, num_workers=self.num_workers, timeout=self.timeout,
-            multiprocessing_context=self.multiprocessing_context, prefetch_factor=self.prefetch_factor,
+            multiprocessing_context=forks.interrupt_safe(_mp_context(self.multiprocessing_context)),
+            prefetch_factor=self.prefetch_factor,
             persistent_workers=persistent)
 
     def _kept_processes(self, lanes: list, epoch: int, then: int | None) -> Iterator:
@@ -631,13 +632,17 @@ def _iterated(loader: torch.utils.data.DataLoader) -> Iterator:
 
 def _forked(loader: torch.utils.data.DataLoader):
     """`iter(loader)`, where torch starts (forks) its workers: the parent's objects frozen meanwhile
-    (`forks.frozen_while_forking`), and a Ctrl-C lost in the fork's hooks raised once the workers
-    are shut down (`forks.interrupts_kept`), not dropped while the loop goes on."""
-    with forks.frozen_while_forking(), forks.interrupts_kept() as interrupts:
+    (`forks.frozen_while_forking`). A Ctrl-C while new workers start is held until `iter` has
+    returned them (else torch's half-made iterator, out of reach, kept them until a garbage
+    collection), one lost in the fork's hooks is kept (`forks.interrupts_kept`), and either is
+    delivered once the workers are shut down. Kept workers restarting are not held: their
+    restart waits on them."""
+    fresh = loader._iterator is None
+    with forks.frozen_while_forking(), forks.interrupts_kept(hold=fresh) as interrupts:
         workers = iter(loader)
     if interrupts:
         workers._shutdown_workers()
-        raise interrupts[0]
+        interrupts.deliver()
     return workers
 
 
