@@ -24,7 +24,6 @@ loader as Lightning's checkpointing reads it (lightning/pytorch/loops/fit_loop.p
 from __future__ import annotations
 
 import datetime
-import itertools
 import logging
 from typing import TYPE_CHECKING, Callable
 
@@ -37,7 +36,7 @@ if TYPE_CHECKING:  # (loader.py imports this module)
 
 __all__ = ["EpochSampler", "TrainerLoader"]
 log = logging.getLogger(__name__)
-_checkins = itertools.count(1)  # gathered state_dict() calls of this process, in the same order on every rank
+_gathered = [0]  # gathered state_dict() calls of this process that every rank made: the same on every rank
 STATE_KIND = "sparkfeed.TrainerLoader"
 GATHER_TIMEOUT_S = 300.0  # how long a gathered state_dict() waits for every rank to call it
 
@@ -177,16 +176,30 @@ def every_rank_arrives(timeout: float, path: str) -> None:
         store = dist.distributed_c10d._get_default_store()
     except (AttributeError, RuntimeError, ValueError):
         return  # (a torch without it: the gather alone)
-    world, key = dist.get_world_size(), f"sparkfeed/state_dict/{next(_checkins)}"
+    world, key = dist.get_world_size(), f"sparkfeed/state_dict/{_gathered[0] + 1}"
     if store.add(key, 1) == world:
         store.set(key + "/all", "1")
     try:
         store.wait([key + "/all"], datetime.timedelta(seconds=timeout))
     except RuntimeError:  # (torch.distributed.DistStoreError: the wait timed out)
-        arrived = store.add(key, 0)
+        if not _withdrawn(store, key, world):  # the last rank came meanwhile: they gather, so this one does
+            _gathered[0] += 1
+            return
         raise ValueError(
             f"{path}: state_dict(all_ranks=True) (and for_trainer().state_dict() over several ranks) "
-            f"gathers every rank's state (a collective), but only {arrived} of {world} ranks called "
-            f"it within gather_timeout={timeout:g} s: call it on every rank, then save the result on "
-            "one (Lightning's trainer.save_checkpoint calls it on every rank; call "
+            f"gathers every rank's state (a collective), but only {store.add(key, 0) + 1} of {world} "
+            f"ranks called it within gather_timeout={timeout:g} s: call it on every rank, then save "
+            "the result on one (Lightning's trainer.save_checkpoint calls it on every rank; call "
             "accelerator.save_state on every process, not only the main one)") from None
+    _gathered[0] += 1
+
+
+def _withdrawn(store, key: str, world: int) -> bool:
+    """Take a timed-out rank's check-in back, so that the ranks' next gathered call meets at the
+    same key again (a refused call left on one rank's count paired its next call with the
+    others' previous one); False where every rank had come by then (the count it takes back
+    from is the world's), and the call goes ahead: the others are in the gather."""
+    if store.add(key, -1) == world - 1:
+        store.add(key, 1)
+        return False
+    return True

@@ -195,6 +195,10 @@ def _lone_rank(rank: int, world: int, port: int, path: str, out: str, how: str) 
             with open(os.path.join(out, "rank-0.txt"), "w") as f:
                 f.write(got)
         torch.distributed.barrier()
+        # the call fixed: on every rank it gathers (the refused one left no count behind)
+        state = trainer.state_dict() if how == "trainer" else loader.state_dict(all_ranks=True, gather_timeout=30)
+        with open(os.path.join(out, f"after-{rank}.json"), "w") as f:
+            json.dump(state, f)
     finally:
         torch.distributed.destroy_process_group()
 
@@ -206,11 +210,15 @@ def test_a_state_dict_called_on_one_rank_only_is_refused_not_hung(pq_path, tmp_p
     one's: called on the main process only, the gather waited for the other ranks forever (a
     real run under torchrun, 2 CPU processes, hung until killed). A plain loader's gathered state
     saved under `if rank == 0:` waited for the process group's time-out (here 60 s; gloo's
-    default is 30 minutes). Now: a ValueError saying why, after `gather_timeout`."""
+    default is 30 minutes). Now: a ValueError saying why, after `gather_timeout`; and once every
+    rank calls it, it gathers (the refused call's check-in, left counted, paired rank 0's next
+    call with the others' previous one, so it timed out again and the others hung in the gather)."""
     torch.multiprocessing.spawn(_lone_rank, args=(2, dsutil.free_port(), pq_path, str(tmp_path), how), nprocs=2)
     got = (tmp_path / "rank-0.txt").read_text()
     assert got.startswith("ValueError: ") and "only 1 of 2 ranks called it within gather_timeout=1 s" in got
     assert "call it on every rank" in got
+    after = [json.load(open(tmp_path / f"after-{r}.json")) for r in range(2)]
+    assert after[0] == after[1] and "global" in json.dumps(after[0])
 
 
 def test_gather_timeout_is_checked_before_anything_is_gathered(pq_path):
