@@ -418,17 +418,22 @@ def fetch_ranges(fs: fsspec.AbstractFileSystem, path: str, ranges: list[tuple[in
     """{(start, end): bytes} for byte ranges of one file, adjacent ones merged into one request
     (fsspec's merge_offset_ranges) and the requests sent concurrently (over HTTP with the
     standard library's client, `httpranges`, or on fsspec's session, `_http_ranges`; else
-    fsspec's cat_ranges). Over HTTP, `size` (the manifest's) is checked against the file's size
-    the server reports: a ValueError when it changed. Transient failures are retried
-    (`with_retries`) unless `retry=False`, for a caller that retries the whole read itself."""
+    fsspec's cat_ranges). `size` (the manifest's) is checked where a range ends at it: over
+    HTTP against the file's size the server reports, elsewhere by asking one byte more (an
+    object store answers a range past the end with what is there): a ValueError when the file
+    changed. Transient failures are retried (`with_retries`) unless `retry=False`, for a caller
+    that retries the whole read itself."""
     _, starts, ends = fsspec.utils.merge_offset_ranges(
         [path] * len(ranges), [a for a, _ in ranges], [b for _, b in ranges], max_gap=COALESCE_GAP)
     if _is_http(fs):
         fetch = functools.partial(_http_fetch, fs, path, starts, ends, size)
     else:
-        fetch = functools.partial(fs.cat_ranges, [path] * len(starts), starts, ends, on_error="raise")
+        asked = [b + 1 if b == size else b for b in ends]  # (the byte after the end: is there one?)
+        fetch = functools.partial(fs.cat_ranges, [path] * len(starts), starts, asked, on_error="raise")
     blobs = with_retries(fetch, f"reading ahead {path}") if retry else fetch()
     for a, b, blob in zip(starts, ends, blobs):
+        if b == size and len(blob) > b - a:
+            raise ValueError(f"{path}: the file is more than {size} bytes (changed after the manifest was written)")
         if len(blob) != b - a:  # fsspec's HTTP cat does not check that the server honoured Range
             raise ValueError(httpranges.NO_RANGES.format(path=path, a=a, b=b - 1, n=len(blob)))
     return {(a, b): blob for a, b, blob in zip(starts, ends, blobs)}

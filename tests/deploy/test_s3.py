@@ -153,3 +153,31 @@ def test_s3_indexing_where_storage_refuses_the_listing_is_a_manifest_error(s3, t
                             progress=False, manifest=str(tmp_path / "m.json"))
     finally:
         s3.faults.deny = None
+
+
+@pytest.mark.parametrize("name,shard", [("pq", "part-00001.parquet"), ("sorted", "part-00001.parquet"),
+                                        ("wds", "shard-00001.tar")])
+@pytest.mark.parametrize("on_error,read_ahead", [("raise", None), ("skip", None), ("raise", 0)])
+def test_s3_a_shard_that_grew_after_the_write_is_refused_by_its_size(s3, datasets, name, shard, on_error,
+                                                                       read_ahead):
+    """Bytes appended to a shard after the manifest was written leave everything the manifest
+    points at where it was (a Parquet footer, a tar's members), so the old rows were read and
+    the new bytes ignored without a word (over HTTP the server's size was checked; s3fs's
+    ranged reads say no size). The request for the file's last bytes now asks for one more: a
+    ShardReadError naming the shard, or under on_error="skip" a counted skip of its rows; with
+    read-ahead and without (a file opened in place fetches its footer the same way)."""
+    fs = s3.fs()
+    copy = datasets[name] + "-grown"
+    fs.copy(datasets[name], copy, recursive=True)
+    key = f"{copy}/{shard}"
+    fs.pipe_file(key, fs.cat_file(key) + b"\0" * 1024)  # (a tar's zero blocks: still a valid tar)
+    L = sparkfeed.DataLoader(copy, batch_size=64, storage_options=s3.options, on_error=on_error,
+                             **({} if read_ahead is None else {"read_ahead_bytes": read_ahead}))
+    if on_error == "raise":
+        with pytest.raises(sparkfeed.ShardReadError,
+                           match=rf"dataset '{copy}', shard '{shard}'.*(changed|replaced) after the"):
+            ids_of(L)
+        return
+    got = ids_of(L)
+    assert len(got) == len(set(got)) and 0 < len(got) < N
+    assert L.stats()["samples_skipped"] == N - len(got)
