@@ -89,7 +89,13 @@ def file_version(info: dict) -> tuple[float | None, str | None]:
 
 
 def _ignored(rel: str) -> bool:
-    return any(part.startswith((".", "_")) for part in rel.split("/"))
+    """Whether a listed file is no data, as Spark's listing decides (`shouldFilterOutPathName`):
+    a hidden (`.x`) or `_`-prefixed part (`_SUCCESS`, `_delta_log/`) is ignored, but not a
+    partition directory of a key that starts with `_` (`_source=web/`: Spark writes and reads
+    those, and ignoring them left such a table's files out)."""
+    *dirs, name = rel.split("/")
+    return name.startswith((".", "_")) or any(
+        d.startswith(".") or (d.startswith("_") and "=" not in d) for d in dirs)
 
 
 def hive_partition(rel: str) -> dict[str, str | None]:
@@ -120,7 +126,11 @@ def partition_types(files: Sequence[DataFile], dataset: str) -> dict[str, str]:
 def _partition_type(values: list[str]) -> str:
     """Spark's inference for one key's values (`PartitioningUtils`): int if every value is one,
     bigint, then double (`0.5`, `1e-3`; integers among them widen), else string. Dates stay
-    strings here (ISO dates compare as strings; Spark would make them dates)."""
+    strings here (ISO dates compare as strings; Spark would make them dates). A key whose
+    every value is `__HIVE_DEFAULT_PARTITION__` is a string column of nulls, as Spark types it
+    (an integer column could not deliver its nulls)."""
+    if not values:
+        return "string"
     if all(_INT.fullmatch(v) for v in values):
         ints = [int(v) for v in values]
         if all(_INT64[0] <= i <= _INT64[1] for i in ints):

@@ -1,0 +1,55 @@
+"""Data that other tools wrote, as a new user points sparkfeed at it: layouts and types that
+`sparkfeed index` once got wrong. Expected rows come from what was written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import sparkfeed
+
+
+def _rows(loader, *names) -> list[tuple]:
+    out = []
+    for batch in loader:
+        cols = [batch[n].tolist() if hasattr(batch[n], "tolist") else list(batch[n]) for n in names]
+        out += list(zip(*cols))
+    return sorted(out, key=repr)
+
+
+def test_a_hive_key_whose_every_value_is_null_is_a_string_column_of_nulls(tmp_path):
+    """pyarrow and Spark write a partition key that is None in every row as one
+    `k=__HIVE_DEFAULT_PARTITION__` directory. Spark types such a key string; it was typed int32
+    (no value contradicted it), and an integer column cannot deliver nulls: every read failed."""
+    ids = np.arange(12, dtype=np.int64)
+    root = tmp_path / "allnull"
+    pq.write_to_dataset(pa.table({"id": ids, "k": pa.array([None] * 12, pa.string())}), str(root),
+                        partition_cols=["k"])
+    assert [p.name for p in root.iterdir()] == ["k=__HIVE_DEFAULT_PARTITION__"]
+    m = sparkfeed.index(str(root), progress=False)
+    assert {c.name: c.type for c in m.schema}["k"] == "string"
+    for kw in ({}, {"shuffle": True, "num_workers": 2}):
+        got = _rows(sparkfeed.DataLoader(str(root), batch_size=5, **kw), "id", "k")
+        assert got == sorted(((int(i), None) for i in ids), key=repr)
+
+
+def test_partition_directories_of_a_key_starting_with_underscore_are_data(tmp_path):
+    """`df.write.partitionBy("_source")` writes `_source=web/` directories, which Spark's listing
+    keeps (an `_` name holding `=`); they were ignored like `_SUCCESS`, so such a table had no
+    data ("holds no data that sparkfeed.index recognises"). `_SUCCESS`, `_temporary/` and
+    `_sparkfeed_index/` stay ignored."""
+    ids = np.arange(10, dtype=np.int64)
+    root = tmp_path / "us"
+    pq.write_to_dataset(pa.table({"id": ids, "_source": ["web"] * 4 + ["app"] * 6}), str(root),
+                        partition_cols=["_source"])
+    (root / "_SUCCESS").write_bytes(b"")
+    (root / "_temporary" / "0").mkdir(parents=True)
+    pq.write_table(pa.table({"id": [99]}), root / "_temporary" / "0" / "part-0.parquet")
+    m = sparkfeed.index(str(root), progress=False)
+    assert m.num_samples == 10 and {c.name for c in m.schema} == {"id", "_source"}
+    got = _rows(sparkfeed.DataLoader(str(root), batch_size=4), "id", "_source")
+    assert got == sorted(((int(i), "web" if i < 4 else "app") for i in ids), key=repr)
+    pruned = sparkfeed.DataLoader(str(root), batch_size=4, filter=[("_source", "==", "web")])
+    assert _rows(pruned, "id") == [(i,) for i in range(4)]
+    assert pruned.stats()["shards_pruned"] == 1
