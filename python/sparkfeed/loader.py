@@ -753,18 +753,19 @@ def _weakly(method: Callable) -> Callable:
 
 def _waited(source, stage: Callable[[Delivery], Delivery], stats: Stats):
     """Deliveries staged on the consumer's thread (nothing worth a prefetch thread), with the time
-    spent waiting for each counted in `wait_s`, as the prefetcher counts it."""
+    the training loop spent on each, waiting for it and staging it (a worker process's batch
+    unpacked), counted in `wait_s`, as the prefetcher counts it with `depth=0`."""
     it = iter(source)
     try:
         while True:
             start = time.perf_counter()
             try:
-                d = next(it)
+                staged = stage(next(it))
             except StopIteration:
                 return
             finally:
                 stats.add("wait_s", time.perf_counter() - start)
-            yield stage(d)
+            yield staged
     finally:
         close_quietly(it)
 
