@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 import sparkfeed
+from sparkfeed import ShardReadError
 
 
 def _rows(loader, *names) -> list[tuple]:
@@ -53,3 +58,40 @@ def test_partition_directories_of_a_key_starting_with_underscore_are_data(tmp_pa
     pruned = sparkfeed.DataLoader(str(root), batch_size=4, filter=[("_source", "==", "web")])
     assert _rows(pruned, "id") == [(i,) for i in range(4)]
     assert pruned.stats()["shards_pruned"] == 1
+
+
+def _tar(path, members, mode="w") -> None:
+    with tarfile.open(path, mode) as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("mode,kind", [("w:gz", "gzip"), ("w:bz2", "bzip2"), ("w:xz", "xz")])
+def test_a_compressed_tar_named_dot_tar_is_an_error_that_says_so(tmp_path, mode, kind):
+    """`tar -czf shard.tar` or a writer's compression under a plain `.tar` name: the index said
+    "cannot scan the tar (ReadError: truncated header)" (or "invalid header"), which points at a
+    damaged file rather than at what to do."""
+    root = tmp_path / "packed"
+    root.mkdir()
+    _tar(root / "a.tar", [("s0.cls", b"1"), ("s0.txt", b"x")], mode)
+    with pytest.raises(ShardReadError, match=rf"shard 'a.tar': is {kind}-compressed, though named .tar"
+                                             r".*decompress it"):
+        sparkfeed.index(str(root), progress=False)
+
+
+def test_a_tar_cut_short_inside_a_member_names_that_member_and_its_offset(tmp_path):
+    """A tar copied in part (an interrupted upload, a full disk): the error named neither the
+    member nor where ("cannot scan the tar (ReadError: unexpected end of data)")."""
+    root = tmp_path / "cut"
+    root.mkdir()
+    _tar(root / "a.tar", [(f"s{i}.jpg", bytes([i]) * 3000) for i in range(5)])
+    with tarfile.open(root / "a.tar") as tf:
+        second = tf.getmembers()[1]
+    data = (root / "a.tar").read_bytes()
+    (root / "a.tar").write_bytes(data[:second.offset_data + 1000])
+    with pytest.raises(ShardReadError, match=rf"shard 'a.tar', tar offset {second.offset}: the tar is cut "
+                                             rf"short inside the data of member 's1.jpg' \(3000 bytes from "
+                                             rf"tar offset {second.offset_data}\)"):
+        sparkfeed.index(str(root), progress=False)

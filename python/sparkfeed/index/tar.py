@@ -93,6 +93,7 @@ class _Scan:
         self.values: dict[str, list] = {}
         self.lines: list[str] = []
         self.skipped = 0  # members in no sample (`is_sample_member`)
+        self.last: tarfile.TarInfo | None = None  # the last header read, for errors
 
     def member(self, tar, info) -> None:
         _check_member(info, self.dataset, self.shard)
@@ -132,6 +133,7 @@ def _scan_members(scan: _Scan, fs, full: str, stream: bool, size: int | None = N
         with f, tarfile.open(fileobj=f, mode="r|" if stream else "r:", errorlevel=2,
                              tarinfo=StrictTarInfo) as tar:
             for info in tar:
+                scan.last = info
                 if not info.isdir():
                     scan.member(tar, info)
             if not stream and size is not None:
@@ -178,8 +180,7 @@ def scan_tar(fs, full: str, rel: str, size: int, dataset: str) -> dict:
     except ShardReadError:
         raise
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-        raise ShardReadError(f"cannot scan the tar ({type(exc).__name__}: {exc})",
-                             dataset=dataset, shard=rel) from exc
+        raise _scan_error(exc, scan, fs, full) from exc
     if scan.skipped:
         log.info("%s: shard %s: %d member(s) in no sample (no extension, or no key) skipped, as "
                  "webdataset skips them", dataset, rel, scan.skipped)
@@ -188,6 +189,34 @@ def scan_tar(fs, full: str, rel: str, size: int, dataset: str) -> dict:
             "members": sorted(scan.present), "present": scan.present,
             "stats": tar_stats(scan.values),
             "dali_index": f"{DALI_INDEX_VERSION} {n}\n" + "".join(line + "\n" for line in scan.lines)}
+
+
+# The first bytes of the compressed streams a `.tar` may hold (`tar -czf x.tar`, TarWriter's
+# compress=True): gzip, bzip2, xz, zstd, lz4 frames.
+_COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz",
+                     b"\x28\xb5\x2f\xfd": "zstd", b"\x04\x22\x4d\x18": "lz4"}
+
+
+def _scan_error(exc: Exception, scan: _Scan, fs, full: str) -> ShardReadError:
+    """The error for a tar that `tarfile` could not read, saying what it is where that can be
+    told: a compressed stream named `.tar` (tarfile's words were "truncated header"), or a tar
+    cut short inside a member's data (named, with its header's offset)."""
+    where = {"dataset": scan.dataset, "shard": scan.shard}
+    if scan.last is None:
+        try:
+            head = fs.cat_file(full, start=0, end=6)
+        except OSError:
+            head = b""
+        kind = next((k for magic, k in _COMPRESSED_MAGIC.items() if head.startswith(magic)), None)
+        if kind:
+            return ShardReadError(f"is {kind}-compressed, though named .tar: sparkfeed reads tar members "
+                                  "in place by offset, which a compressed stream does not allow; "
+                                  "decompress it (JPEG and PNG members gain nothing from it)", **where)
+    elif isinstance(exc, tarfile.ReadError) and "unexpected end of data" in str(exc):
+        return ShardReadError(f"the tar is cut short inside the data of member {scan.last.name!r} "
+                              f"({scan.last.size} bytes from tar offset {scan.last.offset_data})",
+                              offset=scan.last.offset, **where)
+    return ShardReadError(f"cannot scan the tar ({type(exc).__name__}: {exc})", **where)
 
 
 def tar_stats(values: dict[str, list]) -> dict:
