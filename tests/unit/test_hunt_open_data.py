@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import sparkfeed
-from sparkfeed import ShardReadError
+from sparkfeed import ManifestError, ShardReadError
 
 
 def _rows(loader, *names) -> list[tuple]:
@@ -94,4 +94,15 @@ def test_a_tar_cut_short_inside_a_member_names_that_member_and_its_offset(tmp_pa
     with pytest.raises(ShardReadError, match=rf"shard 'a.tar', tar offset {second.offset}: the tar is cut "
                                              rf"short inside the data of member 's1.jpg' \(3000 bytes from "
                                              rf"tar offset {second.offset_data}\)"):
+        sparkfeed.index(str(root), progress=False)
+
+
+def test_a_file_with_two_columns_of_one_name_is_refused_as_that(tmp_path):
+    """pyarrow writes a table whose two columns share a name; the index refused it as "a column
+    and a struct's leaf", though the file holds no struct."""
+    root = tmp_path / "twice"
+    root.mkdir()
+    pq.write_table(pa.table([pa.array([0, 1]), pa.array([2, 3]), pa.array([4, 5])], names=["id", "a", "a"]),
+                   root / "x.parquet")
+    with pytest.raises(ManifestError, match=r"'x.parquet' holds two columns named \['a'\]; rename one"):
         sparkfeed.index(str(root), progress=False)

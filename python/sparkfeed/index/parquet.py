@@ -63,10 +63,7 @@ def _merged_schema(entries: list[dict], dataset: str) -> list[list[str]]:
     for e in entries:
         names = [name for name, _ in e["schema"]]
         if len(set(names)) < len(names):
-            twice = sorted({n for n in names if names.count(n) > 1})
-            raise ManifestError(f"{e['path']!r} holds {twice} both as a column and as a struct's "
-                                "leaf (a struct is delivered as its leaves, named by their path); "
-                                "rename one of them", dataset=dataset)
+            _refuse_twice(sorted({n for n in names if names.count(n) > 1}), e["path"], dataset)
         for name, t in e["schema"]:
             seen = types.setdefault(name, (t, e["path"]))
             common = seen[0] if seen[0] == t else parquet_common_type(seen[0], t)
@@ -88,6 +85,19 @@ def _merged_schema(entries: list[dict], dataset: str) -> list[list[str]]:
             log.warning("%s: %d of %d files have no column %r (%r has it): read as nulls there", dataset,
                         n, len(entries), name, types[name][1])
     return [[name, t] for name, (t, _) in types.items()]
+
+
+def _refuse_twice(twice: list[str], path: str, dataset: str) -> None:
+    """A file holding one column name twice: a column `a.b` beside a struct `a` with a field `b`
+    (both would be the column `a.b`), or two top-level columns of one name (pyarrow writes
+    those; which one a reader gets is arbitrary)."""
+    leaves = [n for n in twice if "." in n]
+    if leaves:
+        raise ManifestError(f"{path!r} holds {leaves} both as a column and as a struct's leaf (a "
+                            "struct is delivered as its leaves, named by their path); rename one "
+                            "of them", dataset=dataset)
+    raise ManifestError(f"{path!r} holds two columns named {twice}; rename one of them",
+                        dataset=dataset)
 
 
 def parquet_common_type(a: str, b: str) -> str | None:
