@@ -106,3 +106,27 @@ def test_a_file_with_two_columns_of_one_name_is_refused_as_that(tmp_path):
                    root / "x.parquet")
     with pytest.raises(ManifestError, match=r"'x.parquet' holds two columns named \['a'\]; rename one"):
         sparkfeed.index(str(root), progress=False)
+
+
+@pytest.mark.parametrize("name,encoding,reason", [
+    ("a//b.cls", "utf-8", "has an empty part"),
+    ("x:y.cls", "utf-8", "starts with a URL scheme or drive"),
+    ("s\n0.cls", "utf-8", "holds a control character"),
+    ("caf\xe9.cls", "latin-1", "is not valid UTF-8"),  # GNU tar in a Latin-1 locale
+])
+def test_tar_member_names_the_reader_refuses_are_refused_by_the_index(tmp_path, name, encoding, reason):
+    """The reader refuses member names by the one path rule (`storage.path_problem`); the index
+    checked only `/`, `..` and `\\`, so it wrote a manifest (and a DALI index with a newline
+    inside one of its lines) for a tar whose every read then failed, and a Latin-1 name ended
+    the index in a bare UnicodeEncodeError naming no shard."""
+    root = tmp_path / "names"
+    root.mkdir()
+    with tarfile.open(root / "a.tar", "w", format=tarfile.GNU_FORMAT, encoding=encoding) as tf:
+        for member in ("ok.cls", name):
+            info = tarfile.TarInfo(member)
+            info.size = 1
+            tf.addfile(info, io.BytesIO(b"1"))
+    with pytest.raises(ShardReadError, match=rf"shard 'a.tar', tar offset 1024: member name .* could "
+                                             rf"escape the dataset: it {reason}"):
+        sparkfeed.index(str(root), progress=False)
+    assert not (root / "_sparkfeed.json").exists()
