@@ -193,9 +193,20 @@ def _add_inspect(sub) -> argparse.ArgumentParser:
     p.add_argument("path", help="dataset root: a local path or an fsspec URL (s3://, gs://, hdfs://, "
                                 "...); for Parquet without a manifest also a glob or one file")
     p.add_argument("--json", action="store_true", help="print the manifest JSON and nothing else")
-    p.add_argument("--shards", type=int, default=0, metavar="N",
+    p.add_argument("--shards", type=_count, default=0, metavar="N",
                    help="also list the first N shards with their statistics (default 0)")
     return p
+
+
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"should be an integer >= 0, but got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"should be an integer >= 0, but got {n}")
+    return n
 
 
 def _run_inspect(args) -> int:
@@ -203,6 +214,9 @@ def _run_inspect(args) -> int:
     from .index import open_manifest
     from .manifest import MANIFEST_NAME, read_manifest
 
+    if not args.path.strip():  # storage resolves "" to the file system's root, "/"
+        raise UsageError("path should be a dataset root, a manifest (.json), a glob or a file, but "
+                         "got an empty string")
     try:
         m, note = read_manifest(args.path), None
     except ManifestError:  # Parquet or Delta without one: indexed in memory, as the loader does
@@ -289,19 +303,30 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparkfeed",
         description="sparkfeed: Spark writes sharded Parquet or WebDataset plus a manifest; "
-                    "PyTorch streams it. This command inspects datasets and helps run Spark jobs.",
+                    "PyTorch streams it. This command inspects datasets, indexes data other tools "
+                    "wrote (Parquet, WebDataset tars, Delta tables) and helps run Spark jobs.",
         epilog="examples:\n  sparkfeed inspect ds/\n  sparkfeed inspect ds/ --json\n"
+               "  sparkfeed index lake/events/\n"
+               "  sparkfeed --log-level INFO index lake/table/ --version 3 --manifest work/t3.json\n"
                '  spark-submit --jars "$(sparkfeed jar)" job.py\n\n'
                "Run `sparkfeed COMMAND --help` for the options of one command.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log-level", default="WARNING", type=str.upper,
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="how much sparkfeed logs to stderr (default WARNING)")
+    _add_log_level(parser, "WARNING")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (add, run) in _COMMANDS.items():
         add(sub).set_defaults(func=run)
     _add_optional(sub, argv)
+    for command in sub.choices.values():  # `sparkfeed index ... --log-level INFO` works too
+        _add_log_level(command, argparse.SUPPRESS)
     return parser
+
+
+def _add_log_level(parser: argparse.ArgumentParser, default) -> None:
+    """--log-level, before the command (default WARNING) or after it (default: the one before)."""
+    parser.add_argument("--log-level", default=default, type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="how much sparkfeed logs to stderr (default WARNING); before or after "
+                             "the command")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,19 +51,62 @@ def run(args) -> int:
     from ..cli import flags_named
     from . import index
 
-    version = args.version
-    if version is not None and version.lstrip("-").isdigit():
-        version = int(version)
     path = args.path[0] if len(args.path) == 1 else args.path
     started = time.monotonic()
     with flags_named(_FLAGS):
+        version = _checked(args)
         m = index(path, args.format, manifest=args.manifest, spark=True if args.spark else None,
                   version=version, mode="overwrite" if args.overwrite else "error",
                   progress=not args.no_progress)
-    where = args.manifest or f"{args.path[0].rstrip('/')}/_sparkfeed.json"
     unsupported = [c.name for c in m.schema if c.unsupported]
+    columns = f"{len(m.schema)} column" + ("" if len(m.schema) == 1 else "s")
     print(f"indexed {len(m.shards)} {m.created_by.get('indexed_from', m.format)} files: "
-          f"{m.num_samples} samples, {m.num_bytes} bytes, {len(m.schema)} columns"
+          f"{m.num_samples} samples, {m.num_bytes} bytes, {columns}"
           + (f" ({len(unsupported)} unsupported: {', '.join(unsupported)})" if unsupported else "")
-          + f" in {time.monotonic() - started:.1f}s -> {where}")
+          + f" in {time.monotonic() - started:.1f}s -> {_written(args)}")
     return 0
+
+
+def _checked(args):
+    """The Delta version to pass on, after refusing what would fail only once every file was
+    read, or write somewhere else than asked: an empty PATH or --manifest (both name the file
+    system's root, '/'), a --manifest that is an existing file but no .json, a manifest that
+    would go to read-only HTTP storage, a --version that is neither a number nor a time."""
+    from ..cli import UsageError
+    from .delta import delta_version
+
+    if any(not p.strip() for p in args.path):
+        raise UsageError("PATH should be a directory, a glob or files, but got an empty string")
+    if args.manifest is not None:
+        _check_manifest_flag(args.manifest)
+    target = args.manifest if args.manifest is not None else args.path[0]
+    if target.split("://", 1)[0].lower() in ("http", "https") and "://" in target:
+        raise UsageError(f"cannot write the manifest to {target!r}: HTTP storage is read-only; pass "
+                         "--manifest with a local path or a writable store (s3://, gs://, ...)"
+                         + (", and PATH stays where it is" if args.manifest is None else ""))
+    return None if args.version is None else delta_version(args.version)
+
+
+def _check_manifest_flag(manifest: str) -> None:
+    """--manifest is a directory (new or existing) or a .json path: not empty, and not an
+    existing file of another kind, which the write would take for a directory to create."""
+    from .. import storage
+    from ..cli import UsageError
+
+    if not manifest.strip():
+        raise UsageError("--manifest should be a directory or a .json path, but got an empty string")
+    if manifest.endswith(".json"):
+        return
+    fs, root = storage.resolve(manifest)
+    if fs.isfile(root):
+        raise UsageError(f"--manifest {manifest!r} is an existing file but no .json: pass a directory "
+                         "(the manifest goes in it as _sparkfeed.json) or a path ending in .json")
+
+
+def _written(args) -> str:
+    """The manifest file written, as the user named it: PATH/_sparkfeed.json, --manifest if
+    it is a .json path, else --manifest/_sparkfeed.json."""
+    from ..manifest import MANIFEST_NAME
+
+    where = args.manifest if args.manifest is not None else args.path[0]
+    return where if where.endswith(".json") else f"{where.rstrip('/')}/{MANIFEST_NAME}"

@@ -21,7 +21,7 @@ from ..footer import json_value, stat_type
 from .parquet import partition_stats
 from .types import unsupported_kind
 
-__all__ = ["open_table", "delta_entries", "check_features"]
+__all__ = ["open_table", "delta_version", "delta_entries", "check_features"]
 
 # Delta truncates string statistics (32 characters by default) and timestamps to milliseconds;
 # see `_bounds`.
@@ -29,21 +29,91 @@ _STRING_STATS_TRUSTED = 31
 
 
 def open_table(url: str, version, storage_options: dict | None, dataset: str):
-    """The DeltaTable at `version` (an int, a datetime or an ISO-8601 string; None: latest)."""
+    """The DeltaTable at `version` (an int, a datetime or an ISO-8601 string; None: latest).
+
+    A version that cannot be loaded is a ManifestError saying why in the table's terms (past
+    the latest version, its commits cleaned out of the log, not a Delta table at all), not
+    delta-rs' own wording ("LogSegment end version 3 not the same as the specified end
+    version 9")."""
     try:
         from deltalake import DeltaTable
     except ModuleNotFoundError as exc:
         raise ManifestError("is a Delta table (it has _delta_log/); reading it needs the deltalake "
                             "package: pip install 'sparkfeed[delta]'", dataset=dataset) from exc
+    _check_scheme(url, dataset)
+    version = delta_version(version)
     try:
         table = DeltaTable(url, storage_options=storage_options or None)
-        if version is not None:
-            table.load_as_version(version)
     except Exception as exc:  # deltalake raises its own errors (TableNotFoundError, DeltaError)
-        at = "" if version is None else f" at version={version!r}"
-        raise ManifestError(f"cannot open the Delta table{at}: {type(exc).__name__}: {exc}",
-                            dataset=dataset) from exc
+        raise ManifestError(_unopened(exc), dataset=dataset) from exc
+    if version is None:
+        return table
+    latest = table.version()
+    if isinstance(version, int) and version > latest:
+        raise ManifestError(f"the Delta table has no version {version}: its latest is {latest}",
+                             dataset=dataset)
+    try:
+        table.load_as_version(version)
+    except Exception as exc:  # an old version whose commits the log no longer holds
+        raise ManifestError(
+            f"cannot load version={_shown(version)} of the Delta table (latest: {latest}): "
+            f"{type(exc).__name__}: {exc}; the log no longer holds the commits of that version "
+            "when they were cleaned up (delta.logRetentionDuration): pick a later version",
+            dataset=dataset) from exc
     return table
+
+
+def delta_version(version):
+    """`version` as deltalake takes it: an int (a string of digits too) or a timezone-aware
+    datetime. A timestamp without a time zone is UTC (as deltalake takes a naive datetime);
+    ISO-8601 strings may be a date alone, use a space or end in Z. Anything else is a
+    ValueError naming `version`, before the log is read."""
+    if version is None or isinstance(version, dt.datetime):
+        return _aware(version)
+    if isinstance(version, int) and not isinstance(version, bool):
+        if version < 0:
+            raise ValueError(f"`version` should be a Delta table version >= 0 or a timestamp, but got "
+                             f"version={version}")
+        return version
+    if isinstance(version, dt.date):
+        return dt.datetime.combine(version, dt.time(), dt.timezone.utc)
+    text = str(version).strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        return _aware(dt.datetime.fromisoformat(text))
+    except ValueError:
+        raise ValueError("`version` should be a Delta table version (an integer >= 0) or an "
+                         "ISO-8601 timestamp (2024-05-01, 2024-05-01T12:00:00Z; UTC unless it "
+                         f"names a zone), but got version={version!r}") from None
+
+
+def _aware(when):
+    return when if when is None or when.tzinfo is not None else when.replace(tzinfo=dt.timezone.utc)
+
+
+def _shown(version) -> str:
+    return version.isoformat() if isinstance(version, dt.datetime) else str(version)
+
+
+def _check_scheme(url: str, dataset: str) -> None:
+    """deltalake reads Delta tables from local paths and object stores (s3://, gs://, az://,
+    hdfs://, ...) but not over HTTP: say so instead of its list of 50 schemes."""
+    if url.split("://", 1)[0].lower() in ("http", "https") and "://" in url:
+        raise ManifestError("is a Delta table served over HTTP, which the deltalake package cannot "
+                            "read (it reads local paths and object stores: s3://, gs://, az://, "
+                            "hdfs://, ...); copy the table there, or index its files as they are "
+                            "only if no version ever removed one", dataset=dataset)
+
+
+def _unopened(exc: Exception) -> str:
+    """Why deltalake could not open the table at all, in a user's terms."""
+    text = f"{type(exc).__name__}: {exc}"
+    if "No files in log segment" in text:
+        return ("is not a Delta table: it has no _delta_log/ with a commit in it (a table's log has "
+                "00000000000000000000.json or a checkpoint); drop --format delta / format='delta' "
+                f"to index its files ({text})")
+    return f"cannot open the Delta table: {text}"
 
 
 def check_features(table, dataset: str) -> None:

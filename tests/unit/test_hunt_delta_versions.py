@@ -1,0 +1,86 @@
+"""Delta time travel as users write it: a version number (also as text), a timestamp in any
+ISO-8601 form (a date alone, a space, no zone: UTC, as deltalake takes a naive datetime), and
+versions the table cannot give refused in the table's terms before anything is read."""
+
+import datetime as dt
+import time
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import sparkfeed
+from sparkfeed.errors import ManifestError
+from sparkfeed.index import delta
+
+deltalake = pytest.importorskip("deltalake")
+
+
+def _ids(lo, hi):
+    return pa.table({"id": pa.array(np.arange(lo, hi), pa.int64())})
+
+
+@pytest.fixture
+def table(tmp_path):
+    """Versions 0 (ids 0..9) and 1 (ids 10..19 appended); the UTC time between their commits."""
+    root = str(tmp_path / "t")
+    deltalake.write_deltalake(root, _ids(0, 10))
+    time.sleep(0.05)
+    between = dt.datetime.now(dt.timezone.utc)
+    time.sleep(0.05)
+    deltalake.write_deltalake(root, _ids(10, 20), mode="append")
+    return root, between
+
+
+def _version_of(root, tmp_path, version):
+    m = sparkfeed.index(root, version=version, manifest=str(tmp_path / "m.json"), mode="overwrite",
+                        progress=False)
+    return int(m.created_by["delta_version"]), m.num_samples
+
+
+@pytest.mark.parametrize("form", [
+    lambda t: t.isoformat(),                                        # with its zone: worked before
+    lambda t: t.replace(tzinfo=None).isoformat(),                   # no zone: UTC
+    lambda t: t.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f"),  # a space, as SQL writes it
+    lambda t: t.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),                  # Z
+])
+def test_a_timestamp_in_any_iso_form_travels_to_the_version_then(table, tmp_path, form):
+    root, between = table
+    assert _version_of(root, tmp_path, form(between)) == (0, 10)
+
+
+def test_a_version_given_as_text_is_that_version(table, tmp_path):
+    """`--version 1` reaches the API as text in scripts that pass argv on: a number, not a time."""
+    root, _ = table
+    assert _version_of(root, tmp_path, "1") == (1, 20)
+    assert _version_of(root, tmp_path, " 0 ") == (0, 10)
+
+
+def test_a_version_past_the_latest_names_the_latest(table, tmp_path):
+    root, _ = table
+    with pytest.raises(ManifestError, match="has no version 5: its latest is 1"):
+        _version_of(root, tmp_path, 5)
+
+
+@pytest.mark.parametrize("version", [-1, "yesterday", "2024-13-01"])
+def test_a_version_that_is_no_version_is_a_value_error_naming_version(table, tmp_path, version):
+    root, _ = table
+    with pytest.raises(ValueError, match=r"^`version` should be a Delta table version"):
+        _version_of(root, tmp_path, version)
+
+
+def test_format_delta_on_plain_parquet_says_it_is_no_delta_table(tmp_path):
+    import pyarrow.parquet as pq
+
+    (tmp_path / "p").mkdir()
+    pq.write_table(_ids(0, 3), tmp_path / "p" / "a.parquet")
+    with pytest.raises(ManifestError, match="is not a Delta table: it has no _delta_log/"):
+        sparkfeed.index(str(tmp_path / "p"), "delta", progress=False)
+
+
+def test_a_delta_table_over_http_is_refused_naming_what_deltalake_reads():
+    """deltalake has no HTTP store: say so, not its list of 50 schemes (checked before any
+    request, so no server is needed)."""
+    with pytest.raises(ManifestError, match="served over HTTP") as info:
+        delta.open_table("http://127.0.0.1:9/t", None, None, "http://127.0.0.1:9/t")
+    assert "opendal" not in str(info.value)
