@@ -195,7 +195,10 @@ class ParquetReader(Reader):
         types = {f.name: f.type for f in self.ctx.arrow_schema([n for n in names if n in part])}
         for name in names:
             if name in part:
-                value = filters._scalar(part[name], types[name]) or pa.scalar(None, types[name])
+                value = _partition_scalar(part[name], types[name])
+                if value is None:
+                    raise self._error(unit, f"the shard's partition value {part[name]!r} of column "
+                                            f"{name!r} is not a {types[name]} (the manifest's schema)")
                 table = table.append_column(name, pa.repeat(value, table.num_rows))
         return table.select(names)
 
@@ -672,3 +675,11 @@ def _paths_above(path: str) -> list[str]:
     names a column, or a struct's leaf, is selected by."""
     parts = path.split(".")
     return [".".join(parts[:k]) for k in range(1, len(parts) + 1)]
+
+
+def _partition_scalar(value, type_: pa.DataType) -> pa.Scalar | None:
+    """A shard's partition value as a scalar of its column's type: a null scalar only where the
+    value is null (a False or a 0 is no missing value); None where it does not fit the type."""
+    if value is None:
+        return pa.scalar(None, type_)
+    return filters._scalar(value, type_)
