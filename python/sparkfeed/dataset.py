@@ -120,7 +120,7 @@ class Dataset(torch.utils.data.IterableDataset):
             columns = checks.struct_leaves(columns, self.manifest.column_names)
             self.manifest.check_selectable(columns if isinstance(columns, (list, tuple)) else ())
             self.columns = checks.check_columns(columns, self.manifest.column_names, self.path)
-            self.expr = filters.to_expression(filter)
+            self.expr = filters.to_expression(filter, self.manifest.schema)
             if self.expr is not None:
                 used = filters.referenced_columns(self.expr, self.manifest.schema)
                 self.manifest.check_selectable(filters.unfilterable(used, self.manifest.schema), "filter")

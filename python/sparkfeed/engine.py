@@ -23,11 +23,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
 from . import batch as batching
-from . import partition, storage
+from . import filters, partition, storage
 from .errors import redact
 from .lanes import LaneReader
 from .manifest import Manifest
@@ -176,7 +177,10 @@ class Engine:
         """The work units (pruned by statistics) and their exact counts; computed once."""
         if self._plan is None:
             cfg = self.config
-            plan = make_plan(cfg.manifest, cfg.expr, cfg.columns)
+            try:
+                plan = make_plan(cfg.manifest, cfg.expr, cfg.columns)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                raise filters.unprunable(exc, cfg.expr, redact(cfg.path)) from exc
             if cfg.expr is not None:
                 stats = Stats()
                 counted = with_counts(plan, functools.partial(_count_units, cfg.manifest.format,

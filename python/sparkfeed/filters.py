@@ -32,11 +32,12 @@ _ALIASES = {"float": pa.float32(), "double": pa.float64(), "bool": pa.bool_(),
             "large_binary": pa.large_binary()}
 
 
-def to_expression(filter) -> pc.Expression | None:
+def to_expression(filter, schema: Sequence[Column] | None = None) -> pc.Expression | None:
     """Normalise a user filter: None, an Expression, or DNF tuples -> Expression or None.
 
     DNF: `[("label", "<", 10)]` (AND of tuples) or `[[...], [...]]` (OR of ANDs), as in
-    `pyarrow.parquet.read_table(filters=...)`.
+    `pyarrow.parquet.read_table(filters=...)`. Its integer values take their column's type
+    from `schema` where they fit it (`_typed_literals`).
     """
     if filter is None:
         return None
@@ -44,12 +45,41 @@ def to_expression(filter) -> pc.Expression | None:
         return filter
     if isinstance(filter, Sequence) and not isinstance(filter, (str, bytes)) and filter:
         try:
-            return pq.filters_to_expression(list(filter))
+            return pq.filters_to_expression(_typed_literals(list(filter), schema))
         except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"`filter` should be DNF tuples like [('label', '<', 10)] or a "
                              f"pyarrow.compute.Expression, but got filter={filter!r} ({exc})") from exc
     raise ValueError("`filter` should be None, DNF tuples like [('label', '<', 10)] or a "
                      f"pyarrow.compute.Expression, but got filter={filter!r}")
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _typed_literals(dnf: list, schema: Sequence[Column] | None) -> list:
+    """DNF whose integer values are uint64 scalars (arrays for `in`) where they are compared with
+    a uint64 column or lie past int64's range. As plain Python ints they became int64 literals:
+    a value past 2**63 failed ("Python int too large to convert to C long"), and a uint64 column
+    compared with one was cast to int64, which failed on its values past 2**63. Everything else
+    is left as given (so a filter's text, part of a saved state's settings, is unchanged)."""
+    types = {} if schema is None else {c.name: arrow_type(c.type) for c in schema}
+
+    def typed(pred):
+        if not (isinstance(pred, tuple) and len(pred) == 3 and isinstance(pred[0], str)):
+            return pred  # (pyarrow says what is wrong)
+        col, op, val = pred
+        many = op in ("in", "not in") and isinstance(val, (list, tuple, set))
+        values = list(val) if many else [val]
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return pred
+        unsigned = types.get(col) == pa.uint64() and all(v >= 0 for v in values)
+        if not (unsigned or any(v > _INT64_MAX for v in values)) or not all(0 <= v < 2**64 for v in values):
+            return pred
+        if types.get(col) not in (None, pa.uint64()):
+            raise ValueError(f"it compares column {col!r} ({types[col]}) with "
+                             f"{max(values)}, past what that type holds")
+        return (col, op, pa.array(values, pa.uint64()) if many else pa.scalar(val, pa.uint64()))
+    return [[typed(p) for p in c] if isinstance(c, list) else typed(c) for c in dnf]
 
 
 # Spark's default timestamp layout, INT96, read at microseconds (Spark's own precision): at
@@ -192,6 +222,9 @@ _HINTS = {
         "; give the datetime a time zone where the column has one and none where it has none (the "
         "types above): sparkfeed.write's timestamps are UTC, datetime(..., "
         "tzinfo=datetime.timezone.utc); Spark's own INT96 files and timestamp_ntz read without one"),
+    "to 9223372036854775807": ("; a uint64 column compared with a signed integer is cast to int64, "
+                               "which its values past 2**63 do not fit: compare it with "
+                               "pa.scalar(value, pa.uint64()) (DNF tuples are typed so)"),
 }
 
 
@@ -204,6 +237,14 @@ def check_filter(expr: pc.Expression, schema: Sequence[Column], dataset: str) ->
         hint = next((h for key, h in _HINTS.items() if key in str(exc)), "")
         raise ValueError(f"`filter` {expr} cannot apply to dataset {dataset!r} with columns "
                          f"{[c.name for c in schema]}: {_first_line(exc)}{hint}") from exc
+
+
+def unprunable(exc: Exception, expr: pc.Expression, dataset: str) -> ValueError:
+    """The error for a filter that binds to the schema but that Arrow cannot reason about over the
+    dataset's statistics (pruning at the first iteration): named, with a hint where one helps."""
+    hint = next((h for key, h in _HINTS.items() if key in str(exc)), "")
+    return ValueError(f"`filter` {expr} cannot be checked against the statistics of dataset "
+                      f"{dataset!r}: {_first_line(exc)}{hint}")
 
 
 def _first_line(exc: Exception) -> str:

@@ -342,7 +342,7 @@ def resolve(sources: Sequence, *, columns, filter, storage_options: dict | None,
     casts = _casts(_column_types(pairs, columns), len(sources))
     out = []
     for i, (s, m) in enumerate(pairs):
-        expr = filters.to_expression(s.filter)
+        expr = filters.to_expression(s.filter, m.schema)
         expr = loader_expr if expr is None else expr if loader_expr is None else expr & loader_expr
         if expr is not None:
             m.check_selectable(filters.unfilterable(filters.referenced_columns(expr, m.schema), m.schema), "filter")

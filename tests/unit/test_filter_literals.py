@@ -1,0 +1,60 @@
+"""Integer filter values beside uint64 columns: DNF tuples are typed so that values past int64's
+range and uint64 columns holding them compare as numbers (they failed: "Python int too large to
+convert to C long", or a bare ArrowInvalid from the statistics naming no dataset)."""
+
+import os
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+import sparkfeed
+
+BIG = 2**63
+U64 = [BIG + i for i in range(5)] + list(range(5))  # row i holds U64[i]; row groups of 5: one past int64
+
+
+@pytest.fixture(scope="module")
+def u64_path(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("u64"))
+    table = pa.table({"id": pa.array(range(len(U64)), pa.int64()), "u64": pa.array(U64, pa.uint64())})
+    pq.write_table(table, os.path.join(root, "a.parquet"), row_group_size=5)
+    sparkfeed.index(root)
+    return root
+
+
+def _ids(root, filter, **kw):
+    return sorted(int(i) for b in sparkfeed.DataLoader(root, batch_size=4, filter=filter, **kw) for i in b["id"])
+
+
+@pytest.mark.parametrize("filter,keep", [
+    ([("u64", ">", BIG)], lambda v: v > BIG),
+    ([("u64", "<", 10)], lambda v: v < 10),
+    ([("u64", ">=", 3)], lambda v: v >= 3),
+    ([("u64", "==", BIG + 2)], lambda v: v == BIG + 2),
+    ([("u64", "!=", 4)], lambda v: v != 4),
+    ([("u64", "in", [1, BIG + 1])], lambda v: v in (1, BIG + 1)),
+    ([("u64", "not in", (0, BIG))], lambda v: v not in (0, BIG)),
+    ([[("u64", "<", 2)], [("u64", ">", BIG + 3)]], lambda v: v < 2 or v > BIG + 3),
+    ([("id", "<", 3), ("u64", ">", 1)], lambda v: v > 1 and U64.index(v) < 3),
+])
+def test_dnf_integers_beside_a_uint64_column_select_exactly_the_rows(u64_path, filter, keep):
+    want = [i for i, v in enumerate(U64) if keep(v)]
+    assert _ids(u64_path, filter) == want
+    assert _ids(u64_path, filter, shuffle=True, num_workers=2) == want
+
+
+def test_a_dnf_value_past_int64_on_a_signed_column_is_refused_saying_so(u64_path):
+    with pytest.raises(ValueError, match=r"`filter` should be DNF tuples .*it compares column 'id' \(int64\) "
+                                         r"with 9223372036854775808, past what that type holds"):
+        sparkfeed.DataLoader(u64_path, batch_size=4, filter=[("id", "<", BIG)])
+
+
+def test_an_expression_arrow_cannot_prune_is_an_error_naming_the_dataset_and_the_way_out(u64_path):
+    loader = sparkfeed.DataLoader(u64_path, batch_size=4, filter=pc.field("u64") < 10)
+    with pytest.raises(ValueError, match=rf"`filter` \(u64 < 10\) cannot be checked against the statistics "
+                                         rf"of dataset '{u64_path}'.*pa.scalar\(value, pa.uint64\(\)\)"):
+        list(loader)
+    typed = pc.field("u64") < pa.scalar(10, pa.uint64())
+    assert _ids(u64_path, typed) == [i for i, v in enumerate(U64) if v < 10]
