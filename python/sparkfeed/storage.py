@@ -55,7 +55,11 @@ _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirecto
 
 
 def normalise_url(path: str) -> str:
-    """Map Spark/Hadoop URL schemes to fsspec's and drop a trailing slash."""
+    """Map Spark/Hadoop URL schemes to fsspec's and drop a trailing slash. An empty path is
+    refused: fsspec takes it for the file system's root, where it was read or written."""
+    if not str(path).strip():
+        raise ValueError(f"a path should name a dataset, a file or a directory, but got {path!r} "
+                         "(read as the file system's root '/')")
     scheme, sep, rest = str(path).partition("://")
     if sep and scheme in _HADOOP_SCHEMES:
         path = f"{_HADOOP_SCHEMES[scheme]}://{rest}"
