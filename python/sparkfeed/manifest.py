@@ -294,6 +294,9 @@ def _parse_manifest(doc: str | bytes | dict, dataset: str) -> Manifest:
         except (ValueError, UnicodeDecodeError) as exc:
             raise ManifestError(f"{MANIFEST_NAME} is not valid JSON ({exc})", dataset=dataset) from exc
     _need(isinstance(doc, dict), f"{MANIFEST_NAME} should hold a JSON object", dataset)
+    _need("sparkfeed_manifest" in doc, f"{MANIFEST_NAME} is not a sparkfeed manifest (it has no "
+          f"'sparkfeed_manifest' version; its keys: {sorted(doc)[:8]}): write the data with "
+          "sparkfeed.write, or index it with `sparkfeed index`", dataset)
     version = doc.get("sparkfeed_manifest")
     _need(version == MANIFEST_VERSION, f"unknown manifest version {version!r}; this sparkfeed reads "
           f"version {MANIFEST_VERSION} (upgrade sparkfeed to read newer datasets)", dataset)

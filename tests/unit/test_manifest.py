@@ -126,6 +126,8 @@ def test_unknown_extra_fields_are_tolerated():
 @pytest.mark.parametrize("doc, message", [
     (_doc(sparkfeed_manifest=2), "unknown manifest version 2"),
     (_doc(sparkfeed_manifest=None), "unknown manifest version None"),
+    ({"not": "ours"}, r"_sparkfeed.json is not a sparkfeed manifest \(it has no 'sparkfeed_manifest' "
+                      r"version; its keys: \['not'\]\): write the data with sparkfeed.write, or index it"),
     ("{not json", "is not valid JSON"),
     (b"\xff\xfe garbage", "is not valid JSON"),
     ("[1, 2, 3]", "should hold a JSON object"),
