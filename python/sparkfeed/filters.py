@@ -57,11 +57,13 @@ _INT64_MAX = 2**63 - 1
 
 
 def _typed_literals(dnf: list, schema: Sequence[Column] | None) -> list:
-    """DNF whose integer values are uint64 scalars (arrays for `in`) where they are compared with
-    a uint64 column or lie past int64's range. As plain Python ints they became int64 literals:
-    a value past 2**63 failed ("Python int too large to convert to C long"), and a uint64 column
-    compared with one was cast to int64, which failed on its values past 2**63. Everything else
-    is left as given (so a filter's text, part of a saved state's settings, is unchanged)."""
+    """DNF whose values are typed where Python's own types fail beside their column: integers
+    compared with a uint64 column or past int64's range become uint64 (as int64 literals a value
+    past 2**63 failed, "Python int too large to convert to C long", and a uint64 column compared
+    with one was cast to int64, which failed on its values past 2**63), and datetimes with a
+    time zone compared with a timestamp column of another zone take the column's (Arrow has no
+    comparison across zones; the instant is the same). Everything else is left as given, so a
+    filter's text, part of a saved state's settings, is unchanged."""
     types = {} if schema is None else {c.name: arrow_type(c.type) for c in schema}
 
     def typed(pred):
@@ -70,16 +72,27 @@ def _typed_literals(dnf: list, schema: Sequence[Column] | None) -> list:
         col, op, val = pred
         many = op in ("in", "not in") and isinstance(val, (list, tuple, set))
         values = list(val) if many else [val]
-        if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        type_ = _literal_type(col, values, types.get(col)) if values else None
+        if type_ is None:
             return pred
-        unsigned = types.get(col) == pa.uint64() and all(v >= 0 for v in values)
-        if not (unsigned or any(v > _INT64_MAX for v in values)) or not all(0 <= v < 2**64 for v in values):
-            return pred
-        if types.get(col) not in (None, pa.uint64()):
-            raise ValueError(f"it compares column {col!r} ({types[col]}) with "
-                             f"{max(values)}, past what that type holds")
-        return (col, op, pa.array(values, pa.uint64()) if many else pa.scalar(val, pa.uint64()))
+        return (col, op, pa.array(values, type_) if many else pa.scalar(val, type_))
     return [[typed(p) for p in c] if isinstance(c, list) else typed(c) for c in dnf]
+
+
+def _literal_type(col: str, values: list, column: pa.DataType | None) -> pa.DataType | None:
+    """The type `values` must take beside column `col` (`_typed_literals`), or None."""
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        unsigned = column == pa.uint64() and all(v >= 0 for v in values)
+        if not (unsigned or any(v > _INT64_MAX for v in values)) or not all(0 <= v < 2**64 for v in values):
+            return None
+        if column not in (None, pa.uint64()):
+            raise ValueError(f"it compares column {col!r} ({column}) with {max(values)}, past what that type holds")
+        return pa.uint64()
+    if column is not None and pa.types.is_timestamp(column) and column.tz is not None \
+            and all(isinstance(v, dt.datetime) and v.tzinfo is not None for v in values):
+        zones = {pa.scalar(v).type.tz for v in values}
+        return pa.timestamp("us", column.tz) if zones != {column.tz} else None
+    return None
 
 
 # Spark's default timestamp layout, INT96, read at microseconds (Spark's own precision): at
@@ -214,14 +227,15 @@ def _named_in(expr: pc.Expression, schema: Sequence[Column]) -> list[Column]:
     return [c for c in schema if c.name in text]
 
 
+_ZONE_HINT = ("; give the datetime a time zone where the column has one and none where it has none "
+              "(the types above): sparkfeed.write's timestamps are UTC, datetime(..., "
+              "tzinfo=datetime.timezone.utc); Spark's own INT96 files and timestamp_ntz read without one")
 _HINTS = {
     "FieldRef.FieldPath": "; name columns (pc.field('label')), not positions: a read holds only some",
     "Precision is not great enough": "; compare a decimal column with decimal.Decimal values (an "
                                      "integer widens to decimal128(19, 0), too wide beside it)",
-    "timestamp with timezone to timestamp without timezone": (
-        "; give the datetime a time zone where the column has one and none where it has none (the "
-        "types above): sparkfeed.write's timestamps are UTC, datetime(..., "
-        "tzinfo=datetime.timezone.utc); Spark's own INT96 files and timestamp_ntz read without one"),
+    "timestamp with timezone to timestamp without timezone": _ZONE_HINT,
+    "no kernel matching input types (timestamp": _ZONE_HINT,
     "to 9223372036854775807": ("; a uint64 column compared with a signed integer is cast to int64, "
                                "which its values past 2**63 do not fit: compare it with "
                                "pa.scalar(value, pa.uint64()) (DNF tuples are typed so)"),

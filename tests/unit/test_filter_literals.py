@@ -2,7 +2,9 @@
 range and uint64 columns holding them compare as numbers (they failed: "Python int too large to
 convert to C long", or a bare ArrowInvalid from the statistics naming no dataset)."""
 
+import datetime as dt
 import os
+import zoneinfo
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -58,3 +60,35 @@ def test_an_expression_arrow_cannot_prune_is_an_error_naming_the_dataset_and_the
         list(loader)
     typed = pc.field("u64") < pa.scalar(10, pa.uint64())
     assert _ids(u64_path, typed) == [i for i, v in enumerate(U64) if v < 10]
+
+
+TIMES = [dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(hours=7 * i) for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def tokyo_path(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("tokyo"))
+    table = pa.table({"id": pa.array(range(len(TIMES)), pa.int64()),
+                      "t": pa.array(TIMES, pa.timestamp("ms", tz="Asia/Tokyo"))})
+    pq.write_table(table, os.path.join(root, "a.parquet"), row_group_size=3)
+    sparkfeed.index(root)
+    return root
+
+
+@pytest.mark.parametrize("filter,keep", [
+    ([("t", ">", TIMES[4])], lambda t: t > TIMES[4]),
+    ([("t", "<=", TIMES[2].astimezone(dt.timezone(dt.timedelta(hours=-5))))], lambda t: t <= TIMES[2]),
+    ([("t", "==", TIMES[6].astimezone(zoneinfo.ZoneInfo("Europe/Paris")))], lambda t: t == TIMES[6]),
+    ([("t", "in", [TIMES[1], TIMES[8]])], lambda t: t in (TIMES[1], TIMES[8])),
+    ([("t", ">=", TIMES[3].astimezone(zoneinfo.ZoneInfo("Asia/Tokyo")))], lambda t: t >= TIMES[3]),
+])
+def test_datetimes_of_another_zone_compare_as_the_instants_they_are(tokyo_path, filter, keep):
+    """A timestamp column with a zone (Asia/Tokyo) and a datetime of another zone (UTC, a fixed
+    offset, Paris): Arrow has no comparison across zones ("no kernel matching input types");
+    the value takes the column's zone, the same instant."""
+    assert _ids(tokyo_path, filter) == [i for i, t in enumerate(TIMES) if keep(t)]
+
+
+def test_a_naive_datetime_beside_a_zoned_column_is_still_refused_with_the_way_out(tokyo_path):
+    with pytest.raises(ValueError, match="give the datetime a time zone where the column has one"):
+        sparkfeed.DataLoader(tokyo_path, batch_size=4, filter=[("t", ">", dt.datetime(2024, 1, 1))])
