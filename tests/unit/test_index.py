@@ -420,9 +420,10 @@ def test_a_delta_table_of_linked_files_is_read_with_its_targets_versions(tmp_pat
 
 
 @pytest.mark.parametrize("feature, config, match", [
-    ("columnMapping", {"delta.columnMapping.mode": "name"}, "column mapping"),
-    ("deletionVectors", {"delta.enableDeletionVectors": "true"}, "deletion vectors")])
+    ("columnMapping", {"delta.columnMapping.mode": "name"}, "column mapping")])
 def test_delta_features_sparkfeed_cannot_honour_are_refused(tmp_path, feature, config, match):
+    """Column mapping is refused from the metadata alone. (Deletion vectors are refused only
+    where a live file carries one: tests/unit/test_delta_tables.py.)"""
     root, _ = _delta_table(tmp_path, partition_by=())
     # A later commit that turns the feature on, as Spark writes it: protocol + metadata.
     log = root / "_delta_log"

@@ -95,6 +95,8 @@ def _delta(listing, version, storage_options, spark, progress):
     schema, entries = delta_log.delta_entries(table, listing.url)
     files = _delta_files(listing, entries)
     footers = _row_groups(listing, entries, files, spark, storage_options, progress)
+    _footer_stats(entries, footers, {c["name"] for c in schema})
+    delta_log.partition_column_stats(entries)
     _versioned(entries, files)
     return _widened(schema, footers), entries, {"delta_version": table.version()}
 
@@ -105,11 +107,28 @@ def _row_groups(listing, entries, files, spark, storage_options, progress) -> li
     footers, for their schemas."""
     footers = parquet_entries(listing, files, spark, storage_options, progress)
     for e, footer in zip(entries, footers):
-        if footer["num_samples"] != e["num_samples"]:
-            raise ManifestError(f"the Delta log says {e['path']!r} holds {e['num_samples']} rows but "
-                                f"its footer says {footer['num_samples']}", dataset=listing.url)
-        e["row_groups"] = footer["row_groups"]
+        _from_footer(e, footer, listing.url)
     return footers
+
+
+def _from_footer(entry: dict, footer: dict, dataset: str) -> None:
+    """A Delta entry completed from its file's footer, in place: its row groups, and its count
+    where the log records none (a table converted or written without statistics), else the
+    log's count checked against the footer's."""
+    if entry["num_samples"] is None:
+        entry["num_samples"] = footer["num_samples"]
+    elif footer["num_samples"] != entry["num_samples"]:
+        raise ManifestError(f"the Delta log says {entry['path']!r} holds {entry['num_samples']} rows "
+                            f"but its footer says {footer['num_samples']}", dataset=dataset)
+    entry["row_groups"] = footer["row_groups"]
+
+
+def _footer_stats(entries: list[dict], footers: list[dict], names: set[str]) -> None:
+    """The footer's statistics of each table column that the log records none for (a log
+    written without statistics, or columns past delta.dataSkippingNumIndexedCols), in place, so
+    filters still prune such a table's files; where the log has some, the log's stand."""
+    for e, footer in zip(entries, footers):
+        e["stats"] = {**{k: v for k, v in footer["stats"].items() if k in names}, **e["stats"]}
 
 
 def _widened(schema: list[dict], footers: list[dict]) -> list[dict]:

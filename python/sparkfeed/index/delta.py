@@ -2,16 +2,19 @@
 
 The files of `version` (default: the latest; an int or a timestamp for time travel) and their
 per-file statistics come from the log's add actions; partition values become columns with
-min = max per file. Features sparkfeed cannot honour are refused from the protocol and metadata
-before anything is read: deletion vectors (rows a file still holds but the table deleted) and
-column mapping (physical column names differ from the schema's; deltalake's own
-`to_pyarrow_table()` even returns all-null columns for such a table).
+min = max per file. Features sparkfeed cannot honour are refused before a data file is read: column mapping
+(physical column names differ from the schema's; deltalake's own `to_pyarrow_table()` even
+returns all-null columns for such a table), from the metadata; and deletion vectors (rows a file
+still holds but the table deleted), when a live file at the version read carries one: the
+feature alone, which Databricks enables on new tables, is no obstacle. A log without per-file
+statistics leaves counts to the footers, which `build` reads anyway.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
+from urllib.parse import unquote
 
 import pyarrow as pa
 
@@ -21,11 +24,13 @@ from ..footer import json_value, stat_type
 from .parquet import partition_stats
 from .types import unsupported_kind
 
-__all__ = ["open_table", "delta_version", "delta_entries", "check_features"]
+__all__ = ["open_table", "delta_version", "delta_entries", "partition_column_stats",
+           "check_features"]
 
 # Delta truncates string statistics (32 characters by default) and timestamps to milliseconds;
 # see `_bounds`.
 _STRING_STATS_TRUSTED = 31
+_NAMED = 3  # files an error names
 
 
 def open_table(url: str, version, storage_options: dict | None, dataset: str):
@@ -117,16 +122,12 @@ def _unopened(exc: Exception) -> str:
 
 
 def check_features(table, dataset: str) -> None:
-    """A ManifestError naming the first table feature sparkfeed cannot honour."""
+    """A ManifestError naming the first table feature sparkfeed cannot honour at the loaded
+    version. The deletion-vectors feature alone is no obstacle (Databricks enables it on new
+    tables): only files that carry a vector are (`_refuse_deletion_vectors`)."""
     protocol = table.protocol()
     features = set(protocol.reader_features or ())
     mode = (table.metadata().configuration or {}).get("delta.columnMapping.mode", "none")
-    if "deletionVectors" in features:
-        raise ManifestError(
-            "the Delta table uses deletion vectors (reader feature 'deletionVectors'): its files "
-            "still hold deleted rows, which sparkfeed would deliver; rewrite the table without them "
-            "(disable delta.enableDeletionVectors, then REORG TABLE ... APPLY (PURGE) and drop the "
-            "feature) or copy it with sparkfeed.write", dataset=dataset)
     if mode != "none" or "columnMapping" in features:
         raise ManifestError(
             f"the Delta table uses column mapping (delta.columnMapping.mode={mode!r}): its files "
@@ -135,6 +136,44 @@ def check_features(table, dataset: str) -> None:
     if protocol.min_reader_version > 3:
         raise ManifestError(f"the Delta table needs reader version {protocol.min_reader_version}, "
                             "newer than sparkfeed knows", dataset=dataset)
+    if "deletionVectors" in features:
+        _refuse_deletion_vectors(table, dataset)
+
+
+def _refuse_deletion_vectors(table, dataset: str) -> None:
+    """A ManifestError naming the version and (some of) the live files that carry a deletion
+    vector: those files still hold rows the table deleted, which sparkfeed would deliver.
+    deltalake lists only the files that carry one at the loaded version."""
+    try:
+        files = _files_with_deletion_vectors(table)
+    except Exception as exc:  # deltalake's own errors: a vector file missing, storage failing
+        raise ManifestError(
+            f"the Delta table has the deletionVectors feature, and sparkfeed cannot tell which of "
+            f"its files at version {table.version()} carry a deletion vector "
+            f"({type(exc).__name__}: {exc}); read it with Spark, or purge the vectors (see "
+            "docs/open-data.md)", dataset=dataset) from exc
+    if files:
+        shown = ", ".join(repr(f) for f in files[:_NAMED])
+        more = f" and {len(files) - _NAMED} more" if len(files) > _NAMED else ""
+        raise ManifestError(
+            f"the Delta table at version {table.version()} has rows deleted by deletion vectors in "
+            f"{len(files)} file(s) ({shown}{more}): those files still hold the deleted rows, which "
+            "sparkfeed would deliver. Purge them, then index again: in Spark or Databricks, "
+            "REORG TABLE <the table> APPLY (PURGE) rewrites those files without the deleted rows "
+            "(ALTER TABLE <the table> SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'false') "
+            "first keeps later deletes from writing vectors); or read the table with Spark",
+            dataset=dataset)
+
+
+def _files_with_deletion_vectors(table) -> list[str]:
+    """The loaded version's files that carry a deletion vector, relative to the table root
+    (deltalake names them by URI), sorted."""
+    root = table.table_uri.rstrip("/") + "/"
+    found = []
+    for batch in table.deletion_vectors():
+        found += [unquote(p[len(root):]) if p.startswith(root) else p
+                  for p in batch.column("filepath").to_pylist()]
+    return sorted(found)
 
 
 def _bounds(lo, hi, type_: pa.DataType):
@@ -166,7 +205,10 @@ def _file_stats(row: dict, types: dict, stat_columns: list[str]) -> dict:
 
 
 def delta_entries(table, dataset: str) -> tuple[list[dict], list[dict]]:
-    """(manifest schema, one entry per data file) of the table's loaded version."""
+    """(manifest schema, one entry per data file) of the table's loaded version. A file the log
+    records no count for (`CONVERT TO DELTA ... NO STATISTICS`, stats turned off) has
+    `num_samples` None: `build` takes it from the footer it reads anyway. Partition statistics
+    need the count, so `partition_column_stats` adds them afterwards."""
     fields = leaf_fields(pa.schema(table.schema().to_arrow()))  # structs as their leaves, as the log names them
     types = {f.name: f.type for f in fields}
     parts = list(table.metadata().partition_columns or ())
@@ -177,15 +219,18 @@ def delta_entries(table, dataset: str) -> tuple[list[dict], list[dict]]:
     entries = []
     for row in sorted(rows, key=lambda r: r["path"]):
         n = row.get("num_records")
-        if n is None:
-            raise ManifestError(f"the Delta log has no record count for {row['path']!r} (written "
-                                "without statistics); sparkfeed needs per-file counts", dataset=dataset)
-        entry = {"path": row["path"], "num_samples": int(n), "num_bytes": int(row["size_bytes"]),
-                 "stats": _file_stats(row, types, stat_columns)}
+        entry = {"path": row["path"], "num_samples": None if n is None else int(n),
+                 "num_bytes": int(row["size_bytes"]), "stats": _file_stats(row, types, stat_columns)}
         if parts:
             values = {p: row.get(f"partition.{p}") for p in parts}
             entry["partition"] = {p: json_value(v, False) for p, v in values.items()}
-            entry["stats"].update({p: partition_stats(entry["partition"][p], entry["num_samples"])
-                                   for p in parts})
         entries.append(entry)
     return columns, entries
+
+
+def partition_column_stats(entries: list[dict]) -> None:
+    """Each entry's partition values as statistics (min = max, all null for a null value), in
+    place, once every entry has its count."""
+    for e in entries:
+        for p, value in e.get("partition", {}).items():
+            e["stats"][p] = partition_stats(value, e["num_samples"])
