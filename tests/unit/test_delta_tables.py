@@ -154,3 +154,73 @@ def test_a_delta_log_without_statistics_takes_its_counts_from_the_footers(tmp_pa
     assert sorted(_ids(loader)) == [i for i in expected if i >= 300 and i % 4 == 0]
     assert loader.stats()["shards_pruned"] == 3
 
+
+# ---------------------------------------------------------------- a table's files read as plain Parquet
+
+
+@pytest.fixture
+def overwritten(tmp_path):
+    """A partitioned table whose directories hold 16 rows' files, 4 of them live: written,
+    overwritten, then deleted from (delta-rs rewrites the file, leaving the old one)."""
+    root = tmp_path / "d2"
+    deltalake.write_deltalake(str(root), _rows(0, 10), partition_by=["split"])
+    deltalake.write_deltalake(str(root), _rows(100, 105), mode="overwrite")
+    deltalake.DeltaTable(str(root)).delete("id = 100")
+    held = sum(pq.ParquetFile(p).metadata.num_rows for p in root.rglob("*.parquet"))
+    assert (_live_ids(root), held) == ([101, 102, 103, 104], 16)
+    return root
+
+
+def _named_inside(root):
+    return rf"lies inside the Delta table '{root}' \(it has _delta_log/\).*removed.*sparkfeed index {root}"
+
+
+def test_a_glob_of_a_delta_tables_files_is_refused_naming_its_root(overwritten, tmp_path):
+    root = overwritten
+    for pattern in (f"{root}/*/*.parquet", f"{root}/split=*/*.parquet", f"{root}/**/*.parquet",
+                    f"{root}/split=train/*.parquet"):
+        with pytest.raises(ManifestError, match=_named_inside(root)):
+            sparkfeed.DataLoader(pattern, batch_size=4)
+        with pytest.raises(ManifestError, match=_named_inside(root)):
+            sparkfeed.index(pattern, manifest=str(tmp_path / "m.json"), progress=False)
+    assert sorted(_ids(sparkfeed.DataLoader(str(root), batch_size=4))) == [101, 102, 103, 104]
+
+
+def test_a_list_a_file_or_a_partition_directory_of_a_delta_table_is_refused(overwritten, tmp_path):
+    root = overwritten
+    files = sorted(str(p) for p in root.rglob("*.parquet"))
+    for path in (files, files[0], str(root / "split=train")):
+        with pytest.raises(ManifestError, match=_named_inside(root)):
+            sparkfeed.index(path, manifest=str(tmp_path / "m.json"), progress=False)
+    for path in (files[0], str(root / "split=train")):  # a loader takes a list as a mix
+        with pytest.raises(ManifestError, match=_named_inside(root)):
+            sparkfeed.DataLoader(path, batch_size=4)
+
+
+def test_a_directory_holding_a_delta_table_below_it_is_refused_naming_the_table(overwritten):
+    with pytest.raises(ManifestError, match=rf"holds the Delta table '{overwritten}'.*removed"):
+        sparkfeed.index(str(overwritten.parent), "parquet", progress=False)
+
+
+def test_format_parquet_on_a_delta_table_says_it_is_one(overwritten, capsys):
+    from sparkfeed.cli import main
+
+    with pytest.raises(ManifestError, match=r"is a Delta table \(it has _delta_log/\), not plain "
+                       r"parquet data.*would deliver removed rows"):
+        sparkfeed.index(str(overwritten), "parquet", progress=False)
+    assert main(["index", str(overwritten), "--format", "parquet", "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert "is a Delta table" in err and "holds no parquet files" not in err
+
+
+def test_plain_parquet_beside_a_delta_table_is_read_by_glob_and_list(overwritten, tmp_path):
+    """Only files inside a table are refused: a glob of plain Hive partitions next to one (a
+    `_delta_log/` in a sibling) reads as before."""
+    plain = tmp_path / "plain"
+    pq.write_to_dataset(_rows(0, 12), str(plain), partition_cols=["split"])
+    got = _ids(sparkfeed.DataLoader(f"{plain}/split=*/*.parquet", batch_size=5))
+    assert sorted(got) == list(range(12))
+    files = sorted(str(p) for p in plain.rglob("*.parquet"))
+    sparkfeed.index(files, manifest=str(tmp_path / "m.json"), progress=False)
+    assert sorted(_ids(sparkfeed.DataLoader(manifest=str(tmp_path / "m.json"), batch_size=5))) == list(range(12))
+    assert sorted(_ids(sparkfeed.DataLoader(str(plain / "split=val"), batch_size=5))) == [0, 4, 8]
