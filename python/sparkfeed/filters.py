@@ -122,20 +122,22 @@ def common_type(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
     offset variant where one file holds string, binary or list and the other its `large_` form
     (Polars writes those); for lists, the common type of their elements, which may be null where
     either file's may (Spark's containsNull, merged as its `mergeSchema` does), and a list of
-    `null` (every list in a file empty) takes the other's elements. What
+    `null` (every list in a file empty) takes the other's elements; a fixed-size list beside a
+    list (or one of another size) is a list, as Spark reads both as an array. What
     `pyarrow.unify_schemas` would promote, and no more: numbers of two widths or kinds stay an
     error, as in Spark's `mergeSchema`."""
     if a.equals(b):
         return a
     if pa.types.is_null(a) or pa.types.is_null(b):
         return b if pa.types.is_null(a) else a
-    if _is_list(a) and _is_list(b):
+    fixed = pa.types.is_fixed_size_list
+    if fixed(a) and fixed(b) and a.list_size == b.list_size:
+        value = _common_value(a.value_field, b.value_field)
+        return None if value is None else pa.list_(value, a.list_size)
+    if (_is_list(a) or fixed(a)) and (_is_list(b) or fixed(b)):  # (a fixed size beside a list: a list, as Spark's array)
         value = _common_value(a.value_field, b.value_field)
         large = pa.types.is_large_list(a) or pa.types.is_large_list(b)
         return None if value is None else pa.large_list(value) if large else pa.list_(value)
-    if pa.types.is_fixed_size_list(a) and pa.types.is_fixed_size_list(b) and a.list_size == b.list_size:
-        value = _common_value(a.value_field, b.value_field)
-        return None if value is None else pa.list_(value, a.list_size)
     for small, large in ((a, b), (b, a)):
         if (pa.types.is_string(small) and pa.types.is_large_string(large)) or \
                 (pa.types.is_binary(small) and pa.types.is_large_binary(large)):
