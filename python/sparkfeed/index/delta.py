@@ -151,7 +151,8 @@ def _refuse_deletion_vectors(table, dataset: str) -> None:
             f"the Delta table has the deletionVectors feature, and sparkfeed cannot tell which of "
             f"its files at version {table.version()} carry a deletion vector "
             f"({type(exc).__name__}: {exc}); read it with Spark, or purge the vectors (see "
-            "docs/open-data.md)", dataset=dataset) from exc
+            "docs/open-data.md)" + ("; this deltalake has no DeltaTable.deletion_vectors(): upgrade it"
+                                    if isinstance(exc, AttributeError) else ""), dataset=dataset) from exc
     if files:
         shown = ", ".join(repr(f) for f in files[:_NAMED])
         more = f" and {len(files) - _NAMED} more" if len(files) > _NAMED else ""
