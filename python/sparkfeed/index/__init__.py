@@ -35,6 +35,8 @@ def _check_args(format, mode, version, spark, manifest, storage_options) -> None
     if manifest is not None and not isinstance(manifest, (str, os.PathLike)):
         raise ValueError("`manifest` should be where to write the manifest (a directory or a .json "
                          f"path/URL, str or os.PathLike) or None, but got manifest={manifest!r}")
+    if manifest is not None:
+        storage.normalise_url(os.fspath(manifest))  # (an empty one is refused before any listing)
     storage.check_options(storage_options)
     if format is not None and format not in FORMATS:
         raise ValueError(f"`format` should be one of {FORMATS} or None, but got format={format!r}")
