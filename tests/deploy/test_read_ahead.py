@@ -31,6 +31,7 @@ def http_client(request, monkeypatch):
 def _gets(server: LatencyServer, suffix: str) -> dict[str, list[tuple[int, int]]]:
     """{file: [(first byte, last byte)]} of the range GETs the server answered for `suffix` files."""
     out: dict[str, list[tuple[int, int]]] = {}
+    server.settled()  # (the last answers are counted a moment after the client has them)
     for _, _, method, what, _ in server.log:
         path, _, rng = what.partition(" ")
         if method == "GET" and path.endswith(suffix) and rng:

@@ -57,6 +57,7 @@ def _read(loader) -> dict[int, bytes]:
 def _file_gets(server: LatencyServer) -> dict[str, list[str]]:
     """{served path: [its Range headers]} of the GETs of Parquet files."""
     out: dict[str, list[str]] = collections.defaultdict(list)
+    server.settled()  # (the last answers are counted a moment after the client has them)
     for _, _, method, what, _ in server.log:
         path, _, rng = what.partition(" ")
         if method == "GET" and path.endswith(".parquet"):

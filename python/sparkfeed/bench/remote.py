@@ -38,6 +38,7 @@ class LatencyServer:
         self.root, self.latency_s, self.hold = os.path.realpath(root), latency_s, hold
         self.etags = etags
         self.requests, self.bytes_sent, self._lock = 0, 0, threading.Lock()
+        self.answering = 0  # requests arrived and not yet counted
         # (arrived, answered, method, path and range, bytes), times on time.perf_counter: which
         # requests wait on which (the critical path of a read), for diagnosis
         self.log: list[tuple[float, float, str, str, int]] = []
@@ -52,6 +53,14 @@ class LatencyServer:
             self.log.append((arrived, time.perf_counter(), *what, nbytes))
             self.requests += 1
             self.bytes_sent += nbytes
+
+    def settled(self, timeout_s: float = 10.0) -> None:
+        """Wait (at most `timeout_s`) until every request that arrived is counted: a client has
+        all of an answer's bytes a moment before the handler that sent them counts them, so
+        counts read right after a run could miss its last answers."""
+        deadline = time.monotonic() + timeout_s
+        while self.answering and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def close(self) -> None:
         self.server.shutdown()
@@ -107,6 +116,15 @@ def _handler(owner: LatencyServer):
             self._serve(body=True)
 
         def _serve(self, body: bool):
+            with owner._lock:
+                owner.answering += 1
+            try:
+                self._answer(body)
+            finally:
+                with owner._lock:
+                    owner.answering -= 1
+
+        def _answer(self, body: bool):
             arrived = time.perf_counter()
             time.sleep(owner.latency_s)
             rel = self.path.split("?")[0].lstrip("/")
@@ -160,6 +178,7 @@ def sparkfeed_remote(ctx, fmt: str = "parquet", remote: bool = True, shuffle: bo
 
 def _served(ctx, server: LatencyServer, before: tuple[int, int]) -> None:
     """Requests and bytes the server answered since `before` (its counts then), into the row."""
+    server.settled()
     ctx.extra["requests"] = server.requests - before[0]
     ctx.extra["bytes_served"] = server.bytes_sent - before[1]
 
