@@ -59,6 +59,8 @@ class Params:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"`{name}` should be a positive integer, but got {name}={value!r}")
+        if self.runners is not None and not self.runners:  # `--runners ,`: before, an empty report
+            raise ValueError("`runners` should name at least one runner (a label prefix), but got none")
         if self.workers < 0:
             raise ValueError(f"`workers` should be a non-negative integer, but got workers={self.workers!r}")
         unknown = [s for s in self.scenarios if s not in SCENARIOS]
@@ -92,13 +94,70 @@ def _check_runners(runners, labels: list[str]) -> None:
                          f"run; their runners are: {list(dict.fromkeys(labels))}")
 
 
+def check_out(out: str) -> None:
+    """`out` must be (or become) a directory this user can write: a ValueError naming it
+    otherwise, checked before any data is built (before, `--out results.json` or an unwritable
+    directory failed with a bare OSError, or a traceback, after the arguments were accepted)."""
+    path = os.path.abspath(out)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"`out` should be a directory for results.json, results.md and results.png, "
+                         f"but {out!r} is a file")
+    probe = path
+    while not os.path.exists(probe):  # the nearest existing parent makes the rest
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"`out` cannot be made: {probe!r} is a file, not a directory (got {out!r})")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"`out` cannot be written: no write permission on {probe!r} (got {out!r})")
+
+
+def check_expect(expect: dict, labels: list[str]) -> None:
+    """Every `expect` label must name a runner that runs: a typo would otherwise test nothing."""
+    unknown = [k for k in expect if k not in labels]
+    if unknown:
+        raise ValueError(f"`expect` names no runner that runs: {', '.join(map(repr, unknown))}; the "
+                         f"runners are: {list(dict.fromkeys(labels))}")
+
+
+def command(p: Params) -> str:
+    """The command line that reruns `p` with the same sizes and settings (every value explicit,
+    so that another machine's defaults, e.g. its cores for `--workers`, do not change it)."""
+    import shlex
+
+    args = ["sparkfeed", "bench"] + (["--quick"] if p.quick else [])  # --quick: feed's 30 batches
+    args += ["--scenarios", ",".join(p.scenarios)]
+    if p.runners is not None:
+        args += ["--runners", ",".join(p.runners)]
+    args += ["--samples", str(p.samples), "--images", str(p.images), "--image-size", str(p.image_size)]
+    if p.image_source != p.image_size:
+        args += ["--image-source", str(p.image_source)]
+    if "scaling" in p.scenarios:
+        args += ["--scaling-base", str(p.scaling_base)]
+    args += ["--batch-size", str(p.batch_size), "--workers", str(p.workers), "--repeats", str(p.repeats),
+             "--min-seconds", f"{p.min_seconds:g}", "--out", os.path.abspath(p.out),
+             "--cache", os.path.abspath(p.cache)]
+    for label, count in p.expect.items():
+        args += ["--expect", f"{label}={count}"]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def _write_reports(results: dict, out: str) -> None:
+    from . import report
+
+    report.write_json(results, out)
+    report.write_markdown(results, out)
+    report.write_png(results, out)
+
+
 def run(params: Params) -> dict:
     """Build or reuse the data, run every scenario, write the reports; returns the results.
 
     Raises CountMismatch (after writing the reports) when a runner saw a wrong sample count or
     failed; a runner that raises NotImplementedError is reported as skipped. Interrupted
     (Ctrl-C), it writes the reports of the scenarios finished so far, marked as interrupted,
-    then raises the KeyboardInterrupt: a long run's finished scenarios are not lost.
+    then raises the KeyboardInterrupt: a long run's finished scenarios are not lost (and one
+    interrupted while its data are built writes reports that say so, rather than leaving an
+    earlier run's in `out` to be taken for this one's).
     """
     from tqdm import tqdm
 
@@ -107,27 +166,42 @@ def run(params: Params) -> dict:
     from .runners import Context
 
     p = params
-    os.makedirs(p.out, exist_ok=True)
-    data = datasets.build(p.cache, p.samples, p.images, p.image_shape, max(1, p.workers),
-                          tabular=bool({"tabular", "filter", "mix"} & set(p.scenarios)),
-                          image=bool(set(scenarios.IMAGE_SCENARIOS) & set(p.scenarios)))
-    p.data = data
-    datasets.warm(datasets.files(data.tabular, ".parquet") + datasets.files(data.images, ".parquet")
-                  + datasets.files(data.image_folder, ".jpg")
-                  + (datasets.files(data.webdataset, ".tar") if data.webdataset else []))
+    check_out(p.out)
+    try:
+        os.makedirs(p.out, exist_ok=True)
+    except OSError as exc:  # a read-only or special file system
+        raise ValueError(f"`out` cannot be made: {exc.strerror} (got {p.out!r})") from exc
+    results = {"command": command(p), "hardware": report.hardware(),
+               "params": {k: v for k, v in dataclasses.asdict(p).items() if k not in ("expect",)},
+               "expect": dict(p.expect), "build_s": None, "written_by": None, "webdataset": None,
+               "scenarios": {}, "baselines": {}}
+    building = time.perf_counter()
+    try:
+        data = datasets.build(p.cache, p.samples, p.images, p.image_shape, max(1, p.workers),
+                              tabular=bool({"tabular", "filter", "mix"} & set(p.scenarios)),
+                              image=bool(set(scenarios.IMAGE_SCENARIOS) & set(p.scenarios)))
+        p.data = data
+        datasets.warm(datasets.files(data.tabular, ".parquet") + datasets.files(data.images, ".parquet")
+                      + datasets.files(data.image_folder, ".jpg")
+                      + (datasets.files(data.webdataset, ".tar") if data.webdataset else []))
+        cases = {s: scenarios.CASES[s](p) for s in p.scenarios}  # (scaling and plan build theirs)
+    except KeyboardInterrupt:
+        results.update(build_s=round(time.perf_counter() - building, 1), bench_s=0.0, failures=[],
+                       interrupted=f"interrupted while building the data under {p.cache}; not run: "
+                                   f"{', '.join(p.scenarios)}")
+        _write_reports(results, p.out)
+        raise KeyboardInterrupt(results["interrupted"]) from None
+    labels = [c.label for listed in cases.values() for c in listed]
+    _check_runners(p.runners, labels)
+    check_expect(p.expect, [c.label for listed in cases.values() for c in listed if _keep(c.label, p.runners)])
+    results["baselines"] = {s: next((c.label for c in listed if c.baseline), None) for s, listed in cases.items()}
     ctx = Context(data=data, batch_size=p.batch_size, workers=p.workers, image_size=p.image_size,
                   image_source=p.image_source)
-    cases = {s: scenarios.CASES[s](p) for s in p.scenarios}
-    _check_runners(p.runners, [c.label for listed in cases.values() for c in listed])
     plan = {s: [c for c in listed if _keep(c.label, p.runners)] for s, listed in cases.items()}
     plan = {s: [dataclasses.replace(c, expected=p.expect.get(c.label, c.expected)) for c in cases]
             for s, cases in plan.items()}
-    results = {"hardware": report.hardware(),
-               "params": {k: v for k, v in dataclasses.asdict(p).items() if k not in ("expect",)},
-               "build_s": round(data.build_s, 1),
-               "written_by": data.written_by,
-               "webdataset": f"written by {data.written_by}" if data.webdataset else data.webdataset_note,
-               "scenarios": {}}
+    results.update(build_s=round(data.build_s, 1), written_by=data.written_by,
+                   webdataset=f"written by {data.written_by}" if data.webdataset else data.webdataset_note)
     failures, started, interrupted = [], time.perf_counter(), None
     total = sum(len(c) for c in plan.values()) * p.repeats  # (warm-up runs not counted)
     with tqdm(total=total, desc="sparkfeed bench", unit="run", **bar_options(p.progress)) as bar:
@@ -146,9 +220,7 @@ def run(params: Params) -> dict:
                 results.setdefault("summaries", {})[name] = scenarios.scaling_summary(rows)
     results["bench_s"] = round(time.perf_counter() - started, 1)
     results["failures"] = failures
-    report.write_json(results, p.out)
-    report.write_markdown(results, p.out)
-    report.write_png(results, p.out)
+    _write_reports(results, p.out)
     if interrupted is not None:
         raise interrupted
     if failures:

@@ -39,8 +39,20 @@ Petastorm and Mosaic Streaming run in venvs of their own (they conflict with thi
 
 Data are written with Spark (sparkfeed.write) and cached under --cache, keyed by size.
 Every loader gets the same batch size and workers; timings are medians of --repeats on
-warm files (a runner whose runs are short runs more: --min-seconds). Writes results.json, results.md and results.png to --out. Exits 1 if any
-runner delivers a wrong number of samples."""
+warm files (a runner whose runs are short runs more: --min-seconds). Writes results.json,
+results.md and results.png to --out; results.md's "rerun with" line is the command that
+repeats the run with every size spelled out.
+
+Exit status: 0 done; 1 a runner delivered a wrong number of samples or raised (its row says
+FAILED, the reports are written); 2 a bad option (one line, before any data is built);
+130 Ctrl-C (the scenarios that finished are reported)."""
+
+EPILOG = """examples:
+  sparkfeed bench --quick                                  # every scenario, small sizes
+  sparkfeed bench --quick --scenarios tabular --runners sparkfeed,pyarrow --out /tmp/b
+  sparkfeed bench --scenarios decode,train --images 20000 --image-size 224 --image-source 256
+  sparkfeed bench --scenarios scaling --scaling-base 100000 --repeats 1
+  sparkfeed bench --scenarios tabular --cache /tmp/bench-cache --expect sparkfeed=1   # test the check"""
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -69,7 +81,9 @@ def _scenarios(value: str) -> tuple[str, ...]:
 _FLAGS = {"samples": "--samples", "scaling_base": "--scaling-base", "images": "--images",
           "image_size": "--image-size", "image_source": "--image-source",
           "batch_size": "--batch-size", "workers": "--workers", "repeats": "--repeats",
-          "min_seconds": "--min-seconds", "scenarios": "--scenarios"}
+          "min_seconds": "--min-seconds", "scenarios": "--scenarios", "runners": "--runners"}
+# ... and those `run` checks (once the data are built, for the runners and expected counts)
+_RUN_FLAGS = {"runners": "--runners", "out": "--out", "expect": "--expect"}
 
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -81,7 +95,8 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)")
     parser.add_argument("--runners", type=_csv, default=None, metavar="LIST",
                         help="keep only runners whose label starts with one of these "
-                             "(e.g. sparkfeed,torch); default: all")
+                             "(e.g. sparkfeed,torch); default: all. A prefix that keeps none is an "
+                             "error listing the runners")
     parser.add_argument("--samples", type=int, default=None, metavar="N",
                         help="tabular rows (default 200,000; quick 20,000)")
     parser.add_argument("--scaling-base", type=int, default=None, metavar="N",
@@ -98,26 +113,31 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=256, metavar="B",
                         help="batch size of every loader (default 256)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), metavar="W",
-                        help="worker processes of every loader (default: min(2, cores))")
+                        help="workers of every loader: torch num_workers, DALI num_threads, Petastorm "
+                        "workers_count, sparkfeed's reader threads (default: min(2, cores))")
     parser.add_argument("--repeats", type=int, default=None, metavar="R",
                         help="timed runs per runner; the median is reported (default 3; quick 1)")
     parser.add_argument("--min-seconds", type=float, default=None, metavar="S",
                         help="time a runner whose runs are short more often, back to back, until its "
                         "timed runs took S seconds of wall time (at most 50 runs; default 1; quick 0)")
     parser.add_argument("--out", default="sparkfeed-bench", metavar="DIR",
-                        help="where results.json/.md/.png go (default ./sparkfeed-bench)")
+                        help="directory for results.json/.md/.png, made if missing; earlier results in it are "
+                        "replaced (default ./sparkfeed-bench)")
     parser.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "sparkfeed-bench"),
-                        metavar="DIR", help="where the generated datasets are kept and reused")
+                        metavar="DIR", help="where the generated datasets are kept and reused, keyed by their sizes "
+                        "(default ~/.cache/sparkfeed-bench)")
     parser.add_argument("--expect", type=_expect, action="append", default=[], metavar="LABEL=N",
-                        help="override the sample count a runner must deliver (tests the check)")
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+                        help="override the sample count the runner labelled LABEL must deliver (tests the "
+                        "check; LABEL as in results.md's runner column); repeatable")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no tqdm progress bar (it goes to stderr; the report to stdout)")
     return parser
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register `bench` on the main CLI's subparsers; `args.func(args)` runs it (exit code)."""
     parser = subparsers.add_parser("bench", help="benchmark sparkfeed against other loaders",
-                                   description=DESCRIPTION,
+                                   description=DESCRIPTION, epilog=EPILOG,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     configure(parser)
     parser.set_defaults(func=run_args)
@@ -146,14 +166,18 @@ def run_args(args: argparse.Namespace) -> int:
 
     params = _params(args)
     try:
-        with flags_named({"runners": "--runners"}):
+        with flags_named(_RUN_FLAGS):
             results = run(params)
     except CountMismatch as exc:
         print(f"sparkfeed bench: FAILED: {exc} (reports written to {args.out})", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"sparkfeed bench: interrupted; the scenarios that finished are in {args.out}/"
-              "results.md, results.json, results.png", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        if str(exc).startswith("interrupted while building"):  # nothing timed: say so, not "finished"
+            print(f"sparkfeed bench: {exc}; nothing was timed ({args.out}/results.md says so)",
+                  file=sys.stderr)
+        else:
+            print(f"sparkfeed bench: interrupted; the scenarios that finished are in {args.out}/"
+                  "results.md, results.json, results.png", file=sys.stderr)
         return 130
     print(open(os.path.join(args.out, "results.md")).read())
     print(f"wrote {args.out}/results.json, results.md, results.png in {results['bench_s']} s "
@@ -163,7 +187,7 @@ def run_args(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
-    parser = argparse.ArgumentParser(prog="sparkfeed bench", description=DESCRIPTION,
+    parser = argparse.ArgumentParser(prog="sparkfeed bench", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     configure(parser)
     from ..cli import UsageError

@@ -74,6 +74,21 @@ def _stored(p: dict) -> str:
     return f"stored at {w}x{h} px"
 
 
+def _headers(scenario: str) -> list[str]:
+    """The column headers; `feed` counts batches, not samples (a simulated source of batches)."""
+    heads = [h for _, h in COLUMNS]
+    if scenario == "feed":
+        heads = [h.replace("samples", "batches").replace("/sample", "/batch") for h in heads]
+    return heads
+
+
+def _built(results: dict) -> str:
+    if results.get("build_s") is None:  # interrupted while the data were being built
+        return "- data: not ready (the run was interrupted while building them)"
+    return (f"- data built in {results['build_s']:.1f} s (0 = reused from the cache); WebDataset "
+            f"tars: {results['webdataset']}")
+
+
 def markdown(results: dict) -> str:
     hw, p = results["hardware"], results["params"]
     lines = ["# sparkfeed bench results", "",
@@ -83,20 +98,25 @@ def markdown(results: dict) -> str:
              f"- params: {p['samples']:,} tabular rows, {p['images']:,} JPEG images "
              f"{_stored(p)} (decoded and centre-cropped to {p['image_size']} px), batch "
              f"{p['batch_size']}, {p['workers']} workers for every loader, median of {p['repeats']} "
-             f"repeat(s) (more, back to back, while a runner's runs add up to under "
-             f"{p.get('min_seconds') or 0:g} s)",
-             f"- data built in {results['build_s']:.1f} s (0 = reused from the cache); WebDataset "
-             f"tars: {results['webdataset']}", ""]
+             f"repeat(s)" + (f" (more, back to back, while a runner's runs add up to under "
+                             f"{p['min_seconds']:g} s)" if p.get("min_seconds") else ""),
+             _built(results), ""]
+    if results.get("command"):
+        lines[-1:] = [f"- rerun with: `{results['command']}`", ""]
     if results.get("interrupted"):
         lines[-1:] = [f"- **{results['interrupted']}** (Ctrl-C): the scenarios below finished", ""]
     for name, rows in results["scenarios"].items():
-        lines += [f"## {name}", "", "| " + " | ".join(h for _, h in COLUMNS) + " |",
+        lines += [f"## {name}", "", "| " + " | ".join(_headers(name)) + " |",
                   "|" + "---|" * len(COLUMNS)]
         for r in rows:
             note = "; ".join(x for x in (r.get("note"), _extra(r)) if x)
             cells = [_cell(k, note if k == "note" else r.get(k)) for k, _ in COLUMNS]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        baseline = (results.get("baselines") or {}).get(name)
+        if baseline and not any(r.get("baseline") for r in rows):
+            lines += [f"No `vs baseline` figures: the baseline row, `{baseline}`, was not run "
+                      f"(`--runners` left it out).", ""]
         summary = (results.get("summaries") or {}).get(name)
         if summary:
             lines += [summary, ""]
@@ -128,6 +148,9 @@ def write_png(results: dict, out: str) -> str:
     axes = list(axes.flat)
     for ax in axes[len(scenarios):]:
         ax.set_visible(False)  # the grid's empty cells
+    if not scenarios:  # every row skipped or failed, or interrupted: say so, not a blank image
+        fig.text(0.5, 0.5, "nothing timed: every row was skipped or failed, or the run was interrupted "
+                 "(see results.md)", ha="center", va="center", wrap=True)
     for ax, (name, rows) in zip(axes, scenarios.items()):
         labels = [r["runner"] for r in rows]
         colors = ["tab:orange" if r["runner"].startswith("sparkfeed") else "tab:gray" for r in rows]

@@ -135,12 +135,25 @@ def _missing(runner: str) -> str:
 
         if peers.python_of(venv) is None:
             where = os.path.join(peers.peers_dir(), venv)
+            if os.path.exists(os.path.join(where, "bin", "python")):  # made, never marked `.ok`
+                return (f"skipped: the venv at {where} is incomplete (its install failed or was "
+                        f"interrupted); run `python -m sparkfeed.bench.peers install --only {venv}`")
             return f"skipped: {peers.INSTALL_HINT} (no venv at {where})"
         return ""
     need = runners.REQUIRES.get(runner)
-    if need and importlib.util.find_spec(need[0].split(".")[0]) is None:
+    if need and not _importable(need[0]):
         return f"skipped: not installed ({need[1]})"
     return ""
+
+
+def _importable(module: str) -> bool:
+    """Whether `module` (dotted: `nvidia.dali`) can be imported. Not its top package alone: CUDA
+    torch wheels install an `nvidia` namespace (cuBLAS, cuDNN...) without DALI, which made the
+    DALI rows FAILED (ModuleNotFoundError, exit 1) instead of skipped on a GPU machine."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing
+        return False
 
 
 def make_row(case: Case, m: dict | None, note: str) -> dict:
