@@ -4,7 +4,7 @@ Each measurement runs in a new Python process (imports, ~7 s for torch on a busy
 done before the clock starts; files in the page cache), so it includes reading the manifest, planning, starting the lanes and, with
 shuffle, reading and mixing the first shuffle block: what a training job waits for at its start.
 
-    python examples/first_batch.py PATH [--shuffle] [--workers 2] [--repeats 5] [--columns a,b]
+    python examples/first_batch.py PATH [--shuffle] [--workers 2] [--batch-size 256] [--repeats 5] [--columns a,b]
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--steps", type=int, help="stop after this many steps in all (global step count)")
     p.add_argument("--batch-size", type=int, default=32, help="per rank")
-    p.add_argument("--workers", type=int, default=2, help="loader worker processes per rank")
+    p.add_argument("--workers", type=int, default=2, help="the loader's num_workers per rank (reading threads for Parquet and indexed tars, processes for tars without an index)")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
