@@ -172,3 +172,39 @@ def test_command_spells_out_the_defaults_of_this_machine(tmp_path):
     cmd = bench.command(p)
     assert "--scaling-base 20000" in cmd and "--workers 1" in cmd
     assert "--expect 'sparkfeed 1x (20,000 rows)=5'" in cmd
+
+
+def test_a_cached_webdataset_failure_is_retried_once_the_jar_is_newer(tmp_path, monkeypatch):
+    """Before: a failed WebDataset write (no jar yet) was cached with its `_done` mark, and the
+    webdataset rows stayed "skipped" after `make jar` until the cache was deleted by hand."""
+    import os
+
+    from sparkfeed import session
+
+    built = {}
+    monkeypatch.setattr(datasets, "spark_usable", lambda: True)
+    monkeypatch.setattr(datasets, "_spark", lambda: type("Spark", (), {"stop": lambda self: None})())
+    monkeypatch.setattr(datasets, "_write_webdataset", lambda spark, img, wds, shard: built.setdefault("wds", ""))
+    jar = tmp_path / "sparkfeed.jar"
+    jar.write_text("jar")
+    monkeypatch.setattr(session, "jar_path", lambda: str(jar))
+
+    def cached(note: str, age: float) -> str:
+        cache = tmp_path / f"c{len(os.listdir(tmp_path))}"
+        d = datasets.build(str(cache), 10, 10, (8, 8), 1, tabular=False, image=False)
+        for path in (d.images, d.image_folder, d.webdataset or d.images + "-wds"):
+            os.makedirs(path)
+            open(os.path.join(path, datasets.DONE), "w").close()
+        note_file = os.path.join(d.images + "-wds", "_note")
+        with open(note_file, "w") as f:
+            f.write(note)
+        os.utime(note_file, (os.path.getmtime(jar) + age,) * 2)
+        return str(cache)
+
+    failed_before_the_jar = cached("not available: sparkfeed.write(format='webdataset') failed: no jar", -60)
+    data = datasets.build(failed_before_the_jar, 10, 10, (8, 8), 1, tabular=False, image=True)
+    assert built == {"wds": ""} and data.webdataset is not None, data.webdataset_note
+    built.clear()
+    failed_after_the_jar = cached("not available: failed for another reason", +60)
+    data = datasets.build(failed_after_the_jar, 10, 10, (8, 8), 1, tabular=False, image=True)
+    assert built == {} and data.webdataset is None and "another reason" in data.webdataset_note

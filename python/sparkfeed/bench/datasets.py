@@ -88,6 +88,23 @@ def _mark(path: str, params: dict) -> None:
         json.dump(params, f)
 
 
+def _failed_before_jar(wds: str, note_file: str) -> bool:
+    """Whether the cached WebDataset set is a failure to write it (its `_note` says why) older
+    than the sparkfeed jar: before, a failure (no jar yet) was cached for good, and the
+    webdataset rows stayed skipped after `make jar` until the cache was deleted by hand."""
+    if not (os.path.exists(os.path.join(wds, DONE)) and os.path.exists(note_file)):
+        return False
+    with open(note_file) as f:
+        if not f.read():
+            return False
+    from ..session import jar_path
+
+    try:
+        return os.path.getmtime(jar_path()) > os.path.getmtime(note_file)
+    except OSError:  # no jar (FileNotFoundError): the failure stands
+        return False
+
+
 def _write_tabular(spark, path: str, n: int, shard: int, group: int) -> None:
     import sparkfeed
     from pyspark.sql import functions as F
@@ -215,6 +232,8 @@ def build(cache: str, samples: int, images: int, image_shape: tuple[int, int], w
         _write_folder(img, folder)
         _mark(folder, ip)
     note_file = os.path.join(wds, "_note")
+    if image and spark_here and _failed_before_jar(wds, note_file):
+        os.remove(os.path.join(wds, DONE))  # the jar was (re)built since the tars failed: try again
     if image and _fresh(wds):
         if spark_here:
             spark = spark or _spark()
