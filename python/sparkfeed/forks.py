@@ -202,11 +202,10 @@ def _interrupts_deferred(call, *args):
         return call(*args)
     _signal.signal(_signal.SIGINT, held)
     try:
-        result = call(*args)
+        return call(*args)
     finally:
         _restore(held)
-    kept.deliver()
-    return result
+        kept.deliver()  # (raised while the call raised, its error is the KeyboardInterrupt's context)
 
 
 class _WorkerQueue(multiprocessing.queues.Queue):

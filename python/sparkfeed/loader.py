@@ -639,7 +639,11 @@ def _forked(loader: torch.utils.data.DataLoader):
     restart waits on them."""
     fresh = loader._iterator is None
     with forks.frozen_while_forking(), forks.interrupts_kept(hold=fresh) as interrupts:
-        workers = iter(loader)
+        try:
+            workers = iter(loader)
+        except BaseException:
+            interrupts.deliver()  # (a Ctrl-C held meanwhile is not lost to the failure)
+            raise
     if interrupts:
         workers._shutdown_workers()
         interrupts.deliver()

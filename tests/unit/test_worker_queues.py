@@ -114,3 +114,14 @@ def test_a_put_to_a_worker_queue_with_a_ctrl_c_inside_its_lock_leaves_it_free(si
 def test_what_is_not_a_multiprocessing_context_is_handed_back():
     odd = object()
     assert forks.interrupt_safe(odd) is odd
+
+
+def test_a_ctrl_c_held_while_the_call_fails_is_raised_with_the_failure_as_its_context(sigint_handler):
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def fails(done):
+        _ctrl_c_inside(done)(1)
+        raise OSError("the queue is closed")
+    with pytest.raises(KeyboardInterrupt) as caught:
+        forks._interrupts_deferred(fails, [])
+    assert isinstance(caught.value.__context__, OSError)
