@@ -57,15 +57,15 @@ def test_short_runners_get_more_rounds_until_min_seconds(calls, monkeypatch):
 
     def slow(ctx, **options):
         calls.append("slow")
-        time.sleep(0.1)
+        time.sleep(0.6)
         yield 10
     monkeypatch.setitem(runners.RUNNERS, "slow", slow)
     monkeypatch.setattr(scenarios, "MAX_RUNS", 6)
     monkeypatch.setattr(scenarios.gc, "collect", lambda: 0)  # each run's full collection: not this test's
     ctx = Context(data=None, batch_size=1, workers=0, image_size=1)
     rows, _ = scenarios.run_cases([Case("a", "a", 10, warmup=False), Case("slow", "slow", 10, warmup=False)],
-                                  ctx, repeats=2, min_seconds=0.15)
-    assert calls.count("slow") == 2 and calls.count("a") == 6  # 0.2 s reached; the cap reached
+                                  ctx, repeats=2, min_seconds=1.0)  # (far above 6 runs of "a", even under load)
+    assert calls.count("slow") == 2 and calls.count("a") == 6  # 1.2 s reached; the cap reached
     assert calls == ["a"] * 6 + ["slow"] * 2
     assert rows[0]["runs"] == 6 and rows[0]["note"] == "median of 6 runs"
     assert rows[1]["runs"] == 2 and rows[1]["note"] == ""
