@@ -5,7 +5,8 @@
 
 If `--data` (a `.../train` directory) has no sparkfeed manifest yet, this application first
 writes it: it runs `examples/preprocess_images.py`'s `preprocess()` in its own Spark session on
-`--raw` (or on a small corpus it generates with `examples/make_raw_corpus.py`), into the parent
+`--raw` (or on a small corpus it generates with `examples/make_raw_corpus.py` in a temporary
+directory, removed once the datasets are written), into the parent
 directory of `--data`. Then `pyspark.ml.torch.distributor.TorchDistributor(local_mode=True,
 use_gpu=...)` launches `examples/train.py` under `torch.distributed.run` with
 `--num-processes` ranks on the driver; every argument after `--` goes to train.py unchanged.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -58,13 +60,18 @@ def ensure_dataset(spark, data: str, raw: str | None, format: str = "parquet",
     import make_raw_corpus
     import preprocess_images
 
-    if raw is None:
+    generated = raw is None
+    if generated:  # a scratch corpus, removed once the datasets are written
         raw = tempfile.mkdtemp(prefix="sparkfeed-raw-")
         expected, records = make_raw_corpus.build(Path(raw), images=200, bad=3, seed=0)
         make_raw_corpus.write_captions(Path(raw), records, jsonl=False)
         print(f"generated a raw corpus of {expected['records']} records in {raw}", flush=True)
-    summary = preprocess_images.preprocess(spark, raw, str(Path(data).parent), format=format,
-                                           samples_per_shard=samples_per_shard)
+    try:
+        summary = preprocess_images.preprocess(spark, raw, str(Path(data).parent), format=format,
+                                               samples_per_shard=samples_per_shard)
+    finally:
+        if generated:
+            shutil.rmtree(raw, ignore_errors=True)
     preprocess_images.print_summary(summary)
 
 
