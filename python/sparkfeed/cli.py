@@ -105,13 +105,16 @@ def _show(value) -> str:
 
 
 def _scalar(type_string: str) -> bool:
-    """A column type that statistics are kept for (lists, structs and maps never have any)."""
+    """A column type that statistics are kept for: not lists, structs and maps, and not binary
+    (sparkfeed.write keeps none for binary columns, images and the like, on purpose)."""
     import pyarrow as pa
 
     from .filters import arrow_type
 
     t = arrow_type(type_string)
-    return t is not None and not pa.types.is_nested(t)
+    binary = t is not None and (pa.types.is_binary(t) or pa.types.is_large_binary(t)
+                                or pa.types.is_fixed_size_binary(t) or pa.types.is_binary_view(t))
+    return t is not None and not pa.types.is_nested(t) and not binary
 
 
 def _typed(m, name: str, value):

@@ -130,7 +130,11 @@ def spark_session(app_name: str = "sparkfeed", master: str | None = None, conf: 
     local = not submitted and (master or configured or "local").startswith("local")
     builder = configure_spark(builder, local_defaults=local)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(os.environ.get("SPARKFEED_SPARK_LOG_LEVEL", "WARN"))
+    level = os.environ.get("SPARKFEED_SPARK_LOG_LEVEL")
+    if level is None and spark.sparkContext.getConf().get("spark.log.level") is None:
+        level = "WARN"  # (a level given as spark.log.level, by conf= or spark-submit, is kept)
+    if level:
+        spark.sparkContext.setLogLevel(level)
     log.info("Spark %s session %r on %s", spark.version, app_name, spark.sparkContext.master)
     return spark
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import time
 
 from .. import storage
@@ -175,7 +176,7 @@ def _index_in_memory(path: str, storage_options) -> Manifest:
                             "URL for read-only data)", dataset=path)
     m = build_manifest(listing, fmt, storage_options=storage_options, apart=listing.explicit,
                        progress=len(listing.files) >= _IN_MEMORY_BAR_FILES).manifest
-    save_as = f"{path} --manifest DIR" if listing.explicit else path
+    save_as = f"{shlex.quote(str(path))} --manifest DIR" if listing.explicit else shlex.quote(str(path))
     log.info("%s has no %s: indexed %d %s files in memory in %.2fs; save it with `sparkfeed index "
              "%s`", redact(path), MANIFEST_NAME, len(m.shards), fmt, time.monotonic() - started,
              redact(save_as))
