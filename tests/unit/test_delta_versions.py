@@ -62,6 +62,16 @@ def test_a_version_past_the_latest_names_the_latest(table, tmp_path):
         _version_of(root, tmp_path, 5)
 
 
+def test_a_time_before_the_first_commit_is_refused_not_read_as_version_0(table, tmp_path):
+    """deltalake loads the first version for any earlier time: indexing the table "as of 2020"
+    delivered rows that did not exist then (Spark refuses such a time)."""
+    root, _ = table
+    with pytest.raises(ManifestError, match=r"has no version at 2020-01-01T00:00:00\+00:00: its first "
+                                            r"commit in the log \(version 0\) is at "):
+        _version_of(root, tmp_path, "2020-01-01")
+    assert _version_of(root, tmp_path, dt.datetime.now(dt.timezone.utc)) == (1, 20)
+
+
 @pytest.mark.parametrize("version", [-1, "yesterday", "2024-13-01"])
 def test_a_version_that_is_no_version_is_a_value_error_naming_version(table, tmp_path, version):
     root, _ = table

@@ -57,6 +57,8 @@ def open_table(url: str, version, storage_options: dict | None, dataset: str):
     if isinstance(version, int) and version > latest:
         raise ManifestError(f"the Delta table has no version {version}: its latest is {latest}",
                              dataset=dataset)
+    if isinstance(version, dt.datetime):
+        _check_not_before_first_commit(table, version, dataset)
     try:
         table.load_as_version(version)
     except Exception as exc:  # an old version whose commits the log no longer holds
@@ -66,6 +68,21 @@ def open_table(url: str, version, storage_options: dict | None, dataset: str):
             "when they were cleaned up (delta.logRetentionDuration): pick a later version",
             dataset=dataset) from exc
     return table
+
+
+def _check_not_before_first_commit(table, when: dt.datetime, dataset: str) -> None:
+    """A time before the table's first commit (in its log) names no version: deltalake would
+    load that commit's version anyway, so the rows of a later time came out; Spark refuses."""
+    commits = [(c["timestamp"], c["version"]) for c in table.history()
+               if isinstance(c.get("timestamp"), int) and isinstance(c.get("version"), int)]
+    if not commits:
+        return
+    first_ms, first = min(commits, key=lambda c: c[1])
+    first_at = dt.datetime.fromtimestamp(first_ms / 1000, dt.timezone.utc)
+    if when < first_at:
+        raise ManifestError(f"the Delta table has no version at {when.isoformat()}: its first commit "
+                            f"in the log (version {first}) is at {first_at.isoformat()}; pick a time "
+                            "after it, or a version number", dataset=dataset)
 
 
 def delta_version(version):
