@@ -126,15 +126,20 @@ def is_mix(path_or_sources) -> bool:
 
 # ---------------------------------------------------------------- pure functions
 
+def _check_enough(i: int, s: Source, size: int) -> None:
+    """A source asked for more `samples` than it has (after its filter) must cycle (`repeat`)."""
+    if s.samples is not None and s.samples > size and not s.repeat:
+        raise ValueError(f"source {i} ({s.path!r}) has {size} samples (after its filter) "
+                         f"but `samples={s.samples}`; pass repeat=True to cycle past its size")
+
+
 def shares(sizes: Sequence[int], sources: Sequence[Source]) -> list[int]:
     """Each source's sample count per epoch (see the module note, step 1)."""
     counts = [0] * len(sources)
     weighted = [i for i, s in enumerate(sources) if s.weight is not None]
     for i, s in enumerate(sources):
         if s.samples is not None:
-            if s.samples > sizes[i] and not s.repeat:
-                raise ValueError(f"source {i} ({s.path!r}) has {sizes[i]} samples (after its filter) "
-                                 f"but `samples={s.samples}`; pass repeat=True to cycle past its size")
+            _check_enough(i, s, sizes[i])
             counts[i] = s.samples
         elif s.weight is None:
             counts[i] = sizes[i]
@@ -347,6 +352,8 @@ def resolve(sources: Sequence, *, columns, filter, storage_options: dict | None,
         if expr is not None:
             m.check_selectable(filters.unfilterable(filters.referenced_columns(expr, m.schema), m.schema), "filter")
             filters.check_filter(expr, m.schema, f"{s.path} (source {i})")
+        else:  # its size is the manifest's: checked now, not at the first batch
+            _check_enough(i, s, m.num_samples)
         out.append(_Resolved(s, opened[i][1], m, expr, casts[i]))
     return out, columns
 

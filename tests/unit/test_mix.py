@@ -282,7 +282,10 @@ def test_samples_fix_the_count_and_repeat_cycles(ds):
     times = collections.Counter(i for i, s in rows if s == 1)
     assert set(times) == set(range(B, B + 400)) and set(times.values()) == {2, 3}  # 1000 / 400
     with pytest.raises(ValueError, match=r"source 0 \(.*/a'\) has 600 samples .*samples=700"):
-        len(loader([Source(ds["a"], samples=700), Source(ds["b"])]))
+        loader([Source(ds["a"], samples=700), Source(ds["b"])])  # unfiltered: refused when built
+    filtered = loader([Source(ds["a"], samples=600, filter=[("id", ">", 0)]), Source(ds["b"])])
+    with pytest.raises(ValueError, match=r"source 0 \(.*/a'\) has 599 samples .*samples=600"):
+        len(filtered)  # (its size after the filter is known once counted: the first len() or batch)
 
 
 # ---------------------------------------------------------------- resume
