@@ -28,6 +28,7 @@ from urllib.parse import unquote
 
 from .. import storage
 from ..errors import ManifestError
+from . import inside_delta
 
 __all__ = ["DataFile", "Listing", "discover", "guess_format", "partition_types", "data_file",
            "data_files", "refuse_compressed_tars", "FORMATS"]
@@ -278,7 +279,7 @@ def _discover(path, storage_options: dict | None) -> Listing:
     if not fs.isdir(root):
         return _from_list([path], storage_options)
     has_log = fs.exists(f"{root}/_delta_log")
-    if not has_log and _is_partition_dir(posixpath.basename(root)):
+    if not has_log and inside_delta.is_partition_dir(posixpath.basename(root)):
         _refuse_inside_delta(fs, [root], root, path)
     infos = fs.find(root, detail=True, withdirs=False) if not has_log else {}
     _refuse_tables_within(fs, root, list(infos), path)
@@ -335,68 +336,18 @@ def _fixed_prefix(fs, root: str) -> str:
     return "/".join(parts[:-1]) or "/"
 
 
-def _is_partition_dir(name: str) -> bool:
-    """A Hive/Delta partition directory's name (`split=val`), as `hive_partition` reads it."""
-    key, eq, _ = name.partition("=")
-    return bool(eq and key) and not name.startswith((".", "_"))
-
-
-def _dirs_to_check(dirs: list[str], prefix: str | None) -> list[str]:
-    """The directories that may be the root of a Delta table holding `dirs` (the directories of
-    the files read): each of them and those above it up to `prefix` (a glob's fixed directory;
-    None: no further), then above that while the directory is a partition (`split=val/`), up
-    to the first that is not one, where a partitioned table's root is."""
-    found: set[str] = set()
-    for d in dirs:
-        while d not in found:
-            found.add(d)
-            within = prefix is not None and d != prefix and d.startswith(prefix.rstrip("/") + "/")
-            if d in ("/", "") or not (within or _is_partition_dir(posixpath.basename(d))):
-                break
-            d = posixpath.dirname(d) or "/"
-    return sorted(found)
-
-
-def _holds_delta_log(fs, directory: str) -> bool:
-    """Whether `directory` has `_delta_log/`; a look-up storage refuses is taken as no."""
-    try:
-        return storage.exists(fs, f"{directory.rstrip('/')}/_delta_log")
-    except PermissionError:
-        return False
-
-
 def _refuse_inside_delta(fs, dirs: list[str], prefix: str | None, like: str) -> None:
-    """A ManifestError when the files a glob or a list names, or a directory given, lie inside a
-    Delta table (a directory on the way up holds `_delta_log/`): a Delta table's directories
-    also hold the files it removed (overwritten or deleted, not yet vacuumed), which read as
-    plain Parquet would come back as live rows. Its root, read as Delta, gives the live ones."""
-    dirs = _dirs_to_check(dirs, prefix)
-    with ThreadPoolExecutor(max_workers=max(1, min(32, len(dirs)))) as pool:
-        held = list(pool.map(lambda d: _holds_delta_log(fs, d), dirs))
-    tables = [d for d, h in zip(dirs, held) if h]
-    if tables:
-        _refuse_table(_url_of(fs, min(tables, key=len), like), like)
+    """`inside_delta.table_above`'s table, refused (the files would hold its removed rows)."""
+    table = inside_delta.table_above(fs, dirs, prefix)
+    if table is not None:
+        raise inside_delta.refusal(_url_of(fs, table, like), like)
 
 
 def _refuse_tables_within(fs, root: str, names: list[str], like: str) -> None:
-    """A ManifestError when a directory walked holds a Delta table below it (a listed file
-    lies in some `_delta_log/`): its removed files would be read with the rest."""
-    for name in names:
-        parts = posixpath.relpath(name.rstrip("/"), root).split("/")
-        if "_delta_log" in parts[:-1]:
-            below = "/".join(parts[:parts.index("_delta_log")])
-            _refuse_table(_url_of(fs, f"{root}/{below}", like), like, within=True)
-
-
-def _refuse_table(table: str, like: str, within: bool = False) -> None:
-    """The ManifestError of `_refuse_inside_delta` and `_refuse_tables_within`."""
-    where = "holds the Delta table" if within else "lies inside the Delta table"
-    raise ManifestError(
-        f"{where} {table!r} (it has _delta_log/): a Delta table's directories also hold the "
-        "files it removed (overwritten or deleted, not yet vacuumed), which reading its files as "
-        "plain Parquet would deliver as rows; index or read the table's root instead "
-        f"(`sparkfeed index {table}`, sparkfeed.DataLoader({table!r})), with a filter on its "
-        "partition columns to read only some of them", dataset=like)
+    """`inside_delta.table_below`'s table, refused (its removed files would be read)."""
+    below = inside_delta.table_below(root, names)
+    if below is not None:
+        raise inside_delta.refusal(_url_of(fs, f"{root}/{below}", like), like, within=True)
 
 
 def _no_extension(rel: str) -> bool:
