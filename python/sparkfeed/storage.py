@@ -77,9 +77,15 @@ HTTP_SOCK_READ_S = 30.0
 HTTP_READ_BUFSIZE = 4 << 20
 
 
+def is_http_url(url: str) -> bool:
+    """Whether `url` is an http(s):// URL (read-only storage, served range by range)."""
+    scheme, sep, _ = str(url).partition("://")
+    return bool(sep) and scheme.lower() in ("http", "https")
+
+
 def _with_defaults(url: str, options: dict) -> dict:
     """Storage options with sparkfeed's defaults for the URL's protocol (user values win)."""
-    if not url.startswith(("http://", "https://")):
+    if not is_http_url(url):
         return options
     client = dict(options.get("client_kwargs", {}))
     if "timeout" not in client:

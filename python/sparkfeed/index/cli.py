@@ -72,6 +72,7 @@ def _checked(args):
     read, or write somewhere else than asked: an empty PATH or --manifest (both name the file
     system's root, '/'), a --manifest that is an existing file but no .json, a manifest that
     would go to read-only HTTP storage, a --version that is neither a number nor a time."""
+    from .. import storage
     from ..cli import UsageError
     from .delta import delta_version
 
@@ -80,7 +81,7 @@ def _checked(args):
     if args.manifest is not None:
         _check_manifest_flag(args.manifest)
     target = args.manifest if args.manifest is not None else args.path[0]
-    if target.split("://", 1)[0].lower() in ("http", "https") and "://" in target:
+    if storage.is_http_url(target):
         raise UsageError(f"cannot write the manifest to {target!r}: HTTP storage is read-only; pass "
                          "--manifest with a local path or a writable store (s3://, gs://, ...)"
                          + (", and PATH stays where it is" if args.manifest is None else ""))

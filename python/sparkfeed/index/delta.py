@@ -18,6 +18,7 @@ from urllib.parse import unquote
 
 import pyarrow as pa
 
+from .. import storage
 from ..errors import ManifestError
 from ..filters import leaf_fields
 from ..footer import json_value, stat_type
@@ -121,7 +122,7 @@ def _shown(version) -> str:
 def _check_scheme(url: str, dataset: str) -> None:
     """deltalake reads Delta tables from local paths and object stores (s3://, gs://, az://,
     hdfs://, ...) but not over HTTP: say so instead of its list of 50 schemes."""
-    if url.split("://", 1)[0].lower() in ("http", "https") and "://" in url:
+    if storage.is_http_url(url):
         raise ManifestError("is a Delta table served over HTTP, which the deltalake package cannot "
                             "read (it reads local paths and object stores: s3://, gs://, az://, "
                             "hdfs://, ...); copy the table there, or index its files as they are "

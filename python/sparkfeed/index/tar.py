@@ -61,8 +61,8 @@ def _check_member(info: tarfile.TarInfo, dataset: str, shard: str) -> None:
         problem = f"member {name!r} is a link; links are refused"
     elif not info.isreg():
         problem = f"member {name!r} is not a regular file (type {info.type!r})"
-    elif storage.path_problem(name) is not None:  # the reader's rule, so refused here, not when read
-        problem = f"member name {name!r} could escape the dataset: it {storage.path_problem(name)}"
+    elif (escape := storage.path_problem(name)) is not None:  # the reader's rule: refused here, not when read
+        problem = f"member name {name!r} could escape the dataset: it {escape}"
     elif info.size > MAX_MEMBER_BYTES:
         problem = f"member {name!r} is {info.size} bytes, over the {MAX_MEMBER_BYTES}-byte limit"
     if problem:
