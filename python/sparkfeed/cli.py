@@ -191,13 +191,18 @@ def _add_inspect(sub) -> argparse.ArgumentParser:
                     "directory, a glob, one file) is indexed in memory from its footers or log, "
                     "as DataLoader does.",
         epilog="examples:\n  sparkfeed inspect ds/\n  sparkfeed inspect s3://bucket/ds --shards 10\n"
-               "  sparkfeed inspect ds/ --json | jq .num_samples",
+               "  sparkfeed inspect ds/ --json | jq .num_samples\n"
+               "  sparkfeed inspect lake/table/ --version 3",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("path", help="dataset root: a local path or an fsspec URL (s3://, gs://, hdfs://, "
                                 "...); for Parquet without a manifest also a glob or one file")
     p.add_argument("--json", action="store_true", help="print the manifest JSON and nothing else")
     p.add_argument("--shards", type=_count, default=0, metavar="N",
                    help="also list the first N shards with their statistics (default 0)")
+    p.add_argument("--version", metavar="N", default=None,
+                   help="a Delta table's version (an integer) or timestamp (ISO-8601): that "
+                        "version, indexed in memory from the table's log (default: its manifest, "
+                        "else the latest version)")
     return p
 
 
@@ -220,6 +225,8 @@ def _run_inspect(args) -> int:
     if not args.path.strip():  # storage resolves "" to the file system's root, "/"
         raise UsageError("path should be a dataset root, a manifest (.json), a glob or a file, but "
                          "got an empty string")
+    if args.version is not None:
+        return _show_manifest(args, _delta_at(args), None)
     try:
         m, note = read_manifest(args.path), None
     except ManifestError:  # Parquet or Delta without one: indexed in memory, as the loader does
@@ -227,6 +234,20 @@ def _run_inspect(args) -> int:
         save = f"'{args.path}' --manifest DIR" if m.data_root is not None else args.path
         note = (f"note        no {MANIFEST_NAME}: indexed in memory from the files, as "
                 f"DataLoader does (`sparkfeed index {save}` saves it)")
+    return _show_manifest(args, m, note)
+
+
+def _delta_at(args):
+    """`--version`: the Delta table at that version, indexed in memory (never its saved
+    manifest, which holds the version it was indexed at)."""
+    from .index import in_memory
+    from .index.delta import delta_version
+
+    with flags_named({"version": "--version", "path": "PATH"}):
+        return in_memory(args.path, delta_version(args.version))
+
+
+def _show_manifest(args, m, note) -> int:
     if args.json:
         print(m.to_json(indent=1))
     else:

@@ -12,6 +12,7 @@ import pytest
 import sparkfeed
 from sparkfeed.errors import ManifestError
 from sparkfeed.index import delta
+from sparkfeed.manifest import parse_manifest
 
 deltalake = pytest.importorskip("deltalake")
 
@@ -94,3 +95,29 @@ def test_a_delta_table_over_http_is_refused_naming_what_deltalake_reads():
     with pytest.raises(ManifestError, match="served over HTTP") as info:
         delta.open_table("http://127.0.0.1:9/t", None, None, "http://127.0.0.1:9/t")
     assert "opendal" not in str(info.value)
+
+
+def test_inspect_version_shows_that_version_and_the_default_the_latest(table, capsys):
+    """`sparkfeed inspect TABLE --version N`: what version N holds, as `index --version` would
+    save it; without --version the latest."""
+    from sparkfeed.cli import main
+
+    root, between = table
+    for argv, samples, version in ([root, "--version", "0"], 10, "0"), ([root], 20, "1"), \
+                                  ([root, "--version", between.isoformat()], 10, "0"):
+        assert main(["inspect", *argv, "--json"]) == 0
+        shown = parse_manifest(capsys.readouterr().out)
+        assert (shown.num_samples, str(shown.created_by["delta_version"])) == (samples, version)
+
+
+@pytest.mark.parametrize("version, said", [("yesterday", "--version should be a Delta table version"),
+                                           ("0", "--version is for Delta tables, but")])
+def test_inspect_version_refuses_what_is_no_version_or_no_delta_table(tmp_path, capsys, version, said):
+    import pyarrow.parquet as pq
+
+    from sparkfeed.cli import main
+
+    (tmp_path / "p").mkdir()
+    pq.write_table(_ids(0, 3), tmp_path / "p" / "a.parquet")
+    assert main(["inspect", str(tmp_path / "p"), "--version", version]) == 2
+    assert said in capsys.readouterr().err

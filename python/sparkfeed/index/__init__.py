@@ -112,6 +112,13 @@ def _check_target(target: str, mode: str, storage_options) -> None:
                                  "--overwrite) to replace it")
 
 
+def in_memory(path, version=None, storage_options: dict | None = None) -> Manifest:
+    """The manifest of Parquet or Delta data at `path` (a Delta table at `version`), indexed in
+    memory and not saved: what `sparkfeed inspect PATH --version N` shows."""
+    _check_args(None, "error", version, None, None, storage_options)
+    return _index_in_memory(os.fspath(path), storage_options, version)
+
+
 def open_manifest(path, manifest=None, storage_options: dict | None = None) -> tuple[Manifest, str]:
     """(manifest, data root) for a loader: what `DataLoader(path, manifest=...)` reads.
 
@@ -166,16 +173,18 @@ def _data_root(path, m: Manifest, manifest_url: str) -> str:
     return url.rsplit("/", 1)[0] if url.endswith(".json") else url
 
 
-def _index_in_memory(path: str, storage_options) -> Manifest:
+def _index_in_memory(path: str, storage_options, version=None) -> Manifest:
     started = time.monotonic()
     listing = discover(path, storage_options)
     fmt = guess_format(listing, None)
+    if version is not None and fmt != "delta":
+        raise ValueError(f"`version` is for Delta tables, but {listing.url!r} holds {fmt} data")
     if fmt == "webdataset":
         raise ManifestError(f"holds WebDataset tars but no {MANIFEST_NAME}; indexing tars reads "
                             f"every byte, so run it once: `sparkfeed index {path}` (add --manifest "
                             "URL for read-only data)", dataset=path)
-    m = build_manifest(listing, fmt, storage_options=storage_options, apart=listing.explicit,
-                       progress=len(listing.files) >= _IN_MEMORY_BAR_FILES).manifest
+    m = build_manifest(listing, fmt, version=version, storage_options=storage_options,
+                       apart=listing.explicit, progress=len(listing.files) >= _IN_MEMORY_BAR_FILES).manifest
     save_as = f"{shlex.quote(str(path))} --manifest DIR" if listing.explicit else shlex.quote(str(path))
     log.info("%s has no %s: indexed %d %s files in memory in %.2fs; save it with `sparkfeed index "
              "%s`", redact(path), MANIFEST_NAME, len(m.shards), fmt, time.monotonic() - started,
