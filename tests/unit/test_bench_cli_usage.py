@@ -59,6 +59,31 @@ def test_an_expect_label_that_names_no_runner_is_refused(tmp_path, capsys):
     assert "'prefetch depth 4'" in err and not (tmp_path / "o" / "results.json").exists()
 
 
+@pytest.mark.parametrize("scenario", list(scenarios.CASES))
+def test_a_runners_or_expect_typo_is_refused_before_any_data_are_built(tmp_path, capsys, no_build, scenario):
+    """Before: `--runners sparkfeeed` (or an `--expect` label of no runner) was refused only once
+    the data were built: 40 s at the default sizes, minutes at larger ones, then exit 2."""
+    for flag, value, says in (("--runners", "sparkfeeed", "--runners 'sparkfeeed' match no runner"),
+                              ("--expect", "sparkfeeed=5", "--expect names no runner that runs")):
+        with pytest.raises(SystemExit) as exit_:
+            _main(tmp_path, "--scenarios", scenario, flag, value, "--out", str(tmp_path / "o"))
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert exit_.value.code == 2 and says in err, err
+    assert not (tmp_path / "c").exists() and not (tmp_path / "o").exists()
+
+
+def test_the_labels_known_before_the_data_are_those_the_scenarios_run(tmp_path):
+    """`scenarios.labels` (the early check) gives each scenario's runners in the order the
+    scenario builds them; plan and scaling, which make data of their own, from their sizes."""
+    p = Params(quick=True, scenarios=("feed", "plan"), out=str(tmp_path / "o"), cache=str(tmp_path / "c"))
+    p.data = scenarios._NO_DATA
+    built = [c.label for s in p.scenarios for c in scenarios.CASES[s](p)]
+    assert scenarios.labels(p) == built and built[-1] == "plan 10,000 shards"
+    scaled = Params(quick=True, scenarios=("scaling",), scaling_base=1000, out=str(tmp_path / "o"))
+    assert scenarios.labels(scaled)[:4] == [f"sparkfeed {f}x ({f * 1000:,} rows)" for f in (1, 2, 4, 8)]
+    assert scenarios.labels(scaled)[4:] == [f"plan {n:,} shards" for n in scenarios.PLAN_SHARDS]
+
+
 def test_ctrl_c_while_the_data_are_built_says_nothing_was_timed(tmp_path, capsys, monkeypatch):
     """Before: Ctrl-C during the (minutes-long) data build printed "the scenarios that finished
     are in OUT/results.md", where an earlier run's reports were left as they were."""

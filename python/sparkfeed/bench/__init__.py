@@ -86,8 +86,7 @@ def _keep(label: str, runners) -> bool:
 
 def _check_runners(runners, labels: list[str]) -> None:
     """Every `runners` prefix must keep a runner of the scenarios run: one that keeps none is a
-    typo, which would otherwise give an empty report and success. (Checked once the data are
-    built: some scenarios' runners depend on them.)"""
+    typo, which would otherwise give an empty report and success."""
     unmatched = [r for r in runners or () if not any(_keep(label, [r]) for label in labels)]
     if unmatched:
         raise ValueError(f"`runners` {', '.join(map(repr, unmatched))} match no runner of the scenarios "
@@ -167,6 +166,9 @@ def run(params: Params) -> dict:
 
     p = params
     check_out(p.out)
+    known = scenarios.labels(p)  # before the data are built: a typo is refused at once
+    _check_runners(p.runners, known)
+    check_expect(p.expect, [label for label in known if _keep(label, p.runners)])
     try:
         os.makedirs(p.out, exist_ok=True)
     except OSError as exc:  # a read-only or special file system
@@ -191,9 +193,8 @@ def run(params: Params) -> dict:
                                    f"{', '.join(p.scenarios)}")
         _write_reports(results, p.out)
         raise KeyboardInterrupt(results["interrupted"]) from None
-    labels = [c.label for listed in cases.values() for c in listed]
-    _check_runners(p.runners, labels)
-    check_expect(p.expect, [c.label for listed in cases.values() for c in listed if _keep(c.label, p.runners)])
+    if [c.label for listed in cases.values() for c in listed] != known:
+        raise RuntimeError(f"the benchmark's runners changed once the data were built: {known} before")
     results["baselines"] = {s: next((c.label for c in listed if c.baseline), None) for s, listed in cases.items()}
     ctx = Context(data=data, batch_size=p.batch_size, workers=p.workers, image_size=p.image_size,
                   image_source=p.image_source)

@@ -82,7 +82,7 @@ _FLAGS = {"samples": "--samples", "scaling_base": "--scaling-base", "images": "-
           "image_size": "--image-size", "image_source": "--image-source",
           "batch_size": "--batch-size", "workers": "--workers", "repeats": "--repeats",
           "min_seconds": "--min-seconds", "scenarios": "--scenarios", "runners": "--runners"}
-# ... and those `run` checks (once the data are built, for the runners and expected counts)
+# ... and those `run` checks (before the data are built: the runners and expected counts)
 _RUN_FLAGS = {"runners": "--runners", "out": "--out", "expect": "--expect"}
 
 

@@ -10,6 +10,7 @@ children (workers are joined when an epoch ends), divided by the samples.
 
 from __future__ import annotations
 
+import copy
 import gc
 import importlib.util
 import math
@@ -337,11 +338,19 @@ def feed_cases(p) -> list[Case]:
             Case("prefetch depth 4", "feed", p.feed_batches, options={**opts, "depth": 4})]
 
 
+def _plan_label(shards: int) -> str:
+    return f"plan {shards:,} shards"
+
+
+def _scaling_label(factor: int, rows: int) -> str:
+    return f"sparkfeed {factor}x ({rows:,} rows)"
+
+
 def plan_cases(p) -> list[Case]:
     cases = []
     for n in PLAN_SHARDS:
         path = datasets.synthetic_manifest(p.cache, n)
-        cases.append(Case(f"plan {n:,} shards", "plan", n * 4 * 256, options={"path": path},
+        cases.append(Case(_plan_label(n), "plan", n * 4 * 256, options={"path": path},
                           payload_bytes=os.path.getsize(os.path.join(path, "_sparkfeed.json")),
                           note="manifest only (4 row groups per shard); seconds = time to plan"))
     return cases
@@ -360,7 +369,7 @@ def scaling_cases(p) -> list[Case]:
                 datasets.leading_shards(p.cache, largest, n) or scaling_data(p, n))
         paths = datasets.files(path, ".parquet")
         datasets.warm(paths)
-        cases.append(Case(f"sparkfeed {f}x ({n:,} rows)", "sparkfeed-subprocess", n,
+        cases.append(Case(_scaling_label(f, n), "sparkfeed-subprocess", n,
                           options={"path": path}, payload_bytes=_size(paths),
                           baseline=f == 1, warmup=False,
                           note="fresh process; peak RSS = the loader process's VmHWM"))
@@ -406,6 +415,29 @@ CASES: dict[str, Callable] = {"tabular": tabular_cases, "filter": filter_cases,
                               "decode": decode_cases, "bytes": bytes_cases, "train": train_cases,
                               "feed": feed_cases, "plan": plan_cases,
                               "scaling": scaling_cases, "remote": remote_cases, "mix": mix_cases}
+
+
+# Data that are not there: enough for the case builders that only size files (none are found)
+_NO_DATA = datasets.Data(tabular="", images="", image_folder="", webdataset=None, webdataset_note="",
+                         build_s=0.0)
+
+
+def labels(p) -> list[str]:
+    """Every runner label of `p`'s scenarios, known before any data are built (a `--runners` or
+    `--expect` typo is refused at once, not after minutes of building): the builders of the
+    scenarios that make data of their own (plan, scaling) give theirs from the sizes alone."""
+    dry = copy.copy(p)
+    dry.data = _NO_DATA
+    out = []
+    for s in p.scenarios:
+        if s == "plan":
+            out += [_plan_label(n) for n in PLAN_SHARDS]
+        elif s == "scaling":
+            out += [_scaling_label(f, f * p.scaling_base) for f in SCALES]
+            out += [] if "plan" in p.scenarios else [_plan_label(n) for n in PLAN_SHARDS]
+        else:
+            out += [c.label for c in CASES[s](dry)]
+    return out
 
 
 def finish(rows: list[dict]) -> list[dict]:
