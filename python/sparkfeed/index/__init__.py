@@ -5,7 +5,8 @@ did not write, so the loader reads it in place (no rewrite).
     m = sparkfeed.index("ro/shards/", manifest="work/shards.json")  # data read-only: manifest apart
     loader = sparkfeed.DataLoader("ro/shards/", manifest="work/shards.json", batch_size=256)
 
-The stages, one module each: `discover` (list files, Hive partitions, guess the format),
+The stages, one module each: `discover` (list files, guess the format; `hive` types the
+partition directories' values),
 `parquet` (footers), `tar` (one scan per tar, DALI index), `delta` (the table's log), `gather`
 (a local thread pool or Spark executors), `build` (entries -> a validated Manifest, written).
 `open_manifest` is what the loader calls to find a dataset's manifest and its data.

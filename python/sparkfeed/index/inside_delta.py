@@ -14,7 +14,7 @@ from ..errors import ManifestError
 
 
 def is_partition_dir(name: str) -> bool:
-    """A Hive/Delta partition directory's name (`split=val`), as `hive_partition` reads it."""
+    """A Hive/Delta partition directory's name (`split=val`), as `hive.hive_partition` reads it."""
     key, eq, _ = name.partition("=")
     return bool(eq and key) and not name.startswith((".", "_"))
 

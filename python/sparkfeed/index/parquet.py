@@ -15,7 +15,8 @@ import pyarrow as pa
 from ..errors import ManifestError, ShardReadError
 from ..filters import arrow_type, common_type
 from ..write import _footer_entry, _gather_entries
-from .discover import DataFile, Listing, partition_types, typed_partition
+from .discover import DataFile, Listing
+from .hive import partition_types, typed_partition
 from .gather import run_local
 from .types import unsupported_kind
 
