@@ -247,7 +247,7 @@ def _exif_orientation(tiff) -> int:
 
 def _orientation(mv: memoryview) -> int:
     """This row's EXIF orientation from its header only: a JPEG's APP1 "Exif" segment before
-    the frame header, a PNG's eXIf chunk before its pixel data, else what PIL's lazy open reads
+    the frame header, a PNG's eXIf chunk (before or after its pixel data), else what PIL's lazy open reads
     (WebP, TIFF). 1 where there is none."""
     if mv[:2] == b"\xff\xd8":
         for i, marker in _segments(mv, 10):
@@ -262,9 +262,9 @@ def _orientation(mv: memoryview) -> int:
             length, kind = int.from_bytes(mv[i:i + 4], "big"), mv[i + 4:i + 8]
             if kind == b"eXIf":
                 return _exif_orientation(mv[i + 8:i + 8 + length])
-            if kind == b"IDAT":
+            if kind == b"IEND":
                 break
-            i += 12 + length
+            i += 12 + length  # past IDAT too: some writers put eXIf after it, and both decoders apply it there
         return 1
     from PIL import Image
 
@@ -352,6 +352,8 @@ def _check_headers(enc: _Encoded, spec: ImageDecode, complete_jpeg: bool = False
         else:
             failures.append((r, reason))
     known = w >= 0
+    for r in np.flatnonzero(known & (np.minimum(w, h) == 0)).tolist():
+        failures.append((r, f"image is {w[r]}x{h[r]}: its header declares no pixels; refused before decoding"))
     for r in np.flatnonzero(known & (w * h > spec.max_pixels)).tolist():
         failures.append((r, f"image is {w[r]}x{h[r]} = {w[r] * h[r]} pixels, over "
                             f"max_pixels={spec.max_pixels}; refused before decoding"))
@@ -362,4 +364,13 @@ def _check_headers(enc: _Encoded, spec: ImageDecode, complete_jpeg: bool = False
         for r in np.flatnonzero(known & (np.minimum(w, h) < spec.size)).tolist():
             failures.append((r, f"image is {w[r]}x{h[r]}, smaller than the {spec.size}x{spec.size} "
                                 "crop cut from stored pixels (resize=None)"))
-    return np.stack([w, h], 1), failures
+    return np.stack([w, h], 1), _first_reasons(failures)
+
+
+def _first_reasons(failures: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """One failure per row, its first reason: a row refused twice (a strip over `max_pixels`
+    both as stored and once resized) is one bad sample, counted and reported once."""
+    first: dict[int, str] = {}
+    for r, reason in failures:
+        first.setdefault(r, reason)
+    return list(first.items())

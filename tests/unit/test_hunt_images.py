@@ -1,0 +1,120 @@
+"""Image decoding as a demanding user meets it: odd but valid files, files that lie, and the
+reasons given for refused rows. Images are made in memory; PIL is the reference."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from sparkfeed.decode import ImageDecode, ImageDecoder
+
+BACKENDS = ["dali", "pil"]
+
+
+def _decoder(backend="dali", **kw) -> ImageDecoder:
+    return ImageDecoder(ImageDecode(device="cpu", backend=backend, **kw), max_batch_size=16, seed=0)
+
+
+def _gradient(w: int, h: int) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 255 // w, y * 255 // h, np.full_like(x, 128)], -1).astype(np.uint8)
+
+
+def _save(a: np.ndarray, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png_declaring(w: int, h: int) -> bytes:
+    """A PNG whose IHDR declares w x h pixels (and holds none)."""
+    head = _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + head + _chunk(b"IDAT", zlib.compress(b"")) + _chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_strip_over_max_pixels_is_one_failure_with_one_reason(backend):
+    """A 50,000,000 x 2 PNG is over `max_pixels` as stored and once resized: before, the row came
+    back twice in `failures`, and the loader's message said "2 bad sample(s)" for one."""
+    good = _save(_gradient(40, 30), "PNG")
+    res = _decoder(backend, size=16).decode([_png_declaring(50_000_000, 2), good])
+    assert res.ok_rows.tolist() == [1]
+    assert [r for r, _ in res.failures] == [0]
+    assert "over max_pixels=89478485" in res.failures[0][1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("w,h", [(0, 0), (40, 0), (0, 30)])
+def test_an_image_declaring_no_pixels_is_refused_from_its_header(backend, w, h):
+    """A PNG (or JPEG) whose header declares a zero side used to reach the decoder: DALI failed
+    the batch (bisected) with "nvImageCodec failure: '#2'" and PIL named a BytesIO's address."""
+    jpeg = bytearray(_save(_gradient(40, 30), "JPEG", quality=90))
+    sof = jpeg.find(b"\xff\xc0")
+    jpeg[sof + 5:sof + 9] = struct.pack(">HH", h, w)
+    good = _save(_gradient(40, 30), "JPEG", quality=90)
+    res = _decoder(backend, size=16).decode([_png_declaring(w, h), bytes(jpeg), good])
+    assert res.ok_rows.tolist() == [2]
+    assert res.failures == tuple((r, f"image is {w}x{h}: its header declares no pixels; refused before decoding")
+                                 for r in (0, 1))
+
+
+def test_pil_reasons_do_not_carry_a_memory_address():
+    """A PNG whose IHDR reads but fails its CRC: PIL's reason was "cannot identify image file
+    <_io.BytesIO object at 0x7f...>", different on every run and naming no image."""
+    good = _save(_gradient(40, 30), "PNG")
+    broken = bytearray(good)
+    broken[29] ^= 0xFF  # the IHDR's CRC
+    res = _decoder("pil", size=16).decode([bytes(broken), good])
+    assert res.ok_rows.tolist() == [1] and [r for r, _ in res.failures] == [0]
+    assert "0x" not in res.failures[0][1] and "BytesIO" not in res.failures[0][1]
+    assert res.failures[0][1].startswith("PIL could not decode the image (not a recognised image")
+
+
+def test_a_float_tiff_decodes_to_the_same_pixels_in_both_backends():
+    """A 32-bit float grayscale TIFF (values 0..1): DALI scales it to 0..255; the PIL backend
+    gave an all-black image (Pillow's "F" -> "RGB" conversion clips 0..1 to 0 and 1)."""
+    gray = _gradient(40, 24)[..., 0]
+    data = _save(gray.astype(np.float32) / 255, "TIFF")
+    want = torch.from_numpy(np.repeat(gray[..., None], 3, -1)).int()
+    for backend in BACKENDS:
+        got = _decoder(backend, layout="NHWC").decode([data]).images[0].int()
+        assert (got - want).abs().max() <= 1, backend
+
+
+def _exif_after_pixels(a: np.ndarray, orientation: int) -> bytes:
+    """A PNG whose eXIf chunk (an orientation tag) comes after its IDAT, as some writers put it."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    tiff = exif.tobytes()
+    tiff = tiff[6:] if tiff.startswith(b"Exif\x00\x00") else tiff
+    png = _save(a, "PNG")
+    iend = png.rfind(b"IEND") - 4
+    return png[:iend] + _chunk(b"eXIf", tiff) + png[iend:]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_random_resized_crop_of_a_png_turned_by_an_exif_chunk_after_its_pixels(backend):
+    """Both decoders turn a PNG upright by an eXIf chunk after IDAT, but the header check stopped
+    looking at IDAT and drew the window on the stored size: squeezed in DALI, and cut partly
+    outside the turned image (black) by the PIL backend."""
+    turned = _exif_after_pixels(_gradient(96, 48), 6)
+    with Image.open(io.BytesIO(turned)) as im:
+        upright = ImageOps.exif_transpose(im).convert("RGB")
+        assert upright.size == (48, 96)  # the reference turns it too
+    buf = io.BytesIO()
+    upright.save(buf, "PNG")
+    keys = np.arange(8, dtype=np.int64)
+    dec = _decoder(backend, size=24, crop="random_resized")
+    got = dec.decode([turned] * 8, keys=keys).images.int()
+    want = dec.decode([buf.getvalue()] * 8, keys=keys).images.int()
+    assert (got - want).abs().max() <= 3
