@@ -276,10 +276,13 @@ def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
 
 def _rgb(im: Image.Image) -> Image.Image:
     """The image as 8-bit RGB. 16-bit grayscale (PIL's "I;16*" and "I" modes) is scaled to 8 bits
-    as DALI does; Pillow's own conversion would clip every value above 255 to white."""
+    as DALI does; Pillow's own conversion would clip every value above 255 to white. Floating
+    grayscale ("F", a float TIFF) is read as 0..1, as DALI reads it; Pillow would make it black."""
     if im.mode.startswith("I;16") or im.mode == "I":
         wide = np.asarray(im, dtype=np.uint32).clip(0, 65535)
         im = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
+    elif im.mode == "F":
+        im = Image.fromarray(np.rint(np.asarray(im, dtype=np.float32).clip(0, 1) * 255).astype(np.uint8))
     return im.convert("RGB")
 
 
@@ -328,6 +331,9 @@ class _PilBackend:
             try:
                 imgs.append(self._one(arr, draws, i, kind))
                 ok.append(int(r))
+            except Image.UnidentifiedImageError:  # its message names a BytesIO's address
+                failures.append((int(r), "PIL could not decode the image (not a recognised image: "
+                                         "its header reads, its data does not)"))
             except Exception as e:  # noqa: BLE001 - a bad image is reported, not raised
                 failures.append((int(r), f"PIL could not decode the image ({type(e).__name__}: {e})"))
         if not imgs:
