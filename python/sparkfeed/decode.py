@@ -37,6 +37,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import math
 import os
 import re
 import threading
@@ -138,6 +139,8 @@ class ImageDecode:
                     or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
                     or not low < v[0] <= v[1]):
                 _fail(field, "a (min, max) pair of positive numbers with min <= max", v)
+            if v[1] == math.inf:  # log-uniform draws over an infinite range are NaN windows
+                _fail(field, "a pair of finite numbers", v)
             object.__setattr__(self, field, (float(v[0]), float(v[1])))
         if self.scale[1] > 1.0:
             _fail("scale", "within (0, 1] (a fraction of the image's area)", self.scale)
@@ -184,6 +187,8 @@ class ImageDecode:
             if (not isinstance(v, (tuple, list)) or len(v) not in (1, 3)
                     or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
                 _fail(field, "a tuple of 1 or 3 numbers", v)
+            if not all(math.isfinite(x) for x in v):  # every output pixel would be NaN (or 0)
+                _fail(field, "finite numbers", v)
             object.__setattr__(self, field, tuple(float(x) for x in v))
         if self.std is not None and min(self.std) <= 0:
             _fail("std", "positive", self.std)

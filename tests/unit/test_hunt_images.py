@@ -118,3 +118,17 @@ def test_random_resized_crop_of_a_png_turned_by_an_exif_chunk_after_its_pixels(b
     got = dec.decode([turned] * 8, keys=keys).images.int()
     want = dec.decode([buf.getvalue()] * 8, keys=keys).images.int()
     assert (got - want).abs().max() <= 3
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"mean": (0.0,), "std": (float("nan"),)}, "`std` should be finite numbers, but got std=(nan,)"),
+    ({"mean": (1.0, float("inf"), 3.0), "std": (1.0,)}, "`mean` should be finite numbers, but got mean=(1.0, inf, 3.0)"),
+    ({"size": 8, "crop": "random_resized", "ratio": (1.0, float("inf"))},
+     "`ratio` should be a pair of finite numbers, but got ratio=(1.0, inf)"),
+])
+def test_non_finite_normalisation_and_ranges_are_refused_when_the_spec_is_built(kwargs, message):
+    """A NaN `std` made every pixel NaN and an infinite `ratio` drew windows from an infinite
+    log-range, both silently: now refused with a sentence, like every other bad field."""
+    with pytest.raises(ValueError) as e:
+        ImageDecode(**kwargs)
+    assert str(e.value) == message
