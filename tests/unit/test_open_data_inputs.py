@@ -130,3 +130,43 @@ def test_tar_member_names_the_reader_refuses_are_refused_by_the_index(tmp_path, 
                                              rf"escape the dataset: it {reason}"):
         sparkfeed.index(str(root), progress=False)
     assert not (root / "_sparkfeed.json").exists()
+
+
+def _two_files_indexed_apart(tmp_path):
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    for i in range(2):
+        pq.write_table(pa.table({"x": pa.array([i, i], pa.int64())}), lake / f"part-{i}.parquet")
+    sparkfeed.index(str(lake / "part-*.parquet"), manifest=str(tmp_path / "m.json"), progress=False)
+    return lake
+
+
+@pytest.mark.parametrize("given", ["part-*.parquet", "*.parquet", ".", None])
+def test_the_glob_that_was_indexed_reads_with_its_manifest(tmp_path, given):
+    """`index('lake/part-*.parquet', manifest='m.json')` then `DataLoader('lake/part-*.parquet',
+    manifest='m.json')`, the path a user indexed: every shard read as missing, joined under the
+    glob (`lake/part-*.parquet/part-0.parquet`); the root the manifest records is the root."""
+    lake = _two_files_indexed_apart(tmp_path)
+    path = None if given is None else str(lake / given) if given != "." else str(lake)
+    loader = sparkfeed.DataLoader(path, manifest=str(tmp_path / "m.json"), batch_size=8)
+    assert _rows(loader, "x") == [(0,), (0,), (1,), (1,)]
+
+
+@pytest.mark.parametrize("given", ["part-0.parquet", "part-1*"])
+def test_a_file_or_glob_naming_part_of_the_manifest_is_refused_not_read_whole(tmp_path, given):
+    lake = _two_files_indexed_apart(tmp_path)
+    with pytest.raises(ValueError, match=r"^`path` .* does not name its 2 shard\(s\); pass that root"):
+        sparkfeed.DataLoader(str(lake / given), manifest=str(tmp_path / "m.json"), batch_size=8)
+
+
+def test_the_one_tar_that_was_indexed_reads_with_its_manifest(tmp_path):
+    blob = io.BytesIO()
+    with tarfile.open(fileobj=blob, mode="w") as t:
+        for key in ("a", "b"):
+            info = tarfile.TarInfo(f"{key}.txt")
+            info.size = 1
+            t.addfile(info, io.BytesIO(key.encode()))
+    (tmp_path / "one.tar").write_bytes(blob.getvalue())
+    sparkfeed.index(str(tmp_path / "one.tar"), manifest=str(tmp_path / "m"), progress=False)
+    loader = sparkfeed.DataLoader(str(tmp_path / "one.tar"), manifest=str(tmp_path / "m"), batch_size=4)
+    assert _rows(loader, "txt") == [("a",), ("b",)]

@@ -14,6 +14,7 @@ partition directories' values),
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import shlex
@@ -125,20 +126,21 @@ def open_manifest(path, manifest=None, storage_options: dict | None = None) -> t
 
     `manifest` is None (the manifest at `path`; Parquet or Delta data without one, a directory,
     a glob or one file, is indexed in memory; tar data is refused), a Manifest, or a path/URL of
-    a manifest kept apart. The data root is `path` when given, else the root the manifest
+    a manifest kept apart. The data root is `path` when given (the root the manifest recorded
+    when `path` is what was indexed: a glob or a file in it), else the root the manifest
     recorded, else the manifest's own directory.
     """
     if path is None and manifest is None:
         raise ValueError("`path` should be a dataset path/URL (or pass manifest=), but got "
                          "path=None and manifest=None")
     if isinstance(manifest, Manifest):
-        return manifest, _data_root(path, manifest, manifest.root)
+        return manifest, _data_root(path, manifest, manifest.root, storage_options)
     if manifest is not None:
         if not isinstance(manifest, (str, os.PathLike)):
             raise ValueError(f"`manifest` should be a Manifest or a path/URL, but got "
                              f"manifest={manifest!r}")
         m = read_manifest(os.fspath(manifest), storage_options)
-        return m, _data_root(path, m, os.fspath(manifest))
+        return m, _data_root(path, m, os.fspath(manifest), storage_options)
     path = os.fspath(path)
     try:
         return read_manifest(path, storage_options), path
@@ -165,13 +167,35 @@ def _indexable_in_memory(path: str, storage_options) -> bool:
     return fs.isfile(root) and not root.endswith(".json")
 
 
-def _data_root(path, m: Manifest, manifest_url: str) -> str:
+def _data_root(path, m: Manifest, manifest_url: str, storage_options=None) -> str:
     if path is not None:
-        return os.fspath(path)
+        return _given_root(os.fspath(path), m, storage_options)
     if m.data_root is not None:
         return m.data_root
     url = storage.normalise_url(manifest_url)
     return url.rsplit("/", 1)[0] if url.endswith(".json") else url
+
+
+def _given_root(path: str, m: Manifest, storage_options) -> str:
+    """The data root for a loader given `path` and a manifest kept apart: `path`, unless `path`
+    is the glob or the file that was indexed (`index('lake/part-*.parquet', manifest=...)`),
+    inside the root the manifest recorded: then that root, which the shard paths are relative to
+    (before, every shard read as missing: `lake/part-*.parquet/part-0.parquet`). A glob or file
+    that does not name the manifest's shards is refused rather than read as the whole dataset."""
+    root = m.data_root
+    url = storage.normalise_url(path)
+    if root is None or not url.startswith(root.rstrip("/") + "/"):
+        return path
+    fs, where = storage.resolve(path, storage_options)
+    if fs.isdir(where):
+        return path
+    shards = [f"{root.rstrip('/')}/{s.path}" for s in m.shards]
+    named = all(fnmatch.fnmatchcase(s, url) for s in shards) if not fs.exists(where) else shards == [url]
+    if not named:
+        raise ValueError(f"`path` {path!r} is a file or glob inside the data root the manifest records "
+                         f"({root!r}) but does not name its {len(shards)} shard(s); pass that root, or "
+                         "path=None to read the data where the manifest says")
+    return root
 
 
 def _index_in_memory(path: str, storage_options, version=None) -> Manifest:

@@ -80,11 +80,13 @@ def _webdataset(listing, files, spark, storage_options, progress):
     schema = [key_column(exts)] + [column_of(e) for e in exts]
     dali = {}
     for s in scans:
-        dali[s["path"]] = s.pop("dali_index")
+        text = s.pop("dali_index")
         present = s.pop("present")
         s["stats"] = {e: {**s["stats"].get(e, {}), "null_count": s["num_samples"] - present.get(e, 0)}
                       for e in exts}
-        s["index"] = f"{INDEX_DIR}/{s['path']}.idx"
+        if text is not None:  # (None: a tar no DALI index can describe; read streamed)
+            dali[s["path"]] = text
+            s["index"] = f"{INDEX_DIR}/{s['path']}.idx"
     _versioned(scans, files)
     return schema, scans, dali
 

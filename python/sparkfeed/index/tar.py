@@ -94,6 +94,7 @@ class _Scan:
         self.lines: list[str] = []
         self.skipped = 0  # members in no sample (`is_sample_member`)
         self.last: tarfile.TarInfo | None = None  # the last header read, for errors
+        self.sparse: tarfile.TarInfo | None = None  # the first sparse member: no DALI index
 
     def member(self, tar, info) -> None:
         _check_member(info, self.dataset, self.shard)
@@ -116,6 +117,8 @@ class _Scan:
             raise ShardReadError(f"sample {key!r} has two .{ext} members", dataset=self.dataset,
                                  shard=self.shard, offset=info.offset)
         self.exts_in_sample.add(ext)
+        if info.issparse() and self.sparse is None:
+            self.sparse = info
         self.present[ext] = self.present.get(ext, 0) + 1
         last = ext.rsplit(".", 1)[-1].lower()
         if last in INT_EXTS or (last in TEXT_EXTS and last not in ("json", "jsn")):
@@ -187,8 +190,22 @@ def scan_tar(fs, full: str, rel: str, size: int, dataset: str) -> dict:
     n = len(scan.keys)
     return {"path": rel, "num_samples": n, "num_bytes": size,
             "members": sorted(scan.present), "present": scan.present,
-            "stats": tar_stats(scan.values),
-            "dali_index": f"{DALI_INDEX_VERSION} {n}\n" + "".join(line + "\n" for line in scan.lines)}
+            "stats": tar_stats(scan.values), "dali_index": _dali_index(scan)}
+
+
+def _dali_index(scan: _Scan) -> str | None:
+    """The shard's DALI index (`wds2idx` v1.2: per sample, each member's extension, data offset,
+    size and name), or None for a tar holding a sparse member (`tar --sparse`): its data is not
+    one run of bytes at one offset, which is all an index line can say, so DALI's own reader
+    would read the wrong bytes (DALI's `wds2idx` writes such a line anyway). Without an index,
+    sparkfeed reads the shard streamed, through `tarfile`, which expands sparse members."""
+    if scan.sparse is not None:
+        log.warning("%s: shard %s: member %r (tar offset %d) is a sparse file: no DALI index is "
+                    "written for this shard (DALI's reader cannot read such a member in place); "
+                    "sparkfeed reads the shard streamed", scan.dataset, scan.shard,
+                    scan.sparse.name, scan.sparse.offset)
+        return None
+    return f"{DALI_INDEX_VERSION} {len(scan.keys)}\n" + "".join(line + "\n" for line in scan.lines)
 
 
 # The first bytes of the compressed streams a `.tar` may hold (`tar -czf x.tar`, TarWriter's
