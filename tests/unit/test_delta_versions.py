@@ -121,3 +121,23 @@ def test_inspect_version_refuses_what_is_no_version_or_no_delta_table(tmp_path, 
     pq.write_table(_ids(0, 3), tmp_path / "p" / "a.parquet")
     assert main(["inspect", str(tmp_path / "p"), "--version", version]) == 2
     assert said in capsys.readouterr().err
+
+
+def test_a_time_before_the_first_commit_left_in_a_cleaned_log_is_refused(tmp_path):
+    """A log cleaned up to a checkpoint (delta.logRetentionDuration) starts after version 0: a
+    time before its first commit is refused naming that commit; a time after it loads it."""
+    import os
+
+    root = str(tmp_path / "t")
+    times = []
+    for i in range(3):
+        deltalake.write_deltalake(root, _ids(10 * i, 10 * i + 10), mode="append")
+        time.sleep(0.05)
+        times.append(dt.datetime.now(dt.timezone.utc))
+        time.sleep(0.05)
+    deltalake.DeltaTable(root, version=1).create_checkpoint()
+    os.remove(os.path.join(root, "_delta_log", f"{0:020d}.json"))
+    assert _version_of(root, tmp_path, times[1].isoformat()) == (1, 20)
+    assert _version_of(root, tmp_path, times[2].isoformat()) == (2, 30)
+    with pytest.raises(ManifestError, match=r"its first commit in the log \(version 1\) is at "):
+        _version_of(root, tmp_path, times[0].isoformat())

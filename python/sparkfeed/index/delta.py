@@ -58,8 +58,6 @@ def open_table(url: str, version, storage_options: dict | None, dataset: str):
     if isinstance(version, int) and version > latest:
         raise ManifestError(f"the Delta table has no version {version}: its latest is {latest}",
                              dataset=dataset)
-    if isinstance(version, dt.datetime):
-        _check_not_before_first_commit(table, version, dataset)
     try:
         table.load_as_version(version)
     except Exception as exc:  # an old version whose commits the log no longer holds
@@ -68,22 +66,47 @@ def open_table(url: str, version, storage_options: dict | None, dataset: str):
             f"{type(exc).__name__}: {exc}; the log no longer holds the commits of that version "
             "when they were cleaned up (delta.logRetentionDuration): pick a later version",
             dataset=dataset) from exc
+    if isinstance(version, dt.datetime):
+        _check_not_before_first_commit(table, url, version, storage_options, dataset)
     return table
 
 
-def _check_not_before_first_commit(table, when: dt.datetime, dataset: str) -> None:
-    """A time before the table's first commit (in its log) names no version: deltalake would
-    load that commit's version anyway, so the rows of a later time came out; Spark refuses."""
-    commits = [(c["timestamp"], c["version"]) for c in table.history()
-               if isinstance(c.get("timestamp"), int) and isinstance(c.get("version"), int)]
-    if not commits:
+def _check_not_before_first_commit(table, url: str, when: dt.datetime, storage_options, dataset: str) -> None:
+    """A time before the table's first commit (in its log) names no version: deltalake loads
+    that commit's version anyway, so the rows of a later time came out; Spark refuses. Only a
+    load that landed on the log's first commit can be such a time: the check reads that commit
+    alone (and looks for the one before it), not the whole history (`DeltaTable.history()`
+    parses every commit of a long-lived table)."""
+    loaded = table.version()
+    fs, root = storage.resolve(url, storage_options)
+    log_dir = f"{root.rstrip('/')}/_delta_log"
+    if loaded > 0 and fs.exists(f"{log_dir}/{loaded - 1:020d}.json"):
+        return  # not the first: deltalake took the last commit at or before `when`
+    first_ms = _commit_ms(fs, f"{log_dir}/{loaded:020d}.json")
+    if first_ms is None:
         return
-    first_ms, first = min(commits, key=lambda c: c[1])
     first_at = dt.datetime.fromtimestamp(first_ms / 1000, dt.timezone.utc)
     if when < first_at:
         raise ManifestError(f"the Delta table has no version at {when.isoformat()}: its first commit "
-                            f"in the log (version {first}) is at {first_at.isoformat()}; pick a time "
+                            f"in the log (version {loaded}) is at {first_at.isoformat()}; pick a time "
                             "after it, or a version number", dataset=dataset)
+
+
+def _commit_ms(fs, path: str) -> int | None:
+    """The commit's time (its `commitInfo` action's `timestamp`, ms since the epoch, as
+    `DeltaTable.history()` gives it); None when the commit file is gone or records none."""
+    import json
+
+    try:
+        with fs.open(path, "rb") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in lines:
+        info = json.loads(line).get("commitInfo") if line.strip() else None
+        if isinstance(info, dict) and isinstance(info.get("timestamp"), int):
+            return info["timestamp"]
+    return None
 
 
 def delta_version(version):
