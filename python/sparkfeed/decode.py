@@ -46,14 +46,14 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from . import batch as batching
 from . import forks
 from .batch import BinaryChunks, BinaryColumn
 from .crops import _RRC_TRIES, _keyed_draws, _keyed_window_uniforms, _random_resized_windows
 from .decoded import DecodeResult
-from .headers import _check_headers, _Encoded, _encoded, resized_sizes
+from .headers import _check_headers, _Encoded, _encoded, _marker_orientation, resized_sizes
 
 __all__ = ["ImageDecode", "ImageDecoder", "DecodeResult"]
 
@@ -291,13 +291,23 @@ def _rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _upright(im: Image.Image) -> Image.Image:
+# What each EXIF orientation asks for, as `ImageOps.exif_transpose` does it
+_TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+          5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+          8: Image.Transpose.ROTATE_90}
+
+
+def _upright(im: Image.Image, arr: np.ndarray) -> Image.Image:
     """The image turned by its EXIF orientation tag (2-8: mirrored and/or rotated), as DALI's
     decoders do (and torchvision's `decode_jpeg(apply_exif_orientation=True)`); a phone photo
-    stored sideways comes out the way it is shown."""
-    if im.getexif().get(0x0112, 1) == 1:
-        return im
-    return ImageOps.exif_transpose(im)
+    stored sideways comes out the way it is shown. A JPEG's or PNG's tag is read from its
+    markers as DALI reads it (PIL also takes a malformed tag that DALI ignores: a LONG, a
+    directory running past its block); other formats' from PIL."""
+    orientation = _marker_orientation(memoryview(arr))
+    if orientation is None:
+        orientation = im.getexif().get(0x0112, 1)
+    turn = _TURNS.get(orientation)
+    return im if turn is None else im.transpose(turn)
 
 
 class _PilBackend:
@@ -319,7 +329,7 @@ class _PilBackend:
 
     def _one(self, arr: np.ndarray, draws: _Draws, i: int, kind: str) -> torch.Tensor:
         with Image.open(io.BytesIO(arr)) as im:
-            im = self._geometry(_rgb(_upright(im)), kind, None if draws.window is None else draws.window[i])
+            im = self._geometry(_rgb(_upright(im, arr)), kind, None if draws.window is None else draws.window[i])
         t = torch.from_numpy(np.array(im))
         s = self.spec.size
         if s is not None and kind != "slice":

@@ -231,29 +231,34 @@ _TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height (a quarte
 def _exif_orientation(tiff) -> int:
     """The orientation tag (0x0112, 1-8) of IFD0 of an EXIF block (TIFF bytes, after any
     "Exif\\0\\0"); 1 where there is none or it cannot be read. Read from the block's first
-    directory directly: PIL's `Image.Exif` parses every tag, 12 µs a photo, 4x this."""
+    directory directly: PIL's `Image.Exif` parses every tag, 12 µs a photo, 4x this. Read as
+    DALI's decoders read it (so that both backends and the windows drawn agree): a tag that is
+    not a SHORT, or a directory whose entries run past the block, is no orientation."""
     b = bytes(tiff[6:] if tiff[:6] == b"Exif\x00\x00" else tiff)
     order = {b"II": "little", b"MM": "big"}.get(b[:2])
     if order is None or len(b) < 8:
         return 1
     at = int.from_bytes(b[4:8], order)
     count = int.from_bytes(b[at:at + 2], order) if at + 2 <= len(b) else 0
-    for e in range(at + 2, min(at + 2 + 12 * count, len(b) - 11), 12):
+    if at + 2 + 12 * count > len(b):
+        return 1
+    for e in range(at + 2, at + 2 + 12 * count, 12):
         if int.from_bytes(b[e:e + 2], order) == 0x0112:
             value = int.from_bytes(b[e + 8:e + 10], order)
-            return value if 1 <= value <= 8 else 1
+            return value if int.from_bytes(b[e + 2:e + 4], order) == 3 and 1 <= value <= 8 else 1
     return 1
 
 
-def _orientation(mv: memoryview) -> int:
-    """This row's EXIF orientation from its header only: a JPEG's APP1 "Exif" segment before
-    the frame header, a PNG's eXIf chunk (before or after its pixel data), else what PIL's lazy open reads
-    (WebP, TIFF). 1 where there is none."""
+def _marker_orientation(mv: memoryview) -> int | None:
+    """A JPEG's or PNG's EXIF orientation from its markers: a JPEG's APP1 "Exif" segment before
+    its first scan (after the frame header too: both decoders read it there), a PNG's eXIf chunk
+    before or after its pixel data (some writers put it after IDAT; both decoders apply it).
+    1 where there is none; None for other formats."""
     if mv[:2] == b"\xff\xd8":
         for i, marker in _segments(mv, 10):
             if marker == 0xE1 and mv[i + 4:i + 10] == b"Exif\x00\x00":
                 return _exif_orientation(mv[i + 4:i + 2 + int.from_bytes(mv[i + 2:i + 4], "big")])
-            if marker in _SOF or marker == 0xDA:
+            if marker == 0xDA:
                 break
         return 1
     if mv[:8] == _PNG[:8]:
@@ -264,8 +269,17 @@ def _orientation(mv: memoryview) -> int:
                 return _exif_orientation(mv[i + 8:i + 8 + length])
             if kind == b"IEND":
                 break
-            i += 12 + length  # past IDAT too: some writers put eXIf after it, and both decoders apply it there
+            i += 12 + length
         return 1
+    return None
+
+
+def _orientation(mv: memoryview) -> int:
+    """This row's EXIF orientation from its header only: `_marker_orientation`, else what PIL's
+    lazy open reads (WebP, TIFF). 1 where there is none."""
+    found = _marker_orientation(mv)
+    if found is not None:
+        return found
     from PIL import Image
 
     try:

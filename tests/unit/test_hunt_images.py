@@ -132,3 +132,48 @@ def test_non_finite_normalisation_and_ranges_are_refused_when_the_spec_is_built(
     with pytest.raises(ValueError) as e:
         ImageDecode(**kwargs)
     assert str(e.value) == message
+
+
+def _with_app1(jpeg: bytes, exif: bytes, after_frame: bool = False) -> bytes:
+    """`jpeg` with an APP1 segment holding `exif`, after SOI or after the frame header."""
+    at = 2
+    if after_frame:
+        sof = jpeg.find(b"\xff\xc0")
+        at = sof + 2 + int.from_bytes(jpeg[sof + 2:sof + 4], "big")
+    return jpeg[:at] + b"\xff\xe1" + (len(exif) + 2).to_bytes(2, "big") + exif + jpeg[at:]
+
+
+def _ifd(kind: int, value: bytes, count: int = 1) -> bytes:
+    """A big-endian EXIF block whose IFD0 declares `count` entries and holds one: orientation."""
+    entry = struct.pack(">HHI", 0x0112, kind, 1) + value
+    return b"Exif\x00\x00MM\x00*" + (8).to_bytes(4, "big") + count.to_bytes(2, "big") + entry + b"\x00" * 4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_random_resized_crop_of_a_jpeg_whose_exif_follows_its_frame_header(backend):
+    """Both decoders turn a JPEG by an EXIF segment placed after the frame header; the header
+    check stopped at the frame header and drew the window on the stored size."""
+    stored = _gradient(96, 48)
+    turned = _with_app1(_save(stored, "JPEG", quality=95), _ifd(3, b"\x00\x06\x00\x00"), after_frame=True)
+    upright = _save(np.ascontiguousarray(np.rot90(stored, -1)), "PNG")
+    keys = np.arange(8, dtype=np.int64)
+    dec = _decoder(backend, size=24, crop="random_resized")
+    got = dec.decode([turned] * 8, keys=keys).images.int()
+    want = dec.decode([upright] * 8, keys=keys).images.int()
+    assert (got - want).abs().max() <= 6
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # PIL's open reads the block too
+@pytest.mark.parametrize("block", [_ifd(4, b"\x00\x00\x00\x06"), _ifd(3, b"\x00\x06\x00\x00", count=3)],
+                         ids=["orientation-a-LONG", "directory-past-its-block"])
+def test_a_malformed_orientation_tag_is_read_the_same_by_both_backends(block):
+    """DALI ignores an orientation stored as a LONG, or in a directory whose entries run past the
+    block; PIL's `exif_transpose` took both, so the PIL backend turned the image that DALI did
+    not (another shape), and a random_resized window was drawn for a turn DALI never made."""
+    data = _with_app1(_save(_gradient(40, 24), "JPEG", quality=95), block)
+    keys = np.arange(4, dtype=np.int64)
+    for kw in ({"layout": "NHWC"}, {"size": 16, "crop": "random_resized"}):
+        dali = _decoder("dali", **kw).decode([data] * 4, keys=keys).images.int()
+        pil = _decoder("pil", **kw).decode([data] * 4, keys=keys).images.int()
+        assert dali.shape == pil.shape and (dali - pil).abs().max() <= 6, kw
+    assert _decoder("pil", layout="NHWC").decode([data]).images.shape == (1, 24, 40, 3)  # as stored
