@@ -170,3 +170,11 @@ def test_the_one_tar_that_was_indexed_reads_with_its_manifest(tmp_path):
     sparkfeed.index(str(tmp_path / "one.tar"), manifest=str(tmp_path / "m"), progress=False)
     loader = sparkfeed.DataLoader(str(tmp_path / "one.tar"), manifest=str(tmp_path / "m"), batch_size=4)
     assert _rows(loader, "txt") == [("a",), ("b",)]
+
+
+def test_one_file_without_manifest_says_a_file_needs_one(tmp_path):
+    """Before: "... when `path` is a glob or a list of files", said of one file."""
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "a.parquet")
+    with pytest.raises(ValueError, match=r"when `path` is a glob, a file or a list of files"):
+        sparkfeed.index(str(tmp_path / "a.parquet"), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.parquet"]

@@ -86,8 +86,9 @@ def index(path, format: str | None = None, *, manifest: str | None = None, spark
     started = time.monotonic()
     listing = discover(path, storage_options)
     if listing.explicit and manifest is None:
-        raise ValueError(f"`manifest` should say where to write the manifest when `path` is a glob "
-                         f"or a list of files, but got manifest=None (path={path!r})")
+        raise ValueError(f"`manifest` should say where to write the manifest when `path` is a glob, "
+                         f"a file or a list of files (a directory or a .json path), but got "
+                         f"manifest=None (path={path!r})")
     fmt = guess_format(listing, format)
     if version is not None and fmt != "delta":
         raise ValueError(f"`version` is for Delta tables, but {listing.url!r} holds {fmt} data")
