@@ -255,21 +255,24 @@ def _marker_orientation(mv: memoryview) -> int | None:
     before or after its pixel data (some writers put it after IDAT; both decoders apply it).
     1 where there is none; None for other formats."""
     if mv[:2] == b"\xff\xd8":
-        for i, marker in _segments(mv, 10):
+        i, n = 2, len(mv) - 10
+        while i <= n and mv[i] == 0xFF:  # the segment walk of `_segments`, inlined: 3x cheaper
+            marker = mv[i + 1]
             if marker == 0xE1 and mv[i + 4:i + 10] == b"Exif\x00\x00":
-                return _exif_orientation(mv[i + 4:i + 2 + int.from_bytes(mv[i + 2:i + 4], "big")])
+                return _exif_orientation(mv[i + 4:i + 2 + (mv[i + 2] << 8 | mv[i + 3])])
             if marker == 0xDA:
                 break
+            i += 1 if marker == 0xFF else 2 + (mv[i + 2] << 8 | mv[i + 3])
         return 1
     if mv[:8] == _PNG[:8]:
-        i = 8
-        while i + 8 <= len(mv):
-            length, kind = int.from_bytes(mv[i:i + 4], "big"), mv[i + 4:i + 8]
+        i, n = 8, len(mv) - 8
+        while i <= n:
+            kind = mv[i + 4:i + 8]
             if kind == b"eXIf":
-                return _exif_orientation(mv[i + 8:i + 8 + length])
+                return _exif_orientation(mv[i + 8:i + 8 + int.from_bytes(mv[i:i + 4], "big")])
             if kind == b"IEND":
                 break
-            i += 12 + length
+            i += 12 + int.from_bytes(mv[i:i + 4], "big")
         return 1
     return None
 
