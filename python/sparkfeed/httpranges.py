@@ -54,9 +54,9 @@ class HTTPStatusError(Exception):
     """An HTTP answer other than the range asked for; `status` says whether a retry may cure it
     (`storage.is_transient`: 5xx and 429 do)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, reason: str = ""):
         super().__init__(message)
-        self.status = status
+        self.status, self.message = status, reason  # `message`: the reason, as aiohttp's errors
 
 
 def usable(fs) -> bool:
@@ -206,7 +206,7 @@ def _check_status(response: http.client.HTTPResponse, path: str, start: int, end
         raise FileNotFoundError(path)
     if status in (401, 403):
         raise PermissionError(what)
-    raise HTTPStatusError(status, what)
+    raise HTTPStatusError(status, what, response.reason)
 
 
 class _Pool:

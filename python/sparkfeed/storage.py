@@ -22,6 +22,7 @@ import re
 import ssl
 import threading
 import time
+import urllib.parse
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -97,6 +98,21 @@ def _with_defaults(url: str, options: dict) -> dict:
     return {**options, "client_kwargs": client}
 
 
+class _RedactedRecords(logging.Filter):
+    """Log records with no URL credentials in them: fsspec's HTTP client logs each URL it
+    fetches (`fsspec.http`, DEBUG) as given, `http://user:password@host/...` too, and sparkfeed
+    promises `***` in every log line (`errors.redact`). Runs only for records that are made."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "@" in message:
+            record.msg, record.args = redact(message), None
+        return True
+
+
+logging.getLogger("fsspec.http").addFilter(_RedactedRecords())
+
+
 _INHERITED: list = []  # what a forked worker inherited and must never close (`_keep_inherited`)
 
 
@@ -136,7 +152,15 @@ def check_options(storage_options) -> dict:
 def resolve(path: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, root path inside it) for a dataset path or URL."""
     url = normalise_url(path)
-    fs, root = fsspec.core.url_to_fs(url, **_with_defaults(url, check_options(storage_options)))
+    options = _with_defaults(url, check_options(storage_options))
+    if is_http_url(url) and "::" in url:
+        # fsspec's url_to_fs reads "::" as a chain of filesystems ("simplecache::s3://..."),
+        # which cuts an IPv6 host (http://[::1]:8000/ds) to "http://["; an http(s) URL names
+        # one filesystem, made as url_to_fs would make it for a URL without "::"
+        fs = fsspec.filesystem(url.partition("://")[0].lower(), **options)
+        root = fs._strip_protocol(url)
+    else:
+        fs, root = fsspec.core.url_to_fs(url, **options)
     return fs, root.rstrip("/") or "/"
 
 
@@ -179,7 +203,9 @@ def as_os_error(exc: BaseException, what: str) -> BaseException:
     every caller tells a missing file, a refused access and a failing server apart without
     knowing aiohttp or botocore: fsspec's HTTP client raises aiohttp's ClientResponseError for
     any HTTP error status (FileNotFoundError for a 404, PermissionError for 401/403,
-    ConnectionError for a 5xx or 429 that retries did not cure here), its own errors for a
+    ConnectionError for a 5xx or 429 that retries did not cure here; so does `httpranges`'
+    HTTPStatusError, whose other statuses, a 416 say, once left the loader as they were),
+    its own errors for a
     dropped connection or a cut body (ConnectionError), and calls any failure of
     `info` a missing file (an OSError here, or a PermissionError for a 401/403); s3fs passes
     botocore's own errors on for missing credentials (PermissionError here) and an endpoint it
@@ -188,12 +214,16 @@ def as_os_error(exc: BaseException, what: str) -> BaseException:
     what = redact(what)
     if isinstance(exc, FileNotFoundError) and exc.__cause__ is not None:  # fsspec's HTTP info()
         if is_transient(exc):
-            return OSError(f"{what}: {exc.__cause__}")
+            plain = as_os_error(exc.__cause__, what)
+            return plain if isinstance(plain, TimeoutError) else OSError(f"{what}: {exc.__cause__}")
         refused = as_os_error(exc.__cause__, what)
         return refused if isinstance(refused, PermissionError) else exc
+    if isinstance(exc, TimeoutError):  # the socket's "timed out", or fsspec's empty FSTimeoutError
+        return TimeoutError(f"{what}: no answer within the storage client's time-out "
+                            f"({type(exc).__name__}: {exc or 'timed out'})")
     module = type(exc).__module__.split(".")[0]
     status = getattr(exc, "status", None)
-    if module == "aiohttp" and isinstance(status, int):
+    if (module == "aiohttp" or isinstance(exc, httpranges.HTTPStatusError)) and isinstance(status, int):
         kind = {404: FileNotFoundError, 401: PermissionError, 403: PermissionError}.get(
             status, ConnectionError if is_transient(exc) else OSError)
         return kind(f"{what}: HTTP {status} {getattr(exc, 'message', '')}".rstrip())
@@ -318,9 +348,15 @@ def path_problem(rel: object) -> str | None:
     return None
 
 
-def check_relative(rel: str, dataset: str) -> str:
-    """`rel` itself, or PathEscapeError naming the dataset when `path_problem` refuses it."""
+def check_relative(rel: str, dataset: str, root: str | None = None) -> str:
+    """`rel` itself, or PathEscapeError naming the dataset when `path_problem` refuses it; under
+    an http(s) dataset or `root`, also when it refuses `rel` with its %-escapes decoded."""
     problem = path_problem(rel)
+    if problem is None and "%" in rel and (is_http_url(dataset) or is_http_url(root or "")):
+        # an HTTP client decodes %2e%2e to ".." and then drops the dot segments: manifest path
+        # "%2e%2e/other/x.parquet" under http://host/ds was fetched from http://host/other/
+        problem = path_problem(urllib.parse.unquote(rel))
+        problem = problem and f"{problem} once its %-escapes are decoded, as an HTTP URL is"
     if problem is not None:
         raise PathEscapeError(
             f"dataset {dataset!r}: path {rel!r} could escape the dataset: it {problem}; manifest "
@@ -330,7 +366,7 @@ def check_relative(rel: str, dataset: str) -> str:
 
 def join(root: str, rel: str, dataset: str) -> str:
     """`root/rel` after checking that `rel` stays inside the dataset."""
-    return posixpath.join(root, check_relative(rel, dataset))
+    return posixpath.join(root, check_relative(rel, dataset, root))
 
 
 def with_retries(fn: Callable[[], T], what: str, *, attempts: int = 8, base_delay: float = 0.2,
