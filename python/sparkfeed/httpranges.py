@@ -12,8 +12,8 @@ Used only where it sends the request fsspec's client would: http(s) URLs without
 them, request options that are at most `headers`, client options that are at most the time-out
 and read buffer (sparkfeed's defaults, `storage._with_defaults`) and fsspec's own session
 factory. Anything else (auth, proxies, SSL settings, a custom session) stays on fsspec's session
-(`storage._http_ranges`), as does a range the server answers with a redirect (and from then
-on every range for that server).
+(`storage._http_ranges`), as does a range the server answers with a redirect or a
+Content-Encoding such as gzip (and from then on every range for that server).
 `SPARKFEED_HTTP_DIRECT=0` in the environment turns this path off.
 """
 
@@ -47,7 +47,8 @@ NO_RANGES = ("{path}: asked for bytes {a}-{b}, got {n} bytes; the server does no
 
 class NeedsFsspec(Exception):
     """A request for fsspec's own client: the server redirected it (fsspec's client follows
-    redirects), or its URL carries credentials."""
+    redirects), sent it with a Content-Encoding (fsspec's client decodes it; this one would
+    hand over the encoded bytes as the file's), or its URL carries credentials."""
 
 
 class HTTPStatusError(Exception):
@@ -113,7 +114,7 @@ def fetch(fs, path: str, starts: list[int], ends: list[int], size: int | None,
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     key = (parts.scheme, parts.hostname, parts.port, _timeout(fs, default_timeout))
     if key[:3] in _REDIRECTING:
-        raise NeedsFsspec(f"{path}: its server redirects range requests")
+        raise NeedsFsspec(f"{path}: its server redirects or encodes range answers")
     headers = dict(fs.kwargs.get("headers", {}))
 
     def one(a: int, b: int) -> memoryview:
@@ -199,6 +200,9 @@ def _receive(response: http.client.HTTPResponse, path: str, start: int, end: int
 def _check_status(response: http.client.HTTPResponse, path: str, start: int, end: int) -> None:
     status, what = response.status, f"{path}: HTTP {response.status} {response.reason} for bytes {start}-{end - 1}"
     if status in (200, 206):
+        encoding = response.getheader("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("identity", ""):  # (this client asks for identity): fsspec's decodes
+            raise NeedsFsspec(f"{what}: a body in Content-Encoding {encoding!r}")
         return
     if status in _REDIRECTS:
         raise NeedsFsspec(what)
@@ -247,6 +251,6 @@ class _Pool:
 
 
 _POOL = _Pool()
-_REDIRECTING: set[tuple] = set()  # (scheme, host, port) of servers that redirected a range
+_REDIRECTING: set[tuple] = set()  # (scheme, host, port) of servers that redirected or encoded a range
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_POOL.forget)

@@ -2,7 +2,9 @@
 answers, stalls, IPv6 hosts, %-escaped manifest paths, credentials in fsspec's own log lines.
 Each test names what a user saw before its fix. Real servers on 127.0.0.1 (or [::1])."""
 
+import gzip
 import http.server
+import random
 import json
 import logging
 import os
@@ -23,8 +25,9 @@ FAST = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_read
 
 
 class _Server:
-    """Serves `root`; paths under /416/ answer every Range request 416, paths under /stall/
-    hold every request until the server closes. `requests` records each request line's path."""
+    """Serves `root` under /plain/; paths under /416/ answer every Range request 416, under
+    /gzip/ send each range gzipped with `Content-Encoding: gzip` whatever the client accepts,
+    under /stall/ hold every request until the server closes. `requests` records each request line's path."""
 
     def __init__(self, root: str, host: str = "127.0.0.1"):
         self.requests, self.release = [], threading.Event()
@@ -45,7 +48,7 @@ class _Server:
             def _serve(self, body: bool):
                 owner.requests.append(self.path)
                 mode, _, rel = self.path.lstrip("/").partition("/")
-                if mode not in ("416", "stall", "plain"):
+                if mode not in ("416", "gzip", "stall", "plain"):
                     return self._empty(404)
                 if mode == "stall":
                     owner.release.wait(30)
@@ -55,7 +58,22 @@ class _Server:
                     return self._empty(404)
                 if mode == "416" and "Range" in self.headers:
                     return self._empty(416, **{"Content-Range": f"bytes */{os.path.getsize(path)}"})
+                if mode == "gzip" and "Range" in self.headers:
+                    return self._gzipped(path, body)
                 send_file_range(self, path, body)
+
+            def _gzipped(self, path: str, body: bool):
+                a, b = (int(v) for v in re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers["Range"]).groups())
+                with open(path, "rb") as f:
+                    data = f.read()
+                packed = gzip.compress(data[a:b + 1], mtime=0)
+                self.send_response(206)
+                for k, v in {"Content-Range": f"bytes {a}-{b}/{len(data)}", "Content-Encoding": "gzip",
+                             "Content-Length": str(len(packed))}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                if body:
+                    self.wfile.write(packed)
 
             def _empty(self, status, **headers):
                 self.send_response(status)
@@ -176,3 +194,23 @@ def test_fsspecs_debug_log_lines_never_show_url_credentials(server, caplog):
     fsspec_lines = [r.getMessage() for r in caplog.records if r.name == "fsspec.http"]
     assert fsspec_lines and all("://***@127.0.0.1" in line for line in fsspec_lines)
     assert password not in caplog.text
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_a_gzip_encoded_range_is_decoded_never_taken_for_the_files_bytes(server, tmp_path, monkeypatch, direct):
+    """A server that gzips its answers although the client asked for identity. The range is
+    chosen so that its gzipped body is exactly as long as the range. Before, the direct client
+    handed the gzip bytes over as the file's (no check could tell: the length was right);
+    now such a server's ranges go to fsspec's session, which decodes them."""
+    monkeypatch.setattr(httpranges, "DIRECT", direct)
+    rng = random.Random(0)
+    data = rng.randbytes(1000) + bytes(3000)
+    n = next(n for n in range(1000, 1400) if len(gzip.compress(data[:n], mtime=0)) == n)
+    (tmp_path / "blob.bin").write_bytes(data)
+    s = _Server(str(tmp_path))
+    try:
+        fs, _ = storage.resolve(s.url)
+        got = storage.fetch_ranges(fs, f"{s.url}/gzip/blob.bin", [(0, n)], size=len(data))
+        assert bytes(got[(0, n)]) == data[:n]
+    finally:
+        s.close()
