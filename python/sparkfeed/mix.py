@@ -145,10 +145,7 @@ def shares(sizes: Sequence[int], sources: Sequence[Source]) -> list[int]:
             counts[i] = sizes[i]
     if weighted:
         total_w = sum(sources[i].weight for i in weighted)
-        limits = [i for i in weighted if not sources[i].repeat]
-        if not limits:
-            raise ValueError("every weighted source has repeat=True, so nothing bounds the epoch; give "
-                             "one weighted source repeat=False, or give the sources samples=")
+        limits = _bounding(sources)
         for i in limits:
             if not sizes[i]:
                 raise ValueError(f"source {i} ({sources[i].path!r}) has no samples (after its filter), so "
@@ -162,6 +159,17 @@ def shares(sizes: Sequence[int], sources: Sequence[Source]) -> list[int]:
         if counts[i] and not sizes[i]:
             raise ValueError(f"source {i} ({s.path!r}) has no samples (after its filter) to repeat")
     return counts
+
+
+def _bounding(sources: Sequence[Source]) -> list[int]:
+    """The weighted sources without `repeat`, whose sizes bound the epoch's length; a ValueError
+    where there are weighted sources but none of them (nothing would end the epoch)."""
+    weighted = [i for i, s in enumerate(sources) if s.weight is not None]
+    limits = [i for i in weighted if not sources[i].repeat]
+    if weighted and not limits:
+        raise ValueError("every weighted source has repeat=True, so nothing bounds the epoch; give "
+                         "one weighted source repeat=False, or give the sources samples=")
+    return limits
 
 
 def block_counts(counts: np.ndarray, blocks: int, g) -> np.ndarray:
@@ -355,6 +363,9 @@ def resolve(sources: Sequence, *, columns, filter, storage_options: dict | None,
         else:  # its size is the manifest's: checked now, not at the first batch
             _check_enough(i, s, m.num_samples)
         out.append(_Resolved(s, opened[i][1], m, expr, casts[i]))
+    _bounding(sources)  # an argument error, found now rather than when the epoch is first planned
+    if all(r.expr is None for r in out):  # every size is the manifest's: the shares too
+        shares([r.manifest.num_samples for r in out], sources)
     return out, columns
 
 
