@@ -255,10 +255,15 @@ class DataLoader:
         or a state_dict(all_ranks=True); another world size or worker count is fine with every
         rank's states, another batch size with any of them (see `progress.py`). Call it before iterating."""
         ds = self.dataset
-        epoch, lanes = progress.resume_lanes(
-            state, rank=ds.rank, world_size=ds.world_size, workers=self._workers,
-            unit=self.batch_size, drop_last=ds.drop_last, fingerprint=self._fingerprint(),
-            num_samples=ds.plan().num_samples, data=self._engine.data_digest)
+        fingerprint, num_samples = self._fingerprint(), ds.plan().num_samples
+        try:
+            epoch, lanes = progress.resume_lanes(
+                state, rank=ds.rank, world_size=ds.world_size, workers=self._workers,
+                unit=self.batch_size, drop_last=ds.drop_last, fingerprint=fingerprint,
+                num_samples=num_samples, data=self._engine.data_digest)
+        except ValueError as exc:  # which loader refused it (a script resumes several), and why
+            differ = _settings_differ(state, fingerprint, num_samples)
+            raise ValueError(f"{ds.path}: {exc}" + (f" (here: {differ})" if differ else "")) from None
         ds.set_epoch(epoch)
         self._progress, self._pending = None, lanes
         self._drop_next()  # its reads start the epoch from its beginning, not from this state
@@ -661,6 +666,40 @@ def _mp_context(context):
         return context
     raise ValueError(f"`multiprocessing_context` should be None, one of {tuple(methods)} or a "
                      f"multiprocessing context, but got multiprocessing_context={context!r}")
+
+
+_SETTINGS = ("shuffle", "seed", "shuffle_buffer", "drop_last")  # `_fingerprint`'s fields after the identity
+
+
+def _settings_differ(state, fingerprint: str, num_samples: int) -> str:
+    """What a refused saved state has other than this loader, as "seed 3 saved, 0 now", from the
+    first rank state found in it: the settings `_fingerprint` holds, the filter and the samples
+    after it. Empty where nothing of these differs (or `state` is not a state at all)."""
+    saved = state[0] if isinstance(state, (list, tuple)) and state else state
+    saved = saved.get("ranks", [saved])[0] if isinstance(saved, Mapping) else None
+    if not isinstance(saved, Mapping) or "batch_size" not in saved:  # (older states hold it in the fingerprint)
+        return ""
+    saved_n = saved.get("num_samples")
+    ours, theirs = _fields(fingerprint), _fields(saved.get("fingerprint"))
+    out = [f"{name} {theirs[name]} saved, {ours[name]} now" for name in ours if ours[name] != theirs.get(name)]
+    if saved_n != num_samples:
+        out.append(f"{saved_n} samples (after the filter) saved, {num_samples} now")
+    return "; ".join(out)
+
+
+def _fields(fingerprint: str) -> dict:
+    """A settings fingerprint (`DataLoader._fingerprint`, batch size left out) by field."""
+    head, _, cap = str(fingerprint).partition("|block runs<=")
+    parts = head.rsplit("|", len(_SETTINGS))
+    if len(parts) != len(_SETTINGS) + 1:
+        return {"settings": fingerprint}
+    identity, values = parts[0], parts[1:]
+    _, _, expr = identity.partition("|")
+    out = {"data and filter" if identity.startswith("mix(") else "filter": identity if identity.startswith("mix(")
+           else expr}
+    out.update(zip(_SETTINGS, values))
+    out["shuffle block cap"] = cap or None
+    return out
 
 
 def _dataset_batch_size(path_or_dataset, batch_size: int) -> int:

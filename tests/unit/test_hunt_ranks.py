@@ -1,0 +1,89 @@
+"""Training-loop semantics found wanting in a hunt as a user: a mix that nothing bounds refused
+when the loader is built, and a refused resume state naming the loader's dataset and what differs.
+Real Parquet files; no Spark."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import dsutil
+import sparkfeed
+from sparkfeed import Source
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hunt")
+    dsutil.write_parquet(str(root / "a"), dsutil.table(60), 20, 10)
+    dsutil.write_parquet(str(root / "b"), dsutil.table(30), 15, 5)
+    return str(root / "a"), str(root / "b")
+
+
+def test_a_mix_whose_weighted_sources_all_repeat_is_refused_when_built(ds):
+    a, b = ds
+    # before: built fine, and the error came at len() or the first batch
+    with pytest.raises(ValueError, match="nothing bounds the epoch"):
+        sparkfeed.DataLoader([Source(a, weight=1.0, repeat=True), Source(b, samples=5)], batch_size=4)
+    with pytest.raises(ValueError, match="nothing bounds the epoch"):
+        sparkfeed.Dataset([Source(a, weight=1.0, repeat=True), Source(b, weight=2.0, repeat=True,
+                                                                      filter=[("label", "<", 3)])])
+
+
+def test_a_mix_bounded_by_one_source_still_builds_and_delivers_its_shares(ds):
+    a, b = ds
+    loader = sparkfeed.DataLoader([Source(a, weight=1.0, repeat=True), Source(b, weight=1.0)],
+                                  batch_size=7, columns=["id"], with_source=True)
+    sources = [s for batch in loader for s in batch["__source__"].tolist()]
+    assert sources.count(0) == sources.count(1) == 30
+
+
+def saved(path: str, **kw) -> dict:
+    loader = sparkfeed.DataLoader(path, batch_size=4, shuffle=True, columns=["id"], **kw)
+    it = iter(loader)
+    next(it)
+    return loader.state_dict()
+
+
+@pytest.mark.parametrize("change,named", [
+    ({"seed": 5}, "seed 0 saved, 5 now"),
+    ({"drop_last": True}, "drop_last False saved, True now"),
+    ({"shuffle_buffer": 16}, "shuffle_buffer None saved, 16 now"),
+    ({"shuffle": False}, "shuffle True saved, False now"),
+    ({"filter": [("label", "<", 3)]}, r"filter None saved, \(label < 3\) now; 60 samples \(after the filter\) saved, 18 now"),
+])
+def test_a_refused_state_names_the_dataset_and_what_differs(ds, change, named):
+    a, _ = ds
+    state = saved(a)
+    loader = sparkfeed.DataLoader(a, batch_size=4, columns=["id"], **{"shuffle": True, **change})
+    # before: the saved fingerprint alone, no dataset, and a message that left the seed out
+    for given in (state, [state], {"version": 2, "scope": "global", "ranks": [state]}):
+        with pytest.raises(ValueError, match=f"^{re.escape(a)}: `state` was saved .* \\(here: {named}\\)$"):
+            loader.load_state_dict(given)
+
+
+def test_a_state_of_another_dataset_names_this_one_and_both_sizes(ds):
+    a, b = ds
+    with pytest.raises(ValueError, match=f"^{re.escape(b)}: .*60 samples \\(after the filter\\) saved, 30 now"):
+        sparkfeed.DataLoader(b, batch_size=4, shuffle=True, columns=["id"]).load_state_dict(saved(a))
+
+
+def test_other_refusals_name_the_dataset_too(ds):
+    a, _ = ds
+    state = saved(a, rank=0, world_size=2)
+    with pytest.raises(ValueError, match=f"^{re.escape(a)}: `state` is rank 0's, but this is rank 1"):
+        sparkfeed.DataLoader(a, batch_size=4, shuffle=True, rank=1, world_size=2).load_state_dict(state)
+    with pytest.raises(ValueError, match=f"^{re.escape(a)}: `state` should come from DataLoader.state_dict"):
+        sparkfeed.DataLoader(a, batch_size=4).load_state_dict({"epoch": 1})
+
+
+def test_an_accepted_state_still_resumes_exactly(ds):
+    a, _ = ds
+    loader = sparkfeed.DataLoader(a, batch_size=4, shuffle=True, columns=["id"])
+    it = iter(loader)
+    seen = next(it)["id"].tolist() + next(it)["id"].tolist()
+    again = sparkfeed.DataLoader(a, batch_size=6, shuffle=True, columns=["id"], num_workers=2)
+    again.load_state_dict(loader.state_dict())
+    rest = [i for batch in again for i in batch["id"].tolist()]
+    assert sorted(seen + rest) == list(range(60))
