@@ -480,9 +480,22 @@ def fetch_ranges(fs: fsspec.AbstractFileSystem, path: str, ranges: list[tuple[in
     for a, b, blob in zip(starts, ends, blobs):
         if b == size and len(blob) > b - a:
             raise ValueError(f"{path}: the file is more than {size} bytes (changed after the manifest was written)")
-        if len(blob) != b - a:  # fsspec's HTTP cat does not check that the server honoured Range
+        if len(blob) < b - a:  # the file ends first: shorter than asked, never "ignores Range"
+            raise ValueError(_ends_early(path, a, b, len(blob), size))
+        if len(blob) > b - a:  # fsspec's HTTP cat does not check that the server honoured Range
             raise ValueError(httpranges.NO_RANGES.format(path=path, a=a, b=b - 1, n=len(blob)))
     return {(a, b): blob for a, b, blob in zip(starts, ends, blobs)}
+
+
+def _ends_early(path: str, start: int, end: int, got: int, size: int | None) -> str:
+    """The error for a range [start, end) of which only `got` bytes came: the file ends before
+    `end`. Worded without "range requests", so that it is never taken for a server that ignores
+    them (`ignores_ranges`): a Parquet file truncated after the manifest was written once
+    turned its reader to whole-file reads and ended in pyarrow's "magic bytes not found"."""
+    what = f"{path}: asked for bytes {start}-{end - 1}, the file ends at byte {start + got}"
+    if size is None:
+        return what
+    return f"{what}, not at {size} as the manifest says (truncated or changed after the manifest was written)"
 
 
 def fetch_whole(fs: fsspec.AbstractFileSystem, path: str, size: int, retry: bool = True):

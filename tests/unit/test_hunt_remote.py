@@ -214,3 +214,27 @@ def test_a_gzip_encoded_range_is_decoded_never_taken_for_the_files_bytes(server,
         assert bytes(got[(0, n)]) == data[:n]
     finally:
         s.close()
+
+
+def test_a_small_parquet_file_truncated_on_object_storage_is_named_as_such(tmp_path, caplog):
+    """A shard shortened after the manifest was written, on a store read through fsspec's
+    `cat_ranges` (S3, GCS; here fsspec's memory filesystem, the same code path). Before: its
+    whole-file fetch came back short and was called "the server does not appear to support
+    range requests", the reader turned to whole-file reads for the dataset (with a warning
+    saying so) and failed with pyarrow's "Parquet magic bytes not found"."""
+    import fsspec
+
+    dsutil.write_parquet(str(tmp_path / "pq"), dsutil.table(200, image_bytes=64), 100, 50)
+    memory = fsspec.filesystem("memory")
+    root = f"/hunt-{os.getpid()}/pq"
+    for name in os.listdir(tmp_path / "pq"):
+        data = (tmp_path / "pq" / name).read_bytes()
+        memory.pipe_file(f"{root}/{name}", data[:-100] if name == "part-00001.parquet" else data)
+    try:
+        with caplog.at_level(logging.WARNING, logger="sparkfeed"):
+            with pytest.raises(ShardReadError, match=r"shard 'part-00001.parquet'.*the file ends at "
+                                                     r"byte \d+, not at \d+ as the manifest says"):
+                list(sparkfeed.DataLoader(f"memory://{root}", batch_size=50))
+        assert "ignores Range" not in caplog.text
+    finally:
+        memory.rm(f"/hunt-{os.getpid()}", recursive=True)
