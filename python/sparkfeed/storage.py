@@ -64,7 +64,22 @@ def normalise_url(path: str) -> str:
     scheme, sep, rest = str(path).partition("://")
     if sep and scheme in _HADOOP_SCHEMES:
         path = f"{_HADOOP_SCHEMES[scheme]}://{rest}"
+    if sep and scheme.lower() in ("http", "https") and ("?" in rest or "#" in rest):
+        _refuse_query(scheme, rest)
     return str(path).rstrip("/") or "/"
+
+
+def _refuse_query(scheme: str, rest: str) -> None:
+    """An http(s) URL with a query string or fragment (a signed or token URL): file names are
+    joined to the dataset's URL, so the query would end up inside a path, not after each file's
+    name (before: "the glob matches no files", `?` taken for a glob). The query is not repeated
+    in the error: it may hold a signature or token."""
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    raise ValueError(f"an http(s) URL with a query string or fragment ({scheme}://{host}/...?...) "
+                     "cannot name a dataset or a file in it: sparkfeed joins file names to the "
+                     "dataset's URL and does not carry a query to each file; pass credentials as "
+                     "headers (storage_options={'headers': {...}}) or use the store's own scheme "
+                     "(s3://, gs://, az://) with its options")
 
 
 # HTTP reads that stall: give up on a silent socket after this long (then retry), instead of

@@ -238,3 +238,13 @@ def test_a_small_parquet_file_truncated_on_object_storage_is_named_as_such(tmp_p
         assert "ignores Range" not in caplog.text
     finally:
         memory.rm(f"/hunt-{os.getpid()}", recursive=True)
+
+
+@pytest.mark.parametrize("url", ["http://user:pw@127.0.0.1:9/ds?sig=SECRET", "https://127.0.0.1:9/ds/#SECRET",
+                                 "http://127.0.0.1:9/ds/_sparkfeed.json?token=SECRET"])
+def test_a_dataset_url_with_a_query_is_refused_without_repeating_it(url):
+    """Before: "the glob matches no files" (`?` read as a glob) for a signed or token URL. The
+    query (a signature, a token) and the password never appear in the error."""
+    with pytest.raises(ValueError, match=r"query string or fragment .* does not carry a query") as info:
+        sparkfeed.DataLoader(url, batch_size=2)
+    assert "SECRET" not in str(info.value) and "pw" not in str(info.value)
