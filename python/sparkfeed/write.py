@@ -42,6 +42,10 @@ MODES = ("error", "overwrite")
 # Bytes never cut a row group before `samples_per_row_group` rows do (unless a row group would
 # buffer more than this in the writer's memory).
 ROW_GROUP_MAX_BYTES = 1 << 30
+# The largest row count the JVM takes where it reads a count as a Java int: parquet-mr's
+# `parquet.block.row.count.limit` (a larger one failed every task with NumberFormatException,
+# after the count job) and the webdataset source's `samplesPerShard`.
+JAVA_INT_MAX = (1 << 31) - 1
 # Longer string statistics are truncated (min to a prefix, max to a prefix rounded up) so a
 # manifest of a caption column stays small; both remain valid bounds for pruning.
 _CODEC = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]*")
@@ -249,6 +253,33 @@ def _refuse_overwriting_input(df, spark_path: str, dataset: str) -> None:
                 "instead")
 
 
+def _refuse_key_only(types: Mapping, options: Mapping[str, str], dataset: str) -> None:
+    """A ValueError, before any Spark job, for a webdataset write whose only column is the
+    sample key: a tar sample exists only through its members, so every row would be left out
+    (before: a dataset of 0 samples, said only in a Spark log warning). The key column is
+    `keyColumn`, else `key` when it is a string column (jvm/.../SampleLayout.java)."""
+    from pyspark.sql import types as T
+
+    key = options.get("keyColumn", "key")
+    if list(types) == [key] and isinstance(types[key], T.StringType):
+        raise ValueError(f"dataset {dataset!r}: the DataFrame's only column is the sample key "
+                         f"{key!r}, and a tar sample exists only through its members, so no row "
+                         "would be written; add the columns to write (or write format='parquet')")
+
+
+def _refuse_json_root(spark_path: str, dataset: str) -> None:
+    """A ValueError, before any Spark job, for a dataset root whose name ends in `.json`:
+    `read_manifest`, `DataLoader` and `index` take such a path for the manifest file itself (one
+    kept apart from its data), so the dataset could not be loaded by its path. (Before, the
+    Parquet write put its manifest inside as a stray `<name>.json.tmp-…` and returned as if it had
+    succeeded; the webdataset write committed and then failed reading its manifest back.)"""
+    if spark_path.rstrip("/").endswith(".json"):
+        raise ValueError(f"`path` should not end in '.json', but got {dataset!r}: sparkfeed reads "
+                         "a path ending in '.json' as a manifest file, not as a dataset directory, "
+                         "so the dataset could not be loaded by its path; choose another name "
+                         "(for example without the '.json')")
+
+
 def _is_nonempty(fs, root: str) -> bool | None:
     """None: nothing there; False: an empty directory; True: a file or a non-empty directory."""
     fs.invalidate_cache(root)
@@ -335,6 +366,17 @@ def _build_manifest(spark, entries: list[dict], codecs: Mapping[str, str], path:
            "num_bytes": sum(e["num_bytes"] for e in entries),
            "shards": entries}
     return parse_manifest(doc, dataset=path)
+
+
+def _check_java_int(format: str, samples_per_shard: int, samples_per_row_group: int) -> None:
+    """A ValueError, before any Spark job, for a count the JVM reads as a Java int and that
+    does not fit one: Parquet's row group size, webdataset's shard size. (Parquet's shard size is
+    Spark's `maxRecordsPerFile`, a long, and webdataset has no row groups.)"""
+    name, value = (("samples_per_row_group", samples_per_row_group) if format == "parquet" else
+                   ("samples_per_shard", samples_per_shard))
+    if value > JAVA_INT_MAX:
+        raise ValueError(f"`{name}` should be at most {JAVA_INT_MAX:,} with format={format!r} "
+                         f"(the JVM writer reads it as a Java int), but got {name}={value!r}")
 
 
 def _spark_mode(mode: str, existing: bool | None) -> str:
@@ -446,12 +488,14 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
         raise ValueError(f"`format` should be one of {FORMATS}, but got format={format!r}")
     checks.positive_int("samples_per_shard", samples_per_shard)
     checks.positive_int("samples_per_row_group", samples_per_row_group)
+    _check_java_int(format, samples_per_shard, samples_per_row_group)
     if mode not in MODES:
         raise ValueError(f"`mode` should be one of {MODES}, but got mode={mode!r}")
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise ValueError(f"`path` should be a local path or URL, but got path={path!r}")
     spark_path = _spark_path(os.fspath(path))
     dataset = spark_path[len("file://"):] if "://" not in os.fspath(path) else os.fspath(path)
+    _refuse_json_root(spark_path, dataset)
     with _lost_server_named(dataset):  # from the first call to Spark on
         conf = df.sparkSession.conf
         case_sensitive = str(conf.get("spark.sql.caseSensitive", "false")).lower() == "true"
@@ -459,6 +503,8 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
         keys = _check_cluster_by(cluster_by, types)
         codecs = _check_codecs(codecs, types)
         options = check_options(options, format, types)
+        if format == "webdataset":
+            _refuse_key_only(types, options, dataset)
 
         fs, root = storage.resolve(spark_path, storage_options)
         existing = _is_nonempty(fs, root)
