@@ -28,7 +28,9 @@ import org.apache.spark.unsafe.types.UTF8String;
  *
  * <p>One subclass per kind of value, chosen once per column ({@link #forColumn}); the per-row
  * {@link #update} only compares. Floating NaN values are left out of min/max (they are not
- * orderable); a shard whose values are all null (or NaN) has min and max null. Strings compare by
+ * orderable); a shard whose values are all null (or NaN) has min and max null. An infinite bound
+ * makes both null (no range, as the Parquet writer's manifest has it): JSON has no infinity, and
+ * a manifest holding a bare {@code Infinity} is refused by strict parsers. Strings compare by
  * UTF-8 bytes (as Arrow and Parquet do); dates are written as ISO {@code YYYY-MM-DD}; timestamps
  * as ISO {@code YYYY-MM-DDTHH:MM:SS.ffffff+00:00} (UTC) or without offset (timestamp_ntz).
  */
@@ -160,8 +162,13 @@ public abstract class ColumnStats {
             seen = true;
         }
 
-        @Override protected Object min() { return seen ? min : null; }
-        @Override protected Object max() { return seen ? max : null; }
+        /** A range exists when some value was seen and both bounds are finite. */
+        private boolean ranged() {
+            return seen && Double.isFinite(min) && Double.isFinite(max);
+        }
+
+        @Override protected Object min() { return ranged() ? min : null; }
+        @Override protected Object max() { return ranged() ? max : null; }
     }
 
     /** The stats of the sample keys as written (after sanitising), fed by {@link Text#add}. */

@@ -8,6 +8,7 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 
+import com.fasterxml.jackson.core.json.JsonReadFeature;
 import com.fasterxml.jackson.core.json.JsonWriteFeature;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.SerializationFeature;
@@ -25,9 +26,14 @@ public final class ManifestWriter {
     public static final String MANIFEST_TMP = MANIFEST + ".tmp";
     public static final int VERSION = 1;
 
-    /** NaN / Infinity written bare (Python's json reads them); never as quoted strings. */
+    /**
+     * NaN / Infinity, should one reach a manifest, written bare (Python's json reads them), never
+     * as quoted strings; read back too, so manifests whose float stats held an infinity (written
+     * before {@link ColumnStats} left infinite bounds out) stay readable.
+     */
     static final ObjectMapper JSON = JsonMapper.builder()
         .disable(JsonWriteFeature.WRITE_NAN_AS_STRINGS)
+        .enable(JsonReadFeature.ALLOW_NON_NUMERIC_NUMBERS)
         .enable(SerializationFeature.INDENT_OUTPUT)
         .build();
 
