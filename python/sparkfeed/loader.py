@@ -137,6 +137,7 @@ class DataLoader:
         self._blocks_noted = False  # `_note_blocks_read_twice` ran
         self._again_noted = False  # `_note_same_epoch_again` warned
         self._began_resumed = False  # the last iteration began from a loaded state
+        self._changes = 0  # set_epoch / load_state_dict calls so far: an iteration started before one restarts
 
     @staticmethod
     def _dataset(path_or_dataset, **kwargs) -> Dataset:
@@ -170,8 +171,12 @@ class DataLoader:
         a restart, `for epoch in range(saved_epoch, E): loader.set_epoch(epoch)`, goes on where the
         epoch stopped instead of delivering its first samples again; another epoch drops it."""
         kept = self._pending if epoch == self.dataset.epoch else None
+        unstarted = self._progress is not None and not self._progress.ended and not any(self._progress.delivered)
+        if kept is None and unstarted and self._began_resumed and epoch == self.dataset.epoch:
+            kept = self._progress.lanes  # an iteration of the loaded state made and not started: still to come
         self.dataset.set_epoch(epoch)
         self._progress, self._pending, self._epoch_set = None, kept, True
+        self._changes += 1  # an iteration made before this and not started yet restarts (`_deliver`)
 
     @property
     def sampler(self) -> EpochSampler:
@@ -266,6 +271,7 @@ class DataLoader:
             raise ValueError(f"{ds.path}: {exc}" + (f" (here: {differ})" if differ else "")) from None
         ds.set_epoch(epoch)
         self._progress, self._pending = None, lanes
+        self._changes += 1
         self._drop_next()  # its reads start the epoch from its beginning, not from this state
 
     def stats(self) -> dict:
@@ -291,7 +297,7 @@ class DataLoader:
         ahead = self._take_next(None if pending else epoch)
         if ahead is not None and ahead.staged:  # a prefetch thread already into this epoch
             self._progress = progress.EpochProgress(ahead.lanes, self.batch_size)
-            return self._deliver(self._progress, ahead.deliveries)
+            return self._deliver(self._progress, ahead.deliveries, mark=self._changes)
         # the epoch read ahead once this one is read: the next with set_epoch, else this one again
         step = 1 if explicit else 0
         then = epoch + step if self.persistent_workers else None
@@ -304,11 +310,11 @@ class DataLoader:
             then = None
         if not self._staged():
             source = _waited(reading.deliveries, self._stage, self._stats)
-            return self._deliver(self._progress, source, reading.reader, then)
+            return self._deliver(self._progress, source, reading.reader, then, mark=self._changes)
         source = reading.deliveries
         if then is not None and self.prefetch > 0:  # the prefetch thread reads on into the next epochs
             source, then = _epochs(reading, weakref.WeakMethod(self._reading), step), None
-        return self._deliver(self._progress, self._prefetcher(source), reading.reader, then)
+        return self._deliver(self._progress, self._prefetcher(source), reading.reader, then, mark=self._changes)
 
     def _prefetcher(self, source) -> Prefetcher:
         """The prefetch thread over `source`: decoding (`_decode_ahead` batches ahead), the
@@ -399,13 +405,21 @@ class DataLoader:
             workers._shutdown_workers()
 
     def _deliver(self, epoch_progress: progress.EpochProgress, deliveries, reader: LaneReader | None = None,
-                 then: int | None = None):
+                 then: int | None = None, mark: int | None = None):
         """The user's batches; each delivery's positions and counters are recorded as it is handed
         over (counted when delivered, not when read ahead). With `then`, epoch `then` starts
         reading as soon as `reader` has read this one to its end (at the latest, once the last
         batch is delivered: its reading threads may end just after). An `_EpochEnd` (a prefetch
-        thread gone on into the next epoch) ends the epoch and keeps that thread for it."""
+        thread gone on into the next epoch) ends the epoch and keeps that thread for it. `mark`: the
+        loader's `_changes` when `iter()` made this; a `set_epoch` or `load_state_dict` since then,
+        before the first batch, restarts it as that epoch or state (torch's sampler takes its epoch at
+        the first batch too; `state_dict()` counts the restarted one)."""
         try:
+            if mark is not None and mark != self._changes:
+                close_quietly(deliveries)  # (its reading threads stop before the new ones start)
+                deliveries = None
+                yield from self.__iter__()
+                return
             for d in deliveries:
                 if isinstance(d, _EpochEnd):
                     self._drop_next()  # another iterator's, left over: one staged epoch at a time

@@ -87,3 +87,78 @@ def test_an_accepted_state_still_resumes_exactly(ds):
     again.load_state_dict(loader.state_dict())
     rest = [i for batch in again for i in batch["id"].tolist()]
     assert sorted(seen + rest) == list(range(60))
+
+
+def ids(batches) -> list[int]:
+    return [i for batch in batches for i in batch["id"].tolist()]
+
+
+def epoch_order(path: str, epoch: int, **kw) -> list[int]:
+    """Epoch `epoch`'s samples in order, from a loader of its own (the worker count sets the order)."""
+    loader = sparkfeed.DataLoader(path, batch_size=4, shuffle=True, columns=["id"], **kw)
+    loader.set_epoch(epoch)
+    return ids(loader)
+
+
+WORKERS = [dict(num_workers=0), dict(num_workers=2, worker_type="thread", persistent_workers=True),
+           dict(num_workers=2, worker_type="process"), dict(num_workers=0, collate_fn=lambda b: b)]
+
+
+@pytest.mark.parametrize("kw", WORKERS, ids=["inline", "threads-kept", "processes", "collate"])
+@pytest.mark.parametrize("how", ["set_epoch", "sampler"])
+def test_set_epoch_between_iter_and_the_first_batch_takes_that_epoch_and_its_state(ds, kw, how):
+    a, _ = ds
+    loader = sparkfeed.DataLoader(a, batch_size=4, shuffle=True, columns=["id"], **kw)
+    it = iter(loader)  # (Lightning's fit loop, and scripts that make the iterator first)
+    (loader.sampler.set_epoch if how == "sampler" else loader.set_epoch)(1)
+    seen = ids(next(it) for _ in range(3))
+    state = loader.state_dict()
+    # before: epoch 0's batches came, while state_dict() said epoch 1 with nothing delivered, so a
+    # resume from it delivered 12 samples twice (and lost 12 others)
+    assert state["epoch"] == 1 and seen == epoch_order(a, 1, **kw)[:12]
+    again = sparkfeed.DataLoader(a, batch_size=4, shuffle=True, columns=["id"])
+    again.load_state_dict(state)
+    assert sorted(seen + ids(again)) == list(range(60))
+    assert sorted(seen + ids(it)) == list(range(60))
+
+
+@pytest.mark.parametrize("kw", WORKERS, ids=["inline", "threads-kept", "processes", "collate"])
+def test_a_loaded_state_survives_iter_then_set_epoch_of_its_own_epoch(ds, kw):
+    a, _ = ds
+    first = sparkfeed.DataLoader(a, batch_size=4, shuffle=True, columns=["id"])
+    first.set_epoch(2)
+    it = iter(first)
+    seen = ids(next(it) for _ in range(5))
+    loader = sparkfeed.DataLoader(a, batch_size=4, shuffle=True, columns=["id"], **kw)
+    loader.load_state_dict(first.state_dict())
+    it = iter(loader)
+    loader.set_epoch(2)  # the restart loop's set_epoch, after the iterator was made
+    # before: the state was dropped (len() and state_dict() said the whole epoch) while the rest came
+    assert len(loader) == 10
+    rest = ids(it)
+    assert sorted(seen + rest) == list(range(60))
+    assert loader.state_dict()["remaining"] == []
+
+
+def test_set_epoch_of_another_epoch_after_iter_of_a_loaded_state_starts_that_epoch_whole(ds):
+    a, _ = ds
+    first = sparkfeed.DataLoader(a, batch_size=4, shuffle=True, columns=["id"])
+    it = iter(first)
+    next(it)
+    loader = sparkfeed.DataLoader(a, batch_size=4, shuffle=True, columns=["id"])
+    loader.load_state_dict(first.state_dict())
+    it = iter(loader)
+    loader.set_epoch(3)
+    assert ids(it) == epoch_order(a, 3)
+
+
+def test_an_iterator_made_and_never_used_leaves_the_next_one_whole(ds):
+    a, _ = ds
+    kw = dict(num_workers=2, worker_type="thread")
+    loader = sparkfeed.DataLoader(a, batch_size=4, shuffle=True, columns=["id"], **kw)
+    unused = iter(loader)
+    loader.set_epoch(1)
+    assert ids(loader) == epoch_order(a, 1, **kw)
+    del unused
+    loader.set_epoch(2)
+    assert ids(loader) == epoch_order(a, 2, **kw)
