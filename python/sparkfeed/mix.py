@@ -331,6 +331,16 @@ def _casts(types: dict[str, list], sources: int) -> list[dict]:
     return casts
 
 
+def _files_hint(sources: list) -> str:
+    """What to do instead when the list holds paths: files of one dataset are a glob, a
+    directory or an index of their own, not a mix."""
+    if not sources or not all(isinstance(s, (str, os.PathLike)) for s in sources):
+        return ""
+    return ("; for files of one dataset pass a glob or their directory as `path`, or index the "
+            "list once: sparkfeed.index([...], manifest='m.json'), then "
+            "DataLoader(manifest='m.json')")
+
+
 def resolve(sources: Sequence, *, columns, filter, storage_options: dict | None,
             with_source: bool) -> tuple[list[_Resolved], tuple[str, ...]]:
     """Check a mix when the loader is built: the sources, each one's filter, the columns (present
@@ -338,7 +348,7 @@ def resolve(sources: Sequence, *, columns, filter, storage_options: dict | None,
     sources = list(sources)
     if not sources or not all(isinstance(s, Source) for s in sources):
         raise ValueError("a mix should be a non-empty list of sparkfeed.Source, but got "
-                         f"{[type(s).__name__ for s in sources]}")
+                         f"{[type(s).__name__ for s in sources]}" + _files_hint(sources))
     if len(sources) > _MAX_SOURCES:
         raise ValueError(f"a mix should have at most {_MAX_SOURCES} sources, but got {len(sources)}")
     loader_expr = filters.to_expression(filter)

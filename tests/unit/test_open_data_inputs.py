@@ -178,3 +178,12 @@ def test_one_file_without_manifest_says_a_file_needs_one(tmp_path):
     with pytest.raises(ValueError, match=r"when `path` is a glob, a file or a list of files"):
         sparkfeed.index(str(tmp_path / "a.parquet"), progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.parquet"]
+
+
+def test_a_list_of_files_as_path_says_how_to_read_them(tmp_path):
+    """Before: "a mix should be a non-empty list of sparkfeed.Source, but got ['str', 'str']" and
+    nothing on how to read several files of one dataset."""
+    lake = _two_files_indexed_apart(tmp_path)
+    files = [str(lake / "part-0.parquet"), lake / "part-1.parquet"]
+    with pytest.raises(ValueError, match=r"for files of one dataset pass a glob or their directory"):
+        sparkfeed.DataLoader(files, batch_size=4)
