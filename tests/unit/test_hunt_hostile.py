@@ -1,0 +1,84 @@
+"""Hostile and corrupt files found by a bug hunt: each is a clear error naming the dataset and
+shard (and the tar offset or row group where known), or a counted skip under on_error="skip";
+never a hang, an absurd allocation or a crash of the process."""
+
+import io
+import json
+import os
+import tarfile
+
+import pytest
+
+import sparkfeed
+from sparkfeed.errors import ShardReadError
+from sparkfeed.read.tar import StrictTarInfo, pax_problem
+
+
+def _header(name: bytes, size: int, kind: bytes = b"0") -> bytes:
+    """A ustar header with a right checksum."""
+    head = bytearray(512)
+    head[:len(name)] = name
+    head[100:108], head[108:116], head[116:124] = b"0000644\0", b"0000000\0", b"0000000\0"
+    head[124:136], head[136:148] = b"%011o\0" % size, b"00000000000\0"
+    head[156:157], head[257:263], head[263:265] = kind, b"ustar\0", b"00"
+    head[148:156] = b" " * 8
+    head[148:156] = b"%06o\0 " % sum(head)
+    return bytes(head)
+
+
+def _member(name: bytes, data: bytes, kind: bytes = b"0") -> bytes:
+    return _header(name, len(data), kind) + data + b"\0" * (-len(data) % 512)
+
+
+def _samples(first: int, n: int) -> bytes:
+    return b"".join(_member(b"s%05d.cls" % k, b"%d" % k) for k in range(first, first + n))
+
+
+def _tar_dataset(tmp_path, raw: bytes, n: int) -> str:
+    """A webdataset dataset of one (unindexed: streamed) shard `raw` of `n` samples."""
+    root = tmp_path / "ds"
+    root.mkdir()
+    (root / "s.tar").write_bytes(raw)
+    doc = {"sparkfeed_manifest": 1, "format": "webdataset", "created_by": {"sparkfeed": "test"},
+           "schema": [{"name": "key", "type": "string", "member": "__key__"},
+                      {"name": "cls", "type": "int64", "member": "cls"}],
+           "num_samples": n, "num_bytes": len(raw),
+           "shards": [{"path": "s.tar", "num_samples": n, "num_bytes": len(raw), "members": ["cls"]}]}
+    (root / "_sparkfeed.json").write_text(json.dumps(doc))
+    return str(root)
+
+
+# ------------------------------------------------------------------ pax extended headers
+
+
+def _record(keyword: bytes, value: bytes) -> bytes:
+    """A pax record, its length field counting itself."""
+    body = b" %s=%s\n" % (keyword, value)
+    return next(b"%d%s" % (k, body) for k in range(len(body), len(body) + 30) if len(b"%d%s" % (k, body)) == k)
+
+# "4 a\n" records whose keyword `tarfile` (before Python 3.11.10) extends to the one "=" at the
+# end: quadratic time, and every record's keyword a copy of the rest (40 s and 7 GB for 240 KB)
+BACKTRACKING = b"4 a\n" * 20000 + b"="
+DIGITS = b"100010 comment=" + b"1" * 99994 + b"\n"  # quadratic in tarfile's hdrcharset search
+
+
+@pytest.mark.parametrize("data", [BACKTRACKING, DIGITS, b"-5 path=x\n", b"0 path=x\n", b"99 path=x\n",
+                                  b"9 pathx\n", b"5 a=\nxyz"], ids=[
+    "backtracking", "digit run", "negative length", "zero length", "length past the end",
+    "no equals sign", "trailing garbage"])
+def test_a_hostile_pax_header_is_refused_naming_its_offset(tmp_path, data):
+    raw = _samples(0, 2) + _member(b"././@PaxHeader", data, b"x") + _samples(2, 2) + b"\0" * 1024
+    root = _tar_dataset(tmp_path, raw, 4)
+    with pytest.raises(ShardReadError, match=r"shard 's.tar', tar offset 2048: corrupt tar: pax extended header"):
+        list(sparkfeed.DataLoader(root, batch_size=2))
+    loader = sparkfeed.DataLoader(root, batch_size=2, on_error="skip")
+    assert sum(len(b["key"]) for b in loader) == 0 and loader.stats()["samples_skipped"] == 4
+
+
+def test_well_formed_pax_records_are_read_as_before():
+    records = b"5 a=\n" * 1000 + _record(b"path", b"s00002.cls") + _record(b"mtime", b"1700000000.123456789")
+    assert pax_problem(records) is None and pax_problem(records + b"\0" * 100) is None
+    raw = _samples(0, 2) + _member(b"././@PaxHeader", records, b"x") + _member(b"x.cls", b"2") + b"\0" * 1024
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r|", tarinfo=StrictTarInfo) as tar:
+        assert [(m.name, tar.extractfile(m).read()) for m in tar] == [
+            ("s00000.cls", b"0"), ("s00001.cls", b"1"), ("s00002.cls", b"2")]
