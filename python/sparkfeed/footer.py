@@ -9,16 +9,19 @@ ISO text, decimals exact as text; NaN, infinities and binary values are left out
 from __future__ import annotations
 
 import decimal
+import hashlib
+import io
 import json
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Mapping
 
 import pyarrow as pa
 
 from .filters import delivered_type, leaf_fields
 
-__all__ = ["STRING_STATS_MAX_CHARS", "stat_type", "round_up", "json_value", "entry"]
+__all__ = ["STRING_STATS_MAX_CHARS", "stat_type", "round_up", "json_value", "entry", "damage", "check"]
 
 STRING_STATS_MAX_CHARS = 64  # the JVM writer's `ColumnStats.STRING_STATS_MAX_CHARS`
 
@@ -118,7 +121,8 @@ def _to_json_stats(raw: Mapping[str, dict]) -> dict:
 def entry(md, schema: pa.Schema, rel: str, size: int) -> dict:
     """The manifest entry (before JSON) of the Parquet file at `rel`, `size` bytes, from its parsed
     footer (`md`, `schema`: a `ParquetFile`'s metadata and Arrow schema, read with
-    `filters.INT96_UNIT`)."""
+    `filters.INT96_UNIT`). ValueError for a footer that would crash pyarrow (`check`)."""
+    check(md)
     fields, stat_cols, null_cols = _stat_columns(md, schema)
     groups, per_col = [], {name: [] for name in [n for n, _ in stat_cols] + null_cols}
     for i in range(md.num_row_groups):
@@ -192,3 +196,207 @@ def _stat_differs(now: dict, recorded) -> tuple[str, object, object] | None:
             continue
         return which, a, b
     return None
+
+
+# ---------------------------------------------------------------- footers that crash pyarrow
+#
+# pyarrow's metadata accessors (`RowGroupMetaData.column`, `ColumnChunkMetaData.statistics`) are
+# not declared to raise: a C++ exception there aborts the whole process ("terminate called
+# after throwing an instance of 'parquet::ParquetException'"), with no error naming the file.
+# A footer whose bits were flipped can make them throw: one bit flip in about a hundred in the
+# footer of a small file did. Before any of them is called, the footer, serialized again by
+# pyarrow (its parse keeps what the file said), is decoded here (Thrift compact protocol) and
+# refused where pyarrow 26 would throw: a column chunk whose physical type is not its schema
+# column's, statistics shorter than their type's width, size statistics whose level
+# histograms or byte count do not fit the column, a row group whose chunks are not one per
+# schema column, encrypted column metadata (never readable here: no keys are given).
+
+_PHYSICAL = {"BOOLEAN": 0, "INT32": 1, "INT64": 2, "INT96": 3, "FLOAT": 4, "DOUBLE": 5,
+             "BYTE_ARRAY": 6, "FIXED_LEN_BYTE_ARRAY": 7}
+_WIDTH = {0: 1, 1: 4, 2: 8, 3: 12, 4: 4, 5: 8}  # bytes of a plain-encoded statistic
+_CHECKED: OrderedDict[bytes, tuple | None] = OrderedDict()  # footer digest -> `damage`'s verdict
+_CHECKED_KEPT = 4096
+
+
+class _Undecodable(Exception):
+    """The serialized footer is not valid Thrift (pyarrow parsed it, so this is never expected)."""
+
+
+def check(md) -> None:
+    """ValueError saying what is wrong with footer `md` (a `FileMetaData`) where `damage` finds
+    something, naming the row group."""
+    found = damage(md)
+    if found is not None:
+        group, what = found
+        where = "" if group is None else f"row group {group}: "
+        raise ValueError(f"damaged Parquet footer: {where}{what}")
+
+
+def damage(md) -> tuple[int | None, str] | None:
+    """(row group or None, what) for a footer that pyarrow's metadata accessors would abort the
+    process on, None for a sound one. Decoded once per footer (the verdict is kept by digest:
+    each epoch opens its files anew)."""
+    buf = io.BytesIO()
+    md.write_metadata_file(buf)
+    thrift = buf.getvalue()[4:-8]  # "PAR1" footer length "PAR1"
+    key = hashlib.blake2b(thrift, digest_size=16).digest()
+    if key in _CHECKED:
+        _CHECKED.move_to_end(key)
+        return _CHECKED[key]
+    columns = [md.schema.column(j) for j in range(md.num_columns)]
+    try:
+        verdict = _damage(_struct(thrift, 0, 0)[0], columns)
+    except (_Undecodable, RecursionError) as exc:
+        verdict = None, f"its Thrift encoding cannot be decoded ({exc})"
+    _CHECKED[key] = verdict
+    while len(_CHECKED) > _CHECKED_KEPT:
+        _CHECKED.popitem(last=False)
+    return verdict
+
+
+def _damage(meta: dict, columns: list) -> tuple[int | None, str] | None:
+    """`damage` of a decoded FileMetaData (field 4: row groups) given its schema columns."""
+    for i, group in enumerate(meta.get(4) or ()):
+        chunks = group.get(1) or () if isinstance(group, dict) else ()
+        if len(chunks) != len(columns):
+            return i, f"it has {len(chunks)} column chunk(s) where the schema has {len(columns)} column(s)"
+        for chunk, column in zip(chunks, columns):
+            what = _chunk_damage(chunk, column) if isinstance(chunk, dict) else "is not a struct"
+            if what is not None:
+                return i, f"the chunk of column {column.path!r} {what}"
+    return None
+
+
+def _chunk_damage(chunk: dict, column) -> str | None:
+    """What is wrong with one ColumnChunk (decoded) of schema column `column`, or None."""
+    if 8 in chunk or 9 in chunk:
+        return "has encrypted metadata (encrypted Parquet is not supported)"
+    meta = chunk.get(3)
+    if not isinstance(meta, dict):
+        return "has no metadata"
+    physical = _PHYSICAL.get(column.physical_type)
+    if meta.get(1) != physical:
+        got = next((k for k, v in _PHYSICAL.items() if v == meta.get(1)), meta.get(1))
+        return f"has physical type {got} where the schema says {column.physical_type}"
+    width = column.length if physical == 7 else _WIDTH.get(physical, 0)
+    stats = meta.get(12)
+    if isinstance(stats, dict) and any(isinstance(stats.get(f), bytes) and len(stats[f]) < width
+                                       for f in (1, 2, 5, 6)):
+        return f"has a min or max statistic shorter than {width} byte(s)"
+    sizes = meta.get(16)
+    if isinstance(sizes, dict):
+        for field, level, name in ((2, column.max_repetition_level, "repetition"),
+                                   (3, column.max_definition_level, "definition")):
+            if sizes.get(field) and len(sizes[field]) != level + 1:
+                return (f"has {len(sizes[field])} {name} level histogram entries where its max "
+                        f"level {level} needs {level + 1}")
+        if 1 in sizes and physical != 6:
+            return f"counts byte-array bytes in a {column.physical_type} column"
+    return None
+
+
+# Thrift compact protocol, as far as a footer needs: structs as {field id: value}, lists as
+# lists, strings as bytes; doubles and maps are skipped (a footer holds none that matter).
+
+_MAX_DEPTH = 32
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    b = buf[pos] if pos < len(buf) else 0x80
+    if b < 0x80:
+        return b, pos + 1
+    shift = result = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise _Undecodable("a varint runs past the footer")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _need(buf: bytes, end: int) -> None:
+    if end > len(buf):
+        raise _Undecodable("a value runs past the footer")
+
+
+def _value(buf: bytes, pos: int, kind: int, depth: int):
+    """(value of compact type `kind` at `pos`, the position after it)."""
+    if kind in (1, 2):  # a struct field's bool: its type is its value
+        return kind == 1, pos
+    if kind in (4, 5, 6):
+        n, pos = _varint(buf, pos)
+        return (n >> 1) ^ -(n & 1), pos
+    if kind == 8:
+        n, pos = _varint(buf, pos)
+        _need(buf, pos + n)
+        return buf[pos:pos + n], pos + n
+    if kind in (3, 7):
+        _need(buf, pos + (1 if kind == 3 else 8))
+        return (buf[pos], pos + 1) if kind == 3 else (None, pos + 8)
+    if depth > _MAX_DEPTH:
+        raise _Undecodable("nested too deeply")
+    if kind == 12:
+        return _struct(buf, pos, depth + 1)
+    if kind in (9, 10):
+        return _list(buf, pos, depth + 1)
+    if kind == 11:
+        return _map(buf, pos, depth + 1)
+    raise _Undecodable(f"unknown field type {kind}")
+
+
+def _element(buf: bytes, pos: int, kind: int, depth: int):
+    """A list element: a bool is a byte of its own there."""
+    if kind in (1, 2):
+        _need(buf, pos + 1)
+        return buf[pos] == 1, pos + 1
+    return _value(buf, pos, kind, depth)
+
+
+def _list(buf: bytes, pos: int, depth: int) -> tuple[list, int]:
+    _need(buf, pos + 1)
+    n, kind = buf[pos] >> 4, buf[pos] & 15
+    pos += 1
+    if n == 15:
+        n, pos = _varint(buf, pos)
+    if n > len(buf) - pos:  # every element takes a byte at least (bools, small ints, structs)
+        raise _Undecodable(f"a list of {n} elements in a shorter footer")
+    out = []
+    for _ in range(n):
+        value, pos = _element(buf, pos, kind, depth)
+        out.append(value)
+    return out, pos
+
+
+def _map(buf: bytes, pos: int, depth: int) -> tuple[None, int]:
+    n, pos = _varint(buf, pos)
+    if n == 0:
+        return None, pos
+    _need(buf, pos + 1)
+    key, value = buf[pos] >> 4, buf[pos] & 15
+    pos += 1
+    if n > len(buf) - pos:
+        raise _Undecodable(f"a map of {n} entries in a shorter footer")
+    for _ in range(n):
+        pos = _element(buf, pos, key, depth)[1]
+        pos = _element(buf, pos, value, depth)[1]
+    return None, pos
+
+
+def _struct(buf: bytes, pos: int, depth: int) -> tuple[dict, int]:
+    out, field = {}, 0
+    while True:
+        _need(buf, pos + 1)
+        head = buf[pos]
+        pos += 1
+        kind = head & 15
+        if kind == 0:
+            return out, pos
+        if head >> 4:
+            field += head >> 4
+        else:
+            n, pos = _varint(buf, pos)
+            field = (n >> 1) ^ -(n & 1)
+        out[field], pos = _value(buf, pos, kind, depth)

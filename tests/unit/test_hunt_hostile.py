@@ -5,11 +5,17 @@ never a hang, an absurd allocation or a crash of the process."""
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+import dsutil
 import sparkfeed
+from sparkfeed import footer
 from sparkfeed.errors import ShardReadError
 from sparkfeed.read.tar import StrictTarInfo, pax_problem
 
@@ -82,3 +88,72 @@ def test_well_formed_pax_records_are_read_as_before():
     with tarfile.open(fileobj=io.BytesIO(raw), mode="r|", tarinfo=StrictTarInfo) as tar:
         assert [(m.name, tar.extractfile(m).read()) for m in tar] == [
             ("s00000.cls", b"0"), ("s00001.cls", b"1"), ("s00002.cls", b"2")]
+
+
+# ------------------------------------------------------------------ Parquet footers that crash pyarrow
+
+
+def _rewrite_footer(path: str, old: bytes, new: bytes) -> None:
+    """The file's footer with the one occurrence of `old` (Thrift bytes) made `new`, as long."""
+    raw = open(path, "rb").read()
+    start = len(raw) - 8 - int.from_bytes(raw[-8:-4], "little")
+    thrift = raw[start:-8]
+    assert thrift.count(old) == 1 and len(old) == len(new)
+    with open(path, "wb") as f:
+        f.write(raw[:start] + thrift.replace(old, new) + raw[-8:])
+
+
+# ColumnMetaData.type (field 1, compact i32) of an INT64 column made INT96; a FIXED_LEN_BYTE_ARRAY
+# schema column's type_length 4 made 8 (its 4-byte statistics then too short): pyarrow 26 aborts
+# the process on either in `ColumnChunkMetaData.statistics` ("terminate called after throwing")
+FOOTER_DAMAGE = {
+    "chunk type": (pa.table({"id": pa.array(range(8), pa.int64())}), b"\x1c\x15\x04", b"\x1c\x15\x06",
+                   "the chunk of column 'id' has physical type INT96 where the schema says INT64"),
+    "short statistics": (pa.table({"h": pa.array([b"abcd", b"efgh"] * 4, pa.binary(4))}),
+                         b"\x15\x0e\x15\x08", b"\x15\x0e\x15\x10",
+                         "the chunk of column 'h' has a min or max statistic shorter than 8 byte"),
+}
+
+_READ = """
+import sys, sparkfeed
+for on_error in ("raise", "skip"):
+    loader = sparkfeed.DataLoader(sys.argv[1], batch_size=4, on_error=on_error)
+    try:
+        print(on_error, sum(len(next(iter(b.values()))) for b in loader), loader.stats()["samples_skipped"])
+    except sparkfeed.SparkfeedError as exc:
+        print(on_error, "error:", str(exc).splitlines()[0])
+"""
+
+
+@pytest.mark.parametrize("case", list(FOOTER_DAMAGE))
+def test_a_footer_that_crashes_pyarrow_is_an_error_naming_shard_and_row_group(tmp_path, case):
+    data, old, new, what = FOOTER_DAMAGE[case]
+    root = str(tmp_path / "ds")
+    dsutil.write_parquet(root, data, 8, 8)
+    _rewrite_footer(os.path.join(root, "part-00000.parquet"), old, new)
+    run = subprocess.run([sys.executable, "-c", _READ, root], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]  # not aborted
+    raised, skipped = run.stdout.splitlines()
+    assert raised.startswith("raise error:") and "shard 'part-00000.parquet', row group 0: damaged " \
+        f"Parquet footer: {what}" in raised
+    assert skipped == "skip 0 8"
+
+
+def test_a_sound_footer_is_not_damaged_and_its_verdict_is_kept(tmp_path):
+    path = str(tmp_path / "f.parquet")
+    table = dsutil.table(50).append_column("objs", pa.array(
+        [[{"a": i, "b": str(i)}] * (i % 3) for i in range(50)],
+        pa.list_(pa.struct([("a", pa.int32()), ("b", pa.string())]))))
+    pq.write_table(table, path, row_group_size=7)
+    md = pq.ParquetFile(path).metadata
+    assert footer.damage(md) is None and footer.damage(md) is None
+    assert footer.entry(md, pq.ParquetFile(path).schema_arrow, "f.parquet", 1)["num_samples"] == 50
+
+
+def test_the_indexer_refuses_a_footer_that_crashes_pyarrow(tmp_path):
+    path = str(tmp_path / "f.parquet")
+    pq.write_table(pa.table({"id": pa.array(range(8), pa.int64())}), path)
+    _rewrite_footer(path, b"\x1c\x15\x04", b"\x1c\x15\x06")
+    pf = pq.ParquetFile(path)
+    with pytest.raises(ValueError, match="damaged Parquet footer: row group 0: the chunk of column 'id'"):
+        footer.entry(pf.metadata, pf.schema_arrow, "f.parquet", 1)

@@ -133,6 +133,7 @@ class ParquetReader(Reader):
             """Open, read the footer, check the file against the manifest (once per iteration)."""
             self._check_unchanged(unit, path)
             pf = self._open(unit, path, metadata)
+            self._check_footer(unit, pf.metadata)
             opened.append(pf)
             self.ctx.stats.add("bytes_read", pf.metadata.serialized_size + 8)
             schema = pf.schema_arrow  # made anew at each call: once here
@@ -151,6 +152,15 @@ class ParquetReader(Reader):
         while len(self._files) > (_OPEN_FILES if self._ranges else _WHOLE_FILES):
             self._files.popitem(last=False)
         return pf
+
+    def _check_footer(self, unit: WorkUnit, md: pq.FileMetaData) -> None:
+        """A footer pyarrow's metadata accessors would abort the process on (`footer.damage`) is
+        an error naming the file, before any of them is called."""
+        found = footer.damage(md)
+        if found is not None:
+            group, what = found
+            raise ShardReadError(f"damaged Parquet footer: {what}", dataset=self.ctx.dataset,
+                                 shard=unit.path, row_group=group)
 
     def _check_recorded(self, unit: WorkUnit, path: str, md: pq.FileMetaData, schema: pa.Schema) -> None:
         """The file is the one its manifest recorded: a local file's size (remote ones: the
@@ -561,11 +571,14 @@ def _fetch_footer(fs, path: str, size: int | None) -> tuple:
     for a footer longer than that. Without a known size, fsspec's file reads the tail."""
     if size is None:
         with storage.open_remote(fs, path, size) as f:
-            return pq.ParquetFile(f).metadata, None
+            metadata = pq.ParquetFile(f).metadata
+        footer.check(metadata)
+        return metadata, None
     start = max(0, size - _FOOTER_BYTES)
     parts = storage.fetch_ranges(fs, path, [(start, size)], size)
     with storage.KnownRanges(parts, size, functools.partial(storage.open_remote, fs, path, size)) as src:
         metadata = pq.ParquetFile(src).metadata
+    footer.check(metadata)  # read-ahead reads no row group of a damaged footer (`footer.damage`)
     return metadata, (parts[(start, size)] if start == 0 else None)
 
 
