@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,9 @@ __all__ = ["NpyDecode", "NpyDecoder"]
 _MAGIC = b"\x93NUMPY"
 _VERSIONS = (1, 2, 3)  # the .npy format versions numpy defines
 _DTYPE_KINDS = "biuf"  # bool, signed, unsigned, float: what a tensor holds
+_MAX_DIMS = 32  # dimensions of a tensor (numpy allows 64, torch fewer)
+_MAX_BYTES = 1 << 63  # numpy refuses a shape whose nonzero dimensions span this many bytes,
+# even with no element ((0, 2**61) of float32): refused in the header, as a bad row
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,9 @@ class _Header:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        """Exact (Python integers): numpy's int64 product wraps around for a hostile shape,
+        (2**32, 2**32) to 0 bytes, which an empty row then matched."""
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def _header(row: np.ndarray) -> _Header:
@@ -91,6 +97,9 @@ def _header(row: np.ndarray) -> _Header:
                          "sparkfeed never does")
     if dtype.kind not in _DTYPE_KINDS or dtype.fields is not None or dtype.subdtype is not None:
         raise ValueError(f"a .npy array of {dtype}, which is not a number type a tensor holds")
+    if any(d < 0 for d in shape) or len(shape) > _MAX_DIMS or \
+            math.prod(d for d in shape if d) * dtype.itemsize >= _MAX_BYTES:
+        raise ValueError(f"a .npy shape {tuple(shape)} that no array can have")
     return _Header(stream.tell(), dtype, tuple(shape), bool(fortran))
 
 

@@ -157,3 +157,27 @@ def test_the_indexer_refuses_a_footer_that_crashes_pyarrow(tmp_path):
     pf = pq.ParquetFile(path)
     with pytest.raises(ValueError, match="damaged Parquet footer: row group 0: the chunk of column 'id'"):
         footer.entry(pf.metadata, pf.schema_arrow, "f.parquet", 1)
+
+
+# ------------------------------------------------------------------ .npy members
+
+
+def _npy(shape, descr: str = "<f4", body: bytes = b"") -> bytes:
+    """A .npy v1.0 header saying `shape` of `descr`, then `body`."""
+    head = "{'descr': '%s', 'fortran_order': False, 'shape': %r, }" % (descr, shape)
+    head += " " * (-(len(head) + 11) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(head).to_bytes(2, "little") + head.encode() + body
+
+
+# numpy's int64 product of (2**32, 2**32) wraps to 0 bytes, which an empty body matched; the
+# whole-batch path then raised numpy's ValueError out of `decode` (past on_error)
+@pytest.mark.parametrize("shape", [(2**32, 2**32), (2**31, 2**31, 4), (-1, 2), (0, 2**61)])
+def test_a_hostile_npy_shape_is_a_failed_row_never_an_exception(shape):
+    from sparkfeed.arrays import NpyDecoder
+
+    decoder = NpyDecoder(sparkfeed.NpyDecode())
+    alone = decoder.decode([_npy(shape)] * 3)  # one header for the batch: the whole-batch path
+    assert [r for r, _ in alone.failures] == [0, 1, 2] and alone.ok_rows.tolist() == []
+    mixed = decoder.decode([_npy(shape)] * 3 + [_npy((2,), body=b"\0" * 8)])  # row by row
+    assert [r for r, _ in mixed.failures] == [0, 1, 2] and "shape" in mixed.failures[0][1]
+    assert mixed.ok_rows.tolist() == [3] and tuple(mixed.images.shape) == (1, 2)
