@@ -15,6 +15,7 @@ import functools
 import inspect
 import logging
 import multiprocessing
+import os
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -49,6 +50,9 @@ _DECODE_AHEAD = 1
 _REREAD_WARN_MIB = 64  # shuffle blocks read on both sides of a boundary: a warning from this much more
 _STUCK_JOIN_S = 2.0  # a worker process terminated after a timeout: the most to wait for its end
 WORKER_TYPES = ("auto", "thread", "process")
+# what loaders in a forked child inherited from the parent's threads and worker processes: kept
+# here, never used nor destroyed (`DataLoader._own_process`)
+_INHERITED: list = []
 
 
 class DataLoader:
@@ -138,6 +142,7 @@ class DataLoader:
         self._again_noted = False  # `_note_same_epoch_again` warned
         self._began_resumed = False  # the last iteration began from a loaded state
         self._changes = 0  # set_epoch / load_state_dict calls so far: an iteration started before one restarts
+        self._pid = os.getpid()  # the process whose threads and workers the loader holds (`_own_process`)
 
     @staticmethod
     def _dataset(path_or_dataset, **kwargs) -> Dataset:
@@ -272,6 +277,7 @@ class DataLoader:
         ds.set_epoch(epoch)
         self._progress, self._pending = None, lanes
         self._changes += 1
+        self._own_process()
         self._drop_next()  # its reads start the epoch from its beginning, not from this state
 
     def stats(self) -> dict:
@@ -288,6 +294,7 @@ class DataLoader:
     # ------------------------------------------------------------ iteration
 
     def __iter__(self):
+        self._own_process()
         pending, self._pending = self._pending, None
         self._began_resumed = bool(pending)  # this iteration continues a loaded state
         explicit, self._epoch_set = self._epoch_set, False
@@ -507,6 +514,7 @@ class DataLoader:
     def _read_next_epoch(self, epoch: int) -> None:
         """Start reading epoch `epoch` from its beginning (threads; `persistent_workers=True`),
         for the next iteration to take if it is that epoch (`_take_next`)."""
+        self._own_process()
         if self._next is None:
             self._next = self._reading(epoch)
             log.debug("epoch %d: reading ahead", epoch)
@@ -521,6 +529,21 @@ class DataLoader:
             return ahead
         self._drop_next()
         return None
+
+    def _own_process(self) -> None:
+        """In a forked child (`os.fork()`, or the worker process of another loader that holds this
+        one), forget what the parent's threads and processes hold: its decoders, the epoch it read
+        ahead and its kept worker processes. Used there, a decoder hung (its lock held by the
+        parent's prefetch thread, its DALI threads absent), the epoch read ahead failed ("thread
+        ended without a result or an error") and kept workers, the parent's, took this process's
+        restart: the parent's next epoch hung. Destroyed there, they would shut the parent's workers
+        down (torch's iterator's finaliser) or wait on DALI threads that do not exist. So they are
+        kept, out of reach (`_INHERITED`), and this process makes its own."""
+        if self._pid == os.getpid():
+            return
+        _INHERITED.append((self._decoders, self._next, self._processes))
+        self._decoders, self._next, self._processes = {}, None, None
+        self._pid = os.getpid()
 
     def _drop_next(self) -> None:
         """Stop reading the epoch read ahead, counted in `epochs_read_ahead_dropped`."""

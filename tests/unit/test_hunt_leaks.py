@@ -1,0 +1,113 @@
+"""Resources and shutdown as long training jobs and notebooks meet them: a loader used in a
+forked child, a worker process that dies while the consumer waits for a prefetch thread.
+
+Each forked child reports through its exit status; the parent waits for it within a bound
+(`_child_status`), which turns a hang into a failure without timing anything."""
+
+import io
+import os
+import signal
+import time
+
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+import dsutil
+import sparkfeed
+
+_CHILD_WAIT_S = 60.0  # a hang, not a slow child: the bound only turns it into a failure
+
+
+def _jpeg(i: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), ((i * 37) % 256, (i * 91) % 256, 7)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def parquet(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("hunt") / "pq")
+    dsutil.write_parquet(root, dsutil.table(400), 100, 20)
+    return root
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("hunt") / "img")
+    t = dsutil.table(96)
+    dsutil.write_parquet(root, t.append_column("image", pa.array([_jpeg(i) for i in range(96)], pa.binary())),
+                         48, 16, codecs={"image": "jpeg"})
+    return root
+
+
+@pytest.fixture(scope="module")
+def tars(tmp_path_factory):
+    """Tars without a DALI index: read by worker processes."""
+    root = str(tmp_path_factory.mktemp("hunt") / "tar")
+    dsutil.write_tar(root, dsutil.table(200), 50, index=False)
+    return root
+
+
+def _child_status(pid: int) -> int:
+    """The forked child's exit code; a child still running after `_CHILD_WAIT_S` is killed and
+    reported as hung."""
+    deadline = time.monotonic() + _CHILD_WAIT_S
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung iterating the loader it inherited")
+
+
+def _in_child(loader, epoch: int, expected: int) -> int:
+    """Fork; the child iterates `loader` for `epoch` and exits 0 if it got `expected` batches."""
+    pid = os.fork()
+    if pid == 0:  # the child: never back into pytest
+        code = 1
+        try:
+            loader.set_epoch(epoch)
+            code = 0 if sum(1 for _ in loader) == expected else 2
+        finally:
+            os._exit(code)
+    return _child_status(pid)
+
+
+def test_a_forked_child_decodes_with_a_loader_its_parent_was_decoding_with(images):
+    """The parent's prefetch thread holds the decoder's lock while it decodes ahead: a child forked
+    then waited for that lock forever (and the decoder's DALI threads are not in the child)."""
+    L = sparkfeed.DataLoader(images, batch_size=8, num_workers=2,
+                             decode={"image": sparkfeed.ImageDecode(size=16, device="cpu")})
+    it = iter(L)
+    next(it)
+    assert _in_child(L, 1, len(L)) == 0
+    assert sum(1 for _ in it) == len(L) - 1, "the parent's own iteration goes on"
+
+
+@pytest.mark.parametrize("collate", [False, True])
+def test_a_forked_child_reads_the_epoch_its_parent_read_ahead(parquet, collate):
+    """persistent_workers=True reads the next epoch ahead on the parent's threads, which the child
+    does not have: taking those reads failed ("thread 'sparkfeed-lane-0' ended without a result")."""
+    L = sparkfeed.DataLoader(parquet, batch_size=16, num_workers=2, persistent_workers=True,
+                             collate_fn=(lambda b: b) if collate else None)
+    L.set_epoch(0)
+    n = sum(1 for _ in L)  # epoch 1 is being read ahead now
+    assert _in_child(L, 1, n) == 0
+    L.set_epoch(1)
+    assert sum(1 for _ in L) == n
+    assert L.stats()["epochs_read_ahead"] == 1, "the parent still takes its own reads"
+
+
+def test_a_forked_child_leaves_its_parents_kept_worker_processes_alone(tars):
+    """The kept workers are the parent's children: the child's iteration restarted them through
+    torch's queues ("can only test a child process" in the child), and the parent's next epoch
+    then hung (here torch's `timeout` turns that into an error)."""
+    L = sparkfeed.DataLoader(tars, batch_size=10, num_workers=2, persistent_workers=True, timeout=30)
+    L.set_epoch(0)
+    n = sum(1 for _ in L)
+    assert _in_child(L, 1, n) == 0
+    L.set_epoch(1)
+    assert sum(1 for _ in L) == n
