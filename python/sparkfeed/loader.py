@@ -391,7 +391,13 @@ class DataLoader:
         kept = self._processes
         if kept is not None and kept.in_use():
             return self._new_processes(lanes, epoch)
-        if kept is None or kept.lanes != lanes:
+        dead = kept.dead() if kept is not None else []
+        if dead:  # (torch would wait 5 s for its resume, then fail this epoch too)
+            log.warning("%s: kept worker process(es) %s of rank %d ended (exit code %s; -9: SIGKILL, as "
+                        "the OOM killer sends); epoch %d starts new ones", self.dataset.path,
+                        ", ".join(str(p.pid) for p in dead), self.dataset.rank,
+                        ", ".join(str(p.exitcode) for p in dead), epoch)
+        if kept is None or kept.lanes != lanes or dead:
             self._drop_processes()
             context = _mp_context(self.multiprocessing_context)
             shared, shared_then = context.RawValue("q", epoch), context.RawValue("q", -1)
@@ -443,6 +449,10 @@ class DataLoader:
             epoch_progress.ended = True
             if then is not None:
                 self._read_next_epoch(then)
+        except RuntimeError as exc:
+            if not _worker_died(exc):
+                raise
+            raise _worker_error(exc, self.dataset.rank) from exc
         finally:
             forks.close_redelivering_interrupts(lambda: close_quietly(deliveries))
 
@@ -665,6 +675,11 @@ class _Processes:
         iteration = self.user() if self.user is not None else None
         return iteration is not None and iteration.gi_frame is not None
 
+    def dead(self) -> list:
+        """The kept worker processes that have ended (killed, say, between epochs)."""
+        workers = self.loader._iterator  # (torch's persistent iterator; None before the first epoch)
+        return [p for p in getattr(workers, "_workers", ()) if not p.is_alive()]
+
 
 def _iterated(loader: torch.utils.data.DataLoader) -> Iterator:
     """`iter(loader)` at the first `next()`, so that a worker found dead while torch restarts its
@@ -864,8 +879,8 @@ def _named_worker_errors(it, rank: int, on_failure: Callable[[], None] | None = 
         failed = False
         raise
     except RuntimeError as exc:
-        if "DataLoader worker" in str(exc):
-            raise WorkerError(f"a sparkfeed loader worker of rank {rank} died: {exc}") from exc
+        if _worker_died(exc):
+            raise _worker_error(exc, rank) from exc
         if "DataLoader timed out" in str(exc):
             _stop_stuck_workers(workers() if workers is not None else it)
         raise
@@ -883,6 +898,17 @@ def _named_worker_errors(it, rank: int, on_failure: Callable[[], None] | None = 
                 shutdown()
             if on_failure is not None:
                 on_failure()
+
+
+def _worker_died(exc: RuntimeError) -> bool:
+    """torch's error for a worker process that died: raised by its status check inside `next()`,
+    or by its SIGCHLD handler wherever the main thread is (with a prefetch thread between, that is
+    the consumer's wait for it, outside `_named_worker_errors`)."""
+    return "DataLoader worker" in str(exc)
+
+
+def _worker_error(exc: RuntimeError, rank: int) -> WorkerError:
+    return WorkerError(f"a sparkfeed loader worker of rank {rank} died: {exc}")
 
 
 def _stop_stuck_workers(workers) -> None:

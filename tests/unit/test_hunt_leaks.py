@@ -7,14 +7,18 @@ Each forked child reports through its exit status; the parent waits for it withi
 import io
 import os
 import signal
+import sys
+import threading
 import time
 
+import psutil
 import pyarrow as pa
 import pytest
 from PIL import Image
 
 import dsutil
 import sparkfeed
+from sparkfeed import WorkerError
 
 _CHILD_WAIT_S = 60.0  # a hang, not a slow child: the bound only turns it into a failure
 
@@ -111,3 +115,57 @@ def test_a_forked_child_leaves_its_parents_kept_worker_processes_alone(tars):
     assert _in_child(L, 1, n) == 0
     L.set_epoch(1)
     assert sum(1 for _ in L) == n
+
+
+def _new_children(before: set) -> list:
+    return [p for p in psutil.Process().children() if p.pid not in before]
+
+
+def test_a_worker_killed_while_the_consumer_waits_for_the_prefetch_thread_is_a_worker_error(tars):
+    """torch's SIGCHLD handler raises its RuntimeError ("DataLoader worker (pid N) is killed by
+    signal") in the main thread, which with a prefetch thread between (a collate_fn, decode=) waits
+    for that thread, outside the code that named worker deaths: the user got a bare RuntimeError
+    where the README promises a WorkerError naming the rank."""
+    main, gate, calls = threading.main_thread(), threading.Event(), []
+    before = {p.pid for p in psutil.Process().children()}
+
+    def collate(batch):
+        calls.append(1)
+        if len(calls) == 2:  # the prefetch thread: once the consumer waits for this batch
+            dsutil.wait_until(lambda: sys._current_frames()[main.ident].f_code.co_name == "wait",
+                              "the consumer waiting for the prefetch thread")
+            os.kill(_new_children(before)[0].pid, signal.SIGKILL)
+            gate.wait(_CHILD_WAIT_S)
+        return batch
+
+    L = sparkfeed.DataLoader(tars, batch_size=10, num_workers=2, prefetch=1, collate_fn=collate)
+    it = iter(L)  # (workers start on the main thread: torch sets its SIGCHLD handler)
+    try:
+        next(it)
+        with pytest.raises(WorkerError, match="rank 0"):
+            next(it)
+    finally:
+        gate.set()
+    del it
+    dsutil.wait_until(lambda: not _new_children(before), "the workers shut down")
+
+
+def test_a_kept_worker_killed_between_epochs_is_replaced_at_the_next(tars):
+    """A kept worker (persistent_workers=True) killed between epochs (the OOM killer, while it read
+    ahead): the next epoch waited 5 s for its restart, then failed with WorkerError, and only the
+    epoch after worked. Now the next epoch starts new workers and delivers every batch."""
+    before = {p.pid for p in psutil.Process().children()}
+    L = sparkfeed.DataLoader(tars, batch_size=10, num_workers=2, persistent_workers=True,
+                             collate_fn=lambda b: b)
+    L.set_epoch(0)
+    n = sum(1 for _ in L)
+    kept = _new_children(before)
+    torch_handler = signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # (else raised here, outside the loader)
+    try:
+        os.kill(kept[0].pid, signal.SIGKILL)
+        os.waitid(os.P_PID, kept[0].pid, os.WEXITED | os.WNOWAIT)  # ended, left for its parent to reap
+    finally:
+        signal.signal(signal.SIGCHLD, torch_handler)
+    L.set_epoch(1)
+    assert sum(1 for _ in L) == n
+    assert kept[0].pid not in {p.pid for p in _new_children(before)}
