@@ -11,7 +11,6 @@ import os
 import re
 import socket
 import threading
-import traceback
 
 import aiohttp
 import pytest
