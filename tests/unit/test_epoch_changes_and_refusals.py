@@ -1,6 +1,7 @@
-"""Training-loop semantics found wanting in a hunt as a user: a mix that nothing bounds refused
-when the loader is built, and a refused resume state naming the loader's dataset and what differs.
-Real Parquet files; no Spark."""
+"""Training-loop semantics: `set_epoch` or `load_state_dict` between `iter()` and the first
+batch restarts that iteration as the new epoch or state (exactly once across a resume), a mix that
+nothing bounds is refused when the loader is built, and a refused resume state names the loader's
+dataset and what differs. Real Parquet files; no Spark."""
 
 from __future__ import annotations
 
