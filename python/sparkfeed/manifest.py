@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import posixpath
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
@@ -166,14 +167,26 @@ def _need(cond: bool, message: str, dataset: str) -> None:
         raise ManifestError(message, dataset=dataset)
 
 
+# Counts past int64 are no file's (Parquet counts rows in int64) and would fail far from here, in
+# numpy's arrays of counts ("Python int too large to convert to C long").
+_COUNT_LIMIT = 2**63
+
+
 def _is_count(value) -> bool:
-    return type(value) is int and value >= 0  # noqa: E721 - bool is not a count
+    return type(value) is int and 0 <= value < _COUNT_LIMIT  # noqa: E721 - bool is not a count
 
 
 def _count(value, what: str, dataset: str) -> int:
     if not _is_count(value):
-        raise ManifestError(f"{what} should be a non-negative integer, but got {value!r}", dataset=dataset)
+        raise ManifestError(f"{what} should be a non-negative integer below 2**63, but got "
+                            f"{_short(value)}", dataset=dataset)
     return value
+
+
+def _short(value) -> str:
+    """`repr(value)`, cut short: a hostile manifest's value may be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
 
 
 def _valid_column_stats(s) -> bool:
@@ -195,8 +208,8 @@ def _parse_stats(raw, what, dataset: str) -> dict[str, ColumnStats]:
     _need(isinstance(raw, dict), f"{place}: stats should be an object, but got {type(raw).__name__}", dataset)
     name, bad = next((n, s) for n, s in raw.items() if not _valid_column_stats(s))
     _need(isinstance(bad, dict), f"{place}: stats of {name!r} should be an object", dataset)
-    raise ManifestError(f"{place}: null_count of {name!r} should be a non-negative integer, but got "
-                        f"{bad['null_count']!r}", dataset=dataset)
+    raise ManifestError(f"{place}: null_count of {name!r} should be a non-negative integer below 2**63, "
+                        f"but got {_short(bad['null_count'])}", dataset=dataset)
 
 
 def _parse_row_group(rg, shard: str, i: int, dataset: str) -> RowGroup:
@@ -293,29 +306,51 @@ def _parse_manifest(doc: str | bytes | dict, dataset: str) -> Manifest:
             doc = json.loads(doc)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ManifestError(f"{MANIFEST_NAME} is not valid JSON ({exc})", dataset=dataset) from exc
+        except RecursionError:  # arrays or objects nested thousands deep: no manifest is
+            raise ManifestError(f"{MANIFEST_NAME} nests arrays or objects too deeply to be a manifest "
+                                "(it is corrupt or was not written by sparkfeed)", dataset=dataset) from None
     _need(isinstance(doc, dict), f"{MANIFEST_NAME} should hold a JSON object", dataset)
     _need("sparkfeed_manifest" in doc, f"{MANIFEST_NAME} is not a sparkfeed manifest (it has no "
           f"'sparkfeed_manifest' version; its keys: {sorted(doc)[:8]}): write the data with "
           "sparkfeed.write, or index it with `sparkfeed index`", dataset)
     version = doc.get("sparkfeed_manifest")
-    _need(version == MANIFEST_VERSION, f"unknown manifest version {version!r}; this sparkfeed reads "
-          f"version {MANIFEST_VERSION} (upgrade sparkfeed to read newer datasets)", dataset)
+    # (not `version == 1` alone: `true` and `1.0` are equal to 1 in Python)
+    _need(type(version) is int and version == MANIFEST_VERSION,  # noqa: E721
+          f"unknown manifest version {_short(version)}; this sparkfeed reads version "
+          f"{MANIFEST_VERSION} (upgrade sparkfeed to read newer datasets)", dataset)
     fmt = doc.get("format")
     _need(fmt in FORMATS, f"format should be one of {FORMATS}, but got {fmt!r}", dataset)
     _need(isinstance(doc.get("shards"), list), "shards should be a list", dataset)
     shards = tuple(_parse_shard(s, i, dataset) for i, s in enumerate(doc["shards"]))
-    paths = [s.path for s in shards]
-    _need(len(set(paths)) == len(paths), "a shard path appears twice", dataset)
+    _check_paths_unique(shards, dataset)
+    created_by = doc.get("created_by") or {}
+    _need(isinstance(created_by, dict), f"created_by should be an object, but got {_short(created_by)}", dataset)
     data_root = doc.get("root")
     _need(data_root is None or (isinstance(data_root, str) and data_root),
           f"root should be the data's path or URL, but got {data_root!r}", dataset)
     m = Manifest(format=fmt, schema=_parse_schema(doc.get("schema"), dataset),
                  num_samples=_count(doc.get("num_samples"), "num_samples", dataset),
                  num_bytes=_count(doc.get("num_bytes"), "num_bytes", dataset),
-                 shards=shards, created_by=dict(doc.get("created_by") or {}), root=dataset,
+                 shards=shards, created_by=dict(created_by), root=dataset,
                  data_root=data_root)
     _check_totals(m, dataset)
     return m
+
+
+def _check_paths_unique(shards: tuple[Shard, ...], dataset: str) -> None:
+    """Each file listed once: a path listed twice, also as `./x` beside `x`, would be read twice
+    in an epoch; `.` names the dataset's directory, not a file."""
+    seen: dict[str, str] = {}
+    for s in shards:
+        key = s.path
+        if "." in key and (key == "." or key.startswith("./") or "/./" in key or key.endswith("/.")):
+            key = posixpath.normpath(key)
+            _need(key != ".", f"shard path {s.path!r} names the dataset's directory, not a file", dataset)
+        if key in seen:
+            same = "" if seen[key] == s.path else f" (as {seen[key]!r} and {s.path!r})"
+            raise ManifestError(f"a shard path appears twice: {key!r}{same}; each file may be listed "
+                                "once", dataset=dataset)
+        seen[key] = s.path
 
 
 def _check_totals(m: Manifest, dataset: str) -> None:
