@@ -322,6 +322,20 @@ def _scalar(value, type_: pa.DataType):
         return None
 
 
+def _ordered(low, high, lo: pa.Scalar, hi: pa.Scalar) -> bool:
+    """Whether a statistics range holds any value: min <= max, neither NaN. A manifest whose
+    min exceeds its max (hand-edited, or a buggy writer) promises no row at all, and pruning on
+    it dropped every row of the shard or row group without a word; such a range (like one of the
+    wrong type) is ignored instead, so it costs a read, never rows. `low` and `high` are the
+    JSON values, compared directly where they are plain numbers (the usual case, and cheap)."""
+    if type(low) in (int, float) and type(high) in (int, float):
+        return low <= high  # (False for NaN)
+    try:
+        return bool(pc.less_equal(lo, hi).as_py())
+    except (pa.ArrowException, TypeError):
+        return False
+
+
 def _timestamp(text: str, type_: pa.TimestampType) -> pa.Scalar:
     """An ISO 8601 statistic as a timestamp scalar, to the nanosecond: Arrow parses it (Python's
     `datetime` stops at microseconds, and a maximum cut short would prune rows that match)."""
@@ -353,7 +367,7 @@ def guarantee(stats: Mapping[str, ColumnStats], types: Mapping[str, pa.DataType]
             terms.append(field.is_null())
             continue
         lo, hi = _scalar(s.min, types.get(name)), _scalar(s.max, types.get(name))
-        if lo is None or hi is None:
+        if lo is None or hi is None or not _ordered(s.min, s.max, lo, hi):
             continue
         term = (field >= lo) & (field <= hi)
         if s.null_count is None or s.null_count > 0:
