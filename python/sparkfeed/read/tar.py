@@ -601,8 +601,8 @@ class TarReader(Reader):
                     doc = json.loads(r, parse_float=parse_float)
                     if not isinstance(doc, dict):
                         raise ValueError(f"a JSON {type(doc).__name__}, not an object")
-                except (ValueError, UnicodeDecodeError) as exc:
-                    bad.setdefault(i, f"member .json cannot be parsed ({exc})")
+                except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+                    bad.setdefault(i, f"member .json cannot be parsed ({_json_problem(exc)})")
                     doc = {}
             out.append(doc)
         return out
@@ -622,8 +622,9 @@ class TarReader(Reader):
         for i, r in enumerate(raw):
             try:
                 values.append(_member_value(r, col.type, integer))
-            except (ValueError, UnicodeDecodeError) as exc:
-                bad.setdefault(i, f"member .{member} of column {col.name!r} cannot be parsed ({exc})")
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+                bad.setdefault(i, f"member .{member} of column {col.name!r} cannot be parsed "
+                                  f"({_json_problem(exc)})")
                 values.append(None)
         return values
 
@@ -631,6 +632,7 @@ class TarReader(Reader):
     def _to_array(col, values: list, type_: pa.DataType, bad: dict[int, str]) -> pa.Array:
         """Values as an Arrow array of the column's type; values that do not fit are bad rows."""
         type_ = None if type_ == pa.null() else type_
+        _refuse_fractions(col, values, type_, bad)
         try:
             return _array(values, type_)
         except (pa.ArrowException, ValueError, TypeError, OverflowError):
@@ -654,6 +656,41 @@ class TarReader(Reader):
     def _filter_input(self, unit: WorkUnit) -> tuple[pa.Table, bool]:
         table, ok = self._table(unit, list(self.ctx.filter_columns))
         return table.append_column("__ok_in__", pa.array(ok)), True
+
+
+def _json_problem(exc: Exception) -> str:
+    """Why a JSON member did not parse; Python's parser recurses, so a document nested
+    thousands deep (hostile or broken) raised RecursionError out of the reader, past on_error."""
+    return "arrays or objects nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+
+
+def _refuse_fractions(col, values: list, type_: pa.DataType | None, bad: dict[int, str]) -> None:
+    """Rows whose JSON number for an integer column (or list of integers) has a fraction are
+    bad: Arrow's conversion from Python floats truncates (`{"id": 1.5}` was delivered as 1).
+    A whole float (1.0) is the integer it equals."""
+    inner = type_
+    while inner is not None and (pa.types.is_list(inner) or pa.types.is_large_list(inner)
+                                 or pa.types.is_fixed_size_list(inner)):
+        inner = inner.value_type
+    if inner is None or not pa.types.is_integer(inner):
+        return
+    for i, v in enumerate(values):
+        if _fractional(v):
+            bad.setdefault(i, f"column {col.name!r}: value {_brief(v)} is not a whole number, as "
+                              f"{type_} needs")
+            values[i] = None
+
+
+def _fractional(v) -> bool:
+    """Whether a parsed JSON value holds a float that is not a whole number (NaN included)."""
+    if type(v) is float:  # noqa: E721 - the JSON parser's floats only
+        return not v.is_integer()
+    return type(v) is list and any(_fractional(x) for x in v)  # noqa: E721
+
+
+def _brief(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _first_difference(seen: list[tuple[int, str]], index: tarindex.Index | None) -> int | None:
