@@ -489,17 +489,44 @@ def user_facing(batch: dict, ragged: Mapping[str, torch.dtype] | None = None) ->
             for k, v in batch.items()}
 
 
+def _list_starts(arr: pa.Array) -> np.ndarray:
+    """Where each row of a list array starts in its (whole) values array, and where the last
+    ends: len(arr) + 1 positions, the slice's offset taken into account."""
+    if pa.types.is_fixed_size_list(arr.type):
+        return (np.arange(len(arr) + 1, dtype=np.int64) + arr.offset) * arr.type.list_size
+    return arr.offsets.to_numpy().astype(np.int64)
+
+
+def lists_holding_nulls(arr: pa.Array) -> np.ndarray | None:
+    """Which rows of a list array are lists (not null) holding a null element, as a bool array;
+    None when no row does. Vectorised: nulls counted between each row's offsets (Arrow's
+    `list_parent_indices` counts the values under a null list where `list_flatten` skips them)."""
+    if not arr.values.null_count:
+        return None
+    starts = _list_starts(arr)
+    nulls = np.concatenate([[0], np.cumsum(pc.is_null(arr.values).to_numpy(zero_copy_only=False))])
+    bad = nulls[starts[1:]] > nulls[starts[:-1]]
+    if arr.null_count:
+        bad &= pc.is_valid(arr).to_numpy(zero_copy_only=False)
+    return bad if bad.any() else None
+
+
 def ragged_as_binary(arr: pa.Array, name: str) -> pa.Array:
     """A list column of numbers or booleans as a binary column of each row's values, raw (no
     copy where the values are Arrow's numbers): lists of any lengths then travel as binary
-    columns do (batches, shuffles, other processes) and become tensors at the end."""
-    if pa.types.is_fixed_size_list(arr.type):  # the type was checked when the loader was built
-        starts = (np.arange(len(arr) + 1, dtype=np.int64) + arr.offset) * arr.type.list_size
-    else:
-        starts = arr.offsets.to_numpy().astype(np.int64)
+    columns do (batches, shuffles, other processes) and become tensors at the end.
+
+    A null element is NaN in a list of floats (as in a float column); in other lists it is a
+    ValueError (the reader turns such lists into null lists first, which `on_error` covers:
+    `read.base.null_lists_holding_nulls`); values under a null list are never delivered, so their nulls
+    are filled with zeros (the row is null in the binary column)."""
+    starts = _list_starts(arr)  # the type was checked when the loader was built
     values = arr.values.slice(int(starts[0]), int(starts[-1] - starts[0]))
-    if values.null_count:
-        raise ValueError(f"column {name!r} holds null values inside its lists; a tensor cannot hold them")
+    if values.null_count and not pa.types.is_floating(values.type):
+        if lists_holding_nulls(arr) is not None:
+            raise ValueError(f"column {name!r} holds null values inside its lists; a tensor of "
+                             f"{values.type} cannot hold them")
+        values = pc.fill_null(values, pa.scalar(False if pa.types.is_boolean(values.type) else 0, values.type))
     raw = np.ascontiguousarray(values.to_numpy(zero_copy_only=False))
     offsets = (starts - starts[0]) * raw.itemsize
     valid = None if not arr.null_count else pc.is_valid(arr).buffers()[1]

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import filters, storage
-from ..batch import ragged_as_binary
+from ..batch import lists_holding_nulls, ragged_as_binary
 from ..errors import ShardReadError
 from ..manifest import Column, Shard
 from ..plan import WorkUnit
@@ -499,11 +499,16 @@ class Reader:
         and which rows hold a sample. `ragged` list columns become binary columns of their
         values (`batch.ragged_as_binary`): lists of any lengths then travel as binary columns
         do, and a null list is a null there (None for users), not a missing sample."""
-        table = table.select(list(self.ctx.columns))
+        table = null_lists_holding_nulls(table.select(list(self.ctx.columns)), set(self.ctx.ragged))
         for name in self.ctx.ragged:
             col = table.column(name)
+            arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+            if self.ctx.on_error == "skip" and (bad := _null_inside(arr)) is not None:
+                # a null list is delivered (None) in a ragged column: such rows are skipped instead
+                ok = ~bad if ok is None else ok & ~bad
+                arr = pc.if_else(pa.array(bad), pa.scalar(None, arr.type), arr)
             try:
-                carried = ragged_as_binary(col.combine_chunks() if col.num_chunks != 1 else col.chunk(0), name)
+                carried = ragged_as_binary(arr, name)
             except ValueError as exc:
                 raise self._error(unit, str(exc)) from exc
             table = table.set_column(table.column_names.index(name), name, carried)
@@ -555,6 +560,36 @@ def needs_value(t: pa.DataType) -> bool:
     list columns become tensors; floats hold NaN, strings and bytes None."""
     return not (pa.types.is_floating(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
                 or pa.types.is_binary(t) or pa.types.is_large_binary(t))
+
+
+def null_lists_holding_nulls(table: pa.Table, ragged: set[str] = frozenset()) -> pa.Table:
+    """The table with each list of integers or booleans that holds a null element made a null
+    list: a tensor cannot hold that element, and a null list is a sample without a value, which
+    `on_error` covers (named by row and column, or skipped and counted). Left as they were, such
+    lists failed the whole batch when it became tensors, even under on_error='skip', with advice
+    (`is_valid()`) that does not reach inside a list. Lists of floats keep theirs (NaN); `ragged`
+    columns are left alone (a null list is delivered there, as None: `_unit_rows`)."""
+    for i, f in enumerate(table.schema):
+        if f.name in ragged or not _is_list(f.type):
+            continue
+        col = table.column(i)
+        arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+        bad = _null_inside(arr)
+        if bad is not None:
+            table = table.set_column(i, f, pc.if_else(pa.array(bad), pa.scalar(None, f.type), arr))
+    return table
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _null_inside(arr: pa.Array) -> np.ndarray | None:
+    """Which rows of a list array of integers or booleans hold a null element (None: none, or a
+    list of floats, where a null is NaN); the cheap test first, the whole values' null count."""
+    if pa.types.is_floating(arr.type.value_type) or not arr.values.null_count:
+        return None
+    return lists_holding_nulls(arr)
 
 
 def _tensor_values_valid(table: pa.Table) -> np.ndarray | None:
