@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import sys
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -77,6 +78,7 @@ class TrainerLoader:
         self._whole = 0  # batches of a whole epoch at this world and batch size (set at a load)
         self._count = 0  # batches the current iteration has delivered
         self._iteration = 0  # which iteration is current (an older one no longer counts)
+        self.end_of_dataloader, self.remainder = False, 0  # what Accelerate reads of its active loader
 
     def __getattr__(self, name):
         if name == "loader":  # (not set yet: a half-made object)
@@ -104,15 +106,27 @@ class TrainerLoader:
 
     def _iterate(self):
         """The loader's next iteration, begun at the first `next()`, after any `set_epoch` that
-        followed `iter()` (the order of Lightning's fit loop)."""
+        followed `iter()` (the order of Lightning's fit loop). Under Accelerate it is the active
+        dataloader while it runs (`_accelerate_gradient_state`)."""
         if not self._resuming():
             self._before = 0
         self._iteration += 1
         self._count, mine = 0, self._iteration
-        for batch in self.loader:
-            if mine == self._iteration:
-                self._count += 1
-            yield batch
+        gradient = _accelerate_gradient_state()
+        self.end_of_dataloader, self.remainder = False, 0  # never padded: nothing to drop
+        if gradient is not None:
+            gradient._add_dataloader(self)
+        try:
+            batches, last = iter(self.loader), None
+            for done, batch in enumerate(batches, 1):
+                last = len(self.loader) if last is None else last  # this iteration's batches, as it started
+                self.end_of_dataloader = done >= last
+                if mine == self._iteration:
+                    self._count += 1
+                yield batch
+        finally:
+            if gradient is not None:
+                gradient._remove_dataloader(self)
 
     def __len__(self) -> int:
         """Batches of the whole epoch; during a resumed one the larger of a whole epoch here and those
@@ -162,6 +176,26 @@ class TrainerLoader:
                         "fewer ranks or a smaller batch size than when saved). Lightning counts the next "
                         "epoch's batches from %d, so it can end that epoch after %d of its %d batches",
                         path, before, whole, before, whole - before, whole)
+
+
+def _accelerate_gradient_state():
+    """Accelerate's `GradientState` where an `Accelerator` exists in this process, else None.
+
+    `accelerator.accumulate(model)` syncs gradients at the last batch of the active dataloader
+    (`GradientState.end_of_dataloader`, `sync_with_dataloader=True`, its default), and it knows only
+    the loaders it prepared itself (it hands a sparkfeed loader back unchanged). Without this, with
+    `gradient_accumulation_steps` not dividing the epoch's batches, the last batches' gradients of
+    an epoch were carried into the next epoch's first step, and those of the last epoch were
+    never applied. A TrainerLoader being iterated registers as Accelerate's own loaders do
+    (`end_of_dataloader` at its last batch, `remainder` 0: no sample is ever padded)."""
+    module = sys.modules.get("accelerate.state")
+    state = getattr(module, "GradientState", None)
+    if state is None or not getattr(state, "_shared_state", None):  # no Accelerator made
+        return None
+    gradient = state()
+    if not all(callable(getattr(gradient, name, None)) for name in ("_add_dataloader", "_remove_dataloader")):
+        return None  # (an Accelerate without them)
+    return gradient
 
 
 def every_rank_arrives(timeout: float, path: str) -> None:
