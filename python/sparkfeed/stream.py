@@ -611,12 +611,18 @@ class StreamReader:
         """A null where a tensor needs a value: name the columns, the shard and the row group."""
         (read, offset), unit = self._nulls[k], self.stream.units[k]
         row += offset
-        columns = [n for n in read.table.column_names if needs_value(read.table.schema.field(n).type)
+        schema = read.table.schema
+        columns = [n for n in read.table.column_names if needs_value(schema.field(n).type)
                    and read.table.column(n)[row].as_py() is None]
+        lists = any(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+                    for t in (schema.field(n).type for n in columns))
+        advice = (" (a null list, or a null inside its list), which become tensors; filter null lists "
+                  "out (filter=pc.field(name).is_valid()) or pass on_error='skip', which skips both"
+                  if lists else ", which become tensors; filter such rows out (e.g. "
+                  "filter=pc.field(name).is_valid()) or pass on_error='skip'")
         return ShardReadError(f"sample at row {int(read.row_numbers()[row])} has no value in "
-                              f"{columns}, which become tensors; filter such rows out (e.g. "
-                              "filter=pc.field(name).is_valid()) or pass on_error='skip'",
-                              dataset=self.reader.ctx.dataset, shard=unit.path, row_group=unit.row_group)
+                              f"{columns}{advice}", dataset=self.reader.ctx.dataset, shard=unit.path,
+                              row_group=unit.row_group)
 
     def _read_run_part(self, r: int, into: "BlockColumns | None" = None, part: int = 0) -> list[Block]:
         """Run r of the stream (consecutive units of one shard), unpermuted, as the pieces it

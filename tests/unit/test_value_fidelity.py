@@ -168,7 +168,8 @@ def test_a_null_inside_a_list_is_a_sample_error_naming_the_column(tmp_path, colu
     """A null element of a list of integers or booleans failed the whole batch when it became a
     tensor, and on_error='skip' could not skip it; it is now a sample without a value."""
     root = _write(tmp_path, _null_inside_table())
-    with pytest.raises(ShardReadError, match=rf"row 1 has no value in \['{column}'\]"):
+    said = rf"row 1 has no value in \['{column}'\] \(a null list, or a null inside its list\)"
+    with pytest.raises(ShardReadError, match=said):
         list(sparkfeed.DataLoader(root, batch_size=4, columns=["id", column]))
     loader = sparkfeed.DataLoader(root, batch_size=4, columns=["id", column], on_error="skip")
     batches = list(loader)
