@@ -4,7 +4,8 @@ Each runner first runs once untimed (imports, first worker start-up, page cache)
 `repeats` times back to back (more for a runner whose runs are short: `min_seconds`), and the
 run with the median wall time is reported. Peak RSS is sampled every
 20 ms by a thread as the sum over this process and the children started during the run (loader
-workers; the Spark JVM that built the data is left out); CPU time is this process plus its reaped
+workers, looked for at every sample; the Spark JVM that built the data is left out; pages a
+forked worker shares with this process count in both); CPU time is this process plus its reaped
 children (workers are joined when an epoch ends), divided by the samples.
 """
 
@@ -55,26 +56,74 @@ class Case:
     note: str = ""
 
 
+def _descendants(pid: int) -> set[int] | None:
+    """The pids below `pid`, from /proc/<pid>/task/<tid>/children: only this process tree's files
+    are read (~60 µs), where psutil's `children()` reads every process's /proc entry (~1.5 ms, under
+    the GIL), so the sampler can look for new children at every sample. None where the kernel
+    lacks those files (CONFIG_PROC_CHILDREN)."""
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            if parent == pid:
+                return None
+            continue  # exited meanwhile
+        for tid in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children") as f:
+                    kids = [int(x) for x in f.read().split()]
+            except OSError:
+                if parent == pid and not found:
+                    return None
+                continue
+            todo += [k for k in kids if k not in found]
+            found.update(kids)
+    return found
+
+
 class _PeakRss:
-    """Samples RSS of this process plus its children on a thread; `peak_mb` after `stop()`."""
+    """Samples RSS of this process plus its children on a thread; `peak_mb` after `stop()`.
+
+    The children are looked for at every sample (20 ms): before, the list was refreshed every
+    10th sample only (200 ms), so a loader's worker processes were left out of runs shorter
+    than 200 ms (a 0.16 s torch DataLoader epoch with 2 workers reported the main process alone)
+    and out of every run's first 200 ms. Each process's RSS counts the pages it shares with the
+    others (a forked worker's copy-on-write pages of the parent appear in both)."""
 
     def __init__(self, every: float = 0.02):
         self.every, self.peak, self._stop = every, 0, threading.Event()
         self._proc = psutil.Process()
         # children alive before the run (the Spark JVM that built the data) are not the loader's
-        self._before = {c.pid for c in self._proc.children(recursive=True)}
-        self._children: list[psutil.Process] = []
+        self._before = self._children_now()
+        self._children: dict[int, psutil.Process] = {}
         self._samples = 0
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
+    def _children_now(self) -> set[int]:
+        pids = _descendants(self._proc.pid)
+        if pids is None:  # no /proc children files: psutil's walk of all of /proc, every 10th sample
+            if getattr(self, "_samples", 0) % 10:
+                return set(self._children)
+            pids = {c.pid for c in self._proc.children(recursive=True)}
+        return pids
+
+    def _refresh(self) -> None:
+        pids = self._children_now() - self._before
+        for pid in pids - set(self._children):
+            try:
+                self._children[pid] = psutil.Process(pid)
+            except psutil.Error:
+                pass
+        for pid in set(self._children) - pids:
+            del self._children[pid]
+
     def _sample(self) -> None:
-        # Listing children walks /proc while holding the GIL, which would slow the Python loaders
-        # being measured: the list is refreshed every 10th sample (200 ms), the RSS every sample.
-        if self._samples % 10 == 0:
-            self._children = [c for c in self._proc.children(recursive=True) if c.pid not in self._before]
+        self._refresh()
         self._samples += 1
         total = self._proc.memory_info().rss
-        for child in self._children:
+        for child in list(self._children.values()):
             try:
                 total += child.memory_info().rss
             except psutil.Error:
