@@ -59,3 +59,28 @@ def test_cpu_counts_a_worker_process():
     """CPU µs/sample: a runner whose work is in a (joined) child process does not look cheap."""
     m = scenarios.measure(_child_cpu_runner, _ctx(), {})
     assert m["cpu_s"] >= 0.25
+
+
+def test_feed_row_times_the_fed_loop_alone(monkeypatch):
+    """The `feed` row's batches/s and CPU µs/batch are the prefetch loop's: before, the harness's
+    clock around `feed_benchmark` also held what it does after the loop (on CUDA the three
+    host-to-device studies, 3 x 520+ batches), which diluted both rows and their ratio."""
+    from sparkfeed.bench import feed as feed_module
+    from sparkfeed.bench import runners
+
+    real, seen = feed_module.feed_benchmark, {}
+
+    def with_studies_after(**kwargs):
+        result = real(**kwargs)
+        _burn(0.3)  # what the CUDA studies add after the loop
+        seen.update(result)
+        return result
+
+    monkeypatch.setattr(feed_module, "feed_benchmark", with_studies_after)
+    case = scenarios.Case("prefetch depth 2", "feed", 5, options=dict(
+        batches=5, batch_bytes=64, step_s=0.0, producer_s=0.0, depth=2))
+    m = scenarios.measure(runners.RUNNERS["feed"], _ctx(), case.options)
+    row = scenarios.make_row(case, m, "")
+    assert m["seconds"] == seen["seconds"] and m["cpu_s"] == seen["cpu_s"]
+    assert row["samples_per_s"] == round(5 / seen["seconds"], 1)
+    assert row["ttfb_s"] is None

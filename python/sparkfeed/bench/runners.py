@@ -425,6 +425,9 @@ def feed(ctx: Context, depth: int, **options) -> Iterator[int]:
     ctx.extra.update({k: v for k, v in result.items() if k in (
         "wait_fraction", "h2d_gbps", "pin_then_copy_h2d_gbps", "plain_pinned_h2d_gbps")})
     ctx.extra["ttfb_s"] = None  # one result at the end: no first batch to time
+    # the fed loop's own time and CPU: the harness's clock would add the step's calibration and,
+    # on CUDA, the host-to-device studies run after the loop to batches/s and CPU µs/batch
+    ctx.extra["measured"] = {"seconds": result["seconds"], "cpu_s": result["cpu_s"]}
     yield result["batches"]
 
 
