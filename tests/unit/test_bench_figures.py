@@ -84,3 +84,31 @@ def test_feed_row_times_the_fed_loop_alone(monkeypatch):
     assert m["seconds"] == seen["seconds"] and m["cpu_s"] == seen["cpu_s"]
     assert row["samples_per_s"] == round(5 / seen["seconds"], 1)
     assert row["ttfb_s"] is None
+
+
+def test_remote_rows_leave_the_http_servers_cpu_out(tmp_path):
+    """The `remote` scenario's latency server answers on threads of the bench's own process, so
+    its CPU landed in the CPU µs/sample of the loaders run in that process (not in the Mosaic
+    row, measured in its own process): a server that burns 0.3 s answering must not show."""
+    import urllib.request
+
+    from sparkfeed.bench import remote
+
+    (tmp_path / "f.bin").write_bytes(b"x" * 1000)
+    server = remote.LatencyServer(str(tmp_path), latency_s=0.0,
+                                  hold=lambda *_: _burn(0.3))
+
+    def fetch(ctx):
+        before = remote._counts(server)
+        with urllib.request.urlopen(f"{server.url}/f.bin") as r:
+            n = len(r.read())
+        remote._served(ctx, server, before)
+        yield n
+
+    try:
+        m = scenarios.measure(fetch, _ctx(), {})
+    finally:
+        server.close()
+    assert m["samples"] == 1000 and m["extra"]["requests"] == 1
+    assert "server_cpu_s" not in m["extra"]
+    assert m["cpu_s"] < 0.2, m["cpu_s"]  # the client's few ms, not the server's 0.3 s
