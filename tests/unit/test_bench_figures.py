@@ -112,3 +112,26 @@ def test_remote_rows_leave_the_http_servers_cpu_out(tmp_path):
     assert m["samples"] == 1000 and m["extra"]["requests"] == 1
     assert "server_cpu_s" not in m["extra"]
     assert m["cpu_s"] < 0.2, m["cpu_s"]  # the client's few ms, not the server's 0.3 s
+
+
+def test_markdown_says_why_a_failed_baseline_gives_no_ratios():
+    """A skipped or failed baseline leaves `vs baseline` empty: the table says why (before, only a
+    baseline that `--runners` left out was explained)."""
+    from sparkfeed.bench import report
+
+    base = scenarios.make_row(scenarios.Case("torch-map-style", "torch-map-style", 5, baseline=True),
+                              None, "FAILED: RuntimeError: boom")
+    other = scenarios.make_row(scenarios.Case("sparkfeed", "sparkfeed", 5),
+                               {"samples": 5, "seconds": 0.5, "ttfb_s": 0.1, "peak_rss_mb": 1.0,
+                                "cpu_s": 0.5, "extra": {}}, "")
+    rows = scenarios.finish([base, other])
+    assert rows[1]["ratio_vs_baseline"] is None and rows[1]["samples_per_s"] == 10.0
+    assert rows[1]["cpu_s_per_sample"] == 0.1
+    results = {"hardware": {"cpu": "x", "cores": 2, "memory_gb": 1, "gpu": "none", "load_avg_1m": 0,
+                            "page_cache": "warm"},
+               "params": {"samples": 5, "images": 5, "image_size": 8, "batch_size": 1, "workers": 1,
+                          "repeats": 1},
+               "build_s": 0.0, "webdataset": "-", "scenarios": {"tabular": rows},
+               "baselines": {"tabular": "torch-map-style"}}
+    text = report.markdown(results)
+    assert "the baseline row, `torch-map-style`, has no rate (FAILED: RuntimeError: boom)" in text

@@ -114,9 +114,14 @@ def markdown(results: dict) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         baseline = (results.get("baselines") or {}).get(name)
-        if baseline and not any(r.get("baseline") for r in rows):
+        base_row = next((r for r in rows if r.get("baseline")), None)
+        if baseline and base_row is None:
             lines += [f"No `vs baseline` figures: the baseline row, `{baseline}`, was not run "
                       f"(`--runners` left it out).", ""]
+        elif base_row is not None and not base_row.get("samples_per_s"):
+            # before, a skipped or failed baseline left every `vs baseline` cell empty unexplained
+            lines += [f"No `vs baseline` figures: the baseline row, `{base_row['runner']}`, has no "
+                      f"rate ({base_row.get('note') or 'no samples'}).", ""]
         summary = (results.get("summaries") or {}).get(name)
         if summary:
             lines += [summary, ""]
