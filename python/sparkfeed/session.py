@@ -94,7 +94,23 @@ def configure_spark(builder, *, local_defaults: bool = False):
             # Local Python workers must import sparkfeed (statistics job, UDFs): use this
             # interpreter. PySpark's workers read the environment variable, not the conf.
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    _python_from_conf(options.get("spark.pyspark.python"))
     return builder
+
+
+def _python_from_conf(python: str | None) -> None:
+    """Make `spark.pyspark.python`, set on a builder, the executors' Python, as spark-submit
+    makes its `--conf spark.pyspark.python` (which wins over PYSPARK_PYTHON there). A context
+    started from Python reads only the environment variable, so the conf was silently ignored:
+    `spark_session(master="spark://...", conf={"spark.pyspark.python": venv_python})` ran the
+    executors' `python3`, and a local session set so got no PYSPARK_PYTHON at all. Not for a
+    context already running (its workers' Python is fixed)."""
+    if not python:
+        return
+    from pyspark import SparkContext
+
+    if SparkContext._active_spark_context is None:
+        os.environ["PYSPARK_PYTHON"] = python
 
 
 def spark_session(app_name: str = "sparkfeed", master: str | None = None, conf: dict | None = None):

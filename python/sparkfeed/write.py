@@ -321,10 +321,24 @@ def _footer_entry(fs, full: str, rel: str, size: int) -> dict:
 
 def _footer_entries(items: Iterable[tuple[str, str, int]], url: str,
                     storage_options: dict | None) -> Iterator[dict]:
-    """Manifest entries of (full path, relative path, size) files, one fs per call."""
+    """Manifest entries of (full path, relative path, size) files, one fs per call. A footer
+    that cannot be read is a ShardReadError naming the dataset and the file, as the local
+    index's is: on an executor, a raw pyarrow error named neither (`gather.executor_failure`
+    raises it again on the driver as the ShardReadError)."""
+    import pyarrow as pa
+
+    from .errors import ShardReadError
+
     fs, _ = storage.resolve(url, storage_options)
+    dataset = _shown(url)
     for full, rel, size in items:
-        yield _footer_entry(fs, full, rel, size)
+        try:
+            entry = _footer_entry(fs, full, rel, size)
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line: it travels as text
+            raise ShardReadError(f"cannot read the Parquet footer ({reason}); not a Parquet file, "
+                                 "or truncated", dataset=dataset, shard=rel) from exc
+        yield entry
 
 
 # ---------------------------------------------------------------- the write
@@ -341,6 +355,11 @@ def _committed_parquet(fs, root: str) -> list[tuple[str, str, int]]:
     return sorted(found, key=lambda t: t[1])
 
 
+def _shown(url: str) -> str:
+    """A dataset's path as messages show it: a local path without `file://`."""
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
 def _gather_entries(spark, files: list, url: str, storage_options) -> list[dict]:
     """Manifest entries of the committed (full, rel, size) files, each footer read on an
     executor (`gather.run_spark`: DataFrame operations only, so also over Spark Connect)."""
@@ -348,7 +367,8 @@ def _gather_entries(spark, files: list, url: str, storage_options) -> list[dict]
 
     entries = gather.run_spark(spark, lambda rows: _footer_entries(rows, url, storage_options), files,
                                "full string, rel string, size long",
-                               "the statistics of the written shards (no manifest was written)")
+                               "the statistics of the written shards (no manifest was written)",
+                               _shown(url))
     return sorted(entries, key=lambda e: e["path"])
 
 
@@ -444,6 +464,38 @@ def _restore_conf(spark, before: str | None) -> None:
         spark.conf.set(_TS_CONF, before)
 
 
+# Spark's error for a format no jar on the classpath provides, classic and Connect alike.
+_NO_SOURCE = re.compile(r"DATA_SOURCE_NOT_FOUND\]? Failed to find the data source: webdataset\b")
+
+
+def _jar_missing(exc: BaseException, dataset: str) -> SparkfeedError | None:
+    """The SparkfeedError for a webdataset read or write that failed because Spark has no
+    sparkfeed jar (the driver's classpath, or the Connect server's); None for other failures.
+    Spark's own DATA_SOURCE_NOT_FOUND says only that the provider name may be wrong."""
+    if not _NO_SOURCE.search(str(exc)):
+        return None
+    return SparkfeedError(
+        f"dataset {dataset!r}: Spark has no sparkfeed jar, so format='webdataset' is unknown to "
+        "it (DATA_SOURCE_NOT_FOUND); start the Spark application, or the Spark Connect server, "
+        "with --jars \"$(sparkfeed jar)\" (a session of your own: sparkfeed.configure_spark("
+        "builder) or sparkfeed.spark_session()), or write format='parquet', which needs no jar")
+
+
+def _check_webdataset_source(spark, spark_path: str, dataset: str) -> None:
+    """Fail before the count job (a pass over the whole DataFrame) when Spark, or the Connect
+    server, has no sparkfeed jar: one analysis of a read of a path that does not exist, which
+    the source refuses with its own error when it is there."""
+    probe = spark_path.rstrip("/") + "/_sparkfeed_no_such_dataset"
+    try:
+        _ = spark.read.format("webdataset").load(probe).schema  # Connect analyses lazily
+    except Exception as exc:
+        if _connection_lost(exc):  # told once, by _lost_server_named
+            raise
+        mapped = _jar_missing(exc, dataset)
+        if mapped is not None:
+            raise mapped from exc
+
+
 def _save_webdataset(df, spark_path: str, spark_mode: str, dataset: str, samples_per_shard: int,
                      codecs: Mapping[str, str], options: Mapping[str, str]) -> None:
     """The webdataset data source's write; a task failing on a sample key is a SampleKeyError
@@ -456,7 +508,7 @@ def _save_webdataset(df, spark_path: str, spark_mode: str, dataset: str, samples
     try:
         writer.save(spark_path)
     except Exception as exc:
-        mapped = writer_failure(exc, dataset)
+        mapped = writer_failure(exc, dataset) or _jar_missing(exc, dataset)
         if mapped is None:
             raise
         raise mapped from exc
@@ -505,6 +557,7 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
         options = check_options(options, format, types)
         if format == "webdataset":
             _refuse_key_only(types, options, dataset)
+            _check_webdataset_source(df.sparkSession, spark_path, dataset)
 
         fs, root = storage.resolve(spark_path, storage_options)
         existing = _is_nonempty(fs, root)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from .. import errors
 from ..errors import SparkfeedError
 from ..session import is_connect
 
@@ -58,12 +60,15 @@ def run_local(fn: Callable[[T], R], items: Sequence[T], what: str, dataset: str,
                          leave=False))
 
 
-def run_spark(spark, task: Callable, items: Sequence[tuple], schema: str, what: str) -> list:
+def run_spark(spark, task: Callable, items: Sequence[tuple], schema: str, what: str,
+              dataset: str | None = None) -> list:
     """`task(iterator of item tuples) -> iterator of JSON-ready results` over Spark tasks (the
     `schema` of an item: "full string, rel string, size long"); results in the order of
     `items`. DataFrame operations only (createDataFrame -> repartition -> mapInArrow ->
     collect), so it runs the same on a classic session and over Spark Connect, which has no
-    sparkContext and no RDDs; results travel as JSON."""
+    sparkContext and no RDDs; results travel as JSON. A task's failure that sparkfeed can name
+    (a module the executors' Python lacks, a sparkfeed error of the task) is raised as a
+    sparkfeed error (`executor_failure`), the Spark error its cause."""
     if not items:
         return []
     frame = spark.createDataFrame([(i, *item) for i, item in enumerate(items)], f"pos long, {schema}")
@@ -75,15 +80,49 @@ def run_spark(spark, task: Callable, items: Sequence[tuple], schema: str, what: 
     try:
         rows = job.collect()
     except Exception as exc:
-        if "No module named 'sparkfeed'" in str(exc):
-            raise SparkfeedError(f"the Spark executors' Python cannot import sparkfeed, so {what} "
-                                 "could not run; install sparkfeed where the executors run, or point "
-                                 "PYSPARK_PYTHON at the Python that has it") from exc
-        raise
+        mapped = executor_failure(exc, what, dataset, _python_of(spark))
+        if mapped is None:
+            raise
+        raise mapped from exc
     finally:
         if classic:
             spark.sparkContext.setJobDescription(None)
     return [json.loads(r.result) for r in sorted(rows, key=lambda r: r.pos)]
+
+
+# The last line of a Python worker's traceback, as Spark's error text carries it (classic and
+# Connect): a module the executors' Python lacks, or an error sparkfeed raised in the task.
+_NO_MODULE = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
+_RAISED = re.compile(r"sparkfeed\.errors\.(ShardReadError|ManifestError|SparkfeedError): ([^\n]+)")
+
+
+def _python_of(spark) -> str | None:
+    """The Python the executors run (a classic session's `pythonExec`); None over Connect,
+    where the server's configuration decides it."""
+    return None if is_connect(spark) else getattr(spark.sparkContext, "pythonExec", None)
+
+
+def executor_failure(exc: BaseException, what: str, dataset: str | None = None,
+                     python: str | None = None) -> SparkfeedError | None:
+    """The sparkfeed error a failed executor job stands for, or None when it failed for another
+    reason. A missing module names the module and the executors' Python (before, only a missing
+    `sparkfeed` was told; a missing dependency such as fsspec was a raw PythonException). An
+    error sparkfeed raised in the task (a ShardReadError naming the dataset and shard) is raised
+    again as itself, not as a PythonException wrapping its traceback."""
+    text = str(exc)
+    where = f"dataset {dataset!r}: " if dataset else ""
+    missing = _NO_MODULE.search(text)
+    if missing:
+        runs = f" (they run {python!r})" if python else ""
+        return SparkfeedError(
+            f"{where}the Spark executors' Python{runs} cannot import {missing[1]!r} (No module named "
+            f"{missing[1]!r}), so {what} could not run; install sparkfeed with its dependencies "
+            "(pip install 'sparkfeed[spark]') where the executors run, or point PYSPARK_PYTHON (or "
+            "spark-submit's --conf spark.pyspark.python) at the Python that has them")
+    raised = _RAISED.search(text)
+    if raised:
+        return getattr(errors, raised[1])(raised[2].strip())
+    return None
 
 
 def _json_results(task: Callable, batches):
