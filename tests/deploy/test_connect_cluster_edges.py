@@ -5,7 +5,6 @@ the files hold. The cluster's drivers run in subprocesses (this process may be i
 each a script that prints one JSON line of results."""
 
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -19,9 +18,11 @@ import pytest
 import sparkfeed
 from sparkfeed.index.gather import executor_failure
 from test_cluster import WAIT_S, Cluster, _poll
-from test_connect import _CONNECT_ENV, connect  # noqa: F401  (the module-scoped Connect server)
+import test_connect
+from test_connect import _CONNECT_ENV
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
+connect = test_connect.connect  # the module-scoped Connect server (a fixture)
 
 
 # ---------------------------------------------------------------- no JVM: Spark's error texts
