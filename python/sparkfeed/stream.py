@@ -29,7 +29,7 @@ from .errors import ShardReadError
 from .threads import cores, current_stop, join_at_exit, working_for
 from .plan import Plan
 from .read import Reader, UnitRows
-from .read.base import needs_value
+from .read.base import is_list, needs_value
 from . import shuffle as shuffling
 from .blocks import PendingBlock, SharedBlocks, SharedUnits
 
@@ -614,8 +614,7 @@ class StreamReader:
         schema = read.table.schema
         columns = [n for n in read.table.column_names if needs_value(schema.field(n).type)
                    and read.table.column(n)[row].as_py() is None]
-        lists = any(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
-                    for t in (schema.field(n).type for n in columns))
+        lists = any(is_list(schema.field(n).type) for n in columns)
         advice = (" (a null list, or a null inside its list), which become tensors; filter null lists "
                   "out (filter=pc.field(name).is_valid()) or pass on_error='skip', which skips both"
                   if lists else ", which become tensors; filter such rows out (e.g. "

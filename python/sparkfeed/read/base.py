@@ -570,9 +570,11 @@ def null_lists_holding_nulls(table: pa.Table, ragged: set[str] = frozenset()) ->
     (`is_valid()`) that does not reach inside a list. Lists of floats keep theirs (NaN); `ragged`
     columns are left alone (a null list is delivered there, as None: `_unit_rows`)."""
     for i, f in enumerate(table.schema):
-        if f.name in ragged or not _is_list(f.type):
+        if f.name in ragged or not is_list(f.type) or pa.types.is_floating(f.type.value_type):
             continue
         col = table.column(i)
+        if not any(c.values.null_count for c in col.chunks):  # the cheap test, before any copy
+            continue
         arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
         bad = _null_inside(arr)
         if bad is not None:
@@ -580,7 +582,7 @@ def null_lists_holding_nulls(table: pa.Table, ragged: set[str] = frozenset()) ->
     return table
 
 
-def _is_list(t: pa.DataType) -> bool:
+def is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
