@@ -69,3 +69,21 @@ def test_short_runners_get_more_rounds_until_min_seconds(calls, monkeypatch):
     assert calls == ["a"] * 6 + ["slow"] * 2
     assert rows[0]["runs"] == 6 and rows[0]["note"] == "median of 6 runs"
     assert rows[1]["runs"] == 2 and rows[1]["note"] == ""
+
+
+def test_runs_added_for_min_seconds_end_on_an_odd_count(calls, monkeypatch):
+    """Runs added beyond `repeats` stop on an odd count: with an even one the reported run would
+    be the faster of the two middle ones (median_low), a bias towards speed."""
+    import time
+
+    def slowish(ctx, **options):
+        calls.append("slowish")
+        time.sleep(0.6)  # one run < 1 s, two runs >= 1 s: the time alone stops at 2 runs
+        yield 10
+    monkeypatch.setitem(runners.RUNNERS, "slowish", slowish)
+    monkeypatch.setattr(scenarios.gc, "collect", lambda: 0)
+    ctx = Context(data=None, batch_size=1, workers=0, image_size=1)
+    rows, failures = scenarios.run_cases([Case("slowish", "slowish", 10, warmup=False)], ctx,
+                                         repeats=1, min_seconds=1.0)
+    assert not failures and calls == ["slowish"] * 3
+    assert rows[0]["runs"] == 3 and rows[0]["note"] == "median of 3 runs"

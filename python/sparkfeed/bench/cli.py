@@ -119,7 +119,8 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="timed runs per runner; the median is reported (default 3; quick 1)")
     parser.add_argument("--min-seconds", type=float, default=None, metavar="S",
                         help="time a runner whose runs are short more often, back to back, until its "
-                        "timed runs took S seconds of wall time (at most 50 runs; default 1; quick 0)")
+                        "timed runs took S seconds of wall time (at most 51 runs, ending on an odd count; "
+                        "default 1; quick 0)")
     parser.add_argument("--out", default="sparkfeed-bench", metavar="DIR",
                         help="directory for results.json/.md/.png, made if missing; earlier results in it are "
                         "replaced (default ./sparkfeed-bench)")

@@ -35,7 +35,7 @@ SCALES = (1, 2, 4, 8)  # dataset sizes of the scaling study, in multiples of `sc
 FLAT_RSS = 1.5  # "memory stays flat": peak RSS at 8x within this factor of 1x
 PLAN_SHARDS = (100, 1_000, 10_000)  # shards in the synthetic manifests of the plan scenario
 SELECTIVITIES = (1, 10, 50)  # percent of labels kept by the filter scenario
-MAX_RUNS = 50  # timed runs of one runner at most, however short its runs (`min_seconds`)
+MAX_RUNS = 51  # timed runs of one runner at most, however short its runs (`min_seconds`); odd: see run_case
 
 
 class CountMismatch(RuntimeError):
@@ -243,13 +243,19 @@ def run_cases(cases: list[Case], ctx: Context, repeats: int, progress=None,
     return rows, failures
 
 
+def _even_extra(runs: list, repeats: int) -> bool:
+    """Whether runs were added beyond `repeats` and their count is even (one more makes it odd)."""
+    return len(runs) > repeats and len(runs) % 2 == 0
+
+
 def run_case(case: Case, ctx: Context, repeats: int, progress=None,
              min_seconds: float = 0.0) -> tuple[dict, str | None]:
     """An untimed warm-up, then `repeats` timed runs back to back, and more while they took less
     than `min_seconds` of wall time in all (start-up included; at most `MAX_RUNS` runs): a 50 ms
-    epoch timed three times is mostly the machine's noise. The row of the median run, and the
-    failure (a wrong count, or what the runner raised) or None; a runner that raises
-    NotImplementedError is a skipped row."""
+    epoch timed three times is mostly the machine's noise; runs added that way end on an odd count,
+    so the median is a run of its own rather than the faster of the two middle ones. The row of the
+    median run, and the failure (a wrong count, or what the runner raised) or None; a runner that
+    raises NotImplementedError is a skipped row."""
     skipped = case.note if case.note.startswith("skipped") else _missing(case.runner)
     if skipped:
         return make_row(case, None, skipped), None
@@ -257,7 +263,7 @@ def run_case(case: Case, ctx: Context, repeats: int, progress=None,
     try:
         if case.warmup:
             measure(runners.RUNNERS[case.runner], ctx, case.options)  # imports, caches: untimed
-        while len(runs) < repeats or (len(runs) < MAX_RUNS and spent < min_seconds):
+        while len(runs) < repeats or (len(runs) < MAX_RUNS and (spent < min_seconds or _even_extra(runs, repeats))):
             started = time.perf_counter()
             m = measure(runners.RUNNERS[case.runner], ctx, case.options)
             spent += time.perf_counter() - started
