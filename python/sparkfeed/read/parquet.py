@@ -20,9 +20,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .. import filters, footer, storage
-from ..errors import ShardReadError
+from ..errors import CorruptSampleError, ShardReadError
 from ..plan import WorkUnit
 from .base import Reader, UnitRows, apply_filter
+from .text import bad_text_rows, null_rows
 
 log = logging.getLogger(__name__)
 
@@ -259,9 +260,6 @@ class ParquetReader(Reader):
         except pa.ArrowInvalid as exc:  # a value out of the manifest type's range
             raise self._error(unit, f"a value does not fit the manifest's type ({exc}); index the "
                               "data again: `sparkfeed index ... --overwrite`") from exc
-        problem = _text_problem(table)
-        if problem is not None:
-            raise self._error(unit, problem)
         for field in self.ctx.arrow_schema(absent):  # a column this file predates: nulls (Delta's
             table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))  # evolution)
         return table.select(names)
@@ -498,20 +496,42 @@ class ParquetReader(Reader):
         ctx = self.ctx
         wanted = ctx.read_columns
         if not ctx.filtered(unit):
-            table, rows = self._read_columns(unit, wanted), None
+            table, bad = self._text_checked(unit, self._read_columns(unit, wanted))
+            return self._unit_rows(table, unit, None, None if bad is None else ~bad)
+        light, bad = self._text_checked(unit, self._read_columns(unit, list(ctx.filter_columns)))
+        light, rows, bad = _filtered(ctx, light, bad)
+        ctx.stats.add("rows_filtered", unit.num_rows - light.num_rows)
+        heavy = [c for c in wanted if c not in ctx.filter_columns]
+        if light.num_rows == 0 or not heavy:
+            table = light
         else:
-            light = self._read_columns(unit, list(ctx.filter_columns))
-            light, rows = apply_filter(ctx, light)
-            ctx.stats.add("rows_filtered", unit.num_rows - light.num_rows)
-            heavy = [c for c in wanted if c not in ctx.filter_columns]
-            if light.num_rows == 0 or not heavy:
-                table = light
-            else:
-                table = self._read_columns(unit, heavy).take(pa.array(rows))
-                for name in ctx.filter_columns:
-                    table = table.append_column(name, light.column(name))
-            table = table.select(wanted)
-        return self._unit_rows(table, unit, rows)
+            table, more = self._text_checked(unit, self._read_columns(unit, heavy).take(pa.array(rows)), rows)
+            bad = more if bad is None else bad if more is None else bad | more
+            for name in ctx.filter_columns:
+                table = table.append_column(name, light.column(name))
+            table = table if bad is None else null_rows(table, bad)
+        return self._unit_rows(table.select(wanted), unit, rows, None if bad is None else ~bad)
+
+    def _text_checked(self, unit: WorkUnit, table: pa.Table, rows=None) -> tuple[pa.Table, np.ndarray | None]:
+        """`table`, and which of its rows hold string bytes that are not UTF-8 (`text.bad_text_rows`;
+        None: none). Such a row is an error naming its row (`rows`: the table's row numbers in
+        the unit), or under on_error="skip" a sample skipped and counted, its values made null:
+        the row group's other rows are delivered."""
+        bad, column = bad_text_rows(table)
+        if bad is None:
+            return table, None
+        at = np.flatnonzero(bad)
+        numbers = at if rows is None else np.asarray(rows)[at]
+        what = (f"column {column!r} holds bytes that are not UTF-8 text: the file is damaged, or its "
+                f"writer stored bytes in a string column (read it as binary); {len(at)} such row(s) "
+                f"in this row group, rows {numbers[:8].tolist()}{' ...' if len(at) > 8 else ''}")
+        if self.ctx.on_error != "skip":
+            raise CorruptSampleError(f"{what}; on_error='skip' skips and counts them",
+                                     dataset=self.ctx.dataset, shard=unit.path, row_group=unit.row_group,
+                                     key=f"row {int(numbers[0])}")
+        log.warning("%s: shard %s row group %s: skipping %d sample(s): %s", self.ctx.dataset, unit.path,
+                    unit.row_group, len(at), what)
+        return null_rows(table, bad), bad
 
     def read_run(self, units, expected) -> UnitRows:
         """Consecutive row groups of one file read and checked as one table, up to `_RUN_BYTES`
@@ -545,14 +565,17 @@ class ParquetReader(Reader):
         except ShardReadError:
             return self.read(units[0], expected[0])
         counts = expected[:len(groups)]
-        if table.num_rows != sum(counts):
+        if table.num_rows != sum(counts) or bad_text_rows(table)[0] is not None:  # named by row group
             return self.read(units[0], expected[0])
         self._read_done(units[0].path, groups)
         rows = np.concatenate([np.arange(n, dtype=np.int32) for n in counts])
         return self._unit_rows(table, units[0], rows, run=tuple(zip(units[:len(groups)], counts)))
 
     def _filter_input(self, unit: WorkUnit) -> tuple[pa.Table, bool]:
-        return self._read_columns(unit, list(self.ctx.filter_columns)), False
+        """The unit's filter columns; rows that are not UTF-8 text (skipped, `_text_checked`)
+        marked `__ok_in__` False, so the count keeps them as the read does (`_filtered`)."""
+        table, bad = self._text_checked(unit, self._read_columns(unit, list(self.ctx.filter_columns)))
+        return (table, False) if bad is None else (table.append_column("__ok_in__", pa.array(~bad)), True)
 
     def close(self) -> None:
         if self._ahead is not None:
@@ -659,22 +682,14 @@ def _as_delivered(table: pa.Table) -> pa.Table:
     return table
 
 
-def _text_problem(table: pa.Table) -> str | None:
-    """Why a string column (or one holding strings: a list, a struct) is not text, or None.
-    Parquet's reader takes a string column's bytes as they are stored, and invalid UTF-8 there
-    (damaged pages of an uncompressed file, or a writer that stored bytes as strings: Spark does
-    not check) raised UnicodeDecodeError when a batch became Python strings, far from here and
-    naming no shard. Arrow's full validation checks the UTF-8 (about 1.5 GB/s), only of the
-    columns that hold strings."""
-    for name, col in zip(table.column_names, table.columns):
-        if "string" not in str(col.type):
-            continue
-        try:
-            col.validate(full=True)
-        except pa.ArrowInvalid as exc:
-            return (f"column {name!r} holds bytes that are not UTF-8 text ({exc}): the file is "
-                    "damaged, or its writer stored bytes in a string column (read it as binary)")
-    return None
+def _filtered(ctx, light: pa.Table, bad: np.ndarray | None) -> tuple[pa.Table, np.ndarray, np.ndarray | None]:
+    """`apply_filter` over the filter columns; rows skipped as not UTF-8 (`bad`, their values
+    null) pass whatever the filter says, as `count_many` counts them: the skip is counted, not
+    taken for a filtered row. Returns (rows kept, their numbers, which of them are bad)."""
+    if bad is None:
+        return (*apply_filter(ctx, light), None)
+    kept, rows = apply_filter(ctx, light.append_column("__ok_in__", pa.array(~bad)), keep_bad=True)
+    return kept.drop_columns(["__ok_in__"]), rows, bad[rows]
 
 
 def _cast(table: pa.Table, casts: dict[str, pa.DataType]) -> pa.Table:
