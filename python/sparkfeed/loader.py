@@ -442,6 +442,9 @@ class DataLoader:
                     return
                 epoch_progress.record(d.worker, d.consumed)
                 self._stats.merge(d.stats)
+                if mark is not None and mark != self._changes:
+                    self._note_stale_iteration()
+                    mark = None  # once per iteration
                 if then is not None and reader.done_reading():
                     self._read_next_epoch(then)
                     then = None
@@ -455,6 +458,16 @@ class DataLoader:
             raise _worker_error(exc, self.dataset.rank) from exc
         finally:
             forks.close_redelivering_interrupts(lambda: close_quietly(deliveries))
+
+    def _note_stale_iteration(self) -> None:
+        """A batch of an iteration begun before a `set_epoch` or `load_state_dict`: that iteration
+        goes on as it began (as torch's does), but `state_dict()` now describes the new epoch or
+        state, so a checkpoint saved meanwhile would skip the rest of the old epoch: say so."""
+        log.warning("%s: a batch was delivered by an iteration begun before the last set_epoch() or "
+                    "load_state_dict(): that iteration goes on as it began, but state_dict() describes epoch %d "
+                    "as set, so a checkpoint saved before that iteration ends would skip the rest of it. Call "
+                    "set_epoch between epochs (before iter()), or finish or drop the old iteration first",
+                    self.dataset.path, self.dataset.epoch)
 
     def _note_blocks_read_twice(self, epoch: int, lanes: list) -> None:
         """Once per loader, a shuffled epoch: log how much more than its share this rank reads,

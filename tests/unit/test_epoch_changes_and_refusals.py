@@ -163,3 +163,34 @@ def test_an_iterator_made_and_never_used_leaves_the_next_one_whole(ds):
     del unused
     loader.set_epoch(2)
     assert ids(loader) == epoch_order(a, 2, **kw)
+
+
+@pytest.mark.parametrize("change", ["set_epoch", "load_state_dict"])
+def test_an_iteration_going_on_after_set_epoch_mid_epoch_says_the_state_moved_on(ds, change, caplog):
+    """set_epoch (or load_state_dict) after batches were delivered: the old iteration goes on with
+    its own epoch, as torch's does, while state_dict() describes the new one; a checkpoint saved
+    meanwhile would skip the old epoch's rest, so its next batch warns, once (before: silently)."""
+    a, _ = ds
+    loader = sparkfeed.DataLoader(a, batch_size=4, shuffle=True, columns=["id"])
+    it = iter(loader)
+    seen = ids(next(it) for _ in range(2))
+    if change == "set_epoch":
+        loader.set_epoch(1)
+    else:
+        loader.load_state_dict(saved(a))
+    with caplog.at_level("WARNING", logger="sparkfeed"):
+        rest = ids(it)
+    assert sorted(seen + rest) == list(range(60))  # epoch 0 whole: the old iteration went on as it began
+    stale = [r for r in caplog.records if "iteration begun before the last set_epoch()" in r.getMessage()]
+    assert len(stale) == 1 and a in stale[0].getMessage()
+    assert "state_dict() describes epoch" in stale[0].getMessage()
+
+
+def test_set_epoch_after_an_epoch_ended_warns_nothing(ds, caplog):
+    a, _ = ds
+    loader = sparkfeed.DataLoader(a, batch_size=4, shuffle=True, columns=["id"])
+    with caplog.at_level("WARNING", logger="sparkfeed"):
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            assert sorted(ids(loader)) == list(range(60))
+    assert not [r for r in caplog.records if "iteration begun before" in r.getMessage()]
