@@ -84,10 +84,23 @@ class StrictTarInfo(tarfile.TarInfo):
     end-of-archive blocks, as webdataset accepts), still end the archive."""
 
     @classmethod
+    def frombuf(cls, buf, encoding, errors):
+        """A header parsed as `tarfile` parses it, but one whose name bytes go on past the NUL that
+        ends the name is refused (`_name_problem`): `tarfile` cuts the name there, and the
+        member would become another one ("s1\\0.txt" a member "s1" in no sample) without a word."""
+        obj = super().frombuf(buf, encoding, errors)
+        problem = _name_problem(buf[:100]) or (_name_problem(buf[345:500]) if buf[257:263] == b"ustar\0" else None)
+        if problem is not None:
+            raise _NameFieldError(problem)
+        return obj
+
+    @classmethod
     def fromtarfile(cls, tar):
         start = tar.fileobj.tell()
         try:
             return super().fromtarfile(tar)
+        except _NameFieldError as exc:
+            raise TarHeaderError(start, f"member header's {exc}") from None
         except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as exc:
             if start == 0:
                 raise  # byte 0: not a tar at all, which tarfile itself says
@@ -111,6 +124,36 @@ class StrictTarInfo(tarfile.TarInfo):
             return super()._proc_pax(tarfile)
         finally:
             tarfile.fileobj = inner
+
+    def _proc_gnulong(self, tarfile):
+        """A GNU long name (or link name), refused as `frombuf` refuses a name field when its
+        bytes go on past the NUL that ends it."""
+        data = tarfile.fileobj.read(self._block(self.size))
+        problem = _name_problem(data[:self.size]) if len(data) >= self.size else None
+        if problem is not None:
+            raise TarHeaderError(self.offset, f"GNU long name's {problem}")
+        inner = tarfile.fileobj
+        tarfile.fileobj = _Replayed(data, inner)
+        try:
+            return super()._proc_gnulong(tarfile)
+        finally:
+            tarfile.fileobj = inner
+
+
+class _NameFieldError(Exception):
+    """`StrictTarInfo.frombuf`'s refusal of a name field, given its tar offset by `fromtarfile`."""
+
+
+def _name_problem(field: bytes) -> str | None:
+    """What is wrong with a NUL-terminated name field (None: nothing): bytes other than NUL after
+    the NUL that ends the name, which every tar writer pads with NULs."""
+    end = field.find(b"\0")
+    if end < 0 or not field[end:].strip(b"\0"):
+        return None
+    rest = field[end:].strip(b"\0")[:40]
+    return (f"name {field[:end]!r} is followed by a NUL and then {rest!r}: "
+            "a NUL inside a member name (tarfile and webdataset would cut the name there and read "
+            "another member)")
 
 
 _PAX_LENGTH = re.compile(rb"([0-9]{1,20}) ")
@@ -430,7 +473,7 @@ class TarReader(Reader):
                                   f"({type(exc).__name__}: {exc})", where["offset"]) from exc
             raise
         if len(set(found.keys)) != len(found.keys):
-            raise self._error(unit, "a key appears in two places; members of a sample must be adjacent")
+            raise self._error(unit, *_repeated_key(found))
         self.ctx.stats.add("bytes_read", found.nbytes)
         return found
 
@@ -656,6 +699,18 @@ class TarReader(Reader):
     def _filter_input(self, unit: WorkUnit) -> tuple[pa.Table, bool]:
         table, ok = self._table(unit, list(self.ctx.filter_columns))
         return table.append_column("__ok_in__", pa.array(ok)), True
+
+
+def _repeated_key(found: tarindex.Members) -> tuple[str, int | None]:
+    """(the error, the tar offset of the key's second place) for a streamed shard whose key
+    appears in two places (an index never gives one: its check refuses repeated keys)."""
+    first: dict[str, int] = {}
+    for i, key in enumerate(found.keys):
+        if first.setdefault(key, i) != i:
+            return (f"key {key!r} appears in two places (samples {first[key]} and {i}); members of a "
+                    "sample must be adjacent, as webdataset reads them"), \
+                found.starts[i] if found.starts else None
+    return "a key appears in two places; members of a sample must be adjacent", None
 
 
 def _json_problem(exc: Exception) -> str:
