@@ -39,7 +39,7 @@ from ..errors import CorruptSampleError, redact
 from ..footer import STRING_STATS_MAX_CHARS, round_up
 from ..manifest import Column, Shard
 from ..plan import WorkUnit
-from . import tarindex
+from . import jsondoc, tarindex
 from .tarindex import is_sample_member
 from .base import Reader, UnitRows, apply_filter
 
@@ -606,11 +606,12 @@ class TarReader(Reader):
         fields = self.ctx.arrow_schema([c.name for c in cols])
         arrays = _whole_columns(cols, fields, found.values, n)
         parsed = exact = None
+        in_doc = {c.name for c in cols if c.member == "json"}
         if in_json and any(c.name not in arrays for c in cols if c.member == "json"):
-            parsed = self._parse_json(_as_list(found.values.get("json"), n), bad)
+            parsed = self._parse_json(_as_list(found.values.get("json"), n), bad, in_doc)
         if any(c.member == "json" and c.type.startswith("decimal") for c in cols):
             # decimals exactly as written ("12.34"), not through a double
-            exact = self._parse_json(_as_list(found.values.get("json"), n), {}, decimal.Decimal)
+            exact = self._parse_json(_as_list(found.values.get("json"), n), {}, in_doc, decimal.Decimal)
         for col, field in zip(cols, fields):
             if col.name not in arrays:
                 docs = exact if col.type.startswith("decimal") else parsed
@@ -635,13 +636,19 @@ class TarReader(Reader):
                                      dataset=self.ctx.dataset, shard=unit.path, key=keys[row])
 
     @staticmethod
-    def _parse_json(raw: list, bad: dict[int, str], parse_float=float) -> list[dict]:
+    def _parse_json(raw: list, bad: dict[int, str], wanted: set[str], parse_float=float) -> list[dict]:
+        """Each sample's `.json` object (an empty one where it has none); a document nested too
+        deeply for Python's parser gives its `wanted` fields alone (`jsondoc`), so depth in a
+        field the read did not ask for fails nothing, streamed or indexed."""
         out = []
         for i, r in enumerate(raw):
             doc = {}
             if r is not None:
                 try:
-                    doc = json.loads(r, parse_float=parse_float)
+                    try:
+                        doc = json.loads(r, parse_float=parse_float)
+                    except RecursionError:
+                        doc = jsondoc.loads_fields(r, wanted, parse_float)
                     if not isinstance(doc, dict):
                         raise ValueError(f"a JSON {type(doc).__name__}, not an object")
                 except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -780,6 +787,10 @@ def _array(values: list, type_: pa.DataType | None) -> pa.Array:
     if type_ is not None and (pa.types.is_timestamp(type_) or pa.types.is_date(type_)) and \
             any(isinstance(v, str) for v in values):
         return pa.array(values, pa.string()).cast(type_)
+    if type_ is not None and pa.types.is_floating(type_) and any(type(v) is int for v in values):  # noqa: E721
+        # a JSON integer past int64 for a float column is the float it rounds to, as Arrow's JSON
+        # reader (the whole-column path) gives it; pa.array refused it (OverflowError past 1e308)
+        values = [float(v) if type(v) is int else v for v in values]  # noqa: E721
     return pa.array(values, type=type_)
 
 
@@ -1017,6 +1028,12 @@ def _json_scalars(raw: pa.Array, kept, n: int) -> dict[str, pa.Array]:
     kept = [(c, f) for c, f in kept if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
             or pa.types.is_boolean(f.type)]
     if not kept:
+        return {}
+    try:  # UTF-8, as JSON must be (Arrow's reader lets bytes that are not pass), each an object
+        # (Arrow's reader takes a document `null` for a row of nulls)
+        if not pc.all(pc.match_substring_regex(raw.cast(pa.string()), "^\ufeff?[ \t\r\n]*[{]")).as_py():
+            return {}
+    except pa.ArrowInvalid:
         return {}
     docs = raw.to_pylist()
     lines = b"\n".join(docs)
