@@ -54,6 +54,7 @@ from .batch import BinaryChunks, BinaryColumn
 from .crops import _RRC_TRIES, _keyed_draws, _keyed_window_uniforms, _random_resized_windows
 from .decoded import DecodeResult
 from .headers import _check_headers, _Encoded, _encoded, _marker_orientation, resized_sizes
+from .pilopen import Damaged, pixel_limit, png_for_pil
 
 __all__ = ["ImageDecode", "ImageDecoder", "DecodeResult"]
 
@@ -327,8 +328,15 @@ class _PilBackend:
             return im.resize((int(w), int(h)), Image.BILINEAR)
         return im
 
+    def _opened(self, arr: np.ndarray) -> Image.Image:
+        """The image decoded as DALI would judge it: a damaged PNG refused (`pilopen.png_for_pil`),
+        every pixel check PIL makes under `max_pixels` (`pilopen.pixel_limit`)."""
+        im = Image.open(io.BytesIO(png_for_pil(arr)))
+        im.load()
+        return im
+
     def _one(self, arr: np.ndarray, draws: _Draws, i: int, kind: str) -> torch.Tensor:
-        with Image.open(io.BytesIO(arr)) as im:
+        with pixel_limit(self.spec.max_pixels), self._opened(arr) as im:
             im = self._geometry(_rgb(_upright(im, arr)), kind, None if draws.window is None else draws.window[i])
         t = torch.from_numpy(np.array(im))
         s = self.spec.size
@@ -349,6 +357,10 @@ class _PilBackend:
             except Image.UnidentifiedImageError:  # its message names a BytesIO's address
                 failures.append((int(r), "PIL could not decode the image (not a recognised image: "
                                          "its header reads, its data does not)"))
+            except Damaged as e:
+                failures.append((int(r), f"PIL could not decode the image ({e})"))
+            except Image.DecompressionBombError as e:  # max_pixels, of a size found while decoding
+                failures.append((int(r), f"{e}; refused while decoding"))
             except Exception as e:  # noqa: BLE001 - a bad image is reported, not raised
                 failures.append((int(r), f"PIL could not decode the image ({type(e).__name__}: {e})"))
         if not imgs:

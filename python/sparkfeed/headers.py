@@ -199,23 +199,26 @@ def _check_header(arr: np.ndarray, max_pixels: int, formats=None) -> tuple[tuple
     be decoded: `(size, None)` or `(None, reason)`.
 
     JPEG and PNG dimensions come from their markers; anything else goes through PIL's lazy
-    `Image.open`, which also reads only the header.
+    `Image.open`, which also reads only the header, under `max_pixels` (`pilopen.pixel_limit`:
+    not Pillow's own limit).
     """
     from PIL import Image  # here: only rows the numpy scan cannot read need it (arrays never)
+
+    from .pilopen import pixel_limit
 
     if arr.size == 0:
         return None, "empty image (0 bytes, or no value: a null, or a sample without this member)"
     size = _fast_size(memoryview(arr))
     try:
         if size is None:
-            with Image.open(io.BytesIO(arr)) as im:
+            with pixel_limit(max_pixels), Image.open(io.BytesIO(arr)) as im:
                 size, kind = im.size, im.format
             if formats is not None and kind not in formats:
                 return None, (f"{kind} is not a format DALI decodes (JPEG, PNG, TIFF, BMP, PNM, JPEG 2000, "
                               "WebP); ImageDecode(backend='pil') decodes it")
         w, h = size
-    except Image.DecompressionBombError as e:
-        return None, f"refused before decoding: {e}"
+    except Image.DecompressionBombError as e:  # max_pixels, checked by Pillow while opening
+        return None, f"{e}; refused before decoding"
     except Image.UnidentifiedImageError:
         return None, "not a recognised image format"
     except Exception as e:  # noqa: BLE001 - any parse error means "not an image"
@@ -267,37 +270,40 @@ def _marker_orientation(mv: memoryview) -> int | None:
     if mv[:8] == _PNG[:8]:
         i, n = 8, len(mv) - 8
         while i <= n:
-            kind = mv[i + 4:i + 8]
-            if kind == b"eXIf":
-                return _exif_orientation(mv[i + 8:i + 8 + int.from_bytes(mv[i:i + 4], "big")])
+            kind, size = mv[i + 4:i + 8], int.from_bytes(mv[i:i + 4], "big")
+            end = i + 8 + size
+            if kind == b"eXIf":  # (also one failing its CRC: DALI reads the tag all the same)
+                return _exif_orientation(mv[i + 8:end])
             if kind == b"IEND":
                 break
-            i += 12 + int.from_bytes(mv[i:i + 4], "big")
+            i = end + 4
         return 1
     return None
 
 
-def _orientation(mv: memoryview) -> int:
+def _orientation(mv: memoryview, max_pixels: int) -> int:
     """This row's EXIF orientation from its header only: `_marker_orientation`, else what PIL's
-    lazy open reads (WebP, TIFF). 1 where there is none."""
+    lazy open reads (WebP, TIFF), under `max_pixels`. 1 where there is none."""
     found = _marker_orientation(mv)
     if found is not None:
         return found
     from PIL import Image
 
+    from .pilopen import pixel_limit
+
     try:
-        with Image.open(io.BytesIO(mv)) as im:
+        with pixel_limit(max_pixels), Image.open(io.BytesIO(mv)) as im:
             return int(im.getexif().get(0x0112, 1))
     except Exception:  # noqa: BLE001 - refused or decoded elsewhere; nothing to turn
         return 1
 
 
-def _upright_sizes(enc: _Encoded, w: np.ndarray, h: np.ndarray, rows) -> None:
+def _upright_sizes(enc: _Encoded, w: np.ndarray, h: np.ndarray, rows, max_pixels: int) -> None:
     """Swap width and height in place for the `rows` whose EXIF orientation is a quarter turn
     (5-8): both backends decode such an image turned upright (docs/decode.md), so a window
     drawn in it must be drawn on the turned size."""
     for r in rows:
-        if _orientation(memoryview(enc.row(r))) in _TURNED:
+        if _orientation(memoryview(enc.row(r)), max_pixels) in _TURNED:
             w[r], h[r] = h[r], w[r]
 
 
@@ -376,7 +382,7 @@ def _check_headers(enc: _Encoded, spec: ImageDecode, complete_jpeg: bool = False
                             f"max_pixels={spec.max_pixels}; refused before decoding"))
     failures += _resize_bombs(w, h, known, spec)
     if spec.crop == "random_resized":  # the only geometry that is not the same on a turned image
-        _upright_sizes(enc, w, h, np.flatnonzero(known).tolist())
+        _upright_sizes(enc, w, h, np.flatnonzero(known).tolist(), spec.max_pixels)
     if spec.size is not None and spec.crop != "random_resized" and spec.resize_to is None:
         for r in np.flatnonzero(known & (np.minimum(w, h) < spec.size)).tolist():
             failures.append((r, f"image is {w[r]}x{h[r]}, smaller than the {spec.size}x{spec.size} "

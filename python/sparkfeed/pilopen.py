@@ -1,0 +1,121 @@
+"""PIL made to give the verdicts DALI gives, under sparkfeed's own pixel limit.
+
+* `pixel_limit`: `ImageDecode(max_pixels=)` as the one pixel limit of every check PIL makes in
+  the decoding thread. Pillow's own limit (`Image.MAX_IMAGE_PIXELS`, process-wide) refused
+  every format but JPEG and PNG (whose sizes sparkfeed reads itself) above 2x its value,
+  178,956,970 pixels by default, whatever max_pixels said, with Pillow's message, and warned
+  above 1x; it also applies to sizes a file reveals only while decoding (a TIFF's tiles).
+* `png_problem` / `png_for_pil`: a PNG's chunks judged as libpng (DALI's CPU decoder) judges
+  them: a critical chunk (IHDR, PLTE, IDAT) that fails its CRC, an unknown critical chunk, or a
+  file that ends before IEND is damaged; an ancillary chunk that fails its CRC is dropped. PIL
+  checks none of the pixel data's CRCs, refuses a bad ancillary chunk before the pixels and
+  takes a file without IEND, so the same bytes got another verdict from each backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import zlib
+
+from PIL import Image
+
+__all__ = ["Damaged", "pixel_limit", "png_problem", "png_for_pil"]
+
+_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_CRITICAL = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND"})
+
+
+class Damaged(ValueError):
+    """Bytes that DALI's decoders refuse, and so PIL's path refuses too; the message says why."""
+
+
+_local = threading.local()  # this thread's `max_pixels`, while it decodes (`pixel_limit`)
+_pillows_check = None  # Pillow's own `Image._decompression_bomb_check`, once replaced
+_installing = threading.Lock()
+
+
+def _bomb_check(size, *args, **kwargs) -> None:
+    """Pillow's pixel check, made per thread: sparkfeed's `max_pixels` in a thread decoding for
+    it (`pixel_limit`), Pillow's own check everywhere else."""
+    limit = getattr(_local, "max_pixels", None)
+    if limit is None:
+        return _pillows_check(size, *args, **kwargs)
+    w, h = size
+    if max(1, w) * max(1, h) > limit:
+        raise Image.DecompressionBombError(f"image is {w}x{h} = {w * h} pixels, over max_pixels={limit}")
+
+
+@contextlib.contextmanager
+def pixel_limit(max_pixels: int):
+    """Within: PIL's pixel checks in this thread (at open, and those its plugins make while
+    decoding: a TIFF's tiles, an ICO's entries) apply `max_pixels`, without Pillow's warning
+    below it; other threads keep Pillow's own limit. (Where a Pillow has no such check to
+    replace, its own limit stays beside max_pixels.)"""
+    global _pillows_check
+    with _installing:
+        found = getattr(Image, "_decompression_bomb_check", None)
+        if _pillows_check is None and callable(found) and found is not _bomb_check:
+            _pillows_check, Image._decompression_bomb_check = found, _bomb_check
+    before = getattr(_local, "max_pixels", None)
+    _local.max_pixels = max_pixels
+    try:
+        yield
+    finally:
+        _local.max_pixels = before
+
+
+def _chunks(b: bytes):
+    """(type, start of data, length) of each chunk of a PNG after its signature, while whole;
+    then one ("", position, -1) if the bytes end inside a chunk."""
+    i, n = 8, len(b)
+    while i + 12 <= n:
+        length = int.from_bytes(b[i:i + 4], "big")
+        if i + 12 + length > n:
+            break
+        yield b[i + 4:i + 8], i + 8, length
+        i += 12 + length
+    if i < n:
+        yield b"", i, -1
+
+
+def _crc_ok(b: bytes, at: int, length: int) -> bool:
+    """Whether the chunk whose data starts at `at` matches its CRC (of its type and data)."""
+    return zlib.crc32(memoryview(b)[at - 4:at + length]) == int.from_bytes(b[at + length:at + length + 4], "big")
+
+
+def png_problem(b: bytes) -> tuple[str | None, list[tuple[int, int]]]:
+    """(why libpng refuses this PNG, or None; the byte ranges of ancillary chunks it drops for a
+    bad CRC). Bytes after IEND are ignored, as both decoders ignore them."""
+    dropped = []
+    for kind, at, length in _chunks(b):
+        if length < 0:
+            return f"the PNG is cut short inside a chunk at byte {at}", dropped
+        critical = not kind[0] & 0x20
+        if critical and kind not in _CRITICAL:
+            return f"the PNG holds an unknown critical chunk {kind!r} at byte {at - 8}", dropped
+        if kind == b"IEND":  # libpng reads no further, nor IEND's own CRC
+            return None, dropped
+        if not _crc_ok(b, at, length):
+            if critical:
+                return f"PNG chunk {kind.decode('latin-1')} at byte {at - 8} fails its CRC check (damaged data)", dropped
+            dropped.append((at - 8, at + length + 4))
+    return "the PNG ends without its IEND chunk (cut short)", dropped
+
+
+def png_for_pil(data) -> bytes | memoryview:
+    """`data` to hand to PIL: a PNG as libpng would decode it (its ancillary chunks that fail
+    their CRC left out), or `Damaged` saying why libpng refuses it; anything else as it is."""
+    if bytes(data[:8]) != _SIGNATURE:
+        return data
+    b = bytes(data)
+    problem, dropped = png_problem(b)
+    if problem is not None:
+        raise Damaged(problem)
+    if not dropped:
+        return data
+    keep, at = [], 0
+    for start, end in dropped:
+        keep.append(b[at:start])
+        at = end
+    return b"".join(keep + [b[at:]])
