@@ -20,7 +20,7 @@ import zlib
 
 from PIL import Image
 
-__all__ = ["Damaged", "pixel_limit", "png_problem", "png_for_pil"]
+__all__ = ["Damaged", "pixel_limit", "png_exif_damage", "png_problem", "png_for_pil"]
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CRITICAL = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND"})
@@ -97,6 +97,8 @@ def png_problem(b: bytes) -> tuple[str | None, list[tuple[int, int]]]:
         if kind == b"IEND":  # libpng reads no further, nor IEND's own CRC
             return None, dropped
         if not _crc_ok(b, at, length):
+            if kind == b"eXIf":  # (`png_exif_damage`)
+                return f"PNG chunk eXIf at byte {at - 8} fails its CRC check (damaged data)", dropped
             if critical:
                 return f"PNG chunk {kind.decode('latin-1')} at byte {at - 8} fails its CRC check (damaged data)", dropped
             dropped.append((at - 8, at + length + 4))
@@ -119,3 +121,15 @@ def png_for_pil(data) -> bytes | memoryview:
         keep.append(b[at:start])
         at = end
     return b"".join(keep + [b[at:]])
+
+
+def png_exif_damage(b) -> int | None:
+    """Where a PNG's eXIf chunk starts if it fails its CRC, else None. DALI turns such an image by
+    the tag (its parser reads it) while its PNG decoder (libpng) drops the chunk, and delivers
+    the stored pixels laid out in the turned shape: scrambled. Refused by both backends."""
+    for kind, at, length in _chunks(b):
+        if kind == b"IEND" or length < 0:
+            return None
+        if kind == b"eXIf" and not _crc_ok(b, at, length):
+            return at - 8
+    return None

@@ -79,7 +79,14 @@ def _before_iend(png: bytes, chunk: bytes) -> bytes:
 GOOD, PAL = _png(), _png(mode="P")
 TEXT = _chunk(b"tEXt", b"Comment\x00hello")
 BAD_TEXT = TEXT[:-1] + bytes([TEXT[-1] ^ 0xFF])
+EXIF = _chunk(b"eXIf", b"MM\x00*\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06"
+               b"\x00\x00\x00\x00\x00\x00")  # orientation 6: turned a quarter
+BAD_EXIF = EXIF[:-1] + bytes([EXIF[-1] ^ 0xFF])
 CASES = {  # name: (bytes, a bad row?)
+    # DALI turned the image by this tag while libpng dropped the chunk: scrambled pixels
+    "eXIf CRC": (_before_idat(GOOD, BAD_EXIF), True),
+    "eXIf CRC after the pixels": (_before_iend(GOOD, BAD_EXIF), True),
+    "eXIf": (_before_idat(GOOD, EXIF), False),
     "pixel data CRC": (_flip_crc(GOOD, b"IDAT"), True),
     "second IDAT's CRC": (_flip_crc(_split_idat(GOOD), b"IDAT", 1), True),
     "palette CRC": (_flip_crc(PAL, b"PLTE"), True),
@@ -203,3 +210,11 @@ def test_sizes_a_header_does_not_give_up_front_are_bounded_too():
     res = _decode("pil", [ico, bytes(gif)], size=16, max_pixels=5000)
     assert [reason.split(";")[0] for _, reason in res.failures] == [
         "image is 200x200 = 40000 pixels, over max_pixels=5000", "image is 300x300 = 90000 pixels, over max_pixels=5000"]
+
+
+def test_dali_never_delivers_the_scrambled_pixels_of_a_png_whose_exif_fails_its_crc():
+    """DALI's parser turned the output's shape by the tag, its PNG decoder dropped the chunk:
+    the stored rows were delivered laid out 32 wide instead of 48, every pixel misplaced."""
+    res = _decode("dali", [CASES["eXIf CRC"][0], CASES["eXIf"][0]])
+    assert res.ok_rows.tolist() == [1] and tuple(res.images.shape) == (1, 3, 48, 32)
+    assert "eXIf chunk fails its CRC check" in res.failures[0][1]
