@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -402,14 +402,10 @@ def select_may_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, Col
     kept, dropped = nan[:_MAX_NAN_COLUMNS], set(nan[_MAX_NAN_COLUMNS:])
     variants = [frozenset(c for bit, c in enumerate(kept) if mask >> bit & 1)
                 for mask in range(1 << len(kept))]
-    fragments = []
-    for i, (stats, rows) in enumerate(items):
-        stats = {k: v for k, v in stats.items() if k in types and k not in dropped}
-        for variant in variants:
-            term = guarantee(stats, types, rows, variant)
-            if term is not None:
-                fragments.append(_FORMAT.make_fragment(str(i), filesystem=_FS, partition_expression=term))
-    return sorted({int(f.path) for f in _kept(fragments, expr, schema, types)})
+
+    def fragments(ignored: frozenset) -> list:
+        return _fragments(items, types, variants, dropped | ignored)
+    return sorted({int(f.path) for f in _reasoned(fragments, expr, schema, types, items)})
 
 
 def select_all_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, ColumnStats], int]],
@@ -429,15 +425,23 @@ def select_all_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, Col
         return []
     variants = [frozenset(c for bit, c in enumerate(floats) if mask >> bit & 1)
                 for mask in range(1 << len(floats))]
+    may_fail = {int(f.path) for f in _reasoned(lambda ignored: _fragments(items, types, variants, ignored),
+                                                ~expr | expr.is_null(), named, types, items)}
+    return [i for i in range(len(items)) if i not in may_fail]
+
+
+def _fragments(items: Sequence[tuple[Mapping[str, ColumnStats], int]], types: Mapping[str, pa.DataType],
+               variants: list[frozenset], ignored) -> list:
+    """One fragment per item and NaN variant, its guarantee from the statistics of the columns
+    in `types` but those `ignored`; the fragment's path is the item's index."""
     fragments = []
     for i, (stats, rows) in enumerate(items):
-        stats = {k: v for k, v in stats.items() if k in types}
+        stats = {k: v for k, v in stats.items() if k in types and k not in ignored}
         for variant in variants:
             term = guarantee(stats, types, rows, variant)
             if term is not None:  # (None: the column is null in every row, never NaN)
                 fragments.append(_FORMAT.make_fragment(str(i), filesystem=_FS, partition_expression=term))
-    may_fail = {int(f.path) for f in _kept(fragments, ~expr | expr.is_null(), named, types)}
-    return [i for i in range(len(items)) if i not in may_fail]
+    return fragments
 
 
 def nan_columns(expr: pc.Expression, schema: Sequence[Column]) -> list[str]:
@@ -450,6 +454,51 @@ def nan_columns(expr: pc.Expression, schema: Sequence[Column]) -> list[str]:
               and _reads(expr, named, c.name)]
     return [name for name in floats if _kept([_FORMAT.make_fragment(
         "0", filesystem=_FS, partition_expression=pc.field(name) == _NAN)], expr, named, types)]
+
+
+def _reasoned(fragments: Callable[[frozenset], list], expr: pc.Expression, schema: Sequence[Column],
+              types: Mapping[str, pa.DataType], items: Sequence[tuple[Mapping[str, ColumnStats], int]]) -> list:
+    """`_kept` of `fragments(frozenset())`. Where pyarrow's simplifier fails on a column's
+    statistics but the filter evaluates over the column's recorded values, the simplifier is at
+    fault, not the filter: `is_in` with a value set of another type (Python ints beside uint64,
+    datetimes of another zone, ints beside bool), which the kernel casts to the column's type but
+    the simplifier compares with the bounds as they are. Such columns' statistics are left out
+    (their rows are read and filtered); the other columns still prune. A filter that fails over the
+    recorded values fails over the rows too, and is raised (`unprunable`)."""
+    try:
+        return _kept(fragments(frozenset()), expr, schema, types)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        failing = frozenset(c.name for c in schema if _fails(fragments(frozenset(types) - {c.name}), expr, schema, types))
+        if not failing or any(_fails_over_values(expr, schema, types, items, name) for name in failing):
+            raise exc
+        return _kept(fragments(failing), expr, schema, types)
+
+
+def _fails(fragments: list, expr: pc.Expression, schema: Sequence[Column], types: Mapping[str, pa.DataType]) -> bool:
+    """Whether pyarrow's simplifier fails over these fragments' guarantees."""
+    try:
+        _kept(fragments, expr, schema, types)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return True
+    return False
+
+
+def _fails_over_values(expr: pc.Expression, schema: Sequence[Column], types: Mapping[str, pa.DataType],
+                       items: Sequence[tuple[Mapping[str, ColumnStats], int]], name: str) -> bool:
+    """Whether filtering rows holding column `name`'s recorded minima and maxima (the others
+    null) fails: then the rows of the data would fail it too."""
+    values = [v for stats, _ in items if name in stats
+              for v in (_scalar(stats[name].min, types[name]), _scalar(stats[name].max, types[name]))
+              if v is not None]
+    if not values:
+        return False
+    table = _empty_table(schema, rows=len(values))
+    table = table.set_column(table.schema.get_field_index(name), name, pa.array(values, types[name]))
+    try:
+        table.filter(expr)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return True
+    return False
 
 
 def _kept(fragments: list, expr: pc.Expression, schema: Sequence[Column],
