@@ -281,7 +281,8 @@ class TarReader(Reader):
         self.check_ahead([unit])
         # the whole shard as one range; a file whose size is not the manifest's fails the fetch,
         # and the shard is then read in place, where the reader names the mismatch
-        return functools.partial(storage.fetch_whole, self.ctx.fs, path, size)
+        return functools.partial(_ahead_fetch, path, functools.partial(
+            storage.fetch_whole, self.ctx.fs, path, size, retry=False))
 
     def _index_ahead(self, unit: WorkUnit):
         """The future of the fetch of the shard's index text, once for the readers of the
@@ -328,11 +329,25 @@ class TarReader(Reader):
         except CorruptSampleError:
             raise
         except Exception as exc:  # noqa: BLE001 - the whole read names (or retries) it
+            self._raise_gave_up(unit, exc, start)
             log.debug("%s: shard %s: samples %d-%d not read apart (%s: %s); reading it whole",
                       self.ctx.dataset, unit.path, start, stop, type(exc).__name__, exc)
             return None
         self.ctx.stats.add("bytes_read", got.nbytes)
         return self._unit_rows(table, unit, np.arange(start, stop), ok=ok)
+
+    def _raise_gave_up(self, unit: WorkUnit, exc: Exception, start: int) -> None:
+        """Raise the named error for a remote window read that storage's retries gave up on
+        (`storage.with_retries`: a server that kept failing or stalling, a missing file, refused
+        access): the whole read would spend the retry budget again on the same server, 8 more
+        time-outs of a stalled one, before failing the same way."""
+        if storage.is_local(self.ctx.fs) or not isinstance(exc, OSError):
+            return
+        index = self._indexes.get(unit.path, (None, None))[1]
+        offset = index.sample_offset(start) if index is not None else None
+        named = self._storage_error(unit, exc, offset)  # None for anything else (a 416, say)
+        if named is not None:
+            raise named from exc
 
     def _index(self, unit: WorkUnit) -> tuple[str | None, tarindex.Index | None, dict, tuple | None]:
         """The shard's index text, its parse, the byte ranges of its pieces (`chunks`) and what is
@@ -816,7 +831,32 @@ def _fetch_rows(fs, path: str, size: int, spans, window: tuple[int, int]):
     fetches on the read-ahead threads, so they are never queued behind them);
     None when the index cannot say, and the reader reads the shard whole."""
     span = spans.result().get(window) if spans is not None else None
-    return None if span is None else storage.fetch_ranges(fs, path, [span], size)[span]
+    if span is None:
+        return None
+    return _ahead_fetch(path, functools.partial(storage.fetch_ranges, fs, path, [span], size, retry=False))[span]
+
+
+class _Stalled(Exception):
+    """A read-ahead fetch that timed out: not transient to `storage.with_retries`, so the fetch
+    fails at once and the reader reads the bytes in place (`_ahead_fetch`)."""
+
+
+def _ahead_fetch(path: str, fetch):
+    """A read-ahead fetch, transient failures retried (`storage.with_retries`) except a time-out
+    (a server silent for the client's whole time-out, 30 s by default): the reader then reads
+    the bytes in place at once, with retries of its own. Retried here too, a stalled server cost
+    the whole retry budget twice (8 time-outs ahead, then 8 in place: 37 s with a 0.3 s time-out,
+    over 8 minutes with the default) before an error, and a stall of the big read-ahead request
+    alone 8 time-outs before the fallback."""
+    def attempt():
+        try:
+            return fetch()
+        except TimeoutError as exc:
+            log.warning("reading ahead %s: no answer within the storage client's time-out (%s); "
+                        "the reader reads it in place", redact(path), type(exc).__name__)
+            raise _Stalled(f"reading ahead {redact(path)}: no answer within the storage client's "
+                           f"time-out ({type(exc).__name__}: {redact(exc)}); reading it in place") from exc
+    return storage.with_retries(attempt, f"reading ahead {path}")
 
 
 # ---------------------------------------------------------------- keys against the manifest
