@@ -204,7 +204,7 @@ def _check_header(arr: np.ndarray, max_pixels: int, formats=None) -> tuple[tuple
     """
     from PIL import Image  # here: only rows the numpy scan cannot read need it (arrays never)
 
-    from .pilopen import pixel_limit
+    from .pilopen import dali_misreads, pixel_limit
 
     if arr.size == 0:
         return None, "empty image (0 bytes, or no value: a null, or a sample without this member)"
@@ -213,9 +213,12 @@ def _check_header(arr: np.ndarray, max_pixels: int, formats=None) -> tuple[tuple
         if size is None:
             with pixel_limit(max_pixels), Image.open(io.BytesIO(arr)) as im:
                 size, kind = im.size, im.format
+                misread = dali_misreads(im, arr) if formats is not None else None
             if formats is not None and kind not in formats:
                 return None, (f"{kind} is not a format DALI decodes (JPEG, PNG, TIFF, BMP, PNM, JPEG 2000, "
                               "WebP); ImageDecode(backend='pil') decodes it")
+            if misread is not None:
+                return None, f"{misread}; ImageDecode(backend='pil') decodes it"
         w, h = size
     except Image.DecompressionBombError as e:  # max_pixels, checked by Pillow while opening
         return None, f"{e}; refused before decoding"
@@ -253,10 +256,10 @@ def _exif_orientation(tiff) -> int:
 
 
 def _marker_orientation(mv: memoryview) -> int | None:
-    """A JPEG's or PNG's EXIF orientation from its markers: a JPEG's APP1 "Exif" segment before
-    its first scan (after the frame header too: both decoders read it there), a PNG's eXIf chunk
-    before or after its pixel data (some writers put it after IDAT; both decoders apply it).
-    1 where there is none; None for other formats."""
+    """A JPEG's, PNG's or WebP's EXIF orientation from its markers: a JPEG's APP1 "Exif" segment
+    before its first scan (after the frame header too: both decoders read it there), a PNG's eXIf
+    chunk before or after its pixel data (some writers put it after IDAT; both decoders apply
+    it), a WebP's EXIF chunk. 1 where there is none; None for other formats."""
     if mv[:2] == b"\xff\xd8":
         i, n = 2, len(mv) - 10
         while i <= n and mv[i] == 0xFF:  # the segment walk of `_segments`, inlined: 3x cheaper
@@ -273,17 +276,31 @@ def _marker_orientation(mv: memoryview) -> int | None:
             kind, size = mv[i + 4:i + 8], int.from_bytes(mv[i:i + 4], "big")
             end = i + 8 + size
             if kind == b"eXIf":  # (also one failing its CRC: DALI reads the tag all the same)
-                return _exif_orientation(mv[i + 8:end])
+                return _bare_exif_orientation(mv[i + 8:end])
             if kind == b"IEND":
                 break
             i = end + 4
         return 1
+    if mv[:4] == b"RIFF" and mv[8:12] == b"WEBP":
+        i, n = 12, len(mv) - 8
+        while i <= n:
+            size = int.from_bytes(mv[i + 4:i + 8], "little")
+            if mv[i:i + 4] == b"EXIF":
+                return _bare_exif_orientation(mv[i + 8:i + 8 + size])
+            i += 8 + size + (size & 1)
+        return 1
     return None
+
+
+def _bare_exif_orientation(block) -> int:
+    """A PNG's eXIf or a WebP's EXIF chunk's orientation: their payload is the TIFF bytes alone;
+    DALI turns nothing by one that starts with JPEG's "Exif\0\0" (PIL would), nor does sparkfeed."""
+    return 1 if block[:6] == b"Exif\x00\x00" else _exif_orientation(block)
 
 
 def _orientation(mv: memoryview, max_pixels: int) -> int:
     """This row's EXIF orientation from its header only: `_marker_orientation`, else what PIL's
-    lazy open reads (WebP, TIFF), under `max_pixels`. 1 where there is none."""
+    lazy open reads (TIFF), under `max_pixels`. 1 where there is none."""
     found = _marker_orientation(mv)
     if found is not None:
         return found

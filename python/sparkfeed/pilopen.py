@@ -20,7 +20,7 @@ import zlib
 
 from PIL import Image
 
-__all__ = ["Damaged", "pixel_limit", "png_exif_damage", "png_problem", "png_for_pil"]
+__all__ = ["Damaged", "dali_misreads", "pixel_limit", "png_exif_damage", "png_problem", "png_for_pil"]
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CRITICAL = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND"})
@@ -132,4 +132,31 @@ def png_exif_damage(b) -> int | None:
             return None
         if kind == b"eXIf" and not _crc_ok(b, at, length):
             return at - 8
+    return None
+
+
+def _webp_chunks(b) -> list[bytes]:
+    """The chunk types of a WebP's RIFF container, in order."""
+    out, i = [], 12
+    while i + 8 <= len(b):
+        size = int.from_bytes(b[i + 4:i + 8], "little")
+        out.append(bytes(b[i:i + 4]))
+        i += 8 + size + (size & 1)
+    return out
+
+
+def dali_misreads(im: Image.Image, data) -> str | None:
+    """Why DALI (CPU, nvImageCodec) cannot decode this valid image right, from PIL's lazy open of
+    it, or None. Found by decoding every mode with both backends: a grayscale+alpha TIFF came
+    out scrambled (its gray and alpha samples read as RGB), a CIELAB TIFF in wrong colours
+    (95 levels off), a 32-bit integer TIFF and an uncompressed 1-bit TIFF failed with
+    nvImageCodec's codes; a WebP holding EXIF and lossless or alpha data failed ('#17')."""
+    if im.format == "TIFF":
+        if im.mode in ("LA", "LAB", "I") or (im.mode == "1" and im.tag_v2.get(259, 1) == 1):
+            kind = {"LA": "grayscale+alpha", "LAB": "CIELAB", "I": "32-bit integer", "1": "uncompressed 1-bit"}[im.mode]
+            return f"DALI does not decode a TIFF of mode {im.mode!r} ({kind}) right"
+    if im.format == "WEBP":
+        chunks = _webp_chunks(data)
+        if b"EXIF" in chunks and (b"VP8L" in chunks or b"ALPH" in chunks):
+            return "a WebP holding EXIF metadata and lossless or alpha data is not one DALI decodes"
     return None

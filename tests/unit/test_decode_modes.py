@@ -1,0 +1,126 @@
+"""Every image mode either backend meets: DALI (CPU) and PIL give the same shape and (within the
+rounding of a colour conversion) the same pixels, or DALI refuses from the header, naming
+backend='pil', what it would decode wrong or not at all. Found by decoding each with both: a
+grayscale+alpha TIFF came out of DALI scrambled, a CIELAB TIFF in wrong colours, a 32-bit
+integer TIFF, an uncompressed 1-bit TIFF and a WebP holding EXIF and lossless or alpha data
+failed with bare nvImageCodec codes; a PNG's or WebP's EXIF payload starting with "Exif\\0\\0"
+turned the image under PIL and not under DALI."""
+
+from __future__ import annotations
+
+import io
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sparkfeed.decode import ImageDecode, ImageDecoder
+
+
+def _grad(w: int, h: int, c: int = 3, bits: int = 8) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    top = (1 << bits) - 1
+    ch = [x * top // max(w - 1, 1), y * top // max(h - 1, 1), (x + y) * top // max(w + h - 2, 1),
+          top - x * top // max(w - 1, 1)]
+    return np.stack(ch[:c], -1).astype(np.uint16 if bits > 8 else np.uint8)
+
+
+def _save(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+def _png16(a: np.ndarray, color: int) -> bytes:
+    """A 16-bit PNG (Pillow writes none in colour)."""
+    h, w = a.shape[:2]
+    raw = b"".join(b"\x00" + a[y].astype(">u2").tobytes() for y in range(h))
+    ihdr = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([16, color, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")
+
+
+def _exif(orientation: int) -> bytes:
+    ex = Image.Exif()
+    ex[0x0112] = orientation
+    return ex.tobytes()  # JPEG's APP1 payload: "Exif\0\0" + the TIFF bytes
+
+
+RGB, RGBA = Image.fromarray(_grad(64, 48)), Image.fromarray(_grad(64, 48, 4))
+PAL = RGB.convert("P", palette=Image.ADAPTIVE, colors=16)
+CMYK = Image.frombytes("CMYK", (64, 48), _grad(64, 48, 4).tobytes())
+GRAY16 = Image.fromarray(_grad(64, 48, 1, 16)[..., 0])
+ANIMATED = _save(RGB, "WEBP", save_all=True, append_images=[Image.fromarray(255 - _grad(64, 48))], lossless=True)
+GIF = _save(RGB.convert("P"), "GIF", save_all=True, append_images=[Image.fromarray(255 - _grad(64, 48)).convert("P")])
+
+AGREE = {  # name: bytes both backends decode to the same shape, pixels within 1 (colour conversions)
+    "jpeg": _save(RGB, "JPEG", quality=95), "jpeg 4:4:4": _save(RGB, "JPEG", quality=95, subsampling=0),
+    "progressive jpeg": _save(RGB, "JPEG", quality=95, progressive=True),
+    "grayscale jpeg": _save(RGB.convert("L"), "JPEG", quality=95), "cmyk jpeg": _save(CMYK, "JPEG", quality=95),
+    "jpeg 1x1": _save(Image.new("RGB", (1, 1), (200, 10, 30)), "JPEG"),
+    "jpeg 3000x3": _save(Image.fromarray(_grad(3000, 3)), "JPEG", quality=95),
+    "png": _save(RGB, "PNG"), "rgba png": _save(RGBA, "PNG"), "gray+alpha png": _save(RGBA.convert("LA"), "PNG"),
+    "1-bit png": _save(RGB.convert("1"), "PNG"), "4-bit palette png": _save(PAL, "PNG", bits=4),
+    "palette png with transparency": _save(PAL, "PNG", transparency=3),
+    "16-bit gray png": _save(GRAY16, "PNG"), "16-bit rgb png": _png16(_grad(64, 48, 3, 16), 2),
+    "16-bit rgba png": _png16(_grad(64, 48, 4, 16), 6), "png 5000x2": _save(Image.fromarray(_grad(5000, 2)), "PNG"),
+    "bmp": _save(RGB, "BMP"), "8-bit bmp": _save(PAL, "BMP"), "1-bit bmp": _save(RGB.convert("1"), "BMP"),
+    "tiff": _save(RGB, "TIFF"), "lzw tiff": _save(RGB, "TIFF", compression="tiff_lzw"), "cmyk tiff": _save(CMYK, "TIFF"),
+    "16-bit tiff": _save(GRAY16, "TIFF"), "rgba tiff": _save(RGBA, "TIFF"), "palette tiff": _save(PAL, "TIFF"),
+    "group4 1-bit tiff": _save(RGB.convert("1"), "TIFF", compression="group4"),
+    "multi-page tiff": _save(RGB, "TIFF", save_all=True, append_images=[RGBA.convert("RGB")]),
+    "ppm": _save(RGB, "PPM"), "pgm": _save(RGB.convert("L"), "PPM"), "pbm": _save(RGB.convert("1"), "PPM"),
+    "lossless webp": _save(RGB, "WEBP", lossless=True), "lossy webp": _save(RGB, "WEBP", quality=95),
+    "rgba webp": _save(RGBA, "WEBP", lossless=True), "animated webp (first frame)": ANIMATED,
+    "lossy webp, EXIF 6": _save(RGB, "WEBP", quality=95, exif=_exif(6)),
+    "jpeg 2000": _save(RGB, "JPEG2000", irreversible=False),
+    **{f"jpeg, EXIF {o}": _save(RGB, "JPEG", quality=95, exif=_exif(o)) for o in range(1, 9)},
+    **{f"png, EXIF {o}": _save(RGB, "PNG", exif=_exif(o)) for o in range(1, 9)},
+    "tiff, EXIF 6": _save(RGB, "TIFF", exif=_exif(6)),
+    # a PNG's eXIf / a WebP's EXIF payload is the TIFF bytes alone: with JPEG's prefix DALI turns nothing
+    "png, prefixed eXIf 6": _save(RGB, "PNG")[:33] + _chunk(b"eXIf", _exif(6)) + _save(RGB, "PNG")[33:],
+    "lossy webp, prefixed EXIF 6": _save(RGB, "WEBP", quality=95, exif=b"Exif\x00\x00" + _exif(6)),
+}
+DALI_REFUSES = {  # name: (bytes, what DALI's header check says); PIL decodes each
+    "gray+alpha tiff": (_save(RGBA.convert("LA"), "TIFF"), "mode 'LA' (grayscale+alpha)"),
+    "cielab tiff": (_save(RGB.convert("LAB"), "TIFF"), "mode 'LAB' (CIELAB)"),
+    "32-bit integer tiff": (_save(Image.fromarray(_grad(64, 48, 1, 16)[..., 0].astype(np.int32)), "TIFF"),
+                            "mode 'I' (32-bit integer)"),
+    "uncompressed 1-bit tiff": (_save(RGB.convert("1"), "TIFF"), "mode '1' (uncompressed 1-bit)"),
+    "lossless webp with EXIF": (_save(RGB, "WEBP", lossless=True, exif=_exif(1)), "WebP holding EXIF"),
+    "alpha webp with EXIF": (_save(RGBA, "WEBP", quality=90, exif=_exif(1)), "WebP holding EXIF"),
+    "gif": (GIF, "GIF is not a format DALI decodes"),
+}
+
+
+def _decode(backend: str, data: bytes):
+    return ImageDecoder(ImageDecode(device="cpu", backend=backend), max_batch_size=2).decode([data])
+
+
+@pytest.mark.parametrize("name", list(AGREE))
+def test_both_backends_give_the_same_image(name):
+    dali, pil = _decode("dali", AGREE[name]), _decode("pil", AGREE[name])
+    assert dali.failures == () and pil.failures == ()
+    assert dali.images.shape == pil.images.shape
+    assert int((dali.images.int() - pil.images.int()).abs().max()) <= 1
+
+
+@pytest.mark.parametrize("name", list(DALI_REFUSES))
+def test_dali_refuses_what_it_decodes_wrong_or_not_at_all_and_pil_decodes_it(name):
+    data, reason = DALI_REFUSES[name]
+    res = _decode("dali", data)
+    assert len(res.failures) == 1 and reason in res.failures[0][1]
+    assert "backend='pil'" in res.failures[0][1]
+    assert _decode("pil", data).failures == ()
+
+
+def test_exif_turns_follow_the_pixels():
+    """Orientation 6 turns a 64x48 image a quarter: 48 wide, 64 high, in both backends; the
+    prefixed payloads above turn nothing in either."""
+    assert tuple(_decode("pil", AGREE["png, EXIF 6"]).images.shape) == (1, 3, 64, 48)
+    assert tuple(_decode("pil", AGREE["lossy webp, EXIF 6"]).images.shape) == (1, 3, 64, 48)
+    assert tuple(_decode("pil", AGREE["png, prefixed eXIf 6"]).images.shape) == (1, 3, 48, 64)
