@@ -55,25 +55,34 @@ _OTHER_SPACE = "\t\r\x0b\x0c\x1c\x1d\x1e\x1f"  # ASCII whitespace to str.split b
 # webdataset's `base_plus_ext` (`tariterators`): a member whose name it does not match is in no
 # sample; where it matches, its groups are `split_name`'s key and extension
 _WDS_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+# names webdataset's `tar_file_iterator` skips as metadata (its `skip_meta`, `meta_prefix` and
+# `meta_suffix`): "__meta__/a.json", "__info.x__"
+_WDS_META = re.compile(r"__[^/]*__($|/)")
 
 
 def is_sample_member(name: str) -> bool:
     """Whether the member `name` belongs to a sample, as webdataset groups them: not a name
     without an extension ("README") or with an empty key (".txt"), which webdataset skips, nor
     one with an empty extension ("a."), which webdataset keeps as a field named "" but which no
-    column can be named. Such members are skipped (counted in the log) by the index and the
-    reader alike."""
+    column can be named, nor metadata webdataset skips (`_is_meta`: "__meta__/a.json"). Such
+    members are skipped (counted in the log) by the index and the reader alike."""
     match = _WDS_NAME.match(name)
-    return match is not None and match.group(2) != ""
+    return match is not None and match.group(2) != "" and not _is_meta(name)
+
+
+def _is_meta(name: str) -> bool:
+    """Whether webdataset skips the member as metadata: a name in a top directory `__<x>__/`, or
+    a top-level name that starts and ends with `__`; such members are in no sample."""
+    return name.startswith("__") and (("/" not in name and name.endswith("__")) or _WDS_META.match(name) is not None)
 
 
 def _in_samples(keys: list[str], firsts: list[str], exts) -> bool:
     """Whether an index's members are all sample members (`is_sample_member`), given its
     samples' keys and first names and its distinct extensions (each name being `key.ext`): an
-    extension holds no "/", and only a key whose base name is empty ("", "dir/") needs the full
-    rule."""
+    extension holds no "/", and only a key whose base name is empty ("", "dir/") or that starts
+    with "__" (`_is_meta`) needs the full rule."""
     return not any("/" in e for e in exts) and \
-        all(is_sample_member(f) for k, f in zip(keys, firsts) if not k or k.endswith("/"))
+        all(is_sample_member(f) for k, f in zip(keys, firsts) if not k or k.endswith("/") or k.startswith("__"))
 
 
 @dataclass(frozen=True)
@@ -437,7 +446,8 @@ def _sample_keys(names: pa.StringArray, exts: pa.StringArray, sample: np.ndarray
         keys = pc.list_element(pc.split_pattern(firsts, ".", max_splits=1), 0)
     if pc.count_distinct(keys).as_py() != len(keys):
         return None
-    odd = pc.or_(pc.equal(pc.binary_length(keys), 0), pc.ends_with(keys, "/"))  # `_in_samples`
+    odd = pc.or_(pc.or_(pc.equal(pc.binary_length(keys), 0), pc.ends_with(keys, "/")),
+                 pc.starts_with(keys, "__"))  # `_in_samples`
     if pc.any(odd).as_py() and not _in_samples(keys.filter(odd).to_pylist(), firsts.filter(odd).to_pylist(), ()):
         return None
     expected = pc.binary_join_element_wise(keys.take(pa.array(sample)), exts, ".")
