@@ -72,8 +72,13 @@ def _chunk_stats(chunk, num_rows: int) -> dict:
         return {"min": None, "max": None, "null_count": None, "all_null": False}
     nulls = st.null_count if st.has_null_count else None
     lo = hi = None
-    if st.has_min_max and _usable(st.min) and _usable(st.max):
-        lo, hi = st.min, st.max
+    if st.has_min_max:
+        try:
+            lo, hi = st.min, st.max
+        except (OverflowError, ValueError):  # a date or time past Python's years 1-9999: no range
+            lo = hi = None
+    if not (_usable(lo) and _usable(hi)):
+        lo = hi = None
     return {"min": lo, "max": hi, "null_count": nulls, "all_null": nulls == num_rows and num_rows > 0}
 
 

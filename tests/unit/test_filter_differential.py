@@ -86,3 +86,22 @@ def test_a_filter_that_fails_over_the_recorded_values_is_still_refused_naming_th
     _, root = mixed
     with pytest.raises(ValueError, match=rf"cannot be checked against the statistics of dataset '{root}'"):
         _ids(root, pc.field("u64") < 10)
+
+
+def test_dates_and_times_past_pythons_years_index_and_filter_exactly(tmp_path):
+    """A date 1,000,000 days before 1970 and timestamps of +-2**62 (other tools write them; Arrow
+    holds them): pyarrow's statistics cannot become Python dates, and `sparkfeed.index` crashed
+    with a bare OverflowError naming no file. Such a chunk now has no range (its rows are read
+    and filtered); the chunks of ordinary values still prune."""
+    table = pa.table({"id": pa.array(range(6), pa.int64()),
+                      "d": pa.array([-1_000_000, 0, 1, 3_000_000, 5, 6], pa.int32()).cast(pa.date32()),
+                      "ts": pa.array([-(2**62), 0, 1, 2**62, 5, 6], pa.int64()).cast(pa.timestamp("us")),
+                      "tz": pa.array([-(2**62), 0, 1, 2**62, 5, 6], pa.int64()).cast(pa.timestamp("us", "UTC"))})
+    pq.write_table(table, tmp_path / "part-0.parquet", row_group_size=2)
+    sparkfeed.index(str(tmp_path), progress=False)
+    for expr, pruned in [(pc.field("d") < dt.date(1970, 1, 1), 1), (pc.field("d") > dt.date(2000, 1, 1), 1),
+                         (pc.field("ts") > pa.scalar(2, pa.timestamp("us")), 0),
+                         (pc.field("tz") < dt.datetime(1970, 1, 1, tzinfo=UTC), 1)]:
+        ids, stats = _ids(str(tmp_path), expr)
+        assert ids == sorted(table.filter(expr)["id"].to_pylist()) != [], expr
+        assert stats["row_groups_pruned"] == pruned, expr
