@@ -31,9 +31,12 @@ from . import checks, storage
 from ._version import __version__
 from .errors import SparkfeedError
 from .manifest import MANIFEST_NAME, Manifest, parse_manifest, read_manifest, write_manifest
-from .writeoptions import SampleKeyError, check_options, writer_failure
+from .writecheck import (WriteFailedError, check_rows, job_failure_named, left_after_failure,
+                         observed_rows, restore_manifest, rows_written)
+from .writeoptions import SampleKeyError, check_options, webdataset_members, writer_failure
 
-__all__ = ["write", "DatasetExistsError", "OverwriteInputError", "SampleKeyError"]
+__all__ = ["write", "DatasetExistsError", "OverwriteInputError", "SampleKeyError",
+           "WriteFailedError"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,20 @@ def _leaves(name: str, dt, structs: bool) -> list[tuple[str, object]]:
     return [(name, dt)]
 
 
+def _refuse_empty_struct(name: str, dt) -> None:
+    """A ValueError for a struct without fields, at any depth: Spark's writers refuse it
+    (EMPTY_SCHEMA_NOT_SUPPORTED_FOR_DATASOURCE) only when the write is planned, after the count
+    job, and it has no leaf to check or deliver."""
+    from pyspark.sql import types as T
+
+    if isinstance(dt, T.StructType):
+        if not dt.fields:
+            raise ValueError(f"column {name!r} is a struct with no fields, which Spark cannot "
+                             "write; drop it, or give it a field")
+        for f in dt.fields:
+            _refuse_empty_struct(f"{name}.{f.name}", f.dataType)
+
+
 def _check_columns(schema, format: str = "parquet", case_sensitive: bool = True) -> dict:
     """name -> Spark type for every column (a struct's leaves for Parquet, by their path), or a
     ValueError naming the first unsupported one. Unless Spark is case-sensitive
@@ -112,6 +129,8 @@ def _check_columns(schema, format: str = "parquet", case_sensitive: bool = True)
                          "(for example with .withColumnRenamed) before writing")
     if not names:
         raise ValueError("the DataFrame has no columns; there is nothing to write")
+    for f in schema.fields:
+        _refuse_empty_struct(f.name, f.dataType)
     leaves = [leaf for f in schema.fields for leaf in _leaves(f.name, f.dataType, format == "parquet")]
     types = dict(leaves)
     if len(types) < len(leaves):
@@ -399,6 +418,26 @@ def _check_java_int(format: str, samples_per_shard: int, samples_per_row_group: 
                          f"(the JVM writer reads it as a Java int), but got {name}={value!r}")
 
 
+def _remove_old_manifest(fs, root: str, dataset: str) -> tuple[bytes, list] | None:
+    """Removes the manifest of the dataset a Parquet overwrite replaces, before Spark runs: a
+    failed overwrite must never leave a manifest over a mix of old and new files. Returns its
+    bytes and its shards' (path, size), to put it back if the job fails before Spark deleted
+    them. (The webdataset source removes its own, after refusing a DataFrame that reads it.)"""
+    name = f"{root}/{MANIFEST_NAME}"
+    if not fs.exists(name):
+        return None
+    text = fs.cat_file(name)
+    try:
+        m = parse_manifest(text.decode(), dataset=dataset)
+        shards = [(f"{root}/{s.path}", s.num_bytes) for s in m.shards] if m.data_root is None \
+            else None  # data kept elsewhere: not this write's to judge
+    except (ValueError, SparkfeedError):  # an unreadable manifest is not put back
+        shards = None
+    log.info("removing the old manifest of %s before overwriting it", dataset)
+    fs.rm(name)
+    return (text, shards) if shards is not None else None
+
+
 def _spark_mode(mode: str, existing: bool | None) -> str:
     return "overwrite" if mode == "overwrite" or existing is False else "error"  # Connect knows "error", not "errorifexists"
 
@@ -557,6 +596,7 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
         options = check_options(options, format, types)
         if format == "webdataset":
             _refuse_key_only(types, options, dataset)
+            webdataset_members(types, options, codecs)  # the JVM's refusals, before the count job
             _check_webdataset_source(df.sparkSession, spark_path, dataset)
 
         fs, root = storage.resolve(spark_path, storage_options)
@@ -566,15 +606,10 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
                                      "mode='overwrite' to replace it, or choose another path")
         if existing and mode == "overwrite":
             _refuse_overwriting_input(df, spark_path, dataset)
-        if mode == "overwrite" and format == "parquet" and fs.exists(f"{root}/{MANIFEST_NAME}"):
-            # A failed overwrite must never leave a stale manifest. The webdataset source removes
-            # it itself, after refusing a DataFrame that reads the dataset it would replace (here,
-            # its reads would already find no manifest and silently return nothing).
-            log.info("removing the old manifest of %s before overwriting it", dataset)
-            fs.rm(f"{root}/{MANIFEST_NAME}")
-
         started = time.monotonic()
-        count = df.count()
+        with job_failure_named(dataset, format, "nothing was written, and the path is as it was",
+                               _connection_lost):
+            count = df.count()
         n = max(1, math.ceil(count / samples_per_shard))
         log.info("writing %d samples of %s as %d %s shards to %s", count, dataset, n, format,
                  spark_path)
@@ -584,16 +619,34 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
         else:
             df = df.repartition(n)
         spark_mode = _spark_mode(mode, existing)
+        overwrite = bool(mode == "overwrite" and existing)
         if format == "webdataset":
-            _save_webdataset(df, spark_path, spark_mode, dataset, samples_per_shard, codecs,
-                             options)
+            with job_failure_named(dataset, format, lambda: left_after_failure(
+                    fs, root, MANIFEST_NAME, overwrite), _connection_lost):
+                _save_webdataset(df, spark_path, spark_mode, dataset, samples_per_shard, codecs,
+                                 options)
             return read_manifest(dataset, storage_options)
 
-        _write_parquet(df, spark_path, spark_mode, samples_per_shard, samples_per_row_group)
+        old = _remove_old_manifest(fs, root, dataset) if mode == "overwrite" else None
+        df, observation = observed_rows(df)  # counted in the write job itself
+
+        def left() -> str:
+            restore_manifest(fs, f"{root}/{MANIFEST_NAME}", *(old or (None, ())))
+            return left_after_failure(fs, root, MANIFEST_NAME, overwrite)
+        with job_failure_named(dataset, format, left, _connection_lost):
+            _write_parquet(df, spark_path, spark_mode, samples_per_shard, samples_per_row_group)
         files = _committed_parquet(fs, root)
         log.info("Spark committed %d files in %.1fs; gathering their statistics in a Spark job",
                  len(files), time.monotonic() - started)
+        written = rows_written(observation)
+        if not files:
+            check_rows(dataset, format, written, [], n)
         entries = _gather_entries(df.sparkSession, files, spark_path, storage_options)
+        try:
+            check_rows(dataset, format, written, [(e["path"], e["num_samples"]) for e in entries], n)
+        except WriteFailedError:  # part of a dataset must not pass for one without a manifest
+            fs.rm([full for full, _, _ in files] + [f"{root}/_SUCCESS"] * fs.exists(f"{root}/_SUCCESS"))
+            raise
         manifest = _build_manifest(df.sparkSession, entries, codecs, dataset)
         write_manifest(manifest, spark_path, storage_options)
         log.info("wrote %s/%s: %d samples in %d shards, %.1fs in all", dataset, MANIFEST_NAME,

@@ -13,11 +13,12 @@ would be ignored is refused instead.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping
 
 from .errors import SparkfeedError
 
-__all__ = ["SampleKeyError", "check_options", "known_options", "writer_failure"]
+__all__ = ["SampleKeyError", "check_options", "known_options", "webdataset_members", "writer_failure"]
 
 # The webdataset source's option names (jvm/.../WebDatasetOptions.java) that `options=` takes.
 _WEBDATASET = ("maxShardBytes", "keyColumn", "clsColumn", "invalidKeys")
@@ -122,3 +123,71 @@ def writer_failure(exc: BaseException, dataset: str) -> SampleKeyError | None:
     message = _ADVICE.sub(lambda m: f"Pass options={{{m[1]!r}: {m[2]!r}}} to sparkfeed.write",
                           found[1])
     return SampleKeyError(f"dataset {dataset!r}: {message}")
+
+
+# ---------------------------------------------------------------- webdataset member names
+
+# A member extension, and a column name that becomes part of one (jvm/.../SampleLayout.java).
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_\-]+")
+_INTEGERS = ("tinyint", "smallint", "int", "bigint")
+
+
+def _key_and_cls(types: Mapping, options: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """The key column and the .cls column the JVM writer picks (SampleLayout.plan): keyColumn
+    (default `key`, data unless a string or named), clsColumn else the only integer column."""
+    key = options.get("keyColumn", "key")
+    if key not in types or (types[key].simpleString() != "string" and "keyColumn" not in options):
+        key = None
+    cls = options.get("clsColumn", "label")
+    if cls in types and cls != key and types[cls].simpleString() in _INTEGERS:
+        return key, cls
+    integers = [n for n, t in types.items() if t.simpleString() in _INTEGERS]
+    return key, (integers[0] if len(integers) == 1 else None)
+
+
+def _member_ext(name: str, type_name: str, codec: str | None, cls: bool) -> str | None:
+    """One column's member extension before collisions: codec (jpeg -> jpg) or bin, cls, txt;
+    None for a column of the one json member."""
+    if type_name == "binary":
+        if codec is None:
+            return "bin"
+        if not _SAFE_NAME.fullmatch(codec):
+            raise ValueError(f"the codec {codec!r} of column {name!r} is not a valid tar member "
+                             "extension for format='webdataset': it may hold only letters, "
+                             "digits, '_' and '-'")
+        return "jpg" if codec.lower() == "jpeg" else codec.lower()
+    if cls:
+        return "cls"
+    return "txt" if type_name == "string" else None
+
+
+def _qualified(name: str, ext: str, why: str) -> str:
+    """`<column>.<ext>`, or a ValueError when the column's name cannot be part of a member name."""
+    if not _SAFE_NAME.fullmatch(name):
+        raise ValueError(f"column {name!r} would be part of a tar member name ({name}.{ext}, "
+                         f"{why}) with format='webdataset', and such a column name may hold only "
+                         "letters, digits, '_' and '-'; rename it (for example with "
+                         ".withColumnRenamed)")
+    return f"{name}.{ext}"
+
+
+def webdataset_members(types: Mapping, options: Mapping[str, str],
+                       codecs: Mapping[str, str]) -> dict[str, str]:
+    """column -> tar member extension as the JVM writer plans them, or the ValueError it would
+    raise only once the write is planned (after the count job): a column name that must be part
+    of a member name (`<column>.txt` among several string columns, `<column>.bin` among several
+    binary ones) holding other than letters, digits, '_' and '-', or a codec that is no
+    extension. The key column is left out."""
+    key, cls = _key_and_cls(types, options)
+    exts = {n: _member_ext(n, t.simpleString(), codecs.get(n), n == cls)
+            for n, t in types.items() if n != key}
+    strings = [n for n, t in types.items() if n != key and t.simpleString() == "string"]
+    if len(strings) > 1:
+        for name in strings:
+            exts[name] = _qualified(name, "txt", "there being several string columns")
+    owners = Counter(e for e in exts.values() if e is not None)
+    owners["json"] += any(e is None for e in exts.values())  # the json member of the others
+    for name, ext in exts.items():
+        if ext is not None and owners[ext] > 1:
+            exts[name] = _qualified(name, ext, f"there being several columns written as .{ext}")
+    return {n: "json" if e is None else e for n, e in exts.items()}

@@ -18,7 +18,7 @@ import pytest
 import dsutil
 import sparkfeed
 from sparkfeed.manifest import MANIFEST_NAME, read_manifest
-from sparkfeed.write import DatasetExistsError
+from sparkfeed.write import DatasetExistsError, WriteFailedError
 
 pytestmark = pytest.mark.spark
 # Python workers must be this interpreter (the one with sparkfeed); PySpark otherwise runs
@@ -263,13 +263,19 @@ def test_failed_job_leaves_no_manifest(spark, base):
         read_manifest(str(path))
 
 
-def test_failed_overwrite_leaves_no_manifest(spark, base):
+def test_failed_overwrite_leaves_no_manifest_over_a_mix(spark, base):
+    """The UDF fails before Spark deleted the old files (in the stage before the write's
+    shuffle): the old manifest, removed first, is put back over the untouched old dataset; a
+    manifest never describes a mix of old and new files."""
     path = base / "failed_overwrite"
     sparkfeed.write(_frame(spark, 100), str(path))
     assert (path / MANIFEST_NAME).exists()
-    with pytest.raises(Exception, match="boom at row 1234"):
+    with pytest.raises(WriteFailedError,
+                       match="boom at row 1234.*the dataset that was at the path is unchanged"):
         sparkfeed.write(_failing(spark), str(path), mode="overwrite")
-    assert not (path / MANIFEST_NAME).exists()
+    assert sparkfeed.read_manifest(str(path)).num_samples == 100
+    assert sum(len(b["id"]) for b in sparkfeed.DataLoader(str(path), batch_size=50,
+                                                          columns=["id"])) == 100
 
 
 # ---------------------------------------------------------------- validation before Spark runs

@@ -96,11 +96,14 @@ public final class WebDatasetBatchWrite implements BatchWrite {
             }
         }
         try {
+            Set<String> listed = new HashSet<>();
             for (Path stray : dir.list("part-", ".tar", ".tar.idx")) {
+                listed.add(stray.getName());
                 if (!committed.contains(stray.getName())) {
                     dir.fs.delete(stray, false);
                 }
             }
+            refuseUnseenShards(shards, listed, dir.root);
             dir.deleteTemporary(jobId);
             byte[] json = ManifestWriter.toJson(ManifestWriter.manifest(layout.manifestSchema(),
                 shards, WebDatasetSource.version(), WebDatasetSource.sparkVersion()));
@@ -109,6 +112,33 @@ public final class WebDatasetBatchWrite implements BatchWrite {
             throw new UncheckedIOException("cannot commit the webdataset write to " + dir.root, e);
         }
         warnRowsWithoutMembers(withoutMembers, dir.root);
+    }
+
+    /**
+     * Fails, before the manifest is written, when a committed shard (or its index) is not in the
+     * driver's listing of the root: the executors wrote where this driver does not see (a path
+     * local to one machine on a cluster), and a manifest would name shards no reader finds.
+     */
+    static void refuseUnseenShards(List<ShardInfo> shards, Set<String> listed, Path root) {
+        List<String> unseen = new ArrayList<>();
+        long rows = 0;
+        for (ShardInfo s : shards) {
+            if (!listed.contains(s.path()) || (s.index() != null && !listed.contains(s.index()))) {
+                unseen.add(s.path());
+                rows += s.numSamples();
+            }
+        }
+        if (unseen.isEmpty()) {
+            return;
+        }
+        List<String> shown = unseen.subList(0, Math.min(10, unseen.size()));
+        throw new IllegalStateException("the webdataset write to " + root + " committed "
+            + shards.size() + " shard(s), but the driver does not see " + unseen.size()
+            + " of them there (" + rows + " samples): " + String.join(", ", shown)
+            + (unseen.size() > shown.size() ? " and " + (unseen.size() - shown.size()) + " more"
+            : "") + ". The executors and the driver do not see the same files at the path (a "
+            + "path local to one machine, on a cluster?); no manifest was written. Write to "
+            + "storage every machine shares (HDFS, S3, a shared mount)");
     }
 
     /** Says how many rows wrote no sample: a tar sample exists only through its members. */

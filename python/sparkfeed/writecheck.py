@@ -1,0 +1,148 @@
+"""What `sparkfeed.write` checks around its Spark jobs: a job that fails is told as the write of
+this dataset in this format (the Spark error its cause), and the rows Spark's write tasks saw are
+counted in the write job itself (an Observation, no extra job) and compared with what the
+manifest is about to record, so a driver that cannot see what the executors wrote (a path local
+to the driver on a cluster) fails naming the dataset instead of writing a manifest short of rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+
+from . import storage
+from .errors import SparkfeedError
+
+__all__ = ["WriteFailedError", "job_failure_named", "observed_rows", "rows_written",
+           "check_rows", "restore_manifest", "left_after_failure"]
+
+log = logging.getLogger(__name__)
+
+# How long to wait for the write's observed row count once Spark returned (it arrives through
+# Spark's listener bus, normally within milliseconds); past it the count is not checked.
+_OBSERVATION_WAIT_S = 30.0
+_PART = re.compile(r"part-(\d+)-")
+
+
+class WriteFailedError(SparkfeedError):
+    """A Spark job of `sparkfeed.write` failed (a UDF raising, executors lost for good, ...), or
+    what Spark's tasks wrote is not what the driver finds at the path. The message names the
+    dataset, the format and the first line of the reason; the Spark error is its `__cause__`."""
+
+
+def reason(exc: BaseException) -> str:
+    """One line saying why a Spark job failed: a Python worker's exception line (`ValueError:
+    bad row 37`), else the first line of Spark's error that is not py4j's `An error occurred
+    while calling o123.parquet`."""
+    text = str(exc).split("JVM stacktrace:")[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "Traceback (most recent call last):" in text:
+        tail = [line for line in text.splitlines() if line.strip() and not line[0].isspace()]
+        if tail:
+            return tail[-1].strip()[:500]
+    lines = [line.lstrip(": ") for line in lines if not line.startswith("An error occurred while")]
+    return (lines[0] if lines else type(exc).__name__)[:500]
+
+
+@contextlib.contextmanager
+def job_failure_named(dataset: str, format: str, left, lost_connection):
+    """Inside: an exception from Spark (not already a SparkfeedError, and not a lost Spark
+    Connect server, `lost_connection(exc)`, told elsewhere) is a WriteFailedError naming the
+    dataset and format and saying what the path holds now (`left`, or what `left()` says)."""
+    try:
+        yield
+    except SparkfeedError:
+        raise
+    except Exception as exc:
+        if lost_connection(exc):
+            raise
+        said = left() if callable(left) else left
+        raise WriteFailedError(f"dataset {dataset!r}: the {format} write failed in Spark "
+                               f"({type(exc).__name__}: {reason(exc)}); {said}") from exc
+
+
+def restore_manifest(fs, name: str, old: bytes | None, shards) -> bool:
+    """Put the overwritten dataset's manifest `old` back at `name` when every shard it names
+    (`shards`: (path, bytes)) is still there with its size: the job failed before Spark deleted
+    the old files (a failure in a stage before the write tasks). True when it was put back."""
+    if old is None:
+        return False
+    try:
+        if not all(fs.size(path) == size for path, size in shards):
+            return False
+    except OSError:  # a shard gone: Spark had deleted the old data
+        return False
+    storage.write_atomic(fs, name, old)
+    return True
+
+
+def left_after_failure(fs, root: str, manifest: str, overwrite: bool) -> str:
+    """What the path holds after the write job failed, looked at: the old dataset (its manifest
+    there), or no dataset, Spark's (and the webdataset source's) abort having removed the part
+    files (and the old dataset's, when overwrite deleted them before writing)."""
+    fs.invalidate_cache(root)
+    if fs.exists(f"{root}/{manifest}"):
+        return ("the dataset that was at the path is unchanged (the job failed before Spark "
+                "replaced it); fix the cause and write again")
+    gone = (" The dataset that was there is gone: overwrite deletes it before writing."
+            if overwrite else "")
+    return ("no manifest was written, so the path holds no dataset (the failed job's part "
+            f"files were removed).{gone} Fix the cause and write again")
+
+
+def observed_rows(df):
+    """(`df` with a count of its rows observed, the Observation): the count comes with the job
+    that writes `df`, so it costs no job of its own."""
+    from pyspark.sql import functions as F
+
+    from .session import is_connect
+
+    if is_connect(df.sparkSession):
+        from pyspark.sql.connect.observation import Observation
+    else:
+        from pyspark.sql.observation import Observation
+    observation = Observation()
+    return df.observe(observation, F.count(F.lit(1)).alias("rows")), observation
+
+
+def rows_written(observation) -> int | None:
+    """The observed row count of the finished write, or None where Spark did not report it
+    (logged; the check is then skipped, never waited on without end)."""
+    jo = getattr(observation, "_jo", None)
+    if jo is not None:  # classic: the count arrives through the listener bus
+        deadline = time.monotonic() + _OBSERVATION_WAIT_S
+        while not jo.future().isCompleted():
+            if time.monotonic() > deadline:
+                log.warning("Spark did not report the write's row count; not compared with the "
+                            "manifest")
+                return None
+            time.sleep(0.01)
+    try:
+        return int(observation.get["rows"])
+    except Exception as exc:  # Connect without the metrics, or a Spark that lacks them
+        log.warning("Spark did not report the write's row count (%s); not compared with the "
+                    "manifest", exc)
+        return None
+
+
+def check_rows(dataset: str, format: str, written: int | None, shards, partitions: int) -> None:
+    """A WriteFailedError when the shards the driver found (`shards`: (file name, rows)) hold
+    fewer or more rows than Spark's write tasks wrote (`written`), naming those of the
+    `partitions` write tasks (0 .. partitions-1) that left no file the driver sees."""
+    found = sum(rows for _, rows in shards)
+    if shards and written in (None, found):  # Spark writes one file even of no rows
+        return
+    seen = {int(m[1]) for name, _ in shards if (m := _PART.match(name))}
+    missing = [f"part-{i:05d}-*" for i in range(partitions) if i not in seen]
+    shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+    which = (f"; write tasks without a file there: {shown} (a task given no rows writes none)"
+             if missing else "")
+    raise WriteFailedError(
+        f"dataset {dataset!r}: Spark's tasks wrote {'some' if written is None else f'{written:,}'}"
+        f" rows, but the {format} shards "
+        f"found at the path hold {found:,} ({len(shards)} files){which}. The executors and this "
+        "driver do not see the same files there (a path local to one machine, on a cluster?); "
+        "no manifest was written, and the part files found there were removed. Write to "
+        "storage every machine shares (HDFS, S3, a shared mount)")
