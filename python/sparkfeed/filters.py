@@ -338,7 +338,20 @@ def _ordered(low, high, lo: pa.Scalar, hi: pa.Scalar) -> bool:
 
 def _timestamp(text: str, type_: pa.TimestampType) -> pa.Scalar:
     """An ISO 8601 statistic as a timestamp scalar, to the nanosecond: Arrow parses it (Python's
-    `datetime` stops at microseconds, and a maximum cut short would prune rows that match)."""
+    `datetime` stops at microseconds, and a maximum cut short would prune rows that match). Text
+    with more digits than the unit holds (Python writes a millisecond value `.005000`, which Arrow
+    refused as a timestamp[ms], so columns in milliseconds never pruned) is read at microseconds
+    or nanoseconds and cast back without loss; a value finer than the unit is refused."""
+    for unit in dict.fromkeys((type_.unit, "us", "ns")):
+        try:
+            return _parsed(text, pa.timestamp(unit, type_.tz)).cast(type_)
+        except pa.ArrowInvalid as exc:
+            error = exc
+    raise error
+
+
+def _parsed(text: str, type_: pa.TimestampType) -> pa.Scalar:
+    """ISO text as a timestamp of `type_`, an offset on a zoned column taken as the instant."""
     try:
         return pa.array([text]).cast(type_)[0]
     except pa.ArrowInvalid:

@@ -105,3 +105,21 @@ def test_dates_and_times_past_pythons_years_index_and_filter_exactly(tmp_path):
         ids, stats = _ids(str(tmp_path), expr)
         assert ids == sorted(table.filter(expr)["id"].to_pylist()) != [], expr
         assert stats["row_groups_pruned"] == pruned, expr
+
+
+@pytest.mark.parametrize("zone", [None, "UTC"])
+def test_millisecond_timestamps_prune_row_groups(tmp_path, zone):
+    """A timestamp[ms] column (Java tools' TIMESTAMP_MILLIS) of values with milliseconds: its
+    statistics are ISO text with six digits (`.005000`, Python's), which Arrow refused to parse
+    at milliseconds, so no row group of such a column was ever pruned (the rows were right, the
+    reads all). Now a selective filter on the sorted column skips the row groups it rules out."""
+    start = dt.datetime(2024, 1, 1, tzinfo=None if zone is None else UTC)
+    times = [start + dt.timedelta(milliseconds=7 * i + 5) for i in range(12)]
+    table = pa.table({"id": pa.array(range(12), pa.int64()), "t": pa.array(times, pa.timestamp("ms", zone))})
+    pq.write_table(table, tmp_path / "part-0.parquet", row_group_size=3)
+    sparkfeed.index(str(tmp_path), progress=False)
+    for expr, pruned in [(pc.field("t") < times[2], 3), (pc.field("t") >= times[7], 2),
+                         (pc.field("t") == times[4], 3)]:
+        ids, stats = _ids(str(tmp_path), expr)
+        assert ids == sorted(table.filter(expr)["id"].to_pylist()) != [], expr
+        assert stats["row_groups_pruned"] == pruned, expr
