@@ -166,3 +166,26 @@ def test_a_key_in_two_places_names_the_offset_of_its_second_place(tmp_path):
         _read(root)
     assert info.value.offset == 6 * 1024
     shutil.rmtree(root)
+
+
+def test_a_shard_with_a_space_in_a_member_name_gets_no_dali_index(tmp_path, caplog):
+    """An index line's fields are split at spaces (DALI's reader, sparkfeed's): "my photo 1.jpg"
+    was written as fields "my", "photo", "1.jpg", an index DALI misreads and sparkfeed's reader
+    refused as malformed at every read. Now that shard has none (the other keeps its own), and
+    every sample is read."""
+    root = tmp_path / "ds"
+    root.mkdir()
+    for shard, keys in (("a.tar", ["my photo 1", "my photo 2"]), ("b.tar", ["plain1", "plain2"])):
+        with tarfile.open(root / shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for i, key in enumerate(keys):
+                for ext, data in (("cls", str(i).encode()), ("jpg", bytes([i]) * 50)):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    caplog.set_level("WARNING", "sparkfeed.index.tar")
+    manifest = sparkfeed.index(str(root), progress=False)
+    assert [s.index is None for s in manifest.shards] == [True, False]
+    assert "member 'my photo 1.cls' (tar offset 0) has a space in its name" in caplog.text
+    [batch] = list(sparkfeed.DataLoader(str(root), batch_size=4, columns=["key", "cls", "jpg"]))
+    assert batch["key"] == ["my photo 1", "my photo 2", "plain1", "plain2"]
+    assert batch["jpg"] == [b"\0" * 50, b"\1" * 50] * 2

@@ -95,6 +95,7 @@ class _Scan:
         self.skipped = 0  # members in no sample (`is_sample_member`)
         self.last: tarfile.TarInfo | None = None  # the last header read, for errors
         self.sparse: tarfile.TarInfo | None = None  # the first sparse member: no DALI index
+        self.spaced: tarfile.TarInfo | None = None  # the first member named with a space: no DALI index
 
     def member(self, tar, info) -> None:
         _check_member(info, self.dataset, self.shard)
@@ -119,6 +120,8 @@ class _Scan:
         self.exts_in_sample.add(ext)
         if info.issparse() and self.sparse is None:
             self.sparse = info
+        if " " in info.name and self.spaced is None:
+            self.spaced = info
         self.present[ext] = self.present.get(ext, 0) + 1
         last = ext.rsplit(".", 1)[-1].lower()
         if last in INT_EXTS or (last in TEXT_EXTS and last not in ("json", "jsn")):
@@ -197,13 +200,21 @@ def _dali_index(scan: _Scan) -> str | None:
     """The shard's DALI index (`wds2idx` v1.2: per sample, each member's extension, data offset,
     size and name), or None for a tar holding a sparse member (`tar --sparse`): its data is not
     one run of bytes at one offset, which is all an index line can say, so DALI's own reader
-    would read the wrong bytes (DALI's `wds2idx` writes such a line anyway). Without an index,
-    sparkfeed reads the shard streamed, through `tarfile`, which expands sparse members."""
+    would read the wrong bytes (DALI's `wds2idx` writes such a line anyway); or a member named
+    with a space, which an index line (fields split at spaces) cannot hold: "my photo.jpg" was
+    written as two fields, shifting the line's later ones. Without an index, sparkfeed reads the
+    shard streamed, through `tarfile`, which expands sparse members."""
     if scan.sparse is not None:
         log.warning("%s: shard %s: member %r (tar offset %d) is a sparse file: no DALI index is "
                     "written for this shard (DALI's reader cannot read such a member in place); "
                     "sparkfeed reads the shard streamed", scan.dataset, scan.shard,
                     scan.sparse.name, scan.sparse.offset)
+        return None
+    if scan.spaced is not None:
+        log.warning("%s: shard %s: member %r (tar offset %d) has a space in its name, which a DALI "
+                    "index line cannot hold (its fields are separated by spaces): no DALI index is "
+                    "written for this shard; sparkfeed reads it streamed", scan.dataset, scan.shard,
+                    scan.spaced.name, scan.spaced.offset)
         return None
     return f"{DALI_INDEX_VERSION} {len(scan.keys)}\n" + "".join(line + "\n" for line in scan.lines)
 
