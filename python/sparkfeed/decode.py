@@ -342,7 +342,9 @@ class _PilBackend:
         s = self.spec.size
         if s is not None and kind != "slice":
             h, w = t.shape[:2]
-            y0, x0 = int(draws.pos_y[i] * (h - s) + 0.5), int(draws.pos_x[i] * (w - s) + 0.5)
+            # in double precision, as DALI places its crop: float32 products rounded 11.4999998 up to
+            # 11.5, a pixel right of DALI's crop (an image turned by EXIF, whose room is not the drawn one)
+            y0, x0 = int(float(draws.pos_y[i]) * (h - s) + 0.5), int(float(draws.pos_x[i]) * (w - s) + 0.5)
             t = t[y0:y0 + s, x0:x0 + s]
         return t.flip(1) if draws.flip[i] else t
 
