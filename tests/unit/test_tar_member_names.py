@@ -189,3 +189,20 @@ def test_a_shard_with_a_space_in_a_member_name_gets_no_dali_index(tmp_path, capl
     [batch] = list(sparkfeed.DataLoader(str(root), batch_size=4, columns=["key", "cls", "jpg"]))
     assert batch["key"] == ["my photo 1", "my photo 2", "plain1", "plain2"]
     assert batch["jpg"] == [b"\0" * 50, b"\1" * 50] * 2
+
+
+def test_an_index_is_not_taken_for_a_header_whose_prefix_field_names_a_directory(tmp_path):
+    """The index check compared only the name field, and `tarfile` (so webdataset, and the
+    streamed read) reads "<prefix>/<name>": a header with prefix "evil" and the index's name was
+    delivered as key 's00000001' through the index, 'evil/s00000001' streamed."""
+    root = _dataset(tmp_path, True)
+    path = os.path.join(root, SHARD)
+    raw = bytearray(open(path, "rb").read())
+    for at in range(0, len(raw), 512):
+        if raw[at:at + 9] == b"s00000001":
+            _set_field(raw, at, 345, b"evil", 155)
+    open(path, "wb").write(raw)
+    with tarfile.open(path) as tar:
+        assert [m.name for m in tar.getmembers()][3] == "evil/s00000001.cls"
+    [batch] = list(sparkfeed.DataLoader(root, batch_size=3, columns=["key", "id"]))
+    assert batch["key"] == ["s00000000", "evil/s00000001", "s00000002"]

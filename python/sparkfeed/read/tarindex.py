@@ -11,9 +11,10 @@ members at once, (1) the members tile the archive (each header right after the p
 padded data, from byte 0; only zero blocks after the last), so no member, link or extension
 header hides between them, but for one pax extended header before a member whose records only
 say what does not change where the member is or what it holds (`_PAX_HARMLESS`: webdataset's
-`TarWriter` puts one with a fractional `mtime` before every member); (2) each header's name, size, type (regular file) and checksum say
-what the index says; (3) every name passes `storage.path_problem`; (4) a sample's members share
-its key, keys do not repeat, and every member is in a sample as webdataset groups them
+`TarWriter` puts one with a fractional `mtime` before every member); (2) each header's name
+(its ustar prefix field empty: `tarfile` reads "<prefix>/<name>"), size, type (regular file)
+and checksum say what the index says; (3) every name passes `storage.path_problem`; (4) a
+sample's members share its key, keys do not repeat, and every member is in a sample as webdataset groups them
 (`is_sample_member`; the scan leaves other members out of the index, so a shard holding any is
 streamed). Anything else (pax or GNU long-name headers, directories, damaged headers) returns
 None and the reader streams the shard with `tarfile`, whose checks and errors (naming the shard
@@ -41,6 +42,7 @@ _PAX_HARMLESS_RECORD = re.compile(rb"([1-9][0-9]*) (%s)=" % b"|".join(k.encode()
 # a pax header's data that is one such record (the usual: a fractional mtime), checked by Arrow
 _PAX_ONE_RECORD = r"^[1-9][0-9]* (?:%s)=[^\n]*\n$" % "|".join(_PAX_HARMLESS)
 _NAME = 100  # ustar name field; longer names need a prefix or an extension header (not taken here)
+_PREFIX = 345  # the ustar prefix field's first byte: `tarfile` puts a non-empty prefix before the name
 _REGULAR = (ord("0"), 0)
 # A character that `storage.path_problem` refuses anywhere in a name (control, backslash, a
 # lone surrogate: not UTF-8).
@@ -214,7 +216,8 @@ def _headers_agree(buf: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, name
         return False
     blocks = buf[:len(buf) // _BLOCK * _BLOCK].reshape(-1, _BLOCK)
     heads = blocks[starts // _BLOCK]
-    return bool((heads[:, :_NAME] == names).all() and np.isin(heads[:, 156], _REGULAR).all()
+    return bool((heads[:, :_NAME] == names).all() and not heads[:, _PREFIX].any()
+                and np.isin(heads[:, 156], _REGULAR).all()
                 and _octal_is(heads[:, 124:136], sizes, 11) and _checksums_agree(heads)
                 and (not gaps.any() or _pax_harmless(buf, blocks, (starts - gaps)[gaps > 0], gaps[gaps > 0])))
 
