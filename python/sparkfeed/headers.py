@@ -412,8 +412,10 @@ def _check_headers(enc: _Encoded, spec: ImageDecode, complete_jpeg: bool = False
     known = w >= 0
     for r in np.flatnonzero(known & (np.minimum(w, h) == 0)).tolist():
         failures.append((r, f"image is {w[r]}x{h[r]}: its header declares no pixels; refused before decoding"))
-    for r in np.flatnonzero(known & (w * h > spec.max_pixels)).tolist():
-        failures.append((r, f"image is {w[r]}x{h[r]} = {w[r] * h[r]} pixels, over "
+    # w > max_pixels // h, not w * h > max_pixels: a PNG declares up to 2**32-1 a side, and the
+    # int64 product of two such sides wrapped negative (passed on, to a bad_alloc in DALI)
+    for r in np.flatnonzero(known & (w > spec.max_pixels // np.maximum(h, 1))).tolist():
+        failures.append((r, f"image is {w[r]}x{h[r]} = {int(w[r]) * int(h[r])} pixels, over "
                             f"max_pixels={spec.max_pixels}; refused before decoding"))
     failures += _resize_bombs(w, h, known, spec)
     if spec.crop == "random_resized":  # the only geometry that is not the same on a turned image

@@ -218,3 +218,16 @@ def test_dali_never_delivers_the_scrambled_pixels_of_a_png_whose_exif_fails_its_
     res = _decode("dali", [CASES["eXIf CRC"][0], CASES["eXIf"][0]])
     assert res.ok_rows.tolist() == [1] and tuple(res.images.shape) == (1, 3, 48, 32)
     assert "eXIf chunk fails its CRC check" in res.failures[0][1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("crop", ["center", "random_resized"])
+def test_a_png_declaring_sides_near_2_32_is_refused_from_its_header(backend, crop):
+    """Two such sides multiplied in int64 wrapped negative and passed the max_pixels check: DALI
+    then failed with std::bad_alloc (an allocation of the declared size) or an assert."""
+    ihdr = struct.pack(">IIBBBBB", 0xC0000000, 0xC0000000, 8, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 8)) + _chunk(b"IEND", b"")
+    res = _decode(backend, [png, GOOD], size=16, crop=crop)
+    assert res.ok_rows.tolist() == [1]
+    assert res.failures == ((0, "image is 3221225472x3221225472 = 10376293541461622784 pixels, over "
+                                "max_pixels=89478485; refused before decoding"),)
