@@ -32,7 +32,7 @@ from ._version import __version__
 from .errors import SparkfeedError
 from .manifest import MANIFEST_NAME, Manifest, parse_manifest, read_manifest, write_manifest
 from .writecheck import (WriteFailedError, check_rows, job_failure_named, left_after_failure,
-                         observed_rows, restore_manifest, rows_written)
+                         observed_rows, restore_manifest, rows_written, warn_rows_left_out)
 from .writeoptions import SampleKeyError, check_options, webdataset_members, writer_failure
 
 __all__ = ["write", "DatasetExistsError", "OverwriteInputError", "SampleKeyError",
@@ -625,7 +625,9 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
                     fs, root, MANIFEST_NAME, overwrite), _connection_lost):
                 _save_webdataset(df, spark_path, spark_mode, dataset, samples_per_shard, codecs,
                                  options)
-            return read_manifest(dataset, storage_options)
+            manifest = read_manifest(dataset, storage_options)
+            warn_rows_left_out(dataset, count, manifest.num_samples)
+            return manifest
 
         old = _remove_old_manifest(fs, root, dataset) if mode == "overwrite" else None
         df, observation = observed_rows(df)  # counted in the write job itself

@@ -16,7 +16,7 @@ from . import storage
 from .errors import SparkfeedError
 
 __all__ = ["WriteFailedError", "job_failure_named", "observed_rows", "rows_written",
-           "check_rows", "restore_manifest", "left_after_failure"]
+           "check_rows", "restore_manifest", "left_after_failure", "warn_rows_left_out"]
 
 log = logging.getLogger(__name__)
 
@@ -146,3 +146,14 @@ def check_rows(dataset: str, format: str, written: int | None, shards, partition
         "driver do not see the same files there (a path local to one machine, on a cluster?); "
         "no manifest was written, and the part files found there were removed. Write to "
         "storage every machine shares (HDFS, S3, a shared mount)")
+
+
+def warn_rows_left_out(dataset: str, counted: int, samples: int) -> None:
+    """Logs, where the write's caller sees it (not only in Spark's driver log, which a log level
+    of ERROR hides), how many rows of a webdataset write are not in the dataset: a row whose
+    every member is null writes no tar sample."""
+    if samples < counted:
+        log.warning("dataset %r: %d of the %d rows written had every member null (no key-only "
+                    "sample can exist in a tar) and are not in the dataset; fill or drop those "
+                    "rows, or add a column written to the json member", dataset,
+                    counted - samples, counted)

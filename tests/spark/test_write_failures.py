@@ -133,3 +133,16 @@ def test_shards_the_driver_cannot_see_fail_the_write_naming_them(spark, tmp_path
     assert f"part-{partition}-" in text, (thief.taken, text)
     assert not (path / MANIFEST_NAME).exists()
     assert sorted(f for f in os.listdir(path) if f.startswith("part-")) == [], "a partial dataset"
+
+
+def test_webdataset_rows_with_every_member_null_are_counted_where_the_caller_sees_it(
+        spark, tmp_path, caplog):
+    """Such rows write no tar sample; only the JVM's driver log said so (hidden at log level
+    ERROR), and write() returned a manifest short of rows without a word."""
+    df = spark.createDataFrame([("a", None, None), ("b", b"x", None), ("c", None, "t")],
+                               "key string, img binary, cap string")
+    with caplog.at_level("WARNING", logger="sparkfeed.writecheck"):
+        m = sparkfeed.write(df, str(tmp_path / "wds"), format="webdataset")
+    assert m.num_samples == 2
+    said = [r.getMessage() for r in caplog.records if "every member null" in r.getMessage()]
+    assert said and f"dataset {str(tmp_path / 'wds')!r}: 1 of the 3 rows" in said[0]
