@@ -2,7 +2,8 @@
 The stall is seen when the socket is silent for the client's read time-out; a read-ahead fetch
 that timed out is not retried ahead: the reader reads the shard in place with its own retries,
 so a server that stays stalled costs one retry budget (before: the read-ahead's 8 time-outs,
-then 8 more in place), and one that stalls once costs one time-out. Real server on 127.0.0.1."""
+then 8 more in place, and as many for the shard's index), and one that stalls once costs one
+time-out. Real server on 127.0.0.1."""
 
 import http.server
 import os
@@ -21,10 +22,10 @@ FAST = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_read
 
 
 class _StallingServer:
-    """Serves `root`; the first `stalls` GETs of each .tar send half their body, then nothing
-    until the test ends. `gets` counts each tar's GETs."""
+    """Serves `root`; the first `stalls` GETs of each file named with one of `stalling` send half
+    their body, then nothing until the test ends. `gets` counts each such file's GETs."""
 
-    def __init__(self, root: str, stalls: int):
+    def __init__(self, root: str, stalls: int, stalling=(".tar",)):
         self.gets: dict[str, int] = {}
         self.release = threading.Event()
         owner = self
@@ -43,7 +44,7 @@ class _StallingServer:
 
             def _serve(self, body: bool):
                 path = os.path.join(root, self.path.lstrip("/"))
-                if body and path.endswith(".tar"):
+                if body and path.endswith(tuple(stalling)):
                     owner.gets[self.path] = owner.gets.get(self.path, 0) + 1
                     if owner.gets[self.path] <= stalls and os.path.isfile(path):
                         return self._stall(path)
@@ -91,7 +92,7 @@ def quick_retries(monkeypatch):
 def test_a_server_that_stays_stalled_costs_one_retry_budget(tmp_path, monkeypatch, quick_retries, direct, index):
     monkeypatch.setattr(httpranges, "DIRECT", direct)
     dsutil.write_tar(str(tmp_path / "wds"), dsutil.table(200, image_bytes=64), 100, index=index)
-    server = _StallingServer(str(tmp_path), stalls=10**6)
+    server = _StallingServer(str(tmp_path), stalls=10**6, stalling=(".tar", ".idx"))
     try:
         loader = sparkfeed.DataLoader(f"{server.url}/wds", batch_size=50, storage_options=FAST)
         with pytest.raises(ShardReadError, match="storage kept failing") as info:
@@ -99,6 +100,8 @@ def test_a_server_that_stays_stalled_costs_one_retry_budget(tmp_path, monkeypatc
         shard = info.value.shard
         # the read-ahead's one request, then the reader's 8 attempts (before: 8 ahead, then 8 more)
         assert server.gets[f"/wds/{shard}"] <= 9, server.gets
+        # a stalled index: asked once, then the tar streamed (before: 8 ahead, 8 more in place)
+        assert all(n == 1 for p, n in server.gets.items() if p.endswith(".idx")), server.gets
     finally:
         server.close()
 

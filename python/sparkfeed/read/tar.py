@@ -418,21 +418,24 @@ class TarReader(Reader):
         fs, base = self.ctx.indexes
         return fs, storage.join(base, shard.index, self.ctx.dataset)
 
-    def _read_index(self, unit: WorkUnit, where: tuple) -> str | None:
-        """The index's text, or None (missing or unreadable: the shard is streamed instead)."""
+    def _read_index(self, unit: WorkUnit, where: tuple) -> str:
+        """The index's text, or "" (missing or unreadable: the shard is streamed instead, and the
+        index is not read again: read ahead, it is not fetched again in place). A time-out is not
+        retried (`_ahead_fetch`): the tar, streamed, has the whole retry budget."""
         fs, path = where
         try:
-            return storage.read_bytes(fs, path).decode("utf-8")
+            return _ahead_fetch(path, functools.partial(fs.cat_file, path), "reading the index",
+                                "streaming the tar").decode("utf-8")
         except Exception as exc:  # an index is only a short cut: any failure means streaming
             log.info("%s: shard %s: its index %s cannot be read (%s: %s); streaming the tar",
                      self.ctx.dataset, unit.path, redact(path), type(exc).__name__, redact(exc))
-            return None
+            return ""
 
     def _parse_index(self, unit: WorkUnit, text: str | None) -> tarindex.Index | None:
         """The shard's index parsed and checked; None when it is missing or malformed, or names
         unsafe members: the shard is then streamed."""
-        index = None if text is None else tarindex.Index.parse(text, split_name, MAX_MEMBER_BYTES)
-        if text is not None and index is None:
+        index = None if not text else tarindex.Index.parse(text, split_name, MAX_MEMBER_BYTES)
+        if text and index is None:
             log.info("%s: shard %s: its index is malformed or names unsafe members; streaming "
                      "the tar", self.ctx.dataset, unit.path)
         return index
@@ -814,7 +817,7 @@ def _piece_spans(index_text, pieces: tuple, size: int) -> dict:
     from its index text (`index_text`: the future of its fetch; queued once that is done,
     `storage.After`)."""
     text = index_text.result() if index_text is not None else None
-    return {} if text is None else tarindex.window_ranges(text, pieces, size)
+    return {} if not text else tarindex.window_ranges(text, pieces, size)
 
 
 def _parse_text(index_text) -> tarindex.Index | None:
@@ -822,7 +825,7 @@ def _parse_text(index_text) -> tarindex.Index | None:
     fetch; queued once that is done, `storage.After`); None when there is none or it does not
     parse."""
     text = index_text.result()
-    return None if text is None else tarindex.Index.parse(text, split_name, MAX_MEMBER_BYTES)
+    return None if not text else tarindex.Index.parse(text, split_name, MAX_MEMBER_BYTES)
 
 
 def _fetch_rows(fs, path: str, size: int, spans, window: tuple[int, int]):
@@ -841,22 +844,22 @@ class _Stalled(Exception):
     fails at once and the reader reads the bytes in place (`_ahead_fetch`)."""
 
 
-def _ahead_fetch(path: str, fetch):
-    """A read-ahead fetch, transient failures retried (`storage.with_retries`) except a time-out
-    (a server silent for the client's whole time-out, 30 s by default): the reader then reads
-    the bytes in place at once, with retries of its own. Retried here too, a stalled server cost
-    the whole retry budget twice (8 time-outs ahead, then 8 in place: 37 s with a 0.3 s time-out,
-    over 8 minutes with the default) before an error, and a stall of the big read-ahead request
-    alone 8 time-outs before the fallback."""
+def _ahead_fetch(path: str, fetch, what: str = "reading ahead", instead: str = "the reader reads it in place"):
+    """A fetch that has another way if it fails (read-ahead: the reader reads the bytes in place;
+    a shard's index: the shard is streamed), transient failures retried (`storage.with_retries`)
+    except a time-out (a server silent for the client's whole time-out, 30 s by default), after
+    which the other way is taken at once, with retries of its own. Retried here too, a stalled
+    server cost the whole retry budget again for each way (8 time-outs ahead, 8 in place: 37 s
+    with a 0.3 s time-out, over 8 minutes with the default) before an error."""
     def attempt():
         try:
             return fetch()
         except TimeoutError as exc:
-            log.warning("reading ahead %s: no answer within the storage client's time-out (%s); "
-                        "the reader reads it in place", redact(path), type(exc).__name__)
-            raise _Stalled(f"reading ahead {redact(path)}: no answer within the storage client's "
-                           f"time-out ({type(exc).__name__}: {redact(exc)}); reading it in place") from exc
-    return storage.with_retries(attempt, f"reading ahead {path}")
+            log.warning("%s %s: no answer within the storage client's time-out (%s); %s", what,
+                        redact(path), type(exc).__name__, instead)
+            raise _Stalled(f"{what} {redact(path)}: no answer within the storage client's "
+                           f"time-out ({type(exc).__name__}: {redact(exc)}); {instead}") from exc
+    return storage.with_retries(attempt, f"{what} {path}")
 
 
 # ---------------------------------------------------------------- keys against the manifest
