@@ -35,6 +35,10 @@ _FIRST_FETCH_BYTES = 2 << 20  # a reader's first fetch: about one row group, for
 _RUN_BYTES = 16 << 20  # uncompressed bytes read as one run of row groups (`read_run`): a
 # handful of runs per lane stay in memory (cache, queue), so this bounds what runs add to it
 _HEAD_SLACK = 1.25  # a first fetch's head range: its row groups' share of the file, times this
+# Pages that carry a CRC (parquet-mr, so Spark, writes one per page; pyarrow with
+# write_page_checksum=True) are checked against it: a damaged page of an uncompressed column
+# was delivered as wrong bytes without a word. Pages without one cost nothing.
+_READ_OPTIONS = {**filters.INT96_UNIT, "page_checksum_verification": True}
 _FOOTER_BYTES = 64 << 10  # a footer's fetch: the file's tail (pyarrow's own footer read); a file
 # no larger is fetched whole by it, and its row groups served from those bytes (`SharedReads.hold`)
 
@@ -87,11 +91,11 @@ class ParquetReader(Reader):
                 # read says its size; a small file's one whole fetch checks it already)
                 metadata = _fetch_footer(self.ctx.fs, path, self._size(path))[0]
             return pq.ParquetFile(self._open_input(path), metadata=metadata,
-                                  pre_buffer=remote and self._ranges, **filters.INT96_UNIT)
+                                  pre_buffer=remote and self._ranges, **_READ_OPTIONS)
         except ValueError as exc:
             if not self._no_ranges(exc):
                 raise
-            return pq.ParquetFile(self._open_input(path), metadata=metadata, **filters.INT96_UNIT)
+            return pq.ParquetFile(self._open_input(path), metadata=metadata, **_READ_OPTIONS)
 
     def _no_ranges(self, exc: BaseException) -> bool:
         """True (and whole-file reads from now on) when `exc` says the HTTP server ignored a
@@ -460,7 +464,7 @@ class ParquetReader(Reader):
         src = storage.KnownRanges(parts, size, functools.partial(storage.open_remote, self.ctx.fs, path, size))
         # no pre-buffering: it would ask for a run's chunks as one range across fetches (a copy);
         # chunk by chunk, each read is a view into the fetched bytes
-        return pq.ParquetFile(src, metadata=pf.metadata, pre_buffer=False, **filters.INT96_UNIT), src
+        return pq.ParquetFile(src, metadata=pf.metadata, pre_buffer=False, **_READ_OPTIONS), src
 
     def _chunk_bytes(self, path: str, group: int, names: list[str]) -> int:
         """Compressed bytes of the column chunks of `names` in row group `group` (what a read
