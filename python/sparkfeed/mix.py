@@ -45,6 +45,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -144,21 +145,31 @@ def shares(sizes: Sequence[int], sources: Sequence[Source]) -> list[int]:
         elif s.weight is None:
             counts[i] = sizes[i]
     if weighted:
-        total_w = sum(sources[i].weight for i in weighted)
+        w = {i: _as_written(sources[i].weight) for i in weighted}
         limits = _bounding(sources)
         for i in limits:
             if not sizes[i]:
                 raise ValueError(f"source {i} ({sources[i].path!r}) has no samples (after its filter), so "
                                  "its weight leaves no room for the others: the epoch would be empty")
-        length = min(sizes[i] * total_w / sources[i].weight for i in limits)
+        # exact: in floats, T * w_i of the bounding source fell below its size from ~6 million on
+        length = min(sizes[i] / w[i] for i in limits)  # T / (sum of the weights)
         for i in weighted:
-            share = sources[i].weight / total_w
-            counts[i] = min(math.floor(length * share + 1e-9), sizes[i]) if not sources[i].repeat \
-                else math.floor(length * share + 1e-9)
+            counts[i] = math.floor(length * w[i])
     for i, s in enumerate(sources):
         if counts[i] and not sizes[i]:
             raise ValueError(f"source {i} ({s.path!r}) has no samples (after its filter) to repeat")
     return counts
+
+
+def _as_written(weight: float) -> Fraction:
+    """A weight as an exact fraction, as the user wrote it: a float's shortest decimal (0.7 is 7/10,
+    not the binary value below it), or the simple fraction it rounds (1/3) where one with a
+    denominator up to 10^9 is as close as the float can tell."""
+    if not isinstance(weight, float):
+        return Fraction(int(weight))
+    exact = Fraction(repr(float(weight)))
+    simple = exact.limit_denominator(10 ** 9)
+    return simple if simple and abs(simple - exact) <= exact * Fraction(1, 2 ** 52) else exact
 
 
 def _bounding(sources: Sequence[Source]) -> list[int]:
