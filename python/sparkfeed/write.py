@@ -218,8 +218,22 @@ def _check_codecs(codecs, types: Mapping) -> dict[str, str]:
     return dict(codecs)
 
 
+# A URL without an authority, as Hadoop prints one: `file:/data/ds`, `hdfs:/data/ds` (the default
+# namenode). Two letters at least: `C:/x` is no scheme.
+_NO_AUTHORITY = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):(?!//)(.*)", re.DOTALL)
+
+
 def _spark_path(path: str) -> str:
-    """What Spark is given: a URL as is, a local path as an absolute file:/// URL."""
+    """What Spark is given: a URL as is, a local path as an absolute file:/// URL. Hadoop's
+    spelling without an authority is that URL with an empty one: `file:/a` is `file:///a` (and
+    `file:a` a relative local path), `hdfs:/a` is `hdfs:///a`. (Before, `file:/data/ds`, which
+    Spark itself prints, was taken for a relative local path: the dataset went to
+    `./file:/data/ds`; `hdfs:/data/ds` went there too, on the driver's disk.)"""
+    bare = _NO_AUTHORITY.fullmatch(path)
+    if bare and bare[1].lower() == "file":
+        path = bare[2]
+    elif bare and bare[2].startswith("/"):
+        return f"{bare[1]}://{bare[2]}".rstrip("/")
     if "://" in path:
         return path.rstrip("/")
     return "file://" + os.path.abspath(os.path.expanduser(path))
@@ -585,7 +599,7 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise ValueError(f"`path` should be a local path or URL, but got path={path!r}")
     spark_path = _spark_path(os.fspath(path))
-    dataset = spark_path[len("file://"):] if "://" not in os.fspath(path) else os.fspath(path)
+    dataset = os.fspath(path) if "://" in os.fspath(path) else _shown(spark_path)
     _refuse_json_root(spark_path, dataset)
     with _lost_server_named(dataset):  # from the first call to Spark on
         conf = df.sparkSession.conf

@@ -100,3 +100,19 @@ def test_paths_with_spaces_percent_hash_and_unicode_round_trip(spark, tmp_path, 
     ids = sorted(i for b in sparkfeed.DataLoader(str(path), batch_size=4, columns=["id"])
                  for i in b["id"].tolist())
     assert ids == list(range(7))
+
+
+@pytest.mark.parametrize("format", ["parquet", "webdataset"])
+def test_a_hadoop_file_url_without_authority_names_that_path(spark, tmp_path, monkeypatch, format):
+    """`file:/data/ds` (as Spark and Hadoop print a local path) was taken for a relative local
+    path: the dataset went to `./file:/data/ds` under the working directory, and the path given
+    held nothing."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    path = tmp_path / "ds"
+    m = sparkfeed.write(spark.range(5).selectExpr("cast(id as string) key", "id"),
+                        f"file:{path}", format=format)
+    assert m.num_samples == 5
+    assert os.listdir(cwd) == []
+    assert sparkfeed.read_manifest(str(path)).num_samples == 5
