@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import sparkfeed
+from sparkfeed.bench.remote import LatencyServer
 from sparkfeed.errors import ShardReadError
 
 BLOBS = [np.random.RandomState(i).bytes(300) for i in range(40)]
@@ -69,7 +70,9 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def test_a_page_failing_its_crc_over_http_is_an_error_too(tmp_path):
+@pytest.mark.parametrize("ranges", [False, True])
+def test_a_page_failing_its_crc_over_http_is_an_error_too(tmp_path, ranges):
+    """Whole files (a server without Range) and the read-ahead's fetched ranges alike."""
     root = _damaged(str(tmp_path / "www" / "ds"))
     manifest = os.path.join(root, "_sparkfeed.json")
     doc = json.load(open(manifest))
@@ -77,13 +80,20 @@ def test_a_page_failing_its_crc_over_http_is_an_error_too(tmp_path):
         shard.pop("mtime", None)
     with open(manifest, "w") as f:
         json.dump(doc, f)
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(tmp_path / "www")))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    if ranges:
+        server = LatencyServer(str(tmp_path / "www"), latency_s=0.0)
+        url, close = server.url, server.close
+    else:
+        plain = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(tmp_path / "www")))
+        threading.Thread(target=plain.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{plain.server_address[1]}"
+        close = lambda: (plain.shutdown(), plain.server_close())  # noqa: E731
     try:
         with pytest.raises(ShardReadError, match="CRC checksum verification failed") as info:
-            _read(f"http://127.0.0.1:{server.server_address[1]}/ds")
+            _read(f"{url}/ds")
         assert info.value.row_group == 1
+        got, stats = _read(f"{url}/ds", on_error="skip")
+        assert sorted(got) == [i for i in range(40) if not 10 <= i < 20] and stats["samples_skipped"] == 10
     finally:
-        server.shutdown()
-        server.server_close()
+        close()
