@@ -206,3 +206,19 @@ def test_an_index_is_not_taken_for_a_header_whose_prefix_field_names_a_directory
         assert [m.name for m in tar.getmembers()][3] == "evil/s00000001.cls"
     [batch] = list(sparkfeed.DataLoader(root, batch_size=3, columns=["key", "id"]))
     assert batch["key"] == ["s00000000", "evil/s00000001", "s00000002"]
+
+
+@pytest.mark.parametrize("index", [False, True])
+def test_a_gzipped_shard_named_tar_is_said_to_be_compressed(tmp_path, index):
+    """The reader said "corrupt or truncated tar after the member at this offset (ReadError:
+    truncated header)"; `sparkfeed.index` already said what it is."""
+    import gzip
+
+    root = _dataset(tmp_path, index)
+    path = os.path.join(root, SHARD)
+    raw = gzip.compress(open(path, "rb").read())
+    open(path, "wb").write(raw)
+    _sizes_again(root)
+    with pytest.raises(ShardReadError, match="is gzip-compressed, though named .tar") as info:
+        _read(root)
+    assert (info.value.dataset, info.value.shard) == (root, SHARD)

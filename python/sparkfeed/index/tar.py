@@ -18,7 +18,8 @@ import tarfile
 
 from .. import storage
 from ..errors import ShardReadError
-from ..read.tar import MAX_MEMBER_BYTES, StrictTarInfo, TarHeaderError, is_sample_member, parse_int, split_name
+from ..read.tar import (MAX_MEMBER_BYTES, StrictTarInfo, TarHeaderError, compressed_kind, compressed_words,
+                        is_sample_member, parse_int, split_name)
 from ..footer import json_value
 
 __all__ = ["scan_tar", "column_of", "key_column", "tar_stats", "INT_EXTS", "TEXT_EXTS", "IMAGE_CODECS", "CODECS"]
@@ -219,12 +220,6 @@ def _dali_index(scan: _Scan) -> str | None:
     return f"{DALI_INDEX_VERSION} {len(scan.keys)}\n" + "".join(line + "\n" for line in scan.lines)
 
 
-# The first bytes of the compressed streams a `.tar` may hold (`tar -czf x.tar`, TarWriter's
-# compress=True): gzip, bzip2, xz, zstd, lz4 frames.
-_COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz",
-                     b"\x28\xb5\x2f\xfd": "zstd", b"\x04\x22\x4d\x18": "lz4"}
-
-
 def _scan_error(exc: Exception, scan: _Scan, fs, full: str) -> ShardReadError:
     """The error for a tar that `tarfile` could not read, saying what it is where that can be
     told: a compressed stream named `.tar` (tarfile's words were "truncated header"), or a tar
@@ -235,11 +230,9 @@ def _scan_error(exc: Exception, scan: _Scan, fs, full: str) -> ShardReadError:
             head = fs.cat_file(full, start=0, end=6)
         except OSError:
             head = b""
-        kind = next((k for magic, k in _COMPRESSED_MAGIC.items() if head.startswith(magic)), None)
+        kind = compressed_kind(head)
         if kind:
-            return ShardReadError(f"is {kind}-compressed, though named .tar: sparkfeed reads tar members "
-                                  "in place by offset, which a compressed stream does not allow; "
-                                  "decompress it (JPEG and PNG members gain nothing from it)", **where)
+            return ShardReadError(compressed_words(kind), **where)
     elif isinstance(exc, tarfile.ReadError) and "unexpected end of data" in str(exc):
         return ShardReadError(f"the tar is cut short inside the data of member {scan.last.name!r} "
                               f"({scan.last.size} bytes from tar offset {scan.last.offset_data})",

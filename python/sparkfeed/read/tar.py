@@ -486,6 +486,9 @@ class TarReader(Reader):
                 named = self._error(unit, f"storage kept failing ({type(exc).__name__}: {exc})", where["offset"])
             if named is not None:
                 raise named from exc
+            kind = self._compressed(unit) if isinstance(exc, tarfile.ReadError) and where["offset"] == 0 else None
+            if kind is not None:
+                raise self._error(unit, compressed_words(kind)) from exc
             if isinstance(exc, (tarfile.TarError, EOFError, ValueError)):
                 raise self._error(unit, f"corrupt or truncated tar after the member at this offset "
                                   f"({type(exc).__name__}: {exc})", where["offset"]) from exc
@@ -494,6 +497,14 @@ class TarReader(Reader):
             raise self._error(unit, *_repeated_key(found))
         self.ctx.stats.add("bytes_read", found.nbytes)
         return found
+
+    def _compressed(self, unit: WorkUnit) -> str | None:
+        """The compression whose stream the shard holds (`compressed_kind` of its first bytes)."""
+        try:
+            head = self.ctx.fs.cat_file(storage.join(self.ctx.root, unit.path, self.ctx.dataset), start=0, end=6)
+        except Exception:  # noqa: BLE001 - only a better word for an error already raised
+            return None
+        return compressed_kind(head)
 
     def _read_members(self, unit: WorkUnit, wanted_members: set[str], where: dict,
                       index: tarindex.Index | None, wrong: tuple | None = None) -> tarindex.Members:
@@ -724,6 +735,24 @@ class TarReader(Reader):
     def _filter_input(self, unit: WorkUnit) -> tuple[pa.Table, bool]:
         table, ok = self._table(unit, list(self.ctx.filter_columns))
         return table.append_column("__ok_in__", pa.array(ok)), True
+
+
+# The first bytes of the compressed streams a `.tar` may hold (`tar -czf x.tar`, TarWriter's
+# compress=True): gzip, bzip2, xz, zstd, lz4 frames.
+COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz",
+                    b"\x28\xb5\x2f\xfd": "zstd", b"\x04\x22\x4d\x18": "lz4"}
+
+
+def compressed_kind(head: bytes) -> str | None:
+    """The compression whose stream starts with `head` (a file's first bytes), else None."""
+    return next((k for magic, k in COMPRESSED_MAGIC.items() if head.startswith(magic)), None)
+
+
+def compressed_words(kind: str) -> str:
+    """The error for a compressed stream named `.tar` (the index scan's and the reader's)."""
+    return (f"is {kind}-compressed, though named .tar: sparkfeed reads tar members in place by "
+            "offset, which a compressed stream does not allow; decompress it (JPEG and PNG "
+            "members gain nothing from it)")
 
 
 def _repeated_key(found: tarindex.Members) -> tuple[str, int | None]:
