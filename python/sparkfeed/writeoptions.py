@@ -26,6 +26,8 @@ _KNOWN = {"parquet": (), "webdataset": _WEBDATASET}
 # Options that are arguments of `write` itself: set them there, once.
 _ARGUMENTS = {"samplesPerShard": "samples_per_shard=", "codecs": "codecs=", "path": "path"}
 _INTEGER = re.compile(r"[+-]?[0-9]+")  # what Java's Long.parseLong takes (after trim)
+_JAVA_LONG_MAX = (1 << 63) - 1
+_JAVA_TRIM = "".join(map(chr, range(33)))  # String.trim() strips these, and no other space
 
 
 class SampleKeyError(SparkfeedError, ValueError):
@@ -65,9 +67,12 @@ def _canonical(name, format: str) -> str:
 
 def _check_value(name: str, text: str, types: Mapping) -> None:
     """A ValueError for a value the webdataset source would refuse, before any Spark job runs."""
-    if name == "maxShardBytes" and not (_INTEGER.fullmatch(text.strip()) and int(text) > 0):
-        raise ValueError(f"`options['maxShardBytes']` should be a positive integer, "
-                         f"but got maxShardBytes={text!r}")
+    trimmed = text.strip(_JAVA_TRIM)  # as the source reads it: Long.parseLong(text.trim())
+    if name == "maxShardBytes" and not (_INTEGER.fullmatch(trimmed)
+                                        and 0 < int(trimmed) <= _JAVA_LONG_MAX):
+        raise ValueError(f"`options['maxShardBytes']` should be a positive integer, but got "
+                         f"maxShardBytes={text!r} (the source reads a Java long: at most "
+                         f"{_JAVA_LONG_MAX}, only ASCII spaces and controls trimmed)")
     if name == "invalidKeys" and text.lower() not in ("error", "sanitize"):
         raise ValueError(f"`options['invalidKeys']` should be 'error' or 'sanitize', "
                          f"but got invalidKeys={text!r}")

@@ -351,6 +351,11 @@ def test_write_passes_options_to_the_webdataset_source(spark, tmp_path):
     ("webdataset", {"invalidKeys": True}, "but got invalidKeys='true'"),
     ("webdataset", {"maxShardBytes": 0}, "should be a positive integer, but got maxShardBytes='0'"),
     ("webdataset", {"maxShardBytes": 1.5}, "but got maxShardBytes='1.5'"),
+    # Refused by the JVM after the count job before: past a Java long, and a space String.trim()
+    # keeps (Python's str.strip() took it away).
+    ("webdataset", {"maxShardBytes": 2**63}, "but got maxShardBytes='9223372036854775808' (the "
+                                             "source reads a Java long: at most 9223372036854775807"),
+    ("webdataset", {"maxShardBytes": "\u2003" + "5000"}, r"but got maxShardBytes='\u20035000'"),
     ("webdataset", {"keyColumn": "label"}, "names column 'label' of type int; sample keys must be strings"),
     ("webdataset", {"keyColumn": "nope"}, "names column 'nope', which is not in the DataFrame"),
     ("webdataset", {"clsColumn": "key"}, "names column 'key' of type string"),
