@@ -188,8 +188,10 @@ def block_counts(counts: np.ndarray, blocks: int, g) -> np.ndarray:
     `#{j : (j + 1/2) / n_i < g / blocks}`, in exact integers. Shape `g.shape + (sources,)`."""
     n = np.asarray(counts, dtype=np.int64)
     g = np.asarray(g, dtype=np.int64)
+    if 2 * blocks * int(n.max(initial=0)) >= 2 ** 62:  # 2 g n past int64: in Python's integers
+        n, g = n.astype(object), g.astype(object)
     c = -((blocks - 2 * np.multiply.outer(g, n)) // (2 * blocks))  # ceil((2 g n - G) / 2G)
-    return np.clip(c, 0, n)
+    return np.clip(c, 0, n).astype(np.int64)
 
 
 def block_labels(counts: np.ndarray, blocks: int, g: int, *, seed: int, epoch: int,
@@ -208,12 +210,15 @@ def _time_order(n: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     source first), without sorting: item j of source i comes after j of its own and, of source l,
     `#{m >= 0 : (2m + 1) n_i < (2j + 1) n_l}` (`<=` for l < i), in exact integers; for j < n_i
     that count never exceeds n_l. Its numerator `(2j + 1) n_l - n_i` grows by `2 n_l` per item,
-    so it is one `arange`. The source with the most items in the block is not placed: it fills
-    the positions the others leave."""
+    so it is one `arange`, divided as quotient and remainder of the first numerator and of the
+    step (the numerators themselves pass int64 where two shares exceed about 2 billion each).
+    The source with the most items in the block is not placed: it fills the positions the
+    others leave."""
     taken = hi - lo
     fill = int(np.argmax(taken)) if len(taken) else 0
     labels = np.full(int(taken.sum()), fill, dtype=np.uint8)
     start = int(lo.sum())
+    steps = np.arange(int(taken.max(initial=0)), dtype=np.int64)
     for i in np.flatnonzero(taken):
         if i == fill:
             continue
@@ -225,7 +230,8 @@ def _time_order(n: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
                 num0 = (2 * first + 1) * nl - ni
                 # ceil(num / d) for a later source, floor(num / d) + 1 for an earlier one
                 shift = d - 1 if other > i else d
-                pos += np.arange(num0 + shift, num0 + shift + 2 * nl * count, 2 * nl, dtype=np.int64)[:count] // d
+                (q0, r0), (q1, r1) = divmod(num0 + shift, d), divmod(2 * nl, d)
+                pos += q0 + steps[:count] * q1 + (r0 + steps[:count] * r1) // d
         labels[pos] = i
     return labels
 

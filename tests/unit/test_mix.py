@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import io
 import re
+from fractions import Fraction
 
 import numpy as np
 import pyarrow as pa
@@ -110,6 +111,24 @@ def test_time_order_is_the_stable_sort_by_time(counts, blocks, data):
     labels = np.repeat(np.arange(len(n)), hi - lo)
     expected = labels[np.argsort(times, kind="stable")]
     assert block_labels(n, blocks, g, seed=0, epoch=0, shuffle=False).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("counts", [[3 * 10 ** 9, 4 * 10 ** 9], [2 ** 31, 2 ** 31 + 7, 3], [5 * 10 ** 12, 7]])
+def test_time_order_of_shares_of_billions_is_exact(counts):
+    """Unshuffled, the time order's numerators (2j + 1) n_l passed int64 where two shares exceed
+    about 2 billion each: an OverflowError halfway through the epoch (3 and 4 billion), or
+    positions that wrapped (2^31 each); and the block counts' 2 g n where blocks x share passed
+    it. Blocks of ~64 positions, so the exact sort is cheap."""
+    n = np.array(counts)
+    blocks = sum(counts) // 64
+    for g in (0, blocks // 3, blocks // 2 + 1, blocks - 1):
+        lo, hi = block_counts(n, blocks, g), block_counts(n, blocks, g + 1)
+        for c, at in ((lo, g), (hi, g + 1)):  # #{j : (j + 1/2) / n_i < g / G}, in Python's integers
+            assert c.tolist() == [min(max(0, -((blocks - 2 * at * k) // (2 * blocks))), k) for k in counts]
+        items = [(Fraction(2 * j + 1, 2 * int(k)), i) for i, (a, b, k) in enumerate(zip(lo, hi, n))
+                 for j in range(int(a), int(b))]
+        expected = [i for _, i in sorted(items)]
+        assert block_labels(n, blocks, g, seed=0, epoch=0, shuffle=False).tolist() == expected
 
 
 @pytest.mark.parametrize("sources", [(0, 1, 2), (1, 2)])  # the general gather index, and two sources'
