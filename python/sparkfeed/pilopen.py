@@ -7,9 +7,11 @@
   above 1x; it also applies to sizes a file reveals only while decoding (a TIFF's tiles).
 * `png_problem` / `png_for_pil`: a PNG's chunks judged as libpng (DALI's CPU decoder) judges
   them: a critical chunk (IHDR, PLTE, IDAT) that fails its CRC, an unknown critical chunk, or a
-  file that ends before IEND is damaged; an ancillary chunk that fails its CRC is dropped. PIL
-  checks none of the pixel data's CRCs, refuses a bad ancillary chunk before the pixels and
-  takes a file without IEND, so the same bytes got another verdict from each backend.
+  file that ends before IEND, a palette image without PLTE, pixel data inflating to less than
+  the header declares is damaged; an ancillary chunk that fails its CRC is dropped. PIL checks
+  none of the pixel data's CRCs, refuses a bad ancillary chunk before the pixels, takes a file
+  without IEND and fills missing rows with black, so the same bytes got another verdict from
+  each backend.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def _crc_ok(b: bytes, at: int, length: int) -> bool:
 def png_problem(b: bytes) -> tuple[str | None, list[tuple[int, int]]]:
     """(why libpng refuses this PNG, or None; the byte ranges of ancillary chunks it drops for a
     bad CRC). Bytes after IEND are ignored, as both decoders ignore them."""
-    dropped = []
+    dropped, seen, idats, header = [], set(), [], b""
     for kind, at, length in _chunks(b):
         if length < 0:
             return f"the PNG is cut short inside a chunk at byte {at}", dropped
@@ -95,14 +97,68 @@ def png_problem(b: bytes) -> tuple[str | None, list[tuple[int, int]]]:
         if critical and kind not in _CRITICAL:
             return f"the PNG holds an unknown critical chunk {kind!r} at byte {at - 8}", dropped
         if kind == b"IEND":  # libpng reads no further, nor IEND's own CRC
-            return None, dropped
+            return _pixel_data_problem(b, header, idats, b"PLTE" in seen), dropped
         if not _crc_ok(b, at, length):
             if kind == b"eXIf":  # (`png_exif_damage`)
                 return f"PNG chunk eXIf at byte {at - 8} fails its CRC check (damaged data)", dropped
             if critical:
                 return f"PNG chunk {kind.decode('latin-1')} at byte {at - 8} fails its CRC check (damaged data)", dropped
             dropped.append((at - 8, at + length + 4))
+            continue
+        seen.add(bytes(kind))
+        if kind == b"IHDR":
+            header = bytes(b[at:at + length])
+        elif kind == b"IDAT":
+            idats.append((at, length))
     return "the PNG ends without its IEND chunk (cut short)", dropped
+
+
+_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel of each colour type
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _raw_bytes(ihdr: bytes) -> int | None:
+    """Bytes of filtered rows the header declares, what the pixel data must inflate to (None: a
+    header PIL refuses itself)."""
+    if len(ihdr) != 13 or ihdr[9] not in _CHANNELS:
+        return None
+    w, h, depth, bits = int.from_bytes(ihdr[0:4], "big"), int.from_bytes(ihdr[4:8], "big"), ihdr[8], _CHANNELS[ihdr[9]]
+    total = 0
+    for x0, y0, dx, dy in (_ADAM7 if ihdr[12] == 1 else ((0, 0, 1, 1),)):
+        pw, ph = (w - x0 + dx - 1) // dx, (h - y0 + dy - 1) // dy
+        if pw > 0 and ph > 0:
+            total += ph * (1 + (pw * bits * depth + 7) // 8)
+    return total
+
+
+def _inflated(b, idats: list[tuple[int, int]], want: int) -> int | None:
+    """Bytes the pixel data inflates to, counted up to `want` (1 MB at a time, none kept); None
+    where it is no zlib stream (PIL says so itself)."""
+    stream, got = zlib.decompressobj(), 0
+    try:
+        for at, length in idats:
+            data = memoryview(b)[at:at + length]
+            while data and got < want and not stream.eof:
+                got += len(stream.decompress(data, 1 << 20))
+                data = stream.unconsumed_tail
+        if got < want and not stream.eof:
+            got += len(stream.flush())
+    except zlib.error:
+        return None
+    return got
+
+
+def _pixel_data_problem(b, ihdr: bytes, idats: list[tuple[int, int]], palette: bool) -> str | None:
+    """What libpng refuses in a PNG whose chunks are whole: a palette image without its palette,
+    pixel data that inflates to fewer bytes than the header declares (PIL filled the missing
+    rows with black). About 7% of PIL's decode of a 512x384 photo-like PNG."""
+    if len(ihdr) == 13 and ihdr[9] == 3 and not palette:
+        return "the palette PNG has no PLTE chunk"
+    want = _raw_bytes(ihdr)
+    got = None if want is None else _inflated(b, idats, want)
+    if got is not None and got < want:
+        return f"the PNG's pixel data holds {got} of the {want} bytes its header declares (cut short)"
+    return None
 
 
 def png_for_pil(data) -> bytes | memoryview:

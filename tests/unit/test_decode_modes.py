@@ -44,6 +44,22 @@ def _png16(a: np.ndarray, color: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")
 
 
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _interlaced(a: np.ndarray, depth: int = 8, color: int = 2) -> bytes:
+    """An Adam7-interlaced PNG (Pillow writes none): each pass's rows, filter 0."""
+    h, w = a.shape[:2]
+    raw = b""
+    for x0, y0, dx, dy in _ADAM7:
+        for row in a[y0::dy, x0::dx]:
+            if row.size:
+                raw += b"\x00" + (row.astype(">u2").tobytes() if depth == 16 else
+                                  np.packbits(row.reshape(-1) > 0).tobytes() if depth == 1 else row.tobytes())
+    ihdr = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([depth, color, 0, 0, 1])
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")
+
+
 def _exif(orientation: int) -> bytes:
     ex = Image.Exif()
     ex[0x0112] = orientation
@@ -68,6 +84,9 @@ AGREE = {  # name: bytes both backends decode to the same shape, pixels within 1
     "palette png with transparency": _save(PAL, "PNG", transparency=3),
     "16-bit gray png": _save(GRAY16, "PNG"), "16-bit rgb png": _png16(_grad(64, 48, 3, 16), 2),
     "16-bit rgba png": _png16(_grad(64, 48, 4, 16), 6), "png 5000x2": _save(Image.fromarray(_grad(5000, 2)), "PNG"),
+    "interlaced png": _interlaced(_grad(64, 48)), "interlaced png 7x9": _interlaced(_grad(7, 9)),
+    "interlaced 16-bit gray png": _interlaced(_grad(33, 17, 1, 16)[..., 0], 16, 0),
+    "interlaced 1-bit png 3x2": _interlaced(_grad(3, 2, 1)[..., 0] > 0, 1, 0),
     "bmp": _save(RGB, "BMP"), "8-bit bmp": _save(PAL, "BMP"), "1-bit bmp": _save(RGB.convert("1"), "BMP"),
     "tiff": _save(RGB, "TIFF"), "lzw tiff": _save(RGB, "TIFF", compression="tiff_lzw"), "cmyk tiff": _save(CMYK, "TIFF"),
     "16-bit tiff": _save(GRAY16, "TIFF"), "rgba tiff": _save(RGBA, "TIFF"), "palette tiff": _save(PAL, "TIFF"),

@@ -79,6 +79,13 @@ def _before_iend(png: bytes, chunk: bytes) -> bytes:
 GOOD, PAL = _png(), _png(mode="P")
 TEXT = _chunk(b"tEXt", b"Comment\x00hello")
 BAD_TEXT = TEXT[:-1] + bytes([TEXT[-1] ^ 0xFF])
+def _gray_png(rows: int, declared: int = 8, color: int = 0) -> bytes:
+    """A 16x`declared` 8-bit PNG whose pixel data (a complete zlib stream) holds `rows` rows."""
+    ihdr = (16).to_bytes(4, "big") + declared.to_bytes(4, "big") + bytes([8, color, 0, 0, 0])
+    raw = b"".join(b"\x00" + bytes(range(16)) for _ in range(rows))
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")
+
+
 EXIF = _chunk(b"eXIf", b"MM\x00*\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06"
                b"\x00\x00\x00\x00\x00\x00")  # orientation 6: turned a quarter
 BAD_EXIF = EXIF[:-1] + bytes([EXIF[-1] ^ 0xFF])
@@ -95,6 +102,10 @@ CASES = {  # name: (bytes, a bad row?)
     "no IEND": (GOOD[:-12], True),
     "no IEND after a text chunk": (_before_iend(GOOD, TEXT)[:-12], True),
     "cut inside a chunk after IDAT": (_before_iend(GOOD, TEXT)[:-12 - 5], True),
+    # PIL filled the missing rows with black; libpng: "Not enough image data"
+    "pixel data short of its rows": (_gray_png(rows=6), True),
+    "palette PNG without PLTE": (_gray_png(rows=8, color=3), True),
+    "pixel data with its rows": (_gray_png(rows=8), False),
     "text CRC before the pixels": (_before_idat(GOOD, BAD_TEXT), False),
     "text CRC after the pixels": (_before_iend(GOOD, BAD_TEXT), False),
     "IEND's CRC": (_flip_crc(GOOD, b"IEND"), False),
@@ -122,6 +133,7 @@ def test_a_png_gets_the_same_verdict_and_pixels_from_both_backends():
     reasons = dict(pil.failures)
     assert "PNG chunk IDAT at byte 33 fails its CRC check" in reasons[names.index("pixel data CRC")]
     assert "ends without its IEND chunk" in reasons[names.index("no IEND")]
+    assert "pixel data holds 102 of the 136 bytes its header declares" in reasons[names.index("pixel data short of its rows")]
 
 
 def test_a_damaged_png_is_a_counted_skip_or_an_error_naming_the_row(tmp_path):
