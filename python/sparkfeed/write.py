@@ -300,6 +300,16 @@ def _refuse_key_only(types: Mapping, options: Mapping[str, str], dataset: str) -
                          "would be written; add the columns to write (or write format='parquet')")
 
 
+def _refuse_streaming(df, dataset: str) -> None:
+    """A ValueError for a streaming DataFrame: a dataset is written once, from a batch (before,
+    the count failed with Spark's 'must be executed with writeStream.start()')."""
+    if df.isStreaming:
+        raise ValueError(f"dataset {dataset!r}: `df` is a streaming DataFrame, and sparkfeed.write "
+                         "writes a batch one; write each micro-batch as a dataset of its own, e.g. "
+                         "df.writeStream.foreachBatch(lambda b, i: sparkfeed.write(b, "
+                         "f'{root}/batch={i}')).start()")
+
+
 def _refuse_json_root(spark_path: str, dataset: str) -> None:
     """A ValueError, before any Spark job, for a dataset root whose name ends in `.json`:
     `read_manifest`, `DataLoader` and `index` take such a path for the manifest file itself (one
@@ -602,6 +612,7 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
     dataset = os.fspath(path) if "://" in os.fspath(path) else _shown(spark_path)
     _refuse_json_root(spark_path, dataset)
     with _lost_server_named(dataset):  # from the first call to Spark on
+        _refuse_streaming(df, dataset)
         conf = df.sparkSession.conf
         case_sensitive = str(conf.get("spark.sql.caseSensitive", "false")).lower() == "true"
         types = _check_columns(df.schema, format, case_sensitive)

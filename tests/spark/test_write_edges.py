@@ -116,3 +116,13 @@ def test_a_hadoop_file_url_without_authority_names_that_path(spark, tmp_path, mo
     assert m.num_samples == 5
     assert os.listdir(cwd) == []
     assert sparkfeed.read_manifest(str(path)).num_samples == 5
+
+
+def test_a_streaming_dataframe_is_refused_before_spark_runs(spark, tmp_path):
+    """A streaming DataFrame failed in the count with Spark's 'Queries with streaming sources
+    must be executed with writeStream.start()', naming no dataset and no way out."""
+    df = spark.readStream.format("rate").option("rowsPerSecond", 1).load()
+    path = tmp_path / "ds"
+    with pytest.raises(ValueError, match=r"is a streaming DataFrame.*foreachBatch"):
+        sparkfeed.write(df, str(path))
+    assert not path.exists()
