@@ -206,11 +206,15 @@ def dali_misreads(im: Image.Image, data) -> str | None:
     it, or None. Found by decoding every mode with both backends: a grayscale+alpha TIFF came
     out scrambled (its gray and alpha samples read as RGB), a CIELAB TIFF in wrong colours
     (95 levels off), a 32-bit integer TIFF and an uncompressed 1-bit TIFF failed with
-    nvImageCodec's codes; a WebP holding EXIF and lossless or alpha data failed ('#17')."""
+    nvImageCodec's codes; a WebP holding EXIF and lossless or alpha data failed ('#17'); a
+    16-bit BMP without bit masks failed ('Invalid sample_type: 0')."""
     if im.format == "TIFF":
         if im.mode in ("LA", "LAB", "I") or (im.mode == "1" and im.tag_v2.get(259, 1) == 1):
             kind = {"LA": "grayscale+alpha", "LAB": "CIELAB", "I": "32-bit integer", "1": "uncompressed 1-bit"}[im.mode]
             return f"DALI does not decode a TIFF of mode {im.mode!r} ({kind}) right"
+    if im.format == "BMP" and im.info.get("compression") == 0 and int.from_bytes(data[14:18], "little") >= 40 \
+            and int.from_bytes(data[28:30], "little") == 16:
+        return "DALI does not decode a 16-bit BMP without bit masks (X1R5G5B5)"
     if im.format == "WEBP":
         chunks = _webp_chunks(data)
         if b"EXIF" in chunks and (b"VP8L" in chunks or b"ALPH" in chunks):

@@ -66,6 +66,15 @@ def _exif(orientation: int) -> bytes:
     return ex.tobytes()  # JPEG's APP1 payload: "Exif\0\0" + the TIFF bytes
 
 
+def _bmp16(w: int = 8, h: int = 4) -> bytes:
+    """A 16-bit X1R5G5B5 BMP (BI_RGB: no bit masks; Pillow writes none)."""
+    y, x = np.mgrid[0:h, 0:w]
+    data = ((x * 4) << 10 | (y * 8) << 5 | (x + y)).astype("<u2").tobytes()
+    info = (40).to_bytes(4, "little") + w.to_bytes(4, "little") + h.to_bytes(4, "little") + \
+        (1).to_bytes(2, "little") + (16).to_bytes(2, "little") + bytes(4) + len(data).to_bytes(4, "little") + bytes(16)
+    return b"BM" + (54 + len(data)).to_bytes(4, "little") + bytes(4) + (54).to_bytes(4, "little") + info + data
+
+
 RGB, RGBA = Image.fromarray(_grad(64, 48)), Image.fromarray(_grad(64, 48, 4))
 PAL = RGB.convert("P", palette=Image.ADAPTIVE, colors=16)
 CMYK = Image.frombytes("CMYK", (64, 48), _grad(64, 48, 4).tobytes())
@@ -112,6 +121,7 @@ DALI_REFUSES = {  # name: (bytes, what DALI's header check says); PIL decodes ea
     "uncompressed 1-bit tiff": (_save(RGB.convert("1"), "TIFF"), "mode '1' (uncompressed 1-bit)"),
     "lossless webp with EXIF": (_save(RGB, "WEBP", lossless=True, exif=_exif(1)), "WebP holding EXIF"),
     "alpha webp with EXIF": (_save(RGBA, "WEBP", quality=90, exif=_exif(1)), "WebP holding EXIF"),
+    "16-bit bmp": (_bmp16(), "16-bit BMP without bit masks"),
     "gif": (GIF, "GIF is not a format DALI decodes"),
 }
 
