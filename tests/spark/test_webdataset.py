@@ -723,3 +723,17 @@ def test_a_shard_copied_over_another_of_the_same_size_is_refused(spark, tmp_path
             read(path, columns=["label"])
         loader = sparkfeed.DataLoader(str(path), batch_size=64, columns=["label"], num_workers=0, on_error="skip")
         assert sum(len(b["label"]) for b in loader) == 200 and loader.stats()["samples_skipped"] == 100
+
+
+def test_keys_made_one_by_sanitize_say_so(spark, tmp_path):
+    """"a.b" and "a b" both become "a_b" under invalidKeys=sanitize; the duplicate-key error
+    told the user to make keys unique that were unique, without a word about the sanitizing."""
+    import sparkfeed
+    from sparkfeed.write import SampleKeyError
+
+    df = spark.createDataFrame([("a.b", 1), ("a b", 2)], "key string, label int").coalesce(1)
+    path = tmp_path / "ds"
+    with pytest.raises(SampleKeyError, match=r'duplicate sample key "a_b" .*invalidKeys=sanitize '
+                                             r"replaced .* can become this one"):
+        sparkfeed.write(df, str(path), format="webdataset", options={"invalidKeys": "sanitize"})
+    assert not (path / MANIFEST).exists()

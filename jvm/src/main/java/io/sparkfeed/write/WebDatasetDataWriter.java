@@ -116,7 +116,10 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
                     + keyColumn + "\" (partition " + partitionId + ", rows " + first + " and "
                     + rowIndex + ", shard " + shardName + "): a key may appear once per shard, "
                     + "since readers group a tar's members by key; make the keys unique, or drop "
-                    + "the key column to have keys generated");
+                    + "the key column to have keys generated"
+                    + (options.sanitizeKeys ? " (invalidKeys=sanitize replaced '.', '/', '\\', "
+                    + "whitespace and control characters by '_', so distinct keys such as "
+                    + "\"a.b\" and \"a b\" can become this one)" : ""));
             }
             keyStats.add(UTF8String.fromString(key));
         }
