@@ -102,6 +102,9 @@ AGREE = {  # name: bytes both backends decode to the same shape, pixels within 1
     "group4 1-bit tiff": _save(RGB.convert("1"), "TIFF", compression="group4"),
     "multi-page tiff": _save(RGB, "TIFF", save_all=True, append_images=[RGBA.convert("RGB")]),
     "ppm": _save(RGB, "PPM"), "pgm": _save(RGB.convert("L"), "PPM"), "pbm": _save(RGB.convert("1"), "PPM"),
+    "16-bit pgm": b"P5\n3 1\n65535\n" + np.array([1000, 30000, 65535], ">u2").tobytes(),
+    "16-bit ppm": b"P6\n2 1\n65535\n" + np.array([1000, 30000, 65535, 65000, 256, 1], ">u2").tobytes(),
+    "ascii pgm": b"P2\n3 1\n255\n0 128 255\n", "ascii pbm": b"P1\n3 1\n1 0 1\n",
     "lossless webp": _save(RGB, "WEBP", lossless=True), "lossy webp": _save(RGB, "WEBP", quality=95),
     "rgba webp": _save(RGBA, "WEBP", lossless=True), "animated webp (first frame)": ANIMATED,
     "lossy webp, EXIF 6": _save(RGB, "WEBP", quality=95, exif=_exif(6)),
@@ -122,6 +125,9 @@ DALI_REFUSES = {  # name: (bytes, what DALI's header check says); PIL decodes ea
     "lossless webp with EXIF": (_save(RGB, "WEBP", lossless=True, exif=_exif(1)), "WebP holding EXIF"),
     "alpha webp with EXIF": (_save(RGBA, "WEBP", quality=90, exif=_exif(1)), "WebP holding EXIF"),
     "16-bit bmp": (_bmp16(), "16-bit BMP without bit masks"),
+    "pgm, maxval 100": (b"P5\n4 1\n100\n" + bytes([0, 33, 50, 100]), "without its maxval (100"),
+    "ascii ppm, maxval 15": (b"P3\n1 1\n15\n15 7 0\n", "without its maxval (15"),
+    "16-bit pgm, maxval 1000": (b"P5\n2 1\n1000\n" + bytes([0, 0, 3, 232]), "without its maxval (1000"),
     "gif": (GIF, "GIF is not a format DALI decodes"),
 }
 
@@ -145,6 +151,12 @@ def test_dali_refuses_what_it_decodes_wrong_or_not_at_all_and_pil_decodes_it(nam
     assert len(res.failures) == 1 and reason in res.failures[0][1]
     assert "backend='pil'" in res.failures[0][1]
     assert _decode("pil", data).failures == ()
+
+
+def test_pil_scales_a_pgm_by_its_maxval():
+    """What DALI got wrong (the refusal above), PIL gets right: white is maxval."""
+    res = _decode("pil", DALI_REFUSES["pgm, maxval 100"][0])
+    assert res.images[0, 0, 0].tolist() == [0, 84, 128, 255]
 
 
 def test_exif_turns_follow_the_pixels():
