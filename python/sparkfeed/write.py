@@ -135,8 +135,14 @@ def _check_columns(schema, format: str = "parquet", case_sensitive: bool = True)
     types = dict(leaves)
     if len(types) < len(leaves):
         twice = sorted({n for n, _ in leaves if sum(m == n for m, _ in leaves) > 1})
-        raise ValueError(f"columns {twice} are each both a column and a struct's leaf (a struct "
-                         "is delivered as its leaves, named by their path); rename one of them")
+        if any(n in names for n in twice):
+            raise ValueError(f"columns {twice} are each both a column and a struct's leaf (a "
+                             "struct is delivered as its leaves, named by their path); rename one "
+                             "of them")
+        raise ValueError(f"struct leaves {twice} are each named twice (a struct is delivered as its "
+                         "leaves, named by their path, and two fields of one struct have that "
+                         "name, or a field's name with a dot spells another's path); rename one "
+                         "of them")
     for name, dt in types.items():
         if _scalar_kind(dt) is None and not _is_list_of_numbers(dt):
             hint = ("select its fields as columns (df.select('col.*')), or write format='parquet', "

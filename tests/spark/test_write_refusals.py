@@ -89,3 +89,17 @@ def test_an_empty_struct_is_refused_before_any_spark_job(spark, tmp_path):
     assert _jobs(spark) == before
     assert not path.exists()
     assert not (path / MANIFEST_NAME).exists()
+
+
+def test_a_struct_with_two_fields_of_one_name_is_told_so(spark, tmp_path):
+    """named_struct('a', 1, 'a', 2) was refused as 'columns ['s.a'] are each both a column and a
+    struct's leaf', naming a column that does not exist."""
+    df = spark.sql("select 1 as id, named_struct('a', 1, 'a', 2) as s")
+    before = _jobs(spark)
+    with pytest.raises(ValueError, match=r"struct leaves \['s\.a'\] are each named twice .*two "
+                                         r"fields of one struct have that name"):
+        sparkfeed.write(df, str(tmp_path / "ds"))
+    assert _jobs(spark) == before
+    column = spark.sql("select 1 as `s.a`, named_struct('a', 1) as s")
+    with pytest.raises(ValueError, match=r"columns \['s\.a'\] are each both a column and a struct's"):
+        sparkfeed.write(column, str(tmp_path / "ds"))
