@@ -130,6 +130,7 @@ def spark_session(app_name: str = "sparkfeed", master: str | None = None, conf: 
     active = SparkSession.getActiveSession()
     if active is not None:
         _warn_if_jar_missing(active)
+        _apply_to_active(active, master, conf or {})
         return active
     remote = os.environ.get("SPARK_REMOTE") or (conf or {}).get("spark.remote")
     if remote:
@@ -174,6 +175,26 @@ def _remote_session(app_name: str, master: str | None, conf: dict, remote: str):
     spark = builder.getOrCreate()
     log.info("Spark %s Connect session %r on %s", spark.version, app_name, remote)
     return spark
+
+
+def _apply_to_active(spark, master: str | None, conf: dict) -> None:
+    """Set `conf` on the active session where Spark lets a running session change it (runtime
+    SQL settings, as Spark's own getOrCreate does), and log a warning naming what cannot apply
+    (`master`, static and core settings that differ). Before, both were ignored without a word."""
+    ignored = []
+    for key, value in conf.items():
+        if spark.conf.get(key, None) == str(value):
+            continue
+        try:
+            spark.conf.set(key, str(value))
+        except Exception:  # static or core configuration: fixed once the session started
+            ignored.append(key)
+    running = None if is_connect(spark) else spark.sparkContext.master
+    if master is not None and running is not None and master != running:
+        ignored.insert(0, f"master={master!r} (it runs on {running!r})")
+    if ignored:
+        log.warning("a Spark session is already active, so spark_session() returns it without "
+                    "%s; stop it first (spark.stop()) to start one with them", ", ".join(ignored))
 
 
 def _warn_if_jar_missing(spark) -> None:
