@@ -382,14 +382,24 @@ def guarantee(stats: Mapping[str, ColumnStats], types: Mapping[str, pa.DataType]
         lo, hi = _scalar(s.min, types.get(name)), _scalar(s.max, types.get(name))
         if lo is None or hi is None or not _ordered(s.min, s.max, lo, hi):
             continue
-        term = (field >= lo) & (field <= hi)
-        if s.null_count is None or s.null_count > 0:
-            term = term | field.is_null()
-        terms.append(term)
+        terms += _range(field, lo, hi, s.null_count is None or s.null_count > 0)
     result = pc.scalar(True)
     for term in terms:
         result = result & term
     return result
+
+
+def _range(field: pc.Expression, lo: pa.Scalar, hi: pa.Scalar, nulls: bool) -> list[pc.Expression]:
+    """Terms saying `lo <= field <= hi` (or null, with `nulls`), in the forms pyarrow's simplifier
+    reads: each bound alone "or null" (it ignored `(lo <= x <= hi) | is_null(x)`, so one null in
+    a row group kept it from every comparison's pruning), and `x == v` where min = max (a Hive
+    partition's value: only so does `x != v` rule it out). Not for floats: their min = max = 0.0
+    may hold -0.0, which Arrow's simplifier would replace (`1 / x`)."""
+    if lo.equals(hi) and not pa.types.is_floating(lo.type):
+        terms = [field == lo]
+    else:
+        terms = [field >= lo, field <= hi]
+    return [t | field.is_null() for t in terms] if nulls else terms
 
 
 _FS = pa.fs.LocalFileSystem()
@@ -416,6 +426,8 @@ def select_may_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, Col
     variants = [frozenset(c for bit, c in enumerate(kept) if mask >> bit & 1)
                 for mask in range(1 << len(kept))]
 
+    dropped |= _cast_is_in(expr, schema, types)
+
     def fragments(ignored: frozenset) -> list:
         return _fragments(items, types, variants, dropped | ignored)
     return sorted({int(f.path) for f in _reasoned(fragments, expr, schema, types, items)})
@@ -438,9 +450,23 @@ def select_all_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, Col
         return []
     variants = [frozenset(c for bit, c in enumerate(floats) if mask >> bit & 1)
                 for mask in range(1 << len(floats))]
-    may_fail = {int(f.path) for f in _reasoned(lambda ignored: _fragments(items, types, variants, ignored),
+    cast = _cast_is_in(expr, named, types)
+    may_fail = {int(f.path) for f in _reasoned(lambda ignored: _fragments(items, types, variants, ignored | cast),
                                                 ~expr | expr.is_null(), named, types, items)}
     return [i for i in range(len(items)) if i not in may_fail]
+
+
+_IS_IN = re.compile(r"is_in\((.*?), \{value_set=(.*?):\[")
+
+
+def _cast_is_in(expr: pc.Expression, schema: Sequence[Column], types: Mapping[str, pa.DataType]) -> frozenset:
+    """The float columns an `is_in` of another type reads (`pc.field("f32").isin([0.1])`): Arrow
+    casts the value set to the column's type (0.1 becomes float32's 0.100000001) and matches, but
+    pyarrow's simplifier compared the uncast 0.1 with the float32 bounds and pruned the row group
+    holding it, a silent loss. Their statistics are left out of pruning."""
+    found = _IS_IN.findall(str(expr))
+    return frozenset(c.name for c in schema if types.get(c.name) is not None and pa.types.is_floating(types[c.name])
+                     and any(c.name in arg and kind != str(types[c.name]) for arg, kind in found))
 
 
 def _fragments(items: Sequence[tuple[Mapping[str, ColumnStats], int]], types: Mapping[str, pa.DataType],

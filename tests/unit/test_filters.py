@@ -280,7 +280,7 @@ def four_groups(tmp_path_factory):
     (pc.field("v") <= 1, {0, 1}),                       # 2 and 3 pruned
     (pc.field("v") >= 1, {1, 2, 3}),
     (pc.field("v") != 1, {0, 2, 3}),                    # (1 is counted: no row passes)
-    ((pc.field("v") == 1) | (pc.field("v") == 2), set()),  # no equality derived: counted, filtered
+    ((pc.field("v") == 1) | (pc.field("v") == 2), {1, 2}),  # min = max: an equality (2 and 3 pruned)
     (pc.field("n") >= 0, {0, 1, 2}),                    # the last holds a null: the filter drops it
     (pc.field("n").is_null(), set()),                   # one null row in the last: read and filtered
     (pc.field("f") < 100.0, set()),                     # a float may be NaN, which min and max leave out
