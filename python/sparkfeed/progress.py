@@ -16,7 +16,8 @@ received; `rank_state` turns it into the plain dict `DataLoader.state_dict()` re
 Another batch size than the state's (`batch_size`, recorded in the state) changes only how the
 positions left are cut: in the same world size each rank takes its own rest in batches of the new
 size, re-split over its workers (`_own_rebatched`; with `drop_last`, every rank the same number of
-full batches); in another world size the pooled rest is split in batches of the new size, as above.
+full batches: from every rank's states saved at different steps, the pooled rest re-split); in
+another world size the pooled rest is split in batches of the new size, as above.
 
 Anything else (one rank's state loaded in a world of another size, or on another rank; a list
 missing a rank) would lose or repeat samples, so it is a `ValueError` naming what to pass.
@@ -226,9 +227,15 @@ def resume_lanes(state, *, rank: int, world_size: int, workers: int, unit: int, 
 
 def _own_rebatched(own: dict, states: list[dict], workers: int, unit: int, drop_last: bool) -> Lanes:
     """A rank's own rest in batches of the new size `unit`, over its workers; with `drop_last`, as
-    many full batches as the smallest rest in `states` holds, so no rank waits for another under DDP."""
+    many full batches as the smallest rest in `states` holds, so no rank waits for another under DDP.
+    Every rank's states with rests of different sizes (saved at different steps) are pooled and
+    re-split instead, as in another world size: cut to the smallest rest, they lost all but it."""
+    rests = [partition.normalise(st["remaining"]) for st in states]
+    if drop_last and len({partition.total(r) for r in rests}) > 1:
+        pooled = partition.normalise([s for r in rests for s in r])
+        mine = partition.split_ranks(pooled, own["world_size"], unit, drop_last)[own["rank"]]
+        return partition.split_workers(mine, workers, unit)
     mine = partition.normalise(own["remaining"])
     if drop_last:
-        keep = min(partition.total(partition.normalise(st["remaining"])) for st in states) // unit * unit
-        mine = partition.take(mine, 0, keep)
+        mine = partition.take(mine, 0, partition.total(mine) // unit * unit)
     return partition.split_workers(mine, workers, unit)

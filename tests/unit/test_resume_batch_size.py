@@ -289,3 +289,23 @@ def test_a_ddp_resume_with_another_batch_size(pq_path, tmp_path):
     assert state == ranks[1]["state"] and state["batch_size"] == 20
     alone = resume(pq_path, lambda r: state, 1, 0, 45, shuffle=True, seed=6, drop_last=True)
     check_rest(seen, alone, 45, True, dropped_before=2 * 20)
+
+
+def test_every_ranks_states_saved_at_different_steps_lose_less_than_a_round_with_drop_last(pq_path):
+    """The list of every rank's state, the same world size, another batch size, drop_last: ranks
+    that saved at different steps (rank 1 before its first batch, rank 2 at the end of its share)
+    had each rank cut its own rest down to the smallest rest, 0, and the whole rest (300 of 600)
+    was dropped; now the rest is pooled and re-split, fewer than world x batch size dropped.
+    Found by tests/unit/test_epoch_properties.py."""
+    seen, states = [], []
+    for r, stop in enumerate([2, 0, 4]):  # 3 ranks x 4 batches of 50 (600 samples)
+        L = sparkfeed.DataLoader(pq_path, batch_size=50, rank=r, world_size=3, columns=COLS, drop_last=True)
+        L.set_epoch(1)
+        it = iter(L)
+        for _ in range(stop):
+            seen += next(it)["id"].tolist()
+        states.append(plain(L.state_dict()))
+        it.close()
+    rest = resume(pq_path, lambda r: states, 3, 0, 30, drop_last=True)
+    check_rest(seen, rest, 30, drop_last=True)
+    assert N - len(seen) - sum(len(b) for batches in rest for b in batches) < 3 * 30
