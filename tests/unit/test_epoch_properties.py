@@ -278,12 +278,12 @@ def check_shares(case: Case, seq: list, counts: list[int]):
                 part = mine[k:k + sizes[i]]
                 assert len(set(part)) == len(part) and (len(part) < sizes[i] or set(part) == allowed), \
                     f"source {i}: pass {k // sizes[i]} is not one pass over the source"
+    # the tolerance, of the weighted sources' samples (the epoch's, when every source is weighted)
     weighted = [i for i, s in enumerate(case.sources) if s.weight is not None]
-    n = len(seq)
-    if n and len(weighted) == len(case.sources):
-        total = sum(weight(s.weight) for s in case.sources)
-        for i in weighted:
-            assert abs(Fraction(counts[i], n) - weight(case.sources[i].weight) / total) <= Fraction(len(counts), n)
+    n = sum(counts[i] for i in weighted)
+    total = sum(weight(case.sources[i].weight) for i in weighted)
+    for i in weighted if n else ():
+        assert abs(Fraction(counts[i], n) - weight(case.sources[i].weight) / total) <= Fraction(len(weighted), n)
 
 
 def check_order(case: Case, ref, seq: list, counts: list[int], what: str):
@@ -371,15 +371,54 @@ def check_resume(case: Case, got: list[list], what: str):
     """Stop every rank after k batches, save, and load into fresh loaders, once or twice: the same
     settings give the rest exactly; another batch size or worker count (one's own state), or
     another world size (every rank's states), the samples not yet delivered, each once."""
+    r, drop_last = case.r, case.kw["drop_last"]
+    ks, states, same_k = interrupt(case, got, what)
+    whole = collections.Counter(flat(flat(got)))
+    seen = collections.Counter(flat(flat(b[:k] for b, k in zip(got, ks))))
+    left, dropped_at_most = whole - seen, 0
+    own = [collections.Counter(flat(b[k:])) for b, k in zip(got, ks)]  # each rank's rest
+    at = (case.world, case.workers, case.kw["batch_size"])
+    hops = r.choice([1, 1, 2])
+    for hop in range(hops):
+        mode = r.choice(["batch", "workers", "world"])
+        world, workers, B = at
+        to = (r.choice([1, 2, 3, 4]) if mode == "world" else world,
+              r.choice([0, 1, 3]) if mode != "batch" else workers,
+              r.choice([1, 2, 3, 7, 64]) if mode != "workers" else B)
+        note = f"{what}: hop {hop} ({mode}: world {to[0]}, workers {to[1]}, batch {to[2]})"
+        per_rank, states, stops = resume_hop(case, states if mode == "world" else None, states, to,
+                                             hop == hops - 1, note)
+        if hop == 0 and mode == "world" and to == at:  # every rank's states, as they were: own order
+            for rank, batches in enumerate(per_rank):
+                assert batches == got[rank][ks[rank]:ks[rank] + len(batches)], f"{note}: rank {rank}'s order"
+        now = collections.Counter(flat(flat(per_rank)))
+        assert not now - left, f"{note}: delivered what was delivered before (or never in the epoch)"
+        own = own_rests(own if mode != "world" else None, per_rank, drop_last or hop < hops - 1, note)
+        if drop_last:
+            assert all(len(b) == to[2] for bs in per_rank for b in bs), f"{note}: a short batch under drop_last"
+            if hop == hops - 1 and (mode == "world" or same_k):
+                assert len({len(bs) for bs in per_rank}) == 1, f"{note}: ranks got {[len(b) for b in per_rank]}"
+            dropped_at_most += to[0] * to[2] - 1
+        left, seen = left - now, seen + now
+        at, same_k = to, len(set(stops)) == 1
+    if drop_last:
+        assert sum(left.values()) <= dropped_at_most, f"{what}: dropped {sum(left.values())}"
+    else:
+        assert not left, f"{what}: lost {sorted(left.elements())[:10]} after resuming"
+    assert not seen - whole, f"{what}: delivered twice"
+
+
+def interrupt(case: Case, got: list[list], what: str) -> tuple[list[int], list[dict], bool]:
+    """Each rank stopped after k of its batches (one k for every rank, or each its own) with its
+    state saved inside the loop (which then stops or goes on) or after it: (the k's, the states,
+    whether they share one k). Where drawn, the state resumed with the same settings."""
     r = case.r
-    B, drop_last = case.kw["batch_size"], case.kw["drop_last"]
     same_k = r.random() < 0.5
     k0 = r.randint(0, max(len(b) for b in got))
-    seen, states, own, ks = [], [], [], []
+    ks, states = [], []
     for rank, batches in enumerate(got):
         k = min(k0, len(batches)) if same_k else r.randint(0, len(batches))
         L = case.loader(rank, case.world, case.workers, persistent_workers=case.persistent)
-        on = False
         if r.random() < 0.5:  # saved inside the loop, which then goes on or stops
             on = r.random() < 0.5
             out = deliver(L, case.epoch, stop=k, save=states, on=on)
@@ -390,73 +429,61 @@ def check_resume(case: Case, got: list[list], what: str):
                 L.set_epoch(case.epoch)
             states.append(L.state_dict())
             assert out == batches[:k], f"{what}: rank {rank}, interrupted run"
-        head = batches[:k]
         check_stats(L, flat(out), len(case.sources), not case.plain, f"{what}: rank {rank} stopped after {k}")
-        seen += flat(head)
-        own.append(collections.Counter(flat(batches[k:])))
         ks.append(k)
-        if r.random() < 0.5:  # the same settings: the same batches in the same order
-            R = case.loader(rank, case.world, case.workers, persistent_workers=case.persistent)
-            R.load_state_dict(states[-1])
-            if r.random() < 0.5:
-                R.set_epoch(case.epoch)  # the usual loop after a restart keeps the loaded state
-            n = len(R)
-            rest = deliver(R)
-            assert rest == batches[k:] and n == len(rest), f"{what}: rank {rank}, resumed after {k}"
-            if r.random() < 0.3:  # then the next epoch, whole
-                fresh = deliver(case.loader(rank, case.world, case.workers), case.epoch + 1)
-                assert deliver(R, case.epoch + 1) == fresh, f"{what}: rank {rank}, the epoch after a resumed one"
-    whole = collections.Counter(flat(flat(got)))
-    left = whole - collections.Counter(seen)
-    world, workers, hops, dropped_at_most = case.world, case.workers, r.choice([1, 1, 2]), 0
-    for hop in range(hops):
-        mode = r.choice(["batch", "workers", "world"])
-        B2 = r.choice([1, 2, 3, 7, 64]) if mode != "workers" else B
-        W2 = r.choice([0, 1, 3]) if mode != "batch" else workers
-        world2 = r.choice([1, 2, 3, 4]) if mode == "world" else world
-        last = hop == hops - 1
-        note = f"{what}: hop {hop} ({mode}: batch {B2}, workers {W2}, world {world2})"
-        delivered, per_rank, new_states, stops = [], [], [], []
-        for rank in range(world2):
-            R = case.loader(rank, world2, W2, batch_size=B2)
-            R.load_state_dict(states if mode == "world" else states[rank])
-            n = len(R)
-            stop = None if last else r.randint(0, n)
-            batches = deliver(R, stop=stop) if stop != 0 else []
-            if last:
-                assert n == len(batches), f"{note}: len() {n}, delivered {len(batches)}"
-            check_stats(R, flat(batches), len(case.sources), not case.plain, note)
-            new_states.append(R.state_dict())
-            per_rank.append(batches)
-            stops.append(stop)
-            delivered += flat(batches)
-        if hop == 0 and mode == "world" and (world2, W2, B2) == (world, workers, B):
-            for rank, batches in enumerate(per_rank):  # every rank's states, as it was: its own order
-                assert batches == got[rank][ks[rank]:ks[rank] + len(batches)], f"{note}: rank {rank}'s order"
-        got_now = collections.Counter(delivered)
-        assert not got_now - left, f"{note}: delivered what was delivered before (or never in the epoch)"
-        if own is not None and mode != "world":  # each rank cuts its own rest
-            for rank, batches in enumerate(per_rank):
-                mine = collections.Counter(flat(batches))
-                assert not mine - own[rank], f"{note}: rank {rank} delivered another rank's samples"
-                assert mine == own[rank] or drop_last or not last, f"{note}: rank {rank} lost samples"
-                own[rank] -= mine
-        else:
-            own = None
-        if drop_last:
-            assert all(len(b) == B2 for bs in per_rank for b in bs), f"{note}: a short batch under drop_last"
-            if last and (mode == "world" or same_k):
-                assert len({len(bs) for bs in per_rank}) == 1, \
-                    f"{note}: ranks got {[len(b) for b in per_rank]} batches"
-        left -= got_now
-        dropped_at_most += world2 * B2 - 1 if drop_last else 0
-        seen += delivered
-        states, world, workers, B, same_k = new_states, world2, W2, B2, len(set(stops)) == 1
-    if drop_last:
-        assert sum(left.values()) <= dropped_at_most, f"{what}: dropped {sum(left.values())}"
-    else:
-        assert not left, f"{what}: lost {sorted(left.elements())[:10]} after resuming"
-    assert collections.Counter(seen) - whole == collections.Counter(), f"{what}: delivered twice"
+        if r.random() < 0.5:
+            check_same_settings(case, rank, batches, k, states[-1], f"{what}: rank {rank}, resumed after {k}")
+    return ks, states, same_k
+
+
+def check_same_settings(case: Case, rank: int, batches: list, k: int, state: dict, what: str):
+    """The same settings: the same batches in the same order (also after `set_epoch` of the loaded
+    epoch, the usual loop after a restart), and then the next epoch whole."""
+    r = case.r
+    R = case.loader(rank, case.world, case.workers, persistent_workers=case.persistent)
+    R.load_state_dict(state)
+    if r.random() < 0.5:
+        R.set_epoch(case.epoch)
+    n = len(R)
+    rest = deliver(R)
+    assert rest == batches[k:] and n == len(rest), what
+    if r.random() < 0.3:
+        fresh = deliver(case.loader(rank, case.world, case.workers), case.epoch + 1)
+        assert deliver(R, case.epoch + 1) == fresh, f"{what}: the epoch after"
+
+
+def resume_hop(case: Case, every: list | None, own: list, to: tuple, last: bool, note: str):
+    """Every rank of world `to` = (world, workers, batch) loads every rank's states (`every`) or
+    its own, and delivers its rest (stopping at a drawn batch unless `last`, and saving there):
+    (batches per rank, states, where each stopped)."""
+    world, workers, B = to
+    per_rank, states, stops = [], [], []
+    for rank in range(world):
+        R = case.loader(rank, world, workers, batch_size=B)
+        R.load_state_dict(every if every is not None else own[rank])
+        n = len(R)
+        stop = None if last else case.r.randint(0, n)
+        batches = deliver(R, stop=stop) if stop != 0 else []
+        assert not last or n == len(batches), f"{note}: len() {n}, delivered {len(batches)}"
+        check_stats(R, flat(batches), len(case.sources), not case.plain, note)
+        states.append(R.state_dict())
+        per_rank.append(batches)
+        stops.append(stop)
+    return per_rank, states, stops
+
+
+def own_rests(own: list | None, per_rank: list, partial: bool, note: str) -> list | None:
+    """In the same world size each rank cuts its own rest: it delivers none of another's (and,
+    unless `partial`, all of its own); what is left of each rank's rest, or None after a hop
+    into another world size."""
+    if own is None:
+        return None
+    for rank, batches in enumerate(per_rank):
+        mine = collections.Counter(flat(batches))
+        assert not mine - own[rank], f"{note}: rank {rank} delivered another rank's samples"
+        assert partial or mine == own[rank], f"{note}: rank {rank} lost samples"
+        own[rank] -= mine
+    return own
 
 
 # ---------------------------------------------------------------- the configurations, and what they found
