@@ -8,6 +8,7 @@ import os
 import shutil
 import tarfile
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -446,3 +447,50 @@ def test_webdataset_tarwriter_shards_are_read_through_their_index(tmp_path, capl
            for k, c in zip(b["key"], b["cls"].tolist())]
     assert got == [(f"s{s}_{i:03d}", s * 100 + i) for s in range(2) for i in range(50)]
     assert "does not match its index" not in caplog.text
+
+
+# ------------------------------------------------------------------ header fields tarfile refuses
+
+def _field(width: int):
+    """Bytes of a tar numeric field: as writers write it, or anything."""
+    return st.one_of(st.integers(0, 8**(width - 1) - 1).map(lambda v: b"%0*o\0" % (width - 1, v)),
+                     st.integers(0, 8**(width - 2) - 1).map(lambda v: b"%0*o \0" % (width - 2, v)),
+                     st.just(b"\0" * width), st.binary(min_size=width, max_size=width),
+                     st.lists(st.sampled_from(b"0127 \0x8+_o\x80\xff"), min_size=width, max_size=width).map(bytes))
+
+
+@BOUNDED
+@given(st.lists(st.tuples(_field(8), _field(8), _field(8), _field(12), _field(8), _field(8)), min_size=1, max_size=5),
+       st.binary(min_size=512, max_size=512))
+def test_numeric_fields_are_taken_where_tarfile_parses_them(rows, filler):
+    """`_numbers_parse` (word masks, then per-byte runs, then `tarfile.nti`) answers as tarfile
+    does for mode, uid, gid, mtime and the device numbers, whatever their bytes."""
+    heads = []
+    for mode, uid, gid, mtime, major, minor in rows:
+        head = bytearray(filler)
+        head[100:124] = mode + uid + gid
+        head[124:136] = b"%011o\0" % 3
+        head[136:148] = mtime
+        head[329:345] = major + minor
+        heads.append(bytes(head))
+    arr = np.frombuffer(b"".join(heads), dtype=np.uint8).reshape(len(heads), 512)
+    assert tarindex._numbers_parse(arr) == all(tarindex._tarfile_parses(row) for row in arr)
+
+
+@pytest.mark.parametrize("field, value", [(100, b"x"), (108, b"x"), (116, b"9"), (136, b"x"),
+                                          (329, b"x"), (337, b"1 2")])
+def test_a_header_tarfile_refuses_is_refused_through_the_index_too(copy_of, field, value):
+    """The index check left mode, ids, mtime and device numbers unread: a header whose mode is
+    "x" (tarfile: "invalid header") was delivered through the index and refused streamed."""
+    root = copy_of
+    path = os.path.join(root, "shard-00001.tar")
+    raw = bytearray(open(path, "rb").read())
+    with tarfile.open(path) as tar:
+        at = tar.getmembers()[4].offset
+    raw[at + field:at + field + len(value)] = value
+    raw[at + 148:at + 156] = b" " * 8
+    raw[at + 148:at + 156] = b"%06o\0 " % sum(raw[at:at + 512])
+    open(path, "wb").write(raw)
+    with pytest.raises(ShardReadError, match="member header damaged") as info:
+        everything(root)
+    assert (info.value.shard, info.value.offset) == ("shard-00001.tar", at)

@@ -85,11 +85,14 @@ class StrictTarInfo(tarfile.TarInfo):
 
     @classmethod
     def frombuf(cls, buf, encoding, errors):
-        """A header parsed as `tarfile` parses it, but one whose name bytes go on past the NUL that
-        ends the name is refused (`_name_problem`): `tarfile` cuts the name there, and the
-        member would become another one ("s1\\0.txt" a member "s1" in no sample) without a word."""
+        """A header parsed as `tarfile` parses it, but one whose name (or non-empty ustar prefix)
+        bytes go on past the NUL that ends it is refused (`_name_problem`): `tarfile` cuts the
+        name there, and the member would become another one ("s1\\0.txt" a member "s1" in no
+        sample) without a word. (Bytes after an empty prefix change nothing; the index check,
+        `tarindex`, takes such a header as well.)"""
         obj = super().frombuf(buf, encoding, errors)
-        problem = _name_problem(buf[:100]) or (_name_problem(buf[345:500]) if buf[257:263] == b"ustar\0" else None)
+        problem = _name_problem(buf[:100]) or \
+            (_name_problem(buf[345:500]) if buf[345] and buf[257:263] == b"ustar\0" else None)
         if problem is not None:
             raise _NameFieldError(problem)
         return obj
