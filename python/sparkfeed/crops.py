@@ -75,6 +75,9 @@ def _random_resized_windows(u: np.ndarray, sizes: np.ndarray, scale, ratio) -> n
     in_ratio = w / np.maximum(h, 1)
     fw = np.where(in_ratio < ratio[0], w, np.where(in_ratio > ratio[1], np.rint(h * ratio[1]), w))
     fh = np.where(in_ratio < ratio[0], np.rint(w / ratio[0]), h)
+    # at least a pixel: a 3 px wide image under ratio=(50, 100) got a window 0 high (torchvision's
+    # too), which DALI failed ('#2') and PIL stretched from nothing
+    fw, fh = np.clip(fw, 1, np.maximum(w, 1)), np.clip(fh, 1, np.maximum(h, 1))
     none = ~fits.any(1)
     cw, ch = np.where(none, fw, cw), np.where(none, fh, ch)
     x0 = np.where(none, (w - cw) // 2, x0)

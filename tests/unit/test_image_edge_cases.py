@@ -203,3 +203,22 @@ def test_random_crops_of_exif_turned_photos_are_the_same_pixels_in_both_backends
             dec.set_epoch(epoch)
             out.append(dec.decode(images, keys=keys).images)
         assert torch.equal(out[0], out[1]), epoch
+
+
+@pytest.mark.parametrize("ratio", [(50.0, 100.0), (2.0, 3.0)])
+def test_a_random_resized_window_is_never_empty(ratio):
+    """torchvision's fallback window (no attempt fits) of a 3 px wide image under ratio=(50, 100)
+    was rint(3 / 50) = 0 rows high: DALI failed the row ('#2'), PIL stretched it from nothing.
+    The window is at least a pixel each way, inside the image, and both backends agree."""
+    from sparkfeed.crops import _keyed_window_uniforms, _random_resized_windows
+
+    sizes = np.array([[w, h] for w in (1, 2, 3, 7, 5000) for h in (1, 2, 3, 7, 5000)])
+    for epoch in range(20):
+        u = _keyed_window_uniforms(1, epoch, np.arange(len(sizes)))
+        x0, y0, cw, ch = _random_resized_windows(u, sizes, (0.5, 1.0), ratio).T
+        assert ((cw >= 1) & (ch >= 1) & (x0 >= 0) & (y0 >= 0)).all()
+        assert ((x0 + cw <= sizes[:, 0]) & (y0 + ch <= sizes[:, 1])).all()
+    strip = _save(np.random.RandomState(0).randint(0, 255, (200, 3, 3), np.uint8), "PNG")
+    out = [_decoder(b, size=16, crop="random_resized", ratio=ratio).decode([strip]) for b in ("dali", "pil")]
+    assert out[0].failures == () and out[1].failures == ()
+    assert int((out[0].images.int() - out[1].images.int()).abs().max()) <= 2  # resampling rounding
