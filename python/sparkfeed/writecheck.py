@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import posixpath
 import re
 import time
 
@@ -88,8 +89,21 @@ def left_after_failure(fs, root: str, manifest: str, overwrite: bool) -> str:
                 "replaced it); fix the cause and write again")
     gone = (" The dataset that was there is gone: overwrite deletes it before writing."
             if overwrite else "")
-    return ("no manifest was written, so the path holds no dataset (the failed job's part "
-            f"files were removed).{gone} Fix the cause and write again")
+    parts = _part_files(fs, root)
+    held = ("the failed job's part files were removed" if not parts else
+            f"{len(parts)} part file(s) are there without a manifest, such as {parts[0]!r}: old "
+            "data Spark had not deleted yet, or files of tasks that committed in place")
+    return (f"no manifest was written, so the path holds no dataset ({held}).{gone} Fix the "
+            "cause and write again")
+
+
+def _part_files(fs, root: str) -> list[str]:
+    """The names of the part files directly under `root` (none when it is not there)."""
+    try:
+        names = [posixpath.basename(n.rstrip("/")) for n in fs.ls(root, detail=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(n for n in names if n.startswith("part-"))
 
 
 def observed_rows(df):

@@ -146,3 +146,18 @@ def test_webdataset_rows_with_every_member_null_are_counted_where_the_caller_see
     assert m.num_samples == 2
     said = [r.getMessage() for r in caplog.records if "every member null" in r.getMessage()]
     assert said and f"dataset {str(tmp_path / 'wds')!r}: 1 of the 3 rows" in said[0]
+
+
+def test_a_failed_overwrite_of_data_without_a_manifest_says_the_files_are_still_there(spark, tmp_path):
+    """Plain Spark Parquet output (no manifest) overwritten by a write whose UDF fails before
+    Spark deleted it: the message said the part files were removed while they were all there."""
+    path = tmp_path / "plain"
+    spark.range(10).write.parquet(str(path))
+    kept = sorted(f for f in os.listdir(path) if f.startswith("part-"))
+    df = spark.range(100).select(F.col("id").cast("string").alias("key"),
+                                 _fails_at_37(F.col("id").cast("int")).alias("v"))
+    with pytest.raises(WriteFailedError, match=rf"{len(kept)} part file\(s\) are there without a "
+                                               rf"manifest, such as '{kept[0]}'"):
+        sparkfeed.write(df, str(path), mode="overwrite")
+    assert sorted(f for f in os.listdir(path) if f.startswith("part-")) == kept
+    assert not (path / MANIFEST_NAME).exists()
