@@ -27,7 +27,8 @@ def loads_fields(raw: bytes, wanted: set[str], parse_float=float) -> dict:
     """The fields `wanted` of the JSON object `raw` (bytes, any encoding `json.loads` detects),
     as `json.loads(raw, parse_float=parse_float)` gives them (a repeated key: the last); ValueError
     when the document is not one JSON object, RecursionError when a wanted field nests too deeply."""
-    text = bytes(raw).decode(json.detect_encoding(raw), "surrogatepass")
+    raw = bytes(raw)
+    text = raw.decode(json.detect_encoding(raw), "surrogatepass")
     decoder = json.JSONDecoder(parse_float=parse_float)
     i = _ws(text, 0)
     if text[i:i + 1] != "{":
