@@ -149,3 +149,15 @@ def test_a_shuffled_read_resumed_mid_epoch_delivers_the_rest_once(tmp_path, inde
     again.load_state_dict(state)
     rest = [k for b in again for k in b["key"]]
     assert sorted(first + rest) == sorted(keys) and len(first) == 24
+
+
+def test_extensions_differing_in_case_alone_are_warned_of(tmp_path, caplog):
+    """webdataset lowercases extensions ("a.JPG" and "b.jpg" are one field "jpg"); sparkfeed keeps
+    each spelling as a column (as its Spark reader does), and `sparkfeed.index` now says so
+    instead of leaving two half-null columns to be found at training time."""
+    root, paths = _dataset(tmp_path, [[("a.cls", b"1"), ("a.JPG", b"x"), ("b.cls", b"2"), ("b.jpg", b"y")]])
+    assert [s.get("jpg") for s in _webdataset(paths)] == [b"x", b"y"]
+    caplog.set_level("WARNING", "sparkfeed.index.tar")
+    manifest = sparkfeed.index(root, progress=False)
+    assert {"JPG", "jpg"} <= {c.name for c in manifest.schema}
+    assert "extensions 'JPG', 'jpg' differ in case alone" in caplog.text

@@ -191,10 +191,24 @@ def scan_tar(fs, full: str, rel: str, size: int, dataset: str) -> dict:
     if scan.skipped:
         log.info("%s: shard %s: %d member(s) in no sample (no extension, or no key) skipped, as "
                  "webdataset skips them", dataset, rel, scan.skipped)
+    _warn_of_cases(scan)
     n = len(scan.keys)
     return {"path": rel, "num_samples": n, "num_bytes": size,
             "members": sorted(scan.present), "present": scan.present,
             "stats": tar_stats(scan.values), "dali_index": _dali_index(scan)}
+
+
+def _warn_of_cases(scan: _Scan) -> None:
+    """Warn of extensions that differ in case alone ("jpg" and "JPG"): webdataset lowercases
+    them into one field, while each is a column of its own here (null where the other is set)."""
+    spellings: dict[str, list[str]] = {}
+    for ext in sorted(scan.present):
+        spellings.setdefault(ext.lower(), []).append(ext)
+    for same in (v for v in spellings.values() if len(v) > 1):
+        log.warning("%s: shard %s: extensions %s differ in case alone: each is a column of its own "
+                    "(null where another is set), where webdataset lowercases them into one field; "
+                    "rename the members to one spelling to read them as one column", scan.dataset,
+                    scan.shard, ", ".join(repr(e) for e in same))
 
 
 def _dali_index(scan: _Scan) -> str | None:
