@@ -282,6 +282,8 @@ def _marker_orientation(mv: memoryview) -> int | None:
             i = end + 4
         return 1
     if mv[:4] == b"RIFF" and mv[8:12] == b"WEBP":
+        if mv[12:16] != b"VP8X" or len(mv) < 21 or not mv[20] & 0x08:  # DALI reads EXIF only so flagged
+            return 1
         i, n = 12, len(mv) - 8
         while i <= n:
             size = int.from_bytes(mv[i + 4:i + 8], "little")

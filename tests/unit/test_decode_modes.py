@@ -75,6 +75,13 @@ def _bmp16(w: int = 8, h: int = 4) -> bytes:
     return b"BM" + (54 + len(data)).to_bytes(4, "little") + bytes(4) + (54).to_bytes(4, "little") + info + data
 
 
+def _unflagged(webp: bytes) -> bytes:
+    """The WebP with its VP8X header's EXIF flag cleared (the EXIF chunk left in place)."""
+    b = bytearray(webp)
+    b[webp.index(b"VP8X") + 8] &= ~0x08
+    return bytes(b)
+
+
 RGB, RGBA = Image.fromarray(_grad(64, 48)), Image.fromarray(_grad(64, 48, 4))
 PAL = RGB.convert("P", palette=Image.ADAPTIVE, colors=16)
 CMYK = Image.frombytes("CMYK", (64, 48), _grad(64, 48, 4).tobytes())
@@ -115,6 +122,8 @@ AGREE = {  # name: bytes both backends decode to the same shape, pixels within 1
     # a PNG's eXIf / a WebP's EXIF payload is the TIFF bytes alone: with JPEG's prefix DALI turns nothing
     "png, prefixed eXIf 6": _save(RGB, "PNG")[:33] + _chunk(b"eXIf", _exif(6)) + _save(RGB, "PNG")[33:],
     "lossy webp, prefixed EXIF 6": _save(RGB, "WEBP", quality=95, exif=b"Exif\x00\x00" + _exif(6)),
+    # an EXIF chunk whose VP8X header does not flag it: DALI does not turn by it
+    "lossy webp, EXIF 6 not flagged": _unflagged(_save(RGB, "WEBP", quality=95, exif=_exif(6))),
 }
 DALI_REFUSES = {  # name: (bytes, what DALI's header check says); PIL decodes each
     "gray+alpha tiff": (_save(RGBA.convert("LA"), "TIFF"), "mode 'LA' (grayscale+alpha)"),
@@ -165,3 +174,4 @@ def test_exif_turns_follow_the_pixels():
     assert tuple(_decode("pil", AGREE["png, EXIF 6"]).images.shape) == (1, 3, 64, 48)
     assert tuple(_decode("pil", AGREE["lossy webp, EXIF 6"]).images.shape) == (1, 3, 64, 48)
     assert tuple(_decode("pil", AGREE["png, prefixed eXIf 6"]).images.shape) == (1, 3, 48, 64)
+    assert tuple(_decode("pil", AGREE["lossy webp, EXIF 6 not flagged"]).images.shape) == (1, 3, 48, 64)
