@@ -33,6 +33,7 @@ from .errors import SparkfeedError
 from .manifest import MANIFEST_NAME, Manifest, parse_manifest, read_manifest, write_manifest
 from .writecheck import (WriteFailedError, check_rows, job_failure_named, left_after_failure,
                          observed_rows, restore_manifest, rows_written, warn_rows_left_out)
+from .writecolumns import check_cluster_by, check_codecs, check_columns, columns
 from .writeoptions import SampleKeyError, check_options, webdataset_members, writer_failure
 
 __all__ = ["write", "DatasetExistsError", "OverwriteInputError", "SampleKeyError",
@@ -51,7 +52,6 @@ ROW_GROUP_MAX_BYTES = 1 << 30
 JAVA_INT_MAX = (1 << 31) - 1
 # Longer string statistics are truncated (min to a prefix, max to a prefix rounded up) so a
 # manifest of a caption column stays small; both remain valid bounds for pruning.
-_CODEC = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]*")
 _TS_CONF = "spark.sql.parquet.outputTimestampType"
 
 
@@ -64,165 +64,7 @@ class OverwriteInputError(SparkfeedError, ValueError):
     Spark reads it."""
 
 
-# ---------------------------------------------------------------- validation (no Spark job)
-
-def _scalar_kind(dt) -> str | None:
-    """'stats' for orderable scalar types with statistics, 'binary', or None (unsupported)."""
-    from pyspark.sql import types as T
-
-    if isinstance(dt, (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType,
-                       T.DoubleType, T.BooleanType, T.StringType, T.DateType, T.TimestampType,
-                       T.TimestampNTZType, T.CharType, T.VarcharType, T.DecimalType)):
-        return "stats"
-    if isinstance(dt, T.BinaryType):
-        return "binary"
-    return None
-
-
-def _is_list_of_numbers(dt) -> bool:
-    from pyspark.sql import types as T
-
-    return isinstance(dt, T.ArrayType) and isinstance(
-        dt.elementType, (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType,
-                         T.DoubleType, T.BooleanType))
-
-
-def _leaves(name: str, dt, structs: bool) -> list[tuple[str, object]]:
-    """(name, Spark type) of the column, or of a struct's leaves named by their path
-    (`image.bytes`) where `structs` (Parquet: the loader delivers a struct as its leaves)."""
-    from pyspark.sql import types as T
-
-    if structs and isinstance(dt, T.StructType):
-        return [leaf for f in dt.fields for leaf in _leaves(f"{name}.{f.name}", f.dataType, structs)]
-    return [(name, dt)]
-
-
-def _refuse_empty_struct(name: str, dt) -> None:
-    """A ValueError for a struct without fields, at any depth: Spark's writers refuse it
-    (EMPTY_SCHEMA_NOT_SUPPORTED_FOR_DATASOURCE) only when the write is planned, after the count
-    job, and it has no leaf to check or deliver."""
-    from pyspark.sql import types as T
-
-    if isinstance(dt, T.StructType):
-        if not dt.fields:
-            raise ValueError(f"column {name!r} is a struct with no fields, which Spark cannot "
-                             "write; drop it, or give it a field")
-        for f in dt.fields:
-            _refuse_empty_struct(f"{name}.{f.name}", f.dataType)
-
-
-def _check_columns(schema, format: str = "parquet", case_sensitive: bool = True) -> dict:
-    """name -> Spark type for every column (a struct's leaves for Parquet, by their path), or a
-    ValueError naming the first unsupported one. Unless Spark is case-sensitive
-    (`spark.sql.caseSensitive`, false by default), `id` and `ID` are duplicates: Spark's Parquet
-    writer refuses them (after the count job) and reading them back is ambiguous."""
-    from pyspark.sql import types as T
-
-    names = [f.name for f in schema.fields]
-    fold = (lambda n: n) if case_sensitive else str.lower
-    folded = [fold(n) for n in names]
-    dupes = sorted({n for n in names if folded.count(fold(n)) > 1})
-    if dupes:
-        how = "" if case_sensitive else " (names differing only in case are one to Spark, " \
-            "spark.sql.caseSensitive being false)"
-        raise ValueError(f"the DataFrame has duplicate column names {dupes}{how}; rename them "
-                         "(for example with .withColumnRenamed) before writing")
-    if not names:
-        raise ValueError("the DataFrame has no columns; there is nothing to write")
-    for f in schema.fields:
-        _refuse_empty_struct(f.name, f.dataType)
-    leaves = [leaf for f in schema.fields for leaf in _leaves(f.name, f.dataType, format == "parquet")]
-    types = dict(leaves)
-    if len(types) < len(leaves):
-        twice = sorted({n for n, _ in leaves if sum(m == n for m, _ in leaves) > 1})
-        if any(n in names for n in twice):
-            raise ValueError(f"columns {twice} are each both a column and a struct's leaf (a "
-                             "struct is delivered as its leaves, named by their path); rename one "
-                             "of them")
-        raise ValueError(f"struct leaves {twice} are each named twice (a struct is delivered as its "
-                         "leaves, named by their path, and two fields of one struct have that "
-                         "name, or a field's name with a dot spells another's path); rename one "
-                         "of them")
-    for name, dt in types.items():
-        if _scalar_kind(dt) is None and not _is_list_of_numbers(dt):
-            hint = ("select its fields as columns (df.select('col.*')), or write format='parquet', "
-                    "which keeps a struct's fields as columns" if isinstance(dt, T.StructType) else
-                    "flatten it into scalar columns, or serialise it to string/binary")
-            raise ValueError(
-                f"column {name!r} has type {dt.simpleString()}, which the loader cannot "
-                "hand to torch; supported types are numeric, boolean, string, binary, date, "
-                f"timestamp, arrays of numbers or booleans, and (Parquet) structs of these; {hint}")
-    decimals = [name for name, dt in types.items() if isinstance(dt, T.DecimalType)]
-    if decimals:  # torch has no decimal type; exact values still serve filters
-        log.warning("decimal column(s) %s are written, but batches leave them out (torch has no "
-                    "decimal type; cast to double to deliver them); filters may read them", decimals)
-    return types
-
-
-def _check_cluster_by(cluster_by, types: Mapping) -> list[str]:
-    if cluster_by is None:
-        return []
-    cols = [cluster_by] if isinstance(cluster_by, str) else cluster_by
-    if not isinstance(cols, (list, tuple)) or not cols or not all(isinstance(c, str) for c in cols):
-        raise ValueError("`cluster_by` should be a column name or a non-empty list of column "
-                         f"names, but got cluster_by={cluster_by!r}")
-    for c in cols:
-        if c not in types:
-            raise ValueError(f"`cluster_by` names column {c!r}, which is not in the DataFrame; "
-                             f"columns are {list(types)}")
-        if _scalar_kind(types[c]) != "stats":
-            raise ValueError(f"`cluster_by` column {c!r} has type {types[c].simpleString()}, which "
-                             "has no order sparkfeed can prune on; use a numeric, boolean, string, "
-                             "date or timestamp column")
-    return list(cols)
-
-
-def _name_parts(schema) -> dict[str, list[str]]:
-    """Each column's and struct leaf's name (`a.b` for a column called so, `st.c` for a leaf)
-    -> its path of field names, as Spark must be given it."""
-    from pyspark.sql import types as T
-
-    out: dict[str, list[str]] = {}
-
-    def walk(parts, dt):
-        out.setdefault(".".join(parts), parts)
-        if isinstance(dt, T.StructType):
-            for f in dt.fields:
-                walk(parts + [f.name], f.dataType)
-    for f in schema.fields:
-        out[f.name] = [f.name]  # a column's own name wins over a leaf's path
-    for f in schema.fields:
-        walk([f.name], f.dataType)
-    return out
-
-
-def _columns(schema, names: list[str]) -> list:
-    """pyspark Columns for validated names, quoted part by part: Spark would read a column named
-    `a.b` as field b of a struct a, and refuse a name holding a backtick."""
-    from pyspark.sql import functions as F
-
-    parts = _name_parts(schema)
-    return [F.col(".".join("`" + p.replace("`", "``") + "`" for p in parts[n])) for n in names]
-
-
-def _check_codecs(codecs, types: Mapping) -> dict[str, str]:
-    if codecs is None:
-        return {}
-    if not isinstance(codecs, Mapping):
-        raise ValueError(f"`codecs` should map binary column names to codec names such as "
-                         f"'jpeg', but got codecs={codecs!r}")
-    for col, codec in codecs.items():
-        if col not in types:
-            raise ValueError(f"`codecs` names column {col!r}, which is not in the DataFrame; "
-                             f"columns are {list(types)}")
-        if _scalar_kind(types[col]) != "binary":
-            raise ValueError(f"`codecs` names column {col!r} of type {types[col].simpleString()}; "
-                             "only binary columns carry a codec")
-        if not isinstance(codec, str) or not _CODEC.fullmatch(codec):
-            raise ValueError(f"the codec of column {col!r} should be a name such as 'jpeg', "
-                             f"'png', 'webp' or 'npy', but got {codec!r}")
-    return dict(codecs)
-
+# ---------------------------------------------------------------- paths and inputs (no Spark job)
 
 # A URL without an authority, as Hadoop prints one: `file:/data/ds`, `hdfs:/data/ds` (the default
 # namenode). Two letters at least: `C:/x` is no scheme.
@@ -621,9 +463,9 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
         _refuse_streaming(df, dataset)
         conf = df.sparkSession.conf
         case_sensitive = str(conf.get("spark.sql.caseSensitive", "false")).lower() == "true"
-        types = _check_columns(df.schema, format, case_sensitive)
-        keys = _check_cluster_by(cluster_by, types)
-        codecs = _check_codecs(codecs, types)
+        types = check_columns(df.schema, format, case_sensitive)
+        keys = check_cluster_by(cluster_by, types)
+        codecs = check_codecs(codecs, types)
         options = check_options(options, format, types)
         if format == "webdataset":
             _refuse_key_only(types, options, dataset)
@@ -645,7 +487,7 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
         log.info("writing %d samples of %s as %d %s shards to %s", count, dataset, n, format,
                  spark_path)
         if keys:
-            cols = _columns(df.schema, keys)
+            cols = columns(df.schema, keys)
             df = df.repartitionByRange(n, *cols).sortWithinPartitions(*cols)
         else:
             df = df.repartition(n)
