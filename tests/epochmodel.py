@@ -210,6 +210,10 @@ class Case:
             if flt is not None:  # the source's filter AND the loader's (one conjunction)
                 kw["filter"] = flt + (self.loader_filter or [])
             return sparkfeed.DataLoader(self.sources[0].path, **kw)
+        if self.r.random() < 0.15:  # a Dataset made first keeps its settings in the loader
+            own = {k: kw.pop(k) for k in ("columns", "filter", "shuffle", "seed", "batch_size", "drop_last",
+                                          "shuffle_buffer", "rank", "world_size")}
+            return sparkfeed.DataLoader(sparkfeed.Dataset(self.sources, with_source=True, **own), **kw)
         return sparkfeed.DataLoader(self.sources, with_source=True, **kw)
 
 
