@@ -238,8 +238,10 @@ def _exif_orientation(tiff) -> int:
     """The orientation tag (0x0112, 1-8) of IFD0 of an EXIF block (TIFF bytes, after any
     "Exif\\0\\0"); 1 where there is none or it cannot be read. Read from the block's first
     directory directly: PIL's `Image.Exif` parses every tag, 12 µs a photo, 4x this. Read as
-    DALI's decoders read it (so that both backends and the windows drawn agree): a tag that is
-    not a SHORT, or a directory whose entries run past the block, is no orientation."""
+    DALI's decoders read it (so that both backends and the windows drawn agree): the first two
+    bytes of the value, in the block's byte order, whatever the tag's type (a little-endian LONG
+    6 turns, a big-endian one reads 0: none); a directory whose entries run past the block is
+    no orientation."""
     b = bytes(tiff[6:] if tiff[:6] == b"Exif\x00\x00" else tiff)
     order = {b"II": "little", b"MM": "big"}.get(b[:2])
     if order is None or len(b) < 8:
@@ -250,8 +252,8 @@ def _exif_orientation(tiff) -> int:
         return 1
     for e in range(at + 2, at + 2 + 12 * count, 12):
         if int.from_bytes(b[e:e + 2], order) == 0x0112:
-            value = int.from_bytes(b[e + 8:e + 10], order)
-            return value if int.from_bytes(b[e + 2:e + 4], order) == 3 and 1 <= value <= 8 else 1
+            value = int.from_bytes(b[e + 8:e + 10], order)  # whatever its type, as DALI reads it
+            return value if 1 <= value <= 8 else 1
     return 1
 
 

@@ -222,3 +222,20 @@ def test_a_random_resized_window_is_never_empty(ratio):
     out = [_decoder(b, size=16, crop="random_resized", ratio=ratio).decode([strip]) for b in ("dali", "pil")]
     assert out[0].failures == () and out[1].failures == ()
     assert int((out[0].images.int() - out[1].images.int()).abs().max()) <= 2  # resampling rounding
+
+
+@pytest.mark.parametrize("kind, value", [(4, b"\x06\x00\x00\x00"), (1, b"\x06\x00\x00\x00"), (8, b"\x06\x00\x00\x00")],
+                         ids=["LONG", "BYTE", "SSHORT"])
+def test_an_orientation_of_another_type_is_read_as_dali_reads_it(kind, value):
+    """DALI reads the orientation's first two value bytes in the block's byte order whatever the
+    tag's type: a little-endian LONG, BYTE or SSHORT 6 turns the image (a big-endian LONG reads 0,
+    above). sparkfeed took only SHORTs, so the PIL backend left such a photo as stored."""
+    entry = struct.pack("<HHI", 0x0112, kind, 1) + value
+    block = b"Exif\x00\x00II*\x00" + (8).to_bytes(4, "little") + (1).to_bytes(2, "little") + entry + b"\x00" * 4
+    data = _with_app1(_save(_gradient(40, 24), "JPEG", quality=95), block)
+    keys = np.arange(4, dtype=np.int64)
+    for kw in ({"layout": "NHWC"}, {"size": 16, "crop": "random_resized"}):
+        dali = _decoder("dali", **kw).decode([data] * 4, keys=keys).images.int()
+        pil = _decoder("pil", **kw).decode([data] * 4, keys=keys).images.int()
+        assert dali.shape == pil.shape and (dali - pil).abs().max() <= 6, kw
+    assert _decoder("pil", layout="NHWC").decode([data]).images.shape == (1, 40, 24, 3)  # turned
