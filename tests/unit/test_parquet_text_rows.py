@@ -105,3 +105,10 @@ def test_a_run_of_row_groups_with_bad_text_skips_rows_not_groups(tmp_path):
     with pytest.raises(CorruptSampleError) as info:
         _ids(root, ["id", "caption"])
     assert info.value.row_group == 2  # id 13: row 3 of the third group of 5
+
+
+def test_bad_text_in_a_filter_column_under_raise_names_the_row(tmp_path):
+    root = _write(tmp_path)
+    with pytest.raises(CorruptSampleError, match="sample 'row 3'.*column 'caption'") as info:
+        _ids(root, ["id", "caption"], filter=pc.field("caption") != "caption 5")
+    assert (info.value.shard, info.value.row_group) == ("part-0.parquet", 1)
