@@ -88,30 +88,31 @@ def weight(w) -> Fraction:
     return Fraction(str(w)).limit_denominator(10 ** 12)
 
 
-def shares(sizes: list[int], sources: list[Source]) -> list[int] | None:
-    """README, "Shares": counts per source, or None where the docs say the mix is refused."""
-    out = []
+def shares(sizes: list[int], sources: list[Source]) -> list[int] | str:
+    """README, "Shares": counts per source; where the docs say the mix is refused, what the
+    refusal says (a pattern matching each reason that applies)."""
+    out, why = [], []
     weighted = [i for i, s in enumerate(sources) if s.weight is not None]
     bounding = [i for i in weighted if not sources[i].repeat]
     if weighted and not bounding:
-        return None
+        why.append("nothing bounds the epoch")
     if any(sizes[i] == 0 for i in bounding):
-        return None
+        why.append("has no samples")
     total = sum(weight(sources[i].weight) for i in weighted)
-    T = min((Fraction(sizes[i]) / (weight(sources[i].weight) / total) for i in bounding), default=0)
+    T = min((Fraction(sizes[i]) / (weight(sources[i].weight) / total) for i in bounding if sizes[i]), default=0)
     for i, s in enumerate(sources):
         if s.samples is not None:
             if s.samples > sizes[i] and not s.repeat:
-                return None
+                why.append(rf"has {sizes[i]} samples .*samples={s.samples}`; pass repeat=True")
             n = s.samples
         elif s.weight is None:
             n = sizes[i]
         else:
             n = int(T * weight(s.weight) / total)  # floor: both are positive
         if n and not sizes[i]:
-            return None
+            why.append("has no samples")
         out.append(n)
-    return out
+    return "|".join(why) if why else out
 
 
 def rank_runs(seq: list, world: int, batch: int, drop_last: bool) -> list[list]:
