@@ -238,6 +238,10 @@ _HINTS = {
                                      "integer widens to decimal128(19, 0), too wide beside it)",
     "timestamp with timezone to timestamp without timezone": _ZONE_HINT,
     "no kernel matching input types (timestamp": _ZONE_HINT,
+    "to 16777216": ("; an integer column compared with a float is cast to a float, which its values "
+                    "past 2**24 do not fit exactly: compare it with an integer"),
+    "to 9007199254740992": ("; an integer column compared with a float is cast to a float, which its "
+                            "values past 2**53 do not fit exactly: compare it with an integer"),
     "to 9223372036854775807": ("; a uint64 column compared with a signed integer is cast to int64, "
                                "which its values past 2**63 do not fit: compare it with "
                                "pa.scalar(value, pa.uint64()) (DNF tuples are typed so)"),
@@ -261,6 +265,15 @@ def unprunable(exc: Exception, expr: pc.Expression, dataset: str) -> ValueError:
     hint = next((h for key, h in _HINTS.items() if key in str(exc)), "")
     return ValueError(f"`filter` {expr} cannot be checked against the statistics of dataset "
                       f"{dataset!r}: {_first_line(exc)}{hint}")
+
+
+def unevaluable(exc: Exception, expr: pc.Expression, dataset: str, shard: str, row_group: int | None) -> ValueError:
+    """The error for a filter that Arrow fails to evaluate over a unit's rows (`i64 > 2.0` where a
+    value past 2**53 cannot become a double): named, with the unit. It was Arrow's bare error."""
+    where = f"shard {shard!r}" + ("" if row_group is None else f", row group {row_group}")
+    hint = next((h for key, h in _HINTS.items() if key in str(exc)), "")
+    return ValueError(f"`filter` {expr} cannot be evaluated over the rows of dataset {dataset!r}, {where}: "
+                      f"{_first_line(exc)}{hint}")
 
 
 def _first_line(exc: Exception) -> str:

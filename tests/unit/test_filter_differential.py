@@ -9,14 +9,22 @@ loader takes, then the regressions it found, each alone."""
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import os
+import random
+import zoneinfo
+from collections import Counter
+from decimal import Decimal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
 import sparkfeed
+from sparkfeed.index.hive import HIVE_NULL
 
 UTC = dt.timezone.utc
 BIG = 2**63
@@ -191,3 +199,210 @@ def test_is_in_a_float32_column_with_doubles_keeps_the_rows_arrow_matches(tmp_pa
     assert want
     assert _ids(str(tmp_path), expr)[0] == want
     assert _ids(str(tmp_path), expr | (pc.field("id") < 0), shuffle=True)[0] == want
+
+
+# ------------------------------------------------------------------ the seeded differential
+
+FLOATS = [0.0, -0.0, 1.5, -1.5, float("nan"), float("inf"), -float("inf"), 2.0, 1e30, 0.1]
+STRINGS = ["", "a", "ab", "é", "日本", "z" * 70, "z" * 64, "Z", "\U0001F600", "\U0010ffff"]
+NS0 = 1_700_000_000_000_000_000
+T0 = dt.datetime(2024, 1, 1)
+# column -> (type, draw(rng) of one value, literals of another but comparable type)
+COLUMNS = {
+    "i8": (pa.int8(), lambda r: r.randint(-128, 127), [2.5, 127.0]),
+    "i16": (pa.int16(), lambda r: r.randint(-5, 5), [0.5, 1.0]),
+    "i64": (pa.int64(), lambda r: r.choice([-2**63, 2**63 - 1, r.randint(-5, 5)]), [2.0]),
+    "u64": (pa.uint64(), lambda r: r.choice([0, 1, 5, BIG, BIG + 7, 2**64 - 1]), [pa.scalar(BIG, pa.uint64())]),
+    "f32": (pa.float32(), lambda r: r.choice(FLOATS), [2, 0, pa.scalar(0.1, pa.float32())]),
+    "f64": (pa.float64(), lambda r: r.choice(FLOATS), [2, 0]),
+    "s": (pa.string(), lambda r: r.choice(STRINGS), ["zzzz"]),
+    "ls": (pa.large_string(), lambda r: r.choice(STRINGS), ["z" * 80]),
+    "b": (pa.binary(), lambda r: r.choice(STRINGS).encode(), []),
+    "bo": (pa.bool_(), lambda r: r.random() < .5, []),
+    "dec": (pa.decimal128(7, 2), lambda r: Decimal(r.randint(-999, 999)) / 100, [Decimal("1.5")]),
+    "d": (pa.date32(), lambda r: dt.date(2024, 1, 1) + dt.timedelta(days=r.randint(-3, 3)),
+          ["2024-01-02", dt.datetime(2024, 1, 2)]),
+    "ts": (pa.timestamp("us"), lambda r: T0 + dt.timedelta(microseconds=r.randint(-3, 3)), [dt.date(2024, 1, 1)]),
+    "tss": (pa.timestamp("s"), lambda r: T0 + dt.timedelta(seconds=r.randint(-3, 3)),
+            [T0 + dt.timedelta(microseconds=1), pa.scalar(NS0, pa.timestamp("ns"))]),
+    "tsz": (pa.timestamp("ms", "UTC"), lambda r: T0.replace(tzinfo=UTC) + dt.timedelta(milliseconds=r.randint(-3, 3)),
+            [T0.replace(tzinfo=zoneinfo.ZoneInfo("Asia/Tokyo")), T0]),
+    "tsn": (pa.timestamp("ns", "Asia/Tokyo"), lambda r: NS0 + r.randint(-3, 3), [dt.datetime.fromtimestamp(NS0 // 10**9, UTC)]),
+    "cat": (pa.string(), lambda r: r.choice(["x", "y", "é", ""]), []),  # written dictionary-encoded
+}
+
+
+def _dataset(root, rng) -> pa.Table:
+    """2-4 files under Hive directories p=<int or null>/tag=<str or null>, 1-30 rows each, row
+    groups of 1-30 rows, nulls from none to all, some columns sorted, some files without
+    statistics; indexed. Returns every row as pyarrow.dataset reads the files."""
+    first = 0
+    for f in range(rng.randint(2, 4)):
+        p, tag = rng.choice([1, 2, -7, None]), rng.choice(["a", "b c", None])
+        folder = root / f"p={HIVE_NULL if p is None else p}" / f"tag={HIVE_NULL if tag is None else tag}"
+        folder.mkdir(parents=True, exist_ok=True)
+        ids = range(first, first + rng.randint(1, 30))
+        first = ids.stop
+        cols = {"id": pa.array(ids, pa.int64()), "srt": pa.array([3 * i for i in ids], pa.int32())}
+        nulls = rng.choice([0, .15, .5, 1.0])
+        for name, (type_, draw, _) in COLUMNS.items():
+            values = [None if rng.random() < nulls else draw(rng) for _ in ids]
+            if rng.random() < .3:
+                values.sort(key=lambda v: (v is None, v if v == v else 0))
+            cols[name] = pa.array(values, type_)
+        cols["cat"] = cols["cat"].dictionary_encode()
+        pq.write_table(pa.table(cols), folder / f"part-{f}.parquet", row_group_size=rng.choice([1, 3, 5, 30]),
+                       use_dictionary=rng.random() < .5, write_statistics=rng.random() < .9)
+    sparkfeed.index(str(root), progress=False)
+    p_type = {c.name: c.type for c in sparkfeed.read_manifest(str(root)).schema}["p"]  # string if all null
+    partitioning = ds.partitioning(pa.schema([("p", pa.int32() if p_type == "int32" else pa.string()),
+                                              ("tag", pa.string())]), flavor="hive")
+    table = ds.dataset(str(root), format="parquet", partitioning=partitioning).to_table()
+    return table.set_column(table.schema.get_field_index("cat"), "cat", table["cat"].cast(pa.string()))
+
+
+def _literal(rng, table: pa.Table, name: str):
+    """A value the column holds, one from its pool, or one of another but comparable type."""
+    present = [v for v in table[name].to_pylist() if v is not None]
+    pool = {"srt": [0, 30, 31, 200, 29.5], "p": [1, 2, -7, 0], "tag": ["a", "b c", "b"]}.get(name)
+    other = COLUMNS[name][2] if name in COLUMNS else []
+    k = rng.random()
+    if k < .45 and present:
+        return rng.choice(present)
+    if k < .85 or not other:
+        return rng.choice(pool) if pool else COLUMNS[name][1](rng)
+    return rng.choice(other)
+
+
+def _leaf(rng, table: pa.Table, names: list[str]) -> tuple[pc.Expression, list | None]:
+    """One predicate, and the same as DNF (a list of AND-lists of tuples) where it has one."""
+    name = rng.choice(names)
+    field, k = pc.field(name), rng.random()
+    if k < .55:
+        op, value = rng.choice(["==", "!=", "<", "<=", ">", ">="]), _literal(rng, table, name)
+        return _compare(field, op, value), [[(name, op, value)]]
+    if k < .7:
+        values = [_literal(rng, table, name) for _ in range(rng.randint(1, 3))]
+        return field.isin(values), [[(name, "in", values)]]
+    if k < .8:
+        return rng.choice([field.is_null(), field.is_valid()]), None
+    if k < .9:
+        lo, hi = sorted([_literal(rng, table, name) for _ in range(2)], key=str)
+        return (field >= lo) & (field < hi), [[(name, ">=", lo), (name, "<", hi)]]
+    if pa.types.is_floating(table[name].type):
+        return rng.choice([pc.is_nan(field), field.is_null(nan_is_null=True), pc.is_finite(field)]), None
+    other = rng.choice([n for n in names if table[n].type == table[name].type])
+    return _compare(field, rng.choice(["==", "<", ">="]), pc.field(other)), None
+
+
+def _compare(field, op: str, value) -> pc.Expression:
+    return {"==": field == value, "!=": field != value, "<": field < value, "<=": field <= value,
+            ">": field > value, ">=": field >= value}[op]
+
+
+def _expression(rng, table: pa.Table, names: list[str], depth: int = 0):
+    """A random tree of predicates under not, and, or; with its DNF where every leaf has one."""
+    k = rng.random()
+    if depth > 2 or k < .5:
+        while True:
+            try:
+                return _leaf(rng, table, names)
+            except (pa.ArrowException, TypeError, ValueError, OverflowError):
+                continue  # (a literal Arrow cannot make beside that column: draw again)
+    if k < .62:
+        return ~_expression(rng, table, names, depth + 1)[0], None
+    (a, da), (b, db) = _expression(rng, table, names, depth + 1), _expression(rng, table, names, depth + 1)
+    if k < .82:
+        return a & b, [x + y for x in da for y in db] if da and db else None
+    return a | b, da + db if da and db else None
+
+
+def _typed(dnf: list, table: pa.Table) -> pc.Expression:
+    """The DNF as the documented semantics read it (the reference's own typing): integers beside
+    a uint64 column as uint64, datetimes with a zone beside a zoned column in its zone."""
+    def one(value, type_):
+        if type_ == pa.uint64() and type(value) is int and 0 <= value < 2**64:
+            return pa.scalar(value, type_)
+        if pa.types.is_timestamp(type_) and type_.tz and isinstance(value, dt.datetime) and value.tzinfo:
+            return pa.scalar(value, pa.timestamp("us", type_.tz))
+        return value
+    return pq.filters_to_expression([[(n, op, [one(v, table[n].type) for v in value] if isinstance(value, list)
+                                       else one(value, table[n].type)) for n, op, value in conj] for conj in dnf])
+
+
+def _reference(table: pa.Table, expr: pc.Expression, dnf: list | None) -> Counter | None:
+    """The ids `Table.filter` keeps over every row (no statistics), or None where it fails."""
+    for each in [expr] + ([] if dnf is None else [lambda: _typed(dnf, table)]):
+        try:
+            return Counter(table.filter(each if isinstance(each, pc.Expression) else each())["id"].to_pylist())
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            continue
+    return None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_loader_delivers_what_arrow_filters_over_every_row(tmp_path, seed):
+    """40 random filters per dataset, as Expressions or as DNF tuples, read in order or shuffled:
+    the ids delivered are, as a multiset, those `Table.filter` keeps over every row. Where Arrow
+    itself fails on the filter, the loader's refusal is a ValueError naming the dataset (or the
+    rows were pruned before any was evaluated). A range on the sorted `srt` column prunes every
+    row group whose statistics lie outside it."""
+    rng = random.Random(seed)
+    table = _dataset(tmp_path, rng)
+    root = str(tmp_path)
+    names = ["srt", "p", "tag"] + list(COLUMNS)
+    for case in range(40):
+        expr, dnf = _expression(rng, table, names)
+        as_dnf = dnf is not None and rng.random() < .5
+        filter = (dnf[0] if len(dnf) == 1 else dnf) if as_dnf else expr
+        want = _reference(table, expr, dnf if as_dnf else None)
+        shuffle = rng.random() < .5
+        try:
+            loader = sparkfeed.DataLoader(root, batch_size=5, columns=["id"], filter=filter, shuffle=shuffle, seed=case)
+            got = Counter(i for b in loader for i in b["id"].tolist())
+        except ValueError as exc:
+            assert want is None and root in str(exc), (seed, case, filter, exc)
+            continue
+        assert want is None or got == want, (seed, case, filter, sorted(got.elements()), sorted(want.elements()))
+    lo = rng.randrange(0, 3 * table.num_rows)
+    loader = sparkfeed.DataLoader(root, batch_size=5, columns=["id"],
+                                  filter=(pc.field("srt") >= lo) & (pc.field("srt") < lo + 6))
+    assert sorted(i for b in loader for i in b["id"].tolist()) == [i for i in range(table.num_rows) if lo <= 3 * i < lo + 6]
+    assert loader.stats()["row_groups_pruned"] == _outside(root, lo, lo + 6)
+
+
+def _outside(root: str, lo: int, hi: int) -> int:
+    """Row groups whose footer statistics put all of `srt` outside [lo, hi); those of files written
+    without statistics cannot be pruned."""
+    n = 0
+    for path in sorted(glob.glob(f"{root}/**/*.parquet", recursive=True)):
+        md = pq.ParquetFile(path).metadata
+        for g in range(md.num_row_groups):
+            st = md.row_group(g).column(1).statistics
+            n += st is not None and st.has_min_max and (st.max < lo or st.min >= hi)
+    return n
+
+
+def test_a_float16_column_is_refused_when_the_loader_is_built_not_filtered_wrongly(tmp_path):
+    """Arrow has no comparison for float16 (halffloat): a filter on one is a ValueError naming the
+    dataset and the column's type when the loader is built, whatever the literal."""
+    table = pa.table({"id": pa.array(range(4), pa.int64()),
+                      "h": pa.array(np.array([0.5, 1.5, np.nan, 2.0], np.float16))})
+    pq.write_table(table, tmp_path / "part-0.parquet", row_group_size=2)
+    sparkfeed.index(str(tmp_path), progress=False)
+    for expr in [pc.field("h") > 1.0, pc.field("h") > pa.scalar(np.float16(1.0)), pc.field("h").isin([1.5])]:
+        with pytest.raises(ValueError, match=rf"cannot apply to dataset '{tmp_path}'.*halffloat"):
+            sparkfeed.DataLoader(str(tmp_path), batch_size=4, columns=["id"], filter=expr)
+
+
+def test_a_filter_arrow_cannot_evaluate_over_the_rows_is_an_error_naming_the_row_group(tmp_path):
+    """`i64 > 2.0` casts the column to a float, which -2**63 does not fit exactly: Arrow refuses,
+    over the rows as over `Table.filter`. Without statistics to refuse it from, the count pass
+    raised Arrow's bare ArrowInvalid, naming no dataset, shard or row group."""
+    table = pa.table({"id": pa.array(range(4), pa.int64()), "i": pa.array([1, 5, -2**63, 3], pa.int64())})
+    pq.write_table(table, tmp_path / "part-0.parquet", row_group_size=2, write_statistics=False)
+    sparkfeed.index(str(tmp_path), progress=False)
+    for kwargs in ({}, {"shuffle": True, "num_workers": 2}):
+        with pytest.raises(ValueError, match=rf"cannot be evaluated over the rows of dataset '{tmp_path}', "
+                                             r"shard 'part-0.parquet', row group 1: .*compare it with an integer"):
+            _ids(str(tmp_path), pc.field("i") > 2.0, **kwargs)

@@ -355,7 +355,11 @@ class Reader:
             kept, _ = apply_filter(self.ctx, pa.concat_tables(tables), keep_bad=parts[0][2])
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             for k, table, keep_bad in parts:
-                counts[k] = apply_filter(self.ctx, table, keep_bad)[0].num_rows
+                try:
+                    counts[k] = apply_filter(self.ctx, table, keep_bad)[0].num_rows
+                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                    raise filters.unevaluable(exc, self.ctx.expr, self.ctx.dataset, units[k].path,
+                                              units[k].row_group) from exc
             return counts
         per_unit = np.bincount(kept.column(_UNIT).to_numpy(), minlength=len(units))
         for k, _, _ in parts:
