@@ -368,7 +368,7 @@ def resolve(sources: Sequence, *, columns, filter, storage_options: dict | None,
                          f"{[type(s).__name__ for s in sources]}" + _files_hint(sources))
     if len(sources) > _MAX_SOURCES:
         raise ValueError(f"a mix should have at most {_MAX_SOURCES} sources, but got {len(sources)}")
-    loader_expr = filters.to_expression(filter)
+    filters.to_expression(filter)  # DNF checked now; typed by each source's schema below
     opened = [_manifest(s, s.storage_options or storage_options) for s in sources]
     pairs = [(s, m) for s, (m, _) in zip(sources, opened)]
     columns = checks.struct_leaves(columns, pairs[0][1].column_names)
@@ -382,8 +382,8 @@ def resolve(sources: Sequence, *, columns, filter, storage_options: dict | None,
     casts = _casts(_column_types(pairs, columns), len(sources))
     out = []
     for i, (s, m) in enumerate(pairs):
-        expr = filters.to_expression(s.filter, m.schema)
-        expr = loader_expr if expr is None else expr if loader_expr is None else expr & loader_expr
+        expr, common = filters.to_expression(s.filter, m.schema), filters.to_expression(filter, m.schema)
+        expr = common if expr is None else expr if common is None else expr & common  # (DNF typed by each schema)
         if expr is not None:
             m.check_selectable(filters.unfilterable(filters.referenced_columns(expr, m.schema), m.schema), "filter")
             filters.check_filter(expr, m.schema, f"{s.path} (source {i})")

@@ -406,3 +406,19 @@ def test_a_filter_arrow_cannot_evaluate_over_the_rows_is_an_error_naming_the_row
         with pytest.raises(ValueError, match=rf"cannot be evaluated over the rows of dataset '{tmp_path}', "
                                              r"shard 'part-0.parquet', row group 1: .*compare it with an integer"):
             _ids(str(tmp_path), pc.field("i") > 2.0, **kwargs)
+
+
+def test_a_loaders_dnf_filter_over_a_mix_is_typed_by_each_sources_columns(tmp_path):
+    """DNF integers beside a uint64 column are typed uint64 (`filters._typed_literals`), but a
+    mix's loader-wide `filter=` was converted without a schema: `[("u", "<", 4)]` was refused
+    ("compare it with pa.scalar(value, pa.uint64()) (DNF tuples are typed so)") where each
+    Source's own filter of the same tuples worked."""
+    for name, first in (("a", 0), ("b", 10)):
+        (tmp_path / name).mkdir()
+        table = pa.table({"id": pa.array(range(first, first + 4), pa.int64()),
+                          "u": pa.array([1, 5, BIG + 1, 3], pa.uint64())})
+        pq.write_table(table, tmp_path / name / "part-0.parquet", row_group_size=2)
+        sparkfeed.index(str(tmp_path / name), progress=False)
+    sources = [sparkfeed.Source(str(tmp_path / name), weight=1) for name in "ab"]
+    loader = sparkfeed.DataLoader(sources, batch_size=4, columns=["id"], filter=[("u", "<", 4)])
+    assert sorted(i for b in loader for i in b["id"].tolist()) == [0, 3, 10, 13]
