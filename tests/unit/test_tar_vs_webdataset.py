@@ -8,11 +8,16 @@ reads deliver that set exactly once."""
 import io
 import json
 import os
+import re
+import shutil
 import tarfile
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 import sparkfeed
+from sparkfeed import storage
 
 wds = pytest.importorskip("webdataset")
 
@@ -161,3 +166,40 @@ def test_extensions_differing_in_case_alone_are_warned_of(tmp_path, caplog):
     manifest = sparkfeed.index(root, progress=False)
     assert {"JPG", "jpg"} <= {c.name for c in manifest.schema}
     assert "extensions 'JPG', 'jpg' differ in case alone" in caplog.text
+
+
+_PARTS = ["a", "b", ".", "/", "_", "__", "x.y", "-", "é", "..", " ", "c1", "./", "~", ":", "#", "%20", "readme"]
+
+
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 25)), deadline=None,
+          derandomize=bool(os.environ.get("CI")), suppress_health_check=list(HealthCheck))
+@given(st.lists(st.lists(st.sampled_from(_PARTS), min_size=1, max_size=5).map("".join), min_size=1, max_size=6))
+def test_any_member_names_give_webdatasets_samples_or_a_named_refusal(tmp_path_factory, names):
+    """Whatever the names, sparkfeed (indexed and streamed) delivers webdataset's samples, or
+    refuses the shard naming why (a name the path rule refuses, a key in two places, a member
+    twice in a sample, which webdataset refuses too). Left out: names whose extension is empty
+    as tarfile reads them back (webdataset keeps a field "", which no column can be named), and
+    upper case (webdataset lowercases extensions; the case test above)."""
+    from webdataset.tariterators import base_plus_ext
+
+    root = str(tmp_path_factory.mktemp("names"))
+    path = os.path.join(root, "a.tar")
+    _write(path, [(n, f"data{i}".encode()) for i, n in enumerate(names)], fmt=tarfile.PAX_FORMAT)
+    with tarfile.open(path) as tar:
+        read_back = [m.name for m in tar.getmembers() if m.isreg()]
+    assume(all(base_plus_ext(n)[1] != "" for n in read_back))
+    try:
+        expected = _webdataset([path])
+    except ValueError as exc:  # webdataset: "duplicate file name"
+        expected = exc
+    for indexed in (True, False):
+        for made in ("_sparkfeed.json", "_sparkfeed_index"):
+            shutil.rmtree(os.path.join(root, made), ignore_errors=True) if made.endswith("index") \
+                else os.path.exists(os.path.join(root, made)) and os.remove(os.path.join(root, made))
+        try:
+            got = _sparkfeed(root, indexed)
+        except sparkfeed.SparkfeedError as exc:
+            assert any(storage.path_problem(n) for n in read_back) or \
+                re.search("appears in two places|has two|no webdataset", str(exc)), str(exc)
+            continue
+        assert got == expected, (names, indexed, got)
