@@ -422,3 +422,26 @@ def test_a_loaders_dnf_filter_over_a_mix_is_typed_by_each_sources_columns(tmp_pa
     sources = [sparkfeed.Source(str(tmp_path / name), weight=1) for name in "ab"]
     loader = sparkfeed.DataLoader(sources, batch_size=4, columns=["id"], filter=[("u", "<", 4)])
     assert sorted(i for b in loader for i in b["id"].tolist()) == [0, 3, 10, 13]
+
+
+@pytest.mark.parametrize("values", [[0.105], [0.1, 7.0]], ids=str)
+def test_is_in_a_decimal_column_with_floats_keeps_the_rows_arrow_matches(tmp_path, values):
+    """Unlike float32's, a decimal column's pruning agrees with Arrow's cast: `price.isin([0.105])`
+    beside a decimal(7, 2) matches the 0.10 Arrow casts 0.105 to, and the row group of bounds
+    [0.10, 0.10] is kept."""
+    table = pa.table({"id": pa.array(range(4), pa.int64()),
+                      "price": pa.array([Decimal("0.10"), Decimal("0.10"), Decimal("0.11"), Decimal("7")],
+                                        pa.decimal128(7, 2))})
+    pq.write_table(table, tmp_path / "part-0.parquet", row_group_size=2)
+    sparkfeed.index(str(tmp_path), progress=False)
+    expr = pc.field("price").isin(values)
+    want = sorted(table.filter(expr)["id"].to_pylist())
+    assert want
+    assert _ids(str(tmp_path), expr)[0] == want
+
+
+def test_is_in_with_python_ints_beside_an_integer_column_still_prunes(nullable_sorted):
+    """The exact case keeps its pruning: Python's ints (int64) beside an int32 column."""
+    table, root = nullable_sorted
+    ids, stats = _ids(root, pc.field("v").isin([1, 2]))
+    assert ids == [1, 2] and stats["row_groups_pruned"] == 3
