@@ -22,6 +22,7 @@ import math
 import os
 import posixpath
 import re
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -349,23 +350,48 @@ def _lost_server_named(dataset: str):
 
 def _write_parquet(df, spark_path: str, spark_mode: str, samples_per_shard: int,
                    samples_per_row_group: int) -> None:
-    """Spark's Parquet write, with timestamps as TIMESTAMP_MICROS for its duration. The session
-    conf is put back unless the write failed because a Connect server went away: each call to it
-    would wait out pyspark's retries again (ten more minutes) and then hide the write's error."""
-    spark = df.sparkSession
-    before = spark.conf.get(_TS_CONF, None)
-    spark.conf.set(_TS_CONF, "TIMESTAMP_MICROS")  # no writer option for it: Spark sets it from the session
-    try:
+    """Spark's Parquet write, with timestamps as TIMESTAMP_MICROS for its duration."""
+    with _micros_timestamps(df.sparkSession):
         (df.write.mode(spark_mode)
          .option("maxRecordsPerFile", samples_per_shard)
          .option("parquet.block.row.count.limit", samples_per_row_group)
          .option("parquet.block.size", ROW_GROUP_MAX_BYTES)
          .parquet(spark_path))
+
+
+# Per session (by id): [writes of this process running on it, its conf before the first].
+_TS_HELD: dict[int, list] = {}
+_TS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _micros_timestamps(spark):
+    """The session conf TIMESTAMP_MICROS (no writer option for it: Spark reads the session's)
+    while any Parquet write of this process runs on `spark`: the first sets it, the last puts
+    the user's value back. (Writes from threads each put back what they had found: one ending
+    unset it under another still planning, which wrote INT96, without statistics, and the
+    session kept MICROS.) Not put back when a Connect server went away: each call to it would
+    wait out pyspark's retries again (ten more minutes) and then hide the write's error."""
+    key = id(spark)
+    with _TS_LOCK:
+        held = _TS_HELD.setdefault(key, [0, None])
+        if held[0] == 0:
+            held[1] = spark.conf.get(_TS_CONF, None)
+            spark.conf.set(_TS_CONF, "TIMESTAMP_MICROS")
+        held[0] += 1
+    lost = False
+    try:
+        yield
     except Exception as exc:
-        if not _connection_lost(exc):
-            _restore_conf(spark, before)
+        lost = _connection_lost(exc)
         raise
-    _restore_conf(spark, before)
+    finally:
+        with _TS_LOCK:
+            held[0] -= 1
+            if held[0] == 0:
+                del _TS_HELD[key]
+                if not lost:
+                    _restore_conf(spark, held[1])
 
 
 def _restore_conf(spark, before: str | None) -> None:
