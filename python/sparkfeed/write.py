@@ -529,6 +529,8 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
             return manifest
 
         old = _remove_old_manifest(fs, root, dataset) if mode == "overwrite" else None
+        there = {posixpath.basename(n.rstrip("/")) for n in fs.ls(root, detail=False)} \
+            if existing else set()
         df, observation = observed_rows(df)  # counted in the write job itself
 
         def left() -> str:
@@ -546,7 +548,9 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
         try:
             check_rows(dataset, format, written, [(e["path"], e["num_samples"]) for e in entries], n)
         except WriteFailedError:  # part of a dataset must not pass for one without a manifest
-            fs.rm([full for full, _, _ in files] + [f"{root}/_SUCCESS"] * fs.exists(f"{root}/_SUCCESS"))
+            # only this write's files (Spark names them by its job): never others fsspec finds
+            fs.rm([full for full, rel, _ in files if rel not in there] +
+                  [f"{root}/_SUCCESS"] * (fs.exists(f"{root}/_SUCCESS") and "_SUCCESS" not in there))
             raise
         manifest = _build_manifest(df.sparkSession, entries, codecs, dataset)
         write_manifest(manifest, spark_path, storage_options)

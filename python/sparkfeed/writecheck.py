@@ -157,9 +157,10 @@ def check_rows(dataset: str, format: str, written: int | None, shards, partition
         f"dataset {dataset!r}: Spark's tasks wrote {'some' if written is None else f'{written:,}'}"
         f" rows, but the {format} shards "
         f"found at the path hold {found:,} ({len(shards)} files){which}. The executors and this "
-        "driver do not see the same files there (a path local to one machine, on a cluster?); "
-        "no manifest was written, and the part files found there were removed. Write to "
-        "storage every machine shares (HDFS, S3, a shared mount)")
+        "driver do not see the same files there (a path local to one machine, on a cluster? or "
+        "storage_options= sending fsspec elsewhere than Spark's Hadoop configuration, such as "
+        "another S3 endpoint); no manifest was written, and the part files found there were "
+        "removed. Write to storage every machine shares (HDFS, S3, a shared mount)")
 
 
 def warn_rows_left_out(dataset: str, counted: int, samples: int) -> None:
