@@ -32,7 +32,9 @@ import org.slf4j.LoggerFactory;
  *       coordinator lets one attempt per partition commit.</li>
  *   <li>{@link #commit} receives the messages of the committed attempts only, deletes any shard
  *       file they do not name (left by an attempt that died while committing) and the temporary
- *       directory, and writes {@code _sparkfeed.json} last, atomically.</li>
+ *       directory, fails when a shard they name is not in the driver's listing (the executors
+ *       wrote where the driver does not see), and writes {@code _sparkfeed.json} last,
+ *       atomically.</li>
  *   <li>{@link #abort} deletes the temporary directory and every shard: the path held no dataset
  *       before the job, so a failed job leaves no manifest and no visible shard.</li>
  * </ol>
