@@ -351,12 +351,15 @@ def _truncated_jpegs(enc: _Encoded) -> list[int]:
 
 def resized_sizes(w, h, t: int) -> tuple[np.ndarray, np.ndarray]:
     """(width, height) of images of `w` x `h` pixels once their shorter side is resized to `t`,
-    rounded as the decoders round (half to even, at least `t`): the one rule for the PIL path's
-    resize, the resize-bomb guard and the room a crop has."""
+    rounded as DALI's `resize_shorter` rounds (half up, at least `t`: 20x50 to 37 is 37x93): the
+    one rule for the PIL path's resize, the resize-bomb guard and the room a crop has. (Half to
+    even, as before, made the PIL path's image a pixel shorter than DALI's for 31 of 3,843 sizes
+    and targets tried, and its crops a pixel apart.)"""
     w, h = np.asarray(w, dtype=np.int64), np.asarray(h, dtype=np.int64)
-    scale = t / np.maximum(np.minimum(w, h), 1)
-    return (np.maximum(t, np.rint(w * scale)).astype(np.int64),
-            np.maximum(t, np.rint(h * scale)).astype(np.int64))
+    short = np.maximum(np.minimum(w, h), 1)
+    # exact integers: w * t / short is a half exactly when 2 * w * t is an odd multiple of short
+    return (np.maximum(t, (2 * w * t + short) // (2 * short)).astype(np.int64),
+            np.maximum(t, (2 * h * t + short) // (2 * short)).astype(np.int64))
 
 
 def _resize_bombs(w: np.ndarray, h: np.ndarray, known: np.ndarray, spec: ImageDecode) -> list[tuple[int, str]]:

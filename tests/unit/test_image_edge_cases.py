@@ -239,3 +239,30 @@ def test_an_orientation_of_another_type_is_read_as_dali_reads_it(kind, value):
         pil = _decoder("pil", **kw).decode([data] * 4, keys=keys).images.int()
         assert dali.shape == pil.shape and (dali - pil).abs().max() <= 6, kw
     assert _decoder("pil", layout="NHWC").decode([data]).images.shape == (1, 40, 24, 3)  # turned
+
+
+def test_resized_sizes_round_as_dali_resizes():
+    """`resized_sizes` (the PIL path's resize, the crop's room, the resize-bomb guard) is DALI's
+    `resize_shorter` output size. It rounded half to even where DALI rounds half up (20x50 to a
+    shorter side of 37: 37x92 against DALI's 37x93), so the PIL backend's image was a pixel
+    shorter and its crops a pixel apart (31 of 3,843 sizes and targets tried)."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from sparkfeed.headers import resized_sizes
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1)
+    def resize(t):
+        enc = fn.external_source(name="enc", dtype=types.UINT8, ndim=1)
+        return fn.resize(fn.decoders.image(enc, device="cpu", output_type=types.RGB), resize_shorter=t, antialias=True)
+
+    pipes = {t: resize(t) for t in (16, 37, 224)}
+    for pipe in pipes.values():
+        pipe.build()
+    for w, h in [(20, 50), (66, 64), (74, 64), (48, 97), (76, 64), (1, 3), (3, 1), (448, 333), (500, 375), (17, 17)]:
+        data = np.frombuffer(_save(np.zeros((h, w, 3), np.uint8), "PNG"), np.uint8)
+        for t, pipe in pipes.items():
+            pipe.feed_input("enc", [data])
+            (out,) = pipe.run()
+            dali_h, dali_w = out.as_array().shape[1:3]
+            (rw,), (rh,) = resized_sizes([w], [h], t)
+            assert (int(rw), int(rh)) == (dali_w, dali_h), (w, h, t)
