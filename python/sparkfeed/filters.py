@@ -232,7 +232,12 @@ def _named_in(expr: pc.Expression, schema: Sequence[Column]) -> list[Column]:
 _ZONE_HINT = ("; give the datetime a time zone where the column has one and none where it has none "
               "(the types above): sparkfeed.write's timestamps are UTC, datetime(..., "
               "tzinfo=datetime.timezone.utc); Spark's own INT96 files and timestamp_ntz read without one")
+_TEXT_HINT = ("; Arrow compares text with text only: compare a date or timestamp column with "
+              "datetime.date or datetime.datetime values, a number with numbers (is_in casts its "
+              "values; a comparison does not)")
 _HINTS = {
+    ", string)": _TEXT_HINT,  # (before the zone hint: a timestamp beside text is no zone matter)
+    "types (string, ": _TEXT_HINT,
     "FieldRef.FieldPath": "; name columns (pc.field('label')), not positions: a read holds only some",
     "Precision is not great enough": "; compare a decimal column with decimal.Decimal values (an "
                                      "integer widens to decimal128(19, 0), too wide beside it)",

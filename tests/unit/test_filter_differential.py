@@ -445,3 +445,18 @@ def test_is_in_with_python_ints_beside_an_integer_column_still_prunes(nullable_s
     table, root = nullable_sorted
     ids, stats = _ids(root, pc.field("v").isin([1, 2]))
     assert ids == [1, 2] and stats["row_groups_pruned"] == 3
+
+
+@pytest.mark.parametrize("expr", [pc.field("d") > "2024-01-02", pc.field("ts") > "2024-01-02",
+                                  [("d", ">", "2024-01-02")], pc.field("s") > 1], ids=str)
+def test_text_beside_a_date_or_a_number_is_refused_when_built_with_the_way_out(tmp_path, expr):
+    """Arrow has no comparison of a date, timestamp or number with text (is_in casts its value set;
+    a comparison does not): refused when the loader is built, as `Table.filter` refuses it, with
+    the way out; a timestamp beside text was given the hint about time zones."""
+    table = pa.table({"id": [1], "d": pa.array([dt.date(2024, 1, 1)]), "ts": pa.array([dt.datetime(2024, 1, 1)]),
+                      "s": ["a"]})
+    pq.write_table(table, tmp_path / "part-0.parquet")
+    sparkfeed.index(str(tmp_path), progress=False)
+    with pytest.raises(ValueError, match=r"cannot apply to dataset .*Arrow compares text with text only") as info:
+        sparkfeed.DataLoader(str(tmp_path), batch_size=1, filter=expr)
+    assert "time zone" not in str(info.value)
