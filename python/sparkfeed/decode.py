@@ -53,7 +53,8 @@ from . import forks
 from .batch import BinaryChunks, BinaryColumn
 from .crops import _RRC_TRIES, _keyed_draws, _keyed_window_uniforms, _random_resized_windows
 from .decoded import DecodeResult
-from .headers import _check_headers, _Encoded, _encoded, _marker_orientation, resized_sizes
+from .headers import _check_headers, _Encoded, _encoded, resized_sizes
+from .orientation import _marker_orientation
 from .pilopen import Damaged, pixel_limit, png_for_pil
 
 __all__ = ["ImageDecode", "ImageDecoder", "DecodeResult"]
