@@ -51,10 +51,15 @@ def reason(exc: BaseException) -> str:
 def job_failure_named(dataset: str, format: str, left, lost_connection):
     """Inside: an exception from Spark (not already a SparkfeedError, and not a lost Spark
     Connect server, `lost_connection(exc)`, told elsewhere) is a WriteFailedError naming the
-    dataset and format and saying what the path holds now (`left`, or what `left()` says)."""
+    dataset and format and saying what the path holds now (`left`, or what `left()` says, which
+    may put an overwritten dataset's manifest back: also done on Ctrl-C)."""
     try:
         yield
     except SparkfeedError:
+        raise
+    except KeyboardInterrupt:  # pyspark cancelled the jobs: put back what `left()` can
+        if callable(left):
+            left()
         raise
     except Exception as exc:
         if lost_connection(exc):

@@ -161,3 +161,34 @@ def test_a_failed_overwrite_of_data_without_a_manifest_says_the_files_are_still_
         sparkfeed.write(df, str(path), mode="overwrite")
     assert sorted(f for f in os.listdir(path) if f.startswith("part-")) == kept
     assert not (path / MANIFEST_NAME).exists()
+
+
+def test_an_overwrite_interrupted_before_spark_deleted_the_old_dataset_puts_its_manifest_back(
+        spark, tmp_path):
+    """Ctrl-C during a Parquet overwrite (pyspark cancels the jobs and raises KeyboardInterrupt)
+    in the stage before the write tasks: the old files were all there, but its manifest, removed
+    first, stayed removed."""
+    import signal
+
+    path, running = tmp_path / "ds", str(tmp_path / "running")
+    sparkfeed.write(spark.range(20).selectExpr("id"), str(path))
+
+    def hold(x):
+        open(running, "w").close()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not os.path.exists(running + ".never"):
+            time.sleep(0.05)
+        return x
+
+    def interrupt():
+        deadline = time.monotonic() + 120
+        while not os.path.exists(running) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    df = spark.range(0, 50, numPartitions=1).select(F.udf(hold, T.LongType())("id").alias("id"))
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        sparkfeed.write(df, str(path), mode="overwrite")
+    assert os.path.exists(running), "the write's job never ran"
+    assert sparkfeed.read_manifest(str(path)).num_samples == 20
