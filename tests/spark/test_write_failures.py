@@ -184,7 +184,8 @@ def test_an_overwrite_interrupted_before_spark_deleted_the_old_dataset_puts_its_
         deadline = time.monotonic() + 120
         while not os.path.exists(running) and time.monotonic() < deadline:
             time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGINT)
+        if os.path.exists(running):  # never a stray Ctrl-C into the rest of the run
+            os.kill(os.getpid(), signal.SIGINT)
 
     df = spark.range(0, 50, numPartitions=1).select(F.udf(hold, T.LongType())("id").alias("id"))
     threading.Thread(target=interrupt, daemon=True).start()
