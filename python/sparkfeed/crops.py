@@ -27,7 +27,7 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 def _keyed_words(seed: int, epoch: int, keys: np.ndarray, first: int, count: int) -> np.ndarray:
     """`count` 64-bit words (n, count) per key, numbered from `first`: pure functions of
     (seed, epoch, key, number)."""
-    base = _mix64(_mix64(np.array([seed], np.uint64)) ^ np.uint64(epoch))
+    base = _mix64(_mix64(np.array([seed % 2**64], np.uint64)) ^ np.uint64(epoch))  # (a negative seed as torch maps it)
     h = _mix64(keys.astype(np.uint64) ^ base)
     return np.stack([_mix64(h ^ np.uint64(i)) for i in range(first, first + count)], 1)
 

@@ -99,8 +99,9 @@ class Dataset(torch.utils.data.IterableDataset):
         if read_ahead_bytes is not None:
             checks.non_negative_int("read_ahead_bytes", read_ahead_bytes)
         checks.one_of("on_error", on_error, checks.ON_ERROR)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError(f"`seed` should be an integer, but got seed={seed!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not -2**63 <= seed < 2**64:
+            raise ValueError("`seed` should be an integer in [-2**63, 2**64) (torch's seed range; a negative "
+                             f"one counts modulo 2**64), but got seed={seed!r}")
         checks.one_of("with_source", with_source, (False, True))
         mixed = None
         if mix.is_mix(path):  # several datasets: `mix.py` checks them and reads them

@@ -488,7 +488,7 @@ class _DaliBackend:
                  runs_in_flight: int = _QUEUE_DEPTH):
         self.spec, self.device = spec, device
         self.dali, self.fn, self.types, self._feed_ndarray = _import_dali()
-        self.args = dict(batch_size=max_batch_size, num_threads=num_threads, seed=seed,
+        self.args = dict(batch_size=max_batch_size, num_threads=num_threads, seed=seed % 2**63,  # (DALI's: int64)
                          device_id=torch.cuda.current_device() if device == "cuda" else None,
                          prefetch_queue_depth=runs_in_flight, exec_async=True, exec_pipelined=True)
         self.pipes: dict[str, object] = {}
@@ -721,8 +721,8 @@ class ImageDecoder:
             raise TypeError(f"`spec` should be an ImageDecode, but got {type(spec).__name__}")
         if not _is_int(max_batch_size) or max_batch_size <= 0:
             _fail("max_batch_size", "a positive integer", max_batch_size)
-        if not _is_int(seed) or seed < 0:
-            _fail("seed", "a non-negative integer", seed)
+        if not _is_int(seed) or not 0 <= seed < 2**64:
+            _fail("seed", "an integer in [0, 2**64)", seed)
         if num_threads is not None and (not _is_int(num_threads) or num_threads <= 0):
             _fail("num_threads", "a positive integer or None", num_threads)
         if not _is_int(runs_in_flight) or runs_in_flight <= 0:
@@ -740,7 +740,7 @@ class ImageDecoder:
     def set_epoch(self, epoch: int, rank: int = 0) -> None:
         """Restart the augmentation draws from (seed, epoch, rank): reproducible, different per epoch."""
         self._epoch = epoch
-        self._rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch, rank])))
+        self._rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed % 2**64, epoch, rank])))
 
     def _draw(self, n: int, keys, sizes: np.ndarray) -> _Draws:
         """This batch's crops and flips: keyed by (seed, epoch, key) when keys are given, else the

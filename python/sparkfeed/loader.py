@@ -241,7 +241,10 @@ class DataLoader:
         fingerprints, which held it, are read without it (`progress._settings_and_batch_size`)."""
         ds = self.dataset
         capped = f"|block runs<={shuffling.MAX_BLOCK_RUNS}" if self._engine.runs_capped else ""
-        return f"{self._engine.identity()}|{ds.shuffle}|{ds.seed}|{ds.shuffle_buffer}|{ds.drop_last}{capped}"
+        # a seed outside [0, 2**32) orders by all its bits now (`shuffle.key_words`): states saved
+        # before, when its low 32 bits alone counted, are refused rather than resumed in another order
+        seed = ds.seed if shuffling.narrow_seed(ds.seed) else f"{ds.seed} (all 64 bits)"
+        return f"{self._engine.identity()}|{ds.shuffle}|{seed}|{ds.shuffle_buffer}|{ds.drop_last}{capped}"
 
     def state_dict(self, all_ranks: bool = False, gather_timeout: float = GATHER_TIMEOUT_S) -> dict:
         """Plain values: the epoch and, per lane, the stream positions not delivered yet.
@@ -618,7 +621,7 @@ class DataLoader:
             else:
                 from .decode import ImageDecoder
 
-                decoder = ImageDecoder(spec, max_batch_size=self.batch_size, seed=self.dataset.seed,
+                decoder = ImageDecoder(spec, max_batch_size=self.batch_size, seed=self.dataset.seed % 2**64,
                                        runs_in_flight=self._decode_ahead + 1)
             self._decoders[name] = [decoder, None]
         entry = self._decoders[name]

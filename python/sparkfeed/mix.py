@@ -57,6 +57,7 @@ from . import checks, filters
 from .engine import Engine, ReadConfig
 from .manifest import Manifest
 from .read import make_reader
+from .shuffle import key_words
 from .stats import Stats
 from .stream import ROW_KEYS, Block, Shuffled, StreamReader
 
@@ -249,7 +250,7 @@ def share_spans(offset: int, size: int, start: int, count: int) -> list[tuple[in
 
 
 def _rng(*key: int) -> np.random.Generator:
-    return np.random.default_rng([k & 0xFFFFFFFF for k in key] + [len(key), 0x6D6978])
+    return np.random.default_rng(key_words(key) + [0x6D6978])
 
 
 def _source_seed(seed: int, i: int) -> int:

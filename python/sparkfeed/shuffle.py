@@ -46,8 +46,28 @@ MAX_BLOCK_RUNS = 1024     # runs in one default block at most (see the module do
 Layout = tuple[np.ndarray, np.ndarray]
 
 
+_WIDE_KEYS = 0x77696465  # "wide": marks the words of keys outside [0, 2**32) (`key_words`)
+
+
+def key_words(key: Sequence[int]) -> list[int]:
+    """The 32-bit words that seed numpy from integer keys (seed, epoch, ...). Keys in
+    [0, 2**32) give their own words, as they always did (saved orders stay); any other key (a
+    64-bit seed such as `torch.initial_seed()`, a negative one, as torch maps it: modulo 2**64)
+    adds the high words and a tag: before, only the low 32 bits counted, so seeds 0 and 2**32
+    gave the same order without a word."""
+    if all(0 <= k < 2**32 for k in key):
+        return [*key, len(key)]
+    wide = [k % 2**64 for k in key]
+    return [w & 0xFFFFFFFF for w in wide] + [w >> 32 for w in wide] + [len(key), _WIDE_KEYS]
+
+
+def narrow_seed(seed: int) -> bool:
+    """Whether `seed` orders as it did before 64-bit seeds counted whole (`key_words`)."""
+    return 0 <= seed < 2**32
+
+
 def _rng(*key: int) -> np.random.Generator:
-    return np.random.default_rng([k & 0xFFFFFFFF for k in key] + [len(key)])
+    return np.random.default_rng(key_words(key))
 
 
 def default_block(sample_bytes: float) -> int:

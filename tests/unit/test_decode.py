@@ -387,7 +387,7 @@ def test_spec_defaults_and_normalised_mean():
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"max_batch_size": 0}, "`max_batch_size` should be a positive integer, but got max_batch_size=0"),
-    ({"max_batch_size": 4, "seed": -1}, "`seed` should be a non-negative integer"),
+    ({"max_batch_size": 4, "seed": -1}, r"`seed` should be an integer in \[0, 2\*\*64\)"),
     ({"max_batch_size": 4, "num_threads": 0}, "`num_threads` should be a positive integer or None"),
 ])
 def test_decoder_validation(kwargs, message):
