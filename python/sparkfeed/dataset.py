@@ -175,8 +175,8 @@ class Dataset(torch.utils.data.IterableDataset):
         """Choose the epoch: it seeds the shuffle, so every rank must call it with the same value.
         It reaches worker processes that torch keeps between epochs (`persistent_workers=True`):
         the number lives in shared memory, which they got when they started."""
-        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-            raise ValueError(f"`epoch` should be a non-negative integer, but got epoch={epoch!r}")
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch < 2**63:
+            raise ValueError(f"`epoch` should be an integer in [0, 2**63), but got epoch={epoch!r}")
         self._epoch[0] = epoch
 
     def __copy__(self) -> "Dataset":

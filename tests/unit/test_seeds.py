@@ -96,3 +96,11 @@ def test_random_crops_take_a_negative_or_64_bit_seed(tmp_path, backend):
         a, b = crops(seed), crops(seed)
         assert a.shape == (16, 3, 24, 24) and bool((a == b).all())  # reproducible
     assert not bool((crops(-5) == crops(2**63 + 9)).all())
+
+
+@pytest.mark.parametrize("epoch", [-1, 2**63, 1.0])
+def test_an_epoch_outside_int64_is_refused_naming_it(ds, epoch):
+    """Before: set_epoch(2**63) failed later with "Overflow when unpacking long long", naming nothing."""
+    loader = sparkfeed.DataLoader(ds[0], batch_size=8, shuffle=True)
+    with pytest.raises(ValueError, match=r"`epoch` should be an integer in \[0, 2\*\*63\), but got epoch="):
+        loader.set_epoch(epoch)
