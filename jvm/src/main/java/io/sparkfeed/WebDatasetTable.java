@@ -80,7 +80,7 @@ public final class WebDatasetTable implements SupportsRead, SupportsWrite {
     public ScanBuilder newScanBuilder(CaseInsensitiveStringMap options) {
         WebDatasetSource.ReadPlan plan = WebDatasetSource.readPlan(path, conf);
         List<ReadColumn> columns = WebDatasetSource.selectColumns(plan.columns, schema);
-        return new WebDatasetScanBuilder(columns, plan.shards, conf);
+        return new WebDatasetScanBuilder(columns, plan.shards, conf, path);
     }
 
     @Override

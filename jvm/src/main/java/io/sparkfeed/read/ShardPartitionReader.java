@@ -11,8 +11,10 @@ import java.time.OffsetDateTime;
 import java.time.ZoneOffset;
 import java.util.Arrays;
 import java.util.HashMap;
+import java.util.HashSet;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 
 import com.fasterxml.jackson.core.json.JsonReadFeature;
 import com.fasterxml.jackson.databind.JsonNode;
@@ -20,7 +22,6 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.json.JsonMapper;
 import io.sparkfeed.SafePath;
 import org.apache.commons.compress.archivers.tar.TarArchiveEntry;
-import org.apache.commons.compress.archivers.tar.TarArchiveInputStream;
 import org.apache.hadoop.conf.Configuration;
 import org.apache.hadoop.fs.Path;
 import org.apache.spark.sql.catalyst.InternalRow;
@@ -48,15 +49,23 @@ import org.apache.spark.unsafe.types.UTF8String;
 /**
  * Reads one tar shard as rows: consecutive members with one key form a sample; each output
  * column is decoded from its member (chosen once per column); a missing member gives null.
- * Members that are not regular files, or whose names hold a path, are an error naming the shard
- * and the member.
+ * Members in no sample ("README", "a.", webdataset metadata) are skipped, as Python's reader
+ * skips them. Links, devices, unsafe names, damaged headers, a key in two places and a member
+ * twice in a sample are an error naming the dataset, the shard and the member's tar offset, in
+ * the words of Python's reader (read/tar.py).
  */
 final class ShardPartitionReader implements PartitionReader<InternalRow> {
     private static final ObjectMapper JSON = JsonMapper.builder()
         .enable(JsonReadFeature.ALLOW_NON_NUMERIC_NUMBERS).build();
 
-    private final String shard;
-    private final TarArchiveInputStream tar;
+    /** Python's limit (read.tar.MAX_MEMBER_BYTES): a bigger member is refused, not read. */
+    static final long MAX_MEMBER_BYTES = 1L << 30;
+
+    private final String dataset;
+    private final String shardName;
+    private final StrictTarStream tar;
+    private final Set<String> seenKeys = new HashSet<>();
+    private final byte[] scratch = new byte[1 << 16];
     private final int width;
     private final Map<String, Integer> memberSlot = new HashMap<>();
     private final byte[][] members;
@@ -64,6 +73,8 @@ final class ShardPartitionReader implements PartitionReader<InternalRow> {
     private final int keyColumn;
     private final int jsonSlot;
     private TarArchiveEntry pending;
+    private long pendingAt;   // the tar offset of pending's (first) header
+    private long nextHeader;  // where the header after pending starts
     private byte[] pendingData;
     private String pendingKey;
     private String pendingExt;
@@ -78,8 +89,9 @@ final class ShardPartitionReader implements PartitionReader<InternalRow> {
         Object decode(JsonNode node);
     }
 
-    ShardPartitionReader(String shard, List<ReadColumn> columns, Configuration conf) {
-        this.shard = shard;
+    ShardPartitionReader(ShardInputPartition shard, List<ReadColumn> columns, Configuration conf) {
+        this.dataset = shard.dataset;
+        this.shardName = shard.name;
         this.width = columns.size();
         this.decoders = new Decoder[width];
         int key = -1;
@@ -110,13 +122,16 @@ final class ShardPartitionReader implements PartitionReader<InternalRow> {
         this.jsonSlot = parseJson ? memberSlot.get(ReadColumn.JSON_MEMBER) : -1;
         this.members = new byte[memberSlot.size()][];
         try {
-            Path path = new Path(shard);
+            Path path = new Path(shard.path);
             InputStream in = path.getFileSystem(conf).open(path);
-            this.tar = new TarArchiveInputStream(new BufferedInputStream(in, 1 << 20),
-                StandardCharsets.UTF_8.name());
+            this.tar = StrictTarStream.of(new BufferedInputStream(in, 1 << 20));
+        } catch (IOException e) {
+            throw error("cannot open the shard (" + e.getMessage() + ")", 0, e);
+        }
+        try {
             advance();
         } catch (IOException e) {
-            throw new IllegalStateException("cannot open webdataset shard " + shard, e);
+            throw error("cannot read the shard (" + e.getMessage() + ")", pendingAt, e);
         }
     }
 
@@ -174,30 +189,112 @@ final class ShardPartitionReader implements PartitionReader<InternalRow> {
         return Math.addExact(Math.multiplyExact(seconds, 1_000_000L), t.getNano() / 1000);
     }
 
-    /** Reads the next regular member into pending (null at the end). */
+    /**
+     * Reads the next sample member into pending (null at the end): directories and members in
+     * no sample ({@link MemberNames#isSampleMember}) are skipped as Python's reader skips them;
+     * links, devices, unsafe names, oversized members and damaged headers are an error at the
+     * member's tar offset.
+     */
     private void advance() throws IOException {
-        pending = tar.getNextEntry();
-        while (pending != null && pending.isDirectory()) {
-            pending = tar.getNextEntry();
+        while (true) {
+            pendingAt = nextHeader;
+            try {
+                pending = tar.getNextEntry();
+            } catch (StrictTarStream.HeaderException e) {
+                throw error("corrupt tar: " + e.reason, e.offset, e);
+            } catch (IOException | RuntimeException e) {
+                throw error("corrupt tar: the member header here cannot be read (" + e.getMessage()
+                    + "); the members after it would be lost", pendingAt, e);
+            }
+            if (pending == null) {
+                return;
+            }
+            nextHeader = tar.position() + StrictTarStream.padded(pending.getSize());
+            if (isDirectory(pending)) {
+                continue;
+            }
+            check(pending);
+            String name = pending.getName();
+            boolean inSample = MemberNames.isSampleMember(name);
+            pendingKey = inSample ? MemberNames.key(name) : null;
+            pendingExt = inSample ? MemberNames.extension(name) : null;
+            pendingData = readData(pending, inSample && memberSlot.containsKey(pendingExt));
+            if (inSample) {
+                return;
+            }
         }
-        if (pending == null) {
-            return;
+    }
+
+    /** Python's tarfile takes type 0 with a trailing "/" and type 5 for a directory. */
+    private static boolean isDirectory(TarArchiveEntry e) {
+        byte type = e.getLinkFlag();
+        return type == TarArchiveEntry.LF_DIR || (type == 0 && e.getName().endsWith("/"));
+    }
+
+    /** Refuses what Python's reader refuses (read.tar's _check_member), with its words. */
+    private void check(TarArchiveEntry e) {
+        String name = e.getName();
+        byte type = e.getLinkFlag();
+        if (e.isSymbolicLink() || e.isLink()) {
+            throw error("member " + MemberNames.quote(name) + " is a link; links are refused",
+                pendingAt, null);
         }
-        String name = pending.getName();
-        if (!pending.isFile()) {
-            throw new IllegalStateException("webdataset shard " + shard + ": member \"" + name
-                + "\" is not a regular file (a link or a device); only regular files are read");
+        if (type != TarArchiveEntry.LF_NORMAL && type != TarArchiveEntry.LF_OLDNORM
+                && type != TarArchiveEntry.LF_CONTIG && !e.isGNUSparse()) {
+            String shown = type >= 0x20 && type < 0x7F ? String.valueOf((char) type)
+                : String.format("\\x%02x", type & 0xFF);
+            throw error("member " + MemberNames.quote(name) + " is not a regular file (type b'"
+                + shown + "')", pendingAt, null);
         }
         String problem = SafePath.problem(name);  // the same rule as manifest paths and Python
         if (problem != null) {
-            throw new IllegalStateException("webdataset shard " + shard + ": member name \"" + name
-                + "\" could escape the dataset: it " + problem);
+            throw error("member name " + MemberNames.quote(name) + " could escape the dataset: it "
+                + problem, pendingAt, null);
         }
-        String base = name.substring(name.lastIndexOf('/') + 1);
-        int dot = base.indexOf('.');
-        pendingKey = dot < 0 ? name : name.substring(0, name.length() - base.length() + dot);
-        pendingExt = dot < 0 ? "" : base.substring(dot + 1);
-        pendingData = tar.readAllBytes();
+        if (e.getSize() > MAX_MEMBER_BYTES) {
+            throw error("member " + MemberNames.quote(name) + " is " + e.getSize() + " bytes, over "
+                + "the " + MAX_MEMBER_BYTES + "-byte limit", pendingAt, null);
+        }
+    }
+
+    /** The member's bytes (keep: else read and dropped, so a tar cut short inside any member's
+     * data is an error, never a silent end of the shard). */
+    private byte[] readData(TarArchiveEntry e, boolean keep) throws IOException {
+        long size = e.getSize();
+        long start = tar.position();
+        byte[] data = null;
+        long got;
+        try {
+            if (keep) {
+                data = tar.readNBytes((int) size);
+                got = data.length;
+            } else {
+                got = 0;
+                for (int n; got < size && (n = tar.read(scratch, 0,
+                        (int) Math.min(scratch.length, size - got))) > 0; ) {
+                    got += n;
+                }
+            }
+        } catch (IOException ex) {
+            if (!(ex instanceof java.io.EOFException) && !String.valueOf(ex.getMessage())
+                    .startsWith("Truncated TAR archive")) {
+                throw error("cannot read the data of member " + MemberNames.quote(e.getName())
+                    + " (" + ex + ")", pendingAt, ex);
+            }
+            got = -1;  // commons-compress: the file ends inside the member's data
+        }
+        if (got != size) {
+            throw error("the tar is cut short inside the data of member " + MemberNames.quote(
+                e.getName()) + " (" + size + " bytes from tar offset " + start + ")", pendingAt, null);
+        }
+        return data;
+    }
+
+    /** The error naming the dataset, the shard and the tar offset, worded as Python's. */
+    private IllegalStateException error(String message, long offset, Throwable cause) {
+        String where = (dataset == null ? "" : "dataset " + MemberNames.quote(dataset) + ", ")
+            + "shard " + MemberNames.quote(shardName) + ", tar offset " + offset;
+        return new IllegalStateException(where + ": " + message, cause);
     }
 
     @Override
@@ -206,8 +303,19 @@ final class ShardPartitionReader implements PartitionReader<InternalRow> {
             return false;
         }
         String key = pendingKey;
+        long start = pendingAt;
+        if (!seenKeys.add(key)) {
+            throw error("key " + MemberNames.quote(key) + " appears in two places; members of a "
+                + "sample must be adjacent, as webdataset reads them (a tar of a directory: make "
+                + "it with `tar --sort=name`)", start, null);
+        }
         Arrays.fill(members, null);
+        Set<String> extensions = new HashSet<>();
         while (pending != null && pendingKey.equals(key)) {
+            if (!extensions.add(pendingExt)) {
+                throw error("sample " + MemberNames.quote(key) + " has two ." + pendingExt
+                    + " members", pendingAt, null);
+            }
             Integer slot = memberSlot.get(pendingExt);
             if (slot != null) {
                 members[slot] = pendingData;
@@ -225,8 +333,8 @@ final class ShardPartitionReader implements PartitionReader<InternalRow> {
             }
             current = new GenericInternalRow(values);
         } catch (RuntimeException | IOException e) {
-            throw new IllegalStateException("webdataset shard " + shard + ": cannot decode sample \""
-                + key + "\": " + e.getMessage(), e);
+            throw error("sample " + MemberNames.quote(key) + ": cannot decode it: " + e.getMessage(),
+                start, e);
         }
         return true;
     }

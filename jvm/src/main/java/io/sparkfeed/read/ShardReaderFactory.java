@@ -24,7 +24,6 @@ public final class ShardReaderFactory implements PartitionReaderFactory {
 
     @Override
     public PartitionReader<InternalRow> createReader(InputPartition partition) {
-        return new ShardPartitionReader(((ShardInputPartition) partition).path, columns,
-            conf.value());
+        return new ShardPartitionReader((ShardInputPartition) partition, columns, conf.value());
     }
 }

@@ -1,7 +1,9 @@
 package io.sparkfeed.read;
 
+import java.io.IOException;
 import java.util.List;
 
+import io.sparkfeed.DatasetDir;
 import org.apache.hadoop.conf.Configuration;
 import org.apache.spark.sql.connector.read.Batch;
 import org.apache.spark.sql.connector.read.InputPartition;
@@ -16,11 +18,14 @@ public final class WebDatasetScan implements Scan, Batch {
     private final List<ReadColumn> columns;
     private final List<String> shards;
     private final Configuration conf;
+    private final String dataset;
 
-    WebDatasetScan(List<ReadColumn> columns, List<String> shards, Configuration conf) {
+    WebDatasetScan(List<ReadColumn> columns, List<String> shards, Configuration conf,
+                   String dataset) {
         this.columns = columns;
         this.shards = shards;
         this.conf = conf;
+        this.dataset = dataset;
     }
 
     /** The Spark schema of these columns (all nullable: a sample may lack a member). */
@@ -49,11 +54,29 @@ public final class WebDatasetScan implements Scan, Batch {
 
     @Override
     public InputPartition[] planInputPartitions() {
+        String root = root();
         InputPartition[] out = new InputPartition[shards.size()];
         for (int i = 0; i < out.length; i++) {
-            out[i] = new ShardInputPartition(shards.get(i));
+            String shard = shards.get(i);
+            String name = root != null && shard.startsWith(root) ? shard.substring(root.length())
+                : shard;
+            out[i] = new ShardInputPartition(shard, dataset, name);
         }
         return out;
+    }
+
+    /** The qualified dataset root with a trailing "/" (the shards' paths start with it), or
+     * null where there is no dataset path. */
+    private String root() {
+        if (dataset == null) {
+            return null;
+        }
+        try {
+            String root = DatasetDir.of(dataset, conf).root.toString();
+            return root.endsWith("/") ? root : root + "/";
+        } catch (IOException | RuntimeException e) {
+            return null;  // only names in errors: the full shard paths are named instead
+        }
     }
 
     @Override

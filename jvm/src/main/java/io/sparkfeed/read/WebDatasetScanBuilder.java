@@ -11,15 +11,23 @@ public final class WebDatasetScanBuilder implements ScanBuilder {
     private final List<ReadColumn> columns;
     private final List<String> shards;
     private final Configuration conf;
+    private final String dataset;
 
     public WebDatasetScanBuilder(List<ReadColumn> columns, List<String> shards, Configuration conf) {
+        this(columns, shards, conf, null);
+    }
+
+    /** dataset: the path given to load(path), which read errors name (null: unknown). */
+    public WebDatasetScanBuilder(List<ReadColumn> columns, List<String> shards, Configuration conf,
+                                 String dataset) {
         this.columns = columns;
         this.shards = shards;
         this.conf = conf;
+        this.dataset = dataset;
     }
 
     @Override
     public Scan build() {
-        return new WebDatasetScan(columns, shards, conf);
+        return new WebDatasetScan(columns, shards, conf, dataset);
     }
 }

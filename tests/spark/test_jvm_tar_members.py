@@ -1,0 +1,148 @@
+"""format("webdataset")'s JVM reader against sparkfeed's Python reader on the same tars (written
+with Python's `tarfile`): the same samples where the loader delivers some (members in no sample
+skipped alike), and where Python refuses a tar (a damaged header, a link, an unsafe name, a key in
+two places, a member twice in a sample) the same refusal, naming the dataset, the shard and the
+same tar offset."""
+
+import io
+import os
+import sys
+import tarfile
+
+import pytest
+
+import sparkfeed
+from sparkfeed import ShardReadError
+
+pytestmark = pytest.mark.spark
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+SAMPLES = [("a.txt", b"A"), ("a.cls", b"1"), ("b.txt", b"B"), ("b.cls", b"2")]
+
+
+def _tar(members, fmt=tarfile.USTAR_FORMAT) -> bytes:
+    """A tar of (name, bytes) members and ready TarInfos (links, devices), as `tarfile` writes it."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=fmt) as tar:
+        for m in members:
+            if isinstance(m, tarfile.TarInfo):
+                tar.addfile(m)
+                continue
+            info = tarfile.TarInfo(m[0])
+            info.size, info.mtime = len(m[1]), 1_700_000_000
+            tar.addfile(info, io.BytesIO(m[1]))
+    return out.getvalue()
+
+
+def _special(name, type_, target=""):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = type_, target
+    return info
+
+
+def _dataset(tmp_path, raw: bytes, name="ds") -> str:
+    root = tmp_path / name
+    root.mkdir()
+    (root / "s.tar").write_bytes(raw)
+    return str(root)
+
+
+def _loader_rows(root: str) -> list[tuple]:
+    """(key, cls, txt) of every sample the loader delivers, after `sparkfeed.index`."""
+    sparkfeed.index(root, progress=False)
+    out = []
+    for b in sparkfeed.DataLoader(root, batch_size=64, columns=["key", "cls", "txt"]):
+        out += [(k, int(c), t) for k, c, t in zip(b["key"], b["cls"], b["txt"])]
+    return out
+
+
+def _spark_rows(spark, root: str) -> list[tuple]:
+    df = spark.read.format("webdataset").load(root)
+    return [(r.key, r.cls, r.txt) for r in df.select("key", "cls", "txt").collect()]
+
+
+# Members webdataset and sparkfeed leave out of every sample: no extension, an empty extension,
+# no key, webdataset's metadata names; and names that look like them but are in a sample.
+IN_NO_SAMPLE = [("README", b"r"), ("a.", b"x"), (".txt", b"z"), ("dir/README", b"y"),
+                ("__meta__/a.json", b"{}"), ("__x.y__", b"m"), ("__a__/b.c/d.txt", b"m"),
+                ("a.b/.txt", b"q")]
+LOOK_ALIKES = [("__k.txt", b"K"), ("__k.cls", b"3"), ("a__.txt", b"L"), ("a__.cls", b"4"),
+               ("d/.txt", b"D"), ("d/.cls", b"5")]
+
+
+def test_members_in_no_sample_are_skipped_as_the_loader_skips_them(spark, tmp_path):
+    """Before, every such member became a row of its own (all null but its key): a shard the
+    loader reads as 2 samples gave Spark up to 9 rows. Now both give the same samples."""
+    members = IN_NO_SAMPLE[:4] + SAMPLES[:2] + IN_NO_SAMPLE[4:] + SAMPLES[2:] + LOOK_ALIKES
+    root = _dataset(tmp_path, _tar(members))
+    expected = _loader_rows(root)
+    assert [k for k, _, _ in expected] == ["a", "b", "__k", "a__", "d/"]
+    assert _spark_rows(spark, root) == expected
+
+
+def test_a_tar_without_end_blocks_reads_as_in_the_loader(spark, tmp_path):
+    raw = _tar(SAMPLES).rstrip(b"\0")
+    root = _dataset(tmp_path, raw + b"\0" * (-len(raw) % 512))
+    expected = _loader_rows(root)
+    assert _spark_rows(spark, root) == expected == [("a", 1, "A"), ("b", 2, "B")]
+
+
+def _bad_checksum() -> bytes:
+    raw = bytearray(_tar(SAMPLES))
+    raw[2 * 1024 + 148] ^= 1  # the third member's (b.txt's) header checksum
+    return bytes(raw)
+
+
+def _nul_in_name() -> bytes:
+    raw = bytearray(_tar(SAMPLES + [("cXtxt", b"C")]))
+    raw[4 * 1024 + 1] = 0  # "c\0txt": tar readers cut the name at the NUL
+    raw[4 * 1024 + 148:4 * 1024 + 156] = b"%06o\0 " % (sum(raw[4096:4096 + 512]) - sum(raw[4096 + 148:4096 + 156]) + 256)
+    return bytes(raw)
+
+
+HOSTILE = {
+    "damaged header": _bad_checksum(),
+    "header cut short": _tar(SAMPLES + [("c.txt", b"C")])[:4096 + 200],
+    "nul inside a name": _nul_in_name(),
+    "symlink": _tar(SAMPLES + [_special("c.txt", tarfile.SYMTYPE, "a.txt")]),
+    "hard link": _tar(SAMPLES + [_special("c.txt", tarfile.LNKTYPE, "a.txt")]),
+    "fifo": _tar(SAMPLES + [_special("c.txt", tarfile.FIFOTYPE)]),
+    "path traversal": _tar(SAMPLES + [("../x.txt", b"x")]),
+    "absolute name": _tar(SAMPLES + [("/x.txt", b"x")]),
+    "unsafe name in no sample": _tar(SAMPLES + [("../README", b"x")]),
+    "key in two places": _tar(SAMPLES + [("a.jpg", b"J")]),
+    "member twice in a sample": _tar(SAMPLES[:2] + [("a.txt", b"A2")] + SAMPLES[2:]),
+}
+
+
+def _python_refusal(root: str) -> ShardReadError:
+    with pytest.raises(ShardReadError) as excinfo:
+        sparkfeed.index(root, progress=False)
+    return excinfo.value
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_tar_python_refuses_fails_the_spark_read_with_the_same_words_and_offset(spark, tmp_path, case):
+    """Before, commons-compress read most of these without a word: a damaged or cut header ended
+    the shard (members lost), links and FIFOs were empty members, a repeated key two rows, a
+    repeated member the last one's bytes; and errors named only the shard's full path."""
+    root = _dataset(tmp_path, HOSTILE[case])
+    refusal = _python_refusal(root)
+    assert refusal.offset is not None and refusal.offset > 0
+    with pytest.raises(Exception) as excinfo:
+        spark.read.format("webdataset").load(root).collect()
+    assert str(refusal) in str(excinfo.value)
+    assert f"dataset '{root}', shard 's.tar', tar offset {refusal.offset}: " in str(excinfo.value)
+
+
+def test_a_tar_cut_short_inside_member_data_names_the_member_and_offset(spark, tmp_path):
+    """Read through its manifest (made while the shard was whole): the JVM reader's error says
+    where the data stops, as the Python reader's does, instead of a bare EOFException."""
+    raw = _tar(SAMPLES + [("c.txt", b"C" * 1000), ("c.cls", b"3")])
+    root = _dataset(tmp_path, raw)
+    sparkfeed.index(root, progress=False)
+    with open(os.path.join(root, "s.tar"), "r+b") as f:
+        f.truncate(4096 + 512 + 300)
+    with pytest.raises(Exception, match=rf"dataset '{root}', shard 's.tar', tar offset 4096: the tar is "
+                       r"cut short inside the data of member 'c.txt' \(1000 bytes from tar offset 4608\)"):
+        spark.read.format("webdataset").load(root).collect()
