@@ -1149,10 +1149,10 @@ def test_a_tar_that_a_lane_boundary_splits_is_fetched_ahead_by_both_lanes(tmp_pa
     fetched = []
     original = storage.fetch_ranges
 
-    def recorded(fs, path, ranges, size=None):
+    def recorded(fs, path, ranges, size=None, **options):
         if path.endswith(".tar"):
             fetched.append((threading.current_thread().name, path.rsplit("/", 1)[-1], list(ranges)))
-        return original(fs, path, ranges, size)
+        return original(fs, path, ranges, size, **options)
 
     monkeypatch.setattr(storage, "fetch_ranges", recorded)
     m, ids = _split_tars_over_http(tmp_path)
