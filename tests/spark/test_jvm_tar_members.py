@@ -4,6 +4,7 @@ skipped alike), and where Python refuses a tar (a damaged header, a link, an uns
 two places, a member twice in a sample) the same refusal, naming the dataset, the shard and the
 same tar offset."""
 
+import gzip
 import io
 import os
 import sys
@@ -80,11 +81,38 @@ def test_members_in_no_sample_are_skipped_as_the_loader_skips_them(spark, tmp_pa
     assert _spark_rows(spark, root) == expected
 
 
+def test_a_tar_read_without_manifest_has_no_column_for_members_in_no_sample(spark, tmp_path):
+    """Before, "a." gave the schema a column named "" (and "__meta__/m.json" one named json),
+    all null."""
+    members = [("a.", b"x"), ("__meta__/m.json", b"{}"), ("d" * 120 + "/README", b"r")] + SAMPLES
+    root = _dataset(tmp_path, _tar(members, tarfile.GNU_FORMAT))
+    df = spark.read.format("webdataset").load(root)
+    assert df.columns == ["key", "cls", "txt"]
+    assert [tuple(r) for r in df.collect()] == [("a", b"1", b"A"), ("b", b"2", b"B")]
+
+
+@pytest.mark.parametrize("raw, words", [
+    (b"", "corrupt tar: not a tar file (the file is empty)"),
+    (b"not a tar" * 100, "corrupt tar: not a tar file (its first header's checksum is wrong)"),
+    (gzip.compress(_tar(SAMPLES)), "is gzip-compressed, though named .tar"),
+], ids=["empty", "garbage", "gzip"])
+def test_a_file_that_is_no_tar_fails_the_read_naming_it(spark, tmp_path, raw, words):
+    """Before, an empty file and a small gzip-compressed tar read as a shard of 0 samples, and
+    garbage failed while planning with no word of the shard or what was wrong."""
+    root = _dataset(tmp_path, raw)
+    with pytest.raises(Exception) as excinfo:
+        spark.read.format("webdataset").load(root).collect()
+    assert f"dataset '{root}', shard 's.tar', tar offset 0: {words}" in str(excinfo.value)
+
+
 def test_a_tar_without_end_blocks_reads_as_in_the_loader(spark, tmp_path):
     raw = _tar(SAMPLES).rstrip(b"\0")
     root = _dataset(tmp_path, raw + b"\0" * (-len(raw) % 512))
     expected = _loader_rows(root)
     assert _spark_rows(spark, root) == expected == [("a", 1, "A"), ("b", 2, "B")]
+
+
+LONG = [("d" * 120 + "/" + name, data) for name, data in SAMPLES]
 
 
 def _bad_checksum() -> bytes:
@@ -112,6 +140,10 @@ HOSTILE = {
     "unsafe name in no sample": _tar(SAMPLES + [("../README", b"x")]),
     "key in two places": _tar(SAMPLES + [("a.jpg", b"J")]),
     "member twice in a sample": _tar(SAMPLES[:2] + [("a.txt", b"A2")] + SAMPLES[2:]),
+    # offsets where long names take extra headers: Python names the first header of the member
+    "pax symlink": _tar(LONG + [_special("d" * 120 + "/c.txt", tarfile.SYMTYPE, "a.txt")], tarfile.PAX_FORMAT),
+    "gnu symlink": _tar(LONG + [_special("d" * 120 + "/c.txt", tarfile.SYMTYPE, "a.txt")], tarfile.GNU_FORMAT),
+    "pax member twice": _tar(LONG[:2] + [LONG[0]] + LONG[2:], tarfile.PAX_FORMAT),
 }
 
 

@@ -13,6 +13,7 @@ import java.util.TreeSet;
 
 import io.sparkfeed.manifest.ArrowTypes;
 import io.sparkfeed.manifest.ManifestReader;
+import io.sparkfeed.read.MemberNames;
 import io.sparkfeed.read.ReadColumn;
 import io.sparkfeed.write.WebDatasetWriteProvider;
 import org.apache.commons.compress.archivers.tar.TarArchiveEntry;
@@ -233,16 +234,22 @@ public final class WebDatasetSource implements TableProvider, DataSourceRegister
         return out;
     }
 
+    /**
+     * The member extensions of a shard's samples (members in no sample, "README", "a.",
+     * "__meta__/a.json", left out as the reader leaves them out). A tar that cannot be read to
+     * its end gives what was read: the shard's read then fails naming the dataset, the shard
+     * and the tar offset.
+     */
     private static TreeSet<String> extensions(DatasetDir dir, String shard) throws IOException {
         TreeSet<String> out = new TreeSet<>();
         try (TarArchiveInputStream tar = new TarArchiveInputStream(dir.fs.open(new Path(shard)))) {
             for (TarArchiveEntry e = tar.getNextEntry(); e != null; e = tar.getNextEntry()) {
-                String base = e.getName().substring(e.getName().lastIndexOf('/') + 1);
-                int dot = base.indexOf('.');
-                if (e.isFile() && dot > 0) {
-                    out.add(base.substring(dot + 1));
+                if (e.isFile() && MemberNames.isSampleMember(e.getName())) {
+                    out.add(MemberNames.extension(e.getName()));
                 }
             }
+        } catch (IOException | RuntimeException e) {
+            return out;  // ShardPartitionReader names what is wrong and where
         }
         return out;
     }

@@ -6,7 +6,7 @@ package io.sparkfeed.read;
  * {@code read.tar.split_name} (themselves webdataset's {@code base_plus_ext} and its metadata
  * skip), so the JVM and the loader give the same samples from the same tar.
  */
-final class MemberNames {
+public final class MemberNames {
     private MemberNames() {
     }
 
@@ -15,7 +15,7 @@ final class MemberNames {
      * before its first dot ("a.jpg"; or "dir/.jpg", whose key is "dir/") and a non-empty
      * extension after it; not "README", "a.", a top-level ".txt", nor webdataset metadata.
      */
-    static boolean isSampleMember(String name) {
+    public static boolean isSampleMember(String name) {
         String base = name.substring(name.lastIndexOf('/') + 1);
         int dot = base.indexOf('.');
         if (dot < 0 || dot == base.length() - 1) {
@@ -58,7 +58,7 @@ final class MemberNames {
     }
 
     /** The extension of a sample member: its base name after the first dot. */
-    static String extension(String name) {
+    public static String extension(String name) {
         String base = name.substring(name.lastIndexOf('/') + 1);
         return base.substring(base.indexOf('.') + 1);
     }

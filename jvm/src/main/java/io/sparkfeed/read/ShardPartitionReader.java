@@ -201,7 +201,7 @@ final class ShardPartitionReader implements PartitionReader<InternalRow> {
             try {
                 pending = tar.getNextEntry();
             } catch (StrictTarStream.HeaderException e) {
-                throw error("corrupt tar: " + e.reason, e.offset, e);
+                throw error(e.reason, e.offset, e);
             } catch (IOException | RuntimeException e) {
                 throw error("corrupt tar: the member header here cannot be read (" + e.getMessage()
                     + "); the members after it would be lost", pendingAt, e);

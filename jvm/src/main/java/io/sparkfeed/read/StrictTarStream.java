@@ -23,7 +23,7 @@ final class StrictTarStream extends TarArchiveInputStream {
     private boolean ended;
     private boolean sparseExtension;  // the next record extends an old GNU sparse header
 
-    /** A damaged header: the reason and the tar offset of its first byte. */
+    /** A damaged header (or no tar at all): the reason and the tar offset of its first byte. */
     static final class HeaderException extends IOException {
         private static final long serialVersionUID = 1L;
         final long offset;
@@ -36,13 +36,43 @@ final class StrictTarStream extends TarArchiveInputStream {
         }
     }
 
-    private StrictTarStream(Counting in) {
+    // read.tar.COMPRESSED_MAGIC: a compressed stream named .tar is named as such
+    private static final String[][] COMPRESSED = {{"\u001f\u008b", "gzip"}, {"BZh", "bzip2"},
+        {"\u00fd7zXZ\u0000", "xz"}, {"(\u00b5/\u00fd", "zstd"},
+        {"\u0004\"M\u0018", "lz4"}};
+    private final String compressed;
+
+    private StrictTarStream(Counting in, String compressed) {
         super(in, StandardCharsets.UTF_8.name());
         this.counting = in;
+        this.compressed = compressed;
     }
 
-    static StrictTarStream of(InputStream in) {
-        return new StrictTarStream(new Counting(in));
+    /** The tar in {@code in} (which must support mark: its first bytes are looked at). */
+    static StrictTarStream of(InputStream in) throws IOException {
+        in.mark(8);
+        byte[] head = in.readNBytes(6);
+        in.reset();
+        return new StrictTarStream(new Counting(in), compressedKind(head));
+    }
+
+    /** The compression whose stream starts with head, else null. */
+    static String compressedKind(byte[] head) {
+        String h = new String(head, StandardCharsets.ISO_8859_1);
+        for (String[] c : COMPRESSED) {
+            if (h.startsWith(c[0])) return c[1];
+        }
+        return null;
+    }
+
+    /** Why the file is no tar, for a failure at its first header. */
+    private String notATar(String why) {
+        if (compressed != null) {
+            return "is " + compressed + "-compressed, though named .tar: sparkfeed reads tar "
+                + "members in place by offset, which a compressed stream does not allow; "
+                + "decompress it (JPEG and PNG members gain nothing from it)";
+        }
+        return "corrupt tar: not a tar file (" + why + ")";
     }
 
     /** The tar offset of the next byte to be read. */
@@ -58,9 +88,13 @@ final class StrictTarStream extends TarArchiveInputStream {
             return record;  // after the end-of-archive block: only its optional second block
         }
         if (record == null) {
-            if (counting.pos > at && at > 0) {
-                throw new HeaderException(at, "member header cut short (truncated header); the "
-                    + "members after it would be lost");
+            if (at == 0) {
+                throw new HeaderException(0, notATar(counting.pos == 0 ? "the file is empty"
+                    : "its " + counting.pos + " bytes are less than one tar header"));
+            }
+            if (counting.pos > at) {
+                throw new HeaderException(at, "corrupt tar: member header cut short (truncated "
+                    + "header); the members after it would be lost");
             }
             return null;
         }
@@ -72,9 +106,9 @@ final class StrictTarStream extends TarArchiveInputStream {
             ended = true;
             return record;
         }
-        if (!TarUtils.verifyCheckSum(record)) {
-            throw new HeaderException(at, at == 0 ? "not a tar file (its first header's checksum "
-                + "is wrong)" : "member header damaged (bad checksum); the members after it would "
+        if (!checksumAgrees(record)) {
+            throw new HeaderException(at, at == 0 ? notATar("its first header's checksum is wrong")
+                : "corrupt tar: member header damaged (bad checksum); the members after it would "
                 + "be lost");
         }
         String problem = nameProblem(record, 0, 100);
@@ -82,10 +116,19 @@ final class StrictTarStream extends TarArchiveInputStream {
             problem = nameProblem(record, 345, 155);
         }
         if (problem != null) {
-            throw new HeaderException(at, "member header's " + problem);
+            throw new HeaderException(at, "corrupt tar: member header's " + problem);
         }
         sparseExtension = record[156] == 'S' && record[482] != 0;
         return record;
+    }
+
+    /** Whether the header's checksum field holds its sum (false where it is no octal number). */
+    private static boolean checksumAgrees(byte[] record) {
+        try {
+            return TarUtils.verifyCheckSum(record);
+        } catch (IllegalArgumentException e) {
+            return false;
+        }
     }
 
     private static boolean isZero(byte[] record) {
