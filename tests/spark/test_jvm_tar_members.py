@@ -6,6 +6,7 @@ same tar offset."""
 
 import gzip
 import io
+import json
 import os
 import sys
 import tarfile
@@ -178,3 +179,44 @@ def test_a_tar_cut_short_inside_member_data_names_the_member_and_offset(spark, t
     with pytest.raises(Exception, match=rf"dataset '{root}', shard 's.tar', tar offset 4096: the tar is "
                        r"cut short inside the data of member 'c.txt' \(1000 bytes from tar offset 4608\)"):
         spark.read.format("webdataset").load(root).collect()
+
+
+def test_integer_members_read_as_the_loader_reads_them(spark, tmp_path):
+    """webdataset reads `.cls` with Python's int(): "007", "+5", "1_000" and whitespace around.
+    Before, the JVM parsed them as JSON: a leading zero or "_" failed the read."""
+    texts = [b"007", b"+5", b" 12\n", b"1_000", b"-3"]
+    members = [m for i, t in enumerate(texts) for m in ((f"k{i}.cls", t), (f"k{i}.txt", b"t"))]
+    root = _dataset(tmp_path, _tar(members))
+    expected = _loader_rows(root)
+    assert [c for _, c, _ in expected] == [7, 5, 12, 1000, -3]
+    assert _spark_rows(spark, root) == expected
+
+
+def test_an_integer_member_past_its_type_fails_instead_of_wrapping(spark, tmp_path):
+    """Before, 99999999999999999999 in a bigint column was read as 7766279631452241919; the
+    loader refuses it (does not fit int64), and so does Spark now."""
+    root = _dataset(tmp_path, _tar([("k0.cls", b"99999999999999999999"), ("k0.txt", b"t")]))
+    sparkfeed.index(root, progress=False)
+    with pytest.raises(Exception, match=rf"dataset '{root}', shard 's.tar', tar offset 0: sample 'k0': cannot "
+                       r"decode it: value 99999999999999999999 does not fit bigint"):
+        spark.read.format("webdataset").load(root).collect()
+
+
+@pytest.mark.parametrize("value, words", [(1.5, "value 1.5 is not a whole number, as int needs"),
+                                          (3_000_000_000, "value 3000000000 does not fit int"),
+                                          (True, "value true is not a whole number, as int needs")])
+def test_a_json_field_that_is_no_integer_of_its_column_fails_the_read(spark, tmp_path, value, words):
+    """Integer columns beside the `.cls` one live in the sample's `.json`; there 1.5 and true were
+    read as 1 and 3000000000 wrapped to -1294967296 without a word."""
+    root = tmp_path / "ds"
+    df = spark.createDataFrame([("k1", 1, 2)], "key string, label int, n int").coalesce(1)
+    df.write.format("webdataset").save(str(root))
+    shard = next(root.glob("*.tar"))
+    with tarfile.open(shard) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    fields = [k for name, data in members if name.endswith(".json") for k in json.loads(data)]
+    assert fields == ["n"]
+    shard.write_bytes(_tar([(n, json.dumps({"n": value}).encode() if n.endswith(".json") else d)
+                            for n, d in members]))
+    with pytest.raises(Exception, match=rf"shard '{shard.name}', tar offset 0: sample 'k1': cannot decode it: {words}"):
+        spark.read.format("webdataset").load(str(root)).collect()

@@ -31,16 +31,12 @@ import org.apache.spark.sql.connector.read.PartitionReader;
 import org.apache.spark.sql.types.ArrayType;
 import org.apache.spark.sql.types.BinaryType;
 import org.apache.spark.sql.types.BooleanType;
-import org.apache.spark.sql.types.ByteType;
 import org.apache.spark.sql.types.DataType;
 import org.apache.spark.sql.types.DateType;
 import org.apache.spark.sql.types.Decimal;
 import org.apache.spark.sql.types.DecimalType;
 import org.apache.spark.sql.types.DoubleType;
 import org.apache.spark.sql.types.FloatType;
-import org.apache.spark.sql.types.IntegerType;
-import org.apache.spark.sql.types.LongType;
-import org.apache.spark.sql.types.ShortType;
 import org.apache.spark.sql.types.StringType;
 import org.apache.spark.sql.types.TimestampNTZType;
 import org.apache.spark.sql.types.TimestampType;
@@ -142,6 +138,10 @@ final class ShardPartitionReader implements PartitionReader<InternalRow> {
         if (type instanceof StringType) {
             return (m, json) -> m[slot] == null ? null : UTF8String.fromBytes(m[slot]);
         }
+        if (IntegerValues.isInteger(type)) {
+            return (m, json) -> m[slot] == null ? null
+                : IntegerValues.fromText(new String(m[slot], StandardCharsets.UTF_8), type);
+        }
         ValueDecoder value = valueDecoder(type);
         return (m, json) -> {
             if (m[slot] == null) return null;
@@ -152,10 +152,7 @@ final class ShardPartitionReader implements PartitionReader<InternalRow> {
 
     static ValueDecoder valueDecoder(DataType type) {
         if (type instanceof BooleanType) return JsonNode::asBoolean;
-        if (type instanceof ByteType) return n -> (byte) n.asLong();
-        if (type instanceof ShortType) return n -> (short) n.asLong();
-        if (type instanceof IntegerType) return n -> (int) n.asLong();
-        if (type instanceof LongType) return JsonNode::asLong;
+        if (IntegerValues.isInteger(type)) return n -> IntegerValues.fromJson(n, type);
         if (type instanceof FloatType) return n -> (float) n.asDouble();
         if (type instanceof DoubleType) return JsonNode::asDouble;
         if (type instanceof StringType) return n -> UTF8String.fromString(n.asText());
