@@ -126,8 +126,18 @@ final class ShardPartitionReader implements PartitionReader<InternalRow> {
         }
         try {
             advance();
+        } catch (IOException | RuntimeException e) {
+            closeQuietly();  // Spark closes no reader whose constructor failed
+            throw e instanceof IllegalStateException ? (IllegalStateException) e
+                : error("cannot read the shard (" + e.getMessage() + ")", pendingAt, e);
+        }
+    }
+
+    private void closeQuietly() {
+        try {
+            tar.close();
         } catch (IOException e) {
-            throw error("cannot read the shard (" + e.getMessage() + ")", pendingAt, e);
+            // the read's own error is the one to report
         }
     }
 
