@@ -208,15 +208,36 @@ def test_an_integer_member_past_its_type_fails_instead_of_wrapping(spark, tmp_pa
 def test_a_json_field_that_is_no_integer_of_its_column_fails_the_read(spark, tmp_path, value, words):
     """Integer columns beside the `.cls` one live in the sample's `.json`; there 1.5 and true were
     read as 1 and 3000000000 wrapped to -1294967296 without a word."""
-    root = tmp_path / "ds"
-    df = spark.createDataFrame([("k1", 1, 2)], "key string, label int, n int").coalesce(1)
-    df.write.format("webdataset").save(str(root))
+    shard = _spark_shard_with_json(spark, tmp_path / "ds", "key string, label int, n int", ("k1", 1, 2),
+                                   json.dumps({"n": value}).encode())
+    with pytest.raises(Exception, match=rf"shard '{shard}', tar offset 0: sample 'k1': cannot decode it: {words}"):
+        spark.read.format("webdataset").load(str(tmp_path / "ds")).collect()
+
+
+def _spark_shard_with_json(spark, root, schema: str, row: tuple, doc: bytes) -> str:
+    """A one-sample dataset written by Spark whose `.json` member is replaced by `doc`; the shard's name."""
+    spark.createDataFrame([row], schema).coalesce(1).write.format("webdataset").save(str(root))
     shard = next(root.glob("*.tar"))
     with tarfile.open(shard) as tar:
         members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
-    fields = [k for name, data in members if name.endswith(".json") for k in json.loads(data)]
-    assert fields == ["n"]
-    shard.write_bytes(_tar([(n, json.dumps({"n": value}).encode() if n.endswith(".json") else d)
-                            for n, d in members]))
-    with pytest.raises(Exception, match=rf"shard '{shard.name}', tar offset 0: sample 'k1': cannot decode it: {words}"):
-        spark.read.format("webdataset").load(str(root)).collect()
+    assert any(n.endswith(".json") for n, _ in members)
+    shard.write_bytes(_tar([(n, doc if n.endswith(".json") else d) for n, d in members]))
+    return shard.name
+
+
+@pytest.mark.parametrize("doc, words", [
+    (b'{"score": "abc"}', "value \"abc\" is not a number, as double needs"),
+    (b'{"score": true}', "value true is not a number, as double needs"),
+    (b'{"feat": 5}', "value 5 is not a list, as array<float> needs"),
+    (b'{"ok": 1}', "value 1 is not true or false, as boolean needs"),
+    (b'[1, 2]', "member .json holds a JSON array, not an object"),
+    (b'', "member .json holds no JSON value, not an object"),
+], ids=["text for double", "bool for double", "scalar for array", "number for boolean", "array", "empty"])
+def test_a_json_value_of_the_wrong_kind_fails_the_read_instead_of_a_made_up_value(spark, tmp_path, doc, words):
+    """Before, "abc" and true read as 0.0 and 1.0, 5 as an empty list, 1 as true, and a .json
+    that is no object as nulls in every column, all without a word."""
+    schema = "key string, label int, score double, feat array<float>, ok boolean"
+    shard = _spark_shard_with_json(spark, tmp_path / "ds", schema, ("k1", 1, 0.5, [1.0], False), doc)
+    with pytest.raises(Exception) as excinfo:
+        spark.read.format("webdataset").load(str(tmp_path / "ds")).collect()
+    assert f"shard '{shard}', tar offset 0: sample 'k1': cannot decode it: {words}" in str(excinfo.value)

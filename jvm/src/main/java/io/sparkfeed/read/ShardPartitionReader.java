@@ -161,10 +161,10 @@ final class ShardPartitionReader implements PartitionReader<InternalRow> {
     }
 
     static ValueDecoder valueDecoder(DataType type) {
-        if (type instanceof BooleanType) return JsonNode::asBoolean;
+        if (type instanceof BooleanType) return n -> expect(n, n.isBoolean(), "true or false", type).asBoolean();
         if (IntegerValues.isInteger(type)) return n -> IntegerValues.fromJson(n, type);
-        if (type instanceof FloatType) return n -> (float) n.asDouble();
-        if (type instanceof DoubleType) return JsonNode::asDouble;
+        if (type instanceof FloatType) return n -> (float) expect(n, n.isNumber(), "a number", type).asDouble();
+        if (type instanceof DoubleType) return n -> expect(n, n.isNumber(), "a number", type).asDouble();
         if (type instanceof StringType) return n -> UTF8String.fromString(n.asText());
         if (type instanceof DecimalType) {
             DecimalType d = (DecimalType) type;
@@ -179,6 +179,7 @@ final class ShardPartitionReader implements PartitionReader<InternalRow> {
         if (type instanceof ArrayType) {
             ValueDecoder element = valueDecoder(((ArrayType) type).elementType());
             return n -> {
+                expect(n, n.isArray(), "a list", type);
                 Object[] out = new Object[n.size()];
                 for (int i = 0; i < out.length; i++) {
                     JsonNode e = n.get(i);
@@ -189,6 +190,17 @@ final class ShardPartitionReader implements PartitionReader<InternalRow> {
         }
         throw new IllegalArgumentException("format(\"webdataset\") cannot read type "
             + type.simpleString());
+    }
+
+    /** n itself where ok; else the error saying what the column's type needs (before, asDouble
+     * and asBoolean made 0.0, 1.0 or false of any other JSON value without a word). */
+    private static JsonNode expect(JsonNode n, boolean ok, String what, DataType type) {
+        if (!ok) {
+            String text = n.toString();
+            throw new IllegalArgumentException("value " + (text.length() > 40 ? text.substring(0, 40)
+                + "..." : text) + " is not " + what + ", as " + type.simpleString() + " needs");
+        }
+        return n;
     }
 
     private static long micros(LocalDateTime t) {
@@ -333,6 +345,11 @@ final class ShardPartitionReader implements PartitionReader<InternalRow> {
         try {
             if (jsonSlot >= 0 && members[jsonSlot] != null) {
                 json = JSON.readTree(members[jsonSlot]);
+                if (json != null && !json.isObject()) {
+                    throw new IllegalArgumentException("member .json holds " + (json.isMissingNode()
+                        ? "no JSON value" : "a JSON " + json.getNodeType().toString().toLowerCase())
+                        + ", not an object");
+                }
             }
             Object[] values = new Object[width];
             for (int i = 0; i < width; i++) {
