@@ -92,6 +92,19 @@ def test_a_tar_read_without_manifest_has_no_column_for_members_in_no_sample(spar
     assert [tuple(r) for r in df.collect()] == [("a", b"1", b"A"), ("b", b"2", b"B")]
 
 
+def test_names_that_are_not_utf8_are_refused_as_the_loader_refuses_them(spark, tmp_path):
+    """Before, commons-compress made each undecodable byte U+FFFD: "caf\\xe9.txt" and
+    "caf\\xe8.txt" became one key (a sample of two members from two), where Python refuses both."""
+    members = SAMPLES + [("caf\udce9.txt", b"1"), ("caf\udce8.txt", b"2")]
+    root = _dataset(tmp_path, _tar(members))
+    refusal = _python_refusal(root)
+    assert refusal.offset == 4096 and "is not valid UTF-8" in str(refusal)
+    with pytest.raises(Exception) as excinfo:
+        spark.read.format("webdataset").load(root).collect()
+    assert (f"dataset '{root}', shard 's.tar', tar offset 4096: member name b'caf\\xe9.txt' could "
+            "escape the dataset: it is not valid UTF-8") in str(excinfo.value)
+
+
 @pytest.mark.parametrize("raw, words", [
     (b"", "corrupt tar: not a tar file (the file is empty)"),
     (b"not a tar" * 100, "corrupt tar: not a tar file (its first header's checksum is wrong)"),

@@ -118,6 +118,14 @@ final class StrictTarStream extends TarArchiveInputStream {
         if (problem != null) {
             throw new HeaderException(at, "corrupt tar: member header's " + problem);
         }
+        String undecodable = notUtf8(record, 0, 100);
+        if (undecodable == null && record[345] != 0 && isPosixUstar(record)) {
+            undecodable = notUtf8(record, 345, 155);
+        }
+        if (undecodable != null) {
+            throw new HeaderException(at, "member name " + undecodable + " could escape the "
+                + "dataset: it is not valid UTF-8");
+        }
         sparseExtension = record[156] == 'S' && record[482] != 0;
         return record;
     }
@@ -159,6 +167,20 @@ final class StrictTarStream extends TarArchiveInputStream {
             + MemberNames.quoteBytes(r, restFrom, Math.min(restTo, restFrom + 40)) + ": a NUL "
             + "inside a member name (tarfile and webdataset would cut the name there and read "
             + "another member)";
+    }
+
+    /** The name field's bytes (to its NUL) as Python's repr writes them when they are not UTF-8
+     * (commons-compress would read "caf\xe9" and "caf\xe8" as one name, each byte made U+FFFD;
+     * Python's reader refuses them), else null. */
+    static String notUtf8(byte[] r, int from, int length) {
+        int end = from;
+        while (end < from + length && r[end] != 0) end++;
+        try {
+            StandardCharsets.UTF_8.newDecoder().decode(java.nio.ByteBuffer.wrap(r, from, end - from));
+            return null;
+        } catch (java.nio.charset.CharacterCodingException e) {
+            return MemberNames.quoteBytes(r, from, end);
+        }
     }
 
     /** Round up to whole 512-byte blocks: where a member's data ends in the tar. */
