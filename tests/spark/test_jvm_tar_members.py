@@ -254,3 +254,15 @@ def test_a_json_value_of_the_wrong_kind_fails_the_read_instead_of_a_made_up_valu
     with pytest.raises(Exception) as excinfo:
         spark.read.format("webdataset").load(str(tmp_path / "ds")).collect()
     assert f"shard '{shard}', tar offset 0: sample 'k1': cannot decode it: {words}" in str(excinfo.value)
+
+
+def test_a_string_member_that_is_not_utf8_fails_the_read(spark, tmp_path):
+    """A schema given to a read without manifest reads `.txt` as string: bytes that are not UTF-8
+    were kept (shown as U+FFFD); the loader refuses them (`sparkfeed.index` too), and so does
+    Spark now."""
+    root = _dataset(tmp_path, _tar(SAMPLES[:2] + [("b.txt", b"\xff\xfe"), ("b.cls", b"2")]))
+    assert "cannot be read as string" in str(_python_refusal(root))
+    with pytest.raises(Exception) as excinfo:
+        spark.read.format("webdataset").schema("key string, txt string").load(root).collect()
+    assert (f"dataset '{root}', shard 's.tar', tar offset 2048: sample 'b': cannot decode it: member .txt "
+            "cannot be read as string (not UTF-8)") in str(excinfo.value)

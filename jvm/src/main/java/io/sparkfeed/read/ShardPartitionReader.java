@@ -111,7 +111,7 @@ final class ShardPartitionReader implements PartitionReader<InternalRow> {
                 };
             } else {
                 int slot = memberSlot.computeIfAbsent(c.member, k -> memberSlot.size());
-                decoders[i] = memberDecoder(c.type, slot);
+                decoders[i] = memberDecoder(c.type, slot, c.member);
             }
         }
         this.keyColumn = key;
@@ -141,12 +141,12 @@ final class ShardPartitionReader implements PartitionReader<InternalRow> {
         }
     }
 
-    private Decoder memberDecoder(DataType type, int slot) {
+    private Decoder memberDecoder(DataType type, int slot, String member) {
         if (type instanceof BinaryType) {
             return (m, json) -> m[slot];
         }
         if (type instanceof StringType) {
-            return (m, json) -> m[slot] == null ? null : UTF8String.fromBytes(m[slot]);
+            return (m, json) -> m[slot] == null ? null : text(m[slot], member);
         }
         if (IntegerValues.isInteger(type)) {
             return (m, json) -> m[slot] == null ? null
@@ -158,6 +158,17 @@ final class ShardPartitionReader implements PartitionReader<InternalRow> {
             String text = new String(m[slot], StandardCharsets.UTF_8).trim();
             return value.decode(JSON.readTree(text));
         };
+    }
+
+    /** A string member's text: UTF-8, as the Python reader demands (Spark would keep bad bytes
+     * and show each as U+FFFD). */
+    private static UTF8String text(byte[] data, String member) {
+        UTF8String s = UTF8String.fromBytes(data);
+        if (!s.isValid()) {
+            throw new IllegalArgumentException("member ." + member + " cannot be read as string "
+                + "(not UTF-8)");
+        }
+        return s;
     }
 
     static ValueDecoder valueDecoder(DataType type) {
