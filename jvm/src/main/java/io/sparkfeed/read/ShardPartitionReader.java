@@ -61,6 +61,7 @@ final class ShardPartitionReader implements PartitionReader<InternalRow> {
     private final String shardName;
     private final StrictTarStream tar;
     private final Set<String> seenKeys = new HashSet<>();
+    private final Set<String> sampleExtensions = new HashSet<>();  // the sample's, for repeats
     private final byte[] scratch = new byte[1 << 16];
     private final int width;
     private final Map<String, Integer> memberSlot = new HashMap<>();
@@ -340,9 +341,9 @@ final class ShardPartitionReader implements PartitionReader<InternalRow> {
                 + "it with `tar --sort=name`)", start, null);
         }
         Arrays.fill(members, null);
-        Set<String> extensions = new HashSet<>();
+        sampleExtensions.clear();
         while (pending != null && pendingKey.equals(key)) {
-            if (!extensions.add(pendingExt)) {
+            if (!sampleExtensions.add(pendingExt)) {
                 throw error("sample " + MemberNames.quote(key) + " has two ." + pendingExt
                     + " members", pendingAt, null);
             }

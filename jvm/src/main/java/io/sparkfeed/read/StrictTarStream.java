@@ -174,7 +174,13 @@ final class StrictTarStream extends TarArchiveInputStream {
      * Python's reader refuses them), else null. */
     static String notUtf8(byte[] r, int from, int length) {
         int end = from;
-        while (end < from + length && r[end] != 0) end++;
+        boolean ascii = true;
+        for (; end < from + length && r[end] != 0; end++) {
+            ascii &= r[end] > 0;
+        }
+        if (ascii) {
+            return null;  // the usual name: no decoder needed
+        }
         try {
             StandardCharsets.UTF_8.newDecoder().decode(java.nio.ByteBuffer.wrap(r, from, end - from));
             return null;
