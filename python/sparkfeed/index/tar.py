@@ -219,18 +219,14 @@ def _dali_index(scan: _Scan) -> str | None:
     with a space, which an index line (fields split at spaces) cannot hold: "my photo.jpg" was
     written as two fields, shifting the line's later ones. Without an index, sparkfeed reads the
     shard streamed, through `tarfile`, which expands sparse members."""
-    if scan.sparse is not None:
-        log.warning("%s: shard %s: member %r (tar offset %d) is a sparse file: no DALI index is "
-                    "written for this shard (DALI's reader cannot read such a member in place); "
-                    "sparkfeed reads the shard streamed", scan.dataset, scan.shard,
-                    scan.sparse.name, scan.sparse.offset)
-        return None
-    if scan.spaced is not None:
-        log.warning("%s: shard %s: member %r (tar offset %d) has a space in its name, which a DALI "
-                    "index line cannot hold (its fields are separated by spaces): no DALI index is "
-                    "written for this shard; sparkfeed reads it streamed", scan.dataset, scan.shard,
-                    scan.spaced.name, scan.spaced.offset)
-        return None
+    for member, why in ((scan.sparse, "is a sparse file, which DALI's reader cannot read in place"),
+                        (scan.spaced, "has a space in its name, which a DALI index line cannot hold "
+                                      "(its fields are separated by spaces)")):
+        if member is not None:
+            log.warning("%s: shard %s: member %r (tar offset %d) %s: no DALI index is written for "
+                        "this shard; sparkfeed reads it streamed", scan.dataset, scan.shard,
+                        member.name, member.offset, why)
+            return None
     return f"{DALI_INDEX_VERSION} {len(scan.keys)}\n" + "".join(line + "\n" for line in scan.lines)
 
 

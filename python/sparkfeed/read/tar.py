@@ -121,12 +121,7 @@ class StrictTarInfo(tarfile.TarInfo):
         if problem is not None:
             raise TarHeaderError(self.offset, f"pax extended header {problem}; the members after "
                                  "it would be misread")
-        inner = tarfile.fileobj
-        tarfile.fileobj = _Replayed(data, inner)
-        try:
-            return super()._proc_pax(tarfile)
-        finally:
-            tarfile.fileobj = inner
+        return _replaying(tarfile, data, super()._proc_pax)
 
     def _proc_gnulong(self, tarfile):
         """A GNU long name (or link name), refused as `frombuf` refuses a name field when its
@@ -135,12 +130,7 @@ class StrictTarInfo(tarfile.TarInfo):
         problem = _name_problem(data[:self.size]) if len(data) >= self.size else None
         if problem is not None:
             raise TarHeaderError(self.offset, f"GNU long name's {problem}")
-        inner = tarfile.fileobj
-        tarfile.fileobj = _Replayed(data, inner)
-        try:
-            return super()._proc_gnulong(tarfile)
-        finally:
-            tarfile.fileobj = inner
+        return _replaying(tarfile, data, super()._proc_gnulong)
 
 
 class _NameFieldError(Exception):
@@ -180,6 +170,17 @@ def pax_problem(data: bytes) -> str | None:
     if _PAX_DIGITS.search(data) is not None:
         return "has a run of over 64 digits"
     return None
+
+
+def _replaying(tarfile, data: bytes, proc):
+    """`proc(tarfile)` (tarfile's own parse of an extended header) reading `data`, the header's
+    blocks already read and checked here, before the rest of the tar."""
+    inner = tarfile.fileobj
+    tarfile.fileobj = _Replayed(data, inner)
+    try:
+        return proc(tarfile)
+    finally:
+        tarfile.fileobj = inner
 
 
 class _Replayed:

@@ -68,20 +68,7 @@ public final class MemberNames {
         char q = s.indexOf('\'') >= 0 && s.indexOf('"') < 0 ? '"' : '\'';
         StringBuilder out = new StringBuilder().append(q);
         for (int i = 0; i < s.length(); i++) {
-            char c = s.charAt(i);
-            if (c == '\\' || c == q) {
-                out.append('\\').append(c);
-            } else if (c == '\n') {
-                out.append("\\n");
-            } else if (c == '\t') {
-                out.append("\\t");
-            } else if (c == '\r') {
-                out.append("\\r");
-            } else if (c < 0x20 || c == 0x7F) {
-                out.append(String.format("\\x%02x", (int) c));
-            } else {
-                out.append(c);
-            }
+            escaped(out, s.charAt(i), q, 0x7F);
         }
         return out.append(q).toString();
     }
@@ -97,21 +84,26 @@ public final class MemberNames {
         char q = single && !dbl ? '"' : '\'';
         StringBuilder out = new StringBuilder("b").append(q);
         for (int i = from; i < to; i++) {
-            int c = b[i] & 0xFF;
-            if (c == '\\' || c == q) {
-                out.append('\\').append((char) c);
-            } else if (c == '\n') {
-                out.append("\\n");
-            } else if (c == '\t') {
-                out.append("\\t");
-            } else if (c == '\r') {
-                out.append("\\r");
-            } else if (c < 0x20 || c >= 0x7F) {
-                out.append(String.format("\\x%02x", c));
-            } else {
-                out.append((char) c);
-            }
+            escaped(out, b[i] & 0xFF, q, 0xFF);
         }
         return out.append(q).toString();
+    }
+
+    /** Character `c` as Python's repr writes it inside quotes `q`: control characters and those
+     *  from 0x7F to `hexUpTo` as \\xNN (a str's non-ASCII letters stay, a bytes object's do not). */
+    private static void escaped(StringBuilder out, int c, char q, int hexUpTo) {
+        if (c == '\\' || c == q) {
+            out.append('\\').append((char) c);
+        } else if (c == '\n') {
+            out.append("\\n");
+        } else if (c == '\t') {
+            out.append("\\t");
+        } else if (c == '\r') {
+            out.append("\\r");
+        } else if (c < 0x20 || (c >= 0x7F && c <= hexUpTo)) {
+            out.append(String.format("\\x%02x", c));
+        } else {
+            out.append((char) c);
+        }
     }
 }
