@@ -1,25 +1,31 @@
 """Two Parquet writes from threads of one process on one session. Each set the session conf
 spark.sql.parquet.outputTimestampType for its write and put back what it had found, so the
 first to end unset it under the other (a write planned then stores INT96 timestamps, without
-statistics), and the last left the session with the value the other had set."""
+statistics), and the last left the session with the value the other had set.
 
-import os
-import sys
-import threading
-import time
+The writes run in a process of their own with a session of 4 cores: the two jobs must run at
+once, which the shared test session (2 cores) cannot promise while a job another test left
+behind still holds one of them."""
+
+import json
 
 import pytest
-from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
-import sparkfeed
+import dsutil
 
 pytestmark = pytest.mark.spark
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+SCRIPT = r'''
+import json, os, sys, threading, time
+from pyspark.sql import functions as F, types as T
+import sparkfeed
+
 CONF = "spark.sql.parquet.outputTimestampType"
+root = sys.argv[1]
+spark = sparkfeed.spark_session(app_name="sparkfeed-concurrent-writes", master="local[4]")
 
 
-def _gate(touch: str | None, wait: str | None):
+def gate(touch, wait):
     """A UDF that creates the file `touch`, then waits for the file `wait` (in the Python worker
     of the write job: conditions made by the test, not guesses at timing)."""
     def pass_through(x):
@@ -34,38 +40,51 @@ def _gate(touch: str | None, wait: str | None):
     return F.udf(pass_through, T.LongType())
 
 
-def _frame(spark, gate):
-    return spark.range(0, 5, numPartitions=1).select(
-        gate(F.col("id")).alias("id"), F.timestamp_seconds(F.col("id")).alias("t"))
+def frame(g):
+    return spark.range(0, 5, numPartitions=1).select(g(F.col("id")).alias("id"),
+                                                     F.timestamp_seconds(F.col("id")).alias("t"))
 
 
-def test_concurrent_writes_keep_micros_until_the_last_ends_and_restore_the_users_conf(spark, tmp_path):
-    assert spark.conf.get(CONF, None) is None  # the user's: unset
-    a_running, b_running = str(tmp_path / "a-running"), str(tmp_path / "b-running")
-    a_done = str(tmp_path / "a-done")
-    results, errors = {}, []
+before = spark.conf.get(CONF, None)
+a_running, b_running, a_done = (os.path.join(root, n) for n in ("a-running", "b-running", "a-done"))
+results, errors = {}, []
 
-    def write(name, df):
-        try:
-            results[name] = sparkfeed.write(df, str(tmp_path / name))
-        except Exception as exc:  # told by the assertion below
-            errors.append(exc)
 
-    a = threading.Thread(target=write, args=("a", _frame(spark, _gate(a_running, b_running))))
-    b = threading.Thread(target=write, args=("b", _frame(spark, _gate(b_running, a_done))))
-    a.start()
-    deadline = time.monotonic() + 300
-    while not os.path.exists(a_running):  # a's write job runs: a has set the conf
-        assert a.is_alive() and time.monotonic() < deadline, errors
-        time.sleep(0.01)
-    b.start()
-    a.join(timeout=300)  # it ended while b's write job was running
-    open(a_done, "w").close()
-    b.join(timeout=300)
-    assert not errors, errors
-    assert spark.conf.get(CONF, None) is None, "the user's conf was not put back"
+def write(name, df):
+    try:
+        results[name] = sparkfeed.write(df, os.path.join(root, name))
+    except Exception as exc:  # reported below
+        errors.append(f"{type(exc).__name__}: {exc}")
+
+
+a = threading.Thread(target=write, args=("a", frame(gate(a_running, b_running))))
+b = threading.Thread(target=write, args=("b", frame(gate(b_running, a_done))))
+a.start()
+deadline = time.monotonic() + 300
+while not os.path.exists(a_running) and a.is_alive() and time.monotonic() < deadline:
+    time.sleep(0.01)  # a's write job runs: a has set the conf
+b.start()
+a.join(timeout=300)  # it ended while b's write job was running
+open(a_done, "w").close()
+b.join(timeout=300)
+out = {"before": before, "after": spark.conf.get(CONF, None), "errors": errors, "shards": {}}
+for name, m in results.items():
+    (shard,) = m.shards
+    out["shards"][name] = {"type": m.column("t").type, "min": shard.stats["t"].min is not None}
+print("RESULT " + json.dumps(out), flush=True)
+spark.stop()
+'''
+
+
+def test_concurrent_writes_keep_micros_until_the_last_ends_and_restore_the_users_conf(tmp_path):
+    done = dsutil.run_script(SCRIPT, tmp_path, str(tmp_path), timeout=600)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert done.returncode == 0 and line is not None, done.stderr[-3000:]
+    out = json.loads(line[len("RESULT "):])
+    assert out["before"] is None  # the user's: unset
+    assert not out["errors"], out["errors"]
+    assert out["after"] is None, "the user's conf was not put back"
     for name in ("a", "b"):
-        t = results[name].column("t")
-        assert t.type.startswith("timestamp[us"), (name, t.type)
-        (shard,) = results[name].shards
-        assert shard.stats["t"].min is not None, f"{name}: no timestamp statistics (INT96)"
+        shard = out["shards"][name]
+        assert shard["type"].startswith("timestamp[us"), (name, shard["type"])
+        assert shard["min"], f"{name}: no timestamp statistics (INT96)"
