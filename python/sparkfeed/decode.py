@@ -52,7 +52,7 @@ from . import batch as batching
 from . import forks
 from .batch import BinaryChunks, BinaryColumn
 from .crops import _RRC_TRIES, _keyed_draws, _keyed_window_uniforms, _random_resized_windows
-from .decoded import DecodeResult
+from .decoded import DecodeResult, MixedSizes
 from .headers import _check_headers, _Encoded, _encoded, resized_sizes
 from .orientation import _marker_orientation
 from .pilopen import Damaged, pixel_limit, png_for_pil
@@ -271,7 +271,7 @@ def _same_shape(shapes) -> None:
     """With size=None images keep their size, so a batch must share one shape."""
     shapes = {tuple(s) for s in shapes}
     if len(shapes) > 1:
-        raise ValueError(f"ImageDecode(size=None) needs same-sized images in a batch, but got shapes "
+        raise MixedSizes(f"ImageDecode(size=None) needs same-sized images in a batch, but got shapes "
                          f"{sorted(shapes)}; pass size= to resize and crop")
 
 

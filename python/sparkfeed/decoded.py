@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["DecodeResult"]
+__all__ = ["DecodeResult", "MixedSizes"]
 
 
 @dataclass(frozen=True)
@@ -17,3 +17,8 @@ class DecodeResult:
     images: torch.Tensor
     ok_rows: torch.Tensor
     failures: tuple[tuple[int, str], ...]
+
+
+class MixedSizes(ValueError):
+    """Images of more than one size in a batch decoded with `ImageDecode(size=None)`, which keeps
+    each image's size (the loader adds the dataset, column and shard to the message)."""

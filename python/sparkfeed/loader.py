@@ -30,6 +30,7 @@ from . import shuffle as shuffling
 from .arrays import NpyDecode, NpyDecoder
 from .batch import select_rows, unpack, user_facing
 from .dataset import Dataset
+from .decoded import MixedSizes
 from .engine import Delivery, LaneDataset
 from .errors import CorruptSampleError, WorkerError
 from .integrations import GATHER_TIMEOUT_S, EpochSampler, TrainerLoader, checked_gather_timeout, every_rank_arrives
@@ -638,7 +639,7 @@ class DataLoader:
         results = {}
         try:
             for name, job in jobs.items():
-                results[name] = self._decoder(name).collect(job)
+                results[name] = self._sized(name, keys, lambda: self._decoder(name).collect(job))
         finally:  # an error in one column: the other columns' runs are still waited for
             for name, job in jobs.items():
                 if name not in results:
@@ -660,6 +661,17 @@ class DataLoader:
         for key, n in self._engine.decode_skips(keys, sorted(bad)).items():  # per source, in a mix
             stats[key] = stats.get(key, 0) + n
         return out, stats
+
+    def _sized(self, name: str, keys: torch.Tensor, collect):
+        """`collect()`, a batch of images of several sizes under size=None named by the dataset,
+        the column and the shard of the batch's first row (the decoder knows none of them)."""
+        try:
+            return collect()
+        except MixedSizes as exc:
+            dataset, unit, _ = self._engine.locate(int(keys[0]))
+            group = f", row group {unit.row_group}" if unit.row_group is not None else ""
+            raise MixedSizes(f"dataset {dataset!r}, column {name!r}, the batch starting in shard "
+                             f"{unit.path!r}{group}: {exc}") from None
 
     def _raise_unless_skipping(self, batch: dict, keys: torch.Tensor, failures) -> None:
         if self.dataset.on_error == "skip":
