@@ -74,13 +74,14 @@ def test_short_runners_get_more_rounds_until_min_seconds(calls, monkeypatch):
 def test_runs_added_for_min_seconds_end_on_an_odd_count(calls, monkeypatch):
     """Runs added beyond `repeats` stop on an odd count: with an even one the reported run would
     be the faster of the two middle ones (median_low), a bias towards speed."""
-    import time
+    clock = [0.0]  # the harness's clock, moved by the runner alone: no load can change the count
 
     def slowish(ctx, **options):
         calls.append("slowish")
-        time.sleep(0.6)  # one run < 1 s, two runs >= 1 s: the time alone stops at 2 runs
+        clock[0] += 0.6  # one run < 1 s, two runs >= 1 s: the time alone stops at 2 runs
         yield 10
     monkeypatch.setitem(runners.RUNNERS, "slowish", slowish)
+    monkeypatch.setattr(scenarios.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(scenarios.gc, "collect", lambda: 0)
     ctx = Context(data=None, batch_size=1, workers=0, image_size=1)
     rows, failures = scenarios.run_cases([Case("slowish", "slowish", 10, warmup=False)], ctx,

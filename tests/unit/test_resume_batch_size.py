@@ -30,9 +30,11 @@ def plain(state):
 
 
 def save(path, world, workers, batch_size, stop, **kw):
-    """Every rank of a world stopped after `stop` batches of epoch 1: (ids delivered, rank states)."""
+    """Every rank of a world stopped after `stop` batches of epoch 1 (an int, or one per rank):
+    (ids delivered, rank states)."""
+    stops = stop if isinstance(stop, (list, tuple)) else [stop] * world
     seen, states = [], []
-    for r in range(world):
+    for r, stop in enumerate(stops):
         L = sparkfeed.DataLoader(path, batch_size=batch_size, rank=r, world_size=world,
                                  num_workers=workers, columns=COLS, **kw)
         L.set_epoch(1)
@@ -297,15 +299,7 @@ def test_every_ranks_states_saved_at_different_steps_lose_less_than_a_round_with
     had each rank cut its own rest down to the smallest rest, 0, and the whole rest (300 of 600)
     was dropped; now the rest is pooled and re-split, fewer than world x batch size dropped.
     Found by tests/unit/test_epoch_properties.py."""
-    seen, states = [], []
-    for r, stop in enumerate([2, 0, 4]):  # 3 ranks x 4 batches of 50 (600 samples)
-        L = sparkfeed.DataLoader(pq_path, batch_size=50, rank=r, world_size=3, columns=COLS, drop_last=True)
-        L.set_epoch(1)
-        it = iter(L)
-        for _ in range(stop):
-            seen += next(it)["id"].tolist()
-        states.append(plain(L.state_dict()))
-        it.close()
+    seen, states = save(pq_path, 3, 0, 50, [2, 0, 4], drop_last=True)  # 3 ranks x 4 batches of 50 (600 samples)
     rest = resume(pq_path, lambda r: states, 3, 0, 30, drop_last=True)
     check_rest(seen, rest, 30, drop_last=True)
     assert N - len(seen) - sum(len(b) for batches in rest for b in batches) < 3 * 30
