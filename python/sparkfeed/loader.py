@@ -2,7 +2,7 @@
 
 Wiring only. The engine (`engine.py`) plans, partitions and reads; lanes run on threads
 (`lanes.py`) or torch's worker processes; per-batch work (unpacking, decoding, the user's
-collate, pinning, the device copy) runs on the prefetch thread (`prefetch.py`) when there is
+collate: `batchwork.py`; pinning, the device copy) runs on the prefetch thread (`prefetch.py`) when there is
 any; `progress.py` keeps exactly which positions the consumer received, which is what
 `state_dict()` saves. Every batch travels as a `Delivery` (the batch beside its bookkeeping), so
 the user gets exactly the batch: every column of any name, or whatever `collate_fn` returned.
@@ -27,12 +27,10 @@ import torch.utils.data
 
 from . import checks, forks, mix, progress
 from . import shuffle as shuffling
-from .arrays import NpyDecode, NpyDecoder
-from .batch import select_rows, unpack, user_facing
+from .batchwork import BatchWork
 from .dataset import Dataset
-from .decoded import MixedSizes
 from .engine import Delivery, LaneDataset
-from .errors import CorruptSampleError, WorkerError
+from .errors import WorkerError
 from .integrations import GATHER_TIMEOUT_S, EpochSampler, TrainerLoader, checked_gather_timeout, every_rank_arrives
 from .lanes import LaneReader, round_robin
 from .prefetch import Lookahead, Marker, Prefetcher
@@ -42,12 +40,7 @@ from .threads import close_quietly
 __all__ = ["DataLoader"]
 log = logging.getLogger(__name__)
 
-# Batches the prefetch thread starts decoding ahead of the one it hands over. One measured
-# best on the CPU (docs/decode.md, "Decoding one batch ahead"); on a GPU, where the thread's
-# own work between two runs may leave DALI's "mixed" decoder idle, more is not yet measured
-# (`python -m sparkfeed.bench.feed --ahead DATASET --depths 1,2 --device gpu`).
 _UNEVEN_CHECK_RANKS = 1024  # ranks past which the once-per-loader check of batch counts is skipped
-_DECODE_AHEAD = 1
 _REREAD_WARN_MIB = 64  # shuffle blocks read on both sides of a boundary: a warning from this much more
 _STUCK_JOIN_S = 2.0  # a worker process terminated after a timeout: the most to wait for its end
 WORKER_TYPES = ("auto", "thread", "process")
@@ -123,15 +116,12 @@ class DataLoader:
                                      with_source=with_source, ragged=ragged,
                                      read_ahead_bytes=read_ahead_bytes)
         self.batch_size, self.num_workers, self.prefetch = batch_size, num_workers, prefetch
-        self.pin_memory, self.collate_fn, self.timeout = pin_memory, collate_fn, timeout
+        self.pin_memory, self.timeout = pin_memory, timeout
         self.worker_type = worker_type
         self.multiprocessing_context, self.prefetch_factor = multiprocessing_context, prefetch_factor
         self.device = checks.resolve_device(device)
         self.decode = checks.check_decode(decode, self.dataset.columns, self.dataset.manifest)
-        self._decoders: dict = {}
-        # batches decoded ahead of the one handed over (0: none); set before the first decode,
-        # since the decoders' pipelines are sized for it (bench.feed --ahead compares depths)
-        self._decode_ahead = _DECODE_AHEAD
+        self._work = BatchWork(self.dataset, self.decode, batch_size, collate_fn)  # unpack, decode, collate
         self._stats = Stats()
         self._progress: progress.EpochProgress | None = None  # the epoch being (or last) delivered
         self._pending: list | None = None  # lanes to start the next iteration with (a resume)
@@ -160,6 +150,15 @@ class DataLoader:
             raise ValueError("`path_or_dataset` should be a dataset path/URL, a list of "
                              f"sparkfeed.Source or a sparkfeed.Dataset, but got {type(path_or_dataset).__name__}")
         return Dataset(str(path_or_dataset), **kwargs)
+
+    @property
+    def collate_fn(self) -> Callable | None:
+        """The user's collate, applied to each batch after decoding (settable, as torch's)."""
+        return self._work.collate_fn
+
+    @collate_fn.setter
+    def collate_fn(self, fn: Callable | None) -> None:
+        self._work.collate_fn = fn
 
     @property
     def _engine(self):
@@ -320,7 +319,7 @@ class DataLoader:
         if reading.reader is None:  # inline, or worker processes (which read on themselves)
             then = None
         if not self._staged():
-            source = _waited(reading.deliveries, self._stage, self._stats)
+            source = _waited(reading.deliveries, self._work.stage, self._stats)
             return self._deliver(self._progress, source, reading.reader, then, mark=self._changes)
         source = reading.deliveries
         if then is not None and self.prefetch > 0:  # the prefetch thread reads on into the next epochs
@@ -328,11 +327,12 @@ class DataLoader:
         return self._deliver(self._progress, self._prefetcher(source), reading.reader, then, mark=self._changes)
 
     def _prefetcher(self, source) -> Prefetcher:
-        """The prefetch thread over `source`: decoding (`_decode_ahead` batches ahead), the
-        collate, pinning, the device copy. It calls the loader weakly, so one kept for the next
-        epoch lets it go."""
-        stage = Lookahead(_weakly(self._decode_start), _weakly(self._decode_finish), _weakly(self._decode_cancel),
-                          depth=self._decode_ahead) if self.decode and self._decode_ahead else _weakly(self._stage)
+        """The prefetch thread over `source`: decoding (`BatchWork.ahead` batches ahead), the
+        collate, pinning, the device copy. It calls the loader's work weakly, so one kept for the
+        next epoch lets the loader go."""
+        work = self._work
+        stage = Lookahead(_weakly(work.start), _weakly(work.finish), _weakly(work.cancel),
+                          depth=work.ahead) if self.decode and work.ahead else _weakly(work.stage)
         return Prefetcher(source, depth=self.prefetch, pin_memory=self.pin_memory,
                           device=self.device, stage=stage, stats=self._stats)
 
@@ -568,8 +568,8 @@ class DataLoader:
         kept, out of reach (`_INHERITED`), and this process makes its own."""
         if self._pid == os.getpid():
             return
-        _INHERITED.append((self._decoders, self._next, self._processes))
-        self._decoders, self._next, self._processes = {}, None, None
+        _INHERITED.append((self._work, self._next, self._processes))
+        self._work, self._next, self._processes = self._work.fresh(), None, None
         self._pid = os.getpid()
 
     def _drop_next(self) -> None:
@@ -578,112 +578,6 @@ class DataLoader:
             self._next, ahead = None, self._next
             ahead.close()
             self._stats.add("epochs_read_ahead_dropped")
-
-    def _stage(self, d: Delivery) -> Delivery:
-        """Per-batch work (on the prefetch thread when there is one): unpacking, decoding, the
-        user's collate. The bookkeeping stays beside the batch."""
-        return self._decode_finish(self._decode_start(d))
-
-    def _decode_start(self, d: Delivery) -> tuple:
-        """The first half of `_stage`: unpack and submit every decoded column (DALI decodes them in
-        the background while the prefetch thread hands the previous batch over)."""
-        batch, jobs = unpack(d.batch), {}
-        try:
-            for name in self.decode or ():
-                jobs[name] = self._decoder(name, d.epoch).submit(batch[name], keys=d.keys)
-        except BaseException:
-            self._decode_cancel((d, batch, jobs))
-            raise
-        return d, batch, jobs
-
-    def _decode_finish(self, started: tuple) -> Delivery:
-        """The second half: collect the decoded columns, apply on_error, the user's collate."""
-        d, batch, jobs = started
-        stats = d.stats
-        if jobs:
-            batch, stats = self._decode_collect(batch, d.keys, jobs, dict(stats))
-        batch = user_facing(batch, self.dataset.ragged)
-        if self.collate_fn is not None:
-            batch = self.collate_fn(batch)
-        return d.with_batch(batch, stats=stats, keys=None)
-
-    def _decode_cancel(self, started: tuple) -> None:
-        """Drop a started batch that will not be handed over (the loader is closing, or an earlier
-        batch failed): its decode runs are waited for and discarded."""
-        for name, job in started[2].items():
-            self._decoder(name).cancel(job)
-
-    def _decoder(self, name: str, epoch: int | None = None):
-        """Column `name`'s decoder, made once; with `epoch`, drawing that epoch's augmentations."""
-        if name not in self._decoders:
-            spec = self.decode[name]
-            if isinstance(spec, NpyDecode):
-                decoder = NpyDecoder(spec)
-            else:
-                from .decode import ImageDecoder
-
-                decoder = ImageDecoder(spec, max_batch_size=self.batch_size, seed=self.dataset.seed % 2**64,
-                                       runs_in_flight=self._decode_ahead + 1)
-            self._decoders[name] = [decoder, None]
-        entry = self._decoders[name]
-        if epoch is not None and entry[1] != (epoch, self.dataset.rank):  # once per epoch: it restarts the draws
-            entry[1] = (epoch, self.dataset.rank)
-            entry[0].set_epoch(*entry[1])
-        return entry[0]
-
-    def _decode_collect(self, batch: dict, keys: torch.Tensor, jobs: dict, stats: dict) -> tuple[dict, dict]:
-        """Every column's decoded images, the rows that any column failed dropped (on_error="skip")
-        or the first failure raised, column by column in `decode`'s order."""
-        # a sample's crop and flip follow from (seed, epoch, unit, row): the same under any batch
-        # size, worker count, world size or resume
-        results = {}
-        try:
-            for name, job in jobs.items():
-                results[name] = self._sized(name, keys, lambda: self._decoder(name).collect(job))
-        finally:  # an error in one column: the other columns' runs are still waited for
-            for name, job in jobs.items():
-                if name not in results:
-                    self._decoder(name).cancel(job)
-        bad: set[int] = set()
-        for name, result in results.items():
-            failures = [f for f in result.failures if f[0] not in bad]
-            if failures:
-                self._raise_unless_skipping(batch, keys, failures)
-                bad.update(row for row, _ in failures)
-        if not bad:
-            return {**batch, **{name: r.images for name, r in results.items()}}, stats
-        keep = torch.tensor(sorted(set(range(len(keys))) - bad), dtype=torch.int64)
-        out = select_rows({k: v for k, v in batch.items() if k not in results}, keep)
-        for name, result in results.items():
-            out[name] = result.images[torch.isin(result.ok_rows, keep)]
-        stats["samples_skipped"] = stats.get("samples_skipped", 0) + len(bad)
-        stats["samples"] = stats.get("samples", 0) - len(bad)
-        for key, n in self._engine.decode_skips(keys, sorted(bad)).items():  # per source, in a mix
-            stats[key] = stats.get(key, 0) + n
-        return out, stats
-
-    def _sized(self, name: str, keys: torch.Tensor, collect):
-        """`collect()`, a batch of images of several sizes under size=None named by the dataset,
-        the column and the shard of the batch's first row (the decoder knows none of them)."""
-        try:
-            return collect()
-        except MixedSizes as exc:
-            dataset, unit, _ = self._engine.locate(int(keys[0]))
-            group = f", row group {unit.row_group}" if unit.row_group is not None else ""
-            raise MixedSizes(f"dataset {dataset!r}, column {name!r}, the batch starting in shard "
-                             f"{unit.path!r}{group}: {exc}") from None
-
-    def _raise_unless_skipping(self, batch: dict, keys: torch.Tensor, failures) -> None:
-        if self.dataset.on_error == "skip":
-            return
-        row, reason = failures[0]
-        key = int(keys[row])
-        dataset, unit, key_col = self._engine.locate(key)
-        name = batch[key_col][row] if key_col in batch else f"row {key & 0xFFFFFFFF}"
-        raise CorruptSampleError(f"cannot decode: {reason} ({len(failures)} bad sample(s) in this "
-                                 "batch; on_error='skip' drops and counts them)",
-                                 dataset=dataset, shard=unit.path,
-                                 row_group=unit.row_group, key=str(name))
 
 
 @dataclass(eq=False)

@@ -323,13 +323,13 @@ def test_wait_s_counts_the_staging_done_on_the_training_loops_thread(pq_path, mo
     """With nothing to decode, pin or copy there is no prefetch thread: each batch is unpacked on
     the training loop's thread (from a worker process's shared memory), which the loop waits
     for as it waits for the batch. `wait_s` left that time out (here every unpack sleeps)."""
-    import sparkfeed.loader as loader_module
-    unpack = loader_module.unpack
+    import sparkfeed.batchwork as batchwork
+    unpack = batchwork.unpack
 
     def slow_unpack(batch):
         time.sleep(0.05)
         return unpack(batch)
-    monkeypatch.setattr(loader_module, "unpack", slow_unpack)
+    monkeypatch.setattr(batchwork, "unpack", slow_unpack)
     L = sparkfeed.DataLoader(pq_path, batch_size=500, num_workers=2, worker_type=worker_type)
     batches = sum(1 for _ in L)
     assert batches > 1 and L.stats()["wait_s"] >= 0.05 * batches

@@ -110,7 +110,7 @@ def test_random_crops_follow_the_sample_not_the_batch(image_ds, crop):
 # -- decoding one batch ahead (the prefetch thread starts batch n+1 before it hands over batch n) --
 
 def _decoder_of(loader):
-    return loader._decoders["image"][0]
+    return loader._work.decoders["image"][0]
 
 
 def _wait_for_a_batch_in_flight(loader) -> None:
@@ -118,7 +118,7 @@ def _wait_for_a_batch_in_flight(loader) -> None:
     runs ahead on its own; this waits for that state, it does not time anything)."""
     done = threading.Event()
     while not done.wait(0.01):
-        if "image" in loader._decoders and any(_decoder_of(loader)._backend.inflight.values()):
+        if "image" in loader._work.decoders and any(_decoder_of(loader)._backend.inflight.values()):
             done.set()
 
 
@@ -132,7 +132,7 @@ def test_resume_after_a_batch_decoded_ahead_keeps_exactly_once_and_the_same_crop
     def loader():
         L = sparkfeed.DataLoader(root, batch_size=20, num_workers=1, columns=["id", "image"],
                                  decode=spec, seed=4, prefetch=2)
-        L._decode_ahead = ahead
+        L._work.ahead = ahead
         return L
     full = {i: img for b in loader() for i, img in zip(b["id"].tolist(), b["image"])}
     L = loader()
@@ -170,7 +170,7 @@ def test_a_corrupt_image_in_the_batch_decoded_ahead_raises_after_the_batch_befor
         root = image_ds(100, images=lambda i: _truncated_jpeg(i) if i == 27 else jpeg(i))
     L = sparkfeed.DataLoader(root, batch_size=20, num_workers=1, columns=["id", "image"],
                              decode={"image": sparkfeed.ImageDecode(size=16, device="cpu")})
-    L._decode_ahead = ahead
+    L._work.ahead = ahead
     got = []
     with pytest.raises(CorruptSampleError, match=r"(?s)shard '(part|shard)-00000.*'row 27'.*"
                                                  r"producing batch 1; batches 0\.\.0 were delivered"):
@@ -185,7 +185,7 @@ def test_closing_or_dropping_the_iterator_mid_epoch_leaves_no_thread_and_no_run(
     root = image_ds(200)
     L = sparkfeed.DataLoader(root, batch_size=20, num_workers=1, columns=["id", "image"],
                              decode={"image": sparkfeed.ImageDecode(size=16, device="cpu")})
-    L._decode_ahead = ahead
+    L._work.ahead = ahead
     for drop in ("close", "gc"):
         it = iter(L)
         next(it)
@@ -246,7 +246,7 @@ def test_decoding_further_ahead_delivers_the_same_batches(image_ds, train):
     def epoch(ahead):
         L = sparkfeed.DataLoader(root, batch_size=16, num_workers=2, columns=["id", "image"], decode=spec,
                                  shuffle=train, seed=3)
-        L._decode_ahead = ahead
+        L._work.ahead = ahead
         got = list(L)
         assert _decoder_of(L)._backend.args["prefetch_queue_depth"] == ahead + 1
         return got
@@ -300,7 +300,7 @@ def test_the_next_epoch_decoded_ahead_draws_its_own_crops(image_ds, set_epoch):
             out.append({i: img for b in loader for i, img in zip(b["id"].tolist(), b["image"])})
             if loader.persistent_workers and e == 0:  # the next epoch's draws began before its iteration
                 deadline = time.monotonic() + 10
-                while loader._decoders["image"][1] != (1 if set_epoch else 0, 0) or not loader._next:
+                while loader._work.decoders["image"][1] != (1 if set_epoch else 0, 0) or not loader._next:
                     assert time.monotonic() < deadline, "nothing of the next epoch was decoded ahead"
                     time.sleep(0.01)
         return out

@@ -262,7 +262,8 @@ def decode_benchmark(n: int = 512, cases=((64, 56), (64, 64), (256, 224), (256, 
     from PIL import Image
 
     from ..batch import BinaryColumn
-    from ..decode import ImageDecode, ImageDecoder
+    from ..decode import ImageDecoder
+    from ..imagespec import ImageDecode
     from ..headers import _as_arrays, _check_header, _check_headers, _encoded
 
     def best(f) -> float:
@@ -330,7 +331,9 @@ def decode_stages(path: str, size: int, batch_size: int = 256, column: str = "im
     decoder's asynchronous pipeline, one batch at a time), collect (`as_tensor`), to torch
     (`torch.from_dlpack` of DALI's buffer: the copy into torch it replaced cost ~10 µs/image). A stage's figure is the CPU it costs, whichever thread it later runs on.
     `spec`: more ImageDecode fields (`resize=None, mirror=True` for the `train` scenario's)."""
-    from ..decode import ImageDecode, ImageDecoder, _kind
+    from ..decode import ImageDecoder
+    from ..decodejob import _kind
+    from ..imagespec import ImageDecode
     from ..headers import _check_headers, _encoded
 
     batches, read_s = _read_batches(path, batch_size, column, repeats)
@@ -419,7 +422,7 @@ def ahead_benchmark(path: str, size: int, train: bool = False, rounds: int = 8, 
     `device`: "cpu", or "gpu" for DALI's "mixed" decoder (each epoch then ends synchronised)."""
     import statistics
 
-    from ..decode import ImageDecode
+    from ..imagespec import ImageDecode
     from ..loader import DataLoader
 
     if not depths or any(not isinstance(d, int) or d < 0 for d in depths):
@@ -430,7 +433,7 @@ def ahead_benchmark(path: str, size: int, train: bool = False, rounds: int = 8, 
     for depth in depths:
         loader = DataLoader(path, batch_size=batch_size, columns=["image", "label"], num_workers=workers,
                             decode={"image": spec}, shuffle=train, seed=1)
-        loader._decode_ahead = depth  # before its first decode: the pipelines are sized for it
+        loader._work.ahead = depth  # before its first decode: the pipelines are sized for it
         loaders[depth] = loader
     sync = torch.cuda.synchronize if device == "gpu" else (lambda: None)
     runs: dict[int, list[tuple[float, float]]] = {depth: [] for depth in depths}
@@ -462,7 +465,7 @@ def epoch_starts_benchmark(path: str, step_s: float = 0.002, epochs: int = 6, sh
     import statistics
 
     from ..dataset import Dataset
-    from ..decode import ImageDecode
+    from ..imagespec import ImageDecode
     from ..loader import DataLoader
 
     decode = {"image": ImageDecode(size=decode_size, device="cpu")} if decode_size else None
