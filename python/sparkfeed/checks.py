@@ -136,7 +136,7 @@ def check_ragged(ragged, columns: Sequence[str], manifest, dataset: str) -> dict
     import pyarrow as pa
     import torch
 
-    from .filters import arrow_type, torch_dtype
+    from .arrowtypes import arrow_type, torch_dtype
 
     if ragged is None:
         return {}

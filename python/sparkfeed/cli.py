@@ -109,7 +109,7 @@ def _scalar(type_string: str) -> bool:
     (sparkfeed.write keeps none for binary columns, images and the like, on purpose)."""
     import pyarrow as pa
 
-    from .filters import arrow_type
+    from .arrowtypes import arrow_type
 
     t = arrow_type(type_string)
     binary = t is not None and (pa.types.is_binary(t) or pa.types.is_large_binary(t)

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 import pyarrow as pa
 
-from .filters import delivered_type, leaf_fields
+from .arrowtypes import delivered_type, leaf_fields
 
 __all__ = ["STRING_STATS_MAX_CHARS", "stat_type", "round_up", "json_value", "entry", "damage", "check"]
 
@@ -126,7 +126,7 @@ def _to_json_stats(raw: Mapping[str, dict]) -> dict:
 def entry(md, schema: pa.Schema, rel: str, size: int) -> dict:
     """The manifest entry (before JSON) of the Parquet file at `rel`, `size` bytes, from its parsed
     footer (`md`, `schema`: a `ParquetFile`'s metadata and Arrow schema, read with
-    `filters.INT96_UNIT`). ValueError for a footer that would crash pyarrow (`check`)."""
+    `arrowtypes.INT96_UNIT`). ValueError for a footer that would crash pyarrow (`check`)."""
     check(md)
     fields, stat_cols, null_cols = _stat_columns(md, schema)
     groups, per_col = [], {name: [] for name in [n for n, _ in stat_cols] + null_cols}

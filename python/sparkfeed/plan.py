@@ -2,10 +2,10 @@
 
 A work unit is one Parquet row group, or one whole WebDataset shard. Shards are pruned with the
 manifest's shard statistics, row groups with its row-group statistics, both through
-`filters.select_may_match` (pyarrow's own guarantee simplification). With a filter, the loader
+`pruning.select_may_match` (pyarrow's own guarantee simplification). With a filter, the loader
 then counts the rows of each surviving unit that pass it (`with_counts`), reading only the
 filter columns, so every rank knows the exact size of the epoch without talking to the others;
-a unit whose statistics prove that every row passes (`filters.select_all_match`) counts its rows
+a unit whose statistics prove that every row passes (`pruning.select_all_match`) counts its rows
 without reading them.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import pyarrow.compute as pc
 
-from . import filters
+from . import filters, pruning
 from .errors import redact
 from .manifest import Manifest, collection_paused
 
@@ -75,16 +75,16 @@ def make_plan(manifest: Manifest, expr: pc.Expression | None, columns: Sequence[
 
 def _make_plan(manifest: Manifest, expr: pc.Expression | None, columns: Sequence[str]) -> Plan:
     shards = list(range(len(manifest.shards)))
-    nan = filters.nan_columns(expr, manifest.schema) if expr is not None else []
+    nan = pruning.nan_columns(expr, manifest.schema) if expr is not None else []
     if expr is not None:
-        shards = filters.select_may_match(
+        shards = pruning.select_may_match(
             expr, [(s.stats, s.num_samples) for s in manifest.shards], manifest.schema, nan)
     groups = [(si, rg) for si in shards for rg in range(len(manifest.shards[si].row_groups or ()))]
     keep = set(range(len(groups)))
     if expr is not None and groups:
         # a shard of one row group with the shard's statistics (small files) was just decided
         ask = [k for k, g in enumerate(groups) if not _same_as_shard(manifest, g)]
-        asked = filters.select_may_match(expr, [_group_stats(manifest, groups[k]) for k in ask],
+        asked = pruning.select_may_match(expr, [_group_stats(manifest, groups[k]) for k in ask],
                                          manifest.schema, nan) if ask else []
         keep -= set(ask) - {ask[i] for i in asked}
     kept_groups: dict[int, list[int]] = {}
@@ -105,7 +105,7 @@ def _make_plan(manifest: Manifest, expr: pc.Expression | None, columns: Sequence
     units = [replace(u, index=i) for i, u in enumerate(units)]
     fcols = tuple(filters.referenced_columns(expr, manifest.schema))
     proven = frozenset() if expr is None else frozenset(
-        units[i].index for i in filters.select_all_match(expr, [_unit_stats(manifest, u) for u in units],
+        units[i].index for i in pruning.select_all_match(expr, [_unit_stats(manifest, u) for u in units],
                                                          manifest.schema))
     plan = Plan(units=tuple(units), counts=tuple(u.num_rows for u in units), columns=tuple(columns),
                 filter_columns=fcols, shards_planned=len(manifest.shards),

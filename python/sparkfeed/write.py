@@ -188,7 +188,7 @@ def _footer_entry(fs, full: str, rel: str, size: int) -> dict:
     import pyarrow.parquet as pq
 
     from . import footer
-    from .filters import INT96_UNIT
+    from .arrowtypes import INT96_UNIT
 
     def footer_of(source):
         pf = pq.ParquetFile(source, **INT96_UNIT)

@@ -177,7 +177,7 @@ def test_signed_zeros_of_one_row_group_are_not_taken_for_one_value():
     """Float statistics of min = max = 0.0 may hold -0.0 (Parquet's rule for readers; older
     writers wrote +0.0 for both), so they never become an equality the simplifier substitutes:
     `1 / f < 0` (-inf for -0.0) keeps the row group. Other types' min = max is an equality."""
-    from sparkfeed.filters import select_may_match
+    from sparkfeed.pruning import select_may_match
     from sparkfeed.manifest import Column, ColumnStats
 
     expr = pc.divide(pc.scalar(1.0), pc.field("f")) < 0

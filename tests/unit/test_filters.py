@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sparkfeed
-from sparkfeed.filters import arrow_type
+from sparkfeed.arrowtypes import arrow_type
 from sparkfeed.manifest import read_manifest
 
 NAN = float("nan")

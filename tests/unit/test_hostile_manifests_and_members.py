@@ -13,7 +13,7 @@ import pytest
 
 import dsutil
 import sparkfeed
-from sparkfeed import ManifestError, filters
+from sparkfeed import ManifestError, filters, pruning
 from sparkfeed.errors import CorruptSampleError, ShardReadError
 from sparkfeed.manifest import ColumnStats, Column, parse_manifest
 
@@ -131,12 +131,12 @@ def test_a_range_with_min_above_max_or_nan_is_ignored_not_pruned_on(column, low,
     the same way. Such a range is ignored: the item is read, and a sound range still prunes."""
     e = filters.to_expression([expr], _SCHEMA)
     bad = {column: ColumnStats(low, high, 0)}
-    assert filters.select_may_match(e, [(bad, 10)], _SCHEMA) == [0]
-    assert filters.select_all_match(e, [(bad, 10)], _SCHEMA) == []
+    assert pruning.select_may_match(e, [(bad, 10)], _SCHEMA) == [0]
+    assert pruning.select_all_match(e, [(bad, 10)], _SCHEMA) == []
     sound = {"id": ColumnStats(10, 19, 0), "score": ColumnStats(0.9, 1.0, 0) if expr[1] == "<" else
              ColumnStats(0.0, 0.1, 0), "name": ColumnStats("a", "b", 0),
              "day": ColumnStats("2024-02-01", "2024-03-01", 0)}
-    assert filters.select_may_match(e, [({column: sound[column]}, 10)], _SCHEMA) == []
+    assert pruning.select_may_match(e, [({column: sound[column]}, 10)], _SCHEMA) == []
 
 
 def test_a_loader_reads_a_shard_whose_stats_have_min_above_max(tmp_path):

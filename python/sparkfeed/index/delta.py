@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from .. import storage
 from ..errors import ManifestError
-from ..filters import leaf_fields
+from ..arrowtypes import leaf_fields
 from ..footer import json_value, stat_type
 from .parquet import partition_stats
 from .types import unsupported_kind

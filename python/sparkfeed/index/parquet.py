@@ -13,7 +13,7 @@ import logging
 import pyarrow as pa
 
 from ..errors import ManifestError, ShardReadError
-from ..filters import arrow_type, common_type
+from ..arrowtypes import arrow_type, common_type
 from ..write import _footer_entry, _gather_entries
 from .discover import DataFile, Listing
 from .hive import partition_types, typed_partition

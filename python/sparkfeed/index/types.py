@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from ..filters import arrow_type
+from ..arrowtypes import arrow_type
 
 __all__ = ["unsupported_kind"]
 

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import filters, storage
+from .. import arrowtypes, filters, storage
 from ..batch import lists_holding_nulls, ragged_as_binary
 from ..errors import ShardReadError
 from ..manifest import Column, Shard
@@ -284,7 +284,7 @@ class ReadContext:
         return [c.name for c in self.schema if c.name in wanted]
 
     def arrow_schema(self, names: Sequence[str]) -> pa.Schema:
-        types = {c.name: filters.arrow_type(c.type) for c in self.schema}
+        types = {c.name: arrowtypes.arrow_type(c.type) for c in self.schema}
         return pa.schema([pa.field(n, types[n] or pa.null()) for n in names])
 
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .. import filters, footer, storage
+from .. import arrowtypes, footer, pruning, storage
 from ..errors import CorruptSampleError, ShardReadError
 from ..plan import WorkUnit
 from .base import Reader, UnitRows, apply_filter
@@ -38,7 +38,7 @@ _HEAD_SLACK = 1.25  # a first fetch's head range: its row groups' share of the f
 # Pages that carry a CRC (parquet-mr, so Spark, writes one per page; pyarrow with
 # write_page_checksum=True) are checked against it: a damaged page of an uncompressed column
 # was delivered as wrong bytes without a word. Pages without one cost nothing.
-_READ_OPTIONS = {**filters.INT96_UNIT, "page_checksum_verification": True}
+_READ_OPTIONS = {**arrowtypes.INT96_UNIT, "page_checksum_verification": True}
 _FOOTER_BYTES = 64 << 10  # a footer's fetch: the file's tail (pyarrow's own footer read); a file
 # no larger is fetched whole by it, and its row groups served from those bytes (`SharedReads.hold`)
 
@@ -475,15 +475,15 @@ class ParquetReader(Reader):
 
     def _check_schema(self, unit: WorkUnit, schema: pa.Schema) -> dict[str, pa.DataType]:
         """Once per file: the columns this dataset reads have the manifest's types, or one that
-        casts to it without loss (`filters.common_type`); those columns -> the manifest's type."""
-        fields = {f.name: f for f in filters.leaf_fields(schema)}
+        casts to it without loss (`arrowtypes.common_type`); those columns -> the manifest's type."""
+        fields = {f.name: f for f in arrowtypes.leaf_fields(schema)}
         present = [n for n in self.ctx.read_columns if n in fields]
         casts = {}
         for want in self.ctx.arrow_schema(present):
-            got = filters.delivered_type(fields[want.name].type)
+            got = arrowtypes.delivered_type(fields[want.name].type)
             if want.type == pa.null() or got.equals(want.type):
                 continue
-            common = filters.common_type(got, want.type)
+            common = arrowtypes.common_type(got, want.type)
             if not _int96_indexed_at_ns(got, want.type) and (common is None or not common.equals(want.type)):
                 raise self._error(unit, f"schema drift: column {want.name!r} is {got} here but "
                                   f"{want.type} in the manifest")
@@ -674,13 +674,13 @@ def _arrow_filesystem(fs) -> pafs.FileSystem | None:
 
 def _as_delivered(table: pa.Table) -> pa.Table:
     """Columns as the manifest records them: struct columns as their leaves (`image.bytes`:
-    `filters.leaf_fields`; pyarrow reads only the leaves asked for), dictionaries decoded to
+    `arrowtypes.leaf_fields`; pyarrow reads only the leaves asked for), dictionaries decoded to
     their values (the values, not the codes, are what a sample holds), fixed-size binary as
-    binary (`filters.delivered_type`)."""
+    binary (`arrowtypes.delivered_type`)."""
     while any(pa.types.is_struct(f.type) for f in table.schema):
         table = table.flatten()
     for i, field in enumerate(table.schema):
-        want = filters.delivered_type(field.type)
+        want = arrowtypes.delivered_type(field.type)
         if want != field.type:
             table = table.set_column(i, field.name, table.column(i).cast(want))
     return table
@@ -711,7 +711,7 @@ def _cast(table: pa.Table, casts: dict[str, pa.DataType]) -> pa.Table:
 
 
 def _int96_indexed_at_ns(got: pa.DataType, want: pa.DataType) -> bool:
-    """A Spark INT96 column (now read at microseconds, `filters.INT96_UNIT`) that a manifest
+    """A Spark INT96 column (now read at microseconds, `arrowtypes.INT96_UNIT`) that a manifest
     from an earlier sparkfeed records at nanoseconds: cast, so dates 1677-2262 read as before
     and others fail by name instead of wrapping around."""
     return (pa.types.is_timestamp(got) and pa.types.is_timestamp(want) and got.tz == want.tz
@@ -720,7 +720,7 @@ def _int96_indexed_at_ns(got: pa.DataType, want: pa.DataType) -> bool:
 
 def _stored_names(schema: pa.Schema) -> set[str]:
     """The names a file can be read by: its columns and its structs' leaves."""
-    return set(schema.names) | {f.name for f in filters.leaf_fields(schema)}
+    return set(schema.names) | {f.name for f in arrowtypes.leaf_fields(schema)}
 
 
 def _paths_above(path: str) -> list[str]:
@@ -735,4 +735,4 @@ def _partition_scalar(value, type_: pa.DataType) -> pa.Scalar | None:
     value is null (a False or a 0 is no missing value); None where it does not fit the type."""
     if value is None:
         return pa.scalar(None, type_)
-    return filters._scalar(value, type_)
+    return pruning._scalar(value, type_)

@@ -1,0 +1,261 @@
+"""Pruning by statistics: a shard's or row group's min/max/null counts become a pyarrow
+"guarantee", and pyarrow's simplifier decides which may match a filter (or which all rows pass)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import re
+from collections.abc import Callable, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from .arrowtypes import arrow_type
+from .filters import _empty_table, _named_in, _reads
+from .manifest import Column, ColumnStats
+
+__all__ = ["guarantee", "select_may_match", "select_all_match", "nan_columns"]
+
+
+def _scalar(value, type_: pa.DataType):
+    """A statistics value (JSON) as an Arrow scalar of the column's type, or None."""
+    if value is None or type_ is None:
+        return None
+    try:
+        if pa.types.is_date(type_) and isinstance(value, str):
+            value = dt.date.fromisoformat(value)
+        elif pa.types.is_timestamp(type_) and isinstance(value, str):
+            return _timestamp(value, type_)
+        elif pa.types.is_decimal(type_) and isinstance(value, str):
+            value = decimal.Decimal(value)
+        return pa.scalar(value, type=type_)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, TypeError, OverflowError,
+            decimal.InvalidOperation):
+        return None
+
+
+def _ordered(low, high, lo: pa.Scalar, hi: pa.Scalar) -> bool:
+    """Whether a statistics range holds any value: min <= max, neither NaN. A manifest whose
+    min exceeds its max (hand-edited, or a buggy writer) promises no row at all, and pruning on
+    it dropped every row of the shard or row group without a word; such a range (like one of the
+    wrong type) is ignored instead, so it costs a read, never rows. `low` and `high` are the
+    JSON values, compared directly where they are plain numbers (the usual case, and cheap)."""
+    if type(low) in (int, float) and type(high) in (int, float):
+        return low <= high  # (False for NaN)
+    try:
+        return bool(pc.less_equal(lo, hi).as_py())
+    except (pa.ArrowException, TypeError):
+        return False
+
+
+def _timestamp(text: str, type_: pa.TimestampType) -> pa.Scalar:
+    """An ISO 8601 statistic as a timestamp scalar, to the nanosecond: Arrow parses it (Python's
+    `datetime` stops at microseconds, and a maximum cut short would prune rows that match). Text
+    with more digits than the unit holds (Python writes a millisecond value `.005000`, which Arrow
+    refused as a timestamp[ms], so columns in milliseconds never pruned) is read at microseconds
+    or nanoseconds and cast back without loss; a value finer than the unit is refused."""
+    for unit in dict.fromkeys((type_.unit, "us", "ns")):
+        try:
+            return _parsed(text, pa.timestamp(unit, type_.tz)).cast(type_)
+        except pa.ArrowInvalid as exc:
+            error = exc
+    raise error
+
+
+def _parsed(text: str, type_: pa.TimestampType) -> pa.Scalar:
+    """ISO text as a timestamp of `type_`, an offset on a zoned column taken as the instant."""
+    try:
+        return pa.array([text]).cast(type_)[0]
+    except pa.ArrowInvalid:
+        if type_.tz is None:  # an offset on a naive column (a manifest made elsewhere)
+            raise
+        return pa.array([text], pa.string()).cast(pa.timestamp(type_.unit))[0].cast(type_)
+
+
+def guarantee(stats: Mapping[str, ColumnStats], types: Mapping[str, pa.DataType],
+              num_rows: int, nan: frozenset[str] = frozenset()) -> pc.Expression | None:
+    """What a shard's or row group's statistics promise about every row, as an Expression.
+
+    Parquet writers leave NaN out of a floating column's min and max, so a range holds only for
+    the rows that are not NaN: `nan` names the columns this guarantee takes to be NaN instead
+    (None when that cannot be: the column is null in every row)."""
+    terms = []
+    for name, s in stats.items():
+        field = pc.field(name)
+        all_null = s.null_count is not None and s.null_count == num_rows and num_rows > 0
+        if name in nan:
+            if all_null:
+                return None
+            terms.append(field == _NAN)
+            continue
+        if all_null:
+            terms.append(field.is_null())
+            continue
+        lo, hi = _scalar(s.min, types.get(name)), _scalar(s.max, types.get(name))
+        if lo is None or hi is None or not _ordered(s.min, s.max, lo, hi):
+            continue
+        terms += _range(field, lo, hi, s.null_count is None or s.null_count > 0)
+    result = pc.scalar(True)
+    for term in terms:
+        result = result & term
+    return result
+
+
+def _range(field: pc.Expression, lo: pa.Scalar, hi: pa.Scalar, nulls: bool) -> list[pc.Expression]:
+    """Terms saying `lo <= field <= hi` (or null, with `nulls`), in the forms pyarrow's simplifier
+    reads: each bound alone "or null" (it ignored `(lo <= x <= hi) | is_null(x)`, so one null in
+    a row group kept it from every comparison's pruning), and `x == v` where min = max (a Hive
+    partition's value: only so does `x != v` rule it out). Not for floats: their min = max = 0.0
+    may hold -0.0, which Arrow's simplifier would replace (`1 / x`)."""
+    if lo.equals(hi) and not pa.types.is_floating(lo.type):
+        terms = [field == lo]
+    else:
+        terms = [field >= lo, field <= hi]
+    return [t | field.is_null() for t in terms] if nulls else terms
+
+
+_FS = pa.fs.LocalFileSystem()
+_FORMAT = ds.ParquetFileFormat()
+_NAN = pa.scalar(float("nan"))
+_MAX_NAN_COLUMNS = 3  # 2**3 guarantees per item at most
+
+
+def select_may_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, ColumnStats], int]],
+                     schema: Sequence[Column], nan: Sequence[str] | None = None) -> list[int]:
+    """Indices of the items (stats, rows) whose statistics do not rule `expr` out.
+
+    pyarrow's dataset layer does the reasoning: each item becomes a fragment whose partition
+    expression is its guarantee, and `get_fragments(filter=expr)` keeps those that may match.
+    No file is opened; the fragments only carry the index as their (never read) path. Min and
+    max leave NaN out, so for each float column where a NaN can pass `expr` (`nan`, by default
+    `nan_columns`: `~(x <= 5)`, `is_nan(x)`), an item gets one guarantee per way its rows can be
+    NaN there.
+    """
+    schema = _named_in(expr, schema)  # the other columns' statistics cannot rule `expr` out
+    types = {c.name: arrow_type(c.type) for c in schema}
+    nan = nan_columns(expr, schema) if nan is None else list(nan)
+    kept, dropped = nan[:_MAX_NAN_COLUMNS], set(nan[_MAX_NAN_COLUMNS:])
+    variants = [frozenset(c for bit, c in enumerate(kept) if mask >> bit & 1)
+                for mask in range(1 << len(kept))]
+
+    dropped |= _cast_is_in(expr, schema, types)
+
+    def fragments(ignored: frozenset) -> list:
+        return _fragments(items, types, variants, dropped | ignored)
+    return sorted({int(f.path) for f in _reasoned(fragments, expr, schema, types, items)})
+
+
+def select_all_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, ColumnStats], int]],
+                     schema: Sequence[Column]) -> list[int]:
+    """Indices of the items (stats, rows) whose statistics prove that every row passes `expr`,
+    so the filter's count pass takes their row count without reading them.
+
+    pyarrow's simplifier does the reasoning, as in `select_may_match`: an item qualifies where it
+    rules out `~expr | is_null(expr)` (no row where `expr` is false or null) under the item's
+    guarantee. Min and max leave NaN out, so for each float column `expr` reads, the item must
+    qualify with that column NaN as well; over more than `_MAX_NAN_COLUMNS` of them, none does.
+    Statistics wider than the data (strings cut short) only make fewer items qualify."""
+    named = _named_in(expr, schema)
+    types = {c.name: arrow_type(c.type) for c in named}
+    floats = [c.name for c in named if types[c.name] is not None and pa.types.is_floating(types[c.name])]
+    if len(floats) > _MAX_NAN_COLUMNS or not items:
+        return []
+    variants = [frozenset(c for bit, c in enumerate(floats) if mask >> bit & 1)
+                for mask in range(1 << len(floats))]
+    cast = _cast_is_in(expr, named, types)
+    may_fail = {int(f.path) for f in _reasoned(lambda ignored: _fragments(items, types, variants, ignored | cast),
+                                                ~expr | expr.is_null(), named, types, items)}
+    return [i for i in range(len(items)) if i not in may_fail]
+
+
+_IS_IN = re.compile(r"is_in\((.*?), \{value_set=(.*?):\[")
+
+
+def _cast_is_in(expr: pc.Expression, schema: Sequence[Column], types: Mapping[str, pa.DataType]) -> frozenset:
+    """The float columns an `is_in` of another type reads (`pc.field("f32").isin([0.1])`): Arrow
+    casts the value set to the column's type (0.1 becomes float32's 0.100000001) and matches, but
+    pyarrow's simplifier compared the uncast 0.1 with the float32 bounds and pruned the row group
+    holding it, a silent loss. Their statistics are left out of pruning."""
+    found = _IS_IN.findall(str(expr))
+    return frozenset(c.name for c in schema if types.get(c.name) is not None and pa.types.is_floating(types[c.name])
+                     and any(c.name in arg and kind != str(types[c.name]) for arg, kind in found))
+
+
+def _fragments(items: Sequence[tuple[Mapping[str, ColumnStats], int]], types: Mapping[str, pa.DataType],
+               variants: list[frozenset], ignored) -> list:
+    """One fragment per item and NaN variant, its guarantee from the statistics of the columns
+    in `types` but those `ignored`; the fragment's path is the item's index."""
+    fragments = []
+    for i, (stats, rows) in enumerate(items):
+        stats = {k: v for k, v in stats.items() if k in types and k not in ignored}
+        for variant in variants:
+            term = guarantee(stats, types, rows, variant)
+            if term is not None:  # (None: the column is null in every row, never NaN)
+                fragments.append(_FORMAT.make_fragment(str(i), filesystem=_FS, partition_expression=term))
+    return fragments
+
+
+def nan_columns(expr: pc.Expression, schema: Sequence[Column]) -> list[str]:
+    """The float columns `expr` reads where a NaN may pass it whatever the other columns hold
+    (`x != 2`, `~(x <= 5)`; not `x > 4`): those whose statistics (which leave NaN out) cannot
+    rule a row group out alone. Once per plan."""
+    named = _named_in(expr, schema)
+    types = {c.name: arrow_type(c.type) for c in named}
+    floats = [c.name for c in named if types[c.name] is not None and pa.types.is_floating(types[c.name])
+              and _reads(expr, named, c.name)]
+    return [name for name in floats if _kept([_FORMAT.make_fragment(
+        "0", filesystem=_FS, partition_expression=pc.field(name) == _NAN)], expr, named, types)]
+
+
+def _reasoned(fragments: Callable[[frozenset], list], expr: pc.Expression, schema: Sequence[Column],
+              types: Mapping[str, pa.DataType], items: Sequence[tuple[Mapping[str, ColumnStats], int]]) -> list:
+    """`_kept` of `fragments(frozenset())`. Where pyarrow's simplifier fails on a column's
+    statistics but the filter evaluates over the column's recorded values, the simplifier is at
+    fault, not the filter: `is_in` with a value set of another type (Python ints beside uint64,
+    datetimes of another zone, ints beside bool), which the kernel casts to the column's type but
+    the simplifier compares with the bounds as they are. Such columns' statistics are left out
+    (their rows are read and filtered); the other columns still prune. A filter that fails over the
+    recorded values fails over the rows too, and is raised (`unprunable`)."""
+    try:
+        return _kept(fragments(frozenset()), expr, schema, types)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        failing = frozenset(c.name for c in schema if _fails(fragments(frozenset(types) - {c.name}), expr, schema, types))
+        if not failing or any(_fails_over_values(expr, schema, types, items, name) for name in failing):
+            raise exc
+        return _kept(fragments(failing), expr, schema, types)
+
+
+def _fails(fragments: list, expr: pc.Expression, schema: Sequence[Column], types: Mapping[str, pa.DataType]) -> bool:
+    """Whether pyarrow's simplifier fails over these fragments' guarantees."""
+    try:
+        _kept(fragments, expr, schema, types)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return True
+    return False
+
+
+def _fails_over_values(expr: pc.Expression, schema: Sequence[Column], types: Mapping[str, pa.DataType],
+                       items: Sequence[tuple[Mapping[str, ColumnStats], int]], name: str) -> bool:
+    """Whether filtering rows holding column `name`'s recorded minima and maxima (the others
+    null) fails: then the rows of the data would fail it too."""
+    values = [v for stats, _ in items if name in stats
+              for v in (_scalar(stats[name].min, types[name]), _scalar(stats[name].max, types[name]))
+              if v is not None]
+    if not values:
+        return False
+    table = _empty_table(schema, rows=len(values))
+    table = table.set_column(table.schema.get_field_index(name), name, pa.array(values, types[name]))
+    try:
+        table.filter(expr)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return True
+    return False
+
+
+def _kept(fragments: list, expr: pc.Expression, schema: Sequence[Column],
+          types: Mapping[str, pa.DataType]) -> list:
+    """The fragments whose guarantees pyarrow's simplifier cannot rule `expr` out for."""
+    arrow_schema = pa.schema([pa.field(c.name, types[c.name] or pa.null()) for c in schema])
+    return list(ds.FileSystemDataset(fragments, arrow_schema, _FORMAT, _FS).get_fragments(filter=expr))
