@@ -34,7 +34,7 @@ _LAZY = {
     "spark_session": "session", "configure_spark": "session", "jar_path": "session",
     "read_manifest": "manifest", "Manifest": "manifest",
     "Dataset": "dataset", "DataLoader": "loader", "Source": "mix",
-    "ImageDecode": "decode", "NpyDecode": "arrays",
+    "ImageDecode": "imagespec", "NpyDecode": "arrays",
 }
 
 

@@ -180,7 +180,7 @@ def check_decode(decode: Mapping | None, columns: Sequence[str], manifest) -> di
             raise ValueError(f"`decode` column {name!r} is {column_type}, not a binary column of "
                              "encoded images or arrays")
         if not isinstance(spec, NpyDecode):
-            from .decode import ImageDecode  # here: PIL and DALI load only for a loader that decodes images
+            from .imagespec import ImageDecode  # here: PIL and DALI load only for a loader that decodes images
 
             if not isinstance(spec, ImageDecode):
                 raise ValueError(f"`decode[{name!r}]` should be a sparkfeed.ImageDecode or "

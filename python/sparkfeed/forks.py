@@ -32,7 +32,7 @@ _REGISTERED: list[bool] = []  # one entry once the at-fork hook is in place
 def never_collect_inherited() -> None:
     """From now on, every forked child of this process freezes what it inherited, first thing.
 
-    Called when DALI is first imported (`decode._import_dali`); it covers forks sparkfeed does
+    Called when DALI is first imported (`imagespec._import_dali`); it covers forks sparkfeed does
     not start, such as a plain `torch.utils.data.DataLoader` over a `sparkfeed.Dataset`."""
     with _LOCK:
         if not _REGISTERED and hasattr(os, "register_at_fork"):

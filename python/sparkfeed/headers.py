@@ -19,7 +19,7 @@ from .batch import BinaryChunks, BinaryColumn
 from .orientation import _orientation
 
 if TYPE_CHECKING:
-    from .decode import ImageDecode
+    from .imagespec import ImageDecode
 
 
 @dataclass(frozen=True)

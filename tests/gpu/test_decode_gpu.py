@@ -91,8 +91,8 @@ def test_a_batch_in_chunks_decodes_on_the_gpu_as_the_joined_column():
 def test_the_tensorlist_hand_over_decodes_on_the_gpu_as_the_list(monkeypatch):
     """The hand-over as one TensorListCPU over the images' own memory (on by default on the CPU)
     gives the "mixed" decoders the same pixels as a list of arrays, for a batch in one buffer and
-    one in chunks. When this passes on a GPU, `decode._TENSORLIST_ON_GPU` can be turned on."""
-    import sparkfeed.decode as decode
+    one in chunks. When this passes on a GPU, `dalidecode._TENSORLIST_ON_GPU` can be turned on."""
+    import sparkfeed.dalidecode as decode
     from sparkfeed.batch import BinaryChunks, BinaryColumn
 
     def column(items):

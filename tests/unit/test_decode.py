@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from sparkfeed.batch import BinaryColumn
-from sparkfeed.decode import DecodeResult, ImageDecode, ImageDecoder, dali_package
+from sparkfeed.decode import DecodeResult, ImageDecode, ImageDecoder
+from sparkfeed.imagespec import dali_package
 
 BACKENDS = ["dali", "pil"]
 
@@ -242,7 +243,7 @@ def test_images_at_size_skip_the_resize_with_the_same_pixels(crop, mirror):
 
 
 def test_needs_resize_looks_at_the_shorter_side():
-    from sparkfeed.decode import _needs_resize
+    from sparkfeed.decodejob import _needs_resize
 
     spec = ImageDecode(size=32, device="cpu")
     assert not _needs_resize(spec, [(32, 32), (48, 32), (32, 90)])
@@ -701,7 +702,7 @@ def test_runs_in_flight_is_a_positive_integer():
 def test_a_dali_without_the_run_switch_is_built_with_depth_one(monkeypatch):
     """Where DALI's Pipeline lacks the flag that makes `schedule_run` start one run, the decoder
     builds its pipelines with depth 1 (no prefetch of batches never fed) and decodes the same."""
-    import sparkfeed.decode as decode
+    import sparkfeed.dalidecode as decode
 
     class Bare:
         pass
@@ -825,7 +826,7 @@ def test_the_hand_over_to_dali_copies_no_image_bytes():
     """The encoded images go to DALI as one TensorList over their own memory: for a batch in one
     buffer and for one in several (chunks), each sample where it lies, none copied; and the
     decoder's pixels are those of a batch handed over as a plain list of arrays."""
-    import sparkfeed.decode as decode
+    import sparkfeed.dalidecode as decode
     from sparkfeed.headers import _encoded
 
     items = [_encode(40, 32, shift=i) for i in range(6)]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.utils.data
 
-from ..decode import dali_package
+from ..imagespec import dali_package
 from . import datasets, remote
 
 TABULAR_COLUMNS = ["id", "label"] + [f"f{i}" for i in range(datasets.NUM_FLOATS)]
