@@ -15,7 +15,7 @@ import pytest
 
 import dsutil
 import sparkfeed
-from sparkfeed import footer
+from sparkfeed import footer, footercheck
 from sparkfeed.errors import ShardReadError
 from sparkfeed.read.tar import StrictTarInfo, pax_problem
 
@@ -146,7 +146,7 @@ def test_a_sound_footer_is_not_damaged_and_its_verdict_is_kept(tmp_path):
         pa.list_(pa.struct([("a", pa.int32()), ("b", pa.string())]))))
     pq.write_table(table, path, row_group_size=7)
     md = pq.ParquetFile(path).metadata
-    assert footer.damage(md) is None and footer.damage(md) is None
+    assert footercheck.damage(md) is None and footercheck.damage(md) is None
     assert footer.entry(md, pq.ParquetFile(path).schema_arrow, "f.parquet", 1)["num_samples"] == 50
 
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .. import arrowtypes, footer, pruning, storage
+from .. import arrowtypes, footer, footercheck, pruning, storage
 from ..errors import CorruptSampleError, ShardReadError
 from ..plan import WorkUnit
 from .base import Reader, UnitRows, apply_filter
@@ -159,9 +159,9 @@ class ParquetReader(Reader):
         return pf
 
     def _check_footer(self, unit: WorkUnit, md: pq.FileMetaData) -> None:
-        """A footer pyarrow's metadata accessors would abort the process on (`footer.damage`) is
+        """A footer pyarrow's metadata accessors would abort the process on (`footercheck.damage`) is
         an error naming the file, before any of them is called."""
-        found = footer.damage(md)
+        found = footercheck.damage(md)
         if found is not None:
             group, what = found
             raise ShardReadError(f"damaged Parquet footer: {what}", dataset=self.ctx.dataset,
@@ -602,13 +602,13 @@ def _fetch_footer(fs, path: str, size: int | None) -> tuple:
     if size is None:
         with storage.open_remote(fs, path, size) as f:
             metadata = pq.ParquetFile(f).metadata
-        footer.check(metadata)
+        footercheck.check(metadata)
         return metadata, None
     start = max(0, size - _FOOTER_BYTES)
     parts = storage.fetch_ranges(fs, path, [(start, size)], size)
     with storage.KnownRanges(parts, size, functools.partial(storage.open_remote, fs, path, size)) as src:
         metadata = pq.ParquetFile(src).metadata
-    footer.check(metadata)  # read-ahead reads no row group of a damaged footer (`footer.damage`)
+    footercheck.check(metadata)  # read-ahead reads no row group of a damaged footer (`footercheck.damage`)
     return metadata, (parts[(start, size)] if start == 0 else None)
 
 
