@@ -16,7 +16,7 @@ import torch
 import torch.utils.data
 
 from . import batch as batching
-from . import arrowtypes, checks, filters, mix, partition
+from . import checks, filters, mix, mixsource, partition
 from .engine import Engine, ReadConfig
 from .index import open_manifest
 from .manifest import Manifest
@@ -63,7 +63,7 @@ def _same_ragged_types(mixed, ragged: Mapping) -> None:
     """A ragged column is carried as its values' bytes, so every source of a mix must hold it
     with one element type (numbers of other columns are converted; these cannot be)."""
     for name in ragged:
-        types = {str(arrowtypes.arrow_type(r.manifest.column(name).type).value_type) for r in mixed}
+        types = {str(filters.arrow_type(r.manifest.column(name).type).value_type) for r in mixed}
         if len(types) > 1:
             raise ValueError(f"`ragged` column {name!r} holds lists of different element types in the "
                              f"sources of the mix ({sorted(types)}); write them with one")
@@ -82,12 +82,12 @@ class Dataset(torch.utils.data.IterableDataset):
     Example: `ds = sparkfeed.Dataset("ds/", columns=["label"], filter=[("label", "<", 3)])`, then
     `torch.utils.data.DataLoader(ds, batch_size=32, num_workers=2)`. Every sample that passes the
     filter is delivered once per epoch across ranks and workers. `path` may also be a list of
-    `sparkfeed.Source` (a mix, see `mix.py`); `with_source=True` then adds `__source__`.
+    `sparkfeed.Source` (a mix, see `mix.py`, `mixsource.py`); `with_source=True` then adds `__source__`.
     `read_ahead_bytes` bounds what each reader of remote data holds fetched or in flight (None:
     64 MiB or `SPARKFEED_READ_AHEAD_BYTES`; 0: no read-ahead); it changes speed, never batches.
     """
 
-    def __init__(self, path: str | Sequence[mix.Source], *, columns: Sequence[str] | None = None,
+    def __init__(self, path: str | Sequence[mixsource.Source], *, columns: Sequence[str] | None = None,
                  filter=None, shuffle: bool = False, seed: int = 0, batch_size: int | None = None,
                  drop_last: bool = False, shuffle_buffer: int | None = None, rank: int | None = None,
                  world_size: int | None = None, on_error: str = "raise",
@@ -104,11 +104,11 @@ class Dataset(torch.utils.data.IterableDataset):
                              f"one counts modulo 2**64), but got seed={seed!r}")
         checks.one_of("with_source", with_source, (False, True))
         mixed = None
-        if mix.is_mix(path):  # several datasets: `mix.py` checks them and reads them
+        if mixsource.is_mix(path):  # several datasets: `mix.py` checks them and reads them
             if manifest is not None:
                 raise ValueError("`manifest` belongs to one dataset; in a mix give each "
                                  "sparkfeed.Source its own manifest=")
-            mixed, self.columns = mix.resolve(path, columns=columns, filter=filter,
+            mixed, self.columns = mixsource.resolve(path, columns=columns, filter=filter,
                                               storage_options=storage_options, with_source=with_source)
             self.path = "mix[" + ", ".join(r.path for r in mixed) + "]"
             self.manifest, self.expr = mixed[0].manifest, None

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.utils.data
 
-from . import checks, forks, mix, progress
+from . import checks, forks, mix, mixsource, progress
 from . import shuffle as shuffling
 from .batchwork import BatchWork
 from .dataset import Dataset
@@ -142,7 +142,7 @@ class DataLoader:
             # The loader's own shallow copy: its epoch never leaks into the caller's Dataset
             # (which may also feed a plain torch DataLoader). The engine is shared.
             return copy.copy(path_or_dataset)
-        if mix.is_mix(path_or_dataset):
+        if mixsource.is_mix(path_or_dataset):
             return Dataset(path_or_dataset, **kwargs)
         if path_or_dataset is None and kwargs.get("manifest") is not None:
             return Dataset(None, **kwargs)  # the data root is the one the manifest recorded

@@ -769,7 +769,7 @@ class Shuffled(NamedTuple):
     """Positions of a shuffle block, not yet gathered: position i holds row `order[i]` of
     `rows` (the block's runs one after another, as read). A whole block (`StreamReader._block`)
     or a piece of one (`segments(gather=False)`), which a mix gathers straight into its mixed
-    order (`mix._mixed`): one copy where gathering here and again there would make two."""
+    order (`mixrows._mixed`): one copy where gathering here and again there would make two."""
 
     rows: Block
     order: np.ndarray

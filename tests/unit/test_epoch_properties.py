@@ -14,7 +14,7 @@ import pytest
 
 from epochmodel import (WEIGHTS, Case, build, check_stats, deliver, flat, passes, per_source, rank_runs,
                         shares, weight, worker_order)
-from sparkfeed import Source, mix
+from sparkfeed import Source, mixshares
 
 
 @pytest.fixture(scope="module")
@@ -283,9 +283,9 @@ def test_a_source_that_bounds_the_epoch_supplies_every_sample(sizes, weights):
     more samples that bounds the epoch lost one sample per epoch in about 6% of two-source mixes
     (and, its share no longer the whole source, became a moving window)."""
     sources = [Source(f"s{i}", weight=w) for i, w in enumerate(weights)]
-    assert mix.shares(sizes, sources) == shares(sizes, sources)
+    assert mixshares.shares(sizes, sources) == shares(sizes, sources)
     bound = min(range(len(sizes)), key=lambda i: Fraction(sizes[i]) / weight(weights[i]))
-    assert mix.shares(sizes, sources)[bound] == sizes[bound]
+    assert mixshares.shares(sizes, sources)[bound] == sizes[bound]
 
 
 def test_shares_follow_the_documented_formula_for_any_sizes_and_weights():
@@ -299,6 +299,6 @@ def test_shares_follow_the_documented_formula_for_any_sizes_and_weights():
         expected = shares(sizes, sources)
         if isinstance(expected, str):
             with pytest.raises(ValueError, match=expected):
-                mix.shares(sizes, sources)
+                mixshares.shares(sizes, sources)
         else:
-            assert mix.shares(sizes, sources) == expected, (sizes, sources)
+            assert mixshares.shares(sizes, sources) == expected, (sizes, sources)

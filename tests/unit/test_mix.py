@@ -20,7 +20,7 @@ from PIL import Image
 import dsutil
 import sparkfeed
 from sparkfeed import CorruptSampleError, Source
-from sparkfeed.mix import block_counts, block_labels, share_spans, shares
+from sparkfeed.mixshares import block_counts, block_labels, share_spans, shares
 from sparkfeed import mix
 from sparkfeed.stream import Block
 
@@ -133,7 +133,7 @@ def test_time_order_of_shares_of_billions_is_exact(counts):
 
 @pytest.mark.parametrize("sources", [(0, 1, 2), (1, 2)])  # the general gather index, and two sources'
 def test_mixed_puts_each_part_in_its_positions(sources):
-    from sparkfeed.mix import _mixed
+    from sparkfeed.mixrows import _mixed
     from sparkfeed.stream import Block
     rng = np.random.default_rng(0)
     labels = np.array(sources, dtype=np.uint8)[rng.integers(0, len(sources), 500)]
@@ -166,7 +166,7 @@ def test_share_spans_wrap_and_cycle():
 def test_mixed_gathers_shuffle_pieces_as_it_would_their_gathered_rows(sources, with_list):
     """A mix reads shuffled sources ungathered (`Shuffled`: a block's rows and the order of a
     piece of it); `_mixed` must put exactly the rows the pieces would hold once gathered."""
-    from sparkfeed.mix import _mixed
+    from sparkfeed.mixrows import _mixed
     from sparkfeed.stream import Block, Shuffled
     rng = np.random.default_rng(1)
     labels = np.array(sources, dtype=np.uint8)[rng.integers(0, len(sources), 400)]
@@ -476,8 +476,8 @@ def test_source_column_collision_and_misuse_are_refused(ds):
 
 
 def test_a_source_with_more_units_than_row_keys_hold_is_refused(ds, monkeypatch):
-    import sparkfeed.mix
-    monkeypatch.setattr(sparkfeed.mix, "_MAX_UNITS", 16)  # 2^24 row groups would not fit a test
+    import sparkfeed.mixsource
+    monkeypatch.setattr(sparkfeed.mixsource, "_MAX_UNITS", 16)  # 2^24 row groups would not fit a test
     assert len(sparkfeed.DataLoader([Source(ds["t"]), Source(ds["b"])], batch_size=4, columns=["id"])) == 150
     with pytest.raises(ValueError, match=r"source 1 \('.*/a'\) has 20 work units \(row groups, or shards "
                                          r"without row groups\), but a source of a mix can have at most 16"):
