@@ -16,7 +16,7 @@ import torch
 import torch.utils.data
 
 from . import batch as batching
-from . import checks, filters, mix, mixsource, partition
+from . import arrowtypes, checks, filters, mix, mixsource, partition
 from .engine import Engine, ReadConfig
 from .index import open_manifest
 from .manifest import Manifest
@@ -63,7 +63,7 @@ def _same_ragged_types(mixed, ragged: Mapping) -> None:
     """A ragged column is carried as its values' bytes, so every source of a mix must hold it
     with one element type (numbers of other columns are converted; these cannot be)."""
     for name in ragged:
-        types = {str(filters.arrow_type(r.manifest.column(name).type).value_type) for r in mixed}
+        types = {str(arrowtypes.arrow_type(r.manifest.column(name).type).value_type) for r in mixed}
         if len(types) > 1:
             raise ValueError(f"`ragged` column {name!r} holds lists of different element types in the "
                              f"sources of the mix ({sorted(types)}); write them with one")
