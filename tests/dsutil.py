@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from sparkfeed import storage
 from sparkfeed.manifest import Manifest, parse_manifest, write_manifest
-from sparkfeed.write import _footer_entry
+from sparkfeed.writefooters import _footer_entry
 
 
 def free_port() -> int:

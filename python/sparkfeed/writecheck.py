@@ -177,3 +177,37 @@ def warn_rows_left_out(dataset: str, counted: int, samples: int) -> None:
                     "sample can exist in a tar) and are not in the dataset; fill or drop those "
                     "rows, or add a column written to the json member", dataset,
                     counted - samples, counted)
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """True when `exc`, or an error it was raised from, is gRPC's UNAVAILABLE: the Spark Connect
+    server stopped answering and pyspark's client gave up retrying (by default after about ten
+    minutes: its DefaultPolicy, 15 retries with backoff up to 60 s)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        code = getattr(exc, "code", None)
+        if callable(code) and type(exc).__module__.startswith("grpc"):
+            try:
+                if str(code()) == "StatusCode.UNAVAILABLE":
+                    return True
+            except Exception:  # a code() that is not gRPC's: not a lost connection
+                pass
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@contextlib.contextmanager
+def _lost_server_named(dataset: str):
+    """Inside: a Spark Connect server that stops answering (pyspark's client having retried for
+    about ten minutes) is a SparkfeedError saying so and what the path may hold, not a gRPC dump."""
+    try:
+        yield
+    except Exception as exc:
+        if not _connection_lost(exc):
+            raise
+        raise SparkfeedError(
+            f"dataset {dataset!r}: the Spark Connect server stopped answering (pyspark's client "
+            "gave up retrying); no manifest was written, and the path may hold part files of the "
+            "failed write. Write again, with mode='overwrite', once the server is back") from exc
+

@@ -48,7 +48,7 @@ def test_executor_failures_are_told_as_sparkfeed_errors():
 def test_a_missing_jar_is_told_as_such_in_connect_text():
     """Invariant: the Connect client's text of DATA_SOURCE_NOT_FOUND (as a server without the
     jar answers) is the jar-missing SparkfeedError, naming the dataset and `--jars`."""
-    from sparkfeed.write import _jar_missing
+    from sparkfeed.writewebdataset import _jar_missing
 
     text = ("(org.apache.spark.SparkClassNotFoundException) [DATA_SOURCE_NOT_FOUND] Failed to find "
             "the data source: webdataset. Make sure the provider name is correct and the package "

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from ..errors import ManifestError, ShardReadError
 from ..arrowtypes import arrow_type, common_type
-from ..write import _footer_entry, _gather_entries
+from ..writefooters import _footer_entry, _gather_entries
 from .discover import DataFile, Listing
 from .hive import partition_types, typed_partition
 from .gather import run_local
