@@ -2,7 +2,8 @@
 this dataset in this format (the Spark error its cause), and the rows Spark's write tasks saw are
 counted in the write job itself (an Observation, no extra job) and compared with what the
 manifest is about to record, so a driver that cannot see what the executors wrote (a path local
-to the driver on a cluster) fails naming the dataset instead of writing a manifest short of rows.
+to the driver on a cluster) fails naming the dataset instead of writing a manifest short of rows; and a Spark Connect server
+that stops answering is told as such.
 """
 
 from __future__ import annotations
