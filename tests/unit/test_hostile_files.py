@@ -17,7 +17,7 @@ import dsutil
 import sparkfeed
 from sparkfeed import footer, footercheck
 from sparkfeed.errors import ShardReadError
-from sparkfeed.read.tar import StrictTarInfo, pax_problem
+from sparkfeed.read.tarinfo import StrictTarInfo, pax_problem
 
 
 def _header(name: bytes, size: int, kind: bytes = b"0") -> bytes:

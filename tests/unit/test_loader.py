@@ -546,9 +546,9 @@ def test_non_utf8_member_name_is_refused(tar_path, tmp_path):
 
 
 def test_huge_member_is_refused_before_it_is_read(tar_path, tmp_path, monkeypatch):
-    from sparkfeed.read import tar as tar_module
+    from sparkfeed.read import tarinfo
 
-    monkeypatch.setattr(tar_module, "MAX_MEMBER_BYTES", 4)  # the images are 8 bytes
+    monkeypatch.setattr(tarinfo, "MAX_MEMBER_BYTES", 4)  # the images are 8 bytes
     with pytest.raises(ShardReadError, match=r"shard-00000.tar.*over the 4-byte limit"):
         ids_of(sparkfeed.DataLoader(tar_path, batch_size=50))
 

@@ -15,7 +15,9 @@ import pytest
 import sparkfeed
 from sparkfeed.errors import CorruptSampleError, ShardReadError
 from sparkfeed.read import tarindex
-from sparkfeed.read.tar import StrictTarInfo, TarHeaderError, _whole_column, is_sample_member, parse_int, split_name
+from sparkfeed.read.tarinfo import StrictTarInfo, TarHeaderError, split_name
+from sparkfeed.read.tarnames import is_sample_member
+from sparkfeed.read.tartable import _whole_column, parse_int
 
 
 def _tar(members, fmt=tarfile.GNU_FORMAT) -> bytes:

@@ -18,8 +18,8 @@ import dsutil
 import sparkfeed
 from sparkfeed import storage
 from sparkfeed.errors import ShardReadError
-from sparkfeed.read import tarindex
-from sparkfeed.read.tar import split_name
+from sparkfeed.read import tarheaders, tarindex, tarnames
+from sparkfeed.read.tarinfo import split_name
 
 CASES = json.load(open(os.path.join(os.path.dirname(__file__), os.pardir, "data", "path_cases.json"),
                        encoding="utf-8"))["cases"]
@@ -60,18 +60,18 @@ def test_indexed_and_streamed_tars_deliver_the_same_samples(pair):
 @pytest.mark.parametrize("path", [c["path"] for c in CASES], ids=ascii)
 def test_name_check_is_the_path_rule(path):
     safe = storage.path_problem(path) is None
-    assert tarindex.names_are_safe([path]) == safe
-    assert tarindex.names_are_safe(["ok/a.jpg", path, "b.cls"]) == safe
+    assert tarnames.names_are_safe([path]) == safe
+    assert tarnames.names_are_safe(["ok/a.jpg", path, "b.cls"]) == safe
     if not any(0xD800 <= ord(c) <= 0xDFFF for c in path):  # (a lone surrogate is no Arrow string)
-        assert tarindex._arrow_names_are_safe(pa.array(["ok/a.jpg", path, "b.cls"], pa.string())) == safe
+        assert tarnames._arrow_names_are_safe(pa.array(["ok/a.jpg", path, "b.cls"], pa.string())) == safe
 
 
 @BOUNDED
 @given(st.lists(st.text(alphabet="ab./:\\\n\x00\x7f\x1f\t..", min_size=0, max_size=8), min_size=1, max_size=4))
 def test_name_check_agrees_with_the_path_rule_on_any_names(names):
     safe = all(storage.path_problem(n) is None for n in names)
-    assert tarindex.names_are_safe(names) == safe
-    assert tarindex._arrow_names_are_safe(pa.array(names, pa.string())) == safe
+    assert tarnames.names_are_safe(names) == safe
+    assert tarnames._arrow_names_are_safe(pa.array(names, pa.string())) == safe
 
 
 @pytest.fixture()
@@ -302,10 +302,10 @@ def test_numeric_fields_compared_fast_are_those_the_general_parse_reads(shape, r
     values += [0] * len(garbage)
     array = np.frombuffer(b"".join(fields), dtype=np.uint8).reshape(len(fields), width)
     values = np.array(values, dtype=np.int64)
-    parsed = tarindex._octal(array)
+    parsed = tarheaders._octal(array)
     for k in range(len(fields)):
-        assert tarindex._octal_is(array[k:k + 1], values[k:k + 1], digits) == (parsed[k] == values[k]), fields[k]
-    assert tarindex._octal_is(array, values, digits) == bool((parsed == values).all())
+        assert tarheaders._octal_is(array[k:k + 1], values[k:k + 1], digits) == (parsed[k] == values[k]), fields[k]
+    assert tarheaders._octal_is(array, values, digits) == bool((parsed == values).all())
 
 
 def _same_index(a, b) -> bool:
@@ -474,7 +474,7 @@ def test_numeric_fields_are_taken_where_tarfile_parses_them(rows, filler):
         head[329:345] = major + minor
         heads.append(bytes(head))
     arr = np.frombuffer(b"".join(heads), dtype=np.uint8).reshape(len(heads), 512)
-    assert tarindex._numbers_parse(arr) == all(tarindex._tarfile_parses(row) for row in arr)
+    assert tarheaders._numbers_parse(arr) == all(tarheaders._tarfile_parses(row) for row in arr)
 
 
 @pytest.mark.parametrize("field, value", [(100, b"x"), (108, b"x"), (116, b"9"), (136, b"x"),

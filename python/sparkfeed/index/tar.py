@@ -18,8 +18,10 @@ import tarfile
 
 from .. import storage
 from ..errors import ShardReadError
-from ..read.tar import (MAX_MEMBER_BYTES, StrictTarInfo, TarHeaderError, compressed_kind, compressed_words,
-                        is_sample_member, parse_int, split_name)
+from ..read.tarinfo import (MAX_MEMBER_BYTES, StrictTarInfo, TarHeaderError, compressed_kind, compressed_words,
+                            split_name)
+from ..read.tarnames import is_sample_member
+from ..read.tartable import parse_int
 from ..footer import json_value
 
 __all__ = ["scan_tar", "column_of", "key_column", "tar_stats", "INT_EXTS", "TEXT_EXTS", "IMAGE_CODECS", "CODECS"]

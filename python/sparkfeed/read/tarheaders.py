@@ -1,0 +1,210 @@
+"""A tar's member headers checked against its DALI index with numpy, all members at once: placement, name, size, type, numeric fields, checksums and harmless pax headers."""
+
+from __future__ import annotations
+
+import re
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+_BLOCK = 512
+_PAX = ord("x")  # a pax extended header's type: records for the member after it
+# pax keywords that leave a member's name, size, type and bytes as its ustar header says
+_PAX_HARMLESS = ("mtime", "atime", "ctime", "uid", "gid", "uname", "gname", "comment")
+_PAX_HARMLESS_RECORD = re.compile(rb"([1-9][0-9]*) (%s)=" % b"|".join(k.encode() for k in _PAX_HARMLESS))
+# a pax header's data that is one such record (the usual: a fractional mtime), checked by Arrow
+_PAX_ONE_RECORD = r"^[1-9][0-9]* (?:%s)=[^\n]*\n$" % "|".join(_PAX_HARMLESS)
+_NAME = 100  # ustar name field; longer names need a prefix or an extension header (not taken here)
+_PREFIX = 345  # the ustar prefix field's first byte: `tarfile` puts a non-empty prefix before the name
+_REGULAR = (ord("0"), 0)
+
+
+def _octal(fields: np.ndarray) -> np.ndarray:
+    """Tar numeric fields (rows of bytes: optional leading spaces, octal digits, then NUL or
+    space) as integers; -1 where a field is not that."""
+    digit = (fields >= ord("0")) & (fields <= ord("7"))
+    lead = (fields == ord(" ")) & (np.cumsum(digit, axis=1) == 0)
+    fields = np.where(lead, ord("0"), fields)
+    digit |= lead
+    run = np.cumprod(digit, axis=1).astype(bool)
+    width = run.sum(axis=1)
+    power = width[:, None] - 1 - np.arange(fields.shape[1])
+    values = np.where(run, (fields.astype(np.int64) - ord("0")) << (3 * np.maximum(power, 0)), 0).sum(axis=1)
+    after = fields[np.arange(len(fields)), np.minimum(width, fields.shape[1] - 1)]
+    ok = (width > 0) & ((width == fields.shape[1]) | (after == 0) | (after == ord(" ")))
+    return np.where(ok, values, -1)
+
+
+def _octal_is(fields: np.ndarray, values: np.ndarray, digits: int) -> bool:
+    """Whether tar numeric fields (rows of bytes) hold `values`. Tar writers put `digits`
+    zero-padded octal digits there, then NUL or space bytes, so the fields are compared with
+    those digits made for all values at once; a field written another way (leading spaces,
+    fewer digits) is parsed by `_octal`, whose rule this fast path is a case of."""
+    shifts = 3 * np.arange(digits - 1, -1, -1, dtype=np.int64)
+    made = ((values[:, None] >> shifts) & 7).astype(np.uint8) + np.uint8(ord("0"))
+    tail = fields[:, digits:]
+    plain = (fields[:, :digits] == made).all(axis=1) & ((tail == 0) | (tail == ord(" "))).all(axis=1) \
+        & (values >> (3 * digits) == 0) & (values >= 0)
+    if plain.all():
+        return True
+    other = ~plain
+    return bool((_octal(fields[other]) == values[other]).all())
+
+
+def _headers_agree(buf: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, names: np.ndarray | None,
+                   base: int = 0, trailer: bool = True) -> bool:
+    """(1) and (2) of the module note, for all members at once. `buf` holds the tar's bytes from
+    byte `base` (a window's, `window_ranges`); `trailer`: it runs to the tar's end, whose zero
+    blocks are checked too. `names`: the members' name fields (`_padded_names`; None: a name
+    too long for one, which the index cannot describe)."""
+    n = len(offsets)
+    if n == 0:
+        return not buf.any()
+    padded = _padded(sizes)
+    starts = offsets - _BLOCK - base
+    gaps = starts - np.concatenate(([0], offsets[:-1] - base + padded[:-1]))  # a pax header, or none
+    if (gaps < 0).any() or (starts % _BLOCK).any() or (sizes < 0).any():
+        return False
+    end = int(offsets[-1] - base + padded[-1])
+    if end > len(buf) or (trailer and buf[end:].any()):
+        return False
+    if names is None:
+        return False
+    blocks = buf[:len(buf) // _BLOCK * _BLOCK].reshape(-1, _BLOCK)
+    heads = blocks[starts // _BLOCK]
+    return bool((heads[:, :_NAME] == names).all() and not heads[:, _PREFIX].any()
+                and np.isin(heads[:, 156], _REGULAR).all() and _numbers_parse(heads)
+                and _octal_is(heads[:, 124:136], sizes, 11) and _checksums_agree(heads)
+                and (not gaps.any() or _pax_harmless(buf, blocks, (starts - gaps)[gaps > 0], gaps[gaps > 0])))
+
+
+# the numeric fields `tarfile` parses besides size and checksum: mode, uid, gid, mtime, devmajor, devminor
+_NUMBERS = np.r_[100:124, 136:148, 329:345]
+_NUMBER_FIELDS = ((100, 108), (108, 116), (116, 124), (136, 148), (329, 337), (337, 345))
+_NUMBER_STARTS = np.cumsum([0] + [b - a for a, b in _NUMBER_FIELDS[:-1]])  # in `heads[:, _NUMBERS]`
+
+
+def _numbers_parse(heads: np.ndarray) -> bool:
+    """Whether `tarfile` parses every header's other numeric fields (mode, ids, mtime, device
+    numbers), as it must to read the member at all: a header whose mode is "x" is refused
+    streamed (and by webdataset), so the index must not be taken for it. The usual fields (spaces,
+    octal digits, then only spaces and NULs) are checked at once; any other header field by field
+    with `tarfile`'s own parser."""
+    words = np.ascontiguousarray(heads).view(np.uint32)
+    ids = (words[:, 25:37] & _WORD_MASK) ^ _WORD_WANT  # bytes 100-148: zero where usual
+    devices = words[:, 82:87] & _DEV_MASK  # bytes 328-348: the device numbers (neighbours masked)
+    if not ids.any() and (not devices.any() or not (devices ^ _DEV_WANT).any()):
+        return True  # every header as writers usually write them (`_written_usually`): one pass
+    usual = _written_usually(heads)
+    other = heads[~usual]
+    return all(_tarfile_parses(row) for row in other[~_numbers_usual(other)])
+
+
+def _written_usually(heads: np.ndarray) -> np.ndarray:
+    """Which headers hold the numeric fields as tar writers usually write them (octal digits,
+    then a NUL or a space; device numbers may be all NULs, as Python writes them for a file):
+    each 4-byte word of the fields masked and compared at once, a quarter of the work of a byte
+    per element."""
+    words = np.ascontiguousarray(heads).view(np.uint32)
+    ids = ((words[:, 25:37] & _WORD_MASK) == _WORD_WANT).all(axis=1)  # bytes 100-148
+    devices = words[:, 82:87]  # bytes 328-348: the device numbers and their neighbours (masked)
+    return ids & (((devices & _DEV_MASK) == _DEV_WANT).all(axis=1) | ~(devices & _DEV_MASK).any(axis=1))
+
+
+def _word_masks(start: int, stop: int, fields) -> tuple[np.ndarray, np.ndarray]:
+    """(mask, wanted) of bytes [start, stop) as 4-byte words: in each field its digits' top five
+    bits are "0"'s (0x30-0x37), its last byte a NUL or a space (bit 0x20 aside, zero)."""
+    mask, want = bytearray(stop - start), bytearray(stop - start)
+    for a, b in fields:
+        mask[a - start:b - start - 1] = b"\xf8" * (b - a - 1)
+        want[a - start:b - start - 1] = b"\x30" * (b - a - 1)
+        mask[b - start - 1] = 0xDF
+    return np.frombuffer(bytes(mask), np.uint32), np.frombuffer(bytes(want), np.uint32)
+
+
+_WORD_MASK, _WORD_WANT = _word_masks(100, 148, ((100, 108), (108, 116), (116, 124), (124, 136), (136, 148)))
+_DEV_MASK, _DEV_WANT = _word_masks(328, 348, ((329, 337), (337, 345)))
+
+
+def _numbers_usual(heads: np.ndarray) -> np.ndarray:
+    """Which headers' numeric fields are each spaces or NULs, one run of octal digits, then
+    spaces or NULs (what `tarfile` parses; others are left to it)."""
+    fields = heads[:, _NUMBERS]
+    digit = (fields - np.uint8(ord("0"))) <= 7  # (wraps below "0")
+    usual = (digit | (fields == ord(" ")) | (fields == 0)).all(axis=1)
+    follows = np.zeros_like(digit)  # each field's digits one run: spaces/NULs, digits, spaces/NULs
+    follows[:, 1:] = digit[:, :-1]
+    follows[:, _NUMBER_STARTS] = False
+    return usual & (np.add.reduceat(digit & ~follows, _NUMBER_STARTS, axis=1) <= 1).all(axis=1)
+
+
+def _tarfile_parses(head: np.ndarray) -> bool:
+    """Whether `tarfile` parses a header's (a row of 512 bytes) numeric fields."""
+    raw = head.tobytes()
+    try:
+        for a, b in _NUMBER_FIELDS:
+            tarfile.nti(raw[a:b])
+    except (ValueError, tarfile.HeaderError):
+        return False
+    return True
+
+
+def _padded(sizes: np.ndarray) -> np.ndarray:
+    """Members' data sizes rounded up to whole tar blocks."""
+    return (sizes + _BLOCK - 1) // _BLOCK * _BLOCK
+
+
+def _checksums_agree(heads: np.ndarray) -> bool:
+    """Whether each header (a row of 512 bytes) holds its own checksum."""
+    # a header's bytes sum to at most 512 x 255: uint32 holds it, and sums twice as fast as int64
+    checksum = heads.sum(axis=1, dtype=np.uint32).astype(np.int64) \
+        - heads[:, 148:156].sum(axis=1, dtype=np.int64) + 8 * ord(" ")
+    return _octal_is(heads[:, 148:156], checksum, 6)
+
+
+def _pax_harmless(buf: np.ndarray, blocks: np.ndarray, at: np.ndarray, gaps: np.ndarray) -> bool:
+    """Whether each gap before a member (`gaps` bytes from `at`) is one pax extended header
+    (type "x", its checksum right) whose data fills the gap and holds only `_PAX_HARMLESS`
+    records: such a member is read as its own header says, as `tarfile` reads it."""
+    heads = blocks[at // _BLOCK]
+    lengths = _octal(heads[:, 124:136])
+    if not ((heads[:, 156] == _PAX).all() and (lengths >= 0).all() and (_BLOCK + _padded(lengths) == gaps).all()
+            and _checksums_agree(heads)):
+        return False
+    data = at + _BLOCK
+    one = _pax_one_record(buf, data, lengths)
+    return all(_pax_records_harmless(buf[a:a + n].tobytes()) for a, n in zip(data[~one].tolist(), lengths[~one].tolist()))
+
+
+def _pax_one_record(buf: np.ndarray, data: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Which pax data (`lengths` bytes from `data`) are one harmless record whose length field
+    says its whole length: Arrow's regular expression over all at once (no copy), and the
+    length digits compared with numpy."""
+    n = len(data)
+    bounds = np.empty(2 * n, dtype=np.int64)
+    bounds[0::2], bounds[1::2] = data, data + lengths
+    spans = pa.Array.from_buffers(pa.large_binary(), 2 * n - 1, [None, pa.py_buffer(bounds), pa.py_buffer(buf)])
+    shaped = pc.match_substring_regex(spans, _PAX_ONE_RECORD).to_numpy(zero_copy_only=False)[0::2]
+    width = np.floor(np.log10(np.maximum(lengths, 1))).astype(np.int64) + 1
+    place = np.arange(int(width.max()))
+    digits = buf[np.minimum(data[:, None] + place, len(buf) - 1)]
+    made = (lengths[:, None] // 10 ** np.maximum(width[:, None] - 1 - place, 0)) % 10 + ord("0")
+    said = ((digits == made) | (place >= width[:, None])).all(axis=1)
+    return shaped & said
+
+
+def _pax_records_harmless(data: bytes) -> bool:
+    """Whether pax data, its records walked by their length fields as `tarfile` walks them
+    (to the end or a NUL), are all `_PAX_HARMLESS` records."""
+    pos = 0
+    while pos < len(data) and data[pos] != 0:
+        match = _PAX_HARMLESS_RECORD.match(data, pos)
+        if match is None:
+            return False
+        end = pos + int(match.group(1))
+        if not match.end() < end <= len(data) or data[end - 1] != ord("\n"):
+            return False
+        pos = end
+    return True
