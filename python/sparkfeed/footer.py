@@ -3,7 +3,8 @@ with. One code for every place that makes or checks an entry: the write's footer
 executors), `sparkfeed.index`, test datasets, and the reader's check that a file is the one its
 manifest recorded (`read.parquet`). Statistics go into JSON as the JVM writer puts them: strings
 cut to `STRING_STATS_MAX_CHARS` (a min as its prefix, a max rounded up), dates and timestamps as
-ISO text, decimals exact as text; NaN, infinities and binary values are left out.
+ISO text, decimals exact as text; NaN and binary values are left out, an infinite bound alone
+(the finite one kept: a one-sided range).
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ def _usable(value) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
     return value is not None and not isinstance(value, (bytes, bytearray))
+
+
+def _bounds(lo, hi) -> tuple:
+    """(min, max) as the manifest keeps them: an infinite bound left out alone (-inf..2 is "at
+    most 2", which still rules out `x > 5`), anything else unusable (NaN, bytes) leaves both out."""
+    if isinstance(lo, float) and isinstance(hi, float) and not (math.isnan(lo) or math.isnan(hi)):
+        return (lo if math.isfinite(lo) else None), (hi if math.isfinite(hi) else None)
+    return (lo, hi) if _usable(lo) and _usable(hi) else (None, None)
 
 
 def round_up(s: str) -> str | None:
@@ -75,8 +84,7 @@ def _chunk_stats(chunk, num_rows: int) -> dict:
             lo, hi = st.min, st.max
         except (OverflowError, ValueError):  # a date or time past Python's years 1-9999: no range
             lo = hi = None
-    if not (_usable(lo) and _usable(hi)):
-        lo = hi = None
+    lo, hi = _bounds(lo, hi)
     return {"min": lo, "max": hi, "null_count": nulls, "all_null": nulls == num_rows and num_rows > 0}
 
 
@@ -103,21 +111,18 @@ def _fold(parts: list[dict]) -> dict:
     """Shard stats from row-group stats; all-null row groups do not hide the others' range."""
     nulls = None if any(p["null_count"] is None for p in parts) else sum(p["null_count"] for p in parts)
     valued = [p for p in parts if not p["all_null"]]
-    lo = hi = None
-    if valued and all(p["min"] is not None for p in valued):
-        lo, hi = min(p["min"] for p in valued), max(p["max"] for p in valued)
+    lo = min(p["min"] for p in valued) if valued and all(p["min"] is not None for p in valued) else None
+    hi = max(p["max"] for p in valued) if valued and all(p["max"] is not None for p in valued) else None
     return {"min": lo, "max": hi, "null_count": nulls, "all_null": bool(parts) and not valued}
 
 
 def _to_json_stats(raw: Mapping[str, dict]) -> dict:
     out = {}
     for name, s in raw.items():
-        if s["min"] is None and s["null_count"] is None:
+        if s["min"] is None and s["max"] is None and s["null_count"] is None:
             continue
         out[name] = {"min": json_value(s["min"], False), "max": json_value(s["max"], True),
-                     "null_count": s["null_count"]}
-        if out[name]["max"] is None:  # a max that cannot be rounded up: no usable range
-            out[name]["min"] = None
+                     "null_count": s["null_count"]}  # (a max that cannot be rounded up: one-sided)
     return out
 
 

@@ -94,7 +94,7 @@ def guarantee(stats: Mapping[str, ColumnStats], types: Mapping[str, pa.DataType]
             terms.append(field.is_null())
             continue
         lo, hi = _scalar(s.min, types.get(name)), _scalar(s.max, types.get(name))
-        if lo is None or hi is None or not _ordered(s.min, s.max, lo, hi):
+        if (lo is None and hi is None) or (lo is not None and hi is not None and not _ordered(s.min, s.max, lo, hi)):
             continue
         terms += _range(field, lo, hi, s.null_count is None or s.null_count > 0)
     result = pc.scalar(True)
@@ -103,16 +103,17 @@ def guarantee(stats: Mapping[str, ColumnStats], types: Mapping[str, pa.DataType]
     return result
 
 
-def _range(field: pc.Expression, lo: pa.Scalar, hi: pa.Scalar, nulls: bool) -> list[pc.Expression]:
+def _range(field: pc.Expression, lo: pa.Scalar | None, hi: pa.Scalar | None, nulls: bool) -> list[pc.Expression]:
     """Terms saying `lo <= field <= hi` (or null, with `nulls`), in the forms pyarrow's simplifier
     reads: each bound alone "or null" (it ignored `(lo <= x <= hi) | is_null(x)`, so one null in
     a row group kept it from every comparison's pruning), and `x == v` where min = max (a Hive
     partition's value: only so does `x != v` rule it out). Not for floats: their min = max = 0.0
-    may hold -0.0, which Arrow's simplifier would replace (`1 / x`)."""
-    if lo.equals(hi) and not pa.types.is_floating(lo.type):
+    may hold -0.0, which Arrow's simplifier would replace (`1 / x`). A bound that is None (an
+    infinite one, which the manifest leaves out) gives no term: the range is one-sided."""
+    if lo is not None and hi is not None and lo.equals(hi) and not pa.types.is_floating(lo.type):
         terms = [field == lo]
     else:
-        terms = [field >= lo, field <= hi]
+        terms = ([] if lo is None else [field >= lo]) + ([] if hi is None else [field <= hi])
     return [t | field.is_null() for t in terms] if nulls else terms
 
 

