@@ -67,7 +67,7 @@ class ReadConfig:
     storage_options: dict | None = dataclasses.field(default=None, hash=False, compare=False)
     ragged: tuple[str, ...] = ()  # list columns delivered as lists of 1-D tensors (any lengths)
     # remote storage: bytes a reader's read-ahead holds in flight or fetched (None: the default,
-    # `storage.READ_AHEAD_BYTES`; 0: off). How fast, never what: not part of the stream.
+    # `readahead.READ_AHEAD_BYTES`; 0: off). How fast, never what: not part of the stream.
     read_ahead_bytes: int | None = dataclasses.field(default=None, hash=False, compare=False)
 
 

@@ -1,5 +1,5 @@
 """Read-ahead byte ranges over plain HTTP(S) with the standard library's client, each body
-received straight into one buffer from pyarrow's memory pool (`storage.fetch_ranges`).
+received straight into one buffer from pyarrow's memory pool (`remotefiles.fetch_ranges`).
 
 Why not fsspec's aiohttp session for these: every body then passes through fsspec's one
 event-loop thread, which copies each received chunk twice (asyncio's receive buffer, the
@@ -12,7 +12,7 @@ Used only where it sends the request fsspec's client would: http(s) URLs without
 them, request options that are at most `headers`, client options that are at most the time-out
 and read buffer (sparkfeed's defaults, `storage._with_defaults`) and fsspec's own session
 factory. Anything else (auth, proxies, SSL settings, a custom session) stays on fsspec's session
-(`storage._http_ranges`), as does a range the server answers with a redirect or a
+(`remotefiles._http_ranges`), as does a range the server answers with a redirect or a
 Content-Encoding such as gzip (and from then on every range for that server).
 `SPARKFEED_HTTP_DIRECT=0` in the environment turns this path off.
 """
@@ -53,7 +53,7 @@ class NeedsFsspec(Exception):
 
 class HTTPStatusError(Exception):
     """An HTTP answer other than the range asked for; `status` says whether a retry may cure it
-    (`storage.is_transient`: 5xx and 429 do)."""
+    (`retries.is_transient`: 5xx and 429 do)."""
 
     def __init__(self, status: int, message: str, reason: str = ""):
         super().__init__(message)

@@ -22,7 +22,7 @@ import os
 import threading
 
 # bytes of free buffers kept for reuse per process: what two readers' read-ahead holds (64 MiB
-# each, `storage.READ_AHEAD_BYTES`); SPARKFEED_RECEIVE_KEEP_BYTES=0 turns reuse off
+# each, `readahead.READ_AHEAD_BYTES`); SPARKFEED_RECEIVE_KEEP_BYTES=0 turns reuse off
 KEEP_BYTES = int(os.environ.get("SPARKFEED_RECEIVE_KEEP_BYTES", 128 << 20))
 MIN_BYTES = 256 << 10  # smaller ranges (footers, indexes) are not worth a free list
 _GRAIN = 256 << 10  # capacities are rounded up to this, so that ranges of near sizes share buffers

@@ -16,14 +16,14 @@ import pytest
 import dsutil
 import sparkfeed
 from faulty_http import FaultPlan, FaultyServer
-from sparkfeed import httpranges, storage
+from sparkfeed import httpranges, readahead, remotefiles, storage
 from sparkfeed.bench.remote import LatencyServer, send_file_range
 
 
 @pytest.fixture(params=["direct", "fsspec"])
 def http_client(request, monkeypatch):
     """Both clients of read-ahead ranges over HTTP: the standard library's (`httpranges`, the
-    default) and fsspec's aiohttp session (`storage._http_ranges`)."""
+    default) and fsspec's aiohttp session (`remotefiles._http_ranges`)."""
     monkeypatch.setattr(httpranges, "DIRECT", request.param == "direct")
     return request.param
 
@@ -42,7 +42,7 @@ def _gets(server: LatencyServer, suffix: str) -> dict[str, list[tuple[int, int]]
 
 def test_read_ahead_holds_at_most_max_bytes():
     release = threading.Event()
-    ra = storage.ReadAhead(max_bytes=25, threads=2)
+    ra = readahead.ReadAhead(max_bytes=25, threads=2)
     try:
         ra.ahead([([k], 10, lambda k=k: release.wait(10) and k) for k in range(5)])
         assert [k in ra for k in range(5)] == [True, True, False, False, False]
@@ -58,7 +58,7 @@ def test_read_ahead_holds_at_most_max_bytes():
 
 
 def test_a_failed_fetch_is_read_in_place():
-    ra = storage.ReadAhead(max_bytes=100)
+    ra = readahead.ReadAhead(max_bytes=100)
     try:
         ra.ahead([(["x"], 1, lambda: 1 / 0)])
         assert ra.take("x") is None
@@ -68,7 +68,7 @@ def test_a_failed_fetch_is_read_in_place():
 
 def test_once_fetches_a_key_once_and_fetch_of_names_the_shared_fetch():
     calls = []
-    ra = storage.ReadAhead(max_bytes=100, threads=2)
+    ra = readahead.ReadAhead(max_bytes=100, threads=2)
     try:
         first = ra.once("footer", lambda: calls.append(1) or "metadata")
         assert ra.once("footer", lambda: calls.append(2) or "other") is first
@@ -79,13 +79,13 @@ def test_once_fetches_a_key_once_and_fetch_of_names_the_shared_fetch():
         assert ra.take("a") == "ab"
     finally:
         ra.close()
-    assert storage.ReadAhead(max_bytes=0).once("footer", lambda: 1) is None  # read-ahead off
+    assert readahead.ReadAhead(max_bytes=0).once("footer", lambda: 1) is None  # read-ahead off
 
 
 def test_the_read_ahead_threads_take_the_earliest_units_task_first():
     """One thread, held on a first task: the tasks queued meanwhile run lowest priority first
     (a file's rank in the reader's order leads it), then in the order they were queued."""
-    pool, release, ran = storage._PriorityPool(1, "t-prio"), threading.Event(), []
+    pool, release, ran = readahead._PriorityPool(1, "t-prio"), threading.Event(), []
     try:
         started = threading.Event()
         pool.submit((9,), lambda: started.set() or release.wait(10))
@@ -106,16 +106,16 @@ def test_a_task_after_another_holds_no_thread_while_it_waits():
     """With one thread, a task that needs an index not yet in (`After`) does not keep the
     thread from a task behind it; it runs once the index is in. Closed before its input
     arrives, it is cancelled, never run."""
-    ra = storage.ReadAhead(max_bytes=100, threads=1)
+    ra = readahead.ReadAhead(max_bytes=100, threads=1)
     index, ran = __import__("concurrent.futures").futures.Future(), []
     try:
-        ranges = ra.once("ranges", storage.After(index, lambda: ran.append("ranges") or index.result() + 1, (0, 1)))
+        ranges = ra.once("ranges", readahead.After(index, lambda: ran.append("ranges") or index.result() + 1, (0, 1)))
         other = ra.once("other footer", lambda: ran.append("other") or "md", (1, 0))
         assert other.result(10) == "md" and ran == ["other"] and not ranges.done()
         index.set_result(41)
         assert ranges.result(10) == 42 and ran == ["other", "ranges"]
         late = __import__("concurrent.futures").futures.Future()
-        never = ra.once("never", storage.After(late, lambda: ran.append("never")))
+        never = ra.once("never", readahead.After(late, lambda: ran.append("never")))
     finally:
         ra.close()
     late.set_result(None)  # after close: nothing runs it
@@ -129,9 +129,9 @@ def test_deferred_fetches_are_made_within_the_bytes_kept_ahead_and_prepared_past
     made, prepared = [], []
 
     def item(k):
-        return ([k], 10, storage.Deferred(lambda: made.append(k) or (lambda: k), (k,),
+        return ([k], 10, readahead.Deferred(lambda: made.append(k) or (lambda: k), (k,),
                                           lambda: prepared.append(k)))
-    ra = storage.ReadAhead(max_bytes=25, threads=2)
+    ra = readahead.ReadAhead(max_bytes=25, threads=2)
     try:
         ra.ahead([item(k) for k in range(5)])
         assert made == [0, 1] and prepared == [2, 3]
@@ -289,7 +289,7 @@ def test_a_shuffled_epoch_over_http_reads_its_blocks_ahead_and_no_data_twice(tmp
     order it reads them (many requests at once; the next block's while the current one is
     delivered), so most bytes come from read-ahead (`bytes_read_ahead`); a block that two lanes
     share is read in place by both; no data range is asked for twice. (Random images: a row
-    group must be larger than the gap read-ahead coalesces across, `storage.COALESCE_GAP`, or
+    group must be larger than the gap read-ahead coalesces across, `remotefiles.COALESCE_GAP`, or
     a lane's fetch of row groups 4 and 6 of a file takes row group 5 along, which the other
     lane reads.)"""
     rng = np.random.default_rng(0)
@@ -373,7 +373,7 @@ def test_batches_kept_across_epochs_keep_their_bytes_while_later_ranges_reuse_bu
 def test_known_ranges_serve_reads_across_adjacent_fetches_without_the_file():
     opened = []
     parts = {(0, 4): b"abcd", (4, 8): b"efgh", (10, 12): b"kl"}
-    f = storage.KnownRanges(parts, 12, lambda: opened.append(1) or io.BytesIO(b"abcdefghijkl"))
+    f = remotefiles.KnownRanges(parts, 12, lambda: opened.append(1) or io.BytesIO(b"abcdefghijkl"))
     f.seek(2)
     assert bytes(f.read(4)) == b"cdef" and bytes(f.read(2)) == b"gh"  # spans two fetches
     assert not opened
@@ -713,7 +713,7 @@ def test_a_server_that_ignores_range_is_read_whole_never_wrong(tmp_path, http_cl
         for rng in [(100, 200), (0, 10)]:
             with pytest.raises(ValueError, match="part-00000.parquet: asked for bytes .* does not "
                                                  "appear to support range requests"):
-                storage.fetch_ranges(fs, part, [rng])
+                remotefiles.fetch_ranges(fs, part, [rng])
         L = sparkfeed.DataLoader(f"{url}/pq", batch_size=64, num_workers=0)
         ids = [i for b in L for i in b["id"].tolist()]
     finally:
@@ -801,9 +801,9 @@ def test_http_ranges_arrive_whole_and_exact(tmp_path, http_client):
     server = LatencyServer(str(tmp_path), latency_s=0.0)
     try:
         fs, _ = storage.resolve(server.url)
-        got = storage.fetch_ranges(fs, f"{server.url}/x.bin", [(0, 10), (12, 100), (150_000, 300_000)])
+        got = remotefiles.fetch_ranges(fs, f"{server.url}/x.bin", [(0, 10), (12, 100), (150_000, 300_000)])
         with pytest.raises(FileNotFoundError, match="missing.bin"):
-            storage.fetch_ranges(fs, f"{server.url}/missing.bin", [(0, 10)])
+            remotefiles.fetch_ranges(fs, f"{server.url}/missing.bin", [(0, 10)])
     finally:
         server.close()
     assert {k: bytes(v) for k, v in got.items()} == {(0, 100): blob[:100],
@@ -824,7 +824,7 @@ def test_a_shard_grown_after_the_write_is_an_error_not_a_prefix(tmp_path, http_c
         fs, _ = storage.resolve(server.url)
         size = os.path.getsize(tmp_path / "wds" / shard) - 1024
         with pytest.raises(ValueError, match=f"{shard}: the file is {size + 1024} bytes, not {size}"):
-            storage.fetch_ranges(fs, f"{server.url}/wds/{shard}", [(0, size)], size)
+            remotefiles.fetch_ranges(fs, f"{server.url}/wds/{shard}", [(0, size)], size)
         L = sparkfeed.DataLoader(f"{server.url}/wds", batch_size=50, num_workers=0)
         with pytest.raises(sparkfeed.errors.SparkfeedError,
                            match=f"{shard}.*the file is {size + 1024} bytes but the manifest says {size}"):
@@ -1147,14 +1147,14 @@ def test_a_tar_that_a_lane_boundary_splits_is_fetched_ahead_by_both_lanes(tmp_pa
     every tar range is fetched on a read-ahead thread, none in place on a lane's thread (where
     each piece would wait its round trip), and every byte once."""
     fetched = []
-    original = storage.fetch_ranges
+    original = remotefiles.fetch_ranges
 
     def recorded(fs, path, ranges, size=None, **options):
         if path.endswith(".tar"):
             fetched.append((threading.current_thread().name, path.rsplit("/", 1)[-1], list(ranges)))
         return original(fs, path, ranges, size, **options)
 
-    monkeypatch.setattr(storage, "fetch_ranges", recorded)
+    monkeypatch.setattr(remotefiles, "fetch_ranges", recorded)
     m, ids = _split_tars_over_http(tmp_path)
     assert sorted(ids) == list(range(400))
     assert fetched and all(name.startswith("sparkfeed-ahead") for name, _, _ in fetched), fetched

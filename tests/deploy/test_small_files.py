@@ -20,7 +20,7 @@ import pytest
 import dsutil
 import sparkfeed
 from faulty_http import FaultPlan, FaultyServer
-from sparkfeed import storage
+from sparkfeed import remotefiles
 from sparkfeed.bench.remote import LatencyServer
 from sparkfeed.read import base
 from test_read_ahead import _IgnoresRange
@@ -159,8 +159,8 @@ def test_no_lane_opens_a_file_through_fsspec_when_read_ahead_has_it(tmp_path, mo
         data = dsutil.table(600).append_column("image", pa.array([rng.bytes(1_000) for _ in range(600)]))
         m = dsutil.write_parquet(str(tmp_path / "pq"), data, 200, 50)
         assert min(s.num_bytes for s in m.shards) > 64 << 10
-    opened, open_remote = [], storage.open_remote
-    monkeypatch.setattr(storage, "open_remote", lambda fs, path, size=None: opened.append(path)
+    opened, open_remote = [], remotefiles.open_remote
+    monkeypatch.setattr(remotefiles, "open_remote", lambda fs, path, size=None: opened.append(path)
                         or open_remote(fs, path, size))
     server = LatencyServer(str(tmp_path), latency_s=0.0)
     try:

@@ -17,7 +17,7 @@ import pytest
 
 import dsutil
 import sparkfeed
-from sparkfeed import PathEscapeError, ShardReadError, httpranges, storage
+from sparkfeed import PathEscapeError, ShardReadError, httpranges, remotefiles, retries, storage
 from sparkfeed.bench.remote import send_file_range
 
 FAST = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_read=0.3, sock_connect=2)}}
@@ -111,8 +111,8 @@ def server(root):
 
 @pytest.fixture(autouse=True)
 def quick_backoff(monkeypatch):
-    original = storage.with_retries
-    monkeypatch.setattr(storage, "with_retries",
+    original = retries.with_retries
+    monkeypatch.setattr(retries, "with_retries",
                         lambda fn, what, **kw: original(fn, what, **{"base_delay": 0.01, "attempts": 2, **kw}))
 
 
@@ -133,7 +133,7 @@ def test_a_stalled_server_is_a_timeout_error_naming_the_url(server, monkeypatch,
     fs, _ = storage.resolve(server.url, FAST)
     url = f"{server.url}/stall/pq/part-00000.parquet"
     with pytest.raises(TimeoutError) as raised:
-        storage.fetch_ranges(fs, url, [(0, 100)])
+        remotefiles.fetch_ranges(fs, url, [(0, 100)])
     assert url in str(raised.value) and "time-out" in str(raised.value)
 
 
@@ -209,7 +209,7 @@ def test_a_gzip_encoded_range_is_decoded_never_taken_for_the_files_bytes(server,
     s = _Server(str(tmp_path))
     try:
         fs, _ = storage.resolve(s.url)
-        got = storage.fetch_ranges(fs, f"{s.url}/gzip/blob.bin", [(0, n)], size=len(data))
+        got = remotefiles.fetch_ranges(fs, f"{s.url}/gzip/blob.bin", [(0, n)], size=len(data))
         assert bytes(got[(0, n)]) == data[:n]
     finally:
         s.close()

@@ -13,7 +13,7 @@ import threading
 import aiohttp
 import pytest
 
-from sparkfeed import httpranges, storage
+from sparkfeed import httpranges, remotefiles, retries, storage
 from sparkfeed.bench.remote import send_file_range
 
 BLOB = os.urandom(200_000)
@@ -111,7 +111,7 @@ def test_which_client_sent_the_ranges(server, monkeypatch, direct):
     """Both paths return the same bytes; only fsspec's session announces aiohttp."""
     monkeypatch.setattr(httpranges, "DIRECT", direct)
     fs, _ = storage.resolve(server.url)
-    got = storage.fetch_ranges(fs, f"{server.url}/x.bin", [(10, 20_000), (100_000, 150_000)])
+    got = remotefiles.fetch_ranges(fs, f"{server.url}/x.bin", [(10, 20_000), (100_000, 150_000)])
     assert {k: bytes(v) for k, v in got.items()} == {(10, 20_000): BLOB[10:20_000],
                                                     (100_000, 150_000): BLOB[100_000:150_000]}
     agents = {h.get("User-Agent", "") for _, h in server.requests}
@@ -121,7 +121,7 @@ def test_which_client_sent_the_ranges(server, monkeypatch, direct):
 def test_headers_are_sent_and_one_connection_serves_many_ranges(server):
     fs, _ = storage.resolve(server.url, {"headers": {"X-Token": "secret"}})
     for k in range(10):
-        got = storage.fetch_ranges(fs, f"{server.url}/x.bin", [(k * 1000, k * 1000 + 500)])
+        got = remotefiles.fetch_ranges(fs, f"{server.url}/x.bin", [(k * 1000, k * 1000 + 500)])
         assert bytes(got[(k * 1000, k * 1000 + 500)]) == BLOB[k * 1000:k * 1000 + 500]
     assert len(server.requests) == 10
     assert all(h.get("X-Token") == "secret" and h["Range"].startswith("bytes=") for _, h in server.requests)
@@ -133,7 +133,7 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_without_a_retry(s
     fs, _ = storage.resolve(server.url)
     with caplog.at_level(logging.WARNING, logger="sparkfeed.storage"):
         for k in range(3):
-            got = storage.fetch_ranges(fs, f"{server.url}/x.bin", [(k, k + 100)])
+            got = remotefiles.fetch_ranges(fs, f"{server.url}/x.bin", [(k, k + 100)])
             assert bytes(got[(k, k + 100)]) == BLOB[k:k + 100]
     assert server.connections == 3 and len(server.requests) == 3
     assert not [r for r in caplog.records if "retry" in r.getMessage()]
@@ -142,7 +142,7 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_without_a_retry(s
 def test_a_redirect_is_followed_by_fsspecs_session(server):
     fs, _ = storage.resolve(server.url)
     for k in range(2):
-        got = storage.fetch_ranges(fs, f"{server.url}/moved/x.bin", [(5, 5000)])
+        got = remotefiles.fetch_ranges(fs, f"{server.url}/moved/x.bin", [(5, 5000)])
         assert bytes(got[(5, 5000)]) == BLOB[5:5000]
     paths = [(p, "aiohttp" in h.get("User-Agent", "")) for p, h in server.requests]
     # the direct client asked once; fsspec's session followed the redirect both times
@@ -156,7 +156,7 @@ def test_a_range_other_than_the_one_asked_for_is_refused(server, monkeypatch, di
     fs, _ = storage.resolve(server.url)
     with pytest.raises(ValueError, match=r"shifted/x.bin: asked for bytes 100-199, the server "
                                          r"answered bytes 101-200/200000 \(100 bytes\)"):
-        storage.fetch_ranges(fs, f"{server.url}/shifted/x.bin", [(100, 200)])
+        remotefiles.fetch_ranges(fs, f"{server.url}/shifted/x.bin", [(100, 200)])
 
 
 def test_a_body_cut_short_is_a_connection_error_that_names_the_file(server):
@@ -173,7 +173,7 @@ def test_status_codes_become_errors_that_say_whether_to_retry(server):
         httpranges.fetch(fs, f"{server.url}/busy/x.bin", [0], [10], None, 5.0)
     with pytest.raises(FileNotFoundError, match="nothing.bin"):
         httpranges.fetch(fs, f"{server.url}/nothing.bin", [0], [10], None, 5.0)
-    assert not storage.is_transient(denied.value) and storage.is_transient(busy.value)
+    assert not retries.is_transient(denied.value) and retries.is_transient(busy.value)
 
 
 def _self_signed(tmp_path) -> tuple[str, str]:
@@ -211,7 +211,7 @@ def test_https_verifies_the_server_against_the_systems_trust_store(tmp_path, mon
         monkeypatch.setattr(httpranges._POOL, "_ssl", None)
         with pytest.raises(ssl.SSLCertVerificationError) as refused:  # not in the trust store
             httpranges.fetch(fs, f"{server.url}/x.bin", [0], [100], None, 5.0)
-        assert not storage.is_transient(refused.value)
+        assert not retries.is_transient(refused.value)
         monkeypatch.setenv("SSL_CERT_FILE", cert)  # OpenSSL's default trust store is this file now
         monkeypatch.setattr(httpranges._POOL, "_ssl", None)
         assert bytes(httpranges.fetch(fs, f"{server.url}/x.bin", [0], [100], None, 5.0)[0]) == BLOB[:100]

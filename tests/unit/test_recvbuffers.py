@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from sparkfeed import httpranges, recvbuffers, storage
+from sparkfeed import httpranges, recvbuffers, remotefiles, storage
 from sparkfeed.bench.remote import LatencyServer
 
 MIB = 1 << 20
@@ -139,9 +139,9 @@ def test_ranges_fetched_over_http_land_in_reused_buffers_with_their_bytes(tmp_pa
     try:
         fs, _ = storage.resolve(server.url)
         url = f"{server.url}/x.bin"
-        kept = storage.fetch_ranges(fs, url, [(0, 2 * MIB)])[(0, 2 * MIB)]
+        kept = remotefiles.fetch_ranges(fs, url, [(0, 2 * MIB)])[(0, 2 * MIB)]
         for k in range(1, 3):
-            got = storage.fetch_ranges(fs, url, [(k * 2 * MIB, (k + 1) * 2 * MIB)])
+            got = remotefiles.fetch_ranges(fs, url, [(k * 2 * MIB, (k + 1) * 2 * MIB)])
             assert bytes(got[(k * 2 * MIB, (k + 1) * 2 * MIB)]) == blob[k * 2 * MIB:(k + 1) * 2 * MIB]
             del got
         assert bytes(kept) == blob[:2 * MIB]

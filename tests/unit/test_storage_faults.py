@@ -7,7 +7,7 @@ import pytest
 import dsutil
 import sparkfeed
 from faulty_http import FaultPlan, FaultyServer
-from sparkfeed import ShardReadError, storage
+from sparkfeed import ShardReadError, retries
 
 FAST = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_read=0.5, sock_connect=2)}}
 
@@ -22,8 +22,8 @@ def www(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def quick_backoff(monkeypatch):
-    original = storage.with_retries
-    monkeypatch.setattr(storage, "with_retries",
+    original = retries.with_retries
+    monkeypatch.setattr(retries, "with_retries",
                         lambda fn, what, **kw: original(fn, what, **{"base_delay": 0.01, **kw}))
 
 
@@ -52,18 +52,18 @@ def test_permanent_outage_of_a_shard_is_an_error_naming_it_after_bounded_retries
 
 
 def test_retry_classification():
-    assert storage.is_transient(ConnectionResetError())
-    assert storage.is_transient(TimeoutError())
-    assert not storage.is_transient(FileNotFoundError())
-    assert not storage.is_transient(ValueError("corrupt"))
+    assert retries.is_transient(ConnectionResetError())
+    assert retries.is_transient(TimeoutError())
+    assert not retries.is_transient(FileNotFoundError())
+    assert not retries.is_transient(ValueError("corrupt"))
     err = aiohttp.ClientResponseError(None, (), status=503)
-    assert storage.is_transient(err)
-    assert not storage.is_transient(aiohttp.ClientResponseError(None, (), status=403))
+    assert retries.is_transient(err)
+    assert not retries.is_transient(aiohttp.ClientResponseError(None, (), status=403))
 
 
 def test_a_corrupt_footer_fails_at_once_while_read_errors_under_it_are_retried(tmp_path, caplog):
     """pyarrow raises a corrupt footer as an OSError; retrying reads the same bytes, so it is
-    `storage.CorruptData` and fails on the first try, naming the file. The server's own 503s and
+    `retries.CorruptData` and fails on the first try, naming the file. The server's own 503s and
     dropped connections under the same footer read are still retried."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -86,7 +86,7 @@ def test_a_corrupt_footer_fails_at_once_while_read_errors_under_it_are_retried(t
         with pytest.raises(ShardReadError, match=r"shard 'p1.parquet'.*CorruptData"):
             sparkfeed.index(str(root), progress=False)
     assert "retry" not in caplog.text
-    assert not storage.is_transient(storage.CorruptData("Couldn't deserialize thrift"))
+    assert not retries.is_transient(retries.CorruptData("Couldn't deserialize thrift"))
 
 
 @pytest.mark.parametrize("name,shard", [("pq", "part-00001.parquet"), ("wds", "shard-00001.tar")])

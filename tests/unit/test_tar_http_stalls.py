@@ -15,7 +15,7 @@ import pytest
 
 import dsutil
 import sparkfeed
-from sparkfeed import ShardReadError, httpranges, storage
+from sparkfeed import ShardReadError, httpranges, retries
 from sparkfeed.bench.remote import send_file_range
 
 FAST = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_read=0.3, sock_connect=2)}}
@@ -83,8 +83,8 @@ class _StallingServer:
 @pytest.fixture
 def quick_retries(monkeypatch):
     """Retry waits of 10-20 ms (the number of attempts unchanged): the test counts requests."""
-    monkeypatch.setitem(storage.with_retries.__kwdefaults__, "base_delay", 0.01)
-    monkeypatch.setitem(storage.with_retries.__kwdefaults__, "max_delay", 0.02)
+    monkeypatch.setitem(retries.with_retries.__kwdefaults__, "base_delay", 0.01)
+    monkeypatch.setitem(retries.with_retries.__kwdefaults__, "max_delay", 0.02)
 
 
 @pytest.mark.parametrize("direct", [True, False])

@@ -20,7 +20,7 @@ import os
 import shlex
 import time
 
-from .. import storage
+from .. import retries, storage
 from ..errors import ManifestError, redact
 from ..manifest import MANIFEST_NAME, Manifest, read_manifest
 from .build import build_manifest, save
@@ -148,7 +148,7 @@ def open_manifest(path, manifest=None, storage_options: dict | None = None) -> t
     except ManifestError as exc:
         # a manifest storage refused or kept failing to give is no missing manifest: say so
         cause = exc.__cause__
-        refused = isinstance(cause, PermissionError) or (cause is not None and storage.is_transient(cause))
+        refused = isinstance(cause, PermissionError) or (cause is not None and retries.is_transient(cause))
         if refused or not _indexable_in_memory(path, storage_options):
             raise
     m = _index_in_memory(path, storage_options)

@@ -22,7 +22,7 @@ import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .. import storage
+from .. import retries, storage
 from ..errors import ManifestError
 from . import inside_delta
 from .hive import hive_partition
@@ -189,7 +189,7 @@ def _warn_irregular(odd: list[dict], root: str, dataset: str) -> None:
 def discover(path, storage_options: dict | None = None) -> Listing:
     """The files under `path` (a directory, a glob, or a list of files), sorted. A path that
     exists is read as that path, so a directory named `run[1]` or `exp*` is no glob. Storage
-    that refuses access or keeps failing (after `storage.with_retries`, an OSError of Python's
+    that refuses access or keeps failing (after `retries.with_retries`, an OSError of Python's
     own) is a ManifestError naming the dataset and saying which."""
     try:
         return _discover(path, storage_options)
@@ -199,10 +199,10 @@ def discover(path, storage_options: dict | None = None) -> Listing:
 
 
 def _storage_failure(exc: OSError) -> str:
-    """What storage did (`storage.failure_words`, as the readers word it)."""
-    if isinstance(exc, FileNotFoundError) and not storage.is_transient(exc):
+    """What storage did (`retries.failure_words`, as the readers word it)."""
+    if isinstance(exc, FileNotFoundError) and not retries.is_transient(exc):
         return f"a file went missing while it was listed ({exc})"
-    return storage.failure_words(exc) or f"storage kept failing ({type(exc).__name__}: {exc})"
+    return retries.failure_words(exc) or f"storage kept failing ({type(exc).__name__}: {exc})"
 
 
 def _discover(path, storage_options: dict | None) -> Listing:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import tarfile
 
-from .. import storage
+from .. import retries, storage
 from ..errors import ShardReadError
 from ..read.tarinfo import (MAX_MEMBER_BYTES, StrictTarInfo, TarHeaderError, compressed_kind, compressed_words,
                             split_name)
@@ -182,7 +182,7 @@ def scan_tar(fs, full: str, rel: str, size: int, dataset: str) -> dict:
         try:
             _scan_members(scan, fs, full, stream=False, size=size)
         except ValueError as exc:
-            if not storage.ignores_ranges(exc, full, "scanning each tar as one stream"):
+            if not retries.ignores_ranges(exc, full, "scanning each tar as one stream"):
                 raise
             scan = _Scan(dataset, rel)
             _scan_members(scan, fs, full, stream=True)

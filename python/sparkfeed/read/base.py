@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import arrowtypes, filters, storage
+from .. import arrowtypes, filters, retries, storage
 from ..batch import lists_holding_nulls, ragged_as_binary
 from ..errors import ShardReadError
 from ..manifest import Column, Shard
@@ -255,7 +255,7 @@ class ReadContext:
     expr: pc.Expression | None
     on_error: str = "raise"
     ragged: tuple[str, ...] = ()  # list columns carried as binary (`batch.ragged_as_binary`)
-    read_ahead_bytes: int | None = None  # `storage.ReadAhead`'s bound (None: its default)
+    read_ahead_bytes: int | None = None  # `readahead.ReadAhead`'s bound (None: its default)
     stats: Stats = field(default_factory=Stats)
     manifest_bytes: dict[str, int] = field(default_factory=dict)  # shard path -> size on storage
     shards: dict[str, Shard] = field(default_factory=dict)  # shard path -> manifest entry
@@ -299,7 +299,7 @@ class Reader:
         # units of shuffle blocks this lane shares with other thread lanes and fetches ahead for
         # them (`SharedReads.offer`), as (path, row group); set by the stream (`StreamReader`)
         self.offers: frozenset = frozenset()
-        self._ahead = None  # remote storage: this reader's `storage.ReadAhead` (subclasses)
+        self._ahead = None  # remote storage: this reader's `readahead.ReadAhead` (subclasses)
         self._offered: set = set()  # fetch keys offered to other readers (`_offer`)
 
     def read(self, unit: WorkUnit, expected: int) -> UnitRows:
@@ -399,7 +399,7 @@ class Reader:
 
     def read_ahead(self, units: Sequence[WorkUnit]) -> None:
         """Hint: `units` are what this reader reads next, in order. Remote readers start
-        fetching them (`storage.ReadAhead`); the default does nothing."""
+        fetching them (`readahead.ReadAhead`); the default does nothing."""
 
     def close(self) -> None:
         """Release cached files."""
@@ -439,7 +439,7 @@ class Reader:
         footers' fetches and the other files' checks, not on the lane before the file's first
         read (5 files over HTTP with 20 ms per request: 0.262 s per epoch against 0.187 s with no
         version to check). `read_ahead` calls it for the units whose fetches it makes or prepares
-        (`storage.Deferred`); `open_ahead` for the units the lanes share, which no read-ahead
+        (`readahead.Deferred`); `open_ahead` for the units the lanes share, which no read-ahead
         fetches (a check moves no row data)."""
         if self._ahead is None:
             return
@@ -474,7 +474,7 @@ class Reader:
         from ..index.discover import file_version
 
         try:
-            info = storage.with_retries(lambda: self.ctx.fs.info(full), f"checking {full}")
+            info = retries.with_retries(lambda: self.ctx.fs.info(full), f"checking {full}")
         except Exception as exc:
             named = self._storage_error(unit, exc)
             if named is None and isinstance(exc, OSError):
@@ -524,13 +524,13 @@ class Reader:
 
     def _storage_error(self, unit: WorkUnit, exc: BaseException, offset: int | None = None) -> ShardReadError | None:
         """The error naming the unit for a storage failure that retries did not cure (after
-        `storage.with_retries`, which gives it as an OSError of Python's own): the file is
+        `retries.with_retries`, which gives it as an OSError of Python's own): the file is
         missing, storage refused access, or the server or connection kept failing. None for
         anything else (corrupt bytes: the format's reader names those)."""
-        if isinstance(exc, FileNotFoundError) and not storage.is_transient(exc):
+        if isinstance(exc, FileNotFoundError) and not retries.is_transient(exc):
             return self._error(unit, f"file missing: the manifest names {unit.path!r} but storage "
                                "has no such file", offset)
-        words = storage.failure_words(exc)
+        words = retries.failure_words(exc)
         return None if words is None else self._error(unit, words, offset)
 
 

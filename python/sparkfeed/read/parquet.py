@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .. import arrowtypes, footer, footercheck, pruning, storage
+from .. import arrowtypes, footer, footercheck, pruning, readahead, remotefiles, retries, storage
 from ..errors import CorruptSampleError, ShardReadError
 from ..plan import WorkUnit
 from .base import Reader, UnitRows, apply_filter
@@ -59,7 +59,7 @@ class ParquetReader(Reader):
         # path -> (open file, column -> its chunks, column -> the manifest type to cast it to,
         # the names it can be read by)
         self._files: OrderedDict[str, tuple[pq.ParquetFile, dict, dict]] = OrderedDict()
-        self._ahead = None if self._pafs is not None else storage.ReadAhead(ctx.read_ahead_bytes)
+        self._ahead = None if self._pafs is not None else readahead.ReadAhead(ctx.read_ahead_bytes)
         self._ranges = True  # False: an HTTP server that ignores Range (whole-file reads)
         self._fetched = False  # read-ahead made its first fetch (`_FIRST_FETCH_BYTES`)
         self._heads: dict[str, tuple] = {}  # file -> (range, future) of its head's fetch (`_head`)
@@ -75,10 +75,10 @@ class ParquetReader(Reader):
         if not self._ranges:  # one GET without a Range header, held in memory
             return pa.BufferReader(self.ctx.fs.cat_file(path))
         size = self._size(path)
-        opener = functools.partial(storage.open_remote, self.ctx.fs, path, size)
+        opener = functools.partial(remotefiles.open_remote, self.ctx.fs, path, size)
         if size is not None and size <= _FOOTER_BYTES:  # small: whole, in one request, once read
             opener = functools.partial(_fetch_whole, self.ctx.fs, path, size)
-        return opener() if size is None else storage.KnownRanges({}, size, opener)
+        return opener() if size is None else remotefiles.KnownRanges({}, size, opener)
 
     def _parquet_file(self, path: str, metadata) -> pq.ParquetFile:
         """Open with pre-buffering (remote); a server that ignores Range requests gets fsspec's
@@ -100,7 +100,7 @@ class ParquetReader(Reader):
     def _no_ranges(self, exc: BaseException) -> bool:
         """True (and whole-file reads from now on) when `exc` says the HTTP server ignored a
         Range request."""
-        if self._pafs is not None or not self._ranges or not storage.ignores_ranges(
+        if self._pafs is not None or not self._ranges or not retries.ignores_ranges(
                 exc, self.ctx.dataset, "reading whole files, without read-ahead"):
             return False
         self._ranges, self._files = False, OrderedDict()
@@ -115,10 +115,10 @@ class ParquetReader(Reader):
         return self.ctx.manifest_bytes.get(rel)
 
     def _retrying(self, fn, what: str):
-        """Remote storage: retry transient errors (`storage.with_retries`). Local files: once; a
+        """Remote storage: retry transient errors (`retries.with_retries`). Local files: once; a
         local OSError out of pyarrow is corrupt data (a bad page, a short file), and retrying
         it would only delay the error by the whole backoff."""
-        return fn() if self._pafs is not None else storage.with_retries(fn, what)
+        return fn() if self._pafs is not None else retries.with_retries(fn, what)
 
     def _file(self, unit: WorkUnit, metadata=None) -> pq.ParquetFile:
         """The unit's file, opened once per reader, its footer read, parsed and checked once per
@@ -196,7 +196,7 @@ class ParquetReader(Reader):
             named = self._storage_error(unit, exc)
             if named is not None:
                 raise named from exc
-            if not isinstance(exc, _ERRORS) and not storage.is_transient(exc):
+            if not isinstance(exc, _ERRORS) and not retries.is_transient(exc):
                 raise
             raise self._error(unit, f"cannot open Parquet file ({type(exc).__name__}: {exc})") from exc
 
@@ -252,7 +252,7 @@ class ParquetReader(Reader):
             cause = exc.__cause__ if isinstance(exc, _FetchedCorrupt) else exc
             raise self._error(unit, f"corrupt or truncated data ({type(cause).__name__}: {cause})") from cause
         except Exception as exc:
-            if not storage.is_transient(exc):
+            if not retries.is_transient(exc):
                 raise
             raise self._error(unit, f"storage kept failing ({type(exc).__name__}: {exc})") from exc
         nbytes = sum(self._chunk_bytes(unit.path, g, names) for g in groups)
@@ -279,7 +279,7 @@ class ParquetReader(Reader):
         """Upcoming row groups: consecutive row groups of a file fetched together up to
         `_FETCH_BYTES` (one coalesced range request), each fetch after its file's footer (one
         request, once per file; for indexed data its version check too), started file by file
-        for the bytes kept ahead and the next as many (`storage.Deferred`); the reader's first
+        for the bytes kept ahead and the next as many (`readahead.Deferred`); the reader's first
         fetch is smaller (`_FIRST_FETCH_BYTES`), so the first batch waits for little while the
         rest streams in."""
         if self._ahead is None:
@@ -313,10 +313,10 @@ class ParquetReader(Reader):
         finally:  # every reserved place resolved, even if submitting failed: nobody waits forever
             self._offer(reserved)
 
-    def _deferred(self, unit: WorkUnit, groups: list[int], head_bytes: int = 0) -> storage.Deferred:
+    def _deferred(self, unit: WorkUnit, groups: list[int], head_bytes: int = 0) -> readahead.Deferred:
         """The fetch of row groups `groups` of the unit's file, made as read-ahead submits it;
         the file's version check and footer started then (or earlier, `prepare`), in the order
-        the reader meets the files (`storage.ReadAhead`), not all at once for every file told.
+        the reader meets the files (`readahead.ReadAhead`), not all at once for every file told.
         `head_bytes` (the reader's first fetch): about that much of the file's head is fetched
         beside its footer (`_head`)."""
         prepare = functools.partial(self.open_ahead, [unit])
@@ -325,7 +325,7 @@ class ParquetReader(Reader):
             prepare()
             self._head(unit.path, groups, head_bytes)
             return self._fetcher(unit.path, groups)
-        return storage.Deferred(make, (self._ahead.order(unit.path), 2, groups[0]), prepare)
+        return readahead.Deferred(make, (self._ahead.order(unit.path), 2, groups[0]), prepare)
 
     def _head(self, rel: str, groups: list[int], nbytes: int) -> None:
         """The reader's first fetch, when it starts at the file's first row group and the footer
@@ -344,7 +344,7 @@ class ParquetReader(Reader):
             return
         end = min(size - _FOOTER_BYTES, 4 + int(nbytes * _HEAD_SLACK) + _FOOTER_BYTES)
         path = storage.join(self.ctx.root, rel, self.ctx.dataset)
-        fetch = functools.partial(storage.fetch_ranges, self.ctx.fs, path, [(4, end)], size)
+        fetch = functools.partial(remotefiles.fetch_ranges, self.ctx.fs, path, [(4, end)], size)
         self._heads[rel] = ((4, end), self._ahead.once(("head", rel), fetch, (self._ahead.order(rel), 0)))
 
     def _meta_ahead(self, units: list[WorkUnit]) -> None:
@@ -386,7 +386,7 @@ class ParquetReader(Reader):
 
     def _fetcher(self, rel: str, groups: list[int]):
         """The fetch of row groups `groups` of the file (`_fetch_groups`). A small file's is
-        queued once its footer's fetch is done (`storage.After`): it only serves the bytes that
+        queued once its footer's fetch is done (`readahead.After`): it only serves the bytes that
         fetch brought, and a thread waiting for it (as a large file's fetch does, to go out the
         moment its ranges are known) would leave 3 of the 6 threads fetching (2.2 s an epoch
         over 200 files of 23 KB with 20 ms per request)."""
@@ -394,7 +394,7 @@ class ParquetReader(Reader):
         fetch = functools.partial(_fetch_groups, self.ctx.fs, path, footer, groups, self._ahead_columns(),
                                   self._size(path), functools.partial(self.ctx.shared.whole, rel),
                                   self._heads.get(rel))
-        return storage.After(footer, fetch) if self._small(rel) and isinstance(footer, Future) else fetch
+        return readahead.After(footer, fetch) if self._small(rel) and isinstance(footer, Future) else fetch
 
     def _small(self, rel: str) -> bool:
         """Whether read-ahead fetches the file whole with its footer (`_FOOTER_BYTES`)."""
@@ -458,10 +458,10 @@ class ParquetReader(Reader):
 
     def _from_parts(self, unit: WorkUnit, pf: pq.ParquetFile, parts: dict) -> tuple:
         """(the unit's file served from the fetched ranges, anything else read in place; the
-        `storage.KnownRanges` under it)."""
+        `remotefiles.KnownRanges` under it)."""
         path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
         size = self._size(path) or self.ctx.fs.size(path)
-        src = storage.KnownRanges(parts, size, functools.partial(storage.open_remote, self.ctx.fs, path, size))
+        src = remotefiles.KnownRanges(parts, size, functools.partial(remotefiles.open_remote, self.ctx.fs, path, size))
         # no pre-buffering: it would ask for a run's chunks as one range across fetches (a copy);
         # chunk by chunk, each read is a view into the fetched bytes
         return pq.ParquetFile(src, metadata=pf.metadata, pre_buffer=False, **_READ_OPTIONS), src
@@ -591,22 +591,22 @@ def _fetch_whole(fs, path: str, size: int) -> io.BytesIO:
     """A small file read in place (the filter's count pass, a lane ahead of read-ahead), fetched
     whole in one request: its footer and row groups would otherwise be a request each. Not
     retried here: the read that needs it is (`ParquetReader._retrying`)."""
-    return io.BytesIO(storage.fetch_whole(fs, path, size, retry=False))
+    return io.BytesIO(remotefiles.fetch_whole(fs, path, size, retry=False))
 
 
 def _fetch_footer(fs, path: str, size: int | None) -> tuple:
     """(the file's parsed footer, the whole file's bytes if the request brought all of it, else
-    None): one request for its last `_FOOTER_BYTES` (`storage.fetch_ranges`, which checks the
+    None): one request for its last `_FOOTER_BYTES` (`remotefiles.fetch_ranges`, which checks the
     server's size against the manifest's and that it honoured the range), a second one only
     for a footer longer than that. Without a known size, fsspec's file reads the tail."""
     if size is None:
-        with storage.open_remote(fs, path, size) as f:
+        with remotefiles.open_remote(fs, path, size) as f:
             metadata = pq.ParquetFile(f).metadata
         footercheck.check(metadata)
         return metadata, None
     start = max(0, size - _FOOTER_BYTES)
-    parts = storage.fetch_ranges(fs, path, [(start, size)], size)
-    with storage.KnownRanges(parts, size, functools.partial(storage.open_remote, fs, path, size)) as src:
+    parts = remotefiles.fetch_ranges(fs, path, [(start, size)], size)
+    with remotefiles.KnownRanges(parts, size, functools.partial(remotefiles.open_remote, fs, path, size)) as src:
         metadata = pq.ParquetFile(src).metadata
     footercheck.check(metadata)  # read-ahead reads no row group of a damaged footer (`footercheck.damage`)
     return metadata, (parts[(start, size)] if start == 0 else None)
@@ -637,7 +637,7 @@ def _fetch_groups(fs, path: str, footer, groups: list[int], names: list[str], si
                 start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
                 ranges.append((start, start + col.total_compressed_size))
     held, rest = _from_head(head, ranges)
-    return metadata, {**held, **(storage.fetch_ranges(fs, path, rest, size) if rest else {})}
+    return metadata, {**held, **(remotefiles.fetch_ranges(fs, path, rest, size) if rest else {})}
 
 
 def _from_head(head: tuple | None, ranges: list[tuple[int, int]]) -> tuple[dict, list[tuple[int, int]]]:

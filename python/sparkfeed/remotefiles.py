@@ -1,0 +1,205 @@
+"""Range reads of remote files: coalesced byte ranges fetched concurrently and checked against
+the manifest's size (`fetch_ranges`), and a file over the ranges already fetched (`KnownRanges`).
+
+Over object storage or HTTP every read is a request with 10-50 ms to the first byte. Three
+things keep that off the critical path: one open per file (readers keep files open, and the
+size comes from the manifest, so opening costs no HEAD request), coalesced range requests
+(pyarrow's pre_buffer for the columns of a row group; `fetch_ranges` for read-ahead), and
+`readahead.ReadAhead`: the next units' bytes fetched on a few threads while the current unit is
+converted, bounded by bytes held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import logging
+from collections.abc import Callable
+
+import fsspec
+import fsspec.asyn
+import fsspec.utils
+
+from . import httpranges, recvbuffers, retries
+from .errors import redact
+from .storage import HTTP_SOCK_READ_S
+
+log = logging.getLogger(__name__)
+
+# Ranges closer than this are fetched as one request (the gap is read and dropped): pyarrow's
+# own default hole size for pre-buffering (CacheOptions.hole_size_limit), so filter columns of
+# many row groups are not fetched together with the image columns between them.
+COALESCE_GAP = 8 << 10
+
+
+def open_remote(fs: fsspec.AbstractFileSystem, path: str, size: int | None = None):
+    """A remote file opened for exact range reads: no fsspec block cache (pyarrow asks for the
+    ranges it needs, coalesced), and no HEAD request when the manifest knows the size."""
+    kwargs = {"cache_type": "none"}
+    if size is not None:
+        kwargs["size"] = size
+    return fs.open(path, "rb", **kwargs)
+
+
+def fetch_ranges(fs: fsspec.AbstractFileSystem, path: str, ranges: list[tuple[int, int]],
+                 size: int | None = None, retry: bool = True) -> dict[tuple[int, int], memoryview | bytes]:
+    """{(start, end): bytes} for byte ranges of one file, adjacent ones merged into one request
+    (fsspec's merge_offset_ranges) and the requests sent concurrently (over HTTP with the
+    standard library's client, `httpranges`, or on fsspec's session, `_http_ranges`; else
+    fsspec's cat_ranges). `size` (the manifest's) is checked where a range ends at it: over
+    HTTP against the file's size the server reports, elsewhere by asking one byte more (an
+    object store answers a range past the end with what is there): a ValueError when the file
+    changed. Transient failures are retried (`with_retries`) unless `retry=False`, for a caller
+    that retries the whole read itself."""
+    _, starts, ends = fsspec.utils.merge_offset_ranges(
+        [path] * len(ranges), [a for a, _ in ranges], [b for _, b in ranges], max_gap=COALESCE_GAP)
+    if _is_http(fs):
+        fetch = functools.partial(_http_fetch, fs, path, starts, ends, size)
+    else:
+        asked = [b + 1 if b == size else b for b in ends]  # (the byte after the end: is there one?)
+        fetch = functools.partial(fs.cat_ranges, [path] * len(starts), starts, asked, on_error="raise")
+    blobs = retries.with_retries(fetch, f"reading ahead {path}") if retry else fetch()
+    for a, b, blob in zip(starts, ends, blobs):
+        if b == size and len(blob) > b - a:
+            raise ValueError(f"{path}: the file is more than {size} bytes (changed after the manifest was written)")
+        if len(blob) < b - a:  # the file ends first: shorter than asked, never "ignores Range"
+            raise ValueError(_ends_early(path, a, b, len(blob), size))
+        if len(blob) > b - a:  # fsspec's HTTP cat does not check that the server honoured Range
+            raise ValueError(httpranges.NO_RANGES.format(path=path, a=a, b=b - 1, n=len(blob)))
+    return {(a, b): blob for a, b, blob in zip(starts, ends, blobs)}
+
+
+def _ends_early(path: str, start: int, end: int, got: int, size: int | None) -> str:
+    """The error for a range [start, end) of which only `got` bytes came: the file ends before
+    `end`. Worded without "range requests", so that it is never taken for a server that ignores
+    them (`ignores_ranges`): a Parquet file truncated after the manifest was written once
+    turned its reader to whole-file reads and ended in pyarrow's "magic bytes not found"."""
+    what = f"{path}: asked for bytes {start}-{end - 1}, the file ends at byte {start + got}"
+    if size is None:
+        return what
+    return f"{what}, not at {size} as the manifest says (truncated or changed after the manifest was written)"
+
+
+def fetch_whole(fs: fsspec.AbstractFileSystem, path: str, size: int, retry: bool = True):
+    """The whole file of `size` bytes as one range (`fetch_ranges`: over HTTP into one pooled
+    buffer, its size checked against the server's)."""
+    return fetch_ranges(fs, path, [(0, size)], size, retry=retry)[(0, size)]
+
+
+def _http_fetch(fs, path: str, starts: list[int], ends: list[int], size: int | None) -> list:
+    """HTTP ranges with the standard library's client where it sends what fsspec's would
+    (`httpranges`: one copy per byte, on the calling thread), else on fsspec's session."""
+    if httpranges.usable(fs):
+        try:
+            return httpranges.fetch(fs, path, starts, ends, size, HTTP_SOCK_READ_S)
+        except httpranges.NeedsFsspec as exc:
+            log.debug("%s; fetching on fsspec's session", redact(exc))
+    return fsspec.asyn.sync(fs.loop, _http_ranges, fs, path, starts, ends, size)
+
+
+def _is_http(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("http", "https")
+
+
+async def _http_ranges(fs, path: str, starts: list[int], ends: list[int],
+                       size: int | None = None) -> list[memoryview]:
+    """The byte ranges of one file over HTTP on fsspec's session (where `httpranges` does not
+    apply), concurrently, each read into one buffer from pyarrow's memory pool as it arrives.
+
+    Why not fsspec's `cat_ranges`: its `cat_file` collects each body with aiohttp's `read()`,
+    which joins the received chunks into a new bytes object (a fresh multi-MB allocation the
+    kernel zeroes page by page, after a join of the chunks buffered between reads). Reading the
+    chunks (`readchunk`) into a buffer from pyarrow's pool (mimalloc, which reuses freed pages)
+    moves each byte once after the socket read: the event-loop thread's CPU per epoch fell by
+    about a quarter and the page faults by 4x (`sparkfeed.bench.remote_epochs`,
+    docs/deploy.md). The session, its client settings and the request options are fsspec's
+    own."""
+    session = await fs.set_session()
+    return list(await asyncio.gather(*(_http_range(fs, session, path, a, b, size)
+                                       for a, b in zip(starts, ends))))
+
+
+async def _http_range(fs, session, path: str, start: int, end: int, size: int | None) -> memoryview:
+    """Bytes [start, end) of the file at URL `path` (a shorter result: the caller reports it);
+    a ValueError when the server reports a file size other than `size` (if given)."""
+    kwargs = dict(fs.kwargs)
+    headers = {**kwargs.pop("headers", {}), "Range": f"bytes={start}-{end - 1}"}
+    view, held = recvbuffers.take(end - start)
+    at = 0
+    async with session.get(fs.encode_url(path), headers=headers, **kwargs) as r:
+        if r.status == 404:
+            raise FileNotFoundError(path)
+        r.raise_for_status()
+        problem = httpranges.answer_problem(path, r.status, r.headers.get("Content-Range", ""),
+                                            r.content_length, start, end, size)
+        if problem:
+            raise ValueError(problem)
+        while True:
+            chunk, _ = await r.content.readchunk()
+            if not chunk:
+                break
+            if at + len(chunk) > len(view):  # a whole file for a range at its start
+                raise ValueError(httpranges.NO_RANGES.format(path=path, a=start, b=end - 1,
+                                                             n=r.content_length or at + len(chunk)))
+            view[at:at + len(chunk)] = chunk
+            at += len(chunk)
+    return held[:at]
+
+
+class KnownRanges(io.RawIOBase):
+    """A read-only, seekable file over byte ranges fetched ahead; a read outside them goes to the
+    real file, opened on first need. (fsspec's "parts" cache zero-pads or raises on a miss, and
+    a reader must never see invented bytes.)"""
+
+    def __init__(self, parts: dict[tuple[int, int], bytes | memoryview], size: int, opener: Callable):
+        super().__init__()
+        self._parts = sorted(parts.items())
+        self.size, self._opener, self._file, self._pos = size, opener, None, 0
+
+    @property
+    def opened(self) -> bool:
+        """True once a read fell outside the fetched ranges and went to the real file."""
+        return self._file is not None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes | memoryview:
+        """Bytes [pos, pos + n): a read-only view into a fetched range (no copy: pyarrow takes
+        any buffer), else bytes read from the real file."""
+        end = self.size if n is None or n < 0 else min(self.size, self._pos + n)
+        start, self._pos = self._pos, end
+        pieces, at = [], start
+        for (a, b), blob in self._parts:  # sorted: a read may span adjacent fetched ranges
+            if a <= at < b:
+                pieces.append(memoryview(blob)[at - a:min(end, b) - a])
+                at = min(end, b)
+            if at >= end:
+                return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if self._file is None:
+            self._file = self._opener()
+        self._file.seek(start)
+        return self._file.read(end - start)
+
+    def readinto(self, buf) -> int:
+        data = self.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        super().close()
