@@ -14,35 +14,30 @@ import copy
 import functools
 import inspect
 import logging
-import multiprocessing
 import os
-import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
 
 import torch
-import torch.utils.data
 
 from . import checks, forks, mix, mixsource, progress
 from . import shuffle as shuffling
 from .batchwork import BatchWork
 from .dataset import Dataset
-from .engine import Delivery, LaneDataset
-from .errors import WorkerError
-from .integrations import GATHER_TIMEOUT_S, EpochSampler, TrainerLoader, checked_gather_timeout, every_rank_arrives
+from .epochahead import EpochEnd, Reading, epochs, waited, weakly
+from .integrations import GATHER_TIMEOUT_S, EpochSampler, TrainerLoader, checked_gather_timeout
 from .lanes import LaneReader, round_robin
-from .prefetch import Lookahead, Marker, Prefetcher
+from .prefetch import Lookahead, Prefetcher
+from .resumecheck import gather, settings_differ
 from .stats import Stats
 from .threads import close_quietly
+from .workerprocs import WorkerProcesses, mp_context, worker_died, worker_error
 
 __all__ = ["DataLoader"]
 log = logging.getLogger(__name__)
 
 _UNEVEN_CHECK_RANKS = 1024  # ranks past which the once-per-loader check of batch counts is skipped
 _REREAD_WARN_MIB = 64  # shuffle blocks read on both sides of a boundary: a warning from this much more
-_STUCK_JOIN_S = 2.0  # a worker process terminated after a timeout: the most to wait for its end
 WORKER_TYPES = ("auto", "thread", "process")
 # what loaders in a forked child inherited from the parent's threads and worker processes: kept
 # here, never used nor destroyed (`DataLoader._own_process`)
@@ -73,8 +68,8 @@ class DataLoader:
     torch's own arguments are taken so that replacing `torch.utils.data.DataLoader` is one line:
     `persistent_workers=True` (thread workers start each epoch in milliseconds; instead, once an
     epoch's last data is read, the next epoch's reading starts, `_read_next_epoch`, and where a
-    prefetch thread stages batches it goes on into that epoch's first ones, `_epochs`; worker
-    processes are kept between epochs, `_kept_processes`) and
+    prefetch thread stages batches it goes on into that epoch's first ones, `epochahead.epochs`;
+    worker processes are kept between epochs, `workerprocs.WorkerProcesses.kept`) and
     `in_order` (batches always come in order, which `in_order=False` allows) change no batch;
     `sampler`, `batch_sampler`, `generator`, `worker_init_fn` and `pin_memory_device` are
     refused with what does their job here (`checks.torch_only`).
@@ -104,7 +99,7 @@ class DataLoader:
         checks.positive_int("prefetch_factor", prefetch_factor, allow_none=True)
         checks.one_of("worker_type", worker_type, WORKER_TYPES)
         checks.one_of("pin_memory", pin_memory, (False, True))
-        _mp_context(multiprocessing_context)  # an unknown start method fails here, not at the first batch
+        mp_context(multiprocessing_context)  # an unknown start method fails here, not at the first batch
         if collate_fn is not None and not callable(collate_fn):
             raise ValueError(f"`collate_fn` should be callable, but got collate_fn={collate_fn!r}")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
@@ -127,8 +122,9 @@ class DataLoader:
         self._pending: list | None = None  # lanes to start the next iteration with (a resume)
         self.persistent_workers = persistent_workers
         self._epoch_set = False  # set_epoch() called since the last iteration began
-        self._next: _Reading | None = None  # the next epoch, read ahead (persistent_workers)
-        self._processes: _Processes | None = None  # worker processes kept between epochs (the same)
+        self._next: Reading | None = None  # the next epoch, read ahead (persistent_workers)
+        self._procs = WorkerProcesses(self._engine, batch_size, bool(self.decode), num_workers, timeout,
+                                      multiprocessing_context, prefetch_factor, self.dataset.rank, self.dataset.path)
         self._blocks_noted = False  # `_note_blocks_read_twice` ran
         self._again_noted = False  # `_note_same_epoch_again` warned
         self._began_resumed = False  # the last iteration began from a loaded state
@@ -261,7 +257,7 @@ class DataLoader:
                                     progress=self._current())
         if not all_ranks:
             return state
-        return progress.global_state(_gather(state, ds.world_size, timeout, ds.path))
+        return progress.global_state(gather(state, ds.world_size, timeout, ds.path))
 
     def load_state_dict(self, state) -> None:
         """Resume from `state_dict()`: this rank's own state, the list of every rank's states,
@@ -275,7 +271,7 @@ class DataLoader:
                 unit=self.batch_size, drop_last=ds.drop_last, fingerprint=fingerprint,
                 num_samples=num_samples, data=self._engine.data_digest)
         except ValueError as exc:  # which loader refused it (a script resumes several), and why
-            differ = _settings_differ(state, fingerprint, num_samples)
+            differ = settings_differ(state, fingerprint, num_samples)
             raise ValueError(f"{ds.path}: {exc}" + (f" (here: {differ})" if differ else "")) from None
         ds.set_epoch(epoch)
         self._progress, self._pending = None, lanes
@@ -319,11 +315,11 @@ class DataLoader:
         if reading.reader is None:  # inline, or worker processes (which read on themselves)
             then = None
         if not self._staged():
-            source = _waited(reading.deliveries, self._work.stage, self._stats)
+            source = waited(reading.deliveries, self._work.stage, self._stats)
             return self._deliver(self._progress, source, reading.reader, then, mark=self._changes)
         source = reading.deliveries
         if then is not None and self.prefetch > 0:  # the prefetch thread reads on into the next epochs
-            source, then = _epochs(reading, weakref.WeakMethod(self._reading), step), None
+            source, then = epochs(reading, weakref.WeakMethod(self._reading), step), None
         return self._deliver(self._progress, self._prefetcher(source), reading.reader, then, mark=self._changes)
 
     def _prefetcher(self, source) -> Prefetcher:
@@ -331,8 +327,8 @@ class DataLoader:
         collate, pinning, the device copy. It calls the loader's work weakly, so one kept for the
         next epoch lets the loader go."""
         work = self._work
-        stage = Lookahead(_weakly(work.start), _weakly(work.finish), _weakly(work.cancel),
-                          depth=work.ahead) if self.decode and work.ahead else _weakly(work.stage)
+        stage = Lookahead(weakly(work.start), weakly(work.finish), weakly(work.cancel),
+                          depth=work.ahead) if self.decode and work.ahead else weakly(work.stage)
         return Prefetcher(source, depth=self.prefetch, pin_memory=self.pin_memory,
                           device=self.device, stage=stage, stats=self._stats)
 
@@ -369,64 +365,15 @@ class DataLoader:
                                                   stats=stats[k]) for k, spans in enumerate(lanes)],
                                on_close=reader.close), reader
         if self.persistent_workers:
-            return self._kept_processes(lanes, epoch, then), None
-        return self._new_processes(lanes, epoch), None
-
-    def _new_processes(self, lanes: list, epoch: int) -> Iterator:
-        """Worker processes for this iteration alone."""
-        loader = self._process_loader(LaneDataset(self._engine, epoch, lanes, self.batch_size, bool(self.decode)),
-                                      persistent=False)
-        return _named_worker_errors(_forked(loader), self.dataset.rank)
-
-    def _process_loader(self, dataset: LaneDataset, persistent: bool) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(
-            dataset, batch_size=None, num_workers=self.num_workers, timeout=self.timeout,
-            multiprocessing_context=forks.interrupt_safe(_mp_context(self.multiprocessing_context)),
-            prefetch_factor=self.prefetch_factor,
-            persistent_workers=persistent)
-
-    def _kept_processes(self, lanes: list, epoch: int, then: int | None) -> Iterator:
-        """Worker processes kept between epochs (`persistent_workers=True`, as torch keeps them):
-        the same lanes again run the next epoch in them (its number through shared memory; torch
-        restarts each worker's iteration), and each starts reading its lane of epoch `then` once
-        it has read this one (`LaneDataset`); other lanes (a resume) start new ones. Workers that
-        fail are shut down and forgotten. While another live iteration runs in them (torch would
-        restart it), this one gets workers of its own."""
-        kept = self._processes
-        if kept is not None and kept.in_use():
-            return self._new_processes(lanes, epoch)
-        dead = kept.dead() if kept is not None else []
-        if dead:  # (torch would wait 5 s for its resume, then fail this epoch too)
-            log.warning("%s: kept worker process(es) %s of rank %d ended (exit code %s; -9: SIGKILL, as "
-                        "the OOM killer sends); epoch %d starts new ones", self.dataset.path,
-                        ", ".join(str(p.pid) for p in dead), self.dataset.rank,
-                        ", ".join(str(p.exitcode) for p in dead), epoch)
-        if kept is None or kept.lanes != lanes or dead:
-            self._drop_processes()
-            context = _mp_context(self.multiprocessing_context)
-            shared, shared_then = context.RawValue("q", epoch), context.RawValue("q", -1)
-            dataset = LaneDataset(self._engine, epoch, lanes, self.batch_size, bool(self.decode), shared, shared_then)
-            kept = self._processes = _Processes(lanes, self._process_loader(dataset, persistent=True), shared,
-                                                shared_then)
-        kept.epoch.value, kept.then.value = epoch, -1 if then is None else then
-        iteration = _named_worker_errors(_iterated(kept.loader), self.dataset.rank,
-                                         on_failure=self._drop_processes, workers=lambda: kept.loader._iterator)
-        kept.user = weakref.ref(iteration)
-        return iteration
-
-    def _drop_processes(self) -> None:
-        """Shut down the worker processes kept between epochs, if any."""
-        kept, self._processes = self._processes, None
-        workers = None if kept is None else kept.loader._iterator  # torch keeps its persistent iterator there
-        if workers is not None:
-            workers._shutdown_workers()
+            return self._procs.kept(lanes, epoch, then), None
+        return self._procs.new(lanes, epoch), None
 
     def _deliver(self, epoch_progress: progress.EpochProgress, deliveries, reader: LaneReader | None = None,
                  then: int | None = None, mark: int | None = None):
         """The user's batches; each delivery's positions and counters are recorded as it is handed
         over (counted when delivered, not when read ahead). With `then`, epoch `then` starts
         reading as soon as `reader` has read this one to its end (at the latest, once the last
-        batch is delivered: its reading threads may end just after). An `_EpochEnd` (a prefetch
+        batch is delivered: its reading threads may end just after). An `EpochEnd` (a prefetch
         thread gone on into the next epoch) ends the epoch and keeps that thread for it. `mark`: the
         loader's `_changes` when `iter()` made this; a `set_epoch` or `load_state_dict` since then,
         before the first batch, restarts it as that epoch or state (torch's sampler takes its epoch at
@@ -438,9 +385,9 @@ class DataLoader:
                 yield from self.__iter__()
                 return
             for d in deliveries:
-                if isinstance(d, _EpochEnd):
+                if isinstance(d, EpochEnd):
                     self._drop_next()  # another iterator's, left over: one staged epoch at a time
-                    self._next = _Reading(d.epoch, d.lanes, deliveries, None, staged=True)
+                    self._next = Reading(d.epoch, d.lanes, deliveries, None, staged=True)
                     deliveries = None  # kept for the next iteration, not closed
                     epoch_progress.ended = True
                     return
@@ -457,9 +404,9 @@ class DataLoader:
             if then is not None:
                 self._read_next_epoch(then)
         except RuntimeError as exc:
-            if not _worker_died(exc):
+            if not worker_died(exc):
                 raise
-            raise _worker_error(exc, self.dataset.rank) from exc
+            raise worker_error(exc, self.dataset.rank) from exc
         finally:
             forks.close_redelivering_interrupts(lambda: close_quietly(deliveries))
 
@@ -532,11 +479,11 @@ class DataLoader:
 
     # ------------------------------------------------------------ the next epoch, read ahead
 
-    def _reading(self, epoch: int, lanes: list | None = None, then: int | None = None) -> "_Reading":
+    def _reading(self, epoch: int, lanes: list | None = None, then: int | None = None) -> Reading:
         """Epoch `epoch` starting to read: from its beginning, or `lanes` (a resume); `then`: the
         epoch kept worker processes go on to read."""
         lanes = lanes or self._fresh_lanes()
-        return _Reading(epoch, lanes, *self._deliveries(lanes, epoch, then))
+        return Reading(epoch, lanes, *self._deliveries(lanes, epoch, then))
 
     def _read_next_epoch(self, epoch: int) -> None:
         """Start reading epoch `epoch` from its beginning (threads; `persistent_workers=True`),
@@ -546,7 +493,7 @@ class DataLoader:
             self._next = self._reading(epoch)
             log.debug("epoch %d: reading ahead", epoch)
 
-    def _take_next(self, epoch: int | None) -> "_Reading | None":
+    def _take_next(self, epoch: int | None) -> Reading | None:
         """The epoch read ahead, if it is `epoch` from its beginning (None: a resume); else it is
         dropped (its reads were for nothing and are not counted)."""
         ahead = self._next
@@ -568,8 +515,8 @@ class DataLoader:
         kept, out of reach (`_INHERITED`), and this process makes its own."""
         if self._pid == os.getpid():
             return
-        _INHERITED.append((self._work, self._next, self._processes))
-        self._work, self._next, self._processes = self._work.fresh(), None, None
+        _INHERITED.append((self._work, self._next, self._procs))
+        self._work, self._next, self._procs = self._work.fresh(), None, self._procs.fresh()
         self._pid = os.getpid()
 
     def _drop_next(self) -> None:
@@ -578,102 +525,6 @@ class DataLoader:
             self._next, ahead = None, self._next
             ahead.close()
             self._stats.add("epochs_read_ahead_dropped")
-
-
-@dataclass(eq=False)
-class _Processes:
-    """Worker processes kept between epochs: their lanes, torch's loader (persistent_workers),
-    the shared-memory epoch they read at each iteration's start and the one they read ahead
-    after it (-1: none), and the iteration running in them (a weak reference to its generator)."""
-
-    lanes: list
-    loader: torch.utils.data.DataLoader
-    epoch: Any
-    then: Any
-    user: weakref.ref | None = None
-
-    def in_use(self) -> bool:
-        """An iteration handed out and not finished or closed (a generator not yet started counts)."""
-        iteration = self.user() if self.user is not None else None
-        return iteration is not None and iteration.gi_frame is not None
-
-    def dead(self) -> list:
-        """The kept worker processes that have ended (killed, say, between epochs)."""
-        workers = self.loader._iterator  # (torch's persistent iterator; None before the first epoch)
-        return [p for p in getattr(workers, "_workers", ()) if not p.is_alive()]
-
-
-def _iterated(loader: torch.utils.data.DataLoader) -> Iterator:
-    """`iter(loader)` at the first `next()`, so that a worker found dead while torch restarts its
-    kept workers is raised where `_named_worker_errors` names it."""
-    yield from _forked(loader)
-
-
-def _forked(loader: torch.utils.data.DataLoader):
-    """`iter(loader)`, where torch starts (forks) its workers: the parent's objects frozen meanwhile
-    (`forks.frozen_while_forking`). A Ctrl-C while new workers start is held until `iter` has
-    returned them (else torch's half-made iterator, out of reach, kept them until a garbage
-    collection), one lost in the fork's hooks is kept (`forks.interrupts_kept`), and either is
-    delivered once the workers are shut down. Kept workers restarting are not held: their
-    restart waits on them."""
-    fresh = loader._iterator is None
-    with forks.frozen_while_forking(), forks.interrupts_kept(hold=fresh) as interrupts:
-        try:
-            workers = iter(loader)
-        except BaseException:
-            interrupts.deliver()  # (a Ctrl-C held meanwhile is not lost to the failure)
-            raise
-    if interrupts:
-        workers._shutdown_workers()
-        interrupts.deliver()
-    return workers
-
-
-def _mp_context(context):
-    """The multiprocessing context torch's workers will start in (`multiprocessing_context`)."""
-    if context is None:
-        return multiprocessing.get_context()
-    methods = multiprocessing.get_all_start_methods()
-    if isinstance(context, str) and context in methods:
-        return multiprocessing.get_context(context)
-    if not isinstance(context, str) and hasattr(context, "Process"):
-        return context
-    raise ValueError(f"`multiprocessing_context` should be None, one of {tuple(methods)} or a "
-                     f"multiprocessing context, but got multiprocessing_context={context!r}")
-
-
-_SETTINGS = ("shuffle", "seed", "shuffle_buffer", "drop_last")  # `_fingerprint`'s fields after the identity
-
-
-def _settings_differ(state, fingerprint: str, num_samples: int) -> str:
-    """What a refused saved state has other than this loader, as "seed 3 saved, 0 now", from the
-    first rank state found in it: the settings `_fingerprint` holds, the filter and the samples
-    after it. Empty where nothing of these differs (or `state` is not a state at all)."""
-    saved = state[0] if isinstance(state, (list, tuple)) and state else state
-    saved = saved.get("ranks", [saved])[0] if isinstance(saved, Mapping) else None
-    if not isinstance(saved, Mapping) or "batch_size" not in saved:  # (older states hold it in the fingerprint)
-        return ""
-    saved_n = saved.get("num_samples")
-    ours, theirs = _fields(fingerprint), _fields(saved.get("fingerprint"))
-    out = [f"{name} {theirs[name]} saved, {ours[name]} now" for name in ours if ours[name] != theirs.get(name)]
-    if saved_n != num_samples:
-        out.append(f"{saved_n} samples (after the filter) saved, {num_samples} now")
-    return "; ".join(out)
-
-
-def _fields(fingerprint: str) -> dict:
-    """A settings fingerprint (`DataLoader._fingerprint`, batch size left out) by field."""
-    head, _, cap = str(fingerprint).partition("|block runs<=")
-    parts = head.rsplit("|", len(_SETTINGS))
-    if len(parts) != len(_SETTINGS) + 1:
-        return {"settings": fingerprint}
-    identity, values = parts[0], parts[1:]
-    _, _, expr = identity.partition("|")
-    out = {"data and filter" if identity.startswith("mix(") else "filter": identity if identity.startswith("mix(")
-           else expr}
-    out.update(zip(_SETTINGS, values))
-    out["shuffle block cap"] = cap or None
-    return out
 
 
 def _dataset_batch_size(path_or_dataset, batch_size: int) -> int:
@@ -699,170 +550,3 @@ def _refuse_dataset_overrides(kwargs: dict) -> None:
             + f"; give them to sparkfeed.Dataset(...) instead (got {', '.join(f'{n}=' for n in given)})")
 
 
-class _Reading(NamedTuple):
-    """An epoch being read: its lanes, its deliveries and their `LaneReader` (threads; None for
-    processes). `staged`: `deliveries` is a prefetch thread already into this epoch (`_epochs`)."""
-
-    epoch: int
-    lanes: list
-    deliveries: Iterator
-    reader: LaneReader | None
-    staged: bool = False
-
-    def close(self) -> None:
-        """Stop its threads (deliveries never started would not stop them when closed)."""
-        if self.reader is not None:
-            self.reader.close()
-        close_quietly(self.deliveries)
-
-
-class _EpochEnd(Marker):
-    """Where one epoch's batches end in a prefetch thread that goes on into the next (`_epochs`)."""
-
-    __slots__ = ("epoch", "lanes")
-
-    def __init__(self, epoch: int, lanes: list):
-        self.epoch, self.lanes = epoch, lanes
-
-
-def _epochs(first: _Reading, reading: weakref.WeakMethod, step: int):
-    """Epoch after epoch for one prefetch thread (`persistent_workers=True`, thread lanes): the next
-    epoch (this one + `step`) starts reading once this one is read, and an `_EpochEnd` follows this
-    one's last batch, so the thread stages (decodes, copies) the next epoch's first batches while
-    the consumer finishes this one. `reading` is `DataLoader._reading`, held weakly: a loader that
-    goes closes its prefetch thread, which ends this."""
-    current, following = first, None
-    try:
-        while True:
-            for d in current.deliveries:
-                if following is None and current.reader.done_reading():
-                    following = _read(reading, current.epoch + step)
-                yield d
-            following = following or _read(reading, current.epoch + step)
-            current.close()
-            current, following = following, None
-            yield _EpochEnd(current.epoch, current.lanes)
-    finally:
-        for r in (current, following):
-            if r is not None:
-                r.close()
-
-
-def _read(reading: weakref.WeakMethod, epoch: int) -> _Reading:
-    method = reading()
-    if method is None:
-        raise RuntimeError(f"the DataLoader whose epoch {epoch} was to be read ahead is gone")
-    return method(epoch)
-
-
-def _weakly(method: Callable) -> Callable:
-    """`method` called through a weak reference to its object: a prefetch thread kept for the next
-    epoch (`_epochs`) must not keep its loader alive."""
-    ref = weakref.WeakMethod(method)
-
-    def call(*args):
-        bound = ref()
-        if bound is None:
-            raise RuntimeError("the DataLoader this prefetch thread served is gone")
-        return bound(*args)
-    return call
-
-
-def _waited(source, stage: Callable[[Delivery], Delivery], stats: Stats):
-    """Deliveries staged on the consumer's thread (nothing worth a prefetch thread), with the time
-    the training loop spent on each, waiting for it and staging it (a worker process's batch
-    unpacked), counted in `wait_s`, as the prefetcher counts it with `depth=0`."""
-    it = iter(source)
-    try:
-        while True:
-            start = time.perf_counter()
-            try:
-                staged = stage(next(it))
-            except StopIteration:
-                return
-            finally:
-                stats.add("wait_s", time.perf_counter() - start)
-            yield staged
-    finally:
-        close_quietly(it)
-
-
-def _named_worker_errors(it, rank: int, on_failure: Callable[[], None] | None = None,
-                         workers: Callable[[], object] | None = None):
-    """Re-raise a crashed worker as WorkerError naming the rank (torch names the worker). Workers
-    are shut down when the epoch ends; those kept between epochs (`on_failure` given) only when
-    something fails, and `on_failure` forgets them. `workers()`: torch's iterator of the kept
-    workers (`it` itself otherwise)."""
-    failed = True
-    try:
-        yield from it
-        failed = False
-    except GeneratorExit:  # the consumer stopped early: kept workers stay for the next epoch
-        failed = False
-        raise
-    except RuntimeError as exc:
-        if _worker_died(exc):
-            raise _worker_error(exc, rank) from exc
-        if "DataLoader timed out" in str(exc):
-            _stop_stuck_workers(workers() if workers is not None else it)
-        raise
-    except (ConnectionError, EOFError) as exc:
-        # a batch a worker queued before it died points at shared memory that only the dead
-        # worker could hand over: receiving it fails on the worker's closed socket
-        raise WorkerError(f"a sparkfeed loader worker of rank {rank} died before its batch could "
-                          f"be received ({type(exc).__name__}: {exc})") from exc
-    finally:
-        # Stop the workers now, not when the iterator is collected: an error's traceback keeps
-        # it alive, and torch's SIGCHLD handler would keep watching the dead workers meanwhile.
-        if on_failure is None or failed:
-            shutdown = getattr(it, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
-            if on_failure is not None:
-                on_failure()
-
-
-def _worker_died(exc: RuntimeError) -> bool:
-    """torch's error for a worker process that died: raised by its status check inside `next()`,
-    or by its SIGCHLD handler wherever the main thread is (with a prefetch thread between, that is
-    the consumer's wait for it, outside `_named_worker_errors`)."""
-    return "DataLoader worker" in str(exc)
-
-
-def _worker_error(exc: RuntimeError, rank: int) -> WorkerError:
-    return WorkerError(f"a sparkfeed loader worker of rank {rank} died: {exc}")
-
-
-def _stop_stuck_workers(workers) -> None:
-    """After torch's `timeout`: the workers are stuck in a read, and torch's shutdown would wait
-    5 s for each (`MP_STATUS_CHECK_INTERVAL`) before terminating it, so the error came about 10 s
-    after the timeout with 2 workers. Terminate them now, their pids first taken off torch's
-    SIGCHLD watch (else their end would raise again in this thread), as that shutdown does."""
-    procs = getattr(workers, "_workers", None)
-    if not procs or getattr(workers, "_shutdown", True):
-        return
-    if getattr(workers, "_worker_pids_set", False):
-        torch.utils.data._utils.signal_handling._remove_worker_pids(id(workers))
-        workers._worker_pids_set = False
-    for process in procs:
-        if process.is_alive():
-            process.terminate()
-    for process in procs:
-        process.join(_STUCK_JOIN_S)
-
-
-def _gather(state: dict, world_size: int, timeout: float, path: str) -> list[dict]:
-    """Every rank's state, in rank order, through torch.distributed (never a guess), once every
-    rank has checked in (`integrations.every_rank_arrives`)."""
-    if world_size == 1:
-        return [state]
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()):
-        raise ValueError(f"`state_dict(all_ranks=True)` gathers every rank's state through "
-                         f"torch.distributed, which is not initialised here (world_size={world_size} "
-                         "came from arguments or RANK/WORLD_SIZE); save state_dict() on every rank "
-                         "and pass the list of all ranks' states to load_state_dict()")
-    every_rank_arrives(timeout, path)
-    parts: list = [None] * world_size
-    dist.all_gather_object(parts, state)
-    return parts

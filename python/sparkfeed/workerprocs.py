@@ -1,0 +1,215 @@
+"""torch's worker processes under a sparkfeed loader: new ones for each iteration, or ones kept
+between epochs (`persistent_workers=True`); a worker that dies or hangs named by its rank.
+
+Tars without a DALI index are parsed in Python, so their lanes read in worker processes
+(`loader.DataLoader._threads`); each runs a `LaneDataset` and hands batches over torch's queues."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.utils.data
+
+from . import forks
+from .engine import LaneDataset
+from .errors import WorkerError
+
+log = logging.getLogger(__name__)
+STUCK_JOIN_S = 2.0  # a worker process terminated after a timeout: the most to wait for its end
+
+
+class WorkerProcesses:
+    """One loader's worker processes: its settings (fixed when the loader is made) and the
+    processes kept between epochs, if any."""
+
+    def __init__(self, engine, batch_size: int, row_ids: bool, num_workers: int, timeout: float,
+                 context, prefetch_factor: int | None, rank: int, path: str):
+        self.engine, self.batch_size, self.row_ids = engine, batch_size, row_ids
+        self.num_workers, self.timeout, self.context = num_workers, timeout, context
+        self.prefetch_factor, self.rank, self.path = prefetch_factor, rank, path
+        self._kept: _Kept | None = None
+
+    def fresh(self) -> "WorkerProcesses":
+        """The same settings with no process kept (a forked child starts its own)."""
+        return WorkerProcesses(self.engine, self.batch_size, self.row_ids, self.num_workers, self.timeout,
+                               self.context, self.prefetch_factor, self.rank, self.path)
+
+    def new(self, lanes: list, epoch: int) -> Iterator:
+        """Worker processes for this iteration alone."""
+        loader = self._torch_loader(LaneDataset(self.engine, epoch, lanes, self.batch_size, self.row_ids),
+                                    persistent=False)
+        return _named_worker_errors(_forked(loader), self.rank)
+
+    def _torch_loader(self, dataset: LaneDataset, persistent: bool) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=None, num_workers=self.num_workers, timeout=self.timeout,
+            multiprocessing_context=forks.interrupt_safe(mp_context(self.context)),
+            prefetch_factor=self.prefetch_factor,
+            persistent_workers=persistent)
+
+    def kept(self, lanes: list, epoch: int, then: int | None) -> Iterator:
+        """Worker processes kept between epochs (`persistent_workers=True`, as torch keeps them):
+        the same lanes again run the next epoch in them (its number through shared memory; torch
+        restarts each worker's iteration), and each starts reading its lane of epoch `then` once
+        it has read this one (`LaneDataset`); other lanes (a resume) start new ones. Workers that
+        fail are shut down and forgotten. While another live iteration runs in them (torch would
+        restart it), this one gets workers of its own."""
+        kept = self._kept
+        if kept is not None and kept.in_use():
+            return self.new(lanes, epoch)
+        dead = kept.dead() if kept is not None else []
+        if dead:  # (torch would wait 5 s for its resume, then fail this epoch too)
+            log.warning("%s: kept worker process(es) %s of rank %d ended (exit code %s; -9: SIGKILL, as "
+                        "the OOM killer sends); epoch %d starts new ones", self.path,
+                        ", ".join(str(p.pid) for p in dead), self.rank,
+                        ", ".join(str(p.exitcode) for p in dead), epoch)
+        if kept is None or kept.lanes != lanes or dead:
+            self.drop()
+            context = mp_context(self.context)
+            shared, shared_then = context.RawValue("q", epoch), context.RawValue("q", -1)
+            dataset = LaneDataset(self.engine, epoch, lanes, self.batch_size, self.row_ids, shared, shared_then)
+            kept = self._kept = _Kept(lanes, self._torch_loader(dataset, persistent=True), shared, shared_then)
+        kept.epoch.value, kept.then.value = epoch, -1 if then is None else then
+        iteration = _named_worker_errors(_iterated(kept.loader), self.rank,
+                                        on_failure=self.drop, workers=lambda: kept.loader._iterator)
+        kept.user = weakref.ref(iteration)
+        return iteration
+
+    def drop(self) -> None:
+        """Shut down the worker processes kept between epochs, if any."""
+        kept, self._kept = self._kept, None
+        workers = None if kept is None else kept.loader._iterator  # torch keeps its persistent iterator there
+        if workers is not None:
+            workers._shutdown_workers()
+
+
+@dataclass(eq=False)
+class _Kept:
+    """Worker processes kept between epochs: their lanes, torch's loader (persistent_workers),
+    the shared-memory epoch they read at each iteration's start and the one they read ahead
+    after it (-1: none), and the iteration running in them (a weak reference to its generator)."""
+
+    lanes: list
+    loader: torch.utils.data.DataLoader
+    epoch: Any
+    then: Any
+    user: weakref.ref | None = None
+
+    def in_use(self) -> bool:
+        """An iteration handed out and not finished or closed (a generator not yet started counts)."""
+        iteration = self.user() if self.user is not None else None
+        return iteration is not None and iteration.gi_frame is not None
+
+    def dead(self) -> list:
+        """The kept worker processes that have ended (killed, say, between epochs)."""
+        workers = self.loader._iterator  # (torch's persistent iterator; None before the first epoch)
+        return [p for p in getattr(workers, "_workers", ()) if not p.is_alive()]
+
+
+def _iterated(loader: torch.utils.data.DataLoader) -> Iterator:
+    """`iter(loader)` at the first `next()`, so that a worker found dead while torch restarts its
+    kept workers is raised where `_named_worker_errors` names it."""
+    yield from _forked(loader)
+
+
+def _forked(loader: torch.utils.data.DataLoader):
+    """`iter(loader)`, where torch starts (forks) its workers: the parent's objects frozen meanwhile
+    (`forks.frozen_while_forking`). A Ctrl-C while new workers start is held until `iter` has
+    returned them (else torch's half-made iterator, out of reach, kept them until a garbage
+    collection), one lost in the fork's hooks is kept (`forks.interrupts_kept`), and either is
+    delivered once the workers are shut down. Kept workers restarting are not held: their
+    restart waits on them."""
+    fresh = loader._iterator is None
+    with forks.frozen_while_forking(), forks.interrupts_kept(hold=fresh) as interrupts:
+        try:
+            workers = iter(loader)
+        except BaseException:
+            interrupts.deliver()  # (a Ctrl-C held meanwhile is not lost to the failure)
+            raise
+    if interrupts:
+        workers._shutdown_workers()
+        interrupts.deliver()
+    return workers
+
+
+def mp_context(context):
+    """The multiprocessing context torch's workers will start in (`multiprocessing_context`)."""
+    if context is None:
+        return multiprocessing.get_context()
+    methods = multiprocessing.get_all_start_methods()
+    if isinstance(context, str) and context in methods:
+        return multiprocessing.get_context(context)
+    if not isinstance(context, str) and hasattr(context, "Process"):
+        return context
+    raise ValueError(f"`multiprocessing_context` should be None, one of {tuple(methods)} or a "
+                     f"multiprocessing context, but got multiprocessing_context={context!r}")
+
+
+def _named_worker_errors(it, rank: int, on_failure: Callable[[], None] | None = None,
+                         workers: Callable[[], object] | None = None):
+    """Re-raise a crashed worker as WorkerError naming the rank (torch names the worker). Workers
+    are shut down when the epoch ends; those kept between epochs (`on_failure` given) only when
+    something fails, and `on_failure` forgets them. `workers()`: torch's iterator of the kept
+    workers (`it` itself otherwise)."""
+    failed = True
+    try:
+        yield from it
+        failed = False
+    except GeneratorExit:  # the consumer stopped early: kept workers stay for the next epoch
+        failed = False
+        raise
+    except RuntimeError as exc:
+        if worker_died(exc):
+            raise worker_error(exc, rank) from exc
+        if "DataLoader timed out" in str(exc):
+            _stop_stuck_workers(workers() if workers is not None else it)
+        raise
+    except (ConnectionError, EOFError) as exc:
+        # a batch a worker queued before it died points at shared memory that only the dead
+        # worker could hand over: receiving it fails on the worker's closed socket
+        raise WorkerError(f"a sparkfeed loader worker of rank {rank} died before its batch could "
+                          f"be received ({type(exc).__name__}: {exc})") from exc
+    finally:
+        # Stop the workers now, not when the iterator is collected: an error's traceback keeps
+        # it alive, and torch's SIGCHLD handler would keep watching the dead workers meanwhile.
+        if on_failure is None or failed:
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            if on_failure is not None:
+                on_failure()
+
+
+def worker_died(exc: RuntimeError) -> bool:
+    """torch's error for a worker process that died: raised by its status check inside `next()`,
+    or by its SIGCHLD handler wherever the main thread is (with a prefetch thread between, that is
+    the consumer's wait for it, outside `_named_worker_errors`)."""
+    return "DataLoader worker" in str(exc)
+
+
+def worker_error(exc: RuntimeError, rank: int) -> WorkerError:
+    return WorkerError(f"a sparkfeed loader worker of rank {rank} died: {exc}")
+
+
+def _stop_stuck_workers(workers) -> None:
+    """After torch's `timeout`: the workers are stuck in a read, and torch's shutdown would wait
+    5 s for each (`MP_STATUS_CHECK_INTERVAL`) before terminating it, so the error came about 10 s
+    after the timeout with 2 workers. Terminate them now, their pids first taken off torch's
+    SIGCHLD watch (else their end would raise again in this thread), as that shutdown does."""
+    procs = getattr(workers, "_workers", None)
+    if not procs or getattr(workers, "_shutdown", True):
+        return
+    if getattr(workers, "_worker_pids_set", False):
+        torch.utils.data._utils.signal_handling._remove_worker_pids(id(workers))
+        workers._worker_pids_set = False
+    for process in procs:
+        if process.is_alive():
+            process.terminate()
+    for process in procs:
+        process.join(STUCK_JOIN_S)
