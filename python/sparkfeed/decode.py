@@ -80,7 +80,6 @@ class ImageDecoder:
             _fail("runs_in_flight", "a positive integer", runs_in_flight)
         self.spec, self.max_batch_size, self.seed = spec, max_batch_size, seed
         self.device = _resolve_device(spec)
-        self._gpu_dali = self.device == "cuda" and spec.backend == "dali"  # nvJPEG: see _truncated_jpegs
         threads = num_threads or _default_threads(self.device)
         if spec.backend == "dali":
             self._backend = _DaliBackend(spec, self.device, max_batch_size, threads, seed, runs_in_flight)
@@ -135,7 +134,7 @@ class ImageDecoder:
             if keys.shape != (n,):
                 raise ValueError(f"`keys` should hold one integer per image ({n}), "
                                  f"but has shape {tuple(keys.shape)}")
-        sizes, failures = _check_headers(enc, self.spec, complete_jpeg=self._gpu_dali)
+        sizes, failures = _check_headers(enc, self.spec)
         draws = self._draw(n, keys, np.maximum(sizes, 1))
         keep = np.ones(n, bool)
         keep[[r for r, _ in failures]] = False

@@ -246,9 +246,11 @@ def _upright_sizes(enc: _Encoded, w: np.ndarray, h: np.ndarray, rows, max_pixels
 
 def _truncated_jpegs(enc: _Encoded) -> list[int]:
     """JPEG rows with no end-of-image marker after their first scan: cut short (a partial
-    download or write). nvJPEG decodes such a stream without an error, filling what is missing,
-    so on the GPU they are refused here, as the CPU decoder refuses them. Most rows end in the
-    marker (one numpy test for the batch); only the others are walked."""
+    download or write). Refused for every backend: nvJPEG decodes such a stream without an error,
+    filling what is missing, and libjpeg (DALI's CPU decoder, PIL's) does too where the missing
+    tail reads as scan data (a cut file zero-filled to its length: a preallocated download, a
+    sparse copy), the rest grey. Most rows end in the marker (one numpy test for the batch);
+    only the others are walked."""
     suspects = []
     for data, rows in enc.groups():
         if data.size == 0:  # nothing but empty rows (refused as such)
@@ -306,22 +308,20 @@ def _damaged_exif(enc: _Encoded, w: np.ndarray) -> list[int]:
     return bad
 
 
-def _check_headers(enc: _Encoded, spec: ImageDecode, complete_jpeg: bool = False
-                   ) -> tuple[np.ndarray, list[tuple[int, str]]]:
+def _check_headers(enc: _Encoded, spec: ImageDecode) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Sizes (n, 2) of every row from its header (for crop="random_resized" as shown: turned by
     EXIF orientations 5-8), and the rows refused before any decoding
-    (empty, not an image, over `max_pixels`, smaller than a crop cut from stored pixels, and with
-    `complete_jpeg` (GPU decoding) JPEGs cut short).
+    (empty, not an image, over `max_pixels`, smaller than a crop cut from stored pixels, JPEGs
+    cut short).
 
     JPEG and PNG rows are read for the whole batch at once (`_scan_sizes`); only rows it cannot
     read (other formats, odd JPEGs) go one by one through PIL's lazy `Image.open`."""
     w, h = _sizes(enc)
     failures = []
-    if complete_jpeg:
-        for r in _truncated_jpegs(enc):
-            failures.append((r, "could not decode: the JPEG is cut short (no end-of-image marker "
-                                "after its scan data); refused before decoding"))
-            w[r] = h[r] = -2  # neither read again below nor counted as known
+    for r in _truncated_jpegs(enc):
+        failures.append((r, "could not decode: the JPEG is cut short (no end-of-image marker "
+                            "after its scan data); refused before decoding"))
+        w[r] = h[r] = -2  # neither read again below nor counted as known
     for r in np.flatnonzero(w == -1).tolist():
         size, reason = _check_header(enc.row(r), spec.max_pixels, _DALI_FORMATS if spec.backend == "dali" else None)
         if reason is None:

@@ -46,6 +46,14 @@ def _truncated() -> bytes:
     return good[: int(len(good) * 0.8)]  # header intact, scan data cut
 
 
+def _undecodable() -> bytes:
+    """A JPEG whose headers read (size, whole scan, end marker) but whose scan names Huffman
+    tables never defined: only the decoders find it bad (DALI fails its whole run)."""
+    good = bytearray(_encode(200, 150))
+    good[good.index(b"\xff\xda") + 6] = 0x33  # the first component's DC/AC tables: 3, undefined
+    return bytes(good)
+
+
 # -- shapes, dtypes, layouts ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -273,7 +281,7 @@ def test_mirror_flips_horizontally():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bad_rows_reported_good_rows_decode(backend):
     good = _encode(64, 48)
-    batch = [good, _truncated(), b"", b"\x00\x01random bytes" * 20, good[:40], _encode(300, 300), good]
+    batch = [good, _undecodable(), b"", b"\x00\x01random bytes" * 20, good[:40], _encode(300, 300), good]
     res = _decoder(backend, size=16, max_pixels=200 * 200).decode(batch)
     assert res.ok_rows.tolist() == [0, 6]
     assert res.images.shape == (2, 3, 16, 16) and torch.equal(res.images[0], res.images[1])
@@ -292,9 +300,8 @@ def test_bad_rows_in_training_crops(backend, crop):
     """Window decoding (image_crop, image_slice) finds bad rows the same way: header refusals
     first, then bisection of the DALI batch; good rows keep their keyed crops."""
     good = [_encode(64, 48, shift=s) for s in range(3)]
-    whole = _encode(200, 150)
-    no_scan = whole[:whole.index(b"\xff\xda") + 16]  # headers intact, no pixel data: any window fails
-    batch = [good[0], no_scan, b"", good[1], _encode(300, 300), good[2]]
+    no_tables = _undecodable()  # headers intact, no pixel data decodes: any window fails
+    batch = [good[0], no_tables, b"", good[1], _encode(300, 300), good[2]]
     keys = np.arange(6, dtype=np.int64)
     dec = _decoder(backend, size=16, mirror=True, max_pixels=200 * 200, **crop)
     res = dec.decode(batch, keys=keys)
@@ -309,7 +316,7 @@ def test_bad_rows_in_training_crops(backend, crop):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_all_rows_bad_gives_empty_batch(backend):
-    res = _decoder(backend, size=16).decode([b"", _truncated()])
+    res = _decoder(backend, size=16).decode([b"", _undecodable()])
     assert res.images.shape == (0, 3, 16, 16) and res.ok_rows.tolist() == []
     assert [r for r, _ in res.failures] == [0, 1]
 
@@ -317,7 +324,7 @@ def test_all_rows_bad_gives_empty_batch(backend):
 def test_decoder_keeps_working_after_failures():
     dec = _decoder(size=16)
     first = dec.decode(MIXED).images
-    dec.decode([_truncated(), MIXED[0]])
+    dec.decode([_undecodable(), MIXED[0]])
     assert torch.equal(dec.decode(MIXED).images, first)
 
 
@@ -603,9 +610,10 @@ def test_batch_header_scan_agrees_with_the_row_walk():
     assert sum(e == (-1, -1) for e in expected) >= 10  # the cut and junk rows are in there
 
 
-def test_jpegs_cut_short_are_refused_for_gpu_decoding_and_only_those():
-    """nvJPEG decodes a JPEG cut short without an error, so GPU decoding refuses it from the
-    bytes: no end-of-image marker after the first scan. Kept: complete JPEGs (baseline and
+def test_jpegs_cut_short_are_refused_from_the_header_and_only_those():
+    """nvJPEG (and libjpeg, where the missing tail reads as scan data) decodes a JPEG cut short
+    without an error, so every backend refuses it from the bytes: no end-of-image marker after
+    the first scan. Kept: complete JPEGs (baseline and
     progressive), bytes after the marker, PNGs. Refused: a cut anywhere after the headers, also
     where an EXIF thumbnail (its own scan and end marker, inside APP1) precedes the cut scan."""
     from sparkfeed.headers import _check_headers, _encoded
@@ -622,12 +630,11 @@ def test_jpegs_cut_short_are_refused_for_gpu_decoding_and_only_those():
     cut = [whole[:int(len(whole) * 0.8)], whole[:sos + 16], whole[:-1], progressive[:len(progressive) // 2],
            with_thumb[:len(with_thumb) - 300]]
     spec = ImageDecode(size=16, device="cpu")
-    sizes, failures = _check_headers(_encoded(keep + cut), spec, complete_jpeg=True)
+    sizes, failures = _check_headers(_encoded(keep + cut), spec)
     assert [r for r, _ in failures] == list(range(len(keep), len(keep) + len(cut)))
     assert all("cut short" in why for _, why in failures)
     assert (sizes[:len(keep)] > 0).all()
-    assert _check_headers(_encoded(keep + cut), spec)[1] == []  # the CPU decoder finds them itself
-    _, empty = _check_headers(_encoded([b"", b""]), spec, complete_jpeg=True)
+    _, empty = _check_headers(_encoded([b"", b""]), spec)
     assert [(r, "empty" in why) for r, why in empty] == [(0, True), (1, True)]
 
 
@@ -722,7 +729,7 @@ def test_a_dali_without_the_run_switch_is_built_with_depth_one(monkeypatch):
 def test_a_batch_in_chunks_decodes_as_the_joined_column(backend):
     """A batch cut across row groups arrives as `BinaryChunks` (each part in its own buffer):
     the same pixels, the same refused rows (numbered in the batch), the same header checks,
-    GPU decoding's cut-JPEG check included, as the column joined into one buffer."""
+    the cut-JPEG check included, as the column joined into one buffer."""
     from sparkfeed.batch import BinaryChunks
     from sparkfeed.headers import _check_headers, _encoded
 
@@ -733,10 +740,9 @@ def test_a_batch_in_chunks_decodes_as_the_joined_column(backend):
     cols = [_column(items[:3]), _column(items[3:4]), _column(items[4:])]  # a part smaller than the scan
     chunks, joined = BinaryChunks(tuple(cols)), _column(items)
     spec = ImageDecode(size=24, device="cpu")
-    for complete in (False, True):
-        a, b = _check_headers(_encoded(chunks), spec, complete), _check_headers(_encoded(joined), spec, complete)
-        assert np.array_equal(a[0], b[0]) and a[1] == b[1]
-    assert sorted(r for r, _ in _check_headers(_encoded(chunks), spec, True)[1]) == [6, 8]
+    a, b = _check_headers(_encoded(chunks), spec), _check_headers(_encoded(joined), spec)
+    assert np.array_equal(a[0], b[0]) and a[1] == b[1]
+    assert sorted(r for r, _ in a[1]) == [6, 8]
     got = _decoder(backend, size=24, crop="random", mirror=True).decode(chunks, keys=np.arange(10))
     want = _decoder(backend, size=24, crop="random", mirror=True).decode(joined, keys=np.arange(10))
     assert got.ok_rows.tolist() == want.ok_rows.tolist() and 6 not in got.ok_rows.tolist()
@@ -750,7 +756,7 @@ def test_a_bad_image_in_a_batch_in_flight_is_reported_with_its_own_batch(bad_bat
     batch is bisected (its good rows still decoded) and the other batch, in flight on the same
     pipeline, is fed again: each batch reports exactly its own bad row."""
     batches = _batches(2)
-    batches[bad_batch][3] = _truncated()
+    batches[bad_batch][3] = _undecodable()
     want = [_decoder(size=24).decode(b).images for b in _batches(2)]
     dec = _decoder(size=24)
     first, second = dec.submit(batches[0]), dec.submit(batches[1])

@@ -153,9 +153,10 @@ def test_resume_after_a_batch_decoded_ahead_keeps_exactly_once_and_the_same_crop
     assert all(torch.equal(img, full[i]) for i, img in {**seen, **rest}.items())
 
 
-def _truncated_jpeg(i: int) -> bytes:
-    good = jpeg(i, size=(160, 120))
-    return good[: len(good) * 3 // 4]  # header intact: only DALI's decode finds it bad
+def _undecodable_jpeg(i: int) -> bytes:
+    good = bytearray(jpeg(i, size=(160, 120)))
+    good[good.index(b"\xff\xda") + 6] = 0x33  # scan tables never defined: only DALI's decode finds it bad
+    return bytes(good)
 
 
 @pytest.mark.parametrize("ahead", [1, 3])
@@ -167,7 +168,7 @@ def test_a_corrupt_image_in_the_batch_decoded_ahead_raises_after_the_batch_befor
     if bad == "header":
         root = image_ds(100, bad={27})
     else:
-        root = image_ds(100, images=lambda i: _truncated_jpeg(i) if i == 27 else jpeg(i))
+        root = image_ds(100, images=lambda i: _undecodable_jpeg(i) if i == 27 else jpeg(i))
     L = sparkfeed.DataLoader(root, batch_size=20, num_workers=1, columns=["id", "image"],
                              decode={"image": sparkfeed.ImageDecode(size=16, device="cpu")})
     L._work.ahead = ahead

@@ -1,0 +1,109 @@
+"""A JPEG cut short gets one verdict from every backend: refused from its header, never decoded.
+
+libjpeg (DALI's CPU decoder and PIL's) fails a JPEG whose scan data simply stops, but where the
+missing tail reads as scan data (a cut file zero-filled to its length: a preallocated download,
+a sparse copy, a write that never finished) it decoded without a word, the missing rows grey;
+nvJPEG decodes a plain cut so. A JPEG with no end-of-image marker after its first scan is now
+refused by the header check, for every backend: a bad row naming the dataset, shard, row group
+and row, or a counted skip.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+import sparkfeed
+from sparkfeed.decode import ImageDecoder
+from sparkfeed.errors import CorruptSampleError
+from sparkfeed.imagespec import ImageDecode
+
+BACKENDS = ["dali", "pil"]
+
+
+def _photo(**save) -> bytes:
+    """A 256x192 photo-like JPEG (gradients and noise), written by libjpeg through PIL."""
+    rs = np.random.RandomState(7)
+    y, x = np.mgrid[0:192, 0:256]
+    a = np.stack([x * 255 // 256, y * 255 // 192, (x + y) * 3 % 256], -1)
+    a = (a + rs.randint(-30, 30, a.shape)).clip(0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "JPEG", quality=90, **save)
+    return buf.getvalue()
+
+
+KINDS = {"baseline": {}, "progressive": {"progressive": True}, "optimized": {"optimize": True},
+         "restart markers": {"restart_marker_blocks": 4}}
+
+
+def _cuts(whole: bytes) -> dict[str, bytes]:
+    """The JPEG cut at several points of its scan data, as it is and zero-filled to its length."""
+    out = {}
+    for frac in (0.3, 0.6, 0.9, 0.99):
+        at = int(len(whole) * frac)
+        out[f"cut at {frac:.0%}"] = whole[:at]
+        out[f"cut at {frac:.0%}, zero-filled"] = whole[:at] + bytes(len(whole) - at)
+    out["end marker missing"] = whole[:-2]
+    return out
+
+
+def _decode(backend: str, items: list[bytes]):
+    return ImageDecoder(ImageDecode(size=None, device="cpu", backend=backend), max_batch_size=32).decode(items)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_jpeg_cut_short_is_refused_by_both_backends_and_a_whole_one_decodes(backend, kind):
+    whole = _photo(**KINDS[kind])
+    cuts = _cuts(whole)
+    kept = [whole, whole + bytes(300), whole + b"camera trailer"]  # bytes after the marker are allowed
+    res = _decode(backend, kept + list(cuts.values()))
+    assert res.ok_rows.tolist() == [0, 1, 2]
+    assert all(np.array_equal(res.images[0], img) for img in res.images[1:])
+    reasons = dict(res.failures)
+    for row, name in enumerate(cuts, len(kept)):
+        assert "the JPEG is cut short" in reasons.get(row, ""), f"{name}: {reasons.get(row)!r}"
+
+
+def test_a_zero_filled_cut_decoded_grey_before_and_is_refused_from_the_header_now():
+    """The silent case itself: libjpeg reads the zeros as scan data; the header check refuses it
+    before DALI or PIL sees it (neither is asked to decode it)."""
+    whole = _photo()
+    at = len(whole) * 3 // 5
+    filled = whole[:at] + bytes(len(whole) - at)
+    pixels = np.asarray(Image.open(io.BytesIO(filled)).convert("RGB"))  # PIL alone: no error
+    truth = np.asarray(Image.open(io.BytesIO(whole)).convert("RGB"))
+    assert (np.abs(pixels.astype(int) - truth).max(axis=(1, 2)) > 20).sum() > 50  # rows lost, no word
+    for backend in BACKENDS:
+        (row, why), = _decode(backend, [filled]).failures
+        assert row == 0 and "cut short" in why and "refused before decoding" in why
+
+
+def _dataset(tmp_path, images: list[bytes]) -> str:
+    root = tmp_path / "ds"
+    root.mkdir()
+    pq.write_table(pa.table({"id": list(range(len(images))), "image": pa.array(images, pa.binary())}),
+                   str(root / "part-0.parquet"), row_group_size=4)
+    sparkfeed.index(str(root), progress=False)
+    return str(root)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_cut_jpeg_names_dataset_shard_row_group_and_row_or_is_a_counted_skip(tmp_path, backend):
+    whole = _photo()
+    images = [whole] * 8
+    images[5] = whole[:len(whole) // 2] + bytes(len(whole) - len(whole) // 2)
+    root = _dataset(tmp_path, images)
+    decode = {"image": ImageDecode(size=32, device="cpu", backend=backend)}
+    with pytest.raises(CorruptSampleError, match=r"(?s)sample 'row 1'.*the JPEG is cut short") as info:
+        list(sparkfeed.DataLoader(root, batch_size=4, columns=["id", "image"], decode=decode))
+    assert (info.value.shard, info.value.row_group) == ("part-0.parquet", 1)
+    assert "ds" in str(info.value)
+    loader = sparkfeed.DataLoader(root, batch_size=4, columns=["id", "image"], decode=decode, on_error="skip")
+    assert [i for b in loader for i in b["id"].tolist()] == [0, 1, 2, 3, 4, 6, 7]
+    assert loader.stats()["samples_skipped"] == 1
