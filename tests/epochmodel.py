@@ -22,7 +22,7 @@ import dsutil
 import sparkfeed
 from sparkfeed import Source, mix, mixgrid, storage, stream
 from sparkfeed.manifest import parse_manifest, write_manifest
-from sparkfeed.write import _footer_entry
+from sparkfeed.writefooters import _footer_entry
 
 COLS = ["id", "label"]
 WEIGHTS = [1, 2, 3, 0.5, 0.25, 0.7, 0.3]
