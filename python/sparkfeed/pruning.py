@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -141,10 +143,10 @@ def select_may_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, Col
     variants = [frozenset(c for bit, c in enumerate(kept) if mask >> bit & 1)
                 for mask in range(1 << len(kept))]
 
-    dropped |= _cast_is_in(expr, schema, types)
+    widened = _cast_is_in(expr, schema, types)
 
     def fragments(ignored: frozenset) -> list:
-        return _fragments(items, types, variants, dropped | ignored)
+        return _fragments(items, types, variants, dropped | ignored, widened)
     return sorted({int(f.path) for f in _reasoned(fragments, expr, schema, types, items)})
 
 
@@ -166,7 +168,7 @@ def select_all_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, Col
     variants = [frozenset(c for bit, c in enumerate(floats) if mask >> bit & 1)
                 for mask in range(1 << len(floats))]
     cast = _cast_is_in(expr, named, types)
-    may_fail = {int(f.path) for f in _reasoned(lambda ignored: _fragments(items, types, variants, ignored | cast),
+    may_fail = {int(f.path) for f in _reasoned(lambda ignored: _fragments(items, types, variants, ignored, cast),
                                                 ~expr | expr.is_null(), named, types, items)}
     return [i for i in range(len(items)) if i not in may_fail]
 
@@ -178,21 +180,38 @@ def _cast_is_in(expr: pc.Expression, schema: Sequence[Column], types: Mapping[st
     """The float columns an `is_in` of another type reads (`pc.field("f32").isin([0.1])`): Arrow
     casts the value set to the column's type (0.1 becomes float32's 0.100000001) and matches, but
     pyarrow's simplifier compared the uncast 0.1 with the float32 bounds and pruned the row group
-    holding it, a silent loss. Their statistics are left out of pruning."""
+    holding it, a silent loss. Their bounds are widened by one step of the column's type
+    (`_widened`), which holds every value that casts into them."""
     found = _IS_IN.findall(str(expr))
     return frozenset(c.name for c in schema if types.get(c.name) is not None and pa.types.is_floating(types[c.name])
                      and any(c.name in arg and kind != str(types[c.name]) for arg, kind in found))
 
 
+def _widened(s: ColumnStats, type_: pa.DataType) -> ColumnStats:
+    """Float statistics one step of `type_` wider on each side: a value of another type that
+    Arrow's cast rounds to within [min, max] (round to nearest moves it by half a step at most)
+    lies strictly within the widened range."""
+    width = np.float32 if type_ == pa.float32() else np.float64
+
+    def step(value, to: float):
+        return value if type(value) not in (int, float) else float(np.nextafter(width(value), width(to)))
+    return ColumnStats(step(s.min, -math.inf), step(s.max, math.inf), s.null_count)
+
+
 def _fragments(items: Sequence[tuple[Mapping[str, ColumnStats], int]], types: Mapping[str, pa.DataType],
-               variants: list[frozenset], ignored) -> list:
+               variants: list[frozenset], ignored, widened: frozenset = frozenset()) -> list:
     """One fragment per item and NaN variant, its guarantee from the statistics of the columns
-    in `types` but those `ignored`; the fragment's path is the item's index."""
+    in `types` but those `ignored`, those `widened` one step wider (`_cast_is_in`, and nothing
+    where the variant takes them as NaN); the fragment's path is the item's index."""
     fragments = []
     for i, (stats, rows) in enumerate(items):
-        stats = {k: v for k, v in stats.items() if k in types and k not in ignored}
+        stats = {k: _widened(v, types[k]) if k in widened else v
+                 for k, v in stats.items() if k in types and k not in ignored}
         for variant in variants:
-            term = guarantee(stats, types, rows, variant)
+            # a widened column taken as NaN says nothing: the simplifier would cast the NaN to
+            # the `is_in` value set's type (an int64 one fails)
+            term = guarantee({k: v for k, v in stats.items() if k not in variant & widened}, types, rows,
+                             variant - widened)
             if term is not None:  # (None: the column is null in every row, never NaN)
                 fragments.append(_FORMAT.make_fragment(str(i), filesystem=_FS, partition_expression=term))
     return fragments
@@ -206,8 +225,19 @@ def nan_columns(expr: pc.Expression, schema: Sequence[Column]) -> list[str]:
     types = {c.name: arrow_type(c.type) for c in named}
     floats = [c.name for c in named if types[c.name] is not None and pa.types.is_floating(types[c.name])
               and _reads(expr, named, c.name)]
-    return [name for name in floats if _kept([_FORMAT.make_fragment(
-        "0", filesystem=_FS, partition_expression=pc.field(name) == _NAN)], expr, named, types)]
+    return [name for name in floats if _nan_may_pass(name, expr, named, types)]
+
+
+def _nan_may_pass(name: str, expr: pc.Expression, schema: Sequence[Column], types: Mapping[str, pa.DataType]) -> bool:
+    """Whether pyarrow's simplifier cannot rule `expr` out where column `name` is NaN. Where it
+    fails to reason (an `is_in` of ints beside a float column: it casts the NaN to int64), the
+    answer is yes: that column's NaN guarantees are then left out (`_fragments`), and the filter
+    is not refused for it."""
+    fragment = _FORMAT.make_fragment("0", filesystem=_FS, partition_expression=pc.field(name) == _NAN)
+    try:
+        return bool(_kept([fragment], expr, schema, types))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return True
 
 
 def _reasoned(fragments: Callable[[frozenset], list], expr: pc.Expression, schema: Sequence[Column],

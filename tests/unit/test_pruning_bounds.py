@@ -73,3 +73,23 @@ def test_a_shard_with_an_infinite_bound_in_one_row_group_is_pruned_by_its_finite
     sparkfeed.index(str(tmp_path), progress=False)
     ids, counters = _ids(str(tmp_path), pc.field("x") > 5)
     assert ids == [3, 4, 5] and counters["shards_pruned"] == 1
+
+
+@pytest.mark.parametrize("values,pruned", [([0.1], 2), ([7.0], 2), ([0.1, 1e30], 1), (pa.array([0.1]), 2),
+                                           ([3], 2), ([16777216], 2), ([1e-50], 3)], ids=str)
+def test_is_in_a_float32_column_with_doubles_prunes_by_widened_bounds(tmp_path, values, pruned):
+    """`f32.isin([0.1])` matches the float32 0.1 (Arrow casts the value set), which pyarrow's
+    simplifier does not; the column's statistics were left out of pruning altogether, so every
+    row group was read. Its bounds are now one float32 step wider, which holds every double that
+    rounds into them: row groups far from the values are skipped, the matching rows kept. Python
+    ints (`isin([3])`) were refused outright ("cannot be checked against the statistics":
+    the simplifier cast the NaN it tried to an int64); they now filter as Arrow does."""
+    table = pa.table({"id": pa.array(range(6), pa.int64()),
+                      "f": pa.array([0.1, 0.1, 3.0, 7.0, 1e30, 16777216.0], pa.float32())})
+    root = _written(tmp_path, table, 2)
+    expr = pc.field("f").isin(values)
+    ids, counters = _ids(root, expr)
+    assert ids == sorted(table.filter(expr)["id"].to_pylist())
+    assert counters["row_groups_pruned"] == pruned
+    ids, counters = _ids(root, ~expr)
+    assert ids == sorted(table.filter(~expr)["id"].to_pylist()) and counters["row_groups_pruned"] == 0
