@@ -29,10 +29,11 @@ function of `(seed, epoch, counts)`, in three steps:
 Reading (`MixedEngine.segments`): per block piece, each source's share range is read with that
 source's own `StreamReader` (its filter, pushdown and caches; numbers left in Arrow's buffers,
 `views=True`, since they are copied into mixed order anyway); shuffled sources hand out their
-blocks ungathered (`stream.Shuffled`). The rows taken from each source are laid one after another
-and gathered into mixed order, column by column (`_mixed`; a piece that holds one source is
-copied once, `_owned`): a few tensor ops per piece, never per-sample Python (lists of strings
-aside, as everywhere). No per-row source column travels with the rows: a batch's per-source
+blocks ungathered (`stream.Shuffled`); a small source (`_TILE_BYTES`) that a lane's share
+repeats is read once there and its repeats gathered from it (`_Tiled`). The rows taken from
+each source are laid one after another and gathered into mixed order, column by column
+(`_mixed`; a piece that holds one source is copied once, `_owned`): a few tensor ops per piece,
+never per-sample Python (lists of strings aside, as everywhere). No per-row source column travels with the rows: a batch's per-source
 counts and `__source__` come from its mixed positions and the grid's labels (`_Delivered`: the
 counts at every batch bound of a window taken at once), the labels being computed once per block
 and process (`_Grid`).
@@ -50,7 +51,7 @@ import torch
 
 from .engine import Engine, ReadConfig
 from .mixgrid import _SHARED_LOCK, _Delivered, _Grid
-from .mixrows import _Cursor, _gathered, _label_counts, _mixed, _owned
+from .mixrows import _Cursor, _gathered, _label_counts, _mixed, _owned, _Tiled
 from .mixshares import _rng, _source_seed, block_counts, block_labels, share_spans, shares
 from .mixsource import _SOURCE_SHIFT, SOURCE_COLUMN, Source, _Resolved, resolve
 from .read import make_reader
@@ -69,6 +70,8 @@ _MIN_BLOCK = 2048         # without a shuffle_buffer
 _PIECE = 65_536           # positions put in order at once (a segment), at most: a whole block of
                           # the grid at most (so bounded like a block); fewer per-piece costs than
                           # 32,768 or 16,384 (docs/benchmark-studies.md, mixing)
+_TILE_BYTES = 16 << 20    # a source of at most this many stored bytes, repeated in a lane, is
+                          # read once there and tiled (`_tiles`)
 
 
 # ---------------------------------------------------------------- the plan and the engine
@@ -223,7 +226,7 @@ class MixedEngine(Engine):
         grid = self._grid(epoch)
         src_lanes, k = self._source_lanes(epoch, spans, lanes)
         src_stats = [Stats() for _ in self.engines]
-        cursors = {i: _Cursor(self._reader(i, epoch, src_stats[i], row_ids, src_lanes[i]), src_lanes[i][k])
+        cursors = {i: self._cursor(i, epoch, src_stats[i], row_ids, src_lanes[i], k)
                    for i in range(len(self.engines)) if src_lanes[i][k]}
         try:
             for g, a, b in self._pieces(spans):
@@ -240,6 +243,22 @@ class MixedEngine(Engine):
             _drain(src_stats, stats)
             for c in cursors.values():
                 c.close()
+
+    def _cursor(self, i: int, epoch: int, stats: Stats, row_ids: bool, lanes: list, k: int):
+        """Source i's part of lane k (`lanes[k]`): read as one stream (`_Cursor`), or where it
+        repeats a small source, the source read once and tiled (`_Tiled`)."""
+        if self._tiles(i, lanes[k]):
+            return _Tiled(self._reader(i, epoch, stats, row_ids), self.plan().sizes[i], lanes[k])
+        return _Cursor(self._reader(i, epoch, stats, row_ids, lanes), lanes[k])
+
+    def _tiles(self, i: int, spans) -> bool:
+        """Whether source i's part `spans` holds its every sample at least twice over and the
+        source has at most `_TILE_BYTES` stored: holding it whole costs little, and reading it
+        once costs less than reading each repeat (what the other lanes share with this one they
+        read themselves)."""
+        size = self.plan().sizes[i]
+        return 0 < 2 * size <= sum(hi - lo for lo, hi in spans) and \
+            self.engines[i].config.manifest.num_bytes <= _TILE_BYTES
 
     def _reader(self, i: int, epoch: int, stats: Stats, row_ids: bool, lanes=None) -> StreamReader:
         engine = self.engines[i]

@@ -119,3 +119,34 @@ class _Cursor:
     def close(self) -> None:
         self.it.close()
         self.reader.close()
+
+
+class _Tiled:
+    """A small source's part of a lane that repeats it (`MixedEngine._tiles`): the source's whole
+    epoch stream read once, and `take(n)` gathers the part's next n positions from it. The same
+    rows in the same order as a `_Cursor` over the part's spans, which reads every repeat (a span
+    per repeat, each planned and read on its own: a 10-row source repeated to 100,000 samples was
+    10,000 spans)."""
+
+    def __init__(self, reader: StreamReader, size: int, spans: list):
+        self.reader, self.size = reader, size
+        self.lo = np.array([lo for lo, _ in spans], dtype=np.int64)
+        self.bounds = np.concatenate([[0], np.cumsum([hi - lo for lo, hi in spans])]).astype(np.int64)
+        self.done = 0
+        self.whole: Block | None = None
+
+    def take(self, n: int) -> list:
+        if self.whole is None:  # read when first needed, as a `_Cursor` reads
+            it = self.reader.segments([(0, self.size)], gather=False)
+            try:
+                self.whole = Block.concat([_gathered(b) for b in it])
+            finally:
+                it.close()
+        t = np.arange(self.done, self.done + n, dtype=np.int64)
+        k = np.searchsorted(self.bounds, t, side="right") - 1
+        self.done += n
+        return [self.whole.permute(self.lo[k] + t - self.bounds[k])]
+
+    def close(self) -> None:
+        self.reader.close()
+

@@ -1,0 +1,85 @@
+"""A small source repeated many times in a mix: read once per lane and tiled (`mixrows._Tiled`),
+in exactly the order of reading each repeat (the epoch model's)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+import dsutil
+import sparkfeed
+from sparkfeed import Source, mix
+from sparkfeed.stream import StreamReader
+
+COLS = ["id", "label", "caption", "feature"]
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repeats")
+    big = dsutil.table(300)
+    dsutil.write_parquet(str(root / "big"), big.set_column(0, "id", pc.add(big["id"], 1000)), 100, 50)
+    dsutil.write_parquet(str(root / "small"), dsutil.table(10), 10, 5)
+    dsutil.write_tar(str(root / "tiny"), dsutil.table(7), 4)
+    return {k: str(root / k) for k in ("big", "small", "tiny")}
+
+
+def epoch(sources, **kw) -> tuple[list[tuple[int, int]], dict]:
+    """(id, source) per delivered row in order, and the loader's stats, for epoch 1."""
+    kw = {"batch_size": 64, "columns": COLS, "with_source": True, "seed": 5, **kw}
+    loader = sparkfeed.DataLoader(sources, **kw)
+    loader.set_epoch(1)
+    rows = [(i, s) for b in loader for i, s in zip(b["id"].tolist(), b["__source__"].tolist())]
+    return rows, loader.stats()
+
+
+@pytest.mark.parametrize("shuffle,workers", [(False, 0), (True, 0), (True, 2), (False, 3)])
+def test_a_small_source_repeated_gives_the_order_of_reading_each_repeat(ds, shuffle, workers, monkeypatch):
+    """Sources of 10 (one filtered to 8) and 7 rows repeated to 3,000 and 2,000 samples beside a
+    300-row one: the same rows in the same order as reading every repeat (tiling off)."""
+    sources = [Source(ds["big"]), Source(ds["small"], samples=3000, repeat=True, filter=[("id", "<", 8)]),
+               Source(ds["tiny"], samples=2000, repeat=True)]
+    kw = {"shuffle": shuffle, "num_workers": workers, "shuffle_buffer": 16 if shuffle else None}
+    tiled, stats = epoch(sources, **kw)
+    monkeypatch.setattr(mix, "_TILE_BYTES", 0)  # every repeat read on its own, as before tiling
+    each, each_stats = epoch(sources, **kw)
+    assert tiled == each and len(tiled) == 5300
+    assert sorted(i for i, s in tiled if s == 1) == sorted(list(range(8)) * 375)
+    assert [stats[f"source.{i}.samples"] for i in range(3)] == [300, 3000, 2000]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_a_small_source_repeated_is_read_as_one_span(ds, shuffle, monkeypatch):
+    """Each source's reader is asked for a few spans of its stream, not a span per repeat (a
+    10-row source repeated to 100,000 samples was 10,000 spans, each planned and read on its own:
+    0.83 s an epoch)."""
+    asked = []
+    segments = StreamReader.segments
+
+    def counted(self, spans, *args, **kwargs):
+        asked.append(len(spans))
+        return segments(self, spans, *args, **kwargs)
+
+    monkeypatch.setattr(StreamReader, "segments", counted)
+    sources = [Source(ds["big"]), Source(ds["small"], samples=3000, repeat=True)]
+    rows, _ = epoch(sources, shuffle=shuffle, num_workers=0)
+    assert len(rows) == 3300 and asked and max(asked) <= 2, asked
+
+
+def test_a_small_source_with_a_skipped_row_tiles_its_skips(ds, tmp_path, monkeypatch):
+    """on_error="skip" over a small source whose row holds a null where a tensor needs a value:
+    that row is skipped at each of its repeats, counted per source, in the order of reading each
+    repeat."""
+    data = dsutil.table(6)
+    labels = data["label"].to_pylist()
+    labels[2] = None
+    data = data.set_column(1, "label", pa.array(labels, pa.int32()))
+    dsutil.write_parquet(str(tmp_path / "holey"), data, 6, 3)
+    sources = [Source(ds["big"]), Source(str(tmp_path / "holey"), samples=600, repeat=True)]
+    tiled, stats = epoch(sources, on_error="skip", shuffle=True)
+    monkeypatch.setattr(mix, "_TILE_BYTES", 0)
+    each, each_stats = epoch(sources, on_error="skip", shuffle=True)
+    assert tiled == each
+    assert stats["source.1.samples_skipped"] == each_stats["source.1.samples_skipped"] == 100
+    assert sorted(i for i, s in tiled if s == 1) == sorted([0, 1, 3, 4, 5] * 100)
