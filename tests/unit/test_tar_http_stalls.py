@@ -120,3 +120,21 @@ def test_a_server_that_stalls_once_per_shard_delivers_every_sample(tmp_path, qui
         assert said and all("the reader reads it in place" in m for m in said), said
     finally:
         server.close()
+
+
+def test_the_time_outs_storage_clients_raise_are_stalls():
+    """botocore's time-outs (s3fs raises them) are no `TimeoutError`; they, and an error raised
+    from one (fsspec's FileNotFoundError from a failed `info`), are time-outs all the same."""
+    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+
+    from sparkfeed.read.tarahead import is_timeout
+
+    read = ReadTimeoutError(endpoint_url="http://127.0.0.1:1/b/k")
+    assert not isinstance(read, TimeoutError)
+    assert is_timeout(read) and is_timeout(ConnectTimeoutError(endpoint_url="http://127.0.0.1:1"))
+    assert is_timeout(aiohttp.ServerTimeoutError("read")) and is_timeout(TimeoutError())
+    missing = FileNotFoundError("b/k")
+    missing.__cause__ = read
+    assert is_timeout(missing)
+    assert not is_timeout(EndpointConnectionError(endpoint_url="http://127.0.0.1:1"))
+    assert not is_timeout(ConnectionResetError()) and not is_timeout(FileNotFoundError("b/k"))

@@ -136,6 +136,25 @@ def _fetch_rows(fs, path: str, size: int, spans, window: tuple[int, int]):
     return _ahead_fetch(path, functools.partial(remotefiles.fetch_ranges, fs, path, [span], size, retry=False))[span]
 
 
+# the end of the class names storage clients give their time-outs: botocore's ReadTimeoutError and
+# ConnectTimeoutError (s3fs), urllib3's, requests' Timeout, Azure's ServiceResponseTimeoutError
+_TIMEOUT_NAMES = ("Timeout", "TimeoutError")
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Whether a storage client's error is a time-out: Python's `TimeoutError` (aiohttp's and
+    fsspec's are), one whose class or a base of it is named so (`_TIMEOUT_NAMES`: botocore's
+    `ReadTimeoutError`, which s3fs raises, is none), or an error raised from one. By name: no
+    client library is imported for the check."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, TimeoutError) or any(c.__name__.endswith(_TIMEOUT_NAMES) for c in type(exc).__mro__):
+            return True
+        exc = exc.__cause__
+    return False
+
+
 class _Stalled(Exception):
     """A read-ahead fetch that timed out: not transient to `retries.with_retries`, so the fetch
     fails at once and the reader reads the bytes in place (`_ahead_fetch`)."""
@@ -144,14 +163,16 @@ class _Stalled(Exception):
 def _ahead_fetch(path: str, fetch, what: str = "reading ahead", instead: str = "the reader reads it in place"):
     """A fetch that has another way if it fails (read-ahead: the reader reads the bytes in place;
     a shard's index: the shard is streamed), transient failures retried (`retries.with_retries`)
-    except a time-out (a server silent for the client's whole time-out, 30 s by default), after
+    except a time-out (`is_timeout`: a server silent for the client's whole time-out, 30 s by default), after
     which the other way is taken at once, with retries of its own. Retried here too, a stalled
     server cost the whole retry budget again for each way (8 time-outs ahead, 8 in place: 37 s
     with a 0.3 s time-out, over 8 minutes with the default) before an error."""
     def attempt():
         try:
             return fetch()
-        except TimeoutError as exc:
+        except Exception as exc:
+            if not is_timeout(exc):
+                raise
             log.warning("%s %s: no answer within the storage client's time-out (%s); %s", what,
                         redact(path), type(exc).__name__, instead)
             raise _Stalled(f"{what} {redact(path)}: no answer within the storage client's "
