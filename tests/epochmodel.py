@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 import dsutil
 import sparkfeed
-from sparkfeed import Source, mix, mixgrid, storage, stream
+from sparkfeed import Source, epoch, mix, mixgrid, storage
 from sparkfeed.manifest import parse_manifest, write_manifest
 from sparkfeed.writefooters import _footer_entry
 
@@ -185,7 +185,7 @@ class Case:
         self.small = {} if r.random() < 0.4 else {
             (mix, "_BLOCK_BYTES"): 1, (mix, "_MIN_BLOCK"): r.choice([1, 3, 5, 11]),
             (mix, "_PIECE"): r.choice([1, 2, 7, 64]), (mixgrid, "_CACHED_BLOCKS"): r.choice([1, 2, 16]),
-            (stream, "_PIECE_BYTES"): 1, (stream, "_MIN_PIECE"): r.choice([1, 3, 8])}
+            (epoch, "_PIECE_BYTES"): 1, (epoch, "_MIN_PIECE"): r.choice([1, 3, 8])}
 
     def __repr__(self):
         srcs = [f"{name}:{flt}:" + ",".join(f"{k}={getattr(s, k)}" for k in ("weight", "samples", "repeat")

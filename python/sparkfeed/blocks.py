@@ -21,7 +21,9 @@ import numpy as np
 from .threads import stopping
 
 if TYPE_CHECKING:  # annotations only: stream.py imports this module
-    from .stream import Block, EpochStream, StreamReader, Shuffled
+    from .epoch import EpochStream
+    from .segments import Block, Shuffled
+    from .stream import StreamReader
 
 __all__ = ["SharedBlocks", "SharedUnits", "PendingBlock"]
 
@@ -108,7 +110,7 @@ class SharedBlocks(_LaneShare):
         super().__init__(lanes, touched)
         # per shared block, the lane that reaches it first: the first lane that starts inside it
         # (lanes start together; for the lane before, it is the last block). It alone tells its
-        # read-ahead the block's runs (`stream._lane_units`), so no two lanes fetch one run.
+        # read-ahead the block's runs (`epoch.lane_units`), so no two lanes fetch one run.
         firsts = [min(t) if t else None for t in touched]
         self._first_lane = {b: next((k for k, f in enumerate(firsts) if f == b), None) for b in self._need}
 
@@ -162,7 +164,7 @@ class SharedUnits(_LaneShare):
 
     def get(self, k: int, lane: int | None, read: Callable[[], tuple]):
         """Unit k as `read()` gives it, read by the first lane that asks (in place: no lane
-        fetches a shared unit ahead, `stream._lane_units`); its entry holds the result, None
+        fetches a shared unit ahead, `epoch.lane_units`); its entry holds the result, None
         when that read failed. A lane that took it already and asks again (a resumed lane whose
         spans touch it twice) reads it alone."""
         with self._lock:
@@ -194,7 +196,7 @@ class PendingBlock:
     wait for it. A lane whose read fails gives its run back before raising, so a waiting lane
     takes it over (and meets the same error); nobody waits on a run nobody is reading.
 
-    `into` (opaque here: `stream.BlockColumns`) receives each run's number columns as the
+    `into` (opaque here: `segments.BlockColumns`) receives each run's number columns as the
     thread that read it places them, and `make_order()` gives the block's order: a thread with
     no run left to take computes it while the last runs are read, so that building the block
     after its last run is quick while the other lanes wait for it."""

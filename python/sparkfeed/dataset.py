@@ -21,7 +21,7 @@ from .engine import Engine, ReadConfig
 from .index import open_manifest
 from .manifest import Manifest
 from .plan import Plan
-from .stream import EpochStream
+from .epoch import EpochStream
 
 __all__ = ["Dataset", "resolve_rank"]
 log = logging.getLogger(__name__)

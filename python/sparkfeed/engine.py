@@ -37,7 +37,9 @@ from .read import ReadContext, make_reader
 from .read.base import SharedReads
 from .stats import Stats
 from .threads import close_quietly
-from .stream import ROW_KEYS, EpochStream, StreamReader, cut
+from .epoch import EpochStream
+from .segments import ROW_KEYS, cut
+from .stream import StreamReader
 
 __all__ = ["ReadConfig", "Engine", "Delivery"]
 

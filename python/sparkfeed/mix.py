@@ -29,7 +29,7 @@ function of `(seed, epoch, counts)`, in three steps:
 Reading (`MixedEngine.segments`): per block piece, each source's share range is read with that
 source's own `StreamReader` (its filter, pushdown and caches; numbers left in Arrow's buffers,
 `views=True`, since they are copied into mixed order anyway); shuffled sources hand out their
-blocks ungathered (`stream.Shuffled`); a small source (`_TILE_BYTES`) that a lane's share
+blocks ungathered (`segments.Shuffled`); a small source (`_TILE_BYTES`) that a lane's share
 repeats is read once there and its repeats gathered from it (`_Tiled`). The rows taken from
 each source are laid one after another and gathered into mixed order, column by column
 (`_mixed`; a piece that holds one source is copied once, `_owned`): a few tensor ops per piece,
@@ -56,7 +56,8 @@ from .mixshares import _rng, _source_seed, block_counts, block_labels, share_spa
 from .mixsource import _SOURCE_SHIFT, SOURCE_COLUMN, Source, _Resolved, resolve
 from .read import make_reader
 from .stats import Stats
-from .stream import ROW_KEYS, Shuffled, StreamReader
+from .segments import ROW_KEYS, Shuffled
+from .stream import StreamReader
 
 __all__ = ["Source", "SOURCE_COLUMN", "MixPlan", "MixedEngine", "shares", "block_counts",
            "block_labels", "share_spans", "resolve"]

@@ -11,7 +11,7 @@ import torch
 
 from .mixshares import block_counts, block_labels
 from .mixsource import SOURCE_COLUMN
-from .stream import Block
+from .segments import Block
 
 if TYPE_CHECKING:
     from .mix import MixPlan

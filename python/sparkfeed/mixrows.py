@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from . import batch as batching
-from .stream import Block, Shuffled, StreamReader
+from .segments import Block, Shuffled
+from .stream import StreamReader
 
 
 def _mixed(parts: list[list], labels: np.ndarray, present: np.ndarray) -> Block:

@@ -22,7 +22,7 @@ import sparkfeed
 from sparkfeed import CorruptSampleError, Source
 from sparkfeed.mixshares import block_counts, block_labels, share_spans, shares
 from sparkfeed import mix
-from sparkfeed.stream import Block
+from sparkfeed.segments import Block
 
 A, B, T, C = 0, 100_000, 200_000, 300_000  # id offsets: an id says which dataset it came from
 COLS = ["id", "label", "caption", "feature"]
@@ -134,7 +134,7 @@ def test_time_order_of_shares_of_billions_is_exact(counts):
 @pytest.mark.parametrize("sources", [(0, 1, 2), (1, 2)])  # the general gather index, and two sources'
 def test_mixed_puts_each_part_in_its_positions(sources):
     from sparkfeed.mixrows import _mixed
-    from sparkfeed.stream import Block
+    from sparkfeed.segments import Block
     rng = np.random.default_rng(0)
     labels = np.array(sources, dtype=np.uint8)[rng.integers(0, len(sources), 500)]
     present = np.flatnonzero(np.bincount(labels))
@@ -167,7 +167,7 @@ def test_mixed_gathers_shuffle_pieces_as_it_would_their_gathered_rows(sources, w
     """A mix reads shuffled sources ungathered (`Shuffled`: a block's rows and the order of a
     piece of it); `_mixed` must put exactly the rows the pieces would hold once gathered."""
     from sparkfeed.mixrows import _mixed
-    from sparkfeed.stream import Block, Shuffled
+    from sparkfeed.segments import Block, Shuffled
     rng = np.random.default_rng(1)
     labels = np.array(sources, dtype=np.uint8)[rng.integers(0, len(sources), 400)]
     present = np.flatnonzero(np.bincount(labels))

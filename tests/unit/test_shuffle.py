@@ -18,7 +18,8 @@ from sparkfeed import ShardReadError, shuffle, storage
 from sparkfeed.plan import Plan, WorkUnit
 from sparkfeed.read import ReadContext, make_reader
 from sparkfeed.stats import Stats
-from sparkfeed.stream import EpochStream, StreamReader
+from sparkfeed.epoch import EpochStream
+from sparkfeed.stream import StreamReader
 
 sizes_st = st.lists(st.integers(1, 300), min_size=1, max_size=60)
 

@@ -19,7 +19,7 @@ from sparkfeed.batch import BinaryColumn, TextColumn, user_facing
 from sparkfeed.lanes import LaneReader, reading_threads, round_robin
 from sparkfeed.plan import WorkUnit
 from sparkfeed.read import UnitRows
-from sparkfeed.stream import ROW_KEYS, Block, cut
+from sparkfeed.segments import Block, ROW_KEYS, cut
 
 
 def _unit(index: int) -> WorkUnit:
@@ -382,7 +382,7 @@ def test_gathered_pieces_hold_about_16_mib_of_stored_samples():
     """Shuffle pieces: a power of two near 16 MiB of stored bytes (whole batches of the usual
     sizes), never under 256 positions (large samples) nor over 65,536 (small rows); 4,096 where
     the dataset's bytes are unknown."""
-    from sparkfeed.stream import piece_positions
+    from sparkfeed.epoch import piece_positions
 
     assert piece_positions(0) == piece_positions(-1) == 4096
     assert piece_positions(1) == piece_positions(40) == piece_positions(256) == 65_536
@@ -433,7 +433,7 @@ def test_strings_move_as_text_columns_and_reach_users_as_str():
 def test_segments_ungathered_are_the_gathered_ones_once_gathered(small_pq):
     """`segments(gather=False)` (what a mix reads its sources with) hands out each block's part
     of a span as a `Shuffled`: gathered, the same positions as the default pieces."""
-    from sparkfeed.stream import Shuffled
+    from sparkfeed.segments import Shuffled
 
     spans = [(7, 260), (300, 599)]
     lazy = list(_stream_reader(small_pq, 150).segments(spans, gather=False))
@@ -517,7 +517,7 @@ def test_a_block_placed_run_by_run_is_its_runs_joined(runs, rnd, data):
     thread read it, in any order, give the block `Block.concat` gives; a run with a position
     holding no sample is not placed, and the block is then joined from every run's pieces (the
     placed ones as views of the buffers), with the same result."""
-    from sparkfeed.stream import BlockColumns
+    from sparkfeed.segments import BlockColumns
 
     skip_in = data.draw(st.sampled_from([None] + list(range(len(runs)))))
     firsts = np.concatenate([[0], np.cumsum([sum(r) for r in runs])])
@@ -538,7 +538,7 @@ def test_a_block_placed_run_by_run_is_its_runs_joined(runs, rnd, data):
 def test_a_run_whose_column_type_differs_is_joined_not_placed():
     """Shards can store a column with another type (int32 here, int64 elsewhere): that run is
     left as read and the block joined as `Block.concat` joins it (promoted by torch)."""
-    from sparkfeed.stream import BlockColumns
+    from sparkfeed.segments import BlockColumns
 
     made = [_run(0, [4, 3]), _run(7, [5]), _run(12, [2]), []]  # the last run holds no position
     made[1] = [Block({**p.columns, "x": p.columns["x"].to(torch.int32)}, p.positions) for p in made[1]]

@@ -1,7 +1,7 @@
 """One reader per format: a work unit -> an Arrow table of its rows (projected and filtered).
 
 A reader returns `UnitRows`: the requested columns of the rows that passed the filter, their row
-numbers in the unit and which rows hold a sample. Converted to tensors (`stream.Block`), a block
+numbers in the unit and which rows hold a sample. Converted to tensors (`segments.Block`), a block
 can keep each row's key `(unit << 32) | row` (plan index, row inside the unit) beside its columns,
 which names a bad sample in error messages and keys its augmentations; it leaves the block in
 `engine.Delivery.keys`, never as a column of the user's batch.

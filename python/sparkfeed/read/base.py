@@ -369,7 +369,7 @@ class Reader:
     @property
     def runs_ahead(self) -> bool:
         """True where `read_ahead` fetches what a shuffled block's reads then take (remote
-        storage), so the stream tells it the blocks' runs (`stream._lane_units`)."""
+        storage), so the stream tells it the blocks' runs (`epoch.lane_units`)."""
         return self._ahead is not None
 
     def _reserve(self, keys) -> dict:
