@@ -515,9 +515,9 @@ def test_a_head_too_short_for_the_first_fetch_is_left_and_the_ranges_fetched(tmp
     """A head that does not hold every range of the first fetch (here cut to the footer's 64 KiB,
     under one row group) serves what it holds; the rest of the ranges is fetched from where it
     ends, and every sample arrives with its own bytes."""
-    from sparkfeed.read import parquet
+    from sparkfeed.read import parquetahead
 
-    monkeypatch.setattr(parquet, "_HEAD_SLACK", 0.0)
+    monkeypatch.setattr(parquetahead, "_HEAD_SLACK", 0.0)
     got, images, server = _first_file_reads(tmp_path)
     assert sorted(i for i, _ in got) == list(range(800)) and all(img == images[i] for i, img in got)
     first = "pq/part-00000.parquet"
@@ -532,7 +532,7 @@ def test_a_head_too_short_for_the_first_fetch_is_left_and_the_ranges_fetched(tmp
 def test_a_fetch_takes_what_the_head_holds_and_fetches_only_the_rest():
     from concurrent.futures import Future
 
-    from sparkfeed.read.parquet import _from_head
+    from sparkfeed.read.parquetfetch import _from_head
 
     failed, done, pending = Future(), Future(), Future()
     failed.set_exception(ConnectionError("cut"))

@@ -8,21 +8,21 @@ kept. Bytes read are counted from the column-chunk sizes in the footer.
 from __future__ import annotations
 
 import functools
-import io
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
-from concurrent.futures import Future
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .. import arrowtypes, footer, footercheck, pruning, readahead, remotefiles, retries, storage
+from .. import arrowtypes, footer, footercheck, readahead, remotefiles, retries, storage
 from ..errors import CorruptSampleError, ShardReadError
 from ..plan import WorkUnit
 from .base import Reader, UnitRows, apply_filter
+from .parquetahead import ParquetAhead
+from .parquetcols import _as_delivered, _cast, _int96_indexed_at_ns, _partition_scalar, _paths_above, _stored_names
+from .parquetfetch import _FOOTER_BYTES, _READ_OPTIONS, _fetch_footer, _fetch_whole
 from .text import bad_text_rows, null_rows
 
 log = logging.getLogger(__name__)
@@ -30,17 +30,8 @@ log = logging.getLogger(__name__)
 _ERRORS = (OSError, pa.ArrowException, ValueError, EOFError)
 _OPEN_FILES = 16  # open Parquet files kept per reader
 _WHOLE_FILES = 2  # ... when each is held in memory whole (a server that ignores Range)
-_FETCH_BYTES = 8 << 20  # bytes of consecutive row groups of a file fetched ahead as one request
-_FIRST_FETCH_BYTES = 2 << 20  # a reader's first fetch: about one row group, for the first batch
 _RUN_BYTES = 16 << 20  # uncompressed bytes read as one run of row groups (`read_run`): a
 # handful of runs per lane stay in memory (cache, queue), so this bounds what runs add to it
-_HEAD_SLACK = 1.25  # a first fetch's head range: its row groups' share of the file, times this
-# Pages that carry a CRC (parquet-mr, so Spark, writes one per page; pyarrow with
-# write_page_checksum=True) are checked against it: a damaged page of an uncompressed column
-# was delivered as wrong bytes without a word. Pages without one cost nothing.
-_READ_OPTIONS = {**arrowtypes.INT96_UNIT, "page_checksum_verification": True}
-_FOOTER_BYTES = 64 << 10  # a footer's fetch: the file's tail (pyarrow's own footer read); a file
-# no larger is fetched whole by it, and its row groups served from those bytes (`SharedReads.hold`)
 
 
 class _FetchedCorrupt(Exception):
@@ -48,7 +39,7 @@ class _FetchedCorrupt(Exception):
     data, which retrying would only delay by the whole backoff (its cause is the error)."""
 
 
-class ParquetReader(Reader):
+class ParquetReader(ParquetAhead, Reader):
     """Reads row groups of the dataset's Parquet shards; keeps the last `_OPEN_FILES` files open."""
 
     def __init__(self, ctx):
@@ -268,204 +259,6 @@ class ParquetReader(Reader):
             table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))  # evolution)
         return table.select(names)
 
-    # ------------------------------------------------------------ read-ahead (remote files only)
-
-    def _ahead_columns(self) -> list[str]:
-        """What a unit's first read needs: with a filter only the filter columns (the others
-        are read only for row groups where some row survives, so pushdown still saves bytes)."""
-        return list(self.ctx.filter_columns) if self.ctx.expr is not None else self.ctx.read_columns
-
-    def read_ahead(self, units) -> None:
-        """Upcoming row groups: consecutive row groups of a file fetched together up to
-        `_FETCH_BYTES` (one coalesced range request), each fetch after its file's footer (one
-        request, once per file; for indexed data its version check too), started file by file
-        for the bytes kept ahead and the next as many (`readahead.Deferred`); the reader's first
-        fetch is smaller (`_FIRST_FETCH_BYTES`), so the first batch waits for little while the
-        rest streams in."""
-        if self._ahead is None:
-            return
-        names, items, first = self._ahead_columns(), [], {}
-        for unit in units:
-            first.setdefault(unit.path, unit)
-            key = (unit.path, unit.row_group)
-            if unit.row_group is None:
-                continue
-            if key in self._ahead:  # still wanted, already fetched or in flight
-                items.append(([key], 0, None))
-                continue
-            if self.ctx.shared.claimed(key):  # read in place by the lane sharing its block
-                continue
-            nbytes = self._unit_bytes(unit, names)
-            limit = _FETCH_BYTES if self._fetched or len(items) > 1 else _FIRST_FETCH_BYTES
-            last = items[-1] if items else None
-            if last and last[2] is not None and last[0][0][0] == unit.path and last[1] + nbytes <= limit:
-                items[-1] = (last[0] + [key], last[1] + nbytes, last[2] + [unit.row_group])
-            else:
-                items.append(([key], nbytes, [unit.row_group]))
-        head = None if self._fetched else next((i for i, (_, _, groups) in enumerate(items) if groups), None)
-        self._fetched = self._fetched or any(groups is not None for _, _, groups in items)
-        reserved = self._reserve([key for keys, _, groups in items if groups is not None for key in keys])
-        try:
-            self._ahead.ahead([(keys, 0, None) if groups is None else
-                               (keys, nbytes, self._deferred(first[keys[0][0]], groups,
-                                                             nbytes if i == head else 0))
-                               for i, (keys, nbytes, groups) in enumerate(items)])
-        finally:  # every reserved place resolved, even if submitting failed: nobody waits forever
-            self._offer(reserved)
-
-    def _deferred(self, unit: WorkUnit, groups: list[int], head_bytes: int = 0) -> readahead.Deferred:
-        """The fetch of row groups `groups` of the unit's file, made as read-ahead submits it;
-        the file's version check and footer started then (or earlier, `prepare`), in the order
-        the reader meets the files (`readahead.ReadAhead`), not all at once for every file told.
-        `head_bytes` (the reader's first fetch): about that much of the file's head is fetched
-        beside its footer (`_head`)."""
-        prepare = functools.partial(self.open_ahead, [unit])
-
-        def make():
-            prepare()
-            self._head(unit.path, groups, head_bytes)
-            return self._fetcher(unit.path, groups)
-        return readahead.Deferred(make, (self._ahead.order(unit.path), 2, groups[0]), prepare)
-
-    def _head(self, rel: str, groups: list[int], nbytes: int) -> None:
-        """The reader's first fetch, when it starts at the file's first row group and the footer
-        is not known yet: the file's head (after the 4-byte magic, about `nbytes` times
-        `_HEAD_SLACK`) is fetched beside the footer instead of after it. Row groups follow one
-        another from the head of a Parquet file, so the first batch waits for one round trip
-        instead of two (the footer's, then the ranges it gives). The file's fetches take from it
-        what it holds and fetch only the rest (`_fetch_groups`), so no byte comes twice. Never
-        into the tail the footer's fetch reads, so a file smaller than `_FIRST_FETCH_BYTES` plus
-        two footers' fetches gets none."""
-        size = self.ctx.manifest_bytes.get(rel)
-        if not nbytes or groups[0] != 0 or size is None or size < _FIRST_FETCH_BYTES + 2 * _FOOTER_BYTES:
-            return
-        footer = self._footer(rel)  # (started by `prepare` already: known, or its fetch's future)
-        if not isinstance(footer, Future) or footer.done():
-            return
-        end = min(size - _FOOTER_BYTES, 4 + int(nbytes * _HEAD_SLACK) + _FOOTER_BYTES)
-        path = storage.join(self.ctx.root, rel, self.ctx.dataset)
-        fetch = functools.partial(remotefiles.fetch_ranges, self.ctx.fs, path, [(4, end)], size)
-        self._heads[rel] = ((4, end), self._ahead.once(("head", rel), fetch, (self._ahead.order(rel), 0)))
-
-    def _meta_ahead(self, units: list[WorkUnit]) -> None:
-        """The footer of each file of `units`, fetched once, concurrently (`_footer`)."""
-        for rel in dict.fromkeys(u.path for u in units if u.row_group is not None):
-            self._footer(rel)
-
-    def _unit_bytes(self, unit: WorkUnit, names: list[str]) -> int:
-        """Bytes a fetch of the unit's columns `names` moves: from the footer when the file is
-        open, else the shard's size in the manifest shared out by rows (all columns: at most)."""
-        if unit.path in self._files:
-            return self._chunk_bytes(unit.path, unit.row_group, names)
-        shard = self.ctx.shards.get(unit.path)
-        if shard is None or not shard.num_samples or not shard.num_bytes:
-            return _FETCH_BYTES
-        return max(1, shard.num_bytes * unit.num_rows // shard.num_samples)
-
-    def _footer(self, rel: str):
-        """The file's footer where this reader or another of its iteration has it, else the future
-        of its fetch (once, concurrently)."""
-        known = self._files.get(rel)
-        if known is not None:
-            return known[0].metadata
-        shared = self.ctx.shared.get(rel)
-        if shared is not None:
-            return shared[0]
-        return self.ctx.shared.fetching(rel, lambda: self._ahead.once(
-            ("footer", rel), functools.partial(self._footer_task, rel), (self._ahead.order(rel), 0)))
-
-    def _footer_task(self, rel: str):
-        """Read-ahead task: the file's parsed footer (`_fetch_footer`, one request); a small
-        file's whole bytes, which that request brought, held for the iteration's readers
-        (`SharedReads.hold`) so its row groups are served from them, not fetched again."""
-        path = storage.join(self.ctx.root, rel, self.ctx.dataset)
-        metadata, whole = _fetch_footer(self.ctx.fs, path, self._size(path))
-        if whole is not None:
-            self.ctx.shared.hold(rel, whole, metadata.num_row_groups)
-        return metadata
-
-    def _fetcher(self, rel: str, groups: list[int]):
-        """The fetch of row groups `groups` of the file (`_fetch_groups`). A small file's is
-        queued once its footer's fetch is done (`readahead.After`): it only serves the bytes that
-        fetch brought, and a thread waiting for it (as a large file's fetch does, to go out the
-        moment its ranges are known) would leave 3 of the 6 threads fetching (2.2 s an epoch
-        over 200 files of 23 KB with 20 ms per request)."""
-        path, footer = storage.join(self.ctx.root, rel, self.ctx.dataset), self._footer(rel)
-        fetch = functools.partial(_fetch_groups, self.ctx.fs, path, footer, groups, self._ahead_columns(),
-                                  self._size(path), functools.partial(self.ctx.shared.whole, rel),
-                                  self._heads.get(rel))
-        return readahead.After(footer, fetch) if self._small(rel) and isinstance(footer, Future) else fetch
-
-    def _small(self, rel: str) -> bool:
-        """Whether read-ahead fetches the file whole with its footer (`_FOOTER_BYTES`)."""
-        size = self.ctx.manifest_bytes.get(rel)
-        return self._ahead is not None and size is not None and size <= _FOOTER_BYTES
-
-    def _whole(self, rel: str):
-        """(footer, {(0, size): bytes}) of a small file whose bytes read-ahead holds (waiting
-        for its footer's fetch if one is under way), else None."""
-        if not self._small(rel):
-            return None
-        metadata = self.ctx.shared.fetched(rel)
-        data = self.ctx.shared.whole(rel)
-        return None if metadata is None or data is None else (metadata, {(0, len(data)): data})
-
-    def _read_done(self, rel: str, groups) -> None:
-        """Row groups `groups` of the file were read (None: all): a small file's bytes are
-        dropped after its last (`SharedReads.done`)."""
-        if not self._small(rel):
-            return
-        if groups is None:
-            known = self._files.get(rel)
-            if known is None:
-                return
-            groups = range(known[0].metadata.num_row_groups)
-        self.ctx.shared.done(rel, groups)
-
-    def _ahead_footer(self, unit: WorkUnit):
-        """The footer of the unit's file if read-ahead (this reader's or another's of this
-        iteration) fetched it, None otherwise."""
-        if self._ahead is None or unit.path in self._files:
-            return None
-        return self.ctx.shared.fetched(unit.path)
-
-    def _arrived(self, rel: str, groups: list[int]) -> list[int]:
-        """`groups` (a run) cut before the first row group whose bytes are in another fetch
-        still in flight: the run converts what has arrived while the rest downloads, instead of
-        waiting for all of it (what makes the first batch wait for one small fetch)."""
-        if self._ahead is None:
-            return groups
-        first = self._ahead.fetch_of((rel, groups[0]))
-        for i, g in enumerate(groups[1:], 1):
-            fetch = self._ahead.fetch_of((rel, g))
-            if fetch is not None and fetch is not first and not fetch.done():
-                return groups[:i]
-        return groups
-
-    def _take_ahead(self, unit: WorkUnit, names: list[str], groups) -> tuple | None:
-        """(footer, {range: bytes}) fetched ahead for the row groups of this read, or None."""
-        if self._ahead is None:
-            return None
-        wanted = [unit.row_group] if groups is None else groups
-        md, parts, taken = None, {}, 0
-        for g in wanted:
-            got = None if g is None else self._take_fetched((unit.path, g))
-            if got is not None:
-                md, parts, taken = got[0], {**parts, **got[1]}, taken + 1
-        if taken < len(wanted):  # some read in place: from a small file's bytes if held
-            return self._whole(unit.path) or ((md, parts) if parts else None)
-        return (md, parts) if parts else None
-
-    def _from_parts(self, unit: WorkUnit, pf: pq.ParquetFile, parts: dict) -> tuple:
-        """(the unit's file served from the fetched ranges, anything else read in place; the
-        `remotefiles.KnownRanges` under it)."""
-        path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
-        size = self._size(path) or self.ctx.fs.size(path)
-        src = remotefiles.KnownRanges(parts, size, functools.partial(remotefiles.open_remote, self.ctx.fs, path, size))
-        # no pre-buffering: it would ask for a run's chunks as one range across fetches (a copy);
-        # chunk by chunk, each read is a view into the fetched bytes
-        return pq.ParquetFile(src, metadata=pf.metadata, pre_buffer=False, **_READ_OPTIONS), src
-
     def _chunk_bytes(self, path: str, group: int, names: list[str]) -> int:
         """Compressed bytes of the column chunks of `names` in row group `group` (what a read
         fetches), from the open file's footer."""
@@ -587,103 +380,9 @@ class ParquetReader(Reader):
         self._files.clear()
 
 
-def _fetch_whole(fs, path: str, size: int) -> io.BytesIO:
-    """A small file read in place (the filter's count pass, a lane ahead of read-ahead), fetched
-    whole in one request: its footer and row groups would otherwise be a request each. Not
-    retried here: the read that needs it is (`ParquetReader._retrying`)."""
-    return io.BytesIO(remotefiles.fetch_whole(fs, path, size, retry=False))
-
-
-def _fetch_footer(fs, path: str, size: int | None) -> tuple:
-    """(the file's parsed footer, the whole file's bytes if the request brought all of it, else
-    None): one request for its last `_FOOTER_BYTES` (`remotefiles.fetch_ranges`, which checks the
-    server's size against the manifest's and that it honoured the range), a second one only
-    for a footer longer than that. Without a known size, fsspec's file reads the tail."""
-    if size is None:
-        with remotefiles.open_remote(fs, path, size) as f:
-            metadata = pq.ParquetFile(f).metadata
-        footercheck.check(metadata)
-        return metadata, None
-    start = max(0, size - _FOOTER_BYTES)
-    parts = remotefiles.fetch_ranges(fs, path, [(start, size)], size)
-    with remotefiles.KnownRanges(parts, size, functools.partial(remotefiles.open_remote, fs, path, size)) as src:
-        metadata = pq.ParquetFile(src).metadata
-    footercheck.check(metadata)  # read-ahead reads no row group of a damaged footer (`footercheck.damage`)
-    return metadata, (parts[(start, size)] if start == 0 else None)
-
-
-def _fetch_groups(fs, path: str, footer, groups: list[int], names: list[str], size: int | None = None,
-                  whole: Callable[[], object] | None = None, head: tuple | None = None):
-    """Read-ahead task: (footer, {range: bytes}) of the column chunks of `names` in row groups
-    `groups` of one file, adjacent chunks in one request (a file whose size is not the
-    manifest's `size` fails it: read in place, where the error is named), or no request where
-    `whole()` gives the small file's bytes its footer's fetch brought (`SharedReads.hold`); what
-    `head` ((range, future) of the file's head, fetched beside its footer:
-    `ParquetReader._head`) holds is taken from it, and only the rest is fetched.
-    `footer` is the file's metadata, or the future of its fetch (`_fetch_footer`, submitted
-    before this task, so never behind it)."""
-    metadata = footer.result() if isinstance(footer, Future) else footer
-    if metadata is None:  # not fetched ahead (read-ahead's once-fetches are off): read it here
-        metadata = _fetch_footer(fs, path, None)[0]
-    data = None if whole is None else whole()
-    if data is not None:
-        return metadata, {(0, len(data)): data}
-    wanted, ranges = set(names), []
-    for g in groups:
-        rg = metadata.row_group(g)
-        for j in range(rg.num_columns):
-            col = rg.column(j)
-            if not wanted.isdisjoint(_paths_above(col.path_in_schema)):
-                start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
-                ranges.append((start, start + col.total_compressed_size))
-    held, rest = _from_head(head, ranges)
-    return metadata, {**held, **(remotefiles.fetch_ranges(fs, path, rest, size) if rest else {})}
-
-
-def _from_head(head: tuple | None, ranges: list[tuple[int, int]]) -> tuple[dict, list[tuple[int, int]]]:
-    """({range: bytes} of the head fetch (`head`: its range and future) if it holds any part of
-    `ranges`, else nothing; the pieces of `ranges` it does not hold). Only a fetch that wants
-    some of its bytes waits for it; a failed head is no fetch's failure: the ranges are then
-    fetched as without it."""
-    if head is None or not any(x < head[0][1] and y > head[0][0] for x, y in ranges):
-        return {}, ranges
-    try:
-        parts = head[1].result()
-    except Exception:
-        parts = None
-    if not parts:
-        return {}, ranges
-    (a, b), = parts
-    rest = []
-    for x, y in ranges:
-        if y <= a or x >= b:
-            rest.append((x, y))
-            continue
-        if x < a:
-            rest.append((x, a))
-        if y > b:
-            rest.append((b, y))
-    overlaps = any(x < b and y > a for x, y in ranges)
-    return (parts if overlaps else {}), rest
-
-
 def _arrow_filesystem(fs) -> pafs.FileSystem | None:
     """pyarrow's native filesystem for local files (the fast path), None for everything else."""
     return pafs.LocalFileSystem() if storage.is_local(fs) else None
-
-
-def _as_delivered(table: pa.Table) -> pa.Table:
-    """Columns as the manifest records them: struct columns as their leaves (`image.bytes`:
-    `arrowtypes.leaf_fields`; pyarrow reads only the leaves asked for), dictionaries decoded to
-    their values (the values, not the codes, are what a sample holds), fixed-size binary as
-    binary (`arrowtypes.delivered_type`)."""
-    while any(pa.types.is_struct(f.type) for f in table.schema):
-        table = table.flatten()
-    for i, field in enumerate(table.schema):
-        want = arrowtypes.delivered_type(field.type)
-        if want != field.type:
-            table = table.set_column(i, field.name, table.column(i).cast(want))
-    return table
 
 
 def _filtered(ctx, light: pa.Table, bad: np.ndarray | None) -> tuple[pa.Table, np.ndarray, np.ndarray | None]:
@@ -694,45 +393,3 @@ def _filtered(ctx, light: pa.Table, bad: np.ndarray | None) -> tuple[pa.Table, n
         return (*apply_filter(ctx, light), None)
     kept, rows = apply_filter(ctx, light.append_column("__ok_in__", pa.array(~bad)), keep_bad=True)
     return kept.drop_columns(["__ok_in__"]), rows, bad[rows]
-
-
-def _cast(table: pa.Table, casts: dict[str, pa.DataType]) -> pa.Table:
-    """Columns a file holds narrower than the manifest (`_check_schema`) in the manifest's type:
-    a `null` column (None in every row of this file) as nulls of it, string/binary/list as
-    their large_ forms, list elements as nullable, INT96 microseconds as an older manifest's
-    nanoseconds (a value out of range raises ArrowInvalid)."""
-    if not casts:  # every file of one writer: the usual case
-        return table
-    for name in casts.keys() & set(table.schema.names):
-        i, column = table.schema.get_field_index(name), table.column(name)
-        column = pa.nulls(len(column), casts[name]) if column.type == pa.null() else column.cast(casts[name])
-        table = table.set_column(i, name, column)
-    return table
-
-
-def _int96_indexed_at_ns(got: pa.DataType, want: pa.DataType) -> bool:
-    """A Spark INT96 column (now read at microseconds, `arrowtypes.INT96_UNIT`) that a manifest
-    from an earlier sparkfeed records at nanoseconds: cast, so dates 1677-2262 read as before
-    and others fail by name instead of wrapping around."""
-    return (pa.types.is_timestamp(got) and pa.types.is_timestamp(want) and got.tz == want.tz
-            and got.unit == "us" and want.unit == "ns")
-
-
-def _stored_names(schema: pa.Schema) -> set[str]:
-    """The names a file can be read by: its columns and its structs' leaves."""
-    return set(schema.names) | {f.name for f in arrowtypes.leaf_fields(schema)}
-
-
-def _paths_above(path: str) -> list[str]:
-    """A column chunk's path and the paths above it ("a.b.c" -> "a", "a.b", "a.b.c"): the
-    names a column, or a struct's leaf, is selected by."""
-    parts = path.split(".")
-    return [".".join(parts[:k]) for k in range(1, len(parts) + 1)]
-
-
-def _partition_scalar(value, type_: pa.DataType) -> pa.Scalar | None:
-    """A shard's partition value as a scalar of its column's type: a null scalar only where the
-    value is null (a False or a 0 is no missing value); None where it does not fit the type."""
-    if value is None:
-        return pa.scalar(None, type_)
-    return pruning._scalar(value, type_)
