@@ -9,7 +9,7 @@ import torch
 
 from sparkfeed import prefetch as pf
 from sparkfeed.batch import BinaryColumn
-from sparkfeed.bench.feed import feed_benchmark
+from sparkfeed.bench.h2d import feed_benchmark
 from sparkfeed.prefetch import Prefetcher
 
 pytestmark = [pytest.mark.gpu,
@@ -111,9 +111,9 @@ def test_copy_runs_on_the_side_stream_while_the_consumer_stream_is_busy():
 
 
 def test_the_h2d_breakdown_times_every_part():
-    """`bench.feed.h2d_breakdown` (`python -m sparkfeed.bench.feed --h2d`) gives a positive rate
+    """`bench.h2d.h2d_breakdown` (`python -m sparkfeed.bench.feed --h2d`) gives a positive rate
     for each part of the prefetcher and each plain loop, one per round."""
-    from sparkfeed.bench.feed import h2d_breakdown
+    from sparkfeed.bench.h2d import h2d_breakdown
 
     rates = h2d_breakdown(batch_bytes=1 << 20, batches=20, rounds=2)
     assert len(rates) == 12 and "ring depth 2" in rates and "pin_memory().to() loop" in rates
@@ -121,7 +121,7 @@ def test_the_h2d_breakdown_times_every_part():
 
 
 def test_ring_stages_split_each_depth_into_pinning_and_copy():
-    from sparkfeed.bench.feed import ring_stages
+    from sparkfeed.bench.h2d import ring_stages
 
     got = ring_stages(batch_bytes=1 << 20, batches=20, depths=(0, 2))
     assert set(got) == {0, 2}

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from sparkfeed import bench
-from sparkfeed.bench import Params, datasets, scenarios
+from sparkfeed.bench import Params, datasets, scenarios, timing
 from sparkfeed.bench import report
 from sparkfeed.bench.cli import main
 
@@ -156,12 +156,12 @@ def test_a_dali_missing_beside_an_nvidia_namespace_is_skipped_not_failed(monkeyp
     """CUDA torch wheels install an `nvidia` package (cuBLAS, cuDNN) without DALI: the check of
     the top package alone found it, and the DALI rows were FAILED (ModuleNotFoundError, exit 1)
     on a GPU machine without DALI instead of skipped with the install command."""
-    monkeypatch.setitem(scenarios.runners.REQUIRES, "sparkfeed-dali", ("json.no_such_module", "pip install x"))
-    assert scenarios._missing("sparkfeed-dali") == "skipped: not installed (pip install x)"
-    monkeypatch.setitem(scenarios.runners.REQUIRES, "sparkfeed-dali", ("no_such_top.sub", "pip install x"))
-    assert scenarios._missing("sparkfeed-dali") == "skipped: not installed (pip install x)"
-    monkeypatch.setitem(scenarios.runners.REQUIRES, "sparkfeed-dali", ("json.decoder", "pip install x"))
-    assert scenarios._missing("sparkfeed-dali") == ""
+    monkeypatch.setitem(timing.runners.REQUIRES, "sparkfeed-dali", ("json.no_such_module", "pip install x"))
+    assert timing._missing("sparkfeed-dali") == "skipped: not installed (pip install x)"
+    monkeypatch.setitem(timing.runners.REQUIRES, "sparkfeed-dali", ("no_such_top.sub", "pip install x"))
+    assert timing._missing("sparkfeed-dali") == "skipped: not installed (pip install x)"
+    monkeypatch.setitem(timing.runners.REQUIRES, "sparkfeed-dali", ("json.decoder", "pip install x"))
+    assert timing._missing("sparkfeed-dali") == ""
 
 
 def test_a_peer_venv_without_its_ok_mark_is_said_incomplete(tmp_path, monkeypatch):
@@ -169,9 +169,9 @@ def test_a_peer_venv_without_its_ok_mark_is_said_incomplete(tmp_path, monkeypatc
     monkeypatch.setenv("SPARKFEED_BENCH_PEERS", str(tmp_path))
     (tmp_path / "petastorm" / "bin").mkdir(parents=True)
     (tmp_path / "petastorm" / "bin" / "python").write_text("")
-    note = scenarios._missing("petastorm")
+    note = timing._missing("petastorm")
     assert "is incomplete" in note and "install --only petastorm" in note, note
-    assert "no venv at" in scenarios._missing("mosaic-streaming")
+    assert "no venv at" in timing._missing("mosaic-streaming")
 
 
 def test_a_plot_with_nothing_timed_says_so(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import time
 
 import psutil
 
-from sparkfeed.bench import scenarios
+from sparkfeed.bench import scenarios, timing
 from sparkfeed.bench.runners import Context
 
 MB = 2**20
@@ -37,7 +37,7 @@ def test_peak_rss_counts_a_short_runs_worker_process():
     """Before, the child list was refreshed every 10th sample (200 ms): a worker of a shorter run
     was never seen, and the row showed the main process alone."""
     own = psutil.Process().memory_info().rss / MB
-    m = scenarios.measure(_short_worker_runner, _ctx(), {})
+    m = timing.measure(_short_worker_runner, _ctx(), {})
     assert m["samples"] == 10
     assert m["peak_rss_mb"] >= own + 90, (own, m["peak_rss_mb"])
 
@@ -57,7 +57,7 @@ def _child_cpu_runner(ctx):
 
 def test_cpu_counts_a_worker_process():
     """CPU µs/sample: a runner whose work is in a (joined) child process does not look cheap."""
-    m = scenarios.measure(_child_cpu_runner, _ctx(), {})
+    m = timing.measure(_child_cpu_runner, _ctx(), {})
     assert m["cpu_s"] >= 0.25
 
 
@@ -65,7 +65,7 @@ def test_feed_row_times_the_fed_loop_alone(monkeypatch):
     """The `feed` row's batches/s and CPU µs/batch are the prefetch loop's: before, the harness's
     clock around `feed_benchmark` also held what it does after the loop (on CUDA the three
     host-to-device studies, 3 x 520+ batches), which diluted both rows and their ratio."""
-    from sparkfeed.bench import feed as feed_module
+    from sparkfeed.bench import h2d as feed_module
     from sparkfeed.bench import runners
 
     real, seen = feed_module.feed_benchmark, {}
@@ -77,10 +77,10 @@ def test_feed_row_times_the_fed_loop_alone(monkeypatch):
         return result
 
     monkeypatch.setattr(feed_module, "feed_benchmark", with_studies_after)
-    case = scenarios.Case("prefetch depth 2", "feed", 5, options=dict(
+    case = timing.Case("prefetch depth 2", "feed", 5, options=dict(
         batches=5, batch_bytes=64, step_s=0.0, producer_s=0.0, depth=2))
-    m = scenarios.measure(runners.RUNNERS["feed"], _ctx(), case.options)
-    row = scenarios.make_row(case, m, "")
+    m = timing.measure(runners.RUNNERS["feed"], _ctx(), case.options)
+    row = timing.make_row(case, m, "")
     assert m["seconds"] == seen["seconds"] and m["cpu_s"] == seen["cpu_s"]
     assert row["samples_per_s"] == round(5 / seen["seconds"], 1)
     assert row["ttfb_s"] is None
@@ -106,7 +106,7 @@ def test_remote_rows_leave_the_http_servers_cpu_out(tmp_path):
         yield n
 
     try:
-        m = scenarios.measure(fetch, _ctx(), {})
+        m = timing.measure(fetch, _ctx(), {})
     finally:
         server.close()
     assert m["samples"] == 1000 and m["extra"]["requests"] == 1
@@ -119,9 +119,9 @@ def test_markdown_says_why_a_failed_baseline_gives_no_ratios():
     baseline that `--runners` left out was explained)."""
     from sparkfeed.bench import report
 
-    base = scenarios.make_row(scenarios.Case("torch-map-style", "torch-map-style", 5, baseline=True),
+    base = timing.make_row(timing.Case("torch-map-style", "torch-map-style", 5, baseline=True),
                               None, "FAILED: RuntimeError: boom")
-    other = scenarios.make_row(scenarios.Case("sparkfeed", "sparkfeed", 5),
+    other = timing.make_row(timing.Case("sparkfeed", "sparkfeed", 5),
                                {"samples": 5, "seconds": 0.5, "ttfb_s": 0.1, "peak_rss_mb": 1.0,
                                 "cpu_s": 0.5, "extra": {}}, "")
     rows = scenarios.finish([base, other])

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sparkfeed.bench import Params, run, scenarios
+from sparkfeed.bench import Params, run, timing
 from sparkfeed.bench.cli import main
 
 
@@ -12,13 +12,13 @@ from sparkfeed.bench.cli import main
 def ctrl_c_in_plan(monkeypatch):
     """Ctrl-C as the `plan` scenario starts (after `feed` finished): the KeyboardInterrupt that
     SIGINT raises in the bench's main thread, raised where its runs begin."""
-    real = scenarios.run_cases
+    real = timing.run_cases
 
     def run_cases(cases, *args, **kwargs):
         if cases and cases[0].runner == "plan":
             raise KeyboardInterrupt
         return real(cases, *args, **kwargs)
-    monkeypatch.setattr(scenarios, "run_cases", run_cases)
+    monkeypatch.setattr(timing, "run_cases", run_cases)
 
 
 def test_an_interrupted_run_writes_the_finished_scenarios_then_raises(tmp_path, ctrl_c_in_plan):

@@ -7,7 +7,7 @@ import torch
 
 import sparkfeed
 from sparkfeed.bench import datasets, runners
-from sparkfeed.bench.scenarios import measure
+from sparkfeed.bench.timing import measure
 
 ROWS, IMAGES, SHAPE = 700, 150, (40, 30)
 

@@ -1,12 +1,12 @@
-"""The bench's timing harness (`scenarios.run_cases`): each runner's runs back to back after its
+"""The bench's timing harness (`timing.run_cases`): each runner's runs back to back after its
 warm-up, more of them for a runner whose runs are short, and a runner that fails or is not
 written yet costs only its own row."""
 
 import pytest
 
-from sparkfeed.bench import runners, scenarios
+from sparkfeed.bench import runners, timing
 from sparkfeed.bench.runners import Context
-from sparkfeed.bench.scenarios import Case
+from sparkfeed.bench.timing import Case
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def calls(monkeypatch):
 def test_each_runner_runs_back_to_back_and_a_failure_costs_only_its_row(calls):
     ctx = Context(data=None, batch_size=1, workers=0, image_size=1)
     cases = [Case(x, x, 10) for x in "abcde"]
-    rows, failures = scenarios.run_cases(cases, ctx, repeats=3)
+    rows, failures = timing.run_cases(cases, ctx, repeats=3)
     # each: a warm-up, then its runs (b stops at its first wrong count, d and e in their warm-ups)
     assert calls == ["a"] * 4 + ["b"] * 2 + ["c"] * 4 + ["d", "e"]
     assert [r["runner"] for r in rows] == list("abcde")
@@ -45,7 +45,7 @@ def test_each_runner_runs_back_to_back_and_a_failure_costs_only_its_row(calls):
 
 def test_a_case_without_warm_up_is_timed_from_its_first_run(calls):
     ctx = Context(data=None, batch_size=1, workers=0, image_size=1)
-    rows, failures = scenarios.run_cases([Case("a", "a", 10, warmup=False), Case("c", "c", 10)], ctx, repeats=2)
+    rows, failures = timing.run_cases([Case("a", "a", 10, warmup=False), Case("c", "c", 10)], ctx, repeats=2)
     assert calls == ["a", "a", "c", "c", "c"] and not failures
     assert [r["samples"] for r in rows] == [10, 10]
 
@@ -60,10 +60,10 @@ def test_short_runners_get_more_rounds_until_min_seconds(calls, monkeypatch):
         time.sleep(0.6)
         yield 10
     monkeypatch.setitem(runners.RUNNERS, "slow", slow)
-    monkeypatch.setattr(scenarios, "MAX_RUNS", 6)
-    monkeypatch.setattr(scenarios.gc, "collect", lambda: 0)  # each run's full collection: not this test's
+    monkeypatch.setattr(timing, "MAX_RUNS", 6)
+    monkeypatch.setattr(timing.gc, "collect", lambda: 0)  # each run's full collection: not this test's
     ctx = Context(data=None, batch_size=1, workers=0, image_size=1)
-    rows, _ = scenarios.run_cases([Case("a", "a", 10, warmup=False), Case("slow", "slow", 10, warmup=False)],
+    rows, _ = timing.run_cases([Case("a", "a", 10, warmup=False), Case("slow", "slow", 10, warmup=False)],
                                   ctx, repeats=2, min_seconds=1.0)  # (far above 6 runs of "a", even under load)
     assert calls.count("slow") == 2 and calls.count("a") == 6  # 1.2 s reached; the cap reached
     assert calls == ["a"] * 6 + ["slow"] * 2
@@ -81,10 +81,10 @@ def test_runs_added_for_min_seconds_end_on_an_odd_count(calls, monkeypatch):
         clock[0] += 0.6  # one run < 1 s, two runs >= 1 s: the time alone stops at 2 runs
         yield 10
     monkeypatch.setitem(runners.RUNNERS, "slowish", slowish)
-    monkeypatch.setattr(scenarios.time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(scenarios.gc, "collect", lambda: 0)
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(timing.gc, "collect", lambda: 0)
     ctx = Context(data=None, batch_size=1, workers=0, image_size=1)
-    rows, failures = scenarios.run_cases([Case("slowish", "slowish", 10, warmup=False)], ctx,
+    rows, failures = timing.run_cases([Case("slowish", "slowish", 10, warmup=False)], ctx,
                                          repeats=1, min_seconds=1.0)
     assert not failures and calls == ["slowish"] * 3
     assert rows[0]["runs"] == 3 and rows[0]["note"] == "median of 3 runs"

@@ -16,7 +16,7 @@ from sparkfeed import prefetch as pf
 from sparkfeed import threads as protocol
 from sparkfeed.batch import BinaryColumn
 from sparkfeed.errors import WorkerError
-from sparkfeed.bench.feed import feed_benchmark
+from sparkfeed.bench.h2d import feed_benchmark
 from sparkfeed.prefetch import Prefetcher
 from sparkfeed.stats import Stats
 
@@ -421,7 +421,8 @@ def test_model_step_says_it_needs_cuda():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
 def test_the_h2d_studies_say_they_need_cuda():
-    from sparkfeed.bench.feed import h2d_breakdown, main, ring_stages
+    from sparkfeed.bench.feed import main
+    from sparkfeed.bench.h2d import h2d_breakdown, ring_stages
 
     for study in (h2d_breakdown, ring_stages):
         with pytest.raises(RuntimeError, match=r"needs CUDA \(torch.cuda.is_available\(\) is False\)"):

@@ -4,7 +4,7 @@
     results = run(Params(quick=True, out="bench-out"))   # writes results.json/.md/.png
 
 Scenarios (`scenarios.py`) pick runners (`runners.py`) over data built with Spark and cached
-(`datasets.py`); `report.py` writes the results. Any runner that delivers the wrong number of
+(`datasets.py`); `timing.py` times them; `report.py` writes the results. Any runner that delivers the wrong number of
 samples fails the run (`CountMismatch`, naming the runner) after the reports are written.
 """
 
@@ -15,7 +15,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from .scenarios import SCENARIOS, CountMismatch
+from .scenarios import SCENARIOS
+from .timing import CountMismatch
 
 __all__ = ["Params", "run", "CountMismatch", "SCENARIOS"]
 
@@ -161,7 +162,7 @@ def run(params: Params) -> dict:
     from tqdm import tqdm
 
     from ..index.gather import bar_options
-    from . import datasets, report, scenarios
+    from . import datasets, report, scenarios, timing
     from .runners import Context
 
     p = params
@@ -209,7 +210,7 @@ def run(params: Params) -> dict:
         for name, cases in plan.items():
             bar.set_description(f"sparkfeed bench: {name}")
             try:
-                rows, failed = scenarios.run_cases(cases, ctx, p.repeats, bar, p.min_seconds)
+                rows, failed = timing.run_cases(cases, ctx, p.repeats, bar, p.min_seconds)
             except KeyboardInterrupt as exc:
                 interrupted = exc
                 results["interrupted"] = (f"interrupted during {name}; not run: "

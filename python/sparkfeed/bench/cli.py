@@ -23,7 +23,7 @@ Measure sparkfeed against the loaders people use, on this machine, side by side:
   train    shuffle + a random crop of the stored pixels (7/8 of the side) + flip, decoded:
            sparkfeed + DALI vs torch + PIL (RandomCrop, flip) vs DALI's reader
            (random_shuffle, crop, flip); distinct labels per batch for each
-  feed     bench.feed.feed_benchmark: how long a simulated step waits, prefetch on vs off
+  feed     bench.h2d.feed_benchmark: how long a simulated step waits, prefetch on vs off
   plan     time to plan an epoch from 100 / 1,000 / 10,000-shard manifests
   scaling  sparkfeed throughput and peak RSS at 1x/2x/4x/8x --scaling-base rows (a fresh
            process per size): does memory stay flat?  (+ the plan rows)

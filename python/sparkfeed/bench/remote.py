@@ -297,7 +297,7 @@ def bytes_alone(ctx) -> Iterator[int]:
 
 def remote_cases(p) -> list:
     """Local and remote rows for both formats; `ratio_vs_baseline` is against local Parquet."""
-    from .scenarios import Case
+    from .timing import Case
 
     n, lat = p.images, f"HTTP +{int(LATENCY_S * 1000)} ms/request"
     return [

@@ -417,8 +417,8 @@ def dali_webdataset_train(ctx: Context) -> Iterator[int]:
 
 # ----------------------------------------------------------------------------- feed
 def feed(ctx: Context, depth: int, **options) -> Iterator[int]:
-    """`bench.feed.feed_benchmark`: a simulated step waiting on a simulated source (no files)."""
-    from .feed import feed_benchmark
+    """`bench.h2d.feed_benchmark`: a simulated step waiting on a simulated source (no files)."""
+    from .h2d import feed_benchmark
 
     device = "cuda" if torch.cuda.is_available() else None
     result = feed_benchmark(depth=depth, pin_memory=device is not None, device=device, **options)
