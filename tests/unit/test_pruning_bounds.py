@@ -93,3 +93,25 @@ def test_is_in_a_float32_column_with_doubles_prunes_by_widened_bounds(tmp_path, 
     assert counters["row_groups_pruned"] == pruned
     ids, counters = _ids(root, ~expr)
     assert ids == sorted(table.filter(~expr)["id"].to_pylist()) and counters["row_groups_pruned"] == 0
+
+
+def test_delta_string_statistics_cut_by_the_writer_prune_as_prefix_bounds(tmp_path):
+    """Delta writers cut string statistics at 32 characters (delta-rs raises the max's last
+    character, Spark appends a tie-breaker), so a file whose strings ran to 31 characters or more
+    had no range and was read by every filter on them. Its min's 31-character prefix and its
+    max's prefix rounded up bound every value, cut or not: files of other prefixes are skipped,
+    and the ids are `Table.filter`'s, long values equal to a bound's prefix included."""
+    deltalake = pytest.importorskip("deltalake")
+    root = str(tmp_path / "t")
+    files = [["a" * 40 + "x", "a" * 31, "a" * 40 + "\U0001F600"], ["b" * 50, "é" * 45, "b" * 31 + "\U0010ffff"],
+             ["c" * 31, "c" * 32, "c" * 30]]
+    table = pa.table({"id": pa.array(range(9), pa.int64()), "s": pa.array([s for f in files for s in f])})
+    for f in range(3):
+        deltalake.write_deltalake(root, table.slice(3 * f, 3), mode="append")
+    sparkfeed.index(root, progress=False)
+    for expr, pruned in [(pc.field("s") < "b", 2), (pc.field("s") >= "c", 1), (pc.field("s") == "a" * 31, 2),
+                         (pc.field("s") <= "a" * 29, 3), (pc.field("s") == "c" * 32, 1),
+                         (pc.field("s").isin(["b" * 50, "zz"]), 2), (pc.field("s") != "q", 0)]:
+        ids, counters = _ids(root, expr)
+        assert ids == sorted(table.filter(expr)["id"].to_pylist()), expr
+        assert counters["shards_pruned"] == pruned, expr

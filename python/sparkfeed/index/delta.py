@@ -21,7 +21,7 @@ import pyarrow as pa
 from .. import storage
 from ..errors import ManifestError
 from ..arrowtypes import leaf_fields
-from ..footer import json_value, stat_type
+from ..footer import json_value, round_up, stat_type
 from .parquet import partition_stats
 from .types import unsupported_kind
 
@@ -220,19 +220,30 @@ def _files_with_deletion_vectors(table) -> list[str]:
 
 def _bounds(lo, hi, type_: pa.DataType):
     """Statistics safe for pruning: timestamp maxima widened by the millisecond Delta drops;
-    strings that Delta may have truncated give no range."""
+    strings that Delta may have truncated as prefix bounds (`_string_bounds`)."""
     if lo is None or hi is None:
         return None, None
     if pa.types.is_timestamp(type_) and isinstance(hi, dt.datetime):
         hi = hi + dt.timedelta(milliseconds=1)
     if (pa.types.is_string(type_) or pa.types.is_large_string(type_)) and \
             max(len(lo), len(hi)) >= _STRING_STATS_TRUSTED:
-        return None, None
+        return _string_bounds(lo, hi)
     if isinstance(lo, float) and (lo != lo or hi != hi):
         return None, None
     if pa.types.is_decimal(type_) and not (isinstance(lo, decimal.Decimal) and isinstance(hi, decimal.Decimal)):
         return None, None  # exact values only: a float bound may round past a row
     return json_value(lo, False), json_value(hi, True)
+
+
+def _string_bounds(lo: str, hi: str) -> tuple[str, str | None]:
+    """(min, max) of a string column of which one bound is `_STRING_STATS_TRUSTED` characters or
+    longer, which Delta writers may have cut (Spark: a 32-character prefix, a tie-breaker after
+    the max's; delta-rs: the max's last character raised): the min's prefix of that length,
+    which is at most any value, and the max's prefix rounded up (`round_up`), which is above
+    every value, whether or not the writer cut them and however it marked a cut max. A max
+    that cannot be rounded up leaves the range one-sided."""
+    n = _STRING_STATS_TRUSTED
+    return lo[:n], (round_up(hi[:n]) if len(hi) >= n else hi)
 
 
 def _file_stats(row: dict, types: dict, stat_columns: list[str]) -> dict:
