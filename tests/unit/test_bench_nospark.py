@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sparkfeed
-from sparkfeed.bench import datasets, runners
+from sparkfeed.bench import datasets, imagerunners, runners
 from sparkfeed.bench.timing import measure
 
 ROWS, IMAGES, SHAPE = 700, 150, (40, 30)
@@ -59,7 +59,7 @@ def test_the_images_are_the_same_jpegs_in_parquet_and_in_tars(data):
 def test_dali_reads_the_tars_with_the_indexes_sparkfeed_index_wrote(data):
     pytest.importorskip("nvidia.dali")  # a GPU machine may have the rest and not DALI
     ctx = runners.Context(data=data, batch_size=64, workers=1, image_size=24, image_source=30)
-    m = measure(runners.dali_webdataset, ctx, {})
+    m = measure(imagerunners.dali_webdataset, ctx, {})
     assert m["samples"] == IMAGES
     assert m["extra"]["steady_samples_per_s"] > 0 and m["ttfb_s"] > 0
 

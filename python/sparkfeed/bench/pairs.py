@@ -6,7 +6,7 @@ One `sparkfeed bench` run times each runner's repeats back to back, so a machine
 moves between them moves the ratio (on the 2-core development machine the decode ratio of
 single runs spanned 0.87-1.03x for the same code). Here each round runs both, in alternating
 order, and the median of the per-round ratios is the figure; the runners are the bench's own
-(`runners.sparkfeed_dali` / `sparkfeed_train` and `runners.dali_webdataset`). README
+(`imagerunners.sparkfeed_dali` / `sparkfeed_train` and `imagerunners.dali_webdataset`). README
 "Performance" and docs/benchmark.md quote it.
 """
 
@@ -16,7 +16,7 @@ import os
 import statistics
 import time
 
-from . import datasets, runners
+from . import datasets, imagerunners, runners
 
 
 def _context(images: str, webdataset: str, workers: int, batch_size: int, image_size: int,
@@ -38,8 +38,8 @@ def pairs(ctx: runners.Context, rounds: int, train: bool = False, sides: dict | 
     """Both runners once untimed, then `rounds` rounds of one epoch each (the order alternating);
     the ratios are the first side's rate over the second's. `sides`: name -> runner (default:
     sparkfeed's decode or train runner, then DALI's reader)."""
-    sides = sides or {"sparkfeed": runners.sparkfeed_train if train else runners.sparkfeed_dali,
-                      "dali": lambda c: runners.dali_webdataset(c, train=train)}
+    sides = sides or {"sparkfeed": imagerunners.sparkfeed_train if train else imagerunners.sparkfeed_dali,
+                      "dali": lambda c: imagerunners.dali_webdataset(c, train=train)}
     expected = {name: _timed(runner, ctx)[0] for name, runner in sides.items()}  # untimed: imports, DALI's start
     if len(set(expected.values())) != 1:
         raise RuntimeError(f"the runners saw different numbers of images: {expected}")

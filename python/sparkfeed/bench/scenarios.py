@@ -8,7 +8,7 @@ import math
 import os
 from collections.abc import Callable
 
-from . import datasets, runners
+from . import datasets, imagerunners
 from .remote import remote_cases
 from .timing import Case
 
@@ -74,7 +74,7 @@ def decode_cases(p) -> list[Case]:
     parquet = _size(datasets.files(p.data.images, ".parquet"))
     jpgs = _size(datasets.files(p.data.image_folder, ".jpg"))
     wds = p.data.webdataset
-    dev = runners.dali_device()
+    dev = imagerunners.dali_device()
     return [Case(f"sparkfeed-dali-{dev}", "sparkfeed-dali", p.images, payload_bytes=parquet,
                  note=f"DALI decodes on the {dev} in the main process; workers read Parquet"),
             Case("torch-pil-files", "torch-pil-files", p.images, baseline=True, payload_bytes=jpgs),
@@ -110,7 +110,7 @@ def train_cases(p) -> list[Case]:
     n_labels = min(datasets.NUM_LABELS, p.images)
     uniform = n_labels * (1 - (1 - 1 / n_labels) ** p.batch_size)
     mix = f"a uniform shuffle gives {uniform:.1f} labels per batch of {p.batch_size} ({n_labels} labels)"
-    dev = runners.dali_device()
+    dev = imagerunners.dali_device()
     return [Case(f"sparkfeed-dali-{dev} train", "sparkfeed-train", p.images,
                  note=f"shuffle=True, ImageDecode(size={crop}, crop='random', resize=None, mirror=True); {mix}"),
             Case("torch-pil-files train", "torch-pil-train", p.images, baseline=True,
