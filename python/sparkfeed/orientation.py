@@ -74,6 +74,20 @@ def _marker_orientation(mv: memoryview) -> int | None:
     return None
 
 
+def _jpeg_orientations(mv: memoryview) -> list[int]:
+    """The orientation of each APP1 "Exif" segment of a JPEG before its first scan, in order
+    (the header check refuses a JPEG whose blocks disagree: DALI's output then matched none)."""
+    found, i, n = [], 2, len(mv) - 10
+    while i <= n and mv[i] == 0xFF:
+        marker = mv[i + 1]
+        if marker == 0xE1 and mv[i + 4:i + 10] == b"Exif\x00\x00":
+            found.append(_exif_orientation(mv[i + 4:i + 2 + (mv[i + 2] << 8 | mv[i + 3])]))
+        if marker == 0xDA:
+            break
+        i += 1 if marker == 0xFF else 2 + (mv[i + 2] << 8 | mv[i + 3])
+    return found
+
+
 def _bare_exif_orientation(block) -> int:
     """A PNG's eXIf or a WebP's EXIF chunk's orientation: their payload is the TIFF bytes alone;
     DALI turns nothing by one that starts with JPEG's "Exif\\0\\0" (PIL would), nor does sparkfeed."""

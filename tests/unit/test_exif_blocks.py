@@ -1,0 +1,84 @@
+"""A JPEG with two EXIF blocks that disagree on the orientation gets one verdict from both backends.
+
+DALI turned such a JPEG's shape by one block and its pixels by another (blocks 1 then 6: a
+turned shape holding pixels of no orientation; 6 then 1: the stored shape), while PIL took the
+first block: the same bytes gave two different images, one of them scrambled. The header check
+now refuses a JPEG whose EXIF blocks (before the frame header) disagree, for both backends;
+blocks that agree, and an EXIF block beside an XMP one, decode as before.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sparkfeed.batch import BinaryChunks, BinaryColumn
+from sparkfeed.decode import ImageDecoder
+from sparkfeed.imagespec import ImageDecode
+
+BACKENDS = ["dali", "pil"]
+
+
+def _base() -> bytes:
+    a = (np.add.outer(np.arange(48), np.arange(64))[..., None] * [3, 1, 2] % 256).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+BASE = _base()
+
+
+def _app1(payload: bytes) -> bytes:
+    return b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def _exif(orientation: int, padding: int = 0) -> bytes:
+    e = Image.Exif()
+    e[0x0112] = orientation
+    return _app1(e.tobytes() + bytes(padding))  # (bytes after the directory: a large block)
+
+
+def _with(*segments: bytes) -> bytes:
+    return BASE[:2] + b"".join(segments) + BASE[2:]
+
+
+XMP = _app1(b"http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta/>")
+
+
+def _decode(backend: str, items, **kw):
+    return ImageDecoder(ImageDecode(device="cpu", backend=backend, **kw), max_batch_size=16).decode(items)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pair", [(1, 6), (6, 1), (3, 6), (6, 8), (2, 1)])
+def test_disagreeing_exif_blocks_are_refused_by_both_backends(backend, pair):
+    (row, why), = _decode(backend, [_with(*map(_exif, pair))]).failures
+    assert row == 0 and f"2 EXIF blocks whose orientations differ {pair}" in why
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_agreeing_blocks_and_an_exif_beside_xmp_decode_turned_as_one_block(backend):
+    one = {o: _decode(backend, [_with(_exif(o))]).images[0] for o in (1, 6)}
+    items = [_with(_exif(6), _exif(6)), _with(_exif(1), _exif(1)), _with(XMP, _exif(6)), _with(_exif(6), XMP)]
+    for item, want in zip(items, (6, 1, 6, 6)):
+        res = _decode(backend, [item])
+        assert res.failures == () and torch.equal(res.images[0], one[want])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_blocks_past_the_bytes_scanned_at_once_are_counted_in_a_batch_in_chunks(backend):
+    """A first EXIF block of 6 KB puts the second past the 4 KB each row of a chunked batch has
+    gathered for the first scan: the rows scanned again count their blocks from the start."""
+    big = [_with(_exif(1, 6000), _exif(6)), _with(_exif(6, 6000), _exif(6)), BASE]
+
+    def column(items):
+        raw = torch.from_numpy(np.frombuffer(b"".join(items), np.uint8).copy())
+        return BinaryColumn(raw, torch.tensor(np.cumsum([0] + [len(b) for b in items]), dtype=torch.int64))
+
+    res = _decode(backend, BinaryChunks((column(big[:1]), column(big[1:]))), size=32)
+    assert [r for r, _ in res.failures] == [0] and res.ok_rows.tolist() == [1, 2]
