@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from . import checks, forks, mix, mixsource, progress
+from . import checks, forks, mix, mixsource, mixstate, progress
 from . import shuffle as shuffling
 from .batchwork import BatchWork
 from .dataset import Dataset
@@ -254,7 +254,7 @@ class DataLoader:
         state = progress.rank_state(epoch=ds.epoch, seed=ds.seed, rank=ds.rank,
                                     world_size=ds.world_size, num_samples=ds.plan().num_samples,
                                     fingerprint=self._fingerprint(), data=self._engine.data_digest,
-                                    progress=self._current())
+                                    progress=self._current(), extra=mixstate.extra(self._engine))
         if not all_ranks:
             return state
         return progress.global_state(gather(state, ds.world_size, timeout, ds.path))
@@ -265,6 +265,7 @@ class DataLoader:
         rank's states, another batch size with any of them (see `progress.py`). Call it before iterating."""
         ds = self.dataset
         fingerprint, num_samples = self._fingerprint(), ds.plan().num_samples
+        mixstate.check(state, self._engine, fingerprint, ds.path)  # saved by a sparkfeed with other shares
         try:
             epoch, lanes = progress.resume_lanes(
                 state, rank=ds.rank, world_size=ds.world_size, workers=self._workers,

@@ -80,13 +80,14 @@ class EpochProgress:
 
 
 def rank_state(*, epoch: int, seed: int, rank: int, world_size: int, num_samples: int,
-               fingerprint: str, data: str, progress: EpochProgress) -> dict:
-    """One rank's state as plain values (survives torch.save and JSON)."""
+               fingerprint: str, data: str, progress: EpochProgress, extra: Mapping | None = None) -> dict:
+    """One rank's state as plain values (survives torch.save and JSON); `extra`: plain values the
+    engine keeps beside them (a mix: its shares, `mixstate.record`)."""
     return {"version": STATE_VERSION, "scope": "rank", "epoch": epoch, "seed": seed,
             "rank": rank, "world_size": world_size, "num_samples": num_samples,
             "fingerprint": fingerprint, "data": data, "batch_size": progress.batch_size,
             "remaining": [list(s) for s in progress.remaining()],
-            "lanes": [[list(s) for s in lane] for lane in progress.lanes_in_turn()]}
+            "lanes": [[list(s) for s in lane] for lane in progress.lanes_in_turn()], **(extra or {})}
 
 
 def global_state(states: Sequence[dict]) -> dict:
