@@ -29,9 +29,8 @@ import collections
 import queue
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,6 +38,7 @@ import torch
 from . import threads as protocol
 from .batch import BinaryColumn
 from .checks import resolve_device
+from .pinring import PinnedRing, Slot
 from .stats import Stats
 
 __all__ = ["Prefetcher", "Lookahead", "Marker"]
@@ -86,83 +86,6 @@ def _pin_enabled(pin_memory: bool) -> bool:
     return bool(pin_memory) and torch.cuda.is_available()
 
 
-def _pinned_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    return torch.empty(shape, dtype=dtype, pin_memory=True)
-
-
-def _storage_refs(t: torch.Tensor) -> int | None:
-    """How many tensors share `t`'s storage (sub-views included); None where torch hides it."""
-    use_count = getattr(torch._C, "_storage_Use_Count", None)
-    return None if use_count is None else use_count(t.untyped_storage()._cdata)
-
-
-# ----------------------------------------------------------------------------- pinned ring
-@dataclass(eq=False)
-class _Slot:
-    buffer: torch.Tensor                       # flat uint8, reused
-    baseline: int | None                       # `_storage_refs(buffer)` with nothing handed out
-    view: weakref.ref | None = None            # the last tensor handed out of it
-    event: Any = None                          # recorded after the last copy out of it
-
-    def in_use(self) -> bool:
-        """Held by the consumer (the view or any view of it is alive)."""
-        if self.view is not None and self.view() is not None:
-            return True
-        refs = _storage_refs(self.buffer)
-        return refs is not None and self.baseline is not None and refs > self.baseline
-
-    def copying(self) -> bool:
-        return self.event is not None and not self.event.query()
-
-
-@dataclass(eq=False)
-class _PinnedRing:
-    """A bounded ring of reusable host buffers for one column.
-
-    A slot is reused only when (a) no tensor viewing it is alive and (b) the copy out of it has
-    finished (its event); when every slot is held, `put` returns freshly allocated memory that
-    the ring does not keep, so the ring never grows past `capacity` slots.
-    """
-
-    capacity: int
-    allocate: Callable[[tuple[int, ...], torch.dtype], torch.Tensor] | None = None
-    slots: list[_Slot] = field(default_factory=list)
-    largest: int = 0
-    _next: int = 0
-
-    def put(self, src: torch.Tensor) -> tuple[torch.Tensor, _Slot | None]:
-        """Copy `src` into a free slot; return the slot's view and the slot (None if unpooled)."""
-        allocate = self.allocate or _pinned_empty
-        nbytes = src.numel() * src.element_size()
-        self.largest = max(self.largest, nbytes)
-        slot = self._free_slot()
-        if slot is None:
-            return allocate(tuple(src.shape), src.dtype).copy_(src), None
-        if slot.buffer.numel() < nbytes:
-            slot.buffer = allocate((self.largest,), torch.uint8)
-            slot.baseline = _storage_refs(slot.buffer)
-        view = slot.buffer[:nbytes].view(src.dtype).view(src.shape).copy_(src)
-        slot.view, slot.event = weakref.ref(view), None
-        return view, slot
-
-    def _free_slot(self) -> _Slot | None:
-        """A slot safe to overwrite, oldest first; a new one while under capacity; else None."""
-        n = len(self.slots)
-        order = [self.slots[(self._next + i) % n] for i in range(n)]
-        chosen = next((s for s in order if not s.in_use() and not s.copying()), None)
-        if chosen is None and n < self.capacity:
-            buffer = (self.allocate or _pinned_empty)((self.largest,), torch.uint8)
-            self.slots.append(_Slot(buffer, _storage_refs(buffer)))
-            return self.slots[-1]
-        if chosen is None:  # only copies in flight hold the rest: wait for the oldest
-            chosen = next((s for s in order if not s.in_use()), None)
-            if chosen is None:
-                return None
-            chosen.event.synchronize()
-        self._next = (self.slots.index(chosen) + 1) % n
-        return chosen
-
-
 # ----------------------------------------------------------------------------- per-batch work
 @dataclass(frozen=True)
 class Lookahead:
@@ -198,7 +121,7 @@ class _Work:
         self.stage, self.pin, self.device, self.stats = stage, pin, device, stats
         self.capacity = capacity
         self.ahead = stage.depth if isinstance(stage, Lookahead) else 0  # batches started ahead
-        self.rings: dict[str, _PinnedRing] = {}
+        self.rings: dict[str, PinnedRing] = {}
         self.stream = torch.cuda.Stream(device) if device is not None else None
 
     def start(self, item: Any) -> _Started:
@@ -225,7 +148,7 @@ class _Work:
         elif self.stage is not None:
             item = self._timed("stage_s", self.stage, item)
         batch = _payload(item)
-        slots: list[_Slot] = []
+        slots: list[Slot] = []
         if self.pin:
             batch = self._timed("pin_s", _map_tensors, batch, lambda k, t: self._pin(k, t, slots))
         event = None
@@ -247,16 +170,16 @@ class _Work:
         """Both halves at once (depth=0: no thread to overlap with)."""
         return self.finish(self.start(item))
 
-    def _pin(self, name: str, t: torch.Tensor, slots: list[_Slot]) -> torch.Tensor:
+    def _pin(self, name: str, t: torch.Tensor, slots: list[Slot]) -> torch.Tensor:
         if t.device.type != "cpu" or t.is_pinned():
             return t
-        ring = self.rings.setdefault(name, _PinnedRing(self.capacity))
+        ring = self.rings.setdefault(name, PinnedRing(self.capacity))
         view, slot = ring.put(t)
         if slot is not None:
             slots.append(slot)
         return view
 
-    def _copy(self, batch: Batch, slots: list[_Slot]) -> tuple[Batch, Any]:
+    def _copy(self, batch: Batch, slots: list[Slot]) -> tuple[Batch, Any]:
         with torch.cuda.stream(self.stream):
             out = _map_tensors(batch, lambda _k, t: t.to(self.device, non_blocking=True))
             event = torch.cuda.Event()

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from sparkfeed import prefetch as pf
+from sparkfeed import pinring
 from sparkfeed.batch import BinaryColumn
 from sparkfeed.bench.h2d import feed_benchmark
 from sparkfeed.prefetch import Prefetcher
@@ -44,19 +44,19 @@ def test_pin_memory_without_device_hands_out_pinned_tensors():
 
 def test_pinned_ring_reuses_its_buffers():
     created = []
-    real = pf._pinned_empty
+    real = pinring.pinned_empty
 
     def tracking(shape, dtype):
         t = real(shape, dtype)
         created.append(t.data_ptr())
         return t
-    pf._pinned_empty = tracking
+    pinring.pinned_empty = tracking
     try:
         for batch in Prefetcher((make_batch(i) for i in range(200)), depth=2, pin_memory=True,
                                 device="cuda"):
             spin_ms(1)
     finally:
-        pf._pinned_empty = real
+        pinring.pinned_empty = real
     # 3 pinned tensors per batch (x, image.data, image.offsets), at most depth + 2 slots each
     assert 0 < len(created) <= 3 * 4
 

@@ -12,6 +12,7 @@ import psutil
 import pytest
 import torch
 
+from sparkfeed import pinring
 from sparkfeed import prefetch as pf
 from sparkfeed import threads as protocol
 from sparkfeed.batch import BinaryColumn
@@ -38,7 +39,7 @@ def _bounded():
 def plain_ring(monkeypatch):
     """Run the pinned-ring path on CPU: pinning 'enabled', buffers from plain torch.empty."""
     monkeypatch.setattr(pf, "_pin_enabled", lambda pin_memory: bool(pin_memory))
-    monkeypatch.setattr(pf, "_pinned_empty", lambda shape, dtype: torch.empty(shape, dtype=dtype))
+    monkeypatch.setattr(pinring, "pinned_empty", lambda shape, dtype: torch.empty(shape, dtype=dtype))
 
 
 def make_batch(i: int) -> dict:
@@ -318,7 +319,7 @@ def test_ring_never_overwrites_a_held_tensor_and_reuses_released_slots():
     def allocate(shape, dtype):
         allocations.append(shape)
         return torch.empty(shape, dtype=dtype)
-    ring = pf._PinnedRing(3, allocate)
+    ring = pinring.PinnedRing(3, allocate)
     a, slot_a = ring.put(torch.full((8,), 1.0))
     b, _ = ring.put(torch.full((8,), 2.0))
     sub_c = ring.put(torch.full((8,), 3.0))[0][2:4]  # only a sub-view is held
@@ -338,7 +339,7 @@ def test_ring_never_overwrites_a_held_tensor_and_reuses_released_slots():
 
 
 def test_ring_grows_a_slot_for_a_larger_batch():
-    ring = pf._PinnedRing(2, lambda shape, dtype: torch.empty(shape, dtype=dtype))
+    ring = pinring.PinnedRing(2, lambda shape, dtype: torch.empty(shape, dtype=dtype))
     ring.put(torch.zeros(4, dtype=torch.int64))
     big, slot = ring.put(torch.arange(100, dtype=torch.int64).view(10, 10))
     assert slot.buffer.numel() >= 800 and torch.equal(big, torch.arange(100).view(10, 10))
@@ -356,7 +357,7 @@ class FakeEvent:
 
 
 def test_ring_waits_for_an_in_flight_copy_before_reuse():
-    ring = pf._PinnedRing(2, lambda shape, dtype: torch.empty(shape, dtype=dtype))
+    ring = pinring.PinnedRing(2, lambda shape, dtype: torch.empty(shape, dtype=dtype))
     view_1, first = ring.put(torch.ones(4))
     view_2, second = ring.put(torch.ones(4))
     assert first is not second
