@@ -125,7 +125,7 @@ class Dataset(torch.utils.data.IterableDataset):
             if self.expr is not None:
                 used = filters.referenced_columns(self.expr, self.manifest.schema)
                 self.manifest.check_selectable(filters.unfilterable(used, self.manifest.schema), "filter")
-                filters.check_filter(self.expr, self.manifest.schema, self.path)
+                filters.check_filter(self.expr, self.manifest.schema, self.path, self.manifest.shards)
         self.ragged = checks.check_ragged(ragged, self.columns, self.manifest, self.path)  # name -> dtype
         if mixed is not None:
             _same_ragged_types(mixed, self.ragged)

@@ -9,6 +9,7 @@ Nothing here hand-evaluates a predicate.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 
@@ -17,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .arrowtypes import INT96_UNIT, arrow_type, common_type, delivered_type, leaf_fields, torch_dtype
-from .manifest import Column
+from .manifest import Column, Shard
 
 __all__ = ["to_expression", "referenced_columns", "unfilterable", "check_filter", "unprunable",
            "unevaluable",
@@ -126,15 +127,34 @@ _HINTS = {
 }
 
 
-def check_filter(expr: pc.Expression, schema: Sequence[Column], dataset: str) -> None:
+def check_filter(expr: pc.Expression, schema: Sequence[Column], dataset: str, shards: Sequence[Shard] = ()) -> None:
     """Bind `expr` to the dataset's schema now, so a missing column or a wrong type fails
-    when the loader is built, not in the middle of an epoch."""
+    when the loader is built, not in the middle of an epoch. `shards` (the manifest's) tell a
+    Hive key that is null in every directory, which a refusal then names (`_null_key_hint`)."""
     try:
         _empty_table(_named_in(expr, schema), rows=1).filter(expr)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, TypeError) as exc:
-        hint = next((h for key, h in _HINTS.items() if key in str(exc)), "")
+        hint = _null_key_hint(expr, schema, shards) or next((h for key, h in _HINTS.items() if key in str(exc)), "")
         raise ValueError(f"`filter` {expr} cannot apply to dataset {dataset!r} with columns "
                          f"{[c.name for c in schema]}: {_first_line(exc)}{hint}") from exc
+
+
+def _null_key_hint(expr: pc.Expression, schema: Sequence[Column], shards: Sequence[Shard]) -> str:
+    """Where `expr` binds once a Hive partition key that is null in every directory
+    (`__HIVE_DEFAULT_PARTITION__`) is taken as a column of nulls: the sentence saying so. Such a
+    key is typed string, as Spark types it (its column stays deliverable), so `p < 3` is a number
+    beside text; the answer would be no row, whatever its type, and a filter that counts on its
+    values is better told than given nothing."""
+    named = _named_in(expr, schema)
+    keys = [c.name for c in named if c.type == "string" and shards and all(
+        s.partition is not None and c.name in s.partition and s.partition[c.name] is None for s in shards)]
+    for key in keys:
+        if _bind_error(expr, [dataclasses.replace(c, type="null") if c.name == key else c for c in named]) is None:
+            return (f"; partition key {key!r} is null in every directory (__HIVE_DEFAULT_PARTITION__), so it is "
+                    f"typed string, as Spark types it, and no row has a value there: compare it with text or "
+                    f"test pc.field({key!r}).is_null(); once a directory holds a value, index the data again "
+                    f"(`sparkfeed index ... --overwrite`) to type the key by its values")
+    return ""
 
 
 def unprunable(exc: Exception, expr: pc.Expression, dataset: str) -> ValueError:

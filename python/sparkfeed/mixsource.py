@@ -199,7 +199,7 @@ def resolve(sources: Sequence, *, columns, filter, storage_options: dict | None,
         expr = common if expr is None else expr if common is None else expr & common  # (DNF typed by each schema)
         if expr is not None:
             m.check_selectable(filters.unfilterable(filters.referenced_columns(expr, m.schema), m.schema), "filter")
-            filters.check_filter(expr, m.schema, f"{s.path} (source {i})")
+            filters.check_filter(expr, m.schema, f"{s.path} (source {i})", m.shards)
         else:  # its size is the manifest's: checked now, not at the first batch
             _check_enough(i, s, m.num_samples)
         out.append(_Resolved(s, opened[i][1], m, expr, casts[i]))

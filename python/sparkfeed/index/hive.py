@@ -53,7 +53,8 @@ def _partition_type(values: list[str]) -> str:
     bigint, then double (`0.5`, `1e-3`; integers among them widen), else string. Dates stay
     strings here (ISO dates compare as strings; Spark would make them dates). A key whose
     every value is `__HIVE_DEFAULT_PARTITION__` is a string column of nulls, as Spark types it
-    (an integer column could not deliver its nulls)."""
+    (an integer column could not deliver its nulls); a filter comparing it with a number is
+    refused naming it (`filters._null_key_hint`)."""
     if not values:
         return "string"
     if all(_INT.fullmatch(v) for v in values):
