@@ -207,15 +207,19 @@ def dali_misreads(im: Image.Image, data) -> str | None:
     out scrambled (its gray and alpha samples read as RGB), a CIELAB TIFF in wrong colours
     (95 levels off), a 32-bit integer TIFF and an uncompressed 1-bit TIFF failed with
     nvImageCodec's codes; a WebP holding EXIF and lossless or alpha data failed ('#17'); a
-    16-bit BMP without bit masks failed ('Invalid sample_type: 0'); a PGM/PPM whose maxval is
+    16-bit BMP without bit masks failed ('Invalid sample_type: 0'), one with bit masks (R5G6B5,
+    X1R5G5B5) came out up to 7 levels dark (its samples widened by a shift) or, with a V4
+    header, failed; a PGM/PPM whose maxval is
     not 255 or 65535 came out unscaled (maxval 100: white 100, not 255)."""
     if im.format == "TIFF":
         if im.mode in ("LA", "LAB", "I") or (im.mode == "1" and im.tag_v2.get(259, 1) == 1):
             kind = {"LA": "grayscale+alpha", "LAB": "CIELAB", "I": "32-bit integer", "1": "uncompressed 1-bit"}[im.mode]
             return f"DALI does not decode a TIFF of mode {im.mode!r} ({kind}) right"
-    if im.format == "BMP" and im.info.get("compression") == 0 and int.from_bytes(data[14:18], "little") >= 40 \
-            and int.from_bytes(data[28:30], "little") == 16:
-        return "DALI does not decode a 16-bit BMP without bit masks (X1R5G5B5)"
+    if im.format == "BMP" and int.from_bytes(data[14:18], "little") >= 40 and int.from_bytes(data[28:30], "little") == 16:
+        if im.info.get("compression") == 0:
+            return "DALI does not decode a 16-bit BMP without bit masks (X1R5G5B5)"
+        return ("DALI widens a 16-bit BMP's 5- and 6-bit samples by a shift, not to scale (white came "
+                "out as (248, 252, 248), up to 7 levels off)")
     if im.format == "PPM" and im.tile and isinstance(im.tile[0].args, tuple) \
             and im.tile[0].args[-1] not in (255, 65535):
         return (f"DALI reads a PGM/PPM's samples without its maxval ({im.tile[0].args[-1]}, not 255 or "

@@ -75,6 +75,19 @@ def _bmp16(w: int = 8, h: int = 4) -> bytes:
     return b"BM" + (54 + len(data)).to_bytes(4, "little") + bytes(4) + (54).to_bytes(4, "little") + info + data
 
 
+def _bmp565(w: int = 8, h: int = 4) -> bytes:
+    """A 16-bit R5G6B5 BMP (BI_BITFIELDS: its three bit masks after the 40-byte header), white
+    in its last column."""
+    y, x = np.mgrid[0:h, 0:w]
+    px = np.where(x == w - 1, 0xFFFF, (x * 4) << 11 | (y * 8) << 5 | (x + y)).astype("<u2")
+    data = px[::-1].tobytes()  # bottom-up rows
+    masks = b"".join(m.to_bytes(4, "little") for m in (0xF800, 0x07E0, 0x001F))
+    info = (40).to_bytes(4, "little") + w.to_bytes(4, "little") + h.to_bytes(4, "little") + \
+        (1).to_bytes(2, "little") + (16).to_bytes(2, "little") + (3).to_bytes(4, "little") + \
+        len(data).to_bytes(4, "little") + bytes(16) + masks
+    return b"BM" + (66 + len(data)).to_bytes(4, "little") + bytes(4) + (66).to_bytes(4, "little") + info + data
+
+
 def _unflagged(webp: bytes) -> bytes:
     """The WebP with its VP8X header's EXIF flag cleared (the EXIF chunk left in place)."""
     b = bytearray(webp)
@@ -134,6 +147,7 @@ DALI_REFUSES = {  # name: (bytes, what DALI's header check says); PIL decodes ea
     "lossless webp with EXIF": (_save(RGB, "WEBP", lossless=True, exif=_exif(1)), "WebP holding EXIF"),
     "alpha webp with EXIF": (_save(RGBA, "WEBP", quality=90, exif=_exif(1)), "WebP holding EXIF"),
     "16-bit bmp": (_bmp16(), "16-bit BMP without bit masks"),
+    "16-bit bmp with bit masks (R5G6B5)": (_bmp565(), "widens a 16-bit BMP's 5- and 6-bit samples"),
     "pgm, maxval 100": (b"P5\n4 1\n100\n" + bytes([0, 33, 50, 100]), "without its maxval (100"),
     "ascii ppm, maxval 15": (b"P3\n1 1\n15\n15 7 0\n", "without its maxval (15"),
     "16-bit pgm, maxval 1000": (b"P5\n2 1\n1000\n" + bytes([0, 0, 3, 232]), "without its maxval (1000"),
@@ -166,6 +180,12 @@ def test_pil_scales_a_pgm_by_its_maxval():
     """What DALI got wrong (the refusal above), PIL gets right: white is maxval."""
     res = _decode("pil", DALI_REFUSES["pgm, maxval 100"][0])
     assert res.images[0, 0, 0].tolist() == [0, 84, 128, 255]
+
+
+def test_pil_scales_a_16_bit_bmp_to_full_levels():
+    """What DALI got wrong (white as (248, 252, 248)), PIL gets right: white is 255."""
+    res = _decode("pil", DALI_REFUSES["16-bit bmp with bit masks (R5G6B5)"][0])
+    assert res.images[0, :, :, -1].unique().tolist() == [255]
 
 
 def test_exif_turns_follow_the_pixels():
