@@ -34,6 +34,7 @@ from .writefooters import _build_manifest, _committed_parquet, _gather_entries
 from .writeoptions import SampleKeyError, check_options, webdataset_members
 from .writepaths import (OverwriteInputError, _is_nonempty, _refuse_json_root,
                          _refuse_overwriting_input, _shown, _spark_path)
+from .writeshards import count_rows, even_shards
 from .writewebdataset import _check_webdataset_source, _refuse_key_only, _save_webdataset
 
 __all__ = ["write", "DatasetExistsError", "OverwriteInputError", "SampleKeyError",
@@ -216,7 +217,8 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
         started = time.monotonic()
         with job_failure_named(dataset, format, "nothing was written, and the path is as it was",
                                _connection_lost):
-            count = df.count()
+            counts = count_rows(df)
+        count = sum(counts)
         n = max(1, math.ceil(count / samples_per_shard))
         log.info("writing %d samples of %s as %d %s shards to %s", count, dataset, n, format,
                  spark_path)
@@ -224,7 +226,7 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
             cols = columns(df.schema, keys)
             df = df.repartitionByRange(n, *cols).sortWithinPartitions(*cols)
         else:
-            df = df.repartition(n)
+            df = even_shards(df, counts, samples_per_shard, n)
         spark_mode = _spark_mode(mode, existing)
         overwrite = bool(mode == "overwrite" and existing)
         if format == "webdataset":

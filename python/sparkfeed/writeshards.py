@@ -1,0 +1,95 @@
+"""How `sparkfeed.write` lays rows out in shards without `cluster_by`: the count job (rows per
+input partition) and the repartition that fills each shard with `samples_per_shard` rows, however
+small the input partitions are."""
+
+from __future__ import annotations
+
+# Columns of the count job and the repartition (dropped before Spark writes).
+_PARTITION = "_sparkfeed_partition"
+_SHARD = "_sparkfeed_shard"
+# monotonically_increasing_id(): the partition id in the upper 31 bits, the row in the lower 33.
+_ROW_BITS = 33
+
+
+def _quoted(name: str):
+    from pyspark.sql import functions as F
+
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
+def count_rows(df) -> list[int]:
+    """Rows in each input partition of `df` (by partition id), in one Spark job."""
+    from pyspark.sql import functions as F
+
+    part = F.spark_partition_id().alias(_PARTITION)
+    rows = df.select(part).groupBy(_PARTITION).count().collect()
+    return _by_partition(rows)
+
+
+def _by_partition(rows) -> list[int]:
+    """[rows of partition 0, 1, ...] from (partition, count) rows; absent partitions hold 0."""
+    found = {r[_PARTITION]: r["count"] for r in rows}
+    return [found.get(p, 0) for p in range(max(found, default=-1) + 1)]
+
+
+def partition_keys(n: int) -> list[int]:
+    """For each partition p of `n`, an int that Spark's hash partitioning (Murmur3 with seed 42,
+    pmod n) sends to p, so that `repartition(n, key)` puts shard p alone in partition p: with the
+    shard number itself two shards often shared a partition and a third of the partitions were
+    empty, the first of which Spark's Parquet writer fills with an empty file."""
+    import numpy as np
+
+    keys = np.full(n, -1, np.int64)
+    start, chunk = 0, max(4 * n, 1024)
+    while (keys < 0).any():
+        candidates = np.arange(start, start + chunk, dtype=np.int64)
+        parts, first = np.unique(_murmur3_int(candidates) % n, return_index=True)
+        free = keys[parts] < 0
+        keys[parts[free]] = candidates[first[free]]
+        start += chunk
+    return keys.tolist()
+
+
+def _murmur3_int(values):
+    """Spark's Murmur3Hash of int values with its seed 42 (Murmur3_x86_32.hashInt), as int64."""
+    import numpy as np
+
+    def rotl(x, r):
+        return (x << np.uint32(r)) | (x >> np.uint32(32 - r))
+
+    k = rotl(values.astype(np.uint32) * np.uint32(0xcc9e2d51), 15) * np.uint32(0x1b873593)
+    h = rotl(np.uint32(42) ^ k, 13) * np.uint32(5) + np.uint32(0xe6546b64)
+    h ^= np.uint32(4)
+    for shift, factor in ((16, 0x85ebca6b), (13, 0xc2b2ae35)):
+        h = (h ^ (h >> np.uint32(shift))) * np.uint32(factor)
+    h ^= h >> np.uint32(16)
+    return h.view(np.int32).astype(np.int64)
+
+
+def even_shards(df, counts: list[int], samples_per_shard: int, shards: int):
+    """`df` repartitioned into `shards` partitions, partition p holding shard p: the rows
+    numbered across the DataFrame (their partition's offset, from `counts`, plus their place in
+    it) from p * samples_per_shard on. Round robin (`repartition(n)`) gave partitions of uneven
+    sizes, each cut into shards of at most samples_per_shard: 300 one-row partitions at 7 a
+    shard made 60 shards instead of 43. Each input partition is first sorted by a hash of its
+    rows, so that a retried task numbers its rows as the first attempt did (Spark's round robin
+    sorts so too: `spark.sql.execution.sortBeforeRepartition`); so rows are in no particular
+    order. Rows past the counted ones (a DataFrame that changed between the jobs) go to the last
+    partition, which then writes more shards: never a row lost or written twice."""
+    from pyspark.sql import functions as F
+
+    offsets, total = [], 0
+    for c in counts:
+        offsets.append(total)
+        total += c
+    part = F.spark_partition_id()
+    offset = F.when(part < len(offsets), F.element_at(
+        F.array(*[F.lit(o) for o in offsets or [0]]).cast("array<bigint>"), part + 1)) \
+        .otherwise(F.lit(total))
+    row = F.monotonically_increasing_id().bitwiseAND((1 << _ROW_BITS) - 1)
+    shard = F.least(F.floor((offset + row) / samples_per_shard), F.lit(shards - 1))
+    keys = F.array(*[F.lit(k) for k in partition_keys(shards)]).cast("array<int>")
+    key = F.element_at(keys, shard.cast("int") + 1)
+    numbered = df.sortWithinPartitions(F.xxhash64(*[_quoted(c) for c in df.columns])) \
+        .withColumn(_SHARD, key)
+    return numbered.repartition(shards, _SHARD).drop(_SHARD)

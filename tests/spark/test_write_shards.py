@@ -1,0 +1,82 @@
+"""How sparkfeed.write fills shards and what it refuses about sample keys, with real Spark writes:
+shard sizes read from the manifest and from the files themselves.
+"""
+
+import os
+import sys
+import tarfile
+
+import pytest
+
+import sparkfeed
+
+pytestmark = pytest.mark.spark
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+
+def _tar_samples(path) -> dict[str, int]:
+    """shard name -> samples in the tar, counted from its members (one key per sample)."""
+    out = {}
+    for name in sorted(os.listdir(path)):
+        if name.endswith(".tar"):
+            with tarfile.open(os.path.join(path, name)) as t:
+                out[name] = len({m.name.split(".", 1)[0] for m in t.getmembers()})
+    return out
+
+
+def _sizes(manifest) -> list[int]:
+    return sorted((s.num_samples for s in manifest.shards), reverse=True)
+
+
+@pytest.mark.parametrize("partitions", [300, 2])
+def test_tiny_partitions_give_full_webdataset_shards(spark, tmp_path, partitions):
+    """300 rows at 7 a shard are ceil(300/7) = 43 shards, 42 of 7 and one of 6, whether the input
+    is 300 one-row partitions or 2 large ones (round robin gave 60 shards from the 300)."""
+    df = spark.range(300).selectExpr("cast(id as string) as key", "id as x") \
+        .repartition(partitions)
+    path = tmp_path / "wds"
+    m = sparkfeed.write(df, str(path), format="webdataset", samples_per_shard=7)
+    assert _sizes(m) == [7] * 42 + [6]
+    in_tars = _tar_samples(path)
+    assert sorted(in_tars.values(), reverse=True) == [7] * 42 + [6]
+    assert in_tars == {s.path: s.num_samples for s in m.shards}
+    back = spark.read.format("webdataset").load(str(path)).select("key").collect()
+    assert sorted(int(r.key) for r in back) == list(range(300))  # each row once
+
+
+def test_tiny_partitions_give_full_parquet_shards(spark, tmp_path):
+    """The Parquet write cuts its files by the same plan: 100 one-row partitions at 8 a shard
+    are 13 files (12 of 8, one of 4), and every row is there once."""
+    df = spark.range(100).repartition(100)
+    m = sparkfeed.write(df, str(tmp_path / "pq"), samples_per_shard=8, samples_per_row_group=3)
+    assert _sizes(m) == [8] * 12 + [4]
+    import pyarrow.parquet as pq
+    ids = sorted(v for s in m.shards for v in pq.read_table(tmp_path / "pq" / s.path)["id"].to_pylist())
+    assert ids == list(range(100))
+
+
+def test_each_shard_has_a_partition_of_its_own(spark):
+    """Shard p goes to partition p: the keys the repartition hashes are chosen by Spark's own
+    Murmur3 (checked here against Spark's hash()), so no partition holds two shards or none."""
+    import numpy as np
+    from pyspark.sql import functions as F
+
+    from sparkfeed.writeshards import _murmur3_int, count_rows, even_shards
+
+    ids = spark.range(-500, 500).select(F.hash(F.col("id").cast("int")).alias("h")).collect()
+    assert [r.h for r in ids] == _murmur3_int(np.arange(-500, 500)).tolist()
+    df = spark.range(20).repartition(4)
+    shuffled = even_shards(df, count_rows(df), 3, 7)
+    per_part = shuffled.groupBy(F.spark_partition_id().alias("p")).count().collect()
+    assert sorted((r.p, r["count"]) for r in per_part) == [(p, 3) for p in range(6)] + [(6, 2)]
+    assert sorted(r.id for r in shuffled.collect()) == list(range(20))
+
+
+def test_the_rows_are_numbered_after_a_sort_within_each_input_partition(spark):
+    """A retried task must number its rows as the first attempt did, or a row could land in two
+    shards (or none): each input partition is sorted by a hash of its rows before numbering."""
+    from sparkfeed.writeshards import even_shards
+
+    shuffled = even_shards(spark.range(20).repartition(4), [5, 5, 5, 5], 3, 7)
+    plan = shuffled._jdf.queryExecution().executedPlan().toString()
+    assert "xxhash64" in plan and "Sort [" in plan, plan
