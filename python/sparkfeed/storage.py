@@ -186,15 +186,12 @@ def path_problem(rel: object) -> str | None:
     return None
 
 
-def check_relative(rel: str, dataset: str, root: str | None = None) -> str:
-    """`rel` itself, or PathEscapeError naming the dataset when `path_problem` refuses it; under
-    an http(s) dataset or `root`, also when it refuses `rel` with its %-escapes decoded."""
+def check_relative(rel: str, dataset: str) -> str:
+    """`rel` itself, or PathEscapeError naming the dataset when `path_problem` refuses it. Its
+    %-escapes are characters of the name, under an http(s) dataset too: `join` escapes them, so
+    a server never decodes "%2e%2e" to ".." (before, such names were refused, and with them
+    Spark's own partition directories over HTTP: `ts=10%3A00` decoded starts with "ts=10:")."""
     problem = path_problem(rel)
-    if problem is None and "%" in rel and (is_http_url(dataset) or is_http_url(root or "")):
-        # an HTTP client decodes %2e%2e to ".." and then drops the dot segments: manifest path
-        # "%2e%2e/other/x.parquet" under http://host/ds was fetched from http://host/other/
-        problem = path_problem(urllib.parse.unquote(rel))
-        problem = problem and f"{problem} once its %-escapes are decoded, as an HTTP URL is"
     if problem is not None:
         raise PathEscapeError(
             f"dataset {dataset!r}: path {rel!r} could escape the dataset: it {problem}; manifest "
@@ -202,10 +199,26 @@ def check_relative(rel: str, dataset: str, root: str | None = None) -> str:
     return rel
 
 
-def join(root: str, rel: str, dataset: str) -> str:
-    """`root/rel` after checking that `rel` stays inside the dataset."""
-    return posixpath.join(root, check_relative(rel, dataset, root))
+# What a file name keeps as it is in an http(s) URL's path (RFC 3986's sub-delimiters, ":" and
+# "@"); everything else, "%", "#", "?" and spaces among them, is %-escaped (`join`).
+_URL_PATH_SAFE = "/!$&'()*+,;=:@~"
 
+
+def join(root: str, rel: str, dataset: str) -> str:
+    """`root/rel` after checking that `rel` stays inside the dataset. Under an http(s) root, `rel`
+    (a file name, as the manifest records it) is %-escaped: a server decodes the URL's path, so
+    Spark's own escapes in a partition directory (`ts=2024-01-01 10%3A00%3A00`) named another
+    file, and a "#" or "?" cut the name short (each read as missing, or as the wrong file)."""
+    rel = check_relative(rel, dataset)
+    if is_http_url(root):
+        rel = urllib.parse.quote(rel, safe=_URL_PATH_SAFE)
+    return posixpath.join(root, rel)
+
+
+def relative(root: str, path: str) -> str:
+    """The manifest's name for `path`, a file `join` made under `root` (its escapes undone)."""
+    rel = path[len(root):].lstrip("/")
+    return urllib.parse.unquote(rel) if is_http_url(root) else rel
 
 
 def exists(fs: fsspec.AbstractFileSystem, path: str) -> bool:

@@ -102,7 +102,7 @@ class ParquetReader(ParquetAhead, Reader):
 
     def _size(self, path: str) -> int | None:
         """The file's size from the manifest (full path), so opening it sends no HEAD."""
-        rel = path[len(self.ctx.root):].lstrip("/")
+        rel = storage.relative(self.ctx.root, path)
         return self.ctx.manifest_bytes.get(rel)
 
     def _retrying(self, fn, what: str):

@@ -1,0 +1,102 @@
+"""Shard names over HTTP that hold characters a URL gives a meaning to: "%" (Spark's own escapes in
+a partition directory, `ts=2024-01-01 10%3A00%3A00`), "#", "?", spaces. A static server (nginx, S3,
+Python's http.server) decodes the request path, so the reader must escape the names it joins to
+the dataset's URL. Before: each such shard read as missing, or as another file. A real server on
+127.0.0.1 that decodes its paths as those do."""
+
+import http.server
+import json
+import os
+import threading
+import urllib.parse
+
+import pytest
+
+import dsutil
+import sparkfeed
+from sparkfeed import storage
+from sparkfeed.bench.remote import send_file_range
+
+NAMES = ["plain.parquet", "ts=2024-01-01 10%3A00%3A00/part-0.parquet", "a#b.parquet", "q?x.parquet",
+         "pct%41.parquet", "pctA.parquet"]
+
+
+class _DecodingServer:
+    """Serves `root` read-only, its request paths %-decoded as static servers decode them;
+    `paths` records each decoded path asked for."""
+
+    def __init__(self, root: str):
+        self.paths = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                self._serve(False)
+
+            def do_GET(self):
+                self._serve(True)
+
+            def _serve(self, body: bool):
+                rel = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).lstrip("/")
+                owner.paths.append(rel)
+                path = os.path.join(root, rel)
+                if not os.path.isfile(path):
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                send_file_range(self, path, body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def named(tmp_path_factory):
+    """A Parquet dataset of 10 rows per shard whose shards are renamed to NAMES (the manifest too)."""
+    root = str(tmp_path_factory.mktemp("names") / "ds")
+    dsutil.write_parquet(root, dsutil.table(10 * len(NAMES)), 10, 5)
+    manifest = os.path.join(root, "_sparkfeed.json")
+    with open(manifest) as f:
+        doc = json.load(f)
+    for shard, name in zip(doc["shards"], NAMES):
+        os.makedirs(os.path.dirname(os.path.join(root, name)), exist_ok=True)
+        os.rename(os.path.join(root, shard["path"]), os.path.join(root, name))
+        shard["path"] = name
+    with open(manifest, "w") as f:
+        json.dump(doc, f)
+    server = _DecodingServer(os.path.dirname(root))
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_shards_whose_names_hold_url_characters_are_each_read_once_over_http(named, num_workers):
+    ids = []
+    for batch in sparkfeed.DataLoader(named.url + "/ds", batch_size=7, num_workers=num_workers):
+        ids += batch["id"].tolist()
+    assert sorted(ids) == list(range(10 * len(NAMES)))
+    asked = {p.removeprefix("ds/") for p in named.paths}
+    assert set(NAMES) <= asked  # each shard was asked for by its own name
+    assert asked <= set(NAMES) | {"_sparkfeed.json"}  # and nothing else (no "a", no "q", no "pctA" for "pct%41")
+
+
+def test_join_escapes_a_name_under_an_http_root_only_and_relative_undoes_it():
+    for name in NAMES:
+        url = storage.join("http://h/ds", name, "ds")
+        assert "#" not in url and "?" not in url and " " not in url
+        assert urllib.parse.unquote(url) == "http://h/ds/" + name
+        assert storage.relative("http://h/ds", url) == name
+        assert storage.join("/data/ds", name, "ds") == "/data/ds/" + name
+        assert storage.relative("/data/ds", "/data/ds/" + name) == name
