@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from . import checks, forks, mix, mixsource, mixstate, progress
+from . import checks, epochnotes, forks, mixsource, mixstate, progress
 from . import shuffle as shuffling
 from .batchwork import BatchWork
 from .dataset import Dataset
@@ -36,8 +36,6 @@ from .workerprocs import WorkerProcesses, mp_context, worker_died, worker_error
 __all__ = ["DataLoader"]
 log = logging.getLogger(__name__)
 
-_UNEVEN_CHECK_RANKS = 1024  # ranks past which the once-per-loader check of batch counts is skipped
-_REREAD_WARN_MIB = 64  # shuffle blocks read on both sides of a boundary: a warning from this much more
 WORKER_TYPES = ("auto", "thread", "process")
 # what loaders in a forked child inherited from the parent's threads and worker processes: kept
 # here, never used nor destroyed (`DataLoader._own_process`)
@@ -422,34 +420,12 @@ class DataLoader:
                     self.dataset.path, self.dataset.epoch)
 
     def _note_blocks_read_twice(self, epoch: int, lanes: list) -> None:
-        """Once per loader, a shuffled epoch: log how much more than its share this rank reads,
-        because a shuffle block that a boundary between ranks (or worker processes) crosses is
-        read whole on each side; a warning where that is over twice its share and
-        `_REREAD_WARN_MIB` more, with the `shuffle_buffer` that bounds it."""
+        """Once per loader, a shuffled epoch: log how much more than its share this rank reads
+        (`epochnotes.blocks_read_twice`)."""
         self._blocks_noted = True
-        ds = self.dataset
-        if not ds.shuffle or isinstance(self._engine, mix.MixedEngine):  # (a mix's blocks are its own)
-            return
-        stream, shared = self._engine.stream(epoch), self._threads()
-        share = sum(hi - lo for spans in lanes for lo, hi in spans)
-        kept = [span for r in range(ds.world_size)
-                for span in self._engine.rank_spans(r, ds.world_size, self.batch_size, ds.drop_last)]
-        read = stream.samples_read(lanes, shared=shared, kept=kept)
-        if share <= 0 or read <= share:
-            return
-        manifest = ds.manifest
-        sample_bytes = (manifest.num_bytes or 0) / max(1, manifest.num_samples or 0)
-        extra_mib = (read - share) * sample_bytes / (1 << 20)
-        # the span a reader holds alone: the rank's where its lanes share blocks, else a lane's
-        alone = share if shared else min((sum(hi - lo for lo, hi in spans) for spans in lanes if spans), default=share)
-        sides = " or ".join(([f"the {ds.world_size} ranks"] if ds.world_size > 1 else [])
-                            + ([] if shared else ["worker processes"]))
-        level = logging.WARNING if read > 2 * share and extra_mib >= _REREAD_WARN_MIB else logging.INFO
-        log.log(level, "%s: rank %d reads %d samples of shuffle blocks per epoch for its %d (about %.0f MiB "
-                "of stored rows more): a block that a boundary between %s crosses is read whole on "
-                "each side. A smaller shuffle_buffer (now %d samples per block) reads less twice and "
-                "mixes less: shuffle_buffer=%d reads at most about 1.5x its share",
-                ds.path, ds.rank, read, share, extra_mib, sides or "lanes", stream.block, max(1, alone // 4))
+        note = epochnotes.blocks_read_twice(self.dataset, epoch, lanes, self.batch_size, shared=self._threads())
+        if note is not None:
+            log.log(*note)
 
     def _note_same_epoch_again(self, epoch: int) -> None:
         """Once per loader: a warning when a shuffled epoch delivered to its end starts again
@@ -463,20 +439,11 @@ class DataLoader:
                         "on every rank, for a new order", self.dataset.path, epoch)
 
     def _note_uneven_ranks(self) -> None:
-        """Once per loader: a warning when ranks get different numbers of batches (drop_last=False
-        keeps every sample, so the last batches fall to some ranks only), which hangs DDP."""
-        ds = self.dataset
-        if ds.drop_last or ds.world_size == 1 or ds.world_size > _UNEVEN_CHECK_RANKS:
-            return
-        counts = [progress.EpochProgress(self._engine.lanes(
-                      self._engine.rank_spans(r, ds.world_size, self.batch_size, False), self._workers,
-                      self.batch_size), self.batch_size).batches_left() for r in range(ds.world_size)]
-        if min(counts) != max(counts):
-            log.warning("%s: with drop_last=False the %d ranks get %d to %d batches per epoch (rank %d: "
-                        "%d). Under DistributedDataParallel a rank that runs out first waits for the "
-                        "others forever: pass drop_last=True (every rank the same number of full "
-                        "batches) or wrap the loop in torch.distributed.algorithms.Join",
-                        ds.path, ds.world_size, min(counts), max(counts), ds.rank, counts[ds.rank])
+        """Once per loader: a warning when ranks get different numbers of batches
+        (`epochnotes.uneven_ranks`), which hangs DDP."""
+        note = epochnotes.uneven_ranks(self.dataset, self.batch_size, self._workers)
+        if note is not None:
+            log.warning(*note)
 
     # ------------------------------------------------------------ the next epoch, read ahead
 

@@ -893,12 +893,12 @@ def test_a_rank_that_reads_shuffle_blocks_other_ranks_read_says_so_once(pq_path,
     names holds."""
     import logging
 
-    from sparkfeed import loader as loader_module
+    from sparkfeed import epochnotes
 
     kw = dict(batch_size=50, shuffle=True, columns=["id", "image"])
     whole = sparkfeed.DataLoader(pq_path, **kw)
     ids_of(whole)
-    monkeypatch.setattr(loader_module, "_REREAD_WARN_MIB", 0)
+    monkeypatch.setattr(epochnotes, "REREAD_WARN_MIB", 0)
     with caplog.at_level(logging.INFO, logger="sparkfeed.loader"):
         rank1 = sparkfeed.DataLoader(pq_path, rank=1, world_size=4, **kw)
         assert len(ids_of(rank1)) == 500 and len(ids_of(rank1)) == 500
