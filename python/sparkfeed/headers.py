@@ -254,29 +254,6 @@ def _upright_sizes(enc: _Encoded, w: np.ndarray, h: np.ndarray, rows, max_pixels
             w[r], h[r] = h[r], w[r]
 
 
-def _truncated_jpegs(enc: _Encoded) -> list[int]:
-    """JPEG rows with no end-of-image marker after their first scan: cut short (a partial
-    download or write). Refused for every backend: nvJPEG decodes such a stream without an error,
-    filling what is missing, and libjpeg (DALI's CPU decoder, PIL's) does too where the missing
-    tail reads as scan data (a cut file zero-filled to its length: a preallocated download, a
-    sparse copy), the rest grey. Most rows end in the marker (one numpy test for the batch);
-    only the others are walked."""
-    suspects = []
-    for data, rows in enc.groups():
-        if data.size == 0:  # nothing but empty rows (refused as such)
-            continue
-        starts, ends = enc.starts[rows], enc.ends[rows]
-        jpeg = (ends - starts >= 4) & (_be16(data, starts) == 0xFFD8)
-        suspects += rows[jpeg & (_be16(data, np.maximum(ends - 2, starts)) != 0xFFD9)].tolist()
-    bad = []
-    for r in sorted(suspects):
-        b = enc.row(r).tobytes()
-        sos = next((i for i, marker in _segments(b, 4) if marker == 0xDA), -1)  # the first scan
-        if sos < 0 or b.rfind(b"\xff\xd9") < sos:  # trailing bytes after the marker are allowed
-            bad.append(r)
-    return bad
-
-
 def resized_sizes(w, h, t: int) -> tuple[np.ndarray, np.ndarray]:
     """(width, height) of images of `w` x `h` pixels once their shorter side is resized to `t`,
     rounded as DALI's `resize_shorter` rounds (half up, at least `t`: 20x50 to 37 is 37x93): the
@@ -322,7 +299,7 @@ def _check_headers(enc: _Encoded, spec: ImageDecode) -> tuple[np.ndarray, list[t
     """Sizes (n, 2) of every row from its header (for crop="random_resized" as shown: turned by
     EXIF orientations 5-8), and the rows refused before any decoding
     (empty, not an image, over `max_pixels`, smaller than a crop cut from stored pixels, JPEGs
-    cut short).
+    and JPEG 2000 codestreams cut short: `cutshort.py`).
 
     JPEG and PNG rows are read for the whole batch at once (`_scan_sizes`); only rows it cannot
     read (other formats, odd JPEGs) go one by one through PIL's lazy `Image.open`."""
@@ -335,9 +312,10 @@ def _check_headers(enc: _Encoded, spec: ImageDecode) -> tuple[np.ndarray, list[t
                                 f"differ {tuple(turns)} (DALI turns its shape by one and its pixels by "
                                 "another); refused before decoding"))
             w[r] = h[r] = -2
-    for r in _truncated_jpegs(enc):
-        failures.append((r, "could not decode: the JPEG is cut short (no end-of-image marker "
-                            "after its scan data); refused before decoding"))
+    from .cutshort import _cut_short
+
+    for r, reason in _cut_short(enc):
+        failures.append((r, reason))
         w[r] = h[r] = -2  # neither read again below nor counted as known
     for r in np.flatnonzero(w == -1).tolist():
         size, reason = _check_header(enc.row(r), spec.max_pixels, _DALI_FORMATS if spec.backend == "dali" else None)

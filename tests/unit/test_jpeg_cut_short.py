@@ -1,4 +1,4 @@
-"""A JPEG cut short gets one verdict from every backend: refused from its header, never decoded.
+"""A JPEG (or JPEG 2000) cut short gets one verdict from every backend: refused from its header.
 
 libjpeg (DALI's CPU decoder and PIL's) fails a JPEG whose scan data simply stops, but where the
 missing tail reads as scan data (a cut file zero-filled to its length: a preallocated download,
@@ -82,6 +82,43 @@ def test_a_zero_filled_cut_decoded_grey_before_and_is_refused_from_the_header_no
     for backend in BACKENDS:
         (row, why), = _decode(backend, [filled]).failures
         assert row == 0 and "cut short" in why and "refused before decoding" in why
+
+
+def _jpeg2000(**save) -> bytes:
+    rs = np.random.RandomState(3)
+    a = rs.randint(0, 255, (96, 128, 3), np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "JPEG2000", **save)
+    return buf.getvalue()
+
+
+def _boxes(jp2: bytes) -> list[tuple[bytes, int, int]]:
+    """(type, offset, length) of each top-level box of a JP2 file."""
+    out, i = [], 0
+    while i < len(jp2):
+        n = int.from_bytes(jp2[i:i + 4], "big") or len(jp2) - i
+        out.append((jp2[i + 4:i + 8], i, n))
+        i += n
+    return out
+
+
+@pytest.mark.parametrize("kind", ["jp2", "j2k"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_jpeg_2000_cut_short_is_refused_by_both_backends(backend, kind):
+    """DALI decoded a JPEG 2000 zero-filled past a cut without an error, up to 106 levels off,
+    where PIL refused it: the same bytes now get the same verdict, from the header check."""
+    whole = _jpeg2000(**({"no_jp2": True} if kind == "j2k" else {}))
+    kept = [whole]
+    if kind == "jp2":  # a box after the codestream's: the file no longer ends in its marker
+        assert _boxes(whole)[-1][0] == b"jp2c"
+        kept.append(whole + (17).to_bytes(4, "big") + b"xml " + b"<x>hello</x>"[:9])
+    cuts = [whole[:-2]] + [whole[:int(len(whole) * f)] + bytes(len(whole) - int(len(whole) * f))
+                           for f in (0.5, 0.9, 0.99)]
+    res = _decode(backend, kept + cuts)
+    assert res.ok_rows.tolist() == list(range(len(kept)))
+    reasons = dict(res.failures)
+    assert sorted(reasons) == list(range(len(kept), len(kept) + len(cuts)))
+    assert all("JPEG 2000 codestream is cut short" in why for why in reasons.values())
 
 
 def _dataset(tmp_path, images: list[bytes]) -> str:
