@@ -19,7 +19,7 @@ import sparkfeed
 from sparkfeed import storage
 from sparkfeed.errors import ShardReadError
 from sparkfeed.read import tarheaders, tarindex, tarnames
-from sparkfeed.read.tarinfo import split_name
+from sparkfeed.read.tarinfo import StrictTarInfo, TarHeaderError, split_name
 
 CASES = json.load(open(os.path.join(os.path.dirname(__file__), os.pardir, "data", "path_cases.json"),
                        encoding="utf-8"))["cases"]
@@ -494,3 +494,74 @@ def test_a_header_tarfile_refuses_is_refused_through_the_index_too(copy_of, fiel
     with pytest.raises(ShardReadError, match="member header damaged") as info:
         everything(root)
     assert (info.value.shard, info.value.offset) == ("shard-00001.tar", at)
+
+
+def _with_checksum(head: bytes) -> bytes:
+    """A 512-byte header with its checksum made again (after a test changed it)."""
+    head = head[:148] + b" " * 8 + head[156:]
+    return head[:148] + b"%06o\0 " % sum(head) + head[156:]
+
+
+def _prefixed_tar() -> tuple[bytes, str]:
+    """A ustar tar of two samples whose names sit in the prefix field, and its index."""
+    names = ["p" * 90 + "/" + "q" * 20 + f"/k{i}.cls" for i in range(2)]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for i, name in enumerate(names):
+            tar.addfile(_regular(name, b"%d" % i), io.BytesIO(b"%d" % i))
+    raw = buf.getvalue()
+    assert raw[345:346] == b"p" and raw[1024 + 345:1024 + 346] == b"p"
+    return raw, "v1.2 2\n" + "".join(f"cls {512 + 1024 * i} 1 {n}\n" for i, n in enumerate(names))
+
+
+def test_names_in_the_ustar_prefix_field_are_read_through_the_index():
+    raw, text = _prefixed_tar()
+    assert _with_checksum(raw[:512]) == raw[:512]
+    got = tarindex.members(raw, text, {"cls"}, split_name, 1 << 30)
+    assert got.values["cls"].to_pylist() == [b"0", b"1"] and got.keys[1].endswith("/k1")
+    # the header names another directory than the index: not read through the index
+    other = raw[:345] + b"r" + raw[346:512]
+    assert tarindex.members(_with_checksum(other) + raw[512:], text, {"cls"}, split_name, 1 << 30) is None
+    # a NUL inside the prefix field (the streamed reader refuses it: `StrictTarInfo`)
+    cut = raw[:345 + 40] + b"\0" + raw[345 + 41:512]
+    assert tarindex.members(_with_checksum(cut) + raw[512:], text, {"cls"}, split_name, 1 << 30) is None
+
+
+def test_a_global_pax_header_is_taken_only_when_its_records_change_no_member():
+    payloads = [b"1", b"2"]
+    for records, taken in (({"comment": "d" * 40}, True), ({"path": "other.cls"}, False),
+                           ({"comment": "1" * 70}, False)):  # a run of digits tarfile refuses
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, pax_headers=records) as tar:
+            for i, payload in enumerate(payloads):
+                tar.addfile(_regular(f"k{i}.cls", payload), io.BytesIO(payload))
+        raw = buf.getvalue()
+        assert raw[156:157] == b"g"
+        offsets = [raw.index(p + b"\0" * 511) for p in payloads]
+        text = f"v1.2 2\ncls {offsets[0]} 1 k0.cls\ncls {offsets[1]} 1 k1.cls\n"
+        got = tarindex.members(raw, text, {"cls"}, split_name, 1 << 30)
+        assert (got is not None) == taken, records
+
+
+@pytest.mark.parametrize("change", ["digits", "nul in name", "mode"])
+def test_a_pax_header_the_streamed_reader_refuses_is_not_read_through_the_index(change):
+    """A pax extended header before a member, its one record harmless, but refused streamed
+    (`StrictTarInfo`): a comment holding a run of 70 digits, a NUL inside the header's own name,
+    a mode field that does not parse. The index is not taken for it (before, it was: the
+    indexed read delivered the samples the streamed read refuses)."""
+    info = _regular("k0.cls", b"1")
+    info.pax_headers = {"comment": "1" * 70 if change == "digits" else "x"}
+    raw = bytearray(_tar_with([info], [b"1"]))
+    assert raw[156:157] == b"x"
+    at = raw.index(b"1" + bytes(511))
+    text = f"v1.2 1\ncls {at} 1 k0.cls\n"
+    if change != "digits":  # the same tar undamaged is read through its index
+        assert tarindex.members(bytes(raw), text, {"cls"}, split_name, 1 << 30) is not None
+    if change == "nul in name":
+        raw[:512] = _with_checksum(bytes(raw[:20]) + b"\0evil" + bytes(raw[25:512]))
+    elif change == "mode":
+        raw[:512] = _with_checksum(bytes(raw[:100]) + b"9999999\0" + bytes(raw[108:512]))
+    with pytest.raises((tarfile.TarError, TarHeaderError)):
+        with tarfile.open(fileobj=io.BytesIO(bytes(raw)), mode="r|", tarinfo=StrictTarInfo) as tar:
+            list(tar)
+    assert tarindex.members(bytes(raw), text, {"cls"}, split_name, 1 << 30) is None

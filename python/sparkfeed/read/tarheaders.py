@@ -9,6 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .tarinfo import StrictTarInfo, _NameFieldError, pax_problem
+
 _BLOCK = 512
 _PAX = ord("x")  # a pax extended header's type: records for the member after it
 # pax keywords that leave a member's name, size, type and bytes as its ustar header says
@@ -16,7 +18,7 @@ _PAX_HARMLESS = ("mtime", "atime", "ctime", "uid", "gid", "uname", "gname", "com
 _PAX_HARMLESS_RECORD = re.compile(rb"([1-9][0-9]*) (%s)=" % b"|".join(k.encode() for k in _PAX_HARMLESS))
 # a pax header's data that is one such record (the usual: a fractional mtime), checked by Arrow
 _PAX_ONE_RECORD = r"^[1-9][0-9]* (?:%s)=[^\n]*\n$" % "|".join(_PAX_HARMLESS)
-_NAME = 100  # ustar name field; longer names need a prefix or an extension header (not taken here)
+_NAME = 100  # ustar name field; longer names need the prefix field or an extension header (not taken here)
 _PREFIX = 345  # the ustar prefix field's first byte: `tarfile` puts a non-empty prefix before the name
 _REGULAR = (ord("0"), 0)
 
@@ -54,11 +56,12 @@ def _octal_is(fields: np.ndarray, values: np.ndarray, digits: int) -> bool:
 
 
 def _headers_agree(buf: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, names: np.ndarray | None,
-                   base: int = 0, trailer: bool = True) -> bool:
-    """(1) and (2) of the module note, for all members at once. `buf` holds the tar's bytes from
-    byte `base` (a window's, `window_ranges`); `trailer`: it runs to the tar's end, whose zero
-    blocks are checked too. `names`: the members' name fields (`_padded_names`; None: a name
-    too long for one, which the index cannot describe)."""
+                   base: int = 0, trailer: bool = True, name_of=None) -> bool:
+    """(1) and (2) of the `tarindex` module note, for all members at once. `buf` holds the tar's
+    bytes from byte `base` (a window's, `window_ranges`); `trailer`: it runs to the tar's end,
+    whose zero blocks are checked too. `names`: the members' name fields (`_padded_names`: all
+    NULs for a name too long for one, whose header must hold it in the prefix field; None: the
+    index cannot describe them); `name_of(i)`: member i's name, for headers with a prefix."""
     n = len(offsets)
     if n == 0:
         return not buf.any()
@@ -74,10 +77,71 @@ def _headers_agree(buf: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, name
         return False
     blocks = buf[:len(buf) // _BLOCK * _BLOCK].reshape(-1, _BLOCK)
     heads = blocks[starts // _BLOCK]
-    return bool((heads[:, :_NAME] == names).all() and not heads[:, _PREFIX].any()
-                and np.isin(heads[:, 156], _REGULAR).all() and _numbers_parse(heads)
+    return bool(np.isin(heads[:, 156], _REGULAR).all() and _numbers_parse(heads)
                 and _octal_is(heads[:, 124:136], sizes, 11) and _checksums_agree(heads)
-                and (not gaps.any() or _pax_harmless(buf, blocks, (starts - gaps)[gaps > 0], gaps[gaps > 0])))
+                and _names_agree(heads, names, name_of)
+                and (not gaps.any() or _gaps_harmless(buf, blocks, (starts - gaps)[gaps > 0], gaps[gaps > 0])))
+
+
+def _names_agree(heads: np.ndarray, names: np.ndarray, name_of) -> bool:
+    """Whether each header (checksums checked) names its member as `tarfile` reads it: the name
+    field alone when the prefix field is empty (compared at once), else "<prefix>/<name>", each
+    cut at its first NUL (`git archive` and `tarfile` put a long name's directories there), with
+    no other byte after that NUL where `StrictTarInfo` refuses one (`_names_clean`)."""
+    prefixed = heads[:, _PREFIX] != 0
+    if not prefixed.any():
+        return bool((heads[:, :_NAME] == names).all())
+    plain = ~prefixed
+    if not ((heads[plain, :_NAME] == names[plain]).all() and names[plain, 0].all()):
+        return False  # (a name row of NULs: a long name, which must come with a prefix)
+    rows = np.flatnonzero(prefixed)
+    both = heads[rows]
+    if not _names_clean(both):
+        return False
+    prefixes, fields = both[:, _PREFIX:500].tobytes(), both[:, :_NAME].tobytes()
+    width = 500 - _PREFIX
+    for k, i in enumerate(rows.tolist()):
+        joined = prefixes[k * width:(k + 1) * width].split(b"\0", 1)[0] + b"/" + \
+            fields[k * _NAME:(k + 1) * _NAME].split(b"\0", 1)[0]
+        if joined != name_of(i).encode("utf-8"):
+            return False
+    return True
+
+
+def _header(head: np.ndarray) -> tarfile.TarInfo | None:
+    """A header (a row of 512 bytes) as the streamed reader reads it, or None when
+    `StrictTarInfo` refuses it."""
+    try:
+        return StrictTarInfo.frombuf(head.tobytes(), "utf-8", "surrogateescape")
+    except (tarfile.TarError, ValueError, _NameFieldError):
+        return None
+
+
+def _gaps_harmless(buf: np.ndarray, blocks: np.ndarray, at: np.ndarray, gaps: np.ndarray) -> bool:
+    """Whether every gap before a member holds only headers `tarfile` reads past without a change
+    to the member: one harmless pax header each, the usual (`_pax_harmless`, at once), else
+    block by block (`_gap_harmless`)."""
+    return _pax_harmless(buf, blocks, at, gaps) or \
+        all(_gap_harmless(buf, a, a + g) for a, g in zip(at.tolist(), gaps.tolist()))
+
+
+def _gap_harmless(buf: np.ndarray, at: int, end: int) -> bool:
+    """Whether bytes [at, end) of `buf` are headers the streamed reader reads past, leaving the
+    member after them as its own header says: directory entries without data (which it skips)
+    and pax headers, extended or global (`git archive` writes one first, its commit id as a
+    `comment`), that `StrictTarInfo` takes and whose records are all `_PAX_HARMLESS`."""
+    while at < end:
+        info = _header(buf[at:at + _BLOCK])
+        if info is not None and info.type == tarfile.DIRTYPE and info.size == 0:
+            at += _BLOCK
+        elif info is not None and info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE):
+            data = buf[at + _BLOCK:at + _BLOCK + info.size].tobytes()
+            if len(data) < info.size or pax_problem(data) is not None or not _pax_records_harmless(data):
+                return False
+            at += _BLOCK + (info.size + _BLOCK - 1) // _BLOCK * _BLOCK
+        else:
+            return False
+    return at == end
 
 
 # the numeric fields `tarfile` parses besides size and checksum: mode, uid, gid, mtime, devmajor, devminor
@@ -167,15 +231,37 @@ def _checksums_agree(heads: np.ndarray) -> bool:
 def _pax_harmless(buf: np.ndarray, blocks: np.ndarray, at: np.ndarray, gaps: np.ndarray) -> bool:
     """Whether each gap before a member (`gaps` bytes from `at`) is one pax extended header
     (type "x", its checksum right) whose data fills the gap and holds only `_PAX_HARMLESS`
-    records: such a member is read as its own header says, as `tarfile` reads it."""
+    records: such a member is read as its own header says, as `tarfile` reads it. The header
+    must be one `StrictTarInfo` takes (its fields parse, no NUL inside its name), and its data
+    one that `pax_problem` passes (a record over 64 bytes is walked by it)."""
     heads = blocks[at // _BLOCK]
     lengths = _octal(heads[:, 124:136])
     if not ((heads[:, 156] == _PAX).all() and (lengths >= 0).all() and (_BLOCK + _padded(lengths) == gaps).all()
-            and _checksums_agree(heads)):
+            and _checksums_agree(heads) and _numbers_parse(heads) and _names_clean(heads)):
         return False
     data = at + _BLOCK
-    one = _pax_one_record(buf, data, lengths)
-    return all(_pax_records_harmless(buf[a:a + n].tobytes()) for a, n in zip(data[~one].tolist(), lengths[~one].tolist()))
+    one = _pax_one_record(buf, data, lengths) & (lengths <= 64)  # no run of 65 digits fits
+    return all(_pax_records_harmless(d) and pax_problem(d) is None
+               for d in (buf[a:a + n].tobytes() for a, n in zip(data[~one].tolist(), lengths[~one].tolist())))
+
+
+_USTAR = np.frombuffer(b"ustar\0", dtype=np.uint8)
+
+
+def _names_clean(heads: np.ndarray) -> bool:
+    """Whether no header's name field, nor its prefix field where `StrictTarInfo` reads it (not
+    empty, in a POSIX ustar header), holds a byte other than NUL after the NUL that ends it."""
+    fields = [heads[:, :_NAME]]
+    ustar = (heads[:, _PREFIX] != 0) & (heads[:, 257:263] == _USTAR).all(axis=1)
+    if ustar.any():
+        fields.append(heads[ustar, _PREFIX:500])
+    for field in fields:  # the bytes before the first NUL are all the field's non-NUL bytes
+        field = np.concatenate((field[:1], field[(field != field[0]).any(axis=1)]))  # (writers repeat one)
+        nul = field == 0
+        first = np.where(nul.any(axis=1), nul.argmax(axis=1), field.shape[1])
+        if (np.count_nonzero(field, axis=1) != first).any():
+            return False
+    return True
 
 
 def _pax_one_record(buf: np.ndarray, data: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -9,14 +9,18 @@ takes the member ranges from it and cuts the bytes out of the shard in one pass.
 The index is a hint, never trusted: `members` accepts it only when, checked with numpy over all
 members at once, (1) the members tile the archive (each header right after the previous member's
 padded data, from byte 0; only zero blocks after the last), so no member, link or extension
-header hides between them, but for one pax extended header before a member whose records only
-say what does not change where the member is or what it holds (`_PAX_HARMLESS`: webdataset's
-`TarWriter` puts one with a fractional `mtime` before every member); (2) each header's name
-(its ustar prefix field empty: `tarfile` reads "<prefix>/<name>"), size, type (regular file)
-and checksum say what the index says; (3) every name passes `storage.path_problem`; (4) a
-sample's members share its key, keys do not repeat, and every member is in a sample as webdataset groups them
+header hides between them, but for headers `tarfile` reads past without a change to the member
+(`tarheaders._gaps_harmless`): pax headers, extended or global, whose records only say what does
+not change where a member is or what it holds (`_PAX_HARMLESS`: webdataset's `TarWriter` puts
+one with a fractional `mtime` before every member, `git archive` a global one with its commit
+id), and directory entries without data (`git archive` writes one per directory); (2) each
+header's name (the name field, or "<prefix>/<name>" when the ustar prefix field is not empty, as
+`tarfile` reads it: `git archive` and `tarfile` put a long name's directories there), size,
+type (regular file) and checksum say what the index says; (3) every name passes
+`storage.path_problem`; (4) a sample's members share its key, keys do not repeat, and every
+member is in a sample as webdataset groups them
 (`is_sample_member`; the scan leaves other members out of the index, so a shard holding any is
-streamed). Anything else (pax or GNU long-name headers, directories, damaged headers) returns
+streamed). Anything else (pax `path` records, GNU long-name headers, damaged headers) returns
 None and the reader streams the shard with `tarfile`, whose checks and errors (naming the shard
 and tar offset) apply as before; a streamed shard must still hold as many of each member as
 its manifest counts (`TarReader._check_present`), so a shard damaged after indexing is an error, not samples with
@@ -91,9 +95,10 @@ def _single_spaced(text: str) -> bool:
 
 def _padded_names(names: list[str]) -> np.ndarray | None:
     """The members' names as the header's name field holds them (UTF-8, NUL-padded to 100
-    bytes), one row each; None when one is longer (such a member has an extension header)."""
-    encoded = [name.encode("utf-8") for name in names]
-    if not encoded or max(len(e) for e in encoded) > _NAME:
+    bytes), one row each; all NULs for a longer one (its header must split it with the ustar
+    prefix field: `tarheaders._names_agree`); None for no names."""
+    encoded = [e if len(e) <= _NAME else b"" for e in (name.encode("utf-8") for name in names)]
+    if not encoded:
         return None
     return np.frombuffer(b"".join(e.ljust(_NAME, b"\0") for e in encoded), dtype=np.uint8).reshape(len(names), _NAME)
 
@@ -129,7 +134,7 @@ class Index:
     offsets: np.ndarray
     sizes: np.ndarray
     keys: list[str]
-    name_fields: np.ndarray | None  # `_padded_names`; None: a name too long for a ustar header
+    name_fields: np.ndarray | None  # `_padded_names` (NULs: a name longer than the name field)
     key_array: pa.Array | None = None  # `keys` as Arrow parsed them (`_parse_usual`), for checks
 
     @staticmethod
@@ -150,6 +155,10 @@ class Index:
         """Every member's name, in tar order (`<its sample's key>.<its extension>`, as parsed)."""
         return [f"{self.keys[s]}.{self.kinds[k]}" for s, k in zip(self.sample.tolist(), self.kind.tolist())]
 
+    def _name(self, i: int) -> str:
+        """Member i's name (`<its sample's key>.<its extension>`)."""
+        return f"{self.keys[int(self.sample[i])]}.{self.kinds[int(self.kind[i])]}"
+
     def _members_of(self, start: int, stop: int) -> slice:
         """The members of samples [start, stop) (members are in sample order)."""
         return slice(int(np.searchsorted(self.sample, start)), int(np.searchsorted(self.sample, stop)))
@@ -168,7 +177,8 @@ class Index:
         base = 0 if window is None or m.start == 0 else \
             int(self.offsets[m.start - 1] + _padded(self.sizes[m.start - 1]))
         data = np.frombuffer(buf, dtype=np.uint8)
-        if not _headers_agree(data, offsets, sizes, names, base, stop == len(self.keys)):
+        if not _headers_agree(data, offsets, sizes, names, base, stop == len(self.keys),
+                              lambda i: self._name(m.start + i)):
             return None
         sample, kind = self.sample[m] - start, self.kind[m]
         values = {ext: _column(buf, np.flatnonzero(kind == self.kinds.index(ext)) if ext in self.kinds
@@ -262,9 +272,12 @@ def _sample_keys(names: pa.StringArray, exts: pa.StringArray, sample: np.ndarray
 
 def _name_fields(names: pa.StringArray) -> np.ndarray | None:
     """`_padded_names` of an Arrow array of ASCII names (`_parse_usual`): padded with zero bytes
-    by Arrow's `ascii_rpad`, whose data buffer is then the rows."""
-    if not len(names) or pc.max(pc.binary_length(names)).as_py() > _NAME:
+    by Arrow's `ascii_rpad`, whose data buffer is then the rows (a longer name's row all NULs)."""
+    if not len(names):
         return None
+    long = pc.greater(pc.binary_length(names), _NAME)
+    if pc.any(long).as_py():
+        names = pc.if_else(long, "", names)
     padded = pc.ascii_rpad(names, _NAME, "\0")
     start = int(np.frombuffer(padded.buffers()[1], dtype=np.int32)[padded.offset])
     data = np.frombuffer(padded.buffers()[2], dtype=np.uint8)[start:start + len(names) * _NAME]
