@@ -74,6 +74,10 @@ def _list(buf: bytes, pos: int, depth: int) -> tuple[list, int]:
         raise _Undecodable(f"a list of {n} elements in a shorter footer")
     out = []
     for _ in range(n):
+        if kind in (4, 5, 6) and pos < len(buf) and buf[pos] < 0x80:  # a one-byte int, inlined
+            out.append((buf[pos] >> 1) ^ -(buf[pos] & 1))
+            pos += 1
+            continue
         value, pos = _element(buf, pos, kind, depth)
         out.append(value)
     return out, pos
@@ -95,9 +99,10 @@ def _map(buf: bytes, pos: int, depth: int) -> tuple[None, int]:
 
 
 def _struct(buf: bytes, pos: int, depth: int) -> tuple[dict, int]:
-    out, field = {}, 0
+    out, field, end = {}, 0, len(buf)
     while True:
-        _need(buf, pos + 1)
+        if pos >= end:
+            raise _Undecodable("a value runs past the footer")
         head = buf[pos]
         pos += 1
         kind = head & 15
@@ -108,4 +113,8 @@ def _struct(buf: bytes, pos: int, depth: int) -> tuple[dict, int]:
         else:
             n, pos = _varint(buf, pos)
             field = (n >> 1) ^ -(n & 1)
-        out[field], pos = _value(buf, pos, kind, depth)
+        if kind in (4, 5, 6) and pos < end and buf[pos] < 0x80:  # a one-byte int, inlined: most fields
+            out[field] = (buf[pos] >> 1) ^ -(buf[pos] & 1)
+            pos += 1
+        else:
+            out[field], pos = _value(buf, pos, kind, depth)
