@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from .arrays import NpyDecode, NpyDecoder
-from .batch import select_rows, unpack, user_facing
+from .batch import select_rows, user_facing
+from .packing import unpack
 from .decoded import MixedSizes
 from .engine import Delivery
 from .errors import CorruptSampleError

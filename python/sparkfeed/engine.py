@@ -27,8 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from . import batch as batching
-from . import filters, partition, storage
+from . import filters, packing, partition, storage
 from .errors import redact
 from .lanes import LaneReader
 from .manifest import Manifest
@@ -79,7 +78,7 @@ class Delivery:
 
     `worker`: the lane it came from; `consumed`: how many of the lane's positions are delivered
     once this batch is; `stats`: the counters since the lane's previous delivery; `batch`: the
-    columns (a `batching.Packed` between processes; after a `collate_fn`, any object); `keys`:
+    columns (a `packing.Packed` between processes; after a `collate_fn`, any object); `keys`:
     `(unit << 32) | row` per row when asked for (keyed augmentations, naming a bad sample);
     `epoch`: the epoch it belongs to (a prefetch thread may stage the next epoch's first batches
     while the consumer finishes this one: their augmentations follow their own epoch).
@@ -309,7 +308,7 @@ class Engine:
                     account(block, start, columns, delta)
                 if block.skipped:
                     delta["samples_skipped"] = delta.get("samples_skipped", 0) + block.skipped
-                yield Delivery(worker, consumed, delta, batching.pack(columns) if pack else columns, keys,
+                yield Delivery(worker, consumed, delta, packing.pack(columns) if pack else columns, keys,
                                epoch)
         finally:
             close_quietly(segments)

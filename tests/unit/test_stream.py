@@ -102,7 +102,8 @@ def test_a_batch_cut_across_segments_keeps_its_binary_samples_where_they_were_re
     (`BinaryChunks`): each part is a view of its segment's buffer, and every way a batch is used
     (user's bytes, `select_rows` for skips, slices, splits, packing between processes) sees
     the samples of the joined column."""
-    from sparkfeed.batch import BinaryChunks, BinaryViews, pack, select_rows, split_rows, unpack
+    from sparkfeed.batch import BinaryChunks, BinaryViews, select_rows, split_rows
+    from sparkfeed.packing import pack, unpack
 
     segments = [_block(5 * i, [True] * 5) for i in range(4)]
     batches = list(cut(iter(segments), 8))
@@ -411,7 +412,8 @@ def test_permuting_a_piece_of_the_order_is_that_piece_of_the_permuted_block(ok, 
 def test_strings_move_as_text_columns_and_reach_users_as_str():
     """A string column without nulls is UTF-8 bytes in a `TextColumn` through slicing, selecting,
     concatenation and the process hand-over; with nulls it stays a list (None kept)."""
-    from sparkfeed.batch import column_to_value, concat_rows, pack, select_rows, unpack
+    from sparkfeed.batch import column_to_value, concat_rows, select_rows
+    from sparkfeed.packing import pack, unpack
 
     col = column_to_value(pa.array(["héllo", "", "wörld", "x"]), "s")
     assert isinstance(col, TextColumn) and col[2] == "wörld" and col[-1] == "x"
