@@ -29,7 +29,7 @@ members missing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -48,12 +48,15 @@ class Members:
     """A shard's samples: keys in shard order and, per wanted member extension, each sample's
     bytes: a list (None where a sample lacks it), or a binary Arrow array when every sample has
     one (cut out with one copy); `nbytes` is what the shard's members occupy; `starts` (streamed
-    shards) where each sample's first member header lies, for errors."""
+    shards) where each sample's first member header lies, for errors; `repeated` the samples
+    holding a member twice (webdataset refuses them), each with that member's extension and
+    the tar offset of its second copy's header."""
 
     keys: list[str]
     values: dict[str, "list | pa.Array"]
     nbytes: int
     starts: list[int] | None = None  # streamed: each sample's first member header's tar offset
+    repeated: dict[int, tuple[str, int]] = field(default_factory=dict)  # sample -> (ext, offset)
 
 
 def _parse(text: str) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray, list[str]] | None:
@@ -114,6 +117,30 @@ def _keys(sample: np.ndarray, exts: list[str], names: list[str], split_name) -> 
     return keys if expected == names else None
 
 
+def _repeated(sample: np.ndarray, kind: np.ndarray, nkinds: int) -> dict[int, int]:
+    """{sample: the first member whose extension an earlier member of the sample has} (an index
+    `wds2idx` wrote for such a tar lists both copies; webdataset refuses the sample): at once,
+    per sample the sum of its members' extension bits against their OR, then the few samples
+    found (or every one, past 62 extensions) member by member."""
+    if not len(sample):
+        return {}
+    if nkinds <= 62:
+        bits = np.left_shift(np.int64(1), kind.astype(np.int64))
+        starts = np.flatnonzero(np.r_[True, sample[1:] != sample[:-1]])
+        if (np.add.reduceat(bits, starts) == np.bitwise_or.reduceat(bits, starts)).all():
+            return {}
+    out: dict[int, int] = {}
+    seen: set[int] = set()
+    last = -1
+    for i, (s, k) in enumerate(zip(sample.tolist(), kind.tolist())):
+        if s != last:
+            seen, last = set(), s
+        if k in seen:
+            out.setdefault(s, i)
+        seen.add(k)
+    return out
+
+
 def _kinds(exts: list[str]) -> tuple[np.ndarray, tuple[str, ...]]:
     """Each member's extension as a code into the distinct extensions (first seen first)."""
     codes: dict[str, int] = {}
@@ -136,6 +163,7 @@ class Index:
     keys: list[str]
     name_fields: np.ndarray | None  # `_padded_names` (NULs: a name longer than the name field)
     key_array: pa.Array | None = None  # `keys` as Arrow parsed them (`_parse_usual`), for checks
+    repeated: dict[int, int] = field(default_factory=dict)  # sample -> a member repeating one (`_repeated`)
 
     @staticmethod
     def parse(index_text: str, split_name, max_member: int) -> "Index | None":
@@ -184,7 +212,9 @@ class Index:
         values = {ext: _column(buf, np.flatnonzero(kind == self.kinds.index(ext)) if ext in self.kinds
                                else np.zeros(0, dtype=np.int64), sample, offsets - base, sizes, stop - start)
                   for ext in wanted}
-        return Members(self.keys[start:stop], values, int((sizes + _BLOCK).sum()))
+        repeated = {s - start: (self.kinds[self.kind[i]], int(self.offsets[i]) - _BLOCK)
+                    for s, i in self.repeated.items() if start <= s < stop}
+        return Members(self.keys[start:stop], values, int((sizes + _BLOCK).sum()), repeated=repeated)
 
 
 def _parse_any(text: str, split_name, max_member: int) -> Index | None:
@@ -196,7 +226,11 @@ def _parse_any(text: str, split_name, max_member: int) -> Index | None:
     if (sizes > max_member).any() or not names_are_safe(names):
         return None
     keys = _keys(sample, exts, names, split_name)
-    return None if keys is None else Index(sample, *_kinds(exts), offsets, sizes, keys, _padded_names(names))
+    if keys is None:
+        return None
+    kind, kinds = _kinds(exts)
+    return Index(sample, kind, kinds, offsets, sizes, keys, _padded_names(names),
+                 repeated=_repeated(sample, kind, len(kinds)))
 
 
 # a member name's key: up to its base name's first dot (`tar.split_name` of a safe name)
@@ -232,8 +266,9 @@ def _parse_usual(text: str, split_name, max_member: int) -> Index | None:
     kinds = pc.dictionary_encode(exts)
     if any("/" in e for e in kinds.dictionary.to_pylist()):
         return None
-    return Index(sample, kinds.indices.to_numpy().astype(np.int32), tuple(kinds.dictionary.to_pylist()),
-                 offsets, sizes, keys.to_pylist(), _name_fields(names), keys)
+    kind = kinds.indices.to_numpy().astype(np.int32)
+    return Index(sample, kind, tuple(kinds.dictionary.to_pylist()), offsets, sizes, keys.to_pylist(),
+                 _name_fields(names), keys, _repeated(sample, kind, len(kinds.dictionary)))
 
 
 def _usual_tokens(text: str) -> tuple[np.ndarray, pa.StringArray] | None:

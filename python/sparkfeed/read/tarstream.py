@@ -49,6 +49,8 @@ class TarStreaming:
         keys: list[str] = []
         starts: list[int] = []
         samples: list[dict] = []
+        exts: set[str] = set()  # the current sample's members
+        repeated: dict[int, tuple[str, int]] = {}  # sample -> (a member it holds twice, its second header)
         read = skipped = 0
         with self._open(path, data) as f:
             self._check_size(unit, getattr(f, "size", len(f.getbuffer()) if isinstance(f, io.BytesIO) else None))
@@ -70,6 +72,10 @@ class TarStreaming:
                             keys.append(key)
                             starts.append(info.offset)
                             samples.append({})
+                            exts = set()
+                        if ext in exts:
+                            repeated.setdefault(len(keys) - 1, (ext, info.offset))
+                        exts.add(ext)
                         if ext in wanted_members:
                             samples[-1][ext] = tar.extractfile(info).read()
             except TarHeaderError as exc:
@@ -78,7 +84,7 @@ class TarStreaming:
             log.debug("%s: shard %s: %d member(s) in no sample (no extension or no key) skipped",
                       self.ctx.dataset, unit.path, skipped)
         values = {m: [s.get(m) for s in samples] for m in wanted_members}
-        return tarindex.Members(keys, values, read, starts)
+        return tarindex.Members(keys, values, read, starts, repeated)
 
     def _check_present(self, unit: WorkUnit, present: dict[str, int], seen: list[tuple[int, str]],
                        index: tarindex.Index | None) -> None:

@@ -38,7 +38,9 @@ class TarTable:
         cols = [c for c in self.ctx.schema if c.name in set(names)]
         found = self._members(unit, {c.member or c.name for c in cols}) if found is None else found
         keys, n = found.keys, len(found.keys)
-        bad: dict[int, str] = {}
+        bad: dict[int, str] = {i: f"member .{ext} twice in the sample (its second copy's header at tar offset "
+                               f"{at}); webdataset refuses such a sample (duplicate file name)"
+                               for i, (ext, at) in found.repeated.items()}
         in_json = any((c.member or c.name) == "json" and c.type not in ("string", "large_string")
                       for c in cols)
         fields = self.ctx.arrow_schema([c.name for c in cols])
@@ -56,7 +58,7 @@ class TarTable:
                 values = self._column_values(col, keys, found.values, docs, bad)
                 arrays[col.name] = self._to_array(col, values, field.type, bad)
         if bad:
-            self._corrupt(unit, keys, bad)
+            self._corrupt(unit, keys, bad, {i: at for i, (_, at) in found.repeated.items()})
         ok = np.ones(len(keys), dtype=bool)
         ok[list(bad)] = False
         table = pa.table(arrays) if arrays else pa.table({"n": np.zeros(len(keys))}).drop_columns(["n"])
@@ -66,12 +68,15 @@ class TarTable:
                               zip(table.column_names, table.columns)}) if arrays else table
         return table, ok
 
-    def _corrupt(self, unit: WorkUnit, keys: list[str], bad: dict[int, str]) -> None:
+    def _corrupt(self, unit: WorkUnit, keys: list[str], bad: dict[int, str], offsets: dict[int, int]) -> None:
+        """Raise for the first bad sample (`offsets`: the tar offsets known for bad samples),
+        unless on_error="skip"."""
         if self.ctx.on_error != "skip":
             row, reason = min(bad.items())
             raise CorruptSampleError(f"{reason} ({len(bad)} bad sample(s) in this shard; "
                                      "on_error='skip' skips and counts them)",
-                                     dataset=self.ctx.dataset, shard=unit.path, key=keys[row])
+                                     dataset=self.ctx.dataset, shard=unit.path, key=keys[row],
+                                     offset=offsets.get(row))
 
     @staticmethod
     def _parse_json(raw: list, bad: dict[int, str], wanted: set[str], parse_float=float) -> list[dict]:
