@@ -115,3 +115,20 @@ def test_delta_string_statistics_cut_by_the_writer_prune_as_prefix_bounds(tmp_pa
         ids, counters = _ids(root, expr)
         assert ids == sorted(table.filter(expr)["id"].to_pylist()), expr
         assert counters["shards_pruned"] == pruned, expr
+
+
+def test_a_file_without_a_column_is_pruned_as_all_null_there(tmp_path):
+    """A file written before a column was added (read as nulls there, Spark's `mergeSchema`) had no
+    statistics for it, so `x > 2` read its every row group; it is now recorded as null in every
+    row there, so the file is skipped, and `x.is_null()` skips the row groups of the file that
+    holds values."""
+    pq.write_table(pa.table({"id": pa.array(range(4), pa.int64()), "x": pa.array([1, 2, 3, 4], pa.int64())}),
+                   tmp_path / "part-0.parquet", row_group_size=2)
+    pq.write_table(pa.table({"id": pa.array(range(4, 8), pa.int64())}), tmp_path / "part-1.parquet", row_group_size=2)
+    sparkfeed.index(str(tmp_path), progress=False)
+    table = pa.table({"id": pa.array(range(8), pa.int64()), "x": pa.array([1, 2, 3, 4, None, None, None, None])})
+    for expr, shards, groups in [(pc.field("x") > 2, 1, 3), (pc.field("x").is_null(), 1, 2), (pc.field("x") == 9, 2, 4),
+                                 (~pc.field("x").isin([1]), 0, 0), (pc.field("id") >= 0, 0, 0)]:
+        ids, counters = _ids(str(tmp_path), expr)
+        assert ids == sorted(table.filter(expr)["id"].to_pylist()), expr
+        assert (counters["shards_pruned"], counters["row_groups_pruned"]) == (shards, groups), expr

@@ -112,14 +112,17 @@ def parquet_common_type(a: str, b: str) -> str | None:
 
 def parquet_schema(entries: list[dict], files: list[DataFile], dataset: str) -> list[dict]:
     """Manifest schema of the files plus their partition columns; adds each file's partition
-    values and their statistics to its entry (in place) and drops the per-file schemas."""
+    values and their statistics to its entry (in place) and drops the per-file schemas. A column
+    a file lacks (read as nulls there) is recorded as null in every row of it, as a `null`
+    column is, so a filter on the column prunes the file."""
     file_schema = _merged_schema(entries, dataset)
     names = {n for n, _ in file_schema}
     for e in entries:
-        e.pop("schema")
-        for stats in [e["stats"]] + [g["stats"] for g in e["row_groups"]]:
+        missing = names - {n for n, _ in e.pop("schema")}  # read as nulls in this file
+        for stats, rows in [(e["stats"], e["num_samples"])] + [(g["stats"], g["num_samples"]) for g in e["row_groups"]]:
             for gone in set(stats) - names:  # a `null` column where the others hold a struct
                 del stats[gone]
+            stats.update({name: partition_stats(None, rows) for name in missing})  # so filters prune it
     schema = [_column(n, t) for n, t in file_schema]
     types = partition_types(files, dataset)
     clash = sorted(set(types) & {n for n, _ in file_schema})
