@@ -31,10 +31,10 @@ from .writecheck import (WriteFailedError, _connection_lost, _lost_server_named,
                          rows_written, warn_rows_left_out)
 from .writecolumns import check_cluster_by, check_codecs, check_columns, columns
 from .writefooters import _build_manifest, _committed_parquet, _gather_entries
-from .writeoptions import SampleKeyError, check_options, webdataset_members
+from .writeoptions import SampleKeyError, _key_and_cls, check_options, webdataset_members
 from .writepaths import (OverwriteInputError, _is_nonempty, _refuse_json_root,
                          _refuse_overwriting_input, _shown, _spark_path)
-from .writeshards import count_rows, even_shards
+from .writeshards import count_rows, even_shards, key_as_written, refuse_duplicate_keys
 from .writewebdataset import _check_webdataset_source, _refuse_key_only, _save_webdataset
 
 __all__ = ["write", "DatasetExistsError", "OverwriteInputError", "SampleKeyError",
@@ -202,10 +202,13 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
         keys = check_cluster_by(cluster_by, types)
         codecs = check_codecs(codecs, types)
         options = check_options(options, format, types)
+        key_column = written_key = None
         if format == "webdataset":
             _refuse_key_only(types, options, dataset)
-            webdataset_members(types, options, codecs)  # the JVM's refusals, before the count job
+            members = webdataset_members(types, options, codecs)  # the JVM's refusals, up front
             _check_webdataset_source(df.sparkSession, spark_path, dataset)
+            key_column = _key_and_cls(types, options)[0]
+            written_key = key_as_written(key_column, options, members)
 
         fs, root = storage.resolve(spark_path, storage_options)
         existing = _is_nonempty(fs, root)
@@ -217,7 +220,8 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
         started = time.monotonic()
         with job_failure_named(dataset, format, "nothing was written, and the path is as it was",
                                _connection_lost):
-            counts = count_rows(df)
+            counts, twice = count_rows(df, written_key)
+        refuse_duplicate_keys(dataset, key_column, twice, options)
         count = sum(counts)
         n = max(1, math.ceil(count / samples_per_shard))
         log.info("writing %d samples of %s as %d %s shards to %s", count, dataset, n, format,

@@ -1,14 +1,22 @@
-"""How `sparkfeed.write` lays rows out in shards without `cluster_by`: the count job (rows per
-input partition) and the repartition that fills each shard with `samples_per_shard` rows, however
-small the input partitions are."""
+"""How `sparkfeed.write` lays rows out in shards: the count job (rows per input partition, and the
+sample keys that two rows would write) and, without `cluster_by`, the repartition that fills each
+shard with `samples_per_shard` rows, however small the input partitions are."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from .writeoptions import SampleKeyError
+
 # Columns of the count job and the repartition (dropped before Spark writes).
 _PARTITION = "_sparkfeed_partition"
+_KEY = "_sparkfeed_key"
 _SHARD = "_sparkfeed_shard"
 # monotonically_increasing_id(): the partition id in the upper 31 bits, the row in the lower 33.
 _ROW_BITS = 33
+# What KeyPolicy.invalidChar replaces with invalidKeys=sanitize (Java regex classes, as the JVM's).
+_INVALID_KEY_CHARS = r"[./\\\p{javaWhitespace}\p{javaISOControl}\p{javaSpaceChar}]"
+_SHOWN_DUPLICATES = 5
 
 
 def _quoted(name: str):
@@ -17,19 +25,69 @@ def _quoted(name: str):
     return F.col("`" + name.replace("`", "``") + "`")
 
 
-def count_rows(df) -> list[int]:
-    """Rows in each input partition of `df` (by partition id), in one Spark job."""
+def key_as_written(key: str | None, options: Mapping[str, str], members: Mapping[str, str]):
+    """The sample key each row writes, as a Column (sanitised as the JVM does with
+    `invalidKeys=sanitize`), null for a row that writes no sample (no json member and every
+    other member null); None when keys are generated (no key column: unique by construction)."""
+    from functools import reduce
+
+    from pyspark.sql import functions as F
+
+    if key is None:
+        return None
+    written = _quoted(key)
+    if options.get("invalidKeys", "error").lower() == "sanitize":
+        written = F.regexp_replace(written, _INVALID_KEY_CHARS, "_")
+    if "json" not in members.values() and members:
+        some = reduce(lambda a, b: a | b, (_quoted(c).isNotNull() for c in members))
+        written = F.when(some, written)
+    return F.when(written != "", written)  # null and empty keys: the writer's own error
+
+
+def count_rows(df, key=None) -> tuple[list[int], list[tuple[str, int]]]:
+    """Rows in each input partition of `df` (by partition id) in one Spark job, and with `key`
+    (a Column, `key_as_written`) up to five keys that more than one row writes, with how many.
+    The per-key counts and the per-partition ones come from one shuffle of (key, partition)."""
     from pyspark.sql import functions as F
 
     part = F.spark_partition_id().alias(_PARTITION)
-    rows = df.select(part).groupBy(_PARTITION).count().collect()
-    return _by_partition(rows)
+    if key is None:
+        rows = df.select(part).groupBy(_PARTITION).count().collect()
+        return _by_partition(rows), []
+    pairs = df.select(part, key.alias(_KEY)).groupBy(_KEY, _PARTITION).count()
+    per_part = pairs.groupBy(_PARTITION).agg(F.sum("count").alias("count")) \
+        .select(F.lit(None).cast("string").alias(_KEY), _PARTITION, "count")
+    twice = pairs.where(F.col(_KEY).isNotNull()).groupBy(_KEY).agg(F.sum("count").alias("count")) \
+        .where("count > 1").orderBy(F.col("count").desc(), _KEY).limit(_SHOWN_DUPLICATES) \
+        .select(_KEY, F.lit(None).cast("int").alias(_PARTITION), "count")
+    rows = per_part.unionByName(twice).collect()
+    counts = _by_partition([r for r in rows if r[_PARTITION] is not None])
+    return counts, [(r[_KEY], r["count"]) for r in rows if r[_PARTITION] is None]
 
 
 def _by_partition(rows) -> list[int]:
     """[rows of partition 0, 1, ...] from (partition, count) rows; absent partitions hold 0."""
     found = {r[_PARTITION]: r["count"] for r in rows}
     return [found.get(p, 0) for p in range(max(found, default=-1) + 1)]
+
+
+def refuse_duplicate_keys(dataset: str, column: str, duplicates: list[tuple[str, int]],
+                          options: Mapping[str, str]) -> None:
+    """A SampleKeyError, before any shard is written, when rows share a sample key: in one shard
+    the writer's task fails on it, in two shards both were written, so whether a write failed
+    depended on where the shuffle put the rows; a key names one sample, so none may share one."""
+    if not duplicates:
+        return
+    shown = ", ".join(f"{k!r} ({n} rows)" for k, n in duplicates)
+    sanitized = options.get("invalidKeys", "error").lower() == "sanitize"
+    raise SampleKeyError(
+        f"dataset {dataset!r}: sample keys in column {column!r} are not unique: {shown}"
+        f"{' and maybe more' if len(duplicates) == _SHOWN_DUPLICATES else ''}; a key names one "
+        "sample of a webdataset dataset (its tar members are grouped by it), so each must appear "
+        "once; nothing was written. Make the keys unique (e.g. drop duplicate rows with "
+        "df.dropDuplicates([...])), or drop the key column to have keys generated"
+        + (" (invalidKeys=sanitize replaced '.', '/', '\\', whitespace and control characters "
+           "by '_', so distinct keys such as 'a.b' and 'a b' can become one)" if sanitized else ""))
 
 
 def partition_keys(n: int) -> list[int]:

@@ -1,5 +1,5 @@
 """How sparkfeed.write fills shards and what it refuses about sample keys, with real Spark writes:
-shard sizes read from the manifest and from the files themselves.
+shard sizes read from the manifest and from the tars themselves.
 """
 
 import os
@@ -9,6 +9,7 @@ import tarfile
 import pytest
 
 import sparkfeed
+from sparkfeed.writeoptions import SampleKeyError
 
 pytestmark = pytest.mark.spark
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -66,7 +67,7 @@ def test_each_shard_has_a_partition_of_its_own(spark):
     ids = spark.range(-500, 500).select(F.hash(F.col("id").cast("int")).alias("h")).collect()
     assert [r.h for r in ids] == _murmur3_int(np.arange(-500, 500)).tolist()
     df = spark.range(20).repartition(4)
-    shuffled = even_shards(df, count_rows(df), 3, 7)
+    shuffled = even_shards(df, count_rows(df)[0], 3, 7)
     per_part = shuffled.groupBy(F.spark_partition_id().alias("p")).count().collect()
     assert sorted((r.p, r["count"]) for r in per_part) == [(p, 3) for p in range(6)] + [(6, 2)]
     assert sorted(r.id for r in shuffled.collect()) == list(range(20))
@@ -80,3 +81,32 @@ def test_the_rows_are_numbered_after_a_sort_within_each_input_partition(spark):
     shuffled = even_shards(spark.range(20).repartition(4), [5, 5, 5, 5], 3, 7)
     plan = shuffled._jdf.queryExecution().executedPlan().toString()
     assert "xxhash64" in plan and "Sort [" in plan, plan
+
+
+def test_a_sample_key_in_two_shards_is_refused_before_anything_is_written(spark, tmp_path):
+    """Two rows with one key, which the shuffle puts in different shards, were both written
+    (and in one shard the task failed): now the write fails naming the key and its count."""
+    rows = [(f"k{i}", i) for i in range(40)] + [("k7", 100), ("k7", 101), ("k3", 102)]
+    df = spark.createDataFrame(rows, "key string, x long").repartition(5)
+    path = tmp_path / "wds"
+    with pytest.raises(SampleKeyError, match=r"'k7' \(3 rows\), 'k3' \(2 rows\)") as info:
+        sparkfeed.write(df, str(path), format="webdataset", samples_per_shard=4)
+    assert str(path) in str(info.value) and "'key'" in str(info.value)
+    assert not path.exists() or not os.listdir(path)
+
+
+def test_keys_equal_once_sanitised_are_refused(spark, tmp_path):
+    """With invalidKeys=sanitize, 'a.b' and 'a b' both write 'a_b': one key for two samples."""
+    df = spark.createDataFrame([("a.b", 1), ("a b", 2), ("c", 3)], "name string, x long")
+    with pytest.raises(SampleKeyError, match=r"'a_b' \(2 rows\)"):
+        sparkfeed.write(df, str(tmp_path / "wds"), format="webdataset",
+                        options={"keyColumn": "name", "invalidKeys": "sanitize"})
+
+
+def test_a_row_that_writes_no_sample_does_not_count_as_a_duplicate(spark, tmp_path):
+    """A row whose every member is null writes nothing (and is warned about), so its key is
+    not taken: the other row with that key is the only sample."""
+    df = spark.createDataFrame([("a", b"1"), ("a", None), ("b", b"2")], "key string, img binary")
+    m = sparkfeed.write(df, str(tmp_path / "wds"), format="webdataset")
+    assert m.num_samples == 2
+    assert sum(_tar_samples(tmp_path / "wds").values()) == 2
