@@ -132,3 +132,22 @@ def test_a_file_without_a_column_is_pruned_as_all_null_there(tmp_path):
         ids, counters = _ids(str(tmp_path), expr)
         assert ids == sorted(table.filter(expr)["id"].to_pylist()), expr
         assert (counters["shards_pruned"], counters["row_groups_pruned"]) == (shards, groups), expr
+
+
+def test_a_delta_file_written_before_a_column_was_added_is_pruned_as_all_null_there(tmp_path):
+    """Delta's schema evolution (`schema_mode="merge"`): the files written before `x` existed hold
+    no `x`, and the log no statistics of it, so `x > 2` read them; they are now null in every row
+    there. A partition column, which no file holds, keeps its values."""
+    deltalake = pytest.importorskip("deltalake")
+    root = str(tmp_path / "t")
+    first = pa.table({"id": pa.array([0, 1, 2], pa.int64()), "p": pa.array(["a"] * 3)})
+    later = pa.table({"id": pa.array([3, 4, 5], pa.int64()), "p": pa.array(["a"] * 3), "x": pa.array([1, 2, 3], pa.int64())})
+    deltalake.write_deltalake(root, first, partition_by=["p"])
+    deltalake.write_deltalake(root, later, partition_by=["p"], mode="append", schema_mode="merge")
+    sparkfeed.index(root, progress=False)
+    table = pa.concat_tables([first, later], promote_options="permissive")
+    for expr, shards in [(pc.field("x") > 2, 1), (pc.field("x").is_null(), 1), (pc.field("p") == "a", 0),
+                         ((pc.field("p") == "a") & (pc.field("x") < 2), 1), (pc.field("x") == 9, 2)]:
+        ids, counters = _ids(root, expr)
+        assert ids == sorted(table.filter(expr)["id"].to_pylist()), expr
+        assert counters["shards_pruned"] == shards, expr

@@ -19,7 +19,7 @@ from ..manifest import Manifest, manifest_file, parse_manifest
 from . import delta as delta_log
 from .discover import DataFile, Listing, data_file, data_files, refuse_compressed_tars, regular_files
 from .gather import run_local, run_spark
-from .parquet import parquet_common_type, parquet_entries, parquet_schema
+from .parquet import parquet_common_type, parquet_entries, parquet_schema, partition_stats
 from .tar import column_of, key_column, scan_tar, scan_task
 
 __all__ = ["Indexed", "build_manifest", "save", "INDEX_DIR"]
@@ -128,9 +128,14 @@ def _from_footer(entry: dict, footer: dict, dataset: str) -> None:
 def _footer_stats(entries: list[dict], footers: list[dict], names: set[str]) -> None:
     """The footer's statistics of each table column that the log records none for (a log
     written without statistics, or columns past delta.dataSkippingNumIndexedCols), in place, so
-    filters still prune such a table's files; where the log has some, the log's stand."""
+    filters still prune such a table's files; where the log has some, the log's stand. A column
+    a file does not hold (added to the table after it: read as nulls there) is null in every row
+    of the file and its row groups, so a filter on the column prunes the file."""
     for e, footer in zip(entries, footers):
         e["stats"] = {**{k: v for k, v in footer["stats"].items() if k in names}, **e["stats"]}
+        missing = names - {n for n, _ in footer["schema"]} - set(e.get("partition") or ())
+        for stats, rows in [(e["stats"], e["num_samples"])] + [(g["stats"], g["num_samples"]) for g in e["row_groups"]]:
+            stats.update({name: partition_stats(None, rows) for name in missing})
 
 
 def _widened(schema: list[dict], footers: list[dict]) -> list[dict]:
