@@ -281,17 +281,19 @@ def _resize_bombs(w: np.ndarray, h: np.ndarray, known: np.ndarray, spec: ImageDe
             for r in np.flatnonzero(out > spec.max_pixels).tolist()]
 
 
-def _damaged_exif(enc: _Encoded, w: np.ndarray) -> list[int]:
-    """PNG rows (a size read from their IHDR) whose eXIf chunk fails its CRC
-    (`pilopen.png_exif_damage`): a walk of each PNG's chunk headers, about 0.5 µs a chunk."""
-    from .pilopen import png_exif_damage
+def _damaged_exif(enc: _Encoded, w: np.ndarray) -> list[tuple[int, str]]:
+    """(row, reason) of the PNG rows (a size read from their IHDR) whose eXIf chunk fails its CRC
+    or comes twice (`pilopen.png_exif_problem`): a walk of each PNG's chunk headers, about 0.5 µs
+    a chunk."""
+    from .pilopen import png_exif_problem
 
     bad = []
     for data, rows in enc.groups():
         if data.size:
             starts = enc.starts[rows]
             png = (enc.ends[rows] - starts >= 24) & (_be16(data, starts) == 0x8950) & (w[rows] >= 0)
-            bad += [r for r in rows[png].tolist() if png_exif_damage(memoryview(enc.row(r))) is not None]
+            bad += [(r, why) for r in rows[png].tolist()
+                    if (why := png_exif_problem(memoryview(enc.row(r)))) is not None]
     return bad
 
 
@@ -323,9 +325,8 @@ def _check_headers(enc: _Encoded, spec: ImageDecode) -> tuple[np.ndarray, list[t
             w[r], h[r] = size
         else:
             failures.append((r, reason))
-    for r in _damaged_exif(enc, w):
-        failures.append((r, "could not decode: the PNG's eXIf chunk fails its CRC check (damaged data; "
-                            "DALI would scramble its pixels); refused before decoding"))
+    for r, why in _damaged_exif(enc, w):
+        failures.append((r, f"could not decode: {why}; refused before decoding"))
         w[r] = h[r] = -2
     known = w >= 0
     for r in np.flatnonzero(known & (np.minimum(w, h) == 0)).tolist():

@@ -22,7 +22,7 @@ import zlib
 
 from PIL import Image
 
-__all__ = ["Damaged", "dali_misreads", "pixel_limit", "png_exif_damage", "png_problem", "png_for_pil"]
+__all__ = ["Damaged", "dali_misreads", "pixel_limit", "png_exif_problem", "png_problem", "png_for_pil"]
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CRITICAL = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND"})
@@ -99,7 +99,7 @@ def png_problem(b: bytes) -> tuple[str | None, list[tuple[int, int]]]:
         if kind == b"IEND":  # libpng reads no further, nor IEND's own CRC
             return _pixel_data_problem(b, header, idats, b"PLTE" in seen), dropped
         if not _crc_ok(b, at, length):
-            if kind == b"eXIf":  # (`png_exif_damage`)
+            if kind == b"eXIf":  # (`png_exif_problem`)
                 return f"PNG chunk eXIf at byte {at - 8} fails its CRC check (damaged data)", dropped
             if critical:
                 return f"PNG chunk {kind.decode('latin-1')} at byte {at - 8} fails its CRC check (damaged data)", dropped
@@ -179,15 +179,24 @@ def png_for_pil(data) -> bytes | memoryview:
     return b"".join(keep + [b[at:]])
 
 
-def png_exif_damage(b) -> int | None:
-    """Where a PNG's eXIf chunk starts if it fails its CRC, else None. DALI turns such an image by
-    the tag (its parser reads it) while its PNG decoder (libpng) drops the chunk, and delivers
-    the stored pixels laid out in the turned shape: scrambled. Refused by both backends."""
+def png_exif_problem(b) -> str | None:
+    """Why a PNG's EXIF cannot be trusted, or None. An eXIf chunk failing its CRC: DALI turns the
+    image by the tag (its parser reads it) while its PNG decoder (libpng) drops the chunk, and
+    delivers the stored pixels laid out in the turned shape: scrambled. A second eXIf chunk (the
+    PNG spec allows one; libpng warns "duplicate"): DALI aborted the whole process on orientations
+    6 then 1 (glibc: heap corruption), and turned the shape of 1 then 6 but not its pixels. Refused
+    by both backends."""
+    found = 0
     for kind, at, length in _chunks(b):
         if kind == b"IEND" or length < 0:
             return None
-        if kind == b"eXIf" and not _crc_ok(b, at, length):
-            return at - 8
+        if kind == b"eXIf":
+            if not _crc_ok(b, at, length):
+                return "the PNG's eXIf chunk fails its CRC check (damaged data; DALI would scramble its pixels)"
+            found += 1
+            if found > 1:
+                return (f"the PNG holds a second eXIf chunk at byte {at - 8} (one is allowed; DALI turned the "
+                        "shape by one and the pixels by the other, or aborted the process)")
     return None
 
 

@@ -82,3 +82,47 @@ def test_blocks_past_the_bytes_scanned_at_once_are_counted_in_a_batch_in_chunks(
 
     res = _decode(backend, BinaryChunks((column(big[:1]), column(big[1:]))), size=32)
     assert [r for r, _ in res.failures] == [0] and res.ok_rows.tolist() == [1, 2]
+
+
+# ------------------------------------------------------------------ a PNG's eXIf chunk, twice
+
+def _png_with_exif(*orientations: int) -> bytes:
+    import zlib
+
+    a = (np.add.outer(np.arange(48), np.arange(64))[..., None] * [3, 1, 2] % 256).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "PNG")
+    png = buf.getvalue()
+    chunks = b""
+    for o in orientations:
+        e = Image.Exif()
+        e[0x0112] = o
+        tiff = e.tobytes()[6:]  # a PNG's eXIf holds the TIFF bytes alone
+        chunks += len(tiff).to_bytes(4, "big") + b"eXIf" + tiff + zlib.crc32(b"eXIf" + tiff).to_bytes(4, "big")
+    return png[:33] + chunks + png[33:]  # after the signature and IHDR
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pair", [(1, 6), (6, 6)])
+def test_a_png_with_two_exif_chunks_is_refused_by_both_backends(backend, pair):
+    """The PNG spec allows one eXIf chunk. DALI turned the shape of (1, 6) by 6 and its pixels by
+    neither; PIL took the first."""
+    (row, why), = _decode(backend, [_png_with_exif(*pair)]).failures
+    assert row == 0 and "second eXIf chunk" in why and "refused before decoding" in why
+    assert _decode(backend, [_png_with_exif(pair[1])]).failures == ()
+
+
+def test_a_png_with_two_exif_chunks_never_reaches_dali_which_aborted_the_process(tmp_path):
+    """Orientations 6 then 1: DALI's CPU decoder aborted the whole process (glibc "corrupted size
+    vs. prev_size", SIGABRT). Run in a child, so that a regression fails this test, not the run."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "twice.png"
+    path.write_bytes(_png_with_exif(6, 1))
+    code = ("import sys; from sparkfeed.decode import ImageDecoder; from sparkfeed.imagespec import ImageDecode; "
+            "res = ImageDecoder(ImageDecode(device='cpu', backend='dali'), max_batch_size=2)"
+            ".decode([open(sys.argv[1], 'rb').read()]); print(res.failures[0][1])")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert "second eXIf chunk" in out.stdout
