@@ -51,7 +51,7 @@ import torch
 
 from .engine import Engine, ReadConfig
 from .mixgrid import _SHARED_LOCK, _Delivered, _Grid
-from .mixrows import _Cursor, _gathered, _label_counts, _mixed, _owned, _Tiled
+from .mixrows import Repeats, _Cursor, _gathered, _label_counts, _mixed, _owned, _Tiled
 from .mixshares import _rng, _source_seed, block_counts, block_labels, share_spans, shares
 from .mixsource import _SOURCE_SHIFT, SOURCE_COLUMN, Source, _Resolved, resolve
 from .read import make_reader
@@ -225,10 +225,10 @@ class MixedEngine(Engine):
         source's readers share its shuffle blocks across the lanes as one dataset's do
         (`_source_lanes`)."""
         grid = self._grid(epoch)
-        src_lanes, k = self._source_lanes(epoch, spans, lanes)
+        src_lanes, own = self._source_lanes(epoch, spans, lanes)
         src_stats = [Stats() for _ in self.engines]
-        cursors = {i: self._cursor(i, epoch, src_stats[i], row_ids, src_lanes[i], k)
-                   for i in range(len(self.engines)) if src_lanes[i][k]}
+        cursors = {i: self._cursor(i, epoch, src_stats[i], row_ids, src_lanes[i], part)
+                   for i, part in enumerate(own) if part}
         try:
             for g, a, b in self._pieces(spans):
                 labels = grid.block(g)[a:b]
@@ -245,21 +245,21 @@ class MixedEngine(Engine):
             for c in cursors.values():
                 c.close()
 
-    def _cursor(self, i: int, epoch: int, stats: Stats, row_ids: bool, lanes: list, k: int):
-        """Source i's part of lane k (`lanes[k]`): read as one stream (`_Cursor`), or where it
-        repeats a small source, the source read once and tiled (`_Tiled`)."""
-        if self._tiles(i, lanes[k]):
-            return _Tiled(self._reader(i, epoch, stats, row_ids), self.plan().sizes[i], lanes[k])
-        return _Cursor(self._reader(i, epoch, stats, row_ids, lanes), lanes[k])
+    def _cursor(self, i: int, epoch: int, stats: Stats, row_ids: bool, lanes: list, part):
+        """Source i's part of this lane: spans read as one stream (`_Cursor`, with `lanes` every
+        lane's spans of the source), or where it repeats a small source (`Repeats`), the source
+        read once and tiled (`_Tiled`)."""
+        if isinstance(part, Repeats):
+            return _Tiled(self._reader(i, epoch, stats, row_ids), part)
+        return _Cursor(self._reader(i, epoch, stats, row_ids, lanes), part)
 
-    def _tiles(self, i: int, spans) -> bool:
-        """Whether source i's part `spans` holds its every sample at least twice over and the
-        source has at most `_TILE_BYTES` stored: holding it whole costs little, and reading it
-        once costs less than reading each repeat (what the other lanes share with this one they
+    def _tiles(self, i: int, count: int) -> bool:
+        """Whether `count` share indices of source i hold its every sample at least twice over
+        and the source has at most `_TILE_BYTES` stored: holding it whole costs little, and reading
+        it once costs less than reading each repeat (what the other lanes share with this one they
         read themselves)."""
         size = self.plan().sizes[i]
-        return 0 < 2 * size <= sum(hi - lo for lo, hi in spans) and \
-            self.engines[i].config.manifest.num_bytes <= _TILE_BYTES
+        return 0 < 2 * size <= count and self.engines[i].config.manifest.num_bytes <= _TILE_BYTES
 
     def _reader(self, i: int, epoch: int, stats: Stats, row_ids: bool, lanes=None) -> StreamReader:
         engine = self.engines[i]
@@ -283,38 +283,46 @@ class MixedEngine(Engine):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_grids": {}}  # worker processes build their own
 
-    def _share_of(self, grid: "_Grid", offsets: list[int], spans) -> list[list]:
-        """Per source, the positions of its own stream that mixed `spans` hold, in order."""
-        share: list[list] = [[] for _ in self.engines]
+    def _share_of(self, grid: "_Grid", offsets: list[int], spans) -> list:
+        """Per source, the positions of its own stream that mixed `spans` hold, in order: spans,
+        or where they repeat a small source (`_tiles`), its share ranges (`Repeats`: never a span
+        per repeat, which a 10-row source repeated to 2**36 samples made billions of)."""
+        ranges: list[list] = [[] for _ in self.engines]
         for lo, hi in spans:
             first, last = grid.before(lo), grid.before(hi)
             for i in np.flatnonzero(last - first):
-                share[i] += share_spans(offsets[i], self.plan().sizes[i], int(first[i]), int(last[i] - first[i]))
-        return share
+                ranges[i].append((int(first[i]), int(last[i] - first[i])))
+        sizes = self.plan().sizes
+        return [Repeats(offsets[i], sizes[i], r) if self._tiles(i, sum(n for _, n in r)) else
+                [span for start, n in r for span in share_spans(offsets[i], sizes[i], start, n)]
+                for i, r in enumerate(ranges)]
 
-    def _source_lanes(self, epoch: int, spans, lanes) -> tuple[list[list], int]:
-        """Per source, every lane's share (one list object per source for all the thread lanes of
-        this iteration, so that its readers find each other as one dataset's lanes do), and which
-        lane `spans` is. Without `lanes` (or from a worker process): this lane alone."""
+    def _source_lanes(self, epoch: int, spans, lanes) -> tuple[list[list], list]:
+        """Per source, every lane's spans (one list object per source for all the thread lanes of
+        this iteration, so that its readers find each other as one dataset's lanes do; a tiled
+        part, read apart, is none there), and this lane's part of each source (`_share_of`).
+        Without `lanes` (or from a worker process): this lane alone."""
         offsets = self.offsets(epoch)
         k = None if lanes is None else next((j for j, other in enumerate(lanes) if other is spans), None)
         if k is None:
-            return [[share] for share in self._share_of(self._grid(epoch), offsets, spans)], 0
+            own = self._share_of(self._grid(epoch), offsets, spans)
+            return [[_spans(part)] for part in own], own
         key = (id(lanes), id(self), epoch)
         with _SHARED_LOCK:
             entry = _SHARED_LANES.get(key)
         if entry is None or entry[0] is not lanes:
             grid = self._grid(epoch)
             per_lane = [self._share_of(grid, offsets, lane) for lane in lanes]
-            entry = (lanes, [[per_lane[j][i] for j in range(len(lanes))] for i in range(len(self.engines))])
+            entry = (lanes, [[_spans(per_lane[j][i]) for j in range(len(lanes))] for i in range(len(self.engines))],
+                     per_lane)
             with _SHARED_LOCK:
                 found = _SHARED_LANES.get(key)
                 if found is not None and found[0] is lanes:
-                    return found[1], k  # another lane got there first: share its lists
+                    return found[1], found[2][k]  # another lane got there first: share its lists
                 _SHARED_LANES[key] = entry
                 while len(_SHARED_LANES) > 8:
                     _SHARED_LANES.popitem(last=False)
-        return entry[1], k
+        return entry[1], entry[2][k]
 
     def _conformed(self, i: int, parts: list) -> list:
         """Source i's rows (slices of its blocks) with the mix's column order and dtypes, and row
@@ -353,6 +361,12 @@ class MixedEngine(Engine):
 
 
 _SHARED_LANES: OrderedDict = OrderedDict()  # (id(lanes), id(engine), epoch) -> (lanes, per-source lanes)
+
+
+def _spans(part) -> list:
+    """A lane's part of a source as the spans its readers share with the other lanes' (a tiled
+    part, `Repeats`, shares none)."""
+    return [] if isinstance(part, Repeats) else part
 
 
 def _drain(src_stats: list[Stats], stats: Stats) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -122,23 +124,32 @@ class _Cursor:
         self.reader.close()
 
 
+class Repeats(NamedTuple):
+    """A lane's part of a small source that it repeats (`MixedEngine._tiles`): share index j is
+    position `(offset + j) mod size` of the source's stream (`mixshares.share_spans`)."""
+
+    offset: int
+    size: int
+    ranges: list  # (first share index, count), in the lane's order
+
+
 class _Tiled:
-    """A small source's part of a lane that repeats it (`MixedEngine._tiles`): the source's whole
-    epoch stream read once, and `take(n)` gathers the part's next n positions from it. The same
-    rows in the same order as a `_Cursor` over the part's spans, which reads every repeat (a span
-    per repeat, each planned and read on its own: a 10-row source repeated to 100,000 samples was
+    """A small source's part of a lane that repeats it (`Repeats`): the source's whole epoch
+    stream read once, and `take(n)` gathers the part's next n positions from it. The same rows in
+    the same order as a `_Cursor` over the part's spans, which reads every repeat (a span per
+    repeat, each planned and read on its own: a 10-row source repeated to 100,000 samples was
     10,000 spans)."""
 
-    def __init__(self, reader: StreamReader, size: int, spans: list):
-        self.reader, self.size = reader, size
-        self.lo = np.array([lo for lo, _ in spans], dtype=np.int64)
-        self.bounds = np.concatenate([[0], np.cumsum([hi - lo for lo, hi in spans])]).astype(np.int64)
+    def __init__(self, reader: StreamReader, part: Repeats):
+        self.reader, self.part = reader, part
+        self.first = np.array([first for first, _ in part.ranges], dtype=np.int64)
+        self.bounds = np.concatenate([[0], np.cumsum([n for _, n in part.ranges])]).astype(np.int64)
         self.done = 0
         self.whole: Block | None = None
 
     def take(self, n: int) -> list:
         if self.whole is None:  # read when first needed, as a `_Cursor` reads
-            it = self.reader.segments([(0, self.size)], gather=False)
+            it = self.reader.segments([(0, self.part.size)], gather=False)
             try:
                 self.whole = Block.concat([_gathered(b) for b in it])
             finally:
@@ -146,8 +157,7 @@ class _Tiled:
         t = np.arange(self.done, self.done + n, dtype=np.int64)
         k = np.searchsorted(self.bounds, t, side="right") - 1
         self.done += n
-        return [self.whole.permute(self.lo[k] + t - self.bounds[k])]
+        return [self.whole.permute((self.part.offset + self.first[k] + t - self.bounds[k]) % self.part.size)]
 
     def close(self) -> None:
         self.reader.close()
-

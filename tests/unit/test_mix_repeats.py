@@ -10,6 +10,7 @@ import pytest
 import dsutil
 import sparkfeed
 from sparkfeed import Source, mix
+from sparkfeed.mixrows import Repeats
 from sparkfeed.stream import StreamReader
 
 COLS = ["id", "label", "caption", "feature"]
@@ -83,3 +84,17 @@ def test_a_small_source_with_a_skipped_row_tiles_its_skips(ds, tmp_path, monkeyp
     assert tiled == each
     assert stats["source.1.samples_skipped"] == each_stats["source.1.samples_skipped"] == 100
     assert sorted(i for i, s in tiled if s == 1) == sorted([0, 1, 3, 4, 5] * 100)
+
+
+def test_a_lanes_part_of_a_small_source_is_its_share_ranges_not_a_span_per_repeat(ds):
+    """A 10-row source repeated to 10 million samples: each lane's part of it is one share range
+    (`Repeats`), not a million spans (at 2**36 samples the spans were a MemoryError, billions of
+    them); its first batches come as the epoch model says (share index j is position j mod 10
+    unshuffled, one repeat after another)."""
+    loader = sparkfeed.DataLoader([Source(ds["small"], samples=10_000_000, repeat=True)], batch_size=16,
+                                  columns=["id"])
+    engine = loader._engine
+    (part,) = engine._share_of(engine._grid(0), engine.offsets(0), [(0, 10_000_000)])
+    assert part == Repeats(0, 10, [(0, 10_000_000)])
+    it = iter(loader)
+    assert [next(it)["id"].tolist() for _ in range(2)] == [[i % 10 for i in range(16)], [i % 10 for i in range(16, 32)]]
