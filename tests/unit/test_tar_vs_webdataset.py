@@ -207,10 +207,13 @@ def test_any_member_names_give_webdatasets_samples_or_a_named_refusal(tmp_path_f
 
 
 def _git_archive(tmp_path, keys, exts=("cls", "txt", "jpg")) -> str:
-    """A tar made by `git archive` of a repository holding `keys`' samples (`_sample`): git's pax
-    global header first, a directory entry per directory, long names split into the ustar
-    prefix field."""
+    """A tar made by `git archive` of a repository holding `keys`' samples (`_sample`) and files
+    in no sample: git's pax global header first, a directory entry per directory, long names
+    split into the ustar prefix field."""
     repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "README").write_bytes(b"a file in no sample, as a repository has\n")
+    (repo / ".gitattributes").write_bytes(b"*.jpg binary\n")
     for i, key in enumerate(keys):
         for name, data in _sample(key, i, exts):
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
@@ -231,8 +234,8 @@ LONG = "d" * 60 + "/" + "e" * 50  # a directory whose members' names need the us
 
 @pytest.mark.parametrize("made", ["git archive", "tarfile ustar"])
 def test_prefixed_names_are_cut_through_the_index_as_streamed(tmp_path, made, caplog):
-    """Members whose names sit in the ustar prefix field (and git archive's pax global header and
-    directory entries) are cut through the shard's index, giving the streamed samples sample for
+    """Members whose names sit in the ustar prefix field (and git archive's pax global header,
+    directory entries and files in no sample) are cut through the shard's index, giving the streamed samples sample for
     sample; before, the index was refused for them and every such shard streamed (~25x slower)."""
     keys = [f"{LONG}/s{i:03d}" for i in range(5)] + [f"short/k{i}" for i in range(3)]
     if made == "git archive":

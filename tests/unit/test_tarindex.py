@@ -565,3 +565,17 @@ def test_a_pax_header_the_streamed_reader_refuses_is_not_read_through_the_index(
         with tarfile.open(fileobj=io.BytesIO(bytes(raw)), mode="r|", tarinfo=StrictTarInfo) as tar:
             list(tar)
     assert tarindex.members(bytes(raw), text, {"cls"}, split_name, 1 << 30) is None
+
+
+@pytest.mark.parametrize("other, taken", [("README", True), (".gitattributes", True), ("../README", False),
+                                          ("dir/.gitattributes", False),  # webdataset: a sample "dir/"
+                                          ("__meta__/a.json", True), ("c.txt", False)])
+def test_a_file_in_no_sample_between_members_is_passed_as_the_streamed_reader_skips_it(other, taken):
+    """The streamed reader skips a member in no sample once its checks pass (a safe path): the
+    index is taken over one; not over an unsafe name (streamed: refused, naming its offset), nor a
+    sample member the index does not list."""
+    payloads = [b"1", b"x", b"2"]
+    raw = _tar_with([_regular("a.cls", b"1"), _regular(other, b"x"), _regular("b.cls", b"2")], payloads)
+    text = "v1.2 2\ncls 512 1 a.cls\ncls 2560 1 b.cls\n"
+    assert raw[2560:2561] == b"2"
+    assert (tarindex.members(raw, text, {"cls"}, split_name, 1 << 30) is not None) == taken

@@ -9,7 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .. import storage
+from . import tarinfo
 from .tarinfo import StrictTarInfo, _NameFieldError, pax_problem
+from .tarnames import is_sample_member
 
 _BLOCK = 512
 _PAX = ord("x")  # a pax extended header's type: records for the member after it
@@ -125,15 +128,29 @@ def _gaps_harmless(buf: np.ndarray, blocks: np.ndarray, at: np.ndarray, gaps: np
         all(_gap_harmless(buf, a, a + g) for a, g in zip(at.tolist(), gaps.tolist()))
 
 
+def _skipped_file(info: tarfile.TarInfo) -> bool:
+    """Whether the streamed reader skips a member as one in no sample, after the checks it
+    makes of every member (`TarStreaming._check_member`: a regular file, a safe path, within
+    the size limit)."""
+    return info.type in _REGULAR_TYPES and not is_sample_member(info.name) and \
+        storage.path_problem(info.name) is None and 0 <= info.size <= tarinfo.MAX_MEMBER_BYTES
+
+
+_REGULAR_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
+
+
 def _gap_harmless(buf: np.ndarray, at: int, end: int) -> bool:
     """Whether bytes [at, end) of `buf` are headers the streamed reader reads past, leaving the
-    member after them as its own header says: directory entries without data (which it skips)
-    and pax headers, extended or global (`git archive` writes one first, its commit id as a
-    `comment`), that `StrictTarInfo` takes and whose records are all `_PAX_HARMLESS`."""
+    member after them as its own header says: directory entries without data and files in no
+    sample (`is_sample_member`: "README", ".gitattributes") that its checks pass, both of which
+    it skips, and pax headers, extended or global (`git archive` writes one first, its commit
+    id as a `comment`), that `StrictTarInfo` takes and whose records are all `_PAX_HARMLESS`."""
     while at < end:
         info = _header(buf[at:at + _BLOCK])
         if info is not None and info.type == tarfile.DIRTYPE and info.size == 0:
             at += _BLOCK
+        elif info is not None and _skipped_file(info):
+            at += _BLOCK + (info.size + _BLOCK - 1) // _BLOCK * _BLOCK
         elif info is not None and info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE):
             data = buf[at + _BLOCK:at + _BLOCK + info.size].tobytes()
             if len(data) < info.size or pax_problem(data) is not None or not _pax_records_harmless(data):
