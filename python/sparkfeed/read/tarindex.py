@@ -374,5 +374,5 @@ def _column(buf, where: np.ndarray, sample: np.ndarray, offsets: np.ndarray, siz
     with memoryview(buf) as view:
         out: list = [None] * n
         for s, a, b in zip(sample[where].tolist(), starts, ends):
-            out[s] = view[a:b].tobytes()  # a repeated extension: the last wins, as when streamed
+            out[s] = view[a:b].tobytes()  # a repeated extension: the last (the sample is refused: `_repeated`)
         return out
