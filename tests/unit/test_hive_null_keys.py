@@ -48,3 +48,19 @@ def test_a_key_with_values_keeps_arrows_hint(null_keyed):
     with pytest.raises(ValueError, match="cannot apply") as caught:
         sparkfeed.DataLoader(null_keyed, batch_size=2, filter=pc.field("q") == "x", columns=["id"])
     assert "__HIVE_DEFAULT_PARTITION__" not in str(caught.value)
+
+
+@pytest.mark.parametrize("values", [["9223372036854775808", "9223372036854775809"], ["0.5", "9007199254740993"]],
+                         ids=str)
+def test_partition_values_a_double_would_round_stay_exact_as_text(tmp_path, values):
+    """Integers past int64's range (or past 2**53 beside fractions) were typed double, so two
+    directories (`p=9223372036854775808`, `p=9223372036854775809`) delivered one value and a
+    filter on either matched both. The key is now text, each directory its own value."""
+    for f, value in enumerate(values):
+        (tmp_path / f"p={value}").mkdir()
+        pq.write_table(pa.table({"id": pa.array([f], pa.int64())}), tmp_path / f"p={value}" / "part-0.parquet")
+    sparkfeed.index(str(tmp_path), progress=False)
+    assert {c.name: c.type for c in sparkfeed.read_manifest(str(tmp_path)).schema}["p"] == "string"
+    for f, value in enumerate(values):
+        loader = sparkfeed.DataLoader(str(tmp_path), batch_size=2, filter=[("p", "==", value)], columns=["id"])
+        assert [i for b in loader for i in b["id"].tolist()] == [f]

@@ -50,7 +50,9 @@ def partition_types(files: Sequence[DataFile], dataset: str) -> dict[str, str]:
 
 def _partition_type(values: list[str]) -> str:
     """Spark's inference for one key's values (`PartitioningUtils`): int if every value is one,
-    bigint, then double (`0.5`, `1e-3`; integers among them widen), else string. Dates stay
+    bigint, then double (`0.5`, `1e-3`; integers among them widen, where a double holds them
+    exactly: two directories past 2**53 or int64's range, `p=9223372036854775808` and
+    `p=9223372036854775809`, became one value), else string. Dates stay
     strings here (ISO dates compare as strings; Spark would make them dates). A key whose
     every value is `__HIVE_DEFAULT_PARTITION__` is a string column of nulls, as Spark types it
     (an integer column could not deliver its nulls); a filter comparing it with a number is
@@ -62,7 +64,8 @@ def _partition_type(values: list[str]) -> str:
         if all(_INT64[0] <= i <= _INT64[1] for i in ints):
             return "int32" if all(_INT32[0] <= i <= _INT32[1] for i in ints) else "int64"
     if all(_INT.fullmatch(v) or _DOUBLE.fullmatch(v) for v in values):
-        return "double" if all(math.isfinite(float(v)) for v in values) else "string"
+        exact = all(float(int(v)) == int(v) for v in values if _INT.fullmatch(v))
+        return "double" if exact and all(math.isfinite(float(v)) for v in values) else "string"
     return "string"
 
 
