@@ -71,6 +71,7 @@ _MIN_BLOCK = 2048         # without a shuffle_buffer
 _PIECE = 65_536           # positions put in order at once (a segment), at most: a whole block of
                           # the grid at most (so bounded like a block); fewer per-piece costs than
                           # 32,768 or 16,384 (docs/benchmark-studies.md, mixing)
+_MAX_GRID = 1 << 24       # blocks a grid may have (its starts and counts: 8 bytes x sources each)
 _TILE_BYTES = 16 << 20    # a source of at most this many stored bytes, repeated in a lane, is
                           # read once there and tiled (`_tiles`)
 
@@ -156,8 +157,7 @@ class MixedEngine(Engine):
             plans = tuple(e.plan() for e in self.engines)
             sizes = tuple(p.num_samples for p in plans)
             counts = tuple(shares(sizes, self.sources))
-            n = sum(counts)
-            blocks = max(1, -(-n // self.block_size()))
+            blocks = _grid_blocks(self.sources, counts, self.block_size())
             per_block = block_counts(np.array(counts), blocks, np.arange(blocks + 1))
             self._plan = MixPlan(plans, sizes, counts, blocks, per_block.sum(axis=1))
         return self._plan
@@ -361,6 +361,22 @@ class MixedEngine(Engine):
 
 
 _SHARED_LANES: OrderedDict = OrderedDict()  # (id(lanes), id(engine), epoch) -> (lanes, per-source lanes)
+
+
+def _grid_blocks(sources, counts: tuple[int, ...], block: int) -> int:
+    """The grid's block count for these shares; a ValueError naming the largest share where the
+    epoch is longer than a grid can order (a weighted source with `repeat` beside a tiny weight
+    that bounds the epoch: 1e-30 made 10**31 samples, numpy's 'Maximum allowed size exceeded';
+    samples=2**63, a 1 PiB allocation)."""
+    n = sum(counts)
+    blocks = max(1, -(-n // block))
+    if blocks > _MAX_GRID:
+        i = max(range(len(counts)), key=counts.__getitem__)
+        raise ValueError(f"the mix's shares {list(counts)} make an epoch of {n:,} samples, more than a mix orders "
+                         f"({_MAX_GRID * block:,}: {_MAX_GRID:,} blocks of {block:,}); source {i} "
+                         f"({sources[i].path!r}) has the largest: give it samples=, or weights that do not "
+                         "leave a repeating source a share that large")
+    return blocks
 
 
 def _spans(part) -> list:

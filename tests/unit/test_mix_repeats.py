@@ -98,3 +98,16 @@ def test_a_lanes_part_of_a_small_source_is_its_share_ranges_not_a_span_per_repea
     assert part == Repeats(0, 10, [(0, 10_000_000)])
     it = iter(loader)
     assert [next(it)["id"].tolist() for _ in range(2)] == [[i % 10 for i in range(16)], [i % 10 for i in range(16, 32)]]
+
+
+@pytest.mark.parametrize("sources,largest", [
+    (lambda ds: [Source(ds["small"], weight=1e-30), Source(ds["big"], weight=1, repeat=True)], "source 1"),
+    (lambda ds: [Source(ds["big"]), Source(ds["small"], samples=2 ** 63, repeat=True)], "source 1"),
+])
+def test_an_epoch_longer_than_a_grid_orders_is_refused_naming_the_largest_share(ds, sources, largest):
+    """A repeating source's share beside a tiny weight (10**31 samples: numpy's 'Maximum allowed size
+    exceeded'), or samples=2**63 (a 1 PiB allocation), is a ValueError naming the source."""
+    loader = sparkfeed.DataLoader(sources(ds), batch_size=16, columns=["id"])
+    with pytest.raises(ValueError, match=rf"make an epoch of [0-9,]+ samples, more than a mix orders .*{largest} "
+                                         r"\(.*\) has the largest: give it samples="):
+        len(loader)
