@@ -72,6 +72,15 @@ public final class DatasetDir {
     /** Files directly under the root whose names start with prefix and end with one suffix. */
     public List<Path> list(String prefix, String... suffixes) throws IOException {
         List<Path> out = new ArrayList<>();
+        for (FileStatus s : listStatus(prefix, suffixes)) {
+            out.add(s.getPath());
+        }
+        return out;
+    }
+
+    /** {@link #list}, with each file's status (its size among them). */
+    public List<FileStatus> listStatus(String prefix, String... suffixes) throws IOException {
+        List<FileStatus> out = new ArrayList<>();
         if (!fs.exists(root)) {
             return out;
         }
@@ -80,7 +89,7 @@ public final class DatasetDir {
             if (!s.isFile() || !name.startsWith(prefix)) continue;
             for (String suffix : suffixes) {
                 if (name.endsWith(suffix)) {
-                    out.add(s.getPath());
+                    out.add(s);
                     break;
                 }
             }

@@ -3,8 +3,10 @@ package io.sparkfeed.write;
 import java.io.IOException;
 import java.io.UncheckedIOException;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.HashSet;
 import java.util.List;
+import java.util.Map;
 import java.util.Set;
 
 import io.sparkfeed.DatasetDir;
@@ -13,6 +15,7 @@ import io.sparkfeed.WebDatasetSource;
 import io.sparkfeed.manifest.ManifestWriter;
 import io.sparkfeed.manifest.ShardInfo;
 import org.apache.hadoop.conf.Configuration;
+import org.apache.hadoop.fs.FileStatus;
 import org.apache.hadoop.fs.Path;
 import org.apache.spark.sql.connector.write.BatchWrite;
 import org.apache.spark.sql.connector.write.DataWriterFactory;
@@ -33,8 +36,8 @@ import org.slf4j.LoggerFactory;
  *   <li>{@link #commit} receives the messages of the committed attempts only, deletes any shard
  *       file they do not name (left by an attempt that died while committing) and the temporary
  *       directory, fails when a shard they name is not in the driver's listing (the executors
- *       wrote where the driver does not see), and writes {@code _sparkfeed.json} last,
- *       atomically.</li>
+ *       wrote where the driver does not see) or not of the size its task wrote, and writes
+ *       {@code _sparkfeed.json} last, atomically.</li>
  *   <li>{@link #abort} deletes the temporary directory and every shard: the path held no dataset
  *       before the job, so a failed job leaves no manifest and no visible shard.</li>
  * </ol>
@@ -98,14 +101,15 @@ public final class WebDatasetBatchWrite implements BatchWrite {
             }
         }
         try {
-            Set<String> listed = new HashSet<>();
-            for (Path stray : dir.list("part-", ".tar", ".tar.idx")) {
-                listed.add(stray.getName());
-                if (!committed.contains(stray.getName())) {
-                    dir.fs.delete(stray, false);
+            Map<String, Long> listed = new HashMap<>();
+            for (FileStatus file : dir.listStatus("part-", ".tar", ".tar.idx")) {
+                listed.put(file.getPath().getName(), file.getLen());
+                if (!committed.contains(file.getPath().getName())) {
+                    dir.fs.delete(file.getPath(), false);
                 }
             }
-            refuseUnseenShards(shards, listed, dir.root);
+            refuseUnseenShards(shards, listed.keySet(), dir.root);
+            refuseWrongSizes(shards, listed, dir.root);
             dir.deleteTemporary(jobId);
             byte[] json = ManifestWriter.toJson(ManifestWriter.manifest(layout.manifestSchema(),
                 shards, WebDatasetSource.version(), WebDatasetSource.sparkVersion()));
@@ -141,6 +145,34 @@ public final class WebDatasetBatchWrite implements BatchWrite {
             : "") + ". The executors and the driver do not see the same files at the path (a "
             + "path local to one machine, on a cluster?); no manifest was written. Write to "
             + "storage every machine shares (HDFS, S3, a shared mount)");
+    }
+
+    /**
+     * Fails, before the manifest is written, when a committed shard's file in the listing is not
+     * of the size its task reported (the bytes it wrote): the file was cut short, or replaced,
+     * between the task's commit and the job's, and a manifest recording the reported size would
+     * send every reader to a ShardReadError, or one recording the listed size to a tar that
+     * ends early.
+     */
+    static void refuseWrongSizes(List<ShardInfo> shards, Map<String, Long> listed, Path root) {
+        List<String> wrong = new ArrayList<>();
+        for (ShardInfo s : shards) {
+            Long size = listed.get(s.path());
+            if (size != null && size != s.numBytes()) {
+                wrong.add(s.path() + " (" + size + " bytes, its task wrote " + s.numBytes() + ")");
+            }
+        }
+        if (wrong.isEmpty()) {
+            return;
+        }
+        List<String> shown = wrong.subList(0, Math.min(10, wrong.size()));
+        throw new IllegalStateException("the webdataset write to " + root + " committed "
+            + shards.size() + " shard(s), but " + wrong.size() + " of them are not of the size "
+            + "their task wrote: " + String.join(", ", shown)
+            + (wrong.size() > shown.size() ? " and " + (wrong.size() - shown.size()) + " more"
+            : "") + ". Something changed the files between the tasks' commits and the job's "
+            + "(another writer at the same path, or storage that lost data); no manifest was "
+            + "written. Write again, to a path no other job writes");
     }
 
     /** Says how many rows wrote no sample: a tar sample exists only through its members. */
