@@ -113,6 +113,8 @@ _HINTS = {
     ", string)": _TEXT_HINT,  # (before the zone hint: a timestamp beside text is no zone matter)
     "types (string, ": _TEXT_HINT,
     "FieldRef.FieldPath": "; name columns (pc.field('label')), not positions: a read holds only some",
+    "FieldRef.Nested": ("; a struct's fields are columns of their own, named by their path as one "
+                        "name: pc.field('image.path'), not pc.field('image', 'path')"),
     "Precision is not great enough": "; compare a decimal column with decimal.Decimal values (an "
                                      "integer widens to decimal128(19, 0), too wide beside it)",
     "timestamp with timezone to timestamp without timezone": _ZONE_HINT,

@@ -376,3 +376,16 @@ def test_a_batched_count_that_cannot_join_its_files_counts_each_alone(four_group
     loader = sparkfeed.DataLoader(path, batch_size=4, filter=expr, columns=["id"])
     assert loader.dataset.plan().counts == want
     assert sorted(i for b in loader for i in b["id"].tolist()) == wanted(table, expr)
+
+
+def test_a_nested_field_reference_is_refused_with_the_leafs_name_to_use(tmp_path):
+    """`pc.field("s", "a")` (Arrow's nested reference) names no column here, where a struct is
+    its leaves (`s.a`): the refusal said only "No match"; it now says how to name the leaf, and
+    `pc.field("s.a")` filters."""
+    table = pa.table({"id": pa.array(range(4), pa.int64()), "s": pa.array([{"a": i} for i in range(4)])})
+    pq.write_table(table, tmp_path / "part-0.parquet")
+    sparkfeed.index(str(tmp_path), progress=False)
+    with pytest.raises(ValueError, match=r"No match for FieldRef\.Nested.*named by their path as one name"):
+        sparkfeed.DataLoader(str(tmp_path), batch_size=2, filter=pc.field("s", "a") > 1, columns=["id"])
+    loader = sparkfeed.DataLoader(str(tmp_path), batch_size=2, filter=pc.field("s.a") > 1, columns=["id"])
+    assert sorted(i for b in loader for i in b["id"].tolist()) == [2, 3]
