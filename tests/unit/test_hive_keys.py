@@ -1,7 +1,8 @@
-"""A Hive partition key whose every directory is `__HIVE_DEFAULT_PARTITION__` (null) is typed
-string, as Spark types it (its column stays deliverable). A filter comparing it with a number is
-refused when the loader is built, with a sentence that says why and what to do, not Arrow's
-text-versus-number hint that reads as if the key held text."""
+"""Hive partition keys typed from their directories. A key whose every directory is
+`__HIVE_DEFAULT_PARTITION__` (null) is typed string, as Spark types it (its column stays
+deliverable): a filter comparing it with a number is refused when the loader is built, with a
+sentence that says why and what to do, not Arrow's text-versus-number hint that reads as if the
+key held text. Values a double would round are kept exact as text."""
 
 from __future__ import annotations
 
