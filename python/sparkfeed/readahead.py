@@ -115,6 +115,11 @@ class ReadAhead:
         self._once.move_to_end(key)
         return self._once[key]
 
+    def forget(self, key) -> None:
+        """Let go of the `once` fetch for `key`, which no fetch to come needs (a file's head once
+        the reader has left the file); fetches made already keep what they took from it."""
+        self._once.pop(key, None)
+
     def once_result(self, key):
         """The result of the `once` fetch for `key` (waiting for it), None if none or failed."""
         future = self._once.get(key)

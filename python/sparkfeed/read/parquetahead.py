@@ -37,6 +37,8 @@ class ParquetAhead:
         names, items, first = self._ahead_columns(), [], {}
         for unit in units:
             first.setdefault(unit.path, unit)
+        self._drop_heads(first)
+        for unit in units:
             key = (unit.path, unit.row_group)
             if unit.row_group is None:
                 continue
@@ -76,6 +78,13 @@ class ParquetAhead:
             self._head(unit.path, groups, head_bytes)
             return self._fetcher(unit.path, groups)
         return readahead.Deferred(make, (self._ahead.order(unit.path), 2, groups[0]), prepare)
+
+    def _drop_heads(self, upcoming) -> None:
+        """Let go of the heads (`_head`) of the files the reader has left (none of `upcoming`):
+        a head is most of a file's first 8 MiB, and it was held to the iteration's end."""
+        for rel in [r for r in self._heads if r not in upcoming]:
+            del self._heads[rel]
+            self._ahead.forget(("head", rel))
 
     def _head(self, rel: str, groups: list[int], nbytes: int) -> None:
         """The reader's first fetch, when it starts at the file's first row group and the footer
