@@ -255,11 +255,11 @@ class MixedEngine(Engine):
 
     def _tiles(self, i: int, count: int) -> bool:
         """Whether `count` share indices of source i hold its every sample at least twice over
-        and the source has at most `_TILE_BYTES` stored: holding it whole costs little, and reading
-        it once costs less than reading each repeat (what the other lanes share with this one they
-        read themselves)."""
-        size = self.plan().sizes[i]
-        return 0 < 2 * size <= count and self.engines[i].config.manifest.num_bytes <= _TILE_BYTES
+        and its samples (after its filter) hold about `_TILE_BYTES` stored at most: holding them
+        costs little, and reading them once costs less than reading each repeat (what the other
+        lanes share with this one they read themselves)."""
+        size, m = self.plan().sizes[i], self.engines[i].config.manifest
+        return 0 < 2 * size <= count and size * m.num_bytes <= _TILE_BYTES * max(1, m.num_samples)
 
     def _reader(self, i: int, epoch: int, stats: Stats, row_ids: bool, lanes=None) -> StreamReader:
         engine = self.engines[i]

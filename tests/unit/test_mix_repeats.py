@@ -111,3 +111,16 @@ def test_an_epoch_longer_than_a_grid_orders_is_refused_naming_the_largest_share(
     with pytest.raises(ValueError, match=rf"make an epoch of [0-9,]+ samples, more than a mix orders .*{largest} "
                                          r"\(.*\) has the largest: give it samples="):
         len(loader)
+
+
+def test_a_large_source_filtered_to_a_few_rows_is_tiled_too(ds, monkeypatch):
+    """What is held is the samples after the filter: a source larger than `_TILE_BYTES` whose filter
+    leaves a few rows, repeated, is tiled (its part one share range, not a span per repeat)."""
+    monkeypatch.setattr(mix, "_TILE_BYTES", 2000)  # "big" stores about 7 KB: 300 rows of ~25 bytes
+    loader = sparkfeed.DataLoader([Source(ds["big"], samples=30_000, repeat=True, filter=[("id", "<", 1003)])],
+                                  batch_size=16, columns=["id"])
+    engine = loader._engine
+    assert engine.engines[0].config.manifest.num_bytes > 2000 and engine.plan().sizes == (3,)
+    (part,) = engine._share_of(engine._grid(0), engine.offsets(0), [(0, 30_000)])
+    assert part == Repeats(0, 3, [(0, 30_000)])
+    assert sorted(i for b in loader for i in b["id"].tolist()) == sorted([1000, 1001, 1002] * 10_000)
