@@ -79,3 +79,15 @@ def test_other_data_or_settings_keep_the_usual_refusal(ds, tmp_path):
     with pytest.raises(ValueError, match="other data or with other settings") as refused:
         loader(other).load_state_dict(old_state(ds))
     assert "before exact shares" not in str(refused.value)
+
+
+def test_an_older_state_of_weights_past_the_floats_range_loads(tmp_path):
+    """Weights whose float shares overflow (1e308 twice: their sum is infinite) tell nothing of the
+    older shares: a state without a record over the same mix loads as before."""
+    dsutil.write_parquet(str(tmp_path / "a"), dsutil.table(6), 6, 3)
+    sources = [Source(str(tmp_path / "a"), weight=1e308), Source(str(tmp_path / "a"), weight=1e308)]
+    state = loader(sources).state_dict()
+    state.pop(mixstate.RECORD)
+    L = loader(sources)
+    L.load_state_dict(state)
+    assert sum(len(b["id"]) for b in L) == 12
