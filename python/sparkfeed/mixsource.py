@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import torch
 
@@ -50,6 +51,10 @@ class Source:
         if not isinstance(self.path, str) and not hasattr(self.path, "__fspath__"):
             raise ValueError(f"`path` should be a dataset path/URL, but got path={self.path!r}")
         object.__setattr__(self, "path", os.fspath(self.path) if hasattr(self.path, "__fspath__") else self.path)
+        for name in ("weight", "samples"):  # numpy's numbers (weights computed in an array) as Python's
+            value = getattr(self, name)
+            if isinstance(value, np.generic) and value.dtype.kind in "iuf":
+                object.__setattr__(self, name, value.item())
         w = self.weight
         if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0):
             raise ValueError(f"`weight` should be a positive number or None, but got weight={w!r}")

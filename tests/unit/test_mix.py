@@ -497,6 +497,21 @@ def test_source_arguments_are_checked(kwargs, match):
         Source("ds/", **kwargs)
 
 
+def test_numpy_numbers_are_weights_and_counts_as_pythons(ds):
+    """Weights or counts taken from a numpy array (np.int64(3), np.float32(0.5)) were refused as
+    not positive numbers; they are taken as the Python numbers they hold, so the shares and a saved
+    state's settings are those of the same numbers written plainly."""
+    assert Source("ds/", weight=np.int64(3)) == Source("ds/", weight=3)
+    assert Source("ds/", weight=np.float32(0.5)).weight == 0.5 and Source("ds/", samples=np.uint16(7)).samples == 7
+    assert type(Source("ds/", weight=np.float64(0.7)).weight) is float
+    with pytest.raises(ValueError, match=r"`weight` should be a positive number or None, but got weight=-2"):
+        Source("ds/", weight=np.int8(-2))
+    as_numpy = loader([Source(ds["a"], weight=np.int64(3)), Source(ds["b"], weight=np.float32(2.0))])
+    plain = loader([Source(ds["a"], weight=3), Source(ds["b"], weight=2.0)])
+    assert run(as_numpy) == run(plain)
+    plain.load_state_dict(as_numpy.state_dict())
+
+
 def test_a_mix_is_a_list_of_sources(ds):
     with pytest.raises(ValueError, match=r"a mix should be a non-empty list of sparkfeed.Source, but got \['str'\]"):
         sparkfeed.DataLoader([ds["a"]], batch_size=4)
