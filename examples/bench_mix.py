@@ -46,19 +46,22 @@ def _least_ms(rows: dict, repeats: int) -> dict:
     return least
 
 
-def _laid_out(mix, parts):
-    """The first step of `mix._mixed`: the sources' rows one after another (shuffle pieces
+def _laid_out(mixrows, parts):
+    """The first step of `mixrows._mixed`: the sources' rows one after another (shuffle pieces
     gathered into place)."""
     flat = [b for blocks in parts for b in blocks]
-    return mix.Block.concat([mix._gathered(b) for b in flat])
+    from sparkfeed.stream import Block
+
+    return Block.concat([mixrows._gathered(b) for b in flat])
 
 
 def stages(path: str, shuffle: bool, batch_size: int, repeats: int) -> None:
     """CPU ms per epoch of one source, of the 2-source mix, and of each stage the mix adds."""
     import sparkfeed
-    from sparkfeed import mix
+    from sparkfeed import mix, mixrows, mixshares
     from sparkfeed.bench.runners import TABULAR_COLUMNS
     from sparkfeed.stats import Stats
+    from sparkfeed.stream import Block
 
     whole = sparkfeed.read_manifest(path)
     kwargs = dict(batch_size=batch_size, columns=TABULAR_COLUMNS, shuffle=shuffle, seed=0)
@@ -75,16 +78,16 @@ def stages(path: str, shuffle: bool, batch_size: int, repeats: int) -> None:
         pass
     mix._mixed = real
     grid, account = two._grid(0), two._accounting(0, [(0, n)])
-    empty = mix.Block({}, batch_size)
+    empty = Block({}, batch_size)
     rows = {
         "one source, one epoch": lambda: [None for _ in one.deliveries(0, [(0, n)], 0, batch_size)],
         "2-source mix, one epoch": lambda: [None for _ in two.deliveries(0, [(0, n)], 0, batch_size)],
-        "  labels of every block (grid)": lambda: [mix.block_labels(grid.counts, grid.plan.blocks, g, seed=0, epoch=0,
-                                                                    shuffle=shuffle) for g in range(grid.plan.blocks)],
-        "  gather index of every piece": lambda: [mix._gather_index(labels, present) for _, labels, present in pieces],
-        "  laying out the parts (as blocks)": lambda: [_laid_out(mix, parts) for parts, _, _ in pieces],
+        "  labels of every block (grid)": lambda: [mixshares.block_labels(grid.counts, grid.plan.blocks, g, seed=0, epoch=0,
+                                                                         shuffle=shuffle) for g in range(grid.plan.blocks)],
+        "  gather index of every piece": lambda: [mixrows._gather_index(labels, present) for _, labels, present in pieces],
+        "  laying out the parts (as blocks)": lambda: [_laid_out(mixrows, parts) for parts, _, _ in pieces],
         "  lay-out + index + gather (the copy)": lambda: [real(*piece) for piece in pieces],
-        "  per-piece label counts": lambda: [np.flatnonzero(mix._label_counts(labels, 2)) for _, labels, _ in pieces],
+        "  per-piece label counts": lambda: [np.flatnonzero(mixrows._label_counts(labels, 2)) for _, labels, _ in pieces],
         "  per-batch source counts": lambda: [account(empty, s, {}, {}) for s in range(0, n - batch_size, batch_size)],
     }
     print(f"{n:,} rows, shuffle={shuffle}, batch {batch_size}, one lane on this thread, {len(pieces)} pieces mixed; "
