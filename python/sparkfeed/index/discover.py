@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob
 import logging
 import posixpath
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -92,8 +93,12 @@ def _ignored(rel: str) -> bool:
 
 
 def data_file(info: dict, root: str, dataset: str) -> DataFile:
+    """A listed file; `rel`, the name the manifest records, is the file's own name: an HTTP
+    listing gives URLs, %-escaped, which `storage.join` escapes again when the file is read."""
     name = info["name"].rstrip("/")
     rel = posixpath.relpath(name, root) if root != "/" else name.lstrip("/")
+    if storage.is_http_url(name):
+        rel = urllib.parse.unquote(rel)
     storage.check_relative(rel, dataset)
     mtime, etag = file_version(info)
     return DataFile(full=name, rel=rel, size=int(info["size"]), mtime=mtime, etag=etag,
