@@ -1,7 +1,8 @@
 """Mixing several datasets into one epoch stream: the plan and `MixedEngine`, which reads it.
 
 The mix's other parts: `mixsource.py` (`Source`, the checks when built), `mixshares.py` (steps 1-3
-below), `mixgrid.py` (the grid's labels, per-batch counts), `mixrows.py` (rows into mixed order).
+below), `mixgrid.py` (the grid's labels, per-batch counts), `mixrows.py` (rows into mixed order),
+`mixstate.py` (the shares a saved state records, and a state whose shares another version computed).
 
     loader = sparkfeed.DataLoader([sparkfeed.Source("laion/", weight=0.7, filter=[("aesthetic", ">", 5)]),
                                    sparkfeed.Source("cc12m/", weight=0.3)], batch_size=256, shuffle=True)
