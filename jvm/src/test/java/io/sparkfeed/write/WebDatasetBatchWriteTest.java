@@ -22,27 +22,29 @@ public class WebDatasetBatchWriteTest {
 
     private static final Path ROOT = new Path("file:/data/wds");
 
+    /** Two shards as their tasks reported them: 3072 and 2048 bytes. */
+    private static final List<ShardInfo> TWO = Arrays.asList(shard("part-00000-0000.tar", 3072),
+        shard("part-00001-0000.tar", 2048));
+
+    /** The driver's listing: the two tars of these sizes and their indexes. */
+    private static Map<String, Long> listing(long first, long second) {
+        Map<String, Long> listed = new HashMap<>();
+        listed.put("part-00000-0000.tar", first);
+        listed.put("part-00000-0000.tar.idx", 40L);
+        listed.put("part-00001-0000.tar", second);
+        listed.put("part-00001-0000.tar.idx", 40L);
+        return listed;
+    }
+
     @Test
     public void shardsOfTheReportedSizePass() {
-        List<ShardInfo> shards = Arrays.asList(shard("part-00000-0000.tar", 3072),
-            shard("part-00001-0000.tar", 2048));
-        Map<String, Long> listed = new HashMap<>();
-        listed.put("part-00000-0000.tar", 3072L);
-        listed.put("part-00000-0000.tar.idx", 40L);
-        listed.put("part-00001-0000.tar", 2048L);
-        listed.put("part-00001-0000.tar.idx", 40L);
-        WebDatasetBatchWrite.refuseWrongSizes(shards, listed, ROOT);
+        WebDatasetBatchWrite.refuseWrongSizes(TWO, listing(3072, 2048), ROOT);
     }
 
     @Test
     public void aShardCutShortIsRefusedNamingItAndBothSizes() {
-        List<ShardInfo> shards = Arrays.asList(shard("part-00000-0000.tar", 3072),
-            shard("part-00001-0000.tar", 2048));
-        Map<String, Long> listed = new HashMap<>();
-        listed.put("part-00000-0000.tar", 3072L);
-        listed.put("part-00001-0000.tar", 1024L);
         try {
-            WebDatasetBatchWrite.refuseWrongSizes(shards, listed, ROOT);
+            WebDatasetBatchWrite.refuseWrongSizes(TWO, listing(3072, 1024), ROOT);
             fail("a shard of 1024 bytes passed for one its task wrote with 2048");
         } catch (IllegalStateException e) {
             String m = e.getMessage();
@@ -55,11 +57,8 @@ public class WebDatasetBatchWriteTest {
 
     @Test
     public void aLongerFileIsRefusedToo() {
-        Map<String, Long> listed = new HashMap<>();
-        listed.put("part-00000-0000.tar", 4096L);
         try {
-            WebDatasetBatchWrite.refuseWrongSizes(
-                Collections.singletonList(shard("part-00000-0000.tar", 3072)), listed, ROOT);
+            WebDatasetBatchWrite.refuseWrongSizes(TWO, listing(4096, 2048), ROOT);
             fail("a shard of 4096 bytes passed for one its task wrote with 3072");
         } catch (IllegalStateException e) {
             assertTrue(e.getMessage(), e.getMessage().contains("4096 bytes, its task wrote 3072"));
