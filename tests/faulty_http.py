@@ -5,7 +5,7 @@ answer, some stall longer than the client's read time-out. Paths matching `alway
 `status` (500 unless told: a permanent outage; 403, 404 for a refused or missing file; None:
 the connection dropped without an answer) every time
 (or the first `fail_times`; with `unranged=True` only requests without a Range header: HEADs and
-whole-file GETs, what fsspec's `info` sends). `FaultyServer(..., etags=True)` sends ETags. Range requests are honoured, as object stores do.
+whole-file GETs, what fsspec's `info` sends). `FaultyServer(..., etags=True)` sends ETags. Range requests are honoured, and paths %-decoded, as object stores do.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import os
 import re
 import threading
 import time
+import urllib.parse
 
 from sparkfeed.bench.remote import send_file_range  # the one Range responder
 
@@ -57,8 +58,9 @@ def make_handler(root: str, plan: FaultPlan, etags: bool = False):
         def log_message(self, *args):
             pass
 
-        def _file(self):
-            path = os.path.normpath(os.path.join(root, self.path.lstrip("/").split("?")[0]))
+        def _file(self):  # the request's path %-decoded, as static servers and object stores do
+            rel = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).lstrip("/")
+            path = os.path.normpath(os.path.join(root, rel))
             return path if path.startswith(root) and os.path.isfile(path) else None
 
         def _fault(self) -> bool:

@@ -1,8 +1,8 @@
 """Shard names over HTTP that hold characters a URL gives a meaning to: "%" (Spark's own escapes in
 a partition directory, `ts=2024-01-01 10%3A00%3A00`), "#", "?", spaces. A static server (nginx, S3,
 Python's http.server) decodes the request path, so the reader must escape the names it joins to
-the dataset's URL. Before: each such shard read as missing, or as another file. A real server on
-127.0.0.1 that decodes its paths as those do."""
+the dataset's URL. Before: each such shard read as missing, or as another file. Real servers on
+127.0.0.1 that decode their paths as those do (tests/faulty_http.py, Python's own)."""
 
 import http.server
 import json
@@ -15,51 +15,22 @@ import pytest
 import dsutil
 import sparkfeed
 from sparkfeed import storage
-from sparkfeed.bench.remote import send_file_range
+from faulty_http import FaultPlan, FaultyServer
 
 NAMES = ["plain.parquet", "ts=2024-01-01 10%3A00%3A00/part-0.parquet", "a#b.parquet", "q?x.parquet",
          "pct%41.parquet", "pctA.parquet"]
 
 
-class _DecodingServer:
-    """Serves `root` read-only, its request paths %-decoded as static servers decode them;
-    `paths` records each decoded path asked for."""
+class _Recorded(FaultPlan):
+    """No faults; records each request's path as the server reads it (%-decoded)."""
 
-    def __init__(self, root: str):
+    def __init__(self):
+        super().__init__(error_every=0, drop_every=0, stall_every=0)
         self.paths = []
-        owner = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_HEAD(self):
-                self._serve(False)
-
-            def do_GET(self):
-                self._serve(True)
-
-            def _serve(self, body: bool):
-                rel = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).lstrip("/")
-                owner.paths.append(rel)
-                path = os.path.join(root, rel)
-                if not os.path.isfile(path):
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                send_file_range(self, path, body)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def decide(self, path: str, ranged: bool = False):
+        self.paths.append(urllib.parse.unquote(urllib.parse.urlsplit(path).path).lstrip("/"))
+        return None
 
 
 @pytest.fixture(scope="module")
@@ -76,18 +47,19 @@ def named(tmp_path_factory):
         shard["path"] = name
     with open(manifest, "w") as f:
         json.dump(doc, f)
-    server = _DecodingServer(os.path.dirname(root))
-    yield server
-    server.close()
+    plan = _Recorded()
+    with FaultyServer(os.path.dirname(root), plan) as url:
+        yield url, plan
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_shards_whose_names_hold_url_characters_are_each_read_once_over_http(named, num_workers):
+    url, plan = named
     ids = []
-    for batch in sparkfeed.DataLoader(named.url + "/ds", batch_size=7, num_workers=num_workers):
+    for batch in sparkfeed.DataLoader(url + "/ds", batch_size=7, num_workers=num_workers):
         ids += batch["id"].tolist()
     assert sorted(ids) == list(range(10 * len(NAMES)))
-    asked = {p.removeprefix("ds/") for p in named.paths}
+    asked = {p.removeprefix("ds/") for p in plan.paths}
     assert set(NAMES) <= asked  # each shard was asked for by its own name
     assert asked <= set(NAMES) | {"_sparkfeed.json"}  # and nothing else (no "a", no "q", no "pctA" for "pct%41")
 
