@@ -33,7 +33,7 @@ __all__ = [
 _LAZY = {
     "spark_session": "session", "configure_spark": "session", "jar_path": "session",
     "read_manifest": "manifest", "Manifest": "manifest",
-    "Dataset": "dataset", "DataLoader": "loader", "Source": "mix",
+    "Dataset": "dataset", "DataLoader": "loader", "Source": "mixsource",
     "ImageDecode": "imagespec", "NpyDecode": "arrays",
 }
 
