@@ -111,9 +111,9 @@ def test_a_missing_index_file_means_streaming(copy_of, pair):
     assert everything(copy_of) == everything(pair[1])
 
 
-def _tar_with(members: list[tarfile.TarInfo], payloads: list[bytes]) -> bytes:
+def _tar_with(members: list[tarfile.TarInfo], payloads: list[bytes], fmt=tarfile.PAX_FORMAT) -> bytes:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
         for info, payload in zip(members, payloads):
             tar.addfile(info, io.BytesIO(payload) if info.isreg() else None)
     return buf.getvalue()
@@ -125,13 +125,24 @@ def _regular(name: str, payload: bytes) -> tarfile.TarInfo:
     return info
 
 
-def test_long_names_in_extension_headers_are_read_by_streaming():
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT], ids=["pax path", "GNU long name"])
+def test_long_names_in_extension_headers_are_read_through_the_index(fmt):
+    """A name too long for the ustar fields comes in a header before its member (a pax `path`
+    record, a GNU long name), which `tarfile` reads as the member's name: the index is taken when
+    that name is the index's (before, such a shard was always streamed), not when it is another."""
     long_key = "d" * 120 + "/k"
     payloads = [b"1", b"2"]
-    raw = _tar_with([_regular(f"{long_key}.cls", payloads[0]), _regular("short.cls", payloads[1])], payloads)
+    raw = _tar_with([_regular(f"{long_key}.cls", payloads[0]), _regular("short.cls", payloads[1])], payloads, fmt)
+    assert (b"path=" in raw) == (fmt == tarfile.PAX_FORMAT) and (b"././@LongLink" in raw) == (fmt == tarfile.GNU_FORMAT)
     offsets = [raw.index(b"1" + b"\0" * 511), raw.index(b"2" + b"\0" * 511)]
     text = f"v1.2 2\ncls {offsets[0]} 1 {long_key}.cls\ncls {offsets[1]} 1 short.cls\n"
-    assert tarindex.members(raw, text, {"cls"}, split_name, 1 << 30) is None  # a pax header between
+    got = tarindex.members(raw, text, {"cls"}, split_name, 1 << 30)
+    assert got.keys == [long_key, "short"] and got.values["cls"].to_pylist() == payloads
+    other = text.replace(f"{long_key}.cls", f"{long_key[:-1]}j.cls")  # the header names another member
+    assert tarindex.members(raw, other, {"cls"}, split_name, 1 << 30) is None
+    for cut in (b"dddd/j.cls", b"ddd\0/k.cls"):  # the long name changed, or a NUL inside it
+        bad = raw.replace(b"d" * 116 + b"/k.cls", b"d" * 112 + cut, 1)
+        assert tarindex.members(bad, text, {"cls"}, split_name, 1 << 30) is None
 
 
 def test_a_link_hidden_between_indexed_members_is_not_read_through_the_index():
@@ -408,7 +419,6 @@ def test_pax_headers_that_change_nothing_are_read_through_the_index():
 
 
 @pytest.mark.parametrize("records", [
-    {"path": "b.cls"},                      # the member's name is the pax one: not the header's
     {"size": "2"},                          # its size too
     {"mtime": "1", "linkpath": "/etc/passwd"},
     {"GNU.sparse.map": "0,1"},              # a keyword not known to change nothing

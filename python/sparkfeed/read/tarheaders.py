@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 
 from .. import storage
 from . import tarinfo
-from .tarinfo import StrictTarInfo, _NameFieldError, pax_problem
+from .tarinfo import StrictTarInfo, _name_problem, _NameFieldError, pax_problem
 from .tarnames import is_sample_member
 
 _BLOCK = 512
@@ -63,8 +63,9 @@ def _headers_agree(buf: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, name
     """(1) and (2) of the `tarindex` module note, for all members at once. `buf` holds the tar's
     bytes from byte `base` (a window's, `window_ranges`); `trailer`: it runs to the tar's end,
     whose zero blocks are checked too. `names`: the members' name fields (`_padded_names`: all
-    NULs for a name too long for one, whose header must hold it in the prefix field; None: the
-    index cannot describe them); `name_of(i)`: member i's name, for headers with a prefix."""
+    NULs for a name too long for one, whose header must hold it in the prefix field or take it
+    from a long-name header before it; None: the index cannot describe them); `name_of(i)`:
+    member i's name, for headers with a prefix or a long name."""
     n = len(offsets)
     if n == 0:
         return not buf.any()
@@ -80,21 +81,30 @@ def _headers_agree(buf: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, name
         return False
     blocks = buf[:len(buf) // _BLOCK * _BLOCK].reshape(-1, _BLOCK)
     heads = blocks[starts // _BLOCK]
-    return bool(np.isin(heads[:, 156], _REGULAR).all() and _numbers_parse(heads)
-                and _octal_is(heads[:, 124:136], sizes, 11) and _checksums_agree(heads)
-                and _names_agree(heads, names, name_of)
-                and (not gaps.any() or _gaps_harmless(buf, blocks, (starts - gaps)[gaps > 0], gaps[gaps > 0])))
+    if not (np.isin(heads[:, 156], _REGULAR).all() and _numbers_parse(heads)
+            and _octal_is(heads[:, 124:136], sizes, 11) and _checksums_agree(heads)):
+        return False
+    after = np.flatnonzero(gaps > 0)
+    given = {} if not len(after) else _gaps_harmless(buf, blocks, starts[after] - gaps[after], gaps[after])
+    return given is not None and _names_agree(heads, names, name_of,
+                                              {int(after[k]): name for k, name in given.items()})
 
 
-def _names_agree(heads: np.ndarray, names: np.ndarray, name_of) -> bool:
+def _names_agree(heads: np.ndarray, names: np.ndarray, name_of, given: dict[int, bytes]) -> bool:
     """Whether each header (checksums checked) names its member as `tarfile` reads it: the name
-    field alone when the prefix field is empty (compared at once), else "<prefix>/<name>", each
-    cut at its first NUL (`git archive` and `tarfile` put a long name's directories there), with
-    no other byte after that NUL where `StrictTarInfo` refuses one (`_names_clean`)."""
+    a long-name header before it gives (`given`: a pax `path` record, a GNU long name), else the
+    name field alone when the prefix field is empty (compared at once), else "<prefix>/<name>",
+    each cut at its first NUL (`git archive` and `tarfile` put a long name's directories there),
+    with no other byte after that NUL where `StrictTarInfo` refuses one (`_names_clean`)."""
     prefixed = heads[:, _PREFIX] != 0
-    if not prefixed.any():
+    if not prefixed.any() and not given:
         return bool((heads[:, :_NAME] == names).all())
-    plain = ~prefixed
+    named = np.zeros(len(heads), dtype=bool)
+    named[list(given)] = True
+    if given and not (_names_clean(heads[named]) and all(v == name_of(i).encode("utf-8") for i, v in given.items())):
+        return False
+    prefixed &= ~named
+    plain = ~prefixed & ~named
     if not ((heads[plain, :_NAME] == names[plain]).all() and names[plain, 0].all()):
         return False  # (a name row of NULs: a long name, which must come with a prefix)
     rows = np.flatnonzero(prefixed)
@@ -120,12 +130,20 @@ def _header(head: np.ndarray) -> tarfile.TarInfo | None:
         return None
 
 
-def _gaps_harmless(buf: np.ndarray, blocks: np.ndarray, at: np.ndarray, gaps: np.ndarray) -> bool:
-    """Whether every gap before a member holds only headers `tarfile` reads past without a change
-    to the member: one harmless pax header each, the usual (`_pax_harmless`, at once), else
-    block by block (`_gap_harmless`)."""
-    return _pax_harmless(buf, blocks, at, gaps) or \
-        all(_gap_harmless(buf, a, a + g) for a, g in zip(at.tolist(), gaps.tolist()))
+def _gaps_harmless(buf: np.ndarray, blocks: np.ndarray, at: np.ndarray, gaps: np.ndarray) -> dict[int, bytes] | None:
+    """{gap: the name it gives the member after it} when every gap before a member holds only
+    headers `tarfile` reads past without another change to the member, else None: one harmless
+    pax header each, the usual (`_pax_harmless`, at once), else block by block (`_gap_harmless`)."""
+    if _pax_harmless(buf, blocks, at, gaps):
+        return {}
+    given = {}
+    for k, (a, g) in enumerate(zip(at.tolist(), gaps.tolist())):
+        ok, name = _gap_harmless(buf, a, a + g)
+        if not ok:
+            return None
+        if name is not None:
+            given[k] = name
+    return given
 
 
 def _skipped_file(info: tarfile.TarInfo) -> bool:
@@ -139,26 +157,53 @@ def _skipped_file(info: tarfile.TarInfo) -> bool:
 _REGULAR_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
 
 
-def _gap_harmless(buf: np.ndarray, at: int, end: int) -> bool:
-    """Whether bytes [at, end) of `buf` are headers the streamed reader reads past, leaving the
-    member after them as its own header says: directory entries without data and files in no
-    sample (`is_sample_member`: "README", ".gitattributes") that its checks pass, both of which
-    it skips, and pax headers, extended or global (`git archive` writes one first, its commit
-    id as a `comment`), that `StrictTarInfo` takes and whose records are all `_PAX_HARMLESS`."""
+def _gap_harmless(buf: np.ndarray, at: int, end: int) -> tuple[bool, bytes | None]:
+    """(whether bytes [at, end) of `buf` are headers the streamed reader reads past, the name the
+    last of them gives the member after them, if any): directory entries without data and files
+    in no sample (`is_sample_member`: "README", ".gitattributes") that its checks pass, both of
+    which it skips, pax headers, extended or global (`git archive` writes one first, its commit
+    id as a `comment`), that `StrictTarInfo` takes and whose records are all `_PAX_HARMLESS`, and
+    right before the member a long name: an extended header's `path` record besides those, or a
+    GNU long name, as `tarfile` writes them for names past the name field."""
     while at < end:
         info = _header(buf[at:at + _BLOCK])
-        if info is not None and info.type == tarfile.DIRTYPE and info.size == 0:
-            at += _BLOCK
-        elif info is not None and _skipped_file(info):
-            at += _BLOCK + (info.size + _BLOCK - 1) // _BLOCK * _BLOCK
-        elif info is not None and info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE):
-            data = buf[at + _BLOCK:at + _BLOCK + info.size].tobytes()
-            if len(data) < info.size or pax_problem(data) is not None or not _pax_records_harmless(data):
-                return False
-            at += _BLOCK + (info.size + _BLOCK - 1) // _BLOCK * _BLOCK
+        data_end = at + _BLOCK + (0 if info is None else info.size)
+        data = b"" if info is None else buf[at + _BLOCK:data_end].tobytes()
+        nxt = at + _BLOCK + (0 if info is None else (info.size + _BLOCK - 1) // _BLOCK * _BLOCK)
+        if info is None or len(data) < info.size:
+            return False, None
+        if info.type == tarfile.DIRTYPE and info.size == 0 or _skipped_file(info):
+            pass
+        elif info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE) and pax_problem(data) is None:
+            path = _pax_path(data) if info.type == tarfile.XHDTYPE and nxt == end else None
+            if path is None and not _pax_records_harmless(data):
+                return False, None
+            if path is not None:  # (an empty one too: `tarfile` names the member "")
+                return True, path
+        elif info.type == tarfile.GNUTYPE_LONGNAME and nxt == end and _name_problem(data) is None:
+            return True, data.split(b"\0", 1)[0]
         else:
-            return False
-    return at == end
+            return False, None
+        at = nxt
+    return at == end, None
+
+
+_PAX_PATH_RECORD = re.compile(rb"([1-9][0-9]*) (%s|path)=" % b"|".join(k.encode() for k in _PAX_HARMLESS))
+
+
+def _pax_path(data: bytes) -> bytes | None:
+    """The value of the `path` record of pax data whose other records are all `_PAX_HARMLESS`
+    (the last `path`, as `tarfile` takes it); None when there is none or another record."""
+    pos, path = 0, None
+    while pos < len(data) and data[pos] != 0:
+        match = _PAX_PATH_RECORD.match(data, pos)
+        end = pos + int(match.group(1)) if match else 0
+        if match is None or not match.end() < end <= len(data) or data[end - 1] != ord("\n"):
+            return None
+        if match.group(2) == b"path":
+            path = data[match.end():end - 1]
+        pos = end
+    return path
 
 
 # the numeric fields `tarfile` parses besides size and checksum: mode, uid, gid, mtime, devmajor, devminor
@@ -273,6 +318,8 @@ def _names_clean(heads: np.ndarray) -> bool:
     if ustar.any():
         fields.append(heads[ustar, _PREFIX:500])
     for field in fields:  # the bytes before the first NUL are all the field's non-NUL bytes
+        if not len(field):
+            continue
         field = np.concatenate((field[:1], field[(field != field[0]).any(axis=1)]))  # (writers repeat one)
         nul = field == 0
         first = np.where(nul.any(axis=1), nul.argmax(axis=1), field.shape[1])
