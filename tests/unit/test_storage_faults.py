@@ -51,6 +51,20 @@ def test_permanent_outage_of_a_shard_is_an_error_naming_it_after_bounded_retries
     assert 2 <= plan.injected["permanent"] <= 64
 
 
+def test_a_parquet_shard_that_cannot_be_opened_costs_one_retry_budget_in_place(www, caplog):
+    """A shard whose every request fails: its run of row groups is opened with retries; before,
+    when they gave up, its first row group was opened alone with the retries all over again
+    (14 retried opens, 24 failed requests, twice the time to the error)."""
+    plan = FaultPlan(error_every=0, drop_every=0, stall_every=0, always_fail="part-00001")
+    with FaultyServer(www, plan) as url:
+        with pytest.raises(ShardReadError, match="part-00001.parquet.*storage kept failing"):
+            for _ in sparkfeed.DataLoader(f"{url}/pq", batch_size=50, storage_options=FAST):
+                pass
+    opens = [r for r in caplog.records if r.getMessage().startswith("opening ") and "retry" in r.getMessage()]
+    assert len(opens) == 7  # one budget of 8 attempts
+    assert plan.injected["permanent"] <= 16  # and one more ahead, by the read-ahead
+
+
 def test_retry_classification():
     assert retries.is_transient(ConnectionResetError())
     assert retries.is_transient(TimeoutError())

@@ -313,10 +313,14 @@ class Reader:
                     dataset=self.ctx.dataset, shard=unit.path, row_group=unit.row_group)
             return table
         except ShardReadError as exc:
-            if self.ctx.on_error != "skip":
-                raise
-            log.warning("skipping %d samples: %s", expected, exc)
-            return placeholder(self.ctx, unit, expected)
+            return self.failed(unit, expected, exc)
+
+    def failed(self, unit: WorkUnit, expected: int, exc: ShardReadError) -> UnitRows:
+        """`exc` raised, or under on_error="skip" `expected` placeholder rows for `unit`."""
+        if self.ctx.on_error != "skip":
+            raise exc
+        log.warning("skipping %d samples: %s", expected, exc)
+        return placeholder(self.ctx, unit, expected)
 
     def read_run(self, units: Sequence[WorkUnit], expected: Sequence[int]) -> UnitRows:
         """Rows of the first units of `units` (consecutive in the stream) in one read, where the

@@ -39,6 +39,13 @@ class _FetchedCorrupt(Exception):
     data, which retrying would only delay by the whole backoff (its cause is the error)."""
 
 
+def _gave_up(exc: ShardReadError) -> bool:
+    """Whether `exc` names a storage failure its retries gave up on (not the file's bytes)."""
+    cause = exc.__cause__
+    return isinstance(cause, (PermissionError, FileNotFoundError, ConnectionError, TimeoutError)) or (
+        cause is not None and retries.is_transient(cause))
+
+
 class ParquetReader(ParquetAhead, Reader):
     """Reads row groups of the dataset's Parquet shards; keeps the last `_OPEN_FILES` files open."""
 
@@ -342,7 +349,9 @@ class ParquetReader(ParquetAhead, Reader):
             return self.read(units[0], expected[0])
         try:
             pf = self._file(units[0])
-        except ShardReadError:
+        except ShardReadError as exc:
+            if _gave_up(exc):  # opened with retries already: alone, it would wait them out again
+                return self.failed(units[0], expected[0], exc)
             return self.read(units[0], expected[0])
         md, groups, size = pf.metadata, [], 0
         for unit, n in zip(units, expected):
