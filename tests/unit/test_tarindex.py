@@ -589,3 +589,22 @@ def test_a_file_in_no_sample_between_members_is_passed_as_the_streamed_reader_sk
     text = "v1.2 2\ncls 512 1 a.cls\ncls 2560 1 b.cls\n"
     assert raw[2560:2561] == b"2"
     assert (tarindex.members(raw, text, {"cls"}, split_name, 1 << 30) is not None) == taken
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT], ids=["pax path", "GNU long name"])
+def test_long_named_directories_and_files_in_no_sample_between_members_are_passed(fmt):
+    """A long name can name what sits between members too: a directory, a file in no sample
+    ("<long dir>/README"), which the streamed reader skips; a long name that makes such a file a
+    sample member (one the index does not list) is not passed."""
+    long_dir = "d" * 120
+    folder = tarfile.TarInfo(long_dir)
+    folder.type = tarfile.DIRTYPE
+    for between, taken in ((folder, True), (_regular(f"{long_dir}/README", b"x"), True),
+                           (_regular(f"{long_dir}/k.txt", b"x"), False)):
+        payloads = [b"1", b"x" if between.isreg() else b"", b"2"]
+        raw = _tar_with([_regular("a.cls", b"1"), between, _regular("b.cls", b"2")], payloads, fmt)
+        offsets = [raw.index(b"1" + bytes(511)), raw.index(b"2" + bytes(511))]
+        text = f"v1.2 2\ncls {offsets[0]} 1 a.cls\ncls {offsets[1]} 1 b.cls\n"
+        got = tarindex.members(raw, text, {"cls"}, split_name, 1 << 30)
+        assert (got is not None) == taken, between.name
+        assert got is None or got.values["cls"].to_pylist() == [b"1", b"2"]

@@ -163,29 +163,28 @@ def _gap_harmless(buf: np.ndarray, at: int, end: int) -> tuple[bool, bytes | Non
     in no sample (`is_sample_member`: "README", ".gitattributes") that its checks pass, both of
     which it skips, pax headers, extended or global (`git archive` writes one first, its commit
     id as a `comment`), that `StrictTarInfo` takes and whose records are all `_PAX_HARMLESS`, and
-    right before the member a long name: an extended header's `path` record besides those, or a
+    a long name for the header after it: an extended header's `path` record besides those, or a
     GNU long name, as `tarfile` writes them for names past the name field."""
+    given = None  # the long name the last header gave the next one
     while at < end:
         info = _header(buf[at:at + _BLOCK])
-        data_end = at + _BLOCK + (0 if info is None else info.size)
-        data = b"" if info is None else buf[at + _BLOCK:data_end].tobytes()
-        nxt = at + _BLOCK + (0 if info is None else (info.size + _BLOCK - 1) // _BLOCK * _BLOCK)
+        data = b"" if info is None else buf[at + _BLOCK:at + _BLOCK + info.size].tobytes()
         if info is None or len(data) < info.size:
             return False, None
+        if given is not None:
+            info.name = given.decode("utf-8", "surrogateescape")  # as `tarfile` names it
         if info.type == tarfile.DIRTYPE and info.size == 0 or _skipped_file(info):
-            pass
-        elif info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE) and pax_problem(data) is None:
-            path = _pax_path(data) if info.type == tarfile.XHDTYPE and nxt == end else None
-            if path is None and not _pax_records_harmless(data):
+            given = None
+        elif given is None and info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE) and pax_problem(data) is None:
+            given = _pax_path(data) if info.type == tarfile.XHDTYPE else None  # (b"": a name "")
+            if given is None and not _pax_records_harmless(data):
                 return False, None
-            if path is not None:  # (an empty one too: `tarfile` names the member "")
-                return True, path
-        elif info.type == tarfile.GNUTYPE_LONGNAME and nxt == end and _name_problem(data) is None:
-            return True, data.split(b"\0", 1)[0]
+        elif given is None and info.type == tarfile.GNUTYPE_LONGNAME and _name_problem(data) is None:
+            given = data.split(b"\0", 1)[0]
         else:
             return False, None
-        at = nxt
-    return at == end, None
+        at += _BLOCK + (info.size + _BLOCK - 1) // _BLOCK * _BLOCK
+    return at == end, given
 
 
 _PAX_PATH_RECORD = re.compile(rb"([1-9][0-9]*) (%s|path)=" % b"|".join(k.encode() for k in _PAX_HARMLESS))
