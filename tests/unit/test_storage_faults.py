@@ -65,6 +65,20 @@ def test_a_parquet_shard_that_cannot_be_opened_costs_one_retry_budget_in_place(w
     assert plan.injected["permanent"] <= 16  # and one more ahead, by the read-ahead
 
 
+def test_a_parquet_shard_storage_keeps_failing_is_skipped_after_one_retry_budget(www, caplog):
+    """on_error="skip": every row group of the shard is skipped, and the file is given up on once
+    (before: each of its 4 row groups opened it with the whole retry budget again, 28 retried
+    opens and 40 failed requests, a minute at the default backoff)."""
+    plan = FaultPlan(error_every=0, drop_every=0, stall_every=0, always_fail="part-00001")
+    with FaultyServer(www, plan) as url:
+        ids = [i for b in sparkfeed.DataLoader(f"{url}/pq", batch_size=50, storage_options=FAST,
+                                               on_error="skip") for i in b["id"].tolist()]
+    assert sorted(ids) == list(range(200)) + list(range(400, 600))
+    opens = [r for r in caplog.records if r.getMessage().startswith("opening ") and "retry" in r.getMessage()]
+    assert len(opens) == 7
+    assert plan.injected["permanent"] <= 16
+
+
 def test_retry_classification():
     assert retries.is_transient(ConnectionResetError())
     assert retries.is_transient(TimeoutError())

@@ -60,6 +60,7 @@ class ParquetReader(ParquetAhead, Reader):
         self._ahead = None if self._pafs is not None else readahead.ReadAhead(ctx.read_ahead_bytes)
         self._ranges = True  # False: an HTTP server that ignores Range (whole-file reads)
         self._fetched = False  # read-ahead made its first fetch (`_FIRST_FETCH_BYTES`)
+        self._unopened: dict[str, BaseException] = {}  # file -> the storage failure opening it (`_open`)
         self._heads: dict[str, tuple] = {}  # file -> (range, future) of its head's fetch (`_head`)
 
     def _open_input(self, path: str):
@@ -187,12 +188,17 @@ class ParquetReader(ParquetAhead, Reader):
                                  dataset=self.ctx.dataset, shard=unit.path, row_group=group)
 
     def _open(self, unit: WorkUnit, path: str, metadata) -> pq.ParquetFile:
-        """The file opened (with its footer, if known), or an error that names it."""
+        """The file opened (with its footer, if known), or an error that names it. A file storage
+        failed to give after the retries is not asked for again by this reader: under
+        on_error="skip" each of its row groups waited out the retries once more (17 s each)."""
         try:
+            if path in self._unopened:
+                raise self._unopened[path]
             return self._retrying(lambda: self._parquet_file(path, metadata), f"opening {path}")
         except Exception as exc:
             named = self._storage_error(unit, exc)
             if named is not None:
+                self._unopened[path] = exc
                 raise named from exc
             if not isinstance(exc, _ERRORS) and not retries.is_transient(exc):
                 raise
