@@ -50,7 +50,7 @@ def _laid_out(mixrows, parts):
     """The first step of `mixrows._mixed`: the sources' rows one after another (shuffle pieces
     gathered into place)."""
     flat = [b for blocks in parts for b in blocks]
-    from sparkfeed.stream import Block
+    from sparkfeed.segments import Block
 
     return Block.concat([mixrows._gathered(b) for b in flat])
 
@@ -61,7 +61,7 @@ def stages(path: str, shuffle: bool, batch_size: int, repeats: int) -> None:
     from sparkfeed import mix, mixrows, mixshares
     from sparkfeed.bench.runners import TABULAR_COLUMNS
     from sparkfeed.stats import Stats
-    from sparkfeed.stream import Block
+    from sparkfeed.segments import Block
 
     whole = sparkfeed.read_manifest(path)
     kwargs = dict(batch_size=batch_size, columns=TABULAR_COLUMNS, shuffle=shuffle, seed=0)
