@@ -33,7 +33,7 @@ from .lanes import LaneReader
 from .manifest import Manifest
 from .plan import Plan, make_plan, unfiltered, with_counts
 from .read import ReadContext, make_reader
-from .read.base import SharedReads
+from .read.sharedreads import SharedReads
 from .stats import Stats
 from .threads import close_quietly
 from .epoch import EpochStream

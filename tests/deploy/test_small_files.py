@@ -1,6 +1,6 @@
 """Small Parquet files over HTTP (no larger than the 64 KiB a footer's fetch reads): each is
 fetched once per iteration, in one request, its footer parsed and its row groups served from
-those bytes to every read-ahead task and lane (`read.base.SharedReads.hold`), which drop them
+those bytes to every read-ahead task and lane (`read.sharedreads.SharedReads.hold`), which drop them
 after the file's last row group is read; no lane opens a file through fsspec when read-ahead
 has what it reads. Before, each file cost a footer request and a row-group request (or more,
 split over fetches and lanes), and a lane opened each file through fsspec."""
@@ -22,7 +22,7 @@ import sparkfeed
 from faulty_http import FaultPlan, FaultyServer
 from sparkfeed import remotefiles
 from sparkfeed.bench.remote import LatencyServer
-from sparkfeed.read import base
+from sparkfeed.read import sharedreads
 from test_read_ahead import _IgnoresRange
 
 _ROWS, _PER_FILE, _PER_GROUP = 1_000, 100, 30  # 10 files of 4 row groups (30, 30, 30, 10)
@@ -100,12 +100,12 @@ def test_each_small_file_is_fetched_once_in_one_request(tmp_path, workers, shuff
 
 def _holds(monkeypatch) -> list:
     """The `SharedReads` that held small files' bytes, and the bytes each held after every hold."""
-    seen, hold = [], base.SharedReads.hold
+    seen, hold = [], sharedreads.SharedReads.hold
 
     def recorded(self, path, data, groups):
         hold(self, path, data, groups)
         seen.append((self, self.held()))
-    monkeypatch.setattr(base.SharedReads, "hold", recorded)
+    monkeypatch.setattr(sharedreads.SharedReads, "hold", recorded)
     return seen
 
 
@@ -132,7 +132,7 @@ def test_small_files_held_stay_within_the_bound(tmp_path, monkeypatch):
     (here two files' bytes, while the shuffled lanes need all ten at once)."""
     _, sizes, data = _small_files(tmp_path)
     bound = 2 * max(sizes.values())
-    monkeypatch.setattr(base, "WHOLE_HELD_BYTES", bound)
+    monkeypatch.setattr(sharedreads, "WHOLE_HELD_BYTES", bound)
     seen = _holds(monkeypatch)
     server = LatencyServer(str(tmp_path), latency_s=0.0)
     try:

@@ -1,4 +1,4 @@
-"""read.base.SharedReads: what the readers of one iteration share (footers, offered fetches),
+"""read.sharedreads.SharedReads: what the readers of one iteration share (footers, offered fetches),
 with real threads and futures."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
-from sparkfeed.read.base import SharedReads
+from sparkfeed.read.sharedreads import SharedReads
 
 
 def test_once_learns_a_file_once_while_the_others_wait_for_it():

@@ -267,7 +267,7 @@ def test_memory_is_one_block_of_runs_and_each_block_is_read_once(clustered):
 
 def test_a_shuffled_epoch_of_many_blocks_reads_each_footer_once(clustered, monkeypatch):
     """Thread lanes and the helper threads that read each block's runs share the footers of
-    one iteration (`read.base.SharedReads`): a shuffled epoch of several blocks reads what an
+    one iteration (`read.sharedreads.SharedReads`): a shuffled epoch of several blocks reads what an
     unshuffled one does, footers included, and every file's footer once per iteration."""
     from sparkfeed import stream
 
