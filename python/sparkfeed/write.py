@@ -205,10 +205,10 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
         key_column = written_key = None
         if format == "webdataset":
             _refuse_key_only(types, options, dataset)
-            members = webdataset_members(types, options, codecs)  # the JVM's refusals, up front
+            webdataset_members(types, options, codecs)  # the JVM's refusals, before the count job
             _check_webdataset_source(df.sparkSession, spark_path, dataset)
             key_column = _key_and_cls(types, options)[0]
-            written_key = key_as_written(key_column, options, members)
+            written_key = key_as_written(key_column, options)
 
         fs, root = storage.resolve(spark_path, storage_options)
         existing = _is_nonempty(fs, root)

@@ -25,12 +25,12 @@ def _quoted(name: str):
     return F.col("`" + name.replace("`", "``") + "`")
 
 
-def key_as_written(key: str | None, options: Mapping[str, str], members: Mapping[str, str]):
+def key_as_written(key: str | None, options: Mapping[str, str]):
     """The sample key each row writes, as a Column (sanitised as the JVM does with
-    `invalidKeys=sanitize`), null for a row that writes no sample (no json member and every
-    other member null); None when keys are generated (no key column: unique by construction)."""
-    from functools import reduce
-
+    `invalidKeys=sanitize`; null for a null or empty key, which the writer refuses itself); None
+    when keys are generated (no key column: unique by construction). Only the key column is
+    read, so the count job computes no member (an image a UDF decodes): a row whose every member
+    is null, which writes no sample, still takes its key."""
     from pyspark.sql import functions as F
 
     if key is None:
@@ -38,10 +38,7 @@ def key_as_written(key: str | None, options: Mapping[str, str], members: Mapping
     written = _quoted(key)
     if options.get("invalidKeys", "error").lower() == "sanitize":
         written = F.regexp_replace(written, _INVALID_KEY_CHARS, "_")
-    if "json" not in members.values() and members:
-        some = reduce(lambda a, b: a | b, (_quoted(c).isNotNull() for c in members))
-        written = F.when(some, written)
-    return F.when(written != "", written)  # null and empty keys: the writer's own error
+    return F.when(written != "", written)
 
 
 def count_rows(df, key=None) -> tuple[list[int], list[tuple[str, int]]]:
