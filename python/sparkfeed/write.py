@@ -27,8 +27,8 @@ from . import checks, storage
 from .errors import SparkfeedError
 from .manifest import MANIFEST_NAME, Manifest, parse_manifest, read_manifest, write_manifest
 from .writecheck import (WriteFailedError, _connection_lost, _lost_server_named, check_rows,
-                         job_failure_named, left_after_failure, observed_rows, restore_manifest,
-                         rows_written, warn_rows_left_out)
+                         job_failure_named, jobs_cancelled_on_interrupt, left_after_failure,
+                         observed_rows, restore_manifest, rows_written, warn_rows_left_out)
 from .writecolumns import check_cluster_by, check_codecs, check_columns, columns
 from .writefooters import _build_manifest, _committed_parquet, _gather_entries
 from .writeoptions import SampleKeyError, _key_and_cls, check_options, webdataset_members
@@ -194,7 +194,8 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
     spark_path = _spark_path(os.fspath(path))
     dataset = os.fspath(path) if "://" in os.fspath(path) else _shown(spark_path)
     _refuse_json_root(spark_path, dataset)
-    with _lost_server_named(dataset):  # from the first call to Spark on
+    with _lost_server_named(dataset), \
+            jobs_cancelled_on_interrupt(df.sparkSession) as cancel:  # from the first call to Spark on
         _refuse_streaming(df, dataset)
         conf = df.sparkSession.conf
         case_sensitive = str(conf.get("spark.sql.caseSensitive", "false")).lower() == "true"
@@ -219,7 +220,7 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
             _refuse_overwriting_input(df, spark_path, dataset)
         started = time.monotonic()
         with job_failure_named(dataset, format, "nothing was written, and the path is as it was",
-                               _connection_lost):
+                               _connection_lost, cancel):
             counts, twice = count_rows(df, written_key)
         refuse_duplicate_keys(dataset, key_column, twice, options)
         count = sum(counts)
@@ -235,7 +236,7 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
         overwrite = bool(mode == "overwrite" and existing)
         if format == "webdataset":
             with job_failure_named(dataset, format, lambda: left_after_failure(
-                    fs, root, MANIFEST_NAME, overwrite), _connection_lost):
+                    fs, root, MANIFEST_NAME, overwrite), _connection_lost, cancel):
                 _save_webdataset(df, spark_path, spark_mode, dataset, samples_per_shard, codecs,
                                  options)
             manifest = read_manifest(dataset, storage_options)
@@ -250,7 +251,7 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
         def left() -> str:
             restore_manifest(fs, f"{root}/{MANIFEST_NAME}", *(old or (None, ())))
             return left_after_failure(fs, root, MANIFEST_NAME, overwrite)
-        with job_failure_named(dataset, format, left, _connection_lost):
+        with job_failure_named(dataset, format, left, _connection_lost, cancel):
             _write_parquet(df, spark_path, spark_mode, samples_per_shard, samples_per_row_group)
         files = _committed_parquet(fs, root)
         log.info("Spark committed %d files in %.1fs; gathering their statistics in a Spark job",

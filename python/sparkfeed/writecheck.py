@@ -12,19 +12,27 @@ import contextlib
 import logging
 import posixpath
 import re
+import threading
 import time
+import uuid
 
 from . import storage
 from .errors import SparkfeedError
 
-__all__ = ["WriteFailedError", "job_failure_named", "observed_rows", "rows_written",
-           "check_rows", "restore_manifest", "left_after_failure", "warn_rows_left_out"]
+__all__ = ["WriteFailedError", "job_failure_named", "jobs_cancelled_on_interrupt", "observed_rows",
+           "rows_written", "check_rows", "restore_manifest", "left_after_failure",
+           "warn_rows_left_out"]
 
 log = logging.getLogger(__name__)
 
 # How long to wait for the write's observed row count once Spark returned (it arrives through
 # Spark's listener bus, normally within milliseconds); past it the count is not checked.
 _OBSERVATION_WAIT_S = 30.0
+# How long Ctrl-C waits for the call that cancels the write's jobs (a Connect server gone would
+# hold it for pyspark's ten minutes of retries).
+_CANCEL_WAIT_S = 30.0
+# The thread's job group, as SparkContext.setJobGroup sets it (put back after the write).
+_GROUP_PROPERTIES = ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel")
 _PART = re.compile(r"part-(\d+)-")
 
 
@@ -49,16 +57,60 @@ def reason(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def job_failure_named(dataset: str, format: str, left, lost_connection):
+def jobs_cancelled_on_interrupt(spark):
+    """Inside: the Spark jobs this thread starts are in a job group of their own, and Ctrl-C
+    cancels it (the context gives `cancel`, which `job_failure_named` calls first). pyspark's
+    SIGINT handler calls cancelAllJobs on the py4j connection that the blocked call holds, which
+    fails ('reentrant call'), so the write job ran on after the KeyboardInterrupt and committed.
+    Over Spark Connect (no SparkContext) the client interrupts its operation itself."""
+    try:
+        sc = spark.sparkContext
+    except Exception:  # Spark Connect
+        yield lambda: None
+        return
+    group = f"sparkfeed-write-{uuid.uuid4().hex}"
+    before = [sc.getLocalProperty(k) for k in _GROUP_PROPERTIES]
+    sc.setJobGroup(group, "sparkfeed.write", interruptOnCancel=True)
+    cancelled = []
+
+    def cancel() -> None:
+        if not cancelled:
+            cancelled.append(group)  # from a thread of its own: a py4j connection of its own
+            t = threading.Thread(target=_cancel_group, args=(sc, group), daemon=True)
+            t.start()
+            t.join(_CANCEL_WAIT_S)
+    try:
+        yield cancel
+    except KeyboardInterrupt:
+        cancel()
+        raise
+    finally:
+        with contextlib.suppress(Exception):  # the interrupted thread's connection may be gone
+            for key, value in zip(_GROUP_PROPERTIES, before):
+                sc.setLocalProperty(key, value)
+
+
+def _cancel_group(sc, group: str) -> None:
+    try:
+        sc.cancelJobGroup(group)
+    except Exception as exc:  # said, never raised over the KeyboardInterrupt
+        log.warning("could not cancel the Spark jobs of the interrupted write (%s)", reason(exc))
+
+
+@contextlib.contextmanager
+def job_failure_named(dataset: str, format: str, left, lost_connection, cancel=None):
     """Inside: an exception from Spark (not already a SparkfeedError, and not a lost Spark
     Connect server, `lost_connection(exc)`, told elsewhere) is a WriteFailedError naming the
     dataset and format and saying what the path holds now (`left`, or what `left()` says, which
-    may put an overwritten dataset's manifest back: also done on Ctrl-C)."""
+    may put an overwritten dataset's manifest back: also done on Ctrl-C, after `cancel()` has
+    cancelled the write's jobs)."""
     try:
         yield
     except SparkfeedError:
         raise
-    except KeyboardInterrupt:  # pyspark cancelled the jobs: put back what `left()` can
+    except KeyboardInterrupt:  # cancel the jobs, then put back what `left()` can
+        if cancel is not None:
+            cancel()
         if callable(left):
             left()
         raise
