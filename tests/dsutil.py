@@ -1,7 +1,7 @@
 """Tiny datasets made on the fly without Spark, for the fast unit tests.
 
 Parquet shards are written with pyarrow and described with the same footer code the Spark
-writer runs on executors (`sparkfeed.write._footer_entry`, `sparkfeed.footer.entry`); tar shards follow the member layout
+writer runs on executors (`sparkfeed.writefooters._footer_entry`, `sparkfeed.footer.entry`); tar shards follow the member layout
 of the JVM writer (`<key>.<ext>`, scalars in `.json`).
 """
 
