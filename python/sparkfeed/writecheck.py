@@ -63,9 +63,8 @@ def jobs_cancelled_on_interrupt(spark):
     SIGINT handler calls cancelAllJobs on the py4j connection that the blocked call holds, which
     fails ('reentrant call'), so the write job ran on after the KeyboardInterrupt and committed.
     Over Spark Connect (no SparkContext) the client interrupts its operation itself."""
-    try:
-        sc = spark.sparkContext
-    except Exception:  # Spark Connect
+    sc = _spark_context(spark)
+    if sc is None:  # yielded outside an `except`: an error inside keeps its own __context__
         yield lambda: None
         return
     group = f"sparkfeed-write-{uuid.uuid4().hex}"
@@ -88,6 +87,14 @@ def jobs_cancelled_on_interrupt(spark):
         with contextlib.suppress(Exception):  # the interrupted thread's connection may be gone
             for key, value in zip(_GROUP_PROPERTIES, before):
                 sc.setLocalProperty(key, value)
+
+
+def _spark_context(spark):
+    """The session's SparkContext, or None over Spark Connect (which has none)."""
+    try:
+        return spark.sparkContext
+    except Exception:
+        return None
 
 
 def _cancel_group(sc, group: str) -> None:
