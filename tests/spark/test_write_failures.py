@@ -163,15 +163,12 @@ def test_a_failed_overwrite_of_data_without_a_manifest_says_the_files_are_still_
     assert not (path / MANIFEST_NAME).exists()
 
 
-def test_an_overwrite_interrupted_before_spark_deleted_the_old_dataset_puts_its_manifest_back(
-        spark, tmp_path):
-    """Ctrl-C during a Parquet overwrite (pyspark cancels the jobs and raises KeyboardInterrupt)
-    in the stage before the write tasks: the old files were all there, but its manifest, removed
-    first, stayed removed."""
+def held_until_ctrl_c(tmp_path):
+    """A UDF that holds its task (up to 120 s) once it runs, and a thread that then sends this
+    process SIGINT, as Ctrl-C does; (the UDF, the file whose presence says it ran)."""
     import signal
 
-    path, running = tmp_path / "ds", str(tmp_path / "running")
-    sparkfeed.write(spark.range(20).selectExpr("id"), str(path))
+    running = str(tmp_path / "running")
 
     def hold(x):
         open(running, "w").close()
@@ -187,9 +184,41 @@ def test_an_overwrite_interrupted_before_spark_deleted_the_old_dataset_puts_its_
         if os.path.exists(running):  # never a stray Ctrl-C into the rest of the run
             os.kill(os.getpid(), signal.SIGINT)
 
-    df = spark.range(0, 50, numPartitions=1).select(F.udf(hold, T.LongType())("id").alias("id"))
     threading.Thread(target=interrupt, daemon=True).start()
+    return F.udf(hold, T.LongType()), running
+
+
+def test_an_overwrite_interrupted_before_spark_deleted_the_old_dataset_puts_its_manifest_back(
+        spark, tmp_path):
+    """Ctrl-C during a Parquet overwrite (write cancels its jobs, KeyboardInterrupt is raised)
+    in the stage before the write tasks: the old files were all there, but its manifest, removed
+    first, stayed removed."""
+    path = tmp_path / "ds"
+    sparkfeed.write(spark.range(20).selectExpr("id"), str(path))
+    hold, running = held_until_ctrl_c(tmp_path)
+    df = spark.range(0, 50, numPartitions=1).select(hold("id").alias("id"))
     with pytest.raises(KeyboardInterrupt):
         sparkfeed.write(df, str(path), mode="overwrite")
     assert os.path.exists(running), "the write's job never ran"
     assert sparkfeed.read_manifest(str(path)).num_samples == 20
+
+
+def test_ctrl_c_in_a_webdataset_write_cancels_its_job_and_leaves_no_dataset(spark, tmp_path):
+    """The write job's tasks are held in a UDF until Ctrl-C: the KeyboardInterrupt reaches the
+    caller, Spark runs no job of it afterwards (the held tasks were killed, not left writing
+    shards), and the path holds no manifest and no shard."""
+    path = tmp_path / "wds"
+    hold, running = held_until_ctrl_c(tmp_path)
+    df = spark.range(0, 40, numPartitions=2).select(
+        F.format_string("k%d", "id").alias("key"), hold("id").alias("x"))
+    with pytest.raises(KeyboardInterrupt):
+        sparkfeed.write(df, str(path), format="webdataset", samples_per_shard=10)
+    assert os.path.exists(running), "the write's job never ran"
+    tracker = spark.sparkContext.statusTracker()
+    deadline = time.monotonic() + 60  # cancelling is asynchronous: wait for it, not a time limit
+    while tracker.getActiveJobsIds() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert tracker.getActiveJobsIds() == []
+    assert not (path / MANIFEST_NAME).exists()
+    left = [f for f in os.listdir(path) if f.startswith("part-")] if path.exists() else []
+    assert left == []
