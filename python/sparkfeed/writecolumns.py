@@ -63,6 +63,11 @@ def _refuse_empty_struct(name: str, dt) -> None:
             _refuse_empty_struct(f"{name}.{f.name}", f.dataType)
 
 
+# The prefix of the helper columns the write adds and drops (writeshards.py): a user's column of
+# such a name would be replaced by one and dropped with it.
+RESERVED_PREFIX = "_sparkfeed_"
+
+
 def check_columns(schema, format: str = "parquet", case_sensitive: bool = True) -> dict:
     """name -> Spark type for every column (a struct's leaves for Parquet, by their path), or a
     ValueError naming the first unsupported one. Unless Spark is case-sensitive
@@ -81,6 +86,10 @@ def check_columns(schema, format: str = "parquet", case_sensitive: bool = True) 
                          "(for example with .withColumnRenamed) before writing")
     if not names:
         raise ValueError("the DataFrame has no columns; there is nothing to write")
+    reserved = [n for n in names if n.lower().startswith(RESERVED_PREFIX)]
+    if reserved:  # the write's own helper columns (writeshards.py) would replace and drop them
+        raise ValueError(f"column(s) {reserved} start with {RESERVED_PREFIX!r}, which names the "
+                         "write's own helper columns; rename them before writing")
     for f in schema.fields:
         _refuse_empty_struct(f.name, f.dataType)
     leaves = [leaf for f in schema.fields for leaf in _leaves(f.name, f.dataType, format == "parquet")]

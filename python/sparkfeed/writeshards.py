@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from .writecolumns import RESERVED_PREFIX
 from .writeoptions import SampleKeyError
 
 # Columns of the count job and the repartition (dropped before Spark writes).
-_PARTITION = "_sparkfeed_partition"
-_KEY = "_sparkfeed_key"
-_SHARD = "_sparkfeed_shard"
+_PARTITION = RESERVED_PREFIX + "partition"
+_KEY = RESERVED_PREFIX + "key"
+_SHARD = RESERVED_PREFIX + "shard"  # (no user column has such a name: `writecolumns.check_columns`)
 # monotonically_increasing_id(): the partition id in the upper 31 bits, the row in the lower 33.
 _ROW_BITS = 33
 # What KeyPolicy.invalidChar replaces with invalidKeys=sanitize (Java regex classes, as the JVM's).

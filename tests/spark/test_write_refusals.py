@@ -103,3 +103,16 @@ def test_a_struct_with_two_fields_of_one_name_is_told_so(spark, tmp_path):
     column = spark.sql("select 1 as `s.a`, named_struct('a', 1) as s")
     with pytest.raises(ValueError, match=r"columns \['s\.a'\] are each both a column and a struct's"):
         sparkfeed.write(column, str(tmp_path / "ds"))
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "webdataset"])
+def test_a_column_named_like_the_writes_helper_columns_is_refused_before_any_job(spark, tmp_path, fmt):
+    """The write numbers rows into shards with a helper column `_sparkfeed_shard` that it adds
+    and drops: a user's column of that name was replaced by it and dropped, so the dataset lost
+    that column without a word."""
+    df = spark.sql("select 'k' as key, cast('x' as binary) as img, 7 as _sparkfeed_shard")
+    before = _jobs(spark)
+    with pytest.raises(ValueError, match=r"column\(s\) \['_sparkfeed_shard'\] start with '_sparkfeed_'"):
+        sparkfeed.write(df, str(tmp_path / "ds"), format=fmt)
+    assert _jobs(spark) == before
+    assert not (tmp_path / "ds").exists()
