@@ -143,6 +143,31 @@ def write_tar(root: str, data: pa.Table, rows_per_shard: int, image_ext: str = "
     return m
 
 
+def rewrite_tar(root: str, shard: str, members) -> dict[str, list[int]]:
+    """Rewrite tar `shard` of the dataset at `root` as ustar, each member in turn replaced by what
+    `members(info, data)` returns (a list of (info, data): none drops it, two add one), and its
+    manifest entry's size made to match. The tar offset of every header written, by name."""
+    path, out, offsets = os.path.join(root, shard), io.BytesIO(), {}
+    with tarfile.open(path) as src, tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as dst:
+        for info in src.getmembers():
+            for new, data in members(info, src.extractfile(info).read()):
+                offsets.setdefault(new.name, []).append(out.tell())
+                new.size = len(data)
+                dst.addfile(new, io.BytesIO(data))
+    with open(path, "wb") as f:
+        f.write(out.getvalue())
+    manifest = os.path.join(root, "_sparkfeed.json")
+    with open(manifest) as f:
+        doc = json.load(f)
+    for entry in doc["shards"]:
+        if entry["path"] == shard:
+            entry["num_bytes"] = len(out.getvalue())
+    doc["num_bytes"] = sum(entry["num_bytes"] for entry in doc["shards"])
+    with open(manifest, "w") as f:
+        json.dump(doc, f)
+    return offsets
+
+
 def _dali_index(root: str, rel: str) -> dict:
     """Write the tar's DALI index beside it (what `sparkfeed.write` and `sparkfeed.index` do) and
     return the manifest field naming it."""

@@ -4,7 +4,6 @@ read did not ask for fails nothing unless the document itself is invalid: depth 
 is not selected is delivered (Python's parser recursed and refused it when streamed), invalid
 UTF-8 anywhere in the document is a corrupt sample (Arrow's reader let it through indexed)."""
 
-import io
 import json
 import os
 
@@ -23,23 +22,14 @@ DEEP = b"[" * 50_000 + b"]" * 50_000
 
 def _dataset(tmp_path, member: bytes, index: bool) -> str:
     """A 3-sample shard whose sample 1 has `member` as its .json; indexed or streamed."""
-    import tarfile
-
     root = str(tmp_path / ("indexed" if index else "streamed"))
     dsutil.write_tar(root, dsutil.table(3), rows_per_shard=3, index=False)
-    path = os.path.join(root, SHARD)
-    out = io.BytesIO()
-    with tarfile.open(path) as src, tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as dst:
-        for info in src.getmembers():
-            data = member if info.name == "s00000001.json" else src.extractfile(info).read()
-            info.size = len(data)
-            dst.addfile(info, io.BytesIO(data))
-    open(path, "wb").write(out.getvalue())
-    doc = json.load(open(os.path.join(root, "_sparkfeed.json")))
-    doc["shards"][0]["num_bytes"] = doc["num_bytes"] = len(out.getvalue())
+    dsutil.rewrite_tar(root, SHARD, lambda info, data: [(info, member if info.name == "s00000001.json" else data)])
     if index:
+        manifest = os.path.join(root, "_sparkfeed.json")
+        doc = json.load(open(manifest))
         doc["shards"][0].update(dsutil._dali_index(root, SHARD))
-    json.dump(doc, open(os.path.join(root, "_sparkfeed.json"), "w"))
+        json.dump(doc, open(manifest, "w"))
     return root
 
 

@@ -5,10 +5,10 @@ one verdict both ways: a corrupt sample naming the dataset, shard, key and the s
 tar offset, or under on_error="skip" that sample skipped and counted. Before, both kept the
 last copy without a word."""
 
-import io
 import json
 import os
 import tarfile
+from copy import copy as copy_info
 
 import pytest
 
@@ -38,22 +38,18 @@ def _dataset(tmp_path, index: bool) -> tuple[str, int]:
     second copy's header offset; read through an index or streamed."""
     root = str(tmp_path / ("indexed" if index else "streamed"))
     dsutil.write_tar(root, dsutil.table(3), rows_per_shard=3, index=False)
-    path = os.path.join(root, SHARD)
-    out = io.BytesIO()
-    with tarfile.open(path) as src, tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as dst:
-        for info in src.getmembers():
-            dst.addfile(info, src.extractfile(info))
-            if info.name == "s00000001.cls":
-                second = out.tell()
-                dst.addfile(info, io.BytesIO(b"99".ljust(info.size)[:info.size]))
-    open(path, "wb").write(out.getvalue())
-    doc = json.load(open(os.path.join(root, "_sparkfeed.json")))
-    doc["shards"][0]["num_bytes"] = doc["num_bytes"] = len(out.getvalue())
+
+    def twice(info, data):
+        copy = [(copy_info(info), b"99".ljust(len(data))[:len(data)])] if info.name == "s00000001.cls" else []
+        return [(info, data), *copy]
+    second = dsutil.rewrite_tar(root, SHARD, twice)["s00000001.cls"][1]
     if index:
+        path, manifest = os.path.join(root, SHARD), os.path.join(root, "_sparkfeed.json")
         with open(path + ".idx", "w") as f:
             f.write(_dali_index(path))
+        doc = json.load(open(manifest))
         doc["shards"][0]["index"] = SHARD + ".idx"
-    json.dump(doc, open(os.path.join(root, "_sparkfeed.json"), "w"))
+        json.dump(doc, open(manifest, "w"))
     return root, second
 
 
