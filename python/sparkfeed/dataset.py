@@ -85,6 +85,8 @@ class Dataset(torch.utils.data.IterableDataset):
     `sparkfeed.Source` (a mix, see `mix.py`, `mixsource.py`); `with_source=True` then adds `__source__`.
     `read_ahead_bytes` bounds what each reader of remote data holds fetched or in flight (None:
     64 MiB or `SPARKFEED_READ_AHEAD_BYTES`; 0: no read-ahead); it changes speed, never batches.
+    `verify_checksums=False` skips checking Parquet pages against their CRCs (on by default: a
+    damaged page is a `ShardReadError`, not wrong values; off, a tabular epoch takes ~15% less CPU).
     """
 
     def __init__(self, path: str | Sequence[mixsource.Source], *, columns: Sequence[str] | None = None,
@@ -92,13 +94,15 @@ class Dataset(torch.utils.data.IterableDataset):
                  drop_last: bool = False, shuffle_buffer: int | None = None, rank: int | None = None,
                  world_size: int | None = None, on_error: str = "raise",
                  storage_options: dict | None = None, manifest: Manifest | str | None = None,
-                 with_source: bool = False, ragged=None, read_ahead_bytes: int | None = None):
+                 with_source: bool = False, ragged=None, read_ahead_bytes: int | None = None,
+                 verify_checksums: bool = True):
         super().__init__()
         checks.positive_int("batch_size", batch_size, allow_none=True)
         checks.positive_int("shuffle_buffer", shuffle_buffer, allow_none=True)
         if read_ahead_bytes is not None:
             checks.non_negative_int("read_ahead_bytes", read_ahead_bytes)
         checks.one_of("on_error", on_error, checks.ON_ERROR)
+        checks.one_of("verify_checksums", verify_checksums, (True, False))
         if not isinstance(seed, int) or isinstance(seed, bool) or not -2**63 <= seed < 2**64:
             raise ValueError("`seed` should be an integer in [-2**63, 2**64) (torch's seed range; a negative "
                              f"one counts modulo 2**64), but got seed={seed!r}")
@@ -141,7 +145,7 @@ class Dataset(torch.utils.data.IterableDataset):
             path=self.path, manifest=self.manifest, columns=self.columns, expr=self.expr,
             shuffle=self.shuffle, seed=seed, shuffle_buffer=shuffle_buffer, on_error=on_error,
             storage_options=storage_options, ragged=tuple(self.ragged),
-            read_ahead_bytes=read_ahead_bytes)
+            read_ahead_bytes=read_ahead_bytes, verify_checksums=bool(verify_checksums))
         self.engine = Engine(config) if mixed is None else mix.MixedEngine(mixed, config, with_source)
 
     @property

@@ -70,6 +70,8 @@ class ReadConfig:
     # remote storage: bytes a reader's read-ahead holds in flight or fetched (None: the default,
     # `readahead.READ_AHEAD_BYTES`; 0: off). How fast, never what: not part of the stream.
     read_ahead_bytes: int | None = dataclasses.field(default=None, hash=False, compare=False)
+    # Parquet pages checked against their CRCs: what an epoch delivers from intact files is the same
+    verify_checksums: bool = dataclasses.field(default=True, hash=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,7 @@ class Engine:
         return ReadContext(fs=fs, root=root, dataset=redact(cfg.path), schema=cfg.manifest.schema,
                            columns=cfg.columns, filter_columns=plan.filter_columns, expr=cfg.expr,
                            on_error=cfg.on_error, ragged=cfg.ragged, stats=stats,
-                           read_ahead_bytes=cfg.read_ahead_bytes,
+                           read_ahead_bytes=cfg.read_ahead_bytes, verify_checksums=cfg.verify_checksums,
                            manifest_bytes={s.path: s.num_bytes for s in cfg.manifest.shards},
                            shards={s.path: s for s in cfg.manifest.shards},
                            indexes=self._indexes(fs, root),

@@ -84,7 +84,7 @@ class DataLoader:
                  worker_type: str = "auto", manifest=None, with_source: bool = False,
                  persistent_workers: bool = False, in_order: bool = True, sampler=None,
                  batch_sampler=None, generator=None, worker_init_fn=None, pin_memory_device: str = "",
-                 ragged=None, read_ahead_bytes: int | None = None):
+                 ragged=None, read_ahead_bytes: int | None = None, verify_checksums: bool = True):
         checks.positive_int("batch_size", batch_size)
         batch_size = _dataset_batch_size(path_or_dataset, batch_size)
         checks.non_negative_int("num_workers", num_workers)
@@ -107,7 +107,7 @@ class DataLoader:
                                      world_size=world_size, shuffle_buffer=shuffle_buffer,
                                      storage_options=storage_options, manifest=manifest,
                                      with_source=with_source, ragged=ragged,
-                                     read_ahead_bytes=read_ahead_bytes)
+                                     read_ahead_bytes=read_ahead_bytes, verify_checksums=verify_checksums)
         self.batch_size, self.num_workers, self.prefetch = batch_size, num_workers, prefetch
         self.pin_memory, self.timeout = pin_memory, timeout
         self.worker_type = worker_type

@@ -38,12 +38,13 @@ class Context:
 
 # ----------------------------------------------------------------------------- tabular
 def sparkfeed_tabular(ctx: Context, filter=None, num_workers: int | None = None,
-                      shuffle: bool = False) -> Iterator[int]:
+                      shuffle: bool = False, verify_checksums: bool = True) -> Iterator[int]:
     import sparkfeed
 
     workers = ctx.workers if num_workers is None else num_workers
     loader = sparkfeed.DataLoader(ctx.data.tabular, batch_size=ctx.batch_size, columns=TABULAR_COLUMNS,
-                                  filter=filter, num_workers=workers, shuffle=shuffle)
+                                  filter=filter, num_workers=workers, shuffle=shuffle,
+                                  verify_checksums=verify_checksums)
     for batch in loader:
         yield len(batch["id"])
     stats = loader.stats()

@@ -35,8 +35,12 @@ def tabular_cases(p) -> list[Case]:
                       "blocks of runs (shuffle.py); same bytes read as unshuffled"),
             Case("sparkfeed, 0 workers", "sparkfeed", p.samples, options={"num_workers": 0},
                  note="extra row: reading in the main process (one background reader thread), as the ceiling does"),
+            Case("sparkfeed verify_checksums=False", "sparkfeed", p.samples, payload_bytes=size,
+                 options={"verify_checksums": False},
+                 note="extra row: Parquet pages not checked against their CRCs, as the ceiling "
+                      "(pyarrow's default) reads them"),
             Case("pyarrow-scan (ceiling)", "pyarrow-scan", p.samples, payload_bytes=size,
-                 note="Arrow's own threads; no tensors, no workers"),
+                 note="Arrow's own threads; no tensors, no workers; pages not checked against their CRCs"),
             Case("torch-map-style", "torch-map-style", p.samples, baseline=True, payload_bytes=size,
                  note="rows read into memory first (not timed), dict per row, default collate"),
             Case("petastorm", "petastorm", p.samples, payload_bytes=size,

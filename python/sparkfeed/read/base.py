@@ -36,6 +36,7 @@ class ReadContext:
     on_error: str = "raise"
     ragged: tuple[str, ...] = ()  # list columns carried as binary (`batch.ragged_as_binary`)
     read_ahead_bytes: int | None = None  # `readahead.ReadAhead`'s bound (None: its default)
+    verify_checksums: bool = True  # Parquet pages checked against their CRCs (`parquetfetch.read_options`)
     stats: Stats = field(default_factory=Stats)
     manifest_bytes: dict[str, int] = field(default_factory=dict)  # shard path -> size on storage
     shards: dict[str, Shard] = field(default_factory=dict)  # shard path -> manifest entry

@@ -22,7 +22,7 @@ from ..plan import WorkUnit
 from .base import Reader, UnitRows, apply_filter
 from .parquetahead import ParquetAhead
 from .parquetcols import _as_delivered, _cast, _int96_indexed_at_ns, _partition_scalar, _paths_above, _stored_names
-from .parquetfetch import _FOOTER_BYTES, _READ_OPTIONS, _fetch_footer, _fetch_whole
+from .parquetfetch import _FOOTER_BYTES, _fetch_footer, _fetch_whole, read_options
 from .text import bad_text_rows, null_rows
 
 log = logging.getLogger(__name__)
@@ -90,11 +90,12 @@ class ParquetReader(ParquetAhead, Reader):
                 # read says its size; a small file's one whole fetch checks it already)
                 metadata = _fetch_footer(self.ctx.fs, path, self._size(path))[0]
             return pq.ParquetFile(self._open_input(path), metadata=metadata,
-                                  pre_buffer=remote and self._ranges, **_READ_OPTIONS)
+                                  pre_buffer=remote and self._ranges, **read_options(self.ctx.verify_checksums))
         except ValueError as exc:
             if not self._no_ranges(exc):
                 raise
-            return pq.ParquetFile(self._open_input(path), metadata=metadata, **_READ_OPTIONS)
+            return pq.ParquetFile(self._open_input(path), metadata=metadata,
+                                  **read_options(self.ctx.verify_checksums))
 
     def _no_ranges(self, exc: BaseException) -> bool:
         """True (and whole-file reads from now on) when `exc` says the HTTP server ignored a

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from .. import readahead, remotefiles, storage
 from ..plan import WorkUnit
-from .parquetfetch import _FOOTER_BYTES, _READ_OPTIONS, _fetch_footer, _fetch_groups
+from .parquetfetch import _FOOTER_BYTES, _fetch_footer, _fetch_groups, read_options
 
 _FETCH_BYTES = 8 << 20  # bytes of consecutive row groups of a file fetched ahead as one request
 _FIRST_FETCH_BYTES = 2 << 20  # a reader's first fetch: about one row group, for the first batch
@@ -223,4 +223,5 @@ class ParquetAhead:
         src = remotefiles.KnownRanges(parts, size, functools.partial(remotefiles.open_remote, self.ctx.fs, path, size))
         # no pre-buffering: it would ask for a run's chunks as one range across fetches (a copy);
         # chunk by chunk, each read is a view into the fetched bytes
-        return pq.ParquetFile(src, metadata=pf.metadata, pre_buffer=False, **_READ_OPTIONS), src
+        return pq.ParquetFile(src, metadata=pf.metadata, pre_buffer=False,
+                              **read_options(self.ctx.verify_checksums)), src

@@ -13,10 +13,14 @@ import pyarrow.parquet as pq
 from .. import arrowtypes, footercheck, remotefiles
 from .parquetcols import _paths_above
 
-# Pages that carry a CRC (parquet-mr, so Spark, writes one per page; pyarrow with
-# write_page_checksum=True) are checked against it: a damaged page of an uncompressed column
-# was delivered as wrong bytes without a word. Pages without one cost nothing.
-_READ_OPTIONS = {**arrowtypes.INT96_UNIT, "page_checksum_verification": True}
+def read_options(verify_checksums: bool = True) -> dict:
+    """What every ParquetFile of a read opens with. Pages that carry a CRC (parquet-mr, so Spark,
+    writes one per page; pyarrow with write_page_checksum=True) are checked against it unless the
+    user turned that off (`verify_checksums=False`): a damaged page of an uncompressed column, or
+    a flipped literal byte in a snappy page, was delivered as wrong bytes without a word. Pages
+    without one cost nothing."""
+    return {**arrowtypes.INT96_UNIT, "page_checksum_verification": verify_checksums}
+
 _FOOTER_BYTES = 64 << 10  # a footer's fetch: the file's tail (pyarrow's own footer read); a file
 # no larger is fetched whole by it, and its row groups served from those bytes (`SharedReads.hold`)
 
