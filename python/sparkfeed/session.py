@@ -7,15 +7,23 @@ located from the installed package, so the Python package and its jar cannot dri
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import threading
+import uuid
 from importlib import resources
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 _JAR_NAME = "sparkfeed.jar"
+# How long Ctrl-C waits for the call that cancels a job group (a Connect server gone would hold
+# it for pyspark's ten minutes of retries).
+_CANCEL_WAIT_S = 30.0
+# The thread's job group, as SparkContext.setJobGroup sets it (put back afterwards).
+_GROUP_PROPERTIES = ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel")
 _LOCAL_DEFAULTS = {
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
@@ -207,3 +215,53 @@ def _warn_if_jar_missing(spark) -> None:
         log.warning("the active Spark session has no sparkfeed jar on its classpath; "
                     "format('webdataset') will fail. Start it with --jars \"$(sparkfeed jar)\" "
                     "or sparkfeed.configure_spark(builder).")
+
+
+@contextlib.contextmanager
+def jobs_cancelled_on_interrupt(spark, what: str = "sparkfeed.write"):
+    """Inside: the Spark jobs this thread starts are in a job group of their own, described as
+    `what`, and Ctrl-C cancels it (the context gives `cancel`, which `writecheck.job_failure_named`
+    calls first). pyspark's SIGINT handler calls cancelAllJobs on the py4j connection that the
+    blocked call holds, which fails ('reentrant call'), so a write job ran on after the
+    KeyboardInterrupt and committed, and an index job read on. Over Spark Connect (no
+    SparkContext) the client interrupts its operation itself."""
+    sc = _spark_context(spark)
+    if sc is None:  # yielded outside an `except`: an error inside keeps its own __context__
+        yield lambda: None
+        return
+    group = f"sparkfeed-{uuid.uuid4().hex}"
+    before = [sc.getLocalProperty(k) for k in _GROUP_PROPERTIES]
+    sc.setJobGroup(group, what, interruptOnCancel=True)
+    cancelled = []
+
+    def cancel() -> None:
+        if not cancelled:
+            cancelled.append(group)  # from a thread of its own: a py4j connection of its own
+            t = threading.Thread(target=_cancel_group, args=(sc, group, what), daemon=True)
+            t.start()
+            t.join(_CANCEL_WAIT_S)
+    try:
+        yield cancel
+    except KeyboardInterrupt:
+        cancel()
+        raise
+    finally:
+        with contextlib.suppress(Exception):  # the interrupted thread's connection may be gone
+            for key, value in zip(_GROUP_PROPERTIES, before):
+                sc.setLocalProperty(key, value)
+
+
+def _spark_context(spark):
+    """The session's SparkContext, or None over Spark Connect (which has none)."""
+    try:
+        return spark.sparkContext
+    except Exception:
+        return None
+
+
+def _cancel_group(sc, group: str, what: str) -> None:
+    try:
+        sc.cancelJobGroup(group)
+    except Exception as exc:  # said, never raised over the KeyboardInterrupt
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        log.warning("could not cancel the Spark jobs of the interrupted %s (%s)", what, first)

@@ -26,9 +26,10 @@ from collections.abc import Mapping
 from . import checks, storage
 from .errors import SparkfeedError
 from .manifest import MANIFEST_NAME, Manifest, parse_manifest, read_manifest, write_manifest
+from .session import jobs_cancelled_on_interrupt
 from .writecheck import (WriteFailedError, _connection_lost, _lost_server_named, check_rows,
-                         job_failure_named, jobs_cancelled_on_interrupt, left_after_failure,
-                         observed_rows, restore_manifest, rows_written, warn_rows_left_out)
+                         job_failure_named, left_after_failure, observed_rows, restore_manifest,
+                         rows_written, warn_rows_left_out)
 from .writecolumns import check_cluster_by, check_codecs, check_columns, columns
 from .writefooters import _build_manifest, _committed_parquet, _gather_entries
 from .writeoptions import SampleKeyError, _key_and_cls, check_options, webdataset_members

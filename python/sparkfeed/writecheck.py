@@ -12,14 +12,12 @@ import contextlib
 import logging
 import posixpath
 import re
-import threading
 import time
-import uuid
 
 from . import storage
 from .errors import SparkfeedError
 
-__all__ = ["WriteFailedError", "job_failure_named", "jobs_cancelled_on_interrupt", "observed_rows",
+__all__ = ["WriteFailedError", "job_failure_named", "observed_rows",
            "rows_written", "check_rows", "restore_manifest", "left_after_failure",
            "warn_rows_left_out"]
 
@@ -28,11 +26,6 @@ log = logging.getLogger(__name__)
 # How long to wait for the write's observed row count once Spark returned (it arrives through
 # Spark's listener bus, normally within milliseconds); past it the count is not checked.
 _OBSERVATION_WAIT_S = 30.0
-# How long Ctrl-C waits for the call that cancels the write's jobs (a Connect server gone would
-# hold it for pyspark's ten minutes of retries).
-_CANCEL_WAIT_S = 30.0
-# The thread's job group, as SparkContext.setJobGroup sets it (put back after the write).
-_GROUP_PROPERTIES = ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel")
 _PART = re.compile(r"part-(\d+)-")
 
 
@@ -54,54 +47,6 @@ def reason(exc: BaseException) -> str:
             return tail[-1].strip()[:500]
     lines = [line.lstrip(": ") for line in lines if not line.startswith("An error occurred while")]
     return (lines[0] if lines else type(exc).__name__)[:500]
-
-
-@contextlib.contextmanager
-def jobs_cancelled_on_interrupt(spark):
-    """Inside: the Spark jobs this thread starts are in a job group of their own, and Ctrl-C
-    cancels it (the context gives `cancel`, which `job_failure_named` calls first). pyspark's
-    SIGINT handler calls cancelAllJobs on the py4j connection that the blocked call holds, which
-    fails ('reentrant call'), so the write job ran on after the KeyboardInterrupt and committed.
-    Over Spark Connect (no SparkContext) the client interrupts its operation itself."""
-    sc = _spark_context(spark)
-    if sc is None:  # yielded outside an `except`: an error inside keeps its own __context__
-        yield lambda: None
-        return
-    group = f"sparkfeed-write-{uuid.uuid4().hex}"
-    before = [sc.getLocalProperty(k) for k in _GROUP_PROPERTIES]
-    sc.setJobGroup(group, "sparkfeed.write", interruptOnCancel=True)
-    cancelled = []
-
-    def cancel() -> None:
-        if not cancelled:
-            cancelled.append(group)  # from a thread of its own: a py4j connection of its own
-            t = threading.Thread(target=_cancel_group, args=(sc, group), daemon=True)
-            t.start()
-            t.join(_CANCEL_WAIT_S)
-    try:
-        yield cancel
-    except KeyboardInterrupt:
-        cancel()
-        raise
-    finally:
-        with contextlib.suppress(Exception):  # the interrupted thread's connection may be gone
-            for key, value in zip(_GROUP_PROPERTIES, before):
-                sc.setLocalProperty(key, value)
-
-
-def _spark_context(spark):
-    """The session's SparkContext, or None over Spark Connect (which has none)."""
-    try:
-        return spark.sparkContext
-    except Exception:
-        return None
-
-
-def _cancel_group(sc, group: str) -> None:
-    try:
-        sc.cancelJobGroup(group)
-    except Exception as exc:  # said, never raised over the KeyboardInterrupt
-        log.warning("could not cancel the Spark jobs of the interrupted write (%s)", reason(exc))
 
 
 @contextlib.contextmanager

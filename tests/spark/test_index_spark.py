@@ -138,3 +138,49 @@ def test_jvm_reader_reads_indexed_tars_like_the_python_loader(spark, tmp_path):
     py = sorted(zip(batch["key"], batch["cls"].tolist(), batch["json"], batch["txt"]))
     assert jvm == py
     assert py[1] == ("k1", 1, '{"i": 1}', "odd 1") and py[0][3] is None
+
+
+def test_ctrl_c_in_an_index_job_on_spark_cancels_it(spark, tmp_path):
+    """`sparkfeed index --spark`'s job (gather.run_spark), its tasks held until Ctrl-C: the
+    KeyboardInterrupt reaches the caller and the job is cancelled. pyspark's own SIGINT handler
+    cancels over the py4j connection the waiting call holds, which fails ('reentrant call'), so
+    the job read on after the interrupt; and the thread's job group is put back afterwards."""
+    import signal
+    import threading
+    import time
+
+    from sparkfeed.index.gather import run_spark
+
+    running = str(tmp_path / "running")
+
+    def held(rows):
+        open(running, "w").close()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        for row in rows:
+            yield {"n": row[0]}
+
+    def interrupt():
+        deadline = time.monotonic() + 120
+        while not os.path.exists(running) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if os.path.exists(running):  # never a stray Ctrl-C into the rest of the run
+            os.kill(os.getpid(), signal.SIGINT)
+
+    sc = spark.sparkContext
+    sc.setJobGroup("the-callers-group", "the caller's own")
+    try:
+        threading.Thread(target=interrupt, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            run_spark(spark, held, [(f"f{i}",) for i in range(4)], "name string", "reading footers")
+        assert os.path.exists(running), "the index job never ran"
+        tracker = sc.statusTracker()
+        deadline = time.monotonic() + 60  # cancelling is asynchronous: wait for it, not a time limit
+        while tracker.getActiveJobsIds() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert tracker.getActiveJobsIds() == []
+        assert sc.getLocalProperty("spark.jobGroup.id") == "the-callers-group"
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+        sc.setLocalProperty("spark.job.description", None)

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from .. import errors
 from ..errors import SparkfeedError
-from ..session import is_connect
+from ..session import is_connect, jobs_cancelled_on_interrupt
 
 __all__ = ["run_local", "run_spark", "bar_options", "THREADS", "TASKS"]
 log = logging.getLogger(__name__)
@@ -74,19 +74,16 @@ def run_spark(spark, task: Callable, items: Sequence[tuple], schema: str, what: 
     frame = spark.createDataFrame([(i, *item) for i, item in enumerate(items)], f"pos long, {schema}")
     job = frame.repartition(max(1, min(len(items), TASKS))).mapInArrow(
         lambda batches: _json_results(task, batches), "pos long, result string")
-    classic = not is_connect(spark)
-    if classic:
-        spark.sparkContext.setJobDescription(f"sparkfeed: {what} ({len(items)} files)")
-    try:
-        rows = job.collect()
-    except Exception as exc:
-        mapped = executor_failure(exc, what, dataset, _python_of(spark))
-        if mapped is None:
-            raise
-        raise mapped from exc
-    finally:
-        if classic:
-            spark.sparkContext.setJobDescription(None)
+    # a job group of its own, described in Spark's UI, that Ctrl-C cancels (pyspark's own
+    # handler cannot while this thread waits on its py4j connection)
+    with jobs_cancelled_on_interrupt(spark, f"sparkfeed: {what} ({len(items)} files)"):
+        try:
+            rows = job.collect()
+        except Exception as exc:
+            mapped = executor_failure(exc, what, dataset, _python_of(spark))
+            if mapped is None:
+                raise
+            raise mapped from exc
     return [json.loads(r.result) for r in sorted(rows, key=lambda r: r.pos)]
 
 
