@@ -87,8 +87,7 @@ def as_os_error(exc: BaseException, what: str) -> BaseException:
         refused = as_os_error(exc.__cause__, what)
         return refused if isinstance(refused, PermissionError) else exc
     if isinstance(exc, TimeoutError):  # the socket's "timed out", or fsspec's empty FSTimeoutError
-        return TimeoutError(f"{what}: no answer within the storage client's time-out "
-                            f"({type(exc).__name__}: {exc or 'timed out'})")
+        return _timed_out(exc, what)
     module = type(exc).__module__.split(".")[0]
     status = getattr(exc, "status", None)
     if (module == "aiohttp" or isinstance(exc, httpranges.HTTPStatusError)) and isinstance(status, int):
@@ -104,9 +103,17 @@ def as_os_error(exc: BaseException, what: str) -> BaseException:
     if isinstance(exc, (boto.NoCredentialsError, boto.PartialCredentialsError,
                         boto.CredentialRetrievalError)):
         return PermissionError(f"{what}: {exc}; {_NO_CREDENTIALS}")
+    # s3fs's time-outs: no TimeoutError (they were worded as a ConnectionError, "kept failing")
+    if isinstance(exc, (boto.ReadTimeoutError, boto.ConnectTimeoutError)):
+        return _timed_out(exc, what)
     if isinstance(exc, (boto.ConnectionError, boto.HTTPClientError)):
         return ConnectionError(f"{what}: {exc}")
     return OSError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _timed_out(exc: BaseException, what: str) -> TimeoutError:
+    return TimeoutError(f"{what}: no answer within the storage client's time-out "
+                        f"({type(exc).__name__}: {exc or 'timed out'})")
 
 
 def failure_words(exc: BaseException) -> str | None:

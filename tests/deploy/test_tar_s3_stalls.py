@@ -70,6 +70,8 @@ def test_a_bucket_that_stays_stalled_costs_one_retry_budget(s3, stalling, tmp_pa
     loader = sparkfeed.DataLoader(url, batch_size=50, storage_options=_options(s3))
     with pytest.raises(ShardReadError, match="storage kept failing") as info:
         list(loader)
+    # said as a time-out (botocore's ReadTimeoutError was worded as a ConnectionError)
+    assert "TimeoutError" in str(info.value) and "no answer within the storage client's time-out" in str(info.value)
     tar = f"/sparkfeed-tests/stalled-{index}/{info.value.shard}"
     # the read-ahead's one request, then the reader's 8 attempts (before: 8 ahead, then 8 more)
     assert layer.gets[tar] <= 9, layer.gets
