@@ -56,6 +56,22 @@ def wait_until(condition, what: str, timeout: float = 20.0) -> None:
         time.sleep(0.01)
 
 
+def sigint_once_exists(path: str, timeout: float = 120.0) -> None:
+    """Send this process SIGINT, as Ctrl-C does, once `path` exists (a held Spark task made it),
+    from a thread of its own; never a stray Ctrl-C into the rest of the run if it never does."""
+    import signal
+    import threading
+
+    def interrupt():
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if os.path.exists(path):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+
+
 def table(n: int, seed: int = 0, image_bytes: int = 0) -> pa.Table:
     """n rows: id (int64, unique), label (int32, 0..9), score (double), caption, feature (list)."""
     rng = np.random.default_rng(seed)

@@ -145,10 +145,9 @@ def test_ctrl_c_in_an_index_job_on_spark_cancels_it(spark, tmp_path):
     KeyboardInterrupt reaches the caller and the job is cancelled. pyspark's own SIGINT handler
     cancels over the py4j connection the waiting call holds, which fails ('reentrant call'), so
     the job read on after the interrupt; and the thread's job group is put back afterwards."""
-    import signal
-    import threading
     import time
 
+    import dsutil
     from sparkfeed.index.gather import run_spark
 
     running = str(tmp_path / "running")
@@ -161,17 +160,10 @@ def test_ctrl_c_in_an_index_job_on_spark_cancels_it(spark, tmp_path):
         for row in rows:
             yield {"n": row[0]}
 
-    def interrupt():
-        deadline = time.monotonic() + 120
-        while not os.path.exists(running) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if os.path.exists(running):  # never a stray Ctrl-C into the rest of the run
-            os.kill(os.getpid(), signal.SIGINT)
-
     sc = spark.sparkContext
     sc.setJobGroup("the-callers-group", "the caller's own")
     try:
-        threading.Thread(target=interrupt, daemon=True).start()
+        dsutil.sigint_once_exists(running)
         with pytest.raises(KeyboardInterrupt):
             run_spark(spark, held, [(f"f{i}",) for i in range(4)], "name string", "reading footers")
         assert os.path.exists(running), "the index job never ran"

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 
+import dsutil
 import pytest
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -166,8 +167,6 @@ def test_a_failed_overwrite_of_data_without_a_manifest_says_the_files_are_still_
 def held_until_ctrl_c(tmp_path):
     """A UDF that holds its task (up to 120 s) once it runs, and a thread that then sends this
     process SIGINT, as Ctrl-C does; (the UDF, the file whose presence says it ran)."""
-    import signal
-
     running = str(tmp_path / "running")
 
     def hold(x):
@@ -177,14 +176,7 @@ def held_until_ctrl_c(tmp_path):
             time.sleep(0.05)
         return x
 
-    def interrupt():
-        deadline = time.monotonic() + 120
-        while not os.path.exists(running) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if os.path.exists(running):  # never a stray Ctrl-C into the rest of the run
-            os.kill(os.getpid(), signal.SIGINT)
-
-    threading.Thread(target=interrupt, daemon=True).start()
+    dsutil.sigint_once_exists(running)
     return F.udf(hold, T.LongType()), running
 
 
