@@ -225,10 +225,10 @@ def jobs_cancelled_on_interrupt(spark, what: str = "sparkfeed.write"):
     blocked call holds, which fails ('reentrant call'), so a write job ran on after the
     KeyboardInterrupt and committed, and an index job read on. Over Spark Connect (no
     SparkContext) the client interrupts its operation itself."""
-    sc = _spark_context(spark)
-    if sc is None:  # yielded outside an `except`: an error inside keeps its own __context__
+    if is_connect(spark):  # yielded outside an `except`: an error inside keeps its own __context__
         yield lambda: None
         return
+    sc = spark.sparkContext
     group = f"sparkfeed-{uuid.uuid4().hex}"
     before = [sc.getLocalProperty(k) for k in _GROUP_PROPERTIES]
     sc.setJobGroup(group, what, interruptOnCancel=True)
@@ -249,14 +249,6 @@ def jobs_cancelled_on_interrupt(spark, what: str = "sparkfeed.write"):
         with contextlib.suppress(Exception):  # the interrupted thread's connection may be gone
             for key, value in zip(_GROUP_PROPERTIES, before):
                 sc.setLocalProperty(key, value)
-
-
-def _spark_context(spark):
-    """The session's SparkContext, or None over Spark Connect (which has none)."""
-    try:
-        return spark.sparkContext
-    except Exception:
-        return None
 
 
 def _cancel_group(sc, group: str, what: str) -> None:
