@@ -10,7 +10,6 @@ the user gets exactly the batch: every column of any name, or whatever `collate_
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
 import logging
@@ -20,10 +19,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from . import checks, epochnotes, forks, mixsource, mixstate, progress
+from . import checks, epochnotes, forks, loaderargs, mixstate, progress
 from . import shuffle as shuffling
 from .batchwork import BatchWork
-from .dataset import Dataset
 from .epochahead import EpochEnd, Reading, epochs, waited, weakly
 from .integrations import GATHER_TIMEOUT_S, EpochSampler, TrainerLoader, checked_gather_timeout
 from .lanes import LaneReader, round_robin
@@ -86,7 +84,7 @@ class DataLoader:
                  batch_sampler=None, generator=None, worker_init_fn=None, pin_memory_device: str = "",
                  ragged=None, read_ahead_bytes: int | None = None, verify_checksums: bool = True):
         checks.positive_int("batch_size", batch_size)
-        batch_size = _dataset_batch_size(path_or_dataset, batch_size)
+        batch_size = loaderargs.dataset_batch_size(path_or_dataset, batch_size)
         checks.non_negative_int("num_workers", num_workers)
         checks.torch_only(persistent_workers, num_workers, sampler=sampler, batch_sampler=batch_sampler,
                           generator=generator, worker_init_fn=worker_init_fn,
@@ -102,7 +100,7 @@ class DataLoader:
             raise ValueError(f"`collate_fn` should be callable, but got collate_fn={collate_fn!r}")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
             raise ValueError(f"`timeout` should be a non-negative number, but got timeout={timeout!r}")
-        self.dataset = self._dataset(path_or_dataset, columns=columns, filter=filter, shuffle=shuffle,
+        self.dataset = loaderargs.dataset_for(path_or_dataset, _PARAMETERS, columns=columns, filter=filter, shuffle=shuffle,
                                      seed=seed, drop_last=drop_last, on_error=on_error, rank=rank,
                                      world_size=world_size, shuffle_buffer=shuffle_buffer,
                                      storage_options=storage_options, manifest=manifest,
@@ -128,22 +126,6 @@ class DataLoader:
         self._began_resumed = False  # the last iteration began from a loaded state
         self._changes = 0  # set_epoch / load_state_dict calls so far: an iteration started before one restarts
         self._pid = os.getpid()  # the process whose threads and workers the loader holds (`_own_process`)
-
-    @staticmethod
-    def _dataset(path_or_dataset, **kwargs) -> Dataset:
-        if isinstance(path_or_dataset, Dataset):
-            _refuse_dataset_overrides(kwargs)
-            # The loader's own shallow copy: its epoch never leaks into the caller's Dataset
-            # (which may also feed a plain torch DataLoader). The engine is shared.
-            return copy.copy(path_or_dataset)
-        if mixsource.is_mix(path_or_dataset):
-            return Dataset(path_or_dataset, **kwargs)
-        if path_or_dataset is None and kwargs.get("manifest") is not None:
-            return Dataset(None, **kwargs)  # the data root is the one the manifest recorded
-        if not isinstance(path_or_dataset, str) and not hasattr(path_or_dataset, "__fspath__"):
-            raise ValueError("`path_or_dataset` should be a dataset path/URL, a list of "
-                             f"sparkfeed.Source or a sparkfeed.Dataset, but got {type(path_or_dataset).__name__}")
-        return Dataset(str(path_or_dataset), **kwargs)
 
     @property
     def collate_fn(self) -> Callable | None:
@@ -495,26 +477,5 @@ class DataLoader:
             self._stats.add("epochs_read_ahead_dropped")
 
 
-def _dataset_batch_size(path_or_dataset, batch_size: int) -> int:
-    """A `Dataset` made with a batch size keeps it (the loader's default of 1 takes it); another
-    one given to the loader is refused rather than either ignored."""
-    own = path_or_dataset.batch_size if isinstance(path_or_dataset, Dataset) else None
-    if own is None or batch_size in (1, own):
-        return own or batch_size
-    raise ValueError(f"the sparkfeed.Dataset passed to DataLoader was made with batch_size={own}, but "
-                     f"the loader got batch_size={batch_size}; give one of them (leave the loader's "
-                     "out to take the Dataset's)")
 
-
-def _refuse_dataset_overrides(kwargs: dict) -> None:
-    """A `Dataset` passed in keeps what it was made with: the loader's arguments that would
-    change it (rank, filter, ...) are refused rather than ignored."""
-    defaults = inspect.signature(DataLoader.__init__).parameters
-    given = [name for name, value in kwargs.items() if value is not defaults[name].default
-             and not (isinstance(value, (bool, int, str)) and value == defaults[name].default)]
-    if given:
-        raise ValueError(
-            "a sparkfeed.Dataset passed to DataLoader keeps its own " + ", ".join(kwargs)
-            + f"; give them to sparkfeed.Dataset(...) instead (got {', '.join(f'{n}=' for n in given)})")
-
-
+_PARAMETERS = inspect.signature(DataLoader.__init__).parameters  # (`loaderargs.refuse_dataset_overrides`)
