@@ -21,7 +21,7 @@ from .arrowtypes import INT96_UNIT, arrow_type, common_type, delivered_type, lea
 from .manifest import Column, Shard
 
 __all__ = ["to_expression", "referenced_columns", "unfilterable", "check_filter", "unprunable",
-           "unevaluable",
+           "unevaluable", "filter_type", "widened_for_filter",
            # public here before `arrowtypes` held them: kept for callers outside the package
            "INT96_UNIT", "delivered_type", "common_type", "torch_dtype", "leaf_fields", "arrow_type"]
 
@@ -88,10 +88,24 @@ def _literal_type(col: str, values: list, column: pa.DataType | None) -> pa.Data
         return pa.timestamp("us", column.tz) if zones != {column.tz} else None
     return None
 
+def filter_type(type_: pa.DataType | None) -> pa.DataType | None:
+    """The type a column is filtered as: float16 (halffloat) as float32, which holds each of its
+    values exactly (Arrow has no comparison or `is_in` kernel for halffloat); others as they are."""
+    return pa.float32() if type_ is not None and pa.types.is_float16(type_) else type_
+
+
+def widened_for_filter(table: pa.Table) -> pa.Table | None:
+    """`table` with its float16 columns as float32 (`filter_type`), or None where it has none."""
+    halves = [i for i, f in enumerate(table.schema) if pa.types.is_float16(f.type)]
+    for i in halves:
+        table = table.set_column(i, table.schema[i].name, table.column(i).cast(pa.float32()))
+    return table if halves else None
+
+
 def _empty_table(schema: Sequence[Column], skip: str | None = None, rows: int = 0) -> pa.Table:
     """The schema's columns (all but `skip`) with `rows` nulls each: binding needs none; some
     type errors (a time zone beside none) only show when a kernel runs on a row."""
-    fields = [pa.field(c.name, arrow_type(c.type) or pa.null()) for c in schema if c.name != skip]
+    fields = [pa.field(c.name, filter_type(arrow_type(c.type)) or pa.null()) for c in schema if c.name != skip]
     return pa.table([pa.nulls(rows, f.type) for f in fields], schema=pa.schema(fields))
 
 
@@ -112,6 +126,8 @@ _TEXT_HINT = ("; Arrow compares text with text only: compare a date or timestamp
 _HINTS = {
     ", string)": _TEXT_HINT,  # (before the zone hint: a timestamp beside text is no zone matter)
     "types (string, ": _TEXT_HINT,
+    "halffloat)": ("; Arrow compares no float16 values: a float16 column is filtered as its float32 "
+                   "values, so compare it with Python floats, not float16 scalars"),
     "FieldRef.FieldPath": "; name columns (pc.field('label')), not positions: a read holds only some",
     "FieldRef.Nested": ("; a struct's fields are columns of their own, named by their path as one "
                         "name: pc.field('image.path'), not pc.field('image', 'path')"),

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from .arrowtypes import arrow_type
-from .filters import _empty_table, _named_in, _reads
+from .filters import _empty_table, _named_in, _reads, filter_type
 from .manifest import Column, ColumnStats
 
 __all__ = ["guarantee", "select_may_match", "select_all_match", "nan_columns"]
@@ -137,7 +137,7 @@ def select_may_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, Col
     NaN there.
     """
     schema = _named_in(expr, schema)  # the other columns' statistics cannot rule `expr` out
-    types = {c.name: arrow_type(c.type) for c in schema}
+    types = {c.name: filter_type(arrow_type(c.type)) for c in schema}
     nan = nan_columns(expr, schema) if nan is None else list(nan)
     kept, dropped = nan[:_MAX_NAN_COLUMNS], set(nan[_MAX_NAN_COLUMNS:])
     variants = [frozenset(c for bit, c in enumerate(kept) if mask >> bit & 1)
@@ -161,7 +161,7 @@ def select_all_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, Col
     qualify with that column NaN as well; over more than `_MAX_NAN_COLUMNS` of them, none does.
     Statistics wider than the data (strings cut short) only make fewer items qualify."""
     named = _named_in(expr, schema)
-    types = {c.name: arrow_type(c.type) for c in named}
+    types = {c.name: filter_type(arrow_type(c.type)) for c in named}
     floats = [c.name for c in named if types[c.name] is not None and pa.types.is_floating(types[c.name])]
     if len(floats) > _MAX_NAN_COLUMNS or not items:
         return []
@@ -222,7 +222,7 @@ def nan_columns(expr: pc.Expression, schema: Sequence[Column]) -> list[str]:
     (`x != 2`, `~(x <= 5)`; not `x > 4`): those whose statistics (which leave NaN out) cannot
     rule a row group out alone. Once per plan."""
     named = _named_in(expr, schema)
-    types = {c.name: arrow_type(c.type) for c in named}
+    types = {c.name: filter_type(arrow_type(c.type)) for c in named}
     floats = [c.name for c in named if types[c.name] is not None and pa.types.is_floating(types[c.name])
               and _reads(expr, named, c.name)]
     return [name for name in floats if _nan_may_pass(name, expr, named, types)]

@@ -16,7 +16,6 @@ import zoneinfo
 from collections import Counter
 from decimal import Decimal
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -381,18 +380,6 @@ def _outside(root: str, lo: int, hi: int) -> int:
             st = md.row_group(g).column(1).statistics
             n += st is not None and st.has_min_max and (st.max < lo or st.min >= hi)
     return n
-
-
-def test_a_float16_column_is_refused_when_the_loader_is_built_not_filtered_wrongly(tmp_path):
-    """Arrow has no comparison for float16 (halffloat): a filter on one is a ValueError naming the
-    dataset and the column's type when the loader is built, whatever the literal."""
-    table = pa.table({"id": pa.array(range(4), pa.int64()),
-                      "h": pa.array(np.array([0.5, 1.5, np.nan, 2.0], np.float16))})
-    pq.write_table(table, tmp_path / "part-0.parquet", row_group_size=2)
-    sparkfeed.index(str(tmp_path), progress=False)
-    for expr in [pc.field("h") > 1.0, pc.field("h") > pa.scalar(np.float16(1.0)), pc.field("h").isin([1.5])]:
-        with pytest.raises(ValueError, match=rf"cannot apply to dataset '{tmp_path}'.*halffloat"):
-            sparkfeed.DataLoader(str(tmp_path), batch_size=4, columns=["id"], filter=expr)
 
 
 def test_a_filter_arrow_cannot_evaluate_over_the_rows_is_an_error_naming_the_row_group(tmp_path):

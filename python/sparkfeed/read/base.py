@@ -428,6 +428,7 @@ def apply_filter(ctx: ReadContext, table: pa.Table, keep_bad: bool = False,
     expr = ctx.expr
     if keep_bad:
         expr = pc.coalesce(expr, pc.scalar(False)) | ~pc.field("__ok_in__")
-    kept = indexed.filter(expr)
+    widened = filters.widened_for_filter(indexed)  # (float16 columns: Arrow filters their float32 values)
+    kept = indexed.filter(expr) if widened is None else indexed.take(widened.filter(expr).column("__i__"))
     rows = kept.column("__i__").to_numpy()
     return kept.drop_columns(["__i__"]), rows
