@@ -78,6 +78,7 @@ class TarStreaming:
                         exts.add(ext)
                         if ext in wanted_members:
                             samples[-1][ext] = tar.extractfile(info).read()
+                    where["end"] = tar.offset  # the end-of-archive block (or the file's end)
             except TarHeaderError as exc:
                 raise self._error(unit, f"corrupt tar: {exc.reason}", exc.offset) from exc
         if skipped:
@@ -85,6 +86,24 @@ class TarStreaming:
                       self.ctx.dataset, unit.path, skipped)
         values = {m: [s.get(m) for s in samples] for m in wanted_members}
         return tarindex.Members(keys, values, read, starts, repeated)
+
+    def _check_complete(self, unit: WorkUnit, found: tarindex.Members, end: int) -> None:
+        """A streamed shard holds the samples its manifest counts: `tarfile` ends the archive at
+        the first zero block (a header zeroed in the middle of the shard) or at the file's end
+        without a word, and the samples after it would only be missed by the count. The error
+        names the tar offset where the archive ended and what the file holds past it."""
+        shard = self.ctx.shards.get(unit.path)
+        n = len(found.keys)
+        if shard is None or n >= shard.num_samples:
+            return
+        size = self.ctx.manifest_bytes.get(unit.path)
+        how = ("at the end of the file" if size is not None and end >= size else
+               "at a zero block (the end-of-archive mark)" + (
+                   "" if size is None else f", with {size - end} more bytes in the file past it "
+                   "(a member header zeroed?), which tarfile and webdataset do not read"))
+        raise self._error(unit, f"the tar ends here, {how}, after {n} samples where the manifest "
+                          f"counts {shard.num_samples}: the shard was damaged or changed after the "
+                          "manifest was written", end)
 
     def _check_present(self, unit: WorkUnit, present: dict[str, int], seen: list[tuple[int, str]],
                        index: tarindex.Index | None) -> None:
