@@ -32,7 +32,7 @@ from ..errors import CorruptSampleError, redact
 from ..plan import WorkUnit
 from . import tarindex, tarinfo
 from .base import Reader, UnitRows, apply_filter
-from .tarahead import TarReadAhead, _ahead_fetch
+from .tarahead import IndexUnread, TarReadAhead, _ahead_fetch, gave_up, unread_index
 from .tarinfo import compressed_kind, compressed_words, split_name
 from .tarkeys import KeyRule, key_problem, key_rules
 from .tarstream import TarStreaming, _repeated_key
@@ -58,6 +58,7 @@ class TarReader(TarReadAhead, TarStreaming, TarTable, Reader):
         self._pieces_read: set = set()  # pieces read (a hint names its unit's pieces from the first)
         self._checked: set = set()  # shards whose indexed version was checked (`_check_unchanged`)
         self._key_rules: dict[str, KeyRule | None] | None = None  # shard -> its keys' rule (`key_rules`)
+        self._tried: dict[str, str] = {}  # shard -> what storage's retries gave up on (`_storage_error`)
 
     def chunks(self, unit: WorkUnit, expected: int) -> list[tuple[int, int]] | None:
         """The pieces (rows [a, b)) this reader reads an indexed shard in: about `CHUNK_BYTES`
@@ -141,6 +142,7 @@ class TarReader(TarReadAhead, TarStreaming, TarTable, Reader):
             self._checked.add(unit.path)
         key = (unit.path, *window)
         self._pieces_read.add(key)
+        ahead = self._ahead.fetch_of(key) if self._ahead is not None else None
         fetched = self._take_fetched(key)
         text, index, spans, wrong = self._index(unit)
         if wrong is not None:
@@ -157,12 +159,25 @@ class TarReader(TarReadAhead, TarStreaming, TarTable, Reader):
         if span is None:
             return None
         if not storage.is_local(self.ctx.fs):
-            return index.members(remotefiles.fetch_ranges(self.ctx.fs, path, [span], size)[span], wanted, window)
+            return index.members(self._fetch_window(unit, path, size, span, window, gave_up(ahead)), wanted, window)
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             if len(mapped) != size:
                 return None
             with memoryview(mapped) as view, view[span[0]:span[1]] as part:
                 return index.members(part, wanted, window)
+
+    def _fetch_window(self, unit: WorkUnit, path: str, size: int, span: tuple[int, int],
+                      window: tuple[int, int], failed: BaseException | None):
+        """The bytes of samples `window` fetched in place: one try after a read-ahead fetch of them that
+        storage kept failing (`failed`; its retries were the shard's budget), else retried."""
+        if failed is not None:
+            self._tried[unit.path] = (f"samples {window[0]}-{window[1] - 1} read ahead with retries "
+                                      f"({type(failed).__name__}: {redact(failed)}), then once in place")
+        once = {} if failed is None else {"attempts": 1}  # (errors worded as after retries)
+        got = retries.with_retries(lambda: remotefiles.fetch_ranges(self.ctx.fs, path, [span], size, retry=False),
+                                   f"reading {path} bytes {span[0]}-{span[1] - 1}", **once)[span]
+        self._tried.pop(unit.path, None)
+        return got
 
     def close(self) -> None:
         if self._ahead is not None:
@@ -187,7 +202,7 @@ class TarReader(TarReadAhead, TarStreaming, TarTable, Reader):
         except Exception as exc:  # an index is only a short cut: any failure means streaming
             log.info("%s: shard %s: its index %s cannot be read (%s: %s); streaming the tar",
                      self.ctx.dataset, unit.path, redact(path), type(exc).__name__, redact(exc))
-            return ""
+            return unread_index(path, exc)
 
     def _parse_index(self, unit: WorkUnit, text: str | None) -> tarindex.Index | None:
         """The shard's index parsed and checked; None when it is missing or malformed, or names
@@ -213,14 +228,17 @@ class TarReader(TarReadAhead, TarStreaming, TarTable, Reader):
     def _members(self, unit: WorkUnit, wanted_members: set[str]) -> tarindex.Members:
         """Keys in shard order and the wanted members' bytes per sample (retried as a whole)."""
         where = {"offset": 0}
-        _, index, _, wrong = self._index(unit)  # its own retries, once: not retried with the shard
+        text, index, _, wrong = self._index(unit)  # its own retries, once: not retried with the shard
+        self._gave_up_before(unit, text)
+        once = {"attempts": 1} if unit.path in self._tried else {}  # the shard's budget is spent
         try:
             found = retries.with_retries(lambda: self._read_members(unit, wanted_members, where, index, wrong),
-                                         f"reading {unit.path}")
+                                         f"reading {unit.path}", **once)
         except Exception as exc:
             named = self._storage_error(unit, exc, where["offset"])
             if named is None and retries.is_transient(exc):
-                named = self._error(unit, f"storage kept failing ({type(exc).__name__}: {exc})", where["offset"])
+                named = self._error(unit, self._and_tried(unit, f"storage kept failing ({type(exc).__name__}: "
+                                                          f"{exc})"), where["offset"])
             if named is not None:
                 raise named from exc
             kind = self._compressed(unit) if isinstance(exc, tarfile.ReadError) and where["offset"] == 0 else None
@@ -230,10 +248,33 @@ class TarReader(TarReadAhead, TarStreaming, TarTable, Reader):
                 raise self._error(unit, f"corrupt or truncated tar after the member at this offset "
                                   f"({type(exc).__name__}: {exc})", where["offset"]) from exc
             raise
+        self._tried.pop(unit.path, None)
         if len(set(found.keys)) != len(found.keys):
             raise self._error(unit, *_repeated_key(found))
         self.ctx.stats.add("bytes_read", found.nbytes)
         return found
+
+    def _gave_up_before(self, unit: WorkUnit, text: str | None) -> None:
+        """Note in `_tried` what storage's retries gave up on for the shard before its read in
+        place (its index, or its whole fetch ahead): the read then has one try, not a budget."""
+        if isinstance(text, IndexUnread):
+            self._tried[unit.path] = text.tried
+        failed = gave_up(self._ahead.fetch_of(unit.path)) if self._ahead is not None else None
+        if failed is not None:
+            self._tried[unit.path] = (f"the tar read ahead with retries ({type(failed).__name__}: "
+                                      f"{redact(failed)}), then once in place")
+
+    def _storage_error(self, unit: WorkUnit, exc: BaseException, offset: int | None = None):
+        """`Reader._storage_error`, saying what was tried before where storage's retries had
+        given up on the shard already (`_tried`) and the read in place had one try."""
+        words = retries.failure_words(exc)
+        if words is None or isinstance(exc, PermissionError):
+            return super()._storage_error(unit, exc, offset)
+        return self._error(unit, self._and_tried(unit, words), offset)
+
+    def _and_tried(self, unit: WorkUnit, words: str) -> str:
+        tried = self._tried.get(unit.path)
+        return words if tried is None else f"{words}; tried: {tried}"
 
     def _compressed(self, unit: WorkUnit) -> str | None:
         """The compression whose stream the shard holds (`compressed_kind` of its first bytes)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from concurrent.futures import CancelledError
 
 from .. import readahead, remotefiles, retries, storage
 from ..errors import redact
@@ -153,6 +154,37 @@ def is_timeout(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__
     return False
+
+
+class IndexUnread(str):
+    """The text of a shard's index that storage kept failing to give after its retries: "", so
+    the tar is streamed, but with `tried` (what was asked, and the last failure): the tar then
+    gets one try, not a retry budget of its own (`TarReader._members`)."""
+
+    tried: str = ""
+
+
+def unread_index(path: str, exc: BaseException) -> str:
+    """"" for an index that could not be read (`_ahead_fetch` gave up with `exc`): an
+    `IndexUnread` when retries gave up on a transient failure, which storage may give the tar too."""
+    if not retries.is_transient(exc):
+        return ""
+    text = IndexUnread("")
+    text.tried = f"its index {redact(path)} with retries ({type(exc).__name__}: {redact(exc)}), then the tar once"
+    return text
+
+
+def gave_up(future) -> BaseException | None:
+    """The transient failure a read-ahead fetch (`future`) gave up on after its retries,
+    else None (no fetch, cancelled, done, or a failure retries never cure or a time-out: the
+    reader then reads in place with its own retries)."""
+    if future is None or future.cancelled():
+        return None
+    try:
+        exc = future.exception()  # (waits for it, as taking its result would)
+    except CancelledError:
+        return None
+    return exc if exc is not None and retries.is_transient(exc) else None
 
 
 class _Stalled(Exception):
