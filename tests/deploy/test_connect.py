@@ -293,3 +293,37 @@ def test_a_server_going_away_mid_write_is_one_clear_error_in_bounded_time(connec
         _stop_server(proc)
         if session is not None:
             session.client.close()
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "webdataset"])
+def test_ctrl_c_during_a_write_over_connect_interrupts_its_job_and_leaves_no_dataset(connect, tmp_path, fmt):
+    """Ctrl-C while `write` waits on the Connect server: the KeyboardInterrupt reaches the
+    caller, pyspark's client interrupts and releases the operation (there is no SparkContext
+    for sparkfeed's own job group; a no-op `interrupt_operation` still passed: releasing an
+    unfinished execution interrupts it on the server too), the held tasks are killed (the server's two cores run a new job at once,
+    while the held UDF would hold them for 120 s), and the path holds no manifest."""
+    from dsutil import sigint_once_exists
+    from pyspark.sql import functions as F
+
+    running = str(tmp_path / "running")
+
+    def hold(x):
+        open(running, "w").close()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        return x
+
+    df = _frame(connect, 40).withColumn("id", F.udf(hold, "long")("id"))
+    path = tmp_path / "ds"
+    sigint_once_exists(running)
+    with pytest.raises(KeyboardInterrupt):
+        sparkfeed.write(df, str(path), format=fmt, samples_per_shard=10)
+    assert os.path.exists(running), "the write's job never ran"
+    counted = []
+    follow_up = threading.Thread(target=lambda: counted.append(connect.range(0, 100, 1, 2).count()),
+                                 daemon=True)
+    follow_up.start()
+    follow_up.join(timeout=60)
+    assert counted == [100], "the interrupted write's tasks still hold the server's cores"
+    assert not (path / "_sparkfeed.json").exists()
