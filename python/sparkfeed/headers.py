@@ -126,12 +126,51 @@ def _be16(data: np.ndarray, at: np.ndarray) -> np.ndarray:
     return (data[np.minimum(at, last)].astype(np.int64) << 8) | data[np.minimum(at + 1, last)]
 
 
-def _scan_sizes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray,
-                exif: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+_QUAD = np.arange(4)
+_STOPS = np.zeros(256, bool)  # markers that end a row's walk: the first scan (SOS), an end of image
+_STOPS[[0xDA, 0xD9]] = True
+
+
+def _walk_jpegs(data, rows, pos, end, w, h, exif, short) -> None:
+    """The lockstep marker walk of `_scan_sizes` over the JPEG `rows` (their first segment at
+    `pos`, their bytes ending at `end`): each step reads every live row's marker and length at
+    once (one gather) and moves it to its next segment; a step's rare parts (a frame header, an
+    APP1 segment, a row leaving the walk) cost a numpy call only when some row meets them."""
+    last = data.size - 1
+    stops = _STOPS | _SOF_TABLE if exif is None else _STOPS
+    for _ in range(_MAX_SEGMENTS):
+        quad = data[np.minimum(pos[:, None] + _QUAD, last)]  # FF, marker, length (2 bytes)
+        fits = pos + 9 <= end
+        if short is not None and not fits.all():
+            short[rows[~fits]] = True
+        live = fits & (quad[:, 0] == 0xFF)
+        if not live.all():
+            rows, pos, end, quad = rows[live], pos[live], end[live], quad[live]
+        if rows.size == 0:
+            return
+        marker = quad[:, 1]
+        sof = _SOF_TABLE[marker]
+        if sof.any():
+            frame = sof & (w[rows] == -1)  # the first frame header (there is one)
+            w[rows[frame]], h[rows[frame]] = _be16(data, pos[frame] + 7), _be16(data, pos[frame] + 5)
+        app1 = np.flatnonzero(marker == 0xE1) if exif is not None else ()
+        if len(app1):  # "Exif" after the segment's length (a row is walked once a step: no repeats)
+            at = pos[app1]
+            exif[rows[app1[(_be16(data, at + 4) == 0x4578) & (_be16(data, at + 6) == 0x6966)]]] += 1
+        pos = pos + np.where(marker == 0xFF, 1, 2 + (quad[:, 2].astype(np.int64) << 8 | quad[:, 3]))
+        going = ~stops[marker]
+        if not going.all():
+            rows, pos, end = rows[going], pos[going], end[going]
+
+
+def _scan_sizes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, exif: np.ndarray | None = None,
+                short: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(width, height) of every row of one buffer from its JPEG or PNG header, for the whole batch
     at once: the JPEG marker walk advances all rows in lockstep (a few numpy steps per segment,
     not a Python loop per image). Rows it cannot read get -1 (the caller asks PIL about those).
-    `exif`: counts, per row, the APP1 "Exif" segments walked past before the frame header."""
+    `exif`: counts, per row, the APP1 "Exif" segments before the first scan (the walk then goes
+    on past the frame header: DALI reads a block placed after it); `short`: marks the rows whose
+    walk ran out of bytes before it ended (a gathered head too short for their segments)."""
     n = len(starts)
     w, h = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
     if n == 0 or data.size == 0:
@@ -144,24 +183,7 @@ def _scan_sizes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray,
     first = _be16(data, starts)
     jpeg = ~png & (lens >= 4) & (first == 0xFFD8)
     rows = np.flatnonzero(jpeg)
-    pos = starts[rows] + 2
-    for _ in range(_MAX_SEGMENTS):
-        live = pos + 9 <= ends[rows]
-        rows, pos = rows[live], pos[live]
-        head = _be16(data, pos)
-        live = (head >> 8) == 0xFF
-        rows, pos, marker = rows[live], pos[live], head[live] & 0xFF
-        if rows.size == 0:
-            break
-        sof = _SOF_TABLE[marker]
-        w[rows[sof]], h[rows[sof]] = _be16(data, pos[sof] + 7), _be16(data, pos[sof] + 5)
-        app1 = np.flatnonzero(marker == 0xE1) if exif is not None else ()
-        if len(app1):  # "Exif" after the segment's length (a row is walked once a step: no repeats)
-            at = pos[app1]
-            exif[rows[app1[(_be16(data, at + 4) == 0x4578) & (_be16(data, at + 6) == 0x6966)]]] += 1
-        fill = marker == 0xFF
-        step = np.where(fill, 1, 2 + _be16(data, pos + 2))
-        rows, pos = rows[~sof], (pos + step)[~sof]
+    _walk_jpegs(data, rows, starts[rows] + 2, ends[rows], w, h, exif, short)
     return w, h
 
 
@@ -175,7 +197,7 @@ def _sizes(enc: _Encoded) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     images in 7 parts). Rows whose header runs past those bytes (a large EXIF block) are
     scanned again where they lie."""
     n = len(enc)
-    exif = np.zeros(n, np.int64)
+    exif, short = np.zeros(n, np.int64), np.zeros(n, bool)
     if len(enc.buffers) == 1:
         return (*_scan_sizes(enc.buffers[0], enc.starts, enc.ends, exif), exif)
     width = int(min(_HEAD, (enc.ends - enc.starts).max(initial=0)))
@@ -188,8 +210,8 @@ def _sizes(enc: _Encoded) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             first[rows] = np.minimum(enc.starts[rows], data.size - width)
             heads[rows] = np.lib.stride_tricks.sliding_window_view(data, width)[first[rows]]
     base = np.arange(n, dtype=np.int64) * width - first
-    w, h = _scan_sizes(heads.reshape(-1), enc.starts + base, np.minimum(enc.ends, first + width) + base, exif)
-    longer = (w == -1) & (enc.ends > first + width)
+    w, h = _scan_sizes(heads.reshape(-1), enc.starts + base, np.minimum(enc.ends, first + width) + base, exif, short)
+    longer = short & (enc.ends > first + width)
     exif[longer] = 0  # counted again, from the start, where they lie
     for data, rows in enc.groups():
         rows = rows[longer[rows]]
