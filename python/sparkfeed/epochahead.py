@@ -18,13 +18,15 @@ from .threads import close_quietly
 
 class Reading(NamedTuple):
     """An epoch being read: its lanes, its deliveries and their `LaneReader` (threads; None for
-    processes). `staged`: `deliveries` is a prefetch thread already into this epoch (`epochs`)."""
+    processes). `staged`: `deliveries` is a prefetch thread already into this epoch (`epochs`).
+    `settings`: the loader's, as it was read with (`loaderargs.settings`; None: unknown)."""
 
     epoch: int
     lanes: list
     deliveries: Iterator
     reader: LaneReader | None
     staged: bool = False
+    settings: tuple | None = None
 
     def close(self) -> None:
         """Stop its threads (deliveries never started would not stop them when closed)."""
@@ -36,10 +38,10 @@ class Reading(NamedTuple):
 class EpochEnd(Marker):
     """Where one epoch's batches end in a prefetch thread that goes on into the next (`epochs`)."""
 
-    __slots__ = ("epoch", "lanes")
+    __slots__ = ("epoch", "lanes", "settings")
 
-    def __init__(self, epoch: int, lanes: list):
-        self.epoch, self.lanes = epoch, lanes
+    def __init__(self, epoch: int, lanes: list, settings: tuple | None):
+        self.epoch, self.lanes, self.settings = epoch, lanes, settings
 
 
 def epochs(first: Reading, reading: weakref.WeakMethod, step: int):
@@ -58,7 +60,9 @@ def epochs(first: Reading, reading: weakref.WeakMethod, step: int):
             following = following or _read(reading, current.epoch + step)
             current.close()
             current, following = following, None
-            yield EpochEnd(current.epoch, current.lanes)
+            # the thread's own settings (pinning, depth) are the first epoch's
+            yield EpochEnd(current.epoch, current.lanes,
+                           current.settings if current.settings == first.settings else None)
     finally:
         for r in (current, following):
             if r is not None:

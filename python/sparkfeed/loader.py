@@ -29,12 +29,11 @@ from .prefetch import Lookahead, Prefetcher
 from .resumecheck import gather, settings_differ
 from .stats import Stats
 from .threads import close_quietly
-from .workerprocs import WorkerProcesses, mp_context, worker_died, worker_error
+from .workerprocs import WorkerProcesses, WorkerSettings, mp_context, worker_died, worker_error
 
 __all__ = ["DataLoader"]
 log = logging.getLogger(__name__)
 
-WORKER_TYPES = ("auto", "thread", "process")
 # what loaders in a forked child inherited from the parent's threads and worker processes: kept
 # here, never used nor destroyed (`DataLoader._own_process`)
 _INHERITED: list = []
@@ -93,13 +92,12 @@ class DataLoader:
             raise ValueError(f"`in_order` should be True or False, but got in_order={in_order!r}")
         checks.non_negative_int("prefetch", prefetch)
         checks.positive_int("prefetch_factor", prefetch_factor, allow_none=True)
-        checks.one_of("worker_type", worker_type, WORKER_TYPES)
+        checks.one_of("worker_type", worker_type, loaderargs.WORKER_TYPES)
         checks.one_of("pin_memory", pin_memory, (False, True))
         mp_context(multiprocessing_context)  # an unknown start method fails here, not at the first batch
         if collate_fn is not None and not callable(collate_fn):
             raise ValueError(f"`collate_fn` should be callable, but got collate_fn={collate_fn!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-            raise ValueError(f"`timeout` should be a non-negative number, but got timeout={timeout!r}")
+        loaderargs.checked_timeout(timeout)
         self.dataset = loaderargs.dataset_for(path_or_dataset, _PARAMETERS, columns=columns, filter=filter, shuffle=shuffle,
                                      seed=seed, drop_last=drop_last, on_error=on_error, rank=rank,
                                      world_size=world_size, shuffle_buffer=shuffle_buffer,
@@ -119,13 +117,21 @@ class DataLoader:
         self.persistent_workers = persistent_workers
         self._epoch_set = False  # set_epoch() called since the last iteration began
         self._next: Reading | None = None  # the next epoch, read ahead (persistent_workers)
-        self._procs = WorkerProcesses(self._engine, batch_size, bool(self.decode), num_workers, timeout,
-                                      multiprocessing_context, prefetch_factor, self.dataset.rank, self.dataset.path)
+        self._procs = WorkerProcesses(self._engine, batch_size, bool(self.decode), self.dataset.rank, self.dataset.path)
         self._blocks_noted = False  # `_note_blocks_read_twice` ran
         self._again_noted = False  # `_note_same_epoch_again` warned
         self._began_resumed = False  # the last iteration began from a loaded state
         self._changes = 0  # set_epoch / load_state_dict calls so far: an iteration started before one restarts
         self._pid = os.getpid()  # the process whose threads and workers the loader holds (`_own_process`)
+        self._made = True  # attributes set from now on follow torch's rules (`__setattr__`)
+
+    def __setattr__(self, name: str, value) -> None:
+        """As torch's: once made, `batch_size`, `drop_last`, `persistent_workers` (...) are refused,
+        and `num_workers`, `timeout`, `pin_memory` (...) are checked and take effect at the next
+        epoch (`loaderargs.checked`)."""
+        if self.__dict__.get("_made"):
+            value = loaderargs.checked(name, value)
+        super().__setattr__(name, value)
 
     @property
     def collate_fn(self) -> Callable | None:
@@ -345,9 +351,10 @@ class DataLoader:
             return round_robin([engine.deliveries(epoch, spans, k, size, segments=reader.lane(k),
                                                   stats=stats[k]) for k, spans in enumerate(lanes)],
                                on_close=reader.close), reader
+        workers = WorkerSettings(self.timeout, self.multiprocessing_context, self.prefetch_factor)
         if self.persistent_workers:
-            return self._procs.kept(lanes, epoch, then), None
-        return self._procs.new(lanes, epoch), None
+            return self._procs.kept(lanes, epoch, then, workers), None
+        return self._procs.new(lanes, epoch, workers), None
 
     def _deliver(self, epoch_progress: progress.EpochProgress, deliveries, reader: LaneReader | None = None,
                  then: int | None = None, mark: int | None = None):
@@ -368,7 +375,7 @@ class DataLoader:
             for d in deliveries:
                 if isinstance(d, EpochEnd):
                     self._drop_next()  # another iterator's, left over: one staged epoch at a time
-                    self._next = Reading(d.epoch, d.lanes, deliveries, None, staged=True)
+                    self._next = Reading(d.epoch, d.lanes, deliveries, None, staged=True, settings=d.settings)
                     deliveries = None  # kept for the next iteration, not closed
                     epoch_progress.ended = True
                     return
@@ -433,7 +440,7 @@ class DataLoader:
         """Epoch `epoch` starting to read: from its beginning, or `lanes` (a resume); `then`: the
         epoch kept worker processes go on to read."""
         lanes = lanes or self._fresh_lanes()
-        return Reading(epoch, lanes, *self._deliveries(lanes, epoch, then))
+        return Reading(epoch, lanes, *self._deliveries(lanes, epoch, then), settings=loaderargs.settings(self))
 
     def _read_next_epoch(self, epoch: int) -> None:
         """Start reading epoch `epoch` from its beginning (threads; `persistent_workers=True`),
@@ -444,10 +451,11 @@ class DataLoader:
             log.debug("epoch %d: reading ahead", epoch)
 
     def _take_next(self, epoch: int | None) -> Reading | None:
-        """The epoch read ahead, if it is `epoch` from its beginning (None: a resume); else it is
-        dropped (its reads were for nothing and are not counted)."""
+        """The epoch read ahead, if it is `epoch` from its beginning (None: a resume) read with the
+        loader's settings as they are now (`loaderargs.settings`); else it is dropped (its reads were for nothing and are not counted)."""
         ahead = self._next
-        if ahead is not None and epoch == ahead.epoch and ahead.lanes == self._fresh_lanes():
+        if ahead is not None and epoch == ahead.epoch and ahead.lanes == self._fresh_lanes() \
+                and ahead.settings == loaderargs.settings(self):
             self._next = None
             self._stats.add("epochs_read_ahead")
             return ahead

@@ -11,7 +11,7 @@ import multiprocessing
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.utils.data
@@ -24,36 +24,35 @@ log = logging.getLogger(__name__)
 STUCK_JOIN_S = 2.0  # a worker process terminated after a timeout: the most to wait for its end
 
 
-class WorkerProcesses:
-    """One loader's worker processes: its settings (fixed when the loader is made) and the
-    processes kept between epochs, if any."""
+class WorkerSettings(NamedTuple):
+    """The loader's settings that worker processes start with, as they are at an epoch's start
+    (a user may change them between epochs, as torch allows); one per lane is started."""
 
-    def __init__(self, engine, batch_size: int, row_ids: bool, num_workers: int, timeout: float,
-                 context, prefetch_factor: int | None, rank: int, path: str):
+    timeout: float
+    context: Any
+    prefetch_factor: int | None
+
+
+class WorkerProcesses:
+    """One loader's worker processes: what they read with, and the processes kept between
+    epochs, if any."""
+
+    def __init__(self, engine, batch_size: int, row_ids: bool, rank: int, path: str):
         self.engine, self.batch_size, self.row_ids = engine, batch_size, row_ids
-        self.num_workers, self.timeout, self.context = num_workers, timeout, context
-        self.prefetch_factor, self.rank, self.path = prefetch_factor, rank, path
+        self.rank, self.path = rank, path
         self._kept: _Kept | None = None
 
     def fresh(self) -> "WorkerProcesses":
-        """The same settings with no process kept (a forked child starts its own)."""
-        return WorkerProcesses(self.engine, self.batch_size, self.row_ids, self.num_workers, self.timeout,
-                               self.context, self.prefetch_factor, self.rank, self.path)
+        """The same with no process kept (a forked child starts its own)."""
+        return WorkerProcesses(self.engine, self.batch_size, self.row_ids, self.rank, self.path)
 
-    def new(self, lanes: list, epoch: int) -> Iterator:
+    def new(self, lanes: list, epoch: int, settings: WorkerSettings) -> Iterator:
         """Worker processes for this iteration alone."""
-        loader = self._torch_loader(LaneDataset(self.engine, epoch, lanes, self.batch_size, self.row_ids),
-                                    persistent=False)
+        loader = _torch_loader(LaneDataset(self.engine, epoch, lanes, self.batch_size, self.row_ids),
+                               len(lanes), settings, persistent=False)
         return _named_worker_errors(_forked(loader), self.rank)
 
-    def _torch_loader(self, dataset: LaneDataset, persistent: bool) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(
-            dataset, batch_size=None, num_workers=self.num_workers, timeout=self.timeout,
-            multiprocessing_context=forks.interrupt_safe(mp_context(self.context)),
-            prefetch_factor=self.prefetch_factor,
-            persistent_workers=persistent)
-
-    def kept(self, lanes: list, epoch: int, then: int | None) -> Iterator:
+    def kept(self, lanes: list, epoch: int, then: int | None, settings: WorkerSettings) -> Iterator:
         """Worker processes kept between epochs (`persistent_workers=True`, as torch keeps them):
         the same lanes again run the next epoch in them (its number through shared memory; torch
         restarts each worker's iteration), and each starts reading its lane of epoch `then` once
@@ -62,19 +61,20 @@ class WorkerProcesses:
         restart it), this one gets workers of its own."""
         kept = self._kept
         if kept is not None and kept.in_use():
-            return self.new(lanes, epoch)
+            return self.new(lanes, epoch, settings)
         dead = kept.dead() if kept is not None else []
         if dead:  # (torch would wait 5 s for its resume, then fail this epoch too)
             log.warning("%s: kept worker process(es) %s of rank %d ended (exit code %s; -9: SIGKILL, as "
                         "the OOM killer sends); epoch %d starts new ones", self.path,
                         ", ".join(str(p.pid) for p in dead), self.rank,
                         ", ".join(str(p.exitcode) for p in dead), epoch)
-        if kept is None or kept.lanes != lanes or dead:
+        if kept is None or kept.lanes != lanes or kept.settings != settings or dead:
             self.drop()
-            context = mp_context(self.context)
+            context = mp_context(settings.context)
             shared, shared_then = context.RawValue("q", epoch), context.RawValue("q", -1)
             dataset = LaneDataset(self.engine, epoch, lanes, self.batch_size, self.row_ids, shared, shared_then)
-            kept = self._kept = _Kept(lanes, self._torch_loader(dataset, persistent=True), shared, shared_then)
+            kept = self._kept = _Kept(lanes, settings, _torch_loader(dataset, len(lanes), settings, persistent=True),
+                                      shared, shared_then)
         kept.epoch.value, kept.then.value = epoch, -1 if then is None else then
         iteration = _named_worker_errors(_iterated(kept.loader), self.rank,
                                         on_failure=self.drop, workers=lambda: kept.loader._iterator)
@@ -91,11 +91,12 @@ class WorkerProcesses:
 
 @dataclass(eq=False)
 class _Kept:
-    """Worker processes kept between epochs: their lanes, torch's loader (persistent_workers),
+    """Worker processes kept between epochs: their lanes and settings, torch's loader (persistent_workers),
     the shared-memory epoch they read at each iteration's start and the one they read ahead
     after it (-1: none), and the iteration running in them (a weak reference to its generator)."""
 
     lanes: list
+    settings: WorkerSettings
     loader: torch.utils.data.DataLoader
     epoch: Any
     then: Any
@@ -110,6 +111,15 @@ class _Kept:
         """The kept worker processes that have ended (killed, say, between epochs)."""
         workers = self.loader._iterator  # (torch's persistent iterator; None before the first epoch)
         return [p for p in getattr(workers, "_workers", ()) if not p.is_alive()]
+
+
+def _torch_loader(dataset: LaneDataset, workers: int, settings: WorkerSettings,
+                  persistent: bool) -> torch.utils.data.DataLoader:
+    """torch's loader over `dataset`: one worker process per lane."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=None, num_workers=workers, timeout=settings.timeout,
+        multiprocessing_context=forks.interrupt_safe(mp_context(settings.context)),
+        prefetch_factor=settings.prefetch_factor, persistent_workers=persistent)
 
 
 def _iterated(loader: torch.utils.data.DataLoader) -> Iterator:

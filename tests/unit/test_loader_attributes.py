@@ -1,0 +1,98 @@
+"""Attributes set on a made DataLoader, as torch allows them: `num_workers`, `timeout` (...) take
+effect at the next epoch, with every sample delivered once; `batch_size`, `drop_last` (...) are
+refused, as torch refuses them, and bad values are refused when set, not at the next epoch."""
+
+import psutil
+import pytest
+
+import dsutil
+import sparkfeed
+
+
+@pytest.fixture(scope="module")
+def tars(tmp_path_factory):
+    """Tars without a DALI index: read by worker processes."""
+    root = str(tmp_path_factory.mktemp("attrs") / "tar")
+    dsutil.write_tar(root, dsutil.table(120), 30, index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def parquet(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("attrs") / "pq")
+    dsutil.write_parquet(root, dsutil.table(160), 40, 10)
+    return root
+
+
+def _ids(loader, epoch: int) -> list:
+    loader.set_epoch(epoch)
+    return sorted(int(i) for b in loader for i in b["id"])
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_num_workers_changed_between_epochs_delivers_every_sample_of_process_workers(tars, persistent):
+    """Worker processes were started with the count the loader was made with while the lanes were
+    cut for the new one: with 2 processes for 3 lanes, the third lane's samples were never read."""
+    loader = sparkfeed.DataLoader(tars, batch_size=8, num_workers=2, timeout=60, persistent_workers=persistent)
+    assert _ids(loader, 0) == list(range(120))
+    loader.num_workers = 3
+    assert len(loader) == sum(1 for _ in loader)
+    assert _ids(loader, 1) == list(range(120))
+    loader.num_workers = 1
+    assert _ids(loader, 2) == list(range(120))
+
+
+def test_a_setting_changed_drops_the_epoch_read_ahead_with_the_old_one(parquet):
+    """persistent_workers=True reads the next epoch ahead once one is read: that reading, made with
+    the old prefetch_factor, was taken as if it had the new one."""
+    loader = sparkfeed.DataLoader(parquet, batch_size=8, num_workers=2, persistent_workers=True)
+    assert _ids(loader, 0) == list(range(160))
+    loader.prefetch_factor = 5
+    assert _ids(loader, 1) == list(range(160))
+    stats = loader.stats()
+    assert (stats.get("epochs_read_ahead", 0), stats["epochs_read_ahead_dropped"]) == (0, 1)
+    assert _ids(loader, 2) == list(range(160))
+    assert loader.stats()["epochs_read_ahead"] == 1, "unchanged settings: the next reading is taken"
+
+
+def test_kept_worker_processes_restart_with_a_new_timeout(tars):
+    """Kept workers (persistent_workers=True) were torch's with the timeout they started with."""
+    loader = sparkfeed.DataLoader(tars, batch_size=8, num_workers=2, persistent_workers=True, timeout=60)
+    me = psutil.Process()
+    assert _ids(loader, 0) == list(range(120))
+    first = {p.pid for p in me.children()}
+    assert _ids(loader, 1) == list(range(120))
+    assert {p.pid for p in me.children()} & first, "same settings: the same workers are kept"
+    loader.timeout = 90
+    assert _ids(loader, 2) == list(range(120))
+    assert loader._procs._kept.loader.timeout == 90
+    assert not {p.pid for p in me.children()} & first
+
+
+@pytest.mark.parametrize("name, value", [("batch_size", 4), ("drop_last", True), ("persistent_workers", True),
+                                         ("dataset", None), ("sampler", None), ("batch_sampler", None),
+                                         ("decode", {})])
+def test_what_torch_refuses_after_construction_is_refused(parquet, name, value):
+    loader = sparkfeed.DataLoader(parquet, batch_size=8, num_workers=1)
+    with pytest.raises(ValueError, match=f"`{name}` cannot be set after the DataLoader is made"):
+        setattr(loader, name, value)
+    assert sum(len(b["id"]) for b in loader) == 160
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("num_workers", -1, "non-negative integer"), ("prefetch_factor", 0, "positive integer or None"),
+    ("timeout", -2, "non-negative number"), ("multiprocessing_context", "nope", "multiprocessing_context"),
+    ("pin_memory", "yes", "pin_memory"), ("worker_type", "fibre", "worker_type"),
+    ("worker_init_fn", print, "does not take"), ("generator", object(), "does not take"),
+    ("device", "tpu", "device")])
+def test_a_bad_value_is_refused_when_set(parquet, name, value, message):
+    loader = sparkfeed.DataLoader(parquet, batch_size=8)
+    with pytest.raises(ValueError, match=message):
+        setattr(loader, name, value)
+
+
+def test_settable_attributes_keep_their_value(parquet):
+    loader = sparkfeed.DataLoader(parquet, batch_size=8)
+    loader.num_workers, loader.timeout, loader.worker_init_fn = 2, 3.5, None
+    assert (loader.num_workers, loader.timeout, loader.worker_init_fn) == (2, 3.5, None)
+    assert _ids(loader, 0) == list(range(160))
