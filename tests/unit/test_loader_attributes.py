@@ -57,16 +57,28 @@ def test_a_setting_changed_drops_the_epoch_read_ahead_with_the_old_one(parquet):
 
 def test_kept_worker_processes_restart_with_a_new_timeout(tars):
     """Kept workers (persistent_workers=True) were torch's with the timeout they started with."""
+    before = _children()
     loader = sparkfeed.DataLoader(tars, batch_size=8, num_workers=2, persistent_workers=True, timeout=60)
-    me = psutil.Process()
     assert _ids(loader, 0) == list(range(120))
-    first = {p.pid for p in me.children()}
+    first = _children() - before
     assert _ids(loader, 1) == list(range(120))
-    assert {p.pid for p in me.children()} & first, "same settings: the same workers are kept"
+    assert _children() >= first, "same settings: the same workers are kept"
     loader.timeout = 90
     assert _ids(loader, 2) == list(range(120))
     assert loader._procs._kept.loader.timeout == 90
-    assert not {p.pid for p in me.children()} & first
+    assert not _children() & first
+
+
+def _children() -> set:
+    """This process's live children (leaving out those ended and not yet reaped)."""
+    live = set()
+    for p in psutil.Process().children():
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                live.add(p.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return live
 
 
 @pytest.mark.parametrize("name, value", [("batch_size", 4), ("drop_last", True), ("persistent_workers", True),
