@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from . import checks, epochnotes, forks, loaderargs, mixstate, progress
+from . import checks, epochnotes, forks, loaderargs, mixstate, progress, workerdeaths
 from . import shuffle as shuffling
 from .batchwork import BatchWork
 from .epochahead import EpochEnd, Reading, epochs, waited, weakly
@@ -29,7 +29,8 @@ from .prefetch import Lookahead, Prefetcher
 from .resumecheck import gather, settings_differ
 from .stats import Stats
 from .threads import close_quietly
-from .workerprocs import WorkerProcesses, WorkerSettings, mp_context, worker_died, worker_error
+from .workerdeaths import worker_died
+from .workerprocs import WorkerProcesses, WorkerSettings, mp_context
 
 __all__ = ["DataLoader"]
 log = logging.getLogger(__name__)
@@ -117,7 +118,8 @@ class DataLoader:
         self.persistent_workers = persistent_workers
         self._epoch_set = False  # set_epoch() called since the last iteration began
         self._next: Reading | None = None  # the next epoch, read ahead (persistent_workers)
-        self._procs = WorkerProcesses(self._engine, batch_size, bool(self.decode), self.dataset.rank, self.dataset.path)
+        self._procs = WorkerProcesses(self._engine, batch_size, bool(self.decode), self.dataset.rank,
+                                      self.dataset.path, weakly(self._worker_reading))
         self._blocks_noted = False  # `_note_blocks_read_twice` ran
         self._again_noted = False  # `_note_same_epoch_again` warned
         self._began_resumed = False  # the last iteration began from a loaded state
@@ -394,9 +396,15 @@ class DataLoader:
         except RuntimeError as exc:
             if not worker_died(exc):
                 raise
-            raise worker_error(exc, self.dataset.rank) from exc
+            raise workerdeaths.named(exc, self.dataset.rank) from exc
         finally:
             forks.close_redelivering_interrupts(lambda: close_quietly(deliveries))
+
+    def _worker_reading(self, worker: int) -> str:
+        """What lane `worker` of the epoch being delivered reads next: named when its worker
+        process dies (`workerdeaths`)."""
+        ds = self.dataset
+        return workerdeaths.reading(ds.path, self._engine, ds.epoch, self._current(), worker)
 
     def _note_stale_iteration(self) -> None:
         """A batch of an iteration begun before a `set_epoch` or `load_state_dict`: that iteration

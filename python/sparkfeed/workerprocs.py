@@ -16,9 +16,10 @@ from typing import Any, NamedTuple
 import torch
 import torch.utils.data
 
-from . import forks
+from . import forks, workerdeaths
 from .engine import LaneDataset
 from .errors import WorkerError
+from .workerdeaths import worker_died
 
 log = logging.getLogger(__name__)
 STUCK_JOIN_S = 2.0  # a worker process terminated after a timeout: the most to wait for its end
@@ -37,20 +38,22 @@ class WorkerProcesses:
     """One loader's worker processes: what they read with, and the processes kept between
     epochs, if any."""
 
-    def __init__(self, engine, batch_size: int, row_ids: bool, rank: int, path: str):
+    def __init__(self, engine, batch_size: int, row_ids: bool, rank: int, path: str,
+                 where: Callable[[int], str] | None = None):
         self.engine, self.batch_size, self.row_ids = engine, batch_size, row_ids
         self.rank, self.path = rank, path
+        self.where = where  # what worker k is reading, for its death (`workerdeaths.reading`)
         self._kept: _Kept | None = None
 
     def fresh(self) -> "WorkerProcesses":
         """The same with no process kept (a forked child starts its own)."""
-        return WorkerProcesses(self.engine, self.batch_size, self.row_ids, self.rank, self.path)
+        return WorkerProcesses(self.engine, self.batch_size, self.row_ids, self.rank, self.path, self.where)
 
     def new(self, lanes: list, epoch: int, settings: WorkerSettings) -> Iterator:
         """Worker processes for this iteration alone."""
         loader = _torch_loader(LaneDataset(self.engine, epoch, lanes, self.batch_size, self.row_ids),
                                len(lanes), settings, persistent=False)
-        return _named_worker_errors(_forked(loader), self.rank)
+        return _named_worker_errors(_forked(loader, self.rank, self.where), self.rank)
 
     def kept(self, lanes: list, epoch: int, then: int | None, settings: WorkerSettings) -> Iterator:
         """Worker processes kept between epochs (`persistent_workers=True`, as torch keeps them):
@@ -76,7 +79,7 @@ class WorkerProcesses:
             kept = self._kept = _Kept(lanes, settings, _torch_loader(dataset, len(lanes), settings, persistent=True),
                                       shared, shared_then)
         kept.epoch.value, kept.then.value = epoch, -1 if then is None else then
-        iteration = _named_worker_errors(_iterated(kept.loader), self.rank,
+        iteration = _named_worker_errors(_iterated(kept.loader, self.rank, self.where), self.rank,
                                         on_failure=self.drop, workers=lambda: kept.loader._iterator)
         kept.user = weakref.ref(iteration)
         return iteration
@@ -122,19 +125,20 @@ def _torch_loader(dataset: LaneDataset, workers: int, settings: WorkerSettings,
         prefetch_factor=settings.prefetch_factor, persistent_workers=persistent)
 
 
-def _iterated(loader: torch.utils.data.DataLoader) -> Iterator:
+def _iterated(loader: torch.utils.data.DataLoader, rank: int, where) -> Iterator:
     """`iter(loader)` at the first `next()`, so that a worker found dead while torch restarts its
     kept workers is raised where `_named_worker_errors` names it."""
-    yield from _forked(loader)
+    yield from _forked(loader, rank, where)
 
 
-def _forked(loader: torch.utils.data.DataLoader):
+def _forked(loader: torch.utils.data.DataLoader, rank: int, where):
     """`iter(loader)`, where torch starts (forks) its workers: the parent's objects frozen meanwhile
     (`forks.frozen_while_forking`). A Ctrl-C while new workers start is held until `iter` has
     returned them (else torch's half-made iterator, out of reach, kept them until a garbage
     collection), one lost in the fork's hooks is kept (`forks.interrupts_kept`), and either is
     delivered once the workers are shut down. Kept workers restarting are not held: their
-    restart waits on them."""
+    restart waits on them. The workers are then watched (`workerdeaths.watch`): a death names
+    rank `rank` and `where(k)`, what worker k was reading, wherever torch raises it."""
     fresh = loader._iterator is None
     with forks.frozen_while_forking(), forks.interrupts_kept(hold=fresh) as interrupts:
         try:
@@ -145,6 +149,7 @@ def _forked(loader: torch.utils.data.DataLoader):
     if interrupts:
         workers._shutdown_workers()
         interrupts.deliver()
+    workerdeaths.watch(workers, rank, where)
     return workers
 
 
@@ -176,7 +181,7 @@ def _named_worker_errors(it, rank: int, on_failure: Callable[[], None] | None = 
         raise
     except RuntimeError as exc:
         if worker_died(exc):
-            raise worker_error(exc, rank) from exc
+            raise workerdeaths.named(exc, rank) from exc
         if "DataLoader timed out" in str(exc):
             _stop_stuck_workers(workers() if workers is not None else it)
         raise
@@ -194,17 +199,6 @@ def _named_worker_errors(it, rank: int, on_failure: Callable[[], None] | None = 
                 shutdown()
             if on_failure is not None:
                 on_failure()
-
-
-def worker_died(exc: RuntimeError) -> bool:
-    """torch's error for a worker process that died: raised by its status check inside `next()`,
-    or by its SIGCHLD handler wherever the main thread is (with a prefetch thread between, that is
-    the consumer's wait for it, outside `_named_worker_errors`)."""
-    return "DataLoader worker" in str(exc)
-
-
-def worker_error(exc: RuntimeError, rank: int) -> WorkerError:
-    return WorkerError(f"a sparkfeed loader worker of rank {rank} died: {exc}")
 
 
 def _stop_stuck_workers(workers) -> None:

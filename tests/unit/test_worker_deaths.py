@@ -1,0 +1,102 @@
+"""A worker process killed mid-epoch, wherever the training loop is when torch notices: a
+WorkerError naming the rank, the dataset, the worker and the shard its lane was reading next,
+never torch's bare RuntimeError; another library's workers keep torch's own error."""
+
+import os
+import signal
+import time
+
+import psutil
+import pytest
+import torch
+
+import dsutil
+import sparkfeed
+from sparkfeed import WorkerError
+
+_WAIT_S = 60.0  # a bound that turns a missed signal into a failure, not a timing
+
+
+@pytest.fixture(scope="module")
+def tars(tmp_path_factory):
+    """4 tars of 30 samples without a DALI index (read by worker processes)."""
+    root = str(tmp_path_factory.mktemp("deaths") / "tar")
+    dsutil.write_tar(root, dsutil.table(120), 30, index=False)
+    return root
+
+
+def _children(before: set) -> list:
+    return sorted((p for p in psutil.Process().children() if p.pid not in before), key=lambda p: p.pid)
+
+
+def _step_until_signalled() -> None:
+    """The user's training step, long enough for SIGCHLD to arrive (its handler raises here)."""
+    deadline = time.monotonic() + _WAIT_S
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    pytest.fail("no error came from the killed worker")
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_a_worker_killed_during_the_users_step_is_a_worker_error_naming_its_shard(tars, persistent):
+    """torch's SIGCHLD handler raised its bare RuntimeError inside the user's step, outside every
+    sparkfeed frame: nothing said which dataset or shard the dead worker was reading."""
+    before = {p.pid for p in psutil.Process().children()}
+    loader = sparkfeed.DataLoader(tars, batch_size=10, num_workers=2, persistent_workers=persistent)
+    it = iter(loader)
+    try:
+        first = next(it)  # worker 0's first batch: worker 1's lane (positions 60..119) is next
+        assert list(first["id"][:1]) == [0]
+        workers = _children(before)
+        assert len(workers) == 2
+        victim = sorted(workers, key=lambda p: (p.create_time(), p.pid))[1]  # worker 1, started second
+        with pytest.raises(WorkerError) as info:
+            os.kill(victim.pid, signal.SIGKILL)
+            _step_until_signalled()
+        text = str(info.value)
+        assert f"pid {victim.pid}" in text and "rank 0" in text and "worker 1" in text
+        assert repr(tars) in text and "'shard-00002.tar'" in text, text
+        assert isinstance(info.value.__cause__, RuntimeError)
+        it.close()
+        loader.set_epoch(1)
+        assert sorted(int(i) for b in loader for i in b["id"]) == list(range(120)), "the next epoch is whole"
+    finally:
+        it.close()
+        loader._procs.drop()  # (kept workers)
+    dsutil.wait_until(lambda: not _live(_children(before)), "the workers shut down")
+
+
+def _live(processes) -> list:
+    """Those of `processes` not ended (a zombie waits for its parent to reap it)."""
+    out = []
+    for p in processes:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+class _Squares(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1000
+
+    def __getitem__(self, i):
+        return i * i
+
+
+def test_a_plain_torch_worker_killed_keeps_torchs_error(tars):
+    """The handler sparkfeed wraps around torch's names sparkfeed's workers only."""
+    before = {p.pid for p in psutil.Process().children()}
+    ours = sparkfeed.DataLoader(tars, batch_size=10, num_workers=1)
+    assert sum(1 for _ in ours) == 12  # (sparkfeed's handler is in place from here)
+    plain = iter(torch.utils.data.DataLoader(_Squares(), batch_size=4, num_workers=1))
+    try:
+        next(plain)
+        with pytest.raises(RuntimeError, match="DataLoader worker") as info:
+            os.kill(_children(before)[0].pid, signal.SIGKILL)
+            _step_until_signalled()
+        assert not isinstance(info.value, WorkerError)
+    finally:
+        plain._shutdown_workers()
