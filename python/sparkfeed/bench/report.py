@@ -55,6 +55,8 @@ def _extra(row: dict) -> str:
     parts = []
     if row.get("worker_peak_rss_mb"):
         parts.append(f"workers' peak RSS {row['worker_peak_rss_mb']:,.0f} MB")
+    if row.get("peak_pss_mb"):
+        parts.append(f"peak PSS {row['peak_pss_mb']:,.0f} MB")
     if "bytes_ratio" in row:
         parts.append(f"bytes {row['bytes_ratio']:.1%} of full scan")
     for k, v in (row.get("stats") or {}).items():

@@ -6,7 +6,8 @@ Each runner first runs once untimed (imports, first worker start-up, page cache)
 run with the median wall time is reported. Peak RSS is sampled every
 20 ms by a thread as the sum over this process and the children started during the run (loader
 workers, looked for at every sample; the Spark JVM that built the data is left out; pages a
-forked worker shares with this process count in both); CPU time is this process plus its reaped
+forked worker shares with this process count in both, and where there are children their summed
+PSS is reported too, `_PeakRss`); CPU time is this process plus its reaped
 children (workers are joined when an epoch ends), divided by the samples.
 """
 
@@ -81,7 +82,12 @@ class _PeakRss:
     10th sample only (200 ms), so a loader's worker processes were left out of runs shorter
     than 200 ms (a 0.16 s torch DataLoader epoch with 2 workers reported the main process alone)
     and out of every run's first 200 ms. Each process's RSS counts the pages it shares with the
-    others (a forked worker's copy-on-write pages of the parent appear in both)."""
+    others (a forked worker's copy-on-write pages of the parent appear in both). So, where a run
+    has child processes, `peak_pss` is the sum of their PSS (each shared page divided among its
+    sharers; Linux's /proc/<pid>/smaps_rollup), read whenever the RSS sum reaches a new peak
+    (`PSS_STEP` above the last reading): a reading costs 5-20 ms a process, too much every 20 ms."""
+
+    PSS_STEP = 1.02
 
     def __init__(self, every: float = 0.02):
         self.every, self.peak, self._stop = every, 0, threading.Event()
@@ -90,6 +96,8 @@ class _PeakRss:
         self._before = self._children_now()
         self._children: dict[int, psutil.Process] = {}
         self._samples = 0
+        self.peak_pss: int | None = None  # (None: no child process, or no smaps_rollup)
+        self._pss_at = 0  # the RSS sum at the last PSS reading
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _children_now(self) -> set[int]:
@@ -120,6 +128,11 @@ class _PeakRss:
             except psutil.Error:
                 pass
         self.peak = max(self.peak, total)
+        if self._children and total > self._pss_at * self.PSS_STEP:
+            self._pss_at = total
+            pss = _pss([self._proc.pid, *self._children])
+            if pss is not None:
+                self.peak_pss = max(self.peak_pss or 0, pss)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
@@ -137,6 +150,25 @@ class _PeakRss:
     @property
     def peak_mb(self) -> float:
         return self.peak / 2**20
+
+    @property
+    def peak_pss_mb(self) -> float | None:
+        return None if self.peak_pss is None else self.peak_pss / 2**20
+
+
+def _pss(pids) -> int | None:
+    """The summed PSS of `pids` in bytes (those gone meanwhile count 0); None without smaps_rollup."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+        except FileNotFoundError:
+            if pid == os.getpid():
+                return None
+        except (OSError, StopIteration, ValueError):
+            pass
+    return total
 
 
 def _cpu_s() -> float:
@@ -163,6 +195,8 @@ def measure(runner: Callable, ctx: Context, options: dict) -> dict:
     m = {"samples": samples, "seconds": seconds, "ttfb_s": ttfb or seconds,
          "peak_rss_mb": rss.peak_mb, "cpu_s": _cpu_s() - cpu0 - server_cpu}
     measured = ctx.extra.pop("measured", {})  # a subprocess runner's own figures (peers)
+    if rss.peak_pss_mb is not None and not measured:  # (worker processes: RSS counts shared pages in each)
+        ctx.extra["peak_pss_mb"] = round(rss.peak_pss_mb, 1)
     m.update(measured)
     extra = dict(ctx.extra)
     if ttfb is not None and samples > first and seconds > ttfb and not measured:
