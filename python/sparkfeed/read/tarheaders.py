@@ -16,14 +16,21 @@ from .tarnames import is_sample_member
 
 _BLOCK = 512
 _PAX = ord("x")  # a pax extended header's type: records for the member after it
-# pax keywords that leave a member's name, size, type and bytes as its ustar header says
+# the pax keywords `tarfile` (and so webdataset) acts on besides times, ids and owner names: a
+# member's name (`path`: taken as a long name, `_pax_path`), link, size, the charset of its names,
+# and sparse maps (`GNU.sparse.*`). Any other keyword leaves a member's name, size, type and bytes
+# as its ustar header says (`tarfile` keeps it in `pax_headers` alone): `comment`, and the extended
+# attributes (`SCHILY.xattr.*`, `LIBARCHIVE.xattr.*`), `LIBARCHIVE.creationtime` and `SCHILY.*`
+# file data that macOS's tar (libarchive) and star put before members.
+_PAX_ACTED_ON = (b"path", b"linkpath", b"size", b"hdrcharset")
+_PAX_RECORD = re.compile(rb"([1-9][0-9]*) ([^=]+)=")
+# the usual harmless keywords; a pax header's data that is one such record (a fractional mtime,
+# webdataset's TarWriter) is checked by Arrow for all members at once
 _PAX_HARMLESS = ("mtime", "atime", "ctime", "uid", "gid", "uname", "gname", "comment")
-_PAX_HARMLESS_RECORD = re.compile(rb"([1-9][0-9]*) (%s)=" % b"|".join(k.encode() for k in _PAX_HARMLESS))
-# a pax header's data that is one such record (the usual: a fractional mtime), checked by Arrow
 _PAX_ONE_RECORD = r"^[1-9][0-9]* (?:%s)=[^\n]*\n$" % "|".join(_PAX_HARMLESS)
 _NAME = 100  # ustar name field; longer names need the prefix field or an extension header (not taken here)
 _PREFIX = 345  # the ustar prefix field's first byte: `tarfile` puts a non-empty prefix before the name
-_REGULAR = (ord("0"), 0)
+_REGULAR = (ord("0"), 0, ord("7"))  # regular files to `tarfile`: "0", the old NUL, contiguous "7"
 
 
 def _octal(fields: np.ndarray) -> np.ndarray:
@@ -154,7 +161,7 @@ def _skipped_file(info: tarfile.TarInfo) -> bool:
         storage.path_problem(info.name) is None and 0 <= info.size <= tarinfo.MAX_MEMBER_BYTES
 
 
-_REGULAR_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
+_REGULAR_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
 
 
 def _gap_harmless(buf: np.ndarray, at: int, end: int) -> tuple[bool, bytes | None]:
@@ -162,7 +169,7 @@ def _gap_harmless(buf: np.ndarray, at: int, end: int) -> tuple[bool, bytes | Non
     last of them gives the member after them, if any): directory entries without data and files
     in no sample (`is_sample_member`: "README", ".gitattributes") that its checks pass, both of
     which it skips, pax headers, extended or global (`git archive` writes one first, its commit
-    id as a `comment`), that `StrictTarInfo` takes and whose records are all `_PAX_HARMLESS`, and
+    id as a `comment`), that `StrictTarInfo` takes and whose records are all harmless (`_keyword_harmless`), and
     a long name for the header after it: an extended header's `path` record besides those, or a
     GNU long name, as `tarfile` writes them for names past the name field."""
     given = None  # the long name the last header gave the next one
@@ -187,22 +194,34 @@ def _gap_harmless(buf: np.ndarray, at: int, end: int) -> tuple[bool, bytes | Non
     return at == end, given
 
 
-_PAX_PATH_RECORD = re.compile(rb"([1-9][0-9]*) (%s|path)=" % b"|".join(k.encode() for k in _PAX_HARMLESS))
-
-
-def _pax_path(data: bytes) -> bytes | None:
-    """The value of the `path` record of pax data whose other records are all `_PAX_HARMLESS`
-    (the last `path`, as `tarfile` takes it); None when there is none or another record."""
-    pos, path = 0, None
+def _pax_records(data: bytes) -> list[tuple[bytes, bytes]] | None:
+    """The (keyword, value) records of pax data, walked by their length fields as `tarfile`
+    walks them (to the end or a NUL), the keyword up to the record's first "="; None when one
+    is not framed so (no "=" inside it, no newline ending it, a length past the data)."""
+    pos, out = 0, []
     while pos < len(data) and data[pos] != 0:
-        match = _PAX_PATH_RECORD.match(data, pos)
+        match = _PAX_RECORD.match(data, pos)
         end = pos + int(match.group(1)) if match else 0
         if match is None or not match.end() < end <= len(data) or data[end - 1] != ord("\n"):
             return None
-        if match.group(2) == b"path":
-            path = data[match.end():end - 1]
+        out.append((match.group(2), data[match.end():end - 1]))
         pos = end
-    return path
+    return out
+
+
+def _keyword_harmless(keyword: bytes) -> bool:
+    """Whether `tarfile` leaves a member as its header says whatever a pax record so named holds."""
+    return keyword not in _PAX_ACTED_ON and not keyword.startswith(b"GNU.sparse.")
+
+
+def _pax_path(data: bytes) -> bytes | None:
+    """The value of the `path` record of pax data whose other records are all harmless
+    (`_keyword_harmless`; the last `path`, as `tarfile` takes it); None when there is none or
+    another record."""
+    records = _pax_records(data)
+    if records is None or not all(k == b"path" or _keyword_harmless(k) for k, _ in records):
+        return None
+    return next((v for k, v in reversed(records) if k == b"path"), None)
 
 
 # the numeric fields `tarfile` parses besides size and checksum: mode, uid, gid, mtime, devmajor, devminor
@@ -291,7 +310,7 @@ def _checksums_agree(heads: np.ndarray) -> bool:
 
 def _pax_harmless(buf: np.ndarray, blocks: np.ndarray, at: np.ndarray, gaps: np.ndarray) -> bool:
     """Whether each gap before a member (`gaps` bytes from `at`) is one pax extended header
-    (type "x", its checksum right) whose data fills the gap and holds only `_PAX_HARMLESS`
+    (type "x", its checksum right) whose data fills the gap and holds only harmless
     records: such a member is read as its own header says, as `tarfile` reads it. The header
     must be one `StrictTarInfo` takes (its fields parse, no NUL inside its name), and its data
     one that `pax_problem` passes (a record over 64 bytes is walked by it)."""
@@ -345,15 +364,6 @@ def _pax_one_record(buf: np.ndarray, data: np.ndarray, lengths: np.ndarray) -> n
 
 
 def _pax_records_harmless(data: bytes) -> bool:
-    """Whether pax data, its records walked by their length fields as `tarfile` walks them
-    (to the end or a NUL), are all `_PAX_HARMLESS` records."""
-    pos = 0
-    while pos < len(data) and data[pos] != 0:
-        match = _PAX_HARMLESS_RECORD.match(data, pos)
-        if match is None:
-            return False
-        end = pos + int(match.group(1))
-        if not match.end() < end <= len(data) or data[end - 1] != ord("\n"):
-            return False
-        pos = end
-    return True
+    """Whether pax data's records (`_pax_records`) are all harmless (`_keyword_harmless`)."""
+    records = _pax_records(data)
+    return records is not None and all(_keyword_harmless(k) for k, _ in records)

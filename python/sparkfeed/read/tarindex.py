@@ -10,9 +10,10 @@ The index is a hint, never trusted: `members` accepts it only when, checked with
 members at once, (1) the members tile the archive (each header right after the previous member's
 padded data, from byte 0; only zero blocks after the last), so no member, link or extension header
 hides between them, but for headers `tarfile` reads past without a change to the member
-(`tarheaders._gaps_harmless`): pax headers, extended or global, whose records only say what does
-not change where a member is or what it holds (`_PAX_HARMLESS`: webdataset's `TarWriter` puts one
-with a fractional `mtime` before every member, `git archive` a global one with its commit id),
+(`tarheaders._gaps_harmless`): pax headers, extended or global, whose records `tarfile` does not
+act on (`tarheaders._keyword_harmless`: all but path, linkpath, size, hdrcharset and GNU.sparse.*;
+webdataset's `TarWriter` puts one with a fractional `mtime` before every member, `git archive` a
+global one with its commit id, macOS's tar one with extended attributes and a creation time),
 directory entries without data (`git archive` writes one per directory) and files in no sample that
 the streamed reader's checks pass and it skips ("README"), and right before a member a long name (a
 pax `path` record, a GNU long name); (2) each header's name (that long name, else the name field,
@@ -20,8 +21,9 @@ or "<prefix>/<name>" when the ustar prefix field is not empty, as `tarfile` read
 and `tarfile` put a long name's directories there), size, type (regular file) and checksum say what
 the index says; (3) every name passes `storage.path_problem`; (4) a sample's members share its key,
 keys do not repeat, and every member the index lists is in a sample as webdataset groups them
-(`is_sample_member`; the scan leaves other members out of the index). Anything else (other pax
-records, GNU long link names, links, damaged headers) returns None and the reader streams the shard
+(`is_sample_member`; the scan leaves other members out of the index). Anything else (a pax record
+`tarfile` acts on, GNU long link names, links, devices, sparse members, a size in base 256, damaged
+headers) returns None and the reader streams the shard
 with `tarfile`, whose checks and errors (naming the shard and tar offset) apply as before; a
 streamed shard must still hold as many of each member as its manifest counts
 (`TarReader._check_present`), so a shard damaged after indexing is an error, not samples with
