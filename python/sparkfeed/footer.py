@@ -3,8 +3,8 @@ with. One code for every place that makes or checks an entry: the write's footer
 executors), `sparkfeed.index`, test datasets, and the reader's check that a file is the one its
 manifest recorded (`read.parquet`). Statistics go into JSON as the JVM writer puts them: strings
 cut to `STRING_STATS_MAX_CHARS` (a min as its prefix, a max rounded up), dates and timestamps as
-ISO text, decimals exact as text; NaN and binary values are left out, an infinite bound alone
-(the finite one kept: a one-sided range).
+ISO text, decimals exact as text, binary values as base64 under keys of their own (`binstats`);
+NaN is left out, an infinite bound alone (the finite one kept: a one-sided range).
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ from collections.abc import Mapping
 
 import pyarrow as pa
 
+from . import binstats
 from .arrowtypes import delivered_type, leaf_fields
 from .footercheck import check
 
-__all__ = ["STRING_STATS_MAX_CHARS", "stat_type", "round_up", "json_value", "entry", "difference"]
+__all__ = ["STRING_STATS_MAX_CHARS", "stat_type", "round_up", "binary_round_up", "json_value", "entry",
+           "difference"]
+binary_round_up = binstats.round_up
 
 STRING_STATS_MAX_CHARS = 64  # the JVM writer's `ColumnStats.STRING_STATS_MAX_CHARS`
 
@@ -29,7 +32,11 @@ def stat_type(t) -> bool:
     """Whether a column of Arrow type `t` gets min/max statistics in a manifest."""
     return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_string(t)
             or pa.types.is_large_string(t) or pa.types.is_boolean(t) or pa.types.is_date(t)
-            or pa.types.is_timestamp(t) or pa.types.is_decimal(t))
+            or pa.types.is_timestamp(t) or pa.types.is_decimal(t) or _is_binary(t))
+
+
+def _is_binary(t) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
 
 
 def _usable(value) -> bool:
@@ -72,8 +79,9 @@ def json_value(value, is_max: bool):
     return value
 
 
-def _chunk_stats(chunk, num_rows: int) -> dict:
-    """Raw (Python-typed) stats of one column chunk: min, max, null_count, all_null."""
+def _chunk_stats(chunk, num_rows: int, binary: bool = False) -> dict:
+    """Raw (Python-typed) stats of one column chunk: min, max, null_count, all_null. `binary`:
+    a binary column's, whose bounds are bytes (kept; any other column's bytes are dropped)."""
     st = chunk.statistics
     if st is None:
         return {"min": None, "max": None, "null_count": None, "all_null": False}
@@ -84,7 +92,8 @@ def _chunk_stats(chunk, num_rows: int) -> dict:
             lo, hi = st.min, st.max
         except (OverflowError, ValueError):  # a date or time past Python's years 1-9999: no range
             lo = hi = None
-    lo, hi = _bounds(lo, hi)
+    if not (binary and isinstance(lo, bytes) and isinstance(hi, bytes)):
+        lo, hi = _bounds(lo, hi)
     return {"min": lo, "max": hi, "null_count": nulls, "all_null": nulls == num_rows and num_rows > 0}
 
 
@@ -121,6 +130,10 @@ def _to_json_stats(raw: Mapping[str, dict]) -> dict:
     for name, s in raw.items():
         if s["min"] is None and s["max"] is None and s["null_count"] is None:
             continue
+        if isinstance(s["min"], bytes) or isinstance(s["max"], bytes):
+            out[name] = {"min": None, "max": None, "null_count": s["null_count"],
+                         **binstats.bounds_to_json(s["min"], s["max"])}
+            continue
         out[name] = {"min": json_value(s["min"], False), "max": json_value(s["max"], True),
                      "null_count": s["null_count"]}  # (a max that cannot be rounded up: one-sided)
     return out
@@ -132,7 +145,7 @@ def entry(md, schema: pa.Schema, rel: str, size: int) -> dict:
     `arrowtypes.INT96_UNIT`). ValueError for a footer that would crash pyarrow (`check`)."""
     check(md)
     fields, stat_cols, null_cols = _stat_columns(md, schema)
-    groups, per_col = [], {name: [] for name in [n for n, _ in stat_cols] + null_cols}
+    groups, per_col = [], {name: [] for name in [c[0] for c in stat_cols] + null_cols}
     for i in range(md.num_row_groups):
         raw = _group_stats(md.row_group(i), stat_cols, null_cols)
         for name, s in raw.items():
@@ -144,21 +157,21 @@ def entry(md, schema: pa.Schema, rel: str, size: int) -> dict:
             "schema": [[f.name, str(t)] for f, t in fields]}
 
 
-def _stat_columns(md, schema: pa.Schema) -> tuple[list, list[tuple[str, int]], list[str]]:
-    """(each leaf field with its delivered type, (name, column chunk) of the columns with
+def _stat_columns(md, schema: pa.Schema) -> tuple[list, list[tuple[str, int, bool]], list[str]]:
+    """(each leaf field with its delivered type, (name, column chunk, binary?) of the columns with
     statistics, the null-typed columns): structs as their leaves, categoricals as their values,
     a pandas unnamed index left out."""
     unnamed_index = _pandas_unnamed_index(schema)
     fields = [(f, delivered_type(f.type)) for f in leaf_fields(schema) if f.name not in unnamed_index]
     index = {md.schema.column(j).path: j for j in range(md.num_columns)}
-    stat_cols = [(f.name, index[f.name]) for f, t in fields if stat_type(t) and f.name in index]
+    stat_cols = [(f.name, index[f.name], _is_binary(t)) for f, t in fields if stat_type(t) and f.name in index]
     null_cols = [f.name for f, t in fields if str(t) == "null"]  # None in every row: no stats
     return fields, stat_cols, null_cols
 
 
-def _group_stats(rg, stat_cols: list[tuple[str, int]], null_cols: list[str]) -> dict:
+def _group_stats(rg, stat_cols: list[tuple[str, int, bool]], null_cols: list[str]) -> dict:
     """Raw stats of one row group's columns (`_stat_columns`)."""
-    raw = {name: _chunk_stats(rg.column(j), rg.num_rows) for name, j in stat_cols}
+    raw = {name: _chunk_stats(rg.column(j), rg.num_rows, binary) for name, j, binary in stat_cols}
     raw.update({name: _all_null(rg.num_rows) for name in null_cols})
     return raw
 

@@ -14,7 +14,7 @@ import posixpath
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
-from . import storage
+from . import binstats, storage
 from .errors import ManifestError, PathEscapeError
 
 __all__ = ["Manifest", "Shard", "RowGroup", "Column", "ColumnStats", "read_manifest",
@@ -141,7 +141,10 @@ def _drop_none(d: dict) -> dict:
 
 def _stats_to_dict(stats: Mapping[str, ColumnStats]) -> dict:
     # Not dataclasses.asdict: it deep-copies, and a 10,000-shard manifest holds ~100,000 of these.
-    return {name: {"min": s.min, "max": s.max, "null_count": s.null_count} for name, s in stats.items()}
+    return {name: {"min": s.min, "max": s.max, "null_count": s.null_count}
+            if not (isinstance(s.min, bytes) or isinstance(s.max, bytes)) else  # binary: `binstats`
+            {"min": None, "max": None, "null_count": s.null_count, **binstats.bounds_to_json(s.min, s.max)}
+            for name, s in stats.items()}
 
 
 def _shard_to_dict(s: Shard) -> dict:
@@ -201,7 +204,8 @@ def _parse_stats(raw, what, dataset: str) -> dict[str, ColumnStats]:
         for name, s in raw.items():  # one pass: a manifest holds thousands of these
             if not _valid_column_stats(s):
                 break
-            out[name] = ColumnStats(s.get("min"), s.get("max"), s.get("null_count"))
+            out[name] = ColumnStats(s.get("min"), s.get("max"), s.get("null_count")) if not (
+                binstats.KEYS[0] in s or binstats.KEYS[1] in s) else ColumnStats(*binstats.bounds_from_json(s), s.get("null_count"))
         else:
             return out
     place = what() if callable(what) else what
