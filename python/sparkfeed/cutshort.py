@@ -13,8 +13,10 @@ _J2K_CUT = ("could not decode: the JPEG 2000 codestream is cut short (no end-of-
             "refused before decoding")
 
 
-def _cut_short(enc: _Encoded) -> list[tuple[int, str]]:
-    """(row, reason) of the JPEG and JPEG 2000 rows cut short. Refused for every backend: nvJPEG
+def _cut_short(enc: _Encoded, restarts=None) -> list[tuple[int, str]]:
+    """(row, reason) of the JPEG and JPEG 2000 rows cut short; of the JPEG rows marked in
+    `restarts` (a restart interval), also those whose scan holds too few restart markers
+    (`_restarts_short`). Refused for every backend: nvJPEG
     decodes a cut JPEG without an error, filling what is missing, and libjpeg (DALI's CPU decoder,
     PIL's) does too where the missing tail reads as scan data (a cut file zero-filled to its
     length: a preallocated download, a sparse copy), the rest grey; DALI decoded such a JPEG 2000
@@ -36,6 +38,10 @@ def _cut_short(enc: _Encoded) -> list[tuple[int, str]]:
         j2ks += rows[(ends - starts >= 12) & j2k].tolist()
     bad = [(r, _JPEG_CUT) for r in jpegs if _jpeg_cut(enc.row(r).tobytes())]
     bad += [(r, _J2K_CUT) for r in j2ks if _j2k_cut(enc.row(r).tobytes())]
+    cut = {r for r, _ in bad}
+    for r in np.flatnonzero(restarts).tolist() if restarts is not None else ():
+        if r not in cut and (why := _restarts_short(enc.row(r).tobytes())) is not None:
+            bad.append((r, why))
     return sorted(bad)
 
 
@@ -64,3 +70,72 @@ def _j2k_cut(b: bytes) -> bool:
             return i + size > n or b[i + size - 2:i + size] != b"\xff\xd9"
         i += size
     return True  # no codestream box at all
+
+
+_RESTARTS_SHORT = ("could not decode: the JPEG's scan data stops short ({found} of the {wanted} restart markers its "
+                   "{mcus} MCUs and restart interval {interval} call for, in scan {scan}: cut and closed with an "
+                   "end-of-image marker, or damaged); refused before decoding")
+_DCT_HUFFMAN = (0xC0, 0xC1, 0xC2)  # baseline, extended sequential, progressive
+
+
+def _frame(b: bytes, at: int) -> tuple[int, int, dict[int, tuple[int, int]]]:
+    """(width, height, {component id: (h, v) sampling factors}) of the frame header at `at`."""
+    h, w, n = int.from_bytes(b[at + 5:at + 7], "big"), int.from_bytes(b[at + 7:at + 9], "big"), b[at + 9]
+    comps = {b[at + 10 + 3 * k]: (b[at + 11 + 3 * k] >> 4, b[at + 11 + 3 * k] & 15) for k in range(n)}
+    return w, h, comps
+
+
+def _scan_mcus(frame, ids: list[int]) -> int:
+    """MCUs of a scan of components `ids`: interleaved, the frame's MCU grid; one component, its
+    own blocks (T.81 A.2)."""
+    w, h, comps = frame
+    hmax, vmax = max(s[0] for s in comps.values()), max(s[1] for s in comps.values())
+    if len(ids) > 1:
+        return -(-w // (8 * hmax)) * -(-h // (8 * vmax))
+    hs, vs = comps[ids[0]]
+    return -(-(-(-w * hs // hmax)) // 8) * -(-(-(-h * vs // vmax)) // 8)
+
+
+def _restarts_short(b: bytes) -> str | None:
+    """Why a Huffman-coded JPEG with restart markers is cut inside a scan, or None. A scan of M
+    MCUs under restart interval R holds ceil(M / R) - 1 restart markers (T.81 F.1.2.3, what every
+    encoder writes); one that holds fewer was cut (or damaged) where libjpeg only warns, then
+    fills the rest grey: a cut closed again with an end-of-image marker decoded without an
+    error. One pass of numpy over the row finds its markers; a cut in the last interval of a scan
+    is not found (that needs the entropy decode itself)."""
+    arr = np.frombuffer(b, np.uint8)
+    ff = np.flatnonzero(arr[:-1] == 0xFF)
+    after = arr[ff + 1]
+    marks = ff[(after != 0) & (after != 0xFF)]  # markers, not stuffed bytes nor fill
+    kinds = arr[marks + 1]
+    frame, interval, scan, i = None, 0, 0, 2
+    while i + 4 <= len(b) and b[i] == 0xFF:
+        marker, length = b[i + 1], int.from_bytes(b[i + 2:i + 4], "big")
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker == 0xD9 or i + 2 + length > len(b) or \
+                (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) + _DCT_HUFFMAN):
+            return None  # the end, a segment the decoders refuse, a frame not followed (lossless, arithmetic)
+        if marker in _DCT_HUFFMAN:
+            frame = _frame(b, i)
+        elif marker == 0xDD and length >= 4:
+            interval = int.from_bytes(b[i + 4:i + 6], "big")
+        elif marker == 0xDA:
+            scan += 1
+            ids = [b[i + 5 + 2 * k] for k in range(b[i + 4])]
+            k = int(np.searchsorted(marks, i + 2 + length))
+            others = np.flatnonzero((kinds[k:] & 0xF8) != 0xD0)  # the first marker not a restart
+            found = int(others[0]) if others.size else len(kinds) - k
+            if frame is None or not frame[0] or not frame[1] or any(c not in frame[2] for c in ids):
+                return None  # refused or decoded elsewhere
+            mcus = _scan_mcus(frame, ids)
+            wanted = -(-mcus // interval) - 1 if interval else 0
+            if found < wanted:
+                return _RESTARTS_SHORT.format(found=found, wanted=wanted, mcus=mcus, interval=interval, scan=scan)
+            if not others.size:
+                return None
+            i = int(marks[k + others[0]])
+            continue
+        i += 2 + length
+    return None

@@ -144,3 +144,82 @@ def test_a_cut_jpeg_names_dataset_shard_row_group_and_row_or_is_a_counted_skip(t
     loader = sparkfeed.DataLoader(root, batch_size=4, columns=["id", "image"], decode=decode, on_error="skip")
     assert [i for b in loader for i in b["id"].tolist()] == [0, 1, 2, 3, 4, 6, 7]
     assert loader.stats()["samples_skipped"] == 1
+
+
+# ------------------------------------------------------------------ cut inside the scan, closed again
+
+RESTARTS = {"baseline": {"restart_marker_blocks": 1}, "4:4:4, every row": {"subsampling": 0, "restart_marker_rows": 1},
+            "progressive": {"progressive": True, "restart_marker_blocks": 2},
+            "grayscale": {"restart_marker_blocks": 3, "gray": True}}
+
+
+def _restart_photo(gray=False, **save) -> bytes:
+    whole = _photo(**save)
+    if gray:
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(whole)).convert("L").save(buf, "JPEG", quality=90, **save)
+        whole = buf.getvalue()
+    return whole
+
+
+def _closed_cuts(whole: bytes) -> list[bytes]:
+    """The JPEG cut at 30% and 70% of its first scan's data, closed with an end-of-image marker."""
+    sos = whole.find(b"\xff\xda")
+    head = sos + 2 + int.from_bytes(whole[sos + 2:sos + 4], "big")
+    nxt = next(i for i in range(head, len(whole) - 1) if whole[i] == 0xFF and not 0xD0 <= whole[i + 1] <= 0xD7
+               and whole[i + 1] not in (0, 0xFF))  # the end of the first scan's data
+    return [whole[:head + (nxt - head) * f // 10] + b"\xff\xd9" for f in (3, 7)]
+
+
+@pytest.mark.parametrize("kind", RESTARTS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_jpeg_with_restart_markers_cut_inside_its_scan_and_closed_is_refused(backend, kind):
+    """libjpeg only warns on such a file and fills the rest grey: both backends decoded it without
+    an error. A scan of M MCUs under restart interval R holds ceil(M / R) - 1 restart markers;
+    with fewer, the header check refuses it for both."""
+    whole = _restart_photo(**RESTARTS[kind])
+    cuts = _closed_cuts(whole)
+    for cut in cuts:  # the silent case: PIL alone decodes it without a word
+        Image.open(io.BytesIO(cut)).convert("RGB")
+    res = _decode(backend, [whole] + cuts + [whole])
+    assert res.ok_rows.tolist() == [0, 3]
+    assert [r for r, _ in res.failures] == [1, 2]
+    for _, why in res.failures:
+        assert "scan data stops short" in why and "restart markers" in why and "refused before decoding" in why
+
+
+def test_whole_jpegs_with_restart_markers_of_every_layout_are_not_refused():
+    """Never a valid JPEG: baseline, progressive, optimised, 4:4:4/4:2:2/4:2:0, grayscale, CMYK,
+    sizes not a multiple of the MCU (1x1 included), intervals of 1, 3 and 64 blocks and of a row."""
+    from sparkfeed.cutshort import _restarts_short
+
+    rs = np.random.RandomState(5)
+    found = []
+    for w, h in [(1, 1), (17, 9), (33, 70), (130, 47)]:
+        a = rs.randint(0, 255, (h, w, 3), np.uint8)
+        for mode in ("RGB", "L", "CMYK"):
+            for save in ({"restart_marker_blocks": 1}, {"restart_marker_blocks": 3}, {"restart_marker_blocks": 64},
+                         {"restart_marker_rows": 1}):
+                for extra in ({"subsampling": 0}, {"subsampling": 1}, {"subsampling": 2, "progressive": True},
+                              {"optimize": True}):
+                    buf = io.BytesIO()
+                    Image.fromarray(a).convert(mode).save(buf, "JPEG", **save, **extra)
+                    found.append(_restarts_short(buf.getvalue()))
+    assert found == [None] * 192
+    items = [_restart_photo(**save) for save in RESTARTS.values()]
+    assert _decode("dali", items).failures == ()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_closed_cut_names_dataset_shard_and_row_or_is_a_counted_skip(tmp_path, backend):
+    whole = _restart_photo(restart_marker_blocks=2)
+    images = [whole] * 6
+    images[2] = _closed_cuts(whole)[0]
+    root = _dataset(tmp_path, images)
+    decode = {"image": ImageDecode(size=32, device="cpu", backend=backend)}
+    with pytest.raises(CorruptSampleError, match=r"(?s)sample 'row 2'.*scan data stops short") as info:
+        list(sparkfeed.DataLoader(root, batch_size=4, columns=["id", "image"], decode=decode))
+    assert (info.value.shard, info.value.row_group) == ("part-0.parquet", 0)
+    loader = sparkfeed.DataLoader(root, batch_size=4, columns=["id", "image"], decode=decode, on_error="skip")
+    assert [i for b in loader for i in b["id"].tolist()] == [0, 1, 3, 4, 5]
+    assert loader.stats()["samples_skipped"] == 1
