@@ -35,7 +35,8 @@ from .writefooters import _build_manifest, _committed_parquet, _gather_entries
 from .writeoptions import SampleKeyError, _key_and_cls, check_options, webdataset_members
 from .writepaths import (OverwriteInputError, _is_nonempty, _refuse_json_root,
                          _refuse_overwriting_input, _shown, _spark_path)
-from .writeshards import count_rows, even_shards, key_as_written, refuse_duplicate_keys
+from .writeshards import (RANGE_SAMPLE_CONF, RANGE_SAMPLE_POINTS, clustered, clustered_shards,
+                          count_rows, even_shards, key_as_written, refuse_duplicate_keys)
 from .writewebdataset import _check_webdataset_source, _refuse_key_only, _save_webdataset
 
 __all__ = ["write", "DatasetExistsError", "OverwriteInputError", "SampleKeyError",
@@ -110,8 +111,8 @@ def _spark_mode(mode: str, existing: bool | None) -> str:
 
 def _write_parquet(df, spark_path: str, spark_mode: str, samples_per_shard: int,
                    samples_per_row_group: int) -> None:
-    """Spark's Parquet write, with timestamps as TIMESTAMP_MICROS for its duration."""
-    with _micros_timestamps(df.sparkSession):
+    """Spark's Parquet write (the session confs of `_write_confs` set for its duration)."""
+    with _write_confs(df.sparkSession):
         (df.write.mode(spark_mode)
          .option("maxRecordsPerFile", samples_per_shard)
          .option("parquet.block.row.count.limit", samples_per_row_group)
@@ -119,25 +120,30 @@ def _write_parquet(df, spark_path: str, spark_mode: str, samples_per_shard: int,
          .parquet(spark_path))
 
 
-# Per session (by id): [writes of this process running on it, its conf before the first].
+# Session confs a write sets for its duration (Spark has no writer option for them):
+# timestamps as TIMESTAMP_MICROS, and the range partitioning of `cluster_by` sampling up to
+# Spark's cap of 1e6 points (`writeshards.clustered`).
+_WRITE_CONFS = {_TS_CONF: "TIMESTAMP_MICROS", RANGE_SAMPLE_CONF: str(RANGE_SAMPLE_POINTS)}
+# Per session (by id): [writes of this process running on it, its confs before the first].
 _TS_HELD: dict[int, list] = {}
 _TS_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _micros_timestamps(spark):
-    """The session conf TIMESTAMP_MICROS (no writer option for it: Spark reads the session's)
-    while any Parquet write of this process runs on `spark`: the first sets it, the last puts
-    the user's value back. (Writes from threads each put back what they had found: one ending
-    unset it under another still planning, which wrote INT96, without statistics, and the
-    session kept MICROS.) Not put back when a Connect server went away: each call to it would
-    wait out pyspark's retries again (ten more minutes) and then hide the write's error."""
+def _write_confs(spark):
+    """The session confs `_WRITE_CONFS` while any write of this process runs on `spark`: the
+    first sets them, the last puts the user's values back. (Writes from threads each put back
+    what they had found: one ending unset TIMESTAMP_MICROS under another still planning, which
+    wrote INT96, without statistics, and the session kept MICROS.) Not put back when a Connect
+    server went away: each call to it would wait out pyspark's retries again (ten more minutes)
+    and then hide the write's error."""
     key = id(spark)
     with _TS_LOCK:
         held = _TS_HELD.setdefault(key, [0, None])
         if held[0] == 0:
-            held[1] = spark.conf.get(_TS_CONF, None)
-            spark.conf.set(_TS_CONF, "TIMESTAMP_MICROS")
+            held[1] = {k: spark.conf.get(k, None) for k in _WRITE_CONFS}
+            for k, value in _WRITE_CONFS.items():
+                spark.conf.set(k, value)
         held[0] += 1
     lost = False
     try:
@@ -151,14 +157,15 @@ def _micros_timestamps(spark):
             if held[0] == 0:
                 del _TS_HELD[key]
                 if not lost:
-                    _restore_conf(spark, held[1])
+                    _restore_confs(spark, held[1])
 
 
-def _restore_conf(spark, before: str | None) -> None:
-    if before is None:
-        spark.conf.unset(_TS_CONF)
-    else:
-        spark.conf.set(_TS_CONF, before)
+def _restore_confs(spark, before: dict) -> None:
+    for k, value in before.items():
+        if value is None:
+            spark.conf.unset(k)
+        else:
+            spark.conf.set(k, value)
 
 
 def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10_000,
@@ -229,8 +236,8 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
         log.info("writing %d samples of %s as %d %s shards to %s", count, dataset, n, format,
                  spark_path)
         if keys:
-            cols = columns(df.schema, keys)
-            df = df.repartitionByRange(n, *cols).sortWithinPartitions(*cols)
+            n = clustered_shards(count, samples_per_shard)
+            df = clustered(df, columns(df.schema, keys), n)
         else:
             df = even_shards(df, counts, samples_per_shard, n)
         spark_mode = _spark_mode(mode, existing)
@@ -238,8 +245,9 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
         if format == "webdataset":
             with job_failure_named(dataset, format, lambda: left_after_failure(
                     fs, root, MANIFEST_NAME, overwrite), _connection_lost, cancel):
-                _save_webdataset(df, spark_path, spark_mode, dataset, samples_per_shard, codecs,
-                                 options)
+                with _write_confs(df.sparkSession):
+                    _save_webdataset(df, spark_path, spark_mode, dataset, samples_per_shard,
+                                     codecs, options)
             manifest = read_manifest(dataset, storage_options)
             warn_rows_left_out(dataset, count, manifest.num_samples)
             return manifest
