@@ -79,24 +79,50 @@ def usable(fs) -> bool:
     return getattr(fs, "get_client", None) is get_client
 
 
-def answer_problem(path: str, status: int, content_range: str, length: int | None, start: int,
-                   end: int, size: int | None) -> str | None:
+class SizeMismatch(ValueError):
+    """A file whose size storage reports (or shows) is not the manifest's `expected`: it was
+    truncated or replaced after the write. `size`: its size, or None where only `longer` (or
+    not) is known. A reader names it with the dataset and shard at once."""
+
+    def __init__(self, path: str, expected: int, size: int | None, longer: bool = False):
+        self.path, self.expected, self.size = path, expected, size
+        self.longer = longer if size is None else size > expected
+        said = f"{size} bytes" if size is not None else f"{'more' if longer else 'fewer'} than {expected} bytes"
+        super().__init__(f"{path}: the file is {said}, not {expected} (changed after the manifest was written)")
+
+    def words(self) -> str:
+        """What is wrong, as a reader says it after the dataset and shard."""
+        if self.size is None:
+            said = f"{'longer' if self.longer else 'shorter'} than the {self.expected} bytes the manifest says"
+        else:
+            said = f"{self.size} bytes but the manifest says {self.expected}"
+        return f"the file is {said}: truncated or replaced after the write"
+
+    def offset(self) -> int | None:
+        """Where the file and the manifest part: the end of the shorter, where known."""
+        return self.expected if self.size is None and self.longer else (
+            None if self.size is None else min(self.size, self.expected))
+
+
+def answer_error(path: str, status: int, content_range: str, length: int | None, start: int,
+                 end: int, size: int | None) -> ValueError | None:
     """Why a 200/206 answer to a request for bytes [start, end) cannot be used, or None: a whole
     file where a range not at its start was asked (a server that ignores Range), a range other
     than the one asked, a body longer than asked, or a file size other than the manifest's
-    `size` (the file changed after the write). Both HTTP clients check their answers here."""
+    `size` (`SizeMismatch`: the file changed after the write). Both HTTP clients check their
+    answers here."""
     if status == 200:
         if start > 0 or (length is not None and length > end - start):
-            return NO_RANGES.format(path=path, a=start, b=end - 1, n=length)
+            return ValueError(NO_RANGES.format(path=path, a=start, b=end - 1, n=length))
         total = "" if length is None else str(length)
     else:
         got = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", content_range.strip())
         if got is None or int(got.group(1)) != start or (length is not None and length > end - start):
-            return (f"{path}: asked for bytes {start}-{end - 1}, the server answered "
-                    f"{content_range or 'without a Content-Range'} ({length} bytes)")
+            return ValueError(f"{path}: asked for bytes {start}-{end - 1}, the server answered "
+                              f"{content_range or 'without a Content-Range'} ({length} bytes)")
         total = got.group(3)
     if size is not None and total.isdigit() and int(total) != size:
-        return f"{path}: the file is {total} bytes, not {size} (changed after the manifest was written)"
+        return SizeMismatch(path, size, int(total))
     return None
 
 
@@ -105,7 +131,7 @@ def fetch(fs, path: str, starts: list[int], ends: list[int], size: int | None,
     """Bytes [start, end) of the file at URL `path` for each range (a shorter result where the
     file ends first; the caller reports it), several ranges concurrently. Raises NeedsFsspec
     when the server redirects, FileNotFoundError, PermissionError, HTTPStatusError,
-    ConnectionError (a connection cut mid-body) or ValueError (`answer_problem`: a server that
+    ConnectionError (a connection cut mid-body) or ValueError (`answer_error`: a server that
     ignored the range or answered another one, a file whose size is not `size`)."""
     url = str(fs.encode_url(path))
     parts = urllib.parse.urlsplit(url)
@@ -178,10 +204,10 @@ def _receive(response: http.client.HTTPResponse, path: str, start: int, end: int
     """The body of a range answer, checked (status, range honoured, file size) and read into a
     buffer from pyarrow's pool."""
     _check_status(response, path, start, end)
-    problem = answer_problem(path, response.status, response.getheader("Content-Range", ""),
-                             response.length, start, end, size)  # length: None when chunked
-    if problem:
-        raise ValueError(problem)
+    problem = answer_error(path, response.status, response.getheader("Content-Range", ""),
+                           response.length, start, end, size)  # length: None when chunked
+    if problem is not None:
+        raise problem
     view, held = recvbuffers.take(end - start)
     at = 0
     while at < len(view):

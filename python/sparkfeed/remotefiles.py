@@ -12,6 +12,7 @@ converted, bounded by bytes held.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import io
 import logging
@@ -43,42 +44,71 @@ def open_remote(fs: fsspec.AbstractFileSystem, path: str, size: int | None = Non
 
 
 def fetch_ranges(fs: fsspec.AbstractFileSystem, path: str, ranges: list[tuple[int, int]],
-                 size: int | None = None, retry: bool = True) -> dict[tuple[int, int], memoryview | bytes]:
+                 size: int | None = None, retry: bool = True,
+                 probe: bool = False) -> dict[tuple[int, int], memoryview | bytes]:
     """{(start, end): bytes} for byte ranges of one file, adjacent ones merged into one request
     (fsspec's merge_offset_ranges) and the requests sent concurrently (over HTTP with the
     standard library's client, `httpranges`, or on fsspec's session, `_http_ranges`; else
     fsspec's cat_ranges). `size` (the manifest's) is checked where a range ends at it: over
-    HTTP against the file's size the server reports, elsewhere by asking one byte more (an
-    object store answers a range past the end with what is there): a ValueError when the file
+    HTTP against the file's size the server reports (every answer), elsewhere by asking one
+    byte more (an object store answers a range past the end with what is there), and with
+    `probe` by asking for its last byte and the one after beside the ranges (one more request,
+    where none ends there: a tar's first piece): `httpranges.SizeMismatch` when the file
     changed. Transient failures are retried (`with_retries`) unless `retry=False`, for a caller
     that retries the whole read itself."""
     _, starts, ends = fsspec.utils.merge_offset_ranges(
         [path] * len(ranges), [a for a, _ in ranges], [b for _, b in ranges], max_gap=COALESCE_GAP)
+    probing = False
     if _is_http(fs):
         fetch = functools.partial(_http_fetch, fs, path, starts, ends, size)
     else:
+        probing = probe and bool(size) and size not in ends
         asked = [b + 1 if b == size else b for b in ends]  # (the byte after the end: is there one?)
-        fetch = functools.partial(fs.cat_ranges, [path] * len(starts), starts, asked, on_error="raise")
+        fetch = functools.partial(_cat_ranges, fs, path, starts + [size - 1] * probing,
+                                  asked + [size + 1] * probing, size if probing else None)
     blobs = retries.with_retries(fetch, f"reading ahead {path}") if retry else fetch()
+    if probing and len(tail := blobs.pop()) != 1:
+        raise _mismatch(fs, path, size, longer=len(tail) > 1)
     for a, b, blob in zip(starts, ends, blobs):
         if b == size and len(blob) > b - a:
-            raise ValueError(f"{path}: the file is more than {size} bytes (changed after the manifest was written)")
+            raise _mismatch(fs, path, size, longer=True)
         if len(blob) < b - a:  # the file ends first: shorter than asked, never "ignores Range"
-            raise ValueError(_ends_early(path, a, b, len(blob), size))
+            raise _ends_early(path, a, b, len(blob), size)
         if len(blob) > b - a:  # fsspec's HTTP cat does not check that the server honoured Range
             raise ValueError(httpranges.NO_RANGES.format(path=path, a=a, b=b - 1, n=len(blob)))
     return {(a, b): blob for a, b, blob in zip(starts, ends, blobs)}
 
 
-def _ends_early(path: str, start: int, end: int, got: int, size: int | None) -> str:
+def _cat_ranges(fs, path: str, starts: list[int], ends: list[int], size: int | None) -> list:
+    """fsspec's cat_ranges; with `size` (a probe of the file's last byte among the ranges), an
+    object store's refusal of a range past the end ("not satisfiable", EINVAL) is the file
+    being shorter than `size`."""
+    try:
+        return fs.cat_ranges([path] * len(starts), starts, ends, on_error="raise")
+    except OSError as exc:
+        if size is None or exc.errno != errno.EINVAL or "satisfiable" not in str(exc):
+            raise
+        raise _mismatch(fs, path, size, longer=False) from exc
+
+
+def _mismatch(fs, path: str, size: int, longer: bool) -> httpranges.SizeMismatch:
+    """The error for a file found longer (or shorter) than the manifest's `size`, with its size
+    now where storage says it (one more request, on the way to an error)."""
+    try:
+        now = int(fs.info(path)["size"])
+    except Exception:  # noqa: BLE001 - only a better word for the error
+        now = None
+    return httpranges.SizeMismatch(path, size, now if now is not None and now != size else None, longer)
+
+
+def _ends_early(path: str, start: int, end: int, got: int, size: int | None) -> ValueError:
     """The error for a range [start, end) of which only `got` bytes came: the file ends before
     `end`. Worded without "range requests", so that it is never taken for a server that ignores
     them (`ignores_ranges`): a Parquet file truncated after the manifest was written once
     turned its reader to whole-file reads and ended in pyarrow's "magic bytes not found"."""
-    what = f"{path}: asked for bytes {start}-{end - 1}, the file ends at byte {start + got}"
-    if size is None:
-        return what
-    return f"{what}, not at {size} as the manifest says (truncated or changed after the manifest was written)"
+    if size is not None:
+        return httpranges.SizeMismatch(path, size, start + got)
+    return ValueError(f"{path}: asked for bytes {start}-{end - 1}, the file ends at byte {start + got}")
 
 
 def fetch_whole(fs: fsspec.AbstractFileSystem, path: str, size: int, retry: bool = True):
@@ -132,10 +162,10 @@ async def _http_range(fs, session, path: str, start: int, end: int, size: int | 
         if r.status == 404:
             raise FileNotFoundError(path)
         r.raise_for_status()
-        problem = httpranges.answer_problem(path, r.status, r.headers.get("Content-Range", ""),
-                                            r.content_length, start, end, size)
-        if problem:
-            raise ValueError(problem)
+        problem = httpranges.answer_error(path, r.status, r.headers.get("Content-Range", ""),
+                                          r.content_length, start, end, size)
+        if problem is not None:
+            raise problem
         while True:
             chunk, _ = await r.content.readchunk()
             if not chunk:

@@ -5,6 +5,7 @@ no URL credentials, so that a permanent outage ends in an error that names what 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import random
 import ssl
@@ -52,8 +53,8 @@ def is_transient(exc: BaseException) -> bool:
     and 429. A missing file, a permission problem or corrupt data are not transient."""
     if isinstance(exc, FileNotFoundError) and exc.__cause__ is not None:
         return is_transient(exc.__cause__)  # fsspec's HTTP info() reports any failure as missing
-    if isinstance(exc, _PERMANENT):
-        return False
+    if isinstance(exc, _PERMANENT) or (isinstance(exc, OSError) and exc.errno == errno.EINVAL):
+        return False  # (EINVAL: s3fs's word for a request S3 refused as invalid, a range past the end)
     if isinstance(exc, (OSError, TimeoutError, ConnectionError)):
         return True
     status = getattr(exc, "status", None)

@@ -27,7 +27,7 @@ from collections import OrderedDict
 import numpy as np
 import pyarrow as pa
 
-from .. import readahead, remotefiles, retries, storage
+from .. import httpranges, readahead, remotefiles, retries, storage
 from ..errors import CorruptSampleError, redact
 from ..plan import WorkUnit
 from . import tarindex, tarinfo
@@ -87,6 +87,8 @@ class TarReader(TarReadAhead, TarStreaming, TarTable, Reader):
             table, ok = self._table(unit, self.ctx.read_columns, got)
         except CorruptSampleError:
             raise
+        except httpranges.SizeMismatch as exc:  # (the whole read would fetch the changed file whole)
+            raise self._error(unit, exc.words(), exc.offset()) from exc
         except Exception as exc:  # noqa: BLE001 - the whole read names (or retries) it
             self._raise_gave_up(unit, exc, start)
             log.debug("%s: shard %s: samples %d-%d not read apart (%s: %s); reading it whole",
@@ -174,7 +176,9 @@ class TarReader(TarReadAhead, TarStreaming, TarTable, Reader):
             self._tried[unit.path] = (f"samples {window[0]}-{window[1] - 1} read ahead with retries "
                                       f"({type(failed).__name__}: {redact(failed)}), then once in place")
         once = {} if failed is None else {"attempts": 1}  # (errors worded as after retries)
-        got = retries.with_retries(lambda: remotefiles.fetch_ranges(self.ctx.fs, path, [span], size, retry=False),
+        first = window == (self.chunks(unit, unit.num_rows) or [None])[0]  # its size checked with it
+        got = retries.with_retries(lambda: remotefiles.fetch_ranges(self.ctx.fs, path, [span], size, retry=False,
+                                                                    probe=first),
                                    f"reading {path} bytes {span[0]}-{span[1] - 1}", **once)[span]
         self._tried.pop(unit.path, None)
         return got

@@ -69,7 +69,7 @@ class TarReadAhead:
         """The fetch of one piece, made as read-ahead submits it. It waits for the piece's range
         on its thread (`readahead.After`'s note says why)."""
         spans = self._piece_prepare(unit, size, pieces)
-        return functools.partial(_fetch_rows, self.ctx.fs, path, size, spans, window)
+        return functools.partial(_fetch_rows, self.ctx.fs, path, size, spans, pieces, window)
 
     def _whole_fetch(self, unit: WorkUnit, path: str, size: int):
         """The fetch of a whole (unindexed) shard, made as read-ahead submits it."""
@@ -126,15 +126,17 @@ def _parse_text(index_text) -> tarindex.Index | None:
     return None if not text else tarindex.Index.parse(text, split_name, tarinfo.MAX_MEMBER_BYTES)
 
 
-def _fetch_rows(fs, path: str, size: int, spans, window: tuple[int, int]):
-    """Read-ahead task: the bytes of samples `window` of a shard, the range its index names
+def _fetch_rows(fs, path: str, size: int, spans, pieces: tuple, window: tuple[int, int]):
+    """Read-ahead task: the bytes of samples `window` of a shard (the first of `pieces`: with
+    the file's size checked, `remotefiles.fetch_ranges`' probe), the range its index names
     (`spans`: the future of `_piece_spans`, waited for here: a shard's ranges outrank its
     fetches on the read-ahead threads, so they are never queued behind them);
     None when the index cannot say, and the reader reads the shard whole."""
     span = spans.result().get(window) if spans is not None else None
     if span is None:
         return None
-    return _ahead_fetch(path, functools.partial(remotefiles.fetch_ranges, fs, path, [span], size, retry=False))[span]
+    return _ahead_fetch(path, functools.partial(remotefiles.fetch_ranges, fs, path, [span], size, retry=False,
+                                                probe=window == pieces[0]))[span]
 
 
 # the end of the class names storage clients give their time-outs: botocore's ReadTimeoutError and
