@@ -20,7 +20,7 @@ from . import delta as delta_log
 from .discover import DataFile, Listing, data_file, data_files, refuse_compressed_tars, regular_files
 from .gather import run_local, run_spark
 from .parquet import parquet_common_type, parquet_entries, parquet_schema, partition_stats
-from .tar import column_of, key_column, scan_tar, scan_task
+from .tar import column_of, key_column, scan_tar, scan_task, warn_of_split_samples
 
 __all__ = ["Indexed", "build_manifest", "save", "INDEX_DIR"]
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ def _webdataset(listing, files, spark, storage_options, progress):
     else:
         scans = run_local(lambda f: scan_tar(listing.fs, f.full, f.rel, f.size, listing.url), files,
                           "scanning tars", listing.url, progress)
+    warn_of_split_samples([s.pop("ends") for s in scans], [s["path"] for s in scans], listing.url)
     exts = sorted({e for s in scans for e in s["members"]})
     schema = [key_column(exts)] + [column_of(e) for e in exts]
     dali = {}

@@ -24,7 +24,7 @@ from ..read.tarnames import is_sample_member
 from ..read.tartable import parse_int
 from ..footer import json_value
 
-__all__ = ["scan_tar", "column_of", "key_column", "tar_stats", "INT_EXTS", "TEXT_EXTS", "IMAGE_CODECS", "CODECS"]
+__all__ = ["scan_tar", "column_of", "key_column", "tar_stats", "warn_of_split_samples", "INT_EXTS", "TEXT_EXTS", "IMAGE_CODECS", "CODECS"]
 
 # webdataset's own integer and text extensions (its `basichandlers`), plus `.idx`.
 INT_EXTS = frozenset({"cls", "cls2", "class", "count", "index", "inx", "id", "idx"})
@@ -197,7 +197,25 @@ def scan_tar(fs, full: str, rel: str, size: int, dataset: str) -> dict:
     n = len(scan.keys)
     return {"path": rel, "num_samples": n, "num_bytes": size,
             "members": sorted(scan.present), "present": scan.present,
-            "stats": tar_stats(scan.values), "dali_index": _dali_index(scan)}
+            "stats": tar_stats(scan.values), "dali_index": _dali_index(scan),
+            "ends": [scan.keys[0], scan.keys[-1]] if n else None}
+
+
+def warn_of_split_samples(ends: list, paths: list[str], dataset: str) -> None:
+    """Warn where a key ends one shard and starts the next (`ends`: each shard's first and last
+    key, None when it holds none): the sample's members were split between the two files (a
+    listing of files cut into tars by count), and it is read as two samples, each without the
+    other's members, as webdataset reads it; its missing members are nulls, or errors where a
+    column becomes tensors."""
+    held = [(path, e) for path, e in zip(paths, ends) if e is not None]  # (an empty tar splits nothing)
+    split = [(p, q, a[1]) for (p, a), (q, b) in zip(held, held[1:]) if a[1] == b[0]]
+    if split:
+        first, after, key = split[0]
+        more = f" ({len(split) - 1} more shard boundaries split a sample too)" if len(split) > 1 else ""
+        log.warning("%s: key %r ends shard %s and starts shard %s: its members are split between the "
+                    "two files and it is read as two samples, each without the other's members, as "
+                    "webdataset reads it%s; write each sample's members into one tar", dataset, key,
+                    first, after, more)
 
 
 def _warn_of_cases(scan: _Scan) -> None:
