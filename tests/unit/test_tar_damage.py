@@ -120,6 +120,26 @@ def test_index_warns_of_a_tar_without_end_blocks_or_with_bytes_after_them(tmp_pa
     assert f"tar offset {at}" in caplog.text
 
 
+@pytest.mark.parametrize("damaged", [False, True])
+def test_index_read_as_one_stream_warns_of_bytes_after_the_end_block_too(tmp_path, caplog, damaged):
+    """Over a server that ignores Range requests the tar is scanned as one stream (`tar.py`'s
+    `stream=True`): a zeroed header there was the end of the shard without a word."""
+    import fsspec
+
+    from sparkfeed.index.tar import _Scan, _scan_members
+
+    raw = _tar(_samples())
+    at = _offsets(raw)[6]
+    path = tmp_path / "s.tar"
+    path.write_bytes(raw[:at] + b"\0" * 512 + raw[at + 512:] if damaged else raw)
+    caplog.set_level(logging.WARNING, "sparkfeed.index.tar")
+    scan = _Scan("ds", "s.tar")
+    _scan_members(scan, fsspec.filesystem("file"), str(path), stream=True)
+    assert len(scan.keys) == (3 if damaged else 6)
+    assert (f"end-of-archive block at tar offset {at}" in caplog.text) == damaged
+    assert ("bytes that are not zero" in caplog.text) == damaged
+
+
 def test_reader_refuses_a_header_damaged_after_indexing(tmp_path):
     """The damage spoils the index's check, the shard is streamed, and the stream names it;
     under on_error="skip" the shard's samples are skipped and counted."""

@@ -145,7 +145,9 @@ def _scan_members(scan: _Scan, fs, full: str, stream: bool, size: int | None = N
                 scan.last = info
                 if not info.isdir():
                     scan.member(tar, info)
-            if not stream and size is not None:
+            if stream:  # the rest of the one stream: the end's padding, or members after a zero block
+                _check_rest(scan, tar.fileobj.read, tar.offset)
+            elif size is not None:
                 _check_end(scan, f, tar.offset, size)
     except TarHeaderError as exc:
         raise ShardReadError(f"corrupt tar: {exc.reason}", dataset=scan.dataset, shard=scan.shard,
@@ -162,17 +164,18 @@ def _check_end(scan: _Scan, f, end: int, size: int) -> None:
                     scan.shard, end)
         return
     f.seek(end)
-    at = end
-    while at < size:
-        block = f.read(min(1 << 20, size - at))
-        if not block:
-            return
+    _check_rest(scan, f.read, end)
+
+
+def _check_rest(scan: _Scan, read, end: int) -> None:
+    """Warn when bytes that are not zero follow the end-of-archive block at tar offset `end`
+    (`read(n)`: the next bytes after it, b"" at the file's end)."""
+    while block := read(1 << 20):
         if block.strip(b"\0"):
             log.warning("%s: shard %s: bytes that are not zero follow its end-of-archive block at "
                         "tar offset %d; the members after it (if any) are not read, as webdataset "
                         "does not read them", scan.dataset, scan.shard, end)
             return
-        at += len(block)
 
 
 def scan_tar(fs, full: str, rel: str, size: int, dataset: str) -> dict:
