@@ -70,7 +70,8 @@ def check(state, engine, fingerprint: str, where: str) -> None:
         old = float_shares(plan.sizes, engine.sources)
     except (OverflowError, ValueError):  # weights past the floats' range (1e308 each): not told
         return
-    if saved.get("num_samples") == sum(old) != sum(ours):
+    # the same total with another split is refused too: its positions fall in other sources
+    if saved.get("num_samples") == sum(old) and old != ours:
         raise ValueError(_refusal(where, saved, old, ours, _BEFORE_EXACT))
 
 
