@@ -106,6 +106,10 @@ class _Scan:
             self.skipped += 1
             return
         key, ext = split_name(info.name)
+        if ext == KEY_MEMBER:
+            raise ShardReadError(f"member {info.name!r} has the extension {KEY_MEMBER!r}, the name of the "
+                                 "sample's key (webdataset refuses such a sample: a duplicate file name); "
+                                 "rename it", dataset=self.dataset, shard=self.shard, offset=info.offset)
         if not self.keys or self.keys[-1] != key:
             if key in self.seen_keys:
                 raise ShardReadError(f"key {key!r} appears in two places; members of a sample "

@@ -225,7 +225,7 @@ def _whole_columns(cols, fields, members: dict, n: int) -> dict[str, pa.Array]:
     out = {}
     for col, field in zip(cols, fields):
         raw = members.get(col.member or col.name)
-        if isinstance(raw, pa.Array) and col.member != "json":
+        if isinstance(raw, pa.Array) and col.member not in ("json", "__key__"):  # (a ".__key__" member is no key)
             arr = _whole_column(raw, field.type)
             if arr is not None:
                 out[col.name] = arr
