@@ -153,7 +153,7 @@ class Engine:
 
     def identity(self) -> str:
         """What a saved state must match besides the loader's settings: the data and the filter."""
-        return f"{self.config.manifest.num_samples}|{self.config.expr}"
+        return f"{self.config.manifest.num_samples}|{filters.identity_text(self.config.expr)}"
 
     @functools.cached_property
     def data_digest(self) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
+import pickle
 from collections.abc import Sequence
 
 import pyarrow as pa
@@ -21,7 +23,7 @@ from .arrowtypes import INT96_UNIT, arrow_type, common_type, delivered_type, lea
 from .manifest import Column, Shard
 
 __all__ = ["to_expression", "referenced_columns", "unfilterable", "check_filter", "unprunable",
-           "unevaluable", "filter_type", "widened_for_filter",
+           "unevaluable", "filter_type", "widened_for_filter", "identity_text",
            # public here before `arrowtypes` held them: kept for callers outside the package
            "INT96_UNIT", "delivered_type", "common_type", "torch_dtype", "leaf_fields", "arrow_type"]
 
@@ -48,6 +50,17 @@ def to_expression(filter, schema: Sequence[Column] | None = None) -> pc.Expressi
 
 
 _INT64_MAX = 2**63 - 1
+_CUT = "\n  ...\n"  # where pyarrow's text of a value set of more than 20 values leaves the middle out
+
+
+def identity_text(expr: pc.Expression | None) -> str:
+    """The filter as a saved state records it: its text, and where that text leaves values out
+    (an `is_in` of more than 20 values prints its first and last ten), a digest of the whole
+    expression, so two filters that print alike but differ are not taken for one."""
+    text = str(expr)
+    if expr is None or _CUT not in text:
+        return text
+    return f"{text}#{hashlib.blake2b(pickle.dumps(expr), digest_size=8).hexdigest()}"
 
 
 def _typed_literals(dnf: list, schema: Sequence[Column] | None) -> list:
