@@ -112,6 +112,7 @@ class Engine:
         # id(lanes) -> (lanes, what their readers share), for the last iterations
         self._shared: OrderedDict[int, tuple[list, SharedReads]] = OrderedDict()
         self._shared_lock = threading.Lock()
+        self._counted: SharedReads | None = None  # the count pass's, for the first iteration's lanes
 
     @property
     def format(self) -> str:
@@ -186,8 +187,9 @@ class Engine:
                 raise filters.unprunable(exc, cfg.expr, redact(cfg.path)) from exc
             if cfg.expr is not None:
                 stats = Stats()
-                counted = with_counts(plan, functools.partial(_count_units, cfg.manifest.format,
-                                                              self.context(stats, plan)),
+                ctx = self.context(stats, plan)
+                self._counted = ctx.shared  # small files' bytes it fetched: read again by no one
+                counted = with_counts(plan, functools.partial(_count_units, cfg.manifest.format, ctx),
                                       threads=REMOTE_COUNT_THREADS if self.remote else LOCAL_COUNT_THREADS,
                                       task_rows=0 if self.remote else COUNT_TASK_ROWS)
                 self._count_stats, self._count_emptied = stats.take(), _emptied_by_count(plan, counted)
@@ -226,14 +228,15 @@ class Engine:
         with self._shared_lock:
             entry = self._shared.get(id(lanes))
             if entry is None or entry[0] is not lanes:
-                entry = self._shared[id(lanes)] = (lanes, SharedReads())
+                shared, self._counted = self._counted or SharedReads(), None
+                entry = self._shared[id(lanes)] = (lanes, shared)
                 while len(self._shared) > 2:
                     self._shared.popitem(last=False)
             return entry[1]
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_shared"], state["_shared_lock"] = OrderedDict(), None
+        state["_shared"], state["_shared_lock"], state["_counted"] = OrderedDict(), None, None
         return state
 
     def __setstate__(self, state: dict) -> None:

@@ -76,7 +76,7 @@ class ParquetReader(ParquetAhead, Reader):
         size = self._size(path)
         opener = functools.partial(remotefiles.open_remote, self.ctx.fs, path, size)
         if size is not None and size <= _FOOTER_BYTES:  # small: whole, in one request, once read
-            opener = functools.partial(_fetch_whole, self.ctx.fs, path, size)
+            opener = functools.partial(_fetch_whole, self.ctx, storage.relative(self.ctx.root, path), path, size)
         return opener() if size is None else remotefiles.KnownRanges({}, size, opener)
 
     def _parquet_file(self, path: str, metadata) -> pq.ParquetFile:

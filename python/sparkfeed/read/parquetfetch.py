@@ -26,11 +26,20 @@ _FOOTER_BYTES = 64 << 10  # a footer's fetch: the file's tail (pyarrow's own foo
 
 
 
-def _fetch_whole(fs, path: str, size: int) -> io.BytesIO:
-    """A small file read in place (the filter's count pass, a lane ahead of read-ahead), fetched
-    whole in one request: its footer and row groups would otherwise be a request each. Not
-    retried here: the read that needs it is (`ParquetReader._retrying`)."""
-    return io.BytesIO(remotefiles.fetch_whole(fs, path, size, retry=False))
+def _fetch_whole(ctx, rel: str, path: str, size: int) -> io.BytesIO:
+    """A small file read in place (the filter's count pass, a lane ahead of read-ahead): the
+    bytes the iteration's readers hold (`SharedReads.hold`), else fetched whole in one request
+    (its footer and row groups would otherwise be a request each) and held for them, as
+    read-ahead holds what it fetches: the count pass's, for the first epoch's readers
+    (`Engine.plan`; before, each small file was fetched again there). Not retried here: the
+    read that needs it is (`ParquetReader._retrying`)."""
+    data = ctx.shared.whole(rel)
+    if data is None:
+        data = remotefiles.fetch_whole(ctx.fs, path, size, retry=False)
+        shard = ctx.shards.get(rel)
+        if shard is not None and shard.row_groups:  # (held until each is read, bounded in bytes)
+            ctx.shared.hold(rel, data, len(shard.row_groups))
+    return io.BytesIO(data)
 
 
 def _fetch_footer(fs, path: str, size: int | None) -> tuple:
