@@ -56,11 +56,12 @@ _CUT = "\n  ...\n"  # where pyarrow's text of a value set of more than 20 values
 def identity_text(expr: pc.Expression | None) -> str:
     """The filter as a saved state records it: its text, and where that text leaves values out
     (an `is_in` of more than 20 values prints its first and last ten), a digest of the whole
-    expression, so two filters that print alike but differ are not taken for one."""
+    expression (Arrow's own serialization: should a pyarrow upgrade change it, such a state is
+    refused, never taken for another), so two filters that print alike are not taken for one."""
     text = str(expr)
     if expr is None or _CUT not in text:
         return text
-    return f"{text}#{hashlib.blake2b(pickle.dumps(expr), digest_size=8).hexdigest()}"
+    return f"{text}#{hashlib.blake2b(pickle.dumps(expr, protocol=5), digest_size=8).hexdigest()}"
 
 
 def _typed_literals(dnf: list, schema: Sequence[Column] | None) -> list:
