@@ -40,6 +40,18 @@ def never_collect_inherited() -> None:
             _REGISTERED.append(True)
 
 
+def free_at_fork(lock) -> None:
+    """Fork only while no thread holds `lock` (a module's short lock, taken by lane or prefetch
+    threads): it is taken before each fork and let go after it in the parent, and made afresh in
+    the child. A child forked while another thread held it (a worker process started while a
+    lane thread of another loader was in it) got it held by a thread it does not have, and waited
+    for it for ever the first time it needed it. As `concurrent.futures.thread` guards its own.
+    The lock must never be held around a fork (nothing that forks runs under it)."""
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=lock.acquire, after_in_parent=lock.release,
+                            after_in_child=lock._at_fork_reinit)
+
+
 @contextlib.contextmanager
 def frozen_while_forking():
     """Around starting worker processes: the parent's objects are frozen while the workers fork,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from . import forks
 from .mixshares import block_counts, block_labels
 from .mixsource import SOURCE_COLUMN
 from .segments import Block
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
 _CACHED_BLOCKS = 16       # block labels a grid keeps (uint8, at most 64 KiB each)
 _SHARED_LOCK = threading.Lock()
+forks.free_at_fork(_SHARED_LOCK)  # (mix lanes in worker processes need it)
 
 
 class _Grid:
