@@ -316,9 +316,11 @@ def test_a_key_twice_in_one_shard_fails_the_task_naming_it(spark, tmp_path):
                                         r'rows 0 and 2, shard part-00000-0000.tar\)'):
         df.write.format("webdataset").save(str(path))
     assert not (path / MANIFEST).exists()
-    # the same key in two shards is two samples in two tars: allowed
-    df.write.format("webdataset").option("samplesPerShard", 2).save(str(tmp_path / "ok"))
-    assert json.loads((tmp_path / "ok" / MANIFEST).read_text())["num_samples"] == 3
+    # the same key in two shards fails the job commit (tests/spark/test_webdataset_duplicate_keys.py)
+    with pytest.raises(Exception, match=r'wrote sample keys in two shards: "a" \(in part-00000-0000.tar '
+                                        r'and part-00000-0001.tar\)'):
+        df.write.format("webdataset").option("samplesPerShard", 2).save(str(tmp_path / "two"))
+    assert not (tmp_path / "two" / MANIFEST).exists()
 
 
 # --- sparkfeed.write(format="webdataset", options=...) -----------------------------------------

@@ -90,15 +90,18 @@ public final class WebDatasetBatchWrite implements BatchWrite {
         DatasetDir dir = dir();
         List<ShardInfo> shards = new ArrayList<>();
         Set<String> committed = new HashSet<>();
+        List<long[]> keyHashes = new ArrayList<>();
         long withoutMembers = 0;
         for (WriterCommitMessage m : messages) {
             if (m == null) continue;
-            withoutMembers += ((ShardCommitMessage) m).rowsWithoutMembers();
-            for (ShardInfo s : ((ShardCommitMessage) m).shards()) {
+            ShardCommitMessage message = (ShardCommitMessage) m;
+            withoutMembers += message.rowsWithoutMembers();
+            for (ShardInfo s : message.shards()) {
                 shards.add(s);
                 committed.add(s.path());
                 committed.add(s.index());
             }
+            if (message.keyHashes() != null) keyHashes.addAll(message.keyHashes());
         }
         try {
             Map<String, Long> listed = new HashMap<>();
@@ -110,6 +113,7 @@ public final class WebDatasetBatchWrite implements BatchWrite {
             }
             refuseUnseenShards(shards, listed.keySet(), dir.root);
             refuseWrongSizes(shards, listed, dir.root);
+            if (keyHashes.size() == shards.size()) refuseDuplicateKeys(dir, shards, keyHashes);
             dir.deleteTemporary(jobId);
             byte[] json = ManifestWriter.toJson(ManifestWriter.manifest(layout.manifestSchema(),
                 shards, WebDatasetSource.version(), WebDatasetSource.sparkVersion()));
@@ -173,6 +177,33 @@ public final class WebDatasetBatchWrite implements BatchWrite {
             : "") + ". Something changed the files between the tasks' commits and the job's "
             + "(another writer at the same path, or storage that lost data); no manifest was "
             + "written. Write again, to a path no other job writes");
+    }
+
+    /**
+     * Fails, before the manifest is written, when a sample key is in two shards (of two tasks, or
+     * of one task that wrote several): each shard's writer refuses a key twice in it, but only
+     * the driver sees every shard, and a reader would see two samples with one key. The abort
+     * that follows deletes the shards.
+     */
+    static void refuseDuplicateKeys(DatasetDir dir, List<ShardInfo> shards, List<long[]> keyHashes)
+            throws IOException {
+        List<String> names = new ArrayList<>();
+        List<String> indexes = new ArrayList<>();
+        for (ShardInfo s : shards) {
+            names.add(s.path());
+            indexes.add(s.index());
+        }
+        List<KeyDigest.Duplicate> found = KeyDigest.duplicates(dir, names, indexes, keyHashes);
+        if (found.isEmpty()) {
+            return;
+        }
+        throw new IllegalStateException("the webdataset write to " + dir.root + " wrote sample "
+            + "keys in two shards: " + found.stream().map(Object::toString)
+            .collect(java.util.stream.Collectors.joining(", "))
+            + (found.size() >= KeyDigest.SHOWN ? " and maybe more" : "") + "; a key names one "
+            + "sample (readers group a tar's members by key), so each must appear once; no "
+            + "manifest was written and the shards are removed. Make the keys unique (e.g. "
+            + "df.dropDuplicates([keyColumn])), or drop the key column to have keys generated");
     }
 
     /** Says how many rows wrote no sample: a tar sample exists only through its members. */

@@ -41,7 +41,8 @@ import org.apache.spark.unsafe.types.UTF8String;
  * all-null and prune samples that hold values). The key column's stats are those of the keys as
  * written (sanitised), which is what readers deliver and filter on. A key may appear once per
  * shard: readers group a tar's members by key, and a key in two places is one sample split in
- * two (webdataset) or a tar that sparkfeed's reader refuses.
+ * two (webdataset) or a tar that sparkfeed's reader refuses. Each shard's key hashes go to the
+ * driver in the commit message ({@link KeyDigest}), which refuses a key in two shards.
  */
 public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
     private static final int BUFFER_BYTES = 1 << 20;
@@ -63,6 +64,8 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
     private ColumnStats[] stats;
     private ColumnStats.Text keyStats;
     private final Map<String, Long> shardKeys = new HashMap<>();
+    private final List<long[]> keyHashes = new ArrayList<>();
+    private KeyDigest digest;
     private String shardName;
     private long rowIndex;
     private long rowsWithoutMembers;
@@ -122,6 +125,7 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
                     + "\"a.b\" and \"a b\" can become this one)" : ""));
             }
             keyStats.add(UTF8String.fromString(key));
+            digest.add(key);
         }
         for (ColumnStats s : stats) {
             s.update(row);
@@ -161,6 +165,7 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
         }
         stats = list.toArray(new ColumnStats[0]);
         keyStats = keyOrdinal >= 0 ? ColumnStats.forKeys() : null;
+        digest = keyOrdinal >= 0 ? KeyDigest.create() : null;
         shardKeys.clear();
     }
 
@@ -181,6 +186,10 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
         }
         shards.add(new ShardInfo(shardName, tar.samples(), tar.bytes(),
             new ArrayList<>(tar.extensions()), summary, index));
+        if (digest != null) {
+            keyHashes.add(digest.sorted());
+            digest = null;
+        }
         tar = null;
         shardKeys.clear();
     }
@@ -195,7 +204,8 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
             dir.moveReplacing(new Path(taskDir, shard.index()), dir.child(shard.index()));
         }
         dir.fs.delete(taskDir, true);
-        return new ShardCommitMessage(partitionId, shards, rowsWithoutMembers);
+        return new ShardCommitMessage(partitionId, shards, rowsWithoutMembers,
+            keyOrdinal >= 0 ? keyHashes : null);
     }
 
     @Override
