@@ -131,7 +131,7 @@ _STOPS = np.zeros(256, bool)  # markers that end a row's walk: the first scan (S
 _STOPS[[0xDA, 0xD9]] = True
 
 
-def _walk_jpegs(data, rows, pos, end, w, h, exif, short, restarts) -> None:
+def _walk_jpegs(data, rows, pos, end, w, h, exif, short, restarts, scans) -> None:
     """The lockstep marker walk of `_scan_sizes` over the JPEG `rows` (their first segment at
     `pos`, their bytes ending at `end`): each step reads every live row's marker and length at
     once (one gather) and moves it to its next segment; a step's rare parts (a frame header, an
@@ -155,6 +155,8 @@ def _walk_jpegs(data, rows, pos, end, w, h, exif, short, restarts) -> None:
             w[rows[frame]], h[rows[frame]] = _be16(data, pos[frame] + 7), _be16(data, pos[frame] + 5)
         if restarts is not None and (dri := marker == 0xDD).any():
             restarts[rows[dri]] = True
+        if scans is not None and (sos := marker == 0xDA).any():  # where its scan data begins
+            scans[rows[sos]] = pos[sos] + 2 + (quad[sos, 2].astype(np.int64) << 8 | quad[sos, 3])
         app1 = np.flatnonzero(marker == 0xE1) if exif is not None else ()
         if len(app1):  # "Exif" after the segment's length (a row is walked once a step: no repeats)
             at = pos[app1]
@@ -166,14 +168,16 @@ def _walk_jpegs(data, rows, pos, end, w, h, exif, short, restarts) -> None:
 
 
 def _scan_sizes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, exif: np.ndarray | None = None,
-                short: np.ndarray | None = None, restarts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                short: np.ndarray | None = None, restarts: np.ndarray | None = None,
+                scans: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(width, height) of every row of one buffer from its JPEG or PNG header, for the whole batch
     at once: the JPEG marker walk advances all rows in lockstep (a few numpy steps per segment,
     not a Python loop per image). Rows it cannot read get -1 (the caller asks PIL about those).
     `exif`: counts, per row, the APP1 "Exif" segments before the first scan (the walk then goes
     on past the frame header: DALI reads a block placed after it); `short`: marks the rows whose
     walk ran out of bytes before it ended (a gathered head too short for their segments);
-    `restarts`: marks the rows with a restart interval (DRI) before their first scan."""
+    `restarts`: marks the rows with a restart interval (DRI) before their first scan; `scans`:
+    where each row's first scan data begins, from the row's start (-1: not found)."""
     n = len(starts)
     w, h = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
     if n == 0 or data.size == 0:
@@ -186,24 +190,26 @@ def _scan_sizes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, exif: np
     first = _be16(data, starts)
     jpeg = ~png & (lens >= 4) & (first == 0xFFD8)
     rows = np.flatnonzero(jpeg)
-    _walk_jpegs(data, rows, starts[rows] + 2, ends[rows], w, h, exif, short, restarts)
+    _walk_jpegs(data, rows, starts[rows] + 2, ends[rows], w, h, exif, short, restarts, scans)
+    if scans is not None:
+        scans[rows] = np.where(scans[rows] >= 0, scans[rows] - starts[rows], -1)
     return w, h
 
 
 _HEAD = 4096  # bytes of each row gathered for one scan when a batch lies in several buffers
 
 
-def _sizes(enc: _Encoded) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """`_scan_sizes` of every row, its count of EXIF blocks and whether it has restart markers
-    (a DRI segment). Rows in several buffers (`BinaryChunks`) have `_HEAD` bytes
+def _sizes(enc: _Encoded) -> tuple[np.ndarray, ...]:
+    """`_scan_sizes` of every row, its count of EXIF blocks, whether it has restart markers (a
+    DRI segment) and where its first scan data begins (from its start; -1: none found). Rows in several buffers (`BinaryChunks`) have `_HEAD` bytes
     from their start gathered into one buffer (one numpy gather per buffer) and scanned at once:
     one scan per buffer cost 5x the time of one over the whole batch (2.0 vs 0.4 ms for 256
     images in 7 parts). Rows whose header runs past those bytes (a large EXIF block) are
     scanned again where they lie."""
     n = len(enc)
-    exif, short, restarts = np.zeros(n, np.int64), np.zeros(n, bool), np.zeros(n, bool)
+    exif, short, restarts, scans = np.zeros(n, np.int64), np.zeros(n, bool), np.zeros(n, bool), np.full(n, -1)
     if len(enc.buffers) == 1:
-        return (*_scan_sizes(enc.buffers[0], enc.starts, enc.ends, exif, None, restarts), exif, restarts)
+        return (*_scan_sizes(enc.buffers[0], enc.starts, enc.ends, exif, None, restarts, scans), exif, restarts, scans)
     width = int(min(_HEAD, (enc.ends - enc.starts).max(initial=0)))
     heads = np.zeros((n, width), np.uint8)
     first = np.zeros(n, np.int64)  # where each row's gathered bytes begin in its buffer
@@ -215,16 +221,16 @@ def _sizes(enc: _Encoded) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
             heads[rows] = np.lib.stride_tricks.sliding_window_view(data, width)[first[rows]]
     base = np.arange(n, dtype=np.int64) * width - first
     w, h = _scan_sizes(heads.reshape(-1), enc.starts + base, np.minimum(enc.ends, first + width) + base, exif, short,
-                       restarts)
+                       restarts, scans)
     longer = short & (enc.ends > first + width)
     exif[longer] = 0  # counted again, from the start, where they lie
     for data, rows in enc.groups():
         rows = rows[longer[rows]]
         if rows.size:
-            counts, dri = np.zeros(rows.size, np.int64), np.zeros(rows.size, bool)
-            w[rows], h[rows] = _scan_sizes(data, enc.starts[rows], enc.ends[rows], counts, None, dri)
-            exif[rows], restarts[rows] = counts, dri
-    return w, h, exif, restarts
+            counts, dri, at = np.zeros(rows.size, np.int64), np.zeros(rows.size, bool), np.full(rows.size, -1)
+            w[rows], h[rows] = _scan_sizes(data, enc.starts[rows], enc.ends[rows], counts, None, dri, at)
+            exif[rows], restarts[rows], scans[rows] = counts, dri, at
+    return w, h, exif, restarts, scans
 
 
 # What DALI's decoders read (nvImageCodec); PIL's names for them. Others (GIF, ICO, TGA, ...) fail
@@ -332,7 +338,7 @@ def _check_headers(enc: _Encoded, spec: ImageDecode) -> tuple[np.ndarray, list[t
 
     JPEG and PNG rows are read for the whole batch at once (`_scan_sizes`); only rows it cannot
     read (other formats, odd JPEGs) go one by one through PIL's lazy `Image.open`."""
-    w, h, exif, restarts = _sizes(enc)
+    w, h, exif, restarts, scans = _sizes(enc)
     failures = []
     for r in np.flatnonzero(exif > 1).tolist():  # rare: a Python walk of those rows only
         turns = _jpeg_orientations(memoryview(enc.row(r)))
@@ -343,9 +349,14 @@ def _check_headers(enc: _Encoded, spec: ImageDecode) -> tuple[np.ndarray, list[t
             w[r] = h[r] = -2
     from .cutshort import _cut_short
 
+    from .scanmarkers import _stray_markers
+
     for r, reason in _cut_short(enc, restarts & (w >= 0)):
         failures.append((r, reason))
         w[r] = h[r] = -2  # neither read again below nor counted as known
+    for r, reason in _stray_markers(enc, np.where(w >= 0, scans, -1)):
+        failures.append((r, reason))
+        w[r] = h[r] = -2
     for r in np.flatnonzero(w == -1).tolist():
         size, reason = _check_header(enc.row(r), spec.max_pixels, _DALI_FORMATS if spec.backend == "dali" else None)
         if reason is None:

@@ -1,0 +1,105 @@
+"""JPEGs whose scan data holds a marker libjpeg refuses (damaged bytes), found before decoding.
+
+A byte of a JPEG's scan data damaged into 0xFF followed by most values reads as a marker:
+libjpeg stops the scan there and fails on the marker. PIL then refused the image, while DALI's
+CPU decoder (nvImageCodec) fell back to another decoder that delivered the part before the
+damage and grey for the rest, without an error: for 226 of the 246 possible marker bytes put in
+the middle of a baseline JPEG's scan. The header check now refuses such a JPEG for both backends.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .headers import _Encoded
+
+# Markers libjpeg accepts after a frame's first scan: restarts, the end, the segments that may
+# come between scans (tables, restart interval, DNL, application data, comments), TEM. Any other
+# is an error wherever it comes (an unknown marker, a second SOI or frame header).
+_ACCEPTED = np.zeros(256, bool)
+_ACCEPTED[[0x01, 0xC4, 0xCC, 0xD9, 0xDA, 0xDB, 0xDC, 0xDD, 0xFE, *range(0xD0, 0xD8), *range(0xE0, 0xF0)]] = True
+
+_STRAY = ("could not decode: the JPEG's scan data holds a marker 0xFF{kind:02X} at byte {at}, which its decoders "
+          "refuse (damaged data; DALI delivered grey for the rest, PIL refused it); refused before decoding")
+_SECOND_SCAN = ("could not decode: the JPEG's frame has one scan, but a second scan header (0xFFDA) follows at byte "
+                "{at} (damaged data); refused before decoding")
+
+
+def _markers(data: np.ndarray) -> np.ndarray:
+    """Positions of the markers of a buffer: 0xFF followed by neither a stuffed 0 nor a fill 0xFF."""
+    ff = np.flatnonzero(data[:-1] == 0xFF)
+    after = data[ff + 1]
+    return ff[(after != 0) & (after != 0xFF)]
+
+
+def _stray_markers(enc: _Encoded, scans: np.ndarray) -> list[tuple[int, str]]:
+    """(row, reason) of the JPEG rows (their first scan's data at `scans`, from the row's start;
+    -1: not a JPEG read) with a refused marker after that scan begins. One numpy pass finds every
+    marker of the batch; a row whose first marker past its scan data (restarts aside) is its end
+    marker is whole, the usual case; only the others (progressive and multi-scan JPEGs, damaged
+    ones) are walked segment by segment."""
+    bad = []
+    for data, rows in enc.groups():
+        rows = rows[scans[rows] >= 0]
+        if not rows.size:
+            continue
+        marks = _markers(data)
+        kinds = data[marks + 1]
+        plain = np.flatnonzero((kinds & 0xF8) != 0xD0)  # markers that are not restarts
+        first = np.searchsorted(marks[plain], enc.starts[rows] + scans[rows])
+        found = np.minimum(first, plain.size - 1)
+        whole = (first < plain.size) & (kinds[plain[found]] == 0xD9) if plain.size else np.zeros(rows.size, bool)
+        for r in rows[~whole].tolist():
+            start, end = int(enc.starts[r]), int(enc.ends[r])
+            lo, hi = np.searchsorted(marks, [start, end])
+            why = _walk(enc.row(r).tobytes(), marks[lo:hi] - start, kinds[lo:hi], int(scans[r]))
+            if why is not None:
+                bad.append((r, why))
+    return bad
+
+
+def _single_scan(b: bytes) -> bool:
+    """Whether the JPEG's frame is sequential and its first scan holds every component (then no
+    scan may follow it)."""
+    i, frame = 2, None
+    while i + 4 <= len(b) and b[i] == 0xFF:
+        marker = b[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker in (0xC0, 0xC1):
+            frame = b[i + 9] if i + 9 < len(b) else None
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return False
+        if marker == 0xDA:
+            return frame is not None and i + 4 < len(b) and b[i + 4] == frame
+        i += 2 + int.from_bytes(b[i + 2:i + 4], "big")
+    return False
+
+
+def _walk(b: bytes, marks: np.ndarray, kinds: np.ndarray, at: int) -> str | None:
+    """Why the row `b` (its markers at `marks`, of `kinds`; its first scan data at `at`) holds a
+    marker its decoders refuse, or None: from each scan's data to its first marker that is not a
+    restart, skipping the segments between scans by their lengths, up to the end marker."""
+    single = None
+    while True:
+        k = int(np.searchsorted(marks, at))
+        rest = np.flatnonzero((kinds[k:] & 0xF8) != 0xD0)
+        if not rest.size:
+            return None  # no end marker: the cut-short check's
+        i, kind = int(marks[k + rest[0]]), int(kinds[k + rest[0]])
+        if kind == 0xD9:
+            return None
+        if not _ACCEPTED[kind]:
+            return _STRAY.format(kind=kind, at=i)
+        if kind == 0xDA:
+            single = _single_scan(b) if single is None else single
+            if single:
+                return _SECOND_SCAN.format(at=i)
+        if kind == 0x01:  # TEM: no length
+            at = i + 2
+            continue
+        length = int.from_bytes(b[i + 2:i + 4], "big")
+        if length < 2 or i + 2 + length > len(b):
+            return None  # a segment the decoders judge themselves
+        at = i + 2 + length

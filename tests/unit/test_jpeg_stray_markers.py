@@ -1,0 +1,97 @@
+"""A JPEG whose scan data holds a marker its decoders refuse gets one verdict from both backends.
+
+A damaged byte of scan data that reads as a marker (0xFF then most values) stops libjpeg's scan
+and fails the decode. PIL refused such a JPEG; DALI's CPU decoder fell back to a decoder that
+delivered the pixels before the damage and grey after it, without an error (226 of the 246
+marker bytes in the middle of a baseline scan). The header check now refuses it for both.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sparkfeed.decode import ImageDecoder
+from sparkfeed.imagespec import ImageDecode
+
+BACKENDS = ["dali", "pil"]
+
+
+def _jpeg(**save) -> bytes:
+    a = (np.add.outer(np.arange(96), np.arange(128))[..., None] * [3, 1, 2] % 256).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "JPEG", **{"quality": 90, **save})
+    return buf.getvalue()
+
+
+def _scan_starts(b: bytes) -> list[int]:
+    """Where each scan's data begins (after each SOS header)."""
+    out, i = [], b.find(b"\xff\xda")
+    while i >= 0:
+        out.append(i + 2 + int.from_bytes(b[i + 2:i + 4], "big"))
+        i = b.find(b"\xff\xda", out[-1])
+    return out
+
+
+def _with_marker(b: bytes, at: int, kind: int) -> bytes:
+    return b[:at] + bytes([0xFF, kind]) + b[at + 2:]
+
+
+def _decode(backend: str, items):
+    return ImageDecoder(ImageDecode(device="cpu", backend=backend), max_batch_size=256).decode(items)
+
+
+KINDS = [k for k in range(1, 255) if not 0xD0 <= k <= 0xD7]
+# what libjpeg takes after a scan (the end, tables, DNL, APPn, COM, TEM): not refused from the
+# header; C4/CC/DB/DD with a garbage body PIL refuses and DALI decodes still (not found here)
+TAKEN = {0x01, 0xC4, 0xCC, 0xD9, 0xDB, 0xDC, 0xDD, 0xFE, *range(0xE0, 0xF0)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_refused_marker_inside_a_baseline_scan_is_a_bad_row_for_both_backends(backend):
+    whole = _jpeg()
+    at = (_scan_starts(whole)[0] + len(whole)) // 2
+    res = _decode(backend, [whole] + [_with_marker(whole, at, k) for k in KINDS])
+    reasons = dict(res.failures)
+    refused = {KINDS[r - 1] for r in reasons}
+    assert refused >= set(KINDS) - TAKEN and 0 not in reasons
+    for k in set(KINDS) - TAKEN:
+        why = reasons[KINDS.index(k) + 1]
+        assert "refused before decoding" in why and (f"0xFF{k:02X} at byte {at}" in why or "second scan" in why)
+
+
+def test_dali_delivered_grey_for_the_rest_where_pil_refused():
+    """The silent case: one of those bytes decoded by DALI alone (the header check bypassed)."""
+    from sparkfeed.dalidecode import _DaliBackend
+    from sparkfeed.decodejob import _Draws
+    from sparkfeed.headers import _encoded
+
+    whole = _jpeg()
+    bad = _with_marker(whole, (_scan_starts(whole)[0] + len(whole)) // 2, 0x41)
+    with pytest.raises(OSError):
+        Image.open(io.BytesIO(bad)).load()
+    backend = _DaliBackend(ImageDecode(device="cpu"), "cpu", 2, 1, 0)
+    enc, rows = _encoded([whole, bad]), np.arange(2)
+    draws = _Draws(np.zeros(2, np.float32), np.zeros(2, np.float32), np.zeros(2, np.int32))
+    (images,), ok, failures = backend.run(enc, rows, draws, "crop", np.array([[128, 96]] * 2))
+    assert ok == [0, 1] and failures == []
+    assert (images[1].int() - images[0].int()).abs().max() > 100  # grey for the lower part
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_progressive_and_multi_scan_jpegs_decode_and_a_marker_in_a_later_scan_is_refused(backend):
+    """Between scans come tables and scan headers (skipped by their lengths): never refused. A
+    refused marker inside the third scan's data is found, as a second scan header is in a
+    one-scan JPEG."""
+    progressive, optimised = _jpeg(progressive=True), _jpeg(progressive=True, optimize=True, quality=1)
+    baseline = _jpeg()
+    third = _scan_starts(progressive)[2] + 5
+    items = [progressive, optimised, _with_marker(progressive, third, 0x41),
+             _with_marker(baseline, (_scan_starts(baseline)[0] + len(baseline)) // 2, 0xDA)]
+    res = _decode(backend, items)
+    assert res.ok_rows.tolist() == [0, 1]
+    (r2, why2), (r3, why3) = res.failures
+    assert (r2, r3) == (2, 3) and f"0xFF41 at byte {third}" in why2 and "second scan header" in why3
