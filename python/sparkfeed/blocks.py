@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from . import forks
 from .threads import stopping
 
 if TYPE_CHECKING:  # annotations only: stream.py imports this module
@@ -95,6 +96,9 @@ class _LaneShare:
         """A lane closed: release everything it has not released yet."""
         for x in list(self._pending[lane]):
             self.release(x, lane)
+
+
+forks.free_at_fork(_LaneShare._registry_lock)  # (a forked child's own thread lanes take it)
 
 
 class SharedBlocks(_LaneShare):

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from . import filters, packing, partition, storage
+from . import filters, forks, packing, partition, storage
 from .errors import redact
 from .lanes import LaneReader
 from .manifest import Manifest
@@ -51,6 +51,10 @@ LOCAL_COUNT_THREADS, REMOTE_COUNT_THREADS = 8, 32
 # Local small files are counted many at once, the filter evaluated once over up to this many rows
 # (`plan.with_counts`); remote ones a file a task, so that their requests go out at once
 COUNT_TASK_ROWS = 65_536
+# every engine's lock for what its thread lanes share: one for all, so it can be free at a fork
+# (a forked child's own thread lanes take it; a parent's lane thread may hold it as it forks)
+_LANES_SHARED_LOCK = threading.Lock()
+forks.free_at_fork(_LANES_SHARED_LOCK)
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ class Engine:
         self._count_emptied: dict = {}  # what the filter's count pass found empty (`_emptied_by_count`)
         # id(lanes) -> (lanes, what their readers share), for the last iterations
         self._shared: OrderedDict[int, tuple[list, SharedReads]] = OrderedDict()
-        self._shared_lock = threading.Lock()
+        self._shared_lock = _LANES_SHARED_LOCK
         self._counted: SharedReads | None = None  # the count pass's, for the first iteration's lanes
 
     @property
@@ -240,7 +244,7 @@ class Engine:
         return state
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _shared_lock=threading.Lock())
+        self.__dict__.update(state, _shared_lock=_LANES_SHARED_LOCK)
 
     def _indexes(self, fs, root: str) -> tuple | None:
         """Where the DALI index paths of a tar manifest are relative to: the manifest's directory

@@ -3,14 +3,17 @@ the lock held, by a thread it does not have, and would wait for it for ever the 
 needs it. Each test holds the lock on a thread, as a lane thread does for a moment, until the
 main thread is forking; the loader's `timeout` turns a hang into a failure."""
 
+import os
+import signal
 import sys
 import threading
+import time
 
 import pytest
 
 import dsutil
 import sparkfeed
-from sparkfeed import Source, mixgrid
+from sparkfeed import Source, blocks, mixgrid
 
 _BOUND_S = 15.0  # only turns a hang into a failure: nothing is timed
 
@@ -35,13 +38,19 @@ def _forking(thread: threading.Thread) -> bool:
 
 def _held_until_forking(lock) -> threading.Thread:
     """A thread that takes `lock` and lets it go once the main thread is forking (or after the bound)."""
-    main, held = threading.main_thread(), threading.Event()
+    main = threading.main_thread()
+    return _held_until(lock, lambda: _forking(main))
+
+
+def _held_until(lock, forking) -> threading.Thread:
+    """A thread that takes `lock` and lets it go once `forking()` (or after the bound)."""
+    held = threading.Event()
 
     def hold():
         with lock:
             held.set()
             try:
-                dsutil.wait_until(lambda: _forking(main), "the main thread forking", timeout=_BOUND_S)
+                dsutil.wait_until(forking, "the main thread forking", timeout=_BOUND_S)
             except AssertionError:
                 pass  # forked without being seen: the child has the lock held (the bug)
     thread = threading.Thread(target=hold, daemon=True)
@@ -62,3 +71,54 @@ def test_mix_worker_processes_forked_while_a_thread_holds_the_grid_lock_read_the
     finally:
         holder.join()
     assert not mixgrid._SHARED_LOCK.locked()
+
+
+@pytest.fixture(scope="module")
+def parquet(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("forklocks") / "pq")
+    dsutil.write_parquet(root, dsutil.table(200), 50, 10)
+    return root
+
+
+def _fork() -> int:
+    """os.fork(), in a frame of its own: the holding thread sees the main thread forking."""
+    return os.fork()
+
+
+def _child_exit(pid: int) -> int:
+    """The child's exit code; one still running after the bound is killed and reported hung."""
+    deadline = time.monotonic() + _BOUND_S
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung on a lock its parent's thread held when it forked")
+
+
+@pytest.mark.parametrize("which", ["lane shares", "engine"])
+def test_a_forked_child_reads_with_thread_lanes_whatever_its_parents_threads_held(parquet, which):
+    """Thread lanes find what they share through a class-wide registry (`blocks._LaneShare`) and
+    the engine (`Engine._lanes_shared`), each under a short lock: a child forked (os.fork, as a
+    notebook or a fork server does) while a lane thread of the parent held one waited for ever."""
+    loader = sparkfeed.DataLoader(parquet, batch_size=10, num_workers=2, shuffle=True, columns=["id"])
+    n = len(loader)
+    lock = blocks._LaneShare._registry_lock if which == "lane shares" else loader.dataset.engine._shared_lock
+    main = threading.main_thread()
+
+    def in_fork() -> bool:
+        frame = sys._current_frames().get(main.ident)
+        return frame is not None and frame.f_code is _fork.__code__
+    holder = _held_until(lock, in_fork)
+    pid = _fork()
+    if pid == 0:  # the child: never back into pytest
+        code = 1
+        try:
+            code = 0 if sum(1 for _ in loader) == n else 2
+        finally:
+            os._exit(code)
+    holder.join()
+    assert _child_exit(pid) == 0
+    assert sum(1 for _ in loader) == n, "the parent's own epoch too"
