@@ -78,6 +78,8 @@ def _typed_literals(dnf: list, schema: Sequence[Column] | None) -> list:
         if not (isinstance(pred, tuple) and len(pred) == 3 and isinstance(pred[0], str)):
             return pred  # (pyarrow says what is wrong)
         col, op, val = pred
+        if op in ("in", "not in") and isinstance(val, (set, frozenset)):
+            pred = col, op, val = col, op, _ordered(val)
         many = op in ("in", "not in") and isinstance(val, (list, tuple, set))
         values = list(val) if many else [val]
         type_ = _literal_type(col, values, types.get(col)) if values else None
@@ -85,6 +87,16 @@ def _typed_literals(dnf: list, schema: Sequence[Column] | None) -> list:
             return pred
         return (col, op, pa.array(values, type_) if many else pa.scalar(val, type_))
     return [[typed(p) for p in c] if isinstance(c, list) else typed(c) for c in dnf]
+
+
+def _ordered(values: set | frozenset) -> list:
+    """A DNF set's values in one order: a set of strings iterates in an order that changes from
+    one process to the next (Python's hash seed), and so did the filter's text, which a saved
+    state records: the same filter refused its own state after a restart."""
+    try:
+        return sorted(values)
+    except TypeError:  # (mixed types, None)
+        return sorted(values, key=lambda v: (type(v).__name__, repr(v)))
 
 
 def _literal_type(col: str, values: list, column: pa.DataType | None) -> pa.DataType | None:

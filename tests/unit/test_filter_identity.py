@@ -7,6 +7,10 @@ whole expression wherever its text is cut short."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -48,3 +52,18 @@ def test_a_filter_printed_whole_keeps_its_text():
         assert identity_text(expr) == str(expr)
     assert identity_text(None) == "None"
     assert identity_text(pc.field("id").isin(EVEN)) != identity_text(pc.field("id").isin(OTHER))
+
+
+SETS = ["{'alpha', 'beta', 'gamma', 'delta', 'é'}", "{3, 1, 2}", "{None, 'a', 'b'}", "frozenset({'x', 'y', 'z'})"]
+
+
+def test_a_dnf_set_reads_as_one_filter_in_every_process():
+    """A set of strings iterates in an order that changes with Python's hash seed, and the filter's
+    text (a saved state's record of it) changed from one process to the next: a job restarted
+    with the same `[("s", "in", {...})]` refused its own state. The text is now the same."""
+    code = ("from sparkfeed.filters import to_expression, identity_text\n"
+            f"for values in [{', '.join(SETS)}]:\n"
+            "    print(identity_text(to_expression([('s', 'in', values)])))")
+    texts = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": str(seed)},
+                            capture_output=True, text=True, check=True).stdout for seed in range(1, 4)}
+    assert len(texts) == 1 and texts.pop().count("is_in(s") == len(SETS)
