@@ -47,6 +47,27 @@ def test_worker_killed_mid_shard_is_retried_with_exact_counts(tmp_path):
         assert data_files == sorted(s.path for s in m.shards), f"{fmt}: no stray or duplicate shard"
 
 
+def test_a_task_failing_once_under_committer_v2_is_retried_with_exact_counts(tmp_path):
+    """FileOutputCommitter v2 moves each task's files into the root at task commit; a task whose
+    first attempt raises (partition 1, once per stage) is retried, and each format's dataset holds
+    every row once: no file of the failed attempt, no shard outside the manifest. (The UDF runs
+    in the stage before the shuffle `write` adds; the write tasks themselves run no user code.)"""
+    proc = run_job(tmp_path / "ds", "parquet,webdataset", "error", "raise-once-v2", 2000)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "committer 2" in stdout, stdout
+    raised = sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".raised"))
+    assert len(raised) >= 2 and stderr.count("failing row") >= 2, (raised, stderr[-3000:])
+    for fmt in ("parquet", "webdataset"):
+        out = tmp_path / f"ds-{fmt}"
+        m = sparkfeed.read_manifest(str(out))
+        assert (m.format, m.num_samples) == (fmt, 2000)
+        assert all_ids(out) == list(range(2000)), fmt
+        data_files = sorted(f for f in os.listdir(out) if f.endswith((".parquet", ".tar")))
+        assert data_files == sorted(s.path for s in m.shards), f"{fmt}: no stray or duplicate shard"
+        assert not (out / "_temporary").exists()
+
+
 def test_job_killed_before_commit_leaves_no_manifest_and_overwrite_recovers(spark, tmp_path):
     out = tmp_path / "ds"
     proc = run_job(out, "parquet", "error", "hang", 400)  # its write tasks block until killed

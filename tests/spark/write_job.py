@@ -4,7 +4,9 @@ usage: write_job.py OUT FORMATS MODE BEHAVIOUR ROWS
 FORMATS: parquet, webdataset, or both comma-separated (one job process writes OUT-<format> for
 each, one after the other: a JVM start per test is the cost that matters here)
 BEHAVIOUR: ok | kill-worker-once (a Python worker of partition 1 dies mid-task on its first
-attempt; Spark retries the task) | hang (once the write stage runs, the first row of each task
+attempt; Spark retries the task) | raise-once-v2 (under FileOutputCommitter v2, which moves a
+task's files into place at task commit, the UDF raises once in partition 1, guarded by a marker
+file OUT-<stage>.raised; Spark retries the task) | hang (once the write stage runs, the first row of each task
 creates OUT.writing and blocks forever, so the test kills a job that is surely mid-write)
 """
 
@@ -19,7 +21,11 @@ import sparkfeed
 
 
 def main(out: str, formats: str, mode: str, behaviour: str, rows: int) -> None:
-    spark = sparkfeed.spark_session(app_name="sparkfeed-write-job", master="local[2,4]")
+    conf = {"spark.hadoop.mapreduce.fileoutputcommitter.algorithm.version": "2"} \
+        if behaviour == "raise-once-v2" else None
+    spark = sparkfeed.spark_session(app_name="sparkfeed-write-job", master="local[2,4]", conf=conf)
+    print("committer", spark.sparkContext._jsc.hadoopConfiguration()
+          .get("mapreduce.fileoutputcommitter.algorithm.version"), flush=True)
     if behaviour == "hang":
         # Adaptive execution runs the shuffle's map stage (where the UDF runs) before the write
         # job sets up its _temporary directory; without it the UDF runs inside the write job.
@@ -32,6 +38,13 @@ def main(out: str, formats: str, mode: str, behaviour: str, rows: int) -> None:
         ctx = TaskContext.get()
         if behaviour == "kill-worker-once" and ctx.partitionId() == 1 and ctx.attemptNumber() == 0 and i % 97 == 5:
             os._exit(1)  # the Python worker dies mid-task, mid-shard
+        if behaviour == "raise-once-v2" and ctx.partitionId() == 1 and i % 97 == 5:
+            try:  # the first attempt of each write's partition 1 to get here, of any stage
+                os.close(os.open(f"{out}-{ctx.stageId()}.raised", os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                pass
+            else:
+                raise RuntimeError(f"failing row {i} once")
         if behaviour == "hang" and os.path.isdir(os.path.join(out, "_temporary")):  # the write stage
             open(out + ".writing", "a").close()
             threading.Event().wait()  # until the test kills the job
