@@ -22,6 +22,8 @@ import zlib
 
 from PIL import Image
 
+from . import forks
+
 __all__ = ["Damaged", "dali_misreads", "pixel_limit", "png_exif_problem", "png_problem", "png_for_pil"]
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -35,6 +37,7 @@ class Damaged(ValueError):
 _local = threading.local()  # this thread's `max_pixels`, while it decodes (`pixel_limit`)
 _pillows_check = None  # Pillow's own `Image._decompression_bomb_check`, once replaced
 _installing = threading.Lock()
+forks.free_at_fork(_installing)  # (a forked child decoding with PIL takes it)
 
 
 def _bomb_check(size, *args, **kwargs) -> None:

@@ -3,17 +3,20 @@ the lock held, by a thread it does not have, and would wait for it for ever the 
 needs it. Each test holds the lock on a thread, as a lane thread does for a moment, until the
 main thread is forking; the loader's `timeout` turns a hang into a failure."""
 
+import io
 import os
 import signal
 import sys
 import threading
 import time
 
+import pyarrow as pa
 import pytest
+from PIL import Image
 
 import dsutil
 import sparkfeed
-from sparkfeed import Source, blocks, mixgrid
+from sparkfeed import Source, blocks, mixgrid, pilopen
 
 _BOUND_S = 15.0  # only turns a hang into a failure: nothing is timed
 
@@ -98,14 +101,35 @@ def _child_exit(pid: int) -> int:
     pytest.fail("the forked child hung on a lock its parent's thread held when it forked")
 
 
-@pytest.mark.parametrize("which", ["lane shares", "engine"])
-def test_a_forked_child_reads_with_thread_lanes_whatever_its_parents_threads_held(parquet, which):
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("forklocks") / "img")
+    data = dsutil.table(24)
+    dsutil.write_parquet(root, data.append_column("image", pa.array([_png(i) for i in range(24)], pa.binary())),
+                         12, 6, codecs={"image": "png"})
+    return root
+
+
+def _png(i: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), (i * 9 % 256, 7, 3)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("which", ["lane shares", "engine", "pil"])
+def test_a_forked_child_reads_with_thread_lanes_whatever_its_parents_threads_held(parquet, images, which):
     """Thread lanes find what they share through a class-wide registry (`blocks._LaneShare`) and
-    the engine (`Engine._lanes_shared`), each under a short lock: a child forked (os.fork, as a
-    notebook or a fork server does) while a lane thread of the parent held one waited for ever."""
-    loader = sparkfeed.DataLoader(parquet, batch_size=10, num_workers=2, shuffle=True, columns=["id"])
+    the engine (`Engine._lanes_shared`), and PIL decoding sets its pixel limit (`pilopen`), each
+    under a short lock: a child forked (os.fork, as a notebook or a fork server does) while a
+    thread of the parent held one waited for ever."""
+    if which == "pil":
+        loader = sparkfeed.DataLoader(images, batch_size=4, num_workers=2, columns=["id", "image"],
+                                      decode={"image": sparkfeed.ImageDecode(size=4, device="cpu", backend="pil")})
+    else:
+        loader = sparkfeed.DataLoader(parquet, batch_size=10, num_workers=2, shuffle=True, columns=["id"])
     n = len(loader)
-    lock = blocks._LaneShare._registry_lock if which == "lane shares" else loader.dataset.engine._shared_lock
+    lock = {"lane shares": blocks._LaneShare._registry_lock, "engine": loader.dataset.engine._shared_lock,
+            "pil": pilopen._installing}[which]
     main = threading.main_thread()
 
     def in_fork() -> bool:
