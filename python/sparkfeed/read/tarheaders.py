@@ -175,8 +175,10 @@ def _gap_harmless(buf: np.ndarray, at: int, end: int) -> tuple[bool, bytes | Non
     given = None  # the long name the last header gave the next one
     while at < end:
         info = _header(buf[at:at + _BLOCK])
-        data = b"" if info is None else buf[at + _BLOCK:at + _BLOCK + info.size].tobytes()
-        if info is None or len(data) < info.size:
+        if info is None or info.size < 0:  # (a negative size in base 256 walked back: no end)
+            return False, None
+        data = buf[at + _BLOCK:at + _BLOCK + info.size].tobytes()
+        if len(data) < info.size:
             return False, None
         if given is not None:
             info.name = given.decode("utf-8", "surrogateescape")  # as `tarfile` names it

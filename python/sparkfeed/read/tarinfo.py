@@ -50,9 +50,13 @@ class StrictTarInfo(tarfile.TarInfo):
 
     @classmethod
     def fromtarfile(cls, tar):
+        """A member header as `tarfile` reads it (with its extended headers), refused naming its
+        offset where damaged (see the class note) or where its size, in base 256 or a pax
+        record, is negative: `tarfile` would step back to it or before it, reading the same
+        headers again without end (a hang, its member list growing)."""
         start = tar.fileobj.tell()
         try:
-            return super().fromtarfile(tar)
+            info = super().fromtarfile(tar)
         except _NameFieldError as exc:
             raise TarHeaderError(start, f"member header's {exc}") from None
         except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as exc:
@@ -61,6 +65,10 @@ class StrictTarInfo(tarfile.TarInfo):
             what = "cut short" if isinstance(exc, tarfile.TruncatedHeaderError) else "damaged"
             raise TarHeaderError(start, f"member header {what} ({exc}); the members after it "
                                  "would be lost") from exc
+        if info.size < 0:
+            raise TarHeaderError(start, f"member {info.name!r} has a negative size ({info.size}); tarfile "
+                                 "would read the same headers again without end")
+        return info
 
     def _proc_pax(self, tarfile):
         """A pax extended header, its records checked first (`pax_problem`): `tarfile` before
