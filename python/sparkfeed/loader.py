@@ -272,6 +272,7 @@ class DataLoader:
         """Counters summed over workers and over every epoch so far (not reset by `set_epoch`):
         samples, bytes read, pruning, filtering, skips, wait time; docs/INTERNALS.md says what
         each counts and when."""
+        self._own_process()
         out = self._stats.snapshot()
         planning = self._engine.planning_stats()
         out.update(planning["pruning"])
@@ -483,6 +484,7 @@ class DataLoader:
             return
         _INHERITED.append((self._work, self._next, self._procs))
         self._work, self._next, self._procs = self._work.fresh(), None, self._procs.fresh()
+        self._stats.forked()  # (its lock, as a parent's prefetch thread may have held it)
         self._pid = os.getpid()
 
     def _drop_next(self) -> None:

@@ -24,6 +24,12 @@ class Stats:
         self._lock = threading.Lock()
         self._values: dict[str, float] = dict.fromkeys(BASE_COUNTERS, 0)
 
+    def forked(self) -> None:
+        """In a forked child: a lock of its own, for the one copied may have been held by a
+        parent's thread (the prefetch thread counting) as the child forked, by a thread the child
+        does not have. The counters are the child's copy; it has no other thread yet."""
+        self._lock = threading.Lock()
+
     def add(self, name: str, value: float = 1) -> None:
         """Add `value` to counter `name` (created at zero)."""
         with self._lock:

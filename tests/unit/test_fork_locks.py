@@ -116,11 +116,11 @@ def _png(i: int) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("which", ["lane shares", "engine", "pil"])
+@pytest.mark.parametrize("which", ["lane shares", "engine", "pil", "loader stats"])
 def test_a_forked_child_reads_with_thread_lanes_whatever_its_parents_threads_held(parquet, images, which):
     """Thread lanes find what they share through a class-wide registry (`blocks._LaneShare`) and
-    the engine (`Engine._lanes_shared`), and PIL decoding sets its pixel limit (`pilopen`), each
-    under a short lock: a child forked (os.fork, as a notebook or a fork server does) while a
+    the engine (`Engine._lanes_shared`), PIL decoding sets its pixel limit (`pilopen`) and the
+    prefetch thread counts into the loader's `Stats`, each under a short lock: a child forked (os.fork, as a notebook or a fork server does) while a
     thread of the parent held one waited for ever."""
     if which == "pil":
         loader = sparkfeed.DataLoader(images, batch_size=4, num_workers=2, columns=["id", "image"],
@@ -129,7 +129,7 @@ def test_a_forked_child_reads_with_thread_lanes_whatever_its_parents_threads_hel
         loader = sparkfeed.DataLoader(parquet, batch_size=10, num_workers=2, shuffle=True, columns=["id"])
     n = len(loader)
     lock = {"lane shares": blocks._LaneShare._registry_lock, "engine": loader.dataset.engine._shared_lock,
-            "pil": pilopen._installing}[which]
+            "pil": pilopen._installing, "loader stats": loader._stats._lock}[which]
     main = threading.main_thread()
 
     def in_fork() -> bool:
