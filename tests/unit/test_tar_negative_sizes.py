@@ -1,4 +1,4 @@
-"""A member header whose size is negative (base 256 with its sign bit set, or a pax `size`
+"""Sizes a header declares that `tarfile` cannot honour. A member header whose size is negative (base 256 with its sign bit set, or a pax `size`
 record "-512"): `tarfile` steps back to the same header or before it and reads the same headers
 again without end. Before, `sparkfeed index` hung on such a tar (a member in no sample, which no
 key check stops), and so did the reader's index check on a header between members; now each is
@@ -80,3 +80,25 @@ def test_the_index_check_refuses_a_header_of_negative_size_between_members(kind)
     raw = bytes(_member("a.cls", b"1") + _negative(_member("x", b"", kind)) + _member("b.cls", b"2")) + b"\0" * 1024
     text = "v1.2 2\ncls 512 1 a.cls\ncls 2048 1 b.cls\n"
     assert tarindex.members(raw, text, {"cls"}, split_name, 1 << 30) is None
+
+
+def _declaring(kind, size: int) -> bytes:
+    """A tar whose second header is an extended header of `kind` declaring `size` bytes (base 256)."""
+    head = _member("x", b"", kind)
+    head[124:136] = size.to_bytes(12, "big")
+    head[124] = 0x80
+    head[148:156] = b" " * 8
+    head[148:156] = b"%06o\0 " % sum(head[:512])
+    return bytes(_member("k1.jpg", b"1") + head + _member("k3.jpg", b"3")) + b"\0" * 1024
+
+
+@pytest.mark.parametrize("kind, what", [(tarfile.XHDTYPE, "pax extended header"), (tarfile.XGLTYPE, "pax extended header"),
+                                        (tarfile.GNUTYPE_LONGNAME, "GNU long name")])
+@pytest.mark.parametrize("size, words", [(1 << 50, "declares 1125899906842624 bytes"), (1 << 29, "is cut short")])
+def test_an_extended_header_declaring_more_than_the_file_names_its_offset(tmp_path, kind, what, size, words):
+    """`tarfile` reads an extended header whole: one declaring a petabyte was a bare MemoryError
+    with no shard named; a GNU long name cut short a ReadError ("empty header") with no offset."""
+    root = _shard(tmp_path, _declaring(kind, size))
+    with pytest.raises(ShardReadError, match=f"{what} {words}") as info:
+        sparkfeed.index(root, progress=False)
+    assert (info.value.shard, info.value.offset) == ("a.tar", 1024)

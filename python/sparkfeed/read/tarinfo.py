@@ -75,6 +75,7 @@ class StrictTarInfo(tarfile.TarInfo):
         Python 3.11.10 parses them with regular expressions that backtrack, and a crafted header
         of 240 KB took 40 s and 7 GB (every record's keyword a copy of the rest of the header);
         a damaged one is refused naming its offset, as newer Pythons refuse it."""
+        self._check_extended_size("pax extended header")
         data = tarfile.fileobj.read(self._block(self.size))
         problem = pax_problem(data[:self.size]) if len(data) >= self.size else "is cut short"
         if problem is not None:
@@ -85,11 +86,22 @@ class StrictTarInfo(tarfile.TarInfo):
     def _proc_gnulong(self, tarfile):
         """A GNU long name (or link name), refused as `frombuf` refuses a name field when its
         bytes go on past the NUL that ends it."""
+        self._check_extended_size("GNU long name")
         data = tarfile.fileobj.read(self._block(self.size))
-        problem = _name_problem(data[:self.size]) if len(data) >= self.size else None
+        if len(data) < self.size:  # (`tarfile` said "empty header", with no offset)
+            raise TarHeaderError(self.offset, "GNU long name is cut short (the file ends inside it)")
+        problem = _name_problem(data[:self.size])
         if problem is not None:
             raise TarHeaderError(self.offset, f"GNU long name's {problem}")
         return _replaying(tarfile, data, super()._proc_gnulong)
+
+    def _check_extended_size(self, what: str) -> None:
+        """An extended header's size is read whole into memory (`tarfile` asks for all of it at
+        once): one declaring a petabyte was a bare MemoryError, one of a few hundred GiB the
+        machine's memory; past `MAX_MEMBER_BYTES`, or negative, it is refused naming its offset."""
+        if not 0 <= self.size <= MAX_MEMBER_BYTES:
+            raise TarHeaderError(self.offset, f"{what} declares {self.size} bytes, not within 0 to the "
+                                 f"{MAX_MEMBER_BYTES}-byte limit")
 
 
 class _NameFieldError(Exception):
