@@ -83,26 +83,40 @@ def guarantee(stats: Mapping[str, ColumnStats], types: Mapping[str, pa.DataType]
     Parquet writers leave NaN out of a floating column's min and max, so a range holds only for
     the rows that are not NaN: `nan` names the columns this guarantee takes to be NaN instead
     (None when that cannot be: the column is null in every row)."""
-    terms = []
+    return _combined(_column_terms(stats, types, num_rows), nan)
+
+
+def _column_terms(stats: Mapping[str, ColumnStats], types: Mapping[str, pa.DataType],
+                  num_rows: int) -> dict[str, tuple[list, bool]]:
+    """Per column: the terms its statistics promise of its rows that are not NaN, and whether it
+    is null in every row (`guarantee`); built once per item, whatever the NaN variants."""
+    out = {}
     for name, s in stats.items():
         field = pc.field(name)
         all_null = s.null_count is not None and s.null_count == num_rows and num_rows > 0
-        if name in nan:
-            if all_null:
-                return None
-            terms.append(field == _NAN)
-            continue
         if all_null:
-            terms.append(field.is_null())
+            out[name] = [field.is_null()], True
             continue
         lo, hi = _scalar(s.min, types.get(name)), _scalar(s.max, types.get(name))
         if (lo is None and hi is None) or (lo is not None and hi is not None and not _ordered(s.min, s.max, lo, hi)):
+            out[name] = [], False
             continue
-        terms += _range(field, lo, hi, s.null_count is None or s.null_count > 0)
-    result = pc.scalar(True)
-    for term in terms:
-        result = result & term
-    return result
+        out[name] = _range(field, lo, hi, s.null_count is None or s.null_count > 0), False
+    return out
+
+
+def _combined(terms: Mapping[str, tuple[list, bool]], nan: frozenset) -> pc.Expression | None:
+    """The guarantee of `_column_terms`, the columns in `nan` taken as NaN (None where one of
+    them is null in every row)."""
+    result = None
+    for name, (column_terms, all_null) in terms.items():
+        if name in nan:
+            if all_null:
+                return None
+            column_terms = [pc.field(name) == _NAN]
+        for term in column_terms:
+            result = term if result is None else result & term
+    return _TRUE if result is None else result
 
 
 def _range(field: pc.Expression, lo: pa.Scalar | None, hi: pa.Scalar | None, nulls: bool) -> list[pc.Expression]:
@@ -122,6 +136,7 @@ def _range(field: pc.Expression, lo: pa.Scalar | None, hi: pa.Scalar | None, nul
 _FS = pa.fs.LocalFileSystem()
 _FORMAT = ds.ParquetFileFormat()
 _NAN = pa.scalar(float("nan"))
+_TRUE = pc.scalar(True)
 _MAX_NAN_COLUMNS = 3  # 2**3 guarantees per item at most
 
 
@@ -145,9 +160,11 @@ def select_may_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, Col
 
     widened = _cast_is_in(expr, schema, types)
 
-    def fragments(ignored: frozenset) -> list:
-        return _fragments(items, types, variants, dropped | ignored, widened)
-    return sorted({int(f.path) for f in _reasoned(fragments, expr, schema, types, items)})
+    def reasoned(chosen: list[frozenset], only: Sequence[int]) -> set[int]:
+        def fragments(ignored: frozenset) -> list:
+            return _fragments(items, types, chosen, dropped | ignored, widened, only)
+        return {int(f.path) for f in _reasoned(fragments, expr, schema, types, items)}
+    return sorted(_staged(reasoned, len(items), variants))
 
 
 def select_all_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, ColumnStats], int]],
@@ -168,9 +185,25 @@ def select_all_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, Col
     variants = [frozenset(c for bit, c in enumerate(floats) if mask >> bit & 1)
                 for mask in range(1 << len(floats))]
     cast = _cast_is_in(expr, named, types)
-    may_fail = {int(f.path) for f in _reasoned(lambda ignored: _fragments(items, types, variants, ignored, cast),
-                                                ~expr | expr.is_null(), named, types, items)}
+
+    def reasoned(chosen: list[frozenset], only: Sequence[int]) -> set[int]:
+        return {int(f.path) for f in _reasoned(lambda ignored: _fragments(items, types, chosen, ignored, cast, only),
+                                               ~expr | expr.is_null(), named, types, items)}
+    may_fail = _staged(reasoned, len(items), variants)
     return [i for i in range(len(items)) if i not in may_fail]
+
+
+def _staged(reasoned: Callable[[list[frozenset], Sequence[int]], set[int]], n: int,
+            variants: list[frozenset]) -> set[int]:
+    """The items (of `n`) that `reasoned` keeps under any NaN variant: the first (no column
+    NaN) over every item, the others only over the items it did not keep. Building every variant
+    of every item took 14 s for 10,000 row groups filtered on three float columns, most of
+    which the first variant keeps alone."""
+    found = reasoned(variants[:1], range(n))
+    rest = [i for i in range(n) if i not in found]
+    if rest and len(variants) > 1:
+        found |= reasoned(variants[1:], rest)
+    return found
 
 
 _IS_IN = re.compile(r"is_in\((.*?), \{value_set=(.*?):\[")
@@ -199,19 +232,21 @@ def _widened(s: ColumnStats, type_: pa.DataType) -> ColumnStats:
 
 
 def _fragments(items: Sequence[tuple[Mapping[str, ColumnStats], int]], types: Mapping[str, pa.DataType],
-               variants: list[frozenset], ignored, widened: frozenset = frozenset()) -> list:
-    """One fragment per item and NaN variant, its guarantee from the statistics of the columns
-    in `types` but those `ignored`, those `widened` one step wider (`_cast_is_in`, and nothing
-    where the variant takes them as NaN); the fragment's path is the item's index."""
+               variants: list[frozenset], ignored, widened: frozenset = frozenset(),
+               only: Sequence[int] | None = None) -> list:
+    """One fragment per item (those `only` names, or all) and NaN variant, its guarantee from the
+    statistics of the columns in `types` but those `ignored`, those `widened` one step wider
+    (`_cast_is_in`, and nothing where the variant takes them as NaN); the fragment's path is the
+    item's index."""
     fragments = []
-    for i, (stats, rows) in enumerate(items):
-        stats = {k: _widened(v, types[k]) if k in widened else v
-                 for k, v in stats.items() if k in types and k not in ignored}
+    for i in range(len(items)) if only is None else only:
+        stats, rows = items[i]
+        terms = _column_terms({k: _widened(v, types[k]) if k in widened else v
+                               for k, v in stats.items() if k in types and k not in ignored}, types, rows)
         for variant in variants:
             # a widened column taken as NaN says nothing: the simplifier would cast the NaN to
             # the `is_in` value set's type (an int64 one fails)
-            term = guarantee({k: v for k, v in stats.items() if k not in variant & widened}, types, rows,
-                             variant - widened)
+            term = _combined({k: v for k, v in terms.items() if k not in variant & widened}, variant - widened)
             if term is not None:  # (None: the column is null in every row, never NaN)
                 fragments.append(_FORMAT.make_fragment(str(i), filesystem=_FS, partition_expression=term))
     return fragments
