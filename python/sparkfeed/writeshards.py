@@ -13,6 +13,7 @@ from .writeoptions import SampleKeyError
 # Columns of the count job and the repartition (dropped before Spark writes).
 _PARTITION = RESERVED_PREFIX + "partition"
 _KEY = RESERVED_PREFIX + "key"
+_ROW = RESERVED_PREFIX + "row"
 _SHARD = RESERVED_PREFIX + "shard"  # (no user column has such a name: `writecolumns.check_columns`)
 # monotonically_increasing_id(): the partition id in the upper 31 bits, the row in the lower 33.
 _ROW_BITS = 33
@@ -170,14 +171,18 @@ def clustered_shards(count: int, samples_per_shard: int) -> int:
 
 def clustered(df, cols: list, shards: int):
     """`df` range-partitioned into `shards` partitions by `cols` and sorted by them within each.
-    A hash of the whole row breaks ties in the partitioning, so that a value many rows share is
-    split between partitions as its rows fall: by `cols` alone one value stayed in one partition,
-    which then wrote full shards and a short one, and left others empty (5,000 rows, 70% of them
-    one label, at 500 a shard: 16 shards, seven of 100 rows)."""
+    A hash of the whole row, then the row's number in its input partition, break ties in the
+    partitioning, so that a value many rows share (even in identical rows) is split between
+    partitions as its rows fall: by `cols` alone one value stayed in one partition, which then
+    wrote full shards and a short one, and left others empty (5,000 rows, 70% of them one label,
+    at 500 a shard: 16 shards, seven of 100 rows). Each input partition is sorted by that hash
+    before its rows are numbered, as in `even_shards`, so that a retried task numbers them alike."""
     from pyspark.sql import functions as F
 
-    tiebreak = F.xxhash64(*[_quoted(c) for c in df.columns])
-    return df.repartitionByRange(shards, *cols, tiebreak).sortWithinPartitions(*cols)
+    row_hash = F.xxhash64(*[_quoted(c) for c in df.columns])
+    numbered = df.sortWithinPartitions(row_hash).withColumn(_ROW, F.monotonically_increasing_id())
+    return numbered.repartitionByRange(shards, *cols, row_hash, F.col(_ROW)) \
+        .sortWithinPartitions(*cols).drop(_ROW)
 
 
 def _array(values: list[int], element: str):
