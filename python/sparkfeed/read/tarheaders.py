@@ -82,8 +82,8 @@ def _headers_agree(buf: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, name
     if (gaps < 0).any() or (starts % _BLOCK).any() or (sizes < 0).any():
         return False
     end = int(offsets[-1] - base + padded[-1])
-    if end > len(buf) or (trailer and buf[end:].any()):
-        return False
+    if end > len(buf) or (trailer and buf[end:end + _BLOCK].any()):
+        return False  # (`tarfile` ends at a zero block, or a file's end: it reads nothing after them)
     if names is None:
         return False
     blocks = buf[:len(buf) // _BLOCK * _BLOCK].reshape(-1, _BLOCK)

@@ -8,10 +8,10 @@ takes the member ranges from it and cuts the bytes out of the shard in one pass.
 
 The index is a hint, never trusted: `members` accepts it only when, checked with numpy over all
 members at once, (1) the members tile the archive (each header right after the previous member's
-padded data, from byte 0; only zero blocks after the last), so no member, link or extension header
-hides between them, but for headers `tarfile` reads past without a change to the member
-(`tarheaders._gaps_harmless`): pax headers, extended or global, whose records `tarfile` does not
-act on (`tarheaders._keyword_harmless`: all but path, linkpath, size, hdrcharset and GNU.sparse.*;
+padded data, from byte 0; a zero block or the file's end after the last, where `tarfile` stops),
+so no member, link or extension header hides between them, but for headers `tarfile` reads past
+without a change to the member (`tarheaders._gaps_harmless`): pax headers, extended or global,
+whose records `tarfile` does not act on (`tarheaders._keyword_harmless`: all but path, linkpath, size, hdrcharset and GNU.sparse.*;
 webdataset's `TarWriter` puts one with a fractional `mtime` before every member, `git archive` a
 global one with its commit id, macOS's tar one with extended attributes and a creation time),
 directory entries without data (`git archive` writes one per directory) and files in no sample that

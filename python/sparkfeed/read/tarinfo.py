@@ -41,6 +41,10 @@ class StrictTarInfo(tarfile.TarInfo):
         name there, and the member would become another one ("s1\\0.txt" a member "s1" in no
         sample) without a word. (Bytes after an empty prefix change nothing; the index check,
         `tarindex`, takes such a header as well.)"""
+        if 0 < len(buf) < tarfile.BLOCKSIZE and not buf.strip(tarfile.NUL):
+            # an end-of-archive block cut short: the end, as `tarfile` and webdataset take it
+            # (and the index check: `tarheaders`), not a header cut short with members lost
+            raise tarfile.EOFHeaderError("end of file header")
         obj = super().frombuf(buf, encoding, errors)
         problem = _name_problem(buf[:100]) or \
             (_name_problem(buf[345:500]) if buf[345] and buf[257:263] == b"ustar\0" else None)
