@@ -92,9 +92,19 @@ def _chunk_stats(chunk, num_rows: int, binary: bool = False) -> dict:
             lo, hi = st.min, st.max
         except (OverflowError, ValueError):  # a date or time past Python's years 1-9999: no range
             lo = hi = None
-    if not (binary and isinstance(lo, bytes) and isinstance(hi, bytes)):
-        lo, hi = _bounds(lo, hi)
+    if not (binary and isinstance(lo, bytes) and isinstance(hi, bytes)) or _media(chunk):
+        lo, hi = _bounds(lo, hi)  # (bytes: no range)
     return {"min": lo, "max": hi, "null_count": nulls, "all_null": nulls == num_rows and num_rows > 0}
+
+
+_BINARY_MEAN_MAX = 512  # bytes per value, past which a binary chunk holds media, not keys
+
+
+def _media(chunk) -> bool:
+    """Whether a binary chunk's values average more than `_BINARY_MEAN_MAX` bytes (images,
+    audio, arrays): their prefixes say nothing a filter asks, and would only fill the manifest
+    (two base64 bounds per row group); keys, digests and UUIDs are far shorter."""
+    return chunk.num_values > 0 and chunk.total_uncompressed_size > _BINARY_MEAN_MAX * chunk.num_values
 
 
 def _pandas_unnamed_index(schema) -> set[str]:

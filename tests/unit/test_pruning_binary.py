@@ -81,3 +81,18 @@ def test_binary_bounds_are_base64_beside_null_min_and_max(binaries):
 def test_a_cut_binary_max_is_rounded_up_bytewise(prefix, want):
     """The smallest prefix-based value above every value starting with `prefix`."""
     assert binary_round_up(prefix) == want
+
+
+def test_media_columns_keep_no_binary_bounds(tmp_path):
+    """A binary column of images (values of kilobytes: Parquet writers record their min/max up to
+    4 KB) gets no bounds, which say nothing a filter asks and would fill the manifest; a digest
+    column beside it does."""
+    import os
+    table = pa.table({"img": pa.array([os.urandom(2500) for _ in range(8)]),
+                      "key": pa.array([hashlib.md5(bytes([i])).digest() for i in range(8)])})
+    pq.write_table(table, tmp_path / "part-0.parquet", row_group_size=4)
+    sparkfeed.index(str(tmp_path), progress=False)
+    doc = json.loads((tmp_path / "_sparkfeed.json").read_text())
+    for stats in [doc["shards"][0]["stats"]] + [rg["stats"] for rg in doc["shards"][0]["row_groups"]]:
+        assert "min_base64" not in stats["img"] and stats["img"]["null_count"] == 0
+        assert {"min_base64", "max_base64"} <= set(stats["key"])
