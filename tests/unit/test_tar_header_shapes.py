@@ -177,3 +177,30 @@ def test_a_member_made_a_link_or_device_after_indexing_is_refused_never_followed
     loader = sparkfeed.DataLoader(root, batch_size=4, columns=["cls", "jpg"], on_error="skip")
     assert [c for b in loader for c in b["cls"].tolist()] == []
     assert loader.stats()["samples_skipped"] == 6
+
+
+@pytest.mark.parametrize("space", ["\u3000", "\u00a0", "\u202f", "\x85"])
+def test_names_holding_a_unicode_space_are_read_through_the_index(tmp_path, caplog, space):
+    """An index line's fields are split at ASCII whitespace, as DALI splits them: a name holding
+    an ideographic or no-break space made its line malformed (`str.split` splits there), and the
+    shard was streamed at every read; windows of it were not read apart either."""
+    root = str(tmp_path / "ds")
+    os.makedirs(root)
+    with tarfile.open(os.path.join(root, "s.tar"), "w", format=tarfile.PAX_FORMAT) as tar:
+        for k in range(6):
+            for ext, payload in (("cls", str(k).encode()), ("jpg", bytes([k]) * 700)):
+                info = tarfile.TarInfo(f"photo{space}{k}.{ext}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    sparkfeed.index(root, progress=False)
+    text = open(os.path.join(root, "_sparkfeed_index", "s.tar.idx")).read()
+    raw = open(os.path.join(root, "s.tar"), "rb").read()
+    index = tarindex.Index.parse(text, split_name, 1 << 30)
+    assert index is not None and index.keys == [f"photo{space}{k}" for k in range(6)]
+    for window in [(0, 2), (2, 5), (5, 6)]:
+        a, b = tarindex.window_ranges(text, [window], len(raw))[window]
+        part = index.members(raw[a:b], {"jpg"}, window)
+        assert part.values["jpg"].to_pylist() == [bytes([k]) * 700 for k in range(*window)]
+    caplog.set_level(logging.INFO, logger="sparkfeed")
+    got = [c for b in sparkfeed.DataLoader(root, batch_size=4, columns=["cls"], shuffle=False) for c in b["cls"].tolist()]
+    assert got == list(range(6)) and "streaming the tar" not in caplog.text

@@ -32,6 +32,7 @@ members missing.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,8 +89,18 @@ def _tokens(text: str, lines: list[str]) -> tuple[list[str], list[int]]:
 
 
 def _tokens_per_line(lines: list[str]) -> tuple[list[str], list[int]]:
-    rows = [line.split() for line in lines[1:] if line]
+    rows = [_fields(line) for line in lines[1:] if line]
     return [t for r in rows for t in r], [len(r) for r in rows]
+
+
+_ASCII_SPACE = re.compile("[ \t\n\r\x0b\x0c]+")
+
+
+def _fields(line: str) -> list[str]:
+    """A line's fields split at ASCII whitespace, as DALI reads them (C's `isspace`), not at every
+    Unicode space `str.split` splits at: a name holding an ideographic or no-break space
+    ("photo\u30000.jpg") made its line malformed, and the shard was streamed at every read."""
+    return [f for f in _ASCII_SPACE.split(line) if f]
 
 
 def _single_spaced(text: str) -> bool:
@@ -349,7 +360,7 @@ def window_ranges(index_text: str, windows, size: int) -> dict[tuple[int, int], 
 
 def _line_end(line: str) -> int:
     """Where a sample's last member ends (its padded data), from the sample's index line."""
-    last = line.split()
+    last = _fields(line)
     return int(last[-3]) + (int(last[-2]) + _BLOCK - 1) // _BLOCK * _BLOCK
 
 
