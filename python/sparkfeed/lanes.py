@@ -190,8 +190,9 @@ class LaneReader:
                 raise WorkerError(f"lane {k} was read after the lanes were closed")
             try:
                 item = protocol.get(self._queues[k], thread, f"lane {k}", timeout=self._timeout)
-            except protocol.TimedOut:
+            except protocol.TimedOut as exc:
                 self.close(wait_s=0)  # its thread is stuck in a read: it stops once that returns
+                exc.lane = k  # (which the loader names the shards of)
                 raise
             space.set()
             if item is protocol.END:

@@ -395,9 +395,12 @@ class DataLoader:
             if then is not None:
                 self._read_next_epoch(then)
         except RuntimeError as exc:
-            if not worker_died(exc):
-                raise
-            raise workerdeaths.named(exc, self.dataset.rank) from exc
+            if worker_died(exc):
+                raise workerdeaths.named(exc, self.dataset.rank) from exc
+            if workerdeaths.timed_out(exc) and epoch_progress.lanes:
+                raise workerdeaths.stuck(exc, self.dataset.rank, self._worker_reading,
+                                         len(epoch_progress.lanes)) from exc
+            raise
         finally:
             forks.close_redelivering_interrupts(lambda: close_quietly(deliveries))
 

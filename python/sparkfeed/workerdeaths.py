@@ -70,6 +70,22 @@ def _where(where: Callable[[int], str] | None, k: int) -> str:
         return f"worker {k}; what it read is unknown: {type(exc).__name__}: {exc}"
 
 
+def timed_out(exc: BaseException) -> bool:
+    """torch's `DataLoader(timeout=)` error, or sparkfeed's for thread lanes (`threads.TimedOut`)."""
+    return isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader timed out")
+
+
+def stuck(exc: RuntimeError, rank: int, where: Callable[[int], str], lanes: int) -> RuntimeError:
+    """`exc` (a time-out) naming what was being read: the lane that timed out (`exc.lane`, thread
+    lanes), else every lane not yet delivered to its end (worker processes: torch does not say
+    which one it waited for); a RuntimeError still, as torch's."""
+    lane = getattr(exc, "lane", None)
+    said = "; ".join(_where(where, k) for k in ([lane] if lane is not None else range(lanes)))
+    out = type(exc)(f"{exc} (rank {rank}: {said})")
+    out.lane = lane
+    return out
+
+
 def wrap_sigchld_handler() -> None:
     """Once torch has set its SIGCHLD handler (its first worker processes, on the main thread),
     wrap it: a death of one of sparkfeed's workers it raises becomes `named`'s WorkerError."""
@@ -97,7 +113,8 @@ def reading(path: str, engine, epoch: int, progress, worker: int) -> str:
     lanes = progress.remaining_lanes()
     spans = partition.take(lanes[worker], 0, progress.batch_size) if worker < len(lanes) else []
     shards = _shards(engine.stream(epoch), spans) if spans else []
-    said = f", reading shard(s) {', '.join(repr(s) for s in shards)}" if shards else ""
+    said = f", reading shard(s) {', '.join(repr(s) for s in shards)}" if shards else \
+        "" if spans else ", every position of its lane delivered"
     return f"worker {worker}, dataset {path!r}, epoch {epoch}{said}"
 
 
