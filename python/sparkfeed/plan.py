@@ -75,10 +75,11 @@ def make_plan(manifest: Manifest, expr: pc.Expression | None, columns: Sequence[
 
 def _make_plan(manifest: Manifest, expr: pc.Expression | None, columns: Sequence[str]) -> Plan:
     shards = list(range(len(manifest.shards)))
-    nan = pruning.nan_columns(expr, manifest.schema) if expr is not None else []
+    exact = pruning.exact_columns(manifest.shards)  # partition keys: never NaN
+    nan = pruning.nan_columns(expr, manifest.schema, exact) if expr is not None else []
     if expr is not None:
         shards = pruning.select_may_match(
-            expr, [(s.stats, s.num_samples) for s in manifest.shards], manifest.schema, nan)
+            expr, [(s.stats, s.num_samples) for s in manifest.shards], manifest.schema, nan, exact)
     groups = [(si, rg) for si in shards for rg in range(len(manifest.shards[si].row_groups or ()))]
     keep = set(range(len(groups)))
     if expr is not None and groups:
@@ -106,7 +107,7 @@ def _make_plan(manifest: Manifest, expr: pc.Expression | None, columns: Sequence
     fcols = tuple(filters.referenced_columns(expr, manifest.schema))
     proven = frozenset() if expr is None else frozenset(
         units[i].index for i in pruning.select_all_match(expr, [_unit_stats(manifest, u) for u in units],
-                                                         manifest.schema))
+                                                         manifest.schema, exact))
     plan = Plan(units=tuple(units), counts=tuple(u.num_rows for u in units), columns=tuple(columns),
                 filter_columns=fcols, shards_planned=len(manifest.shards),
                 shards_pruned=len(manifest.shards) - len(shards), row_groups_planned=groups_total,

@@ -7,7 +7,7 @@ import datetime as dt
 import decimal
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +18,7 @@ from .arrowtypes import arrow_type
 from .filters import _empty_table, _named_in, _reads, filter_type
 from .manifest import Column, ColumnStats
 
-__all__ = ["guarantee", "select_may_match", "select_all_match", "nan_columns"]
+__all__ = ["guarantee", "select_may_match", "select_all_match", "nan_columns", "exact_columns"]
 
 
 def _scalar(value, type_: pa.DataType):
@@ -87,9 +87,10 @@ def guarantee(stats: Mapping[str, ColumnStats], types: Mapping[str, pa.DataType]
 
 
 def _column_terms(stats: Mapping[str, ColumnStats], types: Mapping[str, pa.DataType],
-                  num_rows: int) -> dict[str, tuple[list, bool]]:
+                  num_rows: int, exact: Collection[str] = frozenset()) -> dict[str, tuple[list, bool]]:
     """Per column: the terms its statistics promise of its rows that are not NaN, and whether it
-    is null in every row (`guarantee`); built once per item, whatever the NaN variants."""
+    is null in every row (`guarantee`); built once per item, whatever the NaN variants. An
+    `exact` column's min = max is its one value, a float's too (`exact_columns`)."""
     out = {}
     for name, s in stats.items():
         field = pc.field(name)
@@ -101,7 +102,7 @@ def _column_terms(stats: Mapping[str, ColumnStats], types: Mapping[str, pa.DataT
         if (lo is None and hi is None) or (lo is not None and hi is not None and not _ordered(s.min, s.max, lo, hi)):
             out[name] = [], False
             continue
-        out[name] = _range(field, lo, hi, s.null_count is None or s.null_count > 0), False
+        out[name] = _range(field, lo, hi, s.null_count is None or s.null_count > 0, name in exact), False
     return out
 
 
@@ -119,14 +120,16 @@ def _combined(terms: Mapping[str, tuple[list, bool]], nan: frozenset) -> pc.Expr
     return _TRUE if result is None else result
 
 
-def _range(field: pc.Expression, lo: pa.Scalar | None, hi: pa.Scalar | None, nulls: bool) -> list[pc.Expression]:
+def _range(field: pc.Expression, lo: pa.Scalar | None, hi: pa.Scalar | None, nulls: bool,
+           exact: bool = False) -> list[pc.Expression]:
     """Terms saying `lo <= field <= hi` (or null, with `nulls`), in the forms pyarrow's simplifier
     reads: each bound alone "or null" (it ignored `(lo <= x <= hi) | is_null(x)`, so one null in
     a row group kept it from every comparison's pruning), and `x == v` where min = max (a Hive
     partition's value: only so does `x != v` rule it out). Not for floats: their min = max = 0.0
-    may hold -0.0, which Arrow's simplifier would replace (`1 / x`). A bound that is None (an
-    infinite one, which the manifest leaves out) gives no term: the range is one-sided."""
-    if lo is not None and hi is not None and lo.equals(hi) and not pa.types.is_floating(lo.type):
+    may hold -0.0, which Arrow's simplifier would replace (`1 / x`), unless `exact` (a partition
+    key: its one value). A bound that is None (an infinite one, which the manifest leaves out)
+    gives no term: the range is one-sided."""
+    if lo is not None and hi is not None and lo.equals(hi) and (exact or not pa.types.is_floating(lo.type)):
         terms = [field == lo]
     else:
         terms = ([] if lo is None else [field >= lo]) + ([] if hi is None else [field <= hi])
@@ -141,7 +144,8 @@ _MAX_NAN_COLUMNS = 3  # 2**3 guarantees per item at most
 
 
 def select_may_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, ColumnStats], int]],
-                     schema: Sequence[Column], nan: Sequence[str] | None = None) -> list[int]:
+                     schema: Sequence[Column], nan: Sequence[str] | None = None,
+                     exact: Collection[str] = frozenset()) -> list[int]:
     """Indices of the items (stats, rows) whose statistics do not rule `expr` out.
 
     pyarrow's dataset layer does the reasoning: each item becomes a fragment whose partition
@@ -149,11 +153,11 @@ def select_may_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, Col
     No file is opened; the fragments only carry the index as their (never read) path. Min and
     max leave NaN out, so for each float column where a NaN can pass `expr` (`nan`, by default
     `nan_columns`: `~(x <= 5)`, `is_nan(x)`), an item gets one guarantee per way its rows can be
-    NaN there.
+    NaN there. `exact` columns (`exact_columns`) are never NaN, and their min = max is their value.
     """
     schema = _named_in(expr, schema)  # the other columns' statistics cannot rule `expr` out
     types = {c.name: filter_type(arrow_type(c.type)) for c in schema}
-    nan = nan_columns(expr, schema) if nan is None else list(nan)
+    nan = nan_columns(expr, schema, exact) if nan is None else list(nan)
     kept, dropped = nan[:_MAX_NAN_COLUMNS], set(nan[_MAX_NAN_COLUMNS:])
     variants = [frozenset(c for bit, c in enumerate(kept) if mask >> bit & 1)
                 for mask in range(1 << len(kept))]
@@ -162,13 +166,13 @@ def select_may_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, Col
 
     def reasoned(chosen: list[frozenset], only: Sequence[int]) -> set[int]:
         def fragments(ignored: frozenset) -> list:
-            return _fragments(items, types, chosen, dropped | ignored, widened, only)
+            return _fragments(items, types, chosen, dropped | ignored, widened, only, exact)
         return {int(f.path) for f in _reasoned(fragments, expr, schema, types, items)}
     return sorted(_staged(reasoned, len(items), variants))
 
 
 def select_all_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, ColumnStats], int]],
-                     schema: Sequence[Column]) -> list[int]:
+                     schema: Sequence[Column], exact: Collection[str] = frozenset()) -> list[int]:
     """Indices of the items (stats, rows) whose statistics prove that every row passes `expr`,
     so the filter's count pass takes their row count without reading them.
 
@@ -176,10 +180,12 @@ def select_all_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, Col
     rules out `~expr | is_null(expr)` (no row where `expr` is false or null) under the item's
     guarantee. Min and max leave NaN out, so for each float column `expr` reads, the item must
     qualify with that column NaN as well; over more than `_MAX_NAN_COLUMNS` of them, none does.
-    Statistics wider than the data (strings cut short) only make fewer items qualify."""
+    Statistics wider than the data (strings cut short) only make fewer items qualify; `exact`
+    columns (`exact_columns`) are never NaN."""
     named = _named_in(expr, schema)
     types = {c.name: filter_type(arrow_type(c.type)) for c in named}
-    floats = [c.name for c in named if types[c.name] is not None and pa.types.is_floating(types[c.name])]
+    floats = [c.name for c in named if types[c.name] is not None and pa.types.is_floating(types[c.name])
+              and c.name not in exact]
     if len(floats) > _MAX_NAN_COLUMNS or not items:
         return []
     variants = [frozenset(c for bit, c in enumerate(floats) if mask >> bit & 1)
@@ -187,7 +193,7 @@ def select_all_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, Col
     cast = _cast_is_in(expr, named, types)
 
     def reasoned(chosen: list[frozenset], only: Sequence[int]) -> set[int]:
-        return {int(f.path) for f in _reasoned(lambda ignored: _fragments(items, types, chosen, ignored, cast, only),
+        return {int(f.path) for f in _reasoned(lambda ignored: _fragments(items, types, chosen, ignored, cast, only, exact),
                                                ~expr | expr.is_null(), named, types, items)}
     may_fail = _staged(reasoned, len(items), variants)
     return [i for i in range(len(items)) if i not in may_fail]
@@ -233,7 +239,7 @@ def _widened(s: ColumnStats, type_: pa.DataType) -> ColumnStats:
 
 def _fragments(items: Sequence[tuple[Mapping[str, ColumnStats], int]], types: Mapping[str, pa.DataType],
                variants: list[frozenset], ignored, widened: frozenset = frozenset(),
-               only: Sequence[int] | None = None) -> list:
+               only: Sequence[int] | None = None, exact: Collection[str] = frozenset()) -> list:
     """One fragment per item (those `only` names, or all) and NaN variant, its guarantee from the
     statistics of the columns in `types` but those `ignored`, those `widened` one step wider
     (`_cast_is_in`, and nothing where the variant takes them as NaN); the fragment's path is the
@@ -242,7 +248,7 @@ def _fragments(items: Sequence[tuple[Mapping[str, ColumnStats], int]], types: Ma
     for i in range(len(items)) if only is None else only:
         stats, rows = items[i]
         terms = _column_terms({k: _widened(v, types[k]) if k in widened else v
-                               for k, v in stats.items() if k in types and k not in ignored}, types, rows)
+                               for k, v in stats.items() if k in types and k not in ignored}, types, rows, exact)
         for variant in variants:
             # a widened column taken as NaN says nothing: the simplifier would cast the NaN to
             # the `is_in` value set's type (an int64 one fails)
@@ -252,15 +258,27 @@ def _fragments(items: Sequence[tuple[Mapping[str, ColumnStats], int]], types: Ma
     return fragments
 
 
-def nan_columns(expr: pc.Expression, schema: Sequence[Column]) -> list[str]:
+def nan_columns(expr: pc.Expression, schema: Sequence[Column], exact: Collection[str] = frozenset()) -> list[str]:
     """The float columns `expr` reads where a NaN may pass it whatever the other columns hold
     (`x != 2`, `~(x <= 5)`; not `x > 4`): those whose statistics (which leave NaN out) cannot
-    rule a row group out alone. Once per plan."""
+    rule a row group out alone; never the `exact` ones (`exact_columns`). Once per plan."""
     named = _named_in(expr, schema)
     types = {c.name: filter_type(arrow_type(c.type)) for c in named}
     floats = [c.name for c in named if types[c.name] is not None and pa.types.is_floating(types[c.name])
-              and _reads(expr, named, c.name)]
+              and c.name not in exact and _reads(expr, named, c.name)]
     return [name for name in floats if _nan_may_pass(name, expr, named, types)]
+
+
+def exact_columns(shards: Sequence) -> frozenset[str]:
+    """The partition keys (Hive directories, Delta partition values) of every shard: each shard's
+    statistics of such a key are its one value, so no NaN hides beside them (a NaN value has
+    none, and prunes nothing). A double key `p=0.5/` was taken for a float column that may hold
+    NaN, and `p != 0.5` pruned no directory."""
+    if not shards or any(s.partition is None for s in shards):
+        return frozenset()
+    keys = set.intersection(*(set(s.partition) for s in shards))
+    return frozenset(k for k in keys if not any(isinstance(s.partition[k], float) and math.isnan(s.partition[k])
+                                                for s in shards))
 
 
 def _nan_may_pass(name: str, expr: pc.Expression, schema: Sequence[Column], types: Mapping[str, pa.DataType]) -> bool:
