@@ -96,3 +96,17 @@ def test_media_columns_keep_no_binary_bounds(tmp_path):
     for stats in [doc["shards"][0]["stats"]] + [rg["stats"] for rg in doc["shards"][0]["row_groups"]]:
         assert "min_base64" not in stats["img"] and stats["img"]["null_count"] == 0
         assert {"min_base64", "max_base64"} <= set(stats["key"])
+
+
+@pytest.mark.parametrize("bounds", [{"min_base64": "!!", "max_base64": "/w=="}, {"min_base64": 5},
+                                    {"min_base64": "enp6", "max_base64": "YQ=="}])
+def test_hostile_binary_bounds_cost_a_read_never_rows(bounds):
+    """Bounds that are not base64 text, or a min above the max, give no range: the item is kept."""
+    from sparkfeed.manifest import Column
+    from sparkfeed.pruning import select_may_match
+    doc = {"sparkfeed_manifest": 1, "format": "parquet", "schema": [{"name": "b", "type": "binary"}],
+           "num_samples": 3, "num_bytes": 1,
+           "shards": [{"path": "a.parquet", "num_samples": 3, "num_bytes": 1,
+                       "stats": {"b": {"min": None, "max": None, "null_count": 0, **bounds}}}]}
+    stats = parse_manifest(doc, "x").shards[0].stats
+    assert select_may_match(pc.field("b") == b"c", [(stats, 3)], [Column("b", "binary")]) == [0]
