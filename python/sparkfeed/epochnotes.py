@@ -1,5 +1,6 @@
-"""What a loader says once about its epochs before the first one is read: shuffle blocks that a
-rank reads beyond its share, and ranks that get different numbers of batches. Pure functions of
+"""What a loader says about its epochs: once, before the first one is read, shuffle blocks that a
+rank reads beyond its share and ranks that get different numbers of batches; an epoch started
+again without set_epoch; a batch of an iteration begun before the last set_epoch. Pure functions of
 the dataset and the lanes; each gives the log record's arguments (or None), which the loader logs
 under its own name."""
 
@@ -59,3 +60,24 @@ def uneven_ranks(ds, batch_size: int, workers: int) -> tuple | None:
             "others forever: pass drop_last=True (every rank the same number of full "
             "batches) or wrap the loop in torch.distributed.algorithms.Join",
             ds.path, ds.world_size, min(counts), max(counts), ds.rank, counts[ds.rank])
+
+
+def stale_iteration(path: str, epoch: int) -> tuple:
+    """The warning's arguments for a batch of an iteration begun before a `set_epoch` or
+    `load_state_dict`: that iteration goes on as it began (as torch's does), but `state_dict()`
+    now describes the new epoch or state, so a checkpoint saved meanwhile would skip the rest of
+    the old epoch."""
+    return ("%s: a batch was delivered by an iteration begun before the last set_epoch() or "
+            "load_state_dict(): that iteration goes on as it began, but state_dict() describes epoch %d "
+            "as set, so a checkpoint saved before that iteration ends would skip the rest of it. Call "
+            "set_epoch between epochs (before iter()), or finish or drop the old iteration first",
+            path, epoch)
+
+
+def same_epoch_again(path: str, epoch: int) -> tuple:
+    """The warning's arguments when a shuffled epoch delivered to its end starts again without
+    `set_epoch` (the same order as the last one; DistributedSampler repeats silently, and a
+    training loop that forgot `set_epoch` learns the same order every epoch)."""
+    return ("%s: epoch %d starts again in the same order (shuffle=True, no set_epoch since it "
+            "was delivered): call loader.set_epoch(epoch) before each epoch, the same value "
+            "on every rank, for a new order", path, epoch)

@@ -120,7 +120,7 @@ class DataLoader:
         self._next: Reading | None = None  # the next epoch, read ahead (persistent_workers)
         self._procs = WorkerProcesses(self._engine, batch_size, bool(self.decode), self.dataset.rank,
                                       self.dataset.path, weakly(self._worker_reading))
-        self._blocks_noted = False  # `_note_blocks_read_twice` ran
+        self._blocks_noted = False  # `_note_first_epoch` ran
         self._again_noted = False  # `_note_same_epoch_again` warned
         self._began_resumed = False  # the last iteration began from a loaded state
         self._changes = 0  # set_epoch / load_state_dict calls so far: an iteration started before one restarts
@@ -299,8 +299,7 @@ class DataLoader:
         then = epoch + step if self.persistent_workers else None
         reading = ahead or self._reading(epoch, pending, then=None if pending else then)
         if not self._blocks_noted and not pending:
-            self._note_blocks_read_twice(epoch, reading.lanes)
-            self._note_uneven_ranks()
+            self._note_first_epoch(epoch, reading.lanes)
         self._progress = progress.EpochProgress(reading.lanes, self.batch_size)
         if reading.reader is None:  # inline, or worker processes (which read on themselves)
             then = None
@@ -385,7 +384,7 @@ class DataLoader:
                 epoch_progress.record(d.worker, d.consumed)
                 self._stats.merge(d.stats)
                 if mark is not None and mark != self._changes:
-                    self._note_stale_iteration()
+                    log.warning(*epochnotes.stale_iteration(self.dataset.path, self.dataset.epoch))
                     mark = None  # once per iteration
                 if then is not None and reader.done_reading():
                     self._read_next_epoch(then)
@@ -410,41 +409,25 @@ class DataLoader:
         ds = self.dataset
         return workerdeaths.reading(ds.path, self._engine, ds.epoch, self._current(), worker)
 
-    def _note_stale_iteration(self) -> None:
-        """A batch of an iteration begun before a `set_epoch` or `load_state_dict`: that iteration
-        goes on as it began (as torch's does), but `state_dict()` now describes the new epoch or
-        state, so a checkpoint saved meanwhile would skip the rest of the old epoch: say so."""
-        log.warning("%s: a batch was delivered by an iteration begun before the last set_epoch() or "
-                    "load_state_dict(): that iteration goes on as it began, but state_dict() describes epoch %d "
-                    "as set, so a checkpoint saved before that iteration ends would skip the rest of it. Call "
-                    "set_epoch between epochs (before iter()), or finish or drop the old iteration first",
-                    self.dataset.path, self.dataset.epoch)
-
-    def _note_blocks_read_twice(self, epoch: int, lanes: list) -> None:
-        """Once per loader, a shuffled epoch: log how much more than its share this rank reads
-        (`epochnotes.blocks_read_twice`)."""
+    def _note_first_epoch(self, epoch: int, lanes: list) -> None:
+        """Once per loader: how much more than its share this rank reads of a shuffled epoch
+        (`epochnotes.blocks_read_twice`), and ranks with different numbers of batches, which hangs
+        DDP (`epochnotes.uneven_ranks`)."""
         self._blocks_noted = True
         note = epochnotes.blocks_read_twice(self.dataset, epoch, lanes, self.batch_size, shared=self._threads())
         if note is not None:
             log.log(*note)
-
-    def _note_same_epoch_again(self, epoch: int) -> None:
-        """Once per loader: a warning when a shuffled epoch delivered to its end starts again
-        without `set_epoch` (the same order as the last one; DistributedSampler repeats silently,
-        and a training loop that forgot `set_epoch` learns the same order every epoch)."""
-        done = self._progress is not None and self._progress.ended
-        if self.dataset.shuffle and done and not self._again_noted:
-            self._again_noted = True
-            log.warning("%s: epoch %d starts again in the same order (shuffle=True, no set_epoch since it "
-                        "was delivered): call loader.set_epoch(epoch) before each epoch, the same value "
-                        "on every rank, for a new order", self.dataset.path, epoch)
-
-    def _note_uneven_ranks(self) -> None:
-        """Once per loader: a warning when ranks get different numbers of batches
-        (`epochnotes.uneven_ranks`), which hangs DDP."""
         note = epochnotes.uneven_ranks(self.dataset, self.batch_size, self._workers)
         if note is not None:
             log.warning(*note)
+
+    def _note_same_epoch_again(self, epoch: int) -> None:
+        """Once per loader: a shuffled epoch delivered to its end starts again without `set_epoch`
+        (`epochnotes.same_epoch_again`)."""
+        done = self._progress is not None and self._progress.ended
+        if self.dataset.shuffle and done and not self._again_noted:
+            self._again_noted = True
+            log.warning(*epochnotes.same_epoch_again(self.dataset.path, epoch))
 
     # ------------------------------------------------------------ the next epoch, read ahead
 
