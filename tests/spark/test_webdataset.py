@@ -744,3 +744,16 @@ def test_keys_made_one_by_sanitize_say_so(spark, tmp_path):
         sparkfeed.write(df, str(tmp_path / "w"), format="webdataset",
                         options={"invalidKeys": "sanitize"})
     assert not (tmp_path / "w" / MANIFEST).exists()
+
+
+def test_an_unknown_write_option_is_refused_naming_it(spark, tmp_path):
+    """Invariant: every option a webdataset write is given does something. A misspelt one
+    (`samplesPerShards`) was ignored: one shard of 30 samples where shards of 5 were asked for."""
+    df = spark.range(30).selectExpr("id", "cast(id % 3 as int) as label")
+    path = tmp_path / "typo"
+    with pytest.raises(Exception, match=r'format\("webdataset"\) has no write option samplespershards; '
+                                        r'it takes path, samplesPerShard, maxShardBytes'):
+        df.write.format("webdataset").option("samplesPerShards", 5).save(str(path))
+    assert not (path / MANIFEST).exists()
+    df.write.format("webdataset").option("SAMPLESPERSHARD", 5).save(str(tmp_path / "ok"))
+    assert len(json.loads((tmp_path / "ok" / MANIFEST).read_text())["shards"]) == 6

@@ -2,7 +2,11 @@ package io.sparkfeed;
 
 import java.io.IOException;
 import java.io.Serializable;
+import java.util.ArrayList;
 import java.util.Collections;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Set;
 import java.util.LinkedHashMap;
 import java.util.Locale;
 import java.util.Map;
@@ -55,6 +59,30 @@ public final class WebDatasetOptions implements Serializable {
         this.clsColumnGiven = clsColumnGiven;
         this.codecs = codecs;
         this.sanitizeKeys = sanitizeKeys;
+    }
+
+    /** The options a write takes (the read takes only {@code path} and ignores the others). */
+    public static final List<String> WRITE_OPTIONS = List.of("path", "samplesPerShard",
+        "maxShardBytes", "keyColumn", "clsColumn", "codecs", "invalidKeys");
+
+    /**
+     * Fails on an option a write does not know, in any case: Spark hands a data source every
+     * option given, and a misspelt one ({@code samplesPerShards}) was ignored without a word,
+     * its default taking its place.
+     */
+    public static void refuseUnknownForWrite(Map<String, String> raw) {
+        Set<String> known = new HashSet<>();
+        WRITE_OPTIONS.forEach(k -> known.add(k.toLowerCase(Locale.ROOT)));
+        List<String> unknown = new ArrayList<>();
+        raw.keySet().forEach(k -> {
+            if (!known.contains(k.toLowerCase(Locale.ROOT))) unknown.add(k);
+        });
+        if (!unknown.isEmpty()) {
+            Collections.sort(unknown);
+            throw new IllegalArgumentException("format(\"webdataset\") has no write option "
+                + String.join(", ", unknown) + "; it takes " + String.join(", ", WRITE_OPTIONS)
+                + " (in any case)");
+        }
     }
 
     /** Parses case-insensitive options (keys as Spark passes them, any case). */

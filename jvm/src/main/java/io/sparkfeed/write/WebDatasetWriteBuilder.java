@@ -40,6 +40,7 @@ public final class WebDatasetWriteBuilder implements WriteBuilder, SupportsTrunc
 
     @Override
     public Write build() {
+        WebDatasetOptions.refuseUnknownForWrite(info.options().asCaseSensitiveMap());
         WebDatasetOptions options = WebDatasetOptions.parse(info.options().asCaseSensitiveMap());
         SampleLayout layout = SampleLayout.plan(info.schema(), options);
         if (!truncate) {
