@@ -120,6 +120,10 @@ class ReadAhead:
         the reader has left the file); fetches made already keep what they took from it."""
         self._once.pop(key, None)
 
+    def once_future(self, key) -> Future | None:
+        """The future of the `once` fetch for `key`, or None (none, or forgotten)."""
+        return self._once.get(key)
+
     def once_result(self, key):
         """The result of the `once` fetch for `key` (waiting for it), None if none or failed."""
         future = self._once.get(key)

@@ -38,8 +38,9 @@ def test_a_shard_storage_keeps_failing_costs_one_retry_budget(tmp_path, index, f
     said = str(info.value)
     assert said.startswith(f"dataset '{url}/wds', shard 'shard-00001.tar'"), said
     assert "storage kept failing" in said and re.search(tried, said), said
-    # 8 attempts, then one (a streamed tar's open asks twice: fsspec's HEAD, then a GET)
-    assert 8 <= plan.injected["permanent"] <= 10, plan.injected
+    # 8 attempts, then one (a streamed tar's open asks twice: fsspec's HEAD, then a GET), and
+    # the first piece's bytes asked once beside the index (`tarahead._guessed_head`)
+    assert 8 <= plan.injected["permanent"] <= 11, plan.injected
 
 
 def test_a_tar_is_read_once_its_index_failed_and_the_server_recovered(tmp_path):

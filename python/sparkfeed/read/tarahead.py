@@ -60,6 +60,11 @@ class TarReadAhead:
         data), index, piece ranges and parse; the future of the ranges."""
         self.check_ahead([unit])
         index = self._index_ahead(unit)
+        if (index is not None and not index.done() and pieces[0][0] == 0 and pieces[-1][1] == unit.num_rows
+                and self._ahead.once_future((unit.path, "spans")) is None):  # (a whole shard's first)
+            self._ahead.once((unit.path, "head"), functools.partial(  # (beside the index: `_guess_head`)
+                _guess_head, self.ctx.fs, storage.join(self.ctx.root, unit.path, self.ctx.dataset), size,
+                pieces[0], unit.num_rows), (self._ahead.order(unit.path), 0))
         spans = self._ahead.once((unit.path, "spans"), readahead.After(
             index, functools.partial(_piece_spans, index, pieces, size), (self._ahead.order(unit.path), 1)))
         self._parsed_ahead(unit, index)
@@ -69,7 +74,9 @@ class TarReadAhead:
         """The fetch of one piece, made as read-ahead submits it. It waits for the piece's range
         on its thread (`readahead.After`'s note says why)."""
         spans = self._piece_prepare(unit, size, pieces)
-        return functools.partial(_fetch_rows, self.ctx.fs, path, size, spans, pieces, window)
+        head = self._ahead.once_future((unit.path, "head"))
+        return functools.partial(_fetch_rows, self.ctx.fs, path, size, spans, pieces, window, head,
+                                 functools.partial(self._ahead.forget, (unit.path, "head")))
 
     def _whole_fetch(self, unit: WorkUnit, path: str, size: int):
         """The fetch of a whole (unindexed) shard, made as read-ahead submits it."""
@@ -126,17 +133,71 @@ def _parse_text(index_text) -> tarindex.Index | None:
     return None if not text else tarindex.Index.parse(text, split_name, tarinfo.MAX_MEMBER_BYTES)
 
 
-def _fetch_rows(fs, path: str, size: int, spans, pieces: tuple, window: tuple[int, int]):
+def _fetch_rows(fs, path: str, size: int, spans, pieces: tuple, window: tuple[int, int], head=None,
+                forget=None):
     """Read-ahead task: the bytes of samples `window` of a shard (the first of `pieces`: with
     the file's size checked, `remotefiles.fetch_ranges`' probe), the range its index names
     (`spans`: the future of `_piece_spans`, waited for here: a shard's ranges outrank its
-    fetches on the read-ahead threads, so they are never queued behind them);
-    None when the index cannot say, and the reader reads the shard whole."""
+    fetches on the read-ahead threads, so they are never queued behind them); what the
+    shard's head holds of it (`head`: the future of `_guess_head`) taken from there, only the
+    rest fetched (`forget()` once no piece after needs the head). None when the index cannot
+    say, and the reader reads the shard whole."""
     span = spans.result().get(window) if spans is not None else None
     if span is None:
+        if forget is not None:
+            forget()  # (the shard is read whole: its head is of no use)
         return None
+    held = _head_part(path, head, span)
+    if held is not None:
+        part, end, whole = held
+        if forget is not None and whole <= span[1]:  # the head's last bytes: no piece after needs it
+            forget()
+        if end >= span[1]:
+            return part
+        rest = _ahead_fetch(path, functools.partial(remotefiles.fetch_ranges, fs, path, [(end, span[1])], size,
+                                                    retry=False))[(end, span[1])]
+        return b"".join((part, rest))
     return _ahead_fetch(path, functools.partial(remotefiles.fetch_ranges, fs, path, [span], size, retry=False,
                                                 probe=window == pieces[0]))[span]
+
+
+# a shard's head (`_guess_head`): its first piece's share of the shard's bytes by sample count,
+# this much more, and one more block of bytes
+GUESS_MARGIN, GUESS_SLACK = 0.125, 64 << 10
+
+
+def _guess_head(fs, path: str, size: int, first: tuple[int, int], rows: int):
+    """Read-ahead task, once per shard, beside its index when that is not in yet: the bytes its
+    first piece (`first`, samples from the shard's first) likely takes, so the first batch waits
+    for one round trip, not two (the index, then the piece). Measured with the bench's HTTP
+    server (20 ms a request, 2 shards of 4,000 10 KB samples, 40 runs each): the first batch at
+    153 ms (median; first quartile 126) against 169 (141) without. The pieces take what they
+    need of it (`_fetch_rows`): no byte is fetched twice."""
+    guess = min(size, int(size * first[1] / rows * (1 + GUESS_MARGIN)) + GUESS_SLACK)
+    return remotefiles.fetch_ranges(fs, path, [(0, guess)], size, retry=False, probe=True)[(0, guess)]
+
+
+def _head_part(path: str, head, span: tuple[int, int]):
+    """(what the shard's head holds of `span` from its start, where that part ends, where the
+    head ends), or None: no
+    head, it failed (the piece is fetched as without it, except after a time-out: it is then
+    read in place, `_Stalled`), or it holds nothing of the span."""
+    if head is None:
+        return None
+    try:
+        data = head.result()
+    except Exception as exc:  # noqa: BLE001 - only a head start: the piece's fetch says it
+        if is_timeout(exc):
+            log.warning("reading ahead %s: no answer within the storage client's time-out (%s); the "
+                        "reader reads it in place", redact(path), type(exc).__name__)
+            raise _Stalled(f"reading ahead {redact(path)}: no answer within the storage client's "
+                           f"time-out ({type(exc).__name__}: {redact(exc)})") from exc
+        log.debug("%s: the head fetched beside the index failed (%s)", redact(path), redact(exc))
+        return None
+    if data is None or span[0] >= len(data):
+        return None
+    end = min(span[1], len(data))
+    return memoryview(data)[span[0]:end], end, len(data)
 
 
 # the end of the class names storage clients give their time-outs: botocore's ReadTimeoutError and
