@@ -42,7 +42,7 @@ def to_expression(filter, schema: Sequence[Column] | None = None) -> pc.Expressi
     if isinstance(filter, Sequence) and not isinstance(filter, (str, bytes)) and filter:
         try:
             return pq.filters_to_expression(_typed_literals(list(filter), schema))
-        except (TypeError, ValueError, OverflowError) as exc:
+        except (TypeError, ValueError, OverflowError, pa.ArrowException) as exc:
             raise ValueError(f"`filter` should be DNF tuples like [('label', '<', 10)] or a "
                              f"pyarrow.compute.Expression, but got filter={filter!r} ({exc})") from exc
     raise ValueError("`filter` should be None, DNF tuples like [('label', '<', 10)] or a "

@@ -92,3 +92,14 @@ def test_datetimes_of_another_zone_compare_as_the_instants_they_are(tokyo_path, 
 def test_a_naive_datetime_beside_a_zoned_column_is_still_refused_with_the_way_out(tokyo_path):
     with pytest.raises(ValueError, match="give the datetime a time zone where the column has one"):
         sparkfeed.DataLoader(tokyo_path, batch_size=4, filter=[("t", ">", dt.datetime(2024, 1, 1))])
+
+
+def test_a_dnf_value_arrow_cannot_take_is_a_value_error_naming_the_filter():
+    """A numpy datetime64 in hours (Arrow takes s, ms, us, ns) in DNF tuples raised pyarrow's bare
+    ArrowNotImplementedError ("Unsupported datetime64 time unit"), not the ValueError every other
+    bad filter gets, naming the filter."""
+    import numpy as np
+    from sparkfeed.filters import to_expression
+
+    with pytest.raises(ValueError, match=r"`filter` should be DNF tuples.*Unsupported datetime64 time unit"):
+        to_expression([("ts", ">", np.datetime64("2024-01-01T05"))])
