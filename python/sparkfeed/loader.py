@@ -341,6 +341,8 @@ class DataLoader:
         with the threads' `LaneReader` (None for the others). `then`: the epoch that kept worker
         processes read ahead once they have read this one."""
         engine, size, row_ids = self._engine, self.batch_size, bool(self.decode)
+        if self._threads():  # (num_workers or worker_type set since kept worker processes started)
+            self._procs.drop(unless_in_use=True)
         if self.num_workers == 0 and self.prefetch == 0:
             return engine.deliveries(epoch, lanes[0], 0, size, row_ids=row_ids), None  # on the caller's thread
         if self._threads():

@@ -84,8 +84,11 @@ class WorkerProcesses:
         kept.user = weakref.ref(iteration)
         return iteration
 
-    def drop(self) -> None:
-        """Shut down the worker processes kept between epochs, if any."""
+    def drop(self, unless_in_use: bool = False) -> None:
+        """Shut down the worker processes kept between epochs, if any (`unless_in_use`: not while
+        an iteration runs in them)."""
+        if unless_in_use and self._kept is not None and self._kept.in_use():
+            return
         kept, self._kept = self._kept, None
         workers = None if kept is None else kept.loader._iterator  # torch keeps its persistent iterator there
         if workers is not None:

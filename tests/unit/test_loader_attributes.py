@@ -81,6 +81,20 @@ def _children() -> set:
     return live
 
 
+@pytest.mark.parametrize("change", [{"num_workers": 0}, {"worker_type": "thread"}])
+def test_kept_worker_processes_end_once_the_loader_reads_with_threads(tars, change):
+    """Kept workers (persistent_workers=True) stayed, idle, for the loader's life after num_workers=0
+    or worker_type="thread" moved its reading to threads."""
+    before = _children()
+    loader = sparkfeed.DataLoader(tars, batch_size=8, num_workers=2, persistent_workers=True, timeout=60)
+    assert _ids(loader, 0) == list(range(120))
+    assert len(_children() - before) == 2
+    for name, value in change.items():
+        setattr(loader, name, value)
+    assert _ids(loader, 1) == list(range(120))
+    dsutil.wait_until(lambda: not _children() - before, "the kept workers shut down")
+
+
 @pytest.mark.parametrize("name, value", [("batch_size", 4), ("drop_last", True), ("persistent_workers", True),
                                          ("dataset", None), ("sampler", None), ("batch_sampler", None),
                                          ("decode", {})])
