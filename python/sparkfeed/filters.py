@@ -13,6 +13,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import pickle
+import re
 from collections.abc import Sequence
 
 import pyarrow as pa
@@ -178,9 +179,21 @@ def check_filter(expr: pc.Expression, schema: Sequence[Column], dataset: str, sh
     try:
         _empty_table(_named_in(expr, schema), rows=1).filter(expr)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, TypeError) as exc:
-        hint = _null_key_hint(expr, schema, shards) or next((h for key, h in _HINTS.items() if key in str(exc)), "")
+        hint = _null_key_hint(expr, schema, shards) or _struct_hint(exc, schema) or \
+            next((h for key, h in _HINTS.items() if key in str(exc)), "")
         raise ValueError(f"`filter` {expr} cannot apply to dataset {dataset!r} with columns "
                          f"{[c.name for c in schema]}: {_first_line(exc)}{hint}") from exc
+
+
+def _struct_hint(exc: Exception, schema: Sequence[Column]) -> str:
+    """Where the name Arrow found no column for is a struct's (its leaves `name.x` are columns):
+    the sentence saying how to test it (`pc.field("st").is_null()` found no column `st`)."""
+    found = re.search(r"No match for FieldRef\.Name\((.*?)\) in", str(exc))
+    leaves = [c.name for c in schema if found and c.name.startswith(found.group(1) + ".")]
+    if not leaves:
+        return ""
+    return (f"; struct {found.group(1)!r} is read as its fields {leaves[:4]}, each a column named by its "
+            f"path: filter on them (pc.field({leaves[0]!r}); a null struct is null in every field)")
 
 
 def _null_key_hint(expr: pc.Expression, schema: Sequence[Column], shards: Sequence[Shard]) -> str:

@@ -103,3 +103,15 @@ def test_a_dnf_value_arrow_cannot_take_is_a_value_error_naming_the_filter():
 
     with pytest.raises(ValueError, match=r"`filter` should be DNF tuples.*Unsupported datetime64 time unit"):
         to_expression([("ts", ">", np.datetime64("2024-01-01T05"))])
+
+
+def test_a_filter_on_a_whole_struct_names_its_fields(tmp_path):
+    """`pc.field("st").is_null()` over a struct column (read as its leaves `st.a`, `st.b`) was
+    refused with Arrow's "No match for FieldRef.Name(st)" alone; the refusal now names the
+    struct's fields and how to filter on them."""
+    st = pa.array([None, {"a": 1, "b": "x"}], pa.struct([("a", pa.int32()), ("b", pa.string())]))
+    pq.write_table(pa.table({"id": [0, 1], "st": st}), tmp_path / "part-0.parquet")
+    sparkfeed.index(str(tmp_path), progress=False)
+    with pytest.raises(ValueError, match=r"No match for FieldRef.Name\(st\); struct 'st' is read as its fields "
+                                         r"\['st.a', 'st.b'\]"):
+        sparkfeed.DataLoader(str(tmp_path), batch_size=2, filter=pc.field("st").is_null())
