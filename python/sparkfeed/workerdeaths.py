@@ -53,7 +53,7 @@ def named(exc: RuntimeError, rank: int | None = None) -> WorkerError | None:
     if the pid is one of sparkfeed's (`watch`); with `rank`, one naming at least the rank."""
     for pid in (int(p) for m in _PIDS.finditer(str(exc)) for p in re.findall(r"\d+", m.group(1))):
         entry = _WATCHED.get(pid)
-        if entry is not None and entry[0]() is not None:
+        if entry is not None and _live(entry[0]):  # (a pid reused after a shutdown is not ours)
             _, k, rank, where = entry
             return WorkerError(f"a sparkfeed loader worker of rank {rank} died ({_where(where, k)}): {exc}")
     if rank is None:

@@ -146,3 +146,18 @@ def _unblock(fifo: str) -> None:
         os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
     except OSError:  # no reader waits (ENXIO)
         pass
+
+
+def test_a_pid_of_workers_shut_down_is_no_longer_named_as_sparkfeeds():
+    """Once sparkfeed's workers are shut down, their pids may be reused by another library's: a
+    death there keeps torch's error (the iterator still referenced, by a traceback say, named it)."""
+    from sparkfeed import workerdeaths
+
+    workers = iter(torch.utils.data.DataLoader(_Squares(), batch_size=4, num_workers=1))
+    next(workers)
+    pid = workers._workers[0].pid
+    workerdeaths.watch(workers, 0, None)
+    death = RuntimeError(f"DataLoader worker (pid {pid}) is killed by signal: Killed. ")
+    assert isinstance(workerdeaths.named(death), WorkerError)
+    workers._shutdown_workers()
+    assert workerdeaths.named(death) is None
