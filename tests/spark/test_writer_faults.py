@@ -38,13 +38,19 @@ def test_worker_killed_mid_shard_is_retried_with_exact_counts(tmp_path):
     assert proc.returncode == 0, stderr[-3000:]
     killed = set(re.findall(r"Exception in task 1\.0 in stage (\d+)\.0", stderr))
     assert len(killed) >= 2, f"a worker should have died in each write's stage: {stderr[-3000:]}"
+    _exact_in_both_formats(tmp_path, 2000)
+
+
+def _exact_in_both_formats(tmp_path, rows):
+    """Each format's dataset holds every row once, and its files are its manifest's shards."""
     for fmt in ("parquet", "webdataset"):
         out = tmp_path / f"ds-{fmt}"
         m = sparkfeed.read_manifest(str(out))
-        assert (m.format, m.num_samples) == (fmt, 2000)
-        assert all_ids(out) == list(range(2000)), fmt
+        assert (m.format, m.num_samples) == (fmt, rows)
+        assert all_ids(out) == list(range(rows)), fmt
         data_files = sorted(f for f in os.listdir(out) if f.endswith((".parquet", ".tar")))
         assert data_files == sorted(s.path for s in m.shards), f"{fmt}: no stray or duplicate shard"
+        assert not (out / "_temporary").exists()
 
 
 def test_a_task_failing_once_under_committer_v2_is_retried_with_exact_counts(tmp_path):
@@ -58,14 +64,7 @@ def test_a_task_failing_once_under_committer_v2_is_retried_with_exact_counts(tmp
     assert "committer 2" in stdout, stdout
     raised = sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".raised"))
     assert len(raised) >= 2 and stderr.count("failing row") >= 2, (raised, stderr[-3000:])
-    for fmt in ("parquet", "webdataset"):
-        out = tmp_path / f"ds-{fmt}"
-        m = sparkfeed.read_manifest(str(out))
-        assert (m.format, m.num_samples) == (fmt, 2000)
-        assert all_ids(out) == list(range(2000)), fmt
-        data_files = sorted(f for f in os.listdir(out) if f.endswith((".parquet", ".tar")))
-        assert data_files == sorted(s.path for s in m.shards), f"{fmt}: no stray or duplicate shard"
-        assert not (out / "_temporary").exists()
+    _exact_in_both_formats(tmp_path, 2000)
 
 
 def test_job_killed_before_commit_leaves_no_manifest_and_overwrite_recovers(spark, tmp_path):
