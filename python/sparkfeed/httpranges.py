@@ -108,7 +108,8 @@ def answer_error(path: str, status: int, content_range: str, length: int | None,
                  end: int, size: int | None) -> ValueError | None:
     """Why a 200/206 answer to a request for bytes [start, end) cannot be used, or None: a whole
     file where a range not at its start was asked (a server that ignores Range), a range other
-    than the one asked, a body longer than asked, or a file size other than the manifest's
+    than the one asked (less of it than the file holds too: a server's own limit, never taken
+    for a shorter file), a body longer than asked, or a file size other than the manifest's
     `size` (`SizeMismatch`: the file changed after the write). Both HTTP clients check their
     answers here."""
     if status == 200:
@@ -117,7 +118,8 @@ def answer_error(path: str, status: int, content_range: str, length: int | None,
         total = "" if length is None else str(length)
     else:
         got = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", content_range.strip())
-        if got is None or int(got.group(1)) != start or (length is not None and length > end - start):
+        short = got is not None and got.group(3).isdigit() and int(got.group(2)) + 1 < min(end, int(got.group(3)))
+        if got is None or int(got.group(1)) != start or short or (length is not None and length > end - start):
             return ValueError(f"{path}: asked for bytes {start}-{end - 1}, the server answered "
                               f"{content_range or 'without a Content-Range'} ({length} bytes)")
         total = got.group(3)

@@ -26,7 +26,8 @@ FAST = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_read
 class _Server:
     """Serves `root` under /plain/; paths under /416/ answer every Range request 416, under
     /gzip/ send each range gzipped with `Content-Encoding: gzip` whatever the client accepts,
-    under /stall/ hold every request until the server closes. `requests` records each request line's path."""
+    under /stall/ hold every request until the server closes, under /short/ answer at most
+    1,000 bytes of each range. `requests` records each request line's path."""
 
     def __init__(self, root: str, host: str = "127.0.0.1"):
         self.requests, self.release = [], threading.Event()
@@ -47,7 +48,7 @@ class _Server:
             def _serve(self, body: bool):
                 owner.requests.append(self.path)
                 mode, _, rel = self.path.lstrip("/").partition("/")
-                if mode not in ("416", "gzip", "stall", "plain"):
+                if mode not in ("416", "gzip", "stall", "plain", "short"):
                     return self._empty(404)
                 if mode == "stall":
                     owner.release.wait(30)
@@ -59,6 +60,8 @@ class _Server:
                     return self._empty(416, **{"Content-Range": f"bytes */{os.path.getsize(path)}"})
                 if mode == "gzip" and "Range" in self.headers:
                     return self._gzipped(path, body)
+                if mode == "short" and "Range" in self.headers:
+                    return self._short(path, body)
                 send_file_range(self, path, body)
 
             def _gzipped(self, path: str, body: bool):
@@ -73,6 +76,20 @@ class _Server:
                 self.end_headers()
                 if body:
                     self.wfile.write(packed)
+
+            def _short(self, path: str, body: bool):
+                """At most 1,000 bytes of the range asked, said so in Content-Range (RFC 9110
+                lets a server answer less than asked)."""
+                a, b = (int(v) for v in re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers["Range"]).groups())
+                with open(path, "rb") as f:
+                    data = f.read()
+                b = min(b, a + 999, len(data) - 1)
+                self.send_response(206)
+                for k, v in {"Content-Range": f"bytes {a}-{b}/{len(data)}", "Content-Length": str(b - a + 1)}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                if body:
+                    self.wfile.write(data[a:b + 1])
 
             def _empty(self, status, **headers):
                 self.send_response(status)
@@ -250,3 +267,22 @@ def test_a_dataset_url_with_a_query_is_refused_without_repeating_it(url):
     with pytest.raises(ValueError, match=r"query string or fragment .* does not carry a query") as info:
         sparkfeed.DataLoader(url, batch_size=2)
     assert "SECRET" not in str(info.value) and "pw" not in str(info.value)
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_a_server_that_answers_less_than_the_range_is_never_taken_for_a_shorter_file(server, root, monkeypatch, direct):
+    """A 206 for fewer bytes than asked, its Content-Range saying so and the file's size the
+    manifest's: the server's own limit, not a file cut short. A tar read in pieces then reads
+    the shard whole (one GET without Range), every sample once; never "the file is N bytes but
+    the manifest says M" (what a short answer was taken for once the size check named sizes)."""
+    from sparkfeed import httpranges, remotefiles
+
+    monkeypatch.setattr(httpranges, "DIRECT", direct)
+    fs, _ = sparkfeed.storage.resolve(server.url)
+    shard = os.path.join(root, "wds", "shard-00000.tar")
+    size = os.path.getsize(shard)
+    with pytest.raises(ValueError, match="the server answered bytes 0-999") as info:
+        remotefiles.fetch_ranges(fs, f"{server.url}/short/wds/shard-00000.tar", [(0, 5000)], size, retry=False)
+    assert not isinstance(info.value, httpranges.SizeMismatch)
+    ids = [i for b in sparkfeed.DataLoader(f"{server.url}/short/wds", batch_size=50) for i in b["id"].tolist()]
+    assert sorted(ids) == list(range(len(ids))) and len(ids) > 0
