@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import os
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from sparkfeed import storage
 from sparkfeed.manifest import Manifest, parse_manifest, write_manifest
@@ -54,6 +56,20 @@ def wait_until(condition, what: str, timeout: float = 20.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out: {what}"
         time.sleep(0.01)
+
+
+def child_exit_code(pid: int, hung: str, timeout: float = 60.0) -> int:
+    """A forked child's exit code; one still running after `timeout` (a hang, not a slow child:
+    the bound only turns it into a failure) is killed and the test fails saying `hung`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail(hung)
 
 
 def sigint_once_exists(path: str, timeout: float = 120.0) -> None:

@@ -5,10 +5,8 @@ main thread is forking; the loader's `timeout` turns a hang into a failure."""
 
 import io
 import os
-import signal
 import sys
 import threading
-import time
 
 import pyarrow as pa
 import pytest
@@ -88,19 +86,6 @@ def _fork() -> int:
     return os.fork()
 
 
-def _child_exit(pid: int) -> int:
-    """The child's exit code; one still running after the bound is killed and reported hung."""
-    deadline = time.monotonic() + _BOUND_S
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    pytest.fail("the forked child hung on a lock its parent's thread held when it forked")
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("forklocks") / "img")
@@ -144,5 +129,6 @@ def test_a_forked_child_reads_with_thread_lanes_whatever_its_parents_threads_hel
         finally:
             os._exit(code)
     holder.join()
-    assert _child_exit(pid) == 0
+    assert dsutil.child_exit_code(pid, "the forked child hung on a lock its parent's thread held when it forked",
+                                  _BOUND_S) == 0
     assert sum(1 for _ in loader) == n, "the parent's own epoch too"

@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import threading
-import time
 
 import psutil
 import pyarrow as pa
@@ -54,17 +53,8 @@ def tars(tmp_path_factory):
 
 
 def _child_status(pid: int) -> int:
-    """The forked child's exit code; a child still running after `_CHILD_WAIT_S` is killed and
-    reported as hung."""
-    deadline = time.monotonic() + _CHILD_WAIT_S
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    pytest.fail("the forked child hung iterating the loader it inherited")
+    """The forked child's exit code (a child hung past `_CHILD_WAIT_S` fails the test)."""
+    return dsutil.child_exit_code(pid, "the forked child hung iterating the loader it inherited", _CHILD_WAIT_S)
 
 
 def _in_child(loader, epoch: int, expected: int) -> int:
