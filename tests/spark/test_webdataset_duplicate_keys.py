@@ -54,3 +54,10 @@ def test_unique_keys_over_many_shards_and_tasks_are_written(spark, tmp_path):
         .save(str(tmp_path / "ok"))
     m = sparkfeed.read_manifest(str(tmp_path / "ok"))
     assert m.num_samples == 3000 and len(m.shards) >= 30
+
+
+def test_keys_made_one_by_sanitizing_say_so(spark, tmp_path):
+    df = _keys(spark, ["a.b", "c", "d", "a b"], partitions=2)
+    text = _refused(df, tmp_path / "san", invalidKeys="sanitize")
+    assert '"a_b" (in part-00000-0000.tar and part-00001-0000.tar)' in text, text[:2000]
+    assert "invalidKeys=sanitize replaced" in text, text[:2000]

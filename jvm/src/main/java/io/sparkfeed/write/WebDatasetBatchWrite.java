@@ -113,7 +113,9 @@ public final class WebDatasetBatchWrite implements BatchWrite {
             }
             refuseUnseenShards(shards, listed.keySet(), dir.root);
             refuseWrongSizes(shards, listed, dir.root);
-            if (keyHashes.size() == shards.size()) refuseDuplicateKeys(dir, shards, keyHashes);
+            if (keyHashes.size() == shards.size()) {
+                refuseDuplicateKeys(dir, shards, keyHashes, options.sanitizeKeys);
+            }
             dir.deleteTemporary(jobId);
             byte[] json = ManifestWriter.toJson(ManifestWriter.manifest(layout.manifestSchema(),
                 shards, WebDatasetSource.version(), WebDatasetSource.sparkVersion()));
@@ -185,8 +187,8 @@ public final class WebDatasetBatchWrite implements BatchWrite {
      * the driver sees every shard, and a reader would see two samples with one key. The abort
      * that follows deletes the shards.
      */
-    static void refuseDuplicateKeys(DatasetDir dir, List<ShardInfo> shards, List<long[]> keyHashes)
-            throws IOException {
+    static void refuseDuplicateKeys(DatasetDir dir, List<ShardInfo> shards, List<long[]> keyHashes,
+                                    boolean sanitized) throws IOException {
         List<String> names = new ArrayList<>();
         List<String> indexes = new ArrayList<>();
         for (ShardInfo s : shards) {
@@ -203,7 +205,9 @@ public final class WebDatasetBatchWrite implements BatchWrite {
             + (found.size() >= KeyDigest.SHOWN ? " and maybe more" : "") + "; a key names one "
             + "sample (readers group a tar's members by key), so each must appear once; no "
             + "manifest was written and the shards are removed. Make the keys unique (e.g. "
-            + "df.dropDuplicates([keyColumn])), or drop the key column to have keys generated");
+            + "df.dropDuplicates([keyColumn])), or drop the key column to have keys generated"
+            + (sanitized ? " (invalidKeys=sanitize replaced '.', '/', '\\', whitespace and control "
+            + "characters by '_', so distinct keys such as \"a.b\" and \"a b\" can become one)" : ""));
     }
 
     /** Says how many rows wrote no sample: a tar sample exists only through its members. */
