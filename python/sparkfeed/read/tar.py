@@ -59,13 +59,14 @@ class TarReader(TarReadAhead, TarStreaming, TarTable, Reader):
         self._checked: set = set()  # shards whose indexed version was checked (`_check_unchanged`)
         self._key_rules: dict[str, KeyRule | None] | None = None  # shard -> its keys' rule (`key_rules`)
         self._tried: dict[str, str] = {}  # shard -> what storage's retries gave up on (`_storage_error`)
+        self._ranges = True  # False: an HTTP server that ignores Range (`_no_ranges`)
 
     def chunks(self, unit: WorkUnit, expected: int) -> list[tuple[int, int]] | None:
         """The pieces (rows [a, b)) this reader reads an indexed shard in: about `CHUNK_BYTES`
         each after a first of about `FIRST_CHUNK_BYTES`, within the rows the stream needs
         (`windows`); None: read it whole (no index, a filter, or no size in the manifest)."""
         size = self.ctx.manifest_bytes.get(unit.path)
-        if self._index_path(unit) is None or self.ctx.expr is not None or not size or expected <= 0:
+        if self._index_path(unit) is None or self.ctx.expr is not None or not size or expected <= 0 or not self._ranges:
             return None
         rows = max(MIN_CHUNK_ROWS, CHUNK_BYTES * expected // size)
         first = max(MIN_CHUNK_ROWS, FIRST_CHUNK_BYTES * expected // size)
@@ -91,11 +92,22 @@ class TarReader(TarReadAhead, TarStreaming, TarTable, Reader):
             raise self._error(unit, exc.words(), exc.offset()) from exc
         except Exception as exc:  # noqa: BLE001 - the whole read names (or retries) it
             self._raise_gave_up(unit, exc, start)
+            self._no_ranges(exc)
             log.debug("%s: shard %s: samples %d-%d not read apart (%s: %s); reading it whole",
                       self.ctx.dataset, unit.path, start, stop, type(exc).__name__, exc)
             return None
         self.ctx.stats.add("bytes_read", got.nbytes)
         return self._unit_rows(table, unit, np.arange(start, stop), ok=ok)
+
+    def _no_ranges(self, exc: Exception) -> None:
+        """An HTTP server that ignores Range requests (`retries.ignores_ranges`): shards are read
+        whole from then on, without read-ahead (before, every piece of every shard was asked for
+        ahead and in place, each answered with the whole file)."""
+        if self._ranges and retries.ignores_ranges(exc, self.ctx.dataset, "reading whole shards, without read-ahead"):
+            self._ranges = False
+            if self._ahead is not None:
+                self._ahead.close()
+                self._ahead = None
 
     def _raise_gave_up(self, unit: WorkUnit, exc: Exception, start: int) -> None:
         """Raise the named error for a remote window read that storage's retries gave up on
