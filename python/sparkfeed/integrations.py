@@ -85,6 +85,17 @@ class TrainerLoader:
             raise AttributeError(name)
         return getattr(self.loader, name)
 
+    def __setattr__(self, name: str, value) -> None:
+        """An attribute of the wrapped loader (`num_workers`, `timeout`, `batch_size`, ...) is set
+        there, under its rules (`loaderargs.checked`): set here, it only hid the loader's (a
+        `num_workers` read back as set while the loader used its own). Others are this object's."""
+        loader = self.__dict__.get("loader")
+        if loader is not None and name not in self.__dict__ and name not in type(self).__dict__ \
+                and (name in vars(loader) or hasattr(type(loader), name)):
+            setattr(loader, name, value)
+        else:
+            super().__setattr__(name, value)
+
     @property
     def sampler(self) -> EpochSampler:
         """`sampler.set_epoch(epoch)`, as Lightning's fit loop calls it before each epoch."""

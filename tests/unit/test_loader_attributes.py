@@ -122,3 +122,17 @@ def test_settable_attributes_keep_their_value(parquet):
     loader.num_workers, loader.timeout, loader.worker_init_fn = 2, 3.5, None
     assert (loader.num_workers, loader.timeout, loader.worker_init_fn) == (2, 3.5, None)
     assert _ids(loader, 0) == list(range(160))
+
+
+def test_attributes_set_on_the_trainer_loader_are_the_loaders(parquet):
+    """`loader.for_trainer().num_workers = 1` set an attribute of the wrapper alone: read back as 1
+    while the loader went on with its own, and batch_size could be 'set' where torch refuses it."""
+    loader = sparkfeed.DataLoader(parquet, batch_size=8, num_workers=2)
+    trainer = loader.for_trainer()
+    trainer.num_workers = 1
+    assert loader.num_workers == 1 and trainer.num_workers == 1
+    with pytest.raises(ValueError, match="`batch_size` cannot be set"):
+        trainer.batch_size = 4
+    trainer.end_of_dataloader = True  # (what Accelerate sets on its loader: the wrapper's own)
+    assert "end_of_dataloader" not in vars(loader)
+    assert sorted(int(i) for b in trainer for i in b["id"]) == list(range(160))
