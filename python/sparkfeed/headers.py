@@ -177,7 +177,7 @@ def _scan_sizes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, exif: np
     on past the frame header: DALI reads a block placed after it); `short`: marks the rows whose
     walk ran out of bytes before it ended (a gathered head too short for their segments);
     `restarts`: marks the rows with a restart interval (DRI) before their first scan; `scans`:
-    where each row's first scan data begins, from the row's start (-1: not found)."""
+    where each row's first scan data begins, from the row's start (-1: not found; -2: not a JPEG)."""
     n = len(starts)
     w, h = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
     if n == 0 or data.size == 0:
@@ -193,6 +193,7 @@ def _scan_sizes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, exif: np
     _walk_jpegs(data, rows, starts[rows] + 2, ends[rows], w, h, exif, short, restarts, scans)
     if scans is not None:
         scans[rows] = np.where(scans[rows] >= 0, scans[rows] - starts[rows], -1)
+        scans[~jpeg] = -2
     return w, h
 
 
@@ -349,12 +350,12 @@ def _check_headers(enc: _Encoded, spec: ImageDecode) -> tuple[np.ndarray, list[t
             w[r] = h[r] = -2
     from .cutshort import _cut_short
 
-    from .scanmarkers import _stray_markers
+    from .scanmarkers import _overruns, _stray_markers
 
     for r, reason in _cut_short(enc, restarts & (w >= 0)):
         failures.append((r, reason))
         w[r] = h[r] = -2  # neither read again below nor counted as known
-    for r, reason in _stray_markers(enc, np.where(w >= 0, scans, -1)):
+    for r, reason in _stray_markers(enc, np.where(w >= 0, scans, -1)) + _overruns(enc, (w >= 0) & (scans == -1)):
         failures.append((r, reason))
         w[r] = h[r] = -2
     for r in np.flatnonzero(w == -1).tolist():

@@ -1,4 +1,5 @@
-"""JPEGs whose scan data holds a marker libjpeg refuses (damaged bytes), found before decoding.
+"""JPEGs whose scan data holds a marker libjpeg refuses (damaged bytes), or whose header segment
+runs past the end of the file, found before decoding.
 
 A byte of a JPEG's scan data damaged into 0xFF followed by most values reads as a marker:
 libjpeg stops the scan there and fails on the marker. PIL then refused the image, while DALI's
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .headers import _Encoded
+from .headers import _Encoded, _segments
 
 # Markers libjpeg accepts after a frame's first scan: restarts, the end, the segments that may
 # come between scans (tables, restart interval, DNL, application data, comments), TEM. Any other
@@ -103,3 +104,26 @@ def _walk(b: bytes, marks: np.ndarray, kinds: np.ndarray, at: int) -> str | None
         if length < 2 or i + 2 + length > len(b):
             return None  # a segment the decoders judge themselves
         at = i + 2 + length
+
+
+_OVERRUN = ("could not decode: the JPEG's segment 0xFF{kind:02X} at byte {at} declares {length} bytes, past the end "
+            "of the file ({left} left: damaged data; DALI's CPU decoder crashed the process on such a file); "
+            "refused before decoding")
+
+
+def _overruns(enc: _Encoded, rows: np.ndarray) -> list[tuple[int, str]]:
+    """(row, reason) of the JPEG `rows` (those whose header walk found a size but no scan) with a
+    segment before the scan whose length runs past the end of the row. PIL refused such a file
+    ("Truncated File Read"); DALI's CPU decoder crashed the whole process on one (a DHT segment
+    declaring 0x461F bytes in a 2.7 KB JPEG: a segmentation fault, in a batch of 48)."""
+    bad = []
+    for r in np.flatnonzero(rows).tolist():
+        b = enc.row(r).tobytes()
+        for i, kind in _segments(b, 4):
+            if kind == 0xDA:
+                break
+            length = int.from_bytes(b[i + 2:i + 4], "big")
+            if not (kind == 0x01 or 0xD0 <= kind <= 0xD9) and i + 2 + length > len(b):
+                bad.append((r, _OVERRUN.format(kind=kind, at=i, length=length, left=len(b) - i - 2)))
+                break
+    return bad

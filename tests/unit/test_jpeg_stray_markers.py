@@ -95,3 +95,41 @@ def test_progressive_and_multi_scan_jpegs_decode_and_a_marker_in_a_later_scan_is
     assert res.ok_rows.tolist() == [0, 1]
     (r2, why2), (r3, why3) = res.failures
     assert (r2, r3) == (2, 3) and f"0xFF41 at byte {third}" in why2 and "second scan header" in why3
+
+
+# ------------------------------------------------------------------ a header segment past the end
+
+def _overrun(length: int) -> bytes:
+    """The JPEG with its first DHT segment declaring `length` bytes (the file has far fewer)."""
+    whole = _jpeg()
+    at = whole.find(b"\xff\xc4") + 2
+    return whole[:at] + length.to_bytes(2, "big") + whole[at + 2:]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_header_segment_running_past_the_end_is_refused_by_both_backends(backend):
+    whole = _jpeg()
+    res = _decode(backend, [whole, _overrun(0x461F), _overrun(0xFFFF), whole])
+    assert res.ok_rows.tolist() == [0, 3]
+    for row, why in res.failures:
+        assert "segment 0xFFC4 at byte" in why and "past the end of the file" in why and "refused before decoding" in why
+
+
+def test_a_header_segment_past_the_end_no_longer_crashes_the_process(tmp_path):
+    """DALI's CPU decoder crashed the whole process (a segmentation fault) on a batch of 48 JPEGs
+    holding one whose DHT segment declares 0x461F bytes, decoded 10 times (found by mutating
+    bytes of a JPEG). Run in a child, so that a regression fails this test, not the run."""
+    import subprocess
+    import sys
+
+    good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
+    good.write_bytes(_jpeg())
+    bad.write_bytes(_overrun(0x461F))
+    code = ("import sys; from sparkfeed.decode import ImageDecoder; from sparkfeed.imagespec import ImageDecode\n"
+            "good, bad = (open(p, 'rb').read() for p in sys.argv[1:])\n"
+            "dec = ImageDecoder(ImageDecode(device='cpu', backend='dali'), max_batch_size=48)\n"
+            "for _ in range(10): res = dec.decode([good] * 24 + [bad] + [good] * 23)\n"
+            "print(res.ok_rows.numel(), res.failures[0][1])")
+    out = subprocess.run([sys.executable, "-c", code, str(good), str(bad)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, (out.returncode, out.stderr[-500:])
+    assert out.stdout.startswith("47 ") and "past the end of the file" in out.stdout
