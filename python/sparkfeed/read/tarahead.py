@@ -188,10 +188,7 @@ def _head_part(path: str, head, span: tuple[int, int]):
         data = head.result()
     except Exception as exc:  # noqa: BLE001 - only a head start: the piece's fetch says it
         if is_timeout(exc):
-            log.warning("reading ahead %s: no answer within the storage client's time-out (%s); the "
-                        "reader reads it in place", redact(path), type(exc).__name__)
-            raise _Stalled(f"reading ahead {redact(path)}: no answer within the storage client's "
-                           f"time-out ({type(exc).__name__}: {redact(exc)})") from exc
+            raise _stalled(path, exc) from exc
         log.debug("%s: the head fetched beside the index failed (%s)", redact(path), redact(exc))
         return None
     if data is None or span[0] >= len(data):
@@ -268,8 +265,14 @@ def _ahead_fetch(path: str, fetch, what: str = "reading ahead", instead: str = "
         except Exception as exc:
             if not is_timeout(exc):
                 raise
-            log.warning("%s %s: no answer within the storage client's time-out (%s); %s", what,
-                        redact(path), type(exc).__name__, instead)
-            raise _Stalled(f"{what} {redact(path)}: no answer within the storage client's "
-                           f"time-out ({type(exc).__name__}: {redact(exc)}); {instead}") from exc
+            raise _stalled(path, exc, what, instead) from exc
     return retries.with_retries(attempt, f"{what} {path}")
+
+
+def _stalled(path: str, exc: BaseException, what: str = "reading ahead",
+             instead: str = "the reader reads it in place") -> _Stalled:
+    """The `_Stalled` for a time-out of `what` (logged once, as a warning)."""
+    log.warning("%s %s: no answer within the storage client's time-out (%s); %s", what,
+                redact(path), type(exc).__name__, instead)
+    return _Stalled(f"{what} {redact(path)}: no answer within the storage client's "
+                    f"time-out ({type(exc).__name__}: {redact(exc)}); {instead}")
