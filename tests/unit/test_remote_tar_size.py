@@ -46,3 +46,22 @@ def test_a_replaced_tar_is_refused_before_its_first_piece_is_delivered(tmp_path,
     assert str(info.value).startswith(f"dataset 'memory://{root}', shard 'shard-00001.tar'"), info.value
     assert f"the file is {now} bytes but the manifest says {written}" in str(info.value)
     assert delivered == list(range(100))  # shard 0 only: none of the changed shard's samples
+
+
+def test_a_replaced_tar_is_skipped_under_on_error_skip(tmp_path, small_pieces):
+    """on_error="skip": the changed shard's samples are skipped and counted, the others
+    delivered (the size check of its first piece left the loader as an error before)."""
+    import fsspec
+
+    dsutil.write_tar(str(tmp_path / "wds"), dsutil.table(300, image_bytes=3000), 100)
+    memory, root = fsspec.filesystem("memory"), f"/tar-size-{os.getpid()}-skip/wds"
+    for name in os.listdir(tmp_path / "wds"):
+        data = (tmp_path / "wds" / name).read_bytes()
+        memory.pipe_file(f"{root}/{name}", data + bytes(10240) if name == "shard-00001.tar" else data)
+    try:
+        loader = sparkfeed.DataLoader(f"memory://{root}", batch_size=50, on_error="skip")
+        ids = [i for b in loader for i in b["id"].tolist()]
+    finally:
+        memory.rm(os.path.dirname(root), recursive=True)
+    assert sorted(ids) == list(range(100)) + list(range(200, 300))
+    assert loader.stats()["samples_skipped"] == 100

@@ -89,7 +89,9 @@ class TarReader(TarReadAhead, TarStreaming, TarTable, Reader):
         except CorruptSampleError:
             raise
         except httpranges.SizeMismatch as exc:  # (the whole read would fetch the changed file whole)
-            raise self._error(unit, exc.words(), exc.offset()) from exc
+            if self.ctx.on_error != "skip":
+                raise self._error(unit, exc.words(), exc.offset()) from exc
+            return None  # (the whole read names it, and skips the shard)
         except Exception as exc:  # noqa: BLE001 - the whole read names (or retries) it
             self._raise_gave_up(unit, exc, start)
             self._no_ranges(exc)
@@ -114,8 +116,8 @@ class TarReader(TarReadAhead, TarStreaming, TarTable, Reader):
         (`retries.with_retries`: a server that kept failing or stalling, a missing file, refused
         access): the whole read would spend the retry budget again on the same server, 8 more
         time-outs of a stalled one, before failing the same way."""
-        if storage.is_local(self.ctx.fs) or not isinstance(exc, OSError):
-            return
+        if storage.is_local(self.ctx.fs) or not isinstance(exc, OSError) or self.ctx.on_error == "skip":
+            return  # (skip: the whole read names it, with one try where the budget is spent, and skips it)
         index = self._indexes.get(unit.path, (None, None))[1]
         offset = index.sample_offset(start) if index is not None else None
         named = self._storage_error(unit, exc, offset)  # None for anything else (a 416, say)
