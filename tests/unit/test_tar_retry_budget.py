@@ -53,3 +53,17 @@ def test_a_tar_is_read_once_its_index_failed_and_the_server_recovered(tmp_path):
         ids = [i for b in sparkfeed.DataLoader(f"{url}/wds", batch_size=50, storage_options=FAST)
                for i in b["id"].tolist()]
     assert sorted(ids) == list(range(300)) and plan.injected["permanent"] == 8
+
+
+@pytest.mark.parametrize("index", [True, False])
+def test_a_shard_storage_keeps_failing_is_skipped_after_one_retry_budget(tmp_path, index):
+    """on_error="skip": its samples skipped and counted, the others delivered, after one budget
+    (before, a piece read in place that storage kept failing left the loader as an error)."""
+    dsutil.write_tar(str(tmp_path / "wds"), dsutil.table(300, image_bytes=64), 100, index=index)
+    plan = FaultPlan(error_every=0, drop_every=0, stall_every=0, always_fail=r"shard-00001\.tar$", status=503)
+    with FaultyServer(str(tmp_path), plan) as url:
+        loader = sparkfeed.DataLoader(f"{url}/wds", batch_size=50, storage_options=FAST, on_error="skip")
+        ids = [i for b in loader for i in b["id"].tolist()]
+    assert sorted(ids) == list(range(100)) + list(range(200, 300))
+    assert loader.stats()["samples_skipped"] == 100
+    assert plan.injected["permanent"] <= 11, plan.injected
