@@ -350,12 +350,12 @@ def _check_headers(enc: _Encoded, spec: ImageDecode) -> tuple[np.ndarray, list[t
             w[r] = h[r] = -2
     from .cutshort import _cut_short
 
-    from .scanmarkers import _overruns, _stray_markers
+    from .scanmarkers import _broken_headers, _stray_markers
 
     for r, reason in _cut_short(enc, restarts & (w >= 0)):
         failures.append((r, reason))
         w[r] = h[r] = -2  # neither read again below nor counted as known
-    for r, reason in _stray_markers(enc, np.where(w >= 0, scans, -1)) + _overruns(enc, (w >= 0) & (scans == -1)):
+    for r, reason in _stray_markers(enc, np.where(w >= 0, scans, -1)):
         failures.append((r, reason))
         w[r] = h[r] = -2
     for r in np.flatnonzero(w == -1).tolist():
@@ -364,6 +364,9 @@ def _check_headers(enc: _Encoded, spec: ImageDecode) -> tuple[np.ndarray, list[t
             w[r], h[r] = size
         else:
             failures.append((r, reason))
+    for r, reason in _broken_headers(enc, (w >= 0) & (scans == -1)):  # (JPEGs sized by PIL too)
+        failures.append((r, reason))
+        w[r] = h[r] = -2
     for r, why in _damaged_exif(enc, w):
         failures.append((r, f"could not decode: {why}; refused before decoding"))
         w[r] = h[r] = -2

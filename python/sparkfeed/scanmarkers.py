@@ -1,5 +1,5 @@
-"""JPEGs whose scan data holds a marker libjpeg refuses (damaged bytes), or whose header segment
-runs past the end of the file, found before decoding.
+"""JPEGs whose scan data holds a marker libjpeg refuses (damaged bytes), or whose header is broken
+(a segment running past the end of the file, stray bytes between segments), found before decoding.
 
 A byte of a JPEG's scan data damaged into 0xFF followed by most values reads as a marker:
 libjpeg stops the scan there and fails on the marker. PIL then refused the image, while DALI's
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .headers import _Encoded, _segments
+from .headers import _Encoded
 
 # Markers libjpeg accepts after a frame's first scan: restarts, the end, the segments that may
 # come between scans (tables, restart interval, DNL, application data, comments), TEM. Any other
@@ -109,21 +109,40 @@ def _walk(b: bytes, marks: np.ndarray, kinds: np.ndarray, at: int) -> str | None
 _OVERRUN = ("could not decode: the JPEG's segment 0xFF{kind:02X} at byte {at} declares {length} bytes, past the end "
             "of the file ({left} left: damaged data; DALI's CPU decoder crashed the process on such a file); "
             "refused before decoding")
+_STRAY_BYTES = ("could not decode: the JPEG's header holds {count} stray byte(s) at byte {at}, between its segments "
+                "(damaged data; libjpeg skips them with a warning, DALI's CPU decoder crashed the process on such a "
+                "file); refused before decoding")
 
 
-def _overruns(enc: _Encoded, rows: np.ndarray) -> list[tuple[int, str]]:
-    """(row, reason) of the JPEG `rows` (those whose header walk found a size but no scan) with a
-    segment before the scan whose length runs past the end of the row. PIL refused such a file
-    ("Truncated File Read"); DALI's CPU decoder crashed the whole process on one (a DHT segment
-    declaring 0x461F bytes in a 2.7 KB JPEG: a segmentation fault, in a batch of 48)."""
+def _broken_headers(enc: _Encoded, rows: np.ndarray) -> list[tuple[int, str]]:
+    """(row, reason) of the JPEG `rows` (those whose header walk found a size but no scan) whose
+    header before the first scan is broken (`_header_problem`)."""
     bad = []
     for r in np.flatnonzero(rows).tolist():
-        b = enc.row(r).tobytes()
-        for i, kind in _segments(b, 4):
-            if kind == 0xDA:
-                break
-            length = int.from_bytes(b[i + 2:i + 4], "big")
-            if not (kind == 0x01 or 0xD0 <= kind <= 0xD9) and i + 2 + length > len(b):
-                bad.append((r, _OVERRUN.format(kind=kind, at=i, length=length, left=len(b) - i - 2)))
-                break
+        if (why := _header_problem(enc.row(r).tobytes())) is not None:
+            bad.append((r, why))
     return bad
+
+
+def _header_problem(b: bytes) -> str | None:
+    """Why a JPEG's segments before its first scan are broken, or None: a segment whose length
+    runs past the end of the file (PIL: "Truncated File Read"), or bytes between segments that
+    are no marker (libjpeg skips them with a warning, and PIL decoded the image). DALI's CPU
+    decoder crashed the whole process on either (a segmentation fault, with one such JPEG in a
+    batch of 48 decoded 8-10 times; found by mutating bytes of JPEGs)."""
+    i, n = 2, len(b)
+    while i + 4 <= n:
+        kind = b[i + 1]
+        if b[i] != 0xFF or kind == 0:
+            j = b.find(b"\xff", i + 1)
+            return _STRAY_BYTES.format(count=(j if j >= 0 else n) - i, at=i)
+        if kind == 0xFF or kind == 0x01 or 0xD0 <= kind <= 0xD8:
+            i += 1 if kind == 0xFF else 2
+            continue
+        if kind in (0xDA, 0xD9):
+            return None
+        length = int.from_bytes(b[i + 2:i + 4], "big")
+        if i + 2 + length > n:
+            return _OVERRUN.format(kind=kind, at=i, length=length, left=n - i - 2)
+        i += 2 + length
+    return None

@@ -106,6 +106,16 @@ def _overrun(length: int) -> bytes:
     return whole[:at] + length.to_bytes(2, "big") + whole[at + 2:]
 
 
+def _stray_bytes(before: int) -> bytes:
+    """The JPEG with 3 bytes that are no marker put before its `before`-th segment (every table
+    intact: libjpeg skips them with a warning)."""
+    from sparkfeed.headers import _segments
+
+    whole = _jpeg()
+    at = [i for i, _ in _segments(whole, 4)][before]
+    return whole[:at] + b"\x00\x01\x02" + whole[at:]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_header_segment_running_past_the_end_is_refused_by_both_backends(backend):
     whole = _jpeg()
@@ -115,16 +125,27 @@ def test_a_header_segment_running_past_the_end_is_refused_by_both_backends(backe
         assert "segment 0xFFC4 at byte" in why and "past the end of the file" in why and "refused before decoding" in why
 
 
-def test_a_header_segment_past_the_end_no_longer_crashes_the_process(tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stray_bytes_between_header_segments_are_refused_by_both_backends(backend):
+    """Before the frame header (the row then sized by PIL's lazy open) and after it."""
+    whole = _jpeg()
+    res = _decode(backend, [whole, _stray_bytes(3), _stray_bytes(5), whole])
+    assert res.ok_rows.tolist() == [0, 3]
+    for row, why in res.failures:
+        assert "3 stray byte(s) at byte" in why and "refused before decoding" in why
+
+
+@pytest.mark.parametrize("damage", ["segment past the end", "stray bytes"])
+def test_a_broken_header_no_longer_crashes_the_process(tmp_path, damage):
     """DALI's CPU decoder crashed the whole process (a segmentation fault) on a batch of 48 JPEGs
-    holding one whose DHT segment declares 0x461F bytes, decoded 10 times (found by mutating
-    bytes of a JPEG). Run in a child, so that a regression fails this test, not the run."""
+    holding one whose DHT segment declares 0x461F bytes, or with 3 stray bytes between two
+    segments, decoded 10 times (found by mutating bytes of JPEGs). Run in a child, so that a regression fails this test, not the run."""
     import subprocess
     import sys
 
     good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
     good.write_bytes(_jpeg())
-    bad.write_bytes(_overrun(0x461F))
+    bad.write_bytes(_overrun(0x461F) if damage == "segment past the end" else _stray_bytes(5))
     code = ("import sys; from sparkfeed.decode import ImageDecoder; from sparkfeed.imagespec import ImageDecode\n"
             "good, bad = (open(p, 'rb').read() for p in sys.argv[1:])\n"
             "dec = ImageDecoder(ImageDecode(device='cpu', backend='dali'), max_batch_size=48)\n"
@@ -132,4 +153,4 @@ def test_a_header_segment_past_the_end_no_longer_crashes_the_process(tmp_path):
             "print(res.ok_rows.numel(), res.failures[0][1])")
     out = subprocess.run([sys.executable, "-c", code, str(good), str(bad)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, (out.returncode, out.stderr[-500:])
-    assert out.stdout.startswith("47 ") and "past the end of the file" in out.stdout
+    assert out.stdout.startswith("47 ") and ("past the end of the file" in out.stdout or "stray byte" in out.stdout)
