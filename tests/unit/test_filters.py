@@ -313,8 +313,8 @@ def test_the_count_pass_skips_proven_units_and_readers_evaluate_no_filter_over_t
     evaluated = []
     real = base.apply_filter
 
-    def spy(ctx, t, keep_bad=False, unit=None):
-        out = real(ctx, t, keep_bad, unit)
+    def spy(ctx, t, ok=None, unit=None):
+        out = real(ctx, t, ok, unit)
         if unit is None or ctx.filtered(unit):
             evaluated.append(t.num_rows)
         return out

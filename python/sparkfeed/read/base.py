@@ -135,18 +135,21 @@ class Reader:
                     raise
         if not parts:
             return counts
+        unit_column = free_name({n for _, t, _ in parts for n in t.column_names}, _UNIT)
         try:
-            tables = [t.append_column(_UNIT, pa.array(np.full(t.num_rows, k, np.int32))) for k, t, _ in parts]
-            kept, _ = apply_filter(self.ctx, pa.concat_tables(tables), keep_bad=parts[0][2])
+            tables = [t.append_column(unit_column, pa.array(np.full(t.num_rows, k, np.int32))) for k, t, _ in parts]
+            oks = None if all(ok is None for _, _, ok in parts) else np.concatenate(
+                [np.ones(t.num_rows, bool) if ok is None else ok for _, t, ok in parts])
+            kept, _ = apply_filter(self.ctx, pa.concat_tables(tables), ok=oks)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-            for k, table, keep_bad in parts:
+            for k, table, ok in parts:
                 try:
-                    counts[k] = apply_filter(self.ctx, table, keep_bad)[0].num_rows
+                    counts[k] = apply_filter(self.ctx, table, ok=ok)[0].num_rows
                 except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
                     raise filters.unevaluable(exc, self.ctx.expr, self.ctx.dataset, units[k].path,
                                               units[k].row_group) from exc
             return counts
-        per_unit = np.bincount(kept.column(_UNIT).to_numpy(), minlength=len(units))
+        per_unit = np.bincount(kept.column(unit_column).to_numpy(), minlength=len(units))
         for k, _, _ in parts:
             counts[k] = int(per_unit[k])
         return counts
@@ -192,9 +195,9 @@ class Reader:
     def _read(self, unit: WorkUnit) -> UnitRows:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _filter_input(self, unit: WorkUnit) -> tuple[pa.Table, bool]:  # pragma: no cover - abstract
-        """The table the filter's count is evaluated over (the unit's filter columns), and whether
-        rows that could not be read count whatever it says (`apply_filter`'s `keep_bad`)."""
+    def _filter_input(self, unit: WorkUnit) -> tuple[pa.Table, np.ndarray | None]:  # pragma: no cover - abstract
+        """The table the filter's count is evaluated over (the unit's filter columns), and which
+        rows were read (`apply_filter`'s `ok`; None: all): the others count whatever it says."""
         raise NotImplementedError
 
     def _versioned(self, unit: WorkUnit) -> bool:
@@ -414,21 +417,33 @@ def placeholder(ctx: ReadContext, unit: WorkUnit, n: int) -> UnitRows:
     return UnitRows(table, unit, None, np.zeros(n, dtype=bool))
 
 
-def apply_filter(ctx: ReadContext, table: pa.Table, keep_bad: bool = False,
+def free_name(taken, base: str) -> str:
+    """`base`, or `base` with underscores before it, whichever no column in `taken` has: the
+    helper columns a filter is evaluated with never meet a user's column of that name."""
+    name = base
+    while name in taken:
+        name = "_" + name
+    return name
+
+
+def apply_filter(ctx: ReadContext, table: pa.Table, ok: np.ndarray | None = None,
                  unit=None) -> tuple[pa.Table, np.ndarray]:
     """Rows passing the filter and their row numbers in the unit (all rows when no filter, or
     when `unit`'s statistics prove that every row passes: `ReadContext.filtered`).
 
-    With `keep_bad`, rows whose `__ok_in__` is False (samples skipped under on_error="skip") are
-    kept whatever the filter says: their values are unknown, and they must still be counted.
+    Rows whose `ok` is False (samples skipped under on_error="skip") are kept whatever the
+    filter says: their values are unknown, and they must still be counted.
     """
     if ctx.expr is None or (unit is not None and not ctx.filtered(unit)):
         return table, np.arange(table.num_rows)
-    indexed = table.append_column("__i__", pa.array(np.arange(table.num_rows, dtype=np.int64)))
-    expr = ctx.expr
-    if keep_bad:
-        expr = pc.coalesce(expr, pc.scalar(False)) | ~pc.field("__ok_in__")
+    row = free_name(table.column_names, "__i__")
+    indexed = table.append_column(row, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    expr, helpers = ctx.expr, [row]
+    if ok is not None:
+        flag = free_name(indexed.column_names, "__ok_in__")
+        indexed, helpers = indexed.append_column(flag, pa.array(ok, pa.bool_())), [row, flag]
+        expr = pc.coalesce(expr, pc.scalar(False)) | ~pc.field(flag)
     widened = filters.widened_for_filter(indexed)  # (float16 columns: Arrow filters their float32 values)
-    kept = indexed.filter(expr) if widened is None else indexed.take(widened.filter(expr).column("__i__"))
-    rows = kept.column("__i__").to_numpy()
-    return kept.drop_columns(["__i__"]), rows
+    kept = indexed.filter(expr) if widened is None else indexed.take(widened.filter(expr).column(row))
+    rows = kept.column(row).to_numpy()
+    return kept.drop_columns(helpers), rows

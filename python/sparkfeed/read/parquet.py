@@ -384,11 +384,11 @@ class ParquetReader(ParquetAhead, Reader):
         rows = np.concatenate([np.arange(n, dtype=np.int32) for n in counts])
         return self._unit_rows(table, units[0], rows, run=tuple(zip(units[:len(groups)], counts)))
 
-    def _filter_input(self, unit: WorkUnit) -> tuple[pa.Table, bool]:
-        """The unit's filter columns; rows that are not UTF-8 text (skipped, `_text_checked`)
-        marked `__ok_in__` False, so the count keeps them as the read does (`_filtered`)."""
+    def _filter_input(self, unit: WorkUnit) -> tuple[pa.Table, np.ndarray | None]:
+        """The unit's filter columns, and which rows are UTF-8 text where they should be (the
+        others skipped, `_text_checked`: the count keeps them as the read does, `_filtered`)."""
         table, bad = self._text_checked(unit, self._read_columns(unit, list(self.ctx.filter_columns)))
-        return (table, False) if bad is None else (table.append_column("__ok_in__", pa.array(~bad)), True)
+        return table, (None if bad is None else ~bad)
 
     def close(self) -> None:
         if self._ahead is not None:
@@ -407,5 +407,5 @@ def _filtered(ctx, light: pa.Table, bad: np.ndarray | None) -> tuple[pa.Table, n
     taken for a filtered row. Returns (rows kept, their numbers, which of them are bad)."""
     if bad is None:
         return (*apply_filter(ctx, light), None)
-    kept, rows = apply_filter(ctx, light.append_column("__ok_in__", pa.array(~bad)), keep_bad=True)
-    return kept.drop_columns(["__ok_in__"]), rows, bad[rows]
+    kept, rows = apply_filter(ctx, light, ok=~bad)
+    return kept, rows, bad[rows]

@@ -356,11 +356,9 @@ class TarReader(TarReadAhead, TarStreaming, TarTable, Reader):
     def _read(self, unit: WorkUnit) -> UnitRows:
         table, ok = self._table(unit, self.ctx.read_columns)
         n = table.num_rows
-        table = table.append_column("__ok_in__", pa.array(ok))
-        table, rows = apply_filter(self.ctx, table, keep_bad=True, unit=unit)
+        table, rows = apply_filter(self.ctx, table, ok=ok, unit=unit)
         self.ctx.stats.add("rows_filtered", n - table.num_rows)
-        return self._unit_rows(table, unit, rows, ok=table.column("__ok_in__").to_numpy(zero_copy_only=False))
+        return self._unit_rows(table, unit, rows, ok=np.asarray(ok, bool)[rows])
 
-    def _filter_input(self, unit: WorkUnit) -> tuple[pa.Table, bool]:
-        table, ok = self._table(unit, list(self.ctx.filter_columns))
-        return table.append_column("__ok_in__", pa.array(ok)), True
+    def _filter_input(self, unit: WorkUnit) -> tuple[pa.Table, np.ndarray]:
+        return self._table(unit, list(self.ctx.filter_columns))
