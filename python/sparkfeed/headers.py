@@ -153,6 +153,12 @@ def _walk_jpegs(data, rows, pos, end, w, h, exif, short, restarts, scans) -> Non
         if sof.any():
             frame = sof & (w[rows] == -1)  # the first frame header (there is one)
             w[rows[frame]], h[rows[frame]] = _be16(data, pos[frame] + 7), _be16(data, pos[frame] + 5)
+            at, comps = pos[frame], data[np.minimum(pos[frame] + 9, last)].astype(np.int64)
+            bits = data[np.minimum(at + 4, last)]  # 8 or 12 (DCT); 2-16 lossless (SOF3/7/11/15: GPU)
+            lossless = (marker[frame] & 3) == 3
+            broken = np.where(lossless, (bits < 2) | (bits > 16), (bits & 0xFB) != 8) | (comps < 1) | \
+                (comps > 10) | ((quad[frame, 2].astype(np.int64) << 8 | quad[frame, 3]) != 8 + 3 * comps)
+            w[rows[frame][broken]] = h[rows[frame][broken]] = -3  # (`scanmarkers._frame_problem`)
         if restarts is not None and (dri := marker == 0xDD).any():
             restarts[rows[dri]] = True
         if scans is not None and (sos := marker == 0xDA).any():  # where its scan data begins
@@ -350,7 +356,7 @@ def _check_headers(enc: _Encoded, spec: ImageDecode) -> tuple[np.ndarray, list[t
             w[r] = h[r] = -2
     from .cutshort import _cut_short
 
-    from .scanmarkers import _broken_headers, _stray_markers
+    from .scanmarkers import _broken_frames, _broken_headers, _stray_markers
 
     for r, reason in _cut_short(enc, restarts & (w >= 0)):
         failures.append((r, reason))
@@ -364,8 +370,8 @@ def _check_headers(enc: _Encoded, spec: ImageDecode) -> tuple[np.ndarray, list[t
             w[r], h[r] = size
         else:
             failures.append((r, reason))
-    for r, reason in _broken_headers(enc, (w >= 0) & (scans == -1)):  # (JPEGs sized by PIL too)
-        failures.append((r, reason))
+    for r, reason in _broken_headers(enc, (w >= 0) & (scans == -1)) + _broken_frames(enc, w == -3):
+        failures.append((r, reason))  # (JPEGs sized by PIL too)
         w[r] = h[r] = -2
     for r, why in _damaged_exif(enc, w):
         failures.append((r, f"could not decode: {why}; refused before decoding"))

@@ -146,3 +146,25 @@ def _header_problem(b: bytes) -> str | None:
             return _OVERRUN.format(kind=kind, at=i, length=length, left=n - i - 2)
         i += 2 + length
     return None
+
+
+_FRAME = ("could not decode: the JPEG's frame header (0xFF{kind:02X} at byte {at}) is invalid: {precision}-bit samples, "
+          "{count} components, {length} bytes long (damaged data; DALI's CPU decoder crashed the process on such a "
+          "file); refused before decoding")
+
+
+def _broken_frames(enc: _Encoded, rows: np.ndarray) -> list[tuple[int, str]]:
+    """(row, reason) of the JPEG `rows` whose frame header the walk found invalid: a sample
+    precision other than 8 or 12 bits (2-16 for a lossless frame, which GPU decoding reads), no or more than 10 components (libjpeg's limit), a length
+    that does not match its components. PIL refused such a file ("cannot identify image file");
+    DALI's CPU decoder crashed the whole process on one (37-bit samples, or 65 components, one
+    damaged byte; found by mutating bytes of JPEGs)."""
+    from .headers import _SOF, _segments
+
+    bad = []
+    for r in np.flatnonzero(rows).tolist():
+        b = enc.row(r).tobytes()
+        at, kind = next(((i, m) for i, m in _segments(b, 10) if m in _SOF), (0, 0))
+        bad.append((r, _FRAME.format(kind=kind, at=at, precision=b[at + 4], count=b[at + 9],
+                                     length=int.from_bytes(b[at + 2:at + 4], "big"))))
+    return bad

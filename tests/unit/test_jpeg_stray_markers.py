@@ -154,3 +154,39 @@ def test_a_broken_header_no_longer_crashes_the_process(tmp_path, damage):
     out = subprocess.run([sys.executable, "-c", code, str(good), str(bad)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, (out.returncode, out.stderr[-500:])
     assert out.stdout.startswith("47 ") and ("past the end of the file" in out.stdout or "stray byte" in out.stdout)
+
+
+# ------------------------------------------------------------------ an invalid frame header
+
+def _frame_byte(offset: int, value: int) -> bytes:
+    """The JPEG with byte `offset` of its frame header (SOF) set to `value` (4: the sample
+    precision, 9: the number of components)."""
+    whole = _jpeg()
+    at = whole.find(b"\xff\xc0") + offset
+    return whole[:at] + bytes([value]) + whole[at + 1:]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_invalid_frame_header_is_refused_by_both_backends_and_does_not_crash(backend, tmp_path):
+    """37-bit samples or 65 components (one damaged byte each): PIL refused such a JPEG
+    ("cannot identify image file"); DALI's CPU decoder crashed the process on it in a batch of
+    48 (in a child here, so that a regression fails this test, not the run)."""
+    import subprocess
+    import sys
+
+    whole = _jpeg()
+    res = _decode(backend, [whole, _frame_byte(4, 37), _frame_byte(9, 65), _frame_byte(9, 0), whole])
+    assert res.ok_rows.tolist() == [0, 4]
+    reasons = dict(res.failures)
+    assert "37-bit samples" in reasons[1] and "65 components" in reasons[2] and "0 components" in reasons[3]
+    assert all("frame header" in why and "refused before decoding" in why for why in reasons.values())
+    good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
+    good.write_bytes(whole)
+    bad.write_bytes(_frame_byte(4, 37))
+    code = ("import sys; from sparkfeed.decode import ImageDecoder; from sparkfeed.imagespec import ImageDecode\n"
+            "good, bad = (open(p, 'rb').read() for p in sys.argv[1:])\n"
+            f"dec = ImageDecoder(ImageDecode(size=32, device='cpu', backend='{backend}'), max_batch_size=48)\n"
+            "for rep in range(8): res = dec.decode([good] * (rep * 5 % 48) + [bad] + [good] * (47 - rep * 5 % 48))\n"
+            "print(res.ok_rows.numel())")
+    out = subprocess.run([sys.executable, "-c", code, str(good), str(bad)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "47", (out.returncode, out.stderr[-500:])
