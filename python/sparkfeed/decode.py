@@ -41,7 +41,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .batch import BinaryChunks, BinaryColumn
+from .binarycols import BinaryChunks, BinaryColumn
 from .crops import _RRC_TRIES, _keyed_draws, _keyed_window_uniforms, _random_resized_windows
 from .dalidecode import _QUEUE_DEPTH, _DaliBackend
 from .decoded import DecodeResult, _cat

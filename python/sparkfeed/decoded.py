@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import batch as batching
+from .tensorcopies import cat
 
 __all__ = ["DecodeResult", "MixedSizes"]
 
@@ -39,5 +39,5 @@ def _same_shape(shapes) -> None:
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
     """Join per-chunk outputs (in row order)."""
     _same_shape(p.shape[1:] for p in parts)
-    return parts[0] if len(parts) == 1 else batching.cat(parts)
+    return parts[0] if len(parts) == 1 else cat(parts)
 

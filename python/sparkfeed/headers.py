@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .batch import BinaryChunks, BinaryColumn
+from .binarycols import BinaryChunks, BinaryColumn
 from .orientation import _jpeg_orientations, _orientation
 
 if TYPE_CHECKING:

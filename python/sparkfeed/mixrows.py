@@ -10,6 +10,7 @@ import torch
 from . import batch as batching
 from .segments import Block, Shuffled
 from .stream import StreamReader
+from .tensorcopies import cat
 
 
 def _mixed(parts: list[list], labels: np.ndarray, present: np.ndarray) -> Block:
@@ -61,7 +62,7 @@ def _placed(flat: list, index: torch.Tensor) -> Block:
     for name in first:
         laid = [b.columns[name] if order is None else batching.index_rows(b.rows.columns[name], order)
                 for b, order in zip(flat, orders)]
-        columns[name] = batching.index_rows(laid[0] if len(laid) == 1 else batching.cat(laid), index)
+        columns[name] = batching.index_rows(laid[0] if len(laid) == 1 else cat(laid), index)
     return Block(columns, len(index))
 
 

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from .batch import BinaryChunks, BinaryColumn, BinaryViews, TextColumn, binary_kind
+from .binarycols import binary_kind, BinaryChunks, BinaryColumn, BinaryViews, TextColumn
 
 _ALIGN = 64
 

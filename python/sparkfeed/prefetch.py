@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from . import threads as protocol
-from .batch import BinaryColumn
+from .binarycols import BinaryColumn
 from .checks import resolve_device
 from .pinring import PinnedRing, Slot
 from .stats import Stats

@@ -18,6 +18,7 @@ import torch
 
 from . import batch as batching
 from .read import UnitRows
+from .tensorcopies import copy_rows, empty_rows
 
 __all__ = ["Block", "BlockColumns", "Shuffled", "cut", "ROW_KEYS"]
 
@@ -104,8 +105,8 @@ class Block(NamedTuple):
     @staticmethod
     def concat(blocks: list["Block"], views: bool = False, chunks: bool = False) -> "Block":
         """The positions of `blocks`, one after another; `views=True` leaves binary columns in
-        their buffers (`batch.BinaryViews`), for a block whose rows are only gathered;
-        `chunks=True` leaves them in their parts (`batch.BinaryChunks`), for a batch."""
+        their buffers (`binarycols.BinaryViews`), for a block whose rows are only gathered;
+        `chunks=True` leaves them in their parts (`binarycols.BinaryChunks`), for a batch."""
         if len(blocks) == 1:
             return blocks[0]
         filled = [b for b in blocks if b.rows] or blocks[:1]
@@ -152,7 +153,7 @@ class BlockColumns:
         at = int(self.offsets[i])
         for p in pieces:
             for name, buffer in buffers.items():
-                batching.copy_rows(buffer, at, p.columns[name])
+                copy_rows(buffer, at, p.columns[name])
             at += p.positions
         with self._lock:
             self.placed.add(i)
@@ -172,7 +173,7 @@ class BlockColumns:
             if self.buffers is None:
                 total = int(self.offsets[-1])
                 self.names = list(columns)
-                self.buffers = {k: batching.empty_rows(total, v) for k, v in columns.items() if _placeable(v)}
+                self.buffers = {k: empty_rows(total, v) for k, v in columns.items() if _placeable(v)}
             return self.buffers or None
 
     def _fits(self, piece: Block, buffers: dict) -> bool:
@@ -204,7 +205,7 @@ def cut(segments, size: int):
 
     A segment is split at the batch boundaries that fall inside it with one `split` per column
     (`Block.split`), so a batch costs a dict of views, not one slicing call per column. A batch
-    that spans segments keeps its binary columns in their parts (`batch.BinaryChunks`): the
+    that spans segments keeps its binary columns in their parts (`binarycols.BinaryChunks`): the
     decoder and `user_facing` read each sample where it lies, so joining them would copy every
     byte once more on the consuming thread (0.3 s per 10,000 images at 224 px on an H100, where
     image row groups hold 39 rows). A long

@@ -217,7 +217,7 @@ class StreamReader:
     def _finish_block(self, b: int, parts: list[list[Block]], order: np.ndarray | None = None,
                       into: "BlockColumns | None" = None) -> "Shuffled":
         """Block b from its runs' pieces: joined (binary columns left where they were read:
-        `batch.BinaryViews`; number columns already placed `into` one buffer each as the runs
+        `binarycols.BinaryViews`; number columns already placed `into` one buffer each as the runs
         were read), with its order (computed here unless given); counted in `shuffle_blocks`
         and `shuffle_block_rows` (the rows the block held). The rows are gathered into that
         order piece by piece as they are delivered (`segments`), so the first batch waits for

@@ -71,7 +71,7 @@ def test_a_batch_in_chunks_decodes_on_the_gpu_as_the_joined_column():
     """A batch cut across row groups (`BinaryChunks`, each part in its own buffer) decodes on the
     GPU to exactly what the joined column gives, with a batch of several submitted ahead (DALI's
     queue depth 2) and a cut JPEG in a later part refused at its own row."""
-    from sparkfeed.batch import BinaryChunks, BinaryColumn
+    from sparkfeed.binarycols import BinaryChunks, BinaryColumn
 
     def column(items):
         data = torch.from_numpy(np.frombuffer(b"".join(items), np.uint8).copy())
@@ -93,7 +93,7 @@ def test_the_tensorlist_hand_over_decodes_on_the_gpu_as_the_list(monkeypatch):
     gives the "mixed" decoders the same pixels as a list of arrays, for a batch in one buffer and
     one in chunks. When this passes on a GPU, `dalidecode._TENSORLIST_ON_GPU` can be turned on."""
     import sparkfeed.dalidecode as decode
-    from sparkfeed.batch import BinaryChunks, BinaryColumn
+    from sparkfeed.binarycols import BinaryChunks, BinaryColumn
 
     def column(items):
         data = torch.from_numpy(np.frombuffer(b"".join(items), np.uint8).copy())

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sparkfeed import pinring
-from sparkfeed.batch import BinaryColumn
+from sparkfeed.binarycols import BinaryColumn
 from sparkfeed.bench.h2d import feed_benchmark
 from sparkfeed.prefetch import Prefetcher
 

@@ -13,7 +13,7 @@ import torch
 
 import sparkfeed
 from sparkfeed.arrays import NpyDecode, NpyDecoder
-from sparkfeed.batch import BinaryChunks, BinaryColumn
+from sparkfeed.binarycols import BinaryChunks, BinaryColumn
 from sparkfeed.errors import CorruptSampleError
 
 

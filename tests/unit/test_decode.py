@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sparkfeed.batch import BinaryColumn
+from sparkfeed.binarycols import BinaryColumn
 from sparkfeed.decode import DecodeResult, ImageDecode, ImageDecoder
 from sparkfeed.imagespec import dali_package
 
@@ -730,7 +730,7 @@ def test_a_batch_in_chunks_decodes_as_the_joined_column(backend):
     """A batch cut across row groups arrives as `BinaryChunks` (each part in its own buffer):
     the same pixels, the same refused rows (numbered in the batch), the same header checks,
     the cut-JPEG check included, as the column joined into one buffer."""
-    from sparkfeed.batch import BinaryChunks
+    from sparkfeed.binarycols import BinaryChunks
     from sparkfeed.headers import _check_headers, _encoded
 
     items = [_encode(40 + 8 * (i % 3), 40, shift=i) for i in range(10)]
@@ -836,7 +836,7 @@ def test_the_hand_over_to_dali_copies_no_image_bytes():
     from sparkfeed.headers import _encoded
 
     items = [_encode(40, 32, shift=i) for i in range(6)]
-    from sparkfeed.batch import BinaryChunks
+    from sparkfeed.binarycols import BinaryChunks
     for images in (_column(items), BinaryChunks((_column(items[:2]), _column(items[2:])))):
         enc = _encoded(images)
         views = enc.views(np.arange(len(enc)))

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sparkfeed.batch import BinaryChunks, BinaryColumn
+from sparkfeed.binarycols import BinaryChunks, BinaryColumn
 from sparkfeed.decode import ImageDecoder
 from sparkfeed.imagespec import ImageDecode
 

@@ -15,7 +15,7 @@ import torch
 from sparkfeed import pinring
 from sparkfeed import prefetch as pf
 from sparkfeed import threads as protocol
-from sparkfeed.batch import BinaryColumn
+from sparkfeed.binarycols import BinaryColumn
 from sparkfeed.errors import WorkerError
 from sparkfeed.bench.h2d import feed_benchmark
 from sparkfeed.prefetch import Prefetcher

@@ -15,7 +15,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparkfeed.batch import BinaryColumn, TextColumn, user_facing
+from sparkfeed.batch import user_facing
+
+from sparkfeed.binarycols import BinaryColumn, TextColumn
 from sparkfeed.lanes import LaneReader, reading_threads, round_robin
 from sparkfeed.plan import WorkUnit
 from sparkfeed.read import UnitRows
@@ -102,7 +104,8 @@ def test_a_batch_cut_across_segments_keeps_its_binary_samples_where_they_were_re
     (`BinaryChunks`): each part is a view of its segment's buffer, and every way a batch is used
     (user's bytes, `select_rows` for skips, slices, splits, packing between processes) sees
     the samples of the joined column."""
-    from sparkfeed.batch import BinaryChunks, BinaryViews, select_rows, split_rows
+    from sparkfeed.batch import select_rows, split_rows
+    from sparkfeed.binarycols import BinaryChunks, BinaryViews
     from sparkfeed.packing import pack, unpack
 
     segments = [_block(5 * i, [True] * 5) for i in range(4)]
@@ -139,7 +142,7 @@ def test_binary_slices_rebase_offsets():
 def test_cat_is_torch_cat(dtype):
     """`batch.cat` (numpy's concatenate where numpy has the type, torch's otherwise): the values,
     dtype and shape `torch.cat` gives, for strided views too, in memory of its own."""
-    from sparkfeed.batch import cat
+    from sparkfeed.tensorcopies import cat
 
     for cols in (6, 10_000):  # below and above the size that torch would copy on its threads
         base = (torch.arange(4 * cols) % 7).reshape(4, cols).to(dtype)
@@ -181,7 +184,8 @@ def test_binary_views_select_what_the_joined_column_selects(parts, text, data):
     joined from columns and slices of them, sliced again, `select` gives the items a joined copy
     would, of the columns' class, in memory of its own; samples of 12 bytes or fewer (which a
     view holds inline) and longer ones alike."""
-    from sparkfeed.batch import BinaryViews, concat_rows, select_rows
+    from sparkfeed.batch import concat_rows, select_rows
+    from sparkfeed.binarycols import BinaryViews
 
     kind = TextColumn if text else BinaryColumn
     parts = [[b.hex().encode() for b in items] if text else items for items in parts]
@@ -217,7 +221,8 @@ def test_binary_views_select_what_the_joined_column_selects(parts, text, data):
 def test_a_chunked_binary_column_stays_in_its_chunks_only_when_asked():
     """`table_to_batch(views=True)`: a binary column read in several chunks becomes `BinaryViews`
     over them (nothing joined), strings with nulls stay lists, a single chunk stays a column."""
-    from sparkfeed.batch import BinaryViews, table_to_batch
+    from sparkfeed.batch import table_to_batch
+    from sparkfeed.binarycols import BinaryViews
 
     chunked = pa.chunked_array([pa.array([b"a" * 20, b"b"], pa.large_binary()), pa.array([b"c" * 30], pa.large_binary())])
     table = pa.table({"b": chunked, "s": pa.chunked_array([pa.array(["x", None]), pa.array(["y"])]),
@@ -237,7 +242,7 @@ def test_a_shuffle_block_gathers_binary_samples_from_the_runs_it_read(tmp_path):
 
     import sparkfeed
     from sparkfeed import storage
-    from sparkfeed.batch import BinaryViews
+    from sparkfeed.binarycols import BinaryViews
     from sparkfeed.read import ReadContext, make_reader
     from sparkfeed.stream import StreamReader
 
@@ -472,13 +477,13 @@ def test_binary_columns_view_arrows_own_memory_and_copy_read_only_memory():
     """Encoded images decoded from Parquet pages live in memory Arrow allocated: the BinaryColumn
     takes it without a copy (the `bytes` path's largest cost); bytes in read-only memory (a
     mapped tar, a fetched body) are copied, so no tensor can write into them. Same values."""
-    from sparkfeed.batch import _binary_column
+    from sparkfeed.binarycols import binary_column
 
     fresh = pa.array([b"ab", b"", b"cde", b"f"], pa.binary()).slice(1, 3)
     raw = b"xyzw"
     frozen = pa.Array.from_buffers(pa.binary(), 2, [None, pa.py_buffer(np.array([0, 1, 4], np.int32).tobytes()),
                                                      pa.py_buffer(raw)])
-    view, copy = _binary_column(fresh), _binary_column(frozen)
+    view, copy = binary_column(fresh), binary_column(frozen)
     assert fresh.buffers()[2].is_mutable and not frozen.buffers()[2].is_mutable
     assert view.data.data_ptr() == fresh.buffers()[2].address + 2  # rows from b"cde" on: Arrow's memory
     assert copy.data.data_ptr() != frozen.buffers()[2].address

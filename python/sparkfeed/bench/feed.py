@@ -36,7 +36,7 @@ def decode_benchmark(n: int = 512, cases=((64, 56), (64, 64), (256, 224), (256, 
 
     from PIL import Image
 
-    from ..batch import BinaryColumn
+    from ..binarycols import BinaryColumn
     from ..decode import ImageDecoder
     from ..imagespec import ImageDecode
     from ..headers import _as_arrays, _check_header, _check_headers, _encoded
