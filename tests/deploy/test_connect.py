@@ -300,8 +300,9 @@ def test_ctrl_c_during_a_write_over_connect_interrupts_its_job_and_leaves_no_dat
     """Ctrl-C while `write` waits on the Connect server: the KeyboardInterrupt reaches the
     caller, pyspark's client interrupts and releases the operation (there is no SparkContext
     for sparkfeed's own job group; a no-op `interrupt_operation` still passed: releasing an
-    unfinished execution interrupts it on the server too), the held tasks are killed (the server's two cores run a new job at once,
-    while the held UDF would hold them for 120 s), and the path holds no manifest."""
+    unfinished execution interrupts it on the server too), the held tasks are killed (the
+    server's two cores run a new job at once, while the held UDF would hold them for 120 s),
+    and the path holds no manifest."""
     from dsutil import sigint_once_exists
     from pyspark.sql import functions as F
 
