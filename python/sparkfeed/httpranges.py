@@ -55,9 +55,10 @@ class HTTPStatusError(Exception):
     """An HTTP answer other than the range asked for; `status` says whether a retry may cure it
     (`retries.is_transient`: 5xx and 429 do)."""
 
-    def __init__(self, status: int, message: str, reason: str = ""):
+    def __init__(self, status: int, message: str, reason: str = "", headers: dict | None = None):
         super().__init__(message)
         self.status, self.message = status, reason  # `message`: the reason, as aiohttp's errors
+        self.headers = headers or {}  # (as aiohttp's: `retries.retry_after` reads Retry-After)
 
 
 def usable(fs) -> bool:
@@ -238,7 +239,8 @@ def _check_status(response: http.client.HTTPResponse, path: str, start: int, end
         raise FileNotFoundError(path)
     if status in (401, 403):
         raise PermissionError(what)
-    raise HTTPStatusError(status, what, response.reason)
+    asked = response.getheader("Retry-After")
+    raise HTTPStatusError(status, what, response.reason, {"Retry-After": asked} if asked else None)
 
 
 class _Pool:

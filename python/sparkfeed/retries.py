@@ -5,6 +5,7 @@ no URL credentials, so that a permanent outage ends in an error that names what 
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import errno
 import logging
 import random
@@ -189,9 +190,40 @@ def parsing(f=None):
 
 
 
+MAX_RETRY_AFTER_S = 60.0  # the longest wait a server's Retry-After gets before a retry
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds the server asked to wait before the next request (the Retry-After header of a 429
+    or 503, in seconds or as an HTTP date) on `exc` or an error it was raised from; None where
+    none was asked."""
+    at, seen = exc, set()
+    while at is not None and id(at) not in seen:
+        seen.add(id(at))
+        headers = getattr(at, "headers", None)
+        value = headers.get("Retry-After") if hasattr(headers, "get") else None
+        if value:
+            return _seconds(str(value).strip())
+        at = at.__cause__ or at.__context__
+    return None
+
+
+def _seconds(value: str) -> float | None:
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None  # not a Retry-After value: the usual backoff
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
 def with_retries(fn: Callable[[], T], what: str, *, attempts: int = 8, base_delay: float = 0.2,
                  max_delay: float = 5.0) -> T:
-    """Call `fn`, retrying transient I/O errors with jittered exponential backoff.
+    """Call `fn`, retrying transient I/O errors with jittered exponential backoff, or after the
+    wait a server asked for (`retry_after`, up to `MAX_RETRY_AFTER_S`), whichever is longer.
 
     Permanent errors (missing file, permission) raise at once; after `attempts` tries the last
     error propagates, so a permanent outage ends in an error, never a hang. A storage client's
@@ -207,7 +239,11 @@ def with_retries(fn: Callable[[], T], what: str, *, attempts: int = 8, base_dela
                     raise
                 raise plain from exc
             delay = min(max_delay, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random())
-            log.warning("%s failed (%s: %s); retry %d/%d in %.2fs", redact(what), type(exc).__name__,
-                        redact(exc), attempt, attempts - 1, delay)
+            asked = retry_after(exc)
+            if asked is not None and asked > delay:
+                delay = min(asked, MAX_RETRY_AFTER_S)
+            log.warning("%s failed (%s: %s); retry %d/%d in %.2fs%s", redact(what), type(exc).__name__,
+                        redact(exc), attempt, attempts - 1, delay,
+                        "" if asked is None else " (the server asked for %gs)" % asked)
             time.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
