@@ -2,8 +2,9 @@
 
 Requests are numbered; by a fixed pattern some answer 503, some drop the connection without an
 answer, some stall longer than the client's read time-out. Paths matching `always_fail` answer
-`status` (500 unless told: a permanent outage; 403, 404 for a refused or missing file; None:
-the connection dropped without an answer) every time
+`status` (500 unless told: a permanent outage; 403, 404 for a refused or missing file; 429
+with `retry_after` as its Retry-After header; None: the connection dropped without an answer)
+every time
 (or the first `fail_times`; with `unranged=True` only requests without a Range header: HEADs and
 whole-file GETs, what fsspec's `info` sends). `FaultyServer(..., etags=True)` sends ETags. Range requests are honoured, and paths %-decoded, as object stores do.
 """
@@ -25,12 +26,13 @@ class FaultPlan:
     """Which request numbers fail and how; counts what it injected."""
 
     def __init__(self, error_every=4, drop_every=5, stall_every=11, stall_s=2.0, always_fail=None,
-                 status=500, fail_times=None, unranged=False):
+                 status=500, fail_times=None, unranged=False, retry_after=None):
         self.error_every, self.drop_every, self.stall_every = error_every, drop_every, stall_every
         self.stall_s, self.always_fail, self.status = stall_s, always_fail, status
-        self.fail_times, self.unranged = fail_times, unranged
+        self.fail_times, self.unranged, self.retry_after = fail_times, unranged, retry_after
         self.counter = itertools.count(1)
         self.injected = {"error": 0, "drop": 0, "stall": 0, "permanent": 0}
+        self.answered: list[tuple[float, str, str | None]] = []  # (monotonic time, path, fault)
         self.lock = threading.Lock()
 
     def decide(self, path: str, ranged: bool = False) -> str | None:
@@ -46,8 +48,10 @@ class FaultPlan:
             elif self.stall_every and k % self.stall_every == 3:
                 kind = "stall"
             else:
+                self.answered.append((time.monotonic(), path, None))
                 return None
             self.injected[kind] += 1
+            self.answered.append((time.monotonic(), path, kind))
             return kind
 
 
@@ -69,6 +73,8 @@ def make_handler(root: str, plan: FaultPlan, etags: bool = False):
                 kind = "drop"
             if kind in ("error", "permanent"):
                 self.send_response(503 if kind == "error" else plan.status)
+                if kind == "permanent" and plan.retry_after is not None:
+                    self.send_header("Retry-After", plan.retry_after)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return True
