@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .headers import _be16, _Encoded, _segments
+from .scanmarkers import _markers
 
 _JPEG_CUT = "could not decode: the JPEG is cut short (no end-of-image marker after its scan data); refused before decoding"
 _J2K_CUT = ("could not decode: the JPEG 2000 codestream is cut short (no end-of-codestream marker at its end); "
@@ -104,9 +105,7 @@ def _restarts_short(b: bytes) -> str | None:
     error. One pass of numpy over the row finds its markers; a cut in the last interval of a scan
     is not found (that needs the entropy decode itself)."""
     arr = np.frombuffer(b, np.uint8)
-    ff = np.flatnonzero(arr[:-1] == 0xFF)
-    after = arr[ff + 1]
-    marks = ff[(after != 0) & (after != 0xFF)]  # markers, not stuffed bytes nor fill
+    marks = _markers(arr)
     kinds = arr[marks + 1]
     frame, interval, scan, i = None, 0, 0, 2
     while i + 4 <= len(b) and b[i] == 0xFF:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .headers import _Encoded
+from .headers import _Encoded, _segments
 
 # Markers libjpeg accepts after a frame's first scan: restarts, the end, the segments that may
 # come between scans (tables, restart interval, DNL, application data, comments), TEM. Any other
@@ -62,19 +62,14 @@ def _stray_markers(enc: _Encoded, scans: np.ndarray) -> list[tuple[int, str]]:
 def _single_scan(b: bytes) -> bool:
     """Whether the JPEG's frame is sequential and its first scan holds every component (then no
     scan may follow it)."""
-    i, frame = 2, None
-    while i + 4 <= len(b) and b[i] == 0xFF:
-        marker = b[i + 1]
-        if marker == 0xFF:
-            i += 1
-            continue
+    frame = None
+    for i, marker in _segments(b, 4):
         if marker in (0xC0, 0xC1):
             frame = b[i + 9] if i + 9 < len(b) else None
         elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             return False
         if marker == 0xDA:
             return frame is not None and i + 4 < len(b) and b[i + 4] == frame
-        i += 2 + int.from_bytes(b[i + 2:i + 4], "big")
     return False
 
 
