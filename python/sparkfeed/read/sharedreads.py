@@ -33,7 +33,9 @@ class SharedReads:
       `offered`);
     * small files fetched whole (`hold`, `whole`, `done`): a Parquet file no larger than its
       footer read is fetched once, in one request, and its row groups served from those bytes
-      to every read-ahead task and lane that needs them, until each has been read.
+      to every read-ahead task and lane that needs them, until each has been read;
+    * `ranges_ignored`: set once any reader or read-ahead task of the iteration meets an HTTP
+      server that answers Range requests with the whole file (`TarReader._no_ranges`).
 
     Per iteration, as a reader's own files are: a file replaced between epochs is read anew.
     Bounded to the last `limit` entries of each kind, and the small files' bytes to
@@ -49,6 +51,7 @@ class SharedReads:
         self._offers: OrderedDict[object, Future] = OrderedDict()  # unit key -> its fetch
         self._claims: OrderedDict[object, None] = OrderedDict()  # keys a reader read in place
         self._checks: OrderedDict[str, Future] = OrderedDict()  # files' version checks started ahead
+        self.ranges_ignored = threading.Event()
 
     def get(self, path: str):
         """What was learnt of the file at `path` (relative to the dataset), else None."""

@@ -32,7 +32,7 @@ from ..errors import CorruptSampleError, redact
 from ..plan import WorkUnit
 from . import tarindex, tarinfo
 from .base import Reader, UnitRows, apply_filter
-from .tarahead import IndexUnread, TarReadAhead, _ahead_fetch, gave_up, unread_index
+from .tarahead import NO_RANGES_INSTEAD, IndexUnread, TarReadAhead, _ahead_fetch, gave_up, unread_index
 from .tarinfo import compressed_kind, compressed_words, split_name
 from .tarkeys import KeyRule, key_problem, key_rules
 from .tarstream import TarStreaming, _repeated_key
@@ -59,14 +59,14 @@ class TarReader(TarReadAhead, TarStreaming, TarTable, Reader):
         self._checked: set = set()  # shards whose indexed version was checked (`_check_unchanged`)
         self._key_rules: dict[str, KeyRule | None] | None = None  # shard -> its keys' rule (`key_rules`)
         self._tried: dict[str, str] = {}  # shard -> what storage's retries gave up on (`_storage_error`)
-        self._ranges = True  # False: an HTTP server that ignores Range (`_no_ranges`)
 
     def chunks(self, unit: WorkUnit, expected: int) -> list[tuple[int, int]] | None:
         """The pieces (rows [a, b)) this reader reads an indexed shard in: about `CHUNK_BYTES`
         each after a first of about `FIRST_CHUNK_BYTES`, within the rows the stream needs
         (`windows`); None: read it whole (no index, a filter, or no size in the manifest)."""
         size = self.ctx.manifest_bytes.get(unit.path)
-        if self._index_path(unit) is None or self.ctx.expr is not None or not size or expected <= 0 or not self._ranges:
+        if (self._index_path(unit) is None or self.ctx.expr is not None or not size or expected <= 0
+                or self.ctx.shared.ranges_ignored.is_set()):
             return None
         rows = max(MIN_CHUNK_ROWS, CHUNK_BYTES * expected // size)
         first = max(MIN_CHUNK_ROWS, FIRST_CHUNK_BYTES * expected // size)
@@ -80,6 +80,9 @@ class TarReader(TarReadAhead, TarStreaming, TarTable, Reader):
         unusual (no index, a filter, an index that does not match, a failed read) gives None,
         and the shard is read whole, where errors are named and retried."""
         if self._index_path(unit) is None or self.ctx.expr is not None or not 0 <= start < stop <= expected:
+            return None
+        if self.ctx.shared.ranges_ignored.is_set():  # (seen by a read-ahead task, or another lane)
+            self._no_ranges(None)
             return None
         try:
             got = self._window_members(unit, (start, stop))
@@ -101,12 +104,13 @@ class TarReader(TarReadAhead, TarStreaming, TarTable, Reader):
         self.ctx.stats.add("bytes_read", got.nbytes)
         return self._unit_rows(table, unit, np.arange(start, stop), ok=ok)
 
-    def _no_ranges(self, exc: Exception) -> None:
-        """An HTTP server that ignores Range requests (`retries.ignores_ranges`): shards are read
-        whole from then on, without read-ahead (before, every piece of every shard was asked for
-        ahead and in place, each answered with the whole file)."""
-        if self._ranges and retries.ignores_ranges(exc, self.ctx.dataset, "reading whole shards, without read-ahead"):
-            self._ranges = False
+    def _no_ranges(self, exc: Exception | None) -> None:
+        """An HTTP server that ignores Range requests (`exc`, `retries.ignores_ranges`; None: one
+        that `ranges_ignored` says was met): shards are read whole from then on, by every lane,
+        without read-ahead (before, every piece of every shard was asked for ahead and in place,
+        each answered with the whole file)."""
+        if exc is None or retries.ignores_ranges(exc, self.ctx.dataset, NO_RANGES_INSTEAD):
+            self.ctx.shared.ranges_ignored.set()
             if self._ahead is not None:
                 self._ahead.close()
                 self._ahead = None

@@ -13,6 +13,7 @@ from . import tarindex, tarinfo
 from .tarinfo import split_name
 
 log = logging.getLogger(__name__)
+NO_RANGES_INSTEAD = "reading whole shards, without read-ahead"  # (`TarReader._no_ranges`' warning)
 
 
 class TarReadAhead:
@@ -25,7 +26,7 @@ class TarReadAhead:
         index, piece ranges and parsed index) is started just before it, in unit order, and only
         for the shards whose bytes are kept ahead (`readahead.Deferred`): told of 64 small shards,
         a reader does not fetch and parse 64 indexes before its first piece."""
-        if self._ahead is None:
+        if self._ahead is None or self.ctx.shared.ranges_ignored.is_set():
             return
         items = []
         for unit in units:
@@ -63,8 +64,8 @@ class TarReadAhead:
         if (index is not None and not index.done() and pieces[0][0] == 0 and pieces[-1][1] == unit.num_rows
                 and self._ahead.once_future((unit.path, "spans")) is None):  # (a whole shard's first)
             self._ahead.once((unit.path, "head"), functools.partial(  # (beside the index: `_guess_head`)
-                _guess_head, self.ctx.fs, storage.join(self.ctx.root, unit.path, self.ctx.dataset), size,
-                pieces[0], unit.num_rows), (self._ahead.order(unit.path), 0))
+                self._ranged, _guess_head, self.ctx.fs, storage.join(self.ctx.root, unit.path, self.ctx.dataset),
+                size, pieces[0], unit.num_rows), (self._ahead.order(unit.path), 0))
         spans = self._ahead.once((unit.path, "spans"), readahead.After(
             index, functools.partial(_piece_spans, index, pieces, size), (self._ahead.order(unit.path), 1)))
         self._parsed_ahead(unit, index)
@@ -75,8 +76,22 @@ class TarReadAhead:
         on its thread (`readahead.After`'s note says why)."""
         spans = self._piece_prepare(unit, size, pieces)
         head = self._ahead.once_future((unit.path, "head"))
-        return functools.partial(_fetch_rows, self.ctx.fs, path, size, spans, pieces, window, head,
-                                 functools.partial(self._ahead.forget, (unit.path, "head")))
+        return functools.partial(self._ranged, _fetch_rows, self.ctx.fs, path, size, spans, pieces, window,
+                                 head, functools.partial(self._ahead.forget, (unit.path, "head")))
+
+    def _ranged(self, fetch, *args):
+        """Read-ahead task: `fetch(*args)`, a range request, unless a server that ignores Range
+        requests was met (`SharedReads.ranges_ignored`; None: the reader reads the shard whole),
+        which a failure of this one may be; it is then said once, and the tasks queued behind it
+        send no request (each would be answered with the whole file: 14 of a 1.3 MB shard)."""
+        if self.ctx.shared.ranges_ignored.is_set():
+            return None
+        try:
+            return fetch(*args)
+        except ValueError as exc:
+            if retries.ignores_ranges(exc, self.ctx.dataset, NO_RANGES_INSTEAD):
+                self.ctx.shared.ranges_ignored.set()
+            raise
 
     def _whole_fetch(self, unit: WorkUnit, path: str, size: int):
         """The fetch of a whole (unindexed) shard, made as read-ahead submits it."""
