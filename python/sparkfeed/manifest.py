@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from . import binstats, storage
+from .manifestdoc import _drop_none, _shard_to_dict
 from .errors import ManifestError, PathEscapeError
 
 __all__ = ["Manifest", "Shard", "RowGroup", "Column", "ColumnStats", "read_manifest",
@@ -133,34 +134,6 @@ class Manifest:
 
     def to_json(self, indent: int | None = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
-
-
-def _drop_none(d: dict) -> dict:
-    return {k: v for k, v in d.items() if v is not None}
-
-
-def _stats_to_dict(stats: Mapping[str, ColumnStats]) -> dict:
-    # Not dataclasses.asdict: it deep-copies, and a 10,000-shard manifest holds ~100,000 of these.
-    return {name: {"min": s.min, "max": s.max, "null_count": s.null_count}
-            if not (isinstance(s.min, bytes) or isinstance(s.max, bytes)) else  # binary: `binstats`
-            {"min": None, "max": None, "null_count": s.null_count, **binstats.bounds_to_json(s.min, s.max)}
-            for name, s in stats.items()}
-
-
-def _shard_to_dict(s: Shard) -> dict:
-    d = {"path": s.path, "num_samples": s.num_samples, "num_bytes": s.num_bytes,
-         "stats": _stats_to_dict(s.stats)}
-    if s.row_groups is not None:
-        d["row_groups"] = [{"num_samples": rg.num_samples, "stats": _stats_to_dict(rg.stats)}
-                           for rg in s.row_groups]
-    if s.members is not None:
-        d["members"] = list(s.members)
-    for name in ("index", "mtime", "etag"):
-        if getattr(s, name) is not None:
-            d[name] = getattr(s, name)
-    if s.partition is not None:
-        d["partition"] = dict(s.partition)
-    return d
 
 
 # ---------------------------------------------------------------- parsing and validation
