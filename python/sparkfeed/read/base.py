@@ -12,14 +12,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import arrowtypes, filters, retries, storage
-from ..batch import lists_holding_nulls, ragged_as_binary
+from ..batch import ragged_as_binary
 from ..errors import ShardReadError
 from ..manifest import Column, Shard
 from ..plan import WorkUnit
 from ..stats import Stats
+from .nullvalues import _null_inside, _tensor_values_valid, is_list, needs_value, null_lists_holding_nulls
+from .rowfilter import apply_filter, free_name
 from .sharedreads import SharedReads
 
 log = logging.getLogger(__name__)
+
+__all__ = ["ReadContext", "Reader", "UnitRows", "placeholder", "apply_filter", "free_name", "needs_value",
+           "is_list"]  # (the last four: `rowfilter`, `nullvalues`)
 _UNIT = "__sparkfeed_unit__"  # which unit a row of a batched count came from (`count_many`)
 
 @dataclass
@@ -347,57 +352,6 @@ class UnitRows:
         return np.arange(self.num_rows, dtype=np.int32) if self.rows is None else self.rows.astype(np.int32)
 
 
-def needs_value(t: pa.DataType) -> bool:
-    """Whether a null of this type cannot be delivered: integer, boolean, date, timestamp and
-    list columns become tensors; floats hold NaN, strings and bytes None."""
-    return not (pa.types.is_floating(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
-                or pa.types.is_binary(t) or pa.types.is_large_binary(t))
-
-
-def null_lists_holding_nulls(table: pa.Table, ragged: set[str] = frozenset()) -> pa.Table:
-    """The table with each list of integers or booleans that holds a null element made a null
-    list: a tensor cannot hold that element, and a null list is a sample without a value, which
-    `on_error` covers (named by row and column, or skipped and counted). Left as they were, such
-    lists failed the whole batch when it became tensors, even under on_error='skip', with advice
-    (`is_valid()`) that does not reach inside a list. Lists of floats keep theirs (NaN); `ragged`
-    columns are left alone (a null list is delivered there, as None: `_unit_rows`)."""
-    for i, f in enumerate(table.schema):
-        if f.name in ragged or not is_list(f.type) or pa.types.is_floating(f.type.value_type):
-            continue
-        col = table.column(i)
-        if not any(c.values.null_count for c in col.chunks):  # the cheap test, before any copy
-            continue
-        arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-        bad = _null_inside(arr)
-        if bad is not None:
-            table = table.set_column(i, f, pc.if_else(pa.array(bad), pa.scalar(None, f.type), arr))
-    return table
-
-
-def is_list(t: pa.DataType) -> bool:
-    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
-
-
-def _null_inside(arr: pa.Array) -> np.ndarray | None:
-    """Which rows of a list array of integers or booleans hold a null element (None: none, or a
-    list of floats, where a null is NaN); the cheap test first, the whole values' null count."""
-    if pa.types.is_floating(arr.type.value_type) or not arr.values.null_count:
-        return None
-    return lists_holding_nulls(arr)
-
-
-def _tensor_values_valid(table: pa.Table) -> np.ndarray | None:
-    """False for rows with a null where a tensor needs a value (`needs_value`); None when every
-    row is fine. Once per unit."""
-    valid = None
-    for col in table.columns:
-        if not col.null_count or not needs_value(col.type):
-            continue
-        v = pc.is_valid(col).to_numpy(zero_copy_only=False)
-        valid = v if valid is None else valid & v
-    return valid
-
-
 def _bookkept(table: pa.Table, unit: WorkUnit, rows: np.ndarray | None = None,
               ok: np.ndarray | None = None, run: tuple = ()) -> UnitRows:
     """A unit's table with its row numbers and which rows hold a sample (nulls included)."""
@@ -415,35 +369,3 @@ def placeholder(ctx: ReadContext, unit: WorkUnit, n: int) -> UnitRows:
                         for f in ctx.arrow_schema(ctx.columns)])
     table = pa.table({f.name: pa.nulls(n, f.type) for f in schema}, schema=schema)
     return UnitRows(table, unit, None, np.zeros(n, dtype=bool))
-
-
-def free_name(taken, base: str) -> str:
-    """`base`, or `base` with underscores before it, whichever no column in `taken` has: the
-    helper columns a filter is evaluated with never meet a user's column of that name."""
-    name = base
-    while name in taken:
-        name = "_" + name
-    return name
-
-
-def apply_filter(ctx: ReadContext, table: pa.Table, ok: np.ndarray | None = None,
-                 unit=None) -> tuple[pa.Table, np.ndarray]:
-    """Rows passing the filter and their row numbers in the unit (all rows when no filter, or
-    when `unit`'s statistics prove that every row passes: `ReadContext.filtered`).
-
-    Rows whose `ok` is False (samples skipped under on_error="skip") are kept whatever the
-    filter says: their values are unknown, and they must still be counted.
-    """
-    if ctx.expr is None or (unit is not None and not ctx.filtered(unit)):
-        return table, np.arange(table.num_rows)
-    row = free_name(table.column_names, "__i__")
-    indexed = table.append_column(row, pa.array(np.arange(table.num_rows, dtype=np.int64)))
-    expr, helpers = ctx.expr, [row]
-    if ok is not None:
-        flag = free_name(indexed.column_names, "__ok_in__")
-        indexed, helpers = indexed.append_column(flag, pa.array(ok, pa.bool_())), [row, flag]
-        expr = pc.coalesce(expr, pc.scalar(False)) | ~pc.field(flag)
-    widened = filters.widened_for_filter(indexed)  # (float16 columns: Arrow filters their float32 values)
-    kept = indexed.filter(expr) if widened is None else indexed.take(widened.filter(expr).column(row))
-    rows = kept.column(row).to_numpy()
-    return kept.drop_columns(helpers), rows
