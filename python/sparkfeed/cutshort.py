@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .headers import _be16, _Encoded, _segments
+from .encoded import _Encoded
+from .headers import _be16, _segments
 from .scanmarkers import _markers
 
 _JPEG_CUT = "could not decode: the JPEG is cut short (no end-of-image marker after its scan data); refused before decoding"

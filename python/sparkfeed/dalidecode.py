@@ -12,7 +12,7 @@ import torch
 
 from .decoded import _same_shape
 from .decodejob import _default_kind, _Draws, _Job
-from .headers import _Encoded
+from .encoded import _Encoded
 from .imagespec import ImageDecode, _import_dali
 
 def _dali_reason(e: Exception) -> str:

@@ -46,7 +46,8 @@ from .crops import _RRC_TRIES, _keyed_draws, _keyed_window_uniforms, _random_res
 from .dalidecode import _QUEUE_DEPTH, _DaliBackend
 from .decoded import DecodeResult, _cat
 from .decodejob import _crop_room, _Draws, _Job, _kind, _uniform_offsets
-from .headers import _check_headers, _encoded
+from .encoded import _encoded
+from .headers import _check_headers
 from .imagespec import ImageDecode, _fail, _is_int
 from .pildecode import _PilBackend
 

@@ -10,7 +10,8 @@ from PIL import Image
 
 from .decoded import _same_shape
 from .decodejob import _Draws, _Job
-from .headers import _Encoded, resized_sizes
+from .encoded import _Encoded
+from .headers import resized_sizes
 from .imagespec import ImageDecode
 from .orientation import _marker_orientation
 from .pilopen import Damaged, pixel_limit, png_for_pil

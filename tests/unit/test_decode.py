@@ -616,7 +616,8 @@ def test_jpegs_cut_short_are_refused_from_the_header_and_only_those():
     the first scan. Kept: complete JPEGs (baseline and
     progressive), bytes after the marker, PNGs. Refused: a cut anywhere after the headers, also
     where an EXIF thumbnail (its own scan and end marker, inside APP1) precedes the cut scan."""
-    from sparkfeed.headers import _check_headers, _encoded
+    from sparkfeed.encoded import _encoded
+    from sparkfeed.headers import _check_headers
 
     whole, progressive = _encode(200, 150), _encode(64, 48)
     buf = io.BytesIO()
@@ -731,7 +732,8 @@ def test_a_batch_in_chunks_decodes_as_the_joined_column(backend):
     the same pixels, the same refused rows (numbered in the batch), the same header checks,
     the cut-JPEG check included, as the column joined into one buffer."""
     from sparkfeed.binarycols import BinaryChunks
-    from sparkfeed.headers import _check_headers, _encoded
+    from sparkfeed.encoded import _encoded
+    from sparkfeed.headers import _check_headers
 
     items = [_encode(40 + 8 * (i % 3), 40, shift=i) for i in range(10)]
     items[6], items[8] = b"not an image", _truncated()
@@ -833,7 +835,7 @@ def test_the_hand_over_to_dali_copies_no_image_bytes():
     buffer and for one in several (chunks), each sample where it lies, none copied; and the
     decoder's pixels are those of a batch handed over as a plain list of arrays."""
     import sparkfeed.dalidecode as decode
-    from sparkfeed.headers import _encoded
+    from sparkfeed.encoded import _encoded
 
     items = [_encode(40, 32, shift=i) for i in range(6)]
     from sparkfeed.binarycols import BinaryChunks

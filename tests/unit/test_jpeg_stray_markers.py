@@ -67,7 +67,7 @@ def test_dali_delivered_grey_for_the_rest_where_pil_refused():
     """The silent case: one of those bytes decoded by DALI alone (the header check bypassed)."""
     from sparkfeed.dalidecode import _DaliBackend
     from sparkfeed.decodejob import _Draws
-    from sparkfeed.headers import _encoded
+    from sparkfeed.encoded import _encoded
 
     whole = _jpeg()
     bad = _with_marker(whole, (_scan_starts(whole)[0] + len(whole)) // 2, 0x41)
