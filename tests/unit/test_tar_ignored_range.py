@@ -5,7 +5,9 @@ every shard was asked for ahead and in place (15 GETs of a 680 KB shard, each an
 whole file), as the Parquet reader already avoided (`ParquetReader._no_ranges`). Read-ahead
 tasks queued behind the first that met it send no request: under load (CI, 2 cores) the
 read-ahead threads once asked for every piece of every shard before the reader saw the first
-answer (15, 14, 14, 14 GETs)."""
+answer (15, 14, 14, 14 GETs). Each shard's index is fetched once: one read ahead before the
+server was met is taken by the reader (it was fetched again in place, the reader's read-ahead
+being closed)."""
 
 import collections
 import http.server
@@ -53,3 +55,7 @@ def test_a_server_that_ignores_range_has_later_shards_read_whole_in_one_get(tmp_
     first = tars.pop("/wds/shard-00000.tar")
     assert first <= readahead.READ_AHEAD_THREADS + 1, first  # those in flight when it was met, then whole
     assert tars == {f"/wds/shard-0000{i}.tar": 1 for i in (1, 2, 3)}, tars  # before: 14 GETs a shard
+    indexes = {p: n for p, n in gets.items() if p.endswith(".idx")}
+    # each index once: one read ahead before the server was met is taken, not fetched again in
+    # place (before, `shard-0000N.tar.idx: 2` for the shards read ahead)
+    assert indexes == {f"/wds/shard-0000{i}.tar.idx": 1 for i in range(4)}, indexes

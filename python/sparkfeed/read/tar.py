@@ -136,7 +136,8 @@ class TarReader(TarReadAhead, TarStreaming, TarTable, Reader):
         keys are checked once for every read through it."""
         if unit.path not in self._indexes:
             once = self._ahead.once_result if self._ahead is not None else lambda key: None
-            fetched = self.ctx.shared.fetched(("index", unit.path)) if self._ahead is not None else None
+            # (read ahead before `_no_ranges` closed this reader's read-ahead: not fetched again)
+            fetched = self.ctx.shared.fetched(("index", unit.path))
             text, where = fetched, self._index_path(unit)
             if text is None and where is not None:
                 text = self._read_index(unit, where)
