@@ -69,7 +69,7 @@ def test_a_zero_block_inside_a_shard_under_skip_skips_the_whole_shard_counted(tm
     ids, stats = _ids(root, on_error="skip")
     assert ids == list(range(10, 20))  # the other shard whole, nothing of this one half-read
     assert stats["samples_skipped"] == 10
-    assert f"skipping 10 samples: dataset {root!r}, shard {SHARD!r}, tar offset {offsets[12]}" in caplog.text
+    assert f"skipping 10 sample(s), 0-9 of the shard's 10: dataset {root!r}, shard {SHARD!r}, tar offset {offsets[12]}" in caplog.text
 
 
 def test_a_zero_block_with_a_filter_is_the_same_error(tmp_path):
