@@ -6,6 +6,8 @@ libjpeg stops the scan there and fails on the marker. PIL then refused the image
 CPU decoder (nvImageCodec) fell back to another decoder that delivered the part before the
 damage and grey for the rest, without an error: for 226 of the 246 possible marker bytes put in
 the middle of a baseline JPEG's scan. The header check now refuses such a JPEG for both backends.
+Tables after the first scan (`_TABLES`) are judged as libjpeg judges them: PIL refused a garbage
+body there, while DALI, which stops at the end of the last scan, delivered the image.
 """
 
 from __future__ import annotations
@@ -98,7 +100,62 @@ def _walk(b: bytes, marks: np.ndarray, kinds: np.ndarray, at: int) -> str | None
         length = int.from_bytes(b[i + 2:i + 4], "big")
         if length < 2 or i + 2 + length > len(b):
             return None  # a segment the decoders judge themselves
+        if kind in _TABLES and (why := _TABLES[kind](b, i + 4, i + 2 + length)) is not None:
+            return _BAD_TABLE.format(kind=kind, at=i, why=why)
         at = i + 2 + length
+
+
+_BAD_TABLE = ("could not decode: the JPEG's segment 0xFF{kind:02X} at byte {at}, after its first scan, is invalid: "
+              "{why} (damaged data; PIL refused it, DALI ignored it); refused before decoding")
+
+
+def _dht_problem(b: bytes, start: int, end: int) -> str | None:
+    """What libjpeg refuses in a Huffman table segment (its body `b[start:end]`, `get_dht`): a
+    table index other than 0-3 (DC) or 0x10-0x13 (AC), more codes than 256 or than the bytes
+    left, or bytes left over."""
+    i = start
+    while end - i > 16:
+        index, count = b[i], sum(b[i + 1:i + 17])
+        if count > 256 or count > end - i - 17:
+            return f"a Huffman table declares {count} codes"
+        if index & 0xEF > 3:
+            return f"Huffman table index 0x{index:02X}"
+        i += 17 + count
+    return None if i == end else f"{end - i} byte(s) after its Huffman tables"
+
+
+def _dqt_problem(b: bytes, start: int, end: int) -> str | None:
+    """What libjpeg refuses in a quantisation table segment (`get_dqt`): a table index over 3,
+    or tables that end elsewhere than at the segment's end (libjpeg reads a table's 64 values
+    whatever the length says: past the segment, into the end marker; a read that runs out of
+    file waits for more, and the image, decoded by then, is delivered)."""
+    i = start
+    while i < end:
+        if b[i] & 0x0F > 3:
+            return f"quantisation table index {b[i] & 0x0F}"
+        i += 1 + 64 * (2 if b[i] >> 4 else 1)
+        if i > len(b):
+            return None
+    return None if i == end else f"its tables end {i - end} byte(s) past it"
+
+
+def _dac_problem(b: bytes, start: int, end: int) -> str | None:
+    """What libjpeg refuses in an arithmetic conditioning segment (`get_dac`): a table index
+    over 31, a DC lower bound over its upper one, an odd length (the last pair's value is read
+    from the byte after the segment)."""
+    for i in range(start, end, 2):
+        if i + 1 >= len(b):
+            return None  # (the read runs out of file: as `_dqt_problem` says)
+        index, value = b[i], b[i + 1]
+        if index > 31 or (index < 16 and value & 0x0F > value >> 4):
+            return f"conditioning pair (0x{index:02X}, 0x{value:02X})"
+    return None if (end - start) % 2 == 0 else f"{end - start} bytes of conditioning pairs"
+
+
+# segments between (or after) scans whose bodies libjpeg reads: a garbage body made PIL refuse
+# the image while DALI's decoder, which stops at the end of the last scan, delivered it
+_TABLES = {0xC4: _dht_problem, 0xDB: _dqt_problem, 0xCC: _dac_problem,
+           0xDD: lambda b, start, end: None if end - start == 2 else f"a {end - start + 2}-byte restart interval"}
 
 
 _OVERRUN = ("could not decode: the JPEG's segment 0xFF{kind:02X} at byte {at} declares {length} bytes, past the end "
