@@ -14,9 +14,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from . import isinsets
 from .arrowtypes import arrow_type
 from .filters import _empty_table, _named_in, _reads, filter_type
 from .manifest import Column, ColumnStats
+from .isinsets import ValueSet
 
 __all__ = ["guarantee", "select_may_match", "select_all_match", "nan_columns", "exact_columns"]
 
@@ -168,12 +170,21 @@ def select_may_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, Col
                 for mask in range(1 << len(kept))]
 
     widened = _cast_is_in(expr, schema, types)
+    expr, sets, schema, types = _stood_in(expr, schema, types)
 
     def reasoned(chosen: list[frozenset], only: Sequence[int]) -> set[int]:
         def fragments(ignored: frozenset) -> list:
-            return _fragments(items, types, chosen, dropped | ignored, widened, only, exact)
+            return _fragments(items, types, chosen, dropped | ignored, widened, only, exact, sets)
         return {int(f.path) for f in _reasoned(fragments, expr, schema, types, items)}
     return sorted(_staged(reasoned, len(items), variants))
+
+
+def _stood_in(expr: pc.Expression, schema: Sequence[Column], types: Mapping[str, pa.DataType]) -> tuple:
+    """(expr, sets, schema, types) with each `is_in` too large for pyarrow's simplifier swapped for
+    a boolean stand-in column (`isinsets`), added to `schema` and `types`."""
+    expr, sets = isinsets.stand_ins(expr, types)
+    return (expr, sets, [*schema, *(Column(v.name, "bool") for v in sets)],
+            {**types, **{v.name: pa.bool_() for v in sets}})
 
 
 def select_all_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, ColumnStats], int]],
@@ -198,9 +209,10 @@ def select_all_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, Col
     variants = [frozenset(c for bit, c in enumerate(floats) if mask >> bit & 1)
                 for mask in range(1 << len(floats))]
     cast = _cast_is_in(expr, named, types)
+    expr, sets, named, types = _stood_in(expr, named, types)
 
     def reasoned(chosen: list[frozenset], only: Sequence[int]) -> set[int]:
-        return {int(f.path) for f in _reasoned(lambda ignored: _fragments(items, types, chosen, ignored, cast, only, exact),
+        return {int(f.path) for f in _reasoned(lambda ignored: _fragments(items, types, chosen, ignored, cast, only, exact, sets),
                                                ~expr | expr.is_null(), named, types, items)}
     may_fail = _staged(reasoned, len(items), variants)
     return [i for i in range(len(items)) if i not in may_fail]
@@ -246,11 +258,12 @@ def _widened(s: ColumnStats, type_: pa.DataType) -> ColumnStats:
 
 def _fragments(items: Sequence[tuple[Mapping[str, ColumnStats], int]], types: Mapping[str, pa.DataType],
                variants: list[frozenset], ignored, widened: frozenset = frozenset(),
-               only: Sequence[int] | None = None, exact: Collection[str] = frozenset()) -> list:
+               only: Sequence[int] | None = None, exact: Collection[str] = frozenset(),
+               sets: Sequence[ValueSet] = ()) -> list:
     """One fragment per item (those `only` names, or all) and NaN variant, its guarantee from the
     statistics of the columns in `types` but those `ignored`, those `widened` one step wider
-    (`_cast_is_in`, and nothing where the variant takes them as NaN); the fragment's path is the
-    item's index."""
+    (`_cast_is_in`, and nothing where the variant takes them as NaN), and what large `is_in`
+    sets' stand-ins are there (`_set_terms`); the fragment's path is the item's index."""
     fragments = []
     for i in range(len(items)) if only is None else only:
         stats, rows = items[i]
@@ -260,9 +273,31 @@ def _fragments(items: Sequence[tuple[Mapping[str, ColumnStats], int]], types: Ma
             # a widened column taken as NaN says nothing: the simplifier would cast the NaN to
             # the `is_in` value set's type (an int64 one fails)
             term = _combined({k: v for k, v in terms.items() if k not in variant & widened}, variant - widened)
+            for extra in _set_terms(sets, stats, rows, types, variant, ignored) if term is not None else ():
+                term = term & extra
             if term is not None:  # (None: the column is null in every row, never NaN)
                 fragments.append(_FORMAT.make_fragment(str(i), filesystem=_FS, partition_expression=term))
     return fragments
+
+
+def _set_terms(sets: Sequence[ValueSet], stats: Mapping[str, ColumnStats], rows: int,
+               types: Mapping[str, pa.DataType], variant: frozenset, ignored) -> list[pc.Expression]:
+    """What an item's statistics say of each large `is_in` set's stand-in (`ValueSet.term`) in
+    one NaN variant. A column whose statistics are `ignored` may hold NaN in any variant: its set
+    says something only where it holds no NaN."""
+    out = []
+    for vs in sets:
+        s = stats.get(vs.column)
+        if s is None or vs.name in ignored or (vs.column in ignored and vs.nan):
+            continue
+        lo, hi = _scalar(s.min, types[vs.column]), _scalar(s.max, types[vs.column])
+        if lo is not None and hi is not None and not _ordered(s.min, s.max, lo, hi):
+            lo = hi = None
+        all_null = s.null_count is not None and s.null_count == rows and rows > 0
+        term = vs.term(lo, hi, s.null_count is None or s.null_count > 0, all_null, vs.column in variant)
+        if term is not None:
+            out.append(term)
+    return out
 
 
 def nan_columns(expr: pc.Expression, schema: Sequence[Column], exact: Collection[str] = frozenset()) -> list[str]:

@@ -1,0 +1,160 @@
+"""Pruning by an `is_in` of more values than pyarrow's simplifier reasons about (50: past that it
+keeps every shard and row group). Each such `is_in` of a column is swapped for a boolean stand-in
+column; an item whose [min, max] holds none of the set's values (a sorted array, `searchsorted`)
+is guaranteed false there, and pyarrow's simplifier reasons with that guarantee as with any other
+(`and`, `or`, `~` of it), so nothing here evaluates the filter.
+
+The `is_in` calls are found in Arrow's own serialization of the expression (what pickling it
+writes: the calls in prefix order as schema metadata, the options as columns); the expression
+rebuilt from what was read must equal the one given, or no stand-in is made (it then prunes as
+pyarrow alone prunes it: less, never wrongly)."""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["ValueSet", "stand_ins"]
+
+SIMPLIFIED = 50  # the most values of an `is_in` pyarrow's simplifier reasons about (pyarrow 26)
+_MATCH, _SKIP = 0, 1  # SetLookupOptions' null_matching_behavior: a null row passes where the set holds null / never
+_LINE = re.compile(r"(\w+): '(.*)'")
+
+
+@dataclass(frozen=True, eq=False)
+class ValueSet:
+    """One large `is_in` of `column`, swapped for the boolean column `name`: its values cast to
+    the column's type, as Arrow's kernel casts them, sorted, without null and NaN."""
+
+    name: str
+    column: str
+    values: np.ndarray
+    nulls_pass: bool  # a null row passes (the set holds null and nulls match)
+    nan: bool         # the set holds NaN (which matches a NaN row; statistics leave NaN out)
+    widen: bool       # float values cast from another type: bounds one step wider (as `pruning._widened`)
+
+    def term(self, lo: pa.Scalar | None, hi: pa.Scalar | None, nulls: bool, all_null: bool,
+             as_nan: bool) -> pc.Expression | None:
+        """What an item's statistics say of the stand-in: false where no row can pass, true where
+        every row passes (one value, not a float: min = max in the set), else None. Its rows are
+        null (`all_null`), NaN (`as_nan`: the NaN variant of its guarantee) or within [lo, hi]
+        (a None bound: none on that side), `nulls` where some may be null."""
+        if all_null:
+            return self._is(self.nulls_pass)
+        if as_nan:
+            return None if self.nan or (nulls and self.nulls_pass) else self._is(False)
+        if not self._holds(lo, hi):
+            return None if nulls and self.nulls_pass else self._is(False)
+        return self._is(True) if self._one(lo, hi) and (not nulls or self.nulls_pass) else None
+
+    def _is(self, value: bool) -> pc.Expression:
+        return self._terms[value]
+
+    @functools.cached_property
+    def _terms(self) -> tuple[pc.Expression, pc.Expression]:
+        """`name == false`, `name == true`: built once, not once per item."""
+        return pc.field(self.name) == pa.scalar(False), pc.field(self.name) == pa.scalar(True)
+
+    def _one(self, lo: pa.Scalar | None, hi: pa.Scalar | None) -> bool:
+        """Whether [lo, hi] is one value that the set holds (never for floats: 0.0 may be -0.0,
+        which `is_in` tells apart, and NaN hides beside any range)."""
+        if lo is None or hi is None or not lo.equals(hi) or pa.types.is_floating(lo.type):
+            return False
+        value = self._bound(lo, 0.0)
+        at = int(np.searchsorted(self.values, value, "left"))
+        return at < len(self.values) and bool(self.values[at] == value)
+
+    def _holds(self, lo: pa.Scalar | None, hi: pa.Scalar | None) -> bool:
+        """Whether a value of the set lies in [lo, hi] (no bound known: yes)."""
+        if lo is None and hi is None:
+            return True
+        low = 0 if lo is None else int(np.searchsorted(self.values, self._bound(lo, -math.inf), "left"))
+        return low < len(self.values) and (hi is None or not self.values[low] > self._bound(hi, math.inf))
+
+    def _bound(self, scalar: pa.Scalar, toward: float):
+        """A statistics bound as the values' element (one float step wider with `widen`)."""
+        kind = self.values.dtype.kind
+        if kind in "iub":  # (the common case: Python's int compares exactly with any of numpy's)
+            return scalar.as_py()
+        value = self.values.dtype.type(scalar.as_py()) if kind == "f" else \
+            pa.array([scalar]).to_numpy(zero_copy_only=False)[0]
+        return np.nextafter(value, value.dtype.type(toward)) if self.widen else value
+
+
+def stand_ins(expr: pc.Expression, types: Mapping[str, pa.DataType]) -> tuple[pc.Expression, list[ValueSet]]:
+    """`expr` with each `is_in` of a column in `types` over more than `SIMPLIFIED` values swapped
+    for a stand-in column (`ValueSet`), and those sets; `expr` and none where there is no such
+    `is_in`, or where Arrow's serialization cannot be read back exactly."""
+    if "is_in(" not in str(expr):
+        return expr, []
+    try:
+        pairs, table = _serialized(expr)
+        if not _rebuilt(pairs, table).equals(expr):
+            return expr, []
+    except (pa.ArrowException, AttributeError, TypeError, ValueError, IndexError):
+        return expr, []
+    out, sets, i = [], [], 0
+    while i < len(pairs):
+        try:
+            found = _value_set(pairs[i:i + 4], table, types, taken=set(types) | {s.name for s in sets})
+        except (pa.ArrowException, ValueError, TypeError):  # (values that do not become the column's type)
+            found = None
+        if found is None:
+            out.append(pairs[i])
+            i += 1
+        else:
+            sets.append(found)
+            out.append(("field_ref", found.name))
+            i += 4
+    return (_rebuilt(out, table), sets) if sets else (expr, [])
+
+
+def _serialized(expr: pc.Expression) -> tuple[list[tuple[str, str]], pa.Table]:
+    """Arrow's serialization of `expr` (pickle's): its (key, value) entries in order, and the
+    table of its literals and options."""
+    table = pa.ipc.open_file(expr.__reduce__()[1][0]).read_all()
+    text = table.schema.to_string(truncate_metadata=False, show_field_metadata=False,
+                                  show_schema_metadata=True).split("-- schema metadata --\n", 1)[1]
+    return [_LINE.fullmatch(line).groups() for line in text.splitlines()], table
+
+
+def _rebuilt(pairs: list[tuple[str, str]], table: pa.Table) -> pc.Expression:
+    """The expression Arrow deserializes from these entries and `table`."""
+    meta = pa.KeyValueMetadata([(k.encode(), v.encode()) for k, v in pairs])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema.with_metadata(meta)) as writer:
+        writer.write_table(table)
+    return pc.Expression._deserialize(sink.getvalue())
+
+
+def _value_set(window: list, table: pa.Table, types: Mapping[str, pa.DataType], taken: set) -> ValueSet | None:
+    """The `ValueSet` of `is_in(field, options)` starting `window`, or None: another call, a
+    value set pyarrow reasons about itself, another null behaviour, or values that do not all
+    become the column's type exactly (Arrow's kernel would match some otherwise)."""
+    keys = [k for k, _ in window]
+    if keys != ["call", "field_ref", "options", "end"] or window[0][1] != "is_in" or window[3][1] != "is_in":
+        return None
+    column, type_ = window[1][1], types.get(window[1][1])
+    options = table.column(int(window[2][1]))[0]
+    values, behaviour = options["value_set"].values, options["null_matching_behavior"].as_py()
+    if type_ is None or values is None or len(values) <= SIMPLIFIED or behaviour not in (_MATCH, _SKIP):
+        return None
+    base = type_.value_type if pa.types.is_dictionary(type_) else type_
+    given = values.drop_null()
+    cast = given.cast(base, safe=True) if given.type != base else given
+    floating = pa.types.is_floating(base)
+    nan = floating and bool(pc.any(pc.is_nan(cast)).as_py())
+    kept = pc.unique(cast.filter(pc.invert(pc.is_nan(cast))) if floating else cast)
+    name = "__sparkfeed_is_in__"
+    while name in taken:
+        name = "_" + name
+    return ValueSet(name, column, kept.take(pc.sort_indices(kept)).to_numpy(zero_copy_only=False),
+                    nulls_pass=values.null_count > 0 and behaviour == _MATCH, nan=nan,
+                    widen=floating and given.type != base)
