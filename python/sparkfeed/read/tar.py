@@ -17,7 +17,6 @@ A shard's keys, known from its headers at no extra cost, must be those the manif
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import mmap
 import os
@@ -30,11 +29,12 @@ import pyarrow as pa
 from .. import httpranges, readahead, remotefiles, retries, storage
 from ..errors import CorruptSampleError, redact
 from ..plan import WorkUnit
-from . import tarindex, tarinfo
+from . import tarindex
 from .base import Reader, UnitRows, apply_filter, placeholder
-from .tarahead import NO_RANGES_INSTEAD, IndexUnread, TarReadAhead, _ahead_fetch, gave_up, unread_index
-from .tarinfo import compressed_kind, compressed_words, split_name
+from .tarahead import NO_RANGES_INSTEAD, IndexUnread, TarReadAhead, gave_up
+from .tarinfo import compressed_kind, compressed_words
 from .tarkeys import KeyRule, key_problem, key_rules
+from .tarprefix import TarPrefix
 from .tarstream import TarStreaming, _repeated_key
 from .tartable import TarTable
 
@@ -45,7 +45,7 @@ MIN_CHUNK_ROWS = 64    # ... of at least this many samples
 _INDEXES_KEPT = 16     # parsed shard indexes kept per reader
 
 
-class TarReader(TarReadAhead, TarStreaming, TarTable, Reader):
+class TarReader(TarReadAhead, TarPrefix, TarStreaming, TarTable, Reader):
     """Reads tar shards (a WebDataset work unit is one shard). An indexed shard is read in
     pieces of about `CHUNK_BYTES` (`chunks`), each cut from the bytes that hold it alone; over
     remote storage the next pieces (or whole shards, unindexed) are fetched while the current
@@ -60,6 +60,7 @@ class TarReader(TarReadAhead, TarStreaming, TarTable, Reader):
         self._key_rules: dict[str, KeyRule | None] | None = None  # shard -> its keys' rule (`key_rules`)
         self._tried: dict[str, str] = {}  # shard -> what storage's retries gave up on (`_storage_error`)
         self._whole_from: dict[str, int] = {}  # shard -> the piece read whole instead (`read_window`)
+        self._verified: dict[str, int] = {}  # shard -> samples whose headers agree with its index (`TarPrefix`)
 
     def chunks(self, unit: WorkUnit, expected: int) -> list[tuple[int, int]] | None:
         """The pieces (rows [a, b)) this reader reads an indexed shard in: about `CHUNK_BYTES`
@@ -194,16 +195,26 @@ class TarReader(TarReadAhead, TarStreaming, TarTable, Reader):
         ahead = self._ahead.fetch_of(key) if self._ahead is not None else None
         fetched = self._take_fetched(key)
         text, index, spans, wrong = self._index(unit)
-        if wrong is not None:
-            return None  # not the shard written: the whole read names it
+        size = self.ctx.manifest_bytes.get(unit.path)
+        if wrong is not None or index is None or size is None:
+            return None  # (wrong: not the shard written, which the whole read names)
+        if not self._prefix_agrees(unit, index, window[0], path, size):
+            log.info("%s: shard %s: the headers before sample %d do not match its index; reading it "
+                     "whole", self.ctx.dataset, unit.path, window[0])
+            return None
+        got = self._window_cut(unit, path, size, index, text, spans, window, wanted, fetched, ahead)
+        if got is not None:
+            self._agreed_to(unit, window)
+        return got
+
+    def _window_cut(self, unit: WorkUnit, path: str, size: int, index: tarindex.Index, text: str, spans: dict,
+                    window: tuple[int, int], wanted: set, fetched, ahead) -> tarindex.Members | None:
+        """`_window_members`' cut of the window's bytes: fetched ahead, or read in place."""
         if fetched is not None:
-            got = None if index is None else index.members(fetched, wanted, window)
+            got = index.members(fetched, wanted, window)
             if got is not None:
                 self.ctx.stats.add("bytes_read_ahead", got.nbytes)  # of bytes_read: fetched ahead
             return got
-        size = self.ctx.manifest_bytes.get(unit.path)
-        if index is None or size is None:
-            return None
         span = spans[window] if window in spans else tarindex.window_ranges(text, [window], size)[window]
         if span is None:
             return None
@@ -233,36 +244,6 @@ class TarReader(TarReadAhead, TarStreaming, TarTable, Reader):
     def close(self) -> None:
         if self._ahead is not None:
             self._ahead.close()
-
-    def _index_path(self, unit: WorkUnit) -> tuple | None:
-        """(filesystem, path) of the shard's DALI index, when the manifest names one."""
-        shard = self.ctx.shards.get(unit.path)
-        if shard is None or shard.index is None or self.ctx.indexes is None:
-            return None
-        fs, base = self.ctx.indexes
-        return fs, storage.join(base, shard.index, self.ctx.dataset)
-
-    def _read_index(self, unit: WorkUnit, where: tuple) -> str:
-        """The index's text, or "" (missing or unreadable: the shard is streamed instead, and the
-        index is not read again: read ahead, it is not fetched again in place). A time-out is not
-        retried (`_ahead_fetch`): the tar, streamed, has the whole retry budget."""
-        fs, path = where
-        try:
-            return _ahead_fetch(path, functools.partial(fs.cat_file, path), "reading the index",
-                                "streaming the tar").decode("utf-8")
-        except Exception as exc:  # an index is only a short cut: any failure means streaming
-            log.info("%s: shard %s: its index %s cannot be read (%s: %s); streaming the tar",
-                     self.ctx.dataset, unit.path, redact(path), type(exc).__name__, redact(exc))
-            return unread_index(path, exc)
-
-    def _parse_index(self, unit: WorkUnit, text: str | None) -> tarindex.Index | None:
-        """The shard's index parsed and checked; None when it is missing or malformed, or names
-        unsafe members: the shard is then streamed."""
-        index = None if not text else tarindex.Index.parse(text, split_name, tarinfo.MAX_MEMBER_BYTES)
-        if text and index is None:
-            log.info("%s: shard %s: its index is malformed or names unsafe members; streaming "
-                     "the tar", self.ctx.dataset, unit.path)
-        return index
 
     @contextlib.contextmanager
     def _buffer(self, path: str, data: bytes | memoryview | None):

@@ -120,6 +120,36 @@ class TarReadAhead:
                 (unit.path, "parsed"), readahead.After(index_text, functools.partial(_parse_text, index_text),
                                                      (self._ahead.order(unit.path), 1, 1))))
 
+    def _index_path(self, unit: WorkUnit) -> tuple | None:
+        """(filesystem, path) of the shard's DALI index, when the manifest names one."""
+        shard = self.ctx.shards.get(unit.path)
+        if shard is None or shard.index is None or self.ctx.indexes is None:
+            return None
+        fs, base = self.ctx.indexes
+        return fs, storage.join(base, shard.index, self.ctx.dataset)
+
+    def _read_index(self, unit: WorkUnit, where: tuple) -> str:
+        """The index's text, or "" (missing or unreadable: the shard is streamed instead, and the
+        index is not read again: read ahead, it is not fetched again in place). A time-out is not
+        retried (`_ahead_fetch`): the tar, streamed, has the whole retry budget."""
+        fs, path = where
+        try:
+            return _ahead_fetch(path, functools.partial(fs.cat_file, path), "reading the index",
+                                "streaming the tar").decode("utf-8")
+        except Exception as exc:  # an index is only a short cut: any failure means streaming
+            log.info("%s: shard %s: its index %s cannot be read (%s: %s); streaming the tar",
+                     self.ctx.dataset, unit.path, redact(path), type(exc).__name__, redact(exc))
+            return unread_index(path, exc)
+
+    def _parse_index(self, unit: WorkUnit, text: str | None) -> tarindex.Index | None:
+        """The shard's index parsed and checked; None when it is missing or malformed, or names
+        unsafe members: the shard is then streamed."""
+        index = None if not text else tarindex.Index.parse(text, split_name, tarinfo.MAX_MEMBER_BYTES)
+        if text and index is None:
+            log.info("%s: shard %s: its index is malformed or names unsafe members; streaming "
+                     "the tar", self.ctx.dataset, unit.path)
+        return index
+
     def _meta_ahead(self, units: list[WorkUnit]) -> None:
         """Each shard's index text, fetched once, concurrently (`_index_ahead`)."""
         for unit in {u.path: u for u in units}.values():
