@@ -208,9 +208,9 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
         conf = df.sparkSession.conf
         case_sensitive = str(conf.get("spark.sql.caseSensitive", "false")).lower() == "true"
         types = check_columns(df.schema, format, case_sensitive)
-        keys = check_cluster_by(cluster_by, types)
-        codecs = check_codecs(codecs, types)
-        options = check_options(options, format, types)
+        keys = check_cluster_by(cluster_by, types, case_sensitive)
+        codecs = check_codecs(codecs, types, case_sensitive)
+        options = check_options(options, format, types, case_sensitive)
         key_column = written_key = None
         if format == "webdataset":
             _refuse_key_only(types, options, dataset)

@@ -11,7 +11,7 @@ import logging
 import re
 from collections.abc import Mapping
 
-__all__ = ["check_columns", "check_cluster_by", "check_codecs", "columns"]
+__all__ = ["check_columns", "check_cluster_by", "check_codecs", "columns", "resolve"]
 
 log = logging.getLogger("sparkfeed.write")  # the warnings users have seen from write
 
@@ -120,22 +120,43 @@ def check_columns(schema, format: str = "parquet", case_sensitive: bool = True) 
     return types
 
 
-def check_cluster_by(cluster_by, types: Mapping) -> list[str]:
+def resolve(name: str, types: Mapping, case_sensitive: bool, what: str) -> str:
+    """The DataFrame's own spelling of the column (or struct leaf) `name` names, as Spark
+    resolves it: exactly under `spark.sql.caseSensitive=true`, else in any case (`LABEL` is
+    `label`); a ValueError saying `what` named it when none or several match."""
+    if name in types and case_sensitive:
+        return name
+    found = [n for n in types if n.lower() == name.lower()] if not case_sensitive else []
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise ValueError(f"{what} names column {name!r}, which is ambiguous: the DataFrame has "
+                         f"{found}, one to Spark (spark.sql.caseSensitive being false); rename "
+                         "one of them")
+    alike = [n for n in types if n.lower() == name.lower()]
+    hint = (f" (spark.sql.caseSensitive is true, so {alike[0]!r} is another column)"
+            if alike else "")
+    raise ValueError(f"{what} names column {name!r}, which is not in the DataFrame{hint}; "
+                     f"columns are {list(types)}")
+
+
+def check_cluster_by(cluster_by, types: Mapping, case_sensitive: bool = True) -> list[str]:
+    """The `cluster_by` columns in the DataFrame's spelling, or a ValueError naming a bad one."""
     if cluster_by is None:
         return []
     cols = [cluster_by] if isinstance(cluster_by, str) else cluster_by
     if not isinstance(cols, (list, tuple)) or not cols or not all(isinstance(c, str) for c in cols):
         raise ValueError("`cluster_by` should be a column name or a non-empty list of column "
                          f"names, but got cluster_by={cluster_by!r}")
-    for c in cols:
-        if c not in types:
-            raise ValueError(f"`cluster_by` names column {c!r}, which is not in the DataFrame; "
-                             f"columns are {list(types)}")
+    out = []
+    for given in cols:
+        c = resolve(given, types, case_sensitive, "`cluster_by`")
         if _scalar_kind(types[c]) != "stats":
             raise ValueError(f"`cluster_by` column {c!r} has type {types[c].simpleString()}, which "
                              "has no order sparkfeed can prune on; use a numeric, boolean, string, "
                              "date or timestamp column")
-    return list(cols)
+        out.append(c)
+    return out
 
 
 def _name_parts(schema) -> dict[str, list[str]]:
@@ -166,21 +187,27 @@ def columns(schema, names: list[str]) -> list:
     return [F.col(".".join("`" + p.replace("`", "``") + "`" for p in parts[n])) for n in names]
 
 
-def check_codecs(codecs, types: Mapping) -> dict[str, str]:
+def check_codecs(codecs, types: Mapping, case_sensitive: bool = True) -> dict[str, str]:
+    """`codecs` keyed by the DataFrame's spelling of each column, or a ValueError naming a bad
+    column or codec (also two names of one column, `image` and `IMAGE` when Spark ignores case)."""
     if codecs is None:
         return {}
     if not isinstance(codecs, Mapping):
         raise ValueError(f"`codecs` should map binary column names to codec names such as "
                          f"'jpeg', but got codecs={codecs!r}")
-    for col, codec in codecs.items():
-        if col not in types:
-            raise ValueError(f"`codecs` names column {col!r}, which is not in the DataFrame; "
-                             f"columns are {list(types)}")
+    out: dict[str, str] = {}
+    for given, codec in codecs.items():
+        if not isinstance(given, str):
+            raise ValueError(f"`codecs` should be keyed by column names, but got {given!r}")
+        col = resolve(given, types, case_sensitive, "`codecs`")
+        if col in out:
+            raise ValueError(f"`codecs` names column {col!r} twice (Spark reads column names in "
+                             "any case, spark.sql.caseSensitive being false); keep one")
         if _scalar_kind(types[col]) != "binary":
             raise ValueError(f"`codecs` names column {col!r} of type {types[col].simpleString()}; "
                              "only binary columns carry a codec")
         if not isinstance(codec, str) or not _CODEC.fullmatch(codec):
             raise ValueError(f"the codec of column {col!r} should be a name such as 'jpeg', "
                              f"'png', 'webp' or 'npy', but got {codec!r}")
-    return dict(codecs)
-
+        out[col] = codec
+    return out

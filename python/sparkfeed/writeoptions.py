@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Mapping
 
 from .errors import SparkfeedError
+from .writecolumns import resolve
 
 __all__ = ["SampleKeyError", "check_options", "known_options", "webdataset_members", "writer_failure"]
 
@@ -65,8 +66,9 @@ def _canonical(name, format: str) -> str:
     raise ValueError(f"`options` has {name!r}, which format={format!r} does not know; {takes}")
 
 
-def _check_value(name: str, text: str, types: Mapping) -> None:
-    """A ValueError for a value the webdataset source would refuse, before any Spark job runs."""
+def _check_value(name: str, text: str, types: Mapping, case_sensitive: bool = True) -> str:
+    """The value to pass (a column option in the DataFrame's spelling, as Spark resolves it), or
+    a ValueError for a value the webdataset source would refuse, before any Spark job runs."""
     trimmed = text.strip(_JAVA_TRIM)  # as the source reads it: Long.parseLong(text.trim())
     if name == "maxShardBytes" and not (_INTEGER.fullmatch(trimmed)
                                         and 0 < int(trimmed) <= _JAVA_LONG_MAX):
@@ -76,9 +78,8 @@ def _check_value(name: str, text: str, types: Mapping) -> None:
     if name == "invalidKeys" and text.lower() not in ("error", "sanitize"):
         raise ValueError(f"`options['invalidKeys']` should be 'error' or 'sanitize', "
                          f"but got invalidKeys={text!r}")
-    if name in ("keyColumn", "clsColumn") and text not in types:
-        raise ValueError(f"`options['{name}']` names column {text!r}, which is not in the "
-                         f"DataFrame; columns are {list(types)}")
+    if name in ("keyColumn", "clsColumn"):
+        text = resolve(text, types, case_sensitive, f"`options['{name}']`")
     if name == "keyColumn" and types[text].simpleString() != "string":
         raise ValueError(f"`options['keyColumn']` names column {text!r} of type "
                          f"{types[text].simpleString()}; sample keys must be strings (cast it)")
@@ -86,11 +87,14 @@ def _check_value(name: str, text: str, types: Mapping) -> None:
     if name == "clsColumn" and types[text].simpleString() not in integers:
         raise ValueError(f"`options['clsColumn']` names column {text!r} of type "
                          f"{types[text].simpleString()}; the .cls member holds an integer column")
+    return text
 
 
-def check_options(options, format: str, types: Mapping) -> dict[str, str]:
+def check_options(options, format: str, types: Mapping,
+                  case_sensitive: bool = True) -> dict[str, str]:
     """The options to pass to the data source, names in their own spelling and values as Spark
-    strings, or a ValueError naming the first bad one. `types`: column name -> Spark type."""
+    strings (columns in the DataFrame's spelling), or a ValueError naming the first bad one.
+    `types`: column name -> Spark type."""
     if options is None:
         return {}
     if not isinstance(options, Mapping):
@@ -104,8 +108,7 @@ def check_options(options, format: str, types: Mapping) -> dict[str, str]:
                              "case-insensitive); keep one")
         if value is None:
             raise ValueError(f"`options[{name!r}]` is None; leave the option out for its default")
-        out[canonical] = _spark_str(value)
-        _check_value(canonical, out[canonical], types)
+        out[canonical] = _check_value(canonical, _spark_str(value), types, case_sensitive)
     if "keyColumn" in out and out.get("clsColumn") == out["keyColumn"]:
         raise ValueError(f"`options` names column {out['keyColumn']!r} as both keyColumn and "
                          "clsColumn; a column is either the key or the .cls member")
