@@ -17,7 +17,7 @@ import torch
 import torch.utils.data
 
 from . import forks, workerdeaths
-from .engine import LaneDataset
+from .lanedataset import LaneDataset
 from .errors import WorkerError
 from .workerdeaths import worker_died
 
