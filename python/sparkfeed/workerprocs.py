@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.utils.data
 
-from . import forks, workerdeaths
+from . import forks, frozenworkers, workerdeaths
 from .lanedataset import LaneDataset
 from .errors import WorkerError
 from .workerdeaths import worker_died
@@ -53,7 +53,9 @@ class WorkerProcesses:
         """Worker processes for this iteration alone."""
         loader = _torch_loader(LaneDataset(self.engine, epoch, lanes, self.batch_size, self.row_ids),
                                len(lanes), settings, persistent=False)
-        return _named_worker_errors(_forked(loader, self.rank, self.where), self.rank)
+        workers = _forked(loader, self.rank, self.where)
+        return _named_worker_errors(frozenworkers.watched(workers, settings.timeout), self.rank,
+                                    workers=lambda: workers)
 
     def kept(self, lanes: list, epoch: int, then: int | None, settings: WorkerSettings) -> Iterator:
         """Worker processes kept between epochs (`persistent_workers=True`, as torch keeps them):
@@ -79,7 +81,8 @@ class WorkerProcesses:
             kept = self._kept = _Kept(lanes, settings, _torch_loader(dataset, len(lanes), settings, persistent=True),
                                       shared, shared_then)
         kept.epoch.value, kept.then.value = epoch, -1 if then is None else then
-        iteration = _named_worker_errors(_iterated(kept.loader, self.rank, self.where), self.rank,
+        iteration = _named_worker_errors(_iterated(kept.loader, self.rank, self.where, settings.timeout),
+                                         self.rank,
                                         on_failure=self.drop, workers=lambda: kept.loader._iterator)
         kept.user = weakref.ref(iteration)
         return iteration
@@ -128,10 +131,11 @@ def _torch_loader(dataset: LaneDataset, workers: int, settings: WorkerSettings,
         prefetch_factor=settings.prefetch_factor, persistent_workers=persistent)
 
 
-def _iterated(loader: torch.utils.data.DataLoader, rank: int, where) -> Iterator:
+def _iterated(loader: torch.utils.data.DataLoader, rank: int, where, timeout: float) -> Iterator:
     """`iter(loader)` at the first `next()`, so that a worker found dead while torch restarts its
-    kept workers is raised where `_named_worker_errors` names it."""
-    yield from _forked(loader, rank, where)
+    kept workers is raised where `_named_worker_errors` names it; its waits watched for a frozen
+    worker (`frozenworkers.watched`)."""
+    yield from frozenworkers.watched(_forked(loader, rank, where), timeout)
 
 
 def _forked(loader: torch.utils.data.DataLoader, rank: int, where):
@@ -173,7 +177,7 @@ def _named_worker_errors(it, rank: int, on_failure: Callable[[], None] | None = 
                          workers: Callable[[], object] | None = None):
     """Re-raise a crashed worker as WorkerError naming the rank (torch names the worker). Workers
     are shut down when the epoch ends; those kept between epochs (`on_failure` given) only when
-    something fails, and `on_failure` forgets them. `workers()`: torch's iterator of the kept
+    something fails, and `on_failure` forgets them. `workers()`: torch's iterator of the
     workers (`it` itself otherwise)."""
     failed = True
     try:
@@ -197,7 +201,7 @@ def _named_worker_errors(it, rank: int, on_failure: Callable[[], None] | None = 
         # Stop the workers now, not when the iterator is collected: an error's traceback keeps
         # it alive, and torch's SIGCHLD handler would keep watching the dead workers meanwhile.
         if on_failure is None or failed:
-            shutdown = getattr(it, "_shutdown_workers", None)
+            shutdown = getattr(workers() if workers is not None else it, "_shutdown_workers", None)
             if shutdown is not None:
                 shutdown()
             if on_failure is not None:
@@ -215,8 +219,11 @@ def _stop_stuck_workers(workers) -> None:
     if getattr(workers, "_worker_pids_set", False):
         torch.utils.data._utils.signal_handling._remove_worker_pids(id(workers))
         workers._worker_pids_set = False
-    for process in procs:
+    for process in procs:  # one stopped or frozen waits for SIGTERM until it runs again: killed
         if process.is_alive():
-            process.terminate()
+            process.kill() if frozenworkers.cannot_run(process.pid) else process.terminate()
     for process in procs:
         process.join(STUCK_JOIN_S)
+        if process.is_alive():  # (stopped meanwhile)
+            process.kill()
+            process.join(STUCK_JOIN_S)
