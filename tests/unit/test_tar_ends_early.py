@@ -72,6 +72,30 @@ def test_a_zero_block_inside_a_shard_under_skip_skips_the_whole_shard_counted(tm
     assert f"skipping 10 sample(s), 0-9 of the shard's 10: dataset {root!r}, shard {SHARD!r}, tar offset {offsets[12]}" in caplog.text
 
 
+@pytest.mark.parametrize("index", [False, True], ids=["unindexed", "index no longer matching"])
+def test_a_shorter_tar_padded_to_the_same_size_is_not_called_a_zeroed_header(tmp_path, index):
+    """A shard replaced by one of 9 samples, zeros after its end to the same size (tar pads its
+    end to whole records; another blocking factor pads more): the archive ends at its own
+    end-of-archive blocks. The error said "a member header zeroed?" of bytes all zeros."""
+    root, raw, offsets = _dataset(tmp_path, index)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        kept = [(m, tar.extractfile(m).read()) for m in tar.getmembers()][:-3]
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for m, data in kept:
+            tar.addfile(m, io.BytesIO(data))
+    short = out.getvalue()
+    assert len(short) < len(raw)
+    _replace(root, short + b"\0" * (len(raw) - len(short)))
+    with pytest.raises(ShardReadError) as info:
+        _ids(root)
+    end = offsets[-3]  # where the tenth sample's first header was: its end-of-archive blocks now
+    assert (info.value.shard, info.value.offset) == (SHARD, end)
+    assert (f"at its end-of-archive blocks (the {len(raw) - end} bytes past them are zeros: the tar's own "
+            "end), after 9 samples where the manifest counts 10") in str(info.value)
+    assert "zeroed" not in str(info.value)
+
+
 def test_a_zero_block_with_a_filter_is_the_same_error(tmp_path):
     root, raw, offsets = _dataset(tmp_path, False)
     _replace(root, _zeroed(raw, offsets[12]))

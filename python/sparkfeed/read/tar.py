@@ -338,7 +338,7 @@ class TarReader(TarReadAhead, TarPrefix, TarStreaming, TarTable, Reader):
         seen: list[tuple[int, str]] = []
         present: dict[str, int] = {}
         found = self._stream(unit, path, data, wanted_members, where, seen, present)
-        self._check_complete(unit, found, where["end"])
+        self._check_complete(unit, found, where["end"], path, data)
         self._check_present(unit, present, seen, index)
         wrong = self._keys_wrong(unit, found.keys, found.starts.__getitem__)
         if wrong is not None:

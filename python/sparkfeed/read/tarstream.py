@@ -13,6 +13,7 @@ from .tarinfo import StrictTarInfo, TarHeaderError, split_name
 from .tarnames import is_sample_member
 
 log = logging.getLogger(__name__)
+ZEROS_LOOKED_AT = 1 << 20  # bytes past a streamed shard's end read to tell its own end (`_zeros_past`)
 
 
 class TarStreaming:
@@ -87,23 +88,41 @@ class TarStreaming:
         values = {m: [s.get(m) for s in samples] for m in wanted_members}
         return tarindex.Members(keys, values, read, starts, repeated)
 
-    def _check_complete(self, unit: WorkUnit, found: tarindex.Members, end: int) -> None:
+    def _check_complete(self, unit: WorkUnit, found: tarindex.Members, end: int, path: str | None = None,
+                        data=None) -> None:
         """A streamed shard holds the samples its manifest counts: `tarfile` ends the archive at
         the first zero block (a header zeroed in the middle of the shard) or at the file's end
         without a word, and the samples after it would only be missed by the count. The error
-        names the tar offset where the archive ended and what the file holds past it."""
+        names the tar offset where the archive ended and what the file holds past it: nothing
+        but zeros (`_zeros_past`: the tar's own end, a shard replaced by a shorter one padded to
+        the same size) or more bytes, which tarfile and webdataset do not read."""
         shard = self.ctx.shards.get(unit.path)
         n = len(found.keys)
         if shard is None or n >= shard.num_samples:
             return
         size = self.ctx.manifest_bytes.get(unit.path)
-        how = ("at the end of the file" if size is not None and end >= size else
-               "at a zero block (the end-of-archive mark)" + (
-                   "" if size is None else f", with {size - end} more bytes in the file past it "
-                   "(a member header zeroed?), which tarfile and webdataset do not read"))
+        if size is not None and end >= size:
+            how = "at the end of the file"
+        elif size is not None and path is not None and self._zeros_past(path, data, end, size):
+            how = f"at its end-of-archive blocks (the {size - end} bytes past them are zeros: the tar's own end)"
+        else:
+            how = "at a zero block (the end-of-archive mark)" + (
+                "" if size is None else f", with {size - end} more bytes in the file past it "
+                "(a member header zeroed?), which tarfile and webdataset do not read")
         raise self._error(unit, f"the tar ends here, {how}, after {n} samples where the manifest "
                           f"counts {shard.num_samples}: the shard was damaged or changed after the "
                           "manifest was written", end)
+
+    def _zeros_past(self, path: str, data, end: int, size: int) -> bool:
+        """Whether the shard's bytes from `end` to its `size` are all zeros (looked at up to
+        `ZEROS_LOOKED_AT` bytes; `data`: the shard's bytes, when held)."""
+        if size - end > ZEROS_LOOKED_AT:
+            return False
+        try:
+            tail = bytes(data[end:size]) if data is not None else self.ctx.fs.cat_file(path, start=end, end=size)
+        except Exception:  # noqa: BLE001 - only a better word for an error about to be raised
+            return False
+        return len(tail) == size - end and not tail.strip(b"\0")
 
     def _check_present(self, unit: WorkUnit, present: dict[str, int], seen: list[tuple[int, str]],
                        index: tarindex.Index | None) -> None:
