@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import isinsets
 from .arrowtypes import INT96_UNIT, arrow_type, common_type, delivered_type, leaf_fields, torch_dtype
 from .manifest import Column, Shard
 
@@ -58,7 +59,9 @@ def identity_text(expr: pc.Expression | None) -> str:
     """The filter as a saved state records it: its text, and where that text leaves values out
     (an `is_in` of more than 20 values prints its first and last ten), a digest of the whole
     expression (Arrow's own serialization: should a pyarrow upgrade change it, such a state is
-    refused, never taken for another), so two filters that print alike are not taken for one."""
+    refused, never taken for another), so two filters that print alike are not taken for one.
+    Value sets are read sorted (`isinsets.canonical`): a Python set's order changes between processes."""
+    expr = expr if expr is None else isinsets.canonical(expr)
     text = str(expr)
     if expr is None or _CUT not in text:
         return text

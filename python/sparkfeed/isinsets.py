@@ -6,7 +6,7 @@ is guaranteed false there, and pyarrow's simplifier reasons with that guarantee 
 
 The `is_in` calls are found in Arrow's own serialization of the expression (what pickling it
 writes: the calls in prefix order as schema metadata, the options as columns); the expression
-rebuilt from what was read must equal the one given, or no stand-in is made (it then prunes as
+rebuilt from what was read must serialize as the one given does, or no stand-in is made (it then prunes as
 pyarrow alone prunes it: less, never wrongly)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["ValueSet", "stand_ins"]
+__all__ = ["ValueSet", "stand_ins", "canonical"]
 
 SIMPLIFIED = 50  # the most values of an `is_in` pyarrow's simplifier reasons about (pyarrow 26)
 _MATCH, _SKIP = 0, 1  # SetLookupOptions' null_matching_behavior: a null row passes where the set holds null / never
@@ -96,7 +96,7 @@ def stand_ins(expr: pc.Expression, types: Mapping[str, pa.DataType]) -> tuple[pc
         return expr, []
     try:
         pairs, table = _serialized(expr)
-        if not _rebuilt(pairs, table).equals(expr):
+        if _bytes(_rebuilt(pairs, table)) != _bytes(expr):
             return expr, []
     except (pa.ArrowException, AttributeError, TypeError, ValueError, IndexError):
         return expr, []
@@ -116,6 +116,37 @@ def stand_ins(expr: pc.Expression, types: Mapping[str, pa.DataType]) -> tuple[pc
     return (_rebuilt(out, table), sets) if sets else (expr, [])
 
 
+def canonical(expr: pc.Expression) -> pc.Expression:
+    """`expr` with each `is_in`'s values sorted (nulls last): the same filter, whatever the order
+    they came in. A value set made from a Python set (`isin({"a", "b"})`) takes the set's order,
+    which Python's hash seed changes from one process to the next, and with it the filter's text
+    and digest that a saved state records. `expr` itself where it has no `is_in` or where Arrow's
+    serialization cannot be read back exactly."""
+    if "is_in(" not in str(expr):
+        return expr
+    try:
+        pairs, table = _serialized(expr)
+        if _bytes(_rebuilt(pairs, table)) != _bytes(expr):
+            return expr
+        for k, (key, value) in enumerate(pairs):
+            if key == "call" and value == "is_in" and pairs[k + 2][0] == "options":
+                table = _sorted_set(table, int(pairs[k + 2][1]))
+        return _rebuilt(pairs, table)
+    except (pa.ArrowException, TypeError, ValueError, IndexError):
+        return expr
+
+
+def _sorted_set(table: pa.Table, at: int) -> pa.Table:
+    """`table` with the value set of the `is_in` options in column `at` sorted, nulls last."""
+    options = table.column(at).combine_chunks()
+    given = options.field("value_set")
+    values = given[0].values
+    ordered = values.take(pc.sort_indices(values))  # (nulls last: its default)
+    lists = pa.ListArray.from_arrays(pa.array([0, len(ordered)], pa.int32()), ordered, type=given.type)
+    fields = [lists if f.name == "value_set" else options.field(f.name) for f in options.type]
+    return table.set_column(at, table.schema.field(at), pa.StructArray.from_arrays(fields, fields=list(options.type)))
+
+
 def _serialized(expr: pc.Expression) -> tuple[list[tuple[str, str]], pa.Table]:
     """Arrow's serialization of `expr` (pickle's): its (key, value) entries in order, and the
     table of its literals and options."""
@@ -123,6 +154,11 @@ def _serialized(expr: pc.Expression) -> tuple[list[tuple[str, str]], pa.Table]:
     text = table.schema.to_string(truncate_metadata=False, show_field_metadata=False,
                                   show_schema_metadata=True).split("-- schema metadata --\n", 1)[1]
     return [_LINE.fullmatch(line).groups() for line in text.splitlines()], table
+
+
+def _bytes(expr: pc.Expression) -> bytes:
+    """Arrow's serialization of `expr` (`Expression.equals` holds no NaN equal to itself)."""
+    return bytes(expr.__reduce__()[1][0])
 
 
 def _rebuilt(pairs: list[tuple[str, str]], table: pa.Table) -> pc.Expression:

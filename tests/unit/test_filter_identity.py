@@ -67,3 +67,26 @@ def test_a_dnf_set_reads_as_one_filter_in_every_process():
     texts = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": str(seed)},
                             capture_output=True, text=True, check=True).stdout for seed in range(1, 4)}
     assert len(texts) == 1 and texts.pop().count("is_in(s") == len(SETS)
+
+
+EXPRESSIONS = ["pc.field('s').isin({'alpha', 'beta', 'gamma', 'delta', 'é'})",
+               "pc.field('s').isin({None, 'a', 'b', 'c'}) & (pc.field('i') > 2)",
+               "~pc.field('s').isin({f'value-{i}' for i in range(40)})",  # (printed cut short: a digest)
+               "pc.field('s').isin(frozenset({'x', 'y', 'z'})) | pc.field('t').isin({'p', 'q', 'r'})"]
+
+
+def test_an_expression_of_a_python_set_reads_as_one_filter_in_every_process():
+    """`pc.field('s').isin({...})` takes the set's order, which Python's hash seed changes from one
+    process to the next: its text and digest (a saved state's record of the filter) changed with it,
+    and a job restarted with the same filter refused its own state. Read with the value sets
+    sorted, the identity is the same under every seed, and still tells other sets apart."""
+    code = ("import pyarrow.compute as pc\nfrom sparkfeed.filters import identity_text\n"
+            f"for expr in [{', '.join(EXPRESSIONS)}]:\n"
+            "    print(repr(identity_text(expr)))")
+    texts = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": str(seed)},
+                            capture_output=True, text=True, check=True).stdout for seed in (1, 2)}
+    assert len(texts) == 1
+    lines = texts.pop().splitlines()
+    assert len(set(lines)) == len(EXPRESSIONS) and "#" in lines[2]
+    assert identity_text(~pc.field("s").isin({f"value-{i}" for i in range(40)})) != \
+        identity_text(~pc.field("s").isin({f"value-{i}" for i in range(1, 41)}))
