@@ -1,19 +1,19 @@
 """Pruning by an `is_in` of more values than pyarrow's simplifier reasons about (50: past that it
-keeps every shard and row group). Each such `is_in` of a column is swapped for a boolean stand-in
-column; an item whose [min, max] holds none of the set's values (a sorted array, `searchsorted`)
-is guaranteed false there, and pyarrow's simplifier reasons with that guarantee as with any other
-(`and`, `or`, `~` of it), so nothing here evaluates the filter.
+keeps every shard and row group), or of values of another type than the column's, which Arrow's
+kernel casts to the column's type but the simplifier does not (it kept every row group). Each
+such `is_in` of a column is swapped for a boolean stand-in column; an item whose [min, max] holds
+none of the set's values (a sorted array, `searchsorted`) is guaranteed false there, and
+pyarrow's simplifier reasons with that guarantee as with any other (`and`, `or`, `~` of it), so
+nothing here evaluates the filter.
 
-The `is_in` calls are found in Arrow's own serialization of the expression (what pickling it
-writes: the calls in prefix order as schema metadata, the options as columns); the expression
-rebuilt from what was read must serialize as the one given does, or no stand-in is made (it then prunes as
-pyarrow alone prunes it: less, never wrongly)."""
+The `is_in` calls are found in Arrow's own serialization of the expression (`exprcodec`); where
+it cannot be read back exactly, no stand-in is made (the filter then prunes as pyarrow alone
+prunes it: less, never wrongly)."""
 
 from __future__ import annotations
 
 import functools
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -21,11 +21,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import exprcodec
+
 __all__ = ["ValueSet", "stand_ins", "canonical"]
 
 SIMPLIFIED = 50  # the most values of an `is_in` pyarrow's simplifier reasons about (pyarrow 26)
 _MATCH, _SKIP = 0, 1  # SetLookupOptions' null_matching_behavior: a null row passes where the set holds null / never
-_LINE = re.compile(r"(\w+): '(.*)'")
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,18 +90,17 @@ class ValueSet:
 
 
 def stand_ins(expr: pc.Expression, types: Mapping[str, pa.DataType]) -> tuple[pc.Expression, list[ValueSet]]:
-    """`expr` with each `is_in` of a column in `types` over more than `SIMPLIFIED` values swapped
-    for a stand-in column (`ValueSet`), and those sets; `expr` and none where there is no such
-    `is_in`, or where Arrow's serialization cannot be read back exactly."""
+    """`expr` with each `is_in` of a column in `types` over more than `SIMPLIFIED` values, or of
+    values of another type (which the simplifier compares with the column's bounds uncast, and
+    fails or gives up on: Python ints beside uint64, text beside a date), swapped for a stand-in
+    column (`ValueSet`), and those sets; `expr` and none where there is no such `is_in`, or
+    where Arrow's serialization cannot be read back exactly."""
     if "is_in(" not in str(expr):
         return expr, []
-    try:
-        pairs, table = _serialized(expr)
-        if _bytes(_rebuilt(pairs, table)) != _bytes(expr):
-            return expr, []
-    except (pa.ArrowException, AttributeError, TypeError, ValueError, IndexError):
+    found = exprcodec.read(expr)
+    if found is None:
         return expr, []
-    out, sets, i = [], [], 0
+    (pairs, table), out, sets, i = found, [], [], 0
     while i < len(pairs):
         try:
             found = _value_set(pairs[i:i + 4], table, types, taken=set(types) | {s.name for s in sets})
@@ -113,7 +113,7 @@ def stand_ins(expr: pc.Expression, types: Mapping[str, pa.DataType]) -> tuple[pc
             sets.append(found)
             out.append(("field_ref", found.name))
             i += 4
-    return (_rebuilt(out, table), sets) if sets else (expr, [])
+    return (exprcodec.written(out, table), sets) if sets else (expr, [])
 
 
 def canonical(expr: pc.Expression) -> pc.Expression:
@@ -122,16 +122,15 @@ def canonical(expr: pc.Expression) -> pc.Expression:
     which Python's hash seed changes from one process to the next, and with it the filter's text
     and digest that a saved state records. `expr` itself where it has no `is_in` or where Arrow's
     serialization cannot be read back exactly."""
-    if "is_in(" not in str(expr):
+    found = exprcodec.read(expr) if "is_in(" in str(expr) else None
+    if found is None:
         return expr
+    pairs, table = found
     try:
-        pairs, table = _serialized(expr)
-        if _bytes(_rebuilt(pairs, table)) != _bytes(expr):
-            return expr
         for k, (key, value) in enumerate(pairs):
             if key == "call" and value == "is_in" and pairs[k + 2][0] == "options":
                 table = _sorted_set(table, int(pairs[k + 2][1]))
-        return _rebuilt(pairs, table)
+        return exprcodec.written(pairs, table)
     except (pa.ArrowException, TypeError, ValueError, IndexError):
         return expr
 
@@ -147,29 +146,6 @@ def _sorted_set(table: pa.Table, at: int) -> pa.Table:
     return table.set_column(at, table.schema.field(at), pa.StructArray.from_arrays(fields, fields=list(options.type)))
 
 
-def _serialized(expr: pc.Expression) -> tuple[list[tuple[str, str]], pa.Table]:
-    """Arrow's serialization of `expr` (pickle's): its (key, value) entries in order, and the
-    table of its literals and options."""
-    table = pa.ipc.open_file(expr.__reduce__()[1][0]).read_all()
-    text = table.schema.to_string(truncate_metadata=False, show_field_metadata=False,
-                                  show_schema_metadata=True).split("-- schema metadata --\n", 1)[1]
-    return [_LINE.fullmatch(line).groups() for line in text.splitlines()], table
-
-
-def _bytes(expr: pc.Expression) -> bytes:
-    """Arrow's serialization of `expr` (`Expression.equals` holds no NaN equal to itself)."""
-    return bytes(expr.__reduce__()[1][0])
-
-
-def _rebuilt(pairs: list[tuple[str, str]], table: pa.Table) -> pc.Expression:
-    """The expression Arrow deserializes from these entries and `table`."""
-    meta = pa.KeyValueMetadata([(k.encode(), v.encode()) for k, v in pairs])
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, table.schema.with_metadata(meta)) as writer:
-        writer.write_table(table)
-    return pc.Expression._deserialize(sink.getvalue())
-
-
 def _value_set(window: list, table: pa.Table, types: Mapping[str, pa.DataType], taken: set) -> ValueSet | None:
     """The `ValueSet` of `is_in(field, options)` starting `window`, or None: another call, a
     value set pyarrow reasons about itself, another null behaviour, or values that do not all
@@ -180,9 +156,11 @@ def _value_set(window: list, table: pa.Table, types: Mapping[str, pa.DataType], 
     column, type_ = window[1][1], types.get(window[1][1])
     options = table.column(int(window[2][1]))[0]
     values, behaviour = options["value_set"].values, options["null_matching_behavior"].as_py()
-    if type_ is None or values is None or len(values) <= SIMPLIFIED or behaviour not in (_MATCH, _SKIP):
+    if type_ is None or values is None or behaviour not in (_MATCH, _SKIP):
         return None
     base = type_.value_type if pa.types.is_dictionary(type_) else type_
+    if len(values) <= SIMPLIFIED and values.type == base:
+        return None  # (pyarrow's simplifier reasons about it)
     given = values.drop_null()
     cast = given.cast(base, safe=True) if given.type != base else given
     floating = pa.types.is_floating(base)

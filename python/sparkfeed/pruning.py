@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from . import isinsets
+from . import decimalscale, isinsets
 from .arrowtypes import arrow_type
 from .filters import _empty_table, _named_in, _reads, filter_type
 from .manifest import Column, ColumnStats
@@ -180,9 +180,10 @@ def select_may_match(expr: pc.Expression, items: Sequence[tuple[Mapping[str, Col
 
 
 def _stood_in(expr: pc.Expression, schema: Sequence[Column], types: Mapping[str, pa.DataType]) -> tuple:
-    """(expr, sets, schema, types) with each `is_in` too large for pyarrow's simplifier swapped for
-    a boolean stand-in column (`isinsets`), added to `schema` and `types`."""
-    expr, sets = isinsets.stand_ins(expr, types)
+    """(expr, sets, schema, types) with each `is_in` pyarrow's simplifier cannot reason about
+    swapped for a boolean stand-in column (`isinsets`), added to `schema` and `types`, and
+    decimal literals of another scale put on their column's (`decimalscale`)."""
+    expr, sets = isinsets.stand_ins(decimalscale.on_scale(expr, types), types)
     return (expr, sets, [*schema, *(Column(v.name, "bool") for v in sets)],
             {**types, **{v.name: pa.bool_() for v in sets}})
 
