@@ -20,7 +20,7 @@ from .. import arrowtypes, footer, footercheck, readahead, remotefiles, retries,
 from ..errors import CorruptSampleError, ShardReadError
 from ..plan import WorkUnit
 from .base import Reader, UnitRows, apply_filter
-from .parquetahead import ParquetAhead
+from .parquetahead import NO_RANGES_INSTEAD, ParquetAhead
 from .parquetcols import _as_delivered, _cast, _int96_indexed_at_ns, _partition_scalar, _paths_above, _stored_names
 from .parquetfetch import _FOOTER_BYTES, _fetch_footer, _fetch_whole, read_options
 from .text import bad_text_rows, null_rows
@@ -83,6 +83,7 @@ class ParquetReader(ParquetAhead, Reader):
         """Open with pre-buffering (remote); a server that ignores Range requests gets fsspec's
         default block reads instead, and no read-ahead."""
         remote = self._pafs is None
+        self._follow_ranges()  # (before `_files` takes this file: `_file`)
         try:
             if remote and self._ranges and metadata is None and (self._size(path) or 0) > _FOOTER_BYTES:
                 # the footer's one request, as pyarrow's own footer read would make it, but
@@ -98,16 +99,29 @@ class ParquetReader(ParquetAhead, Reader):
                                   **read_options(self.ctx.verify_checksums))
 
     def _no_ranges(self, exc: BaseException) -> bool:
-        """True (and whole-file reads from now on) when `exc` says the HTTP server ignored a
-        Range request."""
+        """True (and whole-file reads from now on, for every reader of the iteration) when `exc`
+        says the HTTP server ignored a Range request and this reader still read ranges."""
         if self._pafs is not None or not self._ranges or not retries.ignores_ranges(
-                exc, self.ctx.dataset, "reading whole files, without read-ahead"):
+                exc, self.ctx.dataset, NO_RANGES_INSTEAD):
             return False
+        self.ctx.shared.ranges_ignored.set()
+        self._whole_reads()
+        return True
+
+    def _whole_reads(self) -> None:
+        """This reader turns to whole-file reads: the files it opened for range reads are
+        dropped, and its read-ahead closed."""
         self._ranges, self._files = False, OrderedDict()
         if self._ahead is not None:
             self._ahead.close()
             self._ahead = None
-        return True
+
+    def _follow_ranges(self) -> None:
+        """Whole-file reads where another reader or read-ahead task of the iteration met a server
+        that ignores Range requests (`SharedReads.ranges_ignored`): checked before this reader
+        opens a file or is told what it reads next, so it sends no range request after."""
+        if self._ranges and self.ctx.shared.ranges_ignored.is_set():
+            self._whole_reads()
 
     def _size(self, path: str) -> int | None:
         """The file's size from the manifest (full path), so opening it sends no HEAD."""

@@ -8,13 +8,14 @@ from concurrent.futures import Future
 
 import pyarrow.parquet as pq
 
-from .. import readahead, remotefiles, storage
+from .. import readahead, remotefiles, retries, storage
 from ..plan import WorkUnit
 from .parquetfetch import _FOOTER_BYTES, _fetch_footer, _fetch_groups, read_options
 
 _FETCH_BYTES = 8 << 20  # bytes of consecutive row groups of a file fetched ahead as one request
 _FIRST_FETCH_BYTES = 2 << 20  # a reader's first fetch: about one row group, for the first batch
 _HEAD_SLACK = 1.25  # a first fetch's head range: its row groups' share of the file, times this
+NO_RANGES_INSTEAD = "reading whole files, without read-ahead"  # (`ParquetReader._no_ranges`' warning)
 
 
 class ParquetAhead:
@@ -32,6 +33,7 @@ class ParquetAhead:
         for the bytes kept ahead and the next as many (`readahead.Deferred`); the reader's first
         fetch is smaller (`_FIRST_FETCH_BYTES`), so the first batch waits for little while the
         rest streams in."""
+        self._follow_ranges()
         if self._ahead is None:
             return
         names, items, first = self._ahead_columns(), [], {}
@@ -103,7 +105,7 @@ class ParquetAhead:
             return
         end = min(size - _FOOTER_BYTES, 4 + int(nbytes * _HEAD_SLACK) + _FOOTER_BYTES)
         path = storage.join(self.ctx.root, rel, self.ctx.dataset)
-        fetch = functools.partial(remotefiles.fetch_ranges, self.ctx.fs, path, [(4, end)], size)
+        fetch = functools.partial(self._ranged, remotefiles.fetch_ranges, self.ctx.fs, path, [(4, end)], size)
         self._heads[rel] = ((4, end), self._ahead.once(("head", rel), fetch, (self._ahead.order(rel), 0)))
 
     def _meta_ahead(self, units: list[WorkUnit]) -> None:
@@ -131,7 +133,7 @@ class ParquetAhead:
         if shared is not None:
             return shared[0]
         return self.ctx.shared.fetching(rel, lambda: self._ahead.once(
-            ("footer", rel), functools.partial(self._footer_task, rel), (self._ahead.order(rel), 0)))
+            ("footer", rel), functools.partial(self._ranged, self._footer_task, rel), (self._ahead.order(rel), 0)))
 
     def _footer_task(self, rel: str):
         """Read-ahead task: the file's parsed footer (`_fetch_footer`, one request); a small
@@ -150,10 +152,25 @@ class ParquetAhead:
         moment its ranges are known) would leave 3 of the 6 threads fetching (2.2 s an epoch
         over 200 files of 23 KB with 20 ms per request)."""
         path, footer = storage.join(self.ctx.root, rel, self.ctx.dataset), self._footer(rel)
-        fetch = functools.partial(_fetch_groups, self.ctx.fs, path, footer, groups, self._ahead_columns(),
-                                  self._size(path), functools.partial(self.ctx.shared.whole, rel),
-                                  self._heads.get(rel))
+        fetch = functools.partial(self._ranged, _fetch_groups, self.ctx.fs, path, footer, groups,
+                                  self._ahead_columns(), self._size(path),
+                                  functools.partial(self.ctx.shared.whole, rel), self._heads.get(rel))
         return readahead.After(footer, fetch) if self._small(rel) and isinstance(footer, Future) else fetch
+
+    def _ranged(self, fetch, *args):
+        """Read-ahead task: `fetch(*args)`, a range request, unless a server that ignores Range
+        requests was met (`SharedReads.ranges_ignored`; None: the reader reads the file whole),
+        which a failure of this one may be; it is then said once, and the tasks queued behind it
+        (this reader's and every lane's) send no request, each of which the server would have
+        answered with the whole file."""
+        if self.ctx.shared.ranges_ignored.is_set():
+            return None
+        try:
+            return fetch(*args)
+        except ValueError as exc:
+            if retries.ignores_ranges(exc, self.ctx.dataset, NO_RANGES_INSTEAD):
+                self.ctx.shared.ranges_ignored.set()
+            raise
 
     def _small(self, rel: str) -> bool:
         """Whether read-ahead fetches the file whole with its footer (`_FOOTER_BYTES`)."""

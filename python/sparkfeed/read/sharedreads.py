@@ -35,7 +35,8 @@ class SharedReads:
       footer read is fetched once, in one request, and its row groups served from those bytes
       to every read-ahead task and lane that needs them, until each has been read;
     * `ranges_ignored`: set once any reader or read-ahead task of the iteration meets an HTTP
-      server that answers Range requests with the whole file (`TarReader._no_ranges`).
+      server that answers Range requests with the whole file (`TarReader._no_ranges`,
+      `ParquetReader._no_ranges`); the filter's count pass's, for the first iteration's lanes.
 
     Per iteration, as a reader's own files are: a file replaced between epochs is read anew.
     Bounded to the last `limit` entries of each kind, and the small files' bytes to
