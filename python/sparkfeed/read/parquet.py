@@ -16,12 +16,13 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .. import arrowtypes, footer, footercheck, readahead, remotefiles, retries, storage
+from .. import readahead, remotefiles, retries, storage
 from ..errors import CorruptSampleError, ShardReadError
 from ..plan import WorkUnit
 from .base import Reader, UnitRows, apply_filter
 from .parquetahead import NO_RANGES_INSTEAD, ParquetAhead
-from .parquetcols import _as_delivered, _cast, _int96_indexed_at_ns, _partition_scalar, _paths_above, _stored_names
+from .parquetchecks import ParquetChecks
+from .parquetcols import _as_delivered, _cast, _partition_scalar, _paths_above, _stored_names
 from .parquetfetch import _FOOTER_BYTES, _fetch_footer, _fetch_whole, read_options
 from .text import bad_text_rows, null_rows
 
@@ -46,7 +47,7 @@ def _gave_up(exc: ShardReadError) -> bool:
         cause is not None and retries.is_transient(cause))
 
 
-class ParquetReader(ParquetAhead, Reader):
+class ParquetReader(ParquetChecks, ParquetAhead, Reader):
     """Reads row groups of the dataset's Parquet shards; keeps the last `_OPEN_FILES` files open."""
 
     def __init__(self, ctx):
@@ -172,36 +173,6 @@ class ParquetReader(ParquetAhead, Reader):
             self._files.popitem(last=False)
         return pf
 
-    def _check_footer(self, unit: WorkUnit, md: pq.FileMetaData) -> None:
-        """A footer pyarrow's metadata accessors would abort the process on (`footercheck.damage`) is
-        an error naming the file, before any of them is called."""
-        found = footercheck.damage(md)
-        if found is not None:
-            group, what = found
-            raise ShardReadError(f"damaged Parquet footer: {what}", dataset=self.ctx.dataset,
-                                 shard=unit.path, row_group=group)
-
-    def _check_recorded(self, unit: WorkUnit, path: str, md: pq.FileMetaData, schema: pa.Schema) -> None:
-        """The file is the one its manifest recorded: a local file's size (remote ones: the
-        footer's fetch compares the server's), then its row groups' counts and statistics
-        (`footer.difference`). Another file put in its place, one shard copied over another
-        with the same size and counts, would otherwise deliver its rows instead, and pruning
-        would go by the wrong statistics. Once per file and iteration, no I/O but a local stat."""
-        shard = self.ctx.shards.get(unit.path)
-        if shard is None:
-            return
-        if self._pafs is not None and shard.num_bytes:
-            size = self._pafs.get_file_info(path).size
-            if size != shard.num_bytes:
-                raise self._error(unit, f"the file is {size} bytes but the manifest says "
-                                  f"{shard.num_bytes}: truncated or replaced after the write")
-        found = footer.difference(md, schema, shard)
-        if found is not None:
-            group, what = found
-            raise ShardReadError(f"{what}: the file was replaced or changed after the manifest was "
-                                 "written (write or index the dataset again if the change is wanted)",
-                                 dataset=self.ctx.dataset, shard=unit.path, row_group=group)
-
     def _open(self, unit: WorkUnit, path: str, metadata) -> pq.ParquetFile:
         """The file opened (with its footer, if known), or an error that names it. A file storage
         failed to give after the retries is not asked for again by this reader: under
@@ -293,23 +264,6 @@ class ParquetReader(ParquetAhead, Reader):
         pf, chunks_of = self._files[path][:2]
         rg = pf.metadata.row_group(group)
         return sum(rg.column(j).total_compressed_size for n in names for j in chunks_of.get(n, ()))
-
-    def _check_schema(self, unit: WorkUnit, schema: pa.Schema) -> dict[str, pa.DataType]:
-        """Once per file: the columns this dataset reads have the manifest's types, or one that
-        casts to it without loss (`arrowtypes.common_type`); those columns -> the manifest's type."""
-        fields = {f.name: f for f in arrowtypes.leaf_fields(schema)}
-        present = [n for n in self.ctx.read_columns if n in fields]
-        casts = {}
-        for want in self.ctx.arrow_schema(present):
-            got = arrowtypes.delivered_type(fields[want.name].type)
-            if want.type == pa.null() or got.equals(want.type):
-                continue
-            common = arrowtypes.common_type(got, want.type)
-            if not _int96_indexed_at_ns(got, want.type) and (common is None or not common.equals(want.type)):
-                raise self._error(unit, f"schema drift: column {want.name!r} is {got} here but "
-                                  f"{want.type} in the manifest")
-            casts[want.name] = want.type
-        return casts
 
     def _read(self, unit: WorkUnit) -> UnitRows:
         try:
