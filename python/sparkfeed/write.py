@@ -36,7 +36,8 @@ from .writeoptions import SampleKeyError, _key_and_cls, check_options, webdatase
 from .writepaths import (OverwriteInputError, _is_nonempty, _refuse_json_root,
                          _refuse_overwriting_input, _shown, _spark_path)
 from .writeshards import (RANGE_SAMPLE_CONF, RANGE_SAMPLE_POINTS, clustered, clustered_shards,
-                          count_rows, even_shards, key_as_written, refuse_duplicate_keys)
+                          count_rows, even_shards, key_as_written, refuse_bad_keys,
+                          refuse_duplicate_keys)
 from .writewebdataset import _check_webdataset_source, _refuse_key_only, _save_webdataset
 
 __all__ = ["write", "DatasetExistsError", "OverwriteInputError", "SampleKeyError",
@@ -229,7 +230,9 @@ def write(df, path: str, format: str = "parquet", *, samples_per_shard: int = 10
         started = time.monotonic()
         with job_failure_named(dataset, format, "nothing was written, and the path is as it was",
                                _connection_lost, cancel):
-            counts, twice = count_rows(df, written_key)
+            counts, twice, missing, invalid = count_rows(
+                df, written_key, options.get("invalidKeys", "error").lower() == "error")
+        refuse_bad_keys(dataset, key_column, missing, invalid)
         refuse_duplicate_keys(dataset, key_column, twice, options)
         count = sum(counts)
         n = max(1, math.ceil(count / samples_per_shard))

@@ -5,6 +5,7 @@ shard with `samples_per_shard` rows, however small the input partitions are."""
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Mapping
 
 from .writecolumns import RESERVED_PREFIX
@@ -20,6 +21,8 @@ _ROW_BITS = 33
 # What KeyPolicy.invalidChar replaces with invalidKeys=sanitize (Java regex classes, as the JVM's).
 _INVALID_KEY_CHARS = r"[./\\\p{javaWhitespace}\p{javaISOControl}\p{javaSpaceChar}]"
 _SHOWN_DUPLICATES = 5
+# What the count job's rows other than partition counts stand for, in its partition column.
+_TWICE, _MISSING, _INVALID = -1, -2, -3
 # The range partitioning of `cluster_by` samples this many points per output partition, which
 # Spark caps at 1e6 in all (and takes 3 times as many, spread over the input partitions): up to
 # a million rows every row is sampled and the range partitions are exact.
@@ -49,25 +52,38 @@ def key_as_written(key: str | None, options: Mapping[str, str]):
     return F.when(written != "", written)
 
 
-def count_rows(df, key=None) -> tuple[list[int], list[tuple[str, int]]]:
+def count_rows(df, key=None, invalid: bool = False) -> tuple[list[int], list[tuple[str, int]], int,
+                                                     tuple[str, int] | None]:
     """Rows in each input partition of `df` (by partition id) in one Spark job, and with `key`
-    (a Column, `key_as_written`) up to five keys that more than one row writes, with how many.
-    The per-key counts and the per-partition ones come from one shuffle of (key, partition)."""
+    (a Column, `key_as_written`) up to five keys that more than one row writes with how many, the
+    rows whose key is null or empty, and with `invalid` (invalidKeys=error) the least key the
+    writer refuses with how many rows hold such keys (or None). All come from one shuffle of
+    (key, partition) pairs."""
     from pyspark.sql import functions as F
 
     part = F.spark_partition_id().alias(_PARTITION)
     if key is None:
         rows = df.select(part).groupBy(_PARTITION).count().collect()
-        return _by_partition(rows), []
+        return _by_partition(rows), [], 0, None
     pairs = df.select(part, key.alias(_KEY)).groupBy(_KEY, _PARTITION).count()
     per_part = pairs.groupBy(_PARTITION).agg(F.sum("count").alias("count")) \
         .select(F.lit(None).cast("string").alias(_KEY), _PARTITION, "count")
-    twice = pairs.where(F.col(_KEY).isNotNull()).groupBy(_KEY).agg(F.sum("count").alias("count")) \
-        .where("count > 1").orderBy(F.col("count").desc(), _KEY).limit(_SHOWN_DUPLICATES) \
-        .select(_KEY, F.lit(None).cast("int").alias(_PARTITION), "count")
-    rows = per_part.unionByName(twice).collect()
-    counts = _by_partition([r for r in rows if r[_PARTITION] is not None])
-    return counts, [(r[_KEY], r["count"]) for r in rows if r[_PARTITION] is None]
+    keyed = pairs.groupBy(_KEY).agg(F.sum("count").alias("count"))
+    twice = keyed.where(F.col(_KEY).isNotNull() & (F.col("count") > 1)) \
+        .orderBy(F.col("count").desc(), _KEY).limit(_SHOWN_DUPLICATES) \
+        .select(_KEY, F.lit(_TWICE).alias(_PARTITION), "count")
+    missing = keyed.where(F.col(_KEY).isNull()) \
+        .select(_KEY, F.lit(_MISSING).alias(_PARTITION), "count")
+    found = per_part.unionByName(twice).unionByName(missing)
+    if invalid:
+        found = found.unionByName(keyed.where(F.col(_KEY).rlike(_INVALID_KEY_CHARS)).agg(
+            F.min(_KEY).alias(_KEY), F.lit(_INVALID).alias(_PARTITION), F.sum("count").alias("count"))
+            .where(F.col("count").isNotNull()))
+    rows = found.collect()
+    counts = _by_partition([r for r in rows if r[_PARTITION] >= 0])
+    bad = [(r[_KEY], r["count"]) for r in rows if r[_PARTITION] == _INVALID]
+    return (counts, [(r[_KEY], r["count"]) for r in rows if r[_PARTITION] == _TWICE],
+            sum(r["count"] for r in rows if r[_PARTITION] == _MISSING), bad[0] if bad else None)
 
 
 def _by_partition(rows) -> list[int]:
@@ -93,6 +109,52 @@ def refuse_duplicate_keys(dataset: str, column: str, duplicates: list[tuple[str,
         "df.dropDuplicates([...])), or drop the key column to have keys generated"
         + (" (invalidKeys=sanitize replaced '.', '/', '\\', whitespace and control characters "
            "by '_', so distinct keys such as 'a.b' and 'a b' can become one)" if sanitized else ""))
+
+
+def refuse_bad_keys(dataset: str, column: str, missing: int, invalid: tuple[str, int] | None) -> None:
+    """A SampleKeyError, before any shard is written, for keys the writer refuses (null or empty,
+    or holding '.', '/', whitespace ... under invalidKeys=error), in the writer's words: its task
+    refused them only once the write ran, after a `mode="overwrite"` had deleted the old dataset."""
+    if missing:
+        raise SampleKeyError(
+            f"dataset {dataset!r}: sample key in column \"{column}\" is null or empty in {missing} "
+            "row(s); every sample needs a non-empty key; nothing was written. Fill the keys in, "
+            "drop those rows, or drop the key column to have keys generated")
+    if invalid is not None:
+        key, rows = invalid
+        at = next((i for i, c in enumerate(key) if _invalid_char(c)), None)  # None: Unicode
+        found = "" if at is None else f"; found {_described(key[at])} at index {at}"  # versions differ
+        raise SampleKeyError(
+            f"dataset {dataset!r}: invalid sample key \"{_shown_key(key)}\" in column \"{column}\": "
+            "keys may not contain '.', '/', '\\', whitespace or control characters (webdataset "
+            f"splits member names at the first dot){found}. "
+            "Pass options={'invalidKeys': 'sanitize'} to sparkfeed.write to replace them by '_' "
+            f"({rows} row(s) hold such keys; nothing was written)")
+
+
+# Java's Character.isWhitespace and isSpaceChar/isISOControl, as KeyPolicy.java uses them.
+_JAVA_CONTROL_SPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f"
+
+
+def _java_space(c: str) -> bool:
+    return c in _JAVA_CONTROL_SPACE or (unicodedata.category(c) in ("Zs", "Zl", "Zp")
+                                        and c not in "\u00a0\u2007\u202f")
+
+
+def _invalid_char(c: str) -> bool:
+    """KeyPolicy.invalidChar: '.', '/', '\\', whitespace, space and control characters."""
+    return c in "./\\" or unicodedata.category(c) in ("Cc", "Zs", "Zl", "Zp")
+
+
+def _shown_key(key: str) -> str:
+    """KeyPolicy.shown: control, space and whitespace characters but ' ' as \\uXXXX."""
+    return "".join(c if c == " " or unicodedata.category(c) not in ("Cc", "Zs", "Zl", "Zp")
+                   else f"\\u{ord(c):04X}" for c in key)
+
+
+def _described(c: str) -> str:
+    """KeyPolicy.describe: the character quoted, or U+XXXX for a control or whitespace one."""
+    return f"'{c}'" if c >= " " and c != "\x7f" and not _java_space(c) else f"U+{ord(c):04X}"
 
 
 def partition_keys(n: int) -> list[int]:
