@@ -9,6 +9,7 @@ torch's `batch_size=None`).
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 
@@ -179,6 +180,8 @@ class Dataset(torch.utils.data.IterableDataset):
         """Choose the epoch: it seeds the shuffle, so every rank must call it with the same value.
         It reaches worker processes that torch keeps between epochs (`persistent_workers=True`):
         the number lives in shared memory, which they got when they started."""
+        if isinstance(epoch, numbers.Integral) and not isinstance(epoch, bool):
+            epoch = int(epoch)  # a numpy integer too (`for epoch in np.arange(n)`), as torch's samplers take
         if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch < 2**63:
             raise ValueError(f"`epoch` should be an integer in [0, 2**63), but got epoch={epoch!r}")
         self._epoch[0] = epoch
