@@ -51,6 +51,22 @@ class NeedsFsspec(Exception):
     hand over the encoded bytes as the file's), or its URL carries credentials."""
 
 
+class VersionChanged(Exception):
+    """A conditional range request (`If-Match` with the ETag the file was indexed with) that the
+    server refused (412): the file was replaced since, and its bytes would mix two versions."""
+
+    def __init__(self, path: str, etag: str | None = None):
+        was = f" {etag!r}" if etag else ""
+        super().__init__(f"{path}: HTTP 412, the file was replaced during the read (its ETag is no "
+                         f"longer{was} the one it was indexed and first checked with)")
+
+
+def if_match(etag: str | None) -> dict:
+    """The header that makes a range request conditional on the file's ETag (none for a weak
+    one, which If-Match never matches, or none known)."""
+    return {} if not etag or etag.startswith("W/") else {"If-Match": f'"{etag}"'}
+
+
 class HTTPStatusError(Exception):
     """An HTTP answer other than the range asked for; `status` says whether a retry may cure it
     (`retries.is_transient`: 5xx and 429 do)."""
@@ -130,12 +146,13 @@ def answer_error(path: str, status: int, content_range: str, length: int | None,
 
 
 def fetch(fs, path: str, starts: list[int], ends: list[int], size: int | None,
-          default_timeout: float) -> list[memoryview]:
+          default_timeout: float, etag: str | None = None) -> list[memoryview]:
     """Bytes [start, end) of the file at URL `path` for each range (a shorter result where the
     file ends first; the caller reports it), several ranges concurrently. Raises NeedsFsspec
     when the server redirects, FileNotFoundError, PermissionError, HTTPStatusError,
     ConnectionError (a connection cut mid-body) or ValueError (`answer_error`: a server that
-    ignored the range or answered another one, a file whose size is not `size`)."""
+    ignored the range or answered another one, a file whose size is not `size`), VersionChanged
+    (with `etag`: the file is no longer that version)."""
     url = str(fs.encode_url(path))
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or parts.username or parts.password:
@@ -144,7 +161,7 @@ def fetch(fs, path: str, starts: list[int], ends: list[int], size: int | None,
     key = (parts.scheme, parts.hostname, parts.port, _timeout(fs, default_timeout))
     if key[:3] in _REDIRECTING:
         raise NeedsFsspec(f"{path}: its server redirects or encodes range answers")
-    headers = dict(fs.kwargs.get("headers", {}))
+    headers = {**fs.kwargs.get("headers", {}), **if_match(etag)}
 
     def one(a: int, b: int) -> memoryview:
         try:
@@ -193,7 +210,7 @@ def _get_range(key: tuple, target: str, headers: dict, path: str, start: int, en
             conn.close()
             raise
         try:
-            view = _receive(response, path, start, end, size)
+            view = _receive(response, path, start, end, size, headers.get("If-Match"))
         except BaseException:
             conn.close()
             raise
@@ -203,10 +220,10 @@ def _get_range(key: tuple, target: str, headers: dict, path: str, start: int, en
 
 
 def _receive(response: http.client.HTTPResponse, path: str, start: int, end: int,
-             size: int | None) -> memoryview:
-    """The body of a range answer, checked (status, range honoured, file size) and read into a
-    buffer from pyarrow's pool."""
-    _check_status(response, path, start, end)
+             size: int | None, etag: str | None = None) -> memoryview:
+    """The body of a range answer, checked (status, range honoured, file size, `etag`: the
+    If-Match it was asked with) and read into a buffer from pyarrow's pool."""
+    _check_status(response, path, start, end, etag)
     problem = answer_error(path, response.status, response.getheader("Content-Range", ""),
                            response.length, start, end, size)  # length: None when chunked
     if problem is not None:
@@ -226,7 +243,8 @@ def _receive(response: http.client.HTTPResponse, path: str, start: int, end: int
     return held[:at]
 
 
-def _check_status(response: http.client.HTTPResponse, path: str, start: int, end: int) -> None:
+def _check_status(response: http.client.HTTPResponse, path: str, start: int, end: int,
+                  etag: str | None = None) -> None:
     status, what = response.status, f"{path}: HTTP {response.status} {response.reason} for bytes {start}-{end - 1}"
     if status in (200, 206):
         encoding = response.getheader("Content-Encoding", "identity").strip().lower()
@@ -239,6 +257,8 @@ def _check_status(response: http.client.HTTPResponse, path: str, start: int, end
         raise FileNotFoundError(path)
     if status in (401, 403):
         raise PermissionError(what)
+    if status == 412 and etag:
+        raise VersionChanged(path, etag.strip('"'))
     asked = response.getheader("Retry-After")
     raise HTTPStatusError(status, what, response.reason, {"Retry-After": asked} if asked else None)
 

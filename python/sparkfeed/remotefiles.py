@@ -34,18 +34,21 @@ log = logging.getLogger(__name__)
 COALESCE_GAP = 8 << 10
 
 
-def open_remote(fs: fsspec.AbstractFileSystem, path: str, size: int | None = None):
+def open_remote(fs: fsspec.AbstractFileSystem, path: str, size: int | None = None, etag: str | None = None):
     """A remote file opened for exact range reads: no fsspec block cache (pyarrow asks for the
-    ranges it needs, coalesced), and no HEAD request when the manifest knows the size."""
+    ranges it needs, coalesced), and no HEAD request when the manifest knows the size. Over
+    HTTP with `etag`, each read is conditional on it (If-Match: a 412 for a file replaced)."""
     kwargs = {"cache_type": "none"}
     if size is not None:
         kwargs["size"] = size
+    if etag and _is_http(fs) and httpranges.if_match(etag):
+        kwargs["headers"] = {**fs.kwargs.get("headers", {}), **httpranges.if_match(etag)}
     return fs.open(path, "rb", **kwargs)
 
 
 def fetch_ranges(fs: fsspec.AbstractFileSystem, path: str, ranges: list[tuple[int, int]],
-                 size: int | None = None, retry: bool = True,
-                 probe: bool = False) -> dict[tuple[int, int], memoryview | bytes]:
+                 size: int | None = None, retry: bool = True, probe: bool = False,
+                 etag: str | None = None) -> dict[tuple[int, int], memoryview | bytes]:
     """{(start, end): bytes} for byte ranges of one file, adjacent ones merged into one request
     (fsspec's merge_offset_ranges) and the requests sent concurrently (over HTTP with the
     standard library's client, `httpranges`, or on fsspec's session, `_http_ranges`; else
@@ -55,12 +58,13 @@ def fetch_ranges(fs: fsspec.AbstractFileSystem, path: str, ranges: list[tuple[in
     `probe` by asking for its last byte and the one after beside the ranges (one more request,
     where none ends there: a tar's first piece): `httpranges.SizeMismatch` when the file
     changed. Transient failures are retried (`with_retries`) unless `retry=False`, for a caller
-    that retries the whole read itself."""
+    that retries the whole read itself. Over HTTP with `etag` (the one the file was indexed
+    with), each request is conditional on it: `httpranges.VersionChanged` for a file replaced."""
     _, starts, ends = fsspec.utils.merge_offset_ranges(
         [path] * len(ranges), [a for a, _ in ranges], [b for _, b in ranges], max_gap=COALESCE_GAP)
     probing = False
     if _is_http(fs):
-        fetch = functools.partial(_http_fetch, fs, path, starts, ends, size)
+        fetch = functools.partial(_http_fetch, fs, path, starts, ends, size, etag)
     else:
         probing = probe and bool(size) and size not in ends
         asked = [b + 1 if b == size else b for b in ends]  # (the byte after the end: is there one?)
@@ -111,21 +115,23 @@ def _ends_early(path: str, start: int, end: int, got: int, size: int | None) -> 
     return ValueError(f"{path}: asked for bytes {start}-{end - 1}, the file ends at byte {start + got}")
 
 
-def fetch_whole(fs: fsspec.AbstractFileSystem, path: str, size: int, retry: bool = True):
+def fetch_whole(fs: fsspec.AbstractFileSystem, path: str, size: int, retry: bool = True,
+                etag: str | None = None):
     """The whole file of `size` bytes as one range (`fetch_ranges`: over HTTP into one pooled
-    buffer, its size checked against the server's)."""
-    return fetch_ranges(fs, path, [(0, size)], size, retry=retry)[(0, size)]
+    buffer, its size checked against the server's, conditional on `etag`)."""
+    return fetch_ranges(fs, path, [(0, size)], size, retry=retry, etag=etag)[(0, size)]
 
 
-def _http_fetch(fs, path: str, starts: list[int], ends: list[int], size: int | None) -> list:
+def _http_fetch(fs, path: str, starts: list[int], ends: list[int], size: int | None,
+                etag: str | None = None) -> list:
     """HTTP ranges with the standard library's client where it sends what fsspec's would
     (`httpranges`: one copy per byte, on the calling thread), else on fsspec's session."""
     if httpranges.usable(fs):
         try:
-            return httpranges.fetch(fs, path, starts, ends, size, HTTP_SOCK_READ_S)
+            return httpranges.fetch(fs, path, starts, ends, size, HTTP_SOCK_READ_S, etag)
         except httpranges.NeedsFsspec as exc:
             log.debug("%s; fetching on fsspec's session", redact(exc))
-    return fsspec.asyn.sync(fs.loop, _http_ranges, fs, path, starts, ends, size)
+    return fsspec.asyn.sync(fs.loop, _http_ranges, fs, path, starts, ends, size, etag)
 
 
 def _is_http(fs: fsspec.AbstractFileSystem) -> bool:
@@ -134,7 +140,7 @@ def _is_http(fs: fsspec.AbstractFileSystem) -> bool:
 
 
 async def _http_ranges(fs, path: str, starts: list[int], ends: list[int],
-                       size: int | None = None) -> list[memoryview]:
+                       size: int | None = None, etag: str | None = None) -> list[memoryview]:
     """The byte ranges of one file over HTTP on fsspec's session (where `httpranges` does not
     apply), concurrently, each read into one buffer from pyarrow's memory pool as it arrives.
 
@@ -147,20 +153,23 @@ async def _http_ranges(fs, path: str, starts: list[int], ends: list[int],
     docs/deploy.md). The session, its client settings and the request options are fsspec's
     own."""
     session = await fs.set_session()
-    return list(await asyncio.gather(*(_http_range(fs, session, path, a, b, size)
+    return list(await asyncio.gather(*(_http_range(fs, session, path, a, b, size, etag)
                                        for a, b in zip(starts, ends))))
 
 
-async def _http_range(fs, session, path: str, start: int, end: int, size: int | None) -> memoryview:
+async def _http_range(fs, session, path: str, start: int, end: int, size: int | None,
+                      etag: str | None = None) -> memoryview:
     """Bytes [start, end) of the file at URL `path` (a shorter result: the caller reports it);
     a ValueError when the server reports a file size other than `size` (if given)."""
     kwargs = dict(fs.kwargs)
-    headers = {**kwargs.pop("headers", {}), "Range": f"bytes={start}-{end - 1}"}
+    headers = {**kwargs.pop("headers", {}), **httpranges.if_match(etag), "Range": f"bytes={start}-{end - 1}"}
     view, held = recvbuffers.take(end - start)
     at = 0
     async with session.get(fs.encode_url(path), headers=headers, **kwargs) as r:
         if r.status == 404:
             raise FileNotFoundError(path)
+        if r.status == 412 and httpranges.if_match(etag):
+            raise httpranges.VersionChanged(path, etag)
         r.raise_for_status()
         problem = httpranges.answer_error(path, r.status, r.headers.get("Content-Range", ""),
                                           r.content_length, start, end, size)

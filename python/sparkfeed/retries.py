@@ -93,6 +93,8 @@ def as_os_error(exc: BaseException, what: str) -> BaseException:
     module = type(exc).__module__.split(".")[0]
     status = getattr(exc, "status", None)
     if (module == "aiohttp" or isinstance(exc, httpranges.HTTPStatusError)) and isinstance(status, int):
+        if status == 412:  # a read conditional on the file's indexed ETag (`httpranges.if_match`)
+            return httpranges.VersionChanged(what)
         kind = {404: FileNotFoundError, 401: PermissionError, 403: PermissionError}.get(
             status, ConnectionError if is_transient(exc) else OSError)
         return kind(f"{what}: HTTP {status} {getattr(exc, 'message', '')}".rstrip())
@@ -124,6 +126,9 @@ def failure_words(exc: BaseException) -> str | None:
     the caller, who knows which file it expected; corrupt bytes by the format's reader)."""
     if isinstance(exc, PermissionError):
         return f"storage refused access ({exc}); check the credentials in storage_options"
+    if isinstance(exc, httpranges.VersionChanged):
+        return (f"{exc}; its rows are not delivered as a mix of two versions: run `sparkfeed index "
+                "... --overwrite` for the new data")
     if isinstance(exc, (ConnectionError, TimeoutError)) or (not isinstance(exc, OSError) and is_transient(exc)):
         return f"storage kept failing ({type(exc).__name__}: {exc})"
     return None

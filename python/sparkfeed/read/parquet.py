@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .. import readahead, remotefiles, retries, storage
+from .. import httpranges, readahead, remotefiles, retries, storage
 from ..errors import CorruptSampleError, ShardReadError
 from ..plan import WorkUnit
 from .base import Reader, UnitRows, apply_filter
@@ -75,7 +75,7 @@ class ParquetReader(ParquetChecks, ParquetAhead, Reader):
         if not self._ranges:  # one GET without a Range header, held in memory
             return pa.BufferReader(self.ctx.fs.cat_file(path))
         size = self._size(path)
-        opener = functools.partial(remotefiles.open_remote, self.ctx.fs, path, size)
+        opener = functools.partial(remotefiles.open_remote, self.ctx.fs, path, size, self._etag(path))
         if size is not None and size <= _FOOTER_BYTES:  # small: whole, in one request, once read
             opener = functools.partial(_fetch_whole, self.ctx, storage.relative(self.ctx.root, path), path, size)
         return opener() if size is None else remotefiles.KnownRanges({}, size, opener)
@@ -90,7 +90,7 @@ class ParquetReader(ParquetChecks, ParquetAhead, Reader):
                 # the footer's one request, as pyarrow's own footer read would make it, but
                 # checked: a file whose size is not the manifest's is refused here (no later
                 # read says its size; a small file's one whole fetch checks it already)
-                metadata = _fetch_footer(self.ctx.fs, path, self._size(path))[0]
+                metadata = _fetch_footer(self.ctx.fs, path, self._size(path), self._etag(path))[0]
             return pq.ParquetFile(self._open_input(path), metadata=metadata,
                                   pre_buffer=remote and self._ranges, **read_options(self.ctx.verify_checksums))
         except ValueError as exc:
@@ -128,6 +128,13 @@ class ParquetReader(ParquetChecks, ParquetAhead, Reader):
         """The file's size from the manifest (full path), so opening it sends no HEAD."""
         rel = storage.relative(self.ctx.root, path)
         return self.ctx.manifest_bytes.get(rel)
+
+    def _etag(self, path: str) -> str | None:
+        """The ETag the manifest recorded for the file (full path; indexed data), which its
+        version check compared once per iteration: remote reads are conditional on it, so a file
+        replaced during the epoch is an error, not rows of two versions' bytes."""
+        shard = self.ctx.shards.get(storage.relative(self.ctx.root, path))
+        return None if shard is None else shard.etag
 
     def _retrying(self, fn, what: str):
         """Remote storage: retry transient errors (`retries.with_retries`). Local files: once; a
@@ -236,15 +243,16 @@ class ParquetReader(ParquetChecks, ParquetAhead, Reader):
 
         try:
             table = self._retrying(attempt, f"reading {unit.path} row group {unit.row_group}")
-        except (PermissionError, FileNotFoundError, ConnectionError, TimeoutError) as exc:
+        except (PermissionError, FileNotFoundError, ConnectionError, TimeoutError, httpranges.VersionChanged) as exc:
             raise (self._storage_error(unit, exc) or self._error(unit, f"{type(exc).__name__}: {exc}")) from exc
         except (_FetchedCorrupt, *_ERRORS) as exc:
             cause = exc.__cause__ if isinstance(exc, _FetchedCorrupt) else exc
             raise self._error(unit, f"corrupt or truncated data ({type(cause).__name__}: {cause})") from cause
-        except Exception as exc:
-            if not retries.is_transient(exc):
+        except Exception as exc:  # (a file replaced: `retries.failure_words`)
+            named = self._storage_error(unit, exc)
+            if named is None:
                 raise
-            raise self._error(unit, f"storage kept failing ({type(exc).__name__}: {exc})") from exc
+            raise named from exc
         nbytes = sum(self._chunk_bytes(unit.path, g, names) for g in groups)
         self.ctx.stats.add("bytes_read", nbytes)
         if fetched:

@@ -105,7 +105,8 @@ class ParquetAhead:
             return
         end = min(size - _FOOTER_BYTES, 4 + int(nbytes * _HEAD_SLACK) + _FOOTER_BYTES)
         path = storage.join(self.ctx.root, rel, self.ctx.dataset)
-        fetch = functools.partial(self._ranged, remotefiles.fetch_ranges, self.ctx.fs, path, [(4, end)], size)
+        fetch = functools.partial(self._ranged, remotefiles.fetch_ranges, self.ctx.fs, path, [(4, end)], size,
+                                  etag=self._etag(path))
         self._heads[rel] = ((4, end), self._ahead.once(("head", rel), fetch, (self._ahead.order(rel), 0)))
 
     def _meta_ahead(self, units: list[WorkUnit]) -> None:
@@ -140,7 +141,7 @@ class ParquetAhead:
         file's whole bytes, which that request brought, held for the iteration's readers
         (`SharedReads.hold`) so its row groups are served from them, not fetched again."""
         path = storage.join(self.ctx.root, rel, self.ctx.dataset)
-        metadata, whole = _fetch_footer(self.ctx.fs, path, self._size(path))
+        metadata, whole = _fetch_footer(self.ctx.fs, path, self._size(path), self._etag(path))
         if whole is not None:
             self.ctx.shared.hold(rel, whole, metadata.num_row_groups)
         return metadata
@@ -154,10 +155,11 @@ class ParquetAhead:
         path, footer = storage.join(self.ctx.root, rel, self.ctx.dataset), self._footer(rel)
         fetch = functools.partial(self._ranged, _fetch_groups, self.ctx.fs, path, footer, groups,
                                   self._ahead_columns(), self._size(path),
-                                  functools.partial(self.ctx.shared.whole, rel), self._heads.get(rel))
+                                  functools.partial(self.ctx.shared.whole, rel), self._heads.get(rel),
+                                  self._etag(path))
         return readahead.After(footer, fetch) if self._small(rel) and isinstance(footer, Future) else fetch
 
-    def _ranged(self, fetch, *args):
+    def _ranged(self, fetch, *args, **kwargs):
         """Read-ahead task: `fetch(*args)`, a range request, unless a server that ignores Range
         requests was met (`SharedReads.ranges_ignored`; None: the reader reads the file whole),
         which a failure of this one may be; it is then said once, and the tasks queued behind it
@@ -166,7 +168,7 @@ class ParquetAhead:
         if self.ctx.shared.ranges_ignored.is_set():
             return None
         try:
-            return fetch(*args)
+            return fetch(*args, **kwargs)
         except ValueError as exc:
             if retries.ignores_ranges(exc, self.ctx.dataset, NO_RANGES_INSTEAD):
                 self.ctx.shared.ranges_ignored.set()
@@ -237,7 +239,8 @@ class ParquetAhead:
         `remotefiles.KnownRanges` under it)."""
         path = storage.join(self.ctx.root, unit.path, self.ctx.dataset)
         size = self._size(path) or self.ctx.fs.size(path)
-        src = remotefiles.KnownRanges(parts, size, functools.partial(remotefiles.open_remote, self.ctx.fs, path, size))
+        opener = functools.partial(remotefiles.open_remote, self.ctx.fs, path, size, self._etag(path))
+        src = remotefiles.KnownRanges(parts, size, opener)
         # no pre-buffering: it would ask for a run's chunks as one range across fetches (a copy);
         # chunk by chunk, each read is a view into the fetched bytes
         return pq.ParquetFile(src, metadata=pf.metadata, pre_buffer=False,

@@ -35,33 +35,34 @@ def _fetch_whole(ctx, rel: str, path: str, size: int) -> io.BytesIO:
     read that needs it is (`ParquetReader._retrying`)."""
     data = ctx.shared.whole(rel)
     if data is None:
-        data = remotefiles.fetch_whole(ctx.fs, path, size, retry=False)
         shard = ctx.shards.get(rel)
+        data = remotefiles.fetch_whole(ctx.fs, path, size, retry=False, etag=shard and shard.etag)
         if shard is not None and shard.row_groups:  # (held until each is read, bounded in bytes)
             ctx.shared.hold(rel, data, len(shard.row_groups))
     return io.BytesIO(data)
 
 
-def _fetch_footer(fs, path: str, size: int | None) -> tuple:
+def _fetch_footer(fs, path: str, size: int | None, etag: str | None = None) -> tuple:
     """(the file's parsed footer, the whole file's bytes if the request brought all of it, else
     None): one request for its last `_FOOTER_BYTES` (`remotefiles.fetch_ranges`, which checks the
     server's size against the manifest's and that it honoured the range), a second one only
-    for a footer longer than that. Without a known size, fsspec's file reads the tail."""
+    for a footer longer than that. Without a known size, fsspec's file reads the tail. Over HTTP
+    with `etag` (the file's indexed version), conditional on it (`remotefiles.fetch_ranges`)."""
     if size is None:
-        with remotefiles.open_remote(fs, path, size) as f:
+        with remotefiles.open_remote(fs, path, size, etag) as f:
             metadata = pq.ParquetFile(f).metadata
         footercheck.check(metadata)
         return metadata, None
     start = max(0, size - _FOOTER_BYTES)
-    parts = remotefiles.fetch_ranges(fs, path, [(start, size)], size)
-    with remotefiles.KnownRanges(parts, size, functools.partial(remotefiles.open_remote, fs, path, size)) as src:
+    parts = remotefiles.fetch_ranges(fs, path, [(start, size)], size, etag=etag)
+    with remotefiles.KnownRanges(parts, size, functools.partial(remotefiles.open_remote, fs, path, size, etag)) as src:
         metadata = pq.ParquetFile(src).metadata
     footercheck.check(metadata)  # read-ahead reads no row group of a damaged footer (`footercheck.damage`)
     return metadata, (parts[(start, size)] if start == 0 else None)
 
 
 def _fetch_groups(fs, path: str, footer, groups: list[int], names: list[str], size: int | None = None,
-                  whole: Callable[[], object] | None = None, head: tuple | None = None):
+                  whole: Callable[[], object] | None = None, head: tuple | None = None, etag: str | None = None):
     """Read-ahead task: (footer, {range: bytes}) of the column chunks of `names` in row groups
     `groups` of one file, adjacent chunks in one request (a file whose size is not the
     manifest's `size` fails it: read in place, where the error is named), or no request where
@@ -69,10 +70,11 @@ def _fetch_groups(fs, path: str, footer, groups: list[int], names: list[str], si
     `head` ((range, future) of the file's head, fetched beside its footer:
     `ParquetReader._head`) holds is taken from it, and only the rest is fetched.
     `footer` is the file's metadata, or the future of its fetch (`_fetch_footer`, submitted
-    before this task, so never behind it)."""
+    before this task, so never behind it). `etag`: the file's indexed version, each request
+    conditional on it (`remotefiles.fetch_ranges`)."""
     metadata = footer.result() if isinstance(footer, Future) else footer
     if metadata is None:  # not fetched ahead (read-ahead's once-fetches are off): read it here
-        metadata = _fetch_footer(fs, path, None)[0]
+        metadata = _fetch_footer(fs, path, None, etag)[0]
     data = None if whole is None else whole()
     if data is not None:
         return metadata, {(0, len(data)): data}
@@ -85,7 +87,7 @@ def _fetch_groups(fs, path: str, footer, groups: list[int], names: list[str], si
                 start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
                 ranges.append((start, start + col.total_compressed_size))
     held, rest = _from_head(head, ranges)
-    return metadata, {**held, **(remotefiles.fetch_ranges(fs, path, rest, size) if rest else {})}
+    return metadata, {**held, **(remotefiles.fetch_ranges(fs, path, rest, size, etag=etag) if rest else {})}
 
 
 def _from_head(head: tuple | None, ranges: list[tuple[int, int]]) -> tuple[dict, list[tuple[int, int]]]:
