@@ -26,6 +26,8 @@ from . import exprcodec
 __all__ = ["ValueSet", "stand_ins", "canonical"]
 
 SIMPLIFIED = 50  # the most values of an `is_in` pyarrow's simplifier reasons about (pyarrow 26)
+_OR_TERMS = 10  # an `or` of more equalities of one column than this is stood in for too (`_or_set`)
+_ORS = ("or_kleene", "or")
 _MATCH, _SKIP = 0, 1  # SetLookupOptions' null_matching_behavior: a null row passes where the set holds null / never
 
 
@@ -40,6 +42,7 @@ class ValueSet:
     nulls_pass: bool  # a null row passes (the set holds null and nulls match)
     nan: bool         # the set holds NaN (which matches a NaN row; statistics leave NaN out)
     widen: bool       # float values cast from another type: bounds one step wider (as `pruning._widened`)
+    null_rows_null: bool = False  # an `or` of equalities: null over a null row, so no row group that may hold one is decided
 
     def term(self, lo: pa.Scalar | None, hi: pa.Scalar | None, nulls: bool, all_null: bool,
              as_nan: bool) -> pc.Expression | None:
@@ -47,6 +50,8 @@ class ValueSet:
         every row passes (one value, not a float: min = max in the set), else None. Its rows are
         null (`all_null`), NaN (`as_nan`: the NaN variant of its guarantee) or within [lo, hi]
         (a None bound: none on that side), `nulls` where some may be null."""
+        if self.null_rows_null and (nulls or all_null):
+            return None
         if all_null:
             return self._is(self.nulls_pass)
         if as_nan:
@@ -95,15 +100,19 @@ def stand_ins(expr: pc.Expression, types: Mapping[str, pa.DataType]) -> tuple[pc
     fails or gives up on: Python ints beside uint64, text beside a date), swapped for a stand-in
     column (`ValueSet`), and those sets; `expr` and none where there is no such `is_in`, or
     where Arrow's serialization cannot be read back exactly."""
-    if "is_in(" not in str(expr):
+    text = str(expr)
+    if "is_in(" not in text and text.count(" == ") <= _OR_TERMS:
         return expr, []
     found = exprcodec.read(expr)
     if found is None:
         return expr, []
     (pairs, table), out, sets, i = found, [], [], 0
     while i < len(pairs):
+        taken = set(types) | {s.name for s in sets}
         try:
-            found = _value_set(pairs[i:i + 4], table, types, taken=set(types) | {s.name for s in sets})
+            found, end = _value_set(pairs[i:i + 4], table, types, taken), i + 4
+            if found is None:
+                found, end = _or_set(pairs, i, table, types, taken)
         except (pa.ArrowException, ValueError, TypeError):  # (values that do not become the column's type)
             found = None
         if found is None:
@@ -112,8 +121,59 @@ def stand_ins(expr: pc.Expression, types: Mapping[str, pa.DataType]) -> tuple[pc
         else:
             sets.append(found)
             out.append(("field_ref", found.name))
-            i += 4
+            i = end
     return (exprcodec.written(out, table), sets) if sets else (expr, [])
+
+
+def _or_set(pairs: list, i: int, table: pa.Table, types: Mapping[str, pa.DataType],
+            taken: set) -> tuple[ValueSet | None, int]:
+    """The `ValueSet` of an `or` of more than `_OR_TERMS` equalities of one column with literals
+    of its own type starting at entry `i` (`x == 1 | x == 5 | ...`: pyarrow's simplifier takes time
+    quadratic in its terms, 25 ms a row group for 1,000), and the entry after it; (None, i) for
+    anything else. A NaN literal equals no row; a null one makes the `or` null: none is made."""
+    leaves, end = _equalities(pairs, i) if pairs[i][0] == "call" and pairs[i][1] in _ORS else (None, i)
+    columns = {column for column, _ in leaves or ()}
+    if not leaves or len(leaves) <= _OR_TERMS or len(columns) != 1:
+        return None, i
+    column = columns.pop()
+    type_ = types.get(column)
+    values = pa.concat_arrays([table.column(k).chunk(0) for _, k in leaves]) if type_ is not None else None
+    if values is None or values.type != type_ or values.null_count:
+        return None, i
+    floating = pa.types.is_floating(type_)
+    kept = pc.unique(values.filter(pc.invert(pc.is_nan(values))) if floating else values)
+    return ValueSet(_free(taken), column, kept.take(pc.sort_indices(kept)).to_numpy(zero_copy_only=False),
+                    nulls_pass=False, nan=False, widen=False, null_rows_null=True), end
+
+
+def _equalities(pairs: list, i: int) -> tuple[list | None, int]:
+    """([(column, literal column), ...], end) where the node at entry `i` is an `or` tree of
+    `field == literal` (either way round); (None, i) at the first entry of anything else. A loop,
+    not recursion: such a tree of 1,000 terms is 1,000 deep."""
+    leaves, depth, j = [], 0, i
+    while True:
+        key, value = pairs[j]
+        if (key, value) == ("call", "equal"):
+            a, b, end = (pairs[j + 1:j + 4] + [("", "")] * 3)[:3]
+            if end != ("end", "equal") or {a[0], b[0]} != {"field_ref", "literal"}:
+                return None, i
+            field, literal = (a, b) if a[0] == "field_ref" else (b, a)
+            leaves.append((field[1], int(literal[1])))
+            j += 4
+        elif key in ("call", "end") and value in _ORS and (key == "call" or depth > 0):
+            depth, j = depth + (1 if key == "call" else -1), j + 1
+        else:
+            return None, i
+        if depth == 0:
+            return leaves, j
+
+
+def _free(taken: set) -> str:
+    """A stand-in column's name that no column in `taken` has."""
+    name = "__sparkfeed_is_in__"
+    while name in taken:
+        name = "_" + name
+    return name
 
 
 def canonical(expr: pc.Expression) -> pc.Expression:
@@ -166,9 +226,6 @@ def _value_set(window: list, table: pa.Table, types: Mapping[str, pa.DataType], 
     floating = pa.types.is_floating(base)
     nan = floating and bool(pc.any(pc.is_nan(cast)).as_py())
     kept = pc.unique(cast.filter(pc.invert(pc.is_nan(cast))) if floating else cast)
-    name = "__sparkfeed_is_in__"
-    while name in taken:
-        name = "_" + name
-    return ValueSet(name, column, kept.take(pc.sort_indices(kept)).to_numpy(zero_copy_only=False),
+    return ValueSet(_free(taken), column, kept.take(pc.sort_indices(kept)).to_numpy(zero_copy_only=False),
                     nulls_pass=values.null_count > 0 and behaviour == _MATCH, nan=nan,
                     widen=floating and given.type != base)
