@@ -153,7 +153,14 @@ _ZONE_HINT = ("; give the datetime a time zone where the column has one and none
 _TEXT_HINT = ("; Arrow compares text with text only: compare a date or timestamp column with "
               "datetime.date or datetime.datetime values, a number with numbers (is_in casts its "
               "values; a comparison does not)")
+_TEXT_COLUMN_HINT = ("; the column is text (a Hive partition key holding dates or times stays text, as "
+                     "pyarrow types it; Spark makes it a date): compare it with ISO text, "
+                     "pc.field(...) == '2024-01-02' (ISO text sorts as the dates do), and it prunes")
 _HINTS = {
+    "(string, date": _TEXT_COLUMN_HINT,  # (a text column beside a date: before the hint for the other way round)
+    "(string, timestamp": _TEXT_COLUMN_HINT,
+    "string vs date": _TEXT_COLUMN_HINT,
+    "string vs timestamp": _TEXT_COLUMN_HINT,
     ", string)": _TEXT_HINT,  # (before the zone hint: a timestamp beside text is no zone matter)
     "types (string, ": _TEXT_HINT,
     "halffloat)": ("; Arrow compares no float16 values: a float16 column is filtered as its float32 "

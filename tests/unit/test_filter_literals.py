@@ -115,3 +115,21 @@ def test_a_filter_on_a_whole_struct_names_its_fields(tmp_path):
     with pytest.raises(ValueError, match=r"No match for FieldRef.Name\(st\); struct 'st' is read as its fields "
                                          r"\['st.a', 'st.b'\]"):
         sparkfeed.DataLoader(str(tmp_path), batch_size=2, filter=pc.field("st").is_null())
+
+
+def test_a_date_beside_a_hive_key_of_dates_says_the_key_is_text(tmp_path):
+    """Hive directories `pd=2024-01-02` are typed string (as pyarrow types them; Spark makes them
+    dates), so `pd == date(2024, 1, 2)` is refused. The hint told the user to compare "a date or
+    timestamp column with datetime.date values", which they had done, and `pd.isin([date])` got
+    Arrow's bare "string vs date32[day]"; both now say the key is text and to compare it with ISO
+    text, which then prunes the other directories."""
+    for k, day in enumerate(["2024-01-01", "2024-01-02"]):
+        os.makedirs(tmp_path / f"pd={day}")
+        pq.write_table(pa.table({"id": pa.array([k], pa.int64())}), tmp_path / f"pd={day}" / "part-0.parquet")
+    sparkfeed.index(str(tmp_path), progress=False)
+    for expr in (pc.field("pd") == dt.date(2024, 1, 2), pc.field("pd") > dt.datetime(2024, 1, 1),
+                 pc.field("pd").isin([dt.date(2024, 1, 2)])):
+        with pytest.raises(ValueError, match=rf"dataset '{tmp_path}'.*the column is text .*ISO text"):
+            sparkfeed.DataLoader(str(tmp_path), batch_size=2, filter=expr)
+    loader = sparkfeed.DataLoader(str(tmp_path), batch_size=2, columns=["id"], filter=pc.field("pd") == "2024-01-02")
+    assert [i for b in loader for i in b["id"].tolist()] == [1] and loader.stats()["shards_pruned"] == 1
