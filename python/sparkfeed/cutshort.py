@@ -1,6 +1,6 @@
 """Encoded images cut short, found from their bytes before decoding: a JPEG or a JPEG 2000
-codestream without its end marker (a partial download or write), which a decoder may fill in
-without an error."""
+codestream without its end marker (a partial download or write), an uncompressed BMP shorter
+than its header's pixels, which a decoder may fill in without an error."""
 
 from __future__ import annotations
 
@@ -72,6 +72,45 @@ def _j2k_cut(b: bytes) -> bool:
             return i + size > n or b[i + size - 2:i + size] != b"\xff\xd9"
         i += size
     return True  # no codestream box at all
+
+
+def _bmps_cut(enc: _Encoded, rows) -> list[tuple[int, str]]:
+    """(row, reason) of the BMPs among `rows` (a mask) cut short (`_bmp_cut`); BMPs are found by
+    their signature in one numpy test a buffer, only they are read one by one."""
+    bad = []
+    for data, some in enc.groups():
+        if data.size:
+            starts = enc.starts[some]
+            some = some[rows[some] & (enc.ends[some] - starts >= 2) & (_be16(data, starts) == 0x424D)]
+            bad += [(r, why) for r in some.tolist()
+                    if (why := _bmp_cut(enc.row(r)[:34].tobytes(), len(enc.row(r)))) is not None]
+    return bad
+
+
+def _bmp_cut(head: bytes, size: int) -> str | None:
+    """Why an uncompressed BMP of `size` bytes (`head`: its first 34) is shorter than the rows
+    its header declares (each padded to 4 bytes, from the pixel data's offset), or None. DALI's
+    CPU decoder returned such a 24- or 32-bit BMP scrambled (every pixel wrong, no error: its
+    first decoder fails and another reads it wrong) where PIL refused it; an 8- or 1-bit one
+    missing only its last row's padding, PIL decoded and DALI refused."""
+    if len(head) < 30:
+        return None  # too short for a header: PIL's header check refuses it
+    dib, offset = int.from_bytes(head[14:18], "little"), int.from_bytes(head[10:14], "little")
+    if dib == 12:  # OS/2 1.x: 16-bit sizes, no compression
+        w, h, bits, how = int.from_bytes(head[18:20], "little"), int.from_bytes(head[20:22], "little"), \
+            int.from_bytes(head[24:26], "little"), 0
+    elif dib >= 40 and len(head) >= 34:
+        w, h = int.from_bytes(head[18:22], "little", signed=True), int.from_bytes(head[22:26], "little", signed=True)
+        bits, how = int.from_bytes(head[28:30], "little"), int.from_bytes(head[30:34], "little")
+    else:
+        return None
+    if not (how == 0 or (how in (3, 6) and dib != 64)) or w <= 0 or h == 0 or bits == 0:
+        return None  # compressed (RLE, JPEG, PNG), or no pixels: decided elsewhere
+    need = offset + (w * bits + 31) // 32 * 4 * abs(h)
+    if size >= need:
+        return None
+    return (f"could not decode: the BMP is cut short ({size} of the {need} bytes its header declares: {w}x{abs(h)} "
+            f"pixels of {bits} bits, rows padded to 4 bytes, from byte {offset}); refused before decoding")
 
 
 _RESTARTS_SHORT = ("could not decode: the JPEG's scan data stops short ({found} of the {wanted} restart markers its "

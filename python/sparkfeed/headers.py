@@ -294,7 +294,7 @@ def _check_headers(enc: _Encoded, spec: ImageDecode) -> tuple[np.ndarray, list[t
                                 f"differ {tuple(turns)} (DALI turns its shape by one and its pixels by "
                                 "another); refused before decoding"))
             w[r] = h[r] = -2
-    from .cutshort import _cut_short
+    from .cutshort import _bmps_cut, _cut_short
 
     from .scanmarkers import _broken_frames, _broken_headers, _stray_markers
 
@@ -325,6 +325,7 @@ def _check_headers(enc: _Encoded, spec: ImageDecode) -> tuple[np.ndarray, list[t
         failures.append((r, f"image is {w[r]}x{h[r]} = {int(w[r]) * int(h[r])} pixels, over "
                             f"max_pixels={spec.max_pixels}; refused before decoding"))
     failures += _resize_bombs(w, h, known, spec)
+    failures += _bmps_cut(enc, known)  # (after max_pixels: a bomb's bare header is refused as one)
     if spec.crop == "random_resized":  # the only geometry that is not the same on a turned image
         _upright_sizes(enc, w, h, np.flatnonzero(known).tolist(), spec.max_pixels)
     if spec.size is not None and spec.crop != "random_resized" and spec.resize_to is None:
