@@ -43,7 +43,10 @@ def open_remote(fs: fsspec.AbstractFileSystem, path: str, size: int | None = Non
         kwargs["size"] = size
     if etag and _is_http(fs) and httpranges.if_match(etag):
         kwargs["headers"] = {**fs.kwargs.get("headers", {}), **httpranges.if_match(etag)}
-    return fs.open(path, "rb", **kwargs)
+    f = fs.open(path, "rb", **kwargs)
+    if _if_match_s3(fs, etag) and isinstance(getattr(f, "read_kw", None), dict):  # (s3fs's GetObject options)
+        f.read_kw = {**f.read_kw, "IfMatch": httpranges.if_match(etag)["If-Match"]}
+    return f
 
 
 def fetch_ranges(fs: fsspec.AbstractFileSystem, path: str, ranges: list[tuple[int, int]],
@@ -65,6 +68,9 @@ def fetch_ranges(fs: fsspec.AbstractFileSystem, path: str, ranges: list[tuple[in
     probing = False
     if _is_http(fs):
         fetch = functools.partial(_http_fetch, fs, path, starts, ends, size, etag)
+    elif _if_match_s3(fs, etag) and not probe:
+        fetch = functools.partial(fsspec.asyn.sync, fs.loop, _s3_ranges, fs, path, starts,
+                                  [b + 1 if b == size else b for b in ends], etag)
     else:
         probing = probe and bool(size) and size not in ends
         asked = [b + 1 if b == size else b for b in ends]  # (the byte after the end: is there one?)
@@ -132,6 +138,34 @@ def _http_fetch(fs, path: str, starts: list[int], ends: list[int], size: int | N
         except httpranges.NeedsFsspec as exc:
             log.debug("%s; fetching on fsspec's session", redact(exc))
     return fsspec.asyn.sync(fs.loop, _http_ranges, fs, path, starts, ends, size, etag)
+
+
+def _if_match_s3(fs: fsspec.AbstractFileSystem, etag: str | None) -> bool:
+    """Whether reads of an S3 object (s3fs) are made conditional on `etag`, its indexed ETag."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return bool(httpranges.if_match(etag)) and "s3" in protocols and hasattr(fs, "_call_s3")
+
+
+async def _s3_ranges(fs, path: str, starts: list[int], ends: list[int], etag: str) -> list:
+    """Byte ranges of one S3 object, each a GetObject conditional on its ETag (`IfMatch`, which
+    s3fs's cat_ranges does not pass): `httpranges.VersionChanged` for an object replaced."""
+    bucket, key, version = fs.split_path(path)
+
+    async def one(a: int, b: int) -> bytes:
+        resp = await fs._call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes={a}-{b - 1}",
+                                 IfMatch=httpranges.if_match(etag)["If-Match"],
+                                 **({"VersionId": version} if version else {}))
+        try:
+            return await resp["Body"].read()
+        finally:
+            resp["Body"].close()
+
+    try:
+        return list(await asyncio.gather(*(one(a, b) for a, b in zip(starts, ends))))
+    except OSError as exc:
+        if retries.precondition_failed(exc):
+            raise httpranges.VersionChanged(path, etag) from exc
+        raise
 
 
 def _is_http(fs: fsspec.AbstractFileSystem) -> bool:

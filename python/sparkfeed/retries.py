@@ -54,6 +54,8 @@ def is_transient(exc: BaseException) -> bool:
     and 429. A missing file, a permission problem or corrupt data are not transient."""
     if isinstance(exc, FileNotFoundError) and exc.__cause__ is not None:
         return is_transient(exc.__cause__)  # fsspec's HTTP info() reports any failure as missing
+    if precondition_failed(exc):  # a file replaced since: retrying would not bring it back
+        return False
     if isinstance(exc, _PERMANENT) or (isinstance(exc, OSError) and exc.errno == errno.EINVAL):
         return False  # (EINVAL: s3fs's word for a request S3 refused as invalid, a range past the end)
     if isinstance(exc, (OSError, TimeoutError, ConnectionError)):
@@ -100,6 +102,8 @@ def as_os_error(exc: BaseException, what: str) -> BaseException:
         return kind(f"{what}: HTTP {status} {getattr(exc, 'message', '')}".rstrip())
     if module == "aiohttp" and not isinstance(exc, OSError):  # a dropped connection, a cut body
         return ConnectionError(f"{what}: {type(exc).__name__}: {exc}")
+    if precondition_failed(exc):  # s3fs's EINVAL for a GetObject conditional on the ETag
+        return httpranges.VersionChanged(what)
     if module != "botocore":
         return exc
     from botocore import exceptions as boto
@@ -113,6 +117,19 @@ def as_os_error(exc: BaseException, what: str) -> BaseException:
     if isinstance(exc, (boto.ConnectionError, boto.HTTPClientError)):
         return ConnectionError(f"{what}: {exc}")
     return OSError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def precondition_failed(exc: BaseException) -> bool:
+    """Whether `exc` (or the error it was raised from) is S3's refusal of a conditional request
+    (botocore's PreconditionFailed: an object no longer of the ETag asked for; s3fs's own file
+    checks its ETag so, and raises FileExpired, an OSError it once retried 7 times)."""
+    for at in (exc, exc.__cause__):
+        if type(at).__name__ == "FileExpired":
+            return True
+        response = getattr(at, "response", None)
+        if isinstance(response, dict) and response.get("Error", {}).get("Code") == "PreconditionFailed":
+            return True
+    return False
 
 
 def _timed_out(exc: BaseException, what: str) -> TimeoutError:
