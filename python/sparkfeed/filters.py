@@ -60,12 +60,25 @@ def identity_text(expr: pc.Expression | None) -> str:
     (an `is_in` of more than 20 values prints its first and last ten), a digest of the whole
     expression (Arrow's own serialization: should a pyarrow upgrade change it, such a state is
     refused, never taken for another), so two filters that print alike are not taken for one.
-    Value sets are read sorted (`isinsets.canonical`): a Python set's order changes between processes."""
-    expr = expr if expr is None else isinsets.canonical(expr)
-    text = str(expr)
-    if expr is None or _CUT not in text:
-        return text
-    return f"{text}#{hashlib.blake2b(pickle.dumps(expr, protocol=5), digest_size=8).hexdigest()}"
+    Value sets are read sorted (`isinsets.canonical`): a Python set's order changes between
+    processes. Kept for the last few expressions: a state is saved often, and reading a set of
+    1,000,000 values sorted takes a second."""
+    if expr is None:
+        return str(expr)
+    known = _IDENTITIES.get(id(expr))
+    if known is not None and known[0] is expr:
+        return known[1]
+    canonical = isinsets.canonical(expr)
+    text = str(canonical)
+    if _CUT in text:
+        text = f"{text}#{hashlib.blake2b(pickle.dumps(canonical, protocol=5), digest_size=8).hexdigest()}"
+    _IDENTITIES[id(expr)] = expr, text  # (the expression kept too: its id is not reused meanwhile)
+    while len(_IDENTITIES) > 8:
+        _IDENTITIES.pop(next(iter(_IDENTITIES)))
+    return text
+
+
+_IDENTITIES: dict[int, tuple[pc.Expression, str]] = {}  # id(expr) -> (expr, identity_text), oldest first
 
 
 def _typed_literals(dnf: list, schema: Sequence[Column] | None) -> list:

@@ -90,3 +90,21 @@ def test_an_expression_of_a_python_set_reads_as_one_filter_in_every_process():
     assert len(set(lines)) == len(EXPRESSIONS) and "#" in lines[2]
     assert identity_text(~pc.field("s").isin({f"value-{i}" for i in range(40)})) != \
         identity_text(~pc.field("s").isin({f"value-{i}" for i in range(1, 41)}))
+
+
+def test_a_filters_identity_is_read_once_however_often_a_state_is_saved(root, monkeypatch):
+    """Reading a value set sorted costs a second at 1,000,000 values, and every `state_dict()`
+    asks for the filter's identity: it is read once per expression, and stays the same."""
+    from sparkfeed import isinsets
+
+    calls, real = [], isinsets.canonical
+    monkeypatch.setattr(isinsets, "canonical", lambda expr: calls.append(1) or real(expr))
+    loader = sparkfeed.DataLoader(root, batch_size=4, shuffle=True, columns=["id"], filter=pc.field("id").isin(OTHER))
+    it = iter(loader)
+    states = []
+    for _ in range(3):
+        next(it)
+        states.append(loader.state_dict())
+    assert len(calls) == 1
+    other = sparkfeed.DataLoader(root, batch_size=4, shuffle=True, columns=["id"], filter=pc.field("id").isin(OTHER))
+    other.load_state_dict(states[-1])  # (a new expression, read again: the same identity)
