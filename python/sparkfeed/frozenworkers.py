@@ -12,6 +12,7 @@ killed (which ends the receive), and the wait raises the time-out naming it (`wa
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
@@ -115,28 +116,44 @@ class FrozenWatch:
         return out
 
 
-def watched(workers, timeout: float):
-    """torch's iterator `workers`, each wait for a batch under a `FrozenWatch` when `timeout` is
-    set: a frozen worker ends the wait with the time-out naming it instead of hanging it."""
+def watched(start, timeout: float, kept=None):
+    """torch's iterator `start()` returns, each wait for a batch under a `FrozenWatch` when
+    `timeout` is set: a frozen worker ends the wait with the time-out naming it instead of hanging
+    it. `kept`: torch's iterator of workers kept between epochs, which `start()` restarts, there
+    receiving what the last iteration left queued: watched too (new workers start unwatched: no
+    thread of it runs while they fork)."""
     if not timeout:
-        yield from workers
+        yield from start()
         return
-    watch = FrozenWatch(workers, timeout)
+    watch = FrozenWatch(kept, timeout) if kept is not None else None
     try:
+        workers = _waited(watch, start) if watch is not None else start()
+        watch = watch or FrozenWatch(workers, timeout)
         while True:
-            watch.waiting()
             try:
-                batch = next(workers)
+                batch = _waited(watch, functools.partial(next, workers))
             except StopIteration:
                 return
-            except Exception as exc:
-                if watch.found is not None:
-                    raise watch.error() from exc
-                raise
-            finally:
-                watch.received()
-            if watch.found is not None:  # killed as this batch arrived: the next one cannot
-                raise watch.error()
             yield batch
     finally:
-        watch.close()
+        if watch is not None:
+            watch.close()
+
+
+def _waited(watch: FrozenWatch, receive):
+    """`receive()` under `watch`: a worker it killed turns what the wait raised, or its end, into
+    the time-out naming that worker."""
+    watch.waiting()
+    try:
+        out = receive()
+    except StopIteration:
+        raise
+    except Exception as exc:
+        if watch.found is not None:
+            raise watch.error() from exc
+        raise
+    finally:
+        watch.received()
+    if watch.found is not None:  # killed as this arrived: what follows cannot
+        raise watch.error()
+    return out

@@ -54,7 +54,7 @@ class WorkerProcesses:
         loader = _torch_loader(LaneDataset(self.engine, epoch, lanes, self.batch_size, self.row_ids),
                                len(lanes), settings, persistent=False)
         workers = _forked(loader, self.rank, self.where)
-        return _named_worker_errors(frozenworkers.watched(workers, settings.timeout), self.rank,
+        return _named_worker_errors(frozenworkers.watched(lambda: workers, settings.timeout), self.rank,
                                     workers=lambda: workers)
 
     def kept(self, lanes: list, epoch: int, then: int | None, settings: WorkerSettings) -> Iterator:
@@ -133,9 +133,9 @@ def _torch_loader(dataset: LaneDataset, workers: int, settings: WorkerSettings,
 
 def _iterated(loader: torch.utils.data.DataLoader, rank: int, where, timeout: float) -> Iterator:
     """`iter(loader)` at the first `next()`, so that a worker found dead while torch restarts its
-    kept workers is raised where `_named_worker_errors` names it; its waits watched for a frozen
-    worker (`frozenworkers.watched`)."""
-    yield from frozenworkers.watched(_forked(loader, rank, where), timeout)
+    kept workers is raised where `_named_worker_errors` names it; its waits, that restart's too,
+    watched for a frozen worker (`frozenworkers.watched`)."""
+    yield from frozenworkers.watched(lambda: _forked(loader, rank, where), timeout, kept=loader._iterator)
 
 
 def _forked(loader: torch.utils.data.DataLoader, rank: int, where):

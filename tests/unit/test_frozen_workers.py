@@ -131,3 +131,35 @@ def test_a_worker_stopped_with_nothing_queued_is_a_time_out_and_killed(tmp_path)
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         except OSError:
             pass
+
+
+def test_kept_workers_stopped_with_a_batch_left_queued_time_out_at_the_next_epoch(tars):
+    """Kept workers (`persistent_workers=True`) of an epoch left early keep its batches queued; torch
+    receives them as it restarts the workers for the next epoch, and hung there if they were stopped."""
+    before = {p.pid for p in psutil.Process().children()}
+    loader = sparkfeed.DataLoader(tars, batch_size=10, num_workers=2, timeout=2, persistent_workers=True)
+    it = iter(loader)
+    next(it)
+    it.close()
+    kept = _torch_iterator()
+    assert kept._data_queue._reader.poll(_HANG_S), "a batch of the epoch left is queued"
+    pids = [p.pid for p in kept._workers]
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        timer = _released_after(pids, _HANG_S)
+        loader.set_epoch(1)
+        with pytest.raises(TimedOut) as info:
+            for _ in loader:
+                pass
+        timer.cancel()
+        assert any(f"(pid {pid}) was stopped" in str(info.value) for pid in pids), str(info.value)
+        dsutil.wait_until(lambda: not _stopped_or_live(_children(before)), "no worker left, stopped or not")
+        loader.set_epoch(2)
+        assert sorted(int(i) for b in loader for i in b["id"]) == list(range(120)), "the next epoch is whole"
+    finally:
+        for pid in pids:
+            _signal(pid, signal.SIGCONT)
+            _signal(pid, signal.SIGKILL)
+        loader._procs.drop()
+    dsutil.wait_until(lambda: not _stopped_or_live(_children(before)), "the workers shut down")
