@@ -51,15 +51,15 @@ _OTHER_SPACE = "\t\r\x0b\x0c\x1c\x1d\x1e\x1f"  # ASCII whitespace to str.split b
 class Members:
     """A shard's samples: keys in shard order and, per wanted member extension, each sample's
     bytes: a list (None where a sample lacks it), or a binary Arrow array when every sample has
-    one (cut out with one copy); `nbytes` is what the shard's members occupy; `starts` (streamed
-    shards) where each sample's first member header lies, for errors; `repeated` the samples
+    one (cut out with one copy); `nbytes` is what the shard's members occupy; `starts` where
+    each sample's first member header lies, for errors; `repeated` the samples
     holding a member twice (webdataset refuses them), each with that member's extension and
     the tar offset of its second copy's header."""
 
     keys: list[str]
     values: dict[str, "list | pa.Array"]
     nbytes: int
-    starts: list[int] | None = None  # streamed: each sample's first member header's tar offset
+    starts: list[int] | None = None  # each sample's first member header's tar offset
     repeated: dict[int, tuple[str, int]] = field(default_factory=dict)  # sample -> (ext, offset)
 
 
@@ -228,7 +228,9 @@ class Index:
                   for ext in wanted}
         repeated = {s - start: (self.kinds[self.kind[i]], int(self.offsets[i]) - _BLOCK)
                     for s, i in self.repeated.items() if start <= s < stop}
-        return Members(self.keys[start:stop], values, int((sizes + _BLOCK).sum()), repeated=repeated)
+        firsts = np.searchsorted(sample, np.arange(stop - start))  # each sample's first member
+        return Members(self.keys[start:stop], values, int((sizes + _BLOCK).sum()),
+                       (offsets[firsts] - _BLOCK).tolist(), repeated)
 
 
 def _parse_any(text: str, split_name, max_member: int) -> Index | None:

@@ -58,7 +58,7 @@ class TarTable:
                 values = self._column_values(col, keys, found.values, docs, bad)
                 arrays[col.name] = self._to_array(col, values, field.type, bad)
         if bad:
-            self._corrupt(unit, keys, bad, {i: at for i, (_, at) in found.repeated.items()})
+            self._corrupt(unit, keys, bad, {i: at for i, (_, at) in found.repeated.items()}, found.starts)
         ok = np.ones(len(keys), dtype=bool)
         ok[list(bad)] = False
         table = pa.table(arrays) if arrays else pa.table({"n": np.zeros(len(keys))}).drop_columns(["n"])
@@ -68,15 +68,16 @@ class TarTable:
                               zip(table.column_names, table.columns)}) if arrays else table
         return table, ok
 
-    def _corrupt(self, unit: WorkUnit, keys: list[str], bad: dict[int, str], offsets: dict[int, int]) -> None:
-        """Raise for the first bad sample (`offsets`: the tar offsets known for bad samples),
-        unless on_error="skip"."""
+    def _corrupt(self, unit: WorkUnit, keys: list[str], bad: dict[int, str], offsets: dict[int, int],
+                 starts: list[int] | None = None) -> None:
+        """Raise for the first bad sample (`offsets`: the tar offsets known for bad samples, else
+        its first member header's, `starts`), unless on_error="skip"."""
         if self.ctx.on_error != "skip":
             row, reason = min(bad.items())
             raise CorruptSampleError(f"{reason} ({len(bad)} bad sample(s) in this shard; "
                                      "on_error='skip' skips and counts them)",
                                      dataset=self.ctx.dataset, shard=unit.path, key=keys[row],
-                                     offset=offsets.get(row))
+                                     offset=offsets.get(row, starts[row] if starts else None))
 
     @staticmethod
     def _parse_json(raw: list, bad: dict[int, str], wanted: set[str], parse_float=float) -> list[dict]:
