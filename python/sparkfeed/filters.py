@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import pickle
 import re
+import threading
 from collections.abc import Sequence
 
 import pyarrow as pa
@@ -72,13 +73,15 @@ def identity_text(expr: pc.Expression | None) -> str:
     text = str(canonical)
     if _CUT in text:
         text = f"{text}#{hashlib.blake2b(pickle.dumps(canonical, protocol=5), digest_size=8).hexdigest()}"
-    _IDENTITIES[id(expr)] = expr, text  # (the expression kept too: its id is not reused meanwhile)
-    while len(_IDENTITIES) > 8:
-        _IDENTITIES.pop(next(iter(_IDENTITIES)))
+    with _IDENTITIES_LOCK:
+        _IDENTITIES[id(expr)] = expr, text  # (the expression kept too: its id is not reused meanwhile)
+        while len(_IDENTITIES) > 8:
+            _IDENTITIES.pop(next(iter(_IDENTITIES)))
     return text
 
 
 _IDENTITIES: dict[int, tuple[pc.Expression, str]] = {}  # id(expr) -> (expr, identity_text), oldest first
+_IDENTITIES_LOCK = threading.Lock()
 
 
 def _typed_literals(dnf: list, schema: Sequence[Column] | None) -> list:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -95,6 +96,24 @@ class ValueSet:
 
 
 def stand_ins(expr: pc.Expression, types: Mapping[str, pa.DataType]) -> tuple[pc.Expression, list[ValueSet]]:
+    """`_stand_ins`, kept for the last few (expression, types): a plan asks three times (shards, row
+    groups, proofs), and a set of 1,000,000 values takes a second to read and sort."""
+    key = id(expr), tuple(sorted((name, str(t)) for name, t in types.items()))
+    known = _MADE.get(key)
+    if known is None or known[0] is not expr:
+        known = expr, _stand_ins(expr, types)  # (expr kept: its id is not reused meanwhile)
+        with _MADE_LOCK:
+            _MADE[key] = known
+            while len(_MADE) > 8:
+                _MADE.pop(next(iter(_MADE)))
+    return known[1]
+
+
+_MADE: dict[tuple, tuple[pc.Expression, tuple]] = {}  # (id(expr), types) -> (expr, stand_ins), oldest first
+_MADE_LOCK = threading.Lock()
+
+
+def _stand_ins(expr: pc.Expression, types: Mapping[str, pa.DataType]) -> tuple[pc.Expression, list[ValueSet]]:
     """`expr` with each `is_in` of a column in `types` over more than `SIMPLIFIED` values, or of
     values of another type (which the simplifier compares with the column's bounds uncast, and
     fails or gives up on: Python ints beside uint64, text beside a date), swapped for a stand-in

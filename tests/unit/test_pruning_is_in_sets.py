@@ -205,3 +205,17 @@ def test_an_or_of_many_equalities_prunes_as_is_in_does_with_the_rows_arrow_keeps
         # (each costs it time; `nan_columns` asks once, over one guarantee, with the filter whole)
         assert reasoned and all(text.count(" == ") <= 4 for n, text in reasoned if n > 1), reasoned
         reasoned.clear()
+
+
+def test_a_plan_reads_a_large_set_once(wide, monkeypatch):
+    """A plan asks for the stand-ins three times (shards, row groups, proofs); reading and sorting a
+    set of 1,000,000 values takes a second, so it is read once per expression."""
+    from sparkfeed import isinsets
+
+    table, root = wide
+    calls, real = [], isinsets._stand_ins
+    monkeypatch.setattr(isinsets, "_stand_ins", lambda *a: calls.append(1) or real(*a))
+    expr = pc.field("id").isin([7 * i for i in range(N)])
+    ids, counters = _ids(root, expr)
+    assert ids == sorted(table.filter(expr)["id"].to_pylist()) and counters["row_groups_pruned"] == 12
+    assert len(calls) == 1
