@@ -30,10 +30,11 @@ def _children(before: set) -> list:
     return [p for p in psutil.Process().children() if p.pid not in before]
 
 
-def _torch_iterator():
-    """torch's iterator of the loader's live worker processes (the one sparkfeed watches)."""
-    live = {id(w): w for ref, *_ in list(workerdeaths._WATCHED.values()) if (w := ref()) is not None
-            and not w._shutdown}
+def _torch_iterator(before: set):
+    """torch's iterator of the worker processes started since `before` (sparkfeed watches it)."""
+    new = {p.pid for p in _children(before)}
+    live = {id(w): w for pid, (ref, *_) in list(workerdeaths._WATCHED.items())
+            if pid in new and (w := ref()) is not None and not w._shutdown}
     assert len(live) == 1, live
     return next(iter(live.values()))
 
@@ -75,7 +76,7 @@ def test_a_worker_stopped_with_a_batch_queued_is_a_time_out_naming_it(tars, work
     pids = []
     try:
         next(it)
-        assert _torch_iterator()._data_queue._reader.poll(_HANG_S), "a batch is queued"
+        assert _torch_iterator(before)._data_queue._reader.poll(_HANG_S), "a batch is queued"
         pids = [p.pid for p in _children(before)]
         assert len(pids) == workers
         for pid in pids:
@@ -114,7 +115,7 @@ def test_a_worker_stopped_with_nothing_queued_is_a_time_out_and_killed(tmp_path)
     it = iter(loader)
     pids = []
     try:
-        pids = [_torch_iterator()._workers[1].pid]  # worker 1, whose lane starts at the FIFO
+        pids = [_torch_iterator(before)._workers[1].pid]  # worker 1, whose lane starts at the FIFO
         os.kill(pids[0], signal.SIGSTOP)
         timer = _released_after(pids, _HANG_S)
         with pytest.raises(RuntimeError, match="DataLoader timed out after 2 seconds"):
@@ -141,7 +142,7 @@ def test_kept_workers_stopped_with_a_batch_left_queued_time_out_at_the_next_epoc
     it = iter(loader)
     next(it)
     it.close()
-    kept = _torch_iterator()
+    kept = _torch_iterator(before)
     assert kept._data_queue._reader.poll(_HANG_S), "a batch of the epoch left is queued"
     pids = [p.pid for p in kept._workers]
     try:
