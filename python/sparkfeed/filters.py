@@ -177,6 +177,8 @@ _HINTS = {
     "(string, timestamp": _TEXT_COLUMN_HINT,
     "string vs date": _TEXT_COLUMN_HINT,
     "string vs timestamp": _TEXT_COLUMN_HINT,
+    "type of values set: ": ("; Arrow matches a value set only of the column's type or one it casts to "
+                             "it (not a dictionary-encoded one: pass `values.dictionary_decode()` or a list)"),
     ", string)": _TEXT_HINT,  # (before the zone hint: a timestamp beside text is no zone matter)
     "types (string, ": _TEXT_HINT,
     "halffloat)": ("; Arrow compares no float16 values: a float16 column is filtered as its float32 "

@@ -133,3 +133,18 @@ def test_a_date_beside_a_hive_key_of_dates_says_the_key_is_text(tmp_path):
             sparkfeed.DataLoader(str(tmp_path), batch_size=2, filter=expr)
     loader = sparkfeed.DataLoader(str(tmp_path), batch_size=2, columns=["id"], filter=pc.field("pd") == "2024-01-02")
     assert [i for b in loader for i in b["id"].tolist()] == [1] and loader.stats()["shards_pruned"] == 1
+
+
+def test_a_dictionary_encoded_value_set_is_refused_saying_what_arrow_matches(tmp_path):
+    """`isin(pa.array([...]).dictionary_encode())` is refused by Arrow itself ("Array type doesn't
+    match type of values set"): the refusal names the dataset and now says to pass the values
+    decoded, which then filter and prune."""
+    pq.write_table(pa.table({"id": pa.array(range(4), pa.int64()), "s": ["a", "b", "c", "d"]}),
+                   tmp_path / "part-0.parquet", row_group_size=2)
+    sparkfeed.index(str(tmp_path), progress=False)
+    values = pa.array(["b", "z"]).dictionary_encode()
+    with pytest.raises(ValueError, match=rf"dataset '{tmp_path}'.*dictionary_decode"):
+        sparkfeed.DataLoader(str(tmp_path), batch_size=2, filter=pc.field("s").isin(values))
+    loader = sparkfeed.DataLoader(str(tmp_path), batch_size=2, columns=["id"],
+                                  filter=pc.field("s").isin(values.dictionary_decode()))
+    assert [i for b in loader for i in b["id"].tolist()] == [1] and loader.stats()["row_groups_pruned"] == 1
