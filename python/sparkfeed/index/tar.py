@@ -264,7 +264,7 @@ def _scan_error(exc: Exception, scan: _Scan, fs, full: str) -> ShardReadError:
     where = {"dataset": scan.dataset, "shard": scan.shard}
     if scan.last is None:
         try:
-            head = fs.cat_file(full, start=0, end=6)
+            head = fs.cat_file(full, start=0, end=12)
         except OSError:
             head = b""
         kind = compressed_kind(head)

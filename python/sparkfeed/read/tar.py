@@ -311,7 +311,7 @@ class TarReader(TarReadAhead, TarPrefix, TarStreaming, TarTable, Reader):
     def _compressed(self, unit: WorkUnit) -> str | None:
         """The compression whose stream the shard holds (`compressed_kind` of its first bytes)."""
         try:
-            head = self.ctx.fs.cat_file(storage.join(self.ctx.root, unit.path, self.ctx.dataset), start=0, end=6)
+            head = self.ctx.fs.cat_file(storage.join(self.ctx.root, unit.path, self.ctx.dataset), start=0, end=12)
         except Exception:  # noqa: BLE001 - only a better word for an error already raised
             return None
         return compressed_kind(head)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+import string
 import tarfile
 
 MAX_MEMBER_BYTES = 1 << 30
@@ -182,13 +183,28 @@ COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz",
                     b"\x28\xb5\x2f\xfd": "zstd", b"\x04\x22\x4d\x18": "lz4"}
 
 
+# ... and the first bytes of other archives: a zip or cpio archive named `.tar` was "cannot scan
+# the tar (ReadError: bad checksum)" or "(... invalid header)"
+ARCHIVE_MAGIC = {b"PK\x03\x04": "zip", b"PK\x05\x06": "zip", b"070707": "cpio", b"070701": "cpio",
+                 b"070702": "cpio", b"\xc7\x71": "cpio", b"\x71\xc7": "cpio", b"7z\xbc\xaf\x27\x1c": "7z",
+                 b"Rar!\x1a\x07": "rar"}
+
+
 def compressed_kind(head: bytes) -> str | None:
-    """The compression whose stream starts with `head` (a file's first bytes), else None."""
-    return next((k for magic, k in COMPRESSED_MAGIC.items() if head.startswith(magic)), None)
+    """The compression whose stream starts with `head` (a file's first 12 bytes), or the other
+    archive it starts (`ARCHIVE_MAGIC`), else None."""
+    kind = next((k for magic, k in {**COMPRESSED_MAGIC, **ARCHIVE_MAGIC}.items() if head.startswith(magic)), None)
+    if kind == "cpio" and head[:1] == b"0" and not all(chr(c) in string.hexdigits for c in head[6:12].ljust(6, b"-")):
+        return None  # (a tar whose first name is "070707.jpg": a cpio header's digits go on)
+    return kind
 
 
 def compressed_words(kind: str) -> str:
-    """The error for a compressed stream named `.tar` (the index scan's and the reader's)."""
+    """The error for a compressed stream or another archive named `.tar` (the index scan's and
+    the reader's)."""
+    if kind in ARCHIVE_MAGIC.values():
+        return (f"is a {kind} archive, not a tar, though named .tar: sparkfeed reads WebDataset tars; "
+                f"repack its files into a tar (e.g. `bsdtar -cf out.tar @in.{kind}`)")
     return (f"is {kind}-compressed, though named .tar: sparkfeed reads tar members in place by "
             "offset, which a compressed stream does not allow; decompress it (JPEG and PNG "
             "members gain nothing from it)")
