@@ -222,8 +222,22 @@ class Engine:
                            manifest_bytes={s.path: s.num_bytes for s in cfg.manifest.shards},
                            shards={s.path: s for s in cfg.manifest.shards},
                            indexes=self._indexes(fs, root),
-                           shared=SharedReads() if lanes is None else self._lanes_shared(lanes),
+                           shared=self._first_shared() if lanes is None else self._lanes_shared(lanes),
                            unfiltered=unfiltered(plan))
+
+    def _first_shared(self) -> SharedReads:
+        """A lone reader context's `SharedReads`: the count pass's for the first (inline reads; a
+        forked worker process's lane, with the parent's copy), so the small files it holds are
+        not fetched again there; else a new one."""
+        with self._shared_lock:
+            shared, self._counted = self._counted or SharedReads(), None
+            return shared
+
+    def let_go_counted(self) -> None:
+        """Worker processes started (forked with a copy, or spawned without): the parent lets go
+        of the count pass's bytes, which it would otherwise hold to the end (up to 16 MiB)."""
+        with self._shared_lock:
+            self._counted = None
 
     def _lanes_shared(self, lanes: list) -> SharedReads:
         """What one iteration's thread lanes share (the last two iterations kept, each with its

@@ -54,6 +54,7 @@ class WorkerProcesses:
         loader = _torch_loader(LaneDataset(self.engine, epoch, lanes, self.batch_size, self.row_ids),
                                len(lanes), settings, persistent=False)
         workers = _forked(loader, self.rank, self.where)
+        self.engine.let_go_counted()  # (forked workers have their copy: `Engine._first_shared`)
         return _named_worker_errors(frozenworkers.watched(lambda: workers, settings.timeout), self.rank,
                                     workers=lambda: workers)
 
@@ -75,6 +76,7 @@ class WorkerProcesses:
                         ", ".join(str(p.exitcode) for p in dead), epoch)
         if kept is None or kept.lanes != lanes or kept.settings != settings or dead:
             self.drop()
+            self.engine.let_go_counted()  # (these start later, without it: `Engine.let_go_counted`)
             context = mp_context(settings.context)
             shared, shared_then = context.RawValue("q", epoch), context.RawValue("q", -1)
             dataset = LaneDataset(self.engine, epoch, lanes, self.batch_size, self.row_ids, shared, shared_then)
