@@ -49,7 +49,14 @@ def check(state, engine, fingerprint: str, where: str) -> None:
     """Refuse, saying so, a state saved over this very mix (the same settings, and data where the
     state has its digest) whose shares were computed otherwise than this sparkfeed computes
     them: its positions would name other samples. Other states (and one dataset's) pass on to
-    the usual checks (`progress.resume_lanes`). `where`: the loader's path, which the error names."""
+    the usual checks (`progress.resume_lanes`). `where`: the loader's path, which the error names.
+
+    A state without the record is judged by its total alone. One saved by the unreleased code
+    between the exact shares (41fcaa8) and the record (283f41c) has this version's shares; it is
+    refused wrongly only where the float shares have the same total split otherwise (the bounding
+    source one fewer, another one more: weights of ten decimals over tens of millions of samples,
+    none in 800,000 random mixes), which an older state of the same total cannot be told from.
+    Refusing it costs the rest of an epoch, never a wrong sample."""
     if not isinstance(engine, MixedEngine):
         return
     try:
