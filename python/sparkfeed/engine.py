@@ -235,8 +235,9 @@ class Engine:
 
     def let_go_counted(self) -> None:
         """Worker processes started (forked with a copy, or spawned without): the parent lets go
-        of the count pass's bytes, which it would otherwise hold to the end (up to 16 MiB)."""
-        with self._shared_lock:
+        of the count pass's bytes, which it would otherwise hold to the end (up to 16 MiB). (The
+        module's lock: a `MixedEngine` has no `_shared_lock`, and its sources keep theirs.)"""
+        with _LANES_SHARED_LOCK:
             self._counted = None
 
     def _lanes_shared(self, lanes: list) -> SharedReads:
