@@ -21,8 +21,6 @@ _ROW_BITS = 33
 # What KeyPolicy.invalidChar replaces with invalidKeys=sanitize (Java regex classes, as the JVM's).
 _INVALID_KEY_CHARS = r"[./\\\p{javaWhitespace}\p{javaISOControl}\p{javaSpaceChar}]"
 _SHOWN_DUPLICATES = 5
-# What the count job's rows other than partition counts stand for, in its partition column.
-_TWICE, _MISSING, _INVALID = -1, -2, -3
 # The range partitioning of `cluster_by` samples this many points per output partition, which
 # Spark caps at 1e6 in all (and takes 3 times as many, spread over the input partitions): up to
 # a million rows every row is sampled and the range partitions are exact.
@@ -57,33 +55,35 @@ def count_rows(df, key=None, invalid: bool = False) -> tuple[list[int], list[tup
     """Rows in each input partition of `df` (by partition id) in one Spark job, and with `key`
     (a Column, `key_as_written`) up to five keys that more than one row writes with how many, the
     rows whose key is null or empty, and with `invalid` (invalidKeys=error) the least key the
-    writer refuses with how many rows hold such keys (or None). All come from one shuffle of
-    (key, partition) pairs."""
+    writer refuses with how many rows hold such keys (or None). One chain of aggregations, each
+    on the last one's output, so `df` is computed once: a union of branches over the (key,
+    partition) counts was planned branch by branch (one pruned the key), and ran a DataFrame's
+    `mapInPandas` once per branch."""
     from pyspark.sql import functions as F
 
     part = F.spark_partition_id().alias(_PARTITION)
     if key is None:
         rows = df.select(part).groupBy(_PARTITION).count().collect()
         return _by_partition(rows), [], 0, None
-    pairs = df.select(part, key.alias(_KEY)).groupBy(_KEY, _PARTITION).count()
-    per_part = pairs.groupBy(_PARTITION).agg(F.sum("count").alias("count")) \
-        .select(F.lit(None).cast("string").alias(_KEY), _PARTITION, "count")
-    keyed = pairs.groupBy(_KEY).agg(F.sum("count").alias("count"))
-    twice = keyed.where(F.col(_KEY).isNotNull() & (F.col("count") > 1)) \
-        .orderBy(F.col("count").desc(), _KEY).limit(_SHOWN_DUPLICATES) \
-        .select(_KEY, F.lit(_TWICE).alias(_PARTITION), "count")
-    missing = keyed.where(F.col(_KEY).isNull()) \
-        .select(_KEY, F.lit(_MISSING).alias(_PARTITION), "count")
-    found = per_part.unionByName(twice).unionByName(missing)
-    if invalid:
-        found = found.unionByName(keyed.where(F.col(_KEY).rlike(_INVALID_KEY_CHARS)).agg(
-            F.min(_KEY).alias(_KEY), F.lit(_INVALID).alias(_PARTITION), F.sum("count").alias("count"))
-            .where(F.col("count").isNotNull()))
-    rows = found.collect()
-    counts = _by_partition([r for r in rows if r[_PARTITION] >= 0])
-    bad = [(r[_KEY], r["count"]) for r in rows if r[_PARTITION] == _INVALID]
-    return (counts, [(r[_KEY], r["count"]) for r in rows if r[_PARTITION] == _TWICE],
-            sum(r["count"] for r in rows if r[_PARTITION] == _MISSING), bad[0] if bad else None)
+    k, n = F.col(_KEY), F.col("n")
+    keyed = df.select(part, key.alias(_KEY)).groupBy(_KEY, _PARTITION).count() \
+        .groupBy(_KEY).agg(F.sum("count").alias("n"),
+                           F.collect_list(F.struct(_PARTITION, "count")).alias("parts"))
+    rows_of = F.col("pc.count")
+    bad = k.rlike(_INVALID_KEY_CHARS) if invalid else F.lit(False)
+    rows = keyed.select(k, n, F.explode("parts").alias("pc")).groupBy(
+        F.col("pc")[_PARTITION].alias(_PARTITION)) \
+        .agg(F.sum(rows_of).alias("count"),
+             F.sum(F.when(k.isNull(), rows_of)).alias("missing"),
+             F.sum(F.when(bad, rows_of)).alias("bad_rows"), F.min(F.when(bad, k)).alias("bad"),
+             F.slice(F.sort_array(F.collect_list(F.when(k.isNotNull() & (n > 1), F.struct(
+                 (-n).alias("minus"), k.alias("key"))))), 1, _SHOWN_DUPLICATES).alias("twice")) \
+        .collect()
+    twice = sorted({(t["minus"], t["key"]) for r in rows for t in r["twice"]})[:_SHOWN_DUPLICATES]
+    bad_keys = [(r["bad"], r["bad_rows"]) for r in rows if r["bad"] is not None]
+    first_bad = (min(bad_keys)[0], sum(c for _, c in bad_keys)) if bad_keys else None
+    return (_by_partition(rows), [(key_, -minus) for minus, key_ in twice],
+            sum(r["missing"] or 0 for r in rows), first_bad)
 
 
 def _by_partition(rows) -> list[int]:

@@ -59,3 +59,35 @@ def test_keys_the_writer_sanitizes_are_not_refused(spark, tmp_path):
         sparkfeed.write(_rows(spark, "if(id = 3, null, concat('k.', id))"), str(tmp_path / "no"),
                         format="webdataset", options={"invalidKeys": "sanitize"})
     assert not (tmp_path / "no").exists()
+
+
+def test_the_count_job_computes_the_dataframe_once(spark, tmp_path):
+    """Invariant: a webdataset write with a key column computes the user's DataFrame twice in
+    all, once for the count job (rows, duplicate and refused keys) and once for the write: a
+    `mapInPandas` sees each row twice. The count job's branches were planned apart and ran it
+    once each (three times in all before the refused keys were counted, five after)."""
+    seen = spark.sparkContext.accumulator(0)
+
+    def through(batches):
+        for b in batches:
+            seen.add(len(b))
+            yield b
+    df = _rows(spark, "concat('k', id)")
+    m = sparkfeed.write(df.mapInPandas(through, df.schema), str(tmp_path / "ds"),
+                        format="webdataset", samples_per_shard=5)
+    assert m.num_samples == 12
+    assert seen.value == 2 * 12
+
+
+def test_duplicate_keys_over_partitions_are_named_most_rows_first(spark, tmp_path):
+    """Invariant: the keys that several rows write are named with their rows over all input
+    partitions, the most first and then by key, five at most; nothing is written."""
+    counts = {"a": 2, "b": 5, "c": 3, "d": 3, "e": 2, "f": 2, "g": 4}  # over 4 partitions
+    keys = [k for k, n in counts.items() for _ in range(n)] + [f"u{i}" for i in range(9)]
+    df = spark.createDataFrame([(k, i % 3, b"x") for i, k in enumerate(keys)],
+                               "key string, label int, image binary").repartition(4)
+    with pytest.raises(SampleKeyError, match=r"are not unique: 'b' \(5 rows\), 'g' \(4 rows\), "
+                                             r"'c' \(3 rows\), 'd' \(3 rows\), 'a' \(2 rows\) and "
+                                             r"maybe more;"):
+        sparkfeed.write(df, str(tmp_path / "ds"), format="webdataset")
+    assert not (tmp_path / "ds").exists()
