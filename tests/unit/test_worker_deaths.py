@@ -1,9 +1,11 @@
 """A worker process killed mid-epoch, wherever the training loop is when torch notices: a
 WorkerError naming the rank, the dataset, the worker and the shard its lane was reading next,
-never torch's bare RuntimeError; another library's workers keep torch's own error."""
+never torch's bare RuntimeError; another library's workers keep torch's own error; a worker
+frozen whole (SIGSTOP) under `timeout=` is a time-out naming it, never a hang."""
 
 import os
 import signal
+import threading
 import time
 
 import psutil
@@ -12,7 +14,8 @@ import torch
 
 import dsutil
 import sparkfeed
-from sparkfeed import WorkerError
+from sparkfeed import WorkerError, workerdeaths
+from sparkfeed.threads import TimedOut
 
 _WAIT_S = 60.0  # a bound that turns a missed signal into a failure, not a timing
 
@@ -139,8 +142,6 @@ def _unblock(fifo: str) -> None:
 def test_a_pid_of_workers_shut_down_is_no_longer_named_as_sparkfeeds():
     """Once sparkfeed's workers are shut down, their pids may be reused by another library's: a
     death there keeps torch's error (the iterator still referenced, by a traceback say, named it)."""
-    from sparkfeed import workerdeaths
-
     workers = iter(torch.utils.data.DataLoader(_Squares(), batch_size=4, num_workers=1))
     next(workers)
     pid = workers._workers[0].pid
@@ -149,3 +150,131 @@ def test_a_pid_of_workers_shut_down_is_no_longer_named_as_sparkfeeds():
     assert isinstance(workerdeaths.named(death), WorkerError)
     workers._shutdown_workers()
     assert workerdeaths.named(death) is None
+
+# A worker process frozen whole (SIGSTOP) under `timeout=`: the loader raises the time-out naming
+# the worker, its pid and how long, and leaves no process behind, never hangs. A batch's tensors
+# travel as file descriptors the receiver asks their sender for while it unpickles the message,
+# so a worker frozen with a batch queued hung the parent inside torch's receive, past any timeout.
+# (`_WAIT_S` here: a bound after which the stopped workers continue, a hang turned into a failure.)
+
+
+def _torch_iterator(before: set):
+    """torch's iterator of the worker processes started since `before` (sparkfeed watches it)."""
+    new = {p.pid for p in _children(before)}
+    live = {id(w): w for pid, (ref, *_) in list(workerdeaths._WATCHED.items())
+            if pid in new and (w := ref()) is not None and not w._shutdown}
+    assert len(live) == 1, live
+    return next(iter(live.values()))
+
+
+def _released_after(pids: list, seconds: float) -> threading.Timer:
+    """Continue the stopped workers after `seconds` (a hang becomes a failure, not a stuck run)."""
+    timer = threading.Timer(seconds, lambda: [_signal(pid, signal.SIGCONT) for pid in pids])
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.mark.parametrize("workers, persistent", [(1, False), (2, True)])
+def test_a_worker_stopped_with_a_batch_queued_is_a_time_out_naming_it(tars, workers, persistent):
+    """The workers are stopped once a batch waits on the queue: receiving it needs its (stopped)
+    sender, and the loader hung there whatever `timeout` said."""
+    before = {p.pid for p in psutil.Process().children()}
+    loader = sparkfeed.DataLoader(tars, batch_size=10, num_workers=workers, timeout=2,
+                                  persistent_workers=persistent)
+    it = iter(loader)
+    pids = []
+    try:
+        next(it)
+        assert _torch_iterator(before)._data_queue._reader.poll(_WAIT_S), "a batch is queued"
+        pids = [p.pid for p in _children(before)]
+        assert len(pids) == workers
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        timer = _released_after(pids, _WAIT_S)
+        with pytest.raises(TimedOut) as info:
+            for _ in it:
+                pass
+        timer.cancel()
+        text = str(info.value)
+        assert text.startswith("DataLoader timed out after 2 seconds: worker "), text
+        assert any(f"(pid {pid}) was stopped (state T" in text for pid in pids), text
+        assert "s while the loader waited for a batch" in text and f"dataset {tars!r}" in text, text
+        dsutil.wait_until(lambda: not _live(_children(before)), "no worker left, stopped or not")
+        loader.set_epoch(1)
+        assert sorted(int(i) for b in loader for i in b["id"]) == list(range(120)), "the next epoch is whole"
+    finally:
+        it.close()
+        for pid in pids:
+            _signal(pid, signal.SIGCONT)
+            _signal(pid, signal.SIGKILL)
+        loader._procs.drop()
+    dsutil.wait_until(lambda: not _live(_children(before)), "the workers shut down")
+
+
+def test_a_worker_stopped_with_nothing_queued_is_a_time_out_and_killed(tmp_path):
+    """Worker 1 stuck opening a FIFO and stopped there: the time-out came, but the stopped worker
+    was only sent SIGTERM (which waits until it runs again) and stayed, stopped, for good."""
+    root = str(tmp_path / "tar")
+    dsutil.write_tar(root, dsutil.table(120), 30, index=False)
+    fifo = os.path.join(root, "shard-00002.tar")  # lane 1 starts there: its open never returns
+    os.remove(fifo)
+    os.mkfifo(fifo)
+    before = {p.pid for p in psutil.Process().children()}
+    loader = sparkfeed.DataLoader(root, batch_size=10, num_workers=2, timeout=2)
+    it = iter(loader)
+    pids = []
+    try:
+        pids = [_torch_iterator(before)._workers[1].pid]  # worker 1, whose lane starts at the FIFO
+        os.kill(pids[0], signal.SIGSTOP)
+        timer = _released_after(pids, _WAIT_S)
+        with pytest.raises(RuntimeError, match="DataLoader timed out after 2 seconds"):
+            for _ in it:
+                pass
+        timer.cancel()
+        dsutil.wait_until(lambda: not _live(_children(before)), "no worker left, stopped or not")
+    finally:
+        it.close()
+        for pid in pids:
+            _signal(pid, signal.SIGCONT)
+            _signal(pid, signal.SIGKILL)
+        _unblock(fifo)
+
+
+def test_kept_workers_stopped_with_a_batch_left_queued_time_out_at_the_next_epoch(tars):
+    """Kept workers (`persistent_workers=True`) of an epoch left early keep its batches queued; torch
+    receives them as it restarts the workers for the next epoch, and hung there if they were stopped."""
+    before = {p.pid for p in psutil.Process().children()}
+    loader = sparkfeed.DataLoader(tars, batch_size=10, num_workers=2, timeout=2, persistent_workers=True)
+    it = iter(loader)
+    next(it)
+    it.close()
+    kept = _torch_iterator(before)
+    assert kept._data_queue._reader.poll(_WAIT_S), "a batch of the epoch left is queued"
+    pids = [p.pid for p in kept._workers]
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        timer = _released_after(pids, _WAIT_S)
+        loader.set_epoch(1)
+        with pytest.raises(TimedOut) as info:
+            for _ in loader:
+                pass
+        timer.cancel()
+        assert any(f"(pid {pid}) was stopped" in str(info.value) for pid in pids), str(info.value)
+        dsutil.wait_until(lambda: not _live(_children(before)), "no worker left, stopped or not")
+        loader.set_epoch(2)
+        assert sorted(int(i) for b in loader for i in b["id"]) == list(range(120)), "the next epoch is whole"
+    finally:
+        for pid in pids:
+            _signal(pid, signal.SIGCONT)
+            _signal(pid, signal.SIGKILL)
+        loader._procs.drop()
+    dsutil.wait_until(lambda: not _live(_children(before)), "the workers shut down")
