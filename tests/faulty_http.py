@@ -6,7 +6,8 @@ answer, some stall longer than the client's read time-out. Paths matching `alway
 with `retry_after` as its Retry-After header; None: the connection dropped without an answer)
 every time
 (or the first `fail_times`; with `unranged=True` only requests without a Range header: HEADs and
-whole-file GETs, what fsspec's `info` sends). `FaultyServer(..., etags=True)` sends ETags. Range requests are honoured, and paths %-decoded, as object stores do.
+whole-file GETs, what fsspec's `info` sends). `FaultyServer(..., etags=True)` sends ETags
+and answers a request whose If-Match is not the file's ETag with 412. Range requests are honoured, and paths %-decoded, as object stores do.
 """
 
 from __future__ import annotations
@@ -101,9 +102,19 @@ def make_handler(root: str, plan: FaultPlan, etags: bool = False):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+            if etags and self.headers.get("If-Match") not in (None, _etag(path)):
+                self.send_response(412)  # (as object stores and nginx answer a file replaced since)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             send_file_range(self, path, body, etags)
 
     return Handler
+
+
+def _etag(path: str) -> str:
+    st = os.stat(path)
+    return f'"{st.st_size:x}-{st.st_mtime_ns:x}"'  # (as `send_file_range` makes it)
 
 
 class FaultyServer:

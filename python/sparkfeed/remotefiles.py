@@ -34,11 +34,13 @@ log = logging.getLogger(__name__)
 COALESCE_GAP = 8 << 10
 
 
-def open_remote(fs: fsspec.AbstractFileSystem, path: str, size: int | None = None, etag: str | None = None):
+def open_remote(fs: fsspec.AbstractFileSystem, path: str, size: int | None = None, etag: str | None = None,
+                cached: bool = False):
     """A remote file opened for exact range reads: no fsspec block cache (pyarrow asks for the
-    ranges it needs, coalesced), and no HEAD request when the manifest knows the size. Over
-    HTTP with `etag`, each read is conditional on it (If-Match: a 412 for a file replaced)."""
-    kwargs = {"cache_type": "none"}
+    ranges it needs, coalesced; `cached`: fsspec's own, for a reader of small pieces, a streamed
+    tar), and no HEAD request when the manifest knows the size. Over HTTP or S3 with `etag`, each
+    read is conditional on it (If-Match: a 412 for a file replaced)."""
+    kwargs = {} if cached else {"cache_type": "none"}
     if size is not None:
         kwargs["size"] = size
     if etag and _is_http(fs) and httpranges.if_match(etag):

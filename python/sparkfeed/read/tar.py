@@ -236,7 +236,7 @@ class TarReader(TarReadAhead, TarPrefix, TarStreaming, TarTable, Reader):
         once = {} if failed is None else {"attempts": 1}  # (errors worded as after retries)
         first = window == (self.chunks(unit, unit.num_rows) or [None])[0]  # its size checked with it
         got = retries.with_retries(lambda: remotefiles.fetch_ranges(self.ctx.fs, path, [span], size, retry=False,
-                                                                    probe=first),
+                                                                    probe=first, etag=self.etag(unit.path)),
                                    f"reading {path} bytes {span[0]}-{span[1] - 1}", **once)[span]
         self._tried.pop(unit.path, None)
         return got
@@ -246,14 +246,18 @@ class TarReader(TarReadAhead, TarPrefix, TarStreaming, TarTable, Reader):
             self._ahead.close()
 
     @contextlib.contextmanager
-    def _buffer(self, path: str, data: bytes | memoryview | None):
+    def _buffer(self, unit: WorkUnit, path: str, data: bytes | memoryview | None):
         """The whole shard as a buffer: bytes fetched ahead, a local file mapped into memory
-        (pages read as they are cut), or a remote file read whole."""
+        (pages read as they are cut), or a remote file read whole (with its indexed ETag and
+        size, as one range conditional on that version: `remotefiles.fetch_whole`)."""
+        size, etag = self.ctx.manifest_bytes.get(unit.path), self.etag(unit.path)
         if data is not None:
             yield data
         elif storage.is_local(self.ctx.fs) and os.path.getsize(path) > 0:
             with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
                 yield mapped
+        elif etag and size:
+            yield remotefiles.fetch_whole(self.ctx.fs, path, size, retry=False, etag=etag)
         else:
             yield self.ctx.fs.cat_file(path)
 
@@ -273,6 +277,8 @@ class TarReader(TarReadAhead, TarPrefix, TarStreaming, TarTable, Reader):
                                                           f"{exc})"), where["offset"])
             if named is not None:
                 raise named from exc
+            if isinstance(exc, httpranges.SizeMismatch):  # (a whole read of a changed file: `_buffer`)
+                raise self._error(unit, exc.words(), exc.offset()) from exc
             kind = self._compressed(unit) if isinstance(exc, tarfile.ReadError) and where["offset"] == 0 else None
             if kind is not None:
                 raise self._error(unit, compressed_words(kind)) from exc
@@ -325,7 +331,7 @@ class TarReader(TarReadAhead, TarPrefix, TarStreaming, TarTable, Reader):
         self._check_unchanged(unit, path)
         data = self._ahead.take(unit.path) if self._ahead is not None else None
         if index is not None:
-            with self._buffer(path, data) as buf:
+            with self._buffer(unit, path, data) as buf:
                 self._check_size(unit, len(buf))
                 found = index.members(buf, wanted_members)
                 if found is not None:

@@ -6,7 +6,7 @@ import io
 import logging
 import tarfile
 
-from .. import storage
+from .. import remotefiles, storage
 from ..plan import WorkUnit
 from . import tarindex, tarinfo
 from .tarinfo import StrictTarInfo, TarHeaderError, split_name
@@ -20,11 +20,15 @@ class TarStreaming:
     """`TarReader`'s streamed read of a shard (a mixin: it uses the reader's context and
     `_error`)."""
 
-    def _open(self, path: str, data: bytes | memoryview | None):
-        """The shard streamed: bytes fetched ahead, or the file in place."""
+    def _open(self, unit: WorkUnit, path: str, data: bytes | memoryview | None):
+        """The shard streamed: bytes fetched ahead, or the file in place, each read conditional
+        on its indexed ETag (`remotefiles.open_remote`)."""
         if data is not None:
             return io.BytesIO(data)
-        return self.ctx.fs.open(path, "rb")  # fsspec's block cache: tarfile reads 10 KiB at a time
+        if storage.is_local(self.ctx.fs):
+            return self.ctx.fs.open(path, "rb")
+        # fsspec's block cache: tarfile reads 10 KiB at a time
+        return remotefiles.open_remote(self.ctx.fs, path, None, self.etag(unit.path), cached=True)
 
     def _check_member(self, unit: WorkUnit, info: tarfile.TarInfo) -> None:
         name = info.name
@@ -53,7 +57,7 @@ class TarStreaming:
         exts: set[str] = set()  # the current sample's members
         repeated: dict[int, tuple[str, int]] = {}  # sample -> (a member it holds twice, its second header)
         read = skipped = 0
-        with self._open(path, data) as f:
+        with self._open(unit, path, data) as f:
             self._check_size(unit, getattr(f, "size", len(f.getbuffer()) if isinstance(f, io.BytesIO) else None))
             try:
                 with tarfile.open(fileobj=f, mode="r|", errorlevel=2, tarinfo=StrictTarInfo) as tar:
