@@ -92,10 +92,24 @@ public final class SampleLayout implements Serializable {
         return keyOrdinal < 0 ? null : schema.fields()[keyOrdinal].name();
     }
 
-    /** Plans the members of this schema, or throws naming the column that cannot be written. */
+    /** {@link #plan(StructType, WebDatasetOptions, boolean)} with names matched exactly. */
     public static SampleLayout plan(StructType schema, WebDatasetOptions options) {
+        return plan(schema, options, true);
+    }
+
+    /**
+     * Plans the members of this schema, or throws naming the column that cannot be written. The
+     * columns named by keyColumn, clsColumn and codecs resolve as Spark resolves names under
+     * {@code spark.sql.caseSensitive} ({@code caseSensitive}): exactly, else in any case when
+     * it is false ({@code LABEL} is {@code label}); the defaults ({@code key}, {@code label})
+     * match exactly. What is written keeps the DataFrame's spelling.
+     */
+    public static SampleLayout plan(StructType schema, WebDatasetOptions options,
+                                    boolean caseSensitive) {
         StructField[] fields = schema.fields();
-        int keyOrdinal = indexOf(fields, options.keyColumn);
+        int keyOrdinal = options.keyColumnGiven
+            ? resolve(fields, options.keyColumn, caseSensitive, "keyColumn")
+            : indexOf(fields, options.keyColumn);
         if (keyOrdinal < 0 && options.keyColumnGiven) {
             throw new IllegalArgumentException("keyColumn names column \"" + options.keyColumn
                 + "\", which is not in the DataFrame (columns: " + names(fields) + ")");
@@ -109,8 +123,10 @@ public final class SampleLayout implements Serializable {
                 + fields[keyOrdinal].dataType().simpleString() + "; sample keys must be strings "
                 + "(cast it, or set option keyColumn)");
         }
-        for (String column : options.codecs.keySet()) {
-            int i = indexOf(fields, column);
+        Map<String, String> codecs = new HashMap<>();
+        for (Map.Entry<String, String> codec : options.codecs.entrySet()) {
+            String column = codec.getKey();
+            int i = resolve(fields, column, caseSensitive, "codecs");
             if (i < 0) {
                 throw new IllegalArgumentException("codecs names column \"" + column
                     + "\", which is not in the DataFrame (columns: " + names(fields) + ")");
@@ -119,11 +135,17 @@ public final class SampleLayout implements Serializable {
                 throw new IllegalArgumentException("codecs names column \"" + column + "\" of type "
                     + fields[i].dataType().simpleString() + "; codecs apply to binary columns only");
             }
+            String other = codecs.put(fields[i].name(), codec.getValue());
+            if (other != null) {
+                throw new IllegalArgumentException("codecs names column \"" + fields[i].name()
+                    + "\" twice, in two cases (spark.sql.caseSensitive being false); keep one");
+            }
         }
-        int clsOrdinal = clsOrdinal(fields, options.clsColumn, keyOrdinal);
-        if (options.clsColumnGiven && (clsOrdinal < 0
-                || !fields[clsOrdinal].name().equals(options.clsColumn))) {
-            int named = indexOf(fields, options.clsColumn);
+        int named = options.clsColumnGiven
+            ? resolve(fields, options.clsColumn, caseSensitive, "clsColumn")
+            : indexOf(fields, options.clsColumn);
+        int clsOrdinal = clsOrdinal(fields, named, keyOrdinal);
+        if (options.clsColumnGiven && (clsOrdinal < 0 || clsOrdinal != named)) {
             throw new IllegalArgumentException("clsColumn names column \"" + options.clsColumn
                 + "\", which " + (named < 0 ? "is not in the DataFrame (columns: " + names(fields)
                 + ")" : named == keyOrdinal ? "is the key column" : "has type "
@@ -137,7 +159,7 @@ public final class SampleLayout implements Serializable {
         List<Member> members = new ArrayList<>();
         for (int i = 0; i < fields.length; i++) {
             members.add(member(fields[i], i, i == keyOrdinal, i == clsOrdinal, strings > 1,
-                options.codecs.get(fields[i].name())));
+                codecs.get(fields[i].name())));
         }
         qualifyCollisions(members);
         return new SampleLayout(schema, members, keyOrdinal);
@@ -201,8 +223,7 @@ public final class SampleLayout implements Serializable {
         }
     }
 
-    private static int clsOrdinal(StructField[] fields, String clsColumn, int keyOrdinal) {
-        int named = indexOf(fields, clsColumn);
+    private static int clsOrdinal(StructField[] fields, int named, int keyOrdinal) {
         if (named >= 0 && named != keyOrdinal && ArrowTypes.isIntegral(fields[named].dataType())) {
             return named;
         }
@@ -239,6 +260,30 @@ public final class SampleLayout implements Serializable {
             if (fields[i].name().equals(name)) return i;
         }
         return -1;
+    }
+
+    /**
+     * The ordinal of the column {@code name} names (-1 when none), as Spark resolves it: the
+     * exact name first, then, {@code caseSensitive} being false, the one column equal in any
+     * case; several such columns are refused as ambiguous, naming {@code what} named it.
+     */
+    static int resolve(StructField[] fields, String name, boolean caseSensitive, String what) {
+        int exact = indexOf(fields, name);
+        if (exact >= 0 || caseSensitive) {
+            return exact;
+        }
+        List<Integer> found = new ArrayList<>();
+        for (int i = 0; i < fields.length; i++) {
+            if (fields[i].name().equalsIgnoreCase(name)) found.add(i);
+        }
+        if (found.size() > 1) {
+            List<String> alike = new ArrayList<>();
+            for (int i : found) alike.add(fields[i].name());
+            throw new IllegalArgumentException(what + " names column \"" + name + "\", which is "
+                + "ambiguous: the DataFrame has " + String.join(", ", alike) + ", one to Spark "
+                + "(spark.sql.caseSensitive being false); rename one of them");
+        }
+        return found.isEmpty() ? -1 : found.get(0);
     }
 
     private static String names(StructField[] fields) {

@@ -11,6 +11,7 @@ import org.apache.spark.sql.connector.write.LogicalWriteInfo;
 import org.apache.spark.sql.connector.write.SupportsTruncate;
 import org.apache.spark.sql.connector.write.Write;
 import org.apache.spark.sql.connector.write.WriteBuilder;
+import org.apache.spark.sql.internal.SQLConf;
 
 /**
  * Plans a webdataset write: validates the options and the schema (unsupported columns fail
@@ -42,7 +43,8 @@ public final class WebDatasetWriteBuilder implements WriteBuilder, SupportsTrunc
     public Write build() {
         WebDatasetOptions.refuseUnknownForWrite(info.options().asCaseSensitiveMap());
         WebDatasetOptions options = WebDatasetOptions.parse(info.options().asCaseSensitiveMap());
-        SampleLayout layout = SampleLayout.plan(info.schema(), options);
+        SampleLayout layout = SampleLayout.plan(info.schema(), options,
+            SQLConf.get().caseSensitiveAnalysis());
         if (!truncate) {
             try {
                 if (DatasetDir.of(options.path, conf).exists()) {

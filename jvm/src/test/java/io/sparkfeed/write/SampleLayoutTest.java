@@ -142,4 +142,37 @@ public class SampleLayoutTest {
         assertEquals("[key=__key__, image=bin, label=json, caption=txt, feat=json, score=json, "
             + "epoch=cls]", exts(SampleLayout.plan(IMAGES, options("clsColumn", "epoch"))).toString());
     }
+
+    @Test
+    public void namesInAnotherCaseResolveUnlessCaseSensitive() {
+        WebDatasetOptions o = options("keyColumn", "KEY", "clsColumn", "Label",
+            "codecs", "{\"IMAGE\": \"jpeg\"}");
+        SampleLayout layout = SampleLayout.plan(IMAGES, o, false);
+        assertEquals("key", layout.keyColumn());
+        assertEquals("[key=__key__, image=jpg, label=cls, caption=txt, feat=json, score=json, "
+            + "epoch=json]", exts(layout).toString());
+        assertEquals("image", layout.manifestSchema().get(1).get("name"));
+        try {
+            SampleLayout.plan(IMAGES, o, true);
+            fail("KEY is not key under caseSensitive=true");
+        } catch (IllegalArgumentException e) {
+            assertTrue(e.getMessage(), e.getMessage().contains("keyColumn names column \"KEY\""));
+        }
+    }
+
+    @Test
+    public void anAmbiguousNameIsRefusedAndAnExactOneWins() {
+        StructType twice = new StructType().add("key", DataTypes.StringType)
+            .add("img", DataTypes.BinaryType).add("IMG", DataTypes.BinaryType);
+        SampleLayout exact = SampleLayout.plan(twice, options("codecs", "{\"IMG\": \"png\"}"),
+            false);
+        assertEquals("[key=__key__, img=bin, IMG=png]", exts(exact).toString());
+        try {
+            SampleLayout.plan(twice, options("codecs", "{\"Img\": \"png\"}"), false);
+            fail("Img is img or IMG");
+        } catch (IllegalArgumentException e) {
+            assertTrue(e.getMessage(), e.getMessage().contains("ambiguous")
+                && e.getMessage().contains("img, IMG"));
+        }
+    }
 }
