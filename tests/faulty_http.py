@@ -35,6 +35,11 @@ class FaultPlan:
         self.injected = {"error": 0, "drop": 0, "stall": 0, "permanent": 0}
         self.answered: list[tuple[float, str, str | None]] = []  # (monotonic time, path, fault)
         self.lock = threading.Lock()
+        # (path pattern, change()): change() is called once, right after the first HEAD of a
+        # matching path is answered (a file replaced between a reader's version check and its
+        # reads), requests answered one at a time while it is set
+        self.after_head = None
+        self.serving = threading.Lock()
 
     def decide(self, path: str, ranged: bool = False) -> str | None:
         with self.lock:
@@ -94,6 +99,17 @@ def make_handler(root: str, plan: FaultPlan, etags: bool = False):
             self._serve(body=True)
 
         def _serve(self, body: bool):
+            if plan.after_head is None:
+                return self._serve_now(body)
+            with plan.serving:  # (no request is answered between a HEAD and the change after it)
+                self._serve_now(body)
+                pattern, change = plan.after_head
+                if not body and re.search(pattern, self.path):
+                    self.wfile.flush()
+                    plan.after_head = None
+                    change()
+
+        def _serve_now(self, body: bool):
             if self._fault():
                 return
             path = self._file()

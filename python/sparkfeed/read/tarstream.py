@@ -28,7 +28,8 @@ class TarStreaming:
         if storage.is_local(self.ctx.fs):
             return self.ctx.fs.open(path, "rb")
         # fsspec's block cache: tarfile reads 10 KiB at a time
-        return remotefiles.open_remote(self.ctx.fs, path, None, self.etag(unit.path), cached=True)
+        return remotefiles.open_remote(self.ctx.fs, path, self.ctx.manifest_bytes.get(unit.path),
+                                       self.etag(unit.path), cached=True)
 
     def _check_member(self, unit: WorkUnit, info: tarfile.TarInfo) -> None:
         name = info.name
