@@ -93,9 +93,11 @@ class _ShardThief(threading.Thread):
 
     def _committed(self, d: str, name: str) -> bool:
         """A part file at its committed place: the root (webdataset's task commit moves it
-        there), or a Parquet task's directory (FileOutputCommitter's task commit)."""
+        there), the webdataset overwrite's staging directory (_temporary/<job>/committed), or a
+        Parquet task's directory (FileOutputCommitter's task commit)."""
         return name.startswith("part-") and name.endswith(self.suffix) and (
-            d == self.root and name not in self.old or os.path.basename(d).startswith("task_"))
+            d == self.root and name not in self.old or os.path.basename(d).startswith("task_")
+            or os.path.basename(d) == "committed")
 
     def run(self):
         while not self.stop and self.taken is None:
@@ -112,8 +114,9 @@ class _ShardThief(threading.Thread):
 
 @pytest.mark.parametrize("format, suffix", [("parquet", ".parquet"), ("webdataset", ".tar")])
 def test_shards_the_driver_cannot_see_fail_the_write_naming_them(spark, tmp_path, format, suffix):
-    """The overwritten dataset is gone (Spark deleted it before its tasks wrote), which the
-    message says; no manifest names shards that are not there."""
+    """No manifest names shards that are not there. A Parquet overwrite's old dataset is gone
+    (Spark deleted it before its tasks wrote); a webdataset overwrite's is kept whole (the job
+    commit that refuses the write runs before it would delete the old dataset)."""
     path = tmp_path / "ds"
     sparkfeed.write(spark.range(5).selectExpr("cast(id as string) key", "id as v"), str(path),
                     format=format)
@@ -132,6 +135,12 @@ def test_shards_the_driver_cannot_see_fail_the_write_naming_them(spark, tmp_path
     assert "do not see the same files" in text
     partition = thief.taken.split("-")[1]
     assert f"part-{partition}-" in text, (thief.taken, text)
+    if format == "webdataset":
+        assert "the dataset that was at the path is unchanged" in text
+        assert sparkfeed.read_manifest(str(path)).num_samples == 5
+        assert sorted(f for f in os.listdir(path) if f.startswith("part-")) == [
+            "part-00000-0000.tar", "part-00000-0000.tar.idx"]
+        return
     assert not (path / MANIFEST_NAME).exists()
     assert sorted(f for f in os.listdir(path) if f.startswith("part-")) == [], "a partial dataset"
 

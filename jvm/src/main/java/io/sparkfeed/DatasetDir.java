@@ -19,6 +19,8 @@ import org.apache.hadoop.fs.Path;
  */
 public final class DatasetDir {
     public static final String TEMPORARY = "_temporary";
+    /** Under a job's temporary directory: the shards its tasks committed, when it overwrites. */
+    public static final String STAGED = "committed";
     /** Tries of {@link #createInTask} when a sibling's clean-up removed the directories meanwhile. */
     static final int CREATE_ATTEMPTS = 3;
 
@@ -41,12 +43,20 @@ public final class DatasetDir {
     }
 
     /** The dataset at an already qualified root on the given file system (tests inject faults). */
-    static DatasetDir on(FileSystem fs, Path root) {
+    public static DatasetDir on(FileSystem fs, Path root) {
         return new DatasetDir(fs, root);
     }
 
     public Path child(String name) {
         return new Path(root, name);
+    }
+
+    /**
+     * Where the tasks of an overwriting job commit their shards, {@code _temporary/<jobId>/
+     * committed}: the old dataset stays whole at the root until the job commits.
+     */
+    public Path staging(String jobId) {
+        return new Path(new Path(child(TEMPORARY), jobId), STAGED);
     }
 
     /**

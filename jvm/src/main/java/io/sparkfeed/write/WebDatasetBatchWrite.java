@@ -28,18 +28,23 @@ import org.slf4j.LoggerFactory;
  * The driver side of a webdataset write.
  *
  * <ol>
- *   <li>Before the tasks run ({@link #createBatchWriterFactory}): with overwrite, the old manifest
- *       is deleted first, then the old dataset directory; otherwise the path must not hold a
- *       dataset.</li>
- *   <li>Tasks write and commit their shards (see {@link WebDatasetDataWriter}); Spark's commit
- *       coordinator lets one attempt per partition commit.</li>
+ *   <li>Before the tasks run ({@link #createBatchWriterFactory}): without overwrite the path must
+ *       not hold a dataset; with overwrite of a path that holds something (it is "staged") the
+ *       old dataset is left whole (readable, and there
+ *       again if the job fails) and the job's staging directory is made.</li>
+ *   <li>Tasks write and commit their shards (see {@link WebDatasetDataWriter}): into the root,
+ *       or, staged, into the staging directory; Spark's commit coordinator lets one
+ *       attempt per partition commit.</li>
  *   <li>{@link #commit} receives the messages of the committed attempts only, deletes any shard
- *       file they do not name (left by an attempt that died while committing) and the temporary
- *       directory, fails when a shard they name is not in the driver's listing (the executors
- *       wrote where the driver does not see) or not of the size its task wrote, and writes
+ *       file they do not name (left by an attempt that died while committing), fails when a
+ *       shard they name is not in the driver's listing (the executors wrote where the driver
+ *       does not see) or not of the size its task wrote, or a key is in two shards. Only then,
+ *       staged, is the old dataset deleted (its manifest first) and the staged shards
+ *       moved into the root. It deletes the temporary directory and writes
  *       {@code _sparkfeed.json} last, atomically.</li>
- *   <li>{@link #abort} deletes the temporary directory and every shard: the path held no dataset
- *       before the job, so a failed job leaves no manifest and no visible shard.</li>
+ *   <li>{@link #abort} deletes the temporary directory; where the root holds no manifest (no
+ *       old dataset, or a commit that failed after deleting it) also every shard, so a failed
+ *       job leaves the old dataset as it was, or no manifest and no visible shard.</li>
  * </ol>
  */
 public final class WebDatasetBatchWrite implements BatchWrite {
@@ -50,6 +55,8 @@ public final class WebDatasetBatchWrite implements BatchWrite {
     private final Configuration conf;
     private final String jobId;
     private final boolean truncate;
+    /** Overwriting a path that holds something: tasks commit into the staging directory. */
+    private boolean staged;
 
     WebDatasetBatchWrite(WebDatasetOptions options, SampleLayout layout, Configuration conf,
                          String jobId, boolean truncate) {
@@ -72,9 +79,11 @@ public final class WebDatasetBatchWrite implements BatchWrite {
     public DataWriterFactory createBatchWriterFactory(PhysicalWriteInfo info) {
         DatasetDir dir = dir();
         try {
-            if (truncate) {
-                dir.fs.delete(dir.child(ManifestWriter.MANIFEST), false);
-                dir.fs.delete(dir.root, true);
+            if (truncate && dir.fs.exists(dir.root) && dir.fs.getFileStatus(dir.root).isFile()) {
+                dir.fs.delete(dir.root, false);   // a file, no dataset: nothing to keep
+            } else if (truncate && dir.exists()) {
+                staged = true;
+                dir.fs.mkdirs(dir.staging(jobId));
             } else if (dir.exists()) {
                 throw WebDatasetWriteBuilder.existsError(dir.root.toString());
             }
@@ -82,12 +91,14 @@ public final class WebDatasetBatchWrite implements BatchWrite {
         } catch (IOException e) {
             throw new UncheckedIOException("cannot prepare " + dir.root + " for writing", e);
         }
-        return new WebDatasetWriterFactory(options, layout, conf, jobId, System.currentTimeMillis());
+        return new WebDatasetWriterFactory(options, layout, conf, jobId, System.currentTimeMillis(),
+            staged);
     }
 
     @Override
     public void commit(WriterCommitMessage[] messages) {
         DatasetDir dir = dir();
+        DatasetDir written = staged ? DatasetDir.on(dir.fs, dir.staging(jobId)) : dir;
         List<ShardInfo> shards = new ArrayList<>();
         Set<String> committed = new HashSet<>();
         List<long[]> keyHashes = new ArrayList<>();
@@ -105,7 +116,7 @@ public final class WebDatasetBatchWrite implements BatchWrite {
         }
         try {
             Map<String, Long> listed = new HashMap<>();
-            for (FileStatus file : dir.listStatus("part-", ".tar", ".tar.idx")) {
+            for (FileStatus file : written.listStatus("part-", ".tar", ".tar.idx")) {
                 listed.put(file.getPath().getName(), file.getLen());
                 if (!committed.contains(file.getPath().getName())) {
                     dir.fs.delete(file.getPath(), false);
@@ -114,7 +125,10 @@ public final class WebDatasetBatchWrite implements BatchWrite {
             refuseUnseenShards(shards, listed.keySet(), dir.root);
             refuseWrongSizes(shards, listed, dir.root);
             if (keyHashes.size() == shards.size()) {
-                refuseDuplicateKeys(dir, shards, keyHashes, options.sanitizeKeys);
+                refuseDuplicateKeys(written, shards, keyHashes, options.sanitizeKeys);
+            }
+            if (staged) {
+                replaceOld(dir, written, shards);
             }
             dir.deleteTemporary(jobId);
             byte[] json = ManifestWriter.toJson(ManifestWriter.manifest(layout.manifestSchema(),
@@ -124,6 +138,30 @@ public final class WebDatasetBatchWrite implements BatchWrite {
             throw new UncheckedIOException("cannot commit the webdataset write to " + dir.root, e);
         }
         warnRowsWithoutMembers(withoutMembers, dir.root);
+    }
+
+    /**
+     * Overwrite, once every check passed: deletes the old manifest (no reader sees a mix), then
+     * everything else at the root but this job's temporary directory, then moves the staged
+     * shards and their indexes into the root.
+     */
+    private void replaceOld(DatasetDir dir, DatasetDir from, List<ShardInfo> shards)
+            throws IOException {
+        dir.fs.delete(dir.child(ManifestWriter.MANIFEST), false);
+        for (FileStatus entry : dir.fs.listStatus(dir.root)) {
+            if (!entry.getPath().getName().equals(DatasetDir.TEMPORARY)) {
+                dir.fs.delete(entry.getPath(), true);
+            }
+        }
+        for (FileStatus entry : dir.fs.listStatus(dir.child(DatasetDir.TEMPORARY))) {
+            if (!entry.getPath().getName().equals(jobId)) {
+                dir.fs.delete(entry.getPath(), true);   // other jobs' leftovers, as before
+            }
+        }
+        for (ShardInfo s : shards) {
+            dir.moveReplacing(from.child(s.path()), dir.child(s.path()));
+            dir.moveReplacing(from.child(s.index()), dir.child(s.index()));
+        }
     }
 
     /**
@@ -224,6 +262,9 @@ public final class WebDatasetBatchWrite implements BatchWrite {
         DatasetDir dir = dir();
         try {
             dir.deleteTemporary(jobId);
+            if (staged && dir.fs.exists(dir.child(ManifestWriter.MANIFEST))) {
+                return;   // the old dataset, untouched: its shards stay
+            }
             for (Path shard : dir.list("part-", ".tar", ".tar.idx")) {
                 dir.fs.delete(shard, false);
             }

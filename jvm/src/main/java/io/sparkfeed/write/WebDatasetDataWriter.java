@@ -31,9 +31,11 @@ import org.apache.spark.unsafe.types.UTF8String;
  * <p>Commit protocol, task side: shards are written under
  * {@code _temporary/<jobId>/task-<taskId>/} with their final names
  * {@code part-<partition>-<shard>.tar} (+ {@code .idx}), which depend on the partition only, never
- * on the attempt. {@link #commit} moves them into the dataset root (replacing what an earlier
- * attempt of the same partition may have left); {@link #abort} deletes the task directory. The
- * driver writes the manifest after all tasks committed.
+ * on the attempt. {@link #commit} moves them into the dataset root, or, when the job overwrites,
+ * into its staging directory {@code _temporary/<jobId>/committed/} (the old dataset stays whole
+ * until the job commits), replacing what an earlier attempt of the same partition may have
+ * left; {@link #abort} deletes the task directory. The driver writes the manifest after all
+ * tasks committed.
  *
  * <p>Only what reaches the tar counts: a row whose every member is null writes nothing (a tar
  * sample exists only through its members), so it is counted as left out and adds nothing to the
@@ -51,6 +53,7 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
     private final SampleLayout layout;
     private final DatasetDir dir;
     private final Path taskDir;
+    private final Path commitDir;
     private final int partitionId;
     private final long mtimeMillis;
     private final SampleEncoder encoder;
@@ -71,7 +74,8 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
     private long rowsWithoutMembers;
 
     WebDatasetDataWriter(WebDatasetOptions options, SampleLayout layout, Configuration conf,
-                         String jobId, int partitionId, long taskId, long mtimeMillis) {
+                         String jobId, int partitionId, long taskId, long mtimeMillis,
+                         boolean staged) {
         this.options = options;
         this.layout = layout;
         this.partitionId = partitionId;
@@ -82,6 +86,7 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
             throw new UncheckedIOException("cannot open dataset path " + options.path, e);
         }
         this.taskDir = new Path(new Path(dir.child(DatasetDir.TEMPORARY), jobId), "task-" + taskId);
+        this.commitDir = staged ? dir.staging(jobId) : dir.root;
         this.encoder = new SampleEncoder(layout);
         this.keys = new KeyPolicy(options.sanitizeKeys);
         this.keyColumn = layout.keyColumn();
@@ -200,8 +205,8 @@ public final class WebDatasetDataWriter implements DataWriter<InternalRow> {
             closeShard();
         }
         for (ShardInfo shard : shards) {
-            dir.moveReplacing(new Path(taskDir, shard.path()), dir.child(shard.path()));
-            dir.moveReplacing(new Path(taskDir, shard.index()), dir.child(shard.index()));
+            dir.moveReplacing(new Path(taskDir, shard.path()), new Path(commitDir, shard.path()));
+            dir.moveReplacing(new Path(taskDir, shard.index()), new Path(commitDir, shard.index()));
         }
         dir.fs.delete(taskDir, true);
         return new ShardCommitMessage(partitionId, shards, rowsWithoutMembers,

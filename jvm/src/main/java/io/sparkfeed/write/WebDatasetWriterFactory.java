@@ -16,19 +16,22 @@ public final class WebDatasetWriterFactory implements DataWriterFactory {
     private final SerializableConfiguration conf;
     private final String jobId;
     private final long mtimeMillis;
+    private final boolean staged;
 
+    /** {@code staged}: tasks commit into the job's staging directory (an overwrite), not the root. */
     WebDatasetWriterFactory(WebDatasetOptions options, SampleLayout layout, Configuration conf,
-                            String jobId, long mtimeMillis) {
+                            String jobId, long mtimeMillis, boolean staged) {
         this.options = options;
         this.layout = layout;
         this.conf = new SerializableConfiguration(conf);
         this.jobId = jobId;
         this.mtimeMillis = mtimeMillis;
+        this.staged = staged;
     }
 
     @Override
     public DataWriter<InternalRow> createWriter(int partitionId, long taskId) {
         return new WebDatasetDataWriter(options, layout, conf.value(), jobId, partitionId, taskId,
-            mtimeMillis);
+            mtimeMillis, staged);
     }
 }
