@@ -147,9 +147,11 @@ class TarReader(TarReadAhead, TarPrefix, TarStreaming, TarTable, Reader):
     def _raise_gave_up(self, unit: WorkUnit, exc: Exception, start: int) -> None:
         """Raise the named error for a remote window read that storage's retries gave up on
         (`retries.with_retries`: a server that kept failing or stalling, a missing file, refused
-        access): the whole read would spend the retry budget again on the same server, 8 more
-        time-outs of a stalled one, before failing the same way."""
-        if storage.is_local(self.ctx.fs) or not isinstance(exc, OSError) or self.ctx.on_error == "skip":
+        access; a 412, the shard replaced during the read, named at this piece's offset): the
+        whole read would spend the retry budget again on the same server, 8 more time-outs of a
+        stalled one, before failing the same way."""
+        stop = isinstance(exc, (OSError, httpranges.VersionChanged))  # (a shard replaced: the whole read's 412 too)
+        if storage.is_local(self.ctx.fs) or not stop or self.ctx.on_error == "skip":
             return  # (skip: the whole read names it, with one try where the budget is spent, and skips it)
         index = self._indexes.get(unit.path, (None, None))[1]
         offset = index.sample_offset(start) if index is not None else None
