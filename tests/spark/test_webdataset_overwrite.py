@@ -109,3 +109,16 @@ def test_sparkfeed_write_overwrite_failing_in_its_write_job_keeps_the_old_datase
     assert _files(path) == before
     assert sparkfeed.read_manifest(str(path)).num_samples == 40
     assert _rows(spark, path) == sorted((f"o{i}", i) for i in range(40))
+
+
+def test_an_overwrite_of_leftovers_only_removes_them(spark, tmp_path):
+    """Invariant: a path holding only a crashed job's _temporary (no dataset, nothing visible)
+    is overwritten in place and ends with the new dataset's files only, as before staging."""
+    path = tmp_path / "wds"
+    (path / "_temporary" / "crashed-job" / "task-3").mkdir(parents=True)
+    (path / "_temporary" / "crashed-job" / "task-3" / "part-00003-0000.tar").write_bytes(b"x")
+    new = spark.range(5).select(F.concat(F.lit("n"), F.col("id")).alias("key"),
+                                F.col("id").cast("int").alias("v"))
+    new.coalesce(1).write.format("webdataset").mode("overwrite").save(str(path))
+    assert sorted(_files(path)) == [MANIFEST_NAME, "part-00000-0000.tar",
+                                    "part-00000-0000.tar.idx"]

@@ -84,6 +84,8 @@ public final class WebDatasetBatchWrite implements BatchWrite {
             } else if (truncate && dir.exists()) {
                 staged = true;
                 dir.fs.mkdirs(dir.staging(jobId));
+            } else if (truncate) {
+                dir.fs.delete(dir.root, true);   // hidden leftovers only (_temporary, .x): no dataset
             } else if (dir.exists()) {
                 throw WebDatasetWriteBuilder.existsError(dir.root.toString());
             }
