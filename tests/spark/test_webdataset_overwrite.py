@@ -14,16 +14,10 @@ from pyspark.sql import types as T
 
 import sparkfeed
 from sparkfeed.manifest import MANIFEST_NAME
+from test_write_failures import _fails_at_37
 
 pytestmark = pytest.mark.spark
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-
-
-@F.udf(T.IntegerType())
-def _fails_at_37(x):
-    if x == 37:
-        raise RuntimeError("user udf failed at row 37")
-    return x
 
 
 def _key_changing_at_37(marker: str):
