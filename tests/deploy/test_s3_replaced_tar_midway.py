@@ -35,3 +35,19 @@ def test_a_tar_overwritten_during_an_epoch_is_an_error_naming_it(s3, tmp_path, m
             pass
     assert info.value.shard == "a.tar" and info.value.offset >= 50 * (3 * 512 + 10_240)  # (the piece refused)
     assert N > 50
+
+
+@pytest.mark.parametrize("way", ["streamed", "whole"])
+def test_an_unchanged_tar_is_read_with_conditional_requests(s3, tmp_path, way):
+    """No change: every sample, streamed in place (its DALI index gone: s3fs's file, its
+    GetObjects carrying IfMatch) or read whole in place (a filter), the IfMatch sent matching."""
+    (tmp_path / "wds").mkdir()
+    write_shard(tmp_path / "wds" / "a.tar")
+    url = s3.upload(str(tmp_path / "wds"), "sparkfeed-tests", f"tar-unchanged-{way}-{os.getpid()}")
+    sparkfeed.index(url, manifest=str(tmp_path / "m.json"), storage_options=s3.options, progress=False)
+    if way == "streamed":
+        next(tmp_path.rglob("a.tar.idx")).unlink()
+    kwargs = {"filter": [("cls", ">=", 0)]} if way == "whole" else {}
+    loader = sparkfeed.DataLoader(url, manifest=str(tmp_path / "m.json"), batch_size=50, num_workers=0,
+                                  storage_options=s3.options, **kwargs)
+    assert [x for b in loader for x in b["cls"].tolist()] == [i % 7 for i in range(N)]
