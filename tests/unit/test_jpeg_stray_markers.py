@@ -46,7 +46,7 @@ def _decode(backend: str, items):
 
 KINDS = [k for k in range(1, 255) if not 0xD0 <= k <= 0xD7]
 # what libjpeg takes after a scan (the end, tables, DNL, APPn, COM, TEM): not refused from the
-# header; C4/CC/DB/DD with a garbage body PIL refuses and DALI decodes still (not found here)
+# header (a table's body is judged as libjpeg judges it: tests/unit/test_jpeg_tables_after_scan.py)
 TAKEN = {0x01, 0xC4, 0xCC, 0xD9, 0xDB, 0xDC, 0xDD, 0xFE, *range(0xE0, 0xF0)}
 
 
