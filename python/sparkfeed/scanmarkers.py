@@ -98,10 +98,12 @@ def _walk(b: bytes, marks: np.ndarray, kinds: np.ndarray, at: int) -> str | None
             at = i + 2
             continue
         length = int.from_bytes(b[i + 2:i + 4], "big")
+        if kind in _TABLES:  # (judged even where it runs past the file: libjpeg reads it until then)
+            why = f"a segment length of {length}" if length < 2 else _TABLES[kind](b, i + 4, i + 2 + length)
+            if why is not None:
+                return _BAD_TABLE.format(kind=kind, at=i, why=why)
         if length < 2 or i + 2 + length > len(b):
             return None  # a segment the decoders judge themselves
-        if kind in _TABLES and (why := _TABLES[kind](b, i + 4, i + 2 + length)) is not None:
-            return _BAD_TABLE.format(kind=kind, at=i, why=why)
         at = i + 2 + length
 
 
@@ -115,6 +117,8 @@ def _dht_problem(b: bytes, start: int, end: int) -> str | None:
     left, or bytes left over."""
     i = start
     while end - i > 16:
+        if i + 17 > len(b):
+            return None  # (the read runs out of file: as `_dqt_problem` says)
         index, count = b[i], sum(b[i + 1:i + 17])
         if count > 256 or count > end - i - 17:
             return f"a Huffman table declares {count} codes"
@@ -131,6 +135,8 @@ def _dqt_problem(b: bytes, start: int, end: int) -> str | None:
     file waits for more, and the image, decoded by then, is delivered)."""
     i = start
     while i < end:
+        if i >= len(b):
+            return None
         if b[i] & 0x0F > 3:
             return f"quantisation table index {b[i] & 0x0F}"
         i += 1 + 64 * (2 if b[i] >> 4 else 1)

@@ -130,3 +130,17 @@ def _random_body(rng, kind: int) -> bytes:
     if kind == 0xCC:
         return bytes(rng.integers(0, 40, int(rng.integers(0, 7))).tolist())
     return bytes(rng.integers(0, 255, int(rng.integers(0, 4))).tolist())
+
+
+def test_a_table_marker_damaged_into_the_scan_data_gets_one_verdict_from_both_backends():
+    """A byte of scan data damaged into 0xFF then C4, CC, DB or DD reads as a table segment whose
+    length and body are scan bytes (mostly running past the file). libjpeg reads it as a table,
+    so PIL refused nearly all of them, while DALI decoded them grey without an error."""
+    whole = _jpeg(quality=95)
+    start = whole.find(b"\xff\xda") + 2 + int.from_bytes(whole[whole.find(b"\xff\xda") + 2:][:2], "big")
+    items = [whole[:at] + bytes([0xFF, kind]) + whole[at + 2:]
+             for kind in (0xC4, 0xCC, 0xDB, 0xDD) for at in range(start + 8, len(whole) - 16, 97)]
+    pil, dali = (_decode(backend, items) for backend in ("pil", "dali"))
+    assert pil.ok_rows.tolist() == dali.ok_rows.tolist()
+    assert len(dali.failures) > len(items) * 3 // 4  # (DALI alone refused none of them)
+    assert all("after its first scan, is invalid" in why for _, why in dali.failures)
