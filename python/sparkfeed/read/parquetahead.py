@@ -8,7 +8,7 @@ from concurrent.futures import Future
 
 import pyarrow.parquet as pq
 
-from .. import readahead, remotefiles, retries, storage
+from .. import readahead, remotefiles, storage
 from ..plan import WorkUnit
 from .parquetfetch import _FOOTER_BYTES, _fetch_footer, _fetch_groups, read_options
 
@@ -160,19 +160,8 @@ class ParquetAhead:
         return readahead.After(footer, fetch) if self._small(rel) and isinstance(footer, Future) else fetch
 
     def _ranged(self, fetch, *args, **kwargs):
-        """Read-ahead task: `fetch(*args)`, a range request, unless a server that ignores Range
-        requests was met (`SharedReads.ranges_ignored`; None: the reader reads the file whole),
-        which a failure of this one may be; it is then said once, and the tasks queued behind it
-        (this reader's and every lane's) send no request, each of which the server would have
-        answered with the whole file."""
-        if self.ctx.shared.ranges_ignored.is_set():
-            return None
-        try:
-            return fetch(*args, **kwargs)
-        except ValueError as exc:
-            if retries.ignores_ranges(exc, self.ctx.dataset, NO_RANGES_INSTEAD):
-                self.ctx.shared.ranges_ignored.set()
-            raise
+        """`fetch(*args, **kwargs)` unless the server ignores Range requests (`SharedReads.ranged`)."""
+        return self.ctx.shared.ranged(self.ctx.dataset, NO_RANGES_INSTEAD, fetch, *args, **kwargs)
 
     def _small(self, rel: str) -> bool:
         """Whether read-ahead fetches the file whole with its footer (`_FOOTER_BYTES`)."""

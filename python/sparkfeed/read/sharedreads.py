@@ -11,6 +11,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TypeVar
 
+from .. import retries
+
 T = TypeVar("T")
 
 # Bytes of small files (`SharedReads.hold`) held per iteration and process: 256 files of 64 KiB.
@@ -53,6 +55,21 @@ class SharedReads:
         self._claims: OrderedDict[object, None] = OrderedDict()  # keys a reader read in place
         self._checks: OrderedDict[str, Future] = OrderedDict()  # files' version checks started ahead
         self.ranges_ignored = threading.Event()
+
+    def ranged(self, dataset: str, instead: str, fetch: Callable[..., T], *args, **kwargs) -> T | None:
+        """A read-ahead task's range request, `fetch(*args, **kwargs)`, unless a server that
+        ignores Range requests was met (`ranges_ignored`; None: the reader reads the file whole).
+        The first failure that says so sets the flag (and is logged once, with what is read
+        `instead`), so the tasks queued behind it, of every lane, send no request the server
+        would answer with the whole file (14 GETs of each 1.3 MB tar shard under CI's load)."""
+        if self.ranges_ignored.is_set():
+            return None
+        try:
+            return fetch(*args, **kwargs)
+        except ValueError as exc:
+            if retries.ignores_ranges(exc, dataset, instead):
+                self.ranges_ignored.set()
+            raise
 
     def get(self, path: str):
         """What was learnt of the file at `path` (relative to the dataset), else None."""

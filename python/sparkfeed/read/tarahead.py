@@ -81,18 +81,8 @@ class TarReadAhead:
                                  self.etag(unit.path))
 
     def _ranged(self, fetch, *args):
-        """Read-ahead task: `fetch(*args)`, a range request, unless a server that ignores Range
-        requests was met (`SharedReads.ranges_ignored`; None: the reader reads the shard whole),
-        which a failure of this one may be; it is then said once, and the tasks queued behind it
-        send no request (each would be answered with the whole file: 14 of a 1.3 MB shard)."""
-        if self.ctx.shared.ranges_ignored.is_set():
-            return None
-        try:
-            return fetch(*args)
-        except ValueError as exc:
-            if retries.ignores_ranges(exc, self.ctx.dataset, NO_RANGES_INSTEAD):
-                self.ctx.shared.ranges_ignored.set()
-            raise
+        """`fetch(*args)` unless the server ignores Range requests (`SharedReads.ranged`)."""
+        return self.ctx.shared.ranged(self.ctx.dataset, NO_RANGES_INSTEAD, fetch, *args)
 
     def _whole_fetch(self, unit: WorkUnit, path: str, size: int):
         """The fetch of a whole (unindexed) shard, made as read-ahead submits it."""
