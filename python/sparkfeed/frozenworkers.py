@@ -21,6 +21,7 @@ import time
 import torch.utils.data
 
 from .threads import TimedOut
+from .workerdeaths import timed_out
 
 POLL_S = 0.25  # how often worker states are looked at while a wait for a batch lasts
 
@@ -105,6 +106,16 @@ class FrozenWatch:
         except ProcessLookupError:
             pass
 
+    def kill_stopped(self) -> bool:
+        """torch's own time-out ended the wait first (both count `timeout`; under load torch's
+        may): a worker unable to run now is its cause, killed and named as the watch would have."""
+        waited = time.monotonic() - self._since if self._since is not None else self.timeout
+        for k, process in enumerate(getattr(self.workers, "_workers", ())):
+            if (why := cannot_run(process.pid)) is not None:
+                self._kill(k, process.pid, why, waited)
+                return True
+        return False
+
     def error(self) -> TimedOut:
         """The time-out naming the worker killed: `DataLoader timed out after N seconds` first,
         as torch's (`workerdeaths.timed_out`), with `lane` set (`workerdeaths.stuck` names it)."""
@@ -149,7 +160,7 @@ def _waited(watch: FrozenWatch, receive):
     except StopIteration:
         raise
     except Exception as exc:
-        if watch.found is not None:
+        if watch.found is not None or (timed_out(exc) and watch.kill_stopped()):
             raise watch.error() from exc
         raise
     finally:
